@@ -1,0 +1,504 @@
+//! Stream multiplexing: the `yamux` crate behind a small API.
+//!
+//! [`Mux::new`] splits one connection into a [`StreamOpener`] (cloneable), a queue of
+//! [`IncomingStreams`], and a [`MuxDriver`] future that must be polled (spawned) for anything to
+//! happen: a yamux connection makes progress only while one task polls it. Stream limits are
+//! enforced here, below yamux's own (which would tear the whole connection down), so a peer
+//! that opens too many streams only gets those streams reset.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+use crate::transport::{BoxedIo, Io};
+
+/// yamux's initial per-stream window; its connection window must cover this per stream.
+const YAMUX_DEFAULT_CREDIT: usize = 256 * 1024;
+
+/// Multiplexer settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MuxConfig {
+    /// Streams each side may have open at once (default 1024); more are refused or reset.
+    pub max_streams: usize,
+    /// Ceiling on the sum of receive windows across streams (default: yamux's minimum for
+    /// the stream count). Stream windows auto-tune toward the link's bandwidth-delay product.
+    pub max_connection_window: Option<usize>,
+    /// Largest data frame yamux sends (default 16 KiB); larger writes are split.
+    pub split_send_size: usize,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: 1024,
+            max_connection_window: None,
+            split_send_size: 16 * 1024,
+        }
+    }
+}
+
+impl MuxConfig {
+    fn yamux(&self) -> yamux::Config {
+        // Room for our streams, the peer's, and streams being reset; beyond that yamux
+        // would close the connection, which our own limits keep from happening.
+        let yamux_streams = self.max_streams.saturating_mul(2).saturating_add(64);
+        let minimum_window = yamux_streams.saturating_mul(YAMUX_DEFAULT_CREDIT);
+        let window = self.max_connection_window.unwrap_or(0).max(minimum_window);
+        let mut config = yamux::Config::default();
+        // yamux asserts window >= streams * credit on every setter: lift the window first.
+        config
+            .set_max_connection_receive_window(None)
+            .set_max_num_streams(yamux_streams)
+            .set_max_connection_receive_window(Some(window))
+            .set_split_send_size(self.split_send_size.max(1024));
+        config
+    }
+}
+
+/// Which end of the connection this is (yamux numbers streams by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The side that dialed.
+    Client,
+    /// The side that accepted.
+    Server,
+}
+
+/// Why a stream could not be opened, or the multiplexer stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MuxError {
+    /// The connection is closed.
+    #[error("multiplexed connection closed")]
+    Closed,
+    /// This side already has `max_streams` streams open.
+    #[error("stream limit reached ({0} open)")]
+    StreamLimit(usize),
+    /// yamux reported a connection error (I/O failure or peer protocol violation).
+    #[error("multiplexer: {0}")]
+    Yamux(#[from] yamux::ConnectionError),
+}
+
+/// Constructor namespace for a multiplexed connection.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tunnel_core::mux::{Mode, Mux, MuxConfig};
+///
+/// let (a, b) = tokio::io::duplex(64 * 1024);
+/// let (opener, _in_a, driver_a) = Mux::new(a, &MuxConfig::default(), Mode::Client);
+/// let (_out_b, mut incoming, driver_b) = Mux::new(b, &MuxConfig::default(), Mode::Server);
+/// tokio::spawn(driver_a);
+/// tokio::spawn(driver_b);
+///
+/// let mut stream = opener.open().await.unwrap();
+/// stream.write_all(b"ping").await.unwrap();
+/// let mut peer = incoming.next().await.unwrap();
+/// let mut buf = [0u8; 4];
+/// peer.read_exact(&mut buf).await.unwrap();
+/// assert_eq!(&buf, b"ping");
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Mux;
+
+impl Mux {
+    /// Starts multiplexing `io`. Spawn the returned driver; it resolves when the connection ends.
+    pub fn new(
+        io: impl Io,
+        config: &MuxConfig,
+        mode: Mode,
+    ) -> (StreamOpener, IncomingStreams, MuxDriver) {
+        let mode = match mode {
+            Mode::Client => yamux::Mode::Client,
+            Mode::Server => yamux::Mode::Server,
+        };
+        let io: BoxedIo = Box::new(io);
+        let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let (incoming_tx, incoming_rx) = mpsc::channel(256);
+        let opener = StreamOpener {
+            commands: commands_tx,
+            permits: Arc::new(Semaphore::new(config.max_streams)),
+            limit: config.max_streams,
+        };
+        let driver = MuxDriver {
+            conn,
+            commands: Some(commands_rx),
+            pending_opens: VecDeque::new(),
+            incoming: incoming_tx,
+            inbound_permits: Arc::new(Semaphore::new(config.max_streams)),
+            closing: false,
+        };
+        (opener, IncomingStreams { rx: incoming_rx }, driver)
+    }
+}
+
+enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
+    Close,
+}
+
+/// Opens outbound streams; cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct StreamOpener {
+    commands: mpsc::Sender<Command>,
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl std::fmt::Debug for StreamOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOpener")
+            .field("available", &self.permits.available_permits())
+            .finish()
+    }
+}
+
+impl StreamOpener {
+    /// Opens a new stream. Fails at once when `max_streams` are open rather than queueing.
+    pub async fn open(&self) -> Result<MuxStream, MuxError> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| MuxError::StreamLimit(self.limit))?;
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Open(tx))
+            .await
+            .map_err(|_| MuxError::Closed)?;
+        let stream = rx.await.map_err(|_| MuxError::Closed)??;
+        Ok(MuxStream {
+            inner: stream.compat(),
+            _permit: permit,
+        })
+    }
+
+    /// Asks the driver to close the connection gracefully (pending writes are flushed).
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Close).await;
+    }
+
+    /// True once the driver has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+}
+
+/// Streams the peer opened, in order.
+#[derive(Debug)]
+pub struct IncomingStreams {
+    rx: mpsc::Receiver<MuxStream>,
+}
+
+impl IncomingStreams {
+    /// The next inbound stream; `None` once the connection is closed.
+    pub async fn next(&mut self) -> Option<MuxStream> {
+        self.rx.recv().await
+    }
+}
+
+/// One multiplexed stream: a tokio `AsyncRead + AsyncWrite`. `shutdown` sends FIN (half-close);
+/// dropping it resets the stream if it is still open.
+pub struct MuxStream {
+    inner: Compat<yamux::Stream>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MuxStream({})", self.inner.get_ref().id())
+    }
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Drives the yamux connection: reads and writes frames, opens requested streams, queues
+/// inbound ones. Resolves when the connection closes (`Ok`) or fails.
+#[must_use = "the multiplexer does nothing unless its driver is polled"]
+pub struct MuxDriver {
+    conn: yamux::Connection<Compat<BoxedIo>>,
+    /// `None` once every opener is gone (no more commands can arrive).
+    commands: Option<mpsc::Receiver<Command>>,
+    pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>>,
+    incoming: mpsc::Sender<MuxStream>,
+    inbound_permits: Arc<Semaphore>,
+    closing: bool,
+}
+
+impl std::fmt::Debug for MuxDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxDriver")
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MuxDriver {
+    fn poll_commands(&mut self, cx: &mut Context<'_>) {
+        while let Some(commands) = self.commands.as_mut() {
+            match commands.poll_recv(cx) {
+                Poll::Ready(Some(Command::Open(reply))) => self.pending_opens.push_back(reply),
+                Poll::Ready(Some(Command::Close)) => self.closing = true,
+                Poll::Ready(None) => self.commands = None,
+                Poll::Pending => break,
+            }
+        }
+    }
+
+    fn poll_opens(&mut self, cx: &mut Context<'_>) -> Result<(), MuxError> {
+        while let Some(reply) = self.pending_opens.front() {
+            if reply.is_closed() {
+                self.pending_opens.pop_front();
+                continue;
+            }
+            match self.conn.poll_new_outbound(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    if let Some(reply) = self.pending_opens.pop_front() {
+                        let _ = reply.send(Ok(stream));
+                    }
+                }
+                Poll::Ready(Err(err)) => return Err(err.into()),
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_inbound(&mut self, stream: yamux::Stream) {
+        let Ok(permit) = self.inbound_permits.clone().try_acquire_owned() else {
+            tracing::warn!(stream = %stream.id(), "peer exceeded the stream limit; resetting the stream");
+            return;
+        };
+        let stream = MuxStream {
+            inner: stream.compat(),
+            _permit: permit,
+        };
+        if let Err(err) = self.incoming.try_send(stream) {
+            tracing::warn!("inbound stream queue full or closed; resetting the stream");
+            drop(err);
+        }
+    }
+
+    fn fail_pending_opens(&mut self) {
+        for reply in self.pending_opens.drain(..) {
+            let _ = reply.send(Err(MuxError::Closed));
+        }
+    }
+}
+
+impl Future for MuxDriver {
+    type Output = Result<(), MuxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.poll_commands(cx);
+        if !this.closing {
+            if let Err(err) = this.poll_opens(cx) {
+                this.fail_pending_opens();
+                return Poll::Ready(Err(err));
+            }
+        }
+        if this.closing {
+            this.fail_pending_opens();
+            return this.conn.poll_close(cx).map_err(MuxError::from);
+        }
+        loop {
+            match this.conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => this.accept_inbound(stream),
+                Poll::Ready(Some(Err(err))) => {
+                    this.fail_pending_opens();
+                    return Poll::Ready(if is_peer_gone(&err) {
+                        Ok(())
+                    } else {
+                        Err(err.into())
+                    });
+                }
+                Poll::Ready(None) => {
+                    this.fail_pending_opens();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The peer closed or vanished: the connection ended, which is not a protocol failure.
+fn is_peer_gone(err: &yamux::ConnectionError) -> bool {
+    match err {
+        yamux::ConnectionError::Closed => true,
+        yamux::ConnectionError::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn pair(
+        config: &MuxConfig,
+    ) -> (
+        (StreamOpener, IncomingStreams),
+        (StreamOpener, IncomingStreams),
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (oa, ia, da) = Mux::new(a, config, Mode::Client);
+        let (ob, ib, db) = Mux::new(b, config, Mode::Server);
+        tokio::spawn(da);
+        tokio::spawn(db);
+        ((oa, ia), (ob, ib))
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_open() {
+        let ((opener, _), (_, mut incoming)) = pair(&MuxConfig::default());
+        let mut client = opener.open().await.unwrap();
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut server = incoming.next().await.unwrap();
+        let mut request = Vec::new();
+        server.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"request");
+        server.write_all(b"reply").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply");
+    }
+
+    #[tokio::test]
+    async fn opening_past_the_limit_fails_without_killing_the_connection() {
+        let config = MuxConfig {
+            max_streams: 2,
+            ..MuxConfig::default()
+        };
+        let ((opener, _), (_, mut incoming)) = pair(&config);
+        let first = opener.open().await.unwrap();
+        let _second = opener.open().await.unwrap();
+        assert!(matches!(opener.open().await, Err(MuxError::StreamLimit(2))));
+        drop(first);
+        let mut third = opener.open().await.unwrap();
+        third.write_all(b"x").await.unwrap();
+        // Streams are announced lazily: drain the inbound queue until the third arrives.
+        let mut got = Vec::new();
+        while got.is_empty() {
+            let mut s = incoming.next().await.unwrap();
+            let mut buf = [0u8; 1];
+            if let Ok(1) = s.read(&mut buf).await {
+                got.push(buf[0]);
+            }
+        }
+        assert_eq!(got, b"x");
+    }
+
+    #[tokio::test]
+    async fn peer_exceeding_our_inbound_limit_gets_resets_and_the_connection_lives() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let generous = MuxConfig {
+            max_streams: 8,
+            ..MuxConfig::default()
+        };
+        let strict = MuxConfig {
+            max_streams: 2,
+            ..MuxConfig::default()
+        };
+        let (opener, _ia, da) = Mux::new(a, &generous, Mode::Client);
+        let (_ob, mut incoming, db) = Mux::new(b, &strict, Mode::Server);
+        tokio::spawn(da);
+        let server = tokio::spawn(db);
+        let mut streams = Vec::new();
+        for i in 0..6u8 {
+            let mut s = opener.open().await.unwrap();
+            s.write_all(&[i]).await.unwrap();
+            streams.push(s);
+        }
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            let mut s = incoming.next().await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            kept.push((s, b[0]));
+        }
+        // Each excess stream was reset: its writer eventually sees an error or EOF.
+        for (i, s) in streams.iter_mut().enumerate() {
+            if kept.iter().any(|(_, b)| usize::from(*b) == i) {
+                continue;
+            }
+            let mut buf = [0u8; 1];
+            assert!(matches!(s.read(&mut buf).await, Ok(0) | Err(_)));
+        }
+        assert!(
+            !server.is_finished(),
+            "the connection must survive a stream flood"
+        );
+        let (mut s, id) = kept.pop().unwrap();
+        s.write_all(b"ok").await.unwrap();
+        let mut reply = [0u8; 2];
+        streams[usize::from(id)]
+            .read_exact(&mut reply)
+            .await
+            .unwrap();
+        assert_eq!(&reply, b"ok");
+    }
+
+    #[tokio::test]
+    async fn close_ends_both_drivers_and_fails_new_opens() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (opener, _ia, da) = Mux::new(a, &MuxConfig::default(), Mode::Client);
+        let (_ob, _ib, db) = Mux::new(b, &MuxConfig::default(), Mode::Server);
+        let da = tokio::spawn(da);
+        let db = tokio::spawn(db);
+        opener.close().await;
+        da.await.unwrap().unwrap();
+        db.await.unwrap().unwrap();
+        assert!(opener.open().await.is_err());
+    }
+}

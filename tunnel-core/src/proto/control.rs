@@ -1,0 +1,290 @@
+//! Messages on the control stream, one per frame: a type byte, then fields.
+//!
+//! Type ranges are reserved by capability so later versions can add messages without
+//! renumbering: `0x0_` session, `0x1_` remote forwards, `0x2_` local forwards and private
+//! services, `0x3_` route tables, `0x4_` UDP. A peer sends only types of the negotiated version;
+//! anything else is a protocol error that ends that session. Decoders ignore trailing bytes so a
+//! later version may append fields to an existing message.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::wire::{Reader, Writer};
+use super::{DecodeError, MAX_REASON_LEN};
+
+const PING: u8 = 0x01;
+const PONG: u8 = 0x02;
+const GOODBYE: u8 = 0x03;
+const REMOTE_FORWARD_REQUEST: u8 = 0x10;
+const REMOTE_FORWARD_READY: u8 = 0x11;
+const REMOTE_FORWARD_REFUSED: u8 = 0x12;
+
+/// A message on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlMessage {
+    /// Heartbeat probe; the peer answers with [`ControlMessage::Pong`] carrying the same nonce.
+    Ping {
+        /// Echoed back, to match the answer and measure the round trip.
+        nonce: u64,
+    },
+    /// Answer to a [`ControlMessage::Ping`].
+    Pong {
+        /// The nonce of the ping answered.
+        nonce: u64,
+    },
+    /// The sender is closing the session on purpose; the reason tells the peer whether to retry.
+    Goodbye {
+        /// Machine-readable reason.
+        code: GoodbyeCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Client asks the server to listen on a public port and send visitors back as streams.
+    RemoteForwardRequest {
+        /// Client-chosen id, unique within the session; echoed in the answer and stream headers.
+        id: u32,
+        /// Address to bind on the server; `None` means the server's default.
+        bind: Option<IpAddr>,
+        /// Port to bind; 0 lets the server choose.
+        port: u16,
+        /// With `port` 0: a port to try first (the one held before a reconnect); 0 for none.
+        preferred_port: u16,
+    },
+    /// Server answer: the forward is listening.
+    RemoteForwardReady {
+        /// Id from the request.
+        id: u32,
+        /// Address the server bound.
+        public_addr: SocketAddr,
+    },
+    /// Server answer: the forward was refused.
+    RemoteForwardRefused {
+        /// Id from the request.
+        id: u32,
+        /// Why.
+        code: RefusalCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Why a forward was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// The port is outside what this client's credential may bind.
+    PortNotAllowed,
+    /// The port is held (or reserved) by another client, or in use on the server host.
+    PortTaken,
+    /// The client already holds as many forwards as its limit allows.
+    TooManyForwards,
+    /// The request was malformed (duplicate id, bad address).
+    Invalid,
+    /// A code from a newer peer.
+    Other(u8),
+}
+
+/// Why a session is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GoodbyeCode {
+    /// Normal close (the process is stopping); a client may reconnect later.
+    Shutdown,
+    /// A newer session with the same client name replaced this one; do not reconnect.
+    Replaced,
+    /// The peer broke the protocol.
+    ProtocolError,
+    /// A code from a newer peer.
+    Other(u8),
+}
+
+macro_rules! wire_enum {
+    ($ty:ident { $($variant:ident = $value:literal),* $(,)? }) => {
+        impl $ty {
+            fn to_u8(self) -> u8 {
+                match self { $($ty::$variant => $value,)* $ty::Other(v) => v }
+            }
+            fn from_u8(v: u8) -> Self {
+                match v { $($value => $ty::$variant,)* other => $ty::Other(other) }
+            }
+        }
+    };
+}
+
+wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4 });
+wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3 });
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PortNotAllowed => f.write_str("port not allowed"),
+            Self::PortTaken => f.write_str("port taken"),
+            Self::TooManyForwards => f.write_str("too many forwards"),
+            Self::Invalid => f.write_str("invalid request"),
+            Self::Other(v) => write!(f, "refusal code {v}"),
+        }
+    }
+}
+
+impl std::fmt::Display for GoodbyeCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shutdown => f.write_str("shutdown"),
+            Self::Replaced => f.write_str("replaced by a newer session"),
+            Self::ProtocolError => f.write_str("protocol error"),
+            Self::Other(v) => write!(f, "goodbye code {v}"),
+        }
+    }
+}
+
+impl ControlMessage {
+    /// Encodes the message body (without the frame length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Self::Ping { nonce } => w.u8(PING).u64(*nonce),
+            Self::Pong { nonce } => w.u8(PONG).u64(*nonce),
+            Self::Goodbye { code, message } => w
+                .u8(GOODBYE)
+                .u8(code.to_u8())
+                .string(message, MAX_REASON_LEN),
+            Self::RemoteForwardRequest {
+                id,
+                bind,
+                port,
+                preferred_port,
+            } => w
+                .u8(REMOTE_FORWARD_REQUEST)
+                .u32(*id)
+                .opt_ip(*bind)
+                .u16(*port)
+                .u16(*preferred_port),
+            Self::RemoteForwardReady { id, public_addr } => w
+                .u8(REMOTE_FORWARD_READY)
+                .u32(*id)
+                .socket_addr(*public_addr),
+            Self::RemoteForwardRefused { id, code, message } => w
+                .u8(REMOTE_FORWARD_REFUSED)
+                .u32(*id)
+                .u8(code.to_u8())
+                .string(message, MAX_REASON_LEN),
+        };
+        w.finish()
+    }
+
+    /// Decodes a message body received from a peer.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let msg = match r.u8("type")? {
+            PING => Self::Ping {
+                nonce: r.u64("nonce")?,
+            },
+            PONG => Self::Pong {
+                nonce: r.u64("nonce")?,
+            },
+            GOODBYE => Self::Goodbye {
+                code: GoodbyeCode::from_u8(r.u8("code")?),
+                message: r.string(MAX_REASON_LEN, "message")?,
+            },
+            REMOTE_FORWARD_REQUEST => Self::RemoteForwardRequest {
+                id: r.u32("id")?,
+                bind: r.opt_ip("bind")?,
+                port: r.u16("port")?,
+                preferred_port: r.u16("preferred_port")?,
+            },
+            REMOTE_FORWARD_READY => Self::RemoteForwardReady {
+                id: r.u32("id")?,
+                public_addr: r.socket_addr("public_addr")?,
+            },
+            REMOTE_FORWARD_REFUSED => Self::RemoteForwardRefused {
+                id: r.u32("id")?,
+                code: RefusalCode::from_u8(r.u8("code")?),
+                message: r.string(MAX_REASON_LEN, "message")?,
+            },
+            other => {
+                return Err(DecodeError::UnknownType {
+                    kind: "control message",
+                    value: other,
+                })
+            }
+        };
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<ControlMessage> {
+        vec![
+            ControlMessage::Ping { nonce: 7 },
+            ControlMessage::Pong { nonce: u64::MAX },
+            ControlMessage::Goodbye {
+                code: GoodbyeCode::Replaced,
+                message: "bye".into(),
+            },
+            ControlMessage::RemoteForwardRequest {
+                id: 3,
+                bind: Some("::1".parse().unwrap()),
+                port: 0,
+                preferred_port: 41000,
+            },
+            ControlMessage::RemoteForwardRequest {
+                id: 4,
+                bind: None,
+                port: 6443,
+                preferred_port: 0,
+            },
+            ControlMessage::RemoteForwardReady {
+                id: 3,
+                public_addr: "0.0.0.0:41000".parse().unwrap(),
+            },
+            ControlMessage::RemoteForwardRefused {
+                id: 4,
+                code: RefusalCode::Other(200),
+                message: "no".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for msg in samples() {
+            assert_eq!(ControlMessage::decode(&msg.encode()).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn every_strict_prefix_is_rejected() {
+        for msg in samples() {
+            let bytes = msg.encode();
+            for cut in 0..bytes.len() {
+                assert!(
+                    ControlMessage::decode(&bytes[..cut]).is_err(),
+                    "{msg:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn appended_fields_from_a_newer_peer_are_ignored() {
+        let msg = ControlMessage::Ping { nonce: 1 };
+        let mut bytes = msg.encode();
+        bytes.extend_from_slice(b"future field");
+        assert_eq!(ControlMessage::decode(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn unknown_type_is_an_error_naming_it() {
+        let err = ControlMessage::decode(&[0x7f]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::UnknownType {
+                kind: "control message",
+                value: 0x7f
+            }
+        );
+    }
+}

@@ -1,0 +1,138 @@
+use std::time::Duration;
+
+use super::{HandshakeError, HandshakeMessage};
+use crate::auth::{ChannelBinding, Proof, Role, Token, Transcript};
+use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+/// Client side of the handshake.
+///
+/// ```
+/// use tunnel_core::auth::{ChannelBinding, Credentials, Token};
+/// use tunnel_core::proto::handshake::{ClientHandshake, ClientStep, ServerHandshake, ServerStep};
+///
+/// let token = Token::new("s3cret").unwrap();
+/// let creds = Credentials::default().with_shared(token.clone());
+/// let binding = ChannelBinding::Plaintext;
+/// let (mut client, hello) = ClientHandshake::new("laptop", token, &binding, rand::random());
+/// let mut server = ServerHandshake::new(&creds, &binding, rand::random(), std::time::Duration::from_secs(10));
+///
+/// let ServerStep::Reply(challenge) = server.handle(&hello[4..]).unwrap() else { panic!() };
+/// let ClientStep::Send(proof) = client.handle(&challenge[4..]).unwrap() else { panic!() };
+/// let ServerStep::Accept { reply, client: who } = server.handle(&proof[4..]).unwrap() else { panic!() };
+/// assert_eq!(who.name, "laptop");
+/// assert!(matches!(client.handle(&reply[4..]).unwrap(), ClientStep::Done(_)));
+/// ```
+#[derive(Debug)]
+pub struct ClientHandshake {
+    token: Token,
+    transcript: Transcript,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitChallenge,
+    AwaitAccept { version: u16 },
+    Finished,
+}
+
+/// What the client does next.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientStep {
+    /// Send this frame and wait for the next one.
+    Send(Vec<u8>),
+    /// Both sides are authenticated; start the multiplexer.
+    Done(Established),
+}
+
+/// The outcome of a successful handshake, as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Established {
+    /// Negotiated protocol version.
+    pub version: u16,
+    /// Heartbeat interval the server asked for.
+    pub heartbeat_interval: Duration,
+}
+
+impl ClientHandshake {
+    /// Starts a handshake as `name`; returns the state machine and the hello frame to send.
+    pub fn new(
+        name: &str,
+        token: Token,
+        binding: &ChannelBinding,
+        nonce: [u8; 32],
+    ) -> (Self, Vec<u8>) {
+        let hello = HandshakeMessage::ClientHello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            nonce,
+            name: name.to_owned(),
+        }
+        .encode();
+        let mut transcript = Transcript::new(binding);
+        transcript.add(&hello);
+        let frame = crate::proto::frame::encode_to_vec(&hello);
+        (
+            Self {
+                token,
+                transcript,
+                state: State::AwaitChallenge,
+            },
+            frame,
+        )
+    }
+
+    /// Feeds one frame payload from the server.
+    pub fn handle(&mut self, payload: &[u8]) -> Result<ClientStep, HandshakeError> {
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        let msg = HandshakeMessage::decode(payload)?;
+        match (state, msg) {
+            (State::Finished, _) => Err(HandshakeError::Finished),
+            (_, HandshakeMessage::Refuse { code, message }) => {
+                Err(HandshakeError::Refused { code, message })
+            }
+            (State::AwaitChallenge, HandshakeMessage::ServerChallenge { version, .. }) => {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                    return Err(HandshakeError::UnsupportedVersion {
+                        peer_min: version,
+                        peer_max: version,
+                        ours_min: MIN_PROTOCOL_VERSION,
+                        ours_max: PROTOCOL_VERSION,
+                    });
+                }
+                self.transcript.add(payload);
+                let proof = Proof::compute(&self.token, Role::Client, &self.transcript);
+                self.state = State::AwaitAccept { version };
+                Ok(ClientStep::Send(
+                    HandshakeMessage::ClientProof { proof: proof.0 }.encode_frame(),
+                ))
+            }
+            (
+                State::AwaitAccept { version },
+                HandshakeMessage::ServerAccept {
+                    proof,
+                    heartbeat_interval_ms,
+                },
+            ) => {
+                if !Proof(proof).verify(&self.token, Role::Server, &self.transcript) {
+                    return Err(HandshakeError::ServerProofInvalid);
+                }
+                Ok(ClientStep::Done(Established {
+                    version,
+                    heartbeat_interval: Duration::from_millis(u64::from(
+                        heartbeat_interval_ms.max(100),
+                    )),
+                }))
+            }
+            (State::AwaitChallenge, other) => Err(HandshakeError::Unexpected {
+                expected: "ServerChallenge",
+                got: other.kind(),
+            }),
+            (State::AwaitAccept { .. }, other) => Err(HandshakeError::Unexpected {
+                expected: "ServerAccept",
+                got: other.kind(),
+            }),
+        }
+    }
+}

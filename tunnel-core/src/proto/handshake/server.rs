@@ -1,0 +1,383 @@
+use std::time::Duration;
+
+use super::{HandshakeError, HandshakeMessage, RefuseCode};
+use crate::auth::{ChannelBinding, CredentialKind, Credentials, Proof, Role, Token, Transcript};
+use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+/// Server side of the handshake (see [`super::ClientHandshake`] for a complete exchange).
+#[derive(Debug)]
+pub struct ServerHandshake<'c> {
+    credentials: &'c Credentials,
+    transcript: Transcript,
+    nonce: [u8; 32],
+    heartbeat_interval: Duration,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHello,
+    AwaitProof { name: String, version: u16 },
+    Finished,
+}
+
+/// What the server does next.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerStep {
+    /// Send this frame and wait for the next one.
+    Reply(Vec<u8>),
+    /// Send this frame; the client is authenticated and the multiplexer starts.
+    Accept {
+        /// The `ServerAccept` frame.
+        reply: Vec<u8>,
+        /// Who the client is.
+        client: AuthenticatedClient,
+    },
+    /// Send this frame, then close the connection.
+    Refuse {
+        /// The `Refuse` frame.
+        reply: Vec<u8>,
+        /// Why, for the server's log.
+        error: HandshakeError,
+    },
+}
+
+/// A client whose proof verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedClient {
+    /// The name it authenticated as.
+    pub name: String,
+    /// Which credential it proved.
+    pub credential: CredentialKind,
+    /// Negotiated protocol version.
+    pub version: u16,
+}
+
+impl<'c> ServerHandshake<'c> {
+    /// Prepares to receive a hello. `nonce` must be fresh randomness for every connection.
+    pub fn new(
+        credentials: &'c Credentials,
+        binding: &ChannelBinding,
+        nonce: [u8; 32],
+        heartbeat_interval: Duration,
+    ) -> Self {
+        Self {
+            credentials,
+            transcript: Transcript::new(binding),
+            nonce,
+            heartbeat_interval,
+            state: State::AwaitHello,
+        }
+    }
+
+    /// Feeds one frame payload from the client. `Err` means: close without a reply.
+    pub fn handle(&mut self, payload: &[u8]) -> Result<ServerStep, HandshakeError> {
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        let msg = match HandshakeMessage::decode(payload) {
+            Ok(msg) => msg,
+            Err(err) => return Ok(refuse(RefuseCode::Malformed, &err.to_string(), err.into())),
+        };
+        match (state, msg) {
+            (State::Finished, _) => Err(HandshakeError::Finished),
+            (
+                State::AwaitHello,
+                HandshakeMessage::ClientHello {
+                    min_version,
+                    max_version,
+                    name,
+                    ..
+                },
+            ) => {
+                let version = max_version.min(PROTOCOL_VERSION);
+                if version < min_version.max(MIN_PROTOCOL_VERSION) {
+                    let err = HandshakeError::UnsupportedVersion {
+                        peer_min: min_version,
+                        peer_max: max_version,
+                        ours_min: MIN_PROTOCOL_VERSION,
+                        ours_max: PROTOCOL_VERSION,
+                    };
+                    return Ok(refuse(
+                        RefuseCode::UnsupportedVersion,
+                        &err.to_string(),
+                        err,
+                    ));
+                }
+                self.transcript.add(payload);
+                let challenge = HandshakeMessage::ServerChallenge {
+                    version,
+                    nonce: self.nonce,
+                }
+                .encode();
+                self.transcript.add(&challenge);
+                self.state = State::AwaitProof { name, version };
+                Ok(ServerStep::Reply(crate::proto::frame::encode_to_vec(
+                    &challenge,
+                )))
+            }
+            (State::AwaitProof { name, version }, HandshakeMessage::ClientProof { proof }) => {
+                // An unknown name is checked against a throwaway token so it fails exactly like a
+                // wrong token: the reply and its timing do not reveal which names exist.
+                let (token, credential, known) = match self.credentials.lookup(&name) {
+                    Some((token, kind)) => (token.clone(), kind, true),
+                    None => (Token::generate(), CredentialKind::Shared, false),
+                };
+                if !(Proof(proof).verify(&token, Role::Client, &self.transcript) && known) {
+                    return Ok(refuse(
+                        RefuseCode::AuthFailed,
+                        "authentication failed",
+                        HandshakeError::ClientProofInvalid,
+                    ));
+                }
+                let proof = Proof::compute(&token, Role::Server, &self.transcript);
+                let interval_ms =
+                    u32::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
+                let reply = HandshakeMessage::ServerAccept {
+                    proof: proof.0,
+                    heartbeat_interval_ms: interval_ms,
+                }
+                .encode_frame();
+                Ok(ServerStep::Accept {
+                    reply,
+                    client: AuthenticatedClient {
+                        name,
+                        credential,
+                        version,
+                    },
+                })
+            }
+            (State::AwaitHello, other) => {
+                let err = HandshakeError::Unexpected {
+                    expected: "ClientHello",
+                    got: other.kind(),
+                };
+                Ok(refuse(RefuseCode::Malformed, &err.to_string(), err))
+            }
+            (State::AwaitProof { .. }, other) => {
+                let err = HandshakeError::Unexpected {
+                    expected: "ClientProof",
+                    got: other.kind(),
+                };
+                Ok(refuse(RefuseCode::Malformed, &err.to_string(), err))
+            }
+        }
+    }
+}
+
+fn refuse(code: RefuseCode, message: &str, error: HandshakeError) -> ServerStep {
+    let reply = HandshakeMessage::Refuse {
+        code,
+        message: message.to_owned(),
+    }
+    .encode_frame();
+    ServerStep::Refuse { reply, error }
+}
+
+/// A `Refuse` frame for a peer that is refused before any state machine runs (busy server,
+/// plaintext client on a TLS port).
+pub(crate) fn refusal_frame(code: RefuseCode, message: &str) -> Vec<u8> {
+    HandshakeMessage::Refuse {
+        code,
+        message: message.to_owned(),
+    }
+    .encode_frame()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::handshake::{ClientHandshake, ClientStep};
+
+    const HB: Duration = Duration::from_secs(5);
+
+    fn payload(frame: &[u8]) -> &[u8] {
+        crate::proto::frame::decode(frame, 4096).unwrap().unwrap().0
+    }
+
+    /// Runs a full exchange; returns the client's error or the server's accepted identity.
+    fn run(
+        client_token: &str,
+        client_binding: ChannelBinding,
+        name: &str,
+        creds: &Credentials,
+    ) -> Result<AuthenticatedClient, HandshakeError> {
+        let server_binding = ChannelBinding::Tls([3; 32]);
+        let (mut client, hello) = ClientHandshake::new(
+            name,
+            Token::new(client_token).unwrap(),
+            &client_binding,
+            [1; 32],
+        );
+        let mut server = ServerHandshake::new(creds, &server_binding, [2; 32], HB);
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello))? else {
+            panic!("no challenge")
+        };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge))? else {
+            panic!("no proof")
+        };
+        match server.handle(payload(&proof))? {
+            ServerStep::Accept { reply, client: who } => match client.handle(payload(&reply))? {
+                ClientStep::Done(est) => {
+                    assert_eq!(est.heartbeat_interval, HB);
+                    Ok(who)
+                }
+                ClientStep::Send(_) => panic!("client wants more"),
+            },
+            ServerStep::Refuse { reply, error } => {
+                assert!(matches!(
+                    client.handle(payload(&reply)),
+                    Err(HandshakeError::Refused { .. })
+                ));
+                Err(error)
+            }
+            ServerStep::Reply(_) => panic!("server wants more"),
+        }
+    }
+
+    fn creds() -> Credentials {
+        Credentials::default()
+            .with_shared(Token::new("shared").unwrap())
+            .with_client("worker-1", Token::new("w1-secret").unwrap())
+    }
+
+    #[test]
+    fn right_token_and_binding_authenticate() {
+        let who = run("shared", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap();
+        assert_eq!(
+            (who.name.as_str(), who.credential),
+            ("laptop", CredentialKind::Shared)
+        );
+        let who = run(
+            "w1-secret",
+            ChannelBinding::Tls([3; 32]),
+            "worker-1",
+            &creds(),
+        )
+        .unwrap();
+        assert_eq!(who.credential, CredentialKind::PerClient);
+    }
+
+    #[test]
+    fn wrong_token_is_refused() {
+        let err = run("guess", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap_err();
+        assert!(matches!(err, HandshakeError::ClientProofInvalid));
+    }
+
+    #[test]
+    fn shared_token_cannot_claim_a_name_with_its_own_token() {
+        let err = run("shared", ChannelBinding::Tls([3; 32]), "worker-1", &creds()).unwrap_err();
+        assert!(matches!(err, HandshakeError::ClientProofInvalid));
+    }
+
+    #[test]
+    fn proof_for_another_tls_session_is_refused() {
+        let err = run("shared", ChannelBinding::Tls([4; 32]), "laptop", &creds()).unwrap_err();
+        assert!(matches!(err, HandshakeError::ClientProofInvalid));
+    }
+
+    #[test]
+    fn unknown_name_without_shared_token_fails_like_a_wrong_token() {
+        let only_clients =
+            Credentials::default().with_client("worker-1", Token::new("w1").unwrap());
+        let err = run(
+            "anything",
+            ChannelBinding::Tls([3; 32]),
+            "stranger",
+            &only_clients,
+        )
+        .unwrap_err();
+        assert!(matches!(err, HandshakeError::ClientProofInvalid));
+    }
+
+    #[test]
+    fn replayed_proof_fails_against_a_fresh_server_nonce() {
+        let creds = creds();
+        let binding = ChannelBinding::Plaintext;
+        let (mut client, hello) =
+            ClientHandshake::new("laptop", Token::new("shared").unwrap(), &binding, [1; 32]);
+        let mut first = ServerHandshake::new(&creds, &binding, [2; 32], HB);
+        let ServerStep::Reply(challenge) = first.handle(payload(&hello)).unwrap() else {
+            panic!()
+        };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else {
+            panic!()
+        };
+
+        let mut second = ServerHandshake::new(&creds, &binding, [9; 32], HB);
+        assert!(matches!(
+            second.handle(payload(&hello)).unwrap(),
+            ServerStep::Reply(_)
+        ));
+        let step = second.handle(payload(&proof)).unwrap();
+        assert!(matches!(
+            step,
+            ServerStep::Refuse {
+                error: HandshakeError::ClientProofInvalid,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn server_without_the_token_is_detected_by_the_client() {
+        let binding = ChannelBinding::Plaintext;
+        let impostor = Credentials::default().with_shared(Token::new("other").unwrap());
+        let (mut client, hello) =
+            ClientHandshake::new("laptop", Token::new("shared").unwrap(), &binding, [1; 32]);
+        let mut server = ServerHandshake::new(&impostor, &binding, [2; 32], HB);
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else {
+            panic!()
+        };
+        client.handle(payload(&challenge)).unwrap();
+        // The impostor cannot compute a valid proof; forge one of zeros.
+        let forged = HandshakeMessage::ServerAccept {
+            proof: [0; 32],
+            heartbeat_interval_ms: 1000,
+        }
+        .encode();
+        assert!(matches!(
+            client.handle(&forged),
+            Err(HandshakeError::ServerProofInvalid)
+        ));
+    }
+
+    #[test]
+    fn out_of_order_and_garbage_messages_are_refused() {
+        let creds = creds();
+        let mut server = ServerHandshake::new(&creds, &ChannelBinding::Plaintext, [2; 32], HB);
+        let proof = HandshakeMessage::ClientProof { proof: [0; 32] }.encode();
+        assert!(matches!(
+            server.handle(&proof).unwrap(),
+            ServerStep::Refuse { .. }
+        ));
+        assert!(matches!(
+            server.handle(&proof),
+            Err(HandshakeError::Finished)
+        ));
+        let mut server = ServerHandshake::new(&creds, &ChannelBinding::Plaintext, [2; 32], HB);
+        assert!(matches!(
+            server.handle(b"\xff\x00garbage").unwrap(),
+            ServerStep::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn version_ranges_without_overlap_are_refused() {
+        let creds = creds();
+        let mut server = ServerHandshake::new(&creds, &ChannelBinding::Plaintext, [2; 32], HB);
+        let hello = HandshakeMessage::ClientHello {
+            min_version: 9,
+            max_version: 12,
+            nonce: [0; 32],
+            name: "x".into(),
+        };
+        let step = server.handle(&hello.encode()).unwrap();
+        assert!(matches!(
+            step,
+            ServerStep::Refuse {
+                error: HandshakeError::UnsupportedVersion { .. },
+                ..
+            }
+        ));
+    }
+}

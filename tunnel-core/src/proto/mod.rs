@@ -1,0 +1,98 @@
+//! Wire format: frames, handshake messages, control messages and data-stream headers.
+//!
+//! Everything here is a pure function over bytes or a sans-IO state machine; sockets live in
+//! [`crate::session`]. Every decoder checks sizes before allocating and returns a
+//! [`DecodeError`] naming the offending field; none of them panics on any input.
+//! The format is specified in `docs/protocol.md`.
+
+pub mod control;
+pub mod frame;
+pub mod handshake;
+pub mod header;
+pub(crate) mod wire;
+
+pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
+pub use frame::FrameError;
+pub use header::StreamHeader;
+
+/// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Oldest protocol version this build accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// Longest client name accepted on the wire and in config.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest human-readable reason carried in a refusal or goodbye.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// Why bytes from a peer could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended inside the named field.
+    #[error("truncated message: `{field}` is incomplete")]
+    Truncated {
+        /// Field being read.
+        field: &'static str,
+    },
+    /// A length field exceeds its cap.
+    #[error("`{field}` is {len} bytes, more than the {max} allowed")]
+    TooLong {
+        /// Field being read.
+        field: &'static str,
+        /// Length announced by the peer.
+        len: usize,
+        /// Largest length accepted.
+        max: usize,
+    },
+    /// A string field is not UTF-8.
+    #[error("`{field}` is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Field being read.
+        field: &'static str,
+    },
+    /// A field holds a value this version does not define.
+    #[error("`{field}` has an invalid value {value}")]
+    InvalidValue {
+        /// Field being read.
+        field: &'static str,
+        /// Value received.
+        value: u64,
+    },
+    /// The message type is not one this version knows.
+    #[error("unknown {kind} type {value:#04x}")]
+    UnknownType {
+        /// Which message family (handshake, control, stream header).
+        kind: &'static str,
+        /// Type byte received.
+        value: u8,
+    },
+    /// The handshake magic bytes are wrong: the peer does not speak this protocol.
+    #[error("not a tunnel peer (bad magic bytes)")]
+    BadMagic,
+    /// A client name is empty, too long, or has characters outside `[A-Za-z0-9._-]`.
+    #[error("invalid client name: {0}")]
+    InvalidName(String),
+}
+
+/// Checks a client name: 1 to [`MAX_NAME_LEN`] characters from `[A-Za-z0-9._-]`.
+///
+/// ```
+/// assert!(tunnel_core::proto::validate_name("worker-1").is_ok());
+/// assert!(tunnel_core::proto::validate_name("../etc").is_err());
+/// ```
+pub fn validate_name(name: &str) -> Result<(), DecodeError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || !name.chars().all(ok_char)
+        || name.starts_with('.')
+    {
+        return Err(DecodeError::InvalidName(format!(
+            "{name:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ - (not starting with '.')"
+        )));
+    }
+    Ok(())
+}

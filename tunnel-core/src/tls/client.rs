@@ -1,0 +1,123 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::{provider, Fingerprint, TlsError, ALPN};
+
+/// How the client decides to trust the server's certificate.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Accept exactly the certificate with this fingerprint (any name, any issuer).
+    Pinned(Fingerprint),
+    /// Accept a certificate chaining to one of these roots and valid for the server's name.
+    Roots(Vec<CertificateDer<'static>>),
+}
+
+impl ServerTrust {
+    /// Reads CA certificates from a PEM file.
+    pub fn ca_file(path: &Path) -> Result<Self, TlsError> {
+        Ok(Self::Roots(super::server::read_certs(path)?))
+    }
+}
+
+/// Builds the rustls client configuration (TLS 1.3, ALPN `tunnel/1`) for `trust`.
+pub fn client_config(trust: &ServerTrust) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut config = match trust {
+        ServerTrust::Pinned(fp) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                expected: *fp,
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        ServerTrust::Roots(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs {
+                roots.add(cert.clone())?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The error a pinned verifier reports, recoverable from the rustls error for a clear message.
+#[derive(Debug, thiserror::Error)]
+#[error("server certificate fingerprint is {actual}, expected {expected}")]
+pub struct FingerprintMismatch {
+    /// The pinned fingerprint.
+    pub expected: Fingerprint,
+    /// What the server presented.
+    pub actual: Fingerprint,
+}
+
+/// Trusts one certificate by its SHA-256, then checks the handshake signature with its key as
+/// usual, so only the holder of that certificate's private key can complete the handshake.
+#[derive(Debug)]
+struct PinnedVerifier {
+    expected: Fingerprint,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let actual = Fingerprint::of_der(end_entity.as_ref());
+        if actual == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                    FingerprintMismatch {
+                        expected: self.expected,
+                        actual,
+                    },
+                ))),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The config is TLS 1.3 only; a TLS 1.2 signature is never legitimate here.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,48 @@
+//! rustls configuration: the server's certificate (from PEM files, or generated with rcgen and
+//! kept in a state directory), and the client's trust in it (a CA file or a pinned SHA-256
+//! fingerprint). TLS 1.3 only; there is no way to build a client that trusts an unknown server.
+
+mod client;
+mod fingerprint;
+mod server;
+
+pub use client::{client_config, FingerprintMismatch, ServerTrust};
+pub use fingerprint::{Fingerprint, FingerprintError};
+pub use server::{fingerprint_of_pem_file, server_config, ServerIdentity};
+
+use std::path::PathBuf;
+
+/// ALPN protocol id spoken inside TLS.
+pub const ALPN: &[u8] = b"tunnel/1";
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A certificate or key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        what: String,
+    },
+    /// Certificate generation failed.
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls rejected the certificate, key or settings.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

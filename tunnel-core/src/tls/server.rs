@@ -1,0 +1,118 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{provider, Fingerprint, TlsError, ALPN};
+
+/// File names used for a generated certificate inside the state directory.
+const GENERATED_CERT: &str = "server-cert.pem";
+const GENERATED_KEY: &str = "server-key.pem";
+
+/// The server's certificate chain and private key.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let first = tunnel_core::tls::ServerIdentity::load_or_generate(dir.path(), &["localhost".into()]).unwrap();
+/// let again = tunnel_core::tls::ServerIdentity::load_or_generate(dir.path(), &[]).unwrap();
+/// assert_eq!(first.fingerprint(), again.fingerprint());
+/// ```
+pub struct ServerIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerIdentity {
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = read_certs(cert)?;
+        let key_pem = read(key)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|source| TlsError::Io {
+                path: key.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| TlsError::Pem {
+                path: key.to_owned(),
+                what: "no private key found".into(),
+            })?;
+        Ok(Self { chain, key })
+    }
+
+    /// Loads the certificate kept in `state_dir`, or generates a self-signed one for `names`
+    /// (DNS names or IP addresses) and keeps it there (key file mode 0600).
+    pub fn load_or_generate(state_dir: &Path, names: &[String]) -> Result<Self, TlsError> {
+        let (cert_path, key_path) = (
+            state_dir.join(GENERATED_CERT),
+            state_dir.join(GENERATED_KEY),
+        );
+        if cert_path.exists() && key_path.exists() {
+            return Self::from_pem_files(&cert_path, &key_path);
+        }
+        let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        sans.extend(names.iter().filter(|n| !n.is_empty()).cloned());
+        sans.dedup();
+        let generated = rcgen::generate_simple_self_signed(sans)?;
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| TlsError::Io { path, source }
+        };
+        std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+        crate::fs::write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+            .map_err(io_err(&key_path))?;
+        std::fs::write(&cert_path, generated.cert.pem()).map_err(io_err(&cert_path))?;
+        Self::from_pem_files(&cert_path, &key_path)
+    }
+
+    /// Fingerprint of the leaf certificate, for clients to pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of_der(self.chain.first().map(|c| c.as_ref()).unwrap_or_default())
+    }
+}
+
+/// Builds the rustls server configuration (TLS 1.3, ALPN `tunnel/1`).
+pub fn server_config(identity: ServerIdentity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: PathBuf::from(path),
+            what: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Fingerprint of the first certificate in a PEM file.
+pub fn fingerprint_of_pem_file(path: &Path) -> Result<Fingerprint, TlsError> {
+    Ok(Fingerprint::of_der(read_certs(path)?[0].as_ref()))
+}

@@ -1,0 +1,135 @@
+//! Byte streams under a session: TCP with its socket options, optionally wrapped in TLS.
+//!
+//! A session runs over anything `AsyncRead + AsyncWrite`; this module produces such streams and
+//! the [`ChannelBinding`] that ties authentication to them.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::auth::ChannelBinding;
+
+/// A boxed byte stream a session can run over.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// An owned, type-erased byte stream.
+pub type BoxedIo = Box<dyn Io>;
+
+/// First byte of a TLS handshake record; how a server tells TLS from plaintext.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// TCP keepalive idle time: a backstop under the session heartbeat for silent half-open links.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Applies the socket options every connection wants: no Nagle delay, TCP keepalive.
+pub fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE)
+        .with_interval(Duration::from_secs(10));
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Connects to `addr` (`host:port`, resolved here) with [`configure_tcp`] applied.
+pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    configure_tcp(&stream)?;
+    Ok(stream)
+}
+
+/// How a client wraps its TCP connection to the server.
+#[derive(Clone)]
+pub enum ClientTransport {
+    /// TLS with this configuration, presenting `server_name` (SNI; checked under CA trust).
+    Tls {
+        /// Built by [`crate::tls::client_config`].
+        config: Arc<rustls::ClientConfig>,
+        /// Name to present and verify.
+        server_name: rustls::pki_types::ServerName<'static>,
+    },
+    /// No encryption. Only when both sides explicitly chose it.
+    Plaintext,
+}
+
+impl std::fmt::Debug for ClientTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tls { server_name, .. } => write!(f, "Tls({server_name:?})"),
+            Self::Plaintext => f.write_str("Plaintext"),
+        }
+    }
+}
+
+impl ClientTransport {
+    /// TLS toward `server` (`host:port`): the host part becomes the server name.
+    pub fn tls(config: Arc<rustls::ClientConfig>, server: &str) -> Result<Self, InvalidServerName> {
+        let host = host_of(server);
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| InvalidServerName(host.to_owned()))?;
+        Ok(Self::Tls {
+            config,
+            server_name,
+        })
+    }
+
+    /// Wraps `tcp` as configured and returns the stream and its channel binding.
+    pub async fn wrap(&self, tcp: TcpStream) -> io::Result<(BoxedIo, ChannelBinding)> {
+        match self {
+            Self::Plaintext => Ok((Box::new(tcp), ChannelBinding::Plaintext)),
+            Self::Tls {
+                config,
+                server_name,
+            } => {
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(server_name.clone(), tcp)
+                    .await?;
+                let binding =
+                    ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
+                Ok((Box::new(tls), binding))
+            }
+        }
+    }
+}
+
+/// The host in `--server` is not a valid DNS name or IP address.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid server name {0:?}")]
+pub struct InvalidServerName(pub String);
+
+/// The host part of `host:port` or `[v6]:port`.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// Completes the server side of TLS on an accepted connection.
+pub async fn accept_tls(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+) -> io::Result<(BoxedIo, ChannelBinding)> {
+    let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+    let binding = ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
+    Ok((Box::new(tls), binding))
+}
+
+/// A TLS alert record (fatal `protocol_version`), sent unencrypted to a TLS client that reached
+/// a plaintext server, so its handshake fails with a clear alert instead of a bare EOF.
+pub const TLS_PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_handles_names_and_v6() {
+        assert_eq!(host_of("example.com:7000"), "example.com");
+        assert_eq!(host_of("[::1]:7000"), "::1");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+    }
+}
