@@ -19,8 +19,12 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod client;
+pub mod forward;
 pub mod mux;
 pub mod proto;
+pub mod server;
+pub mod session;
 pub mod tls;
 pub mod transport;
 

@@ -173,16 +173,6 @@ fn refuse(code: RefuseCode, message: &str, error: HandshakeError) -> ServerStep 
     ServerStep::Refuse { reply, error }
 }
 
-/// A `Refuse` frame for a peer that is refused before any state machine runs (busy server,
-/// plaintext client on a TLS port).
-pub(crate) fn refusal_frame(code: RefuseCode, message: &str) -> Vec<u8> {
-    HandshakeMessage::Refuse {
-        code,
-        message: message.to_owned(),
-    }
-    .encode_frame()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,141 @@
+use crate::forward::RemoteForwardSpec;
+use crate::proto::handshake::{HandshakeError, RefuseCode};
+use crate::proto::{FrameError, GoodbyeCode, RefusalCode};
+use crate::session::{SessionEnd, SessionError};
+use crate::tls::FingerprintMismatch;
+
+/// Why a client stopped for good. Transient failures are retried and never surface here
+/// (unless the retry budget runs out).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server rejected our token, or could not prove it holds it.
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
+    /// The server's certificate is not the one we trust.
+    #[error("server certificate rejected: {0}")]
+    ServerCertificate(String),
+    /// The server refused the connection for a reason retrying cannot fix.
+    #[error("server refused the connection ({code}): {message}")]
+    Refused {
+        /// Server's reason code.
+        code: RefuseCode,
+        /// Server's explanation.
+        message: String,
+    },
+    /// The server refused one of our forwards.
+    #[error("forward {spec} refused by the server ({code}): {message}")]
+    ForwardRefused {
+        /// The forward as configured.
+        spec: RemoteForwardSpec,
+        /// Server's reason code.
+        code: RefusalCode,
+        /// Server's explanation.
+        message: String,
+    },
+    /// Another client connected with our name and took over.
+    #[error("replaced: {0}")]
+    Replaced(String),
+    /// The peer does not speak this protocol (or a compatible version of it).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// `max_attempts` consecutive connection attempts failed.
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+}
+
+/// The outcome of one connection attempt or session.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// Stop and report.
+    Permanent(ClientError),
+    /// Wait and reconnect.
+    Transient(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        Self::Permanent(err)
+    }
+}
+
+/// Classifies a failed TLS handshake: certificate and protocol problems are permanent, a
+/// connection that dropped mid-handshake is not.
+pub(super) fn classify_tls(err: std::io::Error) -> Failure {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return Failure::Transient(format!("TLS handshake interrupted: {err}"));
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<FingerprintMismatch>() {
+                Some(mismatch) => ClientError::ServerCertificate(format!(
+                    "{mismatch} (check --fingerprint; the server prints its fingerprint at start)"
+                ))
+                .into(),
+                None => ClientError::ServerCertificate(other.to_string()).into(),
+            }
+        }
+        rustls::Error::InvalidCertificate(cert) => {
+            ClientError::ServerCertificate(format!("{cert:?} (check --ca, or pin with --fingerprint)")).into()
+        }
+        rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::Protocol(
+            "the server does not speak TLS on this port (is it running with --insecure-plaintext?)".into(),
+        )
+        .into(),
+        other => ClientError::Protocol(format!("TLS handshake failed: {other}")).into(),
+    }
+}
+
+/// Classifies a failed tunnel handshake.
+pub(super) fn classify_session(err: SessionError) -> Failure {
+    match err {
+        SessionError::Handshake(HandshakeError::Refused {
+            code: RefuseCode::AuthFailed,
+            message,
+        }) => ClientError::AuthFailed(format!("the server rejected the token ({message})")).into(),
+        SessionError::Handshake(HandshakeError::Refused { code, message })
+            if code.is_permanent() =>
+        {
+            ClientError::Refused { code, message }.into()
+        }
+        SessionError::Handshake(HandshakeError::Refused { code, message }) => {
+            Failure::Transient(format!("server refused the connection ({code}): {message}"))
+        }
+        SessionError::Handshake(HandshakeError::ServerProofInvalid) => ClientError::AuthFailed(
+            "the server could not prove it knows the token (different tokens, or not our server)"
+                .into(),
+        )
+        .into(),
+        SessionError::Handshake(other) => ClientError::Protocol(format!(
+            "{other} (is this a tunnel server, and TLS on on both sides?)"
+        ))
+        .into(),
+        SessionError::Frame(FrameError::TooLarge { .. }) => ClientError::Protocol(format!(
+            "{err} (is this a tunnel server, and TLS on on both sides?)"
+        ))
+        .into(),
+        SessionError::Frame(FrameError::Closed) => {
+            Failure::Transient("the server closed the connection during the handshake".into())
+        }
+        other => Failure::Transient(format!("handshake failed: {other}")),
+    }
+}
+
+/// Classifies the end of an established session.
+pub(super) fn classify_end(end: SessionEnd) -> Failure {
+    match end {
+        SessionEnd::Goodbye {
+            code: GoodbyeCode::Replaced,
+            message,
+        } => ClientError::Replaced(message).into(),
+        other => Failure::Transient(format!("session ended: {other}")),
+    }
+}

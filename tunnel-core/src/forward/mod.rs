@@ -1,0 +1,13 @@
+//! Forwards: what a client asks the server to publish, and the byte copy that carries a visitor.
+//!
+//! A remote forward (`-R`) is a port on the server whose visitors become streams to a target near
+//! the client. The stream starts with a [`crate::proto::StreamHeader`] naming the forward; then
+//! bytes flow both ways unchanged, with each side's FIN carried through.
+
+mod copy;
+mod ports;
+mod spec;
+
+pub use copy::{splice, SpliceStats, COPY_BUFFER};
+pub use ports::{PortSet, PortSetError};
+pub use spec::{RemoteForwardSpec, SpecError, TargetAddr};

@@ -1,0 +1,194 @@
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// A target to dial: `host:port`, where host is a name or an IP address (`[v6]` in brackets).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TargetAddr {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for TargetAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a forward specification was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid forward {input:?}: {reason}")]
+pub struct SpecError {
+    input: String,
+    reason: String,
+}
+
+/// A remote forward: `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`.
+///
+/// ```
+/// use tunnel_core::forward::RemoteForwardSpec;
+/// let spec: RemoteForwardSpec = "0.0.0.0:6443:127.0.0.1:6443".parse().unwrap();
+/// assert_eq!(spec.remote_port, 6443);
+/// assert_eq!(spec.local.to_string(), "127.0.0.1:6443");
+/// let any: RemoteForwardSpec = "0:[::1]:8080".parse().unwrap();
+/// assert_eq!((any.bind, any.remote_port), (None, 0));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteForwardSpec {
+    /// Address the server binds; `None` for its default.
+    pub bind: Option<IpAddr>,
+    /// Public port on the server; 0 lets the server choose.
+    pub remote_port: u16,
+    /// Where the client sends each visitor.
+    pub local: TargetAddr,
+}
+
+impl fmt::Display for RemoteForwardSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bind {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(f, "{}:{}", self.remote_port, self.local)
+    }
+}
+
+impl FromStr for RemoteForwardSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| SpecError {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let parts = split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?;
+        let (bind, remote, host, port) = match parts.as_slice() {
+            [remote, host, port] => (None, *remote, *host, *port),
+            [bind, remote, host, port] => (Some(*bind), *remote, *host, *port),
+            _ => {
+                return Err(err(
+                    "expected [BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT",
+                ))
+            }
+        };
+        let bind = bind
+            .map(|b| {
+                unbracket(b)
+                    .parse::<IpAddr>()
+                    .map_err(|_| err("BIND_ADDR must be an IP address"))
+            })
+            .transpose()?;
+        let remote_port = remote
+            .parse()
+            .map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
+        let local = parse_target(host, port).map_err(|reason| err(reason))?;
+        Ok(Self {
+            bind,
+            remote_port,
+            local,
+        })
+    }
+}
+
+impl FromStr for TargetAddr {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| SpecError {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match split_colons(s)
+            .ok_or_else(|| err("unbalanced [brackets]"))?
+            .as_slice()
+        {
+            [host, port] => parse_target(host, port).map_err(|reason| err(reason)),
+            _ => Err(err("expected HOST:PORT")),
+        }
+    }
+}
+
+fn parse_target(host: &str, port: &str) -> Result<TargetAddr, &'static str> {
+    let host = unbracket(host);
+    if host.is_empty() {
+        return Err("LOCAL_HOST is empty");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("LOCAL_PORT must be a number from 1 to 65535"),
+        Ok(port) => Ok(TargetAddr {
+            host: host.to_owned(),
+            port,
+        }),
+    }
+}
+
+/// Splits on colons outside `[...]`; `None` if brackets do not balance.
+fn split_colons(s: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return None;
+        }
+    }
+    (depth == 0).then(|| {
+        parts.push(&s[start..]);
+        parts
+    })
+}
+
+fn unbracket(s: &str) -> &str {
+    s.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_specs_parse_and_display_back() {
+        for text in [
+            "8080:localhost:80",
+            "127.0.0.1:0:10.0.0.5:10250",
+            "[::]:443:[::1]:8443",
+        ] {
+            let spec: RemoteForwardSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn invalid_specs_name_the_problem() {
+        let cases = [
+            ("8080", "expected"),
+            ("x:localhost:80", "REMOTE_PORT"),
+            ("70000:localhost:80", "REMOTE_PORT"),
+            ("80:localhost:0", "LOCAL_PORT"),
+            ("host:80:localhost:81", "BIND_ADDR"),
+            ("80::81", "LOCAL_HOST"),
+            ("[::1:80:h:1", "brackets"),
+        ];
+        for (input, needle) in cases {
+            let err = input.parse::<RemoteForwardSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{input}: {err}");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Remote forwards of one session: port policy, binding, and visitors turned into streams.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::SessionId;
+use super::Shared;
+use crate::auth::CredentialKind;
+use crate::forward::{splice, PortSet};
+use crate::mux::StreamOpener;
+use crate::proto::handshake::AuthenticatedClient;
+use crate::proto::{ControlMessage, RefusalCode, StreamHeader};
+use crate::session::ControlSender;
+use crate::transport;
+
+/// Random candidates tried when the client lets the server choose a port.
+const PICK_ATTEMPTS: usize = 64;
+
+type Refusal = (RefusalCode, String);
+
+pub(super) struct Forwards<'s> {
+    shared: &'s Shared,
+    name: String,
+    credential: CredentialKind,
+    session: SessionId,
+    opener: StreamOpener,
+    /// Cancelled when the session ends: stops listeners and cuts visitors.
+    owned: CancellationToken,
+    /// Forward id -> public port.
+    active: HashMap<u32, u16>,
+}
+
+impl<'s> Forwards<'s> {
+    pub(super) fn new(
+        shared: &'s Shared,
+        client: &AuthenticatedClient,
+        session: SessionId,
+        opener: StreamOpener,
+        owned: CancellationToken,
+    ) -> Self {
+        Self {
+            shared,
+            name: client.name.clone(),
+            credential: client.credential,
+            session,
+            opener,
+            owned,
+            active: HashMap::new(),
+        }
+    }
+
+    /// Handles one control message; `Err` is a protocol violation that ends the session.
+    pub(super) async fn handle(
+        &mut self,
+        message: ControlMessage,
+        control: &ControlSender,
+    ) -> Result<(), String> {
+        match message {
+            ControlMessage::RemoteForwardRequest {
+                id,
+                bind,
+                port,
+                preferred_port,
+            } => {
+                let reply = match self.open(id, bind, port, preferred_port).await {
+                    Ok(public_addr) => {
+                        tracing::info!(client = %self.name, id, %public_addr, "remote forward listening");
+                        ControlMessage::RemoteForwardReady { id, public_addr }
+                    }
+                    Err((code, message)) => {
+                        tracing::info!(client = %self.name, id, port, "remote forward refused: {message}");
+                        ControlMessage::RemoteForwardRefused { id, code, message }
+                    }
+                };
+                // A failed send means the session is ending; the driver reports why.
+                let _ = control.send(reply).await;
+                Ok(())
+            }
+            other => Err(format!(
+                "unexpected control message from a client: {other:?}"
+            )),
+        }
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        bind: Option<IpAddr>,
+        port: u16,
+        preferred: u16,
+    ) -> Result<SocketAddr, Refusal> {
+        if self.active.contains_key(&id) {
+            return Err((
+                RefusalCode::Invalid,
+                format!("forward id {id} is already in use"),
+            ));
+        }
+        let limit = self.shared.config.max_forwards_per_client;
+        if self.active.len() >= limit {
+            return Err((
+                RefusalCode::TooManyForwards,
+                format!("this client already holds {limit} forwards"),
+            ));
+        }
+        let allowed = self.shared.config.ports_for(&self.name, self.credential);
+        let ip = bind.unwrap_or(self.shared.config.default_bind);
+        let listener = if port == 0 {
+            self.bind_any(ip, preferred, allowed).await?
+        } else if allowed.contains(port) {
+            self.bind_claimed(ip, port).await?
+        } else {
+            return Err((
+                RefusalCode::PortNotAllowed,
+                format!(
+                    "port {port} is not allowed for client {:?} (allowed: {allowed})",
+                    self.name
+                ),
+            ));
+        };
+        let public_addr = listener
+            .local_addr()
+            .map_err(|e| (RefusalCode::Invalid, e.to_string()))?;
+        self.active.insert(id, public_addr.port());
+        tokio::spawn(serve(listener, id, self.opener.clone(), self.owned.clone()));
+        Ok(public_addr)
+    }
+
+    async fn bind_claimed(&self, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
+        let registry = &self.shared.registry;
+        if registry.claim(&self.name, self.session, port).is_err() {
+            return Err((
+                RefusalCode::PortTaken,
+                format!("port {port} is held by another client"),
+            ));
+        }
+        TcpListener::bind((ip, port)).await.map_err(|err| {
+            registry.release(self.session, port);
+            bind_refusal(ip, port, &err)
+        })
+    }
+
+    async fn bind_any(
+        &self,
+        ip: IpAddr,
+        preferred: u16,
+        allowed: &PortSet,
+    ) -> Result<TcpListener, Refusal> {
+        if preferred != 0 && allowed.contains(preferred) {
+            if let Ok(listener) = self.bind_claimed(ip, preferred).await {
+                return Ok(listener);
+            }
+        }
+        for _ in 0..PICK_ATTEMPTS.min(allowed.len().max(1)) {
+            let Some(port) = allowed.nth(rand::random_range(0..allowed.len().max(1))) else {
+                break;
+            };
+            if self.shared.registry.is_taken_for(&self.name, port) {
+                continue;
+            }
+            match self.bind_claimed(ip, port).await {
+                Ok(listener) => return Ok(listener),
+                Err((RefusalCode::PortTaken, _)) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err((
+            RefusalCode::PortTaken,
+            format!("no free port found among the allowed ports ({allowed})"),
+        ))
+    }
+}
+
+fn bind_refusal(ip: IpAddr, port: u16, err: &io::Error) -> Refusal {
+    match err.kind() {
+        io::ErrorKind::AddrInUse => (
+            RefusalCode::PortTaken,
+            format!("port {port} is already in use on the server"),
+        ),
+        io::ErrorKind::PermissionDenied => (
+            RefusalCode::PortNotAllowed,
+            format!("the server may not bind port {port}: {err}"),
+        ),
+        _ => (
+            RefusalCode::Invalid,
+            format!("cannot bind {ip}:{port} on the server: {err}"),
+        ),
+    }
+}
+
+/// Accepts visitors until the session ends; each becomes one new stream to the client.
+async fn serve(
+    listener: TcpListener,
+    forward_id: u32,
+    opener: StreamOpener,
+    owned: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = owned.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, visitor)) => {
+                tokio::spawn(visit(
+                    tcp,
+                    visitor,
+                    forward_id,
+                    opener.clone(),
+                    owned.clone(),
+                ));
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!(forward_id, "accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn visit(
+    mut tcp: TcpStream,
+    visitor: SocketAddr,
+    forward_id: u32,
+    opener: StreamOpener,
+    owned: CancellationToken,
+) {
+    let _ = transport::configure_tcp(&tcp);
+    let mut stream = match opener.open().await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(%visitor, forward_id, "cannot open a stream for the visitor: {err}");
+            return;
+        }
+    };
+    let header = StreamHeader::RemoteForward {
+        forward_id,
+        visitor,
+    }
+    .encode();
+    let carry = async {
+        stream.write_all(&header).await?;
+        splice(&mut tcp, &mut stream).await
+    };
+    tokio::select! {
+        () = owned.cancelled() => {}
+        result = carry => match result {
+            Ok(stats) => tracing::trace!(%visitor, forward_id, ?stats, "visitor done"),
+            Err(err) => tracing::debug!(%visitor, forward_id, "visitor connection ended: {err}"),
+        },
+    }
+}

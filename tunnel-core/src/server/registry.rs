@@ -1,0 +1,256 @@
+//! Who is connected and who holds which public port.
+//!
+//! Keyed by client identity (its name): one live session per name today, with the ports it
+//! holds. When a session ends, its ports stay reserved for the same name for a grace period so
+//! a reconnecting client gets them back and nobody else can grab them meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Identifies one session of a client name.
+pub(crate) type SessionId = u64;
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    grace: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: SessionId,
+    sessions: HashMap<String, Slot>,
+    leases: HashMap<u16, Lease>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: SessionId,
+    /// Cancelled to ask the session to close (a newer one replaces it).
+    kick: CancellationToken,
+    /// Cancelled by the session once it has released everything.
+    gone: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Lease {
+    owner: String,
+    state: LeaseState,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LeaseState {
+    Held(SessionId),
+    Reserved { until: Instant },
+}
+
+/// A registered session's handles.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) id: SessionId,
+    /// Cancelled when a newer session with the same name takes over.
+    pub(crate) kicked: CancellationToken,
+    gone: CancellationToken,
+}
+
+/// Why a port cannot be claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PortConflict {
+    /// Another client holds it, or it is reserved for another client's reconnect.
+    OtherClient,
+}
+
+impl Registry {
+    pub(crate) fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a session for `name`. An existing session with that name is asked to close, and
+    /// this waits (up to `handover`) until it has released its ports.
+    pub(crate) async fn register(&self, name: &str, handover: Duration) -> Registration {
+        let (registration, previous) = {
+            let mut inner = self.lock();
+            inner.next_id += 1;
+            let slot = Slot {
+                id: inner.next_id,
+                kick: CancellationToken::new(),
+                gone: CancellationToken::new(),
+            };
+            let registration = Registration {
+                id: slot.id,
+                kicked: slot.kick.clone(),
+                gone: slot.gone.clone(),
+            };
+            (registration, inner.sessions.insert(name.to_owned(), slot))
+        };
+        if let Some(previous) = previous {
+            tracing::info!(client = name, "a new session replaces the existing one");
+            previous.kick.cancel();
+            if tokio::time::timeout(handover, previous.gone.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    client = name,
+                    "previous session did not release its ports in time"
+                );
+            }
+        }
+        registration
+    }
+
+    /// Removes a session: its ports become reserved for its name for the grace period.
+    pub(crate) fn unregister(&self, name: &str, registration: &Registration) {
+        let until = Instant::now() + self.grace;
+        {
+            let mut inner = self.lock();
+            if inner
+                .sessions
+                .get(name)
+                .is_some_and(|slot| slot.id == registration.id)
+            {
+                inner.sessions.remove(name);
+            }
+            for lease in inner.leases.values_mut() {
+                if matches!(lease.state, LeaseState::Held(id) if id == registration.id) {
+                    lease.state = LeaseState::Reserved { until };
+                }
+            }
+        }
+        registration.gone.cancel();
+    }
+
+    /// Claims `port` for a session of `name`: free ports, expired reservations and the name's
+    /// own reservations can be claimed; anything another client holds or reserved cannot.
+    pub(crate) fn claim(&self, name: &str, id: SessionId, port: u16) -> Result<(), PortConflict> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some(lease) = inner.leases.get(&port) {
+            let live = match lease.state {
+                LeaseState::Held(_) => true,
+                LeaseState::Reserved { until } => until > now,
+            };
+            if live && lease.owner != name {
+                return Err(PortConflict::OtherClient);
+            }
+        }
+        inner.leases.insert(
+            port,
+            Lease {
+                owner: name.to_owned(),
+                state: LeaseState::Held(id),
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives back a claim that could not be used (the bind failed).
+    pub(crate) fn release(&self, id: SessionId, port: u16) {
+        let mut inner = self.lock();
+        if inner
+            .leases
+            .get(&port)
+            .is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id))
+        {
+            inner.leases.remove(&port);
+        }
+    }
+
+    /// True if `port` is held or reserved by someone other than `name` (used to skip candidates).
+    pub(crate) fn is_taken_for(&self, name: &str, port: u16) -> bool {
+        let now = Instant::now();
+        self.lock().leases.get(&port).is_some_and(|lease| {
+            lease.owner != name
+                && match lease.state {
+                    LeaseState::Held(_) => true,
+                    LeaseState::Reserved { until } => until > now,
+                }
+        })
+    }
+
+    /// Drops expired reservations so the table does not grow without bound.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        self.lock().leases.retain(|_, lease| match lease.state {
+            LeaseState::Held(_) => true,
+            LeaseState::Reserved { until } => until > now,
+        });
+    }
+
+    /// Names with a live session.
+    pub(crate) fn session_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().sessions.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(60);
+    const HANDOVER: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
+        let registry = Registry::new(GRACE);
+        let a = registry.register("a", HANDOVER).await;
+        registry.claim("a", a.id, 7000).unwrap();
+        let b = registry.register("b", HANDOVER).await;
+        assert_eq!(
+            registry.claim("b", b.id, 7000),
+            Err(PortConflict::OtherClient)
+        );
+
+        registry.unregister("a", &a);
+        assert_eq!(
+            registry.claim("b", b.id, 7000),
+            Err(PortConflict::OtherClient),
+            "reserved for a"
+        );
+        let a2 = registry.register("a", HANDOVER).await;
+        registry.claim("a", a2.id, 7000).unwrap();
+        registry.unregister("a", &a2);
+
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        registry.sweep();
+        registry.claim("b", b.id, 7000).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
+        let registry = std::sync::Arc::new(Registry::new(GRACE));
+        let old = registry.register("a", HANDOVER).await;
+        registry.claim("a", old.id, 7000).unwrap();
+        let r = registry.clone();
+        let old_task = tokio::spawn(async move {
+            old.kicked.cancelled().await;
+            r.unregister("a", &old);
+        });
+        let new = registry.register("a", HANDOVER).await;
+        old_task.await.unwrap();
+        registry.claim("a", new.id, 7000).unwrap();
+        assert_eq!(registry.session_names(), vec!["a".to_owned()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_frees_only_an_unused_claim() {
+        let registry = Registry::new(GRACE);
+        let a = registry.register("a", HANDOVER).await;
+        registry.claim("a", a.id, 7000).unwrap();
+        registry.release(a.id, 7000);
+        assert!(!registry.is_taken_for("b", 7000));
+    }
+}

@@ -1,0 +1,310 @@
+//! The task behind a session: multiplexer, control stream reader and writer, heartbeat and
+//! dead-peer watchdog, joined so that the first to finish ends the session.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::SessionConfig;
+use crate::mux::{MuxDriver, MuxStream, StreamOpener};
+use crate::proto::{frame, ControlMessage, FrameError, GoodbyeCode};
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEnd {
+    /// We closed it ([`ControlSender::close`]).
+    Closed,
+    /// The peer said goodbye.
+    Goodbye {
+        /// Peer's reason.
+        code: GoodbyeCode,
+        /// Peer's explanation.
+        message: String,
+    },
+    /// The connection ended without a goodbye (peer killed, link cut, reset).
+    PeerGone,
+    /// Nothing arrived from the peer for this long.
+    HeartbeatTimeout(Duration),
+    /// The peer broke the protocol; the session was closed.
+    ProtocolError(String),
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed locally"),
+            Self::Goodbye { code, message } => {
+                write!(f, "peer closed the session ({code}): {message}")
+            }
+            Self::PeerGone => f.write_str("connection lost"),
+            Self::HeartbeatTimeout(t) => write!(f, "peer silent for {t:?}, declared dead"),
+            Self::ProtocolError(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+enum Outgoing {
+    Message(ControlMessage),
+    Close(GoodbyeCode, String),
+}
+
+/// Sends control messages on a session and closes it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlSender {
+    tx: mpsc::Sender<Outgoing>,
+    rtt: Arc<Mutex<Option<Duration>>>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Message(m) => m.fmt(f),
+            Self::Close(code, _) => write!(f, "Close({code})"),
+        }
+    }
+}
+
+/// The session has ended; nothing can be sent on it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("session closed")]
+pub struct SessionClosed;
+
+impl ControlSender {
+    /// Queues a message for the peer.
+    pub async fn send(&self, message: ControlMessage) -> Result<(), SessionClosed> {
+        self.tx
+            .send(Outgoing::Message(message))
+            .await
+            .map_err(|_| SessionClosed)
+    }
+
+    /// Says goodbye with `code` and closes the connection; the driver then ends with
+    /// [`SessionEnd::Closed`].
+    pub async fn close(&self, code: GoodbyeCode, message: impl Into<String>) {
+        let _ = self.tx.send(Outgoing::Close(code, message.into())).await;
+    }
+
+    /// Latest heartbeat round-trip time, once one was measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        *self.rtt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Runs a session; spawn it. Resolves with the reason the session ended, after which every
+/// stream of the session is closed.
+#[must_use = "a session does nothing unless its driver is polled"]
+pub struct SessionDriver(Pin<Box<dyn Future<Output = SessionEnd> + Send>>);
+
+impl std::fmt::Debug for SessionDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionDriver")
+    }
+}
+
+impl Future for SessionDriver {
+    type Output = SessionEnd;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SessionEnd> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// Liveness shared by the reader (which refreshes it) and the watchdog (which checks it).
+#[derive(Clone)]
+struct LastSeen(Arc<Mutex<Instant>>);
+
+impl LastSeen {
+    fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn get(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(super) fn start(
+    mux: MuxDriver,
+    opener: StreamOpener,
+    control: MuxStream,
+    config: &SessionConfig,
+) -> (ControlSender, mpsc::Receiver<ControlMessage>, SessionDriver) {
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let (msg_tx, msg_rx) = mpsc::channel(64);
+    let rtt = Arc::new(Mutex::new(None));
+    let sender = ControlSender {
+        tx: out_tx.clone(),
+        rtt: rtt.clone(),
+    };
+    let config = config.clone();
+    let driver = SessionDriver(Box::pin(run(
+        mux, opener, control, config, out_tx, out_rx, msg_tx, rtt,
+    )));
+    (sender, msg_rx, driver)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    mut mux: MuxDriver,
+    opener: StreamOpener,
+    control: MuxStream,
+    config: SessionConfig,
+    out_tx: mpsc::Sender<Outgoing>,
+    out_rx: mpsc::Receiver<Outgoing>,
+    msg_tx: mpsc::Sender<ControlMessage>,
+    rtt: Arc<Mutex<Option<Duration>>>,
+) -> SessionEnd {
+    let (reader, writer) = tokio::io::split(control);
+    let last_seen = LastSeen(Arc::new(Mutex::new(Instant::now())));
+    let (pong_tx, pong_rx) = mpsc::channel(4);
+    let pings = Arc::new(Mutex::new(None::<(u64, Instant)>));
+
+    let read = read_loop(
+        reader,
+        config.max_message_size,
+        last_seen.clone(),
+        msg_tx,
+        pong_tx,
+        pings.clone(),
+        rtt,
+    );
+    let write = write_loop(
+        writer,
+        out_rx,
+        pong_rx,
+        config.heartbeat_interval,
+        pings,
+        opener,
+    );
+    let watchdog = watchdog(last_seen, config.heartbeat_timeout);
+    // Keep a sender alive so the writer's queue never reports "closed" while we run.
+    let _keep = out_tx;
+
+    let end = tokio::select! {
+        end = read => end,
+        end = write => end,
+        end = watchdog => end,
+        result = &mut mux => match result {
+            Ok(()) => SessionEnd::PeerGone,
+            Err(err) => SessionEnd::ProtocolError(err.to_string()),
+        },
+    };
+    if end == SessionEnd::Closed {
+        // Let the multiplexer flush the goodbye and close; bounded so a stuck peer cannot hold us.
+        let _ = tokio::time::timeout(Duration::from_secs(2), mux).await;
+    }
+    end
+}
+
+async fn read_loop(
+    mut reader: ReadHalf<MuxStream>,
+    max_message_size: usize,
+    last_seen: LastSeen,
+    messages: mpsc::Sender<ControlMessage>,
+    pongs: mpsc::Sender<u64>,
+    pings: Arc<Mutex<Option<(u64, Instant)>>>,
+    rtt: Arc<Mutex<Option<Duration>>>,
+) -> SessionEnd {
+    loop {
+        let payload = match frame::read(&mut reader, max_message_size).await {
+            Ok(payload) => payload,
+            Err(FrameError::Closed) => return SessionEnd::PeerGone,
+            Err(FrameError::Io(_)) => return SessionEnd::PeerGone,
+            Err(err) => return SessionEnd::ProtocolError(err.to_string()),
+        };
+        last_seen.touch();
+        let message = match ControlMessage::decode(&payload) {
+            Ok(message) => message,
+            Err(err) => return SessionEnd::ProtocolError(err.to_string()),
+        };
+        match message {
+            ControlMessage::Ping { nonce } => {
+                // If the writer is backed up, a dropped pong is harmless: any frame is liveness.
+                let _ = pongs.try_send(nonce);
+            }
+            ControlMessage::Pong { nonce } => {
+                let sent = *pings.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((expected, at)) = sent {
+                    if expected == nonce {
+                        *rtt.lock().unwrap_or_else(|e| e.into_inner()) = Some(at.elapsed());
+                    }
+                }
+            }
+            ControlMessage::Goodbye { code, message } => {
+                return SessionEnd::Goodbye { code, message }
+            }
+            other => {
+                if messages.send(other).await.is_err() {
+                    tracing::debug!("control message dropped: nobody is listening");
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: WriteHalf<MuxStream>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut pongs: mpsc::Receiver<u64>,
+    interval: Duration,
+    pings: Arc<Mutex<Option<(u64, Instant)>>>,
+    opener: StreamOpener,
+) -> SessionEnd {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = Vec::new();
+    loop {
+        let message = tokio::select! {
+            Some(out) = outgoing.recv() => match out {
+                Outgoing::Message(message) => message,
+                Outgoing::Close(code, message) => {
+                    write_message(&mut writer, &mut buf, &ControlMessage::Goodbye { code, message }).await;
+                    let _ = writer.shutdown().await;
+                    opener.close().await;
+                    return SessionEnd::Closed;
+                }
+            },
+            Some(nonce) = pongs.recv() => ControlMessage::Pong { nonce },
+            _ = ticker.tick() => {
+                let nonce = rand::random();
+                *pings.lock().unwrap_or_else(|e| e.into_inner()) = Some((nonce, Instant::now()));
+                ControlMessage::Ping { nonce }
+            }
+        };
+        if !write_message(&mut writer, &mut buf, &message).await {
+            return SessionEnd::PeerGone;
+        }
+    }
+}
+
+async fn write_message(
+    writer: &mut WriteHalf<MuxStream>,
+    buf: &mut Vec<u8>,
+    message: &ControlMessage,
+) -> bool {
+    buf.clear();
+    frame::encode(&message.encode(), buf);
+    frame::write(writer, buf).await.is_ok()
+}
+
+async fn watchdog(last_seen: LastSeen, timeout: Duration) -> SessionEnd {
+    loop {
+        let deadline = last_seen.get() + timeout;
+        if Instant::now() >= deadline {
+            return SessionEnd::HeartbeatTimeout(timeout);
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}

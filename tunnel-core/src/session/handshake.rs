@@ -1,0 +1,129 @@
+//! Runs the sans-IO handshake state machines over a byte stream, one frame at a time.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::SessionError;
+use crate::auth::{ChannelBinding, Credentials, Token};
+use crate::proto::frame;
+use crate::proto::handshake::{
+    AuthenticatedClient, ClientHandshake, ClientStep, Established, HandshakeMessage, RefuseCode,
+    ServerHandshake, ServerStep, MAX_HANDSHAKE_FRAME,
+};
+
+/// Authenticates to a server as `name`. Never reads past the server's last handshake frame.
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    binding: &ChannelBinding,
+    name: &str,
+    token: Token,
+) -> Result<Established, SessionError> {
+    let (mut machine, hello) = ClientHandshake::new(name, token, binding, rand::random());
+    frame::write(io, &hello).await?;
+    loop {
+        let payload = frame::read(io, MAX_HANDSHAKE_FRAME).await?;
+        match machine.handle(&payload)? {
+            ClientStep::Send(reply) => frame::write(io, &reply).await?,
+            ClientStep::Done(established) => return Ok(established),
+        }
+    }
+}
+
+/// Verifies a client. On refusal the reason is sent to the client before the error returns.
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    binding: &ChannelBinding,
+    credentials: &Credentials,
+    heartbeat_interval: Duration,
+) -> Result<AuthenticatedClient, SessionError> {
+    let mut machine =
+        ServerHandshake::new(credentials, binding, rand::random(), heartbeat_interval);
+    loop {
+        let payload = frame::read(io, MAX_HANDSHAKE_FRAME).await?;
+        match machine.handle(&payload)? {
+            ServerStep::Reply(reply) => frame::write(io, &reply).await?,
+            ServerStep::Accept { reply, client } => {
+                frame::write(io, &reply).await?;
+                return Ok(client);
+            }
+            ServerStep::Refuse { reply, error } => {
+                // Best effort: the peer may already be gone.
+                let _ = frame::write(io, &reply).await;
+                let _ = io.shutdown().await;
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+/// Reads the peer's first frame (so closing does not reset the connection under our reply)
+/// and answers it with a refusal, for connections refused before authentication starts.
+pub async fn read_and_refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    code: RefuseCode,
+    message: &str,
+) {
+    let _ = frame::read(io, MAX_HANDSHAKE_FRAME).await;
+    let refusal = HandshakeMessage::Refuse {
+        code,
+        message: message.to_owned(),
+    }
+    .encode_frame();
+    let _ = frame::write(io, &refusal).await;
+    let _ = io.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::handshake::HandshakeError;
+
+    async fn exchange(
+        client_token: &str,
+        server_token: &str,
+    ) -> (
+        Result<Established, SessionError>,
+        Result<AuthenticatedClient, SessionError>,
+    ) {
+        // A tiny duplex buffer forces every frame through many partial reads and writes.
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let creds = Credentials::default().with_shared(Token::new(server_token).unwrap());
+        let client = client_handshake(
+            &mut a,
+            &ChannelBinding::Plaintext,
+            "c1",
+            Token::new(client_token).unwrap(),
+        );
+        let server = server_handshake(
+            &mut b,
+            &ChannelBinding::Plaintext,
+            &creds,
+            Duration::from_secs(1),
+        );
+        tokio::join!(client, server)
+    }
+
+    #[tokio::test]
+    async fn handshake_succeeds_over_a_tiny_pipe() {
+        let (client, server) = exchange("t", "t").await;
+        assert_eq!(client.unwrap().heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(server.unwrap().name, "c1");
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_reported_to_the_client_as_auth_failed() {
+        let (client, server) = exchange("wrong", "t").await;
+        assert!(matches!(
+            client,
+            Err(SessionError::Handshake(HandshakeError::Refused {
+                code: RefuseCode::AuthFailed,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            server,
+            Err(SessionError::Handshake(HandshakeError::ClientProofInvalid))
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! An authenticated, multiplexed connection between a client and the server.
+//!
+//! [`Session::connect`] and [`Session::accept`] run the handshake on a byte stream, start the
+//! multiplexer and set up the control stream (the client's first stream). The returned
+//! [`Session`] gives a [`ControlSender`] for messages, a queue of the peer's messages, a stream
+//! opener, the inbound data streams, and the [`SessionDriver`] that must be spawned: it runs
+//! the multiplexer and the heartbeat, and resolves with the reason the session ended.
+//! Callers bound the handshake with their own timeout.
+
+mod driver;
+mod handshake;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+pub use driver::{ControlSender, SessionDriver, SessionEnd};
+pub use handshake::{client_handshake, read_and_refuse, server_handshake};
+
+use crate::auth::{ChannelBinding, Credentials, Token};
+use crate::mux::{IncomingStreams, Mode, Mux, MuxConfig, MuxError, StreamOpener};
+use crate::proto::handshake::{AuthenticatedClient, Established, HandshakeError};
+use crate::proto::{ControlMessage, FrameError};
+use crate::transport::Io;
+
+/// Session settings shared by both sides.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// How often each side sends a heartbeat (server's value wins; default 10 s).
+    pub heartbeat_interval: Duration,
+    /// Silence after which the peer is declared dead (default 30 s).
+    pub heartbeat_timeout: Duration,
+    /// Largest control message accepted, in bytes (default 64 KiB).
+    pub max_message_size: usize,
+    /// Multiplexer settings.
+    pub mux: MuxConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(30),
+            max_message_size: 64 * 1024,
+            mux: MuxConfig::default(),
+        }
+    }
+}
+
+/// Why a session could not be established.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The transport failed during the handshake.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// The handshake failed (refused, bad proof, malformed peer).
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    /// The multiplexer failed before the control stream was up.
+    #[error("{0}")]
+    Mux(#[from] MuxError),
+    /// The client did not open its control stream in time.
+    #[error("peer did not open a control stream")]
+    NoControlStream,
+}
+
+impl From<std::io::Error> for SessionError {
+    fn from(err: std::io::Error) -> Self {
+        Self::Frame(FrameError::Io(err))
+    }
+}
+
+/// An established session, split into the parts a caller uses from different tasks.
+#[derive(Debug)]
+pub struct Session {
+    /// Sends control messages and closes the session; clone freely.
+    pub control: ControlSender,
+    /// Control messages from the peer; heartbeats are handled inside and never appear here.
+    pub messages: mpsc::Receiver<ControlMessage>,
+    /// Opens data streams toward the peer.
+    pub opener: StreamOpener,
+    /// Data streams the peer opened.
+    pub incoming: IncomingStreams,
+    /// Must be spawned; resolves when the session ends.
+    pub driver: SessionDriver,
+}
+
+impl Session {
+    /// Client side: authenticate as `name` with `token`, then open the control stream.
+    pub async fn connect(
+        mut io: impl Io,
+        binding: &ChannelBinding,
+        name: &str,
+        token: Token,
+        config: &SessionConfig,
+    ) -> Result<(Self, Established), SessionError> {
+        let established = client_handshake(&mut io, binding, name, token).await?;
+        let (opener, incoming, mut mux) = Mux::new(io, &config.mux, Mode::Client);
+        let control = tokio::select! {
+            stream = opener.open() => stream?,
+            end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),
+        };
+        let mut config = config.clone();
+        config.heartbeat_interval = established.heartbeat_interval;
+        config.heartbeat_timeout = config
+            .heartbeat_timeout
+            .max(established.heartbeat_interval * 3);
+        Ok((
+            Self::assemble(mux, opener, incoming, control, &config),
+            established,
+        ))
+    }
+
+    /// Server side: verify the client against `credentials`, then wait (within `control_timeout`)
+    /// for its control stream.
+    pub async fn accept(
+        mut io: impl Io,
+        binding: &ChannelBinding,
+        credentials: &Credentials,
+        config: &SessionConfig,
+        control_timeout: Duration,
+    ) -> Result<(Self, AuthenticatedClient), SessionError> {
+        let client =
+            server_handshake(&mut io, binding, credentials, config.heartbeat_interval).await?;
+        let (opener, mut incoming, mut mux) = Mux::new(io, &config.mux, Mode::Server);
+        let control = tokio::select! {
+            stream = tokio::time::timeout(control_timeout, incoming.next()) => {
+                stream.ok().flatten().ok_or(SessionError::NoControlStream)?
+            }
+            end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),
+        };
+        Ok((
+            Self::assemble(mux, opener, incoming, control, config),
+            client,
+        ))
+    }
+
+    fn assemble(
+        mux: crate::mux::MuxDriver,
+        opener: StreamOpener,
+        incoming: IncomingStreams,
+        control: crate::mux::MuxStream,
+        config: &SessionConfig,
+    ) -> Self {
+        let (control, messages, driver) = driver::start(mux, opener.clone(), control, config);
+        Self {
+            control,
+            messages,
+            opener,
+            incoming,
+            driver,
+        }
+    }
+}
