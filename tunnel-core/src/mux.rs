@@ -37,11 +37,7 @@ pub struct MuxConfig {
 
 impl Default for MuxConfig {
     fn default() -> Self {
-        Self {
-            max_streams: 1024,
-            max_connection_window: None,
-            split_send_size: 16 * 1024,
-        }
+        Self { max_streams: 1024, max_connection_window: None, split_send_size: 16 * 1024 }
     }
 }
 
@@ -116,11 +112,7 @@ pub struct Mux;
 
 impl Mux {
     /// Starts multiplexing `io`. Spawn the returned driver; it resolves when the connection ends.
-    pub fn new(
-        io: impl Io,
-        config: &MuxConfig,
-        mode: Mode,
-    ) -> (StreamOpener, IncomingStreams, MuxDriver) {
+    pub fn new(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, IncomingStreams, MuxDriver) {
         let mode = match mode {
             Mode::Client => yamux::Mode::Client,
             Mode::Server => yamux::Mode::Server,
@@ -161,30 +153,19 @@ pub struct StreamOpener {
 
 impl std::fmt::Debug for StreamOpener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamOpener")
-            .field("available", &self.permits.available_permits())
-            .finish()
+        f.debug_struct("StreamOpener").field("available", &self.permits.available_permits()).finish()
     }
 }
 
 impl StreamOpener {
     /// Opens a new stream. Fails at once when `max_streams` are open rather than queueing.
     pub async fn open(&self) -> Result<MuxStream, MuxError> {
-        let permit = self
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| MuxError::StreamLimit(self.limit))?;
+        let permit =
+            self.permits.clone().try_acquire_owned().map_err(|_| MuxError::StreamLimit(self.limit))?;
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Open(tx))
-            .await
-            .map_err(|_| MuxError::Closed)?;
+        self.commands.send(Command::Open(tx)).await.map_err(|_| MuxError::Closed)?;
         let stream = rx.await.map_err(|_| MuxError::Closed)??;
-        Ok(MuxStream {
-            inner: stream.compat(),
-            _permit: permit,
-        })
+        Ok(MuxStream { inner: stream.compat(), _permit: permit })
     }
 
     /// Asks the driver to close the connection gracefully (pending writes are flushed).
@@ -235,11 +216,7 @@ impl AsyncRead for MuxStream {
 }
 
 impl AsyncWrite for MuxStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -267,9 +244,7 @@ pub struct MuxDriver {
 
 impl std::fmt::Debug for MuxDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MuxDriver")
-            .field("closing", &self.closing)
-            .finish_non_exhaustive()
+        f.debug_struct("MuxDriver").field("closing", &self.closing).finish_non_exhaustive()
     }
 }
 
@@ -309,10 +284,7 @@ impl MuxDriver {
             tracing::warn!(stream = %stream.id(), "peer exceeded the stream limit; resetting the stream");
             return;
         };
-        let stream = MuxStream {
-            inner: stream.compat(),
-            _permit: permit,
-        };
+        let stream = MuxStream { inner: stream.compat(), _permit: permit };
         if let Err(err) = self.incoming.try_send(stream) {
             tracing::warn!("inbound stream queue full or closed; resetting the stream");
             drop(err);
@@ -347,11 +319,7 @@ impl Future for MuxDriver {
                 Poll::Ready(Some(Ok(stream))) => this.accept_inbound(stream),
                 Poll::Ready(Some(Err(err))) => {
                     this.fail_pending_opens();
-                    return Poll::Ready(if is_peer_gone(&err) {
-                        Ok(())
-                    } else {
-                        Err(err.into())
-                    });
+                    return Poll::Ready(if is_peer_gone(&err) { Ok(()) } else { Err(err.into()) });
                 }
                 Poll::Ready(None) => {
                     this.fail_pending_opens();
@@ -369,9 +337,7 @@ fn is_peer_gone(err: &yamux::ConnectionError) -> bool {
         yamux::ConnectionError::Closed => true,
         yamux::ConnectionError::Io(io) => matches!(
             io.kind(),
-            io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::UnexpectedEof
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
         ),
         _ => false,
     }
@@ -383,12 +349,7 @@ mod tests {
 
     use super::*;
 
-    fn pair(
-        config: &MuxConfig,
-    ) -> (
-        (StreamOpener, IncomingStreams),
-        (StreamOpener, IncomingStreams),
-    ) {
+    fn pair(config: &MuxConfig) -> ((StreamOpener, IncomingStreams), (StreamOpener, IncomingStreams)) {
         let (a, b) = tokio::io::duplex(1 << 16);
         let (oa, ia, da) = Mux::new(a, config, Mode::Client);
         let (ob, ib, db) = Mux::new(b, config, Mode::Server);
@@ -416,10 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn opening_past_the_limit_fails_without_killing_the_connection() {
-        let config = MuxConfig {
-            max_streams: 2,
-            ..MuxConfig::default()
-        };
+        let config = MuxConfig { max_streams: 2, ..MuxConfig::default() };
         let ((opener, _), (_, mut incoming)) = pair(&config);
         let first = opener.open().await.unwrap();
         let _second = opener.open().await.unwrap();
@@ -442,14 +400,8 @@ mod tests {
     #[tokio::test]
     async fn peer_exceeding_our_inbound_limit_gets_resets_and_the_connection_lives() {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let generous = MuxConfig {
-            max_streams: 8,
-            ..MuxConfig::default()
-        };
-        let strict = MuxConfig {
-            max_streams: 2,
-            ..MuxConfig::default()
-        };
+        let generous = MuxConfig { max_streams: 8, ..MuxConfig::default() };
+        let strict = MuxConfig { max_streams: 2, ..MuxConfig::default() };
         let (opener, _ia, da) = Mux::new(a, &generous, Mode::Client);
         let (_ob, mut incoming, db) = Mux::new(b, &strict, Mode::Server);
         tokio::spawn(da);
@@ -475,17 +427,11 @@ mod tests {
             let mut buf = [0u8; 1];
             assert!(matches!(s.read(&mut buf).await, Ok(0) | Err(_)));
         }
-        assert!(
-            !server.is_finished(),
-            "the connection must survive a stream flood"
-        );
+        assert!(!server.is_finished(), "the connection must survive a stream flood");
         let (mut s, id) = kept.pop().unwrap();
         s.write_all(b"ok").await.unwrap();
         let mut reply = [0u8; 2];
-        streams[usize::from(id)]
-            .read_exact(&mut reply)
-            .await
-            .unwrap();
+        streams[usize::from(id)].read_exact(&mut reply).await.unwrap();
         assert_eq!(&reply, b"ok");
     }
 

@@ -28,9 +28,7 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Applies the socket options every connection wants: no Nagle delay, TCP keepalive.
 pub fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE)
-        .with_interval(Duration::from_secs(10));
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE).with_interval(Duration::from_secs(10));
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
@@ -70,25 +68,18 @@ impl ClientTransport {
         let host = host_of(server);
         let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
             .map_err(|_| InvalidServerName(host.to_owned()))?;
-        Ok(Self::Tls {
-            config,
-            server_name,
-        })
+        Ok(Self::Tls { config, server_name })
     }
 
     /// Wraps `tcp` as configured and returns the stream and its channel binding.
     pub async fn wrap(&self, tcp: TcpStream) -> io::Result<(BoxedIo, ChannelBinding)> {
         match self {
             Self::Plaintext => Ok((Box::new(tcp), ChannelBinding::Plaintext)),
-            Self::Tls {
-                config,
-                server_name,
-            } => {
+            Self::Tls { config, server_name } => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(server_name.clone(), tcp)
                     .await?;
-                let binding =
-                    ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
+                let binding = ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
                 Ok((Box::new(tls), binding))
             }
         }
@@ -103,9 +94,7 @@ pub struct InvalidServerName(pub String);
 /// The host part of `host:port` or `[v6]:port`.
 pub fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 /// Completes the server side of TLS on an accepted connection.

@@ -139,16 +139,8 @@ mod tests {
         let proof = Proof::compute(&token, Role::Client, &base);
         assert!(proof.verify(&token, Role::Client, &base));
         assert!(!proof.verify(&Token::new("b").unwrap(), Role::Client, &base));
-        assert!(!proof.verify(
-            &token,
-            Role::Client,
-            &Transcript::new(&ChannelBinding::Tls([2; 32]))
-        ));
-        assert!(!proof.verify(
-            &token,
-            Role::Client,
-            &Transcript::new(&ChannelBinding::Plaintext)
-        ));
+        assert!(!proof.verify(&token, Role::Client, &Transcript::new(&ChannelBinding::Tls([2; 32]))));
+        assert!(!proof.verify(&token, Role::Client, &Transcript::new(&ChannelBinding::Plaintext)));
         let mut longer = base.clone();
         longer.add(b"x");
         assert!(!proof.verify(&token, Role::Client, &longer));

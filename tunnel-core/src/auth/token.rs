@@ -57,10 +57,8 @@ impl Token {
 
     /// Reads a token from a file, ignoring surrounding whitespace (such as a final newline).
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TokenError::File { path: path.display().to_string(), source })?;
         Self::new(text.trim())
     }
 
@@ -82,12 +80,10 @@ impl fmt::Debug for Token {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]
@@ -104,10 +100,7 @@ mod tests {
     #[test]
     fn empty_and_oversized_tokens_are_refused() {
         assert!(matches!(Token::new(""), Err(TokenError::Empty)));
-        assert!(matches!(
-            Token::new("x".repeat(1025)),
-            Err(TokenError::TooLong)
-        ));
+        assert!(matches!(Token::new("x".repeat(1025)), Err(TokenError::TooLong)));
     }
 
     #[test]

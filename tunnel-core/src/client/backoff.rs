@@ -24,21 +24,14 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-            max_attempts: None,
-        }
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30), max_attempts: None }
     }
 }
 
 impl Backoff {
     /// A fresh sequence of delays.
     pub fn start(self) -> BackoffState {
-        BackoffState {
-            policy: self,
-            attempt: 0,
-        }
+        BackoffState { policy: self, attempt: 0 }
     }
 }
 
@@ -54,19 +47,11 @@ impl BackoffState {
     /// each time up to the maximum, and is drawn uniformly from its upper half so that many
     /// clients cut off together do not reconnect in lockstep.
     pub fn next_delay(&mut self) -> Option<Duration> {
-        if self
-            .policy
-            .max_attempts
-            .is_some_and(|max| self.attempt >= max)
-        {
+        if self.policy.max_attempts.is_some_and(|max| self.attempt >= max) {
             return None;
         }
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
-        let base = self
-            .policy
-            .initial
-            .saturating_mul(factor)
-            .min(self.policy.max);
+        let base = self.policy.initial.saturating_mul(factor).min(self.policy.max);
         self.attempt += 1;
         let half = base / 2;
         Some(half + half.mul_f64(rand::random::<f64>()))
@@ -100,11 +85,7 @@ mod tests {
         let bounds = [100, 200, 400, 800, 800, 800];
         for (delay, upper) in delays.iter().zip(bounds) {
             let upper = Duration::from_millis(upper);
-            assert!(
-                *delay >= upper / 2 && *delay <= upper,
-                "{delay:?} outside [{:?}, {upper:?}]",
-                upper / 2
-            );
+            assert!(*delay >= upper / 2 && *delay <= upper, "{delay:?} outside [{:?}, {upper:?}]", upper / 2);
         }
         state.reset();
         assert!(state.next_delay().unwrap() <= Duration::from_millis(100));

@@ -67,10 +67,7 @@ impl From<ClientError> for Failure {
 /// Classifies a failed TLS handshake: certificate and protocol problems are permanent, a
 /// connection that dropped mid-handshake is not.
 pub(super) fn classify_tls(err: std::io::Error) -> Failure {
-    let Some(tls) = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    else {
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         return Failure::Transient(format!("TLS handshake interrupted: {err}"));
     };
     match tls {
@@ -97,31 +94,27 @@ pub(super) fn classify_tls(err: std::io::Error) -> Failure {
 /// Classifies a failed tunnel handshake.
 pub(super) fn classify_session(err: SessionError) -> Failure {
     match err {
-        SessionError::Handshake(HandshakeError::Refused {
-            code: RefuseCode::AuthFailed,
-            message,
-        }) => ClientError::AuthFailed(format!("the server rejected the token ({message})")).into(),
-        SessionError::Handshake(HandshakeError::Refused { code, message })
-            if code.is_permanent() =>
-        {
+        SessionError::Handshake(HandshakeError::Refused { code: RefuseCode::AuthFailed, message }) => {
+            ClientError::AuthFailed(format!("the server rejected the token ({message})")).into()
+        }
+        SessionError::Handshake(HandshakeError::Refused { code, message }) if code.is_permanent() => {
             ClientError::Refused { code, message }.into()
         }
         SessionError::Handshake(HandshakeError::Refused { code, message }) => {
             Failure::Transient(format!("server refused the connection ({code}): {message}"))
         }
         SessionError::Handshake(HandshakeError::ServerProofInvalid) => ClientError::AuthFailed(
-            "the server could not prove it knows the token (different tokens, or not our server)"
-                .into(),
+            "the server could not prove it knows the token (different tokens, or not our server)".into(),
         )
         .into(),
-        SessionError::Handshake(other) => ClientError::Protocol(format!(
-            "{other} (is this a tunnel server, and TLS on on both sides?)"
-        ))
-        .into(),
-        SessionError::Frame(FrameError::TooLarge { .. }) => ClientError::Protocol(format!(
-            "{err} (is this a tunnel server, and TLS on on both sides?)"
-        ))
-        .into(),
+        SessionError::Handshake(other) => {
+            ClientError::Protocol(format!("{other} (is this a tunnel server, and TLS on on both sides?)"))
+                .into()
+        }
+        SessionError::Frame(FrameError::TooLarge { .. }) => {
+            ClientError::Protocol(format!("{err} (is this a tunnel server, and TLS on on both sides?)"))
+                .into()
+        }
         SessionError::Frame(FrameError::Closed) => {
             Failure::Transient("the server closed the connection during the handshake".into())
         }
@@ -132,10 +125,7 @@ pub(super) fn classify_session(err: SessionError) -> Failure {
 /// Classifies the end of an established session.
 pub(super) fn classify_end(end: SessionEnd) -> Failure {
     match end {
-        SessionEnd::Goodbye {
-            code: GoodbyeCode::Replaced,
-            message,
-        } => ClientError::Replaced(message).into(),
+        SessionEnd::Goodbye { code: GoodbyeCode::Replaced, message } => ClientError::Replaced(message).into(),
         other => Failure::Transient(format!("session ended: {other}")),
     }
 }

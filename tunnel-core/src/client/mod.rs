@@ -133,10 +133,7 @@ pub struct Client {
 impl Client {
     /// A client with this configuration; nothing happens until [`Client::run`].
     pub fn new(config: ClientConfig) -> Self {
-        Self {
-            config: Arc::new(config),
-            status: watch::Sender::new(ClientStatus::Connecting),
-        }
+        Self { config: Arc::new(config), status: watch::Sender::new(ClientStatus::Connecting) }
     }
 
     /// Follows the client's progress.
@@ -168,10 +165,7 @@ impl Client {
                 outcome = self.connect() => outcome,
             };
             let failure = match outcome {
-                Ok(session) => match self
-                    .serve(session, &mut assigned, &mut backoff, &stop)
-                    .await
-                {
+                Ok(session) => match self.serve(session, &mut assigned, &mut backoff, &stop).await {
                     Ok(()) => return Ok(()),
                     Err(failure) => failure,
                 },
@@ -182,10 +176,7 @@ impl Client {
                 Failure::Transient(error) => error,
             };
             let Some(delay) = backoff.next_delay() else {
-                return Err(ClientError::GaveUp {
-                    attempts: backoff.attempts(),
-                    last: error,
-                });
+                return Err(ClientError::GaveUp { attempts: backoff.attempts(), last: error });
             };
             tracing::warn!("{error}; reconnecting in {delay:.1?}");
             self.status.send_replace(ClientStatus::Reconnecting {
@@ -204,29 +195,22 @@ impl Client {
     async fn connect(&self) -> Result<Session, Failure> {
         let config = &self.config;
         let attempt = async {
-            let tcp = transport::connect_tcp(&config.server).await.map_err(|e| {
-                Failure::Transient(format!("cannot connect to {}: {e}", config.server))
-            })?;
+            let tcp = transport::connect_tcp(&config.server)
+                .await
+                .map_err(|e| Failure::Transient(format!("cannot connect to {}: {e}", config.server)))?;
             let (io, binding) = config.transport.wrap(tcp).await.map_err(classify_tls)?;
-            let (session, _) = Session::connect(
-                io,
-                &binding,
-                &config.name,
-                config.token.clone(),
-                &config.session,
-            )
-            .await
-            .map_err(classify_session)?;
+            let (session, _) =
+                Session::connect(io, &binding, &config.name, config.token.clone(), &config.session)
+                    .await
+                    .map_err(classify_session)?;
             Ok(session)
         };
-        tokio::time::timeout(config.handshake_timeout, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure::Transient(format!(
-                    "no authenticated session with {} within {:?}",
-                    config.server, config.handshake_timeout
-                )))
-            })
+        tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
+            Err(Failure::Transient(format!(
+                "no authenticated session with {} within {:?}",
+                config.server, config.handshake_timeout
+            )))
+        })
     }
 
     /// Requests the forwards, then carries visitors until the session ends or we stop.
@@ -237,13 +221,7 @@ impl Client {
         backoff: &mut BackoffState,
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
-        let Session {
-            control,
-            mut messages,
-            opener: _,
-            mut incoming,
-            driver,
-        } = session;
+        let Session { control, mut messages, opener: _, mut incoming, driver } = session;
         let mut driver = tokio::spawn(driver);
         let ended = |end: Result<SessionEnd, tokio::task::JoinError>| {
             classify_end(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())))
@@ -255,9 +233,7 @@ impl Client {
         let forwards = match forwards {
             Ok(forwards) => forwards,
             Err(failure) => {
-                control
-                    .close(GoodbyeCode::Shutdown, "client stopping")
-                    .await;
+                control.close(GoodbyeCode::Shutdown, "client stopping").await;
                 return Err(failure);
             }
         };
@@ -266,15 +242,9 @@ impl Client {
             tracing::info!(public = %forward.public_addr, target = %forward.spec.local, "remote forward ready");
         }
         let targets: Arc<HashMap<u32, TargetAddr>> = Arc::new(
-            self.config
-                .remotes
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (forward_id(i), s.local.clone()))
-                .collect(),
+            self.config.remotes.iter().enumerate().map(|(i, s)| (forward_id(i), s.local.clone())).collect(),
         );
-        self.status
-            .send_replace(ClientStatus::Connected { forwards });
+        self.status.send_replace(ClientStatus::Connected { forwards });
 
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
@@ -305,11 +275,8 @@ impl Client {
         let remotes = &self.config.remotes;
         for (i, spec) in remotes.iter().enumerate() {
             let id = forward_id(i);
-            let preferred_port = if spec.remote_port == 0 {
-                assigned.get(&id).copied().unwrap_or(0)
-            } else {
-                0
-            };
+            let preferred_port =
+                if spec.remote_port == 0 { assigned.get(&id).copied().unwrap_or(0) } else { 0 };
             let request = ControlMessage::RemoteForwardRequest {
                 id,
                 bind: spec.bind,
@@ -317,9 +284,7 @@ impl Client {
                 preferred_port,
             };
             if control.send(request).await.is_err() {
-                return Err(Failure::Transient(
-                    "session closed while requesting forwards".into(),
-                ));
+                return Err(Failure::Transient("session closed while requesting forwards".into()));
             }
         }
         let mut ready: Vec<Option<SocketAddr>> = vec![None; remotes.len()];
@@ -327,32 +292,18 @@ impl Client {
             let message = tokio::time::timeout(self.config.handshake_timeout, messages.recv())
                 .await
                 .map_err(|_| {
-                    Failure::Transient(
-                        "the server did not answer the forward requests in time".into(),
-                    )
+                    Failure::Transient("the server did not answer the forward requests in time".into())
                 })?
-                .ok_or_else(|| {
-                    Failure::Transient("session closed while requesting forwards".into())
-                })?;
+                .ok_or_else(|| Failure::Transient("session closed while requesting forwards".into()))?;
             match message {
                 ControlMessage::RemoteForwardReady { id, public_addr } => {
-                    let slot = ready
-                        .get_mut(id as usize)
-                        .ok_or_else(|| unknown_forward(id))?;
+                    let slot = ready.get_mut(id as usize).ok_or_else(|| unknown_forward(id))?;
                     *slot = Some(public_addr);
                     assigned.insert(id, public_addr.port());
                 }
                 ControlMessage::RemoteForwardRefused { id, code, message } => {
-                    let spec = remotes
-                        .get(id as usize)
-                        .ok_or_else(|| unknown_forward(id))?
-                        .clone();
-                    return Err(ClientError::ForwardRefused {
-                        spec,
-                        code,
-                        message,
-                    }
-                    .into());
+                    let spec = remotes.get(id as usize).ok_or_else(|| unknown_forward(id))?.clone();
+                    return Err(ClientError::ForwardRefused { spec, code, message }.into());
                 }
                 other => tracing::debug!("ignoring unexpected control message: {other:?}"),
             }
@@ -361,10 +312,7 @@ impl Client {
             .iter()
             .zip(ready)
             .filter_map(|(spec, addr)| {
-                addr.map(|public_addr| ActiveForward {
-                    spec: spec.clone(),
-                    public_addr,
-                })
+                addr.map(|public_addr| ActiveForward { spec: spec.clone(), public_addr })
             })
             .collect())
     }
@@ -375,8 +323,5 @@ fn forward_id(index: usize) -> u32 {
 }
 
 fn unknown_forward(id: u32) -> Failure {
-    ClientError::Protocol(format!(
-        "the server answered for forward {id}, which was never requested"
-    ))
-    .into()
+    ClientError::Protocol(format!("the server answered for forward {id}, which was never requested")).into()
 }

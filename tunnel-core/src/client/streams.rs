@@ -25,16 +25,10 @@ pub(super) async fn handle(
         Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
     };
     let (forward_id, visitor) = match header {
-        StreamHeader::RemoteForward {
-            forward_id,
-            visitor,
-        } => (forward_id, visitor),
+        StreamHeader::RemoteForward { forward_id, visitor } => (forward_id, visitor),
     };
     let Some(target) = targets.get(&forward_id) else {
-        return tracing::warn!(
-            forward_id,
-            "dropping stream for a forward this client never requested"
-        );
+        return tracing::warn!(forward_id, "dropping stream for a forward this client never requested");
     };
     let mut tcp = match transport::connect_tcp(&target.to_string()).await {
         Ok(tcp) => tcp,

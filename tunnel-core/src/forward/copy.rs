@@ -20,7 +20,6 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (a_to_b, b_to_a) =
-        tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await?;
+    let (a_to_b, b_to_a) = tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await?;
     Ok(SpliceStats { a_to_b, b_to_a })
 }

@@ -17,9 +17,7 @@ pub struct PortSet {
 
 /// Why a port list was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid port list {input:?}: {reason} (expected e.g. `6443,10000-10100`, ports 1 to 65535)"
-)]
+#[error("invalid port list {input:?}: {reason} (expected e.g. `6443,10000-10100`, ports 1 to 65535)")]
 pub struct PortSetError {
     input: String,
     reason: String,
@@ -28,9 +26,7 @@ pub struct PortSetError {
 impl PortSet {
     /// Every unprivileged port, 1024 to 65535: the server's default.
     pub fn unprivileged() -> Self {
-        Self {
-            ranges: vec![1024..=65535],
-        }
+        Self { ranges: vec![1024..=65535] }
     }
 
     /// True if `port` is in the set.
@@ -40,10 +36,7 @@ impl PortSet {
 
     /// How many ports the set holds.
     pub fn len(&self) -> usize {
-        self.ranges
-            .iter()
-            .map(|r| usize::from(r.end() - r.start()) + 1)
-            .sum()
+        self.ranges.iter().map(|r| usize::from(r.end() - r.start()) + 1).sum()
     }
 
     /// True if the set holds no port.
@@ -68,10 +61,7 @@ impl FromStr for PortSet {
     type Err = PortSetError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: String| PortSetError {
-            input: s.to_owned(),
-            reason,
-        };
+        let err = |reason: String| PortSetError { input: s.to_owned(), reason };
         let port = |p: &str| match p.trim().parse::<u16>() {
             Ok(0) | Err(_) => Err(err(format!("{:?} is not a port", p.trim()))),
             Ok(port) => Ok(port),
@@ -133,10 +123,7 @@ mod tests {
         let set: PortSet = "10-20,15-30,31,5".parse().unwrap();
         assert_eq!(set.to_string(), "5,10-31");
         assert_eq!(set.len(), 23);
-        assert_eq!(
-            (set.nth(0), set.nth(1), set.nth(22), set.nth(23)),
-            (Some(5), Some(10), Some(31), None)
-        );
+        assert_eq!((set.nth(0), set.nth(1), set.nth(22), set.nth(23)), (Some(5), Some(10), Some(31), None));
     }
 
     #[test]

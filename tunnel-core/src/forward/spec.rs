@@ -64,36 +64,19 @@ impl FromStr for RemoteForwardSpec {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| SpecError {
-            input: s.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let err = |reason: &str| SpecError { input: s.to_owned(), reason: reason.to_owned() };
         let parts = split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?;
         let (bind, remote, host, port) = match parts.as_slice() {
             [remote, host, port] => (None, *remote, *host, *port),
             [bind, remote, host, port] => (Some(*bind), *remote, *host, *port),
-            _ => {
-                return Err(err(
-                    "expected [BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT",
-                ))
-            }
+            _ => return Err(err("expected [BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")),
         };
         let bind = bind
-            .map(|b| {
-                unbracket(b)
-                    .parse::<IpAddr>()
-                    .map_err(|_| err("BIND_ADDR must be an IP address"))
-            })
+            .map(|b| unbracket(b).parse::<IpAddr>().map_err(|_| err("BIND_ADDR must be an IP address")))
             .transpose()?;
-        let remote_port = remote
-            .parse()
-            .map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
+        let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
         let local = parse_target(host, port).map_err(|reason| err(reason))?;
-        Ok(Self {
-            bind,
-            remote_port,
-            local,
-        })
+        Ok(Self { bind, remote_port, local })
     }
 }
 
@@ -101,14 +84,8 @@ impl FromStr for TargetAddr {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| SpecError {
-            input: s.to_owned(),
-            reason: reason.to_owned(),
-        };
-        match split_colons(s)
-            .ok_or_else(|| err("unbalanced [brackets]"))?
-            .as_slice()
-        {
+        let err = |reason: &str| SpecError { input: s.to_owned(), reason: reason.to_owned() };
+        match split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?.as_slice() {
             [host, port] => parse_target(host, port).map_err(|reason| err(reason)),
             _ => Err(err("expected HOST:PORT")),
         }
@@ -122,10 +99,7 @@ fn parse_target(host: &str, port: &str) -> Result<TargetAddr, &'static str> {
     }
     match port.parse::<u16>() {
         Ok(0) | Err(_) => Err("LOCAL_PORT must be a number from 1 to 65535"),
-        Ok(port) => Ok(TargetAddr {
-            host: host.to_owned(),
-            port,
-        }),
+        Ok(port) => Ok(TargetAddr { host: host.to_owned(), port }),
     }
 }
 
@@ -154,9 +128,7 @@ fn split_colons(s: &str) -> Option<Vec<&str>> {
 }
 
 fn unbracket(s: &str) -> &str {
-    s.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(s)
+    s.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(s)
 }
 
 #[cfg(test)]
@@ -165,11 +137,7 @@ mod tests {
 
     #[test]
     fn valid_specs_parse_and_display_back() {
-        for text in [
-            "8080:localhost:80",
-            "127.0.0.1:0:10.0.0.5:10250",
-            "[::]:443:[::1]:8443",
-        ] {
+        for text in ["8080:localhost:80", "127.0.0.1:0:10.0.0.5:10250", "[::]:443:[::1]:8443"] {
             let spec: RemoteForwardSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }

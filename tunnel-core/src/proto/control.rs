@@ -144,30 +144,16 @@ impl ControlMessage {
         match self {
             Self::Ping { nonce } => w.u8(PING).u64(*nonce),
             Self::Pong { nonce } => w.u8(PONG).u64(*nonce),
-            Self::Goodbye { code, message } => w
-                .u8(GOODBYE)
-                .u8(code.to_u8())
-                .string(message, MAX_REASON_LEN),
-            Self::RemoteForwardRequest {
-                id,
-                bind,
-                port,
-                preferred_port,
-            } => w
-                .u8(REMOTE_FORWARD_REQUEST)
-                .u32(*id)
-                .opt_ip(*bind)
-                .u16(*port)
-                .u16(*preferred_port),
-            Self::RemoteForwardReady { id, public_addr } => w
-                .u8(REMOTE_FORWARD_READY)
-                .u32(*id)
-                .socket_addr(*public_addr),
-            Self::RemoteForwardRefused { id, code, message } => w
-                .u8(REMOTE_FORWARD_REFUSED)
-                .u32(*id)
-                .u8(code.to_u8())
-                .string(message, MAX_REASON_LEN),
+            Self::Goodbye { code, message } => w.u8(GOODBYE).u8(code.to_u8()).string(message, MAX_REASON_LEN),
+            Self::RemoteForwardRequest { id, bind, port, preferred_port } => {
+                w.u8(REMOTE_FORWARD_REQUEST).u32(*id).opt_ip(*bind).u16(*port).u16(*preferred_port)
+            }
+            Self::RemoteForwardReady { id, public_addr } => {
+                w.u8(REMOTE_FORWARD_READY).u32(*id).socket_addr(*public_addr)
+            }
+            Self::RemoteForwardRefused { id, code, message } => {
+                w.u8(REMOTE_FORWARD_REFUSED).u32(*id).u8(code.to_u8()).string(message, MAX_REASON_LEN)
+            }
         };
         w.finish()
     }
@@ -176,12 +162,8 @@ impl ControlMessage {
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let msg = match r.u8("type")? {
-            PING => Self::Ping {
-                nonce: r.u64("nonce")?,
-            },
-            PONG => Self::Pong {
-                nonce: r.u64("nonce")?,
-            },
+            PING => Self::Ping { nonce: r.u64("nonce")? },
+            PONG => Self::Pong { nonce: r.u64("nonce")? },
             GOODBYE => Self::Goodbye {
                 code: GoodbyeCode::from_u8(r.u8("code")?),
                 message: r.string(MAX_REASON_LEN, "message")?,
@@ -192,21 +174,15 @@ impl ControlMessage {
                 port: r.u16("port")?,
                 preferred_port: r.u16("preferred_port")?,
             },
-            REMOTE_FORWARD_READY => Self::RemoteForwardReady {
-                id: r.u32("id")?,
-                public_addr: r.socket_addr("public_addr")?,
-            },
+            REMOTE_FORWARD_READY => {
+                Self::RemoteForwardReady { id: r.u32("id")?, public_addr: r.socket_addr("public_addr")? }
+            }
             REMOTE_FORWARD_REFUSED => Self::RemoteForwardRefused {
                 id: r.u32("id")?,
                 code: RefusalCode::from_u8(r.u8("code")?),
                 message: r.string(MAX_REASON_LEN, "message")?,
             },
-            other => {
-                return Err(DecodeError::UnknownType {
-                    kind: "control message",
-                    value: other,
-                })
-            }
+            other => return Err(DecodeError::UnknownType { kind: "control message", value: other }),
         };
         Ok(msg)
     }
@@ -220,26 +196,15 @@ mod tests {
         vec![
             ControlMessage::Ping { nonce: 7 },
             ControlMessage::Pong { nonce: u64::MAX },
-            ControlMessage::Goodbye {
-                code: GoodbyeCode::Replaced,
-                message: "bye".into(),
-            },
+            ControlMessage::Goodbye { code: GoodbyeCode::Replaced, message: "bye".into() },
             ControlMessage::RemoteForwardRequest {
                 id: 3,
                 bind: Some("::1".parse().unwrap()),
                 port: 0,
                 preferred_port: 41000,
             },
-            ControlMessage::RemoteForwardRequest {
-                id: 4,
-                bind: None,
-                port: 6443,
-                preferred_port: 0,
-            },
-            ControlMessage::RemoteForwardReady {
-                id: 3,
-                public_addr: "0.0.0.0:41000".parse().unwrap(),
-            },
+            ControlMessage::RemoteForwardRequest { id: 4, bind: None, port: 6443, preferred_port: 0 },
+            ControlMessage::RemoteForwardReady { id: 3, public_addr: "0.0.0.0:41000".parse().unwrap() },
             ControlMessage::RemoteForwardRefused {
                 id: 4,
                 code: RefusalCode::Other(200),
@@ -260,10 +225,7 @@ mod tests {
         for msg in samples() {
             let bytes = msg.encode();
             for cut in 0..bytes.len() {
-                assert!(
-                    ControlMessage::decode(&bytes[..cut]).is_err(),
-                    "{msg:?} cut at {cut}"
-                );
+                assert!(ControlMessage::decode(&bytes[..cut]).is_err(), "{msg:?} cut at {cut}");
             }
         }
     }
@@ -279,12 +241,6 @@ mod tests {
     #[test]
     fn unknown_type_is_an_error_naming_it() {
         let err = ControlMessage::decode(&[0x7f]).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::UnknownType {
-                kind: "control message",
-                value: 0x7f
-            }
-        );
+        assert_eq!(err, DecodeError::UnknownType { kind: "control message", value: 0x7f });
     }
 }

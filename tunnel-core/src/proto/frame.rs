@@ -34,10 +34,7 @@ pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameE
     let len = u32::from_be_bytes(header);
     match usize::try_from(len) {
         Ok(n) if n <= max => Ok(n),
-        _ => Err(FrameError::TooLarge {
-            len: u64::from(len),
-            max,
-        }),
+        _ => Err(FrameError::TooLarge { len: u64::from(len), max }),
     }
 }
 
@@ -108,13 +105,7 @@ mod tests {
     #[test]
     fn oversized_length_is_refused_from_the_header_alone() {
         let err = decode(&[0xff, 0xff, 0xff, 0xff], 1024).unwrap_err();
-        assert!(matches!(
-            err,
-            FrameError::TooLarge {
-                len: 0xffff_ffff,
-                max: 1024
-            }
-        ));
+        assert!(matches!(err, FrameError::TooLarge { len: 0xffff_ffff, max: 1024 }));
     }
 
     #[tokio::test]
@@ -129,10 +120,7 @@ mod tests {
     #[tokio::test]
     async fn read_reports_a_clean_close_and_a_truncation_apart() {
         let mut empty: &[u8] = &[];
-        assert!(matches!(
-            read(&mut empty, 16).await,
-            Err(FrameError::Closed)
-        ));
+        assert!(matches!(read(&mut empty, 16).await, Err(FrameError::Closed)));
         let mut cut: &[u8] = &[0, 0, 0, 9, 1];
         assert!(matches!(read(&mut cut, 16).await, Err(FrameError::Io(_))));
     }

@@ -34,19 +34,13 @@ impl StreamHeader {
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Writer::new();
         match self {
-            Self::RemoteForward {
-                forward_id,
-                visitor,
-            } => {
-                body.u8(REMOTE_FORWARD)
-                    .u32(*forward_id)
-                    .socket_addr(*visitor);
+            Self::RemoteForward { forward_id, visitor } => {
+                body.u8(REMOTE_FORWARD).u32(*forward_id).socket_addr(*visitor);
             }
         }
         let body = body.finish();
         let mut out = Writer::new();
-        out.u16(u16::try_from(body.len()).unwrap_or(u16::MAX))
-            .bytes(&body);
+        out.u16(u16::try_from(body.len()).unwrap_or(u16::MAX)).bytes(&body);
         out.finish()
     }
 
@@ -58,10 +52,7 @@ impl StreamHeader {
                 forward_id: r.u32("forward_id")?,
                 visitor: r.socket_addr("visitor")?,
             }),
-            other => Err(DecodeError::UnknownType {
-                kind: "stream header",
-                value: other,
-            }),
+            other => Err(DecodeError::UnknownType { kind: "stream header", value: other }),
         }
     }
 
@@ -69,12 +60,7 @@ impl StreamHeader {
     pub async fn read<R: AsyncRead + Unpin>(io: &mut R) -> Result<Self, HeaderError> {
         let len = usize::from(io.read_u16().await?);
         if len > MAX_HEADER_LEN {
-            return Err(DecodeError::TooLong {
-                field: "stream header",
-                len,
-                max: MAX_HEADER_LEN,
-            }
-            .into());
+            return Err(DecodeError::TooLong { field: "stream header", len, max: MAX_HEADER_LEN }.into());
         }
         let mut body = vec![0u8; len];
         io.read_exact(&mut body).await?;
@@ -100,10 +86,7 @@ mod tests {
 
     #[tokio::test]
     async fn header_round_trips_and_leaves_payload_unread() {
-        let header = StreamHeader::RemoteForward {
-            forward_id: 9,
-            visitor: "10.1.2.3:5555".parse().unwrap(),
-        };
+        let header = StreamHeader::RemoteForward { forward_id: 9, visitor: "10.1.2.3:5555".parse().unwrap() };
         let mut bytes = header.encode();
         bytes.extend_from_slice(b"payload");
         let mut cursor = &bytes[..];
@@ -115,9 +98,6 @@ mod tests {
     async fn oversized_header_is_refused_before_allocation() {
         let mut cursor: &[u8] = &[0xff, 0xff];
         let err = StreamHeader::read(&mut cursor).await.unwrap_err();
-        assert!(matches!(
-            err,
-            HeaderError::Decode(DecodeError::TooLong { .. })
-        ));
+        assert!(matches!(err, HeaderError::Decode(DecodeError::TooLong { .. })));
     }
 }

@@ -85,11 +85,7 @@ pub enum DecodeError {
 /// ```
 pub fn validate_name(name: &str) -> Result<(), DecodeError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty()
-        || name.len() > MAX_NAME_LEN
-        || !name.chars().all(ok_char)
-        || name.starts_with('.')
-    {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(ok_char) || name.starts_with('.') {
         return Err(DecodeError::InvalidName(format!(
             "{name:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ - (not starting with '.')"
         )));

@@ -25,10 +25,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        field: &'static str,
-    ) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N, field)?);
         Ok(out)
@@ -51,19 +48,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A UTF-8 string behind a `u16` length, at most `max` bytes.
-    pub(crate) fn string(
-        &mut self,
-        max: usize,
-        field: &'static str,
-    ) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self, max: usize, field: &'static str) -> Result<String, DecodeError> {
         let len = usize::from(self.u16(field)?);
         if len > max {
             return Err(DecodeError::TooLong { field, len, max });
         }
         let raw = self.bytes(len, field)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::InvalidUtf8 { field })
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::InvalidUtf8 { field })
     }
 
     /// An optional IP address: family 0 (none), 4 or 6, then the octets.
@@ -72,17 +63,12 @@ impl<'a> Reader<'a> {
             0 => Ok(None),
             4 => Ok(Some(IpAddr::V4(Ipv4Addr::from(self.array::<4>(field)?)))),
             6 => Ok(Some(IpAddr::V6(Ipv6Addr::from(self.array::<16>(field)?)))),
-            other => Err(DecodeError::InvalidValue {
-                field,
-                value: u64::from(other),
-            }),
+            other => Err(DecodeError::InvalidValue { field, value: u64::from(other) }),
         }
     }
 
     pub(crate) fn socket_addr(&mut self, field: &'static str) -> Result<SocketAddr, DecodeError> {
-        let ip = self
-            .opt_ip(field)?
-            .ok_or(DecodeError::InvalidValue { field, value: 0 })?;
+        let ip = self.opt_ip(field)?.ok_or(DecodeError::InvalidValue { field, value: 0 })?;
         Ok(SocketAddr::new(ip, self.u16(field)?))
     }
 }
@@ -166,14 +152,7 @@ mod tests {
         let mut w = Writer::new();
         w.u16(500);
         let err = Reader::new(&w.finish()).string(64, "name").unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::TooLong {
-                field: "name",
-                len: 500,
-                max: 64
-            }
-        );
+        assert_eq!(err, DecodeError::TooLong { field: "name", len: 500, max: 64 });
     }
 
     #[test]

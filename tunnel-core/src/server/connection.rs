@@ -31,12 +31,7 @@ enum EstablishError {
     Session(#[from] SessionError),
 }
 
-pub(super) async fn handle(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    stop: CancellationToken,
-) {
+pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
         tracing::debug!(%peer, "too many connections in handshake; dropping");
         return;
@@ -68,9 +63,7 @@ async fn establish(
     }
     let is_tls = first[0] == TLS_HANDSHAKE_RECORD;
     let (io, binding): (BoxedIo, ChannelBinding) = match (&shared.config.tls, is_tls) {
-        (Some(tls), true) => transport::accept_tls(tls.clone(), tcp)
-            .await
-            .map_err(EstablishError::Tls)?,
+        (Some(tls), true) => transport::accept_tls(tls.clone(), tcp).await.map_err(EstablishError::Tls)?,
         (Some(_), false) => {
             read_and_refuse(
                 &mut tcp,
@@ -87,14 +80,7 @@ async fn establish(
         (None, false) => (Box::new(tcp), ChannelBinding::Plaintext),
     };
     let config = &shared.config;
-    Ok(Session::accept(
-        io,
-        &binding,
-        &config.credentials,
-        &config.session,
-        config.handshake_timeout,
-    )
-    .await?)
+    Ok(Session::accept(io, &binding, &config.credentials, &config.session, config.handshake_timeout).await?)
 }
 
 /// Reads the client's first TLS record (so closing does not reset the connection under the

@@ -62,12 +62,7 @@ impl<'s> Forwards<'s> {
         control: &ControlSender,
     ) -> Result<(), String> {
         match message {
-            ControlMessage::RemoteForwardRequest {
-                id,
-                bind,
-                port,
-                preferred_port,
-            } => {
+            ControlMessage::RemoteForwardRequest { id, bind, port, preferred_port } => {
                 let reply = match self.open(id, bind, port, preferred_port).await {
                     Ok(public_addr) => {
                         tracing::info!(client = %self.name, id, %public_addr, "remote forward listening");
@@ -82,9 +77,7 @@ impl<'s> Forwards<'s> {
                 let _ = control.send(reply).await;
                 Ok(())
             }
-            other => Err(format!(
-                "unexpected control message from a client: {other:?}"
-            )),
+            other => Err(format!("unexpected control message from a client: {other:?}")),
         }
     }
 
@@ -96,10 +89,7 @@ impl<'s> Forwards<'s> {
         preferred: u16,
     ) -> Result<SocketAddr, Refusal> {
         if self.active.contains_key(&id) {
-            return Err((
-                RefusalCode::Invalid,
-                format!("forward id {id} is already in use"),
-            ));
+            return Err((RefusalCode::Invalid, format!("forward id {id} is already in use")));
         }
         let limit = self.shared.config.max_forwards_per_client;
         if self.active.len() >= limit {
@@ -111,33 +101,25 @@ impl<'s> Forwards<'s> {
         let allowed = self.shared.config.ports_for(&self.name, self.credential);
         let ip = bind.unwrap_or(self.shared.config.default_bind);
         let listener = if port == 0 {
-            self.bind_any(ip, preferred, allowed).await?
+            self.bind_any(id, ip, preferred, allowed).await?
         } else if allowed.contains(port) {
-            self.bind_claimed(ip, port).await?
+            self.bind_claimed(id, ip, port).await?
         } else {
             return Err((
                 RefusalCode::PortNotAllowed,
-                format!(
-                    "port {port} is not allowed for client {:?} (allowed: {allowed})",
-                    self.name
-                ),
+                format!("port {port} is not allowed for client {:?} (allowed: {allowed})", self.name),
             ));
         };
-        let public_addr = listener
-            .local_addr()
-            .map_err(|e| (RefusalCode::Invalid, e.to_string()))?;
+        let public_addr = listener.local_addr().map_err(|e| (RefusalCode::Invalid, e.to_string()))?;
         self.active.insert(id, public_addr.port());
         tokio::spawn(serve(listener, id, self.opener.clone(), self.owned.clone()));
         Ok(public_addr)
     }
 
-    async fn bind_claimed(&self, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
+    async fn bind_claimed(&self, id: u32, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
         let registry = &self.shared.registry;
-        if registry.claim(&self.name, self.session, port).is_err() {
-            return Err((
-                RefusalCode::PortTaken,
-                format!("port {port} is held by another client"),
-            ));
+        if registry.claim(&self.name, self.session, id, port).is_err() {
+            return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")));
         }
         TcpListener::bind((ip, port)).await.map_err(|err| {
             registry.release(self.session, port);
@@ -145,15 +127,21 @@ impl<'s> Forwards<'s> {
         })
     }
 
+    /// Picks a port: the one the client held before (its hint, else our reservation for this
+    /// forward), then random candidates from the allowed set.
     async fn bind_any(
         &self,
+        id: u32,
         ip: IpAddr,
         preferred: u16,
         allowed: &PortSet,
     ) -> Result<TcpListener, Refusal> {
-        if preferred != 0 && allowed.contains(preferred) {
-            if let Ok(listener) = self.bind_claimed(ip, preferred).await {
-                return Ok(listener);
+        let reserved = self.shared.registry.reserved_for(&self.name, id);
+        for previous in [Some(preferred).filter(|p| *p != 0), reserved].into_iter().flatten() {
+            if allowed.contains(previous) {
+                if let Ok(listener) = self.bind_claimed(id, ip, previous).await {
+                    return Ok(listener);
+                }
             }
         }
         for _ in 0..PICK_ATTEMPTS.min(allowed.len().max(1)) {
@@ -163,43 +151,30 @@ impl<'s> Forwards<'s> {
             if self.shared.registry.is_taken_for(&self.name, port) {
                 continue;
             }
-            match self.bind_claimed(ip, port).await {
+            match self.bind_claimed(id, ip, port).await {
                 Ok(listener) => return Ok(listener),
                 Err((RefusalCode::PortTaken, _)) => continue,
                 Err(other) => return Err(other),
             }
         }
-        Err((
-            RefusalCode::PortTaken,
-            format!("no free port found among the allowed ports ({allowed})"),
-        ))
+        Err((RefusalCode::PortTaken, format!("no free port found among the allowed ports ({allowed})")))
     }
 }
 
 fn bind_refusal(ip: IpAddr, port: u16, err: &io::Error) -> Refusal {
     match err.kind() {
-        io::ErrorKind::AddrInUse => (
-            RefusalCode::PortTaken,
-            format!("port {port} is already in use on the server"),
-        ),
-        io::ErrorKind::PermissionDenied => (
-            RefusalCode::PortNotAllowed,
-            format!("the server may not bind port {port}: {err}"),
-        ),
-        _ => (
-            RefusalCode::Invalid,
-            format!("cannot bind {ip}:{port} on the server: {err}"),
-        ),
+        io::ErrorKind::AddrInUse => {
+            (RefusalCode::PortTaken, format!("port {port} is already in use on the server"))
+        }
+        io::ErrorKind::PermissionDenied => {
+            (RefusalCode::PortNotAllowed, format!("the server may not bind port {port}: {err}"))
+        }
+        _ => (RefusalCode::Invalid, format!("cannot bind {ip}:{port} on the server: {err}")),
     }
 }
 
 /// Accepts visitors until the session ends; each becomes one new stream to the client.
-async fn serve(
-    listener: TcpListener,
-    forward_id: u32,
-    opener: StreamOpener,
-    owned: CancellationToken,
-) {
+async fn serve(listener: TcpListener, forward_id: u32, opener: StreamOpener, owned: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             () = owned.cancelled() => return,
@@ -207,13 +182,7 @@ async fn serve(
         };
         match accepted {
             Ok((tcp, visitor)) => {
-                tokio::spawn(visit(
-                    tcp,
-                    visitor,
-                    forward_id,
-                    opener.clone(),
-                    owned.clone(),
-                ));
+                tokio::spawn(visit(tcp, visitor, forward_id, opener.clone(), owned.clone()));
             }
             Err(err) => {
                 // Out of file descriptors and the like: pause instead of spinning.
@@ -239,11 +208,7 @@ async fn visit(
             return;
         }
     };
-    let header = StreamHeader::RemoteForward {
-        forward_id,
-        visitor,
-    }
-    .encode();
+    let header = StreamHeader::RemoteForward { forward_id, visitor }.encode();
     let carry = async {
         stream.write_all(&header).await?;
         splice(&mut tcp, &mut stream).await

@@ -107,9 +107,7 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("sessions", &self.session_names())
-            .finish_non_exhaustive()
+        f.debug_struct("Server").field("sessions", &self.session_names()).finish_non_exhaustive()
     }
 }
 
@@ -121,13 +119,7 @@ impl Server {
     pub fn new(config: ServerConfig) -> Self {
         let registry = registry::Registry::new(config.port_grace);
         let unauthenticated = Arc::new(Semaphore::new(config.max_unauthenticated));
-        Self {
-            shared: Arc::new(Shared {
-                config,
-                registry,
-                unauthenticated,
-            }),
-        }
+        Self { shared: Arc::new(Shared { config, registry, unauthenticated }) }
     }
 
     /// Names of the clients with a live session.
@@ -144,8 +136,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let mut sweep =
-            tokio::time::interval(self.shared.config.port_grace.max(Duration::from_secs(1)));
+        let mut sweep = tokio::time::interval(self.shared.config.port_grace.max(Duration::from_secs(1)));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -167,10 +158,7 @@ impl Server {
         drop(listener);
         stop.cancel();
         tasks.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
             tracing::warn!("sessions still open after {DRAIN_TIMEOUT:?}; closing them");
         }
         Ok(())

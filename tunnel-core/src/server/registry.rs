@@ -39,6 +39,8 @@ struct Slot {
 #[derive(Debug)]
 struct Lease {
     owner: String,
+    /// The owner's forward id, so a reconnect asking "any port" for it gets this one back.
+    forward_id: u32,
     state: LeaseState,
 }
 
@@ -66,10 +68,7 @@ pub(crate) enum PortConflict {
 
 impl Registry {
     pub(crate) fn new(grace: Duration) -> Self {
-        Self {
-            grace,
-            inner: Mutex::new(Inner::default()),
-        }
+        Self { grace, inner: Mutex::new(Inner::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -82,29 +81,17 @@ impl Registry {
         let (registration, previous) = {
             let mut inner = self.lock();
             inner.next_id += 1;
-            let slot = Slot {
-                id: inner.next_id,
-                kick: CancellationToken::new(),
-                gone: CancellationToken::new(),
-            };
-            let registration = Registration {
-                id: slot.id,
-                kicked: slot.kick.clone(),
-                gone: slot.gone.clone(),
-            };
+            let slot =
+                Slot { id: inner.next_id, kick: CancellationToken::new(), gone: CancellationToken::new() };
+            let registration =
+                Registration { id: slot.id, kicked: slot.kick.clone(), gone: slot.gone.clone() };
             (registration, inner.sessions.insert(name.to_owned(), slot))
         };
         if let Some(previous) = previous {
             tracing::info!(client = name, "a new session replaces the existing one");
             previous.kick.cancel();
-            if tokio::time::timeout(handover, previous.gone.cancelled())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    client = name,
-                    "previous session did not release its ports in time"
-                );
+            if tokio::time::timeout(handover, previous.gone.cancelled()).await.is_err() {
+                tracing::warn!(client = name, "previous session did not release its ports in time");
             }
         }
         registration
@@ -115,11 +102,7 @@ impl Registry {
         let until = Instant::now() + self.grace;
         {
             let mut inner = self.lock();
-            if inner
-                .sessions
-                .get(name)
-                .is_some_and(|slot| slot.id == registration.id)
-            {
+            if inner.sessions.get(name).is_some_and(|slot| slot.id == registration.id) {
                 inner.sessions.remove(name);
             }
             for lease in inner.leases.values_mut() {
@@ -133,7 +116,13 @@ impl Registry {
 
     /// Claims `port` for a session of `name`: free ports, expired reservations and the name's
     /// own reservations can be claimed; anything another client holds or reserved cannot.
-    pub(crate) fn claim(&self, name: &str, id: SessionId, port: u16) -> Result<(), PortConflict> {
+    pub(crate) fn claim(
+        &self,
+        name: &str,
+        id: SessionId,
+        forward_id: u32,
+        port: u16,
+    ) -> Result<(), PortConflict> {
         let now = Instant::now();
         let mut inner = self.lock();
         if let Some(lease) = inner.leases.get(&port) {
@@ -145,24 +134,24 @@ impl Registry {
                 return Err(PortConflict::OtherClient);
             }
         }
-        inner.leases.insert(
-            port,
-            Lease {
-                owner: name.to_owned(),
-                state: LeaseState::Held(id),
-            },
-        );
+        let lease = Lease { owner: name.to_owned(), forward_id, state: LeaseState::Held(id) };
+        inner.leases.insert(port, lease);
         Ok(())
+    }
+
+    /// The port reserved (not held) for `name`'s forward `forward_id`, if any.
+    pub(crate) fn reserved_for(&self, name: &str, forward_id: u32) -> Option<u16> {
+        let now = Instant::now();
+        self.lock().leases.iter().find_map(|(port, lease)| {
+            let reserved = matches!(lease.state, LeaseState::Reserved { until } if until > now);
+            (reserved && lease.owner == name && lease.forward_id == forward_id).then_some(*port)
+        })
     }
 
     /// Gives back a claim that could not be used (the bind failed).
     pub(crate) fn release(&self, id: SessionId, port: u16) {
         let mut inner = self.lock();
-        if inner
-            .leases
-            .get(&port)
-            .is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id))
-        {
+        if inner.leases.get(&port).is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id)) {
             inner.leases.remove(&port);
         }
     }
@@ -207,33 +196,28 @@ mod tests {
     async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
         let registry = Registry::new(GRACE);
         let a = registry.register("a", HANDOVER).await;
-        registry.claim("a", a.id, 7000).unwrap();
+        registry.claim("a", a.id, 1, 7000).unwrap();
         let b = registry.register("b", HANDOVER).await;
-        assert_eq!(
-            registry.claim("b", b.id, 7000),
-            Err(PortConflict::OtherClient)
-        );
+        assert_eq!(registry.claim("b", b.id, 1, 7000), Err(PortConflict::OtherClient));
 
         registry.unregister("a", &a);
-        assert_eq!(
-            registry.claim("b", b.id, 7000),
-            Err(PortConflict::OtherClient),
-            "reserved for a"
-        );
+        assert_eq!(registry.claim("b", b.id, 1, 7000), Err(PortConflict::OtherClient), "reserved for a");
+        assert_eq!(registry.reserved_for("a", 1), Some(7000));
+        assert_eq!(registry.reserved_for("a", 2), None);
         let a2 = registry.register("a", HANDOVER).await;
-        registry.claim("a", a2.id, 7000).unwrap();
+        registry.claim("a", a2.id, 1, 7000).unwrap();
         registry.unregister("a", &a2);
 
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         registry.sweep();
-        registry.claim("b", b.id, 7000).unwrap();
+        registry.claim("b", b.id, 1, 7000).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
         let registry = std::sync::Arc::new(Registry::new(GRACE));
         let old = registry.register("a", HANDOVER).await;
-        registry.claim("a", old.id, 7000).unwrap();
+        registry.claim("a", old.id, 1, 7000).unwrap();
         let r = registry.clone();
         let old_task = tokio::spawn(async move {
             old.kicked.cancelled().await;
@@ -241,7 +225,7 @@ mod tests {
         });
         let new = registry.register("a", HANDOVER).await;
         old_task.await.unwrap();
-        registry.claim("a", new.id, 7000).unwrap();
+        registry.claim("a", new.id, 1, 7000).unwrap();
         assert_eq!(registry.session_names(), vec!["a".to_owned()]);
     }
 
@@ -249,7 +233,7 @@ mod tests {
     async fn release_frees_only_an_unused_claim() {
         let registry = Registry::new(GRACE);
         let a = registry.register("a", HANDOVER).await;
-        registry.claim("a", a.id, 7000).unwrap();
+        registry.claim("a", a.id, 1, 7000).unwrap();
         registry.release(a.id, 7000);
         assert!(!registry.is_taken_for("b", 7000));
     }

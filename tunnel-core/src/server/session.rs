@@ -24,13 +24,7 @@ pub(super) async fn run(
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    let Session {
-        control,
-        mut messages,
-        opener,
-        incoming,
-        driver,
-    } = session;
+    let Session { control, mut messages, opener, incoming, driver } = session;
     // Protocol v1 clients open no data streams toward the server; any they open is reset.
     drop(incoming);
     let name = client.name.clone();

@@ -79,10 +79,7 @@ pub struct SessionClosed;
 impl ControlSender {
     /// Queues a message for the peer.
     pub async fn send(&self, message: ControlMessage) -> Result<(), SessionClosed> {
-        self.tx
-            .send(Outgoing::Message(message))
-            .await
-            .map_err(|_| SessionClosed)
+        self.tx.send(Outgoing::Message(message)).await.map_err(|_| SessionClosed)
     }
 
     /// Says goodbye with `code` and closes the connection; the driver then ends with
@@ -144,14 +141,9 @@ pub(super) fn start(
     let (out_tx, out_rx) = mpsc::channel(64);
     let (msg_tx, msg_rx) = mpsc::channel(64);
     let rtt = Arc::new(Mutex::new(None));
-    let sender = ControlSender {
-        tx: out_tx.clone(),
-        rtt: rtt.clone(),
-    };
+    let sender = ControlSender { tx: out_tx.clone(), rtt: rtt.clone() };
     let config = config.clone();
-    let driver = SessionDriver(Box::pin(run(
-        mux, opener, control, config, out_tx, out_rx, msg_tx, rtt,
-    )));
+    let driver = SessionDriver(Box::pin(run(mux, opener, control, config, out_tx, out_rx, msg_tx, rtt)));
     (sender, msg_rx, driver)
 }
 
@@ -171,23 +163,9 @@ async fn run(
     let (pong_tx, pong_rx) = mpsc::channel(4);
     let pings = Arc::new(Mutex::new(None::<(u64, Instant)>));
 
-    let read = read_loop(
-        reader,
-        config.max_message_size,
-        last_seen.clone(),
-        msg_tx,
-        pong_tx,
-        pings.clone(),
-        rtt,
-    );
-    let write = write_loop(
-        writer,
-        out_rx,
-        pong_rx,
-        config.heartbeat_interval,
-        pings,
-        opener,
-    );
+    let read =
+        read_loop(reader, config.max_message_size, last_seen.clone(), msg_tx, pong_tx, pings.clone(), rtt);
+    let write = write_loop(writer, out_rx, pong_rx, config.heartbeat_interval, pings, opener);
     let watchdog = watchdog(last_seen, config.heartbeat_timeout);
     // Keep a sender alive so the writer's queue never reports "closed" while we run.
     let _keep = out_tx;
@@ -242,9 +220,7 @@ async fn read_loop(
                     }
                 }
             }
-            ControlMessage::Goodbye { code, message } => {
-                return SessionEnd::Goodbye { code, message }
-            }
+            ControlMessage::Goodbye { code, message } => return SessionEnd::Goodbye { code, message },
             other => {
                 if messages.send(other).await.is_err() {
                     tracing::debug!("control message dropped: nobody is listening");

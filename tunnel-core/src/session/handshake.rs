@@ -37,8 +37,7 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     credentials: &Credentials,
     heartbeat_interval: Duration,
 ) -> Result<AuthenticatedClient, SessionError> {
-    let mut machine =
-        ServerHandshake::new(credentials, binding, rand::random(), heartbeat_interval);
+    let mut machine = ServerHandshake::new(credentials, binding, rand::random(), heartbeat_interval);
     loop {
         let payload = frame::read(io, MAX_HANDSHAKE_FRAME).await?;
         match machine.handle(&payload)? {
@@ -59,17 +58,9 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Reads the peer's first frame (so closing does not reset the connection under our reply)
 /// and answers it with a refusal, for connections refused before authentication starts.
-pub async fn read_and_refuse<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut S,
-    code: RefuseCode,
-    message: &str,
-) {
+pub async fn read_and_refuse<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, code: RefuseCode, message: &str) {
     let _ = frame::read(io, MAX_HANDSHAKE_FRAME).await;
-    let refusal = HandshakeMessage::Refuse {
-        code,
-        message: message.to_owned(),
-    }
-    .encode_frame();
+    let refusal = HandshakeMessage::Refuse { code, message: message.to_owned() }.encode_frame();
     let _ = frame::write(io, &refusal).await;
     let _ = io.shutdown().await;
 }
@@ -82,25 +73,13 @@ mod tests {
     async fn exchange(
         client_token: &str,
         server_token: &str,
-    ) -> (
-        Result<Established, SessionError>,
-        Result<AuthenticatedClient, SessionError>,
-    ) {
+    ) -> (Result<Established, SessionError>, Result<AuthenticatedClient, SessionError>) {
         // A tiny duplex buffer forces every frame through many partial reads and writes.
         let (mut a, mut b) = tokio::io::duplex(7);
         let creds = Credentials::default().with_shared(Token::new(server_token).unwrap());
-        let client = client_handshake(
-            &mut a,
-            &ChannelBinding::Plaintext,
-            "c1",
-            Token::new(client_token).unwrap(),
-        );
-        let server = server_handshake(
-            &mut b,
-            &ChannelBinding::Plaintext,
-            &creds,
-            Duration::from_secs(1),
-        );
+        let client =
+            client_handshake(&mut a, &ChannelBinding::Plaintext, "c1", Token::new(client_token).unwrap());
+        let server = server_handshake(&mut b, &ChannelBinding::Plaintext, &creds, Duration::from_secs(1));
         tokio::join!(client, server)
     }
 
@@ -116,14 +95,8 @@ mod tests {
         let (client, server) = exchange("wrong", "t").await;
         assert!(matches!(
             client,
-            Err(SessionError::Handshake(HandshakeError::Refused {
-                code: RefuseCode::AuthFailed,
-                ..
-            }))
+            Err(SessionError::Handshake(HandshakeError::Refused { code: RefuseCode::AuthFailed, .. }))
         ));
-        assert!(matches!(
-            server,
-            Err(SessionError::Handshake(HandshakeError::ClientProofInvalid))
-        ));
+        assert!(matches!(server, Err(SessionError::Handshake(HandshakeError::ClientProofInvalid))));
     }
 }

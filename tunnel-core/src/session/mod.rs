@@ -104,13 +104,8 @@ impl Session {
         };
         let mut config = config.clone();
         config.heartbeat_interval = established.heartbeat_interval;
-        config.heartbeat_timeout = config
-            .heartbeat_timeout
-            .max(established.heartbeat_interval * 3);
-        Ok((
-            Self::assemble(mux, opener, incoming, control, &config),
-            established,
-        ))
+        config.heartbeat_timeout = config.heartbeat_timeout.max(established.heartbeat_interval * 3);
+        Ok((Self::assemble(mux, opener, incoming, control, &config), established))
     }
 
     /// Server side: verify the client against `credentials`, then wait (within `control_timeout`)
@@ -122,8 +117,7 @@ impl Session {
         config: &SessionConfig,
         control_timeout: Duration,
     ) -> Result<(Self, AuthenticatedClient), SessionError> {
-        let client =
-            server_handshake(&mut io, binding, credentials, config.heartbeat_interval).await?;
+        let client = server_handshake(&mut io, binding, credentials, config.heartbeat_interval).await?;
         let (opener, mut incoming, mut mux) = Mux::new(io, &config.mux, Mode::Server);
         let control = tokio::select! {
             stream = tokio::time::timeout(control_timeout, incoming.next()) => {
@@ -131,10 +125,7 @@ impl Session {
             }
             end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),
         };
-        Ok((
-            Self::assemble(mux, opener, incoming, control, config),
-            client,
-        ))
+        Ok((Self::assemble(mux, opener, incoming, control, config), client))
     }
 
     fn assemble(
@@ -145,12 +136,6 @@ impl Session {
         config: &SessionConfig,
     ) -> Self {
         let (control, messages, driver) = driver::start(mux, opener.clone(), control, config);
-        Self {
-            control,
-            messages,
-            opener,
-            incoming,
-            driver,
-        }
+        Self { control, messages, opener, incoming, driver }
     }
 }

@@ -78,14 +78,9 @@ impl ServerCertVerifier for PinnedVerifier {
         if actual == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-                    FingerprintMismatch {
-                        expected: self.expected,
-                        actual,
-                    },
-                ))),
-            ))
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(FingerprintMismatch { expected: self.expected, actual }),
+            ))))
         }
     }
 
@@ -96,9 +91,7 @@ impl ServerCertVerifier for PinnedVerifier {
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // The config is TLS 1.3 only; a TLS 1.2 signature is never legitimate here.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
     fn verify_tls13_signature(
@@ -116,8 +109,6 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

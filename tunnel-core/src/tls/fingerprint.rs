@@ -40,9 +40,7 @@ impl FromStr for Fingerprint {
     type Err = FingerprintError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || FingerprintError {
-            input: s.to_owned(),
-        };
+        let err = || FingerprintError { input: s.to_owned() };
         let trimmed = s.trim();
         let body = match trimmed.get(..7) {
             Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => &trimmed[7..],
@@ -86,19 +84,10 @@ mod tests {
 
     #[test]
     fn malformed_fingerprints_are_rejected() {
-        for bad in [
-            "",
-            "sha256:",
-            "abcd",
-            &"g".repeat(64),
-            &"a".repeat(66),
-            "sha1:00",
-        ] {
+        for bad in ["", "sha256:", "abcd", &"g".repeat(64), &"a".repeat(66), "sha1:00"] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?}");
         }
         // A non-ASCII character must not split a hex pair or panic.
-        assert!(format!("{}é", "a".repeat(62))
-            .parse::<Fingerprint>()
-            .is_err());
+        assert!(format!("{}é", "a".repeat(62)).parse::<Fingerprint>().is_err());
     }
 }

@@ -24,9 +24,7 @@ pub struct ServerIdentity {
 
 impl std::fmt::Debug for ServerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerIdentity")
-            .field("fingerprint", &self.fingerprint())
-            .finish_non_exhaustive()
+        f.debug_struct("ServerIdentity").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
     }
 }
 
@@ -36,24 +34,15 @@ impl ServerIdentity {
         let chain = read_certs(cert)?;
         let key_pem = read(key)?;
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|source| TlsError::Io {
-                path: key.to_owned(),
-                source,
-            })?
-            .ok_or_else(|| TlsError::Pem {
-                path: key.to_owned(),
-                what: "no private key found".into(),
-            })?;
+            .map_err(|source| TlsError::Io { path: key.to_owned(), source })?
+            .ok_or_else(|| TlsError::Pem { path: key.to_owned(), what: "no private key found".into() })?;
         Ok(Self { chain, key })
     }
 
     /// Loads the certificate kept in `state_dir`, or generates a self-signed one for `names`
     /// (DNS names or IP addresses) and keeps it there (key file mode 0600).
     pub fn load_or_generate(state_dir: &Path, names: &[String]) -> Result<Self, TlsError> {
-        let (cert_path, key_path) = (
-            state_dir.join(GENERATED_CERT),
-            state_dir.join(GENERATED_KEY),
-        );
+        let (cert_path, key_path) = (state_dir.join(GENERATED_CERT), state_dir.join(GENERATED_KEY));
         if cert_path.exists() && key_path.exists() {
             return Self::from_pem_files(&cert_path, &key_path);
         }
@@ -89,25 +78,16 @@ pub fn server_config(identity: ServerIdentity) -> Result<Arc<rustls::ServerConfi
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })
 }
 
 pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| TlsError::Io { path: path.to_owned(), source })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: PathBuf::from(path),
-            what: "no certificate found".into(),
-        });
+        return Err(TlsError::Pem { path: PathBuf::from(path), what: "no certificate found".into() });
     }
     Ok(certs)
 }

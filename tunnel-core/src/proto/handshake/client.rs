@@ -57,12 +57,7 @@ pub struct Established {
 
 impl ClientHandshake {
     /// Starts a handshake as `name`; returns the state machine and the hello frame to send.
-    pub fn new(
-        name: &str,
-        token: Token,
-        binding: &ChannelBinding,
-        nonce: [u8; 32],
-    ) -> (Self, Vec<u8>) {
+    pub fn new(name: &str, token: Token, binding: &ChannelBinding, nonce: [u8; 32]) -> (Self, Vec<u8>) {
         let hello = HandshakeMessage::ClientHello {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
@@ -73,14 +68,7 @@ impl ClientHandshake {
         let mut transcript = Transcript::new(binding);
         transcript.add(&hello);
         let frame = crate::proto::frame::encode_to_vec(&hello);
-        (
-            Self {
-                token,
-                transcript,
-                state: State::AwaitChallenge,
-            },
-            frame,
-        )
+        (Self { token, transcript, state: State::AwaitChallenge }, frame)
     }
 
     /// Feeds one frame payload from the server.
@@ -89,9 +77,7 @@ impl ClientHandshake {
         let msg = HandshakeMessage::decode(payload)?;
         match (state, msg) {
             (State::Finished, _) => Err(HandshakeError::Finished),
-            (_, HandshakeMessage::Refuse { code, message }) => {
-                Err(HandshakeError::Refused { code, message })
-            }
+            (_, HandshakeMessage::Refuse { code, message }) => Err(HandshakeError::Refused { code, message }),
             (State::AwaitChallenge, HandshakeMessage::ServerChallenge { version, .. }) => {
                 if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     return Err(HandshakeError::UnsupportedVersion {
@@ -104,35 +90,26 @@ impl ClientHandshake {
                 self.transcript.add(payload);
                 let proof = Proof::compute(&self.token, Role::Client, &self.transcript);
                 self.state = State::AwaitAccept { version };
-                Ok(ClientStep::Send(
-                    HandshakeMessage::ClientProof { proof: proof.0 }.encode_frame(),
-                ))
+                Ok(ClientStep::Send(HandshakeMessage::ClientProof { proof: proof.0 }.encode_frame()))
             }
             (
                 State::AwaitAccept { version },
-                HandshakeMessage::ServerAccept {
-                    proof,
-                    heartbeat_interval_ms,
-                },
+                HandshakeMessage::ServerAccept { proof, heartbeat_interval_ms },
             ) => {
                 if !Proof(proof).verify(&self.token, Role::Server, &self.transcript) {
                     return Err(HandshakeError::ServerProofInvalid);
                 }
                 Ok(ClientStep::Done(Established {
                     version,
-                    heartbeat_interval: Duration::from_millis(u64::from(
-                        heartbeat_interval_ms.max(100),
-                    )),
+                    heartbeat_interval: Duration::from_millis(u64::from(heartbeat_interval_ms.max(100))),
                 }))
             }
-            (State::AwaitChallenge, other) => Err(HandshakeError::Unexpected {
-                expected: "ServerChallenge",
-                got: other.kind(),
-            }),
-            (State::AwaitAccept { .. }, other) => Err(HandshakeError::Unexpected {
-                expected: "ServerAccept",
-                got: other.kind(),
-            }),
+            (State::AwaitChallenge, other) => {
+                Err(HandshakeError::Unexpected { expected: "ServerChallenge", got: other.kind() })
+            }
+            (State::AwaitAccept { .. }, other) => {
+                Err(HandshakeError::Unexpected { expected: "ServerAccept", got: other.kind() })
+            }
         }
     }
 }

@@ -132,30 +132,19 @@ impl HandshakeMessage {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         match self {
-            Self::ClientHello {
-                min_version,
-                max_version,
-                nonce,
-                name,
-            } => w
+            Self::ClientHello { min_version, max_version, nonce, name } => w
                 .u8(CLIENT_HELLO)
                 .bytes(&MAGIC)
                 .u16(*min_version)
                 .u16(*max_version)
                 .bytes(nonce)
                 .string(name, MAX_NAME_LEN),
-            Self::ServerChallenge { version, nonce } => {
-                w.u8(SERVER_CHALLENGE).u16(*version).bytes(nonce)
-            }
+            Self::ServerChallenge { version, nonce } => w.u8(SERVER_CHALLENGE).u16(*version).bytes(nonce),
             Self::ClientProof { proof } => w.u8(CLIENT_PROOF).bytes(proof),
-            Self::ServerAccept {
-                proof,
-                heartbeat_interval_ms,
-            } => w.u8(SERVER_ACCEPT).bytes(proof).u32(*heartbeat_interval_ms),
-            Self::Refuse { code, message } => w
-                .u8(REFUSE)
-                .u8(code.to_u8())
-                .string(message, MAX_REASON_LEN),
+            Self::ServerAccept { proof, heartbeat_interval_ms } => {
+                w.u8(SERVER_ACCEPT).bytes(proof).u32(*heartbeat_interval_ms)
+            }
+            Self::Refuse { code, message } => w.u8(REFUSE).u8(code.to_u8()).string(message, MAX_REASON_LEN),
         };
         w.finish()
     }
@@ -178,20 +167,12 @@ impl HandshakeMessage {
                 let nonce = r.array("nonce")?;
                 let name = r.string(MAX_NAME_LEN, "name")?;
                 validate_name(&name)?;
-                Self::ClientHello {
-                    min_version,
-                    max_version,
-                    nonce,
-                    name,
-                }
+                Self::ClientHello { min_version, max_version, nonce, name }
             }
-            SERVER_CHALLENGE => Self::ServerChallenge {
-                version: r.u16("version")?,
-                nonce: r.array("nonce")?,
-            },
-            CLIENT_PROOF => Self::ClientProof {
-                proof: r.array("proof")?,
-            },
+            SERVER_CHALLENGE => {
+                Self::ServerChallenge { version: r.u16("version")?, nonce: r.array("nonce")? }
+            }
+            CLIENT_PROOF => Self::ClientProof { proof: r.array("proof")? },
             SERVER_ACCEPT => Self::ServerAccept {
                 proof: r.array("proof")?,
                 heartbeat_interval_ms: r.u32("heartbeat_interval_ms")?,
@@ -200,12 +181,7 @@ impl HandshakeMessage {
                 code: RefuseCode::from_u8(r.u8("code")?),
                 message: r.string(MAX_REASON_LEN, "message")?,
             },
-            other => {
-                return Err(DecodeError::UnknownType {
-                    kind: "handshake message",
-                    value: other,
-                })
-            }
+            other => return Err(DecodeError::UnknownType { kind: "handshake message", value: other }),
         };
         Ok(msg)
     }
@@ -224,19 +200,10 @@ mod tests {
                 nonce: [7; 32],
                 name: "w-1".into(),
             },
-            HandshakeMessage::ServerChallenge {
-                version: 1,
-                nonce: [9; 32],
-            },
+            HandshakeMessage::ServerChallenge { version: 1, nonce: [9; 32] },
             HandshakeMessage::ClientProof { proof: [1; 32] },
-            HandshakeMessage::ServerAccept {
-                proof: [2; 32],
-                heartbeat_interval_ms: 5000,
-            },
-            HandshakeMessage::Refuse {
-                code: RefuseCode::TlsRequired,
-                message: "use TLS".into(),
-            },
+            HandshakeMessage::ServerAccept { proof: [2; 32], heartbeat_interval_ms: 5000 },
+            HandshakeMessage::Refuse { code: RefuseCode::TlsRequired, message: "use TLS".into() },
         ];
         for msg in samples {
             let bytes = msg.encode();
@@ -264,9 +231,6 @@ mod tests {
             nonce: [0; 32],
             name: "a b".into(),
         };
-        assert!(matches!(
-            HandshakeMessage::decode(&bad_name.encode()),
-            Err(DecodeError::InvalidName(_))
-        ));
+        assert!(matches!(HandshakeMessage::decode(&bad_name.encode()), Err(DecodeError::InvalidName(_))));
     }
 }

@@ -52,7 +52,9 @@ pub enum HandshakeError {
     #[error("authentication failed: the server could not prove it knows the token")]
     ServerProofInvalid,
     /// No protocol version in common.
-    #[error("no common protocol version: peer speaks {peer_min}..={peer_max}, we speak {ours_min}..={ours_max}")]
+    #[error(
+        "no common protocol version: peer speaks {peer_min}..={peer_max}, we speak {ours_min}..={ours_max}"
+    )]
     UnsupportedVersion {
         /// Peer's oldest version.
         peer_min: u16,

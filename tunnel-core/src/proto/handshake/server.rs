@@ -80,15 +80,7 @@ impl<'c> ServerHandshake<'c> {
         };
         match (state, msg) {
             (State::Finished, _) => Err(HandshakeError::Finished),
-            (
-                State::AwaitHello,
-                HandshakeMessage::ClientHello {
-                    min_version,
-                    max_version,
-                    name,
-                    ..
-                },
-            ) => {
+            (State::AwaitHello, HandshakeMessage::ClientHello { min_version, max_version, name, .. }) => {
                 let version = max_version.min(PROTOCOL_VERSION);
                 if version < min_version.max(MIN_PROTOCOL_VERSION) {
                     let err = HandshakeError::UnsupportedVersion {
@@ -97,23 +89,13 @@ impl<'c> ServerHandshake<'c> {
                         ours_min: MIN_PROTOCOL_VERSION,
                         ours_max: PROTOCOL_VERSION,
                     };
-                    return Ok(refuse(
-                        RefuseCode::UnsupportedVersion,
-                        &err.to_string(),
-                        err,
-                    ));
+                    return Ok(refuse(RefuseCode::UnsupportedVersion, &err.to_string(), err));
                 }
                 self.transcript.add(payload);
-                let challenge = HandshakeMessage::ServerChallenge {
-                    version,
-                    nonce: self.nonce,
-                }
-                .encode();
+                let challenge = HandshakeMessage::ServerChallenge { version, nonce: self.nonce }.encode();
                 self.transcript.add(&challenge);
                 self.state = State::AwaitProof { name, version };
-                Ok(ServerStep::Reply(crate::proto::frame::encode_to_vec(
-                    &challenge,
-                )))
+                Ok(ServerStep::Reply(crate::proto::frame::encode_to_vec(&challenge)))
             }
             (State::AwaitProof { name, version }, HandshakeMessage::ClientProof { proof }) => {
                 // An unknown name is checked against a throwaway token so it fails exactly like a
@@ -130,34 +112,18 @@ impl<'c> ServerHandshake<'c> {
                     ));
                 }
                 let proof = Proof::compute(&token, Role::Server, &self.transcript);
-                let interval_ms =
-                    u32::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
-                let reply = HandshakeMessage::ServerAccept {
-                    proof: proof.0,
-                    heartbeat_interval_ms: interval_ms,
-                }
-                .encode_frame();
-                Ok(ServerStep::Accept {
-                    reply,
-                    client: AuthenticatedClient {
-                        name,
-                        credential,
-                        version,
-                    },
-                })
+                let interval_ms = u32::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
+                let reply =
+                    HandshakeMessage::ServerAccept { proof: proof.0, heartbeat_interval_ms: interval_ms }
+                        .encode_frame();
+                Ok(ServerStep::Accept { reply, client: AuthenticatedClient { name, credential, version } })
             }
             (State::AwaitHello, other) => {
-                let err = HandshakeError::Unexpected {
-                    expected: "ClientHello",
-                    got: other.kind(),
-                };
+                let err = HandshakeError::Unexpected { expected: "ClientHello", got: other.kind() };
                 Ok(refuse(RefuseCode::Malformed, &err.to_string(), err))
             }
             (State::AwaitProof { .. }, other) => {
-                let err = HandshakeError::Unexpected {
-                    expected: "ClientProof",
-                    got: other.kind(),
-                };
+                let err = HandshakeError::Unexpected { expected: "ClientProof", got: other.kind() };
                 Ok(refuse(RefuseCode::Malformed, &err.to_string(), err))
             }
         }
@@ -165,11 +131,7 @@ impl<'c> ServerHandshake<'c> {
 }
 
 fn refuse(code: RefuseCode, message: &str, error: HandshakeError) -> ServerStep {
-    let reply = HandshakeMessage::Refuse {
-        code,
-        message: message.to_owned(),
-    }
-    .encode_frame();
+    let reply = HandshakeMessage::Refuse { code, message: message.to_owned() }.encode_frame();
     ServerStep::Refuse { reply, error }
 }
 
@@ -192,19 +154,11 @@ mod tests {
         creds: &Credentials,
     ) -> Result<AuthenticatedClient, HandshakeError> {
         let server_binding = ChannelBinding::Tls([3; 32]);
-        let (mut client, hello) = ClientHandshake::new(
-            name,
-            Token::new(client_token).unwrap(),
-            &client_binding,
-            [1; 32],
-        );
+        let (mut client, hello) =
+            ClientHandshake::new(name, Token::new(client_token).unwrap(), &client_binding, [1; 32]);
         let mut server = ServerHandshake::new(creds, &server_binding, [2; 32], HB);
-        let ServerStep::Reply(challenge) = server.handle(payload(&hello))? else {
-            panic!("no challenge")
-        };
-        let ClientStep::Send(proof) = client.handle(payload(&challenge))? else {
-            panic!("no proof")
-        };
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello))? else { panic!("no challenge") };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge))? else { panic!("no proof") };
         match server.handle(payload(&proof))? {
             ServerStep::Accept { reply, client: who } => match client.handle(payload(&reply))? {
                 ClientStep::Done(est) => {
@@ -214,10 +168,7 @@ mod tests {
                 ClientStep::Send(_) => panic!("client wants more"),
             },
             ServerStep::Refuse { reply, error } => {
-                assert!(matches!(
-                    client.handle(payload(&reply)),
-                    Err(HandshakeError::Refused { .. })
-                ));
+                assert!(matches!(client.handle(payload(&reply)), Err(HandshakeError::Refused { .. })));
                 Err(error)
             }
             ServerStep::Reply(_) => panic!("server wants more"),
@@ -233,17 +184,8 @@ mod tests {
     #[test]
     fn right_token_and_binding_authenticate() {
         let who = run("shared", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap();
-        assert_eq!(
-            (who.name.as_str(), who.credential),
-            ("laptop", CredentialKind::Shared)
-        );
-        let who = run(
-            "w1-secret",
-            ChannelBinding::Tls([3; 32]),
-            "worker-1",
-            &creds(),
-        )
-        .unwrap();
+        assert_eq!((who.name.as_str(), who.credential), ("laptop", CredentialKind::Shared));
+        let who = run("w1-secret", ChannelBinding::Tls([3; 32]), "worker-1", &creds()).unwrap();
         assert_eq!(who.credential, CredentialKind::PerClient);
     }
 
@@ -267,15 +209,8 @@ mod tests {
 
     #[test]
     fn unknown_name_without_shared_token_fails_like_a_wrong_token() {
-        let only_clients =
-            Credentials::default().with_client("worker-1", Token::new("w1").unwrap());
-        let err = run(
-            "anything",
-            ChannelBinding::Tls([3; 32]),
-            "stranger",
-            &only_clients,
-        )
-        .unwrap_err();
+        let only_clients = Credentials::default().with_client("worker-1", Token::new("w1").unwrap());
+        let err = run("anything", ChannelBinding::Tls([3; 32]), "stranger", &only_clients).unwrap_err();
         assert!(matches!(err, HandshakeError::ClientProofInvalid));
     }
 
@@ -286,26 +221,13 @@ mod tests {
         let (mut client, hello) =
             ClientHandshake::new("laptop", Token::new("shared").unwrap(), &binding, [1; 32]);
         let mut first = ServerHandshake::new(&creds, &binding, [2; 32], HB);
-        let ServerStep::Reply(challenge) = first.handle(payload(&hello)).unwrap() else {
-            panic!()
-        };
-        let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else {
-            panic!()
-        };
+        let ServerStep::Reply(challenge) = first.handle(payload(&hello)).unwrap() else { panic!() };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else { panic!() };
 
         let mut second = ServerHandshake::new(&creds, &binding, [9; 32], HB);
-        assert!(matches!(
-            second.handle(payload(&hello)).unwrap(),
-            ServerStep::Reply(_)
-        ));
+        assert!(matches!(second.handle(payload(&hello)).unwrap(), ServerStep::Reply(_)));
         let step = second.handle(payload(&proof)).unwrap();
-        assert!(matches!(
-            step,
-            ServerStep::Refuse {
-                error: HandshakeError::ClientProofInvalid,
-                ..
-            }
-        ));
+        assert!(matches!(step, ServerStep::Refuse { error: HandshakeError::ClientProofInvalid, .. }));
     }
 
     #[test]
@@ -315,20 +237,11 @@ mod tests {
         let (mut client, hello) =
             ClientHandshake::new("laptop", Token::new("shared").unwrap(), &binding, [1; 32]);
         let mut server = ServerHandshake::new(&impostor, &binding, [2; 32], HB);
-        let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else {
-            panic!()
-        };
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else { panic!() };
         client.handle(payload(&challenge)).unwrap();
         // The impostor cannot compute a valid proof; forge one of zeros.
-        let forged = HandshakeMessage::ServerAccept {
-            proof: [0; 32],
-            heartbeat_interval_ms: 1000,
-        }
-        .encode();
-        assert!(matches!(
-            client.handle(&forged),
-            Err(HandshakeError::ServerProofInvalid)
-        ));
+        let forged = HandshakeMessage::ServerAccept { proof: [0; 32], heartbeat_interval_ms: 1000 }.encode();
+        assert!(matches!(client.handle(&forged), Err(HandshakeError::ServerProofInvalid)));
     }
 
     #[test]
@@ -336,19 +249,10 @@ mod tests {
         let creds = creds();
         let mut server = ServerHandshake::new(&creds, &ChannelBinding::Plaintext, [2; 32], HB);
         let proof = HandshakeMessage::ClientProof { proof: [0; 32] }.encode();
-        assert!(matches!(
-            server.handle(&proof).unwrap(),
-            ServerStep::Refuse { .. }
-        ));
-        assert!(matches!(
-            server.handle(&proof),
-            Err(HandshakeError::Finished)
-        ));
+        assert!(matches!(server.handle(&proof).unwrap(), ServerStep::Refuse { .. }));
+        assert!(matches!(server.handle(&proof), Err(HandshakeError::Finished)));
         let mut server = ServerHandshake::new(&creds, &ChannelBinding::Plaintext, [2; 32], HB);
-        assert!(matches!(
-            server.handle(b"\xff\x00garbage").unwrap(),
-            ServerStep::Refuse { .. }
-        ));
+        assert!(matches!(server.handle(b"\xff\x00garbage").unwrap(), ServerStep::Refuse { .. }));
     }
 
     #[test]
@@ -362,12 +266,6 @@ mod tests {
             name: "x".into(),
         };
         let step = server.handle(&hello.encode()).unwrap();
-        assert!(matches!(
-            step,
-            ServerStep::Refuse {
-                error: HandshakeError::UnsupportedVersion { .. },
-                ..
-            }
-        ));
+        assert!(matches!(step, ServerStep::Refuse { error: HandshakeError::UnsupportedVersion { .. }, .. }));
     }
 }

@@ -1,0 +1,286 @@
+//! Shared harness: a server on 127.0.0.1:0 with a generated certificate, clients pinned to it,
+//! and targets that echo or exchange bulk data with hashes.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tunnel_core::auth::{Credentials, Token};
+use tunnel_core::client::{ActiveForward, Backoff, Client, ClientConfig, ClientError, ClientStatus};
+use tunnel_core::server::{Server, ServerConfig};
+use tunnel_core::tls::{client_config, server_config, Fingerprint, ServerIdentity, ServerTrust};
+use tunnel_core::transport::ClientTransport;
+
+pub const TOKEN: &str = "integration-test-token";
+
+/// Upper bound on any wait in these tests; a healthy run takes a fraction of it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    pub server: Server,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn server_config_with(
+    configure: impl FnOnce(&mut ServerConfig),
+) -> (ServerConfig, Fingerprint, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = ServerIdentity::load_or_generate(dir.path(), &[]).unwrap();
+    let fingerprint = identity.fingerprint();
+    let credentials = Credentials::default().with_shared(Token::new(TOKEN).unwrap());
+    let mut config = ServerConfig::new(credentials, Some(server_config(identity).unwrap()));
+    config.default_bind = "127.0.0.1".parse().unwrap();
+    configure(&mut config);
+    (config, fingerprint, dir)
+}
+
+pub async fn start_server(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let (config, fingerprint, dir) = server_config_with(configure);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, config, fingerprint, dir)
+}
+
+pub fn serve_on(
+    listener: TcpListener,
+    config: ServerConfig,
+    fingerprint: Fingerprint,
+    dir: tempfile::TempDir,
+) -> TestServer {
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = server.clone();
+    let task = tokio::spawn(async move {
+        runner
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    TestServer { addr, fingerprint, server, stop: Some(stop), task, _dir: dir }
+}
+
+impl TestServer {
+    /// Shuts the server down and waits for it to finish.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, &mut self.task).await.unwrap().unwrap().unwrap();
+        self._dir
+    }
+
+    pub fn client_config(&self, name: &str, remotes: &[&str]) -> ClientConfig {
+        client_config_for(self.addr, self.fingerprint, name, TOKEN, remotes)
+    }
+}
+
+pub fn client_config_for(
+    addr: SocketAddr,
+    fp: Fingerprint,
+    name: &str,
+    token: &str,
+    remotes: &[&str],
+) -> ClientConfig {
+    let tls = client_config(&ServerTrust::Pinned(fp)).unwrap();
+    let transport = ClientTransport::tls(tls, &addr.to_string()).unwrap();
+    let mut config = ClientConfig::new(addr.to_string(), name, Token::new(token).unwrap(), transport);
+    config.remotes = remotes.iter().map(|r| r.parse().unwrap()).collect();
+    config.reconnect =
+        Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(400), max_attempts: None };
+    config
+}
+
+pub struct TestClient {
+    pub status: watch::Receiver<ClientStatus>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), ClientError>>,
+}
+
+pub fn start_client(config: ClientConfig) -> TestClient {
+    let client = Client::new(config);
+    let status = client.status();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(client.run(async {
+        let _ = stopped.await;
+    }));
+    TestClient { status, stop: Some(stop), task }
+}
+
+impl TestClient {
+    /// Waits until the client reports every forward ready, and returns them.
+    pub async fn connected(&mut self) -> Vec<ActiveForward> {
+        let status = tokio::time::timeout(
+            PATIENCE,
+            self.status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })),
+        )
+        .await
+        .expect("client did not connect in time")
+        .expect("client stopped");
+        match &*status {
+            ClientStatus::Connected { forwards } => forwards.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits until the client is no longer connected (its session ended).
+    pub async fn disconnected(&mut self) {
+        tokio::time::timeout(
+            PATIENCE,
+            self.status.wait_for(|s| !matches!(s, ClientStatus::Connected { .. })),
+        )
+        .await
+        .expect("client stayed connected")
+        .expect("client stopped");
+    }
+
+    /// The permanent error the client stopped with.
+    pub async fn failure(self) -> ClientError {
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("client kept running")
+            .unwrap()
+            .expect_err("client stopped without an error")
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, self.task).await.unwrap().unwrap().unwrap();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP echo server: echoes each connection until EOF, then closes its write side.
+pub async fn echo_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can hash what they expect.
+pub struct Pattern(u64);
+
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+
+    /// SHA-256 of the first `len` bytes of the pattern.
+    pub fn digest(seed: u64, len: usize) -> [u8; 32] {
+        let mut pattern = Self::new(seed);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len());
+            pattern.fill(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            left -= n;
+        }
+        hash.finalize().into()
+    }
+}
+
+/// Writes `len` pattern bytes then half-closes, while reading everything the peer sends.
+/// Returns the SHA-256 and length of what was read.
+pub async fn exchange(tcp: TcpStream, seed: u64, len: usize) -> std::io::Result<([u8; 32], usize)> {
+    let (mut r, mut w) = tcp.into_split();
+    let writer = async move {
+        let mut pattern = Pattern::new(seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len());
+            pattern.fill(&mut buf[..n]);
+            w.write_all(&buf[..n]).await?;
+            left -= n;
+        }
+        w.shutdown().await
+    };
+    let reader = async move {
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>((hash.finalize().into(), total));
+            }
+            hash.update(&buf[..n]);
+            total += n;
+        }
+    };
+    let ((), received) = tokio::try_join!(writer, reader)?;
+    Ok(received)
+}
+
+/// A target that, per connection, sends `len` bytes of pattern `seed` and reports the hash of
+/// what it received on the returned channel.
+pub async fn bulk_target(
+    seed: u64,
+    len: usize,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<([u8; 32], usize)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(received) = exchange(tcp, seed, len).await {
+                    let _ = tx.send(received);
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Connects, sends `message`, half-closes, and returns everything read back.
+pub async fn round_trip(addr: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(message).await?;
+    tcp.shutdown().await?;
+    let mut reply = Vec::new();
+    tcp.read_to_end(&mut reply).await?;
+    Ok(reply)
+}

@@ -1,0 +1,116 @@
+//! End-to-end data path: bulk transfer, many short connections, half-close, dead targets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_forwards_carry_64_mib_each_way_at_once() {
+    let server = start_server(|_| {}).await;
+    let len = 64 * MIB;
+    let mut targets = Vec::new();
+    let mut remotes = Vec::new();
+    for i in 0..3u64 {
+        let (addr, rx) = bulk_target(100 + i, len).await;
+        remotes.push(format!("0:{addr}"));
+        targets.push(rx);
+    }
+    let remotes: Vec<&str> = remotes.iter().map(String::as_str).collect();
+    let mut client = start_client(server.client_config("bulk", &remotes));
+    let forwards = client.connected().await;
+    assert_eq!(forwards.len(), 3);
+
+    let visitors = forwards.iter().enumerate().map(|(i, f)| {
+        let addr = f.public_addr;
+        tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            exchange(tcp, 200 + i as u64, len).await.unwrap()
+        })
+    });
+    let visitors: Vec<_> = visitors.collect();
+    for (i, (visitor, target)) in visitors.into_iter().zip(targets.iter_mut()).enumerate() {
+        let i = i as u64;
+        let (visitor_got, visitor_len) =
+            tokio::time::timeout(Duration::from_secs(120), visitor).await.unwrap().unwrap();
+        let (target_got, target_len) = target.recv().await.unwrap();
+        assert_eq!(visitor_len, len, "forward {i}: visitor received a short stream");
+        assert_eq!(target_len, len, "forward {i}: target received a short stream");
+        assert_eq!(visitor_got, Pattern::digest(100 + i, len), "forward {i}: target->visitor corrupted");
+        assert_eq!(target_got, Pattern::digest(200 + i, len), "forward {i}: visitor->target corrupted");
+    }
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_short_connections_are_all_answered() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let mut client = start_client(server.client_config("many", &[&format!("0:{echo}")]));
+    let public = client.connected().await[0].public_addr;
+
+    let tasks: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(async move { (i, round_trip(public, format!("hello {i}").as_bytes()).await) }))
+        .collect();
+    for task in tasks {
+        let (i, reply) = task.await.unwrap();
+        assert_eq!(reply.unwrap(), format!("hello {i}").into_bytes(), "connection {i}");
+    }
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitor_half_close_still_receives_the_full_reply() {
+    let server = start_server(|_| {}).await;
+    // The target reads the whole request to EOF, and only then answers with 1 MiB.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = target.accept().await.unwrap();
+        let mut request = Vec::new();
+        tcp.read_to_end(&mut request).await.unwrap();
+        let mut reply = vec![0u8; MIB];
+        Pattern::new(request.len() as u64).fill(&mut reply);
+        tcp.write_all(&reply).await.unwrap();
+        tcp.shutdown().await.unwrap();
+    });
+    let mut client = start_client(server.client_config("half", &[&format!("0:{target_addr}")]));
+    let public = client.connected().await[0].public_addr;
+
+    let reply = round_trip(public, b"request-bytes").await.unwrap();
+    let mut expected = vec![0u8; MIB];
+    Pattern::new(13).fill(&mut expected);
+    assert_eq!(reply.len(), MIB);
+    assert!(reply == expected, "reply differs from what the target sent");
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_target_closes_the_visitor_and_the_session_lives() {
+    let server = start_server(|_| {}).await;
+    // Bind then drop: the port is (almost certainly) closed.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let echo = echo_target().await;
+    let mut client =
+        start_client(server.client_config("dead", &[&format!("0:{dead}"), &format!("0:{echo}")]));
+    let forwards = client.connected().await;
+
+    let mut visitor = TcpStream::connect(forwards[0].public_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, visitor.read(&mut buf)).await.expect("visitor left hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "visitor should see EOF or reset, got {read:?}");
+    assert_eq!(round_trip(forwards[1].public_addr, b"still alive").await.unwrap(), b"still alive");
+    client.stop().await;
+    server.stop().await;
+}

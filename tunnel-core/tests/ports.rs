@@ -1,0 +1,94 @@
+//! Port ownership: allow-lists, conflicts between clients, reservations across reconnects.
+
+mod common;
+
+use common::*;
+use tunnel_core::auth::{Credentials, Token};
+use tunnel_core::client::ClientError;
+use tunnel_core::proto::RefusalCode;
+
+/// A port that is free right now (bound then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_cannot_take_a_held_port() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let port = free_port();
+    let mut first = start_client(server.client_config("first", &[&format!("{port}:{echo}")]));
+    assert_eq!(first.connected().await[0].public_addr.port(), port);
+
+    let second = start_client(server.client_config("second", &[&format!("{port}:{echo}")]));
+    match second.failure().await {
+        ClientError::ForwardRefused { code: RefusalCode::PortTaken, message, .. } => {
+            assert!(message.contains(&port.to_string()), "{message}")
+        }
+        other => panic!("expected PortTaken, got {other}"),
+    }
+    let public = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(round_trip(public, b"still mine").await.unwrap(), b"still mine");
+    first.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_outside_the_allow_list_are_refused_per_client() {
+    let allowed = free_port();
+    let other = free_port();
+    let server = start_server(|config| {
+        config.allow_ports = format!("{allowed}").parse().unwrap();
+        config.credentials = Credentials::default()
+            .with_shared(Token::new(TOKEN).unwrap())
+            .with_client("kube", Token::new("kube-secret").unwrap());
+        config.client_ports.insert("kube".into(), format!("{other}").parse().unwrap());
+    })
+    .await;
+    let echo = echo_target().await;
+
+    let refused = start_client(server.client_config("anyone", &[&format!("{other}:{echo}")]));
+    match refused.failure().await {
+        ClientError::ForwardRefused { code: RefusalCode::PortNotAllowed, message, .. } => {
+            assert!(message.contains(&other.to_string()), "{message}")
+        }
+        err => panic!("expected PortNotAllowed, got {err}"),
+    }
+    // Port 0 picks from the allow-list.
+    let mut picked = start_client(server.client_config("anyone", &[&format!("0:{echo}")]));
+    assert_eq!(picked.connected().await[0].public_addr.port(), allowed);
+    picked.stop().await;
+    // A per-client list replaces the server-wide one for that client.
+    let mut kube = start_client(client_config_for(
+        server.addr,
+        server.fingerprint,
+        "kube",
+        "kube-secret",
+        &[&format!("{other}:{echo}")],
+    ));
+    assert_eq!(kube.connected().await[0].public_addr.port(), other);
+    kube.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_clients_port_is_reserved_for_it_and_reassigned_on_reconnect() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let mut owner = start_client(server.client_config("owner", &[&format!("0:{echo}")]));
+    let port = owner.connected().await[0].public_addr.port();
+    owner.stop().await;
+    eventually("the owner's session to end", || async { server.server.session_names().is_empty() }).await;
+
+    let thief = start_client(server.client_config("thief", &[&format!("{port}:{echo}")]));
+    assert!(matches!(
+        thief.failure().await,
+        ClientError::ForwardRefused { code: RefusalCode::PortTaken, .. }
+    ));
+
+    // The owner comes back asking for "any port" and gets its old one.
+    let mut back = start_client(server.client_config("owner", &[&format!("0:{echo}")]));
+    assert_eq!(back.connected().await[0].public_addr.port(), port);
+    back.stop().await;
+    server.stop().await;
+}
