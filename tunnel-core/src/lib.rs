@@ -29,3 +29,4 @@ pub mod tls;
 pub mod transport;
 
 mod fs;
+mod task;

@@ -25,6 +25,7 @@ use crate::auth::Token;
 use crate::forward::{RemoteForwardSpec, TargetAddr};
 use crate::proto::{ControlMessage, GoodbyeCode};
 use crate::session::{Session, SessionConfig, SessionEnd};
+use crate::task::OwnedTask;
 use crate::transport::{self, ClientTransport};
 
 /// Client settings. Start from [`ClientConfig::new`] and adjust fields.
@@ -222,7 +223,7 @@ impl Client {
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
         let Session { control, mut messages, opener: _, mut incoming, driver } = session;
-        let mut driver = tokio::spawn(driver);
+        let mut driver = OwnedTask::spawn(driver);
         let ended = |end: Result<SessionEnd, tokio::task::JoinError>| {
             classify_end(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())))
         };

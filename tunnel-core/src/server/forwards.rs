@@ -17,6 +17,7 @@ use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{ControlMessage, RefusalCode, StreamHeader};
 use crate::session::ControlSender;
+use crate::task::OwnedTask;
 use crate::transport;
 
 /// Random candidates tried when the client lets the server choose a port.
@@ -32,8 +33,8 @@ pub(super) struct Forwards<'s> {
     opener: StreamOpener,
     /// Cancelled when the session ends: stops listeners and cuts visitors.
     owned: CancellationToken,
-    /// Forward id -> public port.
-    active: HashMap<u32, u16>,
+    /// Forward id -> the task serving its public listener.
+    active: HashMap<u32, OwnedTask<()>>,
 }
 
 impl<'s> Forwards<'s> {
@@ -42,7 +43,6 @@ impl<'s> Forwards<'s> {
         client: &AuthenticatedClient,
         session: SessionId,
         opener: StreamOpener,
-        owned: CancellationToken,
     ) -> Self {
         Self {
             shared,
@@ -50,8 +50,17 @@ impl<'s> Forwards<'s> {
             credential: client.credential,
             session,
             opener,
-            owned,
+            owned: CancellationToken::new(),
             active: HashMap::new(),
+        }
+    }
+
+    /// Stops every listener and cuts every visitor; returns once the listening sockets are
+    /// closed, so the ports can be bound again (by a session replacing this one).
+    pub(super) async fn close(self) {
+        self.owned.cancel();
+        for (_, task) in self.active {
+            let _ = task.await;
         }
     }
 
@@ -111,8 +120,8 @@ impl<'s> Forwards<'s> {
             ));
         };
         let public_addr = listener.local_addr().map_err(|e| (RefusalCode::Invalid, e.to_string()))?;
-        self.active.insert(id, public_addr.port());
-        tokio::spawn(serve(listener, id, self.opener.clone(), self.owned.clone()));
+        let task = OwnedTask::spawn(serve(listener, id, self.opener.clone(), self.owned.clone()));
+        self.active.insert(id, task);
         Ok(public_addr)
     }
 

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::forwards::Forwards;
@@ -13,6 +12,7 @@ use super::{Shared, DRAIN_TIMEOUT};
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::GoodbyeCode;
 use crate::session::{Session, SessionEnd};
+use crate::task::OwnedTask;
 
 /// Time a closing session gets to deliver its goodbye before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,9 +29,8 @@ pub(super) async fn run(
     drop(incoming);
     let name = client.name.clone();
     let registration = shared.registry.register(&name, DRAIN_TIMEOUT).await;
-    let mut driver = tokio::spawn(driver);
-    let owned = CancellationToken::new();
-    let mut forwards = Forwards::new(&shared, &client, registration.id, opener, owned.clone());
+    let mut driver = OwnedTask::spawn(driver);
+    let mut forwards = Forwards::new(&shared, &client, registration.id, opener);
     tracing::info!(client = %name, %peer, credential = ?client.credential, "session established");
 
     let end = loop {
@@ -55,13 +54,12 @@ pub(super) async fn run(
         }
     };
     // Close public listeners and cut visitors first, then hand the ports to the grace period.
-    owned.cancel();
-    drop(forwards);
+    forwards.close().await;
     shared.registry.unregister(&name, &registration);
     tracing::info!(client = %name, %peer, "session ended: {end}");
 }
 
-async fn finish(mut driver: JoinHandle<SessionEnd>) -> SessionEnd {
+async fn finish(mut driver: OwnedTask<SessionEnd>) -> SessionEnd {
     match tokio::time::timeout(CLOSE_TIMEOUT, &mut driver).await {
         Ok(end) => end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
         Err(_) => {

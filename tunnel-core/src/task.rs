@@ -1,0 +1,38 @@
+//! Task helpers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::task::{JoinError, JoinHandle};
+
+/// A spawned task that is aborted when this handle is dropped, so a task that owns a
+/// connection (a session driver) never outlives the code that is responsible for it.
+#[derive(Debug)]
+pub(crate) struct OwnedTask<T>(JoinHandle<T>);
+
+impl<T: Send + 'static> OwnedTask<T> {
+    pub(crate) fn spawn(future: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(tokio::spawn(future))
+    }
+}
+
+impl<T> OwnedTask<T> {
+    pub(crate) fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for OwnedTask<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for OwnedTask<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

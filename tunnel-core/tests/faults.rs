@@ -1,0 +1,158 @@
+//! Faults: restarts, killed peers, silent links.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tunnel_core::auth::{ChannelBinding, Credentials, Token};
+use tunnel_core::client::ClientError;
+use tunnel_core::session::{Session, SessionConfig, SessionEnd};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reconnects_after_a_server_restart_and_its_forward_works_again() {
+    let (config, fingerprint, dir) = server_config_with(|_| {});
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Keep a duplicate of the listening socket so the restarted server gets the same address.
+    let spare = listener.into_std().unwrap();
+    let first = spare.try_clone().unwrap();
+    let server = serve_on(TcpListener::from_std(first).unwrap(), config.clone(), fingerprint, dir);
+
+    let echo = echo_target().await;
+    let mut client = start_client(server.client_config("phoenix", &[&format!("0:{echo}")]));
+    let port = client.connected().await[0].public_addr.port();
+    let public = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(round_trip(public, b"before").await.unwrap(), b"before");
+
+    let dir = server.stop().await;
+    client.disconnected().await;
+    let server = serve_on(TcpListener::from_std(spare).unwrap(), config, fingerprint, dir);
+
+    // The client asks for the port it had, so the same public address works again.
+    let forwards = client.connected().await;
+    assert_eq!(forwards[0].public_addr.port(), port);
+    assert_eq!(round_trip(public, b"after").await.unwrap(), b"after");
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_client_closes_its_ports_and_its_open_visitors_see_eof_or_reset() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let mut client = start_client(server.client_config("doomed", &[&format!("0:{echo}")]));
+    let public = client.connected().await[0].public_addr;
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    visitor.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    visitor.read_exact(&mut buf).await.unwrap();
+
+    client.task.abort();
+    let read = tokio::time::timeout(PATIENCE, visitor.read(&mut buf)).await.expect("visitor left hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "expected EOF or reset, got {read:?}");
+    eventually(
+        "the public port to stop accepting",
+        || async move { TcpStream::connect(public).await.is_err() },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_with_the_same_name_replaces_the_first() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let mut first = start_client(server.client_config("same", &[&format!("0:{echo}")]));
+    let port = first.connected().await[0].public_addr.port();
+    let mut second = start_client(server.client_config("same", &[&format!("{port}:{echo}")]));
+    assert_eq!(second.connected().await[0].public_addr.port(), port, "the port moves to the new session");
+    assert!(matches!(first.failure().await, ClientError::Replaced(_)));
+    second.stop().await;
+    server.stop().await;
+}
+
+/// A pipe end that can be frozen: reads and writes then pend forever, like a link that
+/// silently drops everything.
+struct Freezable {
+    inner: DuplexStream,
+    frozen: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Freezable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.frozen.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Freezable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.frozen.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_declared_dead_at_the_heartbeat_timeout() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let frozen = Arc::new(AtomicBool::new(false));
+    let client_io = Freezable { inner: a, frozen: frozen.clone() };
+    let token = Token::new("t").unwrap();
+    let creds = Credentials::default().with_shared(token.clone());
+    let mut config = SessionConfig::default();
+    config.heartbeat_interval = Duration::from_secs(5);
+    config.heartbeat_timeout = Duration::from_secs(15);
+    let binding = ChannelBinding::Plaintext;
+    let server_config = config.clone();
+    let accept = tokio::spawn(async move {
+        Session::accept(b, &ChannelBinding::Plaintext, &creds, &server_config, Duration::from_secs(5)).await
+    });
+    let (client, _) = Session::connect(client_io, &binding, "c", token, &config).await.unwrap();
+    // The control stream reaches the server once the client's driver runs.
+    let client_driver = tokio::spawn(client.driver);
+    let (server, _) = accept.await.unwrap().unwrap();
+    let server_driver = tokio::spawn(server.driver);
+
+    // Healthy for many heartbeat intervals: pings keep both sides alive.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!server_driver.is_finished() && !client_driver.is_finished());
+    assert!(server.control.rtt().is_some(), "heartbeats should have measured a round trip");
+
+    let frozen_at = tokio::time::Instant::now();
+    frozen.store(true, Ordering::SeqCst);
+    let end = server_driver.await.unwrap();
+    assert_eq!(end, SessionEnd::HeartbeatTimeout(Duration::from_secs(15)));
+    let waited = frozen_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited <= Duration::from_secs(16),
+        "declared dead after {waited:?}"
+    );
+    let end = client_driver.await.unwrap();
+    assert_eq!(end, SessionEnd::HeartbeatTimeout(Duration::from_secs(15)));
+}
