@@ -66,6 +66,7 @@ async fn killed_client_closes_its_ports_and_its_open_visitors_see_eof_or_reset()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_client_with_the_same_name_replaces_the_first() {
+    init_test_log();
     let server = start_server(|_| {}).await;
     let echo = echo_target().await;
     let mut first = start_client(server.client_config("same", &[&format!("0:{echo}")]));

@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::SessionConfig;
+
+/// Bound on flushing or draining the control stream when the connection is going away.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::mux::{MuxDriver, MuxStream, StreamOpener};
 use crate::proto::{frame, ControlMessage, FrameError, GoodbyeCode};
 
@@ -170,18 +173,21 @@ async fn run(
     // Keep a sender alive so the writer's queue never reports "closed" while we run.
     let _keep = out_tx;
 
+    tokio::pin!(read, write, watchdog);
     let end = tokio::select! {
-        end = read => end,
-        end = write => end,
-        end = watchdog => end,
+        end = &mut read => end,
+        end = &mut write => end,
+        end = &mut watchdog => end,
         result = &mut mux => match result {
-            Ok(()) => SessionEnd::PeerGone,
+            // The connection ended; frames it delivered just before (a goodbye) are still
+            // buffered in the control stream, so let the reader finish before calling it lost.
+            Ok(()) => tokio::time::timeout(DRAIN_TIMEOUT, &mut read).await.unwrap_or(SessionEnd::PeerGone),
             Err(err) => SessionEnd::ProtocolError(err.to_string()),
         },
     };
     if end == SessionEnd::Closed {
         // Let the multiplexer flush the goodbye and close; bounded so a stuck peer cannot hold us.
-        let _ = tokio::time::timeout(Duration::from_secs(2), mux).await;
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, mux).await;
     }
     end
 }

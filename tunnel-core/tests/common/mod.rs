@@ -284,3 +284,10 @@ pub async fn round_trip(addr: SocketAddr, message: &[u8]) -> std::io::Result<Vec
     tcp.read_to_end(&mut reply).await?;
     Ok(reply)
 }
+
+/// Logs to the test output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`), for diagnosis.
+pub fn init_test_log() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+}
