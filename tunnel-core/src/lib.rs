@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod config;
 pub mod forward;
 pub mod mux;
 pub mod proto;

@@ -1,0 +1,47 @@
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A duration written with a unit: `250ms`, `10s`, `5m`, `1h`.
+///
+/// ```
+/// use tunnel_core::config::HumanDuration;
+/// let d: HumanDuration = "1500ms".parse().unwrap();
+/// assert_eq!(d.0, std::time::Duration::from_millis(1500));
+/// assert!("10".parse::<HumanDuration>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let err = || format!("{s:?} is not a duration (use e.g. 500ms, 10s, 5m, 1h)");
+        let n: u64 = number.parse().map_err(|_| err())?;
+        let duration = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(err()),
+        };
+        Ok(Self(duration))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,123 @@
+//! Configuration files: serde/TOML types with unknown keys refused, validated into the runtime
+//! [`crate::server::ServerConfig`] and [`crate::client::ClientConfig`]. Keys mirror the CLI
+//! flags (`--allow-ports` is `allow_ports`); the commented examples under `examples/` list them all.
+
+mod client;
+mod duration;
+mod server;
+
+use std::path::{Path, PathBuf};
+
+pub use client::ClientFile;
+pub use duration::HumanDuration;
+pub use server::{ClientEntry, ServerFile, ServerLimits, ServerSetup, TokenSource};
+
+/// Why a configuration could not be loaded or validated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type...).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message, naming the offending key.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("invalid `{key}`: {message}")]
+    Invalid {
+        /// The key (or flag) at fault.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Two settings contradict each other.
+    #[error("{0}")]
+    Conflict(String),
+    /// A required setting is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// The state directory could not be used.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be loaded or generated.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+fn invalid(key: &'static str, err: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid { key, message: err.to_string() }
+}
+
+/// Reads and parses a TOML file into `T`.
+fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text, path)
+}
+
+/// Parses TOML text; `origin` names it in errors.
+fn parse<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
+        message: e.message().to_owned() + &e.span().map(|s| location(text, s.start)).unwrap_or_default(),
+    })
+}
+
+fn location(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    format!(" (line {line})")
+}
+
+/// Where state (generated certificate, generated token) lives when `state_dir` is not set:
+/// `$STATE_DIRECTORY` (systemd), `$XDG_STATE_HOME/tunnel`, `$HOME/.local/state/tunnel`, or
+/// `./tunnel-state`.
+pub fn default_state_dir() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = env("STATE_DIRECTORY") {
+        return dir;
+    }
+    if let Some(dir) = env("XDG_STATE_HOME") {
+        return dir.join("tunnel");
+    }
+    if let Some(home) = env("HOME") {
+        return home.join(".local/state/tunnel");
+    }
+    PathBuf::from("tunnel-state")
+}
+
+/// A client name derived from the host name (so a restarted client gets its ports back), with
+/// characters outside `[A-Za-z0-9._-]` replaced; `client` if the host name is unknown.
+pub fn default_client_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let cleaned: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .take(crate::proto::MAX_NAME_LEN)
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.').to_owned();
+    if cleaned.is_empty() {
+        "client".into()
+    } else {
+        cleaned
+    }
+}

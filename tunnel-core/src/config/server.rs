@@ -1,0 +1,352 @@
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{default_state_dir, invalid, ConfigError, HumanDuration};
+use crate::auth::{Credentials, Token};
+use crate::forward::PortSet;
+use crate::proto::validate_name;
+use crate::server::ServerConfig;
+use crate::tls::{server_config, Fingerprint, ServerIdentity};
+
+/// Name of the generated token inside the state directory.
+const TOKEN_FILE: &str = "token";
+
+/// The server's configuration file (`tunnel-cli serve --config FILE`). Every field is optional;
+/// flags given on the command line override it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Address to accept clients on (default `0.0.0.0:7700`).
+    pub listen: Option<String>,
+    /// Shared token for every client without its own.
+    pub token: Option<String>,
+    /// File holding the shared token.
+    pub token_file: Option<PathBuf>,
+    /// Where a generated certificate and token are kept (default: see [`default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
+    /// PEM certificate chain; with `tls_key`, replaces the generated certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or IPs for the generated certificate (only used when it is first made).
+    pub tls_names: Option<Vec<String>>,
+    /// Ports clients may bind, e.g. `6443,10000-10100` (default `1024-65535`).
+    pub allow_ports: Option<String>,
+    /// Run without TLS; clients must opt in too (default false).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// Address forwards bind when the client names none (default `0.0.0.0`).
+    pub bind_addr: Option<String>,
+    /// How long a departed client's ports stay reserved for it (default `60s`).
+    pub port_grace: Option<HumanDuration>,
+    /// Heartbeat interval sent to clients (default `10s`).
+    pub heartbeat_interval: Option<HumanDuration>,
+    /// Silence after which a client is declared dead (default `30s`).
+    pub heartbeat_timeout: Option<HumanDuration>,
+    /// Abuse limits.
+    #[serde(default)]
+    pub limits: ServerLimits,
+    /// Clients with their own tokens and port lists.
+    #[serde(default)]
+    pub clients: Vec<ClientEntry>,
+}
+
+/// `[limits]`: caps that keep one peer from exhausting the server.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerLimits {
+    /// From TCP accept to authenticated session (default `10s`).
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Connections in the handshake at once (default 256).
+    pub max_unauthenticated: Option<usize>,
+    /// Streams open at once in each direction of a session (default 1024).
+    pub max_streams_per_session: Option<usize>,
+    /// Remote forwards per client (default 64).
+    pub max_forwards_per_client: Option<usize>,
+    /// Largest control message in bytes (default 65536).
+    pub max_message_size: Option<usize>,
+}
+
+/// `[[clients]]`: one client with its own token; only it can authenticate under its name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    /// The client's name (`--name` on its side).
+    pub name: String,
+    /// Its token.
+    pub token: Option<String>,
+    /// File holding its token.
+    pub token_file: Option<PathBuf>,
+    /// Ports it may bind (default: the server-wide `allow_ports`).
+    pub allow_ports: Option<String>,
+}
+
+/// Where the shared token came from, which decides whether it may be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Given by the user (flag, environment, config): never printed.
+    Supplied,
+    /// Generated just now into the state directory: may be shown once.
+    GeneratedNow(PathBuf),
+    /// Generated on an earlier start and read back from this file.
+    Generated(PathBuf),
+    /// No shared token (only per-client tokens).
+    None,
+}
+
+/// A validated server configuration plus what the operator should be told at start.
+#[derive(Debug)]
+pub struct ServerSetup {
+    /// The runtime configuration.
+    pub config: ServerConfig,
+    /// Address to listen on.
+    pub listen: String,
+    /// Fingerprint of the certificate in use (`None` in plaintext mode).
+    pub fingerprint: Option<Fingerprint>,
+    /// The shared token, if any.
+    pub shared_token: Option<Token>,
+    /// Where that token came from.
+    pub token_source: TokenSource,
+}
+
+impl ServerFile {
+    /// Reads a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        super::load(path)
+    }
+
+    /// Parses configuration text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        super::parse(text, origin)
+    }
+
+    /// Validates everything; loads or generates the certificate and, when no token is
+    /// configured at all, loads or generates the shared token in the state directory.
+    pub fn build(self) -> Result<ServerSetup, ConfigError> {
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let allow_ports = parse_ports("allow_ports", self.allow_ports.as_deref())?;
+        let mut credentials = Credentials::default();
+        let mut client_ports = std::collections::HashMap::new();
+        let mut seen = HashSet::new();
+        for entry in &self.clients {
+            validate_name(&entry.name).map_err(|e| invalid("clients.name", e))?;
+            if !seen.insert(entry.name.clone()) {
+                return Err(invalid("clients.name", format!("client {:?} is listed twice", entry.name)));
+            }
+            let token = secret("clients.token", entry.token.as_deref(), entry.token_file.as_deref())?
+                .ok_or_else(|| {
+                    ConfigError::Missing(format!("client {:?} needs `token` or `token_file`", entry.name))
+                })?;
+            credentials = credentials.with_client(&entry.name, token);
+            if let Some(ports) = &entry.allow_ports {
+                client_ports.insert(entry.name.clone(), parse_ports("clients.allow_ports", Some(ports))?);
+            }
+        }
+        let (shared_token, token_source) =
+            match secret("token", self.token.as_deref(), self.token_file.as_deref())? {
+                Some(token) => (Some(token), TokenSource::Supplied),
+                None if !self.clients.is_empty() => (None, TokenSource::None),
+                None => {
+                    let (token, source) = stored_token(&state_dir)?;
+                    (Some(token), source)
+                }
+            };
+        if let Some(token) = &shared_token {
+            credentials = credentials.with_shared(token.clone());
+        }
+
+        let (tls, fingerprint) = self.tls(&state_dir)?;
+        let mut config = ServerConfig::new(credentials, tls);
+        config.allow_ports = allow_ports;
+        config.client_ports = client_ports;
+        if let Some(bind) = &self.bind_addr {
+            config.default_bind =
+                bind.parse().map_err(|_| invalid("bind_addr", format!("{bind:?} is not an IP address")))?;
+        }
+        if let Some(d) = self.port_grace {
+            config.port_grace = d.0;
+        }
+        if let Some(d) = self.heartbeat_interval {
+            config.session.heartbeat_interval = d.0;
+        }
+        if let Some(d) = self.heartbeat_timeout {
+            config.session.heartbeat_timeout = d.0;
+        }
+        if config.session.heartbeat_timeout <= config.session.heartbeat_interval {
+            return Err(ConfigError::Conflict(
+                "`heartbeat_timeout` must be longer than `heartbeat_interval`".into(),
+            ));
+        }
+        self.limits.apply(&mut config)?;
+        Ok(ServerSetup {
+            config,
+            listen: self.listen.unwrap_or_else(|| "0.0.0.0:7700".into()),
+            fingerprint,
+            shared_token,
+            token_source,
+        })
+    }
+
+    fn tls(
+        &self,
+        state_dir: &Path,
+    ) -> Result<(Option<std::sync::Arc<rustls::ServerConfig>>, Option<Fingerprint>), ConfigError> {
+        let identity = match (self.insecure_plaintext, &self.tls_cert, &self.tls_key) {
+            (true, None, None) => return Ok((None, None)),
+            (true, _, _) => {
+                return Err(ConfigError::Conflict(
+                    "`insecure_plaintext` cannot be combined with `tls_cert`/`tls_key`".into(),
+                ))
+            }
+            (false, Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
+            (false, None, None) => {
+                ServerIdentity::load_or_generate(state_dir, self.tls_names.as_deref().unwrap_or_default())?
+            }
+            (false, _, _) => {
+                return Err(ConfigError::Conflict("`tls_cert` and `tls_key` go together".into()))
+            }
+        };
+        let fingerprint = identity.fingerprint();
+        Ok((Some(server_config(identity)?), Some(fingerprint)))
+    }
+}
+
+impl ServerLimits {
+    fn apply(&self, config: &mut ServerConfig) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, v: Option<usize>| match v {
+            Some(0) => Err(invalid(key, "must be at least 1")),
+            other => Ok(other),
+        };
+        if let Some(d) = self.handshake_timeout {
+            if d.0.is_zero() {
+                return Err(invalid("limits.handshake_timeout", "must be more than 0"));
+            }
+            config.handshake_timeout = d.0;
+        }
+        if let Some(n) = positive("limits.max_unauthenticated", self.max_unauthenticated)? {
+            config.max_unauthenticated = n;
+        }
+        if let Some(n) = positive("limits.max_streams_per_session", self.max_streams_per_session)? {
+            if n > 65_536 {
+                return Err(invalid("limits.max_streams_per_session", "must be at most 65536"));
+            }
+            config.session.mux.max_streams = n;
+        }
+        if let Some(n) = positive("limits.max_forwards_per_client", self.max_forwards_per_client)? {
+            config.max_forwards_per_client = n;
+        }
+        if let Some(n) = positive("limits.max_message_size", self.max_message_size)? {
+            if !(1024..=16 * 1024 * 1024).contains(&n) {
+                return Err(invalid("limits.max_message_size", "must be between 1024 and 16777216 bytes"));
+            }
+            config.session.max_message_size = n;
+        }
+        Ok(())
+    }
+}
+
+fn parse_ports(key: &'static str, text: Option<&str>) -> Result<PortSet, ConfigError> {
+    text.map_or(Ok(PortSet::unprivileged()), |t| t.parse().map_err(|e| invalid(key, e)))
+}
+
+/// A token given inline or in a file (not both).
+pub(super) fn secret(
+    key: &'static str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Token>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict(format!("give `{key}` or `{key}_file`, not both"))),
+        (Some(text), None) => Token::new(text).map(Some).map_err(|e| invalid(key, e)),
+        (None, Some(path)) => Token::from_file(path).map(Some).map_err(|e| invalid(key, e)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Reads the token kept in the state directory, or generates and keeps one (mode 0600).
+fn stored_token(state_dir: &Path) -> Result<(Token, TokenSource), ConfigError> {
+    let path = state_dir.join(TOKEN_FILE);
+    let state_err = |source| ConfigError::StateDir { path: path.clone(), source };
+    if path.exists() {
+        let token = Token::from_file(&path).map_err(|e| invalid("state_dir", e))?;
+        return Ok((token, TokenSource::Generated(path)));
+    }
+    std::fs::create_dir_all(state_dir)
+        .map_err(|source| ConfigError::StateDir { path: state_dir.to_owned(), source })?;
+    let token = Token::generate();
+    crate::fs::write_private(&path, token.expose_secret().as_bytes()).map_err(state_err)?;
+    Ok((token, TokenSource::GeneratedNow(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerFile, ConfigError> {
+        ServerFile::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let err = parse("listen = \"0.0.0.0:1\"\nlisten_port = 3\n").unwrap_err().to_string();
+        assert!(err.contains("listen_port") && err.contains("line 2"), "{err}");
+        let err = parse("[limits]\nmax_sessions = 3\n").unwrap_err().to_string();
+        assert!(err.contains("max_sessions"), "{err}");
+    }
+
+    #[test]
+    fn generated_token_and_certificate_are_kept_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ServerFile { state_dir: Some(dir.path().to_owned()), ..Default::default() };
+        let first = file.clone().build().unwrap();
+        assert!(matches!(first.token_source, TokenSource::GeneratedNow(_)));
+        let second = file.build().unwrap();
+        assert!(matches!(second.token_source, TokenSource::Generated(_)));
+        assert_eq!(first.shared_token, second.shared_token);
+        assert_eq!(first.fingerprint, second.fingerprint);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn per_client_entries_validate_and_need_no_shared_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "state_dir = {:?}\n[[clients]]\nname = \"worker-1\"\ntoken = \"w1\"\nallow_ports = \"10250\"\n",
+            dir.path()
+        );
+        let setup = parse(&text).unwrap().build().unwrap();
+        assert_eq!(setup.token_source, TokenSource::None);
+        assert!(setup.config.credentials.lookup("worker-1").is_some());
+        assert!(setup.config.credentials.lookup("other").is_none());
+        assert_eq!(setup.config.client_ports["worker-1"].to_string(), "10250");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!("state_dir = {:?}\ntoken = \"t\"\n", dir.path());
+        let cases = [
+            ("allow_ports = \"80-\"", "allow_ports"),
+            ("port_grace = \"ten\"", "duration"),
+            ("[limits]\nmax_streams_per_session = 0", "limits.max_streams_per_session"),
+            ("[limits]\nmax_message_size = 10", "limits.max_message_size"),
+            ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
+            ("tls_cert = \"c.pem\"", "tls_key"),
+            ("[[clients]]\nname = \"a b\"\ntoken = \"x\"", "clients.name"),
+            ("[[clients]]\nname = \"a\"", "token"),
+            ("bind_addr = \"example.com\"", "bind_addr"),
+            ("heartbeat_interval = \"30s\"\nheartbeat_timeout = \"10s\"", "heartbeat_timeout"),
+        ];
+        for (extra, needle) in cases {
+            let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
+}
