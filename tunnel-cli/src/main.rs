@@ -1,1 +1,75 @@
-fn main() {}
+//! `tunnel-cli`: the command-line front end of tunnel-core. It parses flags and TOML, sets up
+//! logging, and calls the library; no protocol logic lives here.
+
+#![forbid(unsafe_code)]
+
+mod args;
+mod connect;
+mod serve;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit status for bad flags or configuration (clap uses the same for usage errors).
+const EXIT_USAGE: u8 = 2;
+/// Exit status for a runtime failure: refused by the server, cannot listen, and the like.
+const EXIT_FAILURE: u8 = 1;
+
+/// A failure with the exit status it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Self { code: EXIT_USAGE, message: message.to_string() }
+    }
+
+    fn runtime(message: impl std::fmt::Display) -> Self {
+        Self { code: EXIT_FAILURE, message: message.to_string() }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            args::Command::Serve(args) => serve::run(args).await,
+            args::Command::Connect(args) => connect::run(args).await,
+            args::Command::Fingerprint(args) => fingerprint(&args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries the addresses and commands users and scripts read),
+/// filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
+fn fingerprint(args: &args::FingerprintArgs) -> Result<(), Failure> {
+    let fingerprint = tunnel_core::tls::fingerprint_of_pem_file(&args.cert).map_err(Failure::usage)?;
+    println!("{fingerprint}");
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Command-line flags, and how they override the TOML configuration files.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tunnel_core::config::{ClientFile, ServerFile};
+
+/// A self-hosted reverse tunnel: publish services behind NAT through a public server over one
+/// TLS-encrypted, token-authenticated, multiplexed connection.
+#[derive(Debug, Parser)]
+#[command(name = "tunnel-cli", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the public server that clients connect to.
+    Serve(ServeArgs),
+    /// Connect to a server and publish local services through it.
+    Connect(ConnectArgs),
+    /// Print the SHA-256 fingerprint of a PEM certificate (for `connect --fingerprint`).
+    Fingerprint(FingerprintArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see examples/server.toml); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to accept clients on [default: 0.0.0.0:7700].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Shared token for clients (else TUNNEL_TOKEN, the config, or one generated in the state dir).
+    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Directory for the generated certificate and token.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// PEM certificate chain to serve instead of a generated one.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Ports clients may bind, e.g. 6443,10000-10100 [default: 1024-65535].
+    #[arg(long, value_name = "LIST")]
+    pub allow_ports: Option<String>,
+    /// Run without TLS (clients must pass --insecure-plaintext too).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// TOML configuration file (see examples/client.toml); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Server address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// Token (else TUNNEL_TOKEN or the config).
+    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Name to authenticate as [default: this host's name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Remote forward: a port on the server that reaches LOCAL_HOST:LOCAL_PORT here. REMOTE_PORT 0
+    /// lets the server choose. Repeatable.
+    #[arg(short = 'R', long = "remote", value_name = "[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")]
+    pub remote: Vec<String>,
+    /// Expected SHA-256 fingerprint of the server certificate (printed by `serve`).
+    #[arg(long, value_name = "FP", conflicts_with = "ca")]
+    pub fingerprint: Option<String>,
+    /// PEM file of CA certificates to verify the server with.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Connect without TLS (the server must run with --insecure-plaintext too).
+    #[arg(long, conflicts_with_all = ["fingerprint", "ca"])]
+    pub insecure_plaintext: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FingerprintArgs {
+    /// PEM certificate file.
+    #[arg(long, value_name = "PEM")]
+    pub cert: PathBuf,
+}
+
+impl ServeArgs {
+    /// The configuration file (if any) with these flags applied over it.
+    pub fn into_file(self) -> Result<ServerFile, tunnel_core::config::ConfigError> {
+        let mut file = match &self.config {
+            Some(path) => ServerFile::load(path)?,
+            None => ServerFile::default(),
+        };
+        if self.token.is_some() {
+            file.token_file = None;
+        }
+        override_with(&mut file.token, self.token);
+        override_with(&mut file.listen, self.listen);
+        override_with(&mut file.state_dir, self.state_dir);
+        override_with(&mut file.tls_cert, self.tls_cert);
+        override_with(&mut file.tls_key, self.tls_key);
+        override_with(&mut file.allow_ports, self.allow_ports);
+        file.insecure_plaintext |= self.insecure_plaintext;
+        Ok(file)
+    }
+}
+
+impl ConnectArgs {
+    /// The configuration file (if any) with these flags applied over it.
+    pub fn into_file(self) -> Result<ClientFile, tunnel_core::config::ConfigError> {
+        let mut file = match &self.config {
+            Some(path) => ClientFile::load(path)?,
+            None => ClientFile::default(),
+        };
+        if self.token.is_some() {
+            file.token_file = None;
+        }
+        // Trust flags replace the file's choice of trust as a whole.
+        if self.fingerprint.is_some() || self.ca.is_some() || self.insecure_plaintext {
+            file.fingerprint = None;
+            file.ca = None;
+            file.insecure_plaintext = self.insecure_plaintext;
+        }
+        override_with(&mut file.token, self.token);
+        override_with(&mut file.server, self.server);
+        override_with(&mut file.name, self.name);
+        override_with(&mut file.fingerprint, self.fingerprint);
+        override_with(&mut file.ca, self.ca);
+        if !self.remote.is_empty() {
+            file.remote = self.remote;
+        }
+        Ok(file)
+    }
+}
+
+fn override_with<T>(slot: &mut Option<T>, flag: Option<T>) {
+    if flag.is_some() {
+        *slot = flag;
+    }
+}

@@ -1,0 +1,45 @@
+//! `tunnel-cli connect`.
+
+use std::net::SocketAddr;
+
+use tunnel_core::client::{ActiveForward, Client, ClientStatus};
+use tunnel_core::transport::host_of;
+
+use crate::args::ConnectArgs;
+use crate::Failure;
+
+pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
+    let config = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
+    let server_host = host_of(&config.server).to_owned();
+    tracing::info!(server = %config.server, name = %config.name, "connecting");
+    let client = Client::new(config);
+    let mut status = client.status();
+    // Prints every forward each time a session comes up (first connect and every reconnect).
+    let printer = tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let current = status.borrow_and_update().clone();
+            if let ClientStatus::Connected { forwards } = current {
+                for forward in &forwards {
+                    println!("remote forward ready: {} -> {}", public_address(&server_host, forward), forward.spec.local);
+                }
+            }
+        }
+    });
+    let result = client.run(crate::shutdown::signal()).await;
+    printer.abort();
+    result.map_err(Failure::runtime)
+}
+
+/// Where visitors reach the forward: the server's host when it bound every interface.
+fn public_address(server_host: &str, forward: &ActiveForward) -> String {
+    let addr: SocketAddr = forward.public_addr;
+    if addr.ip().is_unspecified() {
+        if server_host.contains(':') {
+            format!("[{server_host}]:{}", addr.port())
+        } else {
+            format!("{server_host}:{}", addr.port())
+        }
+    } else {
+        addr.to_string()
+    }
+}

@@ -1,0 +1,59 @@
+//! `tunnel-cli serve`.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tunnel_core::config::{ServerSetup, TokenSource};
+use tunnel_core::server::Server;
+
+use crate::args::ServeArgs;
+use crate::Failure;
+
+pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    let setup = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
+    let listener = TcpListener::bind(&setup.listen)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
+    let local = listener.local_addr().map_err(Failure::runtime)?;
+    print_banner(&setup, local);
+    if setup.config.tls.is_none() {
+        tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
+    }
+    Server::new(setup.config)
+        .run(listener, crate::shutdown::signal())
+        .await
+        .map_err(|e| Failure::runtime(format!("server failed: {e}")))
+}
+
+/// What the operator needs to connect a client, on stdout. A token the user supplied is never
+/// printed; one generated just now is shown this once.
+fn print_banner(setup: &ServerSetup, local: SocketAddr) {
+    let mode = if setup.config.tls.is_some() { "TLS" } else { "plaintext" };
+    println!("tunnel server listening on {local} ({mode})");
+    let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
+    let server = match local {
+        SocketAddr::V6(_) if !local.ip().is_unspecified() => format!("[{host}]:{}", local.port()),
+        _ => format!("{host}:{}", local.port()),
+    };
+    let trust = match &setup.fingerprint {
+        Some(fp) => {
+            println!("certificate fingerprint: {fp}");
+            format!("--fingerprint {fp}")
+        }
+        None => "--insecure-plaintext".to_owned(),
+    };
+    let token = match &setup.token_source {
+        TokenSource::GeneratedNow(path) => {
+            println!("generated a token and saved it to {} (shown once below)", path.display());
+            format!("--token {}", setup.shared_token.as_ref().map(|t| t.expose_secret()).unwrap_or_default())
+        }
+        TokenSource::Generated(path) => format!("--token \"$(cat {})\"", path.display()),
+        TokenSource::Supplied => "--token \"$TUNNEL_TOKEN\"".to_owned(),
+        TokenSource::None => "--name NAME --token CLIENT_TOKEN".to_owned(),
+    };
+    println!("connect a client with:");
+    println!("  tunnel-cli connect --server {server} {trust} {token} -R 0:127.0.0.1:8080");
+    if local.ip().is_unspecified() {
+        println!("(from another machine, replace 127.0.0.1 with this server's address)");
+    }
+}
