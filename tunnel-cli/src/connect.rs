@@ -20,7 +20,11 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
             let current = status.borrow_and_update().clone();
             if let ClientStatus::Connected { forwards } = current {
                 for forward in &forwards {
-                    println!("remote forward ready: {} -> {}", public_address(&server_host, forward), forward.spec.local);
+                    println!(
+                        "remote forward ready: {} -> {}",
+                        public_address(&server_host, forward),
+                        forward.spec.local
+                    );
                 }
             }
         }

@@ -1,0 +1,150 @@
+//! Spawning the real `tunnel-cli` binary and reading what it prints.
+
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running `tunnel-cli` whose stdout and stderr are collected.
+pub struct Cli {
+    pub child: Child,
+    output: Arc<Output>,
+}
+
+#[derive(Default)]
+struct Output {
+    text: Mutex<String>,
+    changed: Notify,
+}
+
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunnel-cli"));
+    cmd.args(args)
+        .env_remove("TUNNEL_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+pub fn spawn(mut cmd: Command) -> Cli {
+    let mut child = cmd.spawn().expect("spawn tunnel-cli");
+    let output = Arc::new(Output::default());
+    collect(child.stdout.take().unwrap(), output.clone(), "");
+    collect(child.stderr.take().unwrap(), output.clone(), "[stderr] ");
+    Cli { child, output }
+}
+
+fn collect(pipe: impl AsyncRead + Unpin + Send + 'static, output: Arc<Output>, prefix: &'static str) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut text = output.text.lock().unwrap();
+            text.push_str(prefix);
+            text.push_str(&line);
+            text.push('\n');
+            drop(text);
+            output.changed.notify_waiters();
+        }
+        output.changed.notify_waiters();
+    });
+}
+
+impl Cli {
+    /// Everything printed so far (stdout lines plain, stderr lines prefixed).
+    pub fn output(&self) -> String {
+        self.output.text.lock().unwrap().clone()
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns the rest of it.
+    pub async fn line_after(&self, prefix: &str) -> String {
+        self.lines_after(prefix, 1).await.remove(0)
+    }
+
+    /// Waits until `count` stdout lines start with `prefix`; returns the rest of each.
+    pub async fn lines_after(&self, prefix: &str, count: usize) -> Vec<String> {
+        let found = async {
+            loop {
+                let notified = self.output.changed.notified();
+                let rests: Vec<String> = self
+                    .output()
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(prefix))
+                    .map(|r| r.trim().to_owned())
+                    .collect();
+                if rests.len() >= count {
+                    return rests;
+                }
+                notified.await;
+            }
+        };
+        match tokio::time::timeout(PATIENCE, found).await {
+            Ok(rests) => rests,
+            Err(_) => {
+                panic!("fewer than {count} lines starting with {prefix:?}; output so far:\n{}", self.output())
+            }
+        }
+    }
+
+    /// Waits for exit and returns the status code.
+    pub async fn exit_code(&mut self) -> i32 {
+        let status =
+            tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("process kept running").unwrap();
+        // Let the pipe readers drain what the process printed last.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status.code().unwrap_or(-1)
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn terminate(&mut self) -> i32 {
+        let pid = self.child.id().expect("process already exited");
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+        self.exit_code().await
+    }
+}
+
+/// A started server: its address and fingerprint as printed.
+pub struct Served {
+    pub cli: Cli,
+    pub addr: String,
+    pub fingerprint: String,
+}
+
+pub async fn serve(state_dir: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Served {
+    let mut cmd = command(&["serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir.to_str().unwrap()]);
+    cmd.args(extra);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let cli = spawn(cmd);
+    let listening = cli.line_after("tunnel server listening on ").await;
+    let addr = listening.split_whitespace().next().unwrap().to_owned();
+    let fingerprint = cli.line_after("certificate fingerprint: ").await;
+    Served { cli, addr, fingerprint }
+}
+
+/// Starts `connect` against a served server with `args` appended.
+pub fn connect(served: &Served, args: &[&str], envs: &[(&str, &str)]) -> Cli {
+    let mut cmd = command(&["connect", "--server", &served.addr, "--fingerprint", &served.fingerprint]);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    spawn(cmd)
+}
+
+/// Parses the public port from a `remote forward ready: HOST:PORT -> TARGET` line remainder.
+pub fn public_port(rest: &str) -> u16 {
+    let public = rest.split(" -> ").next().unwrap();
+    public.rsplit(':').next().unwrap().parse().unwrap()
+}
