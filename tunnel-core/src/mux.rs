@@ -1,6 +1,6 @@
 //! Stream multiplexing: the `yamux` crate behind a small API.
 //!
-//! [`Mux::new`] splits one connection into a [`StreamOpener`] (cloneable), a queue of
+//! [`start`] splits one connection into a [`StreamOpener`] (cloneable), a queue of
 //! [`IncomingStreams`], and a [`MuxDriver`] future that must be polled (spawned) for anything to
 //! happen: a yamux connection makes progress only while one task polls it. Stream limits are
 //! enforced here, below yamux's own (which would tear the whole connection down), so a peer
@@ -83,16 +83,17 @@ pub enum MuxError {
     Yamux(#[from] yamux::ConnectionError),
 }
 
-/// Constructor namespace for a multiplexed connection.
+/// Starts multiplexing `io`: returns the opener, the inbound queue, and the driver to spawn
+/// (it resolves when the connection ends).
 ///
 /// ```
 /// # tokio_test_block_on(async {
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
-/// use tunnel_core::mux::{Mode, Mux, MuxConfig};
+/// use tunnel_core::mux::{self, Mode, MuxConfig};
 ///
 /// let (a, b) = tokio::io::duplex(64 * 1024);
-/// let (opener, _in_a, driver_a) = Mux::new(a, &MuxConfig::default(), Mode::Client);
-/// let (_out_b, mut incoming, driver_b) = Mux::new(b, &MuxConfig::default(), Mode::Server);
+/// let (opener, _in_a, driver_a) = mux::start(a, &MuxConfig::default(), Mode::Client);
+/// let (_out_b, mut incoming, driver_b) = mux::start(b, &MuxConfig::default(), Mode::Server);
 /// tokio::spawn(driver_a);
 /// tokio::spawn(driver_b);
 ///
@@ -107,35 +108,29 @@ pub enum MuxError {
 /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Debug)]
-pub struct Mux;
-
-impl Mux {
-    /// Starts multiplexing `io`. Spawn the returned driver; it resolves when the connection ends.
-    pub fn new(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, IncomingStreams, MuxDriver) {
-        let mode = match mode {
-            Mode::Client => yamux::Mode::Client,
-            Mode::Server => yamux::Mode::Server,
-        };
-        let io: BoxedIo = Box::new(io);
-        let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
-        let (commands_tx, commands_rx) = mpsc::channel(64);
-        let (incoming_tx, incoming_rx) = mpsc::channel(256);
-        let opener = StreamOpener {
-            commands: commands_tx,
-            permits: Arc::new(Semaphore::new(config.max_streams)),
-            limit: config.max_streams,
-        };
-        let driver = MuxDriver {
-            conn,
-            commands: Some(commands_rx),
-            pending_opens: VecDeque::new(),
-            incoming: incoming_tx,
-            inbound_permits: Arc::new(Semaphore::new(config.max_streams)),
-            closing: false,
-        };
-        (opener, IncomingStreams { rx: incoming_rx }, driver)
-    }
+pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, IncomingStreams, MuxDriver) {
+    let mode = match mode {
+        Mode::Client => yamux::Mode::Client,
+        Mode::Server => yamux::Mode::Server,
+    };
+    let io: BoxedIo = Box::new(io);
+    let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
+    let (commands_tx, commands_rx) = mpsc::channel(64);
+    let (incoming_tx, incoming_rx) = mpsc::channel(256);
+    let opener = StreamOpener {
+        commands: commands_tx,
+        permits: Arc::new(Semaphore::new(config.max_streams)),
+        limit: config.max_streams,
+    };
+    let driver = MuxDriver {
+        conn,
+        commands: Some(commands_rx),
+        pending_opens: VecDeque::new(),
+        incoming: incoming_tx,
+        inbound_permits: Arc::new(Semaphore::new(config.max_streams)),
+        closing: false,
+    };
+    (opener, IncomingStreams { rx: incoming_rx }, driver)
 }
 
 enum Command {
@@ -351,8 +346,8 @@ mod tests {
 
     fn pair(config: &MuxConfig) -> ((StreamOpener, IncomingStreams), (StreamOpener, IncomingStreams)) {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let (oa, ia, da) = Mux::new(a, config, Mode::Client);
-        let (ob, ib, db) = Mux::new(b, config, Mode::Server);
+        let (oa, ia, da) = start(a, config, Mode::Client);
+        let (ob, ib, db) = start(b, config, Mode::Server);
         tokio::spawn(da);
         tokio::spawn(db);
         ((oa, ia), (ob, ib))
@@ -402,8 +397,8 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 16);
         let generous = MuxConfig { max_streams: 8, ..MuxConfig::default() };
         let strict = MuxConfig { max_streams: 2, ..MuxConfig::default() };
-        let (opener, _ia, da) = Mux::new(a, &generous, Mode::Client);
-        let (_ob, mut incoming, db) = Mux::new(b, &strict, Mode::Server);
+        let (opener, _ia, da) = start(a, &generous, Mode::Client);
+        let (_ob, mut incoming, db) = start(b, &strict, Mode::Server);
         tokio::spawn(da);
         let server = tokio::spawn(db);
         let mut streams = Vec::new();
@@ -438,8 +433,8 @@ mod tests {
     #[tokio::test]
     async fn close_ends_both_drivers_and_fails_new_opens() {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let (opener, _ia, da) = Mux::new(a, &MuxConfig::default(), Mode::Client);
-        let (_ob, _ib, db) = Mux::new(b, &MuxConfig::default(), Mode::Server);
+        let (opener, _ia, da) = start(a, &MuxConfig::default(), Mode::Client);
+        let (_ob, _ib, db) = start(b, &MuxConfig::default(), Mode::Server);
         let da = tokio::spawn(da);
         let db = tokio::spawn(db);
         opener.close().await;

@@ -134,7 +134,11 @@ async fn a_silent_peer_is_declared_dead_at_the_heartbeat_timeout() {
     let accept = tokio::spawn(async move {
         Session::accept(b, &ChannelBinding::Plaintext, &creds, &server_config, Duration::from_secs(5)).await
     });
-    let (client, _) = Session::connect(client_io, &binding, "c", token, &config).await.unwrap();
+    // The client waits longer, so the server's detection is what this test observes (with equal
+    // timeouts the client could give up first and close the pipe, which the server sees as EOF).
+    let mut client_config = config.clone();
+    client_config.heartbeat_timeout = Duration::from_secs(60);
+    let (client, _) = Session::connect(client_io, &binding, "c", token, &client_config).await.unwrap();
     // The control stream reaches the server once the client's driver runs.
     let client_driver = tokio::spawn(client.driver);
     let (server, _) = accept.await.unwrap().unwrap();
@@ -155,5 +159,6 @@ async fn a_silent_peer_is_declared_dead_at_the_heartbeat_timeout() {
         "declared dead after {waited:?}"
     );
     let end = client_driver.await.unwrap();
-    assert_eq!(end, SessionEnd::HeartbeatTimeout(Duration::from_secs(15)));
+    assert_eq!(end, SessionEnd::HeartbeatTimeout(Duration::from_secs(60)));
+    assert!(frozen_at.elapsed() >= Duration::from_secs(55), "client gave up after {:?}", frozen_at.elapsed());
 }

@@ -75,7 +75,7 @@ impl FromStr for RemoteForwardSpec {
             .map(|b| unbracket(b).parse::<IpAddr>().map_err(|_| err("BIND_ADDR must be an IP address")))
             .transpose()?;
         let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
-        let local = parse_target(host, port).map_err(|reason| err(reason))?;
+        let local = parse_target(host, port).map_err(err)?;
         Ok(Self { bind, remote_port, local })
     }
 }
@@ -86,7 +86,7 @@ impl FromStr for TargetAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason: &str| SpecError { input: s.to_owned(), reason: reason.to_owned() };
         match split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?.as_slice() {
-            [host, port] => parse_target(host, port).map_err(|reason| err(reason)),
+            [host, port] => parse_target(host, port).map_err(err),
             _ => Err(err("expected HOST:PORT")),
         }
     }

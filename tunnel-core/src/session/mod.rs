@@ -18,7 +18,7 @@ pub use driver::{ControlSender, SessionDriver, SessionEnd};
 pub use handshake::{client_handshake, read_and_refuse, server_handshake};
 
 use crate::auth::{ChannelBinding, Credentials, Token};
-use crate::mux::{IncomingStreams, Mode, Mux, MuxConfig, MuxError, StreamOpener};
+use crate::mux::{self, IncomingStreams, Mode, MuxConfig, MuxError, StreamOpener};
 use crate::proto::handshake::{AuthenticatedClient, Established, HandshakeError};
 use crate::proto::{ControlMessage, FrameError};
 use crate::transport::Io;
@@ -97,7 +97,7 @@ impl Session {
         config: &SessionConfig,
     ) -> Result<(Self, Established), SessionError> {
         let established = client_handshake(&mut io, binding, name, token).await?;
-        let (opener, incoming, mut mux) = Mux::new(io, &config.mux, Mode::Client);
+        let (opener, incoming, mut mux) = mux::start(io, &config.mux, Mode::Client);
         let control = tokio::select! {
             stream = opener.open() => stream?,
             end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),
@@ -118,7 +118,7 @@ impl Session {
         control_timeout: Duration,
     ) -> Result<(Self, AuthenticatedClient), SessionError> {
         let client = server_handshake(&mut io, binding, credentials, config.heartbeat_interval).await?;
-        let (opener, mut incoming, mut mux) = Mux::new(io, &config.mux, Mode::Server);
+        let (opener, mut incoming, mut mux) = mux::start(io, &config.mux, Mode::Server);
         let control = tokio::select! {
             stream = tokio::time::timeout(control_timeout, incoming.next()) => {
                 stream.ok().flatten().ok_or(SessionError::NoControlStream)?
