@@ -234,7 +234,7 @@ impl Client {
         let forwards = match forwards {
             Ok(forwards) => forwards,
             Err(failure) => {
-                control.close(GoodbyeCode::Shutdown, "client stopping").await;
+                close(&control, driver).await;
                 return Err(failure);
             }
         };
@@ -259,8 +259,7 @@ impl Client {
                     tracing::debug!("ignoring unexpected control message: {message:?}");
                 }
                 () = stop.cancelled() => {
-                    control.close(GoodbyeCode::Shutdown, "client shutting down").await;
-                    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+                    close(&control, driver).await;
                     return Ok(());
                 }
             }
@@ -317,6 +316,12 @@ impl Client {
             })
             .collect())
     }
+}
+
+/// Says goodbye and gives the driver a moment to deliver it before the connection is dropped.
+async fn close(control: &crate::session::ControlSender, driver: OwnedTask<SessionEnd>) {
+    control.close(GoodbyeCode::Shutdown, "client shutting down").await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
 }
 
 fn forward_id(index: usize) -> u32 {
