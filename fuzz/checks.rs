@@ -1,0 +1,150 @@
+#![allow(dead_code)] // Each fuzz target uses one check; the replay test uses them all.
+
+//! The properties every fuzz target checks. Shared by the fuzz targets (`fuzz_targets/*.rs`)
+//! and by the corpus replay test of the normal suite (`tunnel-core/tests/fuzz_corpus.rs`), so
+//! both exercise exactly the same code. Each check panics when a property fails.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tunnel_core::auth::{ChannelBinding, Credentials, Token};
+use tunnel_core::config::{ClientFile, HumanDuration, ServerFile};
+use tunnel_core::forward::{PortSet, RemoteForwardSpec, TargetAddr};
+use tunnel_core::proto::handshake::{
+    ClientHandshake, ClientStep, HandshakeMessage, ServerHandshake, ServerStep, MAX_HANDSHAKE_FRAME,
+};
+use tunnel_core::proto::{frame, ControlMessage, FrameError, StreamHeader};
+use tunnel_core::tls::Fingerprint;
+
+/// Every target, by the name of its corpus directory.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("frame", frame),
+    ("control_message", control_message),
+    ("stream_header", stream_header),
+    ("handshake_message", handshake_message),
+    ("server_handshake", server_handshake),
+    ("client_handshake", client_handshake),
+    ("config", config),
+    ("text_parsers", text_parsers),
+];
+
+/// Frame codec: what decodes re-encodes to the same bytes; a refusal is for a real reason.
+pub fn frame(data: &[u8]) {
+    let max = 1024;
+    match frame::decode(data, max) {
+        Ok(Some((payload, used))) => assert_eq!(frame::encode_to_vec(payload), &data[..used]),
+        Ok(None) => {
+            let announced = data.first_chunk::<4>().map(|h| u32::from_be_bytes(*h) as usize);
+            assert!(
+                announced.is_none_or(|n| n <= max && data.len() < 4 + n),
+                "complete frame reported as partial"
+            );
+        }
+        Err(FrameError::TooLarge { len, .. }) => assert!(len > max as u64),
+        Err(other) => panic!("unexpected frame error {other}"),
+    }
+}
+
+/// Control messages: decode then re-encode gives the bytes that were decoded.
+pub fn control_message(data: &[u8]) {
+    if let Ok(message) = ControlMessage::decode(data) {
+        let encoded = message.encode();
+        assert!(data.starts_with(&encoded), "re-encoding differs: {message:?}");
+        assert_eq!(ControlMessage::decode(&encoded).unwrap(), message);
+    }
+}
+
+/// Stream headers: likewise (the encoding carries a 2-byte length prefix).
+pub fn stream_header(data: &[u8]) {
+    if let Ok(header) = StreamHeader::decode(data) {
+        let encoded = header.encode();
+        assert!(data.starts_with(&encoded[2..]), "re-encoding differs: {header:?}");
+        assert_eq!(StreamHeader::decode(&encoded[2..]).unwrap(), header);
+    }
+}
+
+/// Handshake messages: likewise.
+pub fn handshake_message(data: &[u8]) {
+    if let Ok(message) = HandshakeMessage::decode(data) {
+        let encoded = message.encode();
+        assert!(data.starts_with(&encoded), "re-encoding differs: {message:?}");
+        assert_eq!(HandshakeMessage::decode(&encoded).unwrap(), message);
+    }
+}
+
+/// Splits arbitrary bytes into handshake frame payloads, as a peer would send them.
+fn frames(mut data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while let Ok(Some((payload, used))) = frame::decode(data, MAX_HANDSHAKE_FRAME) {
+        out.push(payload);
+        data = &data[used..];
+    }
+    out
+}
+
+/// The server's handshake fed arbitrary client frames: no panic, and never an accepted client
+/// (no input can carry a valid proof without the token).
+pub fn server_handshake(data: &[u8]) {
+    let credentials = Credentials::default()
+        .with_shared(Token::new("fuzz-shared-token").unwrap())
+        .with_client("worker-1", Token::new("fuzz-client-token").unwrap());
+    let binding = ChannelBinding::Tls([7; 32]);
+    let mut machine = ServerHandshake::new(&credentials, &binding, [9; 32], Duration::from_secs(10));
+    for payload in frames(data) {
+        match machine.handle(payload) {
+            Ok(ServerStep::Reply(_)) => {}
+            Ok(ServerStep::Accept { client, .. }) => panic!("accepted {client:?} without the token"),
+            Ok(ServerStep::Refuse { .. }) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The client's handshake fed arbitrary server frames: no panic, and never an established
+/// session (no input can prove the token).
+pub fn client_handshake(data: &[u8]) {
+    let binding = ChannelBinding::Tls([7; 32]);
+    let (mut machine, _hello) =
+        ClientHandshake::new("fuzz-client", Token::new("fuzz-shared-token").unwrap(), &binding, [3; 32]);
+    for payload in frames(data) {
+        match machine.handle(payload) {
+            Ok(ClientStep::Send(_)) => {}
+            Ok(ClientStep::Done(_)) => panic!("session established with a server that cannot know the token"),
+            Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Config files: parsing never panics; a client file that needs no files on disk also builds
+/// (or fails with an error) without panicking.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let origin = Path::new("fuzz.toml");
+    let _ = ServerFile::parse(text, origin);
+    if let Ok(client) = ClientFile::parse(text, origin) {
+        if client.token_file.is_none() && client.ca.is_none() {
+            let _ = client.build();
+        }
+    }
+}
+
+/// Flag and key value parsers: no panic, and what parses prints back to something that parses
+/// to the same value.
+pub fn text_parsers(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(ports) = text.parse::<PortSet>() {
+        assert_eq!(ports.to_string().parse::<PortSet>().unwrap(), ports);
+        assert!(ports.len() <= 65_535);
+    }
+    if let Ok(spec) = text.parse::<RemoteForwardSpec>() {
+        assert_eq!(spec.to_string().parse::<RemoteForwardSpec>().unwrap(), spec);
+    }
+    if let Ok(target) = text.parse::<TargetAddr>() {
+        assert_eq!(target.to_string().parse::<TargetAddr>().unwrap(), target);
+    }
+    if let Ok(fp) = text.parse::<Fingerprint>() {
+        assert_eq!(fp.to_string().parse::<Fingerprint>().unwrap(), fp);
+    }
+    let _ = text.parse::<HumanDuration>();
+}
