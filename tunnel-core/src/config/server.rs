@@ -61,6 +61,8 @@ pub struct ServerLimits {
     pub handshake_timeout: Option<HumanDuration>,
     /// Connections in the handshake at once (default 256).
     pub max_unauthenticated: Option<usize>,
+    /// Of those, from one IPv4 address or IPv6 /64 (default 32).
+    pub max_unauthenticated_per_source: Option<usize>,
     /// Streams open at once in each direction of a session (default 1024).
     pub max_streams_per_session: Option<usize>,
     /// Remote forwards per client (default 64).
@@ -227,6 +229,11 @@ impl ServerLimits {
         }
         if let Some(n) = positive("limits.max_unauthenticated", self.max_unauthenticated)? {
             config.max_unauthenticated = n;
+        }
+        if let Some(n) =
+            positive("limits.max_unauthenticated_per_source", self.max_unauthenticated_per_source)?
+        {
+            config.max_unauthenticated_per_source = n;
         }
         if let Some(n) = positive("limits.max_streams_per_session", self.max_streams_per_session)? {
             if n > 65_536 {

@@ -32,7 +32,7 @@ enum EstablishError {
 }
 
 pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, stop: CancellationToken) {
-    let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
+    let Some(admission) = shared.pending.admit(peer.ip()) else {
         tracing::debug!(%peer, "too many connections in handshake; dropping");
         return;
     };
@@ -43,7 +43,7 @@ pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         result = tokio::time::timeout(shared.config.handshake_timeout, establish(&shared, tcp)) => result,
         () = stop.cancelled() => return,
     };
-    drop(permit);
+    drop(admission);
     match established {
         Ok(Ok((session, client))) => super::session::run(shared, session, client, peer, stop).await,
         Ok(Err(err)) => tracing::info!(%peer, "handshake failed: {err}"),

@@ -8,6 +8,7 @@
 
 mod connection;
 mod forwards;
+mod pending;
 mod registry;
 mod session;
 
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Connections allowed to be in the handshake at once; more are dropped (default 256).
     pub max_unauthenticated: usize,
+    /// Of those, how many may come from one source address (IPv4 address or IPv6 /64; default 32).
+    pub max_unauthenticated_per_source: usize,
     /// Remote forwards one client may hold (default 64).
     pub max_forwards_per_client: usize,
     /// How long a departed client's ports stay reserved for its reconnect (default 60 s).
@@ -63,6 +65,7 @@ impl ServerConfig {
             session: SessionConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             max_unauthenticated: 256,
+            max_unauthenticated_per_source: 32,
             max_forwards_per_client: 64,
             port_grace: Duration::from_secs(60),
             default_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -81,7 +84,7 @@ impl ServerConfig {
 struct Shared {
     config: ServerConfig,
     registry: registry::Registry,
-    unauthenticated: Arc<Semaphore>,
+    pending: pending::Pending,
 }
 
 /// A tunnel server.
@@ -118,8 +121,9 @@ impl Server {
     /// A server with this configuration.
     pub fn new(config: ServerConfig) -> Self {
         let registry = registry::Registry::new(config.port_grace);
-        let unauthenticated = Arc::new(Semaphore::new(config.max_unauthenticated));
-        Self { shared: Arc::new(Shared { config, registry, unauthenticated }) }
+        let pending =
+            pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
+        Self { shared: Arc::new(Shared { config, registry, pending }) }
     }
 
     /// Names of the clients with a live session.
