@@ -129,6 +129,7 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         incoming: incoming_tx,
         inbound_permits: Arc::new(Semaphore::new(config.max_streams)),
         closing: false,
+        resets: 0,
     };
     (opener, IncomingStreams { rx: incoming_rx }, driver)
 }
@@ -235,6 +236,8 @@ pub struct MuxDriver {
     incoming: mpsc::Sender<MuxStream>,
     inbound_permits: Arc<Semaphore>,
     closing: bool,
+    /// Inbound streams reset for exceeding a limit; logged sparsely so a flood cannot flood logs.
+    resets: u64,
 }
 
 impl std::fmt::Debug for MuxDriver {
@@ -275,14 +278,21 @@ impl MuxDriver {
     }
 
     fn accept_inbound(&mut self, stream: yamux::Stream) {
-        let Ok(permit) = self.inbound_permits.clone().try_acquire_owned() else {
-            tracing::warn!(stream = %stream.id(), "peer exceeded the stream limit; resetting the stream");
-            return;
+        let refused = match self.inbound_permits.clone().try_acquire_owned() {
+            Ok(permit) => match self.incoming.try_send(MuxStream { inner: stream.compat(), _permit: permit })
+            {
+                Ok(()) => return,
+                Err(_) => "inbound stream queue full or closed",
+            },
+            Err(_) => "peer exceeded the stream limit",
         };
-        let stream = MuxStream { inner: stream.compat(), _permit: permit };
-        if let Err(err) = self.incoming.try_send(stream) {
-            tracing::warn!("inbound stream queue full or closed; resetting the stream");
-            drop(err);
+        // The dropped stream is reset. Log the 1st, 10th, 100th... so a flood stays visible
+        // without writing a line per stream.
+        self.resets += 1;
+        if 10u64.pow(self.resets.ilog10()) == self.resets {
+            tracing::warn!(resets = self.resets, "{refused}; resetting inbound streams");
+        } else {
+            tracing::trace!(resets = self.resets, "{refused}; resetting the stream");
         }
     }
 

@@ -93,14 +93,29 @@ impl FromStr for TargetAddr {
 }
 
 fn parse_target(host: &str, port: &str) -> Result<TargetAddr, &'static str> {
-    let host = unbracket(host);
-    if host.is_empty() {
-        return Err("LOCAL_HOST is empty");
-    }
+    let host = parse_host(host)?;
     match port.parse::<u16>() {
         Ok(0) | Err(_) => Err("LOCAL_PORT must be a number from 1 to 65535"),
-        Ok(port) => Ok(TargetAddr { host: host.to_owned(), port }),
+        Ok(port) => Ok(TargetAddr { host, port }),
     }
+}
+
+/// A DNS name, an IPv4 address, or an IPv6 address in brackets (returned without them).
+fn parse_host(raw: &str) -> Result<String, &'static str> {
+    if let Some(inner) = raw.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok(inner.to_owned()),
+            Err(_) => Err("a host in [brackets] must be an IPv6 address"),
+        };
+    }
+    if raw.is_empty() {
+        return Err("LOCAL_HOST is empty");
+    }
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if raw.len() > 253 || !raw.chars().all(name_char) {
+        return Err("LOCAL_HOST must be a DNS name, an IPv4 address, or an [IPv6] address");
+    }
+    Ok(raw.to_owned())
 }
 
 /// Splits on colons outside `[...]`; `None` if brackets do not balance.
@@ -144,6 +159,14 @@ mod tests {
     }
 
     #[test]
+    fn hosts_with_brackets_or_control_characters_are_rejected() {
+        // Found by fuzzing: such a host printed as something that no longer parsed.
+        let err = "\u{1f}\0[:!:]:8443".parse::<TargetAddr>().unwrap_err().to_string();
+        assert!(err.contains("DNS name"), "{err}");
+        assert!("[::1]:80".parse::<TargetAddr>().is_ok());
+    }
+
+    #[test]
     fn invalid_specs_name_the_problem() {
         let cases = [
             ("8080", "expected"),
@@ -153,6 +176,8 @@ mod tests {
             ("host:80:localhost:81", "BIND_ADDR"),
             ("80::81", "LOCAL_HOST"),
             ("[::1:80:h:1", "brackets"),
+            ("80:[x]:1", "IPv6"),
+            ("80:a b:1", "DNS name"),
         ];
         for (input, needle) in cases {
             let err = input.parse::<RemoteForwardSpec>().unwrap_err().to_string();

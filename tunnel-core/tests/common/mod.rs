@@ -291,3 +291,83 @@ pub fn init_test_log() {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
 }
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A target that reads everything and, at EOF, answers with the byte count (u64).
+pub async fn sink_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0u64;
+                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                    total += n as u64;
+                }
+                let _ = tcp.write_all(&total.to_be_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `bytes` through `public` to a [`sink_target`]; returns bytes per second (wall clock).
+pub async fn throughput(public: SocketAddr, bytes: usize) -> f64 {
+    let started = std::time::Instant::now();
+    let mut tcp = TcpStream::connect(public).await.unwrap();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        tcp.write_all(&chunk[..n]).await.unwrap();
+        left -= n;
+    }
+    tcp.shutdown().await.unwrap();
+    let mut count = [0u8; 8];
+    tcp.read_exact(&mut count).await.unwrap();
+    assert_eq!(u64::from_be_bytes(count), bytes as u64, "the sink received a short stream");
+    bytes as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Median round trip of 1-byte messages through `public` to an [`echo_target`] (wall clock).
+pub async fn latency_p50(public: SocketAddr, samples: usize) -> Duration {
+    let mut tcp = TcpStream::connect(public).await.unwrap();
+    let mut times = Vec::with_capacity(samples);
+    let mut byte = [0u8; 1];
+    for i in 0..samples {
+        let started = std::time::Instant::now();
+        tcp.write_all(&[i as u8]).await.unwrap();
+        tcp.read_exact(&mut byte).await.unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times[samples / 2]
+}
+
+/// Throughput and latency of an established session, for before/during comparisons.
+#[derive(Debug, Clone, Copy)]
+pub struct Health {
+    pub bytes_per_sec: f64,
+    pub p50: Duration,
+}
+
+pub async fn health(sink: SocketAddr, echo: SocketAddr) -> Health {
+    Health { bytes_per_sec: throughput(sink, 32 * 1024 * 1024).await, p50: latency_p50(echo, 200).await }
+}
