@@ -16,8 +16,11 @@ use tunnel_core::proto::handshake::{
 use tunnel_core::proto::{frame, ControlMessage, FrameError, StreamHeader};
 use tunnel_core::tls::Fingerprint;
 
+/// A property check over one input.
+pub type Check = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("frame", frame),
     ("control_message", control_message),
     ("stream_header", stream_header),

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,6 +19,64 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 use crate::transport::{BoxedIo, Io};
+
+/// Whether the connection under the streams is still up. yamux reports a lost connection (and a
+/// reset stream) to readers as a plain EOF; this flag, set *before* yamux closes the streams,
+/// lets a reader tell a real FIN from a connection that died under it.
+#[derive(Debug, Clone, Default)]
+struct Link(Arc<AtomicBool>);
+
+impl Link {
+    fn cut(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_cut(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The byte stream under yamux, marking the link cut on EOF, error or close.
+struct WatchedIo {
+    inner: BoxedIo,
+    link: Link,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &result {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.link.cut(),
+            Poll::Ready(Err(_)) => self.link.cut(),
+            _ => {}
+        }
+        result
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = result {
+            self.link.cut();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.link.cut();
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// yamux's initial per-stream window; its connection window must cover this per stream.
 const YAMUX_DEFAULT_CREDIT: usize = 256 * 1024;
@@ -113,7 +172,8 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         Mode::Client => yamux::Mode::Client,
         Mode::Server => yamux::Mode::Server,
     };
-    let io: BoxedIo = Box::new(io);
+    let link = Link::default();
+    let io = WatchedIo { inner: Box::new(io), link: link.clone() };
     let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (incoming_tx, incoming_rx) = mpsc::channel(256);
@@ -121,6 +181,7 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         commands: commands_tx,
         permits: Arc::new(Semaphore::new(config.max_streams)),
         limit: config.max_streams,
+        link: link.clone(),
     };
     let driver = MuxDriver {
         conn,
@@ -130,6 +191,7 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         inbound_permits: Arc::new(Semaphore::new(config.max_streams)),
         closing: false,
         resets: 0,
+        link,
     };
     (opener, IncomingStreams { rx: incoming_rx }, driver)
 }
@@ -145,6 +207,7 @@ pub struct StreamOpener {
     commands: mpsc::Sender<Command>,
     permits: Arc<Semaphore>,
     limit: usize,
+    link: Link,
 }
 
 impl std::fmt::Debug for StreamOpener {
@@ -161,7 +224,7 @@ impl StreamOpener {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Open(tx)).await.map_err(|_| MuxError::Closed)?;
         let stream = rx.await.map_err(|_| MuxError::Closed)??;
-        Ok(MuxStream { inner: stream.compat(), _permit: permit })
+        Ok(MuxStream::new(stream, permit, self.link.clone()))
     }
 
     /// Asks the driver to close the connection gracefully (pending writes are flushed).
@@ -190,9 +253,21 @@ impl IncomingStreams {
 
 /// One multiplexed stream: a tokio `AsyncRead + AsyncWrite`. `shutdown` sends FIN (half-close);
 /// dropping it resets the stream if it is still open.
+///
+/// A read returns EOF only for the peer's FIN. If the connection was lost, the read fails with
+/// `ConnectionAborted`; if the peer reset the stream while our side was still open, with
+/// `ConnectionReset` (yamux itself reports both as EOF, which would look like a complete stream).
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
     _permit: OwnedSemaphorePermit,
+    link: Link,
+    write_closed: bool,
+}
+
+impl MuxStream {
+    fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
+        Self { inner: stream.compat(), _permit: permit, link, write_closed: false }
+    }
 }
 
 impl std::fmt::Debug for MuxStream {
@@ -207,7 +282,24 @@ impl AsyncRead for MuxStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if result.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
+            if self.link.is_cut() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "tunnel connection lost",
+                )));
+            }
+            // A FIN while our side is open leaves the stream half-open; a reset closes it.
+            if !self.write_closed && self.inner.get_ref().is_closed() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset by the peer",
+                )));
+            }
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -221,6 +313,7 @@ impl AsyncWrite for MuxStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.write_closed = true;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -229,7 +322,7 @@ impl AsyncWrite for MuxStream {
 /// inbound ones. Resolves when the connection closes (`Ok`) or fails.
 #[must_use = "the multiplexer does nothing unless its driver is polled"]
 pub struct MuxDriver {
-    conn: yamux::Connection<Compat<BoxedIo>>,
+    conn: yamux::Connection<Compat<WatchedIo>>,
     /// `None` once every opener is gone (no more commands can arrive).
     commands: Option<mpsc::Receiver<Command>>,
     pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>>,
@@ -238,6 +331,14 @@ pub struct MuxDriver {
     closing: bool,
     /// Inbound streams reset for exceeding a limit; logged sparsely so a flood cannot flood logs.
     resets: u64,
+    link: Link,
+}
+
+impl Drop for MuxDriver {
+    fn drop(&mut self) {
+        // Runs before the connection (a field) is dropped and closes the streams.
+        self.link.cut();
+    }
 }
 
 impl std::fmt::Debug for MuxDriver {
@@ -279,8 +380,7 @@ impl MuxDriver {
 
     fn accept_inbound(&mut self, stream: yamux::Stream) {
         let refused = match self.inbound_permits.clone().try_acquire_owned() {
-            Ok(permit) => match self.incoming.try_send(MuxStream { inner: stream.compat(), _permit: permit })
-            {
+            Ok(permit) => match self.incoming.try_send(MuxStream::new(stream, permit, self.link.clone())) {
                 Ok(()) => return,
                 Err(_) => "inbound stream queue full or closed",
             },
@@ -316,6 +416,7 @@ impl Future for MuxDriver {
             }
         }
         if this.closing {
+            this.link.cut();
             this.fail_pending_opens();
             return this.conn.poll_close(cx).map_err(MuxError::from);
         }

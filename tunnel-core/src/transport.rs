@@ -32,6 +32,12 @@ pub fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
+/// Closes `stream` with a reset (RST) instead of a FIN when it is dropped, so the peer sees an
+/// error rather than what would look like the complete end of its byte stream.
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
 /// Connects to `addr` (`host:port`, resolved here) with [`configure_tcp`] applied.
 pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;

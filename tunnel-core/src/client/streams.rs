@@ -34,11 +34,21 @@ pub(super) async fn handle(
         Ok(tcp) => tcp,
         Err(err) => return tracing::warn!(%visitor, %target, "cannot reach the target: {err}"),
     };
-    tokio::select! {
-        () = owned.cancelled() => {}
+    let failed = tokio::select! {
+        () = owned.cancelled() => true,
         result = splice(&mut stream, &mut tcp) => match result {
-            Ok(stats) => tracing::trace!(%visitor, %target, ?stats, "visitor done"),
-            Err(err) => tracing::debug!(%visitor, %target, "visitor connection ended: {err}"),
+            Ok(stats) => {
+                tracing::trace!(%visitor, %target, ?stats, "visitor done");
+                false
+            }
+            Err(err) => {
+                tracing::debug!(%visitor, %target, "visitor connection failed: {err}");
+                true
+            }
         },
+    };
+    if failed {
+        // The tunnel side broke: the target must see an error, not an orderly end of stream.
+        transport::reset_on_close(&tcp);
     }
 }

@@ -222,11 +222,21 @@ async fn visit(
         stream.write_all(&header).await?;
         splice(&mut tcp, &mut stream).await
     };
-    tokio::select! {
-        () = owned.cancelled() => {}
+    let failed = tokio::select! {
+        () = owned.cancelled() => true,
         result = carry => match result {
-            Ok(stats) => tracing::trace!(%visitor, forward_id, ?stats, "visitor done"),
-            Err(err) => tracing::debug!(%visitor, forward_id, "visitor connection ended: {err}"),
+            Ok(stats) => {
+                tracing::trace!(%visitor, forward_id, ?stats, "visitor done");
+                false
+            }
+            Err(err) => {
+                tracing::debug!(%visitor, forward_id, "visitor connection failed: {err}");
+                true
+            }
         },
+    };
+    if failed {
+        // The tunnel side broke: the visitor must see an error, not an orderly end of stream.
+        transport::reset_on_close(&tcp);
     }
 }

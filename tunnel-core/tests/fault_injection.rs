@@ -1,0 +1,322 @@
+//! Fault injection: peers killed or stopped mid-transfer, a link that goes silent without a FIN,
+//! a slow target beside a fast one. Each test states what must hold: bytes arrive intact or the
+//! endpoint sees an error (never a clean end after a truncated stream), other streams are not
+//! held back, and every socket involved is closed after teardown (process-wide descriptor and
+//! memory baselines are checked in `teardown.rs`, where no other test runs alongside).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Throughput is compared within a test: the tests of this file run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MIB: usize = 1024 * 1024;
+
+/// A target that sends `len` bytes of pattern `seed` to each connection.
+async fn source_target(seed: u64, len: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pattern = Pattern::new(seed);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(buf.len());
+                    pattern.fill(&mut buf[..n]);
+                    if tcp.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads to the end; returns the bytes read, their hash and how the stream ended.
+async fn drain(tcp: &mut TcpStream, progress: &AtomicUsize) -> (usize, [u8; 32], std::io::Result<()>) {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    let end = loop {
+        match tcp.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                total += n;
+                progress.store(total, Ordering::Relaxed);
+            }
+            Err(err) => break Err(err),
+        }
+    };
+    (total, hash.finalize().into(), end)
+}
+
+/// SHA-256 of the first `len` bytes of pattern `seed`.
+fn prefix_digest(seed: u64, len: usize) -> [u8; 32] {
+    Pattern::digest(seed, len)
+}
+
+/// What must hold for a transfer cut by a fault: the bytes received are an intact prefix, and
+/// unless everything arrived the stream ended with an error rather than a clean EOF.
+fn assert_intact_or_error(
+    what: &str,
+    received: (usize, [u8; 32], std::io::Result<()>),
+    seed: u64,
+    len: usize,
+) {
+    let (total, digest, end) = received;
+    assert_eq!(digest, prefix_digest(seed, total), "{what}: the {total} bytes received are corrupted");
+    if total < len {
+        assert!(
+            end.is_err(),
+            "{what}: stream ended cleanly after {total} of {len} bytes (silent truncation)"
+        );
+    }
+    eprintln!("{what}: {total} of {len} bytes, then {end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_client_mid_transfer_errors_the_visitor_instead_of_truncating() {
+    let _serial = SERIAL.lock().await;
+    let len = 1024 * MIB;
+    let source = source_target(7, len).await;
+    let server = start_server(|_| {}).await;
+    let server_port = server.addr.port();
+    let mut client = start_client(server.client_config("doomed", &[&format!("0:{source}")]));
+    let public = client.connected().await[0].public_addr;
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let seen = progress.clone();
+    let visitor = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(public).await.unwrap();
+        drain(&mut tcp, &seen).await
+    });
+    eventually("8 MiB to arrive", || {
+        let n = progress.load(Ordering::Relaxed);
+        async move { n >= 8 * MIB }
+    })
+    .await;
+    client.task.abort();
+    let received = tokio::time::timeout(PATIENCE, visitor).await.expect("visitor left hanging").unwrap();
+    assert_intact_or_error("visitor after the client was killed", received, 7, len);
+
+    server.stop().await;
+    assert_sockets_released(&[server_port, public.port()], &[source.port()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_mid_transfer_errors_the_target_instead_of_truncating() {
+    let _serial = SERIAL.lock().await;
+    // The target hashes what it receives and reports how its stream ended.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let (report_tx, report_rx) = tokio::sync::oneshot::channel();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let seen = progress.clone();
+    tokio::spawn(async move {
+        let (mut tcp, _) = target.accept().await.unwrap();
+        let _ = report_tx.send(drain(&mut tcp, &seen).await);
+    });
+    let server = start_server(|_| {}).await;
+    let server_port = server.addr.port();
+    let mut client = start_client(server.client_config("uploader", &[&format!("0:{target_addr}")]));
+    let public = client.connected().await[0].public_addr;
+
+    let len = 1024 * MIB;
+    let uploader = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(public).await.unwrap();
+        let mut pattern = Pattern::new(11);
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..len / buf.len() {
+            pattern.fill(&mut buf);
+            if tcp.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    eventually("8 MiB to arrive", || {
+        let n = progress.load(Ordering::Relaxed);
+        async move { n >= 8 * MIB }
+    })
+    .await;
+    server.stop().await;
+    let received = tokio::time::timeout(PATIENCE, report_rx).await.expect("target left hanging").unwrap();
+    assert_intact_or_error("target after the server stopped", received, 11, len);
+    uploader.abort();
+    client.disconnected().await;
+    client.stop().await;
+    assert_sockets_released(&[server_port, public.port()], &[target_addr.port()]).await;
+}
+
+/// A TCP proxy that can go silent: it stops forwarding in both directions without closing
+/// anything, like a link whose packets are all dropped. New connections pass again.
+async fn blackhole_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = Arc::new(AtomicBool::new(false));
+    let switch = silent.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            // Connections made after the cut are healthy: the "link" came back.
+            let cut = Arc::new(AtomicBool::new(false));
+            let watcher = cut.clone();
+            let global = switch.clone();
+            tokio::spawn(async move {
+                let outbound = TcpStream::connect(upstream).await.unwrap();
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                let pump = |mut r: OwnedReadHalf,
+                            mut w: OwnedWriteHalf,
+                            cut: Arc<AtomicBool>,
+                            global: Arc<AtomicBool>| async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if global.load(Ordering::SeqCst) {
+                            cut.store(true, Ordering::SeqCst);
+                        }
+                        if cut.load(Ordering::SeqCst) {
+                            // Swallow everything and never close: a silent link.
+                            std::future::pending::<()>().await;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let a = tokio::spawn(pump(ri, wo, watcher.clone(), global.clone()));
+                let b = tokio::spawn(pump(ro, wi, watcher, global));
+                let _ = tokio::join!(a, b);
+            });
+        }
+    });
+    (addr, silent)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_link_cut_without_a_fin_is_detected_and_the_client_comes_back() {
+    let _serial = SERIAL.lock().await;
+    let echo = echo_target().await;
+    let server = start_server(|config| {
+        config.session.heartbeat_interval = Duration::from_secs(5);
+        config.session.heartbeat_timeout = Duration::from_secs(15);
+    })
+    .await;
+    let (proxy, silent) = blackhole_proxy(server.addr).await;
+    let config = client_config_for(proxy, server.fingerprint, "far-away", TOKEN, &[&format!("0:{echo}")]);
+    let mut client = start_client(config);
+    let public = client.connected().await[0].public_addr;
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    visitor.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    visitor.read_exact(&mut buf).await.unwrap();
+
+    let cut_at = tokio::time::Instant::now();
+    silent.store(true, Ordering::SeqCst);
+    visitor.write_all(b"into the void").await.unwrap();
+    // The server hears nothing for its heartbeat timeout, closes the session and cuts the
+    // visitor with an error.
+    let mut rest = Vec::new();
+    let end = visitor.read_to_end(&mut rest).await;
+    let waited = cut_at.elapsed();
+    assert!(end.is_err() && rest.is_empty(), "visitor saw {end:?} with {} bytes", rest.len());
+    assert!(
+        waited >= Duration::from_secs(10) && waited <= Duration::from_secs(20),
+        "cut noticed after {waited:?}"
+    );
+    silent.store(false, Ordering::SeqCst);
+
+    // The client notices too, reconnects over a fresh connection, and gets its port back.
+    client.disconnected().await;
+    let forwards = client.connected().await;
+    assert_eq!(forwards[0].public_addr.port(), public.port());
+    assert_eq!(round_trip(public, b"after").await.unwrap(), b"after");
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_target_does_not_hold_back_other_streams() {
+    let _serial = SERIAL.lock().await;
+    // Reads 16 KiB every 160 ms: about 100 KiB/s.
+    let slow = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    let slow_read = Arc::new(AtomicUsize::new(0));
+    let counter = slow_read.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = slow.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(160)).await;
+                }
+            });
+        }
+    });
+    let sink = sink_target().await;
+    let server = start_server(|_| {}).await;
+    let server_port = server.addr.port();
+    let mut client =
+        start_client(server.client_config("mixed", &[&format!("0:{slow_addr}"), &format!("0:{sink}")]));
+    let forwards = client.connected().await;
+    let (slow_public, sink_public) = (forwards[0].public_addr, forwards[1].public_addr);
+
+    let alone = throughput(sink_public, 64 * MIB).await;
+    let pusher = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(slow_public).await.unwrap();
+        let chunk = vec![1u8; 64 * 1024];
+        // 64 MiB: more than every socket buffer and window on the way can absorb.
+        for _ in 0..1024 {
+            if tcp.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Let the slow stream's window fill so it is truly backed up.
+    eventually("the slow target to start reading", || {
+        let n = slow_read.load(Ordering::Relaxed);
+        async move { n > 0 }
+    })
+    .await;
+    let beside_slow = throughput(sink_public, 64 * MIB).await;
+    eprintln!(
+        "fast stream: {:.0} MB/s alone, {:.0} MB/s beside a 100 KiB/s stream",
+        alone / 1e6,
+        beside_slow / 1e6
+    );
+    assert!(
+        beside_slow >= 0.5 * alone,
+        "head-of-line blocking: {:.0} -> {:.0} MB/s",
+        alone / 1e6,
+        beside_slow / 1e6
+    );
+    assert!(!pusher.is_finished(), "64 MiB went into a 100 KiB/s target at once: no flow control");
+    pusher.abort();
+    client.stop().await;
+    server.stop().await;
+    assert_sockets_released(
+        &[server_port, slow_public.port(), sink_public.port()],
+        &[slow_addr.port(), sink.port()],
+    )
+    .await;
+}
