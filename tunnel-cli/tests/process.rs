@@ -148,3 +148,16 @@ pub fn public_port(rest: &str) -> u16 {
     let public = rest.split(" -> ").next().unwrap();
     public.rsplit(':').next().unwrap().parse().unwrap()
 }
+
+impl Cli {
+    /// Kills the process with SIGKILL (no cleanup of any kind) and reaps it.
+    pub async fn kill_hard(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("process survived SIGKILL");
+    }
+}
+
+/// A port free right now on 127.0.0.1, for a server that must come back on the same address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,145 @@
+//! Processes killed with SIGKILL mid-transfer. A killed process cannot say anything to the
+//! sockets it held (the kernel closes them with a FIN), so what must hold is on the far side:
+//! the endpoint whose tunnel peer is still alive sees an error, never a clean end of a
+//! truncated stream, and the tunnel recovers when the killed side is restarted.
+
+#[path = "../../tunnel-core/tests/common/mod.rs"]
+mod common;
+mod process;
+
+use std::net::SocketAddr;
+
+use common::Pattern;
+use process::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "kill-test-token";
+const MIB: usize = 1024 * 1024;
+
+/// Reads until the end; returns the byte count and whether the stream ended with an error.
+async fn drain(tcp: &mut TcpStream) -> (usize, bool) {
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tcp.read(&mut buf).await {
+            Ok(0) => return (total, false),
+            Ok(n) => total += n,
+            Err(_) => return (total, true),
+        }
+    }
+}
+
+/// Reads `len` bytes and checks they are the start of pattern `seed`.
+async fn read_intact_prefix(tcp: &mut TcpStream, seed: u64, len: usize) {
+    let mut got = vec![0u8; len];
+    tcp.read_exact(&mut got).await.unwrap();
+    let mut expected = vec![0u8; len];
+    Pattern::new(seed).fill(&mut expected);
+    assert!(got == expected, "the bytes before the kill are corrupted");
+}
+
+/// Sends `len` bytes of pattern `seed` to every connection.
+async fn source(seed: u64, len: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pattern = Pattern::new(seed);
+                let mut buf = vec![0u8; 64 * 1024];
+                for _ in 0..len / buf.len() {
+                    pattern.fill(&mut buf);
+                    if tcp.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_client_mid_download_errors_the_visitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let len = 4096 * MIB;
+    let target = source(5, len).await;
+    let mut client = connect(&server, &["--token", TOKEN, "-R", &format!("127.0.0.1:0:{target}")], &[]);
+    let port = public_port(&client.line_after("remote forward ready: ").await);
+
+    let mut visitor = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+    read_intact_prefix(&mut visitor, 5, 4 * MIB).await;
+    client.kill_hard().await;
+    let (rest, errored) = tokio::time::timeout(PATIENCE, drain(&mut visitor)).await.expect("visitor hung");
+    assert!(errored, "visitor saw a clean end after {rest} more bytes of {len}: silent truncation");
+    assert_eq!(server.cli.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_upload_errors_the_target_and_a_restart_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = serve_at(dir.path(), &listen).await;
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let mut client = connect(
+        &server,
+        &["--token", TOKEN, "--name", "uploader", "-R", &format!("127.0.0.1:0:{target_addr}")],
+        &[],
+    );
+    let assigned = public_port(&client.line_after("remote forward ready: ").await);
+    let public = SocketAddr::from(([127, 0, 0, 1], assigned));
+
+    let uploader = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(public).await.unwrap();
+        let mut pattern = Pattern::new(9);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            pattern.fill(&mut buf);
+            if tcp.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (mut received, _) = target.accept().await.unwrap();
+    read_intact_prefix(&mut received, 9, 4 * MIB).await;
+    server.cli.kill_hard().await;
+    let (_, errored) = tokio::time::timeout(PATIENCE, drain(&mut received)).await.expect("target hung");
+    assert!(errored, "the target saw a clean end of a stream cut by a killed server");
+    uploader.abort();
+
+    // Same address, same state directory (same certificate): the client reconnects on its own
+    // and asks for its old public port back.
+    let mut server = serve_at(dir.path(), &listen).await;
+    let lines = client.lines_after("remote forward ready: ", 2).await;
+    assert_eq!(public_port(&lines[1]), assigned, "the forward moved to another port");
+    let echo_check = tokio::spawn(async move {
+        let (mut tcp, _) = target.accept().await.unwrap();
+        let mut buf = [0u8; 5];
+        tcp.read_exact(&mut buf).await.unwrap();
+        tcp.write_all(&buf).await.unwrap();
+    });
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    visitor.write_all(b"again").await.unwrap();
+    let mut reply = [0u8; 5];
+    tokio::time::timeout(PATIENCE, visitor.read_exact(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(&reply, b"again");
+    echo_check.await.unwrap();
+    assert_eq!(client.terminate().await, 0);
+    assert_eq!(server.cli.terminate().await, 0);
+}
+
+/// `serve` on a fixed address (for a restart on the same one), with the test token.
+async fn serve_at(state_dir: &std::path::Path, listen: &str) -> Served {
+    let mut cmd =
+        command(&["serve", "--listen", listen, "--state-dir", state_dir.to_str().unwrap(), "--token", TOKEN]);
+    cmd.env("RUST_LOG", "info");
+    let cli = spawn(cmd);
+    let listening = cli.line_after("tunnel server listening on ").await;
+    let addr = listening.split_whitespace().next().unwrap().to_owned();
+    let fingerprint = cli.line_after("certificate fingerprint: ").await;
+    Served { cli, addr, fingerprint }
+}
