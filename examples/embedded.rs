@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let public = {
         let status = status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })).await?;
         match &*status {
-            ClientStatus::Connected { forwards } => forwards[0].public_addr,
+            ClientStatus::Connected { forwards, .. } => forwards[0].public_addr,
             _ => unreachable!(),
         }
     };

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Ports clients may bind, e.g. 6443,10000-10100 [default: 1024-65535].
     #[arg(long, value_name = "LIST")]
     pub allow_ports: Option<String>,
+    /// Hosts the server may dial for clients' local forwards, e.g.
+    /// 127.0.0.1:6443,10.0.0.0/8:10250 [default: none].
+    #[arg(long, value_name = "LIST")]
+    pub allow_targets: Option<String>,
     /// Run without TLS (clients must pass --insecure-plaintext too).
     #[arg(long)]
     pub insecure_plaintext: bool,
@@ -70,6 +74,14 @@ pub struct ConnectArgs {
     /// lets the server choose. Repeatable.
     #[arg(short = 'R', long = "remote", value_name = "[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")]
     pub remote: Vec<String>,
+    /// Local forward: listen on PORT here and carry each connection through the server to TARGET,
+    /// a private service CLIENT/SERVICE or a HOST:PORT the server may dial. PORT 0 lets the OS
+    /// choose. Repeatable.
+    #[arg(short = 'L', long = "local", value_name = "[BIND_ADDR:]PORT:TARGET")]
+    pub local: Vec<String>,
+    /// Expose a private service, reachable only through the tunnel as NAME/SERVICE. Repeatable.
+    #[arg(long = "expose", value_name = "SERVICE=HOST:PORT")]
+    pub expose: Vec<String>,
     /// Expected SHA-256 fingerprint of the server certificate (printed by `serve`).
     #[arg(long, value_name = "FP", conflicts_with = "ca")]
     pub fingerprint: Option<String>,
@@ -104,6 +116,7 @@ impl ServeArgs {
         override_with(&mut file.tls_cert, self.tls_cert);
         override_with(&mut file.tls_key, self.tls_key);
         override_with(&mut file.allow_ports, self.allow_ports);
+        override_with(&mut file.allow_targets, self.allow_targets);
         file.insecure_plaintext |= self.insecure_plaintext;
         Ok(file)
     }
@@ -130,8 +143,12 @@ impl ConnectArgs {
         override_with(&mut file.name, self.name);
         override_with(&mut file.fingerprint, self.fingerprint);
         override_with(&mut file.ca, self.ca);
-        if !self.remote.is_empty() {
-            file.remote = self.remote;
+        for (list, flags) in
+            [(&mut file.remote, self.remote), (&mut file.local, self.local), (&mut file.expose, self.expose)]
+        {
+            if !flags.is_empty() {
+                *list = flags;
+            }
         }
         Ok(file)
     }

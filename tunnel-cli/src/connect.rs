@@ -12,19 +12,25 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     let config = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
     let server_host = host_of(&config.server).to_owned();
     tracing::info!(server = %config.server, name = %config.name, "connecting");
-    let client = Client::new(config);
+    let mut client = Client::new(config);
+    for local in client.listen_locals().await.map_err(Failure::runtime)? {
+        println!("local forward listening: {} -> {}", local.bound_addr, local.spec.target);
+    }
     let mut status = client.status();
     // Prints every forward each time a session comes up (first connect and every reconnect).
     let printer = tokio::spawn(async move {
         while status.changed().await.is_ok() {
             let current = status.borrow_and_update().clone();
-            if let ClientStatus::Connected { forwards } = current {
+            if let ClientStatus::Connected { forwards, services } = current {
                 for forward in &forwards {
                     println!(
                         "remote forward ready: {} -> {}",
                         public_address(&server_host, forward),
                         forward.spec.local
                     );
+                }
+                for service in &services {
+                    println!("service exposed: {} -> {}", service.name, service.target);
                 }
             }
         }

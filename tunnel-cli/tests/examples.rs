@@ -20,7 +20,7 @@ fn server_example_parses_and_builds() {
     file.clients[0].token_file = Some(token);
     let setup = file.build().unwrap();
     assert!(setup.config.tls.is_some());
-    assert_eq!(setup.config.client_ports["control-plane"].to_string(), "6443");
+    assert_eq!(setup.config.clients["control-plane"].allow_ports.as_ref().unwrap().to_string(), "6443");
     assert_eq!(setup.config.allow_ports.to_string(), "6443,10000-10100");
 }
 

@@ -6,6 +6,7 @@ use common::*;
 use tunnel_core::auth::{Credentials, Token};
 use tunnel_core::client::ClientError;
 use tunnel_core::proto::RefusalCode;
+use tunnel_core::server::ClientPolicy;
 
 /// A port that is free right now (bound then released).
 fn free_port() -> u16 {
@@ -42,7 +43,9 @@ async fn ports_outside_the_allow_list_are_refused_per_client() {
         config.credentials = Credentials::default()
             .with_shared(Token::new(TOKEN).unwrap())
             .with_client("kube", Token::new("kube-secret").unwrap());
-        config.client_ports.insert("kube".into(), format!("{other}").parse().unwrap());
+        let mut policy = ClientPolicy::default();
+        policy.allow_ports = Some(format!("{other}").parse().unwrap());
+        config.clients.insert("kube".into(), policy);
     })
     .await;
     let echo = echo_target().await;

@@ -33,6 +33,24 @@ pub enum ClientError {
         /// Server's explanation.
         message: String,
     },
+    /// The server refused one of our private services.
+    #[error("service {name:?} refused by the server ({code}): {message}")]
+    ServiceRefused {
+        /// The service name.
+        name: String,
+        /// Server's reason code.
+        code: RefusalCode,
+        /// Server's explanation.
+        message: String,
+    },
+    /// A local forward could not listen.
+    #[error("cannot listen for local forward {spec}: {source}")]
+    Bind {
+        /// The forward as configured.
+        spec: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// Another client connected with our name and took over.
     #[error("replaced: {0}")]
     Replaced(String),

@@ -6,6 +6,7 @@
 
 mod backoff;
 mod error;
+mod locals;
 mod streams;
 
 use std::collections::HashMap;
@@ -22,7 +23,8 @@ pub use error::ClientError;
 
 use self::error::{classify_end, classify_session, classify_tls, Failure};
 use crate::auth::Token;
-use crate::forward::{RemoteForwardSpec, TargetAddr};
+use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::mux::StreamOpener;
 use crate::proto::{ControlMessage, GoodbyeCode};
 use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
@@ -42,6 +44,10 @@ pub struct ClientConfig {
     pub transport: ClientTransport,
     /// Remote forwards to request.
     pub remotes: Vec<RemoteForwardSpec>,
+    /// Local forwards to listen for.
+    pub locals: Vec<LocalForwardSpec>,
+    /// Private services to expose.
+    pub services: Vec<ServiceSpec>,
     /// Session settings (the server's heartbeat interval overrides ours).
     pub session: SessionConfig,
     /// Time allowed for TCP connect, TLS and the handshake together (default 10 s).
@@ -64,6 +70,8 @@ impl ClientConfig {
             token,
             transport,
             remotes: Vec::new(),
+            locals: Vec::new(),
+            services: Vec::new(),
             session: SessionConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             reconnect: Backoff::default(),
@@ -80,16 +88,27 @@ pub struct ActiveForward {
     pub public_addr: SocketAddr,
 }
 
+/// A local forward's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveLocal {
+    /// The forward as configured.
+    pub spec: LocalForwardSpec,
+    /// Where it listens.
+    pub bound_addr: SocketAddr,
+}
+
 /// What the client is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientStatus {
     /// Dialing and authenticating.
     Connecting,
-    /// Session up and every forward listening.
+    /// Session up, every forward listening and every service exposed.
     Connected {
         /// The forwards, in configuration order.
         forwards: Vec<ActiveForward>,
+        /// The exposed services, in configuration order.
+        services: Vec<ServiceSpec>,
     },
     /// Waiting before the next attempt.
     Reconnecting {
@@ -129,12 +148,35 @@ pub enum ClientStatus {
 pub struct Client {
     config: Arc<ClientConfig>,
     status: watch::Sender<ClientStatus>,
+    locals: Option<Vec<locals::BoundLocal>>,
 }
 
 impl Client {
     /// A client with this configuration; nothing happens until [`Client::run`].
     pub fn new(config: ClientConfig) -> Self {
-        Self { config: Arc::new(config), status: watch::Sender::new(ClientStatus::Connecting) }
+        Self { config: Arc::new(config), status: watch::Sender::new(ClientStatus::Connecting), locals: None }
+    }
+
+    /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
+    /// their addresses: with port 0 the OS picks one.
+    pub async fn listen_locals(&mut self) -> Result<Vec<ActiveLocal>, ClientError> {
+        if self.locals.is_none() {
+            let bound = locals::bind(&self.config.locals)
+                .await
+                .map_err(|(spec, source)| ClientError::Bind { spec: spec.to_string(), source })?;
+            self.locals = Some(bound);
+        }
+        let bound = self.locals.as_deref().unwrap_or_default();
+        bound
+            .iter()
+            .map(|b| {
+                let bound_addr = b
+                    .listener
+                    .local_addr()
+                    .map_err(|source| ClientError::Bind { spec: b.spec.to_string(), source })?;
+                Ok(ActiveLocal { spec: b.spec.clone(), bound_addr })
+            })
+            .collect()
     }
 
     /// Follows the client's progress.
@@ -144,9 +186,18 @@ impl Client {
 
     /// Connects and serves, reconnecting after transient failures, until `shutdown` resolves
     /// (`Ok`, after a goodbye to the server) or a permanent failure occurs (`Err`).
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+        self.listen_locals().await?;
         let stop = CancellationToken::new();
-        let work = self.run_until(stop.clone());
+        let (session_tx, session_rx) = watch::channel(None);
+        let _locals: Vec<OwnedTask<()>> = self
+            .locals
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|local| OwnedTask::spawn(locals::serve(local, session_rx.clone(), stop.clone())))
+            .collect();
+        let work = self.run_until(stop.clone(), &session_tx);
         tokio::pin!(work, shutdown);
         tokio::select! {
             result = &mut work => return result,
@@ -155,7 +206,11 @@ impl Client {
         work.await
     }
 
-    async fn run_until(&self, stop: CancellationToken) -> Result<(), ClientError> {
+    async fn run_until(
+        &self,
+        stop: CancellationToken,
+        session: &watch::Sender<Option<StreamOpener>>,
+    ) -> Result<(), ClientError> {
         let mut backoff = self.config.reconnect.start();
         // Ports the server assigned to `REMOTE_PORT 0` forwards, asked for again on reconnect.
         let mut assigned: HashMap<u32, u16> = HashMap::new();
@@ -166,10 +221,14 @@ impl Client {
                 outcome = self.connect() => outcome,
             };
             let failure = match outcome {
-                Ok(session) => match self.serve(session, &mut assigned, &mut backoff, &stop).await {
-                    Ok(()) => return Ok(()),
-                    Err(failure) => failure,
-                },
+                Ok(established) => {
+                    let served = self.serve(established, &mut assigned, &mut backoff, &stop, session).await;
+                    session.send_replace(None);
+                    match served {
+                        Ok(()) => return Ok(()),
+                        Err(failure) => failure,
+                    }
+                }
                 Err(failure) => failure,
             };
             let error = match failure {
@@ -221,14 +280,15 @@ impl Client {
         assigned: &mut HashMap<u32, u16>,
         backoff: &mut BackoffState,
         stop: &CancellationToken,
+        current: &watch::Sender<Option<StreamOpener>>,
     ) -> Result<(), Failure> {
-        let Session { control, mut messages, opener: _, mut incoming, driver } = session;
+        let Session { control, mut messages, opener, mut incoming, driver } = session;
         let mut driver = OwnedTask::spawn(driver);
         let ended = |end: Result<SessionEnd, tokio::task::JoinError>| {
             classify_end(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())))
         };
         let forwards = tokio::select! {
-            forwards = self.request_forwards(&control, &mut messages, assigned) => forwards,
+            forwards = self.request_setup(&control, &mut messages, assigned) => forwards,
             end = &mut driver => return Err(ended(end)),
         };
         let forwards = match forwards {
@@ -242,10 +302,22 @@ impl Client {
         for forward in &forwards {
             tracing::info!(public = %forward.public_addr, target = %forward.spec.local, "remote forward ready");
         }
-        let targets: Arc<HashMap<u32, TargetAddr>> = Arc::new(
-            self.config.remotes.iter().enumerate().map(|(i, s)| (forward_id(i), s.local.clone())).collect(),
-        );
-        self.status.send_replace(ClientStatus::Connected { forwards });
+        for service in &self.config.services {
+            tracing::info!(service = %service.name, target = %service.target, "service exposed");
+        }
+        let routes = Arc::new(streams::Routes {
+            forwards: self
+                .config
+                .remotes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (forward_id(i), s.local.clone()))
+                .collect(),
+            services: self.config.services.iter().map(|s| (s.name.clone(), s.target.clone())).collect(),
+        });
+        current.send_replace(Some(opener));
+        self.status
+            .send_replace(ClientStatus::Connected { forwards, services: self.config.services.clone() });
 
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
@@ -253,7 +325,7 @@ impl Client {
             tokio::select! {
                 end = &mut driver => return Err(ended(end)),
                 Some(stream) = incoming.next() => {
-                    tokio::spawn(streams::handle(stream, targets.clone(), owned.clone()));
+                    tokio::spawn(streams::handle(stream, routes.clone(), owned.clone()));
                 }
                 Some(message) = messages.recv() => {
                     tracing::debug!("ignoring unexpected control message: {message:?}");
@@ -266,13 +338,15 @@ impl Client {
         }
     }
 
-    async fn request_forwards(
+    /// Requests every remote forward and exposes every service; waits for all the answers.
+    async fn request_setup(
         &self,
         control: &crate::session::ControlSender,
         messages: &mut tokio::sync::mpsc::Receiver<ControlMessage>,
         assigned: &mut HashMap<u32, u16>,
     ) -> Result<Vec<ActiveForward>, Failure> {
         let remotes = &self.config.remotes;
+        let closed = || Failure::Transient("session closed while setting up forwards".into());
         for (i, spec) in remotes.iter().enumerate() {
             let id = forward_id(i);
             let preferred_port =
@@ -283,18 +357,24 @@ impl Client {
                 port: spec.remote_port,
                 preferred_port,
             };
-            if control.send(request).await.is_err() {
-                return Err(Failure::Transient("session closed while requesting forwards".into()));
-            }
+            control.send(request).await.map_err(|_| closed())?;
+        }
+        for service in &self.config.services {
+            control
+                .send(ControlMessage::ExposeRequest { name: service.name.clone() })
+                .await
+                .map_err(|_| closed())?;
         }
         let mut ready: Vec<Option<SocketAddr>> = vec![None; remotes.len()];
-        while ready.iter().any(Option::is_none) {
+        let mut unexposed: std::collections::HashSet<&str> =
+            self.config.services.iter().map(|s| s.name.as_str()).collect();
+        while ready.iter().any(Option::is_none) || !unexposed.is_empty() {
             let message = tokio::time::timeout(self.config.handshake_timeout, messages.recv())
                 .await
                 .map_err(|_| {
                     Failure::Transient("the server did not answer the forward requests in time".into())
                 })?
-                .ok_or_else(|| Failure::Transient("session closed while requesting forwards".into()))?;
+                .ok_or_else(closed)?;
             match message {
                 ControlMessage::RemoteForwardReady { id, public_addr } => {
                     let slot = ready.get_mut(id as usize).ok_or_else(|| unknown_forward(id))?;
@@ -304,6 +384,12 @@ impl Client {
                 ControlMessage::RemoteForwardRefused { id, code, message } => {
                     let spec = remotes.get(id as usize).ok_or_else(|| unknown_forward(id))?.clone();
                     return Err(ClientError::ForwardRefused { spec, code, message }.into());
+                }
+                ControlMessage::ExposeReady { name } => {
+                    unexposed.remove(name.as_str());
+                }
+                ControlMessage::ExposeRefused { name, code, message } => {
+                    return Err(ClientError::ServiceRefused { name, code, message }.into());
                 }
                 other => tracing::debug!("ignoring unexpected control message: {other:?}"),
             }

@@ -1,4 +1,4 @@
-//! Inbound data streams on the client: read the header, dial the target, splice.
+//! Inbound data streams on the client: read the header, dial the local target, splice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,35 +14,50 @@ use crate::transport;
 /// The server writes the header first thing; a stream silent this long is abandoned.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) async fn handle(
-    mut stream: MuxStream,
-    targets: Arc<HashMap<u32, TargetAddr>>,
-    owned: CancellationToken,
-) {
+/// Where inbound streams go: remote forwards by id, private services by name.
+#[derive(Debug, Default)]
+pub(super) struct Routes {
+    pub(super) forwards: HashMap<u32, TargetAddr>,
+    pub(super) services: HashMap<String, TargetAddr>,
+}
+
+pub(super) async fn handle(mut stream: MuxStream, routes: Arc<Routes>, owned: CancellationToken) {
     let header = match tokio::time::timeout(HEADER_TIMEOUT, StreamHeader::read(&mut stream)).await {
         Ok(Ok(header)) => header,
         Ok(Err(err)) => return tracing::warn!("dropping stream: {err}"),
         Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
     };
-    let (forward_id, visitor) = match header {
-        StreamHeader::RemoteForward { forward_id, visitor } => (forward_id, visitor),
-    };
-    let Some(target) = targets.get(&forward_id) else {
-        return tracing::warn!(forward_id, "dropping stream for a forward this client never requested");
+    let (target, visitor, via) = match &header {
+        StreamHeader::RemoteForward { forward_id, visitor } => match routes.forwards.get(forward_id) {
+            Some(target) => (target, *visitor, format!("remote forward {forward_id}")),
+            None => {
+                return tracing::warn!(
+                    forward_id,
+                    "dropping stream for a forward this client never requested"
+                )
+            }
+        },
+        StreamHeader::ServiceVisit { service, from, visitor } => match routes.services.get(service) {
+            Some(target) => (target, *visitor, format!("service {service} visited by {from}")),
+            None => {
+                return tracing::warn!(%service, %from, "dropping visit to a service this client does not expose")
+            }
+        },
+        other => return tracing::warn!("dropping stream with a header a server does not send: {other:?}"),
     };
     let mut tcp = match transport::connect_tcp(&target.to_string()).await {
         Ok(tcp) => tcp,
-        Err(err) => return tracing::warn!(%visitor, %target, "cannot reach the target: {err}"),
+        Err(err) => return tracing::warn!(%visitor, %target, "{via}: cannot reach the target: {err}"),
     };
     let failed = tokio::select! {
         () = owned.cancelled() => true,
         result = splice(&mut stream, &mut tcp) => match result {
             Ok(stats) => {
-                tracing::trace!(%visitor, %target, ?stats, "visitor done");
+                tracing::trace!(%visitor, %target, ?stats, "{via}: done");
                 false
             }
             Err(err) => {
-                tracing::debug!(%visitor, %target, "visitor connection failed: {err}");
+                tracing::debug!(%visitor, %target, "{via}: connection failed: {err}");
                 true
             }
         },

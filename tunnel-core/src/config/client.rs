@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::server::secret;
 use super::{default_client_name, invalid, ConfigError, HumanDuration};
 use crate::client::{Backoff, ClientConfig};
-use crate::forward::RemoteForwardSpec;
+use crate::forward::{RemoteForwardSpec, ServiceSpec};
 use crate::proto::validate_name;
 use crate::tls::{client_config, Fingerprint, ServerTrust};
 use crate::transport::ClientTransport;
@@ -26,6 +26,12 @@ pub struct ClientFile {
     /// Remote forwards, `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`.
     #[serde(default)]
     pub remote: Vec<String>,
+    /// Local forwards, `[BIND_ADDR:]PORT:CLIENT/SERVICE` or `[BIND_ADDR:]PORT:HOST:PORT`.
+    #[serde(default)]
+    pub local: Vec<String>,
+    /// Private services, `SERVICE=HOST:PORT`.
+    #[serde(default)]
+    pub expose: Vec<String>,
     /// Pinned SHA-256 fingerprint of the server certificate.
     pub fingerprint: Option<String>,
     /// PEM file of CA certificates to verify the server with.
@@ -85,6 +91,12 @@ impl ClientFile {
             .iter()
             .map(|r| r.parse::<RemoteForwardSpec>().map_err(|e| invalid("remote", e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let locals = parse_all("local", &self.local)?;
+        let services: Vec<ServiceSpec> = parse_all("expose", &self.expose)?;
+        let mut names = std::collections::HashSet::new();
+        if let Some(dup) = services.iter().find(|s| !names.insert(&s.name)) {
+            return Err(invalid("expose", format!("service {:?} is listed twice", dup.name)));
+        }
 
         let transport = match (self.insecure_plaintext, self.fingerprint, self.ca) {
             (true, None, None) => ClientTransport::Plaintext,
@@ -108,6 +120,8 @@ impl ClientFile {
 
         let mut config = ClientConfig::new(server, name, token, transport);
         config.remotes = remotes;
+        config.locals = locals;
+        config.services = services;
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = d.0;
         }
@@ -125,6 +139,13 @@ impl ClientFile {
         }
         Ok(config)
     }
+}
+
+fn parse_all<T: std::str::FromStr>(key: &'static str, items: &[String]) -> Result<Vec<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    items.iter().map(|i| i.parse::<T>().map_err(|e| invalid(key, e))).collect()
 }
 
 fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, ConfigError> {
@@ -171,6 +192,8 @@ mod tests {
             ),
             (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nname = \"a/b\""), "name"),
             (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nremotes = []"), "remotes"),
+            (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nlocal = [\"1:a b/c\"]"), "local"),
+            (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nexpose = [\"k=h:1\", \"k=h:2\"]"), "twice"),
         ];
         for (text, needle) in cases {
             let err = build(&text).unwrap_err().to_string();

@@ -5,9 +5,9 @@ use serde::Deserialize;
 
 use super::{default_state_dir, invalid, ConfigError, HumanDuration};
 use crate::auth::{Credentials, Token};
-use crate::forward::PortSet;
+use crate::forward::{Glob, PortSet, TargetRules};
 use crate::proto::validate_name;
-use crate::server::ServerConfig;
+use crate::server::{ClientPolicy, ServerConfig};
 use crate::tls::{server_config, Fingerprint, ServerIdentity};
 
 /// Name of the generated token inside the state directory.
@@ -34,6 +34,9 @@ pub struct ServerFile {
     pub tls_names: Option<Vec<String>>,
     /// Ports clients may bind, e.g. `6443,10000-10100` (default `1024-65535`).
     pub allow_ports: Option<String>,
+    /// Targets the server may dial for local forwards, e.g. `127.0.0.1:6443,10.0.0.0/8:10250`
+    /// (default: none).
+    pub allow_targets: Option<String>,
     /// Run without TLS; clients must opt in too (default false).
     #[serde(default)]
     pub insecure_plaintext: bool,
@@ -83,6 +86,14 @@ pub struct ClientEntry {
     pub token_file: Option<PathBuf>,
     /// Ports it may bind (default: the server-wide `allow_ports`).
     pub allow_ports: Option<String>,
+    /// Services it may visit, as `CLIENT/SERVICE` globs such as `worker-*/kubelet` (default: none).
+    #[serde(default)]
+    pub allow_visit: Vec<String>,
+    /// Service names it may expose, as globs (default: none).
+    #[serde(default)]
+    pub allow_expose: Vec<String>,
+    /// Targets the server may dial for it (default: the server-wide `allow_targets`).
+    pub allow_targets: Option<String>,
 }
 
 /// Where the shared token came from, which decides whether it may be shown.
@@ -130,7 +141,7 @@ impl ServerFile {
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let allow_ports = parse_ports("allow_ports", self.allow_ports.as_deref())?;
         let mut credentials = Credentials::default();
-        let mut client_ports = std::collections::HashMap::new();
+        let mut policies = std::collections::HashMap::new();
         let mut seen = HashSet::new();
         for entry in &self.clients {
             validate_name(&entry.name).map_err(|e| invalid("clients.name", e))?;
@@ -142,9 +153,7 @@ impl ServerFile {
                     ConfigError::Missing(format!("client {:?} needs `token` or `token_file`", entry.name))
                 })?;
             credentials = credentials.with_client(&entry.name, token);
-            if let Some(ports) = &entry.allow_ports {
-                client_ports.insert(entry.name.clone(), parse_ports("clients.allow_ports", Some(ports))?);
-            }
+            policies.insert(entry.name.clone(), entry.policy()?);
         }
         let (shared_token, token_source) =
             match secret("token", self.token.as_deref(), self.token_file.as_deref())? {
@@ -162,7 +171,9 @@ impl ServerFile {
         let (tls, fingerprint) = self.tls(&state_dir)?;
         let mut config = ServerConfig::new(credentials, tls);
         config.allow_ports = allow_ports;
-        config.client_ports = client_ports;
+        config.allow_targets =
+            parse_targets("allow_targets", self.allow_targets.as_deref())?.unwrap_or_default();
+        config.clients = policies;
         if let Some(bind) = &self.bind_addr {
             config.default_bind =
                 bind.parse().map_err(|_| invalid("bind_addr", format!("{bind:?} is not an IP address")))?;
@@ -254,6 +265,25 @@ impl ServerLimits {
     }
 }
 
+impl ClientEntry {
+    fn policy(&self) -> Result<ClientPolicy, ConfigError> {
+        let globs = |key: &'static str, list: &[String]| {
+            list.iter().map(|g| g.parse::<Glob>().map_err(|e| invalid(key, e))).collect::<Result<Vec<_>, _>>()
+        };
+        let mut policy = ClientPolicy::default();
+        policy.allow_ports =
+            self.allow_ports.as_deref().map(|p| parse_ports("clients.allow_ports", Some(p))).transpose()?;
+        policy.allow_visit = globs("clients.allow_visit", &self.allow_visit)?;
+        policy.allow_expose = globs("clients.allow_expose", &self.allow_expose)?;
+        policy.allow_targets = parse_targets("clients.allow_targets", self.allow_targets.as_deref())?;
+        Ok(policy)
+    }
+}
+
+fn parse_targets(key: &'static str, text: Option<&str>) -> Result<Option<TargetRules>, ConfigError> {
+    text.map(|t| t.parse().map_err(|e| invalid(key, e))).transpose()
+}
+
 fn parse_ports(key: &'static str, text: Option<&str>) -> Result<PortSet, ConfigError> {
     text.map_or(Ok(PortSet::unprivileged()), |t| t.parse().map_err(|e| invalid(key, e)))
 }
@@ -332,7 +362,7 @@ mod tests {
         assert_eq!(setup.token_source, TokenSource::None);
         assert!(setup.config.credentials.lookup("worker-1").is_some());
         assert!(setup.config.credentials.lookup("other").is_none());
-        assert_eq!(setup.config.client_ports["worker-1"].to_string(), "10250");
+        assert_eq!(setup.config.clients["worker-1"].allow_ports.as_ref().unwrap().to_string(), "10250");
     }
 
     #[test]
@@ -349,6 +379,8 @@ mod tests {
             ("[[clients]]\nname = \"a b\"\ntoken = \"x\"", "clients.name"),
             ("[[clients]]\nname = \"a\"", "token"),
             ("bind_addr = \"example.com\"", "bind_addr"),
+            ("allow_targets = \"10.0.0.0/40:1\"", "allow_targets"),
+            ("[[clients]]\nname = \"a\"\ntoken = \"x\"\nallow_visit = [\"a b\"]", "clients.allow_visit"),
             ("heartbeat_interval = \"30s\"\nheartbeat_timeout = \"10s\"", "heartbeat_timeout"),
         ];
         for (extra, needle) in cases {

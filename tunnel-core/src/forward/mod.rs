@@ -6,8 +6,10 @@
 
 mod copy;
 mod ports;
+mod rules;
 mod spec;
 
 pub use copy::{splice, SpliceStats, COPY_BUFFER};
 pub use ports::{PortSet, PortSetError};
-pub use spec::{RemoteForwardSpec, SpecError, TargetAddr};
+pub use rules::{Glob, RuleError, TargetRules};
+pub use spec::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SpecError, TargetAddr, VisitTarget};

@@ -21,6 +21,142 @@ impl fmt::Display for TargetAddr {
     }
 }
 
+impl TargetAddr {
+    /// A target from a host (a DNS name, an IPv4 or an IPv6 address, without brackets) and a port.
+    pub fn from_parts(host: &str, port: u16) -> Result<Self, SpecError> {
+        let err = |reason: &str| SpecError { input: format!("{host}:{port}"), reason: reason.to_owned() };
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+        parse_target(&host, &port.to_string()).map_err(err)
+    }
+}
+
+/// Where a local forward leads: a private service of a client, or an address the server dials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VisitTarget {
+    /// `CLIENT/SERVICE`: a service a client exposed.
+    Service {
+        /// The exposing client's name.
+        client: String,
+        /// The service name.
+        service: String,
+    },
+    /// `HOST:PORT`, dialed by the server if its `allow_targets` permits.
+    Address(TargetAddr),
+}
+
+impl fmt::Display for VisitTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Service { client, service } => write!(f, "{client}/{service}"),
+            Self::Address(addr) => addr.fmt(f),
+        }
+    }
+}
+
+impl FromStr for VisitTarget {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((client, service)) => {
+                let err =
+                    |e: crate::proto::DecodeError| SpecError { input: s.to_owned(), reason: e.to_string() };
+                crate::proto::validate_name(client).map_err(err)?;
+                crate::proto::validate_name(service).map_err(err)?;
+                Ok(Self::Service { client: client.to_owned(), service: service.to_owned() })
+            }
+            None => s.parse().map(Self::Address),
+        }
+    }
+}
+
+/// A local forward: `[BIND_ADDR:]PORT:TARGET`, where TARGET is `CLIENT/SERVICE` or `HOST:PORT`.
+///
+/// ```
+/// use tunnel_core::forward::{LocalForwardSpec, VisitTarget};
+/// let spec: LocalForwardSpec = "127.0.0.1:10250:worker-1/kubelet".parse().unwrap();
+/// assert_eq!(spec.port, 10250);
+/// assert_eq!(spec.target.to_string(), "worker-1/kubelet");
+/// let direct: LocalForwardSpec = "0:10.0.0.5:6443".parse().unwrap();
+/// assert!(matches!(direct.target, VisitTarget::Address(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalForwardSpec {
+    /// Local address to listen on; `None` for 127.0.0.1.
+    pub bind: Option<IpAddr>,
+    /// Local port; 0 lets the OS choose.
+    pub port: u16,
+    /// Where each accepted connection goes.
+    pub target: VisitTarget,
+}
+
+impl fmt::Display for LocalForwardSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bind {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(f, "{}:{}", self.port, self.target)
+    }
+}
+
+impl FromStr for LocalForwardSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| SpecError { input: s.to_owned(), reason: reason.to_owned() };
+        let parts = split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?;
+        let to_service = parts.last().is_some_and(|p| p.contains('/'));
+        let (bind, port, target) = match (to_service, parts.as_slice()) {
+            (true, [port, target]) => (None, *port, target.to_string()),
+            (true, [bind, port, target]) => (Some(*bind), *port, target.to_string()),
+            (false, [port, host, tport]) => (None, *port, format!("{host}:{tport}")),
+            (false, [bind, port, host, tport]) => (Some(*bind), *port, format!("{host}:{tport}")),
+            _ => return Err(err("expected [BIND_ADDR:]PORT:CLIENT/SERVICE or [BIND_ADDR:]PORT:HOST:PORT")),
+        };
+        let bind = bind
+            .map(|b| unbracket(b).parse::<IpAddr>().map_err(|_| err("BIND_ADDR must be an IP address")))
+            .transpose()?;
+        let port = port.parse().map_err(|_| err("PORT must be a number from 0 to 65535"))?;
+        let target = target.parse::<VisitTarget>().map_err(|e| err(&e.reason))?;
+        Ok(Self { bind, port, target })
+    }
+}
+
+/// A private service: `NAME=HOST:PORT`, reachable through the tunnel as `CLIENT/NAME`.
+///
+/// ```
+/// use tunnel_core::forward::ServiceSpec;
+/// let spec: ServiceSpec = "kubelet=127.0.0.1:10250".parse().unwrap();
+/// assert_eq!((spec.name.as_str(), spec.target.port), ("kubelet", 10250));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Service name, unique per client.
+    pub name: String,
+    /// The local target behind it.
+    pub target: TargetAddr,
+}
+
+impl fmt::Display for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.target)
+    }
+}
+
+impl FromStr for ServiceSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| SpecError { input: s.to_owned(), reason };
+        let (name, target) = s.split_once('=').ok_or_else(|| err("expected SERVICE=HOST:PORT".into()))?;
+        crate::proto::validate_name(name).map_err(|e| err(e.to_string()))?;
+        let target = target.parse::<TargetAddr>().map_err(|e| err(e.reason))?;
+        Ok(Self { name: name.to_owned(), target })
+    }
+}
+
 /// Why a forward specification was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid forward {input:?}: {reason}")]
@@ -164,6 +300,30 @@ mod tests {
         let err = "\u{1f}\0[:!:]:8443".parse::<TargetAddr>().unwrap_err().to_string();
         assert!(err.contains("DNS name"), "{err}");
         assert!("[::1]:80".parse::<TargetAddr>().is_ok());
+    }
+
+    #[test]
+    fn local_and_service_specs_round_trip_and_reject_nonsense() {
+        for text in
+            ["10250:worker-1/kubelet", "127.0.0.1:0:cp/apiserver", "[::1]:8443:10.0.0.1:443", "0:db:5432"]
+        {
+            let spec: LocalForwardSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+        }
+        for (bad, needle) in [
+            ("x:a/b", "PORT"),
+            ("1:a/b c", "name"),
+            ("1:/b", "name"),
+            ("5", "expected"),
+            ("1:h:0", "LOCAL_PORT"),
+        ] {
+            let err = bad.parse::<LocalForwardSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        assert_eq!("kubelet=[::1]:10250".parse::<ServiceSpec>().unwrap().to_string(), "kubelet=[::1]:10250");
+        for bad in ["kubelet", "=h:1", "a b=h:1", "k=h"] {
+            assert!(bad.parse::<ServiceSpec>().is_err(), "{bad}");
+        }
     }
 
     #[test]

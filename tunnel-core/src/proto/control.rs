@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::wire::{Reader, Writer};
-use super::{DecodeError, MAX_REASON_LEN};
+use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
 
 const PING: u8 = 0x01;
 const PONG: u8 = 0x02;
@@ -17,6 +17,9 @@ const GOODBYE: u8 = 0x03;
 const REMOTE_FORWARD_REQUEST: u8 = 0x10;
 const REMOTE_FORWARD_READY: u8 = 0x11;
 const REMOTE_FORWARD_REFUSED: u8 = 0x12;
+const EXPOSE_REQUEST: u8 = 0x20;
+const EXPOSE_READY: u8 = 0x21;
+const EXPOSE_REFUSED: u8 = 0x22;
 
 /// A message on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,25 @@ pub enum ControlMessage {
         /// Human-readable detail.
         message: String,
     },
+    /// Client offers a private service, reachable only through the tunnel as `CLIENT/NAME`.
+    ExposeRequest {
+        /// Service name (same rules as client names).
+        name: String,
+    },
+    /// Server answer: the service is registered.
+    ExposeReady {
+        /// Service name from the request.
+        name: String,
+    },
+    /// Server answer: the service was refused.
+    ExposeRefused {
+        /// Service name from the request.
+        name: String,
+        /// Why.
+        code: RefusalCode,
+        /// Human-readable detail.
+        message: String,
+    },
 }
 
 /// Why a forward was refused.
@@ -80,6 +102,8 @@ pub enum RefusalCode {
     TooManyForwards,
     /// The request was malformed (duplicate id, bad address).
     Invalid,
+    /// This client may not expose a service under that name.
+    NameNotAllowed,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -111,7 +135,7 @@ macro_rules! wire_enum {
     };
 }
 
-wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4 });
+wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5 });
 wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3 });
 
 impl std::fmt::Display for RefusalCode {
@@ -121,6 +145,7 @@ impl std::fmt::Display for RefusalCode {
             Self::PortTaken => f.write_str("port taken"),
             Self::TooManyForwards => f.write_str("too many forwards"),
             Self::Invalid => f.write_str("invalid request"),
+            Self::NameNotAllowed => f.write_str("name not allowed"),
             Self::Other(v) => write!(f, "refusal code {v}"),
         }
     }
@@ -154,6 +179,13 @@ impl ControlMessage {
             Self::RemoteForwardRefused { id, code, message } => {
                 w.u8(REMOTE_FORWARD_REFUSED).u32(*id).u8(code.to_u8()).string(message, MAX_REASON_LEN)
             }
+            Self::ExposeRequest { name } => w.u8(EXPOSE_REQUEST).string(name, MAX_NAME_LEN),
+            Self::ExposeReady { name } => w.u8(EXPOSE_READY).string(name, MAX_NAME_LEN),
+            Self::ExposeRefused { name, code, message } => w
+                .u8(EXPOSE_REFUSED)
+                .string(name, MAX_NAME_LEN)
+                .u8(code.to_u8())
+                .string(message, MAX_REASON_LEN),
         };
         w.finish()
     }
@@ -182,10 +214,23 @@ impl ControlMessage {
                 code: RefusalCode::from_u8(r.u8("code")?),
                 message: r.string(MAX_REASON_LEN, "message")?,
             },
+            EXPOSE_REQUEST => Self::ExposeRequest { name: service_name(&mut r)? },
+            EXPOSE_READY => Self::ExposeReady { name: service_name(&mut r)? },
+            EXPOSE_REFUSED => Self::ExposeRefused {
+                name: service_name(&mut r)?,
+                code: RefusalCode::from_u8(r.u8("code")?),
+                message: r.string(MAX_REASON_LEN, "message")?,
+            },
             other => return Err(DecodeError::UnknownType { kind: "control message", value: other }),
         };
         Ok(msg)
     }
+}
+
+fn service_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let name = r.string(MAX_NAME_LEN, "name")?;
+    validate_name(&name)?;
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -208,6 +253,13 @@ mod tests {
             ControlMessage::RemoteForwardRefused {
                 id: 4,
                 code: RefusalCode::Other(200),
+                message: "no".into(),
+            },
+            ControlMessage::ExposeRequest { name: "kubelet".into() },
+            ControlMessage::ExposeReady { name: "kubelet".into() },
+            ControlMessage::ExposeRefused {
+                name: "kubelet".into(),
+                code: RefusalCode::NameNotAllowed,
                 message: "no".into(),
             },
         ]

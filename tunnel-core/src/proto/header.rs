@@ -2,16 +2,26 @@
 //!
 //! Layout: a `u16` length, then a kind byte and its fields. The opener writes the header and
 //! then the payload bytes without waiting for an answer, so a stream costs no extra round trip.
-//! Kinds are reserved for later capabilities: 2 local forward, 3 HTTP, 4 UDP flow.
+//! Kinds: 1 remote forward, 2 local forward, 3 service visit; reserved: 4 HTTP, 5 UDP flow.
+//! A local-forward stream is answered with a [`StreamReply`] before any payload flows back.
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::wire::{Reader, Writer};
-use super::DecodeError;
+use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
+use crate::forward::{TargetAddr, VisitTarget};
 
 const REMOTE_FORWARD: u8 = 1;
+const LOCAL_FORWARD: u8 = 2;
+const SERVICE_VISIT: u8 = 3;
+
+const TARGET_SERVICE: u8 = 1;
+const TARGET_ADDRESS: u8 = 2;
+
+/// Longest host name in a target.
+const MAX_HOST_LEN: usize = 255;
 
 /// Largest header accepted; headers are tiny, so anything larger is hostile.
 pub const MAX_HEADER_LEN: usize = 1024;
@@ -27,6 +37,22 @@ pub enum StreamHeader {
         /// The visitor's address as the server saw it.
         visitor: SocketAddr,
     },
+    /// A client's local forward: carry this stream to `target` (opened by the client).
+    LocalForward {
+        /// Where to.
+        target: VisitTarget,
+        /// The visitor's address as the client saw it.
+        visitor: SocketAddr,
+    },
+    /// A visit to one of the receiving client's private services (opened by the server).
+    ServiceVisit {
+        /// The service name the receiving client exposed.
+        service: String,
+        /// Name of the client the visit comes from.
+        from: String,
+        /// The visitor's address as that client saw it.
+        visitor: SocketAddr,
+    },
 }
 
 impl StreamHeader {
@@ -36,6 +62,24 @@ impl StreamHeader {
         match self {
             Self::RemoteForward { forward_id, visitor } => {
                 body.u8(REMOTE_FORWARD).u32(*forward_id).socket_addr(*visitor);
+            }
+            Self::LocalForward { target, visitor } => {
+                body.u8(LOCAL_FORWARD);
+                match target {
+                    VisitTarget::Service { client, service } => {
+                        body.u8(TARGET_SERVICE).string(client, MAX_NAME_LEN).string(service, MAX_NAME_LEN);
+                    }
+                    VisitTarget::Address(addr) => {
+                        body.u8(TARGET_ADDRESS).string(&addr.host, MAX_HOST_LEN).u16(addr.port);
+                    }
+                }
+                body.socket_addr(*visitor);
+            }
+            Self::ServiceVisit { service, from, visitor } => {
+                body.u8(SERVICE_VISIT)
+                    .string(service, MAX_NAME_LEN)
+                    .string(from, MAX_NAME_LEN)
+                    .socket_addr(*visitor);
             }
         }
         let body = body.finish();
@@ -52,19 +96,147 @@ impl StreamHeader {
                 forward_id: r.u32("forward_id")?,
                 visitor: r.socket_addr("visitor")?,
             }),
+            LOCAL_FORWARD => {
+                let target = match r.u8("target")? {
+                    TARGET_SERVICE => VisitTarget::Service { client: name(&mut r)?, service: name(&mut r)? },
+                    TARGET_ADDRESS => {
+                        let host = r.string(MAX_HOST_LEN, "host")?;
+                        let port = r.u16("port")?;
+                        let addr = TargetAddr::from_parts(&host, port).map_err(|_| {
+                            DecodeError::InvalidValue { field: "target", value: u64::from(port) }
+                        })?;
+                        VisitTarget::Address(addr)
+                    }
+                    other => {
+                        return Err(DecodeError::InvalidValue { field: "target", value: u64::from(other) })
+                    }
+                };
+                Ok(Self::LocalForward { target, visitor: r.socket_addr("visitor")? })
+            }
+            SERVICE_VISIT => Ok(Self::ServiceVisit {
+                service: name(&mut r)?,
+                from: name(&mut r)?,
+                visitor: r.socket_addr("visitor")?,
+            }),
             other => Err(DecodeError::UnknownType { kind: "stream header", value: other }),
         }
     }
 
     /// Reads one header from the front of a stream, consuming nothing after it.
     pub async fn read<R: AsyncRead + Unpin>(io: &mut R) -> Result<Self, HeaderError> {
-        let len = usize::from(io.read_u16().await?);
-        if len > MAX_HEADER_LEN {
-            return Err(DecodeError::TooLong { field: "stream header", len, max: MAX_HEADER_LEN }.into());
+        Ok(Self::decode(&read_body(io, "stream header").await?)?)
+    }
+}
+
+fn name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let name = r.string(MAX_NAME_LEN, "name")?;
+    validate_name(&name)?;
+    Ok(name)
+}
+
+/// Reads a `u16`-length-prefixed body from the front of a stream, capped at [`MAX_HEADER_LEN`].
+async fn read_body<R: AsyncRead + Unpin>(io: &mut R, what: &'static str) -> Result<Vec<u8>, HeaderError> {
+    let len = usize::from(io.read_u16().await?);
+    if len > MAX_HEADER_LEN {
+        return Err(DecodeError::TooLong { field: what, len, max: MAX_HEADER_LEN }.into());
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// The server's answer on a local-forward stream, sent before any payload flows back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReply {
+    /// Outcome.
+    pub status: ReplyStatus,
+    /// Why, when refused.
+    pub message: String,
+}
+
+/// Outcome of a local-forward request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplyStatus {
+    /// Connected; payload follows.
+    Ok,
+    /// This client may not visit that target.
+    Denied,
+    /// The service's client is not connected, or exposes no such service.
+    Unavailable,
+    /// The server could not reach the target.
+    Unreachable,
+    /// A status from a newer peer.
+    Other(u8),
+}
+
+impl ReplyStatus {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Denied => 1,
+            Self::Unavailable => 2,
+            Self::Unreachable => 3,
+            Self::Other(v) => v,
         }
-        let mut body = vec![0u8; len];
-        io.read_exact(&mut body).await?;
-        Ok(Self::decode(&body)?)
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Ok,
+            1 => Self::Denied,
+            2 => Self::Unavailable,
+            3 => Self::Unreachable,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for ReplyStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok => f.write_str("ok"),
+            Self::Denied => f.write_str("denied"),
+            Self::Unavailable => f.write_str("unavailable"),
+            Self::Unreachable => f.write_str("unreachable"),
+            Self::Other(v) => write!(f, "status {v}"),
+        }
+    }
+}
+
+impl StreamReply {
+    /// A success reply.
+    pub fn ok() -> Self {
+        Self { status: ReplyStatus::Ok, message: String::new() }
+    }
+
+    /// A refusal with a reason.
+    pub fn refuse(status: ReplyStatus, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    /// Encodes the reply with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Writer::new();
+        body.u8(self.status.to_u8()).string(&self.message, MAX_REASON_LEN);
+        let body = body.finish();
+        let mut out = Writer::new();
+        out.u16(u16::try_from(body.len()).unwrap_or(u16::MAX)).bytes(&body);
+        out.finish()
+    }
+
+    /// Decodes a reply body (after the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        Ok(Self {
+            status: ReplyStatus::from_u8(r.u8("status")?),
+            message: r.string(MAX_REASON_LEN, "message")?,
+        })
+    }
+
+    /// Reads one reply from the front of a stream, consuming nothing after it.
+    pub async fn read<R: AsyncRead + Unpin>(io: &mut R) -> Result<Self, HeaderError> {
+        Ok(Self::decode(&read_body(io, "stream reply").await?)?)
     }
 }
 
@@ -92,6 +264,45 @@ mod tests {
         let mut cursor = &bytes[..];
         assert_eq!(StreamHeader::read(&mut cursor).await.unwrap(), header);
         assert_eq!(cursor, b"payload");
+    }
+
+    #[tokio::test]
+    async fn every_kind_round_trips_and_replies_too() {
+        let visitor: SocketAddr = "[::1]:9".parse().unwrap();
+        let headers = [
+            StreamHeader::LocalForward {
+                target: VisitTarget::Service { client: "worker-1".into(), service: "kubelet".into() },
+                visitor,
+            },
+            StreamHeader::LocalForward {
+                target: VisitTarget::Address("10.0.0.1:6443".parse().unwrap()),
+                visitor,
+            },
+            StreamHeader::ServiceVisit { service: "kubelet".into(), from: "cp".into(), visitor },
+        ];
+        for header in headers {
+            let bytes = header.encode();
+            assert_eq!(StreamHeader::read(&mut &bytes[..]).await.unwrap(), header);
+            for cut in 2..bytes.len() {
+                assert!(StreamHeader::decode(&bytes[2..cut]).is_err());
+            }
+        }
+        let reply = StreamReply::refuse(ReplyStatus::Denied, "not for you");
+        assert_eq!(StreamReply::read(&mut &reply.encode()[..]).await.unwrap(), reply);
+    }
+
+    #[test]
+    fn invalid_names_and_hosts_in_targets_are_rejected() {
+        let bad = StreamHeader::ServiceVisit {
+            service: "a b".into(),
+            from: "cp".into(),
+            visitor: "1.2.3.4:5".parse().unwrap(),
+        };
+        assert!(StreamHeader::decode(&bad.encode()[2..]).is_err());
+        let mut body = vec![LOCAL_FORWARD, TARGET_ADDRESS, 0, 3];
+        body.extend_from_slice(b"a[b");
+        body.extend_from_slice(&[0, 80]);
+        assert!(StreamHeader::decode(&body).is_err());
     }
 
     #[tokio::test]

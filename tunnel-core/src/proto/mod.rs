@@ -13,7 +13,7 @@ pub(crate) mod wire;
 
 pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
 pub use frame::FrameError;
-pub use header::StreamHeader;
+pub use header::{ReplyStatus, StreamHeader, StreamReply};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -43,6 +43,7 @@ impl<'s> Forwards<'s> {
         client: &AuthenticatedClient,
         session: SessionId,
         opener: StreamOpener,
+        owned: CancellationToken,
     ) -> Self {
         Self {
             shared,
@@ -50,7 +51,7 @@ impl<'s> Forwards<'s> {
             credential: client.credential,
             session,
             opener,
-            owned: CancellationToken::new(),
+            owned,
             active: HashMap::new(),
         }
     }
@@ -64,8 +65,8 @@ impl<'s> Forwards<'s> {
         }
     }
 
-    /// Handles one control message; `Err` is a protocol violation that ends the session.
-    pub(super) async fn handle(
+    /// Handles a forward request; `Err` is a protocol violation that ends the session.
+    pub(super) async fn request(
         &mut self,
         message: ControlMessage,
         control: &ControlSender,

@@ -11,6 +11,7 @@ mod forwards;
 mod pending;
 mod registry;
 mod session;
+mod visits;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{CredentialKind, Credentials};
-use crate::forward::PortSet;
+use crate::forward::{Glob, PortSet, TargetRules};
 use crate::session::SessionConfig;
 
 /// Server settings. Start from [`ServerConfig::new`] and adjust fields.
@@ -34,8 +35,11 @@ pub struct ServerConfig {
     pub credentials: Credentials,
     /// Ports a client may bind unless it has its own list (default 1024-65535).
     pub allow_ports: PortSet,
-    /// Per-client port lists, by client name; they replace `allow_ports` for that client.
-    pub client_ports: HashMap<String, PortSet>,
+    /// Targets the server may dial for local forwards, unless a client has its own list
+    /// (default: none).
+    pub allow_targets: TargetRules,
+    /// What each client with its own token may do, by name.
+    pub clients: HashMap<String, ClientPolicy>,
     /// TLS configuration; `None` runs plaintext (only with an explicit opt-in).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Heartbeat, message size and stream limits of each session.
@@ -60,7 +64,8 @@ impl ServerConfig {
         Self {
             credentials,
             allow_ports: PortSet::unprivileged(),
-            client_ports: HashMap::new(),
+            allow_targets: TargetRules::default(),
+            clients: HashMap::new(),
             tls,
             session: SessionConfig::default(),
             handshake_timeout: Duration::from_secs(10),
@@ -72,12 +77,61 @@ impl ServerConfig {
         }
     }
 
-    fn ports_for(&self, name: &str, credential: CredentialKind) -> &PortSet {
+    fn policy(&self, name: &str, credential: CredentialKind) -> Option<&ClientPolicy> {
         match credential {
-            CredentialKind::PerClient => self.client_ports.get(name).unwrap_or(&self.allow_ports),
-            CredentialKind::Shared => &self.allow_ports,
+            CredentialKind::PerClient => self.clients.get(name),
+            CredentialKind::Shared => None,
         }
     }
+
+    fn ports_for(&self, name: &str, credential: CredentialKind) -> &PortSet {
+        self.policy(name, credential).and_then(|p| p.allow_ports.as_ref()).unwrap_or(&self.allow_ports)
+    }
+
+    fn targets_for(&self, name: &str, credential: CredentialKind) -> &TargetRules {
+        self.policy(name, credential).and_then(|p| p.allow_targets.as_ref()).unwrap_or(&self.allow_targets)
+    }
+
+    /// Shared-token clients expose any name; a client with its own token only what it is allowed.
+    fn may_expose(&self, name: &str, credential: CredentialKind, service: &str) -> bool {
+        match self.policy(name, credential) {
+            None => credential == CredentialKind::Shared,
+            Some(policy) => policy.allow_expose.iter().any(|g| g.matches(service)),
+        }
+    }
+
+    /// Shared-token clients form one trust domain and visit each other's services; a client
+    /// with its own token visits `OWNER/SERVICE` only where one of its `allow_visit` globs matches.
+    fn may_visit(
+        &self,
+        visitor: &str,
+        credential: CredentialKind,
+        owner: &str,
+        owner_credential: CredentialKind,
+        service: &str,
+    ) -> bool {
+        match self.policy(visitor, credential) {
+            None => credential == CredentialKind::Shared && owner_credential == CredentialKind::Shared,
+            Some(policy) => {
+                let target = format!("{owner}/{service}");
+                policy.allow_visit.iter().any(|g| g.matches(&target))
+            }
+        }
+    }
+}
+
+/// What one client with its own token may do.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ClientPolicy {
+    /// Ports it may bind; `None` for the server-wide `allow_ports`.
+    pub allow_ports: Option<PortSet>,
+    /// Services it may visit, as `CLIENT/SERVICE` globs (default: none).
+    pub allow_visit: Vec<Glob>,
+    /// Service names it may expose, as globs (default: none).
+    pub allow_expose: Vec<Glob>,
+    /// Targets the server may dial for it; `None` for the server-wide `allow_targets`.
+    pub allow_targets: Option<TargetRules>,
 }
 
 /// State shared by every connection task.

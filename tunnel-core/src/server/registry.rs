@@ -4,12 +4,15 @@
 //! holds. When a session ends, its ports stay reserved for the same name for a grace period so
 //! a reconnecting client gets them back and nobody else can grab them meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::auth::CredentialKind;
+use crate::mux::StreamOpener;
 
 /// Identifies one session of a client name.
 pub(crate) type SessionId = u64;
@@ -30,6 +33,10 @@ struct Inner {
 #[derive(Debug)]
 struct Slot {
     id: SessionId,
+    /// Opens streams to this session's client (for visits to its services).
+    opener: StreamOpener,
+    credential: CredentialKind,
+    services: HashSet<String>,
     /// Cancelled to ask the session to close (a newer one replaces it).
     kick: CancellationToken,
     /// Cancelled by the session once it has released everything.
@@ -59,6 +66,15 @@ pub(crate) struct Registration {
     gone: CancellationToken,
 }
 
+/// Why a service cannot be visited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServiceLookup {
+    /// The owning client has no session.
+    ClientOffline,
+    /// The owning client is connected but exposes no such service.
+    NoSuchService,
+}
+
 /// Why a port cannot be claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PortConflict {
@@ -77,12 +93,24 @@ impl Registry {
 
     /// Registers a session for `name`. An existing session with that name is asked to close, and
     /// this waits (up to `handover`) until it has released its ports.
-    pub(crate) async fn register(&self, name: &str, handover: Duration) -> Registration {
+    pub(crate) async fn register(
+        &self,
+        name: &str,
+        credential: CredentialKind,
+        opener: StreamOpener,
+        handover: Duration,
+    ) -> Registration {
         let (registration, previous) = {
             let mut inner = self.lock();
             inner.next_id += 1;
-            let slot =
-                Slot { id: inner.next_id, kick: CancellationToken::new(), gone: CancellationToken::new() };
+            let slot = Slot {
+                id: inner.next_id,
+                opener,
+                credential,
+                services: HashSet::new(),
+                kick: CancellationToken::new(),
+                gone: CancellationToken::new(),
+            };
             let registration =
                 Registration { id: slot.id, kicked: slot.kick.clone(), gone: slot.gone.clone() };
             (registration, inner.sessions.insert(name.to_owned(), slot))
@@ -95,6 +123,27 @@ impl Registry {
             }
         }
         registration
+    }
+
+    /// Records that session `id` of `name` exposes `service`.
+    pub(crate) fn expose(&self, name: &str, id: SessionId, service: &str) {
+        if let Some(slot) = self.lock().sessions.get_mut(name).filter(|slot| slot.id == id) {
+            slot.services.insert(service.to_owned());
+        }
+    }
+
+    /// The live session of `owner`, if it exposes `service`: its opener and credential kind.
+    pub(crate) fn service(
+        &self,
+        owner: &str,
+        service: &str,
+    ) -> Result<(StreamOpener, CredentialKind), ServiceLookup> {
+        let inner = self.lock();
+        let slot = inner.sessions.get(owner).ok_or(ServiceLookup::ClientOffline)?;
+        if !slot.services.contains(service) {
+            return Err(ServiceLookup::NoSuchService);
+        }
+        Ok((slot.opener.clone(), slot.credential))
     }
 
     /// Removes a session: its ports become reserved for its name for the grace period.
@@ -192,19 +241,31 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(60);
     const HANDOVER: Duration = Duration::from_secs(1);
 
+    /// An opener for a session that never carries streams in these tests.
+    fn opener() -> StreamOpener {
+        let (a, _b) = tokio::io::duplex(64);
+        let (opener, _incoming, _driver) =
+            crate::mux::start(a, &crate::mux::MuxConfig::default(), crate::mux::Mode::Client);
+        opener
+    }
+
+    async fn register(registry: &Registry, name: &str) -> Registration {
+        registry.register(name, CredentialKind::Shared, opener(), HANDOVER).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
         let registry = Registry::new(GRACE);
-        let a = registry.register("a", HANDOVER).await;
+        let a = register(&registry, "a").await;
         registry.claim("a", a.id, 1, 7000).unwrap();
-        let b = registry.register("b", HANDOVER).await;
+        let b = register(&registry, "b").await;
         assert_eq!(registry.claim("b", b.id, 1, 7000), Err(PortConflict::OtherClient));
 
         registry.unregister("a", &a);
         assert_eq!(registry.claim("b", b.id, 1, 7000), Err(PortConflict::OtherClient), "reserved for a");
         assert_eq!(registry.reserved_for("a", 1), Some(7000));
         assert_eq!(registry.reserved_for("a", 2), None);
-        let a2 = registry.register("a", HANDOVER).await;
+        let a2 = register(&registry, "a").await;
         registry.claim("a", a2.id, 1, 7000).unwrap();
         registry.unregister("a", &a2);
 
@@ -216,14 +277,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
         let registry = std::sync::Arc::new(Registry::new(GRACE));
-        let old = registry.register("a", HANDOVER).await;
+        let old = register(&registry, "a").await;
         registry.claim("a", old.id, 1, 7000).unwrap();
         let r = registry.clone();
         let old_task = tokio::spawn(async move {
             old.kicked.cancelled().await;
             r.unregister("a", &old);
         });
-        let new = registry.register("a", HANDOVER).await;
+        let new = register(&registry, "a").await;
         old_task.await.unwrap();
         registry.claim("a", new.id, 1, 7000).unwrap();
         assert_eq!(registry.session_names(), vec!["a".to_owned()]);
@@ -232,7 +293,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn release_frees_only_an_unused_claim() {
         let registry = Registry::new(GRACE);
-        let a = registry.register("a", HANDOVER).await;
+        let a = register(&registry, "a").await;
         registry.claim("a", a.id, 1, 7000).unwrap();
         registry.release(a.id, 7000);
         assert!(!registry.is_taken_for("b", 7000));

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::forwards::Forwards;
 use super::{Shared, DRAIN_TIMEOUT};
 use crate::proto::handshake::AuthenticatedClient;
-use crate::proto::GoodbyeCode;
+use crate::proto::{ControlMessage, GoodbyeCode, RefusalCode};
 use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
 
@@ -24,24 +24,37 @@ pub(super) async fn run(
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    let Session { control, mut messages, opener, incoming, driver } = session;
-    // Protocol v1 clients open no data streams toward the server; any they open is reset.
-    drop(incoming);
+    let Session { control, mut messages, opener, mut incoming, driver } = session;
     let name = client.name.clone();
-    let registration = shared.registry.register(&name, DRAIN_TIMEOUT).await;
+    let registration =
+        shared.registry.register(&name, client.credential, opener.clone(), DRAIN_TIMEOUT).await;
     let mut driver = OwnedTask::spawn(driver);
-    let mut forwards = Forwards::new(&shared, &client, registration.id, opener);
+    // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
+    let owned = CancellationToken::new();
+    let mut forwards = Forwards::new(&shared, &client, registration.id, opener, owned.clone());
     tracing::info!(client = %name, %peer, credential = ?client.credential, "session established");
 
     let end = loop {
         tokio::select! {
             end = &mut driver => break end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
             Some(message) = messages.recv() => {
-                if let Err(reason) = forwards.handle(message, &control).await {
+                let handled = match message {
+                    ControlMessage::RemoteForwardRequest { .. } => forwards.request(message, &control).await,
+                    ControlMessage::ExposeRequest { name: service } => {
+                        expose(&shared, &client, registration.id, service, &control).await;
+                        Ok(())
+                    }
+                    other => Err(format!("unexpected control message from a client: {other:?}")),
+                };
+                if let Err(reason) = handled {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
                     finish(driver).await;
                     break SessionEnd::ProtocolError(reason);
                 }
+            }
+            Some(stream) = incoming.next() => {
+                let visitor = super::visits::Visitor { name: name.clone(), credential: client.credential };
+                tokio::spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
             }
             () = registration.kicked.cancelled() => {
                 control.close(GoodbyeCode::Replaced, "a newer session with the same client name connected").await;
@@ -57,6 +70,27 @@ pub(super) async fn run(
     forwards.close().await;
     shared.registry.unregister(&name, &registration);
     tracing::info!(client = %name, %peer, "session ended: {end}");
+}
+
+/// Registers a private service if this client may expose that name, and answers.
+async fn expose(
+    shared: &Shared,
+    client: &AuthenticatedClient,
+    session: super::registry::SessionId,
+    service: String,
+    control: &crate::session::ControlSender,
+) {
+    let reply = if shared.config.may_expose(&client.name, client.credential, &service) {
+        shared.registry.expose(&client.name, session, &service);
+        tracing::info!(client = %client.name, %service, "service exposed");
+        ControlMessage::ExposeReady { name: service }
+    } else {
+        tracing::info!(client = %client.name, %service, "service refused: name not allowed for this client");
+        let message = format!("client {:?} may not expose a service named {service:?}", client.name);
+        ControlMessage::ExposeRefused { name: service, code: RefusalCode::NameNotAllowed, message }
+    };
+    // A failed send means the session is ending; the driver reports why.
+    let _ = control.send(reply).await;
 }
 
 async fn finish(mut driver: OwnedTask<SessionEnd>) -> SessionEnd {

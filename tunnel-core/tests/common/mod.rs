@@ -127,7 +127,7 @@ impl TestClient {
         .expect("client did not connect in time")
         .expect("client stopped");
         match &*status {
-            ClientStatus::Connected { forwards } => forwards.clone(),
+            ClientStatus::Connected { forwards, .. } => forwards.clone(),
             _ => unreachable!(),
         }
     }

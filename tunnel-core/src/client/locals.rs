@@ -1,0 +1,119 @@
+//! Local forwards: listeners near the client whose connections travel through the server to a
+//! private service of another client, or to a host the server dials.
+//!
+//! The listeners live for the whole run of the client, across reconnects: while no session is
+//! up, a visitor is refused at once (reset), never left hanging.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{LocalForwardSpec, VisitTarget};
+use crate::mux::StreamOpener;
+use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
+use crate::transport;
+
+/// Time allowed for the server's answer to a local forward.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A local forward's listener, bound.
+#[derive(Debug)]
+pub(super) struct BoundLocal {
+    pub(super) spec: LocalForwardSpec,
+    pub(super) listener: TcpListener,
+}
+
+/// Binds every local forward (127.0.0.1 unless the spec names an address).
+pub(super) async fn bind(
+    specs: &[LocalForwardSpec],
+) -> Result<Vec<BoundLocal>, (LocalForwardSpec, std::io::Error)> {
+    let mut bound = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let ip = spec.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let listener = TcpListener::bind((ip, spec.port)).await.map_err(|e| (spec.clone(), e))?;
+        bound.push(BoundLocal { spec: spec.clone(), listener });
+    }
+    Ok(bound)
+}
+
+/// Accepts visitors until `stop`; each goes through the session current at that moment.
+pub(super) async fn serve(
+    local: BoundLocal,
+    session: watch::Receiver<Option<StreamOpener>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = local.listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, visitor)) => {
+                let opener = session.borrow().clone();
+                tokio::spawn(visit(tcp, visitor, local.spec.target.clone(), opener, stop.clone()));
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!(spec = %local.spec, "accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn visit(
+    mut tcp: TcpStream,
+    visitor: SocketAddr,
+    target: VisitTarget,
+    opener: Option<StreamOpener>,
+    stop: CancellationToken,
+) {
+    let _ = transport::configure_tcp(&tcp);
+    let outcome = tokio::select! {
+        () = stop.cancelled() => Err("client stopping".to_owned()),
+        outcome = carry(&mut tcp, visitor, &target, opener) => outcome,
+    };
+    if let Err(why) = outcome {
+        tracing::warn!(%visitor, %target, "local forward failed: {why}");
+        transport::reset_on_close(&tcp);
+    }
+}
+
+/// Sends the visitor's bytes as soon as the header is written (no round trip before them);
+/// waits for the server's answer before any byte flows back.
+async fn carry(
+    tcp: &mut TcpStream,
+    visitor: SocketAddr,
+    target: &VisitTarget,
+    opener: Option<StreamOpener>,
+) -> Result<(), String> {
+    let opener = opener.filter(|o| !o.is_closed()).ok_or("not connected to the server")?;
+    let stream = opener.open().await.map_err(|e| e.to_string())?;
+    let (mut from_server, mut to_server) = tokio::io::split(stream);
+    let header = StreamHeader::LocalForward { target: target.clone(), visitor }.encode();
+    to_server.write_all(&header).await.map_err(|e| e.to_string())?;
+    let (mut from_visitor, mut to_visitor) = tcp.split();
+    let up = async {
+        tokio::io::copy(&mut from_visitor, &mut to_server).await?;
+        to_server.shutdown().await
+    };
+    let down = async {
+        let reply = tokio::time::timeout(REPLY_TIMEOUT, StreamReply::read(&mut from_server))
+            .await
+            .map_err(|_| std::io::Error::other("the server did not answer in time"))?
+            .map_err(std::io::Error::other)?;
+        if reply.status != ReplyStatus::Ok {
+            return Err(std::io::Error::other(format!(
+                "refused by the server ({}): {}",
+                reply.status, reply.message
+            )));
+        }
+        tokio::io::copy(&mut from_server, &mut to_visitor).await?;
+        to_visitor.shutdown().await
+    };
+    tokio::try_join!(up, down).map(|_| ()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,151 @@
+//! Streams a client opens toward the server: local forwards to another client's private
+//! service (spliced stream to stream) or to a host the server dials itself (if allowed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::ServiceLookup;
+use super::Shared;
+use crate::auth::CredentialKind;
+use crate::forward::{splice, TargetAddr, VisitTarget};
+use crate::mux::MuxStream;
+use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
+use crate::transport;
+
+/// The client writes its header first thing; a stream silent this long is abandoned.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to connect to a server-side target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client a stream came from.
+#[derive(Debug, Clone)]
+pub(super) struct Visitor {
+    pub(super) name: String,
+    pub(super) credential: CredentialKind,
+}
+
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    from: Visitor,
+    mut stream: MuxStream,
+    owned: CancellationToken,
+) {
+    let header = match tokio::time::timeout(HEADER_TIMEOUT, StreamHeader::read(&mut stream)).await {
+        Ok(Ok(header)) => header,
+        Ok(Err(err)) => return tracing::warn!(client = %from.name, "dropping stream: {err}"),
+        Err(_) => {
+            return tracing::warn!(client = %from.name, "dropping stream: no header within {HEADER_TIMEOUT:?}")
+        }
+    };
+    let StreamHeader::LocalForward { target, visitor } = header else {
+        return tracing::warn!(client = %from.name, "dropping stream: clients may only open local forwards");
+    };
+    let carried = tokio::select! {
+        () = owned.cancelled() => return,
+        carried = carry(&shared, &from, &mut stream, &target, visitor) => carried,
+    };
+    if let Err(refusal) = carried {
+        tracing::info!(client = %from.name, %target, %visitor, "visit refused ({}): {}", refusal.status, refusal.message);
+        // Best effort: the client closes its visitor on reading this.
+        let _ = stream.write_all(&refusal.encode()).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Connects the stream to its target; `Err` is the refusal to send back.
+async fn carry(
+    shared: &Shared,
+    from: &Visitor,
+    stream: &mut MuxStream,
+    target: &VisitTarget,
+    visitor: SocketAddr,
+) -> Result<(), StreamReply> {
+    match target {
+        VisitTarget::Service { client, service } => {
+            let (opener, owner_credential) = shared.registry.service(client, service).map_err(|lookup| {
+                let why = match lookup {
+                    ServiceLookup::ClientOffline => format!("client {client:?} is not connected"),
+                    ServiceLookup::NoSuchService => {
+                        format!("client {client:?} exposes no service {service:?}")
+                    }
+                };
+                StreamReply::refuse(ReplyStatus::Unavailable, why)
+            })?;
+            if !shared.config.may_visit(&from.name, from.credential, client, owner_credential, service) {
+                return Err(StreamReply::refuse(
+                    ReplyStatus::Denied,
+                    format!("client {:?} may not visit {client}/{service}", from.name),
+                ));
+            }
+            let mut upstream = opener.open().await.map_err(|e| {
+                StreamReply::refuse(ReplyStatus::Unavailable, format!("cannot reach client {client:?}: {e}"))
+            })?;
+            let header =
+                StreamHeader::ServiceVisit { service: service.clone(), from: from.name.clone(), visitor };
+            let opened = async {
+                upstream.write_all(&header.encode()).await?;
+                stream.write_all(&StreamReply::ok().encode()).await
+            };
+            if opened.await.is_err() {
+                return Ok(()); // One side is gone; dropping both resets the other.
+            }
+            tracing::debug!(client = %from.name, %target, %visitor, "visiting service");
+            if let Err(err) = splice(stream, &mut upstream).await {
+                tracing::debug!(client = %from.name, %target, "service visit failed: {err}");
+            }
+            Ok(())
+        }
+        VisitTarget::Address(addr) => {
+            let rules = shared.config.targets_for(&from.name, from.credential);
+            let resolved = resolve_allowed(addr, rules).await?;
+            let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(resolved));
+            let mut tcp = match connect.await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(err)) => {
+                    return Err(StreamReply::refuse(ReplyStatus::Unreachable, format!("{addr}: {err}")))
+                }
+                Err(_) => {
+                    return Err(StreamReply::refuse(
+                        ReplyStatus::Unreachable,
+                        format!("{addr}: connect timed out"),
+                    ))
+                }
+            };
+            let _ = transport::configure_tcp(&tcp);
+            if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
+                transport::reset_on_close(&tcp);
+                return Ok(());
+            }
+            tracing::debug!(client = %from.name, %addr, %resolved, %visitor, "visiting server-side target");
+            if let Err(err) = splice(stream, &mut tcp).await {
+                tracing::debug!(client = %from.name, %addr, "server-side visit failed: {err}");
+                transport::reset_on_close(&tcp);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves `addr` and returns the first address the rules allow. A host name is allowed by
+/// name, or by the IP it resolves to; the check and the connection use the same address, so
+/// a DNS answer cannot change between them.
+async fn resolve_allowed(
+    addr: &TargetAddr,
+    rules: &crate::forward::TargetRules,
+) -> Result<SocketAddr, StreamReply> {
+    let denied =
+        || StreamReply::refuse(ReplyStatus::Denied, format!("{addr} is not in the server's allow_targets"));
+    if rules.is_empty() {
+        return Err(denied());
+    }
+    let by_name = addr.host.parse::<std::net::IpAddr>().is_err() && rules.allows_name(&addr.host, addr.port);
+    let candidates = tokio::net::lookup_host((addr.host.as_str(), addr.port)).await.map_err(|e| {
+        StreamReply::refuse(ReplyStatus::Unreachable, format!("cannot resolve {}: {e}", addr.host))
+    })?;
+    candidates.into_iter().find(|c| by_name || rules.allows_ip(c.ip(), c.port())).ok_or_else(denied)
+}
