@@ -193,7 +193,7 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         resets: 0,
         link,
     };
-    (opener, IncomingStreams { rx: incoming_rx }, driver)
+    (opener, IncomingStreams { rx: incoming_rx, held: VecDeque::new() }, driver)
 }
 
 enum Command {
@@ -238,16 +238,37 @@ impl StreamOpener {
     }
 }
 
-/// Streams the peer opened, in order.
+/// Streams the peer opened, in the order they arrived.
 #[derive(Debug)]
 pub struct IncomingStreams {
     rx: mpsc::Receiver<MuxStream>,
+    /// Streams taken out of order (see [`IncomingStreams::take_stream`]), delivered first.
+    held: VecDeque<MuxStream>,
 }
 
 impl IncomingStreams {
     /// The next inbound stream; `None` once the connection is closed.
     pub async fn next(&mut self) -> Option<MuxStream> {
-        self.rx.recv().await
+        match self.held.pop_front() {
+            Some(stream) => Some(stream),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// Waits for the stream with yamux id `id`, holding up to `max_held` streams that arrive
+    /// before it for [`IncomingStreams::next`]. yamux announces a stream with its first frame and
+    /// does not order frames across streams, so the peer's first stream may not arrive first.
+    pub async fn take_stream(&mut self, id: u32, max_held: usize) -> Option<MuxStream> {
+        loop {
+            let stream = self.rx.recv().await?;
+            if stream.id() == id {
+                return Some(stream);
+            }
+            if self.held.len() >= max_held {
+                return None;
+            }
+            self.held.push_back(stream);
+        }
     }
 }
 
@@ -267,6 +288,12 @@ pub struct MuxStream {
 impl MuxStream {
     fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
         Self { inner: stream.compat(), _permit: permit, link, write_closed: false }
+    }
+
+    /// The yamux stream id: odd for streams the client side opened (its first is 1), even for
+    /// the server side's.
+    pub fn id(&self) -> u32 {
+        self.inner.get_ref().id().val()
     }
 }
 
@@ -539,6 +566,27 @@ mod tests {
         let mut reply = [0u8; 2];
         streams[usize::from(id)].read_exact(&mut reply).await.unwrap();
         assert_eq!(&reply, b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_stream_announced_before_the_first_one_is_held_not_mistaken_for_it() {
+        let ((opener, _), (_, mut incoming)) = pair(&MuxConfig::default());
+        let mut first = opener.open().await.unwrap();
+        let mut second = opener.open().await.unwrap();
+        // The second stream speaks first, so the peer hears of it first.
+        second.write_all(b"data").await.unwrap();
+        let (taken, ()) = tokio::join!(incoming.take_stream(1, 4), async {
+            tokio::task::yield_now().await;
+            first.write_all(b"ctrl").await.unwrap();
+        });
+        let mut control = taken.expect("stream 1");
+        assert_eq!(control.id(), 1);
+        let mut buf = [0u8; 4];
+        control.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ctrl");
+        let mut held = incoming.next().await.unwrap();
+        held.read_exact(&mut buf).await.unwrap();
+        assert_eq!((held.id(), &buf), (3, b"data"));
     }
 
     #[tokio::test]

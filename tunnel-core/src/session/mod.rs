@@ -23,6 +23,12 @@ use crate::proto::handshake::{AuthenticatedClient, Established, HandshakeError};
 use crate::proto::{ControlMessage, FrameError};
 use crate::transport::Io;
 
+/// yamux id of the client's first stream, the control stream.
+const CONTROL_STREAM_ID: u32 = 1;
+
+/// Data streams that may arrive before the control stream (they are served once it is up).
+const MAX_EARLY_STREAMS: usize = 16;
+
 /// Session settings shared by both sides.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -119,8 +125,9 @@ impl Session {
     ) -> Result<(Self, AuthenticatedClient), SessionError> {
         let client = server_handshake(&mut io, binding, credentials, config.heartbeat_interval).await?;
         let (opener, mut incoming, mut mux) = mux::start(io, &config.mux, Mode::Server);
+        // The control stream is the client's first stream (yamux id 1), whenever it arrives.
         let control = tokio::select! {
-            stream = tokio::time::timeout(control_timeout, incoming.next()) => {
+            stream = tokio::time::timeout(control_timeout, incoming.take_stream(CONTROL_STREAM_ID, MAX_EARLY_STREAMS)) => {
                 stream.ok().flatten().ok_or(SessionError::NoControlStream)?
             }
             end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),

@@ -106,8 +106,18 @@ pub struct TestClient {
     pub task: JoinHandle<Result<(), ClientError>>,
 }
 
+/// Starts a client after binding its local forwards; returns their addresses too.
+pub async fn start_client_with_locals(config: ClientConfig) -> (TestClient, Vec<SocketAddr>) {
+    let mut client = Client::new(config);
+    let locals = client.listen_locals().await.unwrap().into_iter().map(|l| l.bound_addr).collect();
+    (spawn_client(client), locals)
+}
+
 pub fn start_client(config: ClientConfig) -> TestClient {
-    let client = Client::new(config);
+    spawn_client(Client::new(config))
+}
+
+fn spawn_client(client: Client) -> TestClient {
     let status = client.status();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(client.run(async {
