@@ -9,6 +9,8 @@ use crate::args::ConnectArgs;
 use crate::Failure;
 
 pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
+    let shutdown =
+        crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let config = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
     let server_host = host_of(&config.server).to_owned();
     tracing::info!(server = %config.server, name = %config.name, "connecting");
@@ -35,7 +37,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
             }
         }
     });
-    let result = client.run(crate::shutdown::signal()).await;
+    let result = client.run(shutdown).await;
     printer.abort();
     result.map_err(Failure::runtime)
 }

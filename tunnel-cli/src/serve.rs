@@ -10,6 +10,8 @@ use crate::args::ServeArgs;
 use crate::Failure;
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    let shutdown =
+        crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let setup = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
     let listener = TcpListener::bind(&setup.listen)
         .await
@@ -20,7 +22,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
     }
     Server::new(setup.config)
-        .run(listener, crate::shutdown::signal())
+        .run(listener, shutdown)
         .await
         .map_err(|e| Failure::runtime(format!("server failed: {e}")))
 }

@@ -22,6 +22,8 @@ fn server_example_parses_and_builds() {
     assert!(setup.config.tls.is_some());
     assert_eq!(setup.config.clients["control-plane"].allow_ports.as_ref().unwrap().to_string(), "6443");
     assert_eq!(setup.config.allow_ports.to_string(), "6443,10000-10100");
+    assert_eq!(setup.config.clients["control-plane"].allow_visit[0].to_string(), "worker-*/kubelet");
+    assert!(!setup.config.allow_targets.is_empty());
 }
 
 #[test]
@@ -35,4 +37,27 @@ fn client_example_parses_and_builds() {
     let config = file.build().unwrap();
     assert_eq!(config.name, "control-plane");
     assert_eq!(config.remotes[0].remote_port, 6443);
+    assert_eq!(config.locals[0].target.to_string(), "worker-1/kubelet");
+    assert_eq!(config.services[0].name, "apiserver");
+}
+
+#[test]
+fn hybrid_kubernetes_examples_parse_and_build() {
+    let mut server = ServerFile::load(&example("hybrid-kubernetes/server.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    server.state_dir = Some(dir.path().to_owned());
+    for client in &mut server.clients {
+        let token = dir.path().join(format!("{}.token", client.name));
+        std::fs::write(&token, format!("{}-secret", client.name)).unwrap();
+        client.token_file = Some(token);
+    }
+    let setup = server.build().unwrap();
+    assert_eq!(setup.config.clients.len(), 3);
+    for name in ["control-plane.toml", "worker.toml"] {
+        let mut client = ClientFile::load(&example(&format!("hybrid-kubernetes/{name}"))).unwrap();
+        client.token_file = Some(dir.path().join("worker-1.token"));
+        client.fingerprint = Some("0".repeat(64));
+        let config = client.build().unwrap();
+        assert!(!config.locals.is_empty() && !config.services.is_empty(), "{name}");
+    }
 }

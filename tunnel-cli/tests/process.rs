@@ -101,14 +101,21 @@ impl Cli {
             tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("process kept running").unwrap();
         // Let the pipe readers drain what the process printed last.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        status.code().unwrap_or(-1)
+        status
+            .code()
+            .unwrap_or_else(|| panic!("process ended by a signal ({status:?}); output:\n{}", self.output()))
     }
 
     /// Sends SIGTERM and returns the exit code.
     pub async fn terminate(&mut self) -> i32 {
-        let pid = self.child.id().expect("process already exited");
-        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-        assert!(status.success());
+        // Signal only a child known to be running: until we reap it, its PID cannot be reused
+        // by another test's process.
+        if self.child.try_wait().unwrap().is_none() {
+            let pid = self.child.id().expect("a running child has a pid");
+            let status =
+                std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+            assert!(status.success());
+        }
         self.exit_code().await
     }
 }

@@ -92,11 +92,19 @@ pub struct MuxConfig {
     pub max_connection_window: Option<usize>,
     /// Largest data frame yamux sends (default 16 KiB); larger writes are split.
     pub split_send_size: usize,
+    /// Streams per second the peer may open (with a burst of as many); excess streams are reset
+    /// before any work is done for them. `None` (the default) for no limit.
+    pub max_inbound_rate: Option<u32>,
 }
 
 impl Default for MuxConfig {
     fn default() -> Self {
-        Self { max_streams: 1024, max_connection_window: None, split_send_size: 16 * 1024 }
+        Self {
+            max_streams: 1024,
+            max_connection_window: None,
+            split_send_size: 16 * 1024,
+            max_inbound_rate: None,
+        }
     }
 }
 
@@ -137,6 +145,10 @@ pub enum MuxError {
     /// This side already has `max_streams` streams open.
     #[error("stream limit reached ({0} open)")]
     StreamLimit(usize),
+    /// The peer kept opening streams past the rate limit for a whole second; the connection
+    /// was closed.
+    #[error("peer opened streams past the rate limit ({0} refused within a second); closing the connection")]
+    StreamFlood(u64),
     /// yamux reported a connection error (I/O failure or peer protocol violation).
     #[error("multiplexer: {0}")]
     Yamux(#[from] yamux::ConnectionError),
@@ -192,6 +204,7 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         closing: false,
         resets: 0,
         link,
+        inbound_rate: config.max_inbound_rate.map(TokenBucket::new),
     };
     (opener, IncomingStreams { rx: incoming_rx, held: VecDeque::new() }, driver)
 }
@@ -359,6 +372,50 @@ pub struct MuxDriver {
     /// Inbound streams reset for exceeding a limit; logged sparsely so a flood cannot flood logs.
     resets: u64,
     link: Link,
+    inbound_rate: Option<TokenBucket>,
+}
+
+/// Admits up to `rate` events per second, with bursts of as many, and tells a peer that keeps
+/// pushing past it (more than `rate` refusals within one second) from a passing burst.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    refilled: tokio::time::Instant,
+    refused: u64,
+    refused_since: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        let now = tokio::time::Instant::now();
+        Self { rate, tokens: rate, refilled: now, refused: 0, refused_since: now }
+    }
+
+    /// Counts a refusal; true when the refusals of the last second exceed the rate.
+    fn refuse(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.refused_since) > std::time::Duration::from_secs(1) {
+            self.refused = 0;
+            self.refused_since = now;
+        }
+        self.refused += 1;
+        self.refused as f64 > self.rate
+    }
+
+    fn admit(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Drop for MuxDriver {
@@ -405,13 +462,26 @@ impl MuxDriver {
         Ok(())
     }
 
-    fn accept_inbound(&mut self, stream: yamux::Stream) {
-        let refused = match self.inbound_permits.clone().try_acquire_owned() {
-            Ok(permit) => match self.incoming.try_send(MuxStream::new(stream, permit, self.link.clone())) {
-                Ok(()) => return,
-                Err(_) => "inbound stream queue full or closed",
-            },
-            Err(_) => "peer exceeded the stream limit",
+    /// Queues an inbound stream, or resets it when a limit says no. `Err` when the peer is
+    /// flooding: the connection must close.
+    fn accept_inbound(&mut self, stream: yamux::Stream) -> Result<(), MuxError> {
+        let over_rate = self.inbound_rate.as_mut().is_some_and(|bucket| !bucket.admit());
+        let refused = if over_rate {
+            if let Some(bucket) = self.inbound_rate.as_mut() {
+                if bucket.refuse() {
+                    return Err(MuxError::StreamFlood(bucket.refused));
+                }
+            }
+            "peer exceeded the stream rate limit"
+        } else {
+            match self.inbound_permits.clone().try_acquire_owned() {
+                Ok(permit) => match self.incoming.try_send(MuxStream::new(stream, permit, self.link.clone()))
+                {
+                    Ok(()) => return Ok(()),
+                    Err(_) => "inbound stream queue full or closed",
+                },
+                Err(_) => "peer exceeded the stream limit",
+            }
         };
         // The dropped stream is reset. Log the 1st, 10th, 100th... so a flood stays visible
         // without writing a line per stream.
@@ -421,6 +491,7 @@ impl MuxDriver {
         } else {
             tracing::trace!(resets = self.resets, "{refused}; resetting the stream");
         }
+        Ok(())
     }
 
     fn fail_pending_opens(&mut self) {
@@ -449,7 +520,13 @@ impl Future for MuxDriver {
         }
         loop {
             match this.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => this.accept_inbound(stream),
+                Poll::Ready(Some(Ok(stream))) => {
+                    if let Err(flood) = this.accept_inbound(stream) {
+                        tracing::warn!("{flood}");
+                        this.fail_pending_opens();
+                        return Poll::Ready(Err(flood));
+                    }
+                }
                 Poll::Ready(Some(Err(err))) => {
                     this.fail_pending_opens();
                     return Poll::Ready(if is_peer_gone(&err) { Ok(()) } else { Err(err.into()) });
@@ -478,6 +555,8 @@ fn is_peer_gone(err: &yamux::ConnectionError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -587,6 +666,48 @@ mod tests {
         let mut held = incoming.next().await.unwrap();
         held.read_exact(&mut buf).await.unwrap();
         assert_eq!((held.id(), &buf), (3, b"data"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_beyond_the_rate_limit_are_reset_and_the_bucket_refills() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let limited = MuxConfig { max_inbound_rate: Some(10), ..MuxConfig::default() };
+        let (opener, _ia, da) = start(a, &MuxConfig::default(), Mode::Client);
+        let (_ob, mut incoming, db) = start(b, &limited, Mode::Server);
+        tokio::spawn(da);
+        tokio::spawn(db);
+        let mut streams = Vec::new();
+        for _ in 0..15 {
+            let mut s = opener.open().await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            streams.push(s);
+        }
+        let mut admitted = 0;
+        while tokio::time::timeout(Duration::from_millis(100), incoming.next()).await.is_ok() {
+            admitted += 1;
+        }
+        assert_eq!(admitted, 10, "the burst is the rate");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut later = opener.open().await.unwrap();
+        later.write_all(b"y").await.unwrap();
+        assert!(incoming.next().await.is_some(), "the bucket refilled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_flooding_past_the_rate_for_a_second_loses_the_connection() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let limited = MuxConfig { max_inbound_rate: Some(10), ..MuxConfig::default() };
+        let (opener, _ia, da) = start(a, &MuxConfig::default(), Mode::Client);
+        let (_ob, _incoming, db) = start(b, &limited, Mode::Server);
+        tokio::spawn(da);
+        let server = tokio::spawn(db);
+        for _ in 0..25 {
+            let Ok(mut s) = opener.open().await else { break };
+            let _ = s.write_all(b"x").await;
+        }
+        let end =
+            tokio::time::timeout(Duration::from_secs(5), server).await.expect("connection kept").unwrap();
+        assert!(matches!(end, Err(MuxError::StreamFlood(11))), "{end:?}");
     }
 
     #[tokio::test]

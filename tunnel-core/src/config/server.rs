@@ -70,6 +70,9 @@ pub struct ServerLimits {
     pub max_streams_per_session: Option<usize>,
     /// Remote forwards per client (default 64).
     pub max_forwards_per_client: Option<usize>,
+    /// Streams per second one client may open (local forwards), with bursts of as many
+    /// (default 2000).
+    pub max_stream_rate: Option<u32>,
     /// Largest control message in bytes (default 65536).
     pub max_message_size: Option<usize>,
 }
@@ -255,6 +258,11 @@ impl ServerLimits {
         if let Some(n) = positive("limits.max_forwards_per_client", self.max_forwards_per_client)? {
             config.max_forwards_per_client = n;
         }
+        match self.max_stream_rate {
+            Some(0) => return Err(invalid("limits.max_stream_rate", "must be at least 1")),
+            Some(n) => config.session.mux.max_inbound_rate = Some(n),
+            None => {}
+        }
         if let Some(n) = positive("limits.max_message_size", self.max_message_size)? {
             if !(1024..=16 * 1024 * 1024).contains(&n) {
                 return Err(invalid("limits.max_message_size", "must be between 1024 and 16777216 bytes"));
@@ -270,13 +278,16 @@ impl ClientEntry {
         let globs = |key: &'static str, list: &[String]| {
             list.iter().map(|g| g.parse::<Glob>().map_err(|e| invalid(key, e))).collect::<Result<Vec<_>, _>>()
         };
-        let mut policy = ClientPolicy::default();
-        policy.allow_ports =
-            self.allow_ports.as_deref().map(|p| parse_ports("clients.allow_ports", Some(p))).transpose()?;
-        policy.allow_visit = globs("clients.allow_visit", &self.allow_visit)?;
-        policy.allow_expose = globs("clients.allow_expose", &self.allow_expose)?;
-        policy.allow_targets = parse_targets("clients.allow_targets", self.allow_targets.as_deref())?;
-        Ok(policy)
+        Ok(ClientPolicy {
+            allow_ports: self
+                .allow_ports
+                .as_deref()
+                .map(|p| parse_ports("clients.allow_ports", Some(p)))
+                .transpose()?,
+            allow_visit: globs("clients.allow_visit", &self.allow_visit)?,
+            allow_expose: globs("clients.allow_expose", &self.allow_expose)?,
+            allow_targets: parse_targets("clients.allow_targets", self.allow_targets.as_deref())?,
+        })
     }
 }
 

@@ -67,7 +67,10 @@ impl ServerConfig {
             allow_targets: TargetRules::default(),
             clients: HashMap::new(),
             tls,
-            session: SessionConfig::default(),
+            session: SessionConfig {
+                mux: crate::mux::MuxConfig { max_inbound_rate: Some(2000), ..Default::default() },
+                ..Default::default()
+            },
             handshake_timeout: Duration::from_secs(10),
             max_unauthenticated: 256,
             max_unauthenticated_per_source: 32,
