@@ -130,24 +130,29 @@ async fn a_silent_peer_is_declared_dead_at_the_heartbeat_timeout() {
     config.heartbeat_interval = Duration::from_secs(5);
     config.heartbeat_timeout = Duration::from_secs(15);
     let binding = ChannelBinding::Plaintext;
+    // The server side runs its driver as soon as the session is accepted, as a server does:
+    // the client's connect waits for the server's first heartbeat.
     let server_config = config.clone();
     let accept = tokio::spawn(async move {
-        Session::accept(b, &ChannelBinding::Plaintext, &creds, &server_config, Duration::from_secs(5)).await
+        let (server, _) =
+            Session::accept(b, &ChannelBinding::Plaintext, &creds, &server_config, Duration::from_secs(5))
+                .await
+                .unwrap();
+        let control = server.control.clone();
+        (control, tokio::spawn(server.driver))
     });
     // The client waits longer, so the server's detection is what this test observes (with equal
     // timeouts the client could give up first and close the pipe, which the server sees as EOF).
     let mut client_config = config.clone();
     client_config.heartbeat_timeout = Duration::from_secs(60);
     let (client, _) = Session::connect(client_io, &binding, "c", token, &client_config).await.unwrap();
-    // The control stream reaches the server once the client's driver runs.
     let client_driver = tokio::spawn(client.driver);
-    let (server, _) = accept.await.unwrap().unwrap();
-    let server_driver = tokio::spawn(server.driver);
+    let (server_control, server_driver) = accept.await.unwrap();
 
     // Healthy for many heartbeat intervals: pings keep both sides alive.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!server_driver.is_finished() && !client_driver.is_finished());
-    assert!(server.control.rtt().is_some(), "heartbeats should have measured a round trip");
+    assert!(server_control.rtt().is_some(), "heartbeats should have measured a round trip");
 
     let frozen_at = tokio::time::Instant::now();
     frozen.store(true, Ordering::SeqCst);

@@ -70,6 +70,25 @@ pub enum SessionError {
     /// The client did not open its control stream in time.
     #[error("peer did not open a control stream")]
     NoControlStream,
+    /// The server's first control message was not a heartbeat.
+    #[error("unexpected first control message: {0}")]
+    UnexpectedControl(String),
+}
+
+/// Opens the control stream, sends a ping on it and reads the server's first frame.
+async fn open_control(
+    opener: &StreamOpener,
+    max_message_size: usize,
+) -> Result<crate::mux::MuxStream, SessionError> {
+    let mut control = opener.open().await?;
+    let ping = ControlMessage::Ping { nonce: rand::random() }.encode();
+    crate::proto::frame::write(&mut control, &crate::proto::frame::encode_to_vec(&ping)).await?;
+    let first = crate::proto::frame::read(&mut control, max_message_size).await?;
+    match ControlMessage::decode(&first) {
+        Ok(ControlMessage::Ping { .. } | ControlMessage::Pong { .. }) => Ok(control),
+        Ok(other) => Err(SessionError::UnexpectedControl(format!("{other:?}"))),
+        Err(err) => Err(SessionError::UnexpectedControl(err.to_string())),
+    }
 }
 
 impl From<std::io::Error> for SessionError {
@@ -104,8 +123,11 @@ impl Session {
     ) -> Result<(Self, Established), SessionError> {
         let established = client_handshake(&mut io, binding, name, token).await?;
         let (opener, incoming, mut mux) = mux::start(io, &config.mux, Mode::Client);
+        // Announce the control stream with a heartbeat and wait for the server's first frame on
+        // it: from then on the server has taken it as the control stream, and no data stream we
+        // open can overtake it (yamux does not order frames across streams).
         let control = tokio::select! {
-            stream = opener.open() => stream?,
+            control = open_control(&opener, config.max_message_size) => control?,
             end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),
         };
         let mut config = config.clone();

@@ -46,6 +46,7 @@ pub fn server_config_with(
 }
 
 pub async fn start_server(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    init_test_log();
     let (config, fingerprint, dir) = server_config_with(configure);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     serve_on(listener, config, fingerprint, dir)
