@@ -15,7 +15,7 @@ use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
 
 /// Time a closing session gets to deliver its goodbye before it is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) async fn run(
     shared: Arc<Shared>,

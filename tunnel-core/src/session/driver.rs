@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::SessionConfig;
 
 /// Bound on flushing or draining the control stream when the connection is going away.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::mux::{MuxDriver, MuxStream, StreamOpener};
 use crate::proto::{frame, ControlMessage, FrameError, GoodbyeCode};
 
