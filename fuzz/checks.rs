@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use tunnel_core::auth::{ChannelBinding, Credentials, Token};
 use tunnel_core::config::{ClientFile, HumanDuration, ServerFile};
-use tunnel_core::forward::{PortSet, RemoteForwardSpec, TargetAddr};
+use tunnel_core::forward::{
+    Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetAddr, TargetRules,
+};
 use tunnel_core::proto::handshake::{
     ClientHandshake, ClientStep, HandshakeMessage, ServerHandshake, ServerStep, MAX_HANDSHAKE_FRAME,
 };
-use tunnel_core::proto::{frame, ControlMessage, FrameError, StreamHeader};
+use tunnel_core::proto::{frame, ControlMessage, FrameError, StreamHeader, StreamReply};
 use tunnel_core::tls::Fingerprint;
 
 /// A property check over one input.
@@ -57,12 +59,18 @@ pub fn control_message(data: &[u8]) {
     }
 }
 
-/// Stream headers: likewise (the encoding carries a 2-byte length prefix).
+/// Stream headers and the reply to a local forward: likewise (both encodings carry a 2-byte
+/// length prefix).
 pub fn stream_header(data: &[u8]) {
     if let Ok(header) = StreamHeader::decode(data) {
         let encoded = header.encode();
         assert!(data.starts_with(&encoded[2..]), "re-encoding differs: {header:?}");
         assert_eq!(StreamHeader::decode(&encoded[2..]).unwrap(), header);
+    }
+    if let Ok(reply) = StreamReply::decode(data) {
+        let encoded = reply.encode();
+        assert!(data.starts_with(&encoded[2..]), "re-encoding differs: {reply:?}");
+        assert_eq!(StreamReply::decode(&encoded[2..]).unwrap(), reply);
     }
 }
 
@@ -142,6 +150,21 @@ pub fn text_parsers(data: &[u8]) {
     }
     if let Ok(spec) = text.parse::<RemoteForwardSpec>() {
         assert_eq!(spec.to_string().parse::<RemoteForwardSpec>().unwrap(), spec);
+    }
+    if let Ok(spec) = text.parse::<LocalForwardSpec>() {
+        assert_eq!(spec.to_string().parse::<LocalForwardSpec>().unwrap(), spec);
+    }
+    if let Ok(spec) = text.parse::<ServiceSpec>() {
+        assert_eq!(spec.to_string().parse::<ServiceSpec>().unwrap(), spec);
+    }
+    if let Ok(rules) = text.parse::<TargetRules>() {
+        assert_eq!(rules.to_string().parse::<TargetRules>().unwrap(), rules);
+    }
+    if let Ok(glob) = text.parse::<Glob>() {
+        assert!(
+            glob.matches(text) || text.contains(['*', '?']),
+            "a glob without wildcards must match itself"
+        );
     }
     if let Ok(target) = text.parse::<TargetAddr>() {
         assert_eq!(target.to_string().parse::<TargetAddr>().unwrap(), target);

@@ -9,7 +9,7 @@ mod process;
 
 use std::net::SocketAddr;
 
-use common::Pattern;
+use common::{source_target, Pattern};
 use process::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,33 +39,12 @@ async fn read_intact_prefix(tcp: &mut TcpStream, seed: u64, len: usize) {
     assert!(got == expected, "the bytes before the kill are corrupted");
 }
 
-/// Sends `len` bytes of pattern `seed` to every connection.
-async fn source(seed: u64, len: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pattern = Pattern::new(seed);
-                let mut buf = vec![0u8; 64 * 1024];
-                for _ in 0..len / buf.len() {
-                    pattern.fill(&mut buf);
-                    if tcp.write_all(&buf).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_client_mid_download_errors_the_visitor() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = serve(dir.path(), &["--token", TOKEN], &[]).await;
     let len = 4096 * MIB;
-    let target = source(5, len).await;
+    let target = source_target(5, len).await;
     let mut client = connect(&server, &["--token", TOKEN, "-R", &format!("127.0.0.1:0:{target}")], &[]);
     let port = public_port(&client.line_after("remote forward ready: ").await);
 

@@ -22,31 +22,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MIB: usize = 1024 * 1024;
 
-/// A target that sends `len` bytes of pattern `seed` to each connection.
-async fn source_target(seed: u64, len: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pattern = Pattern::new(seed);
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut left = len;
-                while left > 0 {
-                    let n = left.min(buf.len());
-                    pattern.fill(&mut buf[..n]);
-                    if tcp.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Reads to the end; returns the bytes read, their hash and how the stream ended.
 async fn drain(tcp: &mut TcpStream, progress: &AtomicUsize) -> (usize, [u8; 32], std::io::Result<()>) {
     let mut hash = Sha256::new();

@@ -82,10 +82,7 @@ impl StreamHeader {
                     .socket_addr(*visitor);
             }
         }
-        let body = body.finish();
-        let mut out = Writer::new();
-        out.u16(u16::try_from(body.len()).unwrap_or(u16::MAX)).bytes(&body);
-        out.finish()
+        with_length(body.finish())
     }
 
     /// Decodes a header body (after the length prefix).
@@ -126,6 +123,13 @@ impl StreamHeader {
     pub async fn read<R: AsyncRead + Unpin>(io: &mut R) -> Result<Self, HeaderError> {
         Ok(Self::decode(&read_body(io, "stream header").await?)?)
     }
+}
+
+/// Prefixes a header or reply body with its `u16` length (bodies are capped far below it).
+fn with_length(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u16(u16::try_from(body.len()).unwrap_or(u16::MAX)).bytes(&body);
+    out.finish()
 }
 
 fn name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
@@ -219,10 +223,7 @@ impl StreamReply {
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Writer::new();
         body.u8(self.status.to_u8()).string(&self.message, MAX_REASON_LEN);
-        let body = body.finish();
-        let mut out = Writer::new();
-        out.u16(u16::try_from(body.len()).unwrap_or(u16::MAX)).bytes(&body);
-        out.finish()
+        with_length(body.finish())
     }
 
     /// Decodes a reply body (after the length prefix).

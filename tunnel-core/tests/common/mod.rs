@@ -286,6 +286,31 @@ pub async fn bulk_target(
     (addr, rx)
 }
 
+/// A target that sends `len` bytes of pattern `seed` to each connection.
+pub async fn source_target(seed: u64, len: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pattern = Pattern::new(seed);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(buf.len());
+                    pattern.fill(&mut buf[..n]);
+                    if tcp.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 /// Connects, sends `message`, half-closes, and returns everything read back.
 pub async fn round_trip(addr: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut tcp = TcpStream::connect(addr).await?;
