@@ -67,7 +67,9 @@ fn handshake(c: &mut Criterion) {
             let mut server = ServerHandshake::new(&credentials, &binding, [2; 32], Duration::from_secs(10));
             let ServerStep::Reply(challenge) = server.handle(&hello[4..]).unwrap() else { unreachable!() };
             let ClientStep::Send(proof) = client.handle(&challenge[4..]).unwrap() else { unreachable!() };
-            let ServerStep::Accept { reply, .. } = server.handle(&proof[4..]).unwrap() else { unreachable!() };
+            let ServerStep::Accept { reply, .. } = server.handle(&proof[4..]).unwrap() else {
+                unreachable!()
+            };
             black_box(client.handle(&reply[4..]).unwrap())
         })
     });

@@ -46,10 +46,10 @@ async fn receive(mut reader: impl AsyncReadExt + Unpin) -> usize {
 }
 
 /// One iteration: `TOTAL` bytes over `streams` mux streams on a fresh connection.
-async fn over_mux(streams: usize) -> Duration {
+async fn over_mux(streams: usize, config: &MuxConfig) -> Duration {
     let (a, b) = tcp_pair().await;
-    let (opener, _ia, da) = mux::start(a, &MuxConfig::default(), Mode::Client);
-    let (_ob, mut incoming, db) = mux::start(b, &MuxConfig::default(), Mode::Server);
+    let (opener, _ia, da) = mux::start(a, config, Mode::Client);
+    let (_ob, mut incoming, db) = mux::start(b, config, Mode::Server);
     let (da, db) = (tokio::spawn(da), tokio::spawn(db));
     let started = Instant::now();
     let per_stream = TOTAL / streams;
@@ -88,11 +88,18 @@ fn throughput(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut group = c.benchmark_group("mux_throughput");
     group.throughput(Throughput::Bytes(TOTAL as u64)).sample_size(10);
-    group.bench_function("direct_tcp", |b| b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(direct())).sum()));
-    for streams in [1, 8] {
-        group.bench_function(format!("{streams}_streams"), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(over_mux(streams))).sum())
-        });
+    group.bench_function("direct_tcp", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(direct())).sum())
+    });
+    // yamux's data frame size is the main knob inside the mux: compared in the same run.
+    for split in [16 * 1024, 64 * 1024, 256 * 1024] {
+        let mut config = MuxConfig::default();
+        config.split_send_size = split;
+        for streams in [1, 8] {
+            group.bench_function(format!("{streams}_streams/split_{}k", split / 1024), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(over_mux(streams, &config))).sum())
+            });
+        }
     }
     group.finish();
 }
