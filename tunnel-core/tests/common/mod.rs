@@ -182,20 +182,30 @@ where
     }
 }
 
-/// A TCP echo server: echoes each connection until EOF, then closes its write side.
-pub async fn echo_target() -> SocketAddr {
+/// A target on 127.0.0.1:0 that runs `handler` for each accepted connection.
+pub async fn serve_target<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(handler(tcp));
         }
     });
     addr
+}
+
+/// A TCP echo server: echoes each connection until EOF, then closes its write side.
+pub async fn echo_target() -> SocketAddr {
+    serve_target(|mut tcp| async move {
+        let (mut r, mut w) = tcp.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so both ends can hash what they expect.
@@ -231,20 +241,30 @@ impl Pattern {
     }
 }
 
+/// Writes the first `len` bytes of pattern `seed`.
+pub async fn write_pattern<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    seed: u64,
+    len: usize,
+) -> std::io::Result<()> {
+    let mut pattern = Pattern::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        pattern.fill(&mut buf[..n]);
+        w.write_all(&buf[..n]).await?;
+        left -= n;
+    }
+    Ok(())
+}
+
 /// Writes `len` pattern bytes then half-closes, while reading everything the peer sends.
 /// Returns the SHA-256 and length of what was read.
 pub async fn exchange(tcp: TcpStream, seed: u64, len: usize) -> std::io::Result<([u8; 32], usize)> {
     let (mut r, mut w) = tcp.into_split();
     let writer = async move {
-        let mut pattern = Pattern::new(seed);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(buf.len());
-            pattern.fill(&mut buf[..n]);
-            w.write_all(&buf[..n]).await?;
-            left -= n;
-        }
+        write_pattern(&mut w, seed, len).await?;
         w.shutdown().await
     };
     let reader = async move {
@@ -270,45 +290,27 @@ pub async fn bulk_target(
     seed: u64,
     len: usize,
 ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<([u8; 32], usize)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if let Ok(received) = exchange(tcp, seed, len).await {
-                    let _ = tx.send(received);
-                }
-            });
+    let addr = serve_target(move |tcp| {
+        let tx = tx.clone();
+        async move {
+            if let Ok(received) = exchange(tcp, seed, len).await {
+                let _ = tx.send(received);
+            }
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 
 /// A target that sends `len` bytes of pattern `seed` to each connection.
 pub async fn source_target(seed: u64, len: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pattern = Pattern::new(seed);
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut left = len;
-                while left > 0 {
-                    let n = left.min(buf.len());
-                    pattern.fill(&mut buf[..n]);
-                    if tcp.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-                let _ = tcp.shutdown().await;
-            });
+    serve_target(move |mut tcp| async move {
+        if write_pattern(&mut tcp, seed, len).await.is_ok() {
+            let _ = tcp.shutdown().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Connects, sends `message`, half-closes, and returns everything read back.
@@ -358,21 +360,15 @@ pub fn describe_fds() -> Vec<String> {
 
 /// A target that reads everything and, at EOF, answers with the byte count (u64).
 pub async fn sink_target() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut total = 0u64;
-                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-                    total += n as u64;
-                }
-                let _ = tcp.write_all(&total.to_be_bytes()).await;
-            });
+    serve_target(|mut tcp| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            total += n as u64;
         }
-    });
-    addr
+        let _ = tcp.write_all(&total.to_be_bytes()).await;
+    })
+    .await
 }
 
 /// Sends `bytes` through `public` to a [`sink_target`]; returns bytes per second (wall clock).
