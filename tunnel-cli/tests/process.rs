@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct Cli {
 struct Output {
     text: Mutex<String>,
     changed: Notify,
+    /// Pipes (stdout, stderr) read to their end.
+    pipes_closed: AtomicUsize,
 }
 
 pub fn command(args: &[&str]) -> Command {
@@ -55,6 +58,7 @@ fn collect(pipe: impl AsyncRead + Unpin + Send + 'static, output: Arc<Output>, p
             drop(text);
             output.changed.notify_waiters();
         }
+        output.pipes_closed.fetch_add(1, Ordering::SeqCst);
         output.changed.notify_waiters();
     });
 }
@@ -99,8 +103,17 @@ impl Cli {
     pub async fn exit_code(&mut self) -> i32 {
         let status =
             tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("process kept running").unwrap();
-        // Let the pipe readers drain what the process printed last.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Everything the process printed is collected once both pipes reached their end.
+        let drained = async {
+            loop {
+                let notified = self.output.changed.notified();
+                if self.output.pipes_closed.load(Ordering::SeqCst) == 2 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, drained).await.expect("output pipes stayed open after exit");
         status
             .code()
             .unwrap_or_else(|| panic!("process ended by a signal ({status:?}); output:\n{}", self.output()))
