@@ -7,12 +7,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{LocalForwardSpec, VisitTarget};
+use crate::forward::{LocalForwardSpec, VisitTarget, COPY_BUFFER};
 use crate::mux::StreamOpener;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
@@ -98,7 +98,8 @@ async fn carry(
     to_server.write_all(&header).await.map_err(|e| e.to_string())?;
     let (mut from_visitor, mut to_visitor) = tcp.split();
     let up = async {
-        tokio::io::copy(&mut from_visitor, &mut to_server).await?;
+        tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUFFER, &mut from_visitor), &mut to_server)
+            .await?;
         to_server.shutdown().await
     };
     let down = async {
@@ -112,7 +113,9 @@ async fn carry(
                 reply.status, reply.message
             )));
         }
-        tokio::io::copy(&mut from_server, &mut to_visitor).await?;
+        // The reply was read exactly; buffering starts after it.
+        tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUFFER, &mut from_server), &mut to_visitor)
+            .await?;
         to_visitor.shutdown().await
     };
     tokio::try_join!(up, down).map(|_| ()).map_err(|e| e.to_string())
