@@ -36,6 +36,11 @@ impl Link {
     }
 }
 
+/// True when a successful read added nothing to a buffer that had room: end of stream.
+fn hit_eof(buf: &ReadBuf<'_>, filled_before: usize) -> bool {
+    buf.filled().len() == filled_before && buf.remaining() > 0
+}
+
 /// The byte stream under yamux, marking the link cut on EOF, error or close.
 struct WatchedIo {
     inner: BoxedIo,
@@ -51,7 +56,7 @@ impl AsyncRead for WatchedIo {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         match &result {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.link.cut(),
+            Poll::Ready(Ok(())) if hit_eof(buf, before) => self.link.cut(),
             Poll::Ready(Err(_)) => self.link.cut(),
             _ => {}
         }
@@ -325,7 +330,7 @@ impl AsyncRead for MuxStream {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
-        if result.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
+        if result.is_ok() && hit_eof(buf, before) {
             if self.link.is_cut() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,

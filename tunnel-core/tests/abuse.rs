@@ -12,14 +12,14 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tunnel_core::auth::{Credentials, Token};
+use tunnel_core::auth::{ChannelBinding, Credentials, Token};
 use tunnel_core::client::ClientError;
 use tunnel_core::mux::{self, Mode, MuxConfig};
 use tunnel_core::proto::handshake::{HandshakeMessage, RefuseCode};
 use tunnel_core::proto::{frame, ControlMessage, GoodbyeCode};
 use tunnel_core::session::{client_handshake, Session, SessionConfig};
 use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
-use tunnel_core::transport::ClientTransport;
+use tunnel_core::transport::{BoxedIo, ClientTransport};
 
 /// Records the largest single allocation, to show oversized length prefixes are never allocated.
 /// The only `unsafe` in the project: a global allocator must be an `unsafe impl`; it forwards
@@ -134,10 +134,15 @@ async fn attacker_session(server: &TestServer, name: &str, max_streams: usize) -
         .await
 }
 
-async fn attacker_session_to(server: &TestTarget, name: &str, max_streams: usize) -> Session {
+/// A TLS connection to the server, verified like a real client's, before any handshake.
+async fn tls_connection(server: &TestTarget) -> (BoxedIo, ChannelBinding) {
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let (io, binding) = ClientTransport::tls(tls, &server.addr.to_string()).unwrap().wrap(tcp).await.unwrap();
+    ClientTransport::tls(tls, &server.addr.to_string()).unwrap().wrap(tcp).await.unwrap()
+}
+
+async fn attacker_session_to(server: &TestTarget, name: &str, max_streams: usize) -> Session {
+    let (io, binding) = tls_connection(server).await;
     let mut config = SessionConfig::default();
     config.mux.max_streams = max_streams;
     let (session, _) =
@@ -532,10 +537,8 @@ async fn malformed_control_messages_end_only_the_offending_session() {
         ("4 GiB control frame", vec![0xff, 0xff, 0xff, 0xff, 0]),
     ];
     for (what, bytes) in bad_frames {
-        let tcp = TcpStream::connect(scene.server.addr).await.unwrap();
-        let tls = client_config(&ServerTrust::Pinned(scene.server.fingerprint)).unwrap();
-        let transport = ClientTransport::tls(tls, &scene.server.addr.to_string()).unwrap();
-        let (mut io, binding) = transport.wrap(tcp).await.unwrap();
+        let target = TestTarget { addr: scene.server.addr, fingerprint: scene.server.fingerprint };
+        let (mut io, binding) = tls_connection(&target).await;
         client_handshake(&mut io, &binding, "rogue", Token::new(TOKEN).unwrap()).await.unwrap();
         let (opener, _incoming, driver) = mux::start(io, &MuxConfig::default(), Mode::Client);
         let _driver = tokio::spawn(driver);

@@ -92,11 +92,7 @@ pub struct LocalForwardSpec {
 
 impl fmt::Display for LocalForwardSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.bind {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
-            Some(ip) => write!(f, "{ip}:")?,
-            None => {}
-        }
+        write_bind(f, self.bind)?;
         write!(f, "{}:{}", self.port, self.target)
     }
 }
@@ -115,9 +111,7 @@ impl FromStr for LocalForwardSpec {
             (false, [bind, port, host, tport]) => (Some(*bind), *port, format!("{host}:{tport}")),
             _ => return Err(err("expected [BIND_ADDR:]PORT:CLIENT/SERVICE or [BIND_ADDR:]PORT:HOST:PORT")),
         };
-        let bind = bind
-            .map(|b| unbracket(b).parse::<IpAddr>().map_err(|_| err("BIND_ADDR must be an IP address")))
-            .transpose()?;
+        let bind = parse_bind(bind).map_err(err)?;
         let port = port.parse().map_err(|_| err("PORT must be a number from 0 to 65535"))?;
         let target = target.parse::<VisitTarget>().map_err(|e| err(&e.reason))?;
         Ok(Self { bind, port, target })
@@ -187,11 +181,7 @@ pub struct RemoteForwardSpec {
 
 impl fmt::Display for RemoteForwardSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.bind {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
-            Some(ip) => write!(f, "{ip}:")?,
-            None => {}
-        }
+        write_bind(f, self.bind)?;
         write!(f, "{}:{}", self.remote_port, self.local)
     }
 }
@@ -207,9 +197,7 @@ impl FromStr for RemoteForwardSpec {
             [bind, remote, host, port] => (Some(*bind), *remote, *host, *port),
             _ => return Err(err("expected [BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")),
         };
-        let bind = bind
-            .map(|b| unbracket(b).parse::<IpAddr>().map_err(|_| err("BIND_ADDR must be an IP address")))
-            .transpose()?;
+        let bind = parse_bind(bind).map_err(err)?;
         let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
         let local = parse_target(host, port).map_err(err)?;
         Ok(Self { bind, remote_port, local })
@@ -252,6 +240,20 @@ fn parse_host(raw: &str) -> Result<String, &'static str> {
         return Err("LOCAL_HOST must be a DNS name, an IPv4 address, or an [IPv6] address");
     }
     Ok(raw.to_owned())
+}
+
+/// Writes an optional bind address with its trailing colon (`[v6]:` for IPv6).
+fn write_bind(f: &mut fmt::Formatter<'_>, bind: Option<IpAddr>) -> fmt::Result {
+    match bind {
+        Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:"),
+        Some(ip) => write!(f, "{ip}:"),
+        None => Ok(()),
+    }
+}
+
+/// Parses an optional `BIND_ADDR` part (an IP address, IPv6 in brackets).
+fn parse_bind(bind: Option<&str>) -> Result<Option<IpAddr>, &'static str> {
+    bind.map(|b| unbracket(b).parse::<IpAddr>().map_err(|_| "BIND_ADDR must be an IP address")).transpose()
 }
 
 /// Splits on colons outside `[...]`; `None` if brackets do not balance.
