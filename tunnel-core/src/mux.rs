@@ -92,9 +92,12 @@ const YAMUX_DEFAULT_CREDIT: usize = 256 * 1024;
 pub struct MuxConfig {
     /// Streams each side may have open at once (default 1024); more are refused or reset.
     pub max_streams: usize,
-    /// Ceiling on the sum of receive windows across streams (default: yamux's minimum for
-    /// the stream count). Stream windows auto-tune toward the link's bandwidth-delay product.
-    pub max_connection_window: Option<usize>,
+    /// Receive-window bytes that streams may take together beyond yamux's initial 256 KiB each
+    /// (default 64 MiB). yamux doubles a stream's window whenever its sender used half of it
+    /// within two round trips, so one stream grows toward the link's bandwidth-delay product
+    /// (up to 32 MiB with the default) and no further; zero pins every stream at 256 KiB, which
+    /// caps one stream near 20 Mbit/s at 100 ms round trip.
+    pub window_growth: usize,
     /// Largest data frame yamux sends (default 64 KiB: measured near 3x the throughput of
     /// yamux's own 16 KiB, see `docs/benchmarks.md`); larger writes are split.
     pub split_send_size: usize,
@@ -107,7 +110,7 @@ impl Default for MuxConfig {
     fn default() -> Self {
         Self {
             max_streams: 1024,
-            max_connection_window: None,
+            window_growth: 64 * 1024 * 1024,
             split_send_size: 64 * 1024,
             max_inbound_rate: None,
         }
@@ -115,18 +118,24 @@ impl Default for MuxConfig {
 }
 
 impl MuxConfig {
+    /// yamux's stream limit: room for our streams, the peer's, and streams being reset; beyond
+    /// it yamux would close the connection, which our own limits keep from happening.
+    fn yamux_streams(&self) -> usize {
+        self.max_streams.saturating_mul(2).saturating_add(64)
+    }
+
+    /// yamux's connection window: every stream's initial credit plus the growth budget.
+    fn connection_window(&self) -> usize {
+        self.yamux_streams().saturating_mul(YAMUX_DEFAULT_CREDIT).saturating_add(self.window_growth)
+    }
+
     fn yamux(&self) -> yamux::Config {
-        // Room for our streams, the peer's, and streams being reset; beyond that yamux
-        // would close the connection, which our own limits keep from happening.
-        let yamux_streams = self.max_streams.saturating_mul(2).saturating_add(64);
-        let minimum_window = yamux_streams.saturating_mul(YAMUX_DEFAULT_CREDIT);
-        let window = self.max_connection_window.unwrap_or(0).max(minimum_window);
         let mut config = yamux::Config::default();
         // yamux asserts window >= streams * credit on every setter: lift the window first.
         config
             .set_max_connection_receive_window(None)
-            .set_max_num_streams(yamux_streams)
-            .set_max_connection_receive_window(Some(window))
+            .set_max_num_streams(self.yamux_streams())
+            .set_max_connection_receive_window(Some(self.connection_window()))
             .set_split_send_size(self.split_send_size.max(1024));
         config
     }
@@ -727,5 +736,74 @@ mod tests {
         da.await.unwrap().unwrap();
         db.await.unwrap().unwrap();
         assert!(opener.open().await.is_err());
+    }
+
+    /// Relays `from` into `to` with a fixed delay, like a long link with unlimited bandwidth,
+    /// recording the most bytes ever in flight.
+    async fn delayed_relay(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin + Send + 'static,
+        delay: Duration,
+        in_flight_max: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        let delivered = in_flight.clone();
+        let writer = tokio::spawn(async move {
+            while let Some((due, chunk)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                delivered.fetch_sub(chunk.len(), Ordering::SeqCst);
+            }
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let now = in_flight.fetch_add(n, Ordering::SeqCst) + n;
+            in_flight_max.fetch_max(now, Ordering::SeqCst);
+            let _ = tx.send((tokio::time::Instant::now() + delay, buf[..n].to_vec()));
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    /// Sends 4 MiB over one stream across a 40 ms round trip; returns the most bytes in flight.
+    /// Real time: yamux measures round trips with the system clock, not tokio's.
+    async fn most_bytes_in_flight(config: &MuxConfig) -> usize {
+        let (a, relay_a) = tokio::io::duplex(1 << 20);
+        let (b, relay_b) = tokio::io::duplex(1 << 20);
+        let (relay_a_read, relay_a_write) = tokio::io::split(relay_a);
+        let (relay_b_read, relay_b_write) = tokio::io::split(relay_b);
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let one_way = Duration::from_millis(20);
+        tokio::spawn(delayed_relay(relay_a_read, relay_b_write, one_way, peak.clone()));
+        tokio::spawn(delayed_relay(relay_b_read, relay_a_write, one_way, Arc::default()));
+        let (opener, _ia, da) = start(a, config, Mode::Client);
+        let (_ob, mut incoming, db) = start(b, config, Mode::Server);
+        tokio::spawn(da);
+        tokio::spawn(db);
+        const TOTAL: usize = 4 << 20;
+        let sender = tokio::spawn(async move {
+            let mut stream = opener.open().await.unwrap();
+            stream.write_all(&vec![7u8; TOTAL]).await.unwrap();
+            stream.shutdown().await.unwrap();
+            stream
+        });
+        let mut received = Vec::new();
+        incoming.next().await.unwrap().read_to_end(&mut received).await.unwrap();
+        assert_eq!(received.len(), TOTAL);
+        drop(sender.await.unwrap());
+        peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn stream_windows_grow_on_a_long_link_within_the_configured_budget() {
+        let pinned = most_bytes_in_flight(&MuxConfig { window_growth: 0, ..MuxConfig::default() }).await;
+        let headers = 4096;
+        assert!(pinned <= YAMUX_DEFAULT_CREDIT + headers, "no growth budget, yet {pinned} bytes in flight");
+        let tuned = most_bytes_in_flight(&MuxConfig::default()).await;
+        assert!(tuned >= 4 * YAMUX_DEFAULT_CREDIT, "window stayed small: {tuned} bytes in flight");
     }
 }

@@ -7,12 +7,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{LocalForwardSpec, VisitTarget, COPY_BUFFER};
+use crate::forward::{copy_until_eof, LocalForwardSpec, VisitTarget};
 use crate::mux::StreamOpener;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
@@ -97,11 +97,7 @@ async fn carry(
     let header = StreamHeader::LocalForward { target: target.clone(), visitor }.encode();
     to_server.write_all(&header).await.map_err(|e| e.to_string())?;
     let (mut from_visitor, mut to_visitor) = tcp.split();
-    let up = async {
-        tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUFFER, &mut from_visitor), &mut to_server)
-            .await?;
-        to_server.shutdown().await
-    };
+    let up = async { copy_until_eof(&mut from_visitor, &mut to_server).await };
     let down = async {
         let reply = tokio::time::timeout(REPLY_TIMEOUT, StreamReply::read(&mut from_server))
             .await
@@ -114,9 +110,7 @@ async fn carry(
             )));
         }
         // The reply was read exactly; buffering starts after it.
-        tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUFFER, &mut from_server), &mut to_visitor)
-            .await?;
-        to_visitor.shutdown().await
+        copy_until_eof(&mut from_server, &mut to_visitor).await
     };
     tokio::try_join!(up, down).map(|_| ()).map_err(|e| e.to_string())
 }

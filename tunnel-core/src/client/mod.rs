@@ -72,7 +72,12 @@ impl ClientConfig {
             remotes: Vec::new(),
             locals: Vec::new(),
             services: Vec::new(),
-            session: SessionConfig::default(),
+            session: SessionConfig {
+                // The server caps streams per session (`limits.max_streams_per_session`, at most
+                // 65536); the client, having pinned that server, follows its cap, not a lower one.
+                mux: crate::mux::MuxConfig { max_streams: 65536, ..Default::default() },
+                ..SessionConfig::default()
+            },
             handshake_timeout: Duration::from_secs(10),
             reconnect: Backoff::default(),
         }

@@ -1,7 +1,22 @@
-use tokio::io::{AsyncRead, AsyncWrite};
+//! Copying between a visitor's socket and a mux stream, with buffers sized by the traffic.
+//!
+//! A forwarded connection often idles for minutes (watches, keep-alive pools) and, on a busy
+//! tunnel, there are thousands of them. Each direction therefore starts with a small buffer and
+//! grows it only when reads keep filling it, so an idle stream costs a few KiB, not the
+//! 128 KiB that two full-size buffers would pin, while bulk transfers still read in 64 KiB.
 
-/// Buffer per direction: large enough that one read fills several mux frames.
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest buffer per direction: large enough that one read fills several mux frames.
 pub const COPY_BUFFER: usize = 64 * 1024;
+
+/// First buffer per direction, taken on the first read.
+const INITIAL_BUFFER: usize = 1024;
 
 /// Bytes carried by a finished [`splice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,11 +30,144 @@ pub struct SpliceStats {
 /// Copies both ways until both directions finished. When one side ends its writes (FIN), the
 /// other side's write half is shut down and the opposite direction keeps flowing, so a visitor
 /// that half-closes still receives the whole reply.
-pub async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<SpliceStats>
+pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<SpliceStats>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (a_to_b, b_to_a) = tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await?;
-    Ok(SpliceStats { a_to_b, b_to_a })
+    let (mut a_to_b, mut b_to_a) = (Pipe::default(), Pipe::default());
+    poll_fn(|cx| {
+        let forward = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let backward = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        match (forward, backward) {
+            (Poll::Ready(a_to_b), Poll::Ready(b_to_a)) => Poll::Ready(Ok(SpliceStats { a_to_b, b_to_a })),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Copies `reader` into `writer` until end of file, then shuts `writer` down; returns the
+/// bytes copied. Buffers grow with the traffic as in [`splice`].
+pub async fn copy_until_eof<R, W>(reader: &mut R, writer: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut pipe = Pipe::default();
+    poll_fn(|cx| pipe.poll_copy(cx, Pin::new(&mut *reader), Pin::new(&mut *writer))).await
+}
+
+/// One direction of a copy.
+#[derive(Debug, Default)]
+struct Pipe {
+    /// Empty until the first read; then `INITIAL_BUFFER`, growing fourfold up to `COPY_BUFFER`.
+    buf: Vec<u8>,
+    /// Bytes `buf[pos..end]` were read and not yet written.
+    pos: usize,
+    end: usize,
+    /// The last read filled the whole buffer: grow it once it is drained.
+    grow: bool,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+    read_done: bool,
+    done: bool,
+    copied: u64,
+}
+
+impl Pipe {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(self.copied));
+            }
+            if self.pos == self.end && !self.read_done {
+                if self.grow || self.buf.is_empty() {
+                    let size = (self.buf.len() * 4).clamp(INITIAL_BUFFER, COPY_BUFFER);
+                    self.buf = vec![0; size];
+                    self.grow = false;
+                }
+                let mut read = ReadBuf::new(&mut self.buf);
+                match reader.as_mut().poll_read(cx, &mut read) {
+                    Poll::Pending => {
+                        // Nothing more to send for now: push out what was written.
+                        if self.unflushed {
+                            ready!(writer.as_mut().poll_flush(cx))?;
+                            self.unflushed = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(result) => result?,
+                }
+                let n = read.filled().len();
+                (self.pos, self.end) = (0, n);
+                self.read_done = n == 0;
+                self.grow = n == self.buf.len() && n < COPY_BUFFER;
+            }
+            while self.pos < self.end {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.copied += n as u64;
+                self.unflushed = true;
+            }
+            if self.read_done {
+                ready!(writer.as_mut().poll_flush(cx))?;
+                ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn small_exchanges_keep_the_small_buffer_and_bulk_grows_it_to_the_cap() {
+        let small = buffer_after(b"ping".repeat(64), 4).await;
+        assert_eq!(small, INITIAL_BUFFER);
+        let bulk = buffer_after(vec![1; 4 << 20], 1 << 20).await;
+        assert_eq!(bulk, COPY_BUFFER);
+    }
+
+    /// Copies `input` through a pipe in `chunk`-byte writes, checks that every byte arrived and
+    /// the sink saw end of file; returns the buffer size the pipe reached.
+    async fn buffer_after(input: Vec<u8>, chunk: usize) -> usize {
+        let (mut source, mut source_far) = tokio::io::duplex(1 << 20);
+        let (mut sink, mut sink_far) = tokio::io::duplex(1 << 20);
+        let expected = input.clone();
+        let writer = tokio::spawn(async move {
+            for piece in input.chunks(chunk) {
+                source_far.write_all(piece).await.unwrap();
+                source_far.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            sink_far.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        let mut pipe = Pipe::default();
+        let copied = poll_fn(|cx| pipe.poll_copy(cx, Pin::new(&mut source), Pin::new(&mut sink))).await;
+        writer.await.unwrap();
+        assert_eq!(copied.unwrap(), expected.len() as u64);
+        assert_eq!(reader.await.unwrap(), expected);
+        pipe.buf.len()
+    }
 }

@@ -9,7 +9,7 @@ mod ports;
 mod rules;
 mod spec;
 
-pub use copy::{splice, SpliceStats, COPY_BUFFER};
+pub use copy::{copy_until_eof, splice, SpliceStats, COPY_BUFFER};
 pub use ports::{PortSet, PortSetError};
 pub use rules::{Glob, RuleError, TargetRules};
 pub use spec::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SpecError, TargetAddr, VisitTarget};

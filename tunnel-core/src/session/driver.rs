@@ -12,11 +12,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::SessionConfig;
-
-/// Bound on flushing or draining the control stream when the connection is going away.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::mux::{MuxDriver, MuxStream, StreamOpener};
 use crate::proto::{frame, ControlMessage, FrameError, GoodbyeCode};
+
+/// Bound on draining the control stream when the connection is going away.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on each phase of closing after a goodbye: the peer's close, then our flush.
+const CLOSE_PHASE: Duration = Duration::from_secs(2);
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +170,7 @@ async fn run(
 
     let read =
         read_loop(reader, config.max_message_size, last_seen.clone(), msg_tx, pong_tx, pings.clone(), rtt);
-    let write = write_loop(writer, out_rx, pong_rx, config.heartbeat_interval, pings, opener);
+    let write = write_loop(writer, out_rx, pong_rx, config.heartbeat_interval, pings);
     let watchdog = watchdog(last_seen, config.heartbeat_timeout);
     // Keep a sender alive so the writer's queue never reports "closed" while we run.
     let _keep = out_tx;
@@ -186,10 +188,26 @@ async fn run(
         },
     };
     if end == SessionEnd::Closed {
-        // Let the multiplexer flush the goodbye and close; bounded so a stuck peer cannot hold us.
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, mux).await;
+        close_after_peer(mux, read, opener).await;
     }
     end
+}
+
+/// Closes after a goodbye was sent. The peer closes first: a socket closed with the peer's
+/// frames still unread makes the kernel send a reset, and a reset can destroy the goodbye
+/// before the peer reads it. Each phase is bounded so a dead or stuck peer cannot hold us.
+async fn close_after_peer(mut mux: MuxDriver, read: impl Future<Output = SessionEnd>, opener: StreamOpener) {
+    let peer_closed = tokio::time::timeout(CLOSE_PHASE, async {
+        tokio::select! {
+            _ = read => false,
+            _ = &mut mux => true,
+        }
+    })
+    .await;
+    if peer_closed != Ok(true) {
+        opener.close().await;
+        let _ = tokio::time::timeout(CLOSE_PHASE, mux).await;
+    }
 }
 
 async fn read_loop(
@@ -242,7 +260,6 @@ async fn write_loop(
     mut pongs: mpsc::Receiver<u64>,
     interval: Duration,
     pings: Arc<Mutex<Option<(u64, Instant)>>>,
-    opener: StreamOpener,
 ) -> SessionEnd {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,7 +271,6 @@ async fn write_loop(
                 Outgoing::Close(code, message) => {
                     write_message(&mut writer, &mut buf, &ControlMessage::Goodbye { code, message }).await;
                     let _ = writer.shutdown().await;
-                    opener.close().await;
                     return SessionEnd::Closed;
                 }
             },
