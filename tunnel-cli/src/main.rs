@@ -1,8 +1,9 @@
 //! `tunnel-cli`: the command-line front end of tunnel-core. It parses flags and TOML, sets up
 //! logging, and calls the library; no protocol logic lives here.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+mod alloc;
 mod args;
 mod connect;
 mod serve;
@@ -34,6 +35,7 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = args::Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

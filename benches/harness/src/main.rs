@@ -113,7 +113,13 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
 
 /// Starts fresh targets and the subject, then runs every probe; a failed probe leaves its cell
 /// empty and its error in the report.
-fn measure(subject: Subject, tools: &Tools, work: &std::path::Path, args: &LoopbackArgs, open_files: u64) -> Measured {
+fn measure(
+    subject: Subject,
+    tools: &Tools,
+    work: &std::path::Path,
+    args: &LoopbackArgs,
+    open_files: u64,
+) -> Measured {
     let mut m = Measured::new(subject);
     let started = (|| -> Result<_> {
         let targets = start_targets()?;
@@ -125,14 +131,17 @@ fn measure(subject: Subject, tools: &Tools, work: &std::path::Path, args: &Loopb
 
     m.rss_idle = m.keep("idle memory", sides(&running, |u| u.rss));
     m.ping = m.keep("ping-pong", probe::ping_pong(running.echo, args.pings, probe_limit));
-    m.connect_1 = m.keep("connections, c=1", probe::connection_rate(running.echo, 1, args.connections, probe_limit));
-    m.connect_8 = m.keep("connections, c=8", probe::connection_rate(running.echo, 8, args.connections, probe_limit));
+    m.connect_1 =
+        m.keep("connections, c=1", probe::connection_rate(running.echo, 1, args.connections, probe_limit));
+    m.connect_8 =
+        m.keep("connections, c=8", probe::connection_rate(running.echo, 8, args.connections, probe_limit));
 
     let mut cpu = 0.0;
     let mut bytes = 0.0;
     let mut iperf = |m: &mut Measured, streams: u32| -> Option<Throughput> {
         let before = Usage::of_all(&running.all_pids()).ok()?;
-        let result = m.keep(&format!("iperf3 -P {streams}"), probe::iperf(running.iperf, streams, args.seconds))?;
+        let result =
+            m.keep(&format!("iperf3 -P {streams}"), probe::iperf(running.iperf, streams, args.seconds))?;
         let after = Usage::of_all(&running.all_pids()).ok()?;
         cpu += after.cpu_seconds - before.cpu_seconds;
         bytes += result.bytes;
@@ -182,7 +191,8 @@ fn start_targets() -> Result<(Targets, Vec<Proc>)> {
     let me = std::env::current_exe()?;
     let mut echo = Proc::spawn("echo server", &me, &["echo"])?;
     let line = echo.wait_for_line("echo listening on ", Duration::from_secs(10))?;
-    let targets = Targets { iperf: ([127, 0, 0, 1], iperf_port).into(), echo: addr_after(&line, "listening on ")? };
+    let targets =
+        Targets { iperf: ([127, 0, 0, 1], iperf_port).into(), echo: addr_after(&line, "listening on ")? };
     Ok((targets, vec![iperf, echo]))
 }
 

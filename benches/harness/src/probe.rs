@@ -72,7 +72,12 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 /// Connect, echo one byte, close: `count` times over `concurrency` threads, at most `limit`
 /// long. `front` must echo.
-pub fn connection_rate(front: SocketAddr, concurrency: usize, count: usize, limit: Duration) -> Result<Latencies> {
+pub fn connection_rate(
+    front: SocketAddr,
+    concurrency: usize,
+    count: usize,
+    limit: Duration,
+) -> Result<Latencies> {
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let samples = Mutex::new(Vec::with_capacity(count));

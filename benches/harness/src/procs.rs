@@ -77,7 +77,10 @@ impl Proc {
                 bail!("{} did not print '{needle}' within {timeout:?}:\n{}", self.name, guard.join("\n"));
             }
             // Woken by new output; the bounded wait also notices a silent exit.
-            guard = changed.wait_timeout(guard, left.min(Duration::from_millis(100))).unwrap_or_else(|e| e.into_inner()).0;
+            guard = changed
+                .wait_timeout(guard, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }

@@ -122,7 +122,11 @@ fn absolute_tables(results: &[Measured]) -> String {
 /// Ours against each baseline: above 1.0 is better for us in every row (CPU is inverted).
 fn ratio_table(ours: &Measured, results: &[Measured]) -> String {
     let baselines: Vec<&Measured> = results.iter().filter(|m| m.subject != ours.subject).collect();
-    let mut out = format!("Ratios of {} to each baseline (above 1.0 favours {}):\n\n| metric |", ours.subject.label(), ours.subject.label());
+    let mut out = format!(
+        "Ratios of {} to each baseline (above 1.0 favours {}):\n\n| metric |",
+        ours.subject.label(),
+        ours.subject.label()
+    );
     for b in &baselines {
         let _ = write!(out, " vs {} |", b.subject.label());
     }
@@ -169,7 +173,10 @@ fn targets_table(results: &[Measured]) -> String {
     let (tls, plain) = (Subject::TunnelTls, Subject::TunnelPlain);
     for (streams, f) in [("1 stream", one), ("8 streams", eight)] {
         row(format!("TLS throughput, {streams}, >= 1.0x bore"), ratio(tls, Subject::Bore, f, 1.0));
-        row(format!("TLS throughput, {streams}, >= 1.7x rathole TLS"), ratio(tls, Subject::RatholeTls, f, 1.7));
+        row(
+            format!("TLS throughput, {streams}, >= 1.7x rathole TLS"),
+            ratio(tls, Subject::RatholeTls, f, 1.7),
+        );
         row(format!("plaintext throughput, {streams}, >= 1.3x bore"), ratio(plain, Subject::Bore, f, 1.3));
     }
     row(
@@ -199,7 +206,10 @@ fn targets_table(results: &[Measured]) -> String {
         "RSS with 10,000 idle streams <= 64 MiB per side".to_owned(),
         get(tls).and_then(|m| {
             let s = m.rss_streams?;
-            Some((format!("{} ({} streams)", sides(s), m.streams), m.streams >= 10_000 && s.server.max(s.client) <= 64 << 20))
+            Some((
+                format!("{} ({} streams)", sides(s), m.streams),
+                m.streams >= 10_000 && s.server.max(s.client) <= 64 << 20,
+            ))
         }),
     );
     out.push('\n');
@@ -244,7 +254,8 @@ pub fn splice_section(doc: &str, name: &str, section: &str) -> String {
 
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock.
 pub fn today() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     civil_date((secs / 86_400) as i64)
 }
 
@@ -281,7 +292,12 @@ mod tests {
     use super::*;
 
     fn latencies(rate: f64, p50_us: u64) -> Latencies {
-        Latencies { rate, p50: Duration::from_micros(p50_us), p99: Duration::from_micros(p50_us * 2), failures: 0 }
+        Latencies {
+            rate,
+            p50: Duration::from_micros(p50_us),
+            p99: Duration::from_micros(p50_us * 2),
+            failures: 0,
+        }
     }
 
     fn measured(subject: Subject, gbit: f64, cpu: f64, rate: f64, p50_us: u64, rss_mib: u64) -> Measured {
@@ -326,7 +342,11 @@ mod tests {
         let mut slow = measured(Subject::TunnelTls, 3.0, 0.9, 1000.0, 80, 70);
         slow.ping = None;
         slow.errors.push("ping-pong: connection refused".to_owned());
-        let results = vec![measured(Subject::Direct, 30.0, 0.0, 9000.0, 20, 0), slow, measured(Subject::Bore, 7.0, 0.7, 2000.0, 50, 10)];
+        let results = vec![
+            measured(Subject::Direct, 30.0, 0.0, 9000.0, 20, 0),
+            slow,
+            measured(Subject::Bore, 7.0, 0.7, 2000.0, 50, 10),
+        ];
         let text = loopback_section(&results, "header");
         assert!(text.contains("| TLS throughput, 1 stream, >= 1.0x bore | 0.43x | **no** |"), "{text}");
         assert!(text.contains("| ping-pong p50 <= direct + 30 us | not measured | **no** |"), "{text}");
@@ -337,7 +357,10 @@ mod tests {
     #[test]
     fn sections_replace_their_marked_span_or_are_appended() {
         let doc = "intro\n<!-- x:begin -->\nold\n<!-- x:end -->\noutro\n";
-        assert_eq!(splice_section(doc, "x", "new\n"), "intro\n<!-- x:begin -->\nnew\n<!-- x:end -->\noutro\n");
+        assert_eq!(
+            splice_section(doc, "x", "new\n"),
+            "intro\n<!-- x:begin -->\nnew\n<!-- x:end -->\noutro\n"
+        );
         assert_eq!(splice_section("intro\n", "y", "new"), "intro\n\n<!-- y:begin -->\nnew\n<!-- y:end -->\n");
     }
 

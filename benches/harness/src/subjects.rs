@@ -107,7 +107,13 @@ impl Running {
 
 /// Starts `subject` publishing `targets`; `streams` is the most connections it must carry at
 /// once (for our per-session limit). Scratch files go to `work`.
-pub fn start(subject: Subject, targets: Targets, tools: &Tools, work: &Path, streams: usize) -> Result<Running> {
+pub fn start(
+    subject: Subject,
+    targets: Targets,
+    tools: &Tools,
+    work: &Path,
+    streams: usize,
+) -> Result<Running> {
     let dir = work.join(subject.key());
     std::fs::create_dir_all(&dir)?;
     match subject {
@@ -151,10 +157,16 @@ fn tunnel(bin: &Path, targets: Targets, dir: &Path, streams: usize, tls: bool) -
     let mut client = Proc::spawn("tunnel-cli connect", bin, &args)?;
     let ready = client.wait_for_lines("remote forward ready: ", 2, START_TIMEOUT)?;
     let front = |target: SocketAddr| -> Result<SocketAddr> {
-        let line = ready.iter().find(|l| l.ends_with(&format!("-> {target}"))).context("a forward per target")?;
+        let line =
+            ready.iter().find(|l| l.ends_with(&format!("-> {target}"))).context("a forward per target")?;
         addr_after(line, "ready: ")
     };
-    Ok(Running { iperf: front(targets.iperf)?, echo: front(targets.echo)?, server: vec![server], client: vec![client] })
+    Ok(Running {
+        iperf: front(targets.iperf)?,
+        echo: front(targets.echo)?,
+        server: vec![server],
+        client: vec![client],
+    })
 }
 
 fn rathole(bin: &Path, targets: Targets, dir: &Path, tls: bool) -> Result<Running> {
@@ -217,13 +229,35 @@ struct Identity {
 fn rathole_identity(dir: &Path) -> Result<Identity> {
     let (key, certificate, pkcs12) = (dir.join("key.pem"), dir.join("cert.pem"), dir.join("identity.p12"));
     openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", path_str(&key)?,
-        "-out", path_str(&certificate)?,
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+        "-keyout",
+        path_str(&key)?,
+        "-out",
+        path_str(&certificate)?,
     ])?;
     openssl(&[
-        "pkcs12", "-export", "-inkey", path_str(&key)?, "-in", path_str(&certificate)?, "-out",
-        path_str(&pkcs12)?, "-passout", "pass:bench",
+        "pkcs12",
+        "-export",
+        "-inkey",
+        path_str(&key)?,
+        "-in",
+        path_str(&certificate)?,
+        "-out",
+        path_str(&pkcs12)?,
+        "-passout",
+        "pass:bench",
     ])?;
     Ok(Identity { pkcs12, certificate })
 }
