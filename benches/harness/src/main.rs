@@ -3,6 +3,8 @@
 //! emulated 100 ms, rate-capped, lossy link between two network namespaces.
 //! `benches/run.sh` installs what is needed and runs both; see `docs/benchmarks.md`.
 
+mod link;
+mod longlink;
 mod probe;
 mod procs;
 mod report;
@@ -31,6 +33,8 @@ struct Cli {
 enum Command {
     /// Measure every subject on loopback in one run and write the tables.
     Loopback(LoopbackArgs),
+    /// One stream through the tunnel and direct over an emulated long, lossy link (root).
+    LongLink(longlink::LongLinkArgs),
     /// An echo server for the probes (started by `loopback`); prints its address.
     Echo {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -69,6 +73,7 @@ struct LoopbackArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Loopback(args) => loopback(args),
+        Command::LongLink(args) => longlink::run(args),
         Command::Echo { listen } => echo(listen),
     }
 }
