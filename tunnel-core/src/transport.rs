@@ -25,6 +25,18 @@ pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// TCP keepalive idle time: a backstop under the session heartbeat for silent half-open links.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// Read buffer under a session. rustls reads the socket 4 KiB at a time and yamux reads each
+/// 12-byte frame header on its own; without a buffer each of those reads is a system call.
+const SESSION_READ_BUFFER: usize = 64 * 1024;
+
+/// The TCP connection under a session (and under its TLS), with reads buffered.
+pub type SessionTcp = tokio::io::BufReader<TcpStream>;
+
+/// Buffers reads of a session's TCP connection; writes pass through.
+pub fn buffered(tcp: TcpStream) -> SessionTcp {
+    tokio::io::BufReader::with_capacity(SESSION_READ_BUFFER, tcp)
+}
+
 /// Applies the socket options every connection wants: no Nagle delay, TCP keepalive.
 pub fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
@@ -80,10 +92,10 @@ impl ClientTransport {
     /// Wraps `tcp` as configured and returns the stream and its channel binding.
     pub async fn wrap(&self, tcp: TcpStream) -> io::Result<(BoxedIo, ChannelBinding)> {
         match self {
-            Self::Plaintext => Ok((Box::new(tcp), ChannelBinding::Plaintext)),
+            Self::Plaintext => Ok((Box::new(buffered(tcp)), ChannelBinding::Plaintext)),
             Self::Tls { config, server_name } => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(server_name.clone(), tcp)
+                    .connect(server_name.clone(), buffered(tcp))
                     .await?;
                 let binding = ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
                 Ok((Box::new(tls), binding))
@@ -108,7 +120,7 @@ pub async fn accept_tls(
     config: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
 ) -> io::Result<(BoxedIo, ChannelBinding)> {
-    let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+    let tls = tokio_rustls::TlsAcceptor::from(config).accept(buffered(tcp)).await?;
     let binding = ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
     Ok((Box::new(tls), binding))
 }

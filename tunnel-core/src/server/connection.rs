@@ -77,7 +77,7 @@ async fn establish(
             refuse_tls(&mut tcp).await;
             return Err(EstablishError::TlsClient);
         }
-        (None, false) => (Box::new(tcp), ChannelBinding::Plaintext),
+        (None, false) => (Box::new(transport::buffered(tcp)), ChannelBinding::Plaintext),
     };
     let config = &shared.config;
     Ok(Session::accept(io, &binding, &config.credentials, &config.session, config.handshake_timeout).await?)
