@@ -96,7 +96,8 @@ impl Tun {
         if name.len() >= libc::IFNAMSIZ {
             bail!("device name '{name}' is too long");
         }
-        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
+        let home =
+            File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
         let target = File::open(format!("/var/run/netns/{netns}"))
             .with_context(|| format!("opening network namespace '{netns}' (created with `ip netns add`?)"))?;
         // SAFETY: setns takes a namespace descriptor we own; it changes only this thread.
@@ -113,7 +114,8 @@ impl Tun {
 
     #[allow(unsafe_code)]
     fn create(name: &str) -> Result<Self> {
-        let file = File::options().read(true).write(true).open("/dev/net/tun").context("opening /dev/net/tun")?;
+        let file =
+            File::options().read(true).write(true).open("/dev/net/tun").context("opening /dev/net/tun")?;
         let mut request = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
         request.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is laid out as.

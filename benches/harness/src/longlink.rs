@@ -87,15 +87,27 @@ fn spawn_in(ns: &str, name: &str, program: &Path, args: &[&str]) -> Result<Proc>
 /// One iperf3 stream from the server's namespace to `target`; bits per second after slow start.
 fn iperf_in(ns: &str, target: SocketAddr, seconds: u32) -> Result<f64> {
     let output = Command::new("ip")
-        .args(["netns", "exec", ns, "iperf3", "-c", &target.ip().to_string(), "-p", &target.port().to_string()])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "iperf3",
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+        ])
         .args(["-t", &seconds.to_string(), "-O", "3", "-J"])
         .output()
         .context("running iperf3")?;
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing iperf3's JSON")?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("parsing iperf3's JSON")?;
     if let Some(error) = report.get("error") {
         bail!("iperf3 to {target} failed: {error}");
     }
-    report["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3's report has no end.sum_received")
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3's report has no end.sum_received")
 }
 
 pub fn run(args: LongLinkArgs) -> Result<()> {
@@ -124,7 +136,8 @@ pub fn run(args: LongLinkArgs) -> Result<()> {
     link::run_direction(&client_tun, &server_tun, settings.clone(), up.clone(), stop.clone())?;
 
     // The target and the tunnel client live behind the link; the server and visitors before it.
-    let mut iperf = spawn_in(CLIENT_NS, "iperf3 -s", Path::new("iperf3"), &["-s", "--forceflush", "-p", "5201"])?;
+    let mut iperf =
+        spawn_in(CLIENT_NS, "iperf3 -s", Path::new("iperf3"), &["-s", "--forceflush", "-p", "5201"])?;
     iperf.wait_for_line("Server listening", Duration::from_secs(10))?;
     let state = tempfile::tempdir()?;
     let state_dir = state.path().to_str().context("temp path is not UTF-8")?;
@@ -141,7 +154,17 @@ pub fn run(args: LongLinkArgs) -> Result<()> {
         CLIENT_NS,
         "tunnel-cli connect",
         &args.tunnel_cli,
-        &["connect", "--server", &listen, "--token", TOKEN, "--fingerprint", &fingerprint, "-R", "0:127.0.0.1:5201"],
+        &[
+            "connect",
+            "--server",
+            &listen,
+            "--token",
+            TOKEN,
+            "--fingerprint",
+            &fingerprint,
+            "-R",
+            "0:127.0.0.1:5201",
+        ],
     )?;
     let ready = client.wait_for_line("remote forward ready: ", Duration::from_secs(30))?;
     let public = addr_after(&ready, "ready: ")?;
@@ -170,12 +193,16 @@ pub fn run(args: LongLinkArgs) -> Result<()> {
         args.seconds
     );
     for (loss, direct_bps, tunnel_bps) in &rows {
-        let cell = |r: &Result<f64>| r.as_ref().map_or_else(|e| format!("failed: {e:#}"), |b| report::gbits(*b));
+        let cell =
+            |r: &Result<f64>| r.as_ref().map_or_else(|e| format!("failed: {e:#}"), |b| report::gbits(*b));
         let (ratio, met) = match (direct_bps, tunnel_bps) {
-            (Ok(d), Ok(t)) if *d > 0.0 => (format!("{:.2}x", t / d), if t / d >= 0.8 { "yes" } else { "**no**" }),
+            (Ok(d), Ok(t)) if *d > 0.0 => {
+                (format!("{:.2}x", t / d), if t / d >= 0.8 { "yes" } else { "**no**" })
+            }
             _ => ("-".to_owned(), "**no**"),
         };
-        let _ = writeln!(section, "| {loss}% | {} | {} | {ratio} | {met} |", cell(direct_bps), cell(tunnel_bps));
+        let _ =
+            writeln!(section, "| {loss}% | {} | {} | {ratio} | {met} |", cell(direct_bps), cell(tunnel_bps));
     }
     let _ = writeln!(
         section,

@@ -20,6 +20,9 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 
 use crate::transport::{BoxedIo, Io};
 
+mod join;
+use join::JoinWrites;
+
 /// Whether the connection under the streams is still up. yamux reports a lost connection (and a
 /// reset stream) to readers as a plain EOF; this flag, set *before* yamux closes the streams,
 /// lets a reader tell a real FIN from a connection that died under it.
@@ -200,7 +203,7 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         Mode::Server => yamux::Mode::Server,
     };
     let link = Link::default();
-    let io = WatchedIo { inner: Box::new(io), link: link.clone() };
+    let io = WatchedIo { inner: Box::new(JoinWrites::new(io)), link: link.clone() };
     let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (incoming_tx, incoming_rx) = mpsc::channel(256);
