@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::server::secret;
-use super::{default_client_name, invalid, ConfigError, HumanDuration};
+use super::{default_client_name, invalid, window_growth, ConfigError, HumanDuration};
 use crate::client::{Backoff, ClientConfig};
 use crate::forward::{RemoteForwardSpec, ServiceSpec};
 use crate::proto::validate_name;
@@ -43,6 +43,9 @@ pub struct ClientFile {
     pub handshake_timeout: Option<HumanDuration>,
     /// Silence after which the server is declared dead (default `30s`, at least 3 heartbeats).
     pub heartbeat_timeout: Option<HumanDuration>,
+    /// MiB of receive window the session's streams may grow into together beyond 256 KiB
+    /// each, as yamux tunes them toward the link's bandwidth-delay product (default 64).
+    pub max_receive_window_mib: Option<usize>,
     /// Reconnect policy.
     #[serde(default)]
     pub reconnect: ReconnectFile,
@@ -128,6 +131,9 @@ impl ClientFile {
         if let Some(d) = self.heartbeat_timeout {
             config.session.heartbeat_timeout = d.0;
         }
+        if let Some(mib) = self.max_receive_window_mib {
+            config.session.mux.window_growth = window_growth("max_receive_window_mib", mib)?;
+        }
         let defaults = Backoff::default();
         config.reconnect = Backoff {
             initial: self.reconnect.initial.map_or(defaults.initial, |d| d.0),
@@ -192,6 +198,10 @@ mod tests {
             ),
             (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nname = \"a/b\""), "name"),
             (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nremotes = []"), "remotes"),
+            (
+                format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nmax_receive_window_mib = 4097"),
+                "max_receive_window_mib",
+            ),
             (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nlocal = [\"1:a b/c\"]"), "local"),
             (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nexpose = [\"k=h:1\", \"k=h:2\"]"), "twice"),
         ];

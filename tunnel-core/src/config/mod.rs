@@ -63,6 +63,18 @@ fn invalid(key: &'static str, err: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid { key, message: err.to_string() }
 }
 
+/// Largest accepted `max_receive_window_mib`: a session could buffer this much for streams
+/// whose readers stall.
+const MAX_RECEIVE_WINDOW_MIB: usize = 4096;
+
+/// A receive-window growth budget given in MiB, in bytes.
+fn window_growth(key: &'static str, mib: usize) -> Result<usize, ConfigError> {
+    if mib > MAX_RECEIVE_WINDOW_MIB {
+        return Err(invalid(key, format!("must be at most {MAX_RECEIVE_WINDOW_MIB}")));
+    }
+    Ok(mib << 20)
+}
+
 /// Reads and parses a TOML file into `T`.
 fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path)

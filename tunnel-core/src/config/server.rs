@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{default_state_dir, invalid, ConfigError, HumanDuration};
+use super::{default_state_dir, invalid, window_growth, ConfigError, HumanDuration};
 use crate::auth::{Credentials, Token};
 use crate::forward::{Glob, PortSet, TargetRules};
 use crate::proto::validate_name;
@@ -75,6 +75,10 @@ pub struct ServerLimits {
     pub max_stream_rate: Option<u32>,
     /// Largest control message in bytes (default 65536).
     pub max_message_size: Option<usize>,
+    /// MiB of receive window a session's streams may grow into together, beyond 256 KiB each,
+    /// as yamux tunes them toward the link's bandwidth-delay product (default 64; 0 keeps every
+    /// stream at 256 KiB, about 20 Mbit/s per stream at 100 ms).
+    pub max_receive_window_mib: Option<usize>,
 }
 
 /// `[[clients]]`: one client with its own token; only it can authenticate under its name.
@@ -269,6 +273,9 @@ impl ServerLimits {
             }
             config.session.max_message_size = n;
         }
+        if let Some(mib) = self.max_receive_window_mib {
+            config.session.mux.window_growth = window_growth("limits.max_receive_window_mib", mib)?;
+        }
         Ok(())
     }
 }
@@ -377,6 +384,16 @@ mod tests {
     }
 
     #[test]
+    fn the_receive_window_budget_reaches_the_multiplexer() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!("state_dir = {:?}\ntoken = \"t\"\n", dir.path());
+        let default = parse(&base).unwrap().build().unwrap();
+        assert_eq!(default.config.session.mux.window_growth, 64 << 20);
+        let set = parse(&format!("{base}[limits]\nmax_receive_window_mib = 8\n")).unwrap().build().unwrap();
+        assert_eq!(set.config.session.mux.window_growth, 8 << 20);
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let base = format!("state_dir = {:?}\ntoken = \"t\"\n", dir.path());
@@ -385,6 +402,7 @@ mod tests {
             ("port_grace = \"ten\"", "duration"),
             ("[limits]\nmax_streams_per_session = 0", "limits.max_streams_per_session"),
             ("[limits]\nmax_message_size = 10", "limits.max_message_size"),
+            ("[limits]\nmax_receive_window_mib = 5000", "limits.max_receive_window_mib"),
             ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
             ("tls_cert = \"c.pem\"", "tls_key"),
             ("[[clients]]\nname = \"a b\"\ntoken = \"x\"", "clients.name"),
