@@ -44,7 +44,7 @@ pub struct ClientFile {
     /// Silence after which the server is declared dead (default `30s`, at least 3 heartbeats).
     pub heartbeat_timeout: Option<HumanDuration>,
     /// MiB of receive window the session's streams may grow into together beyond 256 KiB
-    /// each, as yamux tunes them toward the link's bandwidth-delay product (default 64).
+    /// each, as yamux tunes them toward the link's bandwidth-delay product (default 16).
     pub max_receive_window_mib: Option<usize>,
     /// Reconnect policy.
     #[serde(default)]

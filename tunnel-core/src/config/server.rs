@@ -76,7 +76,7 @@ pub struct ServerLimits {
     /// Largest control message in bytes (default 65536).
     pub max_message_size: Option<usize>,
     /// MiB of receive window a session's streams may grow into together, beyond 256 KiB each,
-    /// as yamux tunes them toward the link's bandwidth-delay product (default 64; 0 keeps every
+    /// as yamux tunes them toward the link's bandwidth-delay product (default 16; 0 keeps every
     /// stream at 256 KiB, about 20 Mbit/s per stream at 100 ms).
     pub max_receive_window_mib: Option<usize>,
 }
@@ -388,7 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = format!("state_dir = {:?}\ntoken = \"t\"\n", dir.path());
         let default = parse(&base).unwrap().build().unwrap();
-        assert_eq!(default.config.session.mux.window_growth, 64 << 20);
+        assert_eq!(default.config.session.mux.window_growth, 16 << 20);
         let set = parse(&format!("{base}[limits]\nmax_receive_window_mib = 8\n")).unwrap().build().unwrap();
         assert_eq!(set.config.session.mux.window_growth, 8 << 20);
     }
