@@ -66,6 +66,7 @@ impl Shaper {
 /// Counts of a direction, for the report.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
+    /// Handed to the far device.
     pub delivered: AtomicU64,
     pub lost: AtomicU64,
     pub overflowed: AtomicU64,
@@ -170,8 +171,10 @@ pub fn run_direction(
             if !wait.is_zero() {
                 std::thread::sleep(wait);
             }
-            if writer.write_all(&packet).is_ok() {
-                delivered.delivered.fetch_add(1, Ordering::Relaxed);
+            // Counted before the write, so whoever reads the packet already sees it counted.
+            delivered.delivered.fetch_add(1, Ordering::Relaxed);
+            if writer.write_all(&packet).is_err() {
+                return;
             }
         }
     });

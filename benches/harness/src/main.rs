@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::probe::Throughput;
+use crate::probe::{Latencies, Throughput};
 use crate::procs::{addr_after, Proc, Usage};
 use crate::report::{Measured, Sides};
 use crate::subjects::{Running, Subject, Targets, Tools};
@@ -59,6 +59,9 @@ struct LoopbackArgs {
     /// Round trips in the ping-pong run.
     #[arg(long, default_value_t = 20_000)]
     pings: usize,
+    /// Rounds over all subjects; each cell is the median round.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Idle connections held open at once for the memory measurement.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -91,16 +94,37 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
         args.only.iter().map(|key| Subject::parse(key)).collect::<Result<_>>()?
     };
     let work = tempfile::tempdir()?;
-    let mut results = Vec::new();
-    for subject in subjects {
-        eprintln!("== {}", subject.label());
-        results.push(measure(subject, &tools, work.path(), &args, open_files));
+    // Each round starts, measures and stops every subject in turn, so only the subject under
+    // measurement runs, and a machine that slows down for a while costs every subject a round
+    // rather than one subject its only run. Cells are medians over the rounds.
+    let mut results: Vec<Measured> = subjects.iter().map(|s| Measured::new(*s)).collect();
+    let mut samples: Vec<Samples> = subjects.iter().map(|_| Samples::default()).collect();
+    for round in 1..=args.repeat {
+        for (m, samples) in results.iter_mut().zip(&mut samples) {
+            eprintln!("== round {round}/{}: {}", args.repeat, m.subject.label());
+            let started = start_targets().and_then(|(targets, target_procs)| {
+                Ok((subjects::start(m.subject, targets, &tools, work.path(), args.idle)?, target_procs))
+            });
+            let Some((running, _target_procs)) = m.keep("start", started) else { continue };
+            if round == 1 {
+                m.rss_idle = m.keep("idle memory", sides(&running, |u| u.rss));
+            }
+            probe_round(&running, samples, m, &args);
+            if round == args.repeat {
+                m.rss_load = m.keep("memory under load", sides(&running, |u| u.peak_rss));
+                hold_idle(&running, m, &args, open_files);
+            }
+        }
+    }
+    for (m, samples) in results.iter_mut().zip(&samples) {
+        summarise(samples, m);
     }
     let header = format!(
-        "Run on {} ({}), iperf3 {} s per run, {} connections per rate run, {} ping-pong round trips, \
-         `tunnel-bench loopback`:",
+        "Run on {} ({}), `tunnel-bench loopback`: {} rounds, each starting, measuring and stopping \
+         every subject in turn; each cell is the median round; iperf3 {} s per run, {} connections per rate run, {} ping-pong round trips:",
         report::today(),
         report::machine(),
+        args.repeat,
         args.seconds,
         args.connections,
         args.pings
@@ -116,64 +140,89 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts fresh targets and the subject, then runs every probe; a failed probe leaves its cell
-/// empty and its error in the report.
-fn measure(
-    subject: Subject,
-    tools: &Tools,
-    work: &std::path::Path,
-    args: &LoopbackArgs,
-    open_files: u64,
-) -> Measured {
-    let mut m = Measured::new(subject);
-    let started = (|| -> Result<_> {
-        let targets = start_targets()?;
-        let running = subjects::start(subject, targets.0, tools, work, args.idle)?;
-        Ok((targets, running))
-    })();
-    let Some(((_targets, _target_procs), running)) = m.keep("start", started) else { return m };
-    let probe_limit = Duration::from_secs(60);
+/// One value per round and probe.
+#[derive(Default)]
+struct Samples {
+    one_stream: Vec<Throughput>,
+    eight_streams: Vec<Throughput>,
+    cpu_seconds: f64,
+    bytes: f64,
+    connect_1: Vec<Latencies>,
+    connect_8: Vec<Latencies>,
+    ping: Vec<Latencies>,
+}
 
-    m.rss_idle = m.keep("idle memory", sides(&running, |u| u.rss));
-    m.ping = m.keep("ping-pong", probe::ping_pong(running.echo, args.pings, probe_limit));
-    m.connect_1 =
-        m.keep("connections, c=1", probe::connection_rate(running.echo, 1, args.connections, probe_limit));
-    m.connect_8 =
-        m.keep("connections, c=8", probe::connection_rate(running.echo, 8, args.connections, probe_limit));
+const PROBE_LIMIT: Duration = Duration::from_secs(60);
 
-    let mut cpu = 0.0;
-    let mut bytes = 0.0;
-    let mut iperf = |m: &mut Measured, streams: u32| -> Option<Throughput> {
-        let before = Usage::of_all(&running.all_pids()).ok()?;
-        let result =
-            m.keep(&format!("iperf3 -P {streams}"), probe::iperf(running.iperf, streams, args.seconds))?;
-        let after = Usage::of_all(&running.all_pids()).ok()?;
-        cpu += after.cpu_seconds - before.cpu_seconds;
-        bytes += result.bytes;
-        Some(result)
-    };
-    m.one_stream = iperf(&mut m, 1);
-    m.eight_streams = iperf(&mut m, 8);
-    if subject != Subject::Direct && bytes > 0.0 {
-        m.cpu_per_gb = Some(cpu / (bytes / 1e9));
+/// One round of every timing probe; a failed probe is recorded and the others still run.
+fn probe_round(running: &Running, samples: &mut Samples, m: &mut Measured, args: &LoopbackArgs) {
+    samples.ping.extend(m.keep("ping-pong", probe::ping_pong(running.echo, args.pings, PROBE_LIMIT)));
+    let c1 = probe::connection_rate(running.echo, 1, args.connections, PROBE_LIMIT);
+    samples.connect_1.extend(m.keep("connections, c=1", c1));
+    let c8 = probe::connection_rate(running.echo, 8, args.connections, PROBE_LIMIT);
+    samples.connect_8.extend(m.keep("connections, c=8", c8));
+    for streams in [1, 8] {
+        // A failed run is reported under the tables and tried once more, so one stray reset
+        // neither hides nor empties the cell.
+        let what = format!("iperf3 -P {streams}");
+        let result = match iperf_with_cpu(running, streams, args.seconds) {
+            Err(err) => {
+                m.errors.push(format!("{what} (tried again): {err:#}"));
+                iperf_with_cpu(running, streams, args.seconds)
+            }
+            ok => ok,
+        };
+        let Some((result, cpu_seconds)) = m.keep(&what, result) else { continue };
+        samples.cpu_seconds += cpu_seconds;
+        samples.bytes += result.bytes;
+        if streams == 1 { &mut samples.one_stream } else { &mut samples.eight_streams }.push(result);
     }
-    m.rss_load = m.keep("memory under load", sides(&running, |u| u.peak_rss));
+}
 
+/// One iperf3 run and the CPU seconds both tunnel sides spent during it.
+fn iperf_with_cpu(running: &Running, streams: u32, seconds: u32) -> Result<(Throughput, f64)> {
+    let before = Usage::of_all(&running.all_pids())?;
+    let result = probe::iperf(running.iperf, streams, seconds)?;
+    let after = Usage::of_all(&running.all_pids())?;
+    Ok((result, after.cpu_seconds - before.cpu_seconds))
+}
+
+/// The median round of each probe, and CPU per GB over all rounds.
+fn summarise(s: &Samples, m: &mut Measured) {
+    m.one_stream = median_by(&s.one_stream, |t| t.bits_per_second);
+    m.eight_streams = median_by(&s.eight_streams, |t| t.bits_per_second);
+    m.connect_1 = median_by(&s.connect_1, |l| l.rate);
+    m.connect_8 = median_by(&s.connect_8, |l| l.rate);
+    m.ping = median_by(&s.ping, |l| l.p50.as_secs_f64());
+    if m.subject != Subject::Direct && s.bytes > 0.0 {
+        m.cpu_per_gb = Some(s.cpu_seconds / (s.bytes / 1e9));
+    }
+}
+
+/// The sample with the median `key` (the lower one of an even count).
+fn median_by<T: Clone>(samples: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
+    let mut sorted: Vec<&T> = samples.iter().collect();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted.get(sorted.len().saturating_sub(1) / 2).map(|t| (*t).clone())
+}
+
+/// Memory while many idle connections are held open through the subject.
+fn hold_idle(running: &Running, m: &mut Measured, args: &LoopbackArgs, open_files: u64) {
+    if m.subject == Subject::Direct {
+        return;
+    }
     // Peers carry each connection on its own server-side socket as well: keep within the
     // descriptor limit (visitor + data channel per connection on their server).
     let fd_room = (open_files as usize).saturating_sub(256);
-    let idle = match subject {
-        Subject::TunnelTls | Subject::TunnelPlain | Subject::Direct => args.idle.min(fd_room),
+    let idle = match m.subject {
+        Subject::TunnelTls | Subject::TunnelPlain => args.idle.min(fd_room),
         _ => args.idle.min(fd_room / 2),
     };
-    if subject != Subject::Direct {
-        let held = m.keep("idle connections", probe::hold_idle(running.echo, idle, probe_limit));
-        if let Some(held) = held {
-            m.streams = held.len();
-            m.rss_streams = m.keep("memory with idle connections", sides(&running, |u| u.rss));
-        }
+    let held = m.keep("idle connections", probe::hold_idle(running.echo, idle, PROBE_LIMIT));
+    if let Some(held) = held {
+        m.streams = held.len();
+        m.rss_streams = m.keep("memory with idle connections", sides(running, |u| u.rss));
     }
-    m
 }
 
 /// Memory of each side, as `pick` reads it from a process's usage.
@@ -217,4 +266,16 @@ fn echo(listen: SocketAddr) -> Result<()> {
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_round_is_picked_by_its_key() {
+        assert_eq!(median_by(&[3.0, 1.0, 2.0], |x| *x), Some(2.0));
+        assert_eq!(median_by(&[4.0, 1.0, 3.0, 2.0], |x| *x), Some(2.0), "the lower of two middles");
+        assert_eq!(median_by(&[] as &[f64], |x| *x), None);
+    }
 }

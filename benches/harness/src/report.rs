@@ -69,7 +69,7 @@ pub fn loopback_section(results: &[Measured], header: &str) -> String {
     }
     out += &targets_table(results);
     for m in results.iter().filter(|m| !m.errors.is_empty()) {
-        let _ = writeln!(out, "Failures for {}:\n", m.subject.label());
+        let _ = writeln!(out, "Probe failures for {}:\n", m.subject.label());
         for error in &m.errors {
             let _ = writeln!(out, "- {}", error.replace('\n', " "));
         }
