@@ -13,7 +13,7 @@ cache=${TUNNEL_BENCH_CACHE:-$HOME/.cache/tunnel-bench}
 out="$root/docs/benchmarks.md"
 quick=()
 if [ "${1:-}" = "--quick" ]; then
-    quick=(--seconds 2 --connections 500 --pings 2000 --idle 2000)
+    quick=(--repeat 1 --seconds 2 --connections 500 --pings 2000 --idle 2000)
 fi
 
 missing=()
