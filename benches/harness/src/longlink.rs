@@ -14,14 +14,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::link::{self, LinkCounters, LinkSettings, Tun};
+use crate::probe::{self, IperfRun};
 use crate::procs::{addr_after, Proc};
 use crate::report;
+use crate::subjects::{self, TOKEN};
 
 const SERVER_NS: &str = "tbench-server";
 const CLIENT_NS: &str = "tbench-client";
 const SERVER_IP: &str = "10.99.0.1";
 const CLIENT_IP: &str = "10.99.0.2";
-const TOKEN: &str = "benchmark-token-0123456789abcdef";
 
 #[derive(clap::Args)]
 pub struct LongLinkArgs {
@@ -86,28 +87,8 @@ fn spawn_in(ns: &str, name: &str, program: &Path, args: &[&str]) -> Result<Proc>
 
 /// One iperf3 stream from the server's namespace to `target`; bits per second after slow start.
 fn iperf_in(ns: &str, target: SocketAddr, seconds: u32) -> Result<f64> {
-    let output = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "iperf3",
-            "-c",
-            &target.ip().to_string(),
-            "-p",
-            &target.port().to_string(),
-        ])
-        .args(["-t", &seconds.to_string(), "-O", "3", "-J"])
-        .output()
-        .context("running iperf3")?;
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("parsing iperf3's JSON")?;
-    if let Some(error) = report.get("error") {
-        bail!("iperf3 to {target} failed: {error}");
-    }
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3's report has no end.sum_received")
+    let how = IperfRun { netns: Some(ns), omit: 3 };
+    Ok(probe::iperf_with(how, target, 1, seconds)?.bits_per_second)
 }
 
 pub fn run(args: LongLinkArgs) -> Result<()> {
@@ -148,8 +129,7 @@ pub fn run(args: LongLinkArgs) -> Result<()> {
         &args.tunnel_cli,
         &["serve", "--listen", &listen, "--state-dir", state_dir, "--token", TOKEN],
     )?;
-    let line = server.wait_for_line("certificate fingerprint: ", Duration::from_secs(20))?;
-    let fingerprint = line.rsplit(' ').next().unwrap_or_default().to_owned();
+    let fingerprint = subjects::fingerprint(&mut server)?;
     let mut client = spawn_in(
         CLIENT_NS,
         "tunnel-cli connect",

@@ -20,11 +20,33 @@ pub struct Throughput {
     pub bytes: f64,
 }
 
+/// How to run iperf3's client: where, and what to leave out of the figure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IperfRun<'a> {
+    /// Network namespace to run in (`ip netns exec`), or this one.
+    pub netns: Option<&'a str>,
+    /// Seconds at the start left out of the figure (slow start on a long link).
+    pub omit: u32,
+}
+
 /// Runs `iperf3 -c` against `front` for `seconds` with `streams` parallel streams.
 pub fn iperf(front: SocketAddr, streams: u32, seconds: u32) -> Result<Throughput> {
-    let output = Command::new("iperf3")
+    iperf_with(IperfRun::default(), front, streams, seconds)
+}
+
+/// [`iperf`], run as `how` says.
+pub fn iperf_with(how: IperfRun<'_>, front: SocketAddr, streams: u32, seconds: u32) -> Result<Throughput> {
+    let mut command = match how.netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, "iperf3"]);
+            command
+        }
+        None => Command::new("iperf3"),
+    };
+    let output = command
         .args(["-c", &front.ip().to_string(), "-p", &front.port().to_string()])
-        .args(["-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"])
+        .args(["-t", &seconds.to_string(), "-P", &streams.to_string(), "-O", &how.omit.to_string(), "-J"])
         .output()
         .context("running iperf3 (is it installed?)")?;
     let report: serde_json::Value =

@@ -13,7 +13,8 @@ use crate::procs::{addr_after, free_port, Proc};
 
 /// How long a subject may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-const TOKEN: &str = "benchmark-token-0123456789abcdef";
+/// The token every tunnel under test uses.
+pub const TOKEN: &str = "benchmark-token-0123456789abcdef";
 /// bore's control port is fixed.
 const BORE_CONTROL_PORT: u16 = 7835;
 
@@ -148,8 +149,7 @@ fn tunnel(bin: &Path, targets: Targets, dir: &Path, streams: usize, tls: bool) -
     args.extend(["-R", &iperf_remote, "-R", &echo_remote]);
     let fingerprint;
     if tls {
-        let line = server.wait_for_line("certificate fingerprint: ", START_TIMEOUT)?;
-        fingerprint = line.rsplit(' ').next().unwrap_or_default().to_owned();
+        fingerprint = self::fingerprint(&mut server)?;
         args.extend(["--fingerprint", &fingerprint]);
     } else {
         args.push("--insecure-plaintext");
@@ -167,6 +167,12 @@ fn tunnel(bin: &Path, targets: Targets, dir: &Path, streams: usize, tls: bool) -
         server: vec![server],
         client: vec![client],
     })
+}
+
+/// The certificate fingerprint a starting `tunnel-cli serve` prints.
+pub fn fingerprint(server: &mut Proc) -> Result<String> {
+    let line = server.wait_for_line("certificate fingerprint: ", START_TIMEOUT)?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().to_owned())
 }
 
 fn rathole(bin: &Path, targets: Targets, dir: &Path, tls: bool) -> Result<Running> {
