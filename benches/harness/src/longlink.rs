@@ -191,12 +191,6 @@ pub fn run(args: LongLinkArgs) -> Result<()> {
         down.lost.load(Ordering::Relaxed),
         down.overflowed.load(Ordering::Relaxed)
     );
-    println!("{section}");
-    if let Some(out) = &args.out {
-        let doc = std::fs::read_to_string(out).unwrap_or_default();
-        std::fs::write(out, report::splice_section(&doc, "long-link", &section))
-            .with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("wrote {}", out.display());
-    }
+    report::publish(&section, "long-link", args.out.as_deref())?;
     Ok(())
 }

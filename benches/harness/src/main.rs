@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::probe::{Latencies, Throughput};
@@ -130,13 +130,7 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
         args.pings
     );
     let section = report::loopback_section(&results, &header);
-    println!("{section}");
-    if let Some(out) = &args.out {
-        let doc = std::fs::read_to_string(out).unwrap_or_default();
-        std::fs::write(out, report::splice_section(&doc, "loopback", &section))
-            .with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("wrote {}", out.display());
-    }
+    report::publish(&section, "loopback", args.out.as_deref())?;
     Ok(())
 }
 

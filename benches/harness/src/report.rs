@@ -252,6 +252,18 @@ pub fn splice_section(doc: &str, name: &str, section: &str) -> String {
     }
 }
 
+/// Prints `section` and, given a file, replaces that file's section `name` with it.
+pub fn publish(section: &str, name: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    println!("{section}");
+    if let Some(out) = out {
+        let doc = std::fs::read_to_string(out).unwrap_or_default();
+        std::fs::write(out, splice_section(&doc, name, section))
+            .map_err(|err| anyhow::anyhow!("writing {}: {err}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock.
 pub fn today() -> String {
     let secs =
