@@ -161,7 +161,14 @@ fn probe_round(running: &Running, samples: &mut Samples, m: &mut Measured, args:
         let what = format!("iperf3 -P {streams}");
         let result = match iperf_with_cpu(running, streams, args.seconds) {
             Err(err) => {
-                m.errors.push(format!("{what} (tried again): {err:#}"));
+                // What the tunnel itself logged helps tell its fault from the target's.
+                let logged: Vec<String> = running
+                    .server
+                    .iter()
+                    .chain(&running.client)
+                    .flat_map(|p| p.lines_with("WARN", 3).into_iter().chain(p.lines_with("ERROR", 3)))
+                    .collect();
+                m.errors.push(format!("{what} (tried again): {err:#}; logged: {}", logged.join(" | ")));
                 iperf_with_cpu(running, streams, args.seconds)
             }
             ok => ok,

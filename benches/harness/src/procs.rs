@@ -54,6 +54,13 @@ impl Proc {
         self.child.id()
     }
 
+    /// The last `n` kept output lines that contain `needle` (warnings, errors), for a report.
+    pub fn lines_with(&self, needle: &str, n: usize) -> Vec<String> {
+        let lines = self.output.0.lock().unwrap_or_else(|e| e.into_inner());
+        let found: Vec<&String> = lines.iter().filter(|l| l.contains(needle)).collect();
+        found[found.len().saturating_sub(n)..].iter().map(|l| format!("{}: {l}", self.name)).collect()
+    }
+
     /// Waits until an output line contains `needle`; returns that line.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         self.wait_for_lines(needle, 1, timeout).map(|mut lines| lines.remove(0))
