@@ -2,7 +2,7 @@
 //! (`10.0.0.0/8:10250`).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 use super::PortSet;
@@ -76,6 +76,18 @@ impl Glob {
 /// Hosts and ports the server may dial for clients, written
 /// `127.0.0.1:6443,10.0.0.0/8:10250,192.168.1.5:8000-9000,[fd00::/8]:443,db.internal:5432`.
 /// Empty by default: no server-side target is allowed.
+///
+/// An IPv4 address and its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) are one address: a rule in
+/// either form matches both, and an IPv6 CIDR matches the IPv4 addresses whose mapped forms it
+/// covers (`[::ffff:0:0/96]` is every IPv4 address).
+///
+/// ```
+/// use tunnel_core::forward::TargetRules;
+/// let rules: TargetRules = "[::ffff:192.0.2.1]:80, 10.0.0.0/8:443".parse().unwrap();
+/// assert!(rules.allows_ip("192.0.2.1".parse().unwrap(), 80));
+/// assert!(!rules.allows_ip("192.0.2.2".parse().unwrap(), 80));
+/// assert!(rules.allows_ip("::ffff:10.1.2.3".parse().unwrap(), 443));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetRules(Vec<TargetRule>);
 
@@ -87,8 +99,60 @@ struct TargetRule {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostRule {
-    Net { addr: IpAddr, prefix: u8 },
+    Net(Net),
     Name(String),
+}
+
+/// A network in the IPv6 address space, IPv4 networks mapped into `::ffff:0:0/96`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    /// The network's first address: host bits are zero.
+    base: u128,
+    /// Prefix length, 0 to 128.
+    prefix: u8,
+}
+
+/// Bits an IPv4 prefix is shifted by once mapped into IPv6.
+const V4_MAPPED_PREFIX: u8 = 96;
+
+impl Net {
+    /// `addr/prefix`; `None` when the prefix is longer than the address family allows.
+    fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        let prefix = match addr {
+            IpAddr::V4(_) if prefix <= 32 => prefix.checked_add(V4_MAPPED_PREFIX)?,
+            IpAddr::V6(_) if prefix <= 128 => prefix,
+            _ => return None,
+        };
+        Some(Self { base: mapped_bits(addr) & mask(prefix), prefix })
+    }
+
+    fn contains(self, ip: IpAddr) -> bool {
+        mapped_bits(ip) & mask(self.prefix) == self.base
+    }
+}
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v6 = Ipv6Addr::from(self.base);
+        match (v6.to_ipv4_mapped(), self.prefix.checked_sub(V4_MAPPED_PREFIX)) {
+            (Some(v4), Some(prefix)) => write!(f, "{v4}/{prefix}"),
+            _ => write!(f, "[{v6}/{}]", self.prefix),
+        }
+    }
+}
+
+/// The address as 128 bits, IPv4 as its IPv4-mapped IPv6 form.
+fn mapped_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The top `prefix` bits set (`prefix` at most 128; larger counts as 128).
+fn mask(prefix: u8) -> u128 {
+    let host_bits = 128u32.saturating_sub(u32::from(prefix));
+    u128::MAX.checked_shl(host_bits).unwrap_or(0)
 }
 
 impl TargetRules {
@@ -99,36 +163,24 @@ impl TargetRules {
 
     /// May the server dial `ip:port`?
     pub fn allows_ip(&self, ip: IpAddr, port: u16) -> bool {
-        let ip = ip.to_canonical();
         self.0.iter().any(|rule| {
-            rule.ports.contains(port)
-                && match rule.host {
-                    HostRule::Net { addr, prefix } => in_net(ip, addr, prefix),
-                    HostRule::Name(_) => false,
-                }
+            rule.ports.contains(port) && matches!(rule.host, HostRule::Net(net) if net.contains(ip))
         })
     }
 
-    /// May the server dial host name `name` (as named, before resolution) on `port`?
+    /// May the server dial host name `name` (as named, before resolution) on `port`? Names
+    /// compare without case and without a final dot.
     pub fn allows_name(&self, name: &str, port: u16) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
         self.0.iter().any(|rule| {
             rule.ports.contains(port)
                 && matches!(&rule.host, HostRule::Name(n) if n.eq_ignore_ascii_case(name))
         })
     }
-}
 
-fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(ip), IpAddr::V4(net)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            u32::from(ip) & mask == u32::from(net) & mask
-        }
-        (IpAddr::V6(ip), IpAddr::V6(net)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            u128::from(ip) & mask == u128::from(net) & mask
-        }
-        _ => false,
+    /// True if some rule names hosts by name (a lookup may be needed to dial them).
+    pub fn has_names(&self) -> bool {
+        self.0.iter().any(|rule| matches!(rule.host, HostRule::Name(_)))
     }
 }
 
@@ -147,20 +199,20 @@ impl FromStr for TargetRules {
                 Some((addr, prefix)) => {
                     let addr: IpAddr =
                         addr.parse().map_err(|_| err("a CIDR needs an IP address before the /"))?;
-                    let max = if addr.is_ipv4() { 32 } else { 128 };
-                    let prefix: u8 =
-                        prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| err("bad prefix length"))?;
-                    HostRule::Net { addr, prefix }
+                    let net = prefix
+                        .parse::<u8>()
+                        .ok()
+                        .and_then(|prefix| Net::new(addr, prefix))
+                        .ok_or_else(|| err("bad prefix length (0-32 for IPv4, 0-128 for IPv6)"))?;
+                    HostRule::Net(net)
                 }
                 None => match host.parse::<IpAddr>() {
-                    Ok(addr) => HostRule::Net {
-                        addr: addr.to_canonical(),
-                        prefix: if addr.is_ipv4() { 32 } else { 128 },
-                    },
+                    Ok(addr) => HostRule::Net(Net { base: mapped_bits(addr), prefix: 128 }),
                     Err(_) => {
-                        super::TargetAddr::from_parts(host, 1)
+                        let name = host.strip_suffix('.').unwrap_or(host);
+                        super::TargetAddr::from_parts(name, 1)
                             .map_err(|_| err("host must be an IP, a CIDR or a DNS name"))?;
-                        HostRule::Name(host.to_ascii_lowercase())
+                        HostRule::Name(name.to_ascii_lowercase())
                     }
                 },
             };
@@ -177,8 +229,7 @@ impl fmt::Display for TargetRules {
                 f.write_str(",")?;
             }
             match &rule.host {
-                HostRule::Net { addr: IpAddr::V6(a), prefix } => write!(f, "[{a}/{prefix}]")?,
-                HostRule::Net { addr, prefix } => write!(f, "{addr}/{prefix}")?,
+                HostRule::Net(net) => net.fmt(f)?,
                 HostRule::Name(name) => f.write_str(name)?,
             }
             write!(f, ":{}", rule.ports)?;
@@ -233,8 +284,38 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_rules_match_only_their_own_addresses() {
+        // The rule that matched every IPv4 host: a mapped address kept its /128 after the address
+        // became IPv4, and `32 - 128` wrapped in release builds.
+        let rules: TargetRules = "[::ffff:192.0.2.1]:18090".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(rules.allows_ip(ip("192.0.2.1"), 18090));
+        assert!(rules.allows_ip(ip("::ffff:192.0.2.1"), 18090));
+        for other in ["127.0.0.1", "192.0.2.2", "0.0.0.0", "::1", "::ffff:127.0.0.1"] {
+            assert!(!rules.allows_ip(ip(other), 18090), "{other}");
+        }
+        let mapped_net: TargetRules = "[::ffff:10.0.0.0/104]:1".parse().unwrap();
+        assert!(mapped_net.allows_ip(ip("10.9.9.9"), 1) && !mapped_net.allows_ip(ip("11.0.0.1"), 1));
+        let all_v4: TargetRules = "[::ffff:0:0/96]:1".parse().unwrap();
+        assert!(all_v4.allows_ip(ip("203.0.113.7"), 1) && !all_v4.allows_ip(ip("2001:db8::1"), 1));
+        let v4_zero: TargetRules = "0.0.0.0/0:1".parse().unwrap();
+        assert!(v4_zero.allows_ip(ip("203.0.113.7"), 1) && !v4_zero.allows_ip(ip("2001:db8::1"), 1));
+        assert_eq!(mapped_net.to_string(), "10.0.0.0/8:1");
+    }
+
+    #[test]
     fn bad_target_rules_are_rejected() {
-        for bad in ["10.0.0.0/33:1", "10.0.0.1", "host:0", "a b:80", "x/8:1", "1.2.3.4:99999"] {
+        for bad in [
+            "10.0.0.0/33:1",
+            "[::ffff:10.0.0.0/129]:1",
+            "[::/255]:1",
+            "10.0.0.0/-1:1",
+            "10.0.0.1",
+            "host:0",
+            "a b:80",
+            "x/8:1",
+            "1.2.3.4:99999",
+        ] {
             assert!(bad.parse::<TargetRules>().is_err(), "{bad}");
         }
     }
