@@ -56,7 +56,7 @@ fn frames(c: &mut Criterion) {
 
 /// The CPU cost of authenticating one session (both sides, no I/O): two HMACs and hashes.
 fn handshake(c: &mut Criterion) {
-    let token = Token::new("benchmark-token").unwrap();
+    let token = Token::new("benchmark-token-0123").unwrap();
     let credentials = Credentials::default().with_shared(token.clone());
     let binding = ChannelBinding::Tls([5; 32]);
     let mut group = c.benchmark_group("handshake");

@@ -40,7 +40,9 @@ pids+=($!)
 wait_for "$work/http" "Serving HTTP"
 http_port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$work/http" | head -n1)
 
-# 3. The client, with exactly the command the server printed, publishing the service.
+# 3. The client, with exactly the commands the server printed, publishing the service.
+TUNNEL_TOKEN=$(sed -n 's/^  export TUNNEL_TOKEN=//p' "$work/serve")
+export TUNNEL_TOKEN
 read -r -a connect <<<"$(grep "tunnel-cli connect" "$work/serve" | sed "s|-R 0:127.0.0.1:8080|-R 0:127.0.0.1:$http_port|")"
 "$bin" "${connect[@]:1}" >"$work/connect" 2>"$work/connect.err" &
 pids+=($!)

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use tunnel_core::auth::{ChannelBinding, Credentials, Token};
-use tunnel_core::config::{ClientFile, HumanDuration, ServerFile};
+use tunnel_core::config::{ClientFile, HumanDuration, SecretString, ServerFile};
 use tunnel_core::forward::{
-    Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetAddr, TargetRules,
+    Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetAddr, TargetRules, VisitRule,
 };
 use tunnel_core::proto::handshake::{
     ClientHandshake, ClientStep, HandshakeMessage, ServerHandshake, ServerStep, MAX_HANDSHAKE_FRAME,
@@ -31,7 +31,17 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("client_handshake", client_handshake),
     ("config", config),
     ("text_parsers", text_parsers),
+    ("lease_file", lease_file),
 ];
+
+/// The port lease file a server reads at start: what decodes encodes back to the same leases.
+pub fn lease_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(leases) = tunnel_core::server::leases::decode(text) {
+        let again = tunnel_core::server::leases::decode(&tunnel_core::server::leases::encode(&leases));
+        assert_eq!(again.unwrap(), leases);
+    }
+}
 
 /// Frame codec: what decodes re-encodes to the same bytes; a refusal is for a real reason.
 pub fn frame(data: &[u8]) {
@@ -127,12 +137,26 @@ pub fn client_handshake(data: &[u8]) {
     }
 }
 
-/// Config files: parsing never panics; a client file that needs no files on disk also builds
-/// (or fails with an error) without panicking.
+/// Config files: parsing never panics, and what parses also builds into a runtime config (or
+/// fails with an error) without panicking. Settings that would read or write files are cleared
+/// first: a fuzzed `token_file = "/dev/zero"` would never finish, and a generated token or
+/// certificate would be written to the state directory on every run.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let origin = Path::new("fuzz.toml");
-    let _ = ServerFile::parse(text, origin);
+    if let Ok(mut server) = ServerFile::parse(text, origin) {
+        server.token_file = None;
+        server.tls_cert = None;
+        server.tls_key = None;
+        server.insecure_plaintext = true;
+        for client in &mut server.clients {
+            client.token_file = None;
+        }
+        if server.token.is_none() && server.clients.is_empty() {
+            server.token = Some(SecretString::from("fuzz-shared-token".to_owned()));
+        }
+        let _ = server.build();
+    }
     if let Ok(client) = ClientFile::parse(text, origin) {
         if client.token_file.is_none() && client.ca.is_none() {
             let _ = client.build();
@@ -159,6 +183,9 @@ pub fn text_parsers(data: &[u8]) {
     }
     if let Ok(rules) = text.parse::<TargetRules>() {
         assert_eq!(rules.to_string().parse::<TargetRules>().unwrap(), rules);
+    }
+    if let Ok(rule) = text.parse::<VisitRule>() {
+        assert_eq!(rule.to_string().parse::<VisitRule>().unwrap(), rule);
     }
     if let Ok(glob) = text.parse::<Glob>() {
         assert!(

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use tunnel_core::config::{ClientFile, ServerFile};
+use tunnel_core::config::{ClientFile, RemoteEntry, SecretString, ServerFile};
 
 /// A self-hosted reverse tunnel: publish services behind NAT through a public server over one
 /// TLS-encrypted, token-authenticated, multiplexed connection.
@@ -34,7 +34,7 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     /// Shared token for clients (else TUNNEL_TOKEN, the config, or one generated in the state dir).
     #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// Directory for the generated certificate and token.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// 127.0.0.1:6443,10.0.0.0/8:10250 [default: none].
     #[arg(long, value_name = "LIST")]
     pub allow_targets: Option<String>,
+    /// Addresses clients may ask their forwards to bind, e.g. 127.0.0.1,::1 (repeatable)
+    /// [default: only the configured bind_addr, 0.0.0.0].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub allow_bind: Vec<String>,
     /// Run without TLS (clients must pass --insecure-plaintext too).
     #[arg(long)]
     pub insecure_plaintext: bool,
@@ -66,7 +70,7 @@ pub struct ConnectArgs {
     pub server: Option<String>,
     /// Token (else TUNNEL_TOKEN or the config).
     #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// Name to authenticate as [default: this host's name].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -117,6 +121,9 @@ impl ServeArgs {
         override_with(&mut file.tls_key, self.tls_key);
         override_with(&mut file.allow_ports, self.allow_ports);
         override_with(&mut file.allow_targets, self.allow_targets);
+        if !self.allow_bind.is_empty() {
+            file.allow_bind = Some(self.allow_bind);
+        }
         file.insecure_plaintext |= self.insecure_plaintext;
         Ok(file)
     }
@@ -143,9 +150,10 @@ impl ConnectArgs {
         override_with(&mut file.name, self.name);
         override_with(&mut file.fingerprint, self.fingerprint);
         override_with(&mut file.ca, self.ca);
-        for (list, flags) in
-            [(&mut file.remote, self.remote), (&mut file.local, self.local), (&mut file.expose, self.expose)]
-        {
+        if !self.remote.is_empty() {
+            file.remote = self.remote.into_iter().map(RemoteEntry::Spec).collect();
+        }
+        for (list, flags) in [(&mut file.local, self.local), (&mut file.expose, self.expose)] {
             if !flags.is_empty() {
                 *list = flags;
             }

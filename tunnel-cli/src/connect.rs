@@ -13,6 +13,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
         crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let config = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
     let server_host = host_of(&config.server).to_owned();
+    let session_line = format!("connected to {} as {}", config.server, config.name);
     tracing::info!(server = %config.server, name = %config.name, "connecting");
     let mut client = Client::new(config);
     for local in client.listen_locals().await.map_err(Failure::runtime)? {
@@ -24,6 +25,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
         while status.changed().await.is_ok() {
             let current = status.borrow_and_update().clone();
             if let ClientStatus::Connected { forwards, services } = current {
+                println!("{session_line}");
                 for forward in &forwards {
                     println!(
                         "remote forward ready: {} -> {}",

@@ -6,6 +6,7 @@
 mod alloc;
 mod args;
 mod connect;
+mod fd_limit;
 mod serve;
 mod shutdown;
 
@@ -38,6 +39,13 @@ fn main() -> ExitCode {
     alloc::tune();
     let cli = args::Cli::parse();
     init_logging();
+    match fd_limit::raise() {
+        Ok((before, after)) if before != after => {
+            tracing::debug!(?before, ?after, "raised the soft open-file limit to the hard limit")
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!("cannot raise the open-file limit to the hard limit: {err}"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -28,7 +28,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
 }
 
 /// What the operator needs to connect a client, on stdout. A token the user supplied is never
-/// printed; one generated just now is shown this once.
+/// printed; one generated just now is shown this once. The suggested commands pass the token in
+/// `TUNNEL_TOKEN`, not as `--token`: a command line is readable by every user of the machine
+/// (`ps`) and lands in shell history.
 fn print_banner(setup: &ServerSetup, local: SocketAddr) {
     let mode = if setup.config.tls.is_some() { "TLS" } else { "plaintext" };
     println!("tunnel server listening on {local} ({mode})");
@@ -44,17 +46,29 @@ fn print_banner(setup: &ServerSetup, local: SocketAddr) {
         }
         None => "--insecure-plaintext".to_owned(),
     };
-    let token = match &setup.token_source {
+    let connect = format!("tunnel-cli connect --server {server} {trust}");
+    let forward = "-R 0:127.0.0.1:8080";
+    match &setup.token_source {
         TokenSource::GeneratedNow(path) => {
             println!("generated a token and saved it to {} (shown once below)", path.display());
-            format!("--token {}", setup.shared_token.as_ref().map(|t| t.expose_secret()).unwrap_or_default())
+            let token = setup.shared_token.as_ref().map(|t| t.expose_secret()).unwrap_or_default();
+            println!("connect a client with:");
+            println!("  export TUNNEL_TOKEN={token}");
+            println!("  {connect} {forward}");
         }
-        TokenSource::Generated(path) => format!("--token \"$(cat {})\"", path.display()),
-        TokenSource::Supplied => "--token \"$TUNNEL_TOKEN\"".to_owned(),
-        TokenSource::None => "--name NAME --token CLIENT_TOKEN".to_owned(),
-    };
-    println!("connect a client with:");
-    println!("  tunnel-cli connect --server {server} {trust} {token} -R 0:127.0.0.1:8080");
+        TokenSource::Generated(path) => {
+            println!("connect a client with:");
+            println!("  TUNNEL_TOKEN=\"$(cat {})\" {connect} {forward}", path.display());
+        }
+        TokenSource::Supplied => {
+            println!("connect a client with the server's token in TUNNEL_TOKEN:");
+            println!("  {connect} {forward}");
+        }
+        TokenSource::None => {
+            println!("connect a client with its own token in TUNNEL_TOKEN:");
+            println!("  {connect} --name NAME {forward}");
+        }
+    }
     if local.ip().is_unspecified() {
         println!("(from another machine, replace 127.0.0.1 with this server's address)");
     }

@@ -88,8 +88,9 @@ async fn wrong_token_exits_non_zero_and_the_server_keeps_serving() {
         connect(&server, &["--token", TOKEN, "--name", "good", "-R", &format!("127.0.0.1:0:{echo}")], &[]);
     let port = public_port(&good.line_after("remote forward ready: ").await);
 
-    let mut bad = connect(&server, &["--token", "wrong-token", "--name", "bad"], &[]);
-    assert_ne!(bad.exit_code().await, 0);
+    let mut bad = connect(&server, &["--token", "wrong-token-0123456", "--name", "bad"], &[]);
+    // README "Exit status": 1 for a permanent refusal such as a failed authentication.
+    assert_eq!(bad.exit_code().await, 1, "{}", bad.output());
     assert!(bad.output().contains("authentication failed"), "{}", bad.output());
 
     assert_eq!(round_trip(public(port), b"still serving").await.unwrap(), b"still serving");
@@ -107,12 +108,27 @@ async fn wrong_fingerprint_and_refused_ports_exit_non_zero_saying_why() {
         command(&["connect", "--server", &server.addr, "--fingerprint", &wrong_fp, "--token", TOKEN]);
     cmd.args(["-R", &format!("0:{echo}")]);
     let mut pinned_wrong = spawn(cmd);
-    assert_ne!(pinned_wrong.exit_code().await, 0);
+    // README "Exit status": 1 for every permanent refusal below.
+    assert_eq!(pinned_wrong.exit_code().await, 1, "{}", pinned_wrong.output());
     assert!(pinned_wrong.output().contains("fingerprint"), "{}", pinned_wrong.output());
 
     let mut outside = connect(&server, &["--token", TOKEN, "-R", &format!("30000:{echo}")], &[]);
-    assert_ne!(outside.exit_code().await, 0);
+    assert_eq!(outside.exit_code().await, 1, "{}", outside.output());
     assert!(outside.output().contains("port not allowed"), "{}", outside.output());
+
+    // A port another client holds is taken; a newer client under the same name replaces the
+    // holder. Both are permanent refusals.
+    let mut holder =
+        connect(&server, &["--token", TOKEN, "--name", "holder", "-R", &format!("0:{echo}")], &[]);
+    let held = public_port(&holder.line_after("remote forward ready: ").await);
+    let mut taker =
+        connect(&server, &["--token", TOKEN, "--name", "taker", "-R", &format!("{held}:{echo}")], &[]);
+    assert_eq!(taker.exit_code().await, 1, "{}", taker.output());
+    assert!(taker.output().contains("port taken"), "{}", taker.output());
+    let mut newer = connect(&server, &["--token", TOKEN, "--name", "holder"], &[]);
+    assert_eq!(holder.exit_code().await, 1, "{}", holder.output());
+    assert!(holder.output().contains("replaced"), "{}", holder.output());
+    assert_eq!(newer.terminate().await, 0);
     assert_eq!(server.cli.terminate().await, 0);
 }
 
@@ -140,7 +156,7 @@ async fn a_supplied_token_appears_in_no_output_even_at_trace_level() {
         let port = public_port(&client.line_after("remote forward ready: ").await);
         assert_eq!(round_trip(public(port), b"traced").await.unwrap(), b"traced");
         let mut wrong = connect(&server, &["--token", "another-secret-value"], &trace);
-        assert_ne!(wrong.exit_code().await, 0);
+        assert_eq!(wrong.exit_code().await, 1, "authentication failed is a permanent refusal");
 
         let mut client = client;
         assert_eq!(client.terminate().await, 0);
@@ -159,15 +175,21 @@ async fn a_supplied_token_appears_in_no_output_even_at_trace_level() {
 async fn generated_token_is_shown_once_and_the_certificate_is_reused() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = serve(dir.path(), &[], &[]).await;
+    // The token goes to the environment, never onto a command line other users can read.
+    let exported = first.cli.line_after("  export TUNNEL_TOKEN=").await;
     let command_line = first.cli.line_after("  tunnel-cli connect").await;
     let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
-    assert!(command_line.contains(&format!("--token {}", token.trim())), "{command_line}");
+    assert_eq!(exported, token.trim());
+    assert!(!command_line.contains("--token") && !command_line.contains(token.trim()), "{command_line}");
     assert!(command_line.contains(&first.fingerprint));
     assert_eq!(first.cli.terminate().await, 0);
 
     let mut second = serve(dir.path(), &[], &[]).await;
     assert_eq!(second.fingerprint, first.fingerprint, "certificate regenerated");
-    second.cli.line_after("  tunnel-cli connect").await;
+    let from_file =
+        format!("  TUNNEL_TOKEN=\"$(cat {})\" tunnel-cli connect", dir.path().join("token").display());
+    let command_line = second.cli.line_after(&from_file).await;
+    assert!(!command_line.contains("--token"), "{command_line}");
     assert!(!second.cli.output().contains(token.trim()), "the token was shown again");
     assert_eq!(second.cli.terminate().await, 0);
 
@@ -186,20 +208,33 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["serve", "--state-dir", state, "--config", config.to_str().unwrap()], "listen_port"),
         (vec!["serve", "--state-dir", state, "--allow-ports", "10-x"], "allow_ports"),
-        (vec!["serve", "--state-dir", state, "--listen", "nonsense"], "nonsense"),
-        (vec!["connect", "--server", "127.0.0.1:1", "--token", "t", "-R", "bad"], "remote"),
-        (vec!["connect", "--server", "127.0.0.1:1", "--token", "t"], "--fingerprint"),
-        (vec!["connect", "--server", "127.0.0.1:1", "--fingerprint", "xyz", "--token", "t"], "fingerprint"),
+        (vec!["connect", "--server", "127.0.0.1:1", "--token", TOKEN, "-R", "bad"], "remote"),
+        (vec!["connect", "--server", "127.0.0.1:1", "--token", TOKEN], "--fingerprint"),
+        (vec!["connect", "--server", "127.0.0.1:1", "--fingerprint", "xyz", "--token", TOKEN], "fingerprint"),
         (vec!["connect", "--bogus-flag"], "--bogus-flag"),
     ];
     for (args, needle) in cases {
         let mut cli = spawn(command(&args));
         let code = cli.exit_code().await;
         let output = cli.output();
-        assert_ne!(code, 0, "{args:?} succeeded");
+        // README "Exit status": 2 for bad flags or configuration.
+        assert_eq!(code, 2, "{args:?}: {output}");
         assert!(output.contains(needle), "{args:?}: {output}");
         if args[0] != "connect" || !args.contains(&"--bogus-flag") {
             assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
         }
     }
+}
+
+/// An address that cannot be parsed is a bad flag (2), not a failure to bind (1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparseable_listen_address_is_a_bad_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["serve", "--state-dir", dir.path().to_str().unwrap(), "--listen", "nonsense"];
+    let mut cli = spawn(command(&args));
+    let code = cli.exit_code().await;
+    let output = cli.output();
+    assert_eq!(code, 2, "{args:?}: {output}");
+    assert!(output.contains("nonsense"), "{args:?}: {output}");
+    assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
 }

@@ -20,7 +20,12 @@ fn server_example_parses_and_builds() {
     file.clients[0].token_file = Some(token);
     let setup = file.build().unwrap();
     assert!(setup.config.tls.is_some());
-    assert_eq!(setup.config.clients["control-plane"].allow_ports.as_ref().unwrap().to_string(), "6443");
+    assert_eq!(setup.config.clients["control-plane"].ports.as_ref().unwrap().to_string(), "6443");
+    assert_eq!(
+        setup.config.allow_bind,
+        ["0.0.0.0".parse::<std::net::IpAddr>().unwrap(), "127.0.0.1".parse().unwrap()]
+    );
+    assert_eq!(setup.config.max_visitors_per_forward, 512);
     assert_eq!(setup.config.allow_ports.to_string(), "6443,10000-10100");
     assert_eq!(setup.config.clients["control-plane"].allow_visit[0].to_string(), "worker-*/kubelet");
     assert!(!setup.config.allow_targets.is_empty());
@@ -29,14 +34,15 @@ fn server_example_parses_and_builds() {
 #[test]
 fn client_example_parses_and_builds() {
     let mut file = ClientFile::load(&example("client.toml")).unwrap();
-    assert_eq!(file.remote.len(), 2);
+    assert_eq!(file.remote.len(), 3);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "secret").unwrap();
+    std::fs::write(&token, "client-example-secret").unwrap();
     file.token_file = Some(token);
     let config = file.build().unwrap();
     assert_eq!(config.name, "control-plane");
     assert_eq!(config.remotes[0].remote_port, 6443);
+    assert_eq!(config.remotes[2].idle_timeout, Some(std::time::Duration::from_secs(3600)));
     assert_eq!(config.locals[0].target.to_string(), "worker-1/kubelet");
     assert_eq!(config.services[0].name, "apiserver");
 }
@@ -48,7 +54,7 @@ fn hybrid_kubernetes_examples_parse_and_build() {
     server.state_dir = Some(dir.path().to_owned());
     for client in &mut server.clients {
         let token = dir.path().join(format!("{}.token", client.name));
-        std::fs::write(&token, format!("{}-secret", client.name)).unwrap();
+        std::fs::write(&token, format!("{}-secret-token", client.name)).unwrap();
         client.token_file = Some(token);
     }
     let setup = server.build().unwrap();

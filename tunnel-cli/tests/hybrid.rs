@@ -40,6 +40,24 @@ async fn ask(local: &str, request: &str) -> Option<String> {
     (!reply.is_empty()).then(|| String::from_utf8(reply).unwrap())
 }
 
+/// Sends a request through a local forward the rules refuse and returns how it ended: on a
+/// refusal the client resets the visitor (docs/protocol.md), so this must be a reset. There is
+/// no half-close: shutting down a socket already reset would fail with another error.
+async fn refused(local: &str, request: &str) -> std::io::Result<Vec<u8>> {
+    let attempt = async {
+        let mut tcp = TcpStream::connect(local).await?;
+        tcp.write_all(request.as_bytes()).await?;
+        let mut reply = Vec::new();
+        tcp.read_to_end(&mut reply).await?;
+        Ok(reply)
+    };
+    tokio::time::timeout(PATIENCE, attempt).await.expect("refused visitor left hanging")
+}
+
+fn is_reset(outcome: &std::io::Result<Vec<u8>>) -> bool {
+    matches!(outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
 /// Local forward addresses in the order given, from `local forward listening: ADDR -> TARGET`.
 async fn locals(cli: &Cli, count: usize) -> Vec<(String, String)> {
     cli.lines_after("local forward listening: ", count)
@@ -61,7 +79,11 @@ async fn hybrid_kubernetes_layout_with_per_client_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
-    for (name, token) in [("control-plane", "cp-7a1"), ("worker-1", "w1-93c"), ("worker-2", "w2-5e0")] {
+    for (name, token) in [
+        ("control-plane", "cp-7a1-hybrid-token"),
+        ("worker-1", "w1-93c-hybrid-token"),
+        ("worker-2", "w2-5e0-hybrid-token"),
+    ] {
         std::fs::write(secrets.join(format!("{name}.token")), token).unwrap();
     }
     let config = dir.path().join("server.toml");
@@ -109,7 +131,7 @@ allow_visit = ["control-plane/apiserver"]
             "--name",
             "control-plane",
             "--token",
-            "cp-7a1",
+            "cp-7a1-hybrid-token",
             "--expose",
             &format!("apiserver={apiserver}"),
             "-L",
@@ -138,8 +160,8 @@ allow_visit = ["control-plane/apiserver"]
             &[],
         )
     };
-    let worker_1 = worker("worker-1", "w1-93c", kubelet_1);
-    let worker_2 = worker("worker-2", "w2-5e0", kubelet_2);
+    let worker_1 = worker("worker-1", "w1-93c-hybrid-token", kubelet_1);
+    let worker_2 = worker("worker-2", "w2-5e0-hybrid-token", kubelet_2);
     for cli in [&control_plane, &worker_1, &worker_2] {
         cli.line_after("service exposed: ").await;
     }
@@ -158,8 +180,10 @@ allow_visit = ["control-plane/apiserver"]
         assert_eq!(reply.as_deref(), Some("apiserver answers watch"));
     }
     // No worker reaches another's kubelet, and both sides say why.
-    assert_eq!(ask(local_for(&w1_locals, "worker-2/kubelet"), "steal").await, None);
-    assert_eq!(ask(local_for(&w2_locals, "worker-1/kubelet"), "steal").await, None);
+    let outcome = refused(local_for(&w1_locals, "worker-2/kubelet"), "steal").await;
+    assert!(is_reset(&outcome), "worker-1 -> worker-2/kubelet: expected a reset, got {outcome:?}");
+    let outcome = refused(local_for(&w2_locals, "worker-1/kubelet"), "steal").await;
+    assert!(is_reset(&outcome), "worker-2 -> worker-1/kubelet: expected a reset, got {outcome:?}");
     let denial = "may not visit";
     let mut served = served;
     // The refusal is logged on the server and on the refused worker.

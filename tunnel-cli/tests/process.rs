@@ -140,8 +140,11 @@ pub struct Served {
     pub fingerprint: String,
 }
 
+/// Starts `serve` on loopback; forwards bind 127.0.0.1 (the only address allowed to clients).
 pub async fn serve(state_dir: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Served {
-    let mut cmd = command(&["serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir.to_str().unwrap()]);
+    let state_dir = state_dir.to_str().unwrap();
+    let mut cmd =
+        command(&["serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir, "--allow-bind", "127.0.0.1"]);
     cmd.args(extra);
     for (k, v) in envs {
         cmd.env(k, v);

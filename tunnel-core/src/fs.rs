@@ -1,18 +1,114 @@
 //! Small filesystem helpers for secrets kept in the state directory.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Writes a file readable by its owner only (mode 0600 on Unix), replacing any old content.
+/// Creates a directory (and missing parents) that only its owner may enter (mode 0700 on
+/// Unix). An existing directory keeps its mode: it may be shared on purpose (systemd's
+/// `StateDirectory=` sets its own).
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Writes a file readable by its owner only (mode 0600 on Unix), replacing any old one.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_replacing(path, contents, 0o600)
+}
+
+/// Writes a file with `mode` (on Unix), replacing any old one.
+///
+/// The content goes to a new file beside it, created exclusively (so a symlink planted at
+/// either name is never followed, and the mode is the one asked for, whatever an old file had),
+/// then renamed over `path`: a crash leaves the old file or the new one, never half of it.
+pub(crate) fn write_replacing(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let temp = temp_path(path)?;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(mode);
     }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
+    #[cfg(not(unix))]
+    let _ = mode;
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    // Makes the rename itself durable; best effort, as not every platform can sync a directory.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// `.NAME.RANDOM.tmp` in the same directory, so the rename never crosses file systems.
+fn temp_path(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} names no file", path.display()))
+    })?;
+    let suffix: u64 = rand::random();
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{suffix:016x}.tmp"));
+    Ok(path.with_file_name(temp))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_planted_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, victim) = (dir.path().join("token"), dir.path().join("victim"));
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_private(&path, b"secret").unwrap();
+        assert!(!victim.exists(), "the write followed the symlink");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn an_old_readable_file_is_replaced_by_a_private_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(mode(&path), 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["key.pem"], "a temporary file was left behind");
+    }
+
+    #[test]
+    fn a_new_directory_is_private_and_an_existing_one_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        create_private_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o700);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_private_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o750);
+    }
 }

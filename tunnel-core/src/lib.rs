@@ -14,6 +14,7 @@
 //! - [`forward`]: remote forward specs and the bidirectional copy with half-close.
 //! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff).
 //! - [`config`]: TOML file types validated into runtime configs, shared by the CLI and embedders.
+//! - [`log`]: escaping of peer-controlled text before it is logged, and rate-limited log lines.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod forward;
+pub mod log;
 pub mod mux;
 pub mod proto;
 pub mod server;

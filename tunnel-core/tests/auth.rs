@@ -20,7 +20,8 @@ async fn wrong_token_fails_permanently_while_other_clients_keep_working() {
     let mut good = start_client(server.client_config("good", &[&format!("0:{echo}")]));
     let public = good.connected().await[0].public_addr;
 
-    let bad = start_client(client_config_for(server.addr, server.fingerprint, "bad", "not-the-token", &[]));
+    let bad =
+        start_client(client_config_for(server.addr, server.fingerprint, "bad", "not-the-token-0123456", &[]));
     let err = bad.failure().await;
     assert!(matches!(err, ClientError::AuthFailed(_)), "{err}");
     assert!(err.to_string().contains("authentication failed"), "{err}");
@@ -98,13 +99,18 @@ async fn per_client_token_is_the_only_way_to_claim_that_name() {
     let server = start_server(|config| {
         config.credentials = Credentials::default()
             .with_shared(Token::new(TOKEN).unwrap())
-            .with_client("worker-1", Token::new("worker-1-secret").unwrap());
+            .with_client("worker-1", Token::new("worker-1-secret-token").unwrap());
     })
     .await;
     let impostor = start_client(server.client_config("worker-1", &[]));
     assert!(matches!(impostor.failure().await, ClientError::AuthFailed(_)));
-    let mut real =
-        start_client(client_config_for(server.addr, server.fingerprint, "worker-1", "worker-1-secret", &[]));
+    let mut real = start_client(client_config_for(
+        server.addr,
+        server.fingerprint,
+        "worker-1",
+        "worker-1-secret-token",
+        &[],
+    ));
     real.connected().await;
     real.stop().await;
     server.stop().await;

@@ -42,7 +42,7 @@ async fn ports_outside_the_allow_list_are_refused_per_client() {
         config.allow_ports = format!("{allowed}").parse().unwrap();
         config.credentials = Credentials::default()
             .with_shared(Token::new(TOKEN).unwrap())
-            .with_client("kube", Token::new("kube-secret").unwrap());
+            .with_client("kube", Token::new("kube-secret-0123456789").unwrap());
         let mut policy = ClientPolicy::default();
         policy.allow_ports = Some(format!("{other}").parse().unwrap());
         config.clients.insert("kube".into(), policy);
@@ -66,7 +66,7 @@ async fn ports_outside_the_allow_list_are_refused_per_client() {
         server.addr,
         server.fingerprint,
         "kube",
-        "kube-secret",
+        "kube-secret-0123456789",
         &[&format!("{other}:{echo}")],
     ));
     assert_eq!(kube.connected().await[0].public_addr.port(), other);

@@ -4,10 +4,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use proptest::prelude::*;
-use tunnel_core::config::ServerFile;
-use tunnel_core::forward::{PortSet, RemoteForwardSpec, TargetAddr};
+use tunnel_core::config::{ConfigError, ServerFile};
+use tunnel_core::forward::{PortSet, RemoteForwardSpec, TargetAddr, VisitTarget};
 use tunnel_core::proto::handshake::{HandshakeMessage, RefuseCode};
-use tunnel_core::proto::{frame, ControlMessage, GoodbyeCode, RefusalCode, StreamHeader};
+use tunnel_core::proto::{
+    frame, ControlMessage, FrameError, GoodbyeCode, RefusalCode, ReplyStatus, StreamHeader, StreamReply,
+};
 
 fn ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
@@ -24,19 +26,46 @@ fn reason() -> impl Strategy<Value = String> {
     "\\PC{0,40}"
 }
 
+/// A client or service name as `validate_name` accepts it: 1-64 of `A-Za-z0-9._-`, no leading dot.
+fn name() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
+}
+
+// Codes and statuses are drawn as wire bytes and named by the decoder itself (a byte no version
+// defines becomes `Other`), so every code is covered, including codes added later, and each
+// value is the one a peer would see.
+
+/// Any byte, mostly small ones, where the defined codes are.
+fn code_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![3 => 0u8..16, 1 => any::<u8>()]
+}
+
+/// Every goodbye code: a `Goodbye` (type 0x03) with code byte `c` and an empty message.
+fn goodbye_code() -> impl Strategy<Value = GoodbyeCode> {
+    code_byte().prop_map(|c| match ControlMessage::decode(&[0x03, c, 0, 0]) {
+        Ok(ControlMessage::Goodbye { code, .. }) => code,
+        other => panic!("goodbye code {c} decoded as {other:?}"),
+    })
+}
+
+/// Every refusal code: a `RemoteForwardRefused` (type 0x12, id 0) with code byte `c`.
+fn refusal_code() -> impl Strategy<Value = RefusalCode> {
+    code_byte().prop_map(|c| match ControlMessage::decode(&[0x12, 0, 0, 0, 0, c, 0, 0]) {
+        Ok(ControlMessage::RemoteForwardRefused { code, .. }) => code,
+        other => panic!("refusal code {c} decoded as {other:?}"),
+    })
+}
+
+/// Every stream reply status: a reply body with status byte `s` and an empty message.
+fn reply_status() -> impl Strategy<Value = ReplyStatus> {
+    code_byte().prop_map(|s| StreamReply::decode(&[s, 0, 0]).unwrap().status)
+}
+
 fn control_message() -> impl Strategy<Value = ControlMessage> {
     prop_oneof![
         any::<u64>().prop_map(|nonce| ControlMessage::Ping { nonce }),
         any::<u64>().prop_map(|nonce| ControlMessage::Pong { nonce }),
-        (any::<u8>(), reason()).prop_map(|(c, message)| {
-            let code = match c % 4 {
-                0 => GoodbyeCode::Shutdown,
-                1 => GoodbyeCode::Replaced,
-                2 => GoodbyeCode::ProtocolError,
-                _ => GoodbyeCode::Other(c.max(4)),
-            };
-            ControlMessage::Goodbye { code, message }
-        }),
+        (goodbye_code(), reason()).prop_map(|(code, message)| ControlMessage::Goodbye { code, message }),
         (any::<u32>(), proptest::option::of(ip()), any::<u16>(), any::<u16>()).prop_map(
             |(id, bind, port, preferred_port)| ControlMessage::RemoteForwardRequest {
                 id,
@@ -47,21 +76,55 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         ),
         (any::<u32>(), socket_addr())
             .prop_map(|(id, public_addr)| ControlMessage::RemoteForwardReady { id, public_addr }),
-        (any::<u32>(), 1u8..=4, reason()).prop_map(|(id, c, message)| {
-            let code = [
-                RefusalCode::PortNotAllowed,
-                RefusalCode::PortTaken,
-                RefusalCode::TooManyForwards,
-                RefusalCode::Invalid,
-            ][usize::from(c - 1)];
-            ControlMessage::RemoteForwardRefused { id, code, message }
+        (any::<u32>(), refusal_code(), reason())
+            .prop_map(|(id, code, message)| ControlMessage::RemoteForwardRefused { id, code, message }),
+        name().prop_map(|name| ControlMessage::ExposeRequest { name }),
+        name().prop_map(|name| ControlMessage::ExposeReady { name }),
+        (name(), refusal_code(), reason()).prop_map(|(name, code, message)| ControlMessage::ExposeRefused {
+            name,
+            code,
+            message
         }),
     ]
 }
 
+/// A host a target may name: any DNS-style name `TargetAddr` accepts, or an IPv4 or IPv6 address.
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9._-]{1,253}",
+        any::<[u8; 4]>().prop_map(|o| Ipv4Addr::from(o).to_string()),
+        any::<[u8; 16]>().prop_map(|o| Ipv6Addr::from(o).to_string()),
+    ]
+}
+
+fn visit_target() -> impl Strategy<Value = VisitTarget> {
+    prop_oneof![
+        (name(), name()).prop_map(|(client, service)| VisitTarget::Service { client, service }),
+        (host(), 1u16..=65535).prop_map(|(host, port)| VisitTarget::Address(TargetAddr { host, port })),
+    ]
+}
+
+fn stream_header() -> impl Strategy<Value = StreamHeader> {
+    prop_oneof![
+        (any::<u32>(), socket_addr())
+            .prop_map(|(forward_id, visitor)| StreamHeader::RemoteForward { forward_id, visitor }),
+        (visit_target(), socket_addr())
+            .prop_map(|(target, visitor)| StreamHeader::LocalForward { target, visitor }),
+        (name(), name(), socket_addr()).prop_map(|(service, from, visitor)| StreamHeader::ServiceVisit {
+            service,
+            from,
+            visitor
+        }),
+    ]
+}
+
+fn stream_reply() -> impl Strategy<Value = StreamReply> {
+    (reply_status(), reason()).prop_map(|(status, message)| StreamReply { status, message })
+}
+
 fn handshake_message() -> impl Strategy<Value = HandshakeMessage> {
     prop_oneof![
-        (any::<u16>(), any::<u16>(), any::<[u8; 32]>(), "[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}").prop_map(
+        (any::<u16>(), any::<u16>(), any::<[u8; 32]>(), name()).prop_map(
             |(min_version, max_version, nonce, name)| HandshakeMessage::ClientHello {
                 min_version,
                 max_version,
@@ -100,11 +163,17 @@ proptest! {
     }
 
     #[test]
-    fn stream_headers_round_trip(forward_id in any::<u32>(), visitor in socket_addr()) {
-        let header = StreamHeader::RemoteForward { forward_id, visitor };
+    fn stream_headers_round_trip(header in stream_header()) {
         let encoded = header.encode();
         prop_assert_eq!(usize::from(u16::from_be_bytes([encoded[0], encoded[1]])), encoded.len() - 2);
         prop_assert_eq!(StreamHeader::decode(&encoded[2..]).unwrap(), header);
+    }
+
+    #[test]
+    fn stream_replies_round_trip(reply in stream_reply()) {
+        let encoded = reply.encode();
+        prop_assert_eq!(usize::from(u16::from_be_bytes([encoded[0], encoded[1]])), encoded.len() - 2);
+        prop_assert_eq!(StreamReply::decode(&encoded[2..]).unwrap(), reply);
     }
 
     #[test]
@@ -118,7 +187,13 @@ proptest! {
         let (decoded, used) = frame::decode(&bytes, 1024).unwrap().unwrap();
         prop_assert_eq!(decoded, &payload[..]);
         prop_assert_eq!(used, whole);
-        prop_assert!(frame::decode(&bytes, payload.len().saturating_sub(1)).is_err() || payload.is_empty());
+        if let Some(max) = payload.len().checked_sub(1) {
+            let err = frame::decode(&bytes, max).unwrap_err();
+            prop_assert!(
+                matches!(err, FrameError::TooLarge { len, max: m } if len == payload.len() as u64 && m == max),
+                "{:?}", err
+            );
+        }
     }
 
     #[test]
@@ -150,29 +225,54 @@ proptest! {
         prop_assert_eq!(target, spec.local);
     }
 
-    /// Any combination of limit values either validates into exactly those values or is
-    /// rejected with an error naming a `limits.` key; it never panics.
+    /// Any combination of limit values either validates into exactly those values or, when one
+    /// is out of range, is rejected as `ConfigError::Invalid` naming a key whose value is out of
+    /// range; it never panics. The edges of each range are drawn often.
     #[test]
     fn server_limits_validate_or_name_the_key(
-        streams in 0usize..100_000,
-        forwards in 0usize..1000,
-        message in 0usize..20_000_000,
-        pending in 0usize..5000,
+        streams in prop_oneof![1 => Just(0usize), 1 => Just(65_536), 1 => Just(65_537), 3 => 0usize..100_000],
+        forwards in prop_oneof![1 => Just(0usize), 3 => 0usize..1000],
+        message in prop_oneof![
+            1 => Just(0usize),
+            1 => Just(1023),
+            1 => Just(1024),
+            1 => Just(16 << 20),
+            1 => Just((16 << 20) + 1),
+            3 => 0usize..20_000_000,
+        ],
+        pending in prop_oneof![1 => Just(0usize), 3 => 0usize..5000],
     ) {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "state_dir = {:?}\ntoken = \"t\"\n[limits]\nmax_streams_per_session = {streams}\n\
+            "state_dir = {:?}\ntoken = \"properties-test-token\"\n[limits]\nmax_streams_per_session = {streams}\n\
              max_forwards_per_client = {forwards}\nmax_message_size = {message}\nmax_unauthenticated = {pending}\n",
             dir.path()
         );
+        let mut out_of_range = Vec::new();
+        if pending == 0 {
+            out_of_range.push("limits.max_unauthenticated");
+        }
+        if streams == 0 || streams > 65_536 {
+            out_of_range.push("limits.max_streams_per_session");
+        }
+        if forwards == 0 {
+            out_of_range.push("limits.max_forwards_per_client");
+        }
+        if !(1024..=16 << 20).contains(&message) {
+            out_of_range.push("limits.max_message_size");
+        }
         match ServerFile::parse(&text, Path::new("p.toml")).unwrap().build() {
             Ok(setup) => {
+                prop_assert!(out_of_range.is_empty(), "accepted with {:?} out of range", out_of_range);
                 prop_assert_eq!(setup.config.session.mux.max_streams, streams);
                 prop_assert_eq!(setup.config.max_forwards_per_client, forwards);
                 prop_assert_eq!(setup.config.session.max_message_size, message);
                 prop_assert_eq!(setup.config.max_unauthenticated, pending);
             }
-            Err(err) => prop_assert!(err.to_string().contains("limits."), "{}", err),
+            Err(ConfigError::Invalid { key, message: why }) => {
+                prop_assert!(out_of_range.contains(&key), "rejected `{}` ({}); out of range: {:?}", key, why, out_of_range);
+            }
+            Err(other) => prop_assert!(false, "expected an invalid-key error, got: {}", other),
         }
     }
 }

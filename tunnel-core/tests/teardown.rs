@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ROUNDS: usize = 5;
 
@@ -28,21 +29,48 @@ async fn file_descriptors_and_memory_return_to_baseline_after_sessions_end() {
             visitor.await.unwrap().unwrap();
         }
         throughput(sink_public, 16 * 1024 * 1024).await;
-        // Leave one visitor open across the teardown: it must be cut, not leaked.
-        let _open = tokio::net::TcpStream::connect(echo_public).await.unwrap();
+        // Leave one visitor open across the teardown: it must be cut, not leaked. First let the
+        // connections above finish closing, so the count below sees only this visitor.
+        let data_ports = [echo_public.port(), sink_public.port(), echo.port(), sink.port()];
+        eventually("the earlier visitors' sockets to close", || async move {
+            live_sockets(&data_ports, false).is_empty()
+        })
+        .await;
+        let idle = open_fds();
+        let mut open = tokio::net::TcpStream::connect(echo_public).await.unwrap();
+        // An echo proves it is carried end to end: the server, the client and the target each
+        // hold a socket for it besides ours.
+        open.write_all(b"live").await.unwrap();
+        let mut echoed = [0u8; 4];
+        open.read_exact(&mut echoed).await.unwrap();
+        let live = open_fds();
+        assert!(live >= idle + 4, "round {round}: a live visitor took {idle} -> {live} descriptors");
         client.stop().await;
         server.stop().await;
-        drop(_open);
+        // Our end stays open and is the only one that may remain: the server released its end of
+        // the visitor (and the client and the target theirs) on their own.
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while open_fds() > fds_baseline {
+        while open_fds() > fds_baseline + 1 {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "round {round}: {} file descriptors open, baseline {fds_baseline}:\n{:#?}",
+                "round {round}: {} file descriptors open with the visitor held, baseline {fds_baseline} + 1:\n{:#?}",
                 open_fds(),
                 describe_fds()
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // Cut, not ended cleanly: the session it rode on is gone.
+        let end = open.read(&mut echoed).await;
+        assert!(
+            matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "round {round}: the held visitor saw {end:?}, expected a reset"
+        );
+        drop(open);
+        assert!(
+            open_fds() <= fds_baseline,
+            "round {round}: {} descriptors after the visitor closed",
+            open_fds()
+        );
         rss_after_round.push(rss_bytes());
     }
     // Round 1 warms the allocator up (TLS, yamux and copy buffers); from round 2 on, memory

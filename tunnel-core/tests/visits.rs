@@ -25,8 +25,9 @@ fn with_locals(mut config: ClientConfig, locals: &[String]) -> ClientConfig {
     config
 }
 
-/// A visit that the tunnel refuses: the visitor sees EOF or a reset quickly (possibly already
-/// at connect), never a hang.
+/// A visit that the tunnel refuses: the visitor sees a reset quickly (possibly already at
+/// connect), never a hang, data or a clean end: on a refusal the client resets the visitor
+/// (docs/protocol.md, "Data streams").
 async fn assert_refused(addr: std::net::SocketAddr, what: &str) {
     let attempt = async {
         let mut tcp = TcpStream::connect(addr).await?;
@@ -36,7 +37,10 @@ async fn assert_refused(addr: std::net::SocketAddr, what: &str) {
     let outcome = tokio::time::timeout(PATIENCE, attempt)
         .await
         .unwrap_or_else(|_| panic!("{what}: visitor left hanging"));
-    assert!(matches!(outcome, Ok(0) | Err(_)), "{what}: visitor got data: {outcome:?}");
+    assert!(
+        matches!(&outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{what}: expected a reset, got {outcome:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +69,8 @@ async fn a_local_forward_to_a_private_service_carries_64_mib_each_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_visits_through_one_local_forward() {
-    let server = start_server(|_| {}).await;
+    // More than the default `max_visits_per_client` (64), which bounds the memory visits can pin.
+    let server = start_server(|config| config.session.mux.max_inbound_streams = Some(128)).await;
     let echo = echo_target().await;
     let mut owner =
         start_client(with_services(server.client_config("owner", &[]), &[format!("echo={echo}")]));
@@ -91,9 +96,9 @@ async fn a_hundred_concurrent_visits_through_one_local_forward() {
 /// may expose only `kubelet`.
 fn kube_server(config: &mut tunnel_core::server::ServerConfig) {
     config.credentials = Credentials::default()
-        .with_client("cp", Token::new("cp-secret").unwrap())
-        .with_client("worker-1", Token::new("w1-secret").unwrap())
-        .with_client("worker-2", Token::new("w2-secret").unwrap());
+        .with_client("cp", Token::new("cp-secret-0123456789").unwrap())
+        .with_client("worker-1", Token::new("w1-secret-0123456789").unwrap())
+        .with_client("worker-2", Token::new("w2-secret-0123456789").unwrap());
     let mut cp = ClientPolicy::default();
     cp.allow_visit = vec!["worker-1/kubelet".parse().unwrap()];
     config.clients.insert("cp".into(), cp);
@@ -112,11 +117,11 @@ async fn a_visit_denied_by_the_rules_closes_promptly_while_an_allowed_one_works(
         let config = client_config_for(server.addr, server.fingerprint, name, token, &[]);
         start_client(with_services(config, &[format!("kubelet={kubelet}")]))
     };
-    let mut w1 = worker("worker-1", "w1-secret", kubelet_1);
-    let mut w2 = worker("worker-2", "w2-secret", kubelet_2);
+    let mut w1 = worker("worker-1", "w1-secret-0123456789", kubelet_1);
+    let mut w2 = worker("worker-2", "w2-secret-0123456789", kubelet_2);
     w1.connected().await;
     w2.connected().await;
-    let cp_config = client_config_for(server.addr, server.fingerprint, "cp", "cp-secret", &[]);
+    let cp_config = client_config_for(server.addr, server.fingerprint, "cp", "cp-secret-0123456789", &[]);
     let cp_config = with_locals(cp_config, &["0:worker-1/kubelet".into(), "0:worker-2/kubelet".into()]);
     let (mut cp, locals) = start_client_with_locals(cp_config).await;
     cp.connected().await;
@@ -124,7 +129,7 @@ async fn a_visit_denied_by_the_rules_closes_promptly_while_an_allowed_one_works(
     assert_refused(locals[1], "cp -> worker-2/kubelet").await;
     assert_eq!(round_trip(locals[0], b"allowed").await.unwrap(), b"allowed");
     // A worker may not expose a name its entry does not allow: refused for good.
-    let config = client_config_for(server.addr, server.fingerprint, "worker-2", "w2-secret", &[]);
+    let config = client_config_for(server.addr, server.fingerprint, "worker-2", "w2-secret-0123456789", &[]);
     let sneaky = start_client(with_services(config, &[format!("apiserver={kubelet_2}")]));
     match sneaky.failure().await {
         ClientError::ServiceRefused { code: RefusalCode::NameNotAllowed, .. } => {}

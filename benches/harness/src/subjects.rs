@@ -130,9 +130,12 @@ pub fn start(
 }
 
 fn tunnel(bin: &Path, targets: Targets, dir: &Path, streams: usize, tls: bool) -> Result<Running> {
-    // The per-session stream cap (default 1024) raised for the idle-streams measurement.
+    // The per-session stream and per-forward visitor caps raised for the idle-streams measurement.
     let config = dir.join("server.toml");
-    std::fs::write(&config, format!("[limits]\nmax_streams_per_session = {}\n", streams.max(1024) + 64))?;
+    std::fs::write(&config, format!(
+            "[limits]\nmax_streams_per_session = {n}\nmax_visitors_per_forward = {n}\nmax_visitors_per_source = {n}\n",
+            n = streams.max(1024) + 64
+        ))?;
     let config = config.to_str().context("scratch path is not UTF-8")?;
     let state = dir.join("state");
     let state = state.to_str().context("scratch path is not UTF-8")?;

@@ -2,14 +2,17 @@ use std::collections::HashMap;
 
 use super::Token;
 
+/// The decoy when no client token is configured (then no name can authenticate at all).
+static DECOY: std::sync::LazyLock<Token> = std::sync::LazyLock::new(Token::generate);
+
 /// The tokens a server accepts: one shared token for any client name, and per-client tokens that
 /// are the only way to authenticate as their name.
 ///
 /// ```
 /// use tunnel_core::auth::{CredentialKind, Credentials, Token};
 /// let creds = Credentials::default()
-///     .with_shared(Token::new("team").unwrap())
-///     .with_client("worker-1", Token::new("w1").unwrap());
+///     .with_shared(Token::new("team-token-6f3a9c1e").unwrap())
+///     .with_client("worker-1", Token::new("worker-1-token-b87d20").unwrap());
 /// assert_eq!(creds.lookup("worker-1").unwrap().1, CredentialKind::PerClient);
 /// assert_eq!(creds.lookup("laptop").unwrap().1, CredentialKind::Shared);
 /// ```
@@ -17,6 +20,9 @@ use super::Token;
 pub struct Credentials {
     shared: Option<Token>,
     clients: HashMap<String, Token>,
+    /// Checked in place of a token for a name that has none, so that an unknown name and a
+    /// wrong token take the same path and the same time; as long as the longest client token.
+    decoy: Option<Token>,
 }
 
 /// Which kind of credential authenticated a client.
@@ -37,8 +43,22 @@ impl Credentials {
 
     /// Issues `token` to `name`; the shared token no longer authenticates that name.
     pub fn with_client(mut self, name: impl Into<String>, token: Token) -> Self {
+        let longest = self.decoy.as_ref().map_or(0, |d| d.as_bytes().len());
+        if token.as_bytes().len() > longest {
+            self.decoy = Some(Token::random_of_len(token.as_bytes().len()));
+        }
         self.clients.insert(name.into(), token);
         self
+    }
+
+    /// The token `name` must prove and its kind; for a name no token accepts, a decoy of the
+    /// same length as a real one and `None`, to be checked (and failed) like a wrong token.
+    pub(crate) fn lookup_or_decoy(&self, name: &str) -> (&Token, Option<CredentialKind>) {
+        match (self.lookup(name), &self.decoy) {
+            (Some((token, kind)), _) => (token, Some(kind)),
+            (None, Some(decoy)) => (decoy, None),
+            (None, None) => (&DECOY, None),
+        }
     }
 
     /// The token that `name` must prove, and its kind.
@@ -49,8 +69,36 @@ impl Credentials {
         }
     }
 
+    /// True if `name` has a token of its own.
+    pub fn has_client(&self, name: &str) -> bool {
+        self.clients.contains_key(name)
+    }
+
     /// True when no token at all is configured (no client could ever authenticate).
     pub fn is_empty(&self) -> bool {
         self.shared.is_none() && self.clients.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_name_is_checked_against_one_decoy_as_long_as_a_real_token() {
+        let creds = Credentials::default()
+            .with_client("short", Token::new("sixteen-chars-ok").unwrap())
+            .with_client("long", Token::new("a-much-longer-per-client-token-0123456789").unwrap())
+            .with_client("mid", Token::new("a-middling-token-length").unwrap());
+        let (decoy, kind) = creds.lookup_or_decoy("stranger");
+        assert_eq!(kind, None);
+        assert_eq!(decoy.as_bytes().len(), "a-much-longer-per-client-token-0123456789".len());
+        // The same decoy every time: nothing is generated per attempt.
+        assert!(std::ptr::eq(decoy, creds.lookup_or_decoy("another").0));
+        let (token, kind) = creds.lookup_or_decoy("mid");
+        assert_eq!(
+            (token.expose_secret(), kind),
+            ("a-middling-token-length", Some(CredentialKind::PerClient))
+        );
     }
 }

@@ -13,4 +13,4 @@ mod token;
 pub use credentials::{CredentialKind, Credentials};
 pub use proof::{ChannelBinding, Proof, Role, Transcript, TLS_EXPORTER_LABEL};
 pub(crate) use token::hex;
-pub use token::{Token, TokenError};
+pub use token::{Token, TokenError, MIN_TOKEN_CHARS};

@@ -88,8 +88,14 @@ impl Transcript {
     }
 }
 
-/// An HMAC proof of token possession over a transcript.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// An HMAC proof of token possession over a transcript. There is no `PartialEq`: a proof is
+/// checked with [`Proof::verify`], in constant time.
+///
+/// ```compile_fail,E0369
+/// use tunnel_core::auth::Proof;
+/// assert!(Proof([0; 32]) == Proof([0; 32]));
+/// ```
+#[derive(Clone, Copy)]
 pub struct Proof(pub [u8; 32]);
 
 impl std::fmt::Debug for Proof {
@@ -103,7 +109,7 @@ impl Proof {
     ///
     /// ```
     /// use tunnel_core::auth::{ChannelBinding, Proof, Role, Token, Transcript};
-    /// let token = Token::new("secret").unwrap();
+    /// let token = Token::new("correct horse battery staple").unwrap();
     /// let mut transcript = Transcript::new(&ChannelBinding::Plaintext);
     /// transcript.add(b"hello");
     /// let proof = Proof::compute(&token, Role::Client, &transcript);
@@ -134,11 +140,11 @@ mod tests {
 
     #[test]
     fn proof_depends_on_token_binding_and_transcript() {
-        let token = Token::new("a").unwrap();
+        let token = Token::new("token-a-token-a-token-a").unwrap();
         let base = Transcript::new(&ChannelBinding::Tls([1; 32]));
         let proof = Proof::compute(&token, Role::Client, &base);
         assert!(proof.verify(&token, Role::Client, &base));
-        assert!(!proof.verify(&Token::new("b").unwrap(), Role::Client, &base));
+        assert!(!proof.verify(&Token::new("token-b-token-b-token-b").unwrap(), Role::Client, &base));
         assert!(!proof.verify(&token, Role::Client, &Transcript::new(&ChannelBinding::Tls([2; 32]))));
         assert!(!proof.verify(&token, Role::Client, &Transcript::new(&ChannelBinding::Plaintext)));
         let mut longer = base.clone();

@@ -4,6 +4,9 @@ use std::sync::Arc;
 
 /// Longest token accepted.
 const MAX_TOKEN_LEN: usize = 1024;
+/// Shortest token accepted, in characters: anything shorter falls to an offline guess from
+/// one recorded handshake.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// A shared secret. `Debug` masks it and it has no `Display`, so it cannot end up in a log line
 /// by accident; [`Token::expose_secret`] is the one explicit way to read it.
@@ -13,7 +16,16 @@ const MAX_TOKEN_LEN: usize = 1024;
 /// let token = Token::new("correct horse battery staple").unwrap();
 /// assert_eq!(format!("{token:?}"), "Token(***)");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+///
+/// There is no `PartialEq`: tokens are checked through constant-time proofs
+/// ([`crate::auth::Proof::verify`]), never with `==`, so this does not compile:
+///
+/// ```compile_fail,E0369
+/// use tunnel_core::auth::Token;
+/// let token = Token::new("correct horse battery staple").unwrap();
+/// assert!(token == token.clone());
+/// ```
+#[derive(Clone)]
 pub struct Token(Arc<str>);
 
 /// Why a token was rejected.
@@ -23,6 +35,15 @@ pub enum TokenError {
     /// The token is empty (or only whitespace, when read from a file).
     #[error("token is empty")]
     Empty,
+    /// The token is shorter than 16 characters.
+    #[error(
+        "token is {chars} characters long; use at least {MIN_TOKEN_CHARS} \
+         (e.g. 32 random bytes, hex-encoded)"
+    )]
+    TooShort {
+        /// Characters in the token.
+        chars: usize,
+    },
     /// The token is longer than 1024 bytes.
     #[error("token is longer than {MAX_TOKEN_LEN} bytes")]
     TooLong,
@@ -37,11 +58,15 @@ pub enum TokenError {
 }
 
 impl Token {
-    /// Wraps a secret, checking it is non-empty and at most 1024 bytes.
+    /// Wraps a secret, checking it has at least 16 characters and at most 1024 bytes.
     pub fn new(secret: impl Into<String>) -> Result<Self, TokenError> {
         let secret = secret.into();
         if secret.is_empty() {
             return Err(TokenError::Empty);
+        }
+        let chars = secret.chars().count();
+        if chars < MIN_TOKEN_CHARS {
+            return Err(TokenError::TooShort { chars });
         }
         if secret.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
@@ -53,6 +78,14 @@ impl Token {
     pub fn generate() -> Self {
         let bytes: [u8; 32] = rand::random();
         Self(hex(&bytes).into())
+    }
+
+    /// A random hex token of exactly `len` bytes (at least 16).
+    pub(crate) fn random_of_len(len: usize) -> Self {
+        let bytes: Vec<u8> = (0..len.max(MIN_TOKEN_CHARS).div_ceil(2)).map(|_| rand::random()).collect();
+        let mut text = hex(&bytes);
+        text.truncate(len.max(MIN_TOKEN_CHARS));
+        Self(text.into())
     }
 
     /// Reads a token from a file, ignoring surrounding whitespace (such as a final newline).
@@ -93,29 +126,35 @@ mod tests {
     #[test]
     fn generated_tokens_are_distinct_and_long() {
         let (a, b) = (Token::generate(), Token::generate());
-        assert_ne!(a, b);
+        assert_ne!(a.expose_secret(), b.expose_secret());
         assert_eq!(a.expose_secret().len(), 64);
     }
 
     #[test]
-    fn empty_and_oversized_tokens_are_refused() {
+    fn empty_short_and_oversized_tokens_are_refused() {
         assert!(matches!(Token::new(""), Err(TokenError::Empty)));
+        assert!(matches!(Token::new("shared"), Err(TokenError::TooShort { chars: 6 })));
+        assert!(matches!(Token::new("é".repeat(15)), Err(TokenError::TooShort { chars: 15 })));
+        assert!(Token::new("é".repeat(16)).is_ok());
+        assert!(Token::new("x".repeat(16)).is_ok());
         assert!(matches!(Token::new("x".repeat(1025)), Err(TokenError::TooLong)));
+        let message = Token::new("hunter2").unwrap_err().to_string();
+        assert!(message.contains("at least 16") && !message.contains("hunter2"), "{message}");
     }
 
     #[test]
     fn file_token_is_trimmed_and_blank_file_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        std::fs::write(&path, "s3cret\n").unwrap();
-        assert_eq!(Token::from_file(&path).unwrap().expose_secret(), "s3cret");
+        std::fs::write(&path, "s3cret-s3cret-s3cret\n").unwrap();
+        assert_eq!(Token::from_file(&path).unwrap().expose_secret(), "s3cret-s3cret-s3cret");
         std::fs::write(&path, " \n").unwrap();
         assert!(matches!(Token::from_file(&path), Err(TokenError::Empty)));
     }
 
     #[test]
     fn debug_never_shows_the_secret() {
-        let token = Token::new("hunter2").unwrap();
+        let token = Token::new("hunter2-hunter2-hunter2").unwrap();
         assert!(!format!("{token:?} {:?}", Some(&token)).contains("hunter2"));
     }
 }

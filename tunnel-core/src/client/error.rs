@@ -1,4 +1,5 @@
 use crate::forward::RemoteForwardSpec;
+use crate::log::Escaped;
 use crate::proto::handshake::{HandshakeError, RefuseCode};
 use crate::proto::{FrameError, GoodbyeCode, RefusalCode};
 use crate::session::{SessionEnd, SessionError};
@@ -16,7 +17,7 @@ pub enum ClientError {
     #[error("server certificate rejected: {0}")]
     ServerCertificate(String),
     /// The server refused the connection for a reason retrying cannot fix.
-    #[error("server refused the connection ({code}): {message}")]
+    #[error("server refused the connection ({code}): {}", Escaped(.message))]
     Refused {
         /// Server's reason code.
         code: RefuseCode,
@@ -24,7 +25,7 @@ pub enum ClientError {
         message: String,
     },
     /// The server refused one of our forwards.
-    #[error("forward {spec} refused by the server ({code}): {message}")]
+    #[error("forward {spec} refused by the server ({code}): {}", Escaped(.message))]
     ForwardRefused {
         /// The forward as configured.
         spec: RemoteForwardSpec,
@@ -34,7 +35,7 @@ pub enum ClientError {
         message: String,
     },
     /// The server refused one of our private services.
-    #[error("service {name:?} refused by the server ({code}): {message}")]
+    #[error("service {name:?} refused by the server ({code}): {}", Escaped(.message))]
     ServiceRefused {
         /// The service name.
         name: String,
@@ -52,7 +53,7 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// Another client connected with our name and took over.
-    #[error("replaced: {0}")]
+    #[error("replaced: {}", Escaped(.0))]
     Replaced(String),
     /// The peer does not speak this protocol (or a compatible version of it).
     #[error("protocol error: {0}")]
@@ -113,13 +114,13 @@ pub(super) fn classify_tls(err: std::io::Error) -> Failure {
 pub(super) fn classify_session(err: SessionError) -> Failure {
     match err {
         SessionError::Handshake(HandshakeError::Refused { code: RefuseCode::AuthFailed, message }) => {
-            ClientError::AuthFailed(format!("the server rejected the token ({message})")).into()
+            ClientError::AuthFailed(format!("the server rejected the token ({})", Escaped(&message))).into()
         }
         SessionError::Handshake(HandshakeError::Refused { code, message }) if code.is_permanent() => {
             ClientError::Refused { code, message }.into()
         }
         SessionError::Handshake(HandshakeError::Refused { code, message }) => {
-            Failure::Transient(format!("server refused the connection ({code}): {message}"))
+            Failure::Transient(format!("server refused the connection ({code}): {}", Escaped(&message)))
         }
         SessionError::Handshake(HandshakeError::ServerProofInvalid) => ClientError::AuthFailed(
             "the server could not prove it knows the token (different tokens, or not our server)".into(),

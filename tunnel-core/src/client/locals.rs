@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{copy_until_eof, LocalForwardSpec, VisitTarget};
+use crate::log::Escaped;
 use crate::mux::StreamOpener;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
@@ -78,7 +79,7 @@ async fn visit(
         outcome = carry(&mut tcp, visitor, &target, opener) => outcome,
     };
     if let Err(why) = outcome {
-        tracing::warn!(%visitor, %target, "local forward failed: {why}");
+        tracing::warn!(%visitor, %target, "local forward failed: {}", Escaped(&why));
         transport::reset_on_close(&tcp);
     }
 }

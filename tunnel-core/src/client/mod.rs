@@ -243,7 +243,7 @@ impl Client {
             let Some(delay) = backoff.next_delay() else {
                 return Err(ClientError::GaveUp { attempts: backoff.attempts(), last: error });
             };
-            tracing::warn!("{error}; reconnecting in {delay:.1?}");
+            tracing::warn!("{}; reconnecting in {delay:.1?}", crate::log::Escaped(&error));
             self.status.send_replace(ClientStatus::Reconnecting {
                 attempt: backoff.attempts(),
                 delay,
@@ -316,7 +316,7 @@ impl Client {
                 .remotes
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (forward_id(i), s.local.clone()))
+                .map(|(i, s)| (forward_id(i), (s.local.clone(), s.idle_timeout)))
                 .collect(),
             services: self.config.services.iter().map(|s| (s.name.clone(), s.target.clone())).collect(),
         });

@@ -6,30 +6,34 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{splice, TargetAddr};
+use crate::forward::{splice_with, SpliceLimits, TargetAddr};
+use crate::log::Escaped;
 use crate::mux::MuxStream;
 use crate::proto::StreamHeader;
 use crate::transport;
 
 /// The server writes the header first thing; a stream silent this long is abandoned.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to resolve and connect to a local target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where inbound streams go: remote forwards by id, private services by name.
 #[derive(Debug, Default)]
 pub(super) struct Routes {
-    pub(super) forwards: HashMap<u32, TargetAddr>,
+    /// Remote forwards by id: the target and the idle timeout.
+    pub(super) forwards: HashMap<u32, (TargetAddr, Option<Duration>)>,
     pub(super) services: HashMap<String, TargetAddr>,
 }
 
 pub(super) async fn handle(mut stream: MuxStream, routes: Arc<Routes>, owned: CancellationToken) {
     let header = match tokio::time::timeout(HEADER_TIMEOUT, StreamHeader::read(&mut stream)).await {
         Ok(Ok(header)) => header,
-        Ok(Err(err)) => return tracing::warn!("dropping stream: {err}"),
+        Ok(Err(err)) => return tracing::warn!("dropping stream: {}", Escaped(&err.to_string())),
         Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
     };
-    let (target, visitor, via) = match &header {
+    let (target, idle_timeout, visitor, via) = match &header {
         StreamHeader::RemoteForward { forward_id, visitor } => match routes.forwards.get(forward_id) {
-            Some(target) => (target, *visitor, format!("remote forward {forward_id}")),
+            Some((target, idle)) => (target, *idle, *visitor, format!("remote forward {forward_id}")),
             None => {
                 return tracing::warn!(
                     forward_id,
@@ -38,20 +42,33 @@ pub(super) async fn handle(mut stream: MuxStream, routes: Arc<Routes>, owned: Ca
             }
         },
         StreamHeader::ServiceVisit { service, from, visitor } => match routes.services.get(service) {
-            Some(target) => (target, *visitor, format!("service {service} visited by {from}")),
+            Some(target) => {
+                (target, None, *visitor, format!("service {} visited by {}", Escaped(service), Escaped(from)))
+            }
             None => {
-                return tracing::warn!(%service, %from, "dropping visit to a service this client does not expose")
+                return tracing::warn!(
+                    service = %Escaped(service),
+                    from = %Escaped(from),
+                    "dropping visit to a service this client does not expose"
+                )
             }
         },
         other => return tracing::warn!("dropping stream with a header a server does not send: {other:?}"),
     };
-    let mut tcp = match transport::connect_tcp(&target.to_string()).await {
-        Ok(tcp) => tcp,
-        Err(err) => return tracing::warn!(%visitor, %target, "{via}: cannot reach the target: {err}"),
+    // The deadline covers the name lookup too: a target named by a host name never hangs a stream.
+    let mut tcp = match tokio::time::timeout(CONNECT_TIMEOUT, transport::connect_tcp(&target.to_string()))
+        .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(err)) => return tracing::warn!(%visitor, %target, "{via}: cannot reach the target: {err}"),
+        Err(_) => {
+            return tracing::warn!(%visitor, %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
+        }
     };
+    let limits = SpliceLimits { idle_timeout, ..SpliceLimits::default() };
     let failed = tokio::select! {
         () = owned.cancelled() => true,
-        result = splice(&mut stream, &mut tcp) => match result {
+        result = splice_with(&mut stream, &mut tcp, limits) => match result {
             Ok(stats) => {
                 tracing::trace!(%visitor, %target, ?stats, "{via}: done");
                 false

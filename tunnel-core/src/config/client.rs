@@ -2,8 +2,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::server::secret;
-use super::{default_client_name, invalid, window_growth, ConfigError, HumanDuration};
+use super::server::{positive_duration, secret};
+use super::{default_client_name, invalid, window_growth, ConfigError, HumanDuration, SecretString};
 use crate::client::{Backoff, ClientConfig};
 use crate::forward::{RemoteForwardSpec, ServiceSpec};
 use crate::proto::validate_name;
@@ -18,14 +18,15 @@ pub struct ClientFile {
     /// Server address, `host:port` (required).
     pub server: Option<String>,
     /// Token (or `token_file`, or the `TUNNEL_TOKEN` environment variable).
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// File holding the token.
     pub token_file: Option<PathBuf>,
     /// Name to authenticate as (default: derived from the host name).
     pub name: Option<String>,
-    /// Remote forwards, `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`.
+    /// Remote forwards, `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`, each a string or a
+    /// table with options: `{ spec = "2222:127.0.0.1:22", idle_timeout = "1h" }`.
     #[serde(default)]
-    pub remote: Vec<String>,
+    pub remote: Vec<RemoteEntry>,
     /// Local forwards, `[BIND_ADDR:]PORT:CLIENT/SERVICE` or `[BIND_ADDR:]PORT:HOST:PORT`.
     #[serde(default)]
     pub local: Vec<String>,
@@ -49,6 +50,68 @@ pub struct ClientFile {
     /// Reconnect policy.
     #[serde(default)]
     pub reconnect: ReconnectFile,
+}
+
+/// One `remote` entry: a spec alone, or a table with the spec and per-forward options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteEntry {
+    /// `"8080:127.0.0.1:80"`.
+    Spec(String),
+    /// `{ spec = "2222:127.0.0.1:22", idle_timeout = "1h" }`.
+    WithOptions(RemoteOptions),
+}
+
+/// A remote forward written as a table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteOptions {
+    /// `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`.
+    pub spec: String,
+    /// Cut a visitor after this long without a byte either way (default: never).
+    pub idle_timeout: Option<HumanDuration>,
+}
+
+impl RemoteEntry {
+    fn build(&self) -> Result<RemoteForwardSpec, ConfigError> {
+        let (text, options) = match self {
+            Self::Spec(text) => (text, None),
+            Self::WithOptions(options) => (&options.spec, Some(options)),
+        };
+        let mut spec: RemoteForwardSpec = text.parse().map_err(|e| invalid("remote", e))?;
+        if let Some(idle) = options.and_then(|o| o.idle_timeout) {
+            if idle.0.is_zero() {
+                return Err(invalid(
+                    "remote.idle_timeout",
+                    "must be more than 0 (leave it out for no timeout)",
+                ));
+            }
+            spec.idle_timeout = Some(idle.0);
+        }
+        Ok(spec)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RemoteEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = RemoteEntry;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a forward spec string or a table with `spec` and options")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RemoteEntry, E> {
+                Ok(RemoteEntry::Spec(text.to_owned()))
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<RemoteEntry, M::Error> {
+                let options = RemoteOptions::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RemoteEntry::WithOptions(options))
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 /// `[reconnect]`: exponential backoff with jitter between attempts.
@@ -82,18 +145,14 @@ impl ClientFile {
         if !server.contains(':') || server.ends_with(':') {
             return Err(invalid("server", format!("{server:?} is not HOST:PORT")));
         }
-        let token = secret("token", self.token.as_deref(), self.token_file.as_deref())?.ok_or_else(|| {
+        let token = secret("token", self.token.as_ref(), self.token_file.as_deref())?.ok_or_else(|| {
             ConfigError::Missing(
                 "no token: pass --token, set TUNNEL_TOKEN, or set `token`/`token_file`".into(),
             )
         })?;
         let name = self.name.unwrap_or_else(default_client_name);
         validate_name(&name).map_err(|e| invalid("name", e))?;
-        let remotes = self
-            .remote
-            .iter()
-            .map(|r| r.parse::<RemoteForwardSpec>().map_err(|e| invalid("remote", e)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let remotes = self.remote.iter().map(RemoteEntry::build).collect::<Result<Vec<_>, _>>()?;
         let locals = parse_all("local", &self.local)?;
         let services: Vec<ServiceSpec> = parse_all("expose", &self.expose)?;
         let mut names = std::collections::HashSet::new();
@@ -126,10 +185,10 @@ impl ClientFile {
         config.locals = locals;
         config.services = services;
         if let Some(d) = self.handshake_timeout {
-            config.handshake_timeout = d.0;
+            config.handshake_timeout = positive_duration("handshake_timeout", d)?;
         }
         if let Some(d) = self.heartbeat_timeout {
-            config.session.heartbeat_timeout = d.0;
+            config.session.heartbeat_timeout = positive_duration("heartbeat_timeout", d)?;
         }
         if let Some(mib) = self.max_receive_window_mib {
             config.session.mux.window_growth = window_growth("max_receive_window_mib", mib)?;
@@ -137,7 +196,7 @@ impl ClientFile {
         let defaults = Backoff::default();
         config.reconnect = Backoff {
             initial: self.reconnect.initial.map_or(defaults.initial, |d| d.0),
-            max: self.reconnect.max.map_or(defaults.max, |d| d.0),
+            max: self.reconnect.max.map_or(Ok(defaults.max), |d| positive_duration("reconnect.max", d))?,
             max_attempts: self.reconnect.max_attempts.filter(|n| *n > 0),
         };
         if config.reconnect.initial.is_zero() || config.reconnect.initial > config.reconnect.max {
@@ -171,7 +230,7 @@ mod tests {
     #[test]
     fn a_full_file_builds() {
         let config = build(&format!(
-            "server = \"example.com:7700\"\ntoken = \"t\"\nname = \"laptop\"\nfingerprint = \"{FP}\"\n\
+            "server = \"example.com:7700\"\ntoken = \"config-test-token-0123\"\nname = \"laptop\"\nfingerprint = \"{FP}\"\n\
              remote = [\"6443:127.0.0.1:6443\", \"0:localhost:80\"]\n[reconnect]\ninitial = \"1s\"\nmax = \"1m\"\n"
         ))
         .unwrap();
@@ -181,29 +240,76 @@ mod tests {
     }
 
     #[test]
+    fn debug_masks_the_token() {
+        let file =
+            ClientFile::parse("token = \"client-secret-0123456789\"\n", Path::new("client.toml")).unwrap();
+        let shown = format!("{file:?}");
+        assert!(!shown.contains("client-secret") && shown.contains("***"), "{shown}");
+        assert_eq!(file.token.as_ref().map(SecretString::expose_secret), Some("client-secret-0123456789"));
+    }
+
+    #[test]
+    fn remote_forwards_take_options_in_a_table_beside_plain_strings() {
+        let config = build(&format!(
+            "server = \"example.com:7700\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n\
+             remote = [\"8080:127.0.0.1:80\", {{ spec = \"2222:127.0.0.1:22\", idle_timeout = \"1h\" }}]\n"
+        ))
+        .unwrap();
+        assert_eq!(config.remotes[0].idle_timeout, None);
+        assert_eq!(config.remotes[1].idle_timeout, Some(std::time::Duration::from_secs(3600)));
+        assert_eq!(config.remotes[1].remote_port, 2222);
+        let base = format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n");
+        for (entry, needle) in [
+            ("{ spec = \"1:h:2\", idle = \"1h\" }", "unknown field `idle`"),
+            ("{ idle_timeout = \"1h\" }", "missing field `spec`"),
+            ("{ spec = \"1:h:2\", idle_timeout = \"0s\" }", "remote.idle_timeout"),
+            ("{ spec = \"1:h:2\", idle_timeout = \"soon\" }", "duration"),
+            ("{ spec = \"nonsense\" }", "remote"),
+            ("42", "a forward spec string or a table"),
+        ] {
+            let err = build(&format!("{base}remote = [{entry}]\n")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{entry}: {err}");
+        }
+    }
+
+    #[test]
     fn missing_and_conflicting_settings_are_explained() {
         let cases = [
-            (format!("token = \"t\"\nfingerprint = \"{FP}\""), "--server"),
+            (format!("token = \"config-test-token-0123\"\nfingerprint = \"{FP}\""), "--server"),
             (format!("server = \"h:1\"\nfingerprint = \"{FP}\""), "no token"),
-            ("server = \"h:1\"\ntoken = \"t\"".to_owned(), "--fingerprint"),
-            (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nca = \"x.pem\""), "not both"),
+            ("server = \"h:1\"\ntoken = \"config-test-token-0123\"".to_owned(), "--fingerprint"),
+            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nca = \"x.pem\""), "not both"),
             (
-                format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\ninsecure_plaintext = true"),
+                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\ninsecure_plaintext = true"),
                 "insecure",
             ),
-            ("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"zz\"".to_owned(), "fingerprint"),
+            ("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"zz\"".to_owned(), "fingerprint"),
             (
-                format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nremote = [\"1:2\"]"),
+                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nremote = [\"1:2\"]"),
                 "remote",
             ),
-            (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nname = \"a/b\""), "name"),
-            (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nremotes = []"), "remotes"),
+            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nname = \"a/b\""), "name"),
+            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nremotes = []"), "remotes"),
             (
-                format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nmax_receive_window_mib = 4097"),
+                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nmax_receive_window_mib = 4097"),
                 "max_receive_window_mib",
             ),
-            (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nlocal = [\"1:a b/c\"]"), "local"),
-            (format!("server = \"h:1\"\ntoken = \"t\"\nfingerprint = \"{FP}\"\nexpose = [\"k=h:1\", \"k=h:2\"]"), "twice"),
+            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nlocal = [\"1:a b/c\"]"), "local"),
+            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nexpose = [\"k=h:1\", \"k=h:2\"]"), "twice"),
+            (
+                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nhandshake_timeout = \"0s\""),
+                "invalid `handshake_timeout`: must be more than 0",
+            ),
+            (
+                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nheartbeat_timeout = \"0s\""),
+                "invalid `heartbeat_timeout`: must be more than 0",
+            ),
+            (
+                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n[reconnect]\nmax = \"0s\""),
+                "invalid `reconnect.max`: must be more than 0",
+            ),
+            (format!("server = \"h:1\"\ntoken = \"short\"\nfingerprint = \"{FP}\""), "at least 16"),
+            (format!("server = \"h:1\"\ntoken = 1234567890123456\nfingerprint = \"{FP}\""), "value not shown"),
         ];
         for (text, needle) in cases {
             let err = build(&text).unwrap_err().to_string();

@@ -4,12 +4,14 @@
 
 mod client;
 mod duration;
+mod secret;
 mod server;
 
 use std::path::{Path, PathBuf};
 
-pub use client::ClientFile;
+pub use client::{ClientFile, RemoteEntry, RemoteOptions};
 pub use duration::HumanDuration;
+pub use secret::SecretString;
 pub use server::{ClientEntry, ServerFile, ServerLimits, ServerSetup, TokenSource};
 
 /// Why a configuration could not be loaded or validated.

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{default_state_dir, invalid, window_growth, ConfigError, HumanDuration};
+use super::{default_state_dir, invalid, window_growth, ConfigError, HumanDuration, SecretString};
 use crate::auth::{Credentials, Token};
 use crate::forward::{Glob, PortSet, TargetRules};
 use crate::proto::validate_name;
@@ -12,6 +12,10 @@ use crate::tls::{server_config, Fingerprint, ServerIdentity};
 
 /// Name of the generated token inside the state directory.
 const TOKEN_FILE: &str = "token";
+/// Largest `limits.max_unread_mib`.
+const MAX_UNREAD_MIB: usize = 64 * 1024;
+/// Name of the port lease table inside the state directory.
+const LEASE_FILE: &str = "leases.toml";
 
 /// The server's configuration file (`tunnel-cli serve --config FILE`). Every field is optional;
 /// flags given on the command line override it.
@@ -21,7 +25,7 @@ pub struct ServerFile {
     /// Address to accept clients on (default `0.0.0.0:7700`).
     pub listen: Option<String>,
     /// Shared token for every client without its own.
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// File holding the shared token.
     pub token_file: Option<PathBuf>,
     /// Where a generated certificate and token are kept (default: see [`default_state_dir`]).
@@ -42,6 +46,9 @@ pub struct ServerFile {
     pub insecure_plaintext: bool,
     /// Address forwards bind when the client names none (default `0.0.0.0`).
     pub bind_addr: Option<String>,
+    /// Addresses clients may ask their forwards to bind, e.g. `["127.0.0.1", "::1"]`
+    /// (default: just `bind_addr`). A client naming any other address is refused.
+    pub allow_bind: Option<Vec<String>>,
     /// How long a departed client's ports stay reserved for it (default `60s`).
     pub port_grace: Option<HumanDuration>,
     /// Heartbeat interval sent to clients (default `10s`).
@@ -70,6 +77,22 @@ pub struct ServerLimits {
     pub max_streams_per_session: Option<usize>,
     /// Remote forwards per client (default 64).
     pub max_forwards_per_client: Option<usize>,
+    /// Private services per client (default 64).
+    pub max_services_per_client: Option<usize>,
+    /// Connections a client's local forwards may carry through the server at once (default
+    /// 64): each may pin about 600 KiB of server memory while its target does not read.
+    pub max_visits_per_client: Option<usize>,
+    /// Visitors one remote forward carries at once (default 512).
+    pub max_visitors_per_forward: Option<usize>,
+    /// Of those, from one IPv4 address or IPv6 /64 (default 256).
+    pub max_visitors_per_source: Option<usize>,
+    /// MiB of a session's unread data the server holds for readers that do not keep up before
+    /// it resets the stream that would exceed it (default 32).
+    pub max_unread_mib: Option<usize>,
+    /// Sessions at once, all clients together (default 10000).
+    pub max_sessions: Option<usize>,
+    /// Sessions at once on the shared token (default 1000).
+    pub max_sessions_per_shared_token: Option<usize>,
     /// Streams per second one client may open (local forwards), with bursts of as many
     /// (default 2000).
     pub max_stream_rate: Option<u32>,
@@ -88,12 +111,14 @@ pub struct ClientEntry {
     /// The client's name (`--name` on its side).
     pub name: String,
     /// Its token.
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// File holding its token.
     pub token_file: Option<PathBuf>,
     /// Ports it may bind (default: the server-wide `allow_ports`).
     pub allow_ports: Option<String>,
-    /// Services it may visit, as `CLIENT/SERVICE` globs such as `worker-*/kubelet` (default: none).
+    /// Services it may visit, as `CLIENT/SERVICE` globs such as `worker-*/kubelet`, matching only
+    /// clients with their own token; `shared:CLIENT/SERVICE` matches clients on the shared token
+    /// (default: none).
     #[serde(default)]
     pub allow_visit: Vec<String>,
     /// Service names it may expose, as globs (default: none).
@@ -101,6 +126,11 @@ pub struct ClientEntry {
     pub allow_expose: Vec<String>,
     /// Targets the server may dial for it (default: the server-wide `allow_targets`).
     pub allow_targets: Option<String>,
+    /// Ports it owns, e.g. `6443`: no other client can ever bind them, whether this one is
+    /// online, offline or the server restarted; they are also allowed to it (default: none).
+    pub ports: Option<String>,
+    /// Addresses its forwards may bind (default: the server-wide `allow_bind`).
+    pub allow_bind: Option<Vec<String>>,
 }
 
 /// Where the shared token came from, which decides whether it may be shown.
@@ -155,7 +185,7 @@ impl ServerFile {
             if !seen.insert(entry.name.clone()) {
                 return Err(invalid("clients.name", format!("client {:?} is listed twice", entry.name)));
             }
-            let token = secret("clients.token", entry.token.as_deref(), entry.token_file.as_deref())?
+            let token = secret("clients.token", entry.token.as_ref(), entry.token_file.as_deref())?
                 .ok_or_else(|| {
                     ConfigError::Missing(format!("client {:?} needs `token` or `token_file`", entry.name))
                 })?;
@@ -163,7 +193,7 @@ impl ServerFile {
             policies.insert(entry.name.clone(), entry.policy()?);
         }
         let (shared_token, token_source) =
-            match secret("token", self.token.as_deref(), self.token_file.as_deref())? {
+            match secret("token", self.token.as_ref(), self.token_file.as_deref())? {
                 Some(token) => (Some(token), TokenSource::Supplied),
                 None if !self.clients.is_empty() => (None, TokenSource::None),
                 None => {
@@ -185,14 +215,25 @@ impl ServerFile {
             config.default_bind =
                 bind.parse().map_err(|_| invalid("bind_addr", format!("{bind:?} is not an IP address")))?;
         }
+        if let Some(list) = &self.allow_bind {
+            config.allow_bind = parse_binds("allow_bind", list)?;
+            if self.bind_addr.is_some() && !config.allow_bind.contains(&config.default_bind) {
+                return Err(ConfigError::Conflict(format!(
+                    "`bind_addr` {} is not in `allow_bind`",
+                    config.default_bind
+                )));
+            }
+        }
+        check_owned_ports(&config.clients)?;
+        config.lease_file = Some(state_dir.join(LEASE_FILE));
         if let Some(d) = self.port_grace {
             config.port_grace = d.0;
         }
         if let Some(d) = self.heartbeat_interval {
-            config.session.heartbeat_interval = d.0;
+            config.session.heartbeat_interval = positive_duration("heartbeat_interval", d)?;
         }
         if let Some(d) = self.heartbeat_timeout {
-            config.session.heartbeat_timeout = d.0;
+            config.session.heartbeat_timeout = positive_duration("heartbeat_timeout", d)?;
         }
         if config.session.heartbeat_timeout <= config.session.heartbeat_interval {
             return Err(ConfigError::Conflict(
@@ -202,7 +243,7 @@ impl ServerFile {
         self.limits.apply(&mut config)?;
         Ok(ServerSetup {
             config,
-            listen: self.listen.unwrap_or_else(|| "0.0.0.0:7700".into()),
+            listen: listen_address(self.listen)?,
             fingerprint,
             shared_token,
             token_source,
@@ -240,10 +281,7 @@ impl ServerLimits {
             other => Ok(other),
         };
         if let Some(d) = self.handshake_timeout {
-            if d.0.is_zero() {
-                return Err(invalid("limits.handshake_timeout", "must be more than 0"));
-            }
-            config.handshake_timeout = d.0;
+            config.handshake_timeout = positive_duration("limits.handshake_timeout", d)?;
         }
         if let Some(n) = positive("limits.max_unauthenticated", self.max_unauthenticated)? {
             config.max_unauthenticated = n;
@@ -261,6 +299,32 @@ impl ServerLimits {
         }
         if let Some(n) = positive("limits.max_forwards_per_client", self.max_forwards_per_client)? {
             config.max_forwards_per_client = n;
+        }
+        if let Some(n) = positive("limits.max_services_per_client", self.max_services_per_client)? {
+            config.max_services_per_client = n;
+        }
+        if let Some(n) = positive("limits.max_visits_per_client", self.max_visits_per_client)? {
+            // One more for the control stream, which the client opens too.
+            config.session.mux.max_inbound_streams = Some(n.saturating_add(1));
+        }
+        if let Some(n) = positive("limits.max_visitors_per_forward", self.max_visitors_per_forward)? {
+            config.max_visitors_per_forward = n;
+        }
+        if let Some(n) = positive("limits.max_visitors_per_source", self.max_visitors_per_source)? {
+            config.max_visitors_per_source = n;
+        }
+        if let Some(mib) = positive("limits.max_unread_mib", self.max_unread_mib)? {
+            if mib > MAX_UNREAD_MIB {
+                return Err(invalid("limits.max_unread_mib", format!("must be at most {MAX_UNREAD_MIB}")));
+            }
+            config.max_unread_per_session = mib << 20;
+        }
+        if let Some(n) = positive("limits.max_sessions", self.max_sessions)? {
+            config.max_sessions = n;
+        }
+        if let Some(n) = positive("limits.max_sessions_per_shared_token", self.max_sessions_per_shared_token)?
+        {
+            config.max_sessions_per_shared_token = n;
         }
         match self.max_stream_rate {
             Some(0) => return Err(invalid("limits.max_stream_rate", "must be at least 1")),
@@ -291,11 +355,72 @@ impl ClientEntry {
                 .as_deref()
                 .map(|p| parse_ports("clients.allow_ports", Some(p)))
                 .transpose()?,
-            allow_visit: globs("clients.allow_visit", &self.allow_visit)?,
+            allow_visit: self
+                .allow_visit
+                .iter()
+                .map(|r| r.parse().map_err(|e| invalid("clients.allow_visit", e)))
+                .collect::<Result<_, _>>()?,
             allow_expose: globs("clients.allow_expose", &self.allow_expose)?,
             allow_targets: parse_targets("clients.allow_targets", self.allow_targets.as_deref())?,
+            ports: self.ports.as_deref().map(|p| parse_ports("clients.ports", Some(p))).transpose()?,
+            allow_bind: self
+                .allow_bind
+                .as_deref()
+                .map(|l| parse_binds("clients.allow_bind", l))
+                .transpose()?,
         })
     }
+}
+
+/// The address to accept clients on, checked to be `HOST:PORT` before anything binds it.
+fn listen_address(listen: Option<String>) -> Result<String, ConfigError> {
+    let listen = listen.unwrap_or_else(|| "0.0.0.0:7700".into());
+    let valid = listen.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    });
+    if valid {
+        Ok(listen)
+    } else {
+        Err(invalid("listen", format!("{listen:?} is not HOST:PORT (e.g. 0.0.0.0:7700)")))
+    }
+}
+
+fn parse_binds(key: &'static str, list: &[String]) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    if list.is_empty() {
+        return Err(invalid(key, "must name at least one IP address"));
+    }
+    list.iter()
+        .map(|ip| ip.trim().parse().map_err(|_| invalid(key, format!("{ip:?} is not an IP address"))))
+        .collect()
+}
+
+/// A port owned by two clients would be owned by neither.
+fn check_owned_ports(clients: &std::collections::HashMap<String, ClientPolicy>) -> Result<(), ConfigError> {
+    let mut owners: Vec<(&String, &PortSet)> =
+        clients.iter().filter_map(|(name, p)| p.ports.as_ref().map(|ports| (name, ports))).collect();
+    owners.sort_by(|a, b| a.0.cmp(b.0));
+    for (i, (a, a_ports)) in owners.iter().enumerate() {
+        for (b, b_ports) in &owners[i + 1..] {
+            if let Some(port) = a_ports.first_shared(b_ports) {
+                return Err(invalid(
+                    "clients.ports",
+                    format!("port {port} is owned by both {a:?} and {b:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A duration that must not be zero (`port_grace` may be: it means no reservation).
+pub(super) fn positive_duration(
+    key: &'static str,
+    d: HumanDuration,
+) -> Result<std::time::Duration, ConfigError> {
+    if d.0.is_zero() {
+        return Err(invalid(key, "must be more than 0"));
+    }
+    Ok(d.0)
 }
 
 fn parse_targets(key: &'static str, text: Option<&str>) -> Result<Option<TargetRules>, ConfigError> {
@@ -309,18 +434,19 @@ fn parse_ports(key: &'static str, text: Option<&str>) -> Result<PortSet, ConfigE
 /// A token given inline or in a file (not both).
 pub(super) fn secret(
     key: &'static str,
-    inline: Option<&str>,
+    inline: Option<&SecretString>,
     file: Option<&Path>,
 ) -> Result<Option<Token>, ConfigError> {
     match (inline, file) {
         (Some(_), Some(_)) => Err(ConfigError::Conflict(format!("give `{key}` or `{key}_file`, not both"))),
-        (Some(text), None) => Token::new(text).map(Some).map_err(|e| invalid(key, e)),
+        (Some(text), None) => Token::new(text.expose_secret()).map(Some).map_err(|e| invalid(key, e)),
         (None, Some(path)) => Token::from_file(path).map(Some).map_err(|e| invalid(key, e)),
         (None, None) => Ok(None),
     }
 }
 
-/// Reads the token kept in the state directory, or generates and keeps one (mode 0600).
+/// Reads the token kept in the state directory, or generates and keeps one (mode 0600, in a
+/// directory created with mode 0700).
 fn stored_token(state_dir: &Path) -> Result<(Token, TokenSource), ConfigError> {
     let path = state_dir.join(TOKEN_FILE);
     let state_err = |source| ConfigError::StateDir { path: path.clone(), source };
@@ -328,7 +454,7 @@ fn stored_token(state_dir: &Path) -> Result<(Token, TokenSource), ConfigError> {
         let token = Token::from_file(&path).map_err(|e| invalid("state_dir", e))?;
         return Ok((token, TokenSource::Generated(path)));
     }
-    std::fs::create_dir_all(state_dir)
+    crate::fs::create_private_dir(state_dir)
         .map_err(|source| ConfigError::StateDir { path: state_dir.to_owned(), source })?;
     let token = Token::generate();
     crate::fs::write_private(&path, token.expose_secret().as_bytes()).map_err(state_err)?;
@@ -347,33 +473,82 @@ mod tests {
     fn unknown_keys_are_errors_that_name_the_key() {
         let err = parse("listen = \"0.0.0.0:1\"\nlisten_port = 3\n").unwrap_err().to_string();
         assert!(err.contains("listen_port") && err.contains("line 2"), "{err}");
-        let err = parse("[limits]\nmax_sessions = 3\n").unwrap_err().to_string();
-        assert!(err.contains("max_sessions"), "{err}");
+        let err = parse("[limits]\nmax_session_count = 3\n").unwrap_err().to_string();
+        assert!(err.contains("max_session_count"), "{err}");
     }
 
     #[test]
     fn generated_token_and_certificate_are_kept_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let file = ServerFile { state_dir: Some(dir.path().to_owned()), ..Default::default() };
+        let state = dir.path().join("state");
+        let file = ServerFile { state_dir: Some(state.clone()), ..Default::default() };
         let first = file.clone().build().unwrap();
         assert!(matches!(first.token_source, TokenSource::GeneratedNow(_)));
         let second = file.build().unwrap();
         assert!(matches!(second.token_source, TokenSource::Generated(_)));
-        assert_eq!(first.shared_token, second.shared_token);
+        let secret = |setup: &ServerSetup| setup.shared_token.as_ref().map(|t| t.expose_secret().to_owned());
+        assert_eq!(secret(&first), secret(&second));
         assert_eq!(first.fingerprint, second.fingerprint);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&state.join(TOKEN_FILE)), 0o600);
+            assert_eq!(mode(&state), 0o700);
         }
+    }
+
+    #[test]
+    fn a_generated_token_alone_creates_a_private_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let setup =
+            ServerFile { state_dir: Some(state.clone()), insecure_plaintext: true, ..Default::default() }
+                .build()
+                .unwrap();
+        assert!(matches!(setup.token_source, TokenSource::GeneratedNow(_)));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+    }
+
+    #[test]
+    fn a_mistyped_or_short_token_is_refused_without_echoing_it() {
+        let err = parse("token = 123456789012345678\n").unwrap_err().to_string();
+        assert!(err.contains("expected a string") && err.contains("line 1"), "{err}");
+        assert!(!err.contains("123456789012345678"), "{err}");
+        let err = parse("[[clients]]\nname = \"a\"\ntoken = 123456789012345678\n").unwrap_err().to_string();
+        assert!(!err.contains("123456789012345678"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = parse(&format!("state_dir = {:?}\ntoken = \"hunter2\"\n", dir.path()))
+            .and_then(ServerFile::build)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`token`") && err.contains("at least 16"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_of_the_file_types_masks_tokens() {
+        let text = "token = \"shared-secret-0123456789\"\n\
+                    [[clients]]\nname = \"a\"\ntoken = \"client-secret-0123456789\"\n";
+        let file = parse(text).unwrap();
+        let shown = format!("{file:?} {:?}", file.clients[0]);
+        assert!(!shown.contains("secret-0123456789"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+        assert_eq!(
+            file.clients[0].token.as_ref().map(SecretString::expose_secret),
+            Some("client-secret-0123456789")
+        );
     }
 
     #[test]
     fn per_client_entries_validate_and_need_no_shared_token() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "state_dir = {:?}\n[[clients]]\nname = \"worker-1\"\ntoken = \"w1\"\nallow_ports = \"10250\"\n",
+            "state_dir = {:?}\n[[clients]]\nname = \"worker-1\"\ntoken = \"worker-1-token-0123\"\nallow_ports = \"10250\"\n",
             dir.path()
         );
         let setup = parse(&text).unwrap().build().unwrap();
@@ -386,7 +561,7 @@ mod tests {
     #[test]
     fn the_receive_window_budget_reaches_the_multiplexer() {
         let dir = tempfile::tempdir().unwrap();
-        let base = format!("state_dir = {:?}\ntoken = \"t\"\n", dir.path());
+        let base = format!("state_dir = {:?}\ntoken = \"config-test-token-0123\"\n", dir.path());
         let default = parse(&base).unwrap().build().unwrap();
         assert_eq!(default.config.session.mux.window_growth, 16 << 20);
         let set = parse(&format!("{base}[limits]\nmax_receive_window_mib = 8\n")).unwrap().build().unwrap();
@@ -396,7 +571,7 @@ mod tests {
     #[test]
     fn invalid_values_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
-        let base = format!("state_dir = {:?}\ntoken = \"t\"\n", dir.path());
+        let base = format!("state_dir = {:?}\ntoken = \"config-test-token-0123\"\n", dir.path());
         let cases = [
             ("allow_ports = \"80-\"", "allow_ports"),
             ("port_grace = \"ten\"", "duration"),
@@ -405,12 +580,36 @@ mod tests {
             ("[limits]\nmax_receive_window_mib = 5000", "limits.max_receive_window_mib"),
             ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
             ("tls_cert = \"c.pem\"", "tls_key"),
-            ("[[clients]]\nname = \"a b\"\ntoken = \"x\"", "clients.name"),
+            ("[[clients]]\nname = \"a b\"\ntoken = \"client-a-token-0123\"", "clients.name"),
             ("[[clients]]\nname = \"a\"", "token"),
             ("bind_addr = \"example.com\"", "bind_addr"),
+            ("listen = \"nonsense\"", "listen"),
+            ("listen = \"0.0.0.0:99999\"", "listen"),
+            ("allow_bind = [\"10.0.0.1\", \"nope\"]", "allow_bind"),
+            ("allow_bind = []", "allow_bind"),
+            ("bind_addr = \"127.0.0.1\"\nallow_bind = [\"127.0.0.2\"]", "bind_addr"),
+            ("[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nports = \"80-\"", "clients.ports"),
+            (
+                "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nallow_bind = [\"x\"]",
+                "clients.allow_bind",
+            ),
+            (
+                "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nports = \"6443,7000-7010\"\n\
+                 [[clients]]\nname = \"b\"\ntoken = \"client-b-token-0123\"\nports = \"7005\"",
+                "port 7005 is owned by both",
+            ),
+            ("[limits]\nmax_unread_mib = 0", "limits.max_unread_mib"),
+            ("[limits]\nmax_visitors_per_source = 0", "limits.max_visitors_per_source"),
+            ("[limits]\nmax_sessions = 0", "limits.max_sessions"),
             ("allow_targets = \"10.0.0.0/40:1\"", "allow_targets"),
-            ("[[clients]]\nname = \"a\"\ntoken = \"x\"\nallow_visit = [\"a b\"]", "clients.allow_visit"),
+            (
+                "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nallow_visit = [\"a b\"]",
+                "clients.allow_visit",
+            ),
             ("heartbeat_interval = \"30s\"\nheartbeat_timeout = \"10s\"", "heartbeat_timeout"),
+            ("heartbeat_interval = \"0s\"", "invalid `heartbeat_interval`: must be more than 0"),
+            ("heartbeat_timeout = \"0ms\"", "invalid `heartbeat_timeout`: must be more than 0"),
+            ("[limits]\nhandshake_timeout = \"0s\"", "invalid `limits.handshake_timeout`"),
         ];
         for (extra, needle) in cases {
             let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().to_string();

@@ -44,6 +44,18 @@ impl PortSet {
         self.ranges.is_empty()
     }
 
+    /// The lowest port both sets hold, if any.
+    pub fn first_shared(&self, other: &PortSet) -> Option<u16> {
+        self.ranges
+            .iter()
+            .flat_map(|a| {
+                other.ranges.iter().map(move |b| (*a.start()).max(*b.start())..=(*a.end()).min(*b.end()))
+            })
+            .filter(|r| !r.is_empty())
+            .map(|r| *r.start())
+            .min()
+    }
+
     /// The `index`-th port in ascending order, for picking a port at random.
     pub fn nth(&self, mut index: usize) -> Option<u16> {
         for range in &self.ranges {
@@ -124,6 +136,14 @@ mod tests {
         assert_eq!(set.to_string(), "5,10-31");
         assert_eq!(set.len(), 23);
         assert_eq!((set.nth(0), set.nth(1), set.nth(22), set.nth(23)), (Some(5), Some(10), Some(31), None));
+    }
+
+    #[test]
+    fn first_shared_port_of_two_sets() {
+        let set = |s: &str| s.parse::<PortSet>().unwrap();
+        assert_eq!(set("6443,10000-10100").first_shared(&set("10050-20000,80")), Some(10050));
+        assert_eq!(set("1-10").first_shared(&set("10-20")), Some(10));
+        assert_eq!(set("1-10").first_shared(&set("11-20")), None);
     }
 
     #[test]

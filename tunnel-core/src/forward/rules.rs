@@ -73,6 +73,57 @@ impl Glob {
     }
 }
 
+/// An `allow_visit` rule: a glob over `OWNER/SERVICE` that matches only owners holding their
+/// own token, or, written `shared:OWNER/SERVICE`, only owners on the shared token. A shared-token
+/// client may take any name the shared token does not reserve, so a rule for per-client owners
+/// must never reach one that merely calls itself `worker-3`.
+///
+/// ```
+/// use tunnel_core::forward::VisitRule;
+/// let rule: VisitRule = "worker-*/kubelet".parse().unwrap();
+/// assert!(rule.matches("worker-7", false, "kubelet"));
+/// assert!(!rule.matches("worker-7", true, "kubelet"), "an impostor on the shared token");
+/// let shared: VisitRule = "shared:laptop-*/ssh".parse().unwrap();
+/// assert!(shared.matches("laptop-2", true, "ssh") && !shared.matches("laptop-2", false, "ssh"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisitRule {
+    shared_owner: bool,
+    glob: Glob,
+}
+
+/// Prefix of a visit rule for owners on the shared token.
+const SHARED_PREFIX: &str = "shared:";
+
+impl VisitRule {
+    /// True if this rule lets its holder visit `owner/service`, where `owner_shared` says the
+    /// owner authenticated with the shared token.
+    pub fn matches(&self, owner: &str, owner_shared: bool, service: &str) -> bool {
+        self.shared_owner == owner_shared && self.glob.matches(&format!("{owner}/{service}"))
+    }
+}
+
+impl FromStr for VisitRule {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (shared_owner, glob) = match s.strip_prefix(SHARED_PREFIX) {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        Ok(Self { shared_owner, glob: glob.parse()? })
+    }
+}
+
+impl fmt::Display for VisitRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.shared_owner {
+            f.write_str(SHARED_PREFIX)?;
+        }
+        self.glob.fmt(f)
+    }
+}
+
 /// Hosts and ports the server may dial for clients, written
 /// `127.0.0.1:6443,10.0.0.0/8:10250,192.168.1.5:8000-9000,[fd00::/8]:443,db.internal:5432`.
 /// Empty by default: no server-side target is allowed.
@@ -171,10 +222,11 @@ impl TargetRules {
     /// May the server dial host name `name` (as named, before resolution) on `port`? Names
     /// compare without case and without a final dot.
     pub fn allows_name(&self, name: &str, port: u16) -> bool {
-        let name = name.strip_suffix('.').unwrap_or(name);
+        let absolute = |n: &str| n.strip_suffix('.').unwrap_or(n).to_owned();
+        let name = absolute(name);
         self.0.iter().any(|rule| {
             rule.ports.contains(port)
-                && matches!(&rule.host, HostRule::Name(n) if n.eq_ignore_ascii_case(name))
+                && matches!(&rule.host, HostRule::Name(n) if absolute(n).eq_ignore_ascii_case(&name))
         })
     }
 
@@ -209,10 +261,9 @@ impl FromStr for TargetRules {
                 None => match host.parse::<IpAddr>() {
                     Ok(addr) => HostRule::Net(Net { base: mapped_bits(addr), prefix: 128 }),
                     Err(_) => {
-                        let name = host.strip_suffix('.').unwrap_or(host);
-                        super::TargetAddr::from_parts(name, 1)
+                        super::TargetAddr::from_parts(host, 1)
                             .map_err(|_| err("host must be an IP, a CIDR or a DNS name"))?;
-                        HostRule::Name(name.to_ascii_lowercase())
+                        HostRule::Name(host.to_ascii_lowercase())
                     }
                 },
             };
@@ -278,6 +329,7 @@ mod tests {
         assert!(rules.allows_ip(ip("::ffff:127.0.0.1"), 6443), "v4-mapped addresses are their v4 selves");
         assert!(rules.allows_name("db.internal", 5432));
         assert!(!rules.allows_name("db.internal.evil", 5432));
+        assert!(rules.allows_name("db.internal.", 5432), "a final dot names the same host");
         assert!(!rules.allows_ip(ip("10.0.0.1"), 5432));
         assert_eq!(rules.to_string().parse::<TargetRules>().unwrap(), rules);
         assert!(TargetRules::default().is_empty() && !TargetRules::default().allows_ip(ip("127.0.0.1"), 1));

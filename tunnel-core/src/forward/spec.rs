@@ -177,6 +177,9 @@ pub struct RemoteForwardSpec {
     pub remote_port: u16,
     /// Where the client sends each visitor.
     pub local: TargetAddr,
+    /// Cut a visitor after this long without a byte either way; `None` (the default, as an
+    /// SSH session may idle for hours) never does. Not part of the text form.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl fmt::Display for RemoteForwardSpec {
@@ -200,7 +203,7 @@ impl FromStr for RemoteForwardSpec {
         let bind = parse_bind(bind).map_err(err)?;
         let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
         let local = parse_target(host, port).map_err(err)?;
-        Ok(Self { bind, remote_port, local })
+        Ok(Self { bind, remote_port, local, idle_timeout: None })
     }
 }
 

@@ -104,6 +104,10 @@ pub struct MuxConfig {
     /// Largest data frame yamux sends (default 64 KiB: measured near 3x the throughput of
     /// yamux's own 16 KiB, see `docs/benchmarks.md`); larger writes are split.
     pub split_send_size: usize,
+    /// Streams the peer may have open at once, if lower than `max_streams` (default: `None`,
+    /// the same). Each may pin yamux's initial 256 KiB window of unread data on this side, so
+    /// this bounds the memory a peer's streams can hold, whatever it sends.
+    pub max_inbound_streams: Option<usize>,
     /// Streams per second the peer may open (with a burst of as many); excess streams are reset
     /// before any work is done for them. `None` (the default) for no limit.
     pub max_inbound_rate: Option<u32>,
@@ -113,6 +117,7 @@ impl Default for MuxConfig {
     fn default() -> Self {
         Self {
             max_streams: 1024,
+            max_inbound_streams: None,
             window_growth: 16 * 1024 * 1024,
             split_send_size: 64 * 1024,
             max_inbound_rate: None,
@@ -121,6 +126,11 @@ impl Default for MuxConfig {
 }
 
 impl MuxConfig {
+    /// Streams the peer may have open at once.
+    fn inbound_limit(&self) -> usize {
+        self.max_inbound_streams.map_or(self.max_streams, |n| n.min(self.max_streams))
+    }
+
     /// yamux's stream limit: room for our streams, the peer's, and streams being reset; beyond
     /// it yamux would close the connection, which our own limits keep from happening.
     fn yamux_streams(&self) -> usize {
@@ -218,7 +228,7 @@ pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, Inco
         commands: Some(commands_rx),
         pending_opens: VecDeque::new(),
         incoming: incoming_tx,
-        inbound_permits: Arc::new(Semaphore::new(config.max_streams)),
+        inbound_permits: Arc::new(Semaphore::new(config.inbound_limit())),
         closing: false,
         resets: 0,
         link,
@@ -278,12 +288,14 @@ pub struct IncomingStreams {
 }
 
 impl IncomingStreams {
-    /// The next inbound stream; `None` once the connection is closed.
+    /// The next inbound stream, acknowledged to the peer; `None` once the connection is closed.
     pub async fn next(&mut self) -> Option<MuxStream> {
-        match self.held.pop_front() {
-            Some(stream) => Some(stream),
-            None => self.rx.recv().await,
-        }
+        let mut stream = match self.held.pop_front() {
+            Some(stream) => stream,
+            None => self.rx.recv().await?,
+        };
+        stream.acknowledge().await;
+        Some(stream)
     }
 
     /// Waits for the stream with yamux id `id`, holding up to `max_held` streams that arrive
@@ -291,8 +303,9 @@ impl IncomingStreams {
     /// does not order frames across streams, so the peer's first stream may not arrive first.
     pub async fn take_stream(&mut self, id: u32, max_held: usize) -> Option<MuxStream> {
         loop {
-            let stream = self.rx.recv().await?;
+            let mut stream = self.rx.recv().await?;
             if stream.id() == id {
+                stream.acknowledge().await;
                 return Some(stream);
             }
             if self.held.len() >= max_held {
@@ -319,6 +332,16 @@ pub struct MuxStream {
 impl MuxStream {
     fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
         Self { inner: stream.compat(), _permit: permit, link, write_closed: false }
+    }
+
+    /// Tells the peer we took the stream, with an empty data frame carrying yamux's ACK flag.
+    ///
+    /// yamux otherwise acknowledges a stream with its first frame back, and a peer with 256
+    /// unacknowledged streams can open no more: 256 idle visitors (whose targets say nothing)
+    /// would block every other forward and visit of the session.
+    async fn acknowledge(&mut self) {
+        // Fails only if the stream or connection is already gone, which its reader will see.
+        let _ = std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_write(cx, &[])).await;
     }
 
     /// The yamux stream id: odd for streams the client side opened (its first is 1), even for

@@ -104,6 +104,10 @@ pub enum RefusalCode {
     Invalid,
     /// This client may not expose a service under that name.
     NameNotAllowed,
+    /// The client asked for a bind address its credential may not use.
+    AddressNotAllowed,
+    /// The client already exposes as many services as its limit allows.
+    TooManyServices,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -118,6 +122,8 @@ pub enum GoodbyeCode {
     Replaced,
     /// The peer broke the protocol.
     ProtocolError,
+    /// The server holds as many sessions as its limits allow; try again later.
+    ServerFull,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -135,8 +141,8 @@ macro_rules! wire_enum {
     };
 }
 
-wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5 });
-wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3 });
+wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5, AddressNotAllowed = 6, TooManyServices = 7 });
+wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3, ServerFull = 4 });
 
 impl std::fmt::Display for RefusalCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +152,8 @@ impl std::fmt::Display for RefusalCode {
             Self::TooManyForwards => f.write_str("too many forwards"),
             Self::Invalid => f.write_str("invalid request"),
             Self::NameNotAllowed => f.write_str("name not allowed"),
+            Self::AddressNotAllowed => f.write_str("address not allowed"),
+            Self::TooManyServices => f.write_str("too many services"),
             Self::Other(v) => write!(f, "refusal code {v}"),
         }
     }
@@ -157,6 +165,7 @@ impl std::fmt::Display for GoodbyeCode {
             Self::Shutdown => f.write_str("shutdown"),
             Self::Replaced => f.write_str("replaced by a newer session"),
             Self::ProtocolError => f.write_str("protocol error"),
+            Self::ServerFull => f.write_str("server full"),
             Self::Other(v) => write!(f, "goodbye code {v}"),
         }
     }

@@ -32,8 +32,10 @@ enum EstablishError {
 }
 
 pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, stop: CancellationToken) {
-    let Some(admission) = shared.pending.admit(peer.ip()) else {
-        tracing::debug!(%peer, "too many connections in handshake; dropping");
+    let Ok(admission) = shared.pending.admit(peer.ip()) else {
+        if crate::log::HANDSHAKE_OVERLOAD.allow() {
+            tracing::info!(%peer, "too many connections in handshake from this source; dropping");
+        }
         return;
     };
     if let Err(err) = transport::configure_tcp(&tcp) {
@@ -41,14 +43,26 @@ pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     }
     let established = tokio::select! {
         result = tokio::time::timeout(shared.config.handshake_timeout, establish(&shared, tcp)) => result,
+        () = admission.evicted() => {
+            if crate::log::HANDSHAKE_OVERLOAD.allow() {
+                tracing::info!(%peer, "handshake cut: its slot went to a newer connection (all slots taken)");
+            }
+            return;
+        }
         () = stop.cancelled() => return,
     };
     drop(admission);
     match established {
         Ok(Ok((session, client))) => super::session::run(shared, session, client, peer, stop).await,
-        Ok(Err(err)) => tracing::info!(%peer, "handshake failed: {err}"),
+        Ok(Err(err)) => {
+            if crate::log::HANDSHAKE_FAILURES.allow() {
+                tracing::info!(%peer, "handshake failed: {}", crate::log::Escaped(&err.to_string()))
+            }
+        }
         Err(_) => {
-            tracing::info!(%peer, "handshake timed out after {:?}", shared.config.handshake_timeout)
+            if crate::log::HANDSHAKE_FAILURES.allow() {
+                tracing::info!(%peer, "handshake timed out after {:?}", shared.config.handshake_timeout)
+            }
         }
     }
 }

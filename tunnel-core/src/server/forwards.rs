@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -10,9 +11,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::SessionId;
-use super::Shared;
+use super::source::Source;
+use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
-use crate::forward::{splice, PortSet};
+use crate::forward::{splice_with, SpliceLimits, UnreadBudget};
 use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{ControlMessage, RefusalCode, StreamHeader};
@@ -31,6 +33,8 @@ pub(super) struct Forwards<'s> {
     credential: CredentialKind,
     session: SessionId,
     opener: StreamOpener,
+    /// The session's budget for unread data it sends to visitors.
+    unread: UnreadBudget,
     /// Cancelled when the session ends: stops listeners and cuts visitors.
     owned: CancellationToken,
     /// Forward id -> the task serving its public listener.
@@ -43,6 +47,7 @@ impl<'s> Forwards<'s> {
         client: &AuthenticatedClient,
         session: SessionId,
         opener: StreamOpener,
+        unread: UnreadBudget,
         owned: CancellationToken,
     ) -> Self {
         Self {
@@ -51,6 +56,7 @@ impl<'s> Forwards<'s> {
             credential: client.credential,
             session,
             opener,
+            unread,
             owned,
             active: HashMap::new(),
         }
@@ -75,11 +81,13 @@ impl<'s> Forwards<'s> {
             ControlMessage::RemoteForwardRequest { id, bind, port, preferred_port } => {
                 let reply = match self.open(id, bind, port, preferred_port).await {
                     Ok(public_addr) => {
-                        tracing::info!(client = %self.name, id, %public_addr, "remote forward listening");
+                        tracing::info!(client = %crate::log::Escaped(&self.name), id, %public_addr, "remote forward listening");
                         ControlMessage::RemoteForwardReady { id, public_addr }
                     }
                     Err((code, message)) => {
-                        tracing::info!(client = %self.name, id, port, "remote forward refused: {message}");
+                        if crate::log::REFUSALS.allow() {
+                            tracing::info!(client = %crate::log::Escaped(&self.name), id, port, "remote forward refused: {}", crate::log::Escaped(&message));
+                        }
                         ControlMessage::RemoteForwardRefused { id, code, message }
                     }
                 };
@@ -108,20 +116,35 @@ impl<'s> Forwards<'s> {
                 format!("this client already holds {limit} forwards"),
             ));
         }
-        let allowed = self.shared.config.ports_for(&self.name, self.credential);
-        let ip = bind.unwrap_or(self.shared.config.default_bind);
+        let ip = self.bind_address(bind)?;
         let listener = if port == 0 {
-            self.bind_any(id, ip, preferred, allowed).await?
-        } else if allowed.contains(port) {
-            self.bind_claimed(id, ip, port).await?
+            self.bind_any(id, ip, preferred).await?
         } else {
-            return Err((
-                RefusalCode::PortNotAllowed,
-                format!("port {port} is not allowed for client {:?} (allowed: {allowed})", self.name),
-            ));
+            match self.shared.config.may_bind_port(&self.name, self.credential, port) {
+                PortVerdict::Allowed => self.bind_claimed(id, ip, port).await?,
+                PortVerdict::Owned => {
+                    return Err((RefusalCode::PortTaken, format!("port {port} is owned by another client")))
+                }
+                PortVerdict::NotAllowed => {
+                    let allowed = self.shared.config.ports_for(&self.name, self.credential);
+                    return Err((
+                        RefusalCode::PortNotAllowed,
+                        format!("port {port} is not allowed for client {:?} (allowed: {allowed})", self.name),
+                    ));
+                }
+            }
         };
         let public_addr = listener.local_addr().map_err(|e| (RefusalCode::Invalid, e.to_string()))?;
-        let task = OwnedTask::spawn(serve(listener, id, self.opener.clone(), self.owned.clone()));
+        let config = &self.shared.config;
+        let carrier = Carrier {
+            forward_id: id,
+            opener: self.opener.clone(),
+            owned: self.owned.clone(),
+            unread: self.unread.clone(),
+            max_visitors: config.max_visitors_per_forward,
+            max_per_source: config.max_visitors_per_source,
+        };
+        let task = OwnedTask::spawn(serve(listener, carrier));
         self.active.insert(id, task);
         Ok(public_addr)
     }
@@ -137,28 +160,47 @@ impl<'s> Forwards<'s> {
         })
     }
 
+    /// The address a forward binds: the one the client asked for if its credential may bind
+    /// it, else the server's default for this client.
+    fn bind_address(&self, asked: Option<IpAddr>) -> Result<IpAddr, Refusal> {
+        let config = &self.shared.config;
+        let allowed = config.binds_for(&self.name, self.credential);
+        match asked {
+            Some(ip) if allowed.contains(&ip) => Ok(ip),
+            Some(ip) => {
+                let list = allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                Err((
+                    RefusalCode::AddressNotAllowed,
+                    format!("address {ip} is not allowed for client {:?} (allowed: {list})", self.name),
+                ))
+            }
+            None if allowed.contains(&config.default_bind) => Ok(config.default_bind),
+            None => allowed.first().copied().ok_or_else(|| {
+                (RefusalCode::AddressNotAllowed, "the server allows no bind address".to_owned())
+            }),
+        }
+    }
+
     /// Picks a port: the one the client held before (its hint, else our reservation for this
-    /// forward), then random candidates from the allowed set.
-    async fn bind_any(
-        &self,
-        id: u32,
-        ip: IpAddr,
-        preferred: u16,
-        allowed: &PortSet,
-    ) -> Result<TcpListener, Refusal> {
+    /// forward), then random candidates from the allowed set; never a port another client owns.
+    async fn bind_any(&self, id: u32, ip: IpAddr, preferred: u16) -> Result<TcpListener, Refusal> {
+        let config = &self.shared.config;
+        let usable =
+            |port: u16| config.may_bind_port(&self.name, self.credential, port) == PortVerdict::Allowed;
         let reserved = self.shared.registry.reserved_for(&self.name, id);
         for previous in [Some(preferred).filter(|p| *p != 0), reserved].into_iter().flatten() {
-            if allowed.contains(previous) {
+            if usable(previous) {
                 if let Ok(listener) = self.bind_claimed(id, ip, previous).await {
                     return Ok(listener);
                 }
             }
         }
+        let allowed = config.ports_for(&self.name, self.credential);
         for _ in 0..PICK_ATTEMPTS.min(allowed.len().max(1)) {
             let Some(port) = allowed.nth(rand::random_range(0..allowed.len().max(1))) else {
                 break;
             };
-            if self.shared.registry.is_taken_for(&self.name, port) {
+            if !usable(port) || self.shared.registry.is_taken_for(&self.name, port) {
                 continue;
             }
             match self.bind_claimed(id, ip, port).await {
@@ -183,48 +225,112 @@ fn bind_refusal(ip: IpAddr, port: u16, err: &io::Error) -> Refusal {
     }
 }
 
-/// Accepts visitors until the session ends; each becomes one new stream to the client.
-async fn serve(listener: TcpListener, forward_id: u32, opener: StreamOpener, owned: CancellationToken) {
+/// What a forward's listener needs to carry visitors to its session.
+#[derive(Debug, Clone)]
+struct Carrier {
+    forward_id: u32,
+    opener: StreamOpener,
+    /// Cancelled when the session ends.
+    owned: CancellationToken,
+    /// The session's budget for data it sends that visitors do not read.
+    unread: UnreadBudget,
+    max_visitors: usize,
+    max_per_source: usize,
+}
+
+/// Visitors of one forward in progress, in total and per source.
+#[derive(Debug, Default)]
+struct Visitors {
+    total: usize,
+    per_source: HashMap<Source, usize>,
+}
+
+/// One admitted visitor; dropping it frees its place.
+struct VisitorPlace {
+    source: Source,
+    visitors: Arc<Mutex<Visitors>>,
+}
+
+impl Drop for VisitorPlace {
+    fn drop(&mut self) {
+        let mut visitors = self.visitors.lock().unwrap_or_else(|e| e.into_inner());
+        visitors.total -= 1;
+        if let Some(count) = visitors.per_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                visitors.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Carrier {
+    /// A place for a visitor from `ip`, or why there is none.
+    fn admit(&self, visitors: &Arc<Mutex<Visitors>>, ip: IpAddr) -> Result<VisitorPlace, &'static str> {
+        let source = Source::from(ip);
+        let mut state = visitors.lock().unwrap_or_else(|e| e.into_inner());
+        if state.total >= self.max_visitors {
+            return Err("the forward carries its maximum of visitors");
+        }
+        let from_source = state.per_source.entry(source).or_default();
+        if *from_source >= self.max_per_source {
+            return Err("this source has its maximum of visitors on the forward");
+        }
+        *from_source += 1;
+        state.total += 1;
+        Ok(VisitorPlace { source, visitors: visitors.clone() })
+    }
+}
+
+/// Accepts visitors until the session ends; each becomes one new stream to the client. A
+/// visitor past the forward's caps is reset at once, before any stream is opened.
+async fn serve(listener: TcpListener, carrier: Carrier) {
+    let visitors = Arc::new(Mutex::new(Visitors::default()));
     loop {
         let accepted = tokio::select! {
-            () = owned.cancelled() => return,
+            () = carrier.owned.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, visitor)) => {
-                tokio::spawn(visit(tcp, visitor, forward_id, opener.clone(), owned.clone()));
-            }
+            Ok((tcp, visitor)) => match carrier.admit(&visitors, visitor.ip()) {
+                Ok(place) => {
+                    tokio::spawn(visit(tcp, visitor, carrier.clone(), place));
+                }
+                Err(why) => {
+                    if crate::log::REFUSALS.allow() {
+                        tracing::info!(%visitor, forward_id = carrier.forward_id, "visitor refused: {why}");
+                    }
+                    transport::reset_on_close(&tcp);
+                }
+            },
             Err(err) => {
                 // Out of file descriptors and the like: pause instead of spinning.
-                tracing::warn!(forward_id, "accept failed: {err}");
+                tracing::warn!(forward_id = carrier.forward_id, "accept failed: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn visit(
-    mut tcp: TcpStream,
-    visitor: SocketAddr,
-    forward_id: u32,
-    opener: StreamOpener,
-    owned: CancellationToken,
-) {
+async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place: VisitorPlace) {
+    let forward_id = carrier.forward_id;
     let _ = transport::configure_tcp(&tcp);
-    let mut stream = match opener.open().await {
+    let mut stream = match carrier.opener.open().await {
         Ok(stream) => stream,
         Err(err) => {
             tracing::debug!(%visitor, forward_id, "cannot open a stream for the visitor: {err}");
+            transport::reset_on_close(&tcp);
             return;
         }
     };
     let header = StreamHeader::RemoteForward { forward_id, visitor }.encode();
+    let limits = SpliceLimits { b_budget: Some(carrier.unread.clone()), ..SpliceLimits::default() };
     let carry = async {
         stream.write_all(&header).await?;
-        splice(&mut tcp, &mut stream).await
+        splice_with(&mut tcp, &mut stream, limits).await
     };
     let failed = tokio::select! {
-        () = owned.cancelled() => true,
+        () = carrier.owned.cancelled() => true,
         result = carry => match result {
             Ok(stats) => {
                 tracing::trace!(%visitor, forward_id, ?stats, "visitor done");

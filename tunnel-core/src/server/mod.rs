@@ -8,9 +8,11 @@
 
 mod connection;
 mod forwards;
+pub mod leases;
 mod pending;
 mod registry;
 mod session;
+mod source;
 mod visits;
 
 use std::collections::HashMap;
@@ -24,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{CredentialKind, Credentials};
-use crate::forward::{Glob, PortSet, TargetRules};
+use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
 use crate::session::SessionConfig;
+use crate::task::OwnedTask;
 
 /// Server settings. Start from [`ServerConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
@@ -46,16 +49,38 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Time allowed from TCP accept to an authenticated session (default 10 s).
     pub handshake_timeout: Duration,
-    /// Connections allowed to be in the handshake at once; more are dropped (default 256).
+    /// Connections allowed in the handshake at once (default 256); when all are taken, a newcomer
+    /// takes the slot of the oldest handshake of the source holding the most.
     pub max_unauthenticated: usize,
     /// Of those, how many may come from one source address (IPv4 address or IPv6 /64; default 32).
     pub max_unauthenticated_per_source: usize,
     /// Remote forwards one client may hold (default 64).
     pub max_forwards_per_client: usize,
+    /// Visitors one remote forward carries at once; more are reset at accept, so one busy or
+    /// flooded forward leaves streams for the client's other forwards and services (default 512).
+    pub max_visitors_per_forward: usize,
+    /// Of those, how many may come from one source (IPv4 address or IPv6 /64; default 256).
+    pub max_visitors_per_source: usize,
+    /// Bytes of a session's unread data the server may hold for readers that do not keep up
+    /// (counted as 320 KiB per held-back stream: yamux's window and a copy buffer); a stream
+    /// that would exceed it is reset (default 32 MiB).
+    pub max_unread_per_session: usize,
+    /// Private services one client may expose (default 64).
+    pub max_services_per_client: usize,
+    /// Sessions the server holds at once; more are told to come back later (default 10000).
+    pub max_sessions: usize,
+    /// Of those, how many may use the shared token, which any name can present (default 1000).
+    pub max_sessions_per_shared_token: usize,
     /// How long a departed client's ports stay reserved for its reconnect (default 60 s).
     pub port_grace: Duration,
     /// Address forwards bind when the client names none (default 0.0.0.0).
     pub default_bind: IpAddr,
+    /// Addresses a client may ask its forwards to bind, unless it has its own list; empty (the
+    /// default) allows only `default_bind`.
+    pub allow_bind: Vec<IpAddr>,
+    /// Where port leases are kept across restarts, so a restart opens no window for squatters;
+    /// `None` keeps them in memory only.
+    pub lease_file: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -68,15 +93,58 @@ impl ServerConfig {
             clients: HashMap::new(),
             tls,
             session: SessionConfig {
-                mux: crate::mux::MuxConfig { max_inbound_rate: Some(2000), ..Default::default() },
+                mux: crate::mux::MuxConfig {
+                    max_inbound_rate: Some(2000),
+                    // A client's local-forward connections: each may pin 256 KiB of unread
+                    // data here (and as much again in copy and send buffers), so 64 and the control
+                    // stream bound a session at about 40 MiB.
+                    max_inbound_streams: Some(65),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             handshake_timeout: Duration::from_secs(10),
             max_unauthenticated: 256,
             max_unauthenticated_per_source: 32,
             max_forwards_per_client: 64,
+            max_services_per_client: 64,
+            max_visitors_per_forward: 512,
+            max_visitors_per_source: 256,
+            max_unread_per_session: 32 << 20,
+            max_sessions: 10_000,
+            max_sessions_per_shared_token: 1_000,
             port_grace: Duration::from_secs(60),
             default_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            allow_bind: Vec::new(),
+            lease_file: None,
+        }
+    }
+
+    /// The client that owns `port` through its `ports` list, if any.
+    fn port_owner(&self, port: u16) -> Option<&str> {
+        self.clients
+            .iter()
+            .find(|(_, p)| p.ports.as_ref().is_some_and(|ports| ports.contains(port)))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// May this client bind `port`? Owned ports belong to their owner alone (whatever either
+    /// side's `allow_ports` says); other ports follow the client's `allow_ports`.
+    fn may_bind_port(&self, name: &str, credential: CredentialKind, port: u16) -> PortVerdict {
+        match self.port_owner(port) {
+            Some(owner) if owner == name && credential == CredentialKind::PerClient => PortVerdict::Allowed,
+            Some(_) => PortVerdict::Owned,
+            None if self.ports_for(name, credential).contains(port) => PortVerdict::Allowed,
+            None => PortVerdict::NotAllowed,
+        }
+    }
+
+    /// Addresses this client's forwards may bind; the first is used when it names none.
+    fn binds_for(&self, name: &str, credential: CredentialKind) -> &[IpAddr] {
+        match self.policy(name, credential).and_then(|p| p.allow_bind.as_deref()) {
+            Some(list) if !list.is_empty() => list,
+            _ if !self.allow_bind.is_empty() => &self.allow_bind,
+            _ => std::slice::from_ref(&self.default_bind),
         }
     }
 
@@ -103,22 +171,26 @@ impl ServerConfig {
         }
     }
 
+    /// The credential `name` must hold, from the configuration alone (online or not): its own
+    /// token if it has one, else the shared token.
+    fn credential_of(&self, name: &str) -> CredentialKind {
+        if self.credentials.has_client(name) {
+            CredentialKind::PerClient
+        } else {
+            CredentialKind::Shared
+        }
+    }
+
     /// Shared-token clients form one trust domain and visit each other's services; a client
-    /// with its own token visits `OWNER/SERVICE` only where one of its `allow_visit` globs matches.
-    fn may_visit(
-        &self,
-        visitor: &str,
-        credential: CredentialKind,
-        owner: &str,
-        owner_credential: CredentialKind,
-        service: &str,
-    ) -> bool {
+    /// with its own token visits `OWNER/SERVICE` only where one of its `allow_visit` rules
+    /// matches, and a plain rule matches only owners with their own token (`shared:` rules name
+    /// shared-token owners). Decided from the configuration alone, so the answer does not
+    /// reveal whether the owner is online or exposes the service.
+    fn may_visit(&self, visitor: &str, credential: CredentialKind, owner: &str, service: &str) -> bool {
+        let owner_shared = self.credential_of(owner) == CredentialKind::Shared;
         match self.policy(visitor, credential) {
-            None => credential == CredentialKind::Shared && owner_credential == CredentialKind::Shared,
-            Some(policy) => {
-                let target = format!("{owner}/{service}");
-                policy.allow_visit.iter().any(|g| g.matches(&target))
-            }
+            None => credential == CredentialKind::Shared && owner_shared,
+            Some(policy) => policy.allow_visit.iter().any(|rule| rule.matches(owner, owner_shared, service)),
         }
     }
 }
@@ -129,12 +201,26 @@ impl ServerConfig {
 pub struct ClientPolicy {
     /// Ports it may bind; `None` for the server-wide `allow_ports`.
     pub allow_ports: Option<PortSet>,
-    /// Services it may visit, as `CLIENT/SERVICE` globs (default: none).
-    pub allow_visit: Vec<Glob>,
+    /// Services it may visit, as `CLIENT/SERVICE` rules (default: none).
+    pub allow_visit: Vec<VisitRule>,
     /// Service names it may expose, as globs (default: none).
     pub allow_expose: Vec<Glob>,
     /// Targets the server may dial for it; `None` for the server-wide `allow_targets`.
     pub allow_targets: Option<TargetRules>,
+    /// Ports it owns: no other client can ever bind them, online or not (default: none).
+    pub ports: Option<PortSet>,
+    /// Addresses its forwards may bind; `None` for the server-wide list.
+    pub allow_bind: Option<Vec<IpAddr>>,
+}
+
+/// Whether a client may bind a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortVerdict {
+    Allowed,
+    /// Another client owns it.
+    Owned,
+    /// Outside the client's `allow_ports`.
+    NotAllowed,
 }
 
 /// State shared by every connection task.
@@ -177,7 +263,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 impl Server {
     /// A server with this configuration.
     pub fn new(config: ServerConfig) -> Self {
-        let registry = registry::Registry::new(config.port_grace);
+        let caps = registry::Caps {
+            sessions: config.max_sessions,
+            shared_sessions: config.max_sessions_per_shared_token,
+            services: config.max_services_per_client,
+        };
+        let registry = registry::Registry::new(config.port_grace, caps);
+        if let Some(path) = &config.lease_file {
+            restore_leases(&registry, path);
+        }
         let pending =
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         Self { shared: Arc::new(Shared { config, registry, pending }) }
@@ -197,6 +291,9 @@ impl Server {
     ) -> std::io::Result<()> {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let lease_file = self.shared.config.lease_file.clone();
+        let persist =
+            lease_file.clone().map(|path| OwnedTask::spawn(persist_leases(self.shared.clone(), path)));
         let mut sweep = tokio::time::interval(self.shared.config.port_grace.max(Duration::from_secs(1)));
         tokio::pin!(shutdown);
         loop {
@@ -222,6 +319,53 @@ impl Server {
         if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
             tracing::warn!("sessions still open after {DRAIN_TIMEOUT:?}; closing them");
         }
+        drop(persist);
+        if let Some(path) = lease_file {
+            // The sessions' ports are now reserved for their grace period: keep that for the next start.
+            save_leases(&self.shared, path).await;
+        }
         Ok(())
+    }
+}
+
+/// Reserves the ports a previous run leased. A file that cannot be used is reported and
+/// ignored: owned ports (`ports` in the configuration) stay protected either way.
+fn restore_leases(registry: &registry::Registry, path: &std::path::Path) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+        Err(err) => return tracing::error!("cannot read the lease file {}: {err}", path.display()),
+    };
+    match leases::decode(&text) {
+        Ok(stored) => {
+            registry.restore(&stored);
+            tracing::info!("restored {} port leases from {}", stored.len(), path.display());
+        }
+        Err(err) => tracing::error!("ignoring the lease file {}: {err}", path.display()),
+    }
+}
+
+/// Rewrites the lease file after every change, coalescing bursts.
+async fn persist_leases(shared: Arc<Shared>, path: std::path::PathBuf) {
+    loop {
+        shared.registry.leases_changed().await;
+        save_leases(&shared, path.clone()).await;
+    }
+}
+
+async fn save_leases(shared: &Shared, path: std::path::PathBuf) {
+    let text = leases::encode(&shared.registry.stored_leases());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(err) = crate::fs::create_private_dir(dir) {
+            return tracing::warn!("cannot create {} for the lease file: {err}", dir.display());
+        }
+    }
+    let written = tokio::task::spawn_blocking(move || {
+        crate::fs::write_private(&path, text.as_bytes()).map_err(|e| (path, e))
+    });
+    match written.await {
+        Ok(Ok(())) => {}
+        Ok(Err((path, err))) => tracing::warn!("cannot write the lease file {}: {err}", path.display()),
+        Err(err) => tracing::warn!("lease file writer failed: {err}"),
     }
 }

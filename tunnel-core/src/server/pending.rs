@@ -1,75 +1,128 @@
-//! Admission for connections that have not authenticated yet: a global cap, and a cap per
-//! source so one address cannot take every handshake slot and lock other clients out.
+//! Admission for connections that have not authenticated yet: a global cap, a cap per source,
+//! and eviction instead of refusal when the global cap is reached.
+//!
+//! Refusing newcomers when full lets a few sources holding silent sockets lock every client out
+//! (8 addresses x 32 sockets filled the default 256 slots). Instead, a newcomer from a source
+//! below its own cap takes the slot of the oldest pending connection of the source holding the
+//! most slots: an attacker's sockets evict each other, while a client that holds one slot for
+//! the few milliseconds its handshake takes is almost never the one cut.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::source::Source;
 
 /// Counts handshakes in progress, overall and per source.
 #[derive(Debug)]
 pub(super) struct Pending {
-    global: Arc<Semaphore>,
+    global_limit: usize,
     per_source_limit: usize,
-    per_source: Arc<Mutex<HashMap<Source, usize>>>,
+    state: Arc<Mutex<State>>,
 }
 
-/// A source address as an attacker controls it: one IPv4 address, or one IPv6 /64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Source(u128);
-
-impl From<IpAddr> for Source {
-    fn from(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(u128::from(u32::from(v4))),
-                None => Self((u128::from(v6) >> 64) << 64 | 1 << 32),
-            },
-        }
-    }
+#[derive(Debug, Default)]
+struct State {
+    total: usize,
+    next_seq: u64,
+    /// Per source, its pending handshakes oldest first.
+    sources: HashMap<Source, VecDeque<Slot>>,
 }
 
-/// One admitted handshake; dropping it frees the slots.
+#[derive(Debug)]
+struct Slot {
+    seq: u64,
+    evict: CancellationToken,
+}
+
+/// One admitted handshake; dropping it frees the slot.
 #[derive(Debug)]
 pub(super) struct Admission {
-    _global: OwnedSemaphorePermit,
     source: Source,
-    per_source: Arc<Mutex<HashMap<Source, usize>>>,
+    seq: u64,
+    evicted: CancellationToken,
+    state: Arc<Mutex<State>>,
+}
+
+/// Why a handshake was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// Its source already holds its share of the slots.
+    SourceFull,
 }
 
 impl Pending {
     pub(super) fn new(global: usize, per_source: usize) -> Self {
-        Self {
-            global: Arc::new(Semaphore::new(global)),
-            per_source_limit: per_source,
-            per_source: Arc::default(),
-        }
+        Self { global_limit: global.max(1), per_source_limit: per_source.max(1), state: Arc::default() }
     }
 
-    /// Admits a handshake from `ip`, or `None` when either cap is reached.
-    pub(super) fn admit(&self, ip: IpAddr) -> Option<Admission> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a handshake from `ip`, evicting the oldest handshake of the largest source if
+    /// every slot is taken; refuses when `ip`'s own source is at its cap.
+    pub(super) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
         let source = Source::from(ip);
-        let global = self.global.clone().try_acquire_owned().ok()?;
-        let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(source).or_default();
-        if *count >= self.per_source_limit {
-            return None;
+        let mut state = self.lock();
+        if state.sources.get(&source).map_or(0, VecDeque::len) >= self.per_source_limit {
+            return Err(Refused::SourceFull);
         }
-        *count += 1;
-        Some(Admission { _global: global, source, per_source: self.per_source.clone() })
+        if state.total >= self.global_limit {
+            state.evict_one();
+        }
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        let evicted = CancellationToken::new();
+        state.sources.entry(source).or_default().push_back(Slot { seq, evict: evicted.clone() });
+        state.total += 1;
+        Ok(Admission { source, seq, evicted, state: self.state.clone() })
+    }
+}
+
+impl State {
+    /// Cuts the oldest handshake of the source with the most (the oldest such on a tie).
+    fn evict_one(&mut self) {
+        let victim = self
+            .sources
+            .iter()
+            .filter_map(|(source, slots)| slots.front().map(|oldest| (*source, slots.len(), oldest.seq)))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
+            .map(|(source, _, _)| source);
+        let Some(source) = victim else { return };
+        if let Some(slots) = self.sources.get_mut(&source) {
+            if let Some(slot) = slots.pop_front() {
+                slot.evict.cancel();
+                self.total -= 1;
+            }
+            if slots.is_empty() {
+                self.sources.remove(&source);
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// Resolves when a newcomer took this handshake's slot: the connection should be dropped.
+    pub(super) async fn evicted(&self) {
+        self.evicted.cancelled().await;
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.source);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slots) = state.sources.get_mut(&self.source) else { return };
+        // An evicted slot was already removed and counted out.
+        if let Some(index) = slots.iter().position(|slot| slot.seq == self.seq) {
+            slots.remove(index);
+            let empty = slots.is_empty();
+            if empty {
+                state.sources.remove(&self.source);
             }
+            state.total -= 1;
         }
     }
 }
@@ -78,28 +131,58 @@ impl Drop for Admission {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn one_source_cannot_take_every_slot() {
+    fn one_source_cannot_take_more_than_its_share() {
         let pending = Pending::new(4, 2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let first = pending.admit(a).unwrap();
-        let _second = pending.admit(a).unwrap();
-        assert!(pending.admit(a).is_none(), "per-source cap");
-        let _third = pending.admit(b).unwrap();
+        let first = pending.admit(ip("192.0.2.1")).unwrap();
+        let _second = pending.admit(ip("192.0.2.1")).unwrap();
+        assert_eq!(pending.admit(ip("192.0.2.1")).unwrap_err(), Refused::SourceFull);
         drop(first);
-        let _fourth = pending.admit(a).unwrap();
-        let _fifth = pending.admit(b).unwrap();
-        assert!(pending.admit("192.0.2.3".parse().unwrap()).is_none(), "global cap");
+        let _third = pending.admit(ip("192.0.2.1")).unwrap();
+    }
+
+    #[test]
+    fn when_full_a_newcomer_evicts_the_oldest_of_the_largest_source() {
+        let pending = Pending::new(4, 3);
+        let a1 = pending.admit(ip("192.0.2.1")).unwrap();
+        let b1 = pending.admit(ip("192.0.2.2")).unwrap();
+        let a2 = pending.admit(ip("192.0.2.1")).unwrap();
+        let a3 = pending.admit(ip("192.0.2.1")).unwrap();
+        let newcomer = pending.admit(ip("198.51.100.7")).unwrap();
+        assert!(a1.evicted.is_cancelled(), "the oldest of the source holding 3 slots");
+        assert!(![&b1, &a2, &a3, &newcomer].iter().any(|a| a.evicted.is_cancelled()));
+        // Dropping the evicted one frees nothing twice.
+        drop(a1);
+        let next = pending.admit(ip("198.51.100.8")).unwrap();
+        assert!(a2.evicted.is_cancelled(), "a (2 slots) is still the largest source");
+        assert!(!b1.evicted.is_cancelled() && !next.evicted.is_cancelled());
+        assert_eq!(pending.lock().total, 4);
+    }
+
+    #[test]
+    fn slots_are_returned_exactly_once() {
+        let pending = Pending::new(2, 2);
+        for _ in 0..100 {
+            let a = pending.admit(ip("192.0.2.1")).unwrap();
+            let b = pending.admit(ip("192.0.2.2")).unwrap();
+            let c = pending.admit(ip("192.0.2.3")).unwrap();
+            drop((a, b, c));
+            assert_eq!(pending.lock().total, 0);
+            assert!(pending.lock().sources.is_empty());
+        }
     }
 
     #[test]
     fn an_ipv6_64_is_one_source() {
         let pending = Pending::new(10, 1);
-        let _a = pending.admit("2001:db8::1".parse().unwrap()).unwrap();
-        assert!(pending.admit("2001:db8::ffff".parse().unwrap()).is_none());
-        let _other_64 = pending.admit("2001:db8:0:1::1".parse().unwrap()).unwrap();
-        let _mapped = pending.admit("::ffff:192.0.2.9".parse().unwrap()).unwrap();
-        assert!(pending.admit("192.0.2.9".parse().unwrap()).is_none(), "v4-mapped is the same source");
+        let _a = pending.admit(ip("2001:db8::1")).unwrap();
+        assert!(pending.admit(ip("2001:db8::ffff")).is_err());
+        let _other_64 = pending.admit(ip("2001:db8:0:1::1")).unwrap();
+        let _mapped = pending.admit(ip("::ffff:192.0.2.9")).unwrap();
+        assert!(pending.admit(ip("192.0.2.9")).is_err(), "v4-mapped is the same source");
     }
 }

@@ -6,21 +6,46 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::leases::{self, StoredLease};
 use crate::auth::CredentialKind;
+use crate::forward::UnreadBudget;
 use crate::mux::StreamOpener;
 
 /// Identifies one session of a client name.
 pub(crate) type SessionId = u64;
 
+/// Caps on what authenticated clients may hold, so one credential cannot exhaust the server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps {
+    /// Sessions in total.
+    pub(crate) sessions: usize,
+    /// Sessions on the shared token (any number of names can use it).
+    pub(crate) shared_sessions: usize,
+    /// Services one session may expose.
+    pub(crate) services: usize,
+}
+
+/// Why a session was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Full {
+    #[error("the server holds its maximum of {0} sessions")]
+    Sessions(usize),
+    #[error("the shared token is in use by its maximum of {0} sessions")]
+    SharedSessions(usize),
+}
+
 #[derive(Debug)]
 pub(crate) struct Registry {
     grace: Duration,
+    caps: Caps,
     inner: Mutex<Inner>,
+    /// Signalled whenever the lease table changes, for the task that keeps it on disk.
+    leases_changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +60,8 @@ struct Slot {
     id: SessionId,
     /// Opens streams to this session's client (for visits to its services).
     opener: StreamOpener,
+    /// The session's budget for data it sends that readers do not take.
+    unread: UnreadBudget,
     credential: CredentialKind,
     services: HashSet<String>,
     /// Cancelled to ask the session to close (a newer one replaces it).
@@ -83,8 +110,60 @@ pub(crate) enum PortConflict {
 }
 
 impl Registry {
-    pub(crate) fn new(grace: Duration) -> Self {
-        Self { grace, inner: Mutex::new(Inner::default()) }
+    pub(crate) fn new(grace: Duration, caps: Caps) -> Self {
+        Self { grace, caps, inner: Mutex::new(Inner::default()), leases_changed: tokio::sync::Notify::new() }
+    }
+
+    /// Reserves the leases a previous run stored, each for what is left of its grace period.
+    pub(crate) fn restore(&self, stored: &[StoredLease]) {
+        let (now, now_ms) = (Instant::now(), leases::unix_ms(SystemTime::now()));
+        let mut inner = self.lock();
+        for lease in stored {
+            if let Some(left) = leases::remaining(lease, now_ms, self.grace) {
+                let state = LeaseState::Reserved { until: now + left };
+                inner.leases.insert(
+                    lease.port,
+                    Lease { owner: lease.owner.clone(), forward_id: lease.forward_id, state },
+                );
+            }
+        }
+    }
+
+    /// The lease table as stored on disk.
+    pub(crate) fn stored_leases(&self) -> Vec<StoredLease> {
+        let (now, now_ms) = (Instant::now(), leases::unix_ms(SystemTime::now()));
+        let mut stored: Vec<StoredLease> = self
+            .lock()
+            .leases
+            .iter()
+            .filter_map(|(port, lease)| {
+                let reserved_until_ms = match lease.state {
+                    LeaseState::Held(_) => 0,
+                    LeaseState::Reserved { until } if until > now => {
+                        let left = u64::try_from((until - now).as_millis()).unwrap_or(u64::MAX);
+                        now_ms.saturating_add(left).max(1)
+                    }
+                    LeaseState::Reserved { .. } => return None,
+                };
+                Some(StoredLease {
+                    port: *port,
+                    owner: lease.owner.clone(),
+                    forward_id: lease.forward_id,
+                    reserved_until_ms,
+                })
+            })
+            .collect();
+        stored.sort_by_key(|l| l.port);
+        stored
+    }
+
+    /// Resolves after the lease table changed since the last call.
+    pub(crate) async fn leases_changed(&self) {
+        self.leases_changed.notified().await;
+    }
+
+    fn changed(&self) {
+        self.leases_changed.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -92,20 +171,33 @@ impl Registry {
     }
 
     /// Registers a session for `name`. An existing session with that name is asked to close, and
-    /// this waits (up to `handover`) until it has released its ports.
+    /// this waits (up to `handover`) until it has released its ports. A new name is refused
+    /// when the server, or the shared token, is at its session cap.
     pub(crate) async fn register(
         &self,
         name: &str,
         credential: CredentialKind,
         opener: StreamOpener,
+        unread: UnreadBudget,
         handover: Duration,
-    ) -> Registration {
+    ) -> Result<Registration, Full> {
         let (registration, previous) = {
             let mut inner = self.lock();
+            if !inner.sessions.contains_key(name) {
+                if inner.sessions.len() >= self.caps.sessions {
+                    return Err(Full::Sessions(self.caps.sessions));
+                }
+                let shared =
+                    || inner.sessions.values().filter(|s| s.credential == CredentialKind::Shared).count();
+                if credential == CredentialKind::Shared && shared() >= self.caps.shared_sessions {
+                    return Err(Full::SharedSessions(self.caps.shared_sessions));
+                }
+            }
             inner.next_id += 1;
             let slot = Slot {
                 id: inner.next_id,
                 opener,
+                unread,
                 credential,
                 services: HashSet::new(),
                 kick: CancellationToken::new(),
@@ -122,28 +214,33 @@ impl Registry {
                 tracing::warn!(client = name, "previous session did not release its ports in time");
             }
         }
-        registration
+        Ok(registration)
     }
 
-    /// Records that session `id` of `name` exposes `service`.
-    pub(crate) fn expose(&self, name: &str, id: SessionId, service: &str) {
+    /// Records that session `id` of `name` exposes `service`; `Err` with the cap when it
+    /// already exposes as many services as allowed.
+    pub(crate) fn expose(&self, name: &str, id: SessionId, service: &str) -> Result<(), usize> {
         if let Some(slot) = self.lock().sessions.get_mut(name).filter(|slot| slot.id == id) {
+            if slot.services.len() >= self.caps.services && !slot.services.contains(service) {
+                return Err(self.caps.services);
+            }
             slot.services.insert(service.to_owned());
         }
+        Ok(())
     }
 
-    /// The live session of `owner`, if it exposes `service`: its opener and credential kind.
+    /// The live session of `owner`, if it exposes `service`: its opener and unread budget.
     pub(crate) fn service(
         &self,
         owner: &str,
         service: &str,
-    ) -> Result<(StreamOpener, CredentialKind), ServiceLookup> {
+    ) -> Result<(StreamOpener, UnreadBudget), ServiceLookup> {
         let inner = self.lock();
         let slot = inner.sessions.get(owner).ok_or(ServiceLookup::ClientOffline)?;
         if !slot.services.contains(service) {
             return Err(ServiceLookup::NoSuchService);
         }
-        Ok((slot.opener.clone(), slot.credential))
+        Ok((slot.opener.clone(), slot.unread.clone()))
     }
 
     /// Removes a session: its ports become reserved for its name for the grace period.
@@ -160,6 +257,7 @@ impl Registry {
                 }
             }
         }
+        self.changed();
         registration.gone.cancel();
     }
 
@@ -185,6 +283,8 @@ impl Registry {
         }
         let lease = Lease { owner: name.to_owned(), forward_id, state: LeaseState::Held(id) };
         inner.leases.insert(port, lease);
+        drop(inner);
+        self.changed();
         Ok(())
     }
 
@@ -202,6 +302,8 @@ impl Registry {
         let mut inner = self.lock();
         if inner.leases.get(&port).is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id)) {
             inner.leases.remove(&port);
+            drop(inner);
+            self.changed();
         }
     }
 
@@ -240,6 +342,7 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(60);
     const HANDOVER: Duration = Duration::from_secs(1);
+    const CAPS: Caps = Caps { sessions: 100, shared_sessions: 100, services: 100 };
 
     /// An opener for a session that never carries streams in these tests.
     fn opener() -> StreamOpener {
@@ -249,13 +352,17 @@ mod tests {
         opener
     }
 
+    fn budget() -> UnreadBudget {
+        UnreadBudget::with_streams(1)
+    }
+
     async fn register(registry: &Registry, name: &str) -> Registration {
-        registry.register(name, CredentialKind::Shared, opener(), HANDOVER).await
+        registry.register(name, CredentialKind::Shared, opener(), budget(), HANDOVER).await.unwrap()
     }
 
     #[tokio::test(start_paused = true)]
     async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
-        let registry = Registry::new(GRACE);
+        let registry = Registry::new(GRACE, CAPS);
         let a = register(&registry, "a").await;
         registry.claim("a", a.id, 1, 7000).unwrap();
         let b = register(&registry, "b").await;
@@ -276,7 +383,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
-        let registry = std::sync::Arc::new(Registry::new(GRACE));
+        let registry = std::sync::Arc::new(Registry::new(GRACE, CAPS));
         let old = register(&registry, "a").await;
         registry.claim("a", old.id, 1, 7000).unwrap();
         let r = registry.clone();
@@ -291,8 +398,57 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn stored_leases_are_reserved_again_after_a_restart() {
+        let before = Registry::new(GRACE, CAPS);
+        let a = register(&before, "a").await;
+        before.claim("a", a.id, 0, 7000).unwrap();
+        before.claim("a", a.id, 1, 7001).unwrap();
+        before.unregister("a", &a);
+        let b = register(&before, "b").await;
+        before.claim("b", b.id, 0, 7002).unwrap();
+        let stored = before.stored_leases();
+        assert_eq!(stored.iter().map(|l| l.port).collect::<Vec<_>>(), [7000, 7001, 7002]);
+        assert_eq!(stored[2].reserved_until_ms, 0, "held");
+
+        let after = Registry::new(GRACE, CAPS);
+        after.restore(&stored);
+        let c = register(&after, "c").await;
+        for port in [7000, 7001, 7002] {
+            assert_eq!(after.claim("c", c.id, 0, port), Err(PortConflict::OtherClient), "{port}");
+        }
+        assert_eq!(after.reserved_for("a", 1), Some(7001));
+        assert_eq!(after.reserved_for("b", 0), Some(7002), "a held lease is reserved after a restart");
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        after.claim("c", c.id, 0, 7002).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_and_service_caps_hold_and_a_replacement_is_not_a_new_session() {
+        let caps = Caps { sessions: 3, shared_sessions: 2, services: 2 };
+        let registry = Registry::new(GRACE, caps);
+        let join = |name: &'static str, kind| registry.register(name, kind, opener(), budget(), HANDOVER);
+        let a = join("a", CredentialKind::Shared).await.unwrap();
+        join("b", CredentialKind::Shared).await.unwrap();
+        assert_eq!(join("c", CredentialKind::Shared).await.unwrap_err(), Full::SharedSessions(2));
+        join("w", CredentialKind::PerClient).await.unwrap();
+        assert_eq!(join("x", CredentialKind::PerClient).await.unwrap_err(), Full::Sessions(3));
+        // "a" again replaces "a": no new session, so no cap applies.
+        let replacing = join("a", CredentialKind::Shared);
+        let old = async {
+            a.kicked.cancelled().await;
+            registry.unregister("a", &a);
+        };
+        let (a2, ()) = tokio::join!(replacing, old);
+        let a2 = a2.unwrap();
+        registry.expose("a", a2.id, "one").unwrap();
+        registry.expose("a", a2.id, "two").unwrap();
+        registry.expose("a", a2.id, "two").unwrap();
+        assert_eq!(registry.expose("a", a2.id, "three"), Err(2));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn release_frees_only_an_unused_claim() {
-        let registry = Registry::new(GRACE);
+        let registry = Registry::new(GRACE, CAPS);
         let a = register(&registry, "a").await;
         registry.claim("a", a.id, 1, 7000).unwrap();
         registry.release(a.id, 7000);

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::forwards::Forwards;
 use super::{Shared, DRAIN_TIMEOUT};
+use crate::forward::UnreadBudget;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{ControlMessage, GoodbyeCode, RefusalCode};
 use crate::session::{Session, SessionEnd};
@@ -26,13 +27,26 @@ pub(super) async fn run(
 ) {
     let Session { control, mut messages, opener, mut incoming, driver } = session;
     let name = client.name.clone();
-    let registration =
-        shared.registry.register(&name, client.credential, opener.clone(), DRAIN_TIMEOUT).await;
     let mut driver = OwnedTask::spawn(driver);
+    let unread = UnreadBudget::with_bytes(shared.config.max_unread_per_session);
+    let registration =
+        shared.registry.register(&name, client.credential, opener.clone(), unread.clone(), DRAIN_TIMEOUT);
+    let registration = match registration.await {
+        Ok(registration) => registration,
+        Err(full) => {
+            if crate::log::REFUSALS.allow() {
+                tracing::warn!(client = %crate::log::Escaped(&name), %peer, "session refused: {full}");
+            }
+            control.close(GoodbyeCode::ServerFull, full.to_string()).await;
+            finish(driver).await;
+            return;
+        }
+    };
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
-    let mut forwards = Forwards::new(&shared, &client, registration.id, opener, owned.clone());
-    tracing::info!(client = %name, %peer, credential = ?client.credential, "session established");
+    let mut forwards =
+        Forwards::new(&shared, &client, registration.id, opener, unread.clone(), owned.clone());
+    tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let end = loop {
         tokio::select! {
@@ -53,7 +67,11 @@ pub(super) async fn run(
                 }
             }
             Some(stream) = incoming.next() => {
-                let visitor = super::visits::Visitor { name: name.clone(), credential: client.credential };
+                let visitor = super::visits::Visitor {
+                    name: name.clone(),
+                    credential: client.credential,
+                    unread: unread.clone(),
+                };
                 tokio::spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
             }
             () = registration.kicked.cancelled() => {
@@ -69,7 +87,7 @@ pub(super) async fn run(
     // Close public listeners and cut visitors first, then hand the ports to the grace period.
     forwards.close().await;
     shared.registry.unregister(&name, &registration);
-    tracing::info!(client = %name, %peer, "session ended: {end}");
+    tracing::info!(client = %crate::log::Escaped(&name), %peer, "session ended: {}", crate::log::Escaped(&end.to_string()));
 }
 
 /// Registers a private service if this client may expose that name, and answers.
@@ -80,14 +98,26 @@ async fn expose(
     service: String,
     control: &crate::session::ControlSender,
 ) {
-    let reply = if shared.config.may_expose(&client.name, client.credential, &service) {
-        shared.registry.expose(&client.name, session, &service);
-        tracing::info!(client = %client.name, %service, "service exposed");
-        ControlMessage::ExposeReady { name: service }
-    } else {
-        tracing::info!(client = %client.name, %service, "service refused: name not allowed for this client");
+    let refused = if !shared.config.may_expose(&client.name, client.credential, &service) {
         let message = format!("client {:?} may not expose a service named {service:?}", client.name);
-        ControlMessage::ExposeRefused { name: service, code: RefusalCode::NameNotAllowed, message }
+        Some((RefusalCode::NameNotAllowed, message))
+    } else if let Err(cap) = shared.registry.expose(&client.name, session, &service) {
+        Some((RefusalCode::TooManyServices, format!("this client already exposes {cap} services")))
+    } else {
+        None
+    };
+    let escaped = (crate::log::Escaped(&client.name), crate::log::Escaped(&service));
+    let reply = match refused {
+        None => {
+            tracing::info!(client = %escaped.0, service = %escaped.1, "service exposed");
+            ControlMessage::ExposeReady { name: service }
+        }
+        Some((code, message)) => {
+            if crate::log::REFUSALS.allow() {
+                tracing::info!(client = %escaped.0, service = %escaped.1, "service refused: {message}");
+            }
+            ControlMessage::ExposeRefused { name: service, code, message }
+        }
     };
     // A failed send means the session is ending; the driver reports why.
     let _ = control.send(reply).await;

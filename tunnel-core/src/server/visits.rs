@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::ServiceLookup;
 use super::Shared;
 use crate::auth::CredentialKind;
-use crate::forward::{splice, TargetAddr, VisitTarget};
+use crate::forward::{splice_with, SpliceLimits, TargetAddr, UnreadBudget, VisitTarget};
 use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
@@ -21,12 +21,16 @@ use crate::transport;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to connect to a server-side target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to resolve a server-side target's name.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The client a stream came from.
 #[derive(Debug, Clone)]
 pub(super) struct Visitor {
     pub(super) name: String,
     pub(super) credential: CredentialKind,
+    /// Its session's budget for data it sends that the target does not read.
+    pub(super) unread: UnreadBudget,
 }
 
 pub(super) async fn handle(
@@ -37,20 +41,24 @@ pub(super) async fn handle(
 ) {
     let header = match tokio::time::timeout(HEADER_TIMEOUT, StreamHeader::read(&mut stream)).await {
         Ok(Ok(header)) => header,
-        Ok(Err(err)) => return tracing::warn!(client = %from.name, "dropping stream: {err}"),
+        Ok(Err(err)) => {
+            return tracing::warn!(client = %crate::log::Escaped(&from.name), "dropping stream: {}", crate::log::Escaped(&err.to_string()))
+        }
         Err(_) => {
-            return tracing::warn!(client = %from.name, "dropping stream: no header within {HEADER_TIMEOUT:?}")
+            return tracing::warn!(client = %crate::log::Escaped(&from.name), "dropping stream: no header within {HEADER_TIMEOUT:?}")
         }
     };
     let StreamHeader::LocalForward { target, visitor } = header else {
-        return tracing::warn!(client = %from.name, "dropping stream: clients may only open local forwards");
+        return tracing::warn!(client = %crate::log::Escaped(&from.name), "dropping stream: clients may only open local forwards");
     };
     let carried = tokio::select! {
         () = owned.cancelled() => return,
         carried = carry(&shared, &from, &mut stream, &target, visitor) => carried,
     };
     if let Err(refusal) = carried {
-        tracing::info!(client = %from.name, %target, %visitor, "visit refused ({}): {}", refusal.status, refusal.message);
+        if crate::log::REFUSALS.allow() {
+            tracing::info!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visit refused ({}): {}", refusal.status, crate::log::Escaped(&refusal.message));
+        }
         // Best effort: the client closes its visitor on reading this.
         let _ = stream.write_all(&refusal.encode()).await;
         let _ = stream.shutdown().await;
@@ -67,7 +75,15 @@ async fn carry(
 ) -> Result<(), StreamReply> {
     match target {
         VisitTarget::Service { client, service } => {
-            let (opener, owner_credential) = shared.registry.service(client, service).map_err(|lookup| {
+            // Rules first, from the configuration alone: a refused visitor learns nothing about
+            // whether the owner is online or exposes the service.
+            if !shared.config.may_visit(&from.name, from.credential, client, service) {
+                return Err(StreamReply::refuse(
+                    ReplyStatus::Denied,
+                    format!("client {:?} may not visit {client}/{service}", from.name),
+                ));
+            }
+            let (opener, owner_unread) = shared.registry.service(client, service).map_err(|lookup| {
                 let why = match lookup {
                     ServiceLookup::ClientOffline => format!("client {client:?} is not connected"),
                     ServiceLookup::NoSuchService => {
@@ -76,12 +92,6 @@ async fn carry(
                 };
                 StreamReply::refuse(ReplyStatus::Unavailable, why)
             })?;
-            if !shared.config.may_visit(&from.name, from.credential, client, owner_credential, service) {
-                return Err(StreamReply::refuse(
-                    ReplyStatus::Denied,
-                    format!("client {:?} may not visit {client}/{service}", from.name),
-                ));
-            }
             let mut upstream = opener.open().await.map_err(|e| {
                 StreamReply::refuse(ReplyStatus::Unavailable, format!("cannot reach client {client:?}: {e}"))
             })?;
@@ -94,9 +104,14 @@ async fn carry(
             if opened.await.is_err() {
                 return Ok(()); // One side is gone; dropping both resets the other.
             }
-            tracing::debug!(client = %from.name, %target, %visitor, "visiting service");
-            if let Err(err) = splice(stream, &mut upstream).await {
-                tracing::debug!(client = %from.name, %target, "service visit failed: {err}");
+            tracing::debug!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visiting service");
+            let limits = SpliceLimits {
+                a_budget: Some(from.unread.clone()),
+                b_budget: Some(owner_unread),
+                idle_timeout: None,
+            };
+            if let Err(err) = splice_with(stream, &mut upstream, limits).await {
+                tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "service visit failed: {err}");
             }
             Ok(())
         }
@@ -121,9 +136,10 @@ async fn carry(
                 transport::reset_on_close(&tcp);
                 return Ok(());
             }
-            tracing::debug!(client = %from.name, %addr, %resolved, %visitor, "visiting server-side target");
-            if let Err(err) = splice(stream, &mut tcp).await {
-                tracing::debug!(client = %from.name, %addr, "server-side visit failed: {err}");
+            tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "visiting server-side target");
+            let limits = SpliceLimits { a_budget: Some(from.unread.clone()), ..SpliceLimits::default() };
+            if let Err(err) = splice_with(stream, &mut tcp, limits).await {
+                tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, "server-side visit failed: {err}");
                 transport::reset_on_close(&tcp);
             }
             Ok(())
@@ -131,21 +147,34 @@ async fn carry(
     }
 }
 
-/// Resolves `addr` and returns the first address the rules allow. A host name is allowed by
-/// name, or by the IP it resolves to; the check and the connection use the same address, so
-/// a DNS answer cannot change between them.
+/// Resolves `addr` and returns the first address the rules allow. An IP address is checked
+/// against the network rules; a host name must be allowed by name before it is looked up (no
+/// lookup is ever made for a name the rules do not list), and the lookup has a deadline. The
+/// check and the connection use the same address, so a DNS answer cannot change between them.
 async fn resolve_allowed(
     addr: &TargetAddr,
     rules: &crate::forward::TargetRules,
 ) -> Result<SocketAddr, StreamReply> {
     let denied =
         || StreamReply::refuse(ReplyStatus::Denied, format!("{addr} is not in the server's allow_targets"));
-    if rules.is_empty() {
+    if let Ok(ip) = addr.host.parse::<std::net::IpAddr>() {
+        return if rules.allows_ip(ip, addr.port) {
+            Ok(SocketAddr::new(ip, addr.port))
+        } else {
+            Err(denied())
+        };
+    }
+    if !rules.allows_name(&addr.host, addr.port) {
         return Err(denied());
     }
-    let by_name = addr.host.parse::<std::net::IpAddr>().is_err() && rules.allows_name(&addr.host, addr.port);
-    let candidates = tokio::net::lookup_host((addr.host.as_str(), addr.port)).await.map_err(|e| {
-        StreamReply::refuse(ReplyStatus::Unreachable, format!("cannot resolve {}: {e}", addr.host))
-    })?;
-    candidates.into_iter().find(|c| by_name || rules.allows_ip(c.ip(), c.port())).ok_or_else(denied)
+    let unreachable = |why: String| StreamReply::refuse(ReplyStatus::Unreachable, why);
+    let lookup =
+        tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((addr.host.as_str(), addr.port)));
+    let mut candidates = lookup
+        .await
+        .map_err(|_| {
+            unreachable(format!("cannot resolve {}: no answer within {LOOKUP_TIMEOUT:?}", addr.host))
+        })?
+        .map_err(|e| unreachable(format!("cannot resolve {}: {e}", addr.host)))?;
+    candidates.next().ok_or_else(|| unreachable(format!("{} has no address", addr.host)))
 }

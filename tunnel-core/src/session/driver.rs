@@ -46,7 +46,7 @@ impl std::fmt::Display for SessionEnd {
         match self {
             Self::Closed => f.write_str("closed locally"),
             Self::Goodbye { code, message } => {
-                write!(f, "peer closed the session ({code}): {message}")
+                write!(f, "peer closed the session ({code}): {}", crate::log::Escaped(message))
             }
             Self::PeerGone => f.write_str("connection lost"),
             Self::HeartbeatTimeout(t) => write!(f, "peer silent for {t:?}, declared dead"),
@@ -170,14 +170,39 @@ async fn run(
 
     let read =
         read_loop(reader, config.max_message_size, last_seen.clone(), msg_tx, pong_tx, pings.clone(), rtt);
-    let write = write_loop(writer, out_rx, pong_rx, config.heartbeat_interval, pings);
-    let watchdog = watchdog(last_seen, config.heartbeat_timeout);
+    // A zero interval would panic in `tokio::time::interval`, and a timeout no longer than the
+    // interval would declare a healthy peer dead: such settings get the default proportions.
+    let interval = config.heartbeat_interval.max(super::MIN_HEARTBEAT_INTERVAL);
+    let timeout = match config.heartbeat_timeout {
+        timeout if timeout <= interval => interval.saturating_mul(3),
+        timeout => timeout,
+    };
+    let write = write_loop(writer, out_rx, pong_rx, interval, pings);
+    let watchdog = watchdog(last_seen, timeout);
     // Keep a sender alive so the writer's queue never reports "closed" while we run.
     let _keep = out_tx;
 
     tokio::pin!(read, write, watchdog);
     let end = tokio::select! {
-        end = &mut read => end,
+        end = &mut read => match end {
+            SessionEnd::ProtocolError(reason) => {
+                // A frame we could read but not accept: tell the peer why before closing.
+                let goodbye = Outgoing::Close(GoodbyeCode::ProtocolError, reason.clone());
+                if _keep.try_send(goodbye).is_ok() {
+                    let said = tokio::time::timeout(CLOSE_PHASE, async {
+                        tokio::select! {
+                            end = &mut write => end == SessionEnd::Closed,
+                            _ = &mut mux => false,
+                        }
+                    });
+                    if said.await == Ok(true) {
+                        close_after_peer(mux, std::future::pending(), opener).await;
+                    }
+                }
+                return SessionEnd::ProtocolError(reason);
+            }
+            other => other,
+        },
         end = &mut write => end,
         end = &mut watchdog => end,
         result = &mut mux => match result {

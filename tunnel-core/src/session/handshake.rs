@@ -85,14 +85,14 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_succeeds_over_a_tiny_pipe() {
-        let (client, server) = exchange("t", "t").await;
+        let (client, server) = exchange("session-test-token", "session-test-token").await;
         assert_eq!(client.unwrap().heartbeat_interval, Duration::from_secs(1));
         assert_eq!(server.unwrap().name, "c1");
     }
 
     #[tokio::test]
     async fn wrong_token_is_reported_to_the_client_as_auth_failed() {
-        let (client, server) = exchange("wrong", "t").await;
+        let (client, server) = exchange("wrong-session-token", "session-test-token").await;
         assert!(matches!(
             client,
             Err(SessionError::Handshake(HandshakeError::Refused { code: RefuseCode::AuthFailed, .. }))

@@ -29,13 +29,19 @@ const CONTROL_STREAM_ID: u32 = 1;
 /// Data streams that may arrive before the control stream (they are served once it is up).
 const MAX_EARLY_STREAMS: usize = 16;
 
+/// Shortest heartbeat interval a session uses: a shorter [`SessionConfig::heartbeat_interval`]
+/// (zero included) is raised to it, as a client raises a shorter one announced by the server.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Session settings shared by both sides.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SessionConfig {
-    /// How often each side sends a heartbeat (server's value wins; default 10 s).
+    /// How often each side sends a heartbeat (server's value wins; default 10 s; at least
+    /// [`MIN_HEARTBEAT_INTERVAL`]).
     pub heartbeat_interval: Duration,
-    /// Silence after which the peer is declared dead (default 30 s).
+    /// Silence after which the peer is declared dead (default 30 s; one no longer than the
+    /// heartbeat interval is replaced by three intervals).
     pub heartbeat_timeout: Duration,
     /// Largest control message accepted, in bytes (default 64 KiB).
     pub max_message_size: usize,
@@ -145,7 +151,8 @@ impl Session {
         config: &SessionConfig,
         control_timeout: Duration,
     ) -> Result<(Self, AuthenticatedClient), SessionError> {
-        let client = server_handshake(&mut io, binding, credentials, config.heartbeat_interval).await?;
+        let interval = config.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL);
+        let client = server_handshake(&mut io, binding, credentials, interval).await?;
         let (opener, mut incoming, mut mux) = mux::start(io, &config.mux, Mode::Server);
         // The control stream is the client's first stream (yamux id 1), whenever it arrives.
         let control = tokio::select! {
@@ -166,5 +173,49 @@ impl Session {
     ) -> Self {
         let (control, messages, driver) = driver::start(mux, opener.clone(), control, config);
         Self { control, messages, opener, incoming, driver }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_heartbeat_settings_are_raised_instead_of_panicking() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let token = Token::new("session-test-token").unwrap();
+        let credentials = Credentials::default().with_shared(token.clone());
+        let config = SessionConfig {
+            heartbeat_interval: Duration::ZERO,
+            heartbeat_timeout: Duration::ZERO,
+            ..SessionConfig::default()
+        };
+        // The client's connect waits for the server's first heartbeat, which only a running
+        // server driver sends.
+        let server_config = config.clone();
+        let server_driver = tokio::spawn(async move {
+            let binding = ChannelBinding::Plaintext;
+            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
+            let (server, _) = accepted.await.unwrap();
+            let Session {
+                control: _control,
+                messages: _messages,
+                opener: _opener,
+                incoming: _incoming,
+                driver,
+            } = server;
+            driver.await
+        });
+        let (client, established) =
+            Session::connect(a, &ChannelBinding::Plaintext, "c1", token, &config).await.unwrap();
+        assert_eq!(established.heartbeat_interval, MIN_HEARTBEAT_INTERVAL);
+        let client_driver = tokio::spawn(client.driver);
+        // Twenty intervals of the paused clock: heartbeats flow, nobody panics or times out.
+        tokio::time::sleep(MIN_HEARTBEAT_INTERVAL * 20).await;
+        assert!(!client_driver.is_finished() && !server_driver.is_finished());
+        assert!(client.control.rtt().is_some(), "no heartbeat round trip was measured");
+        client.control.close(crate::proto::GoodbyeCode::Shutdown, "done").await;
+        assert_eq!(client_driver.await.unwrap(), SessionEnd::Closed);
+        assert!(matches!(server_driver.await.unwrap(), SessionEnd::Goodbye { .. }));
     }
 }

@@ -40,7 +40,8 @@ impl ServerIdentity {
     }
 
     /// Loads the certificate kept in `state_dir`, or generates a self-signed one for `names`
-    /// (DNS names or IP addresses) and keeps it there (key file mode 0600).
+    /// (DNS names or IP addresses) and keeps it there (key file mode 0600, in a directory
+    /// created with mode 0700).
     pub fn load_or_generate(state_dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let (cert_path, key_path) = (state_dir.join(GENERATED_CERT), state_dir.join(GENERATED_KEY));
         if cert_path.exists() && key_path.exists() {
@@ -54,10 +55,11 @@ impl ServerIdentity {
             let path = path.to_owned();
             move |source| TlsError::Io { path, source }
         };
-        std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+        crate::fs::create_private_dir(state_dir).map_err(io_err(state_dir))?;
         crate::fs::write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
             .map_err(io_err(&key_path))?;
-        std::fs::write(&cert_path, generated.cert.pem()).map_err(io_err(&cert_path))?;
+        crate::fs::write_replacing(&cert_path, generated.cert.pem().as_bytes(), 0o644)
+            .map_err(io_err(&cert_path))?;
         Self::from_pem_files(&cert_path, &key_path)
     }
 
@@ -95,4 +97,22 @@ pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 /// Fingerprint of the first certificate in a PEM file.
 pub fn fingerprint_of_pem_file(path: &Path) -> Result<Fingerprint, TlsError> {
     Ok(Fingerprint::of_der(read_certs(path)?[0].as_ref()))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_private_in_a_private_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        ServerIdentity::load_or_generate(&state, &[]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join(GENERATED_KEY)), 0o600);
+        assert_eq!(mode(&state.join(GENERATED_CERT)), 0o644);
+    }
 }

@@ -10,7 +10,7 @@ use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 /// use tunnel_core::auth::{ChannelBinding, Credentials, Token};
 /// use tunnel_core::proto::handshake::{ClientHandshake, ClientStep, ServerHandshake, ServerStep};
 ///
-/// let token = Token::new("s3cret").unwrap();
+/// let token = Token::new("correct horse battery staple").unwrap();
 /// let creds = Credentials::default().with_shared(token.clone());
 /// let binding = ChannelBinding::Plaintext;
 /// let (mut client, hello) = ClientHandshake::new("laptop", token, &binding, rand::random());

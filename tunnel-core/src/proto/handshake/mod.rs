@@ -38,7 +38,7 @@ pub enum HandshakeError {
         got: &'static str,
     },
     /// The server refused us.
-    #[error("server refused the connection: {code}: {message}")]
+    #[error("server refused the connection: {code}: {}", crate::log::Escaped(.message))]
     Refused {
         /// Machine-readable reason.
         code: RefuseCode,

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::{HandshakeError, HandshakeMessage, RefuseCode};
-use crate::auth::{ChannelBinding, CredentialKind, Credentials, Proof, Role, Token, Transcript};
+use crate::auth::{ChannelBinding, CredentialKind, Credentials, Proof, Role, Transcript};
 use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Server side of the handshake (see [`super::ClientHandshake`] for a complete exchange).
@@ -98,20 +98,18 @@ impl<'c> ServerHandshake<'c> {
                 Ok(ServerStep::Reply(crate::proto::frame::encode_to_vec(&challenge)))
             }
             (State::AwaitProof { name, version }, HandshakeMessage::ClientProof { proof }) => {
-                // An unknown name is checked against a throwaway token so it fails exactly like a
-                // wrong token: the reply and its timing do not reveal which names exist.
-                let (token, credential, known) = match self.credentials.lookup(&name) {
-                    Some((token, kind)) => (token.clone(), kind, true),
-                    None => (Token::generate(), CredentialKind::Shared, false),
-                };
-                if !(Proof(proof).verify(&token, Role::Client, &self.transcript) && known) {
+                // An unknown name is checked against a decoy of a real token's length, made once:
+                // the same path and the same time as a wrong token, so names cannot be probed.
+                let (token, credential) = self.credentials.lookup_or_decoy(&name);
+                let verified = Proof(proof).verify(token, Role::Client, &self.transcript);
+                let Some(credential) = credential.filter(|_| verified) else {
                     return Ok(refuse(
                         RefuseCode::AuthFailed,
                         "authentication failed",
                         HandshakeError::ClientProofInvalid,
                     ));
-                }
-                let proof = Proof::compute(&token, Role::Server, &self.transcript);
+                };
+                let proof = Proof::compute(token, Role::Server, &self.transcript);
                 let interval_ms = u32::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
                 let reply =
                     HandshakeMessage::ServerAccept { proof: proof.0, heartbeat_interval_ms: interval_ms }
@@ -138,6 +136,7 @@ fn refuse(code: RefuseCode, message: &str, error: HandshakeError) -> ServerStep 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Token;
     use crate::proto::handshake::{ClientHandshake, ClientStep};
 
     const HB: Duration = Duration::from_secs(5);
@@ -177,40 +176,44 @@ mod tests {
 
     fn creds() -> Credentials {
         Credentials::default()
-            .with_shared(Token::new("shared").unwrap())
-            .with_client("worker-1", Token::new("w1-secret").unwrap())
+            .with_shared(Token::new("shared-token-for-tests").unwrap())
+            .with_client("worker-1", Token::new("worker-1-secret-token").unwrap())
     }
 
     #[test]
     fn right_token_and_binding_authenticate() {
-        let who = run("shared", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap();
+        let who = run("shared-token-for-tests", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap();
         assert_eq!((who.name.as_str(), who.credential), ("laptop", CredentialKind::Shared));
-        let who = run("w1-secret", ChannelBinding::Tls([3; 32]), "worker-1", &creds()).unwrap();
+        let who = run("worker-1-secret-token", ChannelBinding::Tls([3; 32]), "worker-1", &creds()).unwrap();
         assert_eq!(who.credential, CredentialKind::PerClient);
     }
 
     #[test]
     fn wrong_token_is_refused() {
-        let err = run("guess", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap_err();
+        let err = run("a-wrong-guess-token", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap_err();
         assert!(matches!(err, HandshakeError::ClientProofInvalid));
     }
 
     #[test]
     fn shared_token_cannot_claim_a_name_with_its_own_token() {
-        let err = run("shared", ChannelBinding::Tls([3; 32]), "worker-1", &creds()).unwrap_err();
+        let err =
+            run("shared-token-for-tests", ChannelBinding::Tls([3; 32]), "worker-1", &creds()).unwrap_err();
         assert!(matches!(err, HandshakeError::ClientProofInvalid));
     }
 
     #[test]
     fn proof_for_another_tls_session_is_refused() {
-        let err = run("shared", ChannelBinding::Tls([4; 32]), "laptop", &creds()).unwrap_err();
+        let err =
+            run("shared-token-for-tests", ChannelBinding::Tls([4; 32]), "laptop", &creds()).unwrap_err();
         assert!(matches!(err, HandshakeError::ClientProofInvalid));
     }
 
     #[test]
     fn unknown_name_without_shared_token_fails_like_a_wrong_token() {
-        let only_clients = Credentials::default().with_client("worker-1", Token::new("w1").unwrap());
-        let err = run("anything", ChannelBinding::Tls([3; 32]), "stranger", &only_clients).unwrap_err();
+        let only_clients =
+            Credentials::default().with_client("worker-1", Token::new("worker-1-token-xyz").unwrap());
+        let err =
+            run("anything-goes-token", ChannelBinding::Tls([3; 32]), "stranger", &only_clients).unwrap_err();
         assert!(matches!(err, HandshakeError::ClientProofInvalid));
     }
 
@@ -219,7 +222,7 @@ mod tests {
         let creds = creds();
         let binding = ChannelBinding::Plaintext;
         let (mut client, hello) =
-            ClientHandshake::new("laptop", Token::new("shared").unwrap(), &binding, [1; 32]);
+            ClientHandshake::new("laptop", Token::new("shared-token-for-tests").unwrap(), &binding, [1; 32]);
         let mut first = ServerHandshake::new(&creds, &binding, [2; 32], HB);
         let ServerStep::Reply(challenge) = first.handle(payload(&hello)).unwrap() else { panic!() };
         let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else { panic!() };
@@ -233,9 +236,9 @@ mod tests {
     #[test]
     fn server_without_the_token_is_detected_by_the_client() {
         let binding = ChannelBinding::Plaintext;
-        let impostor = Credentials::default().with_shared(Token::new("other").unwrap());
+        let impostor = Credentials::default().with_shared(Token::new("other-server-token").unwrap());
         let (mut client, hello) =
-            ClientHandshake::new("laptop", Token::new("shared").unwrap(), &binding, [1; 32]);
+            ClientHandshake::new("laptop", Token::new("shared-token-for-tests").unwrap(), &binding, [1; 32]);
         let mut server = ServerHandshake::new(&impostor, &binding, [2; 32], HB);
         let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else { panic!() };
         client.handle(payload(&challenge)).unwrap();

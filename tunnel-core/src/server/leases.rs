@@ -1,0 +1,139 @@
+//! The port lease table on disk, so a restarted server still reserves each client's ports for
+//! it: a restart must not open a window in which another client takes them.
+//!
+//! The file is TOML, rewritten whole (to a new file renamed into place) after every change. A
+//! lease held by a live session is stored as held and becomes a grace-period reservation when
+//! read back, since no session survives the restart.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::validate_name;
+
+/// One stored lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredLease {
+    /// The leased port.
+    pub port: u16,
+    /// The client name it is leased to.
+    pub owner: String,
+    /// The owner's forward that held it, so a reconnect asking "any port" gets it back.
+    pub forward_id: u32,
+    /// Milliseconds since the Unix epoch until which the port is reserved; 0 while held.
+    pub reserved_until_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    #[serde(default)]
+    lease: Vec<StoredLease>,
+}
+
+/// Why a lease file was not used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseFileError {
+    /// The text is not a lease table.
+    #[error("not a lease table: {0}")]
+    Parse(#[source] toml::de::Error),
+    /// An entry is invalid.
+    #[error("lease for port {port}: {reason}")]
+    Invalid {
+        /// The entry's port.
+        port: u16,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Milliseconds since the Unix epoch of `time` (0 before it, saturating far after it).
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Encodes leases as the file's text.
+pub fn encode(leases: &[StoredLease]) -> String {
+    let table = Table { lease: leases.to_vec() };
+    let body = toml::to_string(&table).unwrap_or_default();
+    format!(
+        "# Port leases of the tunnel server, rewritten as they change. Do not edit while it runs.\n{body}"
+    )
+}
+
+/// Decodes the file's text, checking every entry; one bad entry rejects the file.
+pub fn decode(text: &str) -> Result<Vec<StoredLease>, LeaseFileError> {
+    let table: Table = toml::from_str(text).map_err(LeaseFileError::Parse)?;
+    let mut seen = std::collections::HashSet::new();
+    for lease in &table.lease {
+        let invalid = |reason: String| LeaseFileError::Invalid { port: lease.port, reason };
+        if lease.port == 0 {
+            return Err(invalid("port 0 cannot be leased".into()));
+        }
+        validate_name(&lease.owner).map_err(|e| invalid(format!("owner: {e}")))?;
+        if !seen.insert(lease.port) {
+            return Err(invalid("listed twice".into()));
+        }
+    }
+    Ok(table.lease)
+}
+
+/// How long from `now` a stored lease stays reserved: the grace period for a held one, the
+/// time left for a reservation (`None` once expired).
+pub(crate) fn remaining(lease: &StoredLease, now_ms: u64, grace: Duration) -> Option<Duration> {
+    if lease.reserved_until_ms == 0 {
+        return Some(grace);
+    }
+    let left = lease.reserved_until_ms.checked_sub(now_ms).filter(|ms| *ms > 0)?;
+    // A reservation cannot outlast a grace period, whatever the file (or a changed clock) says.
+    Some(Duration::from_millis(left).min(grace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(port: u16, owner: &str, until: u64) -> StoredLease {
+        StoredLease { port, owner: owner.into(), forward_id: 3, reserved_until_ms: until }
+    }
+
+    #[test]
+    fn leases_round_trip_through_the_file() {
+        let leases = vec![lease(6443, "control-plane", 0), lease(40000, "worker-1", 1_700_000_000_000)];
+        assert_eq!(decode(&encode(&leases)).unwrap(), leases);
+        assert_eq!(decode("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn bad_entries_reject_the_file_naming_the_port() {
+        let cases = [
+            ("[[lease]]\nport = 0\nowner = \"a\"\nforward_id = 0\nreserved_until_ms = 0\n", "port 0"),
+            ("[[lease]]\nport = 80\nowner = \"a b\"\nforward_id = 0\nreserved_until_ms = 0\n", "port 80"),
+            ("[[lease]]\nport = 70000\nowner = \"a\"\nforward_id = 0\nreserved_until_ms = 0\n", "lease"),
+            (
+                "[[lease]]\nport = 80\nowner = \"a\"\nforward_id = 0\nreserved_until_ms = 0\nextra = 1\n",
+                "extra",
+            ),
+            (
+                "[[lease]]\nport = 80\nowner = \"a\"\nforward_id = 0\nreserved_until_ms = 0\n\
+                 [[lease]]\nport = 80\nowner = \"b\"\nforward_id = 0\nreserved_until_ms = 0\n",
+                "twice",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = decode(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn reservations_last_at_most_a_grace_period() {
+        let grace = Duration::from_secs(60);
+        assert_eq!(remaining(&lease(1, "a", 0), 5_000, grace), Some(grace), "held: a fresh grace period");
+        assert_eq!(remaining(&lease(1, "a", 15_000), 5_000, grace), Some(Duration::from_secs(10)));
+        assert_eq!(remaining(&lease(1, "a", 5_000), 5_000, grace), None, "expired");
+        assert_eq!(remaining(&lease(1, "a", u64::MAX), 5_000, grace), Some(grace), "capped");
+    }
+}
