@@ -99,6 +99,22 @@ impl Cli {
         }
     }
 
+    /// Waits until the output (stdout or stderr) contains `needle`.
+    pub async fn output_contains(&self, needle: &str) {
+        let found = async {
+            loop {
+                let notified = self.output.changed.notified();
+                if self.output().contains(needle) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(PATIENCE, found).await.is_err() {
+            panic!("no {needle:?} in the output; so far:\n{}", self.output());
+        }
+    }
+
     /// Waits for exit and returns the status code.
     pub async fn exit_code(&mut self) -> i32 {
         let status =

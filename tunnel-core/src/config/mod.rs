@@ -4,6 +4,7 @@
 
 mod client;
 mod duration;
+mod limits;
 mod secret;
 mod server;
 
@@ -11,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub use client::{ClientFile, RemoteEntry, RemoteOptions};
 pub use duration::HumanDuration;
+pub use limits::ServerLimits;
 pub use secret::SecretString;
-pub use server::{ClientEntry, ServerFile, ServerLimits, ServerSetup, TokenSource};
+pub use server::{ClientEntry, ServerFile, ServerSetup, TokenSource};
 
 /// Why a configuration could not be loaded or validated.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{default_state_dir, invalid, window_growth, ConfigError, HumanDuration, SecretString};
+use super::{default_state_dir, invalid, ConfigError, HumanDuration, SecretString, ServerLimits};
 use crate::auth::{Credentials, Token};
 use crate::forward::{Glob, PortSet, TargetRules};
 use crate::proto::validate_name;
@@ -12,8 +12,6 @@ use crate::tls::{server_config, Fingerprint, ServerIdentity};
 
 /// Name of the generated token inside the state directory.
 const TOKEN_FILE: &str = "token";
-/// Largest `limits.max_unread_mib`.
-const MAX_UNREAD_MIB: usize = 64 * 1024;
 /// Name of the port lease table inside the state directory.
 const LEASE_FILE: &str = "leases.toml";
 
@@ -61,47 +59,6 @@ pub struct ServerFile {
     /// Clients with their own tokens and port lists.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
-}
-
-/// `[limits]`: caps that keep one peer from exhausting the server.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerLimits {
-    /// From TCP accept to authenticated session (default `10s`).
-    pub handshake_timeout: Option<HumanDuration>,
-    /// Connections in the handshake at once (default 256).
-    pub max_unauthenticated: Option<usize>,
-    /// Of those, from one IPv4 address or IPv6 /64 (default 32).
-    pub max_unauthenticated_per_source: Option<usize>,
-    /// Streams open at once in each direction of a session (default 1024).
-    pub max_streams_per_session: Option<usize>,
-    /// Remote forwards per client (default 64).
-    pub max_forwards_per_client: Option<usize>,
-    /// Private services per client (default 64).
-    pub max_services_per_client: Option<usize>,
-    /// Connections a client's local forwards may carry through the server at once (default
-    /// 64): each may pin about 600 KiB of server memory while its target does not read.
-    pub max_visits_per_client: Option<usize>,
-    /// Visitors one remote forward carries at once (default 512).
-    pub max_visitors_per_forward: Option<usize>,
-    /// Of those, from one IPv4 address or IPv6 /64 (default 256).
-    pub max_visitors_per_source: Option<usize>,
-    /// MiB of a session's unread data the server holds for readers that do not keep up before
-    /// it resets the stream that would exceed it (default 32).
-    pub max_unread_mib: Option<usize>,
-    /// Sessions at once, all clients together (default 10000).
-    pub max_sessions: Option<usize>,
-    /// Sessions at once on the shared token (default 1000).
-    pub max_sessions_per_shared_token: Option<usize>,
-    /// Streams per second one client may open (local forwards), with bursts of as many
-    /// (default 2000).
-    pub max_stream_rate: Option<u32>,
-    /// Largest control message in bytes (default 65536).
-    pub max_message_size: Option<usize>,
-    /// MiB of receive window a session's streams may grow into together, beyond 256 KiB each,
-    /// as yamux tunes them toward the link's bandwidth-delay product (default 16; 0 keeps every
-    /// stream at 256 KiB, about 20 Mbit/s per stream at 100 ms).
-    pub max_receive_window_mib: Option<usize>,
 }
 
 /// `[[clients]]`: one client with its own token; only it can authenticate under its name.
@@ -271,76 +228,6 @@ impl ServerFile {
         };
         let fingerprint = identity.fingerprint();
         Ok((Some(server_config(identity)?), Some(fingerprint)))
-    }
-}
-
-impl ServerLimits {
-    fn apply(&self, config: &mut ServerConfig) -> Result<(), ConfigError> {
-        let positive = |key: &'static str, v: Option<usize>| match v {
-            Some(0) => Err(invalid(key, "must be at least 1")),
-            other => Ok(other),
-        };
-        if let Some(d) = self.handshake_timeout {
-            config.handshake_timeout = positive_duration("limits.handshake_timeout", d)?;
-        }
-        if let Some(n) = positive("limits.max_unauthenticated", self.max_unauthenticated)? {
-            config.max_unauthenticated = n;
-        }
-        if let Some(n) =
-            positive("limits.max_unauthenticated_per_source", self.max_unauthenticated_per_source)?
-        {
-            config.max_unauthenticated_per_source = n;
-        }
-        if let Some(n) = positive("limits.max_streams_per_session", self.max_streams_per_session)? {
-            if n > 65_536 {
-                return Err(invalid("limits.max_streams_per_session", "must be at most 65536"));
-            }
-            config.session.mux.max_streams = n;
-        }
-        if let Some(n) = positive("limits.max_forwards_per_client", self.max_forwards_per_client)? {
-            config.max_forwards_per_client = n;
-        }
-        if let Some(n) = positive("limits.max_services_per_client", self.max_services_per_client)? {
-            config.max_services_per_client = n;
-        }
-        if let Some(n) = positive("limits.max_visits_per_client", self.max_visits_per_client)? {
-            // One more for the control stream, which the client opens too.
-            config.session.mux.max_inbound_streams = Some(n.saturating_add(1));
-        }
-        if let Some(n) = positive("limits.max_visitors_per_forward", self.max_visitors_per_forward)? {
-            config.max_visitors_per_forward = n;
-        }
-        if let Some(n) = positive("limits.max_visitors_per_source", self.max_visitors_per_source)? {
-            config.max_visitors_per_source = n;
-        }
-        if let Some(mib) = positive("limits.max_unread_mib", self.max_unread_mib)? {
-            if mib > MAX_UNREAD_MIB {
-                return Err(invalid("limits.max_unread_mib", format!("must be at most {MAX_UNREAD_MIB}")));
-            }
-            config.max_unread_per_session = mib << 20;
-        }
-        if let Some(n) = positive("limits.max_sessions", self.max_sessions)? {
-            config.max_sessions = n;
-        }
-        if let Some(n) = positive("limits.max_sessions_per_shared_token", self.max_sessions_per_shared_token)?
-        {
-            config.max_sessions_per_shared_token = n;
-        }
-        match self.max_stream_rate {
-            Some(0) => return Err(invalid("limits.max_stream_rate", "must be at least 1")),
-            Some(n) => config.session.mux.max_inbound_rate = Some(n),
-            None => {}
-        }
-        if let Some(n) = positive("limits.max_message_size", self.max_message_size)? {
-            if !(1024..=16 * 1024 * 1024).contains(&n) {
-                return Err(invalid("limits.max_message_size", "must be between 1024 and 16777216 bytes"));
-            }
-            config.session.max_message_size = n;
-        }
-        if let Some(mib) = self.max_receive_window_mib {
-            config.session.mux.window_growth = window_growth("limits.max_receive_window_mib", mib)?;
-        }
-        Ok(())
     }
 }
 
