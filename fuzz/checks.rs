@@ -38,8 +38,8 @@ pub const TARGETS: &[(&str, Check)] = &[
 pub fn lease_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(leases) = tunnel_core::server::leases::decode(text) {
-        let again = tunnel_core::server::leases::decode(&tunnel_core::server::leases::encode(&leases));
-        assert_eq!(again.unwrap(), leases);
+        let text = tunnel_core::server::leases::encode(&leases).unwrap();
+        assert_eq!(tunnel_core::server::leases::decode(&text).unwrap(), leases);
     }
 }
 

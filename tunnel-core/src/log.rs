@@ -126,6 +126,9 @@ pub(crate) static HANDSHAKE_OVERLOAD: LimitedLog =
 /// Requests of authenticated clients that the server refused (forwards, visits, services).
 pub(crate) static REFUSALS: LimitedLog = LimitedLog::new("refused requests");
 
+/// Failed accepts on a listener (out of file descriptors and the like).
+pub(crate) static ACCEPT_FAILURES: LimitedLog = LimitedLog::new("failed accepts");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,7 @@ pub(super) async fn handle(mut stream: MuxStream, routes: Arc<Routes>, owned: Ca
             return tracing::warn!(%visitor, %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
         }
     };
-    let limits = SpliceLimits { idle_timeout, ..SpliceLimits::default() };
+    let limits = SpliceLimits { idle_timeout };
     let failed = tokio::select! {
         () = owned.cancelled() => true,
         result = splice_with(&mut stream, &mut tcp, limits) => match result {

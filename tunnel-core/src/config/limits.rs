@@ -6,9 +6,6 @@ use super::server::positive_duration;
 use super::{invalid, window_growth, ConfigError, HumanDuration};
 use crate::server::ServerConfig;
 
-/// Largest `limits.max_unread_mib`.
-const MAX_UNREAD_MIB: usize = 64 * 1024;
-
 /// `[limits]`: caps that keep one peer from exhausting the server.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,9 +29,6 @@ pub struct ServerLimits {
     pub max_visitors_per_forward: Option<usize>,
     /// Of those, from one IPv4 address or IPv6 /64 (default 256).
     pub max_visitors_per_source: Option<usize>,
-    /// MiB of a session's unread data the server holds for readers that do not keep up before
-    /// it resets the stream that would exceed it (default 32).
-    pub max_unread_mib: Option<usize>,
     /// Sessions at once, all clients together (default 10000).
     pub max_sessions: Option<usize>,
     /// Sessions at once on the shared token (default 1000).
@@ -89,12 +83,6 @@ impl ServerLimits {
         }
         if let Some(n) = positive("limits.max_visitors_per_source", self.max_visitors_per_source)? {
             config.max_visitors_per_source = n;
-        }
-        if let Some(mib) = positive("limits.max_unread_mib", self.max_unread_mib)? {
-            if mib > MAX_UNREAD_MIB {
-                return Err(invalid("limits.max_unread_mib", format!("must be at most {MAX_UNREAD_MIB}")));
-            }
-            config.max_unread_per_session = mib << 20;
         }
         if let Some(n) = positive("limits.max_sessions", self.max_sessions)? {
             config.max_sessions = n;

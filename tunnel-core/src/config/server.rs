@@ -485,7 +485,6 @@ mod tests {
                  [[clients]]\nname = \"b\"\ntoken = \"client-b-token-0123\"\nports = \"7005\"",
                 "port 7005 is owned by both",
             ),
-            ("[limits]\nmax_unread_mib = 0", "limits.max_unread_mib"),
             ("[limits]\nmax_visitors_per_source = 0", "limits.max_visitors_per_source"),
             ("[limits]\nmax_sessions = 0", "limits.max_sessions"),
             ("allow_targets = \"10.0.0.0/40:1\"", "allow_targets"),

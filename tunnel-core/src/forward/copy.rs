@@ -13,9 +13,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::budget::Held;
-use super::UnreadBudget;
-
 /// Largest buffer per direction: large enough that one read fills several mux frames.
 pub const COPY_BUFFER: usize = 64 * 1024;
 
@@ -45,25 +42,19 @@ where
 /// Limits on one [`splice_with`].
 #[derive(Debug, Clone, Default)]
 pub struct SpliceLimits {
-    /// Budget drawn on while data read from `a` waits for `b` to take it.
-    pub a_budget: Option<UnreadBudget>,
-    /// Budget drawn on while data read from `b` waits for `a` to take it.
-    pub b_budget: Option<UnreadBudget>,
     /// End the splice with [`io::ErrorKind::TimedOut`] after this long without a byte copied
     /// either way.
     pub idle_timeout: Option<Duration>,
 }
 
-/// [`splice`] within `limits`: a copy that would exceed its side's [`UnreadBudget`] fails with
-/// [`io::ErrorKind::OutOfMemory`], an idle one with [`io::ErrorKind::TimedOut`]; the caller
-/// then resets both sides.
+/// [`splice`] within `limits`: an idle one fails with [`io::ErrorKind::TimedOut`], and the
+/// caller then resets both sides.
 pub async fn splice_with<A, B>(a: &mut A, b: &mut B, limits: SpliceLimits) -> io::Result<SpliceStats>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut a_to_b = Pipe { budget: limits.a_budget, ..Pipe::default() };
-    let mut b_to_a = Pipe { budget: limits.b_budget, ..Pipe::default() };
+    let (mut a_to_b, mut b_to_a) = (Pipe::default(), Pipe::default());
     let mut idle = limits.idle_timeout.map(|after| (after, Box::pin(tokio::time::sleep(after))));
     let mut seen = 0;
     poll_fn(|cx| {
@@ -114,10 +105,6 @@ struct Pipe {
     read_done: bool,
     done: bool,
     copied: u64,
-    /// The reader's budget for data held back by a blocked write.
-    budget: Option<UnreadBudget>,
-    /// The slot taken while a write is blocked with data in hand.
-    held: Option<Held>,
 }
 
 impl Pipe {
@@ -159,13 +146,7 @@ impl Pipe {
                 self.grow = n == self.buf.len() && n < COPY_BUFFER;
             }
             while self.pos < self.end {
-                let n = match writer.as_mut().poll_write(cx, &self.buf[self.pos..self.end]) {
-                    Poll::Ready(result) => result?,
-                    Poll::Pending => {
-                        self.hold_back()?;
-                        return Poll::Pending;
-                    }
-                };
+                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.end]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -173,34 +154,11 @@ impl Pipe {
                 self.copied += n as u64;
                 self.unflushed = true;
             }
-            self.held = None;
             if self.read_done {
                 ready!(writer.as_mut().poll_flush(cx))?;
                 ready!(writer.as_mut().poll_shutdown(cx))?;
                 self.done = true;
             }
-        }
-    }
-}
-
-impl Pipe {
-    /// The write is blocked with data in hand: the reader's peer may now fill its window
-    /// unread, so the copy takes a slot of that peer's budget, or fails if none is left.
-    fn hold_back(&mut self) -> io::Result<()> {
-        match &self.budget {
-            Some(budget) if self.held.is_none() => {
-                self.held = Some(budget.hold().ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::OutOfMemory,
-                        format!(
-                            "the peer already has {} streams held back by readers that do not keep up",
-                            budget.capacity()
-                        ),
-                    )
-                })?);
-                Ok(())
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -219,52 +177,12 @@ mod tests {
         assert_eq!(bulk, COPY_BUFFER);
     }
 
-    /// Yields until `condition` holds (other tasks run in between); a bounded number of times.
-    async fn until(mut condition: impl FnMut() -> bool) {
-        for _ in 0..10_000 {
-            if condition() {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("condition never held");
-    }
-
-    #[tokio::test]
-    async fn copies_held_back_by_a_stalled_writer_share_one_budget() {
-        let budget = UnreadBudget::with_streams(2);
-        let mut stalled = Vec::new();
-        let mut copies = Vec::new();
-        for held in 1..=3 {
-            // A source with data and a sink nobody reads: the copy's write blocks.
-            let (mut source, mut source_far) = tokio::io::duplex(64 * 1024);
-            let (mut sink, sink_far) = tokio::io::duplex(1024);
-            source_far.write_all(&[7; 32 * 1024]).await.unwrap();
-            let limits = SpliceLimits { a_budget: Some(budget.clone()), ..SpliceLimits::default() };
-            copies.push(tokio::spawn(async move {
-                splice_with(&mut source, &mut sink, limits).await.map(|_| ())
-            }));
-            stalled.push((source_far, sink_far));
-            if held <= 2 {
-                until(|| budget.in_use() == held).await;
-            }
-        }
-        let third = copies.pop().unwrap().await.unwrap().unwrap_err();
-        assert_eq!(third.kind(), io::ErrorKind::OutOfMemory, "{third}");
-        assert_eq!(budget.in_use(), 2, "the failed copy took no slot");
-        // Once a sink reads again, its copy drains and gives its slot back.
-        let (_, mut sink_far) = stalled.remove(0);
-        let mut drained = vec![0; 32 * 1024];
-        sink_far.read_exact(&mut drained).await.unwrap();
-        until(|| budget.in_use() == 1).await;
-    }
-
     #[tokio::test(start_paused = true)]
     async fn an_idle_splice_times_out_and_traffic_keeps_it_alive() {
         let (mut a, mut a_far) = tokio::io::duplex(1024);
         let (mut b, mut b_far) = tokio::io::duplex(1024);
         let started = tokio::time::Instant::now();
-        let limits = SpliceLimits { idle_timeout: Some(Duration::from_secs(60)), ..SpliceLimits::default() };
+        let limits = SpliceLimits { idle_timeout: Some(Duration::from_secs(60)) };
         let splice = tokio::spawn(async move { splice_with(&mut a, &mut b, limits).await });
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(50)).await;

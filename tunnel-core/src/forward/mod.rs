@@ -4,13 +4,11 @@
 //! the client. The stream starts with a [`crate::proto::StreamHeader`] naming the forward; then
 //! bytes flow both ways unchanged, with each side's FIN carried through.
 
-mod budget;
 mod copy;
 mod ports;
 mod rules;
 mod spec;
 
-pub use budget::{UnreadBudget, PINNED_PER_STREAM};
 pub use copy::{copy_until_eof, splice, splice_with, SpliceLimits, SpliceStats, COPY_BUFFER};
 pub use ports::{PortSet, PortSetError};
 pub use rules::{Glob, RuleError, TargetRules, VisitRule};

@@ -10,11 +10,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::registry::SessionId;
+use super::registry::{PortConflict, SessionId};
 use super::source::Source;
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
-use crate::forward::{splice_with, SpliceLimits, UnreadBudget};
+use crate::forward::splice;
 use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{ControlMessage, RefusalCode, StreamHeader};
@@ -33,8 +33,6 @@ pub(super) struct Forwards<'s> {
     credential: CredentialKind,
     session: SessionId,
     opener: StreamOpener,
-    /// The session's budget for unread data it sends to visitors.
-    unread: UnreadBudget,
     /// Cancelled when the session ends: stops listeners and cuts visitors.
     owned: CancellationToken,
     /// Forward id -> the task serving its public listener.
@@ -47,7 +45,6 @@ impl<'s> Forwards<'s> {
         client: &AuthenticatedClient,
         session: SessionId,
         opener: StreamOpener,
-        unread: UnreadBudget,
         owned: CancellationToken,
     ) -> Self {
         Self {
@@ -56,7 +53,6 @@ impl<'s> Forwards<'s> {
             credential: client.credential,
             session,
             opener,
-            unread,
             owned,
             active: HashMap::new(),
         }
@@ -140,7 +136,6 @@ impl<'s> Forwards<'s> {
             forward_id: id,
             opener: self.opener.clone(),
             owned: self.owned.clone(),
-            unread: self.unread.clone(),
             max_visitors: config.max_visitors_per_forward,
             max_per_source: config.max_visitors_per_source,
         };
@@ -151,8 +146,14 @@ impl<'s> Forwards<'s> {
 
     async fn bind_claimed(&self, id: u32, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
         let registry = &self.shared.registry;
-        if registry.claim(&self.name, self.session, id, port).is_err() {
-            return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")));
+        match registry.claim(&self.name, self.session, id, port) {
+            Ok(()) => {}
+            Err(PortConflict::OtherClient) => {
+                return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")))
+            }
+            Err(PortConflict::Held) => {
+                return Err((RefusalCode::PortTaken, format!("port {port} is already held by this client")))
+            }
         }
         TcpListener::bind((ip, port)).await.map_err(|err| {
             registry.release(self.session, port);
@@ -232,8 +233,6 @@ struct Carrier {
     opener: StreamOpener,
     /// Cancelled when the session ends.
     owned: CancellationToken,
-    /// The session's budget for data it sends that visitors do not read.
-    unread: UnreadBudget,
     max_visitors: usize,
     max_per_source: usize,
 }
@@ -305,7 +304,9 @@ async fn serve(listener: TcpListener, carrier: Carrier) {
             },
             Err(err) => {
                 // Out of file descriptors and the like: pause instead of spinning.
-                tracing::warn!(forward_id = carrier.forward_id, "accept failed: {err}");
+                if crate::log::ACCEPT_FAILURES.allow() {
+                    tracing::warn!(forward_id = carrier.forward_id, "accept failed: {err}");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -324,10 +325,9 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place
         }
     };
     let header = StreamHeader::RemoteForward { forward_id, visitor }.encode();
-    let limits = SpliceLimits { b_budget: Some(carrier.unread.clone()), ..SpliceLimits::default() };
     let carry = async {
         stream.write_all(&header).await?;
-        splice_with(&mut tcp, &mut stream, limits).await
+        splice(&mut tcp, &mut stream).await
     };
     let failed = tokio::select! {
         () = carrier.owned.cancelled() => true,

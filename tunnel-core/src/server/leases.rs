@@ -55,12 +55,12 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
 }
 
 /// Encodes leases as the file's text.
-pub fn encode(leases: &[StoredLease]) -> String {
+pub fn encode(leases: &[StoredLease]) -> Result<String, toml::ser::Error> {
     let table = Table { lease: leases.to_vec() };
-    let body = toml::to_string(&table).unwrap_or_default();
-    format!(
+    let body = toml::to_string(&table)?;
+    Ok(format!(
         "# Port leases of the tunnel server, rewritten as they change. Do not edit while it runs.\n{body}"
-    )
+    ))
 }
 
 /// Decodes the file's text, checking every entry; one bad entry rejects the file.
@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn leases_round_trip_through_the_file() {
         let leases = vec![lease(6443, "control-plane", 0), lease(40000, "worker-1", 1_700_000_000_000)];
-        assert_eq!(decode(&encode(&leases)).unwrap(), leases);
+        assert_eq!(decode(&encode(&leases).unwrap()).unwrap(), leases);
         assert_eq!(decode("").unwrap(), vec![]);
     }
 

@@ -61,10 +61,6 @@ pub struct ServerConfig {
     pub max_visitors_per_forward: usize,
     /// Of those, how many may come from one source (IPv4 address or IPv6 /64; default 256).
     pub max_visitors_per_source: usize,
-    /// Bytes of a session's unread data the server may hold for readers that do not keep up
-    /// (counted as 320 KiB per held-back stream: yamux's window and a copy buffer); a stream
-    /// that would exceed it is reset (default 32 MiB).
-    pub max_unread_per_session: usize,
     /// Private services one client may expose (default 64).
     pub max_services_per_client: usize,
     /// Sessions the server holds at once; more are told to come back later (default 10000).
@@ -110,7 +106,6 @@ impl ServerConfig {
             max_services_per_client: 64,
             max_visitors_per_forward: 512,
             max_visitors_per_source: 256,
-            max_unread_per_session: 32 << 20,
             max_sessions: 10_000,
             max_sessions_per_shared_token: 1_000,
             port_grace: Duration::from_secs(60),
@@ -270,7 +265,7 @@ impl Server {
         };
         let registry = registry::Registry::new(config.port_grace, caps);
         if let Some(path) = &config.lease_file {
-            restore_leases(&registry, path);
+            restore_leases(&registry, &config, path);
         }
         let pending =
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
@@ -292,9 +287,13 @@ impl Server {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let lease_file = self.shared.config.lease_file.clone();
-        let persist =
-            lease_file.clone().map(|path| OwnedTask::spawn(persist_leases(self.shared.clone(), path)));
-        let mut sweep = tokio::time::interval(self.shared.config.port_grace.max(Duration::from_secs(1)));
+        let persisting = CancellationToken::new();
+        let persist = lease_file
+            .clone()
+            .map(|path| OwnedTask::spawn(persist_leases(self.shared.clone(), path, persisting.clone())));
+        // Expired reservations are dropped at least once a minute (any grace period, even a huge one).
+        let every = self.shared.config.port_grace.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut sweep = tokio::time::interval(every);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -306,7 +305,9 @@ impl Server {
                     }
                     Err(err) => {
                         // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::warn!("accept failed: {err}");
+                        if crate::log::ACCEPT_FAILURES.allow() {
+                            tracing::warn!("accept failed: {err}");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -319,7 +320,11 @@ impl Server {
         if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
             tracing::warn!("sessions still open after {DRAIN_TIMEOUT:?}; closing them");
         }
-        drop(persist);
+        // Let a write in progress finish, so no older snapshot lands after the last one.
+        persisting.cancel();
+        if let Some(task) = persist {
+            let _ = task.await;
+        }
         if let Some(path) = lease_file {
             // The sessions' ports are now reserved for their grace period: keep that for the next start.
             save_leases(&self.shared, path).await;
@@ -330,14 +335,16 @@ impl Server {
 
 /// Reserves the ports a previous run leased. A file that cannot be used is reported and
 /// ignored: owned ports (`ports` in the configuration) stay protected either way.
-fn restore_leases(registry: &registry::Registry, path: &std::path::Path) {
+fn restore_leases(registry: &registry::Registry, config: &ServerConfig, path: &std::path::Path) {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
         Err(err) => return tracing::error!("cannot read the lease file {}: {err}", path.display()),
     };
     match leases::decode(&text) {
-        Ok(stored) => {
+        Ok(mut stored) => {
+            // A port the configuration now gives to another client is that client's alone.
+            stored.retain(|lease| config.port_owner(lease.port).is_none_or(|owner| owner == lease.owner));
             registry.restore(&stored);
             tracing::info!("restored {} port leases from {}", stored.len(), path.display());
         }
@@ -345,16 +352,24 @@ fn restore_leases(registry: &registry::Registry, path: &std::path::Path) {
     }
 }
 
-/// Rewrites the lease file after every change, coalescing bursts.
-async fn persist_leases(shared: Arc<Shared>, path: std::path::PathBuf) {
+/// Rewrites the lease file after every change, coalescing bursts, until `stop`; a write in
+/// progress always finishes.
+async fn persist_leases(shared: Arc<Shared>, path: std::path::PathBuf, stop: CancellationToken) {
     loop {
-        shared.registry.leases_changed().await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = shared.registry.leases_changed() => {}
+        }
         save_leases(&shared, path.clone()).await;
     }
 }
 
 async fn save_leases(shared: &Shared, path: std::path::PathBuf) {
-    let text = leases::encode(&shared.registry.stored_leases());
+    let text = match leases::encode(&shared.registry.stored_leases()) {
+        Ok(text) => text,
+        // Keep the last good file rather than write an empty table over it.
+        Err(err) => return tracing::warn!("cannot encode the lease table: {err}"),
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Err(err) = crate::fs::create_private_dir(dir) {
             return tracing::warn!("cannot create {} for the lease file: {err}", dir.display());

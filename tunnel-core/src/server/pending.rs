@@ -4,8 +4,9 @@
 //! Refusing newcomers when full lets a few sources holding silent sockets lock every client out
 //! (8 addresses x 32 sockets filled the default 256 slots). Instead, a newcomer from a source
 //! below its own cap takes the slot of the oldest pending connection of the source holding the
-//! most slots: an attacker's sockets evict each other, while a client that holds one slot for
-//! the few milliseconds its handshake takes is almost never the one cut.
+//! most slots, if that source holds more than the newcomer's would: an attacker's sockets evict
+//! each other, while a client that holds one slot for the few milliseconds its handshake takes
+//! is never the one cut. Only when every source holds about as much is a newcomer refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -51,6 +52,8 @@ pub(super) struct Admission {
 pub(super) enum Refused {
     /// Its source already holds its share of the slots.
     SourceFull,
+    /// Every slot is taken, by sources holding no more than the newcomer's would.
+    Full,
 }
 
 impl Pending {
@@ -70,8 +73,8 @@ impl Pending {
         if state.sources.get(&source).map_or(0, VecDeque::len) >= self.per_source_limit {
             return Err(Refused::SourceFull);
         }
-        if state.total >= self.global_limit {
-            state.evict_one();
+        if state.total >= self.global_limit && !state.evict_for(source) {
+            return Err(Refused::Full);
         }
         state.next_seq += 1;
         let seq = state.next_seq;
@@ -83,15 +86,21 @@ impl Pending {
 }
 
 impl State {
-    /// Cuts the oldest handshake of the source with the most (the oldest such on a tie).
-    fn evict_one(&mut self) {
+    /// Makes room for a newcomer from `newcomer` by cutting the oldest handshake of the source
+    /// with the most (the oldest such on a tie), but only if that source would still hold more
+    /// than the newcomer's: a source never loses a slot to one that would then hold as many.
+    /// When every source holds about as much, nobody is cut and the newcomer is refused, so a
+    /// crowd of sources with one slot each cannot cut each other's nearly finished handshakes.
+    fn evict_for(&mut self, newcomer: Source) -> bool {
+        let newcomer_holds = self.sources.get(&newcomer).map_or(0, VecDeque::len);
         let victim = self
             .sources
             .iter()
             .filter_map(|(source, slots)| slots.front().map(|oldest| (*source, slots.len(), oldest.seq)))
             .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
+            .filter(|(_, holds, _)| *holds > newcomer_holds + 1)
             .map(|(source, _, _)| source);
-        let Some(source) = victim else { return };
+        let Some(source) = victim else { return false };
         if let Some(slots) = self.sources.get_mut(&source) {
             if let Some(slot) = slots.pop_front() {
                 slot.evict.cancel();
@@ -101,6 +110,7 @@ impl State {
                 self.sources.remove(&source);
             }
         }
+        true
     }
 }
 
@@ -164,12 +174,28 @@ mod tests {
     }
 
     #[test]
+    fn sources_holding_one_slot_each_are_not_cut_for_a_newcomer() {
+        let pending = Pending::new(3, 3);
+        let held: Vec<_> = (1..=3).map(|i| pending.admit(ip(&format!("192.0.2.{i}"))).unwrap()).collect();
+        assert_eq!(pending.admit(ip("198.51.100.1")).unwrap_err(), Refused::Full);
+        assert!(held.iter().all(|a| !a.evicted.is_cancelled()), "a one-slot handshake was cut");
+        // A source with two slots loses one to a newcomer that would then hold one.
+        drop(held);
+        let a1 = pending.admit(ip("192.0.2.1")).unwrap();
+        let _a2 = pending.admit(ip("192.0.2.1")).unwrap();
+        let _b = pending.admit(ip("192.0.2.2")).unwrap();
+        let _c = pending.admit(ip("192.0.2.3")).unwrap();
+        assert!(a1.evicted.is_cancelled());
+    }
+
+    #[test]
     fn slots_are_returned_exactly_once() {
         let pending = Pending::new(2, 2);
         for _ in 0..100 {
             let a = pending.admit(ip("192.0.2.1")).unwrap();
-            let b = pending.admit(ip("192.0.2.2")).unwrap();
+            let b = pending.admit(ip("192.0.2.1")).unwrap();
             let c = pending.admit(ip("192.0.2.3")).unwrap();
+            assert!(a.evicted.is_cancelled());
             drop((a, b, c));
             assert_eq!(pending.lock().total, 0);
             assert!(pending.lock().sources.is_empty());

@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::leases::{self, StoredLease};
 use crate::auth::CredentialKind;
-use crate::forward::UnreadBudget;
 use crate::mux::StreamOpener;
+
+/// Longest grace period kept: a year.
+const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Identifies one session of a client name.
 pub(crate) type SessionId = u64;
@@ -60,8 +62,6 @@ struct Slot {
     id: SessionId,
     /// Opens streams to this session's client (for visits to its services).
     opener: StreamOpener,
-    /// The session's budget for data it sends that readers do not take.
-    unread: UnreadBudget,
     credential: CredentialKind,
     services: HashSet<String>,
     /// Cancelled to ask the session to close (a newer one replaces it).
@@ -107,10 +107,14 @@ pub(crate) enum ServiceLookup {
 pub(crate) enum PortConflict {
     /// Another client holds it, or it is reserved for another client's reconnect.
     OtherClient,
+    /// This client already holds it (for another forward, or in a session not yet gone).
+    Held,
 }
 
 impl Registry {
     pub(crate) fn new(grace: Duration, caps: Caps) -> Self {
+        // Far beyond any sensible grace period, and far from overflowing an `Instant`.
+        let grace = grace.min(MAX_GRACE);
         Self { grace, caps, inner: Mutex::new(Inner::default()), leases_changed: tokio::sync::Notify::new() }
     }
 
@@ -178,7 +182,6 @@ impl Registry {
         name: &str,
         credential: CredentialKind,
         opener: StreamOpener,
-        unread: UnreadBudget,
         handover: Duration,
     ) -> Result<Registration, Full> {
         let (registration, previous) = {
@@ -197,7 +200,6 @@ impl Registry {
             let slot = Slot {
                 id: inner.next_id,
                 opener,
-                unread,
                 credential,
                 services: HashSet::new(),
                 kick: CancellationToken::new(),
@@ -229,18 +231,14 @@ impl Registry {
         Ok(())
     }
 
-    /// The live session of `owner`, if it exposes `service`: its opener and unread budget.
-    pub(crate) fn service(
-        &self,
-        owner: &str,
-        service: &str,
-    ) -> Result<(StreamOpener, UnreadBudget), ServiceLookup> {
+    /// The live session of `owner`, if it exposes `service`: its opener.
+    pub(crate) fn service(&self, owner: &str, service: &str) -> Result<StreamOpener, ServiceLookup> {
         let inner = self.lock();
         let slot = inner.sessions.get(owner).ok_or(ServiceLookup::ClientOffline)?;
         if !slot.services.contains(service) {
             return Err(ServiceLookup::NoSuchService);
         }
-        Ok((slot.opener.clone(), slot.unread.clone()))
+        Ok(slot.opener.clone())
     }
 
     /// Removes a session: its ports become reserved for its name for the grace period.
@@ -273,12 +271,15 @@ impl Registry {
         let now = Instant::now();
         let mut inner = self.lock();
         if let Some(lease) = inner.leases.get(&port) {
-            let live = match lease.state {
-                LeaseState::Held(_) => true,
-                LeaseState::Reserved { until } => until > now,
-            };
-            if live && lease.owner != name {
-                return Err(PortConflict::OtherClient);
+            match lease.state {
+                // Held by this name too (another forward of it, or a session still letting go):
+                // taking it over would lose that lease when this claim is released.
+                LeaseState::Held(_) if lease.owner == name => return Err(PortConflict::Held),
+                LeaseState::Held(_) => return Err(PortConflict::OtherClient),
+                LeaseState::Reserved { until } if until > now && lease.owner != name => {
+                    return Err(PortConflict::OtherClient)
+                }
+                LeaseState::Reserved { .. } => {}
             }
         }
         let lease = Lease { owner: name.to_owned(), forward_id, state: LeaseState::Held(id) };
@@ -352,12 +353,8 @@ mod tests {
         opener
     }
 
-    fn budget() -> UnreadBudget {
-        UnreadBudget::with_streams(1)
-    }
-
     async fn register(registry: &Registry, name: &str) -> Registration {
-        registry.register(name, CredentialKind::Shared, opener(), budget(), HANDOVER).await.unwrap()
+        registry.register(name, CredentialKind::Shared, opener(), HANDOVER).await.unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -426,7 +423,7 @@ mod tests {
     async fn session_and_service_caps_hold_and_a_replacement_is_not_a_new_session() {
         let caps = Caps { sessions: 3, shared_sessions: 2, services: 2 };
         let registry = Registry::new(GRACE, caps);
-        let join = |name: &'static str, kind| registry.register(name, kind, opener(), budget(), HANDOVER);
+        let join = |name: &'static str, kind| registry.register(name, kind, opener(), HANDOVER);
         let a = join("a", CredentialKind::Shared).await.unwrap();
         join("b", CredentialKind::Shared).await.unwrap();
         assert_eq!(join("c", CredentialKind::Shared).await.unwrap_err(), Full::SharedSessions(2));
@@ -444,6 +441,17 @@ mod tests {
         registry.expose("a", a2.id, "two").unwrap();
         registry.expose("a", a2.id, "two").unwrap();
         assert_eq!(registry.expose("a", a2.id, "three"), Err(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_held_by_this_client_cannot_be_claimed_again_and_lost_on_release() {
+        let registry = Registry::new(GRACE, CAPS);
+        let a = register(&registry, "a").await;
+        registry.claim("a", a.id, 0, 7000).unwrap();
+        // A second forward asking for the same port: refused, and the first keeps its lease.
+        assert_eq!(registry.claim("a", a.id, 1, 7000), Err(PortConflict::Held));
+        registry.unregister("a", &a);
+        assert_eq!(registry.reserved_for("a", 0), Some(7000), "the first forward's lease was lost");
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::forwards::Forwards;
 use super::{Shared, DRAIN_TIMEOUT};
-use crate::forward::UnreadBudget;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{ControlMessage, GoodbyeCode, RefusalCode};
 use crate::session::{Session, SessionEnd};
@@ -28,9 +27,7 @@ pub(super) async fn run(
     let Session { control, mut messages, opener, mut incoming, driver } = session;
     let name = client.name.clone();
     let mut driver = OwnedTask::spawn(driver);
-    let unread = UnreadBudget::with_bytes(shared.config.max_unread_per_session);
-    let registration =
-        shared.registry.register(&name, client.credential, opener.clone(), unread.clone(), DRAIN_TIMEOUT);
+    let registration = shared.registry.register(&name, client.credential, opener.clone(), DRAIN_TIMEOUT);
     let registration = match registration.await {
         Ok(registration) => registration,
         Err(full) => {
@@ -44,8 +41,7 @@ pub(super) async fn run(
     };
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
-    let mut forwards =
-        Forwards::new(&shared, &client, registration.id, opener, unread.clone(), owned.clone());
+    let mut forwards = Forwards::new(&shared, &client, registration.id, opener, owned.clone());
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let end = loop {
@@ -70,7 +66,6 @@ pub(super) async fn run(
                 let visitor = super::visits::Visitor {
                     name: name.clone(),
                     credential: client.credential,
-                    unread: unread.clone(),
                 };
                 tokio::spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
             }

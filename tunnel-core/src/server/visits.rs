@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::ServiceLookup;
 use super::Shared;
 use crate::auth::CredentialKind;
-use crate::forward::{splice_with, SpliceLimits, TargetAddr, UnreadBudget, VisitTarget};
+use crate::forward::{splice, TargetAddr, VisitTarget};
 use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
@@ -29,8 +29,6 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Visitor {
     pub(super) name: String,
     pub(super) credential: CredentialKind,
-    /// Its session's budget for data it sends that the target does not read.
-    pub(super) unread: UnreadBudget,
 }
 
 pub(super) async fn handle(
@@ -39,17 +37,22 @@ pub(super) async fn handle(
     mut stream: MuxStream,
     owned: CancellationToken,
 ) {
+    let client = crate::log::Escaped(&from.name);
     let header = match tokio::time::timeout(HEADER_TIMEOUT, StreamHeader::read(&mut stream)).await {
-        Ok(Ok(header)) => header,
-        Ok(Err(err)) => {
-            return tracing::warn!(client = %crate::log::Escaped(&from.name), "dropping stream: {}", crate::log::Escaped(&err.to_string()))
-        }
-        Err(_) => {
-            return tracing::warn!(client = %crate::log::Escaped(&from.name), "dropping stream: no header within {HEADER_TIMEOUT:?}")
-        }
+        Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor)),
+        Ok(Ok(_)) => Err("clients may only open local forwards".to_owned()),
+        Ok(Err(err)) => Err(crate::log::Escaped(&err.to_string()).to_string()),
+        Err(_) => Err(format!("no header within {HEADER_TIMEOUT:?}")),
     };
-    let StreamHeader::LocalForward { target, visitor } = header else {
-        return tracing::warn!(client = %crate::log::Escaped(&from.name), "dropping stream: clients may only open local forwards");
+    let (target, visitor) = match header {
+        Ok(header) => header,
+        Err(why) => {
+            // A client can open thousands of these a second: logged once per window, with a count.
+            if crate::log::REFUSALS.allow() {
+                tracing::warn!(%client, "dropping stream: {why}");
+            }
+            return;
+        }
     };
     let carried = tokio::select! {
         () = owned.cancelled() => return,
@@ -83,7 +86,7 @@ async fn carry(
                     format!("client {:?} may not visit {client}/{service}", from.name),
                 ));
             }
-            let (opener, owner_unread) = shared.registry.service(client, service).map_err(|lookup| {
+            let opener = shared.registry.service(client, service).map_err(|lookup| {
                 let why = match lookup {
                     ServiceLookup::ClientOffline => format!("client {client:?} is not connected"),
                     ServiceLookup::NoSuchService => {
@@ -105,12 +108,7 @@ async fn carry(
                 return Ok(()); // One side is gone; dropping both resets the other.
             }
             tracing::debug!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visiting service");
-            let limits = SpliceLimits {
-                a_budget: Some(from.unread.clone()),
-                b_budget: Some(owner_unread),
-                idle_timeout: None,
-            };
-            if let Err(err) = splice_with(stream, &mut upstream, limits).await {
+            if let Err(err) = splice(stream, &mut upstream).await {
                 tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "service visit failed: {err}");
             }
             Ok(())
@@ -137,8 +135,7 @@ async fn carry(
                 return Ok(());
             }
             tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "visiting server-side target");
-            let limits = SpliceLimits { a_budget: Some(from.unread.clone()), ..SpliceLimits::default() };
-            if let Err(err) = splice_with(stream, &mut tcp, limits).await {
+            if let Err(err) = splice(stream, &mut tcp).await {
                 tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, "server-side visit failed: {err}");
                 transport::reset_on_close(&tcp);
             }
