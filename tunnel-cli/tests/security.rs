@@ -191,18 +191,6 @@ async fn a_server_restart_keeps_a_departed_clients_port_reserved_for_it() {
     assert_eq!(public_port(&owner.line_after("remote forward ready: ").await), port);
 }
 
-/// Resident set size of a process, in bytes.
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 /// A service that accepts every connection and never reads from it. Its receive buffers are
 /// small, so the data piles up in the tunnel's processes and not in the kernel (where 1000
 /// connections' worth would put all of the machine's TCP under memory pressure).
@@ -256,7 +244,7 @@ async fn a_client_stuffing_its_own_never_reading_service_pins_bounded_server_mem
     let local = attacker.line_after("local forward listening: ").await;
     let local: SocketAddr = local.split(" -> ").next().unwrap().parse().unwrap();
     attacker.line_after("service exposed: ").await;
-    let rss_before = rss_of(server_pid);
+    let rss_before = common::rss_of(&server_pid.to_string());
 
     let written = Arc::new(AtomicU64::new(0));
     let mut writers = tokio::task::JoinSet::new();
@@ -286,7 +274,7 @@ async fn a_client_stuffing_its_own_never_reading_service_pins_bounded_server_mem
         last = now;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let grown = rss_of(server_pid).saturating_sub(rss_before);
+    let grown = common::rss_of(&server_pid.to_string()).saturating_sub(rss_before);
     let during = common::throughput(bystander_public, 32 * MIB as usize).await;
     eprintln!(
         "stuffing: {} MiB taken in from 1000 writers; server RSS grew by {} MiB; bystander {:.0} -> {:.0} MB/s",

@@ -10,7 +10,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_core::auth::{Credentials, Token};
-use tunnel_core::client::{ClientConfig, ClientError};
+use tunnel_core::client::ClientError;
 use tunnel_core::forward::VisitTarget;
 use tunnel_core::proto::{ReplyStatus, StreamHeader, StreamReply};
 use tunnel_core::server::{ClientPolicy, ServerConfig};
@@ -19,16 +19,6 @@ use tunnel_core::tls::{client_config, ServerTrust};
 use tunnel_core::transport::ClientTransport;
 
 const CP_TOKEN: &str = "control-plane-token-5d1e";
-
-fn with_services(mut config: ClientConfig, services: &[String]) -> ClientConfig {
-    config.services = services.iter().map(|s| s.parse().unwrap()).collect();
-    config
-}
-
-fn with_locals(mut config: ClientConfig, locals: &[String]) -> ClientConfig {
-    config.locals = locals.iter().map(|s| s.parse().unwrap()).collect();
-    config
-}
 
 /// A target that accepts and then neither reads nor writes: an idle visitor's far end.
 async fn idle_target() -> SocketAddr {

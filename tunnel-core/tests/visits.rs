@@ -9,21 +9,11 @@ use common::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tunnel_core::auth::{Credentials, Token};
-use tunnel_core::client::{ClientConfig, ClientError};
+use tunnel_core::client::ClientError;
 use tunnel_core::proto::RefusalCode;
 use tunnel_core::server::ClientPolicy;
 
 const MIB: usize = 1024 * 1024;
-
-fn with_services(mut config: ClientConfig, services: &[String]) -> ClientConfig {
-    config.services = services.iter().map(|s| s.parse().unwrap()).collect();
-    config
-}
-
-fn with_locals(mut config: ClientConfig, locals: &[String]) -> ClientConfig {
-    config.locals = locals.iter().map(|s| s.parse().unwrap()).collect();
-    config
-}
 
 /// A visit that the tunnel refuses: the visitor sees a reset quickly (possibly already at
 /// connect), never a hang, data or a clean end: on a refusal the client resets the visitor

@@ -332,7 +332,12 @@ pub fn init_test_log() {
 
 /// Resident set size of this process, in bytes.
 pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` (a number, or `self`), in bytes.
+pub fn rss_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -340,6 +345,18 @@ pub fn rss_bytes() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap();
     kib * 1024
+}
+
+/// A client configuration with these private services (`SERVICE=HOST:PORT`).
+pub fn with_services(mut config: ClientConfig, services: &[String]) -> ClientConfig {
+    config.services = services.iter().map(|s| s.parse().unwrap()).collect();
+    config
+}
+
+/// A client configuration with these local forwards (`[BIND:]PORT:TARGET`).
+pub fn with_locals(mut config: ClientConfig, locals: &[String]) -> ClientConfig {
+    config.locals = locals.iter().map(|s| s.parse().unwrap()).collect();
+    config
 }
 
 /// Open file descriptors of this process.
