@@ -1,0 +1,138 @@
+//! Opening streams, and one stream as a tokio `AsyncRead + AsyncWrite`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+use super::link::{hit_eof, Link};
+use super::MuxError;
+
+pub(super) enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
+    Close,
+}
+
+/// Opens outbound streams; cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct StreamOpener {
+    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) limit: usize,
+    pub(super) link: Link,
+}
+
+impl std::fmt::Debug for StreamOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOpener").field("available", &self.permits.available_permits()).finish()
+    }
+}
+
+impl StreamOpener {
+    /// Opens a new stream. Fails at once when `max_streams` are open rather than queueing.
+    pub async fn open(&self) -> Result<MuxStream, MuxError> {
+        let permit =
+            self.permits.clone().try_acquire_owned().map_err(|_| MuxError::StreamLimit(self.limit))?;
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Open(tx)).await.map_err(|_| MuxError::Closed)?;
+        let stream = rx.await.map_err(|_| MuxError::Closed)??;
+        Ok(MuxStream::new(stream, permit, self.link.clone()))
+    }
+
+    /// Asks the driver to close the connection gracefully (pending writes are flushed).
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Close).await;
+    }
+
+    /// True once the driver has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+}
+
+/// One multiplexed stream: a tokio `AsyncRead + AsyncWrite`. `shutdown` sends FIN (half-close);
+/// dropping it resets the stream if it is still open.
+///
+/// A read returns EOF only for the peer's FIN. If the connection was lost, the read fails with
+/// `ConnectionAborted`; if the peer reset the stream while our side was still open, with
+/// `ConnectionReset` (yamux itself reports both as EOF, which would look like a complete stream).
+pub struct MuxStream {
+    inner: Compat<yamux::Stream>,
+    _permit: OwnedSemaphorePermit,
+    link: Link,
+    write_closed: bool,
+}
+
+impl MuxStream {
+    pub(super) fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
+        Self { inner: stream.compat(), _permit: permit, link, write_closed: false }
+    }
+
+    /// Tells the peer we took the stream, with an empty data frame carrying yamux's ACK flag.
+    ///
+    /// yamux otherwise acknowledges a stream with its first frame back, and a peer with 256
+    /// unacknowledged streams can open no more: 256 idle visitors (whose targets say nothing)
+    /// would block every other forward and visit of the session.
+    pub(super) async fn acknowledge(&mut self) {
+        // Fails only if the stream or connection is already gone, which its reader will see.
+        let _ = std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_write(cx, &[])).await;
+    }
+
+    /// The yamux stream id: odd for streams the client side opened (its first is 1), even for
+    /// the server side's.
+    pub fn id(&self) -> u32 {
+        self.inner.get_ref().id().val()
+    }
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MuxStream({})", self.inner.get_ref().id())
+    }
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if result.is_ok() && hit_eof(buf, before) {
+            if self.link.is_cut() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "tunnel connection lost",
+                )));
+            }
+            // A FIN while our side is open leaves the stream half-open; a reset closes it.
+            if !self.write_closed && self.inner.get_ref().is_closed() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset by the peer",
+                )));
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.write_closed = true;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
