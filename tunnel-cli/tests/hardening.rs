@@ -3,8 +3,6 @@
 
 mod process;
 
-use std::process::Stdio;
-
 use process::*;
 
 const TOKEN: &str = "hardening-test-token-0b7e";
@@ -47,16 +45,8 @@ async fn zero_durations_in_a_config_exit_2_naming_the_key() {
 /// Runs `tunnel-cli ARGS` under a shell that first lowers the soft open-file limit to 64.
 fn spawn_with_low_fd_limit(args: &[&str]) -> Cli {
     let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -Sn 64 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_tunnel-cli"))
-        .args(args)
-        .env_remove("TUNNEL_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.arg("-c").arg("ulimit -Sn 64 && exec \"$0\" \"$@\"").arg(env!("CARGO_BIN_EXE_tunnel-cli")).args(args);
+    isolated(&mut cmd);
     spawn(cmd)
 }
 

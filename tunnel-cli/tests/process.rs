@@ -29,14 +29,20 @@ struct Output {
 
 pub fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunnel-cli"));
-    cmd.args(args)
-        .env_remove("TUNNEL_TOKEN")
+    cmd.args(args);
+    isolated(&mut cmd);
+    cmd
+}
+
+/// No token or log filter from the test's environment, no input, output collected, killed
+/// with the test.
+pub fn isolated(cmd: &mut Command) {
+    cmd.env_remove("TUNNEL_TOKEN")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    cmd
 }
 
 pub fn spawn(mut cmd: Command) -> Cli {
