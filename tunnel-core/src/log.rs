@@ -50,6 +50,34 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Displays an error with its chain of sources, `outer: inner: root`, for one log line.
+///
+/// Library errors keep their causes as sources instead of copying them into their messages;
+/// this is how a log line shows them all.
+///
+/// ```
+/// use tunnel_core::log::Chain;
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("reading the token file")]
+/// struct ReadToken(#[source] std::io::Error);
+/// let err = ReadToken(std::io::Error::other("permission denied"));
+/// assert_eq!(Chain(&err).to_string(), "reading the token file: permission denied");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
 /// Fixed-window rate limit for one kind of log line, with the clock as an input.
 #[derive(Debug)]
 pub(crate) struct RateLimit {

@@ -17,6 +17,7 @@ use tunnel_core::client::ClientError;
 use tunnel_core::mux::{self, Mode, MuxConfig};
 use tunnel_core::proto::handshake::{HandshakeMessage, RefuseCode};
 use tunnel_core::proto::{frame, ControlMessage, GoodbyeCode};
+use tunnel_core::session::framed::read_frame;
 use tunnel_core::session::{client_handshake, Session, SessionConfig};
 use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
 use tunnel_core::transport::{BoxedIo, ClientTransport};
@@ -450,13 +451,13 @@ async fn a_replayed_handshake_is_refused() {
 
     let mut replay = TcpStream::connect(server.addr).await.unwrap();
     replay.write_all(&frame::encode_to_vec(hello)).await.unwrap();
-    let challenge = frame::read(&mut replay, 4096).await.unwrap();
+    let challenge = read_frame(&mut replay, 4096).await.unwrap();
     assert!(matches!(
         HandshakeMessage::decode(&challenge).unwrap(),
         HandshakeMessage::ServerChallenge { .. }
     ));
     replay.write_all(&frame::encode_to_vec(proof)).await.unwrap();
-    let answer = HandshakeMessage::decode(&frame::read(&mut replay, 4096).await.unwrap()).unwrap();
+    let answer = HandshakeMessage::decode(&read_frame(&mut replay, 4096).await.unwrap()).unwrap();
     assert!(
         matches!(answer, HandshakeMessage::Refuse { code: RefuseCode::AuthFailed, .. }),
         "replay answered with {answer:?}"
@@ -567,7 +568,7 @@ async fn malformed_control_messages_end_only_the_offending_session() {
         // The server ends the session (and the connection), saying why.
         let mut goodbye = None;
         while let Ok(payload) =
-            tokio::time::timeout(PATIENCE, frame::read(&mut control, 65536)).await.expect("session left open")
+            tokio::time::timeout(PATIENCE, read_frame(&mut control, 65536)).await.expect("session left open")
         {
             match ControlMessage::decode(&payload) {
                 Ok(ControlMessage::Goodbye { code, .. }) if goodbye.is_none() => goodbye = Some(code),

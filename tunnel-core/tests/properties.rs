@@ -8,7 +8,7 @@ use tunnel_core::config::{ConfigError, ServerFile};
 use tunnel_core::forward::{PortSet, RemoteForwardSpec, TargetAddr, VisitTarget};
 use tunnel_core::proto::handshake::{HandshakeMessage, RefuseCode};
 use tunnel_core::proto::{
-    frame, ControlMessage, FrameError, GoodbyeCode, RefusalCode, ReplyStatus, StreamHeader, StreamReply,
+    frame, ControlMessage, FrameTooLarge, GoodbyeCode, RefusalCode, ReplyStatus, StreamHeader, StreamReply,
 };
 
 fn ip() -> impl Strategy<Value = IpAddr> {
@@ -190,7 +190,7 @@ proptest! {
         if let Some(max) = payload.len().checked_sub(1) {
             let err = frame::decode(&bytes, max).unwrap_err();
             prop_assert!(
-                matches!(err, FrameError::TooLarge { len, max: m } if len == payload.len() as u64 && m == max),
+                err == FrameTooLarge { len: payload.len() as u64, max },
                 "{:?}", err
             );
         }

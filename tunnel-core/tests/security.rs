@@ -14,6 +14,7 @@ use tunnel_core::client::ClientError;
 use tunnel_core::forward::VisitTarget;
 use tunnel_core::proto::{ReplyStatus, StreamHeader, StreamReply};
 use tunnel_core::server::{ClientPolicy, ServerConfig};
+use tunnel_core::session::framed::read_reply;
 use tunnel_core::session::{Session, SessionConfig};
 use tunnel_core::tls::{client_config, ServerTrust};
 use tunnel_core::transport::ClientTransport;
@@ -184,7 +185,7 @@ async fn answer(session: &RawSession, target: &str) -> StreamReply {
     let target: VisitTarget = target.parse().unwrap();
     let header = StreamHeader::LocalForward { target, visitor: "127.0.0.1:1".parse().unwrap() };
     stream.write_all(&header.encode()).await.unwrap();
-    tokio::time::timeout(PATIENCE, StreamReply::read(&mut stream)).await.unwrap().unwrap()
+    tokio::time::timeout(PATIENCE, read_reply(&mut stream)).await.unwrap().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 use crate::forward::RemoteForwardSpec;
 use crate::log::Escaped;
 use crate::proto::handshake::{HandshakeError, RefuseCode};
-use crate::proto::{FrameError, GoodbyeCode, RefusalCode};
-use crate::session::{SessionEnd, SessionError};
+use crate::proto::{GoodbyeCode, RefusalCode};
+use crate::session::{FrameError, SessionEnd, SessionError};
 use crate::tls::FingerprintMismatch;
 
 /// Why a client stopped for good. Transient failures are retried and never surface here
@@ -130,7 +130,7 @@ pub(super) fn classify_session(err: SessionError) -> Failure {
             ClientError::Protocol(format!("{other} (is this a tunnel server, and TLS on on both sides?)"))
                 .into()
         }
-        SessionError::Frame(FrameError::TooLarge { .. }) => {
+        SessionError::Frame(FrameError::TooLarge(_)) => {
             ClientError::Protocol(format!("{err} (is this a tunnel server, and TLS on on both sides?)"))
                 .into()
         }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::forward::{copy_until_eof, LocalForwardSpec, VisitTarget};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
-use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
+use crate::proto::{ReplyStatus, StreamHeader};
 use crate::transport;
 
 /// Time allowed for the server's answer to a local forward.
@@ -100,7 +100,7 @@ async fn carry(
     let (mut from_visitor, mut to_visitor) = tcp.split();
     let up = async { copy_until_eof(&mut from_visitor, &mut to_server).await };
     let down = async {
-        let reply = tokio::time::timeout(REPLY_TIMEOUT, StreamReply::read(&mut from_server))
+        let reply = tokio::time::timeout(REPLY_TIMEOUT, crate::session::framed::read_reply(&mut from_server))
             .await
             .map_err(|_| std::io::Error::other("the server did not answer in time"))?
             .map_err(std::io::Error::other)?;

@@ -26,11 +26,14 @@ pub(super) struct Routes {
 }
 
 pub(super) async fn handle(mut stream: MuxStream, routes: Arc<Routes>, owned: CancellationToken) {
-    let header = match tokio::time::timeout(HEADER_TIMEOUT, StreamHeader::read(&mut stream)).await {
-        Ok(Ok(header)) => header,
-        Ok(Err(err)) => return tracing::warn!("dropping stream: {}", Escaped(&err.to_string())),
-        Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
-    };
+    let header =
+        match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
+            Ok(Ok(header)) => header,
+            Ok(Err(err)) => {
+                return tracing::warn!("dropping stream: {}", Escaped(&crate::log::Chain(&err).to_string()))
+            }
+            Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
+        };
     let (target, idle_timeout, visitor, via) = match &header {
         StreamHeader::RemoteForward { forward_id, visitor } => match routes.forwards.get(forward_id) {
             Some((target, idle)) => (target, *idle, *visitor, format!("remote forward {forward_id}")),

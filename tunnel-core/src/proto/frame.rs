@@ -4,43 +4,31 @@
 //! checked against a cap before anything is allocated, and readers consume exactly one frame so
 //! that the bytes after the handshake are left for the multiplexer.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
 /// Size of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
-/// Why a frame could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FrameError {
-    /// The announced length exceeds the cap; nothing was allocated for it.
-    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
-    TooLarge {
-        /// Length announced by the peer.
-        len: u64,
-        /// Largest length accepted.
-        max: usize,
-    },
-    /// The stream ended cleanly before a frame started.
-    #[error("connection closed")]
-    Closed,
-    /// The stream ended or failed inside a frame.
-    #[error("i/o error reading frame: {0}")]
-    Io(#[from] std::io::Error),
+/// A frame's announced length exceeds the cap; nothing was allocated for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame of {len} bytes exceeds the {max}-byte limit")]
+pub struct FrameTooLarge {
+    /// Length announced by the peer.
+    pub len: u64,
+    /// Largest length accepted.
+    pub max: usize,
 }
 
 /// Checks a frame's length prefix against `max` and returns the payload length.
-pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
+pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameTooLarge> {
     let len = u32::from_be_bytes(header);
     match usize::try_from(len) {
         Ok(n) if n <= max => Ok(n),
-        _ => Err(FrameError::TooLarge { len: u64::from(len), max }),
+        _ => Err(FrameTooLarge { len: u64::from(len), max }),
     }
 }
 
 /// Splits one frame off the front of `buf`: `Ok(None)` means more bytes are needed.
 /// Returns the payload and the total number of bytes the frame occupies.
-pub fn decode(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
+pub fn decode(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, FrameTooLarge> {
     let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(None);
     };
@@ -67,27 +55,6 @@ pub fn encode_to_vec(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads exactly one frame (no read-ahead past its end). The payload buffer is allocated only
-/// after the length passed the cap.
-pub async fn read<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let first = io.read(&mut header).await?;
-    if first == 0 {
-        return Err(FrameError::Closed);
-    }
-    io.read_exact(&mut header[first..]).await?;
-    let len = payload_len(header, max)?;
-    let mut payload = vec![0u8; len];
-    io.read_exact(&mut payload).await?;
-    Ok(payload)
-}
-
-/// Writes already-encoded frame bytes and flushes them.
-pub async fn write<W: AsyncWrite + Unpin>(io: &mut W, frame: &[u8]) -> std::io::Result<()> {
-    io.write_all(frame).await?;
-    io.flush().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,23 +72,6 @@ mod tests {
     #[test]
     fn oversized_length_is_refused_from_the_header_alone() {
         let err = decode(&[0xff, 0xff, 0xff, 0xff], 1024).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len: 0xffff_ffff, max: 1024 }));
-    }
-
-    #[tokio::test]
-    async fn read_consumes_exactly_one_frame() {
-        let mut bytes = encode_to_vec(b"one");
-        bytes.extend_from_slice(b"rest");
-        let mut cursor = &bytes[..];
-        assert_eq!(read(&mut cursor, 16).await.unwrap(), b"one");
-        assert_eq!(cursor, b"rest");
-    }
-
-    #[tokio::test]
-    async fn read_reports_a_clean_close_and_a_truncation_apart() {
-        let mut empty: &[u8] = &[];
-        assert!(matches!(read(&mut empty, 16).await, Err(FrameError::Closed)));
-        let mut cut: &[u8] = &[0, 0, 0, 9, 1];
-        assert!(matches!(read(&mut cut, 16).await, Err(FrameError::Io(_))));
+        assert_eq!(err, FrameTooLarge { len: 0xffff_ffff, max: 1024 });
     }
 }

@@ -7,11 +7,9 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
-
+use super::target::{TargetAddr, VisitTarget};
 use super::wire::{Reader, Writer};
 use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
-use crate::forward::{TargetAddr, VisitTarget};
 
 const REMOTE_FORWARD: u8 = 1;
 const LOCAL_FORWARD: u8 = 2;
@@ -118,11 +116,6 @@ impl StreamHeader {
             other => Err(DecodeError::UnknownType { kind: "stream header", value: other }),
         }
     }
-
-    /// Reads one header from the front of a stream, consuming nothing after it.
-    pub async fn read<R: AsyncRead + Unpin>(io: &mut R) -> Result<Self, HeaderError> {
-        Ok(Self::decode(&read_body(io, "stream header").await?)?)
-    }
 }
 
 /// Prefixes a header or reply body with its `u16` length (bodies are capped far below it).
@@ -138,15 +131,14 @@ fn name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
     Ok(name)
 }
 
-/// Reads a `u16`-length-prefixed body from the front of a stream, capped at [`MAX_HEADER_LEN`].
-async fn read_body<R: AsyncRead + Unpin>(io: &mut R, what: &'static str) -> Result<Vec<u8>, HeaderError> {
-    let len = usize::from(io.read_u16().await?);
+/// Checks a header or reply body's `u16` length prefix against [`MAX_HEADER_LEN`], before
+/// anything is allocated for it.
+pub fn body_len(prefix: u16, what: &'static str) -> Result<usize, DecodeError> {
+    let len = usize::from(prefix);
     if len > MAX_HEADER_LEN {
-        return Err(DecodeError::TooLong { field: what, len, max: MAX_HEADER_LEN }.into());
+        return Err(DecodeError::TooLong { field: what, len, max: MAX_HEADER_LEN });
     }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
-    Ok(body)
+    Ok(len)
 }
 
 /// The server's answer on a local-forward stream, sent before any payload flows back.
@@ -234,41 +226,14 @@ impl StreamReply {
             message: r.string(MAX_REASON_LEN, "message")?,
         })
     }
-
-    /// Reads one reply from the front of a stream, consuming nothing after it.
-    pub async fn read<R: AsyncRead + Unpin>(io: &mut R) -> Result<Self, HeaderError> {
-        Ok(Self::decode(&read_body(io, "stream reply").await?)?)
-    }
-}
-
-/// Why a stream header could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HeaderError {
-    /// The stream failed or ended before the header was complete.
-    #[error("reading stream header: {0}")]
-    Io(#[from] std::io::Error),
-    /// The header bytes are malformed.
-    #[error("malformed stream header: {0}")]
-    Decode(#[from] DecodeError),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn header_round_trips_and_leaves_payload_unread() {
-        let header = StreamHeader::RemoteForward { forward_id: 9, visitor: "10.1.2.3:5555".parse().unwrap() };
-        let mut bytes = header.encode();
-        bytes.extend_from_slice(b"payload");
-        let mut cursor = &bytes[..];
-        assert_eq!(StreamHeader::read(&mut cursor).await.unwrap(), header);
-        assert_eq!(cursor, b"payload");
-    }
-
-    #[tokio::test]
-    async fn every_kind_round_trips_and_replies_too() {
+    #[test]
+    fn every_kind_round_trips_and_replies_too() {
         let visitor: SocketAddr = "[::1]:9".parse().unwrap();
         let headers = [
             StreamHeader::LocalForward {
@@ -283,13 +248,14 @@ mod tests {
         ];
         for header in headers {
             let bytes = header.encode();
-            assert_eq!(StreamHeader::read(&mut &bytes[..]).await.unwrap(), header);
+            assert_eq!(usize::from(u16::from_be_bytes([bytes[0], bytes[1]])), bytes.len() - 2);
+            assert_eq!(StreamHeader::decode(&bytes[2..]).unwrap(), header);
             for cut in 2..bytes.len() {
                 assert!(StreamHeader::decode(&bytes[2..cut]).is_err());
             }
         }
         let reply = StreamReply::refuse(ReplyStatus::Denied, "not for you");
-        assert_eq!(StreamReply::read(&mut &reply.encode()[..]).await.unwrap(), reply);
+        assert_eq!(StreamReply::decode(&reply.encode()[2..]).unwrap(), reply);
     }
 
     #[test]
@@ -306,10 +272,9 @@ mod tests {
         assert!(StreamHeader::decode(&body).is_err());
     }
 
-    #[tokio::test]
-    async fn oversized_header_is_refused_before_allocation() {
-        let mut cursor: &[u8] = &[0xff, 0xff];
-        let err = StreamHeader::read(&mut cursor).await.unwrap_err();
-        assert!(matches!(err, HeaderError::Decode(DecodeError::TooLong { .. })));
+    #[test]
+    fn an_oversized_length_is_refused_before_allocation() {
+        assert!(matches!(body_len(u16::MAX, "stream header"), Err(DecodeError::TooLong { .. })));
+        assert_eq!(body_len(1024, "stream header").unwrap(), 1024);
     }
 }

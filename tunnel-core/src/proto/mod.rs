@@ -1,19 +1,22 @@
 //! Wire format: frames, handshake messages, control messages and data-stream headers.
 //!
-//! Everything here is a pure function over bytes or a sans-IO state machine; sockets live in
-//! [`crate::session`]. Every decoder checks sizes before allocating and returns a
-//! [`DecodeError`] naming the offending field; none of them panics on any input.
+//! Everything here is a pure function over bytes or a sans-IO state machine; `session::framed`
+//! reads and writes these formats on a stream. Beneath it sits only [`crate::auth`] (pure
+//! crypto, for the handshake proofs). Every decoder checks sizes before allocating and returns
+//! a [`DecodeError`] naming the offending field; none of them panics on any input.
 //! The format is specified in `docs/protocol.md`.
 
 pub mod control;
 pub mod frame;
 pub mod handshake;
 pub mod header;
+pub mod target;
 pub(crate) mod wire;
 
 pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
-pub use frame::FrameError;
+pub use frame::FrameTooLarge;
 pub use header::{ReplyStatus, StreamHeader, StreamReply};
+pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
 pub const PROTOCOL_VERSION: u16 = 1;

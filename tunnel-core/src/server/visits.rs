@@ -38,12 +38,13 @@ pub(super) async fn handle(
     owned: CancellationToken,
 ) {
     let client = crate::log::Escaped(&from.name);
-    let header = match tokio::time::timeout(HEADER_TIMEOUT, StreamHeader::read(&mut stream)).await {
-        Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor)),
-        Ok(Ok(_)) => Err("clients may only open local forwards".to_owned()),
-        Ok(Err(err)) => Err(crate::log::Escaped(&err.to_string()).to_string()),
-        Err(_) => Err(format!("no header within {HEADER_TIMEOUT:?}")),
-    };
+    let header =
+        match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
+            Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor)),
+            Ok(Ok(_)) => Err("clients may only open local forwards".to_owned()),
+            Ok(Err(err)) => Err(crate::log::Escaped(&crate::log::Chain(&err).to_string()).to_string()),
+            Err(_) => Err(format!("no header within {HEADER_TIMEOUT:?}")),
+        };
     let (target, visitor) = match header {
         Ok(header) => header,
         Err(why) => {

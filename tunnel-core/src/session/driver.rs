@@ -11,9 +11,10 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::framed::{read_frame, write_frame, FrameError};
 use super::SessionConfig;
 use crate::mux::{MuxDriver, MuxStream, StreamOpener};
-use crate::proto::{frame, ControlMessage, FrameError, GoodbyeCode};
+use crate::proto::{frame, ControlMessage, GoodbyeCode};
 
 /// Bound on draining the control stream when the connection is going away.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -245,7 +246,7 @@ async fn read_loop(
     rtt: Arc<Mutex<Option<Duration>>>,
 ) -> SessionEnd {
     loop {
-        let payload = match frame::read(&mut reader, max_message_size).await {
+        let payload = match read_frame(&mut reader, max_message_size).await {
             Ok(payload) => payload,
             Err(FrameError::Closed) => return SessionEnd::PeerGone,
             Err(FrameError::Io(_)) => return SessionEnd::PeerGone,
@@ -319,7 +320,7 @@ async fn write_message(
 ) -> bool {
     buf.clear();
     frame::encode(&message.encode(), buf);
-    frame::write(writer, buf).await.is_ok()
+    write_frame(writer, buf).await.is_ok()
 }
 
 async fn watchdog(last_seen: LastSeen, timeout: Duration) -> SessionEnd {

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::framed::{read_frame, write_frame};
 use super::SessionError;
 use crate::auth::{ChannelBinding, Credentials, Token};
-use crate::proto::frame;
 use crate::proto::handshake::{
     AuthenticatedClient, ClientHandshake, ClientStep, Established, HandshakeMessage, RefuseCode,
     ServerHandshake, ServerStep, MAX_HANDSHAKE_FRAME,
@@ -20,11 +20,11 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     token: Token,
 ) -> Result<Established, SessionError> {
     let (mut machine, hello) = ClientHandshake::new(name, token, binding, rand::random());
-    frame::write(io, &hello).await?;
+    write_frame(io, &hello).await?;
     loop {
-        let payload = frame::read(io, MAX_HANDSHAKE_FRAME).await?;
+        let payload = read_frame(io, MAX_HANDSHAKE_FRAME).await?;
         match machine.handle(&payload)? {
-            ClientStep::Send(reply) => frame::write(io, &reply).await?,
+            ClientStep::Send(reply) => write_frame(io, &reply).await?,
             ClientStep::Done(established) => return Ok(established),
         }
     }
@@ -39,16 +39,16 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<AuthenticatedClient, SessionError> {
     let mut machine = ServerHandshake::new(credentials, binding, rand::random(), heartbeat_interval);
     loop {
-        let payload = frame::read(io, MAX_HANDSHAKE_FRAME).await?;
+        let payload = read_frame(io, MAX_HANDSHAKE_FRAME).await?;
         match machine.handle(&payload)? {
-            ServerStep::Reply(reply) => frame::write(io, &reply).await?,
+            ServerStep::Reply(reply) => write_frame(io, &reply).await?,
             ServerStep::Accept { reply, client } => {
-                frame::write(io, &reply).await?;
+                write_frame(io, &reply).await?;
                 return Ok(client);
             }
             ServerStep::Refuse { reply, error } => {
                 // Best effort: the peer may already be gone.
-                let _ = frame::write(io, &reply).await;
+                let _ = write_frame(io, &reply).await;
                 let _ = io.shutdown().await;
                 return Err(error.into());
             }
@@ -59,9 +59,9 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 /// Reads the peer's first frame (so closing does not reset the connection under our reply)
 /// and answers it with a refusal, for connections refused before authentication starts.
 pub async fn read_and_refuse<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, code: RefuseCode, message: &str) {
-    let _ = frame::read(io, MAX_HANDSHAKE_FRAME).await;
+    let _ = read_frame(io, MAX_HANDSHAKE_FRAME).await;
     let refusal = HandshakeMessage::Refuse { code, message: message.to_owned() }.encode_frame();
-    let _ = frame::write(io, &refusal).await;
+    let _ = write_frame(io, &refusal).await;
     let _ = io.shutdown().await;
 }
 

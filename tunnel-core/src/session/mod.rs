@@ -8,6 +8,7 @@
 //! Callers bound the handshake with their own timeout.
 
 mod driver;
+pub mod framed;
 mod handshake;
 
 use std::time::Duration;
@@ -15,12 +16,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use driver::{ControlSender, SessionDriver, SessionEnd};
+pub use framed::{FrameError, HeaderError};
 pub use handshake::{client_handshake, read_and_refuse, server_handshake};
 
 use crate::auth::{ChannelBinding, Credentials, Token};
 use crate::mux::{self, IncomingStreams, Mode, MuxConfig, MuxError, StreamOpener};
 use crate::proto::handshake::{AuthenticatedClient, Established, HandshakeError};
-use crate::proto::{ControlMessage, FrameError};
+use crate::proto::ControlMessage;
 use crate::transport::Io;
 
 /// yamux id of the client's first stream, the control stream.
@@ -88,8 +90,8 @@ async fn open_control(
 ) -> Result<crate::mux::MuxStream, SessionError> {
     let mut control = opener.open().await?;
     let ping = ControlMessage::Ping { nonce: rand::random() }.encode();
-    crate::proto::frame::write(&mut control, &crate::proto::frame::encode_to_vec(&ping)).await?;
-    let first = crate::proto::frame::read(&mut control, max_message_size).await?;
+    framed::write_frame(&mut control, &crate::proto::frame::encode_to_vec(&ping)).await?;
+    let first = framed::read_frame(&mut control, max_message_size).await?;
     match ControlMessage::decode(&first) {
         Ok(ControlMessage::Ping { .. } | ControlMessage::Pong { .. }) => Ok(control),
         Ok(other) => Err(SessionError::UnexpectedControl(format!("{other:?}"))),
