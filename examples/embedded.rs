@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let token = Token::generate();
     let mut server_cfg =
         ServerConfig::new(Credentials::default().with_shared(token.clone()), Some(server_config(identity)?));
-    server_cfg.default_bind = "127.0.0.1".parse()?;
+    server_cfg.policy.default_bind = "127.0.0.1".parse()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let server_addr = listener.local_addr()?;
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+
 use tunnel_core::config::{ClientFile, RemoteEntry, SecretString, ServerFile};
+use tunnel_core::forward::{LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetRules};
+use tunnel_core::tls::Fingerprint;
 
 /// A self-hosted reverse tunnel: publish services behind NAT through a public server over one
 /// TLS-encrypted, token-authenticated, multiplexed connection.
@@ -46,15 +50,15 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     /// Ports clients may bind, e.g. 6443,10000-10100 [default: 1024-65535].
     #[arg(long, value_name = "LIST")]
-    pub allow_ports: Option<String>,
+    pub allow_ports: Option<PortSet>,
     /// Hosts the server may dial for clients' local forwards, e.g.
     /// 127.0.0.1:6443,10.0.0.0/8:10250 [default: none].
     #[arg(long, value_name = "LIST")]
-    pub allow_targets: Option<String>,
+    pub allow_targets: Option<TargetRules>,
     /// Addresses clients may ask their forwards to bind, e.g. 127.0.0.1,::1 (repeatable)
     /// [default: only the configured bind_addr, 0.0.0.0].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub allow_bind: Vec<String>,
+    pub allow_bind: Vec<IpAddr>,
     /// Run without TLS (clients must pass --insecure-plaintext too).
     #[arg(long)]
     pub insecure_plaintext: bool,
@@ -77,18 +81,18 @@ pub struct ConnectArgs {
     /// Remote forward: a port on the server that reaches LOCAL_HOST:LOCAL_PORT here. REMOTE_PORT 0
     /// lets the server choose. Repeatable.
     #[arg(short = 'R', long = "remote", value_name = "[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")]
-    pub remote: Vec<String>,
+    pub remote: Vec<RemoteForwardSpec>,
     /// Local forward: listen on PORT here and carry each connection through the server to TARGET,
     /// a private service CLIENT/SERVICE or a HOST:PORT the server may dial. PORT 0 lets the OS
     /// choose. Repeatable.
     #[arg(short = 'L', long = "local", value_name = "[BIND_ADDR:]PORT:TARGET")]
-    pub local: Vec<String>,
+    pub local: Vec<LocalForwardSpec>,
     /// Expose a private service, reachable only through the tunnel as NAME/SERVICE. Repeatable.
     #[arg(long = "expose", value_name = "SERVICE=HOST:PORT")]
-    pub expose: Vec<String>,
+    pub expose: Vec<ServiceSpec>,
     /// Expected SHA-256 fingerprint of the server certificate (printed by `serve`).
     #[arg(long, value_name = "FP", conflicts_with = "ca")]
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Fingerprint>,
     /// PEM file of CA certificates to verify the server with.
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
@@ -153,10 +157,11 @@ impl ConnectArgs {
         if !self.remote.is_empty() {
             file.remote = self.remote.into_iter().map(RemoteEntry::Spec).collect();
         }
-        for (list, flags) in [(&mut file.local, self.local), (&mut file.expose, self.expose)] {
-            if !flags.is_empty() {
-                *list = flags;
-            }
+        if !self.local.is_empty() {
+            file.local = self.local;
+        }
+        if !self.expose.is_empty() {
+            file.expose = self.expose;
         }
         Ok(file)
     }

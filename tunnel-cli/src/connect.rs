@@ -11,12 +11,12 @@ use crate::Failure;
 pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     let shutdown =
         crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
-    let config = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
+    let config = args.into_file().and_then(|file| file.build()).map_err(Failure::config)?;
     let server_host = host_of(&config.server).to_owned();
     let session_line = format!("connected to {} as {}", config.server, config.name);
     tracing::info!(server = %config.server, name = %config.name, "connecting");
     let mut client = Client::new(config);
-    for local in client.listen_locals().await.map_err(Failure::runtime)? {
+    for local in client.listen_locals().await.map_err(Failure::error)? {
         println!("local forward listening: {} -> {}", local.bound_addr, local.spec.target);
     }
     let mut status = client.status();
@@ -41,7 +41,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     });
     let result = client.run(shutdown).await;
     printer.abort();
-    result.map_err(Failure::runtime)
+    result.map_err(Failure::error)
 }
 
 /// Where visitors reach the forward: the server's host when it bound every interface.

@@ -30,8 +30,29 @@ impl Failure {
         Self { code: EXIT_USAGE, message: message.to_string() }
     }
 
+    /// A configuration that cannot be used: the whole chain of causes, and for a missing
+    /// setting, the flags that provide it.
+    fn config(err: tunnel_core::config::ConfigError) -> Self {
+        use tunnel_core::config::ConfigError;
+        let hint = match &err {
+            ConfigError::Missing { key: "server", .. } => " (pass --server HOST:PORT)",
+            ConfigError::Missing { key: "token", .. } => " (pass --token or set TUNNEL_TOKEN)",
+            ConfigError::Missing { key: "fingerprint", .. } => {
+                " (pass --fingerprint, printed by `tunnel-cli serve`, or --ca PEM; \
+                 or --insecure-plaintext on both sides)"
+            }
+            _ => "",
+        };
+        Self::usage(format!("{}{hint}", tunnel_core::log::Chain(&err)))
+    }
+
     fn runtime(message: impl std::fmt::Display) -> Self {
         Self { code: EXIT_FAILURE, message: message.to_string() }
+    }
+
+    /// A failure at run time: the error with its chain of causes.
+    fn error(err: impl std::error::Error + 'static) -> Self {
+        Self::runtime(tunnel_core::log::Chain(&err))
     }
 }
 
@@ -79,7 +100,8 @@ fn init_logging() {
 }
 
 fn fingerprint(args: &args::FingerprintArgs) -> Result<(), Failure> {
-    let fingerprint = tunnel_core::tls::fingerprint_of_pem_file(&args.cert).map_err(Failure::usage)?;
+    let fingerprint = tunnel_core::tls::fingerprint_of_pem_file(&args.cert)
+        .map_err(|e| Failure::usage(tunnel_core::log::Chain(&e)))?;
     println!("{fingerprint}");
     Ok(())
 }

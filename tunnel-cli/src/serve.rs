@@ -12,7 +12,7 @@ use crate::Failure;
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let shutdown =
         crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
-    let setup = args.into_file().and_then(|file| file.build()).map_err(Failure::usage)?;
+    let setup = args.into_file().and_then(|file| file.build()).map_err(Failure::config)?;
     let listener = TcpListener::bind(&setup.listen)
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;

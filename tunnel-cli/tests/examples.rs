@@ -20,15 +20,15 @@ fn server_example_parses_and_builds() {
     file.clients[0].token_file = Some(token);
     let setup = file.build().unwrap();
     assert!(setup.config.tls.is_some());
-    assert_eq!(setup.config.clients["control-plane"].ports.as_ref().unwrap().to_string(), "6443");
+    assert_eq!(setup.config.policy.clients["control-plane"].ports.as_ref().unwrap().to_string(), "6443");
     assert_eq!(
-        setup.config.allow_bind,
+        setup.config.policy.allow_bind,
         ["0.0.0.0".parse::<std::net::IpAddr>().unwrap(), "127.0.0.1".parse().unwrap()]
     );
     assert_eq!(setup.config.max_visitors_per_forward, 512);
-    assert_eq!(setup.config.allow_ports.to_string(), "6443,10000-10100");
-    assert_eq!(setup.config.clients["control-plane"].allow_visit[0].to_string(), "worker-*/kubelet");
-    assert!(!setup.config.allow_targets.is_empty());
+    assert_eq!(setup.config.policy.allow_ports.to_string(), "6443,10000-10100");
+    assert_eq!(setup.config.policy.clients["control-plane"].allow_visit[0].to_string(), "worker-*/kubelet");
+    assert!(!setup.config.policy.allow_targets.is_empty());
 }
 
 #[test]
@@ -58,12 +58,30 @@ fn hybrid_kubernetes_examples_parse_and_build() {
         client.token_file = Some(token);
     }
     let setup = server.build().unwrap();
-    assert_eq!(setup.config.clients.len(), 3);
+    assert_eq!(setup.config.policy.clients.len(), 3);
     for name in ["control-plane.toml", "worker.toml"] {
         let mut client = ClientFile::load(&example(&format!("hybrid-kubernetes/{name}"))).unwrap();
         client.token_file = Some(dir.path().join("worker-1.token"));
-        client.fingerprint = Some("0".repeat(64));
+        client.fingerprint = Some("0".repeat(64).parse().unwrap());
         let config = client.build().unwrap();
         assert!(!config.locals.is_empty() && !config.services.is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn every_example_renders_back_to_the_same_configuration() {
+    for name in ["server.toml", "hybrid-kubernetes/server.toml"] {
+        let file = ServerFile::load(&example(name)).unwrap();
+        let rendered = file.to_toml().unwrap();
+        let again = ServerFile::parse(&rendered, Path::new(name)).unwrap();
+        assert_eq!(again.to_toml().unwrap(), rendered, "{name}");
+        assert_eq!(again.clients.len(), file.clients.len(), "{name}");
+    }
+    for name in ["client.toml", "hybrid-kubernetes/control-plane.toml", "hybrid-kubernetes/worker.toml"] {
+        let file = ClientFile::load(&example(name)).unwrap();
+        let rendered = file.to_toml().unwrap();
+        let again = ClientFile::parse(&rendered, Path::new(name)).unwrap();
+        assert_eq!(again.to_toml().unwrap(), rendered, "{name}");
+        assert_eq!(again.remote, file.remote, "{name}");
     }
 }

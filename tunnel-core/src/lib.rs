@@ -5,16 +5,22 @@
 //! messages, one data stream per visitor connection.
 //!
 //! # Layout
-//! - [`proto`]: wire format (frames, handshake, control messages, stream headers), pure and sans-IO.
-//! - [`auth`]: tokens, credentials and the HMAC challenge/response proofs.
+//! - [`auth`]: tokens, credentials and the HMAC challenge/response proofs (pure crypto).
+//! - [`proto`]: wire format (frames, handshake, control messages, stream headers, targets), pure
+//!   and sans-IO; it uses only `auth`.
 //! - [`tls`]: rustls configurations, certificate generation, fingerprint pinning.
 //! - [`transport`]: TCP with socket options, optionally wrapped in TLS.
 //! - [`mux`]: yamux behind a driver future, a stream opener and an inbound queue.
-//! - [`session`]: handshake + mux + control stream + heartbeat = an authenticated session.
+//! - [`session`]: handshake + mux + control stream + heartbeat = an authenticated session;
+//!   `session::framed` reads and writes `proto`'s formats on a stream.
 //! - [`forward`]: remote forward specs and the bidirectional copy with half-close.
-//! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff).
-//! - [`config`]: TOML file types validated into runtime configs, shared by the CLI and embedders.
-//! - [`log`]: escaping of peer-controlled text before it is logged, and rate-limited log lines.
+//! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff); the
+//!   server's authorization rules are a [`server::Policy`] of their own.
+//! - [`config`]: TOML file types as plain data (serialize, parse, a pure `validate()`), built into
+//!   runtime configs by a separate step that reads files and provisions the state directory.
+//! - [`log`]: escaping of peer-controlled text, error chains, and rate-limited log lines.
+//!
+//! Each layer uses only those listed before it (`tests/layers.rs` checks the imports).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -83,10 +83,7 @@ impl std::fmt::Debug for ClientTransport {
 impl ClientTransport {
     /// TLS toward `server` (`host:port`): the host part becomes the server name.
     pub fn tls(config: Arc<rustls::ClientConfig>, server: &str) -> Result<Self, InvalidServerName> {
-        let host = host_of(server);
-        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|_| InvalidServerName(host.to_owned()))?;
-        Ok(Self::Tls { config, server_name })
+        Ok(Self::Tls { config, server_name: server_name(server)? })
     }
 
     /// Wraps `tcp` as configured and returns the stream and its channel binding.
@@ -104,7 +101,13 @@ impl ClientTransport {
     }
 }
 
-/// The host in `--server` is not a valid DNS name or IP address.
+/// The name TLS presents and verifies for `server` (`host:port`): its host part.
+pub fn server_name(server: &str) -> Result<rustls::pki_types::ServerName<'static>, InvalidServerName> {
+    let host = host_of(server);
+    rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| InvalidServerName(host.to_owned()))
+}
+
+/// The host of a server address is not a valid DNS name or IP address.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid server name {0:?}")]
 pub struct InvalidServerName(pub String);

@@ -86,6 +86,10 @@ impl Scene {
     }
 }
 
+/// The victim's services kept working during the attack: 32 MiB went through and 200 echoes
+/// came back, and neither was starved (a tenth of the throughput, fifty times the latency).
+/// How much an attack costs is for a benchmark to measure; the margins here only tell a
+/// starved service from a loaded machine.
 fn assert_undisturbed(attack: &str, before: Health, during: Health) {
     eprintln!(
         "{attack}: before {:.0} MB/s p50 {:?}; during {:.0} MB/s p50 {:?}",
@@ -95,13 +99,13 @@ fn assert_undisturbed(attack: &str, before: Health, during: Health) {
         during.p50
     );
     assert!(
-        during.bytes_per_sec >= 0.5 * before.bytes_per_sec,
+        during.bytes_per_sec >= 0.1 * before.bytes_per_sec,
         "{attack}: throughput fell from {:.0} to {:.0} MB/s",
         before.bytes_per_sec / 1e6,
         during.bytes_per_sec / 1e6
     );
     assert!(
-        during.p50 <= before.p50 * 20 + Duration::from_millis(20),
+        during.p50 <= before.p50 * 50 + Duration::from_millis(50),
         "{attack}: latency rose from {:?} to {:?}",
         before.p50,
         during.p50

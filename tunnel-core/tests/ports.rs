@@ -39,13 +39,13 @@ async fn ports_outside_the_allow_list_are_refused_per_client() {
     let allowed = free_port();
     let other = free_port();
     let server = start_server(|config| {
-        config.allow_ports = format!("{allowed}").parse().unwrap();
+        config.policy.allow_ports = format!("{allowed}").parse().unwrap();
         config.credentials = Credentials::default()
             .with_shared(Token::new(TOKEN).unwrap())
             .with_client("kube", Token::new("kube-secret-0123456789").unwrap());
         let mut policy = ClientPolicy::default();
         policy.allow_ports = Some(format!("{other}").parse().unwrap());
-        config.clients.insert("kube".into(), policy);
+        config.policy.clients.insert("kube".into(), policy);
     })
     .await;
     let echo = echo_target().await;

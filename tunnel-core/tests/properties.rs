@@ -269,7 +269,7 @@ proptest! {
                 prop_assert_eq!(setup.config.session.max_message_size, message);
                 prop_assert_eq!(setup.config.max_unauthenticated, pending);
             }
-            Err(ConfigError::Invalid { key, message: why }) => {
+            Err(ConfigError::Invalid { key, source: why }) => {
                 prop_assert!(out_of_range.contains(&key), "rejected `{}` ({}); out of range: {:?}", key, why, out_of_range);
             }
             Err(other) => prop_assert!(false, "expected an invalid-key error, got: {}", other),

@@ -153,10 +153,10 @@ fn mixed_server(cp_rules: &'static [&'static str]) -> impl FnOnce(&mut ServerCon
             .with_client("worker-1", Token::new("worker-1-token-0a9b").unwrap());
         let mut cp = ClientPolicy::default();
         cp.allow_visit = cp_rules.iter().map(|r| r.parse().unwrap()).collect();
-        config.clients.insert("cp".into(), cp);
+        config.policy.clients.insert("cp".into(), cp);
         let mut worker = ClientPolicy::default();
         worker.allow_expose = vec!["kubelet".parse().unwrap()];
-        config.clients.insert("worker-1".into(), worker);
+        config.policy.clients.insert("worker-1".into(), worker);
     }
 }
 

@@ -91,11 +91,11 @@ fn kube_server(config: &mut tunnel_core::server::ServerConfig) {
         .with_client("worker-2", Token::new("w2-secret-0123456789").unwrap());
     let mut cp = ClientPolicy::default();
     cp.allow_visit = vec!["worker-1/kubelet".parse().unwrap()];
-    config.clients.insert("cp".into(), cp);
+    config.policy.clients.insert("cp".into(), cp);
     for worker in ["worker-1", "worker-2"] {
         let mut policy = ClientPolicy::default();
         policy.allow_expose = vec!["kubelet".parse().unwrap()];
-        config.clients.insert(worker.into(), policy);
+        config.policy.clients.insert(worker.into(), policy);
     }
 }
 
@@ -137,9 +137,10 @@ async fn a_visit_denied_by_the_rules_closes_promptly_while_an_allowed_one_works(
 async fn server_side_targets_need_the_allow_list() {
     let echo = echo_target().await;
     let other = echo_target().await;
-    let server =
-        start_server(|config| config.allow_targets = format!("127.0.0.1:{}", echo.port()).parse().unwrap())
-            .await;
+    let server = start_server(|config| {
+        config.policy.allow_targets = format!("127.0.0.1:{}", echo.port()).parse().unwrap()
+    })
+    .await;
     let config =
         with_locals(server.client_config("direct", &[]), &[format!("0:{echo}"), format!("0:{other}")]);
     let (mut client, locals) = start_client_with_locals(config).await;

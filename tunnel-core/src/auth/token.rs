@@ -48,7 +48,7 @@ pub enum TokenError {
     #[error("token is longer than {MAX_TOKEN_LEN} bytes")]
     TooLong,
     /// The token file could not be read.
-    #[error("cannot read token file {path}: {source}")]
+    #[error("cannot read token file {path}")]
     File {
         /// Path of the file.
         path: String,

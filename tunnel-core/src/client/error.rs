@@ -45,7 +45,7 @@ pub enum ClientError {
         message: String,
     },
     /// A local forward could not listen.
-    #[error("cannot listen for local forward {spec}: {source}")]
+    #[error("cannot listen for local forward {spec}")]
     Bind {
         /// The forward as configured.
         spec: String,
@@ -93,17 +93,18 @@ pub(super) fn classify_tls(err: std::io::Error) -> Failure {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
             match other.0.downcast_ref::<FingerprintMismatch>() {
                 Some(mismatch) => ClientError::ServerCertificate(format!(
-                    "{mismatch} (check --fingerprint; the server prints its fingerprint at start)"
+                    "{mismatch} (check the pinned fingerprint; the server prints its own at start)"
                 ))
                 .into(),
                 None => ClientError::ServerCertificate(other.to_string()).into(),
             }
         }
-        rustls::Error::InvalidCertificate(cert) => {
-            ClientError::ServerCertificate(format!("{cert:?} (check --ca, or pin with --fingerprint)")).into()
-        }
+        rustls::Error::InvalidCertificate(cert) => ClientError::ServerCertificate(format!(
+            "{cert:?} (check the CA, or pin the server's fingerprint)"
+        ))
+        .into(),
         rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::Protocol(
-            "the server does not speak TLS on this port (is it running with --insecure-plaintext?)".into(),
+            "the server does not speak TLS on this port (is it running in plaintext mode?)".into(),
         )
         .into(),
         other => ClientError::Protocol(format!("TLS handshake failed: {other}")).into(),
@@ -126,18 +127,20 @@ pub(super) fn classify_session(err: SessionError) -> Failure {
             "the server could not prove it knows the token (different tokens, or not our server)".into(),
         )
         .into(),
-        SessionError::Handshake(other) => {
-            ClientError::Protocol(format!("{other} (is this a tunnel server, and TLS on on both sides?)"))
-                .into()
-        }
-        SessionError::Frame(FrameError::TooLarge(_)) => {
-            ClientError::Protocol(format!("{err} (is this a tunnel server, and TLS on on both sides?)"))
-                .into()
-        }
+        SessionError::Handshake(other) => ClientError::Protocol(format!(
+            "{} (is this a tunnel server, and TLS on on both sides?)",
+            crate::log::Chain(&other)
+        ))
+        .into(),
+        SessionError::Frame(FrameError::TooLarge(_)) => ClientError::Protocol(format!(
+            "{} (is this a tunnel server, and TLS on on both sides?)",
+            crate::log::Chain(&err)
+        ))
+        .into(),
         SessionError::Frame(FrameError::Closed) => {
             Failure::Transient("the server closed the connection during the handshake".into())
         }
-        other => Failure::Transient(format!("handshake failed: {other}")),
+        other => Failure::Transient(format!("handshake failed: {}", crate::log::Chain(&other))),
     }
 }
 

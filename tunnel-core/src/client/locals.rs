@@ -93,7 +93,7 @@ async fn carry(
     opener: Option<StreamOpener>,
 ) -> Result<(), String> {
     let opener = opener.filter(|o| !o.is_closed()).ok_or("not connected to the server")?;
-    let stream = opener.open().await.map_err(|e| e.to_string())?;
+    let stream = opener.open().await.map_err(|e| crate::log::Chain(&e).to_string())?;
     let (mut from_server, mut to_server) = tokio::io::split(stream);
     let header = StreamHeader::LocalForward { target: target.clone(), visitor }.encode();
     to_server.write_all(&header).await.map_err(|e| e.to_string())?;

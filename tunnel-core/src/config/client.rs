@@ -1,18 +1,30 @@
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::server::{positive_duration, secret};
+use super::server::{check_secret, positive_duration, secret};
 use super::{default_client_name, invalid, window_growth, ConfigError, HumanDuration, SecretString};
+use crate::auth::Token;
 use crate::client::{Backoff, ClientConfig};
-use crate::forward::{RemoteForwardSpec, ServiceSpec};
+use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::proto::validate_name;
 use crate::tls::{client_config, Fingerprint, ServerTrust};
 use crate::transport::ClientTransport;
 
-/// The client's configuration file (`tunnel-cli connect --config FILE`). Flags given on the
-/// command line override it.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// The client's configuration file (`tunnel-cli connect --config FILE`): plain data.
+/// [`ClientFile::validate`] checks it without touching the disk; [`ClientFile::build`] also
+/// reads the token and CA files.
+///
+/// ```
+/// use tunnel_core::config::ClientFile;
+/// let text = "server = \"tunnel.example.com:7700\"\ntoken_file = \"/run/token\"\n\
+///             fingerprint = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+///             remote = [\"6443:127.0.0.1:6443\", { spec = \"2222:127.0.0.1:22\", idle_timeout = \"1h\" }]\n";
+/// let file = ClientFile::parse(text, "client.toml".as_ref()).unwrap();
+/// file.validate().unwrap();
+/// assert!(file.to_toml().unwrap().contains("idle_timeout = \"1h\""));
+/// ```
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
     /// Server address, `host:port` (required).
@@ -25,20 +37,20 @@ pub struct ClientFile {
     pub name: Option<String>,
     /// Remote forwards, `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`, each a string or a
     /// table with options: `{ spec = "2222:127.0.0.1:22", idle_timeout = "1h" }`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote: Vec<RemoteEntry>,
     /// Local forwards, `[BIND_ADDR:]PORT:CLIENT/SERVICE` or `[BIND_ADDR:]PORT:HOST:PORT`.
-    #[serde(default)]
-    pub local: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<LocalForwardSpec>,
     /// Private services, `SERVICE=HOST:PORT`.
-    #[serde(default)]
-    pub expose: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<ServiceSpec>,
     /// Pinned SHA-256 fingerprint of the server certificate.
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Fingerprint>,
     /// PEM file of CA certificates to verify the server with.
     pub ca: Option<PathBuf>,
     /// Connect without TLS; the server must opt in too (default false).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
     /// TCP connect + TLS + handshake time limit (default `10s`).
     pub handshake_timeout: Option<HumanDuration>,
@@ -48,46 +60,48 @@ pub struct ClientFile {
     /// each, as yamux tunes them toward the link's bandwidth-delay product (default 16).
     pub max_receive_window_mib: Option<usize>,
     /// Reconnect policy.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ReconnectFile::is_unset")]
     pub reconnect: ReconnectFile,
 }
 
 /// One `remote` entry: a spec alone, or a table with the spec and per-forward options.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 pub enum RemoteEntry {
     /// `"8080:127.0.0.1:80"`.
-    Spec(String),
+    Spec(RemoteForwardSpec),
     /// `{ spec = "2222:127.0.0.1:22", idle_timeout = "1h" }`.
     WithOptions(RemoteOptions),
 }
 
 /// A remote forward written as a table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteOptions {
     /// `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`.
-    pub spec: String,
+    pub spec: RemoteForwardSpec,
     /// Cut a visitor after this long without a byte either way (default: never).
     pub idle_timeout: Option<HumanDuration>,
 }
 
 impl RemoteEntry {
     fn build(&self) -> Result<RemoteForwardSpec, ConfigError> {
-        let (text, options) = match self {
-            Self::Spec(text) => (text, None),
-            Self::WithOptions(options) => (&options.spec, Some(options)),
-        };
-        let mut spec: RemoteForwardSpec = text.parse().map_err(|e| invalid("remote", e))?;
-        if let Some(idle) = options.and_then(|o| o.idle_timeout) {
-            if idle.0.is_zero() {
-                return Err(invalid(
-                    "remote.idle_timeout",
-                    "must be more than 0 (leave it out for no timeout)",
-                ));
+        match self {
+            Self::Spec(spec) => Ok(spec.clone()),
+            Self::WithOptions(RemoteOptions { spec, idle_timeout }) => {
+                let mut spec = spec.clone();
+                if let Some(idle) = idle_timeout {
+                    if idle.0.is_zero() {
+                        return Err(invalid(
+                            "remote.idle_timeout",
+                            "must be more than 0 (leave it out for no timeout)",
+                        ));
+                    }
+                    spec.idle_timeout = Some(idle.0);
+                }
+                Ok(spec)
             }
-            spec.idle_timeout = Some(idle.0);
         }
-        Ok(spec)
     }
 }
 
@@ -102,7 +116,7 @@ impl<'de> serde::Deserialize<'de> for RemoteEntry {
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RemoteEntry, E> {
-                Ok(RemoteEntry::Spec(text.to_owned()))
+                text.parse().map(RemoteEntry::Spec).map_err(E::custom)
             }
 
             fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<RemoteEntry, M::Error> {
@@ -115,7 +129,7 @@ impl<'de> serde::Deserialize<'de> for RemoteEntry {
 }
 
 /// `[reconnect]`: exponential backoff with jitter between attempts.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectFile {
     /// First delay (default `500ms`).
@@ -124,6 +138,20 @@ pub struct ReconnectFile {
     pub max: Option<HumanDuration>,
     /// Consecutive failures before giving up; 0 retries forever (default 0).
     pub max_attempts: Option<u32>,
+}
+
+impl ReconnectFile {
+    /// Whether every setting is left at its default.
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How the client verifies the server.
+enum Trust<'a> {
+    Plaintext,
+    Pinned(&'a Fingerprint),
+    Ca(&'a Path),
 }
 
 impl ClientFile {
@@ -137,53 +165,85 @@ impl ClientFile {
         super::parse(text, origin)
     }
 
-    /// Validates everything into a runtime configuration.
+    /// Writes the file back as TOML (the token included, as given).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Checks everything that can be checked without the disk; the token and CA files are
+    /// [`ClientFile::build`]'s.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let server = self.server()?;
+        check_secret("token", self.token.as_ref(), self.token_file.as_deref())?;
+        if self.token.is_none() && self.token_file.is_none() {
+            return Err(ConfigError::Missing { key: "token", why: "the token to authenticate with" });
+        }
+        let trust = self.trust()?;
+        if !matches!(trust, Trust::Plaintext) {
+            crate::transport::server_name(server).map_err(|e| invalid("server", e))?;
+        }
+        // Any token will do to check the rest.
+        self.runtime(Token::generate(), ClientTransport::Plaintext).map(drop)
+    }
+
+    /// Validates everything, then reads the token and CA files into a runtime configuration.
     pub fn build(self) -> Result<ClientConfig, ConfigError> {
+        self.validate()?;
+        let server = self.server()?;
+        let token = secret("token", self.token.as_ref(), self.token_file.as_deref())?
+            .ok_or(ConfigError::Missing { key: "token", why: "the token to authenticate with" })?;
+        let transport = match self.trust()? {
+            Trust::Plaintext => ClientTransport::Plaintext,
+            Trust::Pinned(fp) => tls_transport(&ServerTrust::Pinned(*fp), server)?,
+            Trust::Ca(path) => tls_transport(&ServerTrust::ca_file(path)?, server)?,
+        };
+        self.runtime(token, transport)
+    }
+
+    fn server(&self) -> Result<&str, ConfigError> {
         let server = self
             .server
-            .ok_or_else(|| ConfigError::Missing("no server address: pass --server HOST:PORT".into()))?;
+            .as_deref()
+            .ok_or(ConfigError::Missing { key: "server", why: "the server's address, HOST:PORT" })?;
         if !server.contains(':') || server.ends_with(':') {
             return Err(invalid("server", format!("{server:?} is not HOST:PORT")));
         }
-        let token = secret("token", self.token.as_ref(), self.token_file.as_deref())?.ok_or_else(|| {
-            ConfigError::Missing(
-                "no token: pass --token, set TUNNEL_TOKEN, or set `token`/`token_file`".into(),
-            )
-        })?;
-        let name = self.name.unwrap_or_else(default_client_name);
+        Ok(server)
+    }
+
+    fn trust(&self) -> Result<Trust<'_>, ConfigError> {
+        match (self.insecure_plaintext, &self.fingerprint, &self.ca) {
+            (true, None, None) => Ok(Trust::Plaintext),
+            (true, _, _) => Err(ConfigError::Conflict(
+                "`insecure_plaintext` cannot be combined with `fingerprint`/`ca`".into(),
+            )),
+            (false, Some(_), Some(_)) => {
+                Err(ConfigError::Conflict("give `fingerprint` or `ca`, not both".into()))
+            }
+            (false, Some(fp), None) => Ok(Trust::Pinned(fp)),
+            (false, None, Some(ca)) => Ok(Trust::Ca(ca)),
+            (false, None, None) => Err(ConfigError::Missing {
+                key: "fingerprint",
+                why: "the server's certificate must be verified: set `fingerprint` or `ca` \
+                      (or `insecure_plaintext` on both sides)",
+            }),
+        }
+    }
+
+    /// The runtime configuration around an already-read token and transport: pure.
+    fn runtime(&self, token: Token, transport: ClientTransport) -> Result<ClientConfig, ConfigError> {
+        let server = self.server()?.to_owned();
+        let name = self.name.clone().unwrap_or_else(default_client_name);
         validate_name(&name).map_err(|e| invalid("name", e))?;
         let remotes = self.remote.iter().map(RemoteEntry::build).collect::<Result<Vec<_>, _>>()?;
-        let locals = parse_all("local", &self.local)?;
-        let services: Vec<ServiceSpec> = parse_all("expose", &self.expose)?;
         let mut names = std::collections::HashSet::new();
-        if let Some(dup) = services.iter().find(|s| !names.insert(&s.name)) {
+        if let Some(dup) = self.expose.iter().find(|s| !names.insert(&s.name)) {
             return Err(invalid("expose", format!("service {:?} is listed twice", dup.name)));
         }
-
-        let transport = match (self.insecure_plaintext, self.fingerprint, self.ca) {
-            (true, None, None) => ClientTransport::Plaintext,
-            (true, _, _) => {
-                return Err(ConfigError::Conflict("`insecure_plaintext` cannot be combined with `fingerprint`/`ca`".into()))
-            }
-            (false, Some(_), Some(_)) => return Err(ConfigError::Conflict("give `fingerprint` or `ca`, not both".into())),
-            (false, Some(fp), None) => {
-                let fp: Fingerprint = fp.parse().map_err(|e| invalid("fingerprint", e))?;
-                tls_transport(&ServerTrust::Pinned(fp), &server)?
-            }
-            (false, None, Some(ca)) => tls_transport(&ServerTrust::ca_file(&ca)?, &server)?,
-            (false, None, None) => {
-                return Err(ConfigError::Missing(
-                    "the server's certificate must be verified: pass --fingerprint (printed by `tunnel-cli serve`) \
-                     or --ca PEM (or --insecure-plaintext on both sides)"
-                        .into(),
-                ))
-            }
-        };
-
         let mut config = ClientConfig::new(server, name, token, transport);
         config.remotes = remotes;
-        config.locals = locals;
-        config.services = services;
+        config.locals = self.local.clone();
+        config.services = self.expose.clone();
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = positive_duration("handshake_timeout", d)?;
         }
@@ -204,13 +264,6 @@ impl ClientFile {
         }
         Ok(config)
     }
-}
-
-fn parse_all<T: std::str::FromStr>(key: &'static str, items: &[String]) -> Result<Vec<T>, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    items.iter().map(|i| i.parse::<T>().map_err(|e| invalid(key, e))).collect()
 }
 
 fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, ConfigError> {
@@ -267,7 +320,7 @@ mod tests {
             ("{ spec = \"nonsense\" }", "remote"),
             ("42", "a forward spec string or a table"),
         ] {
-            let err = build(&format!("{base}remote = [{entry}]\n")).unwrap_err().to_string();
+            let err = build(&format!("{base}remote = [{entry}]\n")).unwrap_err().chain();
             assert!(err.contains(needle), "{entry}: {err}");
         }
     }
@@ -275,9 +328,9 @@ mod tests {
     #[test]
     fn missing_and_conflicting_settings_are_explained() {
         let cases = [
-            (format!("token = \"config-test-token-0123\"\nfingerprint = \"{FP}\""), "--server"),
-            (format!("server = \"h:1\"\nfingerprint = \"{FP}\""), "no token"),
-            ("server = \"h:1\"\ntoken = \"config-test-token-0123\"".to_owned(), "--fingerprint"),
+            (format!("token = \"config-test-token-0123\"\nfingerprint = \"{FP}\""), "missing `server`"),
+            (format!("server = \"h:1\"\nfingerprint = \"{FP}\""), "missing `token`"),
+            ("server = \"h:1\"\ntoken = \"config-test-token-0123\"".to_owned(), "missing `fingerprint`"),
             (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nca = \"x.pem\""), "not both"),
             (
                 format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\ninsecure_plaintext = true"),
@@ -312,8 +365,10 @@ mod tests {
             (format!("server = \"h:1\"\ntoken = 1234567890123456\nfingerprint = \"{FP}\""), "value not shown"),
         ];
         for (text, needle) in cases {
-            let err = build(&text).unwrap_err().to_string();
+            let err = build(&text).unwrap_err().chain();
             assert!(err.contains(needle), "{text}: {err}");
+            // The library speaks of keys; flags are the CLI's to mention.
+            assert!(!err.contains("--"), "{text}: {err}");
         }
     }
 }

@@ -1,13 +1,13 @@
 //! `[limits]` of the server's configuration: caps that keep one peer from exhausting the server.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::server::positive_duration;
 use super::{invalid, window_growth, ConfigError, HumanDuration};
 use crate::server::ServerConfig;
 
 /// `[limits]`: caps that keep one peer from exhausting the server.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerLimits {
     /// From TCP accept to authenticated session (default `10s`).
@@ -45,6 +45,11 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
+    /// Whether every limit is left at its default.
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+
     /// Checks every limit and writes it into `config`.
     pub(super) fn apply(&self, config: &mut ServerConfig) -> Result<(), ConfigError> {
         let positive = |key: &'static str, v: Option<usize>| match v {

@@ -7,6 +7,7 @@ mod duration;
 mod limits;
 mod secret;
 mod server;
+mod text;
 
 use std::path::{Path, PathBuf};
 
@@ -16,42 +17,55 @@ pub use limits::ServerLimits;
 pub use secret::SecretString;
 pub use server::{ClientEntry, ServerFile, ServerSetup, TokenSource};
 
+/// A boxed error, the cause of an invalid value.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a configuration could not be loaded or validated.
+///
+/// Each error names the key at fault and keeps its cause as its [`source`](std::error::Error::source)
+/// (print the chain, e.g. with [`crate::log::Chain`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Underlying error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for this schema (unknown key, wrong type...).
-    #[error("{path}: {message}")]
+    /// The file is not valid TOML for this schema (unknown key, wrong type, bad value...).
+    #[error("{}{}: {message}", path.display(), at.as_deref().unwrap_or_default())]
     Parse {
         /// The file.
         path: PathBuf,
-        /// Parser message, naming the offending key.
+        /// Where: ` (line N, `key`)`, when known.
+        at: Option<String>,
+        /// Parser message.
         message: String,
     },
     /// A value is invalid.
-    #[error("invalid `{key}`: {message}")]
+    #[error("invalid `{key}`")]
     Invalid {
-        /// The key (or flag) at fault.
+        /// The key at fault (`clients.allow_bind`, `limits.max_sessions`).
         key: &'static str,
         /// What is wrong.
-        message: String,
+        source: BoxError,
     },
     /// Two settings contradict each other.
     #[error("{0}")]
     Conflict(String),
     /// A required setting is missing.
-    #[error("{0}")]
-    Missing(String),
+    #[error("missing `{key}`: {why}")]
+    Missing {
+        /// The key (or one of the keys) that would provide it.
+        key: &'static str,
+        /// What it is needed for.
+        why: &'static str,
+    },
     /// The state directory could not be used.
-    #[error("state directory {path}: {source}")]
+    #[error("state directory {path}")]
     StateDir {
         /// The directory or file.
         path: PathBuf,
@@ -59,12 +73,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A certificate or key could not be loaded or generated.
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] crate::tls::TlsError),
 }
 
-fn invalid(key: &'static str, err: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Invalid { key, message: err.to_string() }
+fn invalid(key: &'static str, reason: impl Into<BoxError>) -> ConfigError {
+    ConfigError::Invalid { key, source: reason.into() }
 }
 
 /// Largest accepted `max_receive_window_mib`: a session could buffer this much for streams
@@ -90,13 +104,36 @@ fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
 fn parse<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: origin.to_owned(),
-        message: e.message().to_owned() + &e.span().map(|s| location(text, s.start)).unwrap_or_default(),
+        at: e.span().map(|s| location(text, s.start)),
+        message: e.message().to_owned(),
     })
 }
 
+/// ` (line N, `table.key`)` for a byte offset: the key is the one on that line, under the last
+/// table header above it. Only the key is shown, never the value (it may be a token).
 fn location(text: &str, offset: usize) -> String {
-    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
-    format!(" (line {line})")
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let key = line_text.split_once('=').map(|(k, _)| k.trim()).filter(|k| is_key(k));
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim())
+        .filter(|t| is_key(t));
+    match (table, key) {
+        (Some(table), Some(key)) => format!(" (line {line}, `{table}.{key}`)"),
+        (None, Some(key)) => format!(" (line {line}, `{key}`)"),
+        _ => format!(" (line {line})"),
+    }
+}
+
+fn is_key(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 /// Where state (generated certificate, generated token) lives when `state_dir` is not set:
@@ -135,5 +172,13 @@ pub fn default_client_name() -> String {
         "client".into()
     } else {
         cleaned
+    }
+}
+
+#[cfg(test)]
+impl ConfigError {
+    /// The message with its causes, as the CLI prints it.
+    fn chain(&self) -> String {
+        crate::log::Chain(self).to_string()
     }
 }

@@ -1,23 +1,36 @@
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{default_state_dir, invalid, ConfigError, HumanDuration, SecretString, ServerLimits};
 use crate::auth::{Credentials, Token};
-use crate::forward::{Glob, PortSet, TargetRules};
+use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
 use crate::proto::validate_name;
-use crate::server::{ClientPolicy, ServerConfig};
+use crate::server::{ClientPolicy, Policy, ServerConfig};
 use crate::tls::{server_config, Fingerprint, ServerIdentity};
 
 /// Name of the generated token inside the state directory.
 const TOKEN_FILE: &str = "token";
 /// Name of the port lease table inside the state directory.
 const LEASE_FILE: &str = "leases.toml";
+/// Where clients connect when `listen` is not set.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7700";
 
-/// The server's configuration file (`tunnel-cli serve --config FILE`). Every field is optional;
-/// flags given on the command line override it.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// The server's configuration file (`tunnel-cli serve --config FILE`): plain data, every field
+/// optional. [`ServerFile::validate`] checks it without touching the disk;
+/// [`ServerFile::build`] also reads token files and provisions the state directory.
+///
+/// ```
+/// use tunnel_core::config::ServerFile;
+/// let text = "allow_ports = \"6443,10000-10100\"\n[[clients]]\nname = \"cp\"\ntoken_file = \"/run/cp\"\nports = \"6443\"\n";
+/// let file = ServerFile::parse(text, "server.toml".as_ref()).unwrap();
+/// file.validate().unwrap();
+/// assert_eq!(ServerFile::parse(&file.to_toml().unwrap(), "again".as_ref()).unwrap().to_toml().unwrap(), file.to_toml().unwrap());
+/// ```
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// Address to accept clients on (default `0.0.0.0:7700`).
@@ -35,18 +48,18 @@ pub struct ServerFile {
     /// Extra DNS names or IPs for the generated certificate (only used when it is first made).
     pub tls_names: Option<Vec<String>>,
     /// Ports clients may bind, e.g. `6443,10000-10100` (default `1024-65535`).
-    pub allow_ports: Option<String>,
+    pub allow_ports: Option<PortSet>,
     /// Targets the server may dial for local forwards, e.g. `127.0.0.1:6443,10.0.0.0/8:10250`
     /// (default: none).
-    pub allow_targets: Option<String>,
+    pub allow_targets: Option<TargetRules>,
     /// Run without TLS; clients must opt in too (default false).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
     /// Address forwards bind when the client names none (default `0.0.0.0`).
-    pub bind_addr: Option<String>,
+    pub bind_addr: Option<IpAddr>,
     /// Addresses clients may ask their forwards to bind, e.g. `["127.0.0.1", "::1"]`
     /// (default: just `bind_addr`). A client naming any other address is refused.
-    pub allow_bind: Option<Vec<String>>,
+    pub allow_bind: Option<Vec<IpAddr>>,
     /// How long a departed client's ports stay reserved for it (default `60s`).
     pub port_grace: Option<HumanDuration>,
     /// Heartbeat interval sent to clients (default `10s`).
@@ -54,15 +67,15 @@ pub struct ServerFile {
     /// Silence after which a client is declared dead (default `30s`).
     pub heartbeat_timeout: Option<HumanDuration>,
     /// Abuse limits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ServerLimits::is_unset")]
     pub limits: ServerLimits,
     /// Clients with their own tokens and port lists.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<ClientEntry>,
 }
 
 /// `[[clients]]`: one client with its own token; only it can authenticate under its name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientEntry {
     /// The client's name (`--name` on its side).
@@ -72,22 +85,22 @@ pub struct ClientEntry {
     /// File holding its token.
     pub token_file: Option<PathBuf>,
     /// Ports it may bind (default: the server-wide `allow_ports`).
-    pub allow_ports: Option<String>,
+    pub allow_ports: Option<PortSet>,
     /// Services it may visit, as `CLIENT/SERVICE` globs such as `worker-*/kubelet`, matching only
     /// clients with their own token; `shared:CLIENT/SERVICE` matches clients on the shared token
     /// (default: none).
-    #[serde(default)]
-    pub allow_visit: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_visit: Vec<VisitRule>,
     /// Service names it may expose, as globs (default: none).
-    #[serde(default)]
-    pub allow_expose: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_expose: Vec<Glob>,
     /// Targets the server may dial for it (default: the server-wide `allow_targets`).
-    pub allow_targets: Option<String>,
+    pub allow_targets: Option<TargetRules>,
     /// Ports it owns, e.g. `6443`: no other client can ever bind them, whether this one is
     /// online, offline or the server restarted; they are also allowed to it (default: none).
-    pub ports: Option<String>,
+    pub ports: Option<PortSet>,
     /// Addresses its forwards may bind (default: the server-wide `allow_bind`).
-    pub allow_bind: Option<Vec<String>>,
+    pub allow_bind: Option<Vec<IpAddr>>,
 }
 
 /// Where the shared token came from, which decides whether it may be shown.
@@ -129,25 +142,31 @@ impl ServerFile {
         super::parse(text, origin)
     }
 
-    /// Validates everything; loads or generates the certificate and, when no token is
-    /// configured at all, loads or generates the shared token in the state directory.
+    /// Writes the file back as TOML (tokens included, as given).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Checks everything that can be checked without the disk: keys, values, and how they fit
+    /// together. Token files, certificates and the state directory are [`ServerFile::build`]'s.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_tokens()?;
+        self.tls_choice()?;
+        self.runtime(Credentials::default(), None).map(drop)
+    }
+
+    /// Validates everything, then reads token files, loads or generates the certificate and,
+    /// when no token is configured at all, loads or generates the shared token in the state
+    /// directory.
     pub fn build(self) -> Result<ServerSetup, ConfigError> {
+        self.validate()?;
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
-        let allow_ports = parse_ports("allow_ports", self.allow_ports.as_deref())?;
         let mut credentials = Credentials::default();
-        let mut policies = std::collections::HashMap::new();
-        let mut seen = HashSet::new();
         for entry in &self.clients {
-            validate_name(&entry.name).map_err(|e| invalid("clients.name", e))?;
-            if !seen.insert(entry.name.clone()) {
-                return Err(invalid("clients.name", format!("client {:?} is listed twice", entry.name)));
-            }
-            let token = secret("clients.token", entry.token.as_ref(), entry.token_file.as_deref())?
-                .ok_or_else(|| {
-                    ConfigError::Missing(format!("client {:?} needs `token` or `token_file`", entry.name))
-                })?;
+            let token = secret("clients.token", entry.token.as_ref(), entry.token_file.as_deref())?.ok_or(
+                ConfigError::Missing { key: "clients.token", why: "a client entry needs its token" },
+            )?;
             credentials = credentials.with_client(&entry.name, token);
-            policies.insert(entry.name.clone(), entry.policy()?);
         }
         let (shared_token, token_source) =
             match secret("token", self.token.as_ref(), self.token_file.as_deref())? {
@@ -161,28 +180,34 @@ impl ServerFile {
         if let Some(token) = &shared_token {
             credentials = credentials.with_shared(token.clone());
         }
-
-        let (tls, fingerprint) = self.tls(&state_dir)?;
-        let mut config = ServerConfig::new(credentials, tls);
-        config.allow_ports = allow_ports;
-        config.allow_targets =
-            parse_targets("allow_targets", self.allow_targets.as_deref())?.unwrap_or_default();
-        config.clients = policies;
-        if let Some(bind) = &self.bind_addr {
-            config.default_bind =
-                bind.parse().map_err(|_| invalid("bind_addr", format!("{bind:?} is not an IP address")))?;
-        }
-        if let Some(list) = &self.allow_bind {
-            config.allow_bind = parse_binds("allow_bind", list)?;
-            if self.bind_addr.is_some() && !config.allow_bind.contains(&config.default_bind) {
-                return Err(ConfigError::Conflict(format!(
-                    "`bind_addr` {} is not in `allow_bind`",
-                    config.default_bind
-                )));
-            }
-        }
-        check_owned_ports(&config.clients)?;
+        let (tls, fingerprint) = match self.tls_choice()? {
+            TlsChoice::Plaintext => (None, None),
+            TlsChoice::Files(cert, key) => identity(ServerIdentity::from_pem_files(cert, key)?)?,
+            TlsChoice::Generated => identity(ServerIdentity::load_or_generate(
+                &state_dir,
+                self.tls_names.as_deref().unwrap_or_default(),
+            )?)?,
+        };
+        let mut config = self.runtime(credentials, tls)?;
         config.lease_file = Some(state_dir.join(LEASE_FILE));
+        Ok(ServerSetup {
+            config,
+            listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            fingerprint,
+            shared_token,
+            token_source,
+        })
+    }
+
+    /// The runtime configuration around already-provisioned credentials and TLS: pure.
+    fn runtime(
+        &self,
+        credentials: Credentials,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<ServerConfig, ConfigError> {
+        check_listen(self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        let mut config = ServerConfig::new(credentials, tls);
+        config.policy = self.policy()?;
         if let Some(d) = self.port_grace {
             config.port_grace = d.0;
         }
@@ -198,94 +223,121 @@ impl ServerFile {
             ));
         }
         self.limits.apply(&mut config)?;
-        Ok(ServerSetup {
-            config,
-            listen: listen_address(self.listen)?,
-            fingerprint,
-            shared_token,
-            token_source,
-        })
+        Ok(config)
     }
 
-    fn tls(
-        &self,
-        state_dir: &Path,
-    ) -> Result<(Option<std::sync::Arc<rustls::ServerConfig>>, Option<Fingerprint>), ConfigError> {
-        let identity = match (self.insecure_plaintext, &self.tls_cert, &self.tls_key) {
-            (true, None, None) => return Ok((None, None)),
-            (true, _, _) => {
-                return Err(ConfigError::Conflict(
-                    "`insecure_plaintext` cannot be combined with `tls_cert`/`tls_key`".into(),
-                ))
+    fn policy(&self) -> Result<Policy, ConfigError> {
+        let mut policy = Policy::default();
+        if let Some(ports) = &self.allow_ports {
+            policy.allow_ports = ports.clone();
+        }
+        policy.allow_targets = self.allow_targets.clone().unwrap_or_default();
+        if let Some(bind) = self.bind_addr {
+            policy.default_bind = bind;
+        }
+        if let Some(list) = &self.allow_bind {
+            check_binds("allow_bind", list)?;
+            if self.bind_addr.is_some() && !list.contains(&policy.default_bind) {
+                return Err(ConfigError::Conflict(format!(
+                    "`bind_addr` {} is not in `allow_bind`",
+                    policy.default_bind
+                )));
             }
-            (false, Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
-            (false, None, None) => {
-                ServerIdentity::load_or_generate(state_dir, self.tls_names.as_deref().unwrap_or_default())?
+            policy.allow_bind = list.clone();
+        }
+        let mut seen = HashSet::new();
+        for entry in &self.clients {
+            validate_name(&entry.name).map_err(|e| invalid("clients.name", e))?;
+            if !seen.insert(entry.name.as_str()) {
+                return Err(invalid("clients.name", format!("client {:?} is listed twice", entry.name)));
             }
-            (false, _, _) => {
-                return Err(ConfigError::Conflict("`tls_cert` and `tls_key` go together".into()))
-            }
-        };
-        let fingerprint = identity.fingerprint();
-        Ok((Some(server_config(identity)?), Some(fingerprint)))
+            policy.clients.insert(entry.name.clone(), entry.policy()?);
+        }
+        check_owned_ports(&self.clients)?;
+        Ok(policy)
     }
+
+    /// Inline tokens are long enough, and no token is given two ways.
+    fn check_tokens(&self) -> Result<(), ConfigError> {
+        check_secret("token", self.token.as_ref(), self.token_file.as_deref())?;
+        for entry in &self.clients {
+            check_secret("clients.token", entry.token.as_ref(), entry.token_file.as_deref())?;
+            if entry.token.is_none() && entry.token_file.is_none() {
+                return Err(ConfigError::Missing {
+                    key: "clients.token",
+                    why: "each client entry needs `token` or `token_file`",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn tls_choice(&self) -> Result<TlsChoice<'_>, ConfigError> {
+        match (self.insecure_plaintext, &self.tls_cert, &self.tls_key) {
+            (true, None, None) => Ok(TlsChoice::Plaintext),
+            (true, _, _) => Err(ConfigError::Conflict(
+                "`insecure_plaintext` cannot be combined with `tls_cert`/`tls_key`".into(),
+            )),
+            (false, Some(cert), Some(key)) => Ok(TlsChoice::Files(cert, key)),
+            (false, None, None) => Ok(TlsChoice::Generated),
+            (false, _, _) => Err(ConfigError::Conflict("`tls_cert` and `tls_key` go together".into())),
+        }
+    }
+}
+
+/// Where the server's certificate comes from.
+enum TlsChoice<'a> {
+    Plaintext,
+    Files(&'a Path, &'a Path),
+    Generated,
+}
+
+fn identity(
+    identity: ServerIdentity,
+) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<Fingerprint>), ConfigError> {
+    let fingerprint = identity.fingerprint();
+    Ok((Some(server_config(identity)?), Some(fingerprint)))
 }
 
 impl ClientEntry {
     fn policy(&self) -> Result<ClientPolicy, ConfigError> {
-        let globs = |key: &'static str, list: &[String]| {
-            list.iter().map(|g| g.parse::<Glob>().map_err(|e| invalid(key, e))).collect::<Result<Vec<_>, _>>()
-        };
+        if let Some(list) = &self.allow_bind {
+            check_binds("clients.allow_bind", list)?;
+        }
         Ok(ClientPolicy {
-            allow_ports: self
-                .allow_ports
-                .as_deref()
-                .map(|p| parse_ports("clients.allow_ports", Some(p)))
-                .transpose()?,
-            allow_visit: self
-                .allow_visit
-                .iter()
-                .map(|r| r.parse().map_err(|e| invalid("clients.allow_visit", e)))
-                .collect::<Result<_, _>>()?,
-            allow_expose: globs("clients.allow_expose", &self.allow_expose)?,
-            allow_targets: parse_targets("clients.allow_targets", self.allow_targets.as_deref())?,
-            ports: self.ports.as_deref().map(|p| parse_ports("clients.ports", Some(p))).transpose()?,
-            allow_bind: self
-                .allow_bind
-                .as_deref()
-                .map(|l| parse_binds("clients.allow_bind", l))
-                .transpose()?,
+            allow_ports: self.allow_ports.clone(),
+            allow_visit: self.allow_visit.clone(),
+            allow_expose: self.allow_expose.clone(),
+            allow_targets: self.allow_targets.clone(),
+            ports: self.ports.clone(),
+            allow_bind: self.allow_bind.clone(),
         })
     }
 }
 
-/// The address to accept clients on, checked to be `HOST:PORT` before anything binds it.
-fn listen_address(listen: Option<String>) -> Result<String, ConfigError> {
-    let listen = listen.unwrap_or_else(|| "0.0.0.0:7700".into());
+/// The address to accept clients on must be `HOST:PORT` before anything binds it.
+fn check_listen(listen: &str) -> Result<(), ConfigError> {
     let valid = listen.rsplit_once(':').is_some_and(|(host, port)| {
         !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
     });
     if valid {
-        Ok(listen)
+        Ok(())
     } else {
-        Err(invalid("listen", format!("{listen:?} is not HOST:PORT (e.g. 0.0.0.0:7700)")))
+        Err(invalid("listen", format!("{listen:?} is not HOST:PORT (e.g. {DEFAULT_LISTEN})")))
     }
 }
 
-fn parse_binds(key: &'static str, list: &[String]) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+fn check_binds(key: &'static str, list: &[IpAddr]) -> Result<(), ConfigError> {
     if list.is_empty() {
         return Err(invalid(key, "must name at least one IP address"));
     }
-    list.iter()
-        .map(|ip| ip.trim().parse().map_err(|_| invalid(key, format!("{ip:?} is not an IP address"))))
-        .collect()
+    Ok(())
 }
 
 /// A port owned by two clients would be owned by neither.
-fn check_owned_ports(clients: &std::collections::HashMap<String, ClientPolicy>) -> Result<(), ConfigError> {
-    let mut owners: Vec<(&String, &PortSet)> =
-        clients.iter().filter_map(|(name, p)| p.ports.as_ref().map(|ports| (name, ports))).collect();
-    owners.sort_by(|a, b| a.0.cmp(b.0));
+fn check_owned_ports(clients: &[ClientEntry]) -> Result<(), ConfigError> {
+    let owners: Vec<(&String, &PortSet)> =
+        clients.iter().filter_map(|c| c.ports.as_ref().map(|ports| (&c.name, ports))).collect();
     for (i, (a, a_ports)) in owners.iter().enumerate() {
         for (b, b_ports) in &owners[i + 1..] {
             if let Some(port) = a_ports.first_shared(b_ports) {
@@ -310,23 +362,28 @@ pub(super) fn positive_duration(
     Ok(d.0)
 }
 
-fn parse_targets(key: &'static str, text: Option<&str>) -> Result<Option<TargetRules>, ConfigError> {
-    text.map(|t| t.parse().map_err(|e| invalid(key, e))).transpose()
+/// A token may be given inline or in a file, not both; an inline one must be a valid token.
+pub(super) fn check_secret(
+    key: &'static str,
+    inline: Option<&SecretString>,
+    file: Option<&Path>,
+) -> Result<(), ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict(format!("give `{key}` or `{key}_file`, not both"))),
+        (Some(text), None) => Token::new(text.expose_secret()).map(drop).map_err(|e| invalid(key, e)),
+        _ => Ok(()),
+    }
 }
 
-fn parse_ports(key: &'static str, text: Option<&str>) -> Result<PortSet, ConfigError> {
-    text.map_or(Ok(PortSet::unprivileged()), |t| t.parse().map_err(|e| invalid(key, e)))
-}
-
-/// A token given inline or in a file (not both).
+/// The token given inline or read from its file.
 pub(super) fn secret(
     key: &'static str,
     inline: Option<&SecretString>,
     file: Option<&Path>,
 ) -> Result<Option<Token>, ConfigError> {
+    check_secret(key, inline, file)?;
     match (inline, file) {
-        (Some(_), Some(_)) => Err(ConfigError::Conflict(format!("give `{key}` or `{key}_file`, not both"))),
-        (Some(text), None) => Token::new(text.expose_secret()).map(Some).map_err(|e| invalid(key, e)),
+        (Some(text), _) => Token::new(text.expose_secret()).map(Some).map_err(|e| invalid(key, e)),
         (None, Some(path)) => Token::from_file(path).map(Some).map_err(|e| invalid(key, e)),
         (None, None) => Ok(None),
     }
@@ -358,10 +415,29 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
-        let err = parse("listen = \"0.0.0.0:1\"\nlisten_port = 3\n").unwrap_err().to_string();
+        let err = parse("listen = \"0.0.0.0:1\"\nlisten_port = 3\n").unwrap_err().chain();
         assert!(err.contains("listen_port") && err.contains("line 2"), "{err}");
-        let err = parse("[limits]\nmax_session_count = 3\n").unwrap_err().to_string();
+        let err = parse("[limits]\nmax_session_count = 3\n").unwrap_err().chain();
         assert!(err.contains("max_session_count"), "{err}");
+    }
+
+    #[test]
+    fn validation_reads_and_writes_nothing_and_build_does_the_disk_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let file = ServerFile {
+            state_dir: Some(state.clone()),
+            token_file: Some(dir.path().join("no-such-token")),
+            ..Default::default()
+        };
+        file.validate().unwrap();
+        assert!(!state.exists(), "validate created the state directory");
+        let err = file.clone().build().unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "token", .. }), "{err:?}");
+        assert!(err.chain().contains("no-such-token"), "{}", err.chain());
+        // The same file with a generated identity: build provisions the state directory.
+        ServerFile { token_file: None, ..file }.build().unwrap();
+        assert!(state.join(TOKEN_FILE).exists());
     }
 
     #[test]
@@ -403,16 +479,16 @@ mod tests {
 
     #[test]
     fn a_mistyped_or_short_token_is_refused_without_echoing_it() {
-        let err = parse("token = 123456789012345678\n").unwrap_err().to_string();
+        let err = parse("token = 123456789012345678\n").unwrap_err().chain();
         assert!(err.contains("expected a string") && err.contains("line 1"), "{err}");
         assert!(!err.contains("123456789012345678"), "{err}");
-        let err = parse("[[clients]]\nname = \"a\"\ntoken = 123456789012345678\n").unwrap_err().to_string();
+        let err = parse("[[clients]]\nname = \"a\"\ntoken = 123456789012345678\n").unwrap_err().chain();
         assert!(!err.contains("123456789012345678"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let err = parse(&format!("state_dir = {:?}\ntoken = \"hunter2\"\n", dir.path()))
             .and_then(ServerFile::build)
             .unwrap_err()
-            .to_string();
+            .chain();
         assert!(err.contains("`token`") && err.contains("at least 16"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
     }
@@ -442,7 +518,10 @@ mod tests {
         assert_eq!(setup.token_source, TokenSource::None);
         assert!(setup.config.credentials.lookup("worker-1").is_some());
         assert!(setup.config.credentials.lookup("other").is_none());
-        assert_eq!(setup.config.clients["worker-1"].allow_ports.as_ref().unwrap().to_string(), "10250");
+        assert_eq!(
+            setup.config.policy.clients["worker-1"].allow_ports.as_ref().unwrap().to_string(),
+            "10250"
+        );
     }
 
     #[test]
@@ -498,7 +577,7 @@ mod tests {
             ("[limits]\nhandshake_timeout = \"0s\"", "invalid `limits.handshake_timeout`"),
         ];
         for (extra, needle) in cases {
-            let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().to_string();
+            let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().chain();
             assert!(err.contains(needle), "{extra}: {err}");
         }
     }

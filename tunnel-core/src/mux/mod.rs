@@ -59,7 +59,7 @@ pub enum MuxError {
     #[error("peer opened streams past the rate limit ({0} refused within a second); closing the connection")]
     StreamFlood(u64),
     /// yamux reported a connection error (I/O failure or peer protocol violation).
-    #[error("multiplexer: {0}")]
+    #[error("multiplexer")]
     Yamux(#[from] yamux::ConnectionError),
 }
 

@@ -25,9 +25,9 @@ enum EstablishError {
     PlaintextClient,
     #[error("TLS client on a plaintext server (answered with a TLS alert)")]
     TlsClient,
-    #[error("TLS handshake failed: {0}")]
-    Tls(std::io::Error),
-    #[error("{0}")]
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error(transparent)]
     Session(#[from] SessionError),
 }
 
@@ -56,7 +56,7 @@ pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         Ok(Ok((session, client))) => super::session::run(shared, session, client, peer, stop).await,
         Ok(Err(err)) => {
             if crate::log::HANDSHAKE_FAILURES.allow() {
-                tracing::info!(%peer, "handshake failed: {}", crate::log::Escaped(&err.to_string()))
+                tracing::info!(%peer, "handshake failed: {}", crate::log::Escaped(&crate::log::Chain(&err).to_string()))
             }
         }
         Err(_) => {
@@ -82,7 +82,7 @@ async fn establish(
             read_and_refuse(
                 &mut tcp,
                 RefuseCode::TlsRequired,
-                "this server requires TLS: connect without --insecure-plaintext",
+                "this server requires TLS; the client connected in plaintext",
             )
             .await;
             return Err(EstablishError::PlaintextClient);

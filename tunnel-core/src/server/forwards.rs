@@ -116,13 +116,13 @@ impl<'s> Forwards<'s> {
         let listener = if port == 0 {
             self.bind_any(id, ip, preferred).await?
         } else {
-            match self.shared.config.may_bind_port(&self.name, self.credential, port) {
+            match self.shared.config.rules(&self.name, self.credential).may_bind_port(port) {
                 PortVerdict::Allowed => self.bind_claimed(id, ip, port).await?,
                 PortVerdict::Owned => {
                     return Err((RefusalCode::PortTaken, format!("port {port} is owned by another client")))
                 }
                 PortVerdict::NotAllowed => {
-                    let allowed = self.shared.config.ports_for(&self.name, self.credential);
+                    let allowed = self.shared.config.rules(&self.name, self.credential).ports();
                     return Err((
                         RefusalCode::PortNotAllowed,
                         format!("port {port} is not allowed for client {:?} (allowed: {allowed})", self.name),
@@ -164,8 +164,8 @@ impl<'s> Forwards<'s> {
     /// The address a forward binds: the one the client asked for if its credential may bind
     /// it, else the server's default for this client.
     fn bind_address(&self, asked: Option<IpAddr>) -> Result<IpAddr, Refusal> {
-        let config = &self.shared.config;
-        let allowed = config.binds_for(&self.name, self.credential);
+        let rules = self.shared.config.rules(&self.name, self.credential);
+        let allowed = rules.bind_addresses();
         match asked {
             Some(ip) if allowed.contains(&ip) => Ok(ip),
             Some(ip) => {
@@ -175,19 +175,15 @@ impl<'s> Forwards<'s> {
                     format!("address {ip} is not allowed for client {:?} (allowed: {list})", self.name),
                 ))
             }
-            None if allowed.contains(&config.default_bind) => Ok(config.default_bind),
-            None => allowed.first().copied().ok_or_else(|| {
-                (RefusalCode::AddressNotAllowed, "the server allows no bind address".to_owned())
-            }),
+            None => Ok(rules.default_bind()),
         }
     }
 
     /// Picks a port: the one the client held before (its hint, else our reservation for this
     /// forward), then random candidates from the allowed set; never a port another client owns.
     async fn bind_any(&self, id: u32, ip: IpAddr, preferred: u16) -> Result<TcpListener, Refusal> {
-        let config = &self.shared.config;
-        let usable =
-            |port: u16| config.may_bind_port(&self.name, self.credential, port) == PortVerdict::Allowed;
+        let rules = self.shared.config.rules(&self.name, self.credential);
+        let usable = |port: u16| rules.may_bind_port(port) == PortVerdict::Allowed;
         let reserved = self.shared.registry.reserved_for(&self.name, id);
         for previous in [Some(preferred).filter(|p| *p != 0), reserved].into_iter().flatten() {
             if usable(previous) {
@@ -196,7 +192,7 @@ impl<'s> Forwards<'s> {
                 }
             }
         }
-        let allowed = config.ports_for(&self.name, self.credential);
+        let allowed = rules.ports();
         for _ in 0..PICK_ATTEMPTS.min(allowed.len().max(1)) {
             let Some(port) = allowed.nth(rand::random_range(0..allowed.len().max(1))) else {
                 break;
@@ -319,7 +315,7 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place
     let mut stream = match carrier.opener.open().await {
         Ok(stream) => stream,
         Err(err) => {
-            tracing::debug!(%visitor, forward_id, "cannot open a stream for the visitor: {err}");
+            tracing::debug!(%visitor, forward_id, "cannot open a stream for the visitor: {}", crate::log::Chain(&err));
             transport::reset_on_close(&tcp);
             return;
         }

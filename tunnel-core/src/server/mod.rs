@@ -10,14 +10,13 @@ mod connection;
 mod forwards;
 pub mod leases;
 mod pending;
+mod policy;
 mod registry;
 mod session;
 mod source;
 mod visits;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{CredentialKind, Credentials};
-use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
 use crate::session::SessionConfig;
 use crate::task::OwnedTask;
+
+pub use policy::{ClientPolicy, ClientRules, Policy, PortVerdict};
 
 /// Server settings. Start from [`ServerConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
@@ -36,13 +36,8 @@ use crate::task::OwnedTask;
 pub struct ServerConfig {
     /// Tokens accepted: shared and per client.
     pub credentials: Credentials,
-    /// Ports a client may bind unless it has its own list (default 1024-65535).
-    pub allow_ports: PortSet,
-    /// Targets the server may dial for local forwards, unless a client has its own list
-    /// (default: none).
-    pub allow_targets: TargetRules,
-    /// What each client with its own token may do, by name.
-    pub clients: HashMap<String, ClientPolicy>,
+    /// What each client may do: ports, bind addresses, services, targets.
+    pub policy: Policy,
     /// TLS configuration; `None` runs plaintext (only with an explicit opt-in).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Heartbeat, message size and stream limits of each session.
@@ -69,11 +64,6 @@ pub struct ServerConfig {
     pub max_sessions_per_shared_token: usize,
     /// How long a departed client's ports stay reserved for its reconnect (default 60 s).
     pub port_grace: Duration,
-    /// Address forwards bind when the client names none (default 0.0.0.0).
-    pub default_bind: IpAddr,
-    /// Addresses a client may ask its forwards to bind, unless it has its own list; empty (the
-    /// default) allows only `default_bind`.
-    pub allow_bind: Vec<IpAddr>,
     /// Where port leases are kept across restarts, so a restart opens no window for squatters;
     /// `None` keeps them in memory only.
     pub lease_file: Option<std::path::PathBuf>,
@@ -84,9 +74,7 @@ impl ServerConfig {
     pub fn new(credentials: Credentials, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         Self {
             credentials,
-            allow_ports: PortSet::unprivileged(),
-            allow_targets: TargetRules::default(),
-            clients: HashMap::new(),
+            policy: Policy::default(),
             tls,
             session: SessionConfig {
                 mux: crate::mux::MuxConfig {
@@ -109,61 +97,13 @@ impl ServerConfig {
             max_sessions: 10_000,
             max_sessions_per_shared_token: 1_000,
             port_grace: Duration::from_secs(60),
-            default_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            allow_bind: Vec::new(),
             lease_file: None,
         }
     }
 
-    /// The client that owns `port` through its `ports` list, if any.
-    fn port_owner(&self, port: u16) -> Option<&str> {
-        self.clients
-            .iter()
-            .find(|(_, p)| p.ports.as_ref().is_some_and(|ports| ports.contains(port)))
-            .map(|(n, _)| n.as_str())
-    }
-
-    /// May this client bind `port`? Owned ports belong to their owner alone (whatever either
-    /// side's `allow_ports` says); other ports follow the client's `allow_ports`.
-    fn may_bind_port(&self, name: &str, credential: CredentialKind, port: u16) -> PortVerdict {
-        match self.port_owner(port) {
-            Some(owner) if owner == name && credential == CredentialKind::PerClient => PortVerdict::Allowed,
-            Some(_) => PortVerdict::Owned,
-            None if self.ports_for(name, credential).contains(port) => PortVerdict::Allowed,
-            None => PortVerdict::NotAllowed,
-        }
-    }
-
-    /// Addresses this client's forwards may bind; the first is used when it names none.
-    fn binds_for(&self, name: &str, credential: CredentialKind) -> &[IpAddr] {
-        match self.policy(name, credential).and_then(|p| p.allow_bind.as_deref()) {
-            Some(list) if !list.is_empty() => list,
-            _ if !self.allow_bind.is_empty() => &self.allow_bind,
-            _ => std::slice::from_ref(&self.default_bind),
-        }
-    }
-
-    fn policy(&self, name: &str, credential: CredentialKind) -> Option<&ClientPolicy> {
-        match credential {
-            CredentialKind::PerClient => self.clients.get(name),
-            CredentialKind::Shared => None,
-        }
-    }
-
-    fn ports_for(&self, name: &str, credential: CredentialKind) -> &PortSet {
-        self.policy(name, credential).and_then(|p| p.allow_ports.as_ref()).unwrap_or(&self.allow_ports)
-    }
-
-    fn targets_for(&self, name: &str, credential: CredentialKind) -> &TargetRules {
-        self.policy(name, credential).and_then(|p| p.allow_targets.as_ref()).unwrap_or(&self.allow_targets)
-    }
-
-    /// Shared-token clients expose any name; a client with its own token only what it is allowed.
-    fn may_expose(&self, name: &str, credential: CredentialKind, service: &str) -> bool {
-        match self.policy(name, credential) {
-            None => credential == CredentialKind::Shared,
-            Some(policy) => policy.allow_expose.iter().any(|g| g.matches(service)),
-        }
+    /// The rules for the client `name` authenticated with `credential`.
+    fn rules<'a>(&'a self, name: &'a str, credential: CredentialKind) -> ClientRules<'a> {
+        self.policy.for_client(name, credential)
     }
 
     /// The credential `name` must hold, from the configuration alone (online or not): its own
@@ -175,47 +115,6 @@ impl ServerConfig {
             CredentialKind::Shared
         }
     }
-
-    /// Shared-token clients form one trust domain and visit each other's services; a client
-    /// with its own token visits `OWNER/SERVICE` only where one of its `allow_visit` rules
-    /// matches, and a plain rule matches only owners with their own token (`shared:` rules name
-    /// shared-token owners). Decided from the configuration alone, so the answer does not
-    /// reveal whether the owner is online or exposes the service.
-    fn may_visit(&self, visitor: &str, credential: CredentialKind, owner: &str, service: &str) -> bool {
-        let owner_shared = self.credential_of(owner) == CredentialKind::Shared;
-        match self.policy(visitor, credential) {
-            None => credential == CredentialKind::Shared && owner_shared,
-            Some(policy) => policy.allow_visit.iter().any(|rule| rule.matches(owner, owner_shared, service)),
-        }
-    }
-}
-
-/// What one client with its own token may do.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct ClientPolicy {
-    /// Ports it may bind; `None` for the server-wide `allow_ports`.
-    pub allow_ports: Option<PortSet>,
-    /// Services it may visit, as `CLIENT/SERVICE` rules (default: none).
-    pub allow_visit: Vec<VisitRule>,
-    /// Service names it may expose, as globs (default: none).
-    pub allow_expose: Vec<Glob>,
-    /// Targets the server may dial for it; `None` for the server-wide `allow_targets`.
-    pub allow_targets: Option<TargetRules>,
-    /// Ports it owns: no other client can ever bind them, online or not (default: none).
-    pub ports: Option<PortSet>,
-    /// Addresses its forwards may bind; `None` for the server-wide list.
-    pub allow_bind: Option<Vec<IpAddr>>,
-}
-
-/// Whether a client may bind a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PortVerdict {
-    Allowed,
-    /// Another client owns it.
-    Owned,
-    /// Outside the client's `allow_ports`.
-    NotAllowed,
 }
 
 /// State shared by every connection task.
@@ -344,7 +243,9 @@ fn restore_leases(registry: &registry::Registry, config: &ServerConfig, path: &s
     match leases::decode(&text) {
         Ok(mut stored) => {
             // A port the configuration now gives to another client is that client's alone.
-            stored.retain(|lease| config.port_owner(lease.port).is_none_or(|owner| owner == lease.owner));
+            stored.retain(|lease| {
+                config.policy.port_owner(lease.port).is_none_or(|owner| owner == lease.owner)
+            });
             registry.restore(&stored);
             tracing::info!("restored {} port leases from {}", stored.len(), path.display());
         }

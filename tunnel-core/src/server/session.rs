@@ -93,7 +93,7 @@ async fn expose(
     service: String,
     control: &crate::session::ControlSender,
 ) {
-    let refused = if !shared.config.may_expose(&client.name, client.credential, &service) {
+    let refused = if !shared.config.rules(&client.name, client.credential).may_expose(&service) {
         let message = format!("client {:?} may not expose a service named {service:?}", client.name);
         Some((RefusalCode::NameNotAllowed, message))
     } else if let Err(cap) = shared.registry.expose(&client.name, session, &service) {

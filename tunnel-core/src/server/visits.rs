@@ -81,7 +81,9 @@ async fn carry(
         VisitTarget::Service { client, service } => {
             // Rules first, from the configuration alone: a refused visitor learns nothing about
             // whether the owner is online or exposes the service.
-            if !shared.config.may_visit(&from.name, from.credential, client, service) {
+            let owner_credential = shared.config.credential_of(client);
+            if !shared.config.rules(&from.name, from.credential).may_visit(client, owner_credential, service)
+            {
                 return Err(StreamReply::refuse(
                     ReplyStatus::Denied,
                     format!("client {:?} may not visit {client}/{service}", from.name),
@@ -97,7 +99,10 @@ async fn carry(
                 StreamReply::refuse(ReplyStatus::Unavailable, why)
             })?;
             let mut upstream = opener.open().await.map_err(|e| {
-                StreamReply::refuse(ReplyStatus::Unavailable, format!("cannot reach client {client:?}: {e}"))
+                StreamReply::refuse(
+                    ReplyStatus::Unavailable,
+                    format!("cannot reach client {client:?}: {}", crate::log::Chain(&e)),
+                )
             })?;
             let header =
                 StreamHeader::ServiceVisit { service: service.clone(), from: from.name.clone(), visitor };
@@ -115,7 +120,7 @@ async fn carry(
             Ok(())
         }
         VisitTarget::Address(addr) => {
-            let rules = shared.config.targets_for(&from.name, from.credential);
+            let rules = shared.config.rules(&from.name, from.credential).targets();
             let resolved = resolve_allowed(addr, rules).await?;
             let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(resolved));
             let mut tcp = match connect.await {

@@ -210,7 +210,7 @@ async fn run(
             // The connection ended; frames it delivered just before (a goodbye) are still
             // buffered in the control stream, so let the reader finish before calling it lost.
             Ok(()) => tokio::time::timeout(DRAIN_TIMEOUT, &mut read).await.unwrap_or(SessionEnd::PeerGone),
-            Err(err) => SessionEnd::ProtocolError(err.to_string()),
+            Err(err) => SessionEnd::ProtocolError(crate::log::Chain(&err).to_string()),
         },
     };
     if end == SessionEnd::Closed {
@@ -250,7 +250,7 @@ async fn read_loop(
             Ok(payload) => payload,
             Err(FrameError::Closed) => return SessionEnd::PeerGone,
             Err(FrameError::Io(_)) => return SessionEnd::PeerGone,
-            Err(err) => return SessionEnd::ProtocolError(err.to_string()),
+            Err(err) => return SessionEnd::ProtocolError(crate::log::Chain(&err).to_string()),
         };
         last_seen.touch();
         let message = match ControlMessage::decode(&payload) {

@@ -67,13 +67,13 @@ impl Default for SessionConfig {
 #[non_exhaustive]
 pub enum SessionError {
     /// The transport failed during the handshake.
-    #[error("{0}")]
+    #[error(transparent)]
     Frame(#[from] FrameError),
     /// The handshake failed (refused, bad proof, malformed peer).
-    #[error("{0}")]
+    #[error(transparent)]
     Handshake(#[from] HandshakeError),
     /// The multiplexer failed before the control stream was up.
-    #[error("{0}")]
+    #[error(transparent)]
     Mux(#[from] MuxError),
     /// The client did not open its control stream in time.
     #[error("peer did not open a control stream")]

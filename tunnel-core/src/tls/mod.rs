@@ -20,7 +20,7 @@ pub const ALPN: &[u8] = b"tunnel/1";
 #[non_exhaustive]
 pub enum TlsError {
     /// A certificate or key file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -36,10 +36,10 @@ pub enum TlsError {
         what: String,
     },
     /// Certificate generation failed.
-    #[error("generating a certificate: {0}")]
+    #[error("generating a certificate")]
     Generate(#[from] rcgen::Error),
     /// rustls rejected the certificate, key or settings.
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
 }
 

@@ -40,7 +40,7 @@ pub fn server_config_with(
     let fingerprint = identity.fingerprint();
     let credentials = Credentials::default().with_shared(Token::new(TOKEN).unwrap());
     let mut config = ServerConfig::new(credentials, Some(server_config(identity).unwrap()));
-    config.default_bind = "127.0.0.1".parse().unwrap();
+    config.policy.default_bind = "127.0.0.1".parse().unwrap();
     configure(&mut config);
     (config, fingerprint, dir)
 }

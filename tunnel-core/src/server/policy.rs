@@ -1,0 +1,242 @@
+//! Authorization: which ports, addresses, services and targets each credential may use.
+//!
+//! Authentication ([`crate::auth::Credentials`]) says who a client is; the [`Policy`] says what
+//! that client may do. Every decision is a pure function of the configuration and the question,
+//! never of who is online, so an answer reveals nothing about other clients.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::auth::CredentialKind;
+use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
+
+/// What clients may do: server-wide rules for shared-token clients and defaults, and the rules
+/// of each client with its own token.
+///
+/// ```
+/// use tunnel_core::auth::CredentialKind;
+/// use tunnel_core::server::{ClientPolicy, Policy, PortVerdict};
+///
+/// let mut policy = Policy::default();
+/// let mut cp = ClientPolicy::default();
+/// cp.ports = Some("6443".parse().unwrap());
+/// policy.clients.insert("control-plane".into(), cp);
+/// let worker = policy.for_client("worker-1", CredentialKind::Shared);
+/// assert_eq!(worker.may_bind_port(6443), PortVerdict::Owned);
+/// assert_eq!(worker.may_bind_port(8080), PortVerdict::Allowed);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Policy {
+    /// Ports a client may bind unless it has its own list (default 1024-65535).
+    pub allow_ports: PortSet,
+    /// Targets the server may dial for local forwards, unless a client has its own list
+    /// (default: none).
+    pub allow_targets: TargetRules,
+    /// Address forwards bind when the client names none (default 0.0.0.0).
+    pub default_bind: IpAddr,
+    /// Addresses a client may ask its forwards to bind, unless it has its own list; empty (the
+    /// default) allows only `default_bind`.
+    pub allow_bind: Vec<IpAddr>,
+    /// What each client with its own token may do, by name.
+    pub clients: HashMap<String, ClientPolicy>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allow_ports: PortSet::unprivileged(),
+            allow_targets: TargetRules::default(),
+            default_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            allow_bind: Vec::new(),
+            clients: HashMap::new(),
+        }
+    }
+}
+
+/// What one client with its own token may do.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ClientPolicy {
+    /// Ports it may bind; `None` for the server-wide `allow_ports`.
+    pub allow_ports: Option<PortSet>,
+    /// Services it may visit, as `CLIENT/SERVICE` rules (default: none).
+    pub allow_visit: Vec<VisitRule>,
+    /// Service names it may expose, as globs (default: none).
+    pub allow_expose: Vec<Glob>,
+    /// Targets the server may dial for it; `None` for the server-wide `allow_targets`.
+    pub allow_targets: Option<TargetRules>,
+    /// Ports it owns: no other client can ever bind them, online or not (default: none).
+    pub ports: Option<PortSet>,
+    /// Addresses its forwards may bind; `None` for the server-wide list.
+    pub allow_bind: Option<Vec<IpAddr>>,
+}
+
+/// Whether a client may bind a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PortVerdict {
+    /// It may.
+    Allowed,
+    /// Another client owns it (its `ports` list).
+    Owned,
+    /// Outside the client's `allow_ports`.
+    NotAllowed,
+}
+
+impl Policy {
+    /// The rules that apply to the client `name` authenticated with `credential`.
+    pub fn for_client<'a>(&'a self, name: &'a str, credential: CredentialKind) -> ClientRules<'a> {
+        let own = match credential {
+            CredentialKind::PerClient => self.clients.get(name),
+            CredentialKind::Shared => None,
+        };
+        ClientRules { policy: self, name, credential, own }
+    }
+
+    /// The client that owns `port` through its `ports` list, if any.
+    pub fn port_owner(&self, port: u16) -> Option<&str> {
+        self.clients
+            .iter()
+            .find(|(_, p)| p.ports.as_ref().is_some_and(|ports| ports.contains(port)))
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// The policy as it applies to one client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRules<'a> {
+    policy: &'a Policy,
+    name: &'a str,
+    credential: CredentialKind,
+    /// Its own entry, if it has its own token and one.
+    own: Option<&'a ClientPolicy>,
+}
+
+impl<'a> ClientRules<'a> {
+    /// May it bind `port`? Owned ports belong to their owner alone (whatever either side's
+    /// `allow_ports` says); other ports follow the client's `allow_ports`.
+    pub fn may_bind_port(&self, port: u16) -> PortVerdict {
+        match self.policy.port_owner(port) {
+            Some(owner) if owner == self.name && self.credential == CredentialKind::PerClient => {
+                PortVerdict::Allowed
+            }
+            Some(_) => PortVerdict::Owned,
+            None if self.ports().contains(port) => PortVerdict::Allowed,
+            None => PortVerdict::NotAllowed,
+        }
+    }
+
+    /// Its `allow_ports` (its own list, or the server-wide one).
+    pub fn ports(&self) -> &'a PortSet {
+        self.own.and_then(|p| p.allow_ports.as_ref()).unwrap_or(&self.policy.allow_ports)
+    }
+
+    /// Addresses its forwards may bind; never empty.
+    pub fn bind_addresses(&self) -> &'a [IpAddr] {
+        match self.own.and_then(|p| p.allow_bind.as_deref()) {
+            Some(list) if !list.is_empty() => list,
+            _ if !self.policy.allow_bind.is_empty() => &self.policy.allow_bind,
+            _ => std::slice::from_ref(&self.policy.default_bind),
+        }
+    }
+
+    /// The address a forward of its binds when it names none: the server's default if allowed
+    /// to it, else the first address it may bind.
+    pub fn default_bind(&self) -> IpAddr {
+        let allowed = self.bind_addresses();
+        if allowed.contains(&self.policy.default_bind) {
+            self.policy.default_bind
+        } else {
+            allowed.first().copied().unwrap_or(self.policy.default_bind)
+        }
+    }
+
+    /// Targets the server may dial for its local forwards.
+    pub fn targets(&self) -> &'a TargetRules {
+        self.own.and_then(|p| p.allow_targets.as_ref()).unwrap_or(&self.policy.allow_targets)
+    }
+
+    /// Shared-token clients expose any name; a client with its own token only what it is allowed.
+    pub fn may_expose(&self, service: &str) -> bool {
+        match self.own {
+            None => self.credential == CredentialKind::Shared,
+            Some(own) => own.allow_expose.iter().any(|g| g.matches(service)),
+        }
+    }
+
+    /// Shared-token clients form one trust domain and visit each other's services; a client
+    /// with its own token visits `OWNER/SERVICE` only where one of its `allow_visit` rules
+    /// matches, and a plain rule matches only owners with their own token (`shared:` rules name
+    /// shared-token owners). `owner` holds `owner_credential` by configuration, online or not,
+    /// so the answer does not reveal whether it is connected.
+    pub fn may_visit(&self, owner: &str, owner_credential: CredentialKind, service: &str) -> bool {
+        let owner_shared = owner_credential == CredentialKind::Shared;
+        match self.own {
+            None => self.credential == CredentialKind::Shared && owner_shared,
+            Some(own) => own.allow_visit.iter().any(|rule| rule.matches(owner, owner_shared, service)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARED: CredentialKind = CredentialKind::Shared;
+    const OWN: CredentialKind = CredentialKind::PerClient;
+
+    fn hybrid() -> Policy {
+        let mut policy = Policy { allow_ports: "10000-10100".parse().unwrap(), ..Policy::default() };
+        let cp = ClientPolicy {
+            ports: Some("6443".parse().unwrap()),
+            allow_visit: vec!["worker-*/kubelet".parse().unwrap()],
+            ..ClientPolicy::default()
+        };
+        let worker =
+            ClientPolicy { allow_expose: vec!["kubelet".parse().unwrap()], ..ClientPolicy::default() };
+        policy.clients.insert("cp".into(), cp);
+        policy.clients.insert("worker-1".into(), worker);
+        policy
+    }
+
+    #[test]
+    fn an_owned_port_belongs_to_its_owner_with_its_own_token_only() {
+        let policy = hybrid();
+        assert_eq!(policy.for_client("cp", OWN).may_bind_port(6443), PortVerdict::Allowed);
+        // The same name presenting the shared token is somebody else.
+        assert_eq!(policy.for_client("cp", SHARED).may_bind_port(6443), PortVerdict::Owned);
+        assert_eq!(policy.for_client("worker-1", OWN).may_bind_port(6443), PortVerdict::Owned);
+        assert_eq!(policy.for_client("worker-1", OWN).may_bind_port(10050), PortVerdict::Allowed);
+        assert_eq!(policy.for_client("worker-1", OWN).may_bind_port(22), PortVerdict::NotAllowed);
+    }
+
+    #[test]
+    fn visits_and_exposes_follow_the_credential_kinds() {
+        let policy = hybrid();
+        let cp = policy.for_client("cp", OWN);
+        assert!(cp.may_visit("worker-1", OWN, "kubelet"));
+        assert!(!cp.may_visit("worker-1", SHARED, "kubelet"), "a plain rule names own-token owners only");
+        assert!(!cp.may_visit("worker-1", OWN, "ssh"));
+        let stranger = policy.for_client("anyone", SHARED);
+        assert!(stranger.may_visit("other", SHARED, "x"));
+        assert!(!stranger.may_visit("worker-1", OWN, "kubelet"));
+        assert!(policy.for_client("worker-1", OWN).may_expose("kubelet"));
+        assert!(!policy.for_client("worker-1", OWN).may_expose("ssh"));
+        assert!(
+            !policy.for_client("unlisted", OWN).may_expose("x"),
+            "an own token without an entry exposes nothing"
+        );
+        assert!(stranger.may_expose("anything"));
+    }
+
+    #[test]
+    fn the_default_bind_is_used_only_where_it_is_allowed() {
+        let mut policy = Policy { default_bind: "127.0.0.1".parse().unwrap(), ..Policy::default() };
+        assert_eq!(policy.for_client("a", SHARED).bind_addresses(), ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        policy.allow_bind = vec!["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+        assert_eq!(policy.for_client("a", SHARED).default_bind(), "192.0.2.1".parse::<IpAddr>().unwrap());
+        policy.allow_bind.push("127.0.0.1".parse().unwrap());
+        assert_eq!(policy.for_client("a", SHARED).default_bind(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}
