@@ -64,7 +64,7 @@ pub struct ServeArgs {
     pub insecure_plaintext: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// TOML configuration file (see examples/client.toml); flags override it.
     #[arg(long, value_name = "FILE")]

@@ -11,7 +11,10 @@ use crate::Failure;
 pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     let shutdown =
         crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
-    let config = args.into_file().and_then(|file| file.build()).map_err(Failure::config)?;
+    let hangup = crate::reload::Hangup::install()
+        .map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
+    let file = args.clone().into_file().map_err(Failure::config)?;
+    let config = file.clone().build().map_err(Failure::config)?;
     let server_host = host_of(&config.server).to_owned();
     let session_line = format!("connected to {} as {}", config.server, config.name);
     tracing::info!(server = %config.server, name = %config.name, "connecting");
@@ -20,27 +23,40 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
         println!("local forward listening: {} -> {}", local.bound_addr, local.spec.target);
     }
     let mut status = client.status();
-    // Prints every forward each time a session comes up (first connect and every reconnect).
+    // Each session that comes up prints its forwards; every answer to the route table (at
+    // connect and after every change) prints a line per entry with the table's version.
     let printer = tokio::spawn(async move {
         while status.changed().await.is_ok() {
             let current = status.borrow_and_update().clone();
-            if let ClientStatus::Connected { forwards, services } = current {
-                println!("{session_line}");
+            if let ClientStatus::Connected { forwards, services, refused, version, new_session } = current {
+                if new_session {
+                    println!("{session_line}");
+                    for forward in &forwards {
+                        let public = public_address(&server_host, forward);
+                        println!("remote forward ready: {public} -> {}", forward.spec.local);
+                    }
+                    for service in &services {
+                        println!("service exposed: {} -> {}", service.name, service.target);
+                    }
+                }
                 for forward in &forwards {
-                    println!(
-                        "remote forward ready: {} -> {}",
-                        public_address(&server_host, forward),
-                        forward.spec.local
-                    );
+                    let public = public_address(&server_host, forward);
+                    println!("route ready: v{version} tcp {public} -> {}", forward.spec.local);
                 }
                 for service in &services {
-                    println!("service exposed: {} -> {}", service.name, service.target);
+                    println!("route ready: v{version} service {} -> {}", service.name, service.target);
+                }
+                for route in &refused {
+                    let reason = tunnel_core::log::Escaped(&route.message);
+                    println!("route refused: v{version} {} ({}: {reason})", route.route, route.code);
                 }
             }
         }
     });
+    let reloads = tokio::spawn(crate::reload::follow(args, file, client.routes(), hangup));
     let result = client.run(shutdown).await;
     printer.abort();
+    reloads.abort();
     result.map_err(Failure::error)
 }
 

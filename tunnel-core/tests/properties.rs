@@ -8,7 +8,8 @@ use tunnel_core::config::{ConfigError, ServerFile};
 use tunnel_core::forward::{PortSet, RemoteForwardSpec, TargetAddr, VisitTarget};
 use tunnel_core::proto::handshake::{HandshakeMessage, RefuseCode};
 use tunnel_core::proto::{
-    frame, ControlMessage, FrameTooLarge, GoodbyeCode, RefusalCode, ReplyStatus, StreamHeader, StreamReply,
+    frame, ControlMessage, FrameTooLarge, GoodbyeCode, RefusalCode, ReplyStatus, RouteEntry, RouteId,
+    RouteKind, RouteOutcome, RouteResult, StreamHeader, StreamReply,
 };
 
 fn ip() -> impl Strategy<Value = IpAddr> {
@@ -85,7 +86,28 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             code,
             message
         }),
+        (any::<u64>(), proptest::collection::vec(route_entry(), 0..40))
+            .prop_map(|(version, entries)| ControlMessage::RouteTable { version, entries }),
+        (any::<u64>(), proptest::collection::vec(route_result(), 0..40))
+            .prop_map(|(version, results)| ControlMessage::RouteTableResult { version, results }),
     ]
+}
+
+fn route_entry() -> impl Strategy<Value = RouteEntry> {
+    let kind = prop_oneof![
+        (proptest::option::of(ip()), any::<u16>(), any::<u16>())
+            .prop_map(|(bind, port, preferred_port)| RouteKind::Tcp { bind, port, preferred_port }),
+        name().prop_map(|name| RouteKind::Service { name }),
+    ];
+    (any::<u64>(), kind).prop_map(|(id, kind)| RouteEntry { id: RouteId(id), kind })
+}
+
+fn route_result() -> impl Strategy<Value = RouteResult> {
+    let outcome = prop_oneof![
+        proptest::option::of(socket_addr()).prop_map(|public_addr| RouteOutcome::Ready { public_addr }),
+        (refusal_code(), reason()).prop_map(|(code, message)| RouteOutcome::Refused { code, message }),
+    ];
+    (any::<u64>(), outcome).prop_map(|(id, outcome)| RouteResult { id: RouteId(id), outcome })
 }
 
 /// A host a target may name: any DNS-style name `TargetAddr` accepts, or an IPv4 or IPv6 address.
@@ -115,6 +137,8 @@ fn stream_header() -> impl Strategy<Value = StreamHeader> {
             from,
             visitor
         }),
+        (any::<u64>(), socket_addr())
+            .prop_map(|(id, visitor)| StreamHeader::Route { route_id: RouteId(id), visitor }),
     ]
 }
 

@@ -10,7 +10,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_core::auth::{Credentials, Token};
-use tunnel_core::client::ClientError;
+use tunnel_core::client::{ClientError, ClientStatus};
 use tunnel_core::forward::VisitTarget;
 use tunnel_core::proto::{ReplyStatus, StreamHeader, StreamReply};
 use tunnel_core::server::{ClientPolicy, ServerConfig};
@@ -130,15 +130,18 @@ async fn sessions_on_the_shared_token_and_services_per_client_are_capped() {
     third.stop().await;
 
     let services: Vec<String> = (0..3).map(|i| format!("svc{i}={echo}")).collect();
-    let greedy = start_client(with_services(server.client_config("second", &[]), &services));
-    match greedy.failure().await {
-        ClientError::ServiceRefused {
-            code: tunnel_core::proto::RefusalCode::TooManyServices, name, ..
-        } => {
-            assert_eq!(name, "svc2")
+    // Past the cap the service is refused; the others stay exposed and the client runs on.
+    let mut greedy = start_client(with_services(server.client_config("second", &[]), &services));
+    match greedy.answered(1).await {
+        ClientStatus::Connected { services, refused, .. } => {
+            assert_eq!(services.len(), 2);
+            assert_eq!(refused.len(), 1, "{refused:?}");
+            assert_eq!(refused[0].route, "service svc2");
+            assert_eq!(refused[0].code, tunnel_core::proto::RefusalCode::TooManyServices);
         }
-        other => panic!("expected the third service to be refused, got {other}"),
+        other => panic!("not connected: {other:?}"),
     }
+    greedy.stop().await;
     again.stop().await;
     server.stop().await;
 }

@@ -1,5 +1,7 @@
-//! The client: dials the server, authenticates, asks for its forwards, and carries visitors to
-//! their targets; on a transient failure it reconnects with backoff, on a permanent one it stops.
+//! The client: dials the server, authenticates, sends its route table (remote forwards and
+//! services), and carries visitors to their targets; on a transient failure it reconnects with
+//! backoff, on a permanent one it stops. The table can change while it runs
+//! ([`Client::routes`]): only what changed is touched on the server.
 //!
 //! Progress is published as a [`ClientStatus`] on a watch channel, so a CLI or an embedding
 //! program can show the public addresses or wait for readiness without parsing logs.
@@ -7,6 +9,7 @@
 mod backoff;
 mod error;
 mod locals;
+mod routes;
 mod streams;
 
 use std::collections::HashMap;
@@ -20,12 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use backoff::{Backoff, BackoffState};
 pub use error::ClientError;
+pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET};
 
 use self::error::{classify_end, classify_session, classify_tls, Failure};
 use crate::auth::Token;
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::log::Escaped;
 use crate::mux::StreamOpener;
-use crate::proto::{ControlMessage, GoodbyeCode};
+use crate::proto::{ControlMessage, GoodbyeCode, RouteId};
 use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
 use crate::transport::{self, ClientTransport};
@@ -76,6 +81,9 @@ impl ClientConfig {
                 // The server caps streams per session (`limits.max_streams_per_session`, at most
                 // 65536); the client, having pinned that server, follows its cap, not a lower one.
                 mux: crate::mux::MuxConfig { max_streams: 65536, ..Default::default() },
+                // The server answers a whole route table at once: up to 512 entries, each with
+                // a reason of up to 512 bytes.
+                max_message_size: 1 << 20,
                 ..SessionConfig::default()
             },
             handshake_timeout: Duration::from_secs(10),
@@ -83,6 +91,9 @@ impl ClientConfig {
         }
     }
 }
+
+/// Oldest protocol version this client works with: route tables came in version 2.
+const MIN_SERVER_VERSION: u16 = 2;
 
 /// A remote forward the server is listening for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,12 +119,18 @@ pub struct ActiveLocal {
 pub enum ClientStatus {
     /// Dialing and authenticating.
     Connecting,
-    /// Session up, every forward listening and every service exposed.
+    /// Session up and the route table answered: what is in service and what was refused.
     Connected {
-        /// The forwards, in configuration order.
+        /// The forwards in service, in table order.
         forwards: Vec<ActiveForward>,
-        /// The exposed services, in configuration order.
+        /// The services exposed, in table order.
         services: Vec<ServiceSpec>,
+        /// Entries the server refused; the others are unaffected.
+        refused: Vec<RefusedRoute>,
+        /// Version of the table this answers (it grows with every change).
+        version: u64,
+        /// Whether this is the first answer of a new session (the first connect or a reconnect).
+        new_session: bool,
     },
     /// Waiting before the next attempt.
     Reconnecting {
@@ -154,12 +171,20 @@ pub struct Client {
     config: Arc<ClientConfig>,
     status: watch::Sender<ClientStatus>,
     locals: Option<Vec<locals::BoundLocal>>,
+    routes: RouteHandle,
 }
 
 impl Client {
     /// A client with this configuration; nothing happens until [`Client::run`].
     pub fn new(config: ClientConfig) -> Self {
-        Self { config: Arc::new(config), status: watch::Sender::new(ClientStatus::Connecting), locals: None }
+        let routes =
+            RouteHandle::new(RouteSet { remotes: config.remotes.clone(), services: config.services.clone() });
+        Self {
+            config: Arc::new(config),
+            status: watch::Sender::new(ClientStatus::Connecting),
+            locals: None,
+            routes,
+        }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -182,6 +207,12 @@ impl Client {
                 Ok(ActiveLocal { spec: b.spec.clone(), bound_addr })
             })
             .collect()
+    }
+
+    /// Changes the route table while the client runs: the new set is sent to the server (now,
+    /// or when the next session starts) and only what changed is touched there.
+    pub fn routes(&self) -> RouteHandle {
+        self.routes.clone()
     }
 
     /// Follows the client's progress.
@@ -218,7 +249,8 @@ impl Client {
     ) -> Result<(), ClientError> {
         let mut backoff = self.config.reconnect.start();
         // Ports the server assigned to `REMOTE_PORT 0` forwards, asked for again on reconnect.
-        let mut assigned: HashMap<u32, u16> = HashMap::new();
+        let mut assigned: HashMap<RouteId, u16> = HashMap::new();
+        let mut version = 0;
         loop {
             self.status.send_replace(ClientStatus::Connecting);
             let outcome = tokio::select! {
@@ -227,7 +259,8 @@ impl Client {
             };
             let failure = match outcome {
                 Ok(established) => {
-                    let served = self.serve(established, &mut assigned, &mut backoff, &stop, session).await;
+                    let mut state = SessionState { assigned: &mut assigned, version: &mut version };
+                    let served = self.serve(established, &mut state, &mut backoff, &stop, session).await;
                     session.send_replace(None);
                     match served {
                         Ok(()) => return Ok(()),
@@ -258,17 +291,29 @@ impl Client {
 
     /// One attempt: TCP, TLS, handshake, control stream; all under the handshake timeout.
     async fn connect(&self) -> Result<Session, Failure> {
+        let session = self.dial().await?;
+        if session.version < MIN_SERVER_VERSION {
+            return Err(ClientError::Protocol(format!(
+                "the server speaks protocol version {}; this client needs {MIN_SERVER_VERSION} (upgrade the server)",
+                session.version
+            ))
+            .into());
+        }
+        Ok(session.session)
+    }
+
+    async fn dial(&self) -> Result<Dialed, Failure> {
         let config = &self.config;
         let attempt = async {
             let tcp = transport::connect_tcp(&config.server)
                 .await
                 .map_err(|e| Failure::Transient(format!("cannot connect to {}: {e}", config.server)))?;
             let (io, binding) = config.transport.wrap(tcp).await.map_err(classify_tls)?;
-            let (session, _) =
+            let (session, established) =
                 Session::connect(io, &binding, &config.name, config.token.clone(), &config.session)
                     .await
                     .map_err(classify_session)?;
-            Ok(session)
+            Ok(Dialed { session, version: established.version })
         };
         tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
             Err(Failure::Transient(format!(
@@ -278,11 +323,12 @@ impl Client {
         })
     }
 
-    /// Requests the forwards, then carries visitors until the session ends or we stop.
+    /// Sends the route table, then carries visitors and sends every change of the table until
+    /// the session ends or we stop.
     async fn serve(
         &self,
         session: Session,
-        assigned: &mut HashMap<u32, u16>,
+        state: &mut SessionState<'_>,
         backoff: &mut BackoffState,
         stop: &CancellationToken,
         current: &watch::Sender<Option<StreamOpener>>,
@@ -292,37 +338,31 @@ impl Client {
         let ended = |end: Result<SessionEnd, tokio::task::JoinError>| {
             classify_end(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())))
         };
-        let forwards = tokio::select! {
-            forwards = self.request_setup(&control, &mut messages, assigned) => forwards,
+        let mut wanted = self.routes.subscribe();
+        let stream_routes = streams::SharedRoutes::default();
+        let mut table = routes::Table::new(wanted.borrow_and_update().clone(), state.assigned, state.version);
+        stream_routes.replace(table.stream_routes());
+        let first = tokio::select! {
+            result = self.first_answer(&control, &mut messages, &table) => result,
             end = &mut driver => return Err(ended(end)),
         };
-        let forwards = match forwards {
-            Ok(forwards) => forwards,
+        let answered =
+            first.and_then(|results| table.answer(results, state.assigned)).and_then(|answered| match table
+                .nothing_published(&answered)
+            {
+                Some(refused) => Err(refused.into()),
+                None => Ok(answered),
+            });
+        let status = match answered {
+            Ok(status) => status,
             Err(failure) => {
                 close(&control, driver).await;
                 return Err(failure);
             }
         };
         backoff.reset();
-        for forward in &forwards {
-            tracing::info!(public = %forward.public_addr, target = %forward.spec.local, "remote forward ready");
-        }
-        for service in &self.config.services {
-            tracing::info!(service = %service.name, target = %service.target, "service exposed");
-        }
-        let routes = Arc::new(streams::Routes {
-            forwards: self
-                .config
-                .remotes
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (forward_id(i), (s.local.clone(), s.idle_timeout)))
-                .collect(),
-            services: self.config.services.iter().map(|s| (s.name.clone(), s.target.clone())).collect(),
-        });
         current.send_replace(Some(opener));
-        self.status
-            .send_replace(ClientStatus::Connected { forwards, services: self.config.services.clone() });
+        self.publish(status, true);
 
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
@@ -330,11 +370,31 @@ impl Client {
             tokio::select! {
                 end = &mut driver => return Err(ended(end)),
                 Some(stream) = incoming.next() => {
-                    tokio::spawn(streams::handle(stream, routes.clone(), owned.clone()));
+                    tokio::spawn(streams::handle(stream, stream_routes.clone(), owned.clone()));
                 }
-                Some(message) = messages.recv() => {
-                    tracing::debug!("ignoring unexpected control message: {message:?}");
+                Ok(()) = wanted.changed() => {
+                    let set = wanted.borrow_and_update().clone();
+                    table = routes::Table::new(set, state.assigned, state.version);
+                    // Targets first: the server may send visitors of a new route before it answers.
+                    stream_routes.replace(table.stream_routes());
+                    if control.send(table.message()).await.is_err() {
+                        continue; // The session is ending; the driver says why.
+                    }
                 }
+                Some(message) = messages.recv() => match message {
+                    ControlMessage::RouteTableResult { version, results } if version == table.version() => {
+                        match table.answer(results, state.assigned) {
+                            Ok(status) => self.publish(status, false),
+                            Err(failure) => {
+                                close(&control, driver).await;
+                                return Err(failure);
+                            }
+                        }
+                    }
+                    // The answer to a table we have replaced since: the next one follows.
+                    ControlMessage::RouteTableResult { .. } => {}
+                    other => tracing::debug!("ignoring unexpected control message: {other:?}"),
+                },
                 () = stop.cancelled() => {
                     close(&control, driver).await;
                     return Ok(());
@@ -343,82 +403,65 @@ impl Client {
         }
     }
 
-    /// Requests every remote forward and exposes every service; waits for all the answers.
-    async fn request_setup(
+    /// Sends the table and waits for the server's answer to it.
+    async fn first_answer(
         &self,
         control: &crate::session::ControlSender,
         messages: &mut tokio::sync::mpsc::Receiver<ControlMessage>,
-        assigned: &mut HashMap<u32, u16>,
-    ) -> Result<Vec<ActiveForward>, Failure> {
-        let remotes = &self.config.remotes;
-        let closed = || Failure::Transient("session closed while setting up forwards".into());
-        for (i, spec) in remotes.iter().enumerate() {
-            let id = forward_id(i);
-            let preferred_port =
-                if spec.remote_port == 0 { assigned.get(&id).copied().unwrap_or(0) } else { 0 };
-            let request = ControlMessage::RemoteForwardRequest {
-                id,
-                bind: spec.bind,
-                port: spec.remote_port,
-                preferred_port,
-            };
-            control.send(request).await.map_err(|_| closed())?;
-        }
-        for service in &self.config.services {
-            control
-                .send(ControlMessage::ExposeRequest { name: service.name.clone() })
-                .await
-                .map_err(|_| closed())?;
-        }
-        let mut ready: Vec<Option<SocketAddr>> = vec![None; remotes.len()];
-        let mut unexposed: std::collections::HashSet<&str> =
-            self.config.services.iter().map(|s| s.name.as_str()).collect();
-        while ready.iter().any(Option::is_none) || !unexposed.is_empty() {
+        table: &routes::Table,
+    ) -> Result<Vec<crate::proto::RouteResult>, Failure> {
+        let closed = || Failure::Transient("session closed while sending the route table".into());
+        control.send(table.message()).await.map_err(|_| closed())?;
+        loop {
             let message = tokio::time::timeout(self.config.handshake_timeout, messages.recv())
                 .await
-                .map_err(|_| {
-                    Failure::Transient("the server did not answer the forward requests in time".into())
-                })?
+                .map_err(|_| Failure::Transient("the server did not answer the route table in time".into()))?
                 .ok_or_else(closed)?;
             match message {
-                ControlMessage::RemoteForwardReady { id, public_addr } => {
-                    let slot = ready.get_mut(id as usize).ok_or_else(|| unknown_forward(id))?;
-                    *slot = Some(public_addr);
-                    assigned.insert(id, public_addr.port());
-                }
-                ControlMessage::RemoteForwardRefused { id, code, message } => {
-                    let spec = remotes.get(id as usize).ok_or_else(|| unknown_forward(id))?.clone();
-                    return Err(ClientError::ForwardRefused { spec, code, message }.into());
-                }
-                ControlMessage::ExposeReady { name } => {
-                    unexposed.remove(name.as_str());
-                }
-                ControlMessage::ExposeRefused { name, code, message } => {
-                    return Err(ClientError::ServiceRefused { name, code, message }.into());
+                ControlMessage::RouteTableResult { version, results } if version == table.version() => {
+                    return Ok(results)
                 }
                 other => tracing::debug!("ignoring unexpected control message: {other:?}"),
             }
         }
-        Ok(remotes
-            .iter()
-            .zip(ready)
-            .filter_map(|(spec, addr)| {
-                addr.map(|public_addr| ActiveForward { spec: spec.clone(), public_addr })
-            })
-            .collect())
     }
+
+    fn publish(&self, answered: routes::Answered, new_session: bool) {
+        let routes::Answered { forwards, services, refused, version } = answered;
+        for forward in &forwards {
+            tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
+        }
+        for service in &services {
+            tracing::info!(service = %service.name, target = %service.target, version, "service exposed");
+        }
+        for route in &refused {
+            tracing::warn!(route = %route.route, version, "route refused: {} ({})", Escaped(&route.message), route.code);
+        }
+        self.status.send_replace(ClientStatus::Connected {
+            forwards,
+            services,
+            refused,
+            version,
+            new_session,
+        });
+    }
+}
+
+/// What a session's table needs to outlive the session: the ports the server picked, asked
+/// for again, and the table version, which keeps growing.
+struct SessionState<'a> {
+    assigned: &'a mut HashMap<RouteId, u16>,
+    version: &'a mut u64,
+}
+
+/// An authenticated session and the protocol version it speaks.
+struct Dialed {
+    session: Session,
+    version: u16,
 }
 
 /// Says goodbye and gives the driver a moment to deliver it before the connection is dropped.
 async fn close(control: &crate::session::ControlSender, driver: OwnedTask<SessionEnd>) {
     control.close(GoodbyeCode::Shutdown, "client shutting down").await;
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-}
-
-fn forward_id(index: usize) -> u32 {
-    u32::try_from(index).unwrap_or(u32::MAX)
-}
-
-fn unknown_forward(id: u32) -> Failure {
-    ClientError::Protocol(format!("the server answered for forward {id}, which was never requested")).into()
 }

@@ -1,7 +1,7 @@
 //! Inbound data streams on the client: read the header, dial the local target, splice.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::forward::{splice_with, SpliceLimits, TargetAddr};
 use crate::log::Escaped;
 use crate::mux::MuxStream;
-use crate::proto::StreamHeader;
+use crate::proto::{RouteId, StreamHeader};
 use crate::transport;
 
 /// The server writes the header first thing; a stream silent this long is abandoned.
@@ -17,15 +17,29 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to resolve and connect to a local target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where inbound streams go: remote forwards by id, private services by name.
+/// Where inbound streams go: remote forwards by route id, private services by name.
 #[derive(Debug, Default)]
 pub(super) struct Routes {
-    /// Remote forwards by id: the target and the idle timeout.
-    pub(super) forwards: HashMap<u32, (TargetAddr, Option<Duration>)>,
+    /// Remote forwards by route id: the target and the idle timeout.
+    pub(super) forwards: HashMap<RouteId, (TargetAddr, Option<Duration>)>,
     pub(super) services: HashMap<String, TargetAddr>,
 }
 
-pub(super) async fn handle(mut stream: MuxStream, routes: Arc<Routes>, owned: CancellationToken) {
+/// The routes in force, replaced whole when the table changes; each stream reads them once.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SharedRoutes(Arc<RwLock<Arc<Routes>>>);
+
+impl SharedRoutes {
+    pub(super) fn replace(&self, routes: Routes) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
+    }
+
+    fn current(&self) -> Arc<Routes> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub(super) async fn handle(mut stream: MuxStream, routes: SharedRoutes, owned: CancellationToken) {
     let header =
         match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
             Ok(Ok(header)) => header,
@@ -34,13 +48,14 @@ pub(super) async fn handle(mut stream: MuxStream, routes: Arc<Routes>, owned: Ca
             }
             Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
         };
+    let routes = routes.current();
     let (target, idle_timeout, visitor, via) = match &header {
-        StreamHeader::RemoteForward { forward_id, visitor } => match routes.forwards.get(forward_id) {
-            Some((target, idle)) => (target, *idle, *visitor, format!("remote forward {forward_id}")),
+        StreamHeader::Route { route_id, visitor } => match routes.forwards.get(route_id) {
+            Some((target, idle)) => (target, *idle, *visitor, format!("route {route_id}")),
             None => {
-                return tracing::warn!(
-                    forward_id,
-                    "dropping stream for a forward this client never requested"
+                return tracing::debug!(
+                    route = %route_id,
+                    "dropping stream for a route no longer in the table"
                 )
             }
         },

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::server::{check_secret, positive_duration, secret};
 use super::{default_client_name, invalid, window_growth, ConfigError, HumanDuration, SecretString};
 use crate::auth::Token;
-use crate::client::{Backoff, ClientConfig};
+use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError};
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::proto::validate_name;
 use crate::tls::{client_config, Fingerprint, ServerTrust};
@@ -200,6 +200,18 @@ impl ClientFile {
         self.runtime(token, transport)
     }
 
+    /// The routes the file publishes (its `remote` and `expose` entries), checked: what a
+    /// running client is given when its file changes.
+    pub fn route_set(&self) -> Result<RouteSet, ConfigError> {
+        let remotes = self.remote.iter().map(RemoteEntry::build).collect::<Result<Vec<_>, _>>()?;
+        let routes = RouteSet { remotes, services: self.expose.clone() };
+        routes.check().map_err(|e| match e {
+            RouteSetError::DuplicateService(_) => invalid("expose", e),
+            _ => invalid("remote", e),
+        })?;
+        Ok(routes)
+    }
+
     fn server(&self) -> Result<&str, ConfigError> {
         let server = self
             .server
@@ -235,15 +247,11 @@ impl ClientFile {
         let server = self.server()?.to_owned();
         let name = self.name.clone().unwrap_or_else(default_client_name);
         validate_name(&name).map_err(|e| invalid("name", e))?;
-        let remotes = self.remote.iter().map(RemoteEntry::build).collect::<Result<Vec<_>, _>>()?;
-        let mut names = std::collections::HashSet::new();
-        if let Some(dup) = self.expose.iter().find(|s| !names.insert(&s.name)) {
-            return Err(invalid("expose", format!("service {:?} is listed twice", dup.name)));
-        }
+        let routes = self.route_set()?;
         let mut config = ClientConfig::new(server, name, token, transport);
-        config.remotes = remotes;
+        config.remotes = routes.remotes;
         config.locals = self.local.clone();
-        config.services = self.expose.clone();
+        config.services = routes.services;
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = positive_duration("handshake_timeout", d)?;
         }

@@ -109,6 +109,19 @@ pub struct RemoteForwardSpec {
     pub idle_timeout: Option<std::time::Duration>,
 }
 
+impl RemoteForwardSpec {
+    /// The forward's route id, from what it publishes: its public address, or, when the
+    /// server picks the port, the address and the local target. Changing the target of a
+    /// fixed port keeps the route (and its listener); nothing else does.
+    pub fn route_id(&self) -> crate::proto::RouteId {
+        let bind = self.bind.map_or_else(|| "default".to_owned(), |ip| ip.to_string());
+        match self.remote_port {
+            0 => crate::proto::RouteId::derive(&format!("tcp {bind} port 0 to {}", self.local)),
+            port => crate::proto::RouteId::derive(&format!("tcp {bind} port {port}")),
+        }
+    }
+}
+
 impl fmt::Display for RemoteForwardSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_bind(f, self.bind)?;

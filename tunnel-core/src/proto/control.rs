@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::route::{self, RouteEntry, RouteResult};
 use super::wire::{Reader, Writer};
 use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
 
@@ -20,6 +21,8 @@ const REMOTE_FORWARD_REFUSED: u8 = 0x12;
 const EXPOSE_REQUEST: u8 = 0x20;
 const EXPOSE_READY: u8 = 0x21;
 const EXPOSE_REFUSED: u8 = 0x22;
+const ROUTE_TABLE: u8 = 0x30;
+const ROUTE_TABLE_RESULT: u8 = 0x31;
 
 /// A message on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,21 @@ pub enum ControlMessage {
         /// Human-readable detail.
         message: String,
     },
+    /// Client's whole route table (since version 2), sent at connect and after every change;
+    /// it replaces the previous one entry by entry.
+    RouteTable {
+        /// Increases with every table the client sends in a session.
+        version: u64,
+        /// Every route, each once.
+        entries: Vec<RouteEntry>,
+    },
+    /// Server answer to a [`ControlMessage::RouteTable`], one result per entry.
+    RouteTableResult {
+        /// Version of the table answered.
+        version: u64,
+        /// Accepted or refused, per entry.
+        results: Vec<RouteResult>,
+    },
 }
 
 /// Why a forward was refused.
@@ -131,10 +149,10 @@ pub enum GoodbyeCode {
 macro_rules! wire_enum {
     ($ty:ident { $($variant:ident = $value:literal),* $(,)? }) => {
         impl $ty {
-            fn to_u8(self) -> u8 {
+            pub(super) fn to_u8(self) -> u8 {
                 match self { $($ty::$variant => $value,)* $ty::Other(v) => v }
             }
-            fn from_u8(v: u8) -> Self {
+            pub(super) fn from_u8(v: u8) -> Self {
                 match v { $($value => $ty::$variant,)* other => $ty::Other(other) }
             }
         }
@@ -195,6 +213,16 @@ impl ControlMessage {
                 .string(name, MAX_NAME_LEN)
                 .u8(code.to_u8())
                 .string(message, MAX_REASON_LEN),
+            Self::RouteTable { version, entries } => {
+                w.u8(ROUTE_TABLE).u64(*version);
+                route::encode_entries(&mut w, entries);
+                &mut w
+            }
+            Self::RouteTableResult { version, results } => {
+                w.u8(ROUTE_TABLE_RESULT).u64(*version);
+                route::encode_results(&mut w, results);
+                &mut w
+            }
         };
         w.finish()
     }
@@ -230,6 +258,12 @@ impl ControlMessage {
                 code: RefusalCode::from_u8(r.u8("code")?),
                 message: r.string(MAX_REASON_LEN, "message")?,
             },
+            ROUTE_TABLE => {
+                Self::RouteTable { version: r.u64("version")?, entries: route::decode_entries(&mut r)? }
+            }
+            ROUTE_TABLE_RESULT => {
+                Self::RouteTableResult { version: r.u64("version")?, results: route::decode_results(&mut r)? }
+            }
             other => return Err(DecodeError::UnknownType { kind: "control message", value: other }),
         };
         Ok(msg)
@@ -245,6 +279,7 @@ fn service_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{RouteId, RouteKind, RouteOutcome};
 
     fn samples() -> Vec<ControlMessage> {
         vec![
@@ -270,6 +305,38 @@ mod tests {
                 name: "kubelet".into(),
                 code: RefusalCode::NameNotAllowed,
                 message: "no".into(),
+            },
+            ControlMessage::RouteTable { version: 0, entries: vec![] },
+            ControlMessage::RouteTable {
+                version: 9,
+                entries: vec![
+                    RouteEntry {
+                        id: RouteId(1),
+                        kind: RouteKind::Tcp {
+                            bind: Some("::1".parse().unwrap()),
+                            port: 0,
+                            preferred_port: 40000,
+                        },
+                    },
+                    RouteEntry { id: RouteId(u64::MAX), kind: RouteKind::Service { name: "kubelet".into() } },
+                ],
+            },
+            ControlMessage::RouteTableResult {
+                version: 9,
+                results: vec![
+                    RouteResult {
+                        id: RouteId(1),
+                        outcome: RouteOutcome::Ready { public_addr: Some("0.0.0.0:40000".parse().unwrap()) },
+                    },
+                    RouteResult { id: RouteId(2), outcome: RouteOutcome::Ready { public_addr: None } },
+                    RouteResult {
+                        id: RouteId(3),
+                        outcome: RouteOutcome::Refused {
+                            code: RefusalCode::PortTaken,
+                            message: "taken".into(),
+                        },
+                    },
+                ],
             },
         ]
     }
@@ -297,6 +364,17 @@ mod tests {
         let mut bytes = msg.encode();
         bytes.extend_from_slice(b"future field");
         assert_eq!(ControlMessage::decode(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn a_table_announcing_more_entries_than_it_holds_is_refused_before_allocating() {
+        let mut bytes = vec![ROUTE_TABLE];
+        bytes.extend_from_slice(&7u64.to_be_bytes());
+        bytes.extend_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(ControlMessage::decode(&bytes).unwrap_err(), DecodeError::Truncated { field: "routes" });
+        bytes.truncate(9);
+        bytes.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(ControlMessage::decode(&bytes).unwrap_err(), DecodeError::TooLong { .. }));
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //!
 //! Layout: a `u16` length, then a kind byte and its fields. The opener writes the header and
 //! then the payload bytes without waiting for an answer, so a stream costs no extra round trip.
-//! Kinds: 1 remote forward, 2 local forward, 3 service visit; reserved: 4 HTTP, 5 UDP flow.
+//! Kinds: 1 remote forward (version 1), 2 local forward, 3 service visit, 4 route (version 2:
+//! a visitor of a route in the client's table); reserved: 5 UDP flow, 6 HTTP request.
 //! A local-forward stream is answered with a [`StreamReply`] before any payload flows back.
 
 use std::net::SocketAddr;
 
+use super::route::RouteId;
 use super::target::{TargetAddr, VisitTarget};
 use super::wire::{Reader, Writer};
 use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
@@ -14,6 +16,7 @@ use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
 const REMOTE_FORWARD: u8 = 1;
 const LOCAL_FORWARD: u8 = 2;
 const SERVICE_VISIT: u8 = 3;
+const ROUTE: u8 = 4;
 
 const TARGET_SERVICE: u8 = 1;
 const TARGET_ADDRESS: u8 = 2;
@@ -40,6 +43,13 @@ pub enum StreamHeader {
         /// Where to.
         target: VisitTarget,
         /// The visitor's address as the client saw it.
+        visitor: SocketAddr,
+    },
+    /// A visitor reached a route of the receiving client's table (opened by the server).
+    Route {
+        /// The route's id, as in the client's table.
+        route_id: RouteId,
+        /// The visitor's address as the server saw it.
         visitor: SocketAddr,
     },
     /// A visit to one of the receiving client's private services (opened by the server).
@@ -72,6 +82,9 @@ impl StreamHeader {
                     }
                 }
                 body.socket_addr(*visitor);
+            }
+            Self::Route { route_id, visitor } => {
+                body.u8(ROUTE).u64(route_id.0).socket_addr(*visitor);
             }
             Self::ServiceVisit { service, from, visitor } => {
                 body.u8(SERVICE_VISIT)
@@ -107,6 +120,9 @@ impl StreamHeader {
                     }
                 };
                 Ok(Self::LocalForward { target, visitor: r.socket_addr("visitor")? })
+            }
+            ROUTE => {
+                Ok(Self::Route { route_id: RouteId(r.u64("route_id")?), visitor: r.socket_addr("visitor")? })
             }
             SERVICE_VISIT => Ok(Self::ServiceVisit {
                 service: name(&mut r)?,
@@ -245,6 +261,7 @@ mod tests {
                 visitor,
             },
             StreamHeader::ServiceVisit { service: "kubelet".into(), from: "cp".into(), visitor },
+            StreamHeader::Route { route_id: RouteId(u64::MAX - 1), visitor },
         ];
         for header in headers {
             let bytes = header.encode();

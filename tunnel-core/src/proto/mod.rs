@@ -10,16 +10,19 @@ pub mod control;
 pub mod frame;
 pub mod handshake;
 pub mod header;
+pub mod route;
 pub mod target;
 pub(crate) mod wire;
 
 pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
 pub use frame::FrameTooLarge;
 pub use header::{ReplyStatus, StreamHeader, StreamReply};
+pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added route tables; a server still serves version 1 clients.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -71,6 +71,19 @@ impl<'a> Reader<'a> {
         let ip = self.opt_ip(field)?.ok_or(DecodeError::InvalidValue { field, value: 0 })?;
         Ok(SocketAddr::new(ip, self.u16(field)?))
     }
+
+    /// An optional socket address: family 0 alone for none, else as [`Reader::socket_addr`].
+    pub(crate) fn opt_socket_addr(&mut self, field: &'static str) -> Result<Option<SocketAddr>, DecodeError> {
+        match self.opt_ip(field)? {
+            None => Ok(None),
+            Some(ip) => Ok(Some(SocketAddr::new(ip, self.u16(field)?))),
+        }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// Appends fields to a message body.

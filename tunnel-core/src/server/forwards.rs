@@ -1,4 +1,5 @@
-//! Remote forwards of one session: port policy, binding, and visitors turned into streams.
+//! TCP routes on the server: binding their public listeners as the policy allows, and turning
+//! each visitor into a stream to the owning client.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,137 +17,57 @@ use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
 use crate::forward::splice;
 use crate::mux::StreamOpener;
-use crate::proto::handshake::AuthenticatedClient;
-use crate::proto::{ControlMessage, RefusalCode, StreamHeader};
-use crate::session::ControlSender;
-use crate::task::OwnedTask;
+use crate::proto::{RefusalCode, RouteId, StreamHeader};
 use crate::transport;
 
 /// Random candidates tried when the client lets the server choose a port.
 const PICK_ATTEMPTS: usize = 64;
 
-type Refusal = (RefusalCode, String);
+pub(super) type Refusal = (RefusalCode, String);
 
-pub(super) struct Forwards<'s> {
-    shared: &'s Shared,
-    name: String,
-    credential: CredentialKind,
-    session: SessionId,
-    opener: StreamOpener,
-    /// Cancelled when the session ends: stops listeners and cuts visitors.
-    owned: CancellationToken,
-    /// Forward id -> the task serving its public listener.
-    active: HashMap<u32, OwnedTask<()>>,
+/// Binds the public listeners of one client's TCP routes, as its policy and the registry allow.
+pub(super) struct Binder<'s> {
+    pub(super) shared: &'s Shared,
+    pub(super) name: &'s str,
+    pub(super) credential: CredentialKind,
+    pub(super) session: SessionId,
 }
 
-impl<'s> Forwards<'s> {
-    pub(super) fn new(
-        shared: &'s Shared,
-        client: &AuthenticatedClient,
-        session: SessionId,
-        opener: StreamOpener,
-        owned: CancellationToken,
-    ) -> Self {
-        Self {
-            shared,
-            name: client.name.clone(),
-            credential: client.credential,
-            session,
-            opener,
-            owned,
-            active: HashMap::new(),
-        }
-    }
-
-    /// Stops every listener and cuts every visitor; returns once the listening sockets are
-    /// closed, so the ports can be bound again (by a session replacing this one).
-    pub(super) async fn close(self) {
-        self.owned.cancel();
-        for (_, task) in self.active {
-            let _ = task.await;
-        }
-    }
-
-    /// Handles a forward request; `Err` is a protocol violation that ends the session.
-    pub(super) async fn request(
-        &mut self,
-        message: ControlMessage,
-        control: &ControlSender,
-    ) -> Result<(), String> {
-        match message {
-            ControlMessage::RemoteForwardRequest { id, bind, port, preferred_port } => {
-                let reply = match self.open(id, bind, port, preferred_port).await {
-                    Ok(public_addr) => {
-                        tracing::info!(client = %crate::log::Escaped(&self.name), id, %public_addr, "remote forward listening");
-                        ControlMessage::RemoteForwardReady { id, public_addr }
-                    }
-                    Err((code, message)) => {
-                        if crate::log::REFUSALS.allow() {
-                            tracing::info!(client = %crate::log::Escaped(&self.name), id, port, "remote forward refused: {}", crate::log::Escaped(&message));
-                        }
-                        ControlMessage::RemoteForwardRefused { id, code, message }
-                    }
-                };
-                // A failed send means the session is ending; the driver reports why.
-                let _ = control.send(reply).await;
-                Ok(())
-            }
-            other => Err(format!("unexpected control message from a client: {other:?}")),
-        }
-    }
-
-    async fn open(
-        &mut self,
-        id: u32,
+impl Binder<'_> {
+    /// A listener for route `id`: on `port`, or with port 0 on the port it held before
+    /// (`preferred`, else our reservation for it) or a free allowed one.
+    pub(super) async fn bind(
+        &self,
+        id: RouteId,
         bind: Option<IpAddr>,
         port: u16,
         preferred: u16,
-    ) -> Result<SocketAddr, Refusal> {
-        if self.active.contains_key(&id) {
-            return Err((RefusalCode::Invalid, format!("forward id {id} is already in use")));
-        }
-        let limit = self.shared.config.max_forwards_per_client;
-        if self.active.len() >= limit {
-            return Err((
-                RefusalCode::TooManyForwards,
-                format!("this client already holds {limit} forwards"),
-            ));
-        }
+    ) -> Result<TcpListener, Refusal> {
         let ip = self.bind_address(bind)?;
-        let listener = if port == 0 {
-            self.bind_any(id, ip, preferred).await?
-        } else {
-            match self.shared.config.rules(&self.name, self.credential).may_bind_port(port) {
-                PortVerdict::Allowed => self.bind_claimed(id, ip, port).await?,
-                PortVerdict::Owned => {
-                    return Err((RefusalCode::PortTaken, format!("port {port} is owned by another client")))
-                }
-                PortVerdict::NotAllowed => {
-                    let allowed = self.shared.config.rules(&self.name, self.credential).ports();
-                    return Err((
-                        RefusalCode::PortNotAllowed,
-                        format!("port {port} is not allowed for client {:?} (allowed: {allowed})", self.name),
-                    ));
-                }
+        if port == 0 {
+            return self.bind_any(id, ip, preferred).await;
+        }
+        let rules = self.shared.config.rules(self.name, self.credential);
+        match rules.may_bind_port(port) {
+            PortVerdict::Allowed => self.bind_claimed(id, ip, port).await,
+            PortVerdict::Owned => {
+                Err((RefusalCode::PortTaken, format!("port {port} is owned by another client")))
             }
-        };
-        let public_addr = listener.local_addr().map_err(|e| (RefusalCode::Invalid, e.to_string()))?;
-        let config = &self.shared.config;
-        let carrier = Carrier {
-            forward_id: id,
-            opener: self.opener.clone(),
-            owned: self.owned.clone(),
-            max_visitors: config.max_visitors_per_forward,
-            max_per_source: config.max_visitors_per_source,
-        };
-        let task = OwnedTask::spawn(serve(listener, carrier));
-        self.active.insert(id, task);
-        Ok(public_addr)
+            PortVerdict::NotAllowed => Err((
+                RefusalCode::PortNotAllowed,
+                format!("port {port} is not allowed for client {:?} (allowed: {})", self.name, rules.ports()),
+            )),
+        }
     }
 
-    async fn bind_claimed(&self, id: u32, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
+    /// Gives back the port of a listener that is closed (its route was removed or replaced).
+    pub(super) fn release(&self, port: u16) {
+        self.shared.registry.release(self.session, port);
+    }
+
+    async fn bind_claimed(&self, id: RouteId, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
         let registry = &self.shared.registry;
-        match registry.claim(&self.name, self.session, id, port) {
+        match registry.claim(self.name, self.session, id, port) {
             Ok(()) => {}
             Err(PortConflict::OtherClient) => {
                 return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")))
@@ -161,10 +82,10 @@ impl<'s> Forwards<'s> {
         })
     }
 
-    /// The address a forward binds: the one the client asked for if its credential may bind
+    /// The address a route binds: the one the client asked for if its credential may bind
     /// it, else the server's default for this client.
     fn bind_address(&self, asked: Option<IpAddr>) -> Result<IpAddr, Refusal> {
-        let rules = self.shared.config.rules(&self.name, self.credential);
+        let rules = self.shared.config.rules(self.name, self.credential);
         let allowed = rules.bind_addresses();
         match asked {
             Some(ip) if allowed.contains(&ip) => Ok(ip),
@@ -180,11 +101,11 @@ impl<'s> Forwards<'s> {
     }
 
     /// Picks a port: the one the client held before (its hint, else our reservation for this
-    /// forward), then random candidates from the allowed set; never a port another client owns.
-    async fn bind_any(&self, id: u32, ip: IpAddr, preferred: u16) -> Result<TcpListener, Refusal> {
-        let rules = self.shared.config.rules(&self.name, self.credential);
+    /// route), then random candidates from the allowed set; never a port another client owns.
+    async fn bind_any(&self, id: RouteId, ip: IpAddr, preferred: u16) -> Result<TcpListener, Refusal> {
+        let rules = self.shared.config.rules(self.name, self.credential);
         let usable = |port: u16| rules.may_bind_port(port) == PortVerdict::Allowed;
-        let reserved = self.shared.registry.reserved_for(&self.name, id);
+        let reserved = self.shared.registry.reserved_for(self.name, id);
         for previous in [Some(preferred).filter(|p| *p != 0), reserved].into_iter().flatten() {
             if usable(previous) {
                 if let Ok(listener) = self.bind_claimed(id, ip, previous).await {
@@ -197,7 +118,7 @@ impl<'s> Forwards<'s> {
             let Some(port) = allowed.nth(rand::random_range(0..allowed.len().max(1))) else {
                 break;
             };
-            if !usable(port) || self.shared.registry.is_taken_for(&self.name, port) {
+            if !usable(port) || self.shared.registry.is_taken_for(self.name, port) {
                 continue;
             }
             match self.bind_claimed(id, ip, port).await {
@@ -222,15 +143,17 @@ fn bind_refusal(ip: IpAddr, port: u16, err: &io::Error) -> Refusal {
     }
 }
 
-/// What a forward's listener needs to carry visitors to its session.
+/// What a route's listener needs to carry visitors to its session.
 #[derive(Debug, Clone)]
-struct Carrier {
-    forward_id: u32,
-    opener: StreamOpener,
-    /// Cancelled when the session ends.
-    owned: CancellationToken,
-    max_visitors: usize,
-    max_per_source: usize,
+pub(super) struct Carrier {
+    pub(super) route: RouteId,
+    /// Version 1 forwards (added by `RemoteForwardRequest`) announce visitors with the old header.
+    pub(super) legacy: bool,
+    pub(super) opener: StreamOpener,
+    /// Cancelled when the route is removed or the session ends.
+    pub(super) owned: CancellationToken,
+    pub(super) max_visitors: usize,
+    pub(super) max_per_source: usize,
 }
 
 /// Visitors of one forward in progress, in total and per source.
@@ -279,7 +202,7 @@ impl Carrier {
 
 /// Accepts visitors until the session ends; each becomes one new stream to the client. A
 /// visitor past the forward's caps is reset at once, before any stream is opened.
-async fn serve(listener: TcpListener, carrier: Carrier) {
+pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
     let visitors = Arc::new(Mutex::new(Visitors::default()));
     loop {
         let accepted = tokio::select! {
@@ -293,7 +216,7 @@ async fn serve(listener: TcpListener, carrier: Carrier) {
                 }
                 Err(why) => {
                     if crate::log::REFUSALS.allow() {
-                        tracing::info!(%visitor, forward_id = carrier.forward_id, "visitor refused: {why}");
+                        tracing::info!(%visitor, route = %carrier.route, "visitor refused: {why}");
                     }
                     transport::reset_on_close(&tcp);
                 }
@@ -301,7 +224,7 @@ async fn serve(listener: TcpListener, carrier: Carrier) {
             Err(err) => {
                 // Out of file descriptors and the like: pause instead of spinning.
                 if crate::log::ACCEPT_FAILURES.allow() {
-                    tracing::warn!(forward_id = carrier.forward_id, "accept failed: {err}");
+                    tracing::warn!(route = %carrier.route, "accept failed: {err}");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -310,17 +233,21 @@ async fn serve(listener: TcpListener, carrier: Carrier) {
 }
 
 async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place: VisitorPlace) {
-    let forward_id = carrier.forward_id;
+    let route = carrier.route;
     let _ = transport::configure_tcp(&tcp);
     let mut stream = match carrier.opener.open().await {
         Ok(stream) => stream,
         Err(err) => {
-            tracing::debug!(%visitor, forward_id, "cannot open a stream for the visitor: {}", crate::log::Chain(&err));
+            tracing::debug!(%visitor, %route, "cannot open a stream for the visitor: {}", crate::log::Chain(&err));
             transport::reset_on_close(&tcp);
             return;
         }
     };
-    let header = StreamHeader::RemoteForward { forward_id, visitor }.encode();
+    let header = match u32::try_from(route.0) {
+        Ok(forward_id) if carrier.legacy => StreamHeader::RemoteForward { forward_id, visitor },
+        _ => StreamHeader::Route { route_id: route, visitor },
+    }
+    .encode();
     let carry = async {
         stream.write_all(&header).await?;
         splice(&mut tcp, &mut stream).await
@@ -329,11 +256,11 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place
         () = carrier.owned.cancelled() => true,
         result = carry => match result {
             Ok(stats) => {
-                tracing::trace!(%visitor, forward_id, ?stats, "visitor done");
+                tracing::trace!(%visitor, %route, ?stats, "visitor done");
                 false
             }
             Err(err) => {
-                tracing::debug!(%visitor, forward_id, "visitor connection failed: {err}");
+                tracing::debug!(%visitor, %route, "visitor connection failed: {err}");
                 true
             }
         },

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::validate_name;
+use crate::proto::{validate_name, RouteId};
 
 /// One stored lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +19,10 @@ pub struct StoredLease {
     pub port: u16,
     /// The client name it is leased to.
     pub owner: String,
-    /// The owner's forward that held it, so a reconnect asking "any port" gets it back.
-    pub forward_id: u32,
+    /// The owner's route that held it, so a reconnect asking "any port" for the same route
+    /// gets it back: 16 hex digits (files from before route ids hold a `forward_id` number).
+    #[serde(with = "route_field", alias = "forward_id")]
+    pub route: RouteId,
     /// Milliseconds since the Unix epoch until which the port is reserved; 0 while held.
     pub reserved_until_ms: u64,
 }
@@ -37,7 +39,7 @@ struct Table {
 #[non_exhaustive]
 pub enum LeaseFileError {
     /// The text is not a lease table.
-    #[error("not a lease table: {0}")]
+    #[error("not a lease table")]
     Parse(#[source] toml::de::Error),
     /// An entry is invalid.
     #[error("lease for port {port}: {reason}")]
@@ -47,6 +49,35 @@ pub enum LeaseFileError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// A route id as text (TOML integers stop at `i64::MAX`), or a version 1 forward id number.
+mod route_field {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::proto::RouteId;
+
+    pub(super) fn serialize<S: Serializer>(id: &RouteId, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(id)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RouteId, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Field {
+            ForwardId(u32),
+            Route(String),
+        }
+        match Field::deserialize(deserializer)? {
+            Field::ForwardId(id) => Ok(RouteId(u64::from(id))),
+            Field::Route(text) if text.len() == 16 => text
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("route {text:?} is not 16 hex digits"))),
+            Field::Route(text) => {
+                Err(serde::de::Error::custom(format!("route {text:?} is not 16 hex digits")))
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch of `time` (0 before it, saturating far after it).
@@ -96,7 +127,7 @@ mod tests {
     use super::*;
 
     fn lease(port: u16, owner: &str, until: u64) -> StoredLease {
-        StoredLease { port, owner: owner.into(), forward_id: 3, reserved_until_ms: until }
+        StoredLease { port, owner: owner.into(), route: RouteId(3), reserved_until_ms: until }
     }
 
     #[test]
@@ -123,9 +154,21 @@ mod tests {
             ),
         ];
         for (text, needle) in cases {
-            let err = decode(text).unwrap_err().to_string();
+            let err = crate::log::Chain(&decode(text).unwrap_err()).to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn route_ids_beyond_toml_integers_round_trip_and_old_forward_ids_still_read() {
+        let high = StoredLease { route: RouteId(u64::MAX - 5), ..lease(7000, "a", 0) };
+        let text = encode(std::slice::from_ref(&high)).unwrap();
+        assert!(text.contains("route = \"fffffffffffffffa\""), "{text}");
+        assert_eq!(decode(&text).unwrap(), vec![high]);
+        let old = "[[lease]]\nport = 80\nowner = \"a\"\nforward_id = 2\nreserved_until_ms = 0\n";
+        assert_eq!(decode(old).unwrap()[0].route, RouteId(2));
+        let bad = "[[lease]]\nport = 80\nowner = \"a\"\nroute = \"xyz\"\nreserved_until_ms = 0\n";
+        assert!(crate::log::Chain(&decode(bad).unwrap_err()).to_string().contains("16 hex digits"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod leases;
 mod pending;
 mod policy;
 mod registry;
+mod routes;
 mod session;
 mod source;
 mod visits;

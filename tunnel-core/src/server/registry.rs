@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::leases::{self, StoredLease};
 use crate::auth::CredentialKind;
 use crate::mux::StreamOpener;
+use crate::proto::RouteId;
 
 /// Longest grace period kept: a year.
 const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -73,8 +74,8 @@ struct Slot {
 #[derive(Debug)]
 struct Lease {
     owner: String,
-    /// The owner's forward id, so a reconnect asking "any port" for it gets this one back.
-    forward_id: u32,
+    /// The owner's route, so a reconnect asking "any port" for it gets this one back.
+    route: RouteId,
     state: LeaseState,
 }
 
@@ -125,10 +126,9 @@ impl Registry {
         for lease in stored {
             if let Some(left) = leases::remaining(lease, now_ms, self.grace) {
                 let state = LeaseState::Reserved { until: now + left };
-                inner.leases.insert(
-                    lease.port,
-                    Lease { owner: lease.owner.clone(), forward_id: lease.forward_id, state },
-                );
+                inner
+                    .leases
+                    .insert(lease.port, Lease { owner: lease.owner.clone(), route: lease.route, state });
             }
         }
     }
@@ -152,7 +152,7 @@ impl Registry {
                 Some(StoredLease {
                     port: *port,
                     owner: lease.owner.clone(),
-                    forward_id: lease.forward_id,
+                    route: lease.route,
                     reserved_until_ms,
                 })
             })
@@ -265,7 +265,7 @@ impl Registry {
         &self,
         name: &str,
         id: SessionId,
-        forward_id: u32,
+        route: RouteId,
         port: u16,
     ) -> Result<(), PortConflict> {
         let now = Instant::now();
@@ -282,23 +282,30 @@ impl Registry {
                 LeaseState::Reserved { .. } => {}
             }
         }
-        let lease = Lease { owner: name.to_owned(), forward_id, state: LeaseState::Held(id) };
+        let lease = Lease { owner: name.to_owned(), route, state: LeaseState::Held(id) };
         inner.leases.insert(port, lease);
         drop(inner);
         self.changed();
         Ok(())
     }
 
-    /// The port reserved (not held) for `name`'s forward `forward_id`, if any.
-    pub(crate) fn reserved_for(&self, name: &str, forward_id: u32) -> Option<u16> {
+    /// The port reserved (not held) for `name`'s route `route`, if any.
+    pub(crate) fn reserved_for(&self, name: &str, route: RouteId) -> Option<u16> {
         let now = Instant::now();
         self.lock().leases.iter().find_map(|(port, lease)| {
             let reserved = matches!(lease.state, LeaseState::Reserved { until } if until > now);
-            (reserved && lease.owner == name && lease.forward_id == forward_id).then_some(*port)
+            (reserved && lease.owner == name && lease.route == route).then_some(*port)
         })
     }
 
-    /// Gives back a claim that could not be used (the bind failed).
+    /// Withdraws a service session `id` of `name` no longer exposes.
+    pub(crate) fn unexpose(&self, name: &str, id: SessionId, service: &str) {
+        if let Some(slot) = self.lock().sessions.get_mut(name).filter(|slot| slot.id == id) {
+            slot.services.remove(service);
+        }
+    }
+
+    /// Gives back a claim: the bind failed, or the route holding it was removed.
     pub(crate) fn release(&self, id: SessionId, port: u16) {
         let mut inner = self.lock();
         if inner.leases.get(&port).is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id)) {
@@ -361,28 +368,32 @@ mod tests {
     async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
         let registry = Registry::new(GRACE, CAPS);
         let a = register(&registry, "a").await;
-        registry.claim("a", a.id, 1, 7000).unwrap();
+        registry.claim("a", a.id, RouteId(1), 7000).unwrap();
         let b = register(&registry, "b").await;
-        assert_eq!(registry.claim("b", b.id, 1, 7000), Err(PortConflict::OtherClient));
+        assert_eq!(registry.claim("b", b.id, RouteId(1), 7000), Err(PortConflict::OtherClient));
 
         registry.unregister("a", &a);
-        assert_eq!(registry.claim("b", b.id, 1, 7000), Err(PortConflict::OtherClient), "reserved for a");
-        assert_eq!(registry.reserved_for("a", 1), Some(7000));
-        assert_eq!(registry.reserved_for("a", 2), None);
+        assert_eq!(
+            registry.claim("b", b.id, RouteId(1), 7000),
+            Err(PortConflict::OtherClient),
+            "reserved for a"
+        );
+        assert_eq!(registry.reserved_for("a", RouteId(1)), Some(7000));
+        assert_eq!(registry.reserved_for("a", RouteId(2)), None);
         let a2 = register(&registry, "a").await;
-        registry.claim("a", a2.id, 1, 7000).unwrap();
+        registry.claim("a", a2.id, RouteId(1), 7000).unwrap();
         registry.unregister("a", &a2);
 
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         registry.sweep();
-        registry.claim("b", b.id, 1, 7000).unwrap();
+        registry.claim("b", b.id, RouteId(1), 7000).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
         let registry = std::sync::Arc::new(Registry::new(GRACE, CAPS));
         let old = register(&registry, "a").await;
-        registry.claim("a", old.id, 1, 7000).unwrap();
+        registry.claim("a", old.id, RouteId(1), 7000).unwrap();
         let r = registry.clone();
         let old_task = tokio::spawn(async move {
             old.kicked.cancelled().await;
@@ -390,7 +401,7 @@ mod tests {
         });
         let new = register(&registry, "a").await;
         old_task.await.unwrap();
-        registry.claim("a", new.id, 1, 7000).unwrap();
+        registry.claim("a", new.id, RouteId(1), 7000).unwrap();
         assert_eq!(registry.session_names(), vec!["a".to_owned()]);
     }
 
@@ -398,11 +409,11 @@ mod tests {
     async fn stored_leases_are_reserved_again_after_a_restart() {
         let before = Registry::new(GRACE, CAPS);
         let a = register(&before, "a").await;
-        before.claim("a", a.id, 0, 7000).unwrap();
-        before.claim("a", a.id, 1, 7001).unwrap();
+        before.claim("a", a.id, RouteId(0), 7000).unwrap();
+        before.claim("a", a.id, RouteId(1), 7001).unwrap();
         before.unregister("a", &a);
         let b = register(&before, "b").await;
-        before.claim("b", b.id, 0, 7002).unwrap();
+        before.claim("b", b.id, RouteId(0), 7002).unwrap();
         let stored = before.stored_leases();
         assert_eq!(stored.iter().map(|l| l.port).collect::<Vec<_>>(), [7000, 7001, 7002]);
         assert_eq!(stored[2].reserved_until_ms, 0, "held");
@@ -411,12 +422,16 @@ mod tests {
         after.restore(&stored);
         let c = register(&after, "c").await;
         for port in [7000, 7001, 7002] {
-            assert_eq!(after.claim("c", c.id, 0, port), Err(PortConflict::OtherClient), "{port}");
+            assert_eq!(after.claim("c", c.id, RouteId(0), port), Err(PortConflict::OtherClient), "{port}");
         }
-        assert_eq!(after.reserved_for("a", 1), Some(7001));
-        assert_eq!(after.reserved_for("b", 0), Some(7002), "a held lease is reserved after a restart");
+        assert_eq!(after.reserved_for("a", RouteId(1)), Some(7001));
+        assert_eq!(
+            after.reserved_for("b", RouteId(0)),
+            Some(7002),
+            "a held lease is reserved after a restart"
+        );
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
-        after.claim("c", c.id, 0, 7002).unwrap();
+        after.claim("c", c.id, RouteId(0), 7002).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -447,18 +462,18 @@ mod tests {
     async fn a_port_held_by_this_client_cannot_be_claimed_again_and_lost_on_release() {
         let registry = Registry::new(GRACE, CAPS);
         let a = register(&registry, "a").await;
-        registry.claim("a", a.id, 0, 7000).unwrap();
+        registry.claim("a", a.id, RouteId(0), 7000).unwrap();
         // A second forward asking for the same port: refused, and the first keeps its lease.
-        assert_eq!(registry.claim("a", a.id, 1, 7000), Err(PortConflict::Held));
+        assert_eq!(registry.claim("a", a.id, RouteId(1), 7000), Err(PortConflict::Held));
         registry.unregister("a", &a);
-        assert_eq!(registry.reserved_for("a", 0), Some(7000), "the first forward's lease was lost");
+        assert_eq!(registry.reserved_for("a", RouteId(0)), Some(7000), "the first forward's lease was lost");
     }
 
     #[tokio::test(start_paused = true)]
     async fn release_frees_only_an_unused_claim() {
         let registry = Registry::new(GRACE, CAPS);
         let a = register(&registry, "a").await;
-        registry.claim("a", a.id, 1, 7000).unwrap();
+        registry.claim("a", a.id, RouteId(1), 7000).unwrap();
         registry.release(a.id, 7000);
         assert!(!registry.is_taken_for("b", 7000));
     }

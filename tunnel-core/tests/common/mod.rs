@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tunnel_core::auth::{Credentials, Token};
-use tunnel_core::client::{ActiveForward, Backoff, Client, ClientConfig, ClientError, ClientStatus};
+use tunnel_core::client::{
+    ActiveForward, Backoff, Client, ClientConfig, ClientError, ClientStatus, RouteHandle,
+};
 use tunnel_core::server::{Server, ServerConfig};
 use tunnel_core::tls::{client_config, server_config, Fingerprint, ServerIdentity, ServerTrust};
 use tunnel_core::transport::ClientTransport;
@@ -103,6 +105,8 @@ pub fn client_config_for(
 
 pub struct TestClient {
     pub status: watch::Receiver<ClientStatus>,
+    /// Changes the client's routes while it runs.
+    pub routes: RouteHandle,
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), ClientError>>,
 }
@@ -120,11 +124,12 @@ pub fn start_client(config: ClientConfig) -> TestClient {
 
 fn spawn_client(client: Client) -> TestClient {
     let status = client.status();
+    let routes = client.routes();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(client.run(async {
         let _ = stopped.await;
     }));
-    TestClient { status, stop: Some(stop), task }
+    TestClient { status, routes, stop: Some(stop), task }
 }
 
 impl TestClient {
@@ -141,6 +146,19 @@ impl TestClient {
             ClientStatus::Connected { forwards, .. } => forwards.clone(),
             _ => unreachable!(),
         }
+    }
+
+    /// Waits for the server's answer to table `version` (or a later one), and returns it.
+    pub async fn answered(&mut self, version: u64) -> ClientStatus {
+        let status = tokio::time::timeout(
+            PATIENCE,
+            self.status
+                .wait_for(|s| matches!(s, ClientStatus::Connected { version: v, .. } if *v >= version)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("table version {version} was not answered in time"))
+        .expect("client stopped");
+        status.clone()
     }
 
     /// Waits until the client is no longer connected (its session ended).

@@ -1,0 +1,93 @@
+//! Live route changes through the binary: the client's configuration file changes (an edit in
+//! place, or the symlink swap Kubernetes does for a ConfigMap), and only what changed moves.
+
+#[path = "../../tunnel-core/tests/common/mod.rs"]
+mod common;
+mod process;
+
+use std::path::Path;
+
+use common::echo_target;
+use process::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "reload-test-token-7c1e";
+
+fn client_file(served: &Served, remotes: &[String]) -> String {
+    let remotes: Vec<String> = remotes.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "server = {:?}\ntoken = {TOKEN:?}\nfingerprint = {:?}\nname = \"reloader\"\nremote = [{}]\n",
+        served.addr,
+        served.fingerprint,
+        remotes.join(", ")
+    )
+}
+
+/// Replaces `link` (a symlink) with one to a new directory holding `text`, atomically.
+fn swap(dir: &Path, link: &Path, generation: u32, text: &str) {
+    let data = dir.join(format!("data-{generation}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("client.toml"), text).unwrap();
+    let tmp = dir.join("client.toml.tmp");
+    std::os::unix::fs::symlink(data.join("client.toml"), &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
+    tcp.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
+    assert_eq!(back, bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_file_adds_routes_while_open_streams_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let (first, second) = (echo_target().await, echo_target().await);
+    let link = dir.path().join("client.toml");
+    swap(dir.path(), &link, 1, &client_file(&server, &[format!("127.0.0.1:0:{first}")]));
+    let mut client = connect_with_config(&link);
+
+    let v1 = client.line_after("route ready: v1 tcp ").await;
+    let port = public_port(&v1);
+    let mut held = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    echo_once(&mut held, b"before the change").await;
+
+    // A ConfigMap-style swap adds a forward and one the server refuses (port 80 is not allowed).
+    let added =
+        [format!("127.0.0.1:0:{first}"), format!("127.0.0.1:0:{second}"), format!("127.0.0.1:80:{second}")];
+    swap(dir.path(), &link, 2, &client_file(&server, &added));
+    client.output_contains("route refused: v2 127.0.0.1:80:").await;
+    let lines = client.lines_after("route ready: v2 tcp ", 2).await;
+    let kept = lines.iter().find(|l| l.ends_with(&format!("-> {first}"))).expect("the first forward in v2");
+    assert_eq!(public_port(kept), port, "the unchanged forward moved: {lines:?}");
+    let new = lines.iter().find(|l| l.ends_with(&format!("-> {second}"))).expect("the new forward in v2");
+    let mut fresh = TcpStream::connect(("127.0.0.1", public_port(new))).await.unwrap();
+    echo_once(&mut fresh, b"new route").await;
+    echo_once(&mut held, b"after the change").await;
+
+    // An invalid file is reported and changes nothing.
+    std::fs::write(dir.path().join("data-2/client.toml"), "remote = [\"nonsense\"]\n").unwrap();
+    client.output_contains("configuration not applied").await;
+    echo_once(&mut held, b"after a bad file").await;
+    assert!(!client.output().contains("route ready: v3"), "{}", client.output());
+
+    // SIGHUP reads the file again instead of ending the process.
+    std::fs::write(dir.path().join("data-2/client.toml"), client_file(&server, &added[..1])).unwrap();
+    let pid = client.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    client.output_contains("SIGHUP: reading the configuration again").await;
+    client.line_after("route ready: v3 tcp ").await;
+    echo_once(&mut held, b"after the reload").await;
+    let gone = TcpStream::connect(("127.0.0.1", public_port(new))).await;
+    assert!(gone.is_err(), "the removed forward still accepts");
+
+    assert_eq!(client.terminate().await, 0);
+    assert_eq!(server.cli.terminate().await, 0);
+}
+
+fn connect_with_config(path: &Path) -> Cli {
+    spawn(command(&["connect", "--config", path.to_str().unwrap()]))
+}

@@ -1,0 +1,213 @@
+//! Route tables on the wire: a client's whole set of routes with a version, and the server's
+//! answer entry by entry.
+//!
+//! A route's id is derived from what the route is (for a TCP forward, its public address; for a
+//! service, its name), never from its position in a list, so a table sent again after a change
+//! names the unchanged routes exactly as before and the server leaves them alone.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use sha2::{Digest, Sha256};
+
+use super::control::RefusalCode;
+use super::wire::{Reader, Writer};
+use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
+
+/// Most entries one table (or answer) may hold on the wire.
+pub const MAX_ROUTES: usize = 1024;
+
+const KIND_TCP: u8 = 1;
+const KIND_SERVICE: u8 = 2;
+const OUTCOME_READY: u8 = 0;
+const OUTCOME_REFUSED: u8 = 1;
+
+/// The stable id of a route.
+///
+/// ```
+/// use tunnel_core::proto::RouteId;
+/// let a = RouteId::derive("tcp 0.0.0.0:8080");
+/// assert_eq!(a, RouteId::derive("tcp 0.0.0.0:8080"));
+/// assert_ne!(a, RouteId::derive("tcp 0.0.0.0:8081"));
+/// assert_eq!(a.to_string().len(), 16);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub u64);
+
+impl RouteId {
+    /// The id of the route whose identity is written as `key` (the first 8 bytes of its
+    /// SHA-256 under a domain tag).
+    pub fn derive(key: &str) -> Self {
+        let digest = Sha256::new().chain_update(b"tunnel route id\0").chain_update(key.as_bytes()).finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Self(u64::from_be_bytes(first))
+    }
+}
+
+impl RouteId {
+    /// The id of the private service `name`.
+    pub fn of_service(name: &str) -> Self {
+        Self::derive(&format!("service {name}"))
+    }
+}
+
+/// Sixteen hex digits.
+impl fmt::Display for RouteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for RouteId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(Self)
+    }
+}
+
+/// One entry of a client's route table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Its stable id; unique within the table.
+    pub id: RouteId,
+    /// What the server publishes.
+    pub kind: RouteKind,
+}
+
+/// What a route publishes on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteKind {
+    /// A TCP port whose visitors become streams to the client.
+    Tcp {
+        /// Address to bind; `None` for the server's default for this client.
+        bind: Option<IpAddr>,
+        /// Port to bind; 0 lets the server choose.
+        port: u16,
+        /// With `port` 0: a port to try first (the one held before); 0 for none.
+        preferred_port: u16,
+    },
+    /// A private service, reachable only through the tunnel as `CLIENT/NAME`.
+    Service {
+        /// Service name (same rules as client names).
+        name: String,
+    },
+}
+
+/// The server's answer for one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteResult {
+    /// The entry's id.
+    pub id: RouteId,
+    /// Accepted or refused.
+    pub outcome: RouteOutcome,
+}
+
+/// Whether an entry was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteOutcome {
+    /// In service; for a TCP route, the address the server bound.
+    Ready {
+        /// Where visitors connect (TCP routes).
+        public_addr: Option<SocketAddr>,
+    },
+    /// Refused; the other entries are unaffected.
+    Refused {
+        /// Why.
+        code: RefusalCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// A count of entries, checked against [`MAX_ROUTES`] and against the bytes left (each entry
+/// takes at least `min_size`) before anything is allocated for them.
+fn count(r: &mut Reader<'_>, min_size: usize, field: &'static str) -> Result<usize, DecodeError> {
+    let n = usize::from(r.u16(field)?);
+    if n > MAX_ROUTES {
+        return Err(DecodeError::TooLong { field, len: n, max: MAX_ROUTES });
+    }
+    if n.saturating_mul(min_size) > r.remaining() {
+        return Err(DecodeError::Truncated { field });
+    }
+    Ok(n)
+}
+
+fn length(n: usize) -> u16 {
+    u16::try_from(n.min(MAX_ROUTES)).unwrap_or(u16::MAX)
+}
+
+pub(super) fn encode_entries(w: &mut Writer, entries: &[RouteEntry]) {
+    w.u16(length(entries.len()));
+    for entry in entries.iter().take(MAX_ROUTES) {
+        w.u64(entry.id.0);
+        match &entry.kind {
+            RouteKind::Tcp { bind, port, preferred_port } => {
+                w.u8(KIND_TCP).opt_ip(*bind).u16(*port).u16(*preferred_port);
+            }
+            RouteKind::Service { name } => {
+                w.u8(KIND_SERVICE).string(name, MAX_NAME_LEN);
+            }
+        }
+    }
+}
+
+pub(super) fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<RouteEntry>, DecodeError> {
+    // An id and a kind byte at least.
+    let n = count(r, 9, "routes")?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = RouteId(r.u64("route id")?);
+        let kind = match r.u8("route kind")? {
+            KIND_TCP => RouteKind::Tcp {
+                bind: r.opt_ip("bind")?,
+                port: r.u16("port")?,
+                preferred_port: r.u16("preferred_port")?,
+            },
+            KIND_SERVICE => {
+                let name = r.string(MAX_NAME_LEN, "service")?;
+                validate_name(&name)?;
+                RouteKind::Service { name }
+            }
+            other => return Err(DecodeError::InvalidValue { field: "route kind", value: u64::from(other) }),
+        };
+        entries.push(RouteEntry { id, kind });
+    }
+    Ok(entries)
+}
+
+pub(super) fn encode_results(w: &mut Writer, results: &[RouteResult]) {
+    w.u16(length(results.len()));
+    for result in results.iter().take(MAX_ROUTES) {
+        w.u64(result.id.0);
+        match &result.outcome {
+            RouteOutcome::Ready { public_addr: None } => w.u8(OUTCOME_READY).opt_ip(None),
+            RouteOutcome::Ready { public_addr: Some(addr) } => w.u8(OUTCOME_READY).socket_addr(*addr),
+            RouteOutcome::Refused { code, message } => {
+                w.u8(OUTCOME_REFUSED).u8(code.to_u8()).string(message, MAX_REASON_LEN)
+            }
+        };
+    }
+}
+
+pub(super) fn decode_results(r: &mut Reader<'_>) -> Result<Vec<RouteResult>, DecodeError> {
+    // An id, an outcome byte and one more byte at least.
+    let n = count(r, 10, "results")?;
+    let mut results = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = RouteId(r.u64("route id")?);
+        let outcome = match r.u8("outcome")? {
+            OUTCOME_READY => RouteOutcome::Ready { public_addr: r.opt_socket_addr("public_addr")? },
+            OUTCOME_REFUSED => RouteOutcome::Refused {
+                code: RefusalCode::from_u8(r.u8("code")?),
+                message: r.string(MAX_REASON_LEN, "message")?,
+            },
+            other => return Err(DecodeError::InvalidValue { field: "outcome", value: u64::from(other) }),
+        };
+        results.push(RouteResult { id, outcome });
+    }
+    Ok(results)
+}

@@ -1,0 +1,187 @@
+//! Route tables: a client changes what it publishes while connected, and the server touches
+//! only what changed; a refused entry leaves the others in service.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tunnel_core::client::{ClientStatus, RouteSet};
+use tunnel_core::proto::RefusalCode;
+
+/// A target that answers every connection with its own tag, then echoes.
+async fn tagged_target(tag: &'static [u8]) -> SocketAddr {
+    serve_target(move |mut tcp| async move {
+        if tcp.write_all(tag).await.is_err() {
+            return;
+        }
+        let (mut r, mut w) = tcp.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// Connects to `public` and reads the target's tag.
+async fn open(public: SocketAddr, tag_len: usize) -> (TcpStream, Vec<u8>) {
+    let mut tcp = TcpStream::connect(public).await.unwrap();
+    let mut tag = vec![0u8; tag_len];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut tag)).await.expect("no answer").unwrap();
+    (tcp, tag)
+}
+
+async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
+    tcp.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
+    assert_eq!(back, bytes);
+}
+
+fn parts(status: &ClientStatus) -> (Vec<(String, SocketAddr)>, usize, u64) {
+    match status {
+        ClientStatus::Connected { forwards, refused, version, .. } => {
+            (forwards.iter().map(|f| (f.spec.to_string(), f.public_addr)).collect(), refused.len(), *version)
+        }
+        other => panic!("not connected: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_table_touches_only_what_changed() {
+    let server = start_server(|_| {}).await;
+    let (a, b, c) =
+        (tagged_target(b"AAAA").await, tagged_target(b"BBBB").await, tagged_target(b"CCCC").await);
+    let (spec_a, spec_b, spec_c) = (format!("0:{a}"), format!("0:{b}"), format!("0:{c}"));
+    let mut client = start_client(server.client_config("table", &[&spec_a, &spec_b]));
+    let before = client.connected().await;
+    let (public_a, public_b) = (before[0].public_addr, before[1].public_addr);
+    // A visitor of A stays connected across the change.
+    let (mut held, tag) = open(public_a, 4).await;
+    assert_eq!(tag, b"AAAA");
+
+    let mut set = client.routes.get();
+    set.remotes = vec![spec_c.parse().unwrap(), spec_a.parse().unwrap()];
+    client.routes.set(set).unwrap();
+    let (forwards, refused, version) = parts(&client.answered(2).await);
+    assert_eq!((refused, version), (0, 2));
+    assert_eq!(forwards[1], (spec_a.clone(), public_a), "the unchanged forward kept its port");
+    let public_c = forwards[0].1;
+
+    echo_once(&mut held, b"still here").await;
+    let (_, tag) = open(public_c, 4).await;
+    assert_eq!(tag, b"CCCC");
+    let (_, tag) = open(public_a, 4).await;
+    assert_eq!(tag, b"AAAA");
+    let gone = TcpStream::connect(public_b).await;
+    assert!(gone.is_err(), "the removed forward's port still accepts: {gone:?}");
+    // Sending the same set again changes nothing and sends nothing.
+    client.routes.set(client.routes.get()).unwrap();
+    echo_once(&mut held, b"and still").await;
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_port_that_changes_target_keeps_its_listener_and_its_visitors() {
+    let server = start_server(|_| {}).await;
+    let (a, b) = (tagged_target(b"AAAA").await, tagged_target(b"BBBB").await);
+    let port = free_port().await;
+    let mut client = start_client(server.client_config("retarget", &[&format!("{port}:{a}")]));
+    let public = client.connected().await[0].public_addr;
+    let (mut held, tag) = open(public, 4).await;
+    assert_eq!(tag, b"AAAA");
+    client
+        .routes
+        .set(RouteSet { remotes: vec![format!("{port}:{b}").parse().unwrap()], services: vec![] })
+        .unwrap();
+    client.answered(2).await;
+    let (_, tag) = open(public, 4).await;
+    assert_eq!(tag, b"BBBB", "new visitors reach the new target");
+    echo_once(&mut held, b"old visitor, old target").await;
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_leaves_the_others_in_service() {
+    let allowed = free_port().await;
+    let server =
+        start_server(|config| config.policy.allow_ports = allowed.to_string().parse().unwrap()).await;
+    let echo = echo_target().await;
+    let refused_port = if allowed == 65535 { allowed - 1 } else { allowed + 1 };
+    let mut client = start_client(
+        server.client_config("partial", &[&format!("{allowed}:{echo}"), &format!("{refused_port}:{echo}")]),
+    );
+    let status = client.answered(1).await;
+    let ClientStatus::Connected { forwards, refused, .. } = &status else { unreachable!() };
+    assert_eq!(forwards.len(), 1);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].code, RefusalCode::PortNotAllowed);
+    assert!(refused[0].route.contains(&refused_port.to_string()), "{:?}", refused[0]);
+    let mut tcp = TcpStream::connect(forwards[0].public_addr).await.unwrap();
+    echo_once(&mut tcp, b"works").await;
+    // Later changes that refuse everything do not stop the client either.
+    client
+        .routes
+        .set(RouteSet { remotes: vec![format!("{refused_port}:{echo}").parse().unwrap()], services: vec![] })
+        .unwrap();
+    let (forwards, refused, _) = parts(&client.answered(2).await);
+    assert_eq!((forwards.len(), refused), (0, 1));
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_whole_table_is_refused_at_connect_stops_with_the_refusal() {
+    let allowed = free_port().await;
+    let server =
+        start_server(|config| config.policy.allow_ports = allowed.to_string().parse().unwrap()).await;
+    let other = if allowed == 65535 { allowed - 1 } else { allowed + 1 };
+    let client = start_client(server.client_config("nothing", &[&format!("{other}:127.0.0.1:9")]));
+    let err = client.failure().await;
+    assert!(
+        matches!(
+            err,
+            tunnel_core::client::ClientError::ForwardRefused { code: RefusalCode::PortNotAllowed, .. }
+        ),
+        "{err:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_come_and_go_with_the_table() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let mut owner = start_client(server.client_config("owner", &[]));
+    owner.connected().await;
+    owner
+        .routes
+        .set(RouteSet { remotes: vec![], services: vec![format!("db={echo}").parse().unwrap()] })
+        .unwrap();
+    owner.answered(2).await;
+    let mut visitor_config = server.client_config("visitor", &[]);
+    visitor_config.locals = vec!["0:owner/db".parse().unwrap()];
+    let (mut visitor, locals) = start_client_with_locals(visitor_config).await;
+    visitor.connected().await;
+    let mut tcp = TcpStream::connect(locals[0]).await.unwrap();
+    echo_once(&mut tcp, b"visit").await;
+    owner.routes.set(RouteSet::default()).unwrap();
+    owner.answered(3).await;
+    eventually("the withdrawn service refuses visits", || async {
+        let Ok(mut tcp) = TcpStream::connect(locals[0]).await else { return false };
+        let _ = tcp.write_all(b"x").await;
+        let mut buf = [0u8; 1];
+        matches!(tokio::time::timeout(PATIENCE, tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    })
+    .await;
+    visitor.stop().await;
+    owner.stop().await;
+    server.stop().await;
+}
+
+/// A port the OS considers free right now.
+async fn free_port() -> u16 {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
+}
