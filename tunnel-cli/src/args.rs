@@ -6,7 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
 
 use tunnel_core::config::{ClientFile, RemoteEntry, SecretString, ServerFile};
-use tunnel_core::forward::{LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetRules};
+use tunnel_core::forward::{Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetRules};
+use tunnel_core::http::{HttpRoute, Service, TlsRoute};
 use tunnel_core::tls::Fingerprint;
 
 /// A self-hosted reverse tunnel: publish services behind NAT through a public server over one
@@ -62,6 +63,13 @@ pub struct ServeArgs {
     /// Run without TLS (clients must pass --insecure-plaintext too).
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Serve clients' HTTP routes to visitors on this address (HTTP/1.1), e.g. 0.0.0.0:80.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Hosts clients on the shared token may serve, as globs, e.g. '*.apps.example.com'
+    /// (repeatable or comma-separated) [default: none].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub allow_hosts: Vec<Glob>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,6 +98,17 @@ pub struct ConnectArgs {
     /// Expose a private service, reachable only through the tunnel as NAME/SERVICE. Repeatable.
     #[arg(long = "expose", value_name = "SERVICE=HOST:PORT")]
     pub expose: Vec<ServiceSpec>,
+    /// HTTP route: requests for HOST (and PATH, a prefix) go to SERVICE, `http://HOST:PORT` or
+    /// `http_status:NNN`. Repeatable.
+    #[arg(long = "http", value_name = "HOST[/PATH]=SERVICE")]
+    pub http: Vec<HttpRoute>,
+    /// TLS passthrough: TLS connections for HOST (by SNI) go undecrypted to an origin that
+    /// terminates TLS itself. Repeatable.
+    #[arg(long = "tls", value_name = "HOST=HOST:PORT")]
+    pub tls: Vec<TlsRoute>,
+    /// The answer for requests to this client's hosts that no --http route matches.
+    #[arg(long, value_name = "SERVICE")]
+    pub http_fallback: Option<Service>,
     /// Expected SHA-256 fingerprint of the server certificate (printed by `serve`).
     #[arg(long, value_name = "FP", conflicts_with = "ca")]
     pub fingerprint: Option<Fingerprint>,
@@ -129,6 +148,10 @@ impl ServeArgs {
             file.allow_bind = Some(self.allow_bind);
         }
         file.insecure_plaintext |= self.insecure_plaintext;
+        override_with(&mut file.http_listen, self.http_listen);
+        if !self.allow_hosts.is_empty() {
+            file.allow_hosts = Some(self.allow_hosts);
+        }
         Ok(file)
     }
 }
@@ -163,6 +186,13 @@ impl ConnectArgs {
         if !self.expose.is_empty() {
             file.expose = self.expose;
         }
+        if !self.http.is_empty() {
+            file.http = self.http;
+        }
+        if !self.tls.is_empty() {
+            file.tls = self.tls;
+        }
+        override_with(&mut file.http_fallback, self.http_fallback);
         Ok(file)
     }
 }

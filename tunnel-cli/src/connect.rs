@@ -28,7 +28,17 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     let printer = tokio::spawn(async move {
         while status.changed().await.is_ok() {
             let current = status.borrow_and_update().clone();
-            if let ClientStatus::Connected { forwards, services, refused, version, new_session } = current {
+            if let ClientStatus::Connected {
+                forwards,
+                services,
+                http,
+                http_fallback,
+                tls,
+                refused,
+                version,
+                new_session,
+            } = current
+            {
                 if new_session {
                     println!("{session_line}");
                     for forward in &forwards {
@@ -45,6 +55,15 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
                 }
                 for service in &services {
                     println!("route ready: v{version} service {} -> {}", service.name, service.target);
+                }
+                for route in &http {
+                    println!("route ready: v{version} http {route}");
+                }
+                if http_fallback {
+                    println!("route ready: v{version} http fallback");
+                }
+                for route in &tls {
+                    println!("route ready: v{version} tls {route}");
                 }
                 for route in &refused {
                     let reason = tunnel_core::log::Escaped(&route.message);

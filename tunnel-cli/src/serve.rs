@@ -17,14 +17,48 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
     let local = listener.local_addr().map_err(Failure::runtime)?;
+    let http = match &setup.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::runtime(format!("cannot listen for HTTP on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     print_banner(&setup, local);
+    if let Some(http) = &http {
+        println!("HTTP routes served on {}", http.local_addr().map_err(Failure::runtime)?);
+    }
     if setup.config.tls.is_none() {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
     }
-    Server::new(setup.config)
-        .run(listener, shutdown)
-        .await
-        .map_err(|e| Failure::runtime(format!("server failed: {e}")))
+    let server = Server::new(setup.config);
+    // One signal stops every listener.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let edge = http.map(|listener| {
+        let (server, until) = (server.clone(), until_stopped());
+        tokio::spawn(async move { server.run_http(listener, until).await })
+    });
+    let tunnel = server.run(listener, until_stopped());
+    tokio::pin!(tunnel);
+    let result = tokio::select! {
+        result = &mut tunnel => result,
+        () = shutdown => {
+            let _ = stop.send(true);
+            tunnel.await
+        }
+    };
+    let _ = stop.send(true);
+    if let Some(edge) = edge {
+        let _ = edge.await;
+    }
+    result.map_err(|e| Failure::runtime(format!("server failed: {e}")))
 }
 
 /// What the operator needs to connect a client, on stdout. A token the user supplied is never

@@ -14,6 +14,8 @@
 //! - [`session`]: handshake + mux + control stream + heartbeat = an authenticated session;
 //!   `session::framed` reads and writes `proto`'s formats on a stream.
 //! - [`forward`]: remote forward specs and the bidirectional copy with half-close.
+//! - [`http`]: HTTP host/path routing in Gateway API order, the server's edge and the client's
+//!   origin side (per request, WebSocket upgrades, pooled origin connections).
 //! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff); the
 //!   server's authorization rules are a [`server::Policy`] of their own.
 //! - [`config`]: TOML file types as plain data (serialize, parse, a pure `validate()`), built into
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod forward;
+pub mod http;
 pub mod log;
 pub mod mux;
 pub mod proto;

@@ -17,8 +17,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("mux", &["transport"]),
     ("session", &["auth", "log", "mux", "proto", "transport"]),
     ("forward", &["log", "proto"]),
-    ("server", &["auth", "forward", "fs", "log", "mux", "proto", "session", "task", "transport"]),
-    ("client", &["auth", "forward", "log", "mux", "proto", "session", "task", "tls", "transport"]),
+    ("http", &["log", "mux", "proto"]),
+    ("server", &["auth", "forward", "fs", "http", "log", "mux", "proto", "session", "task", "transport"]),
+    ("client", &["auth", "forward", "http", "log", "mux", "proto", "session", "task", "tls", "transport"]),
 ];
 
 /// `crate::NAME` paths in the code of `path` (comments and doc comments excluded), with lines.

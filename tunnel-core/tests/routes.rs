@@ -93,7 +93,11 @@ async fn a_fixed_port_that_changes_target_keeps_its_listener_and_its_visitors() 
     assert_eq!(tag, b"AAAA");
     client
         .routes
-        .set(RouteSet { remotes: vec![format!("{port}:{b}").parse().unwrap()], services: vec![] })
+        .set(RouteSet {
+            remotes: vec![format!("{port}:{b}").parse().unwrap()],
+            services: vec![],
+            ..RouteSet::default()
+        })
         .unwrap();
     client.answered(2).await;
     let (_, tag) = open(public, 4).await;
@@ -124,7 +128,11 @@ async fn a_refused_entry_leaves_the_others_in_service() {
     // Later changes that refuse everything do not stop the client either.
     client
         .routes
-        .set(RouteSet { remotes: vec![format!("{refused_port}:{echo}").parse().unwrap()], services: vec![] })
+        .set(RouteSet {
+            remotes: vec![format!("{refused_port}:{echo}").parse().unwrap()],
+            services: vec![],
+            ..RouteSet::default()
+        })
         .unwrap();
     let (forwards, refused, _) = parts(&client.answered(2).await);
     assert_eq!((forwards.len(), refused), (0, 1));
@@ -158,7 +166,11 @@ async fn services_come_and_go_with_the_table() {
     owner.connected().await;
     owner
         .routes
-        .set(RouteSet { remotes: vec![], services: vec![format!("db={echo}").parse().unwrap()] })
+        .set(RouteSet {
+            remotes: vec![],
+            services: vec![format!("db={echo}").parse().unwrap()],
+            ..RouteSet::default()
+        })
         .unwrap();
     owner.answered(2).await;
     let mut visitor_config = server.client_config("visitor", &[]);

@@ -34,6 +34,19 @@ pub enum ClientError {
         /// Server's explanation.
         message: String,
     },
+    /// The server refused one of our HTTP or TLS routes.
+    #[error("{route} refused by the server ({code}): {}", Escaped(.message))]
+    RouteRefused {
+        /// The route as configured.
+        route: String,
+        /// Server's reason code.
+        code: RefusalCode,
+        /// Server's explanation.
+        message: String,
+    },
+    /// The route set given to the client is invalid.
+    #[error("invalid routes")]
+    InvalidRoutes(#[from] super::RouteSetError),
     /// The server refused one of our private services.
     #[error("service {name:?} refused by the server ({code}): {}", Escaped(.message))]
     ServiceRefused {

@@ -28,6 +28,7 @@ pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_
 use self::error::{classify_end, classify_session, classify_tls, Failure};
 use crate::auth::Token;
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId};
@@ -53,6 +54,12 @@ pub struct ClientConfig {
     pub locals: Vec<LocalForwardSpec>,
     /// Private services to expose.
     pub services: Vec<ServiceSpec>,
+    /// HTTP routes to publish.
+    pub http: Vec<HttpRoute>,
+    /// The answer for requests to this client's hosts that no HTTP route matches.
+    pub http_fallback: Option<HttpAction>,
+    /// TLS passthrough routes to publish.
+    pub tls: Vec<TlsRoute>,
     /// Session settings (the server's heartbeat interval overrides ours).
     pub session: SessionConfig,
     /// Time allowed for TCP connect, TLS and the handshake together (default 10 s).
@@ -77,6 +84,9 @@ impl ClientConfig {
             remotes: Vec::new(),
             locals: Vec::new(),
             services: Vec::new(),
+            http: Vec::new(),
+            http_fallback: None,
+            tls: Vec::new(),
             session: SessionConfig {
                 // The server caps streams per session (`limits.max_streams_per_session`, at most
                 // 65536); the client, having pinned that server, follows its cap, not a lower one.
@@ -125,6 +135,12 @@ pub enum ClientStatus {
         forwards: Vec<ActiveForward>,
         /// The services exposed, in table order.
         services: Vec<ServiceSpec>,
+        /// The HTTP routes in service.
+        http: Vec<HttpRoute>,
+        /// Whether the HTTP fallback is in service.
+        http_fallback: bool,
+        /// The TLS passthrough routes in service.
+        tls: Vec<TlsRoute>,
         /// Entries the server refused; the others are unaffected.
         refused: Vec<RefusedRoute>,
         /// Version of the table this answers (it grows with every change).
@@ -172,19 +188,21 @@ pub struct Client {
     status: watch::Sender<ClientStatus>,
     locals: Option<Vec<locals::BoundLocal>>,
     routes: RouteHandle,
+    origins: Origins,
 }
 
 impl Client {
     /// A client with this configuration; nothing happens until [`Client::run`].
     pub fn new(config: ClientConfig) -> Self {
-        let routes =
-            RouteHandle::new(RouteSet { remotes: config.remotes.clone(), services: config.services.clone() });
-        Self {
-            config: Arc::new(config),
-            status: watch::Sender::new(ClientStatus::Connecting),
-            locals: None,
-            routes,
-        }
+        let routes = RouteHandle::new(RouteSet {
+            remotes: config.remotes.clone(),
+            services: config.services.clone(),
+            http: config.http.clone(),
+            http_fallback: config.http_fallback.clone(),
+            tls: config.tls.clone(),
+        });
+        let status = watch::Sender::new(ClientStatus::Connecting);
+        Self { config: Arc::new(config), status, locals: None, routes, origins: Origins::default() }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -223,6 +241,7 @@ impl Client {
     /// Connects and serves, reconnecting after transient failures, until `shutdown` resolves
     /// (`Ok`, after a goodbye to the server) or a permanent failure occurs (`Err`).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+        self.routes.get().check()?;
         self.listen_locals().await?;
         let stop = CancellationToken::new();
         let (session_tx, session_rx) = watch::channel(None);
@@ -340,18 +359,19 @@ impl Client {
         };
         let mut wanted = self.routes.subscribe();
         let stream_routes = streams::SharedRoutes::default();
-        let mut table = routes::Table::new(wanted.borrow_and_update().clone(), state.assigned, state.version);
+        let set = wanted.borrow_and_update().clone();
+        let mut table = routes::Table::new(&set, state.assigned, state.version);
         stream_routes.replace(table.stream_routes());
         let first = tokio::select! {
             result = self.first_answer(&control, &mut messages, &table) => result,
             end = &mut driver => return Err(ended(end)),
         };
         let answered =
-            first.and_then(|results| table.answer(results, state.assigned)).and_then(|answered| match table
-                .nothing_published(&answered)
-            {
-                Some(refused) => Err(refused.into()),
-                None => Ok(answered),
+            first.and_then(|results| table.answer(results, state.assigned)).and_then(|mut answered| {
+                match table.nothing_published(&mut answered) {
+                    Some(refused) => Err(refused.into()),
+                    None => Ok(answered),
+                }
             });
         let status = match answered {
             Ok(status) => status,
@@ -370,11 +390,11 @@ impl Client {
             tokio::select! {
                 end = &mut driver => return Err(ended(end)),
                 Some(stream) = incoming.next() => {
-                    tokio::spawn(streams::handle(stream, stream_routes.clone(), owned.clone()));
+                    tokio::spawn(streams::handle(stream, stream_routes.clone(), self.origins.clone(), owned.clone()));
                 }
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
-                    table = routes::Table::new(set, state.assigned, state.version);
+                    table = routes::Table::new(&set, state.assigned, state.version);
                     // Targets first: the server may send visitors of a new route before it answers.
                     stream_routes.replace(table.stream_routes());
                     if control.send(table.message()).await.is_err() {
@@ -427,7 +447,8 @@ impl Client {
     }
 
     fn publish(&self, answered: routes::Answered, new_session: bool) {
-        let routes::Answered { forwards, services, refused, version } = answered;
+        let routes::Answered { forwards, services, http, http_fallback, tls, refused, version, .. } =
+            answered;
         for forward in &forwards {
             tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
         }
@@ -437,9 +458,18 @@ impl Client {
         for route in &refused {
             tracing::warn!(route = %route.route, version, "route refused: {} ({})", Escaped(&route.message), route.code);
         }
+        for route in &http {
+            tracing::info!(route = %route, version, "HTTP route ready");
+        }
+        for route in &tls {
+            tracing::info!(route = %route, version, "TLS route ready");
+        }
         self.status.send_replace(ClientStatus::Connected {
             forwards,
             services,
+            http,
+            http_fallback,
+            tls,
             refused,
             version,
             new_session,

@@ -10,23 +10,31 @@ use super::error::Failure;
 use super::streams::Routes;
 use super::{ActiveForward, ClientError};
 use crate::forward::{RemoteForwardSpec, ServiceSpec};
+use crate::http::{HttpAction, HttpRoute, TlsRoute};
+use crate::proto::route::MAX_ROUTES;
 use crate::proto::{ControlMessage, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 
-/// What a client publishes: its remote forwards and its private services.
+/// What a client publishes: remote forwards, private services, HTTP and TLS routes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSet {
     /// Remote forwards.
     pub remotes: Vec<RemoteForwardSpec>,
     /// Private services.
     pub services: Vec<ServiceSpec>,
+    /// HTTP routes.
+    pub http: Vec<HttpRoute>,
+    /// The answer for requests to this client's hosts that no HTTP route matches.
+    pub http_fallback: Option<HttpAction>,
+    /// TLS passthrough routes.
+    pub tls: Vec<TlsRoute>,
 }
 
-/// Why a route set cannot be sent: two entries would be the same route.
+/// Why a route set cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RouteSetError {
     /// Two remote forwards publish the same port.
-    #[error("remote forwards {first} and {second} publish the same route")]
+    #[error("remote forwards {first} and {second} publish the same port")]
     DuplicateForward {
         /// The first of them.
         first: String,
@@ -36,25 +44,46 @@ pub enum RouteSetError {
     /// A service is listed twice.
     #[error("service {0:?} is listed twice")]
     DuplicateService(String),
+    /// Two HTTP routes match exactly the same requests, or two TLS routes the same host.
+    #[error("{0} is listed twice")]
+    DuplicateRoute(String),
+    /// An HTTP route's match or action is invalid.
+    #[error("HTTP route {route}: {reason}")]
+    InvalidRoute {
+        /// The route.
+        route: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// More routes than one table carries.
     #[error("{0} routes; a table holds at most {MAX_ROUTES_PER_SET}")]
     TooMany(usize),
 }
 
-/// Most routes one set may hold: its table then fits in a server's default 64 KiB message
-/// (a TCP entry takes about 30 bytes, a service up to 75).
+/// Most routes one set may hold: its table then fits in a server's default 64 KiB message.
 pub const MAX_ROUTES_PER_SET: usize = 512;
 
+/// What one entry of the table is on this side.
+#[derive(Debug, Clone)]
+enum Local {
+    Forward(RemoteForwardSpec),
+    Service(ServiceSpec),
+    Http(HttpRoute),
+    HttpFallback(HttpAction),
+    Tls(TlsRoute),
+}
+
 impl RouteSet {
-    /// Checks that every entry is a route of its own.
+    /// Checks that every entry is a valid route of its own.
     pub fn check(&self) -> Result<(), RouteSetError> {
-        let total = self.remotes.len() + self.services.len();
-        if total > MAX_ROUTES_PER_SET {
+        let total = self.remotes.len() + self.services.len() + self.http.len() + self.tls.len();
+        if total + usize::from(self.http_fallback.is_some()) > MAX_ROUTES_PER_SET.min(MAX_ROUTES) {
             return Err(RouteSetError::TooMany(total));
         }
-        let mut ids: HashMap<RouteId, &RemoteForwardSpec> = HashMap::new();
-        for (spec, id) in self.remotes.iter().zip(self.remote_ids()) {
-            if let Some(first) = ids.insert(id, spec) {
+        let mut ports: HashMap<u16, &RemoteForwardSpec> = HashMap::new();
+        for spec in self.remotes.iter().filter(|s| s.remote_port != 0) {
+            // The server leases ports, not addresses: one port, one forward.
+            if let Some(first) = ports.insert(spec.remote_port, spec) {
                 return Err(RouteSetError::DuplicateForward {
                     first: first.to_string(),
                     second: spec.to_string(),
@@ -65,11 +94,27 @@ impl RouteSet {
         if let Some(dup) = self.services.iter().find(|s| !names.insert(&s.name)) {
             return Err(RouteSetError::DuplicateService(dup.name.clone()));
         }
+        let mut ids = HashSet::new();
+        for route in &self.http {
+            let invalid = |reason| RouteSetError::InvalidRoute { route: route.to_string(), reason };
+            route.matcher.check().map_err(invalid)?;
+            route.action.check().map_err(invalid)?;
+            if !ids.insert(RouteId::of_http(&route.matcher)) {
+                return Err(RouteSetError::DuplicateRoute(format!("HTTP route {route}")));
+            }
+        }
+        if let Some(fallback) = &self.http_fallback {
+            fallback
+                .check()
+                .map_err(|reason| RouteSetError::InvalidRoute { route: "fallback".into(), reason })?;
+        }
+        let mut hosts = HashSet::new();
+        if let Some(dup) = self.tls.iter().find(|t| !hosts.insert(&t.host)) {
+            return Err(RouteSetError::DuplicateRoute(format!("TLS route for {}", dup.host)));
+        }
         Ok(())
     }
-}
 
-impl RouteSet {
     /// The route id of each remote forward, in order. Forwards on port 0 to the same target
     /// (say, with different idle timeouts) are told apart by their rank among those: the first
     /// keeps the plain id, so adding a second one leaves the first alone.
@@ -84,12 +129,43 @@ impl RouteSet {
                 }
                 let rank = seen.entry(id).or_insert(0);
                 *rank += 1;
-                match *rank {
-                    1 => id,
-                    n => RouteId::derive(&format!("{id} #{n}")),
-                }
+                RouteId::ranked(id, *rank)
             })
             .collect()
+    }
+
+    /// Every entry with its id and wire form, in table order.
+    fn items(&self, assigned: &HashMap<RouteId, u16>) -> Vec<(RouteEntry, Local)> {
+        let mut items = Vec::new();
+        for (spec, id) in self.remotes.iter().zip(self.remote_ids()) {
+            let preferred_port =
+                if spec.remote_port == 0 { assigned.get(&id).copied().unwrap_or(0) } else { 0 };
+            let kind = RouteKind::Tcp { bind: spec.bind, port: spec.remote_port, preferred_port };
+            items.push((RouteEntry { id, kind }, Local::Forward(spec.clone())));
+        }
+        for service in &self.services {
+            let kind = RouteKind::Service { name: service.name.clone() };
+            items.push((
+                RouteEntry { id: RouteId::of_service(&service.name), kind },
+                Local::Service(service.clone()),
+            ));
+        }
+        for route in &self.http {
+            let kind = RouteKind::Http { matcher: route.matcher.clone() };
+            items.push((
+                RouteEntry { id: RouteId::of_http(&route.matcher), kind },
+                Local::Http(route.clone()),
+            ));
+        }
+        if let Some(fallback) = &self.http_fallback {
+            let entry = RouteEntry { id: RouteId::of_http_fallback(), kind: RouteKind::HttpFallback };
+            items.push((entry, Local::HttpFallback(fallback.clone())));
+        }
+        for route in &self.tls {
+            let kind = RouteKind::Tls { host: route.host.clone() };
+            items.push((RouteEntry { id: RouteId::of_tls(&route.host), kind }, Local::Tls(route.clone())));
+        }
+        items
     }
 }
 
@@ -97,10 +173,10 @@ impl RouteSet {
 ///
 /// ```no_run
 /// # async fn example(client: &tunnel_core::client::Client) -> Result<(), Box<dyn std::error::Error>> {
-/// use tunnel_core::client::RouteSet;
 /// let handle = client.routes();
 /// let mut set = handle.get();
 /// set.remotes.push("8443:127.0.0.1:443".parse()?);
+/// set.http.push("app.example.com=http://127.0.0.1:3000".parse()?);
 /// handle.set(set)?; // sent to the server now; the other routes are untouched
 /// # Ok(()) }
 /// ```
@@ -140,7 +216,7 @@ impl RouteHandle {
 /// An entry the server refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedRoute {
-    /// The entry as configured (`8080:127.0.0.1:80`, `service kubelet`).
+    /// The entry as configured (`8080:127.0.0.1:80`, `service kubelet`, `http a.test/api=...`).
     pub route: String,
     /// Why.
     pub code: RefusalCode,
@@ -151,39 +227,36 @@ pub struct RefusedRoute {
 /// One version of the table as sent.
 pub(super) struct Table {
     version: u64,
-    set: Arc<RouteSet>,
-    entries: Vec<RouteEntry>,
+    items: Vec<(RouteEntry, Local)>,
 }
 
-/// The server's answer to a table.
+/// The server's answer to a table: what is in service, and what was refused.
+#[derive(Debug, Default)]
 pub(super) struct Answered {
     pub(super) forwards: Vec<ActiveForward>,
     pub(super) services: Vec<ServiceSpec>,
+    pub(super) http: Vec<HttpRoute>,
+    pub(super) http_fallback: bool,
+    pub(super) tls: Vec<TlsRoute>,
     pub(super) refused: Vec<RefusedRoute>,
     pub(super) version: u64,
+    /// The first refused entry, as the error that stops a client with nothing accepted.
+    first_refusal: Option<ClientError>,
+}
+
+impl Answered {
+    fn published(&self) -> bool {
+        !(self.forwards.is_empty() && self.services.is_empty() && self.http.is_empty() && self.tls.is_empty())
+            || self.http_fallback
+    }
 }
 
 impl Table {
     /// The next version of the table for `set`; forwards on port 0 ask for the port they were
     /// given before.
-    pub(super) fn new(set: Arc<RouteSet>, assigned: &HashMap<RouteId, u16>, version: &mut u64) -> Self {
+    pub(super) fn new(set: &RouteSet, assigned: &HashMap<RouteId, u16>, version: &mut u64) -> Self {
         *version += 1;
-        let mut entries = Vec::with_capacity(set.remotes.len() + set.services.len());
-        for (spec, id) in set.remotes.iter().zip(set.remote_ids()) {
-            let preferred_port =
-                if spec.remote_port == 0 { assigned.get(&id).copied().unwrap_or(0) } else { 0 };
-            entries.push(RouteEntry {
-                id,
-                kind: RouteKind::Tcp { bind: spec.bind, port: spec.remote_port, preferred_port },
-            });
-        }
-        for service in &set.services {
-            entries.push(RouteEntry {
-                id: RouteId::of_service(&service.name),
-                kind: RouteKind::Service { name: service.name.clone() },
-            });
-        }
-        Self { version: *version, set, entries }
+        Self { version: *version, items: set.items(assigned) }
     }
 
     pub(super) fn version(&self) -> u64 {
@@ -191,21 +264,33 @@ impl Table {
     }
 
     pub(super) fn message(&self) -> ControlMessage {
-        ControlMessage::RouteTable { version: self.version, entries: self.entries.clone() }
+        let entries = self.items.iter().map(|(entry, _)| entry.clone()).collect();
+        ControlMessage::RouteTable { version: self.version, entries }
     }
 
     /// Where visitors of this table's routes go.
     pub(super) fn stream_routes(&self) -> Routes {
-        Routes {
-            forwards: self
-                .set
-                .remotes
-                .iter()
-                .zip(self.set.remote_ids())
-                .map(|(s, id)| (id, (s.local.clone(), s.idle_timeout)))
-                .collect(),
-            services: self.set.services.iter().map(|s| (s.name.clone(), s.target.clone())).collect(),
+        let mut routes = Routes::default();
+        for (entry, local) in &self.items {
+            match local {
+                Local::Forward(spec) => {
+                    routes.forwards.insert(entry.id, (spec.local.clone(), spec.idle_timeout));
+                }
+                Local::Service(service) => {
+                    routes.services.insert(service.name.clone(), service.target.clone());
+                }
+                Local::Http(route) => {
+                    routes.http.insert(entry.id, Arc::new(route.action.clone()));
+                }
+                Local::HttpFallback(action) => {
+                    routes.http.insert(entry.id, Arc::new(action.clone()));
+                }
+                Local::Tls(route) => {
+                    routes.forwards.insert(entry.id, (route.target.clone(), None));
+                }
+            }
         }
+        routes
     }
 
     /// Reads the server's answer: every entry must be answered once.
@@ -220,36 +305,50 @@ impl Table {
                 return Err(protocol(format!("the server answered route {id} twice")));
             }
         }
-        let mut answered = Answered {
-            forwards: Vec::new(),
-            services: Vec::new(),
-            refused: Vec::new(),
-            version: self.version,
-        };
-        for (spec, id) in self.set.remotes.iter().zip(self.set.remote_ids()) {
-            match outcomes.remove(&id) {
-                Some(RouteOutcome::Ready { public_addr: Some(public_addr) }) => {
-                    if spec.remote_port == 0 {
-                        assigned.insert(id, public_addr.port());
+        let mut answered = Answered { version: self.version, ..Answered::default() };
+        for (entry, local) in &self.items {
+            let Some(outcome) = outcomes.remove(&entry.id) else {
+                return Err(protocol(format!("the server did not answer for {}", describe(local))));
+            };
+            let (code, message) = match outcome {
+                RouteOutcome::Refused { code, message } => (code, message),
+                RouteOutcome::Ready { public_addr } => {
+                    match (local, public_addr) {
+                        (Local::Forward(spec), Some(public_addr)) => {
+                            if spec.remote_port == 0 {
+                                assigned.insert(entry.id, public_addr.port());
+                            }
+                            answered.forwards.push(ActiveForward { spec: spec.clone(), public_addr });
+                        }
+                        (Local::Forward(spec), None) => {
+                            return Err(protocol(format!(
+                                "the server gave no public address for forward {spec}"
+                            )))
+                        }
+                        (Local::Service(service), _) => answered.services.push(service.clone()),
+                        (Local::Http(route), _) => answered.http.push(route.clone()),
+                        (Local::HttpFallback(_), _) => answered.http_fallback = true,
+                        (Local::Tls(route), _) => answered.tls.push(route.clone()),
                     }
-                    answered.forwards.push(ActiveForward { spec: spec.clone(), public_addr });
+                    continue;
                 }
-                Some(RouteOutcome::Refused { code, message }) => {
-                    answered.refused.push(RefusedRoute { route: spec.to_string(), code, message });
-                }
-                _ => return Err(protocol(format!("the server gave no public address for forward {spec}"))),
+            };
+            if answered.first_refusal.is_none() {
+                answered.first_refusal = Some(match local {
+                    Local::Forward(spec) => {
+                        ClientError::ForwardRefused { spec: spec.clone(), code, message: message.clone() }
+                    }
+                    Local::Service(service) => ClientError::ServiceRefused {
+                        name: service.name.clone(),
+                        code,
+                        message: message.clone(),
+                    },
+                    other => {
+                        ClientError::RouteRefused { route: describe(other), code, message: message.clone() }
+                    }
+                });
             }
-        }
-        for service in &self.set.services {
-            match outcomes.remove(&RouteId::of_service(&service.name)) {
-                Some(RouteOutcome::Ready { .. }) => answered.services.push(service.clone()),
-                Some(RouteOutcome::Refused { code, message }) => answered.refused.push(RefusedRoute {
-                    route: format!("service {}", service.name),
-                    code,
-                    message,
-                }),
-                _ => return Err(protocol(format!("the server did not answer for service {}", service.name))),
-            }
+            answered.refused.push(RefusedRoute { route: describe(local), code, message });
         }
         if let Some(id) = outcomes.keys().next() {
             return Err(protocol(format!("the server answered for route {id}, which was never sent")));
@@ -259,19 +358,22 @@ impl Table {
 
     /// When nothing at all could be published, the first refusal, as the error that stops the
     /// client: it would run doing nothing.
-    pub(super) fn nothing_published(&self, answered: &Answered) -> Option<ClientError> {
-        if !answered.forwards.is_empty() || !answered.services.is_empty() {
+    pub(super) fn nothing_published(&self, answered: &mut Answered) -> Option<ClientError> {
+        if answered.published() {
             return None;
         }
-        let first = answered.refused.first()?;
-        let (code, message) = (first.code, first.message.clone());
-        match self.set.remotes.iter().find(|s| s.to_string() == first.route) {
-            Some(spec) => Some(ClientError::ForwardRefused { spec: spec.clone(), code, message }),
-            None => {
-                let name = first.route.strip_prefix("service ").unwrap_or(&first.route).to_owned();
-                Some(ClientError::ServiceRefused { name, code, message })
-            }
-        }
+        answered.first_refusal.take()
+    }
+}
+
+/// An entry as the user wrote it.
+fn describe(local: &Local) -> String {
+    match local {
+        Local::Forward(spec) => spec.to_string(),
+        Local::Service(service) => format!("service {}", service.name),
+        Local::Http(route) => format!("http {route}"),
+        Local::HttpFallback(_) => "http fallback".to_owned(),
+        Local::Tls(route) => format!("tls {route}"),
     }
 }
 
@@ -287,33 +389,28 @@ mod tests {
         RouteSet {
             remotes: remotes.iter().map(|r| r.parse().unwrap()).collect(),
             services: services.iter().map(|s| s.parse().unwrap()).collect(),
+            ..RouteSet::default()
         }
     }
 
     #[test]
     fn ids_stay_when_the_order_or_the_target_of_a_fixed_port_changes() {
         let (mut assigned, mut version) = (HashMap::new(), 0);
-        let before = Table::new(
-            Arc::new(set(&["8080:127.0.0.1:80", "0:127.0.0.1:22"], &["k=h:1"])),
-            &assigned,
-            &mut version,
-        );
-        let after = Table::new(
-            Arc::new(set(&["0:127.0.0.1:22", "8080:127.0.0.1:81"], &["k=h:2"])),
-            &assigned,
-            &mut version,
-        );
-        let ids = |t: &Table| t.entries.iter().map(|e| e.id).collect::<HashSet<_>>();
+        let before =
+            Table::new(&(set(&["8080:127.0.0.1:80", "0:127.0.0.1:22"], &["k=h:1"])), &assigned, &mut version);
+        let after =
+            Table::new(&(set(&["0:127.0.0.1:22", "8080:127.0.0.1:81"], &["k=h:2"])), &assigned, &mut version);
+        let ids = |t: &Table| t.items.iter().map(|(e, _)| e.id).collect::<HashSet<_>>();
         assert_eq!(ids(&before), ids(&after));
         assert_eq!((before.version(), after.version()), (1, 2));
         // A port-0 forward is its target: another target is another route.
-        let other = Table::new(Arc::new(set(&["0:127.0.0.1:23"], &[])), &assigned, &mut version);
+        let other = Table::new(&(set(&["0:127.0.0.1:23"], &[])), &assigned, &mut version);
         assert!(ids(&other).is_disjoint(&ids(&before)));
         // The port the server picked is asked for again.
         let id = "0:127.0.0.1:22".parse::<RemoteForwardSpec>().unwrap().route_id();
         assigned.insert(id, 41000);
-        let again = Table::new(Arc::new(set(&["0:127.0.0.1:22"], &[])), &assigned, &mut version);
-        assert_eq!(again.entries[0].kind, RouteKind::Tcp { bind: None, port: 0, preferred_port: 41000 });
+        let again = Table::new(&(set(&["0:127.0.0.1:22"], &[])), &assigned, &mut version);
+        assert_eq!(again.items[0].0.kind, RouteKind::Tcp { bind: None, port: 0, preferred_port: 41000 });
     }
 
     #[test]
@@ -329,21 +426,22 @@ mod tests {
         let ids = twice.remote_ids();
         assert_ne!(ids[0], ids[1]);
         assert_eq!(ids[0], set(&["0:h:1"], &[]).remote_ids()[0], "the first keeps the plain id");
-        assert!(set(&["127.0.0.1:8080:h:1", "127.0.0.2:8080:h:1"], &[]).check().is_ok());
+        // The server leases ports, not addresses: one port is one forward, whatever the address.
+        assert!(set(&["127.0.0.1:8080:h:1", "127.0.0.2:8080:h:1"], &[]).check().is_err());
         assert_eq!(set(&[], &["k=h:1", "k=h:2"]).check(), Err(RouteSetError::DuplicateService("k".into())));
     }
 
     #[test]
     fn answers_must_cover_every_entry_once_and_nothing_else() {
         let mut version = 0;
-        let table = Table::new(Arc::new(set(&["8080:h:1"], &["k=h:2"])), &HashMap::new(), &mut version);
+        let table = Table::new(&(set(&["8080:h:1"], &["k=h:2"])), &HashMap::new(), &mut version);
         let ready = |id| RouteResult {
             id,
             outcome: RouteOutcome::Ready { public_addr: Some("0.0.0.0:8080".parse().unwrap()) },
         };
         let service =
             RouteResult { id: RouteId::of_service("k"), outcome: RouteOutcome::Ready { public_addr: None } };
-        let forward = table.entries[0].id;
+        let forward = table.items[0].0.id;
         let mut assigned = HashMap::new();
         let ok = table.answer(vec![service.clone(), ready(forward)], &mut assigned).ok().unwrap();
         assert_eq!((ok.forwards.len(), ok.services.len(), ok.refused.len()), (1, 1, 0));
@@ -358,7 +456,7 @@ mod tests {
             id: RouteId::of_service("k"),
             outcome: RouteOutcome::Refused { code: RefusalCode::NameNotAllowed, message: "no".into() },
         };
-        let none = table.answer(vec![refused, service_refused], &mut assigned).ok().unwrap();
-        assert!(matches!(table.nothing_published(&none), Some(ClientError::ForwardRefused { .. })));
+        let mut none = table.answer(vec![refused, service_refused], &mut assigned).ok().unwrap();
+        assert!(matches!(table.nothing_published(&mut none), Some(ClientError::ForwardRefused { .. })));
     }
 }

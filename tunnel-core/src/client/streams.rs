@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{splice_with, SpliceLimits, TargetAddr};
+use crate::http::{HttpAction, Origins};
 use crate::log::Escaped;
 use crate::mux::MuxStream;
 use crate::proto::{RouteId, StreamHeader};
@@ -23,6 +24,8 @@ pub(super) struct Routes {
     /// Remote forwards by route id: the target and the idle timeout.
     pub(super) forwards: HashMap<RouteId, (TargetAddr, Option<Duration>)>,
     pub(super) services: HashMap<String, TargetAddr>,
+    /// HTTP routes (and the fallback) by route id: their actions.
+    pub(super) http: HashMap<RouteId, Arc<HttpAction>>,
 }
 
 /// The routes in force, replaced whole when the table changes; each stream reads them once.
@@ -39,7 +42,12 @@ impl SharedRoutes {
     }
 }
 
-pub(super) async fn handle(mut stream: MuxStream, routes: SharedRoutes, owned: CancellationToken) {
+pub(super) async fn handle(
+    mut stream: MuxStream,
+    routes: SharedRoutes,
+    origins: Origins,
+    owned: CancellationToken,
+) {
     let header =
         match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
             Ok(Ok(header)) => header,
@@ -52,6 +60,14 @@ pub(super) async fn handle(mut stream: MuxStream, routes: SharedRoutes, owned: C
     let (target, idle_timeout, visitor, via) = match &header {
         StreamHeader::Route { route_id, visitor } => match routes.forwards.get(route_id) {
             Some((target, idle)) => (target, *idle, *visitor, format!("route {route_id}")),
+            None if routes.http.contains_key(route_id) => {
+                let action = routes.http[route_id].clone();
+                drop(routes);
+                return tokio::select! {
+                    () = origins.serve(stream, action) => {}
+                    () = owned.cancelled() => {}
+                };
+            }
             None => {
                 return tracing::debug!(
                     route = %route_id,

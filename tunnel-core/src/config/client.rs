@@ -3,10 +3,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::server::{check_secret, positive_duration, secret};
+use super::RouteFile;
 use super::{default_client_name, invalid, window_growth, ConfigError, HumanDuration, SecretString};
 use crate::auth::Token;
 use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError};
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::http::{HttpAction, HttpRoute, Service, TlsRoute};
 use crate::proto::validate_name;
 use crate::tls::{client_config, Fingerprint, ServerTrust};
 use crate::transport::ClientTransport;
@@ -45,6 +47,18 @@ pub struct ClientFile {
     /// Private services, `SERVICE=HOST:PORT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<ServiceSpec>,
+    /// HTTP routes, `HOST[/PATH]=SERVICE` (a path is a prefix; SERVICE is `http://HOST:PORT` or
+    /// `http_status:NNN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRoute>,
+    /// TLS passthrough routes, `HOST=HOST:PORT`: the origin terminates TLS itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsRoute>,
+    /// The answer for requests to this client's hosts that no route matches.
+    pub http_fallback: Option<Service>,
+    /// HTTP routes with the full set of matches and actions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteFile>,
     /// Pinned SHA-256 fingerprint of the server certificate.
     pub fingerprint: Option<Fingerprint>,
     /// PEM file of CA certificates to verify the server with.
@@ -204,10 +218,21 @@ impl ClientFile {
     /// running client is given when its file changes.
     pub fn route_set(&self) -> Result<RouteSet, ConfigError> {
         let remotes = self.remote.iter().map(RemoteEntry::build).collect::<Result<Vec<_>, _>>()?;
-        let routes = RouteSet { remotes, services: self.expose.clone() };
+        let mut http = self.http.clone();
+        for entry in &self.routes {
+            http.push(entry.build().map_err(|e| invalid("routes", format!("host {}: {e}", entry.host)))?);
+        }
+        let routes = RouteSet {
+            remotes,
+            services: self.expose.clone(),
+            http,
+            http_fallback: self.http_fallback.clone().map(HttpAction::to),
+            tls: self.tls.clone(),
+        };
         routes.check().map_err(|e| match e {
             RouteSetError::DuplicateService(_) => invalid("expose", e),
-            _ => invalid("remote", e),
+            RouteSetError::DuplicateForward { .. } => invalid("remote", e),
+            _ => invalid("routes", e),
         })?;
         Ok(routes)
     }
@@ -252,6 +277,9 @@ impl ClientFile {
         config.remotes = routes.remotes;
         config.locals = self.local.clone();
         config.services = routes.services;
+        config.http = routes.http;
+        config.http_fallback = routes.http_fallback;
+        config.tls = routes.tls;
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = positive_duration("handshake_timeout", d)?;
         }

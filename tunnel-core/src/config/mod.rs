@@ -5,6 +5,7 @@
 mod client;
 mod duration;
 mod limits;
+mod routes;
 mod secret;
 mod server;
 mod text;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub use client::{ClientFile, RemoteEntry, RemoteOptions};
 pub use duration::HumanDuration;
 pub use limits::ServerLimits;
+pub use routes::{BackendFile, HeaderChangesFile, PathType, RedirectFile, RouteFile};
 pub use secret::SecretString;
 pub use server::{ClientEntry, ServerFile, ServerSetup, TokenSource};
 

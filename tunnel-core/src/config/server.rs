@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{default_state_dir, invalid, ConfigError, HumanDuration, SecretString, ServerLimits};
 use crate::auth::{Credentials, Token};
 use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
+use crate::http::Service;
 use crate::proto::validate_name;
 use crate::server::{ClientPolicy, Policy, ServerConfig};
 use crate::tls::{server_config, Fingerprint, ServerIdentity};
@@ -55,6 +56,12 @@ pub struct ServerFile {
     /// Run without TLS; clients must opt in too (default false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
+    /// Address to serve HTTP routes on, e.g. `0.0.0.0:80` (default: none).
+    pub http_listen: Option<String>,
+    /// Hosts (globs) shared-token clients may serve over HTTP and TLS (default: none).
+    pub allow_hosts: Option<Vec<Glob>>,
+    /// The answer for requests to hosts no client serves (default `http_status:404`).
+    pub fallback: Option<Service>,
     /// Address forwards bind when the client names none (default `0.0.0.0`).
     pub bind_addr: Option<IpAddr>,
     /// Addresses clients may ask their forwards to bind, e.g. `["127.0.0.1", "::1"]`
@@ -101,6 +108,10 @@ pub struct ClientEntry {
     pub ports: Option<PortSet>,
     /// Addresses its forwards may bind (default: the server-wide `allow_bind`).
     pub allow_bind: Option<Vec<IpAddr>>,
+    /// Hosts it may serve over HTTP and TLS, as globs such as `*.team-a.example.com`
+    /// (default: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<Glob>,
 }
 
 /// Where the shared token came from, which decides whether it may be shown.
@@ -123,6 +134,8 @@ pub struct ServerSetup {
     pub config: ServerConfig,
     /// Address to listen on.
     pub listen: String,
+    /// Address to serve HTTP routes on, if any.
+    pub http_listen: Option<String>,
     /// Fingerprint of the certificate in use (`None` in plaintext mode).
     pub fingerprint: Option<Fingerprint>,
     /// The shared token, if any.
@@ -193,6 +206,7 @@ impl ServerFile {
         Ok(ServerSetup {
             config,
             listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            http_listen: self.http_listen,
             fingerprint,
             shared_token,
             token_source,
@@ -205,7 +219,10 @@ impl ServerFile {
         credentials: Credentials,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<ServerConfig, ConfigError> {
-        check_listen(self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        check_listen("listen", self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        if let Some(listen) = &self.http_listen {
+            check_listen("http_listen", listen)?;
+        }
         let mut config = ServerConfig::new(credentials, tls);
         config.policy = self.policy()?;
         if let Some(d) = self.port_grace {
@@ -223,6 +240,16 @@ impl ServerFile {
             ));
         }
         self.limits.apply(&mut config)?;
+        match &self.fallback {
+            None => {}
+            Some(Service::Status(code)) => config.http.fallback = *code,
+            Some(other) => {
+                return Err(invalid(
+                    "fallback",
+                    format!("{other}: the server's fallback is an http_status:NNN"),
+                ))
+            }
+        }
         Ok(config)
     }
 
@@ -232,6 +259,7 @@ impl ServerFile {
             policy.allow_ports = ports.clone();
         }
         policy.allow_targets = self.allow_targets.clone().unwrap_or_default();
+        policy.allow_hosts = self.allow_hosts.clone().unwrap_or_default();
         if let Some(bind) = self.bind_addr {
             policy.default_bind = bind;
         }
@@ -311,19 +339,20 @@ impl ClientEntry {
             allow_targets: self.allow_targets.clone(),
             ports: self.ports.clone(),
             allow_bind: self.allow_bind.clone(),
+            allow_hosts: self.allow_hosts.clone(),
         })
     }
 }
 
 /// The address to accept clients on must be `HOST:PORT` before anything binds it.
-fn check_listen(listen: &str) -> Result<(), ConfigError> {
+fn check_listen(key: &'static str, listen: &str) -> Result<(), ConfigError> {
     let valid = listen.rsplit_once(':').is_some_and(|(host, port)| {
         !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
     });
     if valid {
         Ok(())
     } else {
-        Err(invalid("listen", format!("{listen:?} is not HOST:PORT (e.g. {DEFAULT_LISTEN})")))
+        Err(invalid(key, format!("{listen:?} is not HOST:PORT (e.g. {DEFAULT_LISTEN})")))
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serializer};
 use crate::forward::{
     Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetRules, VisitRule,
 };
+use crate::http::{HttpRoute, Service, TlsRoute};
 use crate::tls::Fingerprint;
 
 fn serialize<T: Display, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
@@ -52,7 +53,11 @@ as_text!(
     LocalForwardSpec,
     ServiceSpec,
     Fingerprint,
-    super::HumanDuration
+    super::HumanDuration,
+    Service,
+    HttpRoute,
+    TlsRoute,
+    crate::proto::HostPattern
 );
 
 #[cfg(test)]

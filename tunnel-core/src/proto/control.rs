@@ -126,6 +126,10 @@ pub enum RefusalCode {
     AddressNotAllowed,
     /// The client already exposes as many services as its limit allows.
     TooManyServices,
+    /// This client may not serve that host (`allow_hosts`).
+    HostNotAllowed,
+    /// Another client serves that host.
+    HostTaken,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -159,7 +163,7 @@ macro_rules! wire_enum {
     };
 }
 
-wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5, AddressNotAllowed = 6, TooManyServices = 7 });
+wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5, AddressNotAllowed = 6, TooManyServices = 7, HostNotAllowed = 8, HostTaken = 9 });
 wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3, ServerFull = 4 });
 
 impl std::fmt::Display for RefusalCode {
@@ -172,6 +176,8 @@ impl std::fmt::Display for RefusalCode {
             Self::NameNotAllowed => f.write_str("name not allowed"),
             Self::AddressNotAllowed => f.write_str("address not allowed"),
             Self::TooManyServices => f.write_str("too many services"),
+            Self::HostNotAllowed => f.write_str("host not allowed"),
+            Self::HostTaken => f.write_str("host taken"),
             Self::Other(v) => write!(f, "refusal code {v}"),
         }
     }

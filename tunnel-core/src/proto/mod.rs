@@ -10,6 +10,7 @@ pub mod control;
 pub mod frame;
 pub mod handshake;
 pub mod header;
+pub mod http;
 pub mod route;
 pub mod target;
 pub(crate) mod wire;
@@ -17,6 +18,7 @@ pub(crate) mod wire;
 pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
 pub use frame::FrameTooLarge;
 pub use header::{ReplyStatus, StreamHeader, StreamReply};
+pub use http::{HostPattern, HttpMatch, PathMatch};
 pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 pub use target::{SpecError, TargetAddr, VisitTarget};
 

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use sha2::{Digest, Sha256};
 
 use super::control::RefusalCode;
+use super::http::{self, HostPattern, HttpMatch};
 use super::wire::{Reader, Writer};
 use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
 
@@ -19,6 +20,9 @@ pub const MAX_ROUTES: usize = 1024;
 
 const KIND_TCP: u8 = 1;
 const KIND_SERVICE: u8 = 2;
+const KIND_HTTP: u8 = 3;
+const KIND_HTTP_FALLBACK: u8 = 4;
+const KIND_TLS: u8 = 5;
 const OUTCOME_READY: u8 = 0;
 const OUTCOME_REFUSED: u8 = 1;
 
@@ -49,6 +53,35 @@ impl RouteId {
     /// The id of the private service `name`.
     pub fn of_service(name: &str) -> Self {
         Self::derive(&format!("service {name}"))
+    }
+
+    /// The id of the HTTP route matching `m` (from its wire form: any difference in what it
+    /// matches is another route).
+    pub fn of_http(m: &HttpMatch) -> Self {
+        let mut w = Writer::new();
+        http::encode_match(&mut w, m);
+        let hex: String = w.finish().iter().map(|b| format!("{b:02x}")).collect();
+        Self::derive(&format!("http {hex}"))
+    }
+
+    /// The id of a client's HTTP fallback.
+    pub fn of_http_fallback() -> Self {
+        Self::derive("http fallback")
+    }
+
+    /// The id of the TLS passthrough route for `host`.
+    pub fn of_tls(host: &HostPattern) -> Self {
+        Self::derive(&format!("tls {host}"))
+    }
+
+    /// The id of the `rank`-th route (from 2) with the same `base` id, for routes a client
+    /// lists several times with different options.
+    pub fn ranked(base: Self, rank: u32) -> Self {
+        if rank <= 1 {
+            base
+        } else {
+            Self::derive(&format!("{base} #{rank}"))
+        }
     }
 }
 
@@ -93,6 +126,18 @@ pub enum RouteKind {
     Service {
         /// Service name (same rules as client names).
         name: String,
+    },
+    /// HTTP requests matching this, on the server's HTTP and HTTPS listeners (version 2).
+    Http {
+        /// What the requests match.
+        matcher: HttpMatch,
+    },
+    /// The client's answer for requests to its hosts that none of its HTTP routes match.
+    HttpFallback,
+    /// TLS connections whose SNI names this host, passed through undecrypted (version 2).
+    Tls {
+        /// The host.
+        host: HostPattern,
     },
 }
 
@@ -151,6 +196,16 @@ pub(super) fn encode_entries(w: &mut Writer, entries: &[RouteEntry]) {
             RouteKind::Service { name } => {
                 w.u8(KIND_SERVICE).string(name, MAX_NAME_LEN);
             }
+            RouteKind::Http { matcher } => {
+                w.u8(KIND_HTTP);
+                http::encode_match(w, matcher);
+            }
+            RouteKind::HttpFallback => {
+                w.u8(KIND_HTTP_FALLBACK);
+            }
+            RouteKind::Tls { host } => {
+                w.u8(KIND_TLS).string(host.as_str(), http::MAX_HOST_LEN);
+            }
         }
     }
 }
@@ -172,6 +227,9 @@ pub(super) fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<RouteEntry>, Deco
                 validate_name(&name)?;
                 RouteKind::Service { name }
             }
+            KIND_HTTP => RouteKind::Http { matcher: http::decode_match(r)? },
+            KIND_HTTP_FALLBACK => RouteKind::HttpFallback,
+            KIND_TLS => RouteKind::Tls { host: http::decode_host(r)? },
             other => return Err(DecodeError::InvalidValue { field: "route kind", value: u64::from(other) }),
         };
         entries.push(RouteEntry { id, kind });

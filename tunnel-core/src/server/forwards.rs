@@ -36,17 +36,30 @@ pub(super) struct Binder<'s> {
 impl Binder<'_> {
     /// A listener for route `id`: on `port`, or with port 0 on the port it held before
     /// (`preferred`, else our reservation for it) or a free allowed one.
+    /// Returns the listener and the address it bound.
     pub(super) async fn bind(
         &self,
         id: RouteId,
         bind: Option<IpAddr>,
         port: u16,
         preferred: u16,
-    ) -> Result<TcpListener, Refusal> {
+    ) -> Result<(TcpListener, SocketAddr), Refusal> {
         let ip = self.bind_address(bind)?;
-        if port == 0 {
-            return self.bind_any(id, ip, preferred).await;
+        let listener = if port == 0 {
+            self.bind_any(id, ip, preferred).await?
+        } else {
+            self.bind_fixed(id, ip, port).await?
+        };
+        match listener.local_addr() {
+            Ok(addr) => Ok((listener, addr)),
+            Err(err) => {
+                // The port is unknown here; the lease stays held until the session ends.
+                Err((RefusalCode::Invalid, format!("the bound listener has no address: {err}")))
+            }
         }
+    }
+
+    async fn bind_fixed(&self, id: RouteId, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
         let rules = self.shared.config.rules(self.name, self.credential);
         match rules.may_bind_port(port) {
             PortVerdict::Allowed => self.bind_claimed(id, ip, port).await,
@@ -60,7 +73,7 @@ impl Binder<'_> {
         }
     }
 
-    /// Gives back the port of a listener that is closed (its route was removed or replaced).
+    /// Gives back the port of a listener that is closed (its route was removed).
     pub(super) fn release(&self, port: u16) {
         self.shared.registry.release(self.session, port);
     }
@@ -143,12 +156,28 @@ fn bind_refusal(ip: IpAddr, port: u16, err: &io::Error) -> Refusal {
     }
 }
 
+/// How a route's visitors are announced to the client.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum StreamKind {
+    /// A version 1 forward (added by `RemoteForwardRequest`): `RemoteForward` headers.
+    Forward(u32),
+    /// A route of a table: `Route` headers.
+    Route(RouteId),
+}
+
+impl std::fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Forward(id) => write!(f, "forward {id}"),
+            Self::Route(id) => write!(f, "route {id}"),
+        }
+    }
+}
+
 /// What a route's listener needs to carry visitors to its session.
 #[derive(Debug, Clone)]
 pub(super) struct Carrier {
-    pub(super) route: RouteId,
-    /// Version 1 forwards (added by `RemoteForwardRequest`) announce visitors with the old header.
-    pub(super) legacy: bool,
+    pub(super) kind: StreamKind,
     pub(super) opener: StreamOpener,
     /// Cancelled when the route is removed or the session ends.
     pub(super) owned: CancellationToken,
@@ -216,7 +245,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
                 }
                 Err(why) => {
                     if crate::log::REFUSALS.allow() {
-                        tracing::info!(%visitor, route = %carrier.route, "visitor refused: {why}");
+                        tracing::info!(%visitor, route = %carrier.kind, "visitor refused: {why}");
                     }
                     transport::reset_on_close(&tcp);
                 }
@@ -224,7 +253,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
             Err(err) => {
                 // Out of file descriptors and the like: pause instead of spinning.
                 if crate::log::ACCEPT_FAILURES.allow() {
-                    tracing::warn!(route = %carrier.route, "accept failed: {err}");
+                    tracing::warn!(route = %carrier.kind, "accept failed: {err}");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -233,7 +262,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
 }
 
 async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place: VisitorPlace) {
-    let route = carrier.route;
+    let route = carrier.kind;
     let _ = transport::configure_tcp(&tcp);
     let mut stream = match carrier.opener.open().await {
         Ok(stream) => stream,
@@ -243,9 +272,9 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place
             return;
         }
     };
-    let header = match u32::try_from(route.0) {
-        Ok(forward_id) if carrier.legacy => StreamHeader::RemoteForward { forward_id, visitor },
-        _ => StreamHeader::Route { route_id: route, visitor },
+    let header = match route {
+        StreamKind::Forward(forward_id) => StreamHeader::RemoteForward { forward_id, visitor },
+        StreamKind::Route(route_id) => StreamHeader::Route { route_id, visitor },
     }
     .encode();
     let carry = async {

@@ -8,6 +8,7 @@
 
 mod connection;
 mod forwards;
+mod http_routes;
 pub mod leases;
 mod pending;
 mod policy;
@@ -65,6 +66,8 @@ pub struct ServerConfig {
     pub max_sessions_per_shared_token: usize,
     /// How long a departed client's ports stay reserved for its reconnect (default 60 s).
     pub port_grace: Duration,
+    /// The HTTP edge: its fallback answer and limits.
+    pub http: HttpSettings,
     /// Where port leases are kept across restarts, so a restart opens no window for squatters;
     /// `None` keeps them in memory only.
     pub lease_file: Option<std::path::PathBuf>,
@@ -99,6 +102,7 @@ impl ServerConfig {
             max_sessions_per_shared_token: 1_000,
             port_grace: Duration::from_secs(60),
             lease_file: None,
+            http: HttpSettings::default(),
         }
     }
 
@@ -118,11 +122,28 @@ impl ServerConfig {
     }
 }
 
+/// The HTTP edge's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HttpSettings {
+    /// The answer for requests to hosts no client serves (default 404).
+    pub fallback: http::StatusCode,
+    /// Timeouts, sizes and the connection cap.
+    pub limits: crate::http::EdgeLimits,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { fallback: http::StatusCode::NOT_FOUND, limits: crate::http::EdgeLimits::default() }
+    }
+}
+
 /// State shared by every connection task.
 struct Shared {
     config: ServerConfig,
     registry: registry::Registry,
     pending: pending::Pending,
+    http_routes: Arc<http_routes::HttpRoutes>,
 }
 
 /// A tunnel server.
@@ -169,7 +190,8 @@ impl Server {
         }
         let pending =
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
-        Self { shared: Arc::new(Shared { config, registry, pending }) }
+        let http_routes = Arc::default();
+        Self { shared: Arc::new(Shared { config, registry, pending, http_routes }) }
     }
 
     /// Names of the clients with a live session.
@@ -228,6 +250,64 @@ impl Server {
         if let Some(path) = lease_file {
             // The sessions' ports are now reserved for their grace period: keep that for the next start.
             save_leases(&self.shared, path).await;
+        }
+        Ok(())
+    }
+}
+
+impl Server {
+    /// Serves HTTP routes to visitors on `listener` until `shutdown` resolves; then stops
+    /// accepting and gives open connections a moment before closing them.
+    pub async fn run_http(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let settings = &self.shared.config.http;
+        let edge = Arc::new(crate::http::HttpEdge::new(
+            self.shared.http_routes.clone(),
+            settings.fallback,
+            settings.limits.clone(),
+        ));
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections));
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, visitor) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        if crate::log::ACCEPT_FAILURES.allow() {
+                            tracing::warn!("HTTP accept failed: {err}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                if crate::log::REFUSALS.allow() {
+                    tracing::warn!(%visitor, "HTTP connection refused: {} open", settings.limits.max_connections);
+                }
+                crate::transport::reset_on_close(&tcp);
+                continue;
+            };
+            let _ = crate::transport::configure_tcp(&tcp);
+            let (edge, stop) = (edge.clone(), stop.clone());
+            tasks.spawn(async move {
+                let _slot = slot;
+                tokio::select! {
+                    () = edge.serve(tcp, visitor, "http") => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        drop(listener);
+        tasks.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+            stop.cancel();
+            tasks.wait().await;
         }
         Ok(())
     }

@@ -38,6 +38,9 @@ pub struct Policy {
     /// Addresses a client may ask its forwards to bind, unless it has its own list; empty (the
     /// default) allows only `default_bind`.
     pub allow_bind: Vec<IpAddr>,
+    /// Hosts (globs over host patterns, `*.example.com`) shared-token clients may serve over
+    /// HTTP and TLS (default: none).
+    pub allow_hosts: Vec<Glob>,
     /// What each client with its own token may do, by name.
     pub clients: HashMap<String, ClientPolicy>,
 }
@@ -49,6 +52,7 @@ impl Default for Policy {
             allow_targets: TargetRules::default(),
             default_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             allow_bind: Vec::new(),
+            allow_hosts: Vec::new(),
             clients: HashMap::new(),
         }
     }
@@ -70,6 +74,8 @@ pub struct ClientPolicy {
     pub ports: Option<PortSet>,
     /// Addresses its forwards may bind; `None` for the server-wide list.
     pub allow_bind: Option<Vec<IpAddr>>,
+    /// Hosts it may serve over HTTP and TLS, as globs (default: none).
+    pub allow_hosts: Vec<Glob>,
 }
 
 /// Whether a client may bind a port.
@@ -155,6 +161,17 @@ impl<'a> ClientRules<'a> {
     /// Targets the server may dial for its local forwards.
     pub fn targets(&self) -> &'a TargetRules {
         self.own.and_then(|p| p.allow_targets.as_ref()).unwrap_or(&self.policy.allow_targets)
+    }
+
+    /// May it serve `host` (an HTTP or TLS route)? Shared-token clients by `allow_hosts`, a
+    /// client with its own token by its entry's `allow_hosts`.
+    pub fn may_serve_host(&self, host: &crate::proto::HostPattern) -> bool {
+        let globs = match (self.own, self.credential) {
+            (Some(own), _) => &own.allow_hosts,
+            (None, CredentialKind::Shared) => &self.policy.allow_hosts,
+            (None, CredentialKind::PerClient) => return false,
+        };
+        globs.iter().any(|g| g.matches(host.as_str()))
     }
 
     /// Shared-token clients expose any name; a client with its own token only what it is allowed.

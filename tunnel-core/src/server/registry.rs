@@ -272,8 +272,12 @@ impl Registry {
         let mut inner = self.lock();
         if let Some(lease) = inner.leases.get(&port) {
             match lease.state {
-                // Held by this name too (another forward of it, or a session still letting go):
-                // taking it over would lose that lease when this claim is released.
+                // Held by this very session: a route of a table being applied takes over the
+                // port of a route the same table removed (the caller checked that no route of
+                // the session still uses it).
+                LeaseState::Held(holder) if holder == id && lease.owner == name => {}
+                // Held by this name in another session (one still letting go): taking it over
+                // would lose that lease when this claim is released.
                 LeaseState::Held(_) if lease.owner == name => return Err(PortConflict::Held),
                 LeaseState::Held(_) => return Err(PortConflict::OtherClient),
                 LeaseState::Reserved { until } if until > now && lease.owner != name => {
@@ -459,14 +463,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_port_held_by_this_client_cannot_be_claimed_again_and_lost_on_release() {
+    async fn a_session_may_move_its_port_to_another_route_and_no_other_session_may_take_it() {
         let registry = Registry::new(GRACE, CAPS);
         let a = register(&registry, "a").await;
         registry.claim("a", a.id, RouteId(0), 7000).unwrap();
-        // A second forward asking for the same port: refused, and the first keeps its lease.
-        assert_eq!(registry.claim("a", a.id, RouteId(1), 7000), Err(PortConflict::Held));
+        // The same session (a table moving the port from a removed route to a new one).
+        registry.claim("a", a.id, RouteId(1), 7000).unwrap();
         registry.unregister("a", &a);
-        assert_eq!(registry.reserved_for("a", RouteId(0)), Some(7000), "the first forward's lease was lost");
+        assert_eq!(registry.reserved_for("a", RouteId(1)), Some(7000), "the lease follows the new route");
+        // A session of the same name still letting go holds it against a newer one.
+        let old = register(&registry, "b").await;
+        registry.claim("b", old.id, RouteId(0), 7001).unwrap();
+        let newer_id = old.id + 1000;
+        assert_eq!(registry.claim("b", newer_id, RouteId(0), 7001), Err(PortConflict::Held));
     }
 
     #[tokio::test(start_paused = true)]

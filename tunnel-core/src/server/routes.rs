@@ -4,19 +4,30 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::forwards::{self, Binder, Carrier, Refusal};
+use super::forwards::{self, Binder, Carrier, Refusal, StreamKind};
+use super::http_routes::SessionHttp;
 use super::registry::SessionId;
 use super::Shared;
 use crate::auth::CredentialKind;
+use crate::http::Matcher;
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
-use crate::proto::{ControlMessage, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
+use crate::proto::{
+    ControlMessage, HostPattern, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult,
+};
 use crate::session::ControlSender;
 use crate::task::OwnedTask;
+
+/// Tables a client may send in a burst, and how fast that allowance comes back: applying one
+/// may close and open dozens of listeners.
+const TABLE_BURST: f64 = 10.0;
+const TABLES_PER_SECOND: f64 = 2.0;
 
 /// A TCP route in service.
 struct TcpRoute {
@@ -29,6 +40,14 @@ struct TcpRoute {
     listener: OwnedTask<()>,
 }
 
+/// How one table changed the session, for its log line.
+#[derive(Debug, Default)]
+struct Changes {
+    added: usize,
+    removed: usize,
+    refused: usize,
+}
+
 pub(super) struct SessionRoutes<'s> {
     shared: &'s Shared,
     name: String,
@@ -39,6 +58,14 @@ pub(super) struct SessionRoutes<'s> {
     owned: CancellationToken,
     tcp: HashMap<RouteId, TcpRoute>,
     services: HashMap<RouteId, String>,
+    http: HashMap<RouteId, Matcher>,
+    fallback: Option<RouteId>,
+    tls: HashMap<RouteId, HostPattern>,
+    /// Ports of routes removed by the table being applied: released at its end unless a new
+    /// route of the same table took one over.
+    vacated: Vec<u16>,
+    /// Token bucket of tables: (tokens, when last refilled).
+    allowance: (f64, Instant),
 }
 
 impl<'s> SessionRoutes<'s> {
@@ -58,6 +85,11 @@ impl<'s> SessionRoutes<'s> {
             owned,
             tcp: HashMap::new(),
             services: HashMap::new(),
+            http: HashMap::new(),
+            fallback: None,
+            tls: HashMap::new(),
+            vacated: Vec::new(),
+            allowance: (TABLE_BURST, Instant::now()),
         }
     }
 
@@ -70,95 +102,203 @@ impl<'s> SessionRoutes<'s> {
     ) -> Result<(), String> {
         let reply = match message {
             ControlMessage::RouteTable { version, entries } => {
-                let results = self.apply(entries).await;
-                ControlMessage::RouteTableResult { version, results }
+                self.pace().await;
+                let results = self.apply(entries).await?;
+                // Answered before the next table is read: a client that does not read its
+                // answers holds one of them in the server, not a queue of them.
+                let _ = control.send_written(ControlMessage::RouteTableResult { version, results }).await;
+                return Ok(());
             }
             ControlMessage::RemoteForwardRequest { id, bind, port, preferred_port } => {
                 let route = RouteId(u64::from(id));
-                if self.tcp.contains_key(&route) {
-                    let message = format!("forward id {id} is already in use");
-                    ControlMessage::RemoteForwardRefused { id, code: RefusalCode::Invalid, message }
+                let kind = StreamKind::Forward(id);
+                let outcome = if self.tcp.contains_key(&route) {
+                    Err((RefusalCode::Invalid, format!("forward id {id} is already in use")))
                 } else {
-                    match self.add_tcp(route, bind, port, preferred_port, true).await {
-                        Ok(public_addr) => ControlMessage::RemoteForwardReady { id, public_addr },
-                        Err((code, message)) => ControlMessage::RemoteForwardRefused { id, code, message },
-                    }
+                    self.add_tcp(route, kind, bind, port, preferred_port).await
+                };
+                match outcome {
+                    Ok(public_addr) => ControlMessage::RemoteForwardReady { id, public_addr },
+                    Err((code, message)) => ControlMessage::RemoteForwardRefused { id, code, message },
                 }
             }
             ControlMessage::ExposeRequest { name } => {
                 let route = RouteId::of_service(&name);
-                match self.add_service(route, &name) {
-                    Ok(()) => ControlMessage::ExposeReady { name },
-                    Err((code, message)) => ControlMessage::ExposeRefused { name, code, message },
+                if self.services.get(&route) == Some(&name) {
+                    ControlMessage::ExposeReady { name }
+                } else {
+                    match self.add_service(route, &name) {
+                        Ok(()) => ControlMessage::ExposeReady { name },
+                        Err((code, message)) => ControlMessage::ExposeRefused { name, code, message },
+                    }
                 }
             }
             other => return Err(format!("unexpected control message from a client: {other:?}")),
         };
         // A failed send means the session is ending; the driver reports why.
-        let _ = control.send(reply).await;
+        let _ = control.send_written(reply).await;
         Ok(())
     }
 
-    /// Replaces the table: removes what is gone first (so its ports and names can be taken by
-    /// the new entries), keeps what is unchanged, adds the rest; one result per entry.
-    async fn apply(&mut self, entries: Vec<RouteEntry>) -> Vec<RouteResult> {
-        let wanted: HashSet<RouteId> = entries.iter().map(|e| e.id).collect();
-        let gone: Vec<RouteId> =
-            self.tcp.keys().chain(self.services.keys()).filter(|id| !wanted.contains(id)).copied().collect();
-        for id in gone {
-            self.remove(id).await;
+    /// Waits for the table allowance (a client sending tables in a loop is slowed down, not
+    /// served at the expense of the others).
+    async fn pace(&mut self) {
+        let (tokens, since) = self.allowance;
+        let now = Instant::now();
+        let tokens = (tokens + now.duration_since(since).as_secs_f64() * TABLES_PER_SECOND).min(TABLE_BURST);
+        if tokens >= 1.0 {
+            self.allowance = (tokens - 1.0, now);
+            return;
         }
-        let mut seen = HashSet::new();
+        let wait = Duration::from_secs_f64((1.0 - tokens) / TABLES_PER_SECOND);
+        tokio::time::sleep(wait).await;
+        self.allowance = (0.0, Instant::now());
+    }
+
+    /// Most entries a table may hold: what the client's limits could ever accept.
+    fn max_entries(&self) -> usize {
+        let config = &self.shared.config;
+        // TCP, HTTP and TLS routes each up to the forward limit, the services, one fallback.
+        config
+            .max_forwards_per_client
+            .saturating_mul(3)
+            .saturating_add(config.max_services_per_client)
+            .saturating_add(1)
+    }
+
+    /// Replaces the table: what is gone or changed is removed first (so its ports and names can
+    /// go to the new entries), unchanged entries are left alone, the rest is added; one result
+    /// per entry. `Err` (too many entries, an id twice) ends the session.
+    async fn apply(&mut self, entries: Vec<RouteEntry>) -> Result<Vec<RouteResult>, String> {
+        let max = self.max_entries();
+        if entries.len() > max {
+            return Err(format!(
+                "a route table of {} entries; this client may hold at most {max}",
+                entries.len()
+            ));
+        }
+        let mut ids = HashSet::with_capacity(entries.len());
+        if let Some(dup) = entries.iter().find(|e| !ids.insert(e.id)) {
+            return Err(format!("route {} is listed twice in one table", dup.id));
+        }
+        let unchanged: HashSet<RouteId> = entries.iter().filter(|e| self.has(e)).map(|e| e.id).collect();
+        let current: Vec<RouteId> = self.ids().collect();
+        let mut changes = Changes::default();
+        for id in current.into_iter().filter(|id| !unchanged.contains(id)) {
+            self.remove(id).await;
+            changes.removed += 1;
+        }
         let mut results = Vec::with_capacity(entries.len());
         for RouteEntry { id, kind } in entries {
-            let outcome = if !seen.insert(id) {
-                Err((RefusalCode::Invalid, format!("route {id} is listed twice")))
+            let outcome = if unchanged.contains(&id) {
+                Ok(self.tcp.get(&id).map(|r| r.public_addr))
             } else {
-                self.put(id, kind).await
+                let added = self.add(id, kind).await;
+                match &added {
+                    Ok(_) => changes.added += 1,
+                    Err(_) => changes.refused += 1,
+                }
+                added
             };
             let outcome = match outcome {
                 Ok(public_addr) => RouteOutcome::Ready { public_addr },
-                Err((code, message)) => {
-                    if crate::log::REFUSALS.allow() {
-                        tracing::info!(client = %Escaped(&self.name), route = %id, "route refused: {}", Escaped(&message));
-                    }
-                    RouteOutcome::Refused { code, message }
-                }
+                Err((code, message)) => RouteOutcome::Refused { code, message },
             };
             results.push(RouteResult { id, outcome });
         }
-        results
-    }
-
-    /// Makes route `id` be `kind`: unchanged, replaced, or new.
-    async fn put(&mut self, id: RouteId, kind: RouteKind) -> Result<Option<SocketAddr>, Refusal> {
-        match kind {
-            RouteKind::Tcp { bind, port, preferred_port } => {
-                if let Some(route) = self.tcp.get(&id) {
-                    if route.bind == bind && route.port == port {
-                        return Ok(Some(route.public_addr));
-                    }
-                }
-                self.remove(id).await;
-                self.add_tcp(id, bind, port, preferred_port, false).await.map(Some)
-            }
-            RouteKind::Service { name } => {
-                if self.services.get(&id) == Some(&name) {
-                    return Ok(None);
-                }
-                self.remove(id).await;
-                self.add_service(id, &name).map(|()| None)
+        for port in std::mem::take(&mut self.vacated) {
+            if !self.tcp.values().any(|r| r.public_addr.port() == port) {
+                self.binder().release(port);
             }
         }
+        self.publish_http();
+        if changes.added + changes.removed + changes.refused > 0 {
+            tracing::info!(
+                client = %Escaped(&self.name),
+                routes = results.len(),
+                added = changes.added,
+                removed = changes.removed,
+                refused = changes.refused,
+                "route table applied"
+            );
+        }
+        Ok(results)
+    }
+
+    /// Whether this exact entry is in service.
+    fn has(&self, entry: &RouteEntry) -> bool {
+        match &entry.kind {
+            RouteKind::Tcp { bind, port, .. } => {
+                self.tcp.get(&entry.id).is_some_and(|r| r.bind == *bind && r.port == *port)
+            }
+            RouteKind::Service { name } => self.services.get(&entry.id) == Some(name),
+            RouteKind::Http { matcher } => self.http.get(&entry.id).is_some_and(|m| m.spec() == matcher),
+            RouteKind::HttpFallback => self.fallback == Some(entry.id),
+            RouteKind::Tls { host } => self.tls.get(&entry.id) == Some(host),
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = RouteId> + '_ {
+        self.tcp
+            .keys()
+            .chain(self.services.keys())
+            .chain(self.http.keys())
+            .chain(self.fallback.iter())
+            .chain(self.tls.keys())
+            .copied()
+    }
+
+    async fn add(&mut self, id: RouteId, kind: RouteKind) -> Result<Option<SocketAddr>, Refusal> {
+        match kind {
+            RouteKind::Tcp { bind, port, preferred_port } => {
+                self.add_tcp(id, StreamKind::Route(id), bind, port, preferred_port).await.map(Some)
+            }
+            RouteKind::Service { name } => self.add_service(id, &name).map(|()| None),
+            RouteKind::Http { matcher } => {
+                let host = matcher.host.clone();
+                let matcher = Matcher::new(matcher).map_err(|e| (RefusalCode::Invalid, e))?;
+                self.claim_host(&host, self.http.len())?;
+                self.http.insert(id, matcher);
+                Ok(None)
+            }
+            RouteKind::HttpFallback => {
+                self.fallback = Some(id);
+                Ok(None)
+            }
+            RouteKind::Tls { host } => {
+                self.claim_host(&host, self.tls.len())?;
+                self.tls.insert(id, host);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks that this client may serve `host` and has room for another route of its kind
+    /// (`held` of them now), and records it as the host's client.
+    fn claim_host(&self, host: &HostPattern, held: usize) -> Result<(), Refusal> {
+        let limit = self.shared.config.max_forwards_per_client;
+        if held >= limit {
+            return Err((
+                RefusalCode::TooManyForwards,
+                format!("this client already holds {limit} routes of this kind"),
+            ));
+        }
+        if !self.shared.config.rules(&self.name, self.credential).may_serve_host(host) {
+            let message = format!("client {:?} may not serve host {host}", self.name);
+            return Err((RefusalCode::HostNotAllowed, message));
+        }
+        self.shared.http_routes.claim_host(host, &self.name).map_err(|owner| {
+            (RefusalCode::HostTaken, format!("host {host} is served by another client ({owner:?})"))
+        })
     }
 
     async fn add_tcp(
         &mut self,
         id: RouteId,
+        kind: StreamKind,
         bind: Option<IpAddr>,
         port: u16,
         preferred: u16,
-        legacy: bool,
     ) -> Result<SocketAddr, Refusal> {
         let limit = self.shared.config.max_forwards_per_client;
         if self.tcp.len() >= limit {
@@ -167,26 +307,24 @@ impl<'s> SessionRoutes<'s> {
                 format!("this client already holds {limit} forwards"),
             ));
         }
-        let listener = self.binder().bind(id, bind, port, preferred).await?;
-        let public_addr = match listener.local_addr() {
-            Ok(addr) => addr,
-            Err(err) => {
-                self.binder().release(port);
-                return Err((RefusalCode::Invalid, format!("the bound listener has no address: {err}")));
-            }
-        };
+        if port != 0 && self.tcp.values().any(|r| r.public_addr.port() == port) {
+            return Err((
+                RefusalCode::PortTaken,
+                format!("port {port} is already used by another route of this client"),
+            ));
+        }
+        let (listener, public_addr) = self.binder().bind(id, bind, port, preferred).await?;
         let cut = self.owned.child_token();
         let config = &self.shared.config;
         let carrier = Carrier {
-            route: id,
-            legacy,
+            kind,
             opener: self.opener.clone(),
             owned: cut.clone(),
             max_visitors: config.max_visitors_per_forward,
             max_per_source: config.max_visitors_per_source,
         };
         let listener = OwnedTask::spawn(forwards::serve(listener, carrier));
-        tracing::info!(client = %Escaped(&self.name), route = %id, %public_addr, "TCP route listening");
+        tracing::debug!(client = %Escaped(&self.name), route = %id, %public_addr, "TCP route listening");
         self.tcp.insert(id, TcpRoute { bind, port, public_addr, cut, listener });
         Ok(public_addr)
     }
@@ -205,24 +343,45 @@ impl<'s> SessionRoutes<'s> {
                 format!("this client already exposes {cap} services"),
             ));
         }
-        tracing::info!(client = %Escaped(&self.name), service = %Escaped(service), "service exposed");
+        tracing::debug!(client = %Escaped(&self.name), service = %Escaped(service), "service exposed");
         self.services.insert(id, service.to_owned());
         Ok(())
     }
 
-    /// Takes a route out of service: its listener closes and its visitors are cut before this
-    /// returns, so its port can be bound again at once.
+    /// Takes a route out of service. A TCP route's listener is closed before this returns (its
+    /// port can be bound again at once) and its visitors are signalled to reset; its port is
+    /// released when the table is applied, unless a new route takes it over.
     async fn remove(&mut self, id: RouteId) {
         if let Some(route) = self.tcp.remove(&id) {
             route.cut.cancel();
             let _ = route.listener.await;
-            self.binder().release(route.public_addr.port());
-            tracing::info!(client = %Escaped(&self.name), route = %id, public_addr = %route.public_addr, "TCP route removed");
+            self.vacated.push(route.public_addr.port());
+            tracing::debug!(client = %Escaped(&self.name), route = %id, public_addr = %route.public_addr, "TCP route removed");
         }
         if let Some(service) = self.services.remove(&id) {
             self.shared.registry.unexpose(&self.name, self.session, &service);
-            tracing::info!(client = %Escaped(&self.name), service = %Escaped(&service), "service withdrawn");
+            tracing::debug!(client = %Escaped(&self.name), service = %Escaped(&service), "service withdrawn");
         }
+        if let Some(matcher) = self.http.remove(&id) {
+            self.shared.http_routes.release_host(&matcher.spec().host);
+        }
+        if let Some(host) = self.tls.remove(&id) {
+            self.shared.http_routes.release_host(&host);
+        }
+        if self.fallback == Some(id) {
+            self.fallback = None;
+        }
+    }
+
+    fn publish_http(&self) {
+        let routes = SessionHttp {
+            owner: self.name.clone(),
+            opener: self.opener.clone(),
+            http: self.http.clone(),
+            fallback: self.fallback,
+            tls: self.tls.clone(),
+        };
+        self.shared.http_routes.publish(self.session, routes);
     }
 
     fn binder(&self) -> Binder<'_> {
@@ -233,6 +392,10 @@ impl<'s> SessionRoutes<'s> {
     /// closed, so the ports can be bound again (by a session replacing this one).
     pub(super) async fn close(self) {
         self.owned.cancel();
+        self.shared.http_routes.remove(self.session);
+        for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
+            self.shared.http_routes.release_host(host);
+        }
         for (_, route) in self.tcp {
             let _ = route.listener.await;
         }

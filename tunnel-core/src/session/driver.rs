@@ -58,8 +58,13 @@ impl std::fmt::Display for SessionEnd {
 
 enum Outgoing {
     Message(ControlMessage),
+    /// A message whose sender waits until it is written to the stream.
+    Written(ControlMessage, tokio::sync::oneshot::Sender<()>),
     Close(GoodbyeCode, String),
 }
+
+/// Control messages received and not yet taken by the session's owner.
+const MESSAGE_QUEUE: usize = 8;
 
 /// Sends control messages on a session and closes it. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -71,7 +76,7 @@ pub struct ControlSender {
 impl std::fmt::Debug for Outgoing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Message(m) => m.fmt(f),
+            Self::Message(m) | Self::Written(m, _) => m.fmt(f),
             Self::Close(code, _) => write!(f, "Close({code})"),
         }
     }
@@ -86,6 +91,15 @@ impl ControlSender {
     /// Queues a message for the peer.
     pub async fn send(&self, message: ControlMessage) -> Result<(), SessionClosed> {
         self.tx.send(Outgoing::Message(message)).await.map_err(|_| SessionClosed)
+    }
+
+    /// Sends a message and waits until it is written to the control stream (into the
+    /// multiplexer's window): a peer that does not read holds at most this one message of
+    /// ours, however many it asks for.
+    pub async fn send_written(&self, message: ControlMessage) -> Result<(), SessionClosed> {
+        let (written, done) = tokio::sync::oneshot::channel();
+        self.tx.send(Outgoing::Written(message, written)).await.map_err(|_| SessionClosed)?;
+        done.await.map_err(|_| SessionClosed)
     }
 
     /// Says goodbye with `code` and closes the connection; the driver then ends with
@@ -145,7 +159,8 @@ pub(super) fn start(
     config: &SessionConfig,
 ) -> (ControlSender, mpsc::Receiver<ControlMessage>, SessionDriver) {
     let (out_tx, out_rx) = mpsc::channel(64);
-    let (msg_tx, msg_rx) = mpsc::channel(64);
+    // Few: a message may be a whole route table, and the peer sends them one at a time.
+    let (msg_tx, msg_rx) = mpsc::channel(MESSAGE_QUEUE);
     let rtt = Arc::new(Mutex::new(None));
     let sender = ControlSender { tx: out_tx.clone(), rtt: rtt.clone() };
     let config = config.clone();
@@ -294,6 +309,13 @@ async fn write_loop(
         let message = tokio::select! {
             Some(out) = outgoing.recv() => match out {
                 Outgoing::Message(message) => message,
+                Outgoing::Written(message, written) => {
+                    if !write_message(&mut writer, &mut buf, &message).await {
+                        return SessionEnd::PeerGone;
+                    }
+                    let _ = written.send(());
+                    continue;
+                }
                 Outgoing::Close(code, message) => {
                     write_message(&mut writer, &mut buf, &ControlMessage::Goodbye { code, message }).await;
                     let _ = writer.shutdown().await;

@@ -1,0 +1,317 @@
+//! What a client does with the requests of one of its HTTP routes: proxy them to an origin
+//! (one, or several by weight), answer with a fixed status, or redirect; with request header
+//! changes and a Host rewrite on the way.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::proto::{HostPattern, HttpMatch, PathMatch, TargetAddr};
+
+/// How long an origin may take to answer a request's headers by default (then: 504).
+pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A service a route sends to: `http://HOST:PORT` or a fixed answer `http_status:NNN`.
+///
+/// ```
+/// use tunnel_core::http::Service;
+/// assert!(matches!("http://127.0.0.1:8080".parse::<Service>(), Ok(Service::Http(_))));
+/// assert_eq!("http_status:404".parse::<Service>().unwrap().to_string(), "http_status:404");
+/// assert!("ftp://x:1".parse::<Service>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Service {
+    /// An HTTP origin.
+    Http(TargetAddr),
+    /// A fixed answer with this status and a one-line body.
+    Status(StatusCode),
+}
+
+impl FromStr for Service {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(code) = s.strip_prefix("http_status:") {
+            return code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .filter(|c| c.as_u16() >= 200)
+                .map(Self::Status)
+                .ok_or_else(|| format!("{s:?}: http_status takes a status code from 200 to 999"));
+        }
+        if let Some(addr) = s.strip_prefix("http://") {
+            let addr = addr.strip_suffix('/').unwrap_or(addr);
+            return addr.parse::<TargetAddr>().map(Self::Http).map_err(|e| format!("{s:?}: {e}"));
+        }
+        Err(format!("{s:?} is not a service: use http://HOST:PORT or http_status:NNN"))
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Http(addr) => write!(f, "http://{addr}"),
+            Self::Status(code) => write!(f, "http_status:{}", code.as_u16()),
+        }
+    }
+}
+
+/// One of several weighted services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Where.
+    pub service: Service,
+    /// Share of the requests, relative to the other backends' weights.
+    pub weight: u32,
+}
+
+/// A redirect answer; unset parts keep the request's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Redirect {
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// Host to send to.
+    pub host: Option<String>,
+    /// Port to send to.
+    pub port: Option<u16>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: Option<StatusCode>,
+}
+
+/// Changes to the request's headers before it is proxied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderChanges {
+    /// Replace these headers.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Add these (keeping any already there).
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these.
+    pub remove: Vec<HeaderName>,
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Answer {
+    /// Proxy to one of these, picked by weight for each request.
+    Proxy(Vec<Backend>),
+    /// Redirect.
+    Redirect(Redirect),
+}
+
+/// A route's action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAction {
+    /// Proxy or redirect.
+    pub answer: Answer,
+    /// Header changes.
+    pub request_headers: HeaderChanges,
+    /// The Host sent to the origin instead of the visitor's.
+    pub host_header: Option<HeaderValue>,
+    /// Longest wait for the origin's response headers (then 504).
+    pub timeout: Duration,
+}
+
+impl HttpAction {
+    /// Proxy everything to one service.
+    pub fn to(service: Service) -> Self {
+        Self {
+            answer: Answer::Proxy(vec![Backend { service, weight: 1 }]),
+            request_headers: HeaderChanges::default(),
+            host_header: None,
+            timeout: DEFAULT_ORIGIN_TIMEOUT,
+        }
+    }
+
+    /// Checks weights (some positive, the sum within `u32`) and the redirect status.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.answer {
+            Answer::Proxy(backends) => {
+                let total = backends.iter().try_fold(0u32, |sum, b| sum.checked_add(b.weight));
+                match total {
+                    None => return Err("the backends' weights add up past 4294967295".into()),
+                    Some(0) => return Err("at least one backend needs a weight above 0".into()),
+                    Some(_) => {}
+                }
+            }
+            Answer::Redirect(redirect) => {
+                if let Some(status) = redirect.status {
+                    if ![301, 302, 303, 307, 308].contains(&status.as_u16()) {
+                        return Err(format!("redirect status {status} is not 301, 302, 303, 307 or 308"));
+                    }
+                }
+                if let Some(scheme) = &redirect.scheme {
+                    if scheme != "http" && scheme != "https" {
+                        return Err(format!("redirect scheme {scheme:?} is not http or https"));
+                    }
+                }
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err("a route's timeout must be more than 0".into());
+        }
+        Ok(())
+    }
+
+    /// The backend for a request, given a random number in `0..total weight`.
+    pub fn pick(&self, draw: u32) -> Option<&Service> {
+        let Answer::Proxy(backends) = &self.answer else { return None };
+        let mut left = draw;
+        backends.iter().filter(|b| b.weight > 0).find_map(|b| {
+            if left < b.weight {
+                Some(&b.service)
+            } else {
+                left -= b.weight;
+                None
+            }
+        })
+    }
+
+    /// The sum of the weights (0 for a redirect).
+    pub fn total_weight(&self) -> u32 {
+        match &self.answer {
+            Answer::Proxy(backends) => backends.iter().fold(0u32, |sum, b| sum.saturating_add(b.weight)),
+            Answer::Redirect(_) => 0,
+        }
+    }
+}
+
+/// An HTTP route of a client: what it matches and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRoute {
+    /// The match.
+    pub matcher: HttpMatch,
+    /// The action.
+    pub action: HttpAction,
+}
+
+/// `--http HOST[/PATH]=SERVICE`: a path is a prefix.
+///
+/// ```
+/// use tunnel_core::http::HttpRoute;
+/// let route: HttpRoute = "a.test/api=http://127.0.0.1:8081".parse().unwrap();
+/// assert_eq!(route.to_string(), "a.test/api=http://127.0.0.1:8081");
+/// ```
+impl FromStr for HttpRoute {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (target, service) =
+            s.split_once('=').ok_or_else(|| format!("{s:?}: expected HOST[/PATH]=SERVICE"))?;
+        let (host, path) = match target.find('/') {
+            Some(i) => (&target[..i], PathMatch::Prefix(target[i..].to_owned())),
+            None => (target, PathMatch::Any),
+        };
+        let host: HostPattern = host.parse()?;
+        let matcher = HttpMatch { path, ..HttpMatch::host(host) };
+        matcher.check()?;
+        Ok(Self { matcher, action: HttpAction::to(service.parse()?) })
+    }
+}
+
+impl fmt::Display for HttpRoute {
+    /// The `--http` form when the route has one; otherwise a description.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.matcher;
+        write!(f, "{}", m.host)?;
+        match &m.path {
+            PathMatch::Any => {}
+            PathMatch::Prefix(p) => write!(f, "{p}")?,
+            PathMatch::Exact(p) => write!(f, "{p} (exact)")?,
+            PathMatch::Regex(p) => write!(f, " ~{p}")?,
+        }
+        if !m.methods.is_empty() {
+            write!(f, " [{}]", m.methods.join(","))?;
+        }
+        for (name, value) in &m.headers {
+            write!(f, " [{name}: {value}]")?;
+        }
+        match &self.action.answer {
+            Answer::Proxy(backends) if backends.len() == 1 => write!(f, "={}", backends[0].service),
+            Answer::Proxy(backends) => {
+                let list: Vec<String> =
+                    backends.iter().map(|b| format!("{} x{}", b.service, b.weight)).collect();
+                write!(f, "={}", list.join(" | "))
+            }
+            Answer::Redirect(_) => write!(f, "=redirect"),
+        }
+    }
+}
+
+/// `--tls HOST=HOST:PORT`: TLS connections for HOST pass through to an origin that terminates
+/// TLS itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRoute {
+    /// The name clients ask for (SNI).
+    pub host: HostPattern,
+    /// The origin.
+    pub target: TargetAddr,
+}
+
+impl FromStr for TlsRoute {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, target) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected HOST=HOST:PORT"))?;
+        Ok(Self { host: host.parse()?, target: target.parse().map_err(|e| format!("{s:?}: {e}"))? })
+    }
+}
+
+impl fmt::Display for TlsRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.host, self.target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_pick_each_backend_for_its_share_of_draws() {
+        let mut action = HttpAction::to("http://127.0.0.1:1".parse().unwrap());
+        action.answer = Answer::Proxy(vec![
+            Backend { service: "http://127.0.0.1:1".parse().unwrap(), weight: 80 },
+            Backend { service: "http://127.0.0.1:2".parse().unwrap(), weight: 0 },
+            Backend { service: "http://127.0.0.1:3".parse().unwrap(), weight: 20 },
+        ]);
+        action.check().unwrap();
+        assert_eq!(action.total_weight(), 100);
+        let picked: Vec<String> = (0..100).map(|d| action.pick(d).unwrap().to_string()).collect();
+        assert_eq!(picked.iter().filter(|s| s.ends_with(":1")).count(), 80);
+        assert_eq!(picked.iter().filter(|s| s.ends_with(":3")).count(), 20);
+        assert_eq!(action.pick(100), None);
+        action.answer =
+            Answer::Proxy(vec![Backend { service: "http_status:503".parse().unwrap(), weight: 0 }]);
+        assert!(action.check().is_err());
+        action.answer = Answer::Proxy(vec![
+            Backend { service: "http_status:503".parse().unwrap(), weight: u32::MAX },
+            Backend { service: "http_status:503".parse().unwrap(), weight: 1 },
+        ]);
+        assert!(action.check().is_err(), "weights that overflow");
+    }
+
+    #[test]
+    fn flag_forms_parse_and_print_back() {
+        for text in
+            ["a.test=http://127.0.0.1:80", "*.a.test/api/v1=http_status:404", "b.test/=http://[::1]:8080"]
+        {
+            assert_eq!(text.parse::<HttpRoute>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "a.test",
+            "a test=http://h:1",
+            "a.test=https://h:1",
+            "a.test/x y=http://h:1",
+            "a.test=http_status:99",
+        ] {
+            assert!(bad.parse::<HttpRoute>().is_err(), "{bad}");
+        }
+        assert_eq!("b.test=127.0.0.1:8443".parse::<TlsRoute>().unwrap().to_string(), "b.test=127.0.0.1:8443");
+        assert!("b.test".parse::<TlsRoute>().is_err());
+    }
+}

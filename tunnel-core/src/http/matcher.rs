@@ -1,0 +1,167 @@
+//! Matching one request against one route, and the order routes are tried in.
+
+use std::cmp::Reverse;
+
+use http::HeaderMap;
+
+use crate::proto::{HttpMatch, PathMatch};
+
+/// Largest compiled regular expression (bytes of its program): a route's expression cannot make
+/// the server spend memory or time without bound.
+const MAX_REGEX_SIZE: usize = 256 * 1024;
+
+/// A route's match, ready to test requests against (its expression compiled).
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    spec: HttpMatch,
+    regex: Option<regex::Regex>,
+}
+
+impl Matcher {
+    /// Compiles `spec`; an invalid or oversized expression is refused with the reason.
+    pub fn new(spec: HttpMatch) -> Result<Self, String> {
+        spec.check()?;
+        let regex = match &spec.path {
+            PathMatch::Regex(expr) => Some(
+                regex::RegexBuilder::new(&format!("^(?:{expr})$"))
+                    .size_limit(MAX_REGEX_SIZE)
+                    .nest_limit(64)
+                    .build()
+                    .map_err(|e| format!("path expression {expr:?}: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(Self { spec, regex })
+    }
+
+    /// What it matches.
+    pub fn spec(&self) -> &HttpMatch {
+        &self.spec
+    }
+
+    /// Whether a request with this path (no query), method and headers matches (the host was
+    /// matched already).
+    pub fn matches(&self, path: &str, method: &str, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.spec.path {
+            PathMatch::Any => true,
+            PathMatch::Prefix(prefix) => prefix_matches(prefix, path),
+            PathMatch::Exact(exact) => exact == path,
+            PathMatch::Regex(_) => self.regex.as_ref().is_some_and(|r| r.is_match(path)),
+        };
+        path_ok
+            && (self.spec.methods.is_empty() || self.spec.methods.iter().any(|m| m == method))
+            && self.spec.headers.iter().all(|(name, value)| {
+                headers.get_all(name.as_str()).iter().any(|v| v.as_bytes() == value.as_bytes())
+            })
+    }
+
+    /// Sort key among routes of one host, smallest first (Gateway API's order for HTTPRoute):
+    /// an exact path, then the longest prefix, then expressions, then any path; then routes
+    /// that name methods; then more header matches.
+    pub fn precedence(&self) -> impl Ord + use<> {
+        let (kind, length) = match &self.spec.path {
+            PathMatch::Exact(p) => (0u8, p.len()),
+            PathMatch::Prefix(p) => (1, p.trim_end_matches('/').len()),
+            PathMatch::Regex(_) => (2, 0),
+            PathMatch::Any => (3, 0),
+        };
+        (kind, Reverse(length), self.spec.methods.is_empty(), Reverse(self.spec.headers.len()))
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`; `/` and `/api/` (a final slash
+/// is ignored) likewise on segment boundaries.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(path: PathMatch, methods: &[&str], headers: &[(&str, &str)]) -> Matcher {
+        Matcher::new(HttpMatch {
+            host: "a.test".parse().unwrap(),
+            path,
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        for (prefix, path, expected) in [
+            ("/api", "/api", true),
+            ("/api", "/api/", true),
+            ("/api", "/api/x/y", true),
+            ("/api", "/apix", false),
+            ("/api/", "/api", true),
+            ("/api/", "/apix", false),
+            ("/", "/anything", true),
+            ("/", "/", true),
+            ("/a/b", "/a", false),
+        ] {
+            assert_eq!(prefix_matches(prefix, path), expected, "{prefix} vs {path}");
+        }
+    }
+
+    #[test]
+    fn methods_headers_and_expressions_all_have_to_match() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-env", "canary".parse().unwrap());
+        let m = matcher(PathMatch::Regex("/v[0-9]+/.*".into()), &["GET"], &[("x-env", "canary")]);
+        assert!(m.matches("/v2/users", "GET", &headers));
+        assert!(!m.matches("/v2/users", "POST", &headers));
+        assert!(!m.matches("/x/v2/users", "GET", &headers), "expressions match the whole path");
+        assert!(!m.matches("/v2/users", "GET", &HeaderMap::new()));
+        assert!(Matcher::new(HttpMatch {
+            path: PathMatch::Regex("(".into()),
+            ..HttpMatch::host("a.test".parse().unwrap())
+        })
+        .is_err());
+        let huge = "(a{1,100}){1,100}".repeat(20);
+        assert!(
+            Matcher::new(HttpMatch {
+                path: PathMatch::Regex(huge),
+                ..HttpMatch::host("a.test".parse().unwrap())
+            })
+            .is_err(),
+            "an expression past the size limit is refused"
+        );
+    }
+
+    #[test]
+    fn precedence_follows_the_gateway_api_order() {
+        let mut ordered = [
+            matcher(PathMatch::Any, &[], &[]),
+            matcher(PathMatch::Regex("/.*".into()), &[], &[]),
+            matcher(PathMatch::Prefix("/a".into()), &[], &[]),
+            matcher(PathMatch::Prefix("/a".into()), &[], &[("x", "1")]),
+            matcher(PathMatch::Prefix("/a".into()), &["GET"], &[]),
+            matcher(PathMatch::Prefix("/a/b".into()), &[], &[]),
+            matcher(PathMatch::Exact("/a".into()), &[], &[]),
+        ];
+        ordered.sort_by_key(Matcher::precedence);
+        let paths: Vec<String> = ordered
+            .iter()
+            .map(|m| format!("{:?} {:?} {}", m.spec.path, m.spec.methods, m.spec.headers.len()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "Exact(\"/a\") [] 0",
+                "Prefix(\"/a/b\") [] 0",
+                "Prefix(\"/a\") [\"GET\"] 0",
+                "Prefix(\"/a\") [] 1",
+                "Prefix(\"/a\") [] 0",
+                "Regex(\"/.*\") [] 0",
+                "Any [] 0",
+            ]
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! HTTP routing: host/path/method/header matching in Gateway API order, the server's edge that
+//! takes requests from visitors and sends each to the client owning its route, and the
+//! client's side that answers them from origins (pooled), with fixed answers or redirects.
+//!
+//! Every request is its own data stream (a `Route` stream header, then one HTTP/1.1 exchange),
+//! so requests of one keep-alive connection may go to different clients, and a WebSocket
+//! upgrade becomes a byte stream spliced end to end.
+
+mod action;
+mod edge;
+mod headers;
+mod index;
+mod matcher;
+mod origin;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+pub use action::{
+    Answer, Backend, HeaderChanges, HttpAction, HttpRoute, Redirect, Service, TlsRoute,
+    DEFAULT_ORIGIN_TIMEOUT,
+};
+pub use edge::{EdgeLimits, HttpEdge, RouteSource};
+pub use headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
+pub use index::{Hit, IndexedRoute, RouteIndex};
+pub use matcher::{prefix_matches, Matcher};
+pub use origin::Origins;
+
+/// The body of the responses the edge and the client produce: streamed from the other side, or
+/// generated.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A short plain-text answer: the status line's reason, then `detail`.
+pub fn text_response(status: http::StatusCode, detail: &str) -> http::Response<Body> {
+    let reason = status.canonical_reason().unwrap_or("");
+    let body = if detail.is_empty() {
+        format!("{} {reason}\n", status.as_u16())
+    } else {
+        format!("{} {reason}: {detail}\n", status.as_u16())
+    };
+    let mut response =
+        http::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

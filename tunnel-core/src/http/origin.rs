@@ -1,0 +1,161 @@
+//! The client's side of HTTP routes: one data stream carries one or more HTTP/1.1 requests
+//! from the server's edge; each is answered by the route's action, from an origin reached
+//! through a shared connection pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::action::{Answer, HttpAction, Redirect, Service};
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::{text_response, Body};
+use crate::mux::MuxStream;
+
+/// Longest wait for a TCP connection to an origin.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per origin.
+const IDLE_PER_ORIGIN: usize = 32;
+
+/// Connections to origins, reused across requests and streams; clone freely.
+#[derive(Debug, Clone)]
+pub struct Origins {
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Default for Origins {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(IDLE_PER_ORIGIN)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Self { client }
+    }
+}
+
+impl Origins {
+    /// Answers the requests arriving on `stream` (a data stream of an HTTP route) with
+    /// `action`, until the edge closes the stream.
+    pub async fn serve(&self, stream: MuxStream, action: Arc<HttpAction>) {
+        let origins = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let (origins, action) = (origins.clone(), action.clone());
+            async move { Ok::<_, std::convert::Infallible>(origins.answer(request, &action).await) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+        if let Err(err) = served {
+            tracing::debug!("HTTP stream ended: {}", crate::log::Chain(&err));
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>, action: &HttpAction) -> Response<Body> {
+        match &action.answer {
+            Answer::Redirect(redirect) => redirect_response(&request, redirect),
+            Answer::Proxy(_) => {
+                let draw = rand::random_range(0..action.total_weight().max(1));
+                match action.pick(draw) {
+                    Some(Service::Http(origin)) => self.proxy(request, action, &origin.to_string()).await,
+                    Some(Service::Status(code)) => text_response(*code, ""),
+                    None => text_response(StatusCode::BAD_GATEWAY, "the route has no backend"),
+                }
+            }
+        }
+    }
+
+    async fn proxy(
+        &self,
+        mut request: Request<Incoming>,
+        action: &HttpAction,
+        origin: &str,
+    ) -> Response<Body> {
+        let upgrade = is_upgrade(request.headers());
+        let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = match format!("http://{origin}{path}").parse() {
+            Ok(uri) => uri,
+            Err(err) => return text_response(StatusCode::BAD_REQUEST, &format!("bad request path: {err}")),
+        };
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        strip_hop_by_hop(headers, upgrade);
+        let changes = &action.request_headers;
+        for name in &changes.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &changes.set {
+            headers.insert(name, value.clone());
+        }
+        for (name, value) in &changes.add {
+            headers.append(name, value.clone());
+        }
+        if let Some(host) = &action.host_header {
+            headers.insert(header::HOST, host.clone());
+        }
+        let mut response = match tokio::time::timeout(action.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                let why = crate::log::Chain(&err).to_string();
+                return text_response(StatusCode::BAD_GATEWAY, &format!("origin {origin}: {why}"));
+            }
+            Err(_) => {
+                let why = format!("origin {origin} did not answer within {:?}", action.timeout);
+                return text_response(StatusCode::GATEWAY_TIMEOUT, &why);
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(visitor_side) = visitor_side {
+                let origin_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice_upgraded(visitor_side, origin_side));
+            }
+        }
+        let kept = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| is_upgrade(response.headers()))
+            .flatten();
+        strip_hop_by_hop(response.headers_mut(), kept);
+        response.map(|body| body.boxed())
+    }
+}
+
+/// Once both sides switched protocols, carries bytes between them.
+pub(super) async fn splice_upgraded(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
+    let (a, b) = match tokio::try_join!(a, b) {
+        Ok(both) => both,
+        Err(err) => return tracing::debug!("upgrade failed: {}", crate::log::Chain(&err)),
+    };
+    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+    if let Err(err) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        tracing::debug!("upgraded connection ended: {err}");
+    }
+}
+
+fn redirect_response(request: &Request<Incoming>, redirect: &Redirect) -> Response<Body> {
+    let host = super::request_host(request).unwrap_or_default();
+    let scheme = redirect.scheme.as_deref().unwrap_or("http");
+    let host = redirect.host.as_deref().unwrap_or(&host);
+    let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("{scheme}://{host}{port}{path}");
+    let status = redirect.status.unwrap_or(StatusCode::FOUND);
+    let mut response = text_response(status, &location);
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+            response
+        }
+        Err(_) => text_response(StatusCode::BAD_REQUEST, "cannot redirect this request"),
+    }
+}

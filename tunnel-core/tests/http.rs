@@ -1,0 +1,324 @@
+//! HTTP routes end to end, in one process: a server with an HTTP edge, clients publishing
+//! routes to origins, visitors speaking HTTP/1.1 over real sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tunnel_core::client::{ClientStatus, RouteSet};
+use tunnel_core::http::{Answer, Backend, HttpRoute};
+use tunnel_core::proto::RefusalCode;
+
+/// An HTTP origin answering `TAG METHOD PATH host=HOST xff=XFF proto=PROTO` then the request
+/// body; a request asking for a WebSocket upgrade is switched and echoed byte for byte; a
+/// request for `/slow` waits 2 s.
+async fn origin(tag: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |request| answer(tag, request));
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn answer(
+    tag: &'static str,
+    mut request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let header =
+        |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    if request.headers().contains_key(http::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .body(Full::default())
+            .unwrap());
+    }
+    if request.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let line = format!(
+        "{tag} {} {} host={} xff={} proto={} ",
+        request.method(),
+        request.uri().path(),
+        header("host"),
+        header("x-forwarded-for"),
+        header("x-forwarded-proto"),
+    );
+    let body = request.into_body().collect().await?.to_bytes();
+    let mut out = line.into_bytes();
+    out.extend_from_slice(&body);
+    Ok(Response::new(Full::new(Bytes::from(out))))
+}
+
+/// A server that lets shared-token clients serve `*.test` hosts, with its HTTP edge.
+struct Edge {
+    server: TestServer,
+    http: SocketAddr,
+}
+
+async fn edge(configure: impl FnOnce(&mut tunnel_core::server::ServerConfig)) -> Edge {
+    let server = start_server(|config| {
+        config.policy.allow_hosts = vec!["*.test".parse().unwrap(), "*.*.test".parse().unwrap()];
+        configure(config);
+    })
+    .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let runner = server.server.clone();
+    tokio::spawn(async move { runner.run_http(listener, std::future::pending()).await });
+    Edge { server, http }
+}
+
+fn with_http(
+    mut config: tunnel_core::client::ClientConfig,
+    routes: &[String],
+) -> tunnel_core::client::ClientConfig {
+    config.http = routes.iter().map(|r| r.parse().unwrap()).collect();
+    config
+}
+
+/// One request on a new connection: status and body.
+async fn get(edge: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    let mut sender = connection(edge).await;
+    send(&mut sender, host, path, "").await
+}
+
+async fn connection(edge: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(edge).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: &str,
+    path: &str,
+    body: &str,
+) -> (StatusCode, String) {
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response =
+        tokio::time::timeout(PATIENCE, sender.send_request(request)).await.expect("no answer").unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_client_owning_their_host_and_path_on_one_keep_alive_connection() {
+    let edge = edge(|_| {}).await;
+    let (a, api, b) = (origin("A").await, origin("API").await, origin("B").await);
+    let mut client_a = start_client(with_http(
+        edge.server.client_config("a", &[]),
+        &[format!("a.test=http://{a}"), format!("a.test/api=http://{api}")],
+    ));
+    let mut client_b =
+        start_client(with_http(edge.server.client_config("b", &[]), &[format!("b.test=http://{b}")]));
+    client_a.connected().await;
+    client_b.connected().await;
+
+    let mut sender = connection(edge.http).await;
+    for round in 0..3 {
+        let (status, body) = send(&mut sender, "a.test", "/index", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("A GET /index host=a.test xff=127.0.0.1 proto=http"), "{round}: {body}");
+        let (_, body) = send(&mut sender, "B.TEST:8080", "/x", "").await;
+        assert!(body.starts_with("B GET /x host=B.TEST:8080"), "{round}: {body}");
+        let (_, body) = send(&mut sender, "a.test", "/api/users", "").await;
+        assert!(body.starts_with("API GET /api/users"), "{round}: {body}");
+        let (_, body) = send(&mut sender, "a.test", "/apix", "").await;
+        assert!(body.starts_with("A GET /apix"), "a prefix matches whole segments: {body}");
+        let (_, body) = send(&mut sender, "a.test", "/api", "posted body").await;
+        assert!(body.starts_with("API POST /api") && body.ends_with("posted body"), "{body}");
+    }
+    // A host nobody serves gets the server's fallback.
+    let (status, _) = send(&mut sender, "nobody.test", "/", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    client_a.stop().await;
+    client_b.stop().await;
+    edge.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
+    let edge = edge(|config| config.http.fallback = StatusCode::IM_A_TEAPOT).await;
+    let a = origin("A").await;
+    let mut config = with_http(edge.server.client_config("a", &[]), &[format!("a.test/only=http://{a}")]);
+    config.http_fallback = Some(tunnel_core::http::HttpAction::to("http_status:410".parse().unwrap()));
+    let mut client_a = start_client(config);
+    client_a.connected().await;
+    assert_eq!(get(edge.http, "a.test", "/only/here").await.0, StatusCode::OK);
+    assert_eq!(get(edge.http, "a.test", "/elsewhere").await.0, StatusCode::GONE, "the client's fallback");
+    assert_eq!(get(edge.http, "z.test", "/").await.0, StatusCode::IM_A_TEAPOT, "the server's fallback");
+
+    // Another client asking for a.test is refused naming the owner; a host outside
+    // `allow_hosts` is refused too; its other routes are served.
+    let other = with_http(
+        edge.server.client_config("intruder", &[]),
+        &[
+            format!("a.test/steal=http://{a}"),
+            format!("not-allowed.example=http://{a}"),
+            format!("c.test=http://{a}"),
+        ],
+    );
+    let mut intruder = start_client(other);
+    let ClientStatus::Connected { http, refused, .. } = intruder.answered(1).await else { unreachable!() };
+    assert_eq!(http.len(), 1);
+    let codes: Vec<RefusalCode> = refused.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [RefusalCode::HostTaken, RefusalCode::HostNotAllowed], "{refused:?}");
+    assert!(refused[0].message.contains("\"a\""), "{refused:?}");
+    assert_eq!(get(edge.http, "a.test", "/steal").await.0, StatusCode::GONE, "a.test stays a's alone");
+
+    // The origin refusing connections: 502 with a reason; the owner gone: 502 too.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let mut set = client_a.routes.get();
+    set.http = vec![format!("a.test/only=http://{closed}").parse().unwrap()];
+    client_a.routes.set(set).unwrap();
+    client_a.answered(2).await;
+    let (status, body) = get(edge.http, "a.test", "/only").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains(&closed.to_string()), "{body}");
+    intruder.stop().await;
+    client_a.stop().await;
+    eventually("the edge answers 404-like fallback once a's routes are gone", || async {
+        get(edge.http, "a.test", "/only").await.0 == StatusCode::IM_A_TEAPOT
+    })
+    .await;
+    edge.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_origin_gets_a_504_and_a_websocket_upgrade_is_spliced_end_to_end() {
+    let edge = edge(|_| {}).await;
+    let a = origin("A").await;
+    let mut route: HttpRoute = format!("a.test=http://{a}").parse().unwrap();
+    route.action.timeout = Duration::from_millis(300);
+    let mut config = edge.server.client_config("a", &[]);
+    config.http = vec![route];
+    let mut client = start_client(config);
+    client.connected().await;
+    let (status, body) = get(edge.http, "a.test", "/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+
+    let mut tcp = TcpStream::connect(edge.http).await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.unwrap().unwrap(), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for message in [&b"frame one"[..], &[0u8, 1, 2, 255][..]] {
+        tcp.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, message);
+    }
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_requests_and_a_weighted_split() {
+    let edge = edge(|_| {}).await;
+    let (a, b) = (origin("A").await, origin("B").await);
+    let mut split: HttpRoute = format!("split.test=http://{a}").parse().unwrap();
+    split.action.answer = Answer::Proxy(vec![
+        Backend { service: format!("http://{a}").parse().unwrap(), weight: 80 },
+        Backend { service: format!("http://{b}").parse().unwrap(), weight: 20 },
+    ]);
+    let mut config = with_http(edge.server.client_config("a", &[]), &[format!("bulk.test=http://{a}")]);
+    config.http.push(split);
+    let mut client = start_client(config);
+    client.connected().await;
+
+    let mut requests = Vec::new();
+    for i in 0..500 {
+        requests.push(tokio::spawn(async move {
+            let body = format!("payload {i} {}", "x".repeat(i * 7));
+            let (status, answer) = get_with_body(edge.http, "bulk.test", &format!("/r/{i}"), &body).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(answer.starts_with(&format!("A POST /r/{i} ")), "{answer}");
+            assert!(answer.ends_with(&body), "request {i}: body corrupted");
+        }));
+    }
+    for request in requests {
+        request.await.unwrap();
+    }
+
+    let b_count = Arc::new(AtomicUsize::new(0));
+    let mut sender = connection(edge.http).await;
+    for _ in 0..1000 {
+        let (_, body) = send(&mut sender, "split.test", "/", "").await;
+        if body.starts_with("B ") {
+            b_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let share = b_count.load(Ordering::Relaxed) as f64 / 10.0;
+    assert!((15.0..=25.0).contains(&share), "B got {share}% of the requests, not 20 ± 5");
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+async fn get_with_body(edge: SocketAddr, host: &str, path: &str, body: &str) -> (StatusCode, String) {
+    let mut sender = connection(edge).await;
+    send(&mut sender, host, path, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_can_be_added_while_a_download_runs() {
+    let edge = edge(|_| {}).await;
+    let (a, b) = (origin("A").await, origin("B").await);
+    let mut client =
+        start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
+    client.connected().await;
+    // A slow request in flight across the change.
+    let slow = tokio::spawn(async move { get(edge.http, "a.test", "/slow").await });
+    let mut set: RouteSet = client.routes.get();
+    set.http.push(format!("b.test=http://{b}").parse().unwrap());
+    client.routes.set(set).unwrap();
+    client.answered(2).await;
+    assert!(get(edge.http, "b.test", "/").await.1.starts_with("B GET /"));
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("A GET /slow"), "{body}");
+    client.stop().await;
+    edge.server.stop().await;
+}
