@@ -32,7 +32,70 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config", config),
     ("text_parsers", text_parsers),
     ("lease_file", lease_file),
+    ("http_route", http_route),
 ];
+
+/// HTTP routing input: the first line is a request's Host header and path, the rest a route
+/// (the `--http` form, or a `[[routes]]` table). Host patterns and routes print back to what
+/// parses to the same; a request's host and path are matched without panicking, and an
+/// exact-host, any-path route matches every path of its host.
+pub fn http_route(data: &[u8]) {
+    use tunnel_core::http::{request_host, HttpRoute, Matcher, RouteIndex};
+    use tunnel_core::proto::{HostPattern, RouteId};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let (host, path) = first.split_once(' ').unwrap_or((first, "/"));
+    if let Ok(pattern) = host.parse::<HostPattern>() {
+        let again: HostPattern = pattern.to_string().parse().expect("a printed host pattern parses");
+        assert_eq!(again, pattern);
+    }
+    let mut routes = Vec::new();
+    if let Ok(route) = rest.trim().parse::<HttpRoute>() {
+        if route.matcher.path == tunnel_core::proto::PathMatch::Any
+            || matches!(route.matcher.path, tunnel_core::proto::PathMatch::Prefix(_))
+        {
+            let again: HttpRoute = route.to_string().parse().expect("a printed route parses");
+            assert_eq!(again, route);
+        }
+        routes.push(route);
+    }
+    if let Ok(file) = toml::from_str::<tunnel_core::config::RouteFile>(rest) {
+        if let Ok(route) = file.build() {
+            routes.push(route);
+        }
+    }
+    let request =
+        http::Request::get(path.parse::<http::Uri>().unwrap_or_default()).header("host", host).body(());
+    let Ok(request) = request else { return };
+    let Some(name) = request_host(&request) else { return };
+    let indexed = routes.iter().enumerate().filter_map(|(i, route)| {
+        Some(tunnel_core::http::IndexedRoute {
+            id: RouteId(i as u64),
+            owner: format!("owner{i}"),
+            matcher: Matcher::new(route.matcher.clone()).ok()?,
+            target: i,
+        })
+    });
+    let index = RouteIndex::new(indexed, [], []);
+    let _ = index.lookup(&name, request.uri().path(), "GET", request.headers());
+    if let Ok(exact) = name.parse::<HostPattern>() {
+        let any = Matcher::new(tunnel_core::proto::HttpMatch::host(exact)).unwrap();
+        let single = RouteIndex::new(
+            [tunnel_core::http::IndexedRoute {
+                id: RouteId(0),
+                owner: "o".into(),
+                matcher: any,
+                target: 0usize,
+            }],
+            [],
+            [],
+        );
+        assert!(
+            single.lookup(&name, request.uri().path(), "GET", request.headers()).is_some(),
+            "{name} {path}"
+        );
+    }
+}
 
 /// The port lease file a server reads at start: what decodes encodes back to the same leases.
 pub fn lease_file(data: &[u8]) {

@@ -74,7 +74,9 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     });
     let reloads = tokio::spawn(crate::reload::follow(args, file, client.routes(), hangup));
     let result = client.run(shutdown).await;
-    printer.abort();
+    // The client is gone with its status: the printer prints what is left (the refusals of a
+    // client that stops because nothing was accepted) and ends.
+    let _ = printer.await;
     reloads.abort();
     result.map_err(Failure::error)
 }

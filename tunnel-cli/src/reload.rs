@@ -1,19 +1,18 @@
-//! Live route changes for `connect`: on SIGHUP, or when the configuration file's content
-//! changes (an edit, or the symlink swap Kubernetes does when a ConfigMap changes), the file is
-//! read again with the flags applied over it. Valid routes go to the running client; an invalid
+//! Live route changes for `connect`: on SIGHUP, or when the configuration file changes (an
+//! edit, or the symlink swap Kubernetes does when a ConfigMap changes: the path then leads to
+//! another file), the file is read again with the flags applied over it. Valid routes go to the running client; an invalid
 //! file is reported and the running routes stay.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tunnel_core::client::RouteHandle;
 use tunnel_core::config::ClientFile;
 use tunnel_core::log::Chain;
 
 use crate::args::ConnectArgs;
 
-/// How often the file's content is compared with the last one read.
+/// How often the file's identity, size and modification time are compared with the last seen.
 const POLL: Duration = Duration::from_secs(1);
 
 /// SIGHUP, registered as soon as this is made: from then on the signal means "read the
@@ -32,7 +31,7 @@ impl Hangup {
 /// Applies route changes until dropped.
 pub async fn follow(args: ConnectArgs, mut running: ClientFile, routes: RouteHandle, hangup: Hangup) {
     let path = args.config.clone();
-    let mut seen = path.as_ref().and_then(digest);
+    let mut seen = path.as_deref().and_then(stamp);
     #[cfg(unix)]
     let mut hangup = hangup.0;
     #[cfg(not(unix))]
@@ -47,9 +46,12 @@ pub async fn follow(args: ConnectArgs, mut running: ClientFile, routes: RouteHan
         #[cfg(not(unix))]
         let signalled = std::future::pending::<()>();
         tokio::select! {
-            () = signalled => tracing::info!("SIGHUP: reading the configuration again"),
+            () = signalled => {
+                tracing::info!("SIGHUP: reading the configuration again");
+                seen = path.as_deref().and_then(stamp);
+            }
             _ = poll.tick() => {
-                let now = path.as_ref().and_then(digest);
+                let now = path.as_deref().and_then(stamp);
                 if now.is_none() || now == seen {
                     continue;
                 }
@@ -61,9 +63,19 @@ pub async fn follow(args: ConnectArgs, mut running: ClientFile, routes: RouteHan
     }
 }
 
-/// The content's SHA-256; `None` while the file cannot be read (mid-swap, or removed).
-fn digest(path: &PathBuf) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|bytes| Sha256::digest(&bytes).into())
+/// What tells one version of the file from the next without reading it: the file the path
+/// leads to (device and inode, through symlinks), its size and modification time. `None`
+/// while it cannot be read (mid-swap, or removed).
+fn stamp(path: &Path) -> Option<(u64, u64, u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let (dev, ino) = (0, 0);
+    Some((dev, ino, meta.len(), meta.modified().ok()?))
 }
 
 fn apply(args: &ConnectArgs, running: &mut ClientFile, routes: &RouteHandle) {

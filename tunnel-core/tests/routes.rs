@@ -9,7 +9,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_core::client::{ClientStatus, RouteSet};
-use tunnel_core::proto::RefusalCode;
+use tunnel_core::proto::{ControlMessage, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome};
 
 /// A target that answers every connection with its own tag, then echoes.
 async fn tagged_target(tag: &'static [u8]) -> SocketAddr {
@@ -75,8 +75,14 @@ async fn a_new_table_touches_only_what_changed() {
     assert_eq!(tag, b"AAAA");
     let gone = TcpStream::connect(public_b).await;
     assert!(gone.is_err(), "the removed forward's port still accepts: {gone:?}");
-    // Sending the same set again changes nothing and sends nothing.
+    // Sending the same set again sends no table: the next change is version 3.
     client.routes.set(client.routes.get()).unwrap();
+    let mut fewer = client.routes.get();
+    fewer.remotes.remove(0);
+    client.routes.set(fewer).unwrap();
+    let (forwards, _, version) = parts(&client.answered(3).await);
+    assert_eq!(version, 3);
+    assert_eq!(forwards, [(spec_a.clone(), public_a)]);
     echo_once(&mut held, b"and still").await;
     client.stop().await;
     server.stop().await;
@@ -196,4 +202,86 @@ async fn services_come_and_go_with_the_table() {
 /// A port the OS considers free right now.
 async fn free_port() -> u16 {
     tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
+}
+
+/// A session speaking the protocol directly, as a hostile or buggy client could.
+async fn raw_session(server: &TestServer, name: &str) -> tunnel_core::session::Session {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls =
+        tunnel_core::tls::client_config(&tunnel_core::tls::ServerTrust::Pinned(server.fingerprint)).unwrap();
+    let transport = tunnel_core::transport::ClientTransport::tls(tls, &server.addr.to_string()).unwrap();
+    let (io, binding) = transport.wrap(tcp).await.unwrap();
+    let token = tunnel_core::auth::Token::new(TOKEN).unwrap();
+    let config = tunnel_core::session::SessionConfig::default();
+    let (session, _) =
+        tunnel_core::session::Session::connect(io, &binding, name, token, &config).await.unwrap();
+    session
+}
+
+fn tcp_entry(id: u64, port: u16) -> RouteEntry {
+    RouteEntry { id: RouteId(id), kind: RouteKind::Tcp { bind: None, port, preferred_port: 0 } }
+}
+
+type Control = (tunnel_core::session::ControlSender, tokio::sync::mpsc::Receiver<ControlMessage>);
+
+async fn table(
+    session: &mut Control,
+    version: u64,
+    entries: Vec<RouteEntry>,
+) -> Vec<tunnel_core::proto::RouteResult> {
+    session.0.send(ControlMessage::RouteTable { version, entries }).await.unwrap();
+    match tokio::time::timeout(PATIENCE, session.1.recv()).await.expect("no answer") {
+        Some(ControlMessage::RouteTableResult { version: answered, results }) if answered == version => {
+            results
+        }
+        other => panic!("expected the answer to table {version}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_moves_between_routes_in_one_table_and_no_one_else_gets_it() {
+    let server = start_server(|_| {}).await;
+    let session = raw_session(&server, "mover").await;
+    let tunnel_core::session::Session { control, messages, driver, .. } = session;
+    let _driver = tokio::spawn(driver);
+    let mut session = (control, messages);
+    let port = free_port().await;
+    let results = table(&mut session, 1, vec![tcp_entry(1, port)]).await;
+    assert!(matches!(results[0].outcome, RouteOutcome::Ready { .. }), "{results:?}");
+    // Route 1 goes, route 2 takes its port: in one table, with nothing in between.
+    let results = table(&mut session, 2, vec![tcp_entry(2, port)]).await;
+    assert!(
+        matches!(results[0].outcome, RouteOutcome::Ready { public_addr: Some(a) } if a.port() == port),
+        "{results:?}"
+    );
+    // Another client cannot have it.
+    let other = start_client(server.client_config("other", &[&format!("{port}:127.0.0.1:9")]));
+    let err = other.failure().await;
+    assert!(
+        matches!(err, tunnel_core::client::ClientError::ForwardRefused { code: RefusalCode::PortTaken, .. }),
+        "{err:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_with_an_id_twice_or_too_many_entries_ends_the_session() {
+    // At most 2 TCP, 2 HTTP and 2 TLS routes, 1 service and a fallback: 8 entries.
+    let server = start_server(|config| {
+        config.max_forwards_per_client = 2;
+        config.max_services_per_client = 1;
+    })
+    .await;
+    for (entries, why) in [
+        (vec![tcp_entry(1, 0), tcp_entry(1, 0)], "listed twice"),
+        ((0..9).map(|i| tcp_entry(i, 0)).collect(), "at most 8"),
+    ] {
+        let session = raw_session(&server, "bad-table").await;
+        let driver = tokio::spawn(session.driver);
+        session.control.send(ControlMessage::RouteTable { version: 1, entries }).await.unwrap();
+        let end = tokio::time::timeout(PATIENCE, driver).await.expect("session kept open").unwrap();
+        let text = end.to_string();
+        assert!(text.contains(why), "{text}");
+    }
+    server.stop().await;
 }

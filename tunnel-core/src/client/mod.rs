@@ -366,23 +366,22 @@ impl Client {
             result = self.first_answer(&control, &mut messages, &table) => result,
             end = &mut driver => return Err(ended(end)),
         };
-        let answered =
-            first.and_then(|results| table.answer(results, state.assigned)).and_then(|mut answered| {
-                match table.nothing_published(&mut answered) {
-                    Some(refused) => Err(refused.into()),
-                    None => Ok(answered),
-                }
-            });
-        let status = match answered {
-            Ok(status) => status,
+        let mut answered = match first.and_then(|results| table.answer(results, state.assigned)) {
+            Ok(answered) => answered,
             Err(failure) => {
                 close(&control, driver).await;
                 return Err(failure);
             }
         };
+        // Reported either way, so every refusal is seen, even when the client then stops.
+        let nothing = table.nothing_published(&mut answered);
+        self.publish(answered, true);
+        if let Some(refused) = nothing {
+            close(&control, driver).await;
+            return Err(refused.into());
+        }
         backoff.reset();
         current.send_replace(Some(opener));
-        self.publish(status, true);
 
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();

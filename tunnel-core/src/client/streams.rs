@@ -56,18 +56,24 @@ pub(super) async fn handle(
             }
             Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
         };
+    let http = match &header {
+        StreamHeader::Http { .. } => true,
+        StreamHeader::Route { route_id, .. } => routes.current().http.contains_key(route_id),
+        _ => false,
+    };
+    if http {
+        // Each request names its route; it is looked up when the request arrives, so a stream
+        // follows the table as it changes.
+        let lookup = move |id| routes.current().http.get(&id).cloned();
+        return tokio::select! {
+            () = origins.serve_routed(stream, lookup) => {}
+            () = owned.cancelled() => {}
+        };
+    }
     let routes = routes.current();
     let (target, idle_timeout, visitor, via) = match &header {
         StreamHeader::Route { route_id, visitor } => match routes.forwards.get(route_id) {
             Some((target, idle)) => (target, *idle, *visitor, format!("route {route_id}")),
-            None if routes.http.contains_key(route_id) => {
-                let action = routes.http[route_id].clone();
-                drop(routes);
-                return tokio::select! {
-                    () = origins.serve(stream, action) => {}
-                    () = owned.cancelled() => {}
-                };
-            }
             None => {
                 return tracing::debug!(
                     route = %route_id,

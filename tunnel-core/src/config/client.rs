@@ -2,9 +2,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::server::{check_secret, positive_duration, secret};
+use super::tokens::{check_secret, secret};
 use super::RouteFile;
-use super::{default_client_name, invalid, window_growth, ConfigError, HumanDuration, SecretString};
+use super::{
+    default_client_name, invalid, positive_duration, window_growth, ConfigError, HumanDuration, SecretString,
+};
 use crate::auth::Token;
 use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError};
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};

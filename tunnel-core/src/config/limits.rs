@@ -2,8 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::server::positive_duration;
-use super::{invalid, window_growth, ConfigError, HumanDuration};
+use super::{invalid, positive_duration, window_growth, ConfigError, HumanDuration};
 use crate::server::ServerConfig;
 
 /// `[limits]`: caps that keep one peer from exhausting the server.

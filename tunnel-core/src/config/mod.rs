@@ -9,6 +9,7 @@ mod routes;
 mod secret;
 mod server;
 mod text;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 
@@ -93,6 +94,14 @@ fn window_growth(key: &'static str, mib: usize) -> Result<usize, ConfigError> {
         return Err(invalid(key, format!("must be at most {MAX_RECEIVE_WINDOW_MIB}")));
     }
     Ok(mib << 20)
+}
+
+/// A duration that must not be zero (`port_grace` may be: it means no reservation).
+fn positive_duration(key: &'static str, d: HumanDuration) -> Result<std::time::Duration, ConfigError> {
+    if d.0.is_zero() {
+        return Err(invalid(key, "must be more than 0"));
+    }
+    Ok(d.0)
 }
 
 /// Reads and parses a TOML file into `T`.

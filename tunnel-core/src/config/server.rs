@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{default_state_dir, invalid, ConfigError, HumanDuration, SecretString, ServerLimits};
+use super::tokens::{check_secret, secret, stored_token};
+use super::{
+    default_state_dir, invalid, positive_duration, ConfigError, HumanDuration, SecretString, ServerLimits,
+};
 use crate::auth::{Credentials, Token};
 use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
 use crate::http::Service;
@@ -13,8 +16,6 @@ use crate::proto::validate_name;
 use crate::server::{ClientPolicy, Policy, ServerConfig};
 use crate::tls::{server_config, Fingerprint, ServerIdentity};
 
-/// Name of the generated token inside the state directory.
-const TOKEN_FILE: &str = "token";
 /// Name of the port lease table inside the state directory.
 const LEASE_FILE: &str = "leases.toml";
 /// Where clients connect when `listen` is not set.
@@ -380,60 +381,6 @@ fn check_owned_ports(clients: &[ClientEntry]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A duration that must not be zero (`port_grace` may be: it means no reservation).
-pub(super) fn positive_duration(
-    key: &'static str,
-    d: HumanDuration,
-) -> Result<std::time::Duration, ConfigError> {
-    if d.0.is_zero() {
-        return Err(invalid(key, "must be more than 0"));
-    }
-    Ok(d.0)
-}
-
-/// A token may be given inline or in a file, not both; an inline one must be a valid token.
-pub(super) fn check_secret(
-    key: &'static str,
-    inline: Option<&SecretString>,
-    file: Option<&Path>,
-) -> Result<(), ConfigError> {
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(ConfigError::Conflict(format!("give `{key}` or `{key}_file`, not both"))),
-        (Some(text), None) => Token::new(text.expose_secret()).map(drop).map_err(|e| invalid(key, e)),
-        _ => Ok(()),
-    }
-}
-
-/// The token given inline or read from its file.
-pub(super) fn secret(
-    key: &'static str,
-    inline: Option<&SecretString>,
-    file: Option<&Path>,
-) -> Result<Option<Token>, ConfigError> {
-    check_secret(key, inline, file)?;
-    match (inline, file) {
-        (Some(text), _) => Token::new(text.expose_secret()).map(Some).map_err(|e| invalid(key, e)),
-        (None, Some(path)) => Token::from_file(path).map(Some).map_err(|e| invalid(key, e)),
-        (None, None) => Ok(None),
-    }
-}
-
-/// Reads the token kept in the state directory, or generates and keeps one (mode 0600, in a
-/// directory created with mode 0700).
-fn stored_token(state_dir: &Path) -> Result<(Token, TokenSource), ConfigError> {
-    let path = state_dir.join(TOKEN_FILE);
-    let state_err = |source| ConfigError::StateDir { path: path.clone(), source };
-    if path.exists() {
-        let token = Token::from_file(&path).map_err(|e| invalid("state_dir", e))?;
-        return Ok((token, TokenSource::Generated(path)));
-    }
-    crate::fs::create_private_dir(state_dir)
-        .map_err(|source| ConfigError::StateDir { path: state_dir.to_owned(), source })?;
-    let token = Token::generate();
-    crate::fs::write_private(&path, token.expose_secret().as_bytes()).map_err(state_err)?;
-    Ok((token, TokenSource::GeneratedNow(path)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,7 +413,7 @@ mod tests {
         assert!(err.chain().contains("no-such-token"), "{}", err.chain());
         // The same file with a generated identity: build provisions the state directory.
         ServerFile { token_file: None, ..file }.build().unwrap();
-        assert!(state.join(TOKEN_FILE).exists());
+        assert!(state.join(super::super::tokens::TOKEN_FILE).exists());
     }
 
     #[test]
@@ -485,7 +432,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode(&state.join(TOKEN_FILE)), 0o600);
+            assert_eq!(mode(&state.join(super::super::tokens::TOKEN_FILE)), 0o600);
             assert_eq!(mode(&state), 0o700);
         }
     }

@@ -1,5 +1,10 @@
 //! The server's HTTP edge: serves visitor connections (HTTP/1.1, and HTTP/2 where negotiated),
-//! resolves each request's route, and carries it over a new data stream to the owning client.
+//! resolves each request's route, and carries it to the owning client over a data stream of
+//! this visitor connection (opened for its first request to that client, reused while idle;
+//! a WebSocket upgrade gets a stream of its own).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +22,42 @@ use super::index::RouteIndex;
 use super::origin::splice_upgraded;
 use super::{text_response, Body};
 use crate::mux::StreamOpener;
-use crate::proto::StreamHeader;
+use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
+
+/// Idle streams a visitor connection keeps per client.
+const IDLE_STREAMS_PER_CLIENT: usize = 8;
+
+type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// One visitor connection's streams to clients, idle between requests, by client name.
+#[derive(Default)]
+struct Streams(Mutex<HashMap<String, Vec<Sender>>>);
+
+impl Streams {
+    /// An idle stream to `owner`, if one is ready for a request.
+    fn take(&self, owner: &str) -> Option<Sender> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let senders = idle.get_mut(owner)?;
+        senders.retain(|s| !s.is_closed());
+        // Busy ones (a response body still going through) stay for later requests.
+        let ready = senders.iter().position(Sender::is_ready)?;
+        Some(senders.swap_remove(ready))
+    }
+
+    /// Keeps a stream whose exchange is done or under way (it is ready again once the
+    /// response body has gone through).
+    fn put(&self, owner: &str, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let senders = idle.entry(owner.to_owned()).or_default();
+        senders.retain(|s| !s.is_closed());
+        if senders.len() < IDLE_STREAMS_PER_CLIENT {
+            senders.push(sender);
+        }
+    }
+}
 
 /// Where the edge finds the routes in force: a snapshot per request.
 pub trait RouteSource: Send + Sync + 'static {
@@ -83,9 +123,10 @@ impl HttpEdge {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let edge = self.clone();
+        let streams = Arc::new(Streams::default());
         let service = hyper::service::service_fn(move |request| {
-            let edge = edge.clone();
-            async move { Ok::<_, std::convert::Infallible>(edge.handle(request, visitor, scheme).await) }
+            let (edge, streams) = (edge.clone(), streams.clone());
+            async move { Ok::<_, std::convert::Infallible>(edge.handle(request, &streams, visitor, scheme).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -107,6 +148,7 @@ impl HttpEdge {
     async fn handle(
         &self,
         request: Request<Incoming>,
+        streams: &Streams,
         visitor: SocketAddr,
         scheme: &'static str,
     ) -> Response<Body> {
@@ -120,7 +162,8 @@ impl HttpEdge {
         };
         let (route_id, opener, owner) = (hit.id, hit.target.clone(), hit.owner.to_owned());
         drop(routes);
-        match self.forward(request, route_id, opener, visitor, scheme, &host).await {
+        let to = Owner { route_id, opener, name: &owner, streams };
+        match self.forward(request, to, visitor, scheme, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
                 tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
@@ -132,13 +175,11 @@ impl HttpEdge {
     async fn forward(
         &self,
         mut request: Request<Incoming>,
-        route_id: crate::proto::RouteId,
-        opener: StreamOpener,
+        to: Owner<'_>,
         visitor: SocketAddr,
         scheme: &'static str,
         host: &str,
     ) -> Result<Response<Body>, (StatusCode, String)> {
-        let offline = |_| (StatusCode::BAD_GATEWAY, format!("the client serving {host} is not reachable"));
         let upgrade = is_upgrade(request.headers());
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         // HTTP/1.1 to the client, whatever the visitor spoke: an origin-form target and a Host.
@@ -155,23 +196,49 @@ impl HttpEdge {
         *request.version_mut() = Version::HTTP_11;
         strip_hop_by_hop(request.headers_mut(), upgrade);
         set_forwarded(request.headers_mut(), visitor.ip(), scheme, host);
+        // Replaces anything a visitor sent under that name.
+        let route = HeaderValue::from_str(&to.route_id.to_string()).unwrap_or(HeaderValue::from_static("0"));
+        request.headers_mut().insert(ROUTE_HEADER, route);
 
-        let mut stream = opener.open().await.map_err(offline)?;
-        let header = StreamHeader::Route { route_id, visitor }.encode();
-        stream
-            .write_all(&header)
-            .await
-            .map_err(|_| (StatusCode::BAD_GATEWAY, format!("the client serving {host} went away")))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
-                (StatusCode::BAD_GATEWAY, format!("cannot talk to the client serving {host}: {e}"))
-            })?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!("stream to the client ended: {err}");
+        // An upgrade turns its stream into a byte stream: it gets one of its own.
+        let pooled = if visitor_side.is_none() { to.streams.take(to.name) } else { None };
+        let header = match visitor_side {
+            None => StreamHeader::Http { visitor },
+            Some(_) => StreamHeader::Route { route_id: to.route_id, visitor },
+        };
+        let (mut sender, request) = match pooled {
+            // A stream the client closed meanwhile gives the request back: then a new one.
+            Some(mut sender) => {
+                let limit = self.limits.response_timeout;
+                match tokio::time::timeout(limit, sender.try_send_request(request)).await {
+                    Ok(Ok(response)) => {
+                        to.streams.put(to.name, sender);
+                        return self.relay(Ok(Ok(response)), None, host);
+                    }
+                    Ok(Err(mut failed)) => match failed.take_message() {
+                        Some(request) => (open_stream(&to.opener, header, host).await?, request),
+                        None => return self.relay(Ok(Err(failed.into_error())), None, host),
+                    },
+                    Err(elapsed) => return self.relay(Err(elapsed), None, host),
+                }
             }
-        });
+            None => (open_stream(&to.opener, header, host).await?, request),
+        };
         let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
+        if visitor_side.is_none() {
+            to.streams.put(to.name, sender);
+        }
+        self.relay(sent, visitor_side, host)
+    }
+
+    /// The client's answer as the visitor's response: errors become 502 and 504, a switch of
+    /// protocols splices the two upgraded connections.
+    fn relay(
+        &self,
+        sent: Result<Result<Response<Incoming>, hyper::Error>, tokio::time::error::Elapsed>,
+        visitor_side: Option<hyper::upgrade::OnUpgrade>,
+        host: &str,
+    ) -> Result<Response<Body>, (StatusCode, String)> {
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
@@ -199,4 +266,32 @@ impl HttpEdge {
         strip_hop_by_hop(response.headers_mut(), kept);
         Ok(response.map(|body| body.boxed()))
     }
+}
+
+/// Where a request goes: a route of a client, and the visitor connection's streams.
+struct Owner<'a> {
+    route_id: RouteId,
+    opener: StreamOpener,
+    name: &'a str,
+    streams: &'a Streams,
+}
+
+/// Opens a data stream to the client with `header` and starts HTTP/1.1 on it.
+async fn open_stream(
+    opener: &StreamOpener,
+    header: StreamHeader,
+    host: &str,
+) -> Result<Sender, (StatusCode, String)> {
+    let unreachable = || (StatusCode::BAD_GATEWAY, format!("the client serving {host} is not reachable"));
+    let mut stream = opener.open().await.map_err(|_| unreachable())?;
+    stream.write_all(&header.encode()).await.map_err(|_| unreachable())?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("cannot talk to the client serving {host}: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!("stream to the client ended: {err}");
+        }
+    });
+    Ok(sender)
 }

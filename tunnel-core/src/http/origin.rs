@@ -17,6 +17,7 @@ use super::action::{Answer, HttpAction, Redirect, Service};
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::{text_response, Body};
 use crate::mux::MuxStream;
+use crate::proto::{RouteId, ROUTE_HEADER};
 
 /// Longest wait for a TCP connection to an origin.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,13 +45,27 @@ impl Default for Origins {
 }
 
 impl Origins {
-    /// Answers the requests arriving on `stream` (a data stream of an HTTP route) with
-    /// `action`, until the edge closes the stream.
-    pub async fn serve(&self, stream: MuxStream, action: Arc<HttpAction>) {
+    /// Answers the requests arriving on `stream` (a data stream of HTTP requests of one visitor
+    /// connection, or the one request of an upgrade), each with the action of the route it
+    /// names, as `routes` finds it when the request arrives.
+    pub async fn serve_routed<F>(&self, stream: MuxStream, routes: F)
+    where
+        F: Fn(RouteId) -> Option<Arc<HttpAction>> + Clone + Send + Sync + 'static,
+    {
         let origins = self.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let (origins, action) = (origins.clone(), action.clone());
-            async move { Ok::<_, std::convert::Infallible>(origins.answer(request, &action).await) }
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let (origins, routes) = (origins.clone(), routes.clone());
+            async move {
+                let route = request
+                    .headers_mut()
+                    .remove(ROUTE_HEADER)
+                    .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<RouteId>().ok()));
+                let response = match route.and_then(&routes) {
+                    Some(action) => origins.answer(request, &action).await,
+                    None => text_response(StatusCode::BAD_GATEWAY, "this client no longer serves that route"),
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let served = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)

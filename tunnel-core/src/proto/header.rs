@@ -3,7 +3,8 @@
 //! Layout: a `u16` length, then a kind byte and its fields. The opener writes the header and
 //! then the payload bytes without waiting for an answer, so a stream costs no extra round trip.
 //! Kinds: 1 remote forward (version 1), 2 local forward, 3 service visit, 4 route (version 2:
-//! a visitor of a route in the client's table); reserved: 5 UDP flow, 6 HTTP request.
+//! a visitor of a route in the client's table), 6 HTTP requests (version 2: HTTP/1.1 requests
+//! of one visitor connection, each naming its route); reserved: 5 UDP flow.
 //! A local-forward stream is answered with a [`StreamReply`] before any payload flows back.
 
 use std::net::SocketAddr;
@@ -17,6 +18,11 @@ const REMOTE_FORWARD: u8 = 1;
 const LOCAL_FORWARD: u8 = 2;
 const SERVICE_VISIT: u8 = 3;
 const ROUTE: u8 = 4;
+const HTTP: u8 = 6;
+
+/// The request header naming a request's route on an [`StreamHeader::Http`] stream (set by the
+/// server, replacing any a visitor sent).
+pub const ROUTE_HEADER: &str = "tunnel-route";
 
 const TARGET_SERVICE: u8 = 1;
 const TARGET_ADDRESS: u8 = 2;
@@ -49,6 +55,12 @@ pub enum StreamHeader {
     Route {
         /// The route's id, as in the client's table.
         route_id: RouteId,
+        /// The visitor's address as the server saw it.
+        visitor: SocketAddr,
+    },
+    /// HTTP/1.1 requests of one visitor connection, one after the other, each naming its route
+    /// in a [`ROUTE_HEADER`] header (opened by the server).
+    Http {
         /// The visitor's address as the server saw it.
         visitor: SocketAddr,
     },
@@ -85,6 +97,9 @@ impl StreamHeader {
             }
             Self::Route { route_id, visitor } => {
                 body.u8(ROUTE).u64(route_id.0).socket_addr(*visitor);
+            }
+            Self::Http { visitor } => {
+                body.u8(HTTP).socket_addr(*visitor);
             }
             Self::ServiceVisit { service, from, visitor } => {
                 body.u8(SERVICE_VISIT)
@@ -124,6 +139,7 @@ impl StreamHeader {
             ROUTE => {
                 Ok(Self::Route { route_id: RouteId(r.u64("route_id")?), visitor: r.socket_addr("visitor")? })
             }
+            HTTP => Ok(Self::Http { visitor: r.socket_addr("visitor")? }),
             SERVICE_VISIT => Ok(Self::ServiceVisit {
                 service: name(&mut r)?,
                 from: name(&mut r)?,
@@ -262,6 +278,7 @@ mod tests {
             },
             StreamHeader::ServiceVisit { service: "kubelet".into(), from: "cp".into(), visitor },
             StreamHeader::Route { route_id: RouteId(u64::MAX - 1), visitor },
+            StreamHeader::Http { visitor },
         ];
         for header in headers {
             let bytes = header.encode();

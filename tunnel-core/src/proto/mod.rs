@@ -17,7 +17,7 @@ pub(crate) mod wire;
 
 pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
 pub use frame::FrameTooLarge;
-pub use header::{ReplyStatus, StreamHeader, StreamReply};
+pub use header::{ReplyStatus, StreamHeader, StreamReply, ROUTE_HEADER};
 pub use http::{HostPattern, HttpMatch, PathMatch};
 pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 pub use target::{SpecError, TargetAddr, VisitTarget};
