@@ -201,7 +201,18 @@ impl HttpEdge {
         request.headers_mut().insert(ROUTE_HEADER, route);
 
         // An upgrade turns its stream into a byte stream: it gets one of its own.
-        let pooled = if visitor_side.is_none() { to.streams.take(to.name) } else { None };
+        let pooled = match visitor_side {
+            Some(_) => None,
+            // The stream of this connection's last response may need a moment to see that
+            // response's end before it takes the next request.
+            None => match to.streams.take(to.name) {
+                Some(sender) => Some(sender),
+                None => {
+                    tokio::task::yield_now().await;
+                    to.streams.take(to.name)
+                }
+            },
+        };
         let header = match visitor_side {
             None => StreamHeader::Http { visitor },
             Some(_) => StreamHeader::Route { route_id: to.route_id, visitor },

@@ -95,6 +95,9 @@ impl std::fmt::Debug for MuxStream {
     }
 }
 
+/// Most bytes one read asks yamux for (and zeroes beforehand).
+const READ_CHUNK: usize = 16 * 1024;
+
 impl AsyncRead for MuxStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -102,7 +105,14 @@ impl AsyncRead for MuxStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        // yamux reads into an initialized slice; a reader handing us a large uninitialized
+        // buffer (hyper's grows to hundreds of KiB) would have all of it zeroed on every read.
+        // Frames are at most 16 KiB anyway.
+        let chunk = buf.remaining().min(READ_CHUNK);
+        let slice = buf.initialize_unfilled_to(chunk);
+        let read =
+            std::task::ready!(futures::AsyncRead::poll_read(Pin::new(self.inner.get_mut()), cx, slice));
+        let result = read.map(|n| buf.advance(n));
         if result.is_ok() && hit_eof(buf, before) {
             if self.link.is_cut() {
                 return Poll::Ready(Err(io::Error::new(
