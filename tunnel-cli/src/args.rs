@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Serve clients' HTTP routes to visitors on this address (HTTP/1.1), e.g. 0.0.0.0:80.
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2, certificates from [[certificates]] in the config, else
+    /// the server's own) and clients' TLS passthrough routes on this address, e.g. 0.0.0.0:443.
+    #[arg(long, value_name = "ADDR")]
+    pub https_listen: Option<String>,
     /// Hosts clients on the shared token may serve, as globs, e.g. '*.apps.example.com'
     /// (repeatable or comma-separated) [default: none].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -149,6 +153,7 @@ impl ServeArgs {
         }
         file.insecure_plaintext |= self.insecure_plaintext;
         override_with(&mut file.http_listen, self.http_listen);
+        override_with(&mut file.https_listen, self.https_listen);
         if !self.allow_hosts.is_empty() {
             file.allow_hosts = Some(self.allow_hosts);
         }

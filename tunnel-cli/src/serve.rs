@@ -17,17 +17,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
     let local = listener.local_addr().map_err(Failure::runtime)?;
-    let http = match &setup.http_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| Failure::runtime(format!("cannot listen for HTTP on {addr}: {e}")))?,
-        ),
-        None => None,
-    };
+    let http = bind_optional(setup.http_listen.as_deref(), "HTTP").await?;
+    let https = bind_optional(setup.https_listen.as_deref(), "HTTPS").await?;
     print_banner(&setup, local);
     if let Some(http) = &http {
         println!("HTTP routes served on {}", http.local_addr().map_err(Failure::runtime)?);
+    }
+    if let Some(https) = &https {
+        println!("HTTPS and TLS routes served on {}", https.local_addr().map_err(Failure::runtime)?);
     }
     if setup.config.tls.is_none() {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
@@ -45,6 +42,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         let (server, until) = (server.clone(), until_stopped());
         tokio::spawn(async move { server.run_http(listener, until).await })
     });
+    let tls_edge = https.map(|listener| {
+        let (server, until) = (server.clone(), until_stopped());
+        tokio::spawn(async move { server.run_https(listener, until).await })
+    });
     let tunnel = server.run(listener, until_stopped());
     tokio::pin!(tunnel);
     let result = tokio::select! {
@@ -55,10 +56,19 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let _ = stop.send(true);
-    if let Some(edge) = edge {
+    for edge in [edge, tls_edge].into_iter().flatten() {
         let _ = edge.await;
     }
     result.map_err(|e| Failure::runtime(format!("server failed: {e}")))
+}
+
+/// Binds an optional listener (`what` names it in the error).
+async fn bind_optional(addr: Option<&str>, what: &str) -> Result<Option<TcpListener>, Failure> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot listen for {what} on {addr}: {e}")))?;
+    Ok(Some(listener))
 }
 
 /// What the operator needs to connect a client, on stdout. A token the user supplied is never

@@ -322,3 +322,116 @@ async fn routes_can_be_added_while_a_download_runs() {
     client.stop().await;
     edge.server.stop().await;
 }
+
+/// A self-signed certificate for `names`, as PEM files in `dir`; returns the identity and the
+/// certificate's DER, to trust it.
+fn certificate(
+    dir: &std::path::Path,
+    tag: &str,
+    names: &[&str],
+) -> (tunnel_core::tls::ServerIdentity, Vec<u8>) {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let (cert, key) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    (tunnel_core::tls::ServerIdentity::from_pem_files(&cert, &key).unwrap(), generated.cert.der().to_vec())
+}
+
+/// A TLS connection to `addr` asking for `name`, trusting only `trusted`, offering `alpn`.
+async fn tls_to(
+    addr: SocketAddr,
+    name: &str,
+    trusted: &[u8],
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(trusted.to_vec())).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_terminates_http2_and_http1_passes_tls_through_by_name_and_answers_421_across_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (edge_identity, edge_cert) = certificate(dir.path(), "edge", &["a.test", "b.test"]);
+    let (origin_identity, origin_cert) = certificate(dir.path(), "origin", &["p.test"]);
+    let tls = tunnel_core::tls::edge_config(vec![edge_identity.clone()], edge_identity).unwrap();
+    let server = start_server(|config| {
+        config.policy.allow_hosts = vec!["*.test".parse().unwrap()];
+        config.http.tls = Some(tls);
+    })
+    .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = listener.local_addr().unwrap();
+    let runner = server.server.clone();
+    tokio::spawn(async move { runner.run_https(listener, std::future::pending()).await });
+
+    // An origin that terminates TLS itself, for the passthrough route.
+    let origin_tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = origin_tls.local_addr().unwrap();
+    let origin_config = tunnel_core::tls::edge_config(vec![], origin_identity).unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = origin_tls.accept().await {
+            let acceptor = tokio_rustls::TlsAcceptor::from(origin_config.clone());
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"hello from the origin itself").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+
+    let (a, b) = (origin("A").await, origin("B").await);
+    let mut config_a = with_http(server.client_config("a", &[]), &[format!("a.test=http://{a}")]);
+    config_a.tls = vec![format!("p.test={origin_addr}").parse().unwrap()];
+    let mut client_a = start_client(config_a);
+    let mut client_b =
+        start_client(with_http(server.client_config("b", &[]), &[format!("b.test=http://{b}")]));
+    client_a.connected().await;
+    client_b.connected().await;
+
+    // HTTP/2 by ALPN, with the edge's certificate.
+    let tls = tls_to(https, "a.test", &edge_cert, &[b"h2", b"http/1.1"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request =
+        |host: &str| Request::get(format!("https://{host}/h2")).body(Full::<Bytes>::default()).unwrap();
+    let response = h2.send_request(request("a.test")).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"A GET /h2 host=a.test xff=127.0.0.1 proto=https"), "{body:?}");
+    // The same HTTP/2 connection for a host of another client: 421.
+    let response = h2.send_request(request("b.test")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);
+
+    // HTTP/1.1 by ALPN.
+    let tls = tls_to(https, "b.test", &edge_cert, &[b"http/1.1"]).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let (status, body) = send(&mut h1, "b.test", "/one", "").await;
+    assert_eq!((status, body.starts_with("B GET /one")), (StatusCode::OK, true), "{body}");
+
+    // Passthrough: the visitor's TLS ends at the origin, with the origin's certificate (the
+    // edge's is not even trusted here).
+    let mut tls = tls_to(https, "p.test", &origin_cert, &[]).await.expect("the origin's own certificate");
+    let mut greeting = Vec::new();
+    tokio::time::timeout(PATIENCE, tls.read_to_end(&mut greeting)).await.unwrap().unwrap();
+    assert_eq!(greeting, b"hello from the origin itself");
+
+    client_a.stop().await;
+    client_b.stop().await;
+    server.stop().await;
+}

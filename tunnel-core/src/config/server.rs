@@ -59,6 +59,9 @@ pub struct ServerFile {
     pub insecure_plaintext: bool,
     /// Address to serve HTTP routes on, e.g. `0.0.0.0:80` (default: none).
     pub http_listen: Option<String>,
+    /// Address to serve HTTPS (terminated with `[[certificates]]`) and TLS passthrough routes
+    /// on, e.g. `0.0.0.0:443` (default: none).
+    pub https_listen: Option<String>,
     /// Hosts (globs) shared-token clients may serve over HTTP and TLS (default: none).
     pub allow_hosts: Option<Vec<Glob>>,
     /// The answer for requests to hosts no client serves (default `http_status:404`).
@@ -80,6 +83,20 @@ pub struct ServerFile {
     /// Clients with their own tokens and port lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<ClientEntry>,
+    /// Certificates the HTTPS listener serves, each for the names in it; the first is also
+    /// the default (else the server's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateEntry>,
+}
+
+/// `[[certificates]]`: a PEM certificate chain and its key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// `[[clients]]`: one client with its own token; only it can authenticate under its name.
@@ -137,6 +154,8 @@ pub struct ServerSetup {
     pub listen: String,
     /// Address to serve HTTP routes on, if any.
     pub http_listen: Option<String>,
+    /// Address to serve HTTPS and TLS passthrough on, if any.
+    pub https_listen: Option<String>,
     /// Fingerprint of the certificate in use (`None` in plaintext mode).
     pub fingerprint: Option<Fingerprint>,
     /// The shared token, if any.
@@ -194,24 +213,49 @@ impl ServerFile {
         if let Some(token) = &shared_token {
             credentials = credentials.with_shared(token.clone());
         }
-        let (tls, fingerprint) = match self.tls_choice()? {
-            TlsChoice::Plaintext => (None, None),
-            TlsChoice::Files(cert, key) => identity(ServerIdentity::from_pem_files(cert, key)?)?,
-            TlsChoice::Generated => identity(ServerIdentity::load_or_generate(
+        let own = match self.tls_choice()? {
+            TlsChoice::Plaintext => None,
+            TlsChoice::Files(cert, key) => Some(ServerIdentity::from_pem_files(cert, key)?),
+            TlsChoice::Generated => Some(ServerIdentity::load_or_generate(
                 &state_dir,
                 self.tls_names.as_deref().unwrap_or_default(),
-            )?)?,
+            )?),
+        };
+        let edge_tls = match &self.https_listen {
+            None => None,
+            Some(_) => Some(self.edge_tls(own.clone())?),
+        };
+        let (tls, fingerprint) = match own {
+            None => (None, None),
+            Some(own) => identity(own)?,
         };
         let mut config = self.runtime(credentials, tls)?;
         config.lease_file = Some(state_dir.join(LEASE_FILE));
+        config.http.tls = edge_tls;
         Ok(ServerSetup {
             config,
             listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             http_listen: self.http_listen,
+            https_listen: self.https_listen,
             fingerprint,
             shared_token,
             token_source,
         })
+    }
+
+    /// The HTTPS listener's TLS: the `[[certificates]]` by their names, the first of them (or
+    /// the server's own certificate) for other names.
+    fn edge_tls(&self, own: Option<ServerIdentity>) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+        let certificates = self
+            .certificates
+            .iter()
+            .map(|c| ServerIdentity::from_pem_files(&c.cert, &c.key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default = certificates.first().cloned().or(own).ok_or(ConfigError::Missing {
+            key: "certificates",
+            why: "the HTTPS listener needs a certificate, and the server runs without TLS",
+        })?;
+        Ok(crate::tls::edge_config(certificates, default)?)
     }
 
     /// The runtime configuration around already-provisioned credentials and TLS: pure.
@@ -223,6 +267,9 @@ impl ServerFile {
         check_listen("listen", self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
         if let Some(listen) = &self.http_listen {
             check_listen("http_listen", listen)?;
+        }
+        if let Some(listen) = &self.https_listen {
+            check_listen("https_listen", listen)?;
         }
         let mut config = ServerConfig::new(credentials, tls);
         config.policy = self.policy()?;

@@ -118,15 +118,28 @@ impl HttpEdge {
 
     /// Serves one visitor connection until it closes. `scheme` (`http` or `https`) is what
     /// `X-Forwarded-Proto` says.
-    pub async fn serve<I>(self: Arc<Self>, io: I, visitor: SocketAddr, scheme: &'static str)
-    where
+    ///
+    /// `sni` is the name a TLS visitor asked for: an HTTP/2 request for a host of another
+    /// client than that name's is answered 421 (the connection may have been coalesced by a
+    /// browser onto a certificate covering both).
+    pub async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        visitor: SocketAddr,
+        scheme: &'static str,
+        sni: Option<String>,
+    ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let edge = self.clone();
         let streams = Arc::new(Streams::default());
+        let sni: Option<Arc<str>> = sni.map(Arc::from);
         let service = hyper::service::service_fn(move |request| {
-            let (edge, streams) = (edge.clone(), streams.clone());
-            async move { Ok::<_, std::convert::Infallible>(edge.handle(request, &streams, visitor, scheme).await) }
+            let (edge, streams, sni) = (edge.clone(), streams.clone(), sni.clone());
+            async move {
+                let connection = Connection { streams: &streams, visitor, scheme, sni: sni.as_deref() };
+                Ok::<_, std::convert::Infallible>(edge.handle(request, connection).await)
+            }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -145,17 +158,18 @@ impl HttpEdge {
         }
     }
 
-    async fn handle(
-        &self,
-        request: Request<Incoming>,
-        streams: &Streams,
-        visitor: SocketAddr,
-        scheme: &'static str,
-    ) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, connection: Connection<'_>) -> Response<Body> {
+        let Connection { streams, visitor, scheme, sni } = connection;
         let Some(host) = request_host(&request) else {
             return text_response(StatusCode::BAD_REQUEST, "the request names no host");
         };
         let routes = self.routes.routes();
+        if let Some(sni) = sni.filter(|sni| request.version() == Version::HTTP_2 && *sni != host) {
+            if routes.owner_of(sni) != routes.owner_of(&host) {
+                let why = format!("this connection was opened for {sni}; open one for {host}");
+                return text_response(StatusCode::MISDIRECTED_REQUEST, &why);
+            }
+        }
         let hit = routes.lookup(&host, request.uri().path(), request.method().as_str(), request.headers());
         let Some(hit) = hit else {
             return text_response(self.fallback, "");
@@ -277,6 +291,15 @@ impl HttpEdge {
         strip_hop_by_hop(response.headers_mut(), kept);
         Ok(response.map(|body| body.boxed()))
     }
+}
+
+/// The visitor connection a request came on.
+#[derive(Clone, Copy)]
+struct Connection<'a> {
+    streams: &'a Streams,
+    visitor: SocketAddr,
+    scheme: &'static str,
+    sni: Option<&'a str>,
 }
 
 /// Where a request goes: a route of a client, and the visitor connection's streams.

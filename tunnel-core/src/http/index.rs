@@ -94,6 +94,13 @@ impl<T> RouteIndex<T> {
         })
     }
 
+    /// The client owning the most specific pattern that names `host`.
+    pub fn owner_of(&self, host: &str) -> Option<&str> {
+        candidates(host).find_map(|pattern| {
+            self.http.get(pattern.as_str()).and_then(|routes| routes.first()).map(|r| r.owner.as_str())
+        })
+    }
+
     /// Whether any HTTP route exists (the listeners answer with the fallback otherwise).
     pub fn is_empty(&self) -> bool {
         self.http.is_empty() && self.tls.is_empty()

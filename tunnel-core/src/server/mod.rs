@@ -7,6 +7,7 @@
 //! are torn down the moment it ends.
 
 mod connection;
+mod edge;
 mod forwards;
 mod http_routes;
 pub mod leases;
@@ -130,11 +131,13 @@ pub struct HttpSettings {
     pub fallback: http::StatusCode,
     /// Timeouts, sizes and the connection cap.
     pub limits: crate::http::EdgeLimits,
+    /// TLS for the HTTPS listener (`crate::tls::edge_config`); `None`: no HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { fallback: http::StatusCode::NOT_FOUND, limits: crate::http::EdgeLimits::default() }
+        Self { fallback: http::StatusCode::NOT_FOUND, limits: crate::http::EdgeLimits::default(), tls: None }
     }
 }
 
@@ -250,64 +253,6 @@ impl Server {
         if let Some(path) = lease_file {
             // The sessions' ports are now reserved for their grace period: keep that for the next start.
             save_leases(&self.shared, path).await;
-        }
-        Ok(())
-    }
-}
-
-impl Server {
-    /// Serves HTTP routes to visitors on `listener` until `shutdown` resolves; then stops
-    /// accepting and gives open connections a moment before closing them.
-    pub async fn run_http(
-        &self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> std::io::Result<()> {
-        let settings = &self.shared.config.http;
-        let edge = Arc::new(crate::http::HttpEdge::new(
-            self.shared.http_routes.clone(),
-            settings.fallback,
-            settings.limits.clone(),
-        ));
-        let slots = Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections));
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, visitor) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        if crate::log::ACCEPT_FAILURES.allow() {
-                            tracing::warn!("HTTP accept failed: {err}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                if crate::log::REFUSALS.allow() {
-                    tracing::warn!(%visitor, "HTTP connection refused: {} open", settings.limits.max_connections);
-                }
-                crate::transport::reset_on_close(&tcp);
-                continue;
-            };
-            let _ = crate::transport::configure_tcp(&tcp);
-            let (edge, stop) = (edge.clone(), stop.clone());
-            tasks.spawn(async move {
-                let _slot = slot;
-                tokio::select! {
-                    () = edge.serve(tcp, visitor, "http") => {}
-                    () = stop.cancelled() => {}
-                }
-            });
-        }
-        drop(listener);
-        tasks.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
-            stop.cancel();
-            tasks.wait().await;
         }
         Ok(())
     }

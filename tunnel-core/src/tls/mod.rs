@@ -3,10 +3,12 @@
 //! fingerprint). TLS 1.3 only; there is no way to build a client that trusts an unknown server.
 
 mod client;
+mod edge;
 mod fingerprint;
 mod server;
 
 pub use client::{client_config, FingerprintMismatch, ServerTrust};
+pub use edge::{edge_config, read_client_hello, HelloError, MAX_CLIENT_HELLO};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use server::{fingerprint_of_pem_file, server_config, ServerIdentity};
 

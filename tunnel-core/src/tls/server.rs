@@ -22,6 +22,12 @@ pub struct ServerIdentity {
     key: PrivateKeyDer<'static>,
 }
 
+impl Clone for ServerIdentity {
+    fn clone(&self) -> Self {
+        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
 impl std::fmt::Debug for ServerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerIdentity").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
@@ -61,6 +67,11 @@ impl ServerIdentity {
         crate::fs::write_replacing(&cert_path, generated.cert.pem().as_bytes(), 0o644)
             .map_err(io_err(&cert_path))?;
         Self::from_pem_files(&cert_path, &key_path)
+    }
+
+    /// The chain and the key.
+    pub(super) fn into_parts(self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.chain, self.key)
     }
 
     /// Fingerprint of the leaf certificate, for clients to pin.

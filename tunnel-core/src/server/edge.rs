@@ -1,0 +1,153 @@
+//! The server's public HTTP and HTTPS listeners: accept visitors (up to a cap), and hand each
+//! connection to the HTTP edge; on HTTPS, first read the ClientHello, pass connections whose
+//! name is a TLS route through to its client untouched, and terminate the others.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Server, DRAIN_TIMEOUT};
+use crate::http::{HttpEdge, RouteSource};
+use crate::log::Escaped;
+use crate::proto::StreamHeader;
+use crate::transport::Prefixed;
+
+impl Server {
+    /// Serves HTTP routes to visitors on `listener` until `shutdown` resolves; then stops
+    /// accepting and gives open connections a moment before closing them.
+    pub async fn run_http(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let edge = self.edge();
+        self.accept(listener, shutdown, move |tcp, visitor| edge.clone().serve(tcp, visitor, "http", None))
+            .await
+    }
+
+    /// Serves HTTPS on `listener`: a connection whose ClientHello names a TLS passthrough
+    /// route goes, bytes untouched, to the client owning it; any other is terminated here
+    /// (`ServerConfig::http.tls`) and served like HTTP, over HTTP/2 where negotiated.
+    pub async fn run_https(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Some(tls) = self.shared.config.http.tls.clone() else {
+            return Err(std::io::Error::other("no TLS configuration for the HTTPS listener"));
+        };
+        let (edge, routes) = (self.edge(), self.shared.http_routes.clone());
+        let deadline = self.shared.config.http.limits.header_timeout;
+        self.accept(listener, shutdown, move |tcp, visitor| {
+            https(tcp, visitor, edge.clone(), routes.clone(), tls.clone(), deadline)
+        })
+        .await
+    }
+
+    fn edge(&self) -> Arc<HttpEdge> {
+        let settings = &self.shared.config.http;
+        Arc::new(HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone()))
+    }
+
+    /// Accepts visitors until `shutdown`, at most `max_connections` at once (more are reset),
+    /// each served by `serve`; then waits for them a moment and cuts the rest.
+    async fn accept<F, Fut>(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        serve: F,
+    ) -> std::io::Result<()>
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let max = self.shared.config.http.limits.max_connections;
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, visitor) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        if crate::log::ACCEPT_FAILURES.allow() {
+                            tracing::warn!("HTTP accept failed: {err}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                if crate::log::REFUSALS.allow() {
+                    tracing::warn!(%visitor, "HTTP connection refused: {max} open");
+                }
+                crate::transport::reset_on_close(&tcp);
+                continue;
+            };
+            let _ = crate::transport::configure_tcp(&tcp);
+            let (served, stop) = (serve(tcp, visitor), stop.clone());
+            tasks.spawn(async move {
+                let _slot = slot;
+                tokio::select! {
+                    () = served => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        drop(listener);
+        tasks.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+            stop.cancel();
+            tasks.wait().await;
+        }
+        Ok(())
+    }
+}
+
+/// One HTTPS visitor: passthrough by SNI, or terminated and served.
+async fn https(
+    mut tcp: TcpStream,
+    visitor: SocketAddr,
+    edge: Arc<HttpEdge>,
+    routes: Arc<super::http_routes::HttpRoutes>,
+    tls: Arc<rustls::ServerConfig>,
+    deadline: Duration,
+) {
+    let (name, hello) = match crate::tls::read_client_hello(&mut tcp, deadline).await {
+        Ok(read) => read,
+        Err(err) => return tracing::debug!(%visitor, "no TLS from the visitor: {}", crate::log::Chain(&err)),
+    };
+    let passthrough = name.as_deref().and_then(|name| {
+        let index = routes.routes();
+        index.lookup_tls(name).map(|hit| (hit.id, hit.target.clone()))
+    });
+    if let Some((route_id, opener)) = passthrough {
+        let name = name.unwrap_or_default();
+        let Ok(mut stream) = opener.open().await else {
+            return tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
+        };
+        let mut first = StreamHeader::Route { route_id, visitor }.encode();
+        first.extend_from_slice(&hello);
+        if stream.write_all(&first).await.is_err() {
+            return;
+        }
+        if let Err(err) = crate::forward::splice(&mut tcp, &mut stream).await {
+            tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough ended: {err}");
+        }
+        return;
+    }
+    let accepted = tokio_rustls::TlsAcceptor::from(tls).accept(Prefixed::new(hello, tcp));
+    match tokio::time::timeout(deadline, accepted).await {
+        Ok(Ok(stream)) => edge.serve(stream, visitor, "https", name).await,
+        Ok(Err(err)) => tracing::debug!(%visitor, "TLS handshake failed: {err}"),
+        Err(_) => tracing::debug!(%visitor, "TLS handshake not done within {deadline:?}"),
+    }
+}
