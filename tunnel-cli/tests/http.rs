@@ -126,7 +126,12 @@ fn certificate(dir: &std::path::Path, tag: &str, name: &str) -> (std::path::Path
 }
 
 /// `curl` over HTTPS to the edge for `host`, trusting `ca`: the HTTP version, status and body.
-async fn curl_https(edge: SocketAddr, host: &str, ca: &std::path::Path, extra: &[&str]) -> (String, u16, String) {
+async fn curl_https(
+    edge: SocketAddr,
+    host: &str,
+    ca: &std::path::Path,
+    extra: &[&str],
+) -> (String, u16, String) {
     let url = format!("https://{host}:{}/", edge.port());
     let resolve = format!("{host}:{}:{}", edge.port(), edge.ip());
     let output = tokio::process::Command::new("curl")
@@ -160,7 +165,8 @@ async fn https_with_http2_and_tls_passthrough_to_an_origin_with_its_own_certific
     let (origin_http, passthrough) = (origin("A").await, tls_origin(&origin_cert, &origin_key).await);
     let route = format!("a.test=http://{origin_http}");
     let tls_route = format!("p.test={passthrough}");
-    let mut client = connect(&server, &["--token", TOKEN, "--name", "a", "--http", &route, "--tls", &tls_route], &[]);
+    let mut client =
+        connect(&server, &["--token", TOKEN, "--name", "a", "--http", &route, "--tls", &tls_route], &[]);
     client.line_after("route ready: v1 tls ").await;
 
     let (version, status, body) = curl_https(edge, "a.test", &edge_cert, &["--http2"]).await;
