@@ -18,7 +18,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("session", &["auth", "log", "mux", "proto", "transport"]),
     ("forward", &["log", "proto"]),
     ("http", &["log", "mux", "proto"]),
-    ("server", &["auth", "forward", "fs", "http", "log", "mux", "proto", "session", "task", "tls", "transport"]),
+    (
+        "server",
+        &["auth", "forward", "fs", "http", "log", "mux", "proto", "session", "task", "tls", "transport"],
+    ),
     ("client", &["auth", "forward", "http", "log", "mux", "proto", "session", "task", "tls", "transport"]),
 ];
 
