@@ -374,14 +374,15 @@ impl Client {
             }
         };
         // Reported either way, so every refusal is seen, even when the client then stops.
-        let nothing = table.nothing_published(&mut answered);
-        self.publish(answered, true);
-        if let Some(refused) = nothing {
+        if let Some(refused) = table.nothing_published(&mut answered) {
+            self.publish(answered, true);
             close(&control, driver).await;
             return Err(refused.into());
         }
         backoff.reset();
+        // Local forwards get the session before anyone is told it is up.
         current.send_replace(Some(opener));
+        self.publish(answered, true);
 
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
