@@ -1,0 +1,171 @@
+//! Tests of the server's configuration file.
+use super::*;
+
+fn parse(text: &str) -> Result<ServerFile, ConfigError> {
+    ServerFile::parse(text, Path::new("test.toml"))
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key() {
+    let err = parse("listen = \"0.0.0.0:1\"\nlisten_port = 3\n").unwrap_err().chain();
+    assert!(err.contains("listen_port") && err.contains("line 2"), "{err}");
+    let err = parse("[limits]\nmax_session_count = 3\n").unwrap_err().chain();
+    assert!(err.contains("max_session_count"), "{err}");
+}
+
+#[test]
+fn validation_reads_and_writes_nothing_and_build_does_the_disk_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = ServerFile {
+        state_dir: Some(state.clone()),
+        token_file: Some(dir.path().join("no-such-token")),
+        ..Default::default()
+    };
+    file.validate().unwrap();
+    assert!(!state.exists(), "validate created the state directory");
+    let err = file.clone().build().unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid { key: "token", .. }), "{err:?}");
+    assert!(err.chain().contains("no-such-token"), "{}", err.chain());
+    // The same file with a generated identity: build provisions the state directory.
+    ServerFile { token_file: None, ..file }.build().unwrap();
+    assert!(state.join(super::super::tokens::TOKEN_FILE).exists());
+}
+
+#[test]
+fn generated_token_and_certificate_are_kept_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = ServerFile { state_dir: Some(state.clone()), ..Default::default() };
+    let first = file.clone().build().unwrap();
+    assert!(matches!(first.token_source, TokenSource::GeneratedNow(_)));
+    let second = file.build().unwrap();
+    assert!(matches!(second.token_source, TokenSource::Generated(_)));
+    let secret = |setup: &ServerSetup| setup.shared_token.as_ref().map(|t| t.expose_secret().to_owned());
+    assert_eq!(secret(&first), secret(&second));
+    assert_eq!(first.fingerprint, second.fingerprint);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state.join(super::super::tokens::TOKEN_FILE)), 0o600);
+        assert_eq!(mode(&state), 0o700);
+    }
+}
+
+#[test]
+fn a_generated_token_alone_creates_a_private_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let setup = ServerFile { state_dir: Some(state.clone()), insecure_plaintext: true, ..Default::default() }
+        .build()
+        .unwrap();
+    assert!(matches!(setup.token_source, TokenSource::GeneratedNow(_)));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}
+
+#[test]
+fn a_mistyped_or_short_token_is_refused_without_echoing_it() {
+    let err = parse("token = 123456789012345678\n").unwrap_err().chain();
+    assert!(err.contains("expected a string") && err.contains("line 1"), "{err}");
+    assert!(!err.contains("123456789012345678"), "{err}");
+    let err = parse("[[clients]]\nname = \"a\"\ntoken = 123456789012345678\n").unwrap_err().chain();
+    assert!(!err.contains("123456789012345678"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let err = parse(&format!("state_dir = {:?}\ntoken = \"hunter2\"\n", dir.path()))
+        .and_then(ServerFile::build)
+        .unwrap_err()
+        .chain();
+    assert!(err.contains("`token`") && err.contains("at least 16"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn debug_of_the_file_types_masks_tokens() {
+    let text = "token = \"shared-secret-0123456789\"\n\
+                [[clients]]\nname = \"a\"\ntoken = \"client-secret-0123456789\"\n";
+    let file = parse(text).unwrap();
+    let shown = format!("{file:?} {:?}", file.clients[0]);
+    assert!(!shown.contains("secret-0123456789"), "{shown}");
+    assert!(shown.contains("***"), "{shown}");
+    assert_eq!(
+        file.clients[0].token.as_ref().map(SecretString::expose_secret),
+        Some("client-secret-0123456789")
+    );
+}
+
+#[test]
+fn per_client_entries_validate_and_need_no_shared_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "state_dir = {:?}\n[[clients]]\nname = \"worker-1\"\ntoken = \"worker-1-token-0123\"\nallow_ports = \"10250\"\n",
+        dir.path()
+    );
+    let setup = parse(&text).unwrap().build().unwrap();
+    assert_eq!(setup.token_source, TokenSource::None);
+    assert!(setup.config.credentials.lookup("worker-1").is_some());
+    assert!(setup.config.credentials.lookup("other").is_none());
+    assert_eq!(setup.config.policy.clients["worker-1"].allow_ports.as_ref().unwrap().to_string(), "10250");
+}
+
+#[test]
+fn the_receive_window_budget_reaches_the_multiplexer() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("state_dir = {:?}\ntoken = \"config-test-token-0123\"\n", dir.path());
+    let default = parse(&base).unwrap().build().unwrap();
+    assert_eq!(default.config.session.mux.window_growth, 16 << 20);
+    let set = parse(&format!("{base}[limits]\nmax_receive_window_mib = 8\n")).unwrap().build().unwrap();
+    assert_eq!(set.config.session.mux.window_growth, 8 << 20);
+}
+
+#[test]
+fn invalid_values_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("state_dir = {:?}\ntoken = \"config-test-token-0123\"\n", dir.path());
+    let cases = [
+        ("allow_ports = \"80-\"", "allow_ports"),
+        ("port_grace = \"ten\"", "duration"),
+        ("[limits]\nmax_streams_per_session = 0", "limits.max_streams_per_session"),
+        ("[limits]\nmax_message_size = 10", "limits.max_message_size"),
+        ("[limits]\nmax_receive_window_mib = 5000", "limits.max_receive_window_mib"),
+        ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
+        ("tls_cert = \"c.pem\"", "tls_key"),
+        ("[[clients]]\nname = \"a b\"\ntoken = \"client-a-token-0123\"", "clients.name"),
+        ("[[clients]]\nname = \"a\"", "token"),
+        ("bind_addr = \"example.com\"", "bind_addr"),
+        ("listen = \"nonsense\"", "listen"),
+        ("listen = \"0.0.0.0:99999\"", "listen"),
+        ("allow_bind = [\"10.0.0.1\", \"nope\"]", "allow_bind"),
+        ("allow_bind = []", "allow_bind"),
+        ("bind_addr = \"127.0.0.1\"\nallow_bind = [\"127.0.0.2\"]", "bind_addr"),
+        ("[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nports = \"80-\"", "clients.ports"),
+        (
+            "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nallow_bind = [\"x\"]",
+            "clients.allow_bind",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nports = \"6443,7000-7010\"\n\
+             [[clients]]\nname = \"b\"\ntoken = \"client-b-token-0123\"\nports = \"7005\"",
+            "port 7005 is owned by both",
+        ),
+        ("[limits]\nmax_visitors_per_source = 0", "limits.max_visitors_per_source"),
+        ("[limits]\nmax_sessions = 0", "limits.max_sessions"),
+        ("allow_targets = \"10.0.0.0/40:1\"", "allow_targets"),
+        (
+            "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nallow_visit = [\"a b\"]",
+            "clients.allow_visit",
+        ),
+        ("heartbeat_interval = \"30s\"\nheartbeat_timeout = \"10s\"", "heartbeat_timeout"),
+        ("heartbeat_interval = \"0s\"", "invalid `heartbeat_interval`: must be more than 0"),
+        ("heartbeat_timeout = \"0ms\"", "invalid `heartbeat_timeout`: must be more than 0"),
+        ("[limits]\nhandshake_timeout = \"0s\"", "invalid `limits.handshake_timeout`"),
+    ];
+    for (extra, needle) in cases {
+        let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().chain();
+        assert!(err.contains(needle), "{extra}: {err}");
+    }
+}
