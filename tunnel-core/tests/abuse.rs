@@ -141,9 +141,10 @@ async fn attacker_session(server: &TestServer, name: &str, max_streams: usize) -
 
 /// A TLS connection to the server, verified like a real client's, before any handshake.
 async fn tls_connection(server: &TestTarget) -> (BoxedIo, ChannelBinding) {
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
-    ClientTransport::tls(tls, &server.addr.to_string()).unwrap().wrap(tcp).await.unwrap()
+    let server_addr = server.addr.to_string();
+    let connection = ClientTransport::tls(tls, &server_addr).unwrap().connect(&server_addr).await.unwrap();
+    (connection.io, connection.binding)
 }
 
 async fn attacker_session_to(server: &TestTarget, name: &str, max_streams: usize) -> Session {

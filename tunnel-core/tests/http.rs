@@ -2,6 +2,8 @@
 //! routes to origins, visitors speaking HTTP/1.1 over real sockets.
 
 mod common;
+#[path = "common/web.rs"]
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tunnel_core::client::{ClientStatus, RouteSet};
 use tunnel_core::http::{Answer, Backend, HttpRoute};
 use tunnel_core::proto::RefusalCode;
+use web::*;
 
 /// An HTTP origin answering `TAG METHOD PATH host=HOST xff=XFF proto=PROTO` then the request
 /// body; a request asking for a WebSocket upgrade is switched and echoed byte for byte; a
@@ -76,67 +79,6 @@ async fn answer(
     let mut out = line.into_bytes();
     out.extend_from_slice(&body);
     Ok(Response::new(Full::new(Bytes::from(out))))
-}
-
-/// A server that lets shared-token clients serve `*.test` hosts, with its HTTP edge.
-struct Edge {
-    server: TestServer,
-    http: SocketAddr,
-}
-
-async fn edge(configure: impl FnOnce(&mut tunnel_core::server::ServerConfig)) -> Edge {
-    let server = start_server(|config| {
-        config.policy.allow_hosts = vec!["*.test".parse().unwrap(), "*.*.test".parse().unwrap()];
-        configure(config);
-    })
-    .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    let runner = server.server.clone();
-    tokio::spawn(async move { runner.run_http(listener, std::future::pending()).await });
-    Edge { server, http }
-}
-
-fn with_http(
-    mut config: tunnel_core::client::ClientConfig,
-    routes: &[String],
-) -> tunnel_core::client::ClientConfig {
-    config.http = routes.iter().map(|r| r.parse().unwrap()).collect();
-    config
-}
-
-/// One request on a new connection: status and body.
-async fn get(edge: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
-    let mut sender = connection(edge).await;
-    send(&mut sender, host, path, "").await
-}
-
-async fn connection(edge: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let tcp = TcpStream::connect(edge).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-async fn send(
-    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: &str,
-    path: &str,
-    body: &str,
-) -> (StatusCode, String) {
-    let method = if body.is_empty() { "GET" } else { "POST" };
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host)
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    sender.ready().await.unwrap();
-    let response =
-        tokio::time::timeout(PATIENCE, sender.send_request(request)).await.expect("no answer").unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

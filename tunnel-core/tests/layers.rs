@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("transport", &["auth", "tls"]),
     ("mux", &["transport"]),
     ("session", &["auth", "log", "mux", "proto", "transport"]),
-    ("forward", &["log", "proto"]),
+    ("forward", &["log", "mux", "proto"]),
     ("http", &["log", "mux", "proto"]),
     (
         "server",

@@ -13,7 +13,7 @@ use tunnel_core::auth::Token;
 use tunnel_core::proto::GoodbyeCode;
 use tunnel_core::session::{Session, SessionConfig, SessionEnd};
 use tunnel_core::tls::{client_config, ServerTrust};
-use tunnel_core::transport::ClientTransport;
+use tunnel_core::transport::{ClientTransport, Connection};
 
 /// Log output of the current thread, as the operator's terminal would receive it.
 #[derive(Clone, Default)]
@@ -59,9 +59,10 @@ async fn a_goodbye_reason_cannot_forge_log_lines_or_drive_the_terminal() {
     let _guard = log.install();
     let server = start_server(|_| {}).await;
 
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let (io, binding) = ClientTransport::tls(tls, &server.addr.to_string()).unwrap().wrap(tcp).await.unwrap();
+    let server_addr = server.addr.to_string();
+    let Connection { io, binding } =
+        ClientTransport::tls(tls, &server_addr).unwrap().connect(&server_addr).await.unwrap();
     let token = Token::new(TOKEN).unwrap();
     let (session, _) =
         Session::connect(io, &binding, "painter", token, &SessionConfig::default()).await.unwrap();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use tunnel_core::config::{ConfigError, ServerFile};
-use tunnel_core::forward::{PortSet, RemoteForwardSpec, TargetAddr, VisitTarget};
+use tunnel_core::forward::{PortSet, RemoteForwardSpec, Target, TargetAddr, VisitTarget};
 use tunnel_core::proto::handshake::{HandshakeMessage, RefuseCode};
 use tunnel_core::proto::{
     frame, ControlMessage, FrameTooLarge, GoodbyeCode, RefusalCode, ReplyStatus, RouteEntry, RouteId,
@@ -243,10 +243,11 @@ proptest! {
         }
         text.push_str(&format!("{remote}:{host}:{port}"));
         let spec: RemoteForwardSpec = text.parse().unwrap();
-        prop_assert_eq!((spec.bind, spec.remote_port, spec.local.port), (bind, remote, port));
+        let Target::Addr(local) = &spec.local else { panic!("{text} parsed to a handler") };
+        prop_assert_eq!((spec.bind, spec.remote_port, local.port), (bind, remote, port));
         prop_assert_eq!(spec.to_string().parse::<RemoteForwardSpec>().unwrap(), spec.clone());
         let target: TargetAddr = spec.local.to_string().parse().unwrap();
-        prop_assert_eq!(target, spec.local);
+        prop_assert_eq!(&target, local);
     }
 
     /// Any combination of limit values either validates into exactly those values or, when one

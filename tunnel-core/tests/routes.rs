@@ -206,11 +206,11 @@ async fn free_port() -> u16 {
 
 /// A session speaking the protocol directly, as a hostile or buggy client could.
 async fn raw_session(server: &TestServer, name: &str) -> tunnel_core::session::Session {
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls =
         tunnel_core::tls::client_config(&tunnel_core::tls::ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let transport = tunnel_core::transport::ClientTransport::tls(tls, &server.addr.to_string()).unwrap();
-    let (io, binding) = transport.wrap(tcp).await.unwrap();
+    let server_addr = server.addr.to_string();
+    let transport = tunnel_core::transport::ClientTransport::tls(tls, &server_addr).unwrap();
+    let tunnel_core::transport::Connection { io, binding } = transport.connect(&server_addr).await.unwrap();
     let token = tunnel_core::auth::Token::new(TOKEN).unwrap();
     let config = tunnel_core::session::SessionConfig::default();
     let (session, _) =

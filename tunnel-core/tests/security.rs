@@ -17,7 +17,7 @@ use tunnel_core::server::{ClientPolicy, ServerConfig};
 use tunnel_core::session::framed::read_reply;
 use tunnel_core::session::{Session, SessionConfig};
 use tunnel_core::tls::{client_config, ServerTrust};
-use tunnel_core::transport::ClientTransport;
+use tunnel_core::transport::{ClientTransport, Connection};
 
 const CP_TOKEN: &str = "control-plane-token-5d1e";
 
@@ -171,9 +171,10 @@ struct RawSession {
 }
 
 async fn raw_session(server: &TestServer, name: &str, token: &str) -> RawSession {
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let (io, binding) = ClientTransport::tls(tls, &server.addr.to_string()).unwrap().wrap(tcp).await.unwrap();
+    let server_addr = server.addr.to_string();
+    let Connection { io, binding } =
+        ClientTransport::tls(tls, &server_addr).unwrap().connect(&server_addr).await.unwrap();
     let (session, _) =
         Session::connect(io, &binding, name, Token::new(token).unwrap(), &SessionConfig::default())
             .await

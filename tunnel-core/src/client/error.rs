@@ -4,6 +4,7 @@ use crate::proto::handshake::{HandshakeError, RefuseCode};
 use crate::proto::{GoodbyeCode, RefusalCode};
 use crate::session::{FrameError, SessionEnd, SessionError};
 use crate::tls::FingerprintMismatch;
+use crate::transport::ConnectError;
 
 /// Why a client stopped for good. Transient failures are retried and never surface here
 /// (unless the retry budget runs out).
@@ -98,7 +99,14 @@ impl From<ClientError> for Failure {
 
 /// Classifies a failed TLS handshake: certificate and protocol problems are permanent, a
 /// connection that dropped mid-handshake is not.
-pub(super) fn classify_tls(err: std::io::Error) -> Failure {
+pub(super) fn classify_connect(err: ConnectError) -> Failure {
+    match err {
+        ConnectError::Tls { source, .. } => classify_tls(source),
+        other => Failure::Transient(crate::log::Chain(&other).to_string()),
+    }
+}
+
+fn classify_tls(err: std::io::Error) -> Failure {
     let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         return Failure::Transient(format!("TLS handshake interrupted: {err}"));
     };

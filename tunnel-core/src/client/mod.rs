@@ -25,7 +25,7 @@ pub use backoff::{Backoff, BackoffState};
 pub use error::ClientError;
 pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET};
 
-use self::error::{classify_end, classify_session, classify_tls, Failure};
+use self::error::{classify_connect, classify_end, classify_session, Failure};
 use crate::auth::Token;
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
@@ -34,7 +34,7 @@ use crate::mux::StreamOpener;
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId};
 use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
-use crate::transport::{self, ClientTransport};
+use crate::transport::ClientTransport;
 
 /// Client settings. Start from [`ClientConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
@@ -324,14 +324,16 @@ impl Client {
     async fn dial(&self) -> Result<Dialed, Failure> {
         let config = &self.config;
         let attempt = async {
-            let tcp = transport::connect_tcp(&config.server)
-                .await
-                .map_err(|e| Failure::Transient(format!("cannot connect to {}: {e}", config.server)))?;
-            let (io, binding) = config.transport.wrap(tcp).await.map_err(classify_tls)?;
-            let (session, established) =
-                Session::connect(io, &binding, &config.name, config.token.clone(), &config.session)
-                    .await
-                    .map_err(classify_session)?;
+            let connection = config.transport.connect(&config.server).await.map_err(classify_connect)?;
+            let (session, established) = Session::connect(
+                connection.io,
+                &connection.binding,
+                &config.name,
+                config.token.clone(),
+                &config.session,
+            )
+            .await
+            .map_err(classify_session)?;
             Ok(Dialed { session, version: established.version })
         };
         tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::error::Failure;
 use super::streams::Routes;
 use super::{ActiveForward, ClientError};
-use crate::forward::{RemoteForwardSpec, ServiceSpec};
+use crate::forward::{RemoteForwardSpec, ServiceSpec, Target};
 use crate::http::{HttpAction, HttpRoute, TlsRoute};
 use crate::proto::route::MAX_ROUTES;
 use crate::proto::{ControlMessage, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
@@ -286,7 +286,7 @@ impl Table {
                     routes.http.insert(entry.id, Arc::new(action.clone()));
                 }
                 Local::Tls(route) => {
-                    routes.forwards.insert(entry.id, (route.target.clone(), None));
+                    routes.forwards.insert(entry.id, (Target::Addr(route.target.clone()), None));
                 }
             }
         }

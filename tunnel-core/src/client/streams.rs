@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{splice_with, SpliceLimits, TargetAddr};
+use crate::forward::{splice_with, SpliceLimits, Target, TargetAddr, Visitor};
 use crate::http::{HttpAction, Origins};
 use crate::log::Escaped;
 use crate::mux::MuxStream;
@@ -22,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(super) struct Routes {
     /// Remote forwards by route id: the target and the idle timeout.
-    pub(super) forwards: HashMap<RouteId, (TargetAddr, Option<Duration>)>,
+    pub(super) forwards: HashMap<RouteId, (Target, Option<Duration>)>,
     pub(super) services: HashMap<String, TargetAddr>,
     /// HTTP routes (and the fallback) by route id: their actions.
     pub(super) http: HashMap<RouteId, Arc<HttpAction>>,
@@ -73,7 +73,14 @@ pub(super) async fn handle(
     let routes = routes.current();
     let (target, idle_timeout, visitor, via) = match &header {
         StreamHeader::Route { route_id, visitor } => match routes.forwards.get(route_id) {
-            Some((target, idle)) => (target, *idle, *visitor, format!("route {route_id}")),
+            Some((Target::Handler(handler), _)) => {
+                let served = handler.serve(Visitor::new(stream, *visitor, *route_id));
+                return tokio::select! {
+                    () = served => {}
+                    () = owned.cancelled() => {}
+                };
+            }
+            Some((Target::Addr(target), idle)) => (target, *idle, *visitor, format!("route {route_id}")),
             None => {
                 return tracing::debug!(
                     route = %route_id,

@@ -5,11 +5,13 @@
 //! bytes flow both ways unchanged, with each side's FIN carried through.
 
 mod copy;
+mod handler;
 mod ports;
 mod rules;
 mod spec;
 
 pub use copy::{copy_until_eof, splice, splice_with, SpliceLimits, SpliceStats, COPY_BUFFER};
+pub use handler::{StreamHandler, Target, Visitor};
 pub use ports::{PortSet, PortSetError};
 pub use rules::{Glob, RuleError, TargetRules, VisitRule};
 pub use spec::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SpecError, TargetAddr, VisitTarget};

@@ -2,6 +2,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use super::Target;
 use crate::proto::target::{parse_target, split_colons, unbracket};
 pub use crate::proto::target::{SpecError, TargetAddr, VisitTarget};
 
@@ -102,14 +103,20 @@ pub struct RemoteForwardSpec {
     pub bind: Option<IpAddr>,
     /// Public port on the server; 0 lets the server choose.
     pub remote_port: u16,
-    /// Where the client sends each visitor.
-    pub local: TargetAddr,
+    /// Where the client sends each visitor: an address, or a handler in the program.
+    pub local: Target,
     /// Cut a visitor after this long without a byte either way; `None` (the default, as an
     /// SSH session may idle for hours) never does. Not part of the text form.
     pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl RemoteForwardSpec {
+    /// A forward of `remote_port` (0: the server picks) on the server's default address whose
+    /// visitors go to `local`.
+    pub fn new(remote_port: u16, local: impl Into<Target>) -> Self {
+        Self { bind: None, remote_port, local: local.into(), idle_timeout: None }
+    }
+
     /// The forward's route id, from what it publishes: its public address, or, when the
     /// server picks the port, the address and the local target. Changing the target of a
     /// fixed port keeps the route (and its listener); nothing else does.
@@ -142,7 +149,7 @@ impl FromStr for RemoteForwardSpec {
         };
         let bind = parse_bind(bind).map_err(err)?;
         let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
-        let local = parse_target(host, port).map_err(err)?;
+        let local = Target::Addr(parse_target(host, port).map_err(err)?);
         Ok(Self { bind, remote_port, local, idle_timeout: None })
     }
 }

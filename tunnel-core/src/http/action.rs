@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use super::HttpHandler;
 use crate::proto::{HostPattern, HttpMatch, PathMatch, TargetAddr};
 
 /// How long an origin may take to answer a request's headers by default (then: 504).
 pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A service a route sends to: `http://HOST:PORT` or a fixed answer `http_status:NNN`.
+/// A service a route sends to: `http://HOST:PORT`, a fixed answer `http_status:NNN`, or (in a
+/// program, never in text) a handler of its own.
 ///
 /// ```
 /// use tunnel_core::http::Service;
@@ -28,6 +30,8 @@ pub enum Service {
     Http(TargetAddr),
     /// A fixed answer with this status and a one-line body.
     Status(StatusCode),
+    /// A hyper service in this program.
+    Handler(HttpHandler),
 }
 
 impl FromStr for Service {
@@ -56,6 +60,7 @@ impl fmt::Display for Service {
         match self {
             Self::Http(addr) => write!(f, "http://{addr}"),
             Self::Status(code) => write!(f, "http_status:{}", code.as_u16()),
+            Self::Handler(handler) => handler.fmt(f),
         }
     }
 }

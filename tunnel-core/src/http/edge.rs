@@ -289,7 +289,7 @@ impl HttpEdge {
         }
         let kept = if switching { is_upgrade(response.headers()) } else { None };
         strip_hop_by_hop(response.headers_mut(), kept);
-        Ok(response.map(|body| body.boxed()))
+        Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
     }
 }
 

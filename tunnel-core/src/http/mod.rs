@@ -8,13 +8,14 @@
 
 mod action;
 mod edge;
+mod handler;
 mod headers;
 mod index;
 mod matcher;
 mod origin;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 
 pub use action::{
@@ -22,6 +23,7 @@ pub use action::{
     DEFAULT_ORIGIN_TIMEOUT,
 };
 pub use edge::{EdgeLimits, HttpEdge, RouteSource};
+pub use handler::HttpHandler;
 pub use headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 pub use index::{Hit, IndexedRoute, RouteIndex};
 pub use matcher::{prefix_matches, Matcher};
@@ -29,7 +31,10 @@ pub use origin::Origins;
 
 /// The body of the responses the edge and the client produce: streamed from the other side, or
 /// generated.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The error of a [`Body`]: hyper's, or an in-program handler's own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A short plain-text answer: the status line's reason, then `detail`.
 pub fn text_response(status: http::StatusCode, detail: &str) -> http::Response<Body> {
@@ -40,7 +45,7 @@ pub fn text_response(status: http::StatusCode, detail: &str) -> http::Response<B
         format!("{} {reason}: {detail}\n", status.as_u16())
     };
     let mut response =
-        http::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+        http::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::action::{Answer, HttpAction, Redirect, Service};
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::{text_response, Body};
+use super::{text_response, Body, HttpHandler};
 use crate::mux::MuxStream;
 use crate::proto::{RouteId, ROUTE_HEADER};
 
@@ -85,6 +85,7 @@ impl Origins {
                 match action.pick(draw) {
                     Some(Service::Http(origin)) => self.proxy(request, action, &origin.to_string()).await,
                     Some(Service::Status(code)) => text_response(*code, ""),
+                    Some(Service::Handler(handler)) => handle(request, action, handler).await,
                     None => text_response(StatusCode::BAD_GATEWAY, "the route has no backend"),
                 }
             }
@@ -105,21 +106,7 @@ impl Origins {
             Err(err) => return text_response(StatusCode::BAD_REQUEST, &format!("bad request path: {err}")),
         };
         *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        strip_hop_by_hop(headers, upgrade);
-        let changes = &action.request_headers;
-        for name in &changes.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &changes.set {
-            headers.insert(name, value.clone());
-        }
-        for (name, value) in &changes.add {
-            headers.append(name, value.clone());
-        }
-        if let Some(host) = &action.host_header {
-            headers.insert(header::HOST, host.clone());
-        }
+        prepare(&mut request, action);
         let mut response = match tokio::time::timeout(action.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
@@ -141,7 +128,48 @@ impl Origins {
             .then(|| is_upgrade(response.headers()))
             .flatten();
         strip_hop_by_hop(response.headers_mut(), kept);
-        response.map(|body| body.boxed())
+        response.map(|body| body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+/// Answers from a handler in the program.
+async fn handle(
+    mut request: Request<Incoming>,
+    action: &HttpAction,
+    handler: &HttpHandler,
+) -> Response<Body> {
+    prepare(&mut request, action);
+    match tokio::time::timeout(action.timeout, handler.call(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
+            tracing::warn!("{handler} failed: {}", crate::log::Chain(&*err));
+            text_response(StatusCode::INTERNAL_SERVER_ERROR, "the handler failed")
+        }
+        Err(_) => {
+            let why = format!("{handler} did not answer within {:?}", action.timeout);
+            text_response(StatusCode::GATEWAY_TIMEOUT, &why)
+        }
+    }
+}
+
+/// Readies a request for its service: the hop-by-hop headers of the tunnel's hop dropped (an
+/// upgrade's kept), the route's header changes and Host rewrite applied.
+fn prepare(request: &mut Request<Incoming>, action: &HttpAction) {
+    let upgrade = is_upgrade(request.headers());
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    let changes = &action.request_headers;
+    for name in &changes.remove {
+        headers.remove(name);
+    }
+    for (name, value) in &changes.set {
+        headers.insert(name, value.clone());
+    }
+    for (name, value) in &changes.add {
+        headers.append(name, value.clone());
+    }
+    if let Some(host) = &action.host_header {
+        headers.insert(header::HOST, host.clone());
     }
 }
 

@@ -1,5 +1,6 @@
-//! From an accepted TCP connection to an authenticated session: transport detection, TLS, and
-//! the handshake, all under the handshake timeout and the unauthenticated-connection cap.
+//! From an accepted connection to an authenticated session: transport detection and TLS (for
+//! TCP), then the handshake, all under the handshake timeout and the unauthenticated-connection
+//! cap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::auth::ChannelBinding;
-use crate::proto::handshake::{AuthenticatedClient, RefuseCode};
+use crate::proto::handshake::RefuseCode;
 use crate::session::{read_and_refuse, Session, SessionError};
-use crate::transport::{self, BoxedIo, TLS_HANDSHAKE_RECORD, TLS_PROTOCOL_VERSION_ALERT};
+use crate::transport::{self, Connection, TLS_HANDSHAKE_RECORD, TLS_PROTOCOL_VERSION_ALERT};
 
 /// Largest TLS record a plaintext server reads before answering with an alert.
 const MAX_TLS_RECORD: usize = 16 * 1024 + 256;
@@ -31,18 +32,40 @@ enum EstablishError {
     Session(#[from] SessionError),
 }
 
-pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+/// A connection as the server receives it.
+pub(super) enum Accepted {
+    /// From the server's TCP listener: TLS or plaintext is detected here.
+    Tcp(TcpStream),
+    /// Established by the program's own transport, used as it is.
+    Connection(Connection),
+}
+
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    accepted: Accepted,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
     let Ok(admission) = shared.pending.admit(peer.ip()) else {
         if crate::log::HANDSHAKE_OVERLOAD.allow() {
             tracing::info!(%peer, "too many connections in handshake from this source; dropping");
         }
         return;
     };
-    if let Err(err) = transport::configure_tcp(&tcp) {
-        tracing::debug!(%peer, "socket options: {err}");
-    }
+    let establish = async {
+        let connection = match accepted {
+            Accepted::Tcp(tcp) => secure(&shared, tcp).await?,
+            Accepted::Connection(connection) => connection,
+        };
+        let config = &shared.config;
+        let Connection { io, binding } = connection;
+        Ok::<_, EstablishError>(
+            Session::accept(io, &binding, &config.credentials, &config.session, config.handshake_timeout)
+                .await?,
+        )
+    };
     let established = tokio::select! {
-        result = tokio::time::timeout(shared.config.handshake_timeout, establish(&shared, tcp)) => result,
+        result = tokio::time::timeout(shared.config.handshake_timeout, establish) => result,
         () = admission.evicted() => {
             if crate::log::HANDSHAKE_OVERLOAD.allow() {
                 tracing::info!(%peer, "handshake cut: its slot went to a newer connection (all slots taken)");
@@ -67,17 +90,20 @@ pub(super) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     }
 }
 
-async fn establish(
-    shared: &Shared,
-    mut tcp: TcpStream,
-) -> Result<(Session, AuthenticatedClient), EstablishError> {
+/// TLS or plaintext, as the first byte says and the configuration allows.
+async fn secure(shared: &Shared, mut tcp: TcpStream) -> Result<Connection, EstablishError> {
+    if let Err(err) = transport::configure_tcp(&tcp) {
+        tracing::debug!("socket options: {err}");
+    }
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await.map_err(SessionError::from)? == 0 {
         return Err(EstablishError::Empty);
     }
     let is_tls = first[0] == TLS_HANDSHAKE_RECORD;
-    let (io, binding): (BoxedIo, ChannelBinding) = match (&shared.config.tls, is_tls) {
-        (Some(tls), true) => transport::accept_tls(tls.clone(), tcp).await.map_err(EstablishError::Tls)?,
+    match (&shared.config.tls, is_tls) {
+        (Some(tls), true) => {
+            transport::accept_tls(tls.clone(), transport::buffered(tcp)).await.map_err(EstablishError::Tls)
+        }
         (Some(_), false) => {
             read_and_refuse(
                 &mut tcp,
@@ -85,16 +111,16 @@ async fn establish(
                 "this server requires TLS; the client connected in plaintext",
             )
             .await;
-            return Err(EstablishError::PlaintextClient);
+            Err(EstablishError::PlaintextClient)
         }
         (None, true) => {
             refuse_tls(&mut tcp).await;
-            return Err(EstablishError::TlsClient);
+            Err(EstablishError::TlsClient)
         }
-        (None, false) => (Box::new(transport::buffered(tcp)), ChannelBinding::Plaintext),
-    };
-    let config = &shared.config;
-    Ok(Session::accept(io, &binding, &config.credentials, &config.session, config.handshake_timeout).await?)
+        (None, false) => {
+            Ok(Connection { io: Box::new(transport::buffered(tcp)), binding: ChannelBinding::Plaintext })
+        }
+    }
 }
 
 /// Reads the client's first TLS record (so closing does not reset the connection under the

@@ -20,9 +20,11 @@ mod source;
 mod visits;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +32,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{CredentialKind, Credentials};
 use crate::session::SessionConfig;
 use crate::task::OwnedTask;
+use crate::transport::Connection;
+use connection::Accepted;
 
 pub use policy::{ClientPolicy, ClientRules, Policy, PortVerdict};
 
@@ -203,12 +207,43 @@ impl Server {
     }
 
     /// Serves clients on `listener` until `shutdown` resolves, then says goodbye to every
-    /// session and waits (boundedly) for them to close.
+    /// session and waits (boundedly) for them to close. Each connection is TLS or plaintext as
+    /// its first byte says and [`ServerConfig::tls`] allows.
     pub async fn run(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let accepted = futures::stream::poll_fn(move |cx| {
+            listener
+                .poll_accept(cx)
+                .map(|accepted| Some(accepted.map(|(tcp, peer)| (Accepted::Tcp(tcp), peer))))
+        });
+        self.serve(accepted, shutdown).await
+    }
+
+    /// Serves clients whose connections the program establishes itself, over a transport of
+    /// its own, until `shutdown` resolves (as [`Server::run`] does). Each connection is used as
+    /// it is, with its channel binding: securing it is the program's job
+    /// ([`crate::transport::accept_tls`] does TLS), and [`ServerConfig::tls`] is not consulted.
+    /// The admission limits, the handshake timeout and everything after apply as for TCP.
+    /// When `connections` ends, the sessions already running go on until `shutdown`.
+    pub async fn run_connected(
+        &self,
+        connections: impl futures::Stream<Item = (Connection, SocketAddr)> + Send,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let accepted = connections.map(|(connection, peer)| Ok((Accepted::Connection(connection), peer)));
+        self.serve(accepted, shutdown).await
+    }
+
+    async fn serve(
+        &self,
+        accepted: impl futures::Stream<Item = std::io::Result<(Accepted, SocketAddr)>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let mut accepted = Box::pin(accepted);
+        let mut accepting = true;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let lease_file = self.shared.config.lease_file.clone();
@@ -224,11 +259,12 @@ impl Server {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = sweep.tick() => self.shared.registry.sweep(),
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        tasks.spawn(connection::handle(self.shared.clone(), tcp, peer, stop.child_token()));
+                next = accepted.next(), if accepting => match next {
+                    Some(Ok((connection, peer))) => {
+                        tasks.spawn(connection::handle(self.shared.clone(), connection, peer, stop.child_token()));
                     }
-                    Err(err) => {
+                    None => accepting = false,
+                    Some(Err(err)) => {
                         // Out of file descriptors and the like: pause instead of spinning.
                         if crate::log::ACCEPT_FAILURES.allow() {
                             tracing::warn!("accept failed: {err}");
@@ -239,7 +275,7 @@ impl Server {
             }
         }
         tracing::info!("shutting down");
-        drop(listener);
+        drop(accepted);
         stop.cancel();
         tasks.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {

@@ -1,16 +1,23 @@
-//! Byte streams under a session: TCP with its socket options, optionally wrapped in TLS.
+//! Byte streams under a session: TCP with its socket options, optionally wrapped in TLS, or a
+//! connection type of the embedding program's own.
 //!
-//! A session runs over anything `AsyncRead + AsyncWrite`; this module produces such streams and
-//! the [`ChannelBinding`] that ties authentication to them.
+//! A session runs over anything `AsyncRead + AsyncWrite`; what it needs is a [`Connection`]:
+//! such a stream plus the [`ChannelBinding`](crate::auth::ChannelBinding) that ties the
+//! handshake's proofs to it. A client gets its connections from a [`Connector`] ([`TcpConnector`]
+//! and [`TlsConnector`] ship here); a server takes them from a TCP listener or, already
+//! established, from the program ([`crate::server::Server::run_connected`]).
+
+mod connect;
+
+pub use connect::{
+    accept_tls, ClientTransport, ConnectError, Connection, Connector, TcpConnector, TlsConnector,
+};
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-
-use crate::auth::ChannelBinding;
 
 /// A boxed byte stream a session can run over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -57,50 +64,6 @@ pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// How a client wraps its TCP connection to the server.
-#[derive(Clone)]
-pub enum ClientTransport {
-    /// TLS with this configuration, presenting `server_name` (SNI; checked under CA trust).
-    Tls {
-        /// Built by [`crate::tls::client_config`].
-        config: Arc<rustls::ClientConfig>,
-        /// Name to present and verify.
-        server_name: rustls::pki_types::ServerName<'static>,
-    },
-    /// No encryption. Only when both sides explicitly chose it.
-    Plaintext,
-}
-
-impl std::fmt::Debug for ClientTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tls { server_name, .. } => write!(f, "Tls({server_name:?})"),
-            Self::Plaintext => f.write_str("Plaintext"),
-        }
-    }
-}
-
-impl ClientTransport {
-    /// TLS toward `server` (`host:port`): the host part becomes the server name.
-    pub fn tls(config: Arc<rustls::ClientConfig>, server: &str) -> Result<Self, InvalidServerName> {
-        Ok(Self::Tls { config, server_name: server_name(server)? })
-    }
-
-    /// Wraps `tcp` as configured and returns the stream and its channel binding.
-    pub async fn wrap(&self, tcp: TcpStream) -> io::Result<(BoxedIo, ChannelBinding)> {
-        match self {
-            Self::Plaintext => Ok((Box::new(buffered(tcp)), ChannelBinding::Plaintext)),
-            Self::Tls { config, server_name } => {
-                let tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(server_name.clone(), buffered(tcp))
-                    .await?;
-                let binding = ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
-                Ok((Box::new(tls), binding))
-            }
-        }
-    }
-}
-
 /// The name TLS presents and verifies for `server` (`host:port`): its host part.
 pub fn server_name(server: &str) -> Result<rustls::pki_types::ServerName<'static>, InvalidServerName> {
     let host = host_of(server);
@@ -116,16 +79,6 @@ pub struct InvalidServerName(pub String);
 pub fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
-}
-
-/// Completes the server side of TLS on an accepted connection.
-pub async fn accept_tls(
-    config: Arc<rustls::ServerConfig>,
-    tcp: TcpStream,
-) -> io::Result<(BoxedIo, ChannelBinding)> {
-    let tls = tokio_rustls::TlsAcceptor::from(config).accept(buffered(tcp)).await?;
-    let binding = ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
-    Ok((Box::new(tls), binding))
 }
 
 /// A TLS alert record (fatal `protocol_version`), sent unencrypted to a TLS client that reached

@@ -1,0 +1,157 @@
+//! Where a client sends a forward's visitors: to an address it dials, or to a handler inside
+//! the program, which then needs no listening port of its own.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::TargetAddr;
+use crate::mux::MuxStream;
+use crate::proto::RouteId;
+
+/// One visitor's connection, as a handler receives it: a byte stream (read what the visitor
+/// sends, write what it should receive; shutting down the write side sends a FIN), plus who
+/// and which route.
+pub struct Visitor {
+    stream: MuxStream,
+    peer: SocketAddr,
+    route: RouteId,
+}
+
+impl Visitor {
+    /// Wraps a data stream whose header has been read.
+    pub fn new(stream: MuxStream, peer: SocketAddr, route: RouteId) -> Self {
+        Self { stream, peer, route }
+    }
+
+    /// The visitor's address as the server saw it.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The route it came in by.
+    pub fn route(&self) -> RouteId {
+        self.route
+    }
+}
+
+impl fmt::Debug for Visitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Visitor")
+            .field("peer", &self.peer)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for Visitor {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Visitor {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+type Serve = dyn Fn(Visitor) -> BoxFuture<'static, ()> + Send + Sync;
+
+/// Serves a forward's visitors inside the program: called once per visitor, each call runs as
+/// a task of its own and is cut when the client stops.
+///
+/// Two handlers are equal when they are clones of one another; the name only appears in
+/// messages and in the forward's text form (`8080:handler:NAME`).
+#[derive(Clone)]
+pub struct StreamHandler {
+    name: Arc<str>,
+    serve: Arc<Serve>,
+}
+
+impl StreamHandler {
+    /// A handler named `name` (shown in messages) running `serve` for each visitor.
+    pub fn new<F, Fut>(name: impl Into<Arc<str>>, serve: F) -> Self
+    where
+        F: Fn(Visitor) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self { name: name.into(), serve: Arc::new(move |visitor| Box::pin(serve(visitor))) }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Serves one visitor.
+    pub fn serve(&self, visitor: Visitor) -> BoxFuture<'static, ()> {
+        (self.serve)(visitor)
+    }
+}
+
+impl PartialEq for StreamHandler {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.serve, &other.serve)
+    }
+}
+
+impl Eq for StreamHandler {}
+
+impl fmt::Debug for StreamHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamHandler({:?})", self.name)
+    }
+}
+
+/// Where a remote forward's visitors go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A connection the client dials for each visitor.
+    Addr(TargetAddr),
+    /// A handler in this program.
+    Handler(StreamHandler),
+}
+
+impl From<TargetAddr> for Target {
+    fn from(addr: TargetAddr) -> Self {
+        Self::Addr(addr)
+    }
+}
+
+impl From<StreamHandler> for Target {
+    fn from(handler: StreamHandler) -> Self {
+        Self::Handler(handler)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(addr) => addr.fmt(f),
+            Self::Handler(handler) => write!(f, "handler:{}", handler.name),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Connections to a server: the [`Connector`] trait a client dials through, the TCP and TLS
+//! connectors that ship with the crate, and the server side of TLS.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{buffered, connect_tcp, server_name, BoxedIo, InvalidServerName, Io};
+use crate::auth::ChannelBinding;
+
+/// A connected byte stream and the channel binding the handshake's proofs are tied to.
+///
+/// The binding is what makes a stolen proof useless on another connection: TLS exporter
+/// material for TLS ([`ChannelBinding::from_tls`]), [`ChannelBinding::Plaintext`] when the
+/// stream has no channel secret of its own.
+pub struct Connection {
+    /// The stream the session runs over.
+    pub io: BoxedIo,
+    /// What the proofs are bound to.
+    pub binding: ChannelBinding,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("binding", &self.binding).finish_non_exhaustive()
+    }
+}
+
+/// Opening a connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No byte stream: refused, unreachable, name not resolved.
+    #[error("cannot connect to {peer}")]
+    Unreachable {
+        /// Where the connector tried to go.
+        peer: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The stream opened but could not be secured (a certificate, an alert, a cut handshake);
+    /// a rustls error, when there is one, is the source's inner error.
+    #[error("TLS with {peer} failed")]
+    Tls {
+        /// Where the connector tried to go.
+        peer: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Gives a client its connections to the server, one per session attempt.
+///
+/// Implement it to run sessions over a connection type of your own (a Unix socket, an HTTP
+/// `CONNECT` proxy, an in-memory pipe); wrap it in a [`TlsConnector`] to add TLS on top.
+///
+/// ```
+/// use futures::future::BoxFuture;
+/// use tunnel_core::auth::ChannelBinding;
+/// use tunnel_core::transport::{ConnectError, Connection, Connector};
+///
+/// /// Dials a Unix socket.
+/// struct Unix(std::path::PathBuf);
+///
+/// impl Connector for Unix {
+///     fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
+///         Box::pin(async move {
+///             let stream = tokio::net::UnixStream::connect(&self.0).await.map_err(|source| {
+///                 ConnectError::Unreachable { peer: self.0.display().to_string(), source }
+///             })?;
+///             Ok(Connection { io: Box::new(stream), binding: ChannelBinding::Plaintext })
+///         })
+///     }
+/// }
+/// ```
+pub trait Connector: Send + Sync + 'static {
+    /// Opens one connection.
+    fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>>;
+}
+
+impl<C: Connector + ?Sized> Connector for Arc<C> {
+    fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
+        (**self).connect()
+    }
+}
+
+/// Plain TCP to `host:port`, with [`super::configure_tcp`] applied and reads buffered; the
+/// binding is [`ChannelBinding::Plaintext`].
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    addr: String,
+}
+
+impl TcpConnector {
+    /// Dials `addr` (`host:port`, resolved at each attempt).
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self { addr: addr.into() }
+    }
+}
+
+impl Connector for TcpConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
+        Box::pin(async move {
+            let tcp = connect_tcp(&self.addr)
+                .await
+                .map_err(|source| ConnectError::Unreachable { peer: self.addr.clone(), source })?;
+            Ok(Connection { io: Box::new(buffered(tcp)), binding: ChannelBinding::Plaintext })
+        })
+    }
+}
+
+/// TLS over the connections of another connector; the binding comes from the TLS session.
+#[derive(Clone)]
+pub struct TlsConnector<C> {
+    inner: C,
+    config: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl<C> TlsConnector<C> {
+    /// TLS with `config` (see [`crate::tls::client_config`]), presenting and verifying
+    /// `server_name`, over what `inner` connects.
+    pub fn new(
+        inner: C,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        Self { inner, config, server_name }
+    }
+}
+
+impl<C> std::fmt::Debug for TlsConnector<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnector").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+impl<C: Connector> Connector for TlsConnector<C> {
+    fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
+        Box::pin(async move {
+            let inner = self.inner.connect().await?;
+            let peer = || self.server_name.to_str().into_owned();
+            let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(self.server_name.clone(), inner.io)
+                .await
+                .map_err(|source| ConnectError::Tls { peer: peer(), source })?;
+            let binding = ChannelBinding::from_tls(tls.get_ref().1)
+                .map_err(|e| ConnectError::Tls { peer: peer(), source: io::Error::other(e) })?;
+            Ok(Connection { io: Box::new(tls), binding })
+        })
+    }
+}
+
+/// How a client reaches its server: the shipped connectors by name, or one of the program's own.
+#[derive(Clone)]
+pub enum ClientTransport {
+    /// TLS over TCP with this configuration, presenting `server_name` (SNI; checked under CA
+    /// trust).
+    Tls {
+        /// Built by [`crate::tls::client_config`].
+        config: Arc<rustls::ClientConfig>,
+        /// Name to present and verify.
+        server_name: rustls::pki_types::ServerName<'static>,
+    },
+    /// TCP without encryption. Only when both sides explicitly chose it.
+    Plaintext,
+    /// A connector of the program's own, which alone decides where and how to connect: the
+    /// client's `server` address then only names the server in messages.
+    Custom(Arc<dyn Connector>),
+}
+
+impl std::fmt::Debug for ClientTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tls { server_name, .. } => write!(f, "Tls({server_name:?})"),
+            Self::Plaintext => f.write_str("Plaintext"),
+            Self::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+impl ClientTransport {
+    /// TLS toward `server` (`host:port`): the host part becomes the server name.
+    pub fn tls(config: Arc<rustls::ClientConfig>, server: &str) -> Result<Self, InvalidServerName> {
+        Ok(Self::Tls { config, server_name: server_name(server)? })
+    }
+
+    /// A program's own connector.
+    pub fn custom(connector: impl Connector) -> Self {
+        Self::Custom(Arc::new(connector))
+    }
+
+    /// Opens a connection to `server` (`host:port`) as configured.
+    pub async fn connect(&self, server: &str) -> Result<Connection, ConnectError> {
+        match self {
+            Self::Plaintext => TcpConnector::new(server).connect().await,
+            Self::Tls { config, server_name } => {
+                TlsConnector::new(TcpConnector::new(server), config.clone(), server_name.clone())
+                    .connect()
+                    .await
+            }
+            Self::Custom(connector) => connector.connect().await,
+        }
+    }
+}
+
+/// Completes the server side of TLS on an accepted stream (buffer a socket's reads first:
+/// [`super::buffered`]).
+pub async fn accept_tls(config: Arc<rustls::ServerConfig>, io: impl Io) -> io::Result<Connection> {
+    let tls = tokio_rustls::TlsAcceptor::from(config).accept(io).await?;
+    let binding = ChannelBinding::from_tls(tls.get_ref().1).map_err(io::Error::other)?;
+    Ok(Connection { io: Box::new(tls), binding })
+}

@@ -1,0 +1,286 @@
+//! What a program embedding the library can do beyond the binaries: serve routes with its own
+//! code (a stream handler, a hyper service) and run sessions over a connection type of its own.
+
+mod common;
+#[path = "common/web.rs"]
+mod web;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::*;
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tunnel_core::auth::{ChannelBinding, Credentials, Token};
+use tunnel_core::client::ClientError;
+use tunnel_core::forward::{RemoteForwardSpec, StreamHandler, Visitor};
+use tunnel_core::http::{HttpAction, HttpHandler, HttpRoute, Service};
+use tunnel_core::proto::HttpMatch;
+use tunnel_core::server::{Server, ServerConfig};
+use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
+use tunnel_core::transport::{
+    accept_tls, ClientTransport, ConnectError, Connection, Connector, TlsConnector,
+};
+use web::*;
+
+/// Greets with `PEER ROUTE`, then echoes until the visitor's FIN.
+async fn greet_and_echo(mut visitor: Visitor) {
+    let greeting = format!("{} {}\n", visitor.peer(), visitor.route());
+    visitor.write_all(greeting.as_bytes()).await.unwrap();
+    let (mut from, mut to) = tokio::io::split(visitor);
+    tokio::io::copy(&mut from, &mut to).await.unwrap();
+    to.shutdown().await.unwrap();
+}
+
+async fn read_line(tcp: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.expect("no line").unwrap();
+        assert_eq!(n, 1, "EOF after {:?}", String::from_utf8_lossy(&line));
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// Sends `cut` when dropped: a handler's task holds one while it runs.
+struct Running(mpsc::UnboundedSender<&'static str>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.send("cut");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_route_served_by_a_handler_sees_each_visitor_and_is_cut_when_the_client_stops() {
+    let server = start_server(|_| {}).await;
+    let greeter = RemoteForwardSpec::new(0, StreamHandler::new("greeter", greet_and_echo));
+    let (cut_tx, mut cut) = mpsc::unbounded_channel();
+    // Greets, then holds the visitor without ever reading it again, until cut.
+    let holder = RemoteForwardSpec::new(
+        0,
+        StreamHandler::new("holder", move |mut visitor: Visitor| {
+            let running = Running(cut_tx.clone());
+            async move {
+                visitor.write_all(b"held\n").await.unwrap();
+                let _running = running;
+                std::future::pending::<()>().await;
+            }
+        }),
+    );
+    let mut config = server.client_config("embedder", &[]);
+    config.remotes = vec![greeter.clone(), holder];
+    let mut client = start_client(config);
+    let forwards = client.connected().await;
+    let (greeted, held) = (forwards[0].public_addr, forwards[1].public_addr);
+
+    // Two visitors at once, each told its own address and the route it came by.
+    let mut first = TcpStream::connect(greeted).await.unwrap();
+    let mut second = TcpStream::connect(greeted).await.unwrap();
+    for visitor in [&mut first, &mut second] {
+        let expected = format!("{} {}\n", visitor.local_addr().unwrap(), greeter.route_id());
+        assert_eq!(read_line(visitor).await, expected);
+    }
+    first.write_all(b"bytes both ways").await.unwrap();
+    first.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    tokio::time::timeout(PATIENCE, first.read_to_end(&mut echoed)).await.unwrap().unwrap();
+    assert_eq!(echoed, b"bytes both ways");
+
+    // A handler still running when the client stops is cut: its task does not outlive it.
+    let mut holding = TcpStream::connect(held).await.unwrap();
+    assert_eq!(read_line(&mut holding).await, "held\n");
+    client.stop().await;
+    let signal = tokio::time::timeout(PATIENCE, cut.recv()).await;
+    assert_eq!(signal, Ok(Some("cut")), "the handler kept running after the client stopped");
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, holding.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the visitor of a stopped client's handler was left hanging");
+    server.stop().await;
+}
+
+/// `/fail` fails, `/ws` is upgraded and echoed, anything else is described back.
+async fn service(mut request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    match request.uri().path() {
+        "/fail" => Err(std::io::Error::other("the handler's own failure")),
+        "/ws" => {
+            let upgraded = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let upgraded = upgraded.await.unwrap();
+                let (mut from, mut to) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+            Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(Full::default())
+                .unwrap())
+        }
+        path => {
+            let header =
+                |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let body = format!("{path} xff={} route={}", header("x-forwarded-for"), header("x-route"));
+            Ok(Response::new(Full::new(Bytes::from(body))))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_route_served_by_a_hyper_service_gets_the_route_headers_errors_and_upgrades() {
+    let edge = edge(|_| {}).await;
+    let mut action =
+        HttpAction::to(Service::Handler(HttpHandler::new("svc", hyper::service::service_fn(service))));
+    action.request_headers.set.push(("x-route".parse().unwrap(), "handled".parse().unwrap()));
+    let mut config = edge.server.client_config("embedder", &[]);
+    config.http.push(HttpRoute { matcher: HttpMatch::host("svc.test".parse().unwrap()), action });
+    let mut client = start_client(config);
+    client.connected().await;
+
+    let (status, body) = get(edge.http, "svc.test", "/hello").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "/hello xff=127.0.0.1 route=handled"));
+    let (status, body) = get(edge.http, "svc.test", "/fail").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("the handler failed") && !body.contains("own failure"), "{body}");
+
+    let mut tcp = TcpStream::connect(edge.http).await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: svc.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.unwrap().unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp.write_all(b"frame").await.unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"frame");
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+/// An in-memory pipe to a server: each connection's far end goes to the server's queue.
+struct Pipe {
+    far_ends: mpsc::Sender<tokio::io::DuplexStream>,
+    dialed: Arc<Mutex<usize>>,
+}
+
+impl Connector for Pipe {
+    fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
+        Box::pin(async move {
+            *self.dialed.lock().unwrap() += 1;
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            self.far_ends.send(far).await.map_err(|_| ConnectError::Unreachable {
+                peer: "pipe".into(),
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            })?;
+            Ok(Connection { io: Box::new(near), binding: ChannelBinding::Plaintext })
+        })
+    }
+}
+
+/// A server fed only by pipes: TLS is completed on each far end before the server gets it.
+struct PipeServer {
+    connector: Pipe,
+    fingerprint: tunnel_core::tls::Fingerprint,
+    server: Server,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+fn pipe_server() -> PipeServer {
+    init_test_log();
+    let dir = tempfile::tempdir().unwrap();
+    let identity = ServerIdentity::load_or_generate(dir.path(), &[]).unwrap();
+    let fingerprint = identity.fingerprint();
+    let tls = server_config(identity).unwrap();
+    let credentials = Credentials::default().with_shared(Token::new(TOKEN).unwrap());
+    let mut config = ServerConfig::new(credentials, None);
+    config.policy.default_bind = "127.0.0.1".parse().unwrap();
+    let server = Server::new(config);
+    let (far_ends, mut raw) = mpsc::channel::<tokio::io::DuplexStream>(4);
+    let (secured, mut connections) = mpsc::channel::<(Connection, SocketAddr)>(4);
+    tokio::spawn(async move {
+        while let Some(far) = raw.recv().await {
+            let (tls, secured) = (tls.clone(), secured.clone());
+            tokio::spawn(async move {
+                if let Ok(connection) = accept_tls(tls, far).await {
+                    let _ = secured.send((connection, SocketAddr::from(([127, 0, 0, 1], 0)))).await;
+                }
+            });
+        }
+    });
+    let stop = CancellationToken::new();
+    let runner = server.clone();
+    let stopped = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        let connections = futures::stream::poll_fn(move |cx| connections.poll_recv(cx));
+        runner.run_connected(connections, stopped).await
+    });
+    let connector = Pipe { far_ends, dialed: Arc::default() };
+    PipeServer { connector, fingerprint, server, stop, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_run_over_a_connector_of_the_programs_own_with_tls_on_top() {
+    let pipes = pipe_server();
+    let dialed = pipes.connector.dialed.clone();
+    let pinned = client_config(&ServerTrust::Pinned(pipes.fingerprint)).unwrap();
+    let connector = TlsConnector::new(pipes.connector, pinned, "tunnel.test".try_into().unwrap());
+    let target = echo_target().await;
+    let mut config = client_config_for(target, pipes.fingerprint, "piped", TOKEN, &[&format!("0:{target}")]);
+    config.transport = ClientTransport::custom(connector);
+    config.server = "the pipe".into();
+    let mut client = start_client(config);
+    let public = client.connected().await[0].public_addr;
+    assert_eq!(pipes.server.session_names(), ["piped"]);
+    assert_eq!(*dialed.lock().unwrap(), 1, "one connection, made by the program's connector");
+    let reply = round_trip(public, b"over a pipe, under TLS").await.unwrap();
+    assert_eq!(reply, b"over a pipe, under TLS");
+    client.stop().await;
+    pipes.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_over_a_custom_connector_still_refuses_the_wrong_server_for_good() {
+    let pipes = pipe_server();
+    let impostor = ServerIdentity::load_or_generate(tempfile::tempdir().unwrap().path(), &[]).unwrap();
+    let pinned = client_config(&ServerTrust::Pinned(impostor.fingerprint())).unwrap();
+    let connector = TlsConnector::new(pipes.connector, pinned, "tunnel.test".try_into().unwrap());
+    let mut config =
+        client_config_for(SocketAddr::from(([127, 0, 0, 1], 1)), pipes.fingerprint, "piped", TOKEN, &[]);
+    config.transport = ClientTransport::custom(connector);
+    let client = start_client(config);
+    // A certificate that does not match the pin is a permanent failure, not a retry loop.
+    match client.failure().await {
+        ClientError::ServerCertificate(message) => assert!(message.contains("fingerprint"), "{message}"),
+        other => panic!("expected a certificate error, got {other:?}"),
+    }
+    assert!(pipes.server.session_names().is_empty());
+    pipes.stop.cancel();
+}
+
+#[test]
+fn a_route_handlers_identity_is_its_clones_not_its_name() {
+    let a = StreamHandler::new("same", |_| async {});
+    let b = StreamHandler::new("same", |_| async {});
+    assert_eq!(a, a.clone());
+    assert_ne!(a, b, "two handlers with one name are still two handlers");
+    let spec = RemoteForwardSpec::new(8080, a);
+    assert_eq!(spec.to_string(), "8080:handler:same");
+    assert!(spec.to_string().parse::<RemoteForwardSpec>().is_err(), "a handler never comes from text");
+    // A fixed port's route is the port's, whatever serves it: moving it into the program keeps it.
+    let dialed: RemoteForwardSpec = "8080:127.0.0.1:1".parse().unwrap();
+    assert_eq!(spec.route_id(), dialed.route_id());
+}
