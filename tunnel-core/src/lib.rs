@@ -23,6 +23,59 @@
 //! - [`log`]: escaping of peer-controlled text, error chains, and rate-limited log lines.
 //!
 //! Each layer uses only those listed before it (`tests/layers.rs` checks the imports).
+//!
+//! # Example
+//!
+//! A server and a client in one program. The client publishes a TCP route whose visitors are
+//! answered by code in the program ([`forward::StreamHandler`]), so nothing listens locally;
+//! an HTTP route can be served the same way by a hyper service ([`http::HttpHandler`]), and a
+//! session can run over a connection type of the program's own ([`transport::Connector`]).
+//! More in the repository's `examples/`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use tunnel_core::auth::{Credentials, Token};
+//! use tunnel_core::client::{Client, ClientConfig, ClientStatus};
+//! use tunnel_core::forward::{RemoteForwardSpec, StreamHandler, Visitor};
+//! use tunnel_core::server::{Server, ServerConfig};
+//! use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
+//! use tunnel_core::transport::ClientTransport;
+//!
+//! // The server: a certificate made in memory, one shared token, visitors on loopback.
+//! let identity = ServerIdentity::generate(&[])?;
+//! let fingerprint = identity.fingerprint();
+//! let token = Token::generate();
+//! let mut config = ServerConfig::new(Credentials::default().with_shared(token.clone()), Some(server_config(identity)?));
+//! config.policy.default_bind = "127.0.0.1".parse()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?.to_string();
+//! let server = Server::new(config);
+//! tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+//!
+//! // The client: pins the server's certificate; the server picks the public port.
+//! let transport = ClientTransport::tls(client_config(&ServerTrust::Pinned(fingerprint))?, &addr)?;
+//! let mut config = ClientConfig::new(addr, "example", token, transport);
+//! let hello = StreamHandler::new("hello", |mut visitor: Visitor| async move {
+//!     let _ = visitor.write_all(format!("hello {}\n", visitor.peer()).as_bytes()).await;
+//! });
+//! config.remotes.push(RemoteForwardSpec::new(0, hello));
+//! let client = Client::new(config);
+//! let mut status = client.status();
+//! tokio::spawn(client.run(std::future::pending()));
+//! let public = match &*status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })).await? {
+//!     ClientStatus::Connected { forwards, .. } => forwards[0].public_addr,
+//!     _ => unreachable!(),
+//! };
+//!
+//! // A visitor.
+//! let mut visitor = tokio::net::TcpStream::connect(public).await?;
+//! let mut greeting = String::new();
+//! visitor.read_to_string(&mut greeting).await?;
+//! assert_eq!(greeting, format!("hello {}\n", visitor.local_addr()?));
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

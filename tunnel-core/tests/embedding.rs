@@ -107,6 +107,39 @@ async fn a_tcp_route_served_by_a_handler_sees_each_visitor_and_is_cut_when_the_c
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_ends_a_visitor_in_order_by_dropping_it_or_with_a_reset_by_resetting_it() {
+    let server = start_server(|_| {}).await;
+    let dropper = StreamHandler::new("dropper", |mut visitor: Visitor| async move {
+        visitor.write_all(b"last words").await.unwrap();
+    });
+    // Waits for the visitor's first byte, so the reset cannot come before its connect completes.
+    let resetter = StreamHandler::new("resetter", |mut visitor: Visitor| async move {
+        visitor.read_exact(&mut [0u8]).await.unwrap();
+        visitor.write_all(b"cut short").await.unwrap();
+        visitor.flush().await.unwrap();
+        visitor.reset();
+    });
+    let mut config = server.client_config("embedder", &[]);
+    config.remotes = vec![RemoteForwardSpec::new(0, dropper), RemoteForwardSpec::new(0, resetter)];
+    let mut client = start_client(config);
+    let forwards = client.connected().await;
+
+    let mut dropped = TcpStream::connect(forwards[0].public_addr).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(PATIENCE, dropped.read_to_end(&mut all)).await.unwrap().unwrap();
+    assert_eq!(all, b"last words", "a dropped visitor ends in order, after what was written");
+
+    let mut reset = TcpStream::connect(forwards[1].public_addr).await.unwrap();
+    reset.write_all(b"!").await.unwrap();
+    let mut some = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, reset.read_to_end(&mut some)).await.unwrap();
+    let err = ended.expect_err("a reset visitor must not look like a complete stream");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    client.stop().await;
+    server.stop().await;
+}
+
 /// `/fail` fails, `/ws` is upgraded and echoed, anything else is described back.
 async fn service(mut request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
     match request.uri().path() {

@@ -16,10 +16,14 @@ use crate::mux::MuxStream;
 use crate::proto::RouteId;
 
 /// One visitor's connection, as a handler receives it: a byte stream (read what the visitor
-/// sends, write what it should receive; shutting down the write side sends a FIN), plus who
-/// and which route.
+/// sends, write what it should receive), plus who and which route.
+///
+/// Like a `TcpStream`, it ends in order when dropped (the visitor reads an end of stream after
+/// everything written); [`Visitor::reset`] ends it with a reset instead. Shutting down the
+/// write side sends that end at once, with reading still open.
 pub struct Visitor {
-    stream: MuxStream,
+    /// `None` only once dropped or reset.
+    stream: Option<MuxStream>,
     peer: SocketAddr,
     route: RouteId,
 }
@@ -27,7 +31,7 @@ pub struct Visitor {
 impl Visitor {
     /// Wraps a data stream whose header has been read.
     pub fn new(stream: MuxStream, peer: SocketAddr, route: RouteId) -> Self {
-        Self { stream, peer, route }
+        Self { stream: Some(stream), peer, route }
     }
 
     /// The visitor's address as the server saw it.
@@ -38,6 +42,28 @@ impl Visitor {
     /// The route it came in by.
     pub fn route(&self) -> RouteId {
         self.route
+    }
+
+    /// Ends the connection with a reset: the visitor sees an error, not an end of stream.
+    pub fn reset(mut self) {
+        drop(self.stream.take());
+    }
+
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut MuxStream> {
+        // Taken only by `reset` and `drop`, which consume the visitor.
+        Pin::new(self.get_mut().stream.as_mut().expect("a visitor's stream is taken only when it is dropped"))
+    }
+}
+
+impl Drop for Visitor {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.stream.take() else { return };
+        // An orderly end needs the session's runtime; without one, the stream resets.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            });
+        }
     }
 }
 
@@ -52,29 +78,25 @@ impl fmt::Debug for Visitor {
 
 impl AsyncRead for Visitor {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        self.stream().poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Visitor {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, data)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.stream().poll_write(cx, data)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_shutdown(cx)
     }
 }
 

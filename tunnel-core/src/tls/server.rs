@@ -53,10 +53,7 @@ impl ServerIdentity {
         if cert_path.exists() && key_path.exists() {
             return Self::from_pem_files(&cert_path, &key_path);
         }
-        let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-        sans.extend(names.iter().filter(|n| !n.is_empty()).cloned());
-        sans.dedup();
-        let generated = rcgen::generate_simple_self_signed(sans)?;
+        let generated = rcgen::generate_simple_self_signed(subject_names(names))?;
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| TlsError::Io { path, source }
@@ -67,6 +64,15 @@ impl ServerIdentity {
         crate::fs::write_replacing(&cert_path, generated.cert.pem().as_bytes(), 0o644)
             .map_err(io_err(&cert_path))?;
         Self::from_pem_files(&cert_path, &key_path)
+    }
+
+    /// A self-signed certificate for `names` (DNS names or IP addresses; `localhost` and the
+    /// loopback addresses are always in it), held in memory only: its fingerprint changes with
+    /// every call, so pinning clients must learn it from this process.
+    pub fn generate(names: &[String]) -> Result<Self, TlsError> {
+        let generated = rcgen::generate_simple_self_signed(subject_names(names))?;
+        let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+        Ok(Self { chain: vec![generated.cert.der().clone()], key })
     }
 
     /// The chain and the key.
@@ -88,6 +94,14 @@ pub fn server_config(identity: ServerIdentity) -> Result<Arc<rustls::ServerConfi
         .with_single_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The names a generated certificate carries: the loopback ones, then `names`.
+fn subject_names(names: &[String]) -> Vec<String> {
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    sans.extend(names.iter().filter(|n| !n.is_empty()).cloned());
+    sans.dedup();
+    sans
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
