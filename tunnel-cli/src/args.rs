@@ -102,8 +102,8 @@ pub struct ConnectArgs {
     /// Expose a private service, reachable only through the tunnel as NAME/SERVICE. Repeatable.
     #[arg(long = "expose", value_name = "SERVICE=HOST:PORT")]
     pub expose: Vec<ServiceSpec>,
-    /// HTTP route: requests for HOST (and PATH, a prefix) go to SERVICE, `http://HOST:PORT` or
-    /// `http_status:NNN`. Repeatable.
+    /// HTTP route: requests for HOST (and PATH, a prefix) go to SERVICE, `http://HOST:PORT`,
+    /// `https://HOST:PORT` or `http_status:NNN`. Repeatable.
     #[arg(long = "http", value_name = "HOST[/PATH]=SERVICE")]
     pub http: Vec<HttpRoute>,
     /// TLS passthrough: TLS connections for HOST (by SNI) go undecrypted to an origin that
@@ -122,6 +122,9 @@ pub struct ConnectArgs {
     /// Connect without TLS (the server must run with --insecure-plaintext too).
     #[arg(long, conflicts_with_all = ["fingerprint", "ca"])]
     pub insecure_plaintext: bool,
+    /// PEM file of CA certificates trusted for https:// origins, beside the system's.
+    #[arg(long, value_name = "PEM")]
+    pub origin_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +185,7 @@ impl ConnectArgs {
         override_with(&mut file.name, self.name);
         override_with(&mut file.fingerprint, self.fingerprint);
         override_with(&mut file.ca, self.ca);
+        override_with(&mut file.origin_ca, self.origin_ca);
         if !self.remote.is_empty() {
             file.remote = self.remote.into_iter().map(RemoteEntry::Spec).collect();
         }

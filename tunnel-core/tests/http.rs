@@ -377,3 +377,64 @@ async fn https_terminates_http2_and_http1_passes_tls_through_by_name_and_answers
     client_b.stop().await;
     server.stop().await;
 }
+
+/// An HTTPS origin (answering like [`origin`]) with a fresh self-signed certificate for
+/// 127.0.0.1, written as PEM into `dir`; returns its address and the certificate's path.
+async fn https_origin(tag: &'static str, dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert_path = dir.join(format!("{tag}-origin.pem"));
+    std::fs::write(&cert_path, generated.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![generated.cert.der().clone()], key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |request| answer(tag, request));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, cert_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_origins_are_verified_against_the_origin_trust_and_refused_without_it() {
+    let edge = edge(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (secure, cert) = https_origin("S", dir.path()).await;
+
+    // Trusting the origin's CA: the request arrives, over TLS, with the visitor's Host.
+    let mut trusting = edge.server.client_config("trusting", &[]);
+    trusting.http = vec![format!("good.test=https://{secure}").parse().unwrap()];
+    trusting.origin_tls = Some(tunnel_core::tls::origin_config(Some(&cert)).unwrap());
+    let mut trusting = start_client(trusting);
+    trusting.connected().await;
+    let (status, body) = get(edge.http, "good.test", "/over-tls").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("S GET /over-tls host=good.test xff=127.0.0.1 proto=http"), "{body}");
+
+    // Without it (the system's roots only), the self-signed origin is refused: 502, saying why.
+    let mut wary = edge.server.client_config("wary", &[]);
+    wary.http = vec![format!("bad.test=https://{secure}").parse().unwrap()];
+    let mut wary = start_client(wary);
+    wary.connected().await;
+    let (status, body) = get(edge.http, "bad.test", "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains(&format!("https://{secure}")) && body.contains("certificate"), "{body}");
+    trusting.stop().await;
+    wary.stop().await;
+    edge.server.stop().await;
+}

@@ -60,6 +60,9 @@ pub struct ClientConfig {
     pub http_fallback: Option<HttpAction>,
     /// TLS passthrough routes to publish.
     pub tls: Vec<TlsRoute>,
+    /// Trust toward `https://` origins ([`crate::tls::origin_config`]); `None` (the default):
+    /// the system's roots.
+    pub origin_tls: Option<Arc<rustls::ClientConfig>>,
     /// Session settings (the server's heartbeat interval overrides ours).
     pub session: SessionConfig,
     /// Time allowed for TCP connect, TLS and the handshake together (default 10 s).
@@ -87,6 +90,7 @@ impl ClientConfig {
             http: Vec::new(),
             http_fallback: None,
             tls: Vec::new(),
+            origin_tls: None,
             session: SessionConfig {
                 // The server caps streams per session (`limits.max_streams_per_session`, at most
                 // 65536); the client, having pinned that server, follows its cap, not a lower one.
@@ -202,7 +206,8 @@ impl Client {
             tls: config.tls.clone(),
         });
         let status = watch::Sender::new(ClientStatus::Connecting);
-        Self { config: Arc::new(config), status, locals: None, routes, origins: Origins::default() }
+        let origins = Origins::new(config.origin_tls.clone());
+        Self { config: Arc::new(config), status, locals: None, routes, origins }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns

@@ -12,7 +12,7 @@ use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError};
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::http::{HttpAction, HttpRoute, Service, TlsRoute};
 use crate::proto::validate_name;
-use crate::tls::{client_config, Fingerprint, ServerTrust};
+use crate::tls::{client_config, origin_config, Fingerprint, ServerTrust};
 use crate::transport::ClientTransport;
 
 /// The client's configuration file (`tunnel-cli connect --config FILE`): plain data.
@@ -49,8 +49,8 @@ pub struct ClientFile {
     /// Private services, `SERVICE=HOST:PORT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<ServiceSpec>,
-    /// HTTP routes, `HOST[/PATH]=SERVICE` (a path is a prefix; SERVICE is `http://HOST:PORT` or
-    /// `http_status:NNN`).
+    /// HTTP routes, `HOST[/PATH]=SERVICE` (a path is a prefix; SERVICE is `http://HOST:PORT`,
+    /// `https://HOST:PORT` or `http_status:NNN`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpRoute>,
     /// TLS passthrough routes, `HOST=HOST:PORT`: the origin terminates TLS itself.
@@ -65,6 +65,8 @@ pub struct ClientFile {
     pub fingerprint: Option<Fingerprint>,
     /// PEM file of CA certificates to verify the server with.
     pub ca: Option<PathBuf>,
+    /// PEM file of CA certificates trusted for `https://` origins, beside the system's.
+    pub origin_ca: Option<PathBuf>,
     /// Connect without TLS; the server must opt in too (default false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
@@ -213,7 +215,11 @@ impl ClientFile {
             Trust::Pinned(fp) => tls_transport(&ServerTrust::Pinned(*fp), server)?,
             Trust::Ca(path) => tls_transport(&ServerTrust::ca_file(path)?, server)?,
         };
-        self.runtime(token, transport)
+        let mut config = self.runtime(token, transport)?;
+        if let Some(path) = &self.origin_ca {
+            config.origin_tls = Some(origin_config(Some(path)).map_err(|e| invalid("origin_ca", e))?);
+        }
+        Ok(config)
     }
 
     /// The routes the file publishes (its `remote` and `expose` entries), checked: what a

@@ -40,7 +40,7 @@ pub struct RouteFile {
     /// Headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// One service: `http://HOST:PORT` or `http_status:NNN`.
+    /// One service: `http://HOST:PORT`, `https://HOST:PORT` or `http_status:NNN`.
     pub service: Option<Service>,
     /// Several services with weights, for traffic splits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

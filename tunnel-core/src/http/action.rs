@@ -14,12 +14,14 @@ use crate::proto::{HostPattern, HttpMatch, PathMatch, TargetAddr};
 /// How long an origin may take to answer a request's headers by default (then: 504).
 pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A service a route sends to: `http://HOST:PORT`, a fixed answer `http_status:NNN`, or (in a
-/// program, never in text) a handler of its own.
+/// A service a route sends to: `http://HOST:PORT`, `https://HOST:PORT` (verified against the
+/// client's origin trust), a fixed answer `http_status:NNN`, or (in a program, never in text) a
+/// handler of its own.
 ///
 /// ```
 /// use tunnel_core::http::Service;
 /// assert!(matches!("http://127.0.0.1:8080".parse::<Service>(), Ok(Service::Http(_))));
+/// assert_eq!("https://origin.internal:8443/".parse::<Service>().unwrap().to_string(), "https://origin.internal:8443");
 /// assert_eq!("http_status:404".parse::<Service>().unwrap().to_string(), "http_status:404");
 /// assert!("ftp://x:1".parse::<Service>().is_err());
 /// ```
@@ -28,6 +30,8 @@ pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Service {
     /// An HTTP origin.
     Http(TargetAddr),
+    /// An HTTPS origin: TLS to it, its certificate verified for HOST.
+    Https(TargetAddr),
     /// A fixed answer with this status and a one-line body.
     Status(StatusCode),
     /// A hyper service in this program.
@@ -47,11 +51,17 @@ impl FromStr for Service {
                 .map(Self::Status)
                 .ok_or_else(|| format!("{s:?}: http_status takes a status code from 200 to 999"));
         }
-        if let Some(addr) = s.strip_prefix("http://") {
+        let origin = |addr: &str, kind: fn(TargetAddr) -> Self| {
             let addr = addr.strip_suffix('/').unwrap_or(addr);
-            return addr.parse::<TargetAddr>().map(Self::Http).map_err(|e| format!("{s:?}: {e}"));
+            addr.parse::<TargetAddr>().map(kind).map_err(|e| format!("{s:?}: {e}"))
+        };
+        if let Some(addr) = s.strip_prefix("http://") {
+            return origin(addr, Self::Http);
         }
-        Err(format!("{s:?} is not a service: use http://HOST:PORT or http_status:NNN"))
+        if let Some(addr) = s.strip_prefix("https://") {
+            return origin(addr, Self::Https);
+        }
+        Err(format!("{s:?} is not a service: use http://HOST:PORT, https://HOST:PORT or http_status:NNN"))
     }
 }
 
@@ -59,6 +69,7 @@ impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Http(addr) => write!(f, "http://{addr}"),
+            Self::Https(addr) => write!(f, "https://{addr}"),
             Self::Status(code) => write!(f, "http_status:{}", code.as_u16()),
             Self::Handler(handler) => handler.fmt(f),
         }

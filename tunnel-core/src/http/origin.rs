@@ -2,13 +2,14 @@
 //! from the server's edge; each is answered by the route's action, from an origin reached
 //! through a shared connection pool.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,26 +26,71 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_PER_ORIGIN: usize = 32;
 
 /// Connections to origins, reused across requests and streams; clone freely.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Origins {
-    client: Client<HttpConnector, Incoming>,
+    http: Client<HttpConnector, Incoming>,
+    /// Built at the first `https://` request: loading the system's roots is not free.
+    https: Arc<OnceLock<Client<HttpsConnector<HttpConnector>, Incoming>>>,
+    /// Trust toward `https://` origins; `None`: the system's roots.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Origins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origins").finish_non_exhaustive()
+    }
 }
 
 impl Default for Origins {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(IDLE_PER_ORIGIN)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Self { client }
+        Self::new(None)
     }
 }
 
+fn pooled<C>(connector: C) -> Client<C, Incoming>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(IDLE_PER_ORIGIN)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// TCP toward origins; `enforce_http` refuses any URI but `http://` (the plain pool's).
+fn tcp_connector(enforce_http: bool) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.enforce_http(enforce_http);
+    connector
+}
+
 impl Origins {
+    /// Pools toward origins; `https://` origins are verified with `tls` (see
+    /// [`crate::tls::origin_config`]), or against the system's roots when `None`.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        Self { http: pooled(tcp_connector(true)), https: Arc::default(), tls }
+    }
+
+    fn https(&self) -> Result<&Client<HttpsConnector<HttpConnector>, Incoming>, crate::tls::TlsError> {
+        if let Some(client) = self.https.get() {
+            return Ok(client);
+        }
+        let tls = match &self.tls {
+            Some(tls) => tls.clone(),
+            None => crate::tls::origin_config(None)?,
+        };
+        let mut tls = (*tls).clone();
+        // The connector offers `http/1.1` itself, and refuses a configuration that has any.
+        tls.alpn_protocols.clear();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp_connector(false));
+        Ok(self.https.get_or_init(|| pooled(connector)))
+    }
     /// Answers the requests arriving on `stream` (a data stream of HTTP requests of one visitor
     /// connection, or the one request of an upgrade), each with the action of the route it
     /// names, as `routes` finds it when the request arrives.
@@ -83,7 +129,12 @@ impl Origins {
             Answer::Proxy(_) => {
                 let draw = rand::random_range(0..action.total_weight().max(1));
                 match action.pick(draw) {
-                    Some(Service::Http(origin)) => self.proxy(request, action, &origin.to_string()).await,
+                    Some(Service::Http(origin)) => {
+                        self.proxy(request, action, "http", &origin.to_string()).await
+                    }
+                    Some(Service::Https(origin)) => {
+                        self.proxy(request, action, "https", &origin.to_string()).await
+                    }
                     Some(Service::Status(code)) => text_response(*code, ""),
                     Some(Service::Handler(handler)) => handle(request, action, handler).await,
                     None => text_response(StatusCode::BAD_GATEWAY, "the route has no backend"),
@@ -96,22 +147,33 @@ impl Origins {
         &self,
         mut request: Request<Incoming>,
         action: &HttpAction,
+        scheme: &str,
         origin: &str,
     ) -> Response<Body> {
         let upgrade = is_upgrade(request.headers());
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("http://{origin}{path}").parse() {
+        let uri: Uri = match format!("{scheme}://{origin}{path}").parse() {
             Ok(uri) => uri,
             Err(err) => return text_response(StatusCode::BAD_REQUEST, &format!("bad request path: {err}")),
         };
         *request.uri_mut() = uri;
         prepare(&mut request, action);
-        let mut response = match tokio::time::timeout(action.timeout, self.client.request(request)).await {
+        let sent = match scheme {
+            "https" => match self.https() {
+                Ok(client) => client.request(request),
+                Err(err) => {
+                    let why = format!("no TLS toward origin {origin}: {}", crate::log::Chain(&err));
+                    return text_response(StatusCode::BAD_GATEWAY, &why);
+                }
+            },
+            _ => self.http.request(request),
+        };
+        let mut response = match tokio::time::timeout(action.timeout, sent).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
                 let why = crate::log::Chain(&err).to_string();
-                return text_response(StatusCode::BAD_GATEWAY, &format!("origin {origin}: {why}"));
+                return text_response(StatusCode::BAD_GATEWAY, &format!("origin {scheme}://{origin}: {why}"));
             }
             Err(_) => {
                 let why = format!("origin {origin} did not answer within {:?}", action.timeout);

@@ -47,6 +47,31 @@ pub fn client_config(trust: &ServerTrust) -> Result<Arc<rustls::ClientConfig>, T
     Ok(Arc::new(config))
 }
 
+/// The TLS configuration a client uses toward `https://` origins: the system's trusted roots,
+/// plus the CA certificates of `extra_ca` (a PEM file) for origins with a private CA. TLS 1.2
+/// and 1.3. System roots that cannot be read are skipped (and logged): an
+/// origin they would have verified then fails with a certificate error naming its issuer.
+/// (The client offers ALPN `http/1.1` itself.)
+pub fn origin_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let system = rustls_native_certs::load_native_certs();
+    for error in &system.errors {
+        tracing::warn!("system CA certificates: {error}");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(system.certs);
+    tracing::debug!(added, ignored, "system CA certificates for https origins");
+    if let Some(path) = extra_ca {
+        for cert in super::server::read_certs(path)? {
+            roots.add(cert)?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The error a pinned verifier reports, recoverable from the rustls error for a clear message.
 #[derive(Debug, thiserror::Error)]
 #[error("server certificate fingerprint is {actual}, expected {expected}")]
