@@ -198,6 +198,31 @@ async fn a_slow_origin_gets_a_504_and_a_websocket_upgrade_is_spliced_end_to_end(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_visitors_hold_none_of_the_clients_streams() {
+    // Eight streams per session: far fewer than the visitor connections below.
+    let edge = edge(|config| config.session.mux.max_streams = 8).await;
+    let a = origin("A").await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
+    client.connected().await;
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let mut sender = connection(edge.http).await;
+        let (status, body) = send(&mut sender, "a.test", &format!("/first/{i}"), "").await;
+        assert_eq!(status, StatusCode::OK, "visitor {i}: {body}");
+        held.push(sender);
+    }
+    // All of them still open and idle: a newcomer is served, and so is each of them again.
+    assert_eq!(get(edge.http, "a.test", "/newcomer").await.0, StatusCode::OK);
+    for (i, sender) in held.iter_mut().enumerate() {
+        let (status, body) = send(sender, "a.test", &format!("/again/{i}"), "").await;
+        assert_eq!(status, StatusCode::OK, "visitor {i}, second request: {body}");
+    }
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_requests_and_a_weighted_split() {
     let edge = edge(|_| {}).await;
     let (a, b) = (origin("A").await, origin("B").await);

@@ -3,6 +3,7 @@
 //! emulated 100 ms, rate-capped, lossy link between two network namespaces.
 //! `benches/run.sh` installs what is needed and runs both; see `docs/benchmarks.md`.
 
+mod httpedge;
 mod link;
 mod longlink;
 mod probe;
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Measure every subject on loopback in one run and write the tables.
     Loopback(LoopbackArgs),
+    /// wrk against nginx through the HTTP edge, a TCP forward and direct; idle edge memory.
+    HttpEdge(httpedge::HttpEdgeArgs),
     /// One stream through the tunnel and direct over an emulated long, lossy link (root).
     LongLink(longlink::LongLinkArgs),
     /// An echo server for the probes (started by `loopback`); prints its address.
@@ -76,6 +79,7 @@ struct LoopbackArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Loopback(args) => loopback(args),
+        Command::HttpEdge(args) => httpedge::run(args),
         Command::LongLink(args) => longlink::run(args),
         Command::Echo { listen } => echo(listen),
     }

@@ -41,6 +41,16 @@ pub struct ServerLimits {
     /// as yamux tunes them toward the link's bandwidth-delay product (default 16; 0 keeps every
     /// stream at 256 KiB, about 20 Mbit/s per stream at 100 ms).
     pub max_receive_window_mib: Option<usize>,
+    /// Visitor connections the HTTP and HTTPS listeners hold at once, each (default 10000);
+    /// more are closed at accept.
+    pub max_http_connections: Option<usize>,
+    /// Time a visitor has to send a request's headers, and an idle keep-alive connection's
+    /// next request (default `30s`).
+    pub http_header_timeout: Option<HumanDuration>,
+    /// Longest wait for a client's answer to a request (default `120s`).
+    pub http_response_timeout: Option<HumanDuration>,
+    /// Largest request head in bytes (default 65536, at least 8192).
+    pub max_http_header_bytes: Option<usize>,
 }
 
 impl ServerLimits {
@@ -108,6 +118,25 @@ impl ServerLimits {
         }
         if let Some(mib) = self.max_receive_window_mib {
             config.session.mux.window_growth = window_growth("limits.max_receive_window_mib", mib)?;
+        }
+        let edge = &mut config.http.limits;
+        if let Some(n) = positive("limits.max_http_connections", self.max_http_connections)? {
+            edge.max_connections = n;
+        }
+        if let Some(d) = self.http_header_timeout {
+            edge.header_timeout = positive_duration("limits.http_header_timeout", d)?;
+        }
+        if let Some(d) = self.http_response_timeout {
+            edge.response_timeout = positive_duration("limits.http_response_timeout", d)?;
+        }
+        if let Some(n) = self.max_http_header_bytes {
+            if !(8192..=1 << 20).contains(&n) {
+                return Err(invalid(
+                    "limits.max_http_header_bytes",
+                    "must be between 8192 and 1048576 bytes",
+                ));
+            }
+            edge.max_header_bytes = n;
         }
         Ok(())
     }

@@ -123,6 +123,21 @@ fn the_receive_window_budget_reaches_the_multiplexer() {
 }
 
 #[test]
+fn the_http_listener_limits_reach_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "state_dir = {:?}\ntoken = \"config-test-token-0123\"\n[limits]\nmax_http_connections = 20000\n\
+         http_header_timeout = \"5s\"\nhttp_response_timeout = \"1m\"\nmax_http_header_bytes = 16384\n",
+        dir.path()
+    );
+    let limits = parse(&text).unwrap().build().unwrap().config.http.limits;
+    assert_eq!(limits.max_connections, 20_000);
+    assert_eq!(limits.header_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(limits.response_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(limits.max_header_bytes, 16384);
+}
+
+#[test]
 fn invalid_values_name_their_key() {
     let dir = tempfile::tempdir().unwrap();
     let base = format!("state_dir = {:?}\ntoken = \"config-test-token-0123\"\n", dir.path());
@@ -132,6 +147,9 @@ fn invalid_values_name_their_key() {
         ("[limits]\nmax_streams_per_session = 0", "limits.max_streams_per_session"),
         ("[limits]\nmax_message_size = 10", "limits.max_message_size"),
         ("[limits]\nmax_receive_window_mib = 5000", "limits.max_receive_window_mib"),
+        ("[limits]\nmax_http_connections = 0", "limits.max_http_connections"),
+        ("[limits]\nhttp_header_timeout = \"0s\"", "limits.http_header_timeout"),
+        ("[limits]\nmax_http_header_bytes = 100", "limits.max_http_header_bytes"),
         ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
         ("tls_cert = \"c.pem\"", "tls_key"),
         ("[[clients]]\nname = \"a b\"\ntoken = \"client-a-token-0123\"", "clients.name"),

@@ -313,15 +313,19 @@ mod tests {
 
     #[test]
     fn flag_forms_parse_and_print_back() {
-        for text in
-            ["a.test=http://127.0.0.1:80", "*.a.test/api/v1=http_status:404", "b.test/=http://[::1]:8080"]
-        {
+        for text in [
+            "a.test=http://127.0.0.1:80",
+            "*.a.test/api/v1=http_status:404",
+            "b.test/=http://[::1]:8080",
+            "c.test=https://origin.internal:8443",
+        ] {
             assert_eq!(text.parse::<HttpRoute>().unwrap().to_string(), text);
         }
         for bad in [
             "a.test",
             "a test=http://h:1",
-            "a.test=https://h:1",
+            "a.test=ftp://h:1",
+            "a.test=https://h",
             "a.test/x y=http://h:1",
             "a.test=http_status:99",
         ] {

@@ -1,7 +1,8 @@
 //! The server's HTTP edge: serves visitor connections (HTTP/1.1, and HTTP/2 where negotiated),
-//! resolves each request's route, and carries it to the owning client over a data stream of
-//! this visitor connection (opened for its first request to that client, reused while idle;
-//! a WebSocket upgrade gets a stream of its own).
+//! resolves each request's route, and carries it to the owning client over a data stream: an
+//! HTTP/1.1 connection to that client, taken from a pool the edge shares across visitor
+//! connections, as a reverse proxy keeps upstream connections (a WebSocket upgrade gets a
+//! stream of its own).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,12 +25,16 @@ use super::{text_response, Body};
 use crate::mux::StreamOpener;
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
 
-/// Idle streams a visitor connection keeps per client.
-const IDLE_STREAMS_PER_CLIENT: usize = 8;
+/// Streams the edge keeps per client, idle or finishing a response. Requests beyond that many
+/// at once still get streams; those are closed after their exchange.
+const POOLED_STREAMS_PER_CLIENT: usize = 256;
 
 type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
 
-/// One visitor connection's streams to clients, idle between requests, by client name.
+/// The edge's streams to clients, by client name. A stream carries one request at a time,
+/// whichever visitor connection it comes from (each request says who the visitor is in its
+/// `X-Forwarded-*` headers), so idle keep-alive visitors hold no streams: streams count
+/// against the session's stream limit, visitor connections only against the edge's.
 #[derive(Default)]
 struct Streams(Mutex<HashMap<String, Vec<Sender>>>);
 
@@ -39,6 +44,11 @@ impl Streams {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let senders = idle.get_mut(owner)?;
         senders.retain(|s| !s.is_closed());
+        if senders.is_empty() {
+            // The client is gone (its session's streams closed): forget it.
+            idle.remove(owner);
+            return None;
+        }
         // Busy ones (a response body still going through) stay for later requests.
         let ready = senders.iter().position(Sender::is_ready)?;
         Some(senders.swap_remove(ready))
@@ -53,7 +63,7 @@ impl Streams {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let senders = idle.entry(owner.to_owned()).or_default();
         senders.retain(|s| !s.is_closed());
-        if senders.len() < IDLE_STREAMS_PER_CLIENT {
+        if senders.len() < POOLED_STREAMS_PER_CLIENT {
             senders.push(sender);
         }
     }
@@ -97,6 +107,7 @@ pub struct HttpEdge {
     routes: Arc<dyn RouteSource>,
     fallback: StatusCode,
     limits: EdgeLimits,
+    streams: Streams,
 }
 
 impl std::fmt::Debug for HttpEdge {
@@ -108,7 +119,7 @@ impl std::fmt::Debug for HttpEdge {
 impl HttpEdge {
     /// An edge over these routes; `fallback` answers requests for hosts no route serves.
     pub fn new(routes: Arc<dyn RouteSource>, fallback: StatusCode, limits: EdgeLimits) -> Self {
-        Self { routes, fallback, limits }
+        Self { routes, fallback, limits, streams: Streams::default() }
     }
 
     /// Its limits.
@@ -132,12 +143,11 @@ impl HttpEdge {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let edge = self.clone();
-        let streams = Arc::new(Streams::default());
         let sni: Option<Arc<str>> = sni.map(Arc::from);
         let service = hyper::service::service_fn(move |request| {
-            let (edge, streams, sni) = (edge.clone(), streams.clone(), sni.clone());
+            let (edge, sni) = (edge.clone(), sni.clone());
             async move {
-                let connection = Connection { streams: &streams, visitor, scheme, sni: sni.as_deref() };
+                let connection = Connection { visitor, scheme, sni: sni.as_deref() };
                 Ok::<_, std::convert::Infallible>(edge.handle(request, connection).await)
             }
         });
@@ -159,7 +169,7 @@ impl HttpEdge {
     }
 
     async fn handle(&self, request: Request<Incoming>, connection: Connection<'_>) -> Response<Body> {
-        let Connection { streams, visitor, scheme, sni } = connection;
+        let Connection { visitor, scheme, sni } = connection;
         let Some(host) = request_host(&request) else {
             return text_response(StatusCode::BAD_REQUEST, "the request names no host");
         };
@@ -176,7 +186,7 @@ impl HttpEdge {
         };
         let (route_id, opener, owner) = (hit.id, hit.target.clone(), hit.owner.to_owned());
         drop(routes);
-        let to = Owner { route_id, opener, name: &owner, streams };
+        let to = Owner { route_id, opener, name: &owner, streams: &self.streams };
         match self.forward(request, to, visitor, scheme, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
@@ -217,8 +227,8 @@ impl HttpEdge {
         // An upgrade turns its stream into a byte stream: it gets one of its own.
         let pooled = match visitor_side {
             Some(_) => None,
-            // The stream of this connection's last response may need a moment to see that
-            // response's end before it takes the next request.
+            // A stream whose response just went through (often this visitor's previous one) may
+            // need a moment to see that response's end before it takes the next request.
             None => match to.streams.take(to.name) {
                 Some(sender) => Some(sender),
                 None => {
@@ -296,13 +306,12 @@ impl HttpEdge {
 /// The visitor connection a request came on.
 #[derive(Clone, Copy)]
 struct Connection<'a> {
-    streams: &'a Streams,
     visitor: SocketAddr,
     scheme: &'static str,
     sni: Option<&'a str>,
 }
 
-/// Where a request goes: a route of a client, and the visitor connection's streams.
+/// Where a request goes: a route of a client, and the edge's streams.
 struct Owner<'a> {
     route_id: RouteId,
     opener: StreamOpener,
