@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole-binary benchmarks in one command, on a fresh Debian/Ubuntu machine:
-#   ./benches/run.sh            # loopback comparison, then the long link (root only)
+#   ./benches/run.sh            # loopback comparison, the HTTP edge, then the long link (root only)
 #   ./benches/run.sh --quick    # shorter runs, for a smoke test of the harness
-# Installs iperf3, openssl and iproute2 (apt) if missing, and the peers rathole and bore from
+# Installs iperf3, openssl, iproute2, nginx and wrk (apt) if missing, and the peers rathole and bore from
 # crates.io into a cache directory (TUNNEL_BENCH_CACHE, default ~/.cache/tunnel-bench); builds
 # tunnel-cli and tunnel-bench in release mode; rewrites the result sections of
 # docs/benchmarks.md with this run's tables.
@@ -20,6 +20,8 @@ missing=()
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v nginx >/dev/null || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
 # rathole's TLS (native-tls) builds against OpenSSL.
 [ -x "$cache/bin/rathole" ] || { dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev pkg-config); }
 if [ ${#missing[@]} -gt 0 ]; then
@@ -38,6 +40,10 @@ bench="$root/target/release/tunnel-bench"
 cli="$root/target/release/tunnel-cli"
 
 "$bench" loopback --tunnel-cli "$cli" --peers "$cache/bin" --out "$out" "${quick[@]}"
+
+edge=()
+[ ${#quick[@]} -eq 0 ] || edge=(--seconds 3 --repeat 1 --idle 2000)
+"$bench" http-edge --tunnel-cli "$cli" --out "$out" "${edge[@]}"
 
 if [ "$(id -u)" = 0 ]; then
     long=()

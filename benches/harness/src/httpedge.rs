@@ -14,10 +14,12 @@ use anyhow::{bail, Context, Result};
 
 use crate::procs::{addr_after, free_port, Proc, Usage};
 use crate::report;
-use crate::subjects::fingerprint;
+use crate::subjects::{fingerprint, TOKEN};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const HOST: &str = "bench.test";
+/// Wait between opening the idle connections and measuring memory.
+const SETTLE: Duration = Duration::from_secs(3);
 /// The file every request fetches.
 const BODY_BYTES: usize = 1024;
 
@@ -107,6 +109,9 @@ pub fn run(args: HttpEdgeArgs) -> Result<()> {
     let held = hold_keep_alive(tunnel.edge, idle, Duration::from_secs(120));
     let (held_count, after) = match held {
         Ok(held) => {
+            // Measured once the edge has parked them (after 1 s idle): the steady state of
+            // idle keep-alive visitors.
+            std::thread::sleep(SETTLE);
             let after = Usage::of(tunnel.server.pid())?;
             let client = Usage::of(tunnel.client.pid())?;
             // Still served: one more request on the first held connection.
@@ -183,7 +188,7 @@ fn section(
         Some((after, client)) => {
             let grown = after.rss.saturating_sub(before.rss);
             out.push_str(&format!(
-                "| server memory with {held} idle keep-alive visitor connections <= 64 MiB | {} ({} before, +{}; client {}) | {} |\n",
+                "| server memory with {held} idle keep-alive visitor connections (3 s after) <= 64 MiB | {} ({} before, +{}; client {}) | {} |\n",
                 mib(after.rss),
                 mib(before.rss),
                 mib(grown),
@@ -286,7 +291,7 @@ fn start_tunnel(bin: &Path, work: &Path, origin: SocketAddr, idle: usize) -> Res
         "--state-dir",
         state,
         "--token",
-        "bench-token",
+        TOKEN,
         "--http-listen",
         &edge_listen,
         "--allow-hosts",
@@ -304,7 +309,7 @@ fn start_tunnel(bin: &Path, work: &Path, origin: SocketAddr, idle: usize) -> Res
         "--server",
         &listen,
         "--token",
-        "bench-token",
+        TOKEN,
         "--name",
         "bench",
         "--fingerprint",

@@ -5,6 +5,7 @@
 //! stream of its own).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
 use super::origin::splice_upgraded;
+use super::park::{Activity, Parking, Resumed, PARK_AFTER};
 use super::{text_response, Body};
 use crate::mux::StreamOpener;
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
@@ -108,6 +110,7 @@ pub struct HttpEdge {
     fallback: StatusCode,
     limits: EdgeLimits,
     streams: Streams,
+    parked: AtomicUsize,
 }
 
 impl std::fmt::Debug for HttpEdge {
@@ -119,7 +122,7 @@ impl std::fmt::Debug for HttpEdge {
 impl HttpEdge {
     /// An edge over these routes; `fallback` answers requests for hosts no route serves.
     pub fn new(routes: Arc<dyn RouteSource>, fallback: StatusCode, limits: EdgeLimits) -> Self {
-        Self { routes, fallback, limits, streams: Streams::default() }
+        Self { routes, fallback, limits, streams: Streams::default(), parked: AtomicUsize::new(0) }
     }
 
     /// Its limits.
@@ -127,8 +130,14 @@ impl HttpEdge {
         &self.limits
     }
 
+    /// Idle keep-alive connections parked now: held as bare sockets until their next request.
+    pub fn parked_connections(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
     /// Serves one visitor connection until it closes. `scheme` (`http` or `https`) is what
-    /// `X-Forwarded-Proto` says.
+    /// `X-Forwarded-Proto` says; `http2` is whether TLS negotiated HTTP/2 (ALPN `h2`), else the
+    /// connection speaks HTTP/1.1, and is parked while idle (see `park.rs`).
     ///
     /// `sni` is the name a TLS visitor asked for: an HTTP/2 request for a host of another
     /// client than that name's is answered 421 (the connection may have been coalesced by a
@@ -139,32 +148,69 @@ impl HttpEdge {
         visitor: SocketAddr,
         scheme: &'static str,
         sni: Option<String>,
+        http2: bool,
     ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let activity = Arc::new(Activity::default());
         let edge = self.clone();
         let sni: Option<Arc<str>> = sni.map(Arc::from);
+        let exchanges = activity.clone();
         let service = hyper::service::service_fn(move |request| {
-            let (edge, sni) = (edge.clone(), sni.clone());
+            let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin());
             async move {
                 let connection = Connection { visitor, scheme, sni: sni.as_deref() };
-                Ok::<_, std::convert::Infallible>(edge.handle(request, connection).await)
+                let response = edge.handle(request, connection).await;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    exchange.upgrade();
+                }
+                // The exchange lasts until hyper has sent the body and drops it.
+                let response =
+                    response.map(|body| body.map_frame(move |frame| exchange.keep(frame)).boxed_unsync());
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_timeout)
-            .max_buf_size(self.limits.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
-            tracing::debug!(%visitor, "HTTP connection ended: {err}");
+        if http2 {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(256)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            if let Err(err) = builder.serve_connection(TokioIo::new(io), service).await {
+                tracing::debug!(%visitor, "HTTP/2 connection ended: {err}");
+            }
+            return;
+        }
+        let mut io = Resumed::new(io);
+        loop {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.limits.header_timeout)
+                .max_buf_size(self.limits.max_header_bytes.max(8192));
+            let parking = Parking::new(io, activity.clone());
+            let mut connection =
+                builder.serve_connection(TokioIo::new(parking), service.clone()).with_upgrades();
+            let served = (&mut connection).await;
+            // `None` once upgraded: the socket then belongs to the splice.
+            let Some(parts) = connection.into_parts() else { return };
+            if let Err(err) = served {
+                return tracing::debug!(%visitor, "HTTP connection ended: {err}");
+            }
+            let parking = parts.io.into_inner();
+            if !parking.parked() || !parts.read_buf.is_empty() {
+                return; // The visitor closed it.
+            }
+            io = parking.into_inner();
+            // Parked: the bare socket waits for the next request, within the idle time left.
+            let left = self.limits.header_timeout.saturating_sub(PARK_AFTER);
+            self.parked.fetch_add(1, Ordering::Relaxed);
+            let resumed = tokio::time::timeout(left, io.resume()).await;
+            self.parked.fetch_sub(1, Ordering::Relaxed);
+            if !matches!(resumed, Ok(Ok(true))) {
+                return;
+            }
         }
     }
 
@@ -337,4 +383,58 @@ async fn open_stream(
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No routes: every request gets the fallback.
+    struct NoRoutes;
+
+    impl RouteSource for NoRoutes {
+        fn routes(&self) -> Arc<RouteIndex<StreamOpener>> {
+            Arc::default()
+        }
+    }
+
+    async fn status(
+        sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    ) -> u16 {
+        sender.ready().await.unwrap();
+        let request =
+            Request::get("/").header("host", "nobody.test").body(http_body_util::Empty::new()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_is_parked_then_served_again_and_closed_after_the_idle_time() {
+        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+        let (visitor, served) = tokio::io::duplex(64 * 1024);
+        let serving =
+            tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(visitor)).await.unwrap();
+        tokio::spawn(connection);
+        assert_eq!(status(&mut sender).await, 404);
+        assert_eq!(edge.parked_connections(), 0, "parked while a response was under way");
+
+        // Idle past the parking time (the paused clock jumps): the socket alone remains.
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(10)).await;
+        assert_eq!(edge.parked_connections(), 1);
+        // The same connection is served again, from a fresh hyper connection.
+        assert_eq!(status(&mut sender).await, 404);
+        assert_eq!(edge.parked_connections(), 0);
+
+        // Parked again, then cut once the idle time has passed.
+        tokio::time::sleep(EdgeLimits::default().header_timeout + Duration::from_secs(1)).await;
+        assert_eq!(edge.parked_connections(), 0);
+        tokio::time::timeout(Duration::from_secs(1), serving)
+            .await
+            .expect("an idle visitor was never cut")
+            .unwrap();
+    }
 }

@@ -13,6 +13,7 @@ mod headers;
 mod index;
 mod matcher;
 mod origin;
+mod park;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

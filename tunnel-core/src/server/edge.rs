@@ -27,8 +27,10 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let edge = self.edge();
-        self.accept(listener, shutdown, move |tcp, visitor| edge.clone().serve(tcp, visitor, "http", None))
-            .await
+        self.accept(listener, shutdown, move |tcp, visitor| {
+            edge.clone().serve(tcp, visitor, "http", None, false)
+        })
+        .await
     }
 
     /// Serves HTTPS on `listener`: a connection whose ClientHello names a TLS passthrough
@@ -146,7 +148,10 @@ async fn https(
     }
     let accepted = tokio_rustls::TlsAcceptor::from(tls).accept(Prefixed::new(hello, tcp));
     match tokio::time::timeout(deadline, accepted).await {
-        Ok(Ok(stream)) => edge.serve(stream, visitor, "https", name).await,
+        Ok(Ok(stream)) => {
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            edge.serve(stream, visitor, "https", name, http2).await
+        }
         Ok(Err(err)) => tracing::debug!(%visitor, "TLS handshake failed: {err}"),
         Err(_) => tracing::debug!(%visitor, "TLS handshake not done within {deadline:?}"),
     }

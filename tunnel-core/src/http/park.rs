@@ -1,0 +1,234 @@
+//! Parking idle keep-alive HTTP/1.1 visitor connections: a connection with no request for a
+//! moment leaves hyper (whose read and write buffers cost 16 KiB a connection) and waits as a
+//! bare socket until its next request arrives, then gets a fresh hyper connection. Ten thousand
+//! idle browsers then cost sockets, not buffers.
+//!
+//! hyper cannot hand back a live keep-alive connection, so [`Parking`] tells it the visitor
+//! closed: once no request is in flight and nothing has arrived for [`PARK_AFTER`], a read
+//! that would wait returns end of stream instead, hyper ends the connection as a visitor's
+//! close (and its shutdown is swallowed), and the socket is taken back out of the parts.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Idle time after which a keep-alive connection is parked.
+pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// What the service tells the connection's reader: requests in flight (from dispatch until the
+/// response body is dropped, i.e. sent), whether bytes arrived since, and an upgrade.
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    in_flight: AtomicUsize,
+    /// Bytes were read since the last exchange ended: a request may be half received.
+    arrived: AtomicBool,
+    /// The connection became a byte stream (WebSocket): never parked.
+    upgraded: AtomicBool,
+    /// The reader waiting while a request was in flight: woken to start its idle clock.
+    reader: Mutex<Option<Waker>>,
+}
+
+impl Activity {
+    /// A request was dispatched; the returned guard ends it when dropped.
+    pub(super) fn begin(self: &Arc<Self>) -> Exchange {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Exchange(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && !self.arrived.load(Ordering::Acquire)
+            && !self.upgraded.load(Ordering::Acquire)
+    }
+}
+
+/// One request's exchange; its drop (with the response body's) ends it.
+#[derive(Debug)]
+pub(super) struct Exchange(Arc<Activity>);
+
+impl Exchange {
+    /// The connection switched protocols.
+    pub(super) fn upgrade(&self) {
+        self.0.upgraded.store(true, Ordering::Release);
+    }
+
+    /// Passes a frame of the response body through (the body holds the exchange).
+    pub(super) fn keep<T>(&self, frame: T) -> T {
+        frame
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The request's body was read before its response ended: what arrives now is new.
+            self.0.arrived.store(false, Ordering::Release);
+            if let Some(reader) = self.0.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                reader.wake();
+            }
+        }
+    }
+}
+
+/// A visitor's socket as hyper reads it, parked after [`PARK_AFTER`] idle.
+pub(super) struct Parking<I> {
+    io: I,
+    activity: Arc<Activity>,
+    clock: Option<Pin<Box<tokio::time::Sleep>>>,
+    parked: bool,
+}
+
+impl<I> Parking<I> {
+    pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
+        Self { io, activity, clock: None, parked: false }
+    }
+
+    /// Whether the connection was parked (rather than closed by the visitor or by an error).
+    pub(super) fn parked(&self) -> bool {
+        self.parked
+    }
+
+    pub(super) fn into_inner(self) -> I {
+        self.io
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.parked {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.clock = None;
+                if buf.filled().len() > before {
+                    this.activity.arrived.store(true, Ordering::Release);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                *this.activity.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                if !this.activity.idle() {
+                    this.clock = None;
+                    return Poll::Pending;
+                }
+                let clock = this.clock.get_or_insert_with(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
+                if clock.as_mut().poll(cx).is_ready() && this.activity.idle() {
+                    this.parked = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// hyper shuts down what it believes a closed connection: a parked one stays open.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.parked {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A visitor's stream between hyper connections: a parked connection's next request starts
+/// with a byte read here (TLS streams have no readiness of their own), handed to hyper first.
+pub(super) struct Resumed<I> {
+    first: Option<u8>,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> Resumed<I> {
+    pub(super) fn new(io: I) -> Self {
+        Self { first: None, io }
+    }
+
+    /// Waits for the visitor's next byte: `true` once it came, `false` at end of stream.
+    pub(super) async fn resume(&mut self) -> std::io::Result<bool> {
+        let mut byte = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut self.io, &mut byte).await?;
+        self.first = (n == 1).then_some(byte[0]);
+        Ok(n == 1)
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Resumed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(byte) = self.first.take() {
+            buf.put_slice(&[byte]);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Resumed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
