@@ -17,7 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("mux", &["transport"]),
     ("session", &["auth", "log", "mux", "proto", "transport"]),
     ("forward", &["log", "mux", "proto"]),
-    ("http", &["log", "mux", "proto"]),
+    ("http", &["log", "mux", "proto", "tls"]),
     (
         "server",
         &["auth", "forward", "fs", "http", "log", "mux", "proto", "session", "task", "tls", "transport"],

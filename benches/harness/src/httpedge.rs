@@ -6,8 +6,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -106,7 +104,9 @@ pub fn run(args: HttpEdgeArgs) -> Result<()> {
     eprintln!("== holding {} idle keep-alive visitor connections on the edge", args.idle);
     let before = Usage::of(tunnel.server.pid())?;
     let idle = args.idle.min((open_files as usize).saturating_sub(512));
-    let held = hold_keep_alive(tunnel.edge, idle, Duration::from_secs(120));
+    let held = crate::probe::hold(idle, Duration::from_secs(120), || {
+        fetch_keep_alive(tunnel.edge)?.context("the file was not served")
+    });
     let (held_count, after) = match held {
         Ok(held) => {
             // Measured once the edge has parked them (after 1 s idle): the steady state of
@@ -399,43 +399,6 @@ fn fetch_keep_alive(front: SocketAddr) -> Result<Option<TcpStream>> {
     let mut stream = TcpStream::connect(front)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     Ok(request(&mut stream)?.then_some(stream))
-}
-
-/// Opens `count` keep-alive connections to `front`, each having fetched the file once, and
-/// holds them open until the returned value is dropped.
-fn hold_keep_alive(front: SocketAddr, count: usize, limit: Duration) -> Result<Vec<TcpStream>> {
-    let started = Instant::now();
-    let claimed = AtomicUsize::new(0);
-    let failures = AtomicUsize::new(0);
-    let held = Mutex::new(Vec::with_capacity(count));
-    std::thread::scope(|scope| {
-        for _ in 0..8 {
-            scope.spawn(|| {
-                while started.elapsed() < limit && failures.load(Ordering::Relaxed) < 10 {
-                    if claimed.fetch_add(1, Ordering::Relaxed) >= count {
-                        return;
-                    }
-                    match fetch_keep_alive(front) {
-                        Ok(Some(stream)) => held.lock().unwrap_or_else(|e| e.into_inner()).push(stream),
-                        _ => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            claimed.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let held = held.into_inner().unwrap_or_else(|e| e.into_inner());
-    if held.len() < count {
-        bail!(
-            "held only {} of {count} ({} failed, {:.1?})",
-            held.len(),
-            failures.into_inner(),
-            started.elapsed()
-        );
-    }
-    Ok(held)
 }
 
 #[cfg(test)]

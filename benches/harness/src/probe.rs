@@ -156,6 +156,16 @@ pub fn ping_pong(front: SocketAddr, count: usize, limit: Duration) -> Result<Lat
 /// Opens `count` connections to `front`, each proven end to end by a 1-byte echo, and holds
 /// them open until the returned value is dropped.
 pub fn hold_idle(front: SocketAddr, count: usize, limit: Duration) -> Result<Vec<TcpStream>> {
+    hold(count, limit, || connect_and_echo(front))
+}
+
+/// Opens `count` connections with `open` (which proves each in its own way) over 8 threads,
+/// within `limit`, and holds them open until the returned value is dropped.
+pub fn hold(
+    count: usize,
+    limit: Duration,
+    open: impl Fn() -> Result<TcpStream> + Sync,
+) -> Result<Vec<TcpStream>> {
     let started = Instant::now();
     let claimed = AtomicUsize::new(0);
     let held = Mutex::new(Vec::with_capacity(count));
@@ -168,7 +178,7 @@ pub fn hold_idle(front: SocketAddr, count: usize, limit: Duration) -> Result<Vec
                     if claimed.fetch_add(1, Ordering::Relaxed) >= count {
                         return;
                     }
-                    match connect_and_echo(front) {
+                    match open() {
                         Ok(stream) => held.lock().unwrap_or_else(|e| e.into_inner()).push(stream),
                         Err(_) => {
                             failures.fetch_add(1, Ordering::Relaxed);

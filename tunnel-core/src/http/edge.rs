@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
 use super::origin::splice_upgraded;
-use super::park::{Activity, Parking, Resumed, PARK_AFTER};
+use super::park::{Activity, Parking, PARK_AFTER};
 use super::{text_response, Body};
 use crate::mux::StreamOpener;
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
@@ -182,14 +182,13 @@ impl HttpEdge {
             }
             return;
         }
-        let mut io = Resumed::new(io);
+        let mut parking = Parking::new(io, activity);
         loop {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(self.limits.header_timeout)
                 .max_buf_size(self.limits.max_header_bytes.max(8192));
-            let parking = Parking::new(io, activity.clone());
             let mut connection =
                 builder.serve_connection(TokioIo::new(parking), service.clone()).with_upgrades();
             let served = (&mut connection).await;
@@ -198,15 +197,14 @@ impl HttpEdge {
             if let Err(err) = served {
                 return tracing::debug!(%visitor, "HTTP connection ended: {err}");
             }
-            let parking = parts.io.into_inner();
+            parking = parts.io.into_inner();
             if !parking.parked() || !parts.read_buf.is_empty() {
                 return; // The visitor closed it.
             }
-            io = parking.into_inner();
             // Parked: the bare socket waits for the next request, within the idle time left.
             let left = self.limits.header_timeout.saturating_sub(PARK_AFTER);
             self.parked.fetch_add(1, Ordering::Relaxed);
-            let resumed = tokio::time::timeout(left, io.resume()).await;
+            let resumed = tokio::time::timeout(left, parking.resume()).await;
             self.parked.fetch_sub(1, Ordering::Relaxed);
             if !matches!(resumed, Ok(Ok(true))) {
                 return;

@@ -75,17 +75,20 @@ impl Drop for Exchange {
     }
 }
 
-/// A visitor's socket as hyper reads it, parked after [`PARK_AFTER`] idle.
+/// A visitor's socket as hyper reads it, parked after [`PARK_AFTER`] idle; between hyper
+/// connections it waits for the next request's first byte ([`Parking::resume`]; TLS streams
+/// have no readiness of their own), which it hands to the next hyper connection first.
 pub(super) struct Parking<I> {
     io: I,
     activity: Arc<Activity>,
     clock: Option<Pin<Box<tokio::time::Sleep>>>,
     parked: bool,
+    first: Option<u8>,
 }
 
-impl<I> Parking<I> {
+impl<I: AsyncRead + Unpin> Parking<I> {
     pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io, activity, clock: None, parked: false }
+        Self { io, activity, clock: None, parked: false, first: None }
     }
 
     /// Whether the connection was parked (rather than closed by the visitor or by an error).
@@ -93,8 +96,15 @@ impl<I> Parking<I> {
         self.parked
     }
 
-    pub(super) fn into_inner(self) -> I {
-        self.io
+    /// Waits, parked, for the visitor's next byte: `true` once it came (the connection is
+    /// then ready for a new hyper connection), `false` at end of stream.
+    pub(super) async fn resume(&mut self) -> std::io::Result<bool> {
+        let mut byte = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut self.io, &mut byte).await?;
+        self.first = (n == 1).then_some(byte[0]);
+        self.parked = false;
+        self.clock = None;
+        Ok(n == 1)
     }
 }
 
@@ -107,8 +117,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
         if self.parked {
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
         let this = &mut *self;
+        if let Some(byte) = this.first.take() {
+            this.activity.arrived.store(true, Ordering::Release);
+            buf.put_slice(&[byte]);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 this.clock = None;
@@ -164,71 +179,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
         if self.parked {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// A visitor's stream between hyper connections: a parked connection's next request starts
-/// with a byte read here (TLS streams have no readiness of their own), handed to hyper first.
-pub(super) struct Resumed<I> {
-    first: Option<u8>,
-    io: I,
-}
-
-impl<I: AsyncRead + Unpin> Resumed<I> {
-    pub(super) fn new(io: I) -> Self {
-        Self { first: None, io }
-    }
-
-    /// Waits for the visitor's next byte: `true` once it came, `false` at end of stream.
-    pub(super) async fn resume(&mut self) -> std::io::Result<bool> {
-        let mut byte = [0u8; 1];
-        let n = tokio::io::AsyncReadExt::read(&mut self.io, &mut byte).await?;
-        self.first = (n == 1).then_some(byte[0]);
-        Ok(n == 1)
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Resumed<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if let Some(byte) = self.first.take() {
-            buf.put_slice(&[byte]);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Resumed<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
