@@ -177,30 +177,22 @@ impl HttpEdge {
                 .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
                 .max_concurrent_streams(256)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
-            if let Err(err) = builder.serve_connection(TokioIo::new(io), service).await {
+            // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
+            if let Err(err) = Box::pin(builder.serve_connection(TokioIo::new(io), service)).await {
                 tracing::debug!(%visitor, "HTTP/2 connection ended: {err}");
             }
             return;
         }
         let mut parking = Parking::new(io, activity);
+        // Nothing of hyper's until the first request begins (browsers open spare connections).
+        if !matches!(tokio::time::timeout(self.limits.header_timeout, parking.resume()).await, Ok(Ok(true))) {
+            return;
+        }
         loop {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.limits.header_timeout)
-                .max_buf_size(self.limits.max_header_bytes.max(8192));
-            let mut connection =
-                builder.serve_connection(TokioIo::new(parking), service.clone()).with_upgrades();
-            let served = (&mut connection).await;
-            // `None` once upgraded: the socket then belongs to the splice.
-            let Some(parts) = connection.into_parts() else { return };
-            if let Err(err) = served {
-                return tracing::debug!(%visitor, "HTTP connection ended: {err}");
-            }
-            parking = parts.io.into_inner();
-            if !parking.parked() || !parts.read_buf.is_empty() {
-                return; // The visitor closed it.
-            }
+            // Boxed: a parked connection's task keeps only this loop's few words, not the
+            // hyper connection's state.
+            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor)).await else { return };
+            parking = parked;
             // Parked: the bare socket waits for the next request, within the idle time left.
             let left = self.limits.header_timeout.saturating_sub(PARK_AFTER);
             self.parked.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +202,30 @@ impl HttpEdge {
                 return;
             }
         }
+    }
+
+    /// One hyper HTTP/1.1 connection over `parking`, until the visitor closes (`None`), the
+    /// connection is upgraded (`None`: the splice owns the socket) or it is parked (the socket).
+    async fn http1<I, S>(&self, parking: Parking<I>, service: S, visitor: SocketAddr) -> Option<Parking<I>>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        let mut connection = builder.serve_connection(TokioIo::new(parking), service).with_upgrades();
+        let served = (&mut connection).await;
+        let parts = connection.into_parts()?;
+        if let Err(err) = served {
+            tracing::debug!(%visitor, "HTTP connection ended: {err}");
+            return None;
+        }
+        let parking = parts.io.into_inner();
+        (parking.parked() && parts.read_buf.is_empty()).then_some(parking)
     }
 
     async fn handle(&self, request: Request<Incoming>, connection: Connection<'_>) -> Response<Body> {
@@ -406,6 +422,17 @@ mod tests {
         let status = response.status().as_u16();
         response.into_body().collect().await.unwrap();
         status
+    }
+
+    /// Every visitor connection's task is this future: hyper's connections live in boxes of
+    /// their own, so an idle (parked) connection costs a few hundred bytes, not kilobytes.
+    #[test]
+    fn a_visitor_connections_task_stays_small() {
+        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+        let (_, served) = tokio::io::duplex(64);
+        let serving = edge.serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false);
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 1024, "the serve future is {size} bytes");
     }
 
     #[tokio::test(start_paused = true)]
