@@ -65,11 +65,16 @@ pub struct MuxStream {
     _permit: OwnedSemaphorePermit,
     link: Link,
     write_closed: bool,
+    /// How much the next read asks for (and zeroes), within [`MIN_READ`, `READ_CHUNK`]: it
+    /// follows the sizes of recent reads. A request or response of a few hundred bytes then costs no
+    /// 16 KiB memset per read (nor per read that finds nothing yet); a bulk copy is back at
+    /// full chunks within a few reads.
+    read_hint: usize,
 }
 
 impl MuxStream {
     pub(super) fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
-        Self { inner: stream.compat(), _permit: permit, link, write_closed: false }
+        Self { inner: stream.compat(), _permit: permit, link, write_closed: false, read_hint: MIN_READ }
     }
 
     /// Tells the peer we took the stream, with an empty data frame carrying yamux's ACK flag.
@@ -97,6 +102,8 @@ impl std::fmt::Debug for MuxStream {
 
 /// Most bytes one read asks yamux for (and zeroes beforehand).
 const READ_CHUNK: usize = 16 * 1024;
+/// Fewest bytes one read asks for.
+const MIN_READ: usize = 2 * 1024;
 
 impl AsyncRead for MuxStream {
     fn poll_read(
@@ -108,10 +115,21 @@ impl AsyncRead for MuxStream {
         // yamux reads into an initialized slice; a reader handing us a large uninitialized
         // buffer (hyper's grows to hundreds of KiB) would have all of it zeroed on every read.
         // Frames are at most 16 KiB anyway.
-        let chunk = buf.remaining().min(READ_CHUNK);
+        let chunk = buf.remaining().min(self.read_hint);
         let slice = buf.initialize_unfilled_to(chunk);
         let read =
             std::task::ready!(futures::AsyncRead::poll_read(Pin::new(self.inner.get_mut()), cx, slice));
+        if let Ok(n) = read {
+            // Up at once after a full read; down by half at most after a short one, so the
+            // tail of a frame does not send a bulk copy back to small reads.
+            self.read_hint = if n == chunk {
+                (chunk * 2).min(READ_CHUNK)
+            } else if n > 0 {
+                (self.read_hint / 2).max(n.next_power_of_two()).clamp(MIN_READ, READ_CHUNK)
+            } else {
+                self.read_hint
+            };
+        }
         let result = read.map(|n| buf.advance(n));
         if result.is_ok() && hit_eof(buf, before) {
             if self.link.is_cut() {
