@@ -157,13 +157,16 @@ impl HttpEdge {
         let sni: Option<Arc<str>> = sni.map(Arc::from);
         let exchanges = activity.clone();
         let service = hyper::service::service_fn(move |request| {
-            let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin());
+            let body_follows = !hyper::body::Body::is_end_stream(request.body());
+            let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin(body_follows));
+            // A request that may switch protocols leaves hyper holding the connection for the
+            // switch, refused or not: such a connection is never parked.
+            if request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
+                exchange.upgrade();
+            }
             async move {
                 let connection = Connection { visitor, scheme, sni: sni.as_deref() };
                 let response = edge.handle(request, connection).await;
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    exchange.upgrade();
-                }
                 // The exchange lasts until hyper has sent the body and drops it.
                 let response =
                     response.map(|body| body.map_frame(move |frame| exchange.keep(frame)).boxed_unsync());
@@ -220,12 +223,17 @@ impl HttpEdge {
         let mut connection = builder.serve_connection(TokioIo::new(parking), service).with_upgrades();
         let served = (&mut connection).await;
         let parts = connection.into_parts()?;
-        if let Err(err) = served {
-            tracing::debug!(%visitor, "HTTP connection ended: {err}");
+        let mut parking = parts.io.into_inner();
+        if !parking.parked() {
+            if let Err(err) = served {
+                tracing::debug!(%visitor, "HTTP connection ended: {err}");
+            }
             return None;
         }
-        let parking = parts.io.into_inner();
-        (parking.parked() && parts.read_buf.is_empty()).then_some(parking)
+        // Parked: hyper may have stopped inside a pipelined request it had begun to read (and
+        // call that an error); its bytes go to the next connection.
+        parking.keep_unparsed(parts.read_buf);
+        Some(parking)
     }
 
     async fn handle(&self, request: Request<Incoming>, connection: Connection<'_>) -> Response<Body> {
@@ -422,6 +430,61 @@ mod tests {
         let status = response.status().as_u16();
         response.into_body().collect().await.unwrap();
         status
+    }
+
+    /// Reads what the edge sends within a second (of the paused clock): the responses so far.
+    async fn responses(visitor: &mut tokio::io::DuplexStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(1), visitor.read(&mut buf)).await
+        {
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_answered_before_it_arrived_is_never_read_as_requests_after_a_pause() {
+        use tokio::io::AsyncWriteExt;
+        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+        let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+        // The body is a whole request, sent in two halves with a pause between them. The
+        // fallback answers before reading it; the body must stay a body (hyper closes such a
+        // connection rather than read the rest), never become a request of its own.
+        let smuggled = "GET /smuggled HTTP/1.1\r\nHost: nobody.test\r\n\r\n";
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: nobody.test\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        );
+        visitor.write_all(head.as_bytes()).await.unwrap();
+        visitor.write_all(&smuggled.as_bytes()[..10]).await.unwrap();
+        assert_eq!(responses(&mut visitor).await.matches("HTTP/1.1 404").count(), 1);
+        tokio::time::sleep(PARK_AFTER * 5).await;
+        if visitor.write_all(&smuggled.as_bytes()[10..]).await.is_ok() {
+            assert_eq!(responses(&mut visitor).await, "", "the rest of a body was answered as a request");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelined_request_split_by_a_pause_is_answered() {
+        use tokio::io::AsyncWriteExt;
+        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+        let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+        visitor
+            .write_all(b"GET /one HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET /two HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        assert_eq!(responses(&mut visitor).await.matches("HTTP/1.1 404").count(), 1);
+        tokio::time::sleep(PARK_AFTER * 5).await;
+        visitor.write_all(b"st: nobody.test\r\n\r\n").await.unwrap();
+        assert_eq!(
+            responses(&mut visitor).await.matches("HTTP/1.1 404").count(),
+            1,
+            "the second request was lost"
+        );
     }
 
     /// Every visitor connection's task is this future: hyper's connections live in boxes of

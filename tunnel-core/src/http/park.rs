@@ -37,10 +37,12 @@ pub(super) struct Activity {
 }
 
 impl Activity {
-    /// A request was dispatched; the returned guard ends it when dropped.
-    pub(super) fn begin(self: &Arc<Self>) -> Exchange {
+    /// A request was dispatched; the returned guard ends it when dropped. `body_follows`: its
+    /// body may still be arriving (hyper goes on reading it after the response, when the
+    /// answer did not need it), so its end says nothing of what arrives next.
+    pub(super) fn begin(self: &Arc<Self>, body_follows: bool) -> Exchange {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Exchange(self.clone())
+        Exchange { activity: self.clone(), body_follows }
     }
 
     fn idle(&self) -> bool {
@@ -52,12 +54,15 @@ impl Activity {
 
 /// One request's exchange; its drop (with the response body's) ends it.
 #[derive(Debug)]
-pub(super) struct Exchange(Arc<Activity>);
+pub(super) struct Exchange {
+    activity: Arc<Activity>,
+    body_follows: bool,
+}
 
 impl Exchange {
     /// The connection switched protocols.
     pub(super) fn upgrade(&self) {
-        self.0.upgraded.store(true, Ordering::Release);
+        self.activity.upgraded.store(true, Ordering::Release);
     }
 
     /// Passes a frame of the response body through (the body holds the exchange).
@@ -68,10 +73,15 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The request's body was read before its response ended: what arrives now is new.
-            self.0.arrived.store(false, Ordering::Release);
-            if let Some(reader) = self.0.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let activity = &self.activity;
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // With no body to come, what arrives from now on is a new request. A body still
+            // coming keeps the connection from parking (its bytes are not a request's start);
+            // the next bodiless exchange lets it park again.
+            if !self.body_follows {
+                activity.arrived.store(false, Ordering::Release);
+            }
+            if let Some(reader) = activity.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 reader.wake();
             }
         }
@@ -89,12 +99,14 @@ pub(super) struct Parking<I> {
     /// Whether the clock runs for the current wait.
     timing: bool,
     parked: bool,
-    first: Option<u8>,
+    /// Bytes read but not yet handed to hyper: the next request's first byte, or what a hyper
+    /// connection ended with unparsed (part of a pipelined request).
+    prefix: bytes::Bytes,
 }
 
 impl<I: AsyncRead + Unpin> Parking<I> {
     pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io, activity, clock: None, timing: false, parked: false, first: None }
+        Self { io, activity, clock: None, timing: false, parked: false, prefix: bytes::Bytes::new() }
     }
 
     /// Whether the connection was parked (rather than closed by the visitor or by an error).
@@ -102,14 +114,22 @@ impl<I: AsyncRead + Unpin> Parking<I> {
         self.parked
     }
 
-    /// Waits, parked, for the visitor's next byte: `true` once it came (the connection is
-    /// then ready for a new hyper connection), `false` at end of stream.
+    /// Keeps `unparsed` (what the last hyper connection read but did not parse) for the next.
+    pub(super) fn keep_unparsed(&mut self, unparsed: bytes::Bytes) {
+        self.prefix = unparsed;
+    }
+
+    /// Waits, parked, for the visitor's next byte (unless part of a request is already kept):
+    /// `true` once there is something for a new hyper connection, `false` at end of stream.
     pub(super) async fn resume(&mut self) -> std::io::Result<bool> {
-        let mut byte = [0u8; 1];
-        let n = tokio::io::AsyncReadExt::read(&mut self.io, &mut byte).await?;
-        self.first = (n == 1).then_some(byte[0]);
         self.parked = false;
         self.timing = false;
+        if !self.prefix.is_empty() {
+            return Ok(true);
+        }
+        let mut byte = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut self.io, &mut byte).await?;
+        self.prefix = bytes::Bytes::copy_from_slice(&byte[..n]);
         Ok(n == 1)
     }
 }
@@ -124,9 +144,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
             return Poll::Ready(Ok(()));
         }
         let this = &mut *self;
-        if let Some(byte) = this.first.take() {
+        if !this.prefix.is_empty() {
             this.activity.arrived.store(true, Ordering::Release);
-            buf.put_slice(&[byte]);
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
