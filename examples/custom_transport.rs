@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tunnel_core::auth::{ChannelBinding, Credentials, Token};
-use tunnel_core::client::{Client, ClientConfig, ClientStatus};
+use tunnel_core::client::{Client, ClientConfig};
 use tunnel_core::forward::{RemoteForwardSpec, StreamHandler, Visitor};
 use tunnel_core::server::{Server, ServerConfig};
 use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
@@ -91,10 +91,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut status = client.status();
     let stop_client = CancellationToken::new();
     let client = tokio::spawn(client.run(stop_client.clone().cancelled_owned()));
-    let public = match &*status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })).await? {
-        ClientStatus::Connected { forwards, .. } => forwards[0].public_addr,
-        _ => unreachable!("waited for Connected"),
-    };
+    let public =
+        status.wait_for(|s| s.forwards().is_some()).await?.forwards().ok_or("not connected")?[0].public_addr;
     println!("tunnel over {}; TCP route on {public}", socket.display());
 
     let mut visitor = TcpStream::connect(public).await?;

@@ -8,7 +8,7 @@ use std::error::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tunnel_core::auth::{Credentials, Token};
-use tunnel_core::client::{Client, ClientConfig, ClientStatus};
+use tunnel_core::client::{Client, ClientConfig};
 use tunnel_core::server::{Server, ServerConfig};
 use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
 use tunnel_core::transport::ClientTransport;
@@ -53,13 +53,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let (stop_client, client_stopped) = tokio::sync::oneshot::channel::<()>();
     let client = tokio::spawn(client.run(async { client_stopped.await.unwrap_or(()) }));
 
-    let public = {
-        let status = status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })).await?;
-        match &*status {
-            ClientStatus::Connected { forwards, .. } => forwards[0].public_addr,
-            _ => unreachable!(),
-        }
-    };
+    let public =
+        status.wait_for(|s| s.forwards().is_some()).await?.forwards().ok_or("not connected")?[0].public_addr;
     println!("{service_addr} is published at {public}");
 
     // A visitor reaches the service through the tunnel.

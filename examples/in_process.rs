@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tunnel_core::auth::{Credentials, Token};
-use tunnel_core::client::{Client, ClientConfig, ClientStatus};
+use tunnel_core::client::{Client, ClientConfig};
 use tunnel_core::forward::{RemoteForwardSpec, StreamHandler, Visitor};
 use tunnel_core::http::{HttpAction, HttpHandler, HttpRoute, Service};
 use tunnel_core::proto::HttpMatch;
@@ -86,10 +86,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut status = client.status();
     let stop_client = CancellationToken::new();
     let client = tokio::spawn(client.run(stop_client.clone().cancelled_owned()));
-    let public = match &*status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })).await? {
-        ClientStatus::Connected { forwards, .. } => forwards[0].public_addr,
-        _ => unreachable!("waited for Connected"),
-    };
+    let public =
+        status.wait_for(|s| s.forwards().is_some()).await?.forwards().ok_or("not connected")?[0].public_addr;
     println!("TCP route on {public}, HTTP route hello.test on {http_addr}");
 
     // A TCP visitor.

@@ -37,7 +37,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //! use tunnel_core::auth::{Credentials, Token};
-//! use tunnel_core::client::{Client, ClientConfig, ClientStatus};
+//! use tunnel_core::client::{Client, ClientConfig};
 //! use tunnel_core::forward::{RemoteForwardSpec, StreamHandler, Visitor};
 //! use tunnel_core::server::{Server, ServerConfig};
 //! use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
@@ -64,10 +64,7 @@
 //! let client = Client::new(config);
 //! let mut status = client.status();
 //! tokio::spawn(client.run(std::future::pending()));
-//! let public = match &*status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })).await? {
-//!     ClientStatus::Connected { forwards, .. } => forwards[0].public_addr,
-//!     _ => unreachable!(),
-//! };
+//! let public = status.wait_for(|s| s.forwards().is_some()).await?.forwards().ok_or("not connected")?[0].public_addr;
 //!
 //! // A visitor.
 //! let mut visitor = tokio::net::TcpStream::connect(public).await?;

@@ -163,6 +163,17 @@ pub enum ClientStatus {
     },
 }
 
+impl ClientStatus {
+    /// The forwards in service, once connected (`None` while connecting or reconnecting):
+    /// `status.wait_for(|s| s.forwards().is_some())` waits for the first answer.
+    pub fn forwards(&self) -> Option<&[ActiveForward]> {
+        match self {
+            Self::Connected { forwards, .. } => Some(forwards),
+            _ => None,
+        }
+    }
+}
+
 /// A tunnel client.
 ///
 /// ```no_run

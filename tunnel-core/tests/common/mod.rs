@@ -135,17 +135,11 @@ fn spawn_client(client: Client) -> TestClient {
 impl TestClient {
     /// Waits until the client reports every forward ready, and returns them.
     pub async fn connected(&mut self) -> Vec<ActiveForward> {
-        let status = tokio::time::timeout(
-            PATIENCE,
-            self.status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })),
-        )
-        .await
-        .expect("client did not connect in time")
-        .expect("client stopped");
-        match &*status {
-            ClientStatus::Connected { forwards, .. } => forwards.clone(),
-            _ => unreachable!(),
-        }
+        let status = tokio::time::timeout(PATIENCE, self.status.wait_for(|s| s.forwards().is_some()))
+            .await
+            .expect("client did not connect in time")
+            .expect("client stopped");
+        status.forwards().unwrap_or_default().to_vec()
     }
 
     /// Waits for the server's answer to table `version` (or a later one), and returns it.
