@@ -3,10 +3,13 @@
 //! HTTP/1.1 connection to that client, taken from a pool the edge shares across visitor
 //! connections, as a reverse proxy keeps upstream connections (a WebSocket upgrade gets a
 //! stream of its own).
+//!
+//! A stream carries one request at a time, whichever visitor connection it comes from (each
+//! request says who the visitor is in its `X-Forwarded-*` headers), so idle keep-alive
+//! visitors hold no streams: streams count against the session's stream limit, visitor
+//! connections only against the edge's.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -23,53 +27,14 @@ use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
 use super::origin::splice_upgraded;
 use super::park::{Activity, Parking, PARK_AFTER};
+use super::upstream::{Home, Pool, Upstream};
 use super::{text_response, Body};
-use crate::mux::StreamOpener;
+use crate::mux::{MuxStream, StreamOpener};
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
 
-/// Streams the edge keeps per client, idle or finishing a response. Requests beyond that many
-/// at once still get streams; those are closed after their exchange.
+/// Idle streams the edge keeps per client. Requests beyond that many at once still get
+/// streams; those are closed after their exchange.
 const POOLED_STREAMS_PER_CLIENT: usize = 256;
-
-type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
-
-/// The edge's streams to clients, by client name. A stream carries one request at a time,
-/// whichever visitor connection it comes from (each request says who the visitor is in its
-/// `X-Forwarded-*` headers), so idle keep-alive visitors hold no streams: streams count
-/// against the session's stream limit, visitor connections only against the edge's.
-#[derive(Default)]
-struct Streams(Mutex<HashMap<String, Vec<Sender>>>);
-
-impl Streams {
-    /// An idle stream to `owner`, if one is ready for a request.
-    fn take(&self, owner: &str) -> Option<Sender> {
-        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let senders = idle.get_mut(owner)?;
-        senders.retain(|s| !s.is_closed());
-        if senders.is_empty() {
-            // The client is gone (its session's streams closed): forget it.
-            idle.remove(owner);
-            return None;
-        }
-        // Busy ones (a response body still going through) stay for later requests.
-        let ready = senders.iter().position(Sender::is_ready)?;
-        Some(senders.swap_remove(ready))
-    }
-
-    /// Keeps a stream whose exchange is done or under way (it is ready again once the
-    /// response body has gone through).
-    fn put(&self, owner: &str, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let senders = idle.entry(owner.to_owned()).or_default();
-        senders.retain(|s| !s.is_closed());
-        if senders.len() < POOLED_STREAMS_PER_CLIENT {
-            senders.push(sender);
-        }
-    }
-}
 
 /// Where the edge finds the routes in force: a snapshot per request.
 pub trait RouteSource: Send + Sync + 'static {
@@ -109,7 +74,8 @@ pub struct HttpEdge {
     routes: Arc<dyn RouteSource>,
     fallback: StatusCode,
     limits: EdgeLimits,
-    streams: Streams,
+    /// Idle streams to clients, by client name.
+    streams: Arc<Pool<MuxStream>>,
     parked: AtomicUsize,
 }
 
@@ -122,7 +88,13 @@ impl std::fmt::Debug for HttpEdge {
 impl HttpEdge {
     /// An edge over these routes; `fallback` answers requests for hosts no route serves.
     pub fn new(routes: Arc<dyn RouteSource>, fallback: StatusCode, limits: EdgeLimits) -> Self {
-        Self { routes, fallback, limits, streams: Streams::default(), parked: AtomicUsize::new(0) }
+        Self {
+            routes,
+            fallback,
+            limits,
+            streams: Arc::new(Pool::new(POOLED_STREAMS_PER_CLIENT)),
+            parked: AtomicUsize::new(0),
+        }
     }
 
     /// Its limits.
@@ -254,7 +226,7 @@ impl HttpEdge {
         };
         let (route_id, opener, owner) = (hit.id, hit.target.clone(), hit.owner.to_owned());
         drop(routes);
-        let to = Owner { route_id, opener, name: &owner, streams: &self.streams };
+        let to = Owner { route_id, opener, name: &owner };
         match self.forward(request, to, visitor, scheme, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
@@ -292,56 +264,42 @@ impl HttpEdge {
         let route = HeaderValue::from_str(&to.route_id.to_string()).unwrap_or(HeaderValue::from_static("0"));
         request.headers_mut().insert(ROUTE_HEADER, route);
 
-        // An upgrade turns its stream into a byte stream: it gets one of its own.
-        let pooled = match visitor_side {
-            Some(_) => None,
-            // A stream whose response just went through (often this visitor's previous one) may
-            // need a moment to see that response's end before it takes the next request.
-            None => match to.streams.take(to.name) {
-                Some(sender) => Some(sender),
-                None => {
-                    tokio::task::yield_now().await;
-                    to.streams.take(to.name)
-                }
-            },
-        };
-        let header = match visitor_side {
-            None => StreamHeader::Http { visitor },
-            Some(_) => StreamHeader::Route { route_id: to.route_id, visitor },
-        };
-        let (mut sender, request) = match pooled {
-            // A stream the client closed meanwhile gives the request back: then a new one.
-            Some(mut sender) => {
-                let limit = self.limits.response_timeout;
-                match tokio::time::timeout(limit, sender.try_send_request(request)).await {
-                    Ok(Ok(response)) => {
-                        to.streams.put(to.name, sender);
-                        return self.relay(Ok(Ok(response)), None, host);
-                    }
-                    Ok(Err(mut failed)) => match failed.take_message() {
-                        Some(request) => (open_stream(&to.opener, header, host).await?, request),
-                        None => return self.relay(Ok(Err(failed.into_error())), None, host),
-                    },
-                    Err(elapsed) => return self.relay(Err(elapsed), None, host),
-                }
-            }
-            None => (open_stream(&to.opener, header, host).await?, request),
-        };
-        let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
-        if visitor_side.is_none() {
-            to.streams.put(to.name, sender);
+        if visitor_side.is_some() {
+            // An upgrade turns its stream into a byte stream: it gets one of its own.
+            let header = StreamHeader::Route { route_id: to.route_id, visitor };
+            let mut sender = open_upgrade_stream(&to.opener, header, host).await?;
+            let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
+            return self.relay(sent, visitor_side, host);
         }
-        self.relay(sent, visitor_side, host)
+        let limit = self.limits.response_timeout;
+        let home = || Home { pool: self.streams.clone(), key: to.name.to_owned() };
+        if let Some(upstream) = self.streams.take(to.name) {
+            match tokio::time::timeout(limit, upstream.send(request, home())).await {
+                Ok(Ok(response)) => return self.relay(Ok(Ok(response)), None, host),
+                // A stream the client closed meanwhile gives the request back: then a new one.
+                Ok(Err(mut failed)) => match failed.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return self.relay::<Incoming>(Ok(Err(failed.into_error())), None, host),
+                },
+                Err(elapsed) => return self.relay::<Incoming>(Err(elapsed), None, host),
+            }
+        }
+        let upstream = open_stream(&to.opener, StreamHeader::Http { visitor }, host).await?;
+        let sent = tokio::time::timeout(limit, upstream.send(request, home())).await;
+        self.relay(sent.map(|sent| sent.map_err(TrySendError::into_error)), None, host)
     }
 
     /// The client's answer as the visitor's response: errors become 502 and 504, a switch of
     /// protocols splices the two upgraded connections.
-    fn relay(
+    fn relay<B>(
         &self,
-        sent: Result<Result<Response<Incoming>, hyper::Error>, tokio::time::error::Elapsed>,
+        sent: Result<Result<Response<B>, hyper::Error>, tokio::time::error::Elapsed>,
         visitor_side: Option<hyper::upgrade::OnUpgrade>,
         host: &str,
-    ) -> Result<Response<Body>, (StatusCode, String)> {
+    ) -> Result<Response<Body>, (StatusCode, String)>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
+    {
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
@@ -379,26 +337,49 @@ struct Connection<'a> {
     sni: Option<&'a str>,
 }
 
-/// Where a request goes: a route of a client, and the edge's streams.
+/// Where a request goes: a route of a client.
 struct Owner<'a> {
     route_id: RouteId,
     opener: StreamOpener,
     name: &'a str,
-    streams: &'a Streams,
 }
 
-/// Opens a data stream to the client with `header` and starts HTTP/1.1 on it.
+/// Opens a data stream to the client with `header`.
+async fn open_raw(
+    opener: &StreamOpener,
+    header: StreamHeader,
+    host: &str,
+) -> Result<MuxStream, (StatusCode, String)> {
+    let unreachable = || (StatusCode::BAD_GATEWAY, format!("the client serving {host} is not reachable"));
+    let mut stream = opener.open().await.map_err(|_| unreachable())?;
+    stream.write_all(&header.encode()).await.map_err(|_| unreachable())?;
+    Ok(stream)
+}
+
+fn no_talk(host: &str, err: hyper::Error) -> (StatusCode, String) {
+    (StatusCode::BAD_GATEWAY, format!("cannot talk to the client serving {host}: {err}"))
+}
+
+/// Opens a data stream of HTTP requests to the client.
 async fn open_stream(
     opener: &StreamOpener,
     header: StreamHeader,
     host: &str,
-) -> Result<Sender, (StatusCode, String)> {
-    let unreachable = || (StatusCode::BAD_GATEWAY, format!("the client serving {host} is not reachable"));
-    let mut stream = opener.open().await.map_err(|_| unreachable())?;
-    stream.write_all(&header.encode()).await.map_err(|_| unreachable())?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("cannot talk to the client serving {host}: {e}")))?;
+) -> Result<Upstream<MuxStream>, (StatusCode, String)> {
+    let stream = open_raw(opener, header, host).await?;
+    Upstream::handshake(stream).await.map_err(|e| no_talk(host, e))
+}
+
+/// Opens a data stream for one request that may switch protocols; its connection has a task of
+/// its own, which the upgraded bytes outlive.
+async fn open_upgrade_stream(
+    opener: &StreamOpener,
+    header: StreamHeader,
+    host: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, (StatusCode, String)> {
+    let stream = open_raw(opener, header, host).await?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| no_talk(host, e))?;
     tokio::spawn(async move {
         if let Err(err) = connection.with_upgrades().await {
             tracing::debug!("stream to the client ended: {err}");

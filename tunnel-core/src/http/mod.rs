@@ -14,6 +14,7 @@ mod index;
 mod matcher;
 mod origin;
 mod park;
+mod upstream;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

@@ -1,6 +1,7 @@
 //! The client's side of HTTP routes: one data stream carries one or more HTTP/1.1 requests
 //! from the server's edge; each is answered by the route's action, from an origin reached
-//! through a shared connection pool.
+//! through a shared connection pool: `http://` origins through [`Upstream`]s (driven by the
+//! stream's own task), `https://` ones and upgrades through hyper's pool.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,9 +14,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
 use super::action::{Answer, HttpAction, Redirect, Service};
 use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::upstream::{Home, Pool, Upstream, UpstreamBody};
 use super::{text_response, Body, HttpHandler};
 use crate::mux::MuxStream;
 use crate::proto::{RouteId, ROUTE_HEADER};
@@ -28,6 +31,9 @@ const IDLE_PER_ORIGIN: usize = 32;
 /// Connections to origins, reused across requests and streams; clone freely.
 #[derive(Clone)]
 pub struct Origins {
+    /// Idle connections to `http://` origins, by address.
+    upstreams: Arc<Pool<TcpStream>>,
+    /// `http://` requests that may switch protocols.
     http: Client<HttpConnector, Incoming>,
     /// Built at the first `https://` request: loading the system's roots is not free.
     https: Arc<OnceLock<Client<HttpsConnector<HttpConnector>, Incoming>>>,
@@ -70,7 +76,12 @@ impl Origins {
     /// Pools toward origins; `https://` origins are verified with `tls` (see
     /// [`crate::tls::origin_config`]), or against the system's roots when `None`.
     pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
-        Self { http: pooled(tcp_connector(true)), https: Arc::default(), tls }
+        Self {
+            upstreams: Arc::new(Pool::new(IDLE_PER_ORIGIN)),
+            http: pooled(tcp_connector(true)),
+            https: Arc::default(),
+            tls,
+        }
     }
 
     fn https(&self) -> Result<&Client<HttpsConnector<HttpConnector>, Incoming>, crate::tls::TlsError> {
@@ -152,6 +163,23 @@ impl Origins {
     ) -> Response<Body> {
         let upgrade = is_upgrade(request.headers());
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        if scheme == "http" && upgrade.is_none() {
+            // Sent as it came: in origin form, with its Host.
+            prepare(&mut request, action);
+            return match tokio::time::timeout(action.timeout, self.send_http(request, origin)).await {
+                Ok(Ok(mut response)) => {
+                    strip_hop_by_hop(response.headers_mut(), None);
+                    response.map(|body| body.map_err(Into::into).boxed_unsync())
+                }
+                Ok(Err(why)) => {
+                    text_response(StatusCode::BAD_GATEWAY, &format!("origin http://{origin}: {why}"))
+                }
+                Err(_) => {
+                    let why = format!("origin {origin} did not answer within {:?}", action.timeout);
+                    text_response(StatusCode::GATEWAY_TIMEOUT, &why)
+                }
+            };
+        }
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri = match format!("{scheme}://{origin}{path}").parse() {
             Ok(uri) => uri,
@@ -191,6 +219,34 @@ impl Origins {
             .flatten();
         strip_hop_by_hop(response.headers_mut(), kept);
         response.map(|body| body.map_err(Into::into).boxed_unsync())
+    }
+
+    /// Sends `request` to an `http://` origin on an idle connection, or a new one if there is
+    /// none or the idle one was closed before the request went out.
+    async fn send_http(
+        &self,
+        mut request: Request<Incoming>,
+        origin: &str,
+    ) -> Result<Response<UpstreamBody<TcpStream>>, String> {
+        let home = || Home { pool: self.upstreams.clone(), key: origin.to_owned() };
+        if let Some(upstream) = self.upstreams.take(origin) {
+            match upstream.send(request, home()).await {
+                Ok(response) => return Ok(response),
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(crate::log::Chain(failed.error()).to_string()),
+                },
+            }
+        }
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(origin)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(err)) => return Err(format!("cannot connect: {err}")),
+            Err(_) => return Err(format!("cannot connect within {CONNECT_TIMEOUT:?}")),
+        };
+        // Requests are small writes each answered before the next: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        let upstream = Upstream::handshake(tcp).await.map_err(|e| crate::log::Chain(&e).to_string())?;
+        upstream.send(request, home()).await.map_err(|failed| crate::log::Chain(failed.error()).to_string())
     }
 }
 

@@ -115,8 +115,10 @@ impl<I: AsyncRead + Unpin> Parking<I> {
     }
 
     /// Keeps `unparsed` (what the last hyper connection read but did not parse) for the next.
+    /// A copy: the slice itself would keep hyper's whole read buffer (8 KiB or more) alive
+    /// for as long as the connection stays parked.
     pub(super) fn keep_unparsed(&mut self, unparsed: bytes::Bytes) {
-        self.prefix = unparsed;
+        self.prefix = bytes::Bytes::copy_from_slice(&unparsed);
     }
 
     /// Waits, parked, for the visitor's next byte (unless part of a request is already kept):
@@ -214,5 +216,21 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_connection_keeps_no_part_of_hypers_read_buffer() {
+        let mut parking = Parking::new(tokio::io::empty(), Arc::default());
+        let buffer = bytes::Bytes::from(vec![b'x'; 8192]);
+        parking.keep_unparsed(buffer.slice(8190..));
+        assert!(buffer.is_unique(), "parked, the connection would hold 8 KiB for 2 bytes");
+        assert_eq!(parking.prefix, "xx");
+        parking.keep_unparsed(buffer.slice(0..0));
+        assert!(parking.prefix.is_empty());
     }
 }

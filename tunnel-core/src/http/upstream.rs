@@ -1,0 +1,356 @@
+//! HTTP/1.1 connections toward the next hop (the edge's streams to clients, a client's
+//! connections to origins), driven by whoever uses them rather than by a task of their own.
+//!
+//! A reverse proxy usually gives each upstream connection a task; then every request and every
+//! chunk of every response crosses between two tasks, a wake-up each way. An [`Upstream`] is
+//! polled by the task that waits for its response, then by the response body as that task's
+//! HTTP server reads it: one task does the whole exchange. Idle, it sits in a [`Pool`], polled
+//! by no one, and is looked at again (one poll, with a waker that does nothing) when taken: a
+//! connection the peer closed meanwhile is dropped then, or by the pool's periodic sweep.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::client::conn::TrySendError;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::BoxError;
+
+/// How often a pool looks over all its idle connections for closed ones.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// What an upstream connection runs over.
+pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// What requests sent upstream carry (hyper's `Incoming`: a visitor's body as it arrives).
+pub(super) trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static> RequestBody for B {}
+
+/// hyper's half of a connection: what does its reading and writing when polled.
+type Driven<T, B> = Pin<Box<Connection<TokioIo<T>, B>>>;
+
+/// An HTTP/1.1 connection that carries one exchange at a time.
+pub(super) struct Upstream<T: Io, B: RequestBody = Incoming> {
+    sender: SendRequest<B>,
+    /// `None` once the connection has ended.
+    connection: Option<Driven<T, B>>,
+}
+
+impl<T: Io, B: RequestBody> Upstream<T, B> {
+    /// Starts HTTP/1.1 over `io`.
+    pub(super) async fn handshake(io: T) -> hyper::Result<Self> {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        Ok(Self { sender, connection: Some(Box::pin(connection)) })
+    }
+
+    /// Advances the connection as far as it can go now; `false` once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(connection) = self.connection.as_mut() else { return false };
+        match connection.as_mut().poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(result) => {
+                if let Err(err) = result {
+                    tracing::debug!("upstream connection ended: {err}");
+                }
+                // Dropping it fails the exchange in flight, if any, with hyper's reason.
+                self.connection = None;
+                false
+            }
+        }
+    }
+
+    /// Whether it can take a request now. Polls once, so that a close by the peer, or the end
+    /// of the previous exchange, is seen.
+    fn ready(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        self.drive(&mut cx) && self.sender.is_ready()
+    }
+
+    /// Sends `request` and waits for the response's head, driving the connection meanwhile.
+    /// The response's body drives it from then on, and brings it back to `home` once the
+    /// exchange is over. A request that was not sent comes back in the error.
+    pub(super) async fn send(
+        mut self,
+        request: Request<B>,
+        home: Home<T, B>,
+    ) -> Result<Response<UpstreamBody<T, B>>, TrySendError<Request<B>>> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        let head = poll_fn(|cx| {
+            // The connection first: it writes the request and reads what answers it.
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await?;
+        Ok(head.map(|body| UpstreamBody { body, ended: false, upstream: Some(self), home: Some(home) }))
+    }
+}
+
+/// Where an [`Upstream`] goes back once its exchange is over.
+pub(super) struct Home<T: Io, B: RequestBody = Incoming> {
+    pub(super) pool: Arc<Pool<T, B>>,
+    pub(super) key: String,
+}
+
+/// A response body that drives its connection as it is read, and gives the connection back to
+/// its pool when the body was read to its end. A body dropped before its end closes the
+/// connection (what is left of the response would come first on it).
+pub(super) struct UpstreamBody<T: Io, B: RequestBody = Incoming> {
+    body: Incoming,
+    /// The body said it had no more frames (a chunked body's end, seen no other way).
+    ended: bool,
+    upstream: Option<Upstream<T, B>>,
+    home: Option<Home<T, B>>,
+}
+
+impl<T: Io, B: RequestBody> hyper::body::Body for UpstreamBody<T, B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        // Asking first tells the connection the body wants more; only then does it read.
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(upstream) = this.upstream.as_mut() {
+                upstream.drive(cx);
+                polled = Pin::new(&mut this.body).poll_frame(cx);
+            }
+        }
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<T: Io, B: RequestBody> Drop for UpstreamBody<T, B> {
+    fn drop(&mut self) {
+        if !(self.ended || self.body.is_end_stream()) {
+            return;
+        }
+        if let (Some(upstream), Some(home)) = (self.upstream.take(), self.home.take()) {
+            home.pool.put(home.key, upstream);
+        }
+    }
+}
+
+/// Idle [`Upstream`]s by key (a client's name, an origin's address), at most `per_key` each.
+pub(super) struct Pool<T: Io, B: RequestBody = Incoming> {
+    per_key: usize,
+    state: Mutex<PoolState<T, B>>,
+}
+
+struct PoolState<T: Io, B: RequestBody> {
+    idle: HashMap<String, Vec<Upstream<T, B>>>,
+    swept: Instant,
+}
+
+impl<T: Io, B: RequestBody> Pool<T, B> {
+    pub(super) fn new(per_key: usize) -> Self {
+        let state = PoolState { idle: HashMap::new(), swept: Instant::now() };
+        Self { per_key, state: Mutex::new(state) }
+    }
+
+    /// An idle connection for `key` that can take a request now; closed ones met on the way
+    /// are dropped.
+    pub(super) fn take(&self, key: &str) -> Option<Upstream<T, B>> {
+        let mut state = self.lock();
+        let idle = state.idle.get_mut(key)?;
+        let found = std::iter::from_fn(|| idle.pop()).find_map(|mut up| up.ready().then_some(up));
+        if idle.is_empty() {
+            state.idle.remove(key);
+        }
+        found
+    }
+
+    fn put(&self, key: String, upstream: Upstream<T, B>) {
+        let mut state = self.lock();
+        if state.swept.elapsed() >= SWEEP_EVERY {
+            state.swept = Instant::now();
+            for idle in state.idle.values_mut() {
+                idle.retain_mut(Upstream::ready);
+            }
+            state.idle.retain(|_, idle| !idle.is_empty());
+        }
+        let idle = state.idle.entry(key).or_default();
+        if idle.len() < self.per_key {
+            idle.push(upstream);
+        }
+    }
+
+    /// Idle connections held now.
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> usize {
+        self.lock().idle.values().map(Vec::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<T, B>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    type TestPool = Pool<TcpStream, Empty<Bytes>>;
+
+    /// Longest a test may take: none of them waits on time, this only turns a hang into a failure.
+    const HANG: Duration = Duration::from_secs(30);
+
+    /// An HTTP/1.1 server on a fresh port answering `/len` with a sized body, `/chunked` with a
+    /// chunked one and `/big` with 4 MiB; counts the connections it accepted.
+    async fn origin() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let body = match request.uri().path() {
+                        "/chunked" => {
+                            let frames =
+                                ["one ", "two"].map(|s| Ok::<_, hyper::Error>(Frame::data(Bytes::from(s))));
+                            StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
+                        }
+                        "/big" => {
+                            Full::new(Bytes::from(vec![7u8; 4 << 20])).map_err(|n| match n {}).boxed_unsync()
+                        }
+                        _ => Full::new(Bytes::from("hello")).map_err(|n| match n {}).boxed_unsync(),
+                    };
+                    Ok::<_, hyper::Error>(Response::new(body))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(path: &str) -> Request<Empty<Bytes>> {
+        Request::get(path).header("host", "origin.test").body(Empty::new()).unwrap()
+    }
+
+    /// A connection from the pool, or a new one.
+    async fn upstream(pool: &TestPool, addr: &str) -> Upstream<TcpStream, Empty<Bytes>> {
+        match pool.take(addr) {
+            Some(upstream) => upstream,
+            None => Upstream::handshake(TcpStream::connect(addr).await.unwrap()).await.unwrap(),
+        }
+    }
+
+    async fn fetch(pool: &Arc<TestPool>, addr: &str, path: &str) -> Bytes {
+        let home = Home { pool: pool.clone(), key: addr.to_owned() };
+        let response =
+            upstream(pool, addr).await.send(get(path), home).await.map_err(|e| e.into_error()).unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn an_exchange_read_to_its_end_gives_its_connection_back_for_the_next_request() {
+        let (addr, accepted) = origin().await;
+        let pool = Arc::new(TestPool::new(4));
+        let work = async {
+            assert_eq!(fetch(&pool, &addr, "/len").await, "hello");
+            assert_eq!(pool.idle(), 1, "a sized body's end returns the connection");
+            assert_eq!(fetch(&pool, &addr, "/chunked").await, "one two");
+            assert_eq!(pool.idle(), 1, "a chunked body's end returns the connection");
+            assert_eq!(fetch(&pool, &addr, "/len").await, "hello");
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "three requests, one connection");
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_buffers_is_read_through_with_no_task_driving_the_connection() {
+        let (addr, _) = origin().await;
+        let pool = Arc::new(TestPool::new(4));
+        let body = tokio::time::timeout(HANG, fetch(&pool, &addr, "/big")).await.unwrap();
+        assert_eq!(body.len(), 4 << 20);
+        assert!(body.iter().all(|&b| b == 7));
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        let (addr, accepted) = origin().await;
+        let pool = Arc::new(TestPool::new(4));
+        let work = async {
+            let home = Home { pool: pool.clone(), key: addr.clone() };
+            let response =
+                upstream(&pool, &addr).await.send(get("/big"), home).await.map_err(|e| e.into_error());
+            let mut body = response.unwrap().into_body();
+            body.frame().await.unwrap().unwrap();
+            drop(body);
+            assert_eq!(pool.idle(), 0, "the rest of that body would come first on it");
+            assert_eq!(fetch(&pool, &addr, "/len").await, "hello");
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_peer_closed_while_idle_is_not_taken() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                tcp.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await.unwrap();
+            // A keep-alive answer, then the origin closes it (an idle timeout of its own).
+            drop(tcp);
+            closed_tx.send(()).unwrap();
+        });
+        let pool = Arc::new(TestPool::new(4));
+        let work = async {
+            assert_eq!(fetch(&pool, &addr, "/").await, "hello");
+            assert_eq!(pool.idle(), 1);
+            closed.await.unwrap();
+            assert!(pool.take(&addr).is_none(), "the closed connection is dropped, not handed out");
+            assert_eq!(pool.idle(), 0);
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
+    }
+}
