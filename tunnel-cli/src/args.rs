@@ -15,8 +15,18 @@ use tunnel_core::tls::Fingerprint;
 #[derive(Debug, Parser)]
 #[command(name = "tunnel-cli", version, about)]
 pub struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line) for collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +37,18 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Print the SHA-256 fingerprint of a PEM certificate (for `connect --fingerprint`).
     Fingerprint(FingerprintArgs),
+    /// Print a shell completion script, e.g. `tunnel-cli completions bash > /etc/bash_completion.d/tunnel-cli`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a manual page (roff), e.g. `tunnel-cli man serve | man -l -`.
+    Man {
+        /// A subcommand's page (`tunnel-cli-serve(1)`) instead of the overview.
+        #[arg(value_name = "SUBCOMMAND")]
+        subcommand: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -60,7 +60,7 @@ impl Failure {
 fn main() -> ExitCode {
     alloc::tune();
     let cli = args::Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     match fd_limit::raise() {
         Ok((before, after)) if before != after => {
             tracing::debug!(?before, ?after, "raised the soft open-file limit to the hard limit")
@@ -80,6 +80,12 @@ fn main() -> ExitCode {
             args::Command::Serve(args) => serve::run(args).await,
             args::Command::Connect(args) => connect::run(args).await,
             args::Command::Fingerprint(args) => fingerprint(&args),
+            args::Command::Completions { shell } => {
+                let mut command = <args::Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "tunnel-cli", &mut std::io::stdout());
+                Ok(())
+            }
+            args::Command::Man { subcommand } => man(subcommand.as_deref()),
         }
     });
     match result {
@@ -92,12 +98,38 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr (stdout carries the addresses and commands users and scripts read),
-/// filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
+/// filtered by `RUST_LOG` (default `info`), as text or as one JSON object per line.
+fn init_logging(format: args::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        args::LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        args::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+/// The manual page of `tunnel-cli`, or of one of its subcommands, from the same definitions
+/// as the flags.
+fn man(subcommand: Option<&str>) -> Result<(), Failure> {
+    let mut command = <args::Cli as clap::CommandFactory>::command();
+    let page = match subcommand {
+        None => command,
+        Some(name) => {
+            command.build();
+            let found = command.find_subcommand(name).cloned();
+            let sub = found.ok_or_else(|| Failure::usage(format!("no subcommand `{name}`")))?;
+            let title = format!("tunnel-cli-{name}");
+            sub.name(title.clone()).bin_name(title)
+        }
+    };
+    match clap_mangen::Man::new(page).render(&mut std::io::stdout()) {
+        // `tunnel-cli man | head`: the reader left, nothing is wrong.
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::runtime(format!("cannot write the manual page: {err}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn fingerprint(args: &args::FingerprintArgs) -> Result<(), Failure> {

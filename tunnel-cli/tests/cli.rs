@@ -265,3 +265,44 @@ async fn an_unparseable_listen_address_is_a_bad_flag() {
     assert!(output.contains("nonsense"), "{args:?}: {output}");
     assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
 }
+
+/// Completions and manual pages come from the flag definitions, so they name today's flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_manual_pages_name_the_flags() {
+    for (args, needle) in [
+        (vec!["completions", "bash"], "--http-listen"),
+        (vec!["completions", "zsh"], "--fingerprint"),
+        (vec!["completions", "fish"], "allow-hosts"),
+        (vec!["man"], "tunnel\\-cli\\-serve"),
+        (vec!["man", "serve"], "\\-\\-http\\-listen"),
+        (vec!["man", "connect"], "\\-\\-http\\-fallback"),
+    ] {
+        let mut cli = spawn(command(&args));
+        assert_eq!(cli.exit_code().await, 0, "{args:?}: {}", cli.output());
+        assert!(cli.output().contains(needle), "{args:?} lacks {needle:?}");
+    }
+    let mut cli = spawn(command(&["man", "nonesuch"]));
+    assert_eq!(cli.exit_code().await, 2);
+    assert!(cli.output().contains("no subcommand `nonesuch`"), "{}", cli.output());
+}
+
+/// `--log-format json`: every line on stderr is one JSON object with a level and a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(&["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]);
+    cmd.args(["--state-dir", dir.path().to_str().unwrap(), "--insecure-plaintext", "--token", TOKEN]);
+    let mut server = spawn(cmd);
+    server.line_after("tunnel server listening on ").await;
+    server.output_contains("[stderr] {").await;
+    assert_eq!(server.terminate().await, 0);
+    let logs: Vec<String> =
+        server.output().lines().filter_map(|l| l.strip_prefix("[stderr] ")).map(str::to_owned).collect();
+    assert!(logs.len() >= 2, "{}", server.output());
+    for line in &logs {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(object["level"].is_string() && object["message"].is_string(), "{line}");
+    }
+    assert!(logs.iter().any(|l| l.contains("TLS is off")), "{logs:?}");
+}
