@@ -9,8 +9,8 @@ use crate::args::ConnectArgs;
 use crate::Failure;
 
 pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
-    let shutdown =
-        crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
+    let signals = crate::shutdown::Signals::install()
+        .map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let hangup = crate::reload::Hangup::install()
         .map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let file = args.clone().into_file().map_err(Failure::config)?;
@@ -73,7 +73,8 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
         }
     });
     let reloads = tokio::spawn(crate::reload::follow(args, file, client.routes(), hangup));
-    let result = client.run(shutdown).await;
+    let cut = client.drain_cut();
+    let result = client.run(signals.first_then(move || cut.cut())).await;
     // The client is gone with its status: the printer prints what is left (the refusals of a
     // client that stops because nothing was accepted) and ends.
     let _ = printer.await;

@@ -10,8 +10,8 @@ use crate::args::ServeArgs;
 use crate::Failure;
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
-    let shutdown =
-        crate::shutdown::install().map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
+    let signals = crate::shutdown::Signals::install()
+        .map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let setup = args.into_file().and_then(|file| file.build()).map_err(Failure::config)?;
     let listener = TcpListener::bind(&setup.listen)
         .await
@@ -30,6 +30,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
     }
     let server = Server::new(setup.config);
+    let shutdown = signals.first_then({
+        let server = server.clone();
+        move || server.cut()
+    });
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {

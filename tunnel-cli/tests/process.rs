@@ -141,6 +141,14 @@ impl Cli {
             .unwrap_or_else(|| panic!("process ended by a signal ({status:?}); output:\n{}", self.output()))
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn send_term(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "the process already exited:\n{}", self.output());
+        let pid = self.child.id().expect("a running child has a pid");
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Sends SIGTERM and returns the exit code.
     pub async fn terminate(&mut self) -> i32 {
         // Signal only a child known to be running: until we reap it, its PID cannot be reused

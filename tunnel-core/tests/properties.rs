@@ -67,6 +67,8 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         any::<u64>().prop_map(|nonce| ControlMessage::Ping { nonce }),
         any::<u64>().prop_map(|nonce| ControlMessage::Pong { nonce }),
         (goodbye_code(), reason()).prop_map(|(code, message)| ControlMessage::Goodbye { code, message }),
+        (any::<u32>(), reason())
+            .prop_map(|(deadline_ms, message)| ControlMessage::Draining { deadline_ms, message }),
         (any::<u32>(), proptest::option::of(ip()), any::<u16>(), any::<u16>()).prop_map(
             |(id, bind, port, preferred_port)| ControlMessage::RemoteForwardRequest {
                 id,

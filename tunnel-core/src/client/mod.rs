@@ -31,7 +31,7 @@ use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
-use crate::proto::{ControlMessage, GoodbyeCode, RouteId};
+use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION};
 use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
 use crate::transport::ClientTransport;
@@ -67,6 +67,8 @@ pub struct ClientConfig {
     pub session: SessionConfig,
     /// Time allowed for TCP connect, TLS and the handshake together (default 10 s).
     pub handshake_timeout: Duration,
+    /// At shutdown, how long streams open then may go on before they are cut (default 30 s).
+    pub drain_timeout: Duration,
     /// Reconnect policy.
     pub reconnect: Backoff,
 }
@@ -101,6 +103,7 @@ impl ClientConfig {
                 ..SessionConfig::default()
             },
             handshake_timeout: Duration::from_secs(10),
+            drain_timeout: crate::session::DEFAULT_DRAIN_TIMEOUT,
             reconnect: Backoff::default(),
         }
     }
@@ -204,6 +207,19 @@ pub struct Client {
     locals: Option<Vec<locals::BoundLocal>>,
     routes: RouteHandle,
     origins: Origins,
+    /// Cancelled to end a drain at once ([`DrainCut`]).
+    cut: CancellationToken,
+}
+
+/// Ends a client's drain at once (the streams still open are cut), from outside [`Client::run`].
+#[derive(Debug, Clone)]
+pub struct DrainCut(CancellationToken);
+
+impl DrainCut {
+    /// Cuts the drain in progress, or the next one.
+    pub fn cut(&self) {
+        self.0.cancel();
+    }
 }
 
 impl Client {
@@ -218,7 +234,8 @@ impl Client {
         });
         let status = watch::Sender::new(ClientStatus::Connecting);
         let origins = Origins::new(config.origin_tls.clone());
-        Self { config: Arc::new(config), status, locals: None, routes, origins }
+        let cut = CancellationToken::new();
+        Self { config: Arc::new(config), status, locals: None, routes, origins, cut }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -254,8 +271,16 @@ impl Client {
         self.status.subscribe()
     }
 
+    /// What ends this client's drain at once (a second SIGTERM, say).
+    pub fn drain_cut(&self) -> DrainCut {
+        DrainCut(self.cut.clone())
+    }
+
     /// Connects and serves, reconnecting after transient failures, until `shutdown` resolves
-    /// (`Ok`, after a goodbye to the server) or a permanent failure occurs (`Err`).
+    /// or a permanent failure occurs (`Err`). After `shutdown`, the client drains: it tells
+    /// the server (which then sends it no new visitors), lets the streams open then finish for
+    /// up to [`ClientConfig::drain_timeout`] (or until [`DrainCut::cut`]), says goodbye and
+    /// returns `Ok`.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
         self.routes.get().check()?;
         self.listen_locals().await?;
@@ -325,7 +350,7 @@ impl Client {
     }
 
     /// One attempt: TCP, TLS, handshake, control stream; all under the handshake timeout.
-    async fn connect(&self) -> Result<Session, Failure> {
+    async fn connect(&self) -> Result<Dialed, Failure> {
         let session = self.dial().await?;
         if session.version < MIN_SERVER_VERSION {
             return Err(ClientError::Protocol(format!(
@@ -334,7 +359,7 @@ impl Client {
             ))
             .into());
         }
-        Ok(session.session)
+        Ok(session)
     }
 
     async fn dial(&self) -> Result<Dialed, Failure> {
@@ -364,7 +389,7 @@ impl Client {
     /// the session ends or we stop.
     async fn serve(
         &self,
-        session: Session,
+        Dialed { session, version: protocol }: Dialed,
         state: &mut SessionState<'_>,
         backoff: &mut BackoffState,
         stop: &CancellationToken,
@@ -398,17 +423,21 @@ impl Client {
             return Err(refused.into());
         }
         backoff.reset();
+        let streams = opener.clone();
         // Local forwards get the session before anyone is told it is up.
         current.send_replace(Some(opener));
         self.publish(answered, true);
 
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
+        // Cancelled when this client drains: HTTP streams close after the request in flight.
+        let draining = CancellationToken::new();
         loop {
             tokio::select! {
                 end = &mut driver => return Err(ended(end)),
                 Some(stream) = incoming.next() => {
-                    tokio::spawn(streams::handle(stream, stream_routes.clone(), self.origins.clone(), owned.clone()));
+                    let (routes, origins) = (stream_routes.clone(), self.origins.clone());
+                    tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
                 }
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
@@ -431,9 +460,44 @@ impl Client {
                     }
                     // The answer to a table we have replaced since: the next one follows.
                     ControlMessage::RouteTableResult { .. } => {}
+                    ControlMessage::Draining { deadline_ms, message } => tracing::info!(
+                        "the server is draining ({}): its open streams have up to {:?}, then this client reconnects",
+                        Escaped(&message),
+                        Duration::from_millis(u64::from(deadline_ms))
+                    ),
                     other => tracing::debug!("ignoring unexpected control message: {other:?}"),
                 },
                 () = stop.cancelled() => {
+                    draining.cancel();
+                    if protocol >= DRAINING_VERSION {
+                        let deadline_ms = u32::try_from(self.config.drain_timeout.as_millis()).unwrap_or(u32::MAX);
+                        let message = "client shutting down".to_owned();
+                        let _ = control.send(ControlMessage::Draining { deadline_ms, message }).await;
+                    }
+                    let drain = async {
+                        loop {
+                            tokio::select! {
+                                // The control stream is the one left.
+                                () = streams.until_open_at_most(1) => return true,
+                                Some(stream) = incoming.next() => {
+                                    let (routes, origins) = (stream_routes.clone(), self.origins.clone());
+                                    tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
+                                }
+                                _ = &mut driver => return false,
+                            }
+                        }
+                    };
+                    let limit = self.config.drain_timeout;
+                    tracing::info!("draining: open streams have up to {limit:?}");
+                    let drained = tokio::select! {
+                        drained = tokio::time::timeout(limit, drain) => drained,
+                        () = self.cut.cancelled() => Ok(true),
+                    };
+                    match drained {
+                        Ok(true) => tracing::info!("drained"),
+                        Ok(false) => return Ok(()),
+                        Err(_) => tracing::warn!("cutting the streams still open after {limit:?}"),
+                    }
                     close(&control, driver).await;
                     return Ok(());
                 }

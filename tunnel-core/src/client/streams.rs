@@ -47,6 +47,7 @@ pub(super) async fn handle(
     routes: SharedRoutes,
     origins: Origins,
     owned: CancellationToken,
+    draining: CancellationToken,
 ) {
     let header =
         match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
@@ -66,7 +67,7 @@ pub(super) async fn handle(
         // follows the table as it changes.
         let lookup = move |id| routes.current().http.get(&id).cloned();
         return tokio::select! {
-            () = origins.serve_routed(stream, lookup) => {}
+            () = origins.serve_routed(stream, lookup, draining) => {}
             () = owned.cancelled() => {}
         };
     }

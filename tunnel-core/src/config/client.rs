@@ -72,6 +72,8 @@ pub struct ClientFile {
     pub insecure_plaintext: bool,
     /// TCP connect + TLS + handshake time limit (default `10s`).
     pub handshake_timeout: Option<HumanDuration>,
+    /// At shutdown (SIGTERM), how long open streams may go on before they are cut (default `30s`).
+    pub drain_timeout: Option<HumanDuration>,
     /// Silence after which the server is declared dead (default `30s`, at least 3 heartbeats).
     pub heartbeat_timeout: Option<HumanDuration>,
     /// MiB of receive window the session's streams may grow into together beyond 256 KiB
@@ -290,6 +292,9 @@ impl ClientFile {
         config.tls = routes.tls;
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = positive_duration("handshake_timeout", d)?;
+        }
+        if let Some(d) = self.drain_timeout {
+            config.drain_timeout = d.0;
         }
         if let Some(d) = self.heartbeat_timeout {
             config.session.heartbeat_timeout = positive_duration("heartbeat_timeout", d)?;

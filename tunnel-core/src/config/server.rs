@@ -73,6 +73,8 @@ pub struct ServerFile {
     pub allow_bind: Option<Vec<IpAddr>>,
     /// How long a departed client's ports stay reserved for it (default `60s`).
     pub port_grace: Option<HumanDuration>,
+    /// At shutdown (SIGTERM), how long open streams may go on before they are cut (default `30s`).
+    pub drain_timeout: Option<HumanDuration>,
     /// Heartbeat interval sent to clients (default `10s`).
     pub heartbeat_interval: Option<HumanDuration>,
     /// Silence after which a client is declared dead (default `30s`).
@@ -275,6 +277,9 @@ impl ServerFile {
         config.policy = self.policy()?;
         if let Some(d) = self.port_grace {
             config.port_grace = d.0;
+        }
+        if let Some(d) = self.drain_timeout {
+            config.drain_timeout = d.0;
         }
         if let Some(d) = self.heartbeat_interval {
             config.session.heartbeat_interval = positive_duration("heartbeat_interval", d)?;

@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
@@ -77,6 +78,8 @@ pub struct HttpEdge {
     /// Idle streams to clients, by client name.
     streams: Arc<Pool<MuxStream>>,
     parked: AtomicUsize,
+    /// Cancelled by [`HttpEdge::drain`].
+    draining: CancellationToken,
 }
 
 impl std::fmt::Debug for HttpEdge {
@@ -94,12 +97,21 @@ impl HttpEdge {
             limits,
             streams: Arc::new(Pool::new(POOLED_STREAMS_PER_CLIENT)),
             parked: AtomicUsize::new(0),
+            draining: CancellationToken::new(),
         }
     }
 
     /// Its limits.
     pub fn limits(&self) -> &EdgeLimits {
         &self.limits
+    }
+
+    /// Stops serving for good: idle connections close now, connections with a request in
+    /// flight close after its answer (HTTP/2: `GOAWAY`), and the idle streams to clients are
+    /// let go (so that their sessions can end).
+    pub fn drain(&self) {
+        self.draining.cancel();
+        self.streams.close();
     }
 
     /// Idle keep-alive connections parked now: held as bare sockets until their next request.
@@ -153,14 +165,26 @@ impl HttpEdge {
                 .max_concurrent_streams(256)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
-            if let Err(err) = Box::pin(builder.serve_connection(TokioIo::new(io), service)).await {
+            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+            let served = tokio::select! {
+                served = &mut connection => served,
+                () = self.draining.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(%visitor, "HTTP/2 connection ended: {err}");
             }
             return;
         }
         let mut parking = Parking::new(io, activity);
         // Nothing of hyper's until the first request begins (browsers open spare connections).
-        if !matches!(tokio::time::timeout(self.limits.header_timeout, parking.resume()).await, Ok(Ok(true))) {
+        let first = tokio::select! {
+            first = tokio::time::timeout(self.limits.header_timeout, parking.resume()) => first,
+            () = self.draining.cancelled() => return,
+        };
+        if !matches!(first, Ok(Ok(true))) {
             return;
         }
         loop {
@@ -171,9 +195,12 @@ impl HttpEdge {
             // Parked: the bare socket waits for the next request, within the idle time left.
             let left = self.limits.header_timeout.saturating_sub(PARK_AFTER);
             self.parked.fetch_add(1, Ordering::Relaxed);
-            let resumed = tokio::time::timeout(left, parking.resume()).await;
+            let resumed = tokio::select! {
+                resumed = tokio::time::timeout(left, parking.resume()) => Some(resumed),
+                () = self.draining.cancelled() => None,
+            };
             self.parked.fetch_sub(1, Ordering::Relaxed);
-            if !matches!(resumed, Ok(Ok(true))) {
+            if !matches!(resumed, Some(Ok(Ok(true)))) {
                 return;
             }
         }
@@ -193,7 +220,14 @@ impl HttpEdge {
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes.max(8192));
         let mut connection = builder.serve_connection(TokioIo::new(parking), service).with_upgrades();
-        let served = (&mut connection).await;
+        let served = tokio::select! {
+            served = &mut connection => served,
+            () = self.draining.cancelled() => {
+                // The request in flight (if any) is answered, then the connection closes.
+                std::pin::Pin::new(&mut connection).graceful_shutdown();
+                (&mut connection).await
+            }
+        };
         let parts = connection.into_parts()?;
         let mut parking = parts.io.into_inner();
         if !parking.parked() {

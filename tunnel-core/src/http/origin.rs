@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::action::{Answer, HttpAction, Redirect, Service};
 use super::headers::{is_upgrade, strip_hop_by_hop};
@@ -105,7 +106,10 @@ impl Origins {
     /// Answers the requests arriving on `stream` (a data stream of HTTP requests of one visitor
     /// connection, or the one request of an upgrade), each with the action of the route it
     /// names, as `routes` finds it when the request arrives.
-    pub async fn serve_routed<F>(&self, stream: MuxStream, routes: F)
+    ///
+    /// Once `draining` is cancelled, the request in flight (if any) is answered and the stream
+    /// closes.
+    pub async fn serve_routed<F>(&self, stream: MuxStream, routes: F, draining: CancellationToken)
     where
         F: Fn(RouteId) -> Option<Arc<HttpAction>> + Clone + Send + Sync + 'static,
     {
@@ -124,11 +128,17 @@ impl Origins {
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let served = hyper::server::conn::http1::Builder::new()
+        let mut connection = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        let served = tokio::select! {
+            served = &mut connection => served,
+            () = draining.cancelled() => {
+                std::pin::Pin::new(&mut connection).graceful_shutdown();
+                connection.await
+            }
+        };
         if let Err(err) = served {
             tracing::debug!("HTTP stream ended: {}", crate::log::Chain(&err));
         }

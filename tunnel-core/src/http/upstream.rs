@@ -169,11 +169,13 @@ pub(super) struct Pool<T: Io, B: RequestBody = Incoming> {
 struct PoolState<T: Io, B: RequestBody> {
     idle: HashMap<String, Vec<Upstream<T, B>>>,
     swept: Instant,
+    /// Closed for good: connections coming back are dropped.
+    closed: bool,
 }
 
 impl<T: Io, B: RequestBody> Pool<T, B> {
     pub(super) fn new(per_key: usize) -> Self {
-        let state = PoolState { idle: HashMap::new(), swept: Instant::now() };
+        let state = PoolState { idle: HashMap::new(), swept: Instant::now(), closed: false };
         Self { per_key, state: Mutex::new(state) }
     }
 
@@ -189,8 +191,18 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
         found
     }
 
+    /// Drops the idle connections, and from now on every connection that comes back.
+    pub(super) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.idle.clear();
+    }
+
     fn put(&self, key: String, upstream: Upstream<T, B>) {
         let mut state = self.lock();
+        if state.closed {
+            return;
+        }
         if state.swept.elapsed() >= SWEEP_EVERY {
             state.swept = Instant::now();
             for idle in state.idle.values_mut() {

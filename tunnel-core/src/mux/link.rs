@@ -3,27 +3,75 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 use crate::transport::BoxedIo;
 
-/// Whether the connection under the streams is still up. yamux reports a lost connection (and a
-/// reset stream) to readers as a plain EOF; this flag, set *before* yamux closes the streams,
-/// lets a reader tell a real FIN from a connection that died under it.
+/// What the streams of one connection share: whether the connection under them is still up,
+/// and how many of them are open.
+///
+/// yamux reports a lost connection (and a reset stream) to readers as a plain EOF; the cut
+/// flag, set *before* yamux closes the streams, lets a reader tell a real FIN from a connection
+/// that died under it. The count is what a drain waits on.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Link(Arc<AtomicBool>);
+pub(super) struct Link(Arc<LinkState>);
+
+#[derive(Debug, Default)]
+struct LinkState {
+    cut: AtomicBool,
+    open: AtomicUsize,
+    closed_one: Notify,
+}
 
 impl Link {
     pub(super) fn cut(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.cut.store(true, Ordering::Release);
     }
 
     pub(super) fn is_cut(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.cut.load(Ordering::Acquire)
+    }
+
+    /// Counts a stream as open until the returned guard is dropped.
+    pub(super) fn open_one(&self) -> OpenStream {
+        self.0.open.fetch_add(1, Ordering::AcqRel);
+        OpenStream(self.clone())
+    }
+
+    /// Streams open now, both ways (the control stream included).
+    pub(super) fn open_streams(&self) -> usize {
+        self.0.open.load(Ordering::Acquire)
+    }
+
+    /// Returns once at most `n` streams are open.
+    pub(super) async fn until_open_at_most(&self, n: usize) {
+        loop {
+            let closed = self.0.closed_one.notified();
+            tokio::pin!(closed);
+            // Registered before the count is read: a close in between still wakes us.
+            closed.as_mut().enable();
+            if self.open_streams() <= n {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// One open stream in its connection's count.
+#[derive(Debug)]
+pub(super) struct OpenStream(Link);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let state = &self.0 .0;
+        state.open.fetch_sub(1, Ordering::AcqRel);
+        state.closed_one.notify_waiters();
     }
 }
 

@@ -154,6 +154,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn open_streams_are_counted_both_ways_until_dropped() {
+        let ((opener, _), (server_opener, mut incoming)) = pair(&MuxConfig::default());
+        let mut first = opener.open().await.unwrap();
+        let second = opener.open().await.unwrap();
+        first.write_all(b"x").await.unwrap();
+        let accepted = incoming.next().await.unwrap();
+        assert_eq!(opener.open_streams(), 2);
+        assert_eq!(server_opener.open_streams(), 1, "the peer counts the stream it took");
+        let waiting = tokio::spawn({
+            let opener = opener.clone();
+            async move { opener.until_open_at_most(1).await }
+        });
+        drop(second);
+        drop(first);
+        waiting.await.unwrap();
+        assert_eq!(opener.open_streams(), 0);
+        drop(accepted);
+        server_opener.until_open_at_most(0).await;
+    }
+
+    #[tokio::test]
     async fn opening_past_the_limit_fails_without_killing_the_connection() {
         let config = MuxConfig { max_streams: 2, ..MuxConfig::default() };
         let ((opener, _), (_, mut incoming)) = pair(&config);

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-use super::link::{hit_eof, Link};
+use super::link::{hit_eof, Link, OpenStream};
 use super::MuxError;
 
 pub(super) enum Command {
@@ -52,6 +52,18 @@ impl StreamOpener {
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
     }
+
+    /// Streams of this connection open now, opened by either side (the session's control
+    /// stream included).
+    pub fn open_streams(&self) -> usize {
+        self.link.open_streams()
+    }
+
+    /// Returns once at most `n` streams of this connection are open (a drain waits for 1: the
+    /// control stream).
+    pub async fn until_open_at_most(&self, n: usize) {
+        self.link.until_open_at_most(n).await
+    }
 }
 
 /// One multiplexed stream: a tokio `AsyncRead + AsyncWrite`. `shutdown` sends FIN (half-close);
@@ -63,6 +75,7 @@ impl StreamOpener {
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
     _permit: OwnedSemaphorePermit,
+    _open: OpenStream,
     link: Link,
     write_closed: bool,
     /// How much the next read asks for (and zeroes), within [`MIN_READ`, `READ_CHUNK`]: it
@@ -74,7 +87,14 @@ pub struct MuxStream {
 
 impl MuxStream {
     pub(super) fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
-        Self { inner: stream.compat(), _permit: permit, link, write_closed: false, read_hint: MIN_READ }
+        Self {
+            inner: stream.compat(),
+            _permit: permit,
+            _open: link.open_one(),
+            link,
+            write_closed: false,
+            read_hint: MIN_READ,
+        }
     }
 
     /// Tells the peer we took the stream, with an empty data frame carrying yamux's ACK flag.

@@ -15,6 +15,7 @@ use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
 const PING: u8 = 0x01;
 const PONG: u8 = 0x02;
 const GOODBYE: u8 = 0x03;
+const DRAINING: u8 = 0x04;
 const REMOTE_FORWARD_REQUEST: u8 = 0x10;
 const REMOTE_FORWARD_READY: u8 = 0x11;
 const REMOTE_FORWARD_REFUSED: u8 = 0x12;
@@ -42,6 +43,15 @@ pub enum ControlMessage {
     Goodbye {
         /// Machine-readable reason.
         code: GoodbyeCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// (Version 3.) The sender is draining: it takes no new visitors or sessions, lets the
+    /// streams open now finish, then says [`ControlMessage::Goodbye`]. A client moves new work
+    /// to another server; a server stops sending this client new visitors.
+    Draining {
+        /// Milliseconds the sender gives open streams at most, from when it sent this.
+        deadline_ms: u32,
         /// Human-readable detail.
         message: String,
     },
@@ -203,6 +213,9 @@ impl ControlMessage {
             Self::Ping { nonce } => w.u8(PING).u64(*nonce),
             Self::Pong { nonce } => w.u8(PONG).u64(*nonce),
             Self::Goodbye { code, message } => w.u8(GOODBYE).u8(code.to_u8()).string(message, MAX_REASON_LEN),
+            Self::Draining { deadline_ms, message } => {
+                w.u8(DRAINING).u32(*deadline_ms).string(message, MAX_REASON_LEN)
+            }
             Self::RemoteForwardRequest { id, bind, port, preferred_port } => {
                 w.u8(REMOTE_FORWARD_REQUEST).u32(*id).opt_ip(*bind).u16(*port).u16(*preferred_port)
             }
@@ -241,6 +254,10 @@ impl ControlMessage {
             PONG => Self::Pong { nonce: r.u64("nonce")? },
             GOODBYE => Self::Goodbye {
                 code: GoodbyeCode::from_u8(r.u8("code")?),
+                message: r.string(MAX_REASON_LEN, "message")?,
+            },
+            DRAINING => Self::Draining {
+                deadline_ms: r.u32("deadline_ms")?,
                 message: r.string(MAX_REASON_LEN, "message")?,
             },
             REMOTE_FORWARD_REQUEST => Self::RemoteForwardRequest {

@@ -23,8 +23,12 @@ pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
-/// Version 2 added route tables; a server still serves version 1 clients.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2 added route tables, version 3 the `Draining` notice; a server still serves
+/// version 1 and 2 clients.
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// First protocol version with [`ControlMessage::Draining`].
+pub const DRAINING_VERSION: u16 = 3;
 
 /// Oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

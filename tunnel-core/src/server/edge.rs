@@ -12,23 +12,25 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Server, DRAIN_TIMEOUT};
+use super::Server;
 use crate::http::{HttpEdge, RouteSource};
 use crate::log::Escaped;
 use crate::proto::StreamHeader;
 use crate::transport::Prefixed;
 
 impl Server {
-    /// Serves HTTP routes to visitors on `listener` until `shutdown` resolves; then stops
-    /// accepting and gives open connections a moment before closing them.
+    /// Serves HTTP routes to visitors on `listener` until `shutdown` resolves or the server
+    /// drains; then stops accepting, answers the requests in flight and closes each connection
+    /// after its answer, within [`super::ServerConfig::drain_timeout`].
     pub async fn run_http(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let edge = self.edge();
-        self.accept(listener, shutdown, move |tcp, visitor| {
-            edge.clone().serve(tcp, visitor, "http", None, false)
+        let serving = edge.clone();
+        self.accept(listener, shutdown, &edge, move |tcp, visitor| {
+            serving.clone().serve(tcp, visitor, "http", None, false)
         })
         .await
     }
@@ -46,8 +48,9 @@ impl Server {
         };
         let (edge, routes) = (self.edge(), self.shared.http_routes.clone());
         let deadline = self.shared.config.http.limits.header_timeout;
-        self.accept(listener, shutdown, move |tcp, visitor| {
-            https(tcp, visitor, edge.clone(), routes.clone(), tls.clone(), deadline)
+        let serving = edge.clone();
+        self.accept(listener, shutdown, &edge, move |tcp, visitor| {
+            https(tcp, visitor, serving.clone(), routes.clone(), tls.clone(), deadline)
         })
         .await
     }
@@ -57,12 +60,13 @@ impl Server {
         Arc::new(HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone()))
     }
 
-    /// Accepts visitors until `shutdown`, at most `max_connections` at once (more are reset),
-    /// each served by `serve`; then waits for them a moment and cuts the rest.
+    /// Accepts visitors until `shutdown` or the server's drain, at most `max_connections` at
+    /// once (more are reset), each served by `serve`; then drains `edge`.
     async fn accept<F, Fut>(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
+        edge: &HttpEdge,
         serve: F,
     ) -> std::io::Result<()>
     where
@@ -76,6 +80,7 @@ impl Server {
         loop {
             let (tcp, visitor) = tokio::select! {
                 () = &mut shutdown => break,
+                () = self.shared.draining.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
@@ -104,9 +109,17 @@ impl Server {
                 }
             });
         }
+        // Draining: no new visitors; requests in flight are answered, each connection then
+        // closes, within the drain time.
         drop(listener);
+        edge.drain();
         tasks.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+        let limit = self.shared.config.drain_timeout;
+        let drained = tokio::select! {
+            drained = tokio::time::timeout(limit, tasks.wait()) => drained.is_ok(),
+            () = self.shared.cut.cancelled() => false,
+        };
+        if !drained {
             stop.cancel();
             tasks.wait().await;
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::registry::{PortConflict, SessionId};
 use super::source::Source;
@@ -181,6 +182,10 @@ pub(super) struct Carrier {
     pub(super) opener: StreamOpener,
     /// Cancelled when the route is removed or the session ends.
     pub(super) owned: CancellationToken,
+    /// Cancelled when the session drains: the listener closes, visitors in progress go on.
+    pub(super) accepting: CancellationToken,
+    /// The session's visitors.
+    pub(super) visitors: TaskTracker,
     pub(super) max_visitors: usize,
     pub(super) max_per_source: usize,
 }
@@ -236,12 +241,13 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
     loop {
         let accepted = tokio::select! {
             () = carrier.owned.cancelled() => return,
+            () = carrier.accepting.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((tcp, visitor)) => match carrier.admit(&visitors, visitor.ip()) {
                 Ok(place) => {
-                    tokio::spawn(visit(tcp, visitor, carrier.clone(), place));
+                    carrier.visitors.spawn(visit(tcp, visitor, carrier.clone(), place));
                 }
                 Err(why) => {
                     if crate::log::REFUSALS.allow() {

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub max_sessions_per_shared_token: usize,
     /// How long a departed client's ports stay reserved for its reconnect (default 60 s).
     pub port_grace: Duration,
+    /// At shutdown, how long streams open then may go on before they are cut (default 30 s).
+    pub drain_timeout: Duration,
     /// The HTTP edge: its fallback answer and limits.
     pub http: HttpSettings,
     /// Where port leases are kept across restarts, so a restart opens no window for squatters;
@@ -106,6 +108,7 @@ impl ServerConfig {
             max_sessions: 10_000,
             max_sessions_per_shared_token: 1_000,
             port_grace: Duration::from_secs(60),
+            drain_timeout: crate::session::DEFAULT_DRAIN_TIMEOUT,
             lease_file: None,
             http: HttpSettings::default(),
         }
@@ -151,6 +154,11 @@ struct Shared {
     registry: registry::Registry,
     pending: pending::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
+    /// Cancelled when shutdown begins: listeners stop accepting, sessions say they are
+    /// draining, and open streams go on for up to `drain_timeout`.
+    draining: CancellationToken,
+    /// Cancelled to end a drain at once ([`Server::cut`]).
+    cut: CancellationToken,
 }
 
 /// A tunnel server.
@@ -181,7 +189,7 @@ impl std::fmt::Debug for Server {
 }
 
 /// Bound on waiting for sessions to close at shutdown, and for a replaced session to let go.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const LET_GO_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Server {
     /// A server with this configuration.
@@ -198,7 +206,8 @@ impl Server {
         let pending =
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let http_routes = Arc::default();
-        Self { shared: Arc::new(Shared { config, registry, pending, http_routes }) }
+        let (draining, cut) = (CancellationToken::new(), CancellationToken::new());
+        Self { shared: Arc::new(Shared { config, registry, pending, http_routes, draining, cut }) }
     }
 
     /// Names of the clients with a live session.
@@ -206,9 +215,17 @@ impl Server {
         self.shared.registry.session_names()
     }
 
-    /// Serves clients on `listener` until `shutdown` resolves, then says goodbye to every
-    /// session and waits (boundedly) for them to close. Each connection is TLS or plaintext as
-    /// its first byte says and [`ServerConfig::tls`] allows.
+    /// Ends a drain in progress (or the next one) at once: the streams still open are cut, as
+    /// when [`ServerConfig::drain_timeout`] runs out. A second SIGTERM does this.
+    pub fn cut(&self) {
+        self.shared.cut.cancel();
+    }
+
+    /// Serves clients on `listener` until `shutdown` resolves, then drains: no new sessions,
+    /// no new visitors on any listener of this server, each session is told (`Draining`) and
+    /// its open streams go on until they end or [`ServerConfig::drain_timeout`] runs out (or
+    /// [`Server::cut`]); then every session gets its goodbye. Each connection is TLS or
+    /// plaintext as its first byte says and [`ServerConfig::tls`] allows.
     pub async fn run(
         &self,
         listener: TcpListener,
@@ -274,13 +291,23 @@ impl Server {
                 },
             }
         }
-        tracing::info!("shutting down");
         drop(accepted);
-        stop.cancel();
+        let limit = self.shared.config.drain_timeout;
+        tracing::info!("draining: no new sessions or visitors; open streams have up to {limit:?}");
+        self.shared.draining.cancel();
         tasks.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
-            tracing::warn!("sessions still open after {DRAIN_TIMEOUT:?}; closing them");
+        let drained = tokio::select! {
+            drained = tokio::time::timeout(limit, tasks.wait()) => drained.is_ok(),
+            () = self.shared.cut.cancelled() => false,
+        };
+        if !drained {
+            tracing::warn!("cutting the streams still open");
+            stop.cancel();
+            if tokio::time::timeout(LET_GO_TIMEOUT, tasks.wait()).await.is_err() {
+                tracing::warn!("sessions still open after {LET_GO_TIMEOUT:?}; leaving them");
+            }
         }
+        tracing::info!("drained");
         // Let a write in progress finish, so no older snapshot lands after the last one.
         persisting.cancel();
         if let Some(task) = persist {

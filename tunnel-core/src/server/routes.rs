@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::forwards::{self, Binder, Carrier, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
@@ -37,7 +38,17 @@ struct TcpRoute {
     public_addr: SocketAddr,
     /// Stops the listener and cuts this route's visitors.
     cut: CancellationToken,
-    listener: OwnedTask<()>,
+    /// `None` once awaited (closed).
+    listener: Option<OwnedTask<()>>,
+}
+
+impl TcpRoute {
+    /// Returns once the listener has stopped and its socket is closed.
+    async fn listener_closed(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            let _ = listener.await;
+        }
+    }
 }
 
 /// How one table changed the session, for its log line.
@@ -56,6 +67,10 @@ pub(super) struct SessionRoutes<'s> {
     opener: StreamOpener,
     /// Cancelled when the session ends: every route's token is a child of it.
     owned: CancellationToken,
+    /// Cancelled when the session drains: its listeners stop taking visitors.
+    accepting: CancellationToken,
+    /// The session's visitors (of its TCP routes, and its own visits), for the drain to wait on.
+    visitors: TaskTracker,
     tcp: HashMap<RouteId, TcpRoute>,
     services: HashMap<RouteId, String>,
     http: HashMap<RouteId, Matcher>,
@@ -83,6 +98,8 @@ impl<'s> SessionRoutes<'s> {
             session,
             opener,
             owned,
+            accepting: CancellationToken::new(),
+            visitors: TaskTracker::new(),
             tcp: HashMap::new(),
             services: HashMap::new(),
             http: HashMap::new(),
@@ -320,10 +337,12 @@ impl<'s> SessionRoutes<'s> {
             kind,
             opener: self.opener.clone(),
             owned: cut.clone(),
+            accepting: self.accepting.clone(),
+            visitors: self.visitors.clone(),
             max_visitors: config.max_visitors_per_forward,
             max_per_source: config.max_visitors_per_source,
         };
-        let listener = OwnedTask::spawn(forwards::serve(listener, carrier));
+        let listener = Some(OwnedTask::spawn(forwards::serve(listener, carrier)));
         tracing::debug!(client = %Escaped(&self.name), route = %id, %public_addr, "TCP route listening");
         self.tcp.insert(id, TcpRoute { bind, port, public_addr, cut, listener });
         Ok(public_addr)
@@ -352,9 +371,9 @@ impl<'s> SessionRoutes<'s> {
     /// port can be bound again at once) and its visitors are signalled to reset; its port is
     /// released when the table is applied, unless a new route takes it over.
     async fn remove(&mut self, id: RouteId) {
-        if let Some(route) = self.tcp.remove(&id) {
+        if let Some(mut route) = self.tcp.remove(&id) {
             route.cut.cancel();
-            let _ = route.listener.await;
+            route.listener_closed().await;
             self.vacated.push(route.public_addr.port());
             tracing::debug!(client = %Escaped(&self.name), route = %id, public_addr = %route.public_addr, "TCP route removed");
         }
@@ -388,6 +407,26 @@ impl<'s> SessionRoutes<'s> {
         Binder { shared: self.shared, name: &self.name, credential: self.credential, session: self.session }
     }
 
+    /// The session's visitor tasks.
+    pub(super) fn visitors(&self) -> &TaskTracker {
+        &self.visitors
+    }
+
+    /// Drains: the TCP routes' listeners close (new visitors are refused; the ports stay this
+    /// client's), their visitors go on; the HTTP and TLS routes leave the edge's index (new
+    /// requests get the fallback; those under way finish); waiting on [`Self::visitors`] then
+    /// ends.
+    ///
+    /// Returns once the listening sockets are closed.
+    pub(super) async fn stop_accepting(&mut self) {
+        self.accepting.cancel();
+        self.visitors.close();
+        self.shared.http_routes.remove(self.session);
+        for route in self.tcp.values_mut() {
+            route.listener_closed().await;
+        }
+    }
+
     /// Stops every listener and cuts every visitor; returns once the listening sockets are
     /// closed, so the ports can be bound again (by a session replacing this one).
     pub(super) async fn close(self) {
@@ -396,8 +435,8 @@ impl<'s> SessionRoutes<'s> {
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
         }
-        for (_, route) in self.tcp {
-            let _ = route.listener.await;
+        for (_, mut route) in self.tcp {
+            route.listener_closed().await;
         }
     }
 }

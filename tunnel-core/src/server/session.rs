@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::routes::SessionRoutes;
-use super::{Shared, DRAIN_TIMEOUT};
+use super::{Shared, LET_GO_TIMEOUT};
 use crate::proto::handshake::AuthenticatedClient;
-use crate::proto::GoodbyeCode;
+use crate::proto::{ControlMessage, GoodbyeCode, DRAINING_VERSION};
 use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
 
@@ -27,7 +27,7 @@ pub(super) async fn run(
     let Session { control, mut messages, opener, mut incoming, driver } = session;
     let name = client.name.clone();
     let mut driver = OwnedTask::spawn(driver);
-    let registration = shared.registry.register(&name, client.credential, opener.clone(), DRAIN_TIMEOUT);
+    let registration = shared.registry.register(&name, client.credential, opener.clone(), LET_GO_TIMEOUT);
     let registration = match registration.await {
         Ok(registration) => registration,
         Err(full) => {
@@ -41,13 +41,22 @@ pub(super) async fn run(
     };
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
+    let streams = opener.clone();
     let mut routes = SessionRoutes::new(&shared, &client, registration.id, opener, owned.clone());
+    // Set once the server drains: no new visitors; the session ends when its streams have.
+    let mut draining = false;
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let end = loop {
         tokio::select! {
             end = &mut driver => break end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
             Some(message) = messages.recv() => {
+                if let ControlMessage::Draining { message, .. } = message {
+                    // The client is leaving: no new visitors for it; those in progress go on.
+                    routes.stop_accepting().await;
+                    tracing::info!(client = %crate::log::Escaped(&name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
+                    continue;
+                }
                 if let Err(reason) = routes.handle(message, &control).await {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
                     finish(driver).await;
@@ -55,11 +64,31 @@ pub(super) async fn run(
                 }
             }
             Some(stream) = incoming.next() => {
+                if draining {
+                    // A visit the client begins now would be cut by the end of the drain.
+                    drop(stream);
+                    continue;
+                }
                 let visitor = super::visits::Visitor {
                     name: name.clone(),
                     credential: client.credential,
                 };
-                tokio::spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
+                routes.visitors().spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
+            }
+            () = shared.draining.cancelled(), if !draining => {
+                draining = true;
+                routes.stop_accepting().await;
+                tracing::info!(client = %crate::log::Escaped(&name), %peer, "session draining: no new visitors");
+                if client.version >= DRAINING_VERSION {
+                    let deadline_ms = u32::try_from(shared.config.drain_timeout.as_millis()).unwrap_or(u32::MAX);
+                    let message = "server shutting down".to_owned();
+                    let _ = control.send(ControlMessage::Draining { deadline_ms, message }).await;
+                }
+            }
+            // The control stream is the one left.
+            () = drained(&routes, &streams), if draining => {
+                control.close(GoodbyeCode::Shutdown, "server shutting down").await;
+                break finish(driver).await;
             }
             () = registration.kicked.cancelled() => {
                 control.close(GoodbyeCode::Replaced, "a newer session with the same client name connected").await;
@@ -75,6 +104,13 @@ pub(super) async fn run(
     routes.close().await;
     shared.registry.unregister(&name, &registration);
     tracing::info!(client = %crate::log::Escaped(&name), %peer, "session ended: {}", crate::log::Escaped(&end.to_string()));
+}
+
+/// Once the session's visitors have ended, and its streams (the edge's requests, passthrough
+/// connections) but the control stream.
+async fn drained(routes: &SessionRoutes<'_>, streams: &crate::mux::StreamOpener) {
+    routes.visitors().wait().await;
+    streams.until_open_at_most(1).await;
 }
 
 async fn finish(mut driver: OwnedTask<SessionEnd>) -> SessionEnd {

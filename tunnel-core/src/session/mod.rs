@@ -35,6 +35,10 @@ const MAX_EARLY_STREAMS: usize = 16;
 /// (zero included) is raised to it, as a client raises a shorter one announced by the server.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long, by default, a stopping client or server lets the streams open then go on before
+/// it cuts them (`drain_timeout` of both configurations).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Session settings shared by both sides.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

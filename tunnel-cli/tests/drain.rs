@@ -1,0 +1,145 @@
+//! Graceful drain (README "Stopping"): on SIGTERM, open streams finish within `drain_timeout`
+//! while new visitors are refused; a second SIGTERM cuts them; a clean drain exits 0.
+
+#[path = "../../tunnel-core/tests/common/mod.rs"]
+mod common;
+mod process;
+
+use std::net::SocketAddr;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::{serve_target, write_pattern, Pattern};
+use process::*;
+
+const TOKEN: &str = "drain-test-token-8c1e4b";
+const MIB: usize = 1 << 20;
+const LEN: usize = 64 * MIB;
+const SEED: u64 = 77;
+
+/// A target that sends `LEN` bytes of pattern `SEED` to each connection, then closes.
+async fn download_target() -> SocketAddr {
+    serve_target(|mut tcp| async move {
+        if write_pattern(&mut tcp, SEED, LEN).await.is_ok() {
+            let _ = tcp.shutdown().await;
+        }
+    })
+    .await
+}
+
+/// A download in progress: hashes what it read so far.
+struct Download {
+    tcp: TcpStream,
+    hash: Sha256,
+    read: usize,
+}
+
+impl Download {
+    async fn start(public: SocketAddr) -> Self {
+        let mut download =
+            Self { tcp: TcpStream::connect(public).await.unwrap(), hash: Sha256::new(), read: 0 };
+        // Under way through the whole tunnel before anyone is signalled.
+        download.read_up_to(MIB).await;
+        download
+    }
+
+    async fn read_up_to(&mut self, total: usize) -> usize {
+        let mut buf = vec![0u8; 64 * 1024];
+        while self.read < total {
+            let n = self.tcp.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            self.hash.update(&buf[..n]);
+            self.read += n;
+        }
+        self.read
+    }
+
+    /// Reads to the end: what arrived in all, and whether it was the whole file, intact.
+    async fn finish(mut self) -> (usize, bool) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.tcp.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.hash.update(&buf[..n]);
+                    self.read += n;
+                }
+                // Cut: a reset.
+                Err(_) => return (self.read, false),
+            }
+        }
+        let intact = self.read == LEN && <[u8; 32]>::from(self.hash.finalize()) == Pattern::digest(SEED, LEN);
+        (self.read, intact)
+    }
+}
+
+async fn tunnel(dir: &std::path::Path) -> (Served, Cli, SocketAddr) {
+    let server = serve(dir, &["--token", TOKEN], &[]).await;
+    let target = download_target().await;
+    let forward = format!("127.0.0.1:0:{target}");
+    let client = connect(&server, &["--token", TOKEN, "--name", "drained", "-R", &forward], &[]);
+    let port = public_port(&client.line_after("remote forward ready: ").await);
+    (server, client, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn refused(result: std::io::Result<TcpStream>) -> bool {
+    matches!(result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_64_mib_download_finish_while_a_new_visitor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut client, public) = tunnel(dir.path()).await;
+    let download = Download::start(public).await;
+
+    server.cli.send_term();
+    server.cli.output_contains("session draining: no new visitors").await;
+    assert!(refused(TcpStream::connect(public).await), "a new visitor got in during the drain");
+
+    let (read, intact) = download.finish().await;
+    assert!(intact, "the download was cut at {read} of {LEN} bytes");
+    assert_eq!(server.cli.exit_code().await, 0, "{}", server.cli.output());
+    let output = server.cli.output();
+    assert!(output.contains("drained") && !output.contains("cutting"), "{output}");
+    // The client was told, then said goodbye when the streams were done.
+    client.output_contains("the server is draining").await;
+    assert_eq!(client.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_cuts_the_open_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut client, public) = tunnel(dir.path()).await;
+    // Read no further: without a cut, the drain would wait its 30 s.
+    let download = Download::start(public).await;
+
+    server.cli.send_term();
+    server.cli.output_contains("session draining: no new visitors").await;
+    server.cli.send_term();
+    assert_eq!(server.cli.exit_code().await, 0, "{}", server.cli.output());
+    server.cli.output_contains("cutting the streams still open").await;
+    let (read, intact) = download.finish().await;
+    assert!(!intact && read < LEN, "the download went through ({read} bytes) though it was cut");
+    assert_eq!(client.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_draining_finishes_its_download_and_the_server_takes_no_new_visitor_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut client, public) = tunnel(dir.path()).await;
+    let download = Download::start(public).await;
+
+    client.send_term();
+    server.cli.output_contains("client draining (client shutting down): no new visitors").await;
+    assert!(refused(TcpStream::connect(public).await), "a new visitor got in during the client's drain");
+
+    let (read, intact) = download.finish().await;
+    assert!(intact, "the download was cut at {read} of {LEN} bytes");
+    assert_eq!(client.exit_code().await, 0, "{}", client.output());
+    assert!(client.output().contains("drained"), "{}", client.output());
+    assert_eq!(server.cli.terminate().await, 0);
+}
