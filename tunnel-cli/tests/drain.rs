@@ -143,3 +143,79 @@ async fn a_client_draining_finishes_its_download_and_the_server_takes_no_new_vis
     assert!(client.output().contains("drained"), "{}", client.output());
     assert_eq!(server.cli.terminate().await, 0);
 }
+
+/// An origin answering every request with `LEN` bytes of pattern `SEED` (keep-alive).
+async fn http_download_origin() -> SocketAddr {
+    serve_target(|tcp| async move {
+        let (read, mut write) = tcp.into_split();
+        let mut lines = tokio::io::BufReader::new(read);
+        loop {
+            // Requests without bodies: the head ends with an empty line.
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n");
+            if write.write_all(head.as_bytes()).await.is_err()
+                || write_pattern(&mut write, SEED, LEN).await.is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// Sends a GET for `drain.test` and reads the response head; the body follows on `tcp`.
+async fn get(tcp: &mut TcpStream) -> String {
+    tcp.write_all(b"GET /file HTTP/1.1\r\nHost: drain.test\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_http_download_finish_closes_idle_keep_alive_connections_and_refuses_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--token", TOKEN, "--http-listen", "127.0.0.1:0", "--allow-hosts", "*.test"];
+    let mut server = serve(dir.path(), &extra, &[]).await;
+    let edge: SocketAddr = server.cli.line_after("HTTP routes served on ").await.parse().unwrap();
+    let route = format!("drain.test=http://{}", http_download_origin().await);
+    let mut client = connect(&server, &["--token", TOKEN, "--name", "web", "--http", &route], &[]);
+    client.output_contains("route ready: v1 http drain.test").await;
+
+    // An idle keep-alive connection: one whole exchange done, nothing in flight.
+    let mut idle = TcpStream::connect(edge).await.unwrap();
+    assert!(get(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let mut whole = Download { tcp: idle, hash: Sha256::new(), read: 0 };
+    assert_eq!(whole.read_up_to(LEN).await, LEN);
+    let idle = whole.tcp;
+    // A download under way.
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    assert!(get(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    let mut download = Download { tcp, hash: Sha256::new(), read: 0 };
+    download.read_up_to(MIB).await;
+
+    server.cli.send_term();
+    server.cli.output_contains("session draining: no new visitors").await;
+    assert!(refused(TcpStream::connect(edge).await), "a new visitor got in during the drain");
+    let (mut idle, mut rest) = (idle, Vec::new());
+    let closed = tokio::time::timeout(PATIENCE, idle.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "the idle keep-alive connection was not closed: {closed:?}");
+
+    let (read, intact) = download.finish().await;
+    assert!(intact, "the HTTP download was cut at {read} of {LEN} bytes");
+    assert_eq!(server.cli.exit_code().await, 0, "{}", server.cli.output());
+    assert!(!server.cli.output().contains("cutting"), "{}", server.cli.output());
+    assert_eq!(client.terminate().await, 0);
+}
