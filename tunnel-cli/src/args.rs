@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Serve clients' HTTP routes to visitors on this address (HTTP/1.1), e.g. 0.0.0.0:80.
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Serve /metrics (Prometheus), /ready and /healthz on this address, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2, certificates from [[certificates]] in the config, else
     /// the server's own) and clients' TLS passthrough routes on this address, e.g. 0.0.0.0:443.
     #[arg(long, value_name = "ADDR")]
@@ -112,6 +115,9 @@ pub struct ConnectArgs {
     /// Name to authenticate as [default: this host's name].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Serve /metrics (Prometheus), /ready and /healthz on this address, e.g. 127.0.0.1:9091.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Remote forward: a port on the server that reaches LOCAL_HOST:LOCAL_PORT here. REMOTE_PORT 0
     /// lets the server choose. Repeatable.
     #[arg(short = 'R', long = "remote", value_name = "[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")]
@@ -178,6 +184,7 @@ impl ServeArgs {
         }
         file.insecure_plaintext |= self.insecure_plaintext;
         override_with(&mut file.http_listen, self.http_listen);
+        override_with(&mut file.metrics, self.metrics);
         override_with(&mut file.https_listen, self.https_listen);
         if !self.allow_hosts.is_empty() {
             file.allow_hosts = Some(self.allow_hosts);
@@ -205,6 +212,7 @@ impl ConnectArgs {
         override_with(&mut file.token, self.token);
         override_with(&mut file.server, self.server);
         override_with(&mut file.name, self.name);
+        override_with(&mut file.metrics, self.metrics);
         override_with(&mut file.fingerprint, self.fingerprint);
         override_with(&mut file.ca, self.ca);
         override_with(&mut file.origin_ca, self.origin_ca);

@@ -22,6 +22,23 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     for local in client.listen_locals().await.map_err(Failure::error)? {
         println!("local forward listening: {} -> {}", local.bound_addr, local.spec.target);
     }
+    let _metrics = match file.metrics.as_deref() {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::runtime(format!("cannot listen for metrics on {addr}: {e}")))?;
+            println!("metrics served on {}", listener.local_addr().map_err(Failure::runtime)?);
+            let status = client.status();
+            let served = tunnel_core::metrics::serve(
+                listener,
+                client.metrics(),
+                move || status.borrow().readiness(),
+                std::future::pending(),
+            );
+            Some(crate::task::Aborted(tokio::spawn(served)))
+        }
+        None => None,
+    };
     let mut status = client.status();
     // Each session that comes up prints its forwards; every answer to the route table (at
     // connect and after every change) prints a line per entry with the table's version.

@@ -10,6 +10,7 @@ mod fd_limit;
 mod reload;
 mod serve;
 mod shutdown;
+mod task;
 
 use std::process::ExitCode;
 

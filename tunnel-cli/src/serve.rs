@@ -19,12 +19,16 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let local = listener.local_addr().map_err(Failure::runtime)?;
     let http = bind_optional(setup.http_listen.as_deref(), "HTTP").await?;
     let https = bind_optional(setup.https_listen.as_deref(), "HTTPS").await?;
+    let metrics = bind_optional(setup.metrics.as_deref(), "metrics").await?;
     print_banner(&setup, local);
     if let Some(http) = &http {
         println!("HTTP routes served on {}", http.local_addr().map_err(Failure::runtime)?);
     }
     if let Some(https) = &https {
         println!("HTTPS and TLS routes served on {}", https.local_addr().map_err(Failure::runtime)?);
+    }
+    if let Some(metrics) = &metrics {
+        println!("metrics served on {}", metrics.local_addr().map_err(Failure::runtime)?);
     }
     if setup.config.tls.is_none() {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
@@ -42,6 +46,17 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
+    // Probes answer until the process exits: not ready while draining.
+    let _metrics = metrics.map(|listener| {
+        let probed = server.clone();
+        let served = tunnel_core::metrics::serve(
+            listener,
+            server.metrics(),
+            move || probed.readiness(),
+            std::future::pending(),
+        );
+        crate::task::Aborted(tokio::spawn(served))
+    });
     let edge = http.map(|listener| {
         let (server, until) = (server.clone(), until_stopped());
         tokio::spawn(async move { server.run_http(listener, until).await })

@@ -209,6 +209,21 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["serve", "--state-dir", state, "--config", config.to_str().unwrap()], "listen_port"),
         (vec!["connect", "--server", "127.0.0.1:1", "--token", TOKEN], "missing `fingerprint`"),
+        (vec!["serve", "--state-dir", state, "--metrics", "nowhere"], "invalid `metrics`"),
+        (
+            vec![
+                "connect",
+                "--server",
+                "127.0.0.1:1",
+                "--fingerprint",
+                &zero_fp,
+                "--token",
+                TOKEN,
+                "--metrics",
+                "9090",
+            ],
+            "invalid `metrics`",
+        ),
         (
             vec![
                 "connect",

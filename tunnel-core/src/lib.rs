@@ -83,6 +83,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod mux;
 pub mod proto;
 pub mod server;

@@ -8,6 +8,7 @@ use std::path::Path;
 /// Each module with the crate modules it may use. `config` and the crate root sit on top.
 const LAYERS: &[(&str, &[&str])] = &[
     ("log", &[]),
+    ("metrics", &[]),
     ("fs", &[]),
     ("task", &[]),
     ("auth", &[]),
@@ -15,14 +16,30 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tls", &["auth", "fs"]),
     ("transport", &["auth", "tls"]),
     ("mux", &["transport"]),
-    ("session", &["auth", "log", "mux", "proto", "transport"]),
-    ("forward", &["log", "mux", "proto"]),
-    ("http", &["log", "mux", "proto", "tls"]),
+    ("session", &["auth", "log", "metrics", "mux", "proto", "transport"]),
+    ("forward", &["log", "metrics", "mux", "proto"]),
+    ("http", &["log", "metrics", "mux", "proto", "tls"]),
     (
         "server",
-        &["auth", "forward", "fs", "http", "log", "mux", "proto", "session", "task", "tls", "transport"],
+        &[
+            "auth",
+            "forward",
+            "fs",
+            "http",
+            "log",
+            "metrics",
+            "mux",
+            "proto",
+            "session",
+            "task",
+            "tls",
+            "transport",
+        ],
     ),
-    ("client", &["auth", "forward", "http", "log", "mux", "proto", "session", "task", "tls", "transport"]),
+    (
+        "client",
+        &["auth", "forward", "http", "log", "metrics", "mux", "proto", "session", "task", "tls", "transport"],
+    ),
 ];
 
 /// `crate::NAME` paths in the code of `path` (comments and doc comments excluded), with lines.

@@ -167,6 +167,32 @@ pub enum ClientStatus {
 }
 
 impl ClientStatus {
+    /// What `/ready` says: ready while a session is up with its table answered (the session
+    /// ends, and so does readiness, when heartbeats stop), with the state and table version.
+    pub fn readiness(&self) -> crate::metrics::Readiness {
+        use crate::metrics::json_string;
+        match self {
+            Self::Connected { version, refused, .. } => crate::metrics::Readiness {
+                ready: true,
+                json: format!(
+                    "{{\"ready\":true,\"state\":\"connected\",\"table_version\":{version},\"refused_routes\":{}}}",
+                    refused.len()
+                ),
+            },
+            Self::Connecting => crate::metrics::Readiness {
+                ready: false,
+                json: "{\"ready\":false,\"state\":\"connecting\"}".to_owned(),
+            },
+            Self::Reconnecting { attempt, error, .. } => crate::metrics::Readiness {
+                ready: false,
+                json: format!(
+                    "{{\"ready\":false,\"state\":\"reconnecting\",\"attempt\":{attempt},\"error\":{}}}",
+                    json_string(error)
+                ),
+            },
+        }
+    }
+
     /// The forwards in service, once connected (`None` while connecting or reconnecting):
     /// `status.wait_for(|s| s.forwards().is_some())` waits for the first answer.
     pub fn forwards(&self) -> Option<&[ActiveForward]> {
@@ -209,6 +235,7 @@ pub struct Client {
     origins: Origins,
     /// Cancelled to end a drain at once ([`DrainCut`]).
     cut: CancellationToken,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Ends a client's drain at once (the streams still open are cut), from outside [`Client::run`].
@@ -224,7 +251,9 @@ impl DrainCut {
 
 impl Client {
     /// A client with this configuration; nothing happens until [`Client::run`].
-    pub fn new(config: ClientConfig) -> Self {
+    pub fn new(mut config: ClientConfig) -> Self {
+        let metrics = crate::metrics::Metrics::new();
+        config.session.metrics = Some(metrics.clone());
         let routes = RouteHandle::new(RouteSet {
             remotes: config.remotes.clone(),
             services: config.services.clone(),
@@ -235,7 +264,7 @@ impl Client {
         let status = watch::Sender::new(ClientStatus::Connecting);
         let origins = Origins::new(config.origin_tls.clone());
         let cut = CancellationToken::new();
-        Self { config: Arc::new(config), status, locals: None, routes, origins, cut }
+        Self { config: Arc::new(config), status, locals: None, routes, origins, cut, metrics }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -269,6 +298,12 @@ impl Client {
     /// Follows the client's progress.
     pub fn status(&self) -> watch::Receiver<ClientStatus> {
         self.status.subscribe()
+    }
+
+    /// What this client counts (sessions, reconnects, heartbeat round trips): serve it with
+    /// [`crate::metrics::serve`].
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.metrics.clone()
     }
 
     /// What ends this client's drain at once (a second SIGTERM, say).
@@ -337,6 +372,7 @@ impl Client {
                 return Err(ClientError::GaveUp { attempts: backoff.attempts(), last: error });
             };
             tracing::warn!("{}; reconnecting in {delay:.1?}", crate::log::Escaped(&error));
+            self.metrics.reconnect();
             self.status.send_replace(ClientStatus::Reconnecting {
                 attempt: backoff.attempts(),
                 delay,
@@ -423,6 +459,7 @@ impl Client {
             return Err(refused.into());
         }
         backoff.reset();
+        let _up = self.metrics.session_up();
         let streams = opener.clone();
         // Local forwards get the session before anyone is told it is up.
         current.send_replace(Some(opener));

@@ -39,6 +39,9 @@ pub struct ClientFile {
     pub token_file: Option<PathBuf>,
     /// Name to authenticate as (default: derived from the host name).
     pub name: Option<String>,
+    /// Address to serve `/metrics`, `/ready` and `/healthz` on, e.g. `127.0.0.1:9091` (default:
+    /// none).
+    pub metrics: Option<String>,
     /// Remote forwards, `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`, each a string or a
     /// table with options: `{ spec = "2222:127.0.0.1:22", idle_timeout = "1h" }`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -194,6 +197,9 @@ impl ClientFile {
     /// [`ClientFile::build`]'s.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let server = self.server()?;
+        if let Some(listen) = &self.metrics {
+            super::check_listen("metrics", listen)?;
+        }
         check_secret("token", self.token.as_ref(), self.token_file.as_deref())?;
         if self.token.is_none() && self.token_file.is_none() {
             return Err(ConfigError::Missing { key: "token", why: "the token to authenticate with" });

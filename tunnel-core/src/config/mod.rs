@@ -97,6 +97,18 @@ fn window_growth(key: &'static str, mib: usize) -> Result<usize, ConfigError> {
 }
 
 /// A duration that must not be zero (`port_grace` may be: it means no reservation).
+/// An address to listen on must be `HOST:PORT` before anything binds it (`key` names it).
+fn check_listen(key: &'static str, listen: &str) -> Result<(), ConfigError> {
+    let valid = listen.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{listen:?} is not HOST:PORT (e.g. {})", server::DEFAULT_LISTEN)))
+    }
+}
+
 fn positive_duration(key: &'static str, d: HumanDuration) -> Result<std::time::Duration, ConfigError> {
     if d.0.is_zero() {
         return Err(invalid(key, "must be more than 0"));

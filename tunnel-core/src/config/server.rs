@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::tokens::{check_secret, secret, stored_token};
 use super::{
-    default_state_dir, invalid, positive_duration, ConfigError, HumanDuration, SecretString, ServerLimits,
+    check_listen, default_state_dir, invalid, positive_duration, ConfigError, HumanDuration, SecretString,
+    ServerLimits,
 };
 use crate::auth::{Credentials, Token};
 use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
@@ -59,6 +60,9 @@ pub struct ServerFile {
     pub insecure_plaintext: bool,
     /// Address to serve HTTP routes on, e.g. `0.0.0.0:80` (default: none).
     pub http_listen: Option<String>,
+    /// Address to serve `/metrics`, `/ready` and `/healthz` on, e.g. `127.0.0.1:9090` (default:
+    /// none).
+    pub metrics: Option<String>,
     /// Address to serve HTTPS (terminated with `[[certificates]]`) and TLS passthrough routes
     /// on, e.g. `0.0.0.0:443` (default: none).
     pub https_listen: Option<String>,
@@ -156,6 +160,8 @@ pub struct ServerSetup {
     pub listen: String,
     /// Address to serve HTTP routes on, if any.
     pub http_listen: Option<String>,
+    /// Address to serve metrics and probes on, if any.
+    pub metrics: Option<String>,
     /// Address to serve HTTPS and TLS passthrough on, if any.
     pub https_listen: Option<String>,
     /// Fingerprint of the certificate in use (`None` in plaintext mode).
@@ -238,6 +244,7 @@ impl ServerFile {
             config,
             listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             http_listen: self.http_listen,
+            metrics: self.metrics,
             https_listen: self.https_listen,
             fingerprint,
             shared_token,
@@ -269,6 +276,9 @@ impl ServerFile {
         check_listen("listen", self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
         if let Some(listen) = &self.http_listen {
             check_listen("http_listen", listen)?;
+        }
+        if let Some(listen) = &self.metrics {
+            check_listen("metrics", listen)?;
         }
         if let Some(listen) = &self.https_listen {
             check_listen("https_listen", listen)?;
@@ -394,18 +404,6 @@ impl ClientEntry {
             allow_bind: self.allow_bind.clone(),
             allow_hosts: self.allow_hosts.clone(),
         })
-    }
-}
-
-/// The address to accept clients on must be `HOST:PORT` before anything binds it.
-fn check_listen(key: &'static str, listen: &str) -> Result<(), ConfigError> {
-    let valid = listen.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
-    });
-    if valid {
-        Ok(())
-    } else {
-        Err(invalid(key, format!("{listen:?} is not HOST:PORT (e.g. {DEFAULT_LISTEN})")))
     }
 }
 

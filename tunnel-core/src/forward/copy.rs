@@ -54,7 +54,26 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    splice_metered(a, b, limits, None).await
+}
+
+/// [`splice_with`] between a visitor (`a`) and its stream (`b`), counting the bytes in `meter`
+/// as they are written, so that a long connection shows in the metrics while it lasts.
+pub(crate) async fn splice_metered<A, B>(
+    a: &mut A,
+    b: &mut B,
+    limits: SpliceLimits,
+    meter: Option<&crate::metrics::Meter>,
+) -> io::Result<SpliceStats>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let (mut a_to_b, mut b_to_a) = (Pipe::default(), Pipe::default());
+    if let Some(meter) = meter {
+        a_to_b.tally = Some(meter.from_visitor.clone());
+        b_to_a.tally = Some(meter.to_visitor.clone());
+    }
     let mut idle = limits.idle_timeout.map(|after| (after, Box::pin(tokio::time::sleep(after))));
     let mut seen = 0;
     poll_fn(|cx| {
@@ -105,6 +124,8 @@ struct Pipe {
     read_done: bool,
     done: bool,
     copied: u64,
+    /// Counts the bytes written, as they are.
+    tally: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Pipe {
@@ -152,6 +173,9 @@ impl Pipe {
                 }
                 self.pos += n;
                 self.copied += n as u64;
+                if let Some(tally) = &self.tally {
+                    tally.inc_by(n as u64);
+                }
                 self.unflushed = true;
             }
             if self.read_done {

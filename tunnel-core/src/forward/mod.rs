@@ -10,6 +10,7 @@ mod ports;
 mod rules;
 mod spec;
 
+pub(crate) use copy::splice_metered;
 pub use copy::{copy_until_eof, splice, splice_with, SpliceLimits, SpliceStats, COPY_BUFFER};
 pub use handler::{StreamHandler, Target, Visitor};
 pub use ports::{PortSet, PortSetError};

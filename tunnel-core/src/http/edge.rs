@@ -80,6 +80,7 @@ pub struct HttpEdge {
     parked: AtomicUsize,
     /// Cancelled by [`HttpEdge::drain`].
     draining: CancellationToken,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for HttpEdge {
@@ -98,7 +99,14 @@ impl HttpEdge {
             streams: Arc::new(Pool::new(POOLED_STREAMS_PER_CLIENT)),
             parked: AtomicUsize::new(0),
             draining: CancellationToken::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts every answer in `metrics` (`tunnel_http_requests_total`, by client and status).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Its limits.
@@ -242,32 +250,48 @@ impl HttpEdge {
         Some(parking)
     }
 
+    /// Answers one request, and counts the answer.
     async fn handle(&self, request: Request<Incoming>, connection: Connection<'_>) -> Response<Body> {
+        let (response, owner) = self.answer(request, connection).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.http_request(owner.as_deref().unwrap_or(""), response.status().as_u16());
+        }
+        response
+    }
+
+    /// The answer to one request, and the client whose route it went to (`None`: the edge
+    /// answered itself).
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        connection: Connection<'_>,
+    ) -> (Response<Body>, Option<String>) {
         let Connection { visitor, scheme, sni } = connection;
         let Some(host) = request_host(&request) else {
-            return text_response(StatusCode::BAD_REQUEST, "the request names no host");
+            return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);
         };
         let routes = self.routes.routes();
         if let Some(sni) = sni.filter(|sni| request.version() == Version::HTTP_2 && *sni != host) {
             if routes.owner_of(sni) != routes.owner_of(&host) {
                 let why = format!("this connection was opened for {sni}; open one for {host}");
-                return text_response(StatusCode::MISDIRECTED_REQUEST, &why);
+                return (text_response(StatusCode::MISDIRECTED_REQUEST, &why), None);
             }
         }
         let hit = routes.lookup(&host, request.uri().path(), request.method().as_str(), request.headers());
         let Some(hit) = hit else {
-            return text_response(self.fallback, "");
+            return (text_response(self.fallback, ""), None);
         };
         let (route_id, opener, owner) = (hit.id, hit.target.clone(), hit.owner.to_owned());
         drop(routes);
         let to = Owner { route_id, opener, name: &owner };
-        match self.forward(request, to, visitor, scheme, &host).await {
+        let response = match self.forward(request, to, visitor, scheme, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
                 tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
                 text_response(status, &why)
             }
-        }
+        };
+        (response, Some(owner))
     }
 
     async fn forward(

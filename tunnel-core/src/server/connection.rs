@@ -32,6 +32,23 @@ enum EstablishError {
     Session(#[from] SessionError),
 }
 
+impl EstablishError {
+    /// The `reason` label of `tunnel_handshake_failures_total`.
+    fn reason(&self) -> &'static str {
+        use crate::proto::handshake::HandshakeError;
+        match self {
+            Self::Empty => "empty",
+            Self::PlaintextClient => "plaintext_client",
+            Self::TlsClient => "tls_client",
+            Self::Tls(_) => "tls",
+            Self::Session(SessionError::Handshake(HandshakeError::ClientProofInvalid)) => "auth",
+            Self::Session(SessionError::Handshake(HandshakeError::UnsupportedVersion { .. })) => "version",
+            Self::Session(SessionError::Handshake(_)) => "protocol",
+            Self::Session(_) => "transport",
+        }
+    }
+}
+
 /// A connection as the server receives it.
 pub(super) enum Accepted {
     /// From the server's TCP listener: TLS or plaintext is detected here.
@@ -47,6 +64,7 @@ pub(super) async fn handle(
     stop: CancellationToken,
 ) {
     let Ok(admission) = shared.pending.admit(peer.ip()) else {
+        shared.metrics.handshake_failed("overload");
         if crate::log::HANDSHAKE_OVERLOAD.allow() {
             tracing::info!(%peer, "too many connections in handshake from this source; dropping");
         }
@@ -67,6 +85,7 @@ pub(super) async fn handle(
     let established = tokio::select! {
         result = tokio::time::timeout(shared.config.handshake_timeout, establish) => result,
         () = admission.evicted() => {
+            shared.metrics.handshake_failed("evicted");
             if crate::log::HANDSHAKE_OVERLOAD.allow() {
                 tracing::info!(%peer, "handshake cut: its slot went to a newer connection (all slots taken)");
             }
@@ -78,11 +97,13 @@ pub(super) async fn handle(
     match established {
         Ok(Ok((session, client))) => super::session::run(shared, session, client, peer, stop).await,
         Ok(Err(err)) => {
+            shared.metrics.handshake_failed(err.reason());
             if crate::log::HANDSHAKE_FAILURES.allow() {
                 tracing::info!(%peer, "handshake failed: {}", crate::log::Escaped(&crate::log::Chain(&err).to_string()))
             }
         }
         Err(_) => {
+            shared.metrics.handshake_failed("timeout");
             if crate::log::HANDSHAKE_FAILURES.allow() {
                 tracing::info!(%peer, "handshake timed out after {:?}", shared.config.handshake_timeout)
             }

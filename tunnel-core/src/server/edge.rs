@@ -49,15 +49,18 @@ impl Server {
         let (edge, routes) = (self.edge(), self.shared.http_routes.clone());
         let deadline = self.shared.config.http.limits.header_timeout;
         let serving = edge.clone();
+        let metrics = self.shared.metrics.clone();
         self.accept(listener, shutdown, &edge, move |tcp, visitor| {
-            https(tcp, visitor, serving.clone(), routes.clone(), tls.clone(), deadline)
+            let passthrough = Passthrough { routes: routes.clone(), metrics: metrics.clone() };
+            https(tcp, visitor, serving.clone(), passthrough, tls.clone(), deadline)
         })
         .await
     }
 
     fn edge(&self) -> Arc<HttpEdge> {
         let settings = &self.shared.config.http;
-        Arc::new(HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone()))
+        let edge = HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone());
+        Arc::new(edge.with_metrics(self.shared.metrics.clone()))
     }
 
     /// Accepts visitors until `shutdown` or the server's drain, at most `max_connections` at
@@ -127,24 +130,31 @@ impl Server {
     }
 }
 
+/// What passing a TLS connection through needs: the routes, and the metrics its bytes go to.
+struct Passthrough {
+    routes: Arc<super::http_routes::HttpRoutes>,
+    metrics: crate::metrics::Metrics,
+}
+
 /// One HTTPS visitor: passthrough by SNI, or terminated and served.
 async fn https(
     mut tcp: TcpStream,
     visitor: SocketAddr,
     edge: Arc<HttpEdge>,
-    routes: Arc<super::http_routes::HttpRoutes>,
+    passthrough: Passthrough,
     tls: Arc<rustls::ServerConfig>,
     deadline: Duration,
 ) {
+    let Passthrough { routes, metrics } = passthrough;
     let (name, hello) = match crate::tls::read_client_hello(&mut tcp, deadline).await {
         Ok(read) => read,
         Err(err) => return tracing::debug!(%visitor, "no TLS from the visitor: {}", crate::log::Chain(&err)),
     };
     let passthrough = name.as_deref().and_then(|name| {
         let index = routes.routes();
-        index.lookup_tls(name).map(|hit| (hit.id, hit.target.clone()))
+        index.lookup_tls(name).map(|hit| (hit.id, hit.target.clone(), hit.owner.to_owned()))
     });
-    if let Some((route_id, opener)) = passthrough {
+    if let Some((route_id, opener, owner)) = passthrough {
         let name = name.unwrap_or_default();
         let Ok(mut stream) = opener.open().await else {
             return tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
@@ -154,7 +164,9 @@ async fn https(
         if stream.write_all(&first).await.is_err() {
             return;
         }
-        if let Err(err) = crate::forward::splice(&mut tcp, &mut stream).await {
+        let (_open, meter) = metrics.visitor(&owner, &route_id.to_string());
+        let limits = crate::forward::SpliceLimits::default();
+        if let Err(err) = crate::forward::splice_metered(&mut tcp, &mut stream, limits, Some(&meter)).await {
             tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough ended: {err}");
         }
         return;

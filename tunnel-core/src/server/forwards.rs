@@ -16,7 +16,7 @@ use super::registry::{PortConflict, SessionId};
 use super::source::Source;
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
-use crate::forward::splice;
+use crate::forward::{splice_metered, SpliceLimits};
 use crate::mux::StreamOpener;
 use crate::proto::{RefusalCode, RouteId, StreamHeader};
 use crate::transport;
@@ -166,6 +166,16 @@ pub(super) enum StreamKind {
     Route(RouteId),
 }
 
+impl StreamKind {
+    /// The `route` label of the metrics: the route id, or `forward-N` for a version 1 forward.
+    fn label(&self) -> String {
+        match self {
+            Self::Forward(id) => format!("forward-{id}"),
+            Self::Route(id) => id.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for StreamKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -186,6 +196,9 @@ pub(super) struct Carrier {
     pub(super) accepting: CancellationToken,
     /// The session's visitors.
     pub(super) visitors: TaskTracker,
+    /// The client's name, for the metrics.
+    pub(super) client: Arc<str>,
+    pub(super) metrics: crate::metrics::Metrics,
     pub(super) max_visitors: usize,
     pub(super) max_per_source: usize,
 }
@@ -250,6 +263,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
                     carrier.visitors.spawn(visit(tcp, visitor, carrier.clone(), place));
                 }
                 Err(why) => {
+                    carrier.metrics.refused("visitor: over a cap");
                     if crate::log::REFUSALS.allow() {
                         tracing::info!(%visitor, route = %carrier.kind, "visitor refused: {why}");
                     }
@@ -283,9 +297,10 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place
         StreamKind::Route(route_id) => StreamHeader::Route { route_id, visitor },
     }
     .encode();
+    let (_open, meter) = carrier.metrics.visitor(&carrier.client, &route.label());
     let carry = async {
         stream.write_all(&header).await?;
-        splice(&mut tcp, &mut stream).await
+        splice_metered(&mut tcp, &mut stream, SpliceLimits::default(), Some(&meter)).await
     };
     let failed = tokio::select! {
         () = carrier.owned.cancelled() => true,

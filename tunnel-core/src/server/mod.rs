@@ -159,6 +159,7 @@ struct Shared {
     draining: CancellationToken,
     /// Cancelled to end a drain at once ([`Server::cut`]).
     cut: CancellationToken,
+    metrics: crate::metrics::Metrics,
 }
 
 /// A tunnel server.
@@ -193,7 +194,9 @@ const LET_GO_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Server {
     /// A server with this configuration.
-    pub fn new(config: ServerConfig) -> Self {
+    pub fn new(mut config: ServerConfig) -> Self {
+        let metrics = crate::metrics::Metrics::new();
+        config.session.metrics = Some(metrics.clone());
         let caps = registry::Caps {
             sessions: config.max_sessions,
             shared_sessions: config.max_sessions_per_shared_token,
@@ -207,12 +210,38 @@ impl Server {
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let http_routes = Arc::default();
         let (draining, cut) = (CancellationToken::new(), CancellationToken::new());
-        Self { shared: Arc::new(Shared { config, registry, pending, http_routes, draining, cut }) }
+        let shared = Shared { config, registry, pending, http_routes, draining, cut, metrics };
+        Self { shared: Arc::new(shared) }
     }
 
     /// Names of the clients with a live session.
     pub fn session_names(&self) -> Vec<String> {
         self.shared.registry.session_names()
+    }
+
+    /// What this server counts (`docs/operations.md` lists it): serve it with
+    /// [`crate::metrics::serve`].
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.shared.metrics.clone()
+    }
+
+    /// Sessions up now.
+    pub fn session_count(&self) -> usize {
+        self.shared.registry.session_names().len()
+    }
+
+    /// Whether the server is draining (shutdown has begun): not ready for new work.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.is_cancelled()
+    }
+
+    /// What `/ready` says: ready until the drain begins, with the sessions up.
+    pub fn readiness(&self) -> crate::metrics::Readiness {
+        let (ready, sessions) = (!self.is_draining(), self.session_count());
+        crate::metrics::Readiness {
+            ready,
+            json: format!("{{\"ready\":{ready},\"draining\":{},\"sessions\":{sessions}}}", !ready),
+        }
     }
 
     /// Ends a drain in progress (or the next one) at once: the streams still open are cut, as

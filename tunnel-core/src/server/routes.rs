@@ -136,7 +136,10 @@ impl<'s> SessionRoutes<'s> {
                 };
                 match outcome {
                     Ok(public_addr) => ControlMessage::RemoteForwardReady { id, public_addr },
-                    Err((code, message)) => ControlMessage::RemoteForwardRefused { id, code, message },
+                    Err((code, message)) => {
+                        self.shared.metrics.refused(&format!("route: {code}"));
+                        ControlMessage::RemoteForwardRefused { id, code, message }
+                    }
                 }
             }
             ControlMessage::ExposeRequest { name } => {
@@ -146,7 +149,10 @@ impl<'s> SessionRoutes<'s> {
                 } else {
                     match self.add_service(route, &name) {
                         Ok(()) => ControlMessage::ExposeReady { name },
-                        Err((code, message)) => ControlMessage::ExposeRefused { name, code, message },
+                        Err((code, message)) => {
+                            self.shared.metrics.refused(&format!("route: {code}"));
+                            ControlMessage::ExposeRefused { name, code, message }
+                        }
                     }
                 }
             }
@@ -213,7 +219,10 @@ impl<'s> SessionRoutes<'s> {
                 let added = self.add(id, kind).await;
                 match &added {
                     Ok(_) => changes.added += 1,
-                    Err(_) => changes.refused += 1,
+                    Err((code, _)) => {
+                        changes.refused += 1;
+                        self.shared.metrics.refused(&format!("route: {code}"));
+                    }
                 }
                 added
             };
@@ -339,6 +348,8 @@ impl<'s> SessionRoutes<'s> {
             owned: cut.clone(),
             accepting: self.accepting.clone(),
             visitors: self.visitors.clone(),
+            client: self.name.as_str().into(),
+            metrics: self.shared.metrics.clone(),
             max_visitors: config.max_visitors_per_forward,
             max_per_source: config.max_visitors_per_source,
         };

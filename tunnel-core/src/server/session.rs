@@ -31,6 +31,7 @@ pub(super) async fn run(
     let registration = match registration.await {
         Ok(registration) => registration,
         Err(full) => {
+            shared.metrics.refused("session: server full");
             if crate::log::REFUSALS.allow() {
                 tracing::warn!(client = %crate::log::Escaped(&name), %peer, "session refused: {full}");
             }
@@ -39,6 +40,7 @@ pub(super) async fn run(
             return;
         }
     };
+    let _up = shared.metrics.session_up();
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
     let streams = opener.clone();

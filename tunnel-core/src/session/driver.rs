@@ -184,6 +184,7 @@ async fn run(
     let (pong_tx, pong_rx) = mpsc::channel(4);
     let pings = Arc::new(Mutex::new(None::<(u64, Instant)>));
 
+    let rtt = Rtt { last: rtt, metrics: config.metrics.clone() };
     let read =
         read_loop(reader, config.max_message_size, last_seen.clone(), msg_tx, pong_tx, pings.clone(), rtt);
     // A zero interval would panic in `tokio::time::interval`, and a timeout no longer than the
@@ -251,6 +252,22 @@ async fn close_after_peer(mut mux: MuxDriver, read: impl Future<Output = Session
     }
 }
 
+/// Where a heartbeat round trip goes: the last one (for [`ControlSender::rtt`]), and the
+/// metrics' histogram.
+struct Rtt {
+    last: Arc<Mutex<Option<Duration>>>,
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+impl Rtt {
+    fn record(&self, rtt: Duration) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rtt);
+        if let Some(metrics) = &self.metrics {
+            metrics.rtt(rtt);
+        }
+    }
+}
+
 async fn read_loop(
     mut reader: ReadHalf<MuxStream>,
     max_message_size: usize,
@@ -258,7 +275,7 @@ async fn read_loop(
     messages: mpsc::Sender<ControlMessage>,
     pongs: mpsc::Sender<u64>,
     pings: Arc<Mutex<Option<(u64, Instant)>>>,
-    rtt: Arc<Mutex<Option<Duration>>>,
+    rtt: Rtt,
 ) -> SessionEnd {
     loop {
         let payload = match read_frame(&mut reader, max_message_size).await {
@@ -281,7 +298,7 @@ async fn read_loop(
                 let sent = *pings.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((expected, at)) = sent {
                     if expected == nonce {
-                        *rtt.lock().unwrap_or_else(|e| e.into_inner()) = Some(at.elapsed());
+                        rtt.record(at.elapsed());
                     }
                 }
             }

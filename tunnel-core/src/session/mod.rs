@@ -53,6 +53,8 @@ pub struct SessionConfig {
     pub max_message_size: usize,
     /// Multiplexer settings.
     pub mux: MuxConfig,
+    /// Where heartbeat round trips are recorded (the server and the client set their own).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for SessionConfig {
@@ -62,6 +64,7 @@ impl Default for SessionConfig {
             heartbeat_timeout: Duration::from_secs(30),
             max_message_size: 64 * 1024,
             mux: MuxConfig::default(),
+            metrics: None,
         }
     }
 }
