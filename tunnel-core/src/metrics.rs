@@ -2,12 +2,15 @@
 //! that serves it beside the health probes (`/metrics`, `/ready`, `/healthz`).
 //!
 //! Every metric is listed, with its labels, in `docs/operations.md`. Counters only grow; the
-//! gauges say what is open now. Label values are client names and route ids, both bounded by
-//! the server's limits (sessions, routes per client).
+//! gauges say what is open now. Label values come from peers (client names, which the shared
+//! token lets anyone choose, and route ids, which clients derive from their routes), and a
+//! series is never removed: so at most [`MAX_CLIENTS`] clients and [`MAX_ROUTES`] routes get
+//! series of their own, the rest count under `_other`, and HTTP statuses count by class.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +19,40 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// Clients that get series of their own; later ones count as `_other`.
+pub const MAX_CLIENTS: usize = 1000;
+/// Routes (of all clients) that get series of their own; later ones count as `_other`.
+pub const MAX_ROUTES: usize = 10_000;
+
+/// The label values given out so far.
+#[derive(Default)]
+struct Budget {
+    clients: HashSet<String>,
+    routes: HashSet<(String, String)>,
+}
+
+impl Budget {
+    fn client(&mut self, client: &str) -> String {
+        if self.clients.contains(client) || self.clients.len() < MAX_CLIENTS {
+            self.clients.insert(client.to_owned());
+            return client.to_owned();
+        }
+        OTHER.to_owned()
+    }
+
+    fn route(&mut self, client: &str, route: &str) -> (String, String) {
+        let client = self.client(client);
+        let key = (client, route.to_owned());
+        if self.routes.contains(&key) || self.routes.len() < MAX_ROUTES {
+            self.routes.insert(key.clone());
+            return key;
+        }
+        (key.0, OTHER.to_owned())
+    }
+}
+
+const OTHER: &str = "_other";
 
 /// The metrics of one server or client; clones share them.
 #[derive(Clone)]
@@ -29,6 +66,7 @@ impl std::fmt::Debug for Metrics {
 
 struct Inner {
     registry: Registry,
+    budget: Mutex<Budget>,
     sessions: Gauge,
     sessions_established: Counter,
     reconnects: Counter,
@@ -58,7 +96,8 @@ struct BytesLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     client: String,
-    code: u16,
+    /// `1xx` to `5xx`, or `other`.
+    class: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +153,7 @@ impl Metrics {
         registry.register("heartbeat_rtt_seconds", "Heartbeat round trips", rtt.clone());
         Self(Arc::new(Inner {
             registry,
+            budget: Mutex::default(),
             sessions,
             sessions_established,
             reconnects,
@@ -149,6 +189,8 @@ impl Metrics {
     /// A visitor of `route` of `client` is carried until the returned guard is dropped; the
     /// meter counts its bytes as they go.
     pub(crate) fn visitor(&self, client: &str, route: &str) -> (Open, Meter) {
+        let (client, route) = self.budget().route(client, route);
+        let (client, route) = (client.as_str(), route.as_str());
         let labels = RouteLabels { client: client.to_owned(), route: route.to_owned() };
         self.0.visitors_total.get_or_create(&labels).inc();
         let open = self.0.visitors.get_or_create(&labels).clone();
@@ -161,7 +203,20 @@ impl Metrics {
     }
 
     pub(crate) fn http_request(&self, client: &str, code: u16) {
-        self.0.http_requests.get_or_create(&HttpLabels { client: client.to_owned(), code }).inc();
+        let class = match code {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        let client = self.budget().client(client);
+        self.0.http_requests.get_or_create(&HttpLabels { client, class }).inc();
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.0.budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn handshake_failed(&self, reason: &str) {
@@ -314,7 +369,7 @@ mod tests {
             "tunnel_visitors_carried_total{client=\"a\",route=\"r1\"} 1",
             "tunnel_bytes_total{client=\"a\",route=\"r1\",direction=\"from_visitor\"} 5",
             "tunnel_bytes_total{client=\"a\",route=\"r1\",direction=\"to_visitor\"} 7",
-            "tunnel_http_requests_total{client=\"a\",code=\"502\"} 1",
+            "tunnel_http_requests_total{client=\"a\",class=\"5xx\"} 1",
             "tunnel_handshake_failures_total{reason=\"timeout\"} 1",
             "tunnel_refusals_total{reason=\"port taken\"} 1",
             "tunnel_reconnects_total 1",
@@ -326,6 +381,30 @@ mod tests {
         let text = metrics.encode();
         assert!(text.lines().any(|l| l == "tunnel_sessions 0"), "{text}");
         assert!(text.lines().any(|l| l == "tunnel_visitors{client=\"a\",route=\"r1\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn past_the_budget_clients_and_routes_count_as_other() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_CLIENTS + 5 {
+            let _ = metrics.visitor(&format!("c{n}"), "r");
+        }
+        let text = metrics.encode();
+        let own = text.lines().filter(|l| l.starts_with("tunnel_visitors_carried_total{")).count();
+        assert_eq!(own, MAX_CLIENTS + 1, "every client beyond the budget shares one series");
+        assert!(text.contains("tunnel_visitors_carried_total{client=\"_other\",route=\"r\"} 5"), "{text}");
+        let _ = metrics.visitor("c0", "r");
+        assert!(text.contains("client=\"c0\""), "a client within the budget keeps its own series");
+        for n in 0..MAX_ROUTES {
+            let _ = metrics.visitor("c1", &format!("route{n}"));
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains("tunnel_visitors_carried_total{client=\"c1\",route=\"_other\"}"),
+            "routes have a budget"
+        );
+        metrics.http_request("c1", 999);
+        assert!(metrics.encode().contains("tunnel_http_requests_total{client=\"c1\",class=\"other\"} 1"));
     }
 
     #[test]

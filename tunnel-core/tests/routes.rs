@@ -285,3 +285,46 @@ async fn a_table_with_an_id_twice_or_too_many_entries_ends_the_session() {
     }
     server.stop().await;
 }
+
+/// Once the server drains, a new table changes nothing: what is in service stays (and is
+/// answered as such), what is new is refused, and the visitor under way goes on.
+#[tokio::test]
+async fn a_table_sent_while_the_server_drains_is_refused_and_changes_nothing() {
+    let (config, fingerprint, dir) =
+        server_config_with(|c| c.drain_timeout = std::time::Duration::from_secs(600));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tunnel_core::server::Server::new(config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let server = server.clone();
+        async move { server.run(listener, async { stopped.await.unwrap_or(()) }).await }
+    });
+    let (a, b) = (tagged_target(b"AAAA").await, tagged_target(b"BBBB").await);
+    let (spec_a, spec_b) = (format!("0:{a}"), format!("0:{b}"));
+    let mut client = start_client(client_config_for(addr, fingerprint, "late", TOKEN, &[&spec_a]));
+    let public_a = client.connected().await[0].public_addr;
+    let (mut held, _) = open(public_a, 4).await;
+
+    stop.send(()).unwrap();
+    // The session has begun its drain once its listener is closed.
+    common::eventually("the forward's listener closes", || async {
+        TcpStream::connect(public_a).await.is_err()
+    })
+    .await;
+    assert!(server.is_draining());
+    let mut set = client.routes.get();
+    set.remotes = vec![spec_a.parse().unwrap(), spec_b.parse().unwrap()];
+    client.routes.set(set).unwrap();
+    let status = client.answered(2).await;
+    let ClientStatus::Connected { forwards, refused, .. } = &status else { unreachable!("answered") };
+    assert_eq!(forwards.iter().map(|f| f.public_addr).collect::<Vec<_>>(), [public_a], "{status:?}");
+    assert_eq!(refused.len(), 1, "{status:?}");
+    assert!(refused[0].route == spec_b && refused[0].message.contains("draining"), "{status:?}");
+    echo_once(&mut held, b"still served").await;
+
+    drop(held);
+    tokio::time::timeout(PATIENCE, running).await.expect("the drain did not end").unwrap().unwrap();
+    client.stop().await;
+    drop(dir);
+}

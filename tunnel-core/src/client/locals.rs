@@ -41,11 +41,13 @@ pub(super) async fn bind(
     Ok(bound)
 }
 
-/// Accepts visitors until `stop`; each goes through the session current at that moment.
+/// Accepts visitors until `stop`; each goes through the session current at that moment, and
+/// goes on (through a drain) until it ends or `cut`.
 pub(super) async fn serve(
     local: BoundLocal,
     session: watch::Receiver<Option<StreamOpener>>,
     stop: CancellationToken,
+    cut: CancellationToken,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -55,7 +57,7 @@ pub(super) async fn serve(
         match accepted {
             Ok((tcp, visitor)) => {
                 let opener = session.borrow().clone();
-                tokio::spawn(visit(tcp, visitor, local.spec.target.clone(), opener, stop.clone()));
+                tokio::spawn(visit(tcp, visitor, local.spec.target.clone(), opener, cut.clone()));
             }
             Err(err) => {
                 // Out of file descriptors and the like: pause instead of spinning.

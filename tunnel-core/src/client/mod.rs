@@ -320,13 +320,18 @@ impl Client {
         self.routes.get().check()?;
         self.listen_locals().await?;
         let stop = CancellationToken::new();
+        // Local visitors go on through the drain; they are cut when this returns.
+        let cut_visits = CancellationToken::new();
+        let _cut_visits_on_return = cut_visits.clone().drop_guard();
         let (session_tx, session_rx) = watch::channel(None);
         let _locals: Vec<OwnedTask<()>> = self
             .locals
             .take()
             .unwrap_or_default()
             .into_iter()
-            .map(|local| OwnedTask::spawn(locals::serve(local, session_rx.clone(), stop.clone())))
+            .map(|local| {
+                OwnedTask::spawn(locals::serve(local, session_rx.clone(), stop.clone(), cut_visits.clone()))
+            })
             .collect();
         let work = self.run_until(stop.clone(), &session_tx);
         tokio::pin!(work, shutdown);
@@ -506,6 +511,8 @@ impl Client {
                 },
                 () = stop.cancelled() => {
                     draining.cancel();
+                    // Local forwards take no new visitors through this session.
+                    current.send_replace(None);
                     if protocol >= DRAINING_VERSION {
                         let deadline_ms = u32::try_from(self.config.drain_timeout.as_millis()).unwrap_or(u32::MAX);
                         let message = "client shutting down".to_owned();
@@ -527,13 +534,13 @@ impl Client {
                     let limit = self.config.drain_timeout;
                     tracing::info!("draining: open streams have up to {limit:?}");
                     let drained = tokio::select! {
-                        drained = tokio::time::timeout(limit, drain) => drained,
-                        () = self.cut.cancelled() => Ok(true),
+                        drained = tokio::time::timeout(limit, drain) => drained.map_err(|_| "the drain time ran out"),
+                        () = self.cut.cancelled() => Err("cut"),
                     };
                     match drained {
                         Ok(true) => tracing::info!("drained"),
                         Ok(false) => return Ok(()),
-                        Err(_) => tracing::warn!("cutting the streams still open after {limit:?}"),
+                        Err(why) => tracing::warn!("cutting the streams still open ({why})"),
                     }
                     close(&control, driver).await;
                     return Ok(());

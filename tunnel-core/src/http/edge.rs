@@ -174,7 +174,10 @@ impl HttpEdge {
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
             let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+            // The connection first: a request it has begun to read is answered before the
+            // shutdown (GOAWAY) says no more.
             let served = tokio::select! {
+                biased;
                 served = &mut connection => served,
                 () = self.draining.cancelled() => {
                     connection.as_mut().graceful_shutdown();
@@ -188,7 +191,9 @@ impl HttpEdge {
         }
         let mut parking = Parking::new(io, activity);
         // Nothing of hyper's until the first request begins (browsers open spare connections).
+        // A request whose first byte is in is served, drain or not.
         let first = tokio::select! {
+            biased;
             first = tokio::time::timeout(self.limits.header_timeout, parking.resume()) => first,
             () = self.draining.cancelled() => return,
         };
@@ -204,6 +209,7 @@ impl HttpEdge {
             let left = self.limits.header_timeout.saturating_sub(PARK_AFTER);
             self.parked.fetch_add(1, Ordering::Relaxed);
             let resumed = tokio::select! {
+                biased;
                 resumed = tokio::time::timeout(left, parking.resume()) => Some(resumed),
                 () = self.draining.cancelled() => None,
             };
@@ -228,10 +234,13 @@ impl HttpEdge {
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes.max(8192));
         let mut connection = builder.serve_connection(TokioIo::new(parking), service).with_upgrades();
+        // The connection first, so that it has read what the visitor sent (the resumed
+        // request's first byte among it) before it is told to stop: the request in flight
+        // is answered, then the connection closes.
         let served = tokio::select! {
+            biased;
             served = &mut connection => served,
             () = self.draining.cancelled() => {
-                // The request in flight (if any) is answered, then the connection closes.
                 std::pin::Pin::new(&mut connection).graceful_shutdown();
                 (&mut connection).await
             }

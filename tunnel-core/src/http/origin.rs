@@ -108,7 +108,7 @@ impl Origins {
     /// names, as `routes` finds it when the request arrives.
     ///
     /// Once `draining` is cancelled, the request in flight (if any) is answered and the stream
-    /// closes.
+    /// closes; a stream that arrives while draining carries one request and closes.
     pub async fn serve_routed<F>(&self, stream: MuxStream, routes: F, draining: CancellationToken)
     where
         F: Fn(RouteId) -> Option<Arc<HttpAction>> + Clone + Send + Sync + 'static,
@@ -129,10 +129,13 @@ impl Origins {
             }
         });
         let mut connection = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
+            .keep_alive(!draining.is_cancelled())
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
+        // The connection first: a request it has begun to read is answered before the
+        // shutdown.
         let served = tokio::select! {
+            biased;
             served = &mut connection => served,
             () = draining.cancelled() => {
                 std::pin::Pin::new(&mut connection).graceful_shutdown();
@@ -174,7 +177,12 @@ impl Origins {
         let upgrade = is_upgrade(request.headers());
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         if scheme == "http" && upgrade.is_none() {
-            // Sent as it came: in origin form, with its Host.
+            // Origin form, whatever target came; the Host header says which site.
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            match path.parse::<Uri>() {
+                Ok(uri) if path.starts_with('/') => *request.uri_mut() = uri,
+                _ => return text_response(StatusCode::BAD_REQUEST, "the request has no path"),
+            }
             prepare(&mut request, action);
             return match tokio::time::timeout(action.timeout, self.send_http(request, origin)).await {
                 Ok(Ok(mut response)) => {

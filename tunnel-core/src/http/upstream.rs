@@ -25,8 +25,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::BoxError;
 
-/// How often a pool looks over all its idle connections for closed ones.
+/// How often a pool looks over all its idle connections for closed and expired ones.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Idle time after which a pooled connection is closed (origins often close theirs sooner).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// What an upstream connection runs over.
 pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -154,8 +156,12 @@ impl<T: Io, B: RequestBody> Drop for UpstreamBody<T, B> {
         if !(self.ended || self.body.is_end_stream()) {
             return;
         }
-        if let (Some(upstream), Some(home)) = (self.upstream.take(), self.home.take()) {
-            home.pool.put(home.key, upstream);
+        // Only a connection ready for the next request: one still writing this request's body
+        // (the peer answered before reading it all) would stall there, as no one drives it.
+        if let (Some(mut upstream), Some(home)) = (self.upstream.take(), self.home.take()) {
+            if upstream.ready() {
+                home.pool.put(home.key, upstream);
+            }
         }
     }
 }
@@ -166,8 +172,12 @@ pub(super) struct Pool<T: Io, B: RequestBody = Incoming> {
     state: Mutex<PoolState<T, B>>,
 }
 
+/// A key's idle connections, each with the time it went idle, oldest first.
+type Idle<T, B> = Vec<(Upstream<T, B>, Instant)>;
+
 struct PoolState<T: Io, B: RequestBody> {
-    idle: HashMap<String, Vec<Upstream<T, B>>>,
+    /// Idle connections by key, each with the time it went idle (oldest first).
+    idle: HashMap<String, Idle<T, B>>,
     swept: Instant,
     /// Closed for good: connections coming back are dropped.
     closed: bool,
@@ -184,7 +194,9 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
     pub(super) fn take(&self, key: &str) -> Option<Upstream<T, B>> {
         let mut state = self.lock();
         let idle = state.idle.get_mut(key)?;
-        let found = std::iter::from_fn(|| idle.pop()).find_map(|mut up| up.ready().then_some(up));
+        let fresh = |since: &Instant| since.elapsed() < IDLE_TIMEOUT;
+        let found = std::iter::from_fn(|| idle.pop())
+            .find_map(|(mut up, since)| (fresh(&since) && up.ready()).then_some(up));
         if idle.is_empty() {
             state.idle.remove(key);
         }
@@ -203,16 +215,35 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
         if state.closed {
             return;
         }
-        if state.swept.elapsed() >= SWEEP_EVERY {
+        let sweep = state.swept.elapsed() >= SWEEP_EVERY;
+        if sweep {
             state.swept = Instant::now();
-            for idle in state.idle.values_mut() {
-                idle.retain_mut(Upstream::ready);
-            }
-            state.idle.retain(|_, idle| !idle.is_empty());
         }
         let idle = state.idle.entry(key).or_default();
         if idle.len() < self.per_key {
-            idle.push(upstream);
+            idle.push((upstream, Instant::now()));
+        }
+        if sweep {
+            // Looked over without the lock: takes and puts meanwhile find an empty pool.
+            let mut all = std::mem::take(&mut state.idle);
+            drop(state);
+            for idle in all.values_mut() {
+                idle.retain_mut(|(up, since)| since.elapsed() < IDLE_TIMEOUT && up.ready());
+            }
+            all.retain(|_, idle| !idle.is_empty());
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            for (key, mut kept) in all {
+                let idle = state.idle.entry(key).or_default();
+                // Older ones first (takes pop the most recently used); past the cap, the
+                // oldest go.
+                let excess = (kept.len() + idle.len()).saturating_sub(self.per_key);
+                kept.drain(..excess.min(kept.len()));
+                kept.append(idle);
+                *idle = kept;
+            }
         }
     }
 
@@ -338,10 +369,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_still_sending_its_request_body_is_not_pooled() {
+        // An origin that answers at once, before reading a body that never ends.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                tcp.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            tcp.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno").await.unwrap();
+            // Holds the connection open, reading nothing more.
+            std::future::pending::<()>().await;
+        });
+        type Endless = StreamBody<futures::stream::Pending<Result<Frame<Bytes>, std::convert::Infallible>>>;
+        let pool: Arc<Pool<TcpStream, Endless>> = Arc::new(Pool::new(4));
+        let work = async {
+            let upstream = Upstream::handshake(TcpStream::connect(&addr).await.unwrap()).await.unwrap();
+            let request = Request::post("/upload")
+                .header("host", "origin.test")
+                .body(StreamBody::new(futures::stream::pending()));
+            let home = Home { pool: pool.clone(), key: addr.clone() };
+            let response = upstream.send(request.unwrap(), home).await.map_err(|e| e.into_error()).unwrap();
+            assert_eq!(response.status(), 401);
+            assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "no");
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
+        assert_eq!(pool.idle(), 0, "pooled while its request body was still being sent");
+    }
+
+    #[tokio::test]
     async fn a_connection_the_peer_closed_while_idle_is_not_taken() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let (close, close_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
             let mut request = Vec::new();
@@ -351,7 +416,9 @@ mod tests {
                 request.push(byte[0]);
             }
             tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await.unwrap();
-            // A keep-alive answer, then the origin closes it (an idle timeout of its own).
+            // A keep-alive answer, then, once the connection is pooled, the origin closes it
+            // (an idle timeout of its own).
+            close_rx.await.unwrap();
             drop(tcp);
             closed_tx.send(()).unwrap();
         });
@@ -359,6 +426,7 @@ mod tests {
         let work = async {
             assert_eq!(fetch(&pool, &addr, "/").await, "hello");
             assert_eq!(pool.idle(), 1);
+            close.send(()).unwrap();
             closed.await.unwrap();
             assert!(pool.take(&addr).is_none(), "the closed connection is dropped, not handed out");
             assert_eq!(pool.idle(), 0);

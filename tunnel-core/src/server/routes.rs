@@ -71,6 +71,8 @@ pub(super) struct SessionRoutes<'s> {
     accepting: CancellationToken,
     /// The session's visitors (of its TCP routes, and its own visits), for the drain to wait on.
     visitors: TaskTracker,
+    /// Set by [`Self::stop_accepting`]: no route changes from then on.
+    draining: bool,
     tcp: HashMap<RouteId, TcpRoute>,
     services: HashMap<RouteId, String>,
     http: HashMap<RouteId, Matcher>,
@@ -100,6 +102,7 @@ impl<'s> SessionRoutes<'s> {
             owned,
             accepting: CancellationToken::new(),
             visitors: TaskTracker::new(),
+            draining: false,
             tcp: HashMap::new(),
             services: HashMap::new(),
             http: HashMap::new(),
@@ -117,6 +120,9 @@ impl<'s> SessionRoutes<'s> {
         message: ControlMessage,
         control: &ControlSender,
     ) -> Result<(), String> {
+        if self.draining {
+            return self.refuse_while_draining(message, control).await;
+        }
         let reply = match message {
             ControlMessage::RouteTable { version, entries } => {
                 self.pace().await;
@@ -159,6 +165,40 @@ impl<'s> SessionRoutes<'s> {
             other => return Err(format!("unexpected control message from a client: {other:?}")),
         };
         // A failed send means the session is ending; the driver reports why.
+        let _ = control.send_written(reply).await;
+        Ok(())
+    }
+
+    /// Answers a table or request that came after the drain began: entries already in service
+    /// as they are, every new or changed one refused; nothing changes.
+    async fn refuse_while_draining(
+        &mut self,
+        message: ControlMessage,
+        control: &ControlSender,
+    ) -> Result<(), String> {
+        let (code, why) = (RefusalCode::Invalid, "the session is draining: no route changes".to_owned());
+        let reply = match message {
+            ControlMessage::RouteTable { version, entries } => {
+                let answer = |entry: &RouteEntry| match self.has(entry) {
+                    true => {
+                        RouteOutcome::Ready { public_addr: self.tcp.get(&entry.id).map(|r| r.public_addr) }
+                    }
+                    false => RouteOutcome::Refused { code, message: why.clone() },
+                };
+                let results = entries
+                    .iter()
+                    .map(|entry| RouteResult { id: entry.id, outcome: answer(entry) })
+                    .collect();
+                ControlMessage::RouteTableResult { version, results }
+            }
+            ControlMessage::RemoteForwardRequest { id, .. } => {
+                ControlMessage::RemoteForwardRefused { id, code, message: why }
+            }
+            ControlMessage::ExposeRequest { name } => {
+                ControlMessage::ExposeRefused { name, code, message: why }
+            }
+            other => return Err(format!("unexpected control message from a client: {other:?}")),
+        };
         let _ = control.send_written(reply).await;
         Ok(())
     }
@@ -424,15 +464,19 @@ impl<'s> SessionRoutes<'s> {
     }
 
     /// Drains: the TCP routes' listeners close (new visitors are refused; the ports stay this
-    /// client's), their visitors go on; the HTTP and TLS routes leave the edge's index (new
-    /// requests get the fallback; those under way finish); waiting on [`Self::visitors`] then
-    /// ends.
+    /// client's), their visitors go on; waiting on [`Self::visitors`] then ends.
     ///
-    /// Returns once the listening sockets are closed.
-    pub(super) async fn stop_accepting(&mut self) {
+    /// `withdraw_http`: the HTTP and TLS routes leave the edge's index too (the client is
+    /// leaving; when the whole server drains, its edge stops taking connections itself, and
+    /// requests already on open connections still find their routes). From now on, tables
+    /// and requests are refused. Returns once the listening sockets are closed.
+    pub(super) async fn stop_accepting(&mut self, withdraw_http: bool) {
+        self.draining = true;
         self.accepting.cancel();
         self.visitors.close();
-        self.shared.http_routes.remove(self.session);
+        if withdraw_http {
+            self.shared.http_routes.remove(self.session);
+        }
         for route in self.tcp.values_mut() {
             route.listener_closed().await;
         }

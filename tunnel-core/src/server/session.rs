@@ -54,8 +54,14 @@ pub(super) async fn run(
             end = &mut driver => break end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
             Some(message) = messages.recv() => {
                 if let ControlMessage::Draining { message, .. } = message {
+                    if client.version < DRAINING_VERSION {
+                        let reason = format!("Draining is not part of protocol version {}", client.version);
+                        control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
+                        finish(driver).await;
+                        break SessionEnd::ProtocolError(reason);
+                    }
                     // The client is leaving: no new visitors for it; those in progress go on.
-                    routes.stop_accepting().await;
+                    routes.stop_accepting(true).await;
                     tracing::info!(client = %crate::log::Escaped(&name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
                     continue;
                 }
@@ -79,7 +85,7 @@ pub(super) async fn run(
             }
             () = shared.draining.cancelled(), if !draining => {
                 draining = true;
-                routes.stop_accepting().await;
+                routes.stop_accepting(false).await;
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "session draining: no new visitors");
                 if client.version >= DRAINING_VERSION {
                     let deadline_ms = u32::try_from(shared.config.drain_timeout.as_millis()).unwrap_or(u32::MAX);
