@@ -39,7 +39,10 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    let notifier = crate::notify::Notifier::from_env();
+    notifier.spawn_watchdog();
     let mut status = client.status();
+    let session_ready = notifier.clone();
     // Each session that comes up prints its forwards; every answer to the route table (at
     // connect and after every change) prints a line per entry with the table's version.
     let printer = tokio::spawn(async move {
@@ -58,6 +61,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
             {
                 if new_session {
                     println!("{session_line}");
+                    session_ready.ready(&session_line);
                     for forward in &forwards {
                         let public = public_address(&server_host, forward);
                         println!("remote forward ready: {public} -> {}", forward.spec.local);
@@ -89,9 +93,9 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
             }
         }
     });
-    let reloads = tokio::spawn(crate::reload::follow(args, file, client.routes(), hangup));
+    let reloads = tokio::spawn(crate::reload::follow(args, file, client.routes(), hangup, notifier.clone()));
     let cut = client.drain_cut();
-    let result = client.run(signals.first_then(move || cut.cut())).await;
+    let result = client.run(signals.first_then(notifier, move || cut.cut())).await;
     // The client is gone with its status: the printer prints what is left (the refusals of a
     // client that stops because nothing was accepted) and ends.
     let _ = printer.await;

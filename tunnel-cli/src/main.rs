@@ -7,6 +7,7 @@ mod alloc;
 mod args;
 mod connect;
 mod fd_limit;
+mod notify;
 mod reload;
 mod serve;
 mod shutdown;

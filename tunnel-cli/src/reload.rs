@@ -29,7 +29,13 @@ impl Hangup {
 }
 
 /// Applies route changes until dropped.
-pub async fn follow(args: ConnectArgs, mut running: ClientFile, routes: RouteHandle, hangup: Hangup) {
+pub async fn follow(
+    args: ConnectArgs,
+    mut running: ClientFile,
+    routes: RouteHandle,
+    hangup: Hangup,
+    notifier: crate::notify::Notifier,
+) {
     let path = args.config.clone();
     let mut seen = path.as_deref().and_then(stamp);
     #[cfg(unix)]
@@ -59,7 +65,11 @@ pub async fn follow(args: ConnectArgs, mut running: ClientFile, routes: RouteHan
                 tracing::info!("the configuration file changed: reading it again");
             }
         }
+        // systemd hears of the change, and that the client serves again (with the new routes,
+        // or the old ones if the file was refused).
+        notifier.reloading();
         apply(&args, &mut running, &routes);
+        notifier.ready("configuration read again");
     }
 }
 

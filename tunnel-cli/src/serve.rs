@@ -34,7 +34,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
     }
     let server = Server::new(setup.config);
-    let shutdown = signals.first_then({
+    let notifier = crate::notify::Notifier::from_env();
+    let shutdown = signals.first_then(notifier.clone(), {
         let server = server.clone();
         move || server.cut()
     });
@@ -66,6 +67,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tokio::spawn(async move { server.run_https(listener, until).await })
     });
     let tunnel = server.run(listener, until_stopped());
+    // Every listener is bound: ready.
+    notifier.ready(&format!("serving clients on {local}"));
+    notifier.spawn_watchdog();
     tokio::pin!(tunnel);
     let result = tokio::select! {
         result = &mut tunnel => result,

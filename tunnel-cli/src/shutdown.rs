@@ -36,10 +36,16 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
     }
 
-    /// Waits for the first signal; a second, later, calls `cut`.
-    pub async fn first_then(mut self, cut: impl FnOnce() + Send + 'static) {
+    /// Waits for the first signal (and tells systemd the drain began); a second, later,
+    /// calls `cut`.
+    pub async fn first_then(
+        mut self,
+        notifier: crate::notify::Notifier,
+        cut: impl FnOnce() + Send + 'static,
+    ) {
         self.next().await;
         tracing::info!("signal received, draining (a second signal cuts the open streams)");
+        notifier.stopping();
         tokio::spawn(async move {
             self.next().await;
             tracing::warn!("second signal: cutting the open streams");
