@@ -186,3 +186,39 @@ async fn visits_fail_promptly_while_the_owner_is_away_and_work_when_it_returns()
     owner.stop().await;
     server.stop().await;
 }
+
+/// A client that stops drains: a visit through its local forward goes on until it ends, while
+/// the local listener takes no one new; then the client returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_through_a_local_forward_goes_on_through_the_clients_drain() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let mut owner =
+        start_client(with_services(server.client_config("owner", &[]), &[format!("echo={echo}")]));
+    owner.connected().await;
+    let mut config = with_locals(server.client_config("visitor", &[]), &["0:owner/echo".into()]);
+    config.drain_timeout = Duration::from_secs(600);
+    let (mut visitor_client, locals) = start_client_with_locals(config).await;
+    visitor_client.connected().await;
+    let mut visit = TcpStream::connect(locals[0]).await.unwrap();
+    echo_once(&mut visit, b"before").await;
+
+    visitor_client.begin_stop();
+    eventually("the local listener closes", || async { TcpStream::connect(locals[0]).await.is_err() }).await;
+    echo_once(&mut visit, b"during the drain").await;
+    assert!(!visitor_client.task.is_finished(), "the client returned with a visit under way");
+
+    drop(visit);
+    let returned = tokio::time::timeout(PATIENCE, &mut visitor_client.task).await;
+    assert!(matches!(returned, Ok(Ok(Ok(())))), "the drain did not end with the visit: {returned:?}");
+    owner.stop().await;
+    server.stop().await;
+}
+
+async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
+    assert_eq!(back, bytes);
+}

@@ -179,6 +179,13 @@ impl TestClient {
             .expect_err("client stopped without an error")
     }
 
+    /// Starts the client's shutdown (its drain) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(PATIENCE, self.task).await.unwrap().unwrap().unwrap();
