@@ -1,0 +1,100 @@
+//! What a client reports: the forwards in service, and its state as a whole (also what
+//! `/ready` says of it).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::RefusedRoute;
+use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::http::{HttpRoute, TlsRoute};
+
+/// A remote forward the server is listening for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveForward {
+    /// The forward as configured.
+    pub spec: RemoteForwardSpec,
+    /// Where the server listens for visitors.
+    pub public_addr: SocketAddr,
+}
+
+/// A local forward's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveLocal {
+    /// The forward as configured.
+    pub spec: LocalForwardSpec,
+    /// Where it listens.
+    pub bound_addr: SocketAddr,
+}
+
+/// What the client is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientStatus {
+    /// Dialing and authenticating.
+    Connecting,
+    /// Session up and the route table answered: what is in service and what was refused.
+    Connected {
+        /// The forwards in service, in table order.
+        forwards: Vec<ActiveForward>,
+        /// The services exposed, in table order.
+        services: Vec<ServiceSpec>,
+        /// The HTTP routes in service.
+        http: Vec<HttpRoute>,
+        /// Whether the HTTP fallback is in service.
+        http_fallback: bool,
+        /// The TLS passthrough routes in service.
+        tls: Vec<TlsRoute>,
+        /// Entries the server refused; the others are unaffected.
+        refused: Vec<RefusedRoute>,
+        /// Version of the table this answers (it grows with every change).
+        version: u64,
+        /// Whether this is the first answer of a new session (the first connect or a reconnect).
+        new_session: bool,
+    },
+    /// Waiting before the next attempt.
+    Reconnecting {
+        /// Consecutive failed attempts.
+        attempt: u32,
+        /// Wait before the next one.
+        delay: Duration,
+        /// Why the last attempt or session failed.
+        error: String,
+    },
+}
+
+impl ClientStatus {
+    /// What `/ready` says: ready while a session is up with its table answered (the session
+    /// ends, and so does readiness, when heartbeats stop), with the state and table version.
+    pub fn readiness(&self) -> crate::metrics::Readiness {
+        use crate::metrics::json_string;
+        match self {
+            Self::Connected { version, refused, .. } => crate::metrics::Readiness {
+                ready: true,
+                json: format!(
+                    "{{\"ready\":true,\"state\":\"connected\",\"table_version\":{version},\"refused_routes\":{}}}",
+                    refused.len()
+                ),
+            },
+            Self::Connecting => crate::metrics::Readiness {
+                ready: false,
+                json: "{\"ready\":false,\"state\":\"connecting\"}".to_owned(),
+            },
+            Self::Reconnecting { attempt, error, .. } => crate::metrics::Readiness {
+                ready: false,
+                json: format!(
+                    "{{\"ready\":false,\"state\":\"reconnecting\",\"attempt\":{attempt},\"error\":{}}}",
+                    json_string(error)
+                ),
+            },
+        }
+    }
+
+    /// The forwards in service, once connected (`None` while connecting or reconnecting):
+    /// `status.wait_for(|s| s.forwards().is_some())` waits for the first answer.
+    pub fn forwards(&self) -> Option<&[ActiveForward]> {
+        match self {
+            Self::Connected { forwards, .. } => Some(forwards),
+            _ => None,
+        }
+    }
+}
