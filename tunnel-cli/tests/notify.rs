@@ -65,7 +65,7 @@ async fn both_binaries_tell_systemd_when_they_are_ready_reloading_alive_and_stop
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unusable_notify_socket_is_reported_and_the_server_serves_anyway() {
+async fn an_unusable_notify_socket_never_stops_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir/notify.sock");
     let envs = [("NOTIFY_SOCKET", missing.to_str().unwrap())];
