@@ -51,7 +51,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// TOML configuration file (see examples/server.toml); flags override it.
     #[arg(long, value_name = "FILE")]

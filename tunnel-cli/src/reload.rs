@@ -1,9 +1,11 @@
-//! Live route changes for `connect`: on SIGHUP, or when the configuration file changes (an
-//! edit, or the symlink swap Kubernetes does when a ConfigMap changes: the path then leads to
-//! another file), the file is read again with the flags applied over it. Valid routes go to the running client; an invalid
-//! file is reported and the running routes stay.
+//! Reading the configuration again while running: on SIGHUP, or when the configuration file
+//! changes (an edit, or the symlink swap Kubernetes does when a ConfigMap changes: the path
+//! then leads to another file), the file is read again with the flags applied over it. For
+//! `connect`, valid routes go to the running client (here); for `serve`, the whole
+//! configuration goes to the running server (`serve.rs`). An invalid file is reported and
+//! what runs stays.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tunnel_core::client::RouteHandle;
@@ -28,6 +30,60 @@ impl Hangup {
     }
 }
 
+/// What asks for the configuration to be read again: SIGHUP, or a change of the file the
+/// path leads to, seen by polling.
+pub struct Watch {
+    path: Option<PathBuf>,
+    seen: Option<Stamp>,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+    poll: tokio::time::Interval,
+}
+
+impl Watch {
+    /// Watches `path` (when there is one) from its state now, and `hangup`.
+    pub fn new(path: Option<PathBuf>, hangup: Hangup) -> Self {
+        #[cfg(not(unix))]
+        let _ = hangup;
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let seen = path.as_deref().and_then(stamp);
+        Self {
+            path,
+            seen,
+            #[cfg(unix)]
+            hangup: hangup.0,
+            poll,
+        }
+    }
+
+    /// Returns at the next SIGHUP or change of the file.
+    pub async fn changed(&mut self) {
+        loop {
+            #[cfg(unix)]
+            let signalled = self.hangup.recv();
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = signalled => {
+                    tracing::info!("SIGHUP: reading the configuration again");
+                    self.seen = self.path.as_deref().and_then(stamp);
+                    return;
+                }
+                _ = self.poll.tick() => {
+                    let now = self.path.as_deref().and_then(stamp);
+                    if now.is_none() || now == self.seen {
+                        continue;
+                    }
+                    self.seen = now;
+                    tracing::info!("the configuration file changed: reading it again");
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Applies route changes until dropped.
 pub async fn follow(
     args: ConnectArgs,
@@ -36,35 +92,9 @@ pub async fn follow(
     hangup: Hangup,
     notifier: crate::notify::Notifier,
 ) {
-    let path = args.config.clone();
-    let mut seen = path.as_deref().and_then(stamp);
-    #[cfg(unix)]
-    let mut hangup = hangup.0;
-    #[cfg(not(unix))]
-    let _ = hangup;
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = Watch::new(args.config.clone(), hangup);
     loop {
-        #[cfg(unix)]
-        let signalled = async {
-            hangup.recv().await;
-        };
-        #[cfg(not(unix))]
-        let signalled = std::future::pending::<()>();
-        tokio::select! {
-            () = signalled => {
-                tracing::info!("SIGHUP: reading the configuration again");
-                seen = path.as_deref().and_then(stamp);
-            }
-            _ = poll.tick() => {
-                let now = path.as_deref().and_then(stamp);
-                if now.is_none() || now == seen {
-                    continue;
-                }
-                seen = now;
-                tracing::info!("the configuration file changed: reading it again");
-            }
-        }
+        watch.changed().await;
         // systemd hears of the change, and that the client serves again (with the new routes,
         // or the old ones if the file was refused).
         notifier.reloading();
@@ -73,10 +103,12 @@ pub async fn follow(
     }
 }
 
+type Stamp = (u64, u64, u64, std::time::SystemTime);
+
 /// What tells one version of the file from the next without reading it: the file the path
 /// leads to (device and inode, through symlinks), its size and modification time. `None`
 /// while it cannot be read (mid-swap, or removed).
-fn stamp(path: &Path) -> Option<(u64, u64, u64, std::time::SystemTime)> {
+fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let (dev, ino) = {

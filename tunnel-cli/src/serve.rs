@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tunnel_core::config::{ServerSetup, TokenSource};
+use tunnel_core::config::{ServerFile, ServerSetup, TokenSource};
+use tunnel_core::log::Chain;
 use tunnel_core::server::Server;
 
 use crate::args::ServeArgs;
@@ -12,7 +13,11 @@ use crate::Failure;
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let signals = crate::shutdown::Signals::install()
         .map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
-    let setup = args.into_file().and_then(|file| file.build()).map_err(Failure::config)?;
+    let hangup = crate::reload::Hangup::install()
+        .map_err(|e| Failure::runtime(format!("cannot handle SIGHUP: {e}")))?;
+    let file = args.clone().into_file().map_err(Failure::config)?;
+    let (state_dir, certificates) = (file.state_dir.clone(), certificates_read(&file));
+    let setup = file.build().map_err(Failure::config)?;
     let listener = TcpListener::bind(&setup.listen)
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
@@ -33,6 +38,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if setup.config.tls.is_none() {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
     }
+    let running = Running::of(&setup, state_dir, certificates);
     let server = Server::new(setup.config);
     let notifier = crate::notify::Notifier::from_env();
     let shutdown = signals.first_then(notifier.clone(), {
@@ -70,6 +76,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     // Every listener is bound: ready.
     notifier.ready(&format!("serving clients on {local}"));
     notifier.spawn_watchdog();
+    let watch = crate::reload::Watch::new(args.config.clone(), hangup);
+    let _reloads =
+        crate::task::Aborted(tokio::spawn(follow(args, running, server.clone(), watch, notifier.clone())));
     tokio::pin!(tunnel);
     let result = tokio::select! {
         result = &mut tunnel => result,
@@ -83,6 +92,113 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         let _ = edge.await;
     }
     result.map_err(|e| Failure::runtime(format!("server failed: {e}")))
+}
+
+/// What a reload compares with: the listeners (bound once), the state directory (the
+/// generated certificate and token live there), and what the certificates were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Running {
+    listen: String,
+    http_listen: Option<String>,
+    https_listen: Option<String>,
+    metrics: Option<String>,
+    state_dir: Option<std::path::PathBuf>,
+    fingerprint: Option<tunnel_core::tls::Fingerprint>,
+    certificates: u64,
+}
+
+impl Running {
+    fn of(setup: &ServerSetup, state_dir: Option<std::path::PathBuf>, certificates: u64) -> Self {
+        Self {
+            listen: setup.listen.clone(),
+            http_listen: setup.http_listen.clone(),
+            https_listen: setup.https_listen.clone(),
+            metrics: setup.metrics.clone(),
+            state_dir,
+            fingerprint: setup.fingerprint,
+            certificates,
+        }
+    }
+}
+
+/// A digest of the `[[certificates]]` files as they are now, to tell whether the HTTPS
+/// listener's certificates changed (a change detector, not a security check).
+fn certificates_read(file: &ServerFile) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for entry in &file.certificates {
+        for path in [&entry.cert, &entry.key] {
+            std::fs::read(path).ok().hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// Puts the configuration, read again at every SIGHUP or change of the file, in force; an
+/// invalid one is refused with one log line and the running one stays.
+async fn follow(
+    args: ServeArgs,
+    mut running: Running,
+    server: Server,
+    mut watch: crate::reload::Watch,
+    notifier: crate::notify::Notifier,
+) {
+    loop {
+        watch.changed().await;
+        notifier.reloading();
+        let refused = |why: &dyn std::fmt::Display| {
+            tracing::error!("configuration not applied, the running one stays: {why}");
+            notifier.ready("configuration refused; the running one stays");
+        };
+        let file = match args.clone().into_file() {
+            Ok(file) if file.state_dir != running.state_dir => {
+                refused(&"`state_dir` changes only at a restart");
+                continue;
+            }
+            Ok(file) => file,
+            Err(err) => {
+                refused(&Chain(&err));
+                continue;
+            }
+        };
+        let (state_dir, certificates) = (file.state_dir.clone(), certificates_read(&file));
+        let setup = match file.build() {
+            Ok(setup) => setup,
+            Err(err) => {
+                refused(&Chain(&err));
+                continue;
+            }
+        };
+        let now = Running::of(&setup, state_dir, certificates);
+        for (what, differs) in [
+            ("listen", now.listen != running.listen),
+            ("http_listen", now.http_listen != running.http_listen),
+            ("https_listen", now.https_listen != running.https_listen),
+            ("metrics", now.metrics != running.metrics),
+        ] {
+            if differs {
+                tracing::warn!("`{what}` changes only at a restart; still serving as before");
+            }
+        }
+        let mut config = setup.config;
+        if now.fingerprint == running.fingerprint {
+            // The same certificate: the TLS configuration in force stays, session tickets included.
+            config.tls = server.config().tls.clone();
+        } else {
+            tracing::info!("new certificate for the tunnel listener: clients pinning the old fingerprint cannot reconnect");
+        }
+        if now.fingerprint == running.fingerprint && now.certificates == running.certificates {
+            // The HTTPS listener's certificates too.
+            config.http.tls = server.config().http.tls.clone();
+        }
+        running.fingerprint = now.fingerprint;
+        running.certificates = now.certificates;
+        let report = server.reload(config).await;
+        for refused in &report.refused {
+            tracing::warn!("not applied: {refused}");
+        }
+        notifier.ready("configuration reloaded");
+    }
 }
 
 /// Binds an optional listener (`what` names it in the error).

@@ -1,5 +1,5 @@
 //! systemd's notification protocol (`Type=notify`, docs/operations.md "systemd"): READY once
-//! serving, RELOADING and READY around a client's configuration change, WATCHDOG at half the
+//! serving, RELOADING and READY around a configuration change, WATCHDOG at half the
 //! interval, STOPPING when the drain begins; one datagram each to `NOTIFY_SOCKET`.
 
 mod process;
@@ -56,6 +56,13 @@ async fn both_binaries_tell_systemd_when_they_are_ready_reloading_alive_and_stop
     let (reloading, _) = until(&client_socket, "RELOADING=1").await;
     assert!(reloading.contains("\nMONOTONIC_USEC="), "{reloading}");
     until(&client_socket, "READY=1").await;
+    // The server's too.
+    let pid = server.cli.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let (reloading, _) = until(&server_socket, "RELOADING=1").await;
+    assert!(reloading.contains("\nMONOTONIC_USEC="), "{reloading}");
+    let (ready, _) = until(&server_socket, "READY=1").await;
+    assert!(ready.contains("STATUS=configuration reloaded"), "{ready}");
 
     assert_eq!(client.terminate().await, 0);
     until(&client_socket, "STOPPING=1").await;
@@ -74,8 +81,8 @@ async fn an_unusable_notify_socket_never_stops_the_server() {
     assert_eq!(server.cli.terminate().await, 0);
 }
 
-/// The shipped units ask for what the binaries do: notification, and a stop timeout that the
-/// default drain (30 s, then up to 5 s of goodbyes) fits in.
+/// The shipped units ask for what the binaries do: notification, reload on SIGHUP, and a stop
+/// timeout that the default drain (30 s, then up to 5 s of goodbyes) fits in.
 #[test]
 fn the_systemd_units_expect_notification_and_leave_room_for_the_drain() {
     let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd");
@@ -89,7 +96,6 @@ fn the_systemd_units_expect_notification_and_leave_room_for_the_drain() {
             value("TimeoutStopSec").unwrap_or_else(|| panic!("{unit}: no TimeoutStopSec")).parse().unwrap();
         assert!(stop > 35, "{unit}: TimeoutStopSec={stop} cuts the default drain");
         assert!(value("WatchdogSec").is_some(), "{unit}");
+        assert_eq!(value("ExecReload"), Some("/bin/kill -HUP $MAINPID"), "{unit}: both reload on SIGHUP");
     }
-    let client = std::fs::read_to_string(units.join("tunnel-client.service")).unwrap();
-    assert!(client.contains("ExecReload=/bin/kill -HUP $MAINPID"), "the client reloads on SIGHUP");
 }

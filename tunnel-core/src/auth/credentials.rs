@@ -74,6 +74,30 @@ impl Credentials {
         self.clients.contains_key(name)
     }
 
+    /// Whether `name`, authenticated as `kind` under `before`, is still accepted by these
+    /// credentials with the same token: false once its token is removed or changed, or once a
+    /// name that used the shared token has a token of its own.
+    pub fn still_accepts(&self, before: &Credentials, name: &str, kind: CredentialKind) -> bool {
+        match (self.lookup(name), before.lookup(name)) {
+            (Some((now, now_kind)), Some((then, then_kind))) => {
+                now_kind == kind && then_kind == kind && now.same_secret(then)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether both accept exactly the same names with the same tokens.
+    pub(crate) fn same_as(&self, other: &Credentials) -> bool {
+        let same = |a: Option<&Token>, b: Option<&Token>| match (a, b) {
+            (Some(a), Some(b)) => a.same_secret(b),
+            (None, None) => true,
+            _ => false,
+        };
+        same(self.shared.as_ref(), other.shared.as_ref())
+            && self.clients.len() == other.clients.len()
+            && self.clients.iter().all(|(name, token)| same(Some(token), other.clients.get(name)))
+    }
+
     /// True when no token at all is configured (no client could ever authenticate).
     pub fn is_empty(&self) -> bool {
         self.shared.is_none() && self.clients.is_empty()
@@ -83,6 +107,27 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_stays_accepted_only_with_the_same_token_of_the_same_kind() {
+        let token = |s: &str| Token::new(s).unwrap();
+        let before = Credentials::default()
+            .with_shared(token("shared-token-0123456789"))
+            .with_client("a", token("a-token-0123456789"))
+            .with_client("b", token("b-token-0123456789"));
+        let after = Credentials::default()
+            .with_shared(token("shared-token-0123456789"))
+            .with_client("a", token("a-token-0123456789"))
+            .with_client("b", token("b-token-rotated-0123"))
+            .with_client("laptop", token("laptop-token-0123456"));
+        assert!(after.still_accepts(&before, "a", CredentialKind::PerClient));
+        assert!(!after.still_accepts(&before, "b", CredentialKind::PerClient), "rotated");
+        assert!(after.still_accepts(&before, "phone", CredentialKind::Shared));
+        assert!(!after.still_accepts(&before, "laptop", CredentialKind::Shared), "now has its own token");
+        let no_shared = Credentials::default().with_client("a", token("a-token-0123456789"));
+        assert!(!no_shared.still_accepts(&before, "phone", CredentialKind::Shared), "shared token removed");
+        assert!(!Credentials::default().still_accepts(&before, "a", CredentialKind::PerClient), "revoked");
+    }
 
     #[test]
     fn an_unknown_name_is_checked_against_one_decoy_as_long_as_a_real_token() {

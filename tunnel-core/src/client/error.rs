@@ -169,6 +169,10 @@ pub(super) fn classify_session(err: SessionError) -> Failure {
 pub(super) fn classify_end(end: SessionEnd) -> Failure {
     match end {
         SessionEnd::Goodbye { code: GoodbyeCode::Replaced, message } => ClientError::Replaced(message).into(),
+        SessionEnd::Goodbye { code: GoodbyeCode::Revoked, message } => {
+            ClientError::AuthFailed(format!("the server revoked this client's token ({})", Escaped(&message)))
+                .into()
+        }
         other => Failure::Transient(format!("session ended: {other}")),
     }
 }

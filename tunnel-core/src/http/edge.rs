@@ -44,7 +44,7 @@ pub trait RouteSource: Send + Sync + 'static {
 }
 
 /// Limits of the edge's listeners.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EdgeLimits {
     /// Time to receive a request's headers, and an idle keep-alive connection's next request
@@ -339,8 +339,11 @@ impl HttpEdge {
             return self.relay(sent, visitor_side, host);
         }
         let limit = self.limits.response_timeout;
-        let home = || Home { pool: self.streams.clone(), key: to.name.to_owned() };
-        if let Some(upstream) = self.streams.take(to.name) {
+        // Pooled per session, not per client name: a stream of a replaced or revoked session
+        // never carries a request meant for its successor.
+        let key = format!("{}#{:x}", to.name, to.opener.connection_id());
+        let home = || Home { pool: self.streams.clone(), key: key.clone() };
+        if let Some(upstream) = self.streams.take(&key) {
             match tokio::time::timeout(limit, upstream.send(request, home())).await {
                 Ok(Ok(response)) => return self.relay(Ok(Ok(response)), None, host),
                 // A stream the client closed meanwhile gives the request back: then a new one.

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
-/// and how many of them are open.
+/// how many of them are open, and the bytes the connection carried.
 ///
 /// yamux reports a lost connection (and a reset stream) to readers as a plain EOF; the cut
 /// flag, set *before* yamux closes the streams, lets a reader tell a real FIN from a connection
@@ -26,6 +26,8 @@ struct LinkState {
     cut: AtomicBool,
     open: AtomicUsize,
     closed_one: Notify,
+    received: AtomicU64,
+    sent: AtomicU64,
 }
 
 impl Link {
@@ -46,6 +48,16 @@ impl Link {
     /// Streams open now, both ways (the control stream included).
     pub(super) fn open_streams(&self) -> usize {
         self.0.open.load(Ordering::Acquire)
+    }
+
+    /// Tells this connection from any other open now.
+    pub(super) fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// Bytes read from and written to the connection so far (yamux framing included).
+    pub(super) fn bytes(&self) -> (u64, u64) {
+        (self.0.received.load(Ordering::Relaxed), self.0.sent.load(Ordering::Relaxed))
     }
 
     /// Returns once at most `n` streams are open.
@@ -96,6 +108,10 @@ impl AsyncRead for WatchedIo {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         match &result {
             Poll::Ready(Ok(())) if hit_eof(buf, before) => self.link.cut(),
+            Poll::Ready(Ok(())) => {
+                let read = (buf.filled().len() - before) as u64;
+                self.link.0.received.fetch_add(read, Ordering::Relaxed);
+            }
             Poll::Ready(Err(_)) => self.link.cut(),
             _ => {}
         }
@@ -106,8 +122,12 @@ impl AsyncRead for WatchedIo {
 impl AsyncWrite for WatchedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Err(_)) = result {
-            self.link.cut();
+        match result {
+            Poll::Ready(Ok(written)) => {
+                self.link.0.sent.fetch_add(written as u64, Ordering::Relaxed);
+            }
+            Poll::Ready(Err(_)) => self.link.cut(),
+            Poll::Pending => {}
         }
         result
     }

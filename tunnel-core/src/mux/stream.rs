@@ -59,6 +59,18 @@ impl StreamOpener {
         self.link.open_streams()
     }
 
+    /// Tells this connection from any other open now (two openers of one connection give the
+    /// same value).
+    pub fn connection_id(&self) -> usize {
+        self.link.id()
+    }
+
+    /// Bytes received and sent on this connection so far, yamux framing included (the
+    /// transport's own, such as TLS records, not).
+    pub fn bytes(&self) -> (u64, u64) {
+        self.link.bytes()
+    }
+
     /// Returns once at most `n` streams of this connection are open (a drain waits for 1: the
     /// control stream).
     pub async fn until_open_at_most(&self, n: usize) {

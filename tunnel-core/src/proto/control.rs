@@ -156,6 +156,9 @@ pub enum GoodbyeCode {
     ProtocolError,
     /// The server holds as many sessions as its limits allow; try again later.
     ServerFull,
+    /// The server no longer accepts the token this session authenticated with (a reload
+    /// removed or changed it); reconnecting with it fails.
+    Revoked,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -174,7 +177,7 @@ macro_rules! wire_enum {
 }
 
 wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5, AddressNotAllowed = 6, TooManyServices = 7, HostNotAllowed = 8, HostTaken = 9 });
-wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3, ServerFull = 4 });
+wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3, ServerFull = 4, Revoked = 5 });
 
 impl std::fmt::Display for RefusalCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,6 +203,7 @@ impl std::fmt::Display for GoodbyeCode {
             Self::Replaced => f.write_str("replaced by a newer session"),
             Self::ProtocolError => f.write_str("protocol error"),
             Self::ServerFull => f.write_str("server full"),
+            Self::Revoked => f.write_str("credential revoked"),
             Self::Other(v) => write!(f, "goodbye code {v}"),
         }
     }

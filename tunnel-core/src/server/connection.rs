@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{ServerConfig, Shared};
 use crate::auth::ChannelBinding;
 use crate::proto::handshake::RefuseCode;
 use crate::session::{read_and_refuse, Session, SessionError};
@@ -70,12 +70,13 @@ pub(super) async fn handle(
         }
         return;
     };
+    // Taken once: a session established under it is re-checked if a reload replaced it meanwhile.
+    let config = shared.config();
     let establish = async {
         let connection = match accepted {
-            Accepted::Tcp(tcp) => secure(&shared, tcp).await?,
+            Accepted::Tcp(tcp) => secure(&config, tcp).await?,
             Accepted::Connection(connection) => connection,
         };
-        let config = &shared.config;
         let Connection { io, binding } = connection;
         Ok::<_, EstablishError>(
             Session::accept(io, &binding, &config.credentials, &config.session, config.handshake_timeout)
@@ -83,7 +84,7 @@ pub(super) async fn handle(
         )
     };
     let established = tokio::select! {
-        result = tokio::time::timeout(shared.config.handshake_timeout, establish) => result,
+        result = tokio::time::timeout(config.handshake_timeout, establish) => result,
         () = admission.evicted() => {
             shared.metrics.handshake_failed("evicted");
             if crate::log::HANDSHAKE_OVERLOAD.allow() {
@@ -95,7 +96,7 @@ pub(super) async fn handle(
     };
     drop(admission);
     match established {
-        Ok(Ok((session, client))) => super::session::run(shared, session, client, peer, stop).await,
+        Ok(Ok((session, client))) => super::session::run(shared, session, client, config, peer, stop).await,
         Ok(Err(err)) => {
             shared.metrics.handshake_failed(err.reason());
             if crate::log::HANDSHAKE_FAILURES.allow() {
@@ -105,14 +106,14 @@ pub(super) async fn handle(
         Err(_) => {
             shared.metrics.handshake_failed("timeout");
             if crate::log::HANDSHAKE_FAILURES.allow() {
-                tracing::info!(%peer, "handshake timed out after {:?}", shared.config.handshake_timeout)
+                tracing::info!(%peer, "handshake timed out after {:?}", config.handshake_timeout)
             }
         }
     }
 }
 
 /// TLS or plaintext, as the first byte says and the configuration allows.
-async fn secure(shared: &Shared, mut tcp: TcpStream) -> Result<Connection, EstablishError> {
+async fn secure(config: &ServerConfig, mut tcp: TcpStream) -> Result<Connection, EstablishError> {
     if let Err(err) = transport::configure_tcp(&tcp) {
         tracing::debug!("socket options: {err}");
     }
@@ -121,7 +122,7 @@ async fn secure(shared: &Shared, mut tcp: TcpStream) -> Result<Connection, Estab
         return Err(EstablishError::Empty);
     }
     let is_tls = first[0] == TLS_HANDSHAKE_RECORD;
-    match (&shared.config.tls, is_tls) {
+    match (&config.tls, is_tls) {
         (Some(tls), true) => {
             transport::accept_tls(tls.clone(), transport::buffered(tcp)).await.map_err(EstablishError::Tls)
         }

@@ -43,22 +43,24 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let Some(tls) = self.shared.config.http.tls.clone() else {
+        let Some(first) = self.shared.config().http.tls.clone() else {
             return Err(std::io::Error::other("no TLS configuration for the HTTPS listener"));
         };
         let (edge, routes) = (self.edge(), self.shared.http_routes.clone());
-        let deadline = self.shared.config.http.limits.header_timeout;
+        let deadline = edge.limits().header_timeout;
         let serving = edge.clone();
-        let metrics = self.shared.metrics.clone();
+        let (metrics, shared) = (self.shared.metrics.clone(), self.shared.clone());
         self.accept(listener, shutdown, &edge, move |tcp, visitor| {
             let passthrough = Passthrough { routes: routes.clone(), metrics: metrics.clone() };
-            https(tcp, visitor, serving.clone(), passthrough, tls.clone(), deadline)
+            // The certificates in force now: a reload may have replaced them.
+            let tls = shared.config().http.tls.clone().unwrap_or_else(|| first.clone());
+            https(tcp, visitor, serving.clone(), passthrough, tls, deadline)
         })
         .await
     }
 
     fn edge(&self) -> Arc<HttpEdge> {
-        let settings = &self.shared.config.http;
+        let settings = &self.shared.config().http;
         let edge = HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone());
         Arc::new(edge.with_metrics(self.shared.metrics.clone()))
     }
@@ -76,7 +78,7 @@ impl Server {
         F: Fn(TcpStream, SocketAddr) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let max = self.shared.config.http.limits.max_connections;
+        let max = edge.limits().max_connections;
         let slots = Arc::new(tokio::sync::Semaphore::new(max));
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         tokio::pin!(shutdown);
@@ -117,7 +119,7 @@ impl Server {
         drop(listener);
         edge.drain();
         tasks.close();
-        let limit = self.shared.config.drain_timeout;
+        let limit = self.shared.config().drain_timeout;
         let drained = tokio::select! {
             drained = tokio::time::timeout(limit, tasks.wait()) => drained.is_ok(),
             () = self.shared.cut.cancelled() => false,

@@ -61,7 +61,8 @@ impl Binder<'_> {
     }
 
     async fn bind_fixed(&self, id: RouteId, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
-        let rules = self.shared.config.rules(self.name, self.credential);
+        let config = self.shared.config();
+        let rules = config.rules(self.name, self.credential);
         match rules.may_bind_port(port) {
             PortVerdict::Allowed => self.bind_claimed(id, ip, port).await,
             PortVerdict::Owned => {
@@ -70,6 +71,34 @@ impl Binder<'_> {
             PortVerdict::NotAllowed => Err((
                 RefusalCode::PortNotAllowed,
                 format!("port {port} is not allowed for client {:?} (allowed: {})", self.name, rules.ports()),
+            )),
+        }
+    }
+
+    /// Whether a listener bound on `public_addr` for a route that asked for `bind` is still
+    /// what the rules in force allow (after a reload): its address, and its port not
+    /// narrowed away nor now owned by another client.
+    pub(super) fn still_allowed(&self, bind: Option<IpAddr>, public_addr: SocketAddr) -> Result<(), Refusal> {
+        let ip = self.bind_address(bind)?;
+        if ip != public_addr.ip() {
+            let message = format!("this client's default address is now {ip}");
+            return Err((RefusalCode::AddressNotAllowed, message));
+        }
+        let config = self.shared.config();
+        let rules = config.rules(self.name, self.credential);
+        let port = public_addr.port();
+        match rules.may_bind_port(port) {
+            PortVerdict::Allowed => Ok(()),
+            PortVerdict::Owned => {
+                Err((RefusalCode::PortTaken, format!("port {port} is now owned by another client")))
+            }
+            PortVerdict::NotAllowed => Err((
+                RefusalCode::PortNotAllowed,
+                format!(
+                    "port {port} is no longer allowed for client {:?} (allowed: {})",
+                    self.name,
+                    rules.ports()
+                ),
             )),
         }
     }
@@ -99,7 +128,8 @@ impl Binder<'_> {
     /// The address a route binds: the one the client asked for if its credential may bind
     /// it, else the server's default for this client.
     fn bind_address(&self, asked: Option<IpAddr>) -> Result<IpAddr, Refusal> {
-        let rules = self.shared.config.rules(self.name, self.credential);
+        let config = self.shared.config();
+        let rules = config.rules(self.name, self.credential);
         let allowed = rules.bind_addresses();
         match asked {
             Some(ip) if allowed.contains(&ip) => Ok(ip),
@@ -117,7 +147,8 @@ impl Binder<'_> {
     /// Picks a port: the one the client held before (its hint, else our reservation for this
     /// route), then random candidates from the allowed set; never a port another client owns.
     async fn bind_any(&self, id: RouteId, ip: IpAddr, preferred: u16) -> Result<TcpListener, Refusal> {
-        let rules = self.shared.config.rules(self.name, self.credential);
+        let config = self.shared.config();
+        let rules = config.rules(self.name, self.credential);
         let usable = |port: u16| rules.may_bind_port(port) == PortVerdict::Allowed;
         let reserved = self.shared.registry.reserved_for(self.name, id);
         for previous in [Some(preferred).filter(|p| *p != 0), reserved].into_iter().flatten() {

@@ -7,6 +7,7 @@
 //! are torn down the moment it ends.
 
 mod connection;
+mod directory;
 mod edge;
 mod forwards;
 mod http_routes;
@@ -14,6 +15,7 @@ pub mod leases;
 mod pending;
 mod policy;
 mod registry;
+mod reload;
 mod routes;
 mod session;
 mod source;
@@ -35,7 +37,9 @@ use crate::task::OwnedTask;
 use crate::transport::Connection;
 use connection::Accepted;
 
+pub use directory::SessionInfo;
 pub use policy::{ClientPolicy, ClientRules, Policy, PortVerdict};
+pub use reload::Reload;
 
 /// Server settings. Start from [`ServerConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
@@ -150,7 +154,12 @@ impl Default for HttpSettings {
 
 /// State shared by every connection task.
 struct Shared {
-    config: ServerConfig,
+    /// The configuration in force; a reload replaces it whole ([`Shared::config`] reads it).
+    config: std::sync::RwLock<Arc<ServerConfig>>,
+    /// Every session up, for listing and for a reload to re-check.
+    sessions: directory::Directory,
+    /// Held by the reload in progress: reloads run one at a time.
+    reloading: tokio::sync::Mutex<()>,
     registry: registry::Registry,
     pending: pending::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
@@ -160,6 +169,14 @@ struct Shared {
     /// Cancelled to end a drain at once ([`Server::cut`]).
     cut: CancellationToken,
     metrics: crate::metrics::Metrics,
+}
+
+impl Shared {
+    /// The configuration in force now. Take it once per decision: a reload may replace it
+    /// between two calls.
+    fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// A tunnel server.
@@ -197,12 +214,7 @@ impl Server {
     pub fn new(mut config: ServerConfig) -> Self {
         let metrics = crate::metrics::Metrics::new();
         config.session.metrics = Some(metrics.clone());
-        let caps = registry::Caps {
-            sessions: config.max_sessions,
-            shared_sessions: config.max_sessions_per_shared_token,
-            services: config.max_services_per_client,
-        };
-        let registry = registry::Registry::new(config.port_grace, caps);
+        let registry = registry::Registry::new(config.port_grace, registry::Caps::of(&config));
         if let Some(path) = &config.lease_file {
             restore_leases(&registry, &config, path);
         }
@@ -210,13 +222,28 @@ impl Server {
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let http_routes = Arc::default();
         let (draining, cut) = (CancellationToken::new(), CancellationToken::new());
-        let shared = Shared { config, registry, pending, http_routes, draining, cut, metrics };
+        let config = std::sync::RwLock::new(Arc::new(config));
+        let sessions = directory::Directory::default();
+        let reloading = tokio::sync::Mutex::new(());
+        let shared =
+            Shared { config, sessions, reloading, registry, pending, http_routes, draining, cut, metrics };
         Self { shared: Arc::new(shared) }
     }
 
     /// Names of the clients with a live session.
     pub fn session_names(&self) -> Vec<String> {
         self.shared.registry.session_names()
+    }
+
+    /// Every session up now, by client name: who, from where, since when, its heartbeat round
+    /// trip, open streams, bytes each way and route-table version.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.shared.sessions.list()
+    }
+
+    /// The configuration in force (the last one [`Server::reload`] put in place).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.shared.config()
     }
 
     /// What this server counts (`docs/operations.md` lists it): serve it with
@@ -292,13 +319,13 @@ impl Server {
         let mut accepting = true;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let lease_file = self.shared.config.lease_file.clone();
+        let lease_file = self.shared.config().lease_file.clone();
         let persisting = CancellationToken::new();
         let persist = lease_file
             .clone()
             .map(|path| OwnedTask::spawn(persist_leases(self.shared.clone(), path, persisting.clone())));
         // Expired reservations are dropped at least once a minute (any grace period, even a huge one).
-        let every = self.shared.config.port_grace.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every = self.shared.config().port_grace.clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut sweep = tokio::time::interval(every);
         tokio::pin!(shutdown);
         loop {
@@ -321,7 +348,7 @@ impl Server {
             }
         }
         drop(accepted);
-        let limit = self.shared.config.drain_timeout;
+        let limit = self.shared.config().drain_timeout;
         tracing::info!("draining: no new sessions or visitors; open streams have up to {limit:?}");
         self.shared.draining.cancel();
         tasks.close();

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -19,8 +20,9 @@ use super::source::Source;
 /// Counts handshakes in progress, overall and per source.
 #[derive(Debug)]
 pub(super) struct Pending {
-    global_limit: usize,
-    per_source_limit: usize,
+    /// Both limits may change at a reload; handshakes admitted before stay.
+    global_limit: AtomicUsize,
+    per_source_limit: AtomicUsize,
     state: Arc<Mutex<State>>,
 }
 
@@ -58,7 +60,19 @@ pub(super) enum Refused {
 
 impl Pending {
     pub(super) fn new(global: usize, per_source: usize) -> Self {
-        Self { global_limit: global.max(1), per_source_limit: per_source.max(1), state: Arc::default() }
+        let pending = Self {
+            global_limit: AtomicUsize::new(1),
+            per_source_limit: AtomicUsize::new(1),
+            state: Arc::default(),
+        };
+        pending.set_limits(global, per_source);
+        pending
+    }
+
+    /// Applies new limits to the handshakes admitted from now on.
+    pub(super) fn set_limits(&self, global: usize, per_source: usize) {
+        self.global_limit.store(global.max(1), Ordering::Relaxed);
+        self.per_source_limit.store(per_source.max(1), Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -70,10 +84,12 @@ impl Pending {
     pub(super) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
         let source = Source::from(ip);
         let mut state = self.lock();
-        if state.sources.get(&source).map_or(0, VecDeque::len) >= self.per_source_limit {
+        if state.sources.get(&source).map_or(0, VecDeque::len)
+            >= self.per_source_limit.load(Ordering::Relaxed)
+        {
             return Err(Refused::SourceFull);
         }
-        if state.total >= self.global_limit && !state.evict_for(source) {
+        if state.total >= self.global_limit.load(Ordering::Relaxed) && !state.evict_for(source) {
             return Err(Refused::Full);
         }
         state.next_seq += 1;

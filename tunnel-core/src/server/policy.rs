@@ -25,7 +25,7 @@ use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
 /// assert_eq!(worker.may_bind_port(6443), PortVerdict::Owned);
 /// assert_eq!(worker.may_bind_port(8080), PortVerdict::Allowed);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Policy {
     /// Ports a client may bind unless it has its own list (default 1024-65535).
@@ -59,7 +59,7 @@ impl Default for Policy {
 }
 
 /// What one client with its own token may do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientPolicy {
     /// Ports it may bind; `None` for the server-wide `allow_ports`.

@@ -23,7 +23,7 @@ const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
 pub(crate) type SessionId = u64;
 
 /// Caps on what authenticated clients may hold, so one credential cannot exhaust the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Caps {
     /// Sessions in total.
     pub(crate) sessions: usize,
@@ -31,6 +31,16 @@ pub(crate) struct Caps {
     pub(crate) shared_sessions: usize,
     /// Services one session may expose.
     pub(crate) services: usize,
+}
+
+impl Caps {
+    pub(crate) fn of(config: &super::ServerConfig) -> Self {
+        Self {
+            sessions: config.max_sessions,
+            shared_sessions: config.max_sessions_per_shared_token,
+            services: config.max_services_per_client,
+        }
+    }
 }
 
 /// Why a session was not registered.
@@ -44,15 +54,16 @@ pub(crate) enum Full {
 
 #[derive(Debug)]
 pub(crate) struct Registry {
-    grace: Duration,
-    caps: Caps,
     inner: Mutex<Inner>,
     /// Signalled whenever the lease table changes, for the task that keeps it on disk.
     leases_changed: tokio::sync::Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// How long a departed session's ports stay reserved; a reload may change it (and `caps`).
+    grace: Duration,
+    caps: Caps,
     next_id: SessionId,
     sessions: HashMap<String, Slot>,
     leases: HashMap<u16, Lease>,
@@ -114,17 +125,32 @@ pub(crate) enum PortConflict {
 
 impl Registry {
     pub(crate) fn new(grace: Duration, caps: Caps) -> Self {
+        let inner = Inner {
+            grace: grace.min(MAX_GRACE),
+            caps,
+            next_id: 0,
+            sessions: HashMap::new(),
+            leases: HashMap::new(),
+        };
+        Self { inner: Mutex::new(inner), leases_changed: tokio::sync::Notify::new() }
+    }
+
+    /// Applies new limits: from now on for new sessions, services and departures (what is
+    /// held or reserved now stays).
+    pub(crate) fn set_limits(&self, grace: Duration, caps: Caps) {
+        let mut inner = self.lock();
         // Far beyond any sensible grace period, and far from overflowing an `Instant`.
-        let grace = grace.min(MAX_GRACE);
-        Self { grace, caps, inner: Mutex::new(Inner::default()), leases_changed: tokio::sync::Notify::new() }
+        inner.grace = grace.min(MAX_GRACE);
+        inner.caps = caps;
     }
 
     /// Reserves the leases a previous run stored, each for what is left of its grace period.
     pub(crate) fn restore(&self, stored: &[StoredLease]) {
         let (now, now_ms) = (Instant::now(), leases::unix_ms(SystemTime::now()));
         let mut inner = self.lock();
+        let grace = inner.grace;
         for lease in stored {
-            if let Some(left) = leases::remaining(lease, now_ms, self.grace) {
+            if let Some(left) = leases::remaining(lease, now_ms, grace) {
                 let state = LeaseState::Reserved { until: now + left };
                 inner
                     .leases
@@ -187,13 +213,14 @@ impl Registry {
         let (registration, previous) = {
             let mut inner = self.lock();
             if !inner.sessions.contains_key(name) {
-                if inner.sessions.len() >= self.caps.sessions {
-                    return Err(Full::Sessions(self.caps.sessions));
+                let caps = inner.caps;
+                if inner.sessions.len() >= caps.sessions {
+                    return Err(Full::Sessions(caps.sessions));
                 }
                 let shared =
                     || inner.sessions.values().filter(|s| s.credential == CredentialKind::Shared).count();
-                if credential == CredentialKind::Shared && shared() >= self.caps.shared_sessions {
-                    return Err(Full::SharedSessions(self.caps.shared_sessions));
+                if credential == CredentialKind::Shared && shared() >= caps.shared_sessions {
+                    return Err(Full::SharedSessions(caps.shared_sessions));
                 }
             }
             inner.next_id += 1;
@@ -222,9 +249,11 @@ impl Registry {
     /// Records that session `id` of `name` exposes `service`; `Err` with the cap when it
     /// already exposes as many services as allowed.
     pub(crate) fn expose(&self, name: &str, id: SessionId, service: &str) -> Result<(), usize> {
-        if let Some(slot) = self.lock().sessions.get_mut(name).filter(|slot| slot.id == id) {
-            if slot.services.len() >= self.caps.services && !slot.services.contains(service) {
-                return Err(self.caps.services);
+        let mut inner = self.lock();
+        let cap = inner.caps.services;
+        if let Some(slot) = inner.sessions.get_mut(name).filter(|slot| slot.id == id) {
+            if slot.services.len() >= cap && !slot.services.contains(service) {
+                return Err(cap);
             }
             slot.services.insert(service.to_owned());
         }
@@ -243,9 +272,9 @@ impl Registry {
 
     /// Removes a session: its ports become reserved for its name for the grace period.
     pub(crate) fn unregister(&self, name: &str, registration: &Registration) {
-        let until = Instant::now() + self.grace;
         {
             let mut inner = self.lock();
+            let until = Instant::now() + inner.grace;
             if inner.sessions.get(name).is_some_and(|slot| slot.id == registration.id) {
                 inner.sessions.remove(name);
             }
@@ -314,6 +343,20 @@ impl Registry {
         let mut inner = self.lock();
         if inner.leases.get(&port).is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id)) {
             inner.leases.remove(&port);
+            drop(inner);
+            self.changed();
+        }
+    }
+
+    /// Drops the reservations (of departed sessions) that `keep` refuses, given the port and
+    /// the name it is reserved for: a reload gave the port to another client.
+    pub(crate) fn drop_reservations(&self, keep: impl Fn(u16, &str) -> bool) {
+        let mut inner = self.lock();
+        let before = inner.leases.len();
+        inner
+            .leases
+            .retain(|port, lease| matches!(lease.state, LeaseState::Held(_)) || keep(*port, &lease.owner));
+        if inner.leases.len() != before {
             drop(inner);
             self.changed();
         }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::directory::Recheck;
 use super::routes::SessionRoutes;
-use super::{Shared, LET_GO_TIMEOUT};
+use super::{ServerConfig, Shared, LET_GO_TIMEOUT};
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{ControlMessage, GoodbyeCode, DRAINING_VERSION};
 use crate::session::{Session, SessionEnd};
@@ -17,10 +18,12 @@ use crate::task::OwnedTask;
 /// Time a closing session gets to deliver its goodbye before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs the session of `client`, authenticated under `accepted_under`, until it ends.
 pub(super) async fn run(
     shared: Arc<Shared>,
     session: Session,
     client: AuthenticatedClient,
+    accepted_under: Arc<ServerConfig>,
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
@@ -41,6 +44,13 @@ pub(super) async fn run(
         }
     };
     let _up = shared.metrics.session_up();
+    let mut listed = shared.sessions.add(registration.id, &client, peer, opener.clone(), control.clone());
+    // Listed first, checked second: a reload from now on sees this session; one that came
+    // during the handshake is caught here.
+    if !shared.config().credentials.still_accepts(&accepted_under.credentials, &name, client.credential) {
+        listed.revoked.cancel();
+    }
+    drop(accepted_under);
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
     let streams = opener.clone();
@@ -70,6 +80,24 @@ pub(super) async fn run(
                     finish(driver).await;
                     break SessionEnd::ProtocolError(reason);
                 }
+                if let Some(version) = routes.table_version() {
+                    listed.table_applied(version);
+                }
+            }
+            Some(recheck) = listed.rechecks.recv() => match recheck {
+                Recheck::Withdraw(done) => {
+                    let _ = done.send(routes.withdraw(&control).await);
+                }
+                Recheck::Reapply(done) => {
+                    routes.reapply(&control).await;
+                    let _ = done.send(());
+                }
+            },
+            () = listed.revoked.cancelled() => {
+                tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
+                routes.cut();
+                control.close(GoodbyeCode::Revoked, "the server no longer accepts this client's token").await;
+                break finish(driver).await;
             }
             Some(stream) = incoming.next() => {
                 if draining {
@@ -88,7 +116,7 @@ pub(super) async fn run(
                 routes.stop_accepting(false).await;
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "session draining: no new visitors");
                 if client.version >= DRAINING_VERSION {
-                    let deadline_ms = u32::try_from(shared.config.drain_timeout.as_millis()).unwrap_or(u32::MAX);
+                    let deadline_ms = u32::try_from(shared.config().drain_timeout.as_millis()).unwrap_or(u32::MAX);
                     let message = "server shutting down".to_owned();
                     let _ = control.send(ControlMessage::Draining { deadline_ms, message }).await;
                 }

@@ -81,9 +81,9 @@ async fn carry(
         VisitTarget::Service { client, service } => {
             // Rules first, from the configuration alone: a refused visitor learns nothing about
             // whether the owner is online or exposes the service.
-            let owner_credential = shared.config.credential_of(client);
-            if !shared.config.rules(&from.name, from.credential).may_visit(client, owner_credential, service)
-            {
+            let config = shared.config();
+            let owner_credential = config.credential_of(client);
+            if !config.rules(&from.name, from.credential).may_visit(client, owner_credential, service) {
                 return Err(StreamReply::refuse(
                     ReplyStatus::Denied,
                     format!("client {:?} may not visit {client}/{service}", from.name),
@@ -120,7 +120,8 @@ async fn carry(
             Ok(())
         }
         VisitTarget::Address(addr) => {
-            let rules = shared.config.rules(&from.name, from.credential).targets();
+            let config = shared.config();
+            let rules = config.rules(&from.name, from.credential).targets();
             let resolved = resolve_allowed(addr, rules).await?;
             let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(resolved));
             let mut tcp = match connect.await {

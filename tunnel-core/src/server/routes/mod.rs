@@ -1,6 +1,9 @@
 //! One session's route table on the server: applies each table the client sends (or the
 //! version 1 requests that add one forward or service at a time), entry by entry, touching only
-//! what changed, and answers each entry.
+//! what changed, and answers each entry. After a reload, [`SessionRoutes::withdraw`] takes out
+//! what the new rules no longer allow and [`SessionRoutes::reapply`] applies the table again.
+
+mod recheck;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -73,6 +76,11 @@ pub(super) struct SessionRoutes<'s> {
     visitors: TaskTracker,
     /// Set by [`Self::stop_accepting`]: no route changes from then on.
     draining: bool,
+    /// The last table the client sent (version 2 and later), kept to apply it again after a
+    /// reload.
+    table: Option<(u64, Vec<RouteEntry>)>,
+    /// What the last reload withdrew, until the table is applied again (for its answer).
+    withdrawn: Vec<(RouteId, Refusal)>,
     tcp: HashMap<RouteId, TcpRoute>,
     services: HashMap<RouteId, String>,
     http: HashMap<RouteId, Matcher>,
@@ -103,6 +111,8 @@ impl<'s> SessionRoutes<'s> {
             accepting: CancellationToken::new(),
             visitors: TaskTracker::new(),
             draining: false,
+            table: None,
+            withdrawn: Vec::new(),
             tcp: HashMap::new(),
             services: HashMap::new(),
             http: HashMap::new(),
@@ -126,7 +136,8 @@ impl<'s> SessionRoutes<'s> {
         let reply = match message {
             ControlMessage::RouteTable { version, entries } => {
                 self.pace().await;
-                let results = self.apply(entries).await?;
+                let (results, _) = self.apply(entries.clone()).await?;
+                self.table = Some((version, entries));
                 // Answered before the next table is read: a client that does not read its
                 // answers holds one of them in the server, not a queue of them.
                 let _ = control.send_written(ControlMessage::RouteTableResult { version, results }).await;
@@ -220,7 +231,7 @@ impl<'s> SessionRoutes<'s> {
 
     /// Most entries a table may hold: what the client's limits could ever accept.
     fn max_entries(&self) -> usize {
-        let config = &self.shared.config;
+        let config = self.shared.config();
         // TCP, HTTP and TLS routes each up to the forward limit, the services, one fallback.
         config
             .max_forwards_per_client
@@ -232,7 +243,7 @@ impl<'s> SessionRoutes<'s> {
     /// Replaces the table: what is gone or changed is removed first (so its ports and names can
     /// go to the new entries), unchanged entries are left alone, the rest is added; one result
     /// per entry. `Err` (too many entries, an id twice) ends the session.
-    async fn apply(&mut self, entries: Vec<RouteEntry>) -> Result<Vec<RouteResult>, String> {
+    async fn apply(&mut self, entries: Vec<RouteEntry>) -> Result<(Vec<RouteResult>, Changes), String> {
         let max = self.max_entries();
         if entries.len() > max {
             return Err(format!(
@@ -272,12 +283,7 @@ impl<'s> SessionRoutes<'s> {
             };
             results.push(RouteResult { id, outcome });
         }
-        for port in std::mem::take(&mut self.vacated) {
-            if !self.tcp.values().any(|r| r.public_addr.port() == port) {
-                self.binder().release(port);
-            }
-        }
-        self.publish_http();
+        self.settle();
         if changes.added + changes.removed + changes.refused > 0 {
             tracing::info!(
                 client = %Escaped(&self.name),
@@ -288,7 +294,7 @@ impl<'s> SessionRoutes<'s> {
                 "route table applied"
             );
         }
-        Ok(results)
+        Ok((results, changes))
     }
 
     /// Whether this exact entry is in service.
@@ -342,14 +348,14 @@ impl<'s> SessionRoutes<'s> {
     /// Checks that this client may serve `host` and has room for another route of its kind
     /// (`held` of them now), and records it as the host's client.
     fn claim_host(&self, host: &HostPattern, held: usize) -> Result<(), Refusal> {
-        let limit = self.shared.config.max_forwards_per_client;
+        let limit = self.shared.config().max_forwards_per_client;
         if held >= limit {
             return Err((
                 RefusalCode::TooManyForwards,
                 format!("this client already holds {limit} routes of this kind"),
             ));
         }
-        if !self.shared.config.rules(&self.name, self.credential).may_serve_host(host) {
+        if !self.shared.config().rules(&self.name, self.credential).may_serve_host(host) {
             let message = format!("client {:?} may not serve host {host}", self.name);
             return Err((RefusalCode::HostNotAllowed, message));
         }
@@ -366,7 +372,7 @@ impl<'s> SessionRoutes<'s> {
         port: u16,
         preferred: u16,
     ) -> Result<SocketAddr, Refusal> {
-        let limit = self.shared.config.max_forwards_per_client;
+        let limit = self.shared.config().max_forwards_per_client;
         if self.tcp.len() >= limit {
             return Err((
                 RefusalCode::TooManyForwards,
@@ -381,7 +387,7 @@ impl<'s> SessionRoutes<'s> {
         }
         let (listener, public_addr) = self.binder().bind(id, bind, port, preferred).await?;
         let cut = self.owned.child_token();
-        let config = &self.shared.config;
+        let config = self.shared.config();
         let carrier = Carrier {
             kind,
             opener: self.opener.clone(),
@@ -400,7 +406,7 @@ impl<'s> SessionRoutes<'s> {
     }
 
     fn add_service(&mut self, id: RouteId, service: &str) -> Result<(), Refusal> {
-        if !self.shared.config.rules(&self.name, self.credential).may_expose(service) {
+        if !self.shared.config().rules(&self.name, self.credential).may_expose(service) {
             let message = format!("client {:?} may not expose a service named {service:?}", self.name);
             return Err((RefusalCode::NameNotAllowed, message));
         }
@@ -443,6 +449,17 @@ impl<'s> SessionRoutes<'s> {
         }
     }
 
+    /// Ends a round of changes: the ports of removed routes no route took over go back, and
+    /// the edge gets the session's HTTP and TLS routes as they are now.
+    fn settle(&mut self) {
+        for port in std::mem::take(&mut self.vacated) {
+            if !self.tcp.values().any(|r| r.public_addr.port() == port) {
+                self.binder().release(port);
+            }
+        }
+        self.publish_http();
+    }
+
     fn publish_http(&self) {
         let routes = SessionHttp {
             owner: self.name.clone(),
@@ -456,6 +473,19 @@ impl<'s> SessionRoutes<'s> {
 
     fn binder(&self) -> Binder<'_> {
         Binder { shared: self.shared, name: &self.name, credential: self.credential, session: self.session }
+    }
+
+    /// Cuts everything at once, before the session says goodbye (its token was revoked): no
+    /// listener, visitor or HTTP route of it lasts while the goodbye is delivered.
+    pub(super) fn cut(&mut self) {
+        self.owned.cancel();
+        self.accepting.cancel();
+        self.shared.http_routes.remove(self.session);
+    }
+
+    /// The version of the last table applied.
+    pub(super) fn table_version(&self) -> Option<u64> {
+        self.table.as_ref().map(|(version, _)| *version)
     }
 
     /// The session's visitor tasks.

@@ -1,0 +1,129 @@
+//! After a reload, in two rounds over every session: the routes the new rules no longer allow
+//! (ports narrowed or now owned by another client, a bind address taken away, a service name or
+//! host no longer allowed) are taken out of service; then each session applies its last table
+//! again and the client is told, with a fresh answer to that table (or, for a version 1
+//! client, a refusal per forward or service). Everything else is untouched.
+
+use super::SessionRoutes;
+use crate::log::Escaped;
+use crate::proto::{
+    ControlMessage, HostPattern, RefusalCode, RouteEntry, RouteId, RouteOutcome, RouteResult,
+};
+use crate::server::forwards::Refusal;
+use crate::session::ControlSender;
+
+/// A route in service that the rules in force no longer allow.
+struct Disallowed {
+    id: RouteId,
+    /// What it is, for the log and the reload's report.
+    what: String,
+    refusal: Refusal,
+    /// The service's name, when it is one.
+    service: Option<String>,
+}
+
+impl SessionRoutes<'_> {
+    /// Takes out of service what the configuration now in force no longer allows; returns
+    /// what it withdrew, as `client: route`. The edge stops routing to what was withdrawn at
+    /// once; the client hears of it at [`Self::reapply`] (or now, for a version 1 client).
+    pub(in crate::server) async fn withdraw(&mut self, control: &ControlSender) -> Vec<String> {
+        if self.draining {
+            return Vec::new();
+        }
+        let disallowed = self.disallowed();
+        for Disallowed { id, what, refusal: (code, message), .. } in &disallowed {
+            tracing::warn!(client = %Escaped(&self.name), route = %id, "{what} withdrawn after a reload: {} ({code})", Escaped(message));
+            self.remove(*id).await;
+        }
+        self.settle();
+        let withdrawn = disallowed.iter().map(|d| format!("{}: {}", self.name, d.what)).collect();
+        if self.table.is_none() {
+            for Disallowed { id, refusal: (code, message), service, .. } in disallowed {
+                // Version 1 forward ids are the client's own 32-bit numbers.
+                let refused = match (service, u32::try_from(id.0)) {
+                    (Some(name), _) => ControlMessage::ExposeRefused { name, code, message },
+                    (None, Ok(id)) => ControlMessage::RemoteForwardRefused { id, code, message },
+                    (None, Err(_)) => continue,
+                };
+                let _ = control.send_written(refused).await;
+            }
+        } else {
+            self.withdrawn = disallowed.into_iter().map(|d| (d.id, d.refusal)).collect();
+        }
+        withdrawn
+    }
+
+    /// Applies the client's last table again under the configuration in force: what stays is
+    /// left alone, what was withdrawn is refused, and an entry refused before (say, a port now
+    /// allowed, or one another client gave up) gets another chance. The client is answered
+    /// again when anything changed for it.
+    pub(in crate::server) async fn reapply(&mut self, control: &ControlSender) {
+        let withdrawn = std::mem::take(&mut self.withdrawn);
+        let Some((version, entries)) = self.table.clone().filter(|_| !self.draining) else { return };
+        let results = match self.apply(entries.clone()).await {
+            Ok((results, changes)) if changes.added + changes.removed > 0 || !withdrawn.is_empty() => results,
+            Ok(_) => return,
+            // Lowered limits make the table too large to apply again: what is in service
+            // stays, minus what was withdrawn.
+            Err(reason) => {
+                tracing::info!(client = %Escaped(&self.name), "last route table not applied again: {}", Escaped(&reason));
+                self.as_in_service(&entries, &withdrawn)
+            }
+        };
+        let _ = control.send_written(ControlMessage::RouteTableResult { version, results }).await;
+    }
+
+    fn disallowed(&self) -> Vec<Disallowed> {
+        let config = self.shared.config();
+        let rules = config.rules(&self.name, self.credential);
+        let mut disallowed = Vec::new();
+        for (&id, route) in &self.tcp {
+            if let Err(refusal) = self.binder().still_allowed(route.bind, route.public_addr) {
+                let what = format!("TCP {}", route.public_addr);
+                disallowed.push(Disallowed { id, what, refusal, service: None });
+            }
+        }
+        for (&id, service) in self.services.iter().filter(|(_, service)| !rules.may_expose(service)) {
+            let message = format!("client {:?} may no longer expose a service named {service:?}", self.name);
+            let refusal = (RefusalCode::NameNotAllowed, message);
+            let what = format!("service {service}");
+            disallowed.push(Disallowed { id, what, refusal, service: Some(service.clone()) });
+        }
+        let host_refusal = |host: &HostPattern| {
+            (RefusalCode::HostNotAllowed, format!("client {:?} may no longer serve host {host}", self.name))
+        };
+        for (&id, matcher) in &self.http {
+            let host = &matcher.spec().host;
+            if !rules.may_serve_host(host) {
+                let what = format!("HTTP {host}");
+                disallowed.push(Disallowed { id, what, refusal: host_refusal(host), service: None });
+            }
+        }
+        for (&id, host) in self.tls.iter().filter(|(_, host)| !rules.may_serve_host(host)) {
+            let what = format!("TLS {host}");
+            disallowed.push(Disallowed { id, what, refusal: host_refusal(host), service: None });
+        }
+        disallowed
+    }
+
+    /// One result per entry of the last table, as things stand: in service, or refused (as
+    /// withdrawn, or as not applied again).
+    fn as_in_service(&self, entries: &[RouteEntry], withdrawn: &[(RouteId, Refusal)]) -> Vec<RouteResult> {
+        let result = |entry: &RouteEntry| {
+            if self.has(entry) {
+                return RouteOutcome::Ready { public_addr: self.tcp.get(&entry.id).map(|r| r.public_addr) };
+            }
+            let (code, message) = withdrawn.iter().find(|(id, _)| *id == entry.id).map_or_else(
+                || {
+                    (
+                        RefusalCode::TooManyForwards,
+                        "more routes than this client's limits now allow".to_owned(),
+                    )
+                },
+                |(_, refusal)| refusal.clone(),
+            );
+            RouteOutcome::Refused { code, message }
+        };
+        entries.iter().map(|entry| RouteResult { id: entry.id, outcome: result(entry) }).collect()
+    }
+}

@@ -1,0 +1,189 @@
+//! `Server::reload` and `Server::sessions`: a new configuration touches only what changed,
+//! and the handle tells what it did and who is connected.
+
+mod common;
+#[path = "common/web.rs"]
+mod web;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tunnel_core::auth::{CredentialKind, Credentials, Token};
+use tunnel_core::client::{ClientError, ClientStatus};
+use tunnel_core::server::ServerConfig;
+
+const OWN_TOKEN: &str = "own-token-for-reload-1";
+
+fn with_own_client(config: &mut ServerConfig, token: &str) {
+    config.credentials = Credentials::default()
+        .with_shared(Token::new(TOKEN).unwrap())
+        .with_client("own", Token::new(token).unwrap());
+}
+
+async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
+    tcp.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
+    assert_eq!(back, bytes);
+}
+
+fn refused_count(status: &ClientStatus) -> usize {
+    match status {
+        ClientStatus::Connected { refused, .. } => refused.len(),
+        other => panic!("not connected: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_ends_only_its_session_and_the_listing_shows_who_is_up() {
+    let server = start_server(|c| with_own_client(c, OWN_TOKEN)).await;
+    let target = echo_target().await;
+    let spec = format!("0:{target}");
+    let mut shared = start_client(server.client_config("laptop", &[&spec]));
+    let own_config = client_config_for(server.addr, server.fingerprint, "own", OWN_TOKEN, &[&spec]);
+    let mut own = start_client(own_config);
+    let public = shared.connected().await[0].public_addr;
+    own.connected().await;
+    let mut held = TcpStream::connect(public).await.unwrap();
+    echo_once(&mut held, &[7u8; 1000]).await;
+
+    let sessions = server.server.sessions();
+    let names: Vec<&str> = sessions.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["laptop", "own"]);
+    let laptop = &sessions[0];
+    assert_eq!(laptop.credential, CredentialKind::Shared);
+    assert_eq!(sessions[1].credential, CredentialKind::PerClient);
+    assert_eq!(laptop.table_version, Some(1), "{laptop:?}");
+    assert_eq!(laptop.open_streams, 1, "the held visitor: {laptop:?}");
+    assert!(laptop.bytes_received > 1000 && laptop.bytes_sent > 1000, "{laptop:?}");
+    assert_eq!(laptop.peer.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+
+    let mut config = server.server.config().as_ref().clone();
+    with_own_client(&mut config, "own-token-rotated-2");
+    let report = server.server.reload(config).await;
+    assert_eq!(report.changed, ["credentials"]);
+    assert_eq!(report.ended, ["own"]);
+    assert!(report.withdrawn.is_empty() && report.refused.is_empty(), "{report:?}");
+    match own.failure().await {
+        ClientError::AuthFailed(message) => assert!(message.contains("revoked"), "{message}"),
+        other => panic!("expected AuthFailed, got {other:?}"),
+    }
+    echo_once(&mut held, b"the shared client goes on").await;
+    eventually("the revoked session to leave the listing", || async {
+        server.server.sessions().iter().map(|s| s.name.clone()).collect::<Vec<_>>() == ["laptop"]
+    })
+    .await;
+    // Nothing changed: nothing reported, nobody ended.
+    let report = server.server.reload(server.server.config().as_ref().clone()).await;
+    assert!(report.changed.is_empty() && report.ended.is_empty(), "{report:?}");
+
+    drop(held);
+    shared.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() {
+    let fixed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let narrow = |c: &mut ServerConfig| c.policy.allow_ports = "20000-29999".parse().unwrap();
+    let server =
+        start_server(|c| c.policy.allow_ports = format!("20000-29999,{fixed}").parse().unwrap()).await;
+    let target = echo_target().await;
+    let (any, pinned) = (format!("0:{target}"), format!("{fixed}:{target}"));
+    let mut client = start_client(server.client_config("mover", &[&any, &pinned]));
+    let forwards = client.connected().await;
+    let kept: SocketAddr = forwards.iter().find(|f| f.public_addr.port() != fixed).unwrap().public_addr;
+    let mut held = TcpStream::connect(kept).await.unwrap();
+    echo_once(&mut held, b"before").await;
+
+    // Narrowed: the fixed port goes, the other route and its visitor stay.
+    let mut config = server.server.config().as_ref().clone();
+    narrow(&mut config);
+    let report = server.server.reload(config.clone()).await;
+    assert_eq!(report.changed, ["policy"]);
+    assert_eq!(report.withdrawn, [format!("mover: TCP 127.0.0.1:{fixed}")]);
+    assert!(TcpStream::connect(("127.0.0.1", fixed)).await.is_err(), "the withdrawn listener accepts");
+    let status = tokio::time::timeout(PATIENCE, client.status.wait_for(|s| refused_count(s) == 1));
+    let status = status.await.expect("the withdrawal was not reported").unwrap().clone();
+    assert_eq!(status.forwards().unwrap().len(), 1, "{status:?}");
+    echo_once(&mut held, b"after narrowing").await;
+
+    // Widened again: the same table, answered again, has the fixed port back.
+    config.policy.allow_ports = format!("20000-29999,{fixed}").parse().unwrap();
+    let report = server.server.reload(config).await;
+    assert!(report.withdrawn.is_empty(), "{report:?}");
+    tokio::time::timeout(PATIENCE, client.status.wait_for(|s| refused_count(s) == 0)).await.unwrap().unwrap();
+    let mut back = TcpStream::connect(("127.0.0.1", fixed)).await.unwrap();
+    echo_once(&mut back, b"the fixed port again").await;
+    echo_once(&mut held, b"untouched throughout").await;
+
+    drop((held, back));
+    client.stop().await;
+    server.stop().await;
+}
+
+/// An HTTP origin answering every request with `ok`, on a keep-alive connection.
+async fn ok_origin() -> SocketAddr {
+    serve_target(|mut tcp| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while tcp.read_exact(&mut byte).await.is_ok() {
+            head.push(byte[0]);
+            if head.ends_with(b"\r\n\r\n") {
+                head.clear();
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if tcp.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_no_longer_allowed_leaves_the_edge_while_the_others_stay() {
+    let edge = web::edge(|_| {}).await;
+    let origin = ok_origin().await;
+    let routes = [format!("a.test=http://{origin}"), format!("b.test=http://{origin}")];
+    let mut client = start_client(web::with_http(edge.server.client_config("web", &[]), &routes));
+    client.connected().await;
+    assert_eq!(web::get(edge.http, "a.test", "/").await, (http::StatusCode::OK, "ok".to_owned()));
+
+    let mut config = edge.server.server.config().as_ref().clone();
+    config.policy.allow_hosts = vec!["b.test".parse().unwrap()];
+    let report = edge.server.server.reload(config).await;
+    assert_eq!(report.withdrawn, ["web: HTTP a.test"]);
+    assert_eq!(
+        web::get(edge.http, "a.test", "/").await.0,
+        http::StatusCode::NOT_FOUND,
+        "a.test still served"
+    );
+    assert_eq!(web::get(edge.http, "b.test", "/").await, (http::StatusCode::OK, "ok".to_owned()));
+    let told = tokio::time::timeout(PATIENCE, client.status.wait_for(|s| refused_count(s) == 1));
+    told.await.expect("the client was not told").unwrap();
+
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_need_a_restart_are_refused_and_kept() {
+    let server = start_server(|_| {}).await;
+    let mut config = server.server.config().as_ref().clone();
+    config.lease_file = Some("/tmp/elsewhere.toml".into());
+    config.http.fallback = http::StatusCode::BAD_GATEWAY;
+    config.max_sessions = 5;
+    config.drain_timeout = Duration::from_secs(3);
+    let report = server.server.reload(config).await;
+    assert_eq!(report.changed, ["max_sessions", "drain_timeout"]);
+    assert_eq!(report.refused.len(), 2, "{report:?}");
+    assert!(report.refused[0].starts_with("lease_file:") && report.refused[1].starts_with("http:"));
+    let now = server.server.config();
+    assert_eq!((now.lease_file.clone(), now.http.fallback), (None, http::StatusCode::NOT_FOUND));
+    assert_eq!((now.max_sessions, now.drain_timeout), (5, Duration::from_secs(3)));
+    server.stop().await;
+}
