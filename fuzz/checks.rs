@@ -33,7 +33,28 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("text_parsers", text_parsers),
     ("lease_file", lease_file),
     ("http_route", http_route),
+    ("admin_request", admin_request),
 ];
+
+/// Admin API requests: the first line is `METHOD PATH`, the rest the body. Decoding never
+/// panics, and a new client decoded from a body prints back as JSON that decodes to the same.
+pub fn admin_request(data: &[u8]) {
+    use tunnel_core::admin::AdminRequest;
+    let (first, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let Ok(first) = std::str::from_utf8(first) else { return };
+    let (method, path) = first.split_once(' ').unwrap_or((first, "/"));
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else { return };
+    if let Ok(AdminRequest::CreateClient { name, grant }) = AdminRequest::decode(&method, path, body) {
+        let mut json = serde_json::to_value(&grant).expect("a grant prints as JSON");
+        json["name"] = serde_json::Value::String(name.clone());
+        let again = AdminRequest::decode(&method, path, json.to_string().as_bytes())
+            .expect("a printed grant decodes");
+        assert_eq!(again, AdminRequest::CreateClient { name, grant });
+    }
+}
 
 /// HTTP routing input: the first line is a request's Host header and path, the rest a route
 /// (the `--http` form, or a `[[routes]]` table). Host patterns and routes print back to what

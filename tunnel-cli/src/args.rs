@@ -37,6 +37,8 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Print the SHA-256 fingerprint of a PEM certificate (for `connect --fingerprint`).
     Fingerprint(FingerprintArgs),
+    /// Ask a running server through its admin API: status, and client credentials.
+    Admin(crate::admin::AdminArgs),
     /// Print a shell completion script, e.g. `tunnel-cli completions bash > /etc/bash_completion.d/tunnel-cli`.
     Completions {
         /// The shell.
@@ -99,6 +101,13 @@ pub struct ServeArgs {
     /// (repeatable or comma-separated) [default: none].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allow_hosts: Vec<Glob>,
+    /// Serve the admin API on this address (TLS with the server's certificate, and the admin
+    /// token), or on a UNIX socket: `unix` for STATE_DIR/admin.sock, or a socket path.
+    #[arg(long, value_name = "ADDR|unix|SOCKET")]
+    pub admin_listen: Option<String>,
+    /// The admin token (else the config, or one generated into STATE_DIR/admin-token).
+    #[arg(long, env = "TUNNEL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub admin_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -189,6 +198,11 @@ impl ServeArgs {
         if !self.allow_hosts.is_empty() {
             file.allow_hosts = Some(self.allow_hosts);
         }
+        override_with(&mut file.admin_listen, self.admin_listen);
+        if self.admin_token.is_some() {
+            file.admin_token_file = None;
+        }
+        override_with(&mut file.admin_token, self.admin_token);
         Ok(file)
     }
 }

@@ -3,6 +3,7 @@
 
 #![deny(unsafe_code)]
 
+mod admin;
 mod alloc;
 mod args;
 mod connect;
@@ -82,6 +83,7 @@ fn main() -> ExitCode {
             args::Command::Serve(args) => serve::run(args).await,
             args::Command::Connect(args) => connect::run(args).await,
             args::Command::Fingerprint(args) => fingerprint(&args),
+            args::Command::Admin(args) => admin::run(args).await,
             args::Command::Completions { shell } => {
                 let mut command = <args::Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut command, "tunnel-cli", &mut std::io::stdout());

@@ -2,8 +2,11 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
 use tokio::net::TcpListener;
-use tunnel_core::config::{ServerFile, ServerSetup, TokenSource};
+
+use tunnel_core::admin::{Admin, AdminListener, ClientStore};
+use tunnel_core::config::{AdminAddress, AdminSetup, ServerFile, ServerSetup, TokenSource};
 use tunnel_core::log::Chain;
 use tunnel_core::server::Server;
 
@@ -17,7 +20,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("cannot handle SIGHUP: {e}")))?;
     let file = args.clone().into_file().map_err(Failure::config)?;
     let (state_dir, certificates) = (file.state_dir.clone(), certificates_read(&file));
-    let setup = file.build().map_err(Failure::config)?;
+    let mut setup = file.build().map_err(Failure::config)?;
     let listener = TcpListener::bind(&setup.listen)
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
@@ -39,7 +42,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
     }
     let running = Running::of(&setup, state_dir, certificates);
-    let server = Server::new(setup.config);
+    let store = ClientStore::open(&setup.clients_file).map_err(Failure::error)?;
+    let mut config = setup.config.clone();
+    store.apply(&mut config);
+    let server = Server::new(config);
+    let admin_api = match setup.admin.take() {
+        Some(admin) => Some(bind_admin(admin).await?),
+        None => None,
+    };
+    let admin = Arc::new(Admin::new(server.clone(), setup.config, store));
     let notifier = crate::notify::Notifier::from_env();
     let shutdown = signals.first_then(notifier.clone(), {
         let server = server.clone();
@@ -72,13 +83,18 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         let (server, until) = (server.clone(), until_stopped());
         tokio::spawn(async move { server.run_https(listener, until).await })
     });
+    // The admin API answers until the process exits, the drain included.
+    let _admin_api = admin_api.map(|listener| {
+        let served = tunnel_core::admin::serve(admin.clone(), listener, std::future::pending());
+        crate::task::Aborted(tokio::spawn(served))
+    });
     let tunnel = server.run(listener, until_stopped());
     // Every listener is bound: ready.
     notifier.ready(&format!("serving clients on {local}"));
     notifier.spawn_watchdog();
     let watch = crate::reload::Watch::new(args.config.clone(), hangup);
     let _reloads =
-        crate::task::Aborted(tokio::spawn(follow(args, running, server.clone(), watch, notifier.clone())));
+        crate::task::Aborted(tokio::spawn(follow(args, running, admin.clone(), watch, notifier.clone())));
     tokio::pin!(tunnel);
     let result = tokio::select! {
         result = &mut tunnel => result,
@@ -102,6 +118,7 @@ struct Running {
     http_listen: Option<String>,
     https_listen: Option<String>,
     metrics: Option<String>,
+    admin: Option<AdminAddress>,
     state_dir: Option<std::path::PathBuf>,
     fingerprint: Option<tunnel_core::tls::Fingerprint>,
     certificates: u64,
@@ -114,6 +131,7 @@ impl Running {
             http_listen: setup.http_listen.clone(),
             https_listen: setup.https_listen.clone(),
             metrics: setup.metrics.clone(),
+            admin: setup.admin.as_ref().map(|a| a.listen.clone()),
             state_dir,
             fingerprint: setup.fingerprint,
             certificates,
@@ -139,7 +157,7 @@ fn certificates_read(file: &ServerFile) -> u64 {
 async fn follow(
     args: ServeArgs,
     mut running: Running,
-    server: Server,
+    admin: Arc<Admin>,
     mut watch: crate::reload::Watch,
     notifier: crate::notify::Notifier,
 ) {
@@ -175,6 +193,7 @@ async fn follow(
             ("http_listen", now.http_listen != running.http_listen),
             ("https_listen", now.https_listen != running.https_listen),
             ("metrics", now.metrics != running.metrics),
+            ("admin_listen", now.admin != running.admin),
         ] {
             if differs {
                 tracing::warn!("`{what}` changes only at a restart; still serving as before");
@@ -183,21 +202,56 @@ async fn follow(
         let mut config = setup.config;
         if now.fingerprint == running.fingerprint {
             // The same certificate: the TLS configuration in force stays, session tickets included.
-            config.tls = server.config().tls.clone();
+            config.tls = admin.server().config().tls.clone();
         } else {
             tracing::info!("new certificate for the tunnel listener: clients pinning the old fingerprint cannot reconnect");
         }
         if now.fingerprint == running.fingerprint && now.certificates == running.certificates {
             // The HTTPS listener's certificates too.
-            config.http.tls = server.config().http.tls.clone();
+            config.http.tls = admin.server().config().http.tls.clone();
         }
         running.fingerprint = now.fingerprint;
         running.certificates = now.certificates;
-        let report = server.reload(config).await;
+        let report = admin.reload(config).await;
         for refused in &report.refused {
             tracing::warn!("not applied: {refused}");
         }
         notifier.ready("configuration reloaded");
+    }
+}
+
+/// Binds the admin API's listener and says where it is.
+async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
+    match admin.listen {
+        AdminAddress::Tcp(addr) => {
+            let (Some(tls), Some(token)) = (admin.tls, admin.token) else {
+                return Err(Failure::runtime("the admin API over TCP needs TLS and a token"));
+            };
+            let listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|e| Failure::runtime(format!("cannot listen for the admin API on {addr}: {e}")))?;
+            let bound = listener.local_addr().map_err(Failure::runtime)?;
+            let token_hint = match &admin.token_source {
+                TokenSource::GeneratedNow(path) | TokenSource::Generated(path) => {
+                    format!("its token is in {}", path.display())
+                }
+                _ => "with the admin token given".to_owned(),
+            };
+            println!("admin API on {bound} (TLS; {token_hint})");
+            Ok(AdminListener::Tls { listener, tls, token })
+        }
+        #[cfg(unix)]
+        AdminAddress::Unix(path) => {
+            let listener = tunnel_core::admin::bind_socket(&path).map_err(|e| {
+                Failure::runtime(format!("cannot listen for the admin API on {}: {e}", path.display()))
+            })?;
+            println!("admin API on unix socket {}", path.display());
+            Ok(AdminListener::Unix(listener))
+        }
+        #[cfg(not(unix))]
+        AdminAddress::Unix(path) => {
+            Err(Failure::runtime(format!("UNIX sockets are not available here: {}", path.display())))
+        }
     }
 }
 

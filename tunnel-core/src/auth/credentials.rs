@@ -69,6 +69,11 @@ impl Credentials {
         }
     }
 
+    /// The names that have a token of their own.
+    pub fn client_names(&self) -> impl Iterator<Item = &str> {
+        self.clients.keys().map(String::as_str)
+    }
+
     /// True if `name` has a token of its own.
     pub fn has_client(&self, name: &str) -> bool {
         self.clients.contains_key(name)

@@ -2,6 +2,7 @@
 //! [`crate::server::ServerConfig`] and [`crate::client::ClientConfig`]. Keys mirror the CLI
 //! flags (`--allow-ports` is `allow_ports`); the commented examples under `examples/` list them all.
 
+mod admin;
 mod client;
 mod duration;
 mod limits;
@@ -13,6 +14,7 @@ mod tokens;
 
 use std::path::{Path, PathBuf};
 
+pub use admin::{AdminAddress, AdminSetup, ADMIN_SOCKET, ADMIN_TOKEN_FILE};
 pub use client::{ClientFile, RemoteEntry, RemoteOptions};
 pub use duration::HumanDuration;
 pub use limits::ServerLimits;

@@ -66,6 +66,14 @@ pub struct ServerFile {
     /// Address to serve HTTPS (terminated with `[[certificates]]`) and TLS passthrough routes
     /// on, e.g. `0.0.0.0:443` (default: none).
     pub https_listen: Option<String>,
+    /// Serve the admin API on this address (TCP, with TLS and the admin token), or on a UNIX
+    /// socket: `unix` for `STATE_DIR/admin.sock`, or a socket path (default: off).
+    pub admin_listen: Option<String>,
+    /// The token the admin API asks for over TCP (default: one generated into the state
+    /// directory, `admin-token`).
+    pub admin_token: Option<SecretString>,
+    /// File holding the admin token.
+    pub admin_token_file: Option<PathBuf>,
     /// Hosts (globs) shared-token clients may serve over HTTP and TLS (default: none).
     pub allow_hosts: Option<Vec<Glob>>,
     /// The answer for requests to hosts no client serves (default `http_status:404`).
@@ -170,6 +178,10 @@ pub struct ServerSetup {
     pub shared_token: Option<Token>,
     /// Where that token came from.
     pub token_source: TokenSource,
+    /// The admin API, when it is on.
+    pub admin: Option<super::admin::AdminSetup>,
+    /// Where the clients created through the admin API are kept.
+    pub clients_file: PathBuf,
 }
 
 impl ServerFile {
@@ -193,6 +205,8 @@ impl ServerFile {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_tokens()?;
         self.tls_choice()?;
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        super::admin::check(self, &state_dir)?;
         self.runtime(Credentials::default(), None).map(drop)
     }
 
@@ -214,7 +228,7 @@ impl ServerFile {
                 Some(token) => (Some(token), TokenSource::Supplied),
                 None if !self.clients.is_empty() => (None, TokenSource::None),
                 None => {
-                    let (token, source) = stored_token(&state_dir)?;
+                    let (token, source) = stored_token(&state_dir, super::tokens::TOKEN_FILE)?;
                     (Some(token), source)
                 }
             };
@@ -237,6 +251,7 @@ impl ServerFile {
             None => (None, None),
             Some(own) => identity(own)?,
         };
+        let admin = super::admin::setup(&self, &state_dir, tls.as_ref())?;
         let mut config = self.runtime(credentials, tls)?;
         config.lease_file = Some(state_dir.join(LEASE_FILE));
         config.http.tls = edge_tls;
@@ -249,6 +264,8 @@ impl ServerFile {
             fingerprint,
             shared_token,
             token_source,
+            admin,
+            clients_file: state_dir.join(crate::admin::CLIENTS_FILE),
         })
     }
 

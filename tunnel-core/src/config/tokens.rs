@@ -39,8 +39,8 @@ pub(super) fn secret(
 
 /// Reads the token kept in the state directory, or generates and keeps one (mode 0600, in a
 /// directory created with mode 0700).
-pub(super) fn stored_token(state_dir: &Path) -> Result<(Token, TokenSource), ConfigError> {
-    let path = state_dir.join(TOKEN_FILE);
+pub(super) fn stored_token(state_dir: &Path, name: &str) -> Result<(Token, TokenSource), ConfigError> {
+    let path = state_dir.join(name);
     let state_err = |source| ConfigError::StateDir { path: path.clone(), source };
     if path.exists() {
         let token = Token::from_file(&path).map_err(|e| invalid("state_dir", e))?;

@@ -14,6 +14,7 @@ use super::registry::SessionId;
 use crate::auth::CredentialKind;
 use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
+use crate::proto::RouteId;
 use crate::session::ControlSender;
 
 /// One session as [`super::Server::sessions`] lists it.
@@ -41,6 +42,22 @@ pub struct SessionInfo {
     /// The version of the last route table applied; `None` for a version 1 client, or before
     /// its first table.
     pub table_version: Option<u64>,
+    /// Its routes in service.
+    pub routes: Vec<RouteInfo>,
+}
+
+/// A route in service, as [`SessionInfo`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteInfo {
+    /// Its id in the client's table.
+    pub id: RouteId,
+    /// `tcp`, `service`, `http`, `http_fallback` or `tls`.
+    pub kind: &'static str,
+    /// Where a TCP route listens.
+    pub public_addr: Option<SocketAddr>,
+    /// A service's name, an HTTP route's host and path, a TLS route's host.
+    pub target: Option<String>,
 }
 
 /// What a reload asks of a session, in two rounds over every session: first each withdraws
@@ -66,6 +83,7 @@ struct Entry {
     opener: StreamOpener,
     control: ControlSender,
     table_version: Arc<AtomicU64>,
+    routes: Arc<Mutex<Vec<RouteInfo>>>,
     revoke: CancellationToken,
     recheck: mpsc::Sender<Recheck>,
 }
@@ -79,6 +97,7 @@ pub(super) struct Listed<'d> {
     /// Re-check requests from reloads.
     pub(super) rechecks: mpsc::Receiver<Recheck>,
     table_version: Arc<AtomicU64>,
+    routes: Arc<Mutex<Vec<RouteInfo>>>,
 }
 
 impl Listed<'_> {
@@ -86,6 +105,11 @@ impl Listed<'_> {
     pub(super) fn table_applied(&self, version: u64) {
         // Stored plus one, so that 0 can mean "none yet".
         self.table_version.store(version.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Records the routes in service now.
+    pub(super) fn set_routes(&self, routes: Vec<RouteInfo>) {
+        *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = routes;
     }
 }
 
@@ -110,6 +134,7 @@ impl Directory {
         control: ControlSender,
     ) -> Listed<'_> {
         let (revoke, table_version) = (CancellationToken::new(), Arc::new(AtomicU64::new(0)));
+        let routes = Arc::default();
         // Reloads run one at a time, each waiting for its round: one request at a time.
         let (recheck, rechecks) = mpsc::channel(1);
         let entry = Entry {
@@ -121,11 +146,12 @@ impl Directory {
             opener,
             control,
             table_version: table_version.clone(),
+            routes: Arc::clone(&routes),
             revoke: revoke.clone(),
             recheck,
         };
         self.lock().insert(id, entry);
-        Listed { directory: self, id, revoked: revoke, rechecks, table_version }
+        Listed { directory: self, id, revoked: revoke, rechecks, table_version, routes }
     }
 
     /// Every session up now, by name.
@@ -147,6 +173,7 @@ impl Directory {
                     bytes_received,
                     bytes_sent,
                     table_version: version.checked_sub(1),
+                    routes: entry.routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 }
             })
             .collect();

@@ -37,7 +37,7 @@ use crate::task::OwnedTask;
 use crate::transport::Connection;
 use connection::Accepted;
 
-pub use directory::SessionInfo;
+pub use directory::{RouteInfo, SessionInfo};
 pub use policy::{ClientPolicy, ClientRules, Policy, PortVerdict};
 pub use reload::Reload;
 

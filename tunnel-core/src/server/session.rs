@@ -83,13 +83,16 @@ pub(super) async fn run(
                 if let Some(version) = routes.table_version() {
                     listed.table_applied(version);
                 }
+                listed.set_routes(routes.snapshot());
             }
             Some(recheck) = listed.rechecks.recv() => match recheck {
                 Recheck::Withdraw(done) => {
                     let _ = done.send(routes.withdraw(&control).await);
+                    listed.set_routes(routes.snapshot());
                 }
                 Recheck::Reapply(done) => {
                     routes.reapply(&control).await;
+                    listed.set_routes(routes.snapshot());
                     let _ = done.send(());
                 }
             },

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::forwards::{self, Binder, Carrier, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
 use super::registry::SessionId;
-use super::Shared;
+use super::{RouteInfo, Shared};
 use crate::auth::CredentialKind;
 use crate::http::Matcher;
 use crate::log::Escaped;
@@ -481,6 +481,27 @@ impl<'s> SessionRoutes<'s> {
         self.owned.cancel();
         self.accepting.cancel();
         self.shared.http_routes.remove(self.session);
+    }
+
+    /// The routes in service now, for listings.
+    pub(super) fn snapshot(&self) -> Vec<RouteInfo> {
+        let info = |id, kind, public_addr, target| RouteInfo { id, kind, public_addr, target };
+        let mut routes: Vec<RouteInfo> =
+            Vec::with_capacity(self.tcp.len() + self.services.len() + self.http.len());
+        routes.extend(self.tcp.iter().map(|(id, r)| info(*id, "tcp", Some(r.public_addr), None)));
+        routes.extend(self.services.iter().map(|(id, name)| info(*id, "service", None, Some(name.clone()))));
+        for (id, matcher) in &self.http {
+            let spec = matcher.spec();
+            let path = match &spec.path {
+                crate::proto::PathMatch::Any => String::new(),
+                crate::proto::PathMatch::Prefix(p) | crate::proto::PathMatch::Exact(p) => p.clone(),
+                crate::proto::PathMatch::Regex(r) => format!(" ~{r}"),
+            };
+            routes.push(info(*id, "http", None, Some(format!("{}{path}", spec.host))));
+        }
+        routes.extend(self.fallback.map(|id| info(id, "http_fallback", None, None)));
+        routes.extend(self.tls.iter().map(|(id, host)| info(*id, "tls", None, Some(host.to_string()))));
+        routes
     }
 
     /// The version of the last table applied.

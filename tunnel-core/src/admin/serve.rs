@@ -1,0 +1,211 @@
+//! Serving the admin API: over TCP with TLS, every request carrying the admin token; or on a
+//! UNIX socket, where the socket's mode (0600) decides who may use it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::api::{self, Answer};
+use super::Admin;
+use crate::auth::Token;
+
+/// Largest request body read (a new client's grant); a larger one is answered 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Time allowed for the TLS handshake and for a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Where the admin API listens.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AdminListener {
+    /// TCP with TLS (ALPN `http/1.1` is set here); every request must carry
+    /// `Authorization: Bearer TOKEN`.
+    Tls {
+        /// The bound listener.
+        listener: TcpListener,
+        /// The server's TLS configuration (its certificate).
+        tls: Arc<rustls::ServerConfig>,
+        /// The admin token.
+        token: Token,
+    },
+    /// A UNIX socket: whoever may open it (mode 0600: its owner) may use the API.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Future<Output = ()>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tasks = TaskTracker::new();
+    let tls = match &listener {
+        AdminListener::Tls { tls, .. } => {
+            let mut config = (**tls).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        }
+        #[cfg(unix)]
+        AdminListener::Unix(_) => None,
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener) => accepted,
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(err) => {
+                if crate::log::ACCEPT_FAILURES.allow() {
+                    tracing::warn!("admin API: accept failed: {err}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // Dropping the connection closes it.
+        };
+        let (admin, tls) = (admin.clone(), tls.clone());
+        let token = match &listener {
+            AdminListener::Tls { token, .. } => Some(token.clone()),
+            #[cfg(unix)]
+            AdminListener::Unix(_) => None,
+        };
+        tasks.spawn(async move {
+            let _slot = slot;
+            match (io, tls) {
+                (Accepted::Tcp(tcp), Some(tls)) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection(stream, admin, token).await,
+                        Ok(Err(err)) => tracing::debug!("admin API: TLS handshake failed: {err}"),
+                        Err(_) => tracing::debug!("admin API: TLS handshake timed out"),
+                    }
+                }
+                #[cfg(unix)]
+                (Accepted::Unix(stream), _) => connection(stream, admin, None).await,
+                _ => {}
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
+    match listener {
+        AdminListener::Tls { listener, .. } => listener.accept().await.map(|(tcp, _)| Accepted::Tcp(tcp)),
+        #[cfg(unix)]
+        AdminListener::Unix(listener) => listener.accept().await.map(|(unix, _)| Accepted::Unix(unix)),
+    }
+}
+
+/// Serves one connection (HTTP/1.1, keep-alive) until it closes.
+async fn connection(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    admin: Arc<Admin>,
+    token: Option<Token>,
+) {
+    let token = Arc::new(token);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let (admin, token) = (admin.clone(), token.clone());
+        async move { Ok::<_, Infallible>(handle(&admin, token.as_ref().as_ref(), request).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(16 * 1024);
+    if let Err(err) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!("admin API: connection ended: {err}");
+    }
+}
+
+async fn handle(admin: &Admin, token: Option<&Token>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(token) = token {
+        if !authorized(token, request.headers().get(http::header::AUTHORIZATION)) {
+            if crate::log::REFUSALS.allow() {
+                tracing::warn!("admin API: request without the admin token refused");
+            }
+            let mut response = respond(Answer::error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token (Authorization: Bearer TOKEN)",
+            ));
+            response.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return respond(Answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY} bytes"),
+            ));
+        }
+        Err(err) => {
+            return respond(Answer::error(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}")))
+        }
+    };
+    respond(api::answer(admin, &parts.method, parts.uri.path(), &body).await)
+}
+
+/// Whether `header` is `Bearer` and the admin token.
+fn authorized(token: &Token, header: Option<&HeaderValue>) -> bool {
+    let given = header.and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+    given.and_then(|given| Token::new(given).ok()).is_some_and(|given| given.same_secret(token))
+}
+
+fn respond(answer: Answer) -> Response<Full<Bytes>> {
+    let mut body = answer.body.to_string();
+    body.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = answer.status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(allow) = answer.allow {
+        response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}
+
+/// Binds the admin API's UNIX socket with mode 0600, in a directory created with mode 0700
+/// if missing. A socket left by an earlier run is replaced; any other file there is an error.
+#[cfg(unix)]
+pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is there",
+            ))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fs::create_private_dir(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

@@ -1,0 +1,120 @@
+//! The admin handle and API without sockets: decoding, the file's authority over its names,
+//! the store on disk.
+
+use http::{Method, StatusCode};
+
+use super::api::answer;
+use super::*;
+use crate::auth::{CredentialKind, Credentials};
+
+fn admin_with_config_client(store: ClientStore) -> Admin {
+    let credentials = Credentials::default()
+        .with_shared(Token::new("shared-token-0123456789").unwrap())
+        .with_client("from-file", Token::new("file-token-0123456789").unwrap());
+    let base = ServerConfig::new(credentials, None);
+    let mut config = base.clone();
+    store.apply(&mut config);
+    Admin::new(Server::new(config), base, store)
+}
+
+#[test]
+fn requests_decode_to_what_the_document_lists_and_nothing_else() {
+    let decode =
+        |method: Method, path: &str, body: &str| AdminRequest::decode(&method, path, body.as_bytes());
+    assert_eq!(decode(Method::GET, "/v1/status", ""), Ok(AdminRequest::Status));
+    assert_eq!(decode(Method::DELETE, "/v1/clients/w1", ""), Ok(AdminRequest::RevokeClient("w1".into())));
+    assert_eq!(
+        decode(Method::POST, "/v1/clients/w1/rotate", ""),
+        Ok(AdminRequest::RotateClient("w1".into()))
+    );
+    let created = decode(
+        Method::POST,
+        "/v1/clients",
+        r#"{"name":"w1","allow_ports":"10000-10010","allow_visit":["cp/api"]}"#,
+    );
+    let Ok(AdminRequest::CreateClient { name, grant }) = created else { panic!("{created:?}") };
+    assert_eq!((name.as_str(), grant.allow_ports.unwrap().to_string()), ("w1", "10000-10010".to_owned()));
+    let status = |r: Result<AdminRequest, Undecodable>| r.unwrap_err().status;
+    assert_eq!(status(decode(Method::PUT, "/v1/clients", "")), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(status(decode(Method::GET, "/v1/clients/w1/rotate", "")), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(status(decode(Method::GET, "/v2/status", "")), StatusCode::NOT_FOUND);
+    assert_eq!(status(decode(Method::GET, "/v1/status/", "")), StatusCode::NOT_FOUND);
+    for body in ["", "[]", "{}", r#"{"name":"w1","token":"x"}"#, r#"{"name":"w1","allow_ports":"0-99999"}"#] {
+        assert_eq!(status(decode(Method::POST, "/v1/clients", body)), StatusCode::BAD_REQUEST, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn created_clients_authenticate_until_revoked_and_the_file_keeps_its_names() {
+    let admin = admin_with_config_client(ClientStore::in_memory());
+    let token = admin.create("w1", Grant::default()).await.unwrap();
+    let config = admin.server().config();
+    let (found, kind) = config.credentials.lookup("w1").unwrap();
+    assert!(found.same_secret(&token) && kind == CredentialKind::PerClient);
+    assert!(matches!(admin.create("w1", Grant::default()).await, Err(AdminError::Exists(_))));
+    assert!(matches!(admin.create("from-file", Grant::default()).await, Err(AdminError::FromConfig(_))));
+    assert!(matches!(admin.revoke("from-file").await, Err(AdminError::FromConfig(_))));
+    assert!(matches!(admin.rotate("nobody").await, Err(AdminError::NotFound(_))));
+    assert!(matches!(admin.create("no/slash", Grant::default()).await, Err(AdminError::InvalidName { .. })));
+
+    let rotated = admin.rotate("w1").await.unwrap();
+    let config = admin.server().config();
+    assert!(config.credentials.lookup("w1").unwrap().0.same_secret(&rotated) && !rotated.same_secret(&token));
+    assert_eq!(admin.revoke("w1").await.unwrap(), Vec::<String>::new());
+    let config = admin.server().config();
+    assert_eq!(
+        config.credentials.lookup("w1").unwrap().1,
+        CredentialKind::Shared,
+        "back on the shared token"
+    );
+    // The file's client and the shared token were never touched.
+    assert!(config.credentials.lookup("from-file").is_some());
+    let names: Vec<String> = admin.clients().await.into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["from-file"]);
+}
+
+#[tokio::test]
+async fn the_api_answers_each_refusal_with_its_status() {
+    let admin = admin_with_config_client(ClientStore::in_memory());
+    let call = |method: Method, path: &'static str, body: &'static str| {
+        let admin = &admin;
+        async move { answer(admin, &method, path, body.as_bytes()).await }
+    };
+    let created = call(Method::POST, "/v1/clients", r#"{"name":"w2","allow_hosts":["*.a.test"]}"#).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert!(created.body["token"].as_str().is_some_and(|t| t.len() == 64), "{}", created.body);
+    assert_eq!(call(Method::POST, "/v1/clients", r#"{"name":"w2"}"#).await.status, StatusCode::CONFLICT);
+    assert_eq!(call(Method::DELETE, "/v1/clients/from-file", "").await.status, StatusCode::CONFLICT);
+    assert_eq!(call(Method::DELETE, "/v1/clients/nobody", "").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(call(Method::GET, "/v1/clients/nobody", "").await.status, StatusCode::NOT_FOUND);
+    let listed = call(Method::GET, "/v1/clients/w2", "").await;
+    assert_eq!(listed.body["allow_hosts"], serde_json::json!(["*.a.test"]));
+    assert_eq!(listed.body["source"], "admin");
+    let refused = call(Method::PATCH, "/v1/clients", "").await;
+    assert_eq!((refused.status, refused.allow), (StatusCode::METHOD_NOT_ALLOWED, Some("GET, POST")));
+    let status = call(Method::GET, "/v1/status", "").await;
+    assert_eq!(status.body["clients"], serde_json::json!({ "config": 1, "admin": 1 }));
+}
+
+#[tokio::test]
+async fn the_store_keeps_created_clients_across_restarts_readable_by_its_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state").join(CLIENTS_FILE);
+    let admin = admin_with_config_client(ClientStore::open(&path).unwrap());
+    let token = admin.create("kept", Grant::default()).await.unwrap();
+    admin.create("gone", Grant::default()).await.unwrap();
+    admin.revoke("gone").await.unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let again = admin_with_config_client(ClientStore::open(&path).unwrap());
+    let config = again.server().config();
+    assert!(config.credentials.lookup("kept").unwrap().0.same_secret(&token));
+    assert_eq!(config.credentials.lookup("gone").unwrap().1, CredentialKind::Shared);
+    // A store that cannot be read is an error naming the file, not an empty store.
+    std::fs::write(&path, "[[clients]]\nname = 7\n").unwrap();
+    let err = ClientStore::open(&path).unwrap_err();
+    assert!(err.to_string().contains(CLIENTS_FILE), "{err}");
+}
