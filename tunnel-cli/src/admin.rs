@@ -106,18 +106,20 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
             grant.allow_visit = create.allow_visit;
             grant.allow_expose = create.allow_expose;
             let token = client.create(&create.name, &grant).await.map_err(refused)?;
-            println!("{}", token.expose_secret());
+            print_token(&create.name, &token, args.json);
         }
         AdminCommand::Clients(ClientsCommand::Rotate { name }) => {
             let token = client.rotate(&name).await.map_err(refused)?;
-            println!("{}", token.expose_secret());
+            print_token(&name, &token, args.json);
         }
         AdminCommand::Clients(ClientsCommand::Revoke { name }) => {
             let ended = client.revoke(&name).await.map_err(refused)?;
-            println!(
-                "revoked {name}; sessions ended: {}",
-                if ended.is_empty() { "none".to_owned() } else { ended.join(", ") }
-            );
+            if args.json {
+                println!("{}", serde_json::json!({ "name": name, "ended": ended }));
+            } else {
+                let ended = if ended.is_empty() { "none".to_owned() } else { ended.join(", ") };
+                println!("revoked {name}; sessions ended: {ended}");
+            }
         }
     }
     Ok(())
@@ -150,6 +152,15 @@ fn target(args: &AdminArgs) -> Result<AdminTarget, Failure> {
             Token::new(t.expose_secret()).map_err(|e| Failure::usage(format!("invalid --admin-token: {e}")))
         })?;
     Ok(AdminTarget::Tls { addr: admin, trust, token })
+}
+
+/// The token alone (for `$(...)`), or the API's object with `--json`.
+fn print_token(name: &str, token: &Token, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "name": name, "token": token.expose_secret() }));
+    } else {
+        println!("{}", token.expose_secret());
+    }
 }
 
 fn text(value: &Value) -> String {

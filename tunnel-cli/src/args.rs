@@ -105,8 +105,9 @@ pub struct ServeArgs {
     /// token), or on a UNIX socket: `unix` for STATE_DIR/admin.sock, or a socket path.
     #[arg(long, value_name = "ADDR|unix|SOCKET")]
     pub admin_listen: Option<String>,
-    /// The admin token (else the config, or one generated into STATE_DIR/admin-token).
-    #[arg(long, env = "TUNNEL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    /// The admin token (else `admin_token` or `admin_token_file` in the config, or one
+    /// generated into STATE_DIR/admin-token). TUNNEL_ADMIN_TOKEN is for `tunnel-cli admin`.
+    #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<SecretString>,
 }
 

@@ -76,6 +76,23 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
     let status: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(status["sessions"][0]["name"], "worker-9");
     assert_eq!(status["sessions"][0]["credential"], "client");
+    assert_eq!(status["sessions"][0]["table_version"], 1);
+    // The forward, with its public address and the version of the table it came with.
+    let forwards = tokio::process::Command::new("curl")
+        .args(["-sk", "-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+        .arg(format!("https://{}/v1/forwards", server.admin))
+        .output()
+        .await
+        .expect("curl is installed (.ci/run installs it)");
+    let forwards: serde_json::Value = serde_json::from_slice(&forwards.stdout).unwrap();
+    let forward = &forwards["forwards"][0];
+    assert_eq!(forward["client"], "worker-9", "{forwards}");
+    assert_eq!(
+        (forward["kind"].as_str(), forward["table_version"].as_u64()),
+        (Some("tcp"), Some(1)),
+        "{forwards}"
+    );
+    assert_eq!(forward["public_addr"], format!("127.0.0.1:{public}"), "{forwards}");
 
     // Refusals: exit 1, the reason on stderr.
     for args in [
@@ -147,6 +164,8 @@ async fn the_admin_api_matches_its_openapi_document_under_generated_requests() {
         .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
         .args(["--tls-verify", "false", "--max-examples", "40", "--seed", "7"])
         .args(["--exclude-checks", "positive_data_acceptance"])
+        // Its caches go to the working directory: a temporary one.
+        .current_dir(dir.path())
         .output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(300), run)
         .await
@@ -175,7 +194,7 @@ async fn garbage_oversized_and_unauthenticated_requests_get_4xx_and_leave_the_ap
     let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
     let curl = |args: Vec<String>| async move {
         let out = tokio::process::Command::new("curl")
-            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20"])
+            .args(["-sk", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20"])
             .args(args)
             .output()
             .await
@@ -213,7 +232,7 @@ async fn garbage_oversized_and_unauthenticated_requests_get_4xx_and_leave_the_ap
             "413",
         ),
         (vec!["-H".into(), auth.clone(), "-X".into(), "PUT".into(), url.clone()], "405"),
-        (vec!["-H".into(), auth.clone(), format!("https://{}/v1/../../etc/passwd", server.admin)], "404"),
+        (vec!["-H".into(), auth.clone(), format!("https://{}/v1/../v1/status", server.admin)], "404"),
         (vec!["-H".into(), auth.clone(), format!("https://{}/v1/clients/%2e%2e", server.admin)], "404"),
     ];
     for (args, expected) in cases {

@@ -38,6 +38,8 @@ pub fn command(args: &[&str]) -> Command {
 /// with the test.
 pub fn isolated(cmd: &mut Command) {
     cmd.env_remove("TUNNEL_TOKEN")
+        .env_remove("TUNNEL_ADMIN")
+        .env_remove("TUNNEL_ADMIN_TOKEN")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -12,8 +12,8 @@ use crate::auth::CredentialKind;
 use crate::forward::{Glob, PortSet, VisitRule};
 use crate::server::SessionInfo;
 
-/// An answer: its status, its JSON body, and for a 405 the methods the path allows.
-#[derive(Debug)]
+/// An answer: its status, its JSON body, and for a 405 the methods the path allows. No
+/// `Debug`: a body may hold a token.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: Value,
@@ -147,9 +147,9 @@ pub(crate) async fn answer(admin: &Admin, method: &Method, path: &str, body: &[u
         AdminRequest::Forwards => Answer::ok(json!({ "forwards": routes(admin, Some("tcp")) })),
         AdminRequest::Routes => Answer::ok(json!({ "routes": routes(admin, None) })),
         AdminRequest::ListClients => {
-            Answer::ok(json!({ "clients": admin.clients().await.iter().map(client).collect::<Vec<_>>() }))
+            Answer::ok(json!({ "clients": admin.clients().iter().map(client).collect::<Vec<_>>() }))
         }
-        AdminRequest::GetClient(name) => match admin.clients().await.iter().find(|c| c.name == name) {
+        AdminRequest::GetClient(name) => match admin.clients().iter().find(|c| c.name == name) {
             Some(found) => Answer::ok(client(found)),
             None => Answer::error(StatusCode::NOT_FOUND, format!("no client {}", crate::log::Escaped(&name))),
         },
@@ -187,7 +187,7 @@ fn refused(err: AdminError) -> Answer {
 
 async fn status(admin: &Admin) -> Value {
     let server = admin.server();
-    let clients = admin.clients().await;
+    let clients = admin.clients();
     let created = clients.iter().filter(|c| c.source == ClientSource::Admin).count();
     json!({
         "version": env!("CARGO_PKG_VERSION"),

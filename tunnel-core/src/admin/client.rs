@@ -63,6 +63,9 @@ pub enum AdminClientError {
         /// Its `error` message.
         message: String,
     },
+    /// The client name is not one (it would not stay one path segment).
+    #[error("invalid client name: {0}")]
+    InvalidName(String),
     /// The answer was not what the API documents.
     #[error("unexpected answer from the admin API: {0}")]
     Unexpected(String),
@@ -121,11 +124,13 @@ impl AdminClient {
 
     /// `POST /v1/clients/NAME/rotate`: returns the client's new token.
     pub async fn rotate(&self, name: &str) -> Result<Token, AdminClientError> {
+        checked(name)?;
         token(self.request(Method::POST, &format!("/v1/clients/{name}/rotate"), None).await?)
     }
 
     /// `DELETE /v1/clients/NAME`: returns the clients whose sessions ended.
     pub async fn revoke(&self, name: &str) -> Result<Vec<String>, AdminClientError> {
+        checked(name)?;
         let answer = self.request(Method::DELETE, &format!("/v1/clients/{name}"), None).await?;
         let ended = answer.get("ended").and_then(Value::as_array).ok_or_else(|| unexpected(&answer))?;
         Ok(ended.iter().filter_map(Value::as_str).map(str::to_owned).collect())
@@ -154,8 +159,10 @@ impl AdminClient {
             Request::builder().method(method).uri(path).header(http::header::HOST, "tunnel-admin");
         let io: crate::transport::BoxedIo = match (&self.target, &self.tls) {
             (AdminTarget::Tls { addr, token, .. }, Some(tls)) => {
-                request =
-                    request.header(http::header::AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+                let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+                    .map_err(|e| AdminClientError::Http(e.into()))?;
+                value.set_sensitive(true);
+                request = request.header(http::header::AUTHORIZATION, value);
                 let transport = ClientTransport::tls(tls.clone(), addr).map_err(|e| {
                     connect_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
                 })?;
@@ -199,6 +206,11 @@ impl AdminClient {
             AdminTarget::Unix(path) => path.display().to_string(),
         }
     }
+}
+
+/// A name goes into a path: a valid client name only (nothing that a URL reads otherwise).
+fn checked(name: &str) -> Result<(), AdminClientError> {
+    crate::proto::validate_name(name).map_err(|e| AdminClientError::InvalidName(e.to_string()))
 }
 
 fn unexpected(answer: &Value) -> AdminClientError {

@@ -87,7 +87,11 @@ pub struct ClientInfo {
 #[derive(Debug)]
 pub struct Admin {
     server: Server,
+    /// Held by each change, through the reload that puts it in force: changes run one at a
+    /// time. Listings do not take it.
     state: tokio::sync::Mutex<State>,
+    /// The names created here, as of the last change (for listings).
+    created: std::sync::RwLock<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Debug)]
@@ -100,8 +104,20 @@ struct State {
 impl Admin {
     /// The handle for `server`, started with `base` merged with `store`
     /// ([`ClientStore::apply`]).
-    pub fn new(server: Server, base: ServerConfig, store: ClientStore) -> Self {
-        Self { server, state: tokio::sync::Mutex::new(State { base, store }) }
+    ///
+    /// A created client whose name the configuration now lists is removed from the store
+    /// (the file is authoritative for it), with a warning, so that taking the name out of the
+    /// file later does not bring the old token back.
+    pub fn new(server: Server, base: ServerConfig, mut store: ClientStore) -> Self {
+        drop_listed(&mut store, &base);
+        let created = std::sync::RwLock::new(store.grants().map(|(name, _)| name.to_owned()).collect());
+        Self { server, state: tokio::sync::Mutex::new(State { base, store }), created }
+    }
+
+    /// Records the names created here now, for listings.
+    fn note_created(&self, state: &State) {
+        let names = state.store.grants().map(|(name, _)| name.to_owned()).collect();
+        *self.created.write().unwrap_or_else(|e| e.into_inner()) = names;
     }
 
     /// The server.
@@ -114,6 +130,9 @@ impl Admin {
     pub async fn reload(&self, base: ServerConfig) -> Reload {
         let mut state = self.state.lock().await;
         state.base = base;
+        let State { base, store } = &mut *state;
+        drop_listed(store, base);
+        self.note_created(&state);
         self.put_in_force(&state).await
     }
 
@@ -133,6 +152,7 @@ impl Admin {
             return Err(AdminError::FromConfig(name.to_owned()));
         }
         let token = state.store.insert(name, grant)?;
+        self.note_created(&state);
         let report = self.put_in_force(&state).await;
         tracing::info!(client = name, ended = ?report.ended, "client created through the admin API");
         Ok(token)
@@ -158,39 +178,36 @@ impl Admin {
             return Err(AdminError::FromConfig(name.to_owned()));
         }
         state.store.remove(name)?;
+        self.note_created(&state);
         let report = self.put_in_force(&state).await;
         tracing::info!(client = name, ended = ?report.ended, "client revoked through the admin API");
         Ok(report.ended)
     }
 
-    /// Every client with its own token, by name.
-    pub async fn clients(&self) -> Vec<ClientInfo> {
-        let state = self.state.lock().await;
+    /// Every client with its own token, by name, as the configuration in force has them.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let config = self.server.config();
+        let created = self.created.read().unwrap_or_else(|e| e.into_inner()).clone();
         let online: std::collections::HashSet<String> = self.server.session_names().into_iter().collect();
-        let mut clients: Vec<ClientInfo> = state
-            .base
+        let mut clients: Vec<ClientInfo> = config
             .credentials
             .client_names()
             .map(|name| ClientInfo {
                 name: name.to_owned(),
-                source: ClientSource::Config,
+                source: if created.contains(name) { ClientSource::Admin } else { ClientSource::Config },
                 online: online.contains(name),
-                grant: state.base.policy.clients.get(name).map(Grant::of).unwrap_or_default(),
+                grant: config.policy.clients.get(name).map(Grant::of).unwrap_or_default(),
             })
             .collect();
-        for (name, grant) in state.store.grants() {
-            if !state.base.credentials.has_client(name) {
-                let online = online.contains(name);
-                clients.push(ClientInfo {
-                    name: name.to_owned(),
-                    source: ClientSource::Admin,
-                    online,
-                    grant: grant.clone(),
-                });
-            }
-        }
         clients.sort_by(|a, b| a.name.cmp(&b.name));
         clients
+    }
+}
+
+/// Removes from `store` the names `base` lists, saying so.
+fn drop_listed(store: &mut ClientStore, base: &ServerConfig) {
+    for name in store.remove_listed(&base.credentials) {
+        tracing::warn!(client = %crate::log::Escaped(&name), "the configuration now lists this client: its credential created through the admin API is removed");
     }
 }
 

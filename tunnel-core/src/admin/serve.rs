@@ -29,6 +29,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 64;
 
+/// Of those, from one IP address over TCP: one source cannot take them all.
+const MAX_CONNECTIONS_PER_SOURCE: usize = 8;
+
 /// Where the admin API listens.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -51,6 +54,7 @@ pub enum AdminListener {
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources = Sources::default();
     let tasks = TaskTracker::new();
     let tls = match &listener {
         AdminListener::Tls { tls, .. } => {
@@ -80,6 +84,7 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // Dropping the connection closes it.
         };
+        let Some(place) = io.admit(&sources) else { continue };
         let (admin, tls) = (admin.clone(), tls.clone());
         let token = match &listener {
             AdminListener::Tls { token, .. } => Some(token.clone()),
@@ -87,7 +92,7 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
             AdminListener::Unix(_) => None,
         };
         tasks.spawn(async move {
-            let _slot = slot;
+            let _held = (slot, place);
             match (io, tls) {
                 (Accepted::Tcp(tcp), Some(tls)) => {
                     match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
@@ -97,7 +102,18 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
                     }
                 }
                 #[cfg(unix)]
-                (Accepted::Unix(stream), _) => connection(stream, admin, None).await,
+                (Accepted::Unix(stream, owner), _) => {
+                    // Checked at every connection: one queued while the socket's mode was being
+                    // set is refused too.
+                    match stream.peer_cred() {
+                        Ok(peer) if peer.uid() == owner => connection(stream, admin, None).await,
+                        Ok(peer) => tracing::warn!(
+                            uid = peer.uid(),
+                            "admin API: connection from another user refused"
+                        ),
+                        Err(err) => tracing::warn!("admin API: cannot tell who connected: {err}"),
+                    }
+                }
                 _ => {}
             }
         });
@@ -108,15 +124,58 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
 
 enum Accepted {
     Tcp(tokio::net::TcpStream),
+    /// With the uid that owns the socket: only it may use it.
     #[cfg(unix)]
-    Unix(tokio::net::UnixStream),
+    Unix(tokio::net::UnixStream, u32),
+}
+
+impl Accepted {
+    /// A place among the connections of its source (TCP), or `None` when it has its share.
+    fn admit(&self, sources: &Sources) -> Option<Place> {
+        let ip = match self {
+            Self::Tcp(tcp) => tcp.peer_addr().ok()?.ip(),
+            #[cfg(unix)]
+            Self::Unix(..) => return Some(Place(None)),
+        };
+        let mut counts = sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Place(Some((ip, sources.clone()))))
+    }
+}
+
+/// Connections open, per source address.
+#[derive(Clone, Default)]
+struct Sources(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place in its source's count; dropping it frees the place.
+struct Place(Option<(std::net::IpAddr, Sources)>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some((ip, sources)) = &self.0 {
+            let mut counts = sources.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = counts.get_mut(ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(ip);
+                }
+            }
+        }
+    }
 }
 
 async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
     match listener {
         AdminListener::Tls { listener, .. } => listener.accept().await.map(|(tcp, _)| Accepted::Tcp(tcp)),
         #[cfg(unix)]
-        AdminListener::Unix(listener) => listener.accept().await.map(|(unix, _)| Accepted::Unix(unix)),
+        AdminListener::Unix(listener) => {
+            let owner = socket_owner(listener)?;
+            listener.accept().await.map(|(unix, _)| Accepted::Unix(unix, owner))
+        }
     }
 }
 
@@ -149,11 +208,20 @@ async fn handle(admin: &Admin, token: Option<&Token>, request: Request<Incoming>
                 "missing or wrong admin token (Authorization: Bearer TOKEN)",
             ));
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            // A stranger does not keep the connection (nor its place) by asking again.
+            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
     }
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
+    let read = tokio::time::timeout(HEADER_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    let Ok(read) = read.await else {
+        let mut response =
+            respond(Answer::error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"));
+        response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return respond(Answer::error(
@@ -170,7 +238,11 @@ async fn handle(admin: &Admin, token: Option<&Token>, request: Request<Incoming>
 
 /// Whether `header` is `Bearer` and the admin token.
 fn authorized(token: &Token, header: Option<&HeaderValue>) -> bool {
-    let given = header.and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+    let given = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     given.and_then(|given| Token::new(given).ok()).is_some_and(|given| given.same_secret(token))
 }
 
@@ -192,7 +264,14 @@ fn respond(answer: Answer) -> Response<Full<Bytes>> {
 pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                let why = "another process is serving on this socket";
+                return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, why));
+            }
+            // Left by an earlier run.
+            std::fs::remove_file(path)?;
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -208,4 +287,13 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// The uid owning the socket's file: the one user whose connections are served.
+#[cfg(unix)]
+fn socket_owner(listener: &tokio::net::UnixListener) -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let address = listener.local_addr()?;
+    let path = address.as_pathname().ok_or_else(|| std::io::Error::other("the admin socket has no path"))?;
+    Ok(std::fs::metadata(path)?.uid())
 }

@@ -102,7 +102,12 @@ impl ClientStore {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(err) => return Err(store_err(err)),
         };
-        let file: File = toml::from_str(&text).map_err(|e| store_err(std::io::Error::other(e)))?;
+        // The parser's message only: its full text quotes the line, which may hold a token.
+        let file: File = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|span| text[..span.start].lines().count().max(1));
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            store_err(std::io::Error::other(format!("{}{at}", e.message())))
+        })?;
         let mut clients = BTreeMap::new();
         for client in file.clients {
             crate::proto::validate_name(&client.name)
@@ -129,6 +134,23 @@ impl ClientStore {
             }
         }
         config.credentials = credentials;
+    }
+
+    /// Removes the created clients that `credentials` list (the configuration is
+    /// authoritative for them); returns their names. Kept on disk when possible; if not, they
+    /// are removed again at the next start.
+    pub(super) fn remove_listed(&mut self, credentials: &crate::auth::Credentials) -> Vec<String> {
+        let listed: Vec<String> =
+            self.clients.keys().filter(|n| credentials.has_client(n)).cloned().collect();
+        for name in &listed {
+            self.clients.remove(name);
+        }
+        if !listed.is_empty() {
+            if let Err(err) = self.save() {
+                tracing::warn!("{}", crate::log::Chain(&err));
+            }
+        }
+        listed
     }
 
     /// Each created client's name and grant.

@@ -69,8 +69,31 @@ async fn created_clients_authenticate_until_revoked_and_the_file_keeps_its_names
     );
     // The file's client and the shared token were never touched.
     assert!(config.credentials.lookup("from-file").is_some());
-    let names: Vec<String> = admin.clients().await.into_iter().map(|c| c.name).collect();
+    let names: Vec<String> = admin.clients().into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["from-file"]);
+}
+
+#[tokio::test]
+async fn a_name_the_file_comes_to_list_leaves_the_store_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(CLIENTS_FILE);
+    let admin = admin_with_config_client(ClientStore::open(&path).unwrap());
+    let old = admin.create("w3", Grant::default()).await.unwrap();
+    // The file now lists w3 with a token of its own: that one is in force, the old one gone.
+    let mut base = admin.server().config().as_ref().clone();
+    base.credentials = Credentials::default()
+        .with_shared(Token::new("shared-token-0123456789").unwrap())
+        .with_client("from-file", Token::new("file-token-0123456789").unwrap())
+        .with_client("w3", Token::new("w3-file-token-012345").unwrap());
+    admin.reload(base.clone()).await;
+    let config = admin.server().config();
+    assert!(!config.credentials.lookup("w3").unwrap().0.same_secret(&old));
+    assert!(admin.clients().iter().any(|c| c.name == "w3" && c.source == ClientSource::Config));
+    // Taken out of the file again, w3 does not come back with its old token.
+    base.credentials = Credentials::default().with_shared(Token::new("shared-token-0123456789").unwrap());
+    admin.reload(base).await;
+    assert_eq!(admin.server().config().credentials.lookup("w3").unwrap().1, CredentialKind::Shared);
+    assert!(ClientStore::open(&path).unwrap().grants().next().is_none(), "still on disk");
 }
 
 #[tokio::test]

@@ -75,15 +75,22 @@ pub(super) async fn run(
                     tracing::info!(client = %crate::log::Escaped(&name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
                     continue;
                 }
+                // Heartbeats are control messages too: the listing changes with routes only.
+                let changes_routes = matches!(
+                    message,
+                    ControlMessage::RouteTable { .. } | ControlMessage::RemoteForwardRequest { .. } | ControlMessage::ExposeRequest { .. }
+                );
                 if let Err(reason) = routes.handle(message, &control).await {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
                     finish(driver).await;
                     break SessionEnd::ProtocolError(reason);
                 }
-                if let Some(version) = routes.table_version() {
-                    listed.table_applied(version);
+                if changes_routes {
+                    if let Some(version) = routes.table_version() {
+                        listed.table_applied(version);
+                    }
+                    listed.set_routes(routes.snapshot());
                 }
-                listed.set_routes(routes.snapshot());
             }
             Some(recheck) = listed.rechecks.recv() => match recheck {
                 Recheck::Withdraw(done) => {
