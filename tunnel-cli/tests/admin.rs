@@ -5,7 +5,7 @@
 mod common;
 mod process;
 
-use common::echo_target;
+use common::{echo_once, echo_target};
 use process::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,13 +36,6 @@ async fn admin(server: &Administered, args: &[&str]) -> (i32, String) {
     let mut cli = spawn(cmd);
     let code = cli.exit_code().await;
     (code, cli.output())
-}
-
-async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
-    tcp.write_all(bytes).await.unwrap();
-    let mut back = vec![0u8; bytes.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
-    assert_eq!(back, bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

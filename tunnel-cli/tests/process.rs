@@ -216,3 +216,15 @@ impl Cli {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Points `link` at a new directory `data-GENERATION` holding `text` as `link`'s file name,
+/// atomically: the symlink swap Kubernetes does when a mounted ConfigMap changes.
+pub fn swap(dir: &std::path::Path, link: &std::path::Path, generation: u32, text: &str) {
+    let name = link.file_name().unwrap();
+    let data = dir.join(format!("data-{generation}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join(name), text).unwrap();
+    let tmp = dir.join("swap.tmp");
+    std::os::unix::fs::symlink(data.join(name), &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}

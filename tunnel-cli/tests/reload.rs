@@ -7,9 +7,8 @@ mod process;
 
 use std::path::Path;
 
-use common::echo_target;
+use common::{echo_once, echo_target};
 use process::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TOKEN: &str = "reload-test-token-7c1e";
@@ -22,23 +21,6 @@ fn client_file(served: &Served, remotes: &[String]) -> String {
         served.fingerprint,
         remotes.join(", ")
     )
-}
-
-/// Replaces `link` (a symlink) with one to a new directory holding `text`, atomically.
-fn swap(dir: &Path, link: &Path, generation: u32, text: &str) {
-    let data = dir.join(format!("data-{generation}"));
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("client.toml"), text).unwrap();
-    let tmp = dir.join("client.toml.tmp");
-    std::os::unix::fs::symlink(data.join("client.toml"), &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
-
-async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
-    tcp.write_all(bytes).await.unwrap();
-    let mut back = vec![0u8; bytes.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
-    assert_eq!(back, bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,9 @@ mod process;
 
 use std::path::Path;
 
-use common::echo_target;
+use common::{echo_once, echo_target};
 use process::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 const TOKEN_A: &str = "client-a-token-0c5e1f";
@@ -26,23 +26,6 @@ fn server_file(ports_a: &str, names: &[&str]) -> String {
         }
     }
     text
-}
-
-/// Points `link` at a new directory holding `text`, atomically, as a ConfigMap update does.
-fn swap(dir: &Path, link: &Path, generation: u32, text: &str) {
-    let data = dir.join(format!("data-{generation}"));
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("server.toml"), text).unwrap();
-    let tmp = dir.join("server.toml.tmp");
-    std::os::unix::fs::symlink(data.join("server.toml"), &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
-
-async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
-    tcp.write_all(bytes).await.unwrap();
-    let mut back = vec![0u8; bytes.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
-    assert_eq!(back, bytes);
 }
 
 /// Waits until connecting to `port` is refused: its listener is closed.

@@ -23,13 +23,6 @@ fn with_own_client(config: &mut ServerConfig, token: &str) {
         .with_client("own", Token::new(token).unwrap());
 }
 
-async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
-    tcp.write_all(bytes).await.unwrap();
-    let mut back = vec![0u8; bytes.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
-    assert_eq!(back, bytes);
-}
-
 fn refused_count(status: &ClientStatus) -> usize {
     match status {
         ClientStatus::Connected { refused, .. } => refused.len(),
@@ -185,5 +178,46 @@ async fn settings_that_need_a_restart_are_refused_and_kept() {
     let now = server.server.config();
     assert_eq!((now.lease_file.clone(), now.http.fallback), (None, http::StatusCode::NOT_FOUND));
     assert_eq!((now.max_sessions, now.drain_timeout), (5, Duration::from_secs(3)));
+    server.stop().await;
+}
+
+/// A client that speaks version 1 (one request per forward) hears of a withdrawn forward as a
+/// refusal of its id, and the listener closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_forward_withdrawn_by_a_reload_is_refused_by_id() {
+    use tunnel_core::proto::{ControlMessage, RefusalCode};
+    use tunnel_core::session::{Session, SessionConfig};
+    use tunnel_core::tls::{client_config, ServerTrust};
+    use tunnel_core::transport::{ClientTransport, Connection};
+    let fixed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = start_server(|c| c.policy.allow_ports = format!("{fixed}").parse().unwrap()).await;
+    let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
+    let addr = server.addr.to_string();
+    let Connection { io, binding } = ClientTransport::tls(tls, &addr).unwrap().connect(&addr).await.unwrap();
+    let config = SessionConfig::default();
+    let (session, _) =
+        Session::connect(io, &binding, "old", Token::new(TOKEN).unwrap(), &config).await.unwrap();
+    let Session { control, mut messages, driver, .. } = session;
+    let _driver = tokio::spawn(driver);
+    let request = ControlMessage::RemoteForwardRequest { id: 7, bind: None, port: fixed, preferred_port: 0 };
+    control.send(request).await.unwrap();
+    let ready = tokio::time::timeout(PATIENCE, messages.recv()).await.unwrap().unwrap();
+    assert!(matches!(ready, ControlMessage::RemoteForwardReady { id: 7, .. }), "{ready:?}");
+    assert!(TcpStream::connect(("127.0.0.1", fixed)).await.is_ok());
+
+    let mut config = server.server.config().as_ref().clone();
+    config.policy.allow_ports = "20000-20010".parse().unwrap();
+    let report = server.server.reload(config).await;
+    assert_eq!(report.withdrawn, [format!("old: TCP 127.0.0.1:{fixed}")]);
+    let refused = tokio::time::timeout(PATIENCE, messages.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            refused,
+            ControlMessage::RemoteForwardRefused { id: 7, code: RefusalCode::PortNotAllowed, .. }
+        ),
+        "{refused:?}"
+    );
+    assert!(TcpStream::connect(("127.0.0.1", fixed)).await.is_err(), "the withdrawn listener accepts");
+    assert_eq!(server.server.sessions()[0].table_version, None, "a version 1 session has no table");
     server.stop().await;
 }

@@ -31,13 +31,6 @@ async fn open(public: SocketAddr, tag_len: usize) -> (TcpStream, Vec<u8>) {
     (tcp, tag)
 }
 
-async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
-    tcp.write_all(bytes).await.unwrap();
-    let mut back = vec![0u8; bytes.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
-    assert_eq!(back, bytes);
-}
-
 fn parts(status: &ClientStatus) -> (Vec<(String, SocketAddr)>, usize, u64) {
     match status {
         ClientStatus::Connected { forwards, refused, version, .. } => {

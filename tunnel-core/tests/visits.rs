@@ -214,11 +214,3 @@ async fn a_visit_through_a_local_forward_goes_on_through_the_clients_drain() {
     owner.stop().await;
     server.stop().await;
 }
-
-async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
-    use tokio::io::AsyncWriteExt;
-    tcp.write_all(bytes).await.unwrap();
-    let mut back = vec![0u8; bytes.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
-    assert_eq!(back, bytes);
-}

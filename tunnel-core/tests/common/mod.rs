@@ -222,6 +222,14 @@ where
 }
 
 /// A TCP echo server: echoes each connection until EOF, then closes its write side.
+/// Writes `bytes` on a connection to an echo target and reads them back.
+pub async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
+    tcp.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
+    assert_eq!(back, bytes);
+}
+
 pub async fn echo_target() -> SocketAddr {
     serve_target(|mut tcp| async move {
         let (mut r, mut w) = tcp.split();
