@@ -26,6 +26,7 @@ fn server_example_parses_and_builds() {
         ["0.0.0.0".parse::<std::net::IpAddr>().unwrap(), "127.0.0.1".parse().unwrap()]
     );
     assert_eq!(setup.config.max_visitors_per_forward, 512);
+    assert_eq!(setup.config.timeouts.lookup, std::time::Duration::from_secs(5));
     assert_eq!(setup.config.policy.allow_ports.to_string(), "6443,10000-10100");
     assert_eq!(setup.config.policy.clients["control-plane"].allow_visit[0].to_string(), "worker-*/kubelet");
     assert!(!setup.config.policy.allow_targets.is_empty());

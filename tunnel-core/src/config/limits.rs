@@ -51,6 +51,17 @@ pub struct ServerLimits {
     pub http_response_timeout: Option<HumanDuration>,
     /// Largest request head in bytes (default 65536, at least 8192).
     pub max_http_header_bytes: Option<usize>,
+    /// Time a client's stream has to say where it goes (default `10s`).
+    pub stream_header_timeout: Option<HumanDuration>,
+    /// Time to connect to a target of a client's local forward (default `10s`).
+    pub connect_timeout: Option<HumanDuration>,
+    /// Time to resolve a target's host name (default `5s`).
+    pub lookup_timeout: Option<HumanDuration>,
+    /// Time a closing session has to deliver its goodbye (default `5s`).
+    pub goodbye_timeout: Option<HumanDuration>,
+    /// Time a replaced session has to release its ports, and sessions to close once a drain
+    /// is cut (default `5s`).
+    pub let_go_timeout: Option<HumanDuration>,
 }
 
 impl ServerLimits {
@@ -67,6 +78,18 @@ impl ServerLimits {
         };
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = positive_duration("limits.handshake_timeout", d)?;
+        }
+        let timeouts = &mut config.timeouts;
+        for (key, value, field) in [
+            ("limits.stream_header_timeout", self.stream_header_timeout, &mut timeouts.stream_header),
+            ("limits.connect_timeout", self.connect_timeout, &mut timeouts.connect),
+            ("limits.lookup_timeout", self.lookup_timeout, &mut timeouts.lookup),
+            ("limits.goodbye_timeout", self.goodbye_timeout, &mut timeouts.goodbye),
+            ("limits.let_go_timeout", self.let_go_timeout, &mut timeouts.let_go),
+        ] {
+            if let Some(d) = value {
+                *field = positive_duration(key, d)?;
+            }
         }
         if let Some(n) = positive("limits.max_unauthenticated", self.max_unauthenticated)? {
             config.max_unauthenticated = n;

@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// The HTTP edge: its fallback answer and limits.
     pub http: HttpSettings,
+    /// Timeouts of the server's own steps.
+    pub timeouts: ServerTimeouts,
     /// Where port leases are kept across restarts, so a restart opens no window for squatters;
     /// `None` keeps them in memory only.
     pub lease_file: Option<std::path::PathBuf>,
@@ -115,6 +117,7 @@ impl ServerConfig {
             drain_timeout: crate::session::DEFAULT_DRAIN_TIMEOUT,
             lease_file: None,
             http: HttpSettings::default(),
+            timeouts: ServerTimeouts::default(),
         }
     }
 
@@ -130,6 +133,36 @@ impl ServerConfig {
             CredentialKind::PerClient
         } else {
             CredentialKind::Shared
+        }
+    }
+}
+
+/// Timeouts of the server's own steps (`[limits]` in the configuration file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerTimeouts {
+    /// A client's stream stating where it goes (its header) (default 10 s).
+    pub stream_header: Duration,
+    /// Dialling a target for a client's local forward (default 10 s).
+    pub connect: Duration,
+    /// Resolving a target's host name (default 5 s).
+    pub lookup: Duration,
+    /// A closing session delivering its goodbye before it is dropped (default 5 s).
+    pub goodbye: Duration,
+    /// A replaced session releasing its ports, and sessions closing after a drain was cut
+    /// (default 5 s).
+    pub let_go: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        let secs = Duration::from_secs;
+        Self {
+            stream_header: secs(10),
+            connect: secs(10),
+            lookup: secs(5),
+            goodbye: secs(5),
+            let_go: secs(5),
         }
     }
 }
@@ -205,9 +238,6 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server").field("sessions", &self.session_names()).finish_non_exhaustive()
     }
 }
-
-/// Bound on waiting for sessions to close at shutdown, and for a replaced session to let go.
-const LET_GO_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Server {
     /// A server with this configuration.
@@ -359,8 +389,9 @@ impl Server {
         if !drained {
             tracing::warn!("cutting the streams still open");
             stop.cancel();
-            if tokio::time::timeout(LET_GO_TIMEOUT, tasks.wait()).await.is_err() {
-                tracing::warn!("sessions still open after {LET_GO_TIMEOUT:?}; leaving them");
+            let let_go = self.shared.config().timeouts.let_go;
+            if tokio::time::timeout(let_go, tasks.wait()).await.is_err() {
+                tracing::warn!("sessions still open after {let_go:?}; leaving them");
             }
         }
         tracing::info!("drained");

@@ -157,6 +157,7 @@ fn changed(before: &ServerConfig, after: &ServerConfig) -> Vec<&'static str> {
     );
     check("port_grace", before.port_grace != after.port_grace);
     check("drain_timeout", before.drain_timeout != after.drain_timeout);
+    check("timeouts", before.timeouts != after.timeouts);
     check("http.tls", !same_tls(&before.http.tls, &after.http.tls));
     changed
 }

@@ -9,14 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::directory::Recheck;
 use super::routes::SessionRoutes;
-use super::{ServerConfig, Shared, LET_GO_TIMEOUT};
+use super::{ServerConfig, Shared};
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{ControlMessage, GoodbyeCode, DRAINING_VERSION};
 use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
-
-/// Time a closing session gets to deliver its goodbye before it is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the session of `client`, authenticated under `accepted_under`, until it ends.
 pub(super) async fn run(
@@ -30,7 +27,8 @@ pub(super) async fn run(
     let Session { control, mut messages, opener, mut incoming, driver } = session;
     let name = client.name.clone();
     let mut driver = OwnedTask::spawn(driver);
-    let registration = shared.registry.register(&name, client.credential, opener.clone(), LET_GO_TIMEOUT);
+    let timeouts = accepted_under.timeouts;
+    let registration = shared.registry.register(&name, client.credential, opener.clone(), timeouts.let_go);
     let registration = match registration.await {
         Ok(registration) => registration,
         Err(full) => {
@@ -39,7 +37,7 @@ pub(super) async fn run(
                 tracing::warn!(client = %crate::log::Escaped(&name), %peer, "session refused: {full}");
             }
             control.close(GoodbyeCode::ServerFull, full.to_string()).await;
-            finish(driver).await;
+            finish(driver, timeouts.goodbye).await;
             return;
         }
     };
@@ -67,7 +65,7 @@ pub(super) async fn run(
                     if client.version < DRAINING_VERSION {
                         let reason = format!("Draining is not part of protocol version {}", client.version);
                         control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
-                        finish(driver).await;
+                        finish(driver, timeouts.goodbye).await;
                         break SessionEnd::ProtocolError(reason);
                     }
                     // The client is leaving: no new visitors for it; those in progress go on.
@@ -82,7 +80,7 @@ pub(super) async fn run(
                 );
                 if let Err(reason) = routes.handle(message, &control).await {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
-                    finish(driver).await;
+                    finish(driver, timeouts.goodbye).await;
                     break SessionEnd::ProtocolError(reason);
                 }
                 if changes_routes {
@@ -107,7 +105,7 @@ pub(super) async fn run(
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
                 routes.cut();
                 control.close(GoodbyeCode::Revoked, "the server no longer accepts this client's token").await;
-                break finish(driver).await;
+                break finish(driver, timeouts.goodbye).await;
             }
             Some(stream) = incoming.next() => {
                 if draining {
@@ -134,15 +132,15 @@ pub(super) async fn run(
             // The control stream is the one left.
             () = drained(&routes, &streams), if draining => {
                 control.close(GoodbyeCode::Shutdown, "server shutting down").await;
-                break finish(driver).await;
+                break finish(driver, timeouts.goodbye).await;
             }
             () = registration.kicked.cancelled() => {
                 control.close(GoodbyeCode::Replaced, "a newer session with the same client name connected").await;
-                break finish(driver).await;
+                break finish(driver, timeouts.goodbye).await;
             }
             () = stop.cancelled() => {
                 control.close(GoodbyeCode::Shutdown, "server shutting down").await;
-                break finish(driver).await;
+                break finish(driver, timeouts.goodbye).await;
             }
         }
     };
@@ -159,8 +157,9 @@ async fn drained(routes: &SessionRoutes<'_>, streams: &crate::mux::StreamOpener)
     streams.until_open_at_most(1).await;
 }
 
-async fn finish(mut driver: OwnedTask<SessionEnd>) -> SessionEnd {
-    match tokio::time::timeout(CLOSE_TIMEOUT, &mut driver).await {
+/// Waits for the session to deliver its goodbye, up to `goodbye`.
+async fn finish(mut driver: OwnedTask<SessionEnd>, goodbye: Duration) -> SessionEnd {
+    match tokio::time::timeout(goodbye, &mut driver).await {
         Ok(end) => end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
         Err(_) => {
             driver.abort();

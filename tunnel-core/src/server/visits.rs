@@ -17,13 +17,6 @@ use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
 
-/// The client writes its header first thing; a stream silent this long is abandoned.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to connect to a server-side target.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to resolve a server-side target's name.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The client a stream came from.
 #[derive(Debug, Clone)]
 pub(super) struct Visitor {
@@ -38,13 +31,14 @@ pub(super) async fn handle(
     owned: CancellationToken,
 ) {
     let client = crate::log::Escaped(&from.name);
-    let header =
-        match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
-            Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor)),
-            Ok(Ok(_)) => Err("clients may only open local forwards".to_owned()),
-            Ok(Err(err)) => Err(crate::log::Escaped(&crate::log::Chain(&err).to_string()).to_string()),
-            Err(_) => Err(format!("no header within {HEADER_TIMEOUT:?}")),
-        };
+    // The client writes its header first thing; a stream silent this long is abandoned.
+    let wait = shared.config().timeouts.stream_header;
+    let header = match tokio::time::timeout(wait, crate::session::framed::read_header(&mut stream)).await {
+        Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor)),
+        Ok(Ok(_)) => Err("clients may only open local forwards".to_owned()),
+        Ok(Err(err)) => Err(crate::log::Escaped(&crate::log::Chain(&err).to_string()).to_string()),
+        Err(_) => Err(format!("no header within {wait:?}")),
+    };
     let (target, visitor) = match header {
         Ok(header) => header,
         Err(why) => {
@@ -122,8 +116,8 @@ async fn carry(
         VisitTarget::Address(addr) => {
             let config = shared.config();
             let rules = config.rules(&from.name, from.credential).targets();
-            let resolved = resolve_allowed(addr, rules).await?;
-            let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(resolved));
+            let resolved = resolve_allowed(addr, rules, config.timeouts.lookup).await?;
+            let connect = tokio::time::timeout(config.timeouts.connect, TcpStream::connect(resolved));
             let mut tcp = match connect.await {
                 Ok(Ok(tcp)) => tcp,
                 Ok(Err(err)) => {
@@ -158,6 +152,7 @@ async fn carry(
 async fn resolve_allowed(
     addr: &TargetAddr,
     rules: &crate::forward::TargetRules,
+    deadline: Duration,
 ) -> Result<SocketAddr, StreamReply> {
     let denied =
         || StreamReply::refuse(ReplyStatus::Denied, format!("{addr} is not in the server's allow_targets"));
@@ -172,13 +167,10 @@ async fn resolve_allowed(
         return Err(denied());
     }
     let unreachable = |why: String| StreamReply::refuse(ReplyStatus::Unreachable, why);
-    let lookup =
-        tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((addr.host.as_str(), addr.port)));
+    let lookup = tokio::time::timeout(deadline, tokio::net::lookup_host((addr.host.as_str(), addr.port)));
     let mut candidates = lookup
         .await
-        .map_err(|_| {
-            unreachable(format!("cannot resolve {}: no answer within {LOOKUP_TIMEOUT:?}", addr.host))
-        })?
+        .map_err(|_| unreachable(format!("cannot resolve {}: no answer within {deadline:?}", addr.host)))?
         .map_err(|e| unreachable(format!("cannot resolve {}: {e}", addr.host)))?;
     candidates.next().ok_or_else(|| unreachable(format!("{} has no address", addr.host)))
 }
