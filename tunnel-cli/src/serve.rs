@@ -246,7 +246,7 @@ async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
                 Failure::runtime(format!("cannot listen for the admin API on {}: {e}", path.display()))
             })?;
             println!("admin API on unix socket {}", path.display());
-            Ok(AdminListener::Unix(listener))
+            Ok(listener)
         }
         #[cfg(not(unix))]
         AdminAddress::Unix(path) => {

@@ -138,6 +138,21 @@ async fn the_admin_socket_is_its_owners_alone_and_needs_no_token() {
     let mut status = spawn(command(&["admin", "status", "--admin", socket.to_str().unwrap()]));
     assert_eq!(status.exit_code().await, 0, "{}", status.output());
     assert!(status.output().contains("0 sessions"), "{}", status.output());
+    // A second server on the same socket is refused, and the first keeps it.
+    let state_dir = dir.path().to_str().unwrap();
+    let mut second = spawn(command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state_dir,
+        "--admin-listen",
+        "unix",
+    ]));
+    assert_eq!(second.exit_code().await, 1, "{}", second.output());
+    assert!(second.output().contains("another process serves on this socket"), "{}", second.output());
+    let mut again = spawn(command(&["admin", "status", "--admin", socket.to_str().unwrap()]));
+    assert_eq!(again.exit_code().await, 0, "{}", again.output());
     assert_eq!(served.cli.terminate().await, 0);
 }
 

@@ -171,8 +171,10 @@ async fn settings_that_need_a_restart_are_refused_and_kept() {
     config.http.fallback = http::StatusCode::BAD_GATEWAY;
     config.max_sessions = 5;
     config.drain_timeout = Duration::from_secs(3);
+    config.timeouts.goodbye = Duration::from_secs(2);
     let report = server.server.reload(config).await;
-    assert_eq!(report.changed, ["max_sessions", "drain_timeout"]);
+    assert_eq!(report.changed, ["max_sessions", "drain_timeout", "timeouts"]);
+    assert_eq!(server.server.config().timeouts.goodbye, Duration::from_secs(2));
     assert_eq!(report.refused.len(), 2, "{report:?}");
     assert!(report.refused[0].starts_with("lease_file:") && report.refused[1].starts_with("http:"));
     let now = server.server.config();

@@ -1,5 +1,6 @@
 //! Serving the admin API: over TCP with TLS, every request carrying the admin token; or on a
-//! UNIX socket, where the socket's mode (0600) decides who may use it.
+//! UNIX socket of mode 0600 that serves only the user running the server (and root), checked
+//! at every connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::api::{self, Answer};
 use super::Admin;
 use crate::auth::Token;
+use crate::server::source::Source;
 
 /// Largest request body read (a new client's grant); a larger one is answered 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -46,9 +48,15 @@ pub enum AdminListener {
         /// The admin token.
         token: Token,
     },
-    /// A UNIX socket: whoever may open it (mode 0600: its owner) may use the API.
+    /// A UNIX socket ([`bind_socket`] makes one with mode 0600): only connections from the
+    /// user `uid` (the one running the server) and from root are served.
     #[cfg(unix)]
-    Unix(tokio::net::UnixListener),
+    Unix {
+        /// The bound listener.
+        listener: tokio::net::UnixListener,
+        /// The user it serves.
+        uid: u32,
+    },
 }
 
 /// Serves the admin API on `listener` until `shutdown`.
@@ -63,7 +71,7 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
         }
         #[cfg(unix)]
-        AdminListener::Unix(_) => None,
+        AdminListener::Unix { .. } => None,
     };
     tokio::pin!(shutdown);
     loop {
@@ -89,7 +97,7 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
         let token = match &listener {
             AdminListener::Tls { token, .. } => Some(token.clone()),
             #[cfg(unix)]
-            AdminListener::Unix(_) => None,
+            AdminListener::Unix { .. } => None,
         };
         tasks.spawn(async move {
             let _held = (slot, place);
@@ -106,11 +114,16 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
                     // Checked at every connection: one queued while the socket's mode was being
                     // set is refused too.
                     match stream.peer_cred() {
-                        Ok(peer) if peer.uid() == owner => connection(stream, admin, None).await,
-                        Ok(peer) => tracing::warn!(
-                            uid = peer.uid(),
-                            "admin API: connection from another user refused"
-                        ),
+                        Ok(peer) if peer.uid() == owner || peer.uid() == 0 => {
+                            connection(stream, admin, None).await
+                        }
+                        Ok(peer) => {
+                            tracing::warn!(
+                                uid = peer.uid(),
+                                "admin API: connection from another user refused"
+                            );
+                            refuse_stranger(stream).await;
+                        }
                         Err(err) => tracing::warn!("admin API: cannot tell who connected: {err}"),
                     }
                 }
@@ -132,36 +145,36 @@ enum Accepted {
 impl Accepted {
     /// A place among the connections of its source (TCP), or `None` when it has its share.
     fn admit(&self, sources: &Sources) -> Option<Place> {
-        let ip = match self {
-            Self::Tcp(tcp) => tcp.peer_addr().ok()?.ip(),
+        let source = match self {
+            Self::Tcp(tcp) => Source::from(tcp.peer_addr().ok()?.ip()),
             #[cfg(unix)]
             Self::Unix(..) => return Some(Place(None)),
         };
         let mut counts = sources.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_default();
+        let count = counts.entry(source).or_default();
         if *count >= MAX_CONNECTIONS_PER_SOURCE {
             return None;
         }
         *count += 1;
-        Some(Place(Some((ip, sources.clone()))))
+        Some(Place(Some((source, sources.clone()))))
     }
 }
 
-/// Connections open, per source address.
+/// Connections open, per source (IPv4 address or IPv6 /64).
 #[derive(Clone, Default)]
-struct Sources(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+struct Sources(Arc<std::sync::Mutex<std::collections::HashMap<Source, usize>>>);
 
 /// One connection's place in its source's count; dropping it frees the place.
-struct Place(Option<(std::net::IpAddr, Sources)>);
+struct Place(Option<(Source, Sources)>);
 
 impl Drop for Place {
     fn drop(&mut self) {
-        if let Some((ip, sources)) = &self.0 {
+        if let Some((source, sources)) = &self.0 {
             let mut counts = sources.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = counts.get_mut(ip) {
+            if let Some(count) = counts.get_mut(source) {
                 *count -= 1;
                 if *count == 0 {
-                    counts.remove(ip);
+                    counts.remove(source);
                 }
             }
         }
@@ -172,9 +185,8 @@ async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
     match listener {
         AdminListener::Tls { listener, .. } => listener.accept().await.map(|(tcp, _)| Accepted::Tcp(tcp)),
         #[cfg(unix)]
-        AdminListener::Unix(listener) => {
-            let owner = socket_owner(listener)?;
-            listener.accept().await.map(|(unix, _)| Accepted::Unix(unix, owner))
+        AdminListener::Unix { listener, uid } => {
+            listener.accept().await.map(|(unix, _)| Accepted::Unix(unix, *uid))
         }
     }
 }
@@ -259,19 +271,20 @@ fn respond(answer: Answer) -> Response<Full<Bytes>> {
 }
 
 /// Binds the admin API's UNIX socket with mode 0600, in a directory created with mode 0700
-/// if missing. A socket left by an earlier run is replaced; any other file there is an error.
+/// if missing, for the user running this process. A socket left by an earlier run (nobody
+/// answers on it) is replaced; a socket in use, or any other file there, is an error.
 #[cfg(unix)]
-pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+pub fn bind_socket(path: &std::path::Path) -> std::io::Result<AdminListener> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                let why = "another process is serving on this socket";
+        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            // Left by an earlier run.
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            _ => {
+                let why = "another process serves on this socket (or it cannot be checked)";
                 return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, why));
             }
-            // Left by an earlier run.
-            std::fs::remove_file(path)?;
-        }
+        },
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -286,14 +299,19 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    // Just created by this process: its owner is the user running it.
+    let uid = std::fs::symlink_metadata(path)?.uid();
+    Ok(AdminListener::Unix { listener, uid })
 }
 
-/// The uid owning the socket's file: the one user whose connections are served.
+/// Tells a connection from another user why it is closed.
 #[cfg(unix)]
-fn socket_owner(listener: &tokio::net::UnixListener) -> std::io::Result<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let address = listener.local_addr()?;
-    let path = address.as_pathname().ok_or_else(|| std::io::Error::other("the admin socket has no path"))?;
-    Ok(std::fs::metadata(path)?.uid())
+async fn refuse_stranger(mut stream: tokio::net::UnixStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = "{\"error\":\"this socket serves only the user running the server, and root\"}\n";
+    let answer = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, stream.write_all(answer.as_bytes())).await;
 }

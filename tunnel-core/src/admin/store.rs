@@ -104,7 +104,7 @@ impl ClientStore {
         };
         // The parser's message only: its full text quotes the line, which may hold a token.
         let file: File = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|span| text[..span.start].lines().count().max(1));
+            let line = e.span().map(|span| text[..span.start].matches('\n').count() + 1);
             let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
             store_err(std::io::Error::other(format!("{}{at}", e.message())))
         })?;

@@ -123,6 +123,22 @@ fn the_receive_window_budget_reaches_the_multiplexer() {
 }
 
 #[test]
+fn the_timeouts_reach_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "state_dir = {:?}\ntoken = \"config-test-token-0123\"\n[limits]\nstream_header_timeout = \"3s\"\n\
+         connect_timeout = \"4s\"\nlookup_timeout = \"2s\"\ngoodbye_timeout = \"1s\"\nlet_go_timeout = \"7s\"\n",
+        dir.path()
+    );
+    let timeouts = parse(&text).unwrap().build().unwrap().config.timeouts;
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(
+        (timeouts.stream_header, timeouts.connect, timeouts.lookup, timeouts.goodbye, timeouts.let_go),
+        (secs(3), secs(4), secs(2), secs(1), secs(7))
+    );
+}
+
+#[test]
 fn the_http_listener_limits_reach_the_edge() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -181,6 +197,8 @@ fn invalid_values_name_their_key() {
         ("heartbeat_interval = \"0s\"", "invalid `heartbeat_interval`: must be more than 0"),
         ("heartbeat_timeout = \"0ms\"", "invalid `heartbeat_timeout`: must be more than 0"),
         ("[limits]\nhandshake_timeout = \"0s\"", "invalid `limits.handshake_timeout`"),
+        ("[limits]\nlet_go_timeout = \"0s\"", "invalid `limits.let_go_timeout`"),
+        ("[limits]\nlookup_timeout = \"0ms\"", "invalid `limits.lookup_timeout`"),
     ];
     for (extra, needle) in cases {
         let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().chain();

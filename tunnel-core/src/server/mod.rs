@@ -18,7 +18,7 @@ mod registry;
 mod reload;
 mod routes;
 mod session;
-mod source;
+pub(crate) mod source;
 mod visits;
 
 use std::future::Future;

@@ -27,8 +27,10 @@ pub(super) async fn run(
     let Session { control, mut messages, opener, mut incoming, driver } = session;
     let name = client.name.clone();
     let mut driver = OwnedTask::spawn(driver);
-    let timeouts = accepted_under.timeouts;
-    let registration = shared.registry.register(&name, client.credential, opener.clone(), timeouts.let_go);
+    let let_go = shared.config().timeouts.let_go;
+    let registration = shared.registry.register(&name, client.credential, opener.clone(), let_go);
+    // Read when needed: a reload may change it.
+    let goodbye = || shared.config().timeouts.goodbye;
     let registration = match registration.await {
         Ok(registration) => registration,
         Err(full) => {
@@ -37,7 +39,7 @@ pub(super) async fn run(
                 tracing::warn!(client = %crate::log::Escaped(&name), %peer, "session refused: {full}");
             }
             control.close(GoodbyeCode::ServerFull, full.to_string()).await;
-            finish(driver, timeouts.goodbye).await;
+            finish(driver, goodbye()).await;
             return;
         }
     };
@@ -65,7 +67,7 @@ pub(super) async fn run(
                     if client.version < DRAINING_VERSION {
                         let reason = format!("Draining is not part of protocol version {}", client.version);
                         control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
-                        finish(driver, timeouts.goodbye).await;
+                        finish(driver, goodbye()).await;
                         break SessionEnd::ProtocolError(reason);
                     }
                     // The client is leaving: no new visitors for it; those in progress go on.
@@ -73,22 +75,17 @@ pub(super) async fn run(
                     tracing::info!(client = %crate::log::Escaped(&name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
                     continue;
                 }
-                // Heartbeats are control messages too: the listing changes with routes only.
-                let changes_routes = matches!(
-                    message,
-                    ControlMessage::RouteTable { .. } | ControlMessage::RemoteForwardRequest { .. } | ControlMessage::ExposeRequest { .. }
-                );
                 if let Err(reason) = routes.handle(message, &control).await {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
-                    finish(driver, timeouts.goodbye).await;
+                    finish(driver, goodbye()).await;
                     break SessionEnd::ProtocolError(reason);
                 }
-                if changes_routes {
-                    if let Some(version) = routes.table_version() {
-                        listed.table_applied(version);
-                    }
-                    listed.set_routes(routes.snapshot());
+                // Every message handled here is a table or a request (the driver answers
+                // heartbeats itself): the listing follows.
+                if let Some(version) = routes.table_version() {
+                    listed.table_applied(version);
                 }
+                listed.set_routes(routes.snapshot());
             }
             Some(recheck) = listed.rechecks.recv() => match recheck {
                 Recheck::Withdraw(done) => {
@@ -105,7 +102,7 @@ pub(super) async fn run(
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
                 routes.cut();
                 control.close(GoodbyeCode::Revoked, "the server no longer accepts this client's token").await;
-                break finish(driver, timeouts.goodbye).await;
+                break finish(driver, goodbye()).await;
             }
             Some(stream) = incoming.next() => {
                 if draining {
@@ -132,15 +129,15 @@ pub(super) async fn run(
             // The control stream is the one left.
             () = drained(&routes, &streams), if draining => {
                 control.close(GoodbyeCode::Shutdown, "server shutting down").await;
-                break finish(driver, timeouts.goodbye).await;
+                break finish(driver, goodbye()).await;
             }
             () = registration.kicked.cancelled() => {
                 control.close(GoodbyeCode::Replaced, "a newer session with the same client name connected").await;
-                break finish(driver, timeouts.goodbye).await;
+                break finish(driver, goodbye()).await;
             }
             () = stop.cancelled() => {
                 control.close(GoodbyeCode::Shutdown, "server shutting down").await;
-                break finish(driver, timeouts.goodbye).await;
+                break finish(driver, goodbye()).await;
             }
         }
     };

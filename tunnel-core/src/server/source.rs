@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 /// A connection's source, aggregated as above; IPv4-mapped IPv6 is its IPv4 self.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct Source(u128);
+pub(crate) struct Source(u128);
 
 impl From<IpAddr> for Source {
     fn from(ip: IpAddr) -> Self {

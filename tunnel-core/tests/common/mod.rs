@@ -221,7 +221,6 @@ where
     addr
 }
 
-/// A TCP echo server: echoes each connection until EOF, then closes its write side.
 /// Writes `bytes` on a connection to an echo target and reads them back.
 pub async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
     tcp.write_all(bytes).await.unwrap();
@@ -230,6 +229,7 @@ pub async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
     assert_eq!(back, bytes);
 }
 
+/// A TCP echo server: echoes each connection until EOF, then closes its write side.
 pub async fn echo_target() -> SocketAddr {
     serve_target(|mut tcp| async move {
         let (mut r, mut w) = tcp.split();
