@@ -18,11 +18,16 @@
 //!   origin side (per request, WebSocket upgrades, pooled origin connections).
 //! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff); the
 //!   server's authorization rules are a [`server::Policy`] of their own.
+//! - [`metrics`]: Prometheus counters and gauges, and the `/metrics`, `/ready` and `/healthz`
+//!   endpoints.
 //! - [`config`]: TOML file types as plain data (serialize, parse, a pure `validate()`), built into
 //!   runtime configs by a separate step that reads files and provisions the state directory.
+//! - [`admin`]: the admin API over a running server (sessions, routes, client credentials
+//!   created, rotated and revoked while running) and its client; it uses `server` and `config`.
 //! - [`log`]: escaping of peer-controlled text, error chains, and rate-limited log lines.
 //!
-//! Each layer uses only those listed before it (`tests/layers.rs` checks the imports).
+//! Each layer uses only those listed before it, `metrics` excepted, which any may use
+//! (`tests/layers.rs` checks the imports).
 //!
 //! # Example
 //!

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Each module with the crate modules it may use. `config` and the crate root sit on top.
+/// Each module with the crate modules it may use. `config` and the crate root sit on top;
+/// `admin` just beneath them, over `server`.
 const LAYERS: &[(&str, &[&str])] = &[
     ("log", &[]),
     ("metrics", &[]),
@@ -36,6 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "transport",
         ],
     ),
+    ("admin", &["auth", "config", "forward", "fs", "log", "proto", "server", "tls", "transport"]),
     (
         "client",
         &["auth", "forward", "http", "log", "metrics", "mux", "proto", "session", "task", "tls", "transport"],

@@ -14,8 +14,7 @@ use crate::forward::PortSet;
 use crate::forward::{Glob, VisitRule};
 use crate::server::{ClientPolicy, ServerConfig};
 
-/// The file in the state directory.
-pub const CLIENTS_FILE: &str = "clients.toml";
+pub use crate::config::CLIENTS_FILE;
 
 /// What a created client may do. Unset fields take the server-wide defaults, as in a
 /// `[[clients]]` entry.

@@ -12,6 +12,10 @@ use crate::auth::Token;
 /// Name of the generated admin token inside the state directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
+/// Name of the file in the state directory that keeps the clients created through the admin
+/// API.
+pub const CLIENTS_FILE: &str = "clients.toml";
+
 /// Name of the admin socket inside the state directory (`admin_listen = "unix"`).
 pub const ADMIN_SOCKET: &str = "admin.sock";
 

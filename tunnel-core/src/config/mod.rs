@@ -14,7 +14,7 @@ mod tokens;
 
 use std::path::{Path, PathBuf};
 
-pub use admin::{AdminAddress, AdminSetup, ADMIN_SOCKET, ADMIN_TOKEN_FILE};
+pub use admin::{AdminAddress, AdminSetup, ADMIN_SOCKET, ADMIN_TOKEN_FILE, CLIENTS_FILE};
 pub use client::{ClientFile, RemoteEntry, RemoteOptions};
 pub use duration::HumanDuration;
 pub use limits::ServerLimits;

@@ -265,7 +265,7 @@ impl ServerFile {
             shared_token,
             token_source,
             admin,
-            clients_file: state_dir.join(crate::admin::CLIENTS_FILE),
+            clients_file: state_dir.join(super::admin::CLIENTS_FILE),
         })
     }
 
