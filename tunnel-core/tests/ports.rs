@@ -95,3 +95,62 @@ async fn a_departed_clients_port_is_reserved_for_it_and_reassigned_on_reconnect(
     back.stop().await;
     server.stop().await;
 }
+
+/// A TCP relay to `to` whose connections can all be frozen at once: from then on nothing
+/// passes either way and nothing closes, as when a peer's network goes away. It stops
+/// accepting then too.
+async fn freezable_relay(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let freeze = tokio_util::sync::CancellationToken::new();
+    let frozen = freeze.clone();
+    tokio::spawn(async move {
+        loop {
+            let inbound = tokio::select! {
+                () = frozen.cancelled() => return,
+                accepted = listener.accept() => accepted.unwrap().0,
+            };
+            let outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+            let frozen = frozen.clone();
+            tokio::spawn(async move {
+                let (mut a, mut b) = (inbound, outbound);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                    () = frozen.cancelled() => std::future::pending::<()>().await,
+                }
+            });
+        }
+    });
+    (addr, freeze)
+}
+
+/// A client whose old session's peer went silent reconnects and gets its fixed port back at
+/// once: the replaced session releases its ports before it waits to deliver its goodbye,
+/// which nobody will read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_gets_its_fixed_port_while_the_silent_old_session_is_still_saying_goodbye() {
+    let server = start_server(|c| {
+        c.timeouts.goodbye = std::time::Duration::from_secs(15);
+        c.timeouts.let_go = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let target = echo_target().await;
+    let port = free_port();
+    let spec = format!("{port}:{target}");
+    let (relay, freeze) = freezable_relay(server.addr).await;
+    let old_config = client_config_for(relay, server.fingerprint, "mover", TOKEN, &[&spec]);
+    let mut old = start_client(old_config);
+    assert_eq!(old.connected().await[0].public_addr.port(), port);
+    freeze.cancel();
+
+    let mut new = start_client(server.client_config("mover", &[&spec]));
+    let forwards = new.connected().await;
+    assert_eq!(forwards.len(), 1, "the reconnect's forward was refused: {:?}", *new.status.borrow());
+    assert_eq!(forwards[0].public_addr.port(), port, "the reconnect lost its port");
+    assert_eq!(round_trip(forwards[0].public_addr, b"back").await.unwrap(), b"back");
+    old.task.abort();
+    new.stop().await;
+    server.stop().await;
+}

@@ -39,7 +39,7 @@ pub(super) async fn run(
                 tracing::warn!(client = %crate::log::Escaped(&name), %peer, "session refused: {full}");
             }
             control.close(GoodbyeCode::ServerFull, full.to_string()).await;
-            finish(driver, goodbye()).await;
+            finish(&mut driver, goodbye()).await;
             return;
         }
     };
@@ -59,16 +59,16 @@ pub(super) async fn run(
     let mut draining = false;
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
-    let end = loop {
+    let ending = loop {
         tokio::select! {
-            end = &mut driver => break end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
+            end = &mut driver => break Ending::Ended(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()))),
             Some(message) = messages.recv() => {
                 if let ControlMessage::Draining { message, .. } = message {
                     if client.version < DRAINING_VERSION {
                         let reason = format!("Draining is not part of protocol version {}", client.version);
                         control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
-                        finish(driver, goodbye()).await;
-                        break SessionEnd::ProtocolError(reason);
+                        finish(&mut driver, goodbye()).await;
+                        break Ending::Ended(SessionEnd::ProtocolError(reason));
                     }
                     // The client is leaving: no new visitors for it; those in progress go on.
                     routes.stop_accepting(true).await;
@@ -77,8 +77,8 @@ pub(super) async fn run(
                 }
                 if let Err(reason) = routes.handle(message, &control).await {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
-                    finish(driver, goodbye()).await;
-                    break SessionEnd::ProtocolError(reason);
+                    finish(&mut driver, goodbye()).await;
+                    break Ending::Ended(SessionEnd::ProtocolError(reason));
                 }
                 // Every message handled here is a table or a request (the driver answers
                 // heartbeats itself): the listing follows.
@@ -100,9 +100,7 @@ pub(super) async fn run(
             },
             () = listed.revoked.cancelled() => {
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
-                routes.cut();
-                control.close(GoodbyeCode::Revoked, "the server no longer accepts this client's token").await;
-                break finish(driver, goodbye()).await;
+                break Ending::Leave(GoodbyeCode::Revoked, "the server no longer accepts this client's token");
             }
             Some(stream) = incoming.next() => {
                 if draining {
@@ -129,21 +127,29 @@ pub(super) async fn run(
             // The control stream is the one left.
             () = drained(&routes, &streams), if draining => {
                 control.close(GoodbyeCode::Shutdown, "server shutting down").await;
-                break finish(driver, goodbye()).await;
+                break Ending::Ended(finish(&mut driver, goodbye()).await);
             }
             () = registration.kicked.cancelled() => {
-                control.close(GoodbyeCode::Replaced, "a newer session with the same client name connected").await;
-                break finish(driver, goodbye()).await;
+                break Ending::Leave(GoodbyeCode::Replaced, "a newer session with the same client name connected");
             }
             () = stop.cancelled() => {
                 control.close(GoodbyeCode::Shutdown, "server shutting down").await;
-                break finish(driver, goodbye()).await;
+                break Ending::Ended(finish(&mut driver, goodbye()).await);
             }
         }
     };
     // Close public listeners and cut visitors first, then hand the ports to the grace period.
     routes.close().await;
     shared.registry.unregister(&name, &registration);
+    let end = match ending {
+        Ending::Ended(end) => end,
+        // Said once the ports are free: the newer session (or the holder of the new token) may
+        // claim them now, while a dead peer takes the whole goodbye time not to read this.
+        Ending::Leave(code, message) => {
+            control.close(code, message).await;
+            finish(&mut driver, goodbye()).await
+        }
+    };
     tracing::info!(client = %crate::log::Escaped(&name), %peer, "session ended: {}", crate::log::Escaped(&end.to_string()));
 }
 
@@ -154,9 +160,17 @@ async fn drained(routes: &SessionRoutes<'_>, streams: &crate::mux::StreamOpener)
     streams.until_open_at_most(1).await;
 }
 
+/// How the session's loop ended.
+enum Ending {
+    /// The session is over.
+    Ended(SessionEnd),
+    /// To be told why once its routes are closed and its ports released.
+    Leave(GoodbyeCode, &'static str),
+}
+
 /// Waits for the session to deliver its goodbye, up to `goodbye`.
-async fn finish(mut driver: OwnedTask<SessionEnd>, goodbye: Duration) -> SessionEnd {
-    match tokio::time::timeout(goodbye, &mut driver).await {
+async fn finish(driver: &mut OwnedTask<SessionEnd>, goodbye: Duration) -> SessionEnd {
+    match tokio::time::timeout(goodbye, &mut *driver).await {
         Ok(end) => end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
         Err(_) => {
             driver.abort();

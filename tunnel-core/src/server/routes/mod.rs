@@ -475,14 +475,6 @@ impl<'s> SessionRoutes<'s> {
         Binder { shared: self.shared, name: &self.name, credential: self.credential, session: self.session }
     }
 
-    /// Cuts everything at once, before the session says goodbye (its token was revoked): no
-    /// listener, visitor or HTTP route of it lasts while the goodbye is delivered.
-    pub(super) fn cut(&mut self) {
-        self.owned.cancel();
-        self.accepting.cancel();
-        self.shared.http_routes.remove(self.session);
-    }
-
     /// The routes in service now, for listings.
     pub(super) fn snapshot(&self) -> Vec<RouteInfo> {
         let info = |id, kind, public_addr, target| RouteInfo { id, kind, public_addr, target };
