@@ -188,17 +188,10 @@ async fn settings_that_need_a_restart_are_refused_and_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_forward_withdrawn_by_a_reload_is_refused_by_id() {
     use tunnel_core::proto::{ControlMessage, RefusalCode};
-    use tunnel_core::session::{Session, SessionConfig};
-    use tunnel_core::tls::{client_config, ServerTrust};
-    use tunnel_core::transport::{ClientTransport, Connection};
+    use tunnel_core::session::Session;
     let fixed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let server = start_server(|c| c.policy.allow_ports = format!("{fixed}").parse().unwrap()).await;
-    let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let addr = server.addr.to_string();
-    let Connection { io, binding } = ClientTransport::tls(tls, &addr).unwrap().connect(&addr).await.unwrap();
-    let config = SessionConfig::default();
-    let (session, _) =
-        Session::connect(io, &binding, "old", Token::new(TOKEN).unwrap(), &config).await.unwrap();
+    let session = bare_session(&server, "old", TOKEN).await;
     let Session { control, mut messages, driver, .. } = session;
     let _driver = tokio::spawn(driver);
     let request = ControlMessage::RemoteForwardRequest { id: 7, bind: None, port: fixed, preferred_port: 0 };

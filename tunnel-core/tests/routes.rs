@@ -197,20 +197,6 @@ async fn free_port() -> u16 {
     tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
 }
 
-/// A session speaking the protocol directly, as a hostile or buggy client could.
-async fn raw_session(server: &TestServer, name: &str) -> tunnel_core::session::Session {
-    let tls =
-        tunnel_core::tls::client_config(&tunnel_core::tls::ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let server_addr = server.addr.to_string();
-    let transport = tunnel_core::transport::ClientTransport::tls(tls, &server_addr).unwrap();
-    let tunnel_core::transport::Connection { io, binding } = transport.connect(&server_addr).await.unwrap();
-    let token = tunnel_core::auth::Token::new(TOKEN).unwrap();
-    let config = tunnel_core::session::SessionConfig::default();
-    let (session, _) =
-        tunnel_core::session::Session::connect(io, &binding, name, token, &config).await.unwrap();
-    session
-}
-
 fn tcp_entry(id: u64, port: u16) -> RouteEntry {
     RouteEntry { id: RouteId(id), kind: RouteKind::Tcp { bind: None, port, preferred_port: 0 } }
 }
@@ -234,7 +220,7 @@ async fn table(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_moves_between_routes_in_one_table_and_no_one_else_gets_it() {
     let server = start_server(|_| {}).await;
-    let session = raw_session(&server, "mover").await;
+    let session = bare_session(&server, "mover", TOKEN).await;
     let tunnel_core::session::Session { control, messages, driver, .. } = session;
     let _driver = tokio::spawn(driver);
     let mut session = (control, messages);
@@ -269,7 +255,7 @@ async fn a_table_with_an_id_twice_or_too_many_entries_ends_the_session() {
         (vec![tcp_entry(1, 0), tcp_entry(1, 0)], "listed twice"),
         ((0..9).map(|i| tcp_entry(i, 0)).collect(), "at most 8"),
     ] {
-        let session = raw_session(&server, "bad-table").await;
+        let session = bare_session(&server, "bad-table", TOKEN).await;
         let driver = tokio::spawn(session.driver);
         session.control.send(ControlMessage::RouteTable { version: 1, entries }).await.unwrap();
         let end = tokio::time::timeout(PATIENCE, driver).await.expect("session kept open").unwrap();

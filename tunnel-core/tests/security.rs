@@ -15,9 +15,7 @@ use tunnel_core::forward::VisitTarget;
 use tunnel_core::proto::{ReplyStatus, StreamHeader, StreamReply};
 use tunnel_core::server::{ClientPolicy, ServerConfig};
 use tunnel_core::session::framed::read_reply;
-use tunnel_core::session::{Session, SessionConfig};
-use tunnel_core::tls::{client_config, ServerTrust};
-use tunnel_core::transport::{ClientTransport, Connection};
+use tunnel_core::session::Session;
 
 const CP_TOKEN: &str = "control-plane-token-5d1e";
 
@@ -172,15 +170,7 @@ struct RawSession {
 }
 
 async fn raw_session(server: &TestServer, name: &str, token: &str) -> RawSession {
-    let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let server_addr = server.addr.to_string();
-    let Connection { io, binding } =
-        ClientTransport::tls(tls, &server_addr).unwrap().connect(&server_addr).await.unwrap();
-    let (session, _) =
-        Session::connect(io, &binding, name, Token::new(token).unwrap(), &SessionConfig::default())
-            .await
-            .unwrap();
-    let Session { control, opener, driver, .. } = session;
+    let Session { control, opener, driver, .. } = bare_session(server, name, token).await;
     RawSession { opener, _control: control, driver: tokio::spawn(driver) }
 }
 

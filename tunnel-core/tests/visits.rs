@@ -219,17 +219,10 @@ async fn a_visit_through_a_local_forward_goes_on_through_the_clients_drain() {
 /// `timeouts.stream_header` runs out, not before, and not at the old fixed 10 s.
 #[tokio::test(start_paused = true)]
 async fn a_stream_that_never_names_its_target_is_dropped_at_the_configured_timeout() {
-    use tunnel_core::session::{Session, SessionConfig};
-    use tunnel_core::tls::{client_config, ServerTrust};
-    use tunnel_core::transport::{ClientTransport, Connection};
+    use tunnel_core::session::Session;
     let wait = Duration::from_secs(3);
     let server = start_server(|c| c.timeouts.stream_header = wait).await;
-    let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
-    let addr = server.addr.to_string();
-    let Connection { io, binding } = ClientTransport::tls(tls, &addr).unwrap().connect(&addr).await.unwrap();
-    let config = SessionConfig::default();
-    let (session, _) =
-        Session::connect(io, &binding, "mute", Token::new(TOKEN).unwrap(), &config).await.unwrap();
+    let session = bare_session(&server, "mute", TOKEN).await;
     let Session { opener, driver, control, .. } = session;
     let _driver = tokio::spawn(driver);
     let mut stream = opener.open().await.unwrap();

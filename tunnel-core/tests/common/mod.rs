@@ -221,6 +221,21 @@ where
     addr
 }
 
+/// A session as `name` with `token` speaking the protocol directly (no client logic), as a
+/// hostile, buggy or old client could.
+pub async fn bare_session(server: &TestServer, name: &str, token: &str) -> tunnel_core::session::Session {
+    let tls = client_config(&ServerTrust::Pinned(server.fingerprint)).unwrap();
+    let addr = server.addr.to_string();
+    let connection = ClientTransport::tls(tls, &addr).unwrap().connect(&addr).await.unwrap();
+    let config = tunnel_core::session::SessionConfig::default();
+    let token = Token::new(token).unwrap();
+    let (session, _) =
+        tunnel_core::session::Session::connect(connection.io, &connection.binding, name, token, &config)
+            .await
+            .unwrap();
+    session
+}
+
 /// Writes `bytes` on a connection to an echo target and reads them back.
 pub async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
     tcp.write_all(bytes).await.unwrap();
