@@ -97,6 +97,21 @@ pub struct ServeArgs {
     /// the server's own) and clients' TLS passthrough routes on this address, e.g. 0.0.0.0:443.
     #[arg(long, value_name = "ADDR")]
     pub https_listen: Option<String>,
+    /// Get certificates for the host names of clients' HTTP routes from an ACME authority
+    /// (Let's Encrypt unless --acme-directory), with this contact address, and serve them on
+    /// the HTTPS listener; renewed while running.
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// The ACME directory URL [default: https://acme-v02.api.letsencrypt.org/directory].
+    #[arg(long, value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// PEM file of CA certificates trusted for the ACME directory's TLS, beside the system's.
+    #[arg(long, value_name = "PEM")]
+    pub acme_ca: Option<PathBuf>,
+    /// How the ACME authority checks each name: http-01 (on --http-listen) or tls-alpn-01 (on
+    /// --https-listen) [default: http-01 with --http-listen, else tls-alpn-01].
+    #[arg(long, value_name = "CHALLENGE")]
+    pub acme_challenge: Option<tunnel_core::acme::Challenge>,
     /// Hosts clients on the shared token may serve, as globs, e.g. '*.apps.example.com'
     /// (repeatable or comma-separated) [default: none].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -199,6 +214,10 @@ impl ServeArgs {
         if !self.allow_hosts.is_empty() {
             file.allow_hosts = Some(self.allow_hosts);
         }
+        override_with(&mut file.acme_email, self.acme_email);
+        override_with(&mut file.acme_directory, self.acme_directory);
+        override_with(&mut file.acme_ca, self.acme_ca);
+        override_with(&mut file.acme_challenge, self.acme_challenge);
         override_with(&mut file.admin_listen, self.admin_listen);
         if self.admin_token.is_some() {
             file.admin_token_file = None;

@@ -38,6 +38,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(metrics) = &metrics {
         println!("metrics served on {}", metrics.local_addr().map_err(Failure::runtime)?);
     }
+    if let Some(acme) = &setup.config.http.acme {
+        let (directory, challenge) = (&acme.directory, acme.challenge);
+        println!(
+            "certificates for HTTP route hosts from {directory} ({challenge}), kept in {}",
+            acme.dir.display()
+        );
+    }
     if setup.config.tls.is_none() {
         tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
     }

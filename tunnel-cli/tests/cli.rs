@@ -239,7 +239,45 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
             "`name`",
         ),
     ];
-    for (args, needle) in cases {
+    let missing_ca = dir.path().join("no-such-ca.pem");
+    let acme = |extra: &[&'static str]| {
+        let mut args = vec!["serve", "--state-dir", state, "--acme-email"];
+        args.extend(extra);
+        args
+    };
+    let acme_cases: Vec<(Vec<&str>, &str)> = vec![
+        (acme(&["ops@example.com"]), "missing `https_listen`"),
+        (acme(&["ops.example.com", "--https-listen", "127.0.0.1:0"]), "invalid `acme_email`"),
+        (
+            acme(&[
+                "ops@example.com",
+                "--https-listen",
+                "127.0.0.1:0",
+                "--acme-directory",
+                "http://acme.test/dir",
+            ]),
+            "invalid `acme_directory`",
+        ),
+        (
+            acme(&["ops@example.com", "--https-listen", "127.0.0.1:0", "--acme-challenge", "http-01"]),
+            "missing `http_listen`",
+        ),
+        (
+            vec![
+                "serve",
+                "--state-dir",
+                state,
+                "--acme-email",
+                "ops@example.com",
+                "--https-listen",
+                "127.0.0.1:0",
+                "--acme-ca",
+                missing_ca.to_str().unwrap(),
+            ],
+            "no-such-ca.pem",
+        ),
+    ];
+    for (args, needle) in cases.into_iter().chain(acme_cases) {
         let mut cli = spawn(command(&args));
         let code = cli.exit_code().await;
         let output = cli.output();
@@ -258,6 +296,7 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
             "--fingerprint",
         ),
         (vec!["connect", "--bogus-flag"], "--bogus-flag"),
+        (vec!["serve", "--state-dir", state, "--acme-challenge", "dns-01"], "--acme-challenge"),
     ];
     for (args, needle) in flag_cases {
         let mut cli = spawn(command(&args));

@@ -16,6 +16,8 @@
 //! - [`forward`]: remote forward specs and the bidirectional copy with half-close.
 //! - [`http`]: HTTP host/path routing in Gateway API order, the server's edge and the client's
 //!   origin side (per request, WebSocket upgrades, pooled origin connections).
+//! - [`acme`]: certificates from an ACME authority for the names the HTTPS edge terminates,
+//!   renewed while running, and the answers to its challenges.
 //! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff); the
 //!   server's authorization rules are a [`server::Policy`] of their own.
 //! - [`metrics`]: Prometheus counters and gauges, and the `/metrics`, `/ready` and `/healthz`
@@ -82,6 +84,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod client;

@@ -20,9 +20,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("session", &["auth", "log", "metrics", "mux", "proto", "transport"]),
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("http", &["log", "metrics", "mux", "proto", "tls"]),
+    ("acme", &["fs", "http", "log", "tls"]),
     (
         "server",
         &[
+            "acme",
             "auth",
             "forward",
             "fs",

@@ -183,6 +183,31 @@ async fn settings_that_need_a_restart_are_refused_and_kept() {
     server.stop().await;
 }
 
+/// The HTTPS certificates and ACME stay as they are until a restart, and so does which names
+/// the configured certificates cover (else ACME would order certificates for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_certificates_and_acme_stay_until_a_restart() {
+    use tunnel_core::acme::{AcmeConfig, Challenge};
+    let identity = tunnel_core::tls::ServerIdentity::generate(&["static.example.com".into()]).unwrap();
+    let leaf = identity.leaf().unwrap().clone();
+    let server = start_server(|config| {
+        config.http.tls = Some(tunnel_core::tls::edge_config(vec![identity.clone()], identity).unwrap());
+        config.http.certified = vec![leaf];
+        config.http.acme = Some(AcmeConfig::new("/nonexistent/acme".into(), Challenge::Http01));
+    })
+    .await;
+    let before = server.server.config();
+    let mut config = before.as_ref().clone();
+    (config.http.tls, config.http.certified, config.http.acme) = (None, Vec::new(), None);
+    let report = server.server.reload(config).await;
+    assert!(report.refused.iter().any(|r| r.starts_with("http.tls:")), "{report:?}");
+    assert!(report.refused.iter().any(|r| r.starts_with("http.acme:")), "{report:?}");
+    let now = server.server.config();
+    assert!(now.http.tls.is_some() && now.http.acme == before.http.acme);
+    assert_eq!(now.http.certified, before.http.certified);
+    server.stop().await;
+}
+
 /// A client that speaks version 1 (one request per forward) hears of a withdrawn forward as a
 /// refusal of its id, and the listener closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! [`crate::server::ServerConfig`] and [`crate::client::ClientConfig`]. Keys mirror the CLI
 //! flags (`--allow-ports` is `allow_ports`); the commented examples under `examples/` list them all.
 
+mod acme;
 mod admin;
 mod client;
 mod duration;
@@ -14,6 +15,7 @@ mod tokens;
 
 use std::path::{Path, PathBuf};
 
+pub use acme::ACME_DIR;
 pub use admin::{AdminAddress, AdminSetup, ADMIN_SOCKET, ADMIN_TOKEN_FILE, CLIENTS_FILE};
 pub use client::{ClientFile, RemoteEntry, RemoteOptions};
 pub use duration::HumanDuration;

@@ -3,6 +3,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use super::tokens::{check_secret, secret, stored_token};
@@ -74,6 +75,17 @@ pub struct ServerFile {
     pub admin_token: Option<SecretString>,
     /// File holding the admin token.
     pub admin_token_file: Option<PathBuf>,
+    /// Turns on certificates from an ACME authority for the exact host names of HTTP routes,
+    /// served on the HTTPS listener; the account's contact address (default: off).
+    pub acme_email: Option<String>,
+    /// The ACME directory URL (default Let's Encrypt's,
+    /// `https://acme-v02.api.letsencrypt.org/directory`).
+    pub acme_directory: Option<String>,
+    /// PEM file of CA certificates trusted for the ACME directory's TLS, beside the system's.
+    pub acme_ca: Option<PathBuf>,
+    /// How the authority checks a name: `http-01` (on the HTTP listener) or `tls-alpn-01` (on
+    /// the HTTPS listener) (default: `http-01` when `http_listen` is set, else `tls-alpn-01`).
+    pub acme_challenge: Option<crate::acme::Challenge>,
     /// Hosts (globs) shared-token clients may serve over HTTP and TLS (default: none).
     pub allow_hosts: Option<Vec<Glob>>,
     /// The answer for requests to hosts no client serves (default `http_status:404`).
@@ -207,6 +219,7 @@ impl ServerFile {
         self.tls_choice()?;
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         super::admin::check(self, &state_dir)?;
+        super::acme::check(self)?;
         self.runtime(Credentials::default(), None).map(drop)
     }
 
@@ -243,9 +256,9 @@ impl ServerFile {
                 self.tls_names.as_deref().unwrap_or_default(),
             )?),
         };
-        let edge_tls = match &self.https_listen {
-            None => None,
-            Some(_) => Some(self.edge_tls(own.clone())?),
+        let (edge_tls, certified) = match &self.https_listen {
+            None => (None, Vec::new()),
+            Some(_) => self.edge_tls(own.clone())?,
         };
         let (tls, fingerprint) = match own {
             None => (None, None),
@@ -255,6 +268,8 @@ impl ServerFile {
         let mut config = self.runtime(credentials, tls)?;
         config.lease_file = Some(state_dir.join(LEASE_FILE));
         config.http.tls = edge_tls;
+        config.http.certified = certified;
+        config.http.acme = super::acme::setup(&self, &state_dir)?;
         Ok(ServerSetup {
             config,
             listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
@@ -270,8 +285,11 @@ impl ServerFile {
     }
 
     /// The HTTPS listener's TLS: the `[[certificates]]` by their names, the first of them (or
-    /// the server's own certificate) for other names.
-    fn edge_tls(&self, own: Option<ServerIdentity>) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    /// the server's own certificate) for other names; and the leaf certificates of those.
+    fn edge_tls(
+        &self,
+        own: Option<ServerIdentity>,
+    ) -> Result<(Option<Arc<rustls::ServerConfig>>, Vec<CertificateDer<'static>>), ConfigError> {
         let certificates = self
             .certificates
             .iter()
@@ -281,7 +299,8 @@ impl ServerFile {
             key: "certificates",
             why: "the HTTPS listener needs a certificate, and the server runs without TLS",
         })?;
-        Ok(crate::tls::edge_config(certificates, default)?)
+        let certified = certificates.iter().filter_map(|c| c.leaf().cloned()).collect();
+        Ok((Some(crate::tls::edge_config(certificates, default)?), certified))
     }
 
     /// The runtime configuration around already-provisioned credentials and TLS: pure.

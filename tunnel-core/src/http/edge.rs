@@ -81,6 +81,8 @@ pub struct HttpEdge {
     /// Cancelled by [`HttpEdge::drain`].
     draining: CancellationToken,
     metrics: Option<crate::metrics::Metrics>,
+    /// Answered ahead of the routes (ACME HTTP-01).
+    challenges: Option<Arc<dyn super::ChallengeAnswers>>,
 }
 
 impl std::fmt::Debug for HttpEdge {
@@ -100,7 +102,14 @@ impl HttpEdge {
             parked: AtomicUsize::new(0),
             draining: CancellationToken::new(),
             metrics: None,
+            challenges: None,
         }
+    }
+
+    /// Answers the ACME HTTP-01 challenges `answers` holds, ahead of the routes.
+    pub fn with_challenges(mut self, answers: Arc<dyn super::ChallengeAnswers>) -> Self {
+        self.challenges = Some(answers);
+        self
     }
 
     /// Counts every answer in `metrics` (`tunnel_http_requests_total`, by client and status).
@@ -279,6 +288,11 @@ impl HttpEdge {
         let Some(host) = request_host(&request) else {
             return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);
         };
+        let challenge =
+            self.challenges.as_deref().and_then(|c| super::challenge::answer(c, &host, request.uri().path()));
+        if let Some(answer) = challenge {
+            return (answer, None);
+        }
         let routes = self.routes.routes();
         if let Some(sni) = sni.filter(|sni| request.version() == Version::HTTP_2 && *sni != host) {
             if routes.owner_of(sni) != routes.owner_of(&host) {

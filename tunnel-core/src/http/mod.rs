@@ -7,6 +7,7 @@
 //! upgrade becomes a byte stream spliced end to end.
 
 mod action;
+mod challenge;
 mod edge;
 mod handler;
 mod headers;
@@ -24,6 +25,7 @@ pub use action::{
     Answer, Backend, HeaderChanges, HttpAction, HttpRoute, Redirect, Service, TlsRoute,
     DEFAULT_ORIGIN_TIMEOUT,
 };
+pub use challenge::{ChallengeAnswers, HTTP01_PATH};
 pub use edge::{EdgeLimits, HttpEdge, RouteSource};
 pub use handler::HttpHandler;
 pub use headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};

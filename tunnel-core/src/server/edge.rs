@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Server;
+use crate::acme::Acme;
 use crate::http::{HttpEdge, RouteSource};
 use crate::log::Escaped;
 use crate::proto::StreamHeader;
+use crate::task::OwnedTask;
 use crate::transport::Prefixed;
 
 impl Server {
@@ -50,10 +52,17 @@ impl Server {
         let deadline = edge.limits().header_timeout;
         let serving = edge.clone();
         let (metrics, shared) = (self.shared.metrics.clone(), self.shared.clone());
+        if let Some(acme) = &self.shared.acme {
+            self.shared.keep_certificates(acme);
+        }
         self.accept(listener, shutdown, &edge, move |tcp, visitor| {
             let passthrough = Passthrough { routes: routes.clone(), metrics: metrics.clone() };
             // The certificates in force now: a reload may have replaced them.
             let tls = shared.config().http.tls.clone().unwrap_or_else(|| first.clone());
+            let tls = match &shared.acme {
+                Some(acme) => acme.edge_tls(&tls),
+                None => tls,
+            };
             https(tcp, visitor, serving.clone(), passthrough, tls, deadline)
         })
         .await
@@ -61,8 +70,13 @@ impl Server {
 
     fn edge(&self) -> Arc<HttpEdge> {
         let settings = &self.shared.config().http;
-        let edge = HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone());
-        Arc::new(edge.with_metrics(self.shared.metrics.clone()))
+        let mut edge =
+            HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone())
+                .with_metrics(self.shared.metrics.clone());
+        if let Some(acme) = &self.shared.acme {
+            edge = edge.with_challenges(acme.clone());
+        }
+        Arc::new(edge)
     }
 
     /// Accepts visitors until `shutdown` or the server's drain, at most `max_connections` at
@@ -132,6 +146,37 @@ impl Server {
     }
 }
 
+impl super::Shared {
+    /// Starts the upkeep of ACME certificates for the routes' names, unless it runs already:
+    /// one per server, however many HTTPS listeners, for as long as the server lives.
+    fn keep_certificates(self: &Arc<Self>, acme: &Arc<Acme>) {
+        let mut upkeep = self.acme_upkeep.lock().unwrap_or_else(|e| e.into_inner());
+        if upkeep.is_none() {
+            *upkeep = Some(OwnedTask::spawn(upkeep_of(acme.clone(), Arc::downgrade(self))));
+        }
+    }
+}
+
+/// Runs [`Acme::run`] over the routes' names, the names the configured certificates cover
+/// left out; a panic in it is logged and it starts again a minute later, so renewals go on.
+async fn upkeep_of(acme: Arc<Acme>, shared: Weak<super::Shared>) {
+    loop {
+        let Some(names) = shared.upgrade().map(|shared| shared.http_routes.names()) else { return };
+        let of = shared.clone();
+        let covered = move |name: &str| {
+            of.upgrade()
+                .is_some_and(|s| s.config().http.certified.iter().any(|leaf| crate::tls::covers(leaf, name)))
+        };
+        match tokio::spawn(acme.clone().run(names, covered)).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::error!("ACME certificate upkeep failed ({err}); starting again in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
+}
+
 /// What passing a TLS connection through needs: the routes, and the metrics its bytes go to.
 struct Passthrough {
     routes: Arc<super::http_routes::HttpRoutes>,
@@ -175,6 +220,8 @@ async fn https(
     }
     let accepted = tokio_rustls::TlsAcceptor::from(tls).accept(Prefixed::new(hello, tcp));
     match tokio::time::timeout(deadline, accepted).await {
+        // A TLS-ALPN-01 validation: the handshake was the answer.
+        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) => {}
         Ok(Ok(stream)) => {
             let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             edge.serve(stream, visitor, "https", name, http2).await

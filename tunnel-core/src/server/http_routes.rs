@@ -2,7 +2,7 @@
 //! their routes, and every change publishes a new immutable [`RouteIndex`] that the edge reads
 //! per request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::registry::SessionId;
@@ -31,6 +31,8 @@ struct State {
 pub(super) struct HttpRoutes {
     state: Mutex<State>,
     index: RwLock<Arc<RouteIndex<StreamOpener>>>,
+    /// The exact host names of the HTTP routes (those the edge terminates), for ACME.
+    names: tokio::sync::watch::Sender<Arc<BTreeSet<String>>>,
 }
 
 impl HttpRoutes {
@@ -97,6 +99,30 @@ impl HttpRoutes {
         });
         let index = Arc::new(RouteIndex::new(http, fallbacks, tls));
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        let names: BTreeSet<String> = state
+            .sessions
+            .values()
+            .flat_map(|s| s.http.values().map(|matcher| matcher.spec().host.as_str()))
+            .filter(|host| crate::acme::orderable(host))
+            .map(str::to_owned)
+            .collect();
+        self.names.send_if_modified(|current| {
+            let changed = **current != names;
+            if changed {
+                *current = Arc::new(names);
+            }
+            changed
+        });
+    }
+
+    /// Wakes those following the names, unchanged.
+    pub(super) fn nudge(&self) {
+        self.names.send_modify(|_| {});
+    }
+
+    /// Follows the exact host names of the HTTP routes.
+    pub(super) fn names(&self) -> tokio::sync::watch::Receiver<Arc<BTreeSet<String>>> {
+        self.names.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

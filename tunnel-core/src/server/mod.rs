@@ -177,11 +177,22 @@ pub struct HttpSettings {
     pub limits: crate::http::EdgeLimits,
     /// TLS for the HTTPS listener (`crate::tls::edge_config`); `None`: no HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The leaf certificates `tls` serves by name: ACME orders none for the names they cover.
+    pub certified: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Certificates from an ACME authority for the exact host names of HTTP routes, served on
+    /// the HTTPS listener ahead of `tls`'s; `None`: off. Changes only at a restart.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { fallback: http::StatusCode::NOT_FOUND, limits: crate::http::EdgeLimits::default(), tls: None }
+        Self {
+            fallback: http::StatusCode::NOT_FOUND,
+            limits: crate::http::EdgeLimits::default(),
+            tls: None,
+            certified: Vec::new(),
+            acme: None,
+        }
     }
 }
 
@@ -196,6 +207,10 @@ struct Shared {
     registry: registry::Registry,
     pending: pending::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
+    /// Certificates for the HTTPS edge, when ACME is on.
+    acme: Option<Arc<crate::acme::Acme>>,
+    /// Their upkeep, started by the first HTTPS listener.
+    acme_upkeep: std::sync::Mutex<Option<OwnedTask<()>>>,
     /// Cancelled when shutdown begins: listeners stop accepting, sessions say they are
     /// draining, and open streams go on for up to `drain_timeout`.
     draining: CancellationToken,
@@ -251,12 +266,24 @@ impl Server {
         let pending =
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let http_routes = Arc::default();
+        let acme = config.http.acme.clone().map(crate::acme::Acme::new);
         let (draining, cut) = (CancellationToken::new(), CancellationToken::new());
         let config = std::sync::RwLock::new(Arc::new(config));
         let sessions = directory::Directory::default();
         let reloading = tokio::sync::Mutex::new(());
-        let shared =
-            Shared { config, sessions, reloading, registry, pending, http_routes, draining, cut, metrics };
+        let shared = Shared {
+            config,
+            sessions,
+            reloading,
+            registry,
+            pending,
+            http_routes,
+            acme,
+            acme_upkeep: std::sync::Mutex::default(),
+            draining,
+            cut,
+            metrics,
+        };
         Self { shared: Arc::new(shared) }
     }
 

@@ -54,6 +54,10 @@ impl Server {
         shared.registry.set_limits(config.port_grace, Caps::of(&config));
         let config = Arc::new(config);
         *shared.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        if before.http.certified != config.http.certified {
+            // ACME looks again at which names other certificates now cover.
+            shared.http_routes.nudge();
+        }
         report.ended = shared
             .sessions
             .revoke_unless(|name, kind| config.credentials.still_accepts(&before.credentials, name, kind));
@@ -110,6 +114,11 @@ fn keep_restart_only(before: &ServerConfig, config: &mut ServerConfig, refused: 
     if config.http.tls.is_none() && before.http.tls.is_some() {
         refused.push("http.tls: the HTTPS listener keeps a certificate until a restart".to_owned());
         config.http.tls = before.http.tls.clone();
+        config.http.certified = before.http.certified.clone();
+    }
+    if config.http.acme != before.http.acme {
+        refused.push("http.acme: ACME settings change only at a restart".to_owned());
+        config.http.acme = before.http.acme.clone();
     }
     if config.http.fallback != before.http.fallback || config.http.limits != before.http.limits {
         let why = "http: the HTTP edge's fallback answer and limits change only at a restart";
@@ -159,5 +168,6 @@ fn changed(before: &ServerConfig, after: &ServerConfig) -> Vec<&'static str> {
     check("drain_timeout", before.drain_timeout != after.drain_timeout);
     check("timeouts", before.timeouts != after.timeouts);
     check("http.tls", !same_tls(&before.http.tls, &after.http.tls));
+    check("http.certified", before.http.certified != after.http.certified);
     changed
 }

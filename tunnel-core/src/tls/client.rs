@@ -48,22 +48,29 @@ pub fn client_config(trust: &ServerTrust) -> Result<Arc<rustls::ClientConfig>, T
 }
 
 /// The TLS configuration a client uses toward `https://` origins: the system's trusted roots,
-/// plus the CA certificates of `extra_ca` (a PEM file) for origins with a private CA. TLS 1.2
-/// and 1.3. System roots that cannot be read are skipped (and logged): an
-/// origin they would have verified then fails with a certificate error naming its issuer.
-/// (The client offers ALPN `http/1.1` itself.)
+/// plus the CA certificates of `extra_ca` (a PEM file) for origins with a private CA (see
+/// [`trusting`]). (The client offers ALPN `http/1.1` itself.)
 pub fn origin_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let extra = match extra_ca {
+        Some(path) => super::server::read_certs(path)?,
+        None => Vec::new(),
+    };
+    trusting(extra)
+}
+
+/// A client TLS configuration trusting the system's roots and `extra` (private CAs); TLS 1.2
+/// and 1.3. System roots that cannot be read are skipped (and logged): a server they would
+/// have verified then fails with a certificate error naming its issuer.
+pub fn trusting(extra: Vec<CertificateDer<'static>>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let system = rustls_native_certs::load_native_certs();
     for error in &system.errors {
         tracing::warn!("system CA certificates: {error}");
     }
     let (added, ignored) = roots.add_parsable_certificates(system.certs);
-    tracing::debug!(added, ignored, "system CA certificates for https origins");
-    if let Some(path) = extra_ca {
-        for cert in super::server::read_certs(path)? {
-            roots.add(cert)?;
-        }
+    tracing::debug!(added, ignored, "system CA certificates");
+    for cert in extra {
+        roots.add(cert)?;
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

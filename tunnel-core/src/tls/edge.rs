@@ -29,12 +29,19 @@ impl ResolvesServerCert for ByName {
         let Some(name) = hello.server_name().and_then(|n| ServerName::try_from(n.to_owned()).ok()) else {
             return Some(self.default.clone());
         };
-        let chosen = self.certificates.iter().find(|(leaf, _)| {
-            webpki::EndEntityCert::try_from(leaf)
-                .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
-        });
+        let chosen = self.certificates.iter().find(|(leaf, _)| valid_for(leaf, &name));
         Some(chosen.map_or_else(|| self.default.clone(), |(_, key)| key.clone()))
     }
+}
+
+/// Whether the certificate `leaf` is valid for `name` (a DNS name or an IP address).
+pub fn covers(leaf: &CertificateDer<'_>, name: &str) -> bool {
+    ServerName::try_from(name.to_owned()).is_ok_and(|name| valid_for(leaf, &name))
+}
+
+fn valid_for(leaf: &CertificateDer<'_>, name: &ServerName<'_>) -> bool {
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok())
 }
 
 /// The edge's TLS configuration: `certificates` by the names in them, `default` for anything
