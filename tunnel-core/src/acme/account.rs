@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use instant_acme::{Account, AccountCredentials, BodyWrapper, BytesResponse, HttpClient, NewAccount};
@@ -125,11 +125,7 @@ impl HttpClient for AuthorityClient {
         let whole = async move {
             let (mut parts, body) =
                 answered.await.map_err(|e| instant_acme::Error::Other(Box::new(e)))?.into_parts();
-            let body = Limited::new(body, MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(instant_acme::Error::Other)?
-                .to_bytes();
+            let body = Limited::new(body, MAX_ANSWER).collect().await.map_err(unread)?.to_bytes();
             // The ACME client adds a `Retry-After` in seconds to the clock unchecked.
             let delay =
                 parts.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
@@ -143,6 +139,14 @@ impl HttpClient for AuthorityClient {
                 Err(instant_acme::Error::Other(format!("no whole answer within {REQUEST_TIMEOUT:?}").into()))
             })
         })
+    }
+}
+
+/// Why an answer's body could not be read: too large, or the connection failed.
+fn unread(err: Box<dyn std::error::Error + Send + Sync>) -> instant_acme::Error {
+    match err.is::<LengthLimitError>() {
+        true => instant_acme::Error::Other(format!("an answer over {} KiB", MAX_ANSWER / 1024).into()),
+        false => instant_acme::Error::Other(err),
     }
 }
 
