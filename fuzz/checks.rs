@@ -34,7 +34,44 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("lease_file", lease_file),
     ("http_route", http_route),
     ("admin_request", admin_request),
+    ("proxy_reply", proxy_reply),
 ];
+
+/// An HTTP proxy's side: the first line is a proxy URL (and a host to check against it as a
+/// `NO_PROXY` list), the rest what a proxy answers to `CONNECT`. Nothing panics; a URL that
+/// parses names `HOST:PORT` with a valid port and never shows its credentials in `Debug`; a
+/// reply is granted only for an `HTTP/1.x 2xx` status line.
+pub fn proxy_reply(data: &[u8]) {
+    use tunnel_core::transport::{check_reply, no_proxy_matches, HttpProxy};
+    let (first, reply) = match data.iter().position(|b| *b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    if let Ok(url) = std::str::from_utf8(first) {
+        if let Ok(proxy) = url.parse::<HttpProxy>() {
+            let port = proxy.addr().rsplit_once(':').map(|(_, port)| port).unwrap_or_default();
+            assert!(port.parse::<u16>().is_ok_and(|p| p > 0), "{}", proxy.addr());
+            // `Debug` shows the address alone, the credentials redacted.
+            let shown = format!("{proxy:?}");
+            let credentials = if url.strip_prefix("http://").is_some_and(|rest| rest.contains('@')) {
+                "Some(\"<redacted>\")"
+            } else {
+                "None"
+            };
+            assert_eq!(
+                shown,
+                format!("HttpProxy {{ addr: {:?}, credentials: {credentials} }}", proxy.addr())
+            );
+        }
+        let _ = no_proxy_matches(url, url.split(',').next().unwrap_or_default());
+    }
+    if check_reply(reply).is_ok() {
+        let status =
+            reply.get(9..12).and_then(|s| std::str::from_utf8(s).ok()).and_then(|s| s.parse::<u16>().ok());
+        let version = reply.starts_with(b"HTTP/1.0 ") || reply.starts_with(b"HTTP/1.1 ");
+        assert!(version && status.is_some_and(|s| (200..300).contains(&s)), "{reply:?}");
+    }
+}
 
 /// Admin API requests: the first line is `METHOD PATH`, the rest the body. Decoding never
 /// panics, and a new client decoded from a body prints back as JSON that decodes to the same.

@@ -178,6 +178,11 @@ pub struct ConnectArgs {
     /// PEM file of CA certificates trusted for https:// origins, beside the system's.
     #[arg(long, value_name = "PEM")]
     pub origin_ca: Option<PathBuf>,
+    /// Reach the server through this HTTP proxy (CONNECT), http://[USER:PASSWORD@]HOST[:PORT]
+    /// [default: HTTPS_PROXY or ALL_PROXY from the environment, unless NO_PROXY lists the
+    /// server].
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<SecretString>,
 }
 
 #[derive(Debug, Args)]
@@ -266,12 +271,61 @@ impl ConnectArgs {
             file.tls = self.tls;
         }
         override_with(&mut file.http_fallback, self.http_fallback);
+        override_with(&mut file.proxy, self.proxy);
+        if file.proxy.is_none() {
+            file.proxy = proxy_from_env(file.server.as_deref(), |name| std::env::var(name).ok());
+        }
         Ok(file)
     }
+}
+
+/// The proxy the environment names for reaching `server`, as curl reads it: `HTTPS_PROXY`
+/// (then `https_proxy`, `ALL_PROXY`, `all_proxy`), unless `NO_PROXY` (or `no_proxy`) lists the
+/// server's host.
+fn proxy_from_env(server: Option<&str>, var: impl Fn(&str) -> Option<String>) -> Option<SecretString> {
+    let first =
+        |names: &[&str]| names.iter().filter_map(|name| var(name)).find(|value| !value.trim().is_empty());
+    let proxy = first(&["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"])?;
+    let host = server.map(tunnel_core::transport::host_of).unwrap_or_default();
+    let bypass = first(&["NO_PROXY", "no_proxy"])
+        .is_some_and(|list| tunnel_core::transport::no_proxy_matches(&list, host));
+    (!bypass).then(|| SecretString::from(proxy.trim().to_owned()))
 }
 
 fn override_with<T>(slot: &mut Option<T>, flag: Option<T>) {
     if flag.is_some() {
         *slot = flag;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn the_environment_names_the_proxy_unless_no_proxy_lists_the_server() {
+        let server = Some("tunnel.example.com:7700");
+        let got = |pairs| proxy_from_env(server, env(pairs)).map(|p| p.expose_secret().to_owned());
+        assert_eq!(got(&[("https_proxy", "http://p:3128")]).as_deref(), Some("http://p:3128"));
+        let both = &[("HTTPS_PROXY", "http://upper:1"), ("ALL_PROXY", "http://all:2")];
+        assert_eq!(got(both).as_deref(), Some("http://upper:1"));
+        assert_eq!(
+            got(&[("ALL_PROXY", "http://all:2"), ("HTTPS_PROXY", " ")]).as_deref(),
+            Some("http://all:2")
+        );
+        assert_eq!(got(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", "localhost,.example.com")]), None);
+        assert_eq!(
+            got(&[("HTTPS_PROXY", "http://p:3128"), ("no_proxy", "other.org")]).as_deref(),
+            Some("http://p:3128")
+        );
+        assert_eq!(
+            got(&[("HTTP_PROXY", "http://plain-http-only:80")]),
+            None,
+            "HTTP_PROXY is for http:// URLs"
+        );
     }
 }

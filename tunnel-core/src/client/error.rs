@@ -4,7 +4,7 @@ use crate::proto::handshake::{HandshakeError, RefuseCode};
 use crate::proto::{GoodbyeCode, RefusalCode};
 use crate::session::{FrameError, SessionEnd, SessionError};
 use crate::tls::FingerprintMismatch;
-use crate::transport::ConnectError;
+use crate::transport::{ConnectError, ProxyReplyError};
 
 /// Why a client stopped for good. Transient failures are retried and never surface here
 /// (unless the retry budget runs out).
@@ -69,6 +69,10 @@ pub enum ClientError {
     /// Another client connected with our name and took over.
     #[error("replaced: {}", Escaped(.0))]
     Replaced(String),
+    /// The HTTP proxy refused for good: it wants other credentials (407) or forbids the server
+    /// (403).
+    #[error("the proxy refused: {0}")]
+    Proxy(String),
     /// The peer does not speak this protocol (or a compatible version of it).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -102,6 +106,14 @@ impl From<ClientError> for Failure {
 pub(super) fn classify_connect(err: ConnectError) -> Failure {
     match err {
         ConnectError::Tls { source, .. } => classify_tls(source),
+        ConnectError::Proxy { ref source, .. }
+            if source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<ProxyReplyError>())
+                .is_some_and(ProxyReplyError::is_final) =>
+        {
+            ClientError::Proxy(crate::log::Chain(&err).to_string()).into()
+        }
         other => Failure::Transient(crate::log::Chain(&other).to_string()),
     }
 }

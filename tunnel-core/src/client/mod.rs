@@ -72,6 +72,8 @@ pub struct ClientConfig {
     pub drain_timeout: Duration,
     /// Reconnect policy.
     pub reconnect: Backoff,
+    /// An HTTP proxy the connection to the server goes through (`CONNECT`); `None`: direct.
+    pub proxy: Option<crate::transport::HttpProxy>,
 }
 
 impl ClientConfig {
@@ -94,6 +96,7 @@ impl ClientConfig {
             http_fallback: None,
             tls: Vec::new(),
             origin_tls: None,
+            proxy: None,
             session: SessionConfig {
                 // The server caps streams per session (`limits.max_streams_per_session`, at most
                 // 65536); the client, having pinned that server, follows its cap, not a lower one.
@@ -316,7 +319,11 @@ impl Client {
     async fn dial(&self) -> Result<Dialed, Failure> {
         let config = &self.config;
         let attempt = async {
-            let connection = config.transport.connect(&config.server).await.map_err(classify_connect)?;
+            let connection = config
+                .transport
+                .connect_via(&config.server, config.proxy.as_ref())
+                .await
+                .map_err(classify_connect)?;
             let (session, established) = Session::connect(
                 connection.io,
                 &connection.binding,

@@ -73,6 +73,10 @@ pub struct ClientFile {
     /// Connect without TLS; the server must opt in too (default false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
+    /// Reach the server through this HTTP proxy (`CONNECT`),
+    /// `http://[USER:PASSWORD@]HOST[:PORT]` (default: direct). A secret when it holds a
+    /// password.
+    pub proxy: Option<SecretString>,
     /// TCP connect + TLS + handshake time limit (default `10s`).
     pub handshake_timeout: Option<HumanDuration>,
     /// At shutdown (SIGTERM), how long open streams may go on before they are cut (default `30s`).
@@ -316,6 +320,9 @@ impl ClientFile {
         };
         if config.reconnect.initial.is_zero() || config.reconnect.initial > config.reconnect.max {
             return Err(invalid("reconnect.initial", "must be more than 0 and at most `reconnect.max`"));
+        }
+        if let Some(proxy) = &self.proxy {
+            config.proxy = Some(proxy.expose_secret().parse().map_err(|e| invalid("proxy", e))?);
         }
         Ok(config)
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::{buffered, connect_tcp, server_name, BoxedIo, InvalidServerName, Io};
+use super::{buffered, connect_tcp, server_name, BoxedIo, HttpProxy, InvalidServerName, Io, ProxyConnector};
 use crate::auth::ChannelBinding;
 
 /// A connected byte stream and the channel binding the handshake's proofs are tied to.
@@ -37,6 +37,18 @@ pub enum ConnectError {
         /// Where the connector tried to go.
         peer: String,
         /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP proxy gave no tunnel to the server (see [`super::ProxyReplyError`] for what
+    /// it answered).
+    #[error("the proxy {proxy} gave no tunnel to {target}")]
+    Proxy {
+        /// The proxy (`HOST:PORT`).
+        proxy: String,
+        /// Where the tunnel was asked to go.
+        target: String,
+        /// Why: the connection failed, or what the proxy answered (its inner error).
         #[source]
         source: io::Error,
     },
@@ -195,12 +207,24 @@ impl ClientTransport {
 
     /// Opens a connection to `server` (`host:port`) as configured.
     pub async fn connect(&self, server: &str) -> Result<Connection, ConnectError> {
+        self.connect_via(server, None).await
+    }
+
+    /// Opens a connection to `server` as configured, through `proxy` when one is given (a
+    /// [`ClientTransport::Custom`] connector decides for itself and ignores it).
+    pub async fn connect_via(
+        &self,
+        server: &str,
+        proxy: Option<&HttpProxy>,
+    ) -> Result<Connection, ConnectError> {
+        let tcp: Arc<dyn Connector> = match proxy {
+            Some(proxy) => Arc::new(ProxyConnector::new(proxy.clone(), server)),
+            None => Arc::new(TcpConnector::new(server)),
+        };
         match self {
-            Self::Plaintext => TcpConnector::new(server).connect().await,
+            Self::Plaintext => tcp.connect().await,
             Self::Tls { config, server_name } => {
-                TlsConnector::new(TcpConnector::new(server), config.clone(), server_name.clone())
-                    .connect()
-                    .await
+                TlsConnector::new(tcp, config.clone(), server_name.clone()).connect().await
             }
             Self::Custom(connector) => connector.connect().await,
         }

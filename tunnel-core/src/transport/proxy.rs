@@ -1,0 +1,280 @@
+//! HTTP `CONNECT` proxies on the way to the server (RFC 9110, section 9.3.6): the client dials
+//! the proxy, asks it for a tunnel to the server, and runs TLS and the session through it, so a
+//! network that lets out only proxied traffic still reaches the server. The proxy learns the
+//! server's address and nothing else: TLS runs end to end through it.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use super::{buffered, connect_tcp, ConnectError, Connection, Connector};
+use crate::auth::ChannelBinding;
+
+/// Time for the proxy to answer a `CONNECT`, its whole reply head.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest reply head read.
+pub const MAX_REPLY_HEAD: usize = 8 * 1024;
+
+/// An HTTP proxy, `http://[USER:PASSWORD@]HOST[:PORT]` (port 80 when none).
+///
+/// ```
+/// let proxy: tunnel_core::transport::HttpProxy = "http://alice:s3cret@proxy.internal:3128".parse().unwrap();
+/// assert_eq!(proxy.addr(), "proxy.internal:3128");
+/// assert!(!format!("{proxy:?}").contains("s3cret"));
+/// ```
+#[derive(Clone)]
+pub struct HttpProxy {
+    addr: String,
+    /// `USER:PASSWORD` in base64, for `Proxy-Authorization: Basic`: a secret.
+    credentials: Option<String>,
+}
+
+impl fmt::Debug for HttpProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let credentials = self.credentials.as_ref().map(|_| "<redacted>");
+        f.debug_struct("HttpProxy").field("addr", &self.addr).field("credentials", &credentials).finish()
+    }
+}
+
+/// A proxy URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("proxy URL {url:?}: {why}")]
+pub struct ProxyUrlError {
+    /// The URL, its credentials left out.
+    pub url: String,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+impl std::str::FromStr for HttpProxy {
+    type Err = ProxyUrlError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let (userinfo, rest) = match url.strip_prefix("http://").map(|rest| rest.rsplit_once('@')) {
+            Some(Some((userinfo, rest))) => (Some(userinfo), rest),
+            Some(None) => (None, &url["http://".len()..]),
+            None => {
+                let shown = url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned();
+                return Err(ProxyUrlError { url: shown, why: "only http:// proxies are supported" });
+            }
+        };
+        let bad = |why| ProxyUrlError { url: format!("http://{rest}"), why };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', ' ']) {
+            return Err(bad("expected http://[USER:PASSWORD@]HOST[:PORT]"));
+        }
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        if !plausible_host(host) {
+            return Err(bad("the host is not a DNS name or an IP address"));
+        }
+        let addr = match authority.rsplit_once(':') {
+            // A port, unless the colon is inside an IPv6 address without one.
+            Some((host, port)) if !port.contains(']') => {
+                let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+                if host.is_empty() || port == 0 {
+                    return Err(bad("expected HOST:PORT with a port from 1 to 65535"));
+                }
+                authority.to_owned()
+            }
+            _ => format!("{authority}:80"),
+        };
+        let credentials = userinfo.map(|userinfo| {
+            use base64::Engine;
+            base64::prelude::BASE64_STANDARD.encode(percent_decoded(userinfo))
+        });
+        Ok(Self { addr, credentials })
+    }
+}
+
+impl HttpProxy {
+    /// Where the proxy listens (`HOST:PORT`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The `CONNECT` request for `target` (`HOST:PORT`).
+    fn request(&self, target: &str) -> String {
+        let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+        if let Some(credentials) = &self.credentials {
+            request.push_str(&format!("Proxy-Authorization: Basic {credentials}\r\n"));
+        }
+        request.push_str("\r\n");
+        request
+    }
+}
+
+/// A DNS name, an IPv4 address, or an IPv6 address in brackets (its characters, not more).
+fn plausible_host(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
+    }
+}
+
+/// `%XX` escapes of a URL's user information, decoded (a `@` or `:` in a password is written
+/// `%40`, `%3A`).
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(bytes.len()), 0);
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether `host` goes around the proxy by `no_proxy`, a `NO_PROXY` list: comma-separated
+/// host names (each also matching its subdomains; a leading `.` is allowed), IP addresses, or
+/// `*` for every host. Ports in the list are ignored; case does not matter.
+pub fn no_proxy_matches(no_proxy: &str, host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    no_proxy.split(',').map(str::trim).filter(|entry| !entry.is_empty()).any(|entry| {
+        if entry == "*" {
+            return true;
+        }
+        let entry = match entry.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => name,
+            _ => entry,
+        };
+        let entry =
+            entry.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.').to_ascii_lowercase();
+        let entry = entry.trim_start_matches('[').trim_end_matches(']');
+        host == entry || host.strip_suffix(entry).is_some_and(|head| head.ends_with('.'))
+    })
+}
+
+/// What a proxy answered instead of a tunnel.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyReplyError {
+    /// Not an HTTP reply, or a head larger than [`MAX_REPLY_HEAD`].
+    #[error("not an HTTP reply: {0}")]
+    Malformed(String),
+    /// A reply other than 2xx.
+    #[error("the proxy answered {status} {reason}")]
+    Refused {
+        /// The status code.
+        status: u16,
+        /// The reason phrase, escaped.
+        reason: String,
+    },
+}
+
+impl ProxyReplyError {
+    /// Whether trying again cannot help: the proxy wants other credentials (407) or forbids
+    /// the destination (403).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Refused { status: 403 | 407, .. })
+    }
+}
+
+/// Reads a reply's status line (`HTTP/1.1 200 Connection established`): `Ok` for 2xx.
+pub fn check_reply(status_line: &[u8]) -> Result<(), ProxyReplyError> {
+    let line =
+        status_line.strip_suffix(b"\r\n").or_else(|| status_line.strip_suffix(b"\n")).unwrap_or(status_line);
+    let shown = || crate::log::Escaped(&String::from_utf8_lossy(&line[..line.len().min(120)])).to_string();
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let (version, status) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let status =
+        std::str::from_utf8(status).ok().filter(|s| s.len() == 3).and_then(|s| s.parse::<u16>().ok());
+    match status {
+        Some(status) if matches!(version, b"HTTP/1.0" | b"HTTP/1.1") && (100..600).contains(&status) => {
+            if (200..300).contains(&status) {
+                return Ok(());
+            }
+            let reason = String::from_utf8_lossy(parts.next().unwrap_or_default());
+            Err(ProxyReplyError::Refused { status, reason: crate::log::Escaped(&reason).to_string() })
+        }
+        _ => Err(ProxyReplyError::Malformed(shown())),
+    }
+}
+
+/// Connections to `target` through an HTTP proxy; the binding is
+/// [`ChannelBinding::Plaintext`] (wrap it in a [`super::TlsConnector`]).
+#[derive(Debug, Clone)]
+pub struct ProxyConnector {
+    proxy: HttpProxy,
+    target: String,
+}
+
+impl ProxyConnector {
+    /// Tunnels to `target` (`HOST:PORT`, resolved by the proxy) through `proxy`.
+    pub fn new(proxy: HttpProxy, target: impl Into<String>) -> Self {
+        Self { proxy, target: target.into() }
+    }
+}
+
+impl Connector for ProxyConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
+        Box::pin(async move {
+            let addr = self.proxy.addr();
+            let tcp = connect_tcp(addr)
+                .await
+                .map_err(|source| ConnectError::Unreachable { peer: format!("proxy {addr}"), source })?;
+            let mut io = buffered(tcp);
+            let failed = |source: io::Error| ConnectError::Proxy {
+                proxy: addr.to_owned(),
+                target: self.target.clone(),
+                source,
+            };
+            io.write_all(self.proxy.request(&self.target).as_bytes()).await.map_err(failed)?;
+            match tokio::time::timeout(REPLY_TIMEOUT, read_reply(&mut io)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(failed(err)),
+                Err(_) => {
+                    let late = format!("no answer within {REPLY_TIMEOUT:?}");
+                    return Err(failed(io::Error::new(io::ErrorKind::TimedOut, late)));
+                }
+            }
+            // What the proxy sent after its head is the server's: it stays in the buffer.
+            Ok(Connection { io: Box::new(io), binding: ChannelBinding::Plaintext })
+        })
+    }
+}
+
+/// Reads the reply head: its status line (a refusal or anything but HTTP ends it there),
+/// then its header lines up to the blank line, so that what follows is the server's.
+async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R) -> io::Result<()> {
+    let (mut head, mut status_read) = (0usize, false);
+    loop {
+        let mut line = Vec::new();
+        let left = MAX_REPLY_HEAD.saturating_sub(head) as u64 + 1;
+        head += tokio::io::AsyncReadExt::take(&mut *io, left).read_until(b'\n', &mut line).await?;
+        if head > MAX_REPLY_HEAD {
+            let too_long = ProxyReplyError::Malformed(format!("a reply head over {MAX_REPLY_HEAD} bytes"));
+            return Err(io::Error::other(too_long));
+        }
+        if !line.ends_with(b"\n") {
+            if !status_read && !line.is_empty() {
+                // Not even a line: say what came, it may not be HTTP at all.
+                check_reply(&line).map_err(io::Error::other)?;
+            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the proxy closed the connection"));
+        }
+        if !status_read {
+            check_reply(&line).map_err(io::Error::other)?;
+            status_read = true;
+        } else if line == b"\r\n" || line == b"\n" {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod tests;
