@@ -53,7 +53,8 @@ pub fn proxy_reply(data: &[u8]) {
             assert!(port.parse::<u16>().is_ok_and(|p| p > 0), "{}", proxy.addr());
             // `Debug` shows the address alone, the credentials redacted.
             let shown = format!("{proxy:?}");
-            let credentials = if url.strip_prefix("http://").is_some_and(|rest| rest.contains('@')) {
+            let userinfo = url.strip_prefix("http://").and_then(|rest| rest.rsplit_once('@')).map(|(u, _)| u);
+            let credentials = if userinfo.is_some_and(|userinfo| !userinfo.is_empty()) {
                 "Some(\"<redacted>\")"
             } else {
                 "None"

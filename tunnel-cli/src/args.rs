@@ -178,9 +178,9 @@ pub struct ConnectArgs {
     /// PEM file of CA certificates trusted for https:// origins, beside the system's.
     #[arg(long, value_name = "PEM")]
     pub origin_ca: Option<PathBuf>,
-    /// Reach the server through this HTTP proxy (CONNECT), http://[USER:PASSWORD@]HOST[:PORT]
-    /// [default: HTTPS_PROXY or ALL_PROXY from the environment, unless NO_PROXY lists the
-    /// server].
+    /// Reach the server through this HTTP proxy (CONNECT), http://[USER:PASSWORD@]HOST[:PORT],
+    /// or `none` for a direct connection [default: https_proxy or all_proxy from the
+    /// environment, unless no_proxy lists the server].
     #[arg(long, value_name = "URL")]
     pub proxy: Option<SecretString>,
 }
@@ -271,25 +271,48 @@ impl ConnectArgs {
             file.tls = self.tls;
         }
         override_with(&mut file.http_fallback, self.http_fallback);
-        override_with(&mut file.proxy, self.proxy);
-        if file.proxy.is_none() {
-            file.proxy = proxy_from_env(file.server.as_deref(), |name| std::env::var(name).ok());
+        match self.proxy {
+            // `--proxy none`: direct, whatever the file and the environment say.
+            Some(flag) if flag.expose_secret() == "none" => file.proxy = None,
+            Some(flag) => file.proxy = Some(flag),
+            None if file.proxy.is_none() => {
+                file.proxy = proxy_from_env(file.server.as_deref(), |name| std::env::var(name).ok());
+            }
+            None => {}
         }
         Ok(file)
     }
 }
 
-/// The proxy the environment names for reaching `server`, as curl reads it: `HTTPS_PROXY`
-/// (then `https_proxy`, `ALL_PROXY`, `all_proxy`), unless `NO_PROXY` (or `no_proxy`) lists the
-/// server's host.
+/// The proxy the environment names for reaching `server`, as curl reads it: `https_proxy`
+/// (then `HTTPS_PROXY`, `all_proxy`, `ALL_PROXY`; a value without a scheme is `http://`),
+/// unless `no_proxy` (or `NO_PROXY`) lists the server's host. A proxy of another kind
+/// (`socks5://`, `https://`) is left alone, with a warning: the connection goes direct.
 fn proxy_from_env(server: Option<&str>, var: impl Fn(&str) -> Option<String>) -> Option<SecretString> {
-    let first =
-        |names: &[&str]| names.iter().filter_map(|name| var(name)).find(|value| !value.trim().is_empty());
-    let proxy = first(&["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"])?;
+    let first = |names: &[&'static str]| {
+        names
+            .iter()
+            .find_map(|name| var(name).filter(|value| !value.trim().is_empty()).map(|value| (*name, value)))
+    };
+    let (name, proxy) = first(&["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"])?;
     let host = server.map(tunnel_core::transport::host_of).unwrap_or_default();
-    let bypass = first(&["NO_PROXY", "no_proxy"])
-        .is_some_and(|list| tunnel_core::transport::no_proxy_matches(&list, host));
-    (!bypass).then(|| SecretString::from(proxy.trim().to_owned()))
+    let bypass = first(&["no_proxy", "NO_PROXY"])
+        .is_some_and(|(_, list)| tunnel_core::transport::no_proxy_matches(&list, host));
+    if bypass {
+        return None;
+    }
+    let proxy = proxy.trim();
+    let url = if proxy.contains("://") { proxy.to_owned() } else { format!("http://{proxy}") };
+    match url.parse::<tunnel_core::transport::HttpProxy>() {
+        Ok(parsed) => {
+            tracing::info!("reaching the server through the proxy {} (from {name})", parsed.addr());
+            Some(SecretString::from(url))
+        }
+        Err(err) => {
+            tracing::warn!("not using {name}: {err}; connecting directly");
+            None
+        }
+    }
 }
 
 fn override_with<T>(slot: &mut Option<T>, flag: Option<T>) {
@@ -311,11 +334,19 @@ mod tests {
         let server = Some("tunnel.example.com:7700");
         let got = |pairs| proxy_from_env(server, env(pairs)).map(|p| p.expose_secret().to_owned());
         assert_eq!(got(&[("https_proxy", "http://p:3128")]).as_deref(), Some("http://p:3128"));
-        let both = &[("HTTPS_PROXY", "http://upper:1"), ("ALL_PROXY", "http://all:2")];
-        assert_eq!(got(both).as_deref(), Some("http://upper:1"));
+        let both = &[
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("https_proxy", "http://lower:1"),
+            ("ALL_PROXY", "http://all:2"),
+        ];
+        assert_eq!(got(both).as_deref(), Some("http://lower:1"), "lowercase first, as curl");
         assert_eq!(
             got(&[("ALL_PROXY", "http://all:2"), ("HTTPS_PROXY", " ")]).as_deref(),
             Some("http://all:2")
+        );
+        assert_eq!(
+            got(&[("HTTPS_PROXY", "proxy.internal:3128")]).as_deref(),
+            Some("http://proxy.internal:3128")
         );
         assert_eq!(got(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", "localhost,.example.com")]), None);
         assert_eq!(
@@ -327,5 +358,6 @@ mod tests {
             None,
             "HTTP_PROXY is for http:// URLs"
         );
+        assert_eq!(got(&[("ALL_PROXY", "socks5h://127.0.0.1:1080")]), None, "another kind of proxy: direct");
     }
 }

@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &[]),
     ("proto", &["auth", "log"]),
     ("tls", &["auth", "fs"]),
-    ("transport", &["auth", "tls"]),
+    ("transport", &["auth", "log", "proto", "tls"]),
     ("mux", &["transport"]),
     ("session", &["auth", "log", "metrics", "mux", "proto", "transport"]),
     ("forward", &["log", "metrics", "mux", "proto"]),

@@ -71,7 +71,7 @@ pub enum ClientError {
     Replaced(String),
     /// The HTTP proxy refused for good: it wants other credentials (407) or forbids the server
     /// (403).
-    #[error("the proxy refused: {0}")]
+    #[error("{0}")]
     Proxy(String),
     /// The peer does not speak this protocol (or a compatible version of it).
     #[error("protocol error: {0}")]

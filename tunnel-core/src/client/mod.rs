@@ -72,7 +72,9 @@ pub struct ClientConfig {
     pub drain_timeout: Duration,
     /// Reconnect policy.
     pub reconnect: Backoff,
-    /// An HTTP proxy the connection to the server goes through (`CONNECT`); `None`: direct.
+    /// An HTTP proxy the connection to the server goes through (`CONNECT`), within
+    /// `handshake_timeout`; `None`: direct. A [`ClientTransport::Custom`] connector decides for
+    /// itself and does not use it.
     pub proxy: Option<crate::transport::HttpProxy>,
 }
 

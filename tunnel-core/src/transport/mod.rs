@@ -3,8 +3,9 @@
 //!
 //! A session runs over anything `AsyncRead + AsyncWrite`; what it needs is a [`Connection`]:
 //! such a stream plus the [`ChannelBinding`](crate::auth::ChannelBinding) that ties the
-//! handshake's proofs to it. A client gets its connections from a [`Connector`] ([`TcpConnector`],
-//! [`ProxyConnector`] through an HTTP `CONNECT` proxy, and [`TlsConnector`] ship here); a server takes them from a TCP listener or, already
+//! handshake's proofs to it. A client gets its connections from a [`Connector`]
+//! ([`TcpConnector`], [`ProxyConnector`] through an HTTP `CONNECT` proxy, and [`TlsConnector`]
+//! ship here); a server takes them from a TCP listener or, already
 //! established, from the program ([`crate::server::Server::run_connected`]).
 
 mod connect;

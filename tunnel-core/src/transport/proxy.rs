@@ -5,16 +5,15 @@
 
 use std::fmt;
 use std::io;
-use std::time::Duration;
+use std::net::IpAddr;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::{buffered, connect_tcp, ConnectError, Connection, Connector};
 use crate::auth::ChannelBinding;
+use crate::proto::TargetAddr;
 
-/// Time for the proxy to answer a `CONNECT`, its whole reply head.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest reply head read.
 pub const MAX_REPLY_HEAD: usize = 8 * 1024;
 
@@ -53,42 +52,37 @@ impl std::str::FromStr for HttpProxy {
     type Err = ProxyUrlError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let (userinfo, rest) = match url.strip_prefix("http://").map(|rest| rest.rsplit_once('@')) {
-            Some(Some((userinfo, rest))) => (Some(userinfo), rest),
-            Some(None) => (None, &url["http://".len()..]),
-            None => {
-                let shown = url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned();
-                return Err(ProxyUrlError { url: shown, why: "only http:// proxies are supported" });
-            }
+        let Some(rest) = url.strip_prefix("http://") else {
+            let shown = url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned();
+            return Err(ProxyUrlError { url: shown, why: "only http:// proxies are supported" });
         };
-        let bad = |why| ProxyUrlError { url: format!("http://{rest}"), why };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() || authority.contains(['/', '?', '#', ' ']) {
+        let (userinfo, authority) = match rest.rsplit_once('@') {
+            Some((userinfo, authority)) => (Some(userinfo).filter(|u| !u.is_empty()), authority),
+            None => (None, rest),
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        let bad = |why| ProxyUrlError { url: format!("http://{authority}"), why };
+        if authority.contains(['/', '?', '#']) {
             return Err(bad("expected http://[USER:PASSWORD@]HOST[:PORT]"));
         }
-        let host = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => host,
-            _ => authority,
-        };
-        if !plausible_host(host) {
-            return Err(bad("the host is not a DNS name or an IP address"));
-        }
-        let addr = match authority.rsplit_once(':') {
-            // A port, unless the colon is inside an IPv6 address without one.
-            Some((host, port)) if !port.contains(']') => {
-                let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
-                if host.is_empty() || port == 0 {
-                    return Err(bad("expected HOST:PORT with a port from 1 to 65535"));
-                }
-                authority.to_owned()
-            }
+        // A port, unless the last colon is inside an IPv6 address in brackets.
+        let with_port = match authority.rsplit_once(':') {
+            Some((_, port)) if !port.contains(']') => authority.to_owned(),
             _ => format!("{authority}:80"),
         };
+        let target: TargetAddr = with_port.parse().map_err(|_| {
+            bad("expected HOST[:PORT], a DNS name or an IP address, and a port from 1 to 65535")
+        })?;
         let credentials = userinfo.map(|userinfo| {
             use base64::Engine;
-            base64::prelude::BASE64_STANDARD.encode(percent_decoded(userinfo))
+            let mut decoded = percent_decoded(userinfo);
+            // A user without a password is `USER:` (RFC 7617).
+            if !decoded.contains(&b':') {
+                decoded.push(b':');
+            }
+            base64::prelude::BASE64_STANDARD.encode(decoded)
         });
-        Ok(Self { addr, credentials })
+        Ok(Self { addr: target.to_string(), credentials })
     }
 }
 
@@ -109,22 +103,15 @@ impl HttpProxy {
     }
 }
 
-/// A DNS name, an IPv4 address, or an IPv6 address in brackets (its characters, not more).
-fn plausible_host(host: &str) -> bool {
-    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
-        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
-    }
-}
-
 /// `%XX` escapes of a URL's user information, decoded (a `@` or `:` in a password is written
 /// `%40`, `%3A`).
 fn percent_decoded(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let (mut out, mut i) = (Vec::with_capacity(bytes.len()), 0);
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+        let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let byte = hex.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], byte) {
             (b'%', Some(byte)) => {
                 out.push(byte);
                 i += 3;
@@ -138,24 +125,65 @@ fn percent_decoded(text: &str) -> Vec<u8> {
     out
 }
 
-/// Whether `host` goes around the proxy by `no_proxy`, a `NO_PROXY` list: comma-separated
-/// host names (each also matching its subdomains; a leading `.` is allowed), IP addresses, or
-/// `*` for every host. Ports in the list are ignored; case does not matter.
+/// Whether `host` goes around the proxy by `no_proxy`, a `NO_PROXY` list as curl reads it:
+/// comma-separated host names (each also matching its subdomains; a leading `.` or `*.` is
+/// allowed), IP addresses (matched exactly), networks (`10.0.0.0/8`), or `*` for every host.
+/// Ports in the list are ignored; case does not matter.
 pub fn no_proxy_matches(no_proxy: &str, host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let host = unbracket(host.trim_end_matches('.')).to_ascii_lowercase();
+    let host_ip = host.parse::<IpAddr>().ok();
     no_proxy.split(',').map(str::trim).filter(|entry| !entry.is_empty()).any(|entry| {
         if entry == "*" {
             return true;
         }
-        let entry = match entry.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => name,
-            _ => entry,
-        };
-        let entry =
-            entry.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.').to_ascii_lowercase();
-        let entry = entry.trim_start_matches('[').trim_end_matches(']');
-        host == entry || host.strip_suffix(entry).is_some_and(|head| head.ends_with('.'))
+        let entry = without_port(entry);
+        let entry = unbracket(entry.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.'));
+        let entry = entry.to_ascii_lowercase();
+        if let Some((network, bits)) = entry.split_once('/') {
+            return match (network.parse::<IpAddr>(), bits.parse::<u8>(), host_ip) {
+                (Ok(network), Ok(bits), Some(ip)) => in_network(ip, network, bits),
+                _ => false,
+            };
+        }
+        match (entry.parse::<IpAddr>(), host_ip) {
+            (Ok(ip), _) => host_ip == Some(ip),
+            (Err(_), Some(_)) => false,
+            (Err(_), None) => {
+                host == entry || host.strip_suffix(&entry).is_some_and(|head| head.ends_with('.'))
+            }
+        }
     })
+}
+
+/// `entry` without a `:PORT` (`[v6]:PORT` too; a bare IPv6 address keeps its colons).
+fn without_port(entry: &str) -> &str {
+    if let Some(end) = entry.strip_prefix('[').and_then(|rest| rest.find(']')) {
+        return &entry[..end + 2];
+    }
+    match entry.split_once(':') {
+        Some((name, port)) if !port.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => entry,
+    }
+}
+
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// Whether `ip` is in `network/bits` (families must agree; bits beyond the address's are no
+/// match).
+fn in_network(ip: IpAddr, network: IpAddr, bits: u8) -> bool {
+    match (ip, network) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
 }
 
 /// What a proxy answered instead of a tunnel.
@@ -205,7 +233,8 @@ pub fn check_reply(status_line: &[u8]) -> Result<(), ProxyReplyError> {
 }
 
 /// Connections to `target` through an HTTP proxy; the binding is
-/// [`ChannelBinding::Plaintext`] (wrap it in a [`super::TlsConnector`]).
+/// [`ChannelBinding::Plaintext`] (wrap it in a [`super::TlsConnector`]). It sets no deadline of
+/// its own: the client's `handshake_timeout` covers the proxy's answer too.
 #[derive(Debug, Clone)]
 pub struct ProxyConnector {
     proxy: HttpProxy,
@@ -223,6 +252,14 @@ impl Connector for ProxyConnector {
     fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
         Box::pin(async move {
             let addr = self.proxy.addr();
+            if self.target.is_empty() || !self.target.bytes().all(|b| b.is_ascii_graphic()) {
+                let source =
+                    io::Error::new(io::ErrorKind::InvalidInput, "not a HOST:PORT to ask a proxy for");
+                return Err(ConnectError::Unreachable {
+                    peer: crate::log::Escaped(&self.target).to_string(),
+                    source,
+                });
+            }
             let tcp = connect_tcp(addr)
                 .await
                 .map_err(|source| ConnectError::Unreachable { peer: format!("proxy {addr}"), source })?;
@@ -233,14 +270,7 @@ impl Connector for ProxyConnector {
                 source,
             };
             io.write_all(self.proxy.request(&self.target).as_bytes()).await.map_err(failed)?;
-            match tokio::time::timeout(REPLY_TIMEOUT, read_reply(&mut io)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => return Err(failed(err)),
-                Err(_) => {
-                    let late = format!("no answer within {REPLY_TIMEOUT:?}");
-                    return Err(failed(io::Error::new(io::ErrorKind::TimedOut, late)));
-                }
-            }
+            read_reply(&mut io).await.map_err(failed)?;
             // What the proxy sent after its head is the server's: it stays in the buffer.
             Ok(Connection { io: Box::new(io), binding: ChannelBinding::Plaintext })
         })

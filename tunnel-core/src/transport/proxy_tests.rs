@@ -14,18 +14,24 @@ fn urls_give_the_address_and_credentials_and_bad_ones_say_why() {
     assert_eq!(decoded, b"alice:p@ss:word");
     assert!(with_user.request("t.example:7700").contains("Proxy-Authorization: Basic "));
     assert!(!format!("{with_user:?}").contains("p%40ss") && !format!("{with_user:?}").contains("YWxp"));
+    let user_only: HttpProxy = "http://alice@proxy".parse().unwrap();
+    assert_eq!(base64::prelude::BASE64_STANDARD.decode(user_only.credentials.unwrap()).unwrap(), b"alice:");
+    assert!("http://@proxy".parse::<HttpProxy>().unwrap().credentials.is_none());
+    assert_eq!(percent_decoded("%+4%4"), b"%+4%4", "only two hex digits make an escape");
+    let host = "a DNS name or an IP address";
     for (url, why) in [
         ("https://proxy:443", "only http://"),
         ("socks5://proxy:1080", "only http://"),
         ("proxy:3128", "only http://"),
-        ("http://", "expected"),
-        ("http://proxy:port", "port"),
-        ("http://proxy:0", "port"),
-        ("http://proxy:70000", "port"),
-        ("http://:3128", "not a DNS name"),
-        ("http://proxy:3128/path", "expected"),
-        ("http://pro<xy:3128", "not a DNS name"),
-        ("http://[::1<]:3128", "not a DNS name"),
+        ("http://", host),
+        ("http://proxy:port", host),
+        ("http://proxy:0", host),
+        ("http://proxy:70000", host),
+        ("http://:3128", host),
+        ("http://proxy:3128/path", "expected http://"),
+        ("http://pro<xy:3128", host),
+        ("http://[::1<]:3128", host),
+        ("http://[1.2.3.4]:3128", host),
     ] {
         let err = url.parse::<HttpProxy>().unwrap_err();
         assert!(err.to_string().contains(why), "{url}: {err}");
@@ -101,6 +107,39 @@ async fn a_reply_head_is_read_to_its_blank_line_leaving_what_follows() {
     let endless = [b"HTTP/1.1 200 OK\r\n".to_vec(), vec![b'x'; 2 * MAX_REPLY_HEAD]].concat();
     let err = read_reply(&mut &endless[..]).await.unwrap_err();
     assert!(err.to_string().contains("over 8192 bytes"), "{err}");
-    let many_lines = [b"HTTP/1.1 200 OK\r\n".to_vec(), b"a: b\r\n".repeat(MAX_REPLY_HEAD)].concat();
-    assert!(read_reply(&mut &many_lines[..]).await.is_err(), "a head of many short lines is bounded too");
+    let many_lines =
+        [b"HTTP/1.1 200 OK\r\n".to_vec(), b"a: b\r\n".repeat(MAX_REPLY_HEAD), b"\r\n".to_vec()].concat();
+    let err = read_reply(&mut &many_lines[..]).await.unwrap_err();
+    assert!(err.to_string().contains("over 8192 bytes"), "a head of many short lines is bounded too: {err}");
+}
+
+#[tokio::test]
+async fn the_connector_asks_for_the_target_and_hands_over_what_follows_the_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy: HttpProxy = format!("http://bob:pw@{}", listener.local_addr().unwrap()).parse().unwrap();
+    let answered = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 1024];
+        let n = tcp.read(&mut request).await.unwrap();
+        // The reply and the server's first bytes in one write, as a fast proxy may send them.
+        tcp.write_all(b"HTTP/1.1 200 Connection established\r\n\r\nSERVER FIRST").await.unwrap();
+        String::from_utf8(request[..n].to_vec()).unwrap()
+    });
+    let mut connection = ProxyConnector::new(proxy, "tunnel.example:7700").connect().await.unwrap();
+    let mut first = [0u8; 12];
+    connection.io.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"SERVER FIRST");
+    let request = answered.await.unwrap();
+    assert!(
+        request.starts_with("CONNECT tunnel.example:7700 HTTP/1.1\r\nHost: tunnel.example:7700\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.contains("Proxy-Authorization: Basic Ym9iOnB3\r\n") && request.ends_with("\r\n\r\n"),
+        "{request}"
+    );
+    // A target that would break the request line is never sent.
+    let bad = ProxyConnector::new("http://127.0.0.1:9".parse().unwrap(), "evil:1\r\nX: y");
+    assert!(matches!(bad.connect().await, Err(ConnectError::Unreachable { .. })));
 }
