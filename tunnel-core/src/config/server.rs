@@ -258,7 +258,10 @@ impl ServerFile {
         };
         let (edge_tls, certified) = match &self.https_listen {
             None => (None, Vec::new()),
-            Some(_) => self.edge_tls(own.clone())?,
+            Some(_) => {
+                let (tls, certified) = self.edge_tls(own.clone())?;
+                (Some(tls), certified)
+            }
         };
         let (tls, fingerprint) = match own {
             None => (None, None),
@@ -289,7 +292,7 @@ impl ServerFile {
     fn edge_tls(
         &self,
         own: Option<ServerIdentity>,
-    ) -> Result<(Option<Arc<rustls::ServerConfig>>, Vec<CertificateDer<'static>>), ConfigError> {
+    ) -> Result<(Arc<rustls::ServerConfig>, Vec<CertificateDer<'static>>), ConfigError> {
         let certificates = self
             .certificates
             .iter()
@@ -300,7 +303,7 @@ impl ServerFile {
             why: "the HTTPS listener needs a certificate, and the server runs without TLS",
         })?;
         let certified = certificates.iter().filter_map(|c| c.leaf().cloned()).collect();
-        Ok((Some(crate::tls::edge_config(certificates, default)?), certified))
+        Ok((crate::tls::edge_config(certificates, default)?, certified))
     }
 
     /// The runtime configuration around already-provisioned credentials and TLS: pure.
