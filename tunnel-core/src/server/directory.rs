@@ -96,19 +96,25 @@ pub(super) struct Listed<'d> {
     pub(super) revoked: CancellationToken,
     /// Re-check requests from reloads.
     pub(super) rechecks: mpsc::Receiver<Recheck>,
+    /// What the listing shows of the session's routes.
+    pub(super) listing: Listing,
+}
+
+/// The part of a session's entry that follows its route table, written by the session's
+/// routes before each answer, so a client that hears an answer finds it listed.
+#[derive(Clone)]
+pub(super) struct Listing {
     table_version: Arc<AtomicU64>,
     routes: Arc<Mutex<Vec<RouteInfo>>>,
 }
 
-impl Listed<'_> {
-    /// Records that the table `version` is applied.
-    pub(super) fn table_applied(&self, version: u64) {
-        // Stored plus one, so that 0 can mean "none yet".
-        self.table_version.store(version.saturating_add(1), Ordering::Relaxed);
-    }
-
-    /// Records the routes in service now.
-    pub(super) fn set_routes(&self, routes: Vec<RouteInfo>) {
+impl Listing {
+    /// Records that the table `version` is applied and the routes in service now.
+    pub(super) fn show(&self, version: Option<u64>, routes: Vec<RouteInfo>) {
+        if let Some(version) = version {
+            // Stored plus one, so that 0 can mean "none yet".
+            self.table_version.store(version.saturating_add(1), Ordering::Relaxed);
+        }
         *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = routes;
     }
 }
@@ -151,7 +157,8 @@ impl Directory {
             recheck,
         };
         self.lock().insert(id, entry);
-        Listed { directory: self, id, revoked: revoke, rechecks, table_version, routes }
+        let listing = Listing { table_version, routes };
+        Listed { directory: self, id, revoked: revoke, rechecks, listing }
     }
 
     /// Every session up now, by name.

@@ -54,7 +54,8 @@ pub(super) async fn run(
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
     let streams = opener.clone();
-    let mut routes = SessionRoutes::new(&shared, &client, registration.id, opener, owned.clone());
+    let mut routes =
+        SessionRoutes::new(&shared, &client, registration.id, opener, owned.clone(), listed.listing.clone());
     // Set once the server drains: no new visitors; the session ends when its streams have.
     let mut draining = false;
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
@@ -80,21 +81,13 @@ pub(super) async fn run(
                     finish(&mut driver, goodbye()).await;
                     break Ending::Ended(SessionEnd::ProtocolError(reason));
                 }
-                // Every message handled here is a table or a request (the driver answers
-                // heartbeats itself): the listing follows.
-                if let Some(version) = routes.table_version() {
-                    listed.table_applied(version);
-                }
-                listed.set_routes(routes.snapshot());
             }
             Some(recheck) = listed.rechecks.recv() => match recheck {
                 Recheck::Withdraw(done) => {
                     let _ = done.send(routes.withdraw(&control).await);
-                    listed.set_routes(routes.snapshot());
                 }
                 Recheck::Reapply(done) => {
                     routes.reapply(&control).await;
-                    listed.set_routes(routes.snapshot());
                     let _ = done.send(());
                 }
             },

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::directory::Listing;
 use super::forwards::{self, Binder, Carrier, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
 use super::registry::SessionId;
@@ -91,6 +92,8 @@ pub(super) struct SessionRoutes<'s> {
     vacated: Vec<u16>,
     /// Token bucket of tables: (tokens, when last refilled).
     allowance: (f64, Instant),
+    /// The session's entry in the server's listing, brought up to date before each answer.
+    listing: Listing,
 }
 
 impl<'s> SessionRoutes<'s> {
@@ -100,6 +103,7 @@ impl<'s> SessionRoutes<'s> {
         session: SessionId,
         opener: StreamOpener,
         owned: CancellationToken,
+        listing: Listing,
     ) -> Self {
         Self {
             shared,
@@ -120,6 +124,7 @@ impl<'s> SessionRoutes<'s> {
             tls: HashMap::new(),
             vacated: Vec::new(),
             allowance: (TABLE_BURST, Instant::now()),
+            listing,
         }
     }
 
@@ -140,7 +145,7 @@ impl<'s> SessionRoutes<'s> {
                 self.table = Some((version, entries));
                 // Answered before the next table is read: a client that does not read its
                 // answers holds one of them in the server, not a queue of them.
-                let _ = control.send_written(ControlMessage::RouteTableResult { version, results }).await;
+                self.answer(control, ControlMessage::RouteTableResult { version, results }).await;
                 return Ok(());
             }
             ControlMessage::RemoteForwardRequest { id, bind, port, preferred_port } => {
@@ -175,9 +180,21 @@ impl<'s> SessionRoutes<'s> {
             }
             other => return Err(format!("unexpected control message from a client: {other:?}")),
         };
+        self.answer(control, reply).await;
+        Ok(())
+    }
+
+    /// Shows the routes in service in the server's listing, then sends `reply`: a client that
+    /// hears an answer (and anyone it tells) finds the same in the listing.
+    pub(super) async fn answer(&self, control: &ControlSender, reply: ControlMessage) {
+        self.show();
         // A failed send means the session is ending; the driver reports why.
         let _ = control.send_written(reply).await;
-        Ok(())
+    }
+
+    /// Shows the routes in service in the server's listing.
+    pub(super) fn show(&self) {
+        self.listing.show(self.table.as_ref().map(|(version, _)| *version), self.snapshot());
     }
 
     /// Answers a table or request that came after the drain began: entries already in service
@@ -210,7 +227,7 @@ impl<'s> SessionRoutes<'s> {
             }
             other => return Err(format!("unexpected control message from a client: {other:?}")),
         };
-        let _ = control.send_written(reply).await;
+        self.answer(control, reply).await;
         Ok(())
     }
 
@@ -476,7 +493,7 @@ impl<'s> SessionRoutes<'s> {
     }
 
     /// The routes in service now, for listings.
-    pub(super) fn snapshot(&self) -> Vec<RouteInfo> {
+    fn snapshot(&self) -> Vec<RouteInfo> {
         let info = |id, kind, public_addr, target| RouteInfo { id, kind, public_addr, target };
         let mut routes: Vec<RouteInfo> =
             Vec::with_capacity(self.tcp.len() + self.services.len() + self.http.len());
@@ -494,11 +511,6 @@ impl<'s> SessionRoutes<'s> {
         routes.extend(self.fallback.map(|id| info(id, "http_fallback", None, None)));
         routes.extend(self.tls.iter().map(|(id, host)| info(*id, "tls", None, Some(host.to_string()))));
         routes
-    }
-
-    /// The version of the last table applied.
-    pub(super) fn table_version(&self) -> Option<u64> {
-        self.table.as_ref().map(|(version, _)| *version)
     }
 
     /// The session's visitor tasks.

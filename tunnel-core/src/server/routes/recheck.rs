@@ -45,11 +45,12 @@ impl SessionRoutes<'_> {
                     (None, Ok(id)) => ControlMessage::RemoteForwardRefused { id, code, message },
                     (None, Err(_)) => continue,
                 };
-                let _ = control.send_written(refused).await;
+                self.answer(control, refused).await;
             }
         } else {
             self.withdrawn = disallowed.into_iter().map(|d| (d.id, d.refusal)).collect();
         }
+        self.show();
         withdrawn
     }
 
@@ -62,7 +63,7 @@ impl SessionRoutes<'_> {
         let Some((version, entries)) = self.table.clone().filter(|_| !self.draining) else { return };
         let results = match self.apply(entries.clone()).await {
             Ok((results, changes)) if changes.added + changes.removed > 0 || !withdrawn.is_empty() => results,
-            Ok(_) => return,
+            Ok(_) => return self.show(),
             // Lowered limits make the table too large to apply again: what is in service
             // stays, minus what was withdrawn.
             Err(reason) => {
@@ -70,7 +71,7 @@ impl SessionRoutes<'_> {
                 self.as_in_service(&entries, &withdrawn)
             }
         };
-        let _ = control.send_written(ControlMessage::RouteTableResult { version, results }).await;
+        self.answer(control, ControlMessage::RouteTableResult { version, results }).await;
     }
 
     fn disallowed(&self) -> Vec<Disallowed> {
