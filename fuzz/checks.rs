@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("http_route", http_route),
     ("admin_request", admin_request),
     ("proxy_reply", proxy_reply),
+    ("websocket", websocket),
 ];
 
 /// An HTTP proxy's side: the first line is a proxy URL (and a host to check against it as a
@@ -72,6 +73,69 @@ pub fn proxy_reply(data: &[u8]) {
         let version = reply.starts_with(b"HTTP/1.0 ") || reply.starts_with(b"HTTP/1.1 ");
         assert!(version && status.is_some_and(|s| (200..300).contains(&s)), "{reply:?}");
     }
+}
+
+/// WebSocket, by the first byte: (0) an upgrade request and frames sent to a server, which
+/// answers `101` exactly when it accepts and `4xx` when it refuses a whole head; (1) frames
+/// read by either end, which yield no more payload than the bytes they came in; (2) the rest,
+/// split at each `0xFF` into writes of a client, read back whole by a server; (3) a head
+/// checked as a request and as a response, accepted only when it is one.
+pub fn websocket(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tunnel_core::transport::websocket::{self, check_request, check_response, Role, WebSocketStream};
+    let Some((&selector, rest)) = data.split_first() else { return };
+    futures::executor::block_on(async {
+        match selector % 4 {
+            0 => {
+                let mut answer = Vec::new();
+                let accepted = websocket::accept(tokio::io::join(rest, &mut answer), Vec::new()).await;
+                match accepted {
+                    Ok(mut stream) => {
+                        let mut payload = Vec::new();
+                        let _ = stream.read_to_end(&mut payload).await;
+                        assert!(payload.len() <= rest.len());
+                        drop(stream);
+                        assert!(answer.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+                    }
+                    Err(_) => assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"), "{answer:?}"),
+                }
+            }
+            1 => {
+                for role in [Role::Server, Role::Client] {
+                    let mut answers = Vec::new();
+                    let mut stream = WebSocketStream::new(tokio::io::join(rest, &mut answers), role, &[]);
+                    let mut payload = Vec::new();
+                    let _ = stream.read_to_end(&mut payload).await;
+                    assert!(payload.len() <= rest.len());
+                }
+            }
+            2 => {
+                let mut wire = Vec::new();
+                let mut client = WebSocketStream::new(tokio::io::join(&[][..], &mut wire), Role::Client, &[]);
+                for chunk in rest.split(|b| *b == 0xFF) {
+                    client.write_all(chunk).await.unwrap();
+                }
+                client.shutdown().await.unwrap();
+                drop(client);
+                let mut server =
+                    WebSocketStream::new(tokio::io::join(&wire[..], tokio::io::sink()), Role::Server, &[]);
+                let mut back = Vec::new();
+                server.read_to_end(&mut back).await.unwrap();
+                let sent: Vec<u8> = rest.iter().copied().filter(|b| *b != 0xFF).collect();
+                assert!(back == sent);
+            }
+            _ => {
+                // Empty lines before a head are allowed (RFC 9112 section 2.2).
+                let head = &rest[rest.iter().position(|b| !b"\r\n".contains(b)).unwrap_or(rest.len())..];
+                if let Ok(accept) = check_request(rest) {
+                    assert!(head.starts_with(b"GET ") && accept.len() == 28, "{accept}");
+                }
+                if check_response(rest, "dGhlIHNhbXBsZSBub25jZQ==").is_ok() {
+                    assert!(head.starts_with(b"HTTP/1.1 101"));
+                }
+            }
+        }
+    });
 }
 
 /// Admin API requests: the first line is `METHOD PATH`, the rest the body. Decoding never

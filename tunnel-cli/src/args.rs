@@ -183,6 +183,11 @@ pub struct ConnectArgs {
     /// environment, unless no_proxy lists the server].
     #[arg(long, value_name = "URL")]
     pub proxy: Option<SecretString>,
+    /// What carries the session: tcp, websocket (an HTTP/1.1 upgrade, through networks that
+    /// let only HTTPS out), or auto (TCP, then WebSocket if TCP fails after connecting)
+    /// [default: auto].
+    #[arg(long, value_name = "KIND")]
+    pub transport: Option<tunnel_core::transport::Wire>,
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +276,7 @@ impl ConnectArgs {
             file.tls = self.tls;
         }
         override_with(&mut file.http_fallback, self.http_fallback);
+        override_with(&mut file.transport, self.transport);
         match self.proxy {
             // `--proxy none`: direct, whatever the file and the environment say.
             Some(flag) if flag.expose_secret() == "none" => file.proxy = None,

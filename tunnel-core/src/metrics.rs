@@ -70,6 +70,7 @@ struct Inner {
     sessions: Gauge,
     sessions_established: Counter,
     reconnects: Counter,
+    websocket_upgrades: Counter,
     visitors: Family<RouteLabels, Gauge>,
     visitors_total: Family<RouteLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
@@ -121,6 +122,12 @@ impl Metrics {
         registry.register("sessions_established", "Sessions established", sessions_established.clone());
         let reconnects = Counter::default();
         registry.register("reconnects", "Connection attempts after the first (client)", reconnects.clone());
+        let websocket_upgrades = Counter::default();
+        registry.register(
+            "websocket_upgrades",
+            "Connections that came (server) or went (client) as WebSocket",
+            websocket_upgrades.clone(),
+        );
         let visitors = Family::default();
         registry.register("visitors", "Visitor connections open now, by client and route", visitors.clone());
         let visitors_total = Family::default();
@@ -157,6 +164,7 @@ impl Metrics {
             sessions,
             sessions_established,
             reconnects,
+            websocket_upgrades,
             visitors,
             visitors_total,
             bytes,
@@ -184,6 +192,10 @@ impl Metrics {
 
     pub(crate) fn reconnect(&self) {
         self.0.reconnects.inc();
+    }
+
+    pub(crate) fn websocket_upgrade(&self) {
+        self.0.websocket_upgrades.inc();
     }
 
     /// A visitor of `route` of `client` is carried until the returned guard is dropped; the

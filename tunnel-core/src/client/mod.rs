@@ -15,6 +15,7 @@ mod streams;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ use crate::mux::StreamOpener;
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION};
 use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
-use crate::transport::ClientTransport;
+use crate::transport::{ClientTransport, ConnectError, Wire};
 
 /// Client settings. Start from [`ClientConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub struct ClientConfig {
     pub token: Token,
     /// TLS (with server trust) or plaintext.
     pub transport: ClientTransport,
+    /// What carries the session inside the connection: TCP, WebSocket, or TCP then WebSocket
+    /// ([`Wire::Auto`], the default).
+    pub wire: Wire,
     /// Remote forwards to request.
     pub remotes: Vec<RemoteForwardSpec>,
     /// Local forwards to listen for.
@@ -91,6 +95,7 @@ impl ClientConfig {
             name: name.into(),
             token,
             transport,
+            wire: Wire::Auto,
             remotes: Vec::new(),
             locals: Vec::new(),
             services: Vec::new(),
@@ -151,6 +156,8 @@ pub struct Client {
     /// Cancelled to end a drain at once ([`DrainCut`]).
     cut: CancellationToken,
     metrics: crate::metrics::Metrics,
+    /// With [`Wire::Auto`]: WebSocket worked last, so it is tried first.
+    websocket_first: AtomicBool,
 }
 
 /// Ends a client's drain at once (the streams still open are cut), from outside [`Client::run`].
@@ -179,7 +186,17 @@ impl Client {
         let status = watch::Sender::new(ClientStatus::Connecting);
         let origins = Origins::new(config.origin_tls.clone());
         let cut = CancellationToken::new();
-        Self { config: Arc::new(config), status, locals: None, routes, origins, cut, metrics }
+        let websocket_first = AtomicBool::new(false);
+        Self {
+            config: Arc::new(config),
+            status,
+            locals: None,
+            routes,
+            origins,
+            cut,
+            metrics,
+            websocket_first,
+        }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -318,14 +335,50 @@ impl Client {
         Ok(session)
     }
 
+    /// One attempt over the configured wire; with [`Wire::Auto`], a second one over the other
+    /// wire when the first failed after its connection opened.
     async fn dial(&self) -> Result<Dialed, Failure> {
+        let first = match self.config.wire {
+            Wire::Auto if self.websocket_first.load(Ordering::Relaxed) => Wire::WebSocket,
+            Wire::Auto => Wire::Tcp,
+            chosen => chosen,
+        };
+        let (failure, opened) = match self.dial_over(first).await {
+            Ok(dialed) => return Ok(dialed),
+            Err(failed) => failed,
+        };
+        let Failure::Transient(reason) = failure else { return Err(failure) };
+        if self.config.wire != Wire::Auto || !opened {
+            return Err(Failure::Transient(reason));
+        }
+        let other = if first == Wire::Tcp { Wire::WebSocket } else { Wire::Tcp };
+        tracing::info!("over {first}: {}; trying {other}", Escaped(&reason));
+        match self.dial_over(other).await {
+            Ok(dialed) => {
+                self.websocket_first.store(other == Wire::WebSocket, Ordering::Relaxed);
+                Ok(dialed)
+            }
+            Err((Failure::Transient(second), _)) => {
+                Err(Failure::Transient(format!("{reason}; over {other}: {second}")))
+            }
+            Err((permanent, _)) => Err(permanent),
+        }
+    }
+
+    /// One attempt over `wire`: the session, or why not and whether the connection had opened
+    /// (TCP, and the proxy's tunnel, if any) before it failed.
+    async fn dial_over(&self, wire: Wire) -> Result<Dialed, (Failure, bool)> {
         let config = &self.config;
         let attempt = async {
-            let connection = config
-                .transport
-                .connect_via(&config.server, config.proxy.as_ref())
-                .await
-                .map_err(classify_connect)?;
+            let connection =
+                match config.transport.connect_over(&config.server, config.proxy.as_ref(), wire).await {
+                    Ok(connection) => connection,
+                    Err(err) => {
+                        let opened =
+                            !matches!(err, ConnectError::Unreachable { .. } | ConnectError::Proxy { .. });
+                        return Err((classify_connect(err), opened));
+                    }
+                };
             let (session, established) = Session::connect(
                 connection.io,
                 &connection.binding,
@@ -334,14 +387,18 @@ impl Client {
                 &config.session,
             )
             .await
-            .map_err(classify_session)?;
-            Ok(Dialed { session, version: established.version })
+            .map_err(|err| (classify_session(err), true))?;
+            if wire == Wire::WebSocket {
+                self.metrics.websocket_upgrade();
+            }
+            Ok(Dialed { session, version: established.version, wire })
         };
         tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
-            Err(Failure::Transient(format!(
+            let reason = format!(
                 "no authenticated session with {} within {:?}",
                 config.server, config.handshake_timeout
-            )))
+            );
+            Err((Failure::Transient(reason), true))
         })
     }
 
@@ -349,7 +406,7 @@ impl Client {
     /// the session ends or we stop.
     async fn serve(
         &self,
-        Dialed { session, version: protocol }: Dialed,
+        Dialed { session, version: protocol, wire }: Dialed,
         state: &mut SessionState<'_>,
         backoff: &mut BackoffState,
         stop: &CancellationToken,
@@ -383,6 +440,7 @@ impl Client {
             return Err(refused.into());
         }
         backoff.reset();
+        tracing::info!(server = %Escaped(&self.config.server), protocol, "connected over {wire}");
         let _up = self.metrics.session_up();
         let streams = opener.clone();
         // Local forwards get the session before anyone is told it is up.
@@ -533,6 +591,8 @@ struct SessionState<'a> {
 struct Dialed {
     session: Session,
     version: u16,
+    /// What carries it.
+    wire: Wire,
 }
 
 /// Says goodbye and gives the driver a moment to deliver it before the connection is dropped.

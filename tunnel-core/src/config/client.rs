@@ -78,6 +78,10 @@ pub struct ClientFile {
     /// `https_proxy` and `all_proxy` from the environment when neither this nor `--proxy` is
     /// set). A secret when it holds a password.
     pub proxy: Option<SecretString>,
+    /// What carries the session to the server: `tcp`, `websocket` (an HTTP/1.1 upgrade, for
+    /// networks that let only HTTPS out), or `auto` (TCP, then WebSocket when TCP fails after
+    /// connecting; the default).
+    pub transport: Option<crate::transport::Wire>,
     /// TCP connect + TLS + handshake time limit (default `10s`).
     pub handshake_timeout: Option<HumanDuration>,
     /// At shutdown (SIGTERM), how long open streams may go on before they are cut (default `30s`).
@@ -325,6 +329,7 @@ impl ClientFile {
         if let Some(proxy) = &self.proxy {
             config.proxy = Some(proxy.expose_secret().parse().map_err(|e| invalid("proxy", e))?);
         }
+        config.wire = self.transport.unwrap_or_default();
         Ok(config)
     }
 }

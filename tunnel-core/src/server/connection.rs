@@ -1,5 +1,5 @@
-//! From an accepted connection to an authenticated session: transport detection and TLS (for
-//! TCP), then the handshake, all under the handshake timeout and the unauthenticated-connection
+//! From an accepted connection to an authenticated session: transport detection, TLS and a
+//! WebSocket upgrade (for TCP), then the handshake, all under the handshake timeout and the unauthenticated-connection
 //! cap.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use super::{ServerConfig, Shared};
 use crate::auth::ChannelBinding;
 use crate::proto::handshake::RefuseCode;
 use crate::session::{read_and_refuse, Session, SessionError};
-use crate::transport::{self, Connection, TLS_HANDSHAKE_RECORD, TLS_PROTOCOL_VERSION_ALERT};
+use crate::transport::{self, websocket, Connection, TLS_HANDSHAKE_RECORD, TLS_PROTOCOL_VERSION_ALERT};
 
 /// Largest TLS record a plaintext server reads before answering with an alert.
 const MAX_TLS_RECORD: usize = 16 * 1024 + 256;
@@ -28,6 +28,8 @@ enum EstablishError {
     TlsClient,
     #[error("TLS handshake failed")]
     Tls(#[source] std::io::Error),
+    #[error("WebSocket upgrade refused")]
+    WebSocket(#[source] std::io::Error),
     #[error(transparent)]
     Session(#[from] SessionError),
 }
@@ -41,6 +43,7 @@ impl EstablishError {
             Self::PlaintextClient => "plaintext_client",
             Self::TlsClient => "tls_client",
             Self::Tls(_) => "tls",
+            Self::WebSocket(_) => "websocket",
             Self::Session(SessionError::Handshake(HandshakeError::ClientProofInvalid)) => "auth",
             Self::Session(SessionError::Handshake(HandshakeError::UnsupportedVersion { .. })) => "version",
             Self::Session(SessionError::Handshake(_)) => "protocol",
@@ -51,7 +54,8 @@ impl EstablishError {
 
 /// A connection as the server receives it.
 pub(super) enum Accepted {
-    /// From the server's TCP listener: TLS or plaintext is detected here.
+    /// From the server's TCP listener: TLS or plaintext, and WebSocket or not, are detected
+    /// here.
     Tcp(TcpStream),
     /// Established by the program's own transport, used as it is.
     Connection(Connection),
@@ -74,7 +78,10 @@ pub(super) async fn handle(
     let config = shared.config();
     let establish = async {
         let connection = match accepted {
-            Accepted::Tcp(tcp) => secure(&config, tcp).await?,
+            Accepted::Tcp(tcp) => {
+                let secured = secure(&config, tcp).await?;
+                upgrade_if_asked(&shared, secured).await?
+            }
             Accepted::Connection(connection) => connection,
         };
         let Connection { io, binding } = connection;
@@ -143,6 +150,29 @@ async fn secure(config: &ServerConfig, mut tcp: TcpStream) -> Result<Connection,
             Ok(Connection { io: Box::new(transport::buffered(tcp)), binding: ChannelBinding::Plaintext })
         }
     }
+}
+
+/// A hello, or an HTTP request to upgrade to WebSocket in its place (the client's way out of
+/// its network let only HTTPS through): the connection as the session will read it.
+async fn upgrade_if_asked(shared: &Shared, connection: Connection) -> Result<Connection, EstablishError> {
+    let Connection { mut io, binding } = connection;
+    let mut first = Vec::with_capacity(websocket::UPGRADE_PREFIX.len());
+    // Up to four bytes (a hello is longer); fewer at the end, for the handshake to report.
+    while first.len() < websocket::UPGRADE_PREFIX.len() {
+        let mut byte = [0u8; 4];
+        let wanted = websocket::UPGRADE_PREFIX.len() - first.len();
+        let n = io.read(&mut byte[..wanted]).await.map_err(SessionError::from)?;
+        if n == 0 {
+            break;
+        }
+        first.extend_from_slice(&byte[..n]);
+    }
+    if first != websocket::UPGRADE_PREFIX {
+        return Ok(Connection { io: Box::new(transport::Prefixed::new(first, io)), binding });
+    }
+    let io = websocket::accept(io, first).await.map_err(EstablishError::WebSocket)?;
+    shared.metrics.websocket_upgrade();
+    Ok(Connection { io: Box::new(io), binding })
 }
 
 /// Reads the client's first TLS record (so closing does not reset the connection under the

@@ -91,13 +91,14 @@ impl ServerIdentity {
     }
 }
 
-/// Builds the rustls server configuration (TLS 1.3, ALPN `tunnel/1`).
+/// Builds the rustls server configuration (TLS 1.3, ALPN `tunnel/1`, or `http/1.1` for
+/// clients that come as WebSocket: see [`crate::transport::websocket`]).
 pub fn server_config(identity: ServerIdentity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use super::websocket::WebSocketConnector;
 use super::{buffered, connect_tcp, server_name, BoxedIo, HttpProxy, InvalidServerName, Io, ProxyConnector};
 use crate::auth::ChannelBinding;
 
@@ -49,6 +50,16 @@ pub enum ConnectError {
         /// Where the tunnel was asked to go.
         target: String,
         /// Why: the connection failed, or what the proxy answered (its inner error).
+        #[source]
+        source: io::Error,
+    },
+    /// The connection opened but the server did not take it up as a WebSocket (an HTTP answer
+    /// other than `101`, or not HTTP at all: see [`super::websocket::UpgradeError`]).
+    #[error("WebSocket upgrade with {peer} failed")]
+    Upgrade {
+        /// Where the connector tried to go.
+        peer: String,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
@@ -166,6 +177,59 @@ impl<C: Connector> Connector for TlsConnector<C> {
     }
 }
 
+/// What carries a client's session inside its connection (`--transport`, the `transport` key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wire {
+    /// TCP first; when an attempt fails after the connection opened (something in the path
+    /// may let only HTTPS through), WebSocket. The way that worked last is tried first.
+    #[default]
+    Auto,
+    /// The session's bytes as they are.
+    Tcp,
+    /// An HTTP/1.1 upgrade to WebSocket first, then the session in binary frames; over TLS it
+    /// offers ALPN `http/1.1`, as a browser would.
+    WebSocket,
+}
+
+impl Wire {
+    /// The name the configuration uses: `auto`, `tcp`, `websocket`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
+impl std::fmt::Display for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A transport name other than `auto`, `tcp` or `websocket`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown transport {0:?} (expected auto, tcp or websocket)")]
+pub struct UnknownWire(pub String);
+
+impl std::str::FromStr for Wire {
+    type Err = UnknownWire;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "tcp" => Ok(Self::Tcp),
+            "websocket" => Ok(Self::WebSocket),
+            other => Err(UnknownWire(crate::log::Escaped(other).to_string())),
+        }
+    }
+}
+
+/// The path a client's WebSocket upgrade asks for.
+const WEBSOCKET_PATH: &str = "/";
+
 /// How a client reaches its server: the shipped connectors by name, or one of the program's own.
 #[derive(Clone)]
 pub enum ClientTransport {
@@ -217,16 +281,38 @@ impl ClientTransport {
         server: &str,
         proxy: Option<&HttpProxy>,
     ) -> Result<Connection, ConnectError> {
+        self.connect_over(server, proxy, Wire::Tcp).await
+    }
+
+    /// Opens a connection to `server` as [`Self::connect_via`] does, upgraded to WebSocket when
+    /// `wire` is [`Wire::WebSocket`] (a custom connector's connections too). One attempt takes
+    /// one way: [`Wire::Auto`] is TCP here (the client chooses between attempts).
+    pub async fn connect_over(
+        &self,
+        server: &str,
+        proxy: Option<&HttpProxy>,
+        wire: Wire,
+    ) -> Result<Connection, ConnectError> {
         let tcp: Arc<dyn Connector> = match proxy {
             Some(proxy) => Arc::new(ProxyConnector::new(proxy.clone(), server)),
             None => Arc::new(TcpConnector::new(server)),
         };
-        match self {
-            Self::Plaintext => tcp.connect().await,
-            Self::Tls { config, server_name } => {
-                TlsConnector::new(tcp, config.clone(), server_name.clone()).connect().await
+        let connector: Arc<dyn Connector> = match self {
+            Self::Plaintext => tcp,
+            Self::Tls { config, server_name } if wire == Wire::WebSocket => {
+                // Offered as HTTPS is: a path that filters on ALPN lets it through.
+                let mut config = rustls::ClientConfig::clone(config);
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(TlsConnector::new(tcp, Arc::new(config), server_name.clone()))
             }
-            Self::Custom(connector) => connector.connect().await,
+            Self::Tls { config, server_name } => {
+                Arc::new(TlsConnector::new(tcp, config.clone(), server_name.clone()))
+            }
+            Self::Custom(connector) => connector.clone(),
+        };
+        match wire {
+            Wire::WebSocket => WebSocketConnector::new(connector, server, WEBSOCKET_PATH).connect().await,
+            Wire::Auto | Wire::Tcp => connector.connect().await,
         }
     }
 }

@@ -4,15 +4,16 @@
 //! A session runs over anything `AsyncRead + AsyncWrite`; what it needs is a [`Connection`]:
 //! such a stream plus the [`ChannelBinding`](crate::auth::ChannelBinding) that ties the
 //! handshake's proofs to it. A client gets its connections from a [`Connector`]
-//! ([`TcpConnector`], [`ProxyConnector`] through an HTTP `CONNECT` proxy, and [`TlsConnector`]
-//! ship here); a server takes them from a TCP listener or, already
-//! established, from the program ([`crate::server::Server::run_connected`]).
+//! ([`TcpConnector`], [`ProxyConnector`] through an HTTP `CONNECT` proxy, [`TlsConnector`],
+//! and [`websocket::WebSocketConnector`] ship here); a server takes them from a TCP listener
+//! or, already established, from the program ([`crate::server::Server::run_connected`]).
 
 mod connect;
 mod proxy;
+pub mod websocket;
 
 pub use connect::{
-    accept_tls, ClientTransport, ConnectError, Connection, Connector, TcpConnector, TlsConnector,
+    accept_tls, ClientTransport, ConnectError, Connection, Connector, TcpConnector, TlsConnector, Wire,
 };
 pub use proxy::{
     check_reply, no_proxy_matches, HttpProxy, ProxyConnector, ProxyReplyError, ProxyUrlError, MAX_REPLY_HEAD,
@@ -146,6 +147,18 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
         data: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        parts: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, parts)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(

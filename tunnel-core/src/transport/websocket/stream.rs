@@ -1,0 +1,314 @@
+//! A byte stream carried in WebSocket binary frames: what is written goes out as frames
+//! (masked by a client), what is read is the frames' payloads in order. Pings are answered,
+//! pongs skipped, and a close frame ends the reading side (answered with a close of our own).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frame::{apply_mask, FrameError, Header, Opcode, MAX_CONTROL_PAYLOAD};
+
+/// Read buffer: frames are parsed from it, payloads copied out of it.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Largest payload written as one frame.
+const MAX_WRITE_FRAME: usize = 64 * 1024;
+
+/// Frames waiting to be written above which a write waits for them to go out first (and a
+/// pong is not queued).
+const WRITE_HIGH: usize = 64 * 1024;
+
+/// Which end of the WebSocket this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Masks the frames it sends; the server's must not be masked.
+    Client,
+    /// Sends frames unmasked; the client's must be masked.
+    Server,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// At a frame header.
+    Header,
+    /// Inside a data frame's payload: `left` bytes to come, `offset` read (for the mask).
+    Payload { left: u64, mask: Option<[u8; 4]>, offset: u64 },
+    /// The peer closed (a close frame, or the connection ended at a frame boundary).
+    Closed,
+}
+
+/// A byte stream over a WebSocket connection whose opening handshake is done (see
+/// [`super::accept`] and [`super::WebSocketConnector`]).
+#[derive(Debug)]
+pub struct WebSocketStream<S> {
+    inner: S,
+    role: Role,
+    /// Read bytes not yet parsed are `rbuf[rstart..rend]`.
+    rbuf: Box<[u8]>,
+    rstart: usize,
+    rend: usize,
+    reading: Reading,
+    /// A data message was begun by a frame without FIN: only continuations may follow.
+    in_message: bool,
+    /// Encoded frames not yet written are `wbuf[wpos..]`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Our close frame is queued: nothing more is sent.
+    close_sent: bool,
+}
+
+impl<S> WebSocketStream<S> {
+    /// Frames over `inner` as `role`; `read` is what came after the handshake's head (the
+    /// start of the first frames).
+    pub fn new(inner: S, role: Role, read: &[u8]) -> Self {
+        let mut rbuf = vec![0u8; READ_BUFFER.max(read.len())].into_boxed_slice();
+        rbuf[..read.len()].copy_from_slice(read);
+        Self {
+            inner,
+            role,
+            rbuf,
+            rstart: 0,
+            rend: read.len(),
+            reading: Reading::Header,
+            in_message: false,
+            wbuf: Vec::new(),
+            wpos: 0,
+            close_sent: false,
+        }
+    }
+
+    /// Queues a frame with `payload` (masked if we are the client).
+    fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
+        self.queue_parts(opcode, &[io::IoSlice::new(payload)], payload.len());
+    }
+
+    /// Queues one frame whose payload is the first `len` bytes of `parts`.
+    fn queue_parts(&mut self, opcode: Opcode, parts: &[io::IoSlice<'_>], len: usize) {
+        if self.wpos > 0 && self.wpos >= self.wbuf.len() / 2 {
+            // What went out is dropped before the buffer grows: it holds at most what waits.
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        let mask = (self.role == Role::Client).then(rand::random::<[u8; 4]>);
+        Header { fin: true, opcode, mask, len: len as u64 }.encode(&mut self.wbuf);
+        let start = self.wbuf.len();
+        let mut left = len;
+        for part in parts {
+            let take = part.len().min(left);
+            self.wbuf.extend_from_slice(&part[..take]);
+            left -= take;
+        }
+        if let Some(key) = mask {
+            apply_mask(key, 0, &mut self.wbuf[start..]);
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+}
+
+fn invalid(err: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, err)
+}
+
+fn broken(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
+    /// Reads more from `inner` into the read buffer: the count read, 0 at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rstart == self.rend {
+            (self.rstart, self.rend) = (0, 0);
+        } else if self.rend == self.rbuf.len() {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            (self.rstart, self.rend) = (0, self.rend - self.rstart);
+        }
+        let mut spare = ReadBuf::new(&mut self.rbuf[self.rend..]);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut spare))?;
+        let n = spare.filled().len();
+        self.rend += n;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes queued frames out.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Handles a whole control frame: a ping is answered, a close ends reading.
+    fn control(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) {
+        match opcode {
+            Opcode::Ping if !self.close_sent && self.queued() < WRITE_HIGH => {
+                self.queue(Opcode::Pong, payload)
+            }
+            Opcode::Close => {
+                self.reading = Reading::Closed;
+                if !self.close_sent {
+                    // Echo the status code (RFC 6455 section 5.5.1); no reason.
+                    self.queue(Opcode::Close, payload.get(..2).unwrap_or_default());
+                    self.close_sent = true;
+                }
+            }
+            _ => return,
+        }
+        // Sent now if the connection takes it; else with the next write or flush.
+        let _ = self.poll_drain(cx);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            match this.reading {
+                Reading::Closed => return Poll::Ready(Ok(())),
+                Reading::Payload { left: 0, .. } => this.reading = Reading::Header,
+                Reading::Payload { left, mask, offset } => {
+                    if this.rstart == this.rend && ready!(this.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err(broken("the connection ended inside a WebSocket frame")));
+                    }
+                    let available = this.rend - this.rstart;
+                    let n = out.remaining().min(available).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let chunk = &mut this.rbuf[this.rstart..this.rstart + n];
+                    if let Some(key) = mask {
+                        apply_mask(key, offset, chunk);
+                    }
+                    out.put_slice(chunk);
+                    this.rstart += n;
+                    this.reading =
+                        Reading::Payload { left: left - n as u64, mask, offset: offset + n as u64 };
+                    return Poll::Ready(Ok(()));
+                }
+                Reading::Header => {
+                    let buffered = &this.rbuf[this.rstart..this.rend];
+                    let Some((header, used)) =
+                        Header::decode(buffered, this.role == Role::Server).map_err(invalid)?
+                    else {
+                        let partial = !buffered.is_empty();
+                        if ready!(this.poll_fill(cx))? == 0 {
+                            if partial {
+                                return Poll::Ready(Err(broken(
+                                    "the connection ended inside a WebSocket frame",
+                                )));
+                            }
+                            this.reading = Reading::Closed;
+                        }
+                        continue;
+                    };
+                    match header.opcode {
+                        Opcode::Binary | Opcode::Continuation => {
+                            match (header.opcode, this.in_message) {
+                                (Opcode::Binary, true) => {
+                                    return Poll::Ready(Err(broken(
+                                        "a new WebSocket message inside a fragmented one",
+                                    )))
+                                }
+                                (Opcode::Continuation, false) => {
+                                    return Poll::Ready(Err(broken(
+                                        "a WebSocket continuation frame with no message",
+                                    )))
+                                }
+                                _ => {}
+                            }
+                            this.in_message = !header.fin;
+                            this.rstart += used;
+                            this.reading =
+                                Reading::Payload { left: header.len, mask: header.mask, offset: 0 };
+                        }
+                        Opcode::Text => {
+                            return Poll::Ready(Err(broken("a WebSocket text frame (binary only)")))
+                        }
+                        control => {
+                            // At most 125 bytes: read whole before handling.
+                            let len = header.len as usize;
+                            if buffered.len() < used + len {
+                                if ready!(this.poll_fill(cx))? == 0 {
+                                    return Poll::Ready(Err(broken(
+                                        "the connection ended inside a WebSocket frame",
+                                    )));
+                                }
+                                continue;
+                            }
+                            let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+                            let payload = &mut payload[..len];
+                            payload.copy_from_slice(&buffered[used..used + len]);
+                            if let Some(key) = header.mask {
+                                apply_mask(key, 0, payload);
+                            }
+                            this.rstart += used + len;
+                            this.control(cx, control, payload);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
+    }
+
+    /// The parts go out as one frame (a multiplexer's header and body in one).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        parts: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.close_sent {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "the WebSocket is closed")));
+        }
+        if this.queued() >= WRITE_HIGH {
+            ready!(this.poll_drain(cx))?;
+        }
+        let n = parts.iter().map(|p| p.len()).sum::<usize>().min(MAX_WRITE_FRAME);
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        this.queue_parts(Opcode::Binary, parts, n);
+        // Out now as far as the connection takes it; the rest goes with the next write or flush.
+        if let Poll::Ready(Err(err)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(err));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            // 1000: normal closure.
+            this.queue(Opcode::Close, &1000u16.to_be_bytes());
+            this.close_sent = true;
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
