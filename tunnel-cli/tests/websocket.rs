@@ -197,3 +197,13 @@ async fn an_unknown_transport_is_a_usage_error_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("transport") && stderr.contains("websocket"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_takes_the_servers_refusal_as_the_answer_and_does_not_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let mut refused = connect(&server, &["--token", "not-the-token-at-all", "-R", "0:127.0.0.1:9"], &[]);
+    assert_eq!(refused.exit_code().await, 1, "{}", refused.output());
+    let output = refused.output();
+    assert!(output.contains("rejected the token") && !output.contains("websocket"), "{output}");
+}

@@ -125,7 +125,7 @@ impl Metrics {
         let websocket_upgrades = Counter::default();
         registry.register(
             "websocket_upgrades",
-            "Connections that came (server) or went (client) as WebSocket",
+            "Sessions established over WebSocket",
             websocket_upgrades.clone(),
         );
         let visitors = Family::default();

@@ -139,8 +139,8 @@ fn stream_header() -> impl Strategy<Value = StreamHeader> {
             from,
             visitor
         }),
-        (any::<u64>(), socket_addr())
-            .prop_map(|(id, visitor)| StreamHeader::Route { route_id: RouteId(id), visitor }),
+        (any::<u64>(), socket_addr(), proptest::option::of(socket_addr()))
+            .prop_map(|(id, visitor, local)| StreamHeader::Route { route_id: RouteId(id), visitor, local }),
     ]
 }
 

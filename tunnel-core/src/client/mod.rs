@@ -33,8 +33,9 @@ use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
+use crate::proto::handshake::HandshakeError;
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION};
-use crate::session::{Session, SessionConfig, SessionEnd};
+use crate::session::{Session, SessionConfig, SessionEnd, SessionError};
 use crate::task::OwnedTask;
 use crate::transport::{ClientTransport, ConnectError, Wire};
 
@@ -51,7 +52,8 @@ pub struct ClientConfig {
     /// TLS (with server trust) or plaintext.
     pub transport: ClientTransport,
     /// What carries the session inside the connection: TCP, WebSocket, or TCP then WebSocket
-    /// ([`Wire::Auto`], the default).
+    /// ([`Wire::Auto`], the default). The `transport` key and `--transport` flag of
+    /// `tunnel-cli connect` set this, not [`Self::transport`].
     pub wire: Wire,
     /// Remote forwards to request.
     pub remotes: Vec<RemoteForwardSpec>,
@@ -70,7 +72,8 @@ pub struct ClientConfig {
     pub origin_tls: Option<Arc<rustls::ClientConfig>>,
     /// Session settings (the server's heartbeat interval overrides ours).
     pub session: SessionConfig,
-    /// Time allowed for TCP connect, TLS and the handshake together (default 10 s).
+    /// Time allowed for TCP connect, TLS (and a WebSocket upgrade) and the handshake together
+    /// (default 10 s); with [`Wire::Auto`], for each of the two attempts.
     pub handshake_timeout: Duration,
     /// At shutdown, how long streams open then may go on before they are cut (default 30 s).
     pub drain_timeout: Duration,
@@ -322,7 +325,8 @@ impl Client {
         }
     }
 
-    /// One attempt: TCP, TLS, handshake, control stream; all under the handshake timeout.
+    /// One attempt ([`Self::dial`]: two with [`Wire::Auto`], each under the handshake
+    /// timeout), and a server new enough.
     async fn connect(&self) -> Result<Dialed, Failure> {
         let session = self.dial().await?;
         if session.version < MIN_SERVER_VERSION {
@@ -336,49 +340,60 @@ impl Client {
     }
 
     /// One attempt over the configured wire; with [`Wire::Auto`], a second one over the other
-    /// wire when the first failed after its connection opened.
+    /// wire when the first opened a connection and then broke before our server answered
+    /// (something in the path may let only HTTPS through). A server's refusal, a certificate
+    /// that does not match, or no connection at all are the same over either wire.
     async fn dial(&self) -> Result<Dialed, Failure> {
         let first = match self.config.wire {
             Wire::Auto if self.websocket_first.load(Ordering::Relaxed) => Wire::WebSocket,
             Wire::Auto => Wire::Tcp,
             chosen => chosen,
         };
-        let (failure, opened) = match self.dial_over(first).await {
+        let failed = match self.dial_over(first).await {
             Ok(dialed) => return Ok(dialed),
             Err(failed) => failed,
         };
-        let Failure::Transient(reason) = failure else { return Err(failure) };
-        if self.config.wire != Wire::Auto || !opened {
-            return Err(Failure::Transient(reason));
+        if self.config.wire != Wire::Auto || !failed.path {
+            return Err(failed.failure);
         }
         let other = if first == Wire::Tcp { Wire::WebSocket } else { Wire::Tcp };
+        let reason = match &failed.failure {
+            Failure::Transient(reason) => reason.clone(),
+            Failure::Permanent(err) => err.to_string(),
+        };
         tracing::info!("over {first}: {}; trying {other}", Escaped(&reason));
         match self.dial_over(other).await {
             Ok(dialed) => {
                 self.websocket_first.store(other == Wire::WebSocket, Ordering::Relaxed);
                 Ok(dialed)
             }
-            Err((Failure::Transient(second), _)) => {
+            // The server's own answer over the other wire settles it.
+            Err(Failed { failure: Failure::Permanent(err), .. }) => Err(err.into()),
+            Err(Failed { failure: Failure::Transient(second), .. }) => {
                 Err(Failure::Transient(format!("{reason}; over {other}: {second}")))
             }
-            Err((permanent, _)) => Err(permanent),
         }
     }
 
-    /// One attempt over `wire`: the session, or why not and whether the connection had opened
-    /// (TCP, and the proxy's tunnel, if any) before it failed.
-    async fn dial_over(&self, wire: Wire) -> Result<Dialed, (Failure, bool)> {
+    /// One attempt over `wire`, all under the handshake timeout: TCP (or the proxy's
+    /// tunnel), TLS, the WebSocket upgrade if asked, the handshake.
+    async fn dial_over(&self, wire: Wire) -> Result<Dialed, Failed> {
         let config = &self.config;
+        let opened = AtomicBool::new(false);
         let attempt = async {
             let connection =
                 match config.transport.connect_over(&config.server, config.proxy.as_ref(), wire).await {
                     Ok(connection) => connection,
                     Err(err) => {
-                        let opened =
-                            !matches!(err, ConnectError::Unreachable { .. } | ConnectError::Proxy { .. });
-                        return Err((classify_connect(err), opened));
+                        let path = match &err {
+                            ConnectError::Unreachable { .. } | ConnectError::Proxy { .. } => false,
+                            ConnectError::Tls { source, .. } => !is_certificate_error(source),
+                            _ => true,
+                        };
+                        return Err(Failed { failure: classify_connect(err), path });
                     }
                 };
+            opened.store(true, Ordering::Relaxed);
             let (session, established) = Session::connect(
                 connection.io,
                 &connection.binding,
@@ -387,7 +402,16 @@ impl Client {
                 &config.session,
             )
             .await
-            .map_err(|err| (classify_session(err), true))?;
+            .map_err(|err| {
+                // Our server answered (a refusal, or a proof of another token): the path works.
+                let answered = matches!(
+                    err,
+                    SessionError::Handshake(
+                        HandshakeError::Refused { .. } | HandshakeError::ServerProofInvalid
+                    )
+                );
+                Failed { failure: classify_session(err), path: !answered }
+            })?;
             if wire == Wire::WebSocket {
                 self.metrics.websocket_upgrade();
             }
@@ -398,7 +422,7 @@ impl Client {
                 "no authenticated session with {} within {:?}",
                 config.server, config.handshake_timeout
             );
-            Err((Failure::Transient(reason), true))
+            Err(Failed { failure: Failure::Transient(reason), path: opened.load(Ordering::Relaxed) })
         })
     }
 
@@ -585,6 +609,19 @@ impl Client {
 struct SessionState<'a> {
     assigned: &'a mut HashMap<RouteId, u16>,
     version: &'a mut u64,
+}
+
+/// An attempt that failed, and whether the way it took may be what failed: it opened a
+/// connection that then broke before our server answered.
+struct Failed {
+    failure: Failure,
+    path: bool,
+}
+
+/// Whether a TLS failure is about the server's certificate (the same over any path).
+fn is_certificate_error(err: &std::io::Error) -> bool {
+    let tls = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
 }
 
 /// An authenticated session and the protocol version it speaks.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::error::Failure;
-use super::streams::Routes;
+use super::streams::{Forward, Routes};
 use super::{ActiveForward, ClientError};
 use crate::forward::{RemoteForwardSpec, ServiceSpec, Target};
 use crate::http::{HttpAction, HttpRoute, TlsRoute};
@@ -274,7 +274,12 @@ impl Table {
         for (entry, local) in &self.items {
             match local {
                 Local::Forward(spec) => {
-                    routes.forwards.insert(entry.id, (spec.local.clone(), spec.idle_timeout));
+                    let forward = Forward {
+                        target: spec.local.clone(),
+                        idle_timeout: spec.idle_timeout,
+                        proxy_protocol: spec.proxy_protocol,
+                    };
+                    routes.forwards.insert(entry.id, forward);
                 }
                 Local::Service(service) => {
                     routes.services.insert(service.name.clone(), service.target.clone());
@@ -286,7 +291,12 @@ impl Table {
                     routes.http.insert(entry.id, Arc::new(action.clone()));
                 }
                 Local::Tls(route) => {
-                    routes.forwards.insert(entry.id, (Target::Addr(route.target.clone()), None));
+                    let forward = Forward {
+                        target: Target::Addr(route.target.clone()),
+                        idle_timeout: None,
+                        proxy_protocol: None,
+                    };
+                    routes.forwards.insert(entry.id, forward);
                 }
             }
         }

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{splice_with, SpliceLimits, Target, TargetAddr, Visitor};
+use crate::forward::{splice_with, ProxyProtocol, SpliceLimits, Target, TargetAddr, Visitor};
 use crate::http::{HttpAction, Origins};
 use crate::log::Escaped;
 use crate::mux::MuxStream;
@@ -21,11 +22,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where inbound streams go: remote forwards by route id, private services by name.
 #[derive(Debug, Default)]
 pub(super) struct Routes {
-    /// Remote forwards by route id: the target and the idle timeout.
-    pub(super) forwards: HashMap<RouteId, (Target, Option<Duration>)>,
+    /// Remote forwards and TLS routes by route id.
+    pub(super) forwards: HashMap<RouteId, Forward>,
     pub(super) services: HashMap<String, TargetAddr>,
     /// HTTP routes (and the fallback) by route id: their actions.
     pub(super) http: HashMap<RouteId, Arc<HttpAction>>,
+}
+
+/// Where a forward's visitors go, and how.
+#[derive(Debug)]
+pub(super) struct Forward {
+    pub(super) target: Target,
+    pub(super) idle_timeout: Option<Duration>,
+    /// Written to the target before the visitor's bytes.
+    pub(super) proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// The routes in force, replaced whole when the table changes; each stream reads them once.
@@ -72,16 +82,19 @@ pub(super) async fn handle(
         };
     }
     let routes = routes.current();
-    let (target, idle_timeout, visitor, via) = match &header {
-        StreamHeader::Route { route_id, visitor } => match routes.forwards.get(route_id) {
-            Some((Target::Handler(handler), _)) => {
+    let (target, idle_timeout, proxy_header, visitor, via) = match &header {
+        StreamHeader::Route { route_id, visitor, local } => match routes.forwards.get(route_id) {
+            Some(Forward { target: Target::Handler(handler), .. }) => {
                 let served = handler.serve(Visitor::new(stream, *visitor, *route_id));
                 return tokio::select! {
                     () = served => {}
                     () = owned.cancelled() => {}
                 };
             }
-            Some((Target::Addr(target), idle)) => (target, *idle, *visitor, format!("route {route_id}")),
+            Some(Forward { target: Target::Addr(target), idle_timeout, proxy_protocol }) => {
+                let proxy_header = proxy_protocol.map(|version| version.header(*visitor, *local));
+                (target, *idle_timeout, proxy_header, *visitor, format!("route {route_id}"))
+            }
             None => {
                 return tracing::debug!(
                     route = %route_id,
@@ -91,7 +104,8 @@ pub(super) async fn handle(
         },
         StreamHeader::ServiceVisit { service, from, visitor } => match routes.services.get(service) {
             Some(target) => {
-                (target, None, *visitor, format!("service {} visited by {}", Escaped(service), Escaped(from)))
+                let via = format!("service {} visited by {}", Escaped(service), Escaped(from));
+                (target, None, None, *visitor, via)
             }
             None => {
                 return tracing::warn!(
@@ -113,6 +127,11 @@ pub(super) async fn handle(
             return tracing::warn!(%visitor, %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
         }
     };
+    if let Some(header) = proxy_header {
+        if let Err(err) = tcp.write_all(&header).await {
+            return tracing::warn!(%visitor, %target, "{via}: cannot write the PROXY header: {err}");
+        }
+    }
     let limits = SpliceLimits { idle_timeout };
     let failed = tokio::select! {
         () = owned.cancelled() => true,

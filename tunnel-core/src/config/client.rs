@@ -114,14 +114,18 @@ pub struct RemoteOptions {
     pub spec: RemoteForwardSpec,
     /// Cut a visitor after this long without a byte either way (default: never).
     pub idle_timeout: Option<HumanDuration>,
+    /// Write a PROXY protocol header (`"v1"` or `"v2"`) to the target before each visitor's
+    /// bytes, so it sees the visitor's address (default: none).
+    pub proxy_protocol: Option<crate::forward::ProxyProtocol>,
 }
 
 impl RemoteEntry {
     fn build(&self) -> Result<RemoteForwardSpec, ConfigError> {
         match self {
             Self::Spec(spec) => Ok(spec.clone()),
-            Self::WithOptions(RemoteOptions { spec, idle_timeout }) => {
+            Self::WithOptions(RemoteOptions { spec, idle_timeout, proxy_protocol }) => {
                 let mut spec = spec.clone();
+                spec.proxy_protocol = *proxy_protocol;
                 if let Some(idle) = idle_timeout {
                     if idle.0.is_zero() {
                         return Err(invalid(

@@ -108,13 +108,16 @@ pub struct RemoteForwardSpec {
     /// Cut a visitor after this long without a byte either way; `None` (the default, as an
     /// SSH session may idle for hours) never does. Not part of the text form.
     pub idle_timeout: Option<std::time::Duration>,
+    /// A PROXY protocol header to write to the target before each visitor's bytes, with the
+    /// visitor's address (default: none). Not part of the text form.
+    pub proxy_protocol: Option<super::ProxyProtocol>,
 }
 
 impl RemoteForwardSpec {
     /// A forward of `remote_port` (0: the server picks) on the server's default address whose
     /// visitors go to `local`.
     pub fn new(remote_port: u16, local: impl Into<Target>) -> Self {
-        Self { bind: None, remote_port, local: local.into(), idle_timeout: None }
+        Self { bind: None, remote_port, local: local.into(), idle_timeout: None, proxy_protocol: None }
     }
 
     /// The forward's route id, from what it publishes: its public address, or, when the
@@ -150,7 +153,7 @@ impl FromStr for RemoteForwardSpec {
         let bind = parse_bind(bind).map_err(err)?;
         let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
         let local = Target::Addr(parse_target(host, port).map_err(err)?);
-        Ok(Self { bind, remote_port, local, idle_timeout: None })
+        Ok(Self { bind, remote_port, local, idle_timeout: None, proxy_protocol: None })
     }
 }
 

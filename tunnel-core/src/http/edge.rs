@@ -347,7 +347,7 @@ impl HttpEdge {
 
         if visitor_side.is_some() {
             // An upgrade turns its stream into a byte stream: it gets one of its own.
-            let header = StreamHeader::Route { route_id: to.route_id, visitor };
+            let header = StreamHeader::Route { route_id: to.route_id, visitor, local: None };
             let mut sender = open_upgrade_stream(&to.opener, header, host).await?;
             let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
             return self.relay(sent, visitor_side, host);

@@ -57,6 +57,9 @@ pub enum StreamHeader {
         route_id: RouteId,
         /// The visitor's address as the server saw it.
         visitor: SocketAddr,
+        /// The address the visitor reached (the server's side of its connection), for a PROXY
+        /// protocol header toward the target; `None` from servers that do not send it.
+        local: Option<SocketAddr>,
     },
     /// HTTP/1.1 requests of one visitor connection, one after the other, each naming its route
     /// in a [`ROUTE_HEADER`] header (opened by the server).
@@ -95,8 +98,11 @@ impl StreamHeader {
                 }
                 body.socket_addr(*visitor);
             }
-            Self::Route { route_id, visitor } => {
+            Self::Route { route_id, visitor, local } => {
                 body.u8(ROUTE).u64(route_id.0).socket_addr(*visitor);
+                if let Some(local) = local {
+                    body.socket_addr(*local);
+                }
             }
             Self::Http { visitor } => {
                 body.u8(HTTP).socket_addr(*visitor);
@@ -137,7 +143,10 @@ impl StreamHeader {
                 Ok(Self::LocalForward { target, visitor: r.socket_addr("visitor")? })
             }
             ROUTE => {
-                Ok(Self::Route { route_id: RouteId(r.u64("route_id")?), visitor: r.socket_addr("visitor")? })
+                let (route_id, visitor) = (RouteId(r.u64("route_id")?), r.socket_addr("visitor")?);
+                // Appended later: absent from older servers.
+                let local = if r.remaining() > 0 { Some(r.socket_addr("local")?) } else { None };
+                Ok(Self::Route { route_id, visitor, local })
             }
             HTTP => Ok(Self::Http { visitor: r.socket_addr("visitor")? }),
             SERVICE_VISIT => Ok(Self::ServiceVisit {
@@ -277,15 +286,27 @@ mod tests {
                 visitor,
             },
             StreamHeader::ServiceVisit { service: "kubelet".into(), from: "cp".into(), visitor },
-            StreamHeader::Route { route_id: RouteId(u64::MAX - 1), visitor },
+            StreamHeader::Route { route_id: RouteId(u64::MAX - 1), visitor, local: None },
+            StreamHeader::Route { route_id: RouteId(7), visitor, local: Some("[::1]:443".parse().unwrap()) },
             StreamHeader::Http { visitor },
         ];
         for header in headers {
             let bytes = header.encode();
             assert_eq!(usize::from(u16::from_be_bytes([bytes[0], bytes[1]])), bytes.len() - 2);
             assert_eq!(StreamHeader::decode(&bytes[2..]).unwrap(), header);
+            // An older server's `Route` header ends before `local`: that much is whole.
+            let older = match &header {
+                StreamHeader::Route { route_id, visitor, local: Some(_) } => {
+                    StreamHeader::Route { route_id: *route_id, visitor: *visitor, local: None }.encode().len()
+                }
+                _ => 0,
+            };
             for cut in 2..bytes.len() {
-                assert!(StreamHeader::decode(&bytes[2..cut]).is_err());
+                assert_eq!(
+                    StreamHeader::decode(&bytes[2..cut]).is_ok(),
+                    cut == older,
+                    "{header:?} cut at {cut}"
+                );
             }
         }
         let reply = StreamReply::refuse(ReplyStatus::Denied, "not for you");

@@ -78,17 +78,14 @@ pub(super) async fn handle(
     let config = shared.config();
     let establish = async {
         let connection = match accepted {
-            Accepted::Tcp(tcp) => {
-                let secured = secure(&config, tcp).await?;
-                upgrade_if_asked(&shared, secured).await?
-            }
-            Accepted::Connection(connection) => connection,
+            Accepted::Tcp(tcp) => upgrade_if_asked(secure(&config, tcp).await?).await?,
+            Accepted::Connection(connection) => (connection, false),
         };
-        let Connection { io, binding } = connection;
-        Ok::<_, EstablishError>(
+        let (Connection { io, binding }, websocket) = connection;
+        let (session, client) =
             Session::accept(io, &binding, &config.credentials, &config.session, config.handshake_timeout)
-                .await?,
-        )
+                .await?;
+        Ok::<_, EstablishError>((session, client, websocket))
     };
     let established = tokio::select! {
         result = tokio::time::timeout(config.handshake_timeout, establish) => result,
@@ -103,7 +100,12 @@ pub(super) async fn handle(
     };
     drop(admission);
     match established {
-        Ok(Ok((session, client))) => super::session::run(shared, session, client, config, peer, stop).await,
+        Ok(Ok((session, client, websocket))) => {
+            if websocket {
+                shared.metrics.websocket_upgrade();
+            }
+            super::session::run(shared, session, client, config, peer, stop).await
+        }
         Ok(Err(err)) => {
             shared.metrics.handshake_failed(err.reason());
             if crate::log::HANDSHAKE_FAILURES.allow() {
@@ -153,8 +155,9 @@ async fn secure(config: &ServerConfig, mut tcp: TcpStream) -> Result<Connection,
 }
 
 /// A hello, or an HTTP request to upgrade to WebSocket in its place (the client's way out of
-/// its network let only HTTPS through): the connection as the session will read it.
-async fn upgrade_if_asked(shared: &Shared, connection: Connection) -> Result<Connection, EstablishError> {
+/// its network let only HTTPS through): the connection as the session will read it, and
+/// whether it came as WebSocket.
+async fn upgrade_if_asked(connection: Connection) -> Result<(Connection, bool), EstablishError> {
     let Connection { mut io, binding } = connection;
     let mut first = Vec::with_capacity(websocket::UPGRADE_PREFIX.len());
     // Up to four bytes (a hello is longer); fewer at the end, for the handshake to report.
@@ -168,11 +171,10 @@ async fn upgrade_if_asked(shared: &Shared, connection: Connection) -> Result<Con
         first.extend_from_slice(&byte[..n]);
     }
     if first != websocket::UPGRADE_PREFIX {
-        return Ok(Connection { io: Box::new(transport::Prefixed::new(first, io)), binding });
+        return Ok((Connection { io: Box::new(transport::Prefixed::new(first, io)), binding }, false));
     }
     let io = websocket::accept(io, first).await.map_err(EstablishError::WebSocket)?;
-    shared.metrics.websocket_upgrade();
-    Ok(Connection { io: Box::new(io), binding })
+    Ok((Connection { io: Box::new(io), binding }, true))
 }
 
 /// Reads the client's first TLS record (so closing does not reset the connection under the

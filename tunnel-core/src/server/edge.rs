@@ -206,7 +206,7 @@ async fn https(
         let Ok(mut stream) = opener.open().await else {
             return tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
         };
-        let mut first = StreamHeader::Route { route_id, visitor }.encode();
+        let mut first = StreamHeader::Route { route_id, visitor, local: tcp.local_addr().ok() }.encode();
         first.extend_from_slice(&hello);
         if stream.write_all(&first).await.is_err() {
             return;

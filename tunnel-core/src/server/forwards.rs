@@ -325,7 +325,9 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place
     };
     let header = match route {
         StreamKind::Forward(forward_id) => StreamHeader::RemoteForward { forward_id, visitor },
-        StreamKind::Route(route_id) => StreamHeader::Route { route_id, visitor },
+        StreamKind::Route(route_id) => {
+            StreamHeader::Route { route_id, visitor, local: tcp.local_addr().ok() }
+        }
     }
     .encode();
     let (_open, meter) = carrier.metrics.visitor(&carrier.client, &route.label());

@@ -42,8 +42,9 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The server side of the opening handshake over `io`, whose first bytes, `read`, were already
 /// read (to tell the request from a hello): reads the rest of the request and answers `101`.
-/// A request it cannot take is answered with `400` or `426` and a line saying why, and is an
-/// [`io::ErrorKind::InvalidData`] error whose inner error is an [`UpgradeError`].
+/// A whole request it cannot take is answered with `400` or `426` and a line saying why, and
+/// is an [`io::ErrorKind::InvalidData`] error whose inner error is an [`UpgradeError`]; a head
+/// over [`MAX_HEAD`] bytes (also `InvalidData`) or cut short (`UnexpectedEof`) gets no answer.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: S,
     read: Vec<u8>,
@@ -73,8 +74,8 @@ pub struct WebSocketConnector<C> {
 }
 
 impl<C> WebSocketConnector<C> {
-    /// Upgrades what `inner` connects, asking for `path` (`/` unless a front end in between
-    /// routes by path) on `host` (`HOST[:PORT]`).
+    /// Upgrades what `inner` connects, asking for `path` on `host` (`HOST[:PORT]`). A tunnel
+    /// server takes any path; the client uses `/`.
     pub fn new(inner: C, host: impl Into<String>, path: impl Into<String>) -> Self {
         Self { inner, host: host.into(), path: path.into() }
     }

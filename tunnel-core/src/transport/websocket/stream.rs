@@ -16,8 +16,7 @@ const READ_BUFFER: usize = 64 * 1024;
 /// Largest payload written as one frame.
 const MAX_WRITE_FRAME: usize = 64 * 1024;
 
-/// Frames waiting to be written above which a write waits for them to go out first (and a
-/// pong is not queued).
+/// Frames waiting to be written above which a write waits for them to go out first.
 const WRITE_HIGH: usize = 64 * 1024;
 
 /// Which end of the WebSocket this is.
@@ -41,6 +40,11 @@ enum Reading {
 
 /// A byte stream over a WebSocket connection whose opening handshake is done (see
 /// [`super::accept`] and [`super::WebSocketConnector`]).
+///
+/// Pongs and the answer to a close go out with the next write or flush, so drive both
+/// directions from one task (as a multiplexer does, flushing as it goes), not split halves.
+/// The close handshake is kept simple: a close is answered with its status code echoed and
+/// reading ends; a protocol error ends the stream with an error, without a close frame.
 #[derive(Debug)]
 pub struct WebSocketStream<S> {
     inner: S,
@@ -57,6 +61,9 @@ pub struct WebSocketStream<S> {
     wpos: usize,
     /// Our close frame is queued: nothing more is sent.
     close_sent: bool,
+    /// The payload of the last ping not yet answered: a burst of pings gets one pong (RFC
+    /// 6455 section 5.5.3 allows answering only the latest), sent with the next write or flush.
+    pong: Option<([u8; MAX_CONTROL_PAYLOAD], usize)>,
 }
 
 impl<S> WebSocketStream<S> {
@@ -76,6 +83,7 @@ impl<S> WebSocketStream<S> {
             wbuf: Vec::new(),
             wpos: 0,
             close_sent: false,
+            pong: None,
         }
     }
 
@@ -134,8 +142,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         Poll::Ready(Ok(n))
     }
 
-    /// Writes queued frames out.
+    /// Queues the pong owed, if any.
+    fn queue_pong(&mut self) {
+        if let Some((payload, len)) = self.pong.take() {
+            self.queue(Opcode::Pong, &payload[..len]);
+        }
+    }
+
+    /// Writes queued frames out (a pong owed joins them).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.queue_pong();
         while self.wpos < self.wbuf.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
             if n == 0 {
@@ -148,24 +164,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Handles a whole control frame: a ping is answered, a close ends reading.
+    /// Handles a whole control frame: a ping is owed a pong, a close ends reading and is
+    /// answered at once.
     fn control(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) {
         match opcode {
-            Opcode::Ping if !self.close_sent && self.queued() < WRITE_HIGH => {
-                self.queue(Opcode::Pong, payload)
+            Opcode::Ping if !self.close_sent => {
+                let mut owed = [0u8; MAX_CONTROL_PAYLOAD];
+                owed[..payload.len()].copy_from_slice(payload);
+                self.pong = Some((owed, payload.len()));
             }
             Opcode::Close => {
                 self.reading = Reading::Closed;
                 if !self.close_sent {
+                    self.pong = None;
                     // Echo the status code (RFC 6455 section 5.5.1); no reason.
                     self.queue(Opcode::Close, payload.get(..2).unwrap_or_default());
                     self.close_sent = true;
+                    // Sent now if the connection takes it; else with the next write or flush.
+                    let _ = self.poll_drain(cx);
                 }
             }
-            _ => return,
+            _ => {}
         }
-        // Sent now if the connection takes it; else with the next write or flush.
-        let _ = self.poll_drain(cx);
     }
 }
 
@@ -283,6 +303,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
+        // A pong owed goes first: the peer may be timing it.
+        this.queue_pong();
         this.queue_parts(Opcode::Binary, parts, n);
         // Out now as far as the connection takes it; the rest goes with the next write or flush.
         if let Poll::Ready(Err(err)) = this.poll_drain(cx) {

@@ -126,7 +126,19 @@ async fn pings_are_answered_and_fragments_join_around_them() {
     let mut got = [0u8; 6];
     server.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"hello!");
+    server.flush().await.unwrap();
     assert_eq!(server_frame(&mut raw).await, (Opcode::Pong, b"are you there".to_vec()));
+
+    // A burst of pings costs one pong, for the latest.
+    let mut burst: Vec<u8> =
+        (0..1000u32).flat_map(|i| client_frame(true, Opcode::Ping, &i.to_be_bytes())).collect();
+    burst.extend(client_frame(true, Opcode::Binary, b"?"));
+    raw.write_all(&burst).await.unwrap();
+    server.read_exact(&mut got[..1]).await.unwrap();
+    server.write_all(b"reply").await.unwrap();
+    server.flush().await.unwrap();
+    assert_eq!(server_frame(&mut raw).await, (Opcode::Pong, 999u32.to_be_bytes().to_vec()));
+    assert_eq!(server_frame(&mut raw).await, (Opcode::Binary, b"reply".to_vec()));
 
     // A close frame ends the reading side and is answered with the same code.
     raw.write_all(&client_frame(true, Opcode::Close, &[0x03, 0xE9, b'b', b'y', b'e'])).await.unwrap();

@@ -1,0 +1,131 @@
+//! PROXY protocol toward targets (`remote = [{ spec = ..., proxy_protocol = "v1" | "v2" }]`),
+//! as a user runs it: nginx behind the tunnel with `listen ... proxy_protocol` logs each
+//! visitor's own address and port, and the public address it reached, not the tunnel client's.
+
+#[path = "../../tunnel-core/tests/common/mod.rs"]
+mod common;
+mod process;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use process::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+const TOKEN: &str = "proxy-protocol-test-token-2f81";
+
+/// An nginx that takes the PROXY protocol on two ports and logs, per request, what the header
+/// said and the address it then trusts as the client's.
+struct Nginx {
+    ports: [u16; 2],
+    log: PathBuf,
+    _process: tokio::process::Child,
+}
+
+fn start_nginx(dir: &Path) -> Nginx {
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let ports = [free_port(), free_port()];
+    let log = root.join("access.log");
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nerror_log {dir}/error.log warn;\npid {dir}/nginx.pid;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  client_body_temp_path {dir}/tmp;\n  proxy_temp_path {dir}/tmp;\n  \
+         fastcgi_temp_path {dir}/tmp;\n  uwsgi_temp_path {dir}/tmp;\n  scgi_temp_path {dir}/tmp;\n  \
+         log_format seen '$proxy_protocol_addr:$proxy_protocol_port \
+         $proxy_protocol_server_addr:$proxy_protocol_server_port $remote_addr';\n  \
+         access_log {log} seen;\n  set_real_ip_from 127.0.0.1;\n  real_ip_header proxy_protocol;\n  \
+         server {{ listen 127.0.0.1:{a} proxy_protocol; listen 127.0.0.1:{b} proxy_protocol; \
+         location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+        dir = root.display(),
+        log = log.display(),
+        a = ports[0],
+        b = ports[1],
+    );
+    let conf_path = root.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let process = tokio::process::Command::new("nginx")
+        .args(["-p", root.to_str().unwrap(), "-c", conf_path.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nginx is installed");
+    Nginx { ports, log, _process: process }
+}
+
+/// `GET /` from 127.0.0.2 (so the visitor's address differs from the tunnel client's
+/// 127.0.0.1) to `public`; the visitor's own address.
+async fn visit_from_another_address(public: SocketAddr) -> SocketAddr {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(public).await.unwrap();
+    let visitor = tcp.local_addr().unwrap();
+    tcp.write_all(b"GET / HTTP/1.0\r\nHost: app\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
+    visitor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_behind_the_tunnel_logs_each_visitors_own_address_in_v1_and_v2() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = start_nginx(dir.path());
+    let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let config = dir.path().join("client.toml");
+    let [v1, v2] = nginx.ports;
+    std::fs::write(
+        &config,
+        format!(
+            "remote = [\n  {{ spec = \"0:127.0.0.1:{v1}\", proxy_protocol = \"v1\" }},\n  \
+             {{ spec = \"0:127.0.0.1:{v2}\", proxy_protocol = \"v2\" }},\n]\n"
+        ),
+    )
+    .unwrap();
+    let client = connect(
+        &server,
+        &["--token", TOKEN, "--name", "behind-nginx", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let ready = client.lines_after("remote forward ready: ", 2).await;
+    let public_of = |target: u16| -> SocketAddr {
+        let wanted = format!("127.0.0.1:{target}");
+        let to =
+            |l: &&String| l.split(" -> ").nth(1).and_then(|t| t.split_whitespace().next()) == Some(&wanted);
+        let line = ready.iter().find(to).expect("each forward is ready");
+        line.split(" -> ").next().unwrap().parse().unwrap()
+    };
+
+    let mut expected = Vec::new();
+    for target in [v1, v2] {
+        let public = public_of(target);
+        let visitor = visit_from_another_address(public).await;
+        // What the header said (visitor, the public address it reached), and the address nginx
+        // then takes as the client's: the visitor's, not the tunnel client's 127.0.0.1.
+        expected.push(format!("{visitor} {public} {}", visitor.ip()));
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let logged = loop {
+        let text = std::fs::read_to_string(&nginx.log).unwrap_or_default();
+        if text.lines().count() >= 2 || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(logged.lines().collect::<Vec<_>>(), expected, "{}", client.output());
+}
+
+#[tokio::test]
+async fn an_unknown_proxy_protocol_version_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        "server = \"127.0.0.1:1\"\ntoken = \"x\"\nremote = [{ spec = \"0:127.0.0.1:80\", proxy_protocol = \"v3\" }]\n",
+    )
+    .unwrap();
+    let out = command(&["connect", "--config", config.to_str().unwrap()]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("proxy_protocol") || stderr.contains("v3"), "{stderr}");
+}
