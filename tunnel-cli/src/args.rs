@@ -273,7 +273,7 @@ impl ConnectArgs {
             file.http = self.http;
         }
         if !self.tls.is_empty() {
-            file.tls = self.tls;
+            file.tls = self.tls.into_iter().map(tunnel_core::config::TlsEntry::Spec).collect();
         }
         override_with(&mut file.http_fallback, self.http_fallback);
         override_with(&mut file.transport, self.transport);

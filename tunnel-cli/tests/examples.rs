@@ -35,7 +35,7 @@ fn server_example_parses_and_builds() {
 #[test]
 fn client_example_parses_and_builds() {
     let mut file = ClientFile::load(&example("client.toml")).unwrap();
-    assert_eq!(file.remote.len(), 3);
+    assert_eq!(file.remote.len(), 4);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "client-example-secret").unwrap();
@@ -43,6 +43,8 @@ fn client_example_parses_and_builds() {
     let config = file.build().unwrap();
     assert_eq!(config.name, "control-plane");
     assert_eq!(config.remotes[0].remote_port, 6443);
+    assert_eq!(config.remotes[3].proxy_protocol, Some(tunnel_core::forward::ProxyProtocol::V2));
+    assert_eq!(config.wire, tunnel_core::transport::Wire::Auto);
     assert_eq!(config.remotes[2].idle_timeout, Some(std::time::Duration::from_secs(3600)));
     assert_eq!(config.locals[0].target.to_string(), "worker-1/kubelet");
     assert_eq!(config.services[0].name, "apiserver");

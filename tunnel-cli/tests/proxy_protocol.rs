@@ -127,5 +127,91 @@ async fn an_unknown_proxy_protocol_version_is_a_config_error_naming_it() {
     let out = command(&["connect", "--config", config.to_str().unwrap()]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("proxy_protocol") || stderr.contains("v3"), "{stderr}");
+    assert!(stderr.contains("unknown variant `v3`, expected `v1` or `v2`"), "{stderr}");
+}
+
+/// Connects from 127.0.0.2 to `to` and sends `bytes`; the connection and its own address.
+async fn send_from_another_address(to: SocketAddr, bytes: &[u8]) -> (tokio::net::TcpStream, SocketAddr) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(to).await.unwrap();
+    let from = tcp.local_addr().unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    (tcp, from)
+}
+
+/// A TLS ClientHello asking for `name`, as a visitor's first bytes.
+fn client_hello(name: &str) -> Vec<u8> {
+    use tokio_rustls::rustls;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    hello
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_comes_first_byte_for_byte_on_forwards_and_tls_routes_and_a_visitors_own_is_data() {
+    use tunnel_core::forward::ProxyProtocol;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["edge.test".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("edge.pem"), dir.path().join("edge.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let server_config = dir.path().join("server.toml");
+    std::fs::write(
+        &server_config,
+        format!(
+            "https_listen = \"127.0.0.1:0\"\nallow_hosts = [\"*.test\"]\n[[certificates]]\ncert = {cert_path:?}\nkey = {key_path:?}\n"
+        ),
+    )
+    .unwrap();
+    let server =
+        serve(dir.path(), &["--token", TOKEN, "--config", server_config.to_str().unwrap()], &[]).await;
+    let edge: SocketAddr = server.cli.line_after("HTTPS and TLS routes served on ").await.parse().unwrap();
+
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw = target.local_addr().unwrap();
+    let client_config = dir.path().join("client.toml");
+    std::fs::write(
+        &client_config,
+        format!(
+            "remote = [{{ spec = \"0:{raw}\", proxy_protocol = \"v2\" }}]\n\
+             tls = [{{ spec = \"p.test={raw}\", proxy_protocol = \"v1\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let args = ["--token", TOKEN, "--name", "raw", "--config", client_config.to_str().unwrap()];
+    let client = connect(&server, &args, &[]);
+    let public: SocketAddr =
+        client.line_after("remote forward ready: ").await.split(" -> ").next().unwrap().parse().unwrap();
+    client.line_after("route ready: v1 tls ").await;
+
+    // A forward, v2: the header, exactly, then the visitor's bytes, its own PROXY line among them.
+    let forged = b"PROXY TCP4 6.6.6.6 6.6.6.6 1 2\r\nhello";
+    let (_visitor, from) = send_from_another_address(public, forged).await;
+    let (mut at_target, _) = target.accept().await.unwrap();
+    let header = ProxyProtocol::V2.header(from, Some(public)).unwrap();
+    let mut got = vec![0u8; header.len() + forged.len()];
+    at_target.read_exact(&mut got).await.unwrap();
+    assert_eq!(got[..header.len()], header[..], "the v2 header for {from} -> {public}");
+    assert_eq!(&got[header.len()..], forged, "the visitor's own bytes follow, untouched");
+
+    // A TLS route, v1: the line, then the ClientHello as the visitor sent it.
+    let hello = client_hello("p.test");
+    let (_visitor, from) = send_from_another_address(edge, &hello).await;
+    let (mut at_target, _) = target.accept().await.unwrap();
+    let line = format!("PROXY TCP4 {} {} {} {}\r\n", from.ip(), edge.ip(), from.port(), edge.port());
+    let mut got = vec![0u8; line.len() + hello.len()];
+    at_target.read_exact(&mut got).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got[..line.len()]), line);
+    assert!(got[line.len()..] == hello[..], "the ClientHello follows the line");
 }

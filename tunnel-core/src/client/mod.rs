@@ -367,11 +367,15 @@ impl Client {
                 self.websocket_first.store(other == Wire::WebSocket, Ordering::Relaxed);
                 Ok(dialed)
             }
-            // The server's own answer over the other wire settles it.
+            // A permanent failure over either wire settles it (the other's reason is logged).
             Err(Failed { failure: Failure::Permanent(err), .. }) => Err(err.into()),
-            Err(Failed { failure: Failure::Transient(second), .. }) => {
-                Err(Failure::Transient(format!("{reason}; over {other}: {second}")))
-            }
+            Err(Failed { failure: Failure::Transient(second), .. }) => match failed.failure {
+                Failure::Permanent(err) => {
+                    tracing::info!("over {other}: {}", Escaped(&second));
+                    Err(err.into())
+                }
+                Failure::Transient(_) => Err(Failure::Transient(format!("{reason}; over {other}: {second}"))),
+            },
         }
     }
 
@@ -387,7 +391,7 @@ impl Client {
                     Err(err) => {
                         let path = match &err {
                             ConnectError::Unreachable { .. } | ConnectError::Proxy { .. } => false,
-                            ConnectError::Tls { source, .. } => !is_certificate_error(source),
+                            ConnectError::Tls { source, .. } => !is_servers_answer(source),
                             _ => true,
                         };
                         return Err(Failed { failure: classify_connect(err), path });
@@ -618,10 +622,15 @@ struct Failed {
     path: bool,
 }
 
-/// Whether a TLS failure is about the server's certificate (the same over any path).
-fn is_certificate_error(err: &std::io::Error) -> bool {
+/// Whether a TLS failure is the server's own answer, the same over any path: its certificate,
+/// or the alert a plaintext server sends.
+fn is_servers_answer(err: &std::io::Error) -> bool {
     let tls = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
-    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidCertificate(_))
+            | Some(rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion))
+    )
 }
 
 /// An authenticated session and the protocol version it speaks.

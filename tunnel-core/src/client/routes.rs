@@ -294,7 +294,7 @@ impl Table {
                     let forward = Forward {
                         target: Target::Addr(route.target.clone()),
                         idle_timeout: None,
-                        proxy_protocol: None,
+                        proxy_protocol: route.proxy_protocol,
                     };
                     routes.forwards.insert(entry.id, forward);
                 }

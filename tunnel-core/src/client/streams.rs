@@ -92,7 +92,12 @@ pub(super) async fn handle(
                 };
             }
             Some(Forward { target: Target::Addr(target), idle_timeout, proxy_protocol }) => {
-                let proxy_header = proxy_protocol.map(|version| version.header(*visitor, *local));
+                let proxy_header = match proxy_protocol.map(|version| version.header(*visitor, *local)) {
+                    Some(Err(err)) => {
+                        return tracing::warn!(%visitor, "route {route_id}: no PROXY header: {err}")
+                    }
+                    header => header.and_then(Result::ok),
+                };
                 (target, *idle_timeout, proxy_header, *visitor, format!("route {route_id}"))
             }
             None => {

@@ -56,9 +56,10 @@ pub struct ClientFile {
     /// `https://HOST:PORT` or `http_status:NNN`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpRoute>,
-    /// TLS passthrough routes, `HOST=HOST:PORT`: the origin terminates TLS itself.
+    /// TLS passthrough routes, `HOST=HOST:PORT`: the origin terminates TLS itself. An entry
+    /// with options is a table: `{ spec = "HOST=HOST:PORT", proxy_protocol = "v2" }`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tls: Vec<TlsRoute>,
+    pub tls: Vec<TlsEntry>,
     /// The answer for requests to this client's hosts that no route matches.
     pub http_fallback: Option<Service>,
     /// HTTP routes with the full set of matches and actions.
@@ -143,24 +144,79 @@ impl RemoteEntry {
 
 impl<'de> serde::Deserialize<'de> for RemoteEntry {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entry;
-        impl<'de> serde::de::Visitor<'de> for Entry {
-            type Value = RemoteEntry;
+        deserializer.deserialize_any(SpecOrTable::new(RemoteEntry::Spec, RemoteEntry::WithOptions))
+    }
+}
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a forward spec string or a table with `spec` and options")
-            }
+/// One `tls` entry: a route alone, or a table with the route and its options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TlsEntry {
+    /// `"app.example.com=127.0.0.1:443"`.
+    Spec(TlsRoute),
+    /// `{ spec = "app.example.com=127.0.0.1:443", proxy_protocol = "v2" }`.
+    WithOptions(TlsOptions),
+}
 
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RemoteEntry, E> {
-                text.parse().map(RemoteEntry::Spec).map_err(E::custom)
-            }
+/// A TLS passthrough route written as a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsOptions {
+    /// `HOST=HOST:PORT`.
+    pub spec: TlsRoute,
+    /// Write a PROXY protocol header (`"v1"` or `"v2"`) to the origin before each visitor's
+    /// bytes, so it sees the visitor's address (default: none).
+    pub proxy_protocol: Option<crate::forward::ProxyProtocol>,
+}
 
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<RemoteEntry, M::Error> {
-                let options = RemoteOptions::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(RemoteEntry::WithOptions(options))
+impl TlsEntry {
+    fn build(&self) -> TlsRoute {
+        match self {
+            Self::Spec(route) => route.clone(),
+            Self::WithOptions(TlsOptions { spec, proxy_protocol }) => {
+                TlsRoute { proxy_protocol: *proxy_protocol, ..spec.clone() }
             }
         }
-        deserializer.deserialize_any(Entry)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TlsEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SpecOrTable::new(TlsEntry::Spec, TlsEntry::WithOptions))
+    }
+}
+
+/// Reads a list entry written as a spec string (`S`, by `FromStr`) or as a table of options
+/// (`O`), into `T`.
+struct SpecOrTable<T, S, O> {
+    spec: fn(S) -> T,
+    table: fn(O) -> T,
+}
+
+impl<T, S, O> SpecOrTable<T, S, O> {
+    fn new(spec: fn(S) -> T, table: fn(O) -> T) -> Self {
+        Self { spec, table }
+    }
+}
+
+impl<'de, T, S, O> serde::de::Visitor<'de> for SpecOrTable<T, S, O>
+where
+    S: std::str::FromStr,
+    S::Err: std::fmt::Display,
+    O: serde::Deserialize<'de>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a spec string, or a table with `spec` and options")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        text.parse().map(self.spec).map_err(E::custom)
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+        O::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(self.table)
     }
 }
 
@@ -256,7 +312,7 @@ impl ClientFile {
             services: self.expose.clone(),
             http,
             http_fallback: self.http_fallback.clone().map(HttpAction::to),
-            tls: self.tls.clone(),
+            tls: self.tls.iter().map(TlsEntry::build).collect(),
         };
         routes.check().map_err(|e| match e {
             RouteSetError::DuplicateService(_) => invalid("expose", e),
@@ -390,7 +446,8 @@ mod tests {
             ("{ spec = \"1:h:2\", idle_timeout = \"0s\" }", "remote.idle_timeout"),
             ("{ spec = \"1:h:2\", idle_timeout = \"soon\" }", "duration"),
             ("{ spec = \"nonsense\" }", "remote"),
-            ("42", "a forward spec string or a table"),
+            ("42", "a spec string, or a table with `spec` and options"),
+            ("{ spec = \"1:h:2\", proxy_protocol = \"v3\" }", "unknown variant `v3`, expected `v1` or `v2`"),
         ] {
             let err = build(&format!("{base}remote = [{entry}]\n")).unwrap_err().chain();
             assert!(err.contains(needle), "{entry}: {err}");

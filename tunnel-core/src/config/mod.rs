@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use acme::ACME_DIR;
 pub use admin::{AdminAddress, AdminSetup, ADMIN_SOCKET, ADMIN_TOKEN_FILE, CLIENTS_FILE};
-pub use client::{ClientFile, RemoteEntry, RemoteOptions};
+pub use client::{ClientFile, RemoteEntry, RemoteOptions, TlsEntry, TlsOptions};
 pub use duration::HumanDuration;
 pub use limits::ServerLimits;
 pub use routes::{BackendFile, HeaderChangesFile, PathType, RedirectFile, RouteFile};

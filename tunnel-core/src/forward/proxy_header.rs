@@ -19,7 +19,7 @@ impl ProxyProtocol {
     /// visitor reached; `None` when the server did not say, sent as the unspecified address
     /// and port 0). IPv4-mapped IPv6 addresses are written as IPv4; when the two families
     /// still differ, both are written as IPv6.
-    pub fn header(self, source: SocketAddr, destination: Option<SocketAddr>) -> Vec<u8> {
+    pub fn header(self, source: SocketAddr, destination: Option<SocketAddr>) -> std::io::Result<Vec<u8>> {
         let source = canonical(source);
         let destination = destination.map_or_else(|| unspecified(source), canonical);
         let (source, destination) = match (source, destination) {
@@ -28,13 +28,12 @@ impl ProxyProtocol {
             same => same,
         };
         match self {
-            Self::V1 => ppp::v1::Addresses::from((source, destination)).to_string().into_bytes(),
+            Self::V1 => Ok(ppp::v1::Addresses::from((source, destination)).to_string().into_bytes()),
             Self::V2 => {
                 let command = ppp::v2::Version::Two | ppp::v2::Command::Proxy;
+                // Fails only for a payload too large for the length field (never addresses).
                 ppp::v2::Builder::with_addresses(command, ppp::v2::Protocol::Stream, (source, destination))
                     .build()
-                    // Only a payload too large for the length field fails; addresses never are.
-                    .unwrap_or_default()
             }
         }
     }
@@ -78,24 +77,27 @@ mod tests {
 
     #[test]
     fn version_1_is_the_text_line() {
-        let header = ProxyProtocol::V1.header(addr("192.0.2.7:51000"), Some(addr("198.51.100.1:443")));
+        let header =
+            ProxyProtocol::V1.header(addr("192.0.2.7:51000"), Some(addr("198.51.100.1:443"))).unwrap();
         assert_eq!(header, b"PROXY TCP4 192.0.2.7 198.51.100.1 51000 443\r\n");
-        let mapped = ProxyProtocol::V1.header(addr("[::ffff:192.0.2.7]:1"), Some(addr("198.51.100.1:2")));
+        let mapped =
+            ProxyProtocol::V1.header(addr("[::ffff:192.0.2.7]:1"), Some(addr("198.51.100.1:2"))).unwrap();
         assert_eq!(mapped, b"PROXY TCP4 192.0.2.7 198.51.100.1 1 2\r\n", "a v4-mapped visitor is IPv4");
-        let mixed = ProxyProtocol::V1.header(addr("192.0.2.7:1"), Some(addr("[2001:db8::1]:2")));
+        let mixed = ProxyProtocol::V1.header(addr("192.0.2.7:1"), Some(addr("[2001:db8::1]:2"))).unwrap();
         assert_eq!(mixed, b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 1 2\r\n");
-        let unknown = ProxyProtocol::V1.header(addr("[2001:db8::7]:1"), None);
+        let unknown = ProxyProtocol::V1.header(addr("[2001:db8::7]:1"), None).unwrap();
         assert_eq!(unknown, b"PROXY TCP6 2001:db8::7 :: 1 0\r\n");
     }
 
     #[test]
     fn version_2_is_the_binary_form() {
-        let header = ProxyProtocol::V2.header(addr("192.0.2.7:51000"), Some(addr("198.51.100.1:443")));
+        let header =
+            ProxyProtocol::V2.header(addr("192.0.2.7:51000"), Some(addr("198.51.100.1:443"))).unwrap();
         let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
         expected.extend([0x21, 0x11, 0, 12, 192, 0, 2, 7, 198, 51, 100, 1]);
         expected.extend([51000u16.to_be_bytes(), 443u16.to_be_bytes()].concat());
         assert_eq!(header, expected);
-        let v6 = ProxyProtocol::V2.header(addr("[2001:db8::7]:1"), Some(addr("[2001:db8::1]:2")));
+        let v6 = ProxyProtocol::V2.header(addr("[2001:db8::7]:1"), Some(addr("[2001:db8::1]:2"))).unwrap();
         assert_eq!((v6[13], v6[15], v6.len()), (0x21, 36, 16 + 36));
     }
 }

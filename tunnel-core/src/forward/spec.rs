@@ -108,8 +108,9 @@ pub struct RemoteForwardSpec {
     /// Cut a visitor after this long without a byte either way; `None` (the default, as an
     /// SSH session may idle for hours) never does. Not part of the text form.
     pub idle_timeout: Option<std::time::Duration>,
-    /// A PROXY protocol header to write to the target before each visitor's bytes, with the
-    /// visitor's address (default: none). Not part of the text form.
+    /// A PROXY protocol header to write to an address target before each visitor's bytes,
+    /// with the visitor's address (default: none; a handler has the address from its
+    /// [`super::Visitor`] instead). Not part of the text form.
     pub proxy_protocol: Option<super::ProxyProtocol>,
 }
 

@@ -266,6 +266,9 @@ pub struct TlsRoute {
     pub host: HostPattern,
     /// The origin.
     pub target: TargetAddr,
+    /// A PROXY protocol header to write to the origin before each visitor's bytes (default:
+    /// none). Not part of the text form.
+    pub proxy_protocol: Option<crate::forward::ProxyProtocol>,
 }
 
 impl FromStr for TlsRoute {
@@ -273,7 +276,8 @@ impl FromStr for TlsRoute {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (host, target) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected HOST=HOST:PORT"))?;
-        Ok(Self { host: host.parse()?, target: target.parse().map_err(|e| format!("{s:?}: {e}"))? })
+        let target = target.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Self { host: host.parse()?, target, proxy_protocol: None })
     }
 }
 

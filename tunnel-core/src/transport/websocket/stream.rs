@@ -142,8 +142,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         Poll::Ready(Ok(n))
     }
 
-    /// Queues the pong owed, if any.
+    /// Queues the pong owed, if any, when there is room (else it stays owed: one at most).
     fn queue_pong(&mut self) {
+        if self.close_sent || self.queued() >= WRITE_HIGH {
+            return;
+        }
         if let Some((payload, len)) = self.pong.take() {
             self.queue(Opcode::Pong, &payload[..len]);
         }
@@ -326,7 +329,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.close_sent {
-            // 1000: normal closure.
+            // 1000: normal closure; nothing follows it, a pong owed neither.
+            this.pong = None;
             this.queue(Opcode::Close, &1000u16.to_be_bytes());
             this.close_sent = true;
         }
