@@ -7,6 +7,7 @@
 //! program can show the public addresses or wait for readiness without parsing logs.
 
 mod backoff;
+mod dial;
 mod error;
 mod locals;
 mod routes;
@@ -15,7 +16,7 @@ mod streams;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,17 +28,17 @@ pub use error::ClientError;
 pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET};
 pub use status::{ActiveForward, ActiveLocal, ClientStatus};
 
-use self::error::{classify_connect, classify_end, classify_session, Failure};
+use self::dial::Dialed;
+use self::error::{classify_end, Failure};
 use crate::auth::Token;
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
-use crate::proto::handshake::HandshakeError;
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION};
-use crate::session::{Session, SessionConfig, SessionEnd, SessionError};
+use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
-use crate::transport::{ClientTransport, ConnectError, Wire};
+use crate::transport::{ClientTransport, Wire};
 
 /// Client settings. Start from [`ClientConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
@@ -325,111 +326,6 @@ impl Client {
         }
     }
 
-    /// One attempt ([`Self::dial`]: two with [`Wire::Auto`], each under the handshake
-    /// timeout), and a server new enough.
-    async fn connect(&self) -> Result<Dialed, Failure> {
-        let session = self.dial().await?;
-        if session.version < MIN_SERVER_VERSION {
-            return Err(ClientError::Protocol(format!(
-                "the server speaks protocol version {}; this client needs {MIN_SERVER_VERSION} (upgrade the server)",
-                session.version
-            ))
-            .into());
-        }
-        Ok(session)
-    }
-
-    /// One attempt over the configured wire; with [`Wire::Auto`], a second one over the other
-    /// wire when the first opened a connection and then broke before our server answered
-    /// (something in the path may let only HTTPS through). A server's refusal, a certificate
-    /// that does not match, or no connection at all are the same over either wire.
-    async fn dial(&self) -> Result<Dialed, Failure> {
-        let first = match self.config.wire {
-            Wire::Auto if self.websocket_first.load(Ordering::Relaxed) => Wire::WebSocket,
-            Wire::Auto => Wire::Tcp,
-            chosen => chosen,
-        };
-        let failed = match self.dial_over(first).await {
-            Ok(dialed) => return Ok(dialed),
-            Err(failed) => failed,
-        };
-        if self.config.wire != Wire::Auto || !failed.path {
-            return Err(failed.failure);
-        }
-        let other = if first == Wire::Tcp { Wire::WebSocket } else { Wire::Tcp };
-        let reason = match &failed.failure {
-            Failure::Transient(reason) => reason.clone(),
-            Failure::Permanent(err) => err.to_string(),
-        };
-        tracing::info!("over {first}: {}; trying {other}", Escaped(&reason));
-        match self.dial_over(other).await {
-            Ok(dialed) => {
-                self.websocket_first.store(other == Wire::WebSocket, Ordering::Relaxed);
-                Ok(dialed)
-            }
-            // A permanent failure over either wire settles it (the other's reason is logged).
-            Err(Failed { failure: Failure::Permanent(err), .. }) => Err(err.into()),
-            Err(Failed { failure: Failure::Transient(second), .. }) => match failed.failure {
-                Failure::Permanent(err) => {
-                    tracing::info!("over {other}: {}", Escaped(&second));
-                    Err(err.into())
-                }
-                Failure::Transient(_) => Err(Failure::Transient(format!("{reason}; over {other}: {second}"))),
-            },
-        }
-    }
-
-    /// One attempt over `wire`, all under the handshake timeout: TCP (or the proxy's
-    /// tunnel), TLS, the WebSocket upgrade if asked, the handshake.
-    async fn dial_over(&self, wire: Wire) -> Result<Dialed, Failed> {
-        let config = &self.config;
-        let opened = AtomicBool::new(false);
-        let attempt = async {
-            let connection =
-                match config.transport.connect_over(&config.server, config.proxy.as_ref(), wire).await {
-                    Ok(connection) => connection,
-                    Err(err) => {
-                        let path = match &err {
-                            ConnectError::Unreachable { .. } | ConnectError::Proxy { .. } => false,
-                            ConnectError::Tls { source, .. } => !is_servers_answer(source),
-                            _ => true,
-                        };
-                        return Err(Failed { failure: classify_connect(err), path });
-                    }
-                };
-            opened.store(true, Ordering::Relaxed);
-            let (session, established) = Session::connect(
-                connection.io,
-                &connection.binding,
-                &config.name,
-                config.token.clone(),
-                &config.session,
-            )
-            .await
-            .map_err(|err| {
-                // Our server answered (a refusal, or a proof of another token): the path works.
-                let answered = matches!(
-                    err,
-                    SessionError::Handshake(
-                        HandshakeError::Refused { .. } | HandshakeError::ServerProofInvalid
-                    )
-                );
-                Failed { failure: classify_session(err), path: !answered }
-            })?;
-            if wire == Wire::WebSocket {
-                self.metrics.websocket_upgrade();
-            }
-            Ok(Dialed { session, version: established.version, wire })
-        };
-        tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
-            let reason = format!(
-                "no authenticated session with {} within {:?}",
-                config.server, config.handshake_timeout
-            );
-            Err(Failed { failure: Failure::Transient(reason), path: opened.load(Ordering::Relaxed) })
-        })
-    }
-
     /// Sends the route table, then carries visitors and sends every change of the table until
     /// the session ends or we stop.
     async fn serve(
@@ -613,32 +509,6 @@ impl Client {
 struct SessionState<'a> {
     assigned: &'a mut HashMap<RouteId, u16>,
     version: &'a mut u64,
-}
-
-/// An attempt that failed, and whether the way it took may be what failed: it opened a
-/// connection that then broke before our server answered.
-struct Failed {
-    failure: Failure,
-    path: bool,
-}
-
-/// Whether a TLS failure is the server's own answer, the same over any path: its certificate,
-/// or the alert a plaintext server sends.
-fn is_servers_answer(err: &std::io::Error) -> bool {
-    let tls = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
-    matches!(
-        tls,
-        Some(rustls::Error::InvalidCertificate(_))
-            | Some(rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion))
-    )
-}
-
-/// An authenticated session and the protocol version it speaks.
-struct Dialed {
-    session: Session,
-    version: u16,
-    /// What carries it.
-    wire: Wire,
 }
 
 /// Says goodbye and gives the driver a moment to deliver it before the connection is dropped.
