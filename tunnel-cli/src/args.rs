@@ -131,9 +131,10 @@ pub struct ConnectArgs {
     /// TOML configuration file (see examples/client.toml); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Server address.
+    /// Server address; repeat it for each server of one deployment, and the client keeps its
+    /// forwards and routes on all of them at once.
     #[arg(long, value_name = "HOST:PORT")]
-    pub server: Option<String>,
+    pub server: Vec<String>,
     /// Token (else TUNNEL_TOKEN or the config).
     #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<SecretString>,
@@ -166,12 +167,13 @@ pub struct ConnectArgs {
     /// The answer for requests to this client's hosts that no --http route matches.
     #[arg(long, value_name = "SERVICE")]
     pub http_fallback: Option<Service>,
-    /// Expected SHA-256 fingerprint of the server certificate (printed by `serve`).
+    /// Expected SHA-256 fingerprint of the server certificate (printed by `serve`); repeatable,
+    /// a server being trusted when it matches any.
     #[arg(long, value_name = "FP", conflicts_with = "ca")]
-    pub fingerprint: Option<Fingerprint>,
-    /// PEM file of CA certificates to verify the server with.
+    pub fingerprint: Vec<Fingerprint>,
+    /// PEM file of CA certificates to verify the server with (repeatable).
     #[arg(long, value_name = "PEM")]
-    pub ca: Option<PathBuf>,
+    pub ca: Vec<PathBuf>,
     /// Connect without TLS (the server must run with --insecure-plaintext too).
     #[arg(long, conflicts_with_all = ["fingerprint", "ca"])]
     pub insecure_plaintext: bool,
@@ -248,17 +250,17 @@ impl ConnectArgs {
             file.token_file = None;
         }
         // Trust flags replace the file's choice of trust as a whole.
-        if self.fingerprint.is_some() || self.ca.is_some() || self.insecure_plaintext {
-            file.fingerprint = None;
-            file.ca = None;
+        if !self.fingerprint.is_empty() || !self.ca.is_empty() || self.insecure_plaintext {
+            file.fingerprint = self.fingerprint;
+            file.ca = self.ca;
             file.insecure_plaintext = self.insecure_plaintext;
         }
         override_with(&mut file.token, self.token);
-        override_with(&mut file.server, self.server);
+        if !self.server.is_empty() {
+            file.server = self.server;
+        }
         override_with(&mut file.name, self.name);
         override_with(&mut file.metrics, self.metrics);
-        override_with(&mut file.fingerprint, self.fingerprint);
-        override_with(&mut file.ca, self.ca);
         override_with(&mut file.origin_ca, self.origin_ca);
         if !self.remote.is_empty() {
             file.remote = self.remote.into_iter().map(RemoteEntry::Spec).collect();
@@ -282,7 +284,8 @@ impl ConnectArgs {
             Some(flag) if flag.expose_secret() == "none" => file.proxy = None,
             Some(flag) => file.proxy = Some(flag),
             None if file.proxy.is_none() => {
-                file.proxy = proxy_from_env(file.server.as_deref(), |name| std::env::var(name).ok());
+                file.proxy =
+                    proxy_from_env(file.server.first().map(String::as_str), |name| std::env::var(name).ok());
             }
             None => {}
         }

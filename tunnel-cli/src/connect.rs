@@ -15,8 +15,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let file = args.clone().into_file().map_err(Failure::config)?;
     let config = file.clone().build().map_err(Failure::config)?;
-    let server_host = host_of(&config.server).to_owned();
-    let session_line = format!("connected to {} as {}", config.server, config.name);
+    let name = config.name.clone();
     tracing::info!(server = %config.server, name = %config.name, "connecting");
     let mut client = Client::new(config);
     for local in client.listen_locals().await.map_err(Failure::error)? {
@@ -41,66 +40,83 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     };
     let notifier = crate::notify::Notifier::from_env();
     notifier.spawn_watchdog();
-    let mut status = client.status();
-    let session_ready = notifier.clone();
-    // Each session that comes up prints its forwards; every answer to the route table (at
-    // connect and after every change) prints a line per entry with the table's version.
-    let printer = tokio::spawn(async move {
-        while status.changed().await.is_ok() {
-            let current = status.borrow_and_update().clone();
-            if let ClientStatus::Connected {
-                forwards,
-                services,
-                http,
-                http_fallback,
-                tls,
-                refused,
-                version,
-                new_session,
-            } = current
-            {
-                if new_session {
-                    println!("{session_line}");
-                    session_ready.ready(&session_line);
-                    for forward in &forwards {
-                        let public = public_address(&server_host, forward);
-                        println!("remote forward ready: {public} -> {}", forward.spec.local);
-                    }
-                    for service in &services {
-                        println!("service exposed: {} -> {}", service.name, service.target);
-                    }
-                }
-                for forward in &forwards {
-                    let public = public_address(&server_host, forward);
-                    println!("route ready: v{version} tcp {public} -> {}", forward.spec.local);
-                }
-                for service in &services {
-                    println!("route ready: v{version} service {} -> {}", service.name, service.target);
-                }
-                for route in &http {
-                    println!("route ready: v{version} http {route}");
-                }
-                if http_fallback {
-                    println!("route ready: v{version} http fallback");
-                }
-                for route in &tls {
-                    println!("route ready: v{version} tls {route}");
-                }
-                for route in &refused {
-                    let reason = tunnel_core::log::Escaped(&route.message);
-                    println!("route refused: v{version} {} ({}: {reason})", route.route, route.code);
-                }
-            }
-        }
-    });
+    // Each server's sessions print their forwards as they come up; every answer to the route
+    // table (at connect and after every change) prints a line per entry with the table's version.
+    let printers: Vec<_> = client
+        .server_statuses()
+        .into_iter()
+        .map(|(server, status)| {
+            let session_line = format!("connected to {server} as {name}");
+            tokio::spawn(print_status(status, host_of(&server).to_owned(), session_line, notifier.clone()))
+        })
+        .collect();
     let reloads = tokio::spawn(crate::reload::follow(args, file, client.routes(), hangup, notifier.clone()));
     let cut = client.drain_cut();
     let result = client.run(signals.first_then(notifier, move || cut.cut())).await;
-    // The client is gone with its status: the printer prints what is left (the refusals of a
-    // client that stops because nothing was accepted) and ends.
-    let _ = printer.await;
+    // The client is gone with its statuses: the printers print what is left (the refusals of a
+    // client that stops because nothing was accepted) and end.
+    for printer in printers {
+        let _ = printer.await;
+    }
     reloads.abort();
     result.map_err(Failure::error)
+}
+
+/// Prints what one server's session does: the session and its forwards when it comes up, then
+/// a line per route table entry on each answer.
+async fn print_status(
+    mut status: tokio::sync::watch::Receiver<ClientStatus>,
+    server_host: String,
+    session_line: String,
+    session_ready: crate::notify::Notifier,
+) {
+    while status.changed().await.is_ok() {
+        let current = status.borrow_and_update().clone();
+        let ClientStatus::Connected {
+            forwards,
+            services,
+            http,
+            http_fallback,
+            tls,
+            refused,
+            version,
+            new_session,
+        } = current
+        else {
+            continue;
+        };
+        if new_session {
+            println!("{session_line}");
+            session_ready.ready(&session_line);
+            for forward in &forwards {
+                let public = public_address(&server_host, forward);
+                println!("remote forward ready: {public} -> {}", forward.spec.local);
+            }
+            for service in &services {
+                println!("service exposed: {} -> {}", service.name, service.target);
+            }
+        }
+        for forward in &forwards {
+            let public = public_address(&server_host, forward);
+            println!("route ready: v{version} tcp {public} -> {}", forward.spec.local);
+        }
+        for service in &services {
+            println!("route ready: v{version} service {} -> {}", service.name, service.target);
+        }
+        for route in &http {
+            println!("route ready: v{version} http {route}");
+        }
+        if http_fallback {
+            println!("route ready: v{version} http fallback");
+        }
+        for route in &tls {
+            println!("route ready: v{version} tls {route}");
+        }
+        for route in &refused {
+            let reason = tunnel_core::log::Escaped(&route.message);
+            println!("route refused: v{version} {} ({}: {reason})", route.route, route.code);
+        }
+    }
 }
 
 /// Where visitors reach the forward: the server's host when it bound every interface.

@@ -65,7 +65,7 @@ fn hybrid_kubernetes_examples_parse_and_build() {
     for name in ["control-plane.toml", "worker.toml"] {
         let mut client = ClientFile::load(&example(&format!("hybrid-kubernetes/{name}"))).unwrap();
         client.token_file = Some(dir.path().join("worker-1.token"));
-        client.fingerprint = Some("0".repeat(64).parse().unwrap());
+        client.fingerprint = vec!["0".repeat(64).parse().unwrap()];
         let config = client.build().unwrap();
         assert!(!config.locals.is_empty() && !config.services.is_empty(), "{name}");
     }

@@ -66,7 +66,7 @@ async fn killing_the_server_mid_upload_errors_the_target_and_a_restart_recovers(
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut server = serve_at(dir.path(), &listen).await;
+    let mut server = serve_at(dir.path(), &listen, &["--token", TOKEN], &[("RUST_LOG", "info")]).await;
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
     let mut client = connect(
@@ -97,7 +97,7 @@ async fn killing_the_server_mid_upload_errors_the_target_and_a_restart_recovers(
 
     // Same address, same state directory (same certificate): the client reconnects on its own
     // and asks for its old public port back.
-    let mut server = serve_at(dir.path(), &listen).await;
+    let mut server = serve_at(dir.path(), &listen, &["--token", TOKEN], &[("RUST_LOG", "info")]).await;
     let lines = client.lines_after("remote forward ready: ", 2).await;
     assert_eq!(public_port(&lines[1]), assigned, "the forward moved to another port");
     let echo_check = tokio::spawn(async move {
@@ -116,26 +116,4 @@ async fn killing_the_server_mid_upload_errors_the_target_and_a_restart_recovers(
     drop(visitor);
     assert_eq!(client.terminate().await, 0);
     assert_eq!(server.cli.terminate().await, 0);
-}
-
-/// `serve` on a fixed address (for a restart on the same one), with the test token.
-async fn serve_at(state_dir: &std::path::Path, listen: &str) -> Served {
-    let state_dir = state_dir.to_str().unwrap();
-    let mut cmd = command(&[
-        "serve",
-        "--listen",
-        listen,
-        "--state-dir",
-        state_dir,
-        "--token",
-        TOKEN,
-        "--allow-bind",
-        "127.0.0.1",
-    ]);
-    cmd.env("RUST_LOG", "info");
-    let cli = spawn(cmd);
-    let listening = cli.line_after("tunnel server listening on ").await;
-    let addr = listening.split_whitespace().next().unwrap().to_owned();
-    let fingerprint = cli.line_after("certificate fingerprint: ").await;
-    Served { cli, addr, fingerprint }
 }

@@ -117,17 +117,6 @@ async fn metrics_count_exactly_the_visitors_and_bytes_sent_and_the_probes_answer
     assert_eq!(server.cli.terminate().await, 0);
 }
 
-/// `serve` on a fixed address (for a restart on the same one).
-async fn serve_at(state_dir: &std::path::Path, listen: &str) -> Served {
-    let state_dir = state_dir.to_str().unwrap();
-    let cmd = command(&["serve", "--listen", listen, "--state-dir", state_dir, "--token", TOKEN]);
-    let cli = spawn(cmd);
-    let listening = cli.line_after("tunnel server listening on ").await;
-    let addr = listening.split_whitespace().next().unwrap().to_owned();
-    let fingerprint = cli.line_after("certificate fingerprint: ").await;
-    Served { cli, addr, fingerprint }
-}
-
 /// Polls `/ready` until it answers `status`.
 async fn ready_becomes(addr: SocketAddr, status: u16) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -145,7 +134,7 @@ async fn ready_becomes(addr: SocketAddr, status: u16) -> String {
 async fn a_clients_ready_flips_to_503_when_the_server_is_killed_and_back_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut server = serve_at(dir.path(), &listen).await;
+    let mut server = serve_at(dir.path(), &listen, &["--token", TOKEN], &[]).await;
     let mut client =
         connect(&server, &["--token", TOKEN, "--name", "probed", "--metrics", "127.0.0.1:0"], &[]);
     let probe = metrics_addr(client.line_after("metrics served on ").await);
@@ -155,7 +144,7 @@ async fn a_clients_ready_flips_to_503_when_the_server_is_killed_and_back_when_it
     let body = ready_becomes(probe, 503).await;
     assert!(body.contains("\"ready\":false"), "{body}");
 
-    let mut server = serve_at(dir.path(), &listen).await;
+    let mut server = serve_at(dir.path(), &listen, &["--token", TOKEN], &[]).await;
     let body = ready_becomes(probe, 200).await;
     assert!(body.contains("\"state\":\"connected\""), "{body}");
     let (_, text) = request(probe, "GET", "/metrics").await;

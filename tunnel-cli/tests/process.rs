@@ -180,9 +180,20 @@ pub struct Served {
 
 /// Starts `serve` on loopback; forwards bind 127.0.0.1 (the only address allowed to clients).
 pub async fn serve(state_dir: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Served {
+    serve_at(state_dir, "127.0.0.1:0", extra, envs).await
+}
+
+/// Starts `serve` on `listen` (a fixed address, for a restart on the same one, with the same
+/// state directory and so the same certificate), as [`serve`] does.
+pub async fn serve_at(
+    state_dir: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Served {
     let state_dir = state_dir.to_str().unwrap();
     let mut cmd =
-        command(&["serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir, "--allow-bind", "127.0.0.1"]);
+        command(&["serve", "--listen", listen, "--state-dir", state_dir, "--allow-bind", "127.0.0.1"]);
     cmd.args(extra);
     for (k, v) in envs {
         cmd.env(k, v);

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{classify_connect, classify_session, Failure};
-use super::{Client, ClientError, MIN_SERVER_VERSION};
+use super::{Client, ClientError, Link, MIN_SERVER_VERSION};
 use crate::log::Escaped;
 use crate::proto::handshake::HandshakeError;
 use crate::session::{Session, SessionError};
@@ -13,8 +13,8 @@ use crate::transport::{ConnectError, Wire};
 impl Client {
     /// One attempt ([`Self::dial`]: two with [`Wire::Auto`], each under the handshake
     /// timeout), and a server new enough.
-    pub(super) async fn connect(&self) -> Result<Dialed, Failure> {
-        let session = self.dial().await?;
+    pub(super) async fn connect(&self, link: &Link) -> Result<Dialed, Failure> {
+        let session = self.dial(link).await?;
         if session.version < MIN_SERVER_VERSION {
             return Err(ClientError::Protocol(format!(
                 "the server speaks protocol version {}; this client needs {MIN_SERVER_VERSION} (upgrade the server)",
@@ -29,13 +29,13 @@ impl Client {
     /// wire when the first opened a connection and then broke before our server answered
     /// (something in the path may let only HTTPS through). A server's refusal, a certificate
     /// that does not match, or no connection at all are the same over either wire.
-    async fn dial(&self) -> Result<Dialed, Failure> {
+    async fn dial(&self, link: &Link) -> Result<Dialed, Failure> {
         let first = match self.config.wire {
-            Wire::Auto if self.websocket_first.load(Ordering::Relaxed) => Wire::WebSocket,
+            Wire::Auto if link.websocket_first.load(Ordering::Relaxed) => Wire::WebSocket,
             Wire::Auto => Wire::Tcp,
             chosen => chosen,
         };
-        let failed = match self.dial_over(first).await {
+        let failed = match self.dial_over(link, first).await {
             Ok(dialed) => return Ok(dialed),
             Err(failed) => failed,
         };
@@ -48,9 +48,9 @@ impl Client {
             Failure::Permanent(err) => err.to_string(),
         };
         tracing::info!("over {first}: {}; trying {other}", Escaped(&reason));
-        match self.dial_over(other).await {
+        match self.dial_over(link, other).await {
             Ok(dialed) => {
-                self.websocket_first.store(other == Wire::WebSocket, Ordering::Relaxed);
+                link.websocket_first.store(other == Wire::WebSocket, Ordering::Relaxed);
                 Ok(dialed)
             }
             // A permanent failure over either wire settles it (the other's reason is logged).
@@ -67,12 +67,12 @@ impl Client {
 
     /// One attempt over `wire`, all under the handshake timeout: TCP (or the proxy's
     /// tunnel), TLS, the WebSocket upgrade if asked, the handshake.
-    async fn dial_over(&self, wire: Wire) -> Result<Dialed, Failed> {
+    async fn dial_over(&self, link: &Link, wire: Wire) -> Result<Dialed, Failed> {
         let config = &self.config;
         let opened = AtomicBool::new(false);
         let attempt = async {
             let connection =
-                match config.transport.connect_over(&config.server, config.proxy.as_ref(), wire).await {
+                match link.transport.connect_over(&link.server, config.proxy.as_ref(), wire).await {
                     Ok(connection) => connection,
                     Err(err) => {
                         let path = match &err {
@@ -110,7 +110,7 @@ impl Client {
         tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
             let reason = format!(
                 "no authenticated session with {} within {:?}",
-                config.server, config.handshake_timeout
+                link.server, config.handshake_timeout
             );
             Err(Failed { failure: Failure::Transient(reason), path: opened.load(Ordering::Relaxed) })
         })

@@ -41,11 +41,12 @@ pub(super) async fn bind(
     Ok(bound)
 }
 
-/// Accepts visitors until `stop`; each goes through the session current at that moment, and
-/// goes on (through a drain) until it ends or `cut`.
+/// Accepts visitors until `stop`; each goes through a session up at that moment (the first
+/// server's that is, of `sessions`, one per server), and goes on (through a drain) until it
+/// ends or `cut`.
 pub(super) async fn serve(
     local: BoundLocal,
-    session: watch::Receiver<Option<StreamOpener>>,
+    sessions: Vec<watch::Receiver<Option<StreamOpener>>>,
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
@@ -56,7 +57,7 @@ pub(super) async fn serve(
         };
         match accepted {
             Ok((tcp, visitor)) => {
-                let opener = session.borrow().clone();
+                let opener = sessions.iter().find_map(|s| s.borrow().clone().filter(|o| !o.is_closed()));
                 tokio::spawn(visit(tcp, visitor, local.spec.target.clone(), opener, cut.clone()));
             }
             Err(err) => {

@@ -84,6 +84,18 @@ pub struct ClientConfig {
     /// `handshake_timeout`; `None`: direct. A [`ClientTransport::Custom`] connector decides for
     /// itself and does not use it.
     pub proxy: Option<crate::transport::HttpProxy>,
+    /// Servers of the same deployment besides `server`: the client keeps its whole table on
+    /// each of them at once, with a session of its own per server (default: none).
+    pub other_servers: Vec<ServerEndpoint>,
+}
+
+/// Another server a client keeps its table on, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ServerEndpoint {
+    /// Address, `host:port`.
+    pub server: String,
+    /// How to reach it ([`ClientTransport::for_server`] gives the client's own toward it).
+    pub transport: ClientTransport,
 }
 
 impl ClientConfig {
@@ -108,6 +120,7 @@ impl ClientConfig {
             tls: Vec::new(),
             origin_tls: None,
             proxy: None,
+            other_servers: Vec::new(),
             session: SessionConfig {
                 // The server caps streams per session (`limits.max_streams_per_session`, at most
                 // 65536); the client, having pinned that server, follows its cap, not a lower one.
@@ -126,6 +139,9 @@ impl ClientConfig {
 
 /// Oldest protocol version this client works with: route tables came in version 2.
 const MIN_SERVER_VERSION: u16 = 2;
+
+/// With several servers, the longest wait before trying a lost one again.
+const MAX_REJOIN_DELAY: Duration = Duration::from_secs(2);
 
 /// A tunnel client.
 ///
@@ -153,6 +169,9 @@ const MIN_SERVER_VERSION: u16 = 2;
 #[derive(Debug)]
 pub struct Client {
     config: Arc<ClientConfig>,
+    /// One per server: `server`, then `other_servers`.
+    links: Vec<Link>,
+    /// The client as a whole: connected while any server is.
     status: watch::Sender<ClientStatus>,
     locals: Option<Vec<locals::BoundLocal>>,
     routes: RouteHandle,
@@ -160,6 +179,14 @@ pub struct Client {
     /// Cancelled to end a drain at once ([`DrainCut`]).
     cut: CancellationToken,
     metrics: crate::metrics::Metrics,
+}
+
+/// One server the client keeps a session with.
+#[derive(Debug)]
+struct Link {
+    server: String,
+    transport: ClientTransport,
+    status: watch::Sender<ClientStatus>,
     /// With [`Wire::Auto`]: WebSocket worked last, so it is tried first.
     websocket_first: AtomicBool,
 }
@@ -190,17 +217,20 @@ impl Client {
         let status = watch::Sender::new(ClientStatus::Connecting);
         let origins = Origins::new(config.origin_tls.clone());
         let cut = CancellationToken::new();
-        let websocket_first = AtomicBool::new(false);
-        Self {
-            config: Arc::new(config),
-            status,
-            locals: None,
-            routes,
-            origins,
-            cut,
-            metrics,
-            websocket_first,
-        }
+        let endpoints = std::iter::once(ServerEndpoint {
+            server: config.server.clone(),
+            transport: config.transport.clone(),
+        })
+        .chain(config.other_servers.iter().cloned());
+        let links = endpoints
+            .map(|ServerEndpoint { server, transport }| Link {
+                server,
+                transport,
+                status: watch::Sender::new(ClientStatus::Connecting),
+                websocket_first: AtomicBool::new(false),
+            })
+            .collect();
+        Self { config: Arc::new(config), links, status, locals: None, routes, origins, cut, metrics }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -231,9 +261,24 @@ impl Client {
         self.routes.clone()
     }
 
-    /// Follows the client's progress.
+    /// Follows the client's progress: with several servers, the first connected one's status
+    /// (else the first server's).
     pub fn status(&self) -> watch::Receiver<ClientStatus> {
         self.status.subscribe()
+    }
+
+    /// Follows each server's session: its address and status, `server` first.
+    pub fn server_statuses(&self) -> Vec<(String, watch::Receiver<ClientStatus>)> {
+        self.links.iter().map(|link| (link.server.clone(), link.status.subscribe())).collect()
+    }
+
+    /// Sets `link`'s status, and the client's from all of them.
+    fn set_status(&self, link: &Link, status: ClientStatus) {
+        link.status.send_replace(status);
+        let statuses: Vec<_> = self.links.iter().map(|l| l.status.borrow().clone()).collect();
+        let whole =
+            statuses.iter().find(|s| matches!(s, ClientStatus::Connected { .. })).unwrap_or(&statuses[0]);
+        self.status.send_replace(whole.clone());
     }
 
     /// What this client counts (sessions, reconnects, heartbeat round trips): serve it with
@@ -259,44 +304,58 @@ impl Client {
         // Local visitors go on through the drain; they are cut when this returns.
         let cut_visits = CancellationToken::new();
         let _cut_visits_on_return = cut_visits.clone().drop_guard();
-        let (session_tx, session_rx) = watch::channel(None);
+        // Each server's current session; a local visitor takes the first one up.
+        let (session_txs, session_rxs): (Vec<_>, Vec<_>) =
+            self.links.iter().map(|_| watch::channel(None)).unzip();
         let _locals: Vec<OwnedTask<()>> = self
             .locals
             .take()
             .unwrap_or_default()
             .into_iter()
             .map(|local| {
-                OwnedTask::spawn(locals::serve(local, session_rx.clone(), stop.clone(), cut_visits.clone()))
+                OwnedTask::spawn(locals::serve(local, session_rxs.clone(), stop.clone(), cut_visits.clone()))
             })
             .collect();
-        let work = self.run_until(stop.clone(), &session_tx);
+        // A permanent failure with any server ends the client.
+        let links =
+            self.links.iter().zip(&session_txs).map(|(link, tx)| self.run_until(link, stop.clone(), tx));
+        let work = futures::future::try_join_all(links);
         tokio::pin!(work, shutdown);
         tokio::select! {
-            result = &mut work => return result,
+            result = &mut work => return result.map(drop),
             () = &mut shutdown => stop.cancel(),
         }
-        work.await
+        work.await.map(drop)
     }
 
+    /// Keeps a session with `link`'s server until `stop` (or a permanent failure).
     async fn run_until(
         &self,
+        link: &Link,
         stop: CancellationToken,
         session: &watch::Sender<Option<StreamOpener>>,
     ) -> Result<(), ClientError> {
-        let mut backoff = self.config.reconnect.start();
+        let mut reconnect = self.config.reconnect;
+        if self.links.len() > 1 {
+            // A server back from a restart is rejoined within seconds, the others serving meanwhile.
+            reconnect.max = reconnect.max.min(MAX_REJOIN_DELAY);
+            reconnect.initial = reconnect.initial.min(reconnect.max);
+        }
+        let mut backoff = reconnect.start();
         // Ports the server assigned to `REMOTE_PORT 0` forwards, asked for again on reconnect.
         let mut assigned: HashMap<RouteId, u16> = HashMap::new();
         let mut version = 0;
         loop {
-            self.status.send_replace(ClientStatus::Connecting);
+            self.set_status(link, ClientStatus::Connecting);
             let outcome = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                outcome = self.connect() => outcome,
+                outcome = self.connect(link) => outcome,
             };
             let failure = match outcome {
                 Ok(established) => {
                     let mut state = SessionState { assigned: &mut assigned, version: &mut version };
-                    let served = self.serve(established, &mut state, &mut backoff, &stop, session).await;
+                    let served =
+                        self.serve(link, established, &mut state, &mut backoff, &stop, session).await;
                     session.send_replace(None);
                     match served {
                         Ok(()) => return Ok(()),
@@ -312,13 +371,9 @@ impl Client {
             let Some(delay) = backoff.next_delay() else {
                 return Err(ClientError::GaveUp { attempts: backoff.attempts(), last: error });
             };
-            tracing::warn!("{}; reconnecting in {delay:.1?}", crate::log::Escaped(&error));
+            tracing::warn!(server = %Escaped(&link.server), "{}; reconnecting in {delay:.1?}", Escaped(&error));
             self.metrics.reconnect();
-            self.status.send_replace(ClientStatus::Reconnecting {
-                attempt: backoff.attempts(),
-                delay,
-                error,
-            });
+            self.set_status(link, ClientStatus::Reconnecting { attempt: backoff.attempts(), delay, error });
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep(delay) => {}
@@ -330,6 +385,7 @@ impl Client {
     /// the session ends or we stop.
     async fn serve(
         &self,
+        link: &Link,
         Dialed { session, version: protocol, wire }: Dialed,
         state: &mut SessionState<'_>,
         backoff: &mut BackoffState,
@@ -359,17 +415,17 @@ impl Client {
         };
         // Reported either way, so every refusal is seen, even when the client then stops.
         if let Some(refused) = table.nothing_published(&mut answered) {
-            self.publish(answered, true);
+            self.publish(link, answered, true);
             close(&control, driver).await;
             return Err(refused.into());
         }
         backoff.reset();
-        tracing::info!(server = %Escaped(&self.config.server), protocol, "connected over {wire}");
+        tracing::info!(server = %Escaped(&link.server), protocol, "connected over {wire}");
         let _up = self.metrics.session_up();
         let streams = opener.clone();
         // Local forwards get the session before anyone is told it is up.
         current.send_replace(Some(opener));
-        self.publish(answered, true);
+        self.publish(link, answered, true);
 
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
@@ -394,7 +450,7 @@ impl Client {
                 Some(message) = messages.recv() => match message {
                     ControlMessage::RouteTableResult { version, results } if version == table.version() => {
                         match table.answer(results, state.assigned) {
-                            Ok(status) => self.publish(status, false),
+                            Ok(status) => self.publish(link, status, false),
                             Err(failure) => {
                                 close(&control, driver).await;
                                 return Err(failure);
@@ -473,7 +529,7 @@ impl Client {
         }
     }
 
-    fn publish(&self, answered: routes::Answered, new_session: bool) {
+    fn publish(&self, link: &Link, answered: routes::Answered, new_session: bool) {
         let routes::Answered { forwards, services, http, http_fallback, tls, refused, version, .. } =
             answered;
         for forward in &forwards {
@@ -491,7 +547,7 @@ impl Client {
         for route in &tls {
             tracing::info!(route = %route, version, "TLS route ready");
         }
-        self.status.send_replace(ClientStatus::Connected {
+        let status = ClientStatus::Connected {
             forwards,
             services,
             http,
@@ -500,7 +556,8 @@ impl Client {
             refused,
             version,
             new_session,
-        });
+        };
+        self.set_status(link, status);
     }
 }
 

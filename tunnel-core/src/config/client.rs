@@ -8,7 +8,7 @@ use super::{
     default_client_name, invalid, positive_duration, window_growth, ConfigError, HumanDuration, SecretString,
 };
 use crate::auth::Token;
-use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError};
+use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError, ServerEndpoint};
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::http::{HttpAction, HttpRoute, Service, TlsRoute};
 use crate::proto::validate_name;
@@ -31,8 +31,10 @@ use crate::transport::ClientTransport;
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
-    /// Server address, `host:port` (required).
-    pub server: Option<String>,
+    /// Server address, `host:port` (required); or a list of the servers of one deployment,
+    /// which the client keeps its whole table on at once.
+    #[serde(default, with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub server: Vec<String>,
     /// Token (or `token_file`, or the `TUNNEL_TOKEN` environment variable).
     pub token: Option<SecretString>,
     /// File holding the token.
@@ -65,10 +67,13 @@ pub struct ClientFile {
     /// HTTP routes with the full set of matches and actions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteFile>,
-    /// Pinned SHA-256 fingerprint of the server certificate.
-    pub fingerprint: Option<Fingerprint>,
-    /// PEM file of CA certificates to verify the server with.
-    pub ca: Option<PathBuf>,
+    /// Pinned SHA-256 fingerprint of the server certificate; or a list, a server being trusted
+    /// when its certificate matches any of them.
+    #[serde(default, with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub fingerprint: Vec<Fingerprint>,
+    /// PEM file of CA certificates to verify the server with; or a list of files, all trusted.
+    #[serde(default, with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<PathBuf>,
     /// PEM file of CA certificates trusted for `https://` origins, beside the system's.
     pub origin_ca: Option<PathBuf>,
     /// Connect without TLS; the server must opt in too (default false).
@@ -242,8 +247,8 @@ impl ReconnectFile {
 /// How the client verifies the server.
 enum Trust<'a> {
     Plaintext,
-    Pinned(&'a Fingerprint),
-    Ca(&'a Path),
+    Pinned(&'a [Fingerprint]),
+    Ca(&'a [PathBuf]),
 }
 
 impl ClientFile {
@@ -275,8 +280,11 @@ impl ClientFile {
         }
         let trust = self.trust()?;
         if !matches!(trust, Trust::Plaintext) {
-            crate::transport::server_name(server).map_err(|e| invalid("server", e))?;
+            for server in self.servers()? {
+                crate::transport::server_name(server).map_err(|e| invalid("server", e))?;
+            }
         }
+        let _ = server;
         // Any token will do to check the rest.
         self.runtime(Token::generate(), ClientTransport::Plaintext).map(drop)
     }
@@ -289,8 +297,15 @@ impl ClientFile {
             .ok_or(ConfigError::Missing { key: "token", why: "the token to authenticate with" })?;
         let transport = match self.trust()? {
             Trust::Plaintext => ClientTransport::Plaintext,
-            Trust::Pinned(fp) => tls_transport(&ServerTrust::Pinned(*fp), server)?,
-            Trust::Ca(path) => tls_transport(&ServerTrust::ca_file(path)?, server)?,
+            Trust::Pinned([fp]) => tls_transport(&ServerTrust::Pinned(*fp), server)?,
+            Trust::Pinned(fps) => tls_transport(&ServerTrust::PinnedAny(fps.to_vec()), server)?,
+            Trust::Ca(paths) => {
+                let mut roots = Vec::new();
+                for path in paths {
+                    roots.extend(crate::tls::read_certs(path)?);
+                }
+                tls_transport(&ServerTrust::Roots(roots), server)?
+            }
         };
         let mut config = self.runtime(token, transport)?;
         if let Some(path) = &self.origin_ca {
@@ -322,29 +337,41 @@ impl ClientFile {
         Ok(routes)
     }
 
+    /// The first server: the one `server`, or the first of a list.
     fn server(&self) -> Result<&str, ConfigError> {
-        let server = self
-            .server
-            .as_deref()
-            .ok_or(ConfigError::Missing { key: "server", why: "the server's address, HOST:PORT" })?;
-        if !server.contains(':') || server.ends_with(':') {
-            return Err(invalid("server", format!("{server:?} is not HOST:PORT")));
+        Ok(self.servers()?[0])
+    }
+
+    /// Every server, checked, and none twice.
+    fn servers(&self) -> Result<Vec<&str>, ConfigError> {
+        if self.server.is_empty() {
+            return Err(ConfigError::Missing { key: "server", why: "the server's address, HOST:PORT" });
         }
-        Ok(server)
+        let mut servers: Vec<&str> = Vec::with_capacity(self.server.len());
+        for server in &self.server {
+            if !server.contains(':') || server.ends_with(':') {
+                return Err(invalid("server", format!("{server:?} is not HOST:PORT")));
+            }
+            if servers.contains(&server.as_str()) {
+                return Err(invalid("server", format!("{server:?} is listed twice")));
+            }
+            servers.push(server);
+        }
+        Ok(servers)
     }
 
     fn trust(&self) -> Result<Trust<'_>, ConfigError> {
-        match (self.insecure_plaintext, &self.fingerprint, &self.ca) {
-            (true, None, None) => Ok(Trust::Plaintext),
+        match (self.insecure_plaintext, self.fingerprint.is_empty(), self.ca.is_empty()) {
+            (true, true, true) => Ok(Trust::Plaintext),
             (true, _, _) => Err(ConfigError::Conflict(
                 "`insecure_plaintext` cannot be combined with `fingerprint`/`ca`".into(),
             )),
-            (false, Some(_), Some(_)) => {
+            (false, false, false) => {
                 Err(ConfigError::Conflict("give `fingerprint` or `ca`, not both".into()))
             }
-            (false, Some(fp), None) => Ok(Trust::Pinned(fp)),
-            (false, None, Some(ca)) => Ok(Trust::Ca(ca)),
-            (false, None, None) => Err(ConfigError::Missing {
+            (false, false, true) => Ok(Trust::Pinned(&self.fingerprint)),
+            (false, true, false) => Ok(Trust::Ca(&self.ca)),
+            (false, true, true) => Err(ConfigError::Missing {
                 key: "fingerprint",
                 why: "the server's certificate must be verified: set `fingerprint` or `ca` \
                       (or `insecure_plaintext` on both sides)",
@@ -390,7 +417,51 @@ impl ClientFile {
             config.proxy = Some(proxy.expose_secret().parse().map_err(|e| invalid("proxy", e))?);
         }
         config.wire = self.transport.unwrap_or_default();
+        for server in &self.servers()?[1..] {
+            let transport = config.transport.for_server(server).map_err(|e| invalid("server", e))?;
+            config.other_servers.push(ServerEndpoint { server: (*server).to_owned(), transport });
+        }
         Ok(config)
+    }
+}
+
+/// A key that holds one value or a list of them: read either way, written as one value when
+/// there is one.
+mod one_or_many {
+    use std::marker::PhantomData;
+
+    use serde::de::{self, value::SeqAccessDeserializer, value::StrDeserializer, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    struct OneOrMany<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrMany<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<T>, E> {
+            T::deserialize(StrDeserializer::<E>::new(text)).map(|one| vec![one])
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::<T>::deserialize(SeqAccessDeserializer::new(seq))
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        d.deserialize_any(OneOrMany(PhantomData))
+    }
+
+    pub(super) fn serialize<S: Serializer, T: Serialize>(values: &[T], s: S) -> Result<S::Ok, S::Error> {
+        match values {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
     }
 }
 
@@ -418,6 +489,35 @@ mod tests {
         assert_eq!(config.remotes.len(), 2);
         assert_eq!(config.reconnect.max.as_secs(), 60);
         assert_eq!(config.reconnect.max_attempts, None);
+    }
+
+    #[test]
+    fn several_servers_and_fingerprints_are_lists_and_one_is_written_as_one() {
+        let other = "1".repeat(64);
+        let text = format!(
+            "server = [\"a.example.com:7700\", \"b.example.com:7700\"]\ntoken = \"config-test-token-0123\"\n\
+             fingerprint = [\"{FP}\", \"{other}\"]\n"
+        );
+        let config = build(&text).unwrap();
+        assert_eq!(config.server, "a.example.com:7700");
+        let others: Vec<&str> = config.other_servers.iter().map(|e| e.server.as_str()).collect();
+        assert_eq!(others, ["b.example.com:7700"]);
+        assert!(format!("{:?}", config.other_servers[0].transport).contains("b.example.com"), "TLS names B");
+
+        let one =
+            ClientFile::parse(&format!("server = \"a:1\"\nfingerprint = \"{FP}\"\n"), Path::new("c.toml"));
+        let rendered = one.unwrap().to_toml().unwrap();
+        assert!(
+            rendered.contains("server = \"a:1\"") && rendered.contains(&format!("fingerprint = \"{FP}\""))
+        );
+
+        let base = "token = \"config-test-token-0123\"\n";
+        let twice = format!("{base}server = [\"a:1\", \"a:1\"]\nfingerprint = \"{FP}\"\n");
+        assert!(build(&twice).unwrap_err().chain().contains("listed twice"));
+        let bad = format!("{base}server = \"a:1\"\nfingerprint = [\"{FP}\", \"nope\"]\n");
+        assert!(build(&bad).unwrap_err().chain().contains("fingerprint"));
+        let none = format!("{base}server = []\nfingerprint = \"{FP}\"\n");
+        assert!(build(&none).unwrap_err().chain().contains("server"));
     }
 
     #[test]

@@ -12,6 +12,9 @@ use super::{provider, Fingerprint, TlsError, ALPN};
 pub enum ServerTrust {
     /// Accept exactly the certificate with this fingerprint (any name, any issuer).
     Pinned(Fingerprint),
+    /// Accept a certificate whose fingerprint is any of these (the servers of one deployment,
+    /// each with a certificate of its own).
+    PinnedAny(Vec<Fingerprint>),
     /// Accept a certificate chaining to one of these roots and valid for the server's name.
     Roots(Vec<CertificateDer<'static>>),
 }
@@ -31,7 +34,14 @@ pub fn client_config(trust: &ServerTrust) -> Result<Arc<rustls::ClientConfig>, T
         ServerTrust::Pinned(fp) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                expected: *fp,
+                expected: vec![*fp],
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        ServerTrust::PinnedAny(fps) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                expected: fps.clone(),
                 provider: provider(),
             }))
             .with_no_client_auth(),
@@ -81,19 +91,23 @@ pub fn trusting(extra: Vec<CertificateDer<'static>>) -> Result<Arc<rustls::Clien
 
 /// The error a pinned verifier reports, recoverable from the rustls error for a clear message.
 #[derive(Debug, thiserror::Error)]
-#[error("server certificate fingerprint is {actual}, expected {expected}")]
+#[error("server certificate fingerprint is {actual}, expected {}", list(expected))]
 pub struct FingerprintMismatch {
-    /// The pinned fingerprint.
-    pub expected: Fingerprint,
+    /// The pinned fingerprints.
+    pub expected: Vec<Fingerprint>,
     /// What the server presented.
     pub actual: Fingerprint,
 }
 
-/// Trusts one certificate by its SHA-256, then checks the handshake signature with its key as
-/// usual, so only the holder of that certificate's private key can complete the handshake.
+fn list(fingerprints: &[Fingerprint]) -> String {
+    fingerprints.iter().map(ToString::to_string).collect::<Vec<_>>().join(" or ")
+}
+
+/// Trusts certificates by their SHA-256, then checks the handshake signature with the key as
+/// usual, so only the holder of such a certificate's private key can complete the handshake.
 #[derive(Debug)]
 struct PinnedVerifier {
-    expected: Fingerprint,
+    expected: Vec<Fingerprint>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -107,11 +121,11 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let actual = Fingerprint::of_der(end_entity.as_ref());
-        if actual == self.expected {
+        if self.expected.contains(&actual) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(FingerprintMismatch { expected: self.expected, actual }),
+                Arc::new(FingerprintMismatch { expected: self.expected.clone(), actual }),
             ))))
         }
     }

@@ -269,6 +269,17 @@ impl ClientTransport {
         Self::Custom(Arc::new(connector))
     }
 
+    /// The same transport toward another `server` (`host:port`) of the deployment: TLS
+    /// presents and verifies that server's host, with the same trust.
+    pub fn for_server(&self, server: &str) -> Result<Self, InvalidServerName> {
+        Ok(match self {
+            Self::Tls { config, .. } => {
+                Self::Tls { config: config.clone(), server_name: server_name(server)? }
+            }
+            other => other.clone(),
+        })
+    }
+
     /// Opens a connection to `server` (`host:port`) as configured.
     pub async fn connect(&self, server: &str) -> Result<Connection, ConnectError> {
         self.connect_via(server, None).await

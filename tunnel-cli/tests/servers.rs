@@ -1,0 +1,132 @@
+//! Several servers (`--server` and `--fingerprint` given twice), as a user runs a deployment of
+//! two: the client keeps its forward on both; one server killed with SIGKILL loses only its own
+//! visitors while every request through the other succeeds, counted one by one, and a local
+//! forward goes through the one still up; when the killed one returns on its address, the
+//! client is back on it within 5 s.
+
+#[path = "../../tunnel-core/tests/common/mod.rs"]
+mod common;
+mod process;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::echo_target;
+use process::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "servers-test-token-8c31d7";
+
+/// One request through `public`: connect, send, read the echo back.
+async fn request(public: SocketAddr) -> Result<(), String> {
+    let attempt = async {
+        let mut tcp = TcpStream::connect(public).await.map_err(|e| e.to_string())?;
+        tcp.write_all(b"ping").await.map_err(|e| e.to_string())?;
+        let mut echo = [0u8; 4];
+        tcp.read_exact(&mut echo).await.map_err(|e| e.to_string())?;
+        if &echo == b"ping" {
+            Ok(())
+        } else {
+            Err(format!("echoed {echo:?}"))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt).await.unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// Requests through `public` one after the other until `stop`: (successes, failures).
+fn load(public: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u32, u32)> {
+    tokio::spawn(async move {
+        let (ok, failed) = (AtomicU32::new(0), AtomicU32::new(0));
+        // Bounded: at most this many, whatever happens.
+        for _ in 0..20_000 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match request(public).await {
+                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        (ok.into_inner(), failed.into_inner())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_loses_only_its_visitors_and_is_rejoined_within_five_seconds() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let listen_a = format!("127.0.0.1:{}", free_port());
+    let echo = echo_target().await.to_string();
+    let server_args = ["--token", TOKEN, "--allow-targets", &echo];
+    let mut a = serve_at(dir_a.path(), &listen_a, &server_args, &[]).await;
+    let b = serve(dir_b.path(), &server_args, &[]).await;
+    assert_ne!(a.fingerprint, b.fingerprint, "each server has a certificate of its own");
+    let forward = format!("0:{echo}");
+    let servers = ["--server", &a.addr, "--server", &b.addr];
+    let trust = ["--fingerprint", &a.fingerprint, "--fingerprint", &b.fingerprint];
+    let rest = ["--token", TOKEN, "--name", "on-both", "-R", &forward, "-L", &forward];
+    let client = spawn(command(&[&["connect"][..], &servers, &trust, &rest].concat()));
+    let local: SocketAddr =
+        client.line_after("local forward listening: ").await.split(" -> ").next().unwrap().parse().unwrap();
+    let ready = client.lines_after("remote forward ready: ", 2).await;
+    let publics: Vec<SocketAddr> =
+        ready.iter().map(|line| line.split(" -> ").next().unwrap().parse().unwrap()).collect();
+    assert_ne!(publics[0], publics[1]);
+    for public in &publics {
+        request(*public).await.unwrap();
+    }
+
+    // Load through both; server A dies mid-load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = publics.iter().map(|p| load(*p, stop.clone())).collect();
+    a.cli.kill_hard().await;
+    let killed_at = Instant::now();
+    // A's public port is the one that stops answering; B's keeps going.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let a_public = loop {
+        let mut down = Vec::new();
+        for public in &publics {
+            if TcpStream::connect(public).await.is_err() {
+                down.push(*public);
+            }
+        }
+        if let [one] = down[..] {
+            break one;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no single forward went down with its server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let b_public = *publics.iter().find(|p| **p != a_public).unwrap();
+    // The local forward goes through whichever server is up (once the client saw A go).
+    client.output_contains("reconnecting in").await;
+    request(local).await.unwrap();
+
+    // A returns on its address with its certificate: the client is back on it within 5 s.
+    let a = serve_at(dir_a.path(), &listen_a, &server_args, &[]).await;
+    let restarted_at = Instant::now();
+    let back = client.lines_after("remote forward ready: ", 3).await;
+    let rejoined = restarted_at.elapsed();
+    assert!(rejoined < Duration::from_secs(5), "rejoined {rejoined:?} after the restart");
+    let a_public_again: SocketAddr = back[2].split(" -> ").next().unwrap().parse().unwrap();
+    assert_eq!(a_public_again, a_public, "the forward got its port back on the restarted server");
+    request(a_public).await.unwrap();
+
+    stop.store(true, Ordering::Relaxed);
+    let mut counts = Vec::new();
+    for load in loads {
+        counts.push(load.await.unwrap());
+    }
+    let index_b = publics.iter().position(|p| *p == b_public).unwrap();
+    let (b_ok, b_failed) = counts[index_b];
+    assert_eq!(b_failed, 0, "requests through the server that stayed failed ({b_ok} succeeded)");
+    assert!(b_ok > 10, "too few requests through the server that stayed to count: {b_ok}");
+    let (_, a_failed) = counts[1 - index_b];
+    assert!(a_failed > 0, "requests through the killed server kept succeeding");
+    println!(
+        "kill to restart {:?}; rejoined {rejoined:?} after; through B {b_ok} ok, 0 failed",
+        restarted_at - killed_at
+    );
+    drop(a);
+}
