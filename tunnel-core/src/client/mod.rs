@@ -91,11 +91,19 @@ pub struct ClientConfig {
 
 /// Another server a client keeps its table on, and how to reach it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerEndpoint {
     /// Address, `host:port`.
     pub server: String,
     /// How to reach it ([`ClientTransport::for_server`] gives the client's own toward it).
     pub transport: ClientTransport,
+}
+
+impl ServerEndpoint {
+    /// `server`, reached with `transport`.
+    pub fn new(server: impl Into<String>, transport: ClientTransport) -> Self {
+        Self { server: server.into(), transport }
+    }
 }
 
 impl ClientConfig {
@@ -217,11 +225,8 @@ impl Client {
         let status = watch::Sender::new(ClientStatus::Connecting);
         let origins = Origins::new(config.origin_tls.clone());
         let cut = CancellationToken::new();
-        let endpoints = std::iter::once(ServerEndpoint {
-            server: config.server.clone(),
-            transport: config.transport.clone(),
-        })
-        .chain(config.other_servers.iter().cloned());
+        let endpoints = std::iter::once(ServerEndpoint::new(config.server.clone(), config.transport.clone()))
+            .chain(config.other_servers.iter().cloned());
         let links = endpoints
             .map(|ServerEndpoint { server, transport }| Link {
                 server,
@@ -272,13 +277,20 @@ impl Client {
         self.links.iter().map(|link| (link.server.clone(), link.status.subscribe())).collect()
     }
 
-    /// Sets `link`'s status, and the client's from all of them.
+    /// Sets `link`'s status, and the client's from all of them (told only when it changed).
+    /// Every link runs inside [`Client::run`]'s one task, so two never set it at once.
     fn set_status(&self, link: &Link, status: ClientStatus) {
         link.status.send_replace(status);
         let statuses: Vec<_> = self.links.iter().map(|l| l.status.borrow().clone()).collect();
         let whole =
             statuses.iter().find(|s| matches!(s, ClientStatus::Connected { .. })).unwrap_or(&statuses[0]);
-        self.status.send_replace(whole.clone());
+        self.status.send_if_modified(|now| {
+            let changed = now != whole;
+            if changed {
+                *now = whole.clone();
+            }
+            changed
+        });
     }
 
     /// What this client counts (sessions, reconnects, heartbeat round trips): serve it with
@@ -316,16 +328,53 @@ impl Client {
                 OwnedTask::spawn(locals::serve(local, session_rxs.clone(), stop.clone(), cut_visits.clone()))
             })
             .collect();
-        // A permanent failure with any server ends the client.
-        let links =
-            self.links.iter().zip(&session_txs).map(|(link, tx)| self.run_until(link, stop.clone(), tx));
-        let work = futures::future::try_join_all(links);
+        let work = self.run_links(stop.clone(), &session_txs);
         tokio::pin!(work, shutdown);
         tokio::select! {
-            result = &mut work => return result.map(drop),
+            result = &mut work => return result,
             () = &mut shutdown => stop.cancel(),
         }
-        work.await.map(drop)
+        work.await
+    }
+
+    /// Runs a link per server until `stop`. A permanent failure with one server (a refused
+    /// token, a certificate no pin matches) drains the others and ends the client with it; with
+    /// several servers, one given up on (`reconnect.max_attempts`) stops alone, and the client
+    /// ends when every server has been given up on.
+    async fn run_links(
+        &self,
+        stop: CancellationToken,
+        sessions: &[watch::Sender<Option<StreamOpener>>],
+    ) -> Result<(), ClientError> {
+        use futures::StreamExt;
+        let several = self.links.len() > 1;
+        let mut running: futures::stream::FuturesUnordered<_> = self
+            .links
+            .iter()
+            .zip(sessions)
+            .map(|(link, tx)| self.run_until(link, stop.clone(), tx))
+            .collect();
+        let (mut failed, mut gave_up) = (None, None);
+        while let Some(ended) = running.next().await {
+            match ended {
+                Ok(()) => {}
+                Err(err @ ClientError::GaveUp { .. }) if several && failed.is_none() => {
+                    tracing::warn!("giving up on one server: {}", Escaped(&err.to_string()));
+                    gave_up = Some(err);
+                }
+                Err(err) => {
+                    if failed.is_none() {
+                        stop.cancel();
+                        failed = Some(err);
+                    }
+                }
+            }
+        }
+        match (failed, gave_up) {
+            (Some(err), _) => Err(err),
+            (None, Some(err)) if !stop.is_cancelled() => Err(err),
+            _ => Ok(()),
+        }
     }
 
     /// Keeps a session with `link`'s server until `stop` (or a permanent failure).
@@ -459,11 +508,16 @@ impl Client {
                     }
                     // The answer to a table we have replaced since: the next one follows.
                     ControlMessage::RouteTableResult { .. } => {}
-                    ControlMessage::Draining { deadline_ms, message } => tracing::info!(
-                        "the server is draining ({}): its open streams have up to {:?}, then this client reconnects",
-                        Escaped(&message),
-                        Duration::from_millis(u64::from(deadline_ms))
-                    ),
+                    ControlMessage::Draining { deadline_ms, message } => {
+                        tracing::info!(
+                            server = %Escaped(&link.server),
+                            "the server is draining ({}): its open streams have up to {:?}, then this client reconnects",
+                            Escaped(&message),
+                            Duration::from_millis(u64::from(deadline_ms))
+                        );
+                        // It takes no new streams: local forwards go through another server.
+                        current.send_replace(None);
+                    }
                     other => tracing::debug!("ignoring unexpected control message: {other:?}"),
                 },
                 () = stop.cancelled() => {

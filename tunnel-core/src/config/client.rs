@@ -270,7 +270,7 @@ impl ClientFile {
     /// Checks everything that can be checked without the disk; the token and CA files are
     /// [`ClientFile::build`]'s.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let server = self.server()?;
+        let servers = self.servers()?;
         if let Some(listen) = &self.metrics {
             super::check_listen("metrics", listen)?;
         }
@@ -280,11 +280,10 @@ impl ClientFile {
         }
         let trust = self.trust()?;
         if !matches!(trust, Trust::Plaintext) {
-            for server in self.servers()? {
+            for server in servers {
                 crate::transport::server_name(server).map_err(|e| invalid("server", e))?;
             }
         }
-        let _ = server;
         // Any token will do to check the rest.
         self.runtime(Token::generate(), ClientTransport::Plaintext).map(drop)
     }
@@ -352,7 +351,8 @@ impl ClientFile {
             if !server.contains(':') || server.ends_with(':') {
                 return Err(invalid("server", format!("{server:?} is not HOST:PORT")));
             }
-            if servers.contains(&server.as_str()) {
+            // The same server twice would replace its own session there.
+            if servers.iter().any(|s| s.eq_ignore_ascii_case(server)) {
                 return Err(invalid("server", format!("{server:?} is listed twice")));
             }
             servers.push(server);
@@ -419,7 +419,7 @@ impl ClientFile {
         config.wire = self.transport.unwrap_or_default();
         for server in &self.servers()?[1..] {
             let transport = config.transport.for_server(server).map_err(|e| invalid("server", e))?;
-            config.other_servers.push(ServerEndpoint { server: (*server).to_owned(), transport });
+            config.other_servers.push(ServerEndpoint::new(*server, transport));
         }
         Ok(config)
     }
@@ -470,134 +470,5 @@ fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, C
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FP: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-    fn build(text: &str) -> Result<ClientConfig, ConfigError> {
-        ClientFile::parse(text, Path::new("client.toml"))?.build()
-    }
-
-    #[test]
-    fn a_full_file_builds() {
-        let config = build(&format!(
-            "server = \"example.com:7700\"\ntoken = \"config-test-token-0123\"\nname = \"laptop\"\nfingerprint = \"{FP}\"\n\
-             remote = [\"6443:127.0.0.1:6443\", \"0:localhost:80\"]\n[reconnect]\ninitial = \"1s\"\nmax = \"1m\"\n"
-        ))
-        .unwrap();
-        assert_eq!(config.remotes.len(), 2);
-        assert_eq!(config.reconnect.max.as_secs(), 60);
-        assert_eq!(config.reconnect.max_attempts, None);
-    }
-
-    #[test]
-    fn several_servers_and_fingerprints_are_lists_and_one_is_written_as_one() {
-        let other = "1".repeat(64);
-        let text = format!(
-            "server = [\"a.example.com:7700\", \"b.example.com:7700\"]\ntoken = \"config-test-token-0123\"\n\
-             fingerprint = [\"{FP}\", \"{other}\"]\n"
-        );
-        let config = build(&text).unwrap();
-        assert_eq!(config.server, "a.example.com:7700");
-        let others: Vec<&str> = config.other_servers.iter().map(|e| e.server.as_str()).collect();
-        assert_eq!(others, ["b.example.com:7700"]);
-        assert!(format!("{:?}", config.other_servers[0].transport).contains("b.example.com"), "TLS names B");
-
-        let one =
-            ClientFile::parse(&format!("server = \"a:1\"\nfingerprint = \"{FP}\"\n"), Path::new("c.toml"));
-        let rendered = one.unwrap().to_toml().unwrap();
-        assert!(
-            rendered.contains("server = \"a:1\"") && rendered.contains(&format!("fingerprint = \"{FP}\""))
-        );
-
-        let base = "token = \"config-test-token-0123\"\n";
-        let twice = format!("{base}server = [\"a:1\", \"a:1\"]\nfingerprint = \"{FP}\"\n");
-        assert!(build(&twice).unwrap_err().chain().contains("listed twice"));
-        let bad = format!("{base}server = \"a:1\"\nfingerprint = [\"{FP}\", \"nope\"]\n");
-        assert!(build(&bad).unwrap_err().chain().contains("fingerprint"));
-        let none = format!("{base}server = []\nfingerprint = \"{FP}\"\n");
-        assert!(build(&none).unwrap_err().chain().contains("server"));
-    }
-
-    #[test]
-    fn debug_masks_the_token() {
-        let file =
-            ClientFile::parse("token = \"client-secret-0123456789\"\n", Path::new("client.toml")).unwrap();
-        let shown = format!("{file:?}");
-        assert!(!shown.contains("client-secret") && shown.contains("***"), "{shown}");
-        assert_eq!(file.token.as_ref().map(SecretString::expose_secret), Some("client-secret-0123456789"));
-    }
-
-    #[test]
-    fn remote_forwards_take_options_in_a_table_beside_plain_strings() {
-        let config = build(&format!(
-            "server = \"example.com:7700\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n\
-             remote = [\"8080:127.0.0.1:80\", {{ spec = \"2222:127.0.0.1:22\", idle_timeout = \"1h\" }}]\n"
-        ))
-        .unwrap();
-        assert_eq!(config.remotes[0].idle_timeout, None);
-        assert_eq!(config.remotes[1].idle_timeout, Some(std::time::Duration::from_secs(3600)));
-        assert_eq!(config.remotes[1].remote_port, 2222);
-        let base = format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n");
-        for (entry, needle) in [
-            ("{ spec = \"1:h:2\", idle = \"1h\" }", "unknown field `idle`"),
-            ("{ idle_timeout = \"1h\" }", "missing field `spec`"),
-            ("{ spec = \"1:h:2\", idle_timeout = \"0s\" }", "remote.idle_timeout"),
-            ("{ spec = \"1:h:2\", idle_timeout = \"soon\" }", "duration"),
-            ("{ spec = \"nonsense\" }", "remote"),
-            ("42", "a spec string, or a table with `spec` and options"),
-            ("{ spec = \"1:h:2\", proxy_protocol = \"v3\" }", "unknown variant `v3`, expected `v1` or `v2`"),
-        ] {
-            let err = build(&format!("{base}remote = [{entry}]\n")).unwrap_err().chain();
-            assert!(err.contains(needle), "{entry}: {err}");
-        }
-    }
-
-    #[test]
-    fn missing_and_conflicting_settings_are_explained() {
-        let cases = [
-            (format!("token = \"config-test-token-0123\"\nfingerprint = \"{FP}\""), "missing `server`"),
-            (format!("server = \"h:1\"\nfingerprint = \"{FP}\""), "missing `token`"),
-            ("server = \"h:1\"\ntoken = \"config-test-token-0123\"".to_owned(), "missing `fingerprint`"),
-            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nca = \"x.pem\""), "not both"),
-            (
-                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\ninsecure_plaintext = true"),
-                "insecure",
-            ),
-            ("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"zz\"".to_owned(), "fingerprint"),
-            (
-                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nremote = [\"1:2\"]"),
-                "remote",
-            ),
-            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nname = \"a/b\""), "name"),
-            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nremotes = []"), "remotes"),
-            (
-                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nmax_receive_window_mib = 4097"),
-                "max_receive_window_mib",
-            ),
-            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nlocal = [\"1:a b/c\"]"), "local"),
-            (format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nexpose = [\"k=h:1\", \"k=h:2\"]"), "twice"),
-            (
-                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nhandshake_timeout = \"0s\""),
-                "invalid `handshake_timeout`: must be more than 0",
-            ),
-            (
-                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nheartbeat_timeout = \"0s\""),
-                "invalid `heartbeat_timeout`: must be more than 0",
-            ),
-            (
-                format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n[reconnect]\nmax = \"0s\""),
-                "invalid `reconnect.max`: must be more than 0",
-            ),
-            (format!("server = \"h:1\"\ntoken = \"short\"\nfingerprint = \"{FP}\""), "at least 16"),
-            (format!("server = \"h:1\"\ntoken = 1234567890123456\nfingerprint = \"{FP}\""), "value not shown"),
-        ];
-        for (text, needle) in cases {
-            let err = build(&text).unwrap_err().chain();
-            assert!(err.contains(needle), "{text}: {err}");
-            // The library speaks of keys; flags are the CLI's to mention.
-            assert!(!err.contains("--"), "{text}: {err}");
-        }
-    }
-}
+#[path = "client_tests.rs"]
+mod tests;
