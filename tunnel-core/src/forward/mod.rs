@@ -7,14 +7,13 @@
 mod copy;
 mod handler;
 mod ports;
-mod proxy_header;
 mod rules;
 mod spec;
 
+pub use crate::proto::ProxyProtocol;
 pub(crate) use copy::splice_metered;
 pub use copy::{copy_until_eof, splice, splice_with, SpliceLimits, SpliceStats, COPY_BUFFER};
 pub use handler::{StreamHandler, Target, Visitor};
 pub use ports::{PortSet, PortSetError};
-pub use proxy_header::ProxyProtocol;
 pub use rules::{Glob, RuleError, TargetRules, VisitRule};
 pub use spec::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SpecError, TargetAddr, VisitTarget};

@@ -268,7 +268,7 @@ pub struct TlsRoute {
     pub target: TargetAddr,
     /// A PROXY protocol header to write to the origin before each visitor's bytes (default:
     /// none). Not part of the text form.
-    pub proxy_protocol: Option<crate::forward::ProxyProtocol>,
+    pub proxy_protocol: Option<crate::proto::ProxyProtocol>,
 }
 
 impl FromStr for TlsRoute {

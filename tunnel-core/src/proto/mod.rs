@@ -1,4 +1,5 @@
-//! Wire format: frames, handshake messages, control messages and data-stream headers.
+//! Wire format: frames, handshake messages, control messages and data-stream headers (and the
+//! PROXY protocol header a client writes to a target).
 //!
 //! Everything here is a pure function over bytes or a sans-IO state machine; `session::framed`
 //! reads and writes these formats on a stream. Beneath it sits only [`crate::auth`] (pure
@@ -11,6 +12,7 @@ pub mod frame;
 pub mod handshake;
 pub mod header;
 pub mod http;
+mod proxy_header;
 pub mod route;
 pub mod target;
 pub(crate) mod wire;
@@ -19,6 +21,7 @@ pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
 pub use frame::FrameTooLarge;
 pub use header::{ReplyStatus, StreamHeader, StreamReply, ROUTE_HEADER};
 pub use http::{HostPattern, HttpMatch, PathMatch};
+pub use proxy_header::ProxyProtocol;
 pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 pub use target::{SpecError, TargetAddr, VisitTarget};
 
