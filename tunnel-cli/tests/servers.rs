@@ -2,7 +2,7 @@
 //! two: the client keeps its forward on both; one server killed with SIGKILL loses only its own
 //! visitors while every request through the other succeeds, counted one by one, and a local
 //! forward goes through the one still up; when the killed one returns on its address, the
-//! client is back on it within 5 s.
+//! client is back on it, forward and all, within 5 s.
 
 #[path = "../../tunnel-core/tests/common/mod.rs"]
 mod common;
@@ -111,8 +111,10 @@ async fn a_killed_server_loses_only_its_visitors_and_is_rejoined_within_five_sec
     assert!(rejoined < Duration::from_secs(5), "rejoined {rejoined:?} after the restart");
     let again: Vec<SocketAddr> =
         back[2..].iter().map(|line| line.split(" -> ").next().unwrap().parse().unwrap()).collect();
-    assert!(again.contains(&a_public), "the forward got its port back on the restarted server: {again:?}");
-    request(a_public).await.unwrap();
+    // Its port if the restarted server could bind it again (sockets of the killed process may
+    // still hold it), else another: either way, one that is not B's.
+    let a_again = *again.iter().find(|p| **p != b_public).expect("a forward on the restarted server");
+    request(a_again).await.unwrap();
 
     stop.store(true, Ordering::Relaxed);
     let mut counts = Vec::new();
