@@ -207,7 +207,7 @@ async fn sigterm_lets_an_http_download_finish_closes_idle_keep_alive_connections
     download.read_up_to(MIB).await;
 
     server.cli.send_term();
-    server.cli.output_contains("session draining: no new visitors").await;
+    server.cli.output_contains(&format!("edge listener {edge} closed: no new visitors")).await;
     assert!(refused(TcpStream::connect(edge).await), "a new visitor got in during the drain");
     let (mut idle, mut rest) = (idle, Vec::new());
     let closed = tokio::time::timeout(PATIENCE, idle.read_to_end(&mut rest)).await;

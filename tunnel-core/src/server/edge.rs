@@ -130,7 +130,9 @@ impl Server {
         }
         // Draining: no new visitors; requests in flight are answered, each connection then
         // closes, within the drain time.
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         drop(listener);
+        tracing::info!("edge listener {addr} closed: no new visitors");
         edge.drain();
         tasks.close();
         let limit = self.shared.config().drain_timeout;
