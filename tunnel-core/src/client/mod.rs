@@ -9,6 +9,7 @@
 mod backoff;
 mod dial;
 mod error;
+mod links;
 mod locals;
 mod routes;
 mod status;
@@ -30,6 +31,7 @@ pub use status::{ActiveForward, ActiveLocal, ClientStatus};
 
 use self::dial::Dialed;
 use self::error::{classify_end, Failure};
+use self::links::Link;
 use crate::auth::Token;
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
@@ -189,16 +191,6 @@ pub struct Client {
     metrics: crate::metrics::Metrics,
 }
 
-/// One server the client keeps a session with.
-#[derive(Debug)]
-struct Link {
-    server: String,
-    transport: ClientTransport,
-    status: watch::Sender<ClientStatus>,
-    /// With [`Wire::Auto`]: WebSocket worked last, so it is tried first.
-    websocket_first: AtomicBool,
-}
-
 /// Ends a client's drain at once (the streams still open are cut), from outside [`Client::run`].
 #[derive(Debug, Clone)]
 pub struct DrainCut(CancellationToken);
@@ -277,22 +269,6 @@ impl Client {
         self.links.iter().map(|link| (link.server.clone(), link.status.subscribe())).collect()
     }
 
-    /// Sets `link`'s status, and the client's from all of them (told only when it changed).
-    /// Every link runs inside [`Client::run`]'s one task, so two never set it at once.
-    fn set_status(&self, link: &Link, status: ClientStatus) {
-        link.status.send_replace(status);
-        let statuses: Vec<_> = self.links.iter().map(|l| l.status.borrow().clone()).collect();
-        let whole =
-            statuses.iter().find(|s| matches!(s, ClientStatus::Connected { .. })).unwrap_or(&statuses[0]);
-        self.status.send_if_modified(|now| {
-            let changed = now != whole;
-            if changed {
-                *now = whole.clone();
-            }
-            changed
-        });
-    }
-
     /// What this client counts (sessions, reconnects, heartbeat round trips): serve it with
     /// [`crate::metrics::serve`].
     pub fn metrics(&self) -> crate::metrics::Metrics {
@@ -335,99 +311,6 @@ impl Client {
             () = &mut shutdown => stop.cancel(),
         }
         work.await
-    }
-
-    /// Runs a link per server until `stop`. A permanent failure with one server (a refused
-    /// token, a certificate no pin matches) drains the others and ends the client with it; with
-    /// several servers, one given up on (`reconnect.max_attempts`) stops alone, and the client
-    /// ends when every server has been given up on.
-    async fn run_links(
-        &self,
-        stop: CancellationToken,
-        sessions: &[watch::Sender<Option<StreamOpener>>],
-    ) -> Result<(), ClientError> {
-        use futures::StreamExt;
-        let several = self.links.len() > 1;
-        let mut running: futures::stream::FuturesUnordered<_> = self
-            .links
-            .iter()
-            .zip(sessions)
-            .map(|(link, tx)| self.run_until(link, stop.clone(), tx))
-            .collect();
-        let (mut failed, mut gave_up) = (None, None);
-        while let Some(ended) = running.next().await {
-            match ended {
-                Ok(()) => {}
-                Err(err @ ClientError::GaveUp { .. }) if several && failed.is_none() => {
-                    tracing::warn!("giving up on one server: {}", Escaped(&err.to_string()));
-                    gave_up = Some(err);
-                }
-                Err(err) => {
-                    if failed.is_none() {
-                        stop.cancel();
-                        failed = Some(err);
-                    }
-                }
-            }
-        }
-        match (failed, gave_up) {
-            (Some(err), _) => Err(err),
-            (None, Some(err)) if !stop.is_cancelled() => Err(err),
-            _ => Ok(()),
-        }
-    }
-
-    /// Keeps a session with `link`'s server until `stop` (or a permanent failure).
-    async fn run_until(
-        &self,
-        link: &Link,
-        stop: CancellationToken,
-        session: &watch::Sender<Option<StreamOpener>>,
-    ) -> Result<(), ClientError> {
-        let mut reconnect = self.config.reconnect;
-        if self.links.len() > 1 {
-            // A server back from a restart is rejoined within seconds, the others serving meanwhile.
-            reconnect.max = reconnect.max.min(MAX_REJOIN_DELAY);
-            reconnect.initial = reconnect.initial.min(reconnect.max);
-        }
-        let mut backoff = reconnect.start();
-        // Ports the server assigned to `REMOTE_PORT 0` forwards, asked for again on reconnect.
-        let mut assigned: HashMap<RouteId, u16> = HashMap::new();
-        let mut version = 0;
-        loop {
-            self.set_status(link, ClientStatus::Connecting);
-            let outcome = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                outcome = self.connect(link) => outcome,
-            };
-            let failure = match outcome {
-                Ok(established) => {
-                    let mut state = SessionState { assigned: &mut assigned, version: &mut version };
-                    let served =
-                        self.serve(link, established, &mut state, &mut backoff, &stop, session).await;
-                    session.send_replace(None);
-                    match served {
-                        Ok(()) => return Ok(()),
-                        Err(failure) => failure,
-                    }
-                }
-                Err(failure) => failure,
-            };
-            let error = match failure {
-                Failure::Permanent(err) => return Err(err),
-                Failure::Transient(error) => error,
-            };
-            let Some(delay) = backoff.next_delay() else {
-                return Err(ClientError::GaveUp { attempts: backoff.attempts(), last: error });
-            };
-            tracing::warn!(server = %Escaped(&link.server), "{}; reconnecting in {delay:.1?}", Escaped(&error));
-            self.metrics.reconnect();
-            self.set_status(link, ClientStatus::Reconnecting { attempt: backoff.attempts(), delay, error });
-            tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
     }
 
     /// Sends the route table, then carries visitors and sends every change of the table until

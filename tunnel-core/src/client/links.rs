@@ -1,0 +1,136 @@
+//! The client's links, one per server: each keeps a session with its server (reconnecting
+//! with its own backoff), and the client's status is derived from theirs.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::error::Failure;
+use super::{Client, ClientError, ClientStatus, SessionState, MAX_REJOIN_DELAY};
+use crate::log::Escaped;
+use crate::mux::StreamOpener;
+use crate::proto::RouteId;
+use crate::transport::ClientTransport;
+
+/// One server the client keeps a session with.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) server: String,
+    pub(super) transport: ClientTransport,
+    pub(super) status: watch::Sender<ClientStatus>,
+    /// With [`Wire::Auto`]: WebSocket worked last, so it is tried first.
+    pub(super) websocket_first: AtomicBool,
+}
+
+impl Client {
+    /// Sets `link`'s status, and the client's from all of them (told only when it changed).
+    /// Every link runs inside [`Client::run`]'s one task, so two never set it at once.
+    pub(super) fn set_status(&self, link: &Link, status: ClientStatus) {
+        link.status.send_replace(status);
+        let statuses: Vec<_> = self.links.iter().map(|l| l.status.borrow().clone()).collect();
+        let whole =
+            statuses.iter().find(|s| matches!(s, ClientStatus::Connected { .. })).unwrap_or(&statuses[0]);
+        self.status.send_if_modified(|now| {
+            let changed = now != whole;
+            if changed {
+                *now = whole.clone();
+            }
+            changed
+        });
+    }
+
+    /// Runs a link per server until `stop`. A permanent failure with one server (a refused
+    /// token, a certificate no pin matches) drains the others and ends the client with it; with
+    /// several servers, one given up on (`reconnect.max_attempts`) stops alone, and the client
+    /// ends when every server has been given up on.
+    pub(super) async fn run_links(
+        &self,
+        stop: CancellationToken,
+        sessions: &[watch::Sender<Option<StreamOpener>>],
+    ) -> Result<(), ClientError> {
+        use futures::StreamExt;
+        let several = self.links.len() > 1;
+        let mut running: futures::stream::FuturesUnordered<_> = self
+            .links
+            .iter()
+            .zip(sessions)
+            .map(|(link, tx)| self.run_until(link, stop.clone(), tx))
+            .collect();
+        let (mut failed, mut gave_up) = (None, None);
+        while let Some(ended) = running.next().await {
+            match ended {
+                Ok(()) => {}
+                Err(err @ ClientError::GaveUp { .. }) if several && failed.is_none() => {
+                    tracing::warn!("giving up on one server: {}", Escaped(&err.to_string()));
+                    gave_up = Some(err);
+                }
+                Err(err) => {
+                    if failed.is_none() {
+                        stop.cancel();
+                        failed = Some(err);
+                    }
+                }
+            }
+        }
+        match (failed, gave_up) {
+            (Some(err), _) => Err(err),
+            (None, Some(err)) if !stop.is_cancelled() => Err(err),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps a session with `link`'s server until `stop` (or a permanent failure).
+    async fn run_until(
+        &self,
+        link: &Link,
+        stop: CancellationToken,
+        session: &watch::Sender<Option<StreamOpener>>,
+    ) -> Result<(), ClientError> {
+        let mut reconnect = self.config.reconnect;
+        if self.links.len() > 1 {
+            // A server back from a restart is rejoined within seconds, the others serving meanwhile.
+            reconnect.max = reconnect.max.min(MAX_REJOIN_DELAY);
+            reconnect.initial = reconnect.initial.min(reconnect.max);
+        }
+        let mut backoff = reconnect.start();
+        // Ports the server assigned to `REMOTE_PORT 0` forwards, asked for again on reconnect.
+        let mut assigned: HashMap<RouteId, u16> = HashMap::new();
+        let mut version = 0;
+        loop {
+            self.set_status(link, ClientStatus::Connecting);
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                outcome = self.connect(link) => outcome,
+            };
+            let failure = match outcome {
+                Ok(established) => {
+                    let mut state = SessionState { assigned: &mut assigned, version: &mut version };
+                    let served =
+                        self.serve(link, established, &mut state, &mut backoff, &stop, session).await;
+                    session.send_replace(None);
+                    match served {
+                        Ok(()) => return Ok(()),
+                        Err(failure) => failure,
+                    }
+                }
+                Err(failure) => failure,
+            };
+            let error = match failure {
+                Failure::Permanent(err) => return Err(err),
+                Failure::Transient(error) => error,
+            };
+            let Some(delay) = backoff.next_delay() else {
+                return Err(ClientError::GaveUp { attempts: backoff.attempts(), last: error });
+            };
+            tracing::warn!(server = %Escaped(&link.server), "{}; reconnecting in {delay:.1?}", Escaped(&error));
+            self.metrics.reconnect();
+            self.set_status(link, ClientStatus::Reconnecting { attempt: backoff.attempts(), delay, error });
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
