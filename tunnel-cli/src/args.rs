@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
 
 use tunnel_core::config::{ClientFile, RemoteEntry, SecretString, ServerFile};
-use tunnel_core::forward::{Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetRules};
+use tunnel_core::forward::{
+    Glob, IpNet, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, SocksSpec, TargetRules,
+};
 use tunnel_core::http::{HttpRoute, Service, TlsRoute};
 use tunnel_core::tls::Fingerprint;
 
@@ -116,6 +118,10 @@ pub struct ServeArgs {
     /// (repeatable or comma-separated) [default: none].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allow_hosts: Vec<Glob>,
+    /// Networks clients on the shared token may route, e.g. 10.96.0.0/12 (repeatable or
+    /// comma-separated) [default: none].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub allow_networks: Vec<IpNet>,
     /// Serve the admin API on this address (TLS with the server's certificate, and the admin
     /// token), or on a UNIX socket: `unix` for STATE_DIR/admin.sock, or a socket path.
     #[arg(long, value_name = "ADDR|unix|SOCKET")]
@@ -153,6 +159,15 @@ pub struct ConnectArgs {
     /// choose. Repeatable.
     #[arg(short = 'L', long = "local", value_name = "[BIND_ADDR:]PORT:TARGET")]
     pub local: Vec<LocalForwardSpec>,
+    /// SOCKS5 proxy: listen on PORT here (127.0.0.1 unless BIND_ADDR is given); each
+    /// connection goes through the server to the client routing its destination's network, or
+    /// to a target the server may dial. Repeatable.
+    #[arg(short = 'D', long = "socks", value_name = "[BIND_ADDR:]PORT")]
+    pub socks: Vec<SocksSpec>,
+    /// Offer egress into this network (CIDR, e.g. 10.96.0.0/12): connections to its addresses
+    /// through the server are dialed here, if the server's allow_networks permits. Repeatable.
+    #[arg(long = "expose-network", value_name = "CIDR")]
+    pub expose_network: Vec<IpNet>,
     /// Expose a private service, reachable only through the tunnel as NAME/SERVICE. Repeatable.
     #[arg(long = "expose", value_name = "SERVICE=HOST:PORT")]
     pub expose: Vec<ServiceSpec>,
@@ -226,6 +241,9 @@ impl ServeArgs {
         if !self.allow_hosts.is_empty() {
             file.allow_hosts = Some(self.allow_hosts);
         }
+        if !self.allow_networks.is_empty() {
+            file.allow_networks = Some(self.allow_networks);
+        }
         override_with(&mut file.acme_email, self.acme_email);
         override_with(&mut file.acme_directory, self.acme_directory);
         override_with(&mut file.acme_ca, self.acme_ca);
@@ -270,6 +288,12 @@ impl ConnectArgs {
         }
         if !self.expose.is_empty() {
             file.expose = self.expose;
+        }
+        if !self.socks.is_empty() {
+            file.socks = self.socks;
+        }
+        if !self.expose_network.is_empty() {
+            file.networks = self.expose_network;
         }
         if !self.http.is_empty() {
             file.http = self.http;

@@ -21,6 +21,9 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     for local in client.listen_locals().await.map_err(Failure::error)? {
         println!("local forward listening: {} -> {}", local.bound_addr, local.spec.target);
     }
+    for socks in client.listen_socks().await.map_err(Failure::error)? {
+        println!("SOCKS proxy listening: {}", socks.bound_addr);
+    }
     let _metrics = match file.metrics.as_deref() {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -78,6 +81,7 @@ async fn print_status(
             http,
             http_fallback,
             tls,
+            networks,
             refused,
             version,
             new_session,
@@ -111,6 +115,9 @@ async fn print_status(
         }
         for route in &tls {
             println!("route ready: v{version} tls {route}");
+        }
+        for net in &networks {
+            println!("route ready: v{version} network {net}");
         }
         for route in &refused {
             let reason = tunnel_core::log::Escaped(&route.message);

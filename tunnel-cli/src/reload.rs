@@ -134,7 +134,7 @@ fn apply(args: &ConnectArgs, running: &mut ClientFile, routes: &RouteHandle) {
         }
     };
     if beyond_routes(running) != beyond_routes(&file) {
-        tracing::warn!("only routes (`remote`, `expose`, `http`, `tls`, `http_fallback`, `[[routes]]`) change while running; restart to apply the other changes");
+        tracing::warn!("only routes (`remote`, `expose`, `http`, `tls`, `http_fallback`, `[[routes]]`, `networks`) change while running; restart to apply the other changes");
     }
     if let Err(err) = routes.set(set) {
         return tracing::error!("configuration not applied, the running routes stay: {err}");
@@ -151,5 +151,6 @@ fn beyond_routes(file: &ClientFile) -> Option<String> {
     rest.tls.clear();
     rest.http_fallback = None;
     rest.routes.clear();
+    rest.networks.clear();
     rest.to_toml().ok()
 }

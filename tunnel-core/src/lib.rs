@@ -14,6 +14,7 @@
 //! - [`session`]: handshake + mux + control stream + heartbeat = an authenticated session;
 //!   `session::framed` reads and writes `proto`'s formats on a stream.
 //! - [`forward`]: remote forward specs and the bidirectional copy with half-close.
+//! - [`socks`]: the SOCKS5 server side (greeting, password, request) over any byte stream.
 //! - [`http`]: HTTP host/path routing in Gateway API order, the server's edge and the client's
 //!   origin side (per request, WebSocket upgrades, pooled origin connections).
 //! - [`acme`]: certificates from an ACME authority for the names the HTTPS edge terminates,
@@ -97,6 +98,7 @@ pub mod mux;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod socks;
 pub mod tls;
 pub mod transport;
 

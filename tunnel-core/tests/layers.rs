@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("mux", &["transport"]),
     ("session", &["auth", "log", "metrics", "mux", "proto", "transport"]),
     ("forward", &["log", "metrics", "mux", "proto"]),
+    ("socks", &["proto"]),
     ("http", &["log", "metrics", "mux", "proto", "tls"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (
@@ -34,6 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "mux",
             "proto",
             "session",
+            "socks",
             "task",
             "tls",
             "transport",
@@ -42,7 +44,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("admin", &["auth", "config", "forward", "fs", "log", "proto", "server", "tls", "transport"]),
     (
         "client",
-        &["auth", "forward", "http", "log", "metrics", "mux", "proto", "session", "task", "tls", "transport"],
+        &[
+            "auth",
+            "forward",
+            "http",
+            "log",
+            "metrics",
+            "mux",
+            "proto",
+            "session",
+            "socks",
+            "task",
+            "tls",
+            "transport",
+        ],
     ),
 ];
 

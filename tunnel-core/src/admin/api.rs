@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{Admin, AdminError, ClientInfo, ClientSource, Grant};
 use crate::auth::CredentialKind;
-use crate::forward::{Glob, PortSet, VisitRule};
+use crate::forward::{Glob, IpNet, PortSet, VisitRule};
 use crate::server::SessionInfo;
 
 /// An answer: its status, its JSON body, and for a 405 the methods the path allows. No
@@ -43,6 +43,8 @@ struct NewClient {
     allow_visit: Vec<VisitRule>,
     #[serde(default)]
     allow_expose: Vec<Glob>,
+    #[serde(default)]
+    allow_networks: Vec<IpNet>,
 }
 
 /// A request to the admin API, decoded from its method, path and body (no I/O): what
@@ -110,6 +112,7 @@ impl AdminRequest {
                     allow_hosts: new.allow_hosts,
                     allow_visit: new.allow_visit,
                     allow_expose: new.allow_expose,
+                    allow_networks: new.allow_networks,
                 };
                 Self::CreateClient { name: new.name, grant }
             }
@@ -249,5 +252,6 @@ fn client(c: &ClientInfo) -> Value {
         "allow_hosts": c.grant.allow_hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "allow_visit": c.grant.allow_visit.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "allow_expose": c.grant.allow_expose.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "allow_networks": c.grant.allow_networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
 }

@@ -11,7 +11,7 @@ use super::AdminError;
 use crate::auth::Token;
 use crate::config::SecretString;
 use crate::forward::PortSet;
-use crate::forward::{Glob, VisitRule};
+use crate::forward::{Glob, IpNet, VisitRule};
 use crate::server::{ClientPolicy, ServerConfig};
 
 pub use crate::config::CLIENTS_FILE;
@@ -33,6 +33,9 @@ pub struct Grant {
     /// Service names it may expose, as globs (default: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_expose: Vec<Glob>,
+    /// Networks it may route (default: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_networks: Vec<IpNet>,
 }
 
 impl Grant {
@@ -43,6 +46,7 @@ impl Grant {
             allow_hosts: policy.allow_hosts.clone(),
             allow_visit: policy.allow_visit.clone(),
             allow_expose: policy.allow_expose.clone(),
+            allow_networks: policy.allow_networks.clone(),
         }
     }
 
@@ -52,6 +56,7 @@ impl Grant {
             allow_hosts: self.allow_hosts.clone(),
             allow_visit: self.allow_visit.clone(),
             allow_expose: self.allow_expose.clone(),
+            allow_networks: self.allow_networks.clone(),
             ..ClientPolicy::default()
         }
     }

@@ -50,19 +50,39 @@ pub(super) async fn serve(
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
+    let BoundLocal { spec, listener } = local;
+    let target = spec.target.clone();
+    accept_loop(&listener, &spec, &sessions, stop, |tcp, visitor, opener| {
+        visit(tcp, visitor, target.clone(), opener, cut.clone())
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until `stop`, handing each to a task of its own with the
+/// opener of the first session up now (`None` while none is).
+pub(super) async fn accept_loop<F, Fut>(
+    listener: &TcpListener,
+    what: &(dyn std::fmt::Display + Sync),
+    sessions: &[watch::Receiver<Option<StreamOpener>>],
+    stop: CancellationToken,
+    visit: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Option<StreamOpener>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
-            accepted = local.listener.accept() => accepted,
+            accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((tcp, visitor)) => {
                 let opener = sessions.iter().find_map(|s| s.borrow().clone().filter(|o| !o.is_closed()));
-                tokio::spawn(visit(tcp, visitor, local.spec.target.clone(), opener, cut.clone()));
+                tokio::spawn(visit(tcp, visitor, opener));
             }
             Err(err) => {
                 // Out of file descriptors and the like: pause instead of spinning.
-                tracing::warn!(spec = %local.spec, "accept failed: {err}");
+                tracing::warn!(listener = %what, "accept failed: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

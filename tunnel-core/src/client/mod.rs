@@ -12,6 +12,7 @@ mod error;
 mod links;
 mod locals;
 mod routes;
+mod socks;
 mod status;
 mod streams;
 
@@ -27,17 +28,17 @@ use tokio_util::sync::CancellationToken;
 pub use backoff::{Backoff, BackoffState};
 pub use error::ClientError;
 pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET};
-pub use status::{ActiveForward, ActiveLocal, ClientStatus};
+pub use status::{ActiveForward, ActiveLocal, ActiveSocks, ClientStatus};
 
 use self::dial::Dialed;
 use self::error::{classify_end, Failure};
 use self::links::Link;
 use crate::auth::Token;
-use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec};
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
-use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION};
+use crate::proto::{ControlMessage, GoodbyeCode, IpNet, RouteId, DRAINING_VERSION};
 use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
 use crate::transport::{ClientTransport, Wire};
@@ -62,6 +63,9 @@ pub struct ClientConfig {
     pub remotes: Vec<RemoteForwardSpec>,
     /// Local forwards to listen for.
     pub locals: Vec<LocalForwardSpec>,
+    /// SOCKS5 proxies to listen for: each connection goes where its request names, through
+    /// the server (default: none).
+    pub socks: Vec<SocksSpec>,
     /// Private services to expose.
     pub services: Vec<ServiceSpec>,
     /// HTTP routes to publish.
@@ -70,6 +74,9 @@ pub struct ClientConfig {
     pub http_fallback: Option<HttpAction>,
     /// TLS passthrough routes to publish.
     pub tls: Vec<TlsRoute>,
+    /// Networks to offer egress into: the server sends connections to their addresses here
+    /// (default: none).
+    pub networks: Vec<IpNet>,
     /// Trust toward `https://` origins ([`crate::tls::origin_config`]); `None` (the default):
     /// the system's roots.
     pub origin_tls: Option<Arc<rustls::ClientConfig>>,
@@ -124,10 +131,12 @@ impl ClientConfig {
             wire: Wire::Auto,
             remotes: Vec::new(),
             locals: Vec::new(),
+            socks: Vec::new(),
             services: Vec::new(),
             http: Vec::new(),
             http_fallback: None,
             tls: Vec::new(),
+            networks: Vec::new(),
             origin_tls: None,
             proxy: None,
             other_servers: Vec::new(),
@@ -184,6 +193,7 @@ pub struct Client {
     /// The client as a whole: connected while any server is.
     status: watch::Sender<ClientStatus>,
     locals: Option<Vec<locals::BoundLocal>>,
+    socks: Option<Vec<socks::BoundSocks>>,
     routes: RouteHandle,
     origins: Origins,
     /// Cancelled to end a drain at once ([`DrainCut`]).
@@ -213,6 +223,7 @@ impl Client {
             http: config.http.clone(),
             http_fallback: config.http_fallback.clone(),
             tls: config.tls.clone(),
+            networks: config.networks.clone(),
         });
         let status = watch::Sender::new(ClientStatus::Connecting);
         let origins = Origins::new(config.origin_tls.clone());
@@ -227,7 +238,8 @@ impl Client {
                 websocket_first: AtomicBool::new(false),
             })
             .collect();
-        Self { config: Arc::new(config), links, status, locals: None, routes, origins, cut, metrics }
+        let config = Arc::new(config);
+        Self { config, links, status, locals: None, socks: None, routes, origins, cut, metrics }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -248,6 +260,28 @@ impl Client {
                     .local_addr()
                     .map_err(|source| ClientError::Bind { spec: b.spec.to_string(), source })?;
                 Ok(ActiveLocal { spec: b.spec.clone(), bound_addr })
+            })
+            .collect()
+    }
+
+    /// Binds the SOCKS proxies' listeners now (otherwise [`Client::run`] does), and returns
+    /// their addresses: with port 0 the OS picks one.
+    pub async fn listen_socks(&mut self) -> Result<Vec<ActiveSocks>, ClientError> {
+        if self.socks.is_none() {
+            let bound = socks::bind(&self.config.socks)
+                .await
+                .map_err(|(spec, source)| ClientError::Bind { spec: spec.to_string(), source })?;
+            self.socks = Some(bound);
+        }
+        let bound = self.socks.as_deref().unwrap_or_default();
+        bound
+            .iter()
+            .map(|b| {
+                let bound_addr = b
+                    .listener
+                    .local_addr()
+                    .map_err(|source| ClientError::Bind { spec: b.spec.to_string(), source })?;
+                Ok(ActiveSocks { spec: b.spec.clone(), bound_addr })
             })
             .collect()
     }
@@ -288,6 +322,7 @@ impl Client {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
         self.routes.get().check()?;
         self.listen_locals().await?;
+        self.listen_socks().await?;
         let stop = CancellationToken::new();
         // Local visitors go on through the drain; they are cut when this returns.
         let cut_visits = CancellationToken::new();
@@ -302,6 +337,15 @@ impl Client {
             .into_iter()
             .map(|local| {
                 OwnedTask::spawn(locals::serve(local, session_rxs.clone(), stop.clone(), cut_visits.clone()))
+            })
+            .collect();
+        let _socks: Vec<OwnedTask<()>> = self
+            .socks
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|bound| {
+                OwnedTask::spawn(socks::serve(bound, session_rxs.clone(), stop.clone(), cut_visits.clone()))
             })
             .collect();
         let work = self.run_links(stop.clone(), &session_txs);
@@ -332,7 +376,7 @@ impl Client {
         let mut wanted = self.routes.subscribe();
         let stream_routes = streams::SharedRoutes::default();
         let set = wanted.borrow_and_update().clone();
-        let mut table = routes::Table::new(&set, state.assigned, state.version);
+        let mut table = routes::Table::new(&set, state.assigned, state.version, protocol);
         stream_routes.replace(table.stream_routes());
         let first = tokio::select! {
             result = self.first_answer(&control, &mut messages, &table) => result,
@@ -372,7 +416,7 @@ impl Client {
                 }
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
-                    table = routes::Table::new(&set, state.assigned, state.version);
+                    table = routes::Table::new(&set, state.assigned, state.version, protocol);
                     // Targets first: the server may send visitors of a new route before it answers.
                     stream_routes.replace(table.stream_routes());
                     if control.send(table.message()).await.is_err() {
@@ -467,8 +511,9 @@ impl Client {
     }
 
     fn publish(&self, link: &Link, answered: routes::Answered, new_session: bool) {
-        let routes::Answered { forwards, services, http, http_fallback, tls, refused, version, .. } =
-            answered;
+        let routes::Answered {
+            forwards, services, http, http_fallback, tls, networks, refused, version, ..
+        } = answered;
         for forward in &forwards {
             tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
         }
@@ -484,12 +529,16 @@ impl Client {
         for route in &tls {
             tracing::info!(route = %route, version, "TLS route ready");
         }
+        for net in &networks {
+            tracing::info!(network = %net, version, "network route ready");
+        }
         let status = ClientStatus::Connected {
             forwards,
             services,
             http,
             http_fallback,
             tls,
+            networks,
             refused,
             version,
             new_session,

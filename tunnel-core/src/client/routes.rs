@@ -12,9 +12,12 @@ use super::{ActiveForward, ClientError};
 use crate::forward::{RemoteForwardSpec, ServiceSpec, Target};
 use crate::http::{HttpAction, HttpRoute, TlsRoute};
 use crate::proto::route::MAX_ROUTES;
-use crate::proto::{ControlMessage, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
+use crate::proto::{
+    ControlMessage, IpNet, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult,
+    NETWORK_VERSION,
+};
 
-/// What a client publishes: remote forwards, private services, HTTP and TLS routes.
+/// What a client publishes: remote forwards, private services, HTTP and TLS routes, networks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSet {
     /// Remote forwards.
@@ -27,6 +30,8 @@ pub struct RouteSet {
     pub http_fallback: Option<HttpAction>,
     /// TLS passthrough routes.
     pub tls: Vec<TlsRoute>,
+    /// Networks this client offers egress into (connections to their addresses, dialed here).
+    pub networks: Vec<IpNet>,
 }
 
 /// Why a route set cannot be sent.
@@ -71,12 +76,14 @@ enum Local {
     Http(HttpRoute),
     HttpFallback(HttpAction),
     Tls(TlsRoute),
+    Network(IpNet),
 }
 
 impl RouteSet {
     /// Checks that every entry is a valid route of its own.
     pub fn check(&self) -> Result<(), RouteSetError> {
-        let total = self.remotes.len() + self.services.len() + self.http.len() + self.tls.len();
+        let total =
+            self.remotes.len() + self.services.len() + self.http.len() + self.tls.len() + self.networks.len();
         if total + usize::from(self.http_fallback.is_some()) > MAX_ROUTES_PER_SET.min(MAX_ROUTES) {
             return Err(RouteSetError::TooMany(total));
         }
@@ -111,6 +118,10 @@ impl RouteSet {
         let mut hosts = HashSet::new();
         if let Some(dup) = self.tls.iter().find(|t| !hosts.insert(&t.host)) {
             return Err(RouteSetError::DuplicateRoute(format!("TLS route for {}", dup.host)));
+        }
+        let mut nets = HashSet::new();
+        if let Some(dup) = self.networks.iter().find(|n| !nets.insert(*n)) {
+            return Err(RouteSetError::DuplicateRoute(format!("network {dup}")));
         }
         Ok(())
     }
@@ -164,6 +175,10 @@ impl RouteSet {
         for route in &self.tls {
             let kind = RouteKind::Tls { host: route.host.clone() };
             items.push((RouteEntry { id: RouteId::of_tls(&route.host), kind }, Local::Tls(route.clone())));
+        }
+        for net in &self.networks {
+            let kind = RouteKind::Network { net: *net };
+            items.push((RouteEntry { id: RouteId::of_network(net), kind }, Local::Network(*net)));
         }
         items
     }
@@ -228,6 +243,8 @@ pub struct RefusedRoute {
 pub(super) struct Table {
     version: u64,
     items: Vec<(RouteEntry, Local)>,
+    /// Entries the server's protocol version cannot carry: not sent, answered as refused here.
+    too_new: Vec<Local>,
 }
 
 /// The server's answer to a table: what is in service, and what was refused.
@@ -238,6 +255,7 @@ pub(super) struct Answered {
     pub(super) http: Vec<HttpRoute>,
     pub(super) http_fallback: bool,
     pub(super) tls: Vec<TlsRoute>,
+    pub(super) networks: Vec<IpNet>,
     pub(super) refused: Vec<RefusedRoute>,
     pub(super) version: u64,
     /// The first refused entry, as the error that stops a client with nothing accepted.
@@ -246,17 +264,30 @@ pub(super) struct Answered {
 
 impl Answered {
     fn published(&self) -> bool {
-        !(self.forwards.is_empty() && self.services.is_empty() && self.http.is_empty() && self.tls.is_empty())
+        !(self.forwards.is_empty()
+            && self.services.is_empty()
+            && self.http.is_empty()
+            && self.tls.is_empty()
+            && self.networks.is_empty())
             || self.http_fallback
     }
 }
 
 impl Table {
-    /// The next version of the table for `set`; forwards on port 0 ask for the port they were
-    /// given before.
-    pub(super) fn new(set: &RouteSet, assigned: &HashMap<RouteId, u16>, version: &mut u64) -> Self {
+    /// The next version of the table for `set`, for a server speaking `protocol`; forwards on
+    /// port 0 ask for the port they were given before.
+    pub(super) fn new(
+        set: &RouteSet,
+        assigned: &HashMap<RouteId, u16>,
+        version: &mut u64,
+        protocol: u16,
+    ) -> Self {
         *version += 1;
-        Self { version: *version, items: set.items(assigned) }
+        let (items, too_new): (Vec<_>, Vec<_>) = set.items(assigned).into_iter().partition(|(entry, _)| {
+            protocol >= NETWORK_VERSION || !matches!(entry.kind, RouteKind::Network { .. })
+        });
+        let too_new = too_new.into_iter().map(|(_, local)| local).collect();
+        Self { version: *version, items, too_new }
     }
 
     pub(super) fn version(&self) -> u64 {
@@ -297,6 +328,9 @@ impl Table {
                         proxy_protocol: route.proxy_protocol,
                     };
                     routes.forwards.insert(entry.id, forward);
+                }
+                Local::Network(net) => {
+                    routes.networks.insert(entry.id, *net);
                 }
             }
         }
@@ -339,6 +373,7 @@ impl Table {
                         (Local::Http(route), _) => answered.http.push(route.clone()),
                         (Local::HttpFallback(_), _) => answered.http_fallback = true,
                         (Local::Tls(route), _) => answered.tls.push(route.clone()),
+                        (Local::Network(net), _) => answered.networks.push(*net),
                     }
                     continue;
                 }
@@ -363,6 +398,14 @@ impl Table {
         if let Some(id) = outcomes.keys().next() {
             return Err(protocol(format!("the server answered for route {id}, which was never sent")));
         }
+        for local in &self.too_new {
+            let message = format!("the server is too old (network routes need protocol {NETWORK_VERSION})");
+            answered.refused.push(RefusedRoute {
+                route: describe(local),
+                code: RefusalCode::Invalid,
+                message,
+            });
+        }
         Ok(answered)
     }
 
@@ -384,6 +427,7 @@ fn describe(local: &Local) -> String {
         Local::Http(route) => format!("http {route}"),
         Local::HttpFallback(_) => "http fallback".to_owned(),
         Local::Tls(route) => format!("tls {route}"),
+        Local::Network(net) => format!("network {net}"),
     }
 }
 
@@ -394,6 +438,7 @@ fn protocol(message: String) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::PROTOCOL_VERSION;
 
     fn set(remotes: &[&str], services: &[&str]) -> RouteSet {
         RouteSet {
@@ -406,20 +451,28 @@ mod tests {
     #[test]
     fn ids_stay_when_the_order_or_the_target_of_a_fixed_port_changes() {
         let (mut assigned, mut version) = (HashMap::new(), 0);
-        let before =
-            Table::new(&(set(&["8080:127.0.0.1:80", "0:127.0.0.1:22"], &["k=h:1"])), &assigned, &mut version);
-        let after =
-            Table::new(&(set(&["0:127.0.0.1:22", "8080:127.0.0.1:81"], &["k=h:2"])), &assigned, &mut version);
+        let before = Table::new(
+            &(set(&["8080:127.0.0.1:80", "0:127.0.0.1:22"], &["k=h:1"])),
+            &assigned,
+            &mut version,
+            PROTOCOL_VERSION,
+        );
+        let after = Table::new(
+            &(set(&["0:127.0.0.1:22", "8080:127.0.0.1:81"], &["k=h:2"])),
+            &assigned,
+            &mut version,
+            PROTOCOL_VERSION,
+        );
         let ids = |t: &Table| t.items.iter().map(|(e, _)| e.id).collect::<HashSet<_>>();
         assert_eq!(ids(&before), ids(&after));
         assert_eq!((before.version(), after.version()), (1, 2));
         // A port-0 forward is its target: another target is another route.
-        let other = Table::new(&(set(&["0:127.0.0.1:23"], &[])), &assigned, &mut version);
+        let other = Table::new(&(set(&["0:127.0.0.1:23"], &[])), &assigned, &mut version, PROTOCOL_VERSION);
         assert!(ids(&other).is_disjoint(&ids(&before)));
         // The port the server picked is asked for again.
         let id = "0:127.0.0.1:22".parse::<RemoteForwardSpec>().unwrap().route_id();
         assigned.insert(id, 41000);
-        let again = Table::new(&(set(&["0:127.0.0.1:22"], &[])), &assigned, &mut version);
+        let again = Table::new(&(set(&["0:127.0.0.1:22"], &[])), &assigned, &mut version, PROTOCOL_VERSION);
         assert_eq!(again.items[0].0.kind, RouteKind::Tcp { bind: None, port: 0, preferred_port: 41000 });
     }
 
@@ -444,7 +497,8 @@ mod tests {
     #[test]
     fn answers_must_cover_every_entry_once_and_nothing_else() {
         let mut version = 0;
-        let table = Table::new(&(set(&["8080:h:1"], &["k=h:2"])), &HashMap::new(), &mut version);
+        let table =
+            Table::new(&(set(&["8080:h:1"], &["k=h:2"])), &HashMap::new(), &mut version, PROTOCOL_VERSION);
         let ready = |id| RouteResult {
             id,
             outcome: RouteOutcome::Ready { public_addr: Some("0.0.0.0:8080".parse().unwrap()) },

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::RefusedRoute;
-use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::forward::{IpNet, LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec};
 use crate::http::{HttpRoute, TlsRoute};
 
 /// A remote forward the server is listening for.
@@ -22,6 +22,15 @@ pub struct ActiveForward {
 pub struct ActiveLocal {
     /// The forward as configured.
     pub spec: LocalForwardSpec,
+    /// Where it listens.
+    pub bound_addr: SocketAddr,
+}
+
+/// A SOCKS proxy, listening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSocks {
+    /// The proxy as configured.
+    pub spec: SocksSpec,
     /// Where it listens.
     pub bound_addr: SocketAddr,
 }
@@ -44,6 +53,8 @@ pub enum ClientStatus {
         http_fallback: bool,
         /// The TLS passthrough routes in service.
         tls: Vec<TlsRoute>,
+        /// The networks routed to this client.
+        networks: Vec<IpNet>,
         /// Entries the server refused; the others are unaffected.
         refused: Vec<RefusedRoute>,
         /// Version of the table this answers (it grows with every change).

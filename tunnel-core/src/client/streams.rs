@@ -1,17 +1,20 @@
-//! Inbound data streams on the client: read the header, dial the local target, splice.
+//! Inbound data streams on the client: read the header, dial the local target (or an address in
+//! a network this client routes), splice.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{splice_with, ProxyProtocol, SpliceLimits, Target, TargetAddr, Visitor};
+use crate::forward::{splice_with, IpNet, ProxyProtocol, SpliceLimits, Target, TargetAddr, Visitor};
 use crate::http::{HttpAction, Origins};
 use crate::log::Escaped;
 use crate::mux::MuxStream;
-use crate::proto::{RouteId, StreamHeader};
+use crate::proto::{ReplyStatus, RouteId, StreamHeader, StreamReply};
 use crate::transport;
 
 /// The server writes the header first thing; a stream silent this long is abandoned.
@@ -27,6 +30,8 @@ pub(super) struct Routes {
     pub(super) services: HashMap<String, TargetAddr>,
     /// HTTP routes (and the fallback) by route id: their actions.
     pub(super) http: HashMap<RouteId, Arc<HttpAction>>,
+    /// Network routes by route id.
+    pub(super) networks: HashMap<RouteId, IpNet>,
 }
 
 /// Where a forward's visitors go, and how.
@@ -82,6 +87,13 @@ pub(super) async fn handle(
         };
     }
     let routes = routes.current();
+    if let StreamHeader::NetworkVisit { route_id, target, from, visitor } = header {
+        let net = routes.networks.get(&route_id).copied();
+        return tokio::select! {
+            () = visit_network(stream, net, target, &from, visitor) => {}
+            () = owned.cancelled() => {}
+        };
+    }
     let (target, idle_timeout, proxy_header, visitor, via) = match &header {
         StreamHeader::Route { route_id, visitor, local } => match routes.forwards.get(route_id) {
             Some(Forward { target: Target::Handler(handler), .. }) => {
@@ -154,5 +166,53 @@ pub(super) async fn handle(
     if failed {
         // The tunnel side broke: the target must see an error, not an orderly end of stream.
         transport::reset_on_close(&tcp);
+    }
+}
+
+/// A connection into a network this client routes: dialed only inside that network, answered
+/// (connected, or why not) before any data flows.
+async fn visit_network(
+    mut stream: MuxStream,
+    net: Option<IpNet>,
+    target: SocketAddr,
+    from: &str,
+    visitor: SocketAddr,
+) {
+    let from = Escaped(from);
+    let refuse = |status, message: String| StreamReply::refuse(status, message);
+    let dialed = match net {
+        None => Err(refuse(ReplyStatus::Unavailable, "this client no longer routes that network".into())),
+        Some(net) if !net.contains(target.ip()) => Err(refuse(
+            ReplyStatus::Denied,
+            format!("{target} is outside the network {net} this client routes"),
+        )),
+        Some(_) => match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(tcp)) => Ok(tcp),
+            Ok(Err(err)) => Err(StreamReply::connect_failed(target, &err)),
+            Err(_) => Err(refuse(
+                ReplyStatus::TimedOut,
+                format!("{target}: not reached within {CONNECT_TIMEOUT:?}"),
+            )),
+        },
+    };
+    let mut tcp = match dialed {
+        Ok(tcp) => tcp,
+        Err(reply) => {
+            tracing::info!(%visitor, %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
+            let _ = stream.write_all(&reply.encode()).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    let _ = transport::configure_tcp(&tcp);
+    if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
+        return transport::reset_on_close(&tcp);
+    }
+    match splice_with(&mut stream, &mut tcp, SpliceLimits::default()).await {
+        Ok(stats) => tracing::trace!(%visitor, %target, %from, ?stats, "network visit done"),
+        Err(err) => {
+            tracing::debug!(%visitor, %target, %from, "network visit failed: {err}");
+            transport::reset_on_close(&tcp);
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::auth::Token;
 use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError, ServerEndpoint};
-use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec};
+use crate::forward::{IpNet, LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec};
 use crate::http::{HttpAction, HttpRoute, Service, TlsRoute};
 use crate::proto::validate_name;
 use crate::tls::{client_config, origin_config, Fingerprint, ServerTrust};
@@ -51,9 +51,18 @@ pub struct ClientFile {
     /// Local forwards, `[BIND_ADDR:]PORT:CLIENT/SERVICE` or `[BIND_ADDR:]PORT:HOST:PORT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local: Vec<LocalForwardSpec>,
+    /// SOCKS5 proxies, `[BIND_ADDR:]PORT` (127.0.0.1 unless named): each connection goes
+    /// through the server to the client routing its destination's network, or to a target the
+    /// server dials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socks: Vec<SocksSpec>,
     /// Private services, `SERVICE=HOST:PORT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<ServiceSpec>,
+    /// Networks this client offers egress into, such as `10.96.0.0/12`: the server sends
+    /// connections to their addresses here, if its `allow_networks` lets this client route them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<IpNet>,
     /// HTTP routes, `HOST[/PATH]=SERVICE` (a path is a prefix; SERVICE is `http://HOST:PORT`,
     /// `https://HOST:PORT` or `http_status:NNN`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -327,10 +336,12 @@ impl ClientFile {
             http,
             http_fallback: self.http_fallback.clone().map(HttpAction::to),
             tls: self.tls.iter().map(TlsEntry::build).collect(),
+            networks: self.networks.clone(),
         };
         routes.check().map_err(|e| match e {
             RouteSetError::DuplicateService(_) => invalid("expose", e),
             RouteSetError::DuplicateForward { .. } => invalid("remote", e),
+            RouteSetError::DuplicateRoute(ref what) if what.starts_with("network ") => invalid("networks", e),
             _ => invalid("routes", e),
         })?;
         Ok(routes)
@@ -392,6 +403,8 @@ impl ClientFile {
         config.http = routes.http;
         config.http_fallback = routes.http_fallback;
         config.tls = routes.tls;
+        config.networks = routes.networks;
+        config.socks = self.socks.clone();
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = positive_duration("handshake_timeout", d)?;
         }

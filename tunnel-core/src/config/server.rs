@@ -12,7 +12,7 @@ use super::{
     ServerLimits,
 };
 use crate::auth::{Credentials, Token};
-use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
+use crate::forward::{Glob, IpNet, PortSet, TargetRules, VisitRule};
 use crate::http::Service;
 use crate::proto::validate_name;
 use crate::server::{ClientPolicy, Policy, ServerConfig};
@@ -88,6 +88,9 @@ pub struct ServerFile {
     pub acme_challenge: Option<crate::acme::Challenge>,
     /// Hosts (globs) shared-token clients may serve over HTTP and TLS (default: none).
     pub allow_hosts: Option<Vec<Glob>>,
+    /// Networks shared-token clients may route, such as `10.96.0.0/12`: a client's
+    /// `networks` must each lie inside one of them (default: none).
+    pub allow_networks: Option<Vec<IpNet>>,
     /// The answer for requests to hosts no client serves (default `http_status:404`).
     pub fallback: Option<Service>,
     /// Address forwards bind when the client names none (default `0.0.0.0`).
@@ -156,6 +159,9 @@ pub struct ClientEntry {
     /// (default: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_hosts: Vec<Glob>,
+    /// Networks it may route, such as `10.96.0.0/12` (default: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_networks: Vec<IpNet>,
 }
 
 /// Where the shared token came from, which decides whether it may be shown.
@@ -362,6 +368,7 @@ impl ServerFile {
         }
         policy.allow_targets = self.allow_targets.clone().unwrap_or_default();
         policy.allow_hosts = self.allow_hosts.clone().unwrap_or_default();
+        policy.allow_networks = self.allow_networks.clone().unwrap_or_default();
         if let Some(bind) = self.bind_addr {
             policy.default_bind = bind;
         }
@@ -442,6 +449,7 @@ impl ClientEntry {
             ports: self.ports.clone(),
             allow_bind: self.allow_bind.clone(),
             allow_hosts: self.allow_hosts.clone(),
+            allow_networks: self.allow_networks.clone(),
         })
     }
 }

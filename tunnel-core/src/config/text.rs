@@ -10,7 +10,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serializer};
 
 use crate::forward::{
-    Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetRules, VisitRule,
+    Glob, IpNet, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, SocksSpec, TargetRules, VisitRule,
 };
 use crate::http::{HttpRoute, Service, TlsRoute};
 use crate::tls::Fingerprint;
@@ -51,6 +51,8 @@ as_text!(
     VisitRule,
     RemoteForwardSpec,
     LocalForwardSpec,
+    SocksSpec,
+    IpNet,
     ServiceSpec,
     Fingerprint,
     super::HumanDuration,

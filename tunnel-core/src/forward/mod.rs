@@ -10,10 +10,12 @@ mod ports;
 mod rules;
 mod spec;
 
-pub use crate::proto::ProxyProtocol;
+pub use crate::proto::{IpNet, ProxyProtocol};
 pub(crate) use copy::splice_metered;
 pub use copy::{copy_until_eof, splice, splice_with, SpliceLimits, SpliceStats, COPY_BUFFER};
 pub use handler::{StreamHandler, Target, Visitor};
 pub use ports::{PortSet, PortSetError};
 pub use rules::{Glob, RuleError, TargetRules, VisitRule};
-pub use spec::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SpecError, TargetAddr, VisitTarget};
+pub use spec::{
+    LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec, SpecError, TargetAddr, VisitTarget,
+};

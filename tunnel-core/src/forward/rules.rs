@@ -2,10 +2,11 @@
 //! (`10.0.0.0/8:10250`).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use super::PortSet;
+use crate::proto::IpNet;
 
 /// A name pattern: `*` matches any run of characters, `?` one character.
 ///
@@ -30,11 +31,12 @@ impl FromStr for Glob {
     type Err = RuleError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '*' | '?');
+        // `:` for IPv6 networks, visited as `OWNER/fd00::/8`.
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '*' | '?');
         if s.is_empty() || s.len() > 200 || !s.chars().all(ok) {
             return Err(RuleError {
                 input: s.to_owned(),
-                reason: "use names of A-Z a-z 0-9 . _ - with / and the wildcards * and ?".into(),
+                reason: "use names of A-Z a-z 0-9 . _ - : with / and the wildcards * and ?".into(),
             });
         }
         Ok(Self(s.to_owned()))
@@ -150,60 +152,8 @@ struct TargetRule {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostRule {
-    Net(Net),
+    Net(IpNet),
     Name(String),
-}
-
-/// A network in the IPv6 address space, IPv4 networks mapped into `::ffff:0:0/96`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Net {
-    /// The network's first address: host bits are zero.
-    base: u128,
-    /// Prefix length, 0 to 128.
-    prefix: u8,
-}
-
-/// Bits an IPv4 prefix is shifted by once mapped into IPv6.
-const V4_MAPPED_PREFIX: u8 = 96;
-
-impl Net {
-    /// `addr/prefix`; `None` when the prefix is longer than the address family allows.
-    fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        let prefix = match addr {
-            IpAddr::V4(_) if prefix <= 32 => prefix.checked_add(V4_MAPPED_PREFIX)?,
-            IpAddr::V6(_) if prefix <= 128 => prefix,
-            _ => return None,
-        };
-        Some(Self { base: mapped_bits(addr) & mask(prefix), prefix })
-    }
-
-    fn contains(self, ip: IpAddr) -> bool {
-        mapped_bits(ip) & mask(self.prefix) == self.base
-    }
-}
-
-impl fmt::Display for Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v6 = Ipv6Addr::from(self.base);
-        match (v6.to_ipv4_mapped(), self.prefix.checked_sub(V4_MAPPED_PREFIX)) {
-            (Some(v4), Some(prefix)) => write!(f, "{v4}/{prefix}"),
-            _ => write!(f, "[{v6}/{}]", self.prefix),
-        }
-    }
-}
-
-/// The address as 128 bits, IPv4 as its IPv4-mapped IPv6 form.
-fn mapped_bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-/// The top `prefix` bits set (`prefix` at most 128; larger counts as 128).
-fn mask(prefix: u8) -> u128 {
-    let host_bits = 128u32.saturating_sub(u32::from(prefix));
-    u128::MAX.checked_shl(host_bits).unwrap_or(0)
 }
 
 impl TargetRules {
@@ -254,12 +204,12 @@ impl FromStr for TargetRules {
                     let net = prefix
                         .parse::<u8>()
                         .ok()
-                        .and_then(|prefix| Net::new(addr, prefix))
+                        .and_then(|prefix| IpNet::new(addr, prefix))
                         .ok_or_else(|| err("bad prefix length (0-32 for IPv4, 0-128 for IPv6)"))?;
                     HostRule::Net(net)
                 }
                 None => match host.parse::<IpAddr>() {
-                    Ok(addr) => HostRule::Net(Net { base: mapped_bits(addr), prefix: 128 }),
+                    Ok(addr) => HostRule::Net(IpNet::host(addr)),
                     Err(_) => {
                         super::TargetAddr::from_parts(host, 1)
                             .map_err(|_| err("host must be an IP, a CIDR or a DNS name"))?;
@@ -280,7 +230,8 @@ impl fmt::Display for TargetRules {
                 f.write_str(",")?;
             }
             match &rule.host {
-                HostRule::Net(net) => net.fmt(f)?,
+                HostRule::Net(net) if net.is_ipv4() => net.fmt(f)?,
+                HostRule::Net(net) => write!(f, "[{net}]")?,
                 HostRule::Name(name) => f.write_str(name)?,
             }
             write!(f, ":{}", rule.ports)?;

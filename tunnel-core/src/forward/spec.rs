@@ -54,6 +54,48 @@ impl FromStr for LocalForwardSpec {
     }
 }
 
+/// A SOCKS5 proxy: `[BIND_ADDR:]PORT` (`-D` in OpenSSH's terms). Each connection names its
+/// destination; it goes through the server like a local forward to that address.
+///
+/// ```
+/// use tunnel_core::forward::SocksSpec;
+/// let spec: SocksSpec = "1080".parse().unwrap();
+/// assert_eq!((spec.bind, spec.port), (None, 1080));
+/// let v6: SocksSpec = "[::1]:1080".parse().unwrap();
+/// assert_eq!(v6.to_string(), "[::1]:1080");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocksSpec {
+    /// Local address to listen on; `None` for 127.0.0.1.
+    pub bind: Option<IpAddr>,
+    /// Local port; 0 lets the OS choose.
+    pub port: u16,
+}
+
+impl fmt::Display for SocksSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_bind(f, self.bind)?;
+        write!(f, "{}", self.port)
+    }
+}
+
+impl FromStr for SocksSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| SpecError { input: s.to_owned(), reason: reason.to_owned() };
+        let parts = split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?;
+        let (bind, port) = match parts.as_slice() {
+            [port] => (None, *port),
+            [bind, port] => (Some(*bind), *port),
+            _ => return Err(err("expected [BIND_ADDR:]PORT")),
+        };
+        let bind = parse_bind(bind).map_err(err)?;
+        let port = port.parse().map_err(|_| err("PORT must be a number from 0 to 65535"))?;
+        Ok(Self { bind, port })
+    }
+}
+
 /// A private service: `NAME=HOST:PORT`, reachable through the tunnel as `CLIENT/NAME`.
 ///
 /// ```

@@ -140,6 +140,10 @@ pub enum RefusalCode {
     HostNotAllowed,
     /// Another client serves that host.
     HostTaken,
+    /// This client may not route that network (`allow_networks`).
+    NetworkNotAllowed,
+    /// Another client routes an overlapping network.
+    NetworkTaken,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -176,7 +180,7 @@ macro_rules! wire_enum {
     };
 }
 
-wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5, AddressNotAllowed = 6, TooManyServices = 7, HostNotAllowed = 8, HostTaken = 9 });
+wire_enum!(RefusalCode { PortNotAllowed = 1, PortTaken = 2, TooManyForwards = 3, Invalid = 4, NameNotAllowed = 5, AddressNotAllowed = 6, TooManyServices = 7, HostNotAllowed = 8, HostTaken = 9, NetworkNotAllowed = 10, NetworkTaken = 11 });
 wire_enum!(GoodbyeCode { Shutdown = 1, Replaced = 2, ProtocolError = 3, ServerFull = 4, Revoked = 5 });
 
 impl std::fmt::Display for RefusalCode {
@@ -191,6 +195,8 @@ impl std::fmt::Display for RefusalCode {
             Self::TooManyServices => f.write_str("too many services"),
             Self::HostNotAllowed => f.write_str("host not allowed"),
             Self::HostTaken => f.write_str("host taken"),
+            Self::NetworkNotAllowed => f.write_str("network not allowed"),
+            Self::NetworkTaken => f.write_str("network taken"),
             Self::Other(v) => write!(f, "refusal code {v}"),
         }
     }
@@ -346,6 +352,14 @@ mod tests {
                         },
                     },
                     RouteEntry { id: RouteId(u64::MAX), kind: RouteKind::Service { name: "kubelet".into() } },
+                    RouteEntry {
+                        id: RouteId(2),
+                        kind: RouteKind::Network { net: "10.96.0.0/12".parse().unwrap() },
+                    },
+                    RouteEntry {
+                        id: RouteId(3),
+                        kind: RouteKind::Network { net: "fd00::/8".parse().unwrap() },
+                    },
                 ],
             },
             ControlMessage::RouteTableResult {

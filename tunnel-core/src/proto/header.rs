@@ -4,8 +4,10 @@
 //! then the payload bytes without waiting for an answer, so a stream costs no extra round trip.
 //! Kinds: 1 remote forward (version 1), 2 local forward, 3 service visit, 4 route (version 2:
 //! a visitor of a route in the client's table), 6 HTTP requests (version 2: HTTP/1.1 requests
-//! of one visitor connection, each naming its route); reserved: 5 UDP flow.
-//! A local-forward stream is answered with a [`StreamReply`] before any payload flows back.
+//! of one visitor connection, each naming its route), 7 network visit (version 4: a
+//! connection into a network the receiving client routes); reserved: 5 UDP flow.
+//! A local-forward stream is answered with a [`StreamReply`] before any payload flows back, and
+//! so is a network visit (by the client that dialed).
 
 use std::net::SocketAddr;
 
@@ -19,6 +21,7 @@ const LOCAL_FORWARD: u8 = 2;
 const SERVICE_VISIT: u8 = 3;
 const ROUTE: u8 = 4;
 const HTTP: u8 = 6;
+const NETWORK_VISIT: u8 = 7;
 
 /// The request header naming a request's route on an [`StreamHeader::Http`] stream (set by the
 /// server, replacing any a visitor sent).
@@ -76,6 +79,18 @@ pub enum StreamHeader {
         /// The visitor's address as that client saw it.
         visitor: SocketAddr,
     },
+    /// A connection to `target`, in the network of route `route_id` of the receiving client
+    /// (opened by the server). The receiver dials and answers with a [`StreamReply`] first.
+    NetworkVisit {
+        /// The network route's id, as in the client's table.
+        route_id: RouteId,
+        /// Where to connect; inside the route's network.
+        target: SocketAddr,
+        /// Name of the client the visit comes from.
+        from: String,
+        /// The visitor's address as that client saw it.
+        visitor: SocketAddr,
+    },
 }
 
 impl StreamHeader {
@@ -110,6 +125,13 @@ impl StreamHeader {
             Self::ServiceVisit { service, from, visitor } => {
                 body.u8(SERVICE_VISIT)
                     .string(service, MAX_NAME_LEN)
+                    .string(from, MAX_NAME_LEN)
+                    .socket_addr(*visitor);
+            }
+            Self::NetworkVisit { route_id, target, from, visitor } => {
+                body.u8(NETWORK_VISIT)
+                    .u64(route_id.0)
+                    .socket_addr(*target)
                     .string(from, MAX_NAME_LEN)
                     .socket_addr(*visitor);
             }
@@ -151,6 +173,12 @@ impl StreamHeader {
             HTTP => Ok(Self::Http { visitor: r.socket_addr("visitor")? }),
             SERVICE_VISIT => Ok(Self::ServiceVisit {
                 service: name(&mut r)?,
+                from: name(&mut r)?,
+                visitor: r.socket_addr("visitor")?,
+            }),
+            NETWORK_VISIT => Ok(Self::NetworkVisit {
+                route_id: RouteId(r.u64("route_id")?),
+                target: r.socket_addr("target")?,
                 from: name(&mut r)?,
                 visitor: r.socket_addr("visitor")?,
             }),
@@ -201,8 +229,12 @@ pub enum ReplyStatus {
     Denied,
     /// The service's client is not connected, or exposes no such service.
     Unavailable,
-    /// The server could not reach the target.
+    /// The target could not be reached (no route to it, a failed lookup).
     Unreachable,
+    /// The target refused the connection (version 4).
+    Refused,
+    /// The target did not answer in time (version 4).
+    TimedOut,
     /// A status from a newer peer.
     Other(u8),
 }
@@ -214,6 +246,8 @@ impl ReplyStatus {
             Self::Denied => 1,
             Self::Unavailable => 2,
             Self::Unreachable => 3,
+            Self::Refused => 4,
+            Self::TimedOut => 5,
             Self::Other(v) => v,
         }
     }
@@ -224,6 +258,8 @@ impl ReplyStatus {
             1 => Self::Denied,
             2 => Self::Unavailable,
             3 => Self::Unreachable,
+            4 => Self::Refused,
+            5 => Self::TimedOut,
             other => Self::Other(other),
         }
     }
@@ -236,6 +272,8 @@ impl std::fmt::Display for ReplyStatus {
             Self::Denied => f.write_str("denied"),
             Self::Unavailable => f.write_str("unavailable"),
             Self::Unreachable => f.write_str("unreachable"),
+            Self::Refused => f.write_str("connection refused"),
+            Self::TimedOut => f.write_str("timed out"),
             Self::Other(v) => write!(f, "status {v}"),
         }
     }
@@ -245,6 +283,17 @@ impl StreamReply {
     /// A success reply.
     pub fn ok() -> Self {
         Self { status: ReplyStatus::Ok, message: String::new() }
+    }
+
+    /// The refusal for a connection to `target` that failed with `err`: refused, timed out,
+    /// or unreachable.
+    pub fn connect_failed(target: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        let status = match err.kind() {
+            std::io::ErrorKind::ConnectionRefused => ReplyStatus::Refused,
+            std::io::ErrorKind::TimedOut => ReplyStatus::TimedOut,
+            _ => ReplyStatus::Unreachable,
+        };
+        Self::refuse(status, format!("{target}: {err}"))
     }
 
     /// A refusal with a reason.
@@ -289,6 +338,12 @@ mod tests {
             StreamHeader::Route { route_id: RouteId(u64::MAX - 1), visitor, local: None },
             StreamHeader::Route { route_id: RouteId(7), visitor, local: Some("[::1]:443".parse().unwrap()) },
             StreamHeader::Http { visitor },
+            StreamHeader::NetworkVisit {
+                route_id: RouteId(3),
+                target: "10.96.0.10:443".parse().unwrap(),
+                from: "laptop".into(),
+                visitor,
+            },
         ];
         for header in headers {
             let bytes = header.encode();

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod handshake;
 pub mod header;
 pub mod http;
+pub mod net;
 mod proxy_header;
 pub mod route;
 pub mod target;
@@ -21,17 +22,21 @@ pub use control::{ControlMessage, GoodbyeCode, RefusalCode};
 pub use frame::FrameTooLarge;
 pub use header::{ReplyStatus, StreamHeader, StreamReply, ROUTE_HEADER};
 pub use http::{HostPattern, HttpMatch, PathMatch};
+pub use net::{IpNet, NetError};
 pub use proxy_header::ProxyProtocol;
 pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
-/// Version 2 added route tables, version 3 the `Draining` notice; a server still serves
-/// version 1 and 2 clients.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 2 added route tables, version 3 the `Draining` notice, version 4 network routes;
+/// a server still serves version 1 to 3 clients.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// First protocol version with [`ControlMessage::Draining`].
 pub const DRAINING_VERSION: u16 = 3;
+
+/// First protocol version with [`RouteKind::Network`] routes and network visits.
+pub const NETWORK_VERSION: u16 = 4;
 
 /// Oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

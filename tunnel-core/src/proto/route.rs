@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::control::RefusalCode;
 use super::http::{self, HostPattern, HttpMatch};
+use super::net::IpNet;
 use super::wire::{Reader, Writer};
 use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
 
@@ -23,6 +24,7 @@ const KIND_SERVICE: u8 = 2;
 const KIND_HTTP: u8 = 3;
 const KIND_HTTP_FALLBACK: u8 = 4;
 const KIND_TLS: u8 = 5;
+const KIND_NETWORK: u8 = 6;
 const OUTCOME_READY: u8 = 0;
 const OUTCOME_REFUSED: u8 = 1;
 
@@ -72,6 +74,11 @@ impl RouteId {
     /// The id of the TLS passthrough route for `host`.
     pub fn of_tls(host: &HostPattern) -> Self {
         Self::derive(&format!("tls {host}"))
+    }
+
+    /// The id of the network route for `net`.
+    pub fn of_network(net: &IpNet) -> Self {
+        Self::derive(&format!("network {net}"))
     }
 
     /// The id of the `rank`-th route (from 2) with the same `base` id, for routes a client
@@ -138,6 +145,12 @@ pub enum RouteKind {
     Tls {
         /// The host.
         host: HostPattern,
+    },
+    /// Connections to addresses in this network, dialed by the client (version 4): the
+    /// client offers egress into a network it reaches.
+    Network {
+        /// The network.
+        net: IpNet,
     },
 }
 
@@ -206,6 +219,9 @@ pub(super) fn encode_entries(w: &mut Writer, entries: &[RouteEntry]) {
             RouteKind::Tls { host } => {
                 w.u8(KIND_TLS).string(host.as_str(), http::MAX_HOST_LEN);
             }
+            RouteKind::Network { net } => {
+                w.u8(KIND_NETWORK).opt_ip(Some(net.addr())).u8(net.prefix_len());
+            }
         }
     }
 }
@@ -230,6 +246,14 @@ pub(super) fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<RouteEntry>, Deco
             KIND_HTTP => RouteKind::Http { matcher: http::decode_match(r)? },
             KIND_HTTP_FALLBACK => RouteKind::HttpFallback,
             KIND_TLS => RouteKind::Tls { host: http::decode_host(r)? },
+            KIND_NETWORK => {
+                let addr = r.opt_ip("network")?.ok_or(DecodeError::Truncated { field: "network" })?;
+                let prefix = r.u8("prefix")?;
+                let net = IpNet::new(addr, prefix)
+                    .filter(|net| net.addr() == addr)
+                    .ok_or(DecodeError::InvalidValue { field: "prefix", value: u64::from(prefix) })?;
+                RouteKind::Network { net }
+            }
             other => return Err(DecodeError::InvalidValue { field: "route kind", value: u64::from(other) }),
         };
         entries.push(RouteEntry { id, kind });

@@ -12,6 +12,7 @@ mod edge;
 mod forwards;
 mod http_routes;
 pub mod leases;
+mod networks;
 mod pending;
 mod policy;
 mod registry;
@@ -207,6 +208,8 @@ struct Shared {
     registry: registry::Registry,
     pending: pending::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
+    /// Which client routes which network.
+    networks: networks::Networks,
     /// Certificates for the HTTPS edge, when ACME is on.
     acme: Option<Arc<crate::acme::Acme>>,
     /// Their upkeep, started by the first HTTPS listener.
@@ -278,6 +281,7 @@ impl Server {
             registry,
             pending,
             http_routes,
+            networks: networks::Networks::default(),
             acme,
             acme_upkeep: std::sync::Mutex::default(),
             draining,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::auth::CredentialKind;
-use crate::forward::{Glob, PortSet, TargetRules, VisitRule};
+use crate::forward::{Glob, IpNet, PortSet, TargetRules, VisitRule};
 
 /// What clients may do: server-wide rules for shared-token clients and defaults, and the rules
 /// of each client with its own token.
@@ -41,6 +41,8 @@ pub struct Policy {
     /// Hosts (globs over host patterns, `*.example.com`) shared-token clients may serve over
     /// HTTP and TLS (default: none).
     pub allow_hosts: Vec<Glob>,
+    /// Networks shared-token clients may route (offer egress into) (default: none).
+    pub allow_networks: Vec<IpNet>,
     /// What each client with its own token may do, by name.
     pub clients: HashMap<String, ClientPolicy>,
 }
@@ -53,6 +55,7 @@ impl Default for Policy {
             default_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             allow_bind: Vec::new(),
             allow_hosts: Vec::new(),
+            allow_networks: Vec::new(),
             clients: HashMap::new(),
         }
     }
@@ -76,6 +79,8 @@ pub struct ClientPolicy {
     pub allow_bind: Option<Vec<IpAddr>>,
     /// Hosts it may serve over HTTP and TLS, as globs (default: none).
     pub allow_hosts: Vec<Glob>,
+    /// Networks it may route (default: none).
+    pub allow_networks: Vec<IpNet>,
 }
 
 /// Whether a client may bind a port.
@@ -174,6 +179,18 @@ impl<'a> ClientRules<'a> {
         globs.iter().any(|g| g.matches(host.as_str()))
     }
 
+    /// May it route `net` (offer egress into it)? Only inside a network its `allow_networks`
+    /// lists: shared-token clients by the server-wide list, a client with its own token by
+    /// its entry's.
+    pub fn may_route_network(&self, net: &IpNet) -> bool {
+        let allowed = match (self.own, self.credential) {
+            (Some(own), _) => &own.allow_networks,
+            (None, CredentialKind::Shared) => &self.policy.allow_networks,
+            (None, CredentialKind::PerClient) => return false,
+        };
+        allowed.iter().any(|a| a.covers(net))
+    }
+
     /// Shared-token clients expose any name; a client with its own token only what it is allowed.
     pub fn may_expose(&self, service: &str) -> bool {
         match self.own {
@@ -186,7 +203,8 @@ impl<'a> ClientRules<'a> {
     /// with its own token visits `OWNER/SERVICE` only where one of its `allow_visit` rules
     /// matches, and a plain rule matches only owners with their own token (`shared:` rules name
     /// shared-token owners). `owner` holds `owner_credential` by configuration, online or not,
-    /// so the answer does not reveal whether it is connected.
+    /// so the answer does not reveal whether it is connected. A network route is visited as
+    /// the service named by its network: `OWNER/10.96.0.0/12`.
     pub fn may_visit(&self, owner: &str, owner_credential: CredentialKind, service: &str) -> bool {
         let owner_shared = owner_credential == CredentialKind::Shared;
         match self.own {
@@ -245,6 +263,32 @@ mod tests {
             "an own token without an entry exposes nothing"
         );
         assert!(stranger.may_expose("anything"));
+    }
+
+    #[test]
+    fn networks_are_routed_only_inside_the_allowed_ones_and_visited_by_rule() {
+        let mut policy = hybrid();
+        policy.allow_networks = vec!["10.0.0.0/8".parse().unwrap()];
+        let site = ClientPolicy {
+            allow_networks: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            ..ClientPolicy::default()
+        };
+        policy.clients.insert("site".into(), site);
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let site = policy.for_client("site", OWN);
+        assert!(
+            site.may_route_network(&net("10.96.0.0/12")) && site.may_route_network(&net("10.100.0.0/16"))
+        );
+        assert!(!site.may_route_network(&net("10.0.0.0/8")), "wider than allowed");
+        assert!(site.may_route_network(&net("fd00:1::/32")) && !site.may_route_network(&net("fe80::/10")));
+        // The shared token has the server-wide list; an own token without a list has nothing.
+        assert!(policy.for_client("anyone", SHARED).may_route_network(&net("10.1.0.0/16")));
+        assert!(!policy.for_client("site", SHARED).may_route_network(&net("fd00::/8")), "not its own list");
+        assert!(!policy.for_client("cp", OWN).may_route_network(&net("10.1.0.0/16")));
+        // A network is visited as OWNER/NETWORK.
+        policy.clients.get_mut("cp").unwrap().allow_visit.push("site/10.96.*".parse().unwrap());
+        let cp = policy.for_client("cp", OWN);
+        assert!(cp.may_visit("site", OWN, "10.96.0.0/12") && !cp.may_visit("site", OWN, "fd00::/8"));
     }
 
     #[test]

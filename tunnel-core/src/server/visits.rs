@@ -1,7 +1,8 @@
 //! Streams a client opens toward the server: local forwards to another client's private
-//! service (spliced stream to stream) or to a host the server dials itself (if allowed).
+//! service or into a network another client routes (spliced stream to stream), or to a host
+//! the server dials itself (if allowed).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::networks::NetworkHit;
 use super::registry::ServiceLookup;
 use super::Shared;
 use crate::auth::CredentialKind;
@@ -114,18 +116,22 @@ async fn carry(
             Ok(())
         }
         VisitTarget::Address(addr) => {
+            let routed =
+                addr.host.parse::<IpAddr>().ok().and_then(|ip| Some((ip, shared.networks.lookup(ip)?)));
+            if let Some((ip, hit)) = routed {
+                return visit_network(shared, from, stream, hit, SocketAddr::new(ip, addr.port), visitor)
+                    .await;
+            }
             let config = shared.config();
             let rules = config.rules(&from.name, from.credential).targets();
             let resolved = resolve_allowed(addr, rules, config.timeouts.lookup).await?;
             let connect = tokio::time::timeout(config.timeouts.connect, TcpStream::connect(resolved));
             let mut tcp = match connect.await {
                 Ok(Ok(tcp)) => tcp,
-                Ok(Err(err)) => {
-                    return Err(StreamReply::refuse(ReplyStatus::Unreachable, format!("{addr}: {err}")))
-                }
+                Ok(Err(err)) => return Err(StreamReply::connect_failed(addr, &err)),
                 Err(_) => {
                     return Err(StreamReply::refuse(
-                        ReplyStatus::Unreachable,
+                        ReplyStatus::TimedOut,
                         format!("{addr}: connect timed out"),
                     ))
                 }
@@ -143,6 +149,46 @@ async fn carry(
             Ok(())
         }
     }
+}
+
+/// Carries the stream to the client routing the target's network, if the rules let this
+/// client visit that network. That client dials and answers first; its answer and the data
+/// that follows pass through as they are.
+async fn visit_network(
+    shared: &Shared,
+    from: &Visitor,
+    stream: &mut MuxStream,
+    hit: NetworkHit,
+    target: SocketAddr,
+    visitor: SocketAddr,
+) -> Result<(), StreamReply> {
+    let config = shared.config();
+    let (owner, net) = (&hit.owner, hit.net);
+    if !config.rules(&from.name, from.credential).may_visit(
+        owner,
+        config.credential_of(owner),
+        &net.to_string(),
+    ) {
+        return Err(StreamReply::refuse(
+            ReplyStatus::Denied,
+            format!("client {:?} may not visit network {owner}/{net}", from.name),
+        ));
+    }
+    let mut upstream = hit.opener.open().await.map_err(|e| {
+        StreamReply::refuse(
+            ReplyStatus::Unavailable,
+            format!("cannot reach client {owner:?}, which routes {net}: {}", crate::log::Chain(&e)),
+        )
+    })?;
+    let header = StreamHeader::NetworkVisit { route_id: hit.route, target, from: from.name.clone(), visitor };
+    if upstream.write_all(&header.encode()).await.is_err() {
+        return Ok(()); // The owner's session is gone; dropping both resets the visitor.
+    }
+    tracing::debug!(client = %crate::log::Escaped(&from.name), %target, owner = %crate::log::Escaped(owner), "visiting a routed network");
+    if let Err(err) = splice(stream, &mut upstream).await {
+        tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "network visit failed: {err}");
+    }
+    Ok(())
 }
 
 /// Resolves `addr` and returns the first address the rules allow. An IP address is checked

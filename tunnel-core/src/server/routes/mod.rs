@@ -24,7 +24,8 @@ use crate::log::Escaped;
 use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{
-    ControlMessage, HostPattern, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult,
+    ControlMessage, HostPattern, IpNet, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome,
+    RouteResult,
 };
 use crate::session::ControlSender;
 use crate::task::OwnedTask;
@@ -87,6 +88,7 @@ pub(super) struct SessionRoutes<'s> {
     http: HashMap<RouteId, Matcher>,
     fallback: Option<RouteId>,
     tls: HashMap<RouteId, HostPattern>,
+    networks: HashMap<RouteId, IpNet>,
     /// Ports of routes removed by the table being applied: released at its end unless a new
     /// route of the same table took one over.
     vacated: Vec<u16>,
@@ -122,6 +124,7 @@ impl<'s> SessionRoutes<'s> {
             http: HashMap::new(),
             fallback: None,
             tls: HashMap::new(),
+            networks: HashMap::new(),
             vacated: Vec::new(),
             allowance: (TABLE_BURST, Instant::now()),
             listing,
@@ -249,10 +252,11 @@ impl<'s> SessionRoutes<'s> {
     /// Most entries a table may hold: what the client's limits could ever accept.
     fn max_entries(&self) -> usize {
         let config = self.shared.config();
-        // TCP, HTTP and TLS routes each up to the forward limit, the services, one fallback.
+        // TCP, HTTP, TLS and network routes each up to the forward limit, the services, one
+        // fallback.
         config
             .max_forwards_per_client
-            .saturating_mul(3)
+            .saturating_mul(4)
             .saturating_add(config.max_services_per_client)
             .saturating_add(1)
     }
@@ -324,6 +328,7 @@ impl<'s> SessionRoutes<'s> {
             RouteKind::Http { matcher } => self.http.get(&entry.id).is_some_and(|m| m.spec() == matcher),
             RouteKind::HttpFallback => self.fallback == Some(entry.id),
             RouteKind::Tls { host } => self.tls.get(&entry.id) == Some(host),
+            RouteKind::Network { net } => self.networks.get(&entry.id) == Some(net),
         }
     }
 
@@ -334,6 +339,7 @@ impl<'s> SessionRoutes<'s> {
             .chain(self.http.keys())
             .chain(self.fallback.iter())
             .chain(self.tls.keys())
+            .chain(self.networks.keys())
             .copied()
     }
 
@@ -359,7 +365,37 @@ impl<'s> SessionRoutes<'s> {
                 self.tls.insert(id, host);
                 Ok(None)
             }
+            RouteKind::Network { net } => self.add_network(id, net).map(|()| None),
         }
+    }
+
+    /// Routes `net` to this client: within its `allow_networks`, its limit, and overlapping
+    /// no other client's network.
+    fn add_network(&mut self, id: RouteId, net: IpNet) -> Result<(), Refusal> {
+        let config = self.shared.config();
+        let limit = config.max_forwards_per_client;
+        if self.networks.len() >= limit {
+            return Err((
+                RefusalCode::TooManyForwards,
+                format!("this client already routes {limit} networks"),
+            ));
+        }
+        if !config.rules(&self.name, self.credential).may_route_network(&net) {
+            let message = format!("client {:?} may not route network {net}", self.name);
+            return Err((RefusalCode::NetworkNotAllowed, message));
+        }
+        self.shared.networks.claim(net, &self.name, self.session, id, self.opener.clone()).map_err(
+            |held| {
+                let message = format!(
+                    "network {net} overlaps {} routed by another client ({:?})",
+                    held.net, held.owner
+                );
+                (RefusalCode::NetworkTaken, message)
+            },
+        )?;
+        tracing::debug!(client = %Escaped(&self.name), %net, "network routed");
+        self.networks.insert(id, net);
+        Ok(())
     }
 
     /// Checks that this client may serve `host` and has room for another route of its kind
@@ -464,6 +500,10 @@ impl<'s> SessionRoutes<'s> {
         if self.fallback == Some(id) {
             self.fallback = None;
         }
+        if let Some(net) = self.networks.remove(&id) {
+            self.shared.networks.release(self.session, id);
+            tracing::debug!(client = %Escaped(&self.name), %net, "network withdrawn");
+        }
     }
 
     /// Ends a round of changes: the ports of removed routes no route took over go back, and
@@ -511,6 +551,8 @@ impl<'s> SessionRoutes<'s> {
         routes.extend(self.fallback.map(|id| info(id, "http_fallback", None, None)));
         routes.extend(self.tls.iter().map(|(id, host)| info(*id, "tls", None, Some(host.to_string()))));
         routes
+            .extend(self.networks.iter().map(|(id, net)| info(*id, "network", None, Some(net.to_string()))));
+        routes
     }
 
     /// The session's visitor tasks.
@@ -529,6 +571,7 @@ impl<'s> SessionRoutes<'s> {
         self.draining = true;
         self.accepting.cancel();
         self.visitors.close();
+        self.shared.networks.remove_session(self.session);
         if withdraw_http {
             self.shared.http_routes.remove(self.session);
         }
@@ -542,6 +585,7 @@ impl<'s> SessionRoutes<'s> {
     pub(super) async fn close(self) {
         self.owned.cancel();
         self.shared.http_routes.remove(self.session);
+        self.shared.networks.remove_session(self.session);
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
         }

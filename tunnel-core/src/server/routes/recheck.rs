@@ -1,6 +1,6 @@
 //! After a reload, in two rounds over every session: the routes the new rules no longer allow
-//! (ports narrowed or now owned by another client, a bind address taken away, a service name or
-//! host no longer allowed) are taken out of service; then each session applies its last table
+//! (ports narrowed or now owned by another client, a bind address taken away, a service name,
+//! host or network no longer allowed) are taken out of service; then each session applies its last table
 //! again and the client is told, with a fresh answer to that table (or, for a version 1
 //! client, a refusal per forward or service). Everything else is untouched.
 
@@ -103,6 +103,11 @@ impl SessionRoutes<'_> {
         for (&id, host) in self.tls.iter().filter(|(_, host)| !rules.may_serve_host(host)) {
             let what = format!("TLS {host}");
             disallowed.push(Disallowed { id, what, refusal: host_refusal(host), service: None });
+        }
+        for (&id, net) in self.networks.iter().filter(|(_, net)| !rules.may_route_network(net)) {
+            let message = format!("client {:?} may no longer route network {net}", self.name);
+            let refusal = (RefusalCode::NetworkNotAllowed, message);
+            disallowed.push(Disallowed { id, what: format!("network {net}"), refusal, service: None });
         }
         disallowed
     }

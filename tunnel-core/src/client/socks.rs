@@ -1,0 +1,163 @@
+//! SOCKS5 proxies (`-D`): listeners near the client whose connections each name where they
+//! go. Every connection travels through the server as a local forward to that address, and the
+//! server's answer becomes the SOCKS reply: it reaches the client routing the destination's
+//! network, or a target the server may dial, or it is refused with the matching reply code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::locals::accept_loop;
+use crate::forward::{splice, SocksSpec, TargetAddr, VisitTarget};
+use crate::log::Escaped;
+use crate::mux::StreamOpener;
+use crate::proto::{ReplyStatus, StreamHeader};
+use crate::socks::{self, Auth, Command, Reply};
+use crate::transport;
+
+/// Time a SOCKS client has for its greeting and request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the server's answer (it may dial through another client first).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A SOCKS proxy's listener, bound.
+#[derive(Debug)]
+pub(super) struct BoundSocks {
+    pub(super) spec: SocksSpec,
+    pub(super) listener: TcpListener,
+}
+
+/// Binds every proxy (127.0.0.1 unless the spec names an address).
+pub(super) async fn bind(specs: &[SocksSpec]) -> Result<Vec<BoundSocks>, (SocksSpec, std::io::Error)> {
+    let mut bound = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let ip = spec.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let listener = TcpListener::bind((ip, spec.port)).await.map_err(|e| (spec.clone(), e))?;
+        bound.push(BoundSocks { spec: spec.clone(), listener });
+    }
+    Ok(bound)
+}
+
+/// Serves SOCKS clients until `stop`, each through a session up when it connected; open
+/// connections go on (through a drain) until they end or `cut`.
+pub(super) async fn serve(
+    bound: BoundSocks,
+    sessions: Vec<watch::Receiver<Option<StreamOpener>>>,
+    stop: CancellationToken,
+    cut: CancellationToken,
+) {
+    let what = format!("SOCKS {}", bound.spec);
+    accept_loop(&bound.listener, &what, &sessions, stop, |tcp, visitor, opener| {
+        let cut = cut.clone();
+        async move {
+            tokio::select! {
+                () = cut.cancelled() => {}
+                () = visit(tcp, visitor, opener) => {}
+            }
+        }
+    })
+    .await;
+}
+
+async fn visit(mut tcp: TcpStream, visitor: SocketAddr, opener: Option<StreamOpener>) {
+    let _ = transport::configure_tcp(&tcp);
+    let accepted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, socks::accept(&mut tcp, Auth::None)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(err)) => return tracing::info!(%visitor, "SOCKS client refused: {}", crate::log::Chain(&err)),
+        Err(_) => {
+            return tracing::info!(%visitor, "SOCKS client sent no request within {HANDSHAKE_TIMEOUT:?}")
+        }
+    };
+    let destination = &accepted.request.destination;
+    let refuse = |reply, why: &str| {
+        tracing::info!(%visitor, %destination, "SOCKS connection refused ({reply:?}): {}", Escaped(why));
+    };
+    if accepted.request.command != Command::Connect {
+        refuse(Reply::CommandNotSupported, &format!("{:?} is not supported", accepted.request.command));
+        let _ = socks::reply(&mut tcp, Reply::CommandNotSupported, None).await;
+        return;
+    }
+    let target = match destination.to_target() {
+        Ok(target) => target,
+        Err(err) => {
+            refuse(Reply::HostUnreachable, &err.to_string());
+            let _ = socks::reply(&mut tcp, Reply::HostUnreachable, None).await;
+            return;
+        }
+    };
+    let Some(opener) = opener.filter(|o| !o.is_closed()) else {
+        refuse(Reply::NetworkUnreachable, "not connected to the server");
+        let _ = socks::reply(&mut tcp, Reply::NetworkUnreachable, None).await;
+        return;
+    };
+    let early = accepted.early;
+    match through_server(&mut tcp, visitor, &target, early, opener).await {
+        Ok(()) => {}
+        Err(Refused { reply, why }) => {
+            refuse(reply, &why);
+            let _ = socks::reply(&mut tcp, reply, None).await;
+        }
+    }
+}
+
+/// Why a connection was refused: the SOCKS reply and the reason behind it.
+struct Refused {
+    reply: Reply,
+    why: String,
+}
+
+/// Opens a stream to `target` through the server; once the server answers, the SOCKS client
+/// is told and the two are spliced. `Err` before anything was told to the SOCKS client.
+async fn through_server(
+    tcp: &mut TcpStream,
+    visitor: SocketAddr,
+    target: &TargetAddr,
+    early: Vec<u8>,
+    opener: StreamOpener,
+) -> Result<(), Refused> {
+    let failure = |why: String| Refused { reply: Reply::GeneralFailure, why };
+    let mut stream = opener.open().await.map_err(|e| failure(crate::log::Chain(&e).to_string()))?;
+    let mut header =
+        StreamHeader::LocalForward { target: VisitTarget::Address(target.clone()), visitor }.encode();
+    header.extend_from_slice(&early);
+    stream.write_all(&header).await.map_err(|e| failure(e.to_string()))?;
+    let answer = tokio::time::timeout(REPLY_TIMEOUT, crate::session::framed::read_reply(&mut stream)).await;
+    let answer = match answer {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(err)) => {
+            return Err(failure(format!("no answer from the server: {}", crate::log::Chain(&err))))
+        }
+        Err(_) => {
+            let why = format!("the server did not answer within {REPLY_TIMEOUT:?}");
+            return Err(Refused { reply: Reply::TtlExpired, why });
+        }
+    };
+    if answer.status != ReplyStatus::Ok {
+        return Err(Refused { reply: reply_for(answer.status), why: answer.message });
+    }
+    if socks::reply(tcp, Reply::Succeeded, None).await.is_err() {
+        return Ok(()); // The SOCKS client left; dropping the stream resets it.
+    }
+    if let Err(err) = splice(tcp, &mut stream).await {
+        tracing::debug!(%visitor, %target, "SOCKS connection failed: {err}");
+        transport::reset_on_close(tcp);
+    }
+    Ok(())
+}
+
+/// The SOCKS reply for the server's answer.
+fn reply_for(status: ReplyStatus) -> Reply {
+    match status {
+        ReplyStatus::Ok => Reply::Succeeded,
+        ReplyStatus::Denied => Reply::NotAllowed,
+        ReplyStatus::Unavailable => Reply::NetworkUnreachable,
+        ReplyStatus::Unreachable => Reply::HostUnreachable,
+        ReplyStatus::Refused => Reply::ConnectionRefused,
+        ReplyStatus::TimedOut => Reply::TtlExpired,
+        ReplyStatus::Other(_) => Reply::GeneralFailure,
+    }
+}

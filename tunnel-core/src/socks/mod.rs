@@ -1,0 +1,163 @@
+//! A SOCKS5 server side (RFC 1928, RFC 1929): the greeting, the optional username/password
+//! exchange and the request, read from any byte stream; what to do with the request (and the
+//! reply) is the caller's. [`codec`] is the sans-IO wire format under it.
+//!
+//! `tunnel-cli connect -D` serves it on the client: each connection goes through the server to
+//! the client routing the destination's network, or to a target the server dials.
+
+pub mod codec;
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use codec::{Command, Destination, Reply, Request, SocksError};
+
+/// Longest exchange a client can send in one step (a username/password: 3 + 255 + 255 bytes).
+const MAX_MESSAGE: usize = 513;
+
+/// How the server authenticates its clients.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    /// No authentication: for a proxy only its own host (or network) can reach.
+    None,
+    /// A username and password, checked by the function.
+    Password(&'a (dyn Fn(&[u8], &[u8]) -> bool + Send + Sync)),
+}
+
+impl std::fmt::Debug for Auth<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "Auth::None",
+            Self::Password(_) => "Auth::Password",
+        })
+    }
+}
+
+/// A request read, with who made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Accepted {
+    /// The request; answer it with [`reply`].
+    pub request: Request,
+    /// The username the client authenticated with, if any (checked by [`Auth::Password`]).
+    pub user: Option<String>,
+    /// Bytes the client sent after its request without waiting for the reply: the start of
+    /// its data.
+    pub early: Vec<u8>,
+}
+
+/// Why a SOCKS client was not served. Where the protocol has an answer for it (no acceptable
+/// method, a failed password, an unknown address type) the client was sent that answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// Reading or writing failed, or the client left mid-exchange.
+    #[error("SOCKS exchange failed")]
+    Io(#[source] std::io::Error),
+    /// The client broke the protocol.
+    #[error("SOCKS client broke the protocol")]
+    Protocol(#[source] SocksError),
+    /// None of the methods the client offered is one this server accepts.
+    #[error("the client offered no method this proxy accepts (it offered {offered:?})")]
+    NoAcceptableMethod {
+        /// The method bytes offered.
+        offered: Vec<u8>,
+    },
+    /// The username and password were refused.
+    #[error("wrong SOCKS username or password (user {user:?})")]
+    BadCredentials {
+        /// The username given.
+        user: String,
+    },
+}
+
+/// Reads the greeting, authenticates, and reads the request.
+pub async fn accept<S>(io: &mut S, auth: Auth<'_>) -> Result<Accepted, AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(64);
+    let methods = read_message(io, &mut buf, codec::parse_greeting).await?;
+    let wanted = match auth {
+        Auth::None => codec::METHOD_NONE,
+        Auth::Password(_) => codec::METHOD_USERPASS,
+    };
+    if !methods.contains(&wanted) {
+        let _ = io.write_all(&codec::encode_method(codec::METHOD_UNACCEPTABLE)).await;
+        return Err(AcceptError::NoAcceptableMethod { offered: methods });
+    }
+    io.write_all(&codec::encode_method(wanted)).await.map_err(AcceptError::Io)?;
+    let user = match auth {
+        Auth::None => None,
+        Auth::Password(check) => {
+            let (user, password) =
+                read_message(io, &mut buf, |b| Ok(codec::parse_userpass(b)?.map(|(u, p, n)| ((u, p), n))))
+                    .await?;
+            let accepted = check(&user, &password);
+            let user = String::from_utf8_lossy(&user).into_owned();
+            io.write_all(&codec::encode_userpass_status(accepted)).await.map_err(AcceptError::Io)?;
+            if !accepted {
+                return Err(AcceptError::BadCredentials { user });
+            }
+            Some(user)
+        }
+    };
+    let request = match read_message(io, &mut buf, codec::parse_request).await {
+        Ok(request) => request,
+        Err(AcceptError::Protocol(err)) => {
+            let answer = match err {
+                SocksError::AddressType(_) => Some(Reply::AddressTypeNotSupported),
+                SocksError::Domain(_) => Some(Reply::HostUnreachable),
+                _ => None,
+            };
+            if let Some(answer) = answer {
+                let _ = reply(io, answer, None).await;
+            }
+            return Err(AcceptError::Protocol(err));
+        }
+        Err(other) => return Err(other),
+    };
+    Ok(Accepted { request, user, early: buf })
+}
+
+/// Answers the request; `bound` is the address the connection left from, when known.
+pub async fn reply<S>(io: &mut S, reply: Reply, bound: Option<SocketAddr>) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let bound = bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    io.write_all(&codec::encode_reply(reply, bound)).await?;
+    io.flush().await
+}
+
+/// Reads until `parse` finds a whole message at the start of `buf`, and removes it from `buf`
+/// (what follows stays: a client may send its next message, or its data, early).
+async fn read_message<S, T>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, SocksError>,
+) -> Result<T, AcceptError>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        if let Some((message, used)) = parse(buf).map_err(AcceptError::Protocol)? {
+            buf.drain(..used);
+            return Ok(message);
+        }
+        if buf.len() >= MAX_MESSAGE {
+            // Every message is whole by then; the parsers say so first. Kept as a bound.
+            return Err(AcceptError::Io(std::io::Error::other("SOCKS message too long")));
+        }
+        let mut chunk = [0u8; 512];
+        let n = io.read(&mut chunk).await.map_err(AcceptError::Io)?;
+        if n == 0 {
+            return Err(AcceptError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests;
