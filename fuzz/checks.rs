@@ -10,7 +10,8 @@ use std::time::Duration;
 use tunnel_core::auth::{ChannelBinding, Credentials, Token};
 use tunnel_core::config::{ClientFile, HumanDuration, ServerFile};
 use tunnel_core::forward::{
-    Glob, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, TargetAddr, TargetRules, VisitRule,
+    Glob, IpNet, LocalForwardSpec, PortSet, RemoteForwardSpec, ServiceSpec, SocksSpec, TargetAddr,
+    TargetRules, VisitRule,
 };
 use tunnel_core::proto::handshake::{
     ClientHandshake, ClientStep, HandshakeMessage, ServerHandshake, ServerStep, MAX_HANDSHAKE_FRAME,
@@ -36,7 +37,45 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("admin_request", admin_request),
     ("proxy_reply", proxy_reply),
     ("websocket", websocket),
+    ("socks", socks),
 ];
+
+/// What a SOCKS5 client sends, through every parser: none panics or claims more bytes than it
+/// was given; a parsed request encodes back to the bytes it was read from (address types and
+/// names are kept as sent); a username/password split is exactly its lengths; an incomplete
+/// message stays incomplete when cut shorter.
+pub fn socks(data: &[u8]) {
+    use tunnel_core::socks::codec;
+    if let Ok(Some((methods, used))) = codec::parse_greeting(data) {
+        assert!(used <= data.len() && used == 2 + methods.len() && !methods.is_empty());
+    }
+    if let Ok(Some((user, password, used))) = codec::parse_userpass(data) {
+        assert!(used <= data.len() && used == 3 + user.len() + password.len());
+    }
+    match codec::parse_request(data) {
+        Ok(Some((request, used))) => {
+            assert!(used <= data.len());
+            assert_eq!(codec::encode_request(&request), data[..used], "{request:?}");
+            // A target is checked again before it is dialed; that check never panics either.
+            if let Ok(target) = request.destination.to_target() {
+                assert!(target.port > 0);
+            }
+            for cut in 0..used {
+                assert!(
+                    !matches!(codec::parse_request(&data[..cut]), Ok(Some(_))),
+                    "whole at {cut} of {used}"
+                );
+            }
+        }
+        Ok(None) => {
+            for cut in 0..data.len() {
+                assert!(!matches!(codec::parse_request(&data[..cut]), Ok(Some(_))));
+            }
+        }
+        Err(_) => {}
+    }
+    let _ = codec::parse_reply(data);
+}
 
 /// An HTTP proxy's side: the first line is a proxy URL (and a host to check against it as a
 /// `NO_PROXY` list), the rest what a proxy answers to `CONNECT`. Nothing panics; a URL that
@@ -372,6 +411,13 @@ pub fn text_parsers(data: &[u8]) {
     }
     if let Ok(target) = text.parse::<TargetAddr>() {
         assert_eq!(target.to_string().parse::<TargetAddr>().unwrap(), target);
+    }
+    if let Ok(spec) = text.parse::<SocksSpec>() {
+        assert_eq!(spec.to_string().parse::<SocksSpec>().unwrap(), spec);
+    }
+    if let Ok(net) = text.parse::<IpNet>() {
+        assert_eq!(net.to_string().parse::<IpNet>().unwrap(), net);
+        assert!(net.contains(net.addr()) && net.covers(&net));
     }
     if let Ok(fp) = text.parse::<Fingerprint>() {
         assert_eq!(fp.to_string().parse::<Fingerprint>().unwrap(), fp);

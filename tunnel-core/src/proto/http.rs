@@ -182,9 +182,16 @@ pub(super) fn encode_match(w: &mut Writer, m: &HttpMatch) {
     }
 }
 
+/// A host pattern as encoders write it: already in its normal form (lowercase, no final dot),
+/// so a message decodes to what re-encodes to the same bytes.
 pub(super) fn decode_host(r: &mut Reader<'_>) -> Result<HostPattern, DecodeError> {
     let host = r.string(MAX_HOST_LEN, "host")?;
-    host.parse().map_err(|_| DecodeError::InvalidValue { field: "host", value: host.len() as u64 })
+    let invalid = || DecodeError::InvalidValue { field: "host", value: host.len() as u64 };
+    let pattern: HostPattern = host.parse().map_err(|_| invalid())?;
+    if pattern.as_str() != host {
+        return Err(invalid());
+    }
+    Ok(pattern)
 }
 
 pub(super) fn decode_match(r: &mut Reader<'_>) -> Result<HttpMatch, DecodeError> {
