@@ -49,8 +49,8 @@ pub fn socks(data: &[u8]) {
     if let Ok(Some((methods, used))) = codec::parse_greeting(data) {
         assert!(used <= data.len() && used == 2 + methods.len() && !methods.is_empty());
     }
-    if let Ok(Some((user, password, used))) = codec::parse_userpass(data) {
-        assert!(used <= data.len() && used == 3 + user.len() + password.len());
+    if let Ok(Some((login, used))) = codec::parse_userpass(data) {
+        assert!(used <= data.len() && used == 3 + login.user.len() + login.password.len());
     }
     match codec::parse_request(data) {
         Ok(Some((request, used))) => {

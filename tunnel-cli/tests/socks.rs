@@ -78,7 +78,7 @@ async fn socks_reply(proxy: &str, target: Destination) -> u8 {
         .unwrap();
     let mut reply = Vec::new();
     loop {
-        if let Some((code, _, _)) = codec::parse_reply(&reply).unwrap() {
+        if let Some(((code, _), _)) = codec::parse_reply(&reply).unwrap() {
             return code;
         }
         let mut chunk = [0u8; 64];

@@ -46,6 +46,27 @@ pub enum SocksError {
     Domain(&'static str),
 }
 
+/// A parser's outcome: the message and the bytes it used, `None` while incomplete.
+pub type Parsed<T> = Result<Option<(T, usize)>, SocksError>;
+
+/// A username and password (RFC 1929); either may be empty.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The username.
+    pub user: Vec<u8>,
+    /// The password.
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .field("password", &"***")
+            .finish()
+    }
+}
+
 /// What a client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -139,8 +160,8 @@ pub enum Reply {
     AddressTypeNotSupported = 8,
 }
 
-/// The greeting: the authentication methods the client offers. `Some((methods, used))`.
-pub fn parse_greeting(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, SocksError> {
+/// The greeting: the authentication methods the client offers.
+pub fn parse_greeting(buf: &[u8]) -> Parsed<Vec<u8>> {
     let Some(&version) = buf.first() else { return Ok(None) };
     if version != VERSION {
         return Err(SocksError::Version(version));
@@ -158,8 +179,8 @@ pub fn encode_method(method: u8) -> [u8; 2] {
     [VERSION, method]
 }
 
-/// A username and password (RFC 1929). `Some((user, password, used))`; either may be empty.
-pub fn parse_userpass(buf: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>, usize)>, SocksError> {
+/// A username and password (RFC 1929).
+pub fn parse_userpass(buf: &[u8]) -> Parsed<Login> {
     let Some(&version) = buf.first() else { return Ok(None) };
     if version != USERPASS_VERSION {
         return Err(SocksError::UserPassVersion(version));
@@ -171,7 +192,8 @@ pub fn parse_userpass(buf: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>, usize)>, S
     if buf.len() < end {
         return Ok(None);
     }
-    Ok(Some((buf[2..user_end].to_vec(), buf[user_end + 1..end].to_vec(), end)))
+    let login = Login { user: buf[2..user_end].to_vec(), password: buf[user_end + 1..end].to_vec() };
+    Ok(Some((login, end)))
 }
 
 /// The answer to a username and password: accepted or not.
@@ -179,8 +201,8 @@ pub fn encode_userpass_status(accepted: bool) -> [u8; 2] {
     [USERPASS_VERSION, if accepted { 0 } else { 1 }]
 }
 
-/// A request. `Some((request, used))`.
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, SocksError> {
+/// A request.
+pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
     let Some(&version) = buf.first() else { return Ok(None) };
     if version != VERSION {
         return Err(SocksError::Version(version));
@@ -262,10 +284,10 @@ pub fn encode_reply(reply: Reply, bound: SocketAddr) -> Vec<u8> {
     encode(reply as u8, &Destination::Ip(bound))
 }
 
-/// A reply as a client reads it: `Some((status byte, bound address, used))`.
-pub fn parse_reply(buf: &[u8]) -> Result<Option<(u8, Destination, usize)>, SocksError> {
+/// A reply as a client reads it: the status byte and the bound address.
+pub fn parse_reply(buf: &[u8]) -> Parsed<(u8, Destination)> {
     // The reply has the request's layout, with the status in the command's place.
-    Ok(parse_request(buf)?.map(|(request, used)| (request.command.to_u8(), request.destination, used)))
+    Ok(parse_request(buf)?.map(|(request, used)| ((request.command.to_u8(), request.destination), used)))
 }
 
 #[cfg(test)]
@@ -334,11 +356,13 @@ mod tests {
         assert_eq!(parse_greeting(&[5, 0]), Err(SocksError::NoMethods));
         assert_eq!(parse_greeting(&[4, 1, 0]), Err(SocksError::Version(4)));
         let auth = [1, 2, b'm', b'e', 3, b'p', b'w', b'd'];
-        assert_eq!(parse_userpass(&auth).unwrap(), Some((b"me".to_vec(), b"pwd".to_vec(), 8)));
+        let login = Login { user: b"me".to_vec(), password: b"pwd".to_vec() };
+        assert_eq!(parse_userpass(&auth).unwrap(), Some((login, 8)));
+        assert!(!format!("{:?}", parse_userpass(&auth)).contains("pwd"), "the password is masked");
         for cut in 0..auth.len() {
             assert_eq!(parse_userpass(&auth[..cut]).unwrap(), None);
         }
-        assert_eq!(parse_userpass(&[1, 0, 0]).unwrap(), Some((vec![], vec![], 3)));
+        assert_eq!(parse_userpass(&[1, 0, 0]).unwrap(), Some((Login { user: vec![], password: vec![] }, 3)));
         assert_eq!(parse_userpass(&[5, 0, 0]), Err(SocksError::UserPassVersion(5)));
     }
 
@@ -346,7 +370,7 @@ mod tests {
     fn replies_carry_their_status_and_address() {
         let bound: SocketAddr = "[::1]:1080".parse().unwrap();
         let bytes = encode_reply(Reply::ConnectionRefused, bound);
-        assert_eq!(parse_reply(&bytes).unwrap(), Some((5, Destination::Ip(bound), bytes.len())));
+        assert_eq!(parse_reply(&bytes).unwrap(), Some(((5, Destination::Ip(bound)), bytes.len())));
         let ok = encode_reply(Reply::Succeeded, "0.0.0.0:0".parse().unwrap());
         assert_eq!(ok, [5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     }

@@ -91,11 +91,9 @@ where
     let user = match auth {
         Auth::None => None,
         Auth::Password(check) => {
-            let (user, password) =
-                read_message(io, &mut buf, |b| Ok(codec::parse_userpass(b)?.map(|(u, p, n)| ((u, p), n))))
-                    .await?;
-            let accepted = check(&user, &password);
-            let user = String::from_utf8_lossy(&user).into_owned();
+            let login = read_message(io, &mut buf, codec::parse_userpass).await?;
+            let accepted = check(&login.user, &login.password);
+            let user = String::from_utf8_lossy(&login.user).into_owned();
             io.write_all(&codec::encode_userpass_status(accepted)).await.map_err(AcceptError::Io)?;
             if !accepted {
                 return Err(AcceptError::BadCredentials { user });
@@ -136,7 +134,7 @@ where
 async fn read_message<S, T>(
     io: &mut S,
     buf: &mut Vec<u8>,
-    parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, SocksError>,
+    parse: impl Fn(&[u8]) -> codec::Parsed<T>,
 ) -> Result<T, AcceptError>
 where
     S: AsyncRead + Unpin,
