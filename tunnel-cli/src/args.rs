@@ -159,9 +159,9 @@ pub struct ConnectArgs {
     /// choose. Repeatable.
     #[arg(short = 'L', long = "local", value_name = "[BIND_ADDR:]PORT:TARGET")]
     pub local: Vec<LocalForwardSpec>,
-    /// SOCKS5 proxy: listen on PORT here (127.0.0.1 unless BIND_ADDR is given); each
-    /// connection goes through the server to the client routing its destination's network, or
-    /// to a target the server may dial. Repeatable.
+    /// SOCKS5 proxy: listen on PORT here (127.0.0.1 unless BIND_ADDR is given; no password);
+    /// each connection goes through the server to the client routing its destination address's
+    /// network, or (other addresses, host names) to a target the server may dial. Repeatable.
     #[arg(short = 'D', long = "socks", value_name = "[BIND_ADDR:]PORT")]
     pub socks: Vec<SocksSpec>,
     /// Offer egress into this network (CIDR, e.g. 10.96.0.0/12): connections to its addresses

@@ -1,7 +1,8 @@
 //! SOCKS5 proxies (`-D`): listeners near the client whose connections each name where they
 //! go. Every connection travels through the server as a local forward to that address, and the
-//! server's answer becomes the SOCKS reply: it reaches the client routing the destination's
-//! network, or a target the server may dial, or it is refused with the matching reply code.
+//! server's answer becomes the SOCKS reply: an IP address inside a network some client routes
+//! reaches that client; any other address, and every host name, is a target the server dials
+//! if its rules allow; else the matching reply code says why not.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,6 +37,9 @@ pub(super) async fn bind(specs: &[SocksSpec]) -> Result<Vec<BoundSocks>, (SocksS
     let mut bound = Vec::with_capacity(specs.len());
     for spec in specs {
         let ip = spec.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        if !ip.is_loopback() {
+            tracing::warn!(%spec, "the SOCKS proxy takes no password: whoever reaches {ip} uses this client's rules through the tunnel");
+        }
         let listener = TcpListener::bind((ip, spec.port)).await.map_err(|e| (spec.clone(), e))?;
         bound.push(BoundSocks { spec: spec.clone(), listener });
     }

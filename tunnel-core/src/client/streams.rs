@@ -180,11 +180,24 @@ async fn visit_network(
 ) {
     let from = Escaped(from);
     let refuse = |status, message: String| StreamReply::refuse(status, message);
+    // The mapped form of an IPv4 address is that address, checked and dialed as such.
+    let target = SocketAddr::new(target.ip().to_canonical(), target.port());
+    let special =
+        IpNet::special_range(target.ip()).filter(|range| net.is_some_and(|net| !range.covers(&net)));
     let dialed = match net {
         None => Err(refuse(ReplyStatus::Unavailable, "this client no longer routes that network".into())),
         Some(net) if !net.contains(target.ip()) => Err(refuse(
             ReplyStatus::Denied,
             format!("{target} is outside the network {net} this client routes"),
+        )),
+        // A wide network (0.0.0.0/0) does not carry this host's own loopback or link-local
+        // addresses; routing such a range itself does.
+        Some(net) if special.is_some() => Err(refuse(
+            ReplyStatus::Denied,
+            format!(
+                "{target} is in {}, which {net} does not carry: route it explicitly",
+                special.unwrap_or(net)
+            ),
         )),
         Some(_) => match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
             Ok(Ok(tcp)) => Ok(tcp),

@@ -51,9 +51,9 @@ pub struct ClientFile {
     /// Local forwards, `[BIND_ADDR:]PORT:CLIENT/SERVICE` or `[BIND_ADDR:]PORT:HOST:PORT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local: Vec<LocalForwardSpec>,
-    /// SOCKS5 proxies, `[BIND_ADDR:]PORT` (127.0.0.1 unless named): each connection goes
-    /// through the server to the client routing its destination's network, or to a target the
-    /// server dials.
+    /// SOCKS5 proxies, `[BIND_ADDR:]PORT` (127.0.0.1 unless named; no password): each
+    /// connection goes through the server to the client routing its destination address's
+    /// network, or (any other address, and host names) to a target the server may dial.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socks: Vec<SocksSpec>,
     /// Private services, `SERVICE=HOST:PORT`.

@@ -2,7 +2,7 @@
 //! (`10.0.0.0/8:10250`).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use super::PortSet;
@@ -31,12 +31,11 @@ impl FromStr for Glob {
     type Err = RuleError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // `:` for IPv6 networks, visited as `OWNER/fd00::/8`.
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '*' | '?');
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '*' | '?');
         if s.is_empty() || s.len() > 200 || !s.chars().all(ok) {
             return Err(RuleError {
                 input: s.to_owned(),
-                reason: "use names of A-Z a-z 0-9 . _ - : with / and the wildcards * and ?".into(),
+                reason: "use names of A-Z a-z 0-9 . _ - with / and the wildcards * and ?".into(),
             });
         }
         Ok(Self(s.to_owned()))
@@ -80,6 +79,12 @@ impl Glob {
 /// client may take any name the shared token does not reserve, so a rule for per-client owners
 /// must never reach one that merely calls itself `worker-3`.
 ///
+/// A rule whose part after the owner is a network, `OWNER/10.96.0.0/12` (with ports,
+/// `OWNER/10.96.0.0/12:443,8000-9000`; IPv6 in brackets then, `OWNER/[fd00::/8]:443`), lets its
+/// holder reach addresses in that network through the owners it names that route them: it is
+/// matched against the address dialed, never as text, and service globs (`OWNER/*`) never
+/// reach networks.
+///
 /// ```
 /// use tunnel_core::forward::VisitRule;
 /// let rule: VisitRule = "worker-*/kubelet".parse().unwrap();
@@ -87,11 +92,23 @@ impl Glob {
 /// assert!(!rule.matches("worker-7", true, "kubelet"), "an impostor on the shared token");
 /// let shared: VisitRule = "shared:laptop-*/ssh".parse().unwrap();
 /// assert!(shared.matches("laptop-2", true, "ssh") && !shared.matches("laptop-2", false, "ssh"));
+/// let net: VisitRule = "site-*/10.96.0.0/12:443".parse().unwrap();
+/// assert!(net.matches_network("site-a", false, "10.96.0.10:443".parse().unwrap()));
+/// assert!(!net.matches_network("site-a", false, "10.96.0.10:22".parse().unwrap()));
+/// assert!(!"site-a/*".parse::<VisitRule>().unwrap().matches_network("site-a", false, "10.96.0.10:443".parse().unwrap()));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VisitRule {
     shared_owner: bool,
-    glob: Glob,
+    what: Visitable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Visitable {
+    /// `OWNER/SERVICE` as one glob.
+    Service(Glob),
+    /// Addresses in `net` (on `ports`, or any) routed by owners matching `owner`.
+    Network { owner: Glob, net: IpNet, ports: Option<PortSet> },
 }
 
 /// Prefix of a visit rule for owners on the shared token.
@@ -101,7 +118,25 @@ impl VisitRule {
     /// True if this rule lets its holder visit `owner/service`, where `owner_shared` says the
     /// owner authenticated with the shared token.
     pub fn matches(&self, owner: &str, owner_shared: bool, service: &str) -> bool {
-        self.shared_owner == owner_shared && self.glob.matches(&format!("{owner}/{service}"))
+        match &self.what {
+            Visitable::Service(glob) => {
+                self.shared_owner == owner_shared && glob.matches(&format!("{owner}/{service}"))
+            }
+            Visitable::Network { .. } => false,
+        }
+    }
+
+    /// True if this rule lets its holder reach `target` in a network `owner` routes.
+    pub fn matches_network(&self, owner: &str, owner_shared: bool, target: SocketAddr) -> bool {
+        match &self.what {
+            Visitable::Network { owner: glob, net, ports } => {
+                self.shared_owner == owner_shared
+                    && glob.matches(owner)
+                    && net.contains(target.ip())
+                    && ports.as_ref().is_none_or(|ports| ports.contains(target.port()))
+            }
+            Visitable::Service(_) => false,
+        }
     }
 }
 
@@ -109,12 +144,46 @@ impl FromStr for VisitRule {
     type Err = RuleError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (shared_owner, glob) = match s.strip_prefix(SHARED_PREFIX) {
+        let (shared_owner, rest) = match s.strip_prefix(SHARED_PREFIX) {
             Some(rest) => (true, rest),
             None => (false, s),
         };
-        Ok(Self { shared_owner, glob: glob.parse()? })
+        let network = rest.split_once('/').filter(|(_, after)| after.contains('/'));
+        let what = match network {
+            Some((owner, after)) => {
+                let err = |reason: &str| RuleError { input: s.to_owned(), reason: reason.to_owned() };
+                let (net, ports) = split_network(after).ok_or_else(|| {
+                    err("expected OWNER/NETWORK or OWNER/NETWORK:PORTS (IPv6 in brackets with ports)")
+                })?;
+                let net: IpNet = net.parse().map_err(|e: crate::proto::NetError| err(&e.to_string()))?;
+                let ports = ports
+                    .map(|p| {
+                        p.parse::<PortSet>()
+                            .map_err(|_| err("ports must be a port or a range like 8000-9000"))
+                    })
+                    .transpose()?;
+                Visitable::Network { owner: owner.parse()?, net, ports }
+            }
+            None => Visitable::Service(rest.parse()?),
+        };
+        Ok(Self { shared_owner, what })
     }
+}
+
+/// `NET`, `NET:PORTS` or `[NET]:PORTS` (`NET` holding a `/`): the network and the ports.
+fn split_network(text: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(bracketed) = text.strip_prefix('[') {
+        let (net, after) = bracketed.split_once(']')?;
+        return match after {
+            "" => Some((net, None)),
+            _ => Some((net, Some(after.strip_prefix(':')?))),
+        };
+    }
+    if text.parse::<IpNet>().is_ok() {
+        return Some((text, None));
+    }
+    let (net, ports) = text.rsplit_once(':')?;
+    (!net.contains(':')).then_some((net, Some(ports)))
 }
 
 impl fmt::Display for VisitRule {
@@ -122,7 +191,14 @@ impl fmt::Display for VisitRule {
         if self.shared_owner {
             f.write_str(SHARED_PREFIX)?;
         }
-        self.glob.fmt(f)
+        match &self.what {
+            Visitable::Service(glob) => glob.fmt(f),
+            Visitable::Network { owner, net, ports: None } => write!(f, "{owner}/{net}"),
+            Visitable::Network { owner, net, ports: Some(ports) } if net.is_ipv4() => {
+                write!(f, "{owner}/{net}:{ports}")
+            }
+            Visitable::Network { owner, net, ports: Some(ports) } => write!(f, "{owner}/[{net}]:{ports}"),
+        }
     }
 }
 
@@ -304,6 +380,43 @@ mod tests {
         let v4_zero: TargetRules = "0.0.0.0/0:1".parse().unwrap();
         assert!(v4_zero.allows_ip(ip("203.0.113.7"), 1) && !v4_zero.allows_ip(ip("2001:db8::1"), 1));
         assert_eq!(mapped_net.to_string(), "10.0.0.0/8:1");
+    }
+
+    #[test]
+    fn network_visit_rules_match_addresses_not_text() {
+        let target = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let rule: VisitRule = "site/10.96.0.0/12".parse().unwrap();
+        assert!(rule.matches_network("site", false, target("10.111.0.1:22")));
+        assert!(!rule.matches_network("site", false, target("10.112.0.1:22")), "a glob over the text would");
+        assert!(
+            !rule.matches_network("site", true, target("10.96.0.1:22")),
+            "an impostor on the shared token"
+        );
+        assert!(!rule.matches("site", false, "10.96.0.0"), "not a service rule");
+        let v6: VisitRule = "shared:site-*/[fd00::/8]:443,8443".parse().unwrap();
+        assert!(v6.matches_network("site-b", true, target("[fd12::1]:8443")));
+        assert!(!v6.matches_network("site-b", true, target("[fd12::1]:80")));
+        assert!("site/fd00::/8".parse::<VisitRule>().unwrap().matches_network(
+            "site",
+            false,
+            target("[fd00::1]:1")
+        ));
+        for text in
+            ["site/10.96.0.0/12", "site/10.96.0.0/12:443", "shared:s*/[fd00::/8]:1-1024", "site/fd00::/8"]
+        {
+            let rule: VisitRule = text.parse().unwrap();
+            assert_eq!(rule.to_string(), text);
+            assert_eq!(rule.to_string().parse::<VisitRule>().unwrap(), rule);
+        }
+        for bad in [
+            "site/10.96.0.1/12",
+            "site/10.0.0.0/8:x",
+            "site/fd00::/8:443",
+            "site/[fd00::/8",
+            "a b/10.0.0.0/8",
+        ] {
+            assert!(bad.parse::<VisitRule>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -231,9 +231,10 @@ pub enum ReplyStatus {
     Unavailable,
     /// The target could not be reached (no route to it, a failed lookup).
     Unreachable,
-    /// The target refused the connection (version 4).
+    /// The target refused the connection (added with version 4; a peer of an older version
+    /// reads it as [`ReplyStatus::Other`], a refusal all the same).
     Refused,
-    /// The target did not answer in time (version 4).
+    /// The target did not answer in time (added with version 4, as `Refused`).
     TimedOut,
     /// A status from a newer peer.
     Other(u8),

@@ -101,6 +101,33 @@ impl IpNet {
     }
 }
 
+/// Ranges a wide network (`0.0.0.0/0`) should not carry by accident: the host's own loopback,
+/// unspecified, link-local (cloud metadata services live there), multicast and broadcast.
+const SPECIAL: [(&str, u8); 9] = [
+    ("127.0.0.0", 8),
+    ("0.0.0.0", 8),
+    ("169.254.0.0", 16),
+    ("224.0.0.0", 4),
+    ("255.255.255.255", 32),
+    ("::1", 128),
+    ("::", 128),
+    ("fe80::", 10),
+    ("ff00::", 8),
+];
+
+impl IpNet {
+    /// The special range `ip` falls in (loopback, unspecified, link-local, multicast,
+    /// broadcast), if any. The IPv4-mapped form of an ordinary IPv4 address is not special: it
+    /// is that address.
+    pub fn special_range(ip: IpAddr) -> Option<IpNet> {
+        let ip = ip.to_canonical();
+        SPECIAL
+            .iter()
+            .filter_map(|(addr, prefix)| IpNet::new(addr.parse().ok()?, *prefix))
+            .find(|range| range.contains(ip))
+    }
+}
+
 /// `10.96.0.0/12`, `fd00::/8`: the address in its own family, without brackets.
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -185,6 +212,20 @@ mod tests {
         assert!(!net("0.0.0.0/0").covers(&net("fd00::/8")), "IPv4 space holds no IPv6 network");
         assert!(net("::/0").covers(&net("10.0.0.0/8")));
         assert!(net("10.0.0.0/8").specificity() < net("10.96.0.0/12").specificity());
+    }
+
+    #[test]
+    fn special_ranges_are_found_in_either_form() {
+        let special = |s: &str| IpNet::special_range(ip(s)).map(|r| r.to_string());
+        assert_eq!(special("127.0.0.1").as_deref(), Some("127.0.0.0/8"));
+        assert_eq!(special("::ffff:127.0.0.1").as_deref(), Some("127.0.0.0/8"), "the mapped form");
+        assert_eq!(special("169.254.169.254").as_deref(), Some("169.254.0.0/16"));
+        assert_eq!(special("::1").as_deref(), Some("::1/128"));
+        assert_eq!(special("fe80::1").as_deref(), Some("fe80::/10"));
+        assert_eq!(special("0.0.0.0").as_deref(), Some("0.0.0.0/8"));
+        for ordinary in ["10.96.0.1", "::ffff:10.96.0.1", "192.0.2.1", "2001:db8::1", "fd00::1"] {
+            assert_eq!(special(ordinary), None, "{ordinary}");
+        }
     }
 
     #[test]

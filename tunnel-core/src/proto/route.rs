@@ -247,7 +247,8 @@ pub(super) fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<RouteEntry>, Deco
             KIND_HTTP_FALLBACK => RouteKind::HttpFallback,
             KIND_TLS => RouteKind::Tls { host: http::decode_host(r)? },
             KIND_NETWORK => {
-                let addr = r.opt_ip("network")?.ok_or(DecodeError::Truncated { field: "network" })?;
+                let addr =
+                    r.opt_ip("network")?.ok_or(DecodeError::InvalidValue { field: "network", value: 0 })?;
                 let prefix = r.u8("prefix")?;
                 let net = IpNet::new(addr, prefix)
                     .filter(|net| net.addr() == addr)

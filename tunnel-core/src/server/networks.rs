@@ -3,12 +3,20 @@
 //!
 //! Networks of different clients never overlap (a claim that would is refused, naming the
 //! holder), so a lookup's answer is one client; within one client's networks, and between the
-//! sessions of one name while one replaces the other, the most specific network wins.
+//! sessions of one name while one replaces the other, the most specific network wins. A
+//! network stays its client's while that client drains or reconnects, for the same grace
+//! period as its ports: meanwhile connections into it are answered "unavailable" (never sent
+//! anywhere else, such as to a target the server would dial in its own network of the same
+//! addresses), and no other client can claim it.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::registry::SessionId;
+use crate::auth::CredentialKind;
 use crate::mux::StreamOpener;
 use crate::proto::{IpNet, RouteId};
 
@@ -21,30 +29,47 @@ pub(crate) struct Networks {
 #[derive(Debug)]
 struct Entry {
     net: IpNet,
-    owner: String,
+    owner: Owner,
     session: SessionId,
     route: RouteId,
-    opener: StreamOpener,
+    /// `None` once the session is draining or gone: reserved until then.
+    opener: Option<StreamOpener>,
+    reserved_until: Option<Instant>,
 }
 
-/// Where a connection into a routed network goes.
+/// Who routes a network: a name with the kind of credential it holds (a name on the shared
+/// token and the same name with a token of its own are different clients).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) name: String,
+    pub(crate) credential: CredentialKind,
+}
+
+/// The network an address falls in, and how to reach the client routing it.
 #[derive(Debug, Clone)]
 pub(crate) struct NetworkHit {
     /// The client routing it.
-    pub(crate) owner: String,
+    pub(crate) owner: Owner,
     /// The network, as that client offered it.
     pub(crate) net: IpNet,
     /// Its route id in that client's table.
     pub(crate) route: RouteId,
-    /// Opens streams to that client's session.
-    pub(crate) opener: StreamOpener,
+    /// Opens streams to that client's session; `None` while it drains or reconnects.
+    pub(crate) opener: Option<StreamOpener>,
 }
 
-/// A claim refused: another client routes an overlapping network.
+/// A claim refused: another client routes (or holds, while it reconnects) an overlapping
+/// network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Overlap {
     pub(crate) owner: String,
     pub(crate) net: IpNet,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.reserved_until.is_none_or(|until| until > now)
+    }
 }
 
 impl Networks {
@@ -52,48 +77,61 @@ impl Networks {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Routes `net` to `owner`'s session `session`, unless another client routes a network
-    /// that overlaps it.
+    /// Routes `net` to `owner`'s session `session`, unless another client routes or holds a
+    /// network that overlaps it. The owner's own reservation of the same network is taken over.
     pub(crate) fn claim(
         &self,
         net: IpNet,
-        owner: &str,
+        owner: &Owner,
         session: SessionId,
         route: RouteId,
         opener: StreamOpener,
     ) -> Result<(), Overlap> {
+        let now = Instant::now();
         let mut entries = self.lock();
-        if let Some(other) = entries.iter().find(|e| e.owner != owner && e.net.overlaps(&net)) {
-            return Err(Overlap { owner: other.owner.clone(), net: other.net });
+        entries.retain(|e| e.live(now));
+        if let Some(other) = entries.iter().find(|e| &e.owner != owner && e.net.overlaps(&net)) {
+            return Err(Overlap { owner: other.owner.name.clone(), net: other.net });
         }
-        entries.retain(|e| !(e.session == session && e.route == route));
-        entries.push(Entry { net, owner: owner.to_owned(), session, route, opener });
+        entries.retain(|e| {
+            let same_route = e.session == session && e.route == route;
+            let own_reservation = e.opener.is_none() && &e.owner == owner && e.net == net;
+            !(same_route || own_reservation)
+        });
+        let entry =
+            Entry { net, owner: owner.clone(), session, route, opener: Some(opener), reserved_until: None };
+        entries.push(entry);
         Ok(())
     }
 
-    /// Takes route `route` of session `session` out of the table.
+    /// Takes route `route` of session `session` out of the table: its client withdrew it.
     pub(crate) fn release(&self, session: SessionId, route: RouteId) {
         self.lock().retain(|e| !(e.session == session && e.route == route));
     }
 
-    /// Takes every network of session `session` out of the table.
-    pub(crate) fn remove_session(&self, session: SessionId) {
-        self.lock().retain(|e| e.session != session);
+    /// Session `session` drains or ended: its networks stay reserved to its client for `grace`.
+    pub(crate) fn depart(&self, session: SessionId, grace: Duration) {
+        let until = Instant::now() + grace;
+        for entry in self.lock().iter_mut().filter(|e| e.session == session && e.opener.is_some()) {
+            entry.opener = None;
+            entry.reserved_until = Some(until);
+        }
     }
 
-    /// The most specific network holding `ip` whose session still takes streams; among equals,
-    /// the newest session's.
+    /// The most specific network holding `ip`, in service or reserved; among equals, one in
+    /// service first, then the newest session's.
     pub(crate) fn lookup(&self, ip: IpAddr) -> Option<NetworkHit> {
+        let now = Instant::now();
         let entries = self.lock();
         let best = entries
             .iter()
-            .filter(|e| e.net.contains(ip) && !e.opener.is_closed())
-            .max_by_key(|e| (e.net.specificity(), e.session))?;
+            .filter(|e| e.net.contains(ip) && e.live(now))
+            .max_by_key(|e| (e.net.specificity(), e.opener.is_some(), e.session))?;
         Some(NetworkHit {
             owner: best.owner.clone(),
             net: best.net,
             route: best.route,
-            opener: best.opener.clone(),
+            opener: best.opener.clone().filter(|o| !o.is_closed()),
         })
     }
 }
@@ -119,32 +157,49 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn owner(name: &str) -> Owner {
+        Owner { name: name.into(), credential: CredentialKind::PerClient }
+    }
+
+    const GRACE: Duration = Duration::from_secs(60);
+
     #[tokio::test]
     async fn clients_never_overlap_and_the_most_specific_network_wins() {
         let table = Networks::default();
-        table.claim(net("10.96.0.0/12"), "a", 1, RouteId(1), opener()).unwrap();
-        table.claim(net("10.96.5.0/24"), "a", 1, RouteId(2), opener()).unwrap();
-        let refused = table.claim(net("10.0.0.0/8"), "b", 2, RouteId(3), opener()).unwrap_err();
+        table.claim(net("10.96.0.0/12"), &owner("a"), 1, RouteId(1), opener()).unwrap();
+        table.claim(net("10.96.5.0/24"), &owner("a"), 1, RouteId(2), opener()).unwrap();
+        let refused = table.claim(net("10.0.0.0/8"), &owner("b"), 2, RouteId(3), opener()).unwrap_err();
         assert_eq!(refused, Overlap { owner: "a".into(), net: net("10.96.0.0/12") }, "wider");
-        assert!(table.claim(net("10.96.7.0/24"), "b", 2, RouteId(3), opener()).is_err(), "narrower");
-        table.claim(net("10.112.0.0/12"), "b", 2, RouteId(3), opener()).unwrap();
+        assert!(table.claim(net("10.96.7.0/24"), &owner("b"), 2, RouteId(3), opener()).is_err(), "narrower");
+        let impostor = Owner { name: "a".into(), credential: CredentialKind::Shared };
+        assert!(
+            table.claim(net("10.96.7.0/24"), &impostor, 2, RouteId(3), opener()).is_err(),
+            "same name, shared"
+        );
+        table.claim(net("10.112.0.0/12"), &owner("b"), 2, RouteId(3), opener()).unwrap();
         assert_eq!(table.lookup(ip("10.96.5.9")).unwrap().route, RouteId(2));
         assert_eq!(table.lookup(ip("10.96.6.9")).unwrap().route, RouteId(1));
-        assert_eq!(table.lookup(ip("::ffff:10.112.0.1")).unwrap().owner, "b");
+        assert_eq!(table.lookup(ip("::ffff:10.112.0.1")).unwrap().owner, owner("b"));
         assert!(table.lookup(ip("192.0.2.1")).is_none());
         table.release(1, RouteId(2));
         assert_eq!(table.lookup(ip("10.96.5.9")).unwrap().route, RouteId(1));
-        table.remove_session(1);
-        assert!(table.lookup(ip("10.96.5.9")).is_none());
-        table.claim(net("10.0.0.0/8"), "c", 3, RouteId(4), opener()).unwrap_err();
-        table.remove_session(2);
-        table.claim(net("10.0.0.0/8"), "c", 3, RouteId(4), opener()).unwrap();
-        // A session whose connection is gone is skipped.
-        let (a, _b) = tokio::io::duplex(64);
-        let (closed, _incoming, driver) =
-            crate::mux::start(a, &crate::mux::MuxConfig::default(), crate::mux::Mode::Client);
-        drop(driver);
-        table.claim(net("10.1.0.0/16"), "c", 4, RouteId(5), closed).unwrap();
-        assert_eq!(table.lookup(ip("10.1.0.1")).unwrap().route, RouteId(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_departed_clients_networks_stay_its_own_for_the_grace_period() {
+        let table = Networks::default();
+        table.claim(net("10.96.0.0/12"), &owner("a"), 1, RouteId(1), opener()).unwrap();
+        table.depart(1, GRACE);
+        // Reserved: found, but with no way in; nobody else may claim it.
+        let hit = table.lookup(ip("10.96.0.1")).unwrap();
+        assert!(hit.opener.is_none() && hit.owner == owner("a"));
+        assert!(table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener()).is_err());
+        // Its own next session takes it back.
+        table.claim(net("10.96.0.0/12"), &owner("a"), 3, RouteId(1), opener()).unwrap();
+        assert!(table.lookup(ip("10.96.0.1")).unwrap().opener.is_some());
+        table.depart(3, GRACE);
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        assert!(table.lookup(ip("10.96.0.1")).is_none(), "the reservation ran out");
+        table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener()).unwrap();
     }
 }

@@ -203,13 +203,28 @@ impl<'a> ClientRules<'a> {
     /// with its own token visits `OWNER/SERVICE` only where one of its `allow_visit` rules
     /// matches, and a plain rule matches only owners with their own token (`shared:` rules name
     /// shared-token owners). `owner` holds `owner_credential` by configuration, online or not,
-    /// so the answer does not reveal whether it is connected. A network route is visited as
-    /// the service named by its network: `OWNER/10.96.0.0/12`.
+    /// so the answer does not reveal whether it is connected.
     pub fn may_visit(&self, owner: &str, owner_credential: CredentialKind, service: &str) -> bool {
         let owner_shared = owner_credential == CredentialKind::Shared;
         match self.own {
             None => self.credential == CredentialKind::Shared && owner_shared,
             Some(own) => own.allow_visit.iter().any(|rule| rule.matches(owner, owner_shared, service)),
+        }
+    }
+
+    /// May it reach `target` through `owner`, which routes a network holding it? As
+    /// [`Self::may_visit`], with `allow_visit` rules naming networks (`OWNER/10.96.0.0/12`,
+    /// matched against the address and port, never as text).
+    pub fn may_visit_network(
+        &self,
+        owner: &str,
+        owner_credential: CredentialKind,
+        target: std::net::SocketAddr,
+    ) -> bool {
+        let owner_shared = owner_credential == CredentialKind::Shared;
+        match self.own {
+            None => self.credential == CredentialKind::Shared && owner_shared,
+            Some(own) => own.allow_visit.iter().any(|rule| rule.matches_network(owner, owner_shared, target)),
         }
     }
 }
@@ -285,10 +300,19 @@ mod tests {
         assert!(policy.for_client("anyone", SHARED).may_route_network(&net("10.1.0.0/16")));
         assert!(!policy.for_client("site", SHARED).may_route_network(&net("fd00::/8")), "not its own list");
         assert!(!policy.for_client("cp", OWN).may_route_network(&net("10.1.0.0/16")));
-        // A network is visited as OWNER/NETWORK.
-        policy.clients.get_mut("cp").unwrap().allow_visit.push("site/10.96.*".parse().unwrap());
+        // A network is visited by rules naming one, matched against the address.
+        policy.clients.get_mut("cp").unwrap().allow_visit.push("site/10.96.0.0/16:443".parse().unwrap());
         let cp = policy.for_client("cp", OWN);
-        assert!(cp.may_visit("site", OWN, "10.96.0.0/12") && !cp.may_visit("site", OWN, "fd00::/8"));
+        let to = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(cp.may_visit_network("site", OWN, to("10.96.3.4:443")));
+        assert!(
+            !cp.may_visit_network("site", OWN, to("10.97.3.4:443"))
+                && !cp.may_visit_network("site", OWN, to("10.96.3.4:22"))
+        );
+        assert!(
+            !cp.may_visit_network("site", SHARED, to("10.96.3.4:443")),
+            "an impostor on the shared token"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -51,11 +51,24 @@ pub(super) async fn handle(
             return;
         }
     };
-    let carried = tokio::select! {
-        () = owned.cancelled() => return,
-        carried = carry(&shared, &from, &mut stream, &target, visitor) => carried,
-    };
-    if let Err(refusal) = carried {
+    tokio::select! {
+        () = owned.cancelled() => {}
+        () = visit(&shared, &from, &mut stream, &target, visitor) => {}
+    }
+}
+
+/// Carries a visit whose header was read: `stream` is answered with a stream reply (the
+/// server's refusal, its own `Ok`, or the routing client's answer), then spliced to the target.
+pub(super) async fn visit<S>(
+    shared: &Shared,
+    from: &Visitor,
+    stream: &mut S,
+    target: &VisitTarget,
+    visitor: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    if let Err(refusal) = carry(shared, from, stream, target, visitor).await {
         if crate::log::REFUSALS.allow() {
             tracing::info!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visit refused ({}): {}", refusal.status, crate::log::Escaped(&refusal.message));
         }
@@ -66,13 +79,16 @@ pub(super) async fn handle(
 }
 
 /// Connects the stream to its target; `Err` is the refusal to send back.
-async fn carry(
+async fn carry<S>(
     shared: &Shared,
     from: &Visitor,
-    stream: &mut MuxStream,
+    stream: &mut S,
     target: &VisitTarget,
     visitor: SocketAddr,
-) -> Result<(), StreamReply> {
+) -> Result<(), StreamReply>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     match target {
         VisitTarget::Service { client, service } => {
             // Rules first, from the configuration alone: a refused visitor learns nothing about
@@ -154,31 +170,33 @@ async fn carry(
 /// Carries the stream to the client routing the target's network, if the rules let this
 /// client visit that network. That client dials and answers first; its answer and the data
 /// that follows pass through as they are.
-async fn visit_network(
+async fn visit_network<S>(
     shared: &Shared,
     from: &Visitor,
-    stream: &mut MuxStream,
+    stream: &mut S,
     hit: NetworkHit,
     target: SocketAddr,
     visitor: SocketAddr,
-) -> Result<(), StreamReply> {
+) -> Result<(), StreamReply>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let config = shared.config();
-    let (owner, net) = (&hit.owner, hit.net);
-    if !config.rules(&from.name, from.credential).may_visit(
-        owner,
-        config.credential_of(owner),
-        &net.to_string(),
-    ) {
+    let (owner, net) = (&hit.owner.name, hit.net);
+    // Rules first, from the configuration alone: a refused visitor learns nothing of whether
+    // the owner is online.
+    if !config.rules(&from.name, from.credential).may_visit_network(owner, hit.owner.credential, target) {
         return Err(StreamReply::refuse(
             ReplyStatus::Denied,
-            format!("client {:?} may not visit network {owner}/{net}", from.name),
+            format!("client {:?} may not visit {target} in network {owner}/{net}", from.name),
         ));
     }
-    let mut upstream = hit.opener.open().await.map_err(|e| {
-        StreamReply::refuse(
-            ReplyStatus::Unavailable,
-            format!("cannot reach client {owner:?}, which routes {net}: {}", crate::log::Chain(&e)),
-        )
+    let unavailable = |why: String| StreamReply::refuse(ReplyStatus::Unavailable, why);
+    let opener = hit
+        .opener
+        .ok_or_else(|| unavailable(format!("client {owner:?}, which routes {net}, is not connected")))?;
+    let mut upstream = opener.open().await.map_err(|e| {
+        unavailable(format!("cannot reach client {owner:?}, which routes {net}: {}", crate::log::Chain(&e)))
     })?;
     let header = StreamHeader::NetworkVisit { route_id: hit.route, target, from: from.name.clone(), visitor };
     if upstream.write_all(&header.encode()).await.is_err() {

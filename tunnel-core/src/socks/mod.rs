@@ -3,7 +3,7 @@
 //! reply) is the caller's. [`codec`] is the sans-IO wire format under it.
 //!
 //! `tunnel-cli connect -D` serves it on the client: each connection goes through the server to
-//! the client routing the destination's network, or to a target the server dials.
+//! the client routing the destination address's network, or to a target the server dials.
 
 pub mod codec;
 
@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use codec::{Command, Destination, Reply, Request, SocksError};
 
-/// Longest exchange a client can send in one step (a username/password: 3 + 255 + 255 bytes).
+/// Longest exchange a client can send in one step (a username/password: 3 + 255 + 255 bytes);
+/// the buffer holds at most this plus one read.
 const MAX_MESSAGE: usize = 513;
 
 /// How the server authenticates its clients.

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::directory::Listing;
 use super::forwards::{self, Binder, Carrier, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
+use super::networks::Owner;
 use super::registry::SessionId;
 use super::{RouteInfo, Shared};
 use crate::auth::CredentialKind;
@@ -384,15 +385,12 @@ impl<'s> SessionRoutes<'s> {
             let message = format!("client {:?} may not route network {net}", self.name);
             return Err((RefusalCode::NetworkNotAllowed, message));
         }
-        self.shared.networks.claim(net, &self.name, self.session, id, self.opener.clone()).map_err(
-            |held| {
-                let message = format!(
-                    "network {net} overlaps {} routed by another client ({:?})",
-                    held.net, held.owner
-                );
-                (RefusalCode::NetworkTaken, message)
-            },
-        )?;
+        let owner = Owner { name: self.name.clone(), credential: self.credential };
+        self.shared.networks.claim(net, &owner, self.session, id, self.opener.clone()).map_err(|held| {
+            let message =
+                format!("network {net} overlaps {} routed by another client ({:?})", held.net, held.owner);
+            (RefusalCode::NetworkTaken, message)
+        })?;
         tracing::debug!(client = %Escaped(&self.name), %net, "network routed");
         self.networks.insert(id, net);
         Ok(())
@@ -571,7 +569,7 @@ impl<'s> SessionRoutes<'s> {
         self.draining = true;
         self.accepting.cancel();
         self.visitors.close();
-        self.shared.networks.remove_session(self.session);
+        self.shared.networks.depart(self.session, self.shared.config().port_grace);
         if withdraw_http {
             self.shared.http_routes.remove(self.session);
         }
@@ -585,7 +583,7 @@ impl<'s> SessionRoutes<'s> {
     pub(super) async fn close(self) {
         self.owned.cancel();
         self.shared.http_routes.remove(self.session);
-        self.shared.networks.remove_session(self.session);
+        self.shared.networks.depart(self.session, self.shared.config().port_grace);
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
         }
