@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// Serve /metrics (Prometheus), /ready and /healthz on this address, e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Serve SOCKS5 on this address for people without a client: username a client's name,
+    /// password its own token; each connection follows that client's rules. Unencrypted:
+    /// listen where only trusted hosts reach [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub socks_listen: Option<String>,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2, certificates from [[certificates]] in the config, else
     /// the server's own) and clients' TLS passthrough routes on this address, e.g. 0.0.0.0:443.
     #[arg(long, value_name = "ADDR")]
@@ -236,6 +241,7 @@ impl ServeArgs {
         }
         file.insecure_plaintext |= self.insecure_plaintext;
         override_with(&mut file.http_listen, self.http_listen);
+        override_with(&mut file.socks_listen, self.socks_listen);
         override_with(&mut file.metrics, self.metrics);
         override_with(&mut file.https_listen, self.https_listen);
         if !self.allow_hosts.is_empty() {

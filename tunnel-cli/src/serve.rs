@@ -27,6 +27,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let local = listener.local_addr().map_err(Failure::runtime)?;
     let http = bind_optional(setup.http_listen.as_deref(), "HTTP").await?;
     let https = bind_optional(setup.https_listen.as_deref(), "HTTPS").await?;
+    let socks = bind_optional(setup.socks_listen.as_deref(), "SOCKS5").await?;
     let metrics = bind_optional(setup.metrics.as_deref(), "metrics").await?;
     print_banner(&setup, local);
     if let Some(http) = &http {
@@ -37,6 +38,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     if let Some(metrics) = &metrics {
         println!("metrics served on {}", metrics.local_addr().map_err(Failure::runtime)?);
+    }
+    if let Some(socks) = &socks {
+        let addr = socks.local_addr().map_err(Failure::runtime)?;
+        println!("SOCKS5 served on {addr}");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "SOCKS5 is unencrypted: the tokens its users log in with cross the network as they are"
+            );
+        }
     }
     if let Some(acme) = &setup.config.http.acme {
         let (directory, challenge) = (&acme.directory, acme.challenge);
@@ -90,6 +100,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         let (server, until) = (server.clone(), until_stopped());
         tokio::spawn(async move { server.run_https(listener, until).await })
     });
+    let socks_proxy = socks.map(|listener| {
+        let (server, until) = (server.clone(), until_stopped());
+        tokio::spawn(async move { server.run_socks(listener, until).await })
+    });
     // The admin API answers until the process exits, the drain included.
     let _admin_api = admin_api.map(|listener| {
         let served = tunnel_core::admin::serve(admin.clone(), listener, std::future::pending());
@@ -111,7 +125,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let _ = stop.send(true);
-    for edge in [edge, tls_edge].into_iter().flatten() {
+    for edge in [edge, tls_edge, socks_proxy].into_iter().flatten() {
         let _ = edge.await;
     }
     result.map_err(|e| Failure::runtime(format!("server failed: {e}")))
@@ -124,6 +138,7 @@ struct Running {
     listen: String,
     http_listen: Option<String>,
     https_listen: Option<String>,
+    socks_listen: Option<String>,
     metrics: Option<String>,
     admin: Option<AdminAddress>,
     state_dir: Option<std::path::PathBuf>,
@@ -137,6 +152,7 @@ impl Running {
             listen: setup.listen.clone(),
             http_listen: setup.http_listen.clone(),
             https_listen: setup.https_listen.clone(),
+            socks_listen: setup.socks_listen.clone(),
             metrics: setup.metrics.clone(),
             admin: setup.admin.as_ref().map(|a| a.listen.clone()),
             state_dir,
@@ -199,6 +215,7 @@ async fn follow(
             ("listen", now.listen != running.listen),
             ("http_listen", now.http_listen != running.http_listen),
             ("https_listen", now.https_listen != running.https_listen),
+            ("socks_listen", now.socks_listen != running.socks_listen),
             ("metrics", now.metrics != running.metrics),
             ("admin_listen", now.admin != running.admin),
         ] {

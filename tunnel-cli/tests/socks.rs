@@ -45,15 +45,22 @@ fn server_config(dir: &Path) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// An HTTP/1.0 responder on `addr` answering every request with `body`.
+/// An HTTP/1.0 responder on `addr` answering every request with `body`, once it has read the
+/// whole request head (closing with bytes unread would reset the connection, answer and all).
 async fn http_server(addr: &str, body: &'static str) -> SocketAddr {
     let listener = TcpListener::bind(addr).await.unwrap();
     let local = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut request = [0u8; 1024];
-                let _ = tcp.read(&mut request).await;
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
                 let answer = format!(
                     "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -67,8 +74,16 @@ async fn http_server(addr: &str, body: &'static str) -> SocketAddr {
 
 /// `curl --socks5-hostname PROXY URL`: its exit code and what it printed.
 async fn curl(proxy: &str, url: &str) -> (Option<i32>, String) {
+    curl_as(proxy, None, url).await
+}
+
+/// The same, logging in to the proxy as `user` (`NAME:PASSWORD`) if given.
+async fn curl_as(proxy: &str, user: Option<&str>, url: &str) -> (Option<i32>, String) {
+    let login = user.map(|user| ["--proxy-user", user]).into_iter().flatten();
     let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--socks5-hostname", proxy, url])
+        .args(["-sS", "--max-time", "20", "--socks5-hostname", proxy])
+        .args(login)
+        .arg(url)
         .stdin(Stdio::null())
         .output()
         .await
@@ -99,6 +114,23 @@ async fn socks_reply(proxy: &str, target: Destination) -> u8 {
     }
 }
 
+/// Logs in to the proxy at `proxy` as `user` with `password`: the status byte of the answer.
+async fn socks_login(proxy: &str, user: &str, password: &str) -> u8 {
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(&[5, 1, codec::METHOD_USERPASS]).await.unwrap();
+    let mut method = [0u8; 2];
+    tcp.read_exact(&mut method).await.unwrap();
+    assert_eq!(method, [5, codec::METHOD_USERPASS]);
+    let mut login = vec![1, u8::try_from(user.len()).unwrap()];
+    login.extend_from_slice(user.as_bytes());
+    login.push(u8::try_from(password.len()).unwrap());
+    login.extend_from_slice(password.as_bytes());
+    tcp.write_all(&login).await.unwrap();
+    let mut status = [0u8; 2];
+    tcp.read_exact(&mut status).await.unwrap();
+    status[1]
+}
+
 /// The proxy's address from a `SOCKS proxy listening: ADDR` line.
 async fn socks_addr(cli: &Cli) -> String {
     cli.line_after("SOCKS proxy listening: ").await.trim().to_owned()
@@ -123,7 +155,14 @@ async fn curl_reaches_a_network_another_client_routes_and_the_rules_answer_with_
     laptop.line_after("connected to ").await;
 
     let (code, text) = curl(&proxy, &format!("http://{web}/")).await;
-    assert_eq!((code, text.as_str()), (Some(0), "hello from the site\n"), "{}", site.output());
+    assert_eq!(
+        (code, text.as_str()),
+        (Some(0), "hello from the site\n"),
+        "{}\n{}\n{}",
+        site.output(),
+        laptop.output(),
+        server.cli.output()
+    );
 
     // A closed port in the routed network: the site's connect is refused, and says so.
     let closed = free_port();
@@ -217,6 +256,43 @@ async fn a_socks_proxy_without_a_session_answers_network_unreachable_and_refuses
         socks_reply(&proxy, Destination::Ip(([127, 0, 0, 1], 80).into())).await,
         Reply::NetworkUnreachable as u8
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = http_server("127.0.0.3:0", "hello without a client\n").await;
+    let config = server_config(dir.path());
+    let shared = "shared-token-socks-test-0b9d27";
+    let server =
+        serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0", "--token", shared], &[])
+            .await;
+    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+
+    let url = format!("http://{web}/");
+    let (code, text) = curl_as(&proxy, Some(&format!("laptop:{LAPTOP_TOKEN}")), &url).await;
+    assert_eq!((code, text.as_str()), (Some(0), "hello without a client\n"), "{}", server.cli.output());
+    // Logged in as the stranger, the rules say no: not allowed (curl reports the SOCKS error).
+    let (code, _) = curl_as(&proxy, Some(&format!("stranger:{STRANGER_TOKEN}")), &url).await;
+    assert_ne!(code, Some(0));
+    server.cli.output_contains("may not visit").await;
+    // A wrong token, an unknown name, the shared token, or no password at all: refused.
+    assert_eq!(socks_login(&proxy, "laptop", STRANGER_TOKEN).await, 1);
+    assert_eq!(socks_login(&proxy, "nobody", LAPTOP_TOKEN).await, 1);
+    assert_eq!(socks_login(&proxy, "anyone", shared).await, 1, "the shared token is no login here");
+    assert_eq!(socks_login(&proxy, "laptop", LAPTOP_TOKEN).await, 0);
+    let mut tcp = TcpStream::connect(&proxy).await.unwrap();
+    tcp.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
+    let mut method = [0u8; 2];
+    tcp.read_exact(&mut method).await.unwrap();
+    assert_eq!(method, [5, codec::METHOD_UNACCEPTABLE]);
+    assert!(!server.cli.output().contains(LAPTOP_TOKEN), "a password is never logged");
 }
 
 /// Network namespaces for one test, deleted (with their links) on drop.

@@ -245,7 +245,7 @@ async fn a_port_moves_between_routes_in_one_table_and_no_one_else_gets_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_with_an_id_twice_or_too_many_entries_ends_the_session() {
-    // At most 2 TCP, 2 HTTP and 2 TLS routes, 1 service and a fallback: 8 entries.
+    // At most 2 TCP, 2 HTTP, 2 TLS and 2 network routes, 1 service and a fallback: 10 entries.
     let server = start_server(|config| {
         config.max_forwards_per_client = 2;
         config.max_services_per_client = 1;
@@ -253,7 +253,7 @@ async fn a_table_with_an_id_twice_or_too_many_entries_ends_the_session() {
     .await;
     for (entries, why) in [
         (vec![tcp_entry(1, 0), tcp_entry(1, 0)], "listed twice"),
-        ((0..9).map(|i| tcp_entry(i, 0)).collect(), "at most 8"),
+        ((0..11).map(|i| tcp_entry(i, 0)).collect(), "at most 10"),
     ] {
         let session = bare_session(&server, "bad-table", TOKEN).await;
         let driver = tokio::spawn(session.driver);

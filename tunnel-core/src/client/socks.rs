@@ -141,7 +141,7 @@ async fn through_server(
         }
     };
     if answer.status != ReplyStatus::Ok {
-        return Err(Refused { reply: reply_for(answer.status), why: answer.message });
+        return Err(Refused { reply: socks::reply_for(answer.status), why: answer.message });
     }
     if socks::reply(tcp, Reply::Succeeded, None).await.is_err() {
         return Ok(()); // The SOCKS client left; dropping the stream resets it.
@@ -151,17 +151,4 @@ async fn through_server(
         transport::reset_on_close(tcp);
     }
     Ok(())
-}
-
-/// The SOCKS reply for the server's answer.
-fn reply_for(status: ReplyStatus) -> Reply {
-    match status {
-        ReplyStatus::Ok => Reply::Succeeded,
-        ReplyStatus::Denied => Reply::NotAllowed,
-        ReplyStatus::Unavailable => Reply::NetworkUnreachable,
-        ReplyStatus::Unreachable => Reply::HostUnreachable,
-        ReplyStatus::Refused => Reply::ConnectionRefused,
-        ReplyStatus::TimedOut => Reply::TtlExpired,
-        ReplyStatus::Other(_) => Reply::GeneralFailure,
-    }
 }

@@ -67,6 +67,11 @@ pub struct ServerFile {
     /// Address to serve HTTPS (terminated with `[[certificates]]`) and TLS passthrough routes
     /// on, e.g. `0.0.0.0:443` (default: none).
     pub https_listen: Option<String>,
+    /// Address to serve SOCKS5 on, for people without a client: the username is a client's
+    /// name and the password its own token (`[[clients]]`; not the shared token), and each
+    /// connection follows that client's rules (default: none). SOCKS5 is not encrypted: the
+    /// token crosses the network as it is, so listen where only trusted hosts reach.
+    pub socks_listen: Option<String>,
     /// Serve the admin API on this address (TCP, with TLS and the admin token), or on a UNIX
     /// socket: `unix` for `STATE_DIR/admin.sock`, or a socket path (default: off).
     pub admin_listen: Option<String>,
@@ -190,6 +195,8 @@ pub struct ServerSetup {
     pub metrics: Option<String>,
     /// Address to serve HTTPS and TLS passthrough on, if any.
     pub https_listen: Option<String>,
+    /// Address to serve SOCKS5 on, if any.
+    pub socks_listen: Option<String>,
     /// Fingerprint of the certificate in use (`None` in plaintext mode).
     pub fingerprint: Option<Fingerprint>,
     /// The shared token, if any.
@@ -285,6 +292,7 @@ impl ServerFile {
             http_listen: self.http_listen,
             metrics: self.metrics,
             https_listen: self.https_listen,
+            socks_listen: self.socks_listen,
             fingerprint,
             shared_token,
             token_source,
@@ -327,6 +335,9 @@ impl ServerFile {
         }
         if let Some(listen) = &self.https_listen {
             check_listen("https_listen", listen)?;
+        }
+        if let Some(listen) = &self.socks_listen {
+            check_listen("socks_listen", listen)?;
         }
         let mut config = ServerConfig::new(credentials, tls);
         config.policy = self.policy()?;

@@ -19,6 +19,7 @@ mod registry;
 mod reload;
 mod routes;
 mod session;
+mod socks;
 pub(crate) mod source;
 mod visits;
 

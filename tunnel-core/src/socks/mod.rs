@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::proto::ReplyStatus;
+
 pub use codec::{Command, Destination, Reply, Request, SocksError};
 
 /// Longest exchange a client can send in one step (a username/password: 3 + 255 + 255 bytes);
@@ -128,6 +130,20 @@ where
     let bound = bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     io.write_all(&codec::encode_reply(reply, bound)).await?;
     io.flush().await
+}
+
+/// The SOCKS reply for a tunnel stream reply: the server's (or a routing client's) answer to a
+/// connection it was asked to make.
+pub fn reply_for(status: ReplyStatus) -> Reply {
+    match status {
+        ReplyStatus::Ok => Reply::Succeeded,
+        ReplyStatus::Denied => Reply::NotAllowed,
+        ReplyStatus::Unavailable => Reply::NetworkUnreachable,
+        ReplyStatus::Unreachable => Reply::HostUnreachable,
+        ReplyStatus::Refused => Reply::ConnectionRefused,
+        ReplyStatus::TimedOut => Reply::TtlExpired,
+        ReplyStatus::Other(_) => Reply::GeneralFailure,
+    }
 }
 
 /// Reads until `parse` finds a whole message at the start of `buf`, and removes it from `buf`

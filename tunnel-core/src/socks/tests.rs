@@ -108,3 +108,19 @@ async fn protocol_breaks_are_answered_where_socks_has_an_answer() {
     let (cut, _) = exchange(vec![5, 1, 0, 5, 1, 0, 1, 10], Auth::None).await;
     assert!(matches!(cut, Err(AcceptError::Io(ref e)) if e.kind() == std::io::ErrorKind::UnexpectedEof));
 }
+
+#[test]
+fn every_stream_reply_has_its_socks_code() {
+    let codes = [
+        (ReplyStatus::Ok, 0),
+        (ReplyStatus::Denied, 2),
+        (ReplyStatus::Unavailable, 3),
+        (ReplyStatus::Unreachable, 4),
+        (ReplyStatus::Refused, 5),
+        (ReplyStatus::TimedOut, 6),
+        (ReplyStatus::Other(77), 1),
+    ];
+    for (status, code) in codes {
+        assert_eq!(reply_for(status) as u8, code, "{status:?}");
+    }
+}
