@@ -45,6 +45,10 @@ edge=()
 [ ${#quick[@]} -eq 0 ] || edge=(--seconds 3 --repeat 1 --idle 2000)
 "$bench" http-edge --tunnel-cli "$cli" --out "$out" "${edge[@]}"
 
+socks=()
+[ ${#quick[@]} -eq 0 ] || socks=(--seconds 2 --repeat 1)
+"$bench" socks --tunnel-cli "$cli" --out "$out" "${socks[@]}"
+
 if [ "$(id -u)" = 0 ]; then
     long=()
     [ ${#quick[@]} -eq 0 ] || long=(--seconds 8)

@@ -99,6 +99,33 @@ async fn socks_reply(proxy: &str, target: Destination) -> u8 {
     let mut method = [0u8; 2];
     tcp.read_exact(&mut method).await.unwrap();
     assert_eq!(method, [5, 0]);
+    request_reply(tcp, target).await
+}
+
+/// Logs in to the proxy at `proxy` as `user` with `password`: the status byte of the answer.
+async fn socks_login(proxy: &str, user: &str, password: &str) -> u8 {
+    logged_in(proxy, user, password).await.1
+}
+
+/// The connection and the login status.
+async fn logged_in(proxy: &str, user: &str, password: &str) -> (TcpStream, u8) {
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(&[5, 1, codec::METHOD_USERPASS]).await.unwrap();
+    let mut method = [0u8; 2];
+    tcp.read_exact(&mut method).await.unwrap();
+    assert_eq!(method, [5, codec::METHOD_USERPASS]);
+    let mut login = vec![1, u8::try_from(user.len()).unwrap()];
+    login.extend_from_slice(user.as_bytes());
+    login.push(u8::try_from(password.len()).unwrap());
+    login.extend_from_slice(password.as_bytes());
+    tcp.write_all(&login).await.unwrap();
+    let mut status = [0u8; 2];
+    tcp.read_exact(&mut status).await.unwrap();
+    (tcp, status[1])
+}
+
+/// A CONNECT to `target` on a connection past its greeting (and login): the reply code.
+async fn request_reply(mut tcp: TcpStream, target: Destination) -> u8 {
     tcp.write_all(&codec::encode_request(&Request { command: Command::Connect, destination: target }))
         .await
         .unwrap();
@@ -112,23 +139,6 @@ async fn socks_reply(proxy: &str, target: Destination) -> u8 {
         assert!(n > 0, "the proxy closed without a reply");
         reply.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// Logs in to the proxy at `proxy` as `user` with `password`: the status byte of the answer.
-async fn socks_login(proxy: &str, user: &str, password: &str) -> u8 {
-    let mut tcp = TcpStream::connect(proxy).await.unwrap();
-    tcp.write_all(&[5, 1, codec::METHOD_USERPASS]).await.unwrap();
-    let mut method = [0u8; 2];
-    tcp.read_exact(&mut method).await.unwrap();
-    assert_eq!(method, [5, codec::METHOD_USERPASS]);
-    let mut login = vec![1, u8::try_from(user.len()).unwrap()];
-    login.extend_from_slice(user.as_bytes());
-    login.push(u8::try_from(password.len()).unwrap());
-    login.extend_from_slice(password.as_bytes());
-    tcp.write_all(&login).await.unwrap();
-    let mut status = [0u8; 2];
-    tcp.read_exact(&mut status).await.unwrap();
-    status[1]
 }
 
 /// The proxy's address from a `SOCKS proxy listening: ADDR` line.
@@ -247,7 +257,7 @@ async fn a_socks_proxy_without_a_session_answers_network_unreachable_and_refuses
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(answer[..4], [5, 0, 5, Reply::CommandNotSupported as u8]);
     assert_eq!(socks_reply(&proxy, Destination::Ip(loopback)).await, Reply::NotAllowed as u8);
-    wide.output_contains("which 0.0.0.0/0 does not carry").await;
+    server.cli.output_contains("is in 127.0.0.0/8, which wide/0.0.0.0/0 does not carry").await;
 
     let mut server = server;
     server.cli.kill_hard().await;
@@ -278,9 +288,11 @@ async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() 
     let url = format!("http://{web}/");
     let (code, text) = curl_as(&proxy, Some(&format!("laptop:{LAPTOP_TOKEN}")), &url).await;
     assert_eq!((code, text.as_str()), (Some(0), "hello without a client\n"), "{}", server.cli.output());
-    // Logged in as the stranger, the rules say no: not allowed (curl reports the SOCKS error).
+    // Logged in as the stranger, the rules say no: not allowed.
     let (code, _) = curl_as(&proxy, Some(&format!("stranger:{STRANGER_TOKEN}")), &url).await;
     assert_ne!(code, Some(0));
+    let (stranger, status) = logged_in(&proxy, "stranger", STRANGER_TOKEN).await;
+    assert_eq!((status, request_reply(stranger, Destination::Ip(web)).await), (0, Reply::NotAllowed as u8));
     server.cli.output_contains("may not visit").await;
     // A wrong token, an unknown name, the shared token, or no password at all: refused.
     assert_eq!(socks_login(&proxy, "laptop", STRANGER_TOKEN).await, 1);
@@ -292,7 +304,9 @@ async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() 
     let mut method = [0u8; 2];
     tcp.read_exact(&mut method).await.unwrap();
     assert_eq!(method, [5, codec::METHOD_UNACCEPTABLE]);
-    assert!(!server.cli.output().contains(LAPTOP_TOKEN), "a password is never logged");
+    for secret in [LAPTOP_TOKEN, STRANGER_TOKEN, shared] {
+        assert!(!server.cli.output().contains(secret), "a password is never logged");
+    }
 }
 
 /// Network namespaces for one test, deleted (with their links) on drop.

@@ -9,6 +9,7 @@ mod longlink;
 mod probe;
 mod procs;
 mod report;
+mod socks;
 mod subjects;
 
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ enum Command {
     HttpEdge(httpedge::HttpEdgeArgs),
     /// One stream through the tunnel and direct over an emulated long, lossy link (root).
     LongLink(longlink::LongLinkArgs),
+    /// Downloads through a SOCKS5 proxy into a routed network against a local forward, same run.
+    Socks(socks::SocksArgs),
     /// An echo server for the probes (started by `loopback`); prints its address.
     Echo {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
         Command::Loopback(args) => loopback(args),
         Command::HttpEdge(args) => httpedge::run(args),
         Command::LongLink(args) => longlink::run(args),
+        Command::Socks(args) => socks::run(args),
         Command::Echo { listen } => echo(listen),
     }
 }

@@ -1,10 +1,9 @@
 //! TCP routes on the server: binding their public listeners as the policy allows, and turning
 //! each visitor into a stream to the owning client.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::registry::{PortConflict, SessionId};
-use super::source::Source;
+use super::source::{Place, Places};
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
 use crate::forward::{splice_metered, SpliceLimits};
@@ -234,54 +233,10 @@ pub(super) struct Carrier {
     pub(super) max_per_source: usize,
 }
 
-/// Visitors of one forward in progress, in total and per source.
-#[derive(Debug, Default)]
-struct Visitors {
-    total: usize,
-    per_source: HashMap<Source, usize>,
-}
-
-/// One admitted visitor; dropping it frees its place.
-struct VisitorPlace {
-    source: Source,
-    visitors: Arc<Mutex<Visitors>>,
-}
-
-impl Drop for VisitorPlace {
-    fn drop(&mut self) {
-        let mut visitors = self.visitors.lock().unwrap_or_else(|e| e.into_inner());
-        visitors.total -= 1;
-        if let Some(count) = visitors.per_source.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                visitors.per_source.remove(&self.source);
-            }
-        }
-    }
-}
-
-impl Carrier {
-    /// A place for a visitor from `ip`, or why there is none.
-    fn admit(&self, visitors: &Arc<Mutex<Visitors>>, ip: IpAddr) -> Result<VisitorPlace, &'static str> {
-        let source = Source::from(ip);
-        let mut state = visitors.lock().unwrap_or_else(|e| e.into_inner());
-        if state.total >= self.max_visitors {
-            return Err("the forward carries its maximum of visitors");
-        }
-        let from_source = state.per_source.entry(source).or_default();
-        if *from_source >= self.max_per_source {
-            return Err("this source has its maximum of visitors on the forward");
-        }
-        *from_source += 1;
-        state.total += 1;
-        Ok(VisitorPlace { source, visitors: visitors.clone() })
-    }
-}
-
 /// Accepts visitors until the session ends; each becomes one new stream to the client. A
 /// visitor past the forward's caps is reset at once, before any stream is opened.
 pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
-    let visitors = Arc::new(Mutex::new(Visitors::default()));
+    let places = Places::new(carrier.max_visitors, carrier.max_per_source);
     loop {
         let accepted = tokio::select! {
             () = carrier.owned.cancelled() => return,
@@ -289,7 +244,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, visitor)) => match carrier.admit(&visitors, visitor.ip()) {
+            Ok((tcp, visitor)) => match places.admit(visitor.ip()) {
                 Ok(place) => {
                     carrier.visitors.spawn(visit(tcp, visitor, carrier.clone(), place));
                 }
@@ -312,7 +267,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
     }
 }
 
-async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place: VisitorPlace) {
+async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place: Place) {
     let route = carrier.kind;
     let _ = transport::configure_tcp(&tcp);
     let mut stream = match carrier.opener.open().await {

@@ -5,39 +5,37 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::visits::{self, Visitor};
+use super::source::Places;
+use super::visits::{self, Upstream, Visitor};
 use super::{Server, Shared};
 use crate::auth::{CredentialKind, Token};
 use crate::forward::{splice, VisitTarget};
 use crate::log::Escaped;
-use crate::proto::{ReplyStatus, StreamReply};
+use crate::proto::ReplyStatus;
 use crate::socks::{self, Auth, Command, Reply};
-
-/// Buffer between the visit and the SOCKS connection: the visit's answer and the data after it.
-const PIPE: usize = 64 * 1024;
 
 impl Server {
     /// Serves SOCKS5 on `listener` until `shutdown` resolves or the server drains: each
     /// connection logs in as a client with its own token (username: the name, password: the
     /// token) and CONNECTs where that client's rules allow, as its `-D` would. At most
-    /// [`super::ServerConfig::max_visitors_per_forward`] connections at once (more are reset);
-    /// each has [`super::ServerConfig::handshake_timeout`] to log in and ask. On the drain, open
-    /// connections go on for the drain time.
+    /// [`super::ServerConfig::max_unauthenticated`] connections at once, of which
+    /// [`super::ServerConfig::max_unauthenticated_per_source`] from one source (more are
+    /// reset); each has [`super::ServerConfig::handshake_timeout`] to log in and ask. On the
+    /// drain, open connections go on for the drain time.
     pub async fn run_socks(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let max = self.shared.config().max_visitors_per_forward;
-        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let config = self.shared.config();
+        let places = Places::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         tokio::pin!(shutdown);
         loop {
@@ -55,19 +53,22 @@ impl Server {
                     }
                 },
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                if crate::log::REFUSALS.allow() {
-                    tracing::warn!(%peer, "SOCKS connection refused: {max} open");
+            let place = match places.admit(peer.ip()) {
+                Ok(place) => place,
+                Err(full) => {
+                    if crate::log::REFUSALS.allow() {
+                        tracing::warn!(%peer, "SOCKS connection refused: {full}");
+                    }
+                    crate::transport::reset_on_close(&tcp);
+                    continue;
                 }
-                crate::transport::reset_on_close(&tcp);
-                continue;
             };
             let _ = crate::transport::configure_tcp(&tcp);
             let (shared, stop) = (self.shared.clone(), stop.clone());
             tasks.spawn(async move {
-                let _slot = slot;
+                let _place = place;
                 tokio::select! {
-                    () = serve(shared, tcp, peer) => {}
+                    () = serve(&shared, tcp, peer) => {}
                     () = stop.cancelled() => {}
                 }
             });
@@ -98,11 +99,12 @@ fn logs_in(shared: &Shared, user: &[u8], password: &[u8]) -> bool {
     matches && kind == Some(CredentialKind::PerClient)
 }
 
-async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
-    let deadline = shared.config().handshake_timeout;
-    let check = |user: &[u8], password: &[u8]| logs_in(&shared, user, password);
-    let accepted = match tokio::time::timeout(deadline, socks::accept(&mut tcp, Auth::Password(&check))).await
-    {
+async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
+    let config = shared.config();
+    let check = |user: &[u8], password: &[u8]| logs_in(shared, user, password);
+    let login =
+        tokio::time::timeout(config.handshake_timeout, socks::accept(&mut tcp, Auth::Password(&check)));
+    let accepted = match login.await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => {
             if crate::log::REFUSALS.allow() {
@@ -110,63 +112,79 @@ async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             }
             return;
         }
-        Err(_) => return tracing::debug!(%peer, "SOCKS client sent no request within {deadline:?}"),
-    };
-    let Some(name) = accepted.user.clone() else { return };
-    let destination = &accepted.request.destination;
-    let refuse = |reply: Reply, why: &str| {
-        if crate::log::REFUSALS.allow() {
-            tracing::info!(client = %Escaped(&name), %peer, %destination, "SOCKS connection refused ({reply:?}): {}", Escaped(why));
+        Err(_) => {
+            return tracing::debug!(%peer, "SOCKS client sent no request within {:?}", config.handshake_timeout)
         }
     };
-    if accepted.request.command != Command::Connect {
-        refuse(Reply::CommandNotSupported, "only CONNECT is supported");
-        let _ = socks::reply(&mut tcp, Reply::CommandNotSupported, None).await;
+    let Some(name) = accepted.user.clone() else { return };
+    let refuse = |reply: Reply, why: &str| {
+        if crate::log::REFUSALS.allow() {
+            let destination = &accepted.request.destination;
+            tracing::info!(client = %Escaped(&name), %peer, %destination, "SOCKS connection refused ({reply:?}): {}", Escaped(why));
+        }
+        reply
+    };
+    let refused = if accepted.request.command != Command::Connect {
+        Some(refuse(Reply::CommandNotSupported, "only CONNECT is supported"))
+    } else if shared.draining.is_cancelled() {
+        Some(refuse(Reply::GeneralFailure, "the server is draining"))
+    } else {
+        None
+    };
+    if let Some(reply) = refused {
+        let _ = socks::reply(&mut tcp, reply, None).await;
         return;
     }
-    let target = match destination.to_target() {
-        Ok(target) => target,
+    let target = match accepted.request.destination.to_target() {
+        Ok(target) => VisitTarget::Address(target),
         Err(err) => {
-            refuse(Reply::HostUnreachable, &err.to_string());
-            let _ = socks::reply(&mut tcp, Reply::HostUnreachable, None).await;
+            let reply = refuse(Reply::HostUnreachable, &err.to_string());
+            let _ = socks::reply(&mut tcp, reply, None).await;
             return;
         }
     };
-    // The visit runs as for a client's stream, on one end of a pipe; its answer comes first.
     let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
-    let (ours, mut theirs) = tokio::io::duplex(PIPE);
-    let target = VisitTarget::Address(target);
-    let visit = visits::visit(&shared, &from, &mut theirs, &target, peer);
-    // The answer side owns its end: when it gives up (the SOCKS client left), the visit's
-    // splice sees the pipe close and ends too.
-    let answered = answer(tcp, ours, accepted.early, |reply, why| refuse(reply, why));
-    tokio::join!(visit, answered);
-}
-
-/// Reads the visit's answer from `pipe`, tells the SOCKS client, and on success splices the
-/// two.
-async fn answer(
-    mut tcp: TcpStream,
-    mut pipe: tokio::io::DuplexStream,
-    early: Vec<u8>,
-    refuse: impl Fn(Reply, &str),
-) {
-    let reply = crate::session::framed::read_reply(&mut pipe).await;
-    let reply = reply.unwrap_or_else(|e| StreamReply::refuse(ReplyStatus::Other(u8::MAX), e.to_string()));
-    if reply.status != ReplyStatus::Ok {
-        let code = socks::reply_for(reply.status);
-        refuse(code, &reply.message);
-        let _ = socks::reply(&mut tcp, code, None).await;
-        return;
-    }
+    let upstream = match visits::connect(shared, &from, &target, peer).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => {
+            visits::log_refusal(&from, &target, peer, &refusal);
+            let _ = socks::reply(&mut tcp, socks::reply_for(refusal.status), None).await;
+            return;
+        }
+    };
+    // The client serving a routed network dials, then answers; within the time a dial may take.
+    let wait = config.timeouts.connect + config.timeouts.lookup;
+    let mut upstream: Box<dyn Stream> = match upstream {
+        Upstream::Tcp(tcp) => Box::new(tcp),
+        Upstream::Client { stream, answers: false } => Box::new(stream),
+        Upstream::Client { mut stream, answers: true } => {
+            let answer = tokio::time::timeout(wait, crate::session::framed::read_reply(&mut stream)).await;
+            let status = match answer {
+                Ok(Ok(answer)) => answer.status,
+                Ok(Err(_)) => ReplyStatus::Other(u8::MAX),
+                Err(_) => ReplyStatus::TimedOut,
+            };
+            if status != ReplyStatus::Ok {
+                let _ = socks::reply(&mut tcp, socks::reply_for(status), None).await;
+                return;
+            }
+            Box::new(stream)
+        }
+    };
     if socks::reply(&mut tcp, Reply::Succeeded, None).await.is_err() {
-        return;
+        return; // Dropping the upstream resets it.
     }
-    if !early.is_empty() && pipe.write_all(&early).await.is_err() {
-        return;
-    }
-    if let Err(err) = splice(&mut tcp, &mut pipe).await {
-        tracing::debug!("SOCKS connection failed: {err}");
+    let early = accepted.early;
+    let carried = async {
+        upstream.write_all(&early).await?;
+        splice(&mut tcp, &mut upstream).await
+    };
+    if let Err(err) = carried.await {
+        tracing::debug!(client = %Escaped(&name), %peer, "SOCKS connection failed: {err}");
         crate::transport::reset_on_close(&tcp);
     }
 }
+
+/// What a SOCKS connection is spliced to.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

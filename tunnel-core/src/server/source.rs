@@ -19,3 +19,78 @@ impl From<IpAddr> for Source {
         }
     }
 }
+
+/// Places for connections, at most `total` at once and `per_source` from one [`Source`]; a
+/// place is given back when its [`Place`] drops.
+#[derive(Debug, Clone)]
+pub(crate) struct Places {
+    total: usize,
+    per_source: usize,
+    taken: std::sync::Arc<std::sync::Mutex<Taken>>,
+}
+
+#[derive(Debug, Default)]
+struct Taken {
+    total: usize,
+    by_source: std::collections::HashMap<Source, usize>,
+}
+
+/// One connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Place {
+    source: Source,
+    taken: std::sync::Arc<std::sync::Mutex<Taken>>,
+}
+
+/// Why a connection got no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// Every place is taken.
+    Total,
+    /// Its source holds as many as one source may.
+    Source,
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Total => "every place is taken",
+            Self::Source => "this source holds its maximum of places",
+        })
+    }
+}
+
+impl Places {
+    pub(crate) fn new(total: usize, per_source: usize) -> Self {
+        Self { total, per_source, taken: Default::default() }
+    }
+
+    /// A place for a connection from `ip`, or which cap it hit.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Place, Full> {
+        let source = Source::from(ip);
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.total >= self.total {
+            return Err(Full::Total);
+        }
+        let from_source = taken.by_source.entry(source).or_default();
+        if *from_source >= self.per_source {
+            return Err(Full::Source);
+        }
+        *from_source += 1;
+        taken.total += 1;
+        Ok(Place { source, taken: self.taken.clone() })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.total -= 1;
+        if let Some(count) = taken.by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                taken.by_source.remove(&self.source);
+            }
+        }
+    }
+}

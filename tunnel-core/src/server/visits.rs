@@ -1,12 +1,13 @@
-//! Streams a client opens toward the server: local forwards to another client's private
-//! service or into a network another client routes (spliced stream to stream), or to a host
-//! the server dials itself (if allowed).
+//! Visits: streams a client opens toward the server (local forwards, SOCKS connections of its
+//! `-D`), and the server's own SOCKS listener's connections. Each goes to another client's
+//! private service or into a network another client routes (spliced stream to stream), or to
+//! a host the server dials itself (if allowed).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +20,7 @@ use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
 
-/// The client a stream came from.
+/// The client a visit comes from.
 #[derive(Debug, Clone)]
 pub(super) struct Visitor {
     pub(super) name: String,
@@ -59,36 +60,72 @@ pub(super) async fn handle(
 
 /// Carries a visit whose header was read: `stream` is answered with a stream reply (the
 /// server's refusal, its own `Ok`, or the routing client's answer), then spliced to the target.
-pub(super) async fn visit<S>(
+async fn visit(
     shared: &Shared,
     from: &Visitor,
-    stream: &mut S,
+    stream: &mut MuxStream,
     target: &VisitTarget,
     visitor: SocketAddr,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    if let Err(refusal) = carry(shared, from, stream, target, visitor).await {
-        if crate::log::REFUSALS.allow() {
-            tracing::info!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visit refused ({}): {}", refusal.status, crate::log::Escaped(&refusal.message));
+) {
+    let upstream = match connect(shared, from, target, visitor).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => {
+            log_refusal(from, target, visitor, &refusal);
+            // Best effort: the client closes its visitor on reading this.
+            let _ = stream.write_all(&refusal.encode()).await;
+            let _ = stream.shutdown().await;
+            return;
         }
-        // Best effort: the client closes its visitor on reading this.
-        let _ = stream.write_all(&refusal.encode()).await;
-        let _ = stream.shutdown().await;
+    };
+    match upstream {
+        Upstream::Tcp(mut tcp) => {
+            if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
+                return transport::reset_on_close(&tcp);
+            }
+            if let Err(err) = splice(stream, &mut tcp).await {
+                tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "server-side visit failed: {err}");
+                transport::reset_on_close(&tcp);
+            }
+        }
+        Upstream::Client { stream: mut upstream, answers } => {
+            // The routing client's answer passes through with the data after it.
+            if !answers && stream.write_all(&StreamReply::ok().encode()).await.is_err() {
+                return; // Dropping the upstream resets it.
+            }
+            if let Err(err) = splice(stream, &mut upstream).await {
+                tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "visit failed: {err}");
+            }
+        }
     }
 }
 
-/// Connects the stream to its target; `Err` is the refusal to send back.
-async fn carry<S>(
+/// Logs a refused visit (once per window, with a count of the rest).
+pub(super) fn log_refusal(from: &Visitor, target: &VisitTarget, visitor: SocketAddr, refusal: &StreamReply) {
+    if crate::log::REFUSALS.allow() {
+        tracing::info!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visit refused ({}): {}", refusal.status, crate::log::Escaped(&refusal.message));
+    }
+}
+
+/// Where an allowed visit goes, connected.
+pub(super) enum Upstream {
+    /// A target the server dialed itself.
+    Tcp(TcpStream),
+    /// A stream to the client serving the target, its header written.
+    Client {
+        stream: MuxStream,
+        /// Whether that client answers with a stream reply before the data (a network visit,
+        /// where it dials); else the server answers for it.
+        answers: bool,
+    },
+}
+
+/// Checks the rules and connects toward `target`; `Err` is the refusal to send back.
+pub(super) async fn connect(
     shared: &Shared,
     from: &Visitor,
-    stream: &mut S,
     target: &VisitTarget,
     visitor: SocketAddr,
-) -> Result<(), StreamReply>
-where
-    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
+) -> Result<Upstream, StreamReply> {
     match target {
         VisitTarget::Service { client, service } => {
             // Rules first, from the configuration alone: a refused visitor learns nothing about
@@ -110,39 +147,25 @@ where
                 };
                 StreamReply::refuse(ReplyStatus::Unavailable, why)
             })?;
-            let mut upstream = opener.open().await.map_err(|e| {
-                StreamReply::refuse(
-                    ReplyStatus::Unavailable,
-                    format!("cannot reach client {client:?}: {}", crate::log::Chain(&e)),
-                )
-            })?;
             let header =
                 StreamHeader::ServiceVisit { service: service.clone(), from: from.name.clone(), visitor };
-            let opened = async {
-                upstream.write_all(&header.encode()).await?;
-                stream.write_all(&StreamReply::ok().encode()).await
-            };
-            if opened.await.is_err() {
-                return Ok(()); // One side is gone; dropping both resets the other.
-            }
+            let stream = open_with(&opener, &header).await.map_err(|e| {
+                StreamReply::refuse(ReplyStatus::Unavailable, format!("cannot reach client {client:?}: {e}"))
+            })?;
             tracing::debug!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visiting service");
-            if let Err(err) = splice(stream, &mut upstream).await {
-                tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "service visit failed: {err}");
-            }
-            Ok(())
+            Ok(Upstream::Client { stream, answers: false })
         }
         VisitTarget::Address(addr) => {
             let routed =
                 addr.host.parse::<IpAddr>().ok().and_then(|ip| Some((ip, shared.networks.lookup(ip)?)));
             if let Some((ip, hit)) = routed {
-                return visit_network(shared, from, stream, hit, SocketAddr::new(ip, addr.port), visitor)
-                    .await;
+                return connect_network(shared, from, hit, SocketAddr::new(ip, addr.port), visitor).await;
             }
             let config = shared.config();
             let rules = config.rules(&from.name, from.credential).targets();
             let resolved = resolve_allowed(addr, rules, config.timeouts.lookup).await?;
             let connect = tokio::time::timeout(config.timeouts.connect, TcpStream::connect(resolved));
-            let mut tcp = match connect.await {
+            let tcp = match connect.await {
                 Ok(Ok(tcp)) => tcp,
                 Ok(Err(err)) => return Err(StreamReply::connect_failed(addr, &err)),
                 Err(_) => {
@@ -153,34 +176,28 @@ where
                 }
             };
             let _ = transport::configure_tcp(&tcp);
-            if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
-                transport::reset_on_close(&tcp);
-                return Ok(());
-            }
             tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "visiting server-side target");
-            if let Err(err) = splice(stream, &mut tcp).await {
-                tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, "server-side visit failed: {err}");
-                transport::reset_on_close(&tcp);
-            }
-            Ok(())
+            Ok(Upstream::Tcp(tcp))
         }
     }
 }
 
-/// Carries the stream to the client routing the target's network, if the rules let this
-/// client visit that network. That client dials and answers first; its answer and the data
-/// that follows pass through as they are.
-async fn visit_network<S>(
+/// Opens a stream through `opener` and writes `header` on it.
+async fn open_with(opener: &crate::mux::StreamOpener, header: &StreamHeader) -> Result<MuxStream, String> {
+    let mut stream = opener.open().await.map_err(|e| crate::log::Chain(&e).to_string())?;
+    stream.write_all(&header.encode()).await.map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// A stream to the client routing the target's network, if the rules let this client visit
+/// it there. That client dials, and answers first.
+async fn connect_network(
     shared: &Shared,
     from: &Visitor,
-    stream: &mut S,
     hit: NetworkHit,
     target: SocketAddr,
     visitor: SocketAddr,
-) -> Result<(), StreamReply>
-where
-    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
+) -> Result<Upstream, StreamReply> {
     let config = shared.config();
     let (owner, net) = (&hit.owner.name, hit.net);
     // Rules first, from the configuration alone: a refused visitor learns nothing of whether
@@ -191,22 +208,24 @@ where
             format!("client {:?} may not visit {target} in network {owner}/{net}", from.name),
         ));
     }
+    // As the routing client checks too (one of an older version may not): a wide network does
+    // not carry that client's own loopback or link-local addresses.
+    if let Some(range) = crate::proto::IpNet::special_range(target.ip()).filter(|range| !range.covers(&net)) {
+        return Err(StreamReply::refuse(
+            ReplyStatus::Denied,
+            format!("{target} is in {range}, which {owner}/{net} does not carry"),
+        ));
+    }
     let unavailable = |why: String| StreamReply::refuse(ReplyStatus::Unavailable, why);
     let opener = hit
         .opener
         .ok_or_else(|| unavailable(format!("client {owner:?}, which routes {net}, is not connected")))?;
-    let mut upstream = opener.open().await.map_err(|e| {
-        unavailable(format!("cannot reach client {owner:?}, which routes {net}: {}", crate::log::Chain(&e)))
-    })?;
     let header = StreamHeader::NetworkVisit { route_id: hit.route, target, from: from.name.clone(), visitor };
-    if upstream.write_all(&header.encode()).await.is_err() {
-        return Ok(()); // The owner's session is gone; dropping both resets the visitor.
-    }
+    let stream = open_with(&opener, &header)
+        .await
+        .map_err(|e| unavailable(format!("cannot reach client {owner:?}, which routes {net}: {e}")))?;
     tracing::debug!(client = %crate::log::Escaped(&from.name), %target, owner = %crate::log::Escaped(owner), "visiting a routed network");
-    if let Err(err) = splice(stream, &mut upstream).await {
-        tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "network visit failed: {err}");
-    }
-    Ok(())
+    Ok(Upstream::Client { stream, answers: true })
 }
 
 /// Resolves `addr` and returns the first address the rules allow. An IP address is checked
