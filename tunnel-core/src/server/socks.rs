@@ -107,6 +107,11 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let accepted = match login.await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => {
+            let reason = match err {
+                socks::AcceptError::BadCredentials { .. } => "socks: login",
+                _ => "socks: protocol",
+            };
+            shared.metrics.refused(reason);
             if crate::log::REFUSALS.allow() {
                 tracing::info!(%peer, "SOCKS client refused: {}", crate::log::Chain(&err));
             }
@@ -147,7 +152,7 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let upstream = match visits::connect(shared, &from, &target, peer).await {
         Ok(upstream) => upstream,
         Err(refusal) => {
-            visits::log_refusal(&from, &target, peer, &refusal);
+            visits::log_refusal(shared, &from, &target, peer, &refusal);
             let _ = socks::reply(&mut tcp, socks::reply_for(refusal.status), None).await;
             return;
         }

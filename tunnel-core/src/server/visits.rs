@@ -70,7 +70,7 @@ async fn visit(
     let upstream = match connect(shared, from, target, visitor).await {
         Ok(upstream) => upstream,
         Err(refusal) => {
-            log_refusal(from, target, visitor, &refusal);
+            log_refusal(shared, from, target, visitor, &refusal);
             // Best effort: the client closes its visitor on reading this.
             let _ = stream.write_all(&refusal.encode()).await;
             let _ = stream.shutdown().await;
@@ -99,8 +99,15 @@ async fn visit(
     }
 }
 
-/// Logs a refused visit (once per window, with a count of the rest).
-pub(super) fn log_refusal(from: &Visitor, target: &VisitTarget, visitor: SocketAddr, refusal: &StreamReply) {
+/// Counts a refused visit and logs it (once per window, with a count of the rest).
+pub(super) fn log_refusal(
+    shared: &Shared,
+    from: &Visitor,
+    target: &VisitTarget,
+    visitor: SocketAddr,
+    refusal: &StreamReply,
+) {
+    shared.metrics.refused(&format!("visit: {}", refusal.status));
     if crate::log::REFUSALS.allow() {
         tracing::info!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visit refused ({}): {}", refusal.status, crate::log::Escaped(&refusal.message));
     }
