@@ -45,6 +45,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     notifier.spawn_watchdog();
     // Each server's sessions print their forwards as they come up; every answer to the route
     // table (at connect and after every change) prints a line per entry with the table's version.
+    client.resolve_servers().await;
     let printers: Vec<_> = client
         .server_statuses()
         .into_iter()

@@ -136,3 +136,100 @@ async fn a_killed_server_loses_only_its_visitors_and_is_rejoined_within_five_sec
     assert_eq!(client.terminate().await, 0, "{}", client.output());
     drop(a);
 }
+
+/// A network namespace whose `/etc/hosts` (bind-mounted by `ip netns exec` from
+/// `/etc/netns/NAME/hosts`) names `tunnel.test` at 127.0.0.1 and 127.0.0.2; deleted on drop.
+struct HostsNamespace(String);
+
+impl Drop for HostsNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.0));
+    }
+}
+
+fn hosts_namespace() -> HostsNamespace {
+    let name = format!("tmulti{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip").args(args).status().expect("iproute2 is installed");
+        assert!(status.success(), "ip {}", args.join(" "));
+    };
+    ip(&["netns", "add", &name]);
+    let ns = HostsNamespace(name.clone());
+    ip(&["-n", &name, "link", "set", "lo", "up"]);
+    std::fs::create_dir_all(format!("/etc/netns/{name}")).unwrap();
+    std::fs::write(format!("/etc/netns/{name}/hosts"), "127.0.0.1 tunnel.test\n127.0.0.2 tunnel.test\n")
+        .unwrap();
+    ns
+}
+
+/// `tunnel-cli ARGS` inside namespace `ns`.
+fn in_namespace(ns: &str, args: &[&str]) -> Cli {
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tunnel-cli")]).args(args);
+    isolated(&mut cmd);
+    spawn(cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_name_found_at_two_addresses_is_two_servers() {
+    let root = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        // Namespaces need root, as `.ci/run` has; elsewhere, skipping takes saying so.
+        assert!(
+            std::env::var_os("TUNNEL_TEST_NO_NETNS").is_some(),
+            "network namespaces need root: run as root, or set TUNNEL_TEST_NO_NETNS=1 to skip this test"
+        );
+        return;
+    }
+    let ns = hosts_namespace();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let serve_on = |listen: &str, dir: &std::path::Path| {
+        let dir = dir.to_str().unwrap().to_owned();
+        in_namespace(
+            &ns.0,
+            &[
+                "serve",
+                "--listen",
+                listen,
+                "--state-dir",
+                &dir,
+                "--allow-bind",
+                "127.0.0.1",
+                "--token",
+                TOKEN,
+            ],
+        )
+    };
+    // The second server on the first's port (the namespace is fresh: nothing else holds it).
+    let a = serve_on("127.0.0.1:0", dir_a.path());
+    let listening = a.line_after("tunnel server listening on ").await;
+    let port = listening.split_whitespace().next().unwrap().rsplit(':').next().unwrap().to_owned();
+    let b = serve_on(&format!("127.0.0.2:{port}"), dir_b.path());
+    b.line_after("tunnel server listening on ").await;
+    let (fp_a, fp_b) =
+        (a.line_after("certificate fingerprint: ").await, b.line_after("certificate fingerprint: ").await);
+    let server = format!("tunnel.test:{port}");
+    let client = in_namespace(
+        &ns.0,
+        &[
+            "connect",
+            "--server",
+            &server,
+            "--fingerprint",
+            &fp_a,
+            "--fingerprint",
+            &fp_b,
+            "--name",
+            "multi",
+            "-R",
+            "0:127.0.0.1:9",
+            "--token",
+            TOKEN,
+        ],
+    );
+    client.output_contains(&format!("connected to 127.0.0.1:{port} as multi")).await;
+    client.output_contains(&format!("connected to 127.0.0.2:{port} as multi")).await;
+    client.output_contains("2 addresses, each a server of its own").await;
+    drop((client, a, b));
+}

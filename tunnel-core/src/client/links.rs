@@ -24,6 +24,42 @@ pub(super) struct Link {
     pub(super) websocket_first: AtomicBool,
 }
 
+impl Link {
+    pub(super) fn new(server: String, transport: ClientTransport) -> Self {
+        Self {
+            server,
+            transport,
+            status: watch::Sender::new(ClientStatus::Connecting),
+            websocket_first: AtomicBool::new(false),
+        }
+    }
+}
+
+/// One link per server, in order; a server named by a host that `resolve` finds at several
+/// addresses becomes a link per address (each presenting and verifying the host's name over
+/// TLS). A host found at one address, or not found, stays one link that looks the name up at
+/// every attempt.
+pub(super) fn links_for(
+    servers: Vec<(String, ClientTransport)>,
+    resolve: impl Fn(&str) -> Vec<std::net::SocketAddr>,
+) -> Vec<Link> {
+    let mut links = Vec::with_capacity(servers.len());
+    for (server, transport) in servers {
+        let is_address = server.parse::<std::net::SocketAddr>().is_ok();
+        let mut found = if is_address { Vec::new() } else { resolve(&server) };
+        let mut seen = std::collections::HashSet::new();
+        found.retain(|addr| seen.insert(*addr));
+        if found.len() > 1 {
+            let list = found.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            tracing::info!(server = %Escaped(&server), "{} addresses, each a server of its own: {list}", found.len());
+            links.extend(found.into_iter().map(|addr| Link::new(addr.to_string(), transport.clone())));
+        } else {
+            links.push(Link::new(server, transport));
+        }
+    }
+    links
+}
+
 impl Client {
     /// Sets `link`'s status, and the client's from all of them (told only when it changed).
     /// Every link runs inside [`Client::run`]'s one task, so two never set it at once.
@@ -132,5 +168,30 @@ impl Client {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_at_several_addresses_is_a_server_per_address_in_place() {
+        let servers = ["a.test:7700", "10.0.0.9:7700", "b.test:7700", "c.test:7700"]
+            .map(|s| (s.to_owned(), ClientTransport::Plaintext))
+            .to_vec();
+        let resolve = |host: &str| -> Vec<std::net::SocketAddr> {
+            let addrs: &[&str] = match host {
+                "a.test:7700" => &["127.0.0.1:7700", "[::1]:7700", "127.0.0.1:7700"],
+                "b.test:7700" => &["127.0.0.2:7700"],
+                "10.0.0.9:7700" => panic!("an address is never looked up"),
+                _ => &[],
+            };
+            addrs.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        let links = links_for(servers, resolve);
+        let names: Vec<&str> = links.iter().map(|l| l.server.as_str()).collect();
+        // Duplicates once; one address or none: the name stays, looked up at each attempt.
+        assert_eq!(names, ["127.0.0.1:7700", "[::1]:7700", "10.0.0.9:7700", "b.test:7700", "c.test:7700"]);
     }
 }

@@ -18,7 +18,6 @@ mod streams;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,6 +189,8 @@ pub struct Client {
     config: Arc<ClientConfig>,
     /// One per server: `server`, then `other_servers`.
     links: Vec<Link>,
+    /// Whether host names were looked up for several addresses ([`Client::resolve_servers`]).
+    resolved: bool,
     /// The client as a whole: connected while any server is.
     status: watch::Sender<ClientStatus>,
     locals: Option<Vec<locals::BoundLocal>>,
@@ -228,18 +229,23 @@ impl Client {
         let status = watch::Sender::new(ClientStatus::Connecting);
         let origins = Origins::new(config.origin_tls.clone());
         let cut = CancellationToken::new();
-        let endpoints = std::iter::once(ServerEndpoint::new(config.server.clone(), config.transport.clone()))
-            .chain(config.other_servers.iter().cloned());
-        let links = endpoints
-            .map(|ServerEndpoint { server, transport }| Link {
-                server,
-                transport,
-                status: watch::Sender::new(ClientStatus::Connecting),
-                websocket_first: AtomicBool::new(false),
-            })
+        let links = std::iter::once(ServerEndpoint::new(config.server.clone(), config.transport.clone()))
+            .chain(config.other_servers.iter().cloned())
+            .map(|ServerEndpoint { server, transport }| Link::new(server, transport))
             .collect();
         let config = Arc::new(config);
-        Self { config, links, status, locals: None, socks: None, routes, origins, cut, metrics }
+        Self {
+            config,
+            links,
+            resolved: false,
+            status,
+            locals: None,
+            socks: None,
+            routes,
+            origins,
+            cut,
+            metrics,
+        }
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -286,6 +292,31 @@ impl Client {
             .collect()
     }
 
+    /// Looks up each server named by a host name now (otherwise [`Client::run`] does): a host
+    /// found at several addresses means each of them, a server with a session of its own
+    /// (within [`ClientConfig::handshake_timeout`]; not through a proxy, which resolves names
+    /// itself). [`Client::server_statuses`] lists them from then on.
+    pub async fn resolve_servers(&mut self) {
+        if self.resolved || self.config.proxy.is_some() {
+            self.resolved = true;
+            return;
+        }
+        self.resolved = true;
+        let mut found = HashMap::new();
+        for link in &self.links {
+            if link.server.parse::<std::net::SocketAddr>().is_ok() {
+                continue;
+            }
+            let lookup =
+                tokio::time::timeout(self.config.handshake_timeout, tokio::net::lookup_host(&link.server));
+            if let Ok(Ok(addrs)) = lookup.await {
+                found.insert(link.server.clone(), addrs.collect::<Vec<_>>());
+            }
+        }
+        let servers = std::mem::take(&mut self.links).into_iter().map(|l| (l.server, l.transport)).collect();
+        self.links = links::links_for(servers, |server| found.get(server).cloned().unwrap_or_default());
+    }
+
     /// Changes the route table while the client runs: the new set is sent to the server (now,
     /// or when the next session starts) and only what changed is touched there.
     pub fn routes(&self) -> RouteHandle {
@@ -298,7 +329,8 @@ impl Client {
         self.status.subscribe()
     }
 
-    /// Follows each server's session: its address and status, `server` first.
+    /// Follows each server's session: its address and status, `server` first (after
+    /// [`Client::resolve_servers`], a host found at several addresses is each of them).
     pub fn server_statuses(&self) -> Vec<(String, watch::Receiver<ClientStatus>)> {
         self.links.iter().map(|link| (link.server.clone(), link.status.subscribe())).collect()
     }
@@ -321,6 +353,7 @@ impl Client {
     /// returns `Ok`.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
         self.routes.get().check()?;
+        self.resolve_servers().await;
         self.listen_locals().await?;
         self.listen_socks().await?;
         let stop = CancellationToken::new();
