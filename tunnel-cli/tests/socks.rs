@@ -309,6 +309,37 @@ async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_narrowing_allow_networks_withdraws_the_network_and_tells_its_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = http_server("127.0.0.3:0", "routed\n").await;
+    let config = server_config(dir.path());
+    let server = serve(dir.path(), &["--config", &config], &[]).await;
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+    let laptop = connect(&server, &["--name", "laptop", "-D", "0"], &[("TUNNEL_TOKEN", LAPTOP_TOKEN)]);
+    let proxy = socks_addr(&laptop).await;
+    laptop.line_after("connected to ").await;
+    assert_eq!(curl(&proxy, &format!("http://{web}/")).await, (Some(0), "routed\n".to_owned()));
+
+    // The site may now route only 10.232.0.0/16: its loopback network is withdrawn, the site
+    // is told, and connections into it find no route (and the server dials nothing itself).
+    let narrowed = std::fs::read_to_string(&config).unwrap().replace(
+        "allow_networks = [\"127.0.0.0/8\", \"10.232.0.0/16\"]",
+        "allow_networks = [\"10.232.0.0/16\"]",
+    );
+    std::fs::write(&config, narrowed).unwrap();
+    let pid = server.cli.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    server.cli.output_contains("withdrawn=[\"site: network 127.0.0.0/8\"]").await;
+    site.output_contains("route refused: v1 network 127.0.0.0/8 (network not allowed").await;
+    assert_eq!(socks_reply(&proxy, Destination::Ip(web)).await, Reply::NotAllowed as u8);
+}
+
 /// Network namespaces for one test, deleted (with their links) on drop.
 struct Namespace(String);
 
