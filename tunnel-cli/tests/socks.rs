@@ -307,6 +307,33 @@ async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() 
     for secret in [LAPTOP_TOKEN, STRANGER_TOKEN, shared] {
         assert!(!server.cli.output().contains(secret), "a password is never logged");
     }
+
+    // A connection open when a reload revokes its login's token is reset, as the session of
+    // that client would be ended.
+    let echo = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let (laptop, status) = logged_in(&proxy, "laptop", LAPTOP_TOKEN).await;
+    assert_eq!(status, 0);
+    let mut held = laptop;
+    held.write_all(&codec::encode_request(&Request {
+        command: Command::Connect,
+        destination: Destination::Ip(echo_addr),
+    }))
+    .await
+    .unwrap();
+    let mut reply = [0u8; 10];
+    held.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], Reply::Succeeded as u8);
+    let (_target, _) = echo.accept().await.unwrap();
+    let revoked =
+        std::fs::read_to_string(&config).unwrap().replace(LAPTOP_TOKEN, "laptop-token-rotated-0000000000");
+    std::fs::write(&config, revoked).unwrap();
+    let pid = server.cli.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let mut byte = [0u8; 1];
+    let read =
+        tokio::time::timeout(PATIENCE, held.read(&mut byte)).await.expect("the connection stayed open");
+    assert_eq!(read.map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::ConnectionReset));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

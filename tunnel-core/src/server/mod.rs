@@ -206,6 +206,9 @@ struct Shared {
     sessions: directory::Directory,
     /// Held by the reload in progress: reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Counts the reloads, for what outlives one configuration (a SOCKS connection re-checks
+    /// its login's token).
+    reloads: tokio::sync::watch::Sender<u64>,
     registry: registry::Registry,
     pending: pending::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
@@ -279,6 +282,7 @@ impl Server {
             config,
             sessions,
             reloading,
+            reloads: tokio::sync::watch::Sender::new(0),
             registry,
             pending,
             http_routes,

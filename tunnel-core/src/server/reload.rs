@@ -54,6 +54,7 @@ impl Server {
         shared.registry.set_limits(config.port_grace, Caps::of(&config));
         let config = Arc::new(config);
         *shared.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        shared.reloads.send_modify(|n| *n += 1);
         if before.http.certified != config.http.certified {
             // ACME looks again at which names other certificates now cover.
             shared.http_routes.nudge();

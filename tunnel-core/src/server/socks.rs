@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::source::Places;
 use super::visits::{self, Upstream, Visitor};
 use super::{Server, Shared};
-use crate::auth::{CredentialKind, Token};
+use crate::auth::{CredentialKind, Credentials, Token};
 use crate::forward::{splice, VisitTarget};
 use crate::log::Escaped;
 use crate::proto::ReplyStatus;
@@ -184,10 +184,30 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
         upstream.write_all(&early).await?;
         splice(&mut tcp, &mut upstream).await
     };
-    if let Err(err) = carried.await {
-        tracing::debug!(client = %Escaped(&name), %peer, "SOCKS connection failed: {err}");
+    let failed = tokio::select! {
+        carried = carried => carried.err().map(|err| err.to_string()),
+        () = revoked(shared, &config.credentials, &name) => Some("its token was revoked".to_owned()),
+    };
+    if let Some(why) = failed {
+        tracing::debug!(client = %Escaped(&name), %peer, "SOCKS connection ended: {why}");
         crate::transport::reset_on_close(&tcp);
     }
+}
+
+/// Returns when a reload no longer accepts the token `name` logged in with (as a session of
+/// that client would be ended).
+async fn revoked(shared: &Shared, at_login: &Credentials, name: &str) {
+    let mut reloads = shared.reloads.subscribe();
+    // A reload between the login and now counts too.
+    if !shared.config().credentials.still_accepts(at_login, name, CredentialKind::PerClient) {
+        return;
+    }
+    while reloads.changed().await.is_ok() {
+        if !shared.config().credentials.still_accepts(at_login, name, CredentialKind::PerClient) {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// What a SOCKS connection is spliced to.
