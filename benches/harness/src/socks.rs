@@ -29,8 +29,9 @@ pub struct SocksArgs {
     /// Seconds per download run.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Rounds; each runs every path in turn, and each cell is the median.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds; each runs every path in turn, and each cell is the median (one stream through
+    /// a tunnel moves by a tenth between runs: three rounds were not enough).
+    #[arg(long, default_value_t = 5)]
     repeat: usize,
     /// Markdown file whose `socks` section is replaced with the results.
     #[arg(long)]
