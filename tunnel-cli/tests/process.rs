@@ -245,3 +245,17 @@ pub fn swap(dir: &std::path::Path, link: &std::path::Path, generation: u32, text
     std::os::unix::fs::symlink(data.join(name), &tmp).unwrap();
     std::fs::rename(&tmp, link).unwrap();
 }
+
+/// Whether this test may create network namespaces: as root (which `.ci/run` is), yes;
+/// otherwise the test fails unless `TUNNEL_TEST_NO_NETNS` says to skip it.
+pub fn may_use_namespaces() -> bool {
+    let id = std::process::Command::new("id").arg("-u").output().expect("id runs");
+    if String::from_utf8_lossy(&id.stdout).trim() == "0" {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TUNNEL_TEST_NO_NETNS").is_some(),
+        "network namespaces need root: run as root, or set TUNNEL_TEST_NO_NETNS=1 to skip this test"
+    );
+    false
+}

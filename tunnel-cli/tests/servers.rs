@@ -173,13 +173,7 @@ fn in_namespace(ns: &str, args: &[&str]) -> Cli {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_name_found_at_two_addresses_is_two_servers() {
-    let root = std::process::Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
-        // Namespaces need root, as `.ci/run` has; elsewhere, skipping takes saying so.
-        assert!(
-            std::env::var_os("TUNNEL_TEST_NO_NETNS").is_some(),
-            "network namespaces need root: run as root, or set TUNNEL_TEST_NO_NETNS=1 to skip this test"
-        );
+    if !may_use_namespaces() {
         return;
     }
     let ns = hosts_namespace();

@@ -411,13 +411,7 @@ fn site_namespace(x: u8) -> Namespace {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_a_service_in_a_namespace_only_the_serving_client_can_reach() {
-    let root = std::process::Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
-        // Namespaces need root, as `.ci/run` has; elsewhere, skipping takes saying so.
-        assert!(
-            std::env::var_os("TUNNEL_TEST_NO_NETNS").is_some(),
-            "network namespaces need root: run as root, or set TUNNEL_TEST_NO_NETNS=1 to skip this test"
-        );
+    if !may_use_namespaces() {
         return;
     }
     let x = 77;

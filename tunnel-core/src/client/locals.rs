@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::ClientError;
 use crate::forward::{copy_until_eof, LocalForwardSpec, VisitTarget};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
@@ -39,6 +40,25 @@ pub(super) async fn bind(
         bound.push(BoundLocal { spec: spec.clone(), listener });
     }
     Ok(bound)
+}
+
+/// Where each listener listens, as `active(spec, address)`; an address that cannot be read is
+/// the spec's bind error.
+pub(super) fn addresses<'a, S, T>(
+    listening: impl Iterator<Item = (&'a S, &'a TcpListener)>,
+    active: impl Fn(S, SocketAddr) -> T,
+) -> Result<Vec<T>, ClientError>
+where
+    S: Clone + std::fmt::Display + 'a,
+{
+    listening
+        .map(|(spec, listener)| {
+            let bound_addr = listener
+                .local_addr()
+                .map_err(|source| ClientError::Bind { spec: spec.to_string(), source })?;
+            Ok(active(spec.clone(), bound_addr))
+        })
+        .collect()
 }
 
 /// Accepts visitors until `stop`; each goes through a session up at that moment (the first

@@ -258,16 +258,8 @@ impl Client {
             self.locals = Some(bound);
         }
         let bound = self.locals.as_deref().unwrap_or_default();
-        bound
-            .iter()
-            .map(|b| {
-                let bound_addr = b
-                    .listener
-                    .local_addr()
-                    .map_err(|source| ClientError::Bind { spec: b.spec.to_string(), source })?;
-                Ok(ActiveLocal { spec: b.spec.clone(), bound_addr })
-            })
-            .collect()
+        let listening = bound.iter().map(|b| (&b.spec, &b.listener));
+        locals::addresses(listening, |spec, bound_addr| ActiveLocal { spec, bound_addr })
     }
 
     /// Binds the SOCKS proxies' listeners now (otherwise [`Client::run`] does), and returns
@@ -280,16 +272,8 @@ impl Client {
             self.socks = Some(bound);
         }
         let bound = self.socks.as_deref().unwrap_or_default();
-        bound
-            .iter()
-            .map(|b| {
-                let bound_addr = b
-                    .listener
-                    .local_addr()
-                    .map_err(|source| ClientError::Bind { spec: b.spec.to_string(), source })?;
-                Ok(ActiveSocks { spec: b.spec.clone(), bound_addr })
-            })
-            .collect()
+        let listening = bound.iter().map(|b| (&b.spec, &b.listener));
+        locals::addresses(listening, |spec, bound_addr| ActiveSocks { spec, bound_addr })
     }
 
     /// Looks up each server named by a host name now (otherwise [`Client::run`] does): a host

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use super::source::Places;
 use super::Server;
 use crate::acme::Acme;
 use crate::http::{HttpEdge, RouteSource};
@@ -93,57 +92,11 @@ impl Server {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let max = edge.limits().max_connections;
-        let slots = Arc::new(tokio::sync::Semaphore::new(max));
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, visitor) = tokio::select! {
-                () = &mut shutdown => break,
-                () = self.shared.draining.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        if crate::log::ACCEPT_FAILURES.allow() {
-                            tracing::warn!("HTTP accept failed: {err}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                if crate::log::REFUSALS.allow() {
-                    tracing::warn!(%visitor, "HTTP connection refused: {max} open");
-                }
-                crate::transport::reset_on_close(&tcp);
-                continue;
-            };
-            let _ = crate::transport::configure_tcp(&tcp);
-            let (served, stop) = (serve(tcp, visitor), stop.clone());
-            tasks.spawn(async move {
-                let _slot = slot;
-                tokio::select! {
-                    () = served => {}
-                    () = stop.cancelled() => {}
-                }
-            });
-        }
+        // No cap per source: visitors behind one NAT or CDN share an address.
+        let places = Places::new(max, max);
         // Draining: no new visitors; requests in flight are answered, each connection then
         // closes, within the drain time.
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        drop(listener);
-        tracing::info!("edge listener {addr} closed: no new visitors");
-        edge.drain();
-        tasks.close();
-        let limit = self.shared.config().drain_timeout;
-        let drained = tokio::select! {
-            drained = tokio::time::timeout(limit, tasks.wait()) => drained.is_ok(),
-            () = self.shared.cut.cancelled() => false,
-        };
-        if !drained {
-            stop.cancel();
-            tasks.wait().await;
-        }
+        self.shared.accept_until("edge", listener, shutdown, places, || edge.drain(), serve).await;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ mod edge;
 mod forwards;
 mod http_routes;
 pub mod leases;
+mod listen;
 mod networks;
 mod pending;
 mod policy;

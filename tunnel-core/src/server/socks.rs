@@ -5,12 +5,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::source::Places;
 use super::visits::{self, Upstream, Visitor};
@@ -36,54 +33,12 @@ impl Server {
     ) -> std::io::Result<()> {
         let config = self.shared.config();
         let places = Places::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                () = self.shared.draining.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        if crate::log::ACCEPT_FAILURES.allow() {
-                            tracing::warn!("SOCKS accept failed: {err}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let place = match places.admit(peer.ip()) {
-                Ok(place) => place,
-                Err(full) => {
-                    if crate::log::REFUSALS.allow() {
-                        tracing::warn!(%peer, "SOCKS connection refused: {full}");
-                    }
-                    crate::transport::reset_on_close(&tcp);
-                    continue;
-                }
-            };
-            let _ = crate::transport::configure_tcp(&tcp);
-            let (shared, stop) = (self.shared.clone(), stop.clone());
-            tasks.spawn(async move {
-                let _place = place;
-                tokio::select! {
-                    () = serve(&shared, tcp, peer) => {}
-                    () = stop.cancelled() => {}
-                }
-            });
-        }
-        drop(listener);
-        tasks.close();
-        let limit = self.shared.config().drain_timeout;
-        let drained = tokio::select! {
-            drained = tokio::time::timeout(limit, tasks.wait()) => drained.is_ok(),
-            () = self.shared.cut.cancelled() => false,
+        let shared = self.shared.clone();
+        let serving = move |tcp, peer| {
+            let shared = shared.clone();
+            async move { serve(&shared, tcp, peer).await }
         };
-        if !drained {
-            stop.cancel();
-            tasks.wait().await;
-        }
+        self.shared.accept_until("SOCKS", listener, shutdown, places, || {}, serving).await;
         Ok(())
     }
 }

@@ -1,0 +1,87 @@
+//! The accept loop of the server's public listeners other than the tunnel's own (HTTP, HTTPS,
+//! SOCKS): admit each connection or reset it, serve it as a task, and on shutdown or the
+//! server's drain stop accepting and give the connections open the drain time.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::source::Places;
+use super::Shared;
+
+impl Shared {
+    /// Accepts on `listener` until `shutdown` or the drain; a connection `places` has no room
+    /// for is reset at accept, the others are each served by `serve`. Then the listener
+    /// closes (logged as `NAME listener ADDR closed`), `closed` runs, and the connections
+    /// still open get up to the drain time (or until [`super::Server::cut`]) before they are
+    /// cut.
+    pub(super) async fn accept_until<F, Fut>(
+        &self,
+        name: &str,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        places: Places,
+        closed: impl FnOnce(),
+        serve: F,
+    ) where
+        F: Fn(TcpStream, SocketAddr) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                () = self.draining.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        if crate::log::ACCEPT_FAILURES.allow() {
+                            tracing::warn!("{name} accept failed: {err}");
+                        }
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let place = match places.admit(peer.ip()) {
+                Ok(place) => place,
+                Err(full) => {
+                    if crate::log::REFUSALS.allow() {
+                        tracing::warn!(%peer, "{name} connection refused: {full}");
+                    }
+                    crate::transport::reset_on_close(&tcp);
+                    continue;
+                }
+            };
+            let _ = crate::transport::configure_tcp(&tcp);
+            let (served, stop) = (serve(tcp, peer), stop.clone());
+            tasks.spawn(async move {
+                let _place = place;
+                tokio::select! {
+                    () = served => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        drop(listener);
+        tracing::info!("{name} listener {addr} closed: no new visitors");
+        closed();
+        tasks.close();
+        let limit = self.config().drain_timeout;
+        let drained = tokio::select! {
+            drained = tokio::time::timeout(limit, tasks.wait()) => drained.is_ok(),
+            () = self.cut.cancelled() => false,
+        };
+        if !drained {
+            stop.cancel();
+            tasks.wait().await;
+        }
+    }
+}
