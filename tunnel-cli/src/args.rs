@@ -169,6 +169,13 @@ pub struct ConnectArgs {
     /// network, or (other addresses, host names) to a target the server may dial. Repeatable.
     #[arg(short = 'D', long = "socks", value_name = "[BIND_ADDR:]PORT")]
     pub socks: Vec<SocksSpec>,
+    /// Username the SOCKS proxies require, with the password in TUNNEL_SOCKS_PASSWORD
+    /// (at least 16 characters) [default: none required].
+    #[arg(long, value_name = "USER")]
+    pub socks_user: Option<String>,
+    /// Password the SOCKS proxies require (else TUNNEL_SOCKS_PASSWORD or the config).
+    #[arg(long, env = "TUNNEL_SOCKS_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    pub socks_password: Option<SecretString>,
     /// Offer egress into this network (CIDR, e.g. 10.96.0.0/12): connections to its addresses
     /// through the server are dialed here, if the server's allow_networks permits. Repeatable.
     #[arg(long = "expose-network", value_name = "CIDR")]
@@ -298,6 +305,8 @@ impl ConnectArgs {
         if !self.socks.is_empty() {
             file.socks = self.socks;
         }
+        override_with(&mut file.socks_user, self.socks_user);
+        override_with(&mut file.socks_password, self.socks_password);
         if !self.expose_network.is_empty() {
             file.networks = self.expose_network;
         }

@@ -40,6 +40,7 @@ pub fn isolated(cmd: &mut Command) {
     cmd.env_remove("TUNNEL_TOKEN")
         .env_remove("TUNNEL_ADMIN")
         .env_remove("TUNNEL_ADMIN_TOKEN")
+        .env_remove("TUNNEL_SOCKS_PASSWORD")
         .env_remove("RUST_LOG")
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy")

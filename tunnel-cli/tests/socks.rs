@@ -337,6 +337,48 @@ async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socks_proxy_with_a_password_takes_only_that_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = http_server("127.0.0.3:0", "behind a password\n").await;
+    let config = server_config(dir.path());
+    let server = serve(dir.path(), &["--config", &config], &[]).await;
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+    let password = "socks-password-of-the-laptop";
+    let laptop = connect(
+        &server,
+        &["--name", "laptop", "-D", "0", "--socks-user", "me"],
+        &[("TUNNEL_TOKEN", LAPTOP_TOKEN), ("TUNNEL_SOCKS_PASSWORD", password)],
+    );
+    let proxy = socks_addr(&laptop).await;
+    laptop.line_after("connected to ").await;
+    let url = format!("http://{web}/");
+    assert_eq!(
+        curl_as(&proxy, Some(&format!("me:{password}")), &url).await,
+        (Some(0), "behind a password\n".to_owned())
+    );
+    assert_ne!(curl(&proxy, &url).await.0, Some(0), "no login");
+    assert_eq!(socks_login(&proxy, "me", "socks-password-of-the-laptoq").await, 1);
+    assert_eq!(socks_login(&proxy, "you", password).await, 1);
+    assert!(!laptop.output().contains(password));
+
+    // A user without a password, or a short one, is a configuration error naming the key.
+    for (envs, key) in
+        [(vec![], "socks_password"), (vec![("TUNNEL_SOCKS_PASSWORD", "short")], "socks_password")]
+    {
+        let mut envs = envs;
+        envs.push(("TUNNEL_TOKEN", LAPTOP_TOKEN));
+        let mut bad = connect(&server, &["--name", "laptop2", "-D", "0", "--socks-user", "me"], &envs);
+        assert_eq!(bad.exit_code().await, 2, "{}", bad.output());
+        assert!(bad.output().contains(key), "{}", bad.output());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_narrowing_allow_networks_withdraws_the_network_and_tells_its_client() {
     let dir = tempfile::tempdir().unwrap();
     let web = http_server("127.0.0.3:0", "routed\n").await;

@@ -65,6 +65,9 @@ pub struct ClientConfig {
     /// SOCKS5 proxies to listen for: each connection goes where its request names, through
     /// the server (default: none).
     pub socks: Vec<SocksSpec>,
+    /// The username and password the SOCKS proxies require; `None` (the default): none, for
+    /// proxies only trusted hosts reach.
+    pub socks_login: Option<crate::socks::Login>,
     /// Private services to expose.
     pub services: Vec<ServiceSpec>,
     /// HTTP routes to publish.
@@ -131,6 +134,7 @@ impl ClientConfig {
             remotes: Vec::new(),
             locals: Vec::new(),
             socks: Vec::new(),
+            socks_login: None,
             services: Vec::new(),
             http: Vec::new(),
             http_fallback: None,
@@ -266,7 +270,7 @@ impl Client {
     /// their addresses: with port 0 the OS picks one.
     pub async fn listen_socks(&mut self) -> Result<Vec<ActiveSocks>, ClientError> {
         if self.socks.is_none() {
-            let bound = socks::bind(&self.config.socks)
+            let bound = socks::bind(&self.config.socks, self.config.socks_login.is_none())
                 .await
                 .map_err(|(spec, source)| ClientError::Bind { spec: spec.to_string(), source })?;
             self.socks = Some(bound);
@@ -362,7 +366,14 @@ impl Client {
             .unwrap_or_default()
             .into_iter()
             .map(|bound| {
-                OwnedTask::spawn(socks::serve(bound, session_rxs.clone(), stop.clone(), cut_visits.clone()))
+                let login = self.config.socks_login.clone();
+                OwnedTask::spawn(socks::serve(
+                    bound,
+                    login,
+                    session_rxs.clone(),
+                    stop.clone(),
+                    cut_visits.clone(),
+                ))
             })
             .collect();
         let work = self.run_links(stop.clone(), &session_txs);

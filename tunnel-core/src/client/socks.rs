@@ -17,7 +17,7 @@ use crate::forward::{splice, SocksSpec, TargetAddr, VisitTarget};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
 use crate::proto::{ReplyStatus, StreamHeader};
-use crate::socks::{self, Auth, Command, Reply};
+use crate::socks::{self, Auth, Command, Login, Reply};
 use crate::transport;
 
 /// Time a SOCKS client has for its greeting and request.
@@ -32,13 +32,17 @@ pub(super) struct BoundSocks {
     pub(super) listener: TcpListener,
 }
 
-/// Binds every proxy (127.0.0.1 unless the spec names an address).
-pub(super) async fn bind(specs: &[SocksSpec]) -> Result<Vec<BoundSocks>, (SocksSpec, std::io::Error)> {
+/// Binds every proxy (127.0.0.1 unless the spec names an address); `open`: without a
+/// password.
+pub(super) async fn bind(
+    specs: &[SocksSpec],
+    open: bool,
+) -> Result<Vec<BoundSocks>, (SocksSpec, std::io::Error)> {
     let mut bound = Vec::with_capacity(specs.len());
     for spec in specs {
         let ip = spec.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-        if !ip.is_loopback() {
-            tracing::warn!(%spec, "the SOCKS proxy takes no password: whoever reaches {ip} uses this client's rules through the tunnel");
+        if open && !ip.is_loopback() {
+            tracing::warn!(%spec, "the SOCKS proxy takes no password (socks_user/socks_password): whoever reaches {ip} uses this client's rules through the tunnel");
         }
         let listener = TcpListener::bind((ip, spec.port)).await.map_err(|e| (spec.clone(), e))?;
         bound.push(BoundSocks { spec: spec.clone(), listener });
@@ -50,26 +54,30 @@ pub(super) async fn bind(specs: &[SocksSpec]) -> Result<Vec<BoundSocks>, (SocksS
 /// connections go on (through a drain) until they end or `cut`.
 pub(super) async fn serve(
     bound: BoundSocks,
+    login: Option<Login>,
     sessions: Vec<watch::Receiver<Option<StreamOpener>>>,
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
     let what = format!("SOCKS {}", bound.spec);
+    let login = login.map(std::sync::Arc::new);
     accept_loop(&bound.listener, &what, &sessions, stop, |tcp, visitor, opener| {
-        let cut = cut.clone();
+        let (cut, login) = (cut.clone(), login.clone());
         async move {
             tokio::select! {
                 () = cut.cancelled() => {}
-                () = visit(tcp, visitor, opener) => {}
+                () = visit(tcp, visitor, opener, login.as_deref()) => {}
             }
         }
     })
     .await;
 }
 
-async fn visit(mut tcp: TcpStream, visitor: SocketAddr, opener: Option<StreamOpener>) {
+async fn visit(mut tcp: TcpStream, visitor: SocketAddr, opener: Option<StreamOpener>, login: Option<&Login>) {
     let _ = transport::configure_tcp(&tcp);
-    let accepted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, socks::accept(&mut tcp, Auth::None)).await {
+    let check = |user: &[u8], password: &[u8]| login.is_some_and(|login| login.matches(user, password));
+    let auth = if login.is_some() { Auth::Password(&check) } else { Auth::None };
+    let accepted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, socks::accept(&mut tcp, auth)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => return tracing::info!(%visitor, "SOCKS client refused: {}", crate::log::Chain(&err)),
         Err(_) => {

@@ -56,6 +56,11 @@ pub struct ClientFile {
     /// network, or (any other address, and host names) to a target the server may dial.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socks: Vec<SocksSpec>,
+    /// Username the SOCKS proxies require, with `socks_password` (default: none required).
+    pub socks_user: Option<String>,
+    /// Password the SOCKS proxies require, at least 16 characters (or the
+    /// `TUNNEL_SOCKS_PASSWORD` environment variable of `tunnel-cli connect`).
+    pub socks_password: Option<SecretString>,
     /// Private services, `SERVICE=HOST:PORT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<ServiceSpec>,
@@ -405,6 +410,15 @@ impl ClientFile {
         config.tls = routes.tls;
         config.networks = routes.networks;
         config.socks = self.socks.clone();
+        config.socks_login = match (&self.socks_user, &self.socks_password) {
+            (None, None) => None,
+            (Some(user), Some(password)) => Some(
+                crate::socks::Login::new(user.clone(), password.expose_secret())
+                    .map_err(|e| invalid("socks_password", e))?,
+            ),
+            (Some(_), None) => return Err(invalid("socks_password", "`socks_user` needs `socks_password`")),
+            (None, Some(_)) => return Err(invalid("socks_user", "`socks_password` needs `socks_user`")),
+        };
         if let Some(d) = self.handshake_timeout {
             config.handshake_timeout = positive_duration("handshake_timeout", d)?;
         }

@@ -37,6 +37,47 @@ impl std::fmt::Debug for Auth<'_> {
     }
 }
 
+/// A username and password a SOCKS proxy requires: the password is never shown (`Debug`
+/// masks it) and is compared by digest, so the time taken says nothing of how much matched.
+#[derive(Clone)]
+pub struct Login {
+    user: String,
+    password: String,
+}
+
+/// A password too short to stand up to guessing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the SOCKS password must be at least {MIN_PASSWORD} characters long")]
+pub struct WeakPassword;
+
+/// Shortest password accepted, as for tokens.
+pub const MIN_PASSWORD: usize = 16;
+
+impl Login {
+    /// `user` with `password` (at least [`MIN_PASSWORD`] characters; both at most 255 bytes,
+    /// as SOCKS carries them).
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Result<Self, WeakPassword> {
+        let (user, password) = (user.into(), password.into());
+        if password.chars().count() < MIN_PASSWORD || password.len() > 255 || user.len() > 255 {
+            return Err(WeakPassword);
+        }
+        Ok(Self { user, password })
+    }
+
+    /// Whether a client's `user` and `password` are these.
+    pub fn matches(&self, user: &[u8], password: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        let same_password = Sha256::digest(password) == Sha256::digest(self.password.as_bytes());
+        same_password & (user == self.user.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("user", &self.user).field("password", &"***").finish()
+    }
+}
+
 /// A request read, with who made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -124,3 +124,22 @@ fn every_stream_reply_has_its_socks_code() {
         assert_eq!(reply_for(status) as u8, code, "{status:?}");
     }
 }
+
+#[tokio::test]
+async fn a_login_checks_both_parts_and_never_shows_the_password() {
+    assert_eq!(Login::new("me", "short").unwrap_err(), WeakPassword);
+    let login = Login::new("me", "a-long-enough-password").unwrap();
+    assert!(login.matches(b"me", b"a-long-enough-password"));
+    assert!(
+        !login.matches(b"me", b"a-long-enough-passwore") && !login.matches(b"you", b"a-long-enough-password")
+    );
+    assert!(!format!("{login:?}").contains("long-enough"));
+    let check = |user: &[u8], password: &[u8]| login.matches(user, password);
+    let mut client = vec![5, 1, codec::METHOD_USERPASS, 1, 2];
+    client.extend_from_slice(b"me");
+    client.push(22);
+    client.extend_from_slice(b"a-long-enough-password");
+    client.extend(connect_to("10.0.0.1:22"));
+    let (accepted, received) = exchange(client, Auth::Password(&check)).await;
+    assert_eq!((accepted.unwrap().user.as_deref(), received.as_slice()), (Some("me"), &[5, 2, 1, 0][..]));
+}
