@@ -146,8 +146,9 @@ pub struct ClientEntry {
     /// Ports it may bind (default: the server-wide `allow_ports`).
     pub allow_ports: Option<PortSet>,
     /// Services it may visit, as `CLIENT/SERVICE` globs such as `worker-*/kubelet`, matching only
-    /// clients with their own token; `shared:CLIENT/SERVICE` matches clients on the shared token
-    /// (default: none).
+    /// clients with their own token; `shared:CLIENT/SERVICE` matches clients on the shared token;
+    /// and networks other clients route, as `CLIENT/NETWORK[:PORTS]` such as
+    /// `site-*/10.96.0.0/12:443` (default: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_visit: Vec<VisitRule>,
     /// Service names it may expose, as globs (default: none).

@@ -1,5 +1,5 @@
-//! Access rules: name globs (`worker-*/kubelet`) and server-side target rules
-//! (`10.0.0.0/8:10250`).
+//! Access rules: name globs (`worker-*/kubelet`), visit rules for services and networks
+//! (`site/10.96.0.0/12:443`), and server-side target rules (`10.0.0.0/8:10250`).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -67,7 +67,8 @@ impl Default for Policy {
 pub struct ClientPolicy {
     /// Ports it may bind; `None` for the server-wide `allow_ports`.
     pub allow_ports: Option<PortSet>,
-    /// Services it may visit, as `CLIENT/SERVICE` rules (default: none).
+    /// Services it may visit, as `CLIENT/SERVICE` rules, and networks, as
+    /// `CLIENT/NETWORK[:PORTS]` rules (default: none).
     pub allow_visit: Vec<VisitRule>,
     /// Service names it may expose, as globs (default: none).
     pub allow_expose: Vec<Glob>,

@@ -2,8 +2,10 @@
 //! exchange and the request, read from any byte stream; what to do with the request (and the
 //! reply) is the caller's. [`codec`] is the sans-IO wire format under it.
 //!
-//! `tunnel-cli connect -D` serves it on the client: each connection goes through the server to
-//! the client routing the destination address's network, or to a target the server dials.
+//! `tunnel-cli connect -D` serves it on the client (each connection goes through the server to
+//! the client routing the destination address's network, or to a target the server dials), and
+//! `tunnel-cli serve --socks-listen` on the server (each connection logs in as a client and
+//! visits as that client would).
 
 pub mod codec;
 
