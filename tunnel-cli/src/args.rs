@@ -156,17 +156,19 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
     /// Remote forward: a port on the server that reaches LOCAL_HOST:LOCAL_PORT here. REMOTE_PORT 0
-    /// lets the server choose. Repeatable.
-    #[arg(short = 'R', long = "remote", value_name = "[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")]
+    /// lets the server choose. `udp:` first carries UDP datagrams (each visitor address a flow).
+    /// Repeatable.
+    #[arg(short = 'R', long = "remote", value_name = "[udp:][BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")]
     pub remote: Vec<RemoteForwardSpec>,
     /// Local forward: listen on PORT here and carry each connection through the server to TARGET,
     /// a private service CLIENT/SERVICE or a HOST:PORT the server may dial. PORT 0 lets the OS
-    /// choose. Repeatable.
-    #[arg(short = 'L', long = "local", value_name = "[BIND_ADDR:]PORT:TARGET")]
+    /// choose. `udp:` first carries UDP datagrams to a HOST:PORT. Repeatable.
+    #[arg(short = 'L', long = "local", value_name = "[udp:][BIND_ADDR:]PORT:TARGET")]
     pub local: Vec<LocalForwardSpec>,
     /// SOCKS5 proxy: listen on PORT here (127.0.0.1 unless BIND_ADDR is given; no password);
     /// each connection goes through the server to the client routing its destination address's
-    /// network, or (other addresses, host names) to a target the server may dial. Repeatable.
+    /// network, or (other addresses, host names) to a target the server may dial; UDP ASSOCIATE
+    /// carries datagrams the same way. Repeatable.
     #[arg(short = 'D', long = "socks", value_name = "[BIND_ADDR:]PORT")]
     pub socks: Vec<SocksSpec>,
     /// Username the SOCKS proxies require, with the password in TUNNEL_SOCKS_PASSWORD

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use tunnel_core::client::{ActiveForward, Client, ClientStatus};
+use tunnel_core::forward::Protocol;
 use tunnel_core::transport::host_of;
 
 use crate::args::ConnectArgs;
@@ -19,7 +20,8 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     tracing::info!(server = %config.server, name = %config.name, "connecting");
     let mut client = Client::new(config);
     for local in client.listen_locals().await.map_err(Failure::error)? {
-        println!("local forward listening: {} -> {}", local.bound_addr, local.spec.target);
+        let udp = if local.spec.protocol == Protocol::Udp { "udp:" } else { "" };
+        println!("local forward listening: {udp}{} -> {}", local.bound_addr, local.spec.target);
     }
     for socks in client.listen_socks().await.map_err(Failure::error)? {
         println!("SOCKS proxy listening: {}", socks.bound_addr);
@@ -95,7 +97,8 @@ async fn print_status(
             session_ready.ready(&session_line);
             for forward in &forwards {
                 let public = public_address(&server_host, forward);
-                println!("remote forward ready: {public} -> {}", forward.spec.local);
+                let udp = if forward.spec.protocol == Protocol::Udp { "udp:" } else { "" };
+                println!("remote forward ready: {udp}{public} -> {}", forward.spec.local);
             }
             for service in &services {
                 println!("service exposed: {} -> {}", service.name, service.target);
@@ -103,7 +106,8 @@ async fn print_status(
         }
         for forward in &forwards {
             let public = public_address(&server_host, forward);
-            println!("route ready: v{version} tcp {public} -> {}", forward.spec.local);
+            let protocol = if forward.spec.protocol == Protocol::Udp { "udp" } else { "tcp" };
+            println!("route ready: v{version} {protocol} {public} -> {}", forward.spec.local);
         }
         for service in &services {
             println!("route ready: v{version} service {} -> {}", service.name, service.target);

@@ -15,6 +15,8 @@
 //!   `session::framed` reads and writes `proto`'s formats on a stream.
 //! - [`forward`]: remote forward specs and the bidirectional copy with half-close.
 //! - [`socks`]: the SOCKS5 server side (greeting, password, request) over any byte stream.
+//! - [`udp`]: UDP flows as streams of framed datagrams: the listening end's flow table and the
+//!   dialing end's relay.
 //! - [`http`]: HTTP host/path routing in Gateway API order, the server's edge and the client's
 //!   origin side (per request, WebSocket upgrades, pooled origin connections).
 //! - [`acme`]: certificates from an ACME authority for the names the HTTPS edge terminates,
@@ -101,6 +103,7 @@ pub mod session;
 pub mod socks;
 pub mod tls;
 pub mod transport;
+pub mod udp;
 
 mod fs;
 mod task;

@@ -77,6 +77,7 @@ struct Inner {
     http_requests: Family<HttpLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     refusals: Family<ReasonLabels, Counter>,
+    datagrams_dropped: Family<ReasonLabels, Counter>,
     rtt: Histogram,
 }
 
@@ -156,6 +157,12 @@ impl Metrics {
         );
         let refusals = Family::default();
         registry.register("refusals", "Refused sessions, routes and visitors, by reason", refusals.clone());
+        let datagrams_dropped = Family::default();
+        registry.register(
+            "udp_datagrams_dropped",
+            "UDP datagrams dropped by the listening end, by reason",
+            datagrams_dropped.clone(),
+        );
         let rtt = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register("heartbeat_rtt_seconds", "Heartbeat round trips", rtt.clone());
         Self(Arc::new(Inner {
@@ -171,6 +178,7 @@ impl Metrics {
             http_requests,
             handshake_failures,
             refusals,
+            datagrams_dropped,
             rtt,
         }))
     }
@@ -237,6 +245,10 @@ impl Metrics {
 
     pub(crate) fn refused(&self, reason: &str) {
         self.0.refusals.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    pub(crate) fn datagram_dropped(&self, reason: &'static str) {
+        self.0.datagrams_dropped.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
     }
 
     pub(crate) fn rtt(&self, rtt: Duration) {

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("session", &["auth", "log", "metrics", "mux", "proto", "transport"]),
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("socks", &["proto"]),
+    ("udp", &["log", "proto"]),
     ("http", &["log", "metrics", "mux", "proto", "tls"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (
@@ -39,6 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "task",
             "tls",
             "transport",
+            "udp",
         ],
     ),
     ("admin", &["auth", "config", "forward", "fs", "log", "proto", "server", "tls", "transport"]),
@@ -57,6 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "task",
             "tls",
             "transport",
+            "udp",
         ],
     ),
 ];

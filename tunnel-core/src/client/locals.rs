@@ -2,31 +2,56 @@
 //! private service of another client, or to a host the server dials.
 //!
 //! The listeners live for the whole run of the client, across reconnects: while no session is
-//! up, a visitor is refused at once (reset), never left hanging.
+//! up, a visitor is refused at once (reset), never left hanging. A UDP local forward's
+//! visitors are flows, each a stream of datagrams through the server (its datagrams are
+//! dropped while no session is up).
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ClientError;
-use crate::forward::{copy_until_eof, LocalForwardSpec, VisitTarget};
+use crate::forward::{copy_until_eof, LocalForwardSpec, Protocol, TargetAddr, VisitTarget};
 use crate::log::Escaped;
-use crate::mux::StreamOpener;
+use crate::mux::{MuxStream, StreamOpener};
+use crate::proto::datagram::MAX_DATAGRAM;
 use crate::proto::{ReplyStatus, StreamHeader};
 use crate::transport;
+use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
 
 /// Time allowed for the server's answer to a local forward.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A local forward's listener, bound.
+/// Most UDP flows one local forward carries at once; datagrams of more are dropped.
+const MAX_FLOWS: usize = 4096;
+
+/// A local forward's listener (TCP) or socket (UDP), bound.
 #[derive(Debug)]
 pub(super) struct BoundLocal {
     pub(super) spec: LocalForwardSpec,
-    pub(super) listener: TcpListener,
+    pub(super) socket: LocalSocket,
+}
+
+#[derive(Debug)]
+pub(super) enum LocalSocket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl BoundLocal {
+    pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.socket {
+            LocalSocket::Tcp(listener) => listener.local_addr(),
+            LocalSocket::Udp(socket) => socket.local_addr(),
+        }
+    }
 }
 
 /// Binds every local forward (127.0.0.1 unless the spec names an address).
@@ -36,8 +61,12 @@ pub(super) async fn bind(
     let mut bound = Vec::with_capacity(specs.len());
     for spec in specs {
         let ip = spec.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-        let listener = TcpListener::bind((ip, spec.port)).await.map_err(|e| (spec.clone(), e))?;
-        bound.push(BoundLocal { spec: spec.clone(), listener });
+        let socket = match spec.protocol {
+            Protocol::Tcp => TcpListener::bind((ip, spec.port)).await.map(LocalSocket::Tcp),
+            Protocol::Udp => UdpSocket::bind((ip, spec.port)).await.map(LocalSocket::Udp),
+        };
+        let socket = socket.map_err(|e| (spec.clone(), e))?;
+        bound.push(BoundLocal { spec: spec.clone(), socket });
     }
     Ok(bound)
 }
@@ -45,17 +74,16 @@ pub(super) async fn bind(
 /// Where each listener listens, as `active(spec, address)`; an address that cannot be read is
 /// the spec's bind error.
 pub(super) fn addresses<'a, S, T>(
-    listening: impl Iterator<Item = (&'a S, &'a TcpListener)>,
+    listening: impl Iterator<Item = (&'a S, io::Result<SocketAddr>)>,
     active: impl Fn(S, SocketAddr) -> T,
 ) -> Result<Vec<T>, ClientError>
 where
     S: Clone + std::fmt::Display + 'a,
 {
     listening
-        .map(|(spec, listener)| {
-            let bound_addr = listener
-                .local_addr()
-                .map_err(|source| ClientError::Bind { spec: spec.to_string(), source })?;
+        .map(|(spec, bound_addr)| {
+            let bound_addr =
+                bound_addr.map_err(|source| ClientError::Bind { spec: spec.to_string(), source })?;
             Ok(active(spec.clone(), bound_addr))
         })
         .collect()
@@ -70,7 +98,17 @@ pub(super) async fn serve(
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
-    let BoundLocal { spec, listener } = local;
+    let BoundLocal { spec, socket } = local;
+    let listener = match socket {
+        LocalSocket::Tcp(listener) => listener,
+        LocalSocket::Udp(socket) => {
+            let VisitTarget::Address(target) = spec.target.clone() else {
+                // Refused when parsed: a UDP forward's target is an address.
+                return tracing::warn!(%spec, "a UDP forward's target must be HOST:PORT");
+            };
+            return serve_datagrams(Arc::new(socket), &spec, target, &sessions, stop, cut).await;
+        }
+    };
     let target = spec.target.clone();
     accept_loop(&listener, &spec, &sessions, stop, |tcp, visitor, opener| {
         visit(tcp, visitor, target.clone(), opener, cut.clone())
@@ -157,4 +195,84 @@ async fn carry(
         copy_until_eof(&mut from_server, &mut to_visitor).await
     };
     tokio::try_join!(up, down).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Receives datagrams until `stop`; each visitor address is a flow through the session up when
+/// its first datagram came.
+async fn serve_datagrams(
+    socket: Arc<UdpSocket>,
+    spec: &LocalForwardSpec,
+    target: TargetAddr,
+    sessions: &[watch::Receiver<Option<StreamOpener>>],
+    stop: CancellationToken,
+    cut: CancellationToken,
+) {
+    let mut flows = Flows::new(MAX_FLOWS);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            () = flows.reap() => continue,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let (len, visitor) = match received {
+            Ok(received) => received,
+            Err(_) => continue, // The ICMP error of an earlier answer.
+        };
+        let opener = sessions.iter().find_map(|s| s.borrow().clone().filter(|o| !o.is_closed()));
+        let offer = flows.offer(visitor, Bytes::copy_from_slice(&buf[..len]), |inbox| {
+            let Some(opener) = opener else { return false };
+            let flow = local_flow(inbox, opener, target.clone(), visitor, socket.clone());
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = cut.cancelled() => {}
+                    () = flow => {}
+                }
+            });
+            true
+        });
+        if matches!(offer, Offer::Refused | Offer::QueueFull) && crate::log::REFUSALS.allow() {
+            tracing::info!(%visitor, forward = %spec, "UDP datagram dropped ({offer:?}; none go through while no session is up)");
+        }
+    }
+}
+
+async fn local_flow(
+    inbox: FlowInbox<SocketAddr>,
+    opener: StreamOpener,
+    target: TargetAddr,
+    visitor: SocketAddr,
+    socket: Arc<UdpSocket>,
+) {
+    let open = open_datagrams(&opener, &target, visitor);
+    let deliver = |datagram: Bytes| {
+        let socket = socket.clone();
+        async move { socket.send_to(&datagram, visitor).await.is_ok() }
+    };
+    match carry_flow(inbox, open, deliver, crate::udp::DEFAULT_FLOW_IDLE).await {
+        Ok(stats) => tracing::trace!(%visitor, %target, ?stats, "UDP flow done"),
+        Err(err) => tracing::debug!(%visitor, %target, "UDP flow ended: {err}"),
+    }
+}
+
+/// Opens a stream of datagrams to `target` through the server, and waits for its answer.
+pub(super) async fn open_datagrams(
+    opener: &StreamOpener,
+    target: &TargetAddr,
+    visitor: SocketAddr,
+) -> io::Result<MuxStream> {
+    let mut stream = opener.open().await.map_err(io::Error::other)?;
+    let header = StreamHeader::LocalDatagrams { target: target.clone(), visitor }.encode();
+    stream.write_all(&header).await?;
+    let reply = tokio::time::timeout(REPLY_TIMEOUT, crate::session::framed::read_reply(&mut stream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server did not answer in time"))?
+        .map_err(io::Error::other)?;
+    if reply.status != ReplyStatus::Ok {
+        let why = format!("{} ({}): {}", target, reply.status, Escaped(&reply.message));
+        tracing::warn!(%visitor, "UDP flow refused: {why}");
+        return Err(io::Error::new(io::ErrorKind::ConnectionRefused, why));
+    }
+    Ok(stream)
 }

@@ -6,7 +6,9 @@
 //! Progress is published as a [`ClientStatus`] on a watch channel, so a CLI or an embedding
 //! program can show the public addresses or wait for readiness without parsing logs.
 
+mod associate;
 mod backoff;
+mod datagrams;
 mod dial;
 mod error;
 mod links;
@@ -262,7 +264,7 @@ impl Client {
             self.locals = Some(bound);
         }
         let bound = self.locals.as_deref().unwrap_or_default();
-        let listening = bound.iter().map(|b| (&b.spec, &b.listener));
+        let listening = bound.iter().map(|b| (&b.spec, b.local_addr()));
         locals::addresses(listening, |spec, bound_addr| ActiveLocal { spec, bound_addr })
     }
 
@@ -276,7 +278,7 @@ impl Client {
             self.socks = Some(bound);
         }
         let bound = self.socks.as_deref().unwrap_or_default();
-        let listening = bound.iter().map(|b| (&b.spec, &b.listener));
+        let listening = bound.iter().map(|b| (&b.spec, b.listener.local_addr()));
         locals::addresses(listening, |spec, bound_addr| ActiveSocks { spec, bound_addr })
     }
 

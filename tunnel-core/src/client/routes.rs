@@ -9,12 +9,12 @@ use tokio::sync::watch;
 use super::error::Failure;
 use super::streams::{Forward, Routes};
 use super::{ActiveForward, ClientError};
-use crate::forward::{RemoteForwardSpec, ServiceSpec, Target};
+use crate::forward::{Protocol, RemoteForwardSpec, ServiceSpec, Target};
 use crate::http::{HttpAction, HttpRoute, TlsRoute};
 use crate::proto::route::MAX_ROUTES;
 use crate::proto::{
     ControlMessage, IpNet, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult,
-    NETWORK_VERSION,
+    NETWORK_VERSION, UDP_VERSION,
 };
 
 /// What a client publishes: remote forwards, private services, HTTP and TLS routes, networks.
@@ -87,10 +87,14 @@ impl RouteSet {
         if total + usize::from(self.http_fallback.is_some()) > MAX_ROUTES_PER_SET.min(MAX_ROUTES) {
             return Err(RouteSetError::TooMany(total));
         }
-        let mut ports: HashMap<u16, &RemoteForwardSpec> = HashMap::new();
+        let mut ports: HashMap<(Protocol, u16), &RemoteForwardSpec> = HashMap::new();
+        for spec in &self.remotes {
+            spec.check()
+                .map_err(|e| RouteSetError::InvalidRoute { route: spec.to_string(), reason: e.reason })?;
+        }
         for spec in self.remotes.iter().filter(|s| s.remote_port != 0) {
-            // The server leases ports, not addresses: one port, one forward.
-            if let Some(first) = ports.insert(spec.remote_port, spec) {
+            // The server leases ports, not addresses: one port, one forward (of each protocol).
+            if let Some(first) = ports.insert((spec.protocol, spec.remote_port), spec) {
                 return Err(RouteSetError::DuplicateForward {
                     first: first.to_string(),
                     second: spec.to_string(),
@@ -151,7 +155,15 @@ impl RouteSet {
         for (spec, id) in self.remotes.iter().zip(self.remote_ids()) {
             let preferred_port =
                 if spec.remote_port == 0 { assigned.get(&id).copied().unwrap_or(0) } else { 0 };
-            let kind = RouteKind::Tcp { bind: spec.bind, port: spec.remote_port, preferred_port };
+            let (bind, port) = (spec.bind, spec.remote_port);
+            let kind = match spec.protocol {
+                Protocol::Tcp => RouteKind::Tcp { bind, port, preferred_port },
+                Protocol::Udp => {
+                    let idle = spec.idle_timeout.unwrap_or(crate::udp::DEFAULT_FLOW_IDLE);
+                    let idle_secs = u32::try_from(idle.as_secs().max(1)).unwrap_or(u32::MAX);
+                    RouteKind::Udp { bind, port, preferred_port, idle_secs }
+                }
+            };
             items.push((RouteEntry { id, kind }, Local::Forward(spec.clone())));
         }
         for service in &self.services {
@@ -284,7 +296,12 @@ impl Table {
     ) -> Self {
         *version += 1;
         let (items, too_new): (Vec<_>, Vec<_>) = set.items(assigned).into_iter().partition(|(entry, _)| {
-            protocol >= NETWORK_VERSION || !matches!(entry.kind, RouteKind::Network { .. })
+            let needs = match entry.kind {
+                RouteKind::Network { .. } => NETWORK_VERSION,
+                RouteKind::Udp { .. } => UDP_VERSION,
+                _ => 0,
+            };
+            protocol >= needs
         });
         let too_new = too_new.into_iter().map(|(_, local)| local).collect();
         Self { version: *version, items, too_new }
@@ -307,6 +324,7 @@ impl Table {
                 Local::Forward(spec) => {
                     let forward = Forward {
                         target: spec.local.clone(),
+                        protocol: spec.protocol,
                         idle_timeout: spec.idle_timeout,
                         proxy_protocol: spec.proxy_protocol,
                     };
@@ -324,6 +342,7 @@ impl Table {
                 Local::Tls(route) => {
                     let forward = Forward {
                         target: Target::Addr(route.target.clone()),
+                        protocol: Protocol::Tcp,
                         idle_timeout: None,
                         proxy_protocol: route.proxy_protocol,
                     };
@@ -399,7 +418,11 @@ impl Table {
             return Err(protocol(format!("the server answered for route {id}, which was never sent")));
         }
         for local in &self.too_new {
-            let message = format!("the server is too old (network routes need protocol {NETWORK_VERSION})");
+            let needs = match local {
+                Local::Network(_) => format!("network routes need protocol {NETWORK_VERSION}"),
+                _ => format!("UDP forwards need protocol {UDP_VERSION}"),
+            };
+            let message = format!("the server is too old ({needs})");
             answered.refused.push(RefusedRoute {
                 route: describe(local),
                 code: RefusalCode::Invalid,

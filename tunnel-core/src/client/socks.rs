@@ -2,7 +2,8 @@
 //! go. Every connection travels through the server as a local forward to that address, and the
 //! server's answer becomes the SOCKS reply: an IP address inside a network some client routes
 //! reaches that client; any other address, and every host name, is a target the server dials
-//! if its rules allow; else the matching reply code says why not.
+//! if its rules allow; else the matching reply code says why not. UDP ASSOCIATE:
+//! `associate.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,6 +89,14 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, opener: Option<StreamOpe
     let refuse = |reply, why: &str| {
         tracing::info!(%visitor, %destination, "SOCKS connection refused ({reply:?}): {}", Escaped(why));
     };
+    if accepted.request.command == Command::UdpAssociate {
+        let Some(opener) = opener.filter(|o| !o.is_closed()) else {
+            refuse(Reply::NetworkUnreachable, "not connected to the server");
+            let _ = socks::reply(&mut tcp, Reply::NetworkUnreachable, None).await;
+            return;
+        };
+        return super::associate::associate(tcp, visitor, opener).await;
+    }
     if accepted.request.command != Command::Connect {
         refuse(Reply::CommandNotSupported, &format!("{:?} is not supported", accepted.request.command));
         let _ = socks::reply(&mut tcp, Reply::CommandNotSupported, None).await;

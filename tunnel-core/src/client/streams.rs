@@ -10,7 +10,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{splice_with, IpNet, ProxyProtocol, SpliceLimits, Target, TargetAddr, Visitor};
+use super::datagrams;
+use crate::forward::{
+    splice_with, IpNet, Protocol, ProxyProtocol, SpliceLimits, Target, TargetAddr, Visitor,
+};
 use crate::http::{HttpAction, Origins};
 use crate::log::Escaped;
 use crate::mux::MuxStream;
@@ -38,6 +41,7 @@ pub(super) struct Routes {
 #[derive(Debug)]
 pub(super) struct Forward {
     pub(super) target: Target,
+    pub(super) protocol: Protocol,
     pub(super) idle_timeout: Option<Duration>,
     /// Written to the target before the visitor's bytes.
     pub(super) proxy_protocol: Option<ProxyProtocol>,
@@ -94,6 +98,13 @@ pub(super) async fn handle(
             () = owned.cancelled() => {}
         };
     }
+    if let StreamHeader::NetworkDatagrams { route_id, target, from, visitor } = header {
+        let net = routes.networks.get(&route_id).copied();
+        return tokio::select! {
+            () = datagrams::visit_network(stream, net, target, &from, visitor) => {}
+            () = owned.cancelled() => {}
+        };
+    }
     let (target, idle_timeout, proxy_header, visitor, via) = match &header {
         StreamHeader::Route { route_id, visitor, local } => match routes.forwards.get(route_id) {
             Some(Forward { target: Target::Handler(handler), .. }) => {
@@ -103,7 +114,21 @@ pub(super) async fn handle(
                     () = owned.cancelled() => {}
                 };
             }
-            Some(Forward { target: Target::Addr(target), idle_timeout, proxy_protocol }) => {
+            Some(Forward { target: Target::Addr(target), protocol: Protocol::Udp, idle_timeout, proxy_protocol }) => {
+                let first = match proxy_protocol.map(|version| version.datagram_header(*visitor, *local)) {
+                    Some(Err(err)) => {
+                        return tracing::warn!(%visitor, "route {route_id}: no PROXY header: {err}")
+                    }
+                    header => header.and_then(Result::ok),
+                };
+                let idle = idle_timeout.unwrap_or(crate::udp::DEFAULT_FLOW_IDLE);
+                let via = format!("route {route_id}");
+                return tokio::select! {
+                    () = datagrams::forward(stream, target, *visitor, idle, first, &via) => {}
+                    () = owned.cancelled() => {}
+                };
+            }
+            Some(Forward { target: Target::Addr(target), idle_timeout, proxy_protocol, .. }) => {
                 let proxy_header = match proxy_protocol.map(|version| version.header(*visitor, *local)) {
                     Some(Err(err)) => {
                         return tracing::warn!(%visitor, "route {route_id}: no PROXY header: {err}")
@@ -179,34 +204,16 @@ async fn visit_network(
     visitor: SocketAddr,
 ) {
     let from = Escaped(from);
-    let refuse = |status, message: String| StreamReply::refuse(status, message);
-    // The mapped form of an IPv4 address is that address, checked and dialed as such.
-    let target = SocketAddr::new(target.ip().to_canonical(), target.port());
-    let special =
-        IpNet::special_range(target.ip()).filter(|range| net.is_some_and(|net| !range.covers(&net)));
-    let dialed = match net {
-        None => Err(refuse(ReplyStatus::Unavailable, "this client no longer routes that network".into())),
-        Some(net) if !net.contains(target.ip()) => Err(refuse(
-            ReplyStatus::Denied,
-            format!("{target} is outside the network {net} this client routes"),
-        )),
-        // A wide network (0.0.0.0/0) does not carry this host's own loopback or link-local
-        // addresses; routing such a range itself does.
-        Some(net) if special.is_some() => Err(refuse(
-            ReplyStatus::Denied,
-            format!(
-                "{target} is in {}, which {net} does not carry: route it explicitly",
-                special.unwrap_or(net)
-            ),
-        )),
-        Some(_) => match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+    let dialed = match allowed_in(net, target) {
+        Ok(target) => match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
             Ok(Ok(tcp)) => Ok(tcp),
             Ok(Err(err)) => Err(StreamReply::connect_failed(target, &err)),
-            Err(_) => Err(refuse(
+            Err(_) => Err(StreamReply::refuse(
                 ReplyStatus::TimedOut,
                 format!("{target}: not reached within {CONNECT_TIMEOUT:?}"),
             )),
         },
+        Err(refusal) => Err(refusal),
     };
     let mut tcp = match dialed {
         Ok(tcp) => tcp,
@@ -227,5 +234,32 @@ async fn visit_network(
             tracing::debug!(%visitor, %target, %from, "network visit failed: {err}");
             transport::reset_on_close(&tcp);
         }
+    }
+}
+
+/// The address to dial for a visit to `target` in the network `net` this client routes (`None`:
+/// no longer routed), or why not: only inside that network, and a wide network does not
+/// carry this host's own loopback or link-local addresses.
+pub(super) fn allowed_in(net: Option<IpNet>, target: SocketAddr) -> Result<SocketAddr, StreamReply> {
+    let refuse = |status, message: String| StreamReply::refuse(status, message);
+    // The mapped form of an IPv4 address is that address, checked and dialed as such.
+    let target = SocketAddr::new(target.ip().to_canonical(), target.port());
+    let special =
+        IpNet::special_range(target.ip()).filter(|range| net.is_some_and(|net| !range.covers(&net)));
+    match net {
+        None => Err(refuse(ReplyStatus::Unavailable, "this client no longer routes that network".into())),
+        Some(net) if !net.contains(target.ip()) => Err(refuse(
+            ReplyStatus::Denied,
+            format!("{target} is outside the network {net} this client routes"),
+        )),
+        // Routing such a range itself does carry it.
+        Some(net) if special.is_some() => Err(refuse(
+            ReplyStatus::Denied,
+            format!(
+                "{target} is in {}, which {net} does not carry: route it explicitly",
+                special.unwrap_or(net)
+            ),
+        )),
+        Some(_) => Ok(target),
     }
 }

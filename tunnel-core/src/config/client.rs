@@ -155,6 +155,7 @@ impl RemoteEntry {
                     }
                     spec.idle_timeout = Some(idle.0);
                 }
+                spec.check().map_err(|e| invalid("remote.proxy_protocol", e.to_string()))?;
                 Ok(spec)
             }
         }

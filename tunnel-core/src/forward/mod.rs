@@ -17,5 +17,5 @@ pub use handler::{StreamHandler, Target, Visitor};
 pub use ports::{PortSet, PortSetError};
 pub use rules::{Glob, RuleError, TargetRules, VisitRule};
 pub use spec::{
-    LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec, SpecError, TargetAddr, VisitTarget,
+    LocalForwardSpec, Protocol, RemoteForwardSpec, ServiceSpec, SocksSpec, SpecError, TargetAddr, VisitTarget,
 };

@@ -6,7 +6,37 @@ use super::Target;
 use crate::proto::target::{parse_target, split_colons, unbracket};
 pub use crate::proto::target::{SpecError, TargetAddr, VisitTarget};
 
-/// A local forward: `[BIND_ADDR:]PORT:TARGET`, where TARGET is `CLIENT/SERVICE` or `HOST:PORT`.
+/// What a forward carries: TCP connections, or UDP datagrams (`udp:` before the spec).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Connections (the default).
+    #[default]
+    Tcp,
+    /// Datagrams: each visitor address is a flow that ends after a while without any.
+    Udp,
+}
+
+impl Protocol {
+    /// Splits an optional `tcp:` or `udp:` prefix off a spec.
+    fn split(s: &str) -> (Self, &str) {
+        if let Some(rest) = s.strip_prefix("udp:") {
+            (Self::Udp, rest)
+        } else {
+            (Self::Tcp, s.strip_prefix("tcp:").unwrap_or(s))
+        }
+    }
+
+    /// The prefix the text form shows: none for TCP.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Tcp => "",
+            Self::Udp => "udp:",
+        }
+    }
+}
+
+/// A local forward: `[udp:][BIND_ADDR:]PORT:TARGET`, where TARGET is `CLIENT/SERVICE` or
+/// `HOST:PORT` (a UDP forward's TARGET is `HOST:PORT`: services carry TCP).
 ///
 /// ```
 /// use tunnel_core::forward::{LocalForwardSpec, VisitTarget};
@@ -15,9 +45,13 @@ pub use crate::proto::target::{SpecError, TargetAddr, VisitTarget};
 /// assert_eq!(spec.target.to_string(), "worker-1/kubelet");
 /// let direct: LocalForwardSpec = "0:10.0.0.5:6443".parse().unwrap();
 /// assert!(matches!(direct.target, VisitTarget::Address(_)));
+/// let dns: LocalForwardSpec = "udp:5353:10.96.0.10:53".parse().unwrap();
+/// assert_eq!(dns.protocol, tunnel_core::forward::Protocol::Udp);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalForwardSpec {
+    /// TCP or UDP.
+    pub protocol: Protocol,
     /// Local address to listen on; `None` for 127.0.0.1.
     pub bind: Option<IpAddr>,
     /// Local port; 0 lets the OS choose.
@@ -28,6 +62,7 @@ pub struct LocalForwardSpec {
 
 impl fmt::Display for LocalForwardSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.protocol.prefix())?;
         write_bind(f, self.bind)?;
         write!(f, "{}:{}", self.port, self.target)
     }
@@ -36,8 +71,9 @@ impl fmt::Display for LocalForwardSpec {
 impl FromStr for LocalForwardSpec {
     type Err = SpecError;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| SpecError { input: s.to_owned(), reason: reason.to_owned() };
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| SpecError { input: text.to_owned(), reason: reason.to_owned() };
+        let (protocol, s) = Protocol::split(text);
         let parts = split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?;
         let to_service = parts.last().is_some_and(|p| p.contains('/'));
         let (bind, port, target) = match (to_service, parts.as_slice()) {
@@ -50,7 +86,10 @@ impl FromStr for LocalForwardSpec {
         let bind = parse_bind(bind).map_err(err)?;
         let port = port.parse().map_err(|_| err("PORT must be a number from 0 to 65535"))?;
         let target = target.parse::<VisitTarget>().map_err(|e| err(&e.reason))?;
-        Ok(Self { bind, port, target })
+        if protocol == Protocol::Udp && matches!(target, VisitTarget::Service { .. }) {
+            return Err(err("a UDP forward's TARGET must be HOST:PORT (services carry TCP)"));
+        }
+        Ok(Self { protocol, bind, port, target })
     }
 }
 
@@ -129,7 +168,7 @@ impl FromStr for ServiceSpec {
     }
 }
 
-/// A remote forward: `[BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`.
+/// A remote forward: `[udp:][BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT`.
 ///
 /// ```
 /// use tunnel_core::forward::RemoteForwardSpec;
@@ -138,9 +177,13 @@ impl FromStr for ServiceSpec {
 /// assert_eq!(spec.local.to_string(), "127.0.0.1:6443");
 /// let any: RemoteForwardSpec = "0:[::1]:8080".parse().unwrap();
 /// assert_eq!((any.bind, any.remote_port), (None, 0));
+/// let dns: RemoteForwardSpec = "udp:5353:127.0.0.1:53".parse().unwrap();
+/// assert_eq!(dns.to_string(), "udp:5353:127.0.0.1:53");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteForwardSpec {
+    /// TCP or UDP (whose target is an address: a handler takes TCP streams).
+    pub protocol: Protocol,
     /// Address the server binds; `None` for its default.
     pub bind: Option<IpAddr>,
     /// Public port on the server; 0 lets the server choose.
@@ -148,11 +191,13 @@ pub struct RemoteForwardSpec {
     /// Where the client sends each visitor: an address, or a handler in the program.
     pub local: Target,
     /// Cut a visitor after this long without a byte either way; `None` (the default, as an
-    /// SSH session may idle for hours) never does. Not part of the text form.
+    /// SSH session may idle for hours) never does. A UDP flow ends after this long without a
+    /// datagram; `None` is [`crate::udp::DEFAULT_FLOW_IDLE`]. Not part of the text form.
     pub idle_timeout: Option<std::time::Duration>,
     /// A PROXY protocol header to write to an address target before each visitor's bytes,
     /// with the visitor's address (default: none; a handler has the address from its
-    /// [`super::Visitor`] instead). Not part of the text form.
+    /// [`super::Visitor`] instead). For UDP, version 2 only, on each flow's first datagram.
+    /// Not part of the text form.
     pub proxy_protocol: Option<super::ProxyProtocol>,
 }
 
@@ -160,7 +205,14 @@ impl RemoteForwardSpec {
     /// A forward of `remote_port` (0: the server picks) on the server's default address whose
     /// visitors go to `local`.
     pub fn new(remote_port: u16, local: impl Into<Target>) -> Self {
-        Self { bind: None, remote_port, local: local.into(), idle_timeout: None, proxy_protocol: None }
+        Self {
+            protocol: Protocol::Tcp,
+            bind: None,
+            remote_port,
+            local: local.into(),
+            idle_timeout: None,
+            proxy_protocol: None,
+        }
     }
 
     /// The forward's route id, from what it publishes: its public address, or, when the
@@ -168,15 +220,35 @@ impl RemoteForwardSpec {
     /// fixed port keeps the route (and its listener); nothing else does.
     pub fn route_id(&self) -> crate::proto::RouteId {
         let bind = self.bind.map_or_else(|| "default".to_owned(), |ip| ip.to_string());
+        let protocol = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
         match self.remote_port {
-            0 => crate::proto::RouteId::derive(&format!("tcp {bind} port 0 to {}", self.local)),
-            port => crate::proto::RouteId::derive(&format!("tcp {bind} port {port}")),
+            0 => crate::proto::RouteId::derive(&format!("{protocol} {bind} port 0 to {}", self.local)),
+            port => crate::proto::RouteId::derive(&format!("{protocol} {bind} port {port}")),
         }
+    }
+
+    /// The problem with this forward's options, if any: a UDP forward needs an address target,
+    /// and PROXY protocol version 2 (version 1 describes TCP only).
+    pub fn check(&self) -> Result<(), SpecError> {
+        let err = |reason: &str| Err(SpecError { input: self.to_string(), reason: reason.to_owned() });
+        if self.protocol == Protocol::Udp {
+            if matches!(self.local, Target::Handler(_)) {
+                return err("a UDP forward's target must be an address (handlers take TCP streams)");
+            }
+            if self.proxy_protocol == Some(super::ProxyProtocol::V1) {
+                return err("PROXY protocol v1 describes TCP only: use proxy_protocol = \"v2\" for UDP");
+            }
+        }
+        Ok(())
     }
 }
 
 impl fmt::Display for RemoteForwardSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.protocol.prefix())?;
         write_bind(f, self.bind)?;
         write!(f, "{}:{}", self.remote_port, self.local)
     }
@@ -185,8 +257,9 @@ impl fmt::Display for RemoteForwardSpec {
 impl FromStr for RemoteForwardSpec {
     type Err = SpecError;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| SpecError { input: s.to_owned(), reason: reason.to_owned() };
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| SpecError { input: text.to_owned(), reason: reason.to_owned() };
+        let (protocol, s) = Protocol::split(text);
         let parts = split_colons(s).ok_or_else(|| err("unbalanced [brackets]"))?;
         let (bind, remote, host, port) = match parts.as_slice() {
             [remote, host, port] => (None, *remote, *host, *port),
@@ -196,7 +269,7 @@ impl FromStr for RemoteForwardSpec {
         let bind = parse_bind(bind).map_err(err)?;
         let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
         let local = Target::Addr(parse_target(host, port).map_err(err)?);
-        Ok(Self { bind, remote_port, local, idle_timeout: None, proxy_protocol: None })
+        Ok(Self { protocol, bind, remote_port, local, idle_timeout: None, proxy_protocol: None })
     }
 }
 
@@ -220,10 +293,29 @@ mod tests {
 
     #[test]
     fn valid_specs_parse_and_display_back() {
-        for text in ["8080:localhost:80", "127.0.0.1:0:10.0.0.5:10250", "[::]:443:[::1]:8443"] {
+        for text in ["8080:localhost:80", "127.0.0.1:0:10.0.0.5:10250", "[::]:443:[::1]:8443", "udp:[::]:53:[::1]:53"]
+        {
             let spec: RemoteForwardSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
+        let tcp: RemoteForwardSpec = "tcp:53:h:53".parse().unwrap();
+        let udp: RemoteForwardSpec = "udp:53:h:53".parse().unwrap();
+        assert_eq!((tcp.protocol, udp.protocol), (Protocol::Tcp, Protocol::Udp));
+        // The same port in both protocols is two routes.
+        assert_ne!(tcp.route_id(), udp.route_id());
+        assert_eq!(tcp.route_id(), "53:h:53".parse::<RemoteForwardSpec>().unwrap().route_id());
+    }
+
+    #[test]
+    fn udp_forwards_refuse_what_carries_only_tcp() {
+        let err = "udp:53:worker/dns".parse::<LocalForwardSpec>().unwrap_err().to_string();
+        assert!(err.contains("UDP forward's TARGET must be HOST:PORT"), "{err}");
+        let mut spec: RemoteForwardSpec = "udp:53:127.0.0.1:53".parse().unwrap();
+        spec.proxy_protocol = Some(crate::forward::ProxyProtocol::V1);
+        assert!(spec.check().unwrap_err().to_string().contains("v1 describes TCP only"));
+        spec.proxy_protocol = Some(crate::forward::ProxyProtocol::V2);
+        assert!(spec.check().is_ok());
+        assert!("udp:x:h:1".parse::<RemoteForwardSpec>().unwrap_err().to_string().contains("REMOTE_PORT"));
     }
 
     #[test]

@@ -360,6 +360,10 @@ mod tests {
                         id: RouteId(3),
                         kind: RouteKind::Network { net: "fd00::/8".parse().unwrap() },
                     },
+                    RouteEntry {
+                        id: RouteId(4),
+                        kind: RouteKind::Udp { bind: None, port: 53, preferred_port: 0, idle_secs: 60 },
+                    },
                 ],
             },
             ControlMessage::RouteTableResult {

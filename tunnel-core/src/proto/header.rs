@@ -5,9 +5,12 @@
 //! Kinds: 1 remote forward (version 1), 2 local forward, 3 service visit, 4 route (version 2:
 //! a visitor of a route in the client's table), 6 HTTP requests (version 2: HTTP/1.1 requests
 //! of one visitor connection, each naming its route), 7 network visit (version 4: a
-//! connection into a network the receiving client routes); reserved: 5 UDP flow.
+//! connection into a network the receiving client routes), and with version 5 the UDP flows:
+//! 5 local datagrams (a client's UDP local forward) and 8 network datagrams (a UDP flow into a
+//! network the receiving client routes). A UDP flow's payload is datagrams framed by
+//! [`super::datagram`]; a `Route` stream of a UDP route carries them too.
 //! A local-forward stream is answered with a [`StreamReply`] before any payload flows back, and
-//! so is a network visit (by the client that dialed).
+//! so are local datagrams and network visits and datagrams (by the client that dialed).
 
 use std::net::SocketAddr;
 
@@ -22,6 +25,8 @@ const SERVICE_VISIT: u8 = 3;
 const ROUTE: u8 = 4;
 const HTTP: u8 = 6;
 const NETWORK_VISIT: u8 = 7;
+const LOCAL_DATAGRAMS: u8 = 5;
+const NETWORK_DATAGRAMS: u8 = 8;
 
 /// The request header naming a request's route on an [`StreamHeader::Http`] stream (set by the
 /// server, replacing any a visitor sent).
@@ -91,6 +96,26 @@ pub enum StreamHeader {
         /// The visitor's address as that client saw it.
         visitor: SocketAddr,
     },
+    /// A client's UDP local forward (version 5): one visitor's datagrams, to `target` (opened by
+    /// the client, answered with a [`StreamReply`]).
+    LocalDatagrams {
+        /// Where to.
+        target: TargetAddr,
+        /// The visitor's address as the client saw it.
+        visitor: SocketAddr,
+    },
+    /// One visitor's datagrams to `target`, in the network of route `route_id` of the receiving
+    /// client (version 5; opened by the server, answered like [`StreamHeader::NetworkVisit`]).
+    NetworkDatagrams {
+        /// The network route's id, as in the client's table.
+        route_id: RouteId,
+        /// Where to send them; inside the route's network.
+        target: SocketAddr,
+        /// Name of the client the flow comes from.
+        from: String,
+        /// The visitor's address as that client saw it.
+        visitor: SocketAddr,
+    },
 }
 
 impl StreamHeader {
@@ -113,6 +138,9 @@ impl StreamHeader {
                 }
                 body.socket_addr(*visitor);
             }
+            Self::LocalDatagrams { target, visitor } => {
+                body.u8(LOCAL_DATAGRAMS).string(&target.host, MAX_HOST_LEN).u16(target.port).socket_addr(*visitor);
+            }
             Self::Route { route_id, visitor, local } => {
                 body.u8(ROUTE).u64(route_id.0).socket_addr(*visitor);
                 if let Some(local) = local {
@@ -128,8 +156,10 @@ impl StreamHeader {
                     .string(from, MAX_NAME_LEN)
                     .socket_addr(*visitor);
             }
-            Self::NetworkVisit { route_id, target, from, visitor } => {
-                body.u8(NETWORK_VISIT)
+            Self::NetworkVisit { route_id, target, from, visitor }
+            | Self::NetworkDatagrams { route_id, target, from, visitor } => {
+                let kind = if matches!(self, Self::NetworkVisit { .. }) { NETWORK_VISIT } else { NETWORK_DATAGRAMS };
+                body.u8(kind)
                     .u64(route_id.0)
                     .socket_addr(*target)
                     .string(from, MAX_NAME_LEN)
@@ -150,14 +180,7 @@ impl StreamHeader {
             LOCAL_FORWARD => {
                 let target = match r.u8("target")? {
                     TARGET_SERVICE => VisitTarget::Service { client: name(&mut r)?, service: name(&mut r)? },
-                    TARGET_ADDRESS => {
-                        let host = r.string(MAX_HOST_LEN, "host")?;
-                        let port = r.u16("port")?;
-                        let addr = TargetAddr::from_parts(&host, port).map_err(|_| {
-                            DecodeError::InvalidValue { field: "target", value: u64::from(port) }
-                        })?;
-                        VisitTarget::Address(addr)
-                    }
+                    TARGET_ADDRESS => VisitTarget::Address(target_addr(&mut r)?),
                     other => {
                         return Err(DecodeError::InvalidValue { field: "target", value: u64::from(other) })
                     }
@@ -176,12 +199,18 @@ impl StreamHeader {
                 from: name(&mut r)?,
                 visitor: r.socket_addr("visitor")?,
             }),
-            NETWORK_VISIT => Ok(Self::NetworkVisit {
-                route_id: RouteId(r.u64("route_id")?),
-                target: r.socket_addr("target")?,
-                from: name(&mut r)?,
-                visitor: r.socket_addr("visitor")?,
-            }),
+            LOCAL_DATAGRAMS => {
+                Ok(Self::LocalDatagrams { target: target_addr(&mut r)?, visitor: r.socket_addr("visitor")? })
+            }
+            kind @ (NETWORK_VISIT | NETWORK_DATAGRAMS) => {
+                let route_id = RouteId(r.u64("route_id")?);
+                let target = r.socket_addr("target")?;
+                let (from, visitor) = (name(&mut r)?, r.socket_addr("visitor")?);
+                Ok(match kind {
+                    NETWORK_VISIT => Self::NetworkVisit { route_id, target, from, visitor },
+                    _ => Self::NetworkDatagrams { route_id, target, from, visitor },
+                })
+            }
             other => Err(DecodeError::UnknownType { kind: "stream header", value: other }),
         }
     }
@@ -192,6 +221,14 @@ fn with_length(body: Vec<u8>) -> Vec<u8> {
     let mut out = Writer::new();
     out.u16(u16::try_from(body.len()).unwrap_or(u16::MAX)).bytes(&body);
     out.finish()
+}
+
+/// A `HOST:PORT` target: its host checked as the text form would be.
+fn target_addr(r: &mut Reader<'_>) -> Result<TargetAddr, DecodeError> {
+    let host = r.string(MAX_HOST_LEN, "host")?;
+    let port = r.u16("port")?;
+    TargetAddr::from_parts(&host, port)
+        .map_err(|_| DecodeError::InvalidValue { field: "target", value: u64::from(port) })
 }
 
 fn name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
@@ -342,6 +379,13 @@ mod tests {
             StreamHeader::NetworkVisit {
                 route_id: RouteId(3),
                 target: "10.96.0.10:443".parse().unwrap(),
+                from: "laptop".into(),
+                visitor,
+            },
+            StreamHeader::LocalDatagrams { target: "dns.internal:53".parse().unwrap(), visitor },
+            StreamHeader::NetworkDatagrams {
+                route_id: RouteId(4),
+                target: "10.96.0.10:53".parse().unwrap(),
                 from: "laptop".into(),
                 visitor,
             },

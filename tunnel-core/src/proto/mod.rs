@@ -8,6 +8,7 @@
 //! The format is specified in `docs/protocol.md`.
 
 pub mod control;
+pub mod datagram;
 pub mod frame;
 pub mod handshake;
 pub mod header;
@@ -28,15 +29,18 @@ pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
 pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
-/// Version 2 added route tables, version 3 the `Draining` notice, version 4 network routes;
-/// a server still serves version 1 to 3 clients.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 2 added route tables, version 3 the `Draining` notice, version 4 network routes,
+/// version 5 UDP; a server still serves version 1 to 4 clients.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// First protocol version with [`ControlMessage::Draining`].
 pub const DRAINING_VERSION: u16 = 3;
 
 /// First protocol version with [`RouteKind::Network`] routes and network visits.
 pub const NETWORK_VERSION: u16 = 4;
+
+/// First protocol version with [`RouteKind::Udp`] routes and UDP flows.
+pub const UDP_VERSION: u16 = 5;
 
 /// Oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

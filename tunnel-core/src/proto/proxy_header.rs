@@ -20,6 +20,28 @@ impl ProxyProtocol {
     /// and port 0). IPv4-mapped IPv6 addresses are written as IPv4; when the two families
     /// still differ, both are written as IPv6.
     pub fn header(self, source: SocketAddr, destination: Option<SocketAddr>) -> std::io::Result<Vec<u8>> {
+        self.build(ppp::v2::Protocol::Stream, source, destination)
+    }
+
+    /// The header for a UDP flow, to put before its first datagram: version 2 only (version
+    /// 1 describes TCP connections alone).
+    pub fn datagram_header(
+        self,
+        source: SocketAddr,
+        destination: Option<SocketAddr>,
+    ) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::V1 => Err(std::io::Error::other("PROXY protocol v1 describes TCP only")),
+            Self::V2 => self.build(ppp::v2::Protocol::Datagram, source, destination),
+        }
+    }
+
+    fn build(
+        self,
+        protocol: ppp::v2::Protocol,
+        source: SocketAddr,
+        destination: Option<SocketAddr>,
+    ) -> std::io::Result<Vec<u8>> {
         let source = canonical(source);
         let destination = destination.map_or_else(|| unspecified(source), canonical);
         let (source, destination) = match (source, destination) {
@@ -32,7 +54,7 @@ impl ProxyProtocol {
             Self::V2 => {
                 let command = ppp::v2::Version::Two | ppp::v2::Command::Proxy;
                 // Fails only for a payload too large for the length field (never addresses).
-                ppp::v2::Builder::with_addresses(command, ppp::v2::Protocol::Stream, (source, destination))
+                ppp::v2::Builder::with_addresses(command, protocol, (source, destination))
                     .build()
             }
         }

@@ -25,6 +25,7 @@ const KIND_HTTP: u8 = 3;
 const KIND_HTTP_FALLBACK: u8 = 4;
 const KIND_TLS: u8 = 5;
 const KIND_NETWORK: u8 = 6;
+const KIND_UDP: u8 = 7;
 const OUTCOME_READY: u8 = 0;
 const OUTCOME_REFUSED: u8 = 1;
 
@@ -146,6 +147,18 @@ pub enum RouteKind {
         /// The host.
         host: HostPattern,
     },
+    /// A UDP port whose visitors (each source address a flow) become streams of datagrams to
+    /// the client (version 5).
+    Udp {
+        /// Address to bind; `None` for the server's default for this client.
+        bind: Option<IpAddr>,
+        /// Port to bind; 0 lets the server choose.
+        port: u16,
+        /// With `port` 0: a port to try first (the one held before); 0 for none.
+        preferred_port: u16,
+        /// A flow ends after this many seconds without a datagram either way.
+        idle_secs: u32,
+    },
     /// Connections to addresses in this network, dialed by the client (version 4): the
     /// client offers egress into a network it reaches.
     Network {
@@ -222,6 +235,9 @@ pub(super) fn encode_entries(w: &mut Writer, entries: &[RouteEntry]) {
             RouteKind::Network { net } => {
                 w.u8(KIND_NETWORK).opt_ip(Some(net.addr())).u8(net.prefix_len());
             }
+            RouteKind::Udp { bind, port, preferred_port, idle_secs } => {
+                w.u8(KIND_UDP).opt_ip(*bind).u16(*port).u16(*preferred_port).u32(*idle_secs);
+            }
         }
     }
 }
@@ -255,6 +271,12 @@ pub(super) fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<RouteEntry>, Deco
                     .ok_or(DecodeError::InvalidValue { field: "prefix", value: u64::from(prefix) })?;
                 RouteKind::Network { net }
             }
+            KIND_UDP => RouteKind::Udp {
+                bind: r.opt_ip("bind")?,
+                port: r.u16("port")?,
+                preferred_port: r.u16("preferred_port")?,
+                idle_secs: r.u32("idle_secs")?,
+            },
             other => return Err(DecodeError::InvalidValue { field: "route kind", value: u64::from(other) }),
         };
         entries.push(RouteEntry { id, kind });

@@ -1,5 +1,6 @@
-//! TCP routes on the server: binding their public listeners as the policy allows, and turning
-//! each visitor into a stream to the owning client.
+//! Port routes on the server: binding their public listeners (TCP) and sockets (UDP) as the
+//! policy allows, and turning each TCP visitor into a stream to the owning client (UDP flows:
+//! `datagrams.rs`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,7 +16,7 @@ use super::registry::{PortConflict, SessionId};
 use super::source::{Place, Places};
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
-use crate::forward::{splice_metered, SpliceLimits};
+use crate::forward::{splice_metered, Protocol, SpliceLimits};
 use crate::mux::StreamOpener;
 use crate::proto::{RefusalCode, RouteId, StreamHeader};
 use crate::transport;
@@ -25,7 +26,24 @@ const PICK_ATTEMPTS: usize = 64;
 
 pub(super) type Refusal = (RefusalCode, String);
 
-/// Binds the public listeners of one client's TCP routes, as its policy and the registry allow.
+/// A route's public socket, bound.
+#[derive(Debug)]
+pub(super) enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Tcp(listener) => listener.local_addr(),
+            Self::Udp(socket) => socket.local_addr(),
+        }
+    }
+}
+
+/// Binds the public sockets of one client's port routes, as its policy and the registry allow.
+/// A port is leased whole: the same client may hold it in both protocols.
 pub(super) struct Binder<'s> {
     pub(super) shared: &'s Shared,
     pub(super) name: &'s str,
@@ -34,21 +52,23 @@ pub(super) struct Binder<'s> {
 }
 
 impl Binder<'_> {
-    /// A listener for route `id`: on `port`, or with port 0 on the port it held before
+    /// A socket for route `id`: on `port`, or with port 0 on the port it held before
     /// (`preferred`, else our reservation for it) or a free allowed one.
-    /// Returns the listener and the address it bound.
+    /// Returns the socket and the address it bound.
     pub(super) async fn bind(
         &self,
         id: RouteId,
+        protocol: Protocol,
         bind: Option<IpAddr>,
         port: u16,
         preferred: u16,
-    ) -> Result<(TcpListener, SocketAddr), Refusal> {
+    ) -> Result<(Bound, SocketAddr), Refusal> {
         let ip = self.bind_address(bind)?;
+        let at = (protocol, ip);
         let listener = if port == 0 {
-            self.bind_any(id, ip, preferred).await?
+            self.bind_any(id, at, preferred).await?
         } else {
-            self.bind_fixed(id, ip, port).await?
+            self.bind_fixed(id, at, port).await?
         };
         match listener.local_addr() {
             Ok(addr) => Ok((listener, addr)),
@@ -59,11 +79,11 @@ impl Binder<'_> {
         }
     }
 
-    async fn bind_fixed(&self, id: RouteId, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
+    async fn bind_fixed(&self, id: RouteId, at: (Protocol, IpAddr), port: u16) -> Result<Bound, Refusal> {
         let config = self.shared.config();
         let rules = config.rules(self.name, self.credential);
         match rules.may_bind_port(port) {
-            PortVerdict::Allowed => self.bind_claimed(id, ip, port).await,
+            PortVerdict::Allowed => self.bind_claimed(id, at, port).await,
             PortVerdict::Owned => {
                 Err((RefusalCode::PortTaken, format!("port {port} is owned by another client")))
             }
@@ -107,8 +127,12 @@ impl Binder<'_> {
         self.shared.registry.release(self.session, port);
     }
 
-    async fn bind_claimed(&self, id: RouteId, ip: IpAddr, port: u16) -> Result<TcpListener, Refusal> {
+    async fn bind_claimed(&self, id: RouteId, at: (Protocol, IpAddr), port: u16) -> Result<Bound, Refusal> {
+        let (protocol, ip) = at;
         let registry = &self.shared.registry;
+        // The other protocol's route of this session on the same port keeps its lease if this
+        // bind fails.
+        let held_before = registry.held_by(self.session, port);
         match registry.claim(self.name, self.session, id, port) {
             Ok(()) => {}
             Err(PortConflict::OtherClient) => {
@@ -118,8 +142,14 @@ impl Binder<'_> {
                 return Err((RefusalCode::PortTaken, format!("port {port} is already held by this client")))
             }
         }
-        TcpListener::bind((ip, port)).await.map_err(|err| {
-            registry.release(self.session, port);
+        let bound = match protocol {
+            Protocol::Tcp => TcpListener::bind((ip, port)).await.map(Bound::Tcp),
+            Protocol::Udp => UdpSocket::bind((ip, port)).await.map(Bound::Udp),
+        };
+        bound.map_err(|err| {
+            if !held_before {
+                registry.release(self.session, port);
+            }
             bind_refusal(ip, port, &err)
         })
     }
@@ -145,14 +175,14 @@ impl Binder<'_> {
 
     /// Picks a port: the one the client held before (its hint, else our reservation for this
     /// route), then random candidates from the allowed set; never a port another client owns.
-    async fn bind_any(&self, id: RouteId, ip: IpAddr, preferred: u16) -> Result<TcpListener, Refusal> {
+    async fn bind_any(&self, id: RouteId, at: (Protocol, IpAddr), preferred: u16) -> Result<Bound, Refusal> {
         let config = self.shared.config();
         let rules = config.rules(self.name, self.credential);
         let usable = |port: u16| rules.may_bind_port(port) == PortVerdict::Allowed;
         let reserved = self.shared.registry.reserved_for(self.name, id);
         for previous in [Some(preferred).filter(|p| *p != 0), reserved].into_iter().flatten() {
             if usable(previous) {
-                if let Ok(listener) = self.bind_claimed(id, ip, previous).await {
+                if let Ok(listener) = self.bind_claimed(id, at, previous).await {
                     return Ok(listener);
                 }
             }
@@ -165,7 +195,7 @@ impl Binder<'_> {
             if !usable(port) || self.shared.registry.is_taken_for(self.name, port) {
                 continue;
             }
-            match self.bind_claimed(id, ip, port).await {
+            match self.bind_claimed(id, at, port).await {
                 Ok(listener) => return Ok(listener),
                 Err((RefusalCode::PortTaken, _)) => continue,
                 Err(other) => return Err(other),
@@ -198,7 +228,7 @@ pub(super) enum StreamKind {
 
 impl StreamKind {
     /// The `route` label of the metrics: the route id, or `forward-N` for a version 1 forward.
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         match self {
             Self::Forward(id) => format!("forward-{id}"),
             Self::Route(id) => id.to_string(),

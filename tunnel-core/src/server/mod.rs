@@ -7,6 +7,7 @@
 //! are torn down the moment it ends.
 
 mod connection;
+mod datagrams;
 mod directory;
 mod edge;
 mod forwards;

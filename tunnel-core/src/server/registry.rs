@@ -322,6 +322,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether session `id` holds `port` now (for a route of the other protocol, say).
+    pub(crate) fn held_by(&self, id: SessionId, port: u16) -> bool {
+        self.lock().leases.get(&port).is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id))
+    }
+
     /// The port reserved (not held) for `name`'s route `route`, if any.
     pub(crate) fn reserved_for(&self, name: &str, route: RouteId) -> Option<u16> {
         let now = Instant::now();

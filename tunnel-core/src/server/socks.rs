@@ -13,6 +13,7 @@ use super::source::Places;
 use super::visits::{self, Upstream, Visitor};
 use super::{Server, Shared};
 use crate::auth::{CredentialKind, Credentials, Token};
+use crate::forward::Protocol;
 use crate::forward::{splice, VisitTarget};
 use crate::log::Escaped;
 use crate::proto::ReplyStatus;
@@ -104,7 +105,7 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
-    let upstream = match visits::connect(shared, &from, &target, peer).await {
+    let upstream = match visits::connect(shared, &from, &target, peer, Protocol::Tcp).await {
         Ok(upstream) => upstream,
         Err(refusal) => {
             visits::log_refusal(shared, &from, &target, peer, &refusal);
@@ -116,6 +117,8 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let wait = config.timeouts.connect + config.timeouts.lookup;
     let mut upstream: Box<dyn Stream> = match upstream {
         Upstream::Tcp(tcp) => Box::new(tcp),
+        // Asked for TCP above.
+        Upstream::Udp(_) => return,
         Upstream::Client { stream, answers: false } => Box::new(stream),
         Upstream::Client { mut stream, answers: true } => {
             let answer = tokio::time::timeout(wait, crate::session::framed::read_reply(&mut stream)).await;

@@ -1,5 +1,6 @@
 //! Visits: streams a client opens toward the server (local forwards, SOCKS connections of its
-//! `-D`), and the server's own SOCKS listener's connections. Each goes to another client's
+//! `-D`, UDP flows of its UDP forwards and SOCKS associations), and the server's own SOCKS
+//! listener's connections. Each goes to another client's
 //! private service or into a network another client routes (spliced stream to stream), or to
 //! a host the server dials itself (if allowed).
 
@@ -8,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::networks::NetworkHit;
 use super::registry::ServiceLookup;
 use super::Shared;
 use crate::auth::CredentialKind;
-use crate::forward::{splice, TargetAddr, VisitTarget};
+use crate::forward::{splice, Protocol, TargetAddr, VisitTarget};
 use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
 use crate::transport;
@@ -37,12 +38,15 @@ pub(super) async fn handle(
     // The client writes its header first thing; a stream silent this long is abandoned.
     let wait = shared.config().timeouts.stream_header;
     let header = match tokio::time::timeout(wait, crate::session::framed::read_header(&mut stream)).await {
-        Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor)),
+        Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor, Protocol::Tcp)),
+        Ok(Ok(StreamHeader::LocalDatagrams { target, visitor })) => {
+            Ok((VisitTarget::Address(target), visitor, Protocol::Udp))
+        }
         Ok(Ok(_)) => Err("clients may only open local forwards".to_owned()),
         Ok(Err(err)) => Err(crate::log::Escaped(&crate::log::Chain(&err).to_string()).to_string()),
         Err(_) => Err(format!("no header within {wait:?}")),
     };
-    let (target, visitor) = match header {
+    let (target, visitor, protocol) = match header {
         Ok(header) => header,
         Err(why) => {
             // A client can open thousands of these a second: logged once per window, with a count.
@@ -54,20 +58,21 @@ pub(super) async fn handle(
     };
     tokio::select! {
         () = owned.cancelled() => {}
-        () = visit(&shared, &from, &mut stream, &target, visitor) => {}
+        () = visit(&shared, &from, &mut stream, &target, (visitor, protocol)) => {}
     }
 }
 
 /// Carries a visit whose header was read: `stream` is answered with a stream reply (the
-/// server's refusal, its own `Ok`, or the routing client's answer), then spliced to the target.
+/// server's refusal, its own `Ok`, or the routing client's answer), then spliced to the target
+/// (a UDP flow: relayed to a socket connected to it).
 async fn visit(
     shared: &Shared,
     from: &Visitor,
     stream: &mut MuxStream,
     target: &VisitTarget,
-    visitor: SocketAddr,
+    (visitor, protocol): (SocketAddr, Protocol),
 ) {
-    let upstream = match connect(shared, from, target, visitor).await {
+    let upstream = match connect(shared, from, target, visitor, protocol).await {
         Ok(upstream) => upstream,
         Err(refusal) => {
             log_refusal(shared, from, target, visitor, &refusal);
@@ -78,6 +83,15 @@ async fn visit(
         }
     };
     match upstream {
+        Upstream::Udp(socket) => {
+            if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
+                return;
+            }
+            match crate::udp::relay(stream, &socket, crate::udp::DEFAULT_FLOW_IDLE, None).await {
+                Ok(stats) => tracing::trace!(client = %crate::log::Escaped(&from.name), %target, ?stats, "server-side UDP flow done"),
+                Err(err) => tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "server-side UDP flow failed: {err}"),
+            }
+        }
         Upstream::Tcp(mut tcp) => {
             if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
                 return transport::reset_on_close(&tcp);
@@ -117,6 +131,8 @@ pub(super) fn log_refusal(
 pub(super) enum Upstream {
     /// A target the server dialed itself.
     Tcp(TcpStream),
+    /// A socket connected to a target the server sends a UDP flow to itself.
+    Udp(UdpSocket),
     /// A stream to the client serving the target, its header written.
     Client {
         stream: MuxStream,
@@ -132,8 +148,12 @@ pub(super) async fn connect(
     from: &Visitor,
     target: &VisitTarget,
     visitor: SocketAddr,
+    protocol: Protocol,
 ) -> Result<Upstream, StreamReply> {
     match target {
+        VisitTarget::Service { .. } if protocol == Protocol::Udp => {
+            Err(StreamReply::refuse(ReplyStatus::Denied, "services carry TCP only, not UDP"))
+        }
         VisitTarget::Service { client, service } => {
             // Rules first, from the configuration alone: a refused visitor learns nothing about
             // whether the owner is online or exposes the service.
@@ -166,11 +186,18 @@ pub(super) async fn connect(
             let routed =
                 addr.host.parse::<IpAddr>().ok().and_then(|ip| Some((ip, shared.networks.lookup(ip)?)));
             if let Some((ip, hit)) = routed {
-                return connect_network(shared, from, hit, SocketAddr::new(ip, addr.port), visitor).await;
+                let target = SocketAddr::new(ip, addr.port);
+                return connect_network(shared, from, hit, target, (visitor, protocol)).await;
             }
             let config = shared.config();
             let rules = config.rules(&from.name, from.credential).targets();
             let resolved = resolve_allowed(addr, rules, config.timeouts.lookup).await?;
+            if protocol == Protocol::Udp {
+                let socket =
+                    crate::udp::connect(resolved).await.map_err(|err| StreamReply::connect_failed(addr, &err))?;
+                tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "UDP flow to a server-side target");
+                return Ok(Upstream::Udp(socket));
+            }
             let connect = tokio::time::timeout(config.timeouts.connect, TcpStream::connect(resolved));
             let tcp = match connect.await {
                 Ok(Ok(tcp)) => tcp,
@@ -203,7 +230,7 @@ async fn connect_network(
     from: &Visitor,
     hit: NetworkHit,
     target: SocketAddr,
-    visitor: SocketAddr,
+    (visitor, protocol): (SocketAddr, Protocol),
 ) -> Result<Upstream, StreamReply> {
     let config = shared.config();
     let (owner, net) = (&hit.owner.name, hit.net);
@@ -227,7 +254,11 @@ async fn connect_network(
     let opener = hit
         .opener
         .ok_or_else(|| unavailable(format!("client {owner:?}, which routes {net}, is not connected")))?;
-    let header = StreamHeader::NetworkVisit { route_id: hit.route, target, from: from.name.clone(), visitor };
+    let (route_id, from_name) = (hit.route, from.name.clone());
+    let header = match protocol {
+        Protocol::Tcp => StreamHeader::NetworkVisit { route_id, target, from: from_name, visitor },
+        Protocol::Udp => StreamHeader::NetworkDatagrams { route_id, target, from: from_name, visitor },
+    };
     let stream = open_with(&opener, &header)
         .await
         .map_err(|e| unavailable(format!("cannot reach client {owner:?}, which routes {net}: {e}")))?;

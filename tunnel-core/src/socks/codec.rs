@@ -44,6 +44,13 @@ pub enum SocksError {
     /// A domain name that is empty or not UTF-8.
     #[error("bad domain name in request: {0}")]
     Domain(&'static str),
+    /// A UDP datagram that ends inside its header.
+    #[error("the UDP datagram ends inside its SOCKS header")]
+    Truncated,
+    /// A fragment of a UDP datagram (fragmentation is not supported: such datagrams are
+    /// dropped, as RFC 1928 allows).
+    #[error("UDP fragment {0} (fragments are not supported)")]
+    Fragment(u8),
 }
 
 /// A parser's outcome: the message and the bytes it used, `None` while incomplete.
@@ -110,7 +117,7 @@ pub struct Request {
 }
 
 /// An address in a request or a reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// An IP address and port.
     Ip(SocketAddr),
@@ -213,7 +220,12 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
     if reserved != 0 {
         return Err(SocksError::Reserved(reserved));
     }
-    let rest = &buf[4..];
+    let Some((destination, used)) = parse_address(atyp, &buf[4..])? else { return Ok(None) };
+    Ok(Some((Request { command: Command::from_u8(command), destination }, 4 + used)))
+}
+
+/// An address after its type byte `atyp`: the destination and the bytes it took.
+fn parse_address(atyp: u8, rest: &[u8]) -> Parsed<Destination> {
     let (ip, addr_len) = match atyp {
         ATYP_V4 => match rest.get(..4) {
             Some(b) => (Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))), 4),
@@ -242,7 +254,36 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
             Destination::Domain(name.to_owned(), port)
         }
     };
-    Ok(Some((Request { command: Command::from_u8(command), destination }, 4 + addr_len + 2)))
+    Ok(Some((destination, addr_len + 2)))
+}
+
+/// A datagram of a UDP association (RFC 1928 section 7) as the SOCKS client sends it: where
+/// it goes, and its payload. Datagrams are whole: one cut short is an error, not "incomplete".
+pub fn parse_udp(buf: &[u8]) -> Result<(Destination, &[u8]), SocksError> {
+    let (Some(&reserved_hi), Some(&reserved_lo), Some(&fragment), Some(&atyp)) =
+        (buf.first(), buf.get(1), buf.get(2), buf.get(3))
+    else {
+        return Err(SocksError::Truncated);
+    };
+    if reserved_hi != 0 || reserved_lo != 0 {
+        return Err(SocksError::Reserved(reserved_hi | reserved_lo));
+    }
+    if fragment != 0 {
+        return Err(SocksError::Fragment(fragment));
+    }
+    let (destination, used) = parse_address(atyp, &buf[4..])?.ok_or(SocksError::Truncated)?;
+    Ok((destination, &buf[4 + used..]))
+}
+
+/// A datagram of a UDP association as the SOCKS client receives it: `from` (the address
+/// that answered) in the header, then the payload.
+pub fn encode_udp(from: &Destination, payload: &[u8]) -> Vec<u8> {
+    let mut out = encode(0, from);
+    // The header is the request's layout with two reserved bytes and the fragment number
+    // (0) in place of the version, command and reserved byte.
+    out[0] = 0;
+    out.extend_from_slice(payload);
+    out
 }
 
 /// A request as a client sends it (for clients and tests).

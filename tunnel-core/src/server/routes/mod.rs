@@ -3,10 +3,11 @@
 //! what changed, and answers each entry. After a reload, [`SessionRoutes::withdraw`] takes out
 //! what the new rules no longer allow and [`SessionRoutes::reapply`] applies the table again.
 
+mod ports;
 mod recheck;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::directory::Listing;
-use super::forwards::{self, Binder, Carrier, Refusal, StreamKind};
+use super::forwards::{Binder, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
 use super::networks::Owner;
 use super::registry::SessionId;
 use super::{RouteInfo, Shared};
+use self::ports::PortRoute;
 use crate::auth::CredentialKind;
+use crate::forward::Protocol;
 use crate::http::Matcher;
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
@@ -29,33 +32,11 @@ use crate::proto::{
     RouteResult,
 };
 use crate::session::ControlSender;
-use crate::task::OwnedTask;
 
 /// Tables a client may send in a burst, and how fast that allowance comes back: applying one
 /// may close and open dozens of listeners.
 const TABLE_BURST: f64 = 10.0;
 const TABLES_PER_SECOND: f64 = 2.0;
-
-/// A TCP route in service.
-struct TcpRoute {
-    /// What the client asked for; the same id asking for something else is a new route.
-    bind: Option<IpAddr>,
-    port: u16,
-    public_addr: SocketAddr,
-    /// Stops the listener and cuts this route's visitors.
-    cut: CancellationToken,
-    /// `None` once awaited (closed).
-    listener: Option<OwnedTask<()>>,
-}
-
-impl TcpRoute {
-    /// Returns once the listener has stopped and its socket is closed.
-    async fn listener_closed(&mut self) {
-        if let Some(listener) = self.listener.take() {
-            let _ = listener.await;
-        }
-    }
-}
 
 /// How one table changed the session, for its log line.
 #[derive(Debug, Default)]
@@ -84,7 +65,8 @@ pub(super) struct SessionRoutes<'s> {
     table: Option<(u64, Vec<RouteEntry>)>,
     /// What the last reload withdrew, until the table is applied again (for its answer).
     withdrawn: Vec<(RouteId, Refusal)>,
-    tcp: HashMap<RouteId, TcpRoute>,
+    /// TCP and UDP routes.
+    ports: HashMap<RouteId, PortRoute>,
     services: HashMap<RouteId, String>,
     http: HashMap<RouteId, Matcher>,
     fallback: Option<RouteId>,
@@ -120,7 +102,7 @@ impl<'s> SessionRoutes<'s> {
             draining: false,
             table: None,
             withdrawn: Vec::new(),
-            tcp: HashMap::new(),
+            ports: HashMap::new(),
             services: HashMap::new(),
             http: HashMap::new(),
             fallback: None,
@@ -155,10 +137,10 @@ impl<'s> SessionRoutes<'s> {
             ControlMessage::RemoteForwardRequest { id, bind, port, preferred_port } => {
                 let route = RouteId(u64::from(id));
                 let kind = StreamKind::Forward(id);
-                let outcome = if self.tcp.contains_key(&route) {
+                let outcome = if self.ports.contains_key(&route) {
                     Err((RefusalCode::Invalid, format!("forward id {id} is already in use")))
                 } else {
-                    self.add_tcp(route, kind, bind, port, preferred_port).await
+                    self.add_port(route, kind, Protocol::Tcp, (bind, port, preferred_port), None).await
                 };
                 match outcome {
                     Ok(public_addr) => ControlMessage::RemoteForwardReady { id, public_addr },
@@ -213,7 +195,7 @@ impl<'s> SessionRoutes<'s> {
             ControlMessage::RouteTable { version, entries } => {
                 let answer = |entry: &RouteEntry| match self.has(entry) {
                     true => {
-                        RouteOutcome::Ready { public_addr: self.tcp.get(&entry.id).map(|r| r.public_addr) }
+                        RouteOutcome::Ready { public_addr: self.ports.get(&entry.id).map(|r| r.public_addr) }
                     }
                     false => RouteOutcome::Refused { code, message: why.clone() },
                 };
@@ -287,7 +269,7 @@ impl<'s> SessionRoutes<'s> {
         let mut results = Vec::with_capacity(entries.len());
         for RouteEntry { id, kind } in entries {
             let outcome = if unchanged.contains(&id) {
-                Ok(self.tcp.get(&id).map(|r| r.public_addr))
+                Ok(self.ports.get(&id).map(|r| r.public_addr))
             } else {
                 let added = self.add(id, kind).await;
                 match &added {
@@ -322,9 +304,12 @@ impl<'s> SessionRoutes<'s> {
     /// Whether this exact entry is in service.
     fn has(&self, entry: &RouteEntry) -> bool {
         match &entry.kind {
-            RouteKind::Tcp { bind, port, .. } => {
-                self.tcp.get(&entry.id).is_some_and(|r| r.bind == *bind && r.port == *port)
-            }
+            RouteKind::Tcp { bind, port, .. } => self.ports.get(&entry.id).is_some_and(|r| {
+                r.protocol == Protocol::Tcp && r.bind == *bind && r.port == *port
+            }),
+            RouteKind::Udp { bind, port, idle_secs, .. } => self.ports.get(&entry.id).is_some_and(|r| {
+                r.protocol == Protocol::Udp && r.bind == *bind && r.port == *port && r.idle_secs == *idle_secs
+            }),
             RouteKind::Service { name } => self.services.get(&entry.id) == Some(name),
             RouteKind::Http { matcher } => self.http.get(&entry.id).is_some_and(|m| m.spec() == matcher),
             RouteKind::HttpFallback => self.fallback == Some(entry.id),
@@ -334,7 +319,7 @@ impl<'s> SessionRoutes<'s> {
     }
 
     fn ids(&self) -> impl Iterator<Item = RouteId> + '_ {
-        self.tcp
+        self.ports
             .keys()
             .chain(self.services.keys())
             .chain(self.http.keys())
@@ -347,7 +332,12 @@ impl<'s> SessionRoutes<'s> {
     async fn add(&mut self, id: RouteId, kind: RouteKind) -> Result<Option<SocketAddr>, Refusal> {
         match kind {
             RouteKind::Tcp { bind, port, preferred_port } => {
-                self.add_tcp(id, StreamKind::Route(id), bind, port, preferred_port).await.map(Some)
+                let at = (bind, port, preferred_port);
+                self.add_port(id, StreamKind::Route(id), Protocol::Tcp, at, None).await.map(Some)
+            }
+            RouteKind::Udp { bind, port, preferred_port, idle_secs } => {
+                let at = (bind, port, preferred_port);
+                self.add_port(id, StreamKind::Route(id), Protocol::Udp, at, Some(idle_secs)).await.map(Some)
             }
             RouteKind::Service { name } => self.add_service(id, &name).map(|()| None),
             RouteKind::Http { matcher } => {
@@ -415,47 +405,6 @@ impl<'s> SessionRoutes<'s> {
         })
     }
 
-    async fn add_tcp(
-        &mut self,
-        id: RouteId,
-        kind: StreamKind,
-        bind: Option<IpAddr>,
-        port: u16,
-        preferred: u16,
-    ) -> Result<SocketAddr, Refusal> {
-        let limit = self.shared.config().max_forwards_per_client;
-        if self.tcp.len() >= limit {
-            return Err((
-                RefusalCode::TooManyForwards,
-                format!("this client already holds {limit} forwards"),
-            ));
-        }
-        if port != 0 && self.tcp.values().any(|r| r.public_addr.port() == port) {
-            return Err((
-                RefusalCode::PortTaken,
-                format!("port {port} is already used by another route of this client"),
-            ));
-        }
-        let (listener, public_addr) = self.binder().bind(id, bind, port, preferred).await?;
-        let cut = self.owned.child_token();
-        let config = self.shared.config();
-        let carrier = Carrier {
-            kind,
-            opener: self.opener.clone(),
-            owned: cut.clone(),
-            accepting: self.accepting.clone(),
-            visitors: self.visitors.clone(),
-            client: self.name.as_str().into(),
-            metrics: self.shared.metrics.clone(),
-            max_visitors: config.max_visitors_per_forward,
-            max_per_source: config.max_visitors_per_source,
-        };
-        let listener = Some(OwnedTask::spawn(forwards::serve(listener, carrier)));
-        tracing::debug!(client = %Escaped(&self.name), route = %id, %public_addr, "TCP route listening");
-        self.tcp.insert(id, TcpRoute { bind, port, public_addr, cut, listener });
-        Ok(public_addr)
-    }
-
     fn add_service(&mut self, id: RouteId, service: &str) -> Result<(), Refusal> {
         if !self.shared.config().rules(&self.name, self.credential).may_expose(service) {
             let message = format!("client {:?} may not expose a service named {service:?}", self.name);
@@ -475,15 +424,15 @@ impl<'s> SessionRoutes<'s> {
         Ok(())
     }
 
-    /// Takes a route out of service. A TCP route's listener is closed before this returns (its
+    /// Takes a route out of service. A port route's listener is closed before this returns (its
     /// port can be bound again at once) and its visitors are signalled to reset; its port is
     /// released when the table is applied, unless a new route takes it over.
     async fn remove(&mut self, id: RouteId) {
-        if let Some(mut route) = self.tcp.remove(&id) {
+        if let Some(mut route) = self.ports.remove(&id) {
             route.cut.cancel();
             route.listener_closed().await;
             self.vacated.push(route.public_addr.port());
-            tracing::debug!(client = %Escaped(&self.name), route = %id, public_addr = %route.public_addr, "TCP route removed");
+            tracing::debug!(client = %Escaped(&self.name), route = %id, public_addr = %route.public_addr, "port route removed");
         }
         if let Some(service) = self.services.remove(&id) {
             self.shared.registry.unexpose(&self.name, self.session, &service);
@@ -508,7 +457,7 @@ impl<'s> SessionRoutes<'s> {
     /// the edge gets the session's HTTP and TLS routes as they are now.
     fn settle(&mut self) {
         for port in std::mem::take(&mut self.vacated) {
-            if !self.tcp.values().any(|r| r.public_addr.port() == port) {
+            if !self.ports.values().any(|r| r.public_addr.port() == port) {
                 self.binder().release(port);
             }
         }
@@ -534,8 +483,11 @@ impl<'s> SessionRoutes<'s> {
     fn snapshot(&self) -> Vec<RouteInfo> {
         let info = |id, kind, public_addr, target| RouteInfo { id, kind, public_addr, target };
         let mut routes: Vec<RouteInfo> =
-            Vec::with_capacity(self.tcp.len() + self.services.len() + self.http.len());
-        routes.extend(self.tcp.iter().map(|(id, r)| info(*id, "tcp", Some(r.public_addr), None)));
+            Vec::with_capacity(self.ports.len() + self.services.len() + self.http.len());
+        routes.extend(self.ports.iter().map(|(id, r)| {
+            let kind = if r.protocol == Protocol::Udp { "udp" } else { "tcp" };
+            info(*id, kind, Some(r.public_addr), None)
+        }));
         routes.extend(self.services.iter().map(|(id, name)| info(*id, "service", None, Some(name.clone()))));
         for (id, matcher) in &self.http {
             let spec = matcher.spec();
@@ -573,7 +525,7 @@ impl<'s> SessionRoutes<'s> {
         if withdraw_http {
             self.shared.http_routes.remove(self.session);
         }
-        for route in self.tcp.values_mut() {
+        for route in self.ports.values_mut() {
             route.listener_closed().await;
         }
     }
@@ -587,7 +539,7 @@ impl<'s> SessionRoutes<'s> {
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
         }
-        for (_, mut route) in self.tcp {
+        for (_, mut route) in self.ports {
             route.listener_closed().await;
         }
     }

@@ -78,9 +78,9 @@ impl SessionRoutes<'_> {
         let config = self.shared.config();
         let rules = config.rules(&self.name, self.credential);
         let mut disallowed = Vec::new();
-        for (&id, route) in &self.tcp {
+        for (&id, route) in &self.ports {
             if let Err(refusal) = self.binder().still_allowed(route.bind, route.public_addr) {
-                let what = format!("TCP {}", route.public_addr);
+                let what = format!("{} {}", route.protocol_name(), route.public_addr);
                 disallowed.push(Disallowed { id, what, refusal, service: None });
             }
         }
@@ -117,7 +117,7 @@ impl SessionRoutes<'_> {
     fn as_in_service(&self, entries: &[RouteEntry], withdrawn: &[(RouteId, Refusal)]) -> Vec<RouteResult> {
         let result = |entry: &RouteEntry| {
             if self.has(entry) {
-                return RouteOutcome::Ready { public_addr: self.tcp.get(&entry.id).map(|r| r.public_addr) };
+                return RouteOutcome::Ready { public_addr: self.ports.get(&entry.id).map(|r| r.public_addr) };
             }
             let (code, message) = withdrawn.iter().find(|(id, _)| *id == entry.id).map_or_else(
                 || {

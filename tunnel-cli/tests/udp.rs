@@ -1,0 +1,276 @@
+//! UDP through the tunnel, as users run it: `dig` asks a real DNS server (dnsmasq) through a
+//! UDP remote forward, a UDP local forward (to a target the server sends to itself, and into a
+//! network another client routes) and a SOCKS5 UDP association; 10,000 numbered datagrams
+//! cross with none lost or reordered; the target of a forward with `proxy_protocol = "v2"`
+//! reads the visitor's address from each flow's first datagram.
+
+mod process;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use process::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tunnel_core::socks::codec;
+use tunnel_core::socks::{Command, Destination, Request};
+
+const TOKEN: &str = "udp-test-token-6b19e3";
+const SITE_TOKEN: &str = "udp-site-token-0e72c4";
+const LAPTOP_TOKEN: &str = "udp-laptop-token-93fa51";
+/// The name dnsmasq answers, and its address.
+const NAME: &str = "svc.tunnel.test";
+const ANSWER: [u8; 4] = [10, 1, 2, 3];
+
+/// A dnsmasq answering `NAME` on 127.0.0.1, and nothing else (no upstream, no hosts file).
+struct Dnsmasq {
+    addr: SocketAddr,
+    _process: tokio::process::Child,
+}
+
+async fn start_dnsmasq(dir: &Path) -> Dnsmasq {
+    let port = free_port();
+    let process = tokio::process::Command::new("dnsmasq")
+        .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null"])
+        .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--user=root"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .arg(format!("--host-record={NAME},{}", std::net::Ipv4Addr::from(ANSWER)))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dnsmasq is installed");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Ready once it answers directly.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while dig(addr).await.trim() != "10.1.2.3" {
+        assert!(tokio::time::Instant::now() < deadline, "dnsmasq did not come up on {addr}");
+    }
+    Dnsmasq { addr, _process: process }
+}
+
+/// `dig +short NAME A` at `server`: what it printed.
+async fn dig(server: SocketAddr) -> String {
+    let out = tokio::process::Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+short", "+tries=1", "+time=3", NAME, "A"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("dig is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The address in a `... ready: udp:ADDR -> TARGET` or `... listening: udp:ADDR -> TARGET`
+/// line remainder.
+fn udp_addr(rest: &str) -> SocketAddr {
+    let addr = rest.split(" -> ").next().unwrap();
+    addr.strip_prefix("udp:").expect("a UDP forward's line says so").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_gets_answers_through_a_udp_remote_forward_and_a_udp_local_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start_dnsmasq(dir.path()).await;
+    let allow = dns.addr.to_string();
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allow], &[]).await;
+    let remote = format!("udp:0:{}", dns.addr);
+    let local = format!("udp:0:{}", dns.addr);
+    let client = connect(&server, &["--token", TOKEN, "--name", "dns", "-R", &remote, "-L", &local], &[]);
+    let listening = udp_addr(&client.line_after("local forward listening: ").await);
+    let public = udp_addr(&client.line_after("remote forward ready: ").await);
+    client.output_contains(&format!("route ready: v1 udp {public} -> {}", dns.addr)).await;
+
+    // Visitors of the server's public UDP port reach dnsmasq near the client.
+    assert_eq!(dig(public).await.trim(), "10.1.2.3", "{}", client.output());
+    // And the client's local UDP port reaches it through the server, which sends to it.
+    assert_eq!(dig(listening).await.trim(), "10.1.2.3", "{}", server.cli.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socks_udp_association_carries_dns_and_names_the_answering_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start_dnsmasq(dir.path()).await;
+    let allow = dns.addr.to_string();
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allow], &[]).await;
+    let client = connect(&server, &["--token", TOKEN, "--name", "laptop", "-D", "0"], &[]);
+    let proxy = client.line_after("SOCKS proxy listening: ").await.trim().to_owned();
+    client.line_after("connected to ").await;
+
+    let mut control = TcpStream::connect(&proxy).await.unwrap();
+    control.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
+    let mut method = [0u8; 2];
+    control.read_exact(&mut method).await.unwrap();
+    let unspecified = Destination::Ip(([0, 0, 0, 0], 0).into());
+    let associate = Request { command: Command::UdpAssociate, destination: unspecified };
+    control.write_all(&codec::encode_request(&associate)).await.unwrap();
+    let mut reply = Vec::new();
+    let relay = loop {
+        if let Some(((code, Destination::Ip(relay)), _)) = codec::parse_reply(&reply).unwrap() {
+            assert_eq!(code, 0, "UDP ASSOCIATE refused");
+            break relay;
+        }
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(PATIENCE, control.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "the proxy closed without a reply");
+        reply.extend_from_slice(&chunk[..n]);
+    };
+
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let query = dns_query(0x5a17);
+    udp.send_to(&codec::encode_udp(&Destination::Ip(dns.addr), &query), relay).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (len, _) = tokio::time::timeout(PATIENCE, udp.recv_from(&mut buf)).await.unwrap().unwrap();
+    let (from, answer) = codec::parse_udp(&buf[..len]).unwrap();
+    assert_eq!(from, Destination::Ip(dns.addr), "the answer names who answered");
+    assert_eq!(answer[..2], 0x5a17u16.to_be_bytes(), "the answer to this query");
+    assert!(answer.ends_with(&ANSWER), "the A record: {answer:?}");
+
+    // A destination the server may not send to: the flow is refused and says why.
+    let closed = Destination::Ip(([192, 0, 2, 1], 53).into());
+    udp.send_to(&codec::encode_udp(&closed, &query), relay).await.unwrap();
+    client.output_contains("UDP flow refused: 192.0.2.1:53 (denied)").await;
+}
+
+/// A DNS query for `NAME`, type A, with `id`.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut query = id.to_be_bytes().to_vec();
+    // Recursion desired; one question.
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in NAME.split('.') {
+        query.push(u8::try_from(label.len()).unwrap());
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+/// The site routes loopback; the laptop may send into it.
+fn network_config(dir: &Path) -> String {
+    let path = dir.join("server.toml");
+    let text = format!(
+        "[[clients]]\nname = \"site\"\ntoken = \"{SITE_TOKEN}\"\nallow_networks = [\"127.0.0.0/8\"]\n\n\
+         [[clients]]\nname = \"laptop\"\ntoken = \"{LAPTOP_TOKEN}\"\nallow_visit = [\"site/127.0.0.0/8\"]\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_reaches_dns_in_a_network_another_client_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start_dnsmasq(dir.path()).await;
+    let config = network_config(dir.path());
+    // The server sends nothing anywhere itself (no allow_targets).
+    let server = serve(dir.path(), &["--config", &config], &[]).await;
+    let site = connect(&server, &["--name", "site", "--expose-network", "127.0.0.0/8"], &[("TUNNEL_TOKEN", SITE_TOKEN)]);
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+    let local = format!("udp:0:{}", dns.addr);
+    let laptop = connect(&server, &["--name", "laptop", "-L", &local], &[("TUNNEL_TOKEN", LAPTOP_TOKEN)]);
+    let listening = udp_addr(&laptop.line_after("local forward listening: ").await);
+    laptop.line_after("connected to ").await;
+    assert_eq!(dig(listening).await.trim(), "10.1.2.3", "{}\n{}", laptop.output(), site.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_numbered_datagrams_cross_with_none_lost_or_reordered() {
+    const COUNT: u32 = 10_000;
+    const WINDOW: u32 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((len, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..len], from).await;
+        }
+    });
+    let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let remote = format!("udp:0:{target}");
+    let client = connect(&server, &["--token", TOKEN, "--name", "echo", "-R", &remote], &[]);
+    let public = udp_addr(&client.line_after("remote forward ready: ").await);
+
+    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor.connect(public).await.unwrap();
+    let (mut sent, mut received, mut reordered, mut highest) = (0u32, 0u32, 0u32, None::<u32>);
+    let mut seen = vec![false; COUNT as usize];
+    let mut datagram = vec![0u8; 512];
+    let mut buf = vec![0u8; 2048];
+    while received < COUNT {
+        // At most WINDOW in flight: loopback has room for them, so any loss is ours.
+        while sent < COUNT && sent - received < WINDOW {
+            datagram[..4].copy_from_slice(&sent.to_be_bytes());
+            datagram[4..8].copy_from_slice(&(!sent).to_be_bytes());
+            visitor.send(&datagram).await.unwrap();
+            sent += 1;
+        }
+        let Ok(len) = tokio::time::timeout(Duration::from_secs(5), visitor.recv(&mut buf)).await else {
+            break; // The rest are lost.
+        };
+        let len = len.unwrap();
+        assert_eq!(len, datagram.len(), "a datagram came back merged or split");
+        let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+        assert_eq!(u32::from_be_bytes(buf[4..8].try_into().unwrap()), !seq, "a datagram came back changed");
+        assert!(!std::mem::replace(&mut seen[seq as usize], true), "datagram {seq} came back twice");
+        if highest.is_some_and(|h| seq < h) {
+            reordered += 1;
+        }
+        highest = highest.max(Some(seq));
+        received += 1;
+    }
+    let lost = COUNT - received;
+    assert_eq!((lost, reordered), (0, 0), "lost, reordered of {COUNT}\n{}", client.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_datagram_of_each_flow_carries_a_proxy_v2_header_with_the_visitors_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let config = dir.path().join("client.toml");
+    let text = format!("remote = [{{ spec = \"udp:0:{target_addr}\", proxy_protocol = \"v2\" }}]\n");
+    std::fs::write(&config, text).unwrap();
+    let client =
+        connect(&server, &["--token", TOKEN, "--name", "pp", "--config", config.to_str().unwrap()], &[]);
+    let public = udp_addr(&client.line_after("remote forward ready: ").await);
+
+    let visitor = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let from = visitor.local_addr().unwrap();
+    visitor.send_to(b"hello", public).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (len, flow) = tokio::time::timeout(PATIENCE, target.recv_from(&mut buf)).await.unwrap().unwrap();
+    let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    // Version 2, PROXY; IPv4 over UDP (DGRAM); 12 bytes of addresses.
+    expected.extend_from_slice(&[0x21, 0x12, 0, 12]);
+    expected.extend_from_slice(&[127, 0, 0, 2, 127, 0, 0, 1]);
+    expected.extend_from_slice(&from.port().to_be_bytes());
+    expected.extend_from_slice(&public.port().to_be_bytes());
+    expected.extend_from_slice(b"hello");
+    assert_eq!(&buf[..len], &expected[..], "header and payload in one datagram");
+
+    // The answer reaches the visitor; the flow's next datagram has no header.
+    target.send_to(b"pong", flow).await.unwrap();
+    let (len, _) = tokio::time::timeout(PATIENCE, visitor.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..len], b"pong");
+    visitor.send_to(b"again", public).await.unwrap();
+    let (len, again) = tokio::time::timeout(PATIENCE, target.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!((&buf[..len], again), (&b"again"[..], flow));
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_on_a_udp_forward_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        "server = \"127.0.0.1:1\"\ntoken = \"0123456789abcdef0123\"\ninsecure_plaintext = true\nremote = [{ spec = \"udp:0:127.0.0.1:53\", proxy_protocol = \"v1\" }]\n",
+    )
+    .unwrap();
+    let out = command(&["connect", "--config", config.to_str().unwrap()]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("remote.proxy_protocol") && stderr.contains("v1 describes TCP only"), "{stderr}");
+}

@@ -1,0 +1,101 @@
+//! UDP routes on the server: each visitor address is a flow, carried on a stream of its own to
+//! the owning client, which sends the datagrams on to the target and its answers back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UdpSocket;
+
+use super::forwards::{Carrier, StreamKind};
+use super::source::{Place, Places};
+use crate::proto::datagram::MAX_DATAGRAM;
+use crate::proto::StreamHeader;
+use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
+
+/// Receives datagrams until the route is removed or the session drains (UDP has no
+/// connection to finish: the flows end with the socket). A visitor's first datagram starts
+/// its flow, within the forward's caps on visitors (flows) per route and per source address.
+pub(super) async fn serve(socket: UdpSocket, carrier: Carrier, idle: Duration) {
+    let socket = Arc::new(socket);
+    let local = socket.local_addr().ok();
+    let places = Places::new(carrier.max_visitors, carrier.max_per_source);
+    let mut flows = Flows::new(carrier.max_visitors);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let received = tokio::select! {
+            () = carrier.owned.cancelled() => return,
+            () = carrier.accepting.cancelled() => return,
+            () = flows.reap() => continue,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let (len, visitor) = match received {
+            Ok(received) => received,
+            // The ICMP error of an earlier answer to a visitor that went away.
+            Err(_) => continue,
+        };
+        let datagram = Bytes::copy_from_slice(&buf[..len]);
+        let offer = flows.offer(visitor, datagram, |inbox| match places.admit(visitor.ip()) {
+            Ok(place) => {
+                let flow = Flow { visitor, local, socket: socket.clone(), carrier: carrier.clone() };
+                carrier.visitors.spawn(flow.carry(inbox, idle, place));
+                true
+            }
+            Err(_) => false,
+        });
+        match offer {
+            Offer::Queued | Offer::Started => {}
+            Offer::QueueFull => carrier.metrics.datagram_dropped("queue full"),
+            Offer::Refused => {
+                carrier.metrics.datagram_dropped("over a cap");
+                if crate::log::REFUSALS.allow() {
+                    tracing::info!(%visitor, route = %carrier.kind, "UDP flow refused: over a cap");
+                }
+            }
+        }
+    }
+}
+
+/// One visitor's flow.
+struct Flow {
+    visitor: SocketAddr,
+    local: Option<SocketAddr>,
+    socket: Arc<UdpSocket>,
+    carrier: Carrier,
+}
+
+impl Flow {
+    async fn carry(self, inbox: FlowInbox<SocketAddr>, idle: Duration, _place: Place) {
+        let Self { visitor, local, socket, carrier } = self;
+        let route = carrier.kind;
+        let header = match route {
+            StreamKind::Route(route_id) => StreamHeader::Route { route_id, visitor, local },
+            // Version 1 forwards are TCP only.
+            StreamKind::Forward(_) => return,
+        };
+        let (_open, meter) = carrier.metrics.visitor(&carrier.client, &route.label());
+        let open = async {
+            let mut stream = carrier.opener.open().await.map_err(std::io::Error::other)?;
+            stream.write_all(&header.encode()).await?;
+            Ok(stream)
+        };
+        let deliver = |datagram: Bytes| {
+            let socket = socket.clone();
+            meter.to_visitor.inc_by(datagram.len() as u64);
+            async move { socket.send_to(&datagram, visitor).await.is_ok() }
+        };
+        let carried = tokio::select! {
+            () = carrier.owned.cancelled() => return,
+            carried = carry_flow(inbox, open, deliver, idle) => carried,
+        };
+        match carried {
+            Ok(stats) => {
+                meter.from_visitor.inc_by(stats.sent_bytes);
+                tracing::trace!(%visitor, %route, ?stats, "UDP flow done");
+            }
+            Err(err) => tracing::debug!(%visitor, %route, "UDP flow failed: {}", crate::log::Chain(&err)),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// A UDP target echoing every datagram back to its sender.
+async fn echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..len], from).await;
+        }
+    });
+    addr
+}
+
+/// A flow of a table with one key, carried over `stream`; what comes back goes to the receiver.
+fn listening_end<S>(
+    stream: S,
+    idle: Duration,
+) -> (Flows<u8>, mpsc::UnboundedSender<FlowInbox<u8>>, mpsc::UnboundedReceiver<Bytes>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (back_tx, back_rx) = mpsc::unbounded_channel();
+    let (inbox_tx, mut inbox_rx) = mpsc::unbounded_channel::<FlowInbox<u8>>();
+    tokio::spawn(async move {
+        let inbox = inbox_rx.recv().await.unwrap();
+        let deliver = |datagram: Bytes| {
+            let sent = back_tx.send(datagram).is_ok();
+            async move { sent }
+        };
+        carry_flow(inbox, async { Ok(stream) }, deliver, idle).await
+    });
+    (Flows::new(4), inbox_tx, back_rx)
+}
+
+#[tokio::test]
+async fn datagrams_cross_a_flow_whole_and_in_order_both_ways() {
+    let target = echo().await;
+    let (near, far) = tokio::io::duplex(256 * 1024);
+    let socket = connect(target).await.unwrap();
+    let relay = tokio::spawn(async move { relay(far, &socket, Duration::from_secs(60), None).await });
+    let (mut flows, inbox_tx, mut back) = listening_end(near, Duration::from_secs(60));
+    let payloads: Vec<Vec<u8>> = vec![b"first".to_vec(), Vec::new(), vec![7; 1200], vec![9; 60_000], b"z".to_vec()];
+    for (n, payload) in payloads.iter().enumerate() {
+        let offer = flows.offer(0, Bytes::from(payload.clone()), |inbox| inbox_tx.send(inbox).is_ok());
+        assert_eq!(offer, if n == 0 { Offer::Started } else { Offer::Queued });
+    }
+    for payload in &payloads {
+        let echoed = tokio::time::timeout(Duration::from_secs(10), back.recv()).await.unwrap().unwrap();
+        assert_eq!(&echoed[..], &payload[..], "a datagram came back changed, merged or split");
+    }
+    // The table dropped: the flow ends, its stream closes, and the relay ends with it.
+    drop(flows);
+    let stats = tokio::time::timeout(Duration::from_secs(10), relay).await.unwrap().unwrap().unwrap();
+    assert_eq!((stats.sent, stats.received, stats.dropped), (5, 5, 0));
+    assert_eq!(stats.sent_bytes, payloads.iter().map(|p| p.len() as u64).sum::<u64>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_ends_after_its_idle_time_and_the_next_datagram_starts_another() {
+    let idle = Duration::from_secs(30);
+    let (near, mut far) = tokio::io::duplex(64 * 1024);
+    let (mut flows, inbox_tx, _back) = listening_end(near, idle);
+    let start = tokio::time::Instant::now();
+    assert_eq!(flows.offer(0, Bytes::from_static(b"one"), |inbox| inbox_tx.send(inbox).is_ok()), Offer::Started);
+    let mut frame = [0u8; 5];
+    far.read_exact(&mut frame).await.unwrap();
+    assert_eq!(&frame, b"\0\x03one");
+    // An answer at 20 s keeps the flow alive past 30 s from its start.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    far.write_all(b"\0\x02ok").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(flows.len(), 1);
+    // Then nothing either way: the flow ends 30 s after that answer, its stream shut down.
+    flows.reap().await;
+    assert_eq!(flows.len(), 0);
+    assert!(start.elapsed() >= Duration::from_secs(50), "{:?}", start.elapsed());
+    assert_eq!(far.read(&mut frame).await.unwrap(), 0);
+    assert_eq!(flows.offer(0, Bytes::from_static(b"two"), |_| true), Offer::Started);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_relay_ends_after_its_idle_time_without_a_datagram() {
+    let target = echo().await;
+    let socket = connect(target).await.unwrap();
+    let (near, far) = tokio::io::duplex(1024);
+    let start = tokio::time::Instant::now();
+    let stats = relay(far, &socket, Duration::from_secs(45), None).await.unwrap();
+    assert_eq!(stats, FlowStats::default());
+    assert!(start.elapsed() >= Duration::from_secs(45));
+    drop(near);
+}
+
+#[tokio::test]
+async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
+    let mut flows: Flows<u8> = Flows::new(2);
+    let mut inboxes = Vec::new();
+    assert_eq!(flows.offer(1, Bytes::new(), |inbox| { inboxes.push(inbox); true }), Offer::Started);
+    for _ in 1..QUEUE_FOR_TESTS {
+        assert_eq!(flows.offer(1, Bytes::new(), |_| unreachable!()), Offer::Queued);
+    }
+    assert_eq!(flows.offer(1, Bytes::new(), |_| unreachable!()), Offer::QueueFull);
+    assert_eq!(flows.offer(2, Bytes::new(), |inbox| { inboxes.push(inbox); true }), Offer::Started);
+    assert_eq!(flows.offer(3, Bytes::new(), |_| unreachable!("over the cap")), Offer::Refused);
+    // A flow the caller refuses to start takes no place.
+    inboxes.remove(1);
+    flows.reap().await;
+    assert_eq!(flows.offer(3, Bytes::new(), |_| false), Offer::Refused);
+    assert_eq!(flows.len(), 1);
+    // Flow 1 ended: its next datagram starts a new one (before or after the table hears of it).
+    inboxes.clear();
+    assert_eq!(flows.offer(1, Bytes::from_static(b"again"), |inbox| { inboxes.push(inbox); true }), Offer::Started);
+    flows.reap().await;
+    assert_eq!(flows.len(), 1, "the old flow's end must not remove the new one");
+}
+
+#[tokio::test]
+async fn a_stream_ending_inside_a_datagram_is_an_error_and_between_two_is_the_end() {
+    let mut whole = FrameReader::new(&b"\0\x02hi\0\0"[..]);
+    assert_eq!(&whole.next().await.unwrap().unwrap()[..], b"hi");
+    assert_eq!(&whole.next().await.unwrap().unwrap()[..], b"");
+    assert!(whole.next().await.unwrap().is_none());
+    let mut cut = FrameReader::new(&b"\0\x05hi"[..]);
+    assert_eq!(cut.next().await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+}
