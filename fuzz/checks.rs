@@ -38,7 +38,34 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("proxy_reply", proxy_reply),
     ("websocket", websocket),
     ("socks", socks),
+    ("udp_framing", udp_framing),
 ];
+
+/// UDP on a stream: the frames split off a stream are whole (each exactly its length after the
+/// prefix) and encode back to the bytes they were read from; what is left is one frame cut
+/// short. A SOCKS UDP datagram that parses encodes back to itself (its destination kept as
+/// sent), and its destination's check never panics.
+pub fn udp_framing(data: &[u8]) {
+    use tunnel_core::proto::datagram;
+    use tunnel_core::socks::codec;
+    let mut at = 0;
+    let mut again = Vec::new();
+    while let Some((payload, used)) = datagram::decode(&data[at..]) {
+        assert_eq!(used, datagram::PREFIX_LEN + payload.len());
+        datagram::encode(payload, &mut again).expect("a decoded datagram fits a frame");
+        at += used;
+    }
+    assert_eq!(again, data[..at]);
+    if let Some(prefix) = data[at..].first_chunk::<2>() {
+        assert!(data.len() - at - 2 < usize::from(u16::from_be_bytes(*prefix)), "a whole frame was left");
+    }
+    if let Ok((destination, payload)) = codec::parse_udp(data) {
+        assert_eq!(codec::encode_udp(&destination, payload), data, "{destination:?}");
+        if let Ok(target) = destination.to_target() {
+            assert!(target.port > 0);
+        }
+    }
+}
 
 /// What a SOCKS5 client sends, through every parser: none panics or claims more bytes than it
 /// was given; a parsed request encodes back to the bytes it was read from (address types and

@@ -35,7 +35,7 @@ fn server_example_parses_and_builds() {
 #[test]
 fn client_example_parses_and_builds() {
     let mut file = ClientFile::load(&example("client.toml")).unwrap();
-    assert_eq!(file.remote.len(), 4);
+    assert_eq!(file.remote.len(), 5);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "client-example-secret").unwrap();
@@ -46,6 +46,8 @@ fn client_example_parses_and_builds() {
     assert_eq!(config.remotes[3].proxy_protocol, Some(tunnel_core::forward::ProxyProtocol::V2));
     assert_eq!(config.wire, tunnel_core::transport::Wire::Auto);
     assert_eq!(config.remotes[2].idle_timeout, Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(config.remotes[4].protocol, tunnel_core::forward::Protocol::Udp);
+    assert_eq!(config.remotes[4].idle_timeout, Some(std::time::Duration::from_secs(30)));
     assert_eq!(config.locals[0].target.to_string(), "worker-1/kubelet");
     assert_eq!(config.services[0].name, "apiserver");
 }

@@ -165,7 +165,11 @@ async fn dig_reaches_dns_in_a_network_another_client_routes() {
     let config = network_config(dir.path());
     // The server sends nothing anywhere itself (no allow_targets).
     let server = serve(dir.path(), &["--config", &config], &[]).await;
-    let site = connect(&server, &["--name", "site", "--expose-network", "127.0.0.0/8"], &[("TUNNEL_TOKEN", SITE_TOKEN)]);
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
     site.output_contains("route ready: v1 network 127.0.0.0/8").await;
     let local = format!("udp:0:{}", dns.addr);
     let laptop = connect(&server, &["--name", "laptop", "-L", &local], &[("TUNNEL_TOKEN", LAPTOP_TOKEN)]);

@@ -30,14 +30,18 @@ pub(super) async fn forward(
     let addr = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
         Ok(Ok(mut addrs)) => addrs.next(),
         Ok(Err(err)) => return tracing::warn!(%visitor, %target, "{via}: cannot resolve the target: {err}"),
-        Err(_) => return tracing::warn!(%visitor, %target, "{via}: no address for the target within {LOOKUP_TIMEOUT:?}"),
+        Err(_) => {
+            return tracing::warn!(%visitor, %target, "{via}: no address for the target within {LOOKUP_TIMEOUT:?}")
+        }
     };
     let Some(addr) = addr else {
         return tracing::warn!(%visitor, %target, "{via}: the target has no address");
     };
     let socket = match udp::connect(addr).await {
         Ok(socket) => socket,
-        Err(err) => return tracing::warn!(%visitor, %target, "{via}: cannot open a UDP socket to the target: {err}"),
+        Err(err) => {
+            return tracing::warn!(%visitor, %target, "{via}: cannot open a UDP socket to the target: {err}")
+        }
     };
     match udp::relay(stream, &socket, idle, first).await {
         Ok(stats) => tracing::trace!(%visitor, %target, ?stats, "{via}: UDP flow done"),

@@ -546,4 +546,34 @@ mod tests {
         let mut none = table.answer(vec![refused, service_refused], &mut assigned).ok().unwrap();
         assert!(matches!(table.nothing_published(&mut none), Some(ClientError::ForwardRefused { .. })));
     }
+
+    #[test]
+    fn udp_forwards_go_as_udp_routes_and_an_older_server_is_told_nothing_of_them() {
+        let (assigned, mut version) = (HashMap::new(), 0);
+        let both = set(&["53:127.0.0.1:53", "udp:53:127.0.0.1:53"], &[]);
+        both.check().expect("TCP and UDP on one port are two forwards");
+        let table = Table::new(&both, &assigned, &mut version, PROTOCOL_VERSION);
+        let kinds: Vec<_> = table.items.iter().map(|(entry, _)| entry.kind.clone()).collect();
+        assert_eq!(kinds[1], RouteKind::Udp { bind: None, port: 53, preferred_port: 0, idle_secs: 60 });
+        let old = Table::new(&both, &assigned, &mut version, UDP_VERSION - 1);
+        assert_eq!(old.items.len(), 1);
+        let answered = old
+            .answer(
+                vec![RouteResult {
+                    id: old.items[0].0.id,
+                    outcome: RouteOutcome::Ready { public_addr: Some("127.0.0.1:53".parse().unwrap()) },
+                }],
+                &mut HashMap::new(),
+            )
+            .ok()
+            .unwrap();
+        assert_eq!(answered.refused.len(), 1);
+        assert!(
+            answered.refused[0].message.contains("UDP forwards need protocol 5"),
+            "{}",
+            answered.refused[0].message
+        );
+        let twice = set(&["udp:53:127.0.0.1:53", "udp:53:127.0.0.1:54"], &[]);
+        assert!(matches!(twice.check(), Err(RouteSetError::DuplicateForward { .. })));
+    }
 }

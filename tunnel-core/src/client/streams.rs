@@ -114,7 +114,12 @@ pub(super) async fn handle(
                     () = owned.cancelled() => {}
                 };
             }
-            Some(Forward { target: Target::Addr(target), protocol: Protocol::Udp, idle_timeout, proxy_protocol }) => {
+            Some(Forward {
+                target: Target::Addr(target),
+                protocol: Protocol::Udp,
+                idle_timeout,
+                proxy_protocol,
+            }) => {
                 let first = match proxy_protocol.map(|version| version.datagram_header(*visitor, *local)) {
                     Some(Err(err)) => {
                         return tracing::warn!(%visitor, "route {route_id}: no PROXY header: {err}")

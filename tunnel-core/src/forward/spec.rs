@@ -293,7 +293,8 @@ mod tests {
 
     #[test]
     fn valid_specs_parse_and_display_back() {
-        for text in ["8080:localhost:80", "127.0.0.1:0:10.0.0.5:10250", "[::]:443:[::1]:8443", "udp:[::]:53:[::1]:53"]
+        for text in
+            ["8080:localhost:80", "127.0.0.1:0:10.0.0.5:10250", "[::]:443:[::1]:8443", "udp:[::]:53:[::1]:53"]
         {
             let spec: RemoteForwardSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);

@@ -139,7 +139,10 @@ impl StreamHeader {
                 body.socket_addr(*visitor);
             }
             Self::LocalDatagrams { target, visitor } => {
-                body.u8(LOCAL_DATAGRAMS).string(&target.host, MAX_HOST_LEN).u16(target.port).socket_addr(*visitor);
+                body.u8(LOCAL_DATAGRAMS)
+                    .string(&target.host, MAX_HOST_LEN)
+                    .u16(target.port)
+                    .socket_addr(*visitor);
             }
             Self::Route { route_id, visitor, local } => {
                 body.u8(ROUTE).u64(route_id.0).socket_addr(*visitor);
@@ -158,7 +161,8 @@ impl StreamHeader {
             }
             Self::NetworkVisit { route_id, target, from, visitor }
             | Self::NetworkDatagrams { route_id, target, from, visitor } => {
-                let kind = if matches!(self, Self::NetworkVisit { .. }) { NETWORK_VISIT } else { NETWORK_DATAGRAMS };
+                let kind =
+                    if matches!(self, Self::NetworkVisit { .. }) { NETWORK_VISIT } else { NETWORK_DATAGRAMS };
                 body.u8(kind)
                     .u64(route_id.0)
                     .socket_addr(*target)

@@ -54,8 +54,7 @@ impl ProxyProtocol {
             Self::V2 => {
                 let command = ppp::v2::Version::Two | ppp::v2::Command::Proxy;
                 // Fails only for a payload too large for the length field (never addresses).
-                ppp::v2::Builder::with_addresses(command, protocol, (source, destination))
-                    .build()
+                ppp::v2::Builder::with_addresses(command, protocol, (source, destination)).build()
             }
         }
     }

@@ -52,11 +52,11 @@ pub struct SessionInfo {
 pub struct RouteInfo {
     /// Its id in the client's table.
     pub id: RouteId,
-    /// `tcp`, `service`, `http`, `http_fallback` or `tls`.
+    /// `tcp`, `udp`, `service`, `http`, `http_fallback`, `tls` or `network`.
     pub kind: &'static str,
-    /// Where a TCP route listens.
+    /// Where a TCP or UDP route listens.
     pub public_addr: Option<SocketAddr>,
-    /// A service's name, an HTTP route's host and path, a TLS route's host.
+    /// A service's name, an HTTP route's host and path, a TLS route's host, a network.
     pub target: Option<String>,
 }
 

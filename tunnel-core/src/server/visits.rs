@@ -88,8 +88,12 @@ async fn visit(
                 return;
             }
             match crate::udp::relay(stream, &socket, crate::udp::DEFAULT_FLOW_IDLE, None).await {
-                Ok(stats) => tracing::trace!(client = %crate::log::Escaped(&from.name), %target, ?stats, "server-side UDP flow done"),
-                Err(err) => tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "server-side UDP flow failed: {err}"),
+                Ok(stats) => {
+                    tracing::trace!(client = %crate::log::Escaped(&from.name), %target, ?stats, "server-side UDP flow done")
+                }
+                Err(err) => {
+                    tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "server-side UDP flow failed: {err}")
+                }
             }
         }
         Upstream::Tcp(mut tcp) => {
@@ -193,8 +197,9 @@ pub(super) async fn connect(
             let rules = config.rules(&from.name, from.credential).targets();
             let resolved = resolve_allowed(addr, rules, config.timeouts.lookup).await?;
             if protocol == Protocol::Udp {
-                let socket =
-                    crate::udp::connect(resolved).await.map_err(|err| StreamReply::connect_failed(addr, &err))?;
+                let socket = crate::udp::connect(resolved)
+                    .await
+                    .map_err(|err| StreamReply::connect_failed(addr, &err))?;
                 tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "UDP flow to a server-side target");
                 return Ok(Upstream::Udp(socket));
             }

@@ -415,4 +415,30 @@ mod tests {
         let ok = encode_reply(Reply::Succeeded, "0.0.0.0:0".parse().unwrap());
         assert_eq!(ok, [5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     }
+
+    #[test]
+    fn udp_datagrams_carry_their_destination_and_refuse_fragments_and_short_headers() {
+        for destination in [
+            Destination::Ip("10.96.0.10:53".parse().unwrap()),
+            Destination::Ip("[fd00::1]:5353".parse().unwrap()),
+            Destination::Domain("dns.internal".into(), 53),
+        ] {
+            let datagram = encode_udp(&destination, b"query");
+            assert_eq!(datagram[..3], [0, 0, 0]);
+            assert_eq!(parse_udp(&datagram).unwrap(), (destination.clone(), &b"query"[..]));
+            // An empty payload is a datagram too; a header cut short is not.
+            let bare = encode_udp(&destination, b"");
+            assert_eq!(parse_udp(&bare).unwrap().1, b"");
+            for cut in 0..bare.len() {
+                assert!(parse_udp(&bare[..cut]).is_err(), "{destination} cut at {cut}");
+            }
+        }
+        let mut fragment = encode_udp(&Destination::Ip("10.0.0.1:53".parse().unwrap()), b"x");
+        fragment[2] = 1;
+        assert_eq!(parse_udp(&fragment), Err(SocksError::Fragment(1)));
+        fragment[2] = 0;
+        fragment[1] = 9;
+        assert_eq!(parse_udp(&fragment), Err(SocksError::Reserved(9)));
+        assert_eq!(parse_udp(&[0, 0, 0, 7, 1]), Err(SocksError::AddressType(7)));
+    }
 }

@@ -79,7 +79,12 @@ impl<K: Eq + Hash + Clone> Flows<K> {
     /// Queues `datagram` on the flow of `key`. A key without a live flow gets one if the
     /// table has room and `start` takes its inbox (returning `false` refuses it: a cap of the
     /// caller's own).
-    pub(crate) fn offer(&mut self, key: K, datagram: Bytes, start: impl FnOnce(FlowInbox<K>) -> bool) -> Offer {
+    pub(crate) fn offer(
+        &mut self,
+        key: K,
+        datagram: Bytes,
+        start: impl FnOnce(FlowInbox<K>) -> bool,
+    ) -> Offer {
         let datagram = match self.flows.get(&key) {
             Some((_, queue)) => match queue.try_send(datagram) {
                 Ok(()) => return Offer::Queued,
@@ -98,8 +103,12 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         self.generation += 1;
         let (queue_tx, queue) = mpsc::channel(QUEUE);
         let _ = queue_tx.try_send(datagram);
-        let inbox =
-            FlowInbox { queue, key: Some(key.clone()), generation: self.generation, ended: self.ended_tx.clone() };
+        let inbox = FlowInbox {
+            queue,
+            key: Some(key.clone()),
+            generation: self.generation,
+            ended: self.ended_tx.clone(),
+        };
         if !start(inbox) {
             return Offer::Refused;
         }

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use crate::proto::datagram::{self, MAX_DATAGRAM, PREFIX_LEN};
 
-pub(crate) use flows::{carry_flow, FlowInbox, Flows, Offer};
 #[cfg(test)]
 use flows::QUEUE_FOR_TESTS;
+pub(crate) use flows::{carry_flow, FlowInbox, Flows, Offer};
 
 /// How long a flow lives without a datagram, unless its forward says otherwise.
 pub const DEFAULT_FLOW_IDLE: Duration = Duration::from_secs(60);
@@ -86,7 +86,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return match self.buf.is_empty() {
                     true => Ok(None),
-                    false => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a datagram")),
+                    false => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended inside a datagram",
+                    )),
                 };
             }
         }

@@ -48,7 +48,8 @@ async fn datagrams_cross_a_flow_whole_and_in_order_both_ways() {
     let socket = connect(target).await.unwrap();
     let relay = tokio::spawn(async move { relay(far, &socket, Duration::from_secs(60), None).await });
     let (mut flows, inbox_tx, mut back) = listening_end(near, Duration::from_secs(60));
-    let payloads: Vec<Vec<u8>> = vec![b"first".to_vec(), Vec::new(), vec![7; 1200], vec![9; 60_000], b"z".to_vec()];
+    let payloads: Vec<Vec<u8>> =
+        vec![b"first".to_vec(), Vec::new(), vec![7; 1200], vec![9; 60_000], b"z".to_vec()];
     for (n, payload) in payloads.iter().enumerate() {
         let offer = flows.offer(0, Bytes::from(payload.clone()), |inbox| inbox_tx.send(inbox).is_ok());
         assert_eq!(offer, if n == 0 { Offer::Started } else { Offer::Queued });
@@ -70,7 +71,10 @@ async fn a_flow_ends_after_its_idle_time_and_the_next_datagram_starts_another() 
     let (near, mut far) = tokio::io::duplex(64 * 1024);
     let (mut flows, inbox_tx, _back) = listening_end(near, idle);
     let start = tokio::time::Instant::now();
-    assert_eq!(flows.offer(0, Bytes::from_static(b"one"), |inbox| inbox_tx.send(inbox).is_ok()), Offer::Started);
+    assert_eq!(
+        flows.offer(0, Bytes::from_static(b"one"), |inbox| inbox_tx.send(inbox).is_ok()),
+        Offer::Started
+    );
     let mut frame = [0u8; 5];
     far.read_exact(&mut frame).await.unwrap();
     assert_eq!(&frame, b"\0\x03one");
@@ -103,12 +107,24 @@ async fn the_relay_ends_after_its_idle_time_without_a_datagram() {
 async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
     let mut flows: Flows<u8> = Flows::new(2);
     let mut inboxes = Vec::new();
-    assert_eq!(flows.offer(1, Bytes::new(), |inbox| { inboxes.push(inbox); true }), Offer::Started);
+    assert_eq!(
+        flows.offer(1, Bytes::new(), |inbox| {
+            inboxes.push(inbox);
+            true
+        }),
+        Offer::Started
+    );
     for _ in 1..QUEUE_FOR_TESTS {
         assert_eq!(flows.offer(1, Bytes::new(), |_| unreachable!()), Offer::Queued);
     }
     assert_eq!(flows.offer(1, Bytes::new(), |_| unreachable!()), Offer::QueueFull);
-    assert_eq!(flows.offer(2, Bytes::new(), |inbox| { inboxes.push(inbox); true }), Offer::Started);
+    assert_eq!(
+        flows.offer(2, Bytes::new(), |inbox| {
+            inboxes.push(inbox);
+            true
+        }),
+        Offer::Started
+    );
     assert_eq!(flows.offer(3, Bytes::new(), |_| unreachable!("over the cap")), Offer::Refused);
     // A flow the caller refuses to start takes no place.
     inboxes.remove(1);
@@ -117,7 +133,13 @@ async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
     assert_eq!(flows.len(), 1);
     // Flow 1 ended: its next datagram starts a new one (before or after the table hears of it).
     inboxes.clear();
-    assert_eq!(flows.offer(1, Bytes::from_static(b"again"), |inbox| { inboxes.push(inbox); true }), Offer::Started);
+    assert_eq!(
+        flows.offer(1, Bytes::from_static(b"again"), |inbox| {
+            inboxes.push(inbox);
+            true
+        }),
+        Offer::Started
+    );
     flows.reap().await;
     assert_eq!(flows.len(), 1, "the old flow's end must not remove the new one");
 }

@@ -14,13 +14,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::ports::PortRoute;
 use super::directory::Listing;
 use super::forwards::{Binder, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
 use super::networks::Owner;
 use super::registry::SessionId;
 use super::{RouteInfo, Shared};
-use self::ports::PortRoute;
 use crate::auth::CredentialKind;
 use crate::forward::Protocol;
 use crate::http::Matcher;
@@ -304,9 +304,10 @@ impl<'s> SessionRoutes<'s> {
     /// Whether this exact entry is in service.
     fn has(&self, entry: &RouteEntry) -> bool {
         match &entry.kind {
-            RouteKind::Tcp { bind, port, .. } => self.ports.get(&entry.id).is_some_and(|r| {
-                r.protocol == Protocol::Tcp && r.bind == *bind && r.port == *port
-            }),
+            RouteKind::Tcp { bind, port, .. } => self
+                .ports
+                .get(&entry.id)
+                .is_some_and(|r| r.protocol == Protocol::Tcp && r.bind == *bind && r.port == *port),
             RouteKind::Udp { bind, port, idle_secs, .. } => self.ports.get(&entry.id).is_some_and(|r| {
                 r.protocol == Protocol::Udp && r.bind == *bind && r.port == *port && r.idle_secs == *idle_secs
             }),

@@ -87,7 +87,8 @@ impl SessionRoutes<'_> {
         let listener = Some(match bound {
             Bound::Tcp(listener) => OwnedTask::spawn(forwards::serve(listener, carrier)),
             Bound::Udp(socket) => {
-                let idle = Duration::from_secs(idle_secs.into()).clamp(Duration::from_secs(1), crate::udp::MAX_FLOW_IDLE);
+                let idle = Duration::from_secs(idle_secs.into())
+                    .clamp(Duration::from_secs(1), crate::udp::MAX_FLOW_IDLE);
                 OwnedTask::spawn(datagrams::serve(socket, carrier, idle))
             }
         });
