@@ -103,35 +103,47 @@ async fn a_socks_udp_association_carries_dns_and_names_the_answering_address() {
     control.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
     let mut method = [0u8; 2];
     control.read_exact(&mut method).await.unwrap();
+    let relay = udp_associate(&mut control).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    ask_through(&udp, relay, dns.addr).await;
+
+    // A destination the server may not send to: the flow is refused and says why.
+    let closed = Destination::Ip(([192, 0, 2, 1], 53).into());
+    udp.send_to(&codec::encode_udp(&closed, &dns_query(1)), relay).await.unwrap();
+    client.output_contains("UDP flow refused: 192.0.2.1:53 (denied)").await;
+}
+
+/// Asks for UDP ASSOCIATE on a SOCKS connection past its greeting (and login): the relay's
+/// address.
+async fn udp_associate(control: &mut TcpStream) -> SocketAddr {
     let unspecified = Destination::Ip(([0, 0, 0, 0], 0).into());
     let associate = Request { command: Command::UdpAssociate, destination: unspecified };
     control.write_all(&codec::encode_request(&associate)).await.unwrap();
     let mut reply = Vec::new();
-    let relay = loop {
-        if let Some(((code, Destination::Ip(relay)), _)) = codec::parse_reply(&reply).unwrap() {
+    loop {
+        if let Some(((code, destination), _)) = codec::parse_reply(&reply).unwrap() {
             assert_eq!(code, 0, "UDP ASSOCIATE refused");
-            break relay;
+            let Destination::Ip(relay) = destination else { panic!("a relay named by name") };
+            return relay;
         }
         let mut chunk = [0u8; 64];
         let n = tokio::time::timeout(PATIENCE, control.read(&mut chunk)).await.unwrap().unwrap();
         assert!(n > 0, "the proxy closed without a reply");
         reply.extend_from_slice(&chunk[..n]);
-    };
+    }
+}
 
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+/// Sends a DNS query for `NAME` to `dns` through the association's `relay`, from `udp`, and
+/// checks the answer: from `dns`, to this query, with the A record.
+async fn ask_through(udp: &UdpSocket, relay: SocketAddr, dns: SocketAddr) {
     let query = dns_query(0x5a17);
-    udp.send_to(&codec::encode_udp(&Destination::Ip(dns.addr), &query), relay).await.unwrap();
+    udp.send_to(&codec::encode_udp(&Destination::Ip(dns), &query), relay).await.unwrap();
     let mut buf = vec![0u8; 2048];
     let (len, _) = tokio::time::timeout(PATIENCE, udp.recv_from(&mut buf)).await.unwrap().unwrap();
     let (from, answer) = codec::parse_udp(&buf[..len]).unwrap();
-    assert_eq!(from, Destination::Ip(dns.addr), "the answer names who answered");
+    assert_eq!(from, Destination::Ip(dns), "the answer names who answered");
     assert_eq!(answer[..2], 0x5a17u16.to_be_bytes(), "the answer to this query");
     assert!(answer.ends_with(&ANSWER), "the A record: {answer:?}");
-
-    // A destination the server may not send to: the flow is refused and says why.
-    let closed = Destination::Ip(([192, 0, 2, 1], 53).into());
-    udp.send_to(&codec::encode_udp(&closed, &query), relay).await.unwrap();
-    client.output_contains("UDP flow refused: 192.0.2.1:53 (denied)").await;
 }
 
 /// A DNS query for `NAME`, type A, with `id`.
@@ -176,6 +188,52 @@ async fn dig_reaches_dns_in_a_network_another_client_routes() {
     let listening = udp_addr(&laptop.line_after("local forward listening: ").await);
     laptop.line_after("connected to ").await;
     assert_eq!(dig(listening).await.trim(), "10.1.2.3", "{}\n{}", laptop.output(), site.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_socks_listener_carries_a_udp_association_into_a_routed_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start_dnsmasq(dir.path()).await;
+    let config = network_config(dir.path());
+    let server = serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0"], &[]).await;
+    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+
+    // Logged in as the laptop (its name and own token), no client of its own running.
+    let mut control = TcpStream::connect(&proxy).await.unwrap();
+    control.write_all(&[5, 1, codec::METHOD_USERPASS]).await.unwrap();
+    let mut method = [0u8; 2];
+    control.read_exact(&mut method).await.unwrap();
+    let mut login = vec![1, 6];
+    login.extend_from_slice(b"laptop");
+    login.push(u8::try_from(LAPTOP_TOKEN.len()).unwrap());
+    login.extend_from_slice(LAPTOP_TOKEN.as_bytes());
+    control.write_all(&login).await.unwrap();
+    let mut status = [0u8; 2];
+    control.read_exact(&mut status).await.unwrap();
+    assert_eq!(status, [1, 0], "login refused");
+    let relay = udp_associate(&mut control).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    ask_through(&udp, relay, dns.addr).await;
+
+    // Closing the connection ends the association: its relay socket closes (the kernel then
+    // refuses what is sent to it).
+    drop(control);
+    udp.connect(relay).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut buf = [0u8; 2048];
+    loop {
+        let _ = udp.send(&codec::encode_udp(&Destination::Ip(dns.addr), &dns_query(2))).await;
+        match tokio::time::timeout(Duration::from_millis(200), udp.recv(&mut buf)).await {
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => assert!(tokio::time::Instant::now() < deadline, "the relay outlived its association"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

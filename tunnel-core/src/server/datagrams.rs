@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
+use tokio_util::task::TaskTracker;
 
 use super::forwards::{Carrier, StreamKind};
 use super::source::{Place, Places};
@@ -16,10 +17,17 @@ use crate::proto::StreamHeader;
 use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
 
 /// Receives datagrams until the route is removed or the session drains (UDP has no
-/// connection to finish: the flows end with the socket). A visitor's first datagram starts
-/// its flow, within the forward's caps on visitors (flows) per route and per source address.
+/// connection to finish: the flows end with the socket, at once). A visitor's first datagram
+/// starts its flow, within the forward's caps on visitors (flows) per route and per source
+/// address. Returns once every flow has let go of the socket, so its port can be bound again.
 pub(super) async fn serve(socket: UdpSocket, carrier: Carrier, idle: Duration) {
-    let socket = Arc::new(socket);
+    let flows = TaskTracker::new();
+    receive(Arc::new(socket), &carrier, idle, &flows).await;
+    flows.close();
+    flows.wait().await;
+}
+
+async fn receive(socket: Arc<UdpSocket>, carrier: &Carrier, idle: Duration, tasks: &TaskTracker) {
     let local = socket.local_addr().ok();
     let places = Places::new(carrier.max_visitors, carrier.max_per_source);
     let mut flows = Flows::new(carrier.max_visitors);
@@ -40,7 +48,7 @@ pub(super) async fn serve(socket: UdpSocket, carrier: Carrier, idle: Duration) {
         let offer = flows.offer(visitor, datagram, |inbox| match places.admit(visitor.ip()) {
             Ok(place) => {
                 let flow = Flow { visitor, local, socket: socket.clone(), carrier: carrier.clone() };
-                carrier.visitors.spawn(flow.carry(inbox, idle, place));
+                carrier.visitors.spawn(tasks.track_future(flow.carry(inbox, idle, place)));
                 true
             }
             Err(_) => false,

@@ -22,6 +22,7 @@ mod reload;
 mod routes;
 mod session;
 mod socks;
+mod socks_udp;
 pub(crate) mod source;
 mod visits;
 

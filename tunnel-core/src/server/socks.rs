@@ -2,6 +2,7 @@
 //! without running a client. A connection authenticates with a client's name and that client's
 //! own token (username and password; the shared token is not accepted, since any name can
 //! present it) and is then a visit of that client: the rules and routes its `-D` would get.
+//! UDP ASSOCIATE: `socks_udp.rs`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,7 +56,7 @@ fn logs_in(shared: &Shared, user: &[u8], password: &[u8]) -> bool {
     matches && kind == Some(CredentialKind::PerClient)
 }
 
-async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
+async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let config = shared.config();
     let check = |user: &[u8], password: &[u8]| logs_in(shared, user, password);
     let login =
@@ -85,8 +86,8 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
         }
         reply
     };
-    let refused = if accepted.request.command != Command::Connect {
-        Some(refuse(Reply::CommandNotSupported, "only CONNECT is supported"))
+    let refused = if !matches!(accepted.request.command, Command::Connect | Command::UdpAssociate) {
+        Some(refuse(Reply::CommandNotSupported, "only CONNECT and UDP ASSOCIATE are supported"))
     } else if shared.draining.is_cancelled() {
         Some(refuse(Reply::GeneralFailure, "the server is draining"))
     } else {
@@ -96,6 +97,10 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
         let _ = socks::reply(&mut tcp, reply, None).await;
         return;
     }
+    let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
+    if accepted.request.command == Command::UdpAssociate {
+        return super::socks_udp::associate(shared, tcp, peer, from, &config.credentials).await;
+    }
     let target = match accepted.request.destination.to_target() {
         Ok(target) => VisitTarget::Address(target),
         Err(err) => {
@@ -104,7 +109,6 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
     let upstream = match visits::connect(shared, &from, &target, peer, Protocol::Tcp).await {
         Ok(upstream) => upstream,
         Err(refusal) => {
@@ -154,7 +158,7 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
 
 /// Returns when a reload no longer accepts the token `name` logged in with (as a session of
 /// that client would be ended).
-async fn revoked(shared: &Shared, at_login: &Credentials, name: &str) {
+pub(super) async fn revoked(shared: &Shared, at_login: &Credentials, name: &str) {
     let mut reloads = shared.reloads.subscribe();
     // A reload between the login and now counts too.
     if !shared.config().credentials.still_accepts(at_login, name, CredentialKind::PerClient) {
@@ -169,5 +173,5 @@ async fn revoked(shared: &Shared, at_login: &Credentials, name: &str) {
 }
 
 /// What a SOCKS connection is spliced to.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

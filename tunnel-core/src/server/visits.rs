@@ -197,6 +197,16 @@ pub(super) async fn connect(
             let rules = config.rules(&from.name, from.credential).targets();
             let resolved = resolve_allowed(addr, rules, config.timeouts.lookup).await?;
             if protocol == Protocol::Udp {
+                // One datagram to many: never, whatever the rules (as a wide network never
+                // carries them either).
+                let ip = resolved.ip().to_canonical();
+                let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+                if ip.is_multicast() || ip.is_unspecified() || broadcast {
+                    return Err(StreamReply::refuse(
+                        ReplyStatus::Denied,
+                        format!("{addr}: the server sends UDP to one host only, not to {ip}"),
+                    ));
+                }
                 let socket = crate::udp::connect(resolved)
                     .await
                     .map_err(|err| StreamReply::connect_failed(addr, &err))?;

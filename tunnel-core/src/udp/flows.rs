@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,15 +14,19 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{write_frame, FlowStats, FrameReader};
+use super::{write_frame, Activity, FlowStats, FrameReader, MAX_FLOW_IDLE};
 
 /// Datagrams a flow holds while its stream opens or is slow; more are dropped.
 const QUEUE: usize = 256;
+/// Bytes of datagrams a flow holds (so a table's memory is bounded by its flows times this,
+/// not by datagram sizes); more are dropped.
+const QUEUE_BYTES: usize = 64 * 1024;
 #[cfg(test)]
-pub(super) const QUEUE_FOR_TESTS: usize = QUEUE;
+pub(super) const QUEUE_FOR_TESTS: (usize, usize) = (QUEUE, QUEUE_BYTES);
 
-/// How long a flow whose stream could not be opened stays in the table, dropping what comes,
-/// before the next datagram may try again (a refused target is not asked once per datagram).
+/// How long a flow whose stream could not be opened (or ended before any answer) stays in the
+/// table, dropping what comes, before a datagram may try again: a refused target is not asked
+/// once per datagram.
 const HOLD_REFUSED: Duration = Duration::from_secs(5);
 
 /// What became of a datagram offered to the table.
@@ -36,10 +42,34 @@ pub(crate) enum Offer {
     Refused,
 }
 
+/// A flow's queue as the table holds it.
+#[derive(Debug)]
+struct Queue {
+    generation: u64,
+    sender: mpsc::Sender<Bytes>,
+    /// Bytes queued now.
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn push(&self, datagram: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        let len = datagram.len();
+        // Counted before it can be taken (and uncounted): the count never wraps below zero.
+        let queued = self.bytes.fetch_add(len, Ordering::Relaxed);
+        if queued > 0 && queued + len > QUEUE_BYTES {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(mpsc::error::TrySendError::Full(datagram));
+        }
+        self.sender.try_send(datagram).inspect_err(|_| {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+        })
+    }
+}
+
 /// The flows of one listening socket, by key (the visitor's address, or a destination).
 #[derive(Debug)]
 pub(crate) struct Flows<K> {
-    flows: HashMap<K, (u64, mpsc::Sender<Bytes>)>,
+    flows: HashMap<K, Queue>,
     max: usize,
     generation: u64,
     ended_tx: mpsc::UnboundedSender<(K, u64)>,
@@ -50,9 +80,24 @@ pub(crate) struct Flows<K> {
 #[derive(Debug)]
 pub(crate) struct FlowInbox<K: Eq + Hash> {
     queue: mpsc::Receiver<Bytes>,
+    bytes: Arc<AtomicUsize>,
     key: Option<K>,
     generation: u64,
     ended: mpsc::UnboundedSender<(K, u64)>,
+}
+
+impl<K: Eq + Hash> FlowInbox<K> {
+    pub(super) async fn next(&mut self) -> Option<Bytes> {
+        let datagram = self.queue.recv().await?;
+        self.bytes.fetch_sub(datagram.len(), Ordering::Relaxed);
+        Some(datagram)
+    }
+
+    /// Drops what comes for [`HOLD_REFUSED`], then ends.
+    async fn hold(&mut self) {
+        let until = Instant::now() + HOLD_REFUSED;
+        while let Ok(Some(_)) = tokio::time::timeout_at(until, self.next()).await {}
+    }
 }
 
 impl<K: Eq + Hash> Drop for FlowInbox<K> {
@@ -86,7 +131,7 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         start: impl FnOnce(FlowInbox<K>) -> bool,
     ) -> Offer {
         let datagram = match self.flows.get(&key) {
-            Some((_, queue)) => match queue.try_send(datagram) {
+            Some(queue) => match queue.push(datagram) {
                 Ok(()) => return Offer::Queued,
                 Err(mpsc::error::TrySendError::Full(_)) => return Offer::QueueFull,
                 // Ended, and its end not yet seen: a new flow takes its place.
@@ -101,18 +146,21 @@ impl<K: Eq + Hash + Clone> Flows<K> {
             return Offer::Refused;
         }
         self.generation += 1;
-        let (queue_tx, queue) = mpsc::channel(QUEUE);
-        let _ = queue_tx.try_send(datagram);
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let queue = Queue { generation: self.generation, sender, bytes: Arc::new(AtomicUsize::new(0)) };
         let inbox = FlowInbox {
-            queue,
+            queue: receiver,
+            bytes: queue.bytes.clone(),
             key: Some(key.clone()),
             generation: self.generation,
             ended: self.ended_tx.clone(),
         };
+        // An empty queue takes any one datagram, whatever its size.
+        let _ = queue.push(datagram);
         if !start(inbox) {
             return Offer::Refused;
         }
-        self.flows.insert(key, (self.generation, queue_tx));
+        self.flows.insert(key, queue);
         Offer::Started
     }
 
@@ -120,7 +168,7 @@ impl<K: Eq + Hash + Clone> Flows<K> {
     /// socket's receive).
     pub(crate) async fn reap(&mut self) {
         if let Some((key, generation)) = self.ended_rx.recv().await {
-            if self.flows.get(&key).is_some_and(|(g, _)| *g == generation) {
+            if self.flows.get(&key).is_some_and(|queue| queue.generation == generation) {
                 self.flows.remove(&key);
             }
         }
@@ -130,9 +178,10 @@ impl<K: Eq + Hash + Clone> Flows<K> {
 /// Carries one flow of a listening end: opens its stream (`open`, which writes the header and
 /// reads any answer), sends it the datagrams of `inbox` and hands what comes back to
 /// `deliver`, until the stream ends, the table is dropped, or `idle` passes without a
-/// datagram either way. Datagrams queued while the stream opens go first, in order. When
-/// `open` fails, the flow drops its datagrams until none came for a few seconds, then
-/// returns the error.
+/// datagram either way; the two directions run at once. Datagrams queued while the stream
+/// opens go first, in order. When `open` fails, or the stream ends before any answer came
+/// back (the far end could not reach the target), the flow drops its datagrams for a few
+/// seconds before it ends.
 pub(crate) async fn carry_flow<K, S, D, DF>(
     mut inbox: FlowInbox<K>,
     open: impl Future<Output = io::Result<S>>,
@@ -145,42 +194,55 @@ where
     D: FnMut(Bytes) -> DF,
     DF: Future<Output = bool>,
 {
+    let idle = idle.min(MAX_FLOW_IDLE);
     let stream = match open.await {
         Ok(stream) => stream,
         Err(err) => {
-            while let Ok(Some(_)) = tokio::time::timeout(HOLD_REFUSED, inbox.queue.recv()).await {}
+            inbox.hold().await;
             return Err(err);
         }
     };
     let (reader, mut writer) = tokio::io::split(stream);
-    let mut frames = FrameReader::new(reader);
-    let mut stats = FlowStats::default();
-    let mut scratch = Vec::new();
-    let mut deadline = Instant::now() + idle;
-    loop {
-        tokio::select! {
-            datagram = inbox.queue.recv() => {
-                let Some(datagram) = datagram else { break };
-                deadline = Instant::now() + idle;
-                match write_frame(&mut writer, &datagram, &mut scratch).await? {
-                    true => stats.sent(datagram.len()),
-                    false => stats.dropped += 1,
-                }
+    let activity = Activity::new();
+    let (mut up, mut down) = (FlowStats::default(), FlowStats::default());
+    // Until the table is dropped, or writing to the stream fails.
+    let to_stream = async {
+        let mut scratch = Vec::new();
+        while let Some(datagram) = inbox.next().await {
+            activity.touch();
+            match write_frame(&mut writer, &datagram, &mut scratch).await? {
+                true => up.sent(datagram.len()),
+                false => up.dropped += 1,
             }
-            frame = frames.next() => {
-                let Some(datagram) = frame? else { return Ok(stats) };
-                deadline = Instant::now() + idle;
-                let len = datagram.len();
-                match deliver(datagram).await {
-                    true => stats.received(len),
-                    false => stats.dropped += 1,
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => break,
         }
+        Ok::<_, io::Error>(())
+    };
+    // Until the far end closes the stream.
+    let from_stream = async {
+        let mut frames = FrameReader::new(reader);
+        while let Some(datagram) = frames.next().await? {
+            activity.touch();
+            let len = datagram.len();
+            match deliver(datagram).await {
+                true => down.received(len),
+                false => down.dropped += 1,
+            }
+        }
+        Ok::<_, io::Error>(())
+    };
+    let far_end_closed = tokio::select! {
+        sent = to_stream => { sent?; false }
+        received = from_stream => { received?; true }
+        () = activity.idle(idle) => false,
+    };
+    if far_end_closed {
+        if down.received == 0 {
+            inbox.hold().await;
+        }
+        return Ok(up.merged(down));
     }
     // Out of the table first: a datagram arriving now starts a new flow instead of being lost.
     drop(inbox);
     let _ = writer.shutdown().await;
-    Ok(stats)
+    Ok(up.merged(down))
 }

@@ -13,6 +13,7 @@ mod flows;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -48,6 +49,16 @@ pub struct FlowStats {
 }
 
 impl FlowStats {
+    fn merged(self, other: Self) -> Self {
+        Self {
+            sent: self.sent + other.sent,
+            received: self.received + other.received,
+            dropped: self.dropped + other.dropped,
+            sent_bytes: self.sent_bytes + other.sent_bytes,
+            received_bytes: self.received_bytes + other.received_bytes,
+        }
+    }
+
     fn sent(&mut self, len: usize) {
         self.sent += 1;
         self.sent_bytes += len as u64;
@@ -122,63 +133,106 @@ pub(crate) async fn connect(target: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
+/// When a flow last carried a datagram, either way; both directions touch it.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: Instant,
+    /// Milliseconds from `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self { start: Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Returns once `idle` has passed since the last touch.
+    pub(crate) async fn idle(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            // A far-off deadline for an idle time too large to add (never reached).
+            let deadline = last.checked_add(idle).unwrap_or(last + MAX_FLOW_IDLE);
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// The dialing end of a flow: datagrams from `stream` go to the target `socket` is connected
-/// to, its answers come back as frames, until the stream ends or `idle` passes without a
-/// datagram either way (then the stream is shut down). `first` goes before the first
-/// datagram to the target, in the same datagram (a PROXY protocol v2 header).
+/// to, its answers come back as frames, until the stream ends or `idle` (at most
+/// [`MAX_FLOW_IDLE`]) passes without a datagram either way (then the stream is shut down).
+/// The two directions run at once, so a slow stream one way never holds up the other.
+/// `first` goes before the first datagram sent to the target, in the same datagram (a PROXY
+/// protocol v2 header); if that send fails, the next datagram carries it.
 pub(crate) async fn relay<S>(
     stream: S,
     socket: &UdpSocket,
     idle: Duration,
-    mut first: Option<Vec<u8>>,
+    first: Option<Vec<u8>>,
 ) -> io::Result<FlowStats>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let idle = idle.min(MAX_FLOW_IDLE);
     let (reader, mut writer) = tokio::io::split(stream);
-    let mut frames = FrameReader::new(reader);
-    let mut stats = FlowStats::default();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut scratch = Vec::new();
-    let mut deadline = Instant::now() + idle;
-    loop {
-        tokio::select! {
-            frame = frames.next() => {
-                let Some(payload) = frame? else { return Ok(stats) };
-                deadline = Instant::now() + idle;
-                let sent = match first.take() {
-                    Some(mut prefixed) => {
-                        prefixed.extend_from_slice(&payload);
-                        socket.send(&prefixed).await
-                    }
-                    None => socket.send(&payload).await,
-                };
-                // An unreachable target (an ICMP error from an earlier datagram) or a datagram
-                // too large for the path: this one is lost, the flow goes on.
-                match sent {
-                    Ok(_) => stats.sent(payload.len()),
-                    Err(_) => stats.dropped += 1,
+    let activity = Activity::new();
+    let (mut up, mut down) = (FlowStats::default(), FlowStats::default());
+    let to_target = async {
+        let mut frames = FrameReader::new(reader);
+        let mut first = first;
+        while let Some(payload) = frames.next().await? {
+            activity.touch();
+            let sent = match &first {
+                Some(header) => socket.send(&[&header[..], &payload[..]].concat()).await,
+                None => socket.send(&payload).await,
+            };
+            // An unreachable target (an ICMP error from an earlier datagram) or a datagram
+            // too large for the path: this one is lost, the flow goes on.
+            match sent {
+                Ok(_) => {
+                    first = None;
+                    up.sent(payload.len());
                 }
-            }
-            received = socket.recv(&mut buf) => {
-                match received {
-                    Ok(len) => {
-                        deadline = Instant::now() + idle;
-                        match write_frame(&mut writer, &buf[..len], &mut scratch).await? {
-                            true => stats.received(len),
-                            false => stats.dropped += 1,
-                        }
-                    }
-                    // The ICMP error of an earlier datagram; nothing to deliver.
-                    Err(_) => stats.dropped += 1,
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                let _ = writer.shutdown().await;
-                return Ok(stats);
+                Err(_) => up.dropped += 1,
             }
         }
+        Ok::<_, io::Error>(false)
+    };
+    // Runs until writing to the stream fails: the error.
+    let from_target = async {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut scratch = Vec::new();
+        loop {
+            match socket.recv(&mut buf).await {
+                Ok(len) => {
+                    activity.touch();
+                    match write_frame(&mut writer, &buf[..len], &mut scratch).await {
+                        Ok(true) => down.received(len),
+                        Ok(false) => down.dropped += 1,
+                        Err(err) => return err,
+                    }
+                }
+                // The ICMP error of an earlier datagram; nothing to deliver.
+                Err(_) => down.dropped += 1,
+            }
+        }
+    };
+    let idled = tokio::select! {
+        ended = to_target => ended?,
+        err = from_target => return Err(err),
+        () = activity.idle(idle) => true,
+    };
+    if idled {
+        let _ = writer.shutdown().await;
     }
+    Ok(up.merged(down))
 }
 
 #[cfg(test)]

@@ -91,6 +91,31 @@ async fn a_flow_ends_after_its_idle_time_and_the_next_datagram_starts_another() 
     assert_eq!(flows.offer(0, Bytes::from_static(b"two"), |_| true), Offer::Started);
 }
 
+#[tokio::test]
+async fn a_stream_nobody_reads_holds_up_the_answers_but_never_the_datagrams_to_the_target() {
+    // A target answering each datagram with 1000 bytes, counting what it got.
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let (count_tx, mut count_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((_, from)) = target.recv_from(&mut buf).await {
+            let _ = count_tx.send(());
+            let _ = target.send_to(&[1u8; 1000], from).await;
+        }
+    });
+    // A pipe holding two answers: the relay's writes back block at once.
+    let (mut near, far) = tokio::io::duplex(2048);
+    let socket = connect(target_addr).await.unwrap();
+    tokio::spawn(async move { relay(far, &socket, Duration::from_secs(60), None).await });
+    for n in 0..20u8 {
+        near.write_all(&[0, 1, n]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), count_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("datagram {n} never reached the target"));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_relay_ends_after_its_idle_time_without_a_datagram() {
     let target = echo().await;
@@ -114,7 +139,7 @@ async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
         }),
         Offer::Started
     );
-    for _ in 1..QUEUE_FOR_TESTS {
+    for _ in 1..QUEUE_FOR_TESTS.0 {
         assert_eq!(flows.offer(1, Bytes::new(), |_| unreachable!()), Offer::Queued);
     }
     assert_eq!(flows.offer(1, Bytes::new(), |_| unreachable!()), Offer::QueueFull);
@@ -142,6 +167,54 @@ async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
     );
     flows.reap().await;
     assert_eq!(flows.len(), 1, "the old flow's end must not remove the new one");
+}
+
+#[tokio::test]
+async fn a_flows_queue_holds_a_bounded_number_of_bytes_and_takes_back_what_it_sends() {
+    let (_, max_bytes) = QUEUE_FOR_TESTS;
+    let mut flows: Flows<u8> = Flows::new(1);
+    let mut inboxes = Vec::new();
+    let big = Bytes::from(vec![0u8; 60_000]);
+    // One datagram larger than the rest of the budget still goes into an empty queue.
+    assert_eq!(
+        flows.offer(1, Bytes::from(vec![0u8; max_bytes + 1]), |inbox| {
+            inboxes.push(inbox);
+            true
+        }),
+        Offer::Started
+    );
+    assert_eq!(flows.offer(1, big.clone(), |_| unreachable!()), Offer::QueueFull);
+    let first = inboxes[0].next().await.unwrap();
+    assert_eq!(first.len(), max_bytes + 1);
+    assert_eq!(flows.offer(1, big.clone(), |_| unreachable!()), Offer::Queued);
+    assert_eq!(flows.offer(1, big, |_| unreachable!()), Offer::QueueFull, "60 KB + 60 KB is over the budget");
+    assert_eq!(flows.offer(1, Bytes::from(vec![0u8; max_bytes - 60_000]), |_| unreachable!()), Offer::Queued);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_that_cannot_open_drops_its_datagrams_for_a_fixed_time_then_ends() {
+    let mut flows: Flows<u8> = Flows::new(1);
+    let (inbox_tx, mut inbox_rx) = mpsc::unbounded_channel();
+    assert_eq!(
+        flows.offer(1, Bytes::from_static(b"q"), |inbox| inbox_tx.send(inbox).is_ok()),
+        Offer::Started
+    );
+    let inbox = inbox_rx.recv().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let flow = tokio::spawn(async move {
+        let refused = async { Err::<tokio::io::DuplexStream, _>(io::Error::other("refused")) };
+        carry_flow(inbox, refused, |_| async { true }, Duration::from_secs(60)).await
+    });
+    // Retries every second keep coming; the flow holds them off for 5 s from the failure,
+    // not 5 s from the last retry.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flows.offer(1, Bytes::from_static(b"q"), |_| unreachable!()), Offer::Queued);
+    }
+    assert!(flow.await.unwrap().is_err());
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    flows.reap().await;
+    assert_eq!(flows.offer(1, Bytes::from_static(b"q"), |_| true), Offer::Started);
 }
 
 #[tokio::test]
