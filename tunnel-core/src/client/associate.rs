@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
 
 use super::locals::open_datagrams;
 use crate::mux::StreamOpener;
@@ -20,12 +21,18 @@ use crate::udp::{carry_flow, FlowInbox, Flows};
 const MAX_FLOWS: usize = 256;
 
 /// Serves one association: tells the SOCKS client where the relay socket is, then relays
-/// until its TCP connection closes. Datagrams are taken only from the SOCKS client's host, and
-/// from the first port it sends from.
-pub(super) async fn associate(mut tcp: TcpStream, visitor: SocketAddr, opener: StreamOpener) {
+/// until its TCP connection closes. Datagrams are taken only from the SOCKS client's address:
+/// the one its request named, else the first port of its host that sends.
+pub(super) async fn associate(
+    mut tcp: TcpStream,
+    visitor: SocketAddr,
+    opener: StreamOpener,
+    requested: &Destination,
+) {
+    let peer_ip = visitor.ip().to_canonical();
     // The relay listens where the SOCKS client reached the proxy: reachable the same way.
     let relay = match tcp.local_addr() {
-        Ok(local) => UdpSocket::bind((local.ip(), 0)).await.and_then(|s| Ok((s.local_addr()?, s))),
+        Ok(local) => UdpSocket::bind((local.ip(), 0)).await.and_then(|s| Ok((canonical(s.local_addr()?), s))),
         Err(err) => Err(err),
     };
     let (relay_addr, socket) = match relay {
@@ -41,7 +48,12 @@ pub(super) async fn associate(mut tcp: TcpStream, visitor: SocketAddr, opener: S
     }
     tracing::debug!(%visitor, %relay_addr, "SOCKS UDP association open");
     let socket = Arc::new(socket);
-    let mut client: Option<SocketAddr> = None;
+    // The client's address as its request named it (RFC 1928: it may), else the first it
+    // sends from.
+    let mut client = pinned(requested, peer_ip);
+    // Cancelled when the association ends: its flows end with it.
+    let ended = CancellationToken::new();
+    let _ended = ended.clone().drop_guard();
     let mut flows: Flows<Destination> = Flows::new(MAX_FLOWS);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut control = [0u8; 256];
@@ -56,7 +68,10 @@ pub(super) async fn associate(mut tcp: TcpStream, visitor: SocketAddr, opener: S
             received = socket.recv_from(&mut buf) => received,
         };
         let Ok((len, from)) = received else { continue };
-        if from.ip() != visitor.ip() || *client.get_or_insert(from) != from {
+        // Compared in canonical form (a dual-stack relay sees IPv4 clients mapped); answers go
+        // to the address as received.
+        let seen = canonical(from);
+        if seen.ip() != peer_ip || canonical(*client.get_or_insert(from)) != seen {
             continue; // Not this association's client.
         }
         let (destination, payload) = match socks::codec::parse_udp(&buf[..len]) {
@@ -73,7 +88,13 @@ pub(super) async fn associate(mut tcp: TcpStream, visitor: SocketAddr, opener: S
         let payload = Bytes::copy_from_slice(payload);
         flows.offer(destination.clone(), payload, |inbox| {
             let flow = Flow { destination, socket: socket.clone(), client: from };
-            tokio::spawn(flow.carry(inbox, opener.clone(), target, visitor));
+            let (ended, carried) = (ended.clone(), flow.carry(inbox, opener.clone(), target, visitor));
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = ended.cancelled() => {}
+                    () = carried => {}
+                }
+            });
             true
         });
     }
@@ -106,4 +127,17 @@ impl Flow {
             Err(err) => tracing::debug!(%visitor, %target, "SOCKS UDP flow ended: {err}"),
         }
     }
+}
+
+/// The SOCKS client's address, as its UDP ASSOCIATE request named it: an address of the host
+/// it connected from with a port (else it is not known yet).
+fn pinned(requested: &Destination, peer_ip: std::net::IpAddr) -> Option<SocketAddr> {
+    match requested {
+        Destination::Ip(addr) if addr.port() != 0 && addr.ip().to_canonical() == peer_ip => Some(*addr),
+        _ => None,
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

@@ -268,7 +268,11 @@ pub(super) async fn open_datagrams(
     let reply = tokio::time::timeout(REPLY_TIMEOUT, crate::session::framed::read_reply(&mut stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server did not answer in time"))?
-        .map_err(io::Error::other)?;
+        .map_err(|err| {
+            let why = format!("no answer from the server (one older than protocol 5 carries no UDP): {err}");
+            tracing::warn!(%visitor, %target, "UDP flow refused: {why}");
+            io::Error::other(why)
+        })?;
     if reply.status != ReplyStatus::Ok {
         let why = format!("{} ({}): {}", target, reply.status, Escaped(&reply.message));
         tracing::warn!(%visitor, "UDP flow refused: {why}");

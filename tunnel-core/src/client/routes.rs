@@ -159,8 +159,7 @@ impl RouteSet {
             let kind = match spec.protocol {
                 Protocol::Tcp => RouteKind::Tcp { bind, port, preferred_port },
                 Protocol::Udp => {
-                    let idle = spec.idle_timeout.unwrap_or(crate::udp::DEFAULT_FLOW_IDLE);
-                    let idle_secs = u32::try_from(idle.as_secs().max(1)).unwrap_or(u32::MAX);
+                    let idle_secs = crate::udp::flow_idle_secs(spec.idle_timeout);
                     RouteKind::Udp { bind, port, preferred_port, idle_secs }
                 }
             };

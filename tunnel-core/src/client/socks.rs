@@ -95,7 +95,8 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, opener: Option<StreamOpe
             let _ = socks::reply(&mut tcp, Reply::NetworkUnreachable, None).await;
             return;
         };
-        return super::associate::associate(tcp, visitor, opener).await;
+        let requested = accepted.request.destination.clone();
+        return super::associate::associate(tcp, visitor, opener, &requested).await;
     }
     if accepted.request.command != Command::Connect {
         refuse(Reply::CommandNotSupported, &format!("{:?} is not supported", accepted.request.command));

@@ -126,7 +126,8 @@ pub(super) async fn handle(
                     }
                     header => header.and_then(Result::ok),
                 };
-                let idle = idle_timeout.unwrap_or(crate::udp::DEFAULT_FLOW_IDLE);
+                // As the server's end has it.
+                let idle = Duration::from_secs(crate::udp::flow_idle_secs(*idle_timeout).into());
                 let via = format!("route {route_id}");
                 return tokio::select! {
                     () = datagrams::forward(stream, target, *visitor, idle, first, &via) => {}

@@ -96,6 +96,8 @@ impl Flow {
         };
         let carried = tokio::select! {
             () = carrier.owned.cancelled() => return,
+            // The route's socket closes on the drain: its flows end with it, at once.
+            () = carrier.accepting.cancelled() => return,
             carried = carry_flow(inbox, open, deliver, idle) => carried,
         };
         match carried {

@@ -34,6 +34,8 @@ struct Entry {
     route: RouteId,
     /// `None` once the session is draining or gone: reserved until then.
     opener: Option<StreamOpener>,
+    /// The protocol version the session speaks.
+    version: u16,
     reserved_until: Option<Instant>,
 }
 
@@ -56,6 +58,8 @@ pub(crate) struct NetworkHit {
     pub(crate) route: RouteId,
     /// Opens streams to that client's session; `None` while it drains or reconnects.
     pub(crate) opener: Option<StreamOpener>,
+    /// The protocol version that session speaks (UDP into the network needs version 5).
+    pub(crate) version: u16,
 }
 
 /// A claim refused: another client routes (or holds, while it reconnects) an overlapping
@@ -86,6 +90,7 @@ impl Networks {
         session: SessionId,
         route: RouteId,
         opener: StreamOpener,
+        version: u16,
     ) -> Result<(), Overlap> {
         let now = Instant::now();
         let mut entries = self.lock();
@@ -98,8 +103,9 @@ impl Networks {
             let own_reservation = e.opener.is_none() && &e.owner == owner && e.net == net;
             !(same_route || own_reservation)
         });
+        let opener = Some(opener);
         let entry =
-            Entry { net, owner: owner.clone(), session, route, opener: Some(opener), reserved_until: None };
+            Entry { net, owner: owner.clone(), session, route, opener, version, reserved_until: None };
         entries.push(entry);
         Ok(())
     }
@@ -132,6 +138,7 @@ impl Networks {
             net: best.net,
             route: best.route,
             opener: best.opener.clone().filter(|o| !o.is_closed()),
+            version: best.version,
         })
     }
 }
@@ -166,17 +173,20 @@ mod tests {
     #[tokio::test]
     async fn clients_never_overlap_and_the_most_specific_network_wins() {
         let table = Networks::default();
-        table.claim(net("10.96.0.0/12"), &owner("a"), 1, RouteId(1), opener()).unwrap();
-        table.claim(net("10.96.5.0/24"), &owner("a"), 1, RouteId(2), opener()).unwrap();
-        let refused = table.claim(net("10.0.0.0/8"), &owner("b"), 2, RouteId(3), opener()).unwrap_err();
+        table.claim(net("10.96.0.0/12"), &owner("a"), 1, RouteId(1), opener(), 5).unwrap();
+        table.claim(net("10.96.5.0/24"), &owner("a"), 1, RouteId(2), opener(), 5).unwrap();
+        let refused = table.claim(net("10.0.0.0/8"), &owner("b"), 2, RouteId(3), opener(), 5).unwrap_err();
         assert_eq!(refused, Overlap { owner: "a".into(), net: net("10.96.0.0/12") }, "wider");
-        assert!(table.claim(net("10.96.7.0/24"), &owner("b"), 2, RouteId(3), opener()).is_err(), "narrower");
+        assert!(
+            table.claim(net("10.96.7.0/24"), &owner("b"), 2, RouteId(3), opener(), 5).is_err(),
+            "narrower"
+        );
         let impostor = Owner { name: "a".into(), credential: CredentialKind::Shared };
         assert!(
-            table.claim(net("10.96.7.0/24"), &impostor, 2, RouteId(3), opener()).is_err(),
+            table.claim(net("10.96.7.0/24"), &impostor, 2, RouteId(3), opener(), 5).is_err(),
             "same name, shared"
         );
-        table.claim(net("10.112.0.0/12"), &owner("b"), 2, RouteId(3), opener()).unwrap();
+        table.claim(net("10.112.0.0/12"), &owner("b"), 2, RouteId(3), opener(), 5).unwrap();
         assert_eq!(table.lookup(ip("10.96.5.9")).unwrap().route, RouteId(2));
         assert_eq!(table.lookup(ip("10.96.6.9")).unwrap().route, RouteId(1));
         assert_eq!(table.lookup(ip("::ffff:10.112.0.1")).unwrap().owner, owner("b"));
@@ -188,18 +198,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_departed_clients_networks_stay_its_own_for_the_grace_period() {
         let table = Networks::default();
-        table.claim(net("10.96.0.0/12"), &owner("a"), 1, RouteId(1), opener()).unwrap();
+        table.claim(net("10.96.0.0/12"), &owner("a"), 1, RouteId(1), opener(), 5).unwrap();
         table.depart(1, GRACE);
         // Reserved: found, but with no way in; nobody else may claim it.
         let hit = table.lookup(ip("10.96.0.1")).unwrap();
         assert!(hit.opener.is_none() && hit.owner == owner("a"));
-        assert!(table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener()).is_err());
+        assert!(table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener(), 5).is_err());
         // Its own next session takes it back.
-        table.claim(net("10.96.0.0/12"), &owner("a"), 3, RouteId(1), opener()).unwrap();
+        table.claim(net("10.96.0.0/12"), &owner("a"), 3, RouteId(1), opener(), 5).unwrap();
         assert!(table.lookup(ip("10.96.0.1")).unwrap().opener.is_some());
         table.depart(3, GRACE);
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         assert!(table.lookup(ip("10.96.0.1")).is_none(), "the reservation ran out");
-        table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener()).unwrap();
+        table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener(), 5).unwrap();
     }
 }

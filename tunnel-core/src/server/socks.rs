@@ -99,7 +99,8 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
     }
     let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
     if accepted.request.command == Command::UdpAssociate {
-        return super::socks_udp::associate(shared, tcp, peer, from, &config.credentials).await;
+        let requested = &accepted.request.destination;
+        return super::socks_udp::associate(shared, tcp, peer, from, &config.credentials, requested).await;
     }
     let target = match accepted.request.destination.to_target() {
         Ok(target) => VisitTarget::Address(target),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
 
 use super::socks::{revoked, Stream};
 use super::visits::{self, Upstream, Visitor};
@@ -23,25 +24,29 @@ use crate::socks::codec::{encode_udp, parse_udp};
 use crate::socks::{self, Destination, Reply};
 use crate::udp::{carry_flow, FlowInbox, Flows, DEFAULT_FLOW_IDLE};
 
-/// Most destinations one association sends to at once; datagrams to more are dropped.
-const MAX_FLOWS: usize = 256;
+/// Most destinations one association sends to at once; datagrams to more are dropped. Each
+/// is a socket of the server's, or a stream to a client: few, since a login may hold many
+/// associations (up to `max_unauthenticated` connections).
+const MAX_FLOWS: usize = 32;
 /// Bytes buffered between a flow and the socket the server sends it from.
 const PIPE: usize = 256 * 1024;
 
 /// Serves one association of client `from` (logged in with `at_login`): tells the SOCKS client
 /// where the relay socket is, then relays until its TCP connection closes or its token is
-/// revoked. Datagrams are taken only from the SOCKS client's host, and from the first port it
-/// sends from.
+/// revoked (or the server drains). Datagrams are taken only from the SOCKS client's address:
+/// the one its request named, else the first port of its host that sends.
 pub(super) async fn associate(
     shared: &Arc<Shared>,
     mut tcp: TcpStream,
     peer: SocketAddr,
     from: Visitor,
     at_login: &Credentials,
+    requested: &Destination,
 ) {
     let name = Escaped(&from.name).to_string();
+    let peer_ip = peer.ip().to_canonical();
     let relay = match tcp.local_addr() {
-        Ok(local) => UdpSocket::bind((local.ip(), 0)).await.and_then(|s| Ok((s.local_addr()?, s))),
+        Ok(local) => UdpSocket::bind((local.ip(), 0)).await.and_then(|s| Ok((canonical(s.local_addr()?), s))),
         Err(err) => Err(err),
     };
     let (relay_addr, socket) = match relay {
@@ -56,7 +61,12 @@ pub(super) async fn associate(
         return;
     }
     let socket = Arc::new(socket);
-    let mut client: Option<SocketAddr> = None;
+    // The client's address as its request named it (RFC 1928: it may), else the first it
+    // sends from.
+    let mut client = pinned(requested, peer_ip);
+    // Cancelled when the association ends: its flows end with it.
+    let ended = CancellationToken::new();
+    let _ended = ended.clone().drop_guard();
     let mut flows: Flows<Destination> = Flows::new(MAX_FLOWS);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut control = [0u8; 256];
@@ -77,7 +87,10 @@ pub(super) async fn associate(
             received = socket.recv_from(&mut buf) => received,
         };
         let Ok((len, sender)) = received else { continue };
-        if sender.ip() != peer.ip() || *client.get_or_insert(sender) != sender {
+        // Compared in canonical form (a dual-stack relay sees IPv4 clients mapped); answers go
+        // to the address as received.
+        let seen = canonical(sender);
+        if seen.ip() != peer_ip || canonical(*client.get_or_insert(sender)) != seen {
             continue; // Not this association's client.
         }
         let Ok((destination, payload)) = parse_udp(&buf[..len]) else { continue };
@@ -91,7 +104,13 @@ pub(super) async fn associate(
                 destination,
                 socket: socket.clone(),
             };
-            tokio::spawn(flow.carry(inbox, VisitTarget::Address(target), sender));
+            let (ended, carried) = (ended.clone(), flow.carry(inbox, VisitTarget::Address(target), sender));
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = ended.cancelled() => {}
+                    () = carried => {}
+                }
+            });
             true
         });
     }
@@ -161,4 +180,17 @@ async fn open(
             Err(refused(refusal.status, &refusal.message))
         }
     }
+}
+
+/// The SOCKS client's address, as its UDP ASSOCIATE request named it: an address of the host
+/// it connected from with a port (else it is not known yet).
+fn pinned(requested: &Destination, peer_ip: std::net::IpAddr) -> Option<SocketAddr> {
+    match requested {
+        Destination::Ip(addr) if addr.port() != 0 && addr.ip().to_canonical() == peer_ip => Some(*addr),
+        _ => None,
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

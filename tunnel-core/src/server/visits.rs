@@ -266,6 +266,13 @@ async fn connect_network(
         ));
     }
     let unavailable = |why: String| StreamReply::refuse(ReplyStatus::Unavailable, why);
+    if protocol == Protocol::Udp && hit.version < crate::proto::UDP_VERSION {
+        return Err(unavailable(format!(
+            "client {owner:?}, which routes {net}, speaks protocol {}: UDP into its networks needs {}",
+            hit.version,
+            crate::proto::UDP_VERSION
+        )));
+    }
     let opener = hit
         .opener
         .ok_or_else(|| unavailable(format!("client {owner:?}, which routes {net}, is not connected")))?;

@@ -54,6 +54,9 @@ struct Queue {
 impl Queue {
     fn push(&self, datagram: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
         let len = datagram.len();
+        if self.sender.is_closed() {
+            return Err(mpsc::error::TrySendError::Closed(datagram));
+        }
         // Counted before it can be taken (and uncounted): the count never wraps below zero.
         let queued = self.bytes.fetch_add(len, Ordering::Relaxed);
         if queued > 0 && queued + len > QUEUE_BYTES {
@@ -214,6 +217,8 @@ where
                 true => up.sent(datagram.len()),
                 false => up.dropped += 1,
             }
+            // A write the stream held up is activity too.
+            activity.touch();
         }
         Ok::<_, io::Error>(())
     };
@@ -230,16 +235,18 @@ where
         }
         Ok::<_, io::Error>(())
     };
-    let far_end_closed = tokio::select! {
-        sent = to_stream => { sent?; false }
-        received = from_stream => { received?; true }
-        () = activity.idle(idle) => false,
+    // `Some` when the far end closed or broke the stream (an error writing or reading).
+    let far_end: Option<io::Result<()>> = tokio::select! {
+        sent = to_stream => sent.err().map(Err),
+        received = from_stream => Some(received),
+        () = activity.idle(idle) => None,
     };
-    if far_end_closed {
+    if let Some(ended) = far_end {
+        // Before any answer: the far end could not reach the target.
         if down.received == 0 {
             inbox.hold().await;
         }
-        return Ok(up.merged(down));
+        return ended.map(|()| up.merged(down));
     }
     // Out of the table first: a datagram arriving now starts a new flow instead of being lost.
     drop(inbox);

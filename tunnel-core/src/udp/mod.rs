@@ -33,6 +33,14 @@ pub const DEFAULT_FLOW_IDLE: Duration = Duration::from_secs(60);
 /// Longest idle time a server grants a flow of a route (a client may ask for less).
 pub const MAX_FLOW_IDLE: Duration = Duration::from_secs(3600);
 
+/// A route's flow idle time in whole seconds as both ends use it: `idle` (default
+/// [`DEFAULT_FLOW_IDLE`]) rounded up, from 1 s to [`MAX_FLOW_IDLE`].
+pub fn flow_idle_secs(idle: Option<Duration>) -> u32 {
+    let idle = idle.unwrap_or(DEFAULT_FLOW_IDLE).min(MAX_FLOW_IDLE);
+    let secs = idle.as_secs() + u64::from(idle.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
 /// What one flow carried, for its log line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FlowStats {
@@ -218,6 +226,7 @@ where
                         Ok(false) => down.dropped += 1,
                         Err(err) => return err,
                     }
+                    activity.touch();
                 }
                 // The ICMP error of an earlier datagram; nothing to deliver.
                 Err(_) => down.dropped += 1,

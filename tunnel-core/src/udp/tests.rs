@@ -217,6 +217,31 @@ async fn a_flow_that_cannot_open_drops_its_datagrams_for_a_fixed_time_then_ends(
     assert_eq!(flows.offer(1, Bytes::from_static(b"q"), |_| true), Offer::Started);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stream_closed_before_any_answer_holds_the_flow_like_a_refusal() {
+    let mut flows: Flows<u8> = Flows::new(1);
+    let (inbox_tx, mut inbox_rx) = mpsc::unbounded_channel();
+    assert_eq!(
+        flows.offer(1, Bytes::from_static(b"q"), |inbox| inbox_tx.send(inbox).is_ok()),
+        Offer::Started
+    );
+    let inbox = inbox_rx.recv().await.unwrap();
+    // The far end could not reach the target: it closes the stream without a word.
+    let (near, far) = tokio::io::duplex(1024);
+    drop(far);
+    let start = tokio::time::Instant::now();
+    let _ = carry_flow(inbox, async { Ok(near) }, |_| async { true }, Duration::from_secs(60)).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
+
+#[test]
+fn both_ends_agree_on_a_routes_idle_time_in_whole_seconds() {
+    assert_eq!(flow_idle_secs(None), 60);
+    assert_eq!(flow_idle_secs(Some(Duration::from_millis(500))), 1);
+    assert_eq!(flow_idle_secs(Some(Duration::from_millis(1500))), 2);
+    assert_eq!(flow_idle_secs(Some(Duration::from_secs(u64::MAX))), 3600);
+}
+
 #[tokio::test]
 async fn a_stream_ending_inside_a_datagram_is_an_error_and_between_two_is_the_end() {
     let mut whole = FrameReader::new(&b"\0\x02hi\0\0"[..]);

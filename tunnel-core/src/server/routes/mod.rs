@@ -50,6 +50,8 @@ pub(super) struct SessionRoutes<'s> {
     shared: &'s Shared,
     name: String,
     credential: CredentialKind,
+    /// The protocol version the session speaks.
+    version: u16,
     session: SessionId,
     opener: StreamOpener,
     /// Cancelled when the session ends: every route's token is a child of it.
@@ -94,6 +96,7 @@ impl<'s> SessionRoutes<'s> {
             shared,
             name: client.name.clone(),
             credential: client.credential,
+            version: client.version,
             session,
             opener,
             owned,
@@ -377,7 +380,9 @@ impl<'s> SessionRoutes<'s> {
             return Err((RefusalCode::NetworkNotAllowed, message));
         }
         let owner = Owner { name: self.name.clone(), credential: self.credential };
-        self.shared.networks.claim(net, &owner, self.session, id, self.opener.clone()).map_err(|held| {
+        let claimed =
+            self.shared.networks.claim(net, &owner, self.session, id, self.opener.clone(), self.version);
+        claimed.map_err(|held| {
             let message =
                 format!("network {net} overlaps {} routed by another client ({:?})", held.net, held.owner);
             (RefusalCode::NetworkTaken, message)
