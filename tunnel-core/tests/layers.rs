@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("session", &["auth", "log", "metrics", "mux", "proto", "transport"]),
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("socks", &["proto"]),
-    ("udp", &["log", "proto"]),
+    ("udp", &["log", "proto", "socks"]),
     ("http", &["log", "metrics", "mux", "proto", "tls"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (

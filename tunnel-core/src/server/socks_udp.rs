@@ -1,16 +1,13 @@
-//! UDP ASSOCIATE on the server's SOCKS listener: a relay socket for one logged-in SOCKS client,
-//! alive while its TCP connection is (and its token accepted). Each destination its datagrams
-//! name is a UDP visit of that client, with the rules its `-L udp:` would get: into a network
-//! another client routes, or to a target the server may send to itself.
+//! UDP ASSOCIATE on the server's SOCKS listener: each destination of a logged-in client's
+//! association is a UDP visit of that client, with the rules its `-L udp:` would get: into a
+//! network another client routes, or to a target the server may send to itself
+//! (`udp::associate` relays). It ends when its token is revoked or the server drains too.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use super::socks::{revoked, Stream};
 use super::visits::{self, Upstream, Visitor};
@@ -18,11 +15,10 @@ use super::Shared;
 use crate::auth::Credentials;
 use crate::forward::{Protocol, VisitTarget};
 use crate::log::Escaped;
-use crate::proto::datagram::MAX_DATAGRAM;
 use crate::proto::ReplyStatus;
-use crate::socks::codec::{encode_udp, parse_udp};
-use crate::socks::{self, Destination, Reply};
-use crate::udp::{carry_flow, FlowInbox, Flows, DEFAULT_FLOW_IDLE};
+use crate::socks::Destination;
+use crate::udp::associate::{open_relay, relay_association, Ended};
+use crate::udp::DEFAULT_FLOW_IDLE;
 
 /// Most destinations one association sends to at once; datagrams to more are dropped. Each
 /// is a socket of the server's, or a stream to a client: few, since a login may hold many
@@ -31,10 +27,8 @@ const MAX_FLOWS: usize = 32;
 /// Bytes buffered between a flow and the socket the server sends it from.
 const PIPE: usize = 256 * 1024;
 
-/// Serves one association of client `from` (logged in with `at_login`): tells the SOCKS client
-/// where the relay socket is, then relays until its TCP connection closes or its token is
-/// revoked (or the server drains). Datagrams are taken only from the SOCKS client's address:
-/// the one its request named, else the first port of its host that sends.
+/// Serves one association of client `from` (logged in with `at_login`) until its TCP
+/// connection closes, its token is revoked or the server drains.
 pub(super) async fn associate(
     shared: &Arc<Shared>,
     mut tcp: TcpStream,
@@ -44,103 +38,24 @@ pub(super) async fn associate(
     requested: &Destination,
 ) {
     let name = Escaped(&from.name).to_string();
-    let peer_ip = peer.ip().to_canonical();
-    let relay = match tcp.local_addr() {
-        Ok(local) => UdpSocket::bind((local.ip(), 0)).await.and_then(|s| Ok((canonical(s.local_addr()?), s))),
-        Err(err) => Err(err),
+    let socket = match open_relay(&mut tcp).await {
+        Ok(socket) => socket,
+        Err(err) => return tracing::warn!(client = %name, %peer, "SOCKS UDP ASSOCIATE: no relay: {err}"),
     };
-    let (relay_addr, socket) = match relay {
-        Ok(relay) => relay,
-        Err(err) => {
-            tracing::warn!(client = %name, %peer, "SOCKS UDP ASSOCIATE: no relay socket: {err}");
-            let _ = socks::reply(&mut tcp, Reply::GeneralFailure, None).await;
-            return;
+    let stop = async {
+        tokio::select! {
+            () = revoked(shared, at_login, &from.name) => {}
+            () = shared.draining.cancelled() => {}
         }
     };
-    if socks::reply(&mut tcp, Reply::Succeeded, Some(relay_addr)).await.is_err() {
-        return;
-    }
-    let socket = Arc::new(socket);
-    // The client's address as its request named it (RFC 1928: it may), else the first it
-    // sends from.
-    let mut client = pinned(requested, peer_ip);
-    // Cancelled when the association ends: its flows end with it.
-    let ended = CancellationToken::new();
-    let _ended = ended.clone().drop_guard();
-    let mut flows: Flows<Destination> = Flows::new(MAX_FLOWS);
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut control = [0u8; 256];
-    let revoked = revoked(shared, at_login, &from.name);
-    tokio::pin!(revoked);
-    loop {
-        let received = tokio::select! {
-            read = tcp.read(&mut control) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
-            () = &mut revoked => {
-                tracing::debug!(client = %name, %peer, "SOCKS UDP association ended: its token was revoked");
-                return crate::transport::reset_on_close(&tcp);
-            }
-            () = shared.draining.cancelled() => return,
-            () = flows.reap() => continue,
-            received = socket.recv_from(&mut buf) => received,
-        };
-        let Ok((len, sender)) = received else { continue };
-        // Compared in canonical form (a dual-stack relay sees IPv4 clients mapped); answers go
-        // to the address as received.
-        let seen = canonical(sender);
-        if seen.ip() != peer_ip || canonical(*client.get_or_insert(sender)) != seen {
-            continue; // Not this association's client.
-        }
-        let Ok((destination, payload)) = parse_udp(&buf[..len]) else { continue };
-        let Ok(target) = destination.to_target() else { continue };
-        let payload = Bytes::copy_from_slice(payload);
-        flows.offer(destination.clone(), payload, |inbox| {
-            let flow = Flow {
-                shared: shared.clone(),
-                from: from.clone(),
-                peer,
-                destination,
-                socket: socket.clone(),
-            };
-            let (ended, carried) = (ended.clone(), flow.carry(inbox, VisitTarget::Address(target), sender));
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = ended.cancelled() => {}
-                    () = carried => {}
-                }
-            });
-            true
-        });
-    }
-}
-
-/// One destination of an association.
-struct Flow {
-    shared: Arc<Shared>,
-    from: Visitor,
-    peer: SocketAddr,
-    destination: Destination,
-    socket: Arc<UdpSocket>,
-}
-
-impl Flow {
-    async fn carry(self, inbox: FlowInbox<Destination>, target: VisitTarget, client: SocketAddr) {
-        let Self { shared, from, peer, destination, socket } = self;
-        let open = open(&shared, &from, &target, peer);
-        let deliver = |datagram: Bytes| {
-            let (socket, wrapped) = (socket.clone(), encode_udp(&destination, &datagram));
-            async move { socket.send_to(&wrapped, client).await.is_ok() }
-        };
-        match carry_flow(inbox, open, deliver, DEFAULT_FLOW_IDLE).await {
-            Ok(stats) => {
-                tracing::trace!(client = %Escaped(&from.name), %target, ?stats, "SOCKS UDP flow done")
-            }
-            Err(err) => {
-                tracing::debug!(client = %Escaped(&from.name), %target, "SOCKS UDP flow ended: {err}")
-            }
-        }
+    let stream_to = |target| {
+        let (shared, from) = (shared.clone(), from.clone());
+        async move { open(&shared, &from, &VisitTarget::Address(target), peer).await }
+    };
+    let ended = relay_association(&mut tcp, socket, (peer.ip(), requested), MAX_FLOWS, stop, stream_to).await;
+    if ended == Ended::Stopped {
+        tracing::debug!(client = %name, %peer, "SOCKS UDP association ended: its token was revoked, or the server drains");
+        crate::transport::reset_on_close(&tcp);
     }
 }
 
@@ -180,17 +95,4 @@ async fn open(
             Err(refused(refusal.status, &refusal.message))
         }
     }
-}
-
-/// The SOCKS client's address, as its UDP ASSOCIATE request named it: an address of the host
-/// it connected from with a port (else it is not known yet).
-fn pinned(requested: &Destination, peer_ip: std::net::IpAddr) -> Option<SocketAddr> {
-    match requested {
-        Destination::Ip(addr) if addr.port() != 0 && addr.ip().to_canonical() == peer_ip => Some(*addr),
-        _ => None,
-    }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

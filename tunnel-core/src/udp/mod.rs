@@ -9,6 +9,7 @@
 //! merged with another or split. A flow ends after its idle time without a datagram either
 //! way, or when its stream ends.
 
+pub(crate) mod associate;
 mod flows;
 
 use std::io;
