@@ -1,12 +1,12 @@
 //! UDP through the tunnel: each flow (one visitor address, or one SOCKS client's destination)
 //! is one stream of framed datagrams ([`crate::proto::datagram`]).
 //!
-//! Two ends carry a flow. The listening end ([`Flows`], [`carry_flow`]) receives datagrams on
-//! a socket it shares with every flow, starts a flow's stream on its first datagram and hands
-//! each later one to that flow; the dialing end ([`relay`]) sends them from a socket of the
-//! flow's own, connected to the target. A datagram that cannot be delivered at once (its
-//! flow's queue full, the target unreachable, too large) is dropped whole and counted, never
-//! merged with another or split. A flow ends after its idle time without a datagram either
+//! Two ends carry a flow (inside the crate). The listening end (`Flows`, `carry_flow`)
+//! receives datagrams on a socket it shares with every flow, starts a flow's stream on its
+//! first datagram and hands each later one to that flow; the dialing end (`relay`) sends them
+//! from a socket of the flow's own, connected to the target. A datagram that cannot be
+//! delivered at once (its flow's queue full, the target unreachable, too large) is dropped
+//! whole and counted, never merged with another or split. A flow ends after its idle time without a datagram either
 //! way, or when its stream ends.
 
 pub(crate) mod associate;
