@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::streams::allowed_in;
+use super::streams::{allowed_in, answer_refusal};
 use crate::forward::{IpNet, TargetAddr};
 use crate::log::Escaped;
 use crate::mux::MuxStream;
@@ -67,9 +67,7 @@ pub(super) async fn visit_network(
         Ok(socket) => socket,
         Err(reply) => {
             tracing::info!(%visitor, %target, %from, "network datagrams refused ({}): {}", reply.status, Escaped(&reply.message));
-            let _ = stream.write_all(&reply.encode()).await;
-            let _ = stream.shutdown().await;
-            return;
+            return answer_refusal(&mut stream, &reply).await;
         }
     };
     if stream.write_all(&StreamReply::ok().encode()).await.is_err() {

@@ -225,9 +225,7 @@ async fn visit_network(
         Ok(tcp) => tcp,
         Err(reply) => {
             tracing::info!(%visitor, %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
-            let _ = stream.write_all(&reply.encode()).await;
-            let _ = stream.shutdown().await;
-            return;
+            return answer_refusal(&mut stream, &reply).await;
         }
     };
     let _ = transport::configure_tcp(&tcp);
@@ -241,6 +239,13 @@ async fn visit_network(
             transport::reset_on_close(&tcp);
         }
     }
+}
+
+/// Answers a network visit with its refusal and closes the stream (best effort: the server
+/// passes the answer on, or the stream is gone anyway).
+pub(super) async fn answer_refusal(stream: &mut MuxStream, reply: &StreamReply) {
+    let _ = stream.write_all(&reply.encode()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The address to dial for a visit to `target` in the network `net` this client routes (`None`:
