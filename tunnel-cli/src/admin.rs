@@ -76,6 +76,9 @@ pub struct CreateArgs {
     /// Service names it may expose, as globs (repeatable or comma-separated).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allow_expose: Vec<Glob>,
+    /// Sessions it may hold at once, replicas serving the same routes (1 to 64) [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub replicas: Option<u8>,
 }
 
 pub async fn run(args: AdminArgs) -> Result<(), Failure> {
@@ -105,6 +108,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
             grant.allow_hosts = create.allow_hosts;
             grant.allow_visit = create.allow_visit;
             grant.allow_expose = create.allow_expose;
+            grant.replicas = create.replicas.map(usize::from);
             let token = client.create(&create.name, &grant).await.map_err(refused)?;
             print_token(&create.name, &token, args.json);
         }

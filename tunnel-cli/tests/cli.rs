@@ -204,10 +204,23 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlisten_port = 1\n").unwrap();
+    let no_replicas = dir.path().join("no-replicas.toml");
+    let entry = format!("[[clients]]\nname = \"web\"\ntoken = \"{TOKEN}\"\nreplicas = 0\n");
+    std::fs::write(&no_replicas, entry).unwrap();
+    let too_many = dir.path().join("too-many.toml");
+    std::fs::write(&too_many, "max_replicas = 65\n").unwrap();
     let state = dir.path().to_str().unwrap();
     let zero_fp = "0".repeat(64);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["serve", "--state-dir", state, "--config", config.to_str().unwrap()], "listen_port"),
+        (
+            vec!["serve", "--state-dir", state, "--config", no_replicas.to_str().unwrap()],
+            "invalid `clients.replicas`: 0 sessions: from 1 to 64",
+        ),
+        (
+            vec!["serve", "--state-dir", state, "--config", too_many.to_str().unwrap()],
+            "invalid `max_replicas`: 65 sessions: from 1 to 64",
+        ),
         (vec!["connect", "--server", "127.0.0.1:1", "--token", TOKEN], "missing `fingerprint`"),
         (vec!["serve", "--state-dir", state, "--metrics", "nowhere"], "invalid `metrics`"),
         (

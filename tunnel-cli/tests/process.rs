@@ -132,8 +132,10 @@ impl Cli {
 
     /// Waits for exit and returns the status code.
     pub async fn exit_code(&mut self) -> i32 {
-        let status =
-            tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("process kept running").unwrap();
+        let status = match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!("the process kept running; its output:\n{}", self.output()),
+        };
         // Everything the process printed is collected once both pipes reached their end.
         let drained = async {
             loop {

@@ -69,6 +69,7 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         (goodbye_code(), reason()).prop_map(|(code, message)| ControlMessage::Goodbye { code, message }),
         (any::<u32>(), reason())
             .prop_map(|(deadline_ms, message)| ControlMessage::Draining { deadline_ms, message }),
+        Just(ControlMessage::NoNewVisitors),
         (any::<u32>(), proptest::option::of(ip()), any::<u16>(), any::<u16>()).prop_map(
             |(id, bind, port, preferred_port)| ControlMessage::RemoteForwardRequest {
                 id,

@@ -45,6 +45,8 @@ struct NewClient {
     allow_expose: Vec<Glob>,
     #[serde(default)]
     allow_networks: Vec<IpNet>,
+    #[serde(default)]
+    replicas: Option<usize>,
 }
 
 /// A request to the admin API, decoded from its method, path and body (no I/O): what
@@ -107,12 +109,18 @@ impl AdminRequest {
             (["v1", "clients"], &Method::POST) => {
                 let new: NewClient = serde_json::from_slice(body)
                     .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not a valid new client: {e}")))?;
+                let max = crate::config::MAX_REPLICAS;
+                if let Some(n) = new.replicas.filter(|n| !(1..=max).contains(n)) {
+                    let message = format!("not a valid new client: replicas {n}: from 1 to {max}");
+                    return Err(refuse(StatusCode::BAD_REQUEST, message));
+                }
                 let grant = Grant {
                     allow_ports: new.allow_ports,
                     allow_hosts: new.allow_hosts,
                     allow_visit: new.allow_visit,
                     allow_expose: new.allow_expose,
                     allow_networks: new.allow_networks,
+                    replicas: new.replicas,
                 };
                 Self::CreateClient { name: new.name, grant }
             }
@@ -253,5 +261,6 @@ fn client(c: &ClientInfo) -> Value {
         "allow_visit": c.grant.allow_visit.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "allow_expose": c.grant.allow_expose.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "allow_networks": c.grant.allow_networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "replicas": c.grant.replicas.unwrap_or(1),
     })
 }

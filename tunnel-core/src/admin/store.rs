@@ -36,6 +36,9 @@ pub struct Grant {
     /// Networks it may route (default: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_networks: Vec<IpNet>,
+    /// Sessions it may hold at once, replicas serving the same routes (1 to 64; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
 }
 
 impl Grant {
@@ -47,6 +50,7 @@ impl Grant {
             allow_visit: policy.allow_visit.clone(),
             allow_expose: policy.allow_expose.clone(),
             allow_networks: policy.allow_networks.clone(),
+            replicas: policy.replicas,
         }
     }
 
@@ -57,6 +61,7 @@ impl Grant {
             allow_visit: self.allow_visit.clone(),
             allow_expose: self.allow_expose.clone(),
             allow_networks: self.allow_networks.clone(),
+            replicas: self.replicas,
             ..ClientPolicy::default()
         }
     }

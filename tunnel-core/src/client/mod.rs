@@ -39,7 +39,7 @@ use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
-use crate::proto::{ControlMessage, GoodbyeCode, IpNet, RouteId, DRAINING_VERSION};
+use crate::proto::{ControlMessage, GoodbyeCode, IpNet, RouteId, DRAINING_VERSION, HANDOVER_VERSION};
 use crate::session::{Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
 use crate::transport::{ClientTransport, Wire};
@@ -478,23 +478,30 @@ impl Client {
                     other => tracing::debug!("ignoring unexpected control message: {other:?}"),
                 },
                 () = stop.cancelled() => {
-                    draining.cancel();
+                    // From protocol 6 the server answers the drain and ends the session: until
+                    // then idle HTTP streams stay open (the edge may be sending them a request).
+                    let handover = protocol >= HANDOVER_VERSION;
+                    if !handover {
+                        draining.cancel();
+                    }
                     // Local forwards take no new visitors through this session.
                     current.send_replace(None);
-                    if protocol >= DRAINING_VERSION {
-                        let deadline_ms = u32::try_from(self.config.drain_timeout.as_millis()).unwrap_or(u32::MAX);
-                        let message = "client shutting down".to_owned();
-                        let _ = control.send(ControlMessage::Draining { deadline_ms, message }).await;
-                    }
+                    self.say_draining(&control, protocol).await;
                     let drain = async {
                         loop {
                             tokio::select! {
                                 // The control stream is the one left.
-                                () = streams.until_open_at_most(1) => return true,
+                                () = streams.until_open_at_most(1), if !handover => return true,
                                 Some(stream) = incoming.next() => {
                                     let (routes, origins) = (stream_routes.clone(), self.origins.clone());
                                     tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
                                 }
+                                Some(message) = messages.recv() => {
+                                    if matches!(message, ControlMessage::NoNewVisitors) {
+                                        draining.cancel();
+                                    }
+                                }
+                                // With a handover, the server's goodbye once the streams are done.
                                 _ = &mut driver => return false,
                             }
                         }
@@ -507,13 +514,28 @@ impl Client {
                     };
                     match drained {
                         Ok(true) => tracing::info!("drained"),
-                        Ok(false) => return Ok(()),
+                        // The session ended: with a handover, by the server once drained.
+                        Ok(false) => {
+                            if handover {
+                                tracing::info!("drained");
+                            }
+                            return Ok(());
+                        }
                         Err(why) => tracing::warn!("cutting the streams still open ({why})"),
                     }
                     close(&control, driver).await;
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Tells the server this client drains (protocol 3 and later).
+    async fn say_draining(&self, control: &crate::session::ControlSender, protocol: u16) {
+        if protocol >= DRAINING_VERSION {
+            let deadline_ms = u32::try_from(self.config.drain_timeout.as_millis()).unwrap_or(u32::MAX);
+            let message = "client shutting down".to_owned();
+            let _ = control.send(ControlMessage::Draining { deadline_ms, message }).await;
         }
     }
 
@@ -538,42 +560,6 @@ impl Client {
                 other => tracing::debug!("ignoring unexpected control message: {other:?}"),
             }
         }
-    }
-
-    fn publish(&self, link: &Link, answered: routes::Answered, new_session: bool) {
-        let routes::Answered {
-            forwards, services, http, http_fallback, tls, networks, refused, version, ..
-        } = answered;
-        for forward in &forwards {
-            tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
-        }
-        for service in &services {
-            tracing::info!(service = %service.name, target = %service.target, version, "service exposed");
-        }
-        for route in &refused {
-            tracing::warn!(route = %route.route, version, "route refused: {} ({})", Escaped(&route.message), route.code);
-        }
-        for route in &http {
-            tracing::info!(route = %route, version, "HTTP route ready");
-        }
-        for route in &tls {
-            tracing::info!(route = %route, version, "TLS route ready");
-        }
-        for net in &networks {
-            tracing::info!(network = %net, version, "network route ready");
-        }
-        let status = ClientStatus::Connected {
-            forwards,
-            services,
-            http,
-            http_fallback,
-            tls,
-            networks,
-            refused,
-            version,
-            new_session,
-        };
-        self.set_status(link, status);
     }
 }
 

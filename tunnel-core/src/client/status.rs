@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::RefusedRoute;
+use super::links::Link;
+use super::{routes, Client, RefusedRoute};
 use crate::forward::{IpNet, LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec};
 use crate::http::{HttpRoute, TlsRoute};
+use crate::log::Escaped;
 
 /// A remote forward the server is listening for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,5 +109,44 @@ impl ClientStatus {
             Self::Connected { forwards, .. } => Some(forwards),
             _ => None,
         }
+    }
+}
+
+impl Client {
+    /// Logs what the server answered and makes it the link's status.
+    pub(super) fn publish(&self, link: &Link, answered: routes::Answered, new_session: bool) {
+        let routes::Answered {
+            forwards, services, http, http_fallback, tls, networks, refused, version, ..
+        } = answered;
+        for forward in &forwards {
+            tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
+        }
+        for service in &services {
+            tracing::info!(service = %service.name, target = %service.target, version, "service exposed");
+        }
+        for route in &refused {
+            tracing::warn!(route = %route.route, version, "route refused: {} ({})", Escaped(&route.message), route.code);
+        }
+        for route in &http {
+            tracing::info!(route = %route, version, "HTTP route ready");
+        }
+        for route in &tls {
+            tracing::info!(route = %route, version, "TLS route ready");
+        }
+        for net in &networks {
+            tracing::info!(network = %net, version, "network route ready");
+        }
+        let status = ClientStatus::Connected {
+            forwards,
+            services,
+            http,
+            http_fallback,
+            tls,
+            networks,
+            refused,
+            version,
+            new_session,
+        };
+        self.set_status(link, status);
     }
 }

@@ -22,7 +22,7 @@ pub use duration::HumanDuration;
 pub use limits::ServerLimits;
 pub use routes::{BackendFile, HeaderChangesFile, PathType, RedirectFile, RouteFile};
 pub use secret::SecretString;
-pub use server::{CertificateEntry, ClientEntry, ServerFile, ServerSetup, TokenSource};
+pub use server::{CertificateEntry, ClientEntry, ServerFile, ServerSetup, TokenSource, MAX_REPLICAS};
 
 /// A boxed error, the cause of an invalid value.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -98,6 +98,9 @@ pub struct ServerFile {
     pub allow_networks: Option<Vec<IpNet>>,
     /// The answer for requests to hosts no client serves (default `http_status:404`).
     pub fallback: Option<Service>,
+    /// Sessions one name on the shared token may hold at once, replicas serving the same
+    /// routes (1 to 64; default 1: a new session replaces the one before).
+    pub max_replicas: Option<usize>,
     /// Address forwards bind when the client names none (default `0.0.0.0`).
     pub bind_addr: Option<IpAddr>,
     /// Addresses clients may ask their forwards to bind, e.g. `["127.0.0.1", "::1"]`
@@ -168,6 +171,9 @@ pub struct ClientEntry {
     /// Networks it may route, such as `10.96.0.0/12` (default: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_networks: Vec<IpNet>,
+    /// Sessions it may hold at once, replicas serving the same routes: visitors go to the
+    /// least busy (1 to 64; default 1: a new session replaces the one before).
+    pub replicas: Option<usize>,
 }
 
 /// Where the shared token came from, which decides whether it may be shown.
@@ -381,6 +387,7 @@ impl ServerFile {
         policy.allow_targets = self.allow_targets.clone().unwrap_or_default();
         policy.allow_hosts = self.allow_hosts.clone().unwrap_or_default();
         policy.allow_networks = self.allow_networks.clone().unwrap_or_default();
+        policy.max_replicas = check_replicas("max_replicas", self.max_replicas)?.unwrap_or(1);
         if let Some(bind) = self.bind_addr {
             policy.default_bind = bind;
         }
@@ -462,7 +469,20 @@ impl ClientEntry {
             allow_bind: self.allow_bind.clone(),
             allow_hosts: self.allow_hosts.clone(),
             allow_networks: self.allow_networks.clone(),
+            replicas: check_replicas("clients.replicas", self.replicas)?,
         })
+    }
+}
+
+/// Most sessions one client name may hold at once.
+pub const MAX_REPLICAS: usize = 64;
+
+fn check_replicas(key: &'static str, replicas: Option<usize>) -> Result<Option<usize>, ConfigError> {
+    match replicas {
+        Some(n) if !(1..=MAX_REPLICAS).contains(&n) => {
+            Err(invalid(key, format!("{n} sessions: from 1 to {MAX_REPLICAS}")))
+        }
+        other => Ok(other),
     }
 }
 

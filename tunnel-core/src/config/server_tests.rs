@@ -188,6 +188,9 @@ fn invalid_values_name_their_key() {
         ),
         ("[limits]\nmax_visitors_per_source = 0", "limits.max_visitors_per_source"),
         ("[limits]\nmax_sessions = 0", "limits.max_sessions"),
+        ("max_replicas = 0", "max_replicas"),
+        ("max_replicas = 65", "max_replicas"),
+        ("[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nreplicas = 0", "clients.replicas"),
         ("allow_targets = \"10.0.0.0/40:1\"", "allow_targets"),
         (
             "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nallow_visit = [\"a b\"]",

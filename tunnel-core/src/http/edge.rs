@@ -30,7 +30,7 @@ use super::origin::splice_upgraded;
 use super::park::{Activity, Parking, PARK_AFTER};
 use super::upstream::{Home, Pool, Upstream};
 use super::{text_response, Body};
-use crate::mux::{MuxStream, StreamOpener};
+use crate::mux::{MuxStream, Openers, StreamOpener};
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
 
 /// Idle streams the edge keeps per client. Requests beyond that many at once still get
@@ -40,7 +40,7 @@ const POOLED_STREAMS_PER_CLIENT: usize = 256;
 /// Where the edge finds the routes in force: a snapshot per request.
 pub trait RouteSource: Send + Sync + 'static {
     /// The current index.
-    fn routes(&self) -> Arc<RouteIndex<StreamOpener>>;
+    fn routes(&self) -> Arc<RouteIndex<Openers>>;
 }
 
 /// Limits of the edge's listeners.
@@ -104,6 +104,17 @@ impl HttpEdge {
             metrics: None,
             challenges: None,
         }
+    }
+
+    /// Stops pooling streams over `opener`'s connection to client `owner` (its session drains):
+    /// the idle ones close now, those in use once their exchange is over.
+    pub(crate) fn retire(&self, owner: &str, opener: &StreamOpener) {
+        self.streams.retire(&pool_key(owner, opener));
+    }
+
+    /// Forgets a connection [`Self::retire`]d, once it is gone.
+    pub(crate) fn forget(&self, owner: &str, opener: &StreamOpener) {
+        self.streams.unretire(&pool_key(owner, opener));
     }
 
     /// Answers the ACME HTTP-01 challenges `answers` holds, ahead of the routes.
@@ -304,7 +315,12 @@ impl HttpEdge {
         let Some(hit) = hit else {
             return (text_response(self.fallback, ""), None);
         };
-        let (route_id, opener, owner) = (hit.id, hit.target.clone(), hit.owner.to_owned());
+        let (route_id, owner) = (hit.id, hit.owner.to_owned());
+        // The least busy of the owner's replicas serving the route.
+        let Some(opener) = hit.target.pick().cloned() else {
+            let why = format!("the client serving {host} is not reachable");
+            return (text_response(StatusCode::BAD_GATEWAY, &why), Some(owner));
+        };
         drop(routes);
         let to = Owner { route_id, opener, name: &owner };
         let response = match self.forward(request, to, visitor, scheme, &host).await {
@@ -355,7 +371,7 @@ impl HttpEdge {
         let limit = self.limits.response_timeout;
         // Pooled per session, not per client name: a stream of a replaced or revoked session
         // never carries a request meant for its successor.
-        let key = format!("{}#{:x}", to.name, to.opener.connection_id());
+        let key = pool_key(to.name, &to.opener);
         let home = || Home { pool: self.streams.clone(), key: key.clone() };
         if let Some(upstream) = self.streams.take(&key) {
             match tokio::time::timeout(limit, upstream.send(request, home())).await {
@@ -428,6 +444,11 @@ struct Owner<'a> {
     name: &'a str,
 }
 
+/// The pool key of the streams over `opener` to client `owner`.
+fn pool_key(owner: &str, opener: &StreamOpener) -> String {
+    format!("{owner}#{:x}", opener.connection_id())
+}
+
 /// Opens a data stream to the client with `header`.
 async fn open_raw(
     opener: &StreamOpener,
@@ -473,121 +494,5 @@ async fn open_upgrade_stream(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// No routes: every request gets the fallback.
-    struct NoRoutes;
-
-    impl RouteSource for NoRoutes {
-        fn routes(&self) -> Arc<RouteIndex<StreamOpener>> {
-            Arc::default()
-        }
-    }
-
-    async fn status(
-        sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-    ) -> u16 {
-        sender.ready().await.unwrap();
-        let request =
-            Request::get("/").header("host", "nobody.test").body(http_body_util::Empty::new()).unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        response.into_body().collect().await.unwrap();
-        status
-    }
-
-    /// Reads what the edge sends within a second (of the paused clock): the responses so far.
-    async fn responses(visitor: &mut tokio::io::DuplexStream) -> String {
-        use tokio::io::AsyncReadExt;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(1), visitor.read(&mut buf)).await
-        {
-            got.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&got).into_owned()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_body_answered_before_it_arrived_is_never_read_as_requests_after_a_pause() {
-        use tokio::io::AsyncWriteExt;
-        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-        let (mut visitor, served) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
-        // The body is a whole request, sent in two halves with a pause between them. The
-        // fallback answers before reading it; the body must stay a body (hyper closes such a
-        // connection rather than read the rest), never become a request of its own.
-        let smuggled = "GET /smuggled HTTP/1.1\r\nHost: nobody.test\r\n\r\n";
-        let head = format!(
-            "POST /upload HTTP/1.1\r\nHost: nobody.test\r\nContent-Length: {}\r\n\r\n",
-            smuggled.len()
-        );
-        visitor.write_all(head.as_bytes()).await.unwrap();
-        visitor.write_all(&smuggled.as_bytes()[..10]).await.unwrap();
-        assert_eq!(responses(&mut visitor).await.matches("HTTP/1.1 404").count(), 1);
-        tokio::time::sleep(PARK_AFTER * 5).await;
-        if visitor.write_all(&smuggled.as_bytes()[10..]).await.is_ok() {
-            assert_eq!(responses(&mut visitor).await, "", "the rest of a body was answered as a request");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_pipelined_request_split_by_a_pause_is_answered() {
-        use tokio::io::AsyncWriteExt;
-        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-        let (mut visitor, served) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
-        visitor
-            .write_all(b"GET /one HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET /two HTTP/1.1\r\nHo")
-            .await
-            .unwrap();
-        assert_eq!(responses(&mut visitor).await.matches("HTTP/1.1 404").count(), 1);
-        tokio::time::sleep(PARK_AFTER * 5).await;
-        visitor.write_all(b"st: nobody.test\r\n\r\n").await.unwrap();
-        assert_eq!(
-            responses(&mut visitor).await.matches("HTTP/1.1 404").count(),
-            1,
-            "the second request was lost"
-        );
-    }
-
-    /// Every visitor connection's task is this future: hyper's connections live in boxes of
-    /// their own, so an idle (parked) connection costs a few hundred bytes, not kilobytes.
-    #[test]
-    fn a_visitor_connections_task_stays_small() {
-        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-        let (_, served) = tokio::io::duplex(64);
-        let serving = edge.serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false);
-        let size = std::mem::size_of_val(&serving);
-        assert!(size <= 1024, "the serve future is {size} bytes");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_keep_alive_connection_is_parked_then_served_again_and_closed_after_the_idle_time() {
-        let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-        let (visitor, served) = tokio::io::duplex(64 * 1024);
-        let serving =
-            tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(visitor)).await.unwrap();
-        tokio::spawn(connection);
-        assert_eq!(status(&mut sender).await, 404);
-        assert_eq!(edge.parked_connections(), 0, "parked while a response was under way");
-
-        // Idle past the parking time (the paused clock jumps): the socket alone remains.
-        tokio::time::sleep(PARK_AFTER + Duration::from_millis(10)).await;
-        assert_eq!(edge.parked_connections(), 1);
-        // The same connection is served again, from a fresh hyper connection.
-        assert_eq!(status(&mut sender).await, 404);
-        assert_eq!(edge.parked_connections(), 0);
-
-        // Parked again, then cut once the idle time has passed.
-        tokio::time::sleep(EdgeLimits::default().header_timeout + Duration::from_secs(1)).await;
-        assert_eq!(edge.parked_connections(), 0);
-        tokio::time::timeout(Duration::from_secs(1), serving)
-            .await
-            .expect("an idle visitor was never cut")
-            .unwrap();
-    }
-}
+#[path = "edge_tests.rs"]
+mod tests;

@@ -178,6 +178,8 @@ type Idle<T, B> = Vec<(Upstream<T, B>, Instant)>;
 struct PoolState<T: Io, B: RequestBody> {
     /// Idle connections by key, each with the time it went idle (oldest first).
     idle: HashMap<String, Idle<T, B>>,
+    /// Keys taking no more connections (a session that drains): theirs are dropped.
+    retired: std::collections::HashSet<String>,
     swept: Instant,
     /// Closed for good: connections coming back are dropped.
     closed: bool,
@@ -185,7 +187,12 @@ struct PoolState<T: Io, B: RequestBody> {
 
 impl<T: Io, B: RequestBody> Pool<T, B> {
     pub(super) fn new(per_key: usize) -> Self {
-        let state = PoolState { idle: HashMap::new(), swept: Instant::now(), closed: false };
+        let state = PoolState {
+            idle: HashMap::new(),
+            retired: std::collections::HashSet::new(),
+            swept: Instant::now(),
+            closed: false,
+        };
         Self { per_key, state: Mutex::new(state) }
     }
 
@@ -203,6 +210,19 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
         found
     }
 
+    /// Drops `key`'s idle connections, and from now on every one of its connections that comes
+    /// back, until [`Self::unretire`].
+    pub(super) fn retire(&self, key: &str) {
+        let mut state = self.lock();
+        state.idle.remove(key);
+        state.retired.insert(key.to_owned());
+    }
+
+    /// Forgets a retired key (its connection is gone: the key may name another one later).
+    pub(super) fn unretire(&self, key: &str) {
+        self.lock().retired.remove(key);
+    }
+
     /// Drops the idle connections, and from now on every connection that comes back.
     pub(super) fn close(&self) {
         let mut state = self.lock();
@@ -212,7 +232,7 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
 
     fn put(&self, key: String, upstream: Upstream<T, B>) {
         let mut state = self.lock();
-        if state.closed {
+        if state.closed || state.retired.contains(&key) {
             return;
         }
         let sweep = state.swept.elapsed() >= SWEEP_EVERY;

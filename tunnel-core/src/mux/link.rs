@@ -24,6 +24,11 @@ pub(super) struct Link(Arc<LinkState>);
 #[derive(Debug, Default)]
 struct LinkState {
     cut: AtomicBool,
+    /// Streams being opened by us now (asked of yamux, not yet open).
+    opening: AtomicUsize,
+    /// Set while the session above has not heard from its peer for a while (see
+    /// [`super::StreamOpener::is_silent`]).
+    silent: AtomicBool,
     open: AtomicUsize,
     closed_one: Notify,
     received: AtomicU64,
@@ -39,15 +44,29 @@ impl Link {
         self.0.cut.load(Ordering::Acquire)
     }
 
+    pub(super) fn set_silent(&self, silent: bool) {
+        self.0.silent.store(silent, Ordering::Relaxed);
+    }
+
+    pub(super) fn is_silent(&self) -> bool {
+        self.0.silent.load(Ordering::Relaxed)
+    }
+
     /// Counts a stream as open until the returned guard is dropped.
     pub(super) fn open_one(&self) -> OpenStream {
         self.0.open.fetch_add(1, Ordering::AcqRel);
         OpenStream(self.clone())
     }
 
-    /// Streams open now, both ways (the control stream included).
+    /// Counts a stream as being opened until the returned guard is dropped.
+    pub(super) fn opening_one(&self) -> OpeningStream {
+        self.0.opening.fetch_add(1, Ordering::AcqRel);
+        OpeningStream(self.clone())
+    }
+
+    /// Streams open now, both ways (the control stream included), and those we are opening.
     pub(super) fn open_streams(&self) -> usize {
-        self.0.open.load(Ordering::Acquire)
+        self.0.open.load(Ordering::Acquire) + self.0.opening.load(Ordering::Acquire)
     }
 
     /// Tells this connection from any other open now.
@@ -83,6 +102,18 @@ impl Drop for OpenStream {
     fn drop(&mut self) {
         let state = &self.0 .0;
         state.open.fetch_sub(1, Ordering::AcqRel);
+        state.closed_one.notify_waiters();
+    }
+}
+
+/// One stream we are opening, in its connection's count.
+#[derive(Debug)]
+pub(super) struct OpeningStream(Link);
+
+impl Drop for OpeningStream {
+    fn drop(&mut self) {
+        let state = &self.0 .0;
+        state.opening.fetch_sub(1, Ordering::AcqRel);
         state.closed_one.notify_waiters();
     }
 }

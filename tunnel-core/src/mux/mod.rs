@@ -9,13 +9,15 @@
 //! Files: `settings` (the configuration and what it means for yamux), `link` (the byte stream
 //! under yamux, watched for its end), `stream` (opening streams; one stream), `incoming` (the
 //! inbound queue), `driver` (the task that polls yamux), `admission` (the inbound rate limit),
-//! `join` (frame headers written with their bodies).
+//! `join` (frame headers written with their bodies), `openers` (several connections, each new
+//! stream on the least busy).
 
 mod admission;
 mod driver;
 mod incoming;
 mod join;
 mod link;
+mod openers;
 mod settings;
 mod stream;
 
@@ -27,6 +29,8 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 pub use driver::MuxDriver;
 pub use incoming::IncomingStreams;
+pub(crate) use openers::least_busy;
+pub use openers::Openers;
 pub use settings::MuxConfig;
 pub use stream::{MuxStream, StreamOpener};
 

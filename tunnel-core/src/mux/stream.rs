@@ -35,6 +35,9 @@ impl std::fmt::Debug for StreamOpener {
 impl StreamOpener {
     /// Opens a new stream. Fails at once when `max_streams` are open rather than queueing.
     pub async fn open(&self) -> Result<MuxStream, MuxError> {
+        // Counted from the start: a drain waiting for this connection's streams to end waits
+        // for one being opened too.
+        let _opening = self.link.opening_one();
         let permit =
             self.permits.clone().try_acquire_owned().map_err(|_| MuxError::StreamLimit(self.limit))?;
         let (tx, rx) = oneshot::channel();
@@ -53,8 +56,19 @@ impl StreamOpener {
         self.commands.is_closed()
     }
 
+    /// True while the session over this connection has heard nothing from its peer for longer
+    /// than two heartbeat intervals: streams opened now may wait on a dead connection.
+    pub fn is_silent(&self) -> bool {
+        self.link.is_silent()
+    }
+
+    /// Marks the connection silent, or heard from again (the session's heartbeat does).
+    pub(crate) fn set_silent(&self, silent: bool) {
+        self.link.set_silent(silent);
+    }
+
     /// Streams of this connection open now, opened by either side (the session's control
-    /// stream included).
+    /// stream included), and those this side is opening.
     pub fn open_streams(&self) -> usize {
         self.link.open_streams()
     }

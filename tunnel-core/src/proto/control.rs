@@ -16,6 +16,7 @@ const PING: u8 = 0x01;
 const PONG: u8 = 0x02;
 const GOODBYE: u8 = 0x03;
 const DRAINING: u8 = 0x04;
+const NO_NEW_VISITORS: u8 = 0x05;
 const REMOTE_FORWARD_REQUEST: u8 = 0x10;
 const REMOTE_FORWARD_READY: u8 = 0x11;
 const REMOTE_FORWARD_REFUSED: u8 = 0x12;
@@ -55,6 +56,11 @@ pub enum ControlMessage {
         /// Human-readable detail.
         message: String,
     },
+    /// (Version 6.) Server answer to a client's [`ControlMessage::Draining`]: from now on the
+    /// server opens no new stream to this session (its visitors go to the client's other
+    /// replicas, or are refused); once the streams open now are done, the server ends the
+    /// session with [`ControlMessage::Goodbye`]. The client may now close its idle streams.
+    NoNewVisitors,
     /// Client asks the server to listen on a public port and send visitors back as streams.
     RemoteForwardRequest {
         /// Client-chosen id, unique within the session; echoed in the answer and stream headers.
@@ -226,6 +232,7 @@ impl ControlMessage {
             Self::Draining { deadline_ms, message } => {
                 w.u8(DRAINING).u32(*deadline_ms).string(message, MAX_REASON_LEN)
             }
+            Self::NoNewVisitors => w.u8(NO_NEW_VISITORS),
             Self::RemoteForwardRequest { id, bind, port, preferred_port } => {
                 w.u8(REMOTE_FORWARD_REQUEST).u32(*id).opt_ip(*bind).u16(*port).u16(*preferred_port)
             }
@@ -270,6 +277,7 @@ impl ControlMessage {
                 deadline_ms: r.u32("deadline_ms")?,
                 message: r.string(MAX_REASON_LEN, "message")?,
             },
+            NO_NEW_VISITORS => Self::NoNewVisitors,
             REMOTE_FORWARD_REQUEST => Self::RemoteForwardRequest {
                 id: r.u32("id")?,
                 bind: r.opt_ip("bind")?,

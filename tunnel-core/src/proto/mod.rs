@@ -30,8 +30,9 @@ pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
 /// Version 2 added route tables, version 3 the `Draining` notice, version 4 network routes,
-/// version 5 UDP; a server still serves version 1 to 4 clients.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// version 5 UDP, version 6 the server's answer to a client's drain; a server still serves
+/// version 1 to 5 clients.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// First protocol version with [`ControlMessage::Draining`].
 pub const DRAINING_VERSION: u16 = 3;
@@ -41,6 +42,10 @@ pub const NETWORK_VERSION: u16 = 4;
 
 /// First protocol version with [`RouteKind::Udp`] routes and UDP flows.
 pub const UDP_VERSION: u16 = 5;
+
+/// First protocol version with [`ControlMessage::NoNewVisitors`]: a client's drain ends when
+/// the server ends the session, never while the server may still send it a visitor.
+pub const HANDOVER_VERSION: u16 = 6;
 
 /// Oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

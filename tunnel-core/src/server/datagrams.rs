@@ -8,21 +8,29 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::forwards::{Carrier, StreamKind};
+use super::forwards::{Carrier, Member, StreamKind};
 use super::source::{Place, Places};
 use crate::proto::datagram::MAX_DATAGRAM;
 use crate::proto::StreamHeader;
 use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
 
-/// Receives datagrams until the route is removed or the session drains (UDP has no
-/// connection to finish: the flows end with the socket, at once). A visitor's first datagram
-/// starts its flow, within the forward's caps on visitors (flows) per route and per source
-/// address. Returns once every flow has let go of the socket, so its port can be bound again.
-pub(super) async fn serve(socket: UdpSocket, carrier: Carrier, idle: Duration) {
+/// Receives datagrams until `stop` (the route is removed, or its sessions drain). A visitor's
+/// first datagram starts its flow, within the forward's caps on visitors (flows) per route
+/// and per source address, on the least busy member session; the flow ends with that session
+/// or its drain (UDP has no connection to finish). Returns once every flow has let go of the
+/// socket, so its port can be bound again.
+pub(super) async fn serve(socket: UdpSocket, carrier: Carrier, idle: Duration, stop: CancellationToken) {
     let flows = TaskTracker::new();
-    receive(Arc::new(socket), &carrier, idle, &flows).await;
+    let socket = Arc::new(socket);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = receive(socket.clone(), &carrier, idle, &flows) => {}
+    }
+    // The socket stops when no member takes visitors: every flow is ending with its member's
+    // drain or departure.
     flows.close();
     flows.wait().await;
 }
@@ -34,8 +42,6 @@ async fn receive(socket: Arc<UdpSocket>, carrier: &Carrier, idle: Duration, task
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
-            () = carrier.owned.cancelled() => return,
-            () = carrier.accepting.cancelled() => return,
             () = flows.reap() => continue,
             received = socket.recv_from(&mut buf) => received,
         };
@@ -45,13 +51,17 @@ async fn receive(socket: Arc<UdpSocket>, carrier: &Carrier, idle: Duration, task
             Err(_) => continue,
         };
         let datagram = Bytes::copy_from_slice(&buf[..len]);
-        let offer = flows.offer(visitor, datagram, |inbox| match places.admit(visitor.ip()) {
-            Ok(place) => {
-                let flow = Flow { visitor, local, socket: socket.clone(), carrier: carrier.clone() };
-                carrier.visitors.spawn(tasks.track_future(flow.carry(inbox, idle, place)));
-                true
+        let offer = flows.offer(visitor, datagram, |inbox| {
+            match (places.admit(visitor.ip()), carrier.members.pick()) {
+                (Ok(place), Some(member)) => {
+                    let visitors = member.visitors.clone();
+                    let flow =
+                        Flow { visitor, local, socket: socket.clone(), carrier: carrier.clone(), member };
+                    visitors.spawn(tasks.track_future(flow.carry(inbox, idle, place)));
+                    true
+                }
+                _ => false,
             }
-            Err(_) => false,
         });
         match offer {
             Offer::Queued | Offer::Started => {}
@@ -72,11 +82,12 @@ struct Flow {
     local: Option<SocketAddr>,
     socket: Arc<UdpSocket>,
     carrier: Carrier,
+    member: Member,
 }
 
 impl Flow {
     async fn carry(self, inbox: FlowInbox<SocketAddr>, idle: Duration, _place: Place) {
-        let Self { visitor, local, socket, carrier } = self;
+        let Self { visitor, local, socket, carrier, member } = self;
         let route = carrier.kind;
         let header = match route {
             StreamKind::Route(route_id) => StreamHeader::Route { route_id, visitor, local },
@@ -85,7 +96,7 @@ impl Flow {
         };
         let (_open, meter) = carrier.metrics.visitor(&carrier.client, &route.label());
         let open = async {
-            let mut stream = carrier.opener.open().await.map_err(std::io::Error::other)?;
+            let mut stream = member.opener.open().await.map_err(std::io::Error::other)?;
             stream.write_all(&header.encode()).await?;
             Ok(stream)
         };
@@ -95,9 +106,9 @@ impl Flow {
             async move { socket.send_to(&datagram, visitor).await.is_ok() }
         };
         let carried = tokio::select! {
-            () = carrier.owned.cancelled() => return,
-            // The route's socket closes on the drain: its flows end with it, at once.
-            () = carrier.accepting.cancelled() => return,
+            () = member.owned.cancelled() => return,
+            // UDP has no connection to finish: a draining session's flows end at once.
+            () = member.accepting.cancelled() => return,
             carried = carry_flow(inbox, open, deliver, idle) => carried,
         };
         match carried {

@@ -75,7 +75,11 @@ impl Server {
         if let Some(acme) = &self.shared.acme {
             edge = edge.with_challenges(acme.clone());
         }
-        Arc::new(edge)
+        let edge = Arc::new(edge);
+        let mut edges = self.shared.edges.lock().unwrap_or_else(|e| e.into_inner());
+        edges.retain(|edge| edge.strong_count() > 0);
+        edges.push(Arc::downgrade(&edge));
+        edge
     }
 
     /// Accepts visitors until `shutdown` or the server's drain, at most `max_connections` at
@@ -154,11 +158,12 @@ async fn https(
     };
     let passthrough = name.as_deref().and_then(|name| {
         let index = routes.routes();
-        index.lookup_tls(name).map(|hit| (hit.id, hit.target.clone(), hit.owner.to_owned()))
+        index.lookup_tls(name).map(|hit| (hit.id, hit.target.pick().cloned(), hit.owner.to_owned()))
     });
     if let Some((route_id, opener, owner)) = passthrough {
         let name = name.unwrap_or_default();
-        let Ok(mut stream) = opener.open().await else {
+        let opened = async { opener?.open().await.ok() };
+        let Some(mut stream) = opened.await else {
             return tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
         };
         let mut first = StreamHeader::Route { route_id, visitor, local: tcp.local_addr().ok() }.encode();

@@ -1,10 +1,10 @@
 //! Port routes on the server: binding their public listeners (TCP) and sockets (UDP) as the
-//! policy allows, and turning each TCP visitor into a stream to the owning client (UDP flows:
-//! `datagrams.rs`).
+//! policy allows, and turning each TCP visitor into a stream to a session of the owning client,
+//! the least busy of its replicas (UDP flows: `datagrams.rs`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::registry::{PortConflict, SessionId};
+use super::registry::{OtherClient, SessionId};
 use super::source::{Place, Places};
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
@@ -48,7 +48,6 @@ pub(super) struct Binder<'s> {
     pub(super) shared: &'s Shared,
     pub(super) name: &'s str,
     pub(super) credential: CredentialKind,
-    pub(super) session: SessionId,
 }
 
 impl Binder<'_> {
@@ -124,32 +123,17 @@ impl Binder<'_> {
 
     /// Gives back the port of a listener that is closed (its route was removed).
     pub(super) fn release(&self, port: u16) {
-        self.shared.registry.release(self.session, port);
+        self.shared.registry.release(self.name, port);
     }
 
     async fn bind_claimed(&self, id: RouteId, at: (Protocol, IpAddr), port: u16) -> Result<Bound, Refusal> {
         let (protocol, ip) = at;
         let registry = &self.shared.registry;
-        // The other protocol's route of this session on the same port keeps its lease if this
-        // bind fails.
-        let held_before = registry.held_by(self.session, port);
-        match registry.claim(self.name, self.session, id, port) {
-            Ok(()) => {}
-            Err(PortConflict::OtherClient) => {
-                return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")))
-            }
-            Err(PortConflict::Held) => {
-                return Err((RefusalCode::PortTaken, format!("port {port} is already held by this client")))
-            }
+        if let Err(OtherClient) = registry.claim(self.name, id, port) {
+            return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")));
         }
-        let bound = match protocol {
-            Protocol::Tcp => TcpListener::bind((ip, port)).await.map(Bound::Tcp),
-            Protocol::Udp => UdpSocket::bind((ip, port)).await.map(Bound::Udp),
-        };
-        bound.map_err(|err| {
-            if !held_before {
-                registry.release(self.session, port);
-            }
+        bind_socket(protocol, SocketAddr::new(ip, port)).await.map_err(|err| {
+            registry.release(self.name, port);
             bind_refusal(ip, port, &err)
         })
     }
@@ -205,7 +189,15 @@ impl Binder<'_> {
     }
 }
 
-fn bind_refusal(ip: IpAddr, port: u16, err: &io::Error) -> Refusal {
+/// Binds a route's socket on `addr`.
+pub(super) async fn bind_socket(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
+    match protocol {
+        Protocol::Tcp => TcpListener::bind(addr).await.map(Bound::Tcp),
+        Protocol::Udp => UdpSocket::bind(addr).await.map(Bound::Udp),
+    }
+}
+
+pub(super) fn bind_refusal(ip: IpAddr, port: u16, err: &io::Error) -> Refusal {
     match err.kind() {
         io::ErrorKind::AddrInUse => {
             (RefusalCode::PortTaken, format!("port {port} is already in use on the server"))
@@ -245,17 +237,59 @@ impl std::fmt::Display for StreamKind {
     }
 }
 
-/// What a route's listener needs to carry visitors to its session.
+/// A session serving a port route: where the visitors it is picked for go.
+#[derive(Debug, Clone)]
+pub(super) struct Member {
+    pub(super) session: SessionId,
+    pub(super) opener: StreamOpener,
+    /// Cancelled when the route leaves this session (removed from its table, or the session
+    /// ended): its visitors are cut.
+    pub(super) owned: CancellationToken,
+    /// Cancelled when the session drains: no new visitors for it, those in progress go on.
+    pub(super) accepting: CancellationToken,
+    /// The session's visitors, for its drain to wait on.
+    pub(super) visitors: TaskTracker,
+}
+
+/// The sessions serving one port route: one, or the replicas of a client name.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Members(Arc<Mutex<Vec<Member>>>);
+
+impl Members {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The member for the next visitor: the least busy (fewest open streams) of those
+    /// accepting, a silent one only if all are.
+    pub(super) fn pick(&self) -> Option<Member> {
+        let members = self.lock();
+        let accepting: Vec<&Member> = members.iter().filter(|m| !m.accepting.is_cancelled()).collect();
+        crate::mux::least_busy(&accepting, |m| &m.opener).map(|m| (*m).clone())
+    }
+
+    pub(super) fn add(&self, member: Member) {
+        self.lock().push(member);
+    }
+
+    /// Takes session `session` out; returns how many members are left.
+    pub(super) fn remove(&self, session: SessionId) -> usize {
+        let mut members = self.lock();
+        members.retain(|m| m.session != session);
+        members.len()
+    }
+
+    /// Whether any member takes new visitors.
+    pub(super) fn any_accepting(&self) -> bool {
+        self.lock().iter().any(|m| !m.accepting.is_cancelled())
+    }
+}
+
+/// What a route's listener needs to carry visitors to its sessions.
 #[derive(Debug, Clone)]
 pub(super) struct Carrier {
     pub(super) kind: StreamKind,
-    pub(super) opener: StreamOpener,
-    /// Cancelled when the route is removed or the session ends.
-    pub(super) owned: CancellationToken,
-    /// Cancelled when the session drains: the listener closes, visitors in progress go on.
-    pub(super) accepting: CancellationToken,
-    /// The session's visitors.
-    pub(super) visitors: TaskTracker,
+    pub(super) members: Members,
     /// The client's name, for the metrics.
     pub(super) client: Arc<str>,
     pub(super) metrics: crate::metrics::Metrics,
@@ -263,26 +297,30 @@ pub(super) struct Carrier {
     pub(super) max_per_source: usize,
 }
 
-/// Accepts visitors until the session ends; each becomes one new stream to the client. A
-/// visitor past the forward's caps is reset at once, before any stream is opened.
-pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
+/// Accepts visitors until `stop`; each becomes one new stream to a member session. A visitor
+/// past the forward's caps, or arriving when no member takes visitors, is reset at once,
+/// before any stream is opened.
+pub(super) async fn serve(listener: TcpListener, carrier: Carrier, stop: CancellationToken) {
     let places = Places::new(carrier.max_visitors, carrier.max_per_source);
     loop {
         let accepted = tokio::select! {
-            () = carrier.owned.cancelled() => return,
-            () = carrier.accepting.cancelled() => return,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, visitor)) => match places.admit(visitor.ip()) {
-                Ok(place) => {
-                    carrier.visitors.spawn(visit(tcp, visitor, carrier.clone(), place));
+            Ok((tcp, visitor)) => match (places.admit(visitor.ip()), carrier.members.pick()) {
+                (Ok(place), Some(member)) => {
+                    member.visitors.clone().spawn(visit(tcp, visitor, carrier.clone(), member, place));
                 }
-                Err(why) => {
+                (Err(why), _) => {
                     carrier.metrics.refused("visitor: over a cap");
                     if crate::log::REFUSALS.allow() {
                         tracing::info!(%visitor, route = %carrier.kind, "visitor refused: {why}");
                     }
+                    transport::reset_on_close(&tcp);
+                }
+                (Ok(_), None) => {
+                    carrier.metrics.refused("visitor: client draining");
                     transport::reset_on_close(&tcp);
                 }
             },
@@ -297,10 +335,10 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier) {
     }
 }
 
-async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place: Place) {
+async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member: Member, _place: Place) {
     let route = carrier.kind;
     let _ = transport::configure_tcp(&tcp);
-    let mut stream = match carrier.opener.open().await {
+    let mut stream = match member.opener.open().await {
         Ok(stream) => stream,
         Err(err) => {
             tracing::debug!(%visitor, %route, "cannot open a stream for the visitor: {}", crate::log::Chain(&err));
@@ -321,7 +359,7 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, _place
         splice_metered(&mut tcp, &mut stream, SpliceLimits::default(), Some(&meter)).await
     };
     let failed = tokio::select! {
-        () = carrier.owned.cancelled() => true,
+        () = member.owned.cancelled() => true,
         result = carry => match result {
             Ok(stats) => {
                 tracing::trace!(%visitor, %route, ?stats, "visitor done");

@@ -1,13 +1,14 @@
 //! HTTP and TLS routes of every session, and who serves each host: sessions add and remove
 //! their routes, and every change publishes a new immutable [`RouteIndex`] that the edge reads
-//! per request.
+//! per request. The sessions of one client name (its replicas) serving the same route are one
+//! entry of the index, whose target picks the least busy of them per request.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::registry::SessionId;
 use crate::http::{IndexedRoute, Matcher, RouteIndex, RouteSource};
-use crate::mux::StreamOpener;
+use crate::mux::{Openers, StreamOpener};
 use crate::proto::{HostPattern, RouteId};
 
 /// One session's HTTP side.
@@ -30,7 +31,7 @@ struct State {
 #[derive(Debug, Default)]
 pub(super) struct HttpRoutes {
     state: Mutex<State>,
-    index: RwLock<Arc<RouteIndex<StreamOpener>>>,
+    index: RwLock<Arc<RouteIndex<Openers>>>,
     /// The exact host names of the HTTP routes (those the edge terminates), for ACME.
     names: tokio::sync::watch::Sender<Arc<BTreeSet<String>>>,
 }
@@ -83,19 +84,35 @@ impl HttpRoutes {
     }
 
     fn rebuild(&self, state: &State) {
-        let sessions = state.sessions.values();
-        let http = sessions.clone().flat_map(|s| {
-            s.http.iter().map(|(id, matcher)| IndexedRoute {
-                id: *id,
-                owner: s.owner.clone(),
-                matcher: matcher.clone(),
-                target: s.opener.clone(),
-            })
+        // Oldest session first, so a tie between replicas goes the same way every time.
+        let mut sessions: Vec<(&SessionId, &SessionHttp)> = state.sessions.iter().collect();
+        sessions.sort_by_key(|(id, _)| **id);
+        // By owner and route: the route as its first session has it, and every session's opener.
+        let mut http: HashMap<(&str, RouteId), (&Matcher, Vec<StreamOpener>)> = HashMap::new();
+        let mut fallbacks: HashMap<(&str, RouteId), Vec<StreamOpener>> = HashMap::new();
+        let mut tls: HashMap<(&str, RouteId), (&HostPattern, Vec<StreamOpener>)> = HashMap::new();
+        for (_, s) in &sessions {
+            for (id, matcher) in &s.http {
+                let (_, openers) = http.entry((&s.owner, *id)).or_insert((matcher, Vec::new()));
+                openers.push(s.opener.clone());
+            }
+            if let Some(id) = s.fallback {
+                fallbacks.entry((&s.owner, id)).or_default().push(s.opener.clone());
+            }
+            for (id, host) in &s.tls {
+                tls.entry((&s.owner, *id)).or_insert((host, Vec::new())).1.push(s.opener.clone());
+            }
+        }
+        let http = http.into_iter().map(|((owner, id), (matcher, openers))| IndexedRoute {
+            id,
+            owner: owner.to_owned(),
+            matcher: matcher.clone(),
+            target: Openers::new(openers),
         });
         let fallbacks =
-            sessions.clone().filter_map(|s| s.fallback.map(|id| (s.owner.clone(), id, s.opener.clone())));
-        let tls = sessions.flat_map(|s| {
-            s.tls.iter().map(|(id, host)| (host.clone(), *id, s.owner.clone(), s.opener.clone()))
+            fallbacks.into_iter().map(|((owner, id), openers)| (owner.to_owned(), id, Openers::new(openers)));
+        let tls = tls.into_iter().map(|((owner, id), (host, openers))| {
+            (host.clone(), id, owner.to_owned(), Openers::new(openers))
         });
         let index = Arc::new(RouteIndex::new(http, fallbacks, tls));
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
@@ -131,7 +148,7 @@ impl HttpRoutes {
 }
 
 impl RouteSource for HttpRoutes {
-    fn routes(&self) -> Arc<RouteIndex<StreamOpener>> {
+    fn routes(&self) -> Arc<RouteIndex<Openers>> {
         self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -17,6 +17,7 @@ mod listen;
 mod networks;
 mod pending;
 mod policy;
+mod port_listeners;
 mod registry;
 mod reload;
 mod routes;
@@ -213,6 +214,10 @@ struct Shared {
     /// its login's token).
     reloads: tokio::sync::watch::Sender<u64>,
     registry: registry::Registry,
+    /// The sockets of port routes, shared by the replicas of a client name.
+    ports: port_listeners::PortListeners,
+    /// The HTTP edges serving now, told when a session's pooled streams must go.
+    edges: std::sync::Mutex<Vec<std::sync::Weak<crate::http::HttpEdge>>>,
     pending: pending::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
     /// Which client routes which network.
@@ -230,6 +235,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// Runs `f` on every HTTP edge serving now.
+    fn each_edge(&self, f: impl Fn(&crate::http::HttpEdge)) {
+        let edges = self.edges.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        edges.iter().filter_map(std::sync::Weak::upgrade).for_each(|edge| f(&edge));
+    }
+
     /// The configuration in force now. Take it once per decision: a reload may replace it
     /// between two calls.
     fn config(&self) -> Arc<ServerConfig> {
@@ -287,6 +298,8 @@ impl Server {
             reloading,
             reloads: tokio::sync::watch::Sender::new(0),
             registry,
+            ports: port_listeners::PortListeners::default(),
+            edges: std::sync::Mutex::default(),
             pending,
             http_routes,
             networks: networks::Networks::default(),
@@ -323,7 +336,7 @@ impl Server {
 
     /// Sessions up now.
     pub fn session_count(&self) -> usize {
-        self.shared.registry.session_names().len()
+        self.shared.registry.session_count()
     }
 
     /// Whether the server is draining (shutdown has begun): not ready for new work.

@@ -2,8 +2,9 @@
 //! before the server considers dialing it itself.
 //!
 //! Networks of different clients never overlap (a claim that would is refused, naming the
-//! holder), so a lookup's answer is one client; within one client's networks, and between the
-//! sessions of one name while one replaces the other, the most specific network wins. A
+//! holder), so a lookup's answer is one client; within one client's networks the most
+//! specific network wins, and between the sessions of one name (replicas, or one replacing
+//! the other) the least busy in service. A
 //! network stays its client's while that client drains or reconnects, for the same grace
 //! period as its ports: meanwhile connections into it are answered "unavailable" (never sent
 //! anywhere else, such as to a target the server would dial in its own network of the same
@@ -124,15 +125,20 @@ impl Networks {
         }
     }
 
-    /// The most specific network holding `ip`, in service or reserved; among equals, one in
-    /// service first, then the newest session's.
+    /// The most specific network holding `ip`, in service or reserved; among equals, the
+    /// least busy session serving it (the replicas of its client), else the newest
+    /// reservation.
     pub(crate) fn lookup(&self, ip: IpAddr) -> Option<NetworkHit> {
         let now = Instant::now();
         let entries = self.lock();
-        let best = entries
-            .iter()
-            .filter(|e| e.net.contains(ip) && e.live(now))
-            .max_by_key(|e| (e.net.specificity(), e.opener.is_some(), e.session))?;
+        let holding = || entries.iter().filter(|e| e.net.contains(ip) && e.live(now));
+        let specificity = holding().map(|e| e.net.specificity()).max()?;
+        let mut equals: Vec<&Entry> = holding().filter(|e| e.net.specificity() == specificity).collect();
+        equals.sort_by_key(|e| e.session);
+        let serving: Vec<(&Entry, &StreamOpener)> =
+            equals.iter().filter_map(|e| e.opener.as_ref().map(|opener| (*e, opener))).collect();
+        let least_busy = crate::mux::least_busy(&serving, |(_, opener)| opener).map(|(e, _)| *e);
+        let best = least_busy.or_else(|| equals.last().copied())?;
         Some(NetworkHit {
             owner: best.owner.clone(),
             net: best.net,

@@ -43,6 +43,9 @@ pub struct Policy {
     pub allow_hosts: Vec<Glob>,
     /// Networks shared-token clients may route (offer egress into) (default: none).
     pub allow_networks: Vec<IpNet>,
+    /// Sessions a name on the shared token may hold at once, replicas of one client serving
+    /// the same routes (default 1: a new session replaces the one before).
+    pub max_replicas: usize,
     /// What each client with its own token may do, by name.
     pub clients: HashMap<String, ClientPolicy>,
 }
@@ -56,6 +59,7 @@ impl Default for Policy {
             allow_bind: Vec::new(),
             allow_hosts: Vec::new(),
             allow_networks: Vec::new(),
+            max_replicas: 1,
             clients: HashMap::new(),
         }
     }
@@ -82,6 +86,9 @@ pub struct ClientPolicy {
     pub allow_hosts: Vec<Glob>,
     /// Networks it may route (default: none).
     pub allow_networks: Vec<IpNet>,
+    /// Sessions it may hold at once, replicas serving the same routes; `None` for one (a new
+    /// session replaces the one before).
+    pub replicas: Option<usize>,
 }
 
 /// Whether a client may bind a port.
@@ -137,6 +144,16 @@ impl<'a> ClientRules<'a> {
             None if self.ports().contains(port) => PortVerdict::Allowed,
             None => PortVerdict::NotAllowed,
         }
+    }
+
+    /// Sessions it may hold at once (its replicas); at least 1.
+    pub fn replicas(&self) -> usize {
+        let replicas = match (self.own, self.credential) {
+            (Some(own), _) => own.replicas.unwrap_or(1),
+            (None, CredentialKind::Shared) => self.policy.max_replicas,
+            (None, CredentialKind::PerClient) => 1,
+        };
+        replicas.max(1)
     }
 
     /// Its `allow_ports` (its own list, or the server-wide one).

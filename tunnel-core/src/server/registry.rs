@@ -1,8 +1,10 @@
 //! Who is connected and who holds which public port.
 //!
-//! Keyed by client identity (its name): one live session per name today, with the ports it
-//! holds. When a session ends, its ports stay reserved for the same name for a grace period so
-//! a reconnecting client gets them back and nobody else can grab them meanwhile.
+//! Keyed by client identity (its name): the live sessions of each name (one, or up to its
+//! `replicas`), and the ports each name holds. A port is leased to a name, not to a session:
+//! it is held while some route listener of the name uses it, and when the last one closes
+//! (its sessions ended) it stays reserved for the name for a grace period, so a reconnecting
+//! client gets it back and nobody else can grab it meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -65,7 +67,8 @@ struct Inner {
     grace: Duration,
     caps: Caps,
     next_id: SessionId,
-    sessions: HashMap<String, Slot>,
+    /// The live sessions of each name, oldest first.
+    sessions: HashMap<String, Vec<Slot>>,
     leases: HashMap<u16, Lease>,
 }
 
@@ -76,6 +79,8 @@ struct Slot {
     opener: StreamOpener,
     credential: CredentialKind,
     services: HashSet<String>,
+    /// False once the session drains: visits go to its other replicas first.
+    accepting: bool,
     /// Cancelled to ask the session to close (a newer one replaces it).
     kick: CancellationToken,
     /// Cancelled by the session once it has released everything.
@@ -92,8 +97,11 @@ struct Lease {
 
 #[derive(Debug, Clone, Copy)]
 enum LeaseState {
-    Held(SessionId),
-    Reserved { until: Instant },
+    /// By this many route listeners of the owner (a TCP and a UDP route may share a port).
+    Held(u32),
+    Reserved {
+        until: Instant,
+    },
 }
 
 /// A registered session's handles.
@@ -114,14 +122,10 @@ pub(crate) enum ServiceLookup {
     NoSuchService,
 }
 
-/// Why a port cannot be claimed.
+/// Why a port cannot be claimed: another client holds it, or it is reserved for another
+/// client's reconnect.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PortConflict {
-    /// Another client holds it, or it is reserved for another client's reconnect.
-    OtherClient,
-    /// This client already holds it (for another forward, or in a session not yet gone).
-    Held,
-}
+pub(crate) struct OtherClient;
 
 impl Registry {
     pub(crate) fn new(grace: Duration, caps: Caps) -> Self {
@@ -200,25 +204,30 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a session for `name`. An existing session with that name is asked to close, and
-    /// this waits (up to `handover`) until it has released its ports. A new name is refused
-    /// when the server, or the shared token, is at its session cap.
+    /// Registers a session for `name`, one of at most `replicas` taking visitors at once
+    /// (sessions draining do not count: they are on their way out). When the name has that
+    /// many already, one is asked to close (a silent one first, then the oldest), and this
+    /// waits (up to `handover`) until it has released what it holds. A session that adds to
+    /// the name's is refused when the server, or the shared token, is at its cap.
     pub(crate) async fn register(
         &self,
         name: &str,
         credential: CredentialKind,
         opener: StreamOpener,
+        replicas: usize,
         handover: Duration,
     ) -> Result<Registration, Full> {
         let (registration, previous) = {
             let mut inner = self.lock();
-            if !inner.sessions.contains_key(name) {
+            let live = |slots: &Vec<Slot>| slots.iter().filter(|slot| slot.accepting).count();
+            let full = inner.sessions.get(name).is_some_and(|slots| live(slots) >= replicas.max(1));
+            if !full {
                 let caps = inner.caps;
-                if inner.sessions.len() >= caps.sessions {
+                let sessions = || inner.sessions.values().flatten();
+                if sessions().count() >= caps.sessions {
                     return Err(Full::Sessions(caps.sessions));
                 }
-                let shared =
-                    || inner.sessions.values().filter(|s| s.credential == CredentialKind::Shared).count();
+                let shared = || sessions().filter(|s| s.credential == CredentialKind::Shared).count();
                 if credential == CredentialKind::Shared && shared() >= caps.shared_sessions {
                     return Err(Full::SharedSessions(caps.shared_sessions));
                 }
@@ -229,15 +238,28 @@ impl Registry {
                 opener,
                 credential,
                 services: HashSet::new(),
+                accepting: true,
                 kick: CancellationToken::new(),
                 gone: CancellationToken::new(),
             };
             let registration =
                 Registration { id: slot.id, kicked: slot.kick.clone(), gone: slot.gone.clone() };
-            (registration, inner.sessions.insert(name.to_owned(), slot))
+            let slots = inner.sessions.entry(name.to_owned()).or_default();
+            let previous = if full {
+                // Silent (or closed) first, then the oldest.
+                let replaced = (0..slots.len()).filter(|&i| slots[i].accepting).min_by_key(|&i| {
+                    let opener = &slots[i].opener;
+                    (!opener.is_silent() && !opener.is_closed(), slots[i].id)
+                });
+                replaced.map(|i| slots.remove(i))
+            } else {
+                None
+            };
+            slots.push(slot);
+            (registration, previous)
         };
         if let Some(previous) = previous {
-            tracing::info!(client = name, "a new session replaces the existing one");
+            tracing::info!(client = name, "a new session replaces an existing one");
             previous.kick.cancel();
             if tokio::time::timeout(handover, previous.gone.cancelled()).await.is_err() {
                 tracing::warn!(client = name, "previous session did not release its ports in time");
@@ -246,12 +268,19 @@ impl Registry {
         Ok(registration)
     }
 
+    /// Session `id` of `name` drains: visits go to the name's other sessions from now on.
+    pub(crate) fn draining(&self, name: &str, id: SessionId) {
+        if let Some(slot) = self.lock().slot_mut(name, id) {
+            slot.accepting = false;
+        }
+    }
+
     /// Records that session `id` of `name` exposes `service`; `Err` with the cap when it
     /// already exposes as many services as allowed.
     pub(crate) fn expose(&self, name: &str, id: SessionId, service: &str) -> Result<(), usize> {
         let mut inner = self.lock();
         let cap = inner.caps.services;
-        if let Some(slot) = inner.sessions.get_mut(name).filter(|slot| slot.id == id) {
+        if let Some(slot) = inner.slot_mut(name, id) {
             if slot.services.len() >= cap && !slot.services.contains(service) {
                 return Err(cap);
             }
@@ -260,71 +289,55 @@ impl Registry {
         Ok(())
     }
 
-    /// The live session of `owner`, if it exposes `service`: its opener.
+    /// A live session of `owner` exposing `service`, for a visit: the least busy of those
+    /// not draining, else of any.
     pub(crate) fn service(&self, owner: &str, service: &str) -> Result<StreamOpener, ServiceLookup> {
         let inner = self.lock();
-        let slot = inner.sessions.get(owner).ok_or(ServiceLookup::ClientOffline)?;
-        if !slot.services.contains(service) {
-            return Err(ServiceLookup::NoSuchService);
-        }
-        Ok(slot.opener.clone())
+        let slots = inner.sessions.get(owner).ok_or(ServiceLookup::ClientOffline)?;
+        let exposing: Vec<&Slot> = slots.iter().filter(|slot| slot.services.contains(service)).collect();
+        let accepting: Vec<&Slot> = exposing.iter().copied().filter(|slot| slot.accepting).collect();
+        let pick =
+            |slots: &[&Slot]| crate::mux::least_busy(slots, |slot| &slot.opener).map(|s| s.opener.clone());
+        pick(&accepting).or_else(|| pick(&exposing)).ok_or(ServiceLookup::NoSuchService)
     }
 
-    /// Removes a session: its ports become reserved for its name for the grace period.
+    /// Removes a session (its routes were closed first, and with the last listener of a
+    /// port, the port went into its grace period).
     pub(crate) fn unregister(&self, name: &str, registration: &Registration) {
         {
             let mut inner = self.lock();
-            let until = Instant::now() + inner.grace;
-            if inner.sessions.get(name).is_some_and(|slot| slot.id == registration.id) {
-                inner.sessions.remove(name);
-            }
-            for lease in inner.leases.values_mut() {
-                if matches!(lease.state, LeaseState::Held(id) if id == registration.id) {
-                    lease.state = LeaseState::Reserved { until };
+            if let Some(slots) = inner.sessions.get_mut(name) {
+                slots.retain(|slot| slot.id != registration.id);
+                if slots.is_empty() {
+                    inner.sessions.remove(name);
                 }
             }
         }
-        self.changed();
         registration.gone.cancel();
     }
 
-    /// Claims `port` for a session of `name`: free ports, expired reservations and the name's
-    /// own reservations can be claimed; anything another client holds or reserved cannot.
-    pub(crate) fn claim(
-        &self,
-        name: &str,
-        id: SessionId,
-        route: RouteId,
-        port: u16,
-    ) -> Result<(), PortConflict> {
+    /// Claims `port` for a route listener of `name`: free ports, expired reservations and the
+    /// name's own reservations can be claimed, and a port the name holds already (for a route
+    /// of the other protocol); anything another client holds or reserved cannot. Each claim
+    /// is given back once, by [`Self::release`] or [`Self::vacate`].
+    pub(crate) fn claim(&self, name: &str, route: RouteId, port: u16) -> Result<(), OtherClient> {
         let now = Instant::now();
         let mut inner = self.lock();
-        if let Some(lease) = inner.leases.get(&port) {
-            match lease.state {
-                // Held by this very session: a route of a table being applied takes over the
-                // port of a route the same table removed (the caller checked that no route of
-                // the session still uses it).
-                LeaseState::Held(holder) if holder == id && lease.owner == name => {}
-                // Held by this name in another session (one still letting go): taking it over
-                // would lose that lease when this claim is released.
-                LeaseState::Held(_) if lease.owner == name => return Err(PortConflict::Held),
-                LeaseState::Held(_) => return Err(PortConflict::OtherClient),
-                LeaseState::Reserved { until } if until > now && lease.owner != name => {
-                    return Err(PortConflict::OtherClient)
-                }
-                LeaseState::Reserved { .. } => {}
+        let users = match inner.leases.get(&port) {
+            Some(Lease { owner, state: LeaseState::Held(users), .. }) if owner == name => users + 1,
+            Some(Lease { state: LeaseState::Held(_), .. }) => return Err(OtherClient),
+            Some(Lease { owner, state: LeaseState::Reserved { until }, .. })
+                if *until > now && owner != name =>
+            {
+                return Err(OtherClient)
             }
-        }
-        let lease = Lease { owner: name.to_owned(), route, state: LeaseState::Held(id) };
+            _ => 1,
+        };
+        let lease = Lease { owner: name.to_owned(), route, state: LeaseState::Held(users) };
         inner.leases.insert(port, lease);
         drop(inner);
         self.changed();
         Ok(())
-    }
-
-    /// Whether session `id` holds `port` now (for a route of the other protocol, say).
-    pub(crate) fn held_by(&self, id: SessionId, port: u16) -> bool {
-        self.lock().leases.get(&port).is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id))
     }
 
     /// The port reserved (not held) for `name`'s route `route`, if any.
@@ -338,19 +351,40 @@ impl Registry {
 
     /// Withdraws a service session `id` of `name` no longer exposes.
     pub(crate) fn unexpose(&self, name: &str, id: SessionId, service: &str) {
-        if let Some(slot) = self.lock().sessions.get_mut(name).filter(|slot| slot.id == id) {
+        if let Some(slot) = self.lock().slot_mut(name, id) {
             slot.services.remove(service);
         }
     }
 
-    /// Gives back a claim: the bind failed, or the route holding it was removed.
-    pub(crate) fn release(&self, id: SessionId, port: u16) {
+    /// Gives back a claim of `name`'s: the bind failed, or the route holding it was removed.
+    /// The port is free once no listener of the name uses it.
+    pub(crate) fn release(&self, name: &str, port: u16) {
+        self.give_back(name, port, None);
+    }
+
+    /// Gives back a claim of `name`'s whose listener closed because its sessions ended: once
+    /// no listener of the name uses the port, it is reserved for the name's reconnect for the
+    /// grace period.
+    pub(crate) fn vacate(&self, name: &str, port: u16) {
+        let until = Instant::now() + self.lock().grace;
+        self.give_back(name, port, Some(until));
+    }
+
+    fn give_back(&self, name: &str, port: u16, reserve_until: Option<Instant>) {
         let mut inner = self.lock();
-        if inner.leases.get(&port).is_some_and(|l| matches!(l.state, LeaseState::Held(h) if h == id)) {
-            inner.leases.remove(&port);
-            drop(inner);
-            self.changed();
+        let Some(lease) = inner.leases.get_mut(&port).filter(|lease| lease.owner == name) else { return };
+        match lease.state {
+            LeaseState::Held(users) if users > 1 => lease.state = LeaseState::Held(users - 1),
+            LeaseState::Held(_) => match reserve_until {
+                Some(until) => lease.state = LeaseState::Reserved { until },
+                None => {
+                    inner.leases.remove(&port);
+                }
+            },
+            LeaseState::Reserved { .. } => return,
         }
+        drop(inner);
+        self.changed();
     }
 
     /// Drops the reservations (of departed sessions) that `keep` refuses, given the port and
@@ -394,144 +428,19 @@ impl Registry {
         names.sort();
         names
     }
+
+    /// Live sessions, every replica counted.
+    pub(crate) fn session_count(&self) -> usize {
+        self.lock().sessions.values().map(Vec::len).sum()
+    }
+}
+
+impl Inner {
+    fn slot_mut(&mut self, name: &str, id: SessionId) -> Option<&mut Slot> {
+        self.sessions.get_mut(name)?.iter_mut().find(|slot| slot.id == id)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GRACE: Duration = Duration::from_secs(60);
-    const HANDOVER: Duration = Duration::from_secs(1);
-    const CAPS: Caps = Caps { sessions: 100, shared_sessions: 100, services: 100 };
-
-    /// An opener for a session that never carries streams in these tests.
-    fn opener() -> StreamOpener {
-        let (a, _b) = tokio::io::duplex(64);
-        let (opener, _incoming, _driver) =
-            crate::mux::start(a, &crate::mux::MuxConfig::default(), crate::mux::Mode::Client);
-        opener
-    }
-
-    async fn register(registry: &Registry, name: &str) -> Registration {
-        registry.register(name, CredentialKind::Shared, opener(), HANDOVER).await.unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
-        let registry = Registry::new(GRACE, CAPS);
-        let a = register(&registry, "a").await;
-        registry.claim("a", a.id, RouteId(1), 7000).unwrap();
-        let b = register(&registry, "b").await;
-        assert_eq!(registry.claim("b", b.id, RouteId(1), 7000), Err(PortConflict::OtherClient));
-
-        registry.unregister("a", &a);
-        assert_eq!(
-            registry.claim("b", b.id, RouteId(1), 7000),
-            Err(PortConflict::OtherClient),
-            "reserved for a"
-        );
-        assert_eq!(registry.reserved_for("a", RouteId(1)), Some(7000));
-        assert_eq!(registry.reserved_for("a", RouteId(2)), None);
-        let a2 = register(&registry, "a").await;
-        registry.claim("a", a2.id, RouteId(1), 7000).unwrap();
-        registry.unregister("a", &a2);
-
-        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
-        registry.sweep();
-        registry.claim("b", b.id, RouteId(1), 7000).unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
-        let registry = std::sync::Arc::new(Registry::new(GRACE, CAPS));
-        let old = register(&registry, "a").await;
-        registry.claim("a", old.id, RouteId(1), 7000).unwrap();
-        let r = registry.clone();
-        let old_task = tokio::spawn(async move {
-            old.kicked.cancelled().await;
-            r.unregister("a", &old);
-        });
-        let new = register(&registry, "a").await;
-        old_task.await.unwrap();
-        registry.claim("a", new.id, RouteId(1), 7000).unwrap();
-        assert_eq!(registry.session_names(), vec!["a".to_owned()]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn stored_leases_are_reserved_again_after_a_restart() {
-        let before = Registry::new(GRACE, CAPS);
-        let a = register(&before, "a").await;
-        before.claim("a", a.id, RouteId(0), 7000).unwrap();
-        before.claim("a", a.id, RouteId(1), 7001).unwrap();
-        before.unregister("a", &a);
-        let b = register(&before, "b").await;
-        before.claim("b", b.id, RouteId(0), 7002).unwrap();
-        let stored = before.stored_leases();
-        assert_eq!(stored.iter().map(|l| l.port).collect::<Vec<_>>(), [7000, 7001, 7002]);
-        assert_eq!(stored[2].reserved_until_ms, 0, "held");
-
-        let after = Registry::new(GRACE, CAPS);
-        after.restore(&stored);
-        let c = register(&after, "c").await;
-        for port in [7000, 7001, 7002] {
-            assert_eq!(after.claim("c", c.id, RouteId(0), port), Err(PortConflict::OtherClient), "{port}");
-        }
-        assert_eq!(after.reserved_for("a", RouteId(1)), Some(7001));
-        assert_eq!(
-            after.reserved_for("b", RouteId(0)),
-            Some(7002),
-            "a held lease is reserved after a restart"
-        );
-        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
-        after.claim("c", c.id, RouteId(0), 7002).unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn session_and_service_caps_hold_and_a_replacement_is_not_a_new_session() {
-        let caps = Caps { sessions: 3, shared_sessions: 2, services: 2 };
-        let registry = Registry::new(GRACE, caps);
-        let join = |name: &'static str, kind| registry.register(name, kind, opener(), HANDOVER);
-        let a = join("a", CredentialKind::Shared).await.unwrap();
-        join("b", CredentialKind::Shared).await.unwrap();
-        assert_eq!(join("c", CredentialKind::Shared).await.unwrap_err(), Full::SharedSessions(2));
-        join("w", CredentialKind::PerClient).await.unwrap();
-        assert_eq!(join("x", CredentialKind::PerClient).await.unwrap_err(), Full::Sessions(3));
-        // "a" again replaces "a": no new session, so no cap applies.
-        let replacing = join("a", CredentialKind::Shared);
-        let old = async {
-            a.kicked.cancelled().await;
-            registry.unregister("a", &a);
-        };
-        let (a2, ()) = tokio::join!(replacing, old);
-        let a2 = a2.unwrap();
-        registry.expose("a", a2.id, "one").unwrap();
-        registry.expose("a", a2.id, "two").unwrap();
-        registry.expose("a", a2.id, "two").unwrap();
-        assert_eq!(registry.expose("a", a2.id, "three"), Err(2));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_session_may_move_its_port_to_another_route_and_no_other_session_may_take_it() {
-        let registry = Registry::new(GRACE, CAPS);
-        let a = register(&registry, "a").await;
-        registry.claim("a", a.id, RouteId(0), 7000).unwrap();
-        // The same session (a table moving the port from a removed route to a new one).
-        registry.claim("a", a.id, RouteId(1), 7000).unwrap();
-        registry.unregister("a", &a);
-        assert_eq!(registry.reserved_for("a", RouteId(1)), Some(7000), "the lease follows the new route");
-        // A session of the same name still letting go holds it against a newer one.
-        let old = register(&registry, "b").await;
-        registry.claim("b", old.id, RouteId(0), 7001).unwrap();
-        let newer_id = old.id + 1000;
-        assert_eq!(registry.claim("b", newer_id, RouteId(0), 7001), Err(PortConflict::Held));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn release_frees_only_an_unused_claim() {
-        let registry = Registry::new(GRACE, CAPS);
-        let a = register(&registry, "a").await;
-        registry.claim("a", a.id, RouteId(1), 7000).unwrap();
-        registry.release(a.id, 7000);
-        assert!(!registry.is_taken_for("b", 7000));
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

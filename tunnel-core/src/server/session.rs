@@ -11,7 +11,7 @@ use super::directory::Recheck;
 use super::routes::SessionRoutes;
 use super::{ServerConfig, Shared};
 use crate::proto::handshake::AuthenticatedClient;
-use crate::proto::{ControlMessage, GoodbyeCode, DRAINING_VERSION};
+use crate::proto::{ControlMessage, GoodbyeCode, DRAINING_VERSION, HANDOVER_VERSION};
 use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
 
@@ -27,8 +27,11 @@ pub(super) async fn run(
     let Session { control, mut messages, opener, mut incoming, driver } = session;
     let name = client.name.clone();
     let mut driver = OwnedTask::spawn(driver);
-    let let_go = shared.config().timeouts.let_go;
-    let registration = shared.registry.register(&name, client.credential, opener.clone(), let_go);
+    let (let_go, replicas) = {
+        let config = shared.config();
+        (config.timeouts.let_go, config.rules(&name, client.credential).replicas())
+    };
+    let registration = shared.registry.register(&name, client.credential, opener.clone(), replicas, let_go);
     // Read when needed: a reload may change it.
     let goodbye = || shared.config().timeouts.goodbye;
     let registration = match registration.await {
@@ -58,6 +61,12 @@ pub(super) async fn run(
         SessionRoutes::new(&shared, &client, registration.id, opener, owned.clone(), listed.listing.clone());
     // Set once the server drains: no new visitors; the session ends when its streams have.
     let mut draining = false;
+    // Set once the client drains (protocol 6 and later): no new visitors; the session ends,
+    // by the server, when its streams have.
+    let mut handing_over = false;
+    // A client's drain lasts the server's drain time at most: a draining session counts for
+    // no replica, so one holding a stream open forever must not stay forever.
+    let mut client_drain_ends: Option<tokio::time::Instant> = None;
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let ending = loop {
@@ -73,7 +82,15 @@ pub(super) async fn run(
                     }
                     // The client is leaving: no new visitors for it; those in progress go on.
                     routes.stop_accepting(true).await;
+                    let limit = shared.config().drain_timeout;
+                    client_drain_ends = client_drain_ends.or(tokio::time::Instant::now().checked_add(limit));
                     tracing::info!(client = %crate::log::Escaped(&name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
+                    if client.version >= HANDOVER_VERSION {
+                        // Said once nothing new can reach it: the client may close its idle
+                        // streams now; this side ends the session when its streams are done.
+                        handing_over = true;
+                        let _ = control.send(ControlMessage::NoNewVisitors).await;
+                    }
                     continue;
                 }
                 if let Err(reason) = routes.handle(message, &control).await {
@@ -118,8 +135,14 @@ pub(super) async fn run(
                 }
             }
             // The control stream is the one left.
-            () = drained(&routes, &streams), if draining => {
-                control.close(GoodbyeCode::Shutdown, "server shutting down").await;
+            () = drained(&routes, &streams), if draining || handing_over => {
+                let why = if draining { "server shutting down" } else { "drained: the client's streams are done" };
+                control.close(GoodbyeCode::Shutdown, why).await;
+                break Ending::Ended(finish(&mut driver, goodbye()).await);
+            }
+            () = until(client_drain_ends) => {
+                tracing::info!(client = %crate::log::Escaped(&name), %peer, "client drain time ran out: cutting its streams");
+                control.close(GoodbyeCode::Shutdown, "the drain time ran out").await;
                 break Ending::Ended(finish(&mut driver, goodbye()).await);
             }
             () = registration.kicked.cancelled() => {
@@ -151,6 +174,14 @@ pub(super) async fn run(
 async fn drained(routes: &SessionRoutes<'_>, streams: &crate::mux::StreamOpener) {
     routes.visitors().wait().await;
     streams.until_open_at_most(1).await;
+}
+
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How the session's loop ended.

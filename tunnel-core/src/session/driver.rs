@@ -138,13 +138,15 @@ impl Future for SessionDriver {
     }
 }
 
-/// Liveness shared by the reader (which refreshes it) and the watchdog (which checks it).
+/// Liveness shared by the reader (which refreshes it) and the watchdog (which checks it); the
+/// opener's silent mark (for those choosing among replicas) is cleared on every refresh.
 #[derive(Clone)]
-struct LastSeen(Arc<Mutex<Instant>>);
+struct LastSeen(Arc<Mutex<Instant>>, StreamOpener);
 
 impl LastSeen {
     fn touch(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.1.set_silent(false);
     }
 
     fn get(&self) -> Instant {
@@ -180,7 +182,7 @@ async fn run(
     rtt: Arc<Mutex<Option<Duration>>>,
 ) -> SessionEnd {
     let (reader, writer) = tokio::io::split(control);
-    let last_seen = LastSeen(Arc::new(Mutex::new(Instant::now())));
+    let last_seen = LastSeen(Arc::new(Mutex::new(Instant::now())), opener.clone());
     let (pong_tx, pong_rx) = mpsc::channel(4);
     let pings = Arc::new(Mutex::new(None::<(u64, Instant)>));
 
@@ -195,7 +197,7 @@ async fn run(
         timeout => timeout,
     };
     let write = write_loop(writer, out_rx, pong_rx, interval, pings);
-    let watchdog = watchdog(last_seen, timeout);
+    let watchdog = watchdog(last_seen, interval.saturating_mul(2), timeout);
     // Keep a sender alive so the writer's queue never reports "closed" while we run.
     let _keep = out_tx;
 
@@ -362,12 +364,21 @@ async fn write_message(
     write_frame(writer, buf).await.is_ok()
 }
 
-async fn watchdog(last_seen: LastSeen, timeout: Duration) -> SessionEnd {
+/// Ends the session once the peer has been silent for `timeout`; after `quiet` (shorter), marks
+/// the connection silent so that new streams go to a replica still heard from.
+async fn watchdog(last_seen: LastSeen, quiet: Duration, timeout: Duration) -> SessionEnd {
     loop {
-        let deadline = last_seen.get() + timeout;
-        if Instant::now() >= deadline {
+        let heard = last_seen.get();
+        let now = Instant::now();
+        if now >= heard + timeout {
             return SessionEnd::HeartbeatTimeout(timeout);
         }
-        tokio::time::sleep_until(deadline).await;
+        let next = if quiet < timeout && now >= heard + quiet {
+            last_seen.1.set_silent(true);
+            heard + timeout
+        } else {
+            heard + quiet.min(timeout)
+        };
+        tokio::time::sleep_until(next).await;
     }
 }

@@ -227,4 +227,58 @@ mod tests {
         assert_eq!(client_driver.await.unwrap(), SessionEnd::Closed);
         assert!(matches!(server_driver.await.unwrap(), SessionEnd::Goodbye { .. }));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_silent_for_two_intervals_marks_the_opener_until_it_is_heard_again() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let token = Token::new("session-test-token").unwrap();
+        let credentials = Credentials::default().with_shared(token.clone());
+        let interval = Duration::from_secs(1);
+        let config = SessionConfig {
+            heartbeat_interval: interval,
+            heartbeat_timeout: interval * 10,
+            ..SessionConfig::default()
+        };
+        // The server's driver runs while `frozen` is false: frozen, it says nothing, but its
+        // connection stays open.
+        let (freeze, mut frozen) = tokio::sync::watch::channel(false);
+        let server_config = config.clone();
+        let server = tokio::spawn(async move {
+            let binding = ChannelBinding::Plaintext;
+            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
+            let (server, _) = accepted.await.unwrap();
+            let mut driver = server.driver;
+            loop {
+                if *frozen.borrow_and_update() {
+                    frozen.changed().await.unwrap();
+                    continue;
+                }
+                tokio::select! {
+                    end = &mut driver => return end,
+                    _ = frozen.changed() => {}
+                }
+            }
+        });
+        let (client, _) =
+            Session::connect(a, &ChannelBinding::Plaintext, "c1", token, &config).await.unwrap();
+        let client_driver = tokio::spawn(client.driver);
+        tokio::time::sleep(interval * 5).await;
+        assert!(!client.opener.is_silent(), "silent while heartbeats flow");
+
+        // Last heard within the interval before the freeze: silent from two intervals after
+        // that, so not yet 0.9 intervals in, and surely 3.5 intervals in.
+        freeze.send(true).unwrap();
+        tokio::time::sleep(interval * 9 / 10).await;
+        assert!(!client.opener.is_silent(), "silent before two intervals passed");
+        tokio::time::sleep(interval * 26 / 10).await;
+        assert!(client.opener.is_silent(), "not marked after more than two silent intervals");
+        assert!(!client_driver.is_finished(), "declared dead before its timeout");
+
+        freeze.send(false).unwrap();
+        tokio::time::sleep(interval * 2).await;
+        assert!(!client.opener.is_silent(), "still marked after the peer was heard again");
+        client.control.close(crate::proto::GoodbyeCode::Shutdown, "done").await;
+        assert_eq!(client_driver.await.unwrap(), SessionEnd::Closed);
+        assert!(matches!(server.await.unwrap(), SessionEnd::Goodbye { .. }));
+    }
 }

@@ -19,6 +19,7 @@ use super::directory::Listing;
 use super::forwards::{Binder, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
 use super::networks::Owner;
+use super::port_listeners::Shape;
 use super::registry::SessionId;
 use super::{RouteInfo, Shared};
 use crate::auth::CredentialKind;
@@ -307,12 +308,11 @@ impl<'s> SessionRoutes<'s> {
     /// Whether this exact entry is in service.
     fn has(&self, entry: &RouteEntry) -> bool {
         match &entry.kind {
-            RouteKind::Tcp { bind, port, .. } => self
-                .ports
-                .get(&entry.id)
-                .is_some_and(|r| r.protocol == Protocol::Tcp && r.bind == *bind && r.port == *port),
+            RouteKind::Tcp { bind, port, .. } => self.ports.get(&entry.id).is_some_and(|r| {
+                r.shape == Shape { protocol: Protocol::Tcp, bind: *bind, port: *port, idle_secs: 0 }
+            }),
             RouteKind::Udp { bind, port, idle_secs, .. } => self.ports.get(&entry.id).is_some_and(|r| {
-                r.protocol == Protocol::Udp && r.bind == *bind && r.port == *port && r.idle_secs == *idle_secs
+                r.shape == Shape { protocol: Protocol::Udp, bind: *bind, port: *port, idle_secs: *idle_secs }
             }),
             RouteKind::Service { name } => self.services.get(&entry.id) == Some(name),
             RouteKind::Http { matcher } => self.http.get(&entry.id).is_some_and(|m| m.spec() == matcher),
@@ -430,15 +430,15 @@ impl<'s> SessionRoutes<'s> {
         Ok(())
     }
 
-    /// Takes a route out of service. A port route's listener is closed before this returns (its
-    /// port can be bound again at once) and its visitors are signalled to reset; its port is
-    /// released when the table is applied, unless a new route takes it over.
+    /// Takes a route out of service. A port route's visitors are signalled to reset; if no
+    /// other replica serves it, its listener is closed before this returns (its port can be
+    /// bound again at once) and its port is released when the table is applied (still this
+    /// client's if a new route took it over).
     async fn remove(&mut self, id: RouteId) {
-        if let Some(mut route) = self.ports.remove(&id) {
-            route.cut.cancel();
-            route.listener_closed().await;
-            self.vacated.push(route.public_addr.port());
-            tracing::debug!(client = %Escaped(&self.name), route = %id, public_addr = %route.public_addr, "port route removed");
+        if let Some(route) = self.ports.remove(&id) {
+            let public_addr = route.public_addr;
+            self.vacated.extend(self.leave_port(id, route).await);
+            tracing::debug!(client = %Escaped(&self.name), route = %id, %public_addr, "port route removed");
         }
         if let Some(service) = self.services.remove(&id) {
             self.shared.registry.unexpose(&self.name, self.session, &service);
@@ -459,13 +459,12 @@ impl<'s> SessionRoutes<'s> {
         }
     }
 
-    /// Ends a round of changes: the ports of removed routes no route took over go back, and
-    /// the edge gets the session's HTTP and TLS routes as they are now.
+    /// Ends a round of changes: the claims of the ports whose listeners closed go back (a
+    /// route of the same table that took a port over holds its own claim), and the edge gets
+    /// the session's HTTP and TLS routes as they are now.
     fn settle(&mut self) {
         for port in std::mem::take(&mut self.vacated) {
-            if !self.ports.values().any(|r| r.public_addr.port() == port) {
-                self.binder().release(port);
-            }
+            self.binder().release(port);
         }
         self.publish_http();
     }
@@ -482,7 +481,7 @@ impl<'s> SessionRoutes<'s> {
     }
 
     fn binder(&self) -> Binder<'_> {
-        Binder { shared: self.shared, name: &self.name, credential: self.credential, session: self.session }
+        Binder { shared: self.shared, name: &self.name, credential: self.credential }
     }
 
     /// The routes in service now, for listings.
@@ -491,7 +490,7 @@ impl<'s> SessionRoutes<'s> {
         let mut routes: Vec<RouteInfo> =
             Vec::with_capacity(self.ports.len() + self.services.len() + self.http.len());
         routes.extend(self.ports.iter().map(|(id, r)| {
-            let kind = if r.protocol == Protocol::Udp { "udp" } else { "tcp" };
+            let kind = if r.shape.protocol == Protocol::Udp { "udp" } else { "tcp" };
             info(*id, kind, Some(r.public_addr), None)
         }));
         routes.extend(self.services.iter().map(|(id, name)| info(*id, "service", None, Some(name.clone()))));
@@ -516,37 +515,45 @@ impl<'s> SessionRoutes<'s> {
         &self.visitors
     }
 
-    /// Drains: the TCP routes' listeners close (new visitors are refused; the ports stay this
-    /// client's), their visitors go on; waiting on [`Self::visitors`] then ends.
+    /// Drains: no new visitors for this session (its replicas take them; a port route none of
+    /// them serves closes its listener, refusing new visitors while the port stays this
+    /// client's), its visitors go on; waiting on [`Self::visitors`] then ends.
     ///
     /// `withdraw_http`: the HTTP and TLS routes leave the edge's index too (the client is
     /// leaving; when the whole server drains, its edge stops taking connections itself, and
     /// requests already on open connections still find their routes). From now on, tables
-    /// and requests are refused. Returns once the listening sockets are closed.
+    /// and requests are refused. Returns once the listening sockets to close are closed.
     pub(super) async fn stop_accepting(&mut self, withdraw_http: bool) {
         self.draining = true;
         self.accepting.cancel();
         self.visitors.close();
+        self.shared.registry.draining(&self.name, self.session);
         self.shared.networks.depart(self.session, self.shared.config().port_grace);
         if withdraw_http {
             self.shared.http_routes.remove(self.session);
+            // Its idle pooled streams would hold the session open: they go now.
+            self.shared.each_edge(|edge| edge.retire(&self.name, &self.opener));
         }
-        for route in self.ports.values_mut() {
-            route.listener_closed().await;
+        for id in self.ports.keys() {
+            self.shared.ports.quiet(&self.name, *id).await;
         }
     }
 
-    /// Stops every listener and cuts every visitor; returns once the listening sockets are
-    /// closed, so the ports can be bound again (by a session replacing this one).
-    pub(super) async fn close(self) {
+    /// Leaves every route and cuts every visitor; returns once the listening sockets no other
+    /// replica serves are closed, so the ports can be bound again (by a session replacing this
+    /// one), and reserved for this client for the grace period.
+    pub(super) async fn close(mut self) {
         self.owned.cancel();
         self.shared.http_routes.remove(self.session);
+        self.shared.each_edge(|edge| edge.forget(&self.name, &self.opener));
         self.shared.networks.depart(self.session, self.shared.config().port_grace);
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
         }
-        for (_, mut route) in self.ports {
-            route.listener_closed().await;
+        for (id, route) in std::mem::take(&mut self.ports) {
+            if let Some(port) = self.leave_port(id, route).await {
+                self.shared.registry.vacate(&self.name, port);
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
-//! A session's port routes: TCP listeners and UDP sockets on public ports.
+//! A session's port routes: its places in the TCP listeners and UDP sockets on public ports,
+//! which it shares with the other replicas of its client name
+//! ([`crate::server::port_listeners`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -9,35 +10,21 @@ use super::SessionRoutes;
 use crate::forward::Protocol;
 use crate::log::Escaped;
 use crate::proto::{RefusalCode, RouteId};
-use crate::server::datagrams;
-use crate::server::forwards::{self, Bound, Carrier, Refusal, StreamKind};
-use crate::task::OwnedTask;
+use crate::server::forwards::{Member, Refusal, StreamKind};
+use crate::server::port_listeners::{Carriage, Shape};
 
-/// A TCP or UDP route in service.
+/// A TCP or UDP route this session serves.
 pub(super) struct PortRoute {
-    pub(super) protocol: Protocol,
-    /// What the client asked for; the same id asking for something else is a new route.
-    pub(super) bind: Option<IpAddr>,
-    pub(super) port: u16,
-    /// A UDP route's flow idle time, as asked.
-    pub(super) idle_secs: u32,
+    /// What the client asked for.
+    pub(super) shape: Shape,
     pub(super) public_addr: SocketAddr,
-    /// Stops the listener and cuts this route's visitors.
-    pub(super) cut: CancellationToken,
-    /// `None` once awaited (closed).
-    pub(super) listener: Option<OwnedTask<()>>,
+    /// Cuts this session's visitors of the route.
+    pub(super) owned: CancellationToken,
 }
 
 impl PortRoute {
-    /// Returns once the listener has stopped and its socket is closed.
-    pub(super) async fn listener_closed(&mut self) {
-        if let Some(listener) = self.listener.take() {
-            let _ = listener.await;
-        }
-    }
-
     pub(super) fn protocol_name(&self) -> &'static str {
-        match self.protocol {
+        match self.shape.protocol {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
         }
@@ -45,8 +32,9 @@ impl PortRoute {
 }
 
 impl SessionRoutes<'_> {
-    /// Binds a port route, `at` (bind address, port, preferred port), and starts serving it;
-    /// `idle_secs` is a UDP route's flow idle time.
+    /// Serves a port route, `at` (bind address, port, preferred port): joins the socket
+    /// another replica of this client has bound for it, or binds one. `idle_secs` is a UDP
+    /// route's flow idle time.
     pub(super) async fn add_port(
         &mut self,
         id: RouteId,
@@ -63,38 +51,47 @@ impl SessionRoutes<'_> {
                 format!("this client already holds {limit} forwards"),
             ));
         }
-        if port != 0 && self.ports.values().any(|r| r.protocol == protocol && r.public_addr.port() == port) {
+        if port != 0
+            && self.ports.values().any(|r| r.shape.protocol == protocol && r.public_addr.port() == port)
+        {
             return Err((
                 RefusalCode::PortTaken,
                 format!("port {port} is already used by another route of this client"),
             ));
         }
-        let (bound, public_addr) = self.binder().bind(id, protocol, bind, port, preferred).await?;
-        let cut = self.owned.child_token();
-        let config = self.shared.config();
-        let carrier = Carrier {
-            kind,
+        let shape = Shape { protocol, bind, port, idle_secs: idle_secs.unwrap_or(0) };
+        let owned = self.owned.child_token();
+        let member = Member {
+            session: self.session,
             opener: self.opener.clone(),
-            owned: cut.clone(),
+            owned: owned.clone(),
             accepting: self.accepting.clone(),
             visitors: self.visitors.clone(),
-            client: self.name.as_str().into(),
-            metrics: self.shared.metrics.clone(),
-            max_visitors: config.max_visitors_per_forward,
-            max_per_source: config.max_visitors_per_source,
         };
-        let idle_secs = idle_secs.unwrap_or(0);
-        let listener = Some(match bound {
-            Bound::Tcp(listener) => OwnedTask::spawn(forwards::serve(listener, carrier)),
-            Bound::Udp(socket) => {
-                let idle = Duration::from_secs(idle_secs.into())
-                    .clamp(Duration::from_secs(1), crate::udp::MAX_FLOW_IDLE);
-                OwnedTask::spawn(datagrams::serve(socket, carrier, idle))
+        let carriage = || {
+            let config = self.shared.config();
+            Carriage {
+                kind,
+                client: self.name.as_str().into(),
+                metrics: self.shared.metrics.clone(),
+                max_visitors: config.max_visitors_per_forward,
+                max_per_source: config.max_visitors_per_source,
             }
-        });
-        let route = PortRoute { protocol, bind, port, idle_secs, public_addr, cut, listener };
+        };
+        let binder = self.binder();
+        let bind = || binder.bind(id, protocol, bind, port, preferred);
+        let public_addr = self.shared.ports.join((&self.name, id), shape, member, carriage, bind).await?;
+        let route = PortRoute { shape, public_addr, owned };
         tracing::debug!(client = %Escaped(&self.name), route = %id, %public_addr, "{} route listening", route.protocol_name());
         self.ports.insert(id, route);
         Ok(public_addr)
+    }
+
+    /// Leaves port route `id` (already taken out of `self.ports`): its visitors are cut, and
+    /// when this session was the socket's last member, the socket is closed and its port is
+    /// returned, for the caller to give back.
+    pub(super) async fn leave_port(&self, id: RouteId, route: PortRoute) -> Option<u16> {
+        route.owned.cancel();
+        self.shared.ports.leave(&self.name, id, self.session).await
     }
 }

@@ -79,7 +79,7 @@ impl SessionRoutes<'_> {
         let rules = config.rules(&self.name, self.credential);
         let mut disallowed = Vec::new();
         for (&id, route) in &self.ports {
-            if let Err(refusal) = self.binder().still_allowed(route.bind, route.public_addr) {
+            if let Err(refusal) = self.binder().still_allowed(route.shape.bind, route.public_addr) {
                 let what = format!("{} {}", route.protocol_name(), route.public_addr);
                 disallowed.push(Disallowed { id, what, refusal, service: None });
             }

@@ -1,0 +1,112 @@
+use super::*;
+
+/// No routes: every request gets the fallback.
+struct NoRoutes;
+
+impl RouteSource for NoRoutes {
+    fn routes(&self) -> Arc<RouteIndex<Openers>> {
+        Arc::default()
+    }
+}
+
+async fn status(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) -> u16 {
+    sender.ready().await.unwrap();
+    let request = Request::get("/").header("host", "nobody.test").body(http_body_util::Empty::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+/// Reads what the edge sends within a second (of the paused clock): the responses so far.
+async fn responses(visitor: &mut tokio::io::DuplexStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(1), visitor.read(&mut buf)).await {
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_answered_before_it_arrived_is_never_read_as_requests_after_a_pause() {
+    use tokio::io::AsyncWriteExt;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    // The body is a whole request, sent in two halves with a pause between them. The
+    // fallback answers before reading it; the body must stay a body (hyper closes such a
+    // connection rather than read the rest), never become a request of its own.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: nobody.test\r\n\r\n";
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: nobody.test\r\nContent-Length: {}\r\n\r\n", smuggled.len());
+    visitor.write_all(head.as_bytes()).await.unwrap();
+    visitor.write_all(&smuggled.as_bytes()[..10]).await.unwrap();
+    assert_eq!(responses(&mut visitor).await.matches("HTTP/1.1 404").count(), 1);
+    tokio::time::sleep(PARK_AFTER * 5).await;
+    if visitor.write_all(&smuggled.as_bytes()[10..]).await.is_ok() {
+        assert_eq!(responses(&mut visitor).await, "", "the rest of a body was answered as a request");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipelined_request_split_by_a_pause_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    visitor
+        .write_all(b"GET /one HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET /two HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    assert_eq!(responses(&mut visitor).await.matches("HTTP/1.1 404").count(), 1);
+    tokio::time::sleep(PARK_AFTER * 5).await;
+    visitor.write_all(b"st: nobody.test\r\n\r\n").await.unwrap();
+    assert_eq!(
+        responses(&mut visitor).await.matches("HTTP/1.1 404").count(),
+        1,
+        "the second request was lost"
+    );
+}
+
+/// Every visitor connection's task is this future: hyper's connections live in boxes of
+/// their own, so an idle (parked) connection costs a few hundred bytes, not kilobytes.
+#[test]
+fn a_visitor_connections_task_stays_small() {
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (_, served) = tokio::io::duplex(64);
+    let serving = edge.serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false);
+    let size = std::mem::size_of_val(&serving);
+    assert!(size <= 1024, "the serve future is {size} bytes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_is_parked_then_served_again_and_closed_after_the_idle_time() {
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (visitor, served) = tokio::io::duplex(64 * 1024);
+    let serving =
+        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(visitor)).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(status(&mut sender).await, 404);
+    assert_eq!(edge.parked_connections(), 0, "parked while a response was under way");
+
+    // Idle past the parking time (the paused clock jumps): the socket alone remains.
+    tokio::time::sleep(PARK_AFTER + Duration::from_millis(10)).await;
+    assert_eq!(edge.parked_connections(), 1);
+    // The same connection is served again, from a fresh hyper connection.
+    assert_eq!(status(&mut sender).await, 404);
+    assert_eq!(edge.parked_connections(), 0);
+
+    // Parked again, then cut once the idle time has passed.
+    tokio::time::sleep(EdgeLimits::default().header_timeout + Duration::from_secs(1)).await;
+    assert_eq!(edge.parked_connections(), 0);
+    tokio::time::timeout(Duration::from_secs(1), serving)
+        .await
+        .expect("an idle visitor was never cut")
+        .unwrap();
+}

@@ -1,0 +1,191 @@
+use super::*;
+
+const GRACE: Duration = Duration::from_secs(60);
+const HANDOVER: Duration = Duration::from_secs(1);
+const CAPS: Caps = Caps { sessions: 100, shared_sessions: 100, services: 100 };
+
+/// An opener for a session that never carries streams in these tests, and what keeps its
+/// connection open.
+fn opener() -> (StreamOpener, impl Sized) {
+    let (a, b) = tokio::io::duplex(64);
+    let (opener, incoming, driver) =
+        crate::mux::start(a, &crate::mux::MuxConfig::default(), crate::mux::Mode::Client);
+    (opener, (b, incoming, driver))
+}
+
+async fn register(registry: &Registry, name: &str) -> Registration {
+    registry.register(name, CredentialKind::Shared, opener().0, 1, HANDOVER).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
+    let registry = Registry::new(GRACE, CAPS);
+    registry.claim("a", RouteId(1), 7000).unwrap();
+    assert_eq!(registry.claim("b", RouteId(1), 7000), Err(OtherClient));
+
+    registry.vacate("a", 7000);
+    assert_eq!(registry.claim("b", RouteId(1), 7000), Err(OtherClient), "reserved for a");
+    assert_eq!(registry.reserved_for("a", RouteId(1)), Some(7000));
+    assert_eq!(registry.reserved_for("a", RouteId(2)), None);
+    registry.claim("a", RouteId(1), 7000).unwrap();
+    registry.vacate("a", 7000);
+
+    tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+    registry.sweep();
+    registry.claim("b", RouteId(1), 7000).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_port_is_the_names_until_its_last_listener_gives_it_back() {
+    let registry = Registry::new(GRACE, CAPS);
+    // A TCP and a UDP route of one name on one port: two claims.
+    registry.claim("a", RouteId(1), 7000).unwrap();
+    registry.claim("a", RouteId(2), 7000).unwrap();
+    registry.release("a", 7000);
+    assert!(registry.is_taken_for("b", 7000), "freed while a listener still uses it");
+    // Another name cannot give it back for its owner.
+    registry.release("b", 7000);
+    registry.vacate("b", 7000);
+    assert!(registry.is_taken_for("b", 7000));
+    registry.release("a", 7000);
+    assert!(!registry.is_taken_for("b", 7000), "a released port stays taken");
+    assert_eq!(registry.reserved_for("a", RouteId(2)), None, "a released port is not reserved");
+
+    registry.claim("a", RouteId(1), 7001).unwrap();
+    registry.claim("a", RouteId(2), 7001).unwrap();
+    registry.vacate("a", 7001);
+    assert_eq!(registry.reserved_for("a", RouteId(2)), None, "reserved while still held");
+    registry.vacate("a", 7001);
+    assert_eq!(registry.reserved_for("a", RouteId(2)), Some(7001));
+    // Giving back more than was claimed leaves the reservation alone.
+    registry.release("a", 7001);
+    assert_eq!(registry.reserved_for("a", RouteId(2)), Some(7001));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
+    let registry = std::sync::Arc::new(Registry::new(GRACE, CAPS));
+    let old = register(&registry, "a").await;
+    let r = registry.clone();
+    let old_task = tokio::spawn(async move {
+        old.kicked.cancelled().await;
+        r.unregister("a", &old);
+    });
+    let _new = register(&registry, "a").await;
+    old_task.await.unwrap();
+    assert_eq!(registry.session_names(), vec!["a".to_owned()]);
+    assert_eq!(registry.session_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_join_until_their_number_then_the_silent_then_the_oldest_go_and_the_draining_stay() {
+    let registry = std::sync::Arc::new(Registry::new(GRACE, CAPS));
+    let (openers, _keep): (Vec<_>, Vec<_>) = (0..6).map(|_| opener()).unzip();
+    let join = |i: usize| {
+        let registry = registry.clone();
+        let opener = openers[i].clone();
+        async move {
+            let joined = registry.register("a", CredentialKind::Shared, opener, 3, HANDOVER).await.unwrap();
+            let r = registry.clone();
+            let kicked = joined.kicked.clone();
+            let id = joined.id;
+            tokio::spawn(async move {
+                joined.kicked.cancelled().await;
+                r.unregister("a", &joined);
+            });
+            (id, kicked)
+        }
+    };
+    let (first, second, third) = (join(0).await, join(1).await, join(2).await);
+    assert_eq!(registry.session_count(), 3);
+    assert!(![&first, &second, &third].iter().any(|(_, kicked)| kicked.is_cancelled()));
+
+    // A draining replica is on its way out: a new one joins beside it, kicking nobody.
+    registry.draining("a", second.0);
+    let _fourth = join(3).await;
+    assert!(![&first, &second, &third].iter().any(|(_, kicked)| kicked.is_cancelled()));
+    assert_eq!(registry.session_count(), 4);
+
+    openers[2].set_silent(true);
+    let _fifth = join(4).await;
+    assert!(third.1.is_cancelled() && !first.1.is_cancelled(), "a silent one goes first");
+
+    let _sixth = join(5).await;
+    assert!(first.1.is_cancelled(), "then the oldest");
+    assert!(!second.1.is_cancelled(), "the draining one was kicked");
+    assert_eq!(registry.session_count(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_visit_goes_to_a_replica_exposing_it_and_not_draining() {
+    let registry = Registry::new(GRACE, CAPS);
+    let (openers, _keep): (Vec<_>, Vec<_>) = (0..3).map(|_| opener()).unzip();
+    let mut ids = Vec::new();
+    for opener in &openers {
+        let joined = registry.register("a", CredentialKind::Shared, opener.clone(), 3, HANDOVER);
+        ids.push(joined.await.unwrap().id);
+    }
+    assert_eq!(registry.service("b", "db").unwrap_err(), ServiceLookup::ClientOffline);
+    assert_eq!(registry.service("a", "db").unwrap_err(), ServiceLookup::NoSuchService);
+    registry.expose("a", ids[0], "db").unwrap();
+    registry.expose("a", ids[1], "db").unwrap();
+    for _ in 0..20 {
+        let picked = registry.service("a", "db").unwrap().connection_id();
+        assert_ne!(picked, openers[2].connection_id(), "a replica not exposing it was picked");
+    }
+    registry.draining("a", ids[0]);
+    let picked = registry.service("a", "db").unwrap();
+    assert_eq!(picked.connection_id(), openers[1].connection_id(), "the draining one was picked");
+    registry.draining("a", ids[1]);
+    assert!(registry.service("a", "db").is_ok(), "every exposing replica drains: still served");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stored_leases_are_reserved_again_after_a_restart() {
+    let before = Registry::new(GRACE, CAPS);
+    before.claim("a", RouteId(0), 7000).unwrap();
+    before.claim("a", RouteId(1), 7001).unwrap();
+    before.vacate("a", 7000);
+    before.vacate("a", 7001);
+    before.claim("b", RouteId(0), 7002).unwrap();
+    let stored = before.stored_leases();
+    assert_eq!(stored.iter().map(|l| l.port).collect::<Vec<_>>(), [7000, 7001, 7002]);
+    assert_eq!(stored[2].reserved_until_ms, 0, "held");
+
+    let after = Registry::new(GRACE, CAPS);
+    after.restore(&stored);
+    for port in [7000, 7001, 7002] {
+        assert_eq!(after.claim("c", RouteId(0), port), Err(OtherClient), "{port}");
+    }
+    assert_eq!(after.reserved_for("a", RouteId(1)), Some(7001));
+    assert_eq!(after.reserved_for("b", RouteId(0)), Some(7002), "a held lease is reserved after a restart");
+    tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+    after.claim("c", RouteId(0), 7002).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_and_service_caps_hold_and_a_replacement_is_not_a_new_session() {
+    let caps = Caps { sessions: 3, shared_sessions: 2, services: 2 };
+    let registry = Registry::new(GRACE, caps);
+    let join = |name: &'static str, kind| registry.register(name, kind, opener().0, 1, HANDOVER);
+    let a = join("a", CredentialKind::Shared).await.unwrap();
+    join("b", CredentialKind::Shared).await.unwrap();
+    assert_eq!(join("c", CredentialKind::Shared).await.unwrap_err(), Full::SharedSessions(2));
+    join("w", CredentialKind::PerClient).await.unwrap();
+    assert_eq!(join("x", CredentialKind::PerClient).await.unwrap_err(), Full::Sessions(3));
+    // A second replica is a new session: the caps apply to it.
+    let replica = registry.register("w", CredentialKind::PerClient, opener().0, 2, HANDOVER);
+    assert_eq!(replica.await.unwrap_err(), Full::Sessions(3));
+    // "a" again replaces "a": no new session, so no cap applies.
+    let replacing = join("a", CredentialKind::Shared);
+    let old = async {
+        a.kicked.cancelled().await;
+        registry.unregister("a", &a);
+    };
+    let (a2, ()) = tokio::join!(replacing, old);
+    let a2 = a2.unwrap();
+    registry.expose("a", a2.id, "one").unwrap();
+    registry.expose("a", a2.id, "two").unwrap();
+    registry.expose("a", a2.id, "two").unwrap();
+    assert_eq!(registry.expose("a", a2.id, "three"), Err(2));
+}
