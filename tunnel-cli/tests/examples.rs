@@ -12,13 +12,18 @@ fn example(name: &str) -> std::path::PathBuf {
 fn server_example_parses_and_builds() {
     let mut file = ServerFile::load(&example("server.toml")).unwrap();
     assert_eq!(file.listen.as_deref(), Some("0.0.0.0:7700"));
-    assert_eq!(file.clients.len(), 2);
+    assert_eq!(file.clients.len(), 3);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("cp.token");
     std::fs::write(&token, "control-plane-secret\n").unwrap();
+    let web_token = dir.path().join("web.token");
+    std::fs::write(&web_token, "web-connector-secret\n").unwrap();
     file.state_dir = Some(dir.path().to_owned());
     file.clients[0].token_file = Some(token);
+    file.clients[2].token_file = Some(web_token);
     let setup = file.build().unwrap();
+    assert_eq!(setup.config.policy.clients["web"].replicas, Some(3));
+    assert_eq!(setup.config.policy.max_replicas, 1);
     assert!(setup.config.tls.is_some());
     assert_eq!(setup.config.policy.clients["control-plane"].ports.as_ref().unwrap().to_string(), "6443");
     assert_eq!(

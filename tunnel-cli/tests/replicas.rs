@@ -252,8 +252,22 @@ impl Load {
     }
 }
 
+/// Waits until `needle` appears `count` times in what the server printed.
+async fn until_logged(server: &Served, needle: &str, count: usize) {
+    let logged = async {
+        while server.cli.output().matches(needle).count() < count {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(PATIENCE, logged).await.is_err() {
+        panic!("{needle:?} not printed {count} times:\n{}", server.cli.output());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_both_replicas_one_after_the_other_under_load_fails_no_request() {
+    // Each successor connects while its predecessor drains: the server has three sessions of
+    // `web` then, two of them taking visitors.
     let dir = tempfile::tempdir().unwrap();
     let (mut server, edge) = server(dir.path(), 2).await;
     let port = free_port();
@@ -263,10 +277,13 @@ async fn restarting_both_replicas_one_after_the_other_under_load_fails_no_reques
     let load = Load::start(port, edge);
     load.until_more(200).await;
     for (i, site) in sites.iter().enumerate() {
-        // SIGTERM, the drain, exit 0; then the replica starts again and serves.
-        assert_eq!(replicas[i].terminate().await, 0, "{}", replicas[i].output());
-        load.until_more(100).await;
-        replicas[i] = replica(&server, port, site).await;
+        // SIGTERM; once the server has the replica draining, its successor starts beside it
+        // (a draining session counts for no replica) while it finishes, then exits 0.
+        replicas[i].send_term();
+        until_logged(&server, "client draining", i + 1).await;
+        let successor = replica(&server, port, site).await;
+        let mut old = std::mem::replace(&mut replicas[i], successor);
+        assert_eq!(old.exit_code().await, 0, "{}", old.output());
         load.until_more(200).await;
     }
     let (done, failures) = load.stop().await;

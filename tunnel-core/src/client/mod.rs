@@ -491,7 +491,7 @@ impl Client {
                         loop {
                             tokio::select! {
                                 // The control stream is the one left.
-                                () = streams.until_open_at_most(1), if !handover => return true,
+                                () = streams.until_open_at_most(1), if !handover => return None,
                                 Some(stream) = incoming.next() => {
                                     let (routes, origins) = (stream_routes.clone(), self.origins.clone());
                                     tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
@@ -502,7 +502,7 @@ impl Client {
                                     }
                                 }
                                 // With a handover, the server's goodbye once the streams are done.
-                                _ = &mut driver => return false,
+                                end = &mut driver => return Some(end),
                             }
                         }
                     };
@@ -513,12 +513,14 @@ impl Client {
                         () = self.cut.cancelled() => Err("cut"),
                     };
                     match drained {
-                        Ok(true) => tracing::info!("drained"),
-                        // The session ended: with a handover, by the server once drained.
-                        Ok(false) => {
-                            if handover {
-                                tracing::info!("drained");
-                            }
+                        Ok(None) => tracing::info!("drained"),
+                        Ok(Some(Ok(SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. }))) if handover => {
+                            tracing::info!("drained");
+                            return Ok(());
+                        }
+                        Ok(Some(end)) => {
+                            let end = end.map_or_else(|e| e.to_string(), |end| end.to_string());
+                            tracing::warn!("the session ended during the drain: {}", Escaped(&end));
                             return Ok(());
                         }
                         Err(why) => tracing::warn!("cutting the streams still open ({why})"),

@@ -57,7 +57,8 @@ impl StreamOpener {
     }
 
     /// True while the session over this connection has heard nothing from its peer for longer
-    /// than two heartbeat intervals: streams opened now may wait on a dead connection.
+    /// than two heartbeat intervals (never, when its heartbeat timeout is no longer than that):
+    /// streams opened now may wait on a dead connection.
     pub fn is_silent(&self) -> bool {
         self.link.is_silent()
     }

@@ -52,16 +52,13 @@ async fn receive(socket: Arc<UdpSocket>, carrier: &Carrier, idle: Duration, task
         };
         let datagram = Bytes::copy_from_slice(&buf[..len]);
         let offer = flows.offer(visitor, datagram, |inbox| {
-            match (places.admit(visitor.ip()), carrier.members.pick()) {
-                (Ok(place), Some(member)) => {
-                    let visitors = member.visitors.clone();
-                    let flow =
-                        Flow { visitor, local, socket: socket.clone(), carrier: carrier.clone(), member };
-                    visitors.spawn(tasks.track_future(flow.carry(inbox, idle, place)));
-                    true
-                }
-                _ => false,
-            }
+            let Ok(place) = places.admit(visitor.ip()) else { return false };
+            let started = carrier.members.pick(|member| {
+                let (socket, carrier, member_of_flow) = (socket.clone(), carrier.clone(), member.clone());
+                let flow = Flow { visitor, local, socket, carrier, member: member_of_flow };
+                member.visitors.spawn(tasks.track_future(flow.carry(inbox, idle, place)));
+            });
+            started.is_some()
         });
         match offer {
             Offer::Queued | Offer::Started => {}

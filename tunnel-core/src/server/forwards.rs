@@ -64,21 +64,19 @@ impl Binder<'_> {
     ) -> Result<(Bound, SocketAddr), Refusal> {
         let ip = self.bind_address(bind)?;
         let at = (protocol, ip);
-        let listener = if port == 0 {
-            self.bind_any(id, at, preferred).await?
+        if port == 0 {
+            self.bind_any(id, at, preferred).await
         } else {
-            self.bind_fixed(id, at, port).await?
-        };
-        match listener.local_addr() {
-            Ok(addr) => Ok((listener, addr)),
-            Err(err) => {
-                // The port is unknown here; the lease stays held until the session ends.
-                Err((RefusalCode::Invalid, format!("the bound listener has no address: {err}")))
-            }
+            self.bind_fixed(id, at, port).await
         }
     }
 
-    async fn bind_fixed(&self, id: RouteId, at: (Protocol, IpAddr), port: u16) -> Result<Bound, Refusal> {
+    async fn bind_fixed(
+        &self,
+        id: RouteId,
+        at: (Protocol, IpAddr),
+        port: u16,
+    ) -> Result<(Bound, SocketAddr), Refusal> {
         let config = self.shared.config();
         let rules = config.rules(self.name, self.credential);
         match rules.may_bind_port(port) {
@@ -126,13 +124,23 @@ impl Binder<'_> {
         self.shared.registry.release(self.name, port);
     }
 
-    async fn bind_claimed(&self, id: RouteId, at: (Protocol, IpAddr), port: u16) -> Result<Bound, Refusal> {
+    /// Claims `port` and binds it; the claim is given back if the bind fails.
+    async fn bind_claimed(
+        &self,
+        id: RouteId,
+        at: (Protocol, IpAddr),
+        port: u16,
+    ) -> Result<(Bound, SocketAddr), Refusal> {
         let (protocol, ip) = at;
         let registry = &self.shared.registry;
         if let Err(OtherClient) = registry.claim(self.name, id, port) {
             return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")));
         }
-        bind_socket(protocol, SocketAddr::new(ip, port)).await.map_err(|err| {
+        let bound = bind_socket(protocol, SocketAddr::new(ip, port)).await.and_then(|bound| {
+            let addr = bound.local_addr()?;
+            Ok((bound, addr))
+        });
+        bound.map_err(|err| {
             registry.release(self.name, port);
             bind_refusal(ip, port, &err)
         })
@@ -159,7 +167,12 @@ impl Binder<'_> {
 
     /// Picks a port: the one the client held before (its hint, else our reservation for this
     /// route), then random candidates from the allowed set; never a port another client owns.
-    async fn bind_any(&self, id: RouteId, at: (Protocol, IpAddr), preferred: u16) -> Result<Bound, Refusal> {
+    async fn bind_any(
+        &self,
+        id: RouteId,
+        at: (Protocol, IpAddr),
+        preferred: u16,
+    ) -> Result<(Bound, SocketAddr), Refusal> {
         let config = self.shared.config();
         let rules = config.rules(self.name, self.credential);
         let usable = |port: u16| rules.may_bind_port(port) == PortVerdict::Allowed;
@@ -260,12 +273,14 @@ impl Members {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The member for the next visitor: the least busy (fewest open streams) of those
-    /// accepting, a silent one only if all are.
-    pub(super) fn pick(&self) -> Option<Member> {
+    /// Runs `start` with the member for the next visitor: the least busy (fewest open
+    /// streams) of those accepting, a silent one only if all are. `start` runs under the
+    /// members' lock, so a member that stops accepting and then looks at the members (as its
+    /// drain does) sees every visitor started for it.
+    pub(super) fn pick<R>(&self, start: impl FnOnce(&Member) -> R) -> Option<R> {
         let members = self.lock();
         let accepting: Vec<&Member> = members.iter().filter(|m| !m.accepting.is_cancelled()).collect();
-        crate::mux::least_busy(&accepting, |m| &m.opener).map(|m| (*m).clone())
+        crate::mux::least_busy(&accepting, |m| &m.opener).map(|m| start(m))
     }
 
     pub(super) fn add(&self, member: Member) {
@@ -279,9 +294,9 @@ impl Members {
         members.len()
     }
 
-    /// Whether any member takes new visitors.
+    /// Whether any member takes new visitors (a member whose connection is gone does not).
     pub(super) fn any_accepting(&self) -> bool {
-        self.lock().iter().any(|m| !m.accepting.is_cancelled())
+        self.lock().iter().any(|m| !m.accepting.is_cancelled() && !m.opener.is_closed())
     }
 }
 
@@ -308,19 +323,26 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier, stop: Cancell
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, visitor)) => match (places.admit(visitor.ip()), carrier.members.pick()) {
-                (Ok(place), Some(member)) => {
-                    member.visitors.clone().spawn(visit(tcp, visitor, carrier.clone(), member, place));
+            Ok((tcp, visitor)) => match places.admit(visitor.ip()) {
+                Ok(place) => {
+                    let reset = transport::reset_on_close;
+                    let mut tcp = Some((tcp, place));
+                    let started = carrier.members.pick(|member| {
+                        if let Some((tcp, place)) = tcp.take() {
+                            let visit = visit(tcp, visitor, carrier.clone(), member.clone(), place);
+                            member.visitors.spawn(visit);
+                        }
+                    });
+                    if let (None, Some((tcp, _))) = (started, tcp) {
+                        carrier.metrics.refused("visitor: client draining");
+                        reset(&tcp);
+                    }
                 }
-                (Err(why), _) => {
+                Err(why) => {
                     carrier.metrics.refused("visitor: over a cap");
                     if crate::log::REFUSALS.allow() {
                         tracing::info!(%visitor, route = %carrier.kind, "visitor refused: {why}");
                     }
-                    transport::reset_on_close(&tcp);
-                }
-                (Ok(_), None) => {
-                    carrier.metrics.refused("visitor: client draining");
                     transport::reset_on_close(&tcp);
                 }
             },
@@ -329,7 +351,10 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier, stop: Cancell
                 if crate::log::ACCEPT_FAILURES.allow() {
                     tracing::warn!(route = %carrier.kind, "accept failed: {err}");
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
         }
     }

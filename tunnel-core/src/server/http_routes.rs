@@ -84,7 +84,7 @@ impl HttpRoutes {
     }
 
     fn rebuild(&self, state: &State) {
-        // Oldest session first, so a tie between replicas goes the same way every time.
+        // Oldest session first: a route is indexed as the oldest replica serving it has it.
         let mut sessions: Vec<(&SessionId, &SessionHttp)> = state.sessions.iter().collect();
         sessions.sort_by_key(|(id, _)| **id);
         // By owner and route: the route as its first session has it, and every session's opener.

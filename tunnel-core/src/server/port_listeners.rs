@@ -31,7 +31,8 @@ pub(super) struct Shape {
 /// Every port route's socket, by owner name and route.
 #[derive(Debug, Default)]
 pub(super) struct PortListeners {
-    /// Held across a bind, so two replicas asking for one route at once get one socket.
+    /// One lock for every client, held across a bind and across closing a socket, so two
+    /// replicas asking for one route at once get one socket.
     entries: tokio::sync::Mutex<HashMap<(String, RouteId), Entry>>,
 }
 
@@ -82,14 +83,14 @@ pub(super) struct Carriage {
 
 impl PortListeners {
     /// Adds `member` to `name`'s route `id`: to its socket when one serves it (asked for in
-    /// the same `shape`), else to one `bind` binds (and claims), carried as `carriage` says.
-    /// Returns the public address.
+    /// the same `shape`, and at an address the rules in force still `allow`), else to one
+    /// `bind` binds (and claims), carried as `carriage` says. Returns the public address.
     pub(super) async fn join<B>(
         &self,
         (name, id): (&str, RouteId),
         shape: Shape,
         member: Member,
-        carriage: impl FnOnce() -> Carriage,
+        (carriage, allow): (impl FnOnce() -> Carriage, impl FnOnce(SocketAddr) -> Result<(), Refusal>),
         bind: impl FnOnce() -> B,
     ) -> Result<SocketAddr, Refusal>
     where
@@ -101,6 +102,7 @@ impl PortListeners {
                 let message = format!("another session of this client serves route {id} with other settings");
                 return Err((RefusalCode::Invalid, message));
             }
+            allow(entry.public_addr)?;
             if entry.listening.is_none() {
                 // Every other member drains: listen again where the route was.
                 let addr = entry.public_addr;
@@ -203,6 +205,14 @@ mod tests {
         Ok((Bound::Tcp(listener), addr))
     }
 
+    fn allowed(_: SocketAddr) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn narrowed(addr: SocketAddr) -> Result<(), Refusal> {
+        Err((RefusalCode::PortNotAllowed, format!("port {} is no longer allowed", addr.port())))
+    }
+
     async fn unbound() -> Result<(Bound, SocketAddr), Refusal> {
         panic!("a replica joining a route's socket bound another");
     }
@@ -217,16 +227,21 @@ mod tests {
         let (one, _k1) = opener();
         let (two, _k2) = opener();
         let first = member(1, &one);
-        let addr = ports.join(("web", ROUTE), TCP, first.clone(), carriage, bind_any).await.unwrap();
+        let addr =
+            ports.join(("web", ROUTE), TCP, first.clone(), (carriage, allowed), bind_any).await.unwrap();
         // The second replica joins the socket; another name, or another shape, is another route.
         let second = member(2, &two);
-        let joined = ports.join(("web", ROUTE), TCP, second.clone(), carriage, unbound).await.unwrap();
+        let joined =
+            ports.join(("web", ROUTE), TCP, second.clone(), (carriage, allowed), unbound).await.unwrap();
         assert_eq!(joined, addr);
         let other_shape = Shape { port: addr.port(), ..TCP };
-        let (code, _) =
-            ports.join(("web", ROUTE), other_shape, member(3, &two), carriage, unbound).await.unwrap_err();
-        assert_eq!(code, RefusalCode::Invalid);
-        let elsewhere = ports.join(("api", ROUTE), TCP, member(4, &two), carriage, bind_any).await.unwrap();
+        let joining = ports.join(("web", ROUTE), other_shape, member(3, &two), (carriage, allowed), unbound);
+        assert_eq!(joining.await.unwrap_err().0, RefusalCode::Invalid);
+        // Rules that no longer allow the socket's port (a reload): no replica joins it.
+        let joining = ports.join(("web", ROUTE), TCP, member(3, &two), (carriage, narrowed), unbound);
+        assert_eq!(joining.await.unwrap_err().0, RefusalCode::PortNotAllowed);
+        let elsewhere =
+            ports.join(("api", ROUTE), TCP, member(4, &two), (carriage, allowed), bind_any).await.unwrap();
         assert_ne!(elsewhere, addr);
 
         // Both drain: the socket closes, the port stays the route's; a replica joining then
@@ -239,7 +254,7 @@ mod tests {
         assert!(refused(addr).await, "still listening with every replica draining");
         let (three, _k3) = opener();
         let third = member(5, &three);
-        let again = ports.join(("web", ROUTE), TCP, third, carriage, unbound).await.unwrap();
+        let again = ports.join(("web", ROUTE), TCP, third, (carriage, allowed), unbound).await.unwrap();
         assert_eq!(again, addr);
         assert!(TcpStream::connect(addr).await.is_ok(), "not listening again");
 

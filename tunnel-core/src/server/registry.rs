@@ -220,8 +220,11 @@ impl Registry {
         let (registration, previous) = {
             let mut inner = self.lock();
             let live = |slots: &Vec<Slot>| slots.iter().filter(|slot| slot.accepting).count();
-            let full = inner.sessions.get(name).is_some_and(|slots| live(slots) >= replicas.max(1));
-            if !full {
+            let replicas = replicas.max(1);
+            let full = inner.sessions.get(name).is_some_and(|slots| live(slots) >= replicas);
+            // Draining ones included, a name holds twice its replicas at most.
+            let crowded = inner.sessions.get(name).is_some_and(|slots| slots.len() >= 2 * replicas);
+            if !full && !crowded {
                 let caps = inner.caps;
                 let sessions = || inner.sessions.values().flatten();
                 if sessions().count() >= caps.sessions {
@@ -251,6 +254,10 @@ impl Registry {
                     let opener = &slots[i].opener;
                     (!opener.is_silent() && !opener.is_closed(), slots[i].id)
                 });
+                replaced.map(|i| slots.remove(i))
+            } else if crowded {
+                // The oldest draining one is cut.
+                let replaced = (0..slots.len()).filter(|&i| !slots[i].accepting).min_by_key(|&i| slots[i].id);
                 replaced.map(|i| slots.remove(i))
             } else {
                 None
@@ -289,16 +296,19 @@ impl Registry {
         Ok(())
     }
 
-    /// A live session of `owner` exposing `service`, for a visit: the least busy of those
-    /// not draining, else of any.
+    /// A live session of `owner` exposing `service`, for a visit: the least busy of those not
+    /// draining (a draining session gets no new visits; while all drain, the client counts as
+    /// offline).
     pub(crate) fn service(&self, owner: &str, service: &str) -> Result<StreamOpener, ServiceLookup> {
         let inner = self.lock();
         let slots = inner.sessions.get(owner).ok_or(ServiceLookup::ClientOffline)?;
         let exposing: Vec<&Slot> = slots.iter().filter(|slot| slot.services.contains(service)).collect();
-        let accepting: Vec<&Slot> = exposing.iter().copied().filter(|slot| slot.accepting).collect();
-        let pick =
-            |slots: &[&Slot]| crate::mux::least_busy(slots, |slot| &slot.opener).map(|s| s.opener.clone());
-        pick(&accepting).or_else(|| pick(&exposing)).ok_or(ServiceLookup::NoSuchService)
+        if exposing.is_empty() {
+            return Err(ServiceLookup::NoSuchService);
+        }
+        let accepting: Vec<&Slot> = exposing.into_iter().filter(|slot| slot.accepting).collect();
+        let picked = crate::mux::least_busy(&accepting, |slot| &slot.opener);
+        picked.map(|slot| slot.opener.clone()).ok_or(ServiceLookup::ClientOffline)
     }
 
     /// Removes a session (its routes were closed first, and with the last listener of a

@@ -72,6 +72,8 @@ async fn a_new_session_kicks_the_old_one_and_waits_for_its_release() {
         r.unregister("a", &old);
     });
     let _new = register(&registry, "a").await;
+    // Registered only once the old one let go.
+    assert!(old_task.is_finished(), "the new session did not wait for the old one");
     old_task.await.unwrap();
     assert_eq!(registry.session_names(), vec!["a".to_owned()]);
     assert_eq!(registry.session_count(), 1);
@@ -114,6 +116,24 @@ async fn replicas_join_until_their_number_then_the_silent_then_the_oldest_go_and
     assert!(first.1.is_cancelled(), "then the oldest");
     assert!(!second.1.is_cancelled(), "the draining one was kicked");
     assert_eq!(registry.session_count(), 4);
+
+    // Draining sessions included, a name holds twice its replicas at most: past that, a
+    // new one cuts the oldest draining one.
+    let (more, _keep_more): (Vec<_>, Vec<_>) = (0..4).map(|_| opener()).unzip();
+    let mut draining = vec![second];
+    for opener in more {
+        let joined = registry.register("a", CredentialKind::Shared, opener, 3, HANDOVER).await.unwrap();
+        registry.draining("a", joined.id);
+        draining.push((joined.id, joined.kicked.clone()));
+        let r = registry.clone();
+        tokio::spawn(async move {
+            joined.kicked.cancelled().await;
+            r.unregister("a", &joined);
+        });
+        assert!(registry.session_count() <= 6, "{} sessions", registry.session_count());
+    }
+    assert!(draining[0].1.is_cancelled(), "the oldest draining session stayed past twice the replicas");
+    assert_eq!(registry.session_count(), 6);
 }
 
 #[tokio::test(start_paused = true)]
@@ -137,7 +157,11 @@ async fn a_service_visit_goes_to_a_replica_exposing_it_and_not_draining() {
     let picked = registry.service("a", "db").unwrap();
     assert_eq!(picked.connection_id(), openers[1].connection_id(), "the draining one was picked");
     registry.draining("a", ids[1]);
-    assert!(registry.service("a", "db").is_ok(), "every exposing replica drains: still served");
+    assert_eq!(
+        registry.service("a", "db").unwrap_err(),
+        ServiceLookup::ClientOffline,
+        "a visit went to a draining replica"
+    );
 }
 
 #[tokio::test(start_paused = true)]

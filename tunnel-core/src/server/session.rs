@@ -64,8 +64,9 @@ pub(super) async fn run(
     // Set once the client drains (protocol 6 and later): no new visitors; the session ends,
     // by the server, when its streams have.
     let mut handing_over = false;
-    // A client's drain lasts the server's drain time at most: a draining session counts for
-    // no replica, so one holding a stream open forever must not stay forever.
+    // A client's drain (protocol 6) lasts the time it asked for, within the server's drain
+    // time (30 s at least): a draining session counts for no replica, so one holding a stream
+    // open forever must not stay forever.
     let mut client_drain_ends: Option<tokio::time::Instant> = None;
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
@@ -73,7 +74,10 @@ pub(super) async fn run(
         tokio::select! {
             end = &mut driver => break Ending::Ended(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()))),
             Some(message) = messages.recv() => {
-                if let ControlMessage::Draining { message, .. } = message {
+                if let ControlMessage::Draining { message, deadline_ms } = message {
+                    if routes.is_draining() {
+                        continue; // Said again: nothing more to do.
+                    }
                     if client.version < DRAINING_VERSION {
                         let reason = format!("Draining is not part of protocol version {}", client.version);
                         control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
@@ -82,14 +86,17 @@ pub(super) async fn run(
                     }
                     // The client is leaving: no new visitors for it; those in progress go on.
                     routes.stop_accepting(true).await;
-                    let limit = shared.config().drain_timeout;
-                    client_drain_ends = client_drain_ends.or(tokio::time::Instant::now().checked_add(limit));
                     tracing::info!(client = %crate::log::Escaped(&name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
                     if client.version >= HANDOVER_VERSION {
                         // Said once nothing new can reach it: the client may close its idle
-                        // streams now; this side ends the session when its streams are done.
+                        // streams now; this side ends the session when its streams are done,
+                        // within the time the client asked for (and the server allows).
                         handing_over = true;
                         let _ = control.send(ControlMessage::NoNewVisitors).await;
+                        let asked = Duration::from_millis(deadline_ms.into());
+                        let most = shared.config().drain_timeout.max(crate::session::DEFAULT_DRAIN_TIMEOUT);
+                        let limit = asked.min(most).saturating_add(CLIENT_DRAIN_SLACK);
+                        client_drain_ends = tokio::time::Instant::now().checked_add(limit);
                     }
                     continue;
                 }
@@ -113,7 +120,7 @@ pub(super) async fn run(
                 break Ending::Leave(GoodbyeCode::Revoked, "the server no longer accepts this client's token");
             }
             Some(stream) = incoming.next() => {
-                if draining {
+                if draining || handing_over {
                     // A visit the client begins now would be cut by the end of the drain.
                     drop(stream);
                     continue;
@@ -175,6 +182,10 @@ async fn drained(routes: &SessionRoutes<'_>, streams: &crate::mux::StreamOpener)
     routes.visitors().wait().await;
     streams.until_open_at_most(1).await;
 }
+
+/// Past the drain time a client asked for, before the server cuts its session: the client
+/// cuts its own streams at its deadline and says goodbye first.
+const CLIENT_DRAIN_SLACK: Duration = Duration::from_secs(2);
 
 /// Resolves at `deadline`, never without one.
 async fn until(deadline: Option<tokio::time::Instant>) {

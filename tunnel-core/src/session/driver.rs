@@ -375,7 +375,9 @@ async fn watchdog(last_seen: LastSeen, quiet: Duration, timeout: Duration) -> Se
         }
         let next = if quiet < timeout && now >= heard + quiet {
             last_seen.1.set_silent(true);
-            heard + timeout
+            // Looked at again each `quiet`: heard from meanwhile, then silent again, is marked
+            // again on time.
+            (heard + timeout).min(now + quiet)
         } else {
             heard + quiet.min(timeout)
         };

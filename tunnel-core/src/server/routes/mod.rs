@@ -75,8 +75,9 @@ pub(super) struct SessionRoutes<'s> {
     fallback: Option<RouteId>,
     tls: HashMap<RouteId, HostPattern>,
     networks: HashMap<RouteId, IpNet>,
-    /// Ports of routes removed by the table being applied: released at its end unless a new
-    /// route of the same table took one over.
+    /// Ports whose listeners closed as the table being applied removed their routes: their
+    /// claims are given back at its end (a new route of the same table that took a port over
+    /// holds a claim of its own, so the port stays this client's in between).
     vacated: Vec<u16>,
     /// Token bucket of tables: (tokens, when last refilled).
     allowance: (f64, Instant),
@@ -508,6 +509,11 @@ impl<'s> SessionRoutes<'s> {
         routes
             .extend(self.networks.iter().map(|(id, net)| info(*id, "network", None, Some(net.to_string()))));
         routes
+    }
+
+    /// Whether [`Self::stop_accepting`] ran.
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// The session's visitor tasks.

@@ -79,8 +79,11 @@ impl SessionRoutes<'_> {
             }
         };
         let binder = self.binder();
-        let bind = || binder.bind(id, protocol, bind, port, preferred);
-        let public_addr = self.shared.ports.join((&self.name, id), shape, member, carriage, bind).await?;
+        // A replica joining the socket another bound is held to the rules in force too.
+        let allow = |public_addr| binder.still_allowed(bind, public_addr);
+        let bound = || binder.bind(id, protocol, bind, port, preferred);
+        let joined = self.shared.ports.join((&self.name, id), shape, member, (carriage, allow), bound);
+        let public_addr = joined.await?;
         let route = PortRoute { shape, public_addr, owned };
         tracing::debug!(client = %Escaped(&self.name), route = %id, %public_addr, "{} route listening", route.protocol_name());
         self.ports.insert(id, route);
