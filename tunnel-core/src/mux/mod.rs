@@ -29,6 +29,8 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 pub use driver::MuxDriver;
 pub use incoming::IncomingStreams;
+#[cfg(test)]
+pub(crate) use openers::idle_opener;
 pub(crate) use openers::least_busy;
 pub use openers::Openers;
 pub use settings::MuxConfig;

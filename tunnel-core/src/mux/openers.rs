@@ -84,17 +84,19 @@ fn fewest<'a, T>(
     best.map(|(item, _, _)| item)
 }
 
+/// For tests: an opener over a connection nobody drives (open as far as anyone can tell), and
+/// what keeps that connection open.
+#[cfg(test)]
+pub(crate) fn idle_opener() -> (StreamOpener, impl Sized) {
+    let (a, b) = tokio::io::duplex(64);
+    let (opener, incoming, driver) = super::start(a, &super::MuxConfig::default(), super::Mode::Client);
+    (opener, (b, incoming, driver))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mux::{start, Mode, MuxConfig};
-
-    /// An opener over a connection nobody drives, and what keeps the connection open.
-    fn opener() -> (StreamOpener, impl Sized) {
-        let (a, b) = tokio::io::duplex(64);
-        let (opener, incoming, driver) = start(a, &MuxConfig::default(), Mode::Client);
-        (opener, (b, incoming, driver))
-    }
+    use crate::mux::idle_opener as opener;
 
     #[tokio::test]
     async fn the_least_busy_live_connection_is_picked_and_silence_counts_against_one() {

@@ -166,18 +166,10 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::*;
-    use crate::mux::StreamOpener;
+    use crate::mux::{idle_opener as opener, StreamOpener};
 
     const ROUTE: RouteId = RouteId(7);
     const TCP: Shape = Shape { protocol: Protocol::Tcp, bind: None, port: 0, idle_secs: 0 };
-
-    /// An opener over a connection nobody drives, and what keeps the connection open.
-    fn opener() -> (StreamOpener, impl Sized) {
-        let (a, b) = tokio::io::duplex(64);
-        let (opener, incoming, driver) =
-            crate::mux::start(a, &crate::mux::MuxConfig::default(), crate::mux::Mode::Client);
-        (opener, (b, incoming, driver))
-    }
 
     fn member(session: SessionId, opener: &StreamOpener) -> Member {
         Member {

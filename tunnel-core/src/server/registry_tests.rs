@@ -1,17 +1,9 @@
 use super::*;
+use crate::mux::idle_opener as opener;
 
 const GRACE: Duration = Duration::from_secs(60);
 const HANDOVER: Duration = Duration::from_secs(1);
 const CAPS: Caps = Caps { sessions: 100, shared_sessions: 100, services: 100 };
-
-/// An opener for a session that never carries streams in these tests, and what keeps its
-/// connection open.
-fn opener() -> (StreamOpener, impl Sized) {
-    let (a, b) = tokio::io::duplex(64);
-    let (opener, incoming, driver) =
-        crate::mux::start(a, &crate::mux::MuxConfig::default(), crate::mux::Mode::Client);
-    (opener, (b, incoming, driver))
-}
 
 async fn register(registry: &Registry, name: &str) -> Registration {
     registry.register(name, CredentialKind::Shared, opener().0, 1, HANDOVER).await.unwrap()
