@@ -219,6 +219,10 @@ pub struct ConnectArgs {
     /// [default: auto].
     #[arg(long, value_name = "KIND")]
     pub transport: Option<tunnel_core::transport::Wire>,
+    /// Connections per session (1 to 16), each authenticated on its own; streams are spread
+    /// across them [default: the number of CPU cores, at most 4].
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +324,7 @@ impl ConnectArgs {
         }
         override_with(&mut file.http_fallback, self.http_fallback);
         override_with(&mut file.transport, self.transport);
+        override_with(&mut file.connections, self.connections);
         match self.proxy {
             // `--proxy none`: direct, whatever the file and the environment say.
             Some(flag) if flag.expose_secret() == "none" => file.proxy = None,

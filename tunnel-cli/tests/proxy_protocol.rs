@@ -23,7 +23,8 @@ struct Nginx {
     _process: tokio::process::Child,
 }
 
-fn start_nginx(dir: &Path) -> Nginx {
+/// Starts nginx and returns once it accepts connections on both ports.
+async fn start_nginx(dir: &Path) -> Nginx {
     let root = dir.join("nginx");
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     let ports = [free_port(), free_port()];
@@ -50,6 +51,14 @@ fn start_nginx(dir: &Path) -> Nginx {
         .kill_on_drop(true)
         .spawn()
         .expect("nginx is installed");
+    // A visitor arriving before nginx listens would be refused by the target: not what is tested.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for port in ports {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "nginx never listened on {port}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     Nginx { ports, log, _process: process }
 }
 
@@ -70,7 +79,7 @@ async fn visit_from_another_address(public: SocketAddr) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_behind_the_tunnel_logs_each_visitors_own_address_in_v1_and_v2() {
     let dir = tempfile::tempdir().unwrap();
-    let nginx = start_nginx(dir.path());
+    let nginx = start_nginx(dir.path()).await;
     let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
     let config = dir.path().join("client.toml");
     let [v1, v2] = nginx.ports;

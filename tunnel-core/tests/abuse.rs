@@ -565,7 +565,7 @@ async fn malformed_control_messages_end_only_the_offending_session() {
     for (what, bytes, goodbye_promised) in bad_frames {
         let target = TestTarget { addr: scene.server.addr, fingerprint: scene.server.fingerprint };
         let (mut io, binding) = tls_connection(&target).await;
-        client_handshake(&mut io, &binding, "rogue", Token::new(TOKEN).unwrap()).await.unwrap();
+        client_handshake(&mut io, &binding, "rogue", Token::new(TOKEN).unwrap(), None).await.unwrap();
         let (opener, _incoming, driver) = mux::start(io, &MuxConfig::default(), Mode::Client);
         let _driver = tokio::spawn(driver);
         let mut control = opener.open().await.unwrap();

@@ -70,6 +70,8 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         (any::<u32>(), reason())
             .prop_map(|(deadline_ms, message)| ControlMessage::Draining { deadline_ms, message }),
         Just(ControlMessage::NoNewVisitors),
+        (any::<u64>(), any::<u8>())
+            .prop_map(|(session, connections)| ControlMessage::Lanes { session, connections }),
         (any::<u32>(), proptest::option::of(ip()), any::<u16>(), any::<u16>()).prop_map(
             |(id, bind, port, preferred_port)| ControlMessage::RemoteForwardRequest {
                 id,
@@ -151,12 +153,13 @@ fn stream_reply() -> impl Strategy<Value = StreamReply> {
 
 fn handshake_message() -> impl Strategy<Value = HandshakeMessage> {
     prop_oneof![
-        (any::<u16>(), any::<u16>(), any::<[u8; 32]>(), name()).prop_map(
-            |(min_version, max_version, nonce, name)| HandshakeMessage::ClientHello {
+        (any::<u16>(), any::<u16>(), any::<[u8; 32]>(), name(), any::<Option<u64>>()).prop_map(
+            |(min_version, max_version, nonce, name, join)| HandshakeMessage::ClientHello {
                 min_version,
                 max_version,
                 nonce,
-                name
+                name,
+                join,
             }
         ),
         (any::<u16>(), any::<[u8; 32]>())

@@ -83,7 +83,7 @@ impl Transcript {
         self.0.update(message);
     }
 
-    fn digest(&self) -> [u8; 32] {
+    pub(super) fn digest(&self) -> [u8; 32] {
         self.0.clone().finalize().into()
     }
 }

@@ -11,6 +11,7 @@ mod backoff;
 mod datagrams;
 mod dial;
 mod error;
+mod lanes;
 mod links;
 mod locals;
 mod routes;
@@ -34,13 +35,15 @@ pub use status::{ActiveForward, ActiveLocal, ActiveSocks, ClientStatus};
 use self::dial::Dialed;
 use self::error::{classify_end, Failure};
 use self::links::Link;
-use crate::auth::Token;
+use crate::auth::{LaneKey, Token};
 use crate::forward::{LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec};
 use crate::http::{HttpAction, HttpRoute, Origins, TlsRoute};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
-use crate::proto::{ControlMessage, GoodbyeCode, IpNet, RouteId, DRAINING_VERSION, HANDOVER_VERSION};
-use crate::session::{Session, SessionConfig, SessionEnd};
+use crate::proto::{
+    ControlMessage, GoodbyeCode, IpNet, RouteId, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION,
+};
+use crate::session::{JoinTicket, Session, SessionConfig, SessionEnd};
 use crate::task::OwnedTask;
 use crate::transport::{ClientTransport, Wire};
 
@@ -100,6 +103,16 @@ pub struct ClientConfig {
     /// Servers of the same deployment besides `server`: the client keeps its whole table on
     /// each of them at once, with a session of its own per server (default: none).
     pub other_servers: Vec<ServerEndpoint>,
+    /// Connections per session, each authenticated on its own, streams spread across them
+    /// (default: [`default_connections`]; at most [`crate::proto::MAX_CONNECTIONS`], and what
+    /// the server allows). More than one needs a server of protocol version 7.
+    pub connections: usize,
+}
+
+/// The number of CPU cores, at most 4: enough connections for the kernel and the runtime to
+/// spread a session's traffic over every core.
+pub fn default_connections() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 4)
 }
 
 /// Another server a client keeps its table on, and how to reach it.
@@ -145,6 +158,7 @@ impl ClientConfig {
             origin_tls: None,
             proxy: None,
             other_servers: Vec::new(),
+            connections: default_connections(),
             session: SessionConfig {
                 // The server caps streams per session (`limits.max_streams_per_session`, at most
                 // 65536); the client, having pinned that server, follows its cap, not a lower one.
@@ -392,7 +406,7 @@ impl Client {
     async fn serve(
         &self,
         link: &Link,
-        Dialed { session, version: protocol, wire }: Dialed,
+        Dialed { session, version: protocol, wire, lane_key }: Dialed,
         state: &mut SessionState<'_>,
         backoff: &mut BackoffState,
         stop: &CancellationToken,
@@ -408,8 +422,10 @@ impl Client {
         let set = wanted.borrow_and_update().clone();
         let mut table = routes::Table::new(&set, state.assigned, state.version, protocol);
         stream_routes.replace(table.stream_routes());
+        // The server's offer of more connections, which may come before its answer.
+        let mut offer = None;
         let first = tokio::select! {
-            result = self.first_answer(&control, &mut messages, &table) => result,
+            result = self.first_answer(&control, &mut messages, &table, &mut offer) => result,
             end = &mut driver => return Err(ended(end)),
         };
         let mut answered = match first.and_then(|results| table.answer(results, state.assigned)) {
@@ -433,6 +449,13 @@ impl Client {
         current.send_replace(Some(opener));
         self.publish(link, answered, true);
 
+        // The session's other connections, kept while this loop runs (not during a drain:
+        // those up go on, none is replaced); dropped with it.
+        let mut lanes: Option<Keeper<'_>> = None;
+        let first = (link, wire, &lane_key, &streams, protocol);
+        if let Some((session, allowed)) = offer {
+            lanes = self.keeper(first, session, allowed);
+        }
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
         // Cancelled when this client drains: HTTP streams close after the request in flight.
@@ -444,6 +467,7 @@ impl Client {
                     let (routes, origins) = (stream_routes.clone(), self.origins.clone());
                     tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
                 }
+                () = keep(&mut lanes) => {}
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
                     table = routes::Table::new(&set, state.assigned, state.version, protocol);
@@ -465,6 +489,9 @@ impl Client {
                     }
                     // The answer to a table we have replaced since: the next one follows.
                     ControlMessage::RouteTableResult { .. } => {}
+                    ControlMessage::Lanes { session, connections } if lanes.is_none() => {
+                        lanes = self.keeper(first, session, connections);
+                    }
                     ControlMessage::Draining { deadline_ms, message } => {
                         tracing::info!(
                             server = %Escaped(&link.server),
@@ -532,6 +559,22 @@ impl Client {
         }
     }
 
+    /// What keeps the session (of its first connection, `first`) at its number of connections,
+    /// when the server allows more (`allowed` in all, for `session`) and we want more.
+    fn keeper<'a>(
+        &'a self,
+        (link, wire, key, first, protocol): (&'a Link, Wire, &LaneKey, &StreamOpener, u16),
+        session: u64,
+        allowed: u8,
+    ) -> Option<Keeper<'a>> {
+        let connections = self.config.connections.min(usize::from(allowed));
+        if protocol < LANES_VERSION || connections < 2 {
+            return None;
+        }
+        let ticket = JoinTicket { session, key: key.clone(), first: first.clone() };
+        Some(Box::pin(self.keep_lanes(link, wire, ticket, connections)))
+    }
+
     /// Tells the server this client drains (protocol 3 and later).
     async fn say_draining(&self, control: &crate::session::ControlSender, protocol: u16) {
         if protocol >= DRAINING_VERSION {
@@ -547,6 +590,7 @@ impl Client {
         control: &crate::session::ControlSender,
         messages: &mut tokio::sync::mpsc::Receiver<ControlMessage>,
         table: &routes::Table,
+        offer: &mut Option<(u64, u8)>,
     ) -> Result<Vec<crate::proto::RouteResult>, Failure> {
         let closed = || Failure::Transient("session closed while sending the route table".into());
         control.send(table.message()).await.map_err(|_| closed())?;
@@ -559,6 +603,7 @@ impl Client {
                 ControlMessage::RouteTableResult { version, results } if version == table.version() => {
                     return Ok(results)
                 }
+                ControlMessage::Lanes { session, connections } => *offer = Some((session, connections)),
                 other => tracing::debug!("ignoring unexpected control message: {other:?}"),
             }
         }
@@ -570,6 +615,17 @@ impl Client {
 struct SessionState<'a> {
     assigned: &'a mut HashMap<RouteId, u16>,
     version: &'a mut u64,
+}
+
+/// What keeps a session's other connections joined ([`Client::keep_lanes`]).
+type Keeper<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Polls the keeper of the session's other connections, if there is one; never resolves.
+async fn keep(lanes: &mut Option<Keeper<'_>>) {
+    match lanes {
+        Some(keeper) => keeper.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Says goodbye and gives the driver a moment to deliver it before the connection is dropped.

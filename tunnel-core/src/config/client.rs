@@ -11,7 +11,7 @@ use crate::auth::Token;
 use crate::client::{Backoff, ClientConfig, RouteSet, RouteSetError, ServerEndpoint};
 use crate::forward::{IpNet, LocalForwardSpec, RemoteForwardSpec, ServiceSpec, SocksSpec};
 use crate::http::{HttpAction, HttpRoute, Service, TlsRoute};
-use crate::proto::validate_name;
+use crate::proto::{validate_name, MAX_CONNECTIONS};
 use crate::tls::{client_config, origin_config, Fingerprint, ServerTrust};
 use crate::transport::ClientTransport;
 
@@ -102,6 +102,9 @@ pub struct ClientFile {
     /// networks that let only HTTPS out), or `auto` (TCP, then WebSocket when TCP fails after
     /// connecting; the default).
     pub transport: Option<crate::transport::Wire>,
+    /// Connections per session, 1 to 16, each authenticated on its own; streams are spread
+    /// across them (default: the number of CPU cores, at most 4).
+    pub connections: Option<usize>,
     /// TCP connect + TLS + handshake time limit (default `10s`).
     pub handshake_timeout: Option<HumanDuration>,
     /// At shutdown (SIGTERM), how long open streams may go on before they are cut (default `30s`).
@@ -425,6 +428,12 @@ impl ClientFile {
         }
         if let Some(d) = self.drain_timeout {
             config.drain_timeout = d.0;
+        }
+        if let Some(n) = self.connections {
+            if !(1..=MAX_CONNECTIONS).contains(&n) {
+                return Err(invalid("connections", format!("{n} is not between 1 and {MAX_CONNECTIONS}")));
+            }
+            config.connections = n;
         }
         if let Some(d) = self.heartbeat_timeout {
             config.session.heartbeat_timeout = positive_duration("heartbeat_timeout", d)?;

@@ -1,28 +1,64 @@
 //! Streams the peer opened, delivered acknowledged and in order.
 
 use std::collections::VecDeque;
+use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
 use super::MuxStream;
 
-/// Streams the peer opened, in the order they arrived.
+/// Streams the peer opened, in the order they arrived on each connection (and, for a session
+/// over several connections, from all of them).
 #[derive(Debug)]
 pub struct IncomingStreams {
     pub(super) rx: mpsc::Receiver<MuxStream>,
     /// Streams taken out of order (see [`IncomingStreams::take_stream`]), delivered first.
     pub(super) held: VecDeque<MuxStream>,
+    /// The queues of connections joining this one's session ([`super::StreamOpener::join`]).
+    pub(super) joined: mpsc::UnboundedReceiver<IncomingStreams>,
+    pub(super) lanes: Vec<IncomingStreams>,
 }
 
 impl IncomingStreams {
-    /// The next inbound stream, acknowledged to the peer; `None` once the connection is closed.
+    pub(super) fn new(
+        rx: mpsc::Receiver<MuxStream>,
+        joined: mpsc::UnboundedReceiver<IncomingStreams>,
+    ) -> Self {
+        Self { rx, held: VecDeque::new(), joined, lanes: Vec::new() }
+    }
+
+    /// The next inbound stream, acknowledged to the peer; `None` once the connection is closed
+    /// (the session's first, for a session over several).
     pub async fn next(&mut self) -> Option<MuxStream> {
-        let mut stream = match self.held.pop_front() {
-            Some(stream) => stream,
-            None => self.rx.recv().await?,
-        };
+        let mut stream = std::future::poll_fn(|cx| self.poll_next(cx)).await?;
         stream.acknowledge().await;
         Some(stream)
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<MuxStream>> {
+        while let Poll::Ready(Some(lane)) = self.joined.poll_recv(cx) {
+            self.lanes.push(lane);
+        }
+        if let Some(stream) = self.held.pop_front() {
+            return Poll::Ready(Some(stream));
+        }
+        if let Poll::Ready(stream) = self.rx.poll_recv(cx) {
+            return Poll::Ready(stream);
+        }
+        let mut i = 0;
+        while i < self.lanes.len() {
+            let lane = &mut self.lanes[i];
+            if let Some(stream) = lane.held.pop_front() {
+                return Poll::Ready(Some(stream));
+            }
+            match lane.rx.poll_recv(cx) {
+                Poll::Ready(Some(stream)) => return Poll::Ready(Some(stream)),
+                // That connection has ended.
+                Poll::Ready(None) => drop(self.lanes.swap_remove(i)),
+                Poll::Pending => i += 1,
+            }
+        }
+        Poll::Pending
     }
 
     /// Waits for the stream with yamux id `id`, holding up to `max_held` streams that arrive

@@ -30,12 +30,25 @@ struct LinkState {
     /// [`super::StreamOpener::is_silent`]).
     silent: AtomicBool,
     open: AtomicUsize,
-    closed_one: Notify,
+    /// Shared by the connections of one session, so a drain waits on all of them at once.
+    closed_one: Arc<Notify>,
     received: AtomicU64,
     sent: AtomicU64,
 }
 
 impl Link {
+    /// A link for another connection of the session `other` belongs to: a stream closing on
+    /// either wakes whoever waits on either.
+    pub(super) fn beside(other: &Link) -> Self {
+        Self(Arc::new(LinkState { closed_one: other.0.closed_one.clone(), ..LinkState::default() }))
+    }
+
+    /// Wakes when a stream of this link (or of one beside it) closes; enable before reading
+    /// the counts.
+    pub(super) fn closed_one(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.closed_one.notified()
+    }
+
     pub(super) fn cut(&self) {
         self.0.cut.store(true, Ordering::Release);
     }
@@ -77,20 +90,6 @@ impl Link {
     /// Bytes read from and written to the connection so far (yamux framing included).
     pub(super) fn bytes(&self) -> (u64, u64) {
         (self.0.received.load(Ordering::Relaxed), self.0.sent.load(Ordering::Relaxed))
-    }
-
-    /// Returns once at most `n` streams are open.
-    pub(super) async fn until_open_at_most(&self, n: usize) {
-        loop {
-            let closed = self.0.closed_one.notified();
-            tokio::pin!(closed);
-            // Registered before the count is read: a close in between still wakes us.
-            closed.as_mut().enable();
-            if self.open_streams() <= n {
-                return;
-            }
-            closed.await;
-        }
     }
 }
 

@@ -10,9 +10,10 @@
 //! under yamux, watched for its end), `stream` (opening streams; one stream), `incoming` (the
 //! inbound queue), `driver` (the task that polls yamux), `admission` (the inbound rate limit),
 //! `join` (frame headers written with their bodies), `openers` (several connections, each new
-//! stream on the least busy).
+//! stream on the least busy), `bundle` (the connections of one session).
 
 mod admission;
+mod bundle;
 mod driver;
 mod incoming;
 mod join;
@@ -95,33 +96,60 @@ pub enum MuxError {
 /// # }
 /// ```
 pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, IncomingStreams, MuxDriver) {
+    let limits =
+        (Arc::new(Semaphore::new(config.max_streams)), Arc::new(Semaphore::new(config.inbound_limit())));
+    start_with(io, config, mode, Link::default(), limits)
+}
+
+/// Starts multiplexing `io` as another connection of `first`'s session, to be joined to it
+/// with [`StreamOpener::join`] once ready: it shares `first`'s stream limits, and a drain
+/// waiting on `first` is woken by its streams too.
+pub fn start_beside(
+    io: impl Io,
+    config: &MuxConfig,
+    mode: Mode,
+    first: &StreamOpener,
+) -> (StreamOpener, IncomingStreams, MuxDriver) {
+    let limits = (first.permits.clone(), first.inbound_permits.clone());
+    start_with(io, config, mode, Link::beside(&first.link), limits)
+}
+
+fn start_with(
+    io: impl Io,
+    config: &MuxConfig,
+    mode: Mode,
+    link: Link,
+    (permits, inbound_permits): (Arc<Semaphore>, Arc<Semaphore>),
+) -> (StreamOpener, IncomingStreams, MuxDriver) {
     let mode = match mode {
         Mode::Client => yamux::Mode::Client,
         Mode::Server => yamux::Mode::Server,
     };
-    let link = Link::default();
     let io = WatchedIo { inner: Box::new(JoinWrites::new(io)), link: link.clone() };
     let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (incoming_tx, incoming_rx) = mpsc::channel(256);
+    let (joined_tx, joined_rx) = mpsc::unbounded_channel();
     let opener = StreamOpener {
         commands: commands_tx,
-        permits: Arc::new(Semaphore::new(config.max_streams)),
+        permits,
+        inbound_permits: inbound_permits.clone(),
         limit: config.max_streams,
         link: link.clone(),
+        bundle: Arc::new(bundle::Bundle::new(joined_tx)),
     };
     let driver = MuxDriver {
         conn,
         commands: Some(commands_rx),
         pending_opens: VecDeque::new(),
         incoming: incoming_tx,
-        inbound_permits: Arc::new(Semaphore::new(config.inbound_limit())),
+        inbound_permits,
         closing: false,
         resets: 0,
         link,
         inbound_rate: config.max_inbound_rate.map(TokenBucket::new),
     };
-    (opener, IncomingStreams { rx: incoming_rx, held: VecDeque::new() }, driver)
+    (opener, IncomingStreams::new(incoming_rx, joined_rx), driver)
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
+use super::bundle::Bundle;
 use super::link::{hit_eof, Link, OpenStream};
-use super::MuxError;
+use super::{IncomingStreams, MuxError};
 
 pub(super) enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
@@ -18,12 +19,19 @@ pub(super) enum Command {
 }
 
 /// Opens outbound streams; cheap to clone and share between tasks.
+///
+/// The opener of a session's first connection speaks for the whole session: once other
+/// connections have joined it ([`StreamOpener::join`]), each stream it opens goes over the
+/// least busy of them, and its counts (streams, bytes) cover them all.
 #[derive(Clone)]
 pub struct StreamOpener {
     pub(super) commands: mpsc::Sender<Command>,
+    /// Streams we may open, and streams the peer may open: one budget per session.
     pub(super) permits: Arc<Semaphore>,
+    pub(super) inbound_permits: Arc<Semaphore>,
     pub(super) limit: usize,
     pub(super) link: Link,
+    pub(super) bundle: Arc<Bundle>,
 }
 
 impl std::fmt::Debug for StreamOpener {
@@ -33,8 +41,33 @@ impl std::fmt::Debug for StreamOpener {
 }
 
 impl StreamOpener {
-    /// Opens a new stream. Fails at once when `max_streams` are open rather than queueing.
+    /// Opens a new stream, over the least busy of the session's connections. Fails at once
+    /// when `max_streams` are open rather than queueing.
     pub async fn open(&self) -> Result<MuxStream, MuxError> {
+        match self.bundle.pick(self) {
+            // A connection that ended since it was picked: this one still serves.
+            Some(lane) => match lane.open_here().await {
+                Err(MuxError::Closed) => self.open_here().await,
+                opened => opened,
+            },
+            None => self.open_here().await,
+        }
+    }
+
+    /// Lets `lane`, a connection started [beside](super::start_beside) this one, carry this
+    /// session's streams: streams opened here may go over it, and the streams its peer opens
+    /// come out of this connection's [`IncomingStreams`]. It leaves when its driver ends.
+    pub fn join(&self, lane: StreamOpener, incoming: IncomingStreams) {
+        self.bundle.add(lane, incoming);
+    }
+
+    /// The session's connections up now: this one and those that joined it.
+    pub fn connections(&self) -> usize {
+        1 + self.bundle.live().len()
+    }
+
+    /// Opens a stream on this connection.
+    async fn open_here(&self) -> Result<MuxStream, MuxError> {
         // Counted from the start: a drain waiting for this connection's streams to end waits
         // for one being opened too.
         let _opening = self.link.opening_one();
@@ -46,12 +79,17 @@ impl StreamOpener {
         Ok(MuxStream::new(stream, permit, self.link.clone()))
     }
 
-    /// Asks the driver to close the connection gracefully (pending writes are flushed).
+    /// Asks the driver to close the connection gracefully (pending writes are flushed), and
+    /// the drivers of the connections that joined it.
     pub async fn close(&self) {
+        let lanes = self.bundle.live().clone();
+        for lane in lanes {
+            let _ = lane.commands.send(Command::Close).await;
+        }
         let _ = self.commands.send(Command::Close).await;
     }
 
-    /// True once the driver has stopped.
+    /// True once the driver (of this connection, the session's first) has stopped.
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
     }
@@ -68,28 +106,47 @@ impl StreamOpener {
         self.link.set_silent(silent);
     }
 
-    /// Streams of this connection open now, opened by either side (the session's control
-    /// stream included), and those this side is opening.
+    /// Streams of the session open now, over all its connections, opened by either side (the
+    /// session's control stream included), and those this side is opening.
     pub fn open_streams(&self) -> usize {
-        self.link.open_streams()
+        let lanes = self.bundle.live();
+        let joined: usize = lanes.iter().map(|lane| lane.link.open_streams()).sum();
+        self.link.open_streams() + joined
     }
 
-    /// Tells this connection from any other open now (two openers of one connection give the
-    /// same value).
+    /// Tells this session's first connection from any other open now (two openers of one
+    /// connection give the same value).
     pub fn connection_id(&self) -> usize {
         self.link.id()
     }
 
-    /// Bytes received and sent on this connection so far, yamux framing included (the
-    /// transport's own, such as TLS records, not).
+    /// Bytes received and sent by the session so far, over all its connections, yamux
+    /// framing included (the transport's own, such as TLS records, not).
     pub fn bytes(&self) -> (u64, u64) {
-        self.link.bytes()
+        let lanes = self.bundle.live();
+        let (mut received, mut sent) = self.link.bytes();
+        // Read after pruning: a lane that just left has its bytes in `gone`.
+        let gone = self.bundle.gone_bytes();
+        for (r, s) in lanes.iter().map(|lane| lane.link.bytes()).chain([gone]) {
+            received += r;
+            sent += s;
+        }
+        (received, sent)
     }
 
-    /// Returns once at most `n` streams of this connection are open (a drain waits for 1: the
-    /// control stream).
+    /// Returns once at most `n` streams of the session are open, as
+    /// [`StreamOpener::open_streams`] counts them (a drain waits for 1: the control stream).
     pub async fn until_open_at_most(&self, n: usize) {
-        self.link.until_open_at_most(n).await
+        loop {
+            let closed = self.link.closed_one();
+            tokio::pin!(closed);
+            // Registered before the count is read: a close in between still wakes us.
+            closed.as_mut().enable();
+            if self.open_streams() <= n {
+                return;
+            }
+            closed.await;
+        }
     }
 }
 
@@ -102,7 +159,9 @@ impl StreamOpener {
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
     _permit: OwnedSemaphorePermit,
-    _open: OpenStream,
+    /// Counts the stream in its connection's open streams while it lives (see
+    /// [`MuxStream::uncounted`]).
+    _open: Option<OpenStream>,
     link: Link,
     write_closed: bool,
     /// How much the next read asks for (and zeroes), within [`MIN_READ`, `READ_CHUNK`]: it
@@ -117,7 +176,7 @@ impl MuxStream {
         Self {
             inner: stream.compat(),
             _permit: permit,
-            _open: link.open_one(),
+            _open: Some(link.open_one()),
             link,
             write_closed: false,
             read_hint: MIN_READ,
@@ -134,6 +193,13 @@ impl MuxStream {
         let _ = std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_write(cx, &[])).await;
     }
 
+    /// The stream, no longer counted among its connection's open streams: the control stream
+    /// of a connection joining a session, which a drain of the session does not wait for.
+    pub(crate) fn uncounted(mut self) -> Self {
+        self._open = None;
+        self
+    }
+
     /// The yamux stream id: odd for streams the client side opened (its first is 1), even for
     /// the server side's.
     pub fn id(&self) -> u32 {
@@ -145,6 +211,11 @@ impl std::fmt::Debug for MuxStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MuxStream({})", self.inner.get_ref().id())
     }
+}
+
+/// What reading or writing a stream whose connection was lost fails with.
+fn connection_lost() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "tunnel connection lost")
 }
 
 /// Most bytes one read asks yamux for (and zeroes beforehand).
@@ -180,10 +251,7 @@ impl AsyncRead for MuxStream {
         let result = read.map(|n| buf.advance(n));
         if result.is_ok() && hit_eof(buf, before) {
             if self.link.is_cut() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "tunnel connection lost",
-                )));
+                return Poll::Ready(Err(connection_lost()));
             }
             // A FIN while our side is open leaves the stream half-open; a reset closes it.
             if !self.write_closed && self.inner.get_ref().is_closed() {
@@ -199,7 +267,9 @@ impl AsyncRead for MuxStream {
 
 impl AsyncWrite for MuxStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        // yamux says "connection is closed" for a lost connection too; say which it was.
+        Poll::Ready(written.map_err(|err| if self.link.is_cut() { connection_lost() } else { err }))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

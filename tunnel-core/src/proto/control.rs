@@ -17,6 +17,7 @@ const PONG: u8 = 0x02;
 const GOODBYE: u8 = 0x03;
 const DRAINING: u8 = 0x04;
 const NO_NEW_VISITORS: u8 = 0x05;
+const LANES: u8 = 0x06;
 const REMOTE_FORWARD_REQUEST: u8 = 0x10;
 const REMOTE_FORWARD_READY: u8 = 0x11;
 const REMOTE_FORWARD_REFUSED: u8 = 0x12;
@@ -61,6 +62,15 @@ pub enum ControlMessage {
     /// replicas, or are refused); once the streams open now are done, the server ends the
     /// session with [`ControlMessage::Goodbye`]. The client may now close its idle streams.
     NoNewVisitors,
+    /// (Version 7.) Server to client, once a session is up: more connections may join this
+    /// session, each with a hello naming `session` and a proof under the session's lane key
+    /// (see [`crate::auth::LaneKey`]); the session may have `connections` in all.
+    Lanes {
+        /// The session's id, for joining hellos.
+        session: u64,
+        /// Most connections the session may have, its first included.
+        connections: u8,
+    },
     /// Client asks the server to listen on a public port and send visitors back as streams.
     RemoteForwardRequest {
         /// Client-chosen id, unique within the session; echoed in the answer and stream headers.
@@ -233,6 +243,7 @@ impl ControlMessage {
                 w.u8(DRAINING).u32(*deadline_ms).string(message, MAX_REASON_LEN)
             }
             Self::NoNewVisitors => w.u8(NO_NEW_VISITORS),
+            Self::Lanes { session, connections } => w.u8(LANES).u64(*session).u8(*connections),
             Self::RemoteForwardRequest { id, bind, port, preferred_port } => {
                 w.u8(REMOTE_FORWARD_REQUEST).u32(*id).opt_ip(*bind).u16(*port).u16(*preferred_port)
             }
@@ -278,6 +289,7 @@ impl ControlMessage {
                 message: r.string(MAX_REASON_LEN, "message")?,
             },
             NO_NEW_VISITORS => Self::NoNewVisitors,
+            LANES => Self::Lanes { session: r.u64("session")?, connections: r.u8("connections")? },
             REMOTE_FORWARD_REQUEST => Self::RemoteForwardRequest {
                 id: r.u32("id")?,
                 bind: r.opt_ip("bind")?,
@@ -327,6 +339,8 @@ mod tests {
             ControlMessage::Ping { nonce: 7 },
             ControlMessage::Pong { nonce: u64::MAX },
             ControlMessage::Goodbye { code: GoodbyeCode::Replaced, message: "bye".into() },
+            ControlMessage::NoNewVisitors,
+            ControlMessage::Lanes { session: u64::MAX - 7, connections: 4 },
             ControlMessage::RemoteForwardRequest {
                 id: 3,
                 bind: Some("::1".parse().unwrap()),

@@ -30,9 +30,9 @@ pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
 /// Version 2 added route tables, version 3 the `Draining` notice, version 4 network routes,
-/// version 5 UDP, version 6 the server's answer to a client's drain; a server still serves
-/// version 1 to 5 clients.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// version 5 UDP, version 6 the server's answer to a client's drain, version 7 sessions over
+/// several connections; a server still serves version 1 to 6 clients.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// First protocol version with [`ControlMessage::Draining`].
 pub const DRAINING_VERSION: u16 = 3;
@@ -46,6 +46,13 @@ pub const UDP_VERSION: u16 = 5;
 /// First protocol version with [`ControlMessage::NoNewVisitors`]: a client's drain ends when
 /// the server ends the session, never while the server may still send it a visitor.
 pub const HANDOVER_VERSION: u16 = 6;
+
+/// First protocol version with [`ControlMessage::Lanes`] and joining hellos: one session over
+/// several connections.
+pub const LANES_VERSION: u16 = 7;
+
+/// Most connections one session may have (its first included).
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// Oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -82,10 +82,18 @@ pub(super) async fn handle(
             Accepted::Connection(connection) => (connection, false),
         };
         let (Connection { io, binding }, websocket) = connection;
-        let (session, client) =
-            Session::accept(io, &binding, &config.credentials, &config.session, config.handshake_timeout)
-                .await?;
-        Ok::<_, EstablishError>((session, client, websocket))
+        let sessions = |name: &str, id: u64| shared.joinable.find(name, id);
+        let timeout = config.handshake_timeout;
+        let (session, client, joined) = Session::accept_joining(
+            io,
+            &binding,
+            &config.credentials,
+            &config.session,
+            timeout,
+            Some(&sessions),
+        )
+        .await?;
+        Ok::<_, EstablishError>((session, client, websocket, joined))
     };
     let established = tokio::select! {
         result = tokio::time::timeout(config.handshake_timeout, establish) => result,
@@ -100,11 +108,14 @@ pub(super) async fn handle(
     };
     drop(admission);
     match established {
-        Ok(Ok((session, client, websocket))) => {
+        Ok(Ok((session, client, websocket, joined))) => {
             if websocket {
                 shared.metrics.websocket_upgrade();
             }
-            super::session::run(shared, session, client, config, peer, stop).await
+            match joined {
+                Some(first) => super::lanes::run(shared, session, client, first, peer, stop).await,
+                None => super::session::run(shared, session, client, config, peer, stop).await,
+            }
         }
         Ok(Err(err)) => {
             shared.metrics.handshake_failed(err.reason());

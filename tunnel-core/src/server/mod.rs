@@ -12,6 +12,7 @@ mod directory;
 mod edge;
 mod forwards;
 mod http_routes;
+mod lanes;
 pub mod leases;
 mod listen;
 mod networks;
@@ -214,6 +215,8 @@ struct Shared {
     /// its login's token).
     reloads: tokio::sync::watch::Sender<u64>,
     registry: registry::Registry,
+    /// The sessions more connections may join.
+    joinable: lanes::Joinable,
     /// The sockets of port routes, shared by the replicas of a client name.
     ports: port_listeners::PortListeners,
     /// The HTTP edges serving now, told when a session's pooled streams must go.
@@ -298,6 +301,7 @@ impl Server {
             reloading,
             reloads: tokio::sync::watch::Sender::new(0),
             registry,
+            joinable: lanes::Joinable::default(),
             ports: port_listeners::PortListeners::default(),
             edges: std::sync::Mutex::default(),
             pending,

@@ -11,7 +11,9 @@ use super::directory::Recheck;
 use super::routes::SessionRoutes;
 use super::{ServerConfig, Shared};
 use crate::proto::handshake::AuthenticatedClient;
-use crate::proto::{ControlMessage, GoodbyeCode, DRAINING_VERSION, HANDOVER_VERSION};
+use crate::proto::{
+    ControlMessage, GoodbyeCode, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION, MAX_CONNECTIONS,
+};
 use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
 
@@ -54,6 +56,15 @@ pub(super) async fn run(
         listed.revoked.cancel();
     }
     drop(accepted_under);
+    // From protocol 7 more connections may join the session, until it ends.
+    let joining = (client.version >= LANES_VERSION)
+        .then(|| shared.joinable.open(&name, client.lane_key.clone(), opener.clone()));
+    // Offered with the client's first message: until the client has read the server's first
+    // frame (a heartbeat) its control stream is not set up.
+    let mut offer = joining.as_ref().map(|joining| {
+        let connections = u8::try_from(MAX_CONNECTIONS).unwrap_or(u8::MAX);
+        ControlMessage::Lanes { session: joining.id, connections }
+    });
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
     let streams = opener.clone();
@@ -74,6 +85,9 @@ pub(super) async fn run(
         tokio::select! {
             end = &mut driver => break Ending::Ended(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()))),
             Some(message) = messages.recv() => {
+                if let Some(offer) = offer.take() {
+                    let _ = control.send(offer).await;
+                }
                 if let ControlMessage::Draining { message, deadline_ms } = message {
                     if routes.is_draining() {
                         continue; // Said again: nothing more to do.
@@ -204,7 +218,7 @@ enum Ending {
 }
 
 /// Waits for the session to deliver its goodbye, up to `goodbye`.
-async fn finish(driver: &mut OwnedTask<SessionEnd>, goodbye: Duration) -> SessionEnd {
+pub(super) async fn finish(driver: &mut OwnedTask<SessionEnd>, goodbye: Duration) -> SessionEnd {
     match tokio::time::timeout(goodbye, &mut *driver).await {
         Ok(end) => end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
         Err(_) => {

@@ -6,20 +6,25 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::framed::{read_frame, write_frame};
 use super::SessionError;
-use crate::auth::{ChannelBinding, Credentials, Token};
+use crate::auth::{ChannelBinding, Credentials, LaneKey, Token};
 use crate::proto::handshake::{
-    AuthenticatedClient, ClientHandshake, ClientStep, Established, HandshakeMessage, RefuseCode,
+    AuthenticatedClient, ClientHandshake, ClientStep, Established, HandshakeMessage, LaneKeys, RefuseCode,
     ServerHandshake, ServerStep, MAX_HANDSHAKE_FRAME,
 };
 
-/// Authenticates to a server as `name`. Never reads past the server's last handshake frame.
+/// Authenticates to a server as `name`, for a new session or, with `join`, to join the
+/// session of that id and key. Never reads past the server's last handshake frame.
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     binding: &ChannelBinding,
     name: &str,
     token: Token,
+    join: Option<(u64, LaneKey)>,
 ) -> Result<Established, SessionError> {
-    let (mut machine, hello) = ClientHandshake::new(name, token, binding, rand::random());
+    let (mut machine, hello) = match join {
+        None => ClientHandshake::new(name, token, binding, rand::random()),
+        Some((session, key)) => ClientHandshake::join(name, token, binding, rand::random(), session, key),
+    };
     write_frame(io, &hello).await?;
     loop {
         let payload = read_frame(io, MAX_HANDSHAKE_FRAME).await?;
@@ -30,14 +35,19 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Verifies a client. On refusal the reason is sent to the client before the error returns.
+/// Verifies a client; with `sessions`, one that may join a session it finds there. On refusal
+/// the reason is sent to the client before the error returns.
 pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     binding: &ChannelBinding,
     credentials: &Credentials,
     heartbeat_interval: Duration,
+    sessions: Option<&LaneKeys<'_>>,
 ) -> Result<AuthenticatedClient, SessionError> {
     let mut machine = ServerHandshake::new(credentials, binding, rand::random(), heartbeat_interval);
+    if let Some(sessions) = sessions {
+        machine = machine.with_sessions(sessions);
+    }
     loop {
         let payload = read_frame(io, MAX_HANDSHAKE_FRAME).await?;
         match machine.handle(&payload)? {
@@ -77,9 +87,15 @@ mod tests {
         // A tiny duplex buffer forces every frame through many partial reads and writes.
         let (mut a, mut b) = tokio::io::duplex(7);
         let creds = Credentials::default().with_shared(Token::new(server_token).unwrap());
-        let client =
-            client_handshake(&mut a, &ChannelBinding::Plaintext, "c1", Token::new(client_token).unwrap());
-        let server = server_handshake(&mut b, &ChannelBinding::Plaintext, &creds, Duration::from_secs(1));
+        let client = client_handshake(
+            &mut a,
+            &ChannelBinding::Plaintext,
+            "c1",
+            Token::new(client_token).unwrap(),
+            None,
+        );
+        let server =
+            server_handshake(&mut b, &ChannelBinding::Plaintext, &creds, Duration::from_secs(1), None);
         tokio::join!(client, server)
     }
 

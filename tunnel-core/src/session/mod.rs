@@ -19,7 +19,7 @@ pub use driver::{ControlSender, SessionDriver, SessionEnd};
 pub use framed::{FrameError, HeaderError};
 pub use handshake::{client_handshake, read_and_refuse, server_handshake};
 
-use crate::auth::{ChannelBinding, Credentials, Token};
+use crate::auth::{ChannelBinding, Credentials, LaneKey, Token};
 use crate::mux::{self, IncomingStreams, Mode, MuxConfig, MuxError, StreamOpener};
 use crate::proto::handshake::{AuthenticatedClient, Established, HandshakeError};
 use crate::proto::ControlMessage;
@@ -127,17 +127,64 @@ pub struct Session {
     pub driver: SessionDriver,
 }
 
+/// What a client needs to add a connection to its session: the id the server gave the session
+/// ([`ControlMessage::Lanes`]), the key its first connection's handshake gave
+/// ([`Established::lane_key`]), and that connection's opener, which the new one joins.
+#[derive(Debug, Clone)]
+pub struct JoinTicket {
+    /// The session's id on the server.
+    pub session: u64,
+    /// The session's lane key.
+    pub key: LaneKey,
+    /// The opener of the session's first connection.
+    pub first: StreamOpener,
+}
+
+/// The server's sessions as a joining connection looks them up: by client name and session
+/// id, the session's lane key and the opener of its first connection.
+pub type Sessions<'a> = dyn Fn(&str, u64) -> Option<(LaneKey, StreamOpener)> + Send + Sync + 'a;
+
 impl Session {
     /// Client side: authenticate as `name` with `token`, then open the control stream.
     pub async fn connect(
-        mut io: impl Io,
+        io: impl Io,
         binding: &ChannelBinding,
         name: &str,
         token: Token,
         config: &SessionConfig,
     ) -> Result<(Self, Established), SessionError> {
-        let established = client_handshake(&mut io, binding, name, token).await?;
-        let (opener, incoming, mut mux) = mux::start(io, &config.mux, Mode::Client);
+        Self::connect_inner(io, binding, name, token, None, config).await
+    }
+
+    /// Client side: add a connection to the session of `ticket`. The returned session is the
+    /// connection's own (its control stream carries heartbeats only); once its driver is
+    /// spawned, [`StreamOpener::join`] it to `ticket.first`.
+    pub async fn join(
+        io: impl Io,
+        binding: &ChannelBinding,
+        name: &str,
+        token: Token,
+        ticket: &JoinTicket,
+        config: &SessionConfig,
+    ) -> Result<Self, SessionError> {
+        let (session, _) = Self::connect_inner(io, binding, name, token, Some(ticket), config).await?;
+        Ok(session)
+    }
+
+    async fn connect_inner(
+        mut io: impl Io,
+        binding: &ChannelBinding,
+        name: &str,
+        token: Token,
+        ticket: Option<&JoinTicket>,
+        config: &SessionConfig,
+    ) -> Result<(Self, Established), SessionError> {
+        let join = ticket.map(|t| (t.session, t.key.clone()));
+        let established = client_handshake(&mut io, binding, name, token, join).await?;
+        let (opener, incoming, mut mux) = match ticket {
+            None => mux::start(io, &config.mux, Mode::Client),
+            Some(ticket) => mux::start_beside(io, &config.mux, Mode::Client, &ticket.first),
+        };
         // Announce the control stream with a heartbeat and wait for the server's first frame on
         // it: from then on the server has taken it as the control stream, and no data stream we
         // open can overtake it (yamux does not order frames across streams).
@@ -145,6 +192,8 @@ impl Session {
             control = open_control(&opener, config.max_message_size) => control?,
             end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),
         };
+        // A joining connection's control stream is not one of the session's streams.
+        let control = if ticket.is_some() { control.uncounted() } else { control };
         let mut config = config.clone();
         config.heartbeat_interval = established.heartbeat_interval;
         config.heartbeat_timeout = config.heartbeat_timeout.max(established.heartbeat_interval * 3);
@@ -154,15 +203,43 @@ impl Session {
     /// Server side: verify the client against `credentials`, then wait (within `control_timeout`)
     /// for its control stream.
     pub async fn accept(
-        mut io: impl Io,
+        io: impl Io,
         binding: &ChannelBinding,
         credentials: &Credentials,
         config: &SessionConfig,
         control_timeout: Duration,
     ) -> Result<(Self, AuthenticatedClient), SessionError> {
+        let (session, client, _) =
+            Self::accept_joining(io, binding, credentials, config, control_timeout, None).await?;
+        Ok((session, client))
+    }
+
+    /// Server side, as [`Session::accept`], for a client that may also join one of `sessions`
+    /// ([`AuthenticatedClient::joined`]). A connection that joined comes with the opener of its
+    /// session's first connection: once its driver is spawned, [`StreamOpener::join`] it there.
+    pub async fn accept_joining(
+        mut io: impl Io,
+        binding: &ChannelBinding,
+        credentials: &Credentials,
+        config: &SessionConfig,
+        control_timeout: Duration,
+        sessions: Option<&Sessions<'_>>,
+    ) -> Result<(Self, AuthenticatedClient, Option<StreamOpener>), SessionError> {
         let interval = config.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL);
-        let client = server_handshake(&mut io, binding, credentials, interval).await?;
-        let (opener, mut incoming, mut mux) = mux::start(io, &config.mux, Mode::Server);
+        // The handshake asks for the key; the opener found with it is the one joined.
+        let found = std::sync::Mutex::new(None);
+        let keys = |name: &str, session: u64| {
+            let (key, first) = sessions?(name, session)?;
+            *found.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(first);
+            Some(key)
+        };
+        let client = server_handshake(&mut io, binding, credentials, interval, Some(&keys)).await?;
+        let first = found.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = first.filter(|_| client.joined.is_some());
+        let (opener, mut incoming, mut mux) = match &first {
+            None => mux::start(io, &config.mux, Mode::Server),
+            Some(first) => mux::start_beside(io, &config.mux, Mode::Server, first),
+        };
         // The control stream is the client's first stream (yamux id 1), whenever it arrives.
         let control = tokio::select! {
             stream = tokio::time::timeout(control_timeout, incoming.take_stream(CONTROL_STREAM_ID, MAX_EARLY_STREAMS)) => {
@@ -170,7 +247,9 @@ impl Session {
             }
             end = &mut mux => return Err(end.err().unwrap_or(MuxError::Closed).into()),
         };
-        Ok((Self::assemble(mux, opener, incoming, control, config), client))
+        // A joining connection's control stream is not one of the session's streams.
+        let control = if first.is_some() { control.uncounted() } else { control };
+        Ok((Self::assemble(mux, opener, incoming, control, config), client, first))
     }
 
     fn assemble(
@@ -188,6 +267,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::OwnedTask;
 
     #[tokio::test(start_paused = true)]
     async fn zero_heartbeat_settings_are_raised_instead_of_panicking() {
@@ -226,6 +306,77 @@ mod tests {
         client.control.close(crate::proto::GoodbyeCode::Shutdown, "done").await;
         assert_eq!(client_driver.await.unwrap(), SessionEnd::Closed);
         assert!(matches!(server_driver.await.unwrap(), SessionEnd::Goodbye { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_joins_the_session_and_carries_its_streams() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let token = Token::new("session-test-token").unwrap();
+        let credentials = Credentials::default().with_shared(token.clone());
+        let config = SessionConfig::default();
+        // The server's one session, id 42, as a joining handshake looks it up.
+        let joinable: std::sync::Arc<std::sync::Mutex<Option<(LaneKey, StreamOpener)>>> = Default::default();
+        // Runs an accepting side (its driver spawned at once, since the dialing side waits for
+        // its first heartbeat) and hands back what the test uses.
+        let serve = |io: tokio::io::DuplexStream, binding: ChannelBinding| {
+            let (credentials, config, joinable) = (credentials.clone(), config.clone(), joinable.clone());
+            tokio::spawn(async move {
+                let sessions = move |name: &str, id: u64| {
+                    (name == "c1" && id == 42).then(|| joinable.lock().unwrap().clone()).flatten()
+                };
+                let timeout = Duration::from_secs(5);
+                let accepted =
+                    Session::accept_joining(io, &binding, &credentials, &config, timeout, Some(&sessions))
+                        .await;
+                let (session, client, first) = accepted.unwrap();
+                let driver = OwnedTask::spawn(session.driver);
+                (session.opener, session.incoming, client, first, driver)
+            })
+        };
+
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let accept = serve(b, ChannelBinding::Tls([1; 32]));
+        let (client, established) =
+            Session::connect(a, &ChannelBinding::Tls([1; 32]), "c1", token.clone(), &config).await.unwrap();
+        let _client_driver = OwnedTask::spawn(client.driver);
+        let (server_opener, mut server_incoming, who, first, _server_driver) = accept.await.unwrap();
+        assert!(first.is_none() && who.joined.is_none());
+        *joinable.lock().unwrap() = Some((who.lane_key.clone(), server_opener.clone()));
+
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let accept = serve(b, ChannelBinding::Tls([2; 32]));
+        let ticket = JoinTicket { session: 42, key: established.lane_key, first: client.opener.clone() };
+        let lane =
+            Session::join(a, &ChannelBinding::Tls([2; 32]), "c1", token, &ticket, &config).await.unwrap();
+        let _lane_driver = OwnedTask::spawn(lane.driver);
+        let (lane_opener, lane_incoming, joined, first, _server_lane_driver) = accept.await.unwrap();
+        assert_eq!(joined.joined, Some(42));
+        let first = first.expect("the joined session's opener");
+        assert_eq!(first.connection_id(), server_opener.connection_id());
+        client.opener.join(lane.opener.clone(), lane.incoming);
+        first.join(lane_opener, lane_incoming);
+        assert_eq!(client.opener.connections(), 2);
+
+        // Streams now go over both connections and all arrive in the first one's queue.
+        let mut opened = Vec::new();
+        for i in 0..8u8 {
+            let mut stream = client.opener.open().await.unwrap();
+            stream.write_all(&[i]).await.unwrap();
+            opened.push(stream);
+        }
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let mut stream = server_incoming.next().await.unwrap();
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            seen.push(byte[0]);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).collect::<Vec<_>>());
+        // Some of the eight went over the joined connection (whose control stream is not one of
+        // the session's streams); the session counts its own control stream and the eight.
+        assert!(lane.opener.open_streams() > 0, "nothing went over the joined connection");
+        assert_eq!(client.opener.open_streams(), 1 + 8);
     }
 
     #[tokio::test(start_paused = true)]

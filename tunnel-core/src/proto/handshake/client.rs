@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use super::{HandshakeError, HandshakeMessage};
-use crate::auth::{ChannelBinding, Proof, Role, Token, Transcript};
-use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::auth::{ChannelBinding, LaneKey, Proof, Role, Token, Transcript};
+use crate::proto::{LANES_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Client side of the handshake.
 ///
@@ -26,6 +26,8 @@ use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 pub struct ClientHandshake {
     token: Token,
     transcript: Transcript,
+    /// The key of the session this connection joins, if it joins one.
+    joining: Option<LaneKey>,
     state: State,
 }
 
@@ -47,28 +49,58 @@ pub enum ClientStep {
 }
 
 /// The outcome of a successful handshake, as the client sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Established {
     /// Negotiated protocol version.
     pub version: u16,
     /// Heartbeat interval the server asked for.
     pub heartbeat_interval: Duration,
+    /// What more connections prove to join the session this connection starts (see
+    /// [`LaneKey`]; meaningless for a connection that joined a session itself).
+    pub lane_key: LaneKey,
 }
 
 impl ClientHandshake {
     /// Starts a handshake as `name`; returns the state machine and the hello frame to send.
     pub fn new(name: &str, token: Token, binding: &ChannelBinding, nonce: [u8; 32]) -> (Self, Vec<u8>) {
+        Self::start(name, token, binding, nonce, None)
+    }
+
+    /// Starts the handshake of a connection joining `session` (the id the server announced
+    /// with [`crate::proto::ControlMessage::Lanes`]), whose first connection gave `key`. Only a
+    /// server of protocol version 7 or later accepts it.
+    pub fn join(
+        name: &str,
+        token: Token,
+        binding: &ChannelBinding,
+        nonce: [u8; 32],
+        session: u64,
+        key: LaneKey,
+    ) -> (Self, Vec<u8>) {
+        Self::start(name, token, binding, nonce, Some((session, key)))
+    }
+
+    fn start(
+        name: &str,
+        token: Token,
+        binding: &ChannelBinding,
+        nonce: [u8; 32],
+        join: Option<(u64, LaneKey)>,
+    ) -> (Self, Vec<u8>) {
+        let (join, joining) = join.map_or((None, None), |(session, key)| (Some(session), Some(key)));
         let hello = HandshakeMessage::ClientHello {
-            min_version: MIN_PROTOCOL_VERSION,
+            min_version: if join.is_some() { LANES_VERSION } else { MIN_PROTOCOL_VERSION },
             max_version: PROTOCOL_VERSION,
             nonce,
             name: name.to_owned(),
+            join,
         }
         .encode();
         let mut transcript = Transcript::new(binding);
         transcript.add(&hello);
         let frame = crate::proto::frame::encode_to_vec(&hello);
-        (Self { token, transcript, state: State::AwaitChallenge }, frame)
+        (Self { token, transcript, joining, state: State::AwaitChallenge }, frame)
     }
 
     /// Feeds one frame payload from the server.
@@ -88,7 +120,10 @@ impl ClientHandshake {
                     });
                 }
                 self.transcript.add(payload);
-                let proof = Proof::compute(&self.token, Role::Client, &self.transcript);
+                let mut proof = Proof::compute(&self.token, Role::Client, &self.transcript);
+                if let Some(key) = &self.joining {
+                    proof = key.wrap(proof);
+                }
                 self.state = State::AwaitAccept { version };
                 Ok(ClientStep::Send(HandshakeMessage::ClientProof { proof: proof.0 }.encode_frame()))
             }
@@ -102,6 +137,7 @@ impl ClientHandshake {
                 Ok(ClientStep::Done(Established {
                     version,
                     heartbeat_interval: Duration::from_millis(u64::from(heartbeat_interval_ms.max(100))),
+                    lane_key: LaneKey::derive(&self.token, &self.transcript),
                 }))
             }
             (State::AwaitChallenge, other) => {

@@ -13,6 +13,9 @@ const CLIENT_PROOF: u8 = 3;
 const SERVER_ACCEPT: u8 = 4;
 const REFUSE: u8 = 5;
 
+/// Tag of the hello's optional `join` field.
+const JOIN: u8 = 1;
+
 /// One handshake message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -27,6 +30,10 @@ pub enum HandshakeMessage {
         nonce: [u8; 32],
         /// Client name the credential is checked for.
         name: String,
+        /// (Version 7.) The session this connection joins, by the id the server gave it
+        /// ([`crate::proto::ControlMessage::Lanes`]); `None` for a session's first connection.
+        /// A joining client's proof is wrapped under the session's lane key.
+        join: Option<u64>,
     },
     /// Server's answer: the version chosen and fresh server randomness.
     ServerChallenge {
@@ -132,13 +139,19 @@ impl HandshakeMessage {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         match self {
-            Self::ClientHello { min_version, max_version, nonce, name } => w
-                .u8(CLIENT_HELLO)
-                .bytes(&MAGIC)
-                .u16(*min_version)
-                .u16(*max_version)
-                .bytes(nonce)
-                .string(name, MAX_NAME_LEN),
+            Self::ClientHello { min_version, max_version, nonce, name, join } => {
+                w.u8(CLIENT_HELLO)
+                    .bytes(&MAGIC)
+                    .u16(*min_version)
+                    .u16(*max_version)
+                    .bytes(nonce)
+                    .string(name, MAX_NAME_LEN);
+                // Appended, so a server before version 7 reads the hello it knows.
+                if let Some(session) = join {
+                    w.u8(JOIN).u64(*session);
+                }
+                &mut w
+            }
             Self::ServerChallenge { version, nonce } => w.u8(SERVER_CHALLENGE).u16(*version).bytes(nonce),
             Self::ClientProof { proof } => w.u8(CLIENT_PROOF).bytes(proof),
             Self::ServerAccept { proof, heartbeat_interval_ms } => {
@@ -167,7 +180,14 @@ impl HandshakeMessage {
                 let nonce = r.array("nonce")?;
                 let name = r.string(MAX_NAME_LEN, "name")?;
                 validate_name(&name)?;
-                Self::ClientHello { min_version, max_version, nonce, name }
+                let join = match r.remaining() {
+                    0 => None,
+                    _ => match r.u8("join")? {
+                        JOIN => Some(r.u64("session")?),
+                        other => return Err(DecodeError::UnknownType { kind: "hello field", value: other }),
+                    },
+                };
+                Self::ClientHello { min_version, max_version, nonce, name, join }
             }
             SERVER_CHALLENGE => {
                 Self::ServerChallenge { version: r.u16("version")?, nonce: r.array("nonce")? }
@@ -199,6 +219,14 @@ mod tests {
                 max_version: 3,
                 nonce: [7; 32],
                 name: "w-1".into(),
+                join: None,
+            },
+            HandshakeMessage::ClientHello {
+                min_version: 1,
+                max_version: 7,
+                nonce: [7; 32],
+                name: "w-1".into(),
+                join: Some(u64::MAX),
             },
             HandshakeMessage::ServerChallenge { version: 1, nonce: [9; 32] },
             HandshakeMessage::ClientProof { proof: [1; 32] },
@@ -209,7 +237,13 @@ mod tests {
             let bytes = msg.encode();
             assert_eq!(HandshakeMessage::decode(&bytes).unwrap(), msg);
             for cut in 0..bytes.len() {
-                assert!(HandshakeMessage::decode(&bytes[..cut]).is_err());
+                match HandshakeMessage::decode(&bytes[..cut]) {
+                    // A hello cut just before its optional field is the hello without it.
+                    Ok(HandshakeMessage::ClientHello { join: None, .. })
+                        if matches!(msg, HandshakeMessage::ClientHello { join: Some(_), .. })
+                            && cut == bytes.len() - 9 => {}
+                    other => assert!(other.is_err(), "{msg:?} cut at {cut}: {other:?}"),
+                }
             }
         }
     }
@@ -221,6 +255,7 @@ mod tests {
             max_version: 1,
             nonce: [0; 32],
             name: "ok".into(),
+            join: None,
         };
         let mut bytes = hello.encode();
         bytes[1] = b'X';
@@ -230,6 +265,7 @@ mod tests {
             max_version: 1,
             nonce: [0; 32],
             name: "a b".into(),
+            join: None,
         };
         assert!(matches!(HandshakeMessage::decode(&bad_name.encode()), Err(DecodeError::InvalidName(_))));
     }

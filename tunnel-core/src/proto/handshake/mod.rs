@@ -11,6 +11,12 @@
 //! `T` hashes the TLS exporter binding, the hello and the challenge. The client proves first so
 //! that an anonymous prober never obtains a proof to attack offline; the server proves second, so
 //! a client learns whether the server really holds the token before it trusts the session.
+//!
+//! From version 7 a session may have several connections. Each runs this whole handshake; a
+//! connection that joins a session names it in its hello (`join`, the id the server announced
+//! on the session's control stream) and sends its proof wrapped under the session's lane key,
+//! which both ends derive from the token and the session's first transcript
+//! ([`crate::auth::LaneKey`]).
 
 mod client;
 mod messages;
@@ -18,7 +24,7 @@ mod server;
 
 pub use client::{ClientHandshake, ClientStep, Established};
 pub use messages::{HandshakeMessage, RefuseCode, MAGIC, MAX_HANDSHAKE_FRAME};
-pub use server::{AuthenticatedClient, ServerHandshake, ServerStep};
+pub use server::{AuthenticatedClient, LaneKeys, ServerHandshake, ServerStep};
 
 use super::DecodeError;
 

@@ -1,23 +1,32 @@
 use std::time::Duration;
 
 use super::{HandshakeError, HandshakeMessage, RefuseCode};
-use crate::auth::{ChannelBinding, CredentialKind, Credentials, Proof, Role, Transcript};
-use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::auth::{ChannelBinding, CredentialKind, Credentials, LaneKey, Proof, Role, Transcript};
+use crate::proto::{LANES_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Server side of the handshake (see [`super::ClientHandshake`] for a complete exchange).
-#[derive(Debug)]
 pub struct ServerHandshake<'c> {
     credentials: &'c Credentials,
+    sessions: Option<&'c LaneKeys<'c>>,
     transcript: Transcript,
     nonce: [u8; 32],
     heartbeat_interval: Duration,
     state: State,
 }
 
+impl std::fmt::Debug for ServerHandshake<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandshake")
+            .field("state", &self.state)
+            .field("joinable", &self.sessions.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 enum State {
     AwaitHello,
-    AwaitProof { name: String, version: u16 },
+    AwaitProof { name: String, version: u16, join: Option<u64> },
     Finished,
 }
 
@@ -44,7 +53,8 @@ pub enum ServerStep {
 }
 
 /// A client whose proof verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AuthenticatedClient {
     /// The name it authenticated as.
     pub name: String,
@@ -52,7 +62,16 @@ pub struct AuthenticatedClient {
     pub credential: CredentialKind,
     /// Negotiated protocol version.
     pub version: u16,
+    /// The session this connection joined (its proof verified under that session's key);
+    /// `None` for a session's first connection.
+    pub joined: Option<u64>,
+    /// What more connections prove to join the session this connection starts.
+    pub lane_key: LaneKey,
 }
+
+/// Finds the lane key of a client's session by the client's name and the session's id: the
+/// server's sessions, as a handshake that may join one of them sees them.
+pub type LaneKeys<'c> = dyn Fn(&str, u64) -> Option<LaneKey> + Send + Sync + 'c;
 
 impl<'c> ServerHandshake<'c> {
     /// Prepares to receive a hello. `nonce` must be fresh randomness for every connection.
@@ -64,11 +83,19 @@ impl<'c> ServerHandshake<'c> {
     ) -> Self {
         Self {
             credentials,
+            sessions: None,
             transcript: Transcript::new(binding),
             nonce,
             heartbeat_interval,
             state: State::AwaitHello,
         }
+    }
+
+    /// Lets connections join sessions: `sessions` gives the key of a session a hello names.
+    /// Without it, every joining hello fails as a wrong token does.
+    pub fn with_sessions(mut self, sessions: &'c LaneKeys<'c>) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     /// Feeds one frame payload from the client. `Err` means: close without a reply.
@@ -80,7 +107,10 @@ impl<'c> ServerHandshake<'c> {
         };
         match (state, msg) {
             (State::Finished, _) => Err(HandshakeError::Finished),
-            (State::AwaitHello, HandshakeMessage::ClientHello { min_version, max_version, name, .. }) => {
+            (
+                State::AwaitHello,
+                HandshakeMessage::ClientHello { min_version, max_version, name, join, .. },
+            ) => {
                 let version = max_version.min(PROTOCOL_VERSION);
                 if version < min_version.max(MIN_PROTOCOL_VERSION) {
                     let err = HandshakeError::UnsupportedVersion {
@@ -94,14 +124,27 @@ impl<'c> ServerHandshake<'c> {
                 self.transcript.add(payload);
                 let challenge = HandshakeMessage::ServerChallenge { version, nonce: self.nonce }.encode();
                 self.transcript.add(&challenge);
-                self.state = State::AwaitProof { name, version };
+                self.state = State::AwaitProof { name, version, join };
                 Ok(ServerStep::Reply(crate::proto::frame::encode_to_vec(&challenge)))
             }
-            (State::AwaitProof { name, version }, HandshakeMessage::ClientProof { proof }) => {
+            (State::AwaitProof { name, version, join }, HandshakeMessage::ClientProof { proof }) => {
                 // An unknown name is checked against a decoy of a real token's length, made once:
                 // the same path and the same time as a wrong token, so names cannot be probed.
                 let (token, credential) = self.credentials.lookup_or_decoy(&name);
-                let verified = Proof(proof).verify(token, Role::Client, &self.transcript);
+                let verified = match join {
+                    None => Proof(proof).verify(token, Role::Client, &self.transcript),
+                    // A joining connection proves the token over its own channel, wrapped
+                    // under the key of the session it names (of this name, on this server).
+                    Some(session) => {
+                        let key = self
+                            .sessions
+                            .filter(|_| version >= LANES_VERSION)
+                            .and_then(|find| find(&name, session));
+                        key.is_some_and(|key| {
+                            key.verify(&Proof(proof), Proof::compute(token, Role::Client, &self.transcript))
+                        })
+                    }
+                };
                 let Some(credential) = credential.filter(|_| verified) else {
                     return Ok(refuse(
                         RefuseCode::AuthFailed,
@@ -114,7 +157,9 @@ impl<'c> ServerHandshake<'c> {
                 let reply =
                     HandshakeMessage::ServerAccept { proof: proof.0, heartbeat_interval_ms: interval_ms }
                         .encode_frame();
-                Ok(ServerStep::Accept { reply, client: AuthenticatedClient { name, credential, version } })
+                let lane_key = LaneKey::derive(token, &self.transcript);
+                let client = AuthenticatedClient { name, credential, version, joined: join, lane_key };
+                Ok(ServerStep::Accept { reply, client })
             }
             (State::AwaitHello, other) => {
                 let err = HandshakeError::Unexpected { expected: "ClientHello", got: other.kind() };
@@ -258,6 +303,86 @@ mod tests {
         assert!(matches!(server.handle(b"\xff\x00garbage").unwrap(), ServerStep::Refuse { .. }));
     }
 
+    /// A first connection as "laptop", then a second one joining its session (`id` 7 on the
+    /// server) with the key the client got from the first: what the server makes of it.
+    fn join_with(
+        client_key: impl FnOnce(LaneKey) -> LaneKey,
+        sessions: &LaneKeys<'_>,
+        name: &str,
+    ) -> Result<AuthenticatedClient, HandshakeError> {
+        let creds = creds();
+        let token = Token::new("shared-token-for-tests").unwrap();
+        let first = ChannelBinding::Tls([5; 32]);
+        let (mut client, hello) = ClientHandshake::new("laptop", token.clone(), &first, [1; 32]);
+        let mut server = ServerHandshake::new(&creds, &first, [2; 32], HB);
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello))? else { panic!() };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge))? else { panic!() };
+        let ServerStep::Accept { reply, .. } = server.handle(payload(&proof))? else { panic!() };
+        let ClientStep::Done(established) = client.handle(payload(&reply))? else { panic!() };
+
+        let second = ChannelBinding::Tls([6; 32]);
+        let key = client_key(established.lane_key);
+        let (mut client, hello) = ClientHandshake::join(name, token, &second, [3; 32], 7, key);
+        let mut server = ServerHandshake::new(&creds, &second, [4; 32], HB).with_sessions(sessions);
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello))? else { panic!() };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge))? else { panic!() };
+        match server.handle(payload(&proof))? {
+            ServerStep::Accept { reply, client: who } => {
+                assert!(matches!(client.handle(payload(&reply))?, ClientStep::Done(_)));
+                Ok(who)
+            }
+            ServerStep::Refuse { error, .. } => Err(error),
+            ServerStep::Reply(_) => panic!("server wants more"),
+        }
+    }
+
+    /// The server's side of the first connection's key, for session 7 of "laptop".
+    fn server_key() -> LaneKey {
+        let token = Token::new("shared-token-for-tests").unwrap();
+        let (_, hello) =
+            ClientHandshake::new("laptop", token.clone(), &ChannelBinding::Tls([5; 32]), [1; 32]);
+        let creds = creds();
+        let mut server = ServerHandshake::new(&creds, &ChannelBinding::Tls([5; 32]), [2; 32], HB);
+        server.handle(payload(&hello)).unwrap();
+        LaneKey::derive(&token, &server.transcript)
+    }
+
+    #[test]
+    fn a_connection_joins_only_its_own_session_with_its_key() {
+        let key = server_key();
+        let sessions = |name: &str, id: u64| (name == "laptop" && id == 7).then(|| key.clone());
+        let who = join_with(|k| k, &sessions, "laptop").unwrap();
+        assert_eq!((who.name.as_str(), who.joined), ("laptop", Some(7)));
+
+        // A key of another session (the same token, another first connection).
+        let other = |_: LaneKey| {
+            LaneKey::derive(
+                &Token::new("shared-token-for-tests").unwrap(),
+                &Transcript::new(&ChannelBinding::Tls([8; 32])),
+            )
+        };
+        assert!(matches!(join_with(other, &sessions, "laptop"), Err(HandshakeError::ClientProofInvalid)));
+        // Another name's session (the shared token is good for that name too).
+        assert!(matches!(join_with(|k| k, &sessions, "desktop"), Err(HandshakeError::ClientProofInvalid)));
+        // A session the server does not have, or a server that takes no joining connections.
+        let none = |_: &str, _: u64| None;
+        assert!(matches!(join_with(|k| k, &none, "laptop"), Err(HandshakeError::ClientProofInvalid)));
+    }
+
+    #[test]
+    fn a_joining_hello_without_sessions_to_join_is_refused_like_a_wrong_token() {
+        let creds = creds();
+        let token = Token::new("shared-token-for-tests").unwrap();
+        let binding = ChannelBinding::Plaintext;
+        let key = LaneKey::derive(&token, &Transcript::new(&binding));
+        let (mut client, hello) = ClientHandshake::join("laptop", token, &binding, [1; 32], 7, key);
+        let mut server = ServerHandshake::new(&creds, &binding, [2; 32], HB);
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else { panic!() };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else { panic!() };
+        let step = server.handle(payload(&proof)).unwrap();
+        assert!(matches!(step, ServerStep::Refuse { error: HandshakeError::ClientProofInvalid, .. }));
+    }
+
     #[test]
     fn version_ranges_without_overlap_are_refused() {
         let creds = creds();
@@ -267,6 +392,7 @@ mod tests {
             max_version: 12,
             nonce: [0; 32],
             name: "x".into(),
+            join: None,
         };
         let step = server.handle(&hello.encode()).unwrap();
         assert!(matches!(step, ServerStep::Refuse { error: HandshakeError::UnsupportedVersion { .. }, .. }));

@@ -1,0 +1,155 @@
+//! One session over several connections (`--connections`), as a user runs it, with a relay of
+//! our own in the path that can cut any one of the client's TCP connections: the client opens
+//! as many as asked, each authenticated on its own; visitors are spread over them; a cut
+//! connection resets only the visitors it carried, the session goes on, and the client
+//! replaces the connection.
+
+#[path = "../../tunnel-core/tests/common/mod.rs"]
+mod common;
+mod process;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::echo_target;
+use process::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+const TOKEN: &str = "connections-test-token-5d1e";
+
+/// A TCP relay to `upstream`: every connection it accepted, in order, each cut by aborting
+/// its task (both sockets close).
+struct Relay {
+    addr: SocketAddr,
+    relayed: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Relay {
+    async fn to(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let relayed: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let list = relayed.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                list.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, relayed }
+    }
+
+    fn count(&self) -> usize {
+        self.relayed.lock().unwrap().len()
+    }
+
+    /// Waits until `n` connections went through.
+    async fn until_count(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.count() < n {
+            assert!(tokio::time::Instant::now() < deadline, "{} connections of {n}", self.count());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn cut(&self, index: usize) {
+        self.relayed.lock().unwrap()[index].abort();
+    }
+}
+
+/// Sends one byte and reads it back.
+async fn echo(visitor: &mut TcpStream, byte: u8) -> std::io::Result<u8> {
+    visitor.write_all(&[byte]).await?;
+    let mut back = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), visitor.read_exact(&mut back)).await??;
+    Ok(back[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = echo_target().await.to_string();
+    let mut server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target], &[]).await;
+    let relay = Relay::to(server.addr.parse().unwrap()).await;
+    let forward = format!("0:{target}");
+    let relay_addr = relay.addr.to_string();
+    let args = ["--server", &relay_addr, "--fingerprint", &server.fingerprint, "--token", TOKEN];
+    let mut client = spawn(command(
+        &[&["connect"][..], &args, &["--name", "wide", "--connections", "3", "-R", &forward]].concat(),
+    ));
+    let public = public_port(&client.line_after("remote forward ready: ").await);
+    // The session's first connection, then the two that join it.
+    relay.until_count(3).await;
+
+    // Twelve visitors held open: the server puts each on the least busy connection.
+    let mut visitors = Vec::new();
+    for i in 0..12u8 {
+        let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
+        assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
+        visitors.push(visitor);
+    }
+
+    // The second connection (one that joined) is cut: its visitors are reset, the others go on.
+    relay.cut(1);
+    let (mut reset, mut alive) = (0, 0);
+    for (i, visitor) in visitors.iter_mut().enumerate() {
+        match echo(visitor, i as u8).await {
+            Ok(byte) => {
+                assert_eq!(byte, i as u8);
+                alive += 1;
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "visitor {i}: {err}");
+                reset += 1;
+            }
+        }
+    }
+    assert!(reset > 0 && alive >= 6, "{reset} visitors reset, {alive} went on: {}", client.output());
+
+    // The client dials a replacement; the session never ended, and new visitors get through.
+    relay.until_count(4).await;
+    client.output_contains("connection 2 of the session lost").await;
+    for i in 0..12u8 {
+        let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
+        assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
+    }
+    let output = client.output();
+    assert!(!output.contains("reconnecting"), "the session was re-established:\n{output}");
+    assert_eq!(server.cli.output().matches("session established").count(), 1, "{}", server.cli.output());
+
+    drop(visitors);
+    assert_eq!(client.terminate().await, 0, "{}", client.output());
+    assert_eq!(server.cli.terminate().await, 0, "{}", server.cli.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_is_one_and_a_count_out_of_range_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = echo_target().await.to_string();
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target], &[]).await;
+    let relay = Relay::to(server.addr.parse().unwrap()).await;
+    let forward = format!("0:{target}");
+    let relay_addr = relay.addr.to_string();
+    let args = ["--server", &relay_addr, "--fingerprint", &server.fingerprint, "--token", TOKEN];
+    let mut client =
+        spawn(command(&[&["connect"][..], &args, &["--connections", "1", "-R", &forward]].concat()));
+    let public = public_port(&client.line_after("remote forward ready: ").await);
+    let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
+    assert_eq!(echo(&mut visitor, 1).await.unwrap(), 1);
+    assert_eq!(relay.count(), 1, "a session of one connection opened more: {}", client.output());
+    drop(visitor);
+    assert_eq!(client.terminate().await, 0, "{}", client.output());
+
+    for bad in ["0", "17"] {
+        let mut refused =
+            spawn(command(&[&["connect"][..], &args, &["--connections", bad, "-R", &forward]].concat()));
+        assert_eq!(refused.exit_code().await, 2, "{}", refused.output());
+        assert!(refused.output().contains("connections"), "{}", refused.output());
+    }
+}

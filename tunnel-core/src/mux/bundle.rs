@@ -1,0 +1,243 @@
+//! One session over several connections: the connections that joined the session's first
+//! one. A stream opened through the first connection's opener goes over whichever of the
+//! session's connections is least busy; streams the peer opens on any of them come out of the
+//! first one's [`IncomingStreams`]. All of them share the first one's stream limits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use super::{IncomingStreams, StreamOpener};
+
+/// The connections that joined a session's first connection (none, for most).
+#[derive(Debug)]
+pub(super) struct Bundle {
+    lanes: Mutex<Vec<StreamOpener>>,
+    /// Where a joining connection's inbound queue goes: the first connection's queue reads it.
+    joined: mpsc::UnboundedSender<IncomingStreams>,
+    /// Bytes received and sent by connections that have left the bundle.
+    gone: (AtomicU64, AtomicU64),
+}
+
+impl Bundle {
+    pub(super) fn new(joined: mpsc::UnboundedSender<IncomingStreams>) -> Self {
+        Self { lanes: Mutex::default(), joined, gone: (AtomicU64::new(0), AtomicU64::new(0)) }
+    }
+
+    pub(super) fn add(&self, lane: StreamOpener, incoming: IncomingStreams) {
+        self.live().push(lane);
+        // The first connection's queue is gone only with its session, which ends the lane too.
+        let _ = self.joined.send(incoming);
+    }
+
+    /// The connections still up; those whose driver has ended leave, their bytes kept.
+    pub(super) fn live(&self) -> MutexGuard<'_, Vec<StreamOpener>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        lanes.retain(|lane| {
+            let up = !lane.is_closed();
+            if !up {
+                let (received, sent) = lane.link.bytes();
+                self.gone.0.fetch_add(received, Ordering::Relaxed);
+                self.gone.1.fetch_add(sent, Ordering::Relaxed);
+            }
+            up
+        });
+        lanes
+    }
+
+    /// The connection for the next stream, when it is not `first`: the one with the fewest
+    /// open streams among those heard from, failing that among all; ties at random.
+    pub(super) fn pick(&self, first: &StreamOpener) -> Option<StreamOpener> {
+        let lanes = self.live();
+        if lanes.is_empty() {
+            return None;
+        }
+        let heard = |o: &StreamOpener| !o.link.is_silent();
+        let chosen = fewest(first, &lanes, heard).or_else(|| fewest(first, &lanes, |_| true))?;
+        chosen.map(|i| lanes[i].clone())
+    }
+
+    /// Bytes received and sent by connections that have left.
+    pub(super) fn gone_bytes(&self) -> (u64, u64) {
+        (self.gone.0.load(Ordering::Relaxed), self.gone.1.load(Ordering::Relaxed))
+    }
+}
+
+/// Among `first` (`None`) and the lanes (`Some(index)`) that are `usable`, one with the
+/// fewest open streams on its own connection, chosen uniformly among the ties.
+fn fewest(
+    first: &StreamOpener,
+    lanes: &[StreamOpener],
+    usable: impl Fn(&StreamOpener) -> bool,
+) -> Option<Option<usize>> {
+    let candidates =
+        std::iter::once((None, first)).chain(lanes.iter().enumerate().map(|(i, l)| (Some(i), l)));
+    // (choice, its open streams, how many tied with it so far)
+    let mut best: Option<(Option<usize>, usize, u32)> = None;
+    for (choice, opener) in candidates.filter(|(_, o)| usable(o)) {
+        let open = opener.link.open_streams();
+        best = match best {
+            Some((_, fewest, _)) if open < fewest => Some((choice, open, 1)),
+            // The k-th tie replaces the choice with probability 1/k: each is equally likely.
+            Some((chosen, fewest, ties)) if open == fewest => {
+                let ties = ties.saturating_add(1);
+                let chosen = if rand::random_range(0..ties) == 0 { choice } else { chosen };
+                Some((chosen, fewest, ties))
+            }
+            kept @ Some(_) => kept,
+            None => Some((choice, open, 1)),
+        };
+    }
+    best.map(|(choice, _, _)| choice)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::mux::{
+        start, start_beside, IncomingStreams, Mode, MuxConfig, MuxError, MuxStream, StreamOpener,
+    };
+    use crate::task::OwnedTask;
+
+    /// Both ends of one connection.
+    struct Connection {
+        dialer: StreamOpener,
+        acceptor: StreamOpener,
+        /// The dialer's driver; dropping it cuts the connection.
+        dialer_driver: OwnedTask<Result<(), MuxError>>,
+        _acceptor_driver: OwnedTask<Result<(), MuxError>>,
+    }
+
+    /// A session's first connection, and its inbound queues (dialer's, acceptor's).
+    fn first(config: &MuxConfig) -> (Connection, IncomingStreams, IncomingStreams) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (dialer, dialer_in, da) = start(a, config, Mode::Client);
+        let (acceptor, acceptor_in, db) = start(b, config, Mode::Server);
+        let connection = Connection {
+            dialer,
+            acceptor,
+            dialer_driver: OwnedTask::spawn(da),
+            _acceptor_driver: OwnedTask::spawn(db),
+        };
+        (connection, dialer_in, acceptor_in)
+    }
+
+    /// Another connection of `session`, joined on both ends.
+    fn join(session: &Connection, config: &MuxConfig) -> Connection {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (dialer, dialer_in, da) = start_beside(a, config, Mode::Client, &session.dialer);
+        let (acceptor, acceptor_in, db) = start_beside(b, config, Mode::Server, &session.acceptor);
+        session.dialer.join(dialer.clone(), dialer_in);
+        session.acceptor.join(acceptor.clone(), acceptor_in);
+        Connection {
+            dialer,
+            acceptor,
+            dialer_driver: OwnedTask::spawn(da),
+            _acceptor_driver: OwnedTask::spawn(db),
+        }
+    }
+
+    async fn echo_one(stream: &mut MuxStream, byte: u8) -> std::io::Result<u8> {
+        stream.write_all(&[byte]).await?;
+        let mut back = [0u8; 1];
+        stream.read_exact(&mut back).await?;
+        Ok(back[0])
+    }
+
+    #[tokio::test]
+    async fn streams_spread_over_joined_connections_and_a_lost_one_cuts_only_its_own() {
+        let config = MuxConfig::default();
+        let (session, _, mut accepted) = first(&config);
+        let lane = join(&session, &config);
+        assert_eq!(session.dialer.connections(), 2);
+        // The acceptor echoes every stream, whichever connection it came on.
+        tokio::spawn(async move {
+            while let Some(mut stream) = accepted.next().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        if stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let mut streams = Vec::new();
+        for i in 0..40u8 {
+            let mut stream = session.dialer.open().await.unwrap();
+            assert_eq!(echo_one(&mut stream, i).await.unwrap(), i);
+            streams.push(stream);
+        }
+        // Each new stream went to the less busy connection: an even split.
+        let (on_first, on_lane) = (session.dialer.link.open_streams(), lane.dialer.link.open_streams());
+        assert_eq!((on_first, on_lane), (20, 20));
+        assert_eq!(session.dialer.open_streams(), 40);
+        assert_eq!(session.acceptor.open_streams(), 40, "the acceptor counts the joined one's streams too");
+        let (received, sent) = session.dialer.bytes();
+        assert!(received >= 40 && sent >= 40, "bytes of both connections: {received} / {sent}");
+
+        // The joined connection dies: its streams fail as cut, never as a clean end; the others
+        // go on, and new streams take the connection left.
+        drop(lane.dialer_driver);
+        let mut cut = 0;
+        for (i, stream) in streams.iter_mut().enumerate() {
+            match echo_one(stream, i as u8).await {
+                Ok(byte) => assert_eq!(byte, i as u8),
+                Err(err) => {
+                    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+                    cut += 1;
+                }
+            }
+        }
+        assert_eq!(cut, 20);
+        assert_eq!(session.dialer.connections(), 1);
+        let mut fresh = session.dialer.open().await.unwrap();
+        assert_eq!(echo_one(&mut fresh, 7).await.unwrap(), 7);
+
+        // A drain waits for the streams of every connection.
+        let drained = tokio::spawn({
+            let opener = session.dialer.clone();
+            async move { opener.until_open_at_most(0).await }
+        });
+        drop(streams);
+        tokio::task::yield_now().await;
+        assert!(!drained.is_finished(), "drained with a stream still open");
+        drop(fresh);
+        drained.await.unwrap();
+        drop(session.dialer_driver);
+    }
+
+    #[tokio::test]
+    async fn joined_connections_share_the_sessions_stream_limit() {
+        let config = MuxConfig { max_streams: 4, ..MuxConfig::default() };
+        let (session, _, _accepted) = first(&config);
+        let _lane = join(&session, &config);
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            open.push(session.dialer.open().await.unwrap());
+        }
+        assert!(matches!(session.dialer.open().await, Err(MuxError::StreamLimit(4))));
+        open.pop();
+        assert!(session.dialer.open().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn streams_the_peer_opens_on_a_joined_connection_come_out_of_the_first_ones_queue() {
+        let config = MuxConfig::default();
+        let (session, mut dialer_in, _) = first(&config);
+        let lane = join(&session, &config);
+        // The acceptor's side opens on the joined connection directly, as it may pick it.
+        let mut stream = lane.acceptor.open().await.unwrap();
+        stream.write_all(b"via the lane").await.unwrap();
+        let mut arrived = dialer_in.next().await.unwrap();
+        let mut buf = [0u8; 12];
+        arrived.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"via the lane");
+        // When the first connection ends, the queue ends, whatever joined it.
+        drop(session.dialer_driver);
+        assert!(dialer_in.next().await.is_none());
+    }
+}

@@ -1,0 +1,141 @@
+//! Sessions over several connections, on the server: the sessions other connections may join
+//! (by client name and session id), and the run of a connection that joined one.
+//!
+//! A joined connection carries the session's streams beside its first connection (the
+//! multiplexer spreads new streams over them, `mux::StreamOpener::join`); its control stream
+//! carries heartbeats only. It ends when its session ends, and the session goes on when it
+//! ends: the streams on it are cut with a reset, and the client dials a new one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
+
+use super::session::finish;
+use super::Shared;
+use crate::auth::LaneKey;
+use crate::log::Escaped;
+use crate::mux::StreamOpener;
+use crate::proto::handshake::AuthenticatedClient;
+use crate::proto::{GoodbyeCode, MAX_CONNECTIONS};
+use crate::session::{Session, SessionEnd};
+use crate::task::OwnedTask;
+
+/// The sessions that connections may join now.
+#[derive(Debug, Default)]
+pub(super) struct Joinable(Mutex<HashMap<u64, Entry>>);
+
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    key: LaneKey,
+    first: StreamOpener,
+    /// Cancelled when the session ends: its joined connections end with it.
+    ended: CancellationToken,
+}
+
+impl Joinable {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lets connections join the session of `name` whose first connection is `first`, until
+    /// the returned guard is dropped (when the session ends).
+    pub(super) fn open(&self, name: &str, key: LaneKey, first: StreamOpener) -> Joining<'_> {
+        let ended = CancellationToken::new();
+        let mut sessions = self.lock();
+        // 64 random bits: never guessed, and a repeat is drawn again.
+        let id = loop {
+            let id = rand::random::<u64>();
+            if !sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        let entry = Entry { name: name.to_owned(), key, first, ended: ended.clone() };
+        sessions.insert(id, entry);
+        Joining { joinable: self, id, ended }
+    }
+
+    /// The key and first connection of session `id`, if it is `name`'s and has room for one
+    /// more connection.
+    pub(super) fn find(&self, name: &str, id: u64) -> Option<(LaneKey, StreamOpener)> {
+        let sessions = self.lock();
+        let entry = sessions.get(&id).filter(|e| e.name == name && !e.ended.is_cancelled())?;
+        (entry.first.connections() < MAX_CONNECTIONS).then(|| (entry.key.clone(), entry.first.clone()))
+    }
+
+    /// Cancelled when session `id` ends (already, if it has).
+    fn ended(&self, id: u64) -> CancellationToken {
+        self.lock().get(&id).map_or_else(
+            || {
+                let gone = CancellationToken::new();
+                gone.cancel();
+                gone
+            },
+            |entry| entry.ended.clone(),
+        )
+    }
+}
+
+/// A session connections may join; it may not from when this is dropped, and the
+/// connections that joined it end.
+#[derive(Debug)]
+pub(super) struct Joining<'a> {
+    joinable: &'a Joinable,
+    pub(super) id: u64,
+    ended: CancellationToken,
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        self.joinable.lock().remove(&self.id);
+        self.ended.cancel();
+    }
+}
+
+/// Runs a connection that joined a session (whose first connection is `first`) until it or
+/// the session ends.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    lane: Session,
+    client: AuthenticatedClient,
+    first: StreamOpener,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let Some(id) = client.joined else { return };
+    let ended = shared.joinable.ended(id);
+    let Session { control, mut messages, opener, incoming, driver } = lane;
+    let mut driver = OwnedTask::spawn(driver);
+    let goodbye = shared.config().timeouts.goodbye;
+    // Checked at the handshake too; several joining at once may pass that together.
+    if first.connections() >= MAX_CONNECTIONS {
+        control
+            .close(GoodbyeCode::ProtocolError, format!("a session has at most {MAX_CONNECTIONS} connections"))
+            .await;
+        finish(&mut driver, goodbye).await;
+        return;
+    }
+    first.join(opener, incoming);
+    let name = Escaped(&client.name);
+    tracing::debug!(client = %name, %peer, connections = first.connections(), "connection joined its session");
+    let end = tokio::select! {
+        end = &mut driver => end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())),
+        Some(message) = messages.recv() => {
+            let reason = format!("a joined connection carries no control messages (got {message:?})");
+            control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
+            finish(&mut driver, goodbye).await;
+            SessionEnd::ProtocolError(reason)
+        }
+        () = ended.cancelled() => {
+            control.close(GoodbyeCode::Shutdown, "its session ended").await;
+            finish(&mut driver, goodbye).await
+        }
+        () = stop.cancelled() => {
+            control.close(GoodbyeCode::Shutdown, "server shutting down").await;
+            finish(&mut driver, goodbye).await
+        }
+    };
+    tracing::debug!(client = %name, %peer, "joined connection ended: {}", Escaped(&end.to_string()));
+}
