@@ -2,7 +2,7 @@
 # The whole-binary benchmarks in one command, on a fresh Debian/Ubuntu machine:
 #   ./benches/run.sh            # loopback comparison, the HTTP edge, then the long link (root only)
 #   ./benches/run.sh --quick    # shorter runs, for a smoke test of the harness
-# Installs iperf3, openssl, iproute2, nginx and wrk (apt) if missing, and the peers rathole and bore from
+# Installs iperf3, openssl, iproute2, nginx, wrk and Redis (apt) if missing, and the peers rathole and bore from
 # crates.io into a cache directory (TUNNEL_BENCH_CACHE, default ~/.cache/tunnel-bench); builds
 # tunnel-cli and tunnel-bench in release mode; rewrites the result sections of
 # docs/benchmarks.md with this run's tables.
@@ -22,6 +22,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 # rathole's TLS (native-tls) builds against OpenSSL.
 [ -x "$cache/bin/rathole" ] || { dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev pkg-config); }
 if [ ${#missing[@]} -gt 0 ]; then

@@ -50,6 +50,7 @@ fn client_example_parses_and_builds() {
     assert_eq!(config.remotes[0].remote_port, 6443);
     assert_eq!(config.remotes[3].proxy_protocol, Some(tunnel_core::forward::ProxyProtocol::V2));
     assert_eq!(config.wire, tunnel_core::transport::Wire::Auto);
+    assert_eq!(config.connections, 2);
     assert_eq!(config.remotes[2].idle_timeout, Some(std::time::Duration::from_secs(3600)));
     assert_eq!(config.remotes[4].protocol, tunnel_core::forward::Protocol::Udp);
     assert_eq!(config.remotes[4].idle_timeout, Some(std::time::Duration::from_secs(30)));

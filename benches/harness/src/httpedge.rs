@@ -45,8 +45,8 @@ pub struct HttpEdgeArgs {
 
 /// What wrk measured through one front.
 #[derive(Debug, Clone, Copy)]
-struct Wrk {
-    requests_per_second: f64,
+pub(crate) struct Wrk {
+    pub(crate) requests_per_second: f64,
     p50: Duration,
     p99: Duration,
 }
@@ -224,13 +224,13 @@ fn median(runs: &[Wrk]) -> Option<Wrk> {
     sorted.get(sorted.len().saturating_sub(1) / 2).copied()
 }
 
-struct Nginx {
-    addr: SocketAddr,
-    _proc: Proc,
+pub(crate) struct Nginx {
+    pub(crate) addr: SocketAddr,
+    pub(crate) proc: Proc,
 }
 
 /// nginx in the foreground, one process, serving `1k.bin` on a fresh loopback port.
-fn start_nginx(work: &Path) -> Result<Nginx> {
+pub(crate) fn start_nginx(work: &Path) -> Result<Nginx> {
     let root = work.join("nginx");
     std::fs::create_dir_all(root.join("www"))?;
     std::fs::write(root.join("www/1k.bin"), vec![b'x'; BODY_BYTES])?;
@@ -259,7 +259,7 @@ fn start_nginx(work: &Path) -> Result<Nginx> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Nginx { addr, _proc: proc })
+    Ok(Nginx { addr, proc })
 }
 
 struct Tunnel {
@@ -327,7 +327,7 @@ fn start_tunnel(bin: &Path, work: &Path, origin: SocketAddr, idle: usize) -> Res
 }
 
 /// One wrk run against `front`, naming our host.
-fn wrk(front: SocketAddr, connections: u32, seconds: u32) -> Result<Wrk> {
+pub(crate) fn wrk(front: SocketAddr, connections: u32, seconds: u32) -> Result<Wrk> {
     let output = Command::new("wrk")
         .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "5s"])
         .args(["-H", &format!("Host: {HOST}"), &format!("http://{front}/1k.bin")])

@@ -3,6 +3,7 @@
 //! emulated 100 ms, rate-capped, lossy link between two network namespaces.
 //! `benches/run.sh` installs what is needed and runs both; see `docs/benchmarks.md`.
 
+mod apps;
 mod httpedge;
 mod link;
 mod longlink;
@@ -110,7 +111,7 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
     for round in 1..=args.repeat {
         for (m, samples) in results.iter_mut().zip(&mut samples) {
             eprintln!("== round {round}/{}: {}", args.repeat, m.subject.label());
-            let started = start_targets().and_then(|(targets, target_procs)| {
+            let started = start_targets(work.path()).and_then(|(targets, target_procs)| {
                 Ok((subjects::start(m.subject, targets, &tools, work.path(), args.idle)?, target_procs))
             });
             let Some((running, _target_procs)) = m.keep("start", started) else { continue };
@@ -129,7 +130,7 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
     }
     let header = format!(
         "Run on {} ({}), `tunnel-bench loopback`: {} rounds, each starting, measuring and stopping \
-         every subject in turn; each cell is the median round; iperf3 {} s per run, {} connections per rate run, {} ping-pong round trips:",
+         every subject in turn; each cell is the median round; iperf3 and wrk {} s per run, {} connections per rate run, {} ping-pong round trips:",
         report::today(),
         report::machine(),
         args.repeat,
@@ -152,17 +153,21 @@ struct Samples {
     connect_1: Vec<Latencies>,
     connect_8: Vec<Latencies>,
     ping: Vec<Latencies>,
+    redis_get: Vec<f64>,
+    nginx: Vec<f64>,
 }
 
 const PROBE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One round of every timing probe; a failed probe is recorded and the others still run.
 fn probe_round(running: &Running, samples: &mut Samples, m: &mut Measured, args: &LoopbackArgs) {
-    samples.ping.extend(m.keep("ping-pong", probe::ping_pong(running.echo, args.pings, PROBE_LIMIT)));
-    let c1 = probe::connection_rate(running.echo, 1, args.connections, PROBE_LIMIT);
+    samples.ping.extend(m.keep("ping-pong", probe::ping_pong(running.fronts.echo, args.pings, PROBE_LIMIT)));
+    let c1 = probe::connection_rate(running.fronts.echo, 1, args.connections, PROBE_LIMIT);
     samples.connect_1.extend(m.keep("connections, c=1", c1));
-    let c8 = probe::connection_rate(running.echo, 8, args.connections, PROBE_LIMIT);
+    let c8 = probe::connection_rate(running.fronts.echo, 8, args.connections, PROBE_LIMIT);
     samples.connect_8.extend(m.keep("connections, c=8", c8));
+    samples.redis_get.extend(m.keep("redis-benchmark", apps::redis_get(running.fronts.redis)));
+    samples.nginx.extend(m.keep("wrk on nginx", apps::nginx_requests(running.fronts.nginx, args.seconds)));
     for streams in [1, 8] {
         // A failed run is reported under the tables and tried once more, so one stray reset
         // neither hides nor empties the cell.
@@ -191,7 +196,7 @@ fn probe_round(running: &Running, samples: &mut Samples, m: &mut Measured, args:
 /// One iperf3 run and the CPU seconds both tunnel sides spent during it.
 fn iperf_with_cpu(running: &Running, streams: u32, seconds: u32) -> Result<(Throughput, f64)> {
     let before = Usage::of_all(&running.all_pids())?;
-    let result = probe::iperf(running.iperf, streams, seconds)?;
+    let result = probe::iperf(running.fronts.iperf, streams, seconds)?;
     let after = Usage::of_all(&running.all_pids())?;
     Ok((result, after.cpu_seconds - before.cpu_seconds))
 }
@@ -203,6 +208,8 @@ fn summarise(s: &Samples, m: &mut Measured) {
     m.connect_1 = median_by(&s.connect_1, |l| l.rate);
     m.connect_8 = median_by(&s.connect_8, |l| l.rate);
     m.ping = median_by(&s.ping, |l| l.p50.as_secs_f64());
+    m.redis_get = median_by(&s.redis_get, |r| *r);
+    m.nginx = median_by(&s.nginx, |r| *r);
     if m.subject != Subject::Direct && s.bytes > 0.0 {
         m.cpu_per_gb = Some(s.cpu_seconds / (s.bytes / 1e9));
     }
@@ -227,7 +234,7 @@ fn hold_idle(running: &Running, m: &mut Measured, args: &LoopbackArgs, open_file
         Subject::TunnelTls | Subject::TunnelPlain => args.idle.min(fd_room),
         _ => args.idle.min(fd_room / 2),
     };
-    let held = m.keep("idle connections", probe::hold_idle(running.echo, idle, PROBE_LIMIT));
+    let held = m.keep("idle connections", probe::hold_idle(running.fronts.echo, idle, PROBE_LIMIT));
     if let Some(held) = held {
         m.streams = held.len();
         m.rss_streams = m.keep("memory with idle connections", sides(running, |u| u.rss));
@@ -242,8 +249,8 @@ fn sides(running: &Running, pick: fn(&Usage) -> u64) -> Result<Sides> {
     })
 }
 
-/// An iperf3 server and an echo server on fresh loopback ports.
-fn start_targets() -> Result<(Targets, Vec<Proc>)> {
+/// An iperf3 server, an echo server, Redis and nginx on fresh loopback ports.
+fn start_targets(work: &std::path::Path) -> Result<(Targets, Vec<Proc>)> {
     let iperf_port = procs::free_port()?;
     let mut iperf = Proc::spawn(
         "iperf3 -s",
@@ -254,9 +261,15 @@ fn start_targets() -> Result<(Targets, Vec<Proc>)> {
     let me = std::env::current_exe()?;
     let mut echo = Proc::spawn("echo server", &me, &["echo"])?;
     let line = echo.wait_for_line("echo listening on ", Duration::from_secs(10))?;
-    let targets =
-        Targets { iperf: ([127, 0, 0, 1], iperf_port).into(), echo: addr_after(&line, "listening on ")? };
-    Ok((targets, vec![iperf, echo]))
+    let (redis, redis_proc) = apps::start_redis(work)?;
+    let nginx = httpedge::start_nginx(work)?;
+    let targets = Targets {
+        iperf: ([127, 0, 0, 1], iperf_port).into(),
+        echo: addr_after(&line, "listening on ")?,
+        redis,
+        nginx: nginx.addr,
+    };
+    Ok((targets, vec![iperf, echo, redis_proc, nginx.proc]))
 }
 
 /// Echoes every connection until it closes; many connections, small buffers.

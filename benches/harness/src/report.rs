@@ -25,6 +25,10 @@ pub struct Measured {
     pub connect_1: Option<Latencies>,
     pub connect_8: Option<Latencies>,
     pub ping: Option<Latencies>,
+    /// `redis-benchmark -c 16 -t get`: requests per second.
+    pub redis_get: Option<f64>,
+    /// `wrk -c 16` on nginx: requests per second.
+    pub nginx: Option<f64>,
     pub rss_idle: Option<Sides>,
     pub rss_load: Option<Sides>,
     pub rss_streams: Option<Sides>,
@@ -43,6 +47,8 @@ impl Measured {
             connect_1: None,
             connect_8: None,
             ping: None,
+            redis_get: None,
+            nginx: None,
             rss_idle: None,
             rss_load: None,
             rss_streams: None,
@@ -102,6 +108,18 @@ fn absolute_tables(results: &[Measured]) -> String {
         );
     }
     out.push_str(
+        "\n| subject | redis-benchmark GET, c=16 | wrk on nginx, c=16, keep-alive |\n|---|---|---|\n",
+    );
+    for m in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            m.subject.label(),
+            or_failed(m.redis_get.map(|r| format!("{r:.0} req/s"))),
+            or_failed(m.nginx.map(|r| format!("{r:.0} req/s"))),
+        );
+    }
+    out.push_str(
         "\n| subject | RSS idle, server / client | RSS peak under load | RSS with N idle connections (N) |\n\
          |---|---|---|---|\n",
     );
@@ -134,11 +152,13 @@ fn ratio_table(ours: &Measured, results: &[Measured]) -> String {
     out += &"---|".repeat(baselines.len());
     out.push('\n');
     type Metric = fn(&Measured) -> Option<f64>;
-    let rows: [(&str, Metric); 5] = [
+    let rows: [(&str, Metric); 7] = [
         ("throughput, 1 stream", |m| m.one_stream.map(|t| t.bits_per_second)),
         ("throughput, 8 streams", |m| m.eight_streams.map(|t| t.bits_per_second)),
         ("connections/s, c=1", |m| m.connect_1.as_ref().map(|l| l.rate)),
         ("connections/s, c=8", |m| m.connect_8.as_ref().map(|l| l.rate)),
+        ("redis-benchmark GET, c=16", |m| m.redis_get),
+        ("wrk on nginx, c=16", |m| m.nginx),
         ("1 / (CPU s per GB)", |m| m.cpu_per_gb.filter(|c| *c > 0.0).map(|c| 1.0 / c)),
     ];
     for (name, metric) in rows {
@@ -190,6 +210,11 @@ fn targets_table(results: &[Measured]) -> String {
         "connection rate, c=1, >= 2x rathole plain".to_owned(),
         ratio(tls, Subject::RatholePlain, |m| m.connect_1.as_ref().map(|l| l.rate), 2.0),
     );
+    row(
+        "redis-benchmark GET, c=16, TLS >= 1.0x bore".to_owned(),
+        ratio(tls, Subject::Bore, |m| m.redis_get, 1.0),
+    );
+    row("wrk on nginx, c=16, TLS >= 1.0x bore".to_owned(), ratio(tls, Subject::Bore, |m| m.nginx, 1.0));
     row(
         "ping-pong p50 <= direct + 30 us".to_owned(),
         (|| {

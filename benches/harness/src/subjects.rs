@@ -1,6 +1,6 @@
-//! The systems under comparison, each started in front of the same two targets (an iperf3
-//! server and an echo server): direct TCP, `tunnel-cli` with TLS and plaintext, rathole with
-//! TLS and plaintext, and bore (plaintext only; it has no TLS).
+//! The systems under comparison, each started in front of the same four targets (an iperf3
+//! server, an echo server, Redis and nginx): direct TCP, `tunnel-cli` with TLS and plaintext,
+//! rathole with TLS and plaintext, and bore (plaintext only; it has no TLS).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,17 +76,30 @@ pub struct Tools {
     pub bore: PathBuf,
 }
 
-/// The two services every subject publishes.
+/// The services every subject publishes (or, for a subject, where visitors reach them).
 #[derive(Debug, Clone, Copy)]
 pub struct Targets {
     pub iperf: SocketAddr,
     pub echo: SocketAddr,
+    pub redis: SocketAddr,
+    pub nginx: SocketAddr,
+}
+
+impl Targets {
+    fn all(&self) -> [SocketAddr; 4] {
+        [self.iperf, self.echo, self.redis, self.nginx]
+    }
+
+    /// The fronts of [`Targets::all`], in its order.
+    fn from_fronts(fronts: &[SocketAddr]) -> Result<Self> {
+        let [iperf, echo, redis, nginx] = fronts else { bail!("{} fronts for 4 targets", fronts.len()) };
+        Ok(Self { iperf: *iperf, echo: *echo, redis: *redis, nginx: *nginx })
+    }
 }
 
 /// A subject up and running: where visitors connect, and its processes by side.
 pub struct Running {
-    pub iperf: SocketAddr,
-    pub echo: SocketAddr,
+    pub fronts: Targets,
     pub server: Vec<Proc>,
     pub client: Vec<Proc>,
 }
@@ -118,9 +131,7 @@ pub fn start(
     let dir = work.join(subject.key());
     std::fs::create_dir_all(&dir)?;
     match subject {
-        Subject::Direct => {
-            Ok(Running { iperf: targets.iperf, echo: targets.echo, server: Vec::new(), client: Vec::new() })
-        }
+        Subject::Direct => Ok(Running { fronts: targets, server: Vec::new(), client: Vec::new() }),
         Subject::TunnelTls => tunnel(&tools.tunnel_cli, targets, &dir, streams, true),
         Subject::TunnelPlain => tunnel(&tools.tunnel_cli, targets, &dir, streams, false),
         Subject::RatholeTls => rathole(&tools.rathole, targets, &dir, true),
@@ -147,9 +158,11 @@ fn tunnel(bin: &Path, targets: Targets, dir: &Path, streams: usize, tls: bool) -
     let mut server = Proc::spawn("tunnel-cli serve", bin, &args)?;
     let listening = server.wait_for_line("tunnel server listening on ", START_TIMEOUT)?;
     let listen = addr_after(&listening, "listening on ")?.to_string();
-    let (iperf_remote, echo_remote) = (format!("0:{}", targets.iperf), format!("0:{}", targets.echo));
+    let remotes: Vec<String> = targets.all().iter().map(|t| format!("0:{t}")).collect();
     let mut args = vec!["connect", "--server", &listen, "--token", TOKEN, "--name", "bench"];
-    args.extend(["-R", &iperf_remote, "-R", &echo_remote]);
+    for remote in &remotes {
+        args.extend(["-R", remote]);
+    }
     let fingerprint;
     if tls {
         fingerprint = self::fingerprint(&mut server)?;
@@ -158,18 +171,14 @@ fn tunnel(bin: &Path, targets: Targets, dir: &Path, streams: usize, tls: bool) -
         args.push("--insecure-plaintext");
     }
     let mut client = Proc::spawn("tunnel-cli connect", bin, &args)?;
-    let ready = client.wait_for_lines("remote forward ready: ", 2, START_TIMEOUT)?;
-    let front = |target: SocketAddr| -> Result<SocketAddr> {
+    let ready = client.wait_for_lines("remote forward ready: ", remotes.len(), START_TIMEOUT)?;
+    let front = |target: &SocketAddr| -> Result<SocketAddr> {
         let line =
             ready.iter().find(|l| l.ends_with(&format!("-> {target}"))).context("a forward per target")?;
         addr_after(line, "ready: ")
     };
-    Ok(Running {
-        iperf: front(targets.iperf)?,
-        echo: front(targets.echo)?,
-        server: vec![server],
-        client: vec![client],
-    })
+    let fronts = targets.all().iter().map(front).collect::<Result<Vec<_>>>()?;
+    Ok(Running { fronts: Targets::from_fronts(&fronts)?, server: vec![server], client: vec![client] })
 }
 
 /// The certificate fingerprint a starting `tunnel-cli serve` prints.
@@ -179,7 +188,9 @@ pub fn fingerprint(server: &mut Proc) -> Result<String> {
 }
 
 fn rathole(bin: &Path, targets: Targets, dir: &Path, tls: bool) -> Result<Running> {
-    let (control, iperf, echo) = (free_port()?, free_port()?, free_port()?);
+    let control = free_port()?;
+    let names = ["iperf", "echo", "redis", "nginx"];
+    let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
     let (server_transport, client_transport) = if tls {
         let identity = rathole_identity(dir)?;
         (
@@ -195,37 +206,32 @@ fn rathole(bin: &Path, targets: Targets, dir: &Path, tls: bool) -> Result<Runnin
     } else {
         (String::new(), String::new())
     };
+    let (mut server_services, mut client_services) = (String::new(), String::new());
+    for ((name, port), target) in names.iter().zip(ports).zip(targets.all()) {
+        server_services +=
+            &format!("[server.services.{name}]\ntoken = \"{TOKEN}\"\nbind_addr = \"127.0.0.1:{port}\"\n");
+        client_services +=
+            &format!("[client.services.{name}]\ntoken = \"{TOKEN}\"\nlocal_addr = \"{target}\"\n");
+    }
     let server_config = dir.join("server.toml");
     std::fs::write(
         &server_config,
-        format!(
-            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n{server_transport}\
-             [server.services.iperf]\ntoken = \"{TOKEN}\"\nbind_addr = \"127.0.0.1:{iperf}\"\n\
-             [server.services.echo]\ntoken = \"{TOKEN}\"\nbind_addr = \"127.0.0.1:{echo}\"\n"
-        ),
+        format!("[server]\nbind_addr = \"127.0.0.1:{control}\"\n{server_transport}{server_services}"),
     )?;
     let client_config = dir.join("client.toml");
     std::fs::write(
         &client_config,
-        format!(
-            "[client]\nremote_addr = \"localhost:{control}\"\n{client_transport}\
-             [client.services.iperf]\ntoken = \"{TOKEN}\"\nlocal_addr = \"{}\"\n\
-             [client.services.echo]\ntoken = \"{TOKEN}\"\nlocal_addr = \"{}\"\n",
-            targets.iperf, targets.echo
-        ),
+        format!("[client]\nremote_addr = \"localhost:{control}\"\n{client_transport}{client_services}"),
     )?;
     let mut server = Proc::spawn("rathole server", bin, &["-s", path_str(&server_config)?])?;
     server.wait_for_line(&format!("Listening at 127.0.0.1:{control}"), START_TIMEOUT)?;
     let client = Proc::spawn("rathole client", bin, &["-c", path_str(&client_config)?])?;
     // The server opens a service's port once that service's control channel is up.
-    server.wait_for_line(&format!("Listening at 127.0.0.1:{iperf}"), START_TIMEOUT)?;
-    server.wait_for_line(&format!("Listening at 127.0.0.1:{echo}"), START_TIMEOUT)?;
-    Ok(Running {
-        iperf: ([127, 0, 0, 1], iperf).into(),
-        echo: ([127, 0, 0, 1], echo).into(),
-        server: vec![server],
-        client: vec![client],
-    })
+    for port in ports {
+        server.wait_for_line(&format!("Listening at 127.0.0.1:{port}"), START_TIMEOUT)?;
+    }
+    let fronts: Vec<SocketAddr> = ports.iter().map(|port| ([127, 0, 0, 1], *port).into()).collect();
+    Ok(Running { fronts: Targets::from_fronts(&fronts)?, server: vec![server], client: vec![client] })
 }
 
 struct Identity {
@@ -287,7 +293,7 @@ fn bore(bin: &Path, targets: Targets) -> Result<Running> {
     server.wait_for_line("server listening", START_TIMEOUT)?;
     let mut client = Vec::new();
     let mut fronts = Vec::new();
-    for target in [targets.iperf, targets.echo] {
+    for target in targets.all() {
         let port = target.port().to_string();
         let args = ["local", &port, "--local-host", "127.0.0.1", "--to", "127.0.0.1"];
         let mut local = Proc::spawn("bore local", bin, &args)?;
@@ -295,7 +301,7 @@ fn bore(bin: &Path, targets: Targets) -> Result<Running> {
         fronts.push(addr_after(&line, "listening at ")?);
         client.push(local);
     }
-    Ok(Running { iperf: fronts[0], echo: fronts[1], server: vec![server], client })
+    Ok(Running { fronts: Targets::from_fronts(&fronts)?, server: vec![server], client })
 }
 
 fn path_str(path: &Path) -> Result<&str> {

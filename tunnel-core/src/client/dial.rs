@@ -7,7 +7,7 @@ use super::error::{classify_connect, classify_session, Failure};
 use super::{Client, ClientError, Link, MIN_SERVER_VERSION};
 use crate::log::Escaped;
 use crate::proto::handshake::HandshakeError;
-use crate::session::{JoinTicket, Session, SessionError};
+use crate::session::{Session, SessionError};
 use crate::transport::{ConnectError, Wire};
 
 impl Client {
@@ -114,33 +114,6 @@ impl Client {
             );
             Err(Failed { failure: Failure::Transient(reason), path: opened.load(Ordering::Relaxed) })
         })
-    }
-}
-
-impl Client {
-    /// One attempt at a connection joining the session of `ticket`, over `wire` (the one its
-    /// first connection took), under the handshake timeout.
-    pub(super) async fn dial_join(
-        &self,
-        link: &Link,
-        wire: Wire,
-        ticket: &JoinTicket,
-    ) -> Result<Session, String> {
-        let config = &self.config;
-        let attempt = async {
-            let connection = link
-                .transport
-                .connect_over(&link.server, config.proxy.as_ref(), wire)
-                .await
-                .map_err(|e| crate::log::Chain(&e).to_string())?;
-            let (io, binding) = (connection.io, connection.binding);
-            Session::join(io, &binding, &config.name, config.token.clone(), ticket, &config.session)
-                .await
-                .map_err(|e| crate::log::Chain(&e).to_string())
-        };
-        tokio::time::timeout(config.handshake_timeout, attempt)
-            .await
-            .unwrap_or_else(|_| Err(format!("not joined within {:?}", config.handshake_timeout)))
     }
 }
 

@@ -5,59 +5,155 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::{Client, Link};
+use crate::auth::Token;
 use crate::client::Backoff;
-use crate::log::Escaped;
+use crate::log::{Chain, Escaped};
+use crate::proto::handshake::{HandshakeError, RefuseCode};
 use crate::proto::GoodbyeCode;
-use crate::session::{JoinTicket, Session, SessionEnd};
+use crate::session::{JoinTicket, Session, SessionConfig, SessionEnd, SessionError};
 use crate::task::OwnedTask;
-use crate::transport::Wire;
+use crate::transport::{ClientTransport, HttpProxy, Wire};
 
 /// Delays between attempts to replace a connection: short at first (a connection cut by the
 /// path is usually back at once), never so short that a server refusing it is hammered.
 const REPLACE: Backoff =
     Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), max_attempts: None };
 
+/// A joined connection that lived this long was a success: the next loss starts the delays
+/// over. One closed sooner counts as a failed attempt.
+const LIVED: Duration = Duration::from_secs(10);
+
+/// What dialing a session's other connections takes, owned, so the keeper runs as a task of
+/// its own (during a drain too) and never holds a handshake half done.
+pub(super) struct LaneDialer {
+    server: String,
+    transport: ClientTransport,
+    proxy: Option<HttpProxy>,
+    wire: Wire,
+    name: String,
+    token: Token,
+    session: SessionConfig,
+    handshake_timeout: Duration,
+}
+
+/// How one connection's turn ended.
+enum Turn {
+    /// Lost, or never joined: dial again after a delay.
+    Again,
+    /// The session is over, or the server wants no more connections: stop.
+    Stop,
+}
+
 impl Client {
-    /// Keeps `connections - 1` connections joined to the session of `ticket`, over `wire`,
-    /// for as long as this future is polled; never returns. Dropping it closes them.
-    pub(super) async fn keep_lanes(&self, link: &Link, wire: Wire, ticket: JoinTicket, connections: usize) {
-        let keepers = (2..=connections).map(|n| self.keep_lane(link, wire, &ticket, n));
-        futures::future::join_all(keepers).await;
-        std::future::pending::<()>().await;
+    /// The dialer of `link`'s session's other connections, over `wire` (the first one's).
+    pub(super) fn lane_dialer(&self, link: &Link, wire: Wire) -> LaneDialer {
+        LaneDialer {
+            server: link.server.clone(),
+            transport: link.transport.clone(),
+            proxy: self.config.proxy.clone(),
+            wire,
+            name: self.config.name.clone(),
+            token: self.config.token.clone(),
+            session: self.config.session.clone(),
+            handshake_timeout: self.config.handshake_timeout,
+        }
+    }
+}
+
+impl LaneDialer {
+    /// Keeps `connections - 1` connections joined to the session of `ticket`, as a task that
+    /// closes them when dropped.
+    pub(super) fn keep(self, ticket: JoinTicket, connections: usize) -> OwnedTask<()> {
+        OwnedTask::spawn(async move {
+            let keepers = (2..=connections).map(|n| self.keep_one(&ticket, n));
+            futures::future::join_all(keepers).await;
+        })
     }
 
-    /// Keeps connection `n` of the session joined.
-    async fn keep_lane(&self, link: &Link, wire: Wire, ticket: &JoinTicket, n: usize) {
-        let server = Escaped(&link.server);
+    /// Keeps connection `n` of the session joined, until the session ends or the server
+    /// wants no more.
+    async fn keep_one(&self, ticket: &JoinTicket, n: usize) {
         let mut backoff = REPLACE.start();
         loop {
-            match self.dial_join(link, wire, ticket).await {
-                Ok(lane) => {
-                    backoff.reset();
-                    // Its control stream carries heartbeats only; a message there is dropped.
-                    let Session { control: _control, messages: _, opener, incoming, driver } = lane;
-                    let driver = OwnedTask::spawn(driver);
-                    ticket.first.join(opener, incoming);
-                    tracing::debug!(server = %server, "connection {n} joined the session");
-                    let end = driver.await.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()));
-                    if ticket.first.is_closed()
-                        || matches!(end, SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. })
-                    {
-                        // The session is ending: nothing to replace.
-                        return;
+            let turn = match self.dial(ticket).await {
+                Ok(lane) => self.run(lane, ticket, n, &mut backoff).await,
+                Err(SessionError::Handshake(HandshakeError::Refused {
+                    code: RefuseCode::UnknownSession,
+                    message,
+                })) => {
+                    tracing::debug!(server = %Escaped(&self.server), "connection {n}: {}; not dialing it again", Escaped(&message));
+                    Turn::Stop
+                }
+                Err(err) => {
+                    let reason = Chain(&err).to_string();
+                    if backoff.attempts() == 0 {
+                        tracing::warn!(server = %Escaped(&self.server), "connection {n} of the session: {}; trying again", Escaped(&reason));
+                    } else {
+                        tracing::debug!(server = %Escaped(&self.server), "connection {n} of the session: {}", Escaped(&reason));
                     }
-                    tracing::info!(server = %server, "connection {n} of the session lost ({}): its streams were cut; replacing it", Escaped(&end.to_string()));
+                    Turn::Again
                 }
-                Err(reason) if backoff.attempts() == 0 => {
-                    tracing::warn!(server = %server, "connection {n} of the session: {}; trying again", Escaped(&reason));
-                }
-                Err(reason) => {
-                    tracing::debug!(server = %server, "connection {n} of the session: {}", Escaped(&reason))
-                }
+            };
+            if matches!(turn, Turn::Stop) || ticket.first.is_closed() {
+                return;
             }
-            let delay = backoff.next_delay().unwrap_or(REPLACE.max);
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(backoff.next_delay().unwrap_or(REPLACE.max)).await;
         }
+    }
+
+    /// Joins `lane` to the session and waits for it to end.
+    async fn run(
+        &self,
+        lane: Session,
+        ticket: &JoinTicket,
+        n: usize,
+        backoff: &mut crate::client::BackoffState,
+    ) -> Turn {
+        let server = Escaped(&self.server);
+        // Its control stream carries heartbeats only; a message there is dropped.
+        let Session { control: _control, messages: _, opener, incoming, driver } = lane;
+        let driver = OwnedTask::spawn(driver);
+        ticket.first.join(opener, incoming);
+        let joined = Instant::now();
+        tracing::debug!(server = %server, "connection {n} joined the session");
+        let end = driver.await.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()));
+        if joined.elapsed() >= LIVED {
+            backoff.reset();
+        }
+        match end {
+            // The session is ending (the server closes its connections with it).
+            SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. } => Turn::Stop,
+            _ if ticket.first.is_closed() => Turn::Stop,
+            // The server took it and then wanted no more (its most connections).
+            SessionEnd::Goodbye { code: GoodbyeCode::ProtocolError, message } => {
+                tracing::warn!(server = %server, "connection {n} of the session refused: {}", Escaped(&message));
+                Turn::Stop
+            }
+            end => {
+                tracing::info!(server = %server, "connection {n} of the session lost ({}): its streams were cut; replacing it", Escaped(&end.to_string()));
+                Turn::Again
+            }
+        }
+    }
+
+    /// One attempt at a connection joining the session of `ticket`, under the handshake
+    /// timeout.
+    async fn dial(&self, ticket: &JoinTicket) -> Result<Session, SessionError> {
+        let attempt = async {
+            let connection = self
+                .transport
+                .connect_over(&self.server, self.proxy.as_ref(), self.wire)
+                .await
+                .map_err(|err| SessionError::from(std::io::Error::other(err)))?;
+            let (io, binding) = (connection.io, connection.binding);
+            Session::join(io, &binding, &self.name, self.token.clone(), ticket, &self.session).await
+        };
+        tokio::time::timeout(self.handshake_timeout, attempt).await.unwrap_or_else(|_| {
+            let late = format!("not joined within {:?}", self.handshake_timeout);
+            Err(SessionError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, late)))
+        })
     }
 }

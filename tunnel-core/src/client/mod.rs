@@ -449,13 +449,9 @@ impl Client {
         current.send_replace(Some(opener));
         self.publish(link, answered, true);
 
-        // The session's other connections, kept while this loop runs (not during a drain:
-        // those up go on, none is replaced); dropped with it.
-        let mut lanes: Option<Keeper<'_>> = None;
+        // The session's other connections, kept by a task of their own; dropped with it.
         let first = (link, wire, &lane_key, &streams, protocol);
-        if let Some((session, allowed)) = offer {
-            lanes = self.keeper(first, session, allowed);
-        }
+        let mut lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
         let owned = CancellationToken::new();
         let _cut_streams_on_exit = owned.clone().drop_guard();
         // Cancelled when this client drains: HTTP streams close after the request in flight.
@@ -467,7 +463,6 @@ impl Client {
                     let (routes, origins) = (stream_routes.clone(), self.origins.clone());
                     tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
                 }
-                () = keep(&mut lanes) => {}
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
                     table = routes::Table::new(&set, state.assigned, state.version, protocol);
@@ -561,18 +556,18 @@ impl Client {
 
     /// What keeps the session (of its first connection, `first`) at its number of connections,
     /// when the server allows more (`allowed` in all, for `session`) and we want more.
-    fn keeper<'a>(
-        &'a self,
-        (link, wire, key, first, protocol): (&'a Link, Wire, &LaneKey, &StreamOpener, u16),
+    fn keeper(
+        &self,
+        (link, wire, key, first, protocol): (&Link, Wire, &LaneKey, &StreamOpener, u16),
         session: u64,
         allowed: u8,
-    ) -> Option<Keeper<'a>> {
+    ) -> Option<OwnedTask<()>> {
         let connections = self.config.connections.min(usize::from(allowed));
         if protocol < LANES_VERSION || connections < 2 {
             return None;
         }
         let ticket = JoinTicket { session, key: key.clone(), first: first.clone() };
-        Some(Box::pin(self.keep_lanes(link, wire, ticket, connections)))
+        Some(self.lane_dialer(link, wire).keep(ticket, connections))
     }
 
     /// Tells the server this client drains (protocol 3 and later).
@@ -615,17 +610,6 @@ impl Client {
 struct SessionState<'a> {
     assigned: &'a mut HashMap<RouteId, u16>,
     version: &'a mut u64,
-}
-
-/// What keeps a session's other connections joined ([`Client::keep_lanes`]).
-type Keeper<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// Polls the keeper of the session's other connections, if there is one; never resolves.
-async fn keep(lanes: &mut Option<Keeper<'_>>) {
-    match lanes {
-        Some(keeper) => keeper.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Says goodbye and gives the driver a moment to deliver it before the connection is dropped.

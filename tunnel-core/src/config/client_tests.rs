@@ -116,6 +116,14 @@ fn missing_and_conflicting_settings_are_explained() {
             format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n[reconnect]\nmax = \"0s\""),
             "invalid `reconnect.max`: must be more than 0",
         ),
+        (
+            format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nconnections = 0"),
+            "invalid `connections`: 0 is not between 1 and 16",
+        ),
+        (
+            format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nconnections = 17"),
+            "invalid `connections`: 17 is not between 1 and 16",
+        ),
         (format!("server = \"h:1\"\ntoken = \"short\"\nfingerprint = \"{FP}\""), "at least 16"),
         (format!("server = \"h:1\"\ntoken = 1234567890123456\nfingerprint = \"{FP}\""), "value not shown"),
     ];

@@ -32,6 +32,8 @@ pub struct ServerLimits {
     pub max_sessions: Option<usize>,
     /// Sessions at once on the shared token (default 1000).
     pub max_sessions_per_shared_token: Option<usize>,
+    /// Connections one client session may have, its first included (default 4, at most 16).
+    pub max_connections_per_session: Option<usize>,
     /// Streams per second one client may open (local forwards), with bursts of as many
     /// (default 2000).
     pub max_stream_rate: Option<u32>,
@@ -127,6 +129,12 @@ impl ServerLimits {
         if let Some(n) = positive("limits.max_sessions_per_shared_token", self.max_sessions_per_shared_token)?
         {
             config.max_sessions_per_shared_token = n;
+        }
+        if let Some(n) = positive("limits.max_connections_per_session", self.max_connections_per_session)? {
+            if n > crate::proto::MAX_CONNECTIONS {
+                return Err(invalid("limits.max_connections_per_session", "must be at most 16"));
+            }
+            config.max_connections_per_session = n;
         }
         match self.max_stream_rate {
             Some(0) => return Err(invalid("limits.max_stream_rate", "must be at least 1")),

@@ -161,6 +161,8 @@ fn invalid_values_name_their_key() {
         ("allow_ports = \"80-\"", "allow_ports"),
         ("port_grace = \"ten\"", "duration"),
         ("[limits]\nmax_streams_per_session = 0", "limits.max_streams_per_session"),
+        ("[limits]\nmax_connections_per_session = 0", "limits.max_connections_per_session"),
+        ("[limits]\nmax_connections_per_session = 17", "limits.max_connections_per_session"),
         ("[limits]\nmax_message_size = 10", "limits.max_message_size"),
         ("[limits]\nmax_receive_window_mib = 5000", "limits.max_receive_window_mib"),
         ("[limits]\nmax_http_connections = 0", "limits.max_http_connections"),

@@ -25,10 +25,18 @@ impl Bundle {
         Self { lanes: Mutex::default(), joined, gone: (AtomicU64::new(0), AtomicU64::new(0)) }
     }
 
-    pub(super) fn add(&self, lane: StreamOpener, incoming: IncomingStreams) {
-        self.live().push(lane);
+    /// Adds `lane` unless the session would then have more than `most` connections (its
+    /// first included): counted and added under one lock, so joins at once cannot pass it.
+    /// Whether it was added.
+    pub(super) fn add(&self, lane: StreamOpener, incoming: IncomingStreams, most: usize) -> bool {
+        let mut lanes = self.live();
+        if 1 + lanes.len() >= most {
+            return false;
+        }
+        lanes.push(lane);
         // The first connection's queue is gone only with its session, which ends the lane too.
         let _ = self.joined.send(incoming);
+        true
     }
 
     /// The connections still up; those whose driver has ended leave, their bytes kept.
@@ -208,6 +216,47 @@ mod tests {
         drop(fresh);
         drained.await.unwrap();
         drop(session.dialer_driver);
+    }
+
+    #[tokio::test]
+    async fn a_session_takes_at_most_its_number_of_connections() {
+        let config = MuxConfig::default();
+        let (session, _, _accepted) = first(&config);
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            let (a, b) = tokio::io::duplex(1 << 10);
+            let (lane, incoming, driver) = start_beside(a, &config, Mode::Client, &session.dialer);
+            let joined = session.dialer.join_at_most(lane, incoming, 3);
+            kept.push((b, OwnedTask::spawn(driver), joined));
+        }
+        let joined: Vec<bool> = kept.iter().map(|(_, _, joined)| *joined).collect();
+        assert_eq!(joined, [true, true, false], "the third joining connection made four");
+        assert_eq!(session.dialer.connections(), 3);
+        // One ends: it leaves, and there is room again.
+        kept.remove(0);
+        tokio::task::yield_now().await;
+        let (a, _b) = tokio::io::duplex(1 << 10);
+        let (lane, incoming, _driver) = start_beside(a, &config, Mode::Client, &session.dialer);
+        assert!(session.dialer.join_at_most(lane, incoming, 3));
+    }
+
+    #[tokio::test]
+    async fn a_drain_is_woken_when_a_joined_connection_dies_under_its_streams() {
+        let config = MuxConfig::default();
+        let (session, _, _accepted) = first(&config);
+        let lane = join(&session, &config);
+        // A stream on the joined connection, held by someone who never lets go.
+        let held = lane.dialer.open().await.unwrap();
+        let drained = tokio::spawn({
+            let opener = session.dialer.clone();
+            async move { opener.until_open_at_most(0).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!drained.is_finished());
+        // The connection dies: its stream no longer counts, and the drain is told.
+        drop(lane.dialer_driver);
+        tokio::time::timeout(std::time::Duration::from_secs(5), drained).await.unwrap().unwrap();
+        drop(held);
     }
 
     #[tokio::test]

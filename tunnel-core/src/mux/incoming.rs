@@ -17,6 +17,8 @@ pub struct IncomingStreams {
     /// The queues of connections joining this one's session ([`super::StreamOpener::join`]).
     pub(super) joined: mpsc::UnboundedReceiver<IncomingStreams>,
     pub(super) lanes: Vec<IncomingStreams>,
+    /// The queue to look at first next time (0: this connection's, then the lanes').
+    pub(super) turn: usize,
 }
 
 impl IncomingStreams {
@@ -24,7 +26,7 @@ impl IncomingStreams {
         rx: mpsc::Receiver<MuxStream>,
         joined: mpsc::UnboundedReceiver<IncomingStreams>,
     ) -> Self {
-        Self { rx, held: VecDeque::new(), joined, lanes: Vec::new() }
+        Self { rx, held: VecDeque::new(), joined, lanes: Vec::new(), turn: 0 }
     }
 
     /// The next inbound stream, acknowledged to the peer; `None` once the connection is closed
@@ -42,23 +44,46 @@ impl IncomingStreams {
         if let Some(stream) = self.held.pop_front() {
             return Poll::Ready(Some(stream));
         }
-        if let Poll::Ready(stream) = self.rx.poll_recv(cx) {
-            return Poll::Ready(stream);
-        }
-        let mut i = 0;
-        while i < self.lanes.len() {
-            let lane = &mut self.lanes[i];
-            if let Some(stream) = lane.held.pop_front() {
-                return Poll::Ready(Some(stream));
+        // Every queue in turn, starting after the one served last, so that no connection's
+        // queue fills while another's keeps arriving.
+        let queues = 1 + self.lanes.len();
+        let mut ended = Vec::new();
+        let mut found = None;
+        for k in 0..queues {
+            let at = (self.turn + k) % queues;
+            let polled = match at {
+                0 => match self.rx.poll_recv(cx) {
+                    // The session's first connection has ended: so has the session.
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    polled => polled,
+                },
+                lane => {
+                    let lane = &mut self.lanes[lane - 1];
+                    match lane.held.pop_front() {
+                        Some(stream) => Poll::Ready(Some(stream)),
+                        None => lane.rx.poll_recv(cx),
+                    }
+                }
+            };
+            match polled {
+                Poll::Ready(Some(stream)) => {
+                    self.turn = at + 1;
+                    found = Some(stream);
+                    break;
+                }
+                // That joined connection has ended.
+                Poll::Ready(None) => ended.push(at - 1),
+                Poll::Pending => {}
             }
-            match lane.rx.poll_recv(cx) {
-                Poll::Ready(Some(stream)) => return Poll::Ready(Some(stream)),
-                // That connection has ended.
-                Poll::Ready(None) => drop(self.lanes.swap_remove(i)),
-                Poll::Pending => i += 1,
-            }
         }
-        Poll::Pending
+        ended.sort_unstable();
+        for lane in ended.into_iter().rev() {
+            self.lanes.remove(lane);
+        }
+        match found {
+            Some(stream) => Poll::Ready(Some(stream)),
+            None => Poll::Pending,
+        }
     }
 
     /// Waits for the stream with yamux id `id`, holding up to `max_held` streams that arrive

@@ -50,7 +50,11 @@ impl Link {
     }
 
     pub(super) fn cut(&self) {
-        self.0.cut.store(true, Ordering::Release);
+        // Once: a drain waiting on the session's streams looks again (this connection's no
+        // longer count once its driver is gone).
+        if !self.0.cut.swap(true, Ordering::AcqRel) {
+            self.0.closed_one.notify_waiters();
+        }
     }
 
     pub(super) fn is_cut(&self) -> bool {

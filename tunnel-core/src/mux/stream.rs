@@ -58,7 +58,13 @@ impl StreamOpener {
     /// session's streams: streams opened here may go over it, and the streams its peer opens
     /// come out of this connection's [`IncomingStreams`]. It leaves when its driver ends.
     pub fn join(&self, lane: StreamOpener, incoming: IncomingStreams) {
-        self.bundle.add(lane, incoming);
+        self.bundle.add(lane, incoming, usize::MAX);
+    }
+
+    /// [`StreamOpener::join`], unless the session would then have more than `most`
+    /// connections (then `lane` is dropped, and its streams with it). Whether it joined.
+    pub fn join_at_most(&self, lane: StreamOpener, incoming: IncomingStreams, most: usize) -> bool {
+        self.bundle.add(lane, incoming, most)
     }
 
     /// The session's connections up now: this one and those that joined it.
@@ -158,7 +164,8 @@ impl StreamOpener {
 /// `ConnectionReset` (yamux itself reports both as EOF, which would look like a complete stream).
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
-    _permit: OwnedSemaphorePermit,
+    /// A place in the session's stream limit while it lives (see [`MuxStream::uncounted`]).
+    _permit: Option<OwnedSemaphorePermit>,
     /// Counts the stream in its connection's open streams while it lives (see
     /// [`MuxStream::uncounted`]).
     _open: Option<OpenStream>,
@@ -175,7 +182,7 @@ impl MuxStream {
     pub(super) fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
         Self {
             inner: stream.compat(),
-            _permit: permit,
+            _permit: Some(permit),
             _open: Some(link.open_one()),
             link,
             write_closed: false,
@@ -193,10 +200,12 @@ impl MuxStream {
         let _ = std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_write(cx, &[])).await;
     }
 
-    /// The stream, no longer counted among its connection's open streams: the control stream
-    /// of a connection joining a session, which a drain of the session does not wait for.
+    /// The stream, no longer counted among its connection's open streams nor in the
+    /// session's stream limit: the control stream of a connection joining a session, which a
+    /// drain of the session does not wait for.
     pub(crate) fn uncounted(mut self) -> Self {
         self._open = None;
+        self._permit = None;
         self
     }
 

@@ -46,6 +46,7 @@ impl EstablishError {
             Self::WebSocket(_) => "websocket",
             Self::Session(SessionError::Handshake(HandshakeError::ClientProofInvalid)) => "auth",
             Self::Session(SessionError::Handshake(HandshakeError::UnsupportedVersion { .. })) => "version",
+            Self::Session(SessionError::Handshake(HandshakeError::UnknownSession(_))) => "unknown_session",
             Self::Session(SessionError::Handshake(_)) => "protocol",
             Self::Session(_) => "transport",
         }

@@ -18,7 +18,7 @@ use crate::auth::LaneKey;
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
-use crate::proto::{GoodbyeCode, MAX_CONNECTIONS};
+use crate::proto::GoodbyeCode;
 use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
 
@@ -31,6 +31,8 @@ struct Entry {
     name: String,
     key: LaneKey,
     first: StreamOpener,
+    /// The most connections the session may have.
+    connections: usize,
     /// Cancelled when the session ends: its joined connections end with it.
     ended: CancellationToken,
 }
@@ -40,9 +42,15 @@ impl Joinable {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Lets connections join the session of `name` whose first connection is `first`, until
-    /// the returned guard is dropped (when the session ends).
-    pub(super) fn open(&self, name: &str, key: LaneKey, first: StreamOpener) -> Joining<'_> {
+    /// Lets connections join the session of `name` whose first connection is `first`, up to
+    /// `connections` in all, until the returned guard is dropped (when the session ends).
+    pub(super) fn open(
+        &self,
+        name: &str,
+        key: LaneKey,
+        first: StreamOpener,
+        connections: usize,
+    ) -> Joining<'_> {
         let ended = CancellationToken::new();
         let mut sessions = self.lock();
         // 64 random bits: never guessed, and a repeat is drawn again.
@@ -52,7 +60,7 @@ impl Joinable {
                 break id;
             }
         };
-        let entry = Entry { name: name.to_owned(), key, first, ended: ended.clone() };
+        let entry = Entry { name: name.to_owned(), key, first, connections, ended: ended.clone() };
         sessions.insert(id, entry);
         Joining { joinable: self, id, ended }
     }
@@ -62,19 +70,13 @@ impl Joinable {
     pub(super) fn find(&self, name: &str, id: u64) -> Option<(LaneKey, StreamOpener)> {
         let sessions = self.lock();
         let entry = sessions.get(&id).filter(|e| e.name == name && !e.ended.is_cancelled())?;
-        (entry.first.connections() < MAX_CONNECTIONS).then(|| (entry.key.clone(), entry.first.clone()))
+        (entry.first.connections() < entry.connections).then(|| (entry.key.clone(), entry.first.clone()))
     }
 
-    /// Cancelled when session `id` ends (already, if it has).
-    fn ended(&self, id: u64) -> CancellationToken {
-        self.lock().get(&id).map_or_else(
-            || {
-                let gone = CancellationToken::new();
-                gone.cancel();
-                gone
-            },
-            |entry| entry.ended.clone(),
-        )
+    /// Session `id`'s most connections, and a token cancelled when it ends (`None` once it
+    /// has).
+    fn joined(&self, id: u64) -> Option<(usize, CancellationToken)> {
+        self.lock().get(&id).map(|entry| (entry.connections, entry.ended.clone()))
     }
 }
 
@@ -104,20 +106,23 @@ pub(super) async fn run(
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    let Some(id) = client.joined else { return };
-    let ended = shared.joinable.ended(id);
     let Session { control, mut messages, opener, incoming, driver } = lane;
     let mut driver = OwnedTask::spawn(driver);
     let goodbye = shared.config().timeouts.goodbye;
-    // Checked at the handshake too; several joining at once may pass that together.
-    if first.connections() >= MAX_CONNECTIONS {
-        control
-            .close(GoodbyeCode::ProtocolError, format!("a session has at most {MAX_CONNECTIONS} connections"))
-            .await;
-        finish(&mut driver, goodbye).await;
-        return;
-    }
-    first.join(opener, incoming);
+    // The count is checked at the handshake too, but several may pass that together.
+    let refused = match client.joined.and_then(|id| shared.joinable.joined(id)) {
+        None => Err("its session ended".to_owned()),
+        Some((most, ended)) if first.join_at_most(opener, incoming, most) => Ok(ended),
+        Some((most, _)) => Err(format!("this session has its most connections ({most})")),
+    };
+    let ended = match refused {
+        Ok(ended) => ended,
+        Err(reason) => {
+            control.close(GoodbyeCode::ProtocolError, reason).await;
+            finish(&mut driver, goodbye).await;
+            return;
+        }
+    };
     let name = Escaped(&client.name);
     tracing::debug!(client = %name, %peer, connections = first.connections(), "connection joined its session");
     let end = tokio::select! {

@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Of those, how many may use the shared token, which any name can present (default 1000).
     pub max_sessions_per_shared_token: usize,
+    /// Connections one session may have, its first included (default 4, at most
+    /// [`crate::proto::MAX_CONNECTIONS`]; 1 lets no connection join a session).
+    pub max_connections_per_session: usize,
     /// How long a departed client's ports stay reserved for its reconnect (default 60 s).
     pub port_grace: Duration,
     /// At shutdown, how long streams open then may go on before they are cut (default 30 s).
@@ -120,6 +123,7 @@ impl ServerConfig {
             max_visitors_per_source: 256,
             max_sessions: 10_000,
             max_sessions_per_shared_token: 1_000,
+            max_connections_per_session: 4,
             port_grace: Duration::from_secs(60),
             drain_timeout: crate::session::DEFAULT_DRAIN_TIMEOUT,
             lease_file: None,

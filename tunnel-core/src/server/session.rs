@@ -57,12 +57,13 @@ pub(super) async fn run(
     }
     drop(accepted_under);
     // From protocol 7 more connections may join the session, until it ends.
-    let joining = (client.version >= LANES_VERSION)
-        .then(|| shared.joinable.open(&name, client.lane_key.clone(), opener.clone()));
+    let connections = shared.config().max_connections_per_session.min(MAX_CONNECTIONS);
+    let joining = (client.version >= LANES_VERSION && connections > 1)
+        .then(|| shared.joinable.open(&name, client.lane_key.clone(), opener.clone(), connections));
     // Offered with the client's first message: until the client has read the server's first
     // frame (a heartbeat) its control stream is not set up.
     let mut offer = joining.as_ref().map(|joining| {
-        let connections = u8::try_from(MAX_CONNECTIONS).unwrap_or(u8::MAX);
+        let connections = u8::try_from(connections).unwrap_or(u8::MAX);
         ControlMessage::Lanes { session: joining.id, connections }
     });
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
@@ -175,6 +176,8 @@ pub(super) async fn run(
             }
         }
     };
+    // No connection joins an ending session; those that did end with it.
+    drop(joining);
     // Close public listeners and cut visitors first, then hand the ports to the grace period.
     routes.close().await;
     shared.registry.unregister(&name, &registration);

@@ -77,6 +77,9 @@ pub enum RefuseCode {
     Busy,
     /// The client's messages were malformed.
     Malformed,
+    /// (Version 7.) The session a connection asked to join is not on this server (anymore),
+    /// or has its most connections.
+    UnknownSession,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -89,6 +92,7 @@ impl RefuseCode {
             Self::TlsRequired => 3,
             Self::Busy => 4,
             Self::Malformed => 5,
+            Self::UnknownSession => 6,
             Self::Other(v) => v,
         }
     }
@@ -100,6 +104,7 @@ impl RefuseCode {
             3 => Self::TlsRequired,
             4 => Self::Busy,
             5 => Self::Malformed,
+            6 => Self::UnknownSession,
             other => Self::Other(other),
         }
     }
@@ -118,6 +123,7 @@ impl std::fmt::Display for RefuseCode {
             Self::TlsRequired => f.write_str("TLS required"),
             Self::Busy => f.write_str("server busy"),
             Self::Malformed => f.write_str("malformed handshake"),
+            Self::UnknownSession => f.write_str("no such session to join"),
             Self::Other(v) => write!(f, "refusal code {v}"),
         }
     }
@@ -180,11 +186,12 @@ impl HandshakeMessage {
                 let nonce = r.array("nonce")?;
                 let name = r.string(MAX_NAME_LEN, "name")?;
                 validate_name(&name)?;
+                // Fields a later version appends after ours are left unread.
                 let join = match r.remaining() {
                     0 => None,
                     _ => match r.u8("join")? {
                         JOIN => Some(r.u64("session")?),
-                        other => return Err(DecodeError::UnknownType { kind: "hello field", value: other }),
+                        _ => None,
                     },
                 };
                 Self::ClientHello { min_version, max_version, nonce, name, join }

@@ -54,6 +54,10 @@ pub enum HandshakeError {
     /// The client's proof did not verify (wrong token, or wrong name for a per-client token).
     #[error("authentication failed: client proof did not verify")]
     ClientProofInvalid,
+    /// A connection asked to join a session this server does not have for its name (ended,
+    /// full, or on another server).
+    #[error("no session to join: {0}")]
+    UnknownSession(&'static str),
     /// The server's proof did not verify: it does not hold our token.
     #[error("authentication failed: the server could not prove it knows the token")]
     ServerProofInvalid,

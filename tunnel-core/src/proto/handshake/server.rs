@@ -136,13 +136,13 @@ impl<'c> ServerHandshake<'c> {
                     // A joining connection proves the token over its own channel, wrapped
                     // under the key of the session it names (of this name, on this server).
                     Some(session) => {
-                        let key = self
-                            .sessions
-                            .filter(|_| version >= LANES_VERSION)
-                            .and_then(|find| find(&name, session));
-                        key.is_some_and(|key| {
-                            key.verify(&Proof(proof), Proof::compute(token, Role::Client, &self.transcript))
-                        })
+                        let find = self.sessions.filter(|_| version >= LANES_VERSION);
+                        let Some(key) = find.and_then(|find| find(&name, session)) else {
+                            let why = "the session ended, is full, or is on another server";
+                            let error = HandshakeError::UnknownSession(why);
+                            return Ok(refuse(RefuseCode::UnknownSession, why, error));
+                        };
+                        key.verify(&Proof(proof), Proof::compute(token, Role::Client, &self.transcript))
                     }
                 };
                 let Some(credential) = credential.filter(|_| verified) else {
@@ -362,15 +362,15 @@ mod tests {
             )
         };
         assert!(matches!(join_with(other, &sessions, "laptop"), Err(HandshakeError::ClientProofInvalid)));
-        // Another name's session (the shared token is good for that name too).
-        assert!(matches!(join_with(|k| k, &sessions, "desktop"), Err(HandshakeError::ClientProofInvalid)));
-        // A session the server does not have, or a server that takes no joining connections.
+        // Another name's session (the shared token is good for that name too): not found.
+        assert!(matches!(join_with(|k| k, &sessions, "desktop"), Err(HandshakeError::UnknownSession(_))));
+        // A session the server does not have (ended, full, or on another server).
         let none = |_: &str, _: u64| None;
-        assert!(matches!(join_with(|k| k, &none, "laptop"), Err(HandshakeError::ClientProofInvalid)));
+        assert!(matches!(join_with(|k| k, &none, "laptop"), Err(HandshakeError::UnknownSession(_))));
     }
 
     #[test]
-    fn a_joining_hello_without_sessions_to_join_is_refused_like_a_wrong_token() {
+    fn a_joining_hello_to_a_server_taking_none_is_refused_as_an_unknown_session() {
         let creds = creds();
         let token = Token::new("shared-token-for-tests").unwrap();
         let binding = ChannelBinding::Plaintext;
@@ -380,7 +380,11 @@ mod tests {
         let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else { panic!() };
         let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else { panic!() };
         let step = server.handle(payload(&proof)).unwrap();
-        assert!(matches!(step, ServerStep::Refuse { error: HandshakeError::ClientProofInvalid, .. }));
+        let ServerStep::Refuse { reply, error: HandshakeError::UnknownSession(_) } = step else {
+            panic!("{step:?}")
+        };
+        let refused = client.handle(payload(&reply));
+        assert!(matches!(refused, Err(HandshakeError::Refused { code: RefuseCode::UnknownSession, .. })));
     }
 
     #[test]
