@@ -107,15 +107,15 @@ mod tests {
     use crate::mux::{
         start, start_beside, IncomingStreams, Mode, MuxConfig, MuxError, MuxStream, StreamOpener,
     };
-    use crate::task::OwnedTask;
+    use tokio_util::task::AbortOnDropHandle;
 
     /// Both ends of one connection.
     struct Connection {
         dialer: StreamOpener,
         acceptor: StreamOpener,
         /// The dialer's driver; dropping it cuts the connection.
-        dialer_driver: OwnedTask<Result<(), MuxError>>,
-        _acceptor_driver: OwnedTask<Result<(), MuxError>>,
+        dialer_driver: AbortOnDropHandle<Result<(), MuxError>>,
+        _acceptor_driver: AbortOnDropHandle<Result<(), MuxError>>,
     }
 
     /// A session's first connection, and its inbound queues (dialer's, acceptor's).
@@ -126,8 +126,8 @@ mod tests {
         let connection = Connection {
             dialer,
             acceptor,
-            dialer_driver: OwnedTask::spawn(da),
-            _acceptor_driver: OwnedTask::spawn(db),
+            dialer_driver: AbortOnDropHandle::new(tokio::spawn(da)),
+            _acceptor_driver: AbortOnDropHandle::new(tokio::spawn(db)),
         };
         (connection, dialer_in, acceptor_in)
     }
@@ -142,8 +142,8 @@ mod tests {
         Connection {
             dialer,
             acceptor,
-            dialer_driver: OwnedTask::spawn(da),
-            _acceptor_driver: OwnedTask::spawn(db),
+            dialer_driver: AbortOnDropHandle::new(tokio::spawn(da)),
+            _acceptor_driver: AbortOnDropHandle::new(tokio::spawn(db)),
         }
     }
 
@@ -227,13 +227,13 @@ mod tests {
             let (a, b) = tokio::io::duplex(1 << 10);
             let (lane, incoming, driver) = start_beside(a, &config, Mode::Client, &session.dialer);
             let joined = session.dialer.join_at_most(lane, incoming, 3);
-            kept.push((b, OwnedTask::spawn(driver), joined));
+            kept.push((b, AbortOnDropHandle::new(tokio::spawn(driver)), joined));
         }
         let joined: Vec<bool> = kept.iter().map(|(_, _, joined)| *joined).collect();
         assert_eq!(joined, [true, true, false], "the third joining connection made four");
         assert_eq!(session.dialer.connections(), 3);
         // One ends: it leaves, and there is room again.
-        kept.remove(0);
+        drop(kept.remove(0));
         tokio::task::yield_now().await;
         let (a, _b) = tokio::io::duplex(1 << 10);
         let (lane, incoming, _driver) = start_beside(a, &config, Mode::Client, &session.dialer);

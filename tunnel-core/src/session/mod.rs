@@ -267,7 +267,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::OwnedTask;
+    use tokio_util::task::AbortOnDropHandle;
 
     #[tokio::test(start_paused = true)]
     async fn zero_heartbeat_settings_are_raised_instead_of_panicking() {
@@ -329,7 +329,7 @@ mod tests {
                     Session::accept_joining(io, &binding, &credentials, &config, timeout, Some(&sessions))
                         .await;
                 let (session, client, first) = accepted.unwrap();
-                let driver = OwnedTask::spawn(session.driver);
+                let driver = AbortOnDropHandle::new(tokio::spawn(session.driver));
                 (session.opener, session.incoming, client, first, driver)
             })
         };
@@ -338,7 +338,7 @@ mod tests {
         let accept = serve(b, ChannelBinding::Tls([1; 32]));
         let (client, established) =
             Session::connect(a, &ChannelBinding::Tls([1; 32]), "c1", token.clone(), &config).await.unwrap();
-        let _client_driver = OwnedTask::spawn(client.driver);
+        let _client_driver = AbortOnDropHandle::new(tokio::spawn(client.driver));
         let (server_opener, mut server_incoming, who, first, _server_driver) = accept.await.unwrap();
         assert!(first.is_none() && who.joined.is_none());
         *joinable.lock().unwrap() = Some((who.lane_key.clone(), server_opener.clone()));
@@ -348,7 +348,7 @@ mod tests {
         let ticket = JoinTicket { session: 42, key: established.lane_key, first: client.opener.clone() };
         let lane =
             Session::join(a, &ChannelBinding::Tls([2; 32]), "c1", token, &ticket, &config).await.unwrap();
-        let _lane_driver = OwnedTask::spawn(lane.driver);
+        let _lane_driver = AbortOnDropHandle::new(tokio::spawn(lane.driver));
         let (lane_opener, lane_incoming, joined, first, _server_lane_driver) = accept.await.unwrap();
         assert_eq!(joined.joined, Some(42));
         let first = first.expect("the joined session's opener");
