@@ -74,11 +74,20 @@ async fn connect_proxy(credentials: Option<&'static str>) -> (SocketAddr, Seen) 
 async fn publish(server: &Served, extra: &[&str], envs: &[(&str, &str)]) -> (Cli, u16) {
     let target = echo_target().await;
     let remote = format!("0:{target}");
-    let mut args = vec!["--token", TOKEN, "--name", "behind-proxy", "-R", &remote];
+    let mut args = vec!["--token", TOKEN, "--name", "behind-proxy", "--connections", "2", "-R", &remote];
     args.extend(extra);
     let client = connect(server, &args, envs);
     let port = public_port(&client.line_after("remote forward ready: ").await);
     (client, port)
+}
+
+/// Waits until the proxy saw `n` CONNECT requests.
+async fn until_seen(seen: &Seen, n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while seen.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "{:?} of {n} CONNECTs", seen.lock().unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 async fn echoes(port: u16) {
@@ -91,17 +100,24 @@ async fn the_session_goes_through_the_proxy_named_by_the_flag_or_the_environment
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
 
+    // Two connections per session: each goes through the proxy, to the server.
     let (proxy, seen) = connect_proxy(None).await;
     let (_client, port) = publish(&server, &["--proxy", &format!("http://{proxy}")], &[]).await;
     echoes(port).await;
-    assert_eq!(*seen.lock().unwrap(), std::slice::from_ref(&server.addr), "one CONNECT, to the server");
+    until_seen(&seen, 2).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [server.addr.clone(), server.addr.clone()],
+        "a CONNECT each, to the server"
+    );
 
     // From the environment, with credentials (a `@` in the password written %40).
     let (proxy, seen) = connect_proxy(Some("alice:p@ss")).await;
     let url = format!("http://alice:p%40ss@{proxy}");
     let (client, port) = publish(&server, &[], &[("HTTPS_PROXY", &url)]).await;
     echoes(port).await;
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    until_seen(&seen, 2).await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
     assert!(!client.output().contains("p%40ss") && !client.output().contains("p@ss"), "{}", client.output());
 
     // NO_PROXY listing the server's host: straight to the server.
