@@ -110,7 +110,8 @@ pub(super) async fn handle(
     drop(admission);
     match established {
         Ok(Ok((session, client, websocket, joined))) => {
-            if websocket {
+            // Sessions, as the client counts them: a connection joining one is not another.
+            if websocket && joined.is_none() {
                 shared.metrics.websocket_upgrade();
             }
             match joined {
