@@ -153,7 +153,7 @@ async fn attacker_session_to(server: &TestTarget, name: &str, max_streams: usize
     config.mux.max_streams = max_streams;
     let (session, _) =
         Session::connect(io, &binding, name, Token::new(TOKEN).unwrap(), &config).await.unwrap();
-    session
+    common::ignoring_lanes(session)
 }
 
 /// Reads until the peer closes; returns when, or panics after [`PATIENCE`]. EOF and a reset

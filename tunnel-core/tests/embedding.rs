@@ -275,10 +275,18 @@ async fn sessions_run_over_a_connector_of_the_programs_own_with_tls_on_top() {
     let mut config = client_config_for(target, pipes.fingerprint, "piped", TOKEN, &[&format!("0:{target}")]);
     config.transport = ClientTransport::custom(connector);
     config.server = "the pipe".into();
+    config.connections = 2;
     let mut client = start_client(config);
     let public = client.connected().await[0].public_addr;
     assert_eq!(pipes.server.session_names(), ["piped"]);
-    assert_eq!(*dialed.lock().unwrap(), 1, "one connection, made by the program's connector");
+    // The session's second connection is made by the program's connector too.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while *dialed.lock().unwrap() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the second connection was not dialed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(*dialed.lock().unwrap(), 2, "two connections, both made by the program's connector");
+    assert_eq!(pipes.server.session_names(), ["piped"], "one session over both");
     let reply = round_trip(public, b"over a pipe, under TLS").await.unwrap();
     assert_eq!(reply, b"over a pipe, under TLS");
     client.stop().await;

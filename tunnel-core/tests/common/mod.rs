@@ -233,6 +233,24 @@ pub async fn bare_session(server: &TestServer, name: &str, token: &str) -> tunne
         tunnel_core::session::Session::connect(connection.io, &connection.binding, name, token, &config)
             .await
             .unwrap();
+    ignoring_lanes(session)
+}
+
+/// `session`, its control messages without the server's offer of more connections
+/// (`ControlMessage::Lanes`), which a client speaking the protocol by hand may ignore.
+pub fn ignoring_lanes(mut session: tunnel_core::session::Session) -> tunnel_core::session::Session {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut messages = std::mem::replace(&mut session.messages, rx);
+    tokio::spawn(async move {
+        while let Some(message) = messages.recv().await {
+            if matches!(message, tunnel_core::proto::ControlMessage::Lanes { .. }) {
+                continue;
+            }
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
     session
 }
 
