@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
+use super::openers::fewest;
 use super::{IncomingStreams, StreamOpener};
 
 /// The connections that joined a session's first connection (none, for most).
@@ -55,49 +56,23 @@ impl Bundle {
     }
 
     /// The connection for the next stream, when it is not `first`: the one with the fewest
-    /// open streams among those heard from, failing that among all; ties at random.
+    /// open streams on its own connection among those heard from, failing that among all;
+    /// ties at random.
     pub(super) fn pick(&self, first: &StreamOpener) -> Option<StreamOpener> {
         let lanes = self.live();
         if lanes.is_empty() {
             return None;
         }
-        let heard = |o: &StreamOpener| !o.link.is_silent();
-        let chosen = fewest(first, &lanes, heard).or_else(|| fewest(first, &lanes, |_| true))?;
-        chosen.map(|i| lanes[i].clone())
+        let all: Vec<&StreamOpener> = std::iter::once(first).chain(lanes.iter()).collect();
+        let open = |o: &&StreamOpener| o.link.open_streams();
+        let chosen = fewest(&all, |o| !o.link.is_silent(), open).or_else(|| fewest(&all, |_| true, open))?;
+        (!std::ptr::eq(*chosen, first)).then(|| (*chosen).clone())
     }
 
     /// Bytes received and sent by connections that have left.
     pub(super) fn gone_bytes(&self) -> (u64, u64) {
         (self.gone.0.load(Ordering::Relaxed), self.gone.1.load(Ordering::Relaxed))
     }
-}
-
-/// Among `first` (`None`) and the lanes (`Some(index)`) that are `usable`, one with the
-/// fewest open streams on its own connection, chosen uniformly among the ties.
-fn fewest(
-    first: &StreamOpener,
-    lanes: &[StreamOpener],
-    usable: impl Fn(&StreamOpener) -> bool,
-) -> Option<Option<usize>> {
-    let candidates =
-        std::iter::once((None, first)).chain(lanes.iter().enumerate().map(|(i, l)| (Some(i), l)));
-    // (choice, its open streams, how many tied with it so far)
-    let mut best: Option<(Option<usize>, usize, u32)> = None;
-    for (choice, opener) in candidates.filter(|(_, o)| usable(o)) {
-        let open = opener.link.open_streams();
-        best = match best {
-            Some((_, fewest, _)) if open < fewest => Some((choice, open, 1)),
-            // The k-th tie replaces the choice with probability 1/k: each is equally likely.
-            Some((chosen, fewest, ties)) if open == fewest => {
-                let ties = ties.saturating_add(1);
-                let chosen = if rand::random_range(0..ties) == 0 { choice } else { chosen };
-                Some((chosen, fewest, ties))
-            }
-            kept @ Some(_) => kept,
-            None => Some((choice, open, 1)),
-        };
-    }
-    best.map(|(choice, _, _)| choice)
 }
 
 #[cfg(test)]

@@ -50,25 +50,19 @@ impl From<StreamOpener> for Openers {
 /// The item whose connection (`opener_of`) has the fewest open streams, among those whose
 /// session is up and heard from; failing that, among those merely up. Ties at random.
 pub(crate) fn least_busy<T>(items: &[T], opener_of: impl Fn(&T) -> &StreamOpener) -> Option<&T> {
-    let heard = fewest(items, &opener_of, |opener| !opener.is_closed() && !opener.is_silent());
-    heard.or_else(|| fewest(items, &opener_of, |opener| !opener.is_closed()))
+    let open = |item: &T| opener_of(item).open_streams();
+    let up = |item: &T| !opener_of(item).is_closed();
+    let heard = fewest(items, |item| up(item) && !opener_of(item).is_silent(), open);
+    heard.or_else(|| fewest(items, up, open))
 }
 
-/// An item with the fewest open streams among those whose opener is `usable`, chosen
-/// uniformly among the ties.
-fn fewest<'a, T>(
-    items: &'a [T],
-    opener_of: &impl Fn(&T) -> &StreamOpener,
-    usable: impl Fn(&StreamOpener) -> bool,
-) -> Option<&'a T> {
+/// An item with the fewest `open` streams among those that are `usable`, chosen uniformly
+/// among the ties.
+pub(super) fn fewest<T>(items: &[T], usable: impl Fn(&T) -> bool, open: impl Fn(&T) -> usize) -> Option<&T> {
     // (item, its open streams, how many items tied with it so far)
     let mut best: Option<(&T, usize, u32)> = None;
-    for item in items {
-        let opener = opener_of(item);
-        if !usable(opener) {
-            continue;
-        }
-        let open = opener.open_streams();
+    for item in items.iter().filter(|item| usable(item)) {
+        let open = open(item);
         best = match best {
             Some((_, fewest, _)) if open < fewest => Some((item, open, 1)),
             // The k-th tie replaces the choice with probability 1/k: each is equally likely.
