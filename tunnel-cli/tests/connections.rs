@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::echo_target;
+use common::{echo_target, eventually};
 use process::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,11 +51,7 @@ impl Relay {
 
     /// Waits until `n` connections went through.
     async fn until_count(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.count() < n {
-            assert!(tokio::time::Instant::now() < deadline, "{} connections of {n}", self.count());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("{n} connections through the relay"), || async { self.count() >= n }).await;
     }
 
     fn cut(&self, index: usize) {

@@ -9,7 +9,7 @@ mod process;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use common::{echo_once, echo_target};
+use common::{echo_once, echo_target, eventually};
 use process::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -81,13 +81,10 @@ async fn publish(server: &Served, extra: &[&str], envs: &[(&str, &str)]) -> (Cli
     (client, port)
 }
 
-/// Waits until the proxy saw `n` CONNECT requests.
+/// Waits until the proxy saw `n` connections.
 async fn until_seen(seen: &Seen, n: usize) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while seen.lock().unwrap().len() < n {
-        assert!(tokio::time::Instant::now() < deadline, "{:?} of {n} CONNECTs", seen.lock().unwrap());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{n} CONNECTs through the proxy"), || async { seen.lock().unwrap().len() >= n })
+        .await;
 }
 
 async fn echoes(port: u16) {

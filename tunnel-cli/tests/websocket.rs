@@ -10,7 +10,7 @@ mod process;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use common::{echo_once, echo_target};
+use common::{echo_once, echo_target, eventually};
 use process::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -111,11 +111,8 @@ async fn publish(server: &Served, proxy: SocketAddr, extra: &[&str]) -> (Cli, u1
 
 /// Waits until the proxy saw `n` connections.
 async fn until_seen(seen: &Seen, n: usize) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while seen.lock().unwrap().len() < n {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}: not {n} connections", seen.lock().unwrap());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{n} connections through the proxy"), || async { seen.lock().unwrap().len() >= n })
+        .await;
 }
 
 async fn echoes(port: u16) {
