@@ -1,0 +1,331 @@
+//! The connector of a tunnel: the client configuration (`tunnel-core`'s [`ClientFile`], as
+//! TOML in a ConfigMap) and the Deployment that runs `tunnel-cli connect` on it, hardened, with
+//! `deployPatch` applied last.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
+use tunnel_core::config::{ClientFile, RouteFile};
+
+use crate::crd::{Protocol, DEFAULT_FALLBACK};
+use crate::patch::{self, PatchError};
+use crate::tunnels::{TunnelKey, TunnelObject};
+
+/// Where the connector finds its configuration: a directory mount, so the kubelet's update of
+/// the ConfigMap (a symlink swap) reaches the running connector, which reloads it.
+pub const CONFIG_DIR: &str = "/etc/tunnel/config";
+/// The key of the configuration in the ConfigMap.
+pub const CONFIG_KEY: &str = "client.toml";
+/// Where the token is mounted, from the Secret's key `token`.
+pub const TOKEN_PATH: &str = "/etc/tunnel/token/token";
+/// Where the server's CA is mounted, from the Secret's key `ca.crt`.
+pub const CA_PATH: &str = "/etc/tunnel/ca/ca.crt";
+/// The port of the connector's `/metrics`, `/ready` and `/healthz`.
+pub const METRICS_PORT: i32 = 9091;
+/// The annotation on the ConfigMap holding the SHA-256 of the configuration.
+pub const CONFIG_HASH: &str = "tunnel-rs.github.io/config-hash";
+/// The annotation on the ConfigMap numbering the configurations written, from 1.
+pub const CONFIG_VERSION: &str = "tunnel-rs.github.io/config-version";
+
+/// What the operator itself is told: where connectors go, what they run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The operator's namespace: a ClusterTunnel's connector and secrets live here.
+    pub namespace: String,
+    /// The connector image, unless a tunnel names its own.
+    pub image: String,
+    /// How Services are reached.
+    pub naming: crate::routes::Naming,
+}
+
+impl Settings {
+    /// The namespace a tunnel's connector runs in.
+    pub fn namespace_of(&self, key: &TunnelKey) -> String {
+        match key {
+            TunnelKey::Namespaced { namespace, .. } => namespace.clone(),
+            TunnelKey::Cluster { .. } => self.namespace.clone(),
+        }
+    }
+}
+
+/// A spec field the connector cannot be made from.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A field with a value that does not parse.
+    #[error("spec.{field}: {message}")]
+    Field {
+        /// The field, as the spec spells it.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The patch.
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    /// The patched Deployment.
+    #[error("deployPatch: {0}")]
+    Patched(String),
+}
+
+/// The name of a tunnel's ConfigMap and Deployment.
+pub fn object_name(key: &TunnelKey) -> String {
+    match key {
+        TunnelKey::Namespaced { name, .. } => format!("tunnel-{name}"),
+        TunnelKey::Cluster { name } => format!("clustertunnel-{name}"),
+    }
+}
+
+/// The client name the connector authenticates as.
+pub fn client_name<'a>(tunnel: &TunnelObject<'a>) -> Option<&'a str> {
+    let spec = tunnel.spec;
+    spec.new_tunnel
+        .as_ref()
+        .map(|n| n.name.as_str())
+        .or(spec.existing_tunnel.as_ref().map(|e| e.name.as_str()))
+}
+
+/// The Secret holding the connector's token: the one `existingTunnel` names, or the one the
+/// operator writes for `newTunnel`.
+pub fn token_secret(tunnel: &TunnelObject<'_>) -> String {
+    match &tunnel.spec.existing_tunnel {
+        Some(existing) => existing.secret.clone(),
+        None => format!("{}-token", object_name(tunnel.key)),
+    }
+}
+
+fn field(field: &'static str, message: impl ToString) -> SpecError {
+    SpecError::Field { field, message: message.to_string() }
+}
+
+/// The connector's configuration: the tunnel's server and identity, and `routes`.
+pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<ClientFile, SpecError> {
+    let spec = tunnel.spec;
+    let name = client_name(tunnel).ok_or_else(|| field("newTunnel", "give newTunnel or existingTunnel"))?;
+    let fallback = spec.fallback_target.as_deref().unwrap_or(DEFAULT_FALLBACK);
+    let mut file = ClientFile {
+        server: vec![spec.server.address.clone()],
+        token_file: Some(TOKEN_PATH.into()),
+        name: Some(name.to_owned()),
+        metrics: Some(format!("0.0.0.0:{METRICS_PORT}")),
+        http_fallback: Some(fallback.parse().map_err(|e| field("fallbackTarget", e))?),
+        transport: Some(match spec.protocol {
+            Protocol::Auto => tunnel_core::transport::Wire::Auto,
+            Protocol::Tcp => tunnel_core::transport::Wire::Tcp,
+            Protocol::Websocket => tunnel_core::transport::Wire::WebSocket,
+        }),
+        routes,
+        ..ClientFile::default()
+    };
+    match (&spec.server.fingerprint, &spec.server.ca_secret) {
+        (Some(fingerprint), None) => {
+            file.fingerprint = vec![fingerprint.parse().map_err(|e| field("server.fingerprint", e))?];
+        }
+        (None, Some(_)) => file.ca = vec![CA_PATH.into()],
+        _ => return Err(field("server", "give exactly one of fingerprint and caSecret")),
+    }
+    if spec.enable_warp_routing {
+        if spec.networks.is_empty() {
+            return Err(field("networks", "enableWarpRouting needs at least one network"));
+        }
+        for network in &spec.networks {
+            file.networks.push(network.parse().map_err(|e| field("networks", format!("{network:?}: {e}")))?);
+        }
+    }
+    file.validate().map_err(|e| field("server", e))?;
+    Ok(file)
+}
+
+fn labels(key: &TunnelKey) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "tunnel-connector".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), object_name(key)),
+    ])
+}
+
+fn metadata(tunnel: &TunnelObject<'_>, settings: &Settings) -> ObjectMeta {
+    let mut labels = labels(tunnel.key);
+    labels.insert("app.kubernetes.io/managed-by".into(), "tunnel-operator".into());
+    let owner = tunnel.meta.uid.as_ref().map(|uid| OwnerReference {
+        api_version: format!("{}/v1alpha1", crate::crd::GROUP),
+        kind: tunnel.key.kind().into(),
+        name: tunnel.key.name().into(),
+        uid: uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    });
+    ObjectMeta {
+        name: Some(object_name(tunnel.key)),
+        namespace: Some(settings.namespace_of(tunnel.key)),
+        labels: Some(labels),
+        owner_references: owner.map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The ConfigMap holding `toml`, numbered `version`.
+pub fn config_map(tunnel: &TunnelObject<'_>, settings: &Settings, toml: String, version: i64) -> ConfigMap {
+    let mut meta = metadata(tunnel, settings);
+    meta.annotations = Some(BTreeMap::from([
+        (CONFIG_HASH.to_owned(), config_hash(&toml)),
+        (CONFIG_VERSION.to_owned(), version.to_string()),
+    ]));
+    ConfigMap {
+        metadata: meta,
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), toml)])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The SHA-256 of a configuration, hex.
+pub fn config_hash(toml: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(toml.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The connector Deployment, with `deployPatch` applied.
+pub fn deployment(tunnel: &TunnelObject<'_>, settings: &Settings) -> Result<Deployment, SpecError> {
+    let spec = tunnel.spec;
+    let name = object_name(tunnel.key);
+    let probe = |initial: i32, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ready".into()),
+            port: IntOrString::String("metrics".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let secret = |volume: &str, secret: String, key: &str| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), mode: None }]),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mut mounts = vec![mount("config", CONFIG_DIR), mount("token", "/etc/tunnel/token")];
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secret("token", token_secret(tunnel), "token"),
+    ];
+    if let Some(ca) = &spec.server.ca_secret {
+        mounts.push(mount("ca", "/etc/tunnel/ca"));
+        volumes.push(secret("ca", ca.clone(), "ca.crt"));
+    }
+    let container = Container {
+        name: "connector".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
+        args: Some(vec!["connect".into(), "--config".into(), format!("{CONFIG_DIR}/{CONFIG_KEY}")]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe(0, 5, 2)),
+        liveness_probe: Some(probe(30, 10, 6)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("50m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("256Mi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: metadata(tunnel, settings),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas.unwrap_or(1)),
+            selector: LabelSelector { match_labels: Some(labels(tunnel.key)), match_expressions: None },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(tunnel.key)), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    // The connector drains for up to 30 s on SIGTERM; the kubelet waits longer.
+                    termination_grace_period_seconds: Some(45),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    match &spec.deploy_patch {
+        None => Ok(deployment),
+        Some(text) => patched(deployment, text),
+    }
+}
+
+/// Applies `deployPatch`; the result must still be a Deployment of the same name whose
+/// selector selects its pods.
+fn patched(deployment: Deployment, text: &str) -> Result<Deployment, SpecError> {
+    let mut value = serde_json::to_value(&deployment).map_err(|e| SpecError::Patched(e.to_string()))?;
+    patch::apply(&mut value, text)?;
+    let out: Deployment = serde_json::from_value(value)
+        .map_err(|e| SpecError::Patched(format!("the patched object is not a Deployment: {e}")))?;
+    if (&out.metadata.name, &out.metadata.namespace)
+        != (&deployment.metadata.name, &deployment.metadata.namespace)
+    {
+        return Err(SpecError::Patched("it may not change the Deployment's name or namespace".into()));
+    }
+    let selector = out.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+    let pods = out
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let wanted = deployment.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+    if selector != wanted || wanted.iter().any(|(k, v)| pods.get(k) != Some(v)) {
+        return Err(SpecError::Patched(
+            "it may not change the selector or the pod labels it selects by".into(),
+        ));
+    }
+    Ok(out)
+}

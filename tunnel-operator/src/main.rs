@@ -1,0 +1,115 @@
+//! `tunnel-operator`: prints the CRDs, and renders what the controller would do with a set of
+//! Kubernetes objects, with no cluster.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResourceExt;
+use tunnel_operator::connector::Settings;
+use tunnel_operator::crd::{ClusterTunnel, Tunnel};
+use tunnel_operator::objects::Cluster;
+use tunnel_operator::routes::Naming;
+
+/// Exit code for input that is wrong: a file that is not YAML, an object that is not valid.
+const BAD_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "tunnel-operator", version, about = "Kubernetes operator for the tunnel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions of Tunnel and ClusterTunnel, as YAML.
+    Crds,
+    /// Read Kubernetes objects from YAML files and print, as YAML, the objects the controller
+    /// would apply and the statuses and Events it would write.
+    Render {
+        /// A file of YAML documents (`-` for standard input); repeatable.
+        #[arg(short = 'f', long = "filename", value_name = "FILE", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Args)]
+struct SettingsArgs {
+    /// The operator's namespace: a ClusterTunnel's connector and secrets live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tunnel-operator-system")]
+    namespace: String,
+    /// The connector image, unless a tunnel names its own.
+    #[arg(long, value_name = "IMAGE", default_value = concat!("ghcr.io/tunnel-rs/tunnel-cli:", env!("CARGO_PKG_VERSION")))]
+    connector_image: String,
+    /// The cluster's DNS domain, for Service names.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+impl SettingsArgs {
+    fn settings(self) -> Settings {
+        Settings {
+            namespace: self.namespace,
+            image: self.connector_image,
+            naming: Naming { cluster_domain: self.cluster_domain },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crds => {
+            let crds = [Tunnel::crd(), ClusterTunnel::crd()];
+            match serde_saphyr::to_string_multiple(&crds) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: the CRDs do not serialize: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Render { files, settings } => match render(&files, settings.settings()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(BAD_INPUT)
+            }
+        },
+    }
+}
+
+fn render(files: &[PathBuf], settings: Settings) -> Result<String, String> {
+    let mut cluster = Cluster::default();
+    for file in files {
+        let (text, origin) = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("standard input: {e}"))?;
+            (text, "standard input".to_owned())
+        } else {
+            let origin = file.display().to_string();
+            (std::fs::read_to_string(file).map_err(|e| format!("{origin}: {e}"))?, origin)
+        };
+        let skipped =
+            cluster.load_yaml(&text, &origin).map_err(|e| tunnel_core::log::Chain(&e).to_string())?;
+        for object in skipped {
+            eprintln!("note: {origin}: {object} is not read by the operator");
+        }
+    }
+    cluster.check().map_err(|e| e.to_string())?;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let desired = tunnel_operator::reconcile::desired(&cluster, &BTreeMap::new(), &settings, &now);
+    let documents = tunnel_operator::render::documents(&desired, &now);
+    serde_saphyr::to_string_multiple(&documents).map_err(|e| format!("the output does not serialize: {e}"))
+}

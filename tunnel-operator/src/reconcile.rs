@@ -1,0 +1,230 @@
+//! The operator's decisions as one pure function: the objects of a cluster and what the
+//! controller learned from the server in, the objects to apply and the statuses to write out.
+//! The controller and `render` both call [`desired`]; neither decides anything itself.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::{
+    IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tunnel_core::config::RouteFile;
+
+use crate::conditions::Conditions;
+use crate::connector::{self, Settings};
+use crate::crd::{State, TunnelStatus};
+use crate::gateway::RouteStatus;
+use crate::objects::Cluster;
+use crate::routes::{Claim, Note, Source};
+use crate::tunnels::{keyed, TunnelKey, TunnelObject};
+
+/// What the controller learned about a tunnel beyond its objects.
+#[derive(Debug, Clone, Default)]
+pub struct Learned {
+    /// The connector's token exists: created through the admin API (`newTunnel`), or the
+    /// Secret `existingTunnel` names was found.
+    pub credential: bool,
+    /// The ConfigMap as found: its configuration's hash and version.
+    pub written: Option<(String, i64)>,
+    /// The configuration version the server confirmed it runs.
+    pub confirmed: Option<i64>,
+    /// Connector pods ready.
+    pub ready_replicas: i32,
+    /// Something that went wrong on the way (the admin API refused, a Secret is missing):
+    /// a reason and a message.
+    pub problem: Option<(String, String)>,
+}
+
+/// Everything the operator would write.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    /// Per tunnel: its connector and status.
+    pub tunnels: BTreeMap<TunnelKey, TunnelOutcome>,
+    /// The status of each Ingress served (or refused: an empty load balancer).
+    pub ingresses: Vec<(Source, IngressStatus)>,
+    /// The status of each HTTPRoute of ours.
+    pub http_routes: Vec<(Source, RouteStatus)>,
+    /// Warnings, as Events on the objects they are about.
+    pub notes: Vec<Note>,
+}
+
+/// One tunnel's outcome.
+#[derive(Debug, Clone)]
+pub struct TunnelOutcome {
+    /// Its connector, unless its spec is invalid or it is being deleted.
+    pub connector: Option<(ConfigMap, Deployment)>,
+    /// Its status.
+    pub status: TunnelStatus,
+}
+
+/// What the routes of every source ask, per tunnel, with conflicts decided: the older object
+/// keeps a host and path, the newer is told.
+pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, Vec<RouteFile>> {
+    let mut claims = claims;
+    claims.sort_by(|a, b| a.source.order_key().cmp(&b.source.order_key()));
+    let mut taken: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
+    let mut routes: BTreeMap<TunnelKey, Vec<RouteFile>> = BTreeMap::new();
+    for claim in claims {
+        let identity = route_identity(&claim.route);
+        match taken.get(&(claim.tunnel.clone(), identity.clone())) {
+            Some(owner) if owner != &claim.source => notes.push(Note::new(
+                &claim.source,
+                "RouteConflict",
+                format!("{identity} is already served by {}", owner.describe()),
+            )),
+            Some(_) => {}
+            None => {
+                taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
+                routes.entry(claim.tunnel).or_default().push(claim.route);
+            }
+        }
+    }
+    routes
+}
+
+/// What makes two routes the same route: all they match on.
+fn route_identity(route: &RouteFile) -> String {
+    let mut text = route.host.to_string();
+    if let Some(path) = &route.path {
+        let kind = route.path_type.map_or("prefix", |t| match t {
+            tunnel_core::config::PathType::Prefix => "prefix",
+            tunnel_core::config::PathType::Exact => "exact",
+            tunnel_core::config::PathType::Regex => "regex",
+        });
+        text.push_str(&format!(" path {path} ({kind})"));
+    }
+    if !route.methods.is_empty() {
+        text.push_str(&format!(" methods {}", route.methods.join(",")));
+    }
+    for (name, value) in &route.headers {
+        text.push_str(&format!(" header {name}={value}"));
+    }
+    text
+}
+
+/// The whole decision. `learned` is per tunnel (missing: nothing learned yet); `now` stamps the
+/// conditions that change.
+pub fn desired(
+    cluster: &Cluster,
+    learned: &BTreeMap<TunnelKey, Learned>,
+    settings: &Settings,
+    now: &Time,
+) -> Desired {
+    let mut notes = Vec::new();
+    let (ingress_claims, ingress_notes) = crate::ingress::claims(cluster, &settings.naming);
+    notes.extend(ingress_notes);
+    let served_ingresses: Vec<(Source, Option<TunnelKey>)> = cluster
+        .ingresses
+        .iter()
+        .filter_map(|i| crate::ingress::tunnel_of(i, cluster).map(|t| (Source::of(i), t.ok())))
+        .collect();
+    let (route_claims, route_statuses, route_notes) =
+        crate::httproute::claims(cluster, &settings.naming, now);
+    notes.extend(route_notes);
+    let mut routes = assign(ingress_claims.into_iter().chain(route_claims).collect(), &mut notes);
+
+    let tunnels = keyed(cluster);
+    let mut outcomes = BTreeMap::new();
+    for (key, (meta, spec, status)) in &tunnels {
+        let tunnel = TunnelObject { key, meta, spec, status: *status };
+        let learned = learned.get(key).cloned().unwrap_or_default();
+        let outcome =
+            tunnel_outcome(&tunnel, routes.remove(key).unwrap_or_default(), &learned, settings, now);
+        outcomes.insert(key.clone(), outcome);
+    }
+    let ingresses = served_ingresses
+        .into_iter()
+        .map(|(source, tunnel)| {
+            let hostname = tunnel.and_then(|key| {
+                tunnels.get(&key).and_then(|(_, spec, _)| spec.server.public_hostname.clone())
+            });
+            let ingress = hostname
+                .map(|h| vec![IngressLoadBalancerIngress { hostname: Some(h), ..Default::default() }]);
+            (source, IngressStatus { load_balancer: Some(IngressLoadBalancerStatus { ingress }) })
+        })
+        .collect();
+    Desired { tunnels: outcomes, ingresses, http_routes: route_statuses, notes }
+}
+
+fn tunnel_outcome(
+    tunnel: &TunnelObject<'_>,
+    routes: Vec<RouteFile>,
+    learned: &Learned,
+    settings: &Settings,
+    now: &Time,
+) -> TunnelOutcome {
+    let previous = tunnel.status.cloned().unwrap_or_default();
+    let generation = tunnel.meta.generation;
+    let name = connector::client_name(tunnel).map(str::to_owned);
+    let mut status = TunnelStatus {
+        tunnel_id: name.as_ref().map(|n| format!("{}/{n}", tunnel.spec.server.address)),
+        tunnel_name: name,
+        config_version: previous.config_version,
+        observed_generation: generation,
+        ..TunnelStatus::default()
+    };
+    let mut conditions = Conditions { previous: &previous.conditions, now, generation, out: Vec::new() };
+    if tunnel.meta.deletion_timestamp.is_some() {
+        status.state = Some(State::Deleting);
+        conditions.set("Ready", false, "Deleting", "the credential is revoked and the connector removed");
+        conditions.set("Synced", false, "Deleting", "the tunnel is being deleted");
+        status.conditions = conditions.out;
+        return TunnelOutcome { connector: None, status };
+    }
+    let rendered = connector::client_file(tunnel, routes).and_then(|file| {
+        let toml = file.to_toml().map_err(|e| connector::SpecError::Patched(e.to_string()))?;
+        Ok((toml, connector::deployment(tunnel, settings)?))
+    });
+    let (toml, deployment) = match rendered {
+        Ok(ok) => ok,
+        Err(err) => {
+            status.state = Some(State::Error);
+            conditions.set("Ready", false, "InvalidSpec", &err.to_string());
+            conditions.set("Synced", false, "InvalidSpec", &err.to_string());
+            status.conditions = conditions.out;
+            return TunnelOutcome { connector: None, status };
+        }
+    };
+    let hash = connector::config_hash(&toml);
+    let version = match &learned.written {
+        Some((written, version)) if *written == hash => *version,
+        Some((_, version)) => version + 1,
+        None => 1,
+    };
+    let config_map = connector::config_map(tunnel, settings, toml, version);
+    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    if let Some((reason, message)) = &learned.problem {
+        status.state = Some(State::Error);
+        conditions.set("Ready", false, reason, message);
+    } else if !learned.credential {
+        status.state = Some(if tunnel.spec.new_tunnel.is_some() { State::Creating } else { State::Pending });
+        let message = match &tunnel.spec.existing_tunnel {
+            Some(existing) => format!("waiting for the Secret {} with the key token", existing.secret),
+            None => "the client credential is being created through the admin API".to_owned(),
+        };
+        conditions.set("Ready", false, "CredentialPending", &message);
+    } else if learned.ready_replicas == 0 {
+        status.state = Some(State::Creating);
+        conditions.set(
+            "Ready",
+            false,
+            "ConnectorNotReady",
+            &format!("0 of {replicas} connector replicas ready"),
+        );
+    } else {
+        status.state = Some(State::Active);
+        let message = format!("{} of {replicas} connector replicas ready", learned.ready_replicas);
+        conditions.set("Ready", true, "ConnectorReady", &message);
+    }
+    if learned.confirmed == Some(version) {
+        status.config_version = Some(version);
+        conditions.set("Synced", true, "Confirmed", &format!("the server runs configuration {version}"));
+    } else {
+        let message = format!("configuration {version} is written; the server has not confirmed it yet");
+        conditions.set("Synced", false, "AwaitingServer", &message);
+    }
+    status.conditions = conditions.out;
+    TunnelOutcome { connector: Some((config_map, deployment)), status }
+}
