@@ -30,11 +30,10 @@ impl Answer {
     }
 }
 
-/// A new client, as `POST /v1/clients` takes it.
+/// A grant as `POST /v1/clients` (beside `name`) and `PUT /v1/clients/NAME` take it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewClient {
-    name: String,
+struct GrantBody {
     #[serde(default)]
     allow_ports: Option<PortSet>,
     #[serde(default)]
@@ -47,6 +46,43 @@ struct NewClient {
     allow_networks: Vec<IpNet>,
     #[serde(default)]
     replicas: Option<usize>,
+}
+
+impl GrantBody {
+    fn into_grant(self) -> Result<Grant, String> {
+        let max = crate::config::MAX_REPLICAS;
+        if let Some(n) = self.replicas.filter(|n| !(1..=max).contains(n)) {
+            return Err(format!("replicas {n}: from 1 to {max}"));
+        }
+        Ok(Grant {
+            allow_ports: self.allow_ports,
+            allow_hosts: self.allow_hosts,
+            allow_visit: self.allow_visit,
+            allow_expose: self.allow_expose,
+            allow_networks: self.allow_networks,
+            replicas: self.replicas,
+        })
+    }
+}
+
+/// A new client, as `POST /v1/clients` takes it: `name` and a grant.
+struct NewClient {
+    name: String,
+    grant: GrantBody,
+}
+
+impl<'de> Deserialize<'de> for NewClient {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+        let name = match fields.remove("name") {
+            Some(Value::String(name)) => name,
+            Some(_) => return Err(D::Error::custom("name: a string")),
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let grant = GrantBody::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(Self { name, grant })
+    }
 }
 
 /// A request to the admin API, decoded from its method, path and body (no I/O): what
@@ -75,6 +111,13 @@ pub enum AdminRequest {
     },
     /// `POST /v1/clients/NAME/rotate`
     RotateClient(String),
+    /// `PUT /v1/clients/NAME`: another grant, the same token.
+    RegrantClient {
+        /// The client's name.
+        name: String,
+        /// What it may do from now on.
+        grant: Grant,
+    },
     /// `DELETE /v1/clients/NAME`
     RevokeClient(String),
 }
@@ -109,27 +152,28 @@ impl AdminRequest {
             (["v1", "clients"], &Method::POST) => {
                 let new: NewClient = serde_json::from_slice(body)
                     .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not a valid new client: {e}")))?;
-                let max = crate::config::MAX_REPLICAS;
-                if let Some(n) = new.replicas.filter(|n| !(1..=max).contains(n)) {
-                    let message = format!("not a valid new client: replicas {n}: from 1 to {max}");
-                    return Err(refuse(StatusCode::BAD_REQUEST, message));
-                }
-                let grant = Grant {
-                    allow_ports: new.allow_ports,
-                    allow_hosts: new.allow_hosts,
-                    allow_visit: new.allow_visit,
-                    allow_expose: new.allow_expose,
-                    allow_networks: new.allow_networks,
-                    replicas: new.replicas,
-                };
+                let grant = new
+                    .grant
+                    .into_grant()
+                    .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not a valid new client: {e}")))?;
                 Self::CreateClient { name: new.name, grant }
+            }
+            (["v1", "clients", name], &Method::PUT) => {
+                // An object only: serde would take a struct from an array too.
+                let body = serde_json::from_slice::<serde_json::Map<String, Value>>(body)
+                    .and_then(|fields| GrantBody::deserialize(Value::Object(fields)))
+                    .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not a valid grant: {e}")))?;
+                let grant = body
+                    .into_grant()
+                    .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not a valid grant: {e}")))?;
+                Self::RegrantClient { name: (*name).to_owned(), grant }
             }
             (["v1", "clients", name], &Method::GET) => Self::GetClient((*name).to_owned()),
             (["v1", "clients", name], &Method::DELETE) => Self::RevokeClient((*name).to_owned()),
             (["v1", "clients", name, "rotate"], &Method::POST) => Self::RotateClient((*name).to_owned()),
             (["v1", "status" | "sessions" | "forwards" | "routes"], _) => return Err(not_allowed("GET")),
             (["v1", "clients"], _) => return Err(not_allowed("GET, POST")),
-            (["v1", "clients", _], _) => return Err(not_allowed("GET, DELETE")),
+            (["v1", "clients", _], _) => return Err(not_allowed("GET, PUT, DELETE")),
             (["v1", "clients", _, "rotate"], _) => return Err(not_allowed("POST")),
             _ => {
                 let shown = crate::log::Escaped(path);
@@ -173,6 +217,10 @@ pub(crate) async fn answer(admin: &Admin, method: &Method, path: &str, body: &[u
             Err(err) => refused(err),
         },
         AdminRequest::RevokeClient(name) => match admin.revoke(&name).await {
+            Ok(ended) => Answer::ok(json!({ "name": name, "ended": ended })),
+            Err(err) => refused(err),
+        },
+        AdminRequest::RegrantClient { name, grant } => match admin.regrant(&name, grant).await {
             Ok(ended) => Answer::ok(json!({ "name": name, "ended": ended })),
             Err(err) => refused(err),
         },

@@ -128,12 +128,19 @@ impl AdminClient {
         token(self.request(Method::POST, &format!("/v1/clients/{name}/rotate"), None).await?)
     }
 
+    /// `PUT /v1/clients/NAME`: gives the client what `grant` allows instead, keeping its
+    /// token; returns the clients whose sessions ended (none, unless the new grant no longer
+    /// allows what they hold).
+    pub async fn regrant(&self, name: &str, grant: &Grant) -> Result<Vec<String>, AdminClientError> {
+        checked(name)?;
+        let body = serde_json::to_value(grant).map_err(|e| AdminClientError::Unexpected(e.to_string()))?;
+        ended(self.request(Method::PUT, &format!("/v1/clients/{name}"), Some(body)).await?)
+    }
+
     /// `DELETE /v1/clients/NAME`: returns the clients whose sessions ended.
     pub async fn revoke(&self, name: &str) -> Result<Vec<String>, AdminClientError> {
         checked(name)?;
-        let answer = self.request(Method::DELETE, &format!("/v1/clients/{name}"), None).await?;
-        let ended = answer.get("ended").and_then(Value::as_array).ok_or_else(|| unexpected(&answer))?;
-        Ok(ended.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        ended(self.request(Method::DELETE, &format!("/v1/clients/{name}"), None).await?)
     }
 
     /// One request; the JSON answer of a 2xx, else [`AdminClientError::Refused`].
@@ -227,4 +234,10 @@ fn list(answer: Value, key: &str) -> Result<Vec<Value>, AdminClientError> {
 fn token(answer: Value) -> Result<Token, AdminClientError> {
     let text = answer.get("token").and_then(Value::as_str).ok_or_else(|| unexpected(&answer))?;
     Token::new(text).map_err(|e| AdminClientError::Unexpected(e.to_string()))
+}
+
+/// The `ended` list of an answer.
+fn ended(answer: Value) -> Result<Vec<String>, AdminClientError> {
+    let ended = answer.get("ended").and_then(Value::as_array).ok_or_else(|| unexpected(&answer))?;
+    Ok(ended.iter().filter_map(Value::as_str).map(str::to_owned).collect())
 }

@@ -170,6 +170,19 @@ impl Admin {
         Ok(token)
     }
 
+    /// Gives client `name` what `grant` allows instead; its token stays. As with a reload, only
+    /// what the new grant no longer allows is closed. Returns the clients whose sessions ended.
+    pub async fn regrant(&self, name: &str, grant: Grant) -> Result<Vec<String>, AdminError> {
+        let mut state = self.state.lock().await;
+        if state.base.credentials.has_client(name) {
+            return Err(AdminError::FromConfig(name.to_owned()));
+        }
+        state.store.regrant(name, grant)?;
+        let report = self.put_in_force(&state).await;
+        tracing::info!(client = name, ended = ?report.ended, "client grant changed through the admin API");
+        Ok(report.ended)
+    }
+
     /// Removes client `name`: its sessions end, its token no longer works. Returns the
     /// clients whose sessions ended.
     pub async fn revoke(&self, name: &str) -> Result<Vec<String>, AdminError> {

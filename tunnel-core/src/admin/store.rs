@@ -195,6 +195,19 @@ impl ClientStore {
         Ok(token)
     }
 
+    /// Gives a stored client another grant; its token stays.
+    pub(super) fn regrant(&mut self, name: &str, grant: Grant) -> Result<(), AdminError> {
+        let client = self.clients.get_mut(name).ok_or_else(|| AdminError::NotFound(name.to_owned()))?;
+        let old = std::mem::replace(&mut client.grant, grant);
+        if let Err(err) = self.save() {
+            if let Some(client) = self.clients.get_mut(name) {
+                client.grant = old;
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
     /// Removes a stored client.
     pub(super) fn remove(&mut self, name: &str) -> Result<(), AdminError> {
         let removed = self.clients.remove(name).ok_or_else(|| AdminError::NotFound(name.to_owned()))?;

@@ -141,3 +141,34 @@ async fn the_store_keeps_created_clients_across_restarts_readable_by_its_owner_o
     let err = ClientStore::open(&path).unwrap_err();
     assert!(err.to_string().contains(CLIENTS_FILE), "{err}");
 }
+
+#[tokio::test]
+async fn a_regrant_changes_what_a_created_client_may_do_and_keeps_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(CLIENTS_FILE);
+    let admin = admin_with_config_client(ClientStore::open(&path).unwrap());
+    let token = admin
+        .create("w4", Grant { allow_hosts: vec!["a.test".parse().unwrap()], ..Grant::default() })
+        .await
+        .unwrap();
+    let decoded =
+        AdminRequest::decode(&Method::PUT, "/v1/clients/w4", br#"{"allow_hosts":["b.test"],"replicas":3}"#);
+    let Ok(AdminRequest::RegrantClient { name, grant }) = decoded else { panic!("{decoded:?}") };
+    assert_eq!(admin.regrant(&name, grant).await.unwrap(), Vec::<String>::new());
+    let config = admin.server().config();
+    assert!(config.credentials.lookup("w4").unwrap().0.same_secret(&token), "the token stays");
+    let policy = &config.policy.clients["w4"];
+    assert_eq!((policy.allow_hosts[0].to_string(), policy.replicas), ("b.test".to_owned(), Some(3)));
+    let reopened = ClientStore::open(&path).unwrap();
+    assert_eq!(reopened.grants().next().unwrap().1.allow_hosts[0].to_string(), "b.test", "kept on disk");
+    assert!(matches!(admin.regrant("from-file", Grant::default()).await, Err(AdminError::FromConfig(_))));
+    assert!(matches!(admin.regrant("nobody", Grant::default()).await, Err(AdminError::NotFound(_))));
+    let status = |body: &str| {
+        AdminRequest::decode(&Method::PUT, "/v1/clients/w4", body.as_bytes()).unwrap_err().status
+    };
+    for body in ["", "[]", r#"{"name":"w4"}"#, r#"{"replicas":0}"#, r#"{"allow_hosts":["a b"]}"#] {
+        assert_eq!(status(body), StatusCode::BAD_REQUEST, "{body}");
+    }
+    let refused = AdminRequest::decode(&Method::PATCH, "/v1/clients/w4", b"").unwrap_err();
+    assert_eq!(refused.allow, Some("GET, PUT, DELETE"));
+}
