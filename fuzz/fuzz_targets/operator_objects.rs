@@ -1,0 +1,6 @@
+#![no_main]
+
+#[path = "../operator_checks.rs"]
+mod operator_checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| operator_checks::operator_objects(data));
