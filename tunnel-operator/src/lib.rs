@@ -16,11 +16,14 @@
 //!   Deployment.
 //! - [`reconcile`]: the whole decision as one pure function, [`reconcile::desired`].
 //! - [`render`]: the objects and statuses of a decision as YAML documents.
+//! - [`controller`]: the watches, the per-tunnel reconcile that applies a decision (admin API,
+//!   finalizer, statuses, Events) and leader election.
 //!
 //! Each module uses only those listed before it.
 
 pub mod conditions;
 pub mod connector;
+pub mod controller;
 pub mod crd;
 pub mod gateway;
 pub mod httproute;

@@ -26,6 +26,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: watch tunnels, Ingresses and HTTPRoutes, apply connectors (one
+    /// replica at a time leads, by a Lease in the namespace).
+    Run {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// This replica's name in the leader lease.
+        #[arg(long, env = "POD_NAME", value_name = "NAME")]
+        identity: Option<String>,
+    },
     /// Print the CustomResourceDefinitions of Tunnel and ClusterTunnel, as YAML.
     Crds,
     /// Read Kubernetes objects from YAML files and print, as YAML, the objects the controller
@@ -64,6 +73,22 @@ impl SettingsArgs {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run { settings, identity } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let identity = identity
+                .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "tunnel-operator".into()));
+            match run(settings.settings(), identity) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crds => {
             let crds = [Tunnel::crd(), ClusterTunnel::crd()];
             match serde_saphyr::to_string_multiple(&crds) {
@@ -88,6 +113,15 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+#[tokio::main]
+async fn run(settings: Settings, identity: String) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("no Kubernetes API to talk to: {e}"))?;
+    let servers = tunnel_operator::controller::servers::AdminApis;
+    tunnel_operator::controller::run(client, settings, servers, identity).await
 }
 
 fn render(files: &[PathBuf], settings: Settings) -> Result<String, String> {
