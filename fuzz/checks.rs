@@ -221,7 +221,8 @@ pub fn admin_request(data: &[u8]) {
         let again = AdminRequest::decode(&method, path, json.to_string().as_bytes())
             .expect("a printed grant decodes");
         assert_eq!(again, AdminRequest::CreateClient { name, grant });
-    } else if let Ok(AdminRequest::RegrantClient { name, grant }) = AdminRequest::decode(&method, path, body) {
+    } else if let Ok(AdminRequest::RegrantClient { name, grant }) = AdminRequest::decode(&method, path, body)
+    {
         let json = serde_json::to_value(&grant).expect("a grant prints as JSON");
         let again = AdminRequest::decode(&method, path, json.to_string().as_bytes())
             .expect("a printed grant decodes");
