@@ -38,12 +38,15 @@ async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster and a tunnel server"]
 async fn a_tunnel_gets_its_connector_and_status_in_a_real_cluster() {
-    let (server, fingerprint, token) = (env("TUNNEL_TEST_SERVER"), env("TUNNEL_TEST_FINGERPRINT"), env("TUNNEL_TEST_TOKEN"));
+    let (server, fingerprint, token) =
+        (env("TUNNEL_TEST_SERVER"), env("TUNNEL_TEST_FINGERPRINT"), env("TUNNEL_TEST_TOKEN"));
     let client = Client::try_default().await.expect("a kubeconfig");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [Tunnel::crd(), ClusterTunnel::crd()] {
         let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply("tunnel-operator-test").force(), &Patch::Apply(&crd)).await.unwrap();
+        crds.patch(&name, &PatchParams::apply("tunnel-operator-test").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap();
     }
     let namespace = format!("tunnel-e2e-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -68,8 +71,16 @@ async fn a_tunnel_gets_its_connector_and_status_in_a_real_cluster() {
     for object in serde_saphyr::from_multiple::<serde_json::Value>(&objects).unwrap() {
         let kind = object["kind"].as_str().unwrap().to_owned();
         let api: Api<kube::core::DynamicObject> = match kind.as_str() {
-            "Secret" => Api::namespaced_with(client.clone(), &namespace, &kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&())),
-            _ => Api::namespaced_with(client.clone(), &namespace, &kube::core::ApiResource::erase::<Tunnel>(&())),
+            "Secret" => Api::namespaced_with(
+                client.clone(),
+                &namespace,
+                &kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+            ),
+            _ => Api::namespaced_with(
+                client.clone(),
+                &namespace,
+                &kube::core::ApiResource::erase::<Tunnel>(&()),
+            ),
         };
         api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
     }
