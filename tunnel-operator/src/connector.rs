@@ -109,6 +109,12 @@ fn field(field: &'static str, message: impl ToString) -> SpecError {
 /// The connector's configuration: the tunnel's server and identity, and `routes`.
 pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<ClientFile, SpecError> {
     let spec = tunnel.spec;
+    if spec.new_tunnel.is_some() == spec.existing_tunnel.is_some() {
+        return Err(field("newTunnel", "give exactly one of newTunnel and existingTunnel"));
+    }
+    if spec.new_tunnel.is_some() && spec.server.admin_secret.is_none() {
+        return Err(field("server.adminSecret", "newTunnel needs it to create the client credential"));
+    }
     let name = client_name(tunnel).ok_or_else(|| field("newTunnel", "give newTunnel or existingTunnel"))?;
     let fallback = spec.fallback_target.as_deref().unwrap_or(DEFAULT_FALLBACK);
     let mut file = ClientFile {
@@ -144,10 +150,21 @@ pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<
     Ok(file)
 }
 
+/// The connector's instance label: its object name, or, past the 63 characters a label value
+/// may have, a prefix of it and a hash of the whole.
+pub fn instance_label(key: &TunnelKey) -> String {
+    let name = object_name(key);
+    if name.len() <= 63 {
+        return name;
+    }
+    let prefix: String = name.chars().take(46).collect();
+    format!("{}-{}", prefix.trim_end_matches(['-', '.']), &config_hash(&name)[..16])
+}
+
 fn labels(key: &TunnelKey) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "tunnel-connector".to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), object_name(key)),
+        ("app.kubernetes.io/instance".to_owned(), instance_label(key)),
     ])
 }
 

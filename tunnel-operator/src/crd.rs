@@ -77,9 +77,11 @@ pub struct TunnelSpec {
 }
 
 /// `newTunnel`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
 pub struct NewTunnel {
-    /// The client name to create on the server.
+    /// The client name to create on the server; it cannot change (the credential is that
+    /// name's).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("newTunnel.name cannot change: create another tunnel"))]
     pub name: String,
 }
 
@@ -88,7 +90,9 @@ pub struct NewTunnel {
 pub struct ExistingTunnel {
     /// The client name the credential is for.
     pub name: String,
-    /// The Secret holding the client token under the key `token`.
+    /// The Secret holding the client token under the key `token` (in the tunnel's namespace;
+    /// a ClusterTunnel's in the operator's).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub secret: String,
 }
 
@@ -108,10 +112,12 @@ pub struct ServerRef {
     pub fingerprint: Option<String>,
     /// A Secret holding the CA that verifies the server, under the key `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub ca_secret: Option<String>,
     /// A Secret holding the server's admin API address (`address`, `host:port`) and token
     /// (`token`): needed to create credentials and to confirm which configuration a connector runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub admin_secret: Option<String>,
     /// The public host name visitors reach the server by; written into the status of the
     /// Ingresses served, so external-dns can publish it.

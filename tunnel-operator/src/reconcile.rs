@@ -59,14 +59,29 @@ pub struct TunnelOutcome {
     pub status: TunnelStatus,
 }
 
-/// What the routes of every source ask, per tunnel, with conflicts decided: the older object
-/// keeps a host and path, the newer is told.
+/// What the routes of every source ask, per tunnel, with conflicts decided. A host belongs to
+/// the namespace of the oldest object claiming it on a tunnel: objects of other namespaces get
+/// none of its paths (a newer `/login` would otherwise take that path from the owner's `/`).
+/// Within the namespace, the older object keeps a host and path, the newer is told.
 pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, Vec<RouteFile>> {
     let mut claims = claims;
     claims.sort_by(|a, b| a.source.order_key().cmp(&b.source.order_key()));
+    let mut hosts: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
     let mut taken: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
     let mut routes: BTreeMap<TunnelKey, Vec<RouteFile>> = BTreeMap::new();
     for claim in claims {
+        let host = (claim.tunnel.clone(), claim.route.host.to_string());
+        let owner = hosts.entry(host.clone()).or_insert_with(|| claim.source.clone());
+        if owner.reference.namespace != claim.source.reference.namespace {
+            let message = format!(
+                "host {} belongs to namespace {} on this tunnel (first claimed by {})",
+                host.1,
+                owner.reference.namespace.as_deref().unwrap_or(""),
+                owner.describe()
+            );
+            notes.push(Note::new(&claim.source, "RouteConflict", message));
+            continue;
+        }
         let identity = route_identity(&claim.route);
         match taken.get(&(claim.tunnel.clone(), identity.clone())) {
             Some(owner) if owner != &claim.source => notes.push(Note::new(
@@ -140,9 +155,14 @@ pub fn desired(
             let hostname = tunnel.and_then(|key| {
                 tunnels.get(&key).and_then(|(_, spec, _)| spec.server.public_hostname.clone())
             });
-            let ingress = hostname
-                .map(|h| vec![IngressLoadBalancerIngress { hostname: Some(h), ..Default::default() }]);
-            (source, IngressStatus { load_balancer: Some(IngressLoadBalancerStatus { ingress }) })
+            // An empty list, not none: a merge patch then clears a host name published before.
+            let ingress = hostname.map_or_else(Vec::new, |h| {
+                vec![IngressLoadBalancerIngress { hostname: Some(h), ..Default::default() }]
+            });
+            (
+                source,
+                IngressStatus { load_balancer: Some(IngressLoadBalancerStatus { ingress: Some(ingress) }) },
+            )
         })
         .collect();
     Desired { tunnels: outcomes, ingresses, http_routes: route_statuses, notes }
@@ -227,4 +247,66 @@ fn tunnel_outcome(
     }
     status.conditions = conditions.out;
     TunnelOutcome { connector: Some((config_map, deployment)), status }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FINGERPRINT: &str = "3f2a9c1e0b7d4a6f8e5c2b1a0d9f8e7c6b5a4d3c2b1a0f9e8d7c6b5a4f3e2d1c";
+
+    fn ingress(namespace: &str, name: &str, created: &str, host: &str, path: &str, kind: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: {namespace}, creationTimestamp: '{created}', annotations: {{tunnel-rs.github.io/tunnel: shared}}}}\n\
+             spec: {{ingressClassName: tunnel, rules: [{{host: {host}, http: {{paths: [{{path: {path}, pathType: {kind}, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}}}]}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {namespace}}}\nspec: {{ports: [{{port: 80}}]}}\n---\n"
+        )
+    }
+
+    #[test]
+    fn a_host_belongs_to_the_namespace_that_claimed_it_first_whatever_the_path() {
+        let mut text = format!(
+            "apiVersion: tunnel-rs.github.io/v1alpha1\nkind: ClusterTunnel\nmetadata: {{name: shared}}\n\
+             spec: {{existingTunnel: {{name: c, secret: s}}, server: {{address: 'h:1', fingerprint: '{FINGERPRINT}'}}}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: tunnel}}\nspec: {{controller: tunnel-rs.github.io/ingress-controller}}\n---\n"
+        );
+        text.push_str(&ingress("team-a", "site", "2026-01-01T00:00:00Z", "app.example.com", "/", "Prefix"));
+        // Another namespace, later, a more specific path on the same host: it would take
+        // /login from team-a at the edge (an exact path wins over a prefix).
+        text.push_str(&ingress(
+            "team-b",
+            "login",
+            "2026-01-02T00:00:00Z",
+            "app.example.com",
+            "/login",
+            "Exact",
+        ));
+        // The same namespace may add paths to its own host.
+        text.push_str(&ingress("team-a", "api", "2026-01-03T00:00:00Z", "app.example.com", "/api", "Prefix"));
+        let mut cluster = Cluster::default();
+        cluster.load_yaml(&text, "t").unwrap();
+        let settings =
+            Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
+        let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
+        let decided = desired(&cluster, &BTreeMap::new(), &settings, &now);
+        let key = TunnelKey::Cluster { name: "shared".into() };
+        let (config_map, _) = decided.tunnels[&key].connector.clone().unwrap();
+        let toml = &config_map.data.unwrap()["client.toml"];
+        assert!(toml.contains("path = \"/api\"") && !toml.contains("/login"), "{toml}");
+        let [note] = decided.notes.as_slice() else { panic!("{:?}", decided.notes) };
+        assert_eq!(note.reason, "RouteConflict");
+        assert_eq!(note.source.reference.namespace.as_deref(), Some("team-b"));
+        assert!(note.message.contains("belongs to namespace team-a"), "{}", note.message);
+    }
+
+    #[test]
+    fn a_long_tunnel_name_still_gives_a_valid_label() {
+        let long = TunnelKey::Cluster { name: "x".repeat(200) };
+        let label = connector::instance_label(&long);
+        assert!(label.len() <= 63 && label.starts_with("clustertunnel-xxx"), "{label}");
+        let other = TunnelKey::Cluster { name: format!("{}y", "x".repeat(199)) };
+        assert_ne!(label, connector::instance_label(&other), "names that share a prefix differ");
+        let short = TunnelKey::Namespaced { namespace: "a".into(), name: "web".into() };
+        assert_eq!(connector::instance_label(&short), "tunnel-web");
+    }
 }

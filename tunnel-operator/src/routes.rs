@@ -149,7 +149,14 @@ pub fn service_origin(
     let service = cluster
         .service(namespace, name)
         .ok_or_else(|| ("ServiceNotFound", format!("Service {namespace}/{name} does not exist")))?;
-    let ports = service.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    let spec = service.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        // It would publish whatever name it points at (another namespace's Service, the API
+        // server, a metadata address) with no grant from its owner.
+        let message = format!("Service {namespace}/{name} is of type ExternalName, which is not served");
+        return Err(("UnsupportedValue", message));
+    }
+    let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
     let (number, found) = match port {
         PortRef::Number(n) => (n, ports.iter().find(|p| p.port == n)),
         PortRef::Name(wanted) => {
@@ -177,7 +184,8 @@ mod tests {
         cluster
             .load_yaml(
                 "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\n\
-                 spec: {ports: [{name: http, port: 8080}, {name: tls, port: 8443, appProtocol: https}, {name: grpc, port: 9000, appProtocol: kubernetes.io/h2c}]}\n",
+                 spec: {ports: [{name: http, port: 8080}, {name: tls, port: 8443, appProtocol: https}, {name: grpc, port: 9000, appProtocol: kubernetes.io/h2c}]}\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {name: outside, namespace: a}\nspec: {type: ExternalName, externalName: db.b.svc.cluster.local, ports: [{port: 5432}]}\n",
                 "t",
             )
             .unwrap();
@@ -195,5 +203,7 @@ mod tests {
         assert_eq!(origin(PortRef::Name("nope")).unwrap_err().0, "PortNotFound");
         assert_eq!(origin(PortRef::Number(0)).unwrap_err().0, "PortNotFound");
         assert_eq!(service_origin(&c, &n, "b", "web", PortRef::Number(80)).unwrap_err().0, "ServiceNotFound");
+        let external = service_origin(&c, &n, "a", "outside", PortRef::Number(5432)).unwrap_err();
+        assert_eq!(external.0, "UnsupportedValue", "an ExternalName Service would publish what it names");
     }
 }

@@ -16,6 +16,11 @@ pub const LEASE_NAME: &str = "tunnel-operator";
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long the leader goes on without a renewal: well short of the lease, so it has stopped
+/// before another replica may take over.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest one call to the API server may take here.
+const CALL_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The lease, held.
 pub struct Lease {
@@ -56,7 +61,7 @@ impl Lease {
         let lease = Self { api: Api::namespaced(client, namespace), identity: identity.to_owned() };
         let mut waiting = false;
         loop {
-            match lease.try_take().await {
+            match tokio::time::timeout(CALL_TIMEOUT, lease.try_take()).await.unwrap_or(Ok(false)) {
                 Ok(true) => return Ok(lease),
                 Ok(false) if !waiting => {
                     tracing::info!("another replica leads; waiting for the lease {namespace}/{LEASE_NAME}");
@@ -107,18 +112,19 @@ impl Lease {
     }
 
     /// Renews the lease for as long as it can; returns when it is lost (another replica took
-    /// it, or no renewal succeeded for a whole lease duration).
+    /// it, or no renewal succeeded for [`RENEW_DEADLINE`], short of the lease's 15 s).
     pub async fn held(self) -> anyhow::Error {
         let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
-            match self.try_take().await {
-                Ok(true) => renewed = tokio::time::Instant::now(),
-                Ok(false) => return anyhow::anyhow!("another replica took the lease {LEASE_NAME}"),
-                Err(e) => tracing::warn!("renewing the lease {LEASE_NAME}: {e}"),
+            match tokio::time::timeout(CALL_TIMEOUT, self.try_take()).await {
+                Ok(Ok(true)) => renewed = tokio::time::Instant::now(),
+                Ok(Ok(false)) => return anyhow::anyhow!("another replica took the lease {LEASE_NAME}"),
+                Ok(Err(e)) => tracing::warn!("renewing the lease {LEASE_NAME}: {e}"),
+                Err(_) => tracing::warn!("renewing the lease {LEASE_NAME}: no answer in {CALL_TIMEOUT:?}"),
             }
-            if renewed.elapsed() >= LEASE_DURATION {
-                return anyhow::anyhow!("the lease {LEASE_NAME} could not be renewed for {LEASE_DURATION:?}");
+            if renewed.elapsed() >= RENEW_DEADLINE {
+                return anyhow::anyhow!("the lease {LEASE_NAME} could not be renewed for {RENEW_DEADLINE:?}");
             }
         }
     }

@@ -134,6 +134,14 @@ fn snapshot<K: Clone + Resource<DynamicType = ()> + kube::runtime::reflector::Lo
     store.state().iter().map(|o| (**o).clone()).collect()
 }
 
+/// The ClusterTunnel owning an object, if one does.
+fn cluster_owner<K: Resource>(child: K) -> Option<kube::runtime::reflector::ObjectRef<ClusterTunnel>> {
+    let owners = child.meta().owner_references.as_ref()?;
+    let owner =
+        owners.iter().find(|o| o.kind == "ClusterTunnel" && o.api_version.starts_with(crate::crd::GROUP))?;
+    Some(kube::runtime::reflector::ObjectRef::new(&owner.name))
+}
+
 async fn log<T, E: std::fmt::Display>(result: Result<T, E>) {
     if let Err(e) = result {
         tracing::debug!("controller: {e}");
@@ -184,10 +192,12 @@ pub async fn run<S: Servers>(
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .reconcile_all_on(receive(for_tunnels));
+    // `owns` looks a child's owner up in the child's namespace, which a cluster-scoped owner
+    // has none of: the children of ClusterTunnels are mapped to them by name.
     let cluster_tunnels =
         Controller::new(Api::<ClusterTunnel>::all(client.clone()), watcher::Config::default())
-            .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-            .owns(Api::<Deployment>::all(client.clone()), owned)
+            .watches(Api::<ConfigMap>::all(client.clone()), owned.clone(), cluster_owner)
+            .watches(Api::<Deployment>::all(client.clone()), owned, cluster_owner)
             .reconcile_all_on(receive(for_cluster));
     let (tunnel_store, cluster_store) = (tunnels.store(), cluster_tunnels.store());
     let cluster = move || Cluster {

@@ -38,6 +38,15 @@ pub async fn reconcile<K: TunnelKind, S: Servers>(
     ctx: Arc<Context<S>>,
 ) -> Result<Action, Error> {
     let api = K::api(&ctx.client, &object);
+    // Only a credential the operator created needs revoking: other tunnels carry no finalizer
+    // (one left from an earlier newTunnel is still honoured, and removed).
+    let has_finalizer = object.meta().finalizers.iter().flatten().any(|f| f == FINALIZER);
+    if object.spec().new_tunnel.is_none() && !has_finalizer {
+        if object.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        return apply(&*object, &ctx).await;
+    }
     finalizer(&api, FINALIZER, object, |event| async {
         match event {
             Event::Apply(object) => apply(&*object, &ctx).await,
@@ -98,18 +107,24 @@ async fn apply<K: TunnelKind, S: Servers>(object: &K, ctx: &Context<S>) -> Resul
     let Some(outcome) = first.tunnels.get(&key) else {
         return Err(Error::Gone(key.to_string()));
     };
-    if let (Some((config_map, _)), Some(access)) = (&outcome.connector, &access) {
+    if let (Some((config_map, deployment)), Some(access)) = (&outcome.connector, &access) {
         let file = configuration(config_map)?;
         let client = connector::client_name(&tunnel).unwrap_or_default().to_owned();
         if spec.new_tunnel.is_some() && learned.problem.is_none() {
-            if let Err(p) = keep_grant(ctx, access, &client, &file, spec).await {
+            let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            if let Err(p) = keep_grant(ctx, access, &client, &file, replicas).await {
                 learned.problem = Some(p);
             }
         }
+        // Only a configuration the ConfigMap held before this pass can be running: one written
+        // now is confirmed on a later pass, once the connector has had it.
+        let hash = config_map.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_HASH));
+        let held = learned.written.as_ref().map(|(written, _)| written);
         match ctx.servers.in_service(access, &client).await {
             Ok(mut found) => {
                 found.route_ids.remove(&tunnel_core::proto::RouteId::of_http_fallback().to_string());
-                if found.sessions > 0 && found.route_ids == expected_route_ids(&file) {
+                let same_routes = found.sessions > 0 && found.route_ids == expected_route_ids(&file);
+                if hash.is_some() && hash == held && same_routes {
                     learned.confirmed = version_of(config_map);
                 }
             }
@@ -228,10 +243,15 @@ async fn credential<S: Servers>(
     };
     let token = match ctx.servers.create(access, &new.name, &Grant::default()).await {
         Ok(token) => token,
-        Err(ServerError::Exists(_)) => match ctx.servers.rotate(access, &new.name).await {
-            Ok(token) => token,
-            Err(e) => return Ok(Err(problem("CredentialFailed", tunnel_core::log::Chain(&e)))),
-        },
+        // Someone else's client, or one whose token Secret is gone: taking it over (rotating
+        // its token) would cut off whoever holds it. A person decides.
+        Err(ServerError::Exists(_)) => {
+            let message = format!(
+                "the server already has a client {}: revoke it there, or use existingTunnel with its token",
+                new.name
+            );
+            return Ok(Err(problem("CredentialExists", message)));
+        }
         Err(e) => return Ok(Err(problem("CredentialFailed", tunnel_core::log::Chain(&e)))),
     };
     let owner = tunnel.meta.uid.as_ref().map(|uid| OwnerReference {
@@ -257,26 +277,28 @@ async fn credential<S: Servers>(
 }
 
 /// Keeps a created credential's grant to what the connector serves: its exact hosts, its
-/// networks, its replicas.
+/// networks, and its replicas with room for a rollout's surge (one more in four, at least one).
+/// The rest of the grant (ports, visits, exposes) stays as the server holds it.
 async fn keep_grant<S: Servers>(
     ctx: &Context<S>,
     access: &AdminAccess,
     client: &str,
     file: &ClientFile,
-    spec: &TunnelSpec,
+    replicas: i32,
 ) -> Result<(), Problem> {
     let mut hosts: Vec<String> = file.routes.iter().map(|r| r.host.to_string()).collect();
     hosts.sort();
     hosts.dedup();
-    let mut wanted = Grant::default();
-    wanted.allow_hosts = hosts.iter().filter_map(|h| h.parse().ok()).collect();
-    wanted.allow_networks = file.networks.clone();
-    wanted.replicas = Some(spec.replicas.unwrap_or(1).max(1) as usize);
+    let replicas = usize::try_from(replicas.max(1)).unwrap_or(1);
     let held = ctx
         .servers
         .grant(access, client)
         .await
         .map_err(|e| problem("ServerUnreachable", tunnel_core::log::Chain(&e)))?;
+    let mut wanted = held.clone();
+    wanted.allow_hosts = hosts.iter().filter_map(|h| h.parse().ok()).collect();
+    wanted.allow_networks = file.networks.clone();
+    wanted.replicas = Some((replicas + replicas.div_ceil(4)).min(tunnel_core::config::MAX_REPLICAS));
     if held != wanted {
         ctx.servers
             .regrant(access, client, &wanted)
@@ -315,23 +337,34 @@ async fn cleanup<K: TunnelKind, S: Servers>(object: &K, ctx: &Context<S>) -> Res
     status.state = Some(State::Deleting);
     write_status(object, ctx, &status).await?;
     let spec = object.spec();
+    let mut outcome = (EventType::Normal, "Deleted", format!("{key}: the connector goes with its owner"));
     if let Some(new) = &spec.new_tunnel {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace_of(&key));
-        let access = admin_access(spec, &secrets)
-            .await?
-            .map_err(|(reason, message)| Error::Cleanup(format!("{reason}: {message}")))?;
-        if let Some(access) = access {
-            match ctx.servers.revoke(&access, &new.name).await {
-                Ok(()) | Err(ServerError::NotFound(_)) => {}
+        match admin_access(spec, &secrets).await? {
+            Ok(Some(access)) => match ctx.servers.revoke(&access, &new.name).await {
+                Ok(()) | Err(ServerError::NotFound(_)) => {
+                    outcome.2 =
+                        format!("{key}: client {} revoked; the connector goes with its owner", new.name);
+                }
+                // The server may come back: tried again, and the finalizer stays meanwhile.
                 Err(e) => return Err(Error::Cleanup(tunnel_core::log::Chain(&e).to_string())),
+            },
+            // Without a usable admin Secret nothing can ever revoke it (a namespace being
+            // deleted takes the Secret with it): the finalizer goes, and the Event says so.
+            Ok(None) | Err(_) => {
+                let message = format!(
+                    "{key}: client {} could not be revoked (no usable admin Secret); revoke it on the server",
+                    new.name
+                );
+                outcome = (EventType::Warning, "RevokeSkipped", message);
             }
         }
     }
     let reference = object.object_ref(&());
     let recorded = Recorded {
-        type_: EventType::Normal,
-        reason: "Deleted".into(),
-        note: Some(format!("{key}: the credential is revoked; the connector goes with its owner")),
+        type_: outcome.0,
+        reason: outcome.1.into(),
+        note: Some(outcome.2),
         action: "Cleanup".into(),
         secondary: None,
     };

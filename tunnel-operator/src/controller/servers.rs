@@ -57,12 +57,6 @@ pub trait Servers: Send + Sync + 'static {
         name: &str,
         grant: &Grant,
     ) -> impl Future<Output = Result<Token, ServerError>> + Send;
-    /// A new token for client `name`.
-    fn rotate(
-        &self,
-        access: &AdminAccess,
-        name: &str,
-    ) -> impl Future<Output = Result<Token, ServerError>> + Send;
     /// Client `name`'s grant as the server holds it.
     fn grant(
         &self,
@@ -114,10 +108,6 @@ fn classify(access: &AdminAccess, name: &str, source: AdminClientError) -> Serve
 impl Servers for AdminApis {
     async fn create(&self, access: &AdminAccess, name: &str, grant: &Grant) -> Result<Token, ServerError> {
         client(access)?.create(name, grant).await.map_err(|e| classify(access, name, e))
-    }
-
-    async fn rotate(&self, access: &AdminAccess, name: &str) -> Result<Token, ServerError> {
-        client(access)?.rotate(name).await.map_err(|e| classify(access, name, e))
     }
 
     async fn grant(&self, access: &AdminAccess, name: &str) -> Result<Grant, ServerError> {

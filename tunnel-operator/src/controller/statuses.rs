@@ -25,6 +25,8 @@ fn named(source: &Source) -> (String, String) {
 /// Writes what changed and records what is new.
 pub async fn write<S: Servers>(ctx: &Context<S>, cluster: &Cluster, decided: &Desired) -> Result<(), Error> {
     let params = PatchParams::default();
+    // One failed write (an object deleted meanwhile) does not keep the others from theirs.
+    let mut failed = None;
     for (source, status) in &decided.ingresses {
         let (namespace, name) = named(source);
         let current = cluster
@@ -35,7 +37,10 @@ pub async fn write<S: Servers>(ctx: &Context<S>, cluster: &Cluster, decided: &De
             continue;
         }
         let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), &namespace);
-        api.patch_status(&name, &params, &Patch::Merge(json!({ "status": status }))).await?;
+        if let Err(e) = api.patch_status(&name, &params, &Patch::Merge(json!({ "status": status }))).await {
+            tracing::warn!("writing the status of {}: {e}", source.describe());
+            failed.get_or_insert(e);
+        }
     }
     for (source, status) in &decided.http_routes {
         let (namespace, name) = named(source);
@@ -48,10 +53,13 @@ pub async fn write<S: Servers>(ctx: &Context<S>, cluster: &Cluster, decided: &De
             continue;
         }
         let api: Api<HttpRoute> = Api::namespaced(ctx.client.clone(), &namespace);
-        api.patch_status(&name, &params, &Patch::Merge(json!({ "status": merged }))).await?;
+        if let Err(e) = api.patch_status(&name, &params, &Patch::Merge(json!({ "status": merged }))).await {
+            tracing::warn!("writing the status of {}: {e}", source.describe());
+            failed.get_or_insert(e);
+        }
     }
     record(ctx, decided).await;
-    Ok(())
+    failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
 /// The host names an Ingress status publishes (none and an empty list are the same).
@@ -60,12 +68,22 @@ fn hostnames(status: Option<&k8s_openapi::api::networking::v1::IngressStatus>) -
     entries.into_iter().flatten().filter_map(|e| e.hostname.clone()).collect()
 }
 
-/// The route's status with our parents' entries replaced and other controllers' kept.
+/// The route's status with our parents' entries put in place (another controller's entries,
+/// and the order, kept), so two controllers doing the same never undo each other.
 fn merged(current: Option<&RouteStatus>, ours: &RouteStatus) -> RouteStatus {
-    let mut parents: Vec<_> = current
-        .map(|s| s.parents.iter().filter(|p| p.controller_name != GATEWAY_CONTROLLER).cloned().collect())
-        .unwrap_or_default();
-    parents.extend(ours.parents.iter().cloned());
+    let mut parents: Vec<_> = current.map(|s| s.parents.clone()).unwrap_or_default();
+    parents.retain(|p| {
+        p.controller_name != GATEWAY_CONTROLLER || ours.parents.iter().any(|o| o.parent_ref == p.parent_ref)
+    });
+    for entry in &ours.parents {
+        let at = parents
+            .iter()
+            .position(|p| p.controller_name == GATEWAY_CONTROLLER && p.parent_ref == entry.parent_ref);
+        match at {
+            Some(at) => parents[at] = entry.clone(),
+            None => parents.push(entry.clone()),
+        }
+    }
     RouteStatus { parents }
 }
 
@@ -74,23 +92,33 @@ async fn record<S: Servers>(ctx: &Context<S>, decided: &Desired) {
         let r = &n.source.reference;
         format!("{:?}/{:?}/{:?}\n{}\n{}", r.kind, r.namespace, r.name, n.reason, n.message)
     };
-    let now: BTreeSet<String> = decided.notes.iter().map(identity).collect();
+    let mut recorded = BTreeSet::new();
     let fresh: Vec<_> = {
-        let mut published = ctx.published.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = decided.notes.iter().filter(|n| !published.contains(&identity(n))).cloned().collect();
-        *published = now;
-        fresh
+        let published = ctx.published.lock().unwrap_or_else(|e| e.into_inner());
+        decided.notes.iter().filter(|n| !published.contains(&identity(n))).cloned().collect()
     };
+    for note in &decided.notes {
+        let id = identity(note);
+        if !fresh.iter().any(|f| identity(f) == id) {
+            recorded.insert(id);
+        }
+    }
     for note in fresh {
-        let recorded = Recorded {
+        let event = Recorded {
             type_: EventType::Warning,
             reason: note.reason.clone(),
             note: Some(note.message.clone()),
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&recorded, &note.source.reference).await {
-            tracing::warn!("recording an event on {} failed: {e}", note.source.describe());
+        match ctx.recorder.publish(&event, &note.source.reference).await {
+            Ok(()) => {
+                recorded.insert(identity(&note));
+            }
+            // Not marked: tried again on the next pass.
+            Err(e) => tracing::warn!("recording an event on {} failed: {e}", note.source.describe()),
         }
     }
+    // Notes that no longer hold are forgotten, so they are recorded again if they come back.
+    *ctx.published.lock().unwrap_or_else(|e| e.into_inner()) = recorded;
 }

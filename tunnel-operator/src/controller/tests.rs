@@ -28,6 +28,7 @@ struct FakeServers {
     calls: Mutex<Vec<String>>,
     exists: bool,
     in_service: Mutex<InService>,
+    granted: Mutex<Grant>,
     fail: bool,
 }
 
@@ -54,17 +55,15 @@ impl Servers for FakeServers {
         }
         Ok(Token::new("created-token-0123456789").unwrap())
     }
-    async fn rotate(&self, _: &AdminAccess, name: &str) -> Result<Token, ServerError> {
-        self.called(format!("rotate {name}"))?;
-        Ok(Token::new("rotated-token-0123456789").unwrap())
-    }
     async fn grant(&self, _: &AdminAccess, name: &str) -> Result<Grant, ServerError> {
         self.called(format!("grant {name}"))?;
-        Ok(Grant::default())
+        Ok(self.granted.lock().unwrap().clone())
     }
     async fn regrant(&self, _: &AdminAccess, name: &str, grant: &Grant) -> Result<(), ServerError> {
         let hosts: Vec<String> = grant.allow_hosts.iter().map(ToString::to_string).collect();
-        self.called(format!("regrant {name} hosts={} replicas={:?}", hosts.join(","), grant.replicas))
+        self.called(format!("regrant {name} hosts={} replicas={:?}", hosts.join(","), grant.replicas))?;
+        *self.granted.lock().unwrap() = grant.clone();
+        Ok(())
     }
     async fn revoke(&self, _: &AdminAccess, name: &str) -> Result<(), ServerError> {
         self.called(format!("revoke {name}"))
@@ -188,7 +187,7 @@ spec: {ingressClassName: tunnel, rules: [{host: web.example.com, http: {paths: [
 
 fn existing_tunnel() -> String {
     format!(
-        "apiVersion: tunnel-rs.github.io/v1alpha1\nkind: Tunnel\nmetadata: {{name: web, namespace: a, uid: u1, generation: 2, finalizers: [{FINALIZER}]}}\n\
+        "apiVersion: tunnel-rs.github.io/v1alpha1\nkind: Tunnel\nmetadata: {{name: web, namespace: a, uid: u1, generation: 2}}\n\
          spec: {{existingTunnel: {{name: web, secret: web-token}}, server: {{address: 'tunnel.example.com:7700', fingerprint: '{FINGERPRINT}', publicHostname: tunnel.example.com}}}}\n---\n{}",
         ROUTED.replace("TUNNEL", "web")
     )
@@ -248,7 +247,7 @@ async fn an_existing_credential_gets_its_connector_and_its_ingress_the_public_ho
 }
 
 #[tokio::test]
-async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_by_the_server() {
+async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_once_the_connector_has_it() {
     let cluster = cluster(&new_cluster_tunnel(""));
     let tunnel = Arc::new(cluster.cluster_tunnels[0].clone());
     let servers = FakeServers::default();
@@ -267,17 +266,19 @@ async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_by_the_serv
         .unwrap()],
     )
     .unwrap();
+    // The server already routes what this configuration asks: only the pass after the one
+    // that writes it may say so.
     *servers.in_service.lock().unwrap() = InService { sessions: 2, route_ids: expected_route_ids(&file) };
     let (ctx, mut api) = context(servers, cluster);
-    let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
     let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
-    api.answer(
-        "GET",
-        &format!("{ns}/secrets/admin"),
-        200,
-        secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]),
-    )
-    .await;
+    let admin = secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]);
+    let deployment_path = format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared");
+    let running_deployment =
+        json!({"metadata": {"name": "clustertunnel-shared"}, "status": {"readyReplicas": 2}});
+    let status_path = "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared/status";
+
+    let running = tokio::spawn(reconcile(tunnel.clone(), ctx.clone()));
+    api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin.clone()).await;
     api.not_found("GET", &format!("{ns}/secrets/clustertunnel-shared-token")).await;
     let created = api.echo("POST", &format!("{ns}/secrets")).await;
     assert_eq!(created["stringData"]["token"], "created-token-0123456789");
@@ -285,30 +286,27 @@ async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_by_the_serv
     let old = json!({"metadata": {"name": "clustertunnel-shared", "annotations": {
         "tunnel-rs.github.io/config-hash": "0000", "tunnel-rs.github.io/config-version": "1"}}});
     api.answer("GET", &format!("{ns}/configmaps/clustertunnel-shared"), 200, old).await;
-    let running_deployment =
-        json!({"metadata": {"name": "clustertunnel-shared"}, "status": {"readyReplicas": 2}});
-    api.answer(
-        "GET",
-        &format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared"),
-        200,
-        running_deployment,
-    )
-    .await;
+    api.answer("GET", &deployment_path, 200, running_deployment.clone()).await;
     let config_map = api.echo("PATCH", &format!("{ns}/configmaps/clustertunnel-shared")).await;
-    assert_eq!(
-        config_map["metadata"]["annotations"]["tunnel-rs.github.io/config-version"], "2",
-        "a changed configuration counts up"
-    );
-    api.echo("PATCH", &format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared"))
-        .await;
-    let status = api
-        .echo_onto(
-            "PATCH",
-            "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared/status",
-            object(&ctx, 1),
-        )
-        .await;
+    let version = &config_map["metadata"]["annotations"]["tunnel-rs.github.io/config-version"];
+    assert_eq!(version, "2", "a changed configuration counts up");
+    api.echo("PATCH", &deployment_path).await;
+    let status = api.echo_onto("PATCH", status_path, object(&ctx, 1)).await;
     assert_eq!(status["status"]["state"], "active");
+    assert!(status["status"].get("configVersion").is_none(), "written just now: not confirmed yet");
+    finished(running).await.unwrap();
+
+    // The next pass: the ConfigMap holds configuration 2, the token Secret exists, the grant is
+    // as wanted already.
+    let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
+    api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin).await;
+    api.answer("GET", &format!("{ns}/secrets/clustertunnel-shared-token"), 200, secret(&[("token", "t")]))
+        .await;
+    api.answer("GET", &format!("{ns}/configmaps/clustertunnel-shared"), 200, config_map).await;
+    api.answer("GET", &deployment_path, 200, running_deployment).await;
+    api.echo("PATCH", &format!("{ns}/configmaps/clustertunnel-shared")).await;
+    api.echo("PATCH", &deployment_path).await;
+    let status = api.echo_onto("PATCH", status_path, object(&ctx, 1)).await;
     assert_eq!(status["status"]["configVersion"], 2, "the server runs configuration 2");
     let conditions = status["status"]["conditions"].as_array().unwrap();
     assert!(conditions.iter().all(|c| c["status"] == "True"), "{conditions:?}");
@@ -318,29 +316,25 @@ async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_by_the_serv
         [
             "create shared",
             "grant shared",
-            "regrant shared hosts=web.example.com replicas=Some(2)",
+            "regrant shared hosts=web.example.com replicas=Some(3)",
+            "in_service shared",
+            "grant shared",
             "in_service shared"
-        ]
+        ],
+        "2 replicas and one of surge granted once; the second pass finds the grant as wanted"
     );
 }
 
 #[tokio::test]
-async fn a_name_the_server_has_already_is_rotated_for_a_token_it_can_show() {
+async fn a_name_the_server_has_already_is_not_taken_over() {
     let cluster = cluster(&new_cluster_tunnel(""));
     let tunnel = Arc::new(cluster.cluster_tunnels[0].clone());
     let (ctx, mut api) = context(FakeServers { exists: true, ..FakeServers::default() }, cluster);
     let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
     let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
-    api.answer(
-        "GET",
-        &format!("{ns}/secrets/admin"),
-        200,
-        secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]),
-    )
-    .await;
+    let admin = secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]);
+    api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin).await;
     api.not_found("GET", &format!("{ns}/secrets/clustertunnel-shared-token")).await;
-    let created = api.echo("POST", &format!("{ns}/secrets")).await;
-    assert_eq!(created["stringData"]["token"], "rotated-token-0123456789");
     api.not_found("GET", &format!("{ns}/configmaps/clustertunnel-shared")).await;
     api.not_found("GET", &format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared"))
         .await;
@@ -354,16 +348,18 @@ async fn a_name_the_server_has_already_is_rotated_for_a_token_it_can_show() {
             object(&ctx, 1),
         )
         .await;
-    let synced = status["status"]["conditions"]
+    assert_eq!(status["status"]["state"], "error");
+    let ready = status["status"]["conditions"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["type"] == "Synced")
+        .find(|c| c["type"] == "Ready")
         .unwrap()
         .clone();
-    assert_eq!(synced["reason"], "AwaitingServer", "no session yet: not confirmed");
+    assert_eq!(ready["reason"], "CredentialExists");
+    assert!(ready["message"].as_str().unwrap().contains("existingTunnel"), "{ready}");
     finished(running).await.unwrap();
-    assert_eq!(ctx.servers.calls()[..2], ["create shared", "rotate shared"]);
+    assert_eq!(ctx.servers.calls(), ["create shared", "in_service shared"], "no rotate: its holder keeps it");
 }
 
 #[tokio::test]
@@ -461,25 +457,46 @@ async fn a_failed_revoke_keeps_the_finalizer_and_a_conflicting_finalizer_write_i
     assert!(tunnel_core::log::Chain(&error).to_string().contains("connection refused"), "{error}");
     assert_eq!(retry(tunnel, &error, ctx.clone()), Action::requeue(Duration::from_secs(15)));
 
-    // A tunnel without the finalizer yet: the write adding it conflicts, and is tried again.
-    let fresh = cluster_without_finalizer();
-    let tunnel = Arc::new(fresh.tunnels[0].clone());
+    // A new credential's tunnel without the finalizer yet: the write adding it conflicts, and
+    // is tried again.
+    let fresh = self::cluster(&new_cluster_tunnel("").replace(&format!(", finalizers: [{FINALIZER}]"), ""));
+    let tunnel = Arc::new(fresh.cluster_tunnels[0].clone());
     let (ctx, mut api) = context(FakeServers::default(), fresh);
     let running = tokio::spawn(reconcile(tunnel.clone(), ctx.clone()));
     let conflict = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                           "message": "the object has been modified", "reason": "Conflict", "code": 409});
-    api.answer("PATCH", "/apis/tunnel-rs.github.io/v1alpha1/namespaces/a/tunnels/web", 409, conflict).await;
+    let path = "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared";
+    api.answer("PATCH", path, 409, conflict).await;
     let error = finished(running).await.unwrap_err();
     assert!(matches!(&error, Error::Finalizer(_)), "{error}");
+    assert!(tunnel_core::log::Chain(&error).to_string().contains("modified"), "{error}");
     assert_eq!(retry(tunnel.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(15)));
     let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
-    let added = api
-        .echo_onto("PATCH", "/apis/tunnel-rs.github.io/v1alpha1/namespaces/a/tunnels/web", object(&ctx, 0))
-        .await;
+    let added = api.echo_onto("PATCH", path, object(&ctx, 1)).await;
     assert!(added.to_string().contains(FINALIZER), "{added}");
     assert_eq!(finished(running).await.unwrap(), Action::await_change(), "the next change reconciles it");
 }
 
-fn cluster_without_finalizer() -> Cluster {
-    cluster(&existing_tunnel().replace(&format!(", finalizers: [{FINALIZER}]"), ""))
+#[tokio::test]
+async fn deletion_without_a_usable_admin_secret_lets_the_finalizer_go_and_says_what_is_left() {
+    let cluster = cluster(&new_cluster_tunnel(", deletionTimestamp: '2026-06-01T00:00:00Z'"));
+    let tunnel = Arc::new(cluster.cluster_tunnels[0].clone());
+    let (ctx, mut api) = context(FakeServers::default(), cluster);
+    let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
+    api.echo_onto(
+        "PATCH",
+        "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared/status",
+        object(&ctx, 1),
+    )
+    .await;
+    api.not_found("GET", &format!("/api/v1/namespaces/{OPERATOR_NS}/secrets/admin")).await;
+    let event = api.echo("POST", "/apis/events.k8s.io/v1/namespaces/default/events").await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("RevokeSkipped")));
+    assert!(event["note"].as_str().unwrap().contains("revoke it on the server"), "{event}");
+    let removal = api
+        .echo_onto("PATCH", "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared", object(&ctx, 1))
+        .await;
+    assert!(removal.to_string().contains("/metadata/finalizers"), "{removal}");
+    assert_eq!(finished(running).await.unwrap(), Action::await_change());
+    assert!(ctx.servers.calls().is_empty());
 }
