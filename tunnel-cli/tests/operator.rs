@@ -11,7 +11,6 @@ mod process;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use process::*;
@@ -72,20 +71,6 @@ async fn stand_in(name: &'static str) -> u16 {
         }
     });
     port
-}
-
-async fn curl(edge: SocketAddr, host: &str, path: &str) -> (u16, String) {
-    let url = format!("http://{host}:{}{path}", edge.port());
-    let resolve = format!("{host}:{}:{}", edge.port(), edge.ip());
-    let output = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--resolve", &resolve, "-w", "\n%{http_code}", &url])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// The objects: the ClusterTunnel on `served`, a GatewayClass and Gateway of ours, the three

@@ -262,3 +262,18 @@ pub fn may_use_namespaces() -> bool {
     );
     false
 }
+
+/// `curl` to the edge for `host` (resolved to the edge's address): status and body.
+pub async fn curl(edge: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{host}:{}{path}", edge.port());
+    let resolve = format!("{host}:{}:{}", edge.port(), edge.ip());
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--resolve", &resolve, "-w", "\n%{http_code}", &url])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}

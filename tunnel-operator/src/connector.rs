@@ -171,21 +171,26 @@ fn labels(key: &TunnelKey) -> BTreeMap<String, String> {
 fn metadata(tunnel: &TunnelObject<'_>, settings: &Settings) -> ObjectMeta {
     let mut labels = labels(tunnel.key);
     labels.insert("app.kubernetes.io/managed-by".into(), "tunnel-operator".into());
-    let owner = tunnel.meta.uid.as_ref().map(|uid| OwnerReference {
+    ObjectMeta {
+        name: Some(object_name(tunnel.key)),
+        namespace: Some(settings.namespace_of(tunnel.key)),
+        labels: Some(labels),
+        owner_references: owner_reference(tunnel).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The reference that makes an object the tunnel's (collected with it); none for a tunnel
+/// read from a file without its `uid`.
+pub fn owner_reference(tunnel: &TunnelObject<'_>) -> Option<OwnerReference> {
+    tunnel.meta.uid.as_ref().map(|uid| OwnerReference {
         api_version: format!("{}/v1alpha1", crate::crd::GROUP),
         kind: tunnel.key.kind().into(),
         name: tunnel.key.name().into(),
         uid: uid.clone(),
         controller: Some(true),
         block_owner_deletion: Some(true),
-    });
-    ObjectMeta {
-        name: Some(object_name(tunnel.key)),
-        namespace: Some(settings.namespace_of(tunnel.key)),
-        labels: Some(labels),
-        owner_references: owner.map(|o| vec![o]),
-        ..ObjectMeta::default()
-    }
+    })
 }
 
 /// The ConfigMap holding `toml`, numbered `version`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as Recorded, EventType};
@@ -254,18 +254,10 @@ async fn credential<S: Servers>(
         }
         Err(e) => return Ok(Err(problem("CredentialFailed", tunnel_core::log::Chain(&e)))),
     };
-    let owner = tunnel.meta.uid.as_ref().map(|uid| OwnerReference {
-        api_version: format!("{}/v1alpha1", crate::crd::GROUP),
-        kind: tunnel.key.kind().into(),
-        name: tunnel.key.name().into(),
-        uid: uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    });
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name),
-            owner_references: owner.map(|o| vec![o]),
+            owner_references: connector::owner_reference(tunnel).map(|o| vec![o]),
             labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), MANAGER.into())])),
             ..Default::default()
         },

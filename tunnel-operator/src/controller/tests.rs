@@ -21,6 +21,7 @@ use crate::objects::Cluster;
 
 const FINGERPRINT: &str = "3f2a9c1e0b7d4a6f8e5c2b1a0d9f8e7c6b5a4d3c2b1a0f9e8d7c6b5a4f3e2d1c";
 const OPERATOR_NS: &str = "tunnel-operator-system";
+const CLUSTER_STATUS: &str = "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared/status";
 
 /// Tunnel servers that answer from a script and remember what they were asked.
 #[derive(Default)]
@@ -122,6 +123,16 @@ impl ApiServer {
         request
     }
 
+    /// A connector seen for the first time: its ConfigMap and Deployment not found, then
+    /// applied; what was applied.
+    async fn first_connector(&mut self, namespace: &str, name: &str) -> (Value, Value) {
+        let config_map = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
+        let deployment = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}");
+        self.not_found("GET", &config_map).await;
+        self.not_found("GET", &deployment).await;
+        (self.echo("PATCH", &config_map).await, self.echo("PATCH", &deployment).await)
+    }
+
     async fn not_found(&mut self, method: &str, path: &str) {
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                             "message": "not found", "reason": "NotFound", "code": 404});
@@ -208,16 +219,13 @@ async fn an_existing_credential_gets_its_connector_and_its_ingress_the_public_ho
     let (ctx, mut api) = context(FakeServers::default(), cluster);
     let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
     api.answer("GET", "/api/v1/namespaces/a/secrets/web-token", 200, secret(&[("token", "t")])).await;
-    api.not_found("GET", "/api/v1/namespaces/a/configmaps/tunnel-web").await;
-    api.not_found("GET", "/apis/apps/v1/namespaces/a/deployments/tunnel-web").await;
-    let config_map = api.echo("PATCH", "/api/v1/namespaces/a/configmaps/tunnel-web").await;
+    let (config_map, deployment) = api.first_connector("a", "tunnel-web").await;
     let toml = config_map["data"]["client.toml"].as_str().unwrap();
     assert!(
         toml.contains("host = \"web.example.com\"") && toml.contains("http://web.a.svc.cluster.local:80"),
         "{toml}"
     );
     assert_eq!(config_map["metadata"]["annotations"]["tunnel-rs.github.io/config-version"], "1");
-    let deployment = api.echo("PATCH", "/apis/apps/v1/namespaces/a/deployments/tunnel-web").await;
     assert_eq!(deployment["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"], "web-token");
     let status = api
         .echo_onto(
@@ -335,19 +343,8 @@ async fn a_name_the_server_has_already_is_not_taken_over() {
     let admin = secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]);
     api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin).await;
     api.not_found("GET", &format!("{ns}/secrets/clustertunnel-shared-token")).await;
-    api.not_found("GET", &format!("{ns}/configmaps/clustertunnel-shared")).await;
-    api.not_found("GET", &format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared"))
-        .await;
-    api.echo("PATCH", &format!("{ns}/configmaps/clustertunnel-shared")).await;
-    api.echo("PATCH", &format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared"))
-        .await;
-    let status = api
-        .echo_onto(
-            "PATCH",
-            "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared/status",
-            object(&ctx, 1),
-        )
-        .await;
+    api.first_connector(OPERATOR_NS, "clustertunnel-shared").await;
+    let status = api.echo_onto("PATCH", CLUSTER_STATUS, object(&ctx, 1)).await;
     assert_eq!(status["status"]["state"], "error");
     let ready = status["status"]["conditions"]
         .as_array()
@@ -371,19 +368,8 @@ async fn an_unreadable_admin_secret_is_an_error_state_with_its_reason_and_the_se
     let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
     api.answer("GET", &format!("{ns}/secrets/admin"), 200, secret(&[("token", "admin-token-0123456789")]))
         .await;
-    api.not_found("GET", &format!("{ns}/configmaps/clustertunnel-shared")).await;
-    api.not_found("GET", &format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared"))
-        .await;
-    api.echo("PATCH", &format!("{ns}/configmaps/clustertunnel-shared")).await;
-    api.echo("PATCH", &format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared"))
-        .await;
-    let status = api
-        .echo_onto(
-            "PATCH",
-            "/apis/tunnel-rs.github.io/v1alpha1/clustertunnels/shared/status",
-            object(&ctx, 1),
-        )
-        .await;
+    api.first_connector(OPERATOR_NS, "clustertunnel-shared").await;
+    let status = api.echo_onto("PATCH", CLUSTER_STATUS, object(&ctx, 1)).await;
     assert_eq!(status["status"]["state"], "error");
     let ready = status["status"]["conditions"]
         .as_array()
