@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 
 use process::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const TOKEN: &str = "http-test-token-3b8f1d";
@@ -22,27 +22,7 @@ async fn origin(tag: &'static str) -> SocketAddr {
                 let (read, mut write) = tcp.into_split();
                 let mut lines = BufReader::new(read);
                 loop {
-                    let mut request_line = String::new();
-                    if lines.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut length = 0usize;
-                    loop {
-                        let mut header = String::new();
-                        if lines.read_line(&mut header).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if header == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    if lines.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
+                    let Some(request_line) = read_request(&mut lines).await else { return };
                     let mut parts = request_line.split_whitespace();
                     let text = format!("{tag} {} {}", parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                     let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}", text.len());

@@ -15,7 +15,7 @@ use std::path::Path;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use process::*;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tunnel_operator::connector::{Settings, CONFIG_KEY};
 use tunnel_operator::objects::Cluster;
@@ -40,16 +40,7 @@ async fn stand_in(name: &'static str) -> u16 {
                 let (read, mut write) = tcp.into_split();
                 let mut lines = BufReader::new(read);
                 loop {
-                    let mut request = String::new();
-                    if lines.read_line(&mut request).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut header = String::new();
-                        if lines.read_line(&mut header).await.unwrap_or(0) == 0 || header == "\r\n" {
-                            break;
-                        }
-                    }
+                    let Some(request) = read_request(&mut lines).await else { return };
                     let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     if path == "/big" {
                         let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {DOWNLOAD}\r\n\r\n");

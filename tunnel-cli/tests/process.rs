@@ -277,3 +277,29 @@ pub async fn curl(edge: std::net::SocketAddr, host: &str, path: &str) -> (u16, S
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
+
+/// Reads one HTTP/1.1 request from a test origin's connection, its body skipped: the request
+/// line; `None` once the connection ends.
+pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut R) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut request_line = String::new();
+    if lines.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if lines.read_line(&mut header).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        if header == "\r\n" {
+            break;
+        }
+        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    lines.read_exact(&mut body).await.ok()?;
+    Some(request_line)
+}
