@@ -182,6 +182,17 @@ fn cluster(yaml: &str) -> Cluster {
     cluster
 }
 
+/// The written status's condition `kind`.
+fn condition(status: &Value, kind: &str) -> Value {
+    let conditions = status["status"]["conditions"].as_array().expect("conditions");
+    conditions.iter().find(|c| c["type"] == kind).unwrap_or_else(|| panic!("no {kind} in {status}")).clone()
+}
+
+/// A usable admin Secret.
+fn admin_secret() -> Value {
+    secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")])
+}
+
 fn secret(data: &[(&str, &str)]) -> Value {
     use base64::Engine;
     let encoded: serde_json::Map<String, Value> = data
@@ -236,13 +247,7 @@ async fn an_existing_credential_gets_its_connector_and_its_ingress_the_public_ho
         .await;
     assert_eq!(status["status"]["state"], "creating");
     assert_eq!(status["status"]["observedGeneration"], 2);
-    let ready = status["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()
-        .clone();
+    let ready = condition(&status, "Ready");
     assert_eq!(
         (ready["status"].as_str(), ready["reason"].as_str()),
         (Some("False"), Some("ConnectorNotReady"))
@@ -279,7 +284,7 @@ async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_once_the_co
     *servers.in_service.lock().unwrap() = InService { sessions: 2, route_ids: expected_route_ids(&file) };
     let (ctx, mut api) = context(servers, cluster);
     let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
-    let admin = secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]);
+    let admin = admin_secret();
     let deployment_path = format!("/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/clustertunnel-shared");
     let running_deployment =
         json!({"metadata": {"name": "clustertunnel-shared"}, "status": {"readyReplicas": 2}});
@@ -340,19 +345,13 @@ async fn a_name_the_server_has_already_is_not_taken_over() {
     let (ctx, mut api) = context(FakeServers { exists: true, ..FakeServers::default() }, cluster);
     let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
     let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
-    let admin = secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]);
+    let admin = admin_secret();
     api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin).await;
     api.not_found("GET", &format!("{ns}/secrets/clustertunnel-shared-token")).await;
     api.first_connector(OPERATOR_NS, "clustertunnel-shared").await;
     let status = api.echo_onto("PATCH", CLUSTER_STATUS, object(&ctx, 1)).await;
     assert_eq!(status["status"]["state"], "error");
-    let ready = status["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()
-        .clone();
+    let ready = condition(&status, "Ready");
     assert_eq!(ready["reason"], "CredentialExists");
     assert!(ready["message"].as_str().unwrap().contains("existingTunnel"), "{ready}");
     finished(running).await.unwrap();
@@ -371,13 +370,7 @@ async fn an_unreadable_admin_secret_is_an_error_state_with_its_reason_and_the_se
     api.first_connector(OPERATOR_NS, "clustertunnel-shared").await;
     let status = api.echo_onto("PATCH", CLUSTER_STATUS, object(&ctx, 1)).await;
     assert_eq!(status["status"]["state"], "error");
-    let ready = status["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()
-        .clone();
+    let ready = condition(&status, "Ready");
     assert_eq!(ready["reason"], "AdminSecretInvalid");
     assert_eq!(ready["message"], "the Secret admin has no key address");
     finished(running).await.unwrap();
@@ -399,13 +392,7 @@ async fn deletion_revokes_the_created_credential_then_lets_the_finalizer_go() {
         .await;
     assert_eq!(status["status"]["state"], "deleting");
     let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
-    api.answer(
-        "GET",
-        &format!("{ns}/secrets/admin"),
-        200,
-        secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]),
-    )
-    .await;
+    api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin_secret()).await;
     let event = api.echo("POST", "/apis/events.k8s.io/v1/namespaces/default/events").await;
     assert_eq!(event["reason"], "Deleted");
     let removal = api
@@ -432,13 +419,7 @@ async fn a_failed_revoke_keeps_the_finalizer_and_a_conflicting_finalizer_write_i
     )
     .await;
     let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
-    api.answer(
-        "GET",
-        &format!("{ns}/secrets/admin"),
-        200,
-        secret(&[("address", "admin:7701"), ("token", "admin-token-0123456789")]),
-    )
-    .await;
+    api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin_secret()).await;
     let error = finished(running).await.unwrap_err();
     assert!(tunnel_core::log::Chain(&error).to_string().contains("connection refused"), "{error}");
     assert_eq!(retry(tunnel, &error, ctx.clone()), Action::requeue(Duration::from_secs(15)));
