@@ -23,7 +23,7 @@ pub struct MuxDriver {
     /// `None` once every opener is gone (no more commands can arrive).
     pub(super) commands: Option<mpsc::Receiver<Command>>,
     pub(super) pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>>,
-    pub(super) incoming: mpsc::Sender<MuxStream>,
+    pub(super) incoming: mpsc::Sender<Box<MuxStream>>,
     pub(super) inbound_permits: Arc<Semaphore>,
     pub(super) closing: bool,
     /// Inbound streams reset for exceeding a limit; logged sparsely so a flood cannot flood logs.
@@ -89,11 +89,13 @@ impl MuxDriver {
             "peer exceeded the stream rate limit"
         } else {
             match self.inbound_permits.clone().try_acquire_owned() {
-                Ok(permit) => match self.incoming.try_send(MuxStream::new(stream, permit, self.link.clone()))
-                {
-                    Ok(()) => return Ok(()),
-                    Err(_) => "inbound stream queue full or closed",
-                },
+                Ok(permit) => {
+                    match self.incoming.try_send(Box::new(MuxStream::new(stream, permit, self.link.clone())))
+                    {
+                        Ok(()) => return Ok(()),
+                        Err(_) => "inbound stream queue full or closed",
+                    }
+                }
                 Err(_) => "peer exceeded the stream limit",
             }
         };

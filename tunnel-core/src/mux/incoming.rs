@@ -11,7 +11,9 @@ use super::MuxStream;
 /// over several connections, from all of them).
 #[derive(Debug)]
 pub struct IncomingStreams {
-    pub(super) rx: mpsc::Receiver<MuxStream>,
+    /// Boxed: a channel allocates room for 32 entries up front, whatever the traffic, and an
+    /// idle session should not hold 32 streams' worth of it.
+    pub(super) rx: mpsc::Receiver<Box<MuxStream>>,
     /// Streams taken out of order (see [`IncomingStreams::take_stream`]), delivered first.
     pub(super) held: VecDeque<MuxStream>,
     /// The queues of connections joining this one's session ([`super::StreamOpener::join`]).
@@ -23,7 +25,7 @@ pub struct IncomingStreams {
 
 impl IncomingStreams {
     pub(super) fn new(
-        rx: mpsc::Receiver<MuxStream>,
+        rx: mpsc::Receiver<Box<MuxStream>>,
         joined: mpsc::UnboundedReceiver<IncomingStreams>,
     ) -> Self {
         Self { rx, held: VecDeque::new(), joined, lanes: Vec::new(), turn: 0 }
@@ -55,13 +57,13 @@ impl IncomingStreams {
                 0 => match self.rx.poll_recv(cx) {
                     // The session's first connection has ended: so has the session.
                     Poll::Ready(None) => return Poll::Ready(None),
-                    polled => polled,
+                    polled => polled.map(|stream| stream.map(|stream| *stream)),
                 },
                 lane => {
                     let lane = &mut self.lanes[lane - 1];
                     match lane.held.pop_front() {
                         Some(stream) => Poll::Ready(Some(stream)),
-                        None => lane.rx.poll_recv(cx),
+                        None => lane.rx.poll_recv(cx).map(|stream| stream.map(|stream| *stream)),
                     }
                 }
             };
@@ -91,7 +93,7 @@ impl IncomingStreams {
     /// does not order frames across streams, so the peer's first stream may not arrive first.
     pub async fn take_stream(&mut self, id: u32, max_held: usize) -> Option<MuxStream> {
         loop {
-            let mut stream = self.rx.recv().await?;
+            let mut stream = *self.rx.recv().await?;
             if stream.id() == id {
                 stream.acknowledge().await;
                 return Some(stream);

@@ -69,7 +69,9 @@ const MESSAGE_QUEUE: usize = 8;
 /// Sends control messages on a session and closes it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ControlSender {
-    tx: mpsc::Sender<Outgoing>,
+    /// Boxed: a channel allocates room for 32 entries up front, and an idle session should
+    /// hold only the pointers.
+    tx: mpsc::Sender<Box<Outgoing>>,
     rtt: Arc<Mutex<Option<Duration>>>,
 }
 
@@ -90,7 +92,7 @@ pub struct SessionClosed;
 impl ControlSender {
     /// Queues a message for the peer.
     pub async fn send(&self, message: ControlMessage) -> Result<(), SessionClosed> {
-        self.tx.send(Outgoing::Message(message)).await.map_err(|_| SessionClosed)
+        self.tx.send(Box::new(Outgoing::Message(message))).await.map_err(|_| SessionClosed)
     }
 
     /// Sends a message and waits until it is written to the control stream (into the
@@ -98,14 +100,14 @@ impl ControlSender {
     /// ours, however many it asks for.
     pub async fn send_written(&self, message: ControlMessage) -> Result<(), SessionClosed> {
         let (written, done) = tokio::sync::oneshot::channel();
-        self.tx.send(Outgoing::Written(message, written)).await.map_err(|_| SessionClosed)?;
+        self.tx.send(Box::new(Outgoing::Written(message, written))).await.map_err(|_| SessionClosed)?;
         done.await.map_err(|_| SessionClosed)
     }
 
     /// Says goodbye with `code` and closes the connection; the driver then ends with
     /// [`SessionEnd::Closed`].
     pub async fn close(&self, code: GoodbyeCode, message: impl Into<String>) {
-        let _ = self.tx.send(Outgoing::Close(code, message.into())).await;
+        let _ = self.tx.send(Box::new(Outgoing::Close(code, message.into()))).await;
     }
 
     /// Latest heartbeat round-trip time, once one was measured.
@@ -176,8 +178,8 @@ async fn run(
     opener: StreamOpener,
     control: MuxStream,
     config: SessionConfig,
-    out_tx: mpsc::Sender<Outgoing>,
-    out_rx: mpsc::Receiver<Outgoing>,
+    out_tx: mpsc::Sender<Box<Outgoing>>,
+    out_rx: mpsc::Receiver<Box<Outgoing>>,
     msg_tx: mpsc::Sender<ControlMessage>,
     rtt: Arc<Mutex<Option<Duration>>>,
 ) -> SessionEnd {
@@ -206,7 +208,7 @@ async fn run(
         end = &mut read => match end {
             SessionEnd::ProtocolError(reason) => {
                 // A frame we could read but not accept: tell the peer why before closing.
-                let goodbye = Outgoing::Close(GoodbyeCode::ProtocolError, reason.clone());
+                let goodbye = Box::new(Outgoing::Close(GoodbyeCode::ProtocolError, reason.clone()));
                 if _keep.try_send(goodbye).is_ok() {
                     let said = tokio::time::timeout(CLOSE_PHASE, async {
                         tokio::select! {
@@ -316,7 +318,7 @@ async fn read_loop(
 
 async fn write_loop(
     mut writer: WriteHalf<MuxStream>,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: mpsc::Receiver<Box<Outgoing>>,
     mut pongs: mpsc::Receiver<u64>,
     interval: Duration,
     pings: Arc<Mutex<Option<(u64, Instant)>>>,
@@ -326,7 +328,7 @@ async fn write_loop(
     let mut buf = Vec::new();
     loop {
         let message = tokio::select! {
-            Some(out) = outgoing.recv() => match out {
+            Some(out) = outgoing.recv() => match *out {
                 Outgoing::Message(message) => message,
                 Outgoing::Written(message, written) => {
                     if !write_message(&mut writer, &mut buf, &message).await {

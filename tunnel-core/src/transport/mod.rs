@@ -10,6 +10,7 @@
 
 mod connect;
 mod proxy;
+mod read_buffer;
 pub mod websocket;
 
 pub use connect::{
@@ -18,6 +19,7 @@ pub use connect::{
 pub use proxy::{
     check_reply, no_proxy_matches, HttpProxy, ProxyConnector, ProxyReplyError, ProxyUrlError, MAX_REPLY_HEAD,
 };
+pub use read_buffer::ReadBuffer;
 
 use std::io;
 use std::time::Duration;
@@ -38,16 +40,34 @@ pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// TCP keepalive idle time: a backstop under the session heartbeat for silent half-open links.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// Read buffer under a session. rustls reads the socket 4 KiB at a time and yamux reads each
-/// 12-byte frame header on its own; without a buffer each of those reads is a system call.
-const SESSION_READ_BUFFER: usize = 64 * 1024;
+/// Listen backlog of the port clients connect to (the kernel caps it at `net.core.somaxconn`).
+/// With tokio's 1024, the SYNs of thousands of clients reconnecting at once after a server
+/// restart overflow the queue, and each dropped SYN waits out the kernel's retransmission
+/// (1 s, then 3 s, 7 s, 15 s).
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Listens on `addr` (`host:port`, the first of its addresses that binds) with
+/// [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, as a restarted server needs.
+pub async fn listen_tcp(addr: &str) -> io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket =
+            if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} has no address"))))
+}
 
 /// The TCP connection under a session (and under its TLS), with reads buffered.
-pub type SessionTcp = tokio::io::BufReader<TcpStream>;
+pub type SessionTcp = ReadBuffer<TcpStream>;
 
-/// Buffers reads of a session's TCP connection; writes pass through.
+/// Buffers reads of a session's TCP connection ([`ReadBuffer`]); writes pass through.
 pub fn buffered(tcp: TcpStream) -> SessionTcp {
-    tokio::io::BufReader::with_capacity(SESSION_READ_BUFFER, tcp)
+    ReadBuffer::new(tcp)
 }
 
 /// Applies the socket options every connection wants: no Nagle delay, TCP keepalive.
@@ -61,6 +81,11 @@ pub fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
 /// error rather than what would look like the complete end of its byte stream.
 pub fn reset_on_close(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Undoes [`reset_on_close`]: `stream` closes in order (FIN) again when dropped.
+pub fn close_in_order(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(None);
 }
 
 /// Connects to `addr` (`host:port`, resolved here) with [`configure_tcp`] applied.
@@ -100,6 +125,23 @@ mod tests {
         assert_eq!(host_of("example.com:7000"), "example.com");
         assert_eq!(host_of("[::1]:7000"), "::1");
         assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn a_listener_takes_connections_and_its_port_is_bound_again_after_a_restart() {
+        let listener = listen_tcp("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A connection accepted and closed by the server leaves its side in TIME_WAIT, which
+        // without SO_REUSEADDR keeps a restarted server from binding the port.
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        drop(served);
+        drop(listener);
+        drop(client);
+        let again = listen_tcp(&addr.to_string()).await.unwrap();
+        assert_eq!(again.local_addr().unwrap(), addr);
+        let err = listen_tcp("127.0.0.1:notaport").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }
 
