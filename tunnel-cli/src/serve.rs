@@ -21,7 +21,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let file = args.clone().into_file().map_err(Failure::config)?;
     let (state_dir, certificates) = (file.state_dir.clone(), certificates_read(&file));
     let mut setup = file.build().map_err(Failure::config)?;
-    let listener = TcpListener::bind(&setup.listen)
+    let listener = tunnel_core::transport::listen_tcp(&setup.listen)
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
     let local = listener.local_addr().map_err(Failure::runtime)?;

@@ -625,9 +625,10 @@ async fn hold_a_handshake_slot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_from_eight_sources_do_not_lock_a_client_out() {
     let _serial = SERIAL.lock().await;
-    let scene = scene(|_| {}).await;
-    // The reported lockout: 127.0.0.2 to 127.0.0.9, 32 silent sockets each (the per-source cap),
-    // fill the 256 handshake slots; each socket is renewed as soon as the server cuts it.
+    // The reported lockout, with the default of then: 127.0.0.2 to 127.0.0.9, 32 silent sockets
+    // each (the per-source cap), fill the 256 handshake slots; each socket is renewed as soon as
+    // the server cuts it.
+    let scene = scene(|config| config.max_unauthenticated = 256).await;
     let (connected, renewed) =
         (std::sync::Arc::new(AtomicUsize::new(0)), std::sync::Arc::new(AtomicUsize::new(0)));
     let stop = tokio_util::sync::CancellationToken::new();

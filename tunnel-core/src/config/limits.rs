@@ -11,7 +11,7 @@ use crate::server::ServerConfig;
 pub struct ServerLimits {
     /// From TCP accept to authenticated session (default `10s`).
     pub handshake_timeout: Option<HumanDuration>,
-    /// Connections in the handshake at once (default 256).
+    /// Connections in the handshake at once (default 4096).
     pub max_unauthenticated: Option<usize>,
     /// Of those, from one IPv4 address or IPv6 /64 (default 32).
     pub max_unauthenticated_per_source: Option<usize>,

@@ -2,7 +2,7 @@
 //! and eviction instead of refusal when the global cap is reached.
 //!
 //! Refusing newcomers when full lets a few sources holding silent sockets lock every client out
-//! (8 addresses x 32 sockets filled the default 256 slots). Instead, a newcomer from a source
+//! (8 addresses x 32 sockets filled the 256 slots that were the default then). Instead, a newcomer from a source
 //! below its own cap takes the slot of the oldest pending connection of the source holding the
 //! most slots, if that source holds more than the newcomer's would: an attacker's sockets evict
 //! each other, while a client that holds one slot for the few milliseconds its handshake takes

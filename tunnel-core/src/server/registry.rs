@@ -69,7 +69,28 @@ struct Inner {
     next_id: SessionId,
     /// The live sessions of each name, oldest first.
     sessions: HashMap<String, Vec<Slot>>,
+    /// How many sessions `sessions` holds, all and on the shared token: the caps are checked
+    /// at every registration, which must not walk 10,000 sessions each time.
+    counts: Counts,
     leases: HashMap<u16, Lease>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    all: usize,
+    shared: usize,
+}
+
+impl Counts {
+    fn add(&mut self, credential: CredentialKind) {
+        self.all += 1;
+        self.shared += usize::from(credential == CredentialKind::Shared);
+    }
+
+    fn remove(&mut self, credential: CredentialKind) {
+        self.all = self.all.saturating_sub(1);
+        self.shared = self.shared.saturating_sub(usize::from(credential == CredentialKind::Shared));
+    }
 }
 
 #[derive(Debug)]
@@ -134,6 +155,7 @@ impl Registry {
             caps,
             next_id: 0,
             sessions: HashMap::new(),
+            counts: Counts::default(),
             leases: HashMap::new(),
         };
         Self { inner: Mutex::new(inner), leases_changed: tokio::sync::Notify::new() }
@@ -218,7 +240,8 @@ impl Registry {
         handover: Duration,
     ) -> Result<Registration, Full> {
         let (registration, previous) = {
-            let mut inner = self.lock();
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             let live = |slots: &Vec<Slot>| slots.iter().filter(|slot| slot.accepting).count();
             let replicas = replicas.max(1);
             let full = inner.sessions.get(name).is_some_and(|slots| live(slots) >= replicas);
@@ -226,12 +249,10 @@ impl Registry {
             let crowded = inner.sessions.get(name).is_some_and(|slots| slots.len() >= 2 * replicas);
             if !full && !crowded {
                 let caps = inner.caps;
-                let sessions = || inner.sessions.values().flatten();
-                if sessions().count() >= caps.sessions {
+                if inner.counts.all >= caps.sessions {
                     return Err(Full::Sessions(caps.sessions));
                 }
-                let shared = || sessions().filter(|s| s.credential == CredentialKind::Shared).count();
-                if credential == CredentialKind::Shared && shared() >= caps.shared_sessions {
+                if credential == CredentialKind::Shared && inner.counts.shared >= caps.shared_sessions {
                     return Err(Full::SharedSessions(caps.shared_sessions));
                 }
             }
@@ -262,6 +283,10 @@ impl Registry {
             } else {
                 None
             };
+            if let Some(previous) = &previous {
+                inner.counts.remove(previous.credential);
+            }
+            inner.counts.add(slot.credential);
             slots.push(slot);
             (registration, previous)
         };
@@ -315,9 +340,12 @@ impl Registry {
     /// port, the port went into its grace period).
     pub(crate) fn unregister(&self, name: &str, registration: &Registration) {
         {
-            let mut inner = self.lock();
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             if let Some(slots) = inner.sessions.get_mut(name) {
-                slots.retain(|slot| slot.id != registration.id);
+                if let Some(at) = slots.iter().position(|slot| slot.id == registration.id) {
+                    inner.counts.remove(slots.remove(at).credential);
+                }
                 if slots.is_empty() {
                     inner.sessions.remove(name);
                 }

@@ -185,9 +185,9 @@ async fn session_and_service_caps_hold_and_a_replacement_is_not_a_new_session() 
     let registry = Registry::new(GRACE, caps);
     let join = |name: &'static str, kind| registry.register(name, kind, opener().0, 1, HANDOVER);
     let a = join("a", CredentialKind::Shared).await.unwrap();
-    join("b", CredentialKind::Shared).await.unwrap();
+    let b = join("b", CredentialKind::Shared).await.unwrap();
     assert_eq!(join("c", CredentialKind::Shared).await.unwrap_err(), Full::SharedSessions(2));
-    join("w", CredentialKind::PerClient).await.unwrap();
+    let w = join("w", CredentialKind::PerClient).await.unwrap();
     assert_eq!(join("x", CredentialKind::PerClient).await.unwrap_err(), Full::Sessions(3));
     // A second replica is a new session: the caps apply to it.
     let replica = registry.register("w", CredentialKind::PerClient, opener().0, 2, HANDOVER);
@@ -204,4 +204,17 @@ async fn session_and_service_caps_hold_and_a_replacement_is_not_a_new_session() 
     registry.expose("a", a2.id, "two").unwrap();
     registry.expose("a", a2.id, "two").unwrap();
     assert_eq!(registry.expose("a", a2.id, "three"), Err(2));
+    // The replacement left the counts as they were (the old "a" let go once, not twice)...
+    assert_eq!(join("x", CredentialKind::PerClient).await.unwrap_err(), Full::Sessions(3));
+    // ...and a session that ends makes room of its kind.
+    registry.unregister("b", &b);
+    let c = join("c", CredentialKind::Shared).await.unwrap();
+    assert_eq!(join("x", CredentialKind::PerClient).await.unwrap_err(), Full::Sessions(3));
+    assert_eq!(join("d", CredentialKind::Shared).await.unwrap_err(), Full::Sessions(3));
+    registry.unregister("w", &w);
+    assert_eq!(join("d", CredentialKind::Shared).await.unwrap_err(), Full::SharedSessions(2));
+    registry.unregister("c", &c);
+    join("x", CredentialKind::PerClient).await.unwrap();
+    join("y", CredentialKind::Shared).await.unwrap();
+    assert_eq!(join("z", CredentialKind::PerClient).await.unwrap_err(), Full::Sessions(3));
 }
