@@ -1,7 +1,9 @@
 //! Processes killed with SIGKILL mid-transfer. A killed process cannot say anything to the
-//! sockets it held (the kernel closes them with a FIN), so what must hold is on the far side:
-//! the endpoint whose tunnel peer is still alive sees an error, never a clean end of a
-//! truncated stream, and the tunnel recovers when the killed side is restarted.
+//! sockets it held: the kernel closes them, with a FIN unless the socket was set to reset on
+//! close, as the server's visitor connections are while a visit is carried. So what must
+//! hold: the endpoint whose tunnel peer is still alive sees an error, a visitor of a killed
+//! server sees a reset, never a clean end of a truncated stream, and the tunnel recovers
+//! when the killed side is restarted.
 
 #[path = "../../tunnel-core/tests/common/mod.rs"]
 mod common;
@@ -59,6 +61,69 @@ async fn killing_the_client_mid_download_errors_the_visitor() {
     let (rest, reset) = tokio::time::timeout(PATIENCE, drain(&mut visitor)).await.expect("visitor hung");
     assert!(reset, "visitor saw no reset after {rest} more bytes of {len}: silent truncation");
     assert_eq!(server.cli.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_client_mid_upload_resets_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let mut client = connect(&server, &["--token", TOKEN, "-R", &format!("127.0.0.1:0:{target_addr}")], &[]);
+    let port = public_port(&client.line_after("remote forward ready: ").await);
+    let uploader = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+        let mut pattern = Pattern::new(11);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            pattern.fill(&mut buf);
+            if tcp.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (mut received, _) = target.accept().await.unwrap();
+    read_intact_prefix(&mut received, 11, 4 * MIB).await;
+    // The client has nothing unread from the target: without a reset set on its socket, the
+    // kernel would end it with a FIN, and the target would take the upload for complete.
+    client.kill_hard().await;
+    let (rest, reset) = tokio::time::timeout(PATIENCE, drain(&mut received)).await.expect("target hung");
+    assert!(reset, "the target of a killed client read a clean end after {rest} more bytes");
+    uploader.abort();
+    assert_eq!(server.cli.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_answer_resets_a_visitor_whose_request_was_all_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    // Reads each request to its end, answers part of it and holds the rest back.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let origin = tokio::spawn(async move {
+        let (mut tcp, _) = target.accept().await.unwrap();
+        let mut request = Vec::new();
+        tcp.read_to_end(&mut request).await.unwrap();
+        tcp.write_all(b"part of the answer").await.unwrap();
+        std::future::pending::<()>().await;
+        drop(tcp);
+    });
+    let mut client = connect(&server, &["--token", TOKEN, "-R", &format!("127.0.0.1:0:{target_addr}")], &[]);
+    let port = public_port(&client.line_after("remote forward ready: ").await);
+
+    let mut visitor = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+    visitor.write_all(b"the whole request").await.unwrap();
+    visitor.shutdown().await.unwrap();
+    let mut part = [0u8; 18];
+    tokio::time::timeout(PATIENCE, visitor.read_exact(&mut part)).await.unwrap().unwrap();
+    assert_eq!(&part, b"part of the answer");
+    // The server has read everything the visitor sent: without a reset set on its socket, the
+    // kernel would close it with a FIN, and the visitor would take the part for the answer.
+    server.cli.kill_hard().await;
+    let (rest, reset) = tokio::time::timeout(PATIENCE, drain(&mut visitor)).await.expect("visitor hung");
+    assert!(reset, "the visitor of a killed server read a clean end after {rest} more bytes");
+    origin.abort();
+    client.kill_hard().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,50 @@ async fn a_tcp_route_served_by_a_handler_sees_each_visitor_and_is_cut_when_the_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_mid_answer_resets_its_visitors_even_after_their_own_end_arrived() {
+    let server = start_server(|_| {}).await;
+    let (read_all_tx, mut read_all) = mpsc::unbounded_channel();
+    // Reads the visitor to its end, answers part, then holds the rest back until cut.
+    let slow = StreamHandler::new("slow", move |mut visitor: Visitor| {
+        let read_all = read_all_tx.clone();
+        async move {
+            let mut request = Vec::new();
+            visitor.read_to_end(&mut request).await.unwrap();
+            visitor.write_all(b"part of the answer").await.unwrap();
+            visitor.flush().await.unwrap();
+            let _ = read_all.send(());
+            std::future::pending::<()>().await;
+        }
+    });
+    let mut config = server.client_config("dropped", &[]);
+    config.remotes = vec![RemoteForwardSpec::new(0, slow)];
+    config.connections = 1;
+    let mut client = start_client(config);
+    let forwards = client.connected().await;
+
+    let mut visitors = Vec::new();
+    for _ in 0..8 {
+        let mut visitor = TcpStream::connect(forwards[0].public_addr).await.unwrap();
+        visitor.write_all(b"the whole request").await.unwrap();
+        visitor.shutdown().await.unwrap();
+        visitors.push(visitor);
+    }
+    for _ in 0..8 {
+        tokio::time::timeout(PATIENCE, read_all.recv()).await.unwrap().unwrap();
+    }
+    // An embedder drops the client (its task, as a crash would): the streams' ends must not
+    // reach the visitors as clean ends, since the answers were cut short.
+    client.task.abort();
+    for mut visitor in visitors {
+        let mut got = Vec::new();
+        let ended = tokio::time::timeout(PATIENCE, visitor.read_to_end(&mut got)).await.unwrap();
+        let err = ended.expect_err("a visitor of a dropped client read a clean end of a cut answer");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_ends_a_visitor_in_order_by_dropping_it_or_with_a_reset_by_resetting_it() {
     let server = start_server(|_| {}).await;
     let dropper = StreamHandler::new("dropper", |mut visitor: Visitor| async move {

@@ -175,6 +175,9 @@ pub(super) async fn handle(
             return tracing::warn!(%visitor, %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
         }
     };
+    // Until the stream has ended in order, a close resets, also when this process dies: a
+    // target must not take a cut upload for a whole one.
+    transport::reset_on_close(&tcp);
     if let Some(header) = proxy_header {
         if let Err(err) = tcp.write_all(&header).await {
             return tracing::warn!(%visitor, %target, "{via}: cannot write the PROXY header: {err}");
@@ -194,9 +197,9 @@ pub(super) async fn handle(
             }
         },
     };
-    if failed {
-        // The tunnel side broke: the target must see an error, not an orderly end of stream.
-        transport::reset_on_close(&tcp);
+    if !failed {
+        // Both ends were carried in order; a broken tunnel side keeps the reset.
+        transport::close_in_order(&tcp);
     }
 }
 
@@ -229,15 +232,17 @@ async fn visit_network(
         }
     };
     let _ = transport::configure_tcp(&tcp);
+    // As for a forward's target: a close resets until the visit has ended in order.
+    transport::reset_on_close(&tcp);
     if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
-        return transport::reset_on_close(&tcp);
+        return;
     }
     match splice_with(&mut stream, &mut tcp, SpliceLimits::default()).await {
-        Ok(stats) => tracing::trace!(%visitor, %target, %from, ?stats, "network visit done"),
-        Err(err) => {
-            tracing::debug!(%visitor, %target, %from, "network visit failed: {err}");
-            transport::reset_on_close(&tcp);
+        Ok(stats) => {
+            tracing::trace!(%visitor, %target, %from, ?stats, "network visit done");
+            transport::close_in_order(&tcp);
         }
+        Err(err) => tracing::debug!(%visitor, %target, %from, "network visit failed: {err}"),
     }
 }
 

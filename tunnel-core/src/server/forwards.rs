@@ -363,6 +363,11 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier, stop: Cancell
 async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member: Member, _place: Place) {
     let route = carrier.kind;
     let _ = transport::configure_tcp(&tcp);
+    // Until the visit has ended in order, a close resets: when this process dies mid-visit
+    // (SIGKILL, the OOM killer), the kernel then resets the visitor's connection instead of
+    // ending it with a FIN, which a visitor whose request was all sent would take for the
+    // complete answer.
+    transport::reset_on_close(&tcp);
     let mut stream = match member.opener.open().await {
         Ok(stream) => stream,
         Err(err) => {
@@ -396,8 +401,8 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member
             }
         },
     };
-    if failed {
-        // The tunnel side broke: the visitor must see an error, not an orderly end of stream.
-        transport::reset_on_close(&tcp);
+    if !failed {
+        // Both ends were carried in order; a broken tunnel side keeps the reset.
+        transport::close_in_order(&tcp);
     }
 }
