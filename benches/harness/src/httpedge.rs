@@ -72,7 +72,7 @@ impl Front {
 }
 
 pub fn run(args: HttpEdgeArgs) -> Result<()> {
-    let open_files = crate::procs::raise_open_files();
+    let open_files = crate::procs::raise_open_files(0);
     let work = tempfile::tempdir()?;
     let origin = start_nginx(work.path())?;
     let tunnel = start_tunnel(&args.tunnel_cli, work.path(), origin.addr, args.idle)?;

@@ -4,12 +4,15 @@
 //! `benches/run.sh` installs what is needed and runs both; see `docs/benchmarks.md`.
 
 mod apps;
+mod fleet;
 mod httpedge;
 mod link;
 mod longlink;
 mod probe;
 mod procs;
 mod report;
+mod sessions;
+mod soak;
 mod socks;
 mod subjects;
 
@@ -42,6 +45,12 @@ enum Command {
     LongLink(longlink::LongLinkArgs),
     /// Downloads through a SOCKS5 proxy into a routed network against a local forward, same run.
     Socks(socks::SocksArgs),
+    /// 10,000 TLS sessions held by one server: memory, CPU per handshake, and the way back
+    /// after the server is killed and started again.
+    Sessions(sessions::SessionsArgs),
+    /// Checked streams through clients and servers restarted at random; memory and
+    /// descriptors over time.
+    Soak(soak::SoakArgs),
     /// An echo server for the probes (started by `loopback`); prints its address.
     Echo {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -86,12 +95,14 @@ fn main() -> Result<()> {
         Command::HttpEdge(args) => httpedge::run(args),
         Command::LongLink(args) => longlink::run(args),
         Command::Socks(args) => socks::run(args),
+        Command::Sessions(args) => sessions::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::Echo { listen } => echo(listen),
     }
 }
 
 fn loopback(args: LoopbackArgs) -> Result<()> {
-    let open_files = procs::raise_open_files();
+    let open_files = procs::raise_open_files(0);
     let tools = Tools {
         tunnel_cli: args.tunnel_cli.clone(),
         rathole: args.peers.join("rathole"),
@@ -274,7 +285,7 @@ fn start_targets(work: &std::path::Path) -> Result<(Targets, Vec<Proc>)> {
 
 /// Echoes every connection until it closes; many connections, small buffers.
 fn echo(listen: SocketAddr) -> Result<()> {
-    procs::raise_open_files();
+    procs::raise_open_files(0);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;

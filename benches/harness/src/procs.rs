@@ -180,13 +180,19 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Raises this process's open-file limit to its hard limit (children inherit it); returns it.
-pub fn raise_open_files() -> u64 {
+/// Raises this process's open-file limit (children inherit it) to its hard limit, or to `want`
+/// if that is more and the hard limit may be lifted (root); returns the limit now in force.
+pub fn raise_open_files(want: u64) -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `limit` is a valid rlimit for getrlimit/setrlimit to read and write.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 1024;
+        }
+        let top = want.max(limit.rlim_max);
+        let wanted = libc::rlimit { rlim_cur: top, rlim_max: top };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return wanted.rlim_cur;
         }
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
