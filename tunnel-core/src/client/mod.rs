@@ -284,13 +284,6 @@ impl Client {
         current: &watch::Sender<Option<StreamOpener>>,
     ) -> Result<(), Failure> {
         let Session { control, mut messages, opener, mut incoming, driver } = session;
-        // Cancelled when this returns or is dropped: cuts the streams being served. Declared
-        // before the session's tasks so that, when the whole client is dropped, the connections
-        // go first: a stream dropped while its connection still runs ends with a FIN, and a
-        // visitor whose own FIN was in would read a clean end where data was missing. With the
-        // connections gone first, the server resets the visitors instead.
-        let owned = CancellationToken::new();
-        let _cut_streams_on_exit = owned.clone().drop_guard();
         let mut driver = OwnedTask::spawn(driver);
         let ended = |end: Result<SessionEnd, tokio::task::JoinError>| {
             classify_end(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())))
@@ -330,6 +323,8 @@ impl Client {
         // The session's other connections, kept by a task of their own; dropped with it.
         let first = (link, wire, &lane_key, &streams, protocol);
         let mut lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
+        let owned = CancellationToken::new();
+        let _cut_streams_on_exit = owned.clone().drop_guard();
         // Cancelled when this client drains: HTTP streams close after the request in flight.
         let draining = CancellationToken::new();
         loop {
