@@ -46,6 +46,21 @@ async fn read_intact_prefix(tcp: &mut TcpStream, seed: u64, len: usize) {
     assert!(got == expected, "the bytes before the kill are corrupted");
 }
 
+/// A visitor of `public` sending pattern `seed` until its connection fails.
+fn upload_forever(public: SocketAddr, seed: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(public).await.unwrap();
+        let mut pattern = Pattern::new(seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            pattern.fill(&mut buf);
+            if tcp.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_client_mid_download_errors_the_visitor() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,17 +86,7 @@ async fn killing_the_client_mid_upload_resets_the_target() {
     let target_addr = target.local_addr().unwrap();
     let mut client = connect(&server, &["--token", TOKEN, "-R", &format!("127.0.0.1:0:{target_addr}")], &[]);
     let port = public_port(&client.line_after("remote forward ready: ").await);
-    let uploader = tokio::spawn(async move {
-        let mut tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
-        let mut pattern = Pattern::new(11);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            pattern.fill(&mut buf);
-            if tcp.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-    });
+    let uploader = upload_forever(SocketAddr::from(([127, 0, 0, 1], port)), 11);
     let (mut received, _) = target.accept().await.unwrap();
     read_intact_prefix(&mut received, 11, 4 * MIB).await;
     // The client has nothing unread from the target: without a reset set on its socket, the
@@ -142,17 +147,7 @@ async fn killing_the_server_mid_upload_errors_the_target_and_a_restart_recovers(
     let assigned = public_port(&client.line_after("remote forward ready: ").await);
     let public = SocketAddr::from(([127, 0, 0, 1], assigned));
 
-    let uploader = tokio::spawn(async move {
-        let mut tcp = TcpStream::connect(public).await.unwrap();
-        let mut pattern = Pattern::new(9);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            pattern.fill(&mut buf);
-            if tcp.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-    });
+    let uploader = upload_forever(public, 9);
     let (mut received, _) = target.accept().await.unwrap();
     read_intact_prefix(&mut received, 9, 4 * MIB).await;
     server.cli.kill_hard().await;
