@@ -295,7 +295,7 @@ fn section(f: &Figures, header: &str) -> String {
          with `limits.max_unauthenticated` {pending}.\n\n",
         n = f.sessions,
         c = f.connections,
-        pending = f.max_unauthenticated.map_or("at its default (256)".to_owned(), |p| format!("= {p}")),
+        pending = f.max_unauthenticated.map_or("at its default".to_owned(), |p| format!("= {p}")),
     ));
     out.push_str("| measure | value |\n|---|---|\n");
     let rows = [
