@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use tunnel_core::client::default_connections;
+
 use crate::fleet::{self, Running, Server};
 use crate::procs::{self, Usage};
 use crate::report;
@@ -228,7 +230,7 @@ async fn soak(args: &SoakArgs) -> Result<(Tally, Chaos, Vec<Sample>, Duration)> 
     let clients = {
         let restarted = restarted.lock().unwrap_or_else(|e| e.into_inner());
         (0..args.clients)
-            .map(|index| fleet::client(index, &[&steady, &restarted], fleet_connections()))
+            .map(|index| fleet::client(index, &[&steady, &restarted], default_connections()))
             .collect::<Result<Vec<_>>>()?
     };
     let mut members = Vec::with_capacity(args.clients);
@@ -312,11 +314,6 @@ async fn soak(args: &SoakArgs) -> Result<(Tally, Chaos, Vec<Sample>, Duration)> 
     Ok((tally, chaos, samples, elapsed))
 }
 
-/// The connections per session a client of this machine uses by default.
-fn fleet_connections() -> usize {
-    tunnel_core::client::default_connections()
-}
-
 /// Until `end`, at random intervals: restarts a client (half the time draining it, half the
 /// time cutting it off as a crash would), or kills the restartable server and starts it again.
 async fn make_chaos(
@@ -355,7 +352,7 @@ async fn make_chaos(
             tokio::time::sleep(pause).await;
             let client = {
                 let server = restarted.lock().unwrap_or_else(|e| e.into_inner());
-                fleet::client(member.index, &[&steady, &server], fleet_connections())?
+                fleet::client(member.index, &[&steady, &server], default_connections())?
             };
             let running = Running::start(client).await;
             *member.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(running);
@@ -395,7 +392,7 @@ fn section(
          off (task aborted) and restarted: {}; the second server killed (SIGKILL) and started \
          again: {}.\n\n",
         args.clients,
-        fleet_connections(),
+        default_connections(),
         args.streams,
         args.max_bytes / 1024,
         elapsed.as_secs_f64(),
