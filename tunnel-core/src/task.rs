@@ -36,3 +36,10 @@ impl<T> Drop for OwnedTask<T> {
         self.0.abort();
     }
 }
+
+/// The value out of its box, the box freed now. Moving out with `*boxed` frees the box only
+/// where `boxed` goes out of scope, which in an async function is its end: the allocation would
+/// be held as long as the function runs.
+pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}

@@ -17,7 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tls", &["auth", "fs"]),
     ("transport", &["auth", "log", "proto", "tls"]),
     ("mux", &["transport"]),
-    ("session", &["auth", "log", "metrics", "mux", "proto", "transport"]),
+    ("session", &["auth", "log", "metrics", "mux", "proto", "task", "transport"]),
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("socks", &["proto"]),
     ("udp", &["log", "proto", "socks"]),

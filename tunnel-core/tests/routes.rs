@@ -201,7 +201,7 @@ fn tcp_entry(id: u64, port: u16) -> RouteEntry {
     RouteEntry { id: RouteId(id), kind: RouteKind::Tcp { bind: None, port, preferred_port: 0 } }
 }
 
-type Control = (tunnel_core::session::ControlSender, tokio::sync::mpsc::Receiver<ControlMessage>);
+type Control = (tunnel_core::session::ControlSender, tunnel_core::session::ControlMessages);
 
 async fn table(
     session: &mut Control,

@@ -454,7 +454,7 @@ impl Client {
     async fn first_answer(
         &self,
         control: &crate::session::ControlSender,
-        messages: &mut tokio::sync::mpsc::Receiver<ControlMessage>,
+        messages: &mut crate::session::ControlMessages,
         table: &routes::Table,
         offer: &mut Option<(u64, u8)>,
     ) -> Result<Vec<crate::proto::RouteResult>, Failure> {

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
+use futures::channel::mpsc;
 
 use super::openers::fewest;
 use super::{IncomingStreams, StreamOpener};
@@ -16,6 +16,8 @@ use super::{IncomingStreams, StreamOpener};
 pub(super) struct Bundle {
     lanes: Mutex<Vec<StreamOpener>>,
     /// Where a joining connection's inbound queue goes: the first connection's queue reads it.
+    /// A queue that allocates per entry: most sessions never see one, and a tokio channel
+    /// takes most of a KiB up front.
     joined: mpsc::UnboundedSender<IncomingStreams>,
     /// Bytes received and sent by connections that have left the bundle.
     gone: (AtomicU64, AtomicU64),
@@ -36,7 +38,7 @@ impl Bundle {
         }
         lanes.push(lane);
         // The first connection's queue is gone only with its session, which ends the lane too.
-        let _ = self.joined.send(incoming);
+        let _ = self.joined.unbounded_send(incoming);
         true
     }
 

@@ -23,7 +23,7 @@ pub struct MuxDriver {
     /// `None` once every opener is gone (no more commands can arrive).
     pub(super) commands: Option<mpsc::Receiver<Command>>,
     pub(super) pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>>,
-    pub(super) incoming: mpsc::Sender<Box<MuxStream>>,
+    pub(super) incoming: futures::channel::mpsc::Sender<MuxStream>,
     pub(super) inbound_permits: Arc<Semaphore>,
     pub(super) closing: bool,
     /// Inbound streams reset for exceeding a limit; logged sparsely so a flood cannot flood logs.
@@ -90,8 +90,7 @@ impl MuxDriver {
         } else {
             match self.inbound_permits.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    match self.incoming.try_send(Box::new(MuxStream::new(stream, permit, self.link.clone())))
-                    {
+                    match self.incoming.try_send(MuxStream::new(stream, permit, self.link.clone())) {
                         Ok(()) => return Ok(()),
                         Err(_) => "inbound stream queue full or closed",
                     }

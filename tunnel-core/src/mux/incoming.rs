@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use futures::channel::mpsc;
+use futures::StreamExt;
 
 use super::MuxStream;
 
@@ -11,9 +12,9 @@ use super::MuxStream;
 /// over several connections, from all of them).
 #[derive(Debug)]
 pub struct IncomingStreams {
-    /// Boxed: a channel allocates room for 32 entries up front, whatever the traffic, and an
-    /// idle session should not hold 32 streams' worth of it.
-    pub(super) rx: mpsc::Receiver<Box<MuxStream>>,
+    /// A queue that allocates per stream: a tokio channel allocates room for 32 entries and
+    /// half a KiB of its own up front, whatever the traffic, which every idle session would hold.
+    pub(super) rx: mpsc::Receiver<MuxStream>,
     /// Streams taken out of order (see [`IncomingStreams::take_stream`]), delivered first.
     pub(super) held: VecDeque<MuxStream>,
     /// The queues of connections joining this one's session ([`super::StreamOpener::join`]).
@@ -25,7 +26,7 @@ pub struct IncomingStreams {
 
 impl IncomingStreams {
     pub(super) fn new(
-        rx: mpsc::Receiver<Box<MuxStream>>,
+        rx: mpsc::Receiver<MuxStream>,
         joined: mpsc::UnboundedReceiver<IncomingStreams>,
     ) -> Self {
         Self { rx, held: VecDeque::new(), joined, lanes: Vec::new(), turn: 0 }
@@ -40,7 +41,7 @@ impl IncomingStreams {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<MuxStream>> {
-        while let Poll::Ready(Some(lane)) = self.joined.poll_recv(cx) {
+        while let Poll::Ready(Some(lane)) = self.joined.poll_next_unpin(cx) {
             self.lanes.push(lane);
         }
         if let Some(stream) = self.held.pop_front() {
@@ -54,16 +55,16 @@ impl IncomingStreams {
         for k in 0..queues {
             let at = (self.turn + k) % queues;
             let polled = match at {
-                0 => match self.rx.poll_recv(cx) {
+                0 => match self.rx.poll_next_unpin(cx) {
                     // The session's first connection has ended: so has the session.
                     Poll::Ready(None) => return Poll::Ready(None),
-                    polled => polled.map(|stream| stream.map(|stream| *stream)),
+                    polled => polled,
                 },
                 lane => {
                     let lane = &mut self.lanes[lane - 1];
                     match lane.held.pop_front() {
                         Some(stream) => Poll::Ready(Some(stream)),
-                        None => lane.rx.poll_recv(cx).map(|stream| stream.map(|stream| *stream)),
+                        None => lane.rx.poll_next_unpin(cx),
                     }
                 }
             };
@@ -93,7 +94,7 @@ impl IncomingStreams {
     /// does not order frames across streams, so the peer's first stream may not arrive first.
     pub async fn take_stream(&mut self, id: u32, max_held: usize) -> Option<MuxStream> {
         loop {
-            let mut stream = *self.rx.recv().await?;
+            let mut stream = self.rx.next().await?;
             if stream.id() == id {
                 stream.acknowledge().await;
                 return Some(stream);

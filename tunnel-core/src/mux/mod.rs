@@ -128,8 +128,9 @@ fn start_with(
     let io = WatchedIo { inner: Box::new(JoinWrites::new(io)), link: link.clone() };
     let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
     let (commands_tx, commands_rx) = mpsc::channel(64);
-    let (incoming_tx, incoming_rx) = mpsc::channel(256);
-    let (joined_tx, joined_rx) = mpsc::unbounded_channel();
+    // 256 in all: the sender's own place and 255 more.
+    let (incoming_tx, incoming_rx) = futures::channel::mpsc::channel(255);
+    let (joined_tx, joined_rx) = futures::channel::mpsc::unbounded();
     let opener = StreamOpener {
         commands: commands_tx,
         permits,

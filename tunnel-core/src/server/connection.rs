@@ -108,29 +108,32 @@ pub(super) async fn handle(
         () = stop.cancelled() => return,
     };
     drop(admission);
-    match established {
-        Ok(Ok((session, client, websocket, joined))) => {
-            // Sessions, as the client counts them: a connection joining one is not another.
-            if websocket && joined.is_none() {
-                shared.metrics.websocket_upgrade();
-            }
-            match joined {
-                Some(first) => super::lanes::run(shared, session, client, first, peer, stop).await,
-                None => super::session::run(shared, session, client, config, peer, stop).await,
-            }
-        }
+    // Taken whole, not by parts: a value moved out in parts keeps its room in this task's
+    // state for as long as the session runs.
+    let (session, client, websocket, joined) = match established {
+        Ok(Ok(parts)) => parts,
         Ok(Err(err)) => {
             shared.metrics.handshake_failed(err.reason());
             if crate::log::HANDSHAKE_FAILURES.allow() {
                 tracing::info!(%peer, "handshake failed: {}", crate::log::Escaped(&crate::log::Chain(&err).to_string()))
             }
+            return;
         }
         Err(_) => {
             shared.metrics.handshake_failed("timeout");
             if crate::log::HANDSHAKE_FAILURES.allow() {
                 tracing::info!(%peer, "handshake timed out after {:?}", config.handshake_timeout)
             }
+            return;
         }
+    };
+    // Sessions, as the client counts them: a connection joining one is not another.
+    if websocket && joined.is_none() {
+        shared.metrics.websocket_upgrade();
+    }
+    match joined {
+        Some(first) => super::lanes::run(shared, session, client, first, peer, stop).await,
+        None => super::session::run(shared, Box::new(session), Box::new(client), config, peer, stop).await,
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use futures::channel::mpsc;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::SessionId;
@@ -141,8 +142,10 @@ impl Directory {
     ) -> Listed<'_> {
         let (revoke, table_version) = (CancellationToken::new(), Arc::new(AtomicU64::new(0)));
         let routes = Arc::default();
-        // Reloads run one at a time, each waiting for its round: one request at a time.
-        let (recheck, rechecks) = mpsc::channel(1);
+        // Reloads run one at a time, each waiting for its round: one request at a time. A
+        // queue that allocates per request: a tokio channel takes a KiB up front, held by
+        // every session for the rare reload.
+        let (recheck, rechecks) = mpsc::channel(0);
         let entry = Entry {
             name: client.name.clone(),
             peer,

@@ -66,7 +66,7 @@ impl Server {
         let withdrawn = futures::future::join_all(sessions.iter().map(|(name, session)| async move {
             let (done, answer) = oneshot::channel();
             let asked = async {
-                session.send(Recheck::Withdraw(done)).await.ok()?;
+                futures::SinkExt::send(&mut session.clone(), Recheck::Withdraw(done)).await.ok()?;
                 answer.await.ok()
             };
             match tokio::time::timeout(RECHECK_TIMEOUT, asked).await {
@@ -85,7 +85,12 @@ impl Server {
         shared.registry.drop_reservations(|port, owner| policy.port_owner(port).is_none_or(|o| o == owner));
         futures::future::join_all(sessions.iter().map(|(_, session)| async move {
             let (done, answer) = oneshot::channel();
-            let asked = async { session.send(Recheck::Reapply(done)).await.ok().map(|()| answer) };
+            let asked = async {
+                futures::SinkExt::send(&mut session.clone(), Recheck::Reapply(done))
+                    .await
+                    .ok()
+                    .map(|()| answer)
+            };
             if let Ok(Some(answer)) = tokio::time::timeout(RECHECK_TIMEOUT, asked).await {
                 let _ = tokio::time::timeout(RECHECK_TIMEOUT, answer).await;
             }

@@ -18,15 +18,18 @@ use crate::session::{Session, SessionEnd};
 use crate::task::OwnedTask;
 
 /// Runs the session of `client`, authenticated under `accepted_under`, until it ends.
+///
+/// The session and client come boxed: an async function's arguments stay in its state beside
+/// the locals made of them, and this state lives as long as the session.
 pub(super) async fn run(
     shared: Arc<Shared>,
-    session: Session,
-    client: AuthenticatedClient,
+    session: Box<Session>,
+    client: Box<AuthenticatedClient>,
     accepted_under: Arc<ServerConfig>,
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    let Session { control, mut messages, opener, mut incoming, driver } = session;
+    let Session { control, mut messages, opener, mut incoming, driver } = crate::task::unbox(session);
     let name = client.name.clone();
     let mut driver = OwnedTask::spawn(driver);
     let (let_go, replicas) = {
@@ -115,18 +118,20 @@ pub(super) async fn run(
                     }
                     continue;
                 }
-                if let Err(reason) = routes.handle(message, &control).await {
+                // The route awaits are boxed, here and below: each is rare and large, and
+                // room for it inline would be held by every session all its life.
+                if let Err(reason) = Box::pin(routes.handle(message, &control)).await {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
                     finish(&mut driver, goodbye()).await;
                     break Ending::Ended(SessionEnd::ProtocolError(reason));
                 }
             }
-            Some(recheck) = listed.rechecks.recv() => match recheck {
+            Some(recheck) = futures::StreamExt::next(&mut listed.rechecks) => match recheck {
                 Recheck::Withdraw(done) => {
-                    let _ = done.send(routes.withdraw(&control).await);
+                    let _ = done.send(Box::pin(routes.withdraw(&control)).await);
                 }
                 Recheck::Reapply(done) => {
-                    routes.reapply(&control).await;
+                    Box::pin(routes.reapply(&control)).await;
                     let _ = done.send(());
                 }
             },
@@ -179,7 +184,7 @@ pub(super) async fn run(
     // No connection joins an ending session; those that did end with it.
     drop(joining);
     // Close public listeners and cut visitors first, then hand the ports to the grace period.
-    routes.close().await;
+    Box::pin(routes.close()).await;
     shared.registry.unregister(&name, &registration);
     let end = match ending {
         Ending::Ended(end) => end,

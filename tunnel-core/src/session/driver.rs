@@ -66,6 +66,30 @@ enum Outgoing {
 /// Control messages received and not yet taken by the session's owner.
 const MESSAGE_QUEUE: usize = 8;
 
+/// Control messages from the peer, in the order they came; heartbeats are handled inside and
+/// never appear here.
+#[derive(Debug)]
+pub struct ControlMessages(
+    /// A queue that allocates per message: a tokio channel allocates room for 32 entries and
+    /// half a KiB of its own up front, which every idle session would hold.
+    futures::channel::mpsc::Receiver<ControlMessage>,
+);
+
+impl ControlMessages {
+    /// The next message; `None` once the session has ended and every message was taken.
+    pub async fn recv(&mut self) -> Option<ControlMessage> {
+        futures::StreamExt::next(&mut self.0).await
+    }
+}
+
+/// Messages from a queue of the program's own: for one that stands between a session and the
+/// code reading its messages (to filter or log them), and puts this in the session's place.
+impl From<futures::channel::mpsc::Receiver<ControlMessage>> for ControlMessages {
+    fn from(queue: futures::channel::mpsc::Receiver<ControlMessage>) -> Self {
+        Self(queue)
+    }
+}
+
 /// Sends control messages on a session and closes it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ControlSender {
@@ -161,36 +185,38 @@ pub(super) fn start(
     opener: StreamOpener,
     control: MuxStream,
     config: &SessionConfig,
-) -> (ControlSender, mpsc::Receiver<ControlMessage>, SessionDriver) {
+) -> (ControlSender, ControlMessages, SessionDriver) {
     let (out_tx, out_rx) = mpsc::channel(64);
     // Few: a message may be a whole route table, and the peer sends them one at a time.
-    let (msg_tx, msg_rx) = mpsc::channel(MESSAGE_QUEUE);
+    let (msg_tx, msg_rx) = futures::channel::mpsc::channel(MESSAGE_QUEUE);
     let rtt = Arc::new(Mutex::new(None));
     let sender = ControlSender { tx: out_tx.clone(), rtt: rtt.clone() };
-    let config = config.clone();
-    let driver = SessionDriver(Box::pin(run(mux, opener, control, config, out_tx, out_rx, msg_tx, rtt)));
-    (sender, msg_rx, driver)
+    let parts = Box::new(Parts { mux, opener, control, config: config.clone(), out_tx, out_rx, msg_tx, rtt });
+    let driver = SessionDriver(Box::pin(run(parts)));
+    (sender, ControlMessages(msg_rx), driver)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    mut mux: MuxDriver,
+/// What the driver starts from. Handed over boxed: an async function's arguments stay in its
+/// state beside the locals made of them, and this state lives as long as the session.
+struct Parts {
+    mux: MuxDriver,
     opener: StreamOpener,
     control: MuxStream,
     config: SessionConfig,
     out_tx: mpsc::Sender<Box<Outgoing>>,
     out_rx: mpsc::Receiver<Box<Outgoing>>,
-    msg_tx: mpsc::Sender<ControlMessage>,
+    msg_tx: futures::channel::mpsc::Sender<ControlMessage>,
     rtt: Arc<Mutex<Option<Duration>>>,
-) -> SessionEnd {
+}
+
+async fn run(parts: Box<Parts>) -> SessionEnd {
+    let Parts { mut mux, opener, control, config, out_tx, out_rx, msg_tx, rtt } = crate::task::unbox(parts);
     let (reader, writer) = tokio::io::split(control);
     let last_seen = LastSeen(Arc::new(Mutex::new(Instant::now())), opener.clone());
-    let (pong_tx, pong_rx) = mpsc::channel(4);
     let pings = Arc::new(Mutex::new(None::<(u64, Instant)>));
 
     let rtt = Rtt { last: rtt, metrics: config.metrics.clone() };
-    let read =
-        read_loop(reader, config.max_message_size, last_seen.clone(), msg_tx, pong_tx, pings.clone(), rtt);
+    let max_message_size = config.max_message_size;
     // A zero interval would panic in `tokio::time::interval`, and a timeout no longer than the
     // interval would declare a healthy peer dead: such settings get the default proportions.
     let interval = config.heartbeat_interval.max(super::MIN_HEARTBEAT_INTERVAL);
@@ -198,7 +224,11 @@ async fn run(
         timeout if timeout <= interval => interval.saturating_mul(3),
         timeout => timeout,
     };
-    let write = write_loop(writer, out_rx, pong_rx, interval, pings);
+    // Not kept across the awaits below.
+    drop(config);
+    let read =
+        read_loop(reader, max_message_size, last_seen.clone(), msg_tx, out_tx.clone(), pings.clone(), rtt);
+    let write = write_loop(writer, out_rx, interval, pings);
     let watchdog = watchdog(last_seen, interval.saturating_mul(2), timeout);
     // Keep a sender alive so the writer's queue never reports "closed" while we run.
     let _keep = out_tx;
@@ -217,7 +247,8 @@ async fn run(
                         }
                     });
                     if said.await == Ok(true) {
-                        close_after_peer(mux, std::future::pending(), opener).await;
+                        // Boxed, as below.
+                        Box::pin(close_after_peer(mux, std::future::pending(), opener)).await;
                     }
                 }
                 return SessionEnd::ProtocolError(reason);
@@ -234,7 +265,8 @@ async fn run(
         },
     };
     if end == SessionEnd::Closed {
-        close_after_peer(mux, read, opener).await;
+        // Boxed: once, at the end, rather than room for it in the state every session holds.
+        Box::pin(close_after_peer(mux, read, opener)).await;
     }
     end
 }
@@ -276,8 +308,8 @@ async fn read_loop(
     mut reader: ReadHalf<MuxStream>,
     max_message_size: usize,
     last_seen: LastSeen,
-    messages: mpsc::Sender<ControlMessage>,
-    pongs: mpsc::Sender<u64>,
+    mut messages: futures::channel::mpsc::Sender<ControlMessage>,
+    outgoing: mpsc::Sender<Box<Outgoing>>,
     pings: Arc<Mutex<Option<(u64, Instant)>>>,
     rtt: Rtt,
 ) -> SessionEnd {
@@ -296,7 +328,7 @@ async fn read_loop(
         match message {
             ControlMessage::Ping { nonce } => {
                 // If the writer is backed up, a dropped pong is harmless: any frame is liveness.
-                let _ = pongs.try_send(nonce);
+                let _ = outgoing.try_send(Box::new(Outgoing::Message(ControlMessage::Pong { nonce })));
             }
             ControlMessage::Pong { nonce } => {
                 let sent = *pings.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,7 +340,7 @@ async fn read_loop(
             }
             ControlMessage::Goodbye { code, message } => return SessionEnd::Goodbye { code, message },
             other => {
-                if messages.send(other).await.is_err() {
+                if futures::SinkExt::send(&mut messages, other).await.is_err() {
                     tracing::debug!("control message dropped: nobody is listening");
                 }
             }
@@ -319,13 +351,24 @@ async fn read_loop(
 async fn write_loop(
     mut writer: WriteHalf<MuxStream>,
     mut outgoing: mpsc::Receiver<Box<Outgoing>>,
-    mut pongs: mpsc::Receiver<u64>,
     interval: Duration,
     pings: Arc<Mutex<Option<(u64, Instant)>>>,
 ) -> SessionEnd {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::new();
+    let ping = || {
+        let nonce = rand::random();
+        *pings.lock().unwrap_or_else(|e| e.into_inner()) = Some((nonce, Instant::now()));
+        ControlMessage::Ping { nonce }
+    };
+    // A heartbeat first, whatever is queued already: a connecting peer takes the first frame
+    // for the sign that the control stream is up, and a goodbye in its place would read as a
+    // broken handshake instead of as the reason it gives.
+    ticker.tick().await;
+    if !write_message(&mut writer, &mut buf, &ping()).await {
+        return SessionEnd::PeerGone;
+    }
     loop {
         let message = tokio::select! {
             Some(out) = outgoing.recv() => match *out {
@@ -343,12 +386,7 @@ async fn write_loop(
                     return SessionEnd::Closed;
                 }
             },
-            Some(nonce) = pongs.recv() => ControlMessage::Pong { nonce },
-            _ = ticker.tick() => {
-                let nonce = rand::random();
-                *pings.lock().unwrap_or_else(|e| e.into_inner()) = Some((nonce, Instant::now()));
-                ControlMessage::Ping { nonce }
-            }
+            _ = ticker.tick() => ping(),
         };
         if !write_message(&mut writer, &mut buf, &message).await {
             return SessionEnd::PeerGone;

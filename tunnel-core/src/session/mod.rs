@@ -13,9 +13,7 @@ mod handshake;
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
-pub use driver::{ControlSender, SessionDriver, SessionEnd};
+pub use driver::{ControlMessages, ControlSender, SessionDriver, SessionEnd};
 pub use framed::{FrameError, HeaderError};
 pub use handshake::{client_handshake, read_and_refuse, server_handshake};
 
@@ -118,7 +116,7 @@ pub struct Session {
     /// Sends control messages and closes the session; clone freely.
     pub control: ControlSender,
     /// Control messages from the peer; heartbeats are handled inside and never appear here.
-    pub messages: mpsc::Receiver<ControlMessage>,
+    pub messages: ControlMessages,
     /// Opens data streams toward the peer.
     pub opener: StreamOpener,
     /// Data streams the peer opened.
@@ -306,6 +304,41 @@ mod tests {
         client.control.close(crate::proto::GoodbyeCode::Shutdown, "done").await;
         assert_eq!(client_driver.await.unwrap(), SessionEnd::Closed);
         assert!(matches!(server_driver.await.unwrap(), SessionEnd::Goodbye { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_goodbye_queued_before_the_driver_runs_follows_the_first_heartbeat() {
+        // As a server refusing a session (server full) does: the goodbye is queued before the
+        // driver is first polled. The client must still read the heartbeat first, then the
+        // reason, never a broken handshake. Eight times: the writer's choice among the ready
+        // branches is random.
+        for _ in 0..8 {
+            goodbye_before_the_driver_runs().await;
+        }
+    }
+
+    async fn goodbye_before_the_driver_runs() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let token = Token::new("session-test-token").unwrap();
+        let credentials = Credentials::default().with_shared(token.clone());
+        let config = SessionConfig::default();
+        let server_config = config.clone();
+        let server = tokio::spawn(async move {
+            let binding = ChannelBinding::Plaintext;
+            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
+            let (server, _) = accepted.await.unwrap();
+            server.control.close(crate::proto::GoodbyeCode::ServerFull, "full").await;
+            server.driver.await
+        });
+        let (client, _) = Session::connect(a, &ChannelBinding::Plaintext, "c1", token, &config)
+            .await
+            .expect("the client's handshake failed: the goodbye came before the first heartbeat");
+        let end = client.driver.await;
+        assert!(
+            matches!(&end, SessionEnd::Goodbye { code: crate::proto::GoodbyeCode::ServerFull, message } if message == "full"),
+            "{end:?}"
+        );
+        assert_eq!(server.await.unwrap(), SessionEnd::Closed);
     }
 
     #[tokio::test]

@@ -239,14 +239,14 @@ pub async fn bare_session(server: &TestServer, name: &str, token: &str) -> tunne
 /// `session`, its control messages without the server's offer of more connections
 /// (`ControlMessage::Lanes`), which a client speaking the protocol by hand may ignore.
 pub fn ignoring_lanes(mut session: tunnel_core::session::Session) -> tunnel_core::session::Session {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut messages = std::mem::replace(&mut session.messages, rx);
+    let (mut tx, rx) = futures::channel::mpsc::channel(8);
+    let mut messages = std::mem::replace(&mut session.messages, rx.into());
     tokio::spawn(async move {
         while let Some(message) = messages.recv().await {
             if matches!(message, tunnel_core::proto::ControlMessage::Lanes { .. }) {
                 continue;
             }
-            if tx.send(message).await.is_err() {
+            if futures::SinkExt::send(&mut tx, message).await.is_err() {
                 return;
             }
         }
