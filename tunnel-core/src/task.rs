@@ -40,6 +40,7 @@ impl<T> Drop for OwnedTask<T> {
 /// The value out of its box, the box freed now. Moving out with `*boxed` frees the box only
 /// where `boxed` goes out of scope, which in an async function is its end: the allocation would
 /// be held as long as the function runs.
+#[allow(clippy::boxed_local)] // The box is the point: it is freed here.
 pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
