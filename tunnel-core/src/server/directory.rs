@@ -86,8 +86,13 @@ struct Entry {
     table_version: Arc<AtomicU64>,
     routes: Arc<Mutex<Vec<RouteInfo>>>,
     revoke: CancellationToken,
-    recheck: mpsc::Sender<Recheck>,
+    recheck: RecheckSender,
 }
+
+/// Where reloads ask a session to re-check its routes. One sender, taken in turn: each clone
+/// of a sender would have a place of its own in the queue, and a session stuck for a while
+/// would collect a request per reload.
+pub(super) type RecheckSender = Arc<tokio::sync::Mutex<mpsc::Sender<Recheck>>>;
 
 /// A session's own side of its entry; dropping it takes the entry out.
 pub(super) struct Listed<'d> {
@@ -142,10 +147,11 @@ impl Directory {
     ) -> Listed<'_> {
         let (revoke, table_version) = (CancellationToken::new(), Arc::new(AtomicU64::new(0)));
         let routes = Arc::default();
-        // Reloads run one at a time, each waiting for its round: one request at a time. A
-        // queue that allocates per request: a tokio channel takes a KiB up front, held by
+        // One request at a time: a reload's request waits until the session took the one before.
+        // A queue that allocates per request: a tokio channel takes a KiB up front, held by
         // every session for the rare reload.
         let (recheck, rechecks) = mpsc::channel(0);
+        let recheck = Arc::new(tokio::sync::Mutex::new(recheck));
         let entry = Entry {
             name: client.name.clone(),
             peer,
@@ -207,7 +213,7 @@ impl Directory {
     }
 
     /// Where to ask each session still accepted to re-check its routes, with its name.
-    pub(super) fn rechecks(&self) -> Vec<(String, mpsc::Sender<Recheck>)> {
+    pub(super) fn rechecks(&self) -> Vec<(String, RecheckSender)> {
         self.lock()
             .values()
             .filter(|entry| !entry.revoke.is_cancelled())

@@ -66,7 +66,7 @@ impl Server {
         let withdrawn = futures::future::join_all(sessions.iter().map(|(name, session)| async move {
             let (done, answer) = oneshot::channel();
             let asked = async {
-                futures::SinkExt::send(&mut session.clone(), Recheck::Withdraw(done)).await.ok()?;
+                futures::SinkExt::send(&mut *session.lock().await, Recheck::Withdraw(done)).await.ok()?;
                 answer.await.ok()
             };
             match tokio::time::timeout(RECHECK_TIMEOUT, asked).await {
@@ -86,7 +86,7 @@ impl Server {
         futures::future::join_all(sessions.iter().map(|(_, session)| async move {
             let (done, answer) = oneshot::channel();
             let asked = async {
-                futures::SinkExt::send(&mut session.clone(), Recheck::Reapply(done))
+                futures::SinkExt::send(&mut *session.lock().await, Recheck::Reapply(done))
                     .await
                     .ok()
                     .map(|()| answer)

@@ -65,6 +65,9 @@ enum Outgoing {
 
 /// Control messages received and not yet taken by the session's owner.
 const MESSAGE_QUEUE: usize = 8;
+/// Room left in the writer's queue below which a ping goes unanswered: pongs never take the
+/// room a goodbye or an answer needs. Any frame is liveness, and a full queue is being written.
+const PONG_SPARE: usize = 8;
 
 /// Control messages from the peer, in the order they came; heartbeats are handled inside and
 /// never appear here.
@@ -82,8 +85,9 @@ impl ControlMessages {
     }
 }
 
-/// Messages from a queue of the program's own: for one that stands between a session and the
-/// code reading its messages (to filter or log them), and puts this in the session's place.
+/// Messages from a queue of the program's own, for a program that filters or logs a session's
+/// messages: it reads the session's [`ControlMessages`], passes on what it keeps into such a
+/// queue, and puts this in the session's place for the code that reads them.
 impl From<futures::channel::mpsc::Receiver<ControlMessage>> for ControlMessages {
     fn from(queue: futures::channel::mpsc::Receiver<ControlMessage>) -> Self {
         Self(queue)
@@ -129,9 +133,12 @@ impl ControlSender {
     }
 
     /// Says goodbye with `code` and closes the connection; the driver then ends with
-    /// [`SessionEnd::Closed`].
+    /// [`SessionEnd::Closed`]. A peer that stopped reading can keep the queue of messages for it
+    /// full: after 2 s of that the goodbye is given up, and it is for the caller to end the
+    /// session by dropping (or aborting) its driver.
     pub async fn close(&self, code: GoodbyeCode, message: impl Into<String>) {
-        let _ = self.tx.send(Box::new(Outgoing::Close(code, message.into()))).await;
+        let goodbye = Box::new(Outgoing::Close(code, message.into()));
+        let _ = tokio::time::timeout(CLOSE_PHASE, self.tx.send(goodbye)).await;
     }
 
     /// Latest heartbeat round-trip time, once one was measured.
@@ -188,7 +195,8 @@ pub(super) fn start(
 ) -> (ControlSender, ControlMessages, SessionDriver) {
     let (out_tx, out_rx) = mpsc::channel(64);
     // Few: a message may be a whole route table, and the peer sends them one at a time.
-    let (msg_tx, msg_rx) = futures::channel::mpsc::channel(MESSAGE_QUEUE);
+    // The sender's own place and `MESSAGE_QUEUE - 1` more.
+    let (msg_tx, msg_rx) = futures::channel::mpsc::channel(MESSAGE_QUEUE - 1);
     let rtt = Arc::new(Mutex::new(None));
     let sender = ControlSender { tx: out_tx.clone(), rtt: rtt.clone() };
     let parts = Box::new(Parts { mux, opener, control, config: config.clone(), out_tx, out_rx, msg_tx, rtt });
@@ -328,7 +336,10 @@ async fn read_loop(
         match message {
             ControlMessage::Ping { nonce } => {
                 // If the writer is backed up, a dropped pong is harmless: any frame is liveness.
-                let _ = outgoing.try_send(Box::new(Outgoing::Message(ControlMessage::Pong { nonce })));
+                // Nor may pongs fill the queue, for a peer that pings without reading.
+                if outgoing.capacity() > PONG_SPARE {
+                    let _ = outgoing.try_send(Box::new(Outgoing::Message(ControlMessage::Pong { nonce })));
+                }
             }
             ControlMessage::Pong { nonce } => {
                 let sent = *pings.lock().unwrap_or_else(|e| e.into_inner());

@@ -307,11 +307,56 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn closing_toward_a_peer_that_stopped_reading_gives_up_instead_of_hanging() {
+        // A small pipe and a client whose driver never runs: the server's writes stall once
+        // the pipe is full, and its queue of messages fills behind them.
+        // Heartbeats far apart: the silent client is not declared dead during the test, which
+        // would end the session and free the call for the wrong reason.
+        let (a, b) = tokio::io::duplex(1024);
+        let token = Token::new("session-test-token").unwrap();
+        let credentials = Credentials::default().with_shared(token.clone());
+        let config = SessionConfig {
+            heartbeat_interval: Duration::from_secs(600),
+            heartbeat_timeout: Duration::from_secs(6000),
+            ..SessionConfig::default()
+        };
+        let server_config = config.clone();
+        let server = tokio::spawn(async move {
+            let binding = ChannelBinding::Plaintext;
+            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
+            let (server, _) = accepted.await.unwrap();
+            let Session { control, driver, .. } = server;
+            (control, AbortOnDropHandle::new(tokio::spawn(driver)))
+        });
+        let (_client, _) =
+            Session::connect(a, &ChannelBinding::Plaintext, "c1", token, &config).await.unwrap();
+        let (control, _driver) = server.await.unwrap();
+        let filler = control.clone();
+        let _fill = AbortOnDropHandle::new(tokio::spawn(async move {
+            let message = "x".repeat(4096);
+            loop {
+                let draining =
+                    crate::proto::ControlMessage::Draining { deadline_ms: 1, message: message.clone() };
+                if filler.send(draining).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The goodbye cannot be queued; the call returns, for the caller to drop the driver.
+        let closed = tokio::time::timeout(
+            Duration::from_secs(10),
+            control.close(crate::proto::GoodbyeCode::Shutdown, "bye"),
+        );
+        assert!(closed.await.is_ok(), "close() hung behind a full queue");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_goodbye_queued_before_the_driver_runs_follows_the_first_heartbeat() {
         // As a server refusing a session (server full) does: the goodbye is queued before the
         // driver is first polled. The client must still read the heartbeat first, then the
-        // reason, never a broken handshake. Eight times: the writer's choice among the ready
-        // branches is random.
+        // reason, never a broken handshake. Eight times: were the heartbeat not written first,
+        // the writer's choice between it and the queued goodbye would be random.
         for _ in 0..8 {
             goodbye_before_the_driver_runs().await;
         }
