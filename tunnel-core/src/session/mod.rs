@@ -267,23 +267,39 @@ mod tests {
     use super::*;
     use tokio_util::task::AbortOnDropHandle;
 
-    #[tokio::test(start_paused = true)]
-    async fn zero_heartbeat_settings_are_raised_instead_of_panicking() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
+    /// A client session and a server one over an in-memory pipe of `pipe` bytes, both with
+    /// `config`. The server side is accepted in a task of its own, which then runs `serve` on
+    /// it: the client's connect waits for the server's first heartbeat, which only a running
+    /// server driver sends.
+    async fn pair<T, F>(
+        pipe: usize,
+        config: &SessionConfig,
+        serve: impl FnOnce(Session) -> F + Send + 'static,
+    ) -> (Result<(Session, Established), SessionError>, tokio::task::JoinHandle<T>)
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let (a, b) = tokio::io::duplex(pipe);
         let token = Token::new("session-test-token").unwrap();
         let credentials = Credentials::default().with_shared(token.clone());
+        let server_config = config.clone();
+        let server = tokio::spawn(async move {
+            let binding = ChannelBinding::Plaintext;
+            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
+            serve(accepted.await.unwrap().0).await
+        });
+        (Session::connect(a, &ChannelBinding::Plaintext, "c1", token, config).await, server)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_heartbeat_settings_are_raised_instead_of_panicking() {
         let config = SessionConfig {
             heartbeat_interval: Duration::ZERO,
             heartbeat_timeout: Duration::ZERO,
             ..SessionConfig::default()
         };
-        // The client's connect waits for the server's first heartbeat, which only a running
-        // server driver sends.
-        let server_config = config.clone();
-        let server_driver = tokio::spawn(async move {
-            let binding = ChannelBinding::Plaintext;
-            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
-            let (server, _) = accepted.await.unwrap();
+        let (client, server_driver) = pair(64 * 1024, &config, |server| async move {
             let Session {
                 control: _control,
                 messages: _messages,
@@ -292,9 +308,9 @@ mod tests {
                 driver,
             } = server;
             driver.await
-        });
-        let (client, established) =
-            Session::connect(a, &ChannelBinding::Plaintext, "c1", token, &config).await.unwrap();
+        })
+        .await;
+        let (client, established) = client.unwrap();
         assert_eq!(established.heartbeat_interval, MIN_HEARTBEAT_INTERVAL);
         let client_driver = tokio::spawn(client.driver);
         // Twenty intervals of the paused clock: heartbeats flow, nobody panics or times out.
@@ -309,27 +325,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closing_toward_a_peer_that_stopped_reading_gives_up_instead_of_hanging() {
         // A small pipe and a client whose driver never runs: the server's writes stall once
-        // the pipe is full, and its queue of messages fills behind them.
-        // Heartbeats far apart: the silent client is not declared dead during the test, which
-        // would end the session and free the call for the wrong reason.
-        let (a, b) = tokio::io::duplex(1024);
-        let token = Token::new("session-test-token").unwrap();
-        let credentials = Credentials::default().with_shared(token.clone());
+        // the pipe is full, and its queue of messages fills behind them. Heartbeats far apart:
+        // the silent client is not declared dead during the test, which would end the session
+        // and free the call for the wrong reason.
         let config = SessionConfig {
             heartbeat_interval: Duration::from_secs(600),
             heartbeat_timeout: Duration::from_secs(6000),
             ..SessionConfig::default()
         };
-        let server_config = config.clone();
-        let server = tokio::spawn(async move {
-            let binding = ChannelBinding::Plaintext;
-            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
-            let (server, _) = accepted.await.unwrap();
+        let (client, server) = pair(1024, &config, |server| async move {
             let Session { control, driver, .. } = server;
             (control, AbortOnDropHandle::new(tokio::spawn(driver)))
-        });
-        let (_client, _) =
-            Session::connect(a, &ChannelBinding::Plaintext, "c1", token, &config).await.unwrap();
+        })
+        .await;
+        let _client = client.unwrap();
         let (control, _driver) = server.await.unwrap();
         let filler = control.clone();
         let _fill = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -363,21 +372,13 @@ mod tests {
     }
 
     async fn goodbye_before_the_driver_runs() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let token = Token::new("session-test-token").unwrap();
-        let credentials = Credentials::default().with_shared(token.clone());
-        let config = SessionConfig::default();
-        let server_config = config.clone();
-        let server = tokio::spawn(async move {
-            let binding = ChannelBinding::Plaintext;
-            let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
-            let (server, _) = accepted.await.unwrap();
+        let (client, server) = pair(64 * 1024, &SessionConfig::default(), |server| async move {
             server.control.close(crate::proto::GoodbyeCode::ServerFull, "full").await;
             server.driver.await
-        });
-        let (client, _) = Session::connect(a, &ChannelBinding::Plaintext, "c1", token, &config)
-            .await
-            .expect("the client's handshake failed: the goodbye came before the first heartbeat");
+        })
+        .await;
+        let (client, _) =
+            client.expect("the client's handshake failed: the goodbye came before the first heartbeat");
         let end = client.driver.await;
         assert!(
             matches!(&end, SessionEnd::Goodbye { code: crate::proto::GoodbyeCode::ServerFull, message } if message == "full"),
