@@ -351,6 +351,8 @@ mod tests {
                 }
             }
         }));
+        // The paused clock moves only once every task waits: by then the filler is held by the
+        // full queue, behind the stalled writer.
         tokio::time::sleep(Duration::from_secs(1)).await;
         // The goodbye cannot be queued; the call returns, for the caller to drop the driver.
         let closed = tokio::time::timeout(
