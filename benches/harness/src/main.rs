@@ -56,6 +56,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// The least any relay can do: for each `--to`, a loopback port whose connections are
+    /// copied to it and back, nothing else (two in a chain are `loopback`'s relay floor);
+    /// prints `relay ADDR -> TO` per target.
+    Relay {
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -98,6 +105,7 @@ fn main() -> Result<()> {
         Command::Sessions(args) => sessions::run(args),
         Command::Soak(args) => soak::run(args),
         Command::Echo { listen } => echo(listen),
+        Command::Relay { to } => relay(&to),
     }
 }
 
@@ -298,6 +306,33 @@ fn echo(listen: SocketAddr) -> Result<()> {
                 let _ = tokio::io::copy(&mut reader, &mut writer).await;
             });
         }
+    })
+}
+
+/// Relays every connection on a port of its own to each of `targets`: one accept, one
+/// connect, one copy each way. No framing, no multiplexing, no encryption: what two of these
+/// in a chain cost is the floor for any tunnel whose server and client are separate processes.
+fn relay(targets: &[SocketAddr]) -> Result<()> {
+    procs::raise_open_files(0);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let mut relays = tokio::task::JoinSet::new();
+        for &to in targets {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("relay {} -> {to}", listener.local_addr()?);
+            relays.spawn(async move {
+                loop {
+                    let Ok((mut visitor, _)) = listener.accept().await else { continue };
+                    tokio::spawn(async move {
+                        let Ok(mut target) = tokio::net::TcpStream::connect(to).await else { return };
+                        let _ = (visitor.set_nodelay(true), target.set_nodelay(true));
+                        let _ = tokio::io::copy_bidirectional(&mut visitor, &mut target).await;
+                    });
+                }
+            });
+        }
+        relays.join_next().await;
+        Ok(())
     })
 }
 

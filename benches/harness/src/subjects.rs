@@ -1,6 +1,7 @@
 //! The systems under comparison, each started in front of the same four targets (an iperf3
 //! server, an echo server, Redis and nginx): direct TCP, `tunnel-cli` with TLS and plaintext,
-//! rathole with TLS and plaintext, and bore (plaintext only; it has no TLS).
+//! rathole with TLS and plaintext, bore (plaintext only; it has no TLS), and the relay floor:
+//! two bare relays in a chain, the least any tunnel with a server and a client process costs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,11 +27,13 @@ pub enum Subject {
     RatholeTls,
     RatholePlain,
     Bore,
+    RelayFloor,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 6] = [
+    pub const ALL: [Subject; 7] = [
         Subject::Direct,
+        Subject::RelayFloor,
         Subject::TunnelTls,
         Subject::TunnelPlain,
         Subject::RatholeTls,
@@ -46,6 +49,7 @@ impl Subject {
             Subject::RatholeTls => "rathole TLS",
             Subject::RatholePlain => "rathole plain",
             Subject::Bore => "bore (plain)",
+            Subject::RelayFloor => "relay floor (2 bare relays)",
         }
     }
 
@@ -57,6 +61,7 @@ impl Subject {
             Subject::RatholeTls => "rathole-tls",
             Subject::RatholePlain => "rathole-plain",
             Subject::Bore => "bore",
+            Subject::RelayFloor => "relay-floor",
         }
     }
 
@@ -137,6 +142,7 @@ pub fn start(
         Subject::RatholeTls => rathole(&tools.rathole, targets, &dir, true),
         Subject::RatholePlain => rathole(&tools.rathole, targets, &dir, false),
         Subject::Bore => bore(&tools.bore, targets),
+        Subject::RelayFloor => relay_floor(targets),
     }
 }
 
@@ -302,6 +308,33 @@ fn bore(bin: &Path, targets: Targets) -> Result<Running> {
         client.push(local);
     }
     Ok(Running { fronts: Targets::from_fronts(&fronts)?, server: vec![server], client })
+}
+
+/// Two bare relays (`tunnel-bench relay`) in a chain, as a tunnel's client and server would
+/// be: visitors reach the "server" relay, which relays to the "client" relay, which relays to
+/// the target.
+fn relay_floor(targets: Targets) -> Result<Running> {
+    let me = std::env::current_exe()?;
+    let start = |name: &str, to: &[SocketAddr]| -> Result<(Proc, Vec<SocketAddr>)> {
+        let mut args = vec!["relay".to_owned()];
+        for target in to {
+            args.extend(["--to".to_owned(), target.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut relay = Proc::spawn(name, &me, &args)?;
+        let lines = relay.wait_for_lines("relay ", to.len(), START_TIMEOUT)?;
+        // In the order of `to`: each line names its target.
+        let front = |target: &SocketAddr| -> Result<SocketAddr> {
+            let line =
+                lines.iter().find(|l| l.ends_with(&format!("-> {target}"))).context("a relay per target")?;
+            addr_after(line, "relay ")
+        };
+        let fronts = to.iter().map(front).collect::<Result<Vec<_>>>()?;
+        Ok((relay, fronts))
+    };
+    let (client, inner) = start("relay (client side)", &targets.all())?;
+    let (server, fronts) = start("relay (server side)", &inner)?;
+    Ok(Running { fronts: Targets::from_fronts(&fronts)?, server: vec![server], client: vec![client] })
 }
 
 fn path_str(path: &Path) -> Result<&str> {
