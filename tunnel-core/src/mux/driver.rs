@@ -12,6 +12,7 @@ use tokio_util::compat::Compat;
 
 use super::admission::TokenBucket;
 use super::link::{Link, WatchedIo};
+use super::spare::Spare;
 use super::stream::Command;
 use super::{MuxError, MuxStream};
 
@@ -30,12 +31,14 @@ pub struct MuxDriver {
     pub(super) resets: u64,
     pub(super) link: Link,
     pub(super) inbound_rate: Option<TokenBucket>,
+    pub(super) spare: Arc<Spare>,
 }
 
 impl Drop for MuxDriver {
     fn drop(&mut self) {
         // Runs before the connection (a field) is dropped and closes the streams.
         self.link.cut();
+        self.spare.clear();
     }
 }
 
@@ -70,7 +73,14 @@ impl MuxDriver {
                     }
                 }
                 Poll::Ready(Err(err)) => return Err(err.into()),
-                Poll::Pending => break,
+                Poll::Pending => return Ok(()),
+            }
+        }
+        if self.spare.wanted() {
+            match self.conn.poll_new_outbound(cx) {
+                Poll::Ready(Ok(stream)) => self.spare.put(stream),
+                Poll::Ready(Err(err)) => return Err(err.into()),
+                Poll::Pending => {}
             }
         }
         Ok(())
@@ -130,6 +140,7 @@ impl Future for MuxDriver {
         }
         if this.closing {
             this.link.cut();
+            this.spare.clear();
             this.fail_pending_opens();
             return this.conn.poll_close(cx).map_err(MuxError::from);
         }

@@ -1,4 +1,4 @@
-//! Streams the peer opened, delivered acknowledged and in order.
+//! Streams the peer opened, delivered in order, acknowledged or to be with their first frame.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
@@ -32,11 +32,12 @@ impl IncomingStreams {
         Self { rx, held: VecDeque::new(), joined, lanes: Vec::new(), turn: 0 }
     }
 
-    /// The next inbound stream, acknowledged to the peer; `None` once the connection is closed
-    /// (the session's first, for a session over several).
+    /// The next inbound stream; `None` once the connection is closed (the session's first,
+    /// for a session over several). Its acknowledgement to the peer goes with the first frame
+    /// written back, or at once when many streams of the connection already wait for theirs.
     pub async fn next(&mut self) -> Option<MuxStream> {
         let mut stream = std::future::poll_fn(|cx| self.poll_next(cx)).await?;
-        stream.acknowledge().await;
+        stream.acknowledge_with_first_frame().await;
         Some(stream)
     }
 

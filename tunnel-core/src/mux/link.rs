@@ -30,6 +30,8 @@ struct LinkState {
     /// [`super::StreamOpener::is_silent`]).
     silent: AtomicBool,
     open: AtomicUsize,
+    /// Streams the peer opened that we took and have not acknowledged yet.
+    unacknowledged: AtomicUsize,
     /// Shared by the connections of one session, so a drain waits on all of them at once.
     closed_one: Arc<Notify>,
     received: AtomicU64,
@@ -75,6 +77,16 @@ impl Link {
         OpenStream(self.clone())
     }
 
+    /// Counts a stream as unacknowledged until the returned guard is dropped, unless `most`
+    /// are already: then `None`, and the stream must be acknowledged now.
+    pub(super) fn unacknowledged_one(&self, most: usize) -> Option<Unacknowledged> {
+        let counted = self
+            .0
+            .unacknowledged
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < most).then_some(n + 1));
+        counted.ok().map(|_| Unacknowledged(self.clone()))
+    }
+
     /// Counts a stream as being opened until the returned guard is dropped.
     pub(super) fn opening_one(&self) -> OpeningStream {
         self.0.opening.fetch_add(1, Ordering::AcqRel);
@@ -106,6 +118,16 @@ impl Drop for OpenStream {
         let state = &self.0 .0;
         state.open.fetch_sub(1, Ordering::AcqRel);
         state.closed_one.notify_waiters();
+    }
+}
+
+/// One stream taken and not yet acknowledged, in its connection's count.
+#[derive(Debug)]
+pub(super) struct Unacknowledged(Link);
+
+impl Drop for Unacknowledged {
+    fn drop(&mut self) {
+        self.0 .0.unacknowledged.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -20,6 +20,7 @@ mod join;
 mod link;
 mod openers;
 mod settings;
+mod spare;
 mod stream;
 
 use std::collections::VecDeque;
@@ -131,6 +132,7 @@ fn start_with(
     // 256 in all: the sender's own place and 255 more.
     let (incoming_tx, incoming_rx) = futures::channel::mpsc::channel(255);
     let (joined_tx, joined_rx) = futures::channel::mpsc::unbounded();
+    let spare = Arc::new(spare::Spare::default());
     let opener = StreamOpener {
         commands: commands_tx,
         permits,
@@ -138,6 +140,7 @@ fn start_with(
         limit: config.max_streams,
         link: link.clone(),
         bundle: Arc::new(bundle::Bundle::new(joined_tx)),
+        spare: spare.clone(),
     };
     let driver = MuxDriver {
         conn,
@@ -149,6 +152,7 @@ fn start_with(
         resets: 0,
         link,
         inbound_rate: config.max_inbound_rate.map(TokenBucket::new),
+        spare,
     };
     (opener, IncomingStreams::new(incoming_rx, joined_rx), driver)
 }
@@ -169,6 +173,32 @@ mod tests {
         tokio::spawn(da);
         tokio::spawn(db);
         ((oa, ia), (ob, ib))
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_wait_for_the_first_frame_back_up_to_a_bound() {
+        let ((opener, mut incoming), (peer_opener, mut peer_incoming)) = pair(&MuxConfig::default());
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..stream::DEFERRED_ACKNOWLEDGEMENTS + 1 {
+            let mut stream = opener.open().await.unwrap();
+            stream.write_all(b"x").await.unwrap();
+            ours.push(stream);
+            theirs.push(peer_incoming.next().await.unwrap());
+        }
+        // Frames come in order: once a stream the peer opened after taking ours has arrived,
+        // any acknowledgement it sent before has too.
+        let mut probe = peer_opener.open().await.unwrap();
+        probe.write_all(b"z").await.unwrap();
+        let mut arrived = incoming.next().await.unwrap();
+        arrived.read_exact(&mut [0; 1]).await.unwrap();
+        let pending: Vec<bool> = ours.iter().map(MuxStream::is_pending_ack).collect();
+        assert!(pending[..stream::DEFERRED_ACKNOWLEDGEMENTS].iter().all(|p| *p), "{pending:?}");
+        assert!(!pending[stream::DEFERRED_ACKNOWLEDGEMENTS], "past the bound, acknowledged at once");
+        // The first frame back carries the acknowledgement.
+        theirs[0].write_all(b"y").await.unwrap();
+        ours[0].read_exact(&mut [0; 1]).await.unwrap();
+        assert!(!ours[0].is_pending_ack());
     }
 
     #[tokio::test]

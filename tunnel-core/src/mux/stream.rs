@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use super::bundle::Bundle;
-use super::link::{hit_eof, Link, OpenStream};
+use super::link::{hit_eof, Link, OpenStream, Unacknowledged};
+use super::spare::Spare;
 use super::{IncomingStreams, MuxError};
 
 pub(super) enum Command {
@@ -32,6 +33,7 @@ pub struct StreamOpener {
     pub(super) limit: usize,
     pub(super) link: Link,
     pub(super) bundle: Arc<Bundle>,
+    pub(super) spare: Arc<Spare>,
 }
 
 impl std::fmt::Debug for StreamOpener {
@@ -79,6 +81,9 @@ impl StreamOpener {
         let _opening = self.link.opening_one();
         let permit =
             self.permits.clone().try_acquire_owned().map_err(|_| MuxError::StreamLimit(self.limit))?;
+        if let Some(stream) = self.spare.take().filter(|_| !self.link.is_cut()) {
+            return Ok(MuxStream::new(stream, permit, self.link.clone()));
+        }
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Open(tx)).await.map_err(|_| MuxError::Closed)?;
         let stream = rx.await.map_err(|_| MuxError::Closed)??;
@@ -171,6 +176,9 @@ pub struct MuxStream {
     _open: Option<OpenStream>,
     link: Link,
     write_closed: bool,
+    /// Set while the peer waits for our acknowledgement of its stream, which our first frame
+    /// back carries (see [`MuxStream::acknowledge_with_first_frame`]).
+    unacknowledged: Option<Unacknowledged>,
     /// How much the next read asks for (and zeroes), within [`MIN_READ`, `READ_CHUNK`]: it
     /// follows the sizes of recent reads. A request or response of a few hundred bytes then costs no
     /// 16 KiB memset per read (nor per read that finds nothing yet); a bulk copy is back at
@@ -186,7 +194,19 @@ impl MuxStream {
             _open: Some(link.open_one()),
             link,
             write_closed: false,
+            unacknowledged: None,
             read_hint: MIN_READ,
+        }
+    }
+
+    /// Leaves the acknowledgement of a stream the peer opened to our first frame back (data or
+    /// FIN, which yamux flags), so that a new visitor's answer does not follow a frame of its
+    /// own that only says "taken". Up to [`DEFERRED_ACKNOWLEDGEMENTS`] streams of a connection
+    /// wait so; past that, the stream is acknowledged now (see [`MuxStream::acknowledge`]).
+    pub(super) async fn acknowledge_with_first_frame(&mut self) {
+        match self.link.unacknowledged_one(DEFERRED_ACKNOWLEDGEMENTS) {
+            Some(waiting) => self.unacknowledged = Some(waiting),
+            None => self.acknowledge().await,
         }
     }
 
@@ -209,6 +229,12 @@ impl MuxStream {
         self
     }
 
+    /// Whether the peer has yet to acknowledge this stream (one we opened).
+    #[cfg(test)]
+    pub(super) fn is_pending_ack(&self) -> bool {
+        self.inner.get_ref().is_pending_ack()
+    }
+
     /// The yamux stream id: odd for streams the client side opened (its first is 1), even for
     /// the server side's.
     pub fn id(&self) -> u32 {
@@ -221,6 +247,11 @@ impl std::fmt::Debug for MuxStream {
         write!(f, "MuxStream({})", self.inner.get_ref().id())
     }
 }
+
+/// Streams of one connection whose acknowledgement may wait for their first frame back. yamux
+/// lets the opener have at most 256 streams unacknowledged: targets that never answer can take
+/// these 64 places, never the other 192.
+pub(super) const DEFERRED_ACKNOWLEDGEMENTS: usize = 64;
 
 /// What reading or writing a stream whose connection was lost fails with.
 fn connection_lost() -> io::Error {
@@ -277,6 +308,10 @@ impl AsyncRead for MuxStream {
 impl AsyncWrite for MuxStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        if matches!(written, Ok(n) if n > 0) {
+            // yamux put its ACK flag on this frame.
+            self.unacknowledged = None;
+        }
         // yamux says "connection is closed" for a lost connection too; say which it was.
         Poll::Ready(written.map_err(|err| if self.link.is_cut() { connection_lost() } else { err }))
     }
@@ -287,6 +322,9 @@ impl AsyncWrite for MuxStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.write_closed = true;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let closed = std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
+        // The FIN carried the ACK, if it was owed.
+        self.unacknowledged = None;
+        Poll::Ready(closed)
     }
 }

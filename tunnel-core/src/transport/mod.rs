@@ -88,6 +88,22 @@ pub fn close_in_order(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(None);
 }
 
+/// Appends to `into` what `stream` has already received, up to `most` bytes, without waiting:
+/// the visitor's first bytes, sent with the stream header in one frame instead of in one of
+/// their own right after it. Nothing (0) when nothing is there yet, at end of stream, or on
+/// an error, which the next read meets again.
+pub(crate) fn take_received(stream: &TcpStream, into: &mut Vec<u8>, most: usize) -> usize {
+    use std::io::Read;
+    let start = into.len();
+    into.resize(start + most, 0);
+    // A plain non-blocking read: tokio's own would find nothing until its driver has seen the
+    // socket readable, which it has not when the connection was just accepted.
+    let socket = socket2::SockRef::from(stream);
+    let read = (&*socket).read(&mut into[start..]).unwrap_or(0);
+    into.truncate(start + read);
+    read
+}
+
 /// Connects to `addr` (`host:port`, resolved here) with [`configure_tcp`] applied.
 pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
@@ -125,6 +141,26 @@ mod tests {
         assert_eq!(host_of("example.com:7000"), "example.com");
         assert_eq!(host_of("[::1]:7000"), "::1");
         assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn what_was_received_is_taken_without_waiting_and_nothing_when_nothing_came() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut visitor = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut into = b"header".to_vec();
+        assert_eq!(take_received(&accepted, &mut into, 4), 0, "nothing sent yet");
+        assert_eq!(into, b"header");
+        visitor.write_all(b"hello").await.unwrap();
+        accepted.readable().await.unwrap();
+        assert_eq!(take_received(&accepted, &mut into, 4), 4, "at most `most`");
+        assert_eq!(into, b"headerhell");
+        assert_eq!(take_received(&accepted, &mut into, 4), 1);
+        assert_eq!(into, b"headerhello");
+        drop(visitor);
+        assert_eq!(take_received(&accepted, &mut into, 4), 0, "end of stream");
+        assert_eq!(into, b"headerhello");
     }
 
     #[tokio::test]
