@@ -119,7 +119,10 @@ impl MuxDriver {
         Ok(())
     }
 
+    /// Fails the opens waiting and drops the spare: this connection gives no more streams.
+    /// Every way the driver ends comes through here.
     fn fail_pending_opens(&mut self) {
+        self.spare.clear();
         for reply in self.pending_opens.drain(..) {
             let _ = reply.send(Err(MuxError::Closed));
         }
@@ -140,7 +143,6 @@ impl Future for MuxDriver {
         }
         if this.closing {
             this.link.cut();
-            this.spare.clear();
             this.fail_pending_opens();
             return this.conn.poll_close(cx).map_err(MuxError::from);
         }

@@ -34,7 +34,7 @@ impl IncomingStreams {
 
     /// The next inbound stream; `None` once the connection is closed (the session's first,
     /// for a session over several). Its acknowledgement to the peer goes with the first frame
-    /// written back, or at once when many streams of the connection already wait for theirs.
+    /// sent on it, or at once when many streams of the connection already wait for theirs.
     pub async fn next(&mut self) -> Option<MuxStream> {
         let mut stream = std::future::poll_fn(|cx| self.poll_next(cx)).await?;
         stream.acknowledge_with_first_frame().await;

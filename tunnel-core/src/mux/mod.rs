@@ -178,27 +178,41 @@ mod tests {
     #[tokio::test]
     async fn acknowledgements_wait_for_the_first_frame_back_up_to_a_bound() {
         let ((opener, mut incoming), (peer_opener, mut peer_incoming)) = pair(&MuxConfig::default());
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        for _ in 0..stream::DEFERRED_ACKNOWLEDGEMENTS + 1 {
-            let mut stream = opener.open().await.unwrap();
-            stream.write_all(b"x").await.unwrap();
-            ours.push(stream);
-            theirs.push(peer_incoming.next().await.unwrap());
-        }
-        // Frames come in order: once a stream the peer opened after taking ours has arrived,
-        // any acknowledgement it sent before has too.
-        let mut probe = peer_opener.open().await.unwrap();
-        probe.write_all(b"z").await.unwrap();
-        let mut arrived = incoming.next().await.unwrap();
-        arrived.read_exact(&mut [0; 1]).await.unwrap();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        // n streams opened, announced and taken by the peer.
+        let mut open_and_take = async |n: usize, ours: &mut Vec<MuxStream>, theirs: &mut Vec<MuxStream>| {
+            for _ in 0..n {
+                let mut stream = opener.open().await.unwrap();
+                stream.write_all(b"x").await.unwrap();
+                ours.push(stream);
+                theirs.push(peer_incoming.next().await.unwrap());
+            }
+        };
+        // yamux writes what its streams queue in the order they queued it (its `SelectAll`
+        // polls them in the order they woke it): once a stream the peer opened afterwards has
+        // arrived, any acknowledgement it sent before has too.
+        let settle = async |incoming: &mut IncomingStreams| {
+            let mut probe = peer_opener.open().await.unwrap();
+            probe.write_all(b"z").await.unwrap();
+            incoming.next().await.unwrap().read_exact(&mut [0; 1]).await.unwrap();
+        };
+        let bound = stream::DEFERRED_ACKNOWLEDGEMENTS;
+        open_and_take(bound + 1, &mut ours, &mut theirs).await;
+        settle(&mut incoming).await;
         let pending: Vec<bool> = ours.iter().map(MuxStream::is_pending_ack).collect();
-        assert!(pending[..stream::DEFERRED_ACKNOWLEDGEMENTS].iter().all(|p| *p), "{pending:?}");
-        assert!(!pending[stream::DEFERRED_ACKNOWLEDGEMENTS], "past the bound, acknowledged at once");
-        // The first frame back carries the acknowledgement.
+        assert!(pending[..bound].iter().all(|p| *p), "{pending:?}");
+        assert!(!pending[bound], "past the bound, acknowledged at once");
+
+        // The first frame back carries the acknowledgement and gives its place back; so does
+        // a stream dropped unacknowledged.
         theirs[0].write_all(b"y").await.unwrap();
         ours[0].read_exact(&mut [0; 1]).await.unwrap();
         assert!(!ours[0].is_pending_ack());
+        drop(theirs.remove(1));
+        open_and_take(3, &mut ours, &mut theirs).await;
+        settle(&mut incoming).await;
+        let pending: Vec<bool> = ours[bound + 1..].iter().map(MuxStream::is_pending_ack).collect();
+        assert_eq!(pending, [true, true, false], "two places were free again, then none");
     }
 
     #[tokio::test]

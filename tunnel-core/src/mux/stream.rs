@@ -81,7 +81,7 @@ impl StreamOpener {
         let _opening = self.link.opening_one();
         let permit =
             self.permits.clone().try_acquire_owned().map_err(|_| MuxError::StreamLimit(self.limit))?;
-        if let Some(stream) = self.spare.take().filter(|_| !self.link.is_cut()) {
+        if let Some(stream) = self.spare.take().filter(|s| !s.is_closed() && !self.link.is_cut()) {
             return Ok(MuxStream::new(stream, permit, self.link.clone()));
         }
         let (tx, rx) = oneshot::channel();
@@ -176,8 +176,8 @@ pub struct MuxStream {
     _open: Option<OpenStream>,
     link: Link,
     write_closed: bool,
-    /// Set while the peer waits for our acknowledgement of its stream, which our first frame
-    /// back carries (see [`MuxStream::acknowledge_with_first_frame`]).
+    /// Set while the peer may still wait for our acknowledgement of its stream, which our first
+    /// frame on it carries (see [`MuxStream::acknowledge_with_first_frame`]).
     unacknowledged: Option<Unacknowledged>,
     /// How much the next read asks for (and zeroes), within [`MIN_READ`, `READ_CHUNK`]: it
     /// follows the sizes of recent reads. A request or response of a few hundred bytes then costs no
@@ -199,10 +199,13 @@ impl MuxStream {
         }
     }
 
-    /// Leaves the acknowledgement of a stream the peer opened to our first frame back (data or
-    /// FIN, which yamux flags), so that a new visitor's answer does not follow a frame of its
-    /// own that only says "taken". Up to [`DEFERRED_ACKNOWLEDGEMENTS`] streams of a connection
-    /// wait so; past that, the stream is acknowledged now (see [`MuxStream::acknowledge`]).
+    /// Leaves the acknowledgement of a stream the peer opened to the first frame we send on it
+    /// (yamux flags whichever goes first: the answer or the FIN, or a window update after 128
+    /// KiB read), so that a new visitor's answer does not follow a frame of its own that only
+    /// says "taken". Up to [`DEFERRED_ACKNOWLEDGEMENTS`] streams of a connection wait so (a
+    /// stream acknowledged by a window update counts until our first write or FIN, which only
+    /// errs toward acknowledging sooner); past that, the stream is acknowledged now (see
+    /// [`MuxStream::acknowledge`]).
     pub(super) async fn acknowledge_with_first_frame(&mut self) {
         match self.link.unacknowledged_one(DEFERRED_ACKNOWLEDGEMENTS) {
             Some(waiting) => self.unacknowledged = Some(waiting),
@@ -248,9 +251,10 @@ impl std::fmt::Debug for MuxStream {
     }
 }
 
-/// Streams of one connection whose acknowledgement may wait for their first frame back. yamux
-/// lets the opener have at most 256 streams unacknowledged: targets that never answer can take
-/// these 64 places, never the other 192.
+/// Streams of one connection whose acknowledgement may wait for our first frame on them.
+/// yamux lets the opener have at most 256 streams unacknowledged: targets that never answer can
+/// take these 64 places, never the rest (which streams waiting in our inbound queue and the
+/// opener's spare also use).
 pub(super) const DEFERRED_ACKNOWLEDGEMENTS: usize = 64;
 
 /// What reading or writing a stream whose connection was lost fails with.

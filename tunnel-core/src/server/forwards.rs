@@ -387,12 +387,11 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member
     }
     .encode();
     let (_open, meter) = carrier.metrics.visitor(&carrier.client, &route.label());
-    // What the visitor sent already goes with the header, in one frame.
-    let early = transport::take_received(&tcp, &mut first, EARLY_BYTES);
-    meter.from_visitor.inc_by(early as u64);
     let carry = async {
-        let first = first;
+        // What the visitor sent already goes with the header, in one frame.
+        let early = transport::take_received(&tcp, &mut first, EARLY_BYTES)?;
         stream.write_all(&first).await?;
+        meter.from_visitor.inc_by(early as u64);
         // Not kept for the life of the visit: 10,000 idle visitors would hold 40 MiB.
         drop(first);
         splice_metered(&mut tcp, &mut stream, SpliceLimits::default(), Some(&meter)).await

@@ -90,17 +90,21 @@ pub fn close_in_order(stream: &TcpStream) {
 
 /// Appends to `into` what `stream` has already received, up to `most` bytes, without waiting:
 /// the visitor's first bytes, sent with the stream header in one frame instead of in one of
-/// their own right after it. Nothing (0) when nothing is there yet, at end of stream, or on
-/// an error, which the next read meets again.
-pub(crate) fn take_received(stream: &TcpStream, into: &mut Vec<u8>, most: usize) -> usize {
+/// their own right after it. `Ok(0)` when nothing is there yet or at end of stream. An error
+/// (a reset) is returned: the kernel reports it once, so a later read would see only an end.
+pub(crate) fn take_received(stream: &TcpStream, into: &mut Vec<u8>, most: usize) -> io::Result<usize> {
     use std::io::Read;
     let start = into.len();
     into.resize(start + most, 0);
     // A plain non-blocking read: tokio's own would find nothing until its driver has seen the
     // socket readable, which it has not when the connection was just accepted.
     let socket = socket2::SockRef::from(stream);
-    let read = (&*socket).read(&mut into[start..]).unwrap_or(0);
-    into.truncate(start + read);
+    let read = match (&*socket).read(&mut into[start..]) {
+        Ok(read) => Ok(read),
+        Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(0),
+        Err(err) => Err(err),
+    };
+    into.truncate(start + *read.as_ref().unwrap_or(&0));
     read
 }
 
@@ -144,22 +148,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn what_was_received_is_taken_without_waiting_and_nothing_when_nothing_came() {
-        use tokio::io::AsyncWriteExt;
+    async fn what_was_received_is_taken_without_waiting_and_a_reset_is_not_lost() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut visitor = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut visitor = TcpStream::connect(addr).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
         let mut into = b"header".to_vec();
-        assert_eq!(take_received(&accepted, &mut into, 4), 0, "nothing sent yet");
+        assert_eq!(take_received(&accepted, &mut into, 4).unwrap(), 0, "nothing sent yet");
         assert_eq!(into, b"header");
         visitor.write_all(b"hello").await.unwrap();
         accepted.readable().await.unwrap();
-        assert_eq!(take_received(&accepted, &mut into, 4), 4, "at most `most`");
+        assert_eq!(take_received(&accepted, &mut into, 4).unwrap(), 4, "at most `most`");
         assert_eq!(into, b"headerhell");
-        assert_eq!(take_received(&accepted, &mut into, 4), 1);
+        assert_eq!(take_received(&accepted, &mut into, 4).unwrap(), 1);
         assert_eq!(into, b"headerhello");
+        // After the visitor's FIN: nothing taken, and the end is still there for the next read.
+        visitor.shutdown().await.unwrap();
+        accepted.readable().await.unwrap();
+        assert_eq!(take_received(&accepted, &mut into, 4).unwrap(), 0);
+        assert_eq!(accepted.read(&mut [0; 8]).await.unwrap(), 0);
+        assert_eq!(into, b"headerhello");
+
+        // A visitor that resets before sending anything: the reset is returned, not taken
+        // for an end of stream.
+        let visitor = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        reset_on_close(&visitor);
         drop(visitor);
-        assert_eq!(take_received(&accepted, &mut into, 4), 0, "end of stream");
+        accepted.readable().await.unwrap();
+        let err = take_received(&accepted, &mut into, 4).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(into, b"headerhello");
     }
 
