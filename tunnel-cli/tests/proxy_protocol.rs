@@ -23,12 +23,26 @@ struct Nginx {
     _process: tokio::process::Child,
 }
 
-/// Starts nginx and returns once it accepts connections on both ports.
+/// Starts nginx and returns once it accepts connections on both ports. Ports chosen free may
+/// be taken by another test before nginx binds them: nginx then exits, and is started again on
+/// other ports.
 async fn start_nginx(dir: &Path) -> Nginx {
     let root = dir.join("nginx");
     std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let ports = [free_port(), free_port()];
     let log = root.join("access.log");
+    for _ in 0..3 {
+        let a = free_port();
+        let b = std::iter::repeat_with(free_port).find(|b| *b != a).unwrap();
+        let mut process = spawn_nginx(&root, &log, [a, b]);
+        if until_listening(&mut process, [a, b]).await {
+            return Nginx { ports: [a, b], log, _process: process };
+        }
+    }
+    let errors = std::fs::read_to_string(root.join("error.log")).unwrap_or_default();
+    panic!("nginx did not start on three pairs of free ports: {errors}");
+}
+
+fn spawn_nginx(root: &Path, log: &Path, [a, b]: [u16; 2]) -> tokio::process::Child {
     let conf = format!(
         "daemon off;\nmaster_process off;\nerror_log {dir}/error.log warn;\npid {dir}/nginx.pid;\n\
          events {{ worker_connections 64; }}\n\
@@ -41,25 +55,30 @@ async fn start_nginx(dir: &Path) -> Nginx {
          location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
         dir = root.display(),
         log = log.display(),
-        a = ports[0],
-        b = ports[1],
     );
     let conf_path = root.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let process = tokio::process::Command::new("nginx")
+    tokio::process::Command::new("nginx")
         .args(["-p", root.to_str().unwrap(), "-c", conf_path.to_str().unwrap()])
         .kill_on_drop(true)
         .spawn()
-        .expect("nginx is installed");
+        .expect("nginx is installed")
+}
+
+/// Waits until `nginx` accepts connections on both `ports` (true), or has exited (false).
+async fn until_listening(nginx: &mut tokio::process::Child, ports: [u16; 2]) -> bool {
     // A visitor arriving before nginx listens would be refused by the target: not what is tested.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     for port in ports {
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if nginx.try_wait().unwrap().is_some() {
+                return false;
+            }
             assert!(tokio::time::Instant::now() < deadline, "nginx never listened on {port}");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    Nginx { ports, log, _process: process }
+    true
 }
 
 /// `GET /` from 127.0.0.2 (so the visitor's address differs from the tunnel client's
