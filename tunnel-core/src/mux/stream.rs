@@ -213,11 +213,10 @@ impl MuxStream {
         }
     }
 
-    /// Tells the peer we took the stream, with an empty data frame carrying yamux's ACK flag.
-    ///
-    /// yamux otherwise acknowledges a stream with its first frame back, and a peer with 256
-    /// unacknowledged streams can open no more: 256 idle visitors (whose targets say nothing)
-    /// would block every other forward and visit of the session.
+    /// Tells the peer we took the stream, with an empty data frame carrying yamux's ACK flag:
+    /// for a stream past [`DEFERRED_ACKNOWLEDGEMENTS`], and for a joining connection's control
+    /// stream. A peer with 256 unacknowledged streams can open no more, so idle visitors whose
+    /// targets say nothing must not all wait for a first frame back.
     pub(super) async fn acknowledge(&mut self) {
         // Fails only if the stream or connection is already gone, which its reader will see.
         let _ = std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_write(cx, &[])).await;
