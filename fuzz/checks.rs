@@ -39,7 +39,52 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("websocket", websocket),
     ("socks", socks),
     ("udp_framing", udp_framing),
+    ("mux_frames", mux_frames),
 ];
+
+/// The multiplexer under a peer that sends anything: nothing panics, the streams the peer
+/// opened (read to their end, then reset or answered and closed) and one of ours all end, and
+/// the driver ends once the bytes do. Our side's frames, resets of half-closed streams
+/// included, are read off by the peer so that no write waits on it.
+pub fn mux_frames(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tunnel_core::mux::{self, Mode, MuxConfig};
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let (ours, peer) = tokio::io::duplex(16 * 1024);
+        let (mut from_us, mut to_us) = tokio::io::split(peer);
+        let (opener, mut incoming, driver) = mux::start(ours, &MuxConfig::default(), Mode::Server);
+        let send = async move {
+            let _ = to_us.write_all(data).await;
+            let _ = to_us.shutdown().await;
+        };
+        let drain = async move {
+            let _ = tokio::io::copy(&mut from_us, &mut tokio::io::sink()).await;
+        };
+        let serve = async move {
+            let mut n = 0;
+            while let Some(mut stream) = incoming.next().await {
+                let _ = stream.read_to_end(&mut Vec::new()).await;
+                n += 1;
+                if n % 2 == 0 {
+                    stream.reset();
+                } else {
+                    let _ = stream.write_all(b"answer").await;
+                    let _ = stream.shutdown().await;
+                }
+            }
+        };
+        let ours = async move {
+            let Ok(mut stream) = opener.open().await else { return };
+            let _ = stream.write_all(b"ours").await;
+            let _ = stream.shutdown().await;
+            let _ = stream.read_to_end(&mut Vec::new()).await;
+            stream.reset();
+        };
+        let (ended, (), (), (), ()) = futures::join!(driver, send, drain, serve, ours);
+        drop(ended);
+    });
+}
 
 /// UDP on a stream: the frames split off a stream are whole (each exactly its length after the
 /// prefix) and encode back to the bytes they were read from; what is left is one frame cut

@@ -164,8 +164,18 @@ async fn a_handler_ends_a_visitor_in_order_by_dropping_it_or_with_a_reset_by_res
         visitor.flush().await.unwrap();
         visitor.reset();
     });
+    // Reads the visitor's whole request, its end included, before resetting.
+    let late_resetter = StreamHandler::new("late resetter", |mut visitor: Visitor| async move {
+        visitor.read_to_end(&mut Vec::new()).await.unwrap();
+        visitor.write_all(b"cut short").await.unwrap();
+        visitor.reset();
+    });
     let mut config = server.client_config("embedder", &[]);
-    config.remotes = vec![RemoteForwardSpec::new(0, dropper), RemoteForwardSpec::new(0, resetter)];
+    config.remotes = vec![
+        RemoteForwardSpec::new(0, dropper),
+        RemoteForwardSpec::new(0, resetter),
+        RemoteForwardSpec::new(0, late_resetter),
+    ];
     let mut client = start_client(config);
     let forwards = client.connected().await;
 
@@ -179,6 +189,14 @@ async fn a_handler_ends_a_visitor_in_order_by_dropping_it_or_with_a_reset_by_res
     let mut some = Vec::new();
     let ended = tokio::time::timeout(PATIENCE, reset.read_to_end(&mut some)).await.unwrap();
     let err = ended.expect_err("a reset visitor must not look like a complete stream");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+
+    // Once the visitor's end has reached the handler, yamux alone could only send a FIN.
+    let mut late = TcpStream::connect(forwards[2].public_addr).await.unwrap();
+    late.write_all(b"the whole request").await.unwrap();
+    late.shutdown().await.unwrap();
+    let ended = tokio::time::timeout(PATIENCE, late.read_to_end(&mut some)).await.unwrap();
+    let err = ended.expect_err("a visitor reset after its own end must not look like a complete stream");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     client.stop().await;
     server.stop().await;

@@ -123,3 +123,54 @@ async fn unreachable_target_closes_the_visitor_and_the_session_lives() {
     client.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_reset_after_either_end_reaches_the_visitor_as_a_reset() {
+    let server = start_server(|_| {}).await;
+    // Reads the whole request, answers part, and resets: the visitor's FIN came first.
+    let after_request = serve_target(|mut tcp| async move {
+        tcp.read_to_end(&mut Vec::new()).await.unwrap();
+        tcp.write_all(b"part of the answer").await.unwrap();
+        tunnel_core::transport::reset_on_close(&tcp);
+    })
+    .await;
+    // Sends its whole answer and its FIN, then resets the upload still coming.
+    let after_answer = serve_target(|mut tcp| async move {
+        tcp.read_exact(&mut [0u8]).await.unwrap();
+        tcp.write_all(b"whole answer").await.unwrap();
+        tcp.shutdown().await.unwrap();
+        tunnel_core::transport::reset_on_close(&tcp);
+    })
+    .await;
+    let remotes = [format!("0:{after_request}"), format!("0:{after_answer}")];
+    let mut client = start_client(server.client_config("resets", &[&remotes[0], &remotes[1]]));
+    let forwards = client.connected().await;
+
+    // Without the reset carried, the server ended the visitor in order: a cut answer looked
+    // complete.
+    let mut visitor = TcpStream::connect(forwards[0].public_addr).await.unwrap();
+    visitor.write_all(b"the whole request").await.unwrap();
+    visitor.shutdown().await.unwrap();
+    let ended = tokio::time::timeout(PATIENCE, visitor.read_to_end(&mut Vec::new())).await.unwrap();
+    let err = ended.expect_err("a visitor read a clean end of an answer its target reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+
+    // Without it, the upload went on into a stream nobody read, until its windows were full,
+    // and then hung.
+    let mut visitor = TcpStream::connect(forwards[1].public_addr).await.unwrap();
+    visitor.write_all(b"u").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, visitor.read_to_end(&mut answer)).await.unwrap();
+    assert!(b"whole answer".starts_with(&answer), "{answer:?}");
+    let upload = async {
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            visitor.write_all(&chunk).await?;
+        }
+    };
+    let failed: std::io::Result<()> = tokio::time::timeout(PATIENCE, upload).await.expect("the upload hung");
+    let kind = failed.unwrap_err().kind();
+    assert!(matches!(kind, std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe), "{kind:?}");
+    client.stop().await;
+    server.stop().await;
+}

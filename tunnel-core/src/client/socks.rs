@@ -167,6 +167,7 @@ async fn through_server(
     if let Err(err) = splice(tcp, &mut stream).await {
         tracing::debug!(%visitor, %target, "SOCKS connection failed: {err}");
         transport::reset_on_close(tcp);
+        stream.reset();
     }
     Ok(())
 }

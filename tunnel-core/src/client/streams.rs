@@ -197,7 +197,10 @@ pub(super) async fn handle(
             }
         },
     };
-    if !failed {
+    if failed {
+        // The visitor sees the failure as a reset too, even after its own end was carried.
+        stream.reset();
+    } else {
         // Both ends were carried in order; a broken tunnel side keeps the reset.
         transport::close_in_order(&tcp);
     }
@@ -242,7 +245,10 @@ async fn visit_network(
             tracing::trace!(%visitor, %target, %from, ?stats, "network visit done");
             transport::close_in_order(&tcp);
         }
-        Err(err) => tracing::debug!(%visitor, %target, %from, "network visit failed: {err}"),
+        Err(err) => {
+            tracing::debug!(%visitor, %target, %from, "network visit failed: {err}");
+            stream.reset();
+        }
     }
 }
 

@@ -46,7 +46,9 @@ impl Visitor {
 
     /// Ends the connection with a reset: the visitor sees an error, not an end of stream.
     pub fn reset(mut self) {
-        drop(self.stream.take());
+        if let Some(stream) = self.stream.take() {
+            stream.reset();
+        }
     }
 
     fn stream(self: Pin<&mut Self>) -> Pin<&mut MuxStream> {

@@ -5,11 +5,12 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use super::ends::{peek_header, FrameCursor, StreamEnds};
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
@@ -36,6 +37,8 @@ struct LinkState {
     closed_one: Arc<Notify>,
     received: AtomicU64,
     sent: AtomicU64,
+    /// How the streams ended, as the frames said.
+    ends: StreamEnds,
 }
 
 impl Link {
@@ -103,6 +106,11 @@ impl Link {
         Arc::as_ptr(&self.0) as usize
     }
 
+    /// The FINs and resets seen for this connection's streams.
+    pub(super) fn ends(&self) -> &StreamEnds {
+        &self.0.ends
+    }
+
     /// Bytes read from and written to the connection so far (yamux framing included).
     pub(super) fn bytes(&self) -> (u64, u64) {
         (self.0.received.load(Ordering::Relaxed), self.0.sent.load(Ordering::Relaxed))
@@ -148,10 +156,50 @@ pub(super) fn hit_eof(buf: &ReadBuf<'_>, filled_before: usize) -> bool {
     buf.filled().len() == filled_before && buf.remaining() > 0
 }
 
-/// The byte stream under yamux, marking the link cut on EOF, error or close.
+/// The byte stream under yamux, marking the link cut on EOF, error or close, following its
+/// frames both ways into the link's [`StreamEnds`], and writing the resets queued there
+/// between two of yamux's frames.
 pub(super) struct WatchedIo {
-    pub(super) inner: BoxedIo,
-    pub(super) link: Link,
+    inner: BoxedIo,
+    link: Link,
+    read_frames: FrameCursor,
+    write_frames: FrameCursor,
+    /// Frames of our own being written; `own[..own_written]` are out.
+    own: Vec<u8>,
+    own_written: usize,
+}
+
+impl WatchedIo {
+    pub(super) fn new(inner: BoxedIo, link: Link) -> Self {
+        let (read_frames, write_frames) = (FrameCursor::default(), FrameCursor::default());
+        Self { inner, link, read_frames, write_frames, own: Vec::new(), own_written: 0 }
+    }
+
+    /// Writes the queued frames of our own, if yamux is between two frames.
+    fn poll_own_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.write_frames.at_boundary() {
+            return Poll::Ready(Ok(()));
+        }
+        if self.own.is_empty() {
+            self.link.ends().take_queued(&mut self.own);
+        }
+        while self.own_written < self.own.len() {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.own[self.own_written..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.own_written += n;
+                    self.link.0.sent.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    self.link.cut();
+                    return Poll::Ready(Err(err));
+                }
+            }
+        }
+        self.own.clear();
+        self.own_written = 0;
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -160,15 +208,18 @@ impl AsyncRead for WatchedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &result {
-            Poll::Ready(Ok(())) if hit_eof(buf, before) => self.link.cut(),
+            Poll::Ready(Ok(())) if hit_eof(buf, before) => this.link.cut(),
             Poll::Ready(Ok(())) => {
-                let read = (buf.filled().len() - before) as u64;
-                self.link.0.received.fetch_add(read, Ordering::Relaxed);
+                let read = &buf.filled()[before..];
+                this.link.0.received.fetch_add(read.len() as u64, Ordering::Relaxed);
+                let ends = this.link.ends();
+                this.read_frames.feed(read, |header| ends.received(header));
             }
-            Poll::Ready(Err(_)) => self.link.cut(),
+            Poll::Ready(Err(_)) => this.link.cut(),
             _ => {}
         }
         result
@@ -177,18 +228,28 @@ impl AsyncRead for WatchedIo {
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let this = &mut *self;
+        if this.write_frames.at_boundary() && this.link.ends().resets_waiting() {
+            if let Some(header) = peek_header(buf) {
+                this.link.ends().before_sending(header);
+            }
+        }
+        ready!(this.poll_own_frames(cx))?;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         match result {
             Poll::Ready(Ok(written)) => {
-                self.link.0.sent.fetch_add(written as u64, Ordering::Relaxed);
+                this.link.0.sent.fetch_add(written as u64, Ordering::Relaxed);
+                let ends = this.link.ends();
+                this.write_frames.feed(&buf[..written], |header| ends.sent(header));
             }
-            Poll::Ready(Err(_)) => self.link.cut(),
+            Poll::Ready(Err(_)) => this.link.cut(),
             Poll::Pending => {}
         }
         result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_own_frames(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 

@@ -15,6 +15,7 @@
 mod admission;
 mod bundle;
 mod driver;
+mod ends;
 mod incoming;
 mod join;
 mod link;
@@ -126,7 +127,7 @@ fn start_with(
         Mode::Client => yamux::Mode::Client,
         Mode::Server => yamux::Mode::Server,
     };
-    let io = WatchedIo { inner: Box::new(JoinWrites::new(io)), link: link.clone() };
+    let io = WatchedIo::new(Box::new(JoinWrites::new(io)), link.clone());
     let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     // 256 in all: the sender's own place and 255 more.
@@ -159,6 +160,7 @@ fn start_with(
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::time::Duration;
 
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -230,6 +232,87 @@ mod tests {
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"reply");
+    }
+
+    /// Returns once every frame `peer_opener`'s side wrote before has reached `incoming`'s
+    /// side: yamux writes frames in the order they were queued.
+    async fn settle(peer_opener: &StreamOpener, incoming: &mut IncomingStreams) {
+        let mut probe = peer_opener.open().await.unwrap();
+        probe.write_all(b"z").await.unwrap();
+        incoming.next().await.unwrap().read_exact(&mut [0; 1]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_our_fin_reads_as_a_reset_after_the_data_before_it() {
+        let ((opener, _), (_, mut peer_incoming)) = pair(&MuxConfig::default());
+        for reset in [true, false] {
+            let mut ours = opener.open().await.unwrap();
+            ours.write_all(b"request").await.unwrap();
+            ours.shutdown().await.unwrap();
+            let mut theirs = peer_incoming.next().await.unwrap();
+            theirs.read_to_end(&mut Vec::new()).await.unwrap();
+            theirs.write_all(b"part of the answer").await.unwrap();
+            if reset {
+                theirs.reset();
+            } else {
+                theirs.shutdown().await.unwrap();
+            }
+            let mut answer = Vec::new();
+            let ended = ours.read_to_end(&mut answer).await;
+            assert_eq!(answer, b"part of the answer", "what came before the end, reset: {reset}");
+            match ended {
+                Err(err) if reset => assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}"),
+                ended => assert_eq!(ended.is_ok(), !reset, "reset: {reset}, read: {ended:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_the_resetters_own_fin_fails_the_peers_writes() {
+        let ((opener, mut incoming), (peer_opener, mut peer_incoming)) = pair(&MuxConfig::default());
+        let mut ours = opener.open().await.unwrap();
+        ours.write_all(b"upload").await.unwrap();
+        let mut theirs = peer_incoming.next().await.unwrap();
+        theirs.write_all(b"whole answer").await.unwrap();
+        theirs.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        ours.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"whole answer", "the FIN before the reset is a clean end");
+        // yamux alone sends nothing for a stream dropped after its FIN: the upload would go on
+        // into a stream nobody reads, until its window ran out.
+        theirs.reset();
+        settle(&peer_opener, &mut incoming).await;
+        let err = ours.write_all(b"more upload").await.expect_err("writes to a reset stream");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    }
+
+    #[tokio::test]
+    async fn resets_of_half_closed_streams_leave_nothing_behind_and_the_connection_lives() {
+        let ((opener, _), (_, mut peer_incoming)) = pair(&MuxConfig::default());
+        let mut kept = Vec::new();
+        for n in 0..200 {
+            let mut ours = opener.open().await.unwrap();
+            ours.write_all(b"x").await.unwrap();
+            ours.shutdown().await.unwrap();
+            let mut theirs = peer_incoming.next().await.unwrap();
+            theirs.read_to_end(&mut Vec::new()).await.unwrap();
+            theirs.reset();
+            let ended = ours.read_to_end(&mut Vec::new()).await;
+            assert_eq!(ended.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset), "stream {n}");
+            // Half of them are kept until the peer's frames are all in.
+            if n % 2 == 0 {
+                kept.push(ours);
+            }
+        }
+        let mut echo = opener.open().await.unwrap();
+        echo.write_all(b"still up").await.unwrap();
+        let mut theirs = peer_incoming.next().await.unwrap();
+        theirs.read_exact(&mut [0; 8]).await.unwrap();
+        // Only the streams still held (and the one open now) are followed, on either side.
+        assert_eq!(opener.link.ends().followed(), kept.len() + 1);
+        drop(kept);
+        assert_eq!(opener.link.ends().followed(), 1);
+        assert!(!opener.link.ends().resets_waiting());
     }
 
     #[tokio::test]

@@ -162,11 +162,12 @@ impl StreamOpener {
 }
 
 /// One multiplexed stream: a tokio `AsyncRead + AsyncWrite`. `shutdown` sends FIN (half-close);
-/// dropping it resets the stream if it is still open.
+/// dropping it before that resets the stream (what was written may have been cut short), and
+/// [`MuxStream::reset`] resets it whatever its state.
 ///
 /// A read returns EOF only for the peer's FIN. If the connection was lost, the read fails with
-/// `ConnectionAborted`; if the peer reset the stream while our side was still open, with
-/// `ConnectionReset` (yamux itself reports both as EOF, which would look like a complete stream).
+/// `ConnectionAborted`; if the peer reset the stream, with `ConnectionReset` (yamux itself
+/// reports both as EOF, which would look like a complete stream), and so does a write.
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
     /// A place in the session's stream limit while it lives (see [`MuxStream::uncounted`]).
@@ -242,6 +243,36 @@ impl MuxStream {
     pub fn id(&self) -> u32 {
         self.inner.get_ref().id().val()
     }
+
+    /// Ends the stream with a reset, also once either side has sent its FIN: the peer's reads
+    /// and writes then fail with `ConnectionReset`, never taking what came before for a
+    /// complete stream.
+    pub fn reset(self) {
+        let stream = self.inner.get_ref();
+        if stream.is_write_closed() && !stream.is_closed() && !self.link.is_cut() {
+            self.link.ends().reset(self.id(), true);
+        }
+        // Not shut down, the drop resets it.
+    }
+
+    /// Whether the stream's end came from a reset by the peer.
+    fn was_reset(&self) -> bool {
+        self.link.ends().was_reset(self.id())
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        let id = self.id();
+        let stream = self.inner.get_ref();
+        // yamux resets a stream dropped open both ways; after the peer's FIN it would send a
+        // FIN, which reads as a whole stream, so the reset goes as a frame of our own (`ends`).
+        // The drop wakes the driver, which writes it.
+        if !stream.is_write_closed() && !stream.is_closed() && !self.link.is_cut() {
+            self.link.ends().reset(id, false);
+        }
+        self.link.ends().forget(id);
+    }
 }
 
 impl std::fmt::Debug for MuxStream {
@@ -259,6 +290,11 @@ pub(super) const DEFERRED_ACKNOWLEDGEMENTS: usize = 64;
 /// What reading or writing a stream whose connection was lost fails with.
 fn connection_lost() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "tunnel connection lost")
+}
+
+/// What reading or writing a stream the peer reset fails with.
+fn stream_reset() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "stream reset by the peer")
 }
 
 /// Most bytes one read asks yamux for (and zeroes beforehand).
@@ -297,11 +333,8 @@ impl AsyncRead for MuxStream {
                 return Poll::Ready(Err(connection_lost()));
             }
             // A FIN while our side is open leaves the stream half-open; a reset closes it.
-            if !self.write_closed && self.inner.get_ref().is_closed() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "stream reset by the peer",
-                )));
+            if self.was_reset() || (!self.write_closed && self.inner.get_ref().is_closed()) {
+                return Poll::Ready(Err(stream_reset()));
             }
         }
         Poll::Ready(result)
@@ -315,8 +348,17 @@ impl AsyncWrite for MuxStream {
             // yamux put its ACK flag on this frame.
             self.unacknowledged = None;
         }
-        // yamux says "connection is closed" for a lost connection too; say which it was.
-        Poll::Ready(written.map_err(|err| if self.link.is_cut() { connection_lost() } else { err }))
+        // yamux says "connection is closed" for a lost connection and a reset stream too; say
+        // which it was.
+        Poll::Ready(written.map_err(|err| {
+            if self.link.is_cut() {
+                connection_lost()
+            } else if self.was_reset() {
+                stream_reset()
+            } else {
+                err
+            }
+        }))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -175,6 +175,7 @@ async fn https(
         let limits = crate::forward::SpliceLimits::default();
         if let Err(err) = crate::forward::splice_metered(&mut tcp, &mut stream, limits, Some(&meter)).await {
             tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough ended: {err}");
+            stream.reset();
         }
         return;
     }

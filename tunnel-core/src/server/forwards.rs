@@ -409,7 +409,10 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member
             }
         },
     };
-    if !failed {
+    if failed {
+        // The client's target sees the failure as a reset too, even after its own end.
+        stream.reset();
+    } else {
         // Both ends were carried in order; a broken tunnel side keeps the reset.
         transport::close_in_order(&tcp);
     }

@@ -56,22 +56,26 @@ pub(super) async fn handle(
             return;
         }
     };
-    tokio::select! {
-        () = owned.cancelled() => {}
-        () = visit(&shared, &from, &mut stream, &target, (visitor, protocol)) => {}
+    let failed = tokio::select! {
+        () = owned.cancelled() => true,
+        failed = visit(&shared, &from, &mut stream, &target, (visitor, protocol)) => failed,
+    };
+    if failed {
+        // The client's visitor sees the failure as a reset, even after its own end.
+        stream.reset();
     }
 }
 
 /// Carries a visit whose header was read: `stream` is answered with a stream reply (the
 /// server's refusal, its own `Ok`, or the routing client's answer), then spliced to the target
-/// (a UDP flow: relayed to a socket connected to it).
+/// (a UDP flow: relayed to a socket connected to it). Whether the carrying failed.
 async fn visit(
     shared: &Shared,
     from: &Visitor,
     stream: &mut MuxStream,
     target: &VisitTarget,
     (visitor, protocol): (SocketAddr, Protocol),
-) {
+) -> bool {
     let upstream = match connect(shared, from, target, visitor, protocol).await {
         Ok(upstream) => upstream,
         Err(refusal) => {
@@ -79,40 +83,44 @@ async fn visit(
             // Best effort: the client closes its visitor on reading this.
             let _ = stream.write_all(&refusal.encode()).await;
             let _ = stream.shutdown().await;
-            return;
+            return false;
         }
     };
+    let client = crate::log::Escaped(&from.name);
     match upstream {
         Upstream::Udp(socket) => {
             if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
-                return;
+                return true;
             }
             match crate::udp::relay(stream, &socket, crate::udp::DEFAULT_FLOW_IDLE, None).await {
-                Ok(stats) => {
-                    tracing::trace!(client = %crate::log::Escaped(&from.name), %target, ?stats, "server-side UDP flow done")
-                }
-                Err(err) => {
-                    tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "server-side UDP flow failed: {err}")
-                }
+                Ok(stats) => tracing::trace!(%client, %target, ?stats, "server-side UDP flow done"),
+                Err(err) => tracing::debug!(%client, %target, "server-side UDP flow failed: {err}"),
             }
+            false
         }
         Upstream::Tcp(mut tcp) => {
             if stream.write_all(&StreamReply::ok().encode()).await.is_err() {
-                return transport::reset_on_close(&tcp);
+                transport::reset_on_close(&tcp);
+                return true;
             }
-            if let Err(err) = splice(stream, &mut tcp).await {
-                tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "server-side visit failed: {err}");
+            let carried = splice(stream, &mut tcp).await;
+            if let Err(err) = &carried {
+                tracing::debug!(%client, %target, "server-side visit failed: {err}");
                 transport::reset_on_close(&tcp);
             }
+            carried.is_err()
         }
         Upstream::Client { stream: mut upstream, answers } => {
             // The routing client's answer passes through with the data after it.
             if !answers && stream.write_all(&StreamReply::ok().encode()).await.is_err() {
-                return; // Dropping the upstream resets it.
+                return true; // Dropping the upstream resets it.
             }
-            if let Err(err) = splice(stream, &mut upstream).await {
-                tracing::debug!(client = %crate::log::Escaped(&from.name), %target, "visit failed: {err}");
+            let carried = splice(stream, &mut upstream).await;
+            if let Err(err) = &carried {
+                tracing::debug!(%client, %target, "visit failed: {err}");
+                upstream.reset();
             }
+            carried.is_err()
         }
     }
 }

@@ -1,0 +1,432 @@
+//! How each stream ended, read off the frames: a reset told from a FIN, which yamux does not.
+//!
+//! yamux 0.14 closes a stream the same way for the peer's FIN after ours and for the peer's
+//! reset, and it cannot reset a stream once either side has sent its FIN (dropping the stream
+//! then sends a FIN, or nothing). Both matter to a tunnel: a visitor that sent its request and
+//! its FIN must see the target's reset as a reset, never as a complete reply.
+//!
+//! So the byte stream under yamux is followed frame by frame, headers only ([`FrameCursor`]),
+//! and [`StreamEnds`] keeps, for each stream while it lives, the FIN and RST flags seen either
+//! way. A reset of our own, for a half-closed stream, is a frame we write between two of
+//! yamux's: the peer's yamux closes the stream on it, and its [`StreamEnds`] says why.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// A yamux frame header: version, type, flags, stream id, length (big-endian).
+const HEADER_LEN: usize = 12;
+/// The one frame type with a body, of `length` bytes.
+const TYPE_DATA: u8 = 0;
+const FLAG_SYN: u16 = 0x1;
+const FLAG_FIN: u16 = 0x4;
+const FLAG_RST: u16 = 0x8;
+
+/// Most streams of one connection followed at once. yamux's own stream limit is far lower;
+/// past this one (a peer opening streams it never closes, through some gap in the limits), a
+/// new stream's reset reads as an end of stream, as it did before the frames were followed.
+const MOST_FOLLOWED: usize = 16 * 1024;
+
+/// The one other frame type about a stream (pings and go-aways are about the connection).
+const TYPE_WINDOW_UPDATE: u8 = 1;
+
+/// The parts of a frame header that say how a stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Header {
+    pub(super) kind: u8,
+    pub(super) flags: u16,
+    pub(super) stream: u32,
+}
+
+impl Header {
+    /// Whether it opens, ends or resets a stream.
+    fn ends_or_opens(&self) -> bool {
+        matches!(self.kind, TYPE_DATA | TYPE_WINDOW_UPDATE)
+            && self.flags & (FLAG_SYN | FLAG_FIN | FLAG_RST) != 0
+    }
+}
+
+/// Follows the frames of a byte stream handed over in pieces of any size, reporting each
+/// header once it is whole. It only observes: yamux validates the frames itself.
+#[derive(Debug, Default)]
+pub(super) struct FrameCursor {
+    header: [u8; HEADER_LEN],
+    /// Bytes of `header` filled so far.
+    have: usize,
+    /// Body bytes of the current frame not yet passed.
+    body_left: u32,
+}
+
+impl FrameCursor {
+    /// Between two frames: a frame of our own may be written here.
+    pub(super) fn at_boundary(&self) -> bool {
+        self.have == 0 && self.body_left == 0
+    }
+
+    /// Passes `bytes`, calling `on_header` for each header completed in them.
+    pub(super) fn feed(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(Header)) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let skip = bytes.len().min(self.body_left as usize);
+                // `skip` is at most `body_left`, a u32.
+                self.body_left -= skip as u32;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let take = (HEADER_LEN - self.have).min(bytes.len());
+            self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+            self.have += take;
+            bytes = &bytes[take..];
+            if self.have == HEADER_LEN {
+                self.have = 0;
+                let h = &self.header;
+                if h[1] == TYPE_DATA {
+                    self.body_left = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+                }
+                on_header(decode(h));
+            }
+        }
+    }
+}
+
+/// The header `bytes` begin with, if they hold a whole one.
+pub(super) fn peek_header(bytes: &[u8]) -> Option<Header> {
+    bytes.first_chunk::<HEADER_LEN>().map(decode)
+}
+
+fn decode(h: &[u8; HEADER_LEN]) -> Header {
+    Header {
+        kind: h[1],
+        flags: u16::from_be_bytes([h[2], h[3]]),
+        stream: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+    }
+}
+
+/// A data frame of no body that resets `stream`.
+fn reset_frame(stream: u32) -> [u8; HEADER_LEN] {
+    let mut frame = [0; HEADER_LEN];
+    frame[1] = TYPE_DATA;
+    frame[2..4].copy_from_slice(&FLAG_RST.to_be_bytes());
+    frame[4..8].copy_from_slice(&stream.to_be_bytes());
+    frame
+}
+
+/// Flags seen for one stream.
+const FIN_RECEIVED: u8 = 1;
+const FIN_SENT: u8 = 2;
+const RESET_RECEIVED: u8 = 4;
+/// We reset the stream: a reset frame goes right before the FIN yamux has yet to write.
+const RESET_BEFORE_FIN: u8 = 8;
+
+/// The ends seen for the streams of one connection, and the resets of our own waiting to be
+/// written. A stream is followed from its SYN (either way) until both FINs have passed, a
+/// reset has, or its [`super::MuxStream`] is dropped (unless a reset of ours waits for it).
+#[derive(Debug, Default)]
+pub(super) struct StreamEnds {
+    streams: Mutex<HashMap<u32, u8>>,
+    /// Streams marked [`RESET_BEFORE_FIN`], so the writer looks at headers only while some are.
+    waiting: AtomicUsize,
+    /// Reset frames for the writer to put between two of yamux's frames.
+    queued: Mutex<Vec<u8>>,
+    has_queued: AtomicBool,
+}
+
+impl StreamEnds {
+    /// A frame header the peer sent.
+    pub(super) fn received(&self, header: Header) {
+        if !header.ends_or_opens() {
+            return;
+        }
+        let mut streams = self.streams();
+        if header.flags & FLAG_SYN != 0 && streams.len() < MOST_FOLLOWED {
+            streams.entry(header.stream).or_insert(0);
+        }
+        let Some(seen) = streams.get_mut(&header.stream) else { return };
+        if header.flags & FLAG_RST != 0 {
+            if *seen & RESET_BEFORE_FIN != 0 {
+                // Reset both ways: yamux writes nothing more for it, and nobody reads it.
+                streams.remove(&header.stream);
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                *seen |= RESET_RECEIVED;
+            }
+        } else if header.flags & FLAG_FIN != 0 {
+            *seen |= FIN_RECEIVED;
+            if *seen == FIN_RECEIVED | FIN_SENT {
+                streams.remove(&header.stream);
+            }
+        }
+    }
+
+    /// A frame header yamux wrote.
+    pub(super) fn sent(&self, header: Header) {
+        if !header.ends_or_opens() {
+            return;
+        }
+        let mut streams = self.streams();
+        if header.flags & FLAG_SYN != 0 && streams.len() < MOST_FOLLOWED {
+            streams.entry(header.stream).or_insert(0);
+        }
+        if header.flags & FLAG_RST != 0 {
+            if streams.remove(&header.stream).is_some_and(|seen| seen & RESET_BEFORE_FIN != 0) {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            return;
+        }
+        let Some(seen) = streams.get_mut(&header.stream) else { return };
+        if header.flags & FLAG_FIN != 0 {
+            *seen |= FIN_SENT;
+            if *seen == FIN_RECEIVED | FIN_SENT {
+                streams.remove(&header.stream);
+            }
+        }
+    }
+
+    /// A frame header yamux is about to write: a reset waiting for this FIN is queued, to go
+    /// first.
+    pub(super) fn before_sending(&self, header: Header) {
+        if !header.ends_or_opens() || header.flags & FLAG_FIN == 0 || !self.resets_waiting() {
+            return;
+        }
+        let mut streams = self.streams();
+        if streams.get(&header.stream).is_some_and(|seen| seen & RESET_BEFORE_FIN != 0) {
+            streams.remove(&header.stream);
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            drop(streams);
+            self.queue_frame(header.stream);
+        }
+    }
+
+    /// Whether a reset of ours waits for a FIN yamux has yet to write.
+    pub(super) fn resets_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether the peer reset `stream`.
+    pub(super) fn was_reset(&self, stream: u32) -> bool {
+        self.streams().get(&stream).is_some_and(|seen| seen & RESET_RECEIVED != 0)
+    }
+
+    /// Resets `stream` with a frame of our own that follows everything yamux had for it
+    /// (`fin_pending`: our FIN is written or queued): at once if our FIN is out, else right
+    /// before the FIN yamux has yet to write, its last frame for the stream (ours, queued, or
+    /// the one it sends when a stream the peer half-closed is dropped). `false` when neither
+    /// FIN is on its way: dropping the stream is then the reset, yamux's own.
+    pub(super) fn reset(&self, stream: u32, fin_pending: bool) -> bool {
+        let mut streams = self.streams();
+        let seen = streams.get(&stream).copied().unwrap_or(0);
+        if seen & FIN_SENT != 0 {
+            streams.remove(&stream);
+            drop(streams);
+            self.queue_frame(stream);
+            true
+        } else if fin_pending || seen & FIN_RECEIVED != 0 {
+            if seen & RESET_BEFORE_FIN == 0 && (seen != 0 || streams.len() < MOST_FOLLOWED) {
+                streams.insert(stream, seen | RESET_BEFORE_FIN);
+                self.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Stops following `stream`, its reader gone, unless a reset of ours waits for it.
+    pub(super) fn forget(&self, stream: u32) {
+        let mut streams = self.streams();
+        if streams.get(&stream).is_some_and(|seen| seen & RESET_BEFORE_FIN == 0) {
+            streams.remove(&stream);
+        }
+    }
+
+    fn queue_frame(&self, stream: u32) {
+        lock(&self.queued).extend_from_slice(&reset_frame(stream));
+        self.has_queued.store(true, Ordering::Release);
+    }
+
+    /// The queued reset frames, if any, appended to `out`.
+    pub(super) fn take_queued(&self, out: &mut Vec<u8>) {
+        if self.has_queued.load(Ordering::Acquire) && self.has_queued.swap(false, Ordering::AcqRel) {
+            out.append(&mut lock(&self.queued));
+        }
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<u32, u8>> {
+        lock(&self.streams)
+    }
+
+    #[cfg(test)]
+    pub(super) fn followed(&self) -> usize {
+        self.streams().len()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(flags: u16, stream: u32, kind: u8, length: u32) -> Vec<u8> {
+        let mut h = vec![0, kind];
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&stream.to_be_bytes());
+        h.extend_from_slice(&length.to_be_bytes());
+        h
+    }
+
+    fn data(flags: u16, stream: u32) -> Header {
+        Header { kind: TYPE_DATA, flags, stream }
+    }
+
+    fn syn(stream: u32) -> Header {
+        data(FLAG_SYN, stream)
+    }
+
+    fn fin(stream: u32) -> Header {
+        data(FLAG_FIN, stream)
+    }
+
+    fn rst(stream: u32) -> Header {
+        data(FLAG_RST, stream)
+    }
+
+    /// The frames queued for the writer, taken.
+    fn queued(ends: &StreamEnds) -> Vec<Header> {
+        let mut out = Vec::new();
+        ends.take_queued(&mut out);
+        let mut seen = Vec::new();
+        let mut cursor = FrameCursor::default();
+        cursor.feed(&out, |h| seen.push(h));
+        assert!(cursor.at_boundary(), "whole frames");
+        seen
+    }
+
+    #[test]
+    fn headers_are_found_however_the_bytes_are_cut() {
+        // A data frame with a body, a window update (its length is credit, not a body), a
+        // data frame of no body, another with a body.
+        let mut wire = header(FLAG_SYN, 1, TYPE_DATA, 5);
+        wire.extend_from_slice(b"hello");
+        wire.extend(header(0, 1, 1, 256 * 1024));
+        wire.extend(header(FLAG_FIN, 3, TYPE_DATA, 0));
+        wire.extend(header(FLAG_RST, 5, TYPE_DATA, 3));
+        wire.extend_from_slice(b"abc");
+        let expected = vec![syn(1), Header { kind: 1, flags: 0, stream: 1 }, fin(3), rst(5)];
+        for piece in 1..=wire.len() {
+            let mut cursor = FrameCursor::default();
+            let mut seen = Vec::new();
+            for chunk in wire.chunks(piece) {
+                cursor.feed(chunk, |h| seen.push(h));
+            }
+            assert_eq!(seen, expected, "pieces of {piece} bytes");
+            assert!(cursor.at_boundary());
+        }
+        let mut cursor = FrameCursor::default();
+        cursor.feed(&wire[..15], |_| {});
+        assert!(!cursor.at_boundary(), "inside a body");
+        cursor.feed(&wire[15..20], |_| {});
+        assert!(!cursor.at_boundary(), "inside a header");
+        assert_eq!(peek_header(&wire[29..]), Some(fin(3)));
+        assert_eq!(peek_header(&wire[29..40]), None);
+    }
+
+    #[test]
+    fn a_body_as_long_as_u32_allows_does_not_wrap() {
+        let mut cursor = FrameCursor::default();
+        let mut seen = 0;
+        cursor.feed(&header(0, 1, TYPE_DATA, u32::MAX), |_| seen += 1);
+        cursor.feed(&[0; 4096], |_| seen += 1);
+        assert_eq!((seen, cursor.body_left), (1, u32::MAX - 4096));
+    }
+
+    #[test]
+    fn a_reset_is_told_from_a_fin_until_the_reader_forgets_it() {
+        let ends = StreamEnds::default();
+        ends.sent(syn(1));
+        ends.sent(fin(1));
+        ends.received(rst(1));
+        assert!(ends.was_reset(1));
+        ends.forget(1);
+        assert!(!ends.was_reset(1));
+
+        // Both FINs: nothing left to tell, the stream is no longer followed.
+        ends.received(syn(2));
+        ends.received(fin(2));
+        assert!(!ends.was_reset(2));
+        ends.sent(fin(2));
+        assert_eq!(ends.followed(), 0);
+
+        // A ping (SYN: a request) and a go-away are about the connection, not a stream.
+        ends.received(Header { kind: 2, flags: FLAG_SYN, stream: 0 });
+        ends.sent(Header { kind: 3, flags: 0, stream: 0 });
+        assert_eq!(ends.followed(), 0);
+
+        // Our own reset ends the following; a peer's frames for unknown streams change nothing.
+        ends.received(syn(4));
+        ends.sent(rst(4));
+        ends.received(rst(4));
+        ends.received(fin(6));
+        assert_eq!(ends.followed(), 0);
+    }
+
+    #[test]
+    fn a_reset_after_our_fin_goes_at_once_and_before_a_fin_yet_to_go_waits_for_it() {
+        let ends = StreamEnds::default();
+        // Our FIN is out: the reset goes now.
+        ends.sent(syn(1));
+        ends.sent(fin(1));
+        assert!(ends.reset(1, true));
+        assert_eq!(queued(&ends), vec![rst(1)]);
+        assert!(queued(&ends).is_empty(), "taken once");
+
+        // The peer's FIN came, ours is still to go (yamux sends it when the stream is
+        // dropped): the reset waits for it, past the stream's drop.
+        ends.received(syn(2));
+        ends.received(fin(2));
+        assert!(ends.reset(2, false));
+        ends.forget(2);
+        assert!(ends.resets_waiting() && queued(&ends).is_empty());
+        ends.before_sending(data(0, 2));
+        ends.before_sending(fin(4));
+        assert!(queued(&ends).is_empty(), "only the FIN of that stream");
+        ends.before_sending(fin(2));
+        assert_eq!(queued(&ends), vec![rst(2)]);
+        assert!(!ends.resets_waiting());
+        assert_eq!(ends.followed(), 0);
+
+        // Open both ways: yamux's own reset on drop does it.
+        ends.sent(syn(3));
+        assert!(!ends.reset(3, false));
+        assert!(queued(&ends).is_empty() && !ends.resets_waiting());
+    }
+
+    #[test]
+    fn a_waiting_reset_is_dropped_when_the_stream_is_reset_anyway() {
+        let ends = StreamEnds::default();
+        for (stream, by_peer) in [(1, true), (3, false)] {
+            ends.received(syn(stream));
+            ends.received(fin(stream));
+            ends.reset(stream, false);
+            if by_peer {
+                ends.received(rst(stream));
+            } else {
+                ends.sent(rst(stream));
+            }
+            assert!(!ends.resets_waiting(), "reset by the peer: {by_peer}");
+        }
+        assert_eq!(ends.followed(), 0);
+        assert!(queued(&ends).is_empty());
+    }
+
+    #[test]
+    fn a_peer_opening_streams_without_end_is_followed_up_to_a_bound() {
+        let ends = StreamEnds::default();
+        for stream in 0..MOST_FOLLOWED as u32 + 10 {
+            ends.received(syn(stream));
+        }
+        assert_eq!(ends.followed(), MOST_FOLLOWED);
+    }
+}
