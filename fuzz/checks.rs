@@ -43,9 +43,9 @@ pub const TARGETS: &[(&str, Check)] = &[
 ];
 
 /// The multiplexer under a peer that sends anything: nothing panics, the streams the peer
-/// opened (read to their end, then reset or answered and closed) and one of ours all end, and
-/// the driver ends once the bytes do. Our side's frames, resets of half-closed streams
-/// included, are read off by the peer so that no write waits on it.
+/// opened (read to their end, then reset or answered and closed) and one of ours all end, the
+/// driver ends once the bytes do, and what our side sent (read off by the peer as it goes, so
+/// that no write waits) is whole frames, our own resets of half-closed streams included.
 pub fn mux_frames(data: &[u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tunnel_core::mux::{self, Mode, MuxConfig};
@@ -59,7 +59,9 @@ pub fn mux_frames(data: &[u8]) {
             let _ = to_us.shutdown().await;
         };
         let drain = async move {
-            let _ = tokio::io::copy(&mut from_us, &mut tokio::io::sink()).await;
+            let mut sent = Vec::new();
+            let _ = from_us.read_to_end(&mut sent).await;
+            sent
         };
         let serve = async move {
             let mut n = 0;
@@ -81,8 +83,17 @@ pub fn mux_frames(data: &[u8]) {
             let _ = stream.read_to_end(&mut Vec::new()).await;
             stream.reset();
         };
-        let (ended, (), (), (), ()) = futures::join!(driver, send, drain, serve, ours);
+        let (ended, (), sent, (), ()) = futures::join!(driver, send, drain, serve, ours);
         drop(ended);
+        // What we sent, our own reset frames among yamux's, is whole yamux frames.
+        let mut at = 0;
+        while let Some(header) = sent.get(at..at + 12) {
+            assert_eq!(header[0], 0, "a frame of version 0 at byte {at}");
+            assert!(header[1] <= 3, "a known frame type at byte {at}");
+            let body = if header[1] == 0 { u32::from_be_bytes(header[8..12].try_into().unwrap()) } else { 0 };
+            at += 12 + body as usize;
+        }
+        assert_eq!(at, sent.len(), "the last frame we sent is whole");
     });
 }
 

@@ -36,6 +36,8 @@ pub(super) struct Header {
     pub(super) kind: u8,
     pub(super) flags: u16,
     pub(super) stream: u32,
+    /// A data frame's body length (a window update's credit).
+    pub(super) length: u32,
 }
 
 impl Header {
@@ -43,6 +45,10 @@ impl Header {
     fn ends_or_opens(&self) -> bool {
         matches!(self.kind, TYPE_DATA | TYPE_WINDOW_UPDATE)
             && self.flags & (FLAG_SYN | FLAG_FIN | FLAG_RST) != 0
+    }
+
+    fn carries_data(&self) -> bool {
+        self.kind == TYPE_DATA && self.length > 0
     }
 }
 
@@ -99,6 +105,7 @@ fn decode(h: &[u8; HEADER_LEN]) -> Header {
         kind: h[1],
         flags: u16::from_be_bytes([h[2], h[3]]),
         stream: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        length: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
     }
 }
 
@@ -117,15 +124,22 @@ const FIN_SENT: u8 = 2;
 const RESET_RECEIVED: u8 = 4;
 /// We reset the stream: a reset frame goes right before the FIN yamux has yet to write.
 const RESET_BEFORE_FIN: u8 = 8;
+/// Dropped after our FIN with the peer still sending: its next data is answered with a reset,
+/// as TCP answers data for a closed socket (yamux would ignore it, and the peer's writes would
+/// hang once its window ran out).
+const ABANDONED: u8 = 16;
 
 /// The ends seen for the streams of one connection, and the resets of our own waiting to be
 /// written. A stream is followed from its SYN (either way) until both FINs have passed, a
-/// reset has, or its [`super::MuxStream`] is dropped (unless a reset of ours waits for it).
+/// reset has, or its [`super::MuxStream`] is dropped (unless a reset of ours still depends on
+/// what comes next).
 #[derive(Debug, Default)]
 pub(super) struct StreamEnds {
     streams: Mutex<HashMap<u32, u8>>,
     /// Streams marked [`RESET_BEFORE_FIN`], so the writer looks at headers only while some are.
     waiting: AtomicUsize,
+    /// Streams marked [`ABANDONED`], so the reader looks at data frames only while some are.
+    abandoned: AtomicUsize,
     /// Reset frames for the writer to put between two of yamux's frames.
     queued: Mutex<Vec<u8>>,
     has_queued: AtomicBool,
@@ -134,15 +148,29 @@ pub(super) struct StreamEnds {
 impl StreamEnds {
     /// A frame header the peer sent.
     pub(super) fn received(&self, header: Header) {
-        if !header.ends_or_opens() {
+        let watched =
+            header.ends_or_opens() || (header.carries_data() && self.abandoned.load(Ordering::Acquire) > 0);
+        if !watched {
             return;
         }
         let mut streams = self.streams();
-        if header.flags & FLAG_SYN != 0 && streams.len() < MOST_FOLLOWED {
+        // yamux ignores a SYN that also resets.
+        let opens = header.flags & (FLAG_SYN | FLAG_RST) == FLAG_SYN;
+        if opens && streams.len() < MOST_FOLLOWED {
             streams.entry(header.stream).or_insert(0);
         }
         let Some(seen) = streams.get_mut(&header.stream) else { return };
-        if header.flags & FLAG_RST != 0 {
+        if *seen & ABANDONED != 0 {
+            let reset = header.flags & FLAG_RST != 0;
+            if reset || header.carries_data() || header.flags & FLAG_FIN != 0 {
+                streams.remove(&header.stream);
+                self.abandoned.fetch_sub(1, Ordering::AcqRel);
+                drop(streams);
+                if header.carries_data() && !reset {
+                    self.queue_frame(header.stream);
+                }
+            }
+        } else if header.flags & FLAG_RST != 0 {
             if *seen & RESET_BEFORE_FIN != 0 {
                 // Reset both ways: yamux writes nothing more for it, and nobody reads it.
                 streams.remove(&header.stream);
@@ -164,19 +192,27 @@ impl StreamEnds {
             return;
         }
         let mut streams = self.streams();
-        if header.flags & FLAG_SYN != 0 && streams.len() < MOST_FOLLOWED {
+        if header.flags & (FLAG_SYN | FLAG_RST) == FLAG_SYN && streams.len() < MOST_FOLLOWED {
             streams.entry(header.stream).or_insert(0);
         }
         if header.flags & FLAG_RST != 0 {
-            if streams.remove(&header.stream).is_some_and(|seen| seen & RESET_BEFORE_FIN != 0) {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-            }
+            match streams.remove(&header.stream) {
+                Some(seen) if seen & RESET_BEFORE_FIN != 0 => self.waiting.fetch_sub(1, Ordering::AcqRel),
+                Some(seen) if seen & ABANDONED != 0 => self.abandoned.fetch_sub(1, Ordering::AcqRel),
+                _ => 0,
+            };
             return;
         }
         let Some(seen) = streams.get_mut(&header.stream) else { return };
         if header.flags & FLAG_FIN != 0 {
             *seen |= FIN_SENT;
-            if *seen == FIN_RECEIVED | FIN_SENT {
+            if *seen & RESET_BEFORE_FIN != 0 {
+                // Reset while this FIN was already on its way out: the reset follows it.
+                streams.remove(&header.stream);
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                drop(streams);
+                self.queue_frame(header.stream);
+            } else if *seen == FIN_RECEIVED | FIN_SENT {
                 streams.remove(&header.stream);
             }
         }
@@ -207,34 +243,51 @@ impl StreamEnds {
         self.streams().get(&stream).is_some_and(|seen| seen & RESET_RECEIVED != 0)
     }
 
-    /// Resets `stream` with a frame of our own that follows everything yamux had for it
-    /// (`fin_pending`: our FIN is written or queued): at once if our FIN is out, else right
-    /// before the FIN yamux has yet to write, its last frame for the stream (ours, queued, or
-    /// the one it sends when a stream the peer half-closed is dropped). `false` when neither
-    /// FIN is on its way: dropping the stream is then the reset, yamux's own.
-    pub(super) fn reset(&self, stream: u32, fin_pending: bool) -> bool {
+    /// Resets `stream`, a live stream, with a frame of our own that follows everything yamux
+    /// had for it (`fin_pending`: our FIN is written or queued): at once if our FIN is out (or
+    /// the stream is not followed), else right before the FIN yamux has yet to write, its
+    /// last frame for the stream (ours, queued, or the one it sends when a stream the peer
+    /// half-closed is dropped). Nothing when the peer reset it already, nor when no FIN is on
+    /// its way: dropping the stream is then the reset, yamux's own.
+    pub(super) fn reset(&self, stream: u32, fin_pending: bool) {
         let mut streams = self.streams();
-        let seen = streams.get(&stream).copied().unwrap_or(0);
-        if seen & FIN_SENT != 0 {
-            streams.remove(&stream);
-            drop(streams);
-            self.queue_frame(stream);
-            true
-        } else if fin_pending || seen & FIN_RECEIVED != 0 {
-            if seen & RESET_BEFORE_FIN == 0 && (seen != 0 || streams.len() < MOST_FOLLOWED) {
+        match streams.get(&stream).copied() {
+            Some(seen) if seen & (RESET_RECEIVED | RESET_BEFORE_FIN | ABANDONED) != 0 => {}
+            Some(seen) if seen & FIN_SENT != 0 => {
+                streams.remove(&stream);
+                drop(streams);
+                self.queue_frame(stream);
+            }
+            Some(seen) if fin_pending || seen & FIN_RECEIVED != 0 => {
                 streams.insert(stream, seen | RESET_BEFORE_FIN);
                 self.waiting.fetch_add(1, Ordering::AcqRel);
             }
-            true
-        } else {
-            false
+            Some(_) => {}
+            None if fin_pending => {
+                drop(streams);
+                self.queue_frame(stream);
+            }
+            None => {}
         }
     }
 
-    /// Stops following `stream`, its reader gone, unless a reset of ours waits for it.
-    pub(super) fn forget(&self, stream: u32) {
+    /// The reader of `stream` is gone (`write_closed`: after shutting its writes down;
+    /// `live`: yamux has not closed it and the connection is up). Not shut down, it is reset
+    /// as [`StreamEnds::reset`] does; shut down with the peer still sending, it is
+    /// [`ABANDONED`]; otherwise no longer followed.
+    pub(super) fn dropped(&self, stream: u32, write_closed: bool, live: bool) {
+        if live && !write_closed {
+            self.reset(stream, false);
+        }
         let mut streams = self.streams();
-        if streams.get(&stream).is_some_and(|seen| seen & RESET_BEFORE_FIN == 0) {
+        let Some(seen) = streams.get_mut(&stream) else { return };
+        if *seen & (RESET_BEFORE_FIN | ABANDONED) != 0 {
+            return;
+        }
+        if live && write_closed && *seen & (FIN_RECEIVED | RESET_RECEIVED) == 0 {
+            *seen |= ABANDONED;
+            self.abandoned.fetch_add(1, Ordering::AcqRel);
+        } else {
             streams.remove(&stream);
         }
     }
@@ -278,7 +331,11 @@ mod tests {
     }
 
     fn data(flags: u16, stream: u32) -> Header {
-        Header { kind: TYPE_DATA, flags, stream }
+        Header { kind: TYPE_DATA, flags, stream, length: 0 }
+    }
+
+    fn with_body(flags: u16, stream: u32) -> Header {
+        Header { kind: TYPE_DATA, flags, stream, length: 10 }
     }
 
     fn syn(stream: u32) -> Header {
@@ -314,7 +371,12 @@ mod tests {
         wire.extend(header(FLAG_FIN, 3, TYPE_DATA, 0));
         wire.extend(header(FLAG_RST, 5, TYPE_DATA, 3));
         wire.extend_from_slice(b"abc");
-        let expected = vec![syn(1), Header { kind: 1, flags: 0, stream: 1 }, fin(3), rst(5)];
+        let expected = vec![
+            Header { length: 5, ..syn(1) },
+            Header { kind: 1, flags: 0, stream: 1, length: 256 * 1024 },
+            fin(3),
+            Header { length: 3, ..rst(5) },
+        ];
         for piece in 1..=wire.len() {
             let mut cursor = FrameCursor::default();
             let mut seen = Vec::new();
@@ -343,13 +405,13 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_is_told_from_a_fin_until_the_reader_forgets_it() {
+    fn a_reset_is_told_from_a_fin_until_the_reader_is_dropped() {
         let ends = StreamEnds::default();
         ends.sent(syn(1));
         ends.sent(fin(1));
         ends.received(rst(1));
         assert!(ends.was_reset(1));
-        ends.forget(1);
+        ends.dropped(1, true, false);
         assert!(!ends.was_reset(1));
 
         // Both FINs: nothing left to tell, the stream is no longer followed.
@@ -360,8 +422,8 @@ mod tests {
         assert_eq!(ends.followed(), 0);
 
         // A ping (SYN: a request) and a go-away are about the connection, not a stream.
-        ends.received(Header { kind: 2, flags: FLAG_SYN, stream: 0 });
-        ends.sent(Header { kind: 3, flags: 0, stream: 0 });
+        ends.received(Header { kind: 2, flags: FLAG_SYN, stream: 0, length: 7 });
+        ends.sent(Header { kind: 3, flags: 0, stream: 0, length: 0 });
         assert_eq!(ends.followed(), 0);
 
         // Our own reset ends the following; a peer's frames for unknown streams change nothing.
@@ -378,16 +440,15 @@ mod tests {
         // Our FIN is out: the reset goes now.
         ends.sent(syn(1));
         ends.sent(fin(1));
-        assert!(ends.reset(1, true));
+        ends.reset(1, true);
         assert_eq!(queued(&ends), vec![rst(1)]);
         assert!(queued(&ends).is_empty(), "taken once");
 
         // The peer's FIN came, ours is still to go (yamux sends it when the stream is
-        // dropped): the reset waits for it, past the stream's drop.
+        // dropped): dropped unshut, the reset waits for that FIN.
         ends.received(syn(2));
         ends.received(fin(2));
-        assert!(ends.reset(2, false));
-        ends.forget(2);
+        ends.dropped(2, false, true);
         assert!(ends.resets_waiting() && queued(&ends).is_empty());
         ends.before_sending(data(0, 2));
         ends.before_sending(fin(4));
@@ -397,19 +458,33 @@ mod tests {
         assert!(!ends.resets_waiting());
         assert_eq!(ends.followed(), 0);
 
+        // Reset while yamux was writing our FIN (looked at before the reset, counted after):
+        // the reset follows the FIN.
+        ends.sent(syn(5));
+        ends.before_sending(fin(5));
+        ends.reset(5, true);
+        ends.sent(fin(5));
+        assert_eq!(queued(&ends), vec![rst(5)]);
+        assert!(!ends.resets_waiting());
+
+        // Not followed (both FINs passed, or past the bound) with our FIN on its way: at once.
+        ends.reset(9, true);
+        assert_eq!(queued(&ends), vec![rst(9)]);
+
         // Open both ways: yamux's own reset on drop does it.
         ends.sent(syn(3));
-        assert!(!ends.reset(3, false));
+        ends.dropped(3, false, true);
         assert!(queued(&ends).is_empty() && !ends.resets_waiting());
+        assert_eq!(ends.followed(), 0);
     }
 
     #[test]
-    fn a_waiting_reset_is_dropped_when_the_stream_is_reset_anyway() {
+    fn a_stream_already_reset_or_reset_anyway_leaves_no_reset_waiting() {
         let ends = StreamEnds::default();
         for (stream, by_peer) in [(1, true), (3, false)] {
             ends.received(syn(stream));
             ends.received(fin(stream));
-            ends.reset(stream, false);
+            ends.dropped(stream, false, true);
             if by_peer {
                 ends.received(rst(stream));
             } else {
@@ -417,8 +492,45 @@ mod tests {
             }
             assert!(!ends.resets_waiting(), "reset by the peer: {by_peer}");
         }
+        // The peer's reset header is in (its frame not yet acted on by yamux): nothing waits.
+        ends.received(syn(5));
+        ends.received(fin(5));
+        ends.received(rst(5));
+        ends.dropped(5, false, true);
+        assert!(!ends.resets_waiting());
         assert_eq!(ends.followed(), 0);
         assert!(queued(&ends).is_empty());
+    }
+
+    #[test]
+    fn a_stream_dropped_after_our_fin_answers_the_peers_next_data_with_a_reset() {
+        let ends = StreamEnds::default();
+        // The peer still sends after our FIN: its data is answered with a reset.
+        ends.received(syn(2));
+        ends.sent(fin(2));
+        ends.dropped(2, true, true);
+        ends.received(data(0, 2));
+        assert!(queued(&ends).is_empty(), "a window update is no data");
+        ends.received(with_body(0, 2));
+        assert_eq!(queued(&ends), vec![rst(2)]);
+        ends.received(with_body(0, 2));
+        assert!(queued(&ends).is_empty(), "once");
+
+        // Its FIN alone, or its reset, is the end of it.
+        for end in [fin(4), rst(4)] {
+            ends.received(syn(4));
+            ends.sent(fin(4));
+            ends.dropped(4, true, true);
+            ends.received(end);
+            ends.received(with_body(0, 4));
+            assert!(queued(&ends).is_empty());
+        }
+        // Its FIN came before the drop: nothing to wait for.
+        ends.received(syn(6));
+        ends.received(fin(6));
+        ends.dropped(6, true, true);
+        assert_eq!(ends.followed(), 0);
+        assert_eq!(ends.abandoned.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -428,5 +540,11 @@ mod tests {
             ends.received(syn(stream));
         }
         assert_eq!(ends.followed(), MOST_FOLLOWED);
+        // A SYN that also resets is ignored by yamux: it opens nothing here either.
+        let ends = StreamEnds::default();
+        for stream in 0..100 {
+            ends.received(data(FLAG_SYN | FLAG_RST, stream));
+        }
+        assert_eq!(ends.followed(), 0);
     }
 }

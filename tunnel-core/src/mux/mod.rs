@@ -268,27 +268,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reset_after_the_resetters_own_fin_fails_the_peers_writes() {
+    async fn a_stream_reset_or_dropped_after_its_own_fin_fails_the_peers_writes() {
         let ((opener, mut incoming), (peer_opener, mut peer_incoming)) = pair(&MuxConfig::default());
-        let mut ours = opener.open().await.unwrap();
-        ours.write_all(b"upload").await.unwrap();
-        let mut theirs = peer_incoming.next().await.unwrap();
-        theirs.write_all(b"whole answer").await.unwrap();
-        theirs.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        ours.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"whole answer", "the FIN before the reset is a clean end");
-        // yamux alone sends nothing for a stream dropped after its FIN: the upload would go on
-        // into a stream nobody reads, until its window ran out.
-        theirs.reset();
-        settle(&peer_opener, &mut incoming).await;
-        let err = ours.write_all(b"more upload").await.expect_err("writes to a reset stream");
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        for reset in [true, false] {
+            let mut ours = opener.open().await.unwrap();
+            ours.write_all(b"upload").await.unwrap();
+            let mut theirs = peer_incoming.next().await.unwrap();
+            theirs.write_all(b"whole answer").await.unwrap();
+            theirs.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            ours.read_to_end(&mut answer).await.unwrap();
+            assert_eq!(answer, b"whole answer", "the FIN before the reset is a clean end");
+            // yamux alone sends nothing for a stream dropped after its FIN: the upload would
+            // go on into a stream nobody reads, until its window ran out. Reset, the reset goes
+            // at once; dropped, it answers the next data, as TCP does for a closed socket.
+            if reset {
+                theirs.reset();
+            } else {
+                drop(theirs);
+                ours.write_all(b"more upload").await.unwrap();
+                settle(&opener, &mut peer_incoming).await;
+            }
+            settle(&peer_opener, &mut incoming).await;
+            let err = ours.write_all(b"more upload").await.expect_err("writes to a reset stream");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "reset: {reset}: {err}");
+        }
     }
 
     #[tokio::test]
     async fn resets_of_half_closed_streams_leave_nothing_behind_and_the_connection_lives() {
-        let ((opener, _), (_, mut peer_incoming)) = pair(&MuxConfig::default());
+        let ((opener, _), (peer_opener, mut peer_incoming)) = pair(&MuxConfig::default());
         let mut kept = Vec::new();
         for n in 0..200 {
             let mut ours = opener.open().await.unwrap();
@@ -308,11 +317,14 @@ mod tests {
         echo.write_all(b"still up").await.unwrap();
         let mut theirs = peer_incoming.next().await.unwrap();
         theirs.read_exact(&mut [0; 8]).await.unwrap();
-        // Only the streams still held (and the one open now) are followed, on either side.
+        // Only the streams still held (and the one open now) are followed, on either side;
+        // every reset the peer made was written (each was read as one), none waits.
         assert_eq!(opener.link.ends().followed(), kept.len() + 1);
         drop(kept);
         assert_eq!(opener.link.ends().followed(), 1);
-        assert!(!opener.link.ends().resets_waiting());
+        let resetter = peer_opener.link.ends();
+        assert_eq!(resetter.followed(), 1);
+        assert!(!resetter.resets_waiting());
     }
 
     #[tokio::test]

@@ -263,15 +263,13 @@ impl MuxStream {
 
 impl Drop for MuxStream {
     fn drop(&mut self) {
-        let id = self.id();
-        let stream = self.inner.get_ref();
         // yamux resets a stream dropped open both ways; after the peer's FIN it would send a
-        // FIN, which reads as a whole stream, so the reset goes as a frame of our own (`ends`).
-        // The drop wakes the driver, which writes it.
-        if !stream.is_write_closed() && !stream.is_closed() && !self.link.is_cut() {
-            self.link.ends().reset(id, false);
-        }
-        self.link.ends().forget(id);
+        // FIN, which reads as a whole stream, and after ours it would ignore what the peer
+        // still sends, so `ends` resets those with frames of our own. The drop wakes the
+        // driver, which writes them.
+        let stream = self.inner.get_ref();
+        let live = !stream.is_closed() && !self.link.is_cut();
+        self.link.ends().dropped(self.id(), stream.is_write_closed(), live);
     }
 }
 
