@@ -108,7 +108,8 @@ pub(super) async fn handle(
     let (target, idle_timeout, proxy_header, visitor, via) = match &header {
         StreamHeader::Route { route_id, visitor, local } => match routes.forwards.get(route_id) {
             Some(Forward { target: Target::Handler(handler), .. }) => {
-                let served = handler.serve(Visitor::new(stream, *visitor, *route_id));
+                let visitor = Visitor::new(stream, *visitor, *route_id).cut_with(owned.clone());
+                let served = handler.serve(visitor);
                 return tokio::select! {
                     () = served => {}
                     () = owned.cancelled() => {}

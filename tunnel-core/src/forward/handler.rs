@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use super::TargetAddr;
 use crate::mux::MuxStream;
@@ -26,12 +27,21 @@ pub struct Visitor {
     stream: Option<MuxStream>,
     peer: SocketAddr,
     route: RouteId,
+    /// Cancelled when the client that took the visitor goes away.
+    cut: Option<CancellationToken>,
 }
 
 impl Visitor {
     /// Wraps a data stream whose header has been read.
     pub fn new(stream: MuxStream, peer: SocketAddr, route: RouteId) -> Self {
-        Self { stream: Some(stream), peer, route }
+        Self { stream: Some(stream), peer, route, cut: None }
+    }
+
+    /// The visitor, reset instead of ended in order if it is dropped once `cut` is cancelled:
+    /// its handler was then stopped with its client (the handler's future dropped), not done.
+    pub(crate) fn cut_with(mut self, cut: CancellationToken) -> Self {
+        self.cut = Some(cut);
+        self
     }
 
     /// The visitor's address as the server saw it.
@@ -60,6 +70,10 @@ impl Visitor {
 impl Drop for Visitor {
     fn drop(&mut self) {
         let Some(mut stream) = self.stream.take() else { return };
+        if self.cut.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            // Dropped with its handler as the client went away: the answer may be cut short.
+            return stream.reset();
+        }
         // An orderly end needs the session's runtime; without one, the stream resets.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -176,6 +190,48 @@ impl fmt::Display for Target {
         match self {
             Self::Addr(addr) => addr.fmt(f),
             Self::Handler(handler) => write!(f, "handler:{}", handler.name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::mux::{self, Mode, MuxConfig};
+
+    #[tokio::test]
+    async fn a_visitor_dropped_once_its_client_went_away_is_reset_not_ended_in_order() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let config = MuxConfig::default();
+        let (opener, _, driver) = mux::start(a, &config, Mode::Client);
+        tokio::spawn(driver);
+        let (_, mut incoming, driver) = mux::start(b, &config, Mode::Server);
+        tokio::spawn(driver);
+        for gone in [false, true] {
+            // The visitor's request and its end have reached the handler.
+            let mut far = opener.open().await.unwrap();
+            far.write_all(b"request").await.unwrap();
+            far.shutdown().await.unwrap();
+            let cut = CancellationToken::new();
+            let stream = incoming.next().await.unwrap();
+            let peer = "127.0.0.1:9".parse().unwrap();
+            let mut visitor = Visitor::new(stream, peer, RouteId(1)).cut_with(cut.clone());
+            visitor.read_to_end(&mut Vec::new()).await.unwrap();
+            visitor.write_all(b"part of the answer").await.unwrap();
+            // Dropped as a handler's future is when its client goes away, or when it is done.
+            if gone {
+                cut.cancel();
+            }
+            drop(visitor);
+            let mut answer = Vec::new();
+            let ended = far.read_to_end(&mut answer).await;
+            assert_eq!(answer, b"part of the answer");
+            match ended {
+                Err(err) => assert!(gone && err.kind() == std::io::ErrorKind::ConnectionReset, "{err}"),
+                Ok(_) => assert!(!gone, "a visitor dropped as its client went away ended in order"),
+            }
         }
     }
 }
