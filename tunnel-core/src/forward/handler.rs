@@ -70,8 +70,9 @@ impl Visitor {
 impl Drop for Visitor {
     fn drop(&mut self) {
         let Some(mut stream) = self.stream.take() else { return };
-        if self.cut.as_ref().is_some_and(CancellationToken::is_cancelled) {
-            // Dropped with its handler as the client went away: the answer may be cut short.
+        if self.cut.as_ref().is_some_and(CancellationToken::is_cancelled) && !stream.is_write_closed() {
+            // Dropped with its handler as the client went away, before the answer was ended:
+            // it may be cut short.
             return stream.reset();
         }
         // An orderly end needs the session's runtime; without one, the stream resets.
@@ -209,7 +210,7 @@ mod tests {
         tokio::spawn(driver);
         let (_, mut incoming, driver) = mux::start(b, &config, Mode::Server);
         tokio::spawn(driver);
-        for gone in [false, true] {
+        for (gone, answered) in [(false, false), (true, false), (true, true)] {
             // The visitor's request and its end have reached the handler.
             let mut far = opener.open().await.unwrap();
             far.write_all(b"request").await.unwrap();
@@ -220,6 +221,9 @@ mod tests {
             let mut visitor = Visitor::new(stream, peer, RouteId(1)).cut_with(cut.clone());
             visitor.read_to_end(&mut Vec::new()).await.unwrap();
             visitor.write_all(b"part of the answer").await.unwrap();
+            if answered {
+                visitor.shutdown().await.unwrap();
+            }
             // Dropped as a handler's future is when its client goes away, or when it is done.
             if gone {
                 cut.cancel();
@@ -228,9 +232,11 @@ mod tests {
             let mut answer = Vec::new();
             let ended = far.read_to_end(&mut answer).await;
             assert_eq!(answer, b"part of the answer");
+            // An answer already ended stays whole.
+            let cut_short = gone && !answered;
             match ended {
-                Err(err) => assert!(gone && err.kind() == std::io::ErrorKind::ConnectionReset, "{err}"),
-                Ok(_) => assert!(!gone, "a visitor dropped as its client went away ended in order"),
+                Err(err) => assert!(cut_short && err.kind() == std::io::ErrorKind::ConnectionReset, "{err}"),
+                Ok(_) => assert!(!cut_short, "a visitor dropped as its client went away ended in order"),
             }
         }
     }

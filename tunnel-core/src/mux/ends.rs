@@ -128,6 +128,9 @@ const RESET_BEFORE_FIN: u8 = 8;
 /// as TCP answers data for a closed socket (yamux would ignore it, and the peer's writes would
 /// hang once its window ran out).
 const ABANDONED: u8 = 16;
+/// An abandoned stream got data before our FIN went out: the reset goes right after that FIN,
+/// so the peer still gets everything we sent, and our end.
+const RESET_AFTER_FIN: u8 = 32;
 
 /// The ends seen for the streams of one connection, and the resets of our own waiting to be
 /// written. A stream is followed from its SYN (either way) until both FINs have passed, a
@@ -162,11 +165,14 @@ impl StreamEnds {
         let Some(seen) = streams.get_mut(&header.stream) else { return };
         if *seen & ABANDONED != 0 {
             let reset = header.flags & FLAG_RST != 0;
-            if reset || header.carries_data() || header.flags & FLAG_FIN != 0 {
+            if header.carries_data() && !reset && *seen & FIN_SENT == 0 {
+                *seen |= RESET_AFTER_FIN;
+            } else if reset || header.carries_data() || header.flags & FLAG_FIN != 0 {
+                let answer = header.carries_data() && !reset && *seen & RESET_AFTER_FIN == 0;
                 streams.remove(&header.stream);
                 self.abandoned.fetch_sub(1, Ordering::AcqRel);
                 drop(streams);
-                if header.carries_data() && !reset {
+                if answer {
                     self.queue_frame(header.stream);
                 }
             }
@@ -206,10 +212,12 @@ impl StreamEnds {
         let Some(seen) = streams.get_mut(&header.stream) else { return };
         if header.flags & FLAG_FIN != 0 {
             *seen |= FIN_SENT;
-            if *seen & RESET_BEFORE_FIN != 0 {
-                // Reset while this FIN was already on its way out: the reset follows it.
+            if *seen & (RESET_BEFORE_FIN | RESET_AFTER_FIN) != 0 {
+                // Reset while this FIN was already on its way out, or an abandoned stream's
+                // answer that waited for it: the reset follows it.
+                let counter = if *seen & RESET_BEFORE_FIN != 0 { &self.waiting } else { &self.abandoned };
+                counter.fetch_sub(1, Ordering::AcqRel);
                 streams.remove(&header.stream);
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
                 drop(streams);
                 self.queue_frame(header.stream);
             } else if *seen == FIN_RECEIVED | FIN_SENT {
@@ -243,48 +251,42 @@ impl StreamEnds {
         self.streams().get(&stream).is_some_and(|seen| seen & RESET_RECEIVED != 0)
     }
 
-    /// Resets `stream`, a live stream, with a frame of our own that follows everything yamux
-    /// had for it (`fin_pending`: our FIN is written or queued): at once if our FIN is out (or
-    /// the stream is not followed), else right before the FIN yamux has yet to write, its
-    /// last frame for the stream (ours, queued, or the one it sends when a stream the peer
-    /// half-closed is dropped). Nothing when the peer reset it already, nor when no FIN is on
-    /// its way: dropping the stream is then the reset, yamux's own.
-    pub(super) fn reset(&self, stream: u32, fin_pending: bool) {
+    /// Resets `stream`, a live stream whose writes we shut down (our FIN is queued or out),
+    /// with a frame of our own that follows everything yamux had for it: at once if our FIN
+    /// is out (or the stream is not followed), else right before that FIN. Nothing when the
+    /// peer reset it already or a reset of ours is on its way.
+    pub(super) fn reset(&self, stream: u32) {
         let mut streams = self.streams();
         match streams.get(&stream).copied() {
             Some(seen) if seen & (RESET_RECEIVED | RESET_BEFORE_FIN | ABANDONED) != 0 => {}
-            Some(seen) if seen & FIN_SENT != 0 => {
+            Some(seen) if seen & FIN_SENT == 0 => {
+                streams.insert(stream, seen | RESET_BEFORE_FIN);
+                self.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(_) | None => {
                 streams.remove(&stream);
                 drop(streams);
                 self.queue_frame(stream);
             }
-            Some(seen) if fin_pending || seen & FIN_RECEIVED != 0 => {
-                streams.insert(stream, seen | RESET_BEFORE_FIN);
-                self.waiting.fetch_add(1, Ordering::AcqRel);
-            }
-            Some(_) => {}
-            None if fin_pending => {
-                drop(streams);
-                self.queue_frame(stream);
-            }
-            None => {}
         }
     }
 
     /// The reader of `stream` is gone (`write_closed`: after shutting its writes down;
-    /// `live`: yamux has not closed it and the connection is up). Not shut down, it is reset
-    /// as [`StreamEnds::reset`] does; shut down with the peer still sending, it is
-    /// [`ABANDONED`]; otherwise no longer followed.
+    /// `live`: yamux has not closed it and the connection is up). Not shut down, it waits for
+    /// yamux's last frame on it: its RST, or a FIN our reset goes before; shut down with the
+    /// peer still sending, it is [`ABANDONED`]; otherwise no longer followed.
     pub(super) fn dropped(&self, stream: u32, write_closed: bool, live: bool) {
-        if live && !write_closed {
-            self.reset(stream, false);
-        }
         let mut streams = self.streams();
         let Some(seen) = streams.get_mut(&stream) else { return };
         if *seen & (RESET_BEFORE_FIN | ABANDONED) != 0 {
             return;
         }
-        if live && write_closed && *seen & (FIN_RECEIVED | RESET_RECEIVED) == 0 {
+        if live && !write_closed && *seen & RESET_RECEIVED == 0 {
+            // yamux writes an RST for it (open both ways), which ends the wait, or a FIN (the
+            // peer's FIN came, perhaps only now), which the reset goes before.
+            *seen |= RESET_BEFORE_FIN;
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+        } else if live && write_closed && *seen & (FIN_RECEIVED | RESET_RECEIVED) == 0 {
             *seen |= ABANDONED;
             self.abandoned.fetch_add(1, Ordering::AcqRel);
         } else {
@@ -440,7 +442,7 @@ mod tests {
         // Our FIN is out: the reset goes now.
         ends.sent(syn(1));
         ends.sent(fin(1));
-        ends.reset(1, true);
+        ends.reset(1);
         assert_eq!(queued(&ends), vec![rst(1)]);
         assert!(queued(&ends).is_empty(), "taken once");
 
@@ -462,19 +464,30 @@ mod tests {
         // the reset follows the FIN.
         ends.sent(syn(5));
         ends.before_sending(fin(5));
-        ends.reset(5, true);
+        ends.reset(5);
         ends.sent(fin(5));
         assert_eq!(queued(&ends), vec![rst(5)]);
         assert!(!ends.resets_waiting());
 
         // Not followed (both FINs passed, or past the bound) with our FIN on its way: at once.
-        ends.reset(9, true);
+        ends.reset(9);
         assert_eq!(queued(&ends), vec![rst(9)]);
 
         // Open both ways: yamux's own reset on drop does it.
         ends.sent(syn(3));
         ends.dropped(3, false, true);
+        ends.sent(rst(3));
         assert!(queued(&ends).is_empty() && !ends.resets_waiting());
+        assert_eq!(ends.followed(), 0);
+
+        // Dropped unshut while the peer's FIN is still on its way: yamux, having read it by
+        // the time it acts on the drop, writes a FIN, and the reset goes before it.
+        ends.received(syn(6));
+        ends.dropped(6, false, true);
+        ends.received(fin(6));
+        ends.before_sending(fin(6));
+        assert_eq!(queued(&ends), vec![rst(6)]);
+        assert!(!ends.resets_waiting());
         assert_eq!(ends.followed(), 0);
     }
 
@@ -525,6 +538,16 @@ mod tests {
             ends.received(with_body(0, 4));
             assert!(queued(&ends).is_empty());
         }
+        // The peer's data came while our own data and FIN were still queued: the reset waits
+        // until they are out.
+        ends.received(syn(8));
+        ends.dropped(8, true, true);
+        ends.received(with_body(0, 8));
+        ends.received(with_body(0, 8));
+        assert!(queued(&ends).is_empty());
+        ends.sent(fin(8));
+        assert_eq!(queued(&ends), vec![rst(8)]);
+
         // Its FIN came before the drop: nothing to wait for.
         ends.received(syn(6));
         ends.received(fin(6));

@@ -185,7 +185,10 @@ impl WatchedIo {
         }
         while self.own_written < self.own.len() {
             match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.own[self.own_written..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(0) => {
+                    self.link.cut();
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
                 Ok(n) => {
                     self.own_written += n;
                     self.link.0.sent.fetch_add(n as u64, Ordering::Relaxed);

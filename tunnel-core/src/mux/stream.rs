@@ -250,9 +250,14 @@ impl MuxStream {
     pub fn reset(self) {
         let stream = self.inner.get_ref();
         if stream.is_write_closed() && !stream.is_closed() && !self.link.is_cut() {
-            self.link.ends().reset(self.id(), true);
+            self.link.ends().reset(self.id());
         }
         // Not shut down, the drop resets it.
+    }
+
+    /// Whether our side has shut its writes down (our FIN is queued or out).
+    pub(crate) fn is_write_closed(&self) -> bool {
+        self.inner.get_ref().is_write_closed()
     }
 
     /// Whether the stream's end came from a reset by the peer.
