@@ -165,7 +165,9 @@ impl StreamEnds {
         let Some(seen) = streams.get_mut(&header.stream) else { return };
         if *seen & ABANDONED != 0 {
             let reset = header.flags & FLAG_RST != 0;
-            if header.carries_data() && !reset && *seen & FIN_SENT == 0 {
+            if *seen & RESET_AFTER_FIN != 0 && !reset {
+                // Data went unread: the reset still follows our FIN, whatever comes after.
+            } else if header.carries_data() && !reset && *seen & FIN_SENT == 0 {
                 *seen |= RESET_AFTER_FIN;
             } else if reset || header.carries_data() || header.flags & FLAG_FIN != 0 {
                 let answer = header.carries_data() && !reset && *seen & RESET_AFTER_FIN == 0;
@@ -544,6 +546,7 @@ mod tests {
         ends.dropped(8, true, true);
         ends.received(with_body(0, 8));
         ends.received(with_body(0, 8));
+        ends.received(fin(8));
         assert!(queued(&ends).is_empty());
         ends.sent(fin(8));
         assert_eq!(queued(&ends), vec![rst(8)]);
