@@ -171,18 +171,12 @@ impl StreamEnds {
                 *seen |= RESET_AFTER_FIN;
             } else if reset || header.carries_data() || header.flags & FLAG_FIN != 0 {
                 let answer = header.carries_data() && !reset && *seen & RESET_AFTER_FIN == 0;
-                streams.remove(&header.stream);
-                self.abandoned.fetch_sub(1, Ordering::AcqRel);
-                drop(streams);
-                if answer {
-                    self.queue_frame(header.stream);
-                }
+                self.end(streams, header.stream, answer);
             }
         } else if header.flags & FLAG_RST != 0 {
             if *seen & RESET_BEFORE_FIN != 0 {
                 // Reset both ways: yamux writes nothing more for it, and nobody reads it.
-                streams.remove(&header.stream);
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.end(streams, header.stream, false);
             } else {
                 *seen |= RESET_RECEIVED;
             }
@@ -204,12 +198,7 @@ impl StreamEnds {
             streams.entry(header.stream).or_insert(0);
         }
         if header.flags & FLAG_RST != 0 {
-            match streams.remove(&header.stream) {
-                Some(seen) if seen & RESET_BEFORE_FIN != 0 => self.waiting.fetch_sub(1, Ordering::AcqRel),
-                Some(seen) if seen & ABANDONED != 0 => self.abandoned.fetch_sub(1, Ordering::AcqRel),
-                _ => 0,
-            };
-            return;
+            return self.end(streams, header.stream, false);
         }
         let Some(seen) = streams.get_mut(&header.stream) else { return };
         if header.flags & FLAG_FIN != 0 {
@@ -217,11 +206,7 @@ impl StreamEnds {
             if *seen & (RESET_BEFORE_FIN | RESET_AFTER_FIN) != 0 {
                 // Reset while this FIN was already on its way out, or an abandoned stream's
                 // answer that waited for it: the reset follows it.
-                let counter = if *seen & RESET_BEFORE_FIN != 0 { &self.waiting } else { &self.abandoned };
-                counter.fetch_sub(1, Ordering::AcqRel);
-                streams.remove(&header.stream);
-                drop(streams);
-                self.queue_frame(header.stream);
+                self.end(streams, header.stream, true);
             } else if *seen == FIN_RECEIVED | FIN_SENT {
                 streams.remove(&header.stream);
             }
@@ -234,12 +219,9 @@ impl StreamEnds {
         if !header.ends_or_opens() || header.flags & FLAG_FIN == 0 || !self.resets_waiting() {
             return;
         }
-        let mut streams = self.streams();
+        let streams = self.streams();
         if streams.get(&header.stream).is_some_and(|seen| seen & RESET_BEFORE_FIN != 0) {
-            streams.remove(&header.stream);
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            drop(streams);
-            self.queue_frame(header.stream);
+            self.end(streams, header.stream, true);
         }
     }
 
@@ -265,11 +247,7 @@ impl StreamEnds {
                 streams.insert(stream, seen | RESET_BEFORE_FIN);
                 self.waiting.fetch_add(1, Ordering::AcqRel);
             }
-            Some(_) | None => {
-                streams.remove(&stream);
-                drop(streams);
-                self.queue_frame(stream);
-            }
+            Some(_) | None => self.end(streams, stream, true),
         }
     }
 
@@ -296,9 +274,22 @@ impl StreamEnds {
         }
     }
 
-    fn queue_frame(&self, stream: u32) {
-        lock(&self.queued).extend_from_slice(&reset_frame(stream));
-        self.has_queued.store(true, Ordering::Release);
+    /// Stops following `stream`, counting off the wait its marks held, and then, if `reset`,
+    /// queues our reset of it for the writer.
+    fn end(&self, mut streams: MutexGuard<'_, HashMap<u32, u8>>, stream: u32, reset: bool) {
+        if let Some(seen) = streams.remove(&stream) {
+            if seen & RESET_BEFORE_FIN != 0 {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            if seen & ABANDONED != 0 {
+                self.abandoned.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        drop(streams);
+        if reset {
+            lock(&self.queued).extend_from_slice(&reset_frame(stream));
+            self.has_queued.store(true, Ordering::Release);
+        }
     }
 
     /// The queued reset frames, if any, appended to `out`.
