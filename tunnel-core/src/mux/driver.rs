@@ -163,7 +163,14 @@ impl Future for MuxDriver {
                     this.fail_pending_opens();
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // A flush was put off to gather the frames of the tasks woken with this
+                    // one: poll again once they ran, with the flush forced.
+                    if this.link.take_put_off() {
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

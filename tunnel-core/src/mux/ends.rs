@@ -47,7 +47,7 @@ impl Header {
             && self.flags & (FLAG_SYN | FLAG_FIN | FLAG_RST) != 0
     }
 
-    fn carries_data(&self) -> bool {
+    pub(super) fn carries_data(&self) -> bool {
         self.kind == TYPE_DATA && self.length > 0
     }
 }

@@ -1,10 +1,26 @@
-//! Frame headers joined to what follows them.
+//! Frames gathered into one write.
 //!
-//! yamux writes each frame as two writes, the 12-byte header and then the body, so every frame
-//! cost two system calls (and under TLS a record of its own for the header), and the peer woke
-//! up for a header whose body was still on its way. [`JoinWrites`] holds small writes back and
-//! sends them with the next write in one vectored write (`writev`; one record run under TLS).
-//! Nothing is copied but the held bytes, and a flush sends whatever is held.
+//! yamux writes each frame as two writes, the 12-byte header and then the body, and flushes
+//! after every frame. Written as they come, every frame would cost a system call (and under
+//! TLS a record of its own, and the header one more), and the peer would wake up once per
+//! frame. [`JoinWrites`] instead gathers frames: writes up to [`COPIED`] bytes (headers, and
+//! the bodies of small messages) are copied into a batch of up to [`BATCH`] bytes, and a larger
+//! body leaves with the batch before it in one vectored write (`writev`; one record run under
+//! TLS).
+//!
+//! A flush of a batch that holds a data frame is put off once, to the driver's next poll: the
+//! driver then asks to be polled again at once ([`super::link::Link::take_put_off`]), which puts
+//! it behind the tasks woken with it. Those are typically other visitors' requests arriving in
+//! the same burst: they queue their frames meanwhile, and all of them leave in one write instead
+//! of one each (with 16 busy connections, about 0.6 writes per frame instead of 1). A batch of
+//! only window updates or pings, and a large body (written at once with the batch before it),
+//! are not held back.
+//!
+//! A wait costs the driver one more poll, which only pays when something joins the batch
+//! meanwhile. Each wait that gathered something earns [`PAID`] credits, each that gathered
+//! nothing costs one, and batches wait only while there is credit: so they keep waiting while
+//! more than one wait in nine pays (a burst of requests), and with one request and its answer
+//! at a time, only one batch in [`PROBE`] waits, to notice when bursts begin.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -12,32 +28,167 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Writes up to this size are held back; a yamux header is 12 bytes.
-const HELD: usize = 64;
+use super::link::Link;
+
+/// Writes up to this size are copied into the batch: frame headers, and small frames' bodies.
+pub(super) const COPIED: usize = 16 * 1024;
+
+/// The batch is written out once it would grow past this size.
+pub(super) const BATCH: usize = 64 * 1024;
+
+/// A batch that grew past this size is let go once written, so an idle connection holds no
+/// large buffer.
+const KEPT: usize = 4 * 1024;
 
 pub(super) struct JoinWrites<T> {
     inner: T,
-    held: [u8; HELD],
-    len: usize,
+    /// `held[written..]` is the batch not yet written.
+    held: Vec<u8>,
+    written: usize,
+    /// The last write of the batch found the socket full: nothing more is taken until it is
+    /// out, so a peer that stops reading holds one batch here, not more.
+    stalled: bool,
+    /// Where a put-off flush is announced to the driver; `None` flushes at every flush.
+    link: Option<Link>,
+    /// The batch's size when its flush was put off, and the flushes put off since.
+    put_off_at: Option<usize>,
+    put_offs: u32,
+    /// Earned by waits that gathered something, spent by those that did not.
+    credit: u32,
+    /// Batches sent without a wait since the last one.
+    unwaited: u32,
 }
 
+/// Credit a wait earns when something joined the batch meanwhile, and the most held.
+const PAID: u32 = 8;
+const MOST_CREDIT: u32 = 32;
+
+/// With no credit, one batch in this many still waits.
+const PROBE: u32 = 16;
+
+/// A wait ends at the latest after this many flushes (yamux flushes after each frame it
+/// writes or reads), or once the batch holds [`COPIED`] bytes: replies wait for a burst of
+/// frames, not for a whole stream of inbound traffic.
+const MOST_PUT_OFFS: u32 = 16;
+
 impl<T> JoinWrites<T> {
+    /// Flushes whenever asked to.
+    #[cfg(test)]
     pub(super) fn new(inner: T) -> Self {
-        Self { inner, held: [0; HELD], len: 0 }
+        Self {
+            inner,
+            held: Vec::new(),
+            written: 0,
+            stalled: false,
+            link: None,
+            put_off_at: None,
+            put_offs: 0,
+            credit: MOST_CREDIT,
+            unwaited: 0,
+        }
+    }
+
+    /// Puts flushes off to gather frames, and announces each wait on `link`.
+    pub(super) fn batching(inner: T, link: Link) -> Self {
+        Self {
+            inner,
+            held: Vec::new(),
+            written: 0,
+            stalled: false,
+            link: Some(link),
+            put_off_at: None,
+            put_offs: 0,
+            credit: MOST_CREDIT,
+            unwaited: 0,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.len() - self.written
+    }
+
+    /// Whether this flush waits for the driver's next poll; judges the wait that ends here.
+    fn put_off_flush(&mut self) -> bool {
+        let may = self.held() > 0 && self.link.as_ref().is_some_and(Link::may_put_off);
+        match self.put_off_at {
+            Some(_) if may && self.put_offs < MOST_PUT_OFFS && self.held.len() < COPIED => self.put_offs += 1,
+            Some(_) => {
+                self.judge_wait();
+                return false;
+            }
+            None if !may || self.held.len() >= COPIED => return false,
+            None if self.credit == 0 && self.unwaited + 1 < PROBE => {
+                self.unwaited += 1;
+                return false;
+            }
+            None => {
+                self.unwaited = 0;
+                self.put_offs = 1;
+                self.put_off_at = Some(self.held.len());
+            }
+        }
+        if let Some(link) = &self.link {
+            link.put_off();
+        }
+        true
+    }
+
+    /// The batch is leaving: if its flush was put off, whether anything joined it meanwhile
+    /// earns or spends credit.
+    fn judge_wait(&mut self) {
+        if let Some(size) = self.put_off_at.take() {
+            self.credit = if self.held.len() > size {
+                (self.credit + PAID).min(MOST_CREDIT)
+            } else {
+                self.credit.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Copies `buf` into the batch, growing it to [`KEPT`] and then straight to [`BATCH`].
+    fn hold(&mut self, buf: &[u8]) {
+        let need = self.held.len() + buf.len();
+        if need > self.held.capacity() {
+            let size = if need <= KEPT { KEPT } else { BATCH };
+            self.held.reserve_exact(size - self.held.len());
+        }
+        self.held.extend_from_slice(buf);
+    }
+
+    /// The batch is out: start the next one, keeping a small buffer for it.
+    fn emptied(&mut self) {
+        // Left with a large body: something joined it.
+        if self.put_off_at.take().is_some() {
+            self.credit = (self.credit + PAID).min(MOST_CREDIT);
+        }
+        self.written = 0;
+        self.stalled = false;
+        if self.held.capacity() > KEPT {
+            self.held = Vec::new();
+        } else {
+            self.held.clear();
+        }
+        if let Some(link) = &self.link {
+            link.flushed();
+        }
     }
 }
 
 impl<T: AsyncWrite + Unpin> JoinWrites<T> {
-    /// Writes out the held bytes.
+    /// Writes out the batch.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.len > 0 {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[..self.len]))?;
+        while self.held() > 0 {
+            let Poll::Ready(n) = Pin::new(&mut self.inner).poll_write(cx, &self.held[self.written..]) else {
+                self.stalled = true;
+                return Poll::Pending;
+            };
+            let n = n?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.held.copy_within(n..self.len, 0);
-            self.len -= n;
+            self.written += n;
         }
+        self.emptied();
         Poll::Ready(Ok(()))
     }
 }
@@ -55,32 +206,42 @@ impl<T: AsyncRead + Unpin> AsyncRead for JoinWrites<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for JoinWrites<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.len + buf.len() <= HELD {
-            this.held[this.len..this.len + buf.len()].copy_from_slice(buf);
-            this.len += buf.len();
+        if this.stalled {
+            ready!(this.poll_drain(cx))?;
+        }
+        if buf.len() <= COPIED && this.held.len() + buf.len() <= BATCH {
+            this.hold(buf);
             return Poll::Ready(Ok(buf.len()));
         }
-        if this.len > 0 {
+        if this.held() > 0 {
+            let held = this.held();
             let written = {
-                let parts = [IoSlice::new(&this.held[..this.len]), IoSlice::new(buf)];
-                ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &parts))?
+                let parts = [IoSlice::new(&this.held[this.written..]), IoSlice::new(buf)];
+                let Poll::Ready(written) = Pin::new(&mut this.inner).poll_write_vectored(cx, &parts) else {
+                    this.stalled = true;
+                    return Poll::Pending;
+                };
+                written?
             };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let from_held = written.min(this.len);
-            this.held.copy_within(from_held..this.len, 0);
-            this.len -= from_held;
+            let from_held = written.min(held);
+            this.written += from_held;
             if written > from_held {
+                this.emptied();
                 return Poll::Ready(Ok(written - from_held));
             }
-            // Only held bytes went out; finish them before any of `buf`.
+            // Only batched bytes went out; finish them before any of `buf`.
             ready!(this.poll_drain(cx))?;
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.put_off_flush() {
+            return Poll::Ready(Ok(()));
+        }
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -97,6 +258,7 @@ mod tests {
 
     use tokio::io::AsyncWriteExt;
 
+    use super::super::link::WatchedIo;
     use super::*;
 
     /// Records each write call it receives, accepting at most `limit` bytes per call.
@@ -133,6 +295,34 @@ mod tests {
         }
     }
 
+    impl AsyncRead for Recorder {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// A yamux data frame on stream 1 with `body`.
+    fn data_frame(body: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0, 0, 0, 0, 0, 0, 0, 1];
+        frame.extend((body.len() as u32).to_be_bytes());
+        frame.extend(body);
+        frame
+    }
+
+    /// What the driver does with a flush: yamux writes a frame, then flushes.
+    async fn write_and_flush(io: &mut WatchedIo, frame: &[u8]) {
+        io.write_all(frame).await.unwrap();
+        io.flush().await.unwrap();
+    }
+
+    /// A batching writer under a watched link, as `mux::start` stacks them.
+    fn batching() -> (WatchedIo, Link, Recorder) {
+        let recorder = Recorder { limit: usize::MAX, ..Recorder::default() };
+        let link = Link::default();
+        let io = WatchedIo::new(Box::new(JoinWrites::batching(recorder.clone(), link.clone())), link.clone());
+        (io, link, recorder)
+    }
+
     #[tokio::test]
     async fn a_header_leaves_with_its_body_in_one_call() {
         let recorder = Recorder { limit: usize::MAX, ..Recorder::default() };
@@ -165,5 +355,230 @@ mod tests {
         let mut expected = b"hdr-1hdr-2".to_vec();
         expected.extend(0u8..200);
         assert_eq!(slow.calls.lock().unwrap().concat(), expected);
+    }
+
+    #[tokio::test]
+    async fn frames_queued_while_a_flush_waits_leave_in_one_write_and_the_driver_forces_it() {
+        let (mut io, link, recorder) = batching();
+        let request = data_frame(b"GET key");
+        write_and_flush(&mut io, &request).await;
+        assert!(recorder.calls.lock().unwrap().is_empty(), "the first flush of a batch waits");
+        // More visitors' frames, queued before the driver came back.
+        write_and_flush(&mut io, &request).await;
+        write_and_flush(&mut io, &request).await;
+        assert!(recorder.calls.lock().unwrap().is_empty());
+        // The driver found nothing more: it takes the wait, and polls again.
+        assert!(link.take_put_off(), "the driver learns that a flush waits");
+        io.flush().await.unwrap();
+        let calls = recorder.calls.lock().unwrap().clone();
+        assert_eq!(calls, vec![request.repeat(3)], "three frames, one write");
+        assert!(!link.take_put_off(), "nothing waits any more");
+    }
+
+    #[tokio::test]
+    async fn window_updates_and_large_bodies_are_not_held_back() {
+        let (mut io, link, recorder) = batching();
+        // A window update (type 1) for stream 1: no data frame in the batch.
+        let update = [0, 1, 0, 0, 0, 0, 0, 1, 0, 4, 0, 0];
+        write_and_flush(&mut io, &update).await;
+        assert_eq!(recorder.calls.lock().unwrap().clone(), vec![update.to_vec()]);
+        assert!(!link.take_put_off());
+        // A body over `COPIED` leaves at once, in one call with its header, as yamux writes
+        // them (header, then body), and nothing waits after it.
+        let bulk = data_frame(&vec![7; COPIED + 1]);
+        io.write_all(&bulk[..12]).await.unwrap();
+        io.write_all(&bulk[12..]).await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(recorder.calls.lock().unwrap()[1..], [bulk]);
+        assert!(!link.take_put_off());
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_after_sixteen_flushes_or_a_full_batch_without_the_driver() {
+        let (mut io, link, recorder) = batching();
+        let small = data_frame(b"x");
+        for _ in 0..MOST_PUT_OFFS {
+            write_and_flush(&mut io, &small).await;
+        }
+        assert!(recorder.calls.lock().unwrap().is_empty());
+        write_and_flush(&mut io, &small).await;
+        assert_eq!(recorder.calls.lock().unwrap().clone(), vec![small.repeat(MOST_PUT_OFFS as usize + 1)]);
+        assert!(!link.take_put_off(), "written: the driver has nothing to force");
+
+        let medium = data_frame(&vec![1; COPIED / 2]);
+        write_and_flush(&mut io, &medium).await;
+        write_and_flush(&mut io, &medium).await;
+        assert_eq!(recorder.calls.lock().unwrap().len(), 2, "a batch of `COPIED` bytes leaves at once");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_after_a_batch_survives_short_writes_in_order() {
+        let slow = Recorder { limit: 5, ..Recorder::default() };
+        let link = Link::default();
+        let mut io = WatchedIo::new(Box::new(JoinWrites::batching(slow.clone(), link.clone())), link);
+        let (small, bulk) =
+            (data_frame(b"hello"), data_frame(&(0..COPIED + 100).map(|i| i as u8).collect::<Vec<_>>()));
+        io.write_all(&small).await.unwrap();
+        io.write_all(&bulk[..12]).await.unwrap();
+        io.write_all(&bulk[12..]).await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(slow.calls.lock().unwrap().concat(), [small, bulk].concat());
+    }
+
+    /// Takes nothing: a peer that stopped reading.
+    struct Full;
+
+    impl AsyncWrite for Full {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_holds_one_batch_not_more() {
+        let mut join = JoinWrites::new(Full);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let pong = [0, 2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert!(matches!(Pin::new(&mut join).poll_write(&mut cx, &pong), Poll::Ready(Ok(12))));
+        assert!(Pin::new(&mut join).poll_flush(&mut cx).is_pending());
+        // yamux answers the next ping: the batch is not out, so nothing more is taken.
+        assert!(Pin::new(&mut join).poll_write(&mut cx, &pong).is_pending());
+        assert_eq!(join.held(), 12);
+    }
+
+    #[tokio::test]
+    async fn waits_that_gather_nothing_stop_until_one_in_sixteen_and_a_burst_brings_them_back() {
+        let (mut io, link, recorder) = batching();
+        let message = data_frame(b"ping");
+        // One message at a time: each wait gathers nothing. Count the batches that waited.
+        let mut waited = 0;
+        for _ in 0..(MOST_CREDIT + 4 * PROBE) {
+            write_and_flush(&mut io, &message).await;
+            if link.take_put_off() {
+                waited += 1;
+                io.flush().await.unwrap();
+            }
+        }
+        // The credit at the start, then one probe per `PROBE` batches.
+        assert_eq!(waited, MOST_CREDIT + 4);
+        assert_eq!(recorder.calls.lock().unwrap().len() as u32, MOST_CREDIT + 4 * PROBE);
+        // A burst: a probe waits, and another visitor's frame joins its batch before the
+        // driver's forced flush; that earns credit back.
+        let mut batches = 0;
+        loop {
+            write_and_flush(&mut io, &message).await;
+            batches += 1;
+            if link.take_put_off() {
+                break;
+            }
+            assert!(batches < PROBE, "a probe comes within {PROBE} batches");
+        }
+        write_and_flush(&mut io, &message).await;
+        assert_eq!(recorder.calls.lock().unwrap().last(), Some(&message.repeat(2)));
+        assert!(!link.take_put_off());
+        write_and_flush(&mut io, &message).await;
+        assert!(link.take_put_off(), "with credit again, the next batch waits at once");
+    }
+
+    /// A byte stream that counts the write calls made on it.
+    struct CountWrites {
+        inner: tokio::io::DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountWrites {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountWrites {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn through_the_driver_a_burst_leaves_in_one_write_and_a_lone_message_is_not_stranded() {
+        use tokio::io::AsyncReadExt;
+
+        use crate::mux::{start, Mode, MuxConfig};
+
+        // The clock is paused: anything stranded in a batch ends the test here, not in a hang.
+        let test = async {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let a = CountWrites { inner: a, writes: writes.clone() };
+            let (opener, _incoming, driver) = start(a, &MuxConfig::default(), Mode::Client);
+            let (_peer_opener, mut peer_incoming, peer_driver) =
+                start(b, &MuxConfig::default(), Mode::Server);
+            tokio::spawn(driver);
+            tokio::spawn(peer_driver);
+            let mut streams = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..16 {
+                let mut stream = opener.open().await.unwrap();
+                stream.write_all(b"open").await.unwrap();
+                let mut peer = peer_incoming.next().await.unwrap();
+                peer.read_exact(&mut [0; 4]).await.unwrap();
+                streams.push(stream);
+                peers.push(peer);
+            }
+
+            // Sixteen visitors' requests arrive together: their tasks queue a frame each before
+            // the driver runs.
+            let before = writes.load(std::sync::atomic::Ordering::Relaxed);
+            let tasks: Vec<_> = streams
+                .into_iter()
+                .map(|mut stream| {
+                    tokio::spawn(async move {
+                        stream.write_all(b"GET").await.unwrap();
+                        stream
+                    })
+                })
+                .collect();
+            for peer in &mut peers {
+                let mut request = [0; 3];
+                tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut request))
+                    .await
+                    .expect("a request is not stranded in a batch")
+                    .unwrap();
+                assert_eq!(&request, b"GET");
+            }
+            let burst = writes.load(std::sync::atomic::Ordering::Relaxed) - before;
+            assert!(burst <= 2, "16 frames took {burst} writes");
+
+            // One message alone (the clock is paused: a stranded batch would time out).
+            let mut stream = tasks.into_iter().next().unwrap().await.unwrap();
+            stream.write_all(b"ping").await.unwrap();
+            let mut ping = [0; 4];
+            tokio::time::timeout(std::time::Duration::from_secs(5), peers[0].read_exact(&mut ping))
+                .await
+                .expect("a lone message is not stranded")
+                .unwrap();
+            assert_eq!(&ping, b"ping");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), test).await.expect("nothing stranded");
     }
 }

@@ -39,6 +39,12 @@ struct LinkState {
     sent: AtomicU64,
     /// How the streams ended, as the frames said.
     ends: StreamEnds,
+    /// The batch being gathered under yamux holds a data frame (see [`super::join`]).
+    data_held: AtomicBool,
+    /// A flush was put off with that batch held.
+    put_off: AtomicBool,
+    /// The next flush may not be put off.
+    forced: AtomicBool,
 }
 
 impl Link {
@@ -109,6 +115,34 @@ impl Link {
     /// The FINs and resets seen for this connection's streams.
     pub(super) fn ends(&self) -> &StreamEnds {
         &self.0.ends
+    }
+
+    /// Whether a flush may wait for the driver's next poll: the batch holds a data frame, and
+    /// this flush is not the one forced after such a wait.
+    pub(super) fn may_put_off(&self) -> bool {
+        self.0.data_held.load(Ordering::Acquire) && !self.0.forced.load(Ordering::Acquire)
+    }
+
+    /// A flush was put off: the driver must come back for it.
+    pub(super) fn put_off(&self) {
+        self.0.put_off.store(true, Ordering::Release);
+    }
+
+    /// Nothing is held any more.
+    pub(super) fn flushed(&self) {
+        self.0.data_held.store(false, Ordering::Release);
+        self.0.put_off.store(false, Ordering::Release);
+        self.0.forced.store(false, Ordering::Release);
+    }
+
+    /// For the driver once yamux has nothing more to do: whether a flush was put off and its
+    /// batch still waits. If so, the next flush is forced, and the driver must poll again.
+    pub(super) fn take_put_off(&self) -> bool {
+        let waiting = self.0.put_off.swap(false, Ordering::AcqRel);
+        if waiting {
+            self.0.forced.store(true, Ordering::Release);
+        }
+        waiting
     }
 
     /// Bytes read from and written to the connection so far (yamux framing included).
@@ -242,8 +276,13 @@ impl AsyncWrite for WatchedIo {
         match result {
             Poll::Ready(Ok(written)) => {
                 this.link.0.sent.fetch_add(written as u64, Ordering::Relaxed);
-                let ends = this.link.ends();
-                this.write_frames.feed(&buf[..written], |header| ends.sent(header));
+                let link = &this.link;
+                this.write_frames.feed(&buf[..written], |header| {
+                    if header.carries_data() {
+                        link.0.data_held.store(true, Ordering::Release);
+                    }
+                    link.ends().sent(header);
+                });
             }
             Poll::Ready(Err(_)) => this.link.cut(),
             Poll::Pending => {}

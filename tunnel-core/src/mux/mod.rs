@@ -127,7 +127,7 @@ fn start_with(
         Mode::Client => yamux::Mode::Client,
         Mode::Server => yamux::Mode::Server,
     };
-    let io = WatchedIo::new(Box::new(JoinWrites::new(io)), link.clone());
+    let io = WatchedIo::new(Box::new(JoinWrites::batching(io, link.clone())), link.clone());
     let conn = yamux::Connection::new(io.compat(), config.yamux(), mode);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     // 256 in all: the sender's own place and 255 more.
