@@ -205,7 +205,11 @@ impl Binder<'_> {
 /// Binds a route's socket on `addr`.
 pub(super) async fn bind_socket(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
     match protocol {
-        Protocol::Tcp => TcpListener::bind(addr).await.map(Bound::Tcp),
+        Protocol::Tcp => {
+            let listener = TcpListener::bind(addr).await?;
+            transport::reset_accepted_on_close(&listener);
+            Ok(Bound::Tcp(listener))
+        }
         Protocol::Udp => UdpSocket::bind(addr).await.map(Bound::Udp),
     }
 }

@@ -83,6 +83,13 @@ pub fn reset_on_close(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
+/// Makes every connection `listener` accepts start as [`reset_on_close`]: Linux copies a
+/// listener's socket options into each connection it accepts, so a visitor is reset, not
+/// ended, if this process dies after the kernel accepted it and before its visit began.
+pub fn reset_accepted_on_close(listener: &tokio::net::TcpListener) {
+    let _ = socket2::SockRef::from(listener).set_linger(Some(Duration::ZERO));
+}
+
 /// Undoes [`reset_on_close`]: `stream` closes in order (FIN) again when dropped.
 pub fn close_in_order(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(None);
@@ -145,6 +152,20 @@ mod tests {
         assert_eq!(host_of("example.com:7000"), "example.com");
         assert_eq!(host_of("[::1]:7000"), "::1");
         assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn a_connection_from_a_resetting_listener_dropped_before_its_visit_began_is_reset() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        reset_accepted_on_close(&listener);
+        let mut visitor = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        // Nothing was set on the connection itself, and nothing was received on it: without
+        // the listener's option, dropping it sends a FIN, which reads as an end.
+        let (accepted, _) = listener.accept().await.unwrap();
+        drop(accepted);
+        let err = visitor.read(&mut [0; 1]).await.expect_err("a reset, not an end");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     }
 
     #[tokio::test]
