@@ -66,15 +66,18 @@ enum Outcome {
     Checked,
     Reset,
     Refused,
+    /// A clean end before all the data, while the visitor's own writes failed: it was told.
+    EndedWriteFailed,
     Truncated,
     Corrupted,
     Stalled,
 }
 
-const OUTCOMES: [Outcome; 6] = [
+const OUTCOMES: [Outcome; 7] = [
     Outcome::Checked,
     Outcome::Reset,
     Outcome::Refused,
+    Outcome::EndedWriteFailed,
     Outcome::Truncated,
     Outcome::Corrupted,
     Outcome::Stalled,
@@ -82,7 +85,7 @@ const OUTCOMES: [Outcome; 6] = [
 
 #[derive(Default)]
 struct Tally {
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; 7],
     bytes_checked: AtomicU64,
 }
 
@@ -162,9 +165,13 @@ async fn exchange(front: SocketAddr, size: usize, pattern: Pattern) -> Outcome {
             end
         }
     };
-    // The echo may stop reading when the tunnel breaks: the outcome is the reader's.
-    let (_, outcome) = tokio::join!(write, read);
-    outcome
+    // The echo may stop reading when the tunnel breaks: the outcome is the reader's, except
+    // that a clean end is not silent when the visitor's writes failed.
+    let (written, outcome) = tokio::join!(write, read);
+    match (outcome, written) {
+        (Outcome::Truncated, Err(_)) => Outcome::EndedWriteFailed,
+        (outcome, _) => outcome,
+    }
 }
 
 /// One client's slot: the running client, replaced at a restart.
@@ -288,11 +295,12 @@ async fn soak(args: &SoakArgs) -> Result<(Tally, Chaos, Vec<Sample>, Duration)> 
         });
         let t = tally.clone();
         eprintln!(
-            "{:>4} s: checked {} reset {} refused {} truncated {} corrupted {} stalled {}",
+            "{:>4} s: checked {} reset {} refused {} ended-write-failed {} truncated {} corrupted {} stalled {}",
             started.elapsed().as_secs(),
             t.count(Outcome::Checked),
             t.count(Outcome::Reset),
             t.count(Outcome::Refused),
+            t.count(Outcome::EndedWriteFailed),
             t.count(Outcome::Truncated),
             t.count(Outcome::Corrupted),
             t.count(Outcome::Stalled),
@@ -405,6 +413,7 @@ fn section(
         (Outcome::Checked, "checked in full"),
         (Outcome::Reset, "reset (a restart cut them)"),
         (Outcome::Refused, "refused at connect (a server or client was down)"),
+        (Outcome::EndedWriteFailed, "ended early while the visitor's writes failed (not silent)"),
         (Outcome::Truncated, "**truncated** (a clean end before all the data)"),
         (Outcome::Corrupted, "**corrupted** (data not what was sent)"),
         (Outcome::Stalled, "**stalled** (60 s without a byte)"),
