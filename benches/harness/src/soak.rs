@@ -1,9 +1,12 @@
 //! `tunnel-bench soak`: clients in this process (the library) keep their forward on two
 //! release `tunnel-cli serve` processes while visitors push sha256-checked data through them
 //! without pause, and clients and one of the servers are restarted at random. Every stream
-//! ends in one of: checked in full, reset, refused at connect, cut short by a clean end
-//! (truncated), different from what was sent (corrupted), or silent (stalled). The last three
-//! must never happen. The steady server's memory and descriptors, and this process's, are
+//! ends in one of: checked in full, reset, refused at connect, cut short by a clean end while
+//! the visitor was still sending and its next write failed, cut short by a clean end with
+//! everything sent (truncated), different from what was sent (corrupted), or silent (stalled).
+//! The last four must never happen: in both kinds of early end the visitor's reader took a
+//! clean end for the end of the data; they are counted apart because they point to different
+//! causes (the first, a socket gone with a FIN while the visitor still wrote). The steady server's memory and descriptors, and this process's, are
 //! sampled throughout: after warm-up they must stay flat.
 
 use std::net::SocketAddr;
@@ -66,7 +69,8 @@ enum Outcome {
     Checked,
     Reset,
     Refused,
-    /// A clean end before all the data, while the visitor's own writes failed: it was told.
+    /// A clean end before all the data, while the visitor was still sending: its next write
+    /// failed, but its reader had already seen the end.
     EndedWriteFailed,
     Truncated,
     Corrupted,
@@ -165,8 +169,8 @@ async fn exchange(front: SocketAddr, size: usize, pattern: Pattern) -> Outcome {
             end
         }
     };
-    // The echo may stop reading when the tunnel breaks: the outcome is the reader's, except
-    // that a clean end is not silent when the visitor's writes failed.
+    // The echo may stop reading when the tunnel breaks: the outcome is the reader's, with an
+    // early clean end told apart by whether the visitor was still sending.
     let (written, outcome) = tokio::join!(write, read);
     match (outcome, written) {
         (Outcome::Truncated, Err(_)) => Outcome::EndedWriteFailed,
@@ -223,9 +227,10 @@ pub fn run(args: SoakArgs) -> Result<()> {
         "soak",
         args.out.as_deref(),
     )?;
-    let broken = [Outcome::Truncated, Outcome::Corrupted, Outcome::Stalled].map(|o| tally.count(o));
+    let broken = [Outcome::EndedWriteFailed, Outcome::Truncated, Outcome::Corrupted, Outcome::Stalled]
+        .map(|o| tally.count(o));
     if broken.iter().any(|&n| n > 0) {
-        bail!("streams truncated, corrupted, stalled: {broken:?}");
+        bail!("streams ended early while sending, truncated, corrupted, stalled: {broken:?}");
     }
     Ok(())
 }
@@ -413,8 +418,11 @@ fn section(
         (Outcome::Checked, "checked in full"),
         (Outcome::Reset, "reset (a restart cut them)"),
         (Outcome::Refused, "refused at connect (a server or client was down)"),
-        (Outcome::EndedWriteFailed, "ended early while the visitor's writes failed (not silent)"),
-        (Outcome::Truncated, "**truncated** (a clean end before all the data)"),
+        (
+            Outcome::EndedWriteFailed,
+            "**ended early** (a clean end while the visitor was still sending; its next write failed)",
+        ),
+        (Outcome::Truncated, "**truncated** (a clean end before all the data, all of it sent)"),
         (Outcome::Corrupted, "**corrupted** (data not what was sent)"),
         (Outcome::Stalled, "**stalled** (60 s without a byte)"),
     ];

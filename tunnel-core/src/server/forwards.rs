@@ -373,7 +373,8 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member
     // Until the visit has ended in order, a close resets: when this process dies mid-visit
     // (SIGKILL, the OOM killer), the kernel then resets the visitor's connection instead of
     // ending it with a FIN, which a visitor whose request was all sent would take for the
-    // complete answer.
+    // complete answer. The listener already set it (`bind_socket`); this is the second guard,
+    // for a listener made elsewhere.
     transport::reset_on_close(&tcp);
     let mut stream = match member.opener.open().await {
         Ok(stream) => stream,
