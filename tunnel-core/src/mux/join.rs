@@ -79,27 +79,21 @@ impl<T> JoinWrites<T> {
     /// Flushes whenever asked to.
     #[cfg(test)]
     pub(super) fn new(inner: T) -> Self {
-        Self {
-            inner,
-            held: Vec::new(),
-            written: 0,
-            stalled: false,
-            link: None,
-            put_off_at: None,
-            put_offs: 0,
-            credit: MOST_CREDIT,
-            unwaited: 0,
-        }
+        Self::with(inner, None)
     }
 
     /// Puts flushes off to gather frames, and announces each wait on `link`.
     pub(super) fn batching(inner: T, link: Link) -> Self {
+        Self::with(inner, Some(link))
+    }
+
+    fn with(inner: T, link: Option<Link>) -> Self {
         Self {
             inner,
             held: Vec::new(),
             written: 0,
             stalled: false,
-            link: Some(link),
+            link,
             put_off_at: None,
             put_offs: 0,
             credit: MOST_CREDIT,
