@@ -14,7 +14,8 @@ use super::ends::{peek_header, FrameCursor, StreamEnds};
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
-/// how many of them are open, and the bytes the connection carried.
+/// how many of them are open, and the bytes the connection carried; and what the driver and
+/// the batch of frames under yamux tell each other about a flush put off (`super::join`).
 ///
 /// yamux reports a lost connection (and a reset stream) to readers as a plain EOF; the cut
 /// flag, set *before* yamux closes the streams, lets a reader tell a real FIN from a connection
