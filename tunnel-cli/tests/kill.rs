@@ -1,9 +1,9 @@
 //! Processes killed with SIGKILL mid-transfer. A killed process cannot say anything to the
 //! sockets it held: the kernel closes them, with a FIN unless the socket was set to reset on
-//! close, as the server's visitor connections are while a visit is carried. So what must
-//! hold: the endpoint whose tunnel peer is still alive sees an error, a visitor of a killed
-//! server sees a reset, never a clean end of a truncated stream, and the tunnel recovers
-//! when the killed side is restarted.
+//! close, as visitor and target connections are while a visit is carried, on either side. So
+//! what must hold: the endpoint whose tunnel peer is still alive sees an error, a visitor or
+//! target of the killed process sees a reset, never a clean end of a truncated stream, and the
+//! tunnel recovers when the killed side is restarted.
 
 #[path = "../../tunnel-core/tests/common/mod.rs"]
 mod common;
@@ -98,13 +98,11 @@ async fn killing_the_client_mid_upload_resets_the_target() {
     assert_eq!(server.cli.terminate().await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_server_mid_answer_resets_a_visitor_whose_request_was_all_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = serve(dir.path(), &["--token", TOKEN], &[]).await;
-    // Reads each request to its end, answers part of it and holds the rest back.
+/// A target that reads its one request to the end, answers part of it and holds the rest
+/// back; its address.
+async fn part_answerer() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target_addr = target.local_addr().unwrap();
+    let addr = target.local_addr().unwrap();
     let origin = tokio::spawn(async move {
         let (mut tcp, _) = target.accept().await.unwrap();
         let mut request = Vec::new();
@@ -113,15 +111,28 @@ async fn killing_the_server_mid_answer_resets_a_visitor_whose_request_was_all_se
         std::future::pending::<()>().await;
         drop(tcp);
     });
-    let mut client = connect(&server, &["--token", TOKEN, "-R", &format!("127.0.0.1:0:{target_addr}")], &[]);
-    let port = public_port(&client.line_after("remote forward ready: ").await);
+    (addr, origin)
+}
 
-    let mut visitor = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+/// Sends a whole request on `visitor` and reads the part of the answer [`part_answerer`] gives.
+async fn ask_for_part(visitor: &mut TcpStream) {
     visitor.write_all(b"the whole request").await.unwrap();
     visitor.shutdown().await.unwrap();
     let mut part = [0u8; 18];
     tokio::time::timeout(PATIENCE, visitor.read_exact(&mut part)).await.unwrap().unwrap();
     assert_eq!(&part, b"part of the answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_answer_resets_a_visitor_whose_request_was_all_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let (target, origin) = part_answerer().await;
+    let mut client = connect(&server, &["--token", TOKEN, "-R", &format!("127.0.0.1:0:{target}")], &[]);
+    let port = public_port(&client.line_after("remote forward ready: ").await);
+
+    let mut visitor = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+    ask_for_part(&mut visitor).await;
     // The server has read everything the visitor sent: without a reset set on its socket, the
     // kernel would close it with a FIN, and the visitor would take the part for the answer.
     server.cli.kill_hard().await;
@@ -129,6 +140,79 @@ async fn killing_the_server_mid_answer_resets_a_visitor_whose_request_was_all_se
     assert!(reset, "the visitor of a killed server read a clean end after {rest} more bytes");
     origin.abort();
     client.kill_hard().await;
+}
+
+/// The address a `-L` forward of `client` listens on.
+async fn local_forward(client: &Cli) -> SocketAddr {
+    let line = client.line_after("local forward listening: ").await;
+    let addr = line.split(" -> ").next().unwrap().trim().parse().unwrap();
+    client.line_after("connected to ").await;
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_client_mid_answer_resets_a_local_forward_visitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, origin) = part_answerer().await;
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target.to_string()], &[]).await;
+    let mut client = connect(&server, &["--token", TOKEN, "-L", &format!("0:{target}")], &[]);
+    let local = local_forward(&client).await;
+
+    let mut visitor = TcpStream::connect(local).await.unwrap();
+    ask_for_part(&mut visitor).await;
+    // The client has read everything its visitor sent: the kernel would end it with a FIN.
+    client.kill_hard().await;
+    let (rest, reset) = tokio::time::timeout(PATIENCE, drain(&mut visitor)).await.expect("visitor hung");
+    assert!(reset, "the local visitor of a killed client read a clean end after {rest} more bytes");
+    origin.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_upload_resets_a_local_forward_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap().to_string();
+    let mut server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target_addr], &[]).await;
+    let mut client = connect(&server, &["--token", TOKEN, "-L", &format!("0:{target_addr}")], &[]);
+    let uploader = upload_forever(local_forward(&client).await, 13);
+    let (mut received, _) = target.accept().await.unwrap();
+    read_intact_prefix(&mut received, 13, 4 * MIB).await;
+    // The server dialed the target and has nothing unread from it: the kernel would end the
+    // upload with a FIN, and the target would take it for complete.
+    server.cli.kill_hard().await;
+    let (rest, reset) = tokio::time::timeout(PATIENCE, drain(&mut received)).await.expect("target hung");
+    assert!(reset, "the target of a killed server read a clean end after {rest} more bytes");
+    uploader.abort();
+    client.kill_hard().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_client_mid_answer_resets_a_socks_visitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, origin) = part_answerer().await;
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target.to_string()], &[]).await;
+    let mut client = connect(&server, &["--token", TOKEN, "-D", "0"], &[]);
+    let proxy = client.line_after("SOCKS proxy listening: ").await;
+    client.line_after("connected to ").await;
+
+    let mut visitor = TcpStream::connect(proxy.trim()).await.unwrap();
+    visitor.write_all(&[5, 1, 0]).await.unwrap();
+    let mut method = [0u8; 2];
+    visitor.read_exact(&mut method).await.unwrap();
+    assert_eq!(method, [5, 0]);
+    let std::net::IpAddr::V4(ip) = target.ip() else { unreachable!("bound on 127.0.0.1") };
+    let mut request = vec![5, 1, 0, 1];
+    request.extend(ip.octets());
+    request.extend(target.port().to_be_bytes());
+    visitor.write_all(&request).await.unwrap();
+    let mut reply = [0u8; 10];
+    tokio::time::timeout(PATIENCE, visitor.read_exact(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply[1], 0, "SOCKS reply {reply:?}");
+    ask_for_part(&mut visitor).await;
+    client.kill_hard().await;
+    let (rest, reset) = tokio::time::timeout(PATIENCE, drain(&mut visitor)).await.expect("visitor hung");
+    assert!(reset, "the SOCKS visitor of a killed client read a clean end after {rest} more bytes");
+    origin.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,4 +260,66 @@ async fn killing_the_server_mid_upload_errors_the_target_and_a_restart_recovers(
     drop(visitor);
     assert_eq!(client.terminate().await, 0);
     assert_eq!(server.cli.terminate().await, 0);
+}
+
+/// Reads `tcp` to its end 4 KiB at a time, slower than the tunnel writes, so that the last of
+/// it still waits in the sender's socket when the visit ends; the byte count and its sha256.
+async fn read_slowly(tcp: &mut TcpStream) -> std::io::Result<(usize, [u8; 32])> {
+    use sha2::{Digest, Sha256};
+    let (mut total, mut hash, mut buf) = (0, Sha256::new(), vec![0u8; 4096]);
+    loop {
+        match tcp.read(&mut buf).await? {
+            0 => return Ok((total, hash.finalize().into())),
+            n => {
+                hash.update(&buf[..n]);
+                total += n;
+            }
+        }
+    }
+}
+
+/// The other half of the sockets set to reset on close: a visit carried to its end closes
+/// both the local visitor and the server's target connection in order, so nothing still in a
+/// socket's send queue is thrown away by a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_forward_that_ends_in_order_loses_nothing_at_either_end() {
+    let len = 32 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_target(17, len).await;
+    let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let allowed = format!("{source},{sink_addr}");
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allowed], &[]).await;
+    let client = connect(
+        &server,
+        &["--token", TOKEN, "-L", &format!("0:{source}"), "-L", &format!("0:{sink_addr}")],
+        &[],
+    );
+    let mut locals = client.lines_after("local forward listening: ", 2).await;
+    locals.sort_by_key(|line| !line.contains(&source.to_string()));
+    let local = |line: &str| line.split(" -> ").next().unwrap().trim().parse::<SocketAddr>().unwrap();
+    client.line_after("connected to ").await;
+
+    // Download: the client's socket to its visitor.
+    let mut visitor = TcpStream::connect(local(&locals[0])).await.unwrap();
+    visitor.shutdown().await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, read_slowly(&mut visitor)).await.expect("download hung");
+    assert_eq!(got.expect("the download ended with an error"), (len, Pattern::digest(17, len)));
+
+    // Upload: the server's socket to its target.
+    let uploader = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(local(&locals[1])).await.unwrap();
+        common::write_pattern(&mut tcp, 19, len).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await
+    });
+    let (mut received, _) = sink.accept().await.unwrap();
+    // Its answer (none) ends first: the server's visit then ends as soon as the last of the
+    // upload is in its socket, with the target still reading.
+    received.shutdown().await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, read_slowly(&mut received)).await.expect("upload hung");
+    assert_eq!(got.expect("the target's upload ended with an error"), (len, Pattern::digest(19, len)));
+    drop(received);
+    assert!(uploader.await.unwrap().is_ok(), "the uploader's visit did not end in order");
 }

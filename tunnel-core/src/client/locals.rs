@@ -62,7 +62,11 @@ pub(super) async fn bind(
     for spec in specs {
         let ip = spec.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
         let socket = match spec.protocol {
-            Protocol::Tcp => TcpListener::bind((ip, spec.port)).await.map(LocalSocket::Tcp),
+            Protocol::Tcp => TcpListener::bind((ip, spec.port)).await.map(|listener| {
+                // Each visitor starts set to reset on close (see `visit`), from the accept on.
+                transport::reset_accepted_on_close(&listener);
+                LocalSocket::Tcp(listener)
+            }),
             Protocol::Udp => UdpSocket::bind((ip, spec.port)).await.map(LocalSocket::Udp),
         };
         let socket = socket.map_err(|e| (spec.clone(), e))?;
@@ -155,13 +159,17 @@ async fn visit(
     stop: CancellationToken,
 ) {
     let _ = transport::configure_tcp(&tcp);
+    // Until the visit has ended in order, a close resets: if this process dies mid-answer, the
+    // visitor sees a reset, not a FIN it would take for the end of the answer. The listener
+    // set it already; this guards a listener made elsewhere.
+    transport::reset_on_close(&tcp);
     let outcome = tokio::select! {
         () = stop.cancelled() => Err("client stopping".to_owned()),
         outcome = carry(&mut tcp, visitor, &target, opener) => outcome,
     };
-    if let Err(why) = outcome {
-        tracing::warn!(%visitor, %target, "local forward failed: {}", Escaped(&why));
-        transport::reset_on_close(&tcp);
+    match outcome {
+        Ok(()) => transport::close_in_order(&tcp),
+        Err(why) => tracing::warn!(%visitor, %target, "local forward failed: {}", Escaped(&why)),
     }
 }
 

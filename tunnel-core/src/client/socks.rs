@@ -164,10 +164,15 @@ async fn through_server(
     if socks::reply(tcp, Reply::Succeeded, None).await.is_err() {
         return Ok(()); // The SOCKS client left; dropping the stream resets it.
     }
-    if let Err(err) = splice(tcp, &mut stream).await {
-        tracing::debug!(%visitor, %target, "SOCKS connection failed: {err}");
-        transport::reset_on_close(tcp);
-        stream.reset();
+    // From here until the connection ends in order, a close resets it, even this process's
+    // death: the SOCKS client then never takes part of an answer for all of it.
+    transport::reset_on_close(tcp);
+    match splice(tcp, &mut stream).await {
+        Ok(_) => transport::close_in_order(tcp),
+        Err(err) => {
+            tracing::debug!(%visitor, %target, "SOCKS connection failed: {err}");
+            stream.reset();
+        }
     }
     Ok(())
 }

@@ -142,6 +142,9 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
     if socks::reply(&mut tcp, Reply::Succeeded, None).await.is_err() {
         return; // Dropping the upstream resets it.
     }
+    // From here until the connection ends in order, a close resets it, even this process's
+    // death: the SOCKS client then never takes part of an answer for all of it.
+    crate::transport::reset_on_close(&tcp);
     let early = accepted.early;
     let carried = async {
         upstream.write_all(&early).await?;
@@ -151,9 +154,12 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
         carried = carried => carried.err().map(|err| err.to_string()),
         () = revoked(shared, &config.credentials, &name) => Some("its token was revoked".to_owned()),
     };
-    if let Some(why) = failed {
-        tracing::debug!(client = %Escaped(&name), %peer, "SOCKS connection ended: {why}");
-        crate::transport::reset_on_close(&tcp);
+    match failed {
+        Some(why) => tracing::debug!(client = %Escaped(&name), %peer, "SOCKS connection ended: {why}"),
+        None => {
+            crate::transport::close_in_order(&tcp);
+            upstream.ended_in_order();
+        }
     }
 }
 
@@ -174,5 +180,17 @@ pub(super) async fn revoked(shared: &Shared, at_login: &Credentials, name: &str)
 }
 
 /// What a SOCKS connection is spliced to.
-pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Both ways ended in order: a socket set to reset on close may end with a FIN again.
+    fn ended_in_order(&self) {}
+}
+
+impl Stream for TcpStream {
+    fn ended_in_order(&self) {
+        crate::transport::close_in_order(self);
+    }
+}
+
+impl Stream for crate::mux::MuxStream {}
+
+impl Stream for tokio::io::DuplexStream {}

@@ -104,9 +104,9 @@ async fn visit(
                 return true;
             }
             let carried = splice(stream, &mut tcp).await;
-            if let Err(err) = &carried {
-                tracing::debug!(%client, %target, "server-side visit failed: {err}");
-                transport::reset_on_close(&tcp);
+            match &carried {
+                Ok(_) => transport::close_in_order(&tcp),
+                Err(err) => tracing::debug!(%client, %target, "server-side visit failed: {err}"),
             }
             carried.is_err()
         }
@@ -233,6 +233,9 @@ pub(super) async fn connect(
                 }
             };
             let _ = transport::configure_tcp(&tcp);
+            // Until the visit ends in order, as for a forward's visitor: if this process dies
+            // mid-upload, the target sees a reset, not a FIN that ends the upload early.
+            transport::reset_on_close(&tcp);
             tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "visiting server-side target");
             Ok(Upstream::Tcp(tcp))
         }
