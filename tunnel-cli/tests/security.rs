@@ -284,6 +284,8 @@ async fn a_client_stuffing_its_own_never_reading_service_pins_bounded_server_mem
         during / 1e6
     );
     assert!(grown < 64 * MIB, "server RSS grew by {} MiB (bound 64 MiB)", grown / MIB);
-    assert!(during >= 0.5 * before, "the bystander's throughput fell from {before:.0} to {during:.0} B/s");
+    // Tells a starved bystander from a loaded machine, with the margin of
+    // `tunnel-core/tests/abuse.rs`; what stuffing costs is for a benchmark to measure.
+    assert!(during >= 0.1 * before, "the bystander's throughput fell from {before:.0} to {during:.0} B/s");
     writers.abort_all();
 }

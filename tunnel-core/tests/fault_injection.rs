@@ -284,8 +284,11 @@ async fn a_slow_target_does_not_hold_back_other_streams() {
         alone / 1e6,
         beside_slow / 1e6
     );
+    // Blocked behind the slow stream, the 64 MiB would move at its 100 KiB/s (a 5,000th of
+    // the rate alone, or less); the margin tells that from a loaded machine. What it costs is
+    // for the benchmarks.
     assert!(
-        beside_slow >= 0.5 * alone,
+        beside_slow >= 0.1 * alone,
         "head-of-line blocking: {:.0} -> {:.0} MB/s",
         alone / 1e6,
         beside_slow / 1e6
