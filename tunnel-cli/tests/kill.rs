@@ -195,19 +195,7 @@ async fn killing_the_client_mid_answer_resets_a_socks_visitor() {
     let proxy = client.line_after("SOCKS proxy listening: ").await;
     client.line_after("connected to ").await;
 
-    let mut visitor = TcpStream::connect(proxy.trim()).await.unwrap();
-    visitor.write_all(&[5, 1, 0]).await.unwrap();
-    let mut method = [0u8; 2];
-    visitor.read_exact(&mut method).await.unwrap();
-    assert_eq!(method, [5, 0]);
-    let std::net::IpAddr::V4(ip) = target.ip() else { unreachable!("bound on 127.0.0.1") };
-    let mut request = vec![5, 1, 0, 1];
-    request.extend(ip.octets());
-    request.extend(target.port().to_be_bytes());
-    visitor.write_all(&request).await.unwrap();
-    let mut reply = [0u8; 10];
-    tokio::time::timeout(PATIENCE, visitor.read_exact(&mut reply)).await.unwrap().unwrap();
-    assert_eq!(reply[1], 0, "SOCKS reply {reply:?}");
+    let mut visitor = socks_connect(TcpStream::connect(proxy.trim()).await.unwrap(), target).await;
     ask_for_part(&mut visitor).await;
     client.kill_hard().await;
     let (rest, reset) = tokio::time::timeout(PATIENCE, drain(&mut visitor)).await.expect("visitor hung");
@@ -262,11 +250,10 @@ async fn killing_the_server_mid_upload_errors_the_target_and_a_restart_recovers(
     assert_eq!(server.cli.terminate().await, 0);
 }
 
-/// Reads `tcp` to its end 4 KiB at a time, slower than the tunnel writes, so that the last of
-/// it still waits in the sender's socket when the visit ends; the byte count and its sha256.
-async fn read_slowly(tcp: &mut TcpStream) -> std::io::Result<(usize, [u8; 32])> {
+/// Reads `tcp` to its end; the byte count and its sha256.
+async fn read_all(tcp: &mut TcpStream) -> std::io::Result<(usize, [u8; 32])> {
     use sha2::{Digest, Sha256};
-    let (mut total, mut hash, mut buf) = (0, Sha256::new(), vec![0u8; 4096]);
+    let (mut total, mut hash, mut buf) = (0, Sha256::new(), vec![0u8; 1024]);
     loop {
         match tcp.read(&mut buf).await? {
             0 => return Ok((total, hash.finalize().into())),
@@ -278,47 +265,90 @@ async fn read_slowly(tcp: &mut TcpStream) -> std::io::Result<(usize, [u8; 32])> 
     }
 }
 
+/// A receive buffer this small keeps the sender's socket full: the last of a transfer still
+/// waits in its send queue when the visit ends, where a reset would throw it away.
+const SMALL_RECEIVE_BUFFER: u32 = 4 * 1024;
+
+/// A connection to `addr` with a [`SMALL_RECEIVE_BUFFER`].
+async fn slow_reader_to(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(SMALL_RECEIVE_BUFFER).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Sends `len` bytes of pattern 19 to `addr`, half-closes, and reads to the end.
+fn upload(addr: SocketAddr, len: usize) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+    tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(addr).await?;
+        common::write_pattern(&mut tcp, 19, len).await?;
+        tcp.shutdown().await?;
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.map(|_| rest)
+    })
+}
+
+/// Opens a SOCKS5 CONNECT to `target` through `proxy` (no login); the connection after the
+/// success reply.
+async fn socks_connect(mut tcp: TcpStream, target: SocketAddr) -> TcpStream {
+    let handshake = async {
+        tcp.write_all(&[5, 1, 0]).await.unwrap();
+        let mut method = [0u8; 2];
+        tcp.read_exact(&mut method).await.unwrap();
+        assert_eq!(method, [5, 0]);
+        let std::net::IpAddr::V4(ip) = target.ip() else { unreachable!("targets bind 127.0.0.1") };
+        let mut request = vec![5, 1, 0, 1];
+        request.extend(ip.octets());
+        request.extend(target.port().to_be_bytes());
+        tcp.write_all(&request).await.unwrap();
+        let mut reply = [0u8; 10];
+        tcp.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[1], 0, "SOCKS reply {reply:?}");
+    };
+    tokio::time::timeout(PATIENCE, handshake).await.expect("SOCKS handshake hung");
+    tcp
+}
+
 /// The other half of the sockets set to reset on close: a visit carried to its end closes
-/// both the local visitor and the server's target connection in order, so nothing still in a
-/// socket's send queue is thrown away by a reset.
+/// the client's visitor (of a local forward or of SOCKS) and the server's target connection
+/// in order, so nothing still in a socket's send queue is thrown away by a reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_forward_that_ends_in_order_loses_nothing_at_either_end() {
+async fn local_forward_and_socks_visits_that_end_in_order_lose_nothing_at_either_end() {
     let len = 32 * MIB;
     let dir = tempfile::tempdir().unwrap();
     let source = source_target(17, len).await;
-    let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink = tokio::net::TcpSocket::new_v4().unwrap();
+    // Connections it accepts inherit the small buffer.
+    sink.set_recv_buffer_size(SMALL_RECEIVE_BUFFER).unwrap();
+    sink.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sink = sink.listen(16).unwrap();
     let sink_addr = sink.local_addr().unwrap();
     let allowed = format!("{source},{sink_addr}");
     let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allowed], &[]).await;
-    let client = connect(
-        &server,
-        &["--token", TOKEN, "-L", &format!("0:{source}"), "-L", &format!("0:{sink_addr}")],
-        &[],
-    );
-    let mut locals = client.lines_after("local forward listening: ", 2).await;
-    locals.sort_by_key(|line| !line.contains(&source.to_string()));
+    let locals = ["-L", &format!("0:{source}"), "-L", &format!("0:{sink_addr}")];
+    let client = connect(&server, &[&["--token", TOKEN, "-D", "0"][..], &locals].concat(), &[]);
+    let mut lines = client.lines_after("local forward listening: ", 2).await;
+    lines.sort_by_key(|line| !line.contains(&source.to_string()));
     let local = |line: &str| line.split(" -> ").next().unwrap().trim().parse::<SocketAddr>().unwrap();
+    let proxy: SocketAddr = client.line_after("SOCKS proxy listening: ").await.trim().parse().unwrap();
     client.line_after("connected to ").await;
 
-    // Download: the client's socket to its visitor.
-    let mut visitor = TcpStream::connect(local(&locals[0])).await.unwrap();
-    visitor.shutdown().await.unwrap();
-    let got = tokio::time::timeout(PATIENCE, read_slowly(&mut visitor)).await.expect("download hung");
-    assert_eq!(got.expect("the download ended with an error"), (len, Pattern::digest(17, len)));
+    // Download: the client's socket to its visitor, through the local forward, then SOCKS.
+    let through_local = slow_reader_to(local(&lines[0])).await;
+    let through_socks = socks_connect(slow_reader_to(proxy).await, source).await;
+    for (how, mut visitor) in [("local forward", through_local), ("SOCKS", through_socks)] {
+        visitor.shutdown().await.unwrap();
+        let got = tokio::time::timeout(PATIENCE, read_all(&mut visitor)).await.expect("download hung");
+        let got = got.unwrap_or_else(|e| panic!("the download through {how} ended with {e:?}"));
+        assert_eq!(got, (len, Pattern::digest(17, len)), "the download through {how}");
+    }
 
     // Upload: the server's socket to its target.
-    let uploader = tokio::spawn(async move {
-        let mut tcp = TcpStream::connect(local(&locals[1])).await.unwrap();
-        common::write_pattern(&mut tcp, 19, len).await.unwrap();
-        tcp.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        tcp.read_to_end(&mut rest).await
-    });
+    let uploader = upload(local(&lines[1]), len);
     let (mut received, _) = sink.accept().await.unwrap();
     // Its answer (none) ends first: the server's visit then ends as soon as the last of the
     // upload is in its socket, with the target still reading.
     received.shutdown().await.unwrap();
-    let got = tokio::time::timeout(PATIENCE, read_slowly(&mut received)).await.expect("upload hung");
+    let got = tokio::time::timeout(PATIENCE, read_all(&mut received)).await.expect("upload hung");
     assert_eq!(got.expect("the target's upload ended with an error"), (len, Pattern::digest(19, len)));
     drop(received);
     assert!(uploader.await.unwrap().is_ok(), "the uploader's visit did not end in order");

@@ -70,8 +70,9 @@ pub struct SoakArgs {
 enum Outcome {
     Checked,
     Reset,
-    /// A reset taken by the visitor's writer, so that its reader saw a clean end, with no FIN
-    /// received: a reset all the same, counted apart to show how often it happens.
+    /// A reset (or another socket error) taken by the visitor's writer, so that its reader saw
+    /// a clean end with no FIN received: an error all the same, counted apart to show how often
+    /// it happens.
     ResetSeenByWriter,
     Refused,
     /// The peer's FIN came before all the data: a silent truncation.
@@ -180,6 +181,22 @@ async fn exchange(front: SocketAddr, size: usize, pattern: Pattern) -> Outcome {
     outcome
 }
 
+/// Makes sure this kernel counts a FIN in `tcpi_bytes_received`, as [`fin_arrived`] needs:
+/// where it did not, every truncation would pass for a reset taken by the writer.
+async fn check_fin_counting() -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut visitor = TcpStream::connect(listener.local_addr()?).await?;
+    let (mut accepted, _) = listener.accept().await?;
+    accepted.write_all(b"data").await?;
+    accepted.shutdown().await?;
+    let mut got = Vec::new();
+    visitor.read_to_end(&mut got).await?;
+    if !fin_arrived(&visitor, got.len()) || fin_arrived(&visitor, got.len() + 1) {
+        bail!("this kernel does not count a FIN in TCP_INFO's tcpi_bytes_received: the soak cannot tell a truncation from a reset");
+    }
+    Ok(())
+}
+
 /// Whether the peer's FIN is among what `stream` received, given that its reader took `read`
 /// bytes of data in all and then a clean end: the kernel counts a FIN as one byte received.
 /// Anything but exactly `read` bytes and no FIN counts as a FIN, so that an end the kernel
@@ -246,6 +263,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
     procs::raise_open_files((args.clients * (args.streams * 4 + 16) + 4096) as u64);
     fleet::log_if_asked();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(check_fin_counting())?;
     let (tally, chaos, samples, elapsed) = runtime.block_on(soak(&args))?;
     runtime.shutdown_background();
     let header = format!("{}, {}", report::today(), report::machine());
@@ -525,7 +543,10 @@ mod tests {
         assert!(fin_arrived(&visitor, 10));
         // A reset after the FIN (data sent to a closed socket) leaves the FIN counted.
         drop(accepted);
+        let mut writes = 0;
         while visitor.write_all(b"x").await.is_ok() {
+            writes += 1;
+            assert!(writes < 1000, "the reset never came");
             tokio::task::yield_now().await;
         }
         assert!(fin_arrived(&visitor, 10));

@@ -45,6 +45,8 @@ pub(super) async fn bind(
         if open && !ip.is_loopback() {
             tracing::warn!(%spec, "the SOCKS proxy takes no password (socks_user/socks_password): whoever reaches {ip} uses this client's rules through the tunnel");
         }
+        // Not `reset_accepted_on_close`, unlike a local forward's listener: the refusal replies
+        // of the handshake must leave with a FIN, not be thrown away by a reset.
         let listener = TcpListener::bind((ip, spec.port)).await.map_err(|e| (spec.clone(), e))?;
         bound.push(BoundSocks { spec: spec.clone(), listener });
     }
@@ -161,12 +163,13 @@ async fn through_server(
     if answer.status != ReplyStatus::Ok {
         return Err(Refused { reply: socks::reply_for(answer.status), why: answer.message });
     }
+    // From the success reply until the connection ends in order, a close resets it, even this
+    // process's death: the SOCKS client then never takes part of an answer (or none) for all
+    // of it. Refusals before it close in order, so their reply is never thrown away.
+    transport::reset_on_close(tcp);
     if socks::reply(tcp, Reply::Succeeded, None).await.is_err() {
         return Ok(()); // The SOCKS client left; dropping the stream resets it.
     }
-    // From here until the connection ends in order, a close resets it, even this process's
-    // death: the SOCKS client then never takes part of an answer for all of it.
-    transport::reset_on_close(tcp);
     match splice(tcp, &mut stream).await {
         Ok(_) => transport::close_in_order(tcp),
         Err(err) => {

@@ -139,12 +139,13 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
             Box::new(stream)
         }
     };
+    // From the success reply until the connection ends in order, a close resets it, even this
+    // process's death: the SOCKS client then never takes part of an answer (or none) for all
+    // of it. Refusals before it close in order, so their reply is never thrown away.
+    crate::transport::reset_on_close(&tcp);
     if socks::reply(&mut tcp, Reply::Succeeded, None).await.is_err() {
         return; // Dropping the upstream resets it.
     }
-    // From here until the connection ends in order, a close resets it, even this process's
-    // death: the SOCKS client then never takes part of an answer for all of it.
-    crate::transport::reset_on_close(&tcp);
     let early = accepted.early;
     let carried = async {
         upstream.write_all(&early).await?;
@@ -182,7 +183,8 @@ pub(super) async fn revoked(shared: &Shared, at_login: &Credentials, name: &str)
 /// What a SOCKS connection is spliced to.
 pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Both ways ended in order: a socket set to reset on close may end with a FIN again.
-    fn ended_in_order(&self) {}
+    /// No default: a type holding such a socket that forgot it would reset every orderly end.
+    fn ended_in_order(&self);
 }
 
 impl Stream for TcpStream {
@@ -191,6 +193,12 @@ impl Stream for TcpStream {
     }
 }
 
-impl Stream for crate::mux::MuxStream {}
+/// Ends in order on its own (its FIN was sent); a cut one resets.
+impl Stream for crate::mux::MuxStream {
+    fn ended_in_order(&self) {}
+}
 
-impl Stream for tokio::io::DuplexStream {}
+/// In-process: nothing to reset.
+impl Stream for tokio::io::DuplexStream {
+    fn ended_in_order(&self) {}
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::networks::NetworkHit;
@@ -221,7 +221,13 @@ pub(super) async fn connect(
                 tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "UDP flow to a server-side target");
                 return Ok(Upstream::Udp(socket));
             }
-            let connect = tokio::time::timeout(config.timeouts.connect, TcpStream::connect(resolved));
+            // Set to reset on close before it connects, until the visit ends in order: if this
+            // process dies mid-upload (or before the first byte), the target sees a reset, not
+            // a FIN that ends the upload early.
+            let socket = if resolved.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+            let socket = socket.map_err(|err| StreamReply::connect_failed(addr, &err))?;
+            let _ = socket.set_zero_linger();
+            let connect = tokio::time::timeout(config.timeouts.connect, socket.connect(resolved));
             let tcp = match connect.await {
                 Ok(Ok(tcp)) => tcp,
                 Ok(Err(err)) => return Err(StreamReply::connect_failed(addr, &err)),
@@ -233,9 +239,6 @@ pub(super) async fn connect(
                 }
             };
             let _ = transport::configure_tcp(&tcp);
-            // Until the visit ends in order, as for a forward's visitor: if this process dies
-            // mid-upload, the target sees a reset, not a FIN that ends the upload early.
-            transport::reset_on_close(&tcp);
             tracing::debug!(client = %crate::log::Escaped(&from.name), %addr, %resolved, %visitor, "visiting server-side target");
             Ok(Upstream::Tcp(tcp))
         }
