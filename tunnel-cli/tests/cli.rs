@@ -209,6 +209,9 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
     std::fs::write(&no_replicas, entry).unwrap();
     let too_many = dir.path().join("too-many.toml");
     std::fs::write(&too_many, "max_replicas = 65\n").unwrap();
+    // Once taken, it panicked the first session that ended (a deadline past the clock's end).
+    let forever = dir.path().join("forever.toml");
+    std::fs::write(&forever, "port_grace = \"3000000000000000h\"\n").unwrap();
     let state = dir.path().to_str().unwrap();
     let zero_fp = "0".repeat(64);
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -220,6 +223,10 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
         (
             vec!["serve", "--state-dir", state, "--config", too_many.to_str().unwrap()],
             "invalid `max_replicas`: 65 sessions: from 1 to 64",
+        ),
+        (
+            vec!["serve", "--state-dir", state, "--config", forever.to_str().unwrap()],
+            "\"3000000000000000h\" is longer than the most a duration may be",
         ),
         (vec!["connect", "--server", "127.0.0.1:1", "--token", TOKEN], "missing `fingerprint`"),
         (vec!["serve", "--state-dir", state, "--metrics", "nowhere"], "invalid `metrics`"),

@@ -13,6 +13,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
+/// The longest duration taken: a hundred years, far beyond any timeout or grace period, and
+/// short enough that a deadline `now + duration` (or two such durations added) never
+/// overflows, which would panic.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl FromStr for HumanDuration {
     type Err = String;
 
@@ -29,6 +34,9 @@ impl FromStr for HumanDuration {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             _ => return Err(err()),
         };
+        if duration > MAX_DURATION {
+            return Err(format!("{s:?} is longer than the most a duration may be (876000h, 100 years)"));
+        }
         Ok(Self(duration))
     }
 }
@@ -44,5 +52,23 @@ impl fmt::Display for HumanDuration {
             ms if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
             ms => write!(f, "{ms}ms"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_past_a_hundred_years_is_refused_before_any_deadline_can_overflow() {
+        assert_eq!("876000h".parse::<HumanDuration>().unwrap().0, MAX_DURATION);
+        for huge in ["876001h", "3000000000000000h", "18446744073709551615ms", "18446744073709551615s"] {
+            let err = huge.parse::<HumanDuration>().unwrap_err();
+            assert!(err.contains("longer than the most a duration may be"), "{huge}: {err}");
+        }
+        // The largest taken, added to now and to itself, stays a valid deadline.
+        let now = std::time::Instant::now();
+        assert!(now.checked_add(MAX_DURATION + MAX_DURATION).is_some());
+        assert!(tokio::time::Instant::now().checked_add(MAX_DURATION + MAX_DURATION).is_some());
     }
 }
