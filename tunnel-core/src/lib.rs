@@ -30,6 +30,8 @@
 //! - [`admin`]: the admin API over a running server (sessions, routes, client credentials
 //!   created, rotated and revoked while running) and its client; it uses `server` and `config`.
 //! - [`log`]: escaping of peer-controlled text, error chains, and rate-limited log lines.
+//! - `source` (internal): a visitor's source (an IPv4 address or an IPv6 /64) and places
+//!   capped in all and per source, for `http`, `server` and `admin`.
 //!
 //! Each layer uses only those listed before it, `metrics` excepted, which any may use
 //! (`tests/layers.rs` checks the imports).
@@ -106,4 +108,5 @@ pub mod transport;
 pub mod udp;
 
 mod fs;
+mod source;
 mod task;

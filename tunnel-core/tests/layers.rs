@@ -13,6 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("fs", &[]),
     ("task", &[]),
     ("auth", &[]),
+    ("source", &[]),
     ("proto", &["auth", "log"]),
     ("tls", &["auth", "fs"]),
     ("transport", &["auth", "log", "proto", "tls"]),
@@ -21,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("socks", &["proto"]),
     ("udp", &["log", "proto", "socks"]),
-    ("http", &["log", "metrics", "mux", "proto", "tls"]),
+    ("http", &["log", "metrics", "mux", "proto", "source", "tls"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (
         "server",
@@ -37,13 +38,14 @@ const LAYERS: &[(&str, &[&str])] = &[
             "proto",
             "session",
             "socks",
+            "source",
             "task",
             "tls",
             "transport",
             "udp",
         ],
     ),
-    ("admin", &["auth", "config", "forward", "fs", "log", "proto", "server", "tls", "transport"]),
+    ("admin", &["auth", "config", "forward", "fs", "log", "proto", "server", "source", "tls", "transport"]),
     (
         "client",
         &[

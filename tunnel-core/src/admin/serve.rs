@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::api::{self, Answer};
 use super::Admin;
 use crate::auth::Token;
-use crate::server::source::Source;
+use crate::source::Source;
 
 /// Largest request body read (a new client's grant); a larger one is answered 413.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -26,16 +26,23 @@ use tokio_util::sync::CancellationToken;
 
 use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
+use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
 use super::park::{Activity, Parking, PARK_AFTER};
 use super::upstream::{Home, Pool, Upstream};
 use super::{text_response, Body};
 use crate::mux::{MuxStream, Openers, StreamOpener};
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
+use crate::source::{Full, Place};
 
 /// Idle streams the edge keeps per client. Requests beyond that many at once still get
 /// streams; those are closed after their exchange.
 const POOLED_STREAMS_PER_CLIENT: usize = 256;
+
+/// Streams in use toward one session at once, and of those for one visitor source, unless
+/// [`HttpEdge::with_stream_caps`] says otherwise: a TCP forward's default caps.
+const STREAMS_PER_SESSION: usize = 512;
+const STREAMS_PER_SOURCE: usize = 256;
 
 /// Where the edge finds the routes in force: a snapshot per request.
 pub trait RouteSource: Send + Sync + 'static {
@@ -77,6 +84,8 @@ pub struct HttpEdge {
     limits: EdgeLimits,
     /// Idle streams to clients, by client name.
     streams: Arc<Pool<MuxStream>>,
+    /// Streams in use toward each session, at most so many per session and per source.
+    inflight: InFlight,
     parked: AtomicUsize,
     /// Cancelled by [`HttpEdge::drain`].
     draining: CancellationToken,
@@ -99,11 +108,34 @@ impl HttpEdge {
             fallback,
             limits,
             streams: Arc::new(Pool::new(POOLED_STREAMS_PER_CLIENT)),
+            inflight: InFlight::new(STREAMS_PER_SESSION, STREAMS_PER_SOURCE),
             parked: AtomicUsize::new(0),
             draining: CancellationToken::new(),
             metrics: None,
             challenges: None,
         }
+    }
+
+    /// At most `per_session` streams in use toward one client session at once (requests in
+    /// flight, upgraded connections, TLS passthrough visitors), and `per_source` passthrough
+    /// visitors from one source (IPv4 address or IPv6 /64). Past the first, a request is
+    /// answered 503.
+    pub(crate) fn with_stream_caps(mut self, per_session: usize, per_source: usize) -> Self {
+        self.inflight = InFlight::new(per_session, per_source);
+        self
+    }
+
+    /// A place for one more stream to `owner`'s session over `opener`, for a visitor from `ip`;
+    /// `per_source`: whether the per-source cap applies (to passthrough visitors, not to HTTP
+    /// requests).
+    pub(crate) fn admit(
+        &self,
+        owner: &str,
+        opener: &StreamOpener,
+        ip: std::net::IpAddr,
+        per_source: bool,
+    ) -> Result<Place, Full> {
+        self.inflight.admit(&pool_key(owner, opener), ip, per_source)
     }
 
     /// Stops pooling streams over `opener`'s connection to client `owner` (its session drains):
@@ -322,8 +354,15 @@ impl HttpEdge {
             return (text_response(StatusCode::BAD_GATEWAY, &why), Some(owner));
         };
         drop(routes);
+        let place = match self.admit(&owner, &opener, visitor.ip(), false) {
+            Ok(place) => place,
+            Err(full) => {
+                let why = format!("too many requests in flight to the client serving {host} ({full})");
+                return (text_response(StatusCode::SERVICE_UNAVAILABLE, &why), Some(owner));
+            }
+        };
         let to = Owner { route_id, opener, name: &owner };
-        let response = match self.forward(request, to, visitor, scheme, &host).await {
+        let response = match self.forward(request, to, place, visitor, scheme, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
                 tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
@@ -333,10 +372,13 @@ impl HttpEdge {
         (response, Some(owner))
     }
 
+    /// Sends `request` to its owner; the answer (its body, or the upgraded connection) holds
+    /// `place` until it is over.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
         to: Owner<'_>,
+        place: Place,
         visitor: SocketAddr,
         scheme: &'static str,
         host: &str,
@@ -366,7 +408,7 @@ impl HttpEdge {
             let header = StreamHeader::Route { route_id: to.route_id, visitor, local: None };
             let mut sender = open_upgrade_stream(&to.opener, header, host).await?;
             let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
-            return self.relay(sent, visitor_side, host);
+            return self.relay(sent, visitor_side, host, place);
         }
         let limit = self.limits.response_timeout;
         // Pooled per session, not per client name: a stream of a replaced or revoked session
@@ -375,27 +417,29 @@ impl HttpEdge {
         let home = || Home { pool: self.streams.clone(), key: key.clone() };
         if let Some(upstream) = self.streams.take(&key) {
             match tokio::time::timeout(limit, upstream.send(request, home())).await {
-                Ok(Ok(response)) => return self.relay(Ok(Ok(response)), None, host),
+                Ok(Ok(response)) => return self.relay(Ok(Ok(response)), None, host, place),
                 // A stream the client closed meanwhile gives the request back: then a new one.
                 Ok(Err(mut failed)) => match failed.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return self.relay::<Incoming>(Ok(Err(failed.into_error())), None, host),
+                    None => return self.relay::<Incoming>(Ok(Err(failed.into_error())), None, host, place),
                 },
-                Err(elapsed) => return self.relay::<Incoming>(Err(elapsed), None, host),
+                Err(elapsed) => return self.relay::<Incoming>(Err(elapsed), None, host, place),
             }
         }
         let upstream = open_stream(&to.opener, StreamHeader::Http { visitor }, host).await?;
         let sent = tokio::time::timeout(limit, upstream.send(request, home())).await;
-        self.relay(sent.map(|sent| sent.map_err(TrySendError::into_error)), None, host)
+        self.relay(sent.map(|sent| sent.map_err(TrySendError::into_error)), None, host, place)
     }
 
     /// The client's answer as the visitor's response: errors become 502 and 504, a switch of
-    /// protocols splices the two upgraded connections.
+    /// protocols splices the two upgraded connections. `place` is held by the answer's body,
+    /// or by the splice.
     fn relay<B>(
         &self,
         sent: Result<Result<Response<B>, hyper::Error>, tokio::time::error::Elapsed>,
         visitor_side: Option<hyper::upgrade::OnUpgrade>,
         host: &str,
+        place: Place,
     ) -> Result<Response<Body>, (StatusCode, String)>
     where
         B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
@@ -417,15 +461,19 @@ impl HttpEdge {
             }
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let kept = if switching { is_upgrade(response.headers()) } else { None };
+        strip_hop_by_hop(response.headers_mut(), kept);
         if switching {
             if let Some(visitor_side) = visitor_side {
                 let client_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice_upgraded(visitor_side, client_side));
+                tokio::spawn(async move {
+                    let _place = place;
+                    splice_upgraded(visitor_side, client_side).await
+                });
+                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
             }
         }
-        let kept = if switching { is_upgrade(response.headers()) } else { None };
-        strip_hop_by_hop(response.headers_mut(), kept);
-        Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+        Ok(response.map(|body| inflight::hold(body.map_err(Into::into).boxed_unsync(), place)))
     }
 }
 

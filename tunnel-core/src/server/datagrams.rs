@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::forwards::{Carrier, Member, StreamKind};
-use super::source::{Place, Places};
 use crate::proto::datagram::MAX_DATAGRAM;
 use crate::proto::StreamHeader;
+use crate::source::{Place, Places};
 use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
 
 /// Receives datagrams until `stop` (the route is removed, or its sessions drain). A visitor's

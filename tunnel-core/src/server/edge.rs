@@ -10,12 +10,12 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::source::Places;
 use super::Server;
 use crate::acme::Acme;
 use crate::http::{HttpEdge, RouteSource};
 use crate::log::Escaped;
 use crate::proto::StreamHeader;
+use crate::source::Places;
 use crate::task::OwnedTask;
 use crate::transport::Prefixed;
 
@@ -68,10 +68,12 @@ impl Server {
     }
 
     fn edge(&self) -> Arc<HttpEdge> {
-        let settings = &self.shared.config().http;
+        let config = self.shared.config();
+        let settings = &config.http;
         let mut edge =
             HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone())
-                .with_metrics(self.shared.metrics.clone());
+                .with_metrics(self.shared.metrics.clone())
+                .with_stream_caps(config.max_visitors_per_forward, config.max_visitors_per_source);
         if let Some(acme) = &self.shared.acme {
             edge = edge.with_challenges(acme.clone());
         }
@@ -162,10 +164,17 @@ async fn https(
     });
     if let Some((route_id, opener, owner)) = passthrough {
         let name = name.unwrap_or_default();
-        let opened = async { opener?.open().await.ok() };
-        let Some(mut stream) = opened.await else {
-            return tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
+        let unreachable = || tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
+        let Some(opener) = opener else { return unreachable() };
+        // Counted with the edge's requests toward the same session.
+        let _place = match edge.admit(&owner, &opener, visitor.ip(), true) {
+            Ok(place) => place,
+            Err(full) => {
+                crate::transport::reset_on_close(&tcp);
+                return tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough refused: too many visitors in flight to its client ({full})");
+            }
         };
+        let Ok(mut stream) = opener.open().await else { return unreachable() };
         let mut first = StreamHeader::Route { route_id, visitor, local: tcp.local_addr().ok() }.encode();
         first.extend_from_slice(&hello);
         if stream.write_all(&first).await.is_err() {

@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::registry::{OtherClient, SessionId};
-use super::source::{Place, Places};
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
 use crate::forward::{splice_metered, Protocol, SpliceLimits};
 use crate::mux::StreamOpener;
 use crate::proto::{RefusalCode, RouteId, StreamHeader};
+use crate::source::{Place, Places};
 use crate::transport;
 
 /// Random candidates tried when the client lets the server choose a port.

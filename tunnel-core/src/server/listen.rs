@@ -10,8 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::source::Places;
 use super::Shared;
+use crate::source::Places;
 
 impl Shared {
     /// Accepts on `listener` until `shutdown` or the drain; a connection `places` has no room

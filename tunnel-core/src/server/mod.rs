@@ -25,7 +25,6 @@ mod routes;
 mod session;
 mod socks;
 mod socks_udp;
-pub(crate) mod source;
 mod visits;
 
 use std::future::Future;
@@ -71,8 +70,13 @@ pub struct ServerConfig {
     pub max_forwards_per_client: usize,
     /// Visitors one remote forward carries at once; more are reset at accept, so one busy or
     /// flooded forward leaves streams for the client's other forwards and services (default 512).
+    /// Also the streams the HTTP and HTTPS edge holds toward one client session at once:
+    /// requests in flight, upgraded connections and TLS passthrough visitors (more are answered
+    /// 503, or reset).
     pub max_visitors_per_forward: usize,
-    /// Of those, how many may come from one source (IPv4 address or IPv6 /64; default 256).
+    /// Of those, how many may come from one source (IPv4 address or IPv6 /64; default 256):
+    /// a forward's visitors and TLS passthrough visitors; not HTTP requests, whose visitors
+    /// share addresses by design.
     pub max_visitors_per_source: usize,
     /// Private services one client may expose (default 64).
     pub max_services_per_client: usize,

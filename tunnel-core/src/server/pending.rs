@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use super::source::Source;
+use crate::source::Source;
 
 /// Counts handshakes in progress, overall and per source.
 #[derive(Debug)]

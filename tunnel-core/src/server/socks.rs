@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::source::Places;
 use super::visits::{self, Upstream, Visitor};
 use super::{Server, Shared};
 use crate::auth::{CredentialKind, Credentials, Token};
@@ -19,6 +18,7 @@ use crate::forward::{splice, VisitTarget};
 use crate::log::Escaped;
 use crate::proto::ReplyStatus;
 use crate::socks::{self, Auth, Command, Reply};
+use crate::source::Places;
 
 impl Server {
     /// Serves SOCKS5 on `listener` until `shutdown` resolves or the server drains: each

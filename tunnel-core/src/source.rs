@@ -65,15 +65,30 @@ impl Places {
         Self { total, per_source, taken: Default::default() }
     }
 
+    /// Places taken now.
+    pub(crate) fn in_use(&self) -> usize {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
     /// A place for a connection from `ip`, or which cap it hit.
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Place, Full> {
+        self.admit_capped(ip, self.per_source)
+    }
+
+    /// A place for a connection from `ip` held to the total only: for visitors that share an
+    /// address by design (behind one NAT, proxy or CDN).
+    pub(crate) fn admit_any_source(&self, ip: IpAddr) -> Result<Place, Full> {
+        self.admit_capped(ip, usize::MAX)
+    }
+
+    fn admit_capped(&self, ip: IpAddr, per_source: usize) -> Result<Place, Full> {
         let source = Source::from(ip);
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         if taken.total >= self.total {
             return Err(Full::Total);
         }
         let from_source = taken.by_source.entry(source).or_default();
-        if *from_source >= self.per_source {
+        if *from_source >= per_source {
             return Err(Full::Source);
         }
         *from_source += 1;
