@@ -38,7 +38,8 @@ struct Taken {
 /// One connection's place; dropping it frees the place.
 #[derive(Debug)]
 pub(crate) struct Place {
-    source: Source,
+    /// `None`: counted in the total only.
+    source: Option<Source>,
     taken: std::sync::Arc<std::sync::Mutex<Taken>>,
 }
 
@@ -72,28 +73,30 @@ impl Places {
 
     /// A place for a connection from `ip`, or which cap it hit.
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Place, Full> {
-        self.admit_capped(ip, self.per_source)
-    }
-
-    /// A place for a connection from `ip` held to the total only: for visitors that share an
-    /// address by design (behind one NAT, proxy or CDN).
-    pub(crate) fn admit_any_source(&self, ip: IpAddr) -> Result<Place, Full> {
-        self.admit_capped(ip, usize::MAX)
-    }
-
-    fn admit_capped(&self, ip: IpAddr, per_source: usize) -> Result<Place, Full> {
         let source = Source::from(ip);
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         if taken.total >= self.total {
             return Err(Full::Total);
         }
         let from_source = taken.by_source.entry(source).or_default();
-        if *from_source >= per_source {
+        if *from_source >= self.per_source {
             return Err(Full::Source);
         }
         *from_source += 1;
         taken.total += 1;
-        Ok(Place { source, taken: self.taken.clone() })
+        Ok(Place { source: Some(source), taken: self.taken.clone() })
+    }
+
+    /// A place counted in the total only, not against any source: for visitors that share an
+    /// address by design (behind one NAT, proxy or CDN), so they neither hit the per-source cap
+    /// nor use up others' room under it.
+    pub(crate) fn admit_any_source(&self) -> Result<Place, Full> {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.total >= self.total {
+            return Err(Full::Total);
+        }
+        taken.total += 1;
+        Ok(Place { source: None, taken: self.taken.clone() })
     }
 }
 
@@ -101,10 +104,11 @@ impl Drop for Place {
     fn drop(&mut self) {
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         taken.total -= 1;
-        if let Some(count) = taken.by_source.get_mut(&self.source) {
+        let Some(source) = self.source else { return };
+        if let Some(count) = taken.by_source.get_mut(&source) {
             *count -= 1;
             if *count == 0 {
-                taken.by_source.remove(&self.source);
+                taken.by_source.remove(&source);
             }
         }
     }

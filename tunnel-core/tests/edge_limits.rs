@@ -6,6 +6,7 @@ mod common;
 #[path = "common/web.rs"]
 mod web;
 
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,29 +14,47 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use web::*;
 
-/// An origin that answers `/hold` only once `release` turns true, counting in `held` the
-/// requests it holds, and anything else at once.
-async fn holding_origin(held: Arc<AtomicUsize>, release: watch::Receiver<bool>) -> SocketAddr {
+/// An origin that answers `/hold` with the first part of its body at once and the rest only
+/// once `release` turns true, and anything else at once.
+async fn holding_origin(release: watch::Receiver<bool>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (held, release) = (held.clone(), release.clone());
+            let release = release.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let (held, mut release) = (held.clone(), release.clone());
+                let release = release.clone();
                 async move {
-                    if request.uri().path() == "/hold" {
-                        held.fetch_add(1, Ordering::SeqCst);
-                        let _ = release.wait_for(|go| *go).await;
+                    if request.uri().path() != "/hold" {
+                        return Ok::<_, hyper::Error>(Response::new(
+                            Full::new(Bytes::from_static(b"answered")).boxed(),
+                        ));
                     }
-                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"answered"))))
+                    let parts = futures::stream::unfold(0, move |part| {
+                        let mut release = release.clone();
+                        async move {
+                            let data = match part {
+                                0 => "part ",
+                                1 => {
+                                    let _ = release.wait_for(|go| *go).await;
+                                    "rest"
+                                }
+                                _ => return None,
+                            };
+                            Some((
+                                Ok::<_, Infallible>(Frame::data(Bytes::from_static(data.as_bytes()))),
+                                part + 1,
+                            ))
+                        }
+                    });
+                    Ok(Response::new(StreamBody::new(parts).boxed()))
                 }
             });
             tokio::spawn(
@@ -46,7 +65,7 @@ async fn holding_origin(held: Arc<AtomicUsize>, release: watch::Receiver<bool>) 
     addr
 }
 
-/// A connection to the edge from loopback address `127.0.0.N`.
+/// A connection to `edge` from loopback address `127.0.0.N`.
 async fn connection_from(edge: SocketAddr, n: u8) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)).unwrap();
@@ -56,59 +75,74 @@ async fn connection_from(edge: SocketAddr, n: u8) -> hyper::client::conn::http1:
     sender
 }
 
-/// Starts a request for `/hold` from `127.0.0.N`; its status once answered.
-fn hold_from(edge: SocketAddr, n: u8) -> tokio::task::JoinHandle<StatusCode> {
+/// Asks `edge` for `/hold` from `127.0.0.N`, counts in `heads` the answer's head once it is
+/// in (the edge is then done with the request: only the body holds its place), and returns
+/// the status and the whole body.
+fn hold_from(
+    edge: SocketAddr,
+    n: u8,
+    heads: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<(StatusCode, String)> {
     tokio::spawn(async move {
         let mut sender = connection_from(edge, n).await;
-        send(&mut sender, "hold.test", "/hold", "").await.0
+        let request = Request::get("/hold").header("host", "hold.test").body(Full::default()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        heads.fetch_add(1, Ordering::SeqCst);
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
     })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_held_in_flight_are_capped_per_session() {
+async fn answers_in_flight_are_capped_per_session_across_listeners() {
     let edge = edge(|config| {
         config.max_visitors_per_forward = 3;
         config.max_visitors_per_source = 2;
     })
     .await;
-    let (held, (release, released)) = (Arc::new(AtomicUsize::new(0)), watch::channel(false));
-    let origin = holding_origin(held.clone(), released).await;
-    let mut client =
-        start_client(with_http(edge.server.client_config("a", &[]), &[format!("hold.test=http://{origin}")]));
+    // A second listener of the same server: the cap is the session's, not each listener's.
+    let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_addr = second.local_addr().unwrap();
+    let runner = edge.server.server.clone();
+    tokio::spawn(async move { runner.run_http(second, std::future::pending()).await });
+    let (release, released) = watch::channel(false);
+    let origin = holding_origin(released).await;
+    let routes = [format!("hold.test=http://{origin}")];
+    let mut client = start_client(with_http(edge.server.client_config("a", &[]), &routes));
     client.connected().await;
-    let in_flight = |n: usize| {
-        let held = held.clone();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let bodies_held = |n: usize| {
+        let heads = heads.clone();
         async move {
-            eventually(&format!("{n} requests held"), || std::future::ready(held.load(Ordering::SeqCst) == n))
-                .await
+            let what = format!("{n} answers under way");
+            eventually(&what, || std::future::ready(heads.load(Ordering::SeqCst) == n)).await
         }
     };
-    let ask_from = |n: u8| async move {
-        let mut sender = connection_from(edge.http, n).await;
+    let ask = |listener: SocketAddr, n: u8| async move {
+        let mut sender = connection_from(listener, n).await;
         send(&mut sender, "hold.test", "/", "").await
     };
 
-    // Requests from one address are not capped apart (a NAT, a proxy, a CDN): three held from
-    // one source fill the session, and a fourth from anywhere is refused.
-    let mut holding = vec![hold_from(edge.http, 1), hold_from(edge.http, 1)];
-    in_flight(2).await;
-    assert_eq!(ask_from(2).await, (StatusCode::OK, "answered".to_owned()), "a place is left");
-    holding.push(hold_from(edge.http, 1));
-    in_flight(3).await;
-    for n in [1, 2] {
-        let (status, body) = ask_from(n).await;
+    // Answers whose bodies are still coming hold their places, whichever listener and source
+    // (requests from one address are not capped apart: a NAT, a proxy, a CDN).
+    let mut holding = vec![hold_from(edge.http, 1, heads.clone()), hold_from(second_addr, 1, heads.clone())];
+    bodies_held(2).await;
+    assert_eq!(ask(edge.http, 2).await, (StatusCode::OK, "answered".to_owned()), "a place is left");
+    holding.push(hold_from(edge.http, 1, heads.clone()));
+    bodies_held(3).await;
+    for (listener, n) in [(edge.http, 1), (second_addr, 2)] {
+        let (status, body) = ask(listener, n).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "from 127.0.0.{n}: {body}");
         assert!(body.contains("too many requests in flight"), "{body}");
     }
 
-    // Answered, they give their places back.
+    // Once their bodies are over, the answers give their places back.
     release.send(true).unwrap();
     for request in holding {
-        assert_eq!(request.await.unwrap(), StatusCode::OK);
+        assert_eq!(request.await.unwrap(), (StatusCode::OK, "part rest".to_owned()));
     }
-    for n in 1..=3 {
-        assert_eq!(ask_from(n).await, (StatusCode::OK, "answered".to_owned()), "from 127.0.0.{n}");
-    }
+    eventually("the places given back", || async { ask(second_addr, 3).await.0 == StatusCode::OK }).await;
     client.stop().await;
     edge.server.stop().await;
 }

@@ -35,12 +35,13 @@ use crate::mux::{MuxStream, Openers, StreamOpener};
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
 use crate::source::{Full, Place};
 
-/// Idle streams the edge keeps per client. Requests beyond that many at once still get
-/// streams; those are closed after their exchange.
-const POOLED_STREAMS_PER_CLIENT: usize = 256;
+/// Idle streams the edge keeps per client session. Requests beyond that many at once still get
+/// streams; those are closed after their exchange. Kept small: idle streams are outside the
+/// in-flight count, and each listener's edge has a pool of its own.
+const POOLED_STREAMS_PER_CLIENT: usize = 64;
 
-/// Streams in use toward one session at once, and of those for one visitor source, unless
-/// [`HttpEdge::with_stream_caps`] says otherwise: a TCP forward's default caps.
+/// Streams in use toward one session at once, and of those for one passthrough source, unless
+/// [`HttpEdge::with_inflight`] says otherwise: a TCP forward's default caps.
 const STREAMS_PER_SESSION: usize = 512;
 const STREAMS_PER_SOURCE: usize = 256;
 
@@ -84,8 +85,9 @@ pub struct HttpEdge {
     limits: EdgeLimits,
     /// Idle streams to clients, by client name.
     streams: Arc<Pool<MuxStream>>,
-    /// Streams in use toward each session, at most so many per session and per source.
-    inflight: InFlight,
+    /// Streams in use toward each session, at most so many per session and per source; shared
+    /// by the edges of one server.
+    inflight: Arc<InFlight>,
     parked: AtomicUsize,
     /// Cancelled by [`HttpEdge::drain`].
     draining: CancellationToken,
@@ -108,7 +110,7 @@ impl HttpEdge {
             fallback,
             limits,
             streams: Arc::new(Pool::new(POOLED_STREAMS_PER_CLIENT)),
-            inflight: InFlight::new(STREAMS_PER_SESSION, STREAMS_PER_SOURCE),
+            inflight: Arc::new(InFlight::new(STREAMS_PER_SESSION, STREAMS_PER_SOURCE)),
             parked: AtomicUsize::new(0),
             draining: CancellationToken::new(),
             metrics: None,
@@ -116,12 +118,11 @@ impl HttpEdge {
         }
     }
 
-    /// At most `per_session` streams in use toward one client session at once (requests in
-    /// flight, upgraded connections, TLS passthrough visitors), and `per_source` passthrough
-    /// visitors from one source (IPv4 address or IPv6 /64). Past the first, a request is
-    /// answered 503.
-    pub(crate) fn with_stream_caps(mut self, per_session: usize, per_source: usize) -> Self {
-        self.inflight = InFlight::new(per_session, per_source);
+    /// Counts the streams in use toward each client session in `inflight` (see
+    /// [`InFlight::new`] for the caps), which the server's other edges share: the HTTP and
+    /// HTTPS listeners together stay within one session's caps.
+    pub(crate) fn with_inflight(mut self, inflight: Arc<InFlight>) -> Self {
+        self.inflight = inflight;
         self
     }
 

@@ -43,7 +43,8 @@ struct Sessions {
 }
 
 impl InFlight {
-    /// At most `total` streams per session, `per_source` of them for one source.
+    /// At most `total` streams per session, and `per_source` of them for one source where that
+    /// cap applies (TLS passthrough visitors).
     pub(crate) fn new(total: usize, per_source: usize) -> Self {
         let sessions = Sessions { places: HashMap::new(), prune_at: FIRST_PRUNE };
         Self { total, per_source, sessions: Mutex::new(sessions) }
@@ -52,7 +53,7 @@ impl InFlight {
     /// A place for a stream to session `key` for a visitor from `ip`, or which cap it hit;
     /// `per_source`: whether the per-source cap applies too.
     pub(crate) fn admit(&self, key: &str, ip: IpAddr, per_source: bool) -> Result<Place, Full> {
-        let admit = |places: &Places| if per_source { places.admit(ip) } else { places.admit_any_source(ip) };
+        let admit = |places: &Places| if per_source { places.admit(ip) } else { places.admit_any_source() };
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(places) = sessions.places.get(key) {
             return admit(places);
@@ -129,6 +130,9 @@ mod tests {
         let (_a3, _a4) = (inflight.admit("s#3", A, false).unwrap(), inflight.admit("s#3", A, false).unwrap());
         let _a5 = inflight.admit("s#3", A, false).unwrap();
         assert_eq!(inflight.admit("s#3", A, false).unwrap_err(), Full::Total);
+        // Nor do they use up the room of a source under the per-source cap.
+        let (_h1, _h2) = (inflight.admit("s#4", A, false).unwrap(), inflight.admit("s#4", A, false).unwrap());
+        assert!(inflight.admit("s#4", A, true).is_ok());
     }
 
     #[test]

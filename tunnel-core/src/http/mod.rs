@@ -12,7 +12,7 @@ mod edge;
 mod handler;
 mod headers;
 mod index;
-mod inflight;
+pub(crate) mod inflight;
 mod matcher;
 mod origin;
 mod park;

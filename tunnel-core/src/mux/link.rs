@@ -25,6 +25,7 @@ pub(super) struct Link(Arc<LinkState>);
 
 #[derive(Debug, Default)]
 struct LinkState {
+    serial: Serial,
     cut: AtomicBool,
     /// Streams being opened by us now (asked of yamux, not yet open).
     opening: AtomicUsize,
@@ -108,9 +109,10 @@ impl Link {
         self.0.open.load(Ordering::Acquire) + self.0.opening.load(Ordering::Acquire)
     }
 
-    /// Tells this connection from any other open now.
+    /// Tells this connection from any other this process opened, now or before (a count, not an
+    /// address: keys made of it never name a later connection).
     pub(super) fn id(&self) -> usize {
-        Arc::as_ptr(&self.0) as usize
+        self.0.serial.0
     }
 
     /// The FINs and resets seen for this connection's streams.
@@ -149,6 +151,17 @@ impl Link {
     /// Bytes read from and written to the connection so far (yamux framing included).
     pub(super) fn bytes(&self) -> (u64, u64) {
         (self.0.received.load(Ordering::Relaxed), self.0.sent.load(Ordering::Relaxed))
+    }
+}
+
+/// A number no other link of this process had.
+#[derive(Debug)]
+struct Serial(usize);
+
+impl Default for Serial {
+    fn default() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -125,8 +125,8 @@ impl StreamOpener {
         self.link.open_streams() + joined
     }
 
-    /// Tells this session's first connection from any other open now (two openers of one
-    /// connection give the same value).
+    /// Tells this session's first connection from any other this process opened, now or before
+    /// (two openers of one connection give the same value; a later connection never does).
     pub fn connection_id(&self) -> usize {
         self.link.id()
     }

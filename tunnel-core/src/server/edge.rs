@@ -68,12 +68,11 @@ impl Server {
     }
 
     fn edge(&self) -> Arc<HttpEdge> {
-        let config = self.shared.config();
-        let settings = &config.http;
+        let settings = &self.shared.config().http;
         let mut edge =
             HttpEdge::new(self.shared.http_routes.clone(), settings.fallback, settings.limits.clone())
                 .with_metrics(self.shared.metrics.clone())
-                .with_stream_caps(config.max_visitors_per_forward, config.max_visitors_per_source);
+                .with_inflight(self.shared.edge_streams.clone());
         if let Some(acme) = &self.shared.acme {
             edge = edge.with_challenges(acme.clone());
         }

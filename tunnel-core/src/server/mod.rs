@@ -232,6 +232,9 @@ struct Shared {
     ports: port_listeners::PortListeners,
     /// The HTTP edges serving now, told when a session's pooled streams must go.
     edges: std::sync::Mutex<Vec<std::sync::Weak<crate::http::HttpEdge>>>,
+    /// Streams the edges hold toward each client session, all listeners together (caps read
+    /// at start from `max_visitors_per_forward` and `max_visitors_per_source`).
+    edge_streams: Arc<crate::http::inflight::InFlight>,
     pending: pending::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
     /// Which client routes which network.
@@ -301,6 +304,10 @@ impl Server {
         let pending =
             pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let http_routes = Arc::default();
+        let edge_streams = Arc::new(crate::http::inflight::InFlight::new(
+            config.max_visitors_per_forward,
+            config.max_visitors_per_source,
+        ));
         let acme = config.http.acme.clone().map(crate::acme::Acme::new);
         let (draining, cut) = (CancellationToken::new(), CancellationToken::new());
         let config = std::sync::RwLock::new(Arc::new(config));
@@ -315,6 +322,7 @@ impl Server {
             joinable: lanes::Joinable::default(),
             ports: port_listeners::PortListeners::default(),
             edges: std::sync::Mutex::default(),
+            edge_streams,
             pending,
             http_routes,
             networks: networks::Networks::default(),
