@@ -355,14 +355,17 @@ impl HttpEdge {
             return (text_response(StatusCode::BAD_GATEWAY, &why), Some(owner));
         };
         drop(routes);
-        let place = match self.admit(&owner, &opener, visitor.ip(), false) {
+        // Pooled and counted per session, not per client name: a stream of a replaced or revoked
+        // session never carries a request meant for its successor.
+        let key = pool_key(&owner, &opener);
+        let place = match self.inflight.admit(&key, visitor.ip(), false) {
             Ok(place) => place,
             Err(full) => {
                 let why = format!("too many requests in flight to the client serving {host} ({full})");
                 return (text_response(StatusCode::SERVICE_UNAVAILABLE, &why), Some(owner));
             }
         };
-        let to = Owner { route_id, opener, name: &owner };
+        let to = Owner { route_id, opener, key };
         let response = match self.forward(request, to, place, visitor, scheme, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
@@ -378,7 +381,7 @@ impl HttpEdge {
     async fn forward(
         &self,
         mut request: Request<Incoming>,
-        to: Owner<'_>,
+        to: Owner,
         place: Place,
         visitor: SocketAddr,
         scheme: &'static str,
@@ -412,11 +415,8 @@ impl HttpEdge {
             return self.relay(sent, visitor_side, host, place);
         }
         let limit = self.limits.response_timeout;
-        // Pooled per session, not per client name: a stream of a replaced or revoked session
-        // never carries a request meant for its successor.
-        let key = pool_key(to.name, &to.opener);
-        let home = || Home { pool: self.streams.clone(), key: key.clone() };
-        if let Some(upstream) = self.streams.take(&key) {
+        let home = || Home { pool: self.streams.clone(), key: to.key.clone() };
+        if let Some(upstream) = self.streams.take(&to.key) {
             match tokio::time::timeout(limit, upstream.send(request, home())).await {
                 Ok(Ok(response)) => return self.relay(Ok(Ok(response)), None, host, place),
                 // A stream the client closed meanwhile gives the request back: then a new one.
@@ -487,10 +487,11 @@ struct Connection<'a> {
 }
 
 /// Where a request goes: a route of a client.
-struct Owner<'a> {
+struct Owner {
     route_id: RouteId,
     opener: StreamOpener,
-    name: &'a str,
+    /// Its session's key in the pool and the in-flight count ([`pool_key`]).
+    key: String,
 }
 
 /// The pool key of the streams over `opener` to client `owner`.
