@@ -10,8 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frame::{apply_mask, FrameError, Header, Opcode, MAX_CONTROL_PAYLOAD};
 
-/// Read buffer: frames are parsed from it, payloads copied out of it.
+/// Read buffer: frames are parsed from it, payloads copied out of it. It starts at
+/// `FIRST_READ_BUFFER` and doubles after each read that fills it, up to `READ_BUFFER`: a
+/// connection not yet authenticated, or idle, holds 4 KiB, a busy one reads 64 KiB at a time.
 const READ_BUFFER: usize = 64 * 1024;
+const FIRST_READ_BUFFER: usize = 4 * 1024;
 
 /// Largest payload written as one frame.
 const MAX_WRITE_FRAME: usize = 64 * 1024;
@@ -70,7 +73,7 @@ impl<S> WebSocketStream<S> {
     /// Frames over `inner` as `role`; `read` is what came after the handshake's head (the
     /// start of the first frames).
     pub fn new(inner: S, role: Role, read: &[u8]) -> Self {
-        let mut rbuf = vec![0u8; READ_BUFFER.max(read.len())].into_boxed_slice();
+        let mut rbuf = vec![0u8; FIRST_READ_BUFFER.max(read.len())].into_boxed_slice();
         rbuf[..read.len()].copy_from_slice(read);
         Self {
             inner,
@@ -136,9 +139,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             (self.rstart, self.rend) = (0, self.rend - self.rstart);
         }
         let mut spare = ReadBuf::new(&mut self.rbuf[self.rend..]);
+        let room = spare.remaining();
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut spare))?;
         let n = spare.filled().len();
         self.rend += n;
+        if n == room && self.rbuf.len() < READ_BUFFER {
+            let mut grown = vec![0u8; (self.rbuf.len() * 2).min(READ_BUFFER)].into_boxed_slice();
+            grown[..self.rend - self.rstart].copy_from_slice(&self.rbuf[self.rstart..self.rend]);
+            (self.rbuf, self.rstart, self.rend) = (grown, 0, self.rend - self.rstart);
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -336,5 +345,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_read_buffer_starts_small_and_grows_while_reads_fill_it() {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let mut server = WebSocketStream::new(near, Role::Server, &[]);
+        let mut client = WebSocketStream::new(far, Role::Client, &[]);
+        assert_eq!(server.rbuf.len(), FIRST_READ_BUFFER, "a connection not yet busy holds little");
+        let sent = (0..4u32 << 18).flat_map(u32::to_le_bytes).collect::<Vec<u8>>();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.flush().await.unwrap();
+            client
+        });
+        let mut got = vec![0u8; expected.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got == expected, "the bytes changed on the way");
+        assert_eq!(server.rbuf.len(), READ_BUFFER, "bulk reads did not grow the buffer");
+        drop(writer.await.unwrap());
     }
 }
