@@ -230,3 +230,86 @@ async fn tls_passthrough_visitors_share_the_caps() {
     client.stop().await;
     server.stop().await;
 }
+
+/// An origin that switches every request to a byte echo (a WebSocket stand-in).
+async fn echo_upgrades_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|mut request: Request<Incoming>| async move {
+                let upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    }
+                });
+                let switched = Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header(http::header::CONNECTION, "upgrade")
+                    .header(http::header::UPGRADE, "websocket")
+                    .body(Full::<Bytes>::default())
+                    .unwrap();
+                Ok::<_, hyper::Error>(switched)
+            });
+            let connection =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            tokio::spawn(connection.with_upgrades());
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_keeps_its_place_among_the_edges_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let edge = edge(|config| config.http.limits.max_connections = 1).await;
+    let origin = echo_upgrades_origin().await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
+    client.connected().await;
+
+    let mut upgraded = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let request = "GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    upgraded.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(PATIENCE, upgraded.read_exact(&mut byte)).await.unwrap().unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    upgraded.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(PATIENCE, upgraded.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // The upgraded connection still holds the edge's one place: another is reset at accept
+    // (so quickly, at times, that its connect already fails).
+    let reset = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionReset;
+    let refused = match tokio::net::TcpStream::connect(edge.http).await {
+        Err(err) => reset(&err),
+        Ok(mut other) => {
+            let read = tokio::time::timeout(PATIENCE, other.read(&mut [0u8; 1])).await;
+            matches!(read.expect("neither served nor reset"), Err(err) if reset(&err))
+        }
+    };
+    assert!(refused, "a connection past the cap was not reset");
+    // Closed, it gives the place back.
+    drop(upgraded);
+    eventually("the place given back", || async {
+        let Ok(tcp) = tokio::net::TcpStream::connect(edge.http).await else { return false };
+        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await else {
+            return false;
+        };
+        tokio::spawn(conn);
+        let request = Request::get("/").header("host", "ws.test").body(Full::<Bytes>::default()).unwrap();
+        // Not an upgrade request: the origin answers it a plain 101, with nothing switched.
+        let answer = sender.send_request(request).await;
+        matches!(answer, Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS)
+    })
+    .await;
+    client.stop().await;
+    edge.server.stop().await;
+}

@@ -201,16 +201,19 @@ impl HttpEdge {
         let edge = self.clone();
         let sni: Option<Arc<str>> = sni.map(Arc::from);
         let exchanges = activity.clone();
+        let upgraded = Arc::new(Upgraded::default());
+        let switched = upgraded.clone();
         let service = hyper::service::service_fn(move |request| {
             let body_follows = !hyper::body::Body::is_end_stream(request.body());
             let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin(body_follows));
+            let upgraded = switched.clone();
             // A request that may switch protocols leaves hyper holding the connection for the
             // switch, refused or not: such a connection is never parked.
             if request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
                 exchange.upgrade();
             }
             async move {
-                let connection = Connection { visitor, scheme, sni: sni.as_deref() };
+                let connection = Connection { visitor, scheme, sni: sni.as_deref(), upgraded: &upgraded };
                 let response = edge.handle(request, connection).await;
                 // The exchange lasts until hyper has sent the body and drops it.
                 let response =
@@ -256,7 +259,15 @@ impl HttpEdge {
         loop {
             // Boxed: a parked connection's task keeps only this loop's few words, not the
             // hyper connection's state.
-            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor)).await else { return };
+            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor)).await else {
+                // Upgraded: this task carries the upgraded connection, so that it still counts
+                // among the edge's connections and is cut by a drain like them.
+                let splice = upgraded.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(splice) = splice {
+                    splice.await;
+                }
+                return;
+            };
             parking = parked;
             // Parked: the bare socket waits for the next request, within the idle time left.
             let left = self.limits.header_timeout.saturating_sub(PARK_AFTER);
@@ -328,7 +339,7 @@ impl HttpEdge {
         request: Request<Incoming>,
         connection: Connection<'_>,
     ) -> (Response<Body>, Option<String>) {
-        let Connection { visitor, scheme, sni } = connection;
+        let Connection { visitor, scheme, sni, upgraded } = connection;
         let Some(host) = request_host(&request) else {
             return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);
         };
@@ -366,7 +377,7 @@ impl HttpEdge {
             }
         };
         let to = Owner { route_id, opener, key };
-        let response = match self.forward(request, to, place, visitor, scheme, &host).await {
+        let response = match self.forward(request, to, place, (visitor, upgraded), scheme, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
                 tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
@@ -376,14 +387,14 @@ impl HttpEdge {
         (response, Some(owner))
     }
 
-    /// Sends `request` to its owner; the answer (its body, or the upgraded connection) holds
-    /// `place` until it is over.
+    /// Sends `request` from `visitor` to its owner; the answer (its body, or the upgraded
+    /// connection, left in `upgraded`) holds `place` until it is over.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
         to: Owner,
         place: Place,
-        visitor: SocketAddr,
+        (visitor, upgraded): (SocketAddr, &Upgraded),
         scheme: &'static str,
         host: &str,
     ) -> Result<Response<Body>, (StatusCode, String)> {
@@ -412,7 +423,7 @@ impl HttpEdge {
             let header = StreamHeader::Route { route_id: to.route_id, visitor, local: None };
             let mut sender = open_upgrade_stream(&to.opener, header, host).await?;
             let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
-            return self.relay(sent, visitor_side, host, place);
+            return self.relay(sent, visitor_side.map(|side| (side, upgraded)), host, place);
         }
         let limit = self.limits.response_timeout;
         let home = || Home { pool: self.streams.clone(), key: to.key.clone() };
@@ -433,12 +444,12 @@ impl HttpEdge {
     }
 
     /// The client's answer as the visitor's response: errors become 502 and 504, a switch of
-    /// protocols splices the two upgraded connections. `place` is held by the answer's body,
-    /// or by the splice.
+    /// protocols leaves the splice of the two upgraded connections in `Upgraded`, for the
+    /// visitor connection's task. `place` is held by the answer's body, or by the splice.
     fn relay<B>(
         &self,
         sent: Result<Result<Response<B>, hyper::Error>, tokio::time::error::Elapsed>,
-        visitor_side: Option<hyper::upgrade::OnUpgrade>,
+        visitor_side: Option<(hyper::upgrade::OnUpgrade, &Upgraded)>,
         host: &str,
         place: Place,
     ) -> Result<Response<Body>, (StatusCode, String)>
@@ -465,12 +476,13 @@ impl HttpEdge {
         let kept = if switching { is_upgrade(response.headers()) } else { None };
         strip_hop_by_hop(response.headers_mut(), kept);
         if switching {
-            if let Some(visitor_side) = visitor_side {
+            if let Some((visitor_side, upgraded)) = visitor_side {
                 let client_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
+                let splice = async move {
                     let _place = place;
                     splice_upgraded(visitor_side, client_side).await
-                });
+                };
+                *upgraded.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(splice));
                 return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
             }
         }
@@ -484,7 +496,13 @@ struct Connection<'a> {
     visitor: SocketAddr,
     scheme: &'static str,
     sni: Option<&'a str>,
+    upgraded: &'a Upgraded,
 }
+
+/// The splice of a visitor connection switched to another protocol, for that connection's
+/// task to carry once hyper lets go of it.
+#[derive(Default)]
+struct Upgraded(std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>);
 
 /// Where a request goes: a route of a client.
 struct Owner {
