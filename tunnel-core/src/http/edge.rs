@@ -339,7 +339,7 @@ impl HttpEdge {
         request: Request<Incoming>,
         connection: Connection<'_>,
     ) -> (Response<Body>, Option<String>) {
-        let Connection { visitor, scheme, sni, upgraded } = connection;
+        let Connection { visitor, sni, .. } = connection;
         let Some(host) = request_host(&request) else {
             return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);
         };
@@ -377,7 +377,7 @@ impl HttpEdge {
             }
         };
         let to = Owner { route_id, opener, key };
-        let response = match self.forward(request, to, place, (visitor, upgraded), scheme, &host).await {
+        let response = match self.forward(request, to, place, connection, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
                 tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
@@ -387,17 +387,17 @@ impl HttpEdge {
         (response, Some(owner))
     }
 
-    /// Sends `request` from `visitor` to its owner; the answer (its body, or the upgraded
-    /// connection, left in `upgraded`) holds `place` until it is over.
+    /// Sends `request`, which came on `connection`, to its owner; the answer (its body, or the
+    /// upgraded connection, left in `connection.upgraded`) holds `place` until it is over.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
         to: Owner,
         place: Place,
-        (visitor, upgraded): (SocketAddr, &Upgraded),
-        scheme: &'static str,
+        connection: Connection<'_>,
         host: &str,
     ) -> Result<Response<Body>, (StatusCode, String)> {
+        let Connection { visitor, scheme, upgraded, .. } = connection;
         let upgrade = is_upgrade(request.headers());
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         // HTTP/1.1 to the client, whatever the visitor spoke: an origin-form target and a Host.
