@@ -28,21 +28,25 @@ pub const MAX_ROUTES: usize = 10_000;
 /// The label values given out so far.
 #[derive(Default)]
 struct Budget {
-    clients: HashSet<String>,
+    /// Shared with the label sets, so that counting a known client allocates nothing.
+    clients: HashSet<Arc<str>>,
     routes: HashSet<(String, String)>,
 }
 
 impl Budget {
-    fn client(&mut self, client: &str) -> String {
-        if self.clients.contains(client) || self.clients.len() < MAX_CLIENTS {
-            self.clients.insert(client.to_owned());
-            return client.to_owned();
+    fn client(&mut self, client: &str) -> Arc<str> {
+        if let Some(known) = self.clients.get(client) {
+            return known.clone();
         }
-        OTHER.to_owned()
+        let label: Arc<str> = Arc::from(if self.clients.len() < MAX_CLIENTS { client } else { OTHER });
+        if self.clients.len() < MAX_CLIENTS {
+            self.clients.insert(label.clone());
+        }
+        label
     }
 
     fn route(&mut self, client: &str, route: &str) -> (String, String) {
-        let client = self.client(client);
+        let client = self.client(client).to_string();
         let key = (client, route.to_owned());
         if self.routes.contains(&key) || self.routes.len() < MAX_ROUTES {
             self.routes.insert(key.clone());
@@ -97,7 +101,7 @@ struct BytesLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    client: String,
+    client: Arc<str>,
     /// `1xx` to `5xx`, or `other`.
     class: &'static str,
 }

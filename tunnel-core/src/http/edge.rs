@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -28,7 +30,7 @@ use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
 use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
-use super::park::{Activity, Parking, PARK_AFTER};
+use super::park::{Activity, ExchangeBody, Parking, PARK_AFTER};
 use super::upstream::{Home, Pool, Upstream};
 use super::{text_response, Body};
 use crate::mux::{MuxStream, Openers, StreamOpener};
@@ -44,6 +46,9 @@ const POOLED_STREAMS_PER_CLIENT: usize = 64;
 /// [`HttpEdge::with_inflight`] says otherwise: a TCP forward's default caps.
 const STREAMS_PER_SESSION: usize = 512;
 const STREAMS_PER_SOURCE: usize = 256;
+
+/// The header that tells the client which of its routes a request is for.
+const ROUTE: HeaderName = HeaderName::from_static(ROUTE_HEADER);
 
 /// Where the edge finds the routes in force: a snapshot per request.
 pub trait RouteSource: Send + Sync + 'static {
@@ -84,7 +89,7 @@ pub struct HttpEdge {
     fallback: StatusCode,
     limits: EdgeLimits,
     /// Idle streams to clients, by client name.
-    streams: Arc<Pool<MuxStream>>,
+    streams: Arc<Pool<MuxStream, Incoming, SessionKey>>,
     /// Streams in use toward each session, at most so many per session and per source; shared
     /// by the edges of one server.
     inflight: Arc<InFlight>,
@@ -126,28 +131,27 @@ impl HttpEdge {
         self
     }
 
-    /// A place for one more stream to `owner`'s session over `opener`, for a visitor from `ip`;
+    /// A place for one more stream to the session over `opener`, for a visitor from `ip`;
     /// `per_source`: whether the per-source cap applies (to passthrough visitors, not to HTTP
     /// requests).
     pub(crate) fn admit(
         &self,
-        owner: &str,
         opener: &StreamOpener,
         ip: std::net::IpAddr,
         per_source: bool,
     ) -> Result<Place, Full> {
-        self.inflight.admit(&pool_key(owner, opener), ip, per_source)
+        self.inflight.admit(session_key(opener), ip, per_source)
     }
 
-    /// Stops pooling streams over `opener`'s connection to client `owner` (its session drains):
-    /// the idle ones close now, those in use once their exchange is over.
-    pub(crate) fn retire(&self, owner: &str, opener: &StreamOpener) {
-        self.streams.retire(&pool_key(owner, opener));
+    /// Stops pooling streams over `opener`'s session (it drains): the idle ones close now,
+    /// those in use once their exchange is over.
+    pub(crate) fn retire(&self, opener: &StreamOpener) {
+        self.streams.retire(session_key(opener));
     }
 
-    /// Forgets a connection [`Self::retire`]d, once it is gone.
-    pub(crate) fn forget(&self, owner: &str, opener: &StreamOpener) {
-        self.streams.unretire(&pool_key(owner, opener));
+    /// Forgets a session [`Self::retire`]d, once it is gone.
+    pub(crate) fn forget(&self, opener: &StreamOpener) {
+        self.streams.unretire(&session_key(opener));
     }
 
     /// Answers the ACME HTTP-01 challenges `answers` holds, ahead of the routes.
@@ -216,8 +220,7 @@ impl HttpEdge {
                 let connection = Connection { visitor, scheme, sni: sni.as_deref(), upgraded: &upgraded };
                 let response = edge.handle(request, connection).await;
                 // The exchange lasts until hyper has sent the body and drops it.
-                let response =
-                    response.map(|body| body.map_frame(move |frame| exchange.keep(frame)).boxed_unsync());
+                let response = response.map(|body| exchange.hold(body));
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
@@ -231,13 +234,22 @@ impl HttpEdge {
             // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
             let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
             // The connection first: a request it has begun to read is answered before the
-            // shutdown (GOAWAY) says no more.
+            // shutdown (GOAWAY) says no more. With no stream open for the idle time, it is
+            // shut down the same way; a peer that then holds it open anyway is cut.
+            let limit = self.limits.header_timeout;
             let served = tokio::select! {
                 biased;
                 served = &mut connection => served,
                 () = self.draining.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
+                }
+                () = activity.quiet_for(limit) => {
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(limit, &mut connection).await {
+                        Ok(served) => served,
+                        Err(_) => return tracing::debug!(%visitor, "HTTP/2 connection cut: idle, and not closed after GOAWAY"),
+                    }
                 }
             };
             if let Err(err) = served {
@@ -289,7 +301,7 @@ impl HttpEdge {
     async fn http1<I, S>(&self, parking: Parking<I>, service: S, visitor: SocketAddr) -> Option<Parking<I>>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ExchangeBody> + Send + 'static,
         S::Future: Send + 'static,
     {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -325,20 +337,23 @@ impl HttpEdge {
 
     /// Answers one request, and counts the answer.
     async fn handle(&self, request: Request<Incoming>, connection: Connection<'_>) -> Response<Body> {
-        let (response, owner) = self.answer(request, connection).await;
+        // The snapshot the request was routed by, kept until it is answered.
+        let routes = self.routes.routes();
+        let (response, owner) = self.answer(request, connection, &routes).await;
         if let Some(metrics) = &self.metrics {
-            metrics.http_request(owner.as_deref().unwrap_or(""), response.status().as_u16());
+            metrics.http_request(owner.unwrap_or(""), response.status().as_u16());
         }
         response
     }
 
     /// The answer to one request, and the client whose route it went to (`None`: the edge
     /// answered itself).
-    async fn answer(
+    async fn answer<'r>(
         &self,
         request: Request<Incoming>,
         connection: Connection<'_>,
-    ) -> (Response<Body>, Option<String>) {
+        routes: &'r RouteIndex<Openers>,
+    ) -> (Response<Body>, Option<&'r str>) {
         let Connection { visitor, sni, .. } = connection;
         let Some(host) = request_host(&request) else {
             return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);
@@ -348,7 +363,6 @@ impl HttpEdge {
         if let Some(answer) = challenge {
             return (answer, None);
         }
-        let routes = self.routes.routes();
         if let Some(sni) = sni.filter(|sni| request.version() == Version::HTTP_2 && *sni != host) {
             if routes.owner_of(sni) != routes.owner_of(&host) {
                 let why = format!("this connection was opened for {sni}; open one for {host}");
@@ -359,17 +373,15 @@ impl HttpEdge {
         let Some(hit) = hit else {
             return (text_response(self.fallback, ""), None);
         };
-        let (route_id, owner) = (hit.id, hit.owner.to_owned());
+        let (route_id, owner) = (hit.id, hit.owner);
         // The least busy of the owner's replicas serving the route.
         let Some(opener) = hit.target.pick().cloned() else {
             let why = format!("the client serving {host} is not reachable");
             return (text_response(StatusCode::BAD_GATEWAY, &why), Some(owner));
         };
-        drop(routes);
-        // Pooled and counted per session, not per client name: a stream of a replaced or revoked
-        // session never carries a request meant for its successor.
-        let key = pool_key(&owner, &opener);
-        let place = match self.inflight.admit(&key, visitor.ip(), false) {
+        // Pooled and counted per session, not per client name.
+        let key = session_key(&opener);
+        let place = match self.inflight.admit(key, visitor.ip(), false) {
             Ok(place) => place,
             Err(full) => {
                 let why = format!("too many requests in flight to the client serving {host} ({full})");
@@ -380,7 +392,7 @@ impl HttpEdge {
         let response = match self.forward(request, to, place, connection, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
-                tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
+                tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(owner), "{why}");
                 text_response(status, &why)
             }
         };
@@ -408,15 +420,16 @@ impl HttpEdge {
                 request.headers_mut().insert(header::HOST, authority);
             }
         }
-        let path: Uri =
-            request.uri().path_and_query().map_or("/", |p| p.as_str()).parse().unwrap_or_default();
-        *request.uri_mut() = path;
+        if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+            let path =
+                request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(path);
+        }
         *request.version_mut() = Version::HTTP_11;
         strip_hop_by_hop(request.headers_mut(), upgrade);
         set_forwarded(request.headers_mut(), visitor.ip(), scheme, host);
         // Replaces anything a visitor sent under that name.
-        let route = HeaderValue::from_str(&to.route_id.to_string()).unwrap_or(HeaderValue::from_static("0"));
-        request.headers_mut().insert(ROUTE_HEADER, route);
+        request.headers_mut().insert(ROUTE, route_value(to.route_id));
 
         if visitor_side.is_some() {
             // An upgrade turns its stream into a byte stream: it gets one of its own.
@@ -426,7 +439,7 @@ impl HttpEdge {
             return self.relay(sent, visitor_side.map(|side| (side, upgraded)), host, place);
         }
         let limit = self.limits.response_timeout;
-        let home = || Home { pool: self.streams.clone(), key: to.key.clone() };
+        let home = || Home { pool: self.streams.clone(), key: to.key };
         if let Some(upstream) = self.streams.take(&to.key) {
             match tokio::time::timeout(limit, upstream.send(request, home())).await {
                 Ok(Ok(response)) => return self.relay(Ok(Ok(response)), None, host, place),
@@ -454,7 +467,7 @@ impl HttpEdge {
         place: Place,
     ) -> Result<Response<Body>, (StatusCode, String)>
     where
-        B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Unpin + 'static,
     {
         let mut response = match sent {
             Ok(Ok(response)) => response,
@@ -486,7 +499,7 @@ impl HttpEdge {
                 return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
             }
         }
-        Ok(response.map(|body| inflight::hold(body.map_err(Into::into).boxed_unsync(), place)))
+        Ok(response.map(|body| inflight::hold(body, place)))
     }
 }
 
@@ -508,13 +521,25 @@ struct Upgraded(std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Futur
 struct Owner {
     route_id: RouteId,
     opener: StreamOpener,
-    /// Its session's key in the pool and the in-flight count ([`pool_key`]).
-    key: String,
+    /// Its session's key in the pool and the in-flight count.
+    key: SessionKey,
 }
 
-/// The pool key of the streams over `opener` to client `owner`.
-fn pool_key(owner: &str, opener: &StreamOpener) -> String {
-    format!("{owner}#{:x}", opener.connection_id())
+/// A session's key in the edge's stream pool and in-flight count: the number of its first
+/// connection, which no later connection of this process takes. A stream of a replaced or
+/// revoked session never carries a request meant for its successor.
+type SessionKey = usize;
+
+fn session_key(opener: &StreamOpener) -> SessionKey {
+    opener.connection_id()
+}
+
+/// A route id as the [`ROUTE`] header's value (its text form, written without a `String`).
+fn route_value(id: RouteId) -> HeaderValue {
+    use std::io::Write as _;
+    let mut text = [0u8; 16];
+    let written = write!(&mut text[..], "{id}").is_ok();
+    HeaderValue::from_bytes(&text).ok().filter(|_| written).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Opens a data stream to the client with `header`.

@@ -110,3 +110,47 @@ async fn an_idle_keep_alive_connection_is_parked_then_served_again_and_closed_af
         .expect("an idle visitor was never cut")
         .unwrap();
 }
+
+#[test]
+fn the_route_header_is_the_text_form_the_client_parses() {
+    for id in [RouteId(0), RouteId(0x0123_4567_89ab_cdef), RouteId(u64::MAX)] {
+        let value = route_value(id);
+        assert_eq!(value.to_str().unwrap(), id.to_string());
+        assert_eq!(value.to_str().unwrap().parse::<RouteId>().unwrap(), id);
+    }
+}
+
+/// An HTTP/2 connection is not parked: with no stream open for the idle time it gets a GOAWAY
+/// and closes, as an idle HTTP/1.1 one is cut; one with requests now and then stays.
+#[tokio::test(start_paused = true)]
+async fn an_idle_http2_connection_is_closed_after_the_idle_time() {
+    let idle = EdgeLimits::default().header_timeout;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (visitor, served) = tokio::io::duplex(64 * 1024);
+    let mut serving =
+        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(visitor)).await.unwrap();
+    let client = tokio::spawn(connection);
+
+    // A request two thirds into the idle time starts it again.
+    tokio::time::sleep(idle * 2 / 3).await;
+    let request =
+        Request::get("https://nobody.test/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    response.into_body().collect().await.unwrap();
+    tokio::time::sleep(idle * 2 / 3).await;
+    assert!(!serving.is_finished(), "cut {:?} after its last request", idle * 2 / 3);
+
+    // Idle from then on: closed within twice the idle time of the last request, by the edge.
+    tokio::time::timeout(idle * 2, &mut serving)
+        .await
+        .expect("an idle HTTP/2 visitor was never cut")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), client)
+        .await
+        .expect("the visitor's side did not see the close")
+        .unwrap()
+        .expect("a GOAWAY, not a broken connection");
+}

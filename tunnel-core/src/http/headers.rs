@@ -19,7 +19,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// `keep-alive` and `proxy-connection` are not in `http`'s constants.
-const LEGACY_HOP: [&str; 2] = ["keep-alive", "proxy-connection"];
+const LEGACY_HOP: [HeaderName; 2] =
+    [HeaderName::from_static("keep-alive"), HeaderName::from_static("proxy-connection")];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Whether a request asks to switch protocols (a WebSocket handshake): its `Upgrade` header
 /// must then reach the origin, and the connection becomes a byte stream after a 101.
@@ -38,17 +43,18 @@ pub fn is_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes the hop-by-hop headers; with `upgrade`, puts back `Connection: upgrade` and the
 /// `Upgrade` value, which the next hop needs to switch protocols.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    // Names the Connection header lists besides those removed anyway (`close`, `keep-alive`
+    // and `upgrade`, the usual ones, cost nothing).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !is_hop_by_hop(t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    for name in LEGACY_HOP {
+    for name in named.iter().chain(HOP_BY_HOP.iter()).chain(LEGACY_HOP.iter()) {
         headers.remove(name);
     }
     if let Some(protocol) = upgrade {
@@ -57,38 +63,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     }
 }
 
+/// Whether `name` is one of the headers removed from every hop, whatever `Connection` says.
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().chain(LEGACY_HOP.iter()).any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+}
+
 /// The host a request is for: the `Host` header (HTTP/1.1) or the URI's authority (HTTP/2),
 /// lowercase, without port or final dot; `None` if absent or not a plausible name.
 pub fn request_host<B>(request: &Request<B>) -> Option<String> {
     let raw = match request.uri().authority() {
-        Some(authority) => authority.host().to_owned(),
-        None => request.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
+        Some(authority) => authority.host(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
     };
     let host = if raw.starts_with('[') {
-        raw.split(']').next().map(|h| format!("{h}]"))?
+        // An IPv6 literal: up to its closing bracket, which is kept.
+        &raw[..raw.find(']').map_or(raw.len(), |end| end + 1)]
     } else {
-        raw.split(':').next()?.to_owned()
+        raw.split(':').next()?
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
     let plausible = !host.is_empty()
         && host.len() <= 253
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
-    plausible.then_some(host)
+    plausible.then(|| host.to_ascii_lowercase())
 }
 
 /// Sets `X-Forwarded-For` (appending the visitor to any list a client sent), `-Proto` and
 /// `-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static str, host: &str) {
-    let for_value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.is_empty() => format!("{earlier}, {visitor}"),
-        _ => visitor.to_string(),
+    use std::io::Write as _;
+    // Values are built without a `String` where they can be (this runs for every request).
+    let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let for_value = match earlier {
+        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {visitor}")),
+        None => {
+            // An IPv6 address is at most 39 characters (45 with an embedded IPv4 one).
+            let mut text = [0u8; 48];
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{visitor}");
+            let len = usize::try_from(cursor.position()).unwrap_or(0);
+            HeaderValue::from_bytes(&text[..len])
+        }
     };
-    if let Ok(value) = HeaderValue::from_str(&for_value) {
-        headers.insert("x-forwarded-for", value);
+    if let Ok(value) = for_value {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if let Ok(value) = HeaderValue::from_str(host) {
-        headers.insert("x-forwarded-host", value);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    // The Host header's own value when it is already `host` (shared, not copied).
+    let same = headers.get(header::HOST).filter(|v| v.as_bytes() == host.as_bytes()).cloned();
+    if let Some(value) = same.or_else(|| HeaderValue::from_str(host).ok()) {
+        headers.insert(X_FORWARDED_HOST, value);
     }
 }
 
@@ -124,6 +148,8 @@ mod tests {
         assert_eq!(request_host(&h1).as_deref(), Some("a.test"));
         let h2 = Request::get("https://b.test./y").body(()).unwrap();
         assert_eq!(request_host(&h2).as_deref(), Some("b.test"));
+        let v6 = Request::get("/").header(header::HOST, "[::1]:8080").body(()).unwrap();
+        assert_eq!(request_host(&v6).as_deref(), Some("[::1]"));
         let bad = Request::get("/").header(header::HOST, "a b").body(()).unwrap();
         assert_eq!(request_host(&bad), None);
         assert_eq!(request_host(&Request::get("/").body(()).unwrap()), None);
@@ -136,6 +162,14 @@ mod tests {
         set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "https", "a.test");
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "a.test");
+
+        // The longest IPv6 form fits; the Host header's value is reused only when it is `host`.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "A.test:8080".parse().unwrap());
+        let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        set_forwarded(&mut headers, v6, "http", "a.test");
+        assert_eq!(headers["x-forwarded-for"], v6.to_string());
         assert_eq!(headers["x-forwarded-host"], "a.test");
     }
 }

@@ -1,6 +1,7 @@
 //! The server's immutable lookup structure for HTTP and TLS routes: built whole from every
 //! session's routes, swapped in atomically, read by each request without locks held.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::HeaderMap;
@@ -76,7 +77,7 @@ impl<T> RouteIndex<T> {
     pub fn lookup(&self, host: &str, path: &str, method: &str, headers: &HeaderMap) -> Option<Hit<'_, T>> {
         let mut owner_of_host = None;
         for pattern in candidates(host) {
-            let Some(routes) = self.http.get(pattern.as_str()) else { continue };
+            let Some(routes) = self.http.get(&*pattern) else { continue };
             if let Some(route) = routes.iter().find(|r| r.matcher.matches(path, method, headers)) {
                 return Some(Hit { id: route.id, owner: &route.owner, target: &route.target });
             }
@@ -90,14 +91,14 @@ impl<T> RouteIndex<T> {
     /// The TLS passthrough route for a server name: its exact name, then wildcards.
     pub fn lookup_tls(&self, server_name: &str) -> Option<Hit<'_, T>> {
         candidates(server_name).find_map(|pattern| {
-            self.tls.get(pattern.as_str()).map(|(id, owner, target)| Hit { id: *id, owner, target })
+            self.tls.get(&*pattern).map(|(id, owner, target)| Hit { id: *id, owner, target })
         })
     }
 
     /// The client owning the most specific pattern that names `host`.
     pub fn owner_of(&self, host: &str) -> Option<&str> {
         candidates(host).find_map(|pattern| {
-            self.http.get(pattern.as_str()).and_then(|routes| routes.first()).map(|r| r.owner.as_str())
+            self.http.get(&*pattern).and_then(|routes| routes.first()).map(|r| r.owner.as_str())
         })
     }
 
@@ -108,10 +109,11 @@ impl<T> RouteIndex<T> {
 }
 
 /// The patterns that can match `host`, most specific first: the name itself, then `*.` over
-/// each of its parent names (`*.b.c`, `*.c` for `a.b.c`).
-fn candidates(host: &str) -> impl Iterator<Item = String> + '_ {
-    let parents = host.match_indices('.').map(move |(i, _)| format!("*.{}", &host[i + 1..]));
-    std::iter::once(host.to_owned()).chain(parents)
+/// each of its parent names (`*.b.c`, `*.c` for `a.b.c`). The name itself is not copied: most
+/// requests are for exact names.
+fn candidates(host: &str) -> impl Iterator<Item = Cow<'_, str>> + '_ {
+    let parents = host.match_indices('.').map(move |(i, _)| Cow::Owned(format!("*.{}", &host[i + 1..])));
+    std::iter::once(Cow::Borrowed(host)).chain(parents)
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub(crate) struct InFlight {
 
 #[derive(Debug)]
 struct Sessions {
-    places: HashMap<String, Places>,
+    places: HashMap<usize, Places>,
     /// Past this many sessions, the idle ones are forgotten.
     prune_at: usize,
 }
@@ -52,10 +52,10 @@ impl InFlight {
 
     /// A place for a stream to session `key` for a visitor from `ip`, or which cap it hit;
     /// `per_source`: whether the per-source cap applies too.
-    pub(crate) fn admit(&self, key: &str, ip: IpAddr, per_source: bool) -> Result<Place, Full> {
+    pub(crate) fn admit(&self, key: usize, ip: IpAddr, per_source: bool) -> Result<Place, Full> {
         let admit = |places: &Places| if per_source { places.admit(ip) } else { places.admit_any_source() };
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(places) = sessions.places.get(key) {
+        if let Some(places) = sessions.places.get(&key) {
             return admit(places);
         }
         if sessions.places.len() >= sessions.prune_at {
@@ -64,7 +64,7 @@ impl InFlight {
         }
         let places = Places::new(self.total, self.per_source);
         let place = admit(&places);
-        sessions.places.insert(key.to_owned(), places);
+        sessions.places.insert(key, places);
         place
     }
 
@@ -75,16 +75,22 @@ impl InFlight {
 }
 
 /// A response body that holds its request's place until it is over (or dropped).
-pub(crate) fn hold(body: Body, place: Place) -> Body {
+pub(crate) fn hold<B>(body: B, place: Place) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
+{
     Held { body, _place: place }.boxed_unsync()
 }
 
-struct Held {
-    body: Body,
+struct Held<B> {
+    body: B,
     _place: Place,
 }
 
-impl hyper::body::Body for Held {
+impl<B> hyper::body::Body for Held<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -92,7 +98,7 @@ impl hyper::body::Body for Held {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -114,36 +120,37 @@ mod tests {
     #[test]
     fn a_session_has_its_caps_and_a_body_holds_its_place_until_dropped() {
         let inflight = InFlight::new(3, 2);
-        let (a1, _a2) = (inflight.admit("s#1", A, true).unwrap(), inflight.admit("s#1", A, true).unwrap());
-        assert_eq!(inflight.admit("s#1", A, true).unwrap_err(), Full::Source);
-        let _b1 = inflight.admit("s#1", B, true).unwrap();
-        assert_eq!(inflight.admit("s#1", B, true).unwrap_err(), Full::Total);
+        let (a1, _a2) = (inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap());
+        assert_eq!(inflight.admit(1, A, true).unwrap_err(), Full::Source);
+        let _b1 = inflight.admit(1, B, true).unwrap();
+        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Total);
         // Another session has places of its own.
-        let _other = inflight.admit("s#2", A, true).unwrap();
+        let _other = inflight.admit(2, A, true).unwrap();
 
         let body = hold(super::super::text_response(http::StatusCode::OK, "x").into_body(), a1);
-        assert_eq!(inflight.admit("s#1", A, true).unwrap_err(), Full::Total, "the body holds the place");
+        assert_eq!(inflight.admit(1, A, true).unwrap_err(), Full::Total, "the body holds the place");
         drop(body);
-        let again = inflight.admit("s#1", A, true).expect("a dropped body gives its place back");
+        let again = inflight.admit(1, A, true).expect("a dropped body gives its place back");
         // HTTP requests are held to the session's cap only.
         drop(again);
-        let (_a3, _a4) = (inflight.admit("s#3", A, false).unwrap(), inflight.admit("s#3", A, false).unwrap());
-        let _a5 = inflight.admit("s#3", A, false).unwrap();
-        assert_eq!(inflight.admit("s#3", A, false).unwrap_err(), Full::Total);
+        let (_a3, _a4) = (inflight.admit(3, A, false).unwrap(), inflight.admit(3, A, false).unwrap());
+        let _a5 = inflight.admit(3, A, false).unwrap();
+        assert_eq!(inflight.admit(3, A, false).unwrap_err(), Full::Total);
         // Nor do they use up the room of a source under the per-source cap.
-        let (_h1, _h2) = (inflight.admit("s#4", A, false).unwrap(), inflight.admit("s#4", A, false).unwrap());
-        assert!(inflight.admit("s#4", A, true).is_ok());
+        let (_h1, _h2) = (inflight.admit(4, A, false).unwrap(), inflight.admit(4, A, false).unwrap());
+        assert!(inflight.admit(4, A, true).is_ok());
     }
 
     #[test]
     fn sessions_holding_nothing_are_forgotten_once_there_are_many() {
         let inflight = InFlight::new(4, 4);
-        let held = inflight.admit("kept", A, true).unwrap();
-        for i in 0..1000 {
-            drop(inflight.admit(&format!("gone#{i}"), A, true).unwrap());
+        const KEPT: usize = usize::MAX;
+        let held = inflight.admit(KEPT, A, true).unwrap();
+        for gone in 0..1000 {
+            drop(inflight.admit(gone, A, true).unwrap());
         }
         assert!(inflight.sessions() <= FIRST_PRUNE + 1, "{} sessions kept", inflight.sessions());
         drop(held);
-        assert!(inflight.admit("kept", A, true).is_ok());
+        assert!(inflight.admit(KEPT, A, true).is_ok());
     }
 }

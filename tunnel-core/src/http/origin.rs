@@ -22,7 +22,7 @@ use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::upstream::{Home, Pool, Upstream, UpstreamBody};
 use super::{text_response, Body, HttpHandler};
 use crate::mux::MuxStream;
-use crate::proto::{RouteId, ROUTE_HEADER};
+use crate::proto::{RouteId, TargetAddr, ROUTE_HEADER};
 
 /// Longest wait for a TCP connection to an origin.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,12 +153,8 @@ impl Origins {
             Answer::Proxy(_) => {
                 let draw = rand::random_range(0..action.total_weight().max(1));
                 match action.pick(draw) {
-                    Some(Service::Http(origin)) => {
-                        self.proxy(request, action, "http", &origin.to_string()).await
-                    }
-                    Some(Service::Https(origin)) => {
-                        self.proxy(request, action, "https", &origin.to_string()).await
-                    }
+                    Some(Service::Http(origin)) => self.proxy(request, action, "http", origin).await,
+                    Some(Service::Https(origin)) => self.proxy(request, action, "https", origin).await,
                     Some(Service::Status(code)) => text_response(*code, ""),
                     Some(Service::Handler(handler)) => handle(request, action, handler).await,
                     None => text_response(StatusCode::BAD_GATEWAY, "the route has no backend"),
@@ -172,16 +168,17 @@ impl Origins {
         mut request: Request<Incoming>,
         action: &HttpAction,
         scheme: &str,
-        origin: &str,
+        origin: &TargetAddr,
     ) -> Response<Body> {
         let upgrade = is_upgrade(request.headers());
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         if scheme == "http" && upgrade.is_none() {
             // Origin form, whatever target came; the Host header says which site.
-            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            match path.parse::<Uri>() {
-                Ok(uri) if path.starts_with('/') => *request.uri_mut() = uri,
-                _ => return text_response(StatusCode::BAD_REQUEST, "the request has no path"),
+            let Some(path) = request.uri().path_and_query().filter(|p| p.as_str().starts_with('/')) else {
+                return text_response(StatusCode::BAD_REQUEST, "the request has no path");
+            };
+            if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+                *request.uri_mut() = Uri::from(path.clone());
             }
             prepare(&mut request, action);
             return match tokio::time::timeout(action.timeout, self.send_http(request, origin)).await {
@@ -244,19 +241,21 @@ impl Origins {
     async fn send_http(
         &self,
         mut request: Request<Incoming>,
-        origin: &str,
+        origin: &TargetAddr,
     ) -> Result<Response<UpstreamBody<TcpStream>>, String> {
-        let home = || Home { pool: self.upstreams.clone(), key: origin.to_owned() };
-        if let Some(upstream) = self.upstreams.take(origin) {
-            match upstream.send(request, home()).await {
+        let home = || Home { pool: self.upstreams.clone(), key: pool_key(origin) };
+        let mut to = home();
+        if let Some(upstream) = self.upstreams.take(&to.key) {
+            match upstream.send(request, to).await {
                 Ok(response) => return Ok(response),
                 Err(mut failed) => match failed.take_message() {
-                    Some(unsent) => request = unsent,
+                    Some(unsent) => (request, to) = (unsent, home()),
                     None => return Err(crate::log::Chain(failed.error()).to_string()),
                 },
             }
         }
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(origin)).await {
+        let connect = TcpStream::connect((origin.host.as_str(), origin.port));
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(err)) => return Err(format!("cannot connect: {err}")),
             Err(_) => return Err(format!("cannot connect within {CONNECT_TIMEOUT:?}")),
@@ -264,7 +263,7 @@ impl Origins {
         // Requests are small writes each answered before the next: no Nagle delay.
         let _ = tcp.set_nodelay(true);
         let upstream = Upstream::handshake(tcp).await.map_err(|e| crate::log::Chain(&e).to_string())?;
-        upstream.send(request, home()).await.map_err(|failed| crate::log::Chain(failed.error()).to_string())
+        upstream.send(request, to).await.map_err(|failed| crate::log::Chain(failed.error()).to_string())
     }
 }
 
@@ -307,6 +306,14 @@ fn prepare(request: &mut Request<Incoming>, action: &HttpAction) {
     if let Some(host) = &action.host_header {
         headers.insert(header::HOST, host.clone());
     }
+}
+
+/// An origin's key in the connection pool: its address, written in one allocation.
+fn pool_key(origin: &TargetAddr) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(origin.host.len() + 8);
+    let _ = write!(key, "{origin}");
+    key
 }
 
 /// Once both sides switched protocols, carries bytes between them.

@@ -15,7 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{Body, BoxError};
 
 /// Idle time after which a keep-alive connection is parked. Short: a burst of visitors then
 /// costs hyper's buffers only for those whose requests are a moment apart, and resuming costs
@@ -28,11 +32,14 @@ pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     in_flight: AtomicUsize,
+    /// Exchanges begun so far.
+    begun: AtomicUsize,
     /// Bytes were read since the last exchange ended: a request may be half received.
     arrived: AtomicBool,
     /// The connection became a byte stream (WebSocket): never parked.
     upgraded: AtomicBool,
-    /// The reader waiting while a request was in flight: woken to start its idle clock.
+    /// The reader waiting while a request was in flight (HTTP/2: [`Activity::quiet_for`]),
+    /// woken to start its idle clock.
     reader: Mutex<Option<Waker>>,
 }
 
@@ -42,7 +49,35 @@ impl Activity {
     /// answer did not need it), so its end says nothing of what arrives next.
     pub(super) fn begin(self: &Arc<Self>, body_follows: bool) -> Exchange {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.fetch_add(1, Ordering::AcqRel);
         Exchange { activity: self.clone(), body_follows }
+    }
+
+    /// Resolves once no exchange has been in flight for `limit`, measured from the first
+    /// moment nothing was, or from the end of the last check if a request came meanwhile: so
+    /// between `limit` and twice that after the last exchange ended. For connections that are
+    /// not parked (HTTP/2), whose idle time nothing else bounds.
+    pub(super) async fn quiet_for(&self, limit: Duration) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return Poll::Ready(());
+                }
+                *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                // Again: an exchange that ended before the waker was in place woke no one.
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            let begun = self.begun.load(Ordering::Acquire);
+            tokio::time::sleep(limit).await;
+            if self.in_flight.load(Ordering::Acquire) == 0 && self.begun.load(Ordering::Acquire) == begun {
+                return;
+            }
+        }
     }
 
     fn idle(&self) -> bool {
@@ -65,9 +100,35 @@ impl Exchange {
         self.activity.upgraded.store(true, Ordering::Release);
     }
 
-    /// Passes a frame of the response body through (the body holds the exchange).
-    pub(super) fn keep<T>(&self, frame: T) -> T {
-        frame
+    /// The response body, holding the exchange until hyper has sent it and drops it.
+    pub(super) fn hold(self, body: Body) -> ExchangeBody {
+        ExchangeBody { body, _exchange: self }
+    }
+}
+
+/// A response body that holds its [`Exchange`].
+pub(super) struct ExchangeBody {
+    body: Body,
+    _exchange: Exchange,
+}
+
+impl hyper::body::Body for ExchangeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -35,6 +35,11 @@ pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// What a [`Pool`] files its connections under (an origin's address, a session's number).
+pub(super) trait PoolKey: std::hash::Hash + Eq + Clone + Send + Unpin + 'static {}
+
+impl<K: std::hash::Hash + Eq + Clone + Send + Unpin + 'static> PoolKey for K {}
+
 /// What requests sent upstream carry (hyper's `Incoming`: a visitor's body as it arrives).
 pub(super) trait RequestBody:
     hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
@@ -86,11 +91,11 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
     /// Sends `request` and waits for the response's head, driving the connection meanwhile.
     /// The response's body drives it from then on, and brings it back to `home` once the
     /// exchange is over. A request that was not sent comes back in the error.
-    pub(super) async fn send(
+    pub(super) async fn send<K: PoolKey>(
         mut self,
         request: Request<B>,
-        home: Home<T, B>,
-    ) -> Result<Response<UpstreamBody<T, B>>, TrySendError<Request<B>>> {
+        home: Home<T, B, K>,
+    ) -> Result<Response<UpstreamBody<T, B, K>>, TrySendError<Request<B>>> {
         let mut response = std::pin::pin!(self.sender.try_send_request(request));
         let head = poll_fn(|cx| {
             // The connection first: it writes the request and reads what answers it.
@@ -103,23 +108,23 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
 }
 
 /// Where an [`Upstream`] goes back once its exchange is over.
-pub(super) struct Home<T: Io, B: RequestBody = Incoming> {
-    pub(super) pool: Arc<Pool<T, B>>,
-    pub(super) key: String,
+pub(super) struct Home<T: Io, B: RequestBody = Incoming, K: PoolKey = String> {
+    pub(super) pool: Arc<Pool<T, B, K>>,
+    pub(super) key: K,
 }
 
 /// A response body that drives its connection as it is read, and gives the connection back to
 /// its pool when the body was read to its end. A body dropped before its end closes the
 /// connection (what is left of the response would come first on it).
-pub(super) struct UpstreamBody<T: Io, B: RequestBody = Incoming> {
+pub(super) struct UpstreamBody<T: Io, B: RequestBody = Incoming, K: PoolKey = String> {
     body: Incoming,
     /// The body said it had no more frames (a chunked body's end, seen no other way).
     ended: bool,
     upstream: Option<Upstream<T, B>>,
-    home: Option<Home<T, B>>,
+    home: Option<Home<T, B, K>>,
 }
 
-impl<T: Io, B: RequestBody> hyper::body::Body for UpstreamBody<T, B> {
+impl<T: Io, B: RequestBody, K: PoolKey> hyper::body::Body for UpstreamBody<T, B, K> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -151,7 +156,7 @@ impl<T: Io, B: RequestBody> hyper::body::Body for UpstreamBody<T, B> {
     }
 }
 
-impl<T: Io, B: RequestBody> Drop for UpstreamBody<T, B> {
+impl<T: Io, B: RequestBody, K: PoolKey> Drop for UpstreamBody<T, B, K> {
     fn drop(&mut self) {
         if !(self.ended || self.body.is_end_stream()) {
             return;
@@ -167,25 +172,25 @@ impl<T: Io, B: RequestBody> Drop for UpstreamBody<T, B> {
 }
 
 /// Idle [`Upstream`]s by key (a client's name, an origin's address), at most `per_key` each.
-pub(super) struct Pool<T: Io, B: RequestBody = Incoming> {
+pub(super) struct Pool<T: Io, B: RequestBody = Incoming, K: PoolKey = String> {
     per_key: usize,
-    state: Mutex<PoolState<T, B>>,
+    state: Mutex<PoolState<T, B, K>>,
 }
 
 /// A key's idle connections, each with the time it went idle, oldest first.
 type Idle<T, B> = Vec<(Upstream<T, B>, Instant)>;
 
-struct PoolState<T: Io, B: RequestBody> {
+struct PoolState<T: Io, B: RequestBody, K> {
     /// Idle connections by key, each with the time it went idle (oldest first).
-    idle: HashMap<String, Idle<T, B>>,
+    idle: HashMap<K, Idle<T, B>>,
     /// Keys taking no more connections (a session that drains): theirs are dropped.
-    retired: std::collections::HashSet<String>,
+    retired: std::collections::HashSet<K>,
     swept: Instant,
     /// Closed for good: connections coming back are dropped.
     closed: bool,
 }
 
-impl<T: Io, B: RequestBody> Pool<T, B> {
+impl<T: Io, B: RequestBody, K: PoolKey> Pool<T, B, K> {
     pub(super) fn new(per_key: usize) -> Self {
         let state = PoolState {
             idle: HashMap::new(),
@@ -198,7 +203,11 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
 
     /// An idle connection for `key` that can take a request now; closed ones met on the way
     /// are dropped.
-    pub(super) fn take(&self, key: &str) -> Option<Upstream<T, B>> {
+    pub(super) fn take<Q>(&self, key: &Q) -> Option<Upstream<T, B>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         let mut state = self.lock();
         let idle = state.idle.get_mut(key)?;
         let fresh = |since: &Instant| since.elapsed() < IDLE_TIMEOUT;
@@ -212,14 +221,14 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
 
     /// Drops `key`'s idle connections, and from now on every one of its connections that comes
     /// back, until [`Self::unretire`].
-    pub(super) fn retire(&self, key: &str) {
+    pub(super) fn retire(&self, key: K) {
         let mut state = self.lock();
-        state.idle.remove(key);
-        state.retired.insert(key.to_owned());
+        state.idle.remove(&key);
+        state.retired.insert(key);
     }
 
     /// Forgets a retired key (its connection is gone: the key may name another one later).
-    pub(super) fn unretire(&self, key: &str) {
+    pub(super) fn unretire(&self, key: &K) {
         self.lock().retired.remove(key);
     }
 
@@ -230,7 +239,7 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
         state.idle.clear();
     }
 
-    fn put(&self, key: String, upstream: Upstream<T, B>) {
+    fn put(&self, key: K, upstream: Upstream<T, B>) {
         let mut state = self.lock();
         if state.closed || state.retired.contains(&key) {
             return;
@@ -273,7 +282,7 @@ impl<T: Io, B: RequestBody> Pool<T, B> {
         self.lock().idle.values().map(Vec::len).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<T, B>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<T, B, K>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -166,7 +166,7 @@ async fn https(
         let unreachable = || tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
         let Some(opener) = opener else { return unreachable() };
         // Counted with the edge's requests toward the same session.
-        let _place = match edge.admit(&owner, &opener, visitor.ip(), true) {
+        let _place = match edge.admit(&opener, visitor.ip(), true) {
             Ok(place) => place,
             Err(full) => {
                 crate::transport::reset_on_close(&tcp);

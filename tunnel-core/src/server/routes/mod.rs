@@ -538,7 +538,7 @@ impl<'s> SessionRoutes<'s> {
         if withdraw_http {
             self.shared.http_routes.remove(self.session);
             // Its idle pooled streams would hold the session open: they go now.
-            self.shared.each_edge(|edge| edge.retire(&self.name, &self.opener));
+            self.shared.each_edge(|edge| edge.retire(&self.opener));
         }
         for id in self.ports.keys() {
             self.shared.ports.quiet(&self.name, *id).await;
@@ -551,7 +551,7 @@ impl<'s> SessionRoutes<'s> {
     pub(super) async fn close(mut self) {
         self.owned.cancel();
         self.shared.http_routes.remove(self.session);
-        self.shared.each_edge(|edge| edge.forget(&self.name, &self.opener));
+        self.shared.each_edge(|edge| edge.forget(&self.opener));
         self.shared.networks.depart(self.session, self.shared.config().port_grace);
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
