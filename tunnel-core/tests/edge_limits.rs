@@ -1,6 +1,7 @@
 //! The HTTP edge holds at most so many streams toward one client session (and a TLS
 //! passthrough source at most so many of those): visitors that start requests and never let
 //! them end cannot take every stream the client's forwards and routes need.
+//! A full listener lets newcomers from other sources in (`one_source_holding_...`).
 
 mod common;
 #[path = "common/web.rs"]
@@ -311,5 +312,40 @@ async fn an_upgraded_connection_keeps_its_place_among_the_edges_connections() {
     })
     .await;
     client.stop().await;
+    edge.server.stop().await;
+}
+
+/// A full listener does not lock newcomers out: one from a smaller source takes the place of
+/// the oldest connection of the source holding the most, while that source's own newcomers
+/// are refused. Before, one host holding `max_connections` idle connections kept everyone
+/// else out of the listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holding_every_edge_connection_locks_no_one_out() {
+    const MAX: usize = 8;
+    let edge = edge(|config| config.http.limits.max_connections = MAX).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX {
+        let mut sender = connection_from(edge.http, 1).await;
+        // Answered: the connection has its place (no route: the fallback).
+        assert_eq!(send(&mut sender, "nobody.test", "/", "").await.0, StatusCode::NOT_FOUND);
+        held.push(sender);
+    }
+    let refused = async {
+        let mut sender = connection_from(edge.http, 1).await;
+        let request = Request::get("/").header("host", "nobody.test").body(Full::default()).unwrap();
+        sender.send_request(request).await
+    };
+    assert!(refused.await.is_err(), "a connection past the cap from the largest source was served");
+
+    let mut newcomer = connection_from(edge.http, 2).await;
+    assert_eq!(send(&mut newcomer, "nobody.test", "/", "").await.0, StatusCode::NOT_FOUND);
+    eventually("the oldest connection of 127.0.0.1 closed", || std::future::ready(held[0].is_closed())).await;
+    assert!(
+        held[1..].iter().all(|sender| !sender.is_closed()),
+        "a connection other than the oldest was closed"
+    );
+    for sender in &mut held[1..] {
+        assert_eq!(send(sender, "nobody.test", "/", "").await.0, StatusCode::NOT_FOUND);
+    }
     edge.server.stop().await;
 }

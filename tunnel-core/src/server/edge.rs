@@ -10,12 +10,13 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::listen::Door;
+use super::pending::Pending;
 use super::Server;
 use crate::acme::Acme;
 use crate::http::{HttpEdge, RouteSource};
 use crate::log::Escaped;
 use crate::proto::StreamHeader;
-use crate::source::Places;
 use crate::task::OwnedTask;
 use crate::transport::Prefixed;
 
@@ -97,11 +98,13 @@ impl Server {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let max = edge.limits().max_connections;
-        // No cap per source: visitors behind one NAT or CDN share an address.
-        let places = Places::new(max, max);
+        // No cap per source, as visitors behind one NAT or CDN share an address; but when the
+        // listener is full, a newcomer takes the place of the oldest connection of the source
+        // holding the most, so one host holding every place locks no one else out.
+        let door = Door::Evicting(Pending::new(max, max));
         // Draining: no new visitors; requests in flight are answered, each connection then
         // closes, within the drain time.
-        self.shared.accept_until("edge", listener, shutdown, places, || edge.drain(), serve).await;
+        self.shared.accept_until("edge", listener, shutdown, door, || edge.drain(), serve).await;
         Ok(())
     }
 }

@@ -3,19 +3,57 @@
 //! server's drain stop accepting and give the connections open the drain time.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::pending::{Admission, Pending};
 use super::Shared;
-use crate::source::Places;
+use crate::source::{Place, Places};
+
+/// How a listener admits connections.
+pub(super) enum Door {
+    /// At most so many, and so many from one source; past either, a newcomer is reset.
+    Refusing(Places),
+    /// At most so many; when full, a newcomer takes the place of the oldest connection of the
+    /// source holding the most (`pending.rs`), so that no one source can lock the others out.
+    Evicting(Pending),
+}
+
+/// An admitted connection's place, given back when dropped.
+enum Ticket {
+    Place { _held: Place },
+    Admission(Admission),
+}
+
+impl Door {
+    fn admit(&self, ip: IpAddr) -> Result<Ticket, String> {
+        match self {
+            Self::Refusing(places) => {
+                places.admit(ip).map(|held| Ticket::Place { _held: held }).map_err(|full| full.to_string())
+            }
+            Self::Evicting(pending) => pending.admit(ip).map(Ticket::Admission).map_err(|r| r.to_string()),
+        }
+    }
+}
+
+impl Ticket {
+    /// Resolves when a newcomer took this connection's place (never, behind a refusing door).
+    async fn evicted(&self) {
+        match self {
+            Self::Place { .. } => std::future::pending().await,
+            Self::Admission(admission) => admission.evicted().await,
+        }
+    }
+}
 
 impl Shared {
-    /// Accepts on `listener` until `shutdown` or the drain; a connection `places` has no room
-    /// for is reset at accept, the others are each served by `serve`. Then the listener
+    /// Accepts on `listener` until `shutdown` or the drain; a connection `door` has no room
+    /// for is reset at accept, the others are each served by `serve`, until they end or a
+    /// newcomer takes their place. Then the listener
     /// closes (logged as `NAME listener ADDR closed`), `closed` runs, and the connections
     /// still open get up to the drain time (or until [`super::Server::cut`]) before they are
     /// cut.
@@ -24,7 +62,7 @@ impl Shared {
         name: &str,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
-        places: Places,
+        door: Door,
         closed: impl FnOnce(),
         serve: F,
     ) where
@@ -49,8 +87,8 @@ impl Shared {
                     }
                 },
             };
-            let place = match places.admit(peer.ip()) {
-                Ok(place) => place,
+            let ticket = match door.admit(peer.ip()) {
+                Ok(ticket) => ticket,
                 Err(full) => {
                     if crate::log::REFUSALS.allow() {
                         tracing::warn!(%peer, "{name} connection refused: {full}");
@@ -62,10 +100,10 @@ impl Shared {
             let _ = crate::transport::configure_tcp(&tcp);
             let (served, stop) = (serve(tcp, peer), stop.clone());
             tasks.spawn(async move {
-                let _place = place;
                 tokio::select! {
                     () = served => {}
                     () = stop.cancelled() => {}
+                    () = ticket.evicted() => tracing::debug!(%peer, "connection closed: a newcomer from a smaller source took its place"),
                 }
             });
         }

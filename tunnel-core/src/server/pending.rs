@@ -1,5 +1,6 @@
-//! Admission for connections that have not authenticated yet: a global cap, a cap per source,
-//! and eviction instead of refusal when the global cap is reached.
+//! Admission for connections that have not authenticated yet (and for the HTTP edge's
+//! visitors): a global cap, a cap per source, and eviction instead of refusal when the global
+//! cap is reached.
 //!
 //! Refusing newcomers when full lets a few sources holding silent sockets lock every client out
 //! (8 addresses x 32 sockets filled the 256 slots that were the default then). Instead, a newcomer from a source
@@ -56,6 +57,15 @@ pub(super) enum Refused {
     SourceFull,
     /// Every slot is taken, by sources holding no more than the newcomer's would.
     Full,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::SourceFull => "this source holds its maximum of places",
+            Self::Full => "every place is taken, by sources holding about as many as this one would",
+        })
+    }
 }
 
 impl Pending {

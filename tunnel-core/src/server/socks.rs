@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::listen::Door;
 use super::visits::{self, Upstream, Visitor};
 use super::{Server, Shared};
 use crate::auth::{CredentialKind, Credentials, Token};
@@ -40,7 +41,7 @@ impl Server {
             let shared = shared.clone();
             async move { serve(&shared, tcp, peer).await }
         };
-        self.shared.accept_until("SOCKS", listener, shutdown, places, || {}, serving).await;
+        self.shared.accept_until("SOCKS", listener, shutdown, Door::Refusing(places), || {}, serving).await;
         Ok(())
     }
 }
