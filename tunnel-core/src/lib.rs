@@ -30,8 +30,9 @@
 //! - [`admin`]: the admin API over a running server (sessions, routes, client credentials
 //!   created, rotated and revoked while running) and its client; it uses `server` and `config`.
 //! - [`log`]: escaping of peer-controlled text, error chains, and rate-limited log lines.
-//! - `source` (internal): a visitor's source (an IPv4 address or an IPv6 /64) and places
-//!   capped in all and per source, for `http`, `server` and `admin`.
+//! - `source` (internal): a visitor's source (an IPv4 address or an IPv6 /64), places capped
+//!   in all and per source, and admission that evicts from the largest source when full (for
+//!   handshakes, the edge's visitors and the admin API), for `http`, `server` and `admin`.
 //!
 //! Each layer uses only those listed before it, `metrics` excepted, which any may use
 //! (`tests/layers.rs` checks the imports).

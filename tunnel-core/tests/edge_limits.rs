@@ -330,10 +330,16 @@ async fn one_source_holding_every_edge_connection_locks_no_one_out() {
         assert_eq!(send(&mut sender, "nobody.test", "/", "").await.0, StatusCode::NOT_FOUND);
         held.push(sender);
     }
+    // Reset at accept: the connect itself may already see it.
     let refused = async {
-        let mut sender = connection_from(edge.http, 1).await;
-        let request = Request::get("/").header("host", "nobody.test").body(Full::default()).unwrap();
-        sender.send_request(request).await
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 0))?;
+        let tcp = socket.connect(edge.http).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let request = Request::get("/").header("host", "nobody.test").body(Full::<Bytes>::default()).unwrap();
+        sender.send_request(request).await.map_err(std::io::Error::other)
     };
     assert!(refused.await.is_err(), "a connection past the cap from the largest source was served");
 

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::api::{self, Answer};
 use super::Admin;
 use crate::auth::Token;
-use crate::source::Source;
+use crate::source::Pending;
 
 /// Largest request body read (a new client's grant); a larger one is answered 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -28,10 +28,13 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Time allowed for the TLS handshake and for a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections served at once; more are closed at accept.
+/// Connections served at once. When all are taken, a newcomer over TCP takes the place of the
+/// oldest connection of the source holding the most (if it holds more than the newcomer's
+/// would), so a few sources holding silent connections cannot keep the operator out; only
+/// when every source holds about as much is a newcomer closed at accept.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Of those, from one IP address over TCP: one source cannot take them all.
+/// Of those, from one IPv4 address or IPv6 /64 over TCP.
 const MAX_CONNECTIONS_PER_SOURCE: usize = 8;
 
 /// Where the admin API listens.
@@ -61,8 +64,12 @@ pub enum AdminListener {
 
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Future<Output = ()>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let sources = Sources::default();
+    let places = match &listener {
+        AdminListener::Tls { .. } => Pending::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE),
+        // One user's connections: none is cut for another, past the cap a newcomer is closed.
+        #[cfg(unix)]
+        AdminListener::Unix { .. } => Pending::new(MAX_CONNECTIONS, MAX_CONNECTIONS),
+    };
     let tasks = TaskTracker::new();
     let tls = match &listener {
         AdminListener::Tls { tls, .. } => {
@@ -89,10 +96,8 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue; // Dropping the connection closes it.
-        };
-        let Some(place) = io.admit(&sources) else { continue };
+        // Dropping a connection with no place closes it.
+        let Some(place) = io.source().and_then(|source| places.admit(source).ok()) else { continue };
         let (admin, tls) = (admin.clone(), tls.clone());
         let token = match &listener {
             AdminListener::Tls { token, .. } => Some(token.clone()),
@@ -100,39 +105,46 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
             AdminListener::Unix { .. } => None,
         };
         tasks.spawn(async move {
-            let _held = (slot, place);
-            match (io, tls) {
-                (Accepted::Tcp(tcp), Some(tls)) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
-                        Ok(Ok(stream)) => connection(stream, admin, token).await,
-                        Ok(Err(err)) => tracing::debug!("admin API: TLS handshake failed: {err}"),
-                        Err(_) => tracing::debug!("admin API: TLS handshake timed out"),
-                    }
-                }
-                #[cfg(unix)]
-                (Accepted::Unix(stream, owner), _) => {
-                    // Checked at every connection: one queued while the socket's mode was being
-                    // set is refused too.
-                    match stream.peer_cred() {
-                        Ok(peer) if peer.uid() == owner || peer.uid() == 0 => {
-                            connection(stream, admin, None).await
-                        }
-                        Ok(peer) => {
-                            tracing::warn!(
-                                uid = peer.uid(),
-                                "admin API: connection from another user refused"
-                            );
-                            refuse_stranger(stream).await;
-                        }
-                        Err(err) => tracing::warn!("admin API: cannot tell who connected: {err}"),
-                    }
-                }
-                _ => {}
+            tokio::select! {
+                () = serve_one(io, tls, admin, token) => {}
+                () = place.evicted() => tracing::debug!("admin API: connection closed, a newcomer from a smaller source took its place"),
             }
         });
     }
     tasks.close();
     tasks.wait().await;
+}
+
+/// Serves one admitted connection.
+async fn serve_one(
+    io: Accepted,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    admin: Arc<Admin>,
+    token: Option<Token>,
+) {
+    match (io, tls) {
+        (Accepted::Tcp(tcp), Some(tls)) => {
+            match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => connection(stream, admin, token).await,
+                Ok(Err(err)) => tracing::debug!("admin API: TLS handshake failed: {err}"),
+                Err(_) => tracing::debug!("admin API: TLS handshake timed out"),
+            }
+        }
+        #[cfg(unix)]
+        (Accepted::Unix(stream, owner), _) => {
+            // Checked at every connection: one queued while the socket's mode was being
+            // set is refused too.
+            match stream.peer_cred() {
+                Ok(peer) if peer.uid() == owner || peer.uid() == 0 => connection(stream, admin, None).await,
+                Ok(peer) => {
+                    tracing::warn!(uid = peer.uid(), "admin API: connection from another user refused");
+                    refuse_stranger(stream).await;
+                }
+                Err(err) => tracing::warn!("admin API: cannot tell who connected: {err}"),
+            }
+        }
+        _ => {}
+    }
 }
 
 enum Accepted {
@@ -143,40 +155,13 @@ enum Accepted {
 }
 
 impl Accepted {
-    /// A place among the connections of its source (TCP), or `None` when it has its share.
-    fn admit(&self, sources: &Sources) -> Option<Place> {
-        let source = match self {
-            Self::Tcp(tcp) => Source::from(tcp.peer_addr().ok()?.ip()),
+    /// Where it comes from, as its place is counted: its peer's address over TCP (`None` if
+    /// it is already gone), one address for all of a UNIX socket's.
+    fn source(&self) -> Option<IpAddr> {
+        match self {
+            Self::Tcp(tcp) => tcp.peer_addr().ok().map(|peer| peer.ip()),
             #[cfg(unix)]
-            Self::Unix(..) => return Some(Place(None)),
-        };
-        let mut counts = sources.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(source).or_default();
-        if *count >= MAX_CONNECTIONS_PER_SOURCE {
-            return None;
-        }
-        *count += 1;
-        Some(Place(Some((source, sources.clone()))))
-    }
-}
-
-/// Connections open, per source (IPv4 address or IPv6 /64).
-#[derive(Clone, Default)]
-struct Sources(Arc<std::sync::Mutex<std::collections::HashMap<Source, usize>>>);
-
-/// One connection's place in its source's count; dropping it frees the place.
-struct Place(Option<(Source, Sources)>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Some((source, sources)) = &self.0 {
-            let mut counts = sources.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = counts.get_mut(source) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(source);
-                }
-            }
+            Self::Unix(..) => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         }
     }
 }

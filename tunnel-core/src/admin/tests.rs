@@ -1,5 +1,5 @@
-//! The admin handle and API without sockets: decoding, the file's authority over its names,
-//! the store on disk.
+//! The admin handle and API: decoding, the file's authority over its names, the store on disk;
+//! and, over a socket, the TCP listener's admission.
 
 use http::{Method, StatusCode};
 
@@ -171,4 +171,49 @@ async fn a_regrant_changes_what_a_created_client_may_do_and_keeps_its_token() {
     }
     let refused = AdminRequest::decode(&Method::PATCH, "/v1/clients/w4", b"").unwrap_err();
     assert_eq!(refused.allow, Some("GET, PUT, DELETE"));
+}
+
+/// Silent connections from 8 sources, 8 each, fill the admin API's 64 places; an operator from a
+/// ninth address still gets its TLS handshake, as it takes the place of the oldest connection
+/// of a source holding the most. Before, it was closed at accept for as long as they stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_a_few_sources_do_not_keep_the_operator_out() {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    let identity = crate::tls::ServerIdentity::generate(&["admin.test".to_owned()]).unwrap();
+    let trust = crate::tls::ServerTrust::Pinned(identity.fingerprint());
+    let tls = crate::tls::server_config(identity).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = Arc::new(admin_with_config_client(ClientStore::in_memory()));
+    let token = Token::new("admin-token-0123456789").unwrap();
+    tokio::spawn(serve(admin, AdminListener::Tls { listener, tls, token }, std::future::pending()));
+    let from = |n: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    let mut silent = Vec::new();
+    for n in 1..=8 {
+        for _ in 0..8 {
+            silent.push(from(n).await);
+        }
+    }
+    // Accepted in the order they connected: all 64 have their places before the operator.
+    let operator = from(9).await;
+    let name = rustls::pki_types::ServerName::try_from("admin.test").unwrap();
+    let mut client = (*crate::tls::client_config(&trust).unwrap()).clone();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, operator))
+        .await
+        .expect("no TLS handshake within 10 s")
+        .expect("the operator was kept out by silent connections");
+    // The place was the first silent connection's (of a source holding 8, the oldest).
+    let mut byte = [0u8; 1];
+    let first = tokio::time::timeout(Duration::from_secs(10), silent[0].read(&mut byte)).await;
+    assert!(matches!(first, Ok(Ok(0) | Err(_))), "the oldest silent connection is still open");
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::header::{self, HeaderValue};
-use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -88,7 +87,7 @@ pub struct HttpEdge {
     routes: Arc<dyn RouteSource>,
     fallback: StatusCode,
     limits: EdgeLimits,
-    /// Idle streams to clients, by client name.
+    /// Idle streams to clients, by session.
     streams: Arc<Pool<MuxStream, Incoming, SessionKey>>,
     /// Streams in use toward each session, at most so many per session and per source; shared
     /// by the edges of one server.
@@ -234,8 +233,10 @@ impl HttpEdge {
             // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
             let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
             // The connection first: a request it has begun to read is answered before the
-            // shutdown (GOAWAY) says no more. With no stream open for the idle time, it is
-            // shut down the same way; a peer that then holds it open anyway is cut.
+            // shutdown (GOAWAY) says no more. Idle for the idle time (no request, no answer
+            // waiting on the tunnel, none taken by the peer), it is shut down the same way;
+            // then, idle as long again (a peer taking nothing of the answers it asked for),
+            // it is cut.
             let limit = self.limits.header_timeout;
             let served = tokio::select! {
                 biased;
@@ -246,9 +247,13 @@ impl HttpEdge {
                 }
                 () = activity.quiet_for(limit) => {
                     connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(limit, &mut connection).await {
-                        Ok(served) => served,
-                        Err(_) => return tracing::debug!(%visitor, "HTTP/2 connection cut: idle, and not closed after GOAWAY"),
+                    tokio::select! {
+                        biased;
+                        served = &mut connection => served,
+                        () = activity.quiet_for(limit) => {
+                            tracing::debug!(%visitor, "HTTP/2 connection cut: its peer takes nothing");
+                            return;
+                        }
                     }
                 }
             };
@@ -337,24 +342,28 @@ impl HttpEdge {
 
     /// Answers one request, and counts the answer.
     async fn handle(&self, request: Request<Incoming>, connection: Connection<'_>) -> Response<Body> {
-        // The snapshot the request was routed by, kept until it is answered.
-        let routes = self.routes.routes();
-        let (response, owner) = self.answer(request, connection, &routes).await;
+        let (response, owner) = self.answer(request, connection).await;
         if let Some(metrics) = &self.metrics {
-            metrics.http_request(owner.unwrap_or(""), response.status().as_u16());
+            metrics.http_request(owner.as_deref().unwrap_or(""), response.status().as_u16());
         }
         response
     }
 
     /// The answer to one request, and the client whose route it went to (`None`: the edge
     /// answered itself).
-    async fn answer<'r>(
+    async fn answer(
         &self,
         request: Request<Incoming>,
         connection: Connection<'_>,
-        routes: &'r RouteIndex<Openers>,
-    ) -> (Response<Body>, Option<&'r str>) {
+    ) -> (Response<Body>, Option<String>) {
         let Connection { visitor, sni, .. } = connection;
+        // Which Host counts would be ambiguous (RFC 9112 3.2): the origin might read another.
+        if request.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return (
+                text_response(StatusCode::BAD_REQUEST, "the request has more than one Host header"),
+                None,
+            );
+        }
         let Some(host) = request_host(&request) else {
             return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);
         };
@@ -363,6 +372,7 @@ impl HttpEdge {
         if let Some(answer) = challenge {
             return (answer, None);
         }
+        let routes = self.routes.routes();
         if let Some(sni) = sni.filter(|sni| request.version() == Version::HTTP_2 && *sni != host) {
             if routes.owner_of(sni) != routes.owner_of(&host) {
                 let why = format!("this connection was opened for {sni}; open one for {host}");
@@ -373,12 +383,14 @@ impl HttpEdge {
         let Some(hit) = hit else {
             return (text_response(self.fallback, ""), None);
         };
-        let (route_id, owner) = (hit.id, hit.owner);
+        let (route_id, owner) = (hit.id, hit.owner.to_owned());
         // The least busy of the owner's replicas serving the route.
         let Some(opener) = hit.target.pick().cloned() else {
             let why = format!("the client serving {host} is not reachable");
             return (text_response(StatusCode::BAD_GATEWAY, &why), Some(owner));
         };
+        // Not held while the request is under way: a snapshot holds every session's opener.
+        drop(routes);
         // Pooled and counted per session, not per client name.
         let key = session_key(&opener);
         let place = match self.inflight.admit(key, visitor.ip(), false) {
@@ -392,7 +404,7 @@ impl HttpEdge {
         let response = match self.forward(request, to, place, connection, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
-                tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(owner), "{why}");
+                tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
                 text_response(status, &why)
             }
         };
@@ -412,18 +424,16 @@ impl HttpEdge {
         let Connection { visitor, scheme, upgraded, .. } = connection;
         let upgrade = is_upgrade(request.headers());
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        // HTTP/1.1 to the client, whatever the visitor spoke: an origin-form target and a Host.
-        if !request.headers().contains_key(header::HOST) {
-            if let Some(authority) =
-                request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                request.headers_mut().insert(header::HOST, authority);
-            }
+        // HTTP/1.1 to the client, whatever the visitor spoke: an origin-form target, and a Host
+        // that is the authority the request was routed by when it named one (an absolute-form
+        // target or HTTP/2's :authority wins over a Host header, RFC 9112 3.2.2).
+        if let Some(authority) =
+            request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(header::HOST, authority);
         }
         if request.uri().scheme().is_some() || request.uri().authority().is_some() {
-            let path =
-                request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *request.uri_mut() = Uri::from(path);
+            *request.uri_mut() = origin_form(request.uri());
         }
         *request.version_mut() = Version::HTTP_11;
         strip_hop_by_hop(request.headers_mut(), upgrade);
@@ -537,9 +547,20 @@ fn session_key(opener: &StreamOpener) -> SessionKey {
 /// A route id as the [`ROUTE`] header's value (its text form, written without a `String`).
 fn route_value(id: RouteId) -> HeaderValue {
     use std::io::Write as _;
-    let mut text = [0u8; 16];
-    let written = write!(&mut text[..], "{id}").is_ok();
-    HeaderValue::from_bytes(&text).ok().filter(|_| written).unwrap_or(HeaderValue::from_static("0"))
+    let mut text = std::io::Cursor::new([0u8; 32]);
+    let _ = write!(text, "{id}");
+    let len = usize::try_from(text.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&text.get_ref()[..len]).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The origin form of `uri`: its path and query, the path `/` when it has none.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(path) if path.as_str().starts_with('/') => Uri::from(path.clone()),
+        // Its text form starts with the `/` an empty path stands for.
+        Some(path) => path.to_string().parse().unwrap_or_else(|_| Uri::from_static("/")),
+        None => Uri::from_static("/"),
+    }
 }
 
 /// Opens a data stream to the client with `header`.

@@ -154,3 +154,83 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_time() {
         .unwrap()
         .expect("a GOAWAY, not a broken connection");
 }
+
+/// An HTTP/2 peer that grants no flow control window takes none of an answer: the connection
+/// is cut all the same (a GOAWAY, then the cut), not held open by the answer it never takes.
+#[tokio::test(start_paused = true)]
+async fn an_http2_peer_that_takes_nothing_of_its_answers_is_cut() {
+    let idle = EdgeLimits::default().header_timeout;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (visitor, served) = tokio::io::duplex(64 * 1024);
+    let serving =
+        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(visitor))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut heads = Vec::new();
+    for _ in 0..8 {
+        let request =
+            Request::get("https://nobody.test/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        // The heads come (not flow controlled); the bodies never can.
+        heads.push(sender.send_request(request).await.unwrap());
+    }
+    tokio::time::timeout(idle * 5, serving)
+        .await
+        .expect("a peer taking nothing held its connection")
+        .unwrap();
+}
+
+/// An exchange waiting on the tunnel (for its answer's head, or for more of its body) is not
+/// idle, however long it waits: long polls and event streams are not cut.
+#[tokio::test(start_paused = true)]
+async fn an_exchange_waiting_on_the_tunnel_is_never_idle() {
+    let idle = EdgeLimits::default().header_timeout;
+    let activity = Arc::new(Activity::default());
+    let exchange = activity.begin(false);
+    assert!(
+        tokio::time::timeout(idle * 10, activity.quiet_for(idle)).await.is_err(),
+        "idle while awaiting a head"
+    );
+    let (mut more, body) = futures::channel::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>,
+    >(1);
+    let mut body = exchange.hold(http_body_util::StreamBody::new(body).boxed_unsync());
+    assert!(futures::poll!(std::pin::pin!(body.frame())).is_pending());
+    assert!(
+        tokio::time::timeout(idle * 10, activity.quiet_for(idle)).await.is_err(),
+        "idle while awaiting a body"
+    );
+    more.try_send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"x")))).unwrap();
+    assert!(body.frame().await.is_some());
+    // Answered, and not asked for more: idle.
+    tokio::time::timeout(idle * 2 + Duration::from_secs(1), activity.quiet_for(idle))
+        .await
+        .expect("never idle");
+}
+
+#[test]
+fn targets_go_to_the_client_in_origin_form() {
+    for (target, origin) in [
+        ("http://a.test/x?y=1", "/x?y=1"),
+        ("http://a.test?y=1", "/?y=1"),
+        ("http://a.test", "/"),
+        ("/p", "/p"),
+    ] {
+        assert_eq!(origin_form(&target.parse().unwrap()), origin, "{target}");
+    }
+}
+
+/// Two Host headers: which one routes and which one the origin reads could differ.
+#[tokio::test(start_paused = true)]
+async fn a_request_with_two_host_headers_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    visitor.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n").await.unwrap();
+    let answer = responses(&mut visitor).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("more than one Host"), "{answer}");
+}

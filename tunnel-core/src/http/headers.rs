@@ -97,7 +97,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static s
     let for_value = match earlier {
         Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {visitor}")),
         None => {
-            // An IPv6 address is at most 39 characters (45 with an embedded IPv4 one).
+            // An IP address's text is at most 39 characters (IPv6; `IpAddr` has no zone).
             let mut text = [0u8; 48];
             let mut cursor = std::io::Cursor::new(&mut text[..]);
             let _ = write!(cursor, "{visitor}");
@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "a.test");
 
-        // The longest IPv6 form fits; the Host header's value is reused only when it is `host`.
+        // The longest IPv6 text fits; a Host header other than `host` is not reused.
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "A.test:8080".parse().unwrap());
         let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();

@@ -32,14 +32,17 @@ pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     in_flight: AtomicUsize,
-    /// Exchanges begun so far.
+    /// Exchanges begun so far, and polls of their response bodies (HTTP/2's idle check).
     begun: AtomicUsize,
+    polls: AtomicUsize,
+    /// Exchanges waiting on the tunnel: for their response's head, or for the next piece of
+    /// its body. Not idle however long that takes (an event stream, a long poll).
+    waiting: AtomicUsize,
     /// Bytes were read since the last exchange ended: a request may be half received.
     arrived: AtomicBool,
     /// The connection became a byte stream (WebSocket): never parked.
     upgraded: AtomicBool,
-    /// The reader waiting while a request was in flight (HTTP/2: [`Activity::quiet_for`]),
-    /// woken to start its idle clock.
+    /// The reader waiting while a request was in flight, woken to start its idle clock.
     reader: Mutex<Option<Waker>>,
 }
 
@@ -50,31 +53,24 @@ impl Activity {
     pub(super) fn begin(self: &Arc<Self>, body_follows: bool) -> Exchange {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.fetch_add(1, Ordering::AcqRel);
-        Exchange { activity: self.clone(), body_follows }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Exchange { activity: self.clone(), body_follows, waiting: true }
     }
 
-    /// Resolves once no exchange has been in flight for `limit`, measured from the first
-    /// moment nothing was, or from the end of the last check if a request came meanwhile: so
-    /// between `limit` and twice that after the last exchange ended. For connections that are
-    /// not parked (HTTP/2), whose idle time nothing else bounds.
+    /// Resolves once a whole period of `limit` passed in which no exchange began, no response
+    /// body was asked for more and none was waiting on the tunnel: the connection is idle, or
+    /// its peer takes no more of the answers it asked for (an HTTP/2 peer that grants no flow
+    /// control window holds a response forever). So between `limit` and twice that after the
+    /// last sign of life. For connections that are not parked (HTTP/2), whose idle time
+    /// nothing else bounds.
     pub(super) async fn quiet_for(&self, limit: Duration) {
         loop {
-            std::future::poll_fn(|cx| {
-                if self.in_flight.load(Ordering::Acquire) == 0 {
-                    return Poll::Ready(());
-                }
-                *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-                // Again: an exchange that ended before the waker was in place woke no one.
-                if self.in_flight.load(Ordering::Acquire) == 0 {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
-            let begun = self.begun.load(Ordering::Acquire);
+            let (begun, polls) = (self.begun.load(Ordering::Acquire), self.polls.load(Ordering::Acquire));
             tokio::time::sleep(limit).await;
-            if self.in_flight.load(Ordering::Acquire) == 0 && self.begun.load(Ordering::Acquire) == begun {
+            if self.waiting.load(Ordering::Acquire) == 0
+                && self.begun.load(Ordering::Acquire) == begun
+                && self.polls.load(Ordering::Acquire) == polls
+            {
                 return;
             }
         }
@@ -92,6 +88,8 @@ impl Activity {
 pub(super) struct Exchange {
     activity: Arc<Activity>,
     body_follows: bool,
+    /// Counted among the [`Activity`]'s waiting exchanges.
+    waiting: bool,
 }
 
 impl Exchange {
@@ -100,16 +98,29 @@ impl Exchange {
         self.activity.upgraded.store(true, Ordering::Release);
     }
 
-    /// The response body, holding the exchange until hyper has sent it and drops it.
-    pub(super) fn hold(self, body: Body) -> ExchangeBody {
-        ExchangeBody { body, _exchange: self }
+    /// The response body, holding the exchange until hyper has sent it and drops it. The
+    /// head is in: the exchange waits on the tunnel again only when its body does.
+    pub(super) fn hold(mut self, body: Body) -> ExchangeBody {
+        self.set_waiting(false);
+        ExchangeBody { body, exchange: self }
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting != waiting {
+            self.waiting = waiting;
+            if waiting {
+                self.activity.waiting.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.activity.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
-/// A response body that holds its [`Exchange`].
+/// A response body that holds its [`Exchange`], and counts the polls of it.
 pub(super) struct ExchangeBody {
     body: Body,
-    _exchange: Exchange,
+    exchange: Exchange,
 }
 
 impl hyper::body::Body for ExchangeBody {
@@ -117,10 +128,15 @@ impl hyper::body::Body for ExchangeBody {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = self.get_mut();
+        this.exchange.activity.polls.fetch_add(1, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // Pending: the next piece has not come through the tunnel yet.
+        this.exchange.set_waiting(polled.is_pending());
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -134,6 +150,7 @@ impl hyper::body::Body for ExchangeBody {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        self.set_waiting(false);
         let activity = &self.activity;
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             // With no body to come, what arrives from now on is a new request. A body still

@@ -171,7 +171,8 @@ impl<T: Io, B: RequestBody, K: PoolKey> Drop for UpstreamBody<T, B, K> {
     }
 }
 
-/// Idle [`Upstream`]s by key (a client's name, an origin's address), at most `per_key` each.
+/// Idle [`Upstream`]s by key (an origin's address, a client session's number), at most
+/// `per_key` each.
 pub(super) struct Pool<T: Io, B: RequestBody = Incoming, K: PoolKey = String> {
     per_key: usize,
     state: Mutex<PoolState<T, B, K>>,

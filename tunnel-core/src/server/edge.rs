@@ -11,12 +11,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::listen::Door;
-use super::pending::Pending;
 use super::Server;
 use crate::acme::Acme;
 use crate::http::{HttpEdge, RouteSource};
 use crate::log::Escaped;
 use crate::proto::StreamHeader;
+use crate::source::Pending;
 use crate::task::OwnedTask;
 use crate::transport::Prefixed;
 

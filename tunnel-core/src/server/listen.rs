@@ -10,8 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::pending::{Admission, Pending};
 use super::Shared;
+use crate::source::{Admission, Pending};
 use crate::source::{Place, Places};
 
 /// How a listener admits connections.
@@ -103,7 +103,9 @@ impl Shared {
                 tokio::select! {
                     () = served => {}
                     () = stop.cancelled() => {}
-                    () = ticket.evicted() => tracing::debug!(%peer, "connection closed: a newcomer from a smaller source took its place"),
+                    () = ticket.evicted() => if crate::log::REFUSALS.allow() {
+                        tracing::warn!(%peer, "connection closed: the listener is full, and a newcomer from a source holding fewer took the place of this source's oldest");
+                    },
                 }
             });
         }

@@ -16,7 +16,6 @@ mod lanes;
 pub mod leases;
 mod listen;
 mod networks;
-mod pending;
 mod policy;
 mod port_listeners;
 mod registry;
@@ -235,7 +234,7 @@ struct Shared {
     /// Streams the edges hold toward each client session, all listeners together (caps read
     /// at start from `max_visitors_per_forward` and `max_visitors_per_source`).
     edge_streams: Arc<crate::http::inflight::InFlight>,
-    pending: pending::Pending,
+    pending: crate::source::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
     /// Which client routes which network.
     networks: networks::Networks,
@@ -302,7 +301,7 @@ impl Server {
             restore_leases(&registry, &config, path);
         }
         let pending =
-            pending::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
+            crate::source::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let http_routes = Arc::default();
         let edge_streams = Arc::new(crate::http::inflight::InFlight::new(
             config.max_visitors_per_forward,

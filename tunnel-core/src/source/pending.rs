@@ -1,13 +1,16 @@
-//! Admission for connections that have not authenticated yet (and for the HTTP edge's
-//! visitors): a global cap, a cap per source, and eviction instead of refusal when the global
-//! cap is reached.
+//! Admission for connections that have not authenticated yet (handshakes, the admin API's TCP
+//! connections) and for the HTTP edge's visitors: a global cap, a cap per source, and eviction
+//! instead of refusal when the global cap is reached.
 //!
 //! Refusing newcomers when full lets a few sources holding silent sockets lock every client out
-//! (8 addresses x 32 sockets filled the 256 slots that were the default then). Instead, a newcomer from a source
-//! below its own cap takes the slot of the oldest pending connection of the source holding the
-//! most slots, if that source holds more than the newcomer's would: an attacker's sockets evict
-//! each other, while a client that holds one slot for the few milliseconds its handshake takes
-//! is never the one cut. Only when every source holds about as much is a newcomer refused.
+//! (8 addresses x 32 sockets filled the 256 slots that were the default then). Instead, a
+//! newcomer from a source below its own cap takes the slot of the oldest connection of the
+//! source holding the most slots, if that source holds more than the newcomer's would: an
+//! attacker's sockets evict each other, while a client that holds one slot (for the few
+//! milliseconds a handshake takes, or a visitor's one connection) is never the one cut. Only when
+//! every source holds about as much is a newcomer refused. What eviction costs whom: at the
+//! edge, the largest source may be a NAT or a CDN, whose oldest connection then closes, even
+//! mid-answer; before, every newcomer was refused for as long as the listener stayed full.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -16,11 +19,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::source::Source;
+use super::Source;
 
 /// Counts handshakes in progress, overall and per source.
 #[derive(Debug)]
-pub(super) struct Pending {
+pub(crate) struct Pending {
     /// Both limits may change at a reload; handshakes admitted before stay.
     global_limit: AtomicUsize,
     per_source_limit: AtomicUsize,
@@ -43,7 +46,7 @@ struct Slot {
 
 /// One admitted handshake; dropping it frees the slot.
 #[derive(Debug)]
-pub(super) struct Admission {
+pub(crate) struct Admission {
     source: Source,
     seq: u64,
     evicted: CancellationToken,
@@ -52,7 +55,7 @@ pub(super) struct Admission {
 
 /// Why a handshake was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refused {
+pub(crate) enum Refused {
     /// Its source already holds its share of the slots.
     SourceFull,
     /// Every slot is taken, by sources holding no more than the newcomer's would.
@@ -69,7 +72,7 @@ impl std::fmt::Display for Refused {
 }
 
 impl Pending {
-    pub(super) fn new(global: usize, per_source: usize) -> Self {
+    pub(crate) fn new(global: usize, per_source: usize) -> Self {
         let pending = Self {
             global_limit: AtomicUsize::new(1),
             per_source_limit: AtomicUsize::new(1),
@@ -80,7 +83,7 @@ impl Pending {
     }
 
     /// Applies new limits to the handshakes admitted from now on.
-    pub(super) fn set_limits(&self, global: usize, per_source: usize) {
+    pub(crate) fn set_limits(&self, global: usize, per_source: usize) {
         self.global_limit.store(global.max(1), Ordering::Relaxed);
         self.per_source_limit.store(per_source.max(1), Ordering::Relaxed);
     }
@@ -91,7 +94,7 @@ impl Pending {
 
     /// Admits a handshake from `ip`, evicting the oldest handshake of the largest source if
     /// every slot is taken; refuses when `ip`'s own source is at its cap.
-    pub(super) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
         let source = Source::from(ip);
         let mut state = self.lock();
         if state.sources.get(&source).map_or(0, VecDeque::len)
@@ -142,7 +145,7 @@ impl State {
 
 impl Admission {
     /// Resolves when a newcomer took this handshake's slot: the connection should be dropped.
-    pub(super) async fn evicted(&self) {
+    pub(crate) async fn evicted(&self) {
         self.evicted.cancelled().await;
     }
 }

@@ -3,6 +3,10 @@
 
 use std::net::IpAddr;
 
+mod pending;
+
+pub(crate) use pending::{Admission, Pending};
+
 /// A connection's source, aggregated as above; IPv4-mapped IPv6 is its IPv4 self.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Source(u128);
