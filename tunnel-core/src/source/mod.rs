@@ -8,7 +8,7 @@ mod pending;
 pub(crate) use pending::{Admission, Pending};
 
 /// A connection's source, aggregated as above; IPv4-mapped IPv6 is its IPv4 self.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Source(u128);
 
 impl From<IpAddr> for Source {

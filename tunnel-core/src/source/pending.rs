@@ -12,7 +12,8 @@
 //! edge, the largest source may be a NAT or a CDN, whose oldest connection then closes, even
 //! mid-answer; before, every newcomer was refused for as long as the listener stayed full.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Source;
 
-/// Counts handshakes in progress, overall and per source.
+/// Counts connections admitted (handshakes in progress, visitors), overall and per source.
+/// Admitting, evicting and releasing cost a logarithm of the count, not a scan: an edge
+/// listener holds up to 10,000 connections, many of them from one NAT or CDN.
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// Both limits may change at a reload; handshakes admitted before stay.
@@ -34,14 +37,11 @@ pub(crate) struct Pending {
 struct State {
     total: usize,
     next_seq: u64,
-    /// Per source, its pending handshakes oldest first.
-    sources: HashMap<Source, VecDeque<Slot>>,
-}
-
-#[derive(Debug)]
-struct Slot {
-    seq: u64,
-    evict: CancellationToken,
+    /// Per source, its slots by admission order (oldest first), each with its eviction.
+    sources: HashMap<Source, BTreeMap<u64, CancellationToken>>,
+    /// Every source holding slots, by how many, then by its oldest slot, oldest last: the
+    /// last entry is the source to evict from.
+    ranking: BTreeSet<(usize, Reverse<u64>, Source)>,
 }
 
 /// One admitted handshake; dropping it frees the slot.
@@ -97,9 +97,7 @@ impl Pending {
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
         let source = Source::from(ip);
         let mut state = self.lock();
-        if state.sources.get(&source).map_or(0, VecDeque::len)
-            >= self.per_source_limit.load(Ordering::Relaxed)
-        {
+        if state.holds(source) >= self.per_source_limit.load(Ordering::Relaxed) {
             return Err(Refused::SourceFull);
         }
         if state.total >= self.global_limit.load(Ordering::Relaxed) && !state.evict_for(source) {
@@ -108,7 +106,9 @@ impl Pending {
         state.next_seq += 1;
         let seq = state.next_seq;
         let evicted = CancellationToken::new();
-        state.sources.entry(source).or_default().push_back(Slot { seq, evict: evicted.clone() });
+        state.change(source, |slots| {
+            slots.insert(seq, evicted.clone());
+        });
         state.total += 1;
         Ok(Admission { source, seq, evicted, state: self.state.clone() })
     }
@@ -121,26 +121,56 @@ impl State {
     /// When every source holds about as much, nobody is cut and the newcomer is refused, so a
     /// crowd of sources with one slot each cannot cut each other's nearly finished handshakes.
     fn evict_for(&mut self, newcomer: Source) -> bool {
-        let newcomer_holds = self.sources.get(&newcomer).map_or(0, VecDeque::len);
-        let victim = self
-            .sources
-            .iter()
-            .filter_map(|(source, slots)| slots.front().map(|oldest| (*source, slots.len(), oldest.seq)))
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
-            .filter(|(_, holds, _)| *holds > newcomer_holds + 1)
-            .map(|(source, _, _)| source);
+        let newcomer_holds = self.holds(newcomer);
+        let victim =
+            self.ranking.last().filter(|(holds, ..)| *holds > newcomer_holds + 1).map(|(.., source)| *source);
         let Some(source) = victim else { return false };
-        if let Some(slots) = self.sources.get_mut(&source) {
-            if let Some(slot) = slots.pop_front() {
-                slot.evict.cancel();
-                self.total -= 1;
+        let mut evicted = false;
+        self.change(source, |slots| {
+            if let Some((_, evict)) = slots.pop_first() {
+                evict.cancel();
+                evicted = true;
             }
-            if slots.is_empty() {
-                self.sources.remove(&source);
+        });
+        if evicted {
+            self.total -= 1;
+        }
+        evicted
+    }
+
+    fn holds(&self, source: Source) -> usize {
+        self.sources.get(&source).map_or(0, BTreeMap::len)
+    }
+
+    /// Applies `change` to `source`'s slots, keeping the ranking in step (and forgetting a
+    /// source left with none).
+    fn change<R>(
+        &mut self,
+        source: Source,
+        change: impl FnOnce(&mut BTreeMap<u64, CancellationToken>) -> R,
+    ) -> R {
+        let slots = self.sources.entry(source).or_default();
+        let before = rank(source, slots);
+        let result = change(slots);
+        let after = rank(source, slots);
+        if slots.is_empty() {
+            self.sources.remove(&source);
+        }
+        if before != after {
+            if let Some(before) = before {
+                self.ranking.remove(&before);
+            }
+            if let Some(after) = after {
+                self.ranking.insert(after);
             }
         }
-        true
+        result
     }
+}
+
+/// A source's place in the ranking: how many slots, then its oldest (`None`: it holds none).
+fn rank(source: Source, slots: &BTreeMap<u64, CancellationToken>) -> Option<(usize, Reverse<u64>, Source)> {
+    slots.first_key_value().map(|(oldest, _)| (slots.len(), Reverse(*oldest), source))
 }
 
 impl Admission {
@@ -153,14 +183,11 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slots) = state.sources.get_mut(&self.source) else { return };
+        if !state.sources.contains_key(&self.source) {
+            return;
+        }
         // An evicted slot was already removed and counted out.
-        if let Some(index) = slots.iter().position(|slot| slot.seq == self.seq) {
-            slots.remove(index);
-            let empty = slots.is_empty();
-            if empty {
-                state.sources.remove(&self.source);
-            }
+        if state.change(self.source, |slots| slots.remove(&self.seq)).is_some() {
             state.total -= 1;
         }
     }
