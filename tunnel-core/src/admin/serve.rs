@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::api::{self, Answer};
 use super::Admin;
 use crate::auth::Token;
-use crate::source::Pending;
+use crate::source::{Admission, Pending};
 
 /// Largest request body read (a new client's grant); a larger one is answered 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -104,28 +104,30 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
             #[cfg(unix)]
             AdminListener::Unix { .. } => None,
         };
-        tasks.spawn(async move {
-            tokio::select! {
-                () = serve_one(io, tls, admin, token) => {}
-                () = place.evicted() => tracing::debug!("admin API: connection closed, a newcomer from a smaller source took its place"),
-            }
-        });
+        tasks.spawn(async move { serve_one(io, tls, admin, token, &place).await });
     }
     tasks.close();
     tasks.wait().await;
 }
 
-/// Serves one admitted connection.
+/// Serves one admitted connection. If a newcomer takes its place, it is closed at once while
+/// in its TLS handshake, or else once the request in flight (if any) is answered: an
+/// operator's request is never cut halfway through its change.
 async fn serve_one(
     io: Accepted,
     tls: Option<tokio_rustls::TlsAcceptor>,
     admin: Arc<Admin>,
     token: Option<Token>,
+    place: &Admission,
 ) {
     match (io, tls) {
         (Accepted::Tcp(tcp), Some(tls)) => {
-            match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
-                Ok(Ok(stream)) => connection(stream, admin, token).await,
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)) => handshake,
+                () = place.evicted() => return tracing::debug!("admin API: a handshake closed, a newcomer from a smaller source took its place"),
+            };
+            match handshake {
+                Ok(Ok(stream)) => connection(stream, admin, token, place.evicted()).await,
                 Ok(Err(err)) => tracing::debug!("admin API: TLS handshake failed: {err}"),
                 Err(_) => tracing::debug!("admin API: TLS handshake timed out"),
             }
@@ -135,7 +137,9 @@ async fn serve_one(
             // Checked at every connection: one queued while the socket's mode was being
             // set is refused too.
             match stream.peer_cred() {
-                Ok(peer) if peer.uid() == owner || peer.uid() == 0 => connection(stream, admin, None).await,
+                Ok(peer) if peer.uid() == owner || peer.uid() == 0 => {
+                    connection(stream, admin, None, place.evicted()).await
+                }
                 Ok(peer) => {
                     tracing::warn!(uid = peer.uid(), "admin API: connection from another user refused");
                     refuse_stranger(stream).await;
@@ -181,6 +185,7 @@ async fn connection(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     admin: Arc<Admin>,
     token: Option<Token>,
+    evicted: impl Future<Output = ()>,
 ) {
     let token = Arc::new(token);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -189,7 +194,17 @@ async fn connection(
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(16 * 1024);
-    if let Err(err) = builder.serve_connection(TokioIo::new(io), service).await {
+    let mut connection = builder.serve_connection(TokioIo::new(io), service);
+    let served = tokio::select! {
+        biased;
+        served = &mut connection => served,
+        () = evicted => {
+            tracing::debug!("admin API: a newcomer from a smaller source takes this connection's place");
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = served {
         tracing::debug!("admin API: connection ended: {err}");
     }
 }

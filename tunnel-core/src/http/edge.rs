@@ -29,7 +29,7 @@ use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
 use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
-use super::park::{Activity, ExchangeBody, Parking, PARK_AFTER};
+use super::park::{Activity, Counted, ExchangeBody, Parking, PARK_AFTER};
 use super::upstream::{Home, Pool, Upstream};
 use super::{text_response, Body};
 use crate::mux::{MuxStream, Openers, StreamOpener};
@@ -231,6 +231,7 @@ impl HttpEdge {
                 .max_concurrent_streams(256)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
+            let io = Counted::new(io, activity.clone());
             let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
             // The connection first: a request it has begun to read is answered before the
             // shutdown (GOAWAY) says no more. Idle for the idle time (no request, no answer
@@ -363,6 +364,11 @@ impl HttpEdge {
                 text_response(StatusCode::BAD_REQUEST, "the request has more than one Host header"),
                 None,
             );
+        }
+        // `http://b.test@a.test/` goes to a.test, and would carry `b.test@a.test` on as its Host
+        // (RFC 9110 4.2.4: userinfo in an http URI is an error).
+        if request.uri().authority().is_some_and(|authority| authority.as_str().contains('@')) {
+            return (text_response(StatusCode::BAD_REQUEST, "the request target has userinfo"), None);
         }
         let Some(host) = request_host(&request) else {
             return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);

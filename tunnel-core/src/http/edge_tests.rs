@@ -223,7 +223,8 @@ fn targets_go_to_the_client_in_origin_form() {
     }
 }
 
-/// Two Host headers: which one routes and which one the origin reads could differ.
+/// Two Host headers, or userinfo in the target: which host routes and which one the origin
+/// reads could differ.
 #[tokio::test(start_paused = true)]
 async fn a_request_with_two_host_headers_is_refused() {
     use tokio::io::AsyncWriteExt;
@@ -233,4 +234,42 @@ async fn a_request_with_two_host_headers_is_refused() {
     visitor.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n").await.unwrap();
     let answer = responses(&mut visitor).await;
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("more than one Host"), "{answer}");
+    // Nor a target whose userinfo would be carried on as the Host.
+    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    visitor.write_all(b"GET http://b.test@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    let answer = responses(&mut visitor).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("userinfo"), "{answer}");
+}
+
+/// A visitor that reads an answer slowly still takes bytes: its connection is not idle; one
+/// that takes less than a kilobyte a period (pings, a GOAWAY) is.
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_keeps_its_http2_connection_and_pings_do_not() {
+    use tokio::io::AsyncWriteExt;
+    let idle = EdgeLimits::default().header_timeout;
+    let activity = Arc::new(Activity::default());
+    let mut visitor = Counted::new(tokio::io::sink(), activity.clone());
+    let quiet = activity.quiet_for(idle);
+    let reading = async {
+        for _ in 0..10 {
+            visitor.write_all(&[0; 1500]).await.unwrap();
+            tokio::time::sleep(idle * 2 / 3).await;
+        }
+    };
+    tokio::select! {
+        () = quiet => panic!("a slow reader's connection was taken for idle"),
+        () = reading => {}
+    }
+    let pings = async {
+        loop {
+            visitor.write_all(&[0; 17]).await.unwrap();
+            tokio::time::sleep(idle / 3).await;
+        }
+    };
+    tokio::select! {
+        () = activity.quiet_for(idle) => {}
+        () = pings => unreachable!(),
+        () = tokio::time::sleep(idle * 2 + Duration::from_secs(1)) => panic!("pings kept a connection alive"),
+    }
 }

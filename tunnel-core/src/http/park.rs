@@ -32,9 +32,9 @@ pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     in_flight: AtomicUsize,
-    /// Exchanges begun so far, and polls of their response bodies (HTTP/2's idle check).
+    /// Exchanges begun so far, and bytes written to the visitor (HTTP/2's idle check).
     begun: AtomicUsize,
-    polls: AtomicUsize,
+    written: AtomicUsize,
     /// Exchanges waiting on the tunnel: for their response's head, or for the next piece of
     /// its body. Not idle however long that takes (an event stream, a long poll).
     waiting: AtomicUsize,
@@ -57,19 +57,20 @@ impl Activity {
         Exchange { activity: self.clone(), body_follows, waiting: true }
     }
 
-    /// Resolves once a whole period of `limit` passed in which no exchange began, no response
-    /// body was asked for more and none was waiting on the tunnel: the connection is idle, or
-    /// its peer takes no more of the answers it asked for (an HTTP/2 peer that grants no flow
-    /// control window holds a response forever). So between `limit` and twice that after the
-    /// last sign of life. For connections that are not parked (HTTP/2), whose idle time
+    /// Resolves once a whole period of `limit` passed in which no exchange began, none was
+    /// waiting on the tunnel and less than [`QUIET_BYTES`] were written to the visitor
+    /// ([`Counted`]): the connection is idle, or its peer takes nothing more of the answers it
+    /// asked for (an HTTP/2 peer that grants no flow control window holds answers forever),
+    /// while one that reads slowly still takes bytes. So between `limit` and twice that after
+    /// the last sign of life. For connections that are not parked (HTTP/2), whose idle time
     /// nothing else bounds.
     pub(super) async fn quiet_for(&self, limit: Duration) {
         loop {
-            let (begun, polls) = (self.begun.load(Ordering::Acquire), self.polls.load(Ordering::Acquire));
+            let (begun, written) = (self.begun.load(Ordering::Acquire), self.written.load(Ordering::Acquire));
             tokio::time::sleep(limit).await;
             if self.waiting.load(Ordering::Acquire) == 0
                 && self.begun.load(Ordering::Acquire) == begun
-                && self.polls.load(Ordering::Acquire) == polls
+                && self.written.load(Ordering::Acquire).wrapping_sub(written) < QUIET_BYTES
             {
                 return;
             }
@@ -117,7 +118,7 @@ impl Exchange {
     }
 }
 
-/// A response body that holds its [`Exchange`], and counts the polls of it.
+/// A response body that holds its [`Exchange`], and tells it when it waits on the tunnel.
 pub(super) struct ExchangeBody {
     body: Body,
     exchange: Exchange,
@@ -132,7 +133,6 @@ impl hyper::body::Body for ExchangeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        this.exchange.activity.polls.fetch_add(1, Ordering::Relaxed);
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         // Pending: the next piece has not come through the tunnel yet.
         this.exchange.set_waiting(polled.is_pending());
@@ -163,6 +163,71 @@ impl Drop for Exchange {
                 reader.wake();
             }
         }
+    }
+}
+
+/// Fewer bytes than this written in a period count as none: keep-alive pings, a GOAWAY.
+const QUIET_BYTES: usize = 1024;
+
+/// A visitor's connection that counts the bytes written to it in its [`Activity`].
+pub(super) struct Counted<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Counted<I> {
+    pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+
+    fn count(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            self.activity.written.fetch_add(*n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

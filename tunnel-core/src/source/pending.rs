@@ -1,4 +1,4 @@
-//! Admission for connections that have not authenticated yet (handshakes, the admin API's TCP
+//! Admission for connections that have not authenticated yet (handshakes, the admin API's
 //! connections) and for the HTTP edge's visitors: a global cap, a cap per source, and eviction
 //! instead of refusal when the global cap is reached.
 //!
@@ -27,7 +27,7 @@ use super::Source;
 /// listener holds up to 10,000 connections, many of them from one NAT or CDN.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    /// Both limits may change at a reload; handshakes admitted before stay.
+    /// Both limits may change at a reload; connections admitted before stay.
     global_limit: AtomicUsize,
     per_source_limit: AtomicUsize,
     state: Arc<Mutex<State>>,
@@ -44,7 +44,7 @@ struct State {
     ranking: BTreeSet<(usize, Reverse<u64>, Source)>,
 }
 
-/// One admitted handshake; dropping it frees the slot.
+/// One admitted connection; dropping it frees the slot.
 #[derive(Debug)]
 pub(crate) struct Admission {
     source: Source,
@@ -53,7 +53,7 @@ pub(crate) struct Admission {
     state: Arc<Mutex<State>>,
 }
 
-/// Why a handshake was not admitted.
+/// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     /// Its source already holds its share of the slots.
@@ -82,7 +82,7 @@ impl Pending {
         pending
     }
 
-    /// Applies new limits to the handshakes admitted from now on.
+    /// Applies new limits to the connections admitted from now on.
     pub(crate) fn set_limits(&self, global: usize, per_source: usize) {
         self.global_limit.store(global.max(1), Ordering::Relaxed);
         self.per_source_limit.store(per_source.max(1), Ordering::Relaxed);
@@ -92,7 +92,7 @@ impl Pending {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a handshake from `ip`, evicting the oldest handshake of the largest source if
+    /// Admits a connection from `ip`, evicting the oldest connection of the largest source if
     /// every slot is taken; refuses when `ip`'s own source is at its cap.
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
         let source = Source::from(ip);
@@ -115,11 +115,11 @@ impl Pending {
 }
 
 impl State {
-    /// Makes room for a newcomer from `newcomer` by cutting the oldest handshake of the source
+    /// Makes room for a newcomer from `newcomer` by cutting the oldest connection of the source
     /// with the most (the oldest such on a tie), but only if that source would still hold more
     /// than the newcomer's: a source never loses a slot to one that would then hold as many.
     /// When every source holds about as much, nobody is cut and the newcomer is refused, so a
-    /// crowd of sources with one slot each cannot cut each other's nearly finished handshakes.
+    /// crowd of sources with one slot each cannot cut each other's connections.
     fn evict_for(&mut self, newcomer: Source) -> bool {
         let newcomer_holds = self.holds(newcomer);
         let victim =
@@ -174,7 +174,7 @@ fn rank(source: Source, slots: &BTreeMap<u64, CancellationToken>) -> Option<(usi
 }
 
 impl Admission {
-    /// Resolves when a newcomer took this handshake's slot: the connection should be dropped.
+    /// Resolves when a newcomer took this connection's slot: it should be closed.
     pub(crate) async fn evicted(&self) {
         self.evicted.cancelled().await;
     }
