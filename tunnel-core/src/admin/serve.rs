@@ -37,6 +37,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// Of those, from one IPv4 address or IPv6 /64 over TCP.
 const MAX_CONNECTIONS_PER_SOURCE: usize = 8;
 
+/// How long an evicted connection with no request being handled has to finish writing.
+const EVICTED_GRACE: Duration = Duration::from_secs(1);
+
 /// Where the admin API listens.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -188,9 +191,17 @@ async fn connection(
     evicted: impl Future<Output = ()>,
 ) {
     let token = Arc::new(token);
+    // Requests being handled: an evicted connection lets these finish, and only these.
+    let handling = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = handling.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let (admin, token) = (admin.clone(), token.clone());
-        async move { Ok::<_, Infallible>(handle(&admin, token.as_ref().as_ref(), request).await) }
+        let (admin, token, counted) = (admin.clone(), token.clone(), counted.clone());
+        counted.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        async move {
+            let answer = handle(&admin, token.as_ref().as_ref(), request).await;
+            counted.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            Ok::<_, Infallible>(answer)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(16 * 1024);
@@ -200,8 +211,14 @@ async fn connection(
         served = &mut connection => served,
         () = evicted => {
             tracing::debug!("admin API: a newcomer from a smaller source takes this connection's place");
+            // A request being handled is answered; otherwise the connection gets a moment to
+            // finish writing an answer, not the header time a half-sent request would take.
             std::pin::Pin::new(&mut connection).graceful_shutdown();
-            connection.await
+            if handling.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                connection.await
+            } else {
+                tokio::time::timeout(EVICTED_GRACE, connection).await.unwrap_or(Ok(()))
+            }
         }
     };
     if let Err(err) = served {

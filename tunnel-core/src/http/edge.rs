@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
@@ -25,11 +25,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
+use super::headers::{is_upgrade, origin_form, request_host, route_value, set_forwarded, strip_hop_by_hop};
 use super::index::RouteIndex;
 use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
-use super::park::{Activity, Counted, ExchangeBody, Parking, PARK_AFTER};
+use super::park::{Activity, ExchangeBody, Parking, PARK_AFTER};
 use super::upstream::{Home, Pool, Upstream};
 use super::{text_response, Body};
 use crate::mux::{MuxStream, Openers, StreamOpener};
@@ -231,7 +231,6 @@ impl HttpEdge {
                 .max_concurrent_streams(256)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
-            let io = Counted::new(io, activity.clone());
             let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
             // The connection first: a request it has begun to read is answered before the
             // shutdown (GOAWAY) says no more. Idle for the idle time (no request, no answer
@@ -548,25 +547,6 @@ type SessionKey = usize;
 
 fn session_key(opener: &StreamOpener) -> SessionKey {
     opener.connection_id()
-}
-
-/// A route id as the [`ROUTE`] header's value (its text form, written without a `String`).
-fn route_value(id: RouteId) -> HeaderValue {
-    use std::io::Write as _;
-    let mut text = std::io::Cursor::new([0u8; 32]);
-    let _ = write!(text, "{id}");
-    let len = usize::try_from(text.position()).unwrap_or(0);
-    HeaderValue::from_bytes(&text.get_ref()[..len]).unwrap_or(HeaderValue::from_static("0"))
-}
-
-/// The origin form of `uri`: its path and query, the path `/` when it has none.
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(path) if path.as_str().starts_with('/') => Uri::from(path.clone()),
-        // Its text form starts with the `/` an empty path stands for.
-        Some(path) => path.to_string().parse().unwrap_or_else(|_| Uri::from_static("/")),
-        None => Uri::from_static("/"),
-    }
 }
 
 /// Opens a data stream to the client with `header`.

@@ -1,10 +1,13 @@
 //! Header rules of a proxy: hop-by-hop headers stay on their hop, `X-Forwarded-*` tell the
-//! origin who asked, and the host a request names is read the same way for HTTP/1 and HTTP/2.
+//! origin who asked, the host a request names is read the same way for HTTP/1 and HTTP/2, and
+//! what goes on to the client (the route header, an origin-form target).
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Request;
+use http::{Request, Uri};
+
+use crate::proto::RouteId;
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1), besides those
 /// the `Connection` header names.
@@ -116,6 +119,25 @@ pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static s
     }
 }
 
+/// A route id as the route header's value (its text form, written without a `String`).
+pub(super) fn route_value(id: RouteId) -> HeaderValue {
+    use std::io::Write as _;
+    let mut text = std::io::Cursor::new([0u8; 32]);
+    let _ = write!(text, "{id}");
+    let len = usize::try_from(text.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&text.get_ref()[..len]).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The origin form of `uri`: its path and query, the path `/` when it has none.
+pub(super) fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(path) if path.as_str().starts_with('/') => Uri::from(path.clone()),
+        // Its text form starts with the `/` an empty path stands for.
+        Some(path) => path.to_string().parse().unwrap_or_else(|_| Uri::from_static("/")),
+        None => Uri::from_static("/"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +193,30 @@ mod tests {
         set_forwarded(&mut headers, v6, "http", "a.test");
         assert_eq!(headers["x-forwarded-for"], v6.to_string());
         assert_eq!(headers["x-forwarded-host"], "a.test");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "a.test".parse().unwrap());
+        set_forwarded(&mut headers, v6, "http", "a.test");
+        assert_eq!(headers["x-forwarded-host"], "a.test");
+    }
+
+    #[test]
+    fn the_route_header_is_the_text_form_the_client_parses() {
+        for id in [RouteId(0), RouteId(0x0123_4567_89ab_cdef), RouteId(u64::MAX)] {
+            let value = route_value(id);
+            assert_eq!(value.to_str().unwrap(), id.to_string());
+            assert_eq!(value.to_str().unwrap().parse::<RouteId>().unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn targets_go_to_the_client_in_origin_form() {
+        for (target, origin) in [
+            ("http://a.test/x?y=1", "/x?y=1"),
+            ("http://a.test?y=1", "/?y=1"),
+            ("http://a.test", "/"),
+            ("/p", "/p"),
+        ] {
+            assert_eq!(origin_form(&target.parse().unwrap()), origin, "{target}");
+        }
     }
 }

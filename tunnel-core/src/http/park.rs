@@ -32,9 +32,12 @@ pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     in_flight: AtomicUsize,
-    /// Exchanges begun so far, and bytes written to the visitor (HTTP/2's idle check).
+    /// For HTTP/2's idle check: exchanges begun so far, waits on the tunnel begun so far, and
+    /// bytes of answers handed to hyper (which asks for more only as the peer's flow control
+    /// window lets it send them).
     begun: AtomicUsize,
-    written: AtomicUsize,
+    waits: AtomicUsize,
+    sent: AtomicUsize,
     /// Exchanges waiting on the tunnel: for their response's head, or for the next piece of
     /// its body. Not idle however long that takes (an event stream, a long poll).
     waiting: AtomicUsize,
@@ -57,20 +60,25 @@ impl Activity {
         Exchange { activity: self.clone(), body_follows, waiting: true }
     }
 
-    /// Resolves once a whole period of `limit` passed in which no exchange began, none was
-    /// waiting on the tunnel and less than [`QUIET_BYTES`] were written to the visitor
-    /// ([`Counted`]): the connection is idle, or its peer takes nothing more of the answers it
-    /// asked for (an HTTP/2 peer that grants no flow control window holds answers forever),
-    /// while one that reads slowly still takes bytes. So between `limit` and twice that after
-    /// the last sign of life. For connections that are not parked (HTTP/2), whose idle time
-    /// nothing else bounds.
+    /// Resolves once a whole period of `limit` passed in which no exchange began, none waited
+    /// on the tunnel and less than [`QUIET_BYTES`] of answers went to the visitor: the
+    /// connection is idle, or its peer takes nothing more of the answers it asked for (an
+    /// HTTP/2 peer that grants no flow control window holds answers forever), while one that
+    /// reads slowly still opens its window, and so takes bytes. Pings and other control frames
+    /// do not count. So between `limit` and twice that after the last sign of life. For
+    /// connections that are not parked (HTTP/2), whose idle time nothing else bounds.
     pub(super) async fn quiet_for(&self, limit: Duration) {
+        let signs = || {
+            let load = |counter: &AtomicUsize| counter.load(Ordering::Acquire);
+            (load(&self.begun), load(&self.waits), load(&self.sent))
+        };
         loop {
-            let (begun, written) = (self.begun.load(Ordering::Acquire), self.written.load(Ordering::Acquire));
+            let (begun, waits, sent) = signs();
             tokio::time::sleep(limit).await;
+            let (begun_now, waits_now, sent_now) = signs();
             if self.waiting.load(Ordering::Acquire) == 0
-                && self.begun.load(Ordering::Acquire) == begun
-                && self.written.load(Ordering::Acquire).wrapping_sub(written) < QUIET_BYTES
+                && (begun_now, waits_now) == (begun, waits)
+                && sent_now.wrapping_sub(sent) < QUIET_BYTES
             {
                 return;
             }
@@ -111,6 +119,7 @@ impl Exchange {
             self.waiting = waiting;
             if waiting {
                 self.activity.waiting.fetch_add(1, Ordering::AcqRel);
+                self.activity.waits.fetch_add(1, Ordering::AcqRel);
             } else {
                 self.activity.waiting.fetch_sub(1, Ordering::AcqRel);
             }
@@ -118,7 +127,8 @@ impl Exchange {
     }
 }
 
-/// A response body that holds its [`Exchange`], and tells it when it waits on the tunnel.
+/// A response body that holds its [`Exchange`], tells it when it waits on the tunnel, and
+/// counts the bytes it hands on.
 pub(super) struct ExchangeBody {
     body: Body,
     exchange: Exchange,
@@ -134,6 +144,10 @@ impl hyper::body::Body for ExchangeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let len = frame.data_ref().map_or(0, Bytes::len);
+            this.exchange.activity.sent.fetch_add(len, Ordering::Relaxed);
+        }
         // Pending: the next piece has not come through the tunnel yet.
         this.exchange.set_waiting(polled.is_pending());
         polled
@@ -166,70 +180,8 @@ impl Drop for Exchange {
     }
 }
 
-/// Fewer bytes than this written in a period count as none: keep-alive pings, a GOAWAY.
+/// Fewer bytes of answers than this sent in a period count as none.
 const QUIET_BYTES: usize = 1024;
-
-/// A visitor's connection that counts the bytes written to it in its [`Activity`].
-pub(super) struct Counted<I> {
-    io: I,
-    activity: Arc<Activity>,
-}
-
-impl<I> Counted<I> {
-    pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
-    }
-
-    fn count(&self, written: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = written {
-            self.activity.written.fetch_add(*n, Ordering::Relaxed);
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.count(&written);
-        written
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.count(&written);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
 
 /// A visitor's socket as hyper reads it, parked after [`PARK_AFTER`] idle; between hyper
 /// connections it waits for the next request's first byte ([`Parking::resume`]; TLS streams
