@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,14 +193,14 @@ async fn connection(
 ) {
     let token = Arc::new(token);
     // Requests being handled: an evicted connection lets these finish, and only these.
-    let handling = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handling = Arc::new(AtomicUsize::new(0));
     let counted = handling.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let (admin, token, counted) = (admin.clone(), token.clone(), counted.clone());
-        counted.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        counted.fetch_add(1, Ordering::AcqRel);
         async move {
             let answer = handle(&admin, token.as_ref().as_ref(), request).await;
-            counted.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            counted.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(answer)
         }
     });
@@ -214,7 +215,7 @@ async fn connection(
             // A request being handled is answered; otherwise the connection gets a moment to
             // finish writing an answer, not the header time a half-sent request would take.
             std::pin::Pin::new(&mut connection).graceful_shutdown();
-            if handling.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if handling.load(Ordering::Acquire) > 0 {
                 connection.await
             } else {
                 tokio::time::timeout(EVICTED_GRACE, connection).await.unwrap_or(Ok(()))

@@ -111,24 +111,36 @@ async fn an_idle_keep_alive_connection_is_parked_then_served_again_and_closed_af
         .unwrap();
 }
 
-/// An HTTP/2 connection is not parked: with no stream open for the idle time it gets a GOAWAY
-/// and closes, as an idle HTTP/1.1 one is cut; one with requests now and then stays.
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An HTTP/2 visitor, connecting with `client`, of an edge with no routes: the edge's task for
+/// the connection, the visitor's sender, and the visitor's connection task.
+async fn h2_visitor(
+    client: &hyper::client::conn::http2::Builder<TokioExecutor>,
+) -> (tokio::task::JoinHandle<()>, H2Sender, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (visitor, served) = tokio::io::duplex(64 * 1024);
+    let serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
+    let (sender, connection) = client.handshake(TokioIo::new(visitor)).await.unwrap();
+    (serving, sender, tokio::spawn(connection))
+}
+
+/// A request for a host no route serves (the edge answers 404 itself).
+fn nobody() -> Request<http_body_util::Empty<bytes::Bytes>> {
+    Request::get("https://nobody.test/").body(http_body_util::Empty::new()).unwrap()
+}
+
+/// An HTTP/2 connection is not parked: idle for the idle time, it gets a GOAWAY and closes, as
+/// an idle HTTP/1.1 one is cut; one with requests now and then stays.
 #[tokio::test(start_paused = true)]
 async fn an_idle_http2_connection_is_closed_after_the_idle_time() {
     let idle = EdgeLimits::default().header_timeout;
-    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-    let (visitor, served) = tokio::io::duplex(64 * 1024);
-    let mut serving =
-        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(visitor)).await.unwrap();
-    let client = tokio::spawn(connection);
+    let (mut serving, mut sender, client) =
+        h2_visitor(&hyper::client::conn::http2::Builder::new(TokioExecutor::new())).await;
 
     // A request two thirds into the idle time starts it again.
     tokio::time::sleep(idle * 2 / 3).await;
-    let request =
-        Request::get("https://nobody.test/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender.send_request(nobody()).await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     response.into_body().collect().await.unwrap();
     tokio::time::sleep(idle * 2 / 3).await;
@@ -151,22 +163,13 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_time() {
 #[tokio::test(start_paused = true)]
 async fn an_http2_peer_that_takes_nothing_of_its_answers_is_cut() {
     let idle = EdgeLimits::default().header_timeout;
-    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-    let (visitor, served) = tokio::io::duplex(64 * 1024);
-    let serving =
-        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(visitor))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut window_shut = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    window_shut.initial_stream_window_size(0);
+    let (serving, mut sender, _client) = h2_visitor(&window_shut).await;
     let mut heads = Vec::new();
     for _ in 0..8 {
-        let request =
-            Request::get("https://nobody.test/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
         // The heads come (not flow controlled); the bodies never can.
-        heads.push(sender.send_request(request).await.unwrap());
+        heads.push(sender.send_request(nobody()).await.unwrap());
     }
     tokio::time::timeout(idle * 5, serving)
         .await
