@@ -285,7 +285,7 @@ async fn a_client_stuffing_its_own_never_reading_service_pins_bounded_server_mem
     );
     assert!(grown < 64 * MIB, "server RSS grew by {} MiB (bound 64 MiB)", grown / MIB);
     // Tells a starved bystander from a loaded machine, with the margin of
-    // `tunnel-core/tests/abuse.rs`; what stuffing costs is for a benchmark to measure.
+    // `tunnel-core/tests/abuse/`; what stuffing costs is for a benchmark to measure.
     assert!(during >= 0.1 * before, "the bystander's throughput fell from {before:.0} to {during:.0} B/s");
     writers.abort_all();
 }
