@@ -416,10 +416,15 @@ impl ClientFile {
         config.socks = self.socks.clone();
         config.socks_login = match (&self.socks_user, &self.socks_password) {
             (None, None) => None,
-            (Some(user), Some(password)) => Some(
-                crate::socks::Login::new(user.clone(), password.expose_secret())
-                    .map_err(|e| invalid("socks_password", e))?,
-            ),
+            (Some(user), Some(password)) => {
+                Some(crate::socks::Login::new(user.clone(), password.expose_secret()).map_err(|e| {
+                    let field = match e {
+                        crate::socks::LoginError::LongUser => "socks_user",
+                        _ => "socks_password",
+                    };
+                    invalid(field, e)
+                })?)
+            }
             (Some(_), None) => return Err(invalid("socks_password", "`socks_user` needs `socks_password`")),
             (None, Some(_)) => return Err(invalid("socks_user", "`socks_password` needs `socks_user`")),
         };

@@ -124,6 +124,14 @@ fn missing_and_conflicting_settings_are_explained() {
             format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nconnections = 17"),
             "invalid `connections`: 17 is not between 1 and 16",
         ),
+        (
+            format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nsocks_user = \"{}\"\nsocks_password = \"a-long-enough-password\"", "u".repeat(256)),
+            "invalid `socks_user`: the SOCKS user name must be at most 255 bytes long",
+        ),
+        (
+            format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nsocks_user = \"me\"\nsocks_password = \"short\""),
+            "invalid `socks_password`: the SOCKS password must be at least 16 characters long",
+        ),
         (format!("server = \"h:1\"\ntoken = \"short\"\nfingerprint = \"{FP}\""), "at least 16"),
         (format!("server = \"h:1\"\ntoken = 1234567890123456\nfingerprint = \"{FP}\""), "value not shown"),
     ];

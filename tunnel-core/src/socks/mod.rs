@@ -40,17 +40,27 @@ impl std::fmt::Debug for Auth<'_> {
 }
 
 /// A username and password a SOCKS proxy requires: the password is never shown (`Debug`
-/// masks it) and is compared by digest, so the time taken says nothing of how much matched.
+/// masks it) and is compared by digest in constant time.
 #[derive(Clone)]
 pub struct Login {
     user: String,
     password: String,
 }
 
-/// A password too short to stand up to guessing.
+/// Why a [`Login`] cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the SOCKS password must be at least {MIN_PASSWORD} characters long")]
-pub struct WeakPassword;
+#[non_exhaustive]
+pub enum LoginError {
+    /// A password too short to stand up to guessing.
+    #[error("the SOCKS password must be at least {MIN_PASSWORD} characters long")]
+    ShortPassword,
+    /// A password longer than SOCKS carries.
+    #[error("the SOCKS password must be at most 255 bytes long")]
+    LongPassword,
+    /// A user name longer than SOCKS carries.
+    #[error("the SOCKS user name must be at most 255 bytes long")]
+    LongUser,
+}
 
 /// Shortest password accepted, as for tokens.
 pub const MIN_PASSWORD: usize = 16;
@@ -58,10 +68,16 @@ pub const MIN_PASSWORD: usize = 16;
 impl Login {
     /// `user` with `password` (at least [`MIN_PASSWORD`] characters; both at most 255 bytes,
     /// as SOCKS carries them).
-    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Result<Self, WeakPassword> {
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Result<Self, LoginError> {
         let (user, password) = (user.into(), password.into());
-        if password.chars().count() < MIN_PASSWORD || password.len() > 255 || user.len() > 255 {
-            return Err(WeakPassword);
+        if user.len() > 255 {
+            return Err(LoginError::LongUser);
+        }
+        if password.len() > 255 {
+            return Err(LoginError::LongPassword);
+        }
+        if password.chars().count() < MIN_PASSWORD {
+            return Err(LoginError::ShortPassword);
         }
         Ok(Self { user, password })
     }

@@ -127,7 +127,9 @@ fn every_stream_reply_has_its_socks_code() {
 
 #[tokio::test]
 async fn a_login_checks_both_parts_and_never_shows_the_password() {
-    assert_eq!(Login::new("me", "short").unwrap_err(), WeakPassword);
+    assert_eq!(Login::new("me", "short").unwrap_err(), LoginError::ShortPassword);
+    assert_eq!(Login::new("me", "x".repeat(256)).unwrap_err(), LoginError::LongPassword);
+    assert_eq!(Login::new("u".repeat(256), "a-long-enough-password").unwrap_err(), LoginError::LongUser);
     let login = Login::new("me", "a-long-enough-password").unwrap();
     assert!(login.matches(b"me", b"a-long-enough-password"));
     assert!(
