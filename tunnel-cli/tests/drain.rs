@@ -58,8 +58,8 @@ impl Download {
         self.read
     }
 
-    /// Reads to the end: what arrived in all, and whether it was the whole file, intact.
-    async fn finish(mut self) -> (usize, bool) {
+    /// Reads to the end: what arrived in all, and how it ended.
+    async fn finish(mut self) -> (usize, Ending) {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match self.tcp.read(&mut buf).await {
@@ -68,13 +68,24 @@ impl Download {
                     self.hash.update(&buf[..n]);
                     self.read += n;
                 }
-                // Cut: a reset.
-                Err(_) => return (self.read, false),
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return (self.read, Ending::Reset)
+                }
+                Err(err) => panic!("the download failed after {} bytes: {err}", self.read),
             }
         }
         let intact = self.read == LEN && <[u8; 32]>::from(self.hash.finalize()) == Pattern::digest(SEED, LEN);
-        (self.read, intact)
+        (self.read, if intact { Ending::Intact } else { Ending::Truncated })
     }
+}
+
+/// How a download ended: the whole file, a reset (cut, and told so), or a clean end short of
+/// the whole file or with other bytes (a silent truncation, never acceptable).
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    Intact,
+    Reset,
+    Truncated,
 }
 
 async fn tunnel(dir: &std::path::Path) -> (Served, Cli, SocketAddr) {
@@ -100,8 +111,8 @@ async fn sigterm_lets_a_64_mib_download_finish_while_a_new_visitor_is_refused() 
     server.cli.output_contains("session draining: no new visitors").await;
     assert!(refused(TcpStream::connect(public).await), "a new visitor got in during the drain");
 
-    let (read, intact) = download.finish().await;
-    assert!(intact, "the download was cut at {read} of {LEN} bytes");
+    let (read, ending) = download.finish().await;
+    assert_eq!(ending, Ending::Intact, "the download ended at {read} of {LEN} bytes");
     assert_eq!(server.cli.exit_code().await, 0, "{}", server.cli.output());
     let output = server.cli.output();
     assert!(output.contains("drained") && !output.contains("cutting"), "{output}");
@@ -122,8 +133,8 @@ async fn a_second_sigterm_cuts_the_open_streams() {
     server.cli.send_term();
     assert_eq!(server.cli.exit_code().await, 0, "{}", server.cli.output());
     server.cli.output_contains("cutting the streams still open").await;
-    let (read, intact) = download.finish().await;
-    assert!(!intact && read < LEN, "the download went through ({read} bytes) though it was cut");
+    let (read, ending) = download.finish().await;
+    assert_eq!(ending, Ending::Reset, "the cut download ended after {read} of {LEN} bytes");
     assert_eq!(client.terminate().await, 0);
 }
 
@@ -137,8 +148,8 @@ async fn a_client_draining_finishes_its_download_and_the_server_takes_no_new_vis
     server.cli.output_contains("client draining (client shutting down): no new visitors").await;
     assert!(refused(TcpStream::connect(public).await), "a new visitor got in during the client's drain");
 
-    let (read, intact) = download.finish().await;
-    assert!(intact, "the download was cut at {read} of {LEN} bytes");
+    let (read, ending) = download.finish().await;
+    assert_eq!(ending, Ending::Intact, "the download ended at {read} of {LEN} bytes");
     assert_eq!(client.exit_code().await, 0, "{}", client.output());
     assert!(client.output().contains("drained"), "{}", client.output());
     assert_eq!(server.cli.terminate().await, 0);
@@ -213,8 +224,8 @@ async fn sigterm_lets_an_http_download_finish_closes_idle_keep_alive_connections
     let closed = tokio::time::timeout(PATIENCE, idle.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0))), "the idle keep-alive connection was not closed: {closed:?}");
 
-    let (read, intact) = download.finish().await;
-    assert!(intact, "the HTTP download was cut at {read} of {LEN} bytes");
+    let (read, ending) = download.finish().await;
+    assert_eq!(ending, Ending::Intact, "the HTTP download ended at {read} of {LEN} bytes");
     assert_eq!(server.cli.exit_code().await, 0, "{}", server.cli.output());
     assert!(!server.cli.output().contains("cutting"), "{}", server.cli.output());
     assert_eq!(client.terminate().await, 0);

@@ -54,10 +54,6 @@ async fn refused(local: &str, request: &str) -> std::io::Result<Vec<u8>> {
     tokio::time::timeout(PATIENCE, attempt).await.expect("refused visitor left hanging")
 }
 
-fn is_reset(outcome: &std::io::Result<Vec<u8>>) -> bool {
-    matches!(outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
-}
-
 /// Local forward addresses in the order given, from `local forward listening: ADDR -> TARGET`.
 async fn locals(cli: &Cli, count: usize) -> Vec<(String, String)> {
     cli.lines_after("local forward listening: ", count)
@@ -181,9 +177,9 @@ allow_visit = ["control-plane/apiserver"]
     }
     // No worker reaches another's kubelet, and both sides say why.
     let outcome = refused(local_for(&w1_locals, "worker-2/kubelet"), "steal").await;
-    assert!(is_reset(&outcome), "worker-1 -> worker-2/kubelet: expected a reset, got {outcome:?}");
+    assert!(common::is_reset(&outcome), "worker-1 -> worker-2/kubelet: expected a reset, got {outcome:?}");
     let outcome = refused(local_for(&w2_locals, "worker-1/kubelet"), "steal").await;
-    assert!(is_reset(&outcome), "worker-2 -> worker-1/kubelet: expected a reset, got {outcome:?}");
+    assert!(common::is_reset(&outcome), "worker-2 -> worker-1/kubelet: expected a reset, got {outcome:?}");
     let denial = "may not visit";
     let mut served = served;
     // The refusal is logged on the server and on the refused worker.

@@ -41,10 +41,6 @@ async fn visit(addr: &str) -> std::io::Result<Vec<u8>> {
     read.map(|_| got)
 }
 
-fn is_reset(outcome: &std::io::Result<Vec<u8>>) -> bool {
-    matches!(outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipv4_mapped_target_rule_reaches_only_its_own_address() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,7 +55,7 @@ async fn an_ipv4_mapped_target_rule_reaches_only_its_own_address() {
     let local = local.split(" -> ").next().unwrap().to_owned();
     client.line_after("connected to ").await;
     let outcome = visit(&local).await;
-    assert!(is_reset(&outcome), "expected a reset, got {outcome:?}");
+    assert!(common::is_reset(&outcome), "expected a reset, got {outcome:?}");
     // The client logs the server's reason after resetting the visitor.
     client.output_contains("not in the server's allow_targets").await;
 }

@@ -28,10 +28,6 @@ async fn idle_target() -> SocketAddr {
     .await
 }
 
-fn is_reset(result: &std::io::Result<usize>) -> bool {
-    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_visitors_flooding_one_forward_leave_room_for_the_others_and_for_visits() {
     let server = start_server(|_| {}).await;

@@ -205,6 +205,12 @@ where
     }
 }
 
+/// Whether an I/O outcome is a reset (`ECONNRESET`): what the docs promise where a stream or a
+/// connection is cut, as opposed to a clean end that could pass for the whole of it.
+pub fn is_reset<T>(outcome: &std::io::Result<T>) -> bool {
+    matches!(outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
 /// A target on 127.0.0.1:0 that runs `handler` for each accepted connection.
 pub async fn serve_target<F, Fut>(handler: F) -> SocketAddr
 where
