@@ -35,6 +35,8 @@ impl Hangup {
 pub struct Watch {
     path: Option<PathBuf>,
     seen: Option<Stamp>,
+    /// A change seen at the last poll, read if the next poll sees it unchanged.
+    settling: Option<Stamp>,
     #[cfg(unix)]
     hangup: tokio::signal::unix::Signal,
     poll: tokio::time::Interval,
@@ -51,35 +53,48 @@ impl Watch {
         Self {
             path,
             seen,
+            settling: None,
             #[cfg(unix)]
             hangup: hangup.0,
             poll,
         }
     }
 
-    /// Returns at the next SIGHUP or change of the file.
+    /// Returns at the next SIGHUP, or change of the file that has held for a whole poll (a
+    /// file rewritten in place is not read half written). An empty file is never read: it
+    /// is one being written, or a mistake, and would take every default (no clients).
     pub async fn changed(&mut self) {
         loop {
             #[cfg(unix)]
             let signalled = self.hangup.recv();
             #[cfg(not(unix))]
             let signalled = std::future::pending::<Option<()>>();
-            tokio::select! {
+            let why = tokio::select! {
                 _ = signalled => {
-                    tracing::info!("SIGHUP: reading the configuration again");
                     self.seen = self.path.as_deref().and_then(stamp);
-                    return;
+                    "SIGHUP: reading the configuration again"
                 }
                 _ = self.poll.tick() => {
                     let now = self.path.as_deref().and_then(stamp);
                     if now.is_none() || now == self.seen {
+                        self.settling = None;
+                        continue;
+                    }
+                    if now != self.settling {
+                        self.settling = now;
                         continue;
                     }
                     self.seen = now;
-                    tracing::info!("the configuration file changed: reading it again");
-                    return;
+                    "the configuration file changed: reading it again"
                 }
+            };
+            self.settling = None;
+            if self.seen.is_some_and(|(_, _, len, _)| len == 0) {
+                tracing::error!("the configuration file is empty: not read, the running configuration stays");
+                continue;
             }
+            tracing::info!("{why}");
+            return;
         }
     }
 }
@@ -153,4 +168,40 @@ fn beyond_routes(file: &ClientFile) -> Option<String> {
     rest.routes.clear();
     rest.networks.clear();
     rest.to_toml().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_is_read_once_it_has_held_for_a_poll_and_an_empty_file_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, "name = \"a\"\n").unwrap();
+        let mut watch = Watch::new(Some(path.clone()), Hangup::install().unwrap());
+        // Whether the watch returns within `within`; what it saw meanwhile it keeps.
+        async fn settled(watch: &mut Watch, within: Duration) -> bool {
+            tokio::time::timeout(within, watch.changed()).await.is_ok()
+        }
+
+        // Seen at one poll, read at the next: not before.
+        std::fs::write(&path, "name = \"ab\"\n").unwrap();
+        assert!(!settled(&mut watch, POLL / 2).await, "read at the first sight of the change");
+        assert!(settled(&mut watch, POLL * 2).await, "a settled change was not read");
+        assert!(!settled(&mut watch, POLL * 3).await, "an unchanged file was read again");
+
+        // A file still changing at each poll is read once it stops.
+        for len in 1..4 {
+            std::fs::write(&path, "#".repeat(len)).unwrap();
+            assert!(!settled(&mut watch, POLL).await, "read while still changing");
+        }
+        assert!(settled(&mut watch, POLL * 2).await);
+
+        // Emptied (truncated before being written again): never read.
+        std::fs::write(&path, "").unwrap();
+        assert!(!settled(&mut watch, POLL * 5).await, "an empty file was read");
+        std::fs::write(&path, "name = \"c\"\n").unwrap();
+        assert!(settled(&mut watch, POLL * 3).await, "the file written after being emptied was not read");
+    }
 }

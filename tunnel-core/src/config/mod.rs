@@ -120,11 +120,30 @@ fn positive_duration(key: &'static str, d: HumanDuration) -> Result<std::time::D
     Ok(d.0)
 }
 
+/// Largest configuration file read: far above any real one (a thousand routes take about
+/// 200 KiB), and a bound on what a wrong path (`/dev/zero`) can make us hold.
+const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Reads and parses a TOML file into `T`.
 fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = read_text(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(&text, path)
+}
+
+/// A regular file's text, at most [`MAX_FILE_BYTES`]. Anything else (a FIFO, which would
+/// block the reader until someone writes to it, a device) is refused before it is opened.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned());
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(invalid("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
+        return Err(invalid(&format!("larger than {} MiB", MAX_FILE_BYTES / 1024 / 1024)));
+    }
+    Ok(text)
 }
 
 /// Parses TOML text; `origin` names it in errors.
@@ -207,5 +226,33 @@ impl ConfigError {
     /// The message with its causes, as the CLI prints it.
     fn chain(&self) -> String {
         crate::log::Chain(self).to_string()
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn read_error(path: &Path) -> String {
+        let err = load::<ClientFile>(path).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        err.chain()
+    }
+
+    #[test]
+    fn only_a_regular_file_of_bounded_size_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_error(dir.path()).ends_with(": not a regular file"), "{}", read_error(dir.path()));
+        // A FIFO would block the reader until someone writes to it.
+        let fifo = dir.path().join("fifo.toml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        assert!(read_error(&fifo).ends_with(": not a regular file"), "{}", read_error(&fifo));
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; usize::try_from(MAX_FILE_BYTES).unwrap() + 1]).unwrap();
+        assert!(read_error(&big).ends_with(": larger than 4 MiB"), "{}", read_error(&big));
+        // At the cap, the file is read (and parsed: a comment).
+        std::fs::write(&big, vec![b'#'; usize::try_from(MAX_FILE_BYTES).unwrap()]).unwrap();
+        assert!(load::<ClientFile>(&big).is_ok());
     }
 }
