@@ -157,6 +157,23 @@ pub(crate) static REFUSALS: LimitedLog = LimitedLog::new("refused requests");
 /// Failed accepts on a listener (out of file descriptors and the like).
 pub(crate) static ACCEPT_FAILURES: LimitedLog = LimitedLog::new("failed accepts");
 
+/// A client's visits that failed: a target it could not reach, a local forward or UDP flow
+/// the server refused. Anyone who reaches a public port can cause one per connection.
+pub(crate) static VISIT_FAILURES: LimitedLog = LimitedLog::new("failed visits");
+
+/// An in-program HTTP handler's failures, one per request at most.
+pub(crate) static HANDLER_FAILURES: LimitedLog = LimitedLog::new("failed handler calls");
+
+/// `tracing::warn!` through a [`LimitedLog`]: the first line of each window, then a count.
+macro_rules! warn_limited {
+    ($limit:expr, $($arg:tt)+) => {
+        if $limit.allow() {
+            tracing::warn!($($arg)+)
+        }
+    };
+}
+pub(crate) use warn_limited;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,3 +118,25 @@ async fn failed_handshakes_are_logged_once_per_window() {
     client.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_clients_failed_visits_are_logged_once_per_window() {
+    let log = Captured::default();
+    let _guard = log.install();
+    let server = start_server(|_| {}).await;
+    // A target that refuses: the port of a listener closed again.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut client = start_client(server.client_config("owner", &[&format!("0:{closed}")]));
+    let public = client.connected().await[0].public_addr;
+
+    // Each visitor is closed once the client failed to reach the target, after its log line.
+    for _ in 0..5 {
+        let mut tcp = TcpStream::connect(public).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut rest)).await.expect("never closed");
+    }
+    let text = log.text();
+    assert_eq!(text.matches("cannot reach the target").count(), 1, "{text}");
+    client.stop().await;
+    server.stop().await;
+}

@@ -23,7 +23,9 @@ pub(super) async fn associate(
 ) {
     let socket = match open_relay(&mut tcp).await {
         Ok(socket) => socket,
-        Err(err) => return tracing::warn!(%visitor, "SOCKS UDP ASSOCIATE: no relay: {err}"),
+        Err(err) => {
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "SOCKS UDP ASSOCIATE: no relay: {err}")
+        }
     };
     let stream_to = |target| {
         let opener = opener.clone();

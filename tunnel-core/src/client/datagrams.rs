@@ -29,18 +29,20 @@ pub(super) async fn forward(
     let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
     let addr = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
         Ok(Ok(mut addrs)) => addrs.next(),
-        Ok(Err(err)) => return tracing::warn!(%visitor, %target, "{via}: cannot resolve the target: {err}"),
+        Ok(Err(err)) => {
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot resolve the target: {err}")
+        }
         Err(_) => {
-            return tracing::warn!(%visitor, %target, "{via}: no address for the target within {LOOKUP_TIMEOUT:?}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: no address for the target within {LOOKUP_TIMEOUT:?}")
         }
     };
     let Some(addr) = addr else {
-        return tracing::warn!(%visitor, %target, "{via}: the target has no address");
+        return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: the target has no address");
     };
     let socket = match udp::connect(addr).await {
         Ok(socket) => socket,
         Err(err) => {
-            return tracing::warn!(%visitor, %target, "{via}: cannot open a UDP socket to the target: {err}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot open a UDP socket to the target: {err}")
         }
     };
     match udp::relay(stream, &socket, idle, first).await {

@@ -169,7 +169,9 @@ async fn visit(
     };
     match outcome {
         Ok(()) => transport::close_in_order(&tcp),
-        Err(why) => tracing::warn!(%visitor, %target, "local forward failed: {}", Escaped(&why)),
+        Err(why) => {
+            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "local forward failed: {}", Escaped(&why))
+        }
     }
 }
 
@@ -278,12 +280,12 @@ pub(super) async fn open_datagrams(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server did not answer in time"))?
         .map_err(|err| {
             let why = format!("no answer from the server (one older than protocol 5 carries no UDP): {err}");
-            tracing::warn!(%visitor, %target, "UDP flow refused: {why}");
+            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "UDP flow refused: {why}");
             io::Error::other(why)
         })?;
     if reply.status != ReplyStatus::Ok {
         let why = format!("{} ({}): {}", target, reply.status, Escaped(&reply.message));
-        tracing::warn!(%visitor, "UDP flow refused: {why}");
+        crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "UDP flow refused: {why}");
         return Err(io::Error::new(io::ErrorKind::ConnectionRefused, why));
     }
     Ok(stream)

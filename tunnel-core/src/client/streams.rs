@@ -171,9 +171,11 @@ pub(super) async fn handle(
         .await
     {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => return tracing::warn!(%visitor, %target, "{via}: cannot reach the target: {err}"),
+        Ok(Err(err)) => {
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot reach the target: {err}")
+        }
         Err(_) => {
-            return tracing::warn!(%visitor, %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
         }
     };
     // Until the stream has ended in order, a close resets, also when this process dies: a
@@ -181,7 +183,7 @@ pub(super) async fn handle(
     transport::reset_on_close(&tcp);
     if let Some(header) = proxy_header {
         if let Err(err) = tcp.write_all(&header).await {
-            return tracing::warn!(%visitor, %target, "{via}: cannot write the PROXY header: {err}");
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot write the PROXY header: {err}");
         }
     }
     let limits = SpliceLimits { idle_timeout };

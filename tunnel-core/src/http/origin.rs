@@ -277,7 +277,11 @@ async fn handle(
     match tokio::time::timeout(action.timeout, handler.call(request)).await {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
-            tracing::warn!("{handler} failed: {}", crate::log::Chain(&*err));
+            crate::log::warn_limited!(
+                crate::log::HANDLER_FAILURES,
+                "{handler} failed: {}",
+                crate::log::Chain(&*err)
+            );
             text_response(StatusCode::INTERNAL_SERVER_ERROR, "the handler failed")
         }
         Err(_) => {
