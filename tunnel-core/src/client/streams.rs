@@ -264,7 +264,7 @@ pub(super) async fn answer_refusal(stream: &mut MuxStream, reply: &StreamReply) 
 
 /// The address to dial for a visit to `target` in the network `net` this client routes (`None`:
 /// no longer routed), or why not: only inside that network, and a wide network does not
-/// carry this host's own loopback or link-local addresses.
+/// carry this host's own loopback, link-local or cloud metadata addresses.
 pub(super) fn allowed_in(net: Option<IpNet>, target: SocketAddr) -> Result<SocketAddr, StreamReply> {
     let refuse = |status, message: String| StreamReply::refuse(status, message);
     // The mapped form of an IPv4 address is that address, checked and dialed as such.

@@ -102,8 +102,9 @@ impl IpNet {
 }
 
 /// Ranges a wide network (`0.0.0.0/0`) should not carry by accident: the host's own loopback,
-/// unspecified, link-local (cloud metadata services live there), multicast and broadcast.
-const SPECIAL: [(&str, u8); 9] = [
+/// unspecified, link-local (most cloud metadata services live there), multicast and
+/// broadcast, and the cloud metadata addresses outside link-local.
+const SPECIAL: [(&str, u8); 13] = [
     ("127.0.0.0", 8),
     ("0.0.0.0", 8),
     ("169.254.0.0", 16),
@@ -113,11 +114,17 @@ const SPECIAL: [(&str, u8); 9] = [
     ("::", 128),
     ("fe80::", 10),
     ("ff00::", 8),
+    // AWS's IPv6 instance metadata, Google Cloud's IPv6 metadata server, Alibaba Cloud's
+    // metadata, Azure's host agent (WireServer).
+    ("fd00:ec2::254", 128),
+    ("fd20:ce::254", 128),
+    ("100.100.100.200", 32),
+    ("168.63.129.16", 32),
 ];
 
 impl IpNet {
     /// The special range `ip` falls in (loopback, unspecified, link-local, multicast,
-    /// broadcast), if any. The IPv4-mapped form of an ordinary IPv4 address is not special: it
+    /// broadcast, a cloud metadata address), if any. The IPv4-mapped form of an ordinary IPv4 address is not special: it
     /// is that address.
     pub fn special_range(ip: IpAddr) -> Option<IpNet> {
         let ip = ip.to_canonical();
@@ -223,7 +230,19 @@ mod tests {
         assert_eq!(special("::1").as_deref(), Some("::1/128"));
         assert_eq!(special("fe80::1").as_deref(), Some("fe80::/10"));
         assert_eq!(special("0.0.0.0").as_deref(), Some("0.0.0.0/8"));
-        for ordinary in ["10.96.0.1", "::ffff:10.96.0.1", "192.0.2.1", "2001:db8::1", "fd00::1"] {
+        for metadata in ["fd00:ec2::254", "fd20:ce::254", "100.100.100.200", "168.63.129.16"] {
+            assert!(special(metadata).is_some(), "{metadata}");
+        }
+        assert_eq!(special("::ffff:100.100.100.200").as_deref(), Some("100.100.100.200/32"));
+        for ordinary in [
+            "10.96.0.1",
+            "::ffff:10.96.0.1",
+            "192.0.2.1",
+            "2001:db8::1",
+            "fd00::1",
+            "fd00:ec2::253",
+            "100.100.100.201",
+        ] {
             assert_eq!(special(ordinary), None, "{ordinary}");
         }
     }

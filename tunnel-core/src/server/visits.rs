@@ -272,7 +272,7 @@ async fn connect_network(
         ));
     }
     // As the routing client checks too (one of an older version may not): a wide network does
-    // not carry that client's own loopback or link-local addresses.
+    // not carry that client's own loopback, link-local or cloud metadata addresses.
     if let Some(range) = crate::proto::IpNet::special_range(target.ip()).filter(|range| !range.covers(&net)) {
         return Err(StreamReply::refuse(
             ReplyStatus::Denied,
