@@ -199,6 +199,31 @@ async fn generated_token_is_shown_once_and_the_certificate_is_reused() {
     assert_eq!(printed.output().trim(), first.fingerprint);
 }
 
+/// A token or key file in the state directory that someone else could have written (planted
+/// in a shared directory) is refused, not trusted: whoever wrote it would hold the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_the_state_directory_that_others_could_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let mut first = serve(dir.path(), &[], &[]).await;
+    assert_eq!(first.cli.terminate().await, 0);
+    for planted in ["token", "server-key.pem"] {
+        let path = dir.path().join(planted);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut cli = spawn(command(&["serve", "--state-dir", state, "--listen", "127.0.0.1:0"]));
+        let code = cli.exit_code().await;
+        let output = cli.output();
+        assert_eq!(code, 2, "{planted}: {output}");
+        assert!(output.contains(planted), "{planted}: {output}");
+        assert!(output.contains("writable by others than its owner (mode 666)"), "{planted}: {output}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut again = serve(dir.path(), &[], &[]).await;
+    assert_eq!(again.fingerprint, first.fingerprint);
+    assert_eq!(again.cli.terminate().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

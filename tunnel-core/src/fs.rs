@@ -17,6 +17,40 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Refuses a secret file of the state directory that someone else could have written: one
+/// writable by its group or by anyone, or owned by a user other than this process's and root.
+/// Whoever can write the token or the key file holds the token or the key. (A symlink is
+/// followed: a mounted Kubernetes Secret is one, owned by root and not writable by others.)
+pub(crate) fn check_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        let why = if meta.mode() & 0o022 != 0 {
+            format!("writable by others than its owner (mode {:03o})", meta.mode() & 0o777)
+        } else if meta.uid() != 0 && meta.uid() != rustix::process::geteuid().as_raw() {
+            format!("owned by another user (uid {})", meta.uid())
+        } else {
+            return Ok(());
+        };
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{why}: whoever can write it holds what it keeps; make it this user's, mode 0600"),
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
+/// A secret file's bytes, once [`check_private`] found no one else could have written it.
+pub(crate) fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
+    check_private(path)?;
+    std::fs::read(path)
+}
+
 /// Writes a file readable by its owner only (mode 0600 on Unix), replacing any old one.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     write_replacing(path, contents, 0o600)
@@ -74,6 +108,30 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_secret_others_could_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        write_private(&path, b"secret").unwrap();
+        assert_eq!(read_private(&path).unwrap(), b"secret");
+        for shared in [0o666, 0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(shared)).unwrap();
+            let err = read_private(&path).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+            let expected = format!("writable by others than its owner (mode {shared:03o})");
+            assert!(err.to_string().starts_with(&expected), "{err}");
+        }
+        // Readable by others is not a planted file (a mounted Secret is 0644).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_private(&path).unwrap(), b"secret");
+        // Another user's file (only root can make one here).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(4321), None).unwrap();
+            let err = read_private(&path).unwrap_err();
+            assert!(err.to_string().starts_with("owned by another user (uid 4321)"), "{err}");
+        }
     }
 
     #[test]

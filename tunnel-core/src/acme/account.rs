@@ -74,7 +74,7 @@ fn keep(dir: &Path, path: PathBuf, credentials: &AccountCredentials) -> Result<(
 
 /// The stored credentials, if they are for `directory`.
 fn stored(path: &Path, directory: &str) -> Result<Option<AccountCredentials>, AcmeError> {
-    let text = match std::fs::read(path) {
+    let text = match crate::fs::read_private(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(AcmeError::Store { path: path.to_owned(), source }),

@@ -39,7 +39,10 @@ pub(super) fn load_all(dir: &Path) -> HashMap<String, Held> {
     for name in names {
         let read = |ext: &str| {
             let path = file(dir, &name, ext);
-            std::fs::read_to_string(&path).map_err(|source| AcmeError::Store { path, source })
+            // The key is a secret: one someone else could have planted is not served.
+            let text = if ext == "key" { crate::fs::read_private(&path) } else { std::fs::read(&path) };
+            text.and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
+                .map_err(|source| AcmeError::Store { path, source })
         };
         match read("crt")
             .and_then(|chain| Ok((chain, read("key")?)))

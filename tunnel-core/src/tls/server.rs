@@ -56,6 +56,8 @@ impl ServerIdentity {
     pub fn load_or_generate(state_dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let (cert_path, key_path) = (state_dir.join(GENERATED_CERT), state_dir.join(GENERATED_KEY));
         if cert_path.exists() && key_path.exists() {
+            crate::fs::check_private(&key_path)
+                .map_err(|source| TlsError::Io { path: key_path.clone(), source })?;
             return Self::from_pem_files(&cert_path, &key_path);
         }
         let generated = rcgen::generate_simple_self_signed(subject_names(names))?;
