@@ -172,3 +172,42 @@ async fn a_silent_peer_is_declared_dead_at_the_heartbeat_timeout() {
     assert_eq!(end, SessionEnd::HeartbeatTimeout(Duration::from_secs(60)));
     assert!(frozen_at.elapsed() >= Duration::from_secs(55), "client gave up after {:?}", frozen_at.elapsed());
 }
+
+/// A server that keeps sending other messages, never answering the route table, does not hold
+/// the client past its handshake timeout: one deadline covers the whole wait (it was renewed
+/// by every message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_timeout() {
+    use tunnel_core::client::ClientConfig;
+    use tunnel_core::proto::ControlMessage;
+    use tunnel_core::transport::{ClientTransport, TcpConnector};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let token = Token::new("faults-test-token-0123").unwrap();
+    let creds = Credentials::default().with_shared(token.clone());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = SessionConfig::default();
+        let accepted = Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE).await;
+        let (session, _) = accepted.unwrap();
+        let driver = tokio::spawn(session.driver);
+        // Answers to a table the client never sent, ten a second, until the client leaves.
+        while !driver.is_finished() {
+            let stale = ControlMessage::RouteTableResult { version: u64::MAX, results: Vec::new() };
+            if session.control.send(stale).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        driver.await.unwrap()
+    });
+    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
+    let mut config = ClientConfig::new(addr, "c", token, transport);
+    config.handshake_timeout = Duration::from_secs(1);
+    let client = start_client(config);
+    let end =
+        tokio::time::timeout(PATIENCE, server).await.expect("the client waited past its handshake timeout");
+    assert!(!matches!(end.unwrap(), SessionEnd::HeartbeatTimeout(_)));
+    client.stop().await;
+}

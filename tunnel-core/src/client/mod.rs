@@ -460,8 +460,11 @@ impl Client {
     ) -> Result<Vec<crate::proto::RouteResult>, Failure> {
         let closed = || Failure::Transient("session closed while sending the route table".into());
         control.send(table.message()).await.map_err(|_| closed())?;
+        // One deadline for the whole wait: a server sending other messages meanwhile does not
+        // move it.
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
         loop {
-            let message = tokio::time::timeout(self.config.handshake_timeout, messages.recv())
+            let message = tokio::time::timeout_at(deadline, messages.recv())
                 .await
                 .map_err(|_| Failure::Transient("the server did not answer the route table in time".into()))?
                 .ok_or_else(closed)?;
