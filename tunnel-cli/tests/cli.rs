@@ -405,3 +405,56 @@ async fn json_logs_are_one_object_per_line() {
     }
     assert!(logs.iter().any(|l| l.contains("TLS is off")), "{logs:?}");
 }
+
+/// A CA of the test's own, named `name`: its certificate, and what signs with it.
+fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    (cert, rcgen::Issuer::new(params, key))
+}
+
+/// A server with a certificate a CA signed (`--tls-cert`, `--tls-key`), and clients that trust
+/// the CA (`--ca`) rather than pin a fingerprint: the certificate's name connects; another
+/// name, or a certificate of another CA, is refused (exit 1) saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trusting_a_ca_reaches_the_names_it_signed_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca, issuer) = test_ca("the tunnel's CA");
+    let (other_ca, _) = test_ca("another CA");
+    let (ca, other_ca) = (file("ca.pem", ca.pem()), file("other-ca.pem", other_ca.pem()));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &issuer);
+    let (cert, key) = (file("server.pem", leaf.unwrap().pem()), file("server.key", key.serialize_pem()));
+    let state = dir.path().join("state");
+    let mut server = serve(&state, &["--token", TOKEN, "--tls-cert", &cert, "--tls-key", &key], &[]).await;
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+
+    let client = |host: &str, ca: &str| {
+        let server = format!("{host}:{port}");
+        spawn(command(&["connect", "--server", &server, "--ca", ca, "--token", TOKEN, "--name", "ca-client"]))
+    };
+    let mut trusted = client("localhost", &ca);
+    trusted.line_after("connected to ").await;
+    // README "Exit status": 0 after SIGINT, as after SIGTERM.
+    assert_eq!(trusted.interrupt().await, 0, "{}", trusted.output());
+
+    // 127.0.0.1 is not a name the certificate holds; another CA signed nothing of this server's.
+    for (host, ca, why) in [("127.0.0.1", &ca, "NotValidForName"), ("localhost", &other_ca, "UnknownIssuer")]
+    {
+        let mut refused = client(host, ca);
+        let code = refused.exit_code().await;
+        let output = refused.output();
+        assert_eq!(code, 1, "{host} with {ca}: {output}");
+        assert!(output.contains(why), "{host} with {ca}: {output}");
+        assert!(!output.contains("connected to "), "{output}");
+    }
+    assert_eq!(server.cli.interrupt().await, 0, "{}", server.cli.output());
+}

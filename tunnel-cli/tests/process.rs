@@ -162,12 +162,21 @@ impl Cli {
 
     /// Sends SIGTERM and returns the exit code.
     pub async fn terminate(&mut self) -> i32 {
+        self.stop_with("-TERM").await
+    }
+
+    /// Sends SIGINT (Ctrl-C) and returns the exit code.
+    pub async fn interrupt(&mut self) -> i32 {
+        self.stop_with("-INT").await
+    }
+
+    async fn stop_with(&mut self, signal: &str) -> i32 {
         // Signal only a child known to be running: until we reap it, its PID cannot be reused
         // by another test's process.
         if self.child.try_wait().unwrap().is_none() {
             let pid = self.child.id().expect("a running child has a pid");
             let status =
-                std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+                std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
             assert!(status.success());
         }
         self.exit_code().await
