@@ -11,6 +11,12 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
+#[path = "../../tunnel-core/tests/common/free_port.rs"]
+mod free_port;
+// Not every test binary that loads this module picks a port.
+#[allow(unused_imports)]
+pub use free_port::free_port;
+
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A running `tunnel-cli` whose stdout and stderr are collected.
@@ -239,32 +245,6 @@ impl Cli {
         self.child.start_kill().unwrap();
         let _ = tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("process survived SIGKILL");
     }
-}
-
-/// A port free right now on 127.0.0.1, for a server that must come back on the same address or
-/// whose port another program must know first (the ACME test server).
-///
-/// Drawn at random from below the kernel's ephemeral range, then checked free: a port the
-/// kernel hands out itself (`bind(":0")`) is one every outgoing connection of a parallel test
-/// may take as its source port before the server binds it, which failed a run with "Address
-/// already in use".
-pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|low| *low > 12_000)
-        .unwrap_or(32_768);
-    let span = low - 10_000;
-    for attempt in 0u64..1000 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(attempt);
-        let port = 10_000 + u16::try_from(hasher.finish() % u64::from(span)).unwrap();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below {low} in 1000 draws");
 }
 
 /// Points `link` at a new directory `data-GENERATION` holding `text` as `link`'s file name,

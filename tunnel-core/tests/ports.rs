@@ -1,17 +1,15 @@
 //! Port ownership: allow-lists, conflicts between clients, reservations across reconnects.
 
 mod common;
+#[path = "common/free_port.rs"]
+mod free_port;
 
 use common::*;
+use free_port::free_port;
 use tunnel_core::auth::{Credentials, Token};
 use tunnel_core::client::ClientError;
 use tunnel_core::proto::RefusalCode;
 use tunnel_core::server::ClientPolicy;
-
-/// A port that is free right now (bound then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_client_cannot_take_a_held_port() {

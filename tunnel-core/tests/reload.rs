@@ -2,6 +2,8 @@
 //! and the handle tells what it did and who is connected.
 
 mod common;
+#[path = "common/free_port.rs"]
+mod free_port;
 #[path = "common/web.rs"]
 mod web;
 
@@ -9,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use free_port::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_core::auth::{CredentialKind, Credentials, Token};
@@ -80,7 +83,7 @@ async fn a_rotated_token_ends_only_its_session_and_the_listing_shows_who_is_up()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() {
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fixed = free_port();
     let narrow = |c: &mut ServerConfig| c.policy.allow_ports = "20000-29999".parse().unwrap();
     let server =
         start_server(|c| c.policy.allow_ports = format!("20000-29999,{fixed}").parse().unwrap()).await;
@@ -214,7 +217,7 @@ async fn https_certificates_and_acme_stay_until_a_restart() {
 async fn a_version_1_forward_withdrawn_by_a_reload_is_refused_by_id() {
     use tunnel_core::proto::{ControlMessage, RefusalCode};
     use tunnel_core::session::Session;
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fixed = free_port();
     let server = start_server(|c| c.policy.allow_ports = format!("{fixed}").parse().unwrap()).await;
     let session = bare_session(&server, "old", TOKEN).await;
     let Session { control, mut messages, driver, .. } = session;

@@ -2,10 +2,13 @@
 //! only what changed; a refused entry leaves the others in service.
 
 mod common;
+#[path = "common/free_port.rs"]
+mod free_port;
 
 use std::net::SocketAddr;
 
 use common::*;
+use free_port::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_core::client::{ClientStatus, RouteSet};
@@ -85,7 +88,7 @@ async fn a_new_table_touches_only_what_changed() {
 async fn a_fixed_port_that_changes_target_keeps_its_listener_and_its_visitors() {
     let server = start_server(|_| {}).await;
     let (a, b) = (tagged_target(b"AAAA").await, tagged_target(b"BBBB").await);
-    let port = free_port().await;
+    let port = free_port();
     let mut client = start_client(server.client_config("retarget", &[&format!("{port}:{a}")]));
     let public = client.connected().await[0].public_addr;
     let (mut held, tag) = open(public, 4).await;
@@ -108,7 +111,7 @@ async fn a_fixed_port_that_changes_target_keeps_its_listener_and_its_visitors() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_entry_leaves_the_others_in_service() {
-    let allowed = free_port().await;
+    let allowed = free_port();
     let server =
         start_server(|config| config.policy.allow_ports = allowed.to_string().parse().unwrap()).await;
     let echo = echo_target().await;
@@ -141,7 +144,7 @@ async fn a_refused_entry_leaves_the_others_in_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_whole_table_is_refused_at_connect_stops_with_the_refusal() {
-    let allowed = free_port().await;
+    let allowed = free_port();
     let server =
         start_server(|config| config.policy.allow_ports = allowed.to_string().parse().unwrap()).await;
     let other = if allowed == 65535 { allowed - 1 } else { allowed + 1 };
@@ -192,11 +195,6 @@ async fn services_come_and_go_with_the_table() {
     server.stop().await;
 }
 
-/// A port the OS considers free right now.
-async fn free_port() -> u16 {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
-}
-
 fn tcp_entry(id: u64, port: u16) -> RouteEntry {
     RouteEntry { id: RouteId(id), kind: RouteKind::Tcp { bind: None, port, preferred_port: 0 } }
 }
@@ -224,7 +222,7 @@ async fn a_port_moves_between_routes_in_one_table_and_no_one_else_gets_it() {
     let tunnel_core::session::Session { control, messages, driver, .. } = session;
     let _driver = tokio::spawn(driver);
     let mut session = (control, messages);
-    let port = free_port().await;
+    let port = free_port();
     let results = table(&mut session, 1, vec![tcp_entry(1, port)]).await;
     assert!(matches!(results[0].outcome, RouteOutcome::Ready { .. }), "{results:?}");
     // Route 1 goes, route 2 takes its port: in one table, with nothing in between.
