@@ -104,11 +104,12 @@ impl Token {
         self.0.as_bytes()
     }
 
-    /// Whether both hold the same secret; compares SHA-256 digests, so the time taken says
-    /// nothing about how much of the secrets agree.
+    /// Whether both hold the same secret; compares SHA-256 digests (whatever the secrets'
+    /// lengths) in constant time.
     pub(crate) fn same_secret(&self, other: &Token) -> bool {
         use sha2::{Digest, Sha256};
-        Sha256::digest(self.as_bytes()) == Sha256::digest(other.as_bytes())
+        use subtle::ConstantTimeEq as _;
+        Sha256::digest(self.as_bytes()).ct_eq(&Sha256::digest(other.as_bytes())).into()
     }
 }
 

@@ -85,8 +85,10 @@ impl Login {
     /// Whether a client's `user` and `password` are these.
     pub fn matches(&self, user: &[u8], password: &[u8]) -> bool {
         use sha2::{Digest, Sha256};
-        let same_password = Sha256::digest(password) == Sha256::digest(self.password.as_bytes());
-        same_password & (user == self.user.as_bytes())
+        use subtle::ConstantTimeEq as _;
+        let same_password = Sha256::digest(password).ct_eq(&Sha256::digest(self.password.as_bytes()));
+        let same_user = Sha256::digest(user).ct_eq(&Sha256::digest(self.user.as_bytes()));
+        (same_password & same_user).into()
     }
 }
 
