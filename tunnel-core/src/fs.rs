@@ -17,38 +17,68 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// Refuses a secret file of the state directory that someone else could have written: one
-/// writable by its group or by anyone, or owned by a user other than this process's and root.
-/// Whoever can write the token or the key file holds the token or the key. (A symlink is
-/// followed: a mounted Kubernetes Secret is one, owned by root and not writable by others.)
-pub(crate) fn check_private(path: &Path) -> std::io::Result<()> {
+/// Opens a secret file of the state directory for reading, refusing one that someone else
+/// could have written, or pointed us to: whoever can write the token or the key file holds the
+/// token or the key.
+///
+/// The file must be owned by root or by this process's user, and writable by no one else: by
+/// no other user, and by its group only when the group is one of this process's (a volume
+/// kubelet hands to a pod's `fsGroup` is group-writable). A symlink is followed only when the
+/// link itself is root's or ours (a mounted Kubernetes Secret's links are root's); a path that
+/// is not a symlink is opened without following one, and the checks are made on the open file,
+/// so a swap between check and read changes nothing.
+pub(crate) fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)?;
-        let why = if meta.mode() & 0o022 != 0 {
-            format!("writable by others than its owner (mode {:03o})", meta.mode() & 0o777)
-        } else if meta.uid() != 0 && meta.uid() != rustix::process::geteuid().as_raw() {
-            format!("owned by another user (uid {})", meta.uid())
-        } else {
-            return Ok(());
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let refuse = |why: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{why}: whoever can write it holds what it keeps; make it this user's, mode 0600"),
+            )
         };
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("{why}: whoever can write it holds what it keeps; make it this user's, mode 0600"),
-        ))
+        let ours = |uid: u32| uid == 0 || uid == rustix::process::geteuid().as_raw();
+        let link = std::fs::symlink_metadata(path)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        if link.file_type().is_symlink() {
+            if !ours(link.uid()) {
+                return Err(refuse(format!("a symlink owned by another user (uid {})", link.uid())));
+            }
+        } else {
+            options.custom_flags(libc::O_NOFOLLOW);
+        }
+        let file = options.open(path)?;
+        let meta = file.metadata()?;
+        let mode = meta.mode() & 0o777;
+        let our_group = |gid: u32| {
+            gid == rustix::process::getegid().as_raw()
+                || rustix::process::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
+        };
+        if mode & 0o002 != 0 || (mode & 0o020 != 0 && !our_group(meta.gid())) {
+            return Err(refuse(format!("writable by others than its owner (mode {mode:03o})")));
+        }
+        if !ours(meta.uid()) {
+            return Err(refuse(format!("owned by another user (uid {})", meta.uid())));
+        }
+        Ok(file)
     }
     #[cfg(not(unix))]
-    {
-        let _ = path;
-        Ok(())
-    }
+    std::fs::File::open(path)
 }
 
-/// A secret file's bytes, once [`check_private`] found no one else could have written it.
+/// A secret file's bytes, read from the file [`open_private`] checked.
 pub(crate) fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
-    check_private(path)?;
-    std::fs::read(path)
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    open_private(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`read_private`], as text.
+pub(crate) fn read_private_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_private(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Writes a file readable by its owner only (mode 0600 on Unix), replacing any old one.
@@ -116,21 +146,36 @@ mod tests {
         let path = dir.path().join("token");
         write_private(&path, b"secret").unwrap();
         assert_eq!(read_private(&path).unwrap(), b"secret");
-        for shared in [0o666, 0o620, 0o602] {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(shared)).unwrap();
+        for mode in [0o666, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let err = read_private(&path).unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-            let expected = format!("writable by others than its owner (mode {shared:03o})");
+            let expected = format!("writable by others than its owner (mode {mode:03o})");
             assert!(err.to_string().starts_with(&expected), "{err}");
         }
-        // Readable by others is not a planted file (a mounted Secret is 0644).
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(read_private(&path).unwrap(), b"secret");
-        // Another user's file (only root can make one here).
+        // Readable by others is not a planted file (a mounted Secret is 0644), nor writable by
+        // the process's own group (a volume of a pod's fsGroup).
+        for mode in [0o644, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_private(&path).unwrap(), b"secret", "{mode:o}");
+        }
+        // A group this process is not in, another user's file, a symlink another user
+        // planted (only root can make them here): a root-owned, world-readable target would
+        // otherwise pass.
         if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, None, Some(4321)).unwrap();
+            let err = read_private(&path).unwrap_err();
+            assert!(err.to_string().starts_with("writable by others than its owner (mode 660)"), "{err}");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             std::os::unix::fs::chown(&path, Some(4321), None).unwrap();
             let err = read_private(&path).unwrap_err();
             assert!(err.to_string().starts_with("owned by another user (uid 4321)"), "{err}");
+            let link = dir.path().join("admin-token");
+            std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+            assert!(read_private(&link).is_ok(), "a symlink of root's is followed");
+            std::os::unix::fs::lchown(&link, Some(4321), None).unwrap();
+            let err = read_private(&link).unwrap_err();
+            assert!(err.to_string().starts_with("a symlink owned by another user (uid 4321)"), "{err}");
         }
     }
 

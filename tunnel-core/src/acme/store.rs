@@ -40,9 +40,12 @@ pub(super) fn load_all(dir: &Path) -> HashMap<String, Held> {
         let read = |ext: &str| {
             let path = file(dir, &name, ext);
             // The key is a secret: one someone else could have planted is not served.
-            let text = if ext == "key" { crate::fs::read_private(&path) } else { std::fs::read(&path) };
-            text.and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
-                .map_err(|source| AcmeError::Store { path, source })
+            let text = if ext == "key" {
+                crate::fs::read_private_text(&path)
+            } else {
+                std::fs::read_to_string(&path)
+            };
+            text.map_err(|source| AcmeError::Store { path, source })
         };
         match read("crt")
             .and_then(|chain| Ok((chain, read("key")?)))

@@ -106,9 +106,7 @@ impl ClientStore {
     /// The store in `path` (`STATE_DIR/clients.toml`); none there yet is an empty store.
     pub fn open(path: &Path) -> Result<Self, AdminError> {
         let store_err = |source| AdminError::Store { path: path.to_owned(), source };
-        let text = match crate::fs::read_private(path)
-            .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
-        {
+        let text = match crate::fs::read_private_text(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(err) => return Err(store_err(err)),

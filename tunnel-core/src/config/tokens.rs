@@ -43,8 +43,8 @@ pub(super) fn stored_token(state_dir: &Path, name: &str) -> Result<(Token, Token
     let path = state_dir.join(name);
     let state_err = |source| ConfigError::StateDir { path: path.clone(), source };
     if path.exists() {
-        crate::fs::check_private(&path).map_err(state_err)?;
-        let token = Token::from_file(&path).map_err(|e| invalid("state_dir", e))?;
+        let text = crate::fs::read_private_text(&path).map_err(state_err)?;
+        let token = Token::new(text.trim()).map_err(|e| invalid("state_dir", e))?;
         return Ok((token, TokenSource::Generated(path)));
     }
     crate::fs::create_private_dir(state_dir)

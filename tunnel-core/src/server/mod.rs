@@ -482,10 +482,11 @@ impl Server {
     }
 }
 
-/// Reserves the ports a previous run leased. A file that cannot be used is reported and
-/// ignored: owned ports (`ports` in the configuration) stay protected either way.
+/// Reserves the ports a previous run leased. A file that cannot be used (or that someone else
+/// could have written, to hold ports for a name) is reported and ignored: owned ports (`ports`
+/// in the configuration) stay protected either way.
 fn restore_leases(registry: &registry::Registry, config: &ServerConfig, path: &std::path::Path) {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::fs::read_private_text(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
         Err(err) => return tracing::error!("cannot read the lease file {}: {err}", path.display()),

@@ -42,8 +42,12 @@ impl ServerIdentity {
 
     /// Loads a PEM certificate chain (leaf first) and a PEM private key.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Self::from_chain_and_key(cert, key, read(key)?)
+    }
+
+    /// The chain in `cert`, and the key in `key_pem` (read from `key`).
+    fn from_chain_and_key(cert: &Path, key: &Path, key_pem: Vec<u8>) -> Result<Self, TlsError> {
         let chain = read_certs(cert)?;
-        let key_pem = read(key)?;
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .map_err(|source| TlsError::Io { path: key.to_owned(), source })?
             .ok_or_else(|| TlsError::Pem { path: key.to_owned(), what: "no private key found".into() })?;
@@ -56,9 +60,10 @@ impl ServerIdentity {
     pub fn load_or_generate(state_dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let (cert_path, key_path) = (state_dir.join(GENERATED_CERT), state_dir.join(GENERATED_KEY));
         if cert_path.exists() && key_path.exists() {
-            crate::fs::check_private(&key_path)
+            // Kept by this server: refused if someone else could have written it.
+            let key_pem = crate::fs::read_private(&key_path)
                 .map_err(|source| TlsError::Io { path: key_path.clone(), source })?;
-            return Self::from_pem_files(&cert_path, &key_path);
+            return Self::from_chain_and_key(&cert_path, &key_path, key_pem);
         }
         let generated = rcgen::generate_simple_self_signed(subject_names(names))?;
         let io_err = |path: &Path| {
