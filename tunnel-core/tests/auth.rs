@@ -23,8 +23,9 @@ async fn wrong_token_fails_permanently_while_other_clients_keep_working() {
     let bad =
         start_client(client_config_for(server.addr, server.fingerprint, "bad", "not-the-token-0123456", &[]));
     let err = bad.failure().await;
-    assert!(matches!(err, ClientError::AuthFailed(_)), "{err}");
-    assert!(err.to_string().contains("authentication failed"), "{err}");
+    assert!(matches!(err, ClientError::TokenRejected { .. }), "{err}");
+    assert!(err.is_authentication());
+    assert!(err.to_string().starts_with("authentication failed: the server rejected the token"), "{err}");
 
     assert_eq!(round_trip(public, b"unaffected").await.unwrap(), b"unaffected");
     good.stop().await;
@@ -57,8 +58,11 @@ async fn wrong_fingerprint_is_refused_before_any_proof_is_sent() {
     let wrong = Fingerprint::of_der(b"some other certificate");
     let client = start_client(client_config_for(addr, wrong, "victim", TOKEN, &[]));
     let err = client.failure().await;
-    assert!(matches!(err, ClientError::ServerCertificate(_)), "{err}");
-    assert!(err.to_string().contains("fingerprint"), "{err}");
+    assert!(matches!(err, ClientError::ServerCertificate { .. }), "{err}");
+    // The hint, then what TLS found, kept as the source.
+    assert!(err.to_string().contains("check the pinned fingerprint"), "{err}");
+    let source = std::error::Error::source(&err).expect("the TLS error is kept").to_string();
+    assert!(source.starts_with("invalid peer certificate"), "{source}");
     assert!(handshakes.load(Ordering::SeqCst) >= 1, "the client never even connected");
     assert_eq!(
         received.load(Ordering::SeqCst),
@@ -103,7 +107,10 @@ async fn per_client_token_is_the_only_way_to_claim_that_name() {
     })
     .await;
     let impostor = start_client(server.client_config("worker-1", &[]));
-    assert!(matches!(impostor.failure().await, ClientError::AuthFailed(_)));
+    assert!(matches!(
+        impostor.failure().await,
+        ClientError::TokenRejected { .. } | ClientError::ServerProofInvalid
+    ));
     let mut real = start_client(client_config_for(
         server.addr,
         server.fingerprint,

@@ -367,7 +367,7 @@ async fn tls_over_a_custom_connector_still_refuses_the_wrong_server_for_good() {
     let client = start_client(config);
     // A certificate that does not match the pin is a permanent failure, not a retry loop.
     match client.failure().await {
-        ClientError::ServerCertificate(message) => assert!(message.contains("fingerprint"), "{message}"),
+        ClientError::ServerCertificate { hint, .. } => assert!(hint.contains("fingerprint"), "{hint}"),
         other => panic!("expected a certificate error, got {other:?}"),
     }
     assert!(pipes.server.session_names().is_empty());

@@ -16,11 +16,9 @@ impl Client {
     pub(super) async fn connect(&self, link: &Link) -> Result<Dialed, Failure> {
         let session = self.dial(link).await?;
         if session.version < MIN_SERVER_VERSION {
-            return Err(ClientError::Protocol(format!(
-                "the server speaks protocol version {}; this client needs {MIN_SERVER_VERSION} (upgrade the server)",
-                session.version
-            ))
-            .into());
+            return Err(
+                ClientError::ServerTooOld { version: session.version, needed: MIN_SERVER_VERSION }.into()
+            );
         }
         Ok(session)
     }

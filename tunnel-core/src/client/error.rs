@@ -11,12 +11,29 @@ use crate::transport::{ConnectError, ProxyReplyError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The server rejected our token, or could not prove it holds it.
-    #[error("authentication failed: {0}")]
-    AuthFailed(String),
+    /// The server rejected our token.
+    #[error("authentication failed: the server rejected the token ({})", Escaped(.message))]
+    TokenRejected {
+        /// Server's explanation.
+        message: String,
+    },
+    /// The server could not prove it holds our token: different tokens, or not our server.
+    #[error("authentication failed: the server could not prove it knows the token (different tokens, or not our server)")]
+    ServerProofInvalid,
+    /// The server revoked this client's token (its configuration no longer lists it).
+    #[error("authentication failed: the server revoked this client's token ({})", Escaped(.message))]
+    Revoked {
+        /// Server's explanation.
+        message: String,
+    },
     /// The server's certificate is not the one we trust.
-    #[error("server certificate rejected: {0}")]
-    ServerCertificate(String),
+    #[error("server certificate rejected ({hint})")]
+    ServerCertificate {
+        /// What to check.
+        hint: &'static str,
+        /// What TLS found wrong with it.
+        source: rustls::Error,
+    },
     /// The server refused the connection for a reason retrying cannot fix.
     #[error("server refused the connection ({code}): {}", Escaped(.message))]
     Refused {
@@ -71,9 +88,26 @@ pub enum ClientError {
     Replaced(String),
     /// The HTTP proxy refused for good: it wants other credentials (407) or forbids the server
     /// (403).
-    #[error("{0}")]
-    Proxy(String),
+    #[error("the HTTP proxy refused for good")]
+    Proxy(#[source] ConnectError),
+    /// The server does not speak TLS on this port.
+    #[error("the server does not speak TLS on this port (is it running in plaintext mode?)")]
+    NotTls,
+    /// The TLS handshake failed for a reason other than the certificate.
+    #[error("TLS handshake failed")]
+    Tls(#[source] rustls::Error),
     /// The peer does not speak this protocol (or a compatible version of it).
+    #[error("protocol error (is this a tunnel server, and TLS on on both sides?)")]
+    Handshake(#[source] SessionError),
+    /// The server speaks an older protocol than this client needs.
+    #[error("the server speaks protocol version {version}; this client needs {needed} (upgrade the server)")]
+    ServerTooOld {
+        /// The server's version.
+        version: u16,
+        /// The oldest this client works with.
+        needed: u16,
+    },
+    /// The server broke the protocol after the handshake (what it did is described).
     #[error("protocol error: {0}")]
     Protocol(String),
     /// `max_attempts` consecutive connection attempts failed.
@@ -81,9 +115,18 @@ pub enum ClientError {
     GaveUp {
         /// Attempts made.
         attempts: u32,
-        /// The last failure.
+        /// The last failure, as logged.
         last: String,
     },
+}
+
+impl ClientError {
+    /// Whether the server turned this client away for its credentials (a rejected or revoked
+    /// token, a server that cannot prove it holds it), as opposed to its routes, its name or
+    /// the connection.
+    pub fn is_authentication(&self) -> bool {
+        matches!(self, Self::TokenRejected { .. } | Self::ServerProofInvalid | Self::Revoked { .. })
+    }
 }
 
 /// The outcome of one connection attempt or session.
@@ -112,7 +155,7 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
                 .and_then(|e| e.downcast_ref::<ProxyReplyError>())
                 .is_some_and(ProxyReplyError::is_final) =>
         {
-            ClientError::Proxy(crate::log::Chain(&err).to_string()).into()
+            ClientError::Proxy(err).into()
         }
         other => Failure::Transient(crate::log::Chain(&other).to_string()),
     }
@@ -123,24 +166,18 @@ fn classify_tls(err: std::io::Error) -> Failure {
         return Failure::Transient(format!("TLS handshake interrupted: {err}"));
     };
     match tls {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
-            match other.0.downcast_ref::<FingerprintMismatch>() {
-                Some(mismatch) => ClientError::ServerCertificate(format!(
-                    "{mismatch} (check the pinned fingerprint; the server prints its own at start)"
-                ))
-                .into(),
-                None => ClientError::ServerCertificate(other.to_string()).into(),
-            }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
+            if other.0.downcast_ref::<FingerprintMismatch>().is_some() =>
+        {
+            let hint = "check the pinned fingerprint; the server prints its own at start";
+            ClientError::ServerCertificate { hint, source: tls.clone() }.into()
         }
-        rustls::Error::InvalidCertificate(cert) => ClientError::ServerCertificate(format!(
-            "{cert:?} (check the CA, or pin the server's fingerprint)"
-        ))
-        .into(),
-        rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::Protocol(
-            "the server does not speak TLS on this port (is it running in plaintext mode?)".into(),
-        )
-        .into(),
-        other => ClientError::Protocol(format!("TLS handshake failed: {other}")).into(),
+        rustls::Error::InvalidCertificate(_) => {
+            let hint = "check the CA, or pin the server's fingerprint";
+            ClientError::ServerCertificate { hint, source: tls.clone() }.into()
+        }
+        rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::NotTls.into(),
+        other => ClientError::Tls(other.clone()).into(),
     }
 }
 
@@ -148,7 +185,7 @@ fn classify_tls(err: std::io::Error) -> Failure {
 pub(super) fn classify_session(err: SessionError) -> Failure {
     match err {
         SessionError::Handshake(HandshakeError::Refused { code: RefuseCode::AuthFailed, message }) => {
-            ClientError::AuthFailed(format!("the server rejected the token ({})", Escaped(&message))).into()
+            ClientError::TokenRejected { message }.into()
         }
         SessionError::Handshake(HandshakeError::Refused { code, message }) if code.is_permanent() => {
             ClientError::Refused { code, message }.into()
@@ -156,20 +193,10 @@ pub(super) fn classify_session(err: SessionError) -> Failure {
         SessionError::Handshake(HandshakeError::Refused { code, message }) => {
             Failure::Transient(format!("server refused the connection ({code}): {}", Escaped(&message)))
         }
-        SessionError::Handshake(HandshakeError::ServerProofInvalid) => ClientError::AuthFailed(
-            "the server could not prove it knows the token (different tokens, or not our server)".into(),
-        )
-        .into(),
-        SessionError::Handshake(other) => ClientError::Protocol(format!(
-            "{} (is this a tunnel server, and TLS on on both sides?)",
-            crate::log::Chain(&other)
-        ))
-        .into(),
-        SessionError::Frame(FrameError::TooLarge(_)) => ClientError::Protocol(format!(
-            "{} (is this a tunnel server, and TLS on on both sides?)",
-            crate::log::Chain(&err)
-        ))
-        .into(),
+        SessionError::Handshake(HandshakeError::ServerProofInvalid) => ClientError::ServerProofInvalid.into(),
+        err @ (SessionError::Handshake(_) | SessionError::Frame(FrameError::TooLarge(_))) => {
+            ClientError::Handshake(err).into()
+        }
         SessionError::Frame(FrameError::Closed) => {
             Failure::Transient("the server closed the connection during the handshake".into())
         }
@@ -182,8 +209,7 @@ pub(super) fn classify_end(end: SessionEnd) -> Failure {
     match end {
         SessionEnd::Goodbye { code: GoodbyeCode::Replaced, message } => ClientError::Replaced(message).into(),
         SessionEnd::Goodbye { code: GoodbyeCode::Revoked, message } => {
-            ClientError::AuthFailed(format!("the server revoked this client's token ({})", Escaped(&message)))
-                .into()
+            ClientError::Revoked { message }.into()
         }
         other => Failure::Transient(format!("session ended: {other}")),
     }
