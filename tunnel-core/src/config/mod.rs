@@ -42,6 +42,13 @@ pub enum ConfigError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The file holds no setting at all (empty, or only comments): most likely one being
+    /// written, or the wrong file, and read as every default it would serve no one.
+    #[error("{} has no settings (it is empty, or only comments)", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not valid TOML for this schema (unknown key, wrong type, bad value...).
     #[error("{}{}: {message}", path.display(), at.as_deref().unwrap_or_default())]
     Parse {
@@ -127,19 +134,29 @@ const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Reads and parses a TOML file into `T`.
 fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = read_text(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let no_settings = text.lines().map(str::trim).all(|line| line.is_empty() || line.starts_with('#'));
+    if no_settings {
+        return Err(ConfigError::Empty { path: path.to_owned() });
+    }
     parse(&text, path)
 }
 
-/// A regular file's text, at most [`MAX_FILE_BYTES`]. Anything else (a FIFO, which would
-/// block the reader until someone writes to it, a device) is refused before it is opened.
+/// A regular file's text, at most [`MAX_FILE_BYTES`]. Anything else is refused: a FIFO
+/// (`--config <(...)` too), which would block the reader until someone writes to it, or a
+/// device. Opened without blocking, and checked once open.
 fn read_text(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
     let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned());
-    if !std::fs::metadata(path)?.is_file() {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
         return Err(invalid("not a regular file"));
     }
     let mut text = String::new();
-    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
     if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
         return Err(invalid(&format!("larger than {} MiB", MAX_FILE_BYTES / 1024 / 1024)));
     }
@@ -251,8 +268,22 @@ mod file_tests {
         let big = dir.path().join("big.toml");
         std::fs::write(&big, vec![b'#'; usize::try_from(MAX_FILE_BYTES).unwrap() + 1]).unwrap();
         assert!(read_error(&big).ends_with(": larger than 4 MiB"), "{}", read_error(&big));
-        // At the cap, the file is read (and parsed: a comment).
-        std::fs::write(&big, vec![b'#'; usize::try_from(MAX_FILE_BYTES).unwrap()]).unwrap();
+        // At the cap, the file is read (and parsed).
+        let mut text = b"name = \"a\"\n".to_vec();
+        text.resize(usize::try_from(MAX_FILE_BYTES).unwrap(), b'#');
+        std::fs::write(&big, text).unwrap();
         assert!(load::<ClientFile>(&big).is_ok());
+    }
+
+    #[test]
+    fn a_file_with_no_settings_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        for text in ["", "\n \n", "# all commented out\n# name = \"a\"\n"] {
+            std::fs::write(&path, text).unwrap();
+            let err = load::<ClientFile>(&path).unwrap_err();
+            assert!(matches!(err, ConfigError::Empty { .. }), "{text:?}: {err:?}");
+            assert!(err.chain().ends_with("client.toml has no settings (it is empty, or only comments)"));
+        }
     }
 }
