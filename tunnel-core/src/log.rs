@@ -157,8 +157,9 @@ pub(crate) static REFUSALS: LimitedLog = LimitedLog::new("refused requests");
 /// Failed accepts on a listener (out of file descriptors and the like).
 pub(crate) static ACCEPT_FAILURES: LimitedLog = LimitedLog::new("failed accepts");
 
-/// A client's visits that failed: a target it could not reach, a local forward or UDP flow
-/// the server refused. Anyone who reaches a public port can cause one per connection.
+/// A client's visits that failed: a target it could not reach, a local forward, UDP flow,
+/// network visit or SOCKS request refused. Anyone who reaches a public port (or the SOCKS
+/// proxy) can cause one per connection.
 pub(crate) static VISIT_FAILURES: LimitedLog = LimitedLog::new("failed visits");
 
 /// An in-program HTTP handler's failures, one per request at most.
@@ -173,6 +174,16 @@ macro_rules! warn_limited {
     };
 }
 pub(crate) use warn_limited;
+
+/// `tracing::info!` through a [`LimitedLog`], as [`warn_limited`].
+macro_rules! info_limited {
+    ($limit:expr, $($arg:tt)+) => {
+        if $limit.allow() {
+            tracing::info!($($arg)+)
+        }
+    };
+}
+pub(crate) use info_limited;
 
 #[cfg(test)]
 mod tests {

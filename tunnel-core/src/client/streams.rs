@@ -123,7 +123,7 @@ pub(super) async fn handle(
             }) => {
                 let first = match proxy_protocol.map(|version| version.datagram_header(*visitor, *local)) {
                     Some(Err(err)) => {
-                        return tracing::warn!(%visitor, "route {route_id}: no PROXY header: {err}")
+                        return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "route {route_id}: no PROXY header: {err}")
                     }
                     header => header.and_then(Result::ok),
                 };
@@ -138,7 +138,7 @@ pub(super) async fn handle(
             Some(Forward { target: Target::Addr(target), idle_timeout, proxy_protocol, .. }) => {
                 let proxy_header = match proxy_protocol.map(|version| version.header(*visitor, *local)) {
                     Some(Err(err)) => {
-                        return tracing::warn!(%visitor, "route {route_id}: no PROXY header: {err}")
+                        return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "route {route_id}: no PROXY header: {err}")
                     }
                     header => header.and_then(Result::ok),
                 };
@@ -233,7 +233,7 @@ async fn visit_network(
     let mut tcp = match dialed {
         Ok(tcp) => tcp,
         Err(reply) => {
-            tracing::info!(%visitor, %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
+            crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
             return answer_refusal(&mut stream, &reply).await;
         }
     };
