@@ -4,6 +4,7 @@
 //! against Pebble's root), keeps it in the state directory, renews it before it expires, and
 //! serves the stored one after a restart without a new order.
 
+#[path = "support/process.rs"]
 mod process;
 
 use std::net::SocketAddr;
@@ -78,7 +79,7 @@ impl Pebble {
         std::fs::write(&cert_file, cert.pem()).unwrap();
         std::fs::write(&key_file, key.serialize_pem()).unwrap();
 
-        let (listen, management) = (free_port(), free_port());
+        let [listen, management] = free_ports();
         let config = format!(
             r#"{{"pebble": {{"listenAddress": "127.0.0.1:{listen}", "managementListenAddress": "127.0.0.1:{management}",
                 "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls_port},
@@ -230,7 +231,7 @@ fn serve_args<'a>(pebble: &'a Pebble, ca: &'a str, http: Option<&'a str>, https:
 async fn http01_issues_for_an_accepted_route_serves_renews_and_reloads_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let (http_port, https_port) = (free_port(), free_port());
+    let [http_port, https_port] = free_ports();
     let pebble = Pebble::start(dir.path(), http_port, https_port).await;
     let (http, https) = (format!("127.0.0.1:{http_port}"), format!("127.0.0.1:{https_port}"));
     let ca = pebble.ca.to_str().unwrap().to_owned();

@@ -1,6 +1,7 @@
 //! Black-box tests of start-up hardening: settings refused before anything runs, and the
 //! open-file limit raised for the descriptors a busy tunnel holds.
 
+#[path = "support/process.rs"]
 mod process;
 
 use process::*;

@@ -1,6 +1,7 @@
 //! HTTP routes through the binaries, checked with curl as a user would: two clients serving two
 //! hosts, a path routed to another origin, the fallback, a host conflict and an ACL refusal.
 
+#[path = "support/process.rs"]
 mod process;
 
 use std::net::SocketAddr;

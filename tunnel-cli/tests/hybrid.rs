@@ -4,6 +4,7 @@
 
 #[path = "../../tunnel-core/tests/common/mod.rs"]
 mod common;
+#[path = "support/process.rs"]
 mod process;
 
 use std::net::SocketAddr;

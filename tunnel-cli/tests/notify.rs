@@ -2,6 +2,7 @@
 //! serving, RELOADING and READY around a configuration change, WATCHDOG at half the
 //! interval, STOPPING when the drain begins; one datagram each to `NOTIFY_SOCKET`.
 
+#[path = "support/process.rs"]
 mod process;
 
 use process::*;

@@ -6,6 +6,7 @@
 //! file (swapped as the kubelet does), is picked up live while a download on another route
 //! goes on unbroken.
 
+#[path = "support/process.rs"]
 mod process;
 
 use std::collections::BTreeMap;

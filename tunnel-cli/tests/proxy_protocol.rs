@@ -4,6 +4,7 @@
 
 #[path = "../../tunnel-core/tests/common/mod.rs"]
 mod common;
+#[path = "support/process.rs"]
 mod process;
 
 use std::net::SocketAddr;
@@ -31,8 +32,7 @@ async fn start_nginx(dir: &Path) -> Nginx {
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     let log = root.join("access.log");
     for _ in 0..3 {
-        let a = free_port();
-        let b = std::iter::repeat_with(free_port).find(|b| *b != a).unwrap();
+        let [a, b] = free_ports();
         let mut process = spawn_nginx(&root, &log, [a, b]);
         if until_listening(&mut process, [a, b]).await {
             return Nginx { ports: [a, b], log, _process: process };

@@ -3,6 +3,7 @@
 //! one killed or drained takes no visitor with it, and restarting them one after the other
 //! under load fails no request.
 
+#[path = "support/process.rs"]
 mod process;
 
 use std::collections::HashMap;

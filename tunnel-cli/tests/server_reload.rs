@@ -3,6 +3,7 @@
 
 #[path = "../../tunnel-core/tests/common/mod.rs"]
 mod common;
+#[path = "support/process.rs"]
 mod process;
 
 use std::path::Path;
@@ -100,7 +101,7 @@ async fn a_configmap_swap_revoking_one_of_two_clients_ends_only_its_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_file_keeps_serving_and_narrowed_ports_close_only_the_forward_they_no_longer_allow() {
     let dir = tempfile::tempdir().unwrap();
-    let (kept, dropped) = (free_port(), free_port());
+    let [kept, dropped] = free_ports();
     let config = dir.path().join("server.toml");
     std::fs::write(&config, server_file(&format!("{kept},{dropped}"), &["a"])).unwrap();
     let mut server = server_with(dir.path(), &config).await;

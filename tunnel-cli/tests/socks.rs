@@ -2,6 +2,7 @@
 //! network (`--expose-network`), another reaches it through its SOCKS5 proxy (`-D`) with curl,
 //! and what the rules refuse gets the SOCKS reply code that says so.
 
+#[path = "support/process.rs"]
 mod process;
 
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! cross with none lost or reordered; the target of a forward with `proxy_protocol = "v2"`
 //! reads the visitor's address from each flow's first datagram.
 
+#[path = "support/process.rs"]
 mod process;
 
 use std::net::SocketAddr;

@@ -57,10 +57,7 @@ async fn killed_client_closes_its_ports_and_its_open_visitors_see_eof_or_reset()
     // The visitor's peer across the tunnel is gone: docs/security.md promises a TCP reset, never
     // a clean end of stream (the name's "eof_or" is historical; docs/security.md cites it).
     let read = tokio::time::timeout(PATIENCE, visitor.read(&mut buf)).await.expect("visitor left hanging");
-    assert!(
-        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "expected a reset, got {read:?}"
-    );
+    assert!(is_reset(&read), "expected a reset, got {read:?}");
     eventually(
         "the public port to stop accepting",
         || async move { TcpStream::connect(public).await.is_err() },

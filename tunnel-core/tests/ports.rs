@@ -5,7 +5,7 @@ mod common;
 mod free_port;
 
 use common::*;
-use free_port::free_port;
+use free_port::{free_port, free_ports};
 use tunnel_core::auth::{Credentials, Token};
 use tunnel_core::client::ClientError;
 use tunnel_core::proto::RefusalCode;
@@ -34,8 +34,7 @@ async fn a_second_client_cannot_take_a_held_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ports_outside_the_allow_list_are_refused_per_client() {
-    let allowed = free_port();
-    let other = free_port();
+    let [allowed, other] = free_ports();
     let server = start_server(|config| {
         config.policy.allow_ports = format!("{allowed}").parse().unwrap();
         config.credentials = Credentials::default()

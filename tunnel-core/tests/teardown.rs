@@ -61,10 +61,7 @@ async fn file_descriptors_and_memory_return_to_baseline_after_sessions_end() {
         }
         // Cut, not ended cleanly: the session it rode on is gone.
         let end = open.read(&mut echoed).await;
-        assert!(
-            matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-            "round {round}: the held visitor saw {end:?}, expected a reset"
-        );
+        assert!(is_reset(&end), "round {round}: the held visitor saw {end:?}, expected a reset");
         drop(open);
         assert!(
             open_fds() <= fds_baseline,

@@ -27,10 +27,7 @@ async fn assert_refused(addr: std::net::SocketAddr, what: &str) {
     let outcome = tokio::time::timeout(PATIENCE, attempt)
         .await
         .unwrap_or_else(|_| panic!("{what}: visitor left hanging"));
-    assert!(
-        matches!(&outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{what}: expected a reset, got {outcome:?}"
-    );
+    assert!(is_reset(&outcome), "{what}: expected a reset, got {outcome:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
-#[path = "../../tunnel-core/tests/common/free_port.rs"]
+#[path = "../../../tunnel-core/tests/common/free_port.rs"]
 mod free_port;
 // Not every test binary that loads this module picks a port.
 #[allow(unused_imports)]
-pub use free_port::free_port;
+pub use free_port::{free_port, free_ports};
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

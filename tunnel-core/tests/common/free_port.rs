@@ -1,5 +1,8 @@
 //! Ports a test must know before a server binds them.
 
+// Each test binary that loads this module uses what it needs of it.
+#![allow(dead_code)]
+
 /// A port free right now on 127.0.0.1, for a server that must come back on the same address or
 /// whose port another program must know first (the ACME test server).
 ///
@@ -24,4 +27,16 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port below {low} in 1000 draws");
+}
+
+/// `N` distinct ports, each free right now (see [`free_port`]).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let mut ports = Vec::with_capacity(N);
+    while ports.len() < N {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports.try_into().unwrap()
 }
