@@ -18,48 +18,75 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Opens a secret file of the state directory for reading, refusing one that someone else
-/// could have written, or pointed us to: whoever can write the token or the key file holds the
-/// token or the key.
+/// could have written or put there: whoever can write the token or the key file, or plant
+/// another in its place, holds the token or the key.
 ///
-/// The file must be owned by root or by this process's user, and writable by no one else: by
-/// no other user, and by its group only when the group is one of this process's (a volume
-/// kubelet hands to a pod's `fsGroup` is group-writable). A symlink is followed only when the
-/// link itself is root's or ours (a mounted Kubernetes Secret's links are root's); a path that
-/// is not a symlink is opened without following one, and the checks are made on the open file,
-/// so a swap between check and read changes nothing.
+/// The file must be a regular file with one name (a hard link to a file of root's, such as
+/// `/etc/machine-id`, would pass the other checks), owned by root or by this process's user,
+/// and writable by no other user: not by anyone, and by its group only when that group is one
+/// of this process's (a volume kubelet hands to a pod's `fsGroup` is group-writable; the
+/// members of that group are then trusted). A symlink is followed only when the link itself is
+/// root's or ours (a mounted Kubernetes Secret's links are root's) and is still the same link,
+/// leading to the same file, once that file is open. Any other path is opened without
+/// following a symlink, and without blocking (a FIFO is refused, not waited on); the checks
+/// are made on the open file, so a swap between check and read changes nothing.
 pub(crate) fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let refuse = |why: String| {
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("{why}: whoever can write it holds what it keeps; make it this user's, mode 0600"),
-            )
+            let why = format!("{why}: refused, as whoever could write it would hold its secret; it must be this user's or root's, mode 0600");
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)
         };
         let ours = |uid: u32| uid == 0 || uid == rustix::process::geteuid().as_raw();
+        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
         let link = std::fs::symlink_metadata(path)?;
+        let symlink = link.file_type().is_symlink();
         let mut options = std::fs::OpenOptions::new();
         options.read(true);
-        if link.file_type().is_symlink() {
+        if symlink {
             if !ours(link.uid()) {
-                return Err(refuse(format!("a symlink owned by another user (uid {})", link.uid())));
+                return Err(refuse(format!("a symlink another user made (uid {})", link.uid())));
             }
+            if link.nlink() != 1 {
+                return Err(refuse(format!("a symlink with {} names (a hard link)", link.nlink())));
+            }
+            options.custom_flags(libc::O_NONBLOCK);
         } else {
-            options.custom_flags(libc::O_NOFOLLOW);
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
         }
         let file = options.open(path)?;
         let meta = file.metadata()?;
+        if symlink {
+            // The link approved is the one followed: not swapped for another meanwhile.
+            let still = std::fs::symlink_metadata(path)?;
+            let target = std::fs::metadata(path)?;
+            if !same(&still, &link) || !same(&target, &meta) {
+                return Err(refuse("replaced while being opened".to_owned()));
+            }
+        }
+        if !meta.is_file() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+        }
         let mode = meta.mode() & 0o777;
         let our_group = |gid: u32| {
             gid == rustix::process::getegid().as_raw()
                 || rustix::process::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
         };
-        if mode & 0o002 != 0 || (mode & 0o020 != 0 && !our_group(meta.gid())) {
-            return Err(refuse(format!("writable by others than its owner (mode {mode:03o})")));
+        if mode & 0o002 != 0 {
+            return Err(refuse(format!("writable by anyone (mode {mode:03o})")));
+        }
+        if mode & 0o020 != 0 && !our_group(meta.gid()) {
+            return Err(refuse(format!(
+                "writable by group {}, which this process is not in (mode {mode:03o})",
+                meta.gid()
+            )));
         }
         if !ours(meta.uid()) {
             return Err(refuse(format!("owned by another user (uid {})", meta.uid())));
+        }
+        if meta.nlink() != 1 {
+            return Err(refuse(format!("a file with {} names (a hard link)", meta.nlink())));
         }
         Ok(file)
     }
@@ -146,12 +173,14 @@ mod tests {
         let path = dir.path().join("token");
         write_private(&path, b"secret").unwrap();
         assert_eq!(read_private(&path).unwrap(), b"secret");
+        let refused = |path: &Path, why: &str| {
+            let err = read_private(path).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+            assert!(err.to_string().starts_with(why), "{err}");
+        };
         for mode in [0o666, 0o602] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            let err = read_private(&path).unwrap_err();
-            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-            let expected = format!("writable by others than its owner (mode {mode:03o})");
-            assert!(err.to_string().starts_with(&expected), "{err}");
+            refused(&path, &format!("writable by anyone (mode {mode:03o})"));
         }
         // Readable by others is not a planted file (a mounted Secret is 0644), nor writable by
         // the process's own group (a volume of a pod's fsGroup).
@@ -159,23 +188,32 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             assert_eq!(read_private(&path).unwrap(), b"secret", "{mode:o}");
         }
-        // A group this process is not in, another user's file, a symlink another user
-        // planted (only root can make them here): a root-owned, world-readable target would
-        // otherwise pass.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A second name: a hard link (to a root-owned file, it would pass everything else).
+        let other_name = dir.path().join("linked");
+        std::fs::hard_link(&path, &other_name).unwrap();
+        refused(&path, "a file with 2 names (a hard link)");
+        std::fs::remove_file(&other_name).unwrap();
+        // A FIFO is refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let err = read_private(&fifo).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+        // A group this process is not in, another user's file, a symlink another user made
+        // (only root can make them here): a root-owned, world-readable target would otherwise
+        // pass.
         if rustix::process::geteuid().is_root() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
             std::os::unix::fs::chown(&path, None, Some(4321)).unwrap();
-            let err = read_private(&path).unwrap_err();
-            assert!(err.to_string().starts_with("writable by others than its owner (mode 660)"), "{err}");
+            refused(&path, "writable by group 4321, which this process is not in (mode 660)");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             std::os::unix::fs::chown(&path, Some(4321), None).unwrap();
-            let err = read_private(&path).unwrap_err();
-            assert!(err.to_string().starts_with("owned by another user (uid 4321)"), "{err}");
+            refused(&path, "owned by another user (uid 4321)");
             let link = dir.path().join("admin-token");
             std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
             assert!(read_private(&link).is_ok(), "a symlink of root's is followed");
             std::os::unix::fs::lchown(&link, Some(4321), None).unwrap();
-            let err = read_private(&link).unwrap_err();
-            assert!(err.to_string().starts_with("a symlink owned by another user (uid 4321)"), "{err}");
+            refused(&link, "a symlink another user made (uid 4321)");
         }
     }
 

@@ -157,10 +157,13 @@ pub(crate) static REFUSALS: LimitedLog = LimitedLog::new("refused requests");
 /// Failed accepts on a listener (out of file descriptors and the like).
 pub(crate) static ACCEPT_FAILURES: LimitedLog = LimitedLog::new("failed accepts");
 
-/// A client's visits that failed: a target it could not reach, a local forward, UDP flow,
-/// network visit or SOCKS request refused. Anyone who reaches a public port (or the SOCKS
-/// proxy) can cause one per connection.
+/// A client's visits that failed: a target it could not reach, a local forward, UDP flow or
+/// network visit refused. Anyone who reaches a public port can cause one per connection.
 pub(crate) static VISIT_FAILURES: LimitedLog = LimitedLog::new("failed visits");
+
+/// SOCKS requests the client's proxy refused (logged at info: a window of their own, so that
+/// hidden ones never hold back the failed visits' warnings).
+pub(crate) static SOCKS_REFUSALS: LimitedLog = LimitedLog::new("refused SOCKS requests");
 
 /// An in-program HTTP handler's failures, one per request at most.
 pub(crate) static HANDLER_FAILURES: LimitedLog = LimitedLog::new("failed handler calls");

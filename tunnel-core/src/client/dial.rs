@@ -43,7 +43,7 @@ impl Client {
         let other = if first == Wire::Tcp { Wire::WebSocket } else { Wire::Tcp };
         let reason = match &failed.failure {
             Failure::Transient(reason) => reason.clone(),
-            Failure::Permanent(err) => err.to_string(),
+            Failure::Permanent(err) => crate::log::Chain(err).to_string(),
         };
         tracing::info!("over {first}: {}; trying {other}", Escaped(&reason));
         match self.dial_over(link, other).await {

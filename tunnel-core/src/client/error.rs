@@ -31,8 +31,9 @@ pub enum ClientError {
     ServerCertificate {
         /// What to check.
         hint: &'static str,
-        /// What TLS found wrong with it.
-        source: rustls::Error,
+        /// What was wrong with it: a [`FingerprintMismatch`] against a pin, else the TLS
+        /// error (a [`rustls::Error`]).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The server refused the connection for a reason retrying cannot fix.
     #[error("server refused the connection ({code}): {}", Escaped(.message))]
@@ -169,12 +170,18 @@ fn classify_tls(err: std::io::Error) -> Failure {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
             if other.0.downcast_ref::<FingerprintMismatch>().is_some() =>
         {
+            // The mismatch itself: rustls shows what it wraps only in its debug form.
+            let mismatch = other.0.downcast_ref::<FingerprintMismatch>().cloned();
             let hint = "check the pinned fingerprint; the server prints its own at start";
-            ClientError::ServerCertificate { hint, source: tls.clone() }.into()
+            let source: Box<dyn std::error::Error + Send + Sync> = match mismatch {
+                Some(mismatch) => Box::new(mismatch),
+                None => Box::new(tls.clone()),
+            };
+            ClientError::ServerCertificate { hint, source }.into()
         }
         rustls::Error::InvalidCertificate(_) => {
             let hint = "check the CA, or pin the server's fingerprint";
-            ClientError::ServerCertificate { hint, source: tls.clone() }.into()
+            ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }.into()
         }
         rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::NotTls.into(),
         other => ClientError::Tls(other.clone()).into(),

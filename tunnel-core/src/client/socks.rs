@@ -83,15 +83,15 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, opener: Option<StreamOpe
     let accepted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, socks::accept(&mut tcp, auth)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => {
-            return crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, "SOCKS client refused: {}", crate::log::Chain(&err))
+            return crate::log::info_limited!(crate::log::SOCKS_REFUSALS, %visitor, "SOCKS client refused: {}", crate::log::Chain(&err))
         }
         Err(_) => {
-            return crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, "SOCKS client sent no request within {HANDSHAKE_TIMEOUT:?}")
+            return crate::log::info_limited!(crate::log::SOCKS_REFUSALS, %visitor, "SOCKS client sent no request within {HANDSHAKE_TIMEOUT:?}")
         }
     };
     let destination = &accepted.request.destination;
     let refuse = |reply, why: &str| {
-        crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, %destination, "SOCKS connection refused ({reply:?}): {}", Escaped(why));
+        crate::log::info_limited!(crate::log::SOCKS_REFUSALS, %visitor, %destination, "SOCKS connection refused ({reply:?}): {}", Escaped(why));
     };
     if accepted.request.command == Command::UdpAssociate {
         let Some(opener) = opener.filter(|o| !o.is_closed()) else {

@@ -233,7 +233,7 @@ async fn visit_network(
     let mut tcp = match dialed {
         Ok(tcp) => tcp,
         Err(reply) => {
-            crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
+            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
             return answer_refusal(&mut stream, &reply).await;
         }
     };

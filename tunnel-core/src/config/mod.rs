@@ -134,7 +134,8 @@ const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Reads and parses a TOML file into `T`.
 fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = read_text(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    let no_settings = text.lines().map(str::trim).all(|line| line.is_empty() || line.starts_with('#'));
+    let body = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let no_settings = body.lines().map(str::trim).all(|line| line.is_empty() || line.starts_with('#'));
     if no_settings {
         return Err(ConfigError::Empty { path: path.to_owned() });
     }
@@ -279,7 +280,7 @@ mod file_tests {
     fn a_file_with_no_settings_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("client.toml");
-        for text in ["", "\n \n", "# all commented out\n# name = \"a\"\n"] {
+        for text in ["", "\n \n", "# all commented out\r\n# name = \"a\"\r\n", "\u{feff}# only a comment\n"] {
             std::fs::write(&path, text).unwrap();
             let err = load::<ClientFile>(&path).unwrap_err();
             assert!(matches!(err, ConfigError::Empty { .. }), "{text:?}: {err:?}");

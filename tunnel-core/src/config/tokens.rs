@@ -44,7 +44,8 @@ pub(super) fn stored_token(state_dir: &Path, name: &str) -> Result<(Token, Token
     let state_err = |source| ConfigError::StateDir { path: path.clone(), source };
     if path.exists() {
         let text = crate::fs::read_private_text(&path).map_err(state_err)?;
-        let token = Token::new(text.trim()).map_err(|e| invalid("state_dir", e))?;
+        let token = Token::new(text.trim())
+            .map_err(|e| state_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         return Ok((token, TokenSource::Generated(path)));
     }
     crate::fs::create_private_dir(state_dir)

@@ -90,7 +90,7 @@ pub fn trusting(extra: Vec<CertificateDer<'static>>) -> Result<Arc<rustls::Clien
 }
 
 /// The error a pinned verifier reports, recoverable from the rustls error for a clear message.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("server certificate fingerprint is {actual}, expected {}", list(expected))]
 pub struct FingerprintMismatch {
     /// The pinned fingerprints.
