@@ -1,15 +1,24 @@
 //! Shared harness: a server on 127.0.0.1:0 with a generated certificate, clients pinned to it,
-//! and targets that echo or exchange bulk data with hashes.
+//! bare protocol sessions, and waiting for a condition. The rest is by job, re-exported here so
+//! a test needs only `use common::*;`: targets to reach (`targets`), checkable test data
+//! (`data`), wall-clock measurements (`measure`), and what the process holds (`process`).
 
 #![allow(dead_code)]
+
+mod data;
+mod measure;
+mod process;
+mod targets;
+
+// A test binary uses some of each; the rest is unused there.
+#[allow(unused_imports)]
+pub use {data::*, measure::*, process::*, targets::*};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tunnel_core::auth::{Credentials, Token};
@@ -211,22 +220,6 @@ pub fn is_reset<T>(outcome: &std::io::Result<T>) -> bool {
     matches!(outcome, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
-/// A target on 127.0.0.1:0 that runs `handler` for each accepted connection.
-pub async fn serve_target<F, Fut>(handler: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(handler(tcp));
-        }
-    });
-    addr
-}
-
 /// A session as `name` with `token` speaking the protocol directly (no client logic), as a
 /// hostile, buggy or old client could.
 pub async fn bare_session(server: &TestServer, name: &str, token: &str) -> tunnel_core::session::Session {
@@ -260,161 +253,11 @@ pub fn ignoring_lanes(mut session: tunnel_core::session::Session) -> tunnel_core
     session
 }
 
-/// Writes `bytes` on a connection to an echo target and reads them back.
-pub async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) {
-    tcp.write_all(bytes).await.unwrap();
-    let mut back = vec![0u8; bytes.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.expect("no echo").unwrap();
-    assert_eq!(back, bytes);
-}
-
-/// A TCP echo server: echoes each connection until EOF, then closes its write side.
-pub async fn echo_target() -> SocketAddr {
-    serve_target(|mut tcp| async move {
-        let (mut r, mut w) = tcp.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    })
-    .await
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so both ends can hash what they expect.
-pub struct Pattern(u64);
-
-impl Pattern {
-    pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
-
-    /// SHA-256 of the first `len` bytes of the pattern.
-    pub fn digest(seed: u64, len: usize) -> [u8; 32] {
-        let mut pattern = Self::new(seed);
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(buf.len());
-            pattern.fill(&mut buf[..n]);
-            hash.update(&buf[..n]);
-            left -= n;
-        }
-        hash.finalize().into()
-    }
-}
-
-/// Writes the first `len` bytes of pattern `seed`.
-pub async fn write_pattern<W: AsyncWriteExt + Unpin>(
-    w: &mut W,
-    seed: u64,
-    len: usize,
-) -> std::io::Result<()> {
-    let mut pattern = Pattern::new(seed);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len());
-        pattern.fill(&mut buf[..n]);
-        w.write_all(&buf[..n]).await?;
-        left -= n;
-    }
-    Ok(())
-}
-
-/// Writes `len` pattern bytes then half-closes, while reading everything the peer sends.
-/// Returns the SHA-256 and length of what was read.
-pub async fn exchange(tcp: TcpStream, seed: u64, len: usize) -> std::io::Result<([u8; 32], usize)> {
-    let (mut r, mut w) = tcp.into_split();
-    let writer = async move {
-        write_pattern(&mut w, seed, len).await?;
-        w.shutdown().await
-    };
-    let reader = async move {
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            let n = r.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>((hash.finalize().into(), total));
-            }
-            hash.update(&buf[..n]);
-            total += n;
-        }
-    };
-    let ((), received) = tokio::try_join!(writer, reader)?;
-    Ok(received)
-}
-
-/// A target that, per connection, sends `len` bytes of pattern `seed` and reports the hash of
-/// what it received on the returned channel.
-pub async fn bulk_target(
-    seed: u64,
-    len: usize,
-) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<([u8; 32], usize)>) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let addr = serve_target(move |tcp| {
-        let tx = tx.clone();
-        async move {
-            if let Ok(received) = exchange(tcp, seed, len).await {
-                let _ = tx.send(received);
-            }
-        }
-    })
-    .await;
-    (addr, rx)
-}
-
-/// A target that sends `len` bytes of pattern `seed` to each connection.
-pub async fn source_target(seed: u64, len: usize) -> SocketAddr {
-    serve_target(move |mut tcp| async move {
-        if write_pattern(&mut tcp, seed, len).await.is_ok() {
-            let _ = tcp.shutdown().await;
-        }
-    })
-    .await
-}
-
-/// Connects, sends `message`, half-closes, and returns everything read back.
-pub async fn round_trip(addr: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    tcp.write_all(message).await?;
-    tcp.shutdown().await?;
-    let mut reply = Vec::new();
-    tcp.read_to_end(&mut reply).await?;
-    Ok(reply)
-}
-
 /// Logs to the test output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`), for diagnosis.
 pub fn init_test_log() {
     if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
-}
-
-/// Resident set size of this process, in bytes.
-pub fn rss_bytes() -> u64 {
-    rss_of("self")
-}
-
-/// Resident set size of process `pid` (a number, or `self`), in bytes.
-pub fn rss_of(pid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib * 1024
 }
 
 /// A client configuration with these private services (`SERVICE=HOST:PORT`).
@@ -427,116 +270,4 @@ pub fn with_services(mut config: ClientConfig, services: &[String]) -> ClientCon
 pub fn with_locals(mut config: ClientConfig, locals: &[String]) -> ClientConfig {
     config.locals = locals.iter().map(|s| s.parse().unwrap()).collect();
     config
-}
-
-/// Open file descriptors of this process.
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// What each open file descriptor points at, for diagnosing a leak.
-pub fn describe_fds() -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| format!("{} -> {:?}", e.file_name().to_string_lossy(), std::fs::read_link(e.path()).ok()))
-        .collect();
-    out.sort();
-    out
-}
-
-/// A target that reads everything and, at EOF, answers with the byte count (u64).
-pub async fn sink_target() -> SocketAddr {
-    serve_target(|mut tcp| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-            total += n as u64;
-        }
-        let _ = tcp.write_all(&total.to_be_bytes()).await;
-    })
-    .await
-}
-
-/// Sends `bytes` through `public` to a [`sink_target`]; returns bytes per second (wall clock).
-pub async fn throughput(public: SocketAddr, bytes: usize) -> f64 {
-    let started = std::time::Instant::now();
-    let mut tcp = TcpStream::connect(public).await.unwrap();
-    let chunk = vec![0x5au8; 64 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        tcp.write_all(&chunk[..n]).await.unwrap();
-        left -= n;
-    }
-    tcp.shutdown().await.unwrap();
-    let mut count = [0u8; 8];
-    tcp.read_exact(&mut count).await.unwrap();
-    assert_eq!(u64::from_be_bytes(count), bytes as u64, "the sink received a short stream");
-    bytes as f64 / started.elapsed().as_secs_f64()
-}
-
-/// Median round trip of 1-byte messages through `public` to an [`echo_target`] (wall clock).
-pub async fn latency_p50(public: SocketAddr, samples: usize) -> Duration {
-    let mut tcp = TcpStream::connect(public).await.unwrap();
-    let mut times = Vec::with_capacity(samples);
-    let mut byte = [0u8; 1];
-    for i in 0..samples {
-        let started = std::time::Instant::now();
-        tcp.write_all(&[i as u8]).await.unwrap();
-        tcp.read_exact(&mut byte).await.unwrap();
-        times.push(started.elapsed());
-    }
-    times.sort();
-    times[samples / 2]
-}
-
-/// Throughput and latency of an established session, for before/during comparisons.
-#[derive(Debug, Clone, Copy)]
-pub struct Health {
-    pub bytes_per_sec: f64,
-    pub p50: Duration,
-}
-
-pub async fn health(sink: SocketAddr, echo: SocketAddr) -> Health {
-    Health { bytes_per_sec: throughput(sink, 32 * 1024 * 1024).await, p50: latency_p50(echo, 200).await }
-}
-
-/// Live TCP sockets (from `/proc/net/tcp*`) with a local or remote port in `ports`, TIME-WAIT
-/// excluded (those belong to no process). Ports chosen by the OS are unique to a test, so this
-/// sees only that test's sockets, whatever else runs in the process.
-pub fn live_sockets(ports: &[u16], include_listeners: bool) -> Vec<String> {
-    const TIME_WAIT: &str = "06";
-    const LISTEN: &str = "0A";
-    let mut found = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let port = |field: &str| field.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            let (local, remote, state) = (port(fields[1]), port(fields[2]), fields[3]);
-            if state == TIME_WAIT || (state == LISTEN && !include_listeners) {
-                continue;
-            }
-            if [local, remote].iter().flatten().any(|p| ports.contains(p)) {
-                found.push(format!("{} -> {} state {state}", fields[1], fields[2]));
-            }
-        }
-    }
-    found
-}
-
-/// Waits until no socket of ours touches `tunnel_ports` (server, public ports: listeners
-/// included) or `target_ports` (connections only; the targets keep listening).
-pub async fn assert_sockets_released(tunnel_ports: &[u16], target_ports: &[u16]) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let mut left = live_sockets(tunnel_ports, true);
-        left.extend(live_sockets(target_ports, false));
-        if left.is_empty() {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "sockets still open after teardown: {left:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
