@@ -150,7 +150,7 @@ impl Metrics {
         let http_requests = Family::default();
         registry.register(
             "http_requests",
-            "HTTP requests answered by the edge, by client and status",
+            "HTTP requests answered by the edge, by client and status class",
             http_requests.clone(),
         );
         let handshake_failures = Family::default();
@@ -388,6 +388,8 @@ mod tests {
         metrics.handshake_failed("timeout");
         metrics.refused("port taken");
         metrics.reconnect();
+        metrics.websocket_upgrade();
+        metrics.datagram_dropped("queue full");
         metrics.rtt(Duration::from_millis(3));
         let text = metrics.encode();
         for line in [
@@ -401,6 +403,8 @@ mod tests {
             "tunnel_handshake_failures_total{reason=\"timeout\"} 1",
             "tunnel_refusals_total{reason=\"port taken\"} 1",
             "tunnel_reconnects_total 1",
+            "tunnel_websocket_upgrades_total 1",
+            "tunnel_udp_datagrams_dropped_total{reason=\"queue full\"} 1",
             "tunnel_heartbeat_rtt_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
@@ -422,7 +426,10 @@ mod tests {
         assert_eq!(own, MAX_CLIENTS + 1, "every client beyond the budget shares one series");
         assert!(text.contains("tunnel_visitors_carried_total{client=\"_other\",route=\"r\"} 5"), "{text}");
         let _ = metrics.visitor("c0", "r");
-        assert!(text.contains("client=\"c0\""), "a client within the budget keeps its own series");
+        assert!(
+            metrics.encode().contains("tunnel_visitors_carried_total{client=\"c0\",route=\"r\"} 2"),
+            "a client within the budget keeps its own series"
+        );
         for n in 0..MAX_ROUTES {
             let _ = metrics.visitor("c1", &format!("route{n}"));
         }

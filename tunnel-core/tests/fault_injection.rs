@@ -262,20 +262,26 @@ async fn a_slow_target_does_not_hold_back_other_streams() {
     let (slow_public, sink_public) = (forwards[0].public_addr, forwards[1].public_addr);
 
     let alone = throughput(sink_public, 64 * MIB).await;
-    let pusher = tokio::spawn(async move {
-        let mut tcp = TcpStream::connect(slow_public).await.unwrap();
-        let chunk = vec![1u8; 64 * 1024];
-        // 64 MiB: more than every socket buffer and window on the way can absorb.
-        for _ in 0..1024 {
-            if tcp.write_all(&chunk).await.is_err() {
-                return;
+    let pushed = Arc::new(AtomicUsize::new(0));
+    let pusher = tokio::spawn({
+        let pushed = pushed.clone();
+        async move {
+            let mut tcp = TcpStream::connect(slow_public).await.unwrap();
+            let chunk = vec![1u8; 64 * 1024];
+            // 64 MiB: more than every socket buffer and window on the way can absorb.
+            for _ in 0..1024 {
+                if tcp.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                pushed.fetch_add(chunk.len(), Ordering::Relaxed);
             }
         }
     });
-    // Let the slow stream's window fill so it is truly backed up.
-    eventually("the slow target to start reading", || {
-        let n = slow_read.load(Ordering::Relaxed);
-        async move { n > 0 }
+    // The slow stream is backed up once its target reads and 4 MiB more than it read are
+    // queued on the way (its window and the socket buffers are full of it).
+    eventually("the slow stream to back up", || {
+        let (read, pushed) = (slow_read.load(Ordering::Relaxed), pushed.load(Ordering::Relaxed));
+        async move { read > 0 && pushed >= read + 4 * MIB }
     })
     .await;
     let beside_slow = throughput(sink_public, 64 * MIB).await;

@@ -159,7 +159,7 @@ impl HttpEdge {
         self
     }
 
-    /// Counts every answer in `metrics` (`tunnel_http_requests_total`, by client and status).
+    /// Counts every answer in `metrics` (`tunnel_http_requests_total`, by client and status class).
     pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
         self.metrics = Some(metrics);
         self

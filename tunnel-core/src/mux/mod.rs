@@ -447,11 +447,24 @@ mod tests {
             s.write_all(b"x").await.unwrap();
             streams.push(s);
         }
-        let mut admitted = 0;
-        while tokio::time::timeout(Duration::from_millis(100), incoming.next()).await.is_ok() {
-            admitted += 1;
+        let mut admitted = Vec::new();
+        while let Ok(Some(stream)) = tokio::time::timeout(Duration::from_millis(100), incoming.next()).await {
+            admitted.push(stream);
         }
-        assert_eq!(admitted, 10, "the burst is the rate");
+        assert_eq!(admitted.len(), 10, "the burst is the rate");
+        let mut reset = 0;
+        for stream in &mut streams {
+            let mut byte = [0u8; 1];
+            // An admitted stream stays open and silent: its read times out.
+            if let Ok(read) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut byte)).await {
+                assert!(
+                    matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                    "a refused stream ends with a reset, not {read:?}"
+                );
+                reset += 1;
+            }
+        }
+        assert_eq!(reset, 5, "every stream past the burst is reset");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut later = opener.open().await.unwrap();
         later.write_all(b"y").await.unwrap();
