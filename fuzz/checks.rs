@@ -288,10 +288,12 @@ pub fn admin_request(data: &[u8]) {
 
 /// HTTP routing input: the first line is a request's Host header and path, the rest a route
 /// (the `--http` form, or a `[[routes]]` table). Host patterns and routes print back to what
-/// parses to the same; a request's host and path are matched without panicking, and an
-/// exact-host, any-path route matches every path of its host.
+/// parses to the same; a request's host is its Host header but for case, port and one final
+/// dot; its path loses every dot segment, and keeps none after; it is matched without
+/// panicking, only by routes of the host's owner, and an exact-host, any-path route matches
+/// every path of its host.
 pub fn http_route(data: &[u8]) {
-    use tunnel_core::http::{request_host, HttpRoute, Matcher, RouteIndex};
+    use tunnel_core::http::{remove_dot_segments, request_host, HttpRoute, Matcher, RouteIndex};
     use tunnel_core::proto::{HostPattern, RouteId};
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
@@ -317,8 +319,26 @@ pub fn http_route(data: &[u8]) {
     }
     let request =
         http::Request::get(path.parse::<http::Uri>().unwrap_or_default()).header("host", host).body(());
-    let Ok(request) = request else { return };
+    let Ok(mut request) = request else { return };
     let Some(name) = request_host(&request) else { return };
+    // The target's authority, when it has one, wins over the Host header.
+    let raw = request.uri().authority().map_or(host, |authority| authority.as_str()).to_ascii_lowercase();
+    let rest = raw.strip_prefix(name.as_str()).expect("the host is the Host header's start");
+    let port = rest.strip_prefix('.').unwrap_or(rest);
+    assert!(
+        port.is_empty() || port.starts_with(':') && port[1..].bytes().all(|b| b.is_ascii_digit()),
+        "{host}"
+    );
+    remove_dot_segments(request.uri_mut());
+    let normal = request.uri().clone();
+    if normal.path().starts_with('/') {
+        for segment in normal.path().split('/') {
+            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+            assert!(decoded != "." && decoded != "..", "{path} -> {normal}");
+        }
+        remove_dot_segments(request.uri_mut());
+        assert_eq!(request.uri(), &normal, "removing dot segments twice changes nothing");
+    }
     let indexed = routes.iter().enumerate().filter_map(|(i, route)| {
         Some(tunnel_core::http::IndexedRoute {
             id: RouteId(i as u64),
@@ -328,7 +348,9 @@ pub fn http_route(data: &[u8]) {
         })
     });
     let index = RouteIndex::new(indexed, [], []);
-    let _ = index.lookup(&name, request.uri().path(), "GET", request.headers());
+    if let Some(hit) = index.lookup(&name, request.uri().path(), "GET", request.headers()) {
+        assert_eq!(Some(hit.owner), index.owner_of(&name), "only the host's owner answers for it");
+    }
     if let Ok(exact) = name.parse::<HostPattern>() {
         let any = Matcher::new(tunnel_core::proto::HttpMatch::host(exact)).unwrap();
         let single = RouteIndex::new(

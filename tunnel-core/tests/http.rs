@@ -147,7 +147,7 @@ async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
     assert_eq!(get(edge.http, "a.test", "/steal").await.0, StatusCode::GONE, "a.test stays a's alone");
 
     // The origin refusing connections: 502 with a reason; the owner gone: 502 too.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (_held, closed) = refusing_address();
     let mut set = client_a.routes.get();
     set.http = vec![format!("a.test/only=http://{closed}").parse().unwrap()];
     client_a.routes.set(set).unwrap();
@@ -161,6 +161,57 @@ async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
         get(edge.http, "a.test", "/only").await.0 == StatusCode::IM_A_TEAPOT
     })
     .await;
+    edge.server.stop().await;
+}
+
+/// One raw HTTP/1.1 request (`head` without its final blank line) on a new connection; the
+/// whole answer as text.
+async fn raw_request(edge: SocketAddr, head: &str) -> String {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    tcp.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer)).await.expect("no answer").unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_wildcard_never_answers_for_a_host_and_origins_read_the_routed_host_and_path() {
+    let edge = edge(|_| {}).await;
+    let (b, m) = (origin("B").await, origin("M").await);
+    let mut bob = start_client(with_http(
+        edge.server.client_config("bob", &[]),
+        &[format!("b.wild.test/only=http://{b}")],
+    ));
+    let mut mallory = start_client(with_http(
+        edge.server.client_config("mallory", &[]),
+        &[format!("*.wild.test=http://{m}")],
+    ));
+    bob.connected().await;
+    let ClientStatus::Connected { http, refused, .. } = mallory.answered(1).await else { unreachable!() };
+    assert!(refused.is_empty() && http.len() == 1, "{refused:?}");
+
+    assert!(get(edge.http, "b.wild.test", "/only/x").await.1.starts_with("B GET /only/x"));
+    assert!(get(edge.http, "x.wild.test", "/").await.1.starts_with("M GET /"), "the wildcard's own hosts");
+    // b.wild.test is bob's: a path none of bob's routes match gets the server's fallback, never
+    // mallory's wildcard (which would read bob's visitors' cookies).
+    let (status, body) = get(edge.http, "b.wild.test", "/account").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // A Host that is not a host and port is refused, not routed by its first part.
+    for host in ["b.wild.test:@evil.example", "b.wild.test..:99", "b.wild.test:x"] {
+        let answer = raw_request(edge.http, &format!("GET /only/x HTTP/1.1\r\nHost: {host}")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{host}: {answer}");
+    }
+    // A route's path confines what its origin is asked for: dot segments are resolved first.
+    let answer = raw_request(edge.http, "GET /only/%2e%2e/account HTTP/1.1\r\nHost: b.wild.test").await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(get(edge.http, "b.wild.test", "/only/./x/../y").await.1.starts_with("B GET /only/y "));
+    // A Connection header naming Host does not take the Host away from the origin.
+    let answer =
+        raw_request(edge.http, "GET /only/x HTTP/1.1\r\nHost: b.wild.test\r\nConnection: host").await;
+    assert!(answer.contains("B GET /only/x host=b.wild.test "), "{answer}");
+    bob.stop().await;
+    mallory.stop().await;
     edge.server.stop().await;
 }
 
@@ -272,20 +323,42 @@ async fn get_with_body(edge: SocketAddr, host: &str, path: &str, body: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_can_be_added_while_a_download_runs() {
     let edge = edge(|_| {}).await;
-    let (a, b) = (origin("A").await, origin("B").await);
+    let b = origin("B").await;
+    // An origin that holds each request until told to answer, and says when one is in.
+    let (arrived, mut in_flight) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let a = serve_target(move |tcp| {
+        let (arrived, gate) = (arrived.clone(), gate.clone());
+        let service = hyper::service::service_fn(move |request| {
+            let (arrived, gate) = (arrived.clone(), gate.clone());
+            async move {
+                let _ = arrived.send(());
+                gate.notified().await;
+                answer("A", request).await
+            }
+        });
+        async move {
+            let _ =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+        }
+    })
+    .await;
     let mut client =
         start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
     client.connected().await;
-    // A slow request in flight across the change.
-    let slow = tokio::spawn(async move { get(edge.http, "a.test", "/slow").await });
+    // A request in flight across the change: at the origin before it, answered after it.
+    let held = tokio::spawn(async move { get(edge.http, "a.test", "/held").await });
+    tokio::time::timeout(PATIENCE, in_flight.recv()).await.expect("the request never reached its origin");
     let mut set: RouteSet = client.routes.get();
     set.http.push(format!("b.test=http://{b}").parse().unwrap());
     client.routes.set(set).unwrap();
     client.answered(2).await;
     assert!(get(edge.http, "b.test", "/").await.1.starts_with("B GET /"));
-    let (status, body) = slow.await.unwrap();
+    release.notify_one();
+    let (status, body) = held.await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(body.starts_with("A GET /slow"), "{body}");
+    assert!(body.starts_with("A GET /held"), "{body}");
     client.stop().await;
     edge.server.stop().await;
 }

@@ -25,7 +25,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::headers::{is_upgrade, origin_form, request_host, route_value, set_forwarded, strip_hop_by_hop};
+use super::headers::{
+    is_upgrade, origin_form, remove_dot_segments, route_value, routed_host, set_forwarded, strip_hop_by_hop,
+};
 use super::index::RouteIndex;
 use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
@@ -262,7 +264,7 @@ impl HttpEdge {
             }
             return;
         }
-        let mut parking = Parking::new(io, activity);
+        let mut parking = Parking::new(io, activity.clone());
         // Nothing of hyper's until the first request begins (browsers open spare connections).
         // A request whose first byte is in is served, drain or not.
         let first = tokio::select! {
@@ -276,7 +278,8 @@ impl HttpEdge {
         loop {
             // Boxed: a parked connection's task keeps only this loop's few words, not the
             // hyper connection's state.
-            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor)).await else {
+            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor, &activity)).await
+            else {
                 // Upgraded: this task carries the upgraded connection, so that it still counts
                 // among the edge's connections and is cut by a drain like them.
                 let splice = upgraded.0.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -303,7 +306,15 @@ impl HttpEdge {
 
     /// One hyper HTTP/1.1 connection over `parking`, until the visitor closes (`None`), the
     /// connection is upgraded (`None`: the splice owns the socket) or it is parked (the socket).
-    async fn http1<I, S>(&self, parking: Parking<I>, service: S, visitor: SocketAddr) -> Option<Parking<I>>
+    /// A visitor that takes nothing of an answer for the idle time (see `Activity::quiet_for`),
+    /// and so would hold its place toward the client forever, is cut (`None`).
+    async fn http1<I, S>(
+        &self,
+        parking: Parking<I>,
+        service: S,
+        visitor: SocketAddr,
+        activity: &Activity,
+    ) -> Option<Parking<I>>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         S: hyper::service::HttpService<Incoming, ResBody = ExchangeBody> + Send + 'static,
@@ -324,6 +335,10 @@ impl HttpEdge {
             () = self.draining.cancelled() => {
                 std::pin::Pin::new(&mut connection).graceful_shutdown();
                 (&mut connection).await
+            }
+            () = activity.quiet_for(self.limits.header_timeout) => {
+                tracing::debug!(%visitor, "HTTP connection cut: its visitor takes nothing of its answer");
+                return None;
             }
         };
         let parts = connection.into_parts()?;
@@ -353,25 +368,15 @@ impl HttpEdge {
     /// answered itself).
     async fn answer(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         connection: Connection<'_>,
     ) -> (Response<Body>, Option<String>) {
         let Connection { visitor, sni, .. } = connection;
-        // Which Host counts would be ambiguous (RFC 9112 3.2): the origin might read another.
-        if request.headers().get_all(header::HOST).iter().nth(1).is_some() {
-            return (
-                text_response(StatusCode::BAD_REQUEST, "the request has more than one Host header"),
-                None,
-            );
-        }
-        // `http://b.test@a.test/` goes to a.test, and would carry `b.test@a.test` on as its Host
-        // (RFC 9110 4.2.4: userinfo in an http URI is an error).
-        if request.uri().authority().is_some_and(|authority| authority.as_str().contains('@')) {
-            return (text_response(StatusCode::BAD_REQUEST, "the request target has userinfo"), None);
-        }
-        let Some(host) = request_host(&request) else {
-            return (text_response(StatusCode::BAD_REQUEST, "the request names no host"), None);
+        let host = match routed_host(&request) {
+            Ok(host) => host,
+            Err(why) => return (text_response(StatusCode::BAD_REQUEST, why), None),
         };
+        remove_dot_segments(request.uri_mut());
         let challenge =
             self.challenges.as_deref().and_then(|c| super::challenge::answer(c, &host, request.uri().path()));
         if let Some(answer) = challenge {

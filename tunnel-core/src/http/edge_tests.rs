@@ -254,3 +254,28 @@ async fn a_slow_reader_keeps_its_http2_connection_and_a_stalled_one_does_not() {
         .await
         .expect("a peer taking nothing kept its connection");
 }
+
+/// An HTTP/1.1 visitor that takes nothing of its answers (requests sent, responses never read)
+/// is cut after the idle time, as an HTTP/2 one is: else it would hold its place toward the
+/// client for as long as it liked.
+#[tokio::test(start_paused = true)]
+async fn an_http1_visitor_that_takes_nothing_of_its_answers_is_cut() {
+    use tokio::io::AsyncWriteExt;
+    let idle = EdgeLimits::default().header_timeout;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (visitor, served) = tokio::io::duplex(1024);
+    let serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let (_reader, mut writer) = tokio::io::split(visitor);
+    // Pipelined requests whose answers fill every buffer on the way, never read.
+    tokio::spawn(async move {
+        for _ in 0..10_000 {
+            if writer.write_all(b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n").await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::timeout(idle * 3, serving)
+        .await
+        .expect("a visitor taking nothing of its answers held its connection")
+        .unwrap();
+}

@@ -54,7 +54,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !is_hop_by_hop(t))
+        // `Host` says which site the request is for: naming it as a connection option is an
+        // error (RFC 9110 7.6.1) that must not leave the origin without it.
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("host") && !is_hop_by_hop(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()).chain(LEGACY_HOP.iter()) {
@@ -71,24 +73,48 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().chain(LEGACY_HOP.iter()).any(|hop| hop.as_str().eq_ignore_ascii_case(name))
 }
 
+/// The host a request is routed by, or why it names none the origin would read the same way:
+/// two Host headers (which counts would be ambiguous, RFC 9112 3.2), userinfo in its target
+/// (`http://b.test@a.test/` goes to a.test and would carry `b.test@a.test` on as its Host;
+/// RFC 9110 4.2.4), or no host and port ([`request_host`]).
+pub(super) fn routed_host<B>(request: &Request<B>) -> Result<String, &'static str> {
+    if request.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err("the request has more than one Host header");
+    }
+    if request.uri().authority().is_some_and(|authority| authority.as_str().contains('@')) {
+        return Err("the request target has userinfo");
+    }
+    request_host(request)
+        .ok_or("the request names no host, or not a name or [IPv6 address] with an optional port")
+}
+
 /// The host a request is for: the `Host` header (HTTP/1.1) or the URI's authority (HTTP/2),
-/// lowercase, without port or final dot; `None` if absent or not a plausible name.
+/// lowercase, without port or final dot; `None` if absent or not a host and port. Only case
+/// and one final dot set it apart from what the origin reads in the `Host` header, so the
+/// origin never reads a host other than the one the request was routed by (`a.test:@evil`,
+/// `a.test..` and `a.test:x` are refused, not routed as `a.test`).
 pub fn request_host<B>(request: &Request<B>) -> Option<String> {
     let raw = match request.uri().authority() {
-        Some(authority) => authority.host(),
+        Some(authority) => authority.as_str(),
         None => request.headers().get(header::HOST)?.to_str().ok()?,
     };
-    let host = if raw.starts_with('[') {
-        // An IPv6 literal: up to its closing bracket, which is kept.
-        &raw[..raw.find(']').map_or(raw.len(), |end| end + 1)]
-    } else {
-        raw.split(':').next()?
+    let (host, port) = match raw.strip_prefix('[') {
+        // An IPv6 literal: its brackets are kept.
+        Some(inner) => {
+            let end = inner.find(']')?;
+            inner[..end].parse::<std::net::Ipv6Addr>().ok()?;
+            raw.split_at(end + 2)
+        }
+        None => raw.split_at(raw.find(':').unwrap_or(raw.len())),
     };
-    let host = host.trim_end_matches('.');
-    let plausible = !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
-    plausible.then(|| host.to_ascii_lowercase())
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let name_ok = host.starts_with('[')
+        || host.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    (port_ok && name_ok && !host.is_empty() && host.len() <= 253).then(|| host.to_ascii_lowercase())
 }
 
 /// Sets `X-Forwarded-For` (appending the visitor to any list a client sent), `-Proto` and
@@ -138,6 +164,54 @@ pub(super) fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
+/// Removes the dot segments of `uri`'s path (RFC 3986 5.2.4), `%2e` read as the `.` it stands
+/// for, so that a route's path confines what its origin is asked for: `/api/../admin` and
+/// `/api/%2e%2e/admin` are `/admin`, matched and sent as such (an origin resolving them itself
+/// would serve `/admin` under a route for `/api`). Encoded slashes (`%2f`) and backslashes are
+/// left as they are, as they are not separators to HTTP. The query is kept.
+pub fn remove_dot_segments(uri: &mut Uri) {
+    let path = uri.path();
+    let encoded_dot =
+        |p: &str| p.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e');
+    if !path.starts_with('/') || !(path.contains("/.") || encoded_dot(path)) {
+        return;
+    }
+    let dots = |segment: &str| match segment.to_ascii_lowercase().replace("%2e", ".").as_str() {
+        "." => 1,
+        ".." => 2,
+        _ => 0,
+    };
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match dots(segment) {
+            0 => kept.push(segment),
+            n => {
+                if n == 2 {
+                    kept.pop();
+                }
+                // `/a/..` is `/`, `/a/.` is `/a/`: the final slash stays.
+                if last {
+                    kept.push("");
+                }
+            }
+        }
+    }
+    let mut target = format!("/{}", kept.join("/"));
+    if target == path {
+        return;
+    }
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = target.parse().ok();
+    // Only the path changed, from a valid one to a part of it: this cannot fail.
+    *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,14 +219,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_an_upgrade_is_kept_when_asked() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert(header::CONNECTION, "keep-alive, x-private, Host".parse().unwrap());
+        headers.insert(header::HOST, "a.test".parse().unwrap());
         headers.insert("x-private", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         headers.insert("x-kept", "yes".parse().unwrap());
         strip_hop_by_hop(&mut headers, None);
-        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers.len(), 2, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+        assert_eq!(headers[header::HOST], "a.test", "a Host named by Connection stays");
 
         let mut ws = HeaderMap::new();
         ws.insert(header::CONNECTION, "Upgrade".parse().unwrap());
@@ -172,9 +248,33 @@ mod tests {
         assert_eq!(request_host(&h2).as_deref(), Some("b.test"));
         let v6 = Request::get("/").header(header::HOST, "[::1]:8080").body(()).unwrap();
         assert_eq!(request_host(&v6).as_deref(), Some("[::1]"));
-        let bad = Request::get("/").header(header::HOST, "a b").body(()).unwrap();
-        assert_eq!(request_host(&bad), None);
         assert_eq!(request_host(&Request::get("/").body(()).unwrap()), None);
+        // Anything the origin could read as another host than the one routed by is refused.
+        for bad in [
+            "a b",
+            "a.test:@evil.example",
+            "a.test:x",
+            "a.test:123456",
+            "a.test..",
+            "a..test",
+            ".a.test",
+            "a.test:80:81",
+            "[::1",
+            "[::1]x",
+            "[not-v6]",
+            "",
+            ":80",
+            "a.test/x",
+        ] {
+            let request = Request::get("/").header(header::HOST, bad).body(()).unwrap();
+            assert_eq!(request_host(&request), None, "{bad:?}");
+        }
+        for (good, host) in
+            [("a.test:", "a.test"), ("a.test.:443", "a.test"), ("[::1]", "[::1]"), ("x_y.test", "x_y.test")]
+        {
+            let request = Request::get("/").header(header::HOST, good).body(()).unwrap();
+            assert_eq!(request_host(&request).as_deref(), Some(host), "{good:?}");
+        }
     }
 
     #[test]
@@ -205,6 +305,27 @@ mod tests {
             let value = route_value(id);
             assert_eq!(value.to_str().unwrap(), id.to_string());
             assert_eq!(value.to_str().unwrap().parse::<RouteId>().unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_removed_before_a_path_is_matched_or_sent() {
+        for (target, expected) in [
+            ("/api/../admin", "/admin"),
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/api/%2E./admin?x=/../y", "/admin?x=/../y"),
+            ("/api/./v1/.", "/api/v1/"),
+            ("/a/..", "/"),
+            ("/../../etc", "/etc"),
+            ("/api/..%2fadmin", "/api/..%2fadmin"),
+            ("/.well-known/acme-challenge/x", "/.well-known/acme-challenge/x"),
+            ("/a/...", "/a/..."),
+            ("http://a.test/x/../y", "http://a.test/y"),
+            ("/plain", "/plain"),
+        ] {
+            let mut uri: Uri = target.parse().unwrap();
+            remove_dot_segments(&mut uri);
+            assert_eq!(uri.to_string(), expected, "{target}");
         }
     }
 

@@ -70,36 +70,59 @@ impl<T> RouteIndex<T> {
         }
     }
 
-    /// The route for a request: the first match among the routes of the host's exact name, then
-    /// of each wildcard from the most specific; failing that, the fallback of the client that
-    /// owns the most specific pattern naming the host. `host` is lowercase, without port or
-    /// final dot.
+    /// The route for a request. A host belongs to the client owning the most specific pattern
+    /// that names it, HTTP or TLS ([`RouteIndex::owner_of`]); only that client's routes answer
+    /// for it: the first match among its routes of the host's exact name, then of each
+    /// wildcard from the most specific; failing that, its fallback. A wildcard of another
+    /// client never takes a request for a host someone else serves. `host` is lowercase,
+    /// without port or final dot.
     pub fn lookup(&self, host: &str, path: &str, method: &str, headers: &HeaderMap) -> Option<Hit<'_, T>> {
-        let mut owner_of_host = None;
+        let mut owner: Option<&str> = None;
         for pattern in candidates(host) {
-            let Some(routes) = self.http.get(&*pattern) else { continue };
-            if let Some(route) = routes.iter().find(|r| r.matcher.matches(path, method, headers)) {
+            let routes = self.http.get(&*pattern);
+            let owner = match owner {
+                Some(owner) => owner,
+                None => {
+                    let Some(found) = routes
+                        .and_then(|r| r.first())
+                        .map(|r| r.owner.as_str())
+                        .or_else(|| self.tls_owner(&pattern))
+                    else {
+                        continue;
+                    };
+                    *owner.insert(found)
+                }
+            };
+            let mut own = routes.into_iter().flatten().filter(|r| r.owner == owner);
+            if let Some(route) = own.find(|r| r.matcher.matches(path, method, headers)) {
                 return Some(Hit { id: route.id, owner: &route.owner, target: &route.target });
             }
-            owner_of_host = owner_of_host.or_else(|| routes.first().map(|r| r.owner.as_str()));
         }
-        let owner = owner_of_host?;
+        let owner = owner?;
         let (id, target) = self.fallbacks.get(owner)?;
         Some(Hit { id: *id, owner, target })
     }
 
-    /// The TLS passthrough route for a server name: its exact name, then wildcards.
+    /// The TLS passthrough route for a server name: the name's most specific pattern, HTTP or
+    /// TLS, if that is a TLS route. A wildcard passthrough never takes a name that has an HTTP
+    /// route of its own (or a more specific wildcard).
     pub fn lookup_tls(&self, server_name: &str) -> Option<Hit<'_, T>> {
-        candidates(server_name).find_map(|pattern| {
-            self.tls.get(&*pattern).map(|(id, owner, target)| Hit { id: *id, owner, target })
+        let pattern =
+            candidates(server_name).find(|p| self.tls.contains_key(&**p) || self.http.contains_key(&**p))?;
+        self.tls.get(&*pattern).map(|(id, owner, target)| Hit { id: *id, owner, target })
+    }
+
+    /// The client owning `host`: the owner of the most specific pattern that names it, among
+    /// HTTP and TLS routes (one client holds a pattern for both).
+    pub fn owner_of(&self, host: &str) -> Option<&str> {
+        candidates(host).find_map(|pattern| {
+            let http = self.http.get(&*pattern).and_then(|routes| routes.first()).map(|r| r.owner.as_str());
+            http.or_else(|| self.tls_owner(&pattern))
         })
     }
 
-    /// The client owning the most specific pattern that names `host`.
-    pub fn owner_of(&self, host: &str) -> Option<&str> {
-        candidates(host).find_map(|pattern| {
-            self.http.get(&*pattern).and_then(|routes| routes.first()).map(|r| r.owner.as_str())
-        })
+    fn tls_owner(&self, pattern: &str) -> Option<&str> {
+        self.tls.get(pattern).map(|(_, owner, _)| owner.as_str())
     }
 
     /// Whether any HTTP route exists (the listeners answer with the fallback otherwise).
@@ -135,7 +158,7 @@ mod tests {
         RouteIndex::new(
             [
                 route(1, "a", "a.test", PathMatch::Any),
-                route(2, "c", "a.test", PathMatch::Prefix("/api".into())),
+                route(2, "a", "a.test", PathMatch::Prefix("/api".into())),
                 route(3, "b", "b.test", PathMatch::Prefix("/only".into())),
                 route(4, "w", "*.test", PathMatch::Any),
                 route(5, "x", "*.x.test", PathMatch::Exact("/x".into())),
@@ -164,10 +187,9 @@ mod tests {
     fn an_unmatched_path_goes_to_the_owner_of_the_most_specific_pattern_or_nowhere() {
         let index = index();
         assert_eq!(hit(&index, "b.test", "/only/x"), Some(3));
-        // b.test's own routes do not match; the wildcard *.test does, and comes next.
-        assert_eq!(hit(&index, "b.test", "/elsewhere"), Some(4));
-        // *.x.test (owner x) has no match for /y, *.test does.
-        assert_eq!(hit(&index, "y.x.test", "/y"), Some(4));
+        // b.test is b's: the wildcard *.test of client w never answers for it.
+        assert_eq!(hit(&index, "b.test", "/elsewhere"), Some(30), "b's fallback, not w's wildcard");
+        assert_eq!(hit(&index, "y.x.test", "/y"), Some(50), "x's fallback, not w's wildcard");
         let narrow = RouteIndex::new(
             [route(3, "b", "b.test", PathMatch::Prefix("/only".into()))],
             [("b".to_owned(), RouteId(30), 30u64)],
@@ -175,6 +197,32 @@ mod tests {
         );
         assert_eq!(hit(&narrow, "b.test", "/elsewhere"), Some(30), "the owner's fallback");
         assert_eq!(hit(&narrow, "c.test", "/"), None);
+        let no_fallback = RouteIndex::new(
+            [
+                route(3, "b", "b.test", PathMatch::Prefix("/only".into())),
+                route(4, "w", "*.test", PathMatch::Any),
+            ],
+            [],
+            [],
+        );
+        assert_eq!(
+            hit(&no_fallback, "b.test", "/elsewhere"),
+            None,
+            "the server's fallback, not w's wildcard"
+        );
+    }
+
+    #[test]
+    fn an_owners_own_wildcard_answers_what_its_exact_host_does_not() {
+        let index = RouteIndex::new(
+            [
+                route(1, "b", "b.test", PathMatch::Prefix("/only".into())),
+                route(2, "b", "*.test", PathMatch::Any),
+            ],
+            [],
+            [],
+        );
+        assert_eq!(hit(&index, "b.test", "/elsewhere"), Some(2));
     }
 
     #[test]
@@ -182,5 +230,25 @@ mod tests {
         let index = index();
         assert_eq!(index.lookup_tls("a.tls.test").map(|h| *h.target), Some(9));
         assert_eq!(index.lookup_tls("tls.test").map(|h| *h.target), None);
+    }
+
+    #[test]
+    fn a_name_belongs_to_its_most_specific_pattern_across_http_and_tls() {
+        let index = RouteIndex::new(
+            [route(1, "bob", "b.wild.test", PathMatch::Any), route(2, "eve", "*.open.test", PathMatch::Any)],
+            [("bob".to_owned(), RouteId(10), 10u64), ("carol".to_owned(), RouteId(30), 30)],
+            [
+                ("*.wild.test".parse().unwrap(), RouteId(20), "mallory".to_owned(), 20),
+                ("c.open.test".parse().unwrap(), RouteId(3), "carol".to_owned(), 3),
+            ],
+        );
+        let tls = |name| index.lookup_tls(name).map(|h| *h.target);
+        assert_eq!(tls("b.wild.test"), None, "bob's HTTP host is not passed through to mallory");
+        assert_eq!(tls("x.wild.test"), Some(20));
+        assert_eq!(tls("c.open.test"), Some(3), "carol's exact passthrough beats eve's wildcard");
+        assert_eq!(index.owner_of("b.wild.test"), Some("bob"));
+        assert_eq!(index.owner_of("c.open.test"), Some("carol"));
+        assert_eq!(hit(&index, "c.open.test", "/"), Some(30), "plain HTTP for carol's name is carol's");
+        assert_eq!(hit(&index, "d.open.test", "/"), Some(2));
     }
 }

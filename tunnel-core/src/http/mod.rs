@@ -2,9 +2,11 @@
 //! takes requests from visitors and sends each to the client owning its route, and the
 //! client's side that answers them from origins (pooled), with fixed answers or redirects.
 //!
-//! Every request is its own data stream (a `Route` stream header, then one HTTP/1.1 exchange),
-//! so requests of one keep-alive connection may go to different clients, and a WebSocket
-//! upgrade becomes a byte stream spliced end to end.
+//! Each request is routed on its own and sent to its client as HTTP/1.1 on a pooled data
+//! stream (an `Http` stream header, then one exchange after another, whichever visitor
+//! connection each comes from), so requests of one keep-alive connection may go to different
+//! clients; a WebSocket upgrade gets a stream of its own (a `Route` stream header) and becomes
+//! a byte stream spliced end to end.
 
 mod action;
 mod challenge;
@@ -29,7 +31,7 @@ pub use action::{
 pub use challenge::{ChallengeAnswers, HTTP01_PATH};
 pub use edge::{EdgeLimits, HttpEdge, RouteSource};
 pub use handler::HttpHandler;
-pub use headers::{is_upgrade, request_host, set_forwarded, strip_hop_by_hop};
+pub use headers::{is_upgrade, remove_dot_segments, request_host, set_forwarded, strip_hop_by_hop};
 pub use index::{Hit, IndexedRoute, RouteIndex};
 pub use matcher::{prefix_matches, Matcher};
 pub use origin::Origins;

@@ -32,9 +32,10 @@ pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     in_flight: AtomicUsize,
-    /// For HTTP/2's idle check: exchanges begun so far, waits on the tunnel begun so far, and
-    /// bytes of answers handed to hyper (which asks for more only as the peer's flow control
-    /// window lets it send them).
+    /// For the idle check (HTTP/2's idle connections, and visitors of either version that
+    /// take nothing of their answers): exchanges begun so far, waits on the tunnel begun so
+    /// far, and bytes of answers handed to hyper (which asks for more only as the peer's flow
+    /// control window, or the socket, lets it send them).
     begun: AtomicUsize,
     waits: AtomicUsize,
     sent: AtomicUsize,
@@ -66,7 +67,8 @@ impl Activity {
     /// HTTP/2 peer that grants no flow control window holds answers forever), while one that
     /// reads slowly still opens its window, and so takes bytes. Pings and other control frames
     /// do not count. So between `limit` and twice that after the last sign of life. For
-    /// connections that are not parked (HTTP/2), whose idle time nothing else bounds.
+    /// HTTP/2 connections, whose idle time nothing else bounds, and HTTP/1.1 connections while
+    /// hyper serves them (an answer the visitor never reads holds them, not their idle time).
     pub(super) async fn quiet_for(&self, limit: Duration) {
         let signs = || {
             let load = |counter: &AtomicUsize| counter.load(Ordering::Acquire);

@@ -94,3 +94,13 @@ pub async fn sink_target() -> SocketAddr {
     })
     .await
 }
+
+/// An address that refuses connections for as long as the returned socket lives: bound but not
+/// listening, so no other test's listener can take its port meanwhile (a listener bound and
+/// closed again leaves its port to whoever binds next).
+pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
