@@ -48,8 +48,7 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
     let mut server = serve_with_admin(dir.path(), Some(&config)).await;
     let target = echo_target().await;
 
-    let (code, out) =
-        admin(&server, &["clients", "create", "worker-9", "--allow-ports", "20000-29999"]).await;
+    let (code, out) = admin(&server, &["clients", "create", "worker-9", "--allow-ports", "8000-8999"]).await;
     assert_eq!(code, 0, "{out}");
     let token = out.trim().to_owned();
     assert_eq!(token.len(), 64, "the token alone on stdout: {out:?}");
@@ -57,14 +56,14 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
     let mut worker =
         connect(&server.served, &["--name", "worker-9", "-R", &remote], &[("TUNNEL_TOKEN", &token)]);
     let public = public_port(&worker.line_after("remote forward ready: ").await);
-    assert!((20000..30000).contains(&public), "{public} is outside the created client's ports");
+    assert!((8000..9000).contains(&public), "{public} is outside the created client's ports");
     let mut held = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
     echo_once(&mut held, b"through a created client").await;
 
     let (code, out) = admin(&server, &["clients", "list"]).await;
     assert_eq!(code, 0, "{out}");
     let row = out.lines().find(|l| l.starts_with("worker-9")).unwrap_or_else(|| panic!("{out}"));
-    assert!(row.split_whitespace().eq(["worker-9", "admin", "true", "20000-29999", "-", "-", "-"]), "{row}");
+    assert!(row.split_whitespace().eq(["worker-9", "admin", "true", "8000-8999", "-", "-", "-"]), "{row}");
     let (code, out) = admin(&server, &["status", "--json"]).await;
     assert_eq!(code, 0, "{out}");
     let status: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();

@@ -101,7 +101,7 @@ async fn wrong_token_exits_non_zero_and_the_server_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_fingerprint_and_refused_ports_exit_non_zero_saying_why() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = serve(dir.path(), &["--token", TOKEN, "--allow-ports", "20000-20010"], &[]).await;
+    let mut server = serve(dir.path(), &["--token", TOKEN, "--allow-ports", "7000-7010"], &[]).await;
     let echo = echo_target().await;
 
     let wrong_fp = "sha256:".to_owned() + &"AB".repeat(32);

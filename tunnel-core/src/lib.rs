@@ -5,15 +5,27 @@
 //! messages, one data stream per visitor connection.
 //!
 //! # Layout
+//! Bottom up; each layer uses only those listed before it (`tests/layers.rs` checks the
+//! imports).
+//! - [`log`]: escaping of peer-controlled text, error chains, and rate-limited log lines.
+//! - [`metrics`]: Prometheus counters and gauges, and the `/metrics`, `/ready` and `/healthz`
+//!   endpoints.
+//! - Internal: `fs` (the state directory's private files, opened only if no one else could
+//!   have written them), `task` (spawning tracked tasks), and `source` (a visitor's source, an
+//!   IPv4 address or an IPv6 /64; places capped in all and per source, and admission that
+//!   evicts from the largest source when full, for handshakes, the edge's visitors and the
+//!   admin API).
 //! - [`auth`]: tokens, credentials and the HMAC challenge/response proofs (pure crypto).
 //! - [`proto`]: wire format (frames, handshake, control messages, stream headers, targets), pure
-//!   and sans-IO; it uses only `auth`.
+//!   and sans-IO; it uses only `auth` and `log`.
 //! - [`tls`]: rustls configurations, certificate generation, fingerprint pinning.
-//! - [`transport`]: TCP with socket options, optionally wrapped in TLS.
+//! - [`transport`]: TCP with socket options, optionally wrapped in TLS or WebSocket, and the
+//!   [`transport::Connector`] trait for connection types of one's own.
 //! - [`mux`]: yamux behind a driver future, a stream opener and an inbound queue.
 //! - [`session`]: handshake + mux + control stream + heartbeat = an authenticated session;
 //!   `session::framed` reads and writes `proto`'s formats on a stream.
-//! - [`forward`]: remote forward specs and the bidirectional copy with half-close.
+//! - [`forward`]: remote forward specs, the access rules for ports, targets and visits, and the
+//!   bidirectional copy with half-close.
 //! - [`socks`]: the SOCKS5 server side (greeting, password, request) over any byte stream.
 //! - [`udp`]: UDP flows as streams of framed datagrams: the listening end's flow table and the
 //!   dialing end's relay.
@@ -22,20 +34,12 @@
 //! - [`acme`]: certificates from an ACME authority for the names the HTTPS edge terminates,
 //!   renewed while running, and the answers to its challenges.
 //! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff); the
-//!   server's authorization rules are a [`server::Policy`] of their own.
-//! - [`metrics`]: Prometheus counters and gauges, and the `/metrics`, `/ready` and `/healthz`
-//!   endpoints.
+//!   server's authorization rules are a [`server::Policy`] of their own. Neither uses the other.
 //! - [`config`]: TOML file types as plain data (serialize, parse, a pure `validate()`), built into
-//!   runtime configs by a separate step that reads files and provisions the state directory.
+//!   [`server`] and [`client`] configurations by a separate step that reads files and
+//!   provisions the state directory.
 //! - [`admin`]: the admin API over a running server (sessions, routes, client credentials
 //!   created, rotated and revoked while running) and its client; it uses `server` and `config`.
-//! - [`log`]: escaping of peer-controlled text, error chains, and rate-limited log lines.
-//! - `source` (internal): a visitor's source (an IPv4 address or an IPv6 /64), places capped
-//!   in all and per source, and admission that evicts from the largest source when full (for
-//!   handshakes, the edge's visitors and the admin API), for `http`, `server` and `admin`.
-//!
-//! Each layer uses only those listed before it, `metrics` excepted, which any may use
-//! (`tests/layers.rs` checks the imports).
 //!
 //! # Example
 //!

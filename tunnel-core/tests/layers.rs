@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Each module with the crate modules it may use. `config` and the crate root sit on top;
-/// `admin` just beneath them, over `server`.
+/// Each module with the crate modules it may use, bottom up. The crate root sits on top;
+/// `admin` beneath it, over `config`, which builds `server` and `client` configurations.
 const LAYERS: &[(&str, &[&str])] = &[
     ("log", &[]),
     ("metrics", &[]),
@@ -45,7 +45,6 @@ const LAYERS: &[(&str, &[&str])] = &[
             "udp",
         ],
     ),
-    ("admin", &["auth", "config", "forward", "fs", "log", "proto", "server", "source", "tls", "transport"]),
     (
         "client",
         &[
@@ -64,6 +63,24 @@ const LAYERS: &[(&str, &[&str])] = &[
             "udp",
         ],
     ),
+    (
+        "config",
+        &[
+            "acme",
+            "auth",
+            "client",
+            "forward",
+            "fs",
+            "http",
+            "log",
+            "proto",
+            "server",
+            "socks",
+            "tls",
+            "transport",
+        ],
+    ),
+    ("admin", &["auth", "config", "forward", "fs", "log", "proto", "server", "source", "tls", "transport"]),
 ];
 
 /// `crate::NAME` paths in the code of `path` (comments and doc comments excluded), with lines.

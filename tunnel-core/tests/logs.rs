@@ -124,8 +124,7 @@ async fn a_clients_failed_visits_are_logged_once_per_window() {
     let log = Captured::default();
     let _guard = log.install();
     let server = start_server(|_| {}).await;
-    // A target that refuses: the port of a listener closed again.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_held, closed) = refusing_address();
     let mut client = start_client(server.client_config("owner", &[&format!("0:{closed}")]));
     let public = client.connected().await[0].public_addr;
 

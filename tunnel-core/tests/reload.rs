@@ -83,11 +83,11 @@ async fn a_rotated_token_ends_only_its_session_and_the_listing_shows_who_is_up()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() {
-    // Outside the narrow range, which must leave it out.
-    let fixed = std::iter::repeat_with(free_port).find(|port| !(20000..30000).contains(port)).unwrap();
-    let narrow = |c: &mut ServerConfig| c.policy.allow_ports = "20000-29999".parse().unwrap();
-    let server =
-        start_server(|c| c.policy.allow_ports = format!("20000-29999,{fixed}").parse().unwrap()).await;
+    // Outside the narrow range, which must leave it out (ranges a server picks from lie below
+    // `free_port`'s draws).
+    let fixed = free_port();
+    let narrow = |c: &mut ServerConfig| c.policy.allow_ports = "1024-9999".parse().unwrap();
+    let server = start_server(|c| c.policy.allow_ports = format!("1024-9999,{fixed}").parse().unwrap()).await;
     let target = echo_target().await;
     let (any, pinned) = (format!("0:{target}"), format!("{fixed}:{target}"));
     let mut client = start_client(server.client_config("mover", &[&any, &pinned]));
@@ -109,7 +109,7 @@ async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() 
     echo_once(&mut held, b"after narrowing").await;
 
     // Widened again: the same table, answered again, has the fixed port back.
-    config.policy.allow_ports = format!("20000-29999,{fixed}").parse().unwrap();
+    config.policy.allow_ports = format!("1024-9999,{fixed}").parse().unwrap();
     let report = server.server.reload(config).await;
     assert!(report.withdrawn.is_empty(), "{report:?}");
     tokio::time::timeout(PATIENCE, client.status.wait_for(|s| refused_count(s) == 0)).await.unwrap().unwrap();
@@ -219,7 +219,7 @@ async fn a_version_1_forward_withdrawn_by_a_reload_is_refused_by_id() {
     use tunnel_core::proto::{ControlMessage, RefusalCode};
     use tunnel_core::session::Session;
     // Outside the narrow range, which must leave it out.
-    let fixed = std::iter::repeat_with(free_port).find(|port| !(20000..30000).contains(port)).unwrap();
+    let fixed = free_port();
     let server = start_server(|c| c.policy.allow_ports = format!("{fixed}").parse().unwrap()).await;
     let session = bare_session(&server, "old", TOKEN).await;
     let Session { control, mut messages, driver, .. } = session;
@@ -231,7 +231,7 @@ async fn a_version_1_forward_withdrawn_by_a_reload_is_refused_by_id() {
     assert!(TcpStream::connect(("127.0.0.1", fixed)).await.is_ok());
 
     let mut config = server.server.config().as_ref().clone();
-    config.policy.allow_ports = "20000-20010".parse().unwrap();
+    config.policy.allow_ports = "6000-6010".parse().unwrap();
     let report = server.server.reload(config).await;
     assert_eq!(report.withdrawn, [format!("old: TCP 127.0.0.1:{fixed}")]);
     let refused = tokio::time::timeout(PATIENCE, messages.recv()).await.unwrap().unwrap();

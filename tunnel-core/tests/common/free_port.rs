@@ -6,7 +6,8 @@
 /// A port free right now on 127.0.0.1, for a server that must come back on the same address or
 /// whose port another program must know first (the ACME test server).
 ///
-/// Drawn at random from below the kernel's ephemeral range, then checked free: a port the
+/// Drawn at random from 10,000 up to the kernel's ephemeral range, then checked free (ranges
+/// that tests give a server to pick ports from lie below 10,000, outside these draws): a port the
 /// kernel hands out itself (`bind(":0")`) is one every outgoing connection of a parallel test
 /// may take as its source port before the server binds it, which failed a run with "Address
 /// already in use".

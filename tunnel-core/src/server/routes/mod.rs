@@ -150,7 +150,7 @@ impl<'s> SessionRoutes<'s> {
                 match outcome {
                     Ok(public_addr) => ControlMessage::RemoteForwardReady { id, public_addr },
                     Err((code, message)) => {
-                        self.shared.metrics.refused(&format!("route: {code}"));
+                        self.count_refusal(code);
                         ControlMessage::RemoteForwardRefused { id, code, message }
                     }
                 }
@@ -163,7 +163,7 @@ impl<'s> SessionRoutes<'s> {
                     match self.add_service(route, &name) {
                         Ok(()) => ControlMessage::ExposeReady { name },
                         Err((code, message)) => {
-                            self.shared.metrics.refused(&format!("route: {code}"));
+                            self.count_refusal(code);
                             ControlMessage::ExposeRefused { name, code, message }
                         }
                     }
@@ -186,6 +186,11 @@ impl<'s> SessionRoutes<'s> {
     /// Shows the routes in service in the server's listing.
     pub(super) fn show(&self) {
         self.listing.show(self.table.as_ref().map(|(version, _)| *version), self.snapshot());
+    }
+
+    /// Counts a refused route in `tunnel_refusals_total`, by its code (`route: host taken`).
+    fn count_refusal(&self, code: RefusalCode) {
+        self.shared.metrics.refused(&format!("route: {code}"));
     }
 
     /// Answers a table or request that came after the drain began: entries already in service
@@ -281,7 +286,7 @@ impl<'s> SessionRoutes<'s> {
                     Ok(_) => changes.added += 1,
                     Err((code, _)) => {
                         changes.refused += 1;
-                        self.shared.metrics.refused(&format!("route: {code}"));
+                        self.count_refusal(*code);
                     }
                 }
                 added
