@@ -17,6 +17,8 @@ mod free_port;
 #[allow(unused_imports)]
 pub use free_port::{free_port, free_ports};
 
+/// Upper bound on any wait for a process; a healthy run takes a fraction of it. Longer than the
+/// in-process tests' 20 s: a process starts, loads its configuration and logs before it answers.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A running `tunnel-cli` whose stdout and stderr are collected.

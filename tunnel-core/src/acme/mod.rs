@@ -149,7 +149,7 @@ pub struct Acme {
     /// What the HTTPS edge serves now, by name.
     serving: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     answers: Answers,
-    /// The last edge configuration wrapped by [`Acme::tls`], and the wrapping.
+    /// The last edge configuration wrapped by [`Acme::edge_tls`], and the wrapping.
     wrapped: Mutex<Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>>,
 }
 

@@ -20,7 +20,7 @@ pub(super) struct Link {
     pub(super) server: String,
     pub(super) transport: ClientTransport,
     pub(super) status: watch::Sender<ClientStatus>,
-    /// With [`Wire::Auto`]: WebSocket worked last, so it is tried first.
+    /// With [`Wire::Auto`](crate::transport::Wire::Auto): WebSocket worked last, so it is tried first.
     pub(super) websocket_first: AtomicBool,
 }
 

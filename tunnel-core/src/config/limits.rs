@@ -132,7 +132,8 @@ impl ServerLimits {
         }
         if let Some(n) = positive("limits.max_connections_per_session", self.max_connections_per_session)? {
             if n > crate::proto::MAX_CONNECTIONS {
-                return Err(invalid("limits.max_connections_per_session", "must be at most 16"));
+                let most = format!("must be at most {}", crate::proto::MAX_CONNECTIONS);
+                return Err(invalid("limits.max_connections_per_session", most));
             }
             config.max_connections_per_session = n;
         }

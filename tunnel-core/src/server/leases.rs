@@ -1,14 +1,19 @@
 //! The port lease table on disk, so a restarted server still reserves each client's ports for
 //! it: a restart must not open a window in which another client takes them.
 //!
-//! The file is TOML, rewritten whole (to a new file renamed into place) after every change. A
-//! lease held by a live session is stored as held and becomes a grace-period reservation when
-//! read back, since no session survives the restart.
+//! The file is TOML, rewritten whole (to a new file renamed into place) after every change, at
+//! most once a second (`persist`), and read at start (`restore`). A lease held by a live
+//! session is stored as held and becomes a grace-period reservation when read back, since no
+//! session survives the restart. [`encode`] and [`decode`] are the format alone.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
+use super::registry::Registry;
+use super::{ServerConfig, Shared};
 use crate::proto::{validate_name, RouteId};
 
 /// One stored lease.
@@ -120,6 +125,73 @@ pub(crate) fn remaining(lease: &StoredLease, now_ms: u64, grace: Duration) -> Op
     let left = lease.reserved_until_ms.checked_sub(now_ms).filter(|ms| *ms > 0)?;
     // A reservation cannot outlast a grace period, whatever the file (or a changed clock) says.
     Some(Duration::from_millis(left).min(grace))
+}
+
+// Reading the file at start and rewriting it after changes.
+
+/// Reserves the ports a previous run leased. A file that cannot be used (or that someone else
+/// could have written, to hold ports for a name) is reported and ignored: owned ports (`ports`
+/// in the configuration) stay protected either way.
+pub(super) fn restore(registry: &Registry, config: &ServerConfig, path: &std::path::Path) {
+    let text = match crate::fs::read_private_text(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+        Err(err) => return tracing::error!("cannot read the lease file {}: {err}", path.display()),
+    };
+    match decode(&text) {
+        Ok(mut stored) => {
+            // A port the configuration now gives to another client is that client's alone.
+            stored.retain(|lease| {
+                config.policy.port_owner(lease.port).is_none_or(|owner| owner == lease.owner)
+            });
+            registry.restore(&stored);
+            tracing::info!("restored {} port leases from {}", stored.len(), path.display());
+        }
+        Err(err) => tracing::error!("ignoring the lease file {}: {err}", path.display()),
+    }
+}
+
+/// Least time between two writes of the lease file. Each write is the whole table: 10,000
+/// clients reconnecting after a restart changed it 10,000 times, and writing it after each
+/// change took a core for the half minute they needed to come back.
+const LEASE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rewrites the lease file after every change, at most once per [`LEASE_WRITE_INTERVAL`]
+/// (changes in between are written together), until `stop`; a write in progress always
+/// finishes, and changes made during the last interval are written at `stop`.
+pub(super) async fn persist(shared: Arc<Shared>, path: std::path::PathBuf, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = shared.registry.leases_changed() => {}
+        }
+        save(&shared, path.clone()).await;
+        if tokio::time::timeout(LEASE_WRITE_INTERVAL, stop.cancelled()).await.is_ok() {
+            return save(&shared, path).await;
+        }
+    }
+}
+
+/// Writes the lease table now (a failure is logged; the last good file stays).
+pub(super) async fn save(shared: &Shared, path: std::path::PathBuf) {
+    let text = match encode(&shared.registry.stored_leases()) {
+        Ok(text) => text,
+        // Keep the last good file rather than write an empty table over it.
+        Err(err) => return tracing::warn!("cannot encode the lease table: {err}"),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(err) = crate::fs::create_private_dir(dir) {
+            return tracing::warn!("cannot create {} for the lease file: {err}", dir.display());
+        }
+    }
+    let written = tokio::task::spawn_blocking(move || {
+        crate::fs::write_private(&path, text.as_bytes()).map_err(|e| (path, e))
+    });
+    match written.await {
+        Ok(Ok(())) => {}
+        Ok(Err((path, err))) => tracing::warn!("cannot write the lease file {}: {err}", path.display()),
+        Err(err) => tracing::warn!("lease file writer failed: {err}"),
+    }
 }
 
 #[cfg(test)]

@@ -298,7 +298,7 @@ impl Server {
         config.session.metrics = Some(metrics.clone());
         let registry = registry::Registry::new(config.port_grace, registry::Caps::of(&config));
         if let Some(path) = &config.lease_file {
-            restore_leases(&registry, &config, path);
+            leases::restore(&registry, &config, path);
         }
         let pending =
             crate::source::Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
@@ -427,7 +427,7 @@ impl Server {
         let persisting = CancellationToken::new();
         let persist = lease_file
             .clone()
-            .map(|path| OwnedTask::spawn(persist_leases(self.shared.clone(), path, persisting.clone())));
+            .map(|path| OwnedTask::spawn(leases::persist(self.shared.clone(), path, persisting.clone())));
         // Expired reservations are dropped at least once a minute (any grace period, even a huge one).
         let every = self.shared.config().port_grace.clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut sweep = tokio::time::interval(every);
@@ -476,72 +476,8 @@ impl Server {
         }
         if let Some(path) = lease_file {
             // The sessions' ports are now reserved for their grace period: keep that for the next start.
-            save_leases(&self.shared, path).await;
+            leases::save(&self.shared, path).await;
         }
         Ok(())
-    }
-}
-
-/// Reserves the ports a previous run leased. A file that cannot be used (or that someone else
-/// could have written, to hold ports for a name) is reported and ignored: owned ports (`ports`
-/// in the configuration) stay protected either way.
-fn restore_leases(registry: &registry::Registry, config: &ServerConfig, path: &std::path::Path) {
-    let text = match crate::fs::read_private_text(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
-        Err(err) => return tracing::error!("cannot read the lease file {}: {err}", path.display()),
-    };
-    match leases::decode(&text) {
-        Ok(mut stored) => {
-            // A port the configuration now gives to another client is that client's alone.
-            stored.retain(|lease| {
-                config.policy.port_owner(lease.port).is_none_or(|owner| owner == lease.owner)
-            });
-            registry.restore(&stored);
-            tracing::info!("restored {} port leases from {}", stored.len(), path.display());
-        }
-        Err(err) => tracing::error!("ignoring the lease file {}: {err}", path.display()),
-    }
-}
-
-/// Least time between two writes of the lease file. Each write is the whole table: 10,000
-/// clients reconnecting after a restart changed it 10,000 times, and writing it after each
-/// change took a core for the half minute they needed to come back.
-const LEASE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Rewrites the lease file after every change, at most once per [`LEASE_WRITE_INTERVAL`]
-/// (changes in between are written together), until `stop`; a write in progress always
-/// finishes, and changes made during the last interval are written at `stop`.
-async fn persist_leases(shared: Arc<Shared>, path: std::path::PathBuf, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = shared.registry.leases_changed() => {}
-        }
-        save_leases(&shared, path.clone()).await;
-        if tokio::time::timeout(LEASE_WRITE_INTERVAL, stop.cancelled()).await.is_ok() {
-            return save_leases(&shared, path).await;
-        }
-    }
-}
-
-async fn save_leases(shared: &Shared, path: std::path::PathBuf) {
-    let text = match leases::encode(&shared.registry.stored_leases()) {
-        Ok(text) => text,
-        // Keep the last good file rather than write an empty table over it.
-        Err(err) => return tracing::warn!("cannot encode the lease table: {err}"),
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Err(err) = crate::fs::create_private_dir(dir) {
-            return tracing::warn!("cannot create {} for the lease file: {err}", dir.display());
-        }
-    }
-    let written = tokio::task::spawn_blocking(move || {
-        crate::fs::write_private(&path, text.as_bytes()).map_err(|e| (path, e))
-    });
-    match written.await {
-        Ok(Ok(())) => {}
-        Ok(Err((path, err))) => tracing::warn!("cannot write the lease file {}: {err}", path.display()),
-        Err(err) => tracing::warn!("lease file writer failed: {err}"),
     }
 }
