@@ -21,43 +21,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let file = args.clone().into_file().map_err(Failure::config)?;
     let (state_dir, certificates) = (file.state_dir.clone(), certificates_read(&file));
     let mut setup = file.build().map_err(Failure::config)?;
-    let listener = tunnel_core::transport::listen_tcp(&setup.listen)
-        .await
-        .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
-    let local = listener.local_addr().map_err(Failure::runtime)?;
-    let http = bind_optional(setup.http_listen.as_deref(), "HTTP").await?;
-    let https = bind_optional(setup.https_listen.as_deref(), "HTTPS").await?;
-    let socks = bind_optional(setup.socks_listen.as_deref(), "SOCKS5").await?;
-    let metrics = bind_optional(setup.metrics.as_deref(), "metrics").await?;
-    print_banner(&setup, local);
-    if let Some(http) = &http {
-        println!("HTTP routes served on {}", http.local_addr().map_err(Failure::runtime)?);
-    }
-    if let Some(https) = &https {
-        println!("HTTPS and TLS routes served on {}", https.local_addr().map_err(Failure::runtime)?);
-    }
-    if let Some(metrics) = &metrics {
-        println!("metrics served on {}", metrics.local_addr().map_err(Failure::runtime)?);
-    }
-    if let Some(socks) = &socks {
-        let addr = socks.local_addr().map_err(Failure::runtime)?;
-        println!("SOCKS5 served on {addr}");
-        if !addr.ip().is_loopback() {
-            tracing::warn!(
-                "SOCKS5 is unencrypted: the tokens its users log in with cross the network as they are"
-            );
-        }
-    }
-    if let Some(acme) = &setup.config.http.acme {
-        let (directory, challenge) = (&acme.directory, acme.challenge);
-        println!(
-            "certificates for HTTP route hosts from {directory} ({challenge}), kept in {}",
-            acme.dir.display()
-        );
-    }
-    if setup.config.tls.is_none() {
-        tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
-    }
+    let listeners = Listeners::bind(&setup).await?;
+    listeners.announce(&setup)?;
+    let Listeners { tunnel: listener, local, http, https, socks, metrics } = listeners;
     let running = Running::of(&setup, state_dir, certificates);
     let store = ClientStore::open(&setup.clients_file).map_err(Failure::error)?;
     let mut config = setup.config.clone();
@@ -280,6 +246,67 @@ async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
 }
 
 /// Binds an optional listener (`what` names it in the error).
+/// Every listener of the server, bound before anything is served, so that a port in use fails
+/// the start (exit 1) rather than one feature later.
+struct Listeners {
+    tunnel: TcpListener,
+    local: SocketAddr,
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+    socks: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(setup: &ServerSetup) -> Result<Self, Failure> {
+        let tunnel = tunnel_core::transport::listen_tcp(&setup.listen)
+            .await
+            .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
+        let local = tunnel.local_addr().map_err(Failure::runtime)?;
+        Ok(Self {
+            tunnel,
+            local,
+            http: bind_optional(setup.http_listen.as_deref(), "HTTP").await?,
+            https: bind_optional(setup.https_listen.as_deref(), "HTTPS").await?,
+            socks: bind_optional(setup.socks_listen.as_deref(), "SOCKS5").await?,
+            metrics: bind_optional(setup.metrics.as_deref(), "metrics").await?,
+        })
+    }
+
+    /// Says on stdout where clients connect ([`print_banner`]) and what else is served where,
+    /// and warns of what runs without TLS.
+    fn announce(&self, setup: &ServerSetup) -> Result<(), Failure> {
+        print_banner(setup, self.local);
+        let served =
+            [(&self.http, "HTTP routes"), (&self.https, "HTTPS and TLS routes"), (&self.metrics, "metrics")];
+        for (listener, what) in served {
+            if let Some(listener) = listener {
+                println!("{what} served on {}", listener.local_addr().map_err(Failure::runtime)?);
+            }
+        }
+        if let Some(socks) = &self.socks {
+            let addr = socks.local_addr().map_err(Failure::runtime)?;
+            println!("SOCKS5 served on {addr}");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "SOCKS5 is unencrypted: the tokens its users log in with cross the network as they are"
+                );
+            }
+        }
+        if let Some(acme) = &setup.config.http.acme {
+            let (directory, challenge) = (&acme.directory, acme.challenge);
+            println!(
+                "certificates for HTTP route hosts from {directory} ({challenge}), kept in {}",
+                acme.dir.display()
+            );
+        }
+        if setup.config.tls.is_none() {
+            tracing::warn!("TLS is off (--insecure-plaintext): traffic between clients and this server is readable on the network");
+        }
+        Ok(())
+    }
+}
+
 async fn bind_optional(addr: Option<&str>, what: &str) -> Result<Option<TcpListener>, Failure> {
     let Some(addr) = addr else { return Ok(None) };
     let listener = TcpListener::bind(addr)
