@@ -339,17 +339,52 @@ pub fn http_route(data: &[u8]) {
         remove_dot_segments(request.uri_mut());
         assert_eq!(request.uri(), &normal, "removing dot segments twice changes nothing");
     }
-    let indexed = routes.iter().enumerate().filter_map(|(i, route)| {
-        Some(tunnel_core::http::IndexedRoute {
-            id: RouteId(i as u64),
-            owner: format!("owner{i}"),
-            matcher: Matcher::new(route.matcher.clone()).ok()?,
-            target: i,
+    // One owner per pattern, as the server's claims make it; a TLS passthrough of another
+    // client on the name's parent wildcard; a fallback for every owner.
+    let owner_of_pattern = |pattern: &HostPattern| format!("owner of {pattern}");
+    let indexed: Vec<_> = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, route)| {
+            Some(tunnel_core::http::IndexedRoute {
+                id: RouteId(i as u64),
+                owner: owner_of_pattern(&route.matcher.host),
+                matcher: Matcher::new(route.matcher.clone()).ok()?,
+                target: i,
+            })
         })
-    });
-    let index = RouteIndex::new(indexed, [], []);
-    if let Some(hit) = index.lookup(&name, request.uri().path(), "GET", request.headers()) {
-        assert_eq!(Some(hit.owner), index.owner_of(&name), "only the host's owner answers for it");
+        .collect();
+    let parent =
+        name.split_once('.').and_then(|(_, parent)| format!("*.{parent}").parse::<HostPattern>().ok());
+    let tls: Vec<_> = parent
+        .iter()
+        .filter(|p| !indexed.iter().any(|r| r.matcher.spec().host == **p))
+        .map(|p| (p.clone(), RouteId(100), owner_of_pattern(p), 100))
+        .collect();
+    let fallbacks: Vec<_> = indexed
+        .iter()
+        .map(|r| r.owner.clone())
+        .chain(tls.iter().map(|t| t.2.clone()))
+        .map(|owner| (owner, RouteId(200), 200))
+        .collect();
+    // The host's owner, worked out here on its own: the most specific pattern naming it.
+    let patterns: Vec<HostPattern> = indexed
+        .iter()
+        .map(|r| r.matcher.spec().host.clone())
+        .chain(tls.iter().map(|t| t.0.clone()))
+        .collect();
+    let named_by = std::iter::once(name.clone())
+        .chain(name.match_indices('.').map(|(at, _)| format!("*.{}", &name[at + 1..])));
+    let owner = named_by
+        .filter_map(|candidate| candidate.parse::<HostPattern>().ok())
+        .find(|candidate| patterns.contains(candidate))
+        .map(|pattern| owner_of_pattern(&pattern));
+    let index = RouteIndex::new(indexed, fallbacks, tls);
+    assert_eq!(index.owner_of(&name), owner.as_deref(), "{name}");
+    let hit = index.lookup(&name, request.uri().path(), "GET", request.headers());
+    assert_eq!(hit.map(|h| h.owner), owner.as_deref(), "only the host's owner answers for it, and always");
+    if let Some(passed) = index.lookup_tls(&name) {
+        assert_eq!(Some(passed.owner), owner.as_deref(), "a passthrough of another client took {name}");
     }
     if let Ok(exact) = name.parse::<HostPattern>() {
         let any = Matcher::new(tunnel_core::proto::HttpMatch::host(exact)).unwrap();

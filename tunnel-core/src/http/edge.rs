@@ -41,7 +41,7 @@ use crate::source::{Full, Place};
 /// Idle streams the edge keeps per client session. Requests beyond that many at once still get
 /// streams; those are closed after their exchange. Kept small: idle streams are outside the
 /// in-flight count, and each listener's edge has a pool of its own.
-const POOLED_STREAMS_PER_CLIENT: usize = 64;
+const POOLED_STREAMS_PER_SESSION: usize = 64;
 
 /// Streams in use toward one session at once, and of those for one passthrough source, unless
 /// [`HttpEdge::with_inflight`] says otherwise: a TCP forward's default caps.
@@ -115,7 +115,7 @@ impl HttpEdge {
             routes,
             fallback,
             limits,
-            streams: Arc::new(Pool::new(POOLED_STREAMS_PER_CLIENT)),
+            streams: Arc::new(Pool::new(POOLED_STREAMS_PER_SESSION)),
             inflight: Arc::new(InFlight::new(STREAMS_PER_SESSION, STREAMS_PER_SOURCE)),
             parked: AtomicUsize::new(0),
             draining: CancellationToken::new(),
@@ -218,6 +218,8 @@ impl HttpEdge {
                 exchange.upgrade();
             }
             async move {
+                let mut exchange = exchange;
+                exchange.seek();
                 let connection = Connection { visitor, scheme, sni: sni.as_deref(), upgraded: &upgraded };
                 let response = edge.handle(request, connection).await;
                 // The exchange lasts until hyper has sent the body and drops it.

@@ -183,7 +183,8 @@ async fn an_http2_peer_that_takes_nothing_of_its_answers_is_cut() {
 async fn an_exchange_waiting_on_the_tunnel_is_never_idle() {
     let idle = EdgeLimits::default().header_timeout;
     let activity = Arc::new(Activity::default());
-    let exchange = activity.begin(false);
+    let mut exchange = activity.begin(false);
+    exchange.seek();
     assert!(
         tokio::time::timeout(idle * 10, activity.quiet_for(idle)).await.is_err(),
         "idle while awaiting a head"
@@ -255,18 +256,73 @@ async fn a_slow_reader_keeps_its_http2_connection_and_a_stalled_one_does_not() {
         .expect("a peer taking nothing kept its connection");
 }
 
-/// An HTTP/1.1 visitor that takes nothing of its answers (requests sent, responses never read)
-/// is cut after the idle time, as an HTTP/2 one is: else it would hold its place toward the
-/// client for as long as it liked.
-#[tokio::test(start_paused = true)]
-async fn an_http1_visitor_that_takes_nothing_of_its_answers_is_cut() {
+/// A byte stream that says it takes vectored writes, as TCP and TLS streams do (hyper then
+/// queues its writes rather than flattening them, and takes pipelined requests differently).
+struct Vectored(tokio::io::DuplexStream);
+
+impl tokio::io::AsyncRead for Vectored {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Vectored {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        self.poll_write(cx, first)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/1.1 visitor of an edge with no routes that pipelines requests as fast as the edge
+/// takes them: the edge's task for the connection, and the visitor's reading half. `vectored`:
+/// the edge's side of the connection takes vectored writes.
+fn pipelining_visitor(
+    vectored: bool,
+) -> (tokio::task::JoinHandle<()>, tokio::io::ReadHalf<tokio::io::DuplexStream>) {
     use tokio::io::AsyncWriteExt;
-    let idle = EdgeLimits::default().header_timeout;
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
     let (visitor, served) = tokio::io::duplex(1024);
-    let serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
-    let (_reader, mut writer) = tokio::io::split(visitor);
-    // Pipelined requests whose answers fill every buffer on the way, never read.
+    let visitor_addr = "127.0.0.1:1".parse().unwrap();
+    let serving = if vectored {
+        tokio::spawn(edge.serve(Vectored(served), visitor_addr, "http", None, false))
+    } else {
+        tokio::spawn(edge.serve(served, visitor_addr, "http", None, false))
+    };
+    let (reader, mut writer) = tokio::io::split(visitor);
     tokio::spawn(async move {
         for _ in 0..10_000 {
             if writer.write_all(b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n").await.is_err() {
@@ -274,8 +330,46 @@ async fn an_http1_visitor_that_takes_nothing_of_its_answers_is_cut() {
             }
         }
     });
+    (serving, reader)
+}
+
+/// An HTTP/1.1 visitor that takes nothing of its answers (requests sent, responses never read)
+/// is cut after the idle time, as an HTTP/2 one is: else it would hold its place toward the
+/// client for as long as it liked. Whichever way hyper writes (flattened, or queued for
+/// vectored writes as on TCP and TLS).
+#[tokio::test(start_paused = true)]
+async fn an_http1_visitor_that_takes_nothing_of_its_answers_is_cut() {
+    let idle = EdgeLimits::default().header_timeout;
+    for vectored in [false, true] {
+        let (serving, _reader) = pipelining_visitor(vectored);
+        tokio::time::timeout(idle * 3, serving)
+            .await
+            .unwrap_or_else(|_| panic!("a visitor taking nothing held its connection (vectored: {vectored})"))
+            .unwrap();
+    }
+}
+
+/// One that reads its answers slowly (2 KiB every two thirds of the idle time) keeps its
+/// connection; once it stops reading, it is cut. (The tail of one large answer, read slowly
+/// after hyper took the whole body, is `park::tests::what_the_socket_takes_counts_as_sent`.)
+#[tokio::test(start_paused = true)]
+async fn an_http1_visitor_reading_slowly_keeps_its_connection() {
+    use tokio::io::AsyncReadExt;
+    let idle = EdgeLimits::default().header_timeout;
+    let (mut serving, mut reader) = pipelining_visitor(true);
+    let mut buf = [0u8; 2048];
+    let reading = async {
+        for _ in 0..10 {
+            reader.read_exact(&mut buf).await.unwrap();
+            tokio::time::sleep(idle * 2 / 3).await;
+        }
+    };
+    tokio::select! {
+        ended = &mut serving => panic!("a slow reader's connection was cut: {ended:?}"),
+        () = reading => {}
+    }
     tokio::time::timeout(idle * 3, serving)
         .await
-        .expect("a visitor taking nothing of its answers held its connection")
+        .expect("a visitor that stopped reading kept its connection")
         .unwrap();
 }

@@ -107,8 +107,12 @@ pub fn request_host<B>(request: &Request<B>) -> Option<String> {
         }
         None => raw.split_at(raw.find(':').unwrap_or(raw.len())),
     };
+    // No port, an empty one (RFC 3986 allows it), or a port a socket can have.
     let port_ok = port.is_empty()
-        || port.strip_prefix(':').is_some_and(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        || port == ":"
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p != 0));
     let host = host.strip_suffix('.').unwrap_or(host);
     let name_ok = host.starts_with('[')
         || host.split('.').all(|label| {
@@ -165,10 +169,11 @@ pub(super) fn origin_form(uri: &Uri) -> Uri {
 }
 
 /// Removes the dot segments of `uri`'s path (RFC 3986 5.2.4), `%2e` read as the `.` it stands
-/// for, so that a route's path confines what its origin is asked for: `/api/../admin` and
-/// `/api/%2e%2e/admin` are `/admin`, matched and sent as such (an origin resolving them itself
-/// would serve `/admin` under a route for `/api`). Encoded slashes (`%2f`) and backslashes are
-/// left as they are, as they are not separators to HTTP. The query is kept.
+/// for and a segment's `;` parameters ignored, so that a route's path confines what its
+/// origin is asked for: `/api/../admin`, `/api/%2e%2e/admin` and `/api/..;/admin` are
+/// `/admin`, matched and sent as such (an origin resolving them itself would serve `/admin`
+/// under a route for `/api`). Encoded slashes (`%2f`), backslashes and empty segments are
+/// left as they are, as they are not separators or dots to HTTP. The query is kept.
 pub fn remove_dot_segments(uri: &mut Uri) {
     let path = uri.path();
     let encoded_dot =
@@ -176,7 +181,16 @@ pub fn remove_dot_segments(uri: &mut Uri) {
     if !path.starts_with('/') || !(path.contains("/.") || encoded_dot(path)) {
         return;
     }
-    let dots = |segment: &str| match segment.to_ascii_lowercase().replace("%2e", ".").as_str() {
+    // A segment's parameters (`..;x`) do not make it another segment: servlet containers
+    // drop them and then resolve the dots.
+    let dots = |segment: &str| match segment
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .as_str()
+    {
         "." => 1,
         ".." => 2,
         _ => 0,
@@ -259,6 +273,9 @@ mod tests {
             "a..test",
             ".a.test",
             "a.test:80:81",
+            "a.test:0",
+            "a.test:65536",
+            "a.test:+80",
             "[::1",
             "[::1]x",
             "[not-v6]",
@@ -318,6 +335,9 @@ mod tests {
             ("/a/..", "/"),
             ("/../../etc", "/etc"),
             ("/api/..%2fadmin", "/api/..%2fadmin"),
+            ("/api/..;/admin", "/admin"),
+            ("/api/.;x/v1", "/api/v1"),
+            ("/api/v1;x=1/..", "/api/"),
             ("/.well-known/acme-challenge/x", "/.well-known/acme-challenge/x"),
             ("/a/...", "/a/..."),
             ("http://a.test/x/../y", "http://a.test/y"),

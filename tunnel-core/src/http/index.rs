@@ -103,13 +103,17 @@ impl<T> RouteIndex<T> {
         Some(Hit { id: *id, owner, target })
     }
 
-    /// The TLS passthrough route for a server name: the name's most specific pattern, HTTP or
-    /// TLS, if that is a TLS route. A wildcard passthrough never takes a name that has an HTTP
-    /// route of its own (or a more specific wildcard).
+    /// The TLS passthrough route for a server name: the most specific TLS pattern naming it
+    /// of the client that owns the name ([`RouteIndex::owner_of`]). Another client's wildcard
+    /// passthrough never takes a name that has an HTTP route of its own (or a more specific
+    /// wildcard); the owner's own wildcard passthrough still covers a name it also serves
+    /// over HTTP (a redirect from port 80, say).
     pub fn lookup_tls(&self, server_name: &str) -> Option<Hit<'_, T>> {
-        let pattern =
-            candidates(server_name).find(|p| self.tls.contains_key(&**p) || self.http.contains_key(&**p))?;
-        self.tls.get(&*pattern).map(|(id, owner, target)| Hit { id: *id, owner, target })
+        let owner = self.owner_of(server_name)?;
+        candidates(server_name).find_map(|pattern| {
+            let (id, tls_owner, target) = self.tls.get(&*pattern)?;
+            (tls_owner == owner).then_some(Hit { id: *id, owner: tls_owner, target })
+        })
     }
 
     /// The client owning `host`: the owner of the most specific pattern that names it, among
@@ -250,5 +254,11 @@ mod tests {
         assert_eq!(index.owner_of("c.open.test"), Some("carol"));
         assert_eq!(hit(&index, "c.open.test", "/"), Some(30), "plain HTTP for carol's name is carol's");
         assert_eq!(hit(&index, "d.open.test", "/"), Some(2));
+        let own = RouteIndex::new(
+            [route(1, "bob", "www.b.test", PathMatch::Any)],
+            [],
+            [("*.b.test".parse().unwrap(), RouteId(2), "bob".to_owned(), 2u64)],
+        );
+        assert_eq!(own.lookup_tls("www.b.test").map(|h| *h.target), Some(2), "the owner's own wildcard");
     }
 }

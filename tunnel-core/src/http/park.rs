@@ -57,8 +57,7 @@ impl Activity {
     pub(super) fn begin(self: &Arc<Self>, body_follows: bool) -> Exchange {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.fetch_add(1, Ordering::AcqRel);
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        Exchange { activity: self.clone(), body_follows, waiting: true }
+        Exchange { activity: self.clone(), body_follows, waiting: false }
     }
 
     /// Resolves once a whole period of `limit` passed in which no exchange began, none waited
@@ -104,6 +103,14 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
+    /// The answer is being sought: the exchange waits on the tunnel until its head is in.
+    /// Called when the service's future first runs, not when hyper calls the service: hyper
+    /// takes a pipelined request before it can write the answer before it, and does not run
+    /// that request's future until it can, which is no wait on the tunnel.
+    pub(super) fn seek(&mut self) {
+        self.set_waiting(true);
+    }
+
     /// The connection switched protocols.
     pub(super) fn upgrade(&self) {
         self.activity.upgraded.store(true, Ordering::Release);
@@ -282,13 +289,26 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
     }
 }
 
+impl<I> Parking<I> {
+    fn count_sent(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            self.activity.sent.fetch_add(*n, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
+    // What the socket takes counts as answers sent (see `Activity::quiet_for`): the tail of an
+    // answer hyper still holds after the body ended goes out as the visitor reads, and a
+    // visitor reading it slowly is no idle one.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
+        let written = Pin::new(&mut self.io).poll_write(cx, data);
+        self.count_sent(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -296,7 +316,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count_sent(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -319,6 +341,47 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IDLE: Duration = Duration::from_secs(30);
+
+    /// Once hyper has the whole body, the exchange is over; what is left of the answer goes
+    /// out as the visitor reads it, and a visitor reading it slowly is not idle.
+    #[tokio::test(start_paused = true)]
+    async fn what_the_socket_takes_counts_as_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let activity = Arc::new(Activity::default());
+        let (mut visitor, io) = tokio::io::duplex(4096);
+        let mut parking = Parking::new(io, activity.clone());
+        let mut buf = [0u8; 2048];
+        let reading_slowly = async {
+            for _ in 0..5 {
+                parking.write_all(&buf).await.unwrap();
+                visitor.read_exact(&mut buf).await.unwrap();
+                tokio::time::sleep(IDLE * 2 / 3).await;
+            }
+        };
+        tokio::select! {
+            () = activity.quiet_for(IDLE) => panic!("a visitor reading an answer's tail was taken for idle"),
+            () = reading_slowly => {}
+        }
+    }
+
+    /// hyper may take a request it cannot answer yet (pipelined behind an answer the visitor
+    /// does not read) without running its future: that is no wait on the tunnel.
+    #[tokio::test(start_paused = true)]
+    async fn an_exchange_whose_future_never_ran_is_no_wait() {
+        let activity = Arc::new(Activity::default());
+        let taken = activity.begin(false);
+        tokio::time::timeout(IDLE * 3, activity.quiet_for(IDLE))
+            .await
+            .expect("an unrun exchange kept it busy");
+        let mut seeking = taken;
+        seeking.seek();
+        assert!(
+            tokio::time::timeout(IDLE * 3, activity.quiet_for(IDLE)).await.is_err(),
+            "a wait on the tunnel is idle"
+        );
+    }
 
     #[test]
     fn a_parked_connection_keeps_no_part_of_hypers_read_buffer() {
