@@ -59,20 +59,34 @@ pub struct TunnelOutcome {
     pub status: TunnelStatus,
 }
 
+/// Routes from Ingresses and HTTPRoutes one tunnel's connector takes at most: its route table's
+/// limit, less room for the tunnel's own fallback and networks.
+pub const ROUTE_BUDGET: usize = tunnel_core::client::MAX_ROUTES_PER_SET - 64;
+
+/// Bytes of those routes (as TOML) one tunnel's configuration takes at most, well under the
+/// 1 MiB a ConfigMap may hold.
+pub const ROUTE_BYTES: usize = 768 * 1024;
+
 /// What the routes of every source ask, per tunnel, with conflicts decided. A host belongs to
 /// the namespace of the oldest object claiming it on a tunnel: objects of other namespaces get
 /// none of its paths (a newer `/login` would otherwise take that path from the owner's `/`).
-/// Within the namespace, the older object keeps a host and path, the newer is told.
+/// Within the namespace, the older object keeps a host and path, the newer is told. Older
+/// objects' routes are taken first up to [`ROUTE_BUDGET`] and [`ROUTE_BYTES`] per tunnel; an
+/// object past them is told (`TooManyRoutes`), so one object with thousands of routes leaves
+/// the others served rather than the whole tunnel's configuration invalid.
 pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, Vec<RouteFile>> {
     let mut claims = claims;
     claims.sort_by(|a, b| a.source.order_key().cmp(&b.source.order_key()));
     let mut hosts: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
     let mut taken: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
     let mut routes: BTreeMap<TunnelKey, Vec<RouteFile>> = BTreeMap::new();
+    let mut spent: BTreeMap<TunnelKey, (usize, usize)> = BTreeMap::new();
+    let mut over_budget: Vec<(TunnelKey, Source)> = Vec::new();
     for claim in claims {
         let host = (claim.tunnel.clone(), claim.route.host.to_string());
-        let owner = hosts.entry(host.clone()).or_insert_with(|| claim.source.clone());
-        if owner.reference.namespace != claim.source.reference.namespace {
+        if let Some(owner) =
+            hosts.get(&host).filter(|o| o.reference.namespace != claim.source.reference.namespace)
+        {
             let message = format!(
                 "host {} belongs to namespace {} on this tunnel (first claimed by {})",
                 host.1,
@@ -91,6 +105,23 @@ pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, 
             )),
             Some(_) => {}
             None => {
+                let size = toml::to_string(&claim.route).map_or(usize::MAX, |text| text.len());
+                let (count, bytes) = spent.entry(claim.tunnel.clone()).or_default();
+                if *count >= ROUTE_BUDGET || bytes.saturating_add(size) > ROUTE_BYTES {
+                    let first = !over_budget.iter().any(|(t, s)| *t == claim.tunnel && *s == claim.source);
+                    if first {
+                        let message = format!(
+                            "the tunnel carries {count} routes ({bytes} bytes) of older objects, its most \
+                             (at most {ROUTE_BUDGET} routes, {ROUTE_BYTES} bytes): {identity} and this object's \
+                             further routes are left out"
+                        );
+                        notes.push(Note::new(&claim.source, "TooManyRoutes", message));
+                        over_budget.push((claim.tunnel.clone(), claim.source.clone()));
+                    }
+                    continue;
+                }
+                (*count, *bytes) = (*count + 1, *bytes + size);
+                hosts.entry(host).or_insert_with(|| claim.source.clone());
                 taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
                 routes.entry(claim.tunnel).or_default().push(claim.route);
             }
@@ -297,6 +328,40 @@ mod tests {
         assert_eq!(note.reason, "RouteConflict");
         assert_eq!(note.source.reference.namespace.as_deref(), Some("team-b"));
         assert!(note.message.contains("belongs to namespace team-a"), "{}", note.message);
+    }
+
+    #[test]
+    fn an_object_past_the_route_budget_leaves_the_older_ones_served() {
+        let mut text = format!(
+            "apiVersion: tunnel-rs.github.io/v1alpha1\nkind: ClusterTunnel\nmetadata: {{name: shared}}\n\
+             spec: {{existingTunnel: {{name: c, secret: s}}, server: {{address: 'h:1', fingerprint: '{FINGERPRINT}'}}}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: tunnel}}\nspec: {{controller: tunnel-rs.github.io/ingress-controller}}\n---\n"
+        );
+        text.push_str(&ingress("team-a", "site", "2026-01-01T00:00:00Z", "app.example.com", "/", "Prefix"));
+        // A newer object with more paths than a connector's whole table holds.
+        let paths: Vec<String> = (0..ROUTE_BUDGET + 10)
+            .map(|n| format!("{{path: /p{n}, pathType: Exact, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}"))
+            .collect();
+        text.push_str(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: flood, namespace: team-b, creationTimestamp: '2026-01-02T00:00:00Z', annotations: {{tunnel-rs.github.io/tunnel: shared}}}}\n\
+             spec: {{ingressClassName: tunnel, rules: [{{host: flood.example.com, http: {{paths: [{}]}}}}]}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: team-b}}\nspec: {{ports: [{{port: 80}}]}}\n---\n",
+            paths.join(", ")
+        ));
+        let mut cluster = Cluster::default();
+        cluster.load_yaml(&text, "t").unwrap();
+        let settings =
+            Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
+        let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
+        let decided = desired(&cluster, &BTreeMap::new(), &settings, &now);
+        let key = TunnelKey::Cluster { name: "shared".into() };
+        let (config_map, _) = decided.tunnels[&key].connector.clone().expect("the tunnel keeps a connector");
+        let toml = &config_map.data.unwrap()["client.toml"];
+        assert!(toml.contains("host = \"app.example.com\""), "the older object is served");
+        assert_eq!(toml.matches("[[routes]]").count(), ROUTE_BUDGET, "the budget is filled, no more");
+        let over: Vec<_> = decided.notes.iter().filter(|n| n.reason == "TooManyRoutes").collect();
+        assert_eq!(over.len(), 1, "one note for the object, not one per route: {over:?}");
+        assert_eq!(over[0].source.reference.name.as_deref(), Some("flood"));
     }
 
     #[test]

@@ -116,8 +116,8 @@ pub fn route_to(host: &str, path: Option<(&str, PathType)>, origin: Origin) -> R
 }
 
 /// How a Service port is spoken to, from its `appProtocol`: `None` when the edge cannot.
-fn scheme(port: Option<&ServicePort>) -> Result<&'static str, String> {
-    let protocol = port.and_then(|p| p.app_protocol.as_deref()).unwrap_or("http");
+fn scheme(port: &ServicePort) -> Result<&'static str, String> {
+    let protocol = port.app_protocol.as_deref().unwrap_or("http");
     match protocol.to_ascii_lowercase().as_str() {
         "http" | "kubernetes.io/ws" | "ws" => Ok("http"),
         "https" | "kubernetes.io/wss" | "wss" => Ok("https"),
@@ -157,15 +157,20 @@ pub fn service_origin(
         return Err(("UnsupportedValue", message));
     }
     let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
-    let (number, found) = match port {
-        PortRef::Number(n) => (n, ports.iter().find(|p| p.port == n)),
+    // Only a port the Service lists: through a headless Service another would reach whatever
+    // its pods (or a hand-made EndpointSlice) listen on.
+    let found = match port {
+        PortRef::Number(n) => ports
+            .iter()
+            .find(|p| p.port == n)
+            .ok_or_else(|| ("PortNotFound", format!("Service {namespace}/{name} has no port {n}")))?,
         PortRef::Name(wanted) => {
-            let found = ports.iter().find(|p| p.name.as_deref() == Some(wanted)).ok_or_else(|| {
+            ports.iter().find(|p| p.name.as_deref() == Some(wanted)).ok_or_else(|| {
                 ("PortNotFound", format!("Service {namespace}/{name} has no port named {wanted:?}"))
-            })?;
-            (found.port, Some(found))
+            })?
         }
     };
+    let number = found.port;
     if !(1..=65535).contains(&number) {
         return Err(("PortNotFound", format!("Service {namespace}/{name}: port {number} is not a port")));
     }
@@ -198,7 +203,11 @@ mod tests {
         let origin = |port| service_origin(&c, &n, "a", "web", port).map(|o| o.to_string());
         assert_eq!(origin(PortRef::Name("http")).unwrap(), "http://web.a.svc.cluster.local:8080");
         assert_eq!(origin(PortRef::Number(8443)).unwrap(), "https://web.a.svc.cluster.local:8443");
-        assert_eq!(origin(PortRef::Number(81)).unwrap(), "http://web.a.svc.cluster.local:81");
+        assert_eq!(
+            origin(PortRef::Number(81)).unwrap_err().0,
+            "PortNotFound",
+            "a port the Service does not list"
+        );
         assert_eq!(origin(PortRef::Name("grpc")).unwrap_err().0, "UnsupportedValue");
         assert_eq!(origin(PortRef::Name("nope")).unwrap_err().0, "PortNotFound");
         assert_eq!(origin(PortRef::Number(0)).unwrap_err().0, "PortNotFound");

@@ -293,7 +293,7 @@ fn respond(answer: Answer) -> Response<Full<Bytes>> {
 /// answers on it) is replaced; a socket in use, or any other file there, is an error.
 #[cfg(unix)]
 pub fn bind_socket(path: &std::path::Path) -> std::io::Result<AdminListener> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
             // Left by an earlier run.
@@ -317,8 +317,9 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<AdminListener> {
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    // Just created by this process: its owner is the user running it.
-    let uid = std::fs::symlink_metadata(path)?.uid();
+    // The user running this process, not the owner read back from the path: in a directory
+    // others may write to, someone else's socket could stand there by now.
+    let uid = rustix::process::geteuid().as_raw();
     Ok(AdminListener::Unix { listener, uid })
 }
 

@@ -250,11 +250,13 @@ impl ServerFile {
         self.validate()?;
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let mut credentials = Credentials::default();
+        let mut client_tokens = Vec::with_capacity(self.clients.len());
         for entry in &self.clients {
             let token = secret("clients.token", entry.token.as_ref(), entry.token_file.as_deref())?.ok_or(
                 ConfigError::Missing { key: "clients.token", why: "a client entry needs its token" },
             )?;
-            credentials = credentials.with_client(&entry.name, token);
+            credentials = credentials.with_client(&entry.name, token.clone());
+            client_tokens.push((entry.name.as_str(), token));
         }
         let (shared_token, token_source) =
             match secret("token", self.token.as_ref(), self.token_file.as_deref())? {
@@ -288,6 +290,15 @@ impl ServerFile {
             Some(own) => identity(own)?,
         };
         let admin = super::admin::setup(&self, &state_dir, tls.as_ref())?;
+        // Whoever holds a client's token must not be an administrator by it.
+        if let Some(admin_token) = admin.as_ref().and_then(|admin| admin.token.as_ref()) {
+            if shared_token.as_ref().is_some_and(|shared| shared.same_secret(admin_token)) {
+                return Err(invalid("admin_token", "is the shared token clients connect with"));
+            }
+            if let Some((name, _)) = client_tokens.iter().find(|(_, token)| token.same_secret(admin_token)) {
+                return Err(invalid("admin_token", format!("is the token of client {name:?}")));
+            }
+        }
         let mut config = self.runtime(credentials, tls)?;
         config.lease_file = Some(state_dir.join(LEASE_FILE));
         config.http.tls = edge_tls;

@@ -204,6 +204,16 @@ fn invalid_values_name_their_key() {
         ("[limits]\nhandshake_timeout = \"0s\"", "invalid `limits.handshake_timeout`"),
         ("[limits]\nlet_go_timeout = \"0s\"", "invalid `limits.let_go_timeout`"),
         ("[limits]\nlookup_timeout = \"0ms\"", "invalid `limits.lookup_timeout`"),
+        // A client's token holder must not be an administrator by it.
+        (
+            "admin_listen = \"127.0.0.1:0\"\nadmin_token = \"config-test-token-0123\"",
+            "invalid `admin_token`: is the shared token",
+        ),
+        (
+            "admin_listen = \"127.0.0.1:0\"\nadmin_token = \"client-a-token-0123\"\n\
+             [[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"",
+            "invalid `admin_token`: is the token of client \"a\"",
+        ),
     ];
     for (extra, needle) in cases {
         let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().chain();

@@ -2,7 +2,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
-/// A set of TCP ports, written `6443,10000-10100`.
+/// A set of TCP ports, written `6443,10000-10100`; `none` is the empty set.
 ///
 /// ```
 /// use tunnel_core::forward::PortSet;
@@ -17,7 +17,9 @@ pub struct PortSet {
 
 /// Why a port list was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid port list {input:?}: {reason} (expected e.g. `6443,10000-10100`, ports 1 to 65535)")]
+#[error(
+    "invalid port list {input:?}: {reason} (expected e.g. `6443,10000-10100`, ports 1 to 65535, or `none`)"
+)]
 pub struct PortSetError {
     input: String,
     reason: String,
@@ -27,6 +29,12 @@ impl PortSet {
     /// Every unprivileged port, 1024 to 65535: the server's default.
     pub fn unprivileged() -> Self {
         Self { ranges: vec![1024..=65535] }
+    }
+
+    /// No port at all, written `none`: for a client that serves only HTTP and TLS routes,
+    /// services or networks.
+    pub fn none() -> Self {
+        Self { ranges: Vec::new() }
     }
 
     /// True if `port` is in the set.
@@ -78,6 +86,9 @@ impl FromStr for PortSet {
             Ok(0) | Err(_) => Err(err(format!("{:?} is not a port", p.trim()))),
             Ok(port) => Ok(port),
         };
+        if s.trim() == "none" {
+            return Ok(Self::none());
+        }
         let mut ranges = Vec::new();
         for item in s.split(',').map(str::trim) {
             if item.is_empty() {
@@ -112,6 +123,9 @@ impl FromStr for PortSet {
 
 impl fmt::Display for PortSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ranges.is_empty() {
+            return f.write_str("none");
+        }
         for (i, r) in self.ranges.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
@@ -136,6 +150,15 @@ mod tests {
         assert_eq!(set.to_string(), "5,10-31");
         assert_eq!(set.len(), 23);
         assert_eq!((set.nth(0), set.nth(1), set.nth(22), set.nth(23)), (Some(5), Some(10), Some(31), None));
+    }
+
+    #[test]
+    fn none_is_the_empty_set_and_prints_back() {
+        let none: PortSet = " none ".parse().unwrap();
+        assert!(none.is_empty() && none == PortSet::none() && !none.contains(80));
+        assert_eq!((none.len(), none.nth(0), none.to_string()), (0, None, "none".to_owned()));
+        assert_eq!(none.to_string().parse::<PortSet>().unwrap(), none);
+        assert_eq!(none.first_shared(&PortSet::unprivileged()), None);
     }
 
     #[test]

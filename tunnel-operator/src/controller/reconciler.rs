@@ -241,7 +241,11 @@ async fn credential<S: Servers>(
     let (Some(new), Some(access)) = (&tunnel.spec.new_tunnel, access) else {
         return Ok(Ok(false));
     };
-    let token = match ctx.servers.create(access, &new.name, &Grant::default()).await {
+    // No ports: the connector serves HTTP routes and networks. An administrator may widen it;
+    // `keep_grant` leaves ports as the server holds them.
+    let mut grant = Grant::default();
+    grant.allow_ports = Some(tunnel_core::forward::PortSet::none());
+    let token = match ctx.servers.create(access, &new.name, &grant).await {
         Ok(token) => token,
         // Someone else's client, or one whose token Secret is gone: taking it over (rotating
         // its token) would cut off whoever holds it. A person decides.

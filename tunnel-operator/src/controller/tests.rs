@@ -49,8 +49,9 @@ impl FakeServers {
 }
 
 impl Servers for FakeServers {
-    async fn create(&self, _: &AdminAccess, name: &str, _: &Grant) -> Result<Token, ServerError> {
-        self.called(format!("create {name}"))?;
+    async fn create(&self, _: &AdminAccess, name: &str, grant: &Grant) -> Result<Token, ServerError> {
+        let ports = grant.allow_ports.as_ref().map_or("server-wide".to_owned(), ToString::to_string);
+        self.called(format!("create {name} ports={ports}"))?;
         if self.exists {
             return Err(ServerError::Exists(name.into()));
         }
@@ -327,7 +328,7 @@ async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_once_the_co
     assert_eq!(
         ctx.servers.calls(),
         [
-            "create shared",
+            "create shared ports=none",
             "grant shared",
             "regrant shared hosts=web.example.com replicas=Some(3)",
             "in_service shared",
@@ -355,7 +356,11 @@ async fn a_name_the_server_has_already_is_not_taken_over() {
     assert_eq!(ready["reason"], "CredentialExists");
     assert!(ready["message"].as_str().unwrap().contains("existingTunnel"), "{ready}");
     finished(running).await.unwrap();
-    assert_eq!(ctx.servers.calls(), ["create shared", "in_service shared"], "no rotate: its holder keeps it");
+    assert_eq!(
+        ctx.servers.calls(),
+        ["create shared ports=none", "in_service shared"],
+        "no rotate: its holder keeps it"
+    );
 }
 
 #[tokio::test]
