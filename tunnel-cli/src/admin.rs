@@ -64,7 +64,7 @@ pub enum ClientsCommand {
 pub struct CreateArgs {
     /// The client's name (`connect --name`).
     pub name: String,
-    /// Ports it may bind, e.g. 10000-10010 [default: the server's allow_ports].
+    /// Ports it may bind, e.g. 10000-10010, or none [default: the server's allow_ports].
     #[arg(long, value_name = "LIST")]
     pub allow_ports: Option<PortSet>,
     /// Hosts it may serve over HTTP and TLS, as globs (repeatable or comma-separated).

@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Ports clients may bind, e.g. 6443,10000-10100 [default: 1024-65535].
+    /// Ports clients may bind, e.g. 6443,10000-10100, or none [default: 1024-65535].
     #[arg(long, value_name = "LIST")]
     pub allow_ports: Option<PortSet>,
     /// Hosts the server may dial for clients' local forwards, e.g.

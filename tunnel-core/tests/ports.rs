@@ -39,10 +39,14 @@ async fn ports_outside_the_allow_list_are_refused_per_client() {
         config.policy.allow_ports = format!("{allowed}").parse().unwrap();
         config.credentials = Credentials::default()
             .with_shared(Token::new(TOKEN).unwrap())
-            .with_client("kube", Token::new("kube-secret-0123456789").unwrap());
+            .with_client("kube", Token::new("kube-secret-0123456789").unwrap())
+            .with_client("web", Token::new("web-secret-01234567890").unwrap());
         let mut policy = ClientPolicy::default();
         policy.allow_ports = Some(format!("{other}").parse().unwrap());
         config.policy.clients.insert("kube".into(), policy);
+        let mut web_only = ClientPolicy::default();
+        web_only.allow_ports = Some("none".parse().unwrap());
+        config.policy.clients.insert("web".into(), web_only);
     })
     .await;
     let echo = echo_target().await;
@@ -68,6 +72,20 @@ async fn ports_outside_the_allow_list_are_refused_per_client() {
     ));
     assert_eq!(kube.connected().await[0].public_addr.port(), other);
     kube.stop().await;
+    // `none`: not even a port the server picks.
+    let web_only = client_config_for(
+        server.addr,
+        server.fingerprint,
+        "web",
+        "web-secret-01234567890",
+        &[&format!("0:{echo}")],
+    );
+    match start_client(web_only).failure().await {
+        ClientError::ForwardRefused { code: RefusalCode::PortNotAllowed, message, .. } => {
+            assert!(message.contains("allow_ports = none"), "{message}")
+        }
+        err => panic!("expected PortNotAllowed, got {err}"),
+    }
     server.stop().await;
 }
 

@@ -60,7 +60,7 @@ pub struct TunnelOutcome {
 }
 
 /// Routes from Ingresses and HTTPRoutes one tunnel's connector takes at most: its route table's
-/// limit, less room for the tunnel's own fallback and networks.
+/// limit, less room for the tunnel's own fallback and up to 63 networks.
 pub const ROUTE_BUDGET: usize = tunnel_core::client::MAX_ROUTES_PER_SET - 64;
 
 /// Bytes of those routes (as TOML) one tunnel's configuration takes at most, well under the
@@ -84,9 +84,10 @@ pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, 
     let mut over_budget: Vec<(TunnelKey, Source)> = Vec::new();
     for claim in claims {
         let host = (claim.tunnel.clone(), claim.route.host.to_string());
-        if let Some(owner) =
-            hosts.get(&host).filter(|o| o.reference.namespace != claim.source.reference.namespace)
-        {
+        // The first claim owns the host, served or not (past the budget): a newer object of
+        // another namespace never takes a host an older one asked for.
+        let owner = hosts.entry(host.clone()).or_insert_with(|| claim.source.clone());
+        if owner.reference.namespace != claim.source.reference.namespace {
             let message = format!(
                 "host {} belongs to namespace {} on this tunnel (first claimed by {})",
                 host.1,
@@ -111,9 +112,9 @@ pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, 
                     let first = !over_budget.iter().any(|(t, s)| *t == claim.tunnel && *s == claim.source);
                     if first {
                         let message = format!(
-                            "the tunnel carries {count} routes ({bytes} bytes) of older objects, its most \
-                             (at most {ROUTE_BUDGET} routes, {ROUTE_BYTES} bytes): {identity} and this object's \
-                             further routes are left out"
+                            "the tunnel carries {count} routes ({bytes} bytes; at most {ROUTE_BUDGET} routes, \
+                             {ROUTE_BYTES} bytes): {identity} is left out, and any further route of this object \
+                             that does not fit"
                         );
                         notes.push(Note::new(&claim.source, "TooManyRoutes", message));
                         over_budget.push((claim.tunnel.clone(), claim.source.clone()));
@@ -121,7 +122,6 @@ pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, 
                     continue;
                 }
                 (*count, *bytes) = (*count + 1, *bytes + size);
-                hosts.entry(host).or_insert_with(|| claim.source.clone());
                 taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
                 routes.entry(claim.tunnel).or_default().push(claim.route);
             }
@@ -362,6 +362,48 @@ mod tests {
         let over: Vec<_> = decided.notes.iter().filter(|n| n.reason == "TooManyRoutes").collect();
         assert_eq!(over.len(), 1, "one note for the object, not one per route: {over:?}");
         assert_eq!(over[0].source.reference.name.as_deref(), Some("flood"));
+    }
+
+    /// A claim of `namespace/name`, created on day `day`, for `host` and `path`.
+    fn claim(namespace: &str, name: &str, day: u32, host: &str, path: &str) -> Claim {
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some("Ingress".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let created = Time(format!("2026-01-{day:02}T00:00:00Z").parse().unwrap());
+        let route: RouteFile =
+            toml::from_str(&format!("host = {host:?}\npath = {path:?}\nservice = \"http://web.a.svc:80\"\n"))
+                .unwrap();
+        Claim {
+            tunnel: TunnelKey::Cluster { name: "shared".into() },
+            source: crate::routes::Source { reference, created: Some(created) },
+            route,
+        }
+    }
+
+    #[test]
+    fn past_the_byte_budget_a_host_stays_its_first_claimants_and_smaller_routes_still_fit() {
+        let mut notes = Vec::new();
+        let huge = format!("/{}", "a".repeat(ROUTE_BYTES));
+        let routes = assign(
+            vec![
+                claim("team-a", "big", 1, "x.example.com", &huge),
+                claim("team-b", "small", 2, "x.example.com", "/"),
+                claim("team-b", "other", 3, "y.example.com", "/"),
+            ],
+            &mut notes,
+        );
+        let served: Vec<String> = routes.values().flatten().map(|r| r.host.to_string()).collect();
+        assert_eq!(served, ["y.example.com"], "a route that fits is still taken");
+        let refused: Vec<_> =
+            notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.clone())).collect();
+        assert_eq!(
+            refused,
+            [("TooManyRoutes", Some("big".to_owned())), ("RouteConflict", Some("small".to_owned()))],
+            "x.example.com stays team-a's, served or not"
+        );
     }
 
     #[test]

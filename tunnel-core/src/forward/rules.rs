@@ -159,7 +159,9 @@ impl FromStr for VisitRule {
                 let ports = ports
                     .map(|p| {
                         p.parse::<PortSet>()
-                            .map_err(|_| err("ports must be a port or a range like 8000-9000"))
+                            .ok()
+                            .filter(|p| !p.is_empty())
+                            .ok_or_else(|| err("ports must be a port or a range like 8000-9000"))
                     })
                     .transpose()?;
                 Visitable::Network { owner: owner.parse()?, net, ports }
@@ -270,8 +272,12 @@ impl FromStr for TargetRules {
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let err = |reason: &str| RuleError { input: item.to_owned(), reason: reason.to_owned() };
             let (host, ports) = item.rsplit_once(':').ok_or_else(|| err("expected HOST_OR_CIDR:PORTS"))?;
-            let ports: PortSet =
-                ports.parse().map_err(|_| err("ports must be a port or a range like 8000-9000"))?;
+            // A rule that names no port would match nothing: a mistake, not a rule.
+            let ports: PortSet = ports
+                .parse()
+                .ok()
+                .filter(|p: &PortSet| !p.is_empty())
+                .ok_or_else(|| err("ports must be a port or a range like 8000-9000"))?;
             let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
             let host = match host.split_once('/') {
                 Some((addr, prefix)) => {
@@ -414,6 +420,7 @@ mod tests {
             "site/fd00::/8:443",
             "site/[fd00::/8",
             "a b/10.0.0.0/8",
+            "site/10.0.0.0/8:none",
         ] {
             assert!(bad.parse::<VisitRule>().is_err(), "{bad}");
         }
@@ -431,6 +438,7 @@ mod tests {
             "a b:80",
             "x/8:1",
             "1.2.3.4:99999",
+            "10.0.0.0/8:none",
         ] {
             assert!(bad.parse::<TargetRules>().is_err(), "{bad}");
         }

@@ -185,6 +185,12 @@ impl Binder<'_> {
             }
         }
         let allowed = rules.ports();
+        if allowed.is_empty() {
+            return Err((
+                RefusalCode::PortNotAllowed,
+                "this client may bind no port (allow_ports = none)".into(),
+            ));
+        }
         for _ in 0..PICK_ATTEMPTS.min(allowed.len().max(1)) {
             let Some(port) = allowed.nth(rand::random_range(0..allowed.len().max(1))) else {
                 break;
