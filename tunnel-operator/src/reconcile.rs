@@ -294,13 +294,28 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_host_belongs_to_the_namespace_that_claimed_it_first_whatever_the_path() {
-        let mut text = format!(
+    /// A ClusterTunnel `shared` with the ingress class `tunnel`, as YAML to add objects to.
+    fn shared_tunnel() -> String {
+        format!(
             "apiVersion: tunnel-rs.github.io/v1alpha1\nkind: ClusterTunnel\nmetadata: {{name: shared}}\n\
              spec: {{existingTunnel: {{name: c, secret: s}}, server: {{address: 'h:1', fingerprint: '{FINGERPRINT}'}}}}\n---\n\
              apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: tunnel}}\nspec: {{controller: tunnel-rs.github.io/ingress-controller}}\n---\n"
-        );
+        )
+    }
+
+    /// The decision for the objects of `text`, and the key of its tunnel `shared`.
+    fn decide(text: &str) -> (Desired, TunnelKey) {
+        let mut cluster = Cluster::default();
+        cluster.load_yaml(text, "t").unwrap();
+        let settings =
+            Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
+        let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
+        (desired(&cluster, &BTreeMap::new(), &settings, &now), TunnelKey::Cluster { name: "shared".into() })
+    }
+
+    #[test]
+    fn a_host_belongs_to_the_namespace_that_claimed_it_first_whatever_the_path() {
+        let mut text = shared_tunnel();
         text.push_str(&ingress("team-a", "site", "2026-01-01T00:00:00Z", "app.example.com", "/", "Prefix"));
         // Another namespace, later, a more specific path on the same host: it would take
         // /login from team-a at the edge (an exact path wins over a prefix).
@@ -314,13 +329,7 @@ mod tests {
         ));
         // The same namespace may add paths to its own host.
         text.push_str(&ingress("team-a", "api", "2026-01-03T00:00:00Z", "app.example.com", "/api", "Prefix"));
-        let mut cluster = Cluster::default();
-        cluster.load_yaml(&text, "t").unwrap();
-        let settings =
-            Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
-        let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
-        let decided = desired(&cluster, &BTreeMap::new(), &settings, &now);
-        let key = TunnelKey::Cluster { name: "shared".into() };
+        let (decided, key) = decide(&text);
         let (config_map, _) = decided.tunnels[&key].connector.clone().unwrap();
         let toml = &config_map.data.unwrap()["client.toml"];
         assert!(toml.contains("path = \"/api\"") && !toml.contains("/login"), "{toml}");
@@ -332,11 +341,7 @@ mod tests {
 
     #[test]
     fn an_object_past_the_route_budget_leaves_the_older_ones_served() {
-        let mut text = format!(
-            "apiVersion: tunnel-rs.github.io/v1alpha1\nkind: ClusterTunnel\nmetadata: {{name: shared}}\n\
-             spec: {{existingTunnel: {{name: c, secret: s}}, server: {{address: 'h:1', fingerprint: '{FINGERPRINT}'}}}}\n---\n\
-             apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: tunnel}}\nspec: {{controller: tunnel-rs.github.io/ingress-controller}}\n---\n"
-        );
+        let mut text = shared_tunnel();
         text.push_str(&ingress("team-a", "site", "2026-01-01T00:00:00Z", "app.example.com", "/", "Prefix"));
         // A newer object with more paths than a connector's whole table holds.
         let paths: Vec<String> = (0..ROUTE_BUDGET + 10)
@@ -348,13 +353,7 @@ mod tests {
              apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: team-b}}\nspec: {{ports: [{{port: 80}}]}}\n---\n",
             paths.join(", ")
         ));
-        let mut cluster = Cluster::default();
-        cluster.load_yaml(&text, "t").unwrap();
-        let settings =
-            Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
-        let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
-        let decided = desired(&cluster, &BTreeMap::new(), &settings, &now);
-        let key = TunnelKey::Cluster { name: "shared".into() };
+        let (decided, key) = decide(&text);
         let (config_map, _) = decided.tunnels[&key].connector.clone().expect("the tunnel keeps a connector");
         let toml = &config_map.data.unwrap()["client.toml"];
         assert!(toml.contains("host = \"app.example.com\""), "the older object is served");

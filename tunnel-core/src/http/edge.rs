@@ -22,9 +22,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::client_streams::{open_stream, open_upgrade_stream};
 use super::headers::{
     is_upgrade, origin_form, remove_dot_segments, route_value, routed_host, set_forwarded, strip_hop_by_hop,
 };
@@ -32,7 +33,7 @@ use super::index::RouteIndex;
 use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
 use super::park::{Activity, ExchangeBody, Parking, PARK_AFTER};
-use super::upstream::{Home, Pool, Upstream};
+use super::upstream::{Home, Pool};
 use super::{text_response, Body};
 use crate::mux::{MuxStream, Openers, StreamOpener};
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
@@ -554,50 +555,6 @@ type SessionKey = usize;
 
 fn session_key(opener: &StreamOpener) -> SessionKey {
     opener.connection_id()
-}
-
-/// Opens a data stream to the client with `header`.
-async fn open_raw(
-    opener: &StreamOpener,
-    header: StreamHeader,
-    host: &str,
-) -> Result<MuxStream, (StatusCode, String)> {
-    let unreachable = || (StatusCode::BAD_GATEWAY, format!("the client serving {host} is not reachable"));
-    let mut stream = opener.open().await.map_err(|_| unreachable())?;
-    stream.write_all(&header.encode()).await.map_err(|_| unreachable())?;
-    Ok(stream)
-}
-
-fn no_talk(host: &str, err: hyper::Error) -> (StatusCode, String) {
-    (StatusCode::BAD_GATEWAY, format!("cannot talk to the client serving {host}: {err}"))
-}
-
-/// Opens a data stream of HTTP requests to the client.
-async fn open_stream(
-    opener: &StreamOpener,
-    header: StreamHeader,
-    host: &str,
-) -> Result<Upstream<MuxStream>, (StatusCode, String)> {
-    let stream = open_raw(opener, header, host).await?;
-    Upstream::handshake(stream).await.map_err(|e| no_talk(host, e))
-}
-
-/// Opens a data stream for one request that may switch protocols; its connection has a task of
-/// its own, which the upgraded bytes outlive.
-async fn open_upgrade_stream(
-    opener: &StreamOpener,
-    header: StreamHeader,
-    host: &str,
-) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, (StatusCode, String)> {
-    let stream = open_raw(opener, header, host).await?;
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| no_talk(host, e))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!("stream to the client ended: {err}");
-        }
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 mod action;
 mod challenge;
+mod client_streams;
 mod edge;
 mod handler;
 mod headers;
