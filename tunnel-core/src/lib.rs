@@ -30,7 +30,8 @@
 //! - [`udp`]: UDP flows as streams of framed datagrams: the listening end's flow table and the
 //!   dialing end's relay.
 //! - [`http`]: HTTP host/path routing in Gateway API order, the server's edge and the client's
-//!   origin side (per request, WebSocket upgrades, pooled origin connections).
+//!   origin side (per request, WebSocket upgrades, pooled origin connections, and streams of a
+//!   route carried to its origin as they are with `forward`'s copy).
 //! - [`acme`]: certificates from an ACME authority for the names the HTTPS edge terminates,
 //!   renewed while running, and the answers to its challenges.
 //! - [`server`], [`client`]: orchestration (listeners, registry, reconnect with backoff); the

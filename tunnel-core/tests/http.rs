@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,64 +21,6 @@ use tunnel_core::client::{ClientStatus, RouteSet};
 use tunnel_core::http::{Answer, Backend, HttpRoute};
 use tunnel_core::proto::RefusalCode;
 use web::*;
-
-/// An HTTP origin answering `TAG METHOD PATH host=HOST xff=XFF proto=PROTO` then the request
-/// body; a request asking for a WebSocket upgrade is switched and echoed byte for byte; a
-/// request for `/slow` waits 2 s.
-async fn origin(tag: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(move |request| answer(tag, request));
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-async fn answer(
-    tag: &'static str,
-    mut request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let header =
-        |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-    if request.headers().contains_key(http::header::UPGRADE) {
-        let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = upgrade.await {
-                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            }
-        });
-        return Ok(Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(http::header::CONNECTION, "upgrade")
-            .header(http::header::UPGRADE, "websocket")
-            .body(Full::default())
-            .unwrap());
-    }
-    if request.uri().path() == "/slow" {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let line = format!(
-        "{tag} {} {} host={} xff={} proto={} ",
-        request.method(),
-        request.uri().path(),
-        header("host"),
-        header("x-forwarded-for"),
-        header("x-forwarded-proto"),
-    );
-    let body = request.into_body().collect().await?.to_bytes();
-    let mut out = line.into_bytes();
-    out.extend_from_slice(&body);
-    Ok(Response::new(Full::new(Bytes::from(out))))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reach_the_client_owning_their_host_and_path_on_one_keep_alive_connection() {
@@ -162,16 +103,6 @@ async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
     })
     .await;
     edge.server.stop().await;
-}
-
-/// One raw HTTP/1.1 request (`head` without its final blank line) on a new connection; the
-/// whole answer as text.
-async fn raw_request(edge: SocketAddr, head: &str) -> String {
-    let mut tcp = TcpStream::connect(edge).await.unwrap();
-    tcp.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer)).await.expect("no answer").unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,26 +255,7 @@ async fn get_with_body(edge: SocketAddr, host: &str, path: &str, body: &str) -> 
 async fn routes_can_be_added_while_a_download_runs() {
     let edge = edge(|_| {}).await;
     let b = origin("B").await;
-    // An origin that holds each request until told to answer, and says when one is in.
-    let (arrived, mut in_flight) = tokio::sync::mpsc::unbounded_channel();
-    let release = Arc::new(tokio::sync::Notify::new());
-    let gate = release.clone();
-    let a = serve_target(move |tcp| {
-        let (arrived, gate) = (arrived.clone(), gate.clone());
-        let service = hyper::service::service_fn(move |request| {
-            let (arrived, gate) = (arrived.clone(), gate.clone());
-            async move {
-                let _ = arrived.send(());
-                gate.notified().await;
-                answer("A", request).await
-            }
-        });
-        async move {
-            let _ =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
-        }
-    })
-    .await;
+    let (a, mut in_flight, release) = gated_origin("A").await;
     let mut client =
         start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
     client.connected().await;

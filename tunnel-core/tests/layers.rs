@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("socks", &["proto"]),
     ("udp", &["log", "proto", "socks"]),
-    ("http", &["log", "metrics", "mux", "proto", "source", "tls"]),
+    ("http", &["forward", "log", "metrics", "mux", "proto", "source", "tls"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (
         "server",

@@ -144,6 +144,9 @@ fn stream_header() -> impl Strategy<Value = StreamHeader> {
         }),
         (any::<u64>(), socket_addr(), proptest::option::of(socket_addr()))
             .prop_map(|(id, visitor, local)| StreamHeader::Route { route_id: RouteId(id), visitor, local }),
+        socket_addr().prop_map(|visitor| StreamHeader::Http { visitor }),
+        (any::<u64>(), socket_addr())
+            .prop_map(|(id, visitor)| StreamHeader::HttpRoute { route_id: RouteId(id), visitor }),
     ]
 }
 

@@ -14,7 +14,7 @@ use crate::http::{HttpAction, HttpRoute, TlsRoute};
 use crate::proto::route::MAX_ROUTES;
 use crate::proto::{
     ControlMessage, IpNet, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult,
-    NETWORK_VERSION, UDP_VERSION,
+    NETWORK_VERSION, ROUTE_STREAMS_VERSION, UDP_VERSION,
 };
 
 /// What a client publishes: remote forwards, private services, HTTP and TLS routes, networks.
@@ -256,6 +256,8 @@ pub(super) struct Table {
     items: Vec<(RouteEntry, Local)>,
     /// Entries the server's protocol version cannot carry: not sent, answered as refused here.
     too_new: Vec<Local>,
+    /// The protocol version the server speaks.
+    protocol: u16,
 }
 
 /// The server's answer to a table: what is in service, and what was refused.
@@ -303,7 +305,7 @@ impl Table {
             protocol >= needs
         });
         let too_new = too_new.into_iter().map(|(_, local)| local).collect();
-        Self { version: *version, items, too_new }
+        Self { version: *version, items, too_new, protocol }
     }
 
     pub(super) fn version(&self) -> u64 {
@@ -317,7 +319,8 @@ impl Table {
 
     /// Where visitors of this table's routes go.
     pub(super) fn stream_routes(&self) -> Routes {
-        let mut routes = Routes::default();
+        let mut routes =
+            Routes { streams_per_route: self.protocol >= ROUTE_STREAMS_VERSION, ..Routes::default() };
         for (entry, local) in &self.items {
             match local {
                 Local::Forward(spec) => {

@@ -35,6 +35,8 @@ pub(super) struct Routes {
     pub(super) http: HashMap<RouteId, Arc<HttpAction>>,
     /// Network routes by route id.
     pub(super) networks: HashMap<RouteId, IpNet>,
+    /// The server may send a stream of requests per HTTP route (protocol 8).
+    pub(super) streams_per_route: bool,
 }
 
 /// Where a forward's visitors go, and how.
@@ -76,17 +78,9 @@ pub(super) async fn handle(
             }
             Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
         };
-    let http = match &header {
-        StreamHeader::Http { .. } => true,
-        StreamHeader::Route { route_id, .. } => routes.current().http.contains_key(route_id),
-        _ => false,
-    };
-    if http {
-        // Each request names its route; it is looked up when the request arrives, so a stream
-        // follows the table as it changes.
-        let lookup = move |id| routes.current().http.get(&id).cloned();
+    if let Some(requests) = HttpStream::of(&header, &routes.current()) {
         return tokio::select! {
-            () = origins.serve_routed(stream, lookup, draining) => {}
+            () = serve_http(stream, requests, routes, origins, draining) => {}
             () = owned.cancelled() => {}
         };
     }
@@ -206,6 +200,55 @@ pub(super) async fn handle(
     } else {
         // Both ends were carried in order; a broken tunnel side keeps the reset.
         transport::close_in_order(&tcp);
+    }
+}
+
+/// A stream of HTTP requests, by how their route is named.
+#[derive(Debug, Clone, Copy)]
+enum HttpStream {
+    /// All for this route (protocol 8).
+    PerRoute(RouteId),
+    /// The one request of an upgrade, for this route.
+    Upgrade(RouteId),
+    /// Each request names its own in a header (a server older than protocol 8, or one serving
+    /// an older replica beside this client).
+    Named,
+}
+
+impl HttpStream {
+    /// What `header` opens, if it is a stream of HTTP requests this session may get.
+    fn of(header: &StreamHeader, routes: &Routes) -> Option<Self> {
+        match header {
+            StreamHeader::HttpRoute { route_id, .. } if routes.streams_per_route => {
+                Some(Self::PerRoute(*route_id))
+            }
+            StreamHeader::Http { .. } => Some(Self::Named),
+            StreamHeader::Route { route_id, .. } if routes.http.contains_key(route_id) => {
+                Some(Self::Upgrade(*route_id))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Serves a stream of HTTP requests. The route is looked up as each request arrives (unless
+/// the stream goes to the origin as it is), so a stream follows the table as it changes.
+async fn serve_http(
+    stream: MuxStream,
+    requests: HttpStream,
+    routes: SharedRoutes,
+    origins: Origins,
+    draining: CancellationToken,
+) {
+    let current = move |id: RouteId| routes.current().http.get(&id).cloned();
+    match requests {
+        HttpStream::PerRoute(id) => origins.serve_route_stream(stream, move || current(id), draining).await,
+        HttpStream::Upgrade(id) => origins.serve_requests(stream, move |_| current(id), draining).await,
+        HttpStream::Named => {
+            origins
+                .serve_requests(stream, move |named: Option<RouteId>| named.and_then(&current), draining)
+                .await
+        }
     }
 }
 

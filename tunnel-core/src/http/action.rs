@@ -187,6 +187,20 @@ impl HttpAction {
         })
     }
 
+    /// The one `http://` origin every request goes to as it comes, when the route changes
+    /// nothing on the way (no header changes, no Host rewrite, one backend in service): then a
+    /// stream of its requests may be carried to that origin byte for byte.
+    pub fn direct_origin(&self) -> Option<&TargetAddr> {
+        let Answer::Proxy(backends) = &self.answer else { return None };
+        let mut serving = backends.iter().filter(|b| b.weight > 0);
+        let only = serving.next().filter(|_| serving.next().is_none())?;
+        let untouched = self.request_headers == HeaderChanges::default() && self.host_header.is_none();
+        match &only.service {
+            Service::Http(origin) if untouched => Some(origin),
+            _ => None,
+        }
+    }
+
     /// The sum of the weights (0 for a redirect).
     pub fn total_weight(&self) -> u32 {
         match &self.answer {
@@ -313,6 +327,40 @@ mod tests {
             Backend { service: "http_status:503".parse().unwrap(), weight: 1 },
         ]);
         assert!(action.check().is_err(), "weights that overflow");
+    }
+
+    #[test]
+    fn only_one_plain_http_origin_with_nothing_to_change_goes_to_the_origin_as_it_is() {
+        let backend = |service: &str, weight| Backend { service: service.parse().unwrap(), weight };
+        let action = HttpAction::to("http://127.0.0.1:1".parse().unwrap());
+        assert_eq!(action.direct_origin().map(|o| o.to_string()).as_deref(), Some("127.0.0.1:1"));
+        // A backend of weight 0 is out of service: still one origin.
+        let mut one_in_service = action.clone();
+        one_in_service.answer =
+            Answer::Proxy(vec![backend("http://127.0.0.1:2", 0), backend("http://127.0.0.1:1", 5)]);
+        assert_eq!(one_in_service.direct_origin().map(|o| o.port), Some(1));
+        let mut refused = Vec::new();
+        let mut split = action.clone();
+        split.answer =
+            Answer::Proxy(vec![backend("http://127.0.0.1:1", 1), backend("http://127.0.0.1:2", 1)]);
+        refused.push(("a split", split));
+        for service in ["https://127.0.0.1:1", "http_status:404"] {
+            let mut other = action.clone();
+            other.answer = Answer::Proxy(vec![backend(service, 1)]);
+            refused.push((service, other));
+        }
+        let mut redirect = action.clone();
+        redirect.answer = Answer::Redirect(Redirect::default());
+        refused.push(("a redirect", redirect));
+        let mut host = action.clone();
+        host.host_header = Some(HeaderValue::from_static("origin.internal"));
+        refused.push(("a Host rewrite", host));
+        let mut removal = action.clone();
+        removal.request_headers.remove.push(HeaderName::from_static("cookie"));
+        refused.push(("a header removed", removal));
+        for (what, action) in refused {
+            assert_eq!(action.direct_origin(), None, "{what}");
+        }
     }
 
     #[test]

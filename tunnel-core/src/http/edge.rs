@@ -18,24 +18,23 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::client_streams::{open_stream, open_upgrade_stream};
+use super::client_streams::{exchange, open_upgrade_stream, Lane, SessionKey, Streams};
 use super::headers::{
     is_upgrade, origin_form, remove_dot_segments, route_value, routed_host, set_forwarded, strip_hop_by_hop,
 };
-use super::index::RouteIndex;
+use super::index::{RouteIndex, RouteTarget};
 use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
 use super::park::{Activity, ExchangeBody, Parking, PARK_AFTER};
-use super::upstream::{Home, Pool};
+use super::pool::Pool;
 use super::{text_response, Body};
-use crate::mux::{MuxStream, Openers, StreamOpener};
+use crate::mux::StreamOpener;
 use crate::proto::{RouteId, StreamHeader, ROUTE_HEADER};
 use crate::source::{Full, Place};
 
@@ -55,7 +54,7 @@ const ROUTE: HeaderName = HeaderName::from_static(ROUTE_HEADER);
 /// Where the edge finds the routes in force: a snapshot per request.
 pub trait RouteSource: Send + Sync + 'static {
     /// The current index.
-    fn routes(&self) -> Arc<RouteIndex<Openers>>;
+    fn routes(&self) -> Arc<RouteIndex<RouteTarget>>;
 }
 
 /// Limits of the edge's listeners.
@@ -91,7 +90,7 @@ pub struct HttpEdge {
     fallback: StatusCode,
     limits: EdgeLimits,
     /// Idle streams to clients, by session.
-    streams: Arc<Pool<MuxStream, Incoming, SessionKey>>,
+    streams: Arc<Streams>,
     /// Streams in use toward each session, at most so many per session and per source; shared
     /// by the edges of one server.
     inflight: Arc<InFlight>,
@@ -151,9 +150,16 @@ impl HttpEdge {
         self.streams.retire(session_key(opener));
     }
 
+    /// Closes the idle streams to `opener`'s session, and those in use once their exchange is
+    /// over: its route table changed, so a route's stream may lead to an origin it no longer
+    /// has.
+    pub(crate) fn renew(&self, opener: &StreamOpener) {
+        self.streams.renew(session_key(opener));
+    }
+
     /// Forgets a session [`Self::retire`]d, once it is gone.
     pub(crate) fn forget(&self, opener: &StreamOpener) {
-        self.streams.unretire(&session_key(opener));
+        self.streams.forget(&session_key(opener));
     }
 
     /// Answers the ACME HTTP-01 challenges `answers` holds, ahead of the routes.
@@ -396,9 +402,9 @@ impl HttpEdge {
         let Some(hit) = hit else {
             return (text_response(self.fallback, ""), None);
         };
-        let (route_id, owner) = (hit.id, hit.owner.to_owned());
+        let (route_id, owner, per_route) = (hit.id, hit.owner.to_owned(), hit.target.per_route);
         // The least busy of the owner's replicas serving the route.
-        let Some(opener) = hit.target.pick().cloned() else {
+        let Some(opener) = hit.target.openers.pick().cloned() else {
             let why = format!("the client serving {host} is not reachable");
             return (text_response(StatusCode::BAD_GATEWAY, &why), Some(owner));
         };
@@ -413,7 +419,7 @@ impl HttpEdge {
                 return (text_response(StatusCode::SERVICE_UNAVAILABLE, &why), Some(owner));
             }
         };
-        let to = Owner { route_id, opener, key };
+        let to = Owner { route_id, opener, key, per_route };
         let response = match self.forward(request, to, place, connection, &host).await {
             Ok(response) => response,
             Err((status, why)) => {
@@ -451,8 +457,13 @@ impl HttpEdge {
         *request.version_mut() = Version::HTTP_11;
         strip_hop_by_hop(request.headers_mut(), upgrade);
         set_forwarded(request.headers_mut(), visitor.ip(), scheme, host);
-        // Replaces anything a visitor sent under that name.
-        request.headers_mut().insert(ROUTE, route_value(to.route_id));
+        if to.per_route {
+            // The stream names the route; a visitor's header of that name goes nowhere.
+            request.headers_mut().remove(ROUTE);
+        } else {
+            // Replaces anything a visitor sent under that name.
+            request.headers_mut().insert(ROUTE, route_value(to.route_id));
+        }
 
         if visitor_side.is_some() {
             // An upgrade turns its stream into a byte stream: it gets one of its own.
@@ -461,22 +472,12 @@ impl HttpEdge {
             let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
             return self.relay(sent, visitor_side.map(|side| (side, upgraded)), host, place);
         }
-        let limit = self.limits.response_timeout;
-        let home = || Home { pool: self.streams.clone(), key: to.key };
-        if let Some(upstream) = self.streams.take(&to.key) {
-            match tokio::time::timeout(limit, upstream.send(request, home())).await {
-                Ok(Ok(response)) => return self.relay(Ok(Ok(response)), None, host, place),
-                // A stream the client closed meanwhile gives the request back: then a new one.
-                Ok(Err(mut failed)) => match failed.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return self.relay::<Incoming>(Ok(Err(failed.into_error())), None, host, place),
-                },
-                Err(elapsed) => return self.relay::<Incoming>(Err(elapsed), None, host, place),
-            }
-        }
-        let upstream = open_stream(&to.opener, StreamHeader::Http { visitor }, host).await?;
-        let sent = tokio::time::timeout(limit, upstream.send(request, home())).await;
-        self.relay(sent.map(|sent| sent.map_err(TrySendError::into_error)), None, host, place)
+        // A session's streams of one route (`None`: of all its routes, an older client's).
+        let lane = to.per_route.then_some(to.route_id);
+        let lane = Lane { streams: &self.streams, key: to.key, lane, opener: &to.opener };
+        let request = request.map(Either::Left);
+        let sent = exchange(lane, visitor, request, self.limits.response_timeout, host).await?;
+        self.relay(sent, None, host, place)
     }
 
     /// The client's answer as the visitor's response: errors become 502 and 504, a switch of
@@ -546,12 +547,9 @@ struct Owner {
     opener: StreamOpener,
     /// Its session's key in the pool and the in-flight count.
     key: SessionKey,
+    /// The session takes a stream per route.
+    per_route: bool,
 }
-
-/// A session's key in the edge's stream pool and in-flight count: the number of its first
-/// connection, which no later connection of this process takes. A stream of a replaced or
-/// revoked session never carries a request meant for its successor.
-type SessionKey = usize;
 
 fn session_key(opener: &StreamOpener) -> SessionKey {
     opener.connection_id()

@@ -4,7 +4,7 @@ use super::*;
 struct NoRoutes;
 
 impl RouteSource for NoRoutes {
-    fn routes(&self) -> Arc<RouteIndex<Openers>> {
+    fn routes(&self) -> Arc<RouteIndex<RouteTarget>> {
         Arc::default()
     }
 }

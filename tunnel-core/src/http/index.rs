@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use http::HeaderMap;
 
 use super::matcher::Matcher;
+use crate::mux::Openers;
 use crate::proto::{HostPattern, RouteId};
 
 /// One HTTP route in the index: what it matches and where it goes.
@@ -20,6 +21,26 @@ pub struct IndexedRoute<T> {
     pub matcher: Matcher,
     /// Where its requests go (the server keeps the owner's session here).
     pub target: T,
+}
+
+/// Who serves a route on the server: its client's sessions (one per replica), and whether every
+/// one of them takes a stream of requests per route
+/// ([`crate::proto::StreamHeader::HttpRoute`], protocol 8), which it may carry to the route's
+/// origin as they are. With one older replica among them, all get one stream for all their
+/// routes, each request naming its own.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    /// The sessions.
+    pub openers: Openers,
+    /// Every one of them takes streams per route.
+    pub per_route: bool,
+}
+
+impl RouteTarget {
+    /// The sessions of `openers`, taking streams per route when `per_route`.
+    pub fn new(openers: Openers, per_route: bool) -> Self {
+        Self { openers, per_route }
+    }
 }
 
 /// Where a request or a TLS connection goes.

@@ -3,14 +3,19 @@
 //! client's side that answers them from origins (pooled), with fixed answers or redirects.
 //!
 //! Each request is routed on its own and sent to its client as HTTP/1.1 on a pooled data
-//! stream (an `Http` stream header, then one exchange after another, whichever visitor
-//! connection each comes from), so requests of one keep-alive connection may go to different
-//! clients; a WebSocket upgrade gets a stream of its own (a `Route` stream header) and becomes
-//! a byte stream spliced end to end.
+//! stream of its route (an `HttpRoute` stream header, then one exchange after another,
+//! whichever visitor connection each comes from), so requests of one keep-alive connection may
+//! go to different clients. A client whose route has one `http://` origin and nothing to change
+//! hands such a stream to a connection to that origin as it is (`direct.rs`); otherwise it
+//! answers each request itself. Clients older than protocol 8 get one stream for all their
+//! routes (an `Http` stream header), each request naming its route in a header. A WebSocket
+//! upgrade gets a stream of its own (a `Route` stream header) and becomes a byte stream
+//! spliced end to end.
 
 mod action;
 mod challenge;
 mod client_streams;
+mod direct;
 mod edge;
 mod handler;
 mod headers;
@@ -19,6 +24,7 @@ pub(crate) mod inflight;
 mod matcher;
 mod origin;
 mod park;
+mod pool;
 mod upstream;
 
 use bytes::Bytes;
@@ -33,9 +39,19 @@ pub use challenge::{ChallengeAnswers, HTTP01_PATH};
 pub use edge::{EdgeLimits, HttpEdge, RouteSource};
 pub use handler::HttpHandler;
 pub use headers::{is_upgrade, remove_dot_segments, request_host, set_forwarded, strip_hop_by_hop};
-pub use index::{Hit, IndexedRoute, RouteIndex};
+pub use index::{Hit, IndexedRoute, RouteIndex, RouteTarget};
 pub use matcher::{prefix_matches, Matcher};
 pub use origin::Origins;
+
+/// The body of a [`text_response`]: the status and its reason, then `detail`, on one line.
+fn text_body(status: http::StatusCode, detail: &str) -> String {
+    let reason = status.canonical_reason().unwrap_or("");
+    if detail.is_empty() {
+        format!("{} {reason}\n", status.as_u16())
+    } else {
+        format!("{} {reason}: {detail}\n", status.as_u16())
+    }
+}
 
 /// The body of the responses the edge and the client produce: streamed from the other side, or
 /// generated.
@@ -46,12 +62,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A short plain-text answer: the status line's reason, then `detail`.
 pub fn text_response(status: http::StatusCode, detail: &str) -> http::Response<Body> {
-    let reason = status.canonical_reason().unwrap_or("");
-    let body = if detail.is_empty() {
-        format!("{} {reason}\n", status.as_u16())
-    } else {
-        format!("{} {reason}: {detail}\n", status.as_u16())
-    };
+    let body = text_body(status, detail);
     let mut response =
         http::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::action::{Answer, HttpAction, Redirect, Service};
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::upstream::{Home, Pool, Upstream, UpstreamBody};
+use super::pool::Pool;
+use super::upstream::{Upstream, UpstreamBody};
 use super::{text_response, Body, HttpHandler};
 use crate::mux::MuxStream;
 use crate::proto::{RouteId, TargetAddr, ROUTE_HEADER};
@@ -103,15 +104,37 @@ impl Origins {
             .wrap_connector(tcp_connector(false));
         Ok(self.https.get_or_init(|| pooled(connector)))
     }
-    /// Answers the requests arriving on `stream` (a data stream of HTTP requests of one visitor
-    /// connection, or the one request of an upgrade), each with the action of the route it
-    /// names, as `routes` finds it when the request arrives.
+
+    /// Answers the requests of one route arriving on `stream` (a data stream of them, opened
+    /// with [`crate::proto::StreamHeader::HttpRoute`]) with the route's action as `route` finds
+    /// it. When that action is one `http://` origin with nothing to change, the stream is
+    /// carried to a connection to that origin as it is, its timeout kept (`direct.rs`), until
+    /// either side ends it; `draining` does not end it then: the server stops sending on the
+    /// streams of a draining client. Otherwise as [`Self::serve_requests`].
+    pub async fn serve_route_stream<F>(&self, stream: MuxStream, route: F, draining: CancellationToken)
+    where
+        F: Fn() -> Option<Arc<HttpAction>> + Clone + Send + Sync + 'static,
+    {
+        let action = route();
+        let direct = action.as_deref().and_then(|a| Some((a.direct_origin()?.clone(), a.timeout)));
+        if let Some((origin, timeout)) = direct {
+            return match connect(&origin).await {
+                Ok(tcp) => super::direct::carry(stream, tcp, &origin, timeout).await,
+                Err(why) => answer_once(stream, format!("origin http://{origin}: {why}")).await,
+            };
+        }
+        self.serve_requests(stream, move |_| route(), draining).await;
+    }
+
+    /// Answers the requests arriving on `stream` (a data stream of HTTP requests, or the one
+    /// request of an upgrade), each with the action of the route `routes` finds for it, given
+    /// the route the request names in its [`ROUTE_HEADER`] (if any) when it arrives.
     ///
     /// Once `draining` is cancelled, the request in flight (if any) is answered and the stream
     /// closes; a stream that arrives while draining carries one request and closes.
-    pub async fn serve_routed<F>(&self, stream: MuxStream, routes: F, draining: CancellationToken)
+    pub async fn serve_requests<F>(&self, stream: MuxStream, routes: F, draining: CancellationToken)
     where
-        F: Fn(RouteId) -> Option<Arc<HttpAction>> + Clone + Send + Sync + 'static,
+        F: Fn(Option<RouteId>) -> Option<Arc<HttpAction>> + Clone + Send + Sync + 'static,
     {
         let origins = self.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -121,7 +144,7 @@ impl Origins {
                     .headers_mut()
                     .remove(ROUTE_HEADER)
                     .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<RouteId>().ok()));
-                let response = match route.and_then(&routes) {
+                let response = match routes(route) {
                     Some(action) => origins.answer(request, &action).await,
                     None => text_response(StatusCode::BAD_GATEWAY, "this client no longer serves that route"),
                 };
@@ -189,10 +212,7 @@ impl Origins {
                 Ok(Err(why)) => {
                     text_response(StatusCode::BAD_GATEWAY, &format!("origin http://{origin}: {why}"))
                 }
-                Err(_) => {
-                    let why = format!("origin {origin} did not answer within {:?}", action.timeout);
-                    text_response(StatusCode::GATEWAY_TIMEOUT, &why)
-                }
+                Err(_) => text_response(StatusCode::GATEWAY_TIMEOUT, &too_slow(origin, action.timeout)),
             };
         }
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -219,8 +239,7 @@ impl Origins {
                 return text_response(StatusCode::BAD_GATEWAY, &format!("origin {scheme}://{origin}: {why}"));
             }
             Err(_) => {
-                let why = format!("origin {origin} did not answer within {:?}", action.timeout);
-                return text_response(StatusCode::GATEWAY_TIMEOUT, &why);
+                return text_response(StatusCode::GATEWAY_TIMEOUT, &too_slow(origin, action.timeout));
             }
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -243,27 +262,50 @@ impl Origins {
         mut request: Request<Incoming>,
         origin: &TargetAddr,
     ) -> Result<Response<UpstreamBody<TcpStream>>, String> {
-        let home = || Home { pool: self.upstreams.clone(), key: pool_key(origin) };
-        let mut to = home();
-        if let Some(upstream) = self.upstreams.take(&to.key) {
-            match upstream.send(request, to).await {
+        let (idle, home) = self.upstreams.take(pool_key(origin), ());
+        if let Some((upstream, _)) = idle {
+            match upstream.send(request, home.clone()).await {
                 Ok(response) => return Ok(response),
                 Err(mut failed) => match failed.take_message() {
-                    Some(unsent) => (request, to) = (unsent, home()),
+                    Some(unsent) => request = unsent,
                     None => return Err(crate::log::Chain(failed.error()).to_string()),
                 },
             }
         }
-        let connect = TcpStream::connect((origin.host.as_str(), origin.port));
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(err)) => return Err(format!("cannot connect: {err}")),
-            Err(_) => return Err(format!("cannot connect within {CONNECT_TIMEOUT:?}")),
-        };
-        // Requests are small writes each answered before the next: no Nagle delay.
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect(origin).await?;
         let upstream = Upstream::handshake(tcp).await.map_err(|e| crate::log::Chain(&e).to_string())?;
-        upstream.send(request, to).await.map_err(|failed| crate::log::Chain(failed.error()).to_string())
+        upstream.send(request, home).await.map_err(|failed| crate::log::Chain(failed.error()).to_string())
+    }
+}
+
+/// A TCP connection to an `http://` origin, or why not.
+async fn connect(origin: &TargetAddr) -> Result<TcpStream, String> {
+    let connect = TcpStream::connect((origin.host.as_str(), origin.port));
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(err)) => return Err(format!("cannot connect: {err}")),
+        Err(_) => return Err(format!("cannot connect within {CONNECT_TIMEOUT:?}")),
+    };
+    // Requests are small writes each answered before the next: no Nagle delay.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Why a request got a 504: `origin` did not answer within `timeout`.
+pub(super) fn too_slow(origin: &TargetAddr, timeout: Duration) -> String {
+    format!("origin {origin} did not answer within {timeout:?}")
+}
+
+/// Answers the request on `stream` 502 with the reason `why`, and closes it.
+async fn answer_once(stream: MuxStream, why: String) {
+    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(text_response(StatusCode::BAD_GATEWAY, &why)))
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(err) = served.await {
+        tracing::debug!("route stream ended: {}", crate::log::Chain(&err));
     }
 }
 

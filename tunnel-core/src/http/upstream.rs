@@ -8,12 +8,9 @@
 //! by no one, and is looked at again (one poll, with a waker that does nothing) when taken: a
 //! connection the peer closed meanwhile is dropped then, or by the pool's periodic sweep.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -23,22 +20,13 @@ use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::pool::{Home, Lane, PoolKey};
 use super::BoxError;
-
-/// How often a pool looks over all its idle connections for closed and expired ones.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-/// Idle time after which a pooled connection is closed (origins often close theirs sooner).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// What an upstream connection runs over.
 pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-/// What a [`Pool`] files its connections under (an origin's address, a session's number).
-pub(super) trait PoolKey: std::hash::Hash + Eq + Clone + Send + Unpin + 'static {}
-
-impl<K: std::hash::Hash + Eq + Clone + Send + Unpin + 'static> PoolKey for K {}
 
 /// What requests sent upstream carry (hyper's `Incoming`: a visitor's body as it arrives).
 pub(super) trait RequestBody:
@@ -83,7 +71,7 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
 
     /// Whether it can take a request now. Polls once, so that a close by the peer, or the end
     /// of the previous exchange, is seen.
-    fn ready(&mut self) -> bool {
+    pub(super) fn ready(&mut self) -> bool {
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         self.drive(&mut cx) && self.sender.is_ready()
     }
@@ -91,11 +79,11 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
     /// Sends `request` and waits for the response's head, driving the connection meanwhile.
     /// The response's body drives it from then on, and brings it back to `home` once the
     /// exchange is over. A request that was not sent comes back in the error.
-    pub(super) async fn send<K: PoolKey>(
+    pub(super) async fn send<K: PoolKey, L: Lane>(
         mut self,
         request: Request<B>,
-        home: Home<T, B, K>,
-    ) -> Result<Response<UpstreamBody<T, B, K>>, TrySendError<Request<B>>> {
+        home: Home<T, B, K, L>,
+    ) -> Result<Response<UpstreamBody<T, B, K, L>>, TrySendError<Request<B>>> {
         let mut response = std::pin::pin!(self.sender.try_send_request(request));
         let head = poll_fn(|cx| {
             // The connection first: it writes the request and reads what answers it.
@@ -107,24 +95,18 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
     }
 }
 
-/// Where an [`Upstream`] goes back once its exchange is over.
-pub(super) struct Home<T: Io, B: RequestBody = Incoming, K: PoolKey = String> {
-    pub(super) pool: Arc<Pool<T, B, K>>,
-    pub(super) key: K,
-}
-
 /// A response body that drives its connection as it is read, and gives the connection back to
 /// its pool when the body was read to its end. A body dropped before its end closes the
 /// connection (what is left of the response would come first on it).
-pub(super) struct UpstreamBody<T: Io, B: RequestBody = Incoming, K: PoolKey = String> {
+pub(super) struct UpstreamBody<T: Io, B: RequestBody = Incoming, K: PoolKey = String, L: Lane = ()> {
     body: Incoming,
     /// The body said it had no more frames (a chunked body's end, seen no other way).
     ended: bool,
     upstream: Option<Upstream<T, B>>,
-    home: Option<Home<T, B, K>>,
+    home: Option<Home<T, B, K, L>>,
 }
 
-impl<T: Io, B: RequestBody, K: PoolKey> hyper::body::Body for UpstreamBody<T, B, K> {
+impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> hyper::body::Body for UpstreamBody<T, B, K, L> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -156,7 +138,7 @@ impl<T: Io, B: RequestBody, K: PoolKey> hyper::body::Body for UpstreamBody<T, B,
     }
 }
 
-impl<T: Io, B: RequestBody, K: PoolKey> Drop for UpstreamBody<T, B, K> {
+impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> Drop for UpstreamBody<T, B, K, L> {
     fn drop(&mut self) {
         if !(self.ended || self.body.is_end_stream()) {
             return;
@@ -165,126 +147,9 @@ impl<T: Io, B: RequestBody, K: PoolKey> Drop for UpstreamBody<T, B, K> {
         // (the peer answered before reading it all) would stall there, as no one drives it.
         if let (Some(mut upstream), Some(home)) = (self.upstream.take(), self.home.take()) {
             if upstream.ready() {
-                home.pool.put(home.key, upstream);
+                home.put_back(upstream);
             }
         }
-    }
-}
-
-/// Idle [`Upstream`]s by key (an origin's address, a client session's number), at most
-/// `per_key` each.
-pub(super) struct Pool<T: Io, B: RequestBody = Incoming, K: PoolKey = String> {
-    per_key: usize,
-    state: Mutex<PoolState<T, B, K>>,
-}
-
-/// A key's idle connections, each with the time it went idle, oldest first.
-type Idle<T, B> = Vec<(Upstream<T, B>, Instant)>;
-
-struct PoolState<T: Io, B: RequestBody, K> {
-    /// Idle connections by key, each with the time it went idle (oldest first).
-    idle: HashMap<K, Idle<T, B>>,
-    /// Keys taking no more connections (a session that drains): theirs are dropped.
-    retired: std::collections::HashSet<K>,
-    swept: Instant,
-    /// Closed for good: connections coming back are dropped.
-    closed: bool,
-}
-
-impl<T: Io, B: RequestBody, K: PoolKey> Pool<T, B, K> {
-    pub(super) fn new(per_key: usize) -> Self {
-        let state = PoolState {
-            idle: HashMap::new(),
-            retired: std::collections::HashSet::new(),
-            swept: Instant::now(),
-            closed: false,
-        };
-        Self { per_key, state: Mutex::new(state) }
-    }
-
-    /// An idle connection for `key` that can take a request now; closed ones met on the way
-    /// are dropped.
-    pub(super) fn take<Q>(&self, key: &Q) -> Option<Upstream<T, B>>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        let mut state = self.lock();
-        let idle = state.idle.get_mut(key)?;
-        let fresh = |since: &Instant| since.elapsed() < IDLE_TIMEOUT;
-        let found = std::iter::from_fn(|| idle.pop())
-            .find_map(|(mut up, since)| (fresh(&since) && up.ready()).then_some(up));
-        if idle.is_empty() {
-            state.idle.remove(key);
-        }
-        found
-    }
-
-    /// Drops `key`'s idle connections, and from now on every one of its connections that comes
-    /// back, until [`Self::unretire`].
-    pub(super) fn retire(&self, key: K) {
-        let mut state = self.lock();
-        state.idle.remove(&key);
-        state.retired.insert(key);
-    }
-
-    /// Forgets a retired key (its connection is gone: the key may name another one later).
-    pub(super) fn unretire(&self, key: &K) {
-        self.lock().retired.remove(key);
-    }
-
-    /// Drops the idle connections, and from now on every connection that comes back.
-    pub(super) fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        state.idle.clear();
-    }
-
-    fn put(&self, key: K, upstream: Upstream<T, B>) {
-        let mut state = self.lock();
-        if state.closed || state.retired.contains(&key) {
-            return;
-        }
-        let sweep = state.swept.elapsed() >= SWEEP_EVERY;
-        if sweep {
-            state.swept = Instant::now();
-        }
-        let idle = state.idle.entry(key).or_default();
-        if idle.len() < self.per_key {
-            idle.push((upstream, Instant::now()));
-        }
-        if sweep {
-            // Looked over without the lock: takes and puts meanwhile find an empty pool.
-            let mut all = std::mem::take(&mut state.idle);
-            drop(state);
-            for idle in all.values_mut() {
-                idle.retain_mut(|(up, since)| since.elapsed() < IDLE_TIMEOUT && up.ready());
-            }
-            all.retain(|_, idle| !idle.is_empty());
-            let mut state = self.lock();
-            if state.closed {
-                return;
-            }
-            for (key, mut kept) in all {
-                let idle = state.idle.entry(key).or_default();
-                // Older ones first (takes pop the most recently used); past the cap, the
-                // oldest go.
-                let excess = (kept.len() + idle.len()).saturating_sub(self.per_key);
-                kept.drain(..excess.min(kept.len()));
-                kept.append(idle);
-                *idle = kept;
-            }
-        }
-    }
-
-    /// Idle connections held now.
-    #[cfg(test)]
-    pub(super) fn idle(&self) -> usize {
-        self.lock().idle.values().map(Vec::len).sum()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<T, B, K>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -296,7 +161,11 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
+    use crate::http::pool::Pool;
 
     type TestPool = Pool<TcpStream, Empty<Bytes>>;
 
@@ -340,19 +209,24 @@ mod tests {
         Request::get(path).header("host", "origin.test").body(Empty::new()).unwrap()
     }
 
-    /// A connection from the pool, or a new one.
-    async fn upstream(pool: &TestPool, addr: &str) -> Upstream<TcpStream, Empty<Bytes>> {
-        match pool.take(addr) {
-            Some(upstream) => upstream,
+    /// A request on `lane`: on an idle connection of that lane, or a new one; returns the
+    /// response, its body unread.
+    async fn send_on<L: Lane>(
+        pool: &Arc<Pool<TcpStream, Empty<Bytes>, String, L>>,
+        addr: &str,
+        lane: L,
+        path: &str,
+    ) -> Response<impl hyper::body::Body<Error: std::fmt::Debug>> {
+        let (idle, home) = pool.take(addr.to_owned(), lane);
+        let upstream = match idle {
+            Some((upstream, _)) => upstream,
             None => Upstream::handshake(TcpStream::connect(addr).await.unwrap()).await.unwrap(),
-        }
+        };
+        upstream.send(get(path), home).await.map_err(|e| e.into_error()).unwrap()
     }
 
     async fn fetch(pool: &Arc<TestPool>, addr: &str, path: &str) -> Bytes {
-        let home = Home { pool: pool.clone(), key: addr.to_owned() };
-        let response =
-            upstream(pool, addr).await.send(get(path), home).await.map_err(|e| e.into_error()).unwrap();
-        response.into_body().collect().await.unwrap().to_bytes()
+        send_on(pool, addr, (), path).await.into_body().collect().await.unwrap().to_bytes()
     }
 
     #[tokio::test]
@@ -385,10 +259,7 @@ mod tests {
         let (addr, accepted) = origin().await;
         let pool = Arc::new(TestPool::new(4));
         let work = async {
-            let home = Home { pool: pool.clone(), key: addr.clone() };
-            let response =
-                upstream(&pool, &addr).await.send(get("/big"), home).await.map_err(|e| e.into_error());
-            let mut body = response.unwrap().into_body();
+            let mut body = send_on(&pool, &addr, (), "/big").await.into_body();
             body.frame().await.unwrap().unwrap();
             drop(body);
             assert_eq!(pool.idle(), 0, "the rest of that body would come first on it");
@@ -422,13 +293,73 @@ mod tests {
             let request = Request::post("/upload")
                 .header("host", "origin.test")
                 .body(StreamBody::new(futures::stream::pending()));
-            let home = Home { pool: pool.clone(), key: addr.clone() };
+            let (_, home) = pool.take(addr.clone(), ());
             let response = upstream.send(request.unwrap(), home).await.map_err(|e| e.into_error()).unwrap();
             assert_eq!(response.status(), 401);
             assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "no");
         };
         tokio::time::timeout(HANG, work).await.unwrap();
         assert_eq!(pool.idle(), 0, "pooled while its request body was still being sent");
+    }
+
+    type LanePool = Pool<TcpStream, Empty<Bytes>, String, u8>;
+
+    async fn fetch_on(pool: &Arc<LanePool>, addr: &str, lane: u8) {
+        let body = send_on(pool, addr, lane, "/len").await.into_body().collect().await;
+        assert_eq!(body.ok().unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_lane_takes_back_only_its_own_connections() {
+        let (addr, accepted) = origin().await;
+        let pool = Arc::new(LanePool::new(4));
+        let work = async {
+            fetch_on(&pool, &addr, 1).await;
+            fetch_on(&pool, &addr, 2).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "lane 2 took lane 1's connection");
+            fetch_on(&pool, &addr, 1).await;
+            fetch_on(&pool, &addr, 2).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "a lane did not take its own back");
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_key_makes_room_by_dropping_its_least_recently_used_connection() {
+        let (addr, accepted) = origin().await;
+        let pool = Arc::new(LanePool::new(2));
+        let work = async {
+            fetch_on(&pool, &addr, 1).await;
+            fetch_on(&pool, &addr, 2).await;
+            fetch_on(&pool, &addr, 1).await;
+            // A third lane finds the key full: lane 2's, the least recently used, goes.
+            fetch_on(&pool, &addr, 3).await;
+            assert_eq!((accepted.load(Ordering::SeqCst), pool.idle()), (3, 2));
+            assert!(pool.take(addr.clone(), 2).0.is_none(), "lane 2's connection stayed");
+            fetch_on(&pool, &addr, 1).await;
+            fetch_on(&pool, &addr, 3).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), 3, "lanes 1 and 3 lost theirs");
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_renewal_drops_the_idle_connections_and_keeps_the_busy_one_from_coming_back() {
+        let (addr, accepted) = origin().await;
+        let pool = Arc::new(LanePool::new(4));
+        let work = async {
+            fetch_on(&pool, &addr, 1).await;
+            fetch_on(&pool, &addr, 2).await;
+            let busy = send_on(&pool, &addr, 1, "/big").await;
+            pool.renew(addr.clone());
+            assert_eq!(pool.idle(), 0, "an idle connection stayed");
+            assert_eq!(busy.into_body().collect().await.ok().unwrap().to_bytes().len(), 4 << 20);
+            assert_eq!(pool.idle(), 0, "a connection of the round before came back");
+            fetch_on(&pool, &addr, 1).await;
+            fetch_on(&pool, &addr, 1).await;
+            assert_eq!((accepted.load(Ordering::SeqCst), pool.idle()), (3, 1), "a new round pools as before");
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
     }
 
     #[tokio::test]
@@ -458,7 +389,10 @@ mod tests {
             assert_eq!(pool.idle(), 1);
             close.send(()).unwrap();
             closed.await.unwrap();
-            assert!(pool.take(&addr).is_none(), "the closed connection is dropped, not handed out");
+            assert!(
+                pool.take(addr.clone(), ()).0.is_none(),
+                "the closed connection is dropped, not handed out"
+            );
             assert_eq!(pool.idle(), 0);
         };
         tokio::time::timeout(HANG, work).await.unwrap();

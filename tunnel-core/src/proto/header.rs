@@ -7,7 +7,9 @@
 //! of one visitor connection, each naming its route), 7 network visit (version 4: a
 //! connection into a network the receiving client routes), and with version 5 the UDP flows:
 //! 5 local datagrams (a client's UDP local forward) and 8 network datagrams (a UDP flow into a
-//! network the receiving client routes). A UDP flow's payload is datagrams framed by
+//! network the receiving client routes); 9 route requests (version 8: HTTP/1.1 requests all
+//! for one HTTP route, with no route header, which the client may hand to the route's origin
+//! as they are). A UDP flow's payload is datagrams framed by
 //! [`super::datagram`]; a `Route` stream of a UDP route carries them too.
 //! A local-forward stream is answered with a [`StreamReply`] before any payload flows back, and
 //! so are local datagrams and network visits and datagrams (by the client that dialed).
@@ -27,6 +29,7 @@ const HTTP: u8 = 6;
 const NETWORK_VISIT: u8 = 7;
 const LOCAL_DATAGRAMS: u8 = 5;
 const NETWORK_DATAGRAMS: u8 = 8;
+const HTTP_ROUTE: u8 = 9;
 
 /// The request header naming a request's route on an [`StreamHeader::Http`] stream (set by the
 /// server, replacing any a visitor sent).
@@ -73,6 +76,17 @@ pub enum StreamHeader {
     /// in a [`ROUTE_HEADER`] header (opened by the server).
     Http {
         /// The visitor's address as the server saw it.
+        visitor: SocketAddr,
+    },
+    /// HTTP/1.1 requests, one after the other, all for route `route_id` of the receiving
+    /// client and carrying no [`ROUTE_HEADER`] (version 8; opened by the server). The receiver
+    /// answers them with the route's action; when that action is one `http://` origin with
+    /// nothing to change, it may carry the stream's bytes to a connection to that origin as
+    /// they are.
+    HttpRoute {
+        /// The route's id, as in the client's table.
+        route_id: RouteId,
+        /// The visitor's address as the server saw it (of the stream's first request).
         visitor: SocketAddr,
     },
     /// A visit to one of the receiving client's private services (opened by the server).
@@ -153,6 +167,9 @@ impl StreamHeader {
             Self::Http { visitor } => {
                 body.u8(HTTP).socket_addr(*visitor);
             }
+            Self::HttpRoute { route_id, visitor } => {
+                body.u8(HTTP_ROUTE).u64(route_id.0).socket_addr(*visitor);
+            }
             Self::ServiceVisit { service, from, visitor } => {
                 body.u8(SERVICE_VISIT)
                     .string(service, MAX_NAME_LEN)
@@ -198,6 +215,10 @@ impl StreamHeader {
                 Ok(Self::Route { route_id, visitor, local })
             }
             HTTP => Ok(Self::Http { visitor: r.socket_addr("visitor")? }),
+            HTTP_ROUTE => Ok(Self::HttpRoute {
+                route_id: RouteId(r.u64("route_id")?),
+                visitor: r.socket_addr("visitor")?,
+            }),
             SERVICE_VISIT => Ok(Self::ServiceVisit {
                 service: name(&mut r)?,
                 from: name(&mut r)?,
@@ -380,6 +401,7 @@ mod tests {
             StreamHeader::Route { route_id: RouteId(u64::MAX - 1), visitor, local: None },
             StreamHeader::Route { route_id: RouteId(7), visitor, local: Some("[::1]:443".parse().unwrap()) },
             StreamHeader::Http { visitor },
+            StreamHeader::HttpRoute { route_id: RouteId(9), visitor },
             StreamHeader::NetworkVisit {
                 route_id: RouteId(3),
                 target: "10.96.0.10:443".parse().unwrap(),

@@ -31,8 +31,9 @@ pub use target::{SpecError, TargetAddr, VisitTarget};
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
 /// Version 2 added route tables, version 3 the `Draining` notice, version 4 network routes,
 /// version 5 UDP, version 6 the server's answer to a client's drain, version 7 sessions over
-/// several connections; a server still serves version 1 to 6 clients.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// several connections, version 8 a stream of HTTP requests per route; a server still serves
+/// version 1 to 7 clients.
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// First protocol version with [`ControlMessage::Draining`].
 pub const DRAINING_VERSION: u16 = 3;
@@ -50,6 +51,9 @@ pub const HANDOVER_VERSION: u16 = 6;
 /// First protocol version with [`ControlMessage::Lanes`] and joining hellos: one session over
 /// several connections.
 pub const LANES_VERSION: u16 = 7;
+
+/// First protocol version with [`StreamHeader::HttpRoute`] streams.
+pub const ROUTE_STREAMS_VERSION: u16 = 8;
 
 /// Most connections one session may have (its first included).
 pub const MAX_CONNECTIONS: usize = 16;

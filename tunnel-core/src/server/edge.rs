@@ -162,7 +162,7 @@ async fn https(
     };
     let passthrough = name.as_deref().and_then(|name| {
         let index = routes.routes();
-        index.lookup_tls(name).map(|hit| (hit.id, hit.target.pick().cloned(), hit.owner.to_owned()))
+        index.lookup_tls(name).map(|hit| (hit.id, hit.target.openers.pick().cloned(), hit.owner.to_owned()))
     });
     if let Some((route_id, opener, owner)) = passthrough {
         let name = name.unwrap_or_default();

@@ -21,11 +21,33 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     token: Token,
     join: Option<(u64, LaneKey)>,
 ) -> Result<Established, SessionError> {
-    let (mut machine, hello) = match join {
+    let (machine, hello) = match join {
         None => ClientHandshake::new(name, token, binding, rand::random()),
         Some((session, key)) => ClientHandshake::join(name, token, binding, rand::random(), session, key),
     };
-    write_frame(io, &hello).await?;
+    finish_client_handshake(io, machine, &hello).await
+}
+
+/// As [`client_handshake`] for a new session, offering protocol versions up to `max_version`
+/// only (see [`ClientHandshake::offering`]).
+pub async fn client_handshake_offering<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    binding: &ChannelBinding,
+    name: &str,
+    token: Token,
+    max_version: u16,
+) -> Result<Established, SessionError> {
+    let (machine, hello) = ClientHandshake::offering(name, token, binding, rand::random(), max_version);
+    finish_client_handshake(io, machine, &hello).await
+}
+
+/// Sends `hello`, then answers the server until `machine` is done.
+async fn finish_client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    mut machine: ClientHandshake,
+    hello: &[u8],
+) -> Result<Established, SessionError> {
+    write_frame(io, hello).await?;
     loop {
         let payload = read_frame(io, MAX_HANDSHAKE_FRAME).await?;
         match machine.handle(&payload)? {

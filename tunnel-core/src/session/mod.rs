@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use driver::{ControlMessages, ControlSender, SessionDriver, SessionEnd};
 pub use framed::{FrameError, HeaderError};
-pub use handshake::{client_handshake, read_and_refuse, server_handshake};
+pub use handshake::{client_handshake, client_handshake_offering, read_and_refuse, server_handshake};
 
 use crate::auth::{ChannelBinding, Credentials, LaneKey, Token};
 use crate::mux::{self, IncomingStreams, Mode, MuxConfig, MuxError, StreamOpener};
@@ -53,6 +53,11 @@ pub struct SessionConfig {
     pub mux: MuxConfig,
     /// Where heartbeat round trips are recorded (the server and the client set their own).
     pub metrics: Option<crate::metrics::Metrics>,
+    /// The highest protocol version a client offers for a new session (default
+    /// [`crate::proto::PROTOCOL_VERSION`]); lower, it speaks as a build of that version would,
+    /// to a server's eyes (compatibility tests). Below version 7 a session has one connection;
+    /// connections joining a session offer the full range. A server ignores it.
+    pub max_protocol: u16,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +68,7 @@ impl Default for SessionConfig {
             max_message_size: 64 * 1024,
             mux: MuxConfig::default(),
             metrics: None,
+            max_protocol: crate::proto::PROTOCOL_VERSION,
         }
     }
 }
@@ -177,8 +183,12 @@ impl Session {
         ticket: Option<&JoinTicket>,
         config: &SessionConfig,
     ) -> Result<(Self, Established), SessionError> {
-        let join = ticket.map(|t| (t.session, t.key.clone()));
-        let established = client_handshake(&mut io, binding, name, token, join).await?;
+        let established = match ticket {
+            None => client_handshake_offering(&mut io, binding, name, token, config.max_protocol).await?,
+            Some(t) => {
+                client_handshake(&mut io, binding, name, token, Some((t.session, t.key.clone()))).await?
+            }
+        };
         let (opener, incoming, mut mux) = match ticket {
             None => mux::start(io, &config.mux, Mode::Client),
             Some(ticket) => mux::start_beside(io, &config.mux, Mode::Client, &ticket.first),

@@ -5,14 +5,18 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{start_server, TestServer, PATIENCE};
+use crate::common::{serve_target, start_server, TestServer, PATIENCE};
 
 /// A server that lets shared-token clients serve `*.test` hosts, with its HTTP edge.
 pub struct Edge {
@@ -73,4 +77,103 @@ pub async fn send(
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An HTTP origin answering `TAG METHOD PATH host=HOST xff=XFF proto=PROTO mark=X-MARK
+/// route=TUNNEL-ROUTE` then the request body; a request asking for a WebSocket upgrade is switched and echoed byte for byte; a
+/// request for `/slow` waits 2 s.
+pub async fn origin(tag: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |request| answer(tag, request));
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub async fn answer(
+    tag: &'static str,
+    mut request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let header =
+        |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    if request.headers().contains_key(http::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .body(Full::default())
+            .unwrap());
+    }
+    if request.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let line = format!(
+        "{tag} {} {} host={} xff={} proto={} mark={} route={} ",
+        request.method(),
+        request.uri().path(),
+        header("host"),
+        header("x-forwarded-for"),
+        header("x-forwarded-proto"),
+        header("x-mark"),
+        header(tunnel_core::proto::ROUTE_HEADER),
+    );
+    let body = request.into_body().collect().await?.to_bytes();
+    let mut out = line.into_bytes();
+    out.extend_from_slice(&body);
+    Ok(Response::new(Full::new(Bytes::from(out))))
+}
+
+/// One raw HTTP/1.1 request (`head` without its final blank line) on a new connection; the
+/// whole answer as text.
+pub async fn raw_request(edge: SocketAddr, head: &str) -> String {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    tcp.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer)).await.expect("no answer").unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An origin answering as [`origin`] does, but holding each request for `/held...` until
+/// `release` is notified, and telling `arrivals` when one is in.
+pub async fn gated_origin(
+    tag: &'static str,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>, Arc<tokio::sync::Notify>) {
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let addr = serve_target(move |tcp| {
+        let (arrived, gate) = (arrived.clone(), gate.clone());
+        let service = hyper::service::service_fn(move |request| {
+            let (arrived, gate) = (arrived.clone(), gate.clone());
+            async move {
+                if request.uri().path().starts_with("/held") {
+                    let _ = arrived.send(());
+                    gate.notified().await;
+                }
+                answer(tag, request).await
+            }
+        });
+        async move {
+            let _ =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+        }
+    })
+    .await;
+    (addr, arrivals, release)
 }

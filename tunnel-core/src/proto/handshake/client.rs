@@ -28,6 +28,8 @@ pub struct ClientHandshake {
     transcript: Transcript,
     /// The key of the session this connection joins, if it joins one.
     joining: Option<LaneKey>,
+    /// The highest version offered.
+    max_version: u16,
     state: State,
 }
 
@@ -64,7 +66,20 @@ pub struct Established {
 impl ClientHandshake {
     /// Starts a handshake as `name`; returns the state machine and the hello frame to send.
     pub fn new(name: &str, token: Token, binding: &ChannelBinding, nonce: [u8; 32]) -> (Self, Vec<u8>) {
-        Self::start(name, token, binding, nonce, None)
+        Self::start(name, token, binding, nonce, None, PROTOCOL_VERSION)
+    }
+
+    /// As [`ClientHandshake::new`], offering versions up to `max_version` only (kept within
+    /// [`MIN_PROTOCOL_VERSION`] and [`PROTOCOL_VERSION`]): the client then speaks as a build of
+    /// that version would, to a server's eyes.
+    pub fn offering(
+        name: &str,
+        token: Token,
+        binding: &ChannelBinding,
+        nonce: [u8; 32],
+        max_version: u16,
+    ) -> (Self, Vec<u8>) {
+        Self::start(name, token, binding, nonce, None, max_version)
     }
 
     /// Starts the handshake of a connection joining `session` (the id the server announced
@@ -78,7 +93,7 @@ impl ClientHandshake {
         session: u64,
         key: LaneKey,
     ) -> (Self, Vec<u8>) {
-        Self::start(name, token, binding, nonce, Some((session, key)))
+        Self::start(name, token, binding, nonce, Some((session, key)), PROTOCOL_VERSION)
     }
 
     fn start(
@@ -87,11 +102,13 @@ impl ClientHandshake {
         binding: &ChannelBinding,
         nonce: [u8; 32],
         join: Option<(u64, LaneKey)>,
+        max_version: u16,
     ) -> (Self, Vec<u8>) {
         let (join, joining) = join.map_or((None, None), |(session, key)| (Some(session), Some(key)));
+        let max_version = max_version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
         let hello = HandshakeMessage::ClientHello {
             min_version: if join.is_some() { LANES_VERSION } else { MIN_PROTOCOL_VERSION },
-            max_version: PROTOCOL_VERSION,
+            max_version,
             nonce,
             name: name.to_owned(),
             join,
@@ -100,7 +117,7 @@ impl ClientHandshake {
         let mut transcript = Transcript::new(binding);
         transcript.add(&hello);
         let frame = crate::proto::frame::encode_to_vec(&hello);
-        (Self { token, transcript, joining, state: State::AwaitChallenge }, frame)
+        (Self { token, transcript, joining, max_version, state: State::AwaitChallenge }, frame)
     }
 
     /// Feeds one frame payload from the server.
@@ -111,12 +128,12 @@ impl ClientHandshake {
             (State::Finished, _) => Err(HandshakeError::Finished),
             (_, HandshakeMessage::Refuse { code, message }) => Err(HandshakeError::Refused { code, message }),
             (State::AwaitChallenge, HandshakeMessage::ServerChallenge { version, .. }) => {
-                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                if !(MIN_PROTOCOL_VERSION..=self.max_version).contains(&version) {
                     return Err(HandshakeError::UnsupportedVersion {
                         peer_min: version,
                         peer_max: version,
                         ours_min: MIN_PROTOCOL_VERSION,
-                        ours_max: PROTOCOL_VERSION,
+                        ours_max: self.max_version,
                     });
                 }
                 self.transcript.add(payload);

@@ -388,6 +388,29 @@ mod tests {
     }
 
     #[test]
+    fn a_client_offering_an_older_version_gets_it_and_refuses_a_newer_one() {
+        let (creds, binding) = (creds(), ChannelBinding::Plaintext);
+        let older = crate::proto::PROTOCOL_VERSION - 1;
+        let token = || Token::new("shared-token-for-tests").unwrap();
+        let (mut client, hello) = ClientHandshake::offering("laptop", token(), &binding, [1; 32], older);
+        let mut server = ServerHandshake::new(&creds, &binding, [2; 32], HB);
+        let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else { panic!() };
+        let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else { panic!() };
+        let ServerStep::Accept { reply, .. } = server.handle(payload(&proof)).unwrap() else { panic!() };
+        let ClientStep::Done(established) = client.handle(payload(&reply)).unwrap() else { panic!() };
+        assert_eq!(established.version, older);
+
+        // A server answering above what was offered is not taken at its word.
+        let (mut client, _) = ClientHandshake::offering("laptop", token(), &binding, [1; 32], older);
+        let newer =
+            HandshakeMessage::ServerChallenge { version: crate::proto::PROTOCOL_VERSION, nonce: [2; 32] };
+        let refused = client.handle(&newer.encode());
+        assert!(
+            matches!(refused, Err(HandshakeError::UnsupportedVersion { ours_max, .. }) if ours_max == older)
+        );
+    }
+
+    #[test]
     fn version_ranges_without_overlap_are_refused() {
         let creds = creds();
         let mut server = ServerHandshake::new(&creds, &ChannelBinding::Plaintext, [2; 32], HB);

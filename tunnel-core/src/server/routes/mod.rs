@@ -482,8 +482,11 @@ impl<'s> SessionRoutes<'s> {
             http: self.http.clone(),
             fallback: self.fallback,
             tls: self.tls.clone(),
+            per_route: self.version >= crate::proto::ROUTE_STREAMS_VERSION,
         };
         self.shared.http_routes.publish(self.session, routes);
+        // A route kept under its id may lead elsewhere now: its pooled streams go.
+        self.shared.each_edge(|edge| edge.renew(&self.opener));
     }
 
     fn binder(&self) -> Binder<'_> {
