@@ -25,6 +25,11 @@ use crate::proto::{RouteId, StreamHeader};
 /// can do nothing twice is kept to be sent again on a new stream.
 const RETRY_AFTER_IDLE: Duration = Duration::from_millis(100);
 
+/// A pooled stream idle at least this long is not used for a request that may not be sent
+/// twice: origins close idle connections after as little as 2 s (gunicorn; Node, uvicorn and
+/// Apache after 5 s), and such a request, met by the close on its way, would get a 502.
+const STALE_FOR_ONCE_ONLY: Duration = Duration::from_secs(1);
+
 /// A request's body toward a client: the visitor's, or one of the edge's own (a request sent
 /// again has none).
 pub(super) type ToClient = Either<Incoming, Full<Bytes>>;
@@ -53,9 +58,11 @@ pub(super) struct Lane<'a> {
 }
 
 /// Sends `request` to the client on an idle stream of `to`'s lane, or a new one, and waits up
-/// to `limit` for the answer's head. A stream the client closed meanwhile gives the request
-/// back (then it goes on a new one), and so does one that failed before any answer when the
-/// request may be repeated (see [`RETRY_AFTER_IDLE`]). `Err` when no stream could be opened.
+/// to `limit` in all for the answer's head. A stream the client closed meanwhile gives the
+/// request back (then it goes on a new one). A stream idle a while may be closing under the
+/// request: one that may be repeated (see [`RETRY_AFTER_IDLE`]) is sent again on a new stream
+/// if that one ends before any answer; one that may not is not sent on a stream idle
+/// [`STALE_FOR_ONCE_ONLY`] or longer. `Err` when no stream could be opened.
 pub(super) async fn exchange(
     to: Lane<'_>,
     visitor: SocketAddr,
@@ -63,18 +70,20 @@ pub(super) async fn exchange(
     limit: Duration,
     host: &str,
 ) -> Result<Sent, (StatusCode, String)> {
+    let deadline = tokio::time::Instant::now() + limit;
     let (idle, home) = to.streams.take(to.key, to.lane);
     if let Some((upstream, idle_for)) = idle {
         let again = if idle_for >= RETRY_AFTER_IDLE { repeatable(&request) } else { None };
-        match tokio::time::timeout(limit, upstream.send(request, home.clone())).await {
-            Ok(Ok(response)) => return Ok(Ok(Ok(response))),
-            Ok(Err(mut failed)) => match (failed.take_message(), again) {
-                (Some(unsent), _) => request = unsent,
-                // Failed before any answer: anything but a timeout is the stream's end.
-                (None, Some(again)) => request = again,
-                (None, _) => return Ok(Ok(Err(failed.into_error()))),
-            },
-            Err(elapsed) => return Ok(Err(elapsed)),
+        if again.is_some() || idle_for < STALE_FOR_ONCE_ONLY {
+            match tokio::time::timeout_at(deadline, upstream.send(request, home.clone())).await {
+                Ok(Ok(response)) => return Ok(Ok(Ok(response))),
+                Ok(Err(mut failed)) => match (failed.take_message(), again) {
+                    (Some(unsent), _) => request = unsent,
+                    (None, Some(again)) if closed_under(failed.error()) => request = again,
+                    (None, _) => return Ok(Ok(Err(failed.into_error()))),
+                },
+                Err(elapsed) => return Ok(Err(elapsed)),
+            }
         }
     }
     let header = match to.lane {
@@ -82,8 +91,23 @@ pub(super) async fn exchange(
         None => StreamHeader::Http { visitor },
     };
     let upstream = open_stream(to.opener, header, host).await?;
-    let sent = tokio::time::timeout(limit, upstream.send(request, home)).await;
+    let sent = tokio::time::timeout_at(deadline, upstream.send(request, home)).await;
     Ok(sent.map(|sent| sent.map_err(TrySendError::into_error)))
+}
+
+/// Whether a stream failed by ending (closed, or reset) rather than by what came on it (an
+/// answer that did not parse).
+fn closed_under(err: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    let reset = std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            )
+        });
+    err.is_incomplete_message() || reset
 }
 
 /// A copy of `request` to send again: only one with no body and a method that changes nothing
@@ -162,24 +186,25 @@ mod tests {
     }
 
     /// A client's end, one stream at a time: reads each stream's header, then answers `ok` to
-    /// each request but the `close_on`th of all, on whose arrival it drops that stream
-    /// unanswered (a reset), as a stream to an origin closing its idle connection under a
-    /// request ends.
+    /// each request, but drops the first stream (a reset) when its `close_on`th request
+    /// arrives, as a stream to an origin closing its idle connection under a request ends.
     fn client(mut incoming: IncomingStreams, close_on: usize) {
         tokio::spawn(async move {
-            let mut seen = 0;
+            let mut first = true;
             while let Some(mut stream) = incoming.next().await {
                 let mut len = [0u8; 2];
                 stream.read_exact(&mut len).await.unwrap();
                 let mut header = vec![0u8; usize::from(u16::from_be_bytes(len))];
                 stream.read_exact(&mut header).await.unwrap();
+                let mut seen = 0;
                 while request_head(&mut stream).await.is_some() {
                     seen += 1;
-                    if seen == close_on {
+                    if first && seen == close_on {
                         break;
                     }
                     stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
                 }
+                first = false;
             }
         });
     }
@@ -225,6 +250,15 @@ mod tests {
         // On the pooled stream, closed under it: then on a new one.
         assert_eq!(ask(&opener, &streams, request(Method::GET, "")).await, Ok(StatusCode::OK));
         assert_eq!(opener.open_streams(), 1, "the closed stream went, its successor is pooled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_may_not_be_sent_twice_goes_on_a_new_stream_rather_than_a_stale_one() {
+        let (opener, streams) = session(2);
+        assert_eq!(ask(&opener, &streams, request(Method::POST, "")).await, Ok(StatusCode::OK));
+        tokio::time::advance(STALE_FOR_ONCE_ONLY).await;
+        // The idle stream would be dropped under it.
+        assert_eq!(ask(&opener, &streams, request(Method::POST, "")).await, Ok(StatusCode::OK));
     }
 
     #[tokio::test(start_paused = true)]

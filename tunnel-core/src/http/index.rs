@@ -23,10 +23,10 @@ pub struct IndexedRoute<T> {
     pub target: T,
 }
 
-/// Who serves a route on the server: its client's sessions (one per replica), and whether every
-/// one of them takes a stream of requests per route
-/// ([`crate::proto::StreamHeader::HttpRoute`], protocol 8), which it may carry to the route's
-/// origin as they are. With one older replica among them, all get one stream for all their
+/// Who serves a route on the server: its client's sessions (one per replica), and whether the
+/// route's requests go on streams of its own ([`crate::proto::StreamHeader::HttpRoute`],
+/// protocol 8), which a client may carry to the route's origin as they are. They do not when a
+/// replica is older, or has many routes: then they go on its sessions' streams for all their
 /// routes, each request naming its own.
 #[derive(Debug, Clone)]
 pub struct RouteTarget {

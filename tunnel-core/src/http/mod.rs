@@ -7,10 +7,11 @@
 //! whichever visitor connection each comes from), so requests of one keep-alive connection may
 //! go to different clients. A client whose route has one `http://` origin and nothing to change
 //! hands such a stream to a connection to that origin as it is (`direct.rs`); otherwise it
-//! answers each request itself. Clients older than protocol 8 get one stream for all their
-//! routes (an `Http` stream header), each request naming its route in a header. A WebSocket
-//! upgrade gets a stream of its own (a `Route` stream header) and becomes a byte stream
-//! spliced end to end.
+//! answers each request itself. One stream for all of a client's routes (an `Http` stream
+//! header), each request naming its route in a header, serves clients older than protocol 8,
+//! routes with such a replica, and clients of many routes (`server/http_routes.rs`). A
+//! WebSocket upgrade gets a stream of its own (a `Route` stream header) and becomes a byte
+//! stream spliced end to end.
 
 mod action;
 mod challenge;

@@ -28,7 +28,7 @@ pub(super) trait Lane: Copy + Eq + Send + Unpin + 'static {}
 
 impl<L: Copy + Eq + Send + Unpin + 'static> Lane for L {}
 
-/// Where an [`Upstream`] goes back once its exchange is over ([`Pool::home`]).
+/// Where an [`Upstream`] goes back once its exchange is over (made by [`Pool::take`]).
 pub(super) struct Home<T: Io, B: RequestBody = Incoming, K: PoolKey = String, L: Lane = ()> {
     pool: Arc<Pool<T, B, K, L>>,
     key: K,

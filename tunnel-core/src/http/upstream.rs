@@ -4,9 +4,10 @@
 //! A reverse proxy usually gives each upstream connection a task; then every request and every
 //! chunk of every response crosses between two tasks, a wake-up each way. An [`Upstream`] is
 //! polled by the task that waits for its response, then by the response body as that task's
-//! HTTP server reads it: one task does the whole exchange. Idle, it sits in a [`Pool`], polled
-//! by no one, and is looked at again (one poll, with a waker that does nothing) when taken: a
-//! connection the peer closed meanwhile is dropped then, or by the pool's periodic sweep.
+//! HTTP server reads it: one task does the whole exchange. Idle, it sits in a
+//! [`Pool`](super::pool::Pool), polled by no one, and is looked at again (one poll, with a
+//! waker that does nothing) when taken: a connection the peer closed meanwhile is dropped then,
+//! or by the pool's periodic sweep.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
