@@ -178,6 +178,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn small_reads_of_a_header_leave_the_next_read_taking_what_came() {
+        let ((opener, _), (_, mut peer_incoming)) = pair(&MuxConfig::default());
+        let mut stream = opener.open().await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nhost: a.test\r\nx-forwarded-for: 127.0.0.1\r\n\r\n";
+        let mut sent = vec![0, 10];
+        sent.extend_from_slice(b"0123456789");
+        sent.extend_from_slice(request);
+        stream.write_all(&sent).await.unwrap();
+        let mut theirs = peer_incoming.next().await.unwrap();
+        // A header as `session::framed` reads it: its length, then its body.
+        let len = theirs.read_u16().await.unwrap();
+        theirs.read_exact(&mut vec![0u8; usize::from(len)]).await.unwrap();
+        // All of what followed, in one read (it came in one frame): a request copied on in
+        // pieces of 8 and 16 bytes reaches an origin as that many segments.
+        let mut rest = vec![0u8; 64 * 1024];
+        let n = theirs.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], &request[..]);
+    }
+
+    #[tokio::test]
     async fn acknowledgements_wait_for_the_first_frame_back_up_to_a_bound() {
         let ((opener, mut incoming), (peer_opener, mut peer_incoming)) = pair(&MuxConfig::default());
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());

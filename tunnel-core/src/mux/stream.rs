@@ -323,7 +323,9 @@ impl AsyncRead for MuxStream {
             // Up at once after a full read; down by half at most after a short one, so the
             // tail of a frame does not send a bulk copy back to small reads.
             self.read_hint = if n == chunk {
-                (chunk * 2).min(READ_CHUNK)
+                // A full read of a small buffer (a header's two bytes) says nothing of the
+                // next one: never below what the hint was.
+                (chunk * 2).max(self.read_hint).min(READ_CHUNK)
             } else if n > 0 {
                 (self.read_hint / 2).max(n.next_power_of_two()).clamp(MIN_READ, READ_CHUNK)
             } else {
