@@ -40,7 +40,7 @@ use self::links::Link;
 use crate::auth::LaneKey;
 use crate::http::Origins;
 use crate::log::Escaped;
-use crate::mux::StreamOpener;
+use crate::mux::{IncomingStreams, MuxStream, StreamOpener};
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION};
 use crate::session::{JoinTicket, Session, SessionEnd};
 use crate::task::OwnedTask;
@@ -283,11 +283,8 @@ impl Client {
         stop: &CancellationToken,
         current: &watch::Sender<Option<StreamOpener>>,
     ) -> Result<(), Failure> {
-        let Session { control, mut messages, opener, mut incoming, driver } = session;
+        let Session { control, mut messages, opener, incoming, driver } = session;
         let mut driver = OwnedTask::spawn(driver);
-        let ended = |end: Result<SessionEnd, tokio::task::JoinError>| {
-            classify_end(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())))
-        };
         let mut wanted = self.routes.subscribe();
         let stream_routes = streams::SharedRoutes::default();
         let set = wanted.borrow_and_update().clone();
@@ -315,40 +312,41 @@ impl Client {
         backoff.reset();
         tracing::info!(server = %Escaped(&link.server), protocol, "connected over {wire}");
         let _up = self.metrics.session_up();
-        let streams = opener.clone();
         // Local forwards get the session before anyone is told it is up.
-        current.send_replace(Some(opener));
+        current.send_replace(Some(opener.clone()));
         self.publish(link, answered, true);
 
         // The session's other connections, kept by a task of their own; dropped with it.
-        let first = (link, wire, &lane_key, &streams, protocol);
+        let first = (link, wire, &lane_key, &opener, protocol);
         let mut lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
-        let owned = CancellationToken::new();
-        let _cut_streams_on_exit = owned.clone().drop_guard();
-        // Cancelled when this client drains: HTTP streams close after the request in flight.
-        let draining = CancellationToken::new();
+        let visits = Visits {
+            routes: stream_routes,
+            origins: self.origins.clone(),
+            owned: CancellationToken::new(),
+            draining: CancellationToken::new(),
+        };
+        let _cut_streams_on_exit = visits.owned.clone().drop_guard();
+        let streams = opener.clone();
+        let mut running = Running { control, messages, incoming, driver, streams, visits, protocol };
         loop {
             tokio::select! {
-                end = &mut driver => return Err(ended(end)),
-                Some(stream) = incoming.next() => {
-                    let (routes, origins) = (stream_routes.clone(), self.origins.clone());
-                    tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
-                }
+                end = &mut running.driver => return Err(ended(end)),
+                Some(stream) = running.incoming.next() => running.visits.take(stream),
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
                     table = routes::Table::new(&set, state.assigned, state.version, protocol);
                     // Targets first: the server may send visitors of a new route before it answers.
-                    stream_routes.replace(table.stream_routes());
-                    if control.send(table.message()).await.is_err() {
+                    running.visits.routes.replace(table.stream_routes());
+                    if running.control.send(table.message()).await.is_err() {
                         continue; // The session is ending; the driver says why.
                     }
                 }
-                Some(message) = messages.recv() => match message {
+                Some(message) = running.messages.recv() => match message {
                     ControlMessage::RouteTableResult { version, results } if version == table.version() => {
                         match table.answer(results, state.assigned) {
                             Ok(status) => self.publish(link, status, false),
                             Err(failure) => {
-                                close(&control, driver).await;
+                                close(&running.control, running.driver).await;
                                 return Err(failure);
                             }
                         }
@@ -371,58 +369,62 @@ impl Client {
                     other => tracing::debug!("ignoring unexpected control message: {other:?}"),
                 },
                 () = stop.cancelled() => {
-                    // From protocol 6 the server answers the drain and ends the session: until
-                    // then idle HTTP streams stay open (the edge may be sending them a request).
-                    let handover = protocol >= HANDOVER_VERSION;
-                    if !handover {
-                        draining.cancel();
-                    }
                     // Local forwards take no new visitors through this session.
                     current.send_replace(None);
-                    self.say_draining(&control, protocol).await;
-                    let drain = async {
-                        loop {
-                            tokio::select! {
-                                // The control stream is the one left.
-                                () = streams.until_open_at_most(1), if !handover => return None,
-                                Some(stream) = incoming.next() => {
-                                    let (routes, origins) = (stream_routes.clone(), self.origins.clone());
-                                    tokio::spawn(streams::handle(stream, routes, origins, owned.clone(), draining.clone()));
-                                }
-                                Some(message) = messages.recv() => {
-                                    if matches!(message, ControlMessage::NoNewVisitors) {
-                                        draining.cancel();
-                                    }
-                                }
-                                // With a handover, the server's goodbye once the streams are done.
-                                end = &mut driver => return Some(end),
-                            }
-                        }
-                    };
-                    let limit = self.config.drain_timeout;
-                    tracing::info!("draining: open streams have up to {limit:?}");
-                    let drained = tokio::select! {
-                        drained = tokio::time::timeout(limit, drain) => drained.map_err(|_| "the drain time ran out"),
-                        () = self.cut.cancelled() => Err("cut"),
-                    };
-                    match drained {
-                        Ok(None) => tracing::info!("drained"),
-                        Ok(Some(Ok(SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. }))) if handover => {
-                            tracing::info!("drained");
-                            return Ok(());
-                        }
-                        Ok(Some(end)) => {
-                            let end = end.map_or_else(|e| e.to_string(), |end| end.to_string());
-                            tracing::warn!("the session ended during the drain: {}", Escaped(&end));
-                            return Ok(());
-                        }
-                        Err(why) => tracing::warn!("cutting the streams still open ({why})"),
-                    }
-                    close(&control, driver).await;
-                    return Ok(());
+                    return self.drain(running).await;
                 }
             }
         }
+    }
+
+    /// Drains a session as this client stops: tells the server, carries the visitors it still
+    /// sends and lets the open streams finish, within the drain time; then closes.
+    async fn drain(&self, running: Running) -> Result<(), Failure> {
+        // From protocol 6 the server answers the drain and ends the session: until then idle
+        // HTTP streams stay open (the edge may be sending them a request).
+        let handover = running.protocol >= HANDOVER_VERSION;
+        if !handover {
+            running.visits.draining.cancel();
+        }
+        self.say_draining(&running.control, running.protocol).await;
+        let Running { control, mut messages, mut incoming, mut driver, streams, visits, .. } = running;
+        let drain = async {
+            loop {
+                tokio::select! {
+                    // The control stream is the one left.
+                    () = streams.until_open_at_most(1), if !handover => return None,
+                    Some(stream) = incoming.next() => visits.take(stream),
+                    Some(message) = messages.recv() => {
+                        if matches!(message, ControlMessage::NoNewVisitors) {
+                            visits.draining.cancel();
+                        }
+                    }
+                    // With a handover, the server's goodbye once the streams are done.
+                    end = &mut driver => return Some(end),
+                }
+            }
+        };
+        let limit = self.config.drain_timeout;
+        tracing::info!("draining: open streams have up to {limit:?}");
+        let drained = tokio::select! {
+            drained = tokio::time::timeout(limit, drain) => drained.map_err(|_| "the drain time ran out"),
+            () = self.cut.cancelled() => Err("cut"),
+        };
+        match drained {
+            Ok(None) => tracing::info!("drained"),
+            Ok(Some(Ok(SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. }))) if handover => {
+                tracing::info!("drained");
+                return Ok(());
+            }
+            Ok(Some(end)) => {
+                let end = end.map_or_else(|e| e.to_string(), |end| end.to_string());
+                tracing::warn!("the session ended during the drain: {}", Escaped(&end));
+                return Ok(());
+            }
+            Err(why) => tracing::warn!("cutting the streams still open ({why})"),
+        }
+        close(&control, driver).await;
+        Ok(())
     }
 
     /// What keeps the session (of its first connection, `first`) at its number of connections,
@@ -484,6 +486,40 @@ impl Client {
 struct SessionState<'a> {
     assigned: &'a mut HashMap<RouteId, u16>,
     version: &'a mut u64,
+}
+
+/// An established session, as it serves.
+struct Running {
+    control: crate::session::ControlSender,
+    messages: crate::session::ControlMessages,
+    incoming: IncomingStreams,
+    driver: OwnedTask<SessionEnd>,
+    streams: StreamOpener,
+    visits: Visits,
+    protocol: u16,
+}
+
+/// Where a session's inbound streams go.
+struct Visits {
+    /// The table's targets, as the streams read them.
+    routes: streams::SharedRoutes,
+    origins: Origins,
+    /// Cut when the session is over: its streams end with it.
+    owned: CancellationToken,
+    /// Cancelled when this client drains: HTTP streams close after the request in flight.
+    draining: CancellationToken,
+}
+
+impl Visits {
+    fn take(&self, stream: MuxStream) {
+        let (routes, origins) = (self.routes.clone(), self.origins.clone());
+        tokio::spawn(streams::handle(stream, routes, origins, self.owned.clone(), self.draining.clone()));
+    }
+}
+
+/// How a session ended, as a failure to report or retry.
+fn ended(end: Result<SessionEnd, tokio::task::JoinError>) -> Failure {
+    classify_end(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string())))
 }
 
 /// Says goodbye and gives the driver a moment to deliver it before the connection is dropped.

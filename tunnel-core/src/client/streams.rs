@@ -79,87 +79,101 @@ pub(super) async fn handle(
             Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
         };
     if let Some(requests) = HttpStream::of(&header, &routes.current()) {
-        return tokio::select! {
-            () = serve_http(stream, requests, routes, origins, draining) => {}
-            () = owned.cancelled() => {}
-        };
+        return until(&owned, serve_http(stream, requests, routes, origins, draining)).await;
     }
     let routes = routes.current();
-    if let StreamHeader::NetworkVisit { route_id, target, from, visitor } = header {
-        let net = routes.networks.get(&route_id).copied();
-        return tokio::select! {
-            () = visit_network(stream, net, target, &from, visitor) => {}
-            () = owned.cancelled() => {}
-        };
-    }
-    if let StreamHeader::NetworkDatagrams { route_id, target, from, visitor } = header {
-        let net = routes.networks.get(&route_id).copied();
-        return tokio::select! {
-            () = datagrams::visit_network(stream, net, target, &from, visitor) => {}
-            () = owned.cancelled() => {}
-        };
-    }
-    let (target, idle_timeout, proxy_header, visitor, via) = match &header {
-        StreamHeader::Route { route_id, visitor, local } => match routes.forwards.get(route_id) {
-            Some(Forward { target: Target::Handler(handler), .. }) => {
-                let visitor = Visitor::new(stream, *visitor, *route_id).cut_with(owned.clone());
-                let served = handler.serve(visitor);
-                return tokio::select! {
-                    () = served => {}
-                    () = owned.cancelled() => {}
-                };
-            }
-            Some(Forward {
-                target: Target::Addr(target),
-                protocol: Protocol::Udp,
-                idle_timeout,
-                proxy_protocol,
-            }) => {
-                let first = match proxy_protocol.map(|version| version.datagram_header(*visitor, *local)) {
-                    Some(Err(err)) => {
-                        return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "route {route_id}: no PROXY header: {err}")
-                    }
-                    header => header.and_then(Result::ok),
-                };
-                // As the server's end has it.
-                let idle = Duration::from_secs(crate::udp::flow_idle_secs(*idle_timeout).into());
-                let via = format!("route {route_id}");
-                return tokio::select! {
-                    () = datagrams::forward(stream, target, *visitor, idle, first, &via) => {}
-                    () = owned.cancelled() => {}
-                };
-            }
-            Some(Forward { target: Target::Addr(target), idle_timeout, proxy_protocol, .. }) => {
-                let proxy_header = match proxy_protocol.map(|version| version.header(*visitor, *local)) {
-                    Some(Err(err)) => {
-                        return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "route {route_id}: no PROXY header: {err}")
-                    }
-                    header => header.and_then(Result::ok),
-                };
-                (target, *idle_timeout, proxy_header, *visitor, format!("route {route_id}"))
-            }
-            None => {
-                return tracing::debug!(
-                    route = %route_id,
-                    "dropping stream for a route no longer in the table"
-                )
-            }
+    match header {
+        StreamHeader::NetworkVisit { route_id, target, from, visitor } => {
+            let net = routes.networks.get(&route_id).copied();
+            until(&owned, visit_network(stream, net, target, &from, visitor)).await;
+        }
+        StreamHeader::NetworkDatagrams { route_id, target, from, visitor } => {
+            let net = routes.networks.get(&route_id).copied();
+            until(&owned, datagrams::visit_network(stream, net, target, &from, visitor)).await;
+        }
+        StreamHeader::Route { route_id, visitor, local } => match routes.forwards.get(&route_id) {
+            Some(forward) => visit_forward(stream, route_id, forward, visitor, local, &owned).await,
+            None => tracing::debug!(route = %route_id, "dropping stream for a route no longer in the table"),
         },
-        StreamHeader::ServiceVisit { service, from, visitor } => match routes.services.get(service) {
+        StreamHeader::ServiceVisit { service, from, visitor } => match routes.services.get(&service) {
             Some(target) => {
-                let via = format!("service {} visited by {}", Escaped(service), Escaped(from));
-                (target, None, None, *visitor, via)
+                let via = format!("service {} visited by {}", Escaped(&service), Escaped(&from));
+                let dial = Dial { target, idle_timeout: None, proxy_header: None, visitor, via };
+                splice_to(stream, dial, &owned).await;
             }
-            None => {
-                return tracing::warn!(
-                    service = %Escaped(service),
-                    from = %Escaped(from),
-                    "dropping visit to a service this client does not expose"
-                )
-            }
+            None => tracing::warn!(
+                service = %Escaped(&service),
+                from = %Escaped(&from),
+                "dropping visit to a service this client does not expose"
+            ),
         },
-        other => return tracing::warn!("dropping stream with a header a server does not send: {other:?}"),
+        other => tracing::warn!("dropping stream with a header a server does not send: {other:?}"),
+    }
+}
+
+/// Runs `work` until it ends or the session that owns the stream is cut.
+async fn until(owned: &CancellationToken, work: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = work => {}
+        () = owned.cancelled() => {}
+    }
+}
+
+/// A visitor of remote forward `route_id`: to its in-program handler, its UDP target or its TCP
+/// target.
+async fn visit_forward(
+    stream: MuxStream,
+    route_id: RouteId,
+    forward: &Forward,
+    visitor: SocketAddr,
+    local: Option<SocketAddr>,
+    owned: &CancellationToken,
+) {
+    let via = format!("route {route_id}");
+    let Forward { target, protocol, idle_timeout, proxy_protocol } = forward;
+    let target = match target {
+        Target::Handler(handler) => {
+            let visitor = Visitor::new(stream, visitor, route_id).cut_with(owned.clone());
+            return until(owned, handler.serve(visitor)).await;
+        }
+        Target::Addr(target) => target,
     };
+    if *protocol == Protocol::Udp {
+        let first = match proxy_protocol.map(|version| version.datagram_header(visitor, local)) {
+            Some(Err(err)) => {
+                return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "{via}: no PROXY header: {err}")
+            }
+            header => header.and_then(Result::ok),
+        };
+        // As the server's end has it.
+        let idle = Duration::from_secs(crate::udp::flow_idle_secs(*idle_timeout).into());
+        return until(owned, datagrams::forward(stream, target, visitor, idle, first, &via)).await;
+    }
+    let proxy_header = match proxy_protocol.map(|version| version.header(visitor, local)) {
+        Some(Err(err)) => {
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, "{via}: no PROXY header: {err}")
+        }
+        header => header.and_then(Result::ok),
+    };
+    let dial = Dial { target, idle_timeout: *idle_timeout, proxy_header, visitor, via };
+    splice_to(stream, dial, owned).await;
+}
+
+/// A TCP target to connect a visitor's stream to, and how.
+struct Dial<'a> {
+    target: &'a TargetAddr,
+    idle_timeout: Option<Duration>,
+    /// Written to the target before the visitor's bytes.
+    proxy_header: Option<Vec<u8>>,
+    visitor: SocketAddr,
+    /// What the visitor came through, for the logs.
+    via: String,
+}
+
+/// Connects to the target and splices; the stream ends as the target's connection did (in
+/// order, or with a reset).
+async fn splice_to(mut stream: MuxStream, dial: Dial<'_>, owned: &CancellationToken) {
+    let Dial { target, idle_timeout, proxy_header, visitor, via } = dial;
     // The deadline covers the name lookup too: a target named by a host name never hangs a stream.
     let mut tcp = match tokio::time::timeout(CONNECT_TIMEOUT, transport::connect_tcp(&target.to_string()))
         .await
