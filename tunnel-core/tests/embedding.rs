@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tunnel_core::auth::{ChannelBinding, Credentials, Token};
-use tunnel_core::client::ClientError;
+use tunnel_core::client::{ClientError, Interruption};
 use tunnel_core::forward::{RemoteForwardSpec, StreamHandler, Visitor};
 use tunnel_core::http::{HttpAction, HttpHandler, HttpRoute, Service};
 use tunnel_core::proto::HttpMatch;
@@ -372,6 +372,36 @@ async fn tls_over_a_custom_connector_still_refuses_the_wrong_server_for_good() {
     }
     assert!(pipes.server.session_names().is_empty());
     pipes.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_keeps_the_last_failure_as_a_typed_source() {
+    // A port nothing listens on: every attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let fingerprint =
+        ServerIdentity::load_or_generate(tempfile::tempdir().unwrap().path(), &[]).unwrap().fingerprint();
+    let mut config = client_config_for(addr, fingerprint, "stubborn", TOKEN, &[]);
+    config.reconnect.max_attempts = Some(2);
+    let client = start_client(config);
+    let err = client.failure().await;
+    let ClientError::GaveUp { attempts, last } = &err else { panic!("expected GaveUp, got {err:?}") };
+    assert_eq!(*attempts, 2);
+    assert!(
+        matches!(last, Interruption::Connect(ConnectError::Unreachable { .. })),
+        "the last failure should be the refused connection: {last:?}"
+    );
+    // The chain reaches the system's own error, for a program to inspect.
+    let mut source = std::error::Error::source(&err);
+    let mut refused = false;
+    while let Some(cause) = source {
+        refused |= cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        source = cause.source();
+    }
+    assert!(refused, "no ConnectionRefused in the chain of {err:?}");
 }
 
 #[test]

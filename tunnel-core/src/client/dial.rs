@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{classify_connect, classify_session, Failure};
-use super::{Client, ClientError, Link, MIN_SERVER_VERSION};
+use super::{Client, ClientError, Interruption, Link, MIN_SERVER_VERSION};
 use crate::log::Escaped;
 use crate::proto::handshake::HandshakeError;
 use crate::session::{Session, SessionError};
@@ -42,7 +42,7 @@ impl Client {
         }
         let other = if first == Wire::Tcp { Wire::WebSocket } else { Wire::Tcp };
         let reason = match &failed.failure {
-            Failure::Transient(reason) => reason.clone(),
+            Failure::Transient(reason) => crate::log::Chain(reason).to_string(),
             Failure::Permanent(err) => crate::log::Chain(err).to_string(),
         };
         tracing::info!("over {first}: {}; trying {other}", Escaped(&reason));
@@ -55,10 +55,15 @@ impl Client {
             Err(Failed { failure: Failure::Permanent(err), .. }) => Err(err.into()),
             Err(Failed { failure: Failure::Transient(second), .. }) => match failed.failure {
                 Failure::Permanent(err) => {
-                    tracing::info!("over {other}: {}", Escaped(&second));
+                    tracing::info!("over {other}: {}", Escaped(&crate::log::Chain(&second).to_string()));
                     Err(err.into())
                 }
-                Failure::Transient(_) => Err(Failure::Transient(format!("{reason}; over {other}: {second}"))),
+                Failure::Transient(first_failure) => Err(Failure::Transient(Interruption::BothWires {
+                    first,
+                    first_failure: Box::new(first_failure),
+                    second: other,
+                    second_failure: Box::new(second),
+                })),
             },
         }
     }
@@ -106,10 +111,8 @@ impl Client {
             Ok(Dialed { session, version: established.version, wire, lane_key: established.lane_key })
         };
         tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
-            let reason = format!(
-                "no authenticated session with {} within {:?}",
-                link.server, config.handshake_timeout
-            );
+            let reason =
+                Interruption::TimedOut { server: link.server.clone(), timeout: config.handshake_timeout };
             Err(Failed { failure: Failure::Transient(reason), path: opened.load(Ordering::Relaxed) })
         })
     }

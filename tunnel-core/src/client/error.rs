@@ -112,12 +112,66 @@ pub enum ClientError {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// `max_attempts` consecutive connection attempts failed.
-    #[error("gave up after {attempts} attempts; last error: {last}")]
+    #[error("gave up after {attempts} attempts")]
     GaveUp {
         /// Attempts made.
         attempts: u32,
-        /// The last failure, as logged.
-        last: String,
+        /// The last failure.
+        #[source]
+        last: Interruption,
+    },
+}
+
+/// Why a connection attempt or a session ended in a way the client retries: the link, not
+/// the client's credentials or configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Interruption {
+    /// No connection to the server, or one that broke before the tunnel handshake.
+    #[error(transparent)]
+    Connect(ConnectError),
+    /// The server turned the connection away for now (it is full, or draining).
+    #[error("server refused the connection ({code}): {}", Escaped(.message))]
+    Refused {
+        /// Why.
+        code: RefuseCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server closed the connection during the handshake.
+    #[error("the server closed the connection during the handshake")]
+    ClosedInHandshake,
+    /// The tunnel handshake failed on the way (a connection cut, a stalled multiplexer).
+    #[error("handshake failed")]
+    Handshake(#[source] SessionError),
+    /// No authenticated session within the handshake timeout.
+    #[error("no authenticated session with {server} within {timeout:?}")]
+    TimedOut {
+        /// The server dialed.
+        server: String,
+        /// The handshake timeout.
+        timeout: std::time::Duration,
+    },
+    /// The session closed before the route table was sent.
+    #[error("session closed while sending the route table")]
+    TableNotSent,
+    /// The server did not answer the route table within the handshake timeout.
+    #[error("the server did not answer the route table in time")]
+    TableNotAnswered,
+    /// An established session ended.
+    #[error("session ended: {0}")]
+    Ended(SessionEnd),
+    /// Both wires failed ([`crate::transport::Wire::Auto`]): each one's whole reason.
+    #[error("over {first}: {}; over {second}: {}", crate::log::Chain(.first_failure.as_ref()), crate::log::Chain(.second_failure.as_ref()))]
+    BothWires {
+        /// The wire tried first.
+        first: crate::transport::Wire,
+        /// Why it failed.
+        first_failure: Box<Interruption>,
+        /// The wire tried second.
+        second: crate::transport::Wire,
+        /// Why it failed.
+        second_failure: Box<Interruption>,
     },
 }
 
@@ -136,7 +190,7 @@ pub(super) enum Failure {
     /// Stop and report.
     Permanent(ClientError),
     /// Wait and reconnect.
-    Transient(String),
+    Transient(Interruption),
 }
 
 impl From<ClientError> for Failure {
@@ -149,7 +203,10 @@ impl From<ClientError> for Failure {
 /// connection that dropped mid-handshake is not.
 pub(super) fn classify_connect(err: ConnectError) -> Failure {
     match err {
-        ConnectError::Tls { source, .. } => classify_tls(source),
+        ConnectError::Tls { ref source, .. } => match classify_tls(source) {
+            Some(failure) => failure.into(),
+            None => Failure::Transient(Interruption::Connect(err)),
+        },
         ConnectError::Proxy { ref source, .. }
             if source
                 .get_ref()
@@ -158,15 +215,14 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
         {
             ClientError::Proxy(err).into()
         }
-        other => Failure::Transient(crate::log::Chain(&other).to_string()),
+        other => Failure::Transient(Interruption::Connect(other)),
     }
 }
 
-fn classify_tls(err: std::io::Error) -> Failure {
-    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
-        return Failure::Transient(format!("TLS handshake interrupted: {err}"));
-    };
-    match tls {
+/// The permanent failure a TLS error is, if it is one (`None`: the handshake was cut).
+fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
+    let tls = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())?;
+    Some(match tls {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
             if other.0.downcast_ref::<FingerprintMismatch>().is_some() =>
         {
@@ -177,15 +233,15 @@ fn classify_tls(err: std::io::Error) -> Failure {
                 Some(mismatch) => Box::new(mismatch),
                 None => Box::new(tls.clone()),
             };
-            ClientError::ServerCertificate { hint, source }.into()
+            ClientError::ServerCertificate { hint, source }
         }
         rustls::Error::InvalidCertificate(_) => {
             let hint = "check the CA, or pin the server's fingerprint";
-            ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }.into()
+            ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }
         }
-        rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::NotTls.into(),
-        other => ClientError::Tls(other.clone()).into(),
-    }
+        rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::NotTls,
+        other => ClientError::Tls(other.clone()),
+    })
 }
 
 /// Classifies a failed tunnel handshake.
@@ -198,16 +254,14 @@ pub(super) fn classify_session(err: SessionError) -> Failure {
             ClientError::Refused { code, message }.into()
         }
         SessionError::Handshake(HandshakeError::Refused { code, message }) => {
-            Failure::Transient(format!("server refused the connection ({code}): {}", Escaped(&message)))
+            Failure::Transient(Interruption::Refused { code, message })
         }
         SessionError::Handshake(HandshakeError::ServerProofInvalid) => ClientError::ServerProofInvalid.into(),
         err @ (SessionError::Handshake(_) | SessionError::Frame(FrameError::TooLarge(_))) => {
             ClientError::Handshake(err).into()
         }
-        SessionError::Frame(FrameError::Closed) => {
-            Failure::Transient("the server closed the connection during the handshake".into())
-        }
-        other => Failure::Transient(format!("handshake failed: {}", crate::log::Chain(&other))),
+        SessionError::Frame(FrameError::Closed) => Failure::Transient(Interruption::ClosedInHandshake),
+        other => Failure::Transient(Interruption::Handshake(other)),
     }
 }
 
@@ -218,6 +272,6 @@ pub(super) fn classify_end(end: SessionEnd) -> Failure {
         SessionEnd::Goodbye { code: GoodbyeCode::Revoked, message } => {
             ClientError::Revoked { message }.into()
         }
-        other => Failure::Transient(format!("session ended: {other}")),
+        other => Failure::Transient(Interruption::Ended(other)),
     }
 }

@@ -160,6 +160,7 @@ impl Client {
             let Some(delay) = backoff.next_delay() else {
                 return Err(ClientError::GaveUp { attempts: backoff.attempts(), last: error });
             };
+            let error = crate::log::Chain(&error).to_string();
             tracing::warn!(server = %Escaped(&link.server), "{}; reconnecting in {delay:.1?}", Escaped(&error));
             self.metrics.reconnect();
             self.set_status(link, ClientStatus::Reconnecting { attempt: backoff.attempts(), delay, error });

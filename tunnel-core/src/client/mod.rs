@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backoff::{Backoff, BackoffState};
 pub use config::{default_connections, ClientConfig, ServerEndpoint};
-pub use error::ClientError;
+pub use error::{ClientError, Interruption};
 pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET};
 pub use status::{ActiveForward, ActiveLocal, ActiveSocks, ClientStatus};
 
@@ -460,7 +460,7 @@ impl Client {
         table: &routes::Table,
         offer: &mut Option<(u64, u8)>,
     ) -> Result<Vec<crate::proto::RouteResult>, Failure> {
-        let closed = || Failure::Transient("session closed while sending the route table".into());
+        let closed = || Failure::Transient(Interruption::TableNotSent);
         control.send(table.message()).await.map_err(|_| closed())?;
         // One deadline for the whole wait: a server sending other messages meanwhile does not
         // move it.
@@ -468,7 +468,7 @@ impl Client {
         loop {
             let message = tokio::time::timeout_at(deadline, messages.recv())
                 .await
-                .map_err(|_| Failure::Transient("the server did not answer the route table in time".into()))?
+                .map_err(|_| Failure::Transient(Interruption::TableNotAnswered))?
                 .ok_or_else(closed)?;
             match message {
                 ControlMessage::RouteTableResult { version, results } if version == table.version() => {
