@@ -89,7 +89,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
             let status = client.status().await.map_err(refused)?;
             let sessions = client.sessions().await.map_err(refused)?;
             if args.json {
-                println!("{}", serde_json::json!({ "status": status, "sessions": sessions }));
+                say!("{}", serde_json::json!({ "status": status, "sessions": sessions }));
             } else {
                 print_status(&status, &sessions);
             }
@@ -97,7 +97,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
         AdminCommand::Clients(ClientsCommand::List) => {
             let clients = client.clients().await.map_err(refused)?;
             if args.json {
-                println!("{}", Value::Array(clients));
+                say!("{}", Value::Array(clients));
             } else {
                 print_clients(&clients);
             }
@@ -119,10 +119,10 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
         AdminCommand::Clients(ClientsCommand::Revoke { name }) => {
             let ended = client.revoke(&name).await.map_err(refused)?;
             if args.json {
-                println!("{}", serde_json::json!({ "name": name, "ended": ended }));
+                say!("{}", serde_json::json!({ "name": name, "ended": ended }));
             } else {
                 let ended = if ended.is_empty() { "none".to_owned() } else { ended.join(", ") };
-                println!("revoked {name}; sessions ended: {ended}");
+                say!("revoked {name}; sessions ended: {ended}");
             }
         }
     }
@@ -161,9 +161,9 @@ fn target(args: &AdminArgs) -> Result<AdminTarget, Failure> {
 /// The token alone (for `$(...)`), or the API's object with `--json`.
 fn print_token(name: &str, token: &Token, json: bool) {
     if json {
-        println!("{}", serde_json::json!({ "name": name, "token": token.expose_secret() }));
+        say!("{}", serde_json::json!({ "name": name, "token": token.expose_secret() }));
     } else {
-        println!("{}", token.expose_secret());
+        say!("{}", token.expose_secret());
     }
 }
 
@@ -178,7 +178,7 @@ fn text(value: &Value) -> String {
 }
 
 fn print_status(status: &Value, sessions: &[Value]) {
-    println!(
+    say!(
         "version {}, {} sessions{}; clients: {} from the configuration, {} created",
         text(&status["version"]),
         text(&status["sessions"]),
@@ -219,7 +219,7 @@ fn print_table(columns: &[&str], items: &[Value]) {
         .collect();
     let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        println!("{}", padded.join("  ").trim_end());
+        say!("{}", padded.join("  ").trim_end());
     };
     line(columns.iter().map(|c| c.to_uppercase()).collect());
     for row in rows {

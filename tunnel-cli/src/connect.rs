@@ -21,17 +21,17 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     let mut client = Client::new(config);
     for local in client.listen_locals().await.map_err(Failure::error)? {
         let udp = if local.spec.protocol == Protocol::Udp { "udp:" } else { "" };
-        println!("local forward listening: {udp}{} -> {}", local.bound_addr, local.spec.target);
+        say!("local forward listening: {udp}{} -> {}", local.bound_addr, local.spec.target);
     }
     for socks in client.listen_socks().await.map_err(Failure::error)? {
-        println!("SOCKS proxy listening: {}", socks.bound_addr);
+        say!("SOCKS proxy listening: {}", socks.bound_addr);
     }
     let _metrics = match file.metrics.as_deref() {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| Failure::runtime(format!("cannot listen for metrics on {addr}: {e}")))?;
-            println!("metrics served on {}", listener.local_addr().map_err(Failure::runtime)?);
+            say!("metrics served on {}", listener.local_addr().map_err(Failure::runtime)?);
             let status = client.status();
             let served = tunnel_core::metrics::serve(
                 listener,
@@ -93,40 +93,40 @@ async fn print_status(
             continue;
         };
         if new_session {
-            println!("{session_line}");
+            say!("{session_line}");
             session_ready.ready(&session_line);
             for forward in &forwards {
                 let public = public_address(&server_host, forward);
                 let udp = if forward.spec.protocol == Protocol::Udp { "udp:" } else { "" };
-                println!("remote forward ready: {udp}{public} -> {}", forward.spec.local);
+                say!("remote forward ready: {udp}{public} -> {}", forward.spec.local);
             }
             for service in &services {
-                println!("service exposed: {} -> {}", service.name, service.target);
+                say!("service exposed: {} -> {}", service.name, service.target);
             }
         }
         for forward in &forwards {
             let public = public_address(&server_host, forward);
             let protocol = if forward.spec.protocol == Protocol::Udp { "udp" } else { "tcp" };
-            println!("route ready: v{version} {protocol} {public} -> {}", forward.spec.local);
+            say!("route ready: v{version} {protocol} {public} -> {}", forward.spec.local);
         }
         for service in &services {
-            println!("route ready: v{version} service {} -> {}", service.name, service.target);
+            say!("route ready: v{version} service {} -> {}", service.name, service.target);
         }
         for route in &http {
-            println!("route ready: v{version} http {route}");
+            say!("route ready: v{version} http {route}");
         }
         if http_fallback {
-            println!("route ready: v{version} http fallback");
+            say!("route ready: v{version} http fallback");
         }
         for route in &tls {
-            println!("route ready: v{version} tls {route}");
+            say!("route ready: v{version} tls {route}");
         }
         for net in &networks {
-            println!("route ready: v{version} network {net}");
+            say!("route ready: v{version} network {net}");
         }
         for route in &refused {
             let reason = tunnel_core::log::Escaped(&route.message);
-            println!("route refused: v{version} {} ({}: {reason})", route.route, route.code);
+            say!("route refused: v{version} {} ({}: {reason})", route.route, route.code);
         }
     }
 }

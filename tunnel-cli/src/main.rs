@@ -3,6 +3,23 @@
 
 #![deny(unsafe_code)]
 
+/// Prints a line on stdout, as `println!` does, but never panics: when whoever read the
+/// output is gone (`| head`, a restarted journal), the tunnel goes on without it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// [`say!`] for stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod admin;
 mod alloc;
 mod args;
@@ -74,7 +91,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            say_err!("error: cannot start the async runtime: {err}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -95,18 +112,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            say_err!("error: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }
 }
 
 /// Logs go to stderr (stdout carries the addresses and commands users and scripts read),
-/// filtered by `RUST_LOG` (default `info`), as text or as one JSON object per line.
+/// filtered by `RUST_LOG` (default `info`), as text or as one JSON object per line. Neither
+/// output going away stops the process.
 fn init_logging(format: args::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written is dropped: the subscriber's own report of it would
+    // panic on the same closed stderr.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         args::LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
         args::LogFormat::Json => logs.json().flatten_event(true).init(),
@@ -139,6 +162,6 @@ fn man(subcommand: Option<&str>) -> Result<(), Failure> {
 fn fingerprint(args: &args::FingerprintArgs) -> Result<(), Failure> {
     let fingerprint = tunnel_core::tls::fingerprint_of_pem_file(&args.cert)
         .map_err(|e| Failure::usage(tunnel_core::log::Chain(&e)))?;
-    println!("{fingerprint}");
+    say!("{fingerprint}");
     Ok(())
 }

@@ -227,7 +227,7 @@ async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
                 }
                 _ => "with the admin token given".to_owned(),
             };
-            println!("admin API on {bound} (TLS; {token_hint})");
+            say!("admin API on {bound} (TLS; {token_hint})");
             Ok(AdminListener::Tls { listener, tls, token })
         }
         #[cfg(unix)]
@@ -235,7 +235,7 @@ async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
             let listener = tunnel_core::admin::bind_socket(&path).map_err(|e| {
                 Failure::runtime(format!("cannot listen for the admin API on {}: {e}", path.display()))
             })?;
-            println!("admin API on unix socket {}", path.display());
+            say!("admin API on unix socket {}", path.display());
             Ok(listener)
         }
         #[cfg(not(unix))]
@@ -281,12 +281,12 @@ impl Listeners {
             [(&self.http, "HTTP routes"), (&self.https, "HTTPS and TLS routes"), (&self.metrics, "metrics")];
         for (listener, what) in served {
             if let Some(listener) = listener {
-                println!("{what} served on {}", listener.local_addr().map_err(Failure::runtime)?);
+                say!("{what} served on {}", listener.local_addr().map_err(Failure::runtime)?);
             }
         }
         if let Some(socks) = &self.socks {
             let addr = socks.local_addr().map_err(Failure::runtime)?;
-            println!("SOCKS5 served on {addr}");
+            say!("SOCKS5 served on {addr}");
             if !addr.ip().is_loopback() {
                 tracing::warn!(
                     "SOCKS5 is unencrypted: the tokens its users log in with cross the network as they are"
@@ -295,7 +295,7 @@ impl Listeners {
         }
         if let Some(acme) = &setup.config.http.acme {
             let (directory, challenge) = (&acme.directory, acme.challenge);
-            println!(
+            say!(
                 "certificates for HTTP route hosts from {directory} ({challenge}), kept in {}",
                 acme.dir.display()
             );
@@ -321,7 +321,7 @@ async fn bind_optional(addr: Option<&str>, what: &str) -> Result<Option<TcpListe
 /// (`ps`) and lands in shell history.
 fn print_banner(setup: &ServerSetup, local: SocketAddr) {
     let mode = if setup.config.tls.is_some() { "TLS" } else { "plaintext" };
-    println!("tunnel server listening on {local} ({mode})");
+    say!("tunnel server listening on {local} ({mode})");
     let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
     let server = match local {
         SocketAddr::V6(_) if !local.ip().is_unspecified() => format!("[{host}]:{}", local.port()),
@@ -329,7 +329,7 @@ fn print_banner(setup: &ServerSetup, local: SocketAddr) {
     };
     let trust = match &setup.fingerprint {
         Some(fp) => {
-            println!("certificate fingerprint: {fp}");
+            say!("certificate fingerprint: {fp}");
             format!("--fingerprint {fp}")
         }
         None => "--insecure-plaintext".to_owned(),
@@ -338,26 +338,26 @@ fn print_banner(setup: &ServerSetup, local: SocketAddr) {
     let forward = "-R 0:127.0.0.1:8080";
     match &setup.token_source {
         TokenSource::GeneratedNow(path) => {
-            println!("generated a token and saved it to {} (shown once below)", path.display());
+            say!("generated a token and saved it to {} (shown once below)", path.display());
             let token = setup.shared_token.as_ref().map(|t| t.expose_secret()).unwrap_or_default();
-            println!("connect a client with:");
-            println!("  export TUNNEL_TOKEN={token}");
-            println!("  {connect} {forward}");
+            say!("connect a client with:");
+            say!("  export TUNNEL_TOKEN={token}");
+            say!("  {connect} {forward}");
         }
         TokenSource::Generated(path) => {
-            println!("connect a client with:");
-            println!("  TUNNEL_TOKEN=\"$(cat {})\" {connect} {forward}", path.display());
+            say!("connect a client with:");
+            say!("  TUNNEL_TOKEN=\"$(cat {})\" {connect} {forward}", path.display());
         }
         TokenSource::Supplied => {
-            println!("connect a client with the server's token in TUNNEL_TOKEN:");
-            println!("  {connect} {forward}");
+            say!("connect a client with the server's token in TUNNEL_TOKEN:");
+            say!("  {connect} {forward}");
         }
         TokenSource::None => {
-            println!("connect a client with its own token in TUNNEL_TOKEN:");
-            println!("  {connect} --name NAME {forward}");
+            say!("connect a client with its own token in TUNNEL_TOKEN:");
+            say!("  {connect} --name NAME {forward}");
         }
     }
     if local.ip().is_unspecified() {
-        println!("(from another machine, replace 127.0.0.1 with this server's address)");
+        say!("(from another machine, replace 127.0.0.1 with this server's address)");
     }
 }

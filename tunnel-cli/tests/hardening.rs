@@ -95,3 +95,101 @@ async fn both_commands_raise_the_soft_open_file_limit_to_the_hard_one() {
     assert_eq!(client.terminate().await, 0);
     assert_eq!(server.terminate().await, 0);
 }
+
+/// Whoever read the output may go away (`tunnel-cli connect | head`, a restarted journal
+/// whose socket was stderr): both processes go on serving without it, and exit as asked. Each
+/// used to panic at its next line: on stdout a route ready or a signal's note, on stderr the
+/// log subscriber's own report of the line it could not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_client_whose_output_readers_are_gone_serve_on_and_exit_0() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let mut server = command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state,
+        "--allow-bind",
+        "127.0.0.1",
+        "--token",
+        TOKEN,
+    ])
+    .spawn()
+    .unwrap();
+    // The address and fingerprint are read, then nobody reads any more.
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let (mut addr, mut fingerprint) = (None, None);
+    while addr.is_none() || fingerprint.is_none() {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap().unwrap();
+        if let Some(rest) = line.strip_prefix("tunnel server listening on ") {
+            addr = rest.split_whitespace().next().map(str::to_owned);
+        }
+        fingerprint =
+            fingerprint.or_else(|| line.strip_prefix("certificate fingerprint: ").map(str::to_owned));
+    }
+    drop((lines, server.stderr.take()));
+
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let echo = tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = target.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut from, mut to) = tcp.split();
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+        }
+    });
+    let public = format!("127.0.0.1:{}", free_port());
+    let (addr, fingerprint) = (addr.unwrap(), fingerprint.unwrap());
+    let mut client = command(&[
+        "connect",
+        "--server",
+        &addr,
+        "--fingerprint",
+        &fingerprint,
+        "--token",
+        TOKEN,
+        "--name",
+        "unread",
+        "-R",
+        &format!("{public}:{target_addr}"),
+    ])
+    .env("RUST_LOG", "debug")
+    .spawn()
+    .unwrap();
+    drop((client.stdout.take(), client.stderr.take()));
+
+    // The forward works: both sides logged the session, and the client printed its route.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let echoed = loop {
+        let attempt = async {
+            let mut visitor = tokio::net::TcpStream::connect(&public).await?;
+            visitor.write_all(b"still here").await?;
+            let mut back = [0u8; 10];
+            visitor.read_exact(&mut back).await?;
+            std::io::Result::Ok(back)
+        };
+        match tokio::time::timeout(PATIENCE, attempt).await.unwrap() {
+            Ok(back) => break back,
+            Err(err) => {
+                assert!(tokio::time::Instant::now() < deadline, "the forward never worked: {err}");
+                assert!(client.try_wait().unwrap().is_none(), "the client exited");
+                assert!(server.try_wait().unwrap().is_none(), "the server exited");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(&echoed, b"still here");
+    for (name, child) in [("client", &mut client), ("server", &mut server)] {
+        assert!(child.try_wait().unwrap().is_none(), "the {name} exited");
+        let pid = child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap().unwrap();
+        assert_eq!(status.code(), Some(0), "the {name} ended with {status:?}");
+    }
+    echo.abort();
+}

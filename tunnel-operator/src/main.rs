@@ -78,6 +78,9 @@ fn main() -> ExitCode {
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
                 )
+                // A log line that cannot be written is dropped, not reported on the same stderr
+                // (which panics when it is closed).
+                .log_internal_errors(false)
                 .init();
             let identity = identity
                 .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "tunnel-operator".into()));
