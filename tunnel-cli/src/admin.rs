@@ -10,7 +10,7 @@ use tunnel_core::config::SecretString;
 use tunnel_core::forward::{Glob, PortSet, VisitRule};
 use tunnel_core::tls::{Fingerprint, ServerTrust};
 
-use crate::Failure;
+use crate::{written, Failure};
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -88,19 +88,19 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
         AdminCommand::Status => {
             let status = client.status().await.map_err(refused)?;
             let sessions = client.sessions().await.map_err(refused)?;
-            if args.json {
-                say!("{}", serde_json::json!({ "status": status, "sessions": sessions }));
+            written(if args.json {
+                emit!("{}", serde_json::json!({ "status": status, "sessions": sessions }))
             } else {
-                print_status(&status, &sessions);
-            }
+                emit!("{}", status_text(&status, &sessions))
+            })?;
         }
         AdminCommand::Clients(ClientsCommand::List) => {
             let clients = client.clients().await.map_err(refused)?;
-            if args.json {
-                say!("{}", Value::Array(clients));
+            written(if args.json {
+                emit!("{}", Value::Array(clients))
             } else {
-                print_clients(&clients);
-            }
+                emit!("{}", clients_text(&clients))
+            })?;
         }
         AdminCommand::Clients(ClientsCommand::Create(create)) => {
             let mut grant = Grant::default();
@@ -110,20 +110,20 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
             grant.allow_expose = create.allow_expose;
             grant.replicas = create.replicas.map(usize::from);
             let token = client.create(&create.name, &grant).await.map_err(refused)?;
-            print_token(&create.name, &token, args.json);
+            print_token(&create.name, &token, args.json)?;
         }
         AdminCommand::Clients(ClientsCommand::Rotate { name }) => {
             let token = client.rotate(&name).await.map_err(refused)?;
-            print_token(&name, &token, args.json);
+            print_token(&name, &token, args.json)?;
         }
         AdminCommand::Clients(ClientsCommand::Revoke { name }) => {
             let ended = client.revoke(&name).await.map_err(refused)?;
-            if args.json {
-                say!("{}", serde_json::json!({ "name": name, "ended": ended }));
+            written(if args.json {
+                emit!("{}", serde_json::json!({ "name": name, "ended": ended }))
             } else {
                 let ended = if ended.is_empty() { "none".to_owned() } else { ended.join(", ") };
-                say!("revoked {name}; sessions ended: {ended}");
-            }
+                emit!("revoked {name}; sessions ended: {ended}")
+            })?;
         }
     }
     Ok(())
@@ -158,13 +158,19 @@ fn target(args: &AdminArgs) -> Result<AdminTarget, Failure> {
     Ok(AdminTarget::Tls { addr: admin, trust, token })
 }
 
-/// The token alone (for `$(...)`), or the API's object with `--json`.
-fn print_token(name: &str, token: &Token, json: bool) {
-    if json {
-        say!("{}", serde_json::json!({ "name": name, "token": token.expose_secret() }));
+/// The token alone (for `$(...)`), or the API's object with `--json`. The token is shown
+/// this once: not writing it is a failure, even to a reader that left.
+fn print_token(name: &str, token: &Token, json: bool) -> Result<(), Failure> {
+    let written = if json {
+        emit!("{}", serde_json::json!({ "name": name, "token": token.expose_secret() }))
     } else {
-        say!("{}", token.expose_secret());
-    }
+        emit!("{}", token.expose_secret())
+    };
+    written.map_err(|err| {
+        Failure::runtime(format!(
+            "the server issued a token for {name}, but it could not be written ({err}); rotate it to get another"
+        ))
+    })
 }
 
 fn text(value: &Value) -> String {
@@ -177,8 +183,8 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn print_status(status: &Value, sessions: &[Value]) {
-    say!(
+fn status_text(status: &Value, sessions: &[Value]) -> String {
+    let head = format!(
         "version {}, {} sessions{}; clients: {} from the configuration, {} created",
         text(&status["version"]),
         text(&status["sessions"]),
@@ -187,7 +193,7 @@ fn print_status(status: &Value, sessions: &[Value]) {
         text(&status["clients"]["admin"]),
     );
     if sessions.is_empty() {
-        return;
+        return head;
     }
     let columns = [
         "name",
@@ -200,16 +206,16 @@ fn print_status(status: &Value, sessions: &[Value]) {
         "bytes_sent",
         "table_version",
     ];
-    print_table(&columns, sessions);
+    format!("{head}\n{}", table(&columns, sessions))
 }
 
-fn print_clients(clients: &[Value]) {
+fn clients_text(clients: &[Value]) -> String {
     let columns = ["name", "source", "online", "allow_ports", "allow_hosts", "allow_visit", "allow_expose"];
-    print_table(&columns, clients);
+    table(&columns, clients)
 }
 
 /// One row per item, the columns aligned; values printed as they come, `-` for none.
-fn print_table(columns: &[&str], items: &[Value]) {
+fn table(columns: &[&str], items: &[Value]) -> String {
     let rows: Vec<Vec<String>> =
         items.iter().map(|item| columns.iter().map(|c| text(&item[*c])).collect()).collect();
     let widths: Vec<usize> = columns
@@ -219,10 +225,8 @@ fn print_table(columns: &[&str], items: &[Value]) {
         .collect();
     let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        say!("{}", padded.join("  ").trim_end());
+        padded.join("  ").trim_end().to_owned()
     };
-    line(columns.iter().map(|c| c.to_uppercase()).collect());
-    for row in rows {
-        line(row);
-    }
+    let header = line(columns.iter().map(|c| c.to_uppercase()).collect());
+    std::iter::once(header).chain(rows.into_iter().map(line)).collect::<Vec<_>>().join("\n")
 }

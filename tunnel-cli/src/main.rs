@@ -12,6 +12,16 @@ macro_rules! say {
     }};
 }
 
+/// Writes a line on stdout and flushes it, returning how that went: for the output a one-shot
+/// command exists for (see [`written`]).
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, $($arg)*).and_then(|()| out.flush())
+    }};
+}
+
 /// [`say!`] for stderr.
 macro_rules! say_err {
     ($($arg:tt)*) => {{
@@ -77,6 +87,17 @@ impl Failure {
     }
 }
 
+/// A one-shot command's output written, or its failure: a reader that left early (`| head`)
+/// is no failure, a full disk under `> file` is.
+fn written(result: std::io::Result<()>) -> Result<(), Failure> {
+    match result {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::runtime(format!("cannot write the output: {err}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     alloc::tune();
     let cli = args::Cli::parse();
@@ -103,8 +124,9 @@ fn main() -> ExitCode {
             args::Command::Admin(args) => admin::run(args).await,
             args::Command::Completions { shell } => {
                 let mut command = <args::Cli as clap::CommandFactory>::command();
-                clap_complete::generate(shell, &mut command, "tunnel-cli", &mut std::io::stdout());
-                Ok(())
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, "tunnel-cli", &mut script);
+                written(std::io::Write::write_all(&mut std::io::stdout().lock(), &script))
             }
             args::Command::Man { subcommand } => man(subcommand.as_deref()),
         }
@@ -150,18 +172,11 @@ fn man(subcommand: Option<&str>) -> Result<(), Failure> {
             sub.name(title.clone()).bin_name(title)
         }
     };
-    match clap_mangen::Man::new(page).render(&mut std::io::stdout()) {
-        // `tunnel-cli man | head`: the reader left, nothing is wrong.
-        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Failure::runtime(format!("cannot write the manual page: {err}")))
-        }
-        _ => Ok(()),
-    }
+    written(clap_mangen::Man::new(page).render(&mut std::io::stdout()))
 }
 
 fn fingerprint(args: &args::FingerprintArgs) -> Result<(), Failure> {
     let fingerprint = tunnel_core::tls::fingerprint_of_pem_file(&args.cert)
         .map_err(|e| Failure::usage(tunnel_core::log::Chain(&e)))?;
-    say!("{fingerprint}");
-    Ok(())
+    written(emit!("{fingerprint}"))
 }

@@ -106,6 +106,22 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
     let mut missing = spawn(command(&["admin", "status", "--admin", &server.admin]));
     assert_eq!(missing.exit_code().await, 2, "no way to trust the server: {}", missing.output());
 
+    // A token that cannot be written (stdout on a full disk) is shown nowhere: a failure that
+    // says what to do, not a silent exit 0.
+    let mut lost = command(&["admin", "clients", "create", "lost"]);
+    lost.args(["--admin", &server.admin, "--fingerprint", &server.served.fingerprint]);
+    lost.env("TUNNEL_ADMIN_TOKEN", ADMIN_TOKEN);
+    lost.stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
+    let mut lost = lost.spawn().unwrap();
+    let mut said = String::new();
+    lost.stderr.take().unwrap().read_to_string(&mut said).await.unwrap();
+    let status = tokio::time::timeout(PATIENCE, lost.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("token for lost, but it could not be written") && said.contains("rotate it"),
+        "{said}"
+    );
+
     // A second created client, kept for the restart.
     let (code, out) = admin(&server, &["clients", "create", "kept"]).await;
     assert_eq!(code, 0, "{out}");

@@ -1,10 +1,12 @@
-//! Black-box tests of start-up hardening: settings refused before anything runs, and the
-//! open-file limit raised for the descriptors a busy tunnel holds.
+//! Black-box tests of process hardening: settings refused before anything runs, the open-file
+//! limit raised for the descriptors a busy tunnel holds, and outputs that go away.
 
 #[path = "support/process.rs"]
 mod process;
 
 use process::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
 
 const TOKEN: &str = "hardening-test-token-0b7e";
 
@@ -97,12 +99,13 @@ async fn both_commands_raise_the_soft_open_file_limit_to_the_hard_one() {
 }
 
 /// Whoever read the output may go away (`tunnel-cli connect | head`, a restarted journal
-/// whose socket was stderr): both processes go on serving without it, and exit as asked. Each
-/// used to panic at its next line: on stdout a route ready or a signal's note, on stderr the
-/// log subscriber's own report of the line it could not write.
+/// whose socket was stderr): both processes go on serving without it, and exit as asked. With
+/// stderr gone, each used to panic at its next log line (the log subscriber reported the line
+/// it could not write on that same stderr); with stdout alone gone, the client's printing of
+/// its routes panicked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_client_whose_output_readers_are_gone_serve_on_and_exit_0() {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, BufReader};
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_str().unwrap();
@@ -164,17 +167,54 @@ async fn server_and_client_whose_output_readers_are_gone_serve_on_and_exit_0() {
     drop((client.stdout.take(), client.stderr.take()));
 
     // The forward works: both sides logged the session, and the client printed its route.
+    let echoed = echo_through(&public, &mut client, &mut server).await;
+    assert_eq!(&echoed, b"still here");
+
+    // Stdout alone gone: the second client's route is printed into nothing, quietly.
+    let public = format!("127.0.0.1:{}", free_port());
+    let mut half_read = command(&[
+        "connect",
+        "--server",
+        &addr,
+        "--fingerprint",
+        &fingerprint,
+        "--token",
+        TOKEN,
+        "--name",
+        "half-read",
+        "-R",
+        &format!("{public}:{target_addr}"),
+    ])
+    .spawn()
+    .unwrap();
+    drop(half_read.stdout.take());
+    let mut stderr = half_read.stderr.take().unwrap();
+    // Its forward works: its route was printed (or failed to be) on the way.
+    assert_eq!(&echo_through(&public, &mut half_read, &mut server).await, b"still here");
+    terminate(&mut half_read, "client with stdout closed").await;
+    let mut logged = String::new();
+    stderr.read_to_string(&mut logged).await.unwrap();
+    assert!(!logged.contains("panicked"), "{logged}");
+
+    terminate(&mut client, "client").await;
+    terminate(&mut server, "server").await;
+    echo.abort();
+}
+
+/// Echoes a few bytes through the forward at `public`, trying again until it works, as long as
+/// both processes run.
+async fn echo_through(public: &str, client: &mut Child, server: &mut Child) -> [u8; 10] {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    let echoed = loop {
+    loop {
         let attempt = async {
-            let mut visitor = tokio::net::TcpStream::connect(&public).await?;
+            let mut visitor = tokio::net::TcpStream::connect(public).await?;
             visitor.write_all(b"still here").await?;
             let mut back = [0u8; 10];
             visitor.read_exact(&mut back).await?;
             std::io::Result::Ok(back)
         };
         match tokio::time::timeout(PATIENCE, attempt).await.unwrap() {
-            Ok(back) => break back,
+            Ok(back) => return back,
             Err(err) => {
                 assert!(tokio::time::Instant::now() < deadline, "the forward never worked: {err}");
                 assert!(client.try_wait().unwrap().is_none(), "the client exited");
@@ -182,14 +222,14 @@ async fn server_and_client_whose_output_readers_are_gone_serve_on_and_exit_0() {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
-    };
-    assert_eq!(&echoed, b"still here");
-    for (name, child) in [("client", &mut client), ("server", &mut server)] {
-        assert!(child.try_wait().unwrap().is_none(), "the {name} exited");
-        let pid = child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let status = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap().unwrap();
-        assert_eq!(status.code(), Some(0), "the {name} ended with {status:?}");
     }
-    echo.abort();
+}
+
+/// Sends SIGTERM to a running `child` and expects it to exit 0.
+async fn terminate(child: &mut Child, name: &str) {
+    assert!(child.try_wait().unwrap().is_none(), "the {name} exited");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "the {name} ended with {status:?}");
 }

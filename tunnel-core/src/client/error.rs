@@ -131,6 +131,7 @@ pub enum Interruption {
     #[error(transparent)]
     Connect(ConnectError),
     /// The server turned the connection away for now (it is full, or draining).
+    #[non_exhaustive]
     #[error("server refused the connection ({code}): {}", Escaped(.message))]
     Refused {
         /// Why.
@@ -145,6 +146,7 @@ pub enum Interruption {
     #[error("handshake failed")]
     Handshake(#[source] SessionError),
     /// No authenticated session within the handshake timeout.
+    #[non_exhaustive]
     #[error("no authenticated session with {server} within {timeout:?}")]
     TimedOut {
         /// The server dialed.
@@ -161,7 +163,10 @@ pub enum Interruption {
     /// An established session ended.
     #[error("session ended: {0}")]
     Ended(SessionEnd),
-    /// Both wires failed ([`crate::transport::Wire::Auto`]): each one's whole reason.
+    /// Both wires failed ([`crate::transport::Wire::Auto`]): each one's whole reason, in the
+    /// message. It has no [`std::error::Error::source`] (there are two): a program looks into
+    /// `first_failure` and `second_failure`.
+    #[non_exhaustive]
     #[error("over {first}: {}; over {second}: {}", crate::log::Chain(.first_failure.as_ref()), crate::log::Chain(.second_failure.as_ref()))]
     BothWires {
         /// The wire tried first.

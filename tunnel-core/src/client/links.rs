@@ -99,7 +99,10 @@ impl Client {
             match ended {
                 Ok(()) => {}
                 Err(err @ ClientError::GaveUp { .. }) if several && failed.is_none() => {
-                    tracing::warn!("giving up on one server: {}", Escaped(&err.to_string()));
+                    tracing::warn!(
+                        "giving up on one server: {}",
+                        Escaped(&crate::log::Chain(&err).to_string())
+                    );
                     gave_up = Some(err);
                 }
                 Err(err) => {

@@ -8,13 +8,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::directory::Recheck;
+use super::lanes::Joining;
 use super::routes::SessionRoutes;
 use super::{ServerConfig, Shared};
+use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{
     ControlMessage, GoodbyeCode, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION, MAX_CONNECTIONS,
 };
-use crate::session::{Session, SessionEnd};
+use crate::session::{ControlSender, Session, SessionEnd};
 use crate::task::OwnedTask;
 
 /// Runs the session of `client`, authenticated under `accepted_under`, until it ends.
@@ -59,30 +61,13 @@ pub(super) async fn run(
         listed.revoked.cancel();
     }
     drop(accepted_under);
-    // From protocol 7 more connections may join the session, until it ends.
-    let connections = shared.config().max_connections_per_session.min(MAX_CONNECTIONS);
-    let joining = (client.version >= LANES_VERSION && connections > 1)
-        .then(|| shared.joinable.open(&name, client.lane_key.clone(), opener.clone(), connections));
-    // Offered with the client's first message: until the client has read the server's first
-    // frame (a heartbeat) its control stream is not set up.
-    let mut offer = joining.as_ref().map(|joining| {
-        let connections = u8::try_from(connections).unwrap_or(u8::MAX);
-        ControlMessage::Lanes { session: joining.id, connections }
-    });
+    let (joining, mut offer) = open_lanes(&shared, &client, &opener);
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.
     let owned = CancellationToken::new();
     let streams = opener.clone();
     let mut routes =
         SessionRoutes::new(&shared, &client, registration.id, opener, owned.clone(), listed.listing.clone());
-    // Set once the server drains: no new visitors; the session ends when its streams have.
-    let mut draining = false;
-    // Set once the client drains (protocol 6 and later): no new visitors; the session ends,
-    // by the server, when its streams have.
-    let mut handing_over = false;
-    // A client's drain (protocol 6) lasts the time it asked for, within the server's drain
-    // time (30 s at least): a draining session counts for no replica, so one holding a stream
-    // open forever must not stay forever.
-    let mut client_drain_ends: Option<tokio::time::Instant> = None;
+    let mut drain = Drain::default();
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let ending = loop {
@@ -92,35 +77,16 @@ pub(super) async fn run(
                 if let Some(offer) = offer.take() {
                     let _ = control.send(offer).await;
                 }
-                if let ControlMessage::Draining { message, deadline_ms } = message {
-                    if routes.is_draining() {
-                        continue; // Said again: nothing more to do.
-                    }
-                    if client.version < DRAINING_VERSION {
-                        let reason = format!("Draining is not part of protocol version {}", client.version);
-                        control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
-                        finish(&mut driver, goodbye()).await;
-                        break Ending::Ended(SessionEnd::ProtocolError(reason));
-                    }
-                    // The client is leaving: no new visitors for it; those in progress go on.
-                    routes.stop_accepting(true).await;
-                    tracing::info!(client = %crate::log::Escaped(&name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
-                    if client.version >= HANDOVER_VERSION {
-                        // Said once nothing new can reach it: the client may close its idle
-                        // streams now; this side ends the session when its streams are done,
-                        // within the time the client asked for (and the server allows).
-                        handing_over = true;
-                        let _ = control.send(ControlMessage::NoNewVisitors).await;
-                        let asked = Duration::from_millis(deadline_ms.into());
-                        let most = shared.config().drain_timeout.max(crate::session::DEFAULT_DRAIN_TIMEOUT);
-                        let limit = asked.min(most).saturating_add(CLIENT_DRAIN_SLACK);
-                        client_drain_ends = tokio::time::Instant::now().checked_add(limit);
-                    }
-                    continue;
-                }
                 // The route awaits are boxed, here and below: each is rare and large, and
                 // room for it inline would be held by every session all its life.
-                if let Err(reason) = Box::pin(routes.handle(message, &control)).await {
+                let handled = match message {
+                    ControlMessage::Draining { message, deadline_ms } => {
+                        let asked = (message, deadline_ms);
+                        Box::pin(client_drains(&shared, &mut routes, &control, &client, peer, &mut drain, asked)).await
+                    }
+                    message => Box::pin(routes.handle(message, &control)).await,
+                };
+                if let Err(reason) = handled {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;
                     finish(&mut driver, goodbye()).await;
                     break Ending::Ended(SessionEnd::ProtocolError(reason));
@@ -140,7 +106,7 @@ pub(super) async fn run(
                 break Ending::Leave(GoodbyeCode::Revoked, "the server no longer accepts this client's token");
             }
             Some(stream) = incoming.next() => {
-                if draining || handing_over {
+                if drain.waits() {
                     // A visit the client begins now would be cut by the end of the drain.
                     drop(stream);
                     continue;
@@ -151,8 +117,8 @@ pub(super) async fn run(
                 };
                 routes.visitors().spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
             }
-            () = shared.draining.cancelled(), if !draining => {
-                draining = true;
+            () = shared.draining.cancelled(), if !drain.server => {
+                drain.server = true;
                 routes.stop_accepting(false).await;
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "session draining: no new visitors");
                 if client.version >= DRAINING_VERSION {
@@ -162,12 +128,12 @@ pub(super) async fn run(
                 }
             }
             // The control stream is the one left.
-            () = drained(&routes, &streams), if draining || handing_over => {
-                let why = if draining { "server shutting down" } else { "drained: the client's streams are done" };
+            () = drained(&routes, &streams), if drain.waits() => {
+                let why = if drain.server { "server shutting down" } else { "drained: the client's streams are done" };
                 control.close(GoodbyeCode::Shutdown, why).await;
                 break Ending::Ended(finish(&mut driver, goodbye()).await);
             }
-            () = until(client_drain_ends) => {
+            () = until(drain.client_ends) => {
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "client drain time ran out: cutting its streams");
                 control.close(GoodbyeCode::Shutdown, "the drain time ran out").await;
                 break Ending::Ended(finish(&mut driver, goodbye()).await);
@@ -203,6 +169,78 @@ pub(super) async fn run(
 async fn drained(routes: &SessionRoutes<'_>, streams: &crate::mux::StreamOpener) {
     routes.visitors().wait().await;
     streams.until_open_at_most(1).await;
+}
+
+/// From protocol 7 more connections may join the session, until it ends (the guard is
+/// dropped). The offer goes with the client's first message: until the client has read the
+/// server's first frame (a heartbeat) its control stream is not set up.
+fn open_lanes<'a>(
+    shared: &'a Shared,
+    client: &AuthenticatedClient,
+    opener: &StreamOpener,
+) -> (Option<Joining<'a>>, Option<ControlMessage>) {
+    let connections = shared.config().max_connections_per_session.min(MAX_CONNECTIONS);
+    if client.version < LANES_VERSION || connections < 2 {
+        return (None, None);
+    }
+    let joining = shared.joinable.open(&client.name, client.lane_key.clone(), opener.clone(), connections);
+    let connections = u8::try_from(connections).unwrap_or(u8::MAX);
+    let offer = ControlMessage::Lanes { session: joining.id, connections };
+    (Some(joining), Some(offer))
+}
+
+/// Where the session's drain stands.
+#[derive(Debug, Default)]
+struct Drain {
+    /// The server drains: no new visitors; the session ends when its streams have.
+    server: bool,
+    /// The client drains (protocol 6 and later): no new visitors; the session ends, by the
+    /// server, when its streams have.
+    handing_over: bool,
+    /// A client's drain (protocol 6) lasts the time it asked for, within the server's drain
+    /// time (30 s at least): a draining session counts for no replica, so one holding a stream
+    /// open forever must not stay forever.
+    client_ends: Option<tokio::time::Instant>,
+}
+
+impl Drain {
+    /// Whether the session takes no new visits and ends once its streams have.
+    fn waits(&self) -> bool {
+        self.server || self.handing_over
+    }
+}
+
+/// The client said it drains (`asked`: its reason and the time it asked for): no new visitors
+/// for it; those in progress go on. `Err`: draining is not part of the client's protocol.
+async fn client_drains(
+    shared: &Shared,
+    routes: &mut SessionRoutes<'_>,
+    control: &ControlSender,
+    client: &AuthenticatedClient,
+    peer: SocketAddr,
+    drain: &mut Drain,
+    (message, deadline_ms): (String, u32),
+) -> Result<(), String> {
+    if routes.is_draining() {
+        return Ok(()); // Said again: nothing more to do.
+    }
+    if client.version < DRAINING_VERSION {
+        return Err(format!("Draining is not part of protocol version {}", client.version));
+    }
+    routes.stop_accepting(true).await;
+    tracing::info!(client = %crate::log::Escaped(&client.name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
+    if client.version >= HANDOVER_VERSION {
+        // Said once nothing new can reach it: the client may close its idle streams now; this
+        // side ends the session when its streams are done, within the time the client asked
+        // for (and the server allows).
+        drain.handing_over = true;
+        let _ = control.send(ControlMessage::NoNewVisitors).await;
+        let asked = Duration::from_millis(deadline_ms.into());
+        let most = shared.config().drain_timeout.max(crate::session::DEFAULT_DRAIN_TIMEOUT);
+        let limit = asked.min(most).saturating_add(CLIENT_DRAIN_SLACK);
+        drain.client_ends = tokio::time::Instant::now().checked_add(limit);
+    }
+    Ok(())
 }
 
 /// Past the drain time a client asked for, before the server cuts its session: the client
