@@ -136,6 +136,7 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
             let Some((running, _target_procs)) = m.keep("start", started) else { continue };
             if round == 1 {
                 m.rss_idle = m.keep("idle memory", sides(&running, |u| u.rss));
+                m.rss_idle_anon = m.keep("idle memory", sides(&running, |u| u.rss_anon));
             }
             probe_round(&running, samples, m, &args);
             if round == args.repeat {

@@ -106,6 +106,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Resident set now, in bytes.
     pub rss: u64,
+    /// Of it, anonymous memory (heap, stacks): what is not the program's own file mapped in.
+    pub rss_anon: u64,
     /// Peak resident set, in bytes.
     pub peak_rss: u64,
 }
@@ -119,6 +121,7 @@ impl Usage {
         Ok(Self {
             cpu_seconds,
             rss: status_kib(&status, "VmRSS:").context("VmRSS in /proc/PID/status")? * 1024,
+            rss_anon: status_kib(&status, "RssAnon:").context("RssAnon in /proc/PID/status")? * 1024,
             peak_rss: status_kib(&status, "VmHWM:").context("VmHWM in /proc/PID/status")? * 1024,
         })
     }
@@ -130,6 +133,7 @@ impl Usage {
             Ok(Self {
                 cpu_seconds: sum.cpu_seconds + one.cpu_seconds,
                 rss: sum.rss + one.rss,
+                rss_anon: sum.rss_anon + one.rss_anon,
                 peak_rss: sum.peak_rss + one.peak_rss,
             })
         })
@@ -222,8 +226,9 @@ mod tests {
 
     #[test]
     fn memory_lines_are_read_in_kib() {
-        let status = "Name:\tx\nVmHWM:\t   2048 kB\nVmRSS:\t    1024 kB\n";
+        let status = "Name:\tx\nVmHWM:\t   2048 kB\nVmRSS:\t    1024 kB\nRssAnon:\t     512 kB\n";
         assert_eq!(status_kib(status, "VmRSS:"), Some(1024));
+        assert_eq!(status_kib(status, "RssAnon:"), Some(512));
         assert_eq!(status_kib(status, "VmHWM:"), Some(2048));
         assert_eq!(status_kib(status, "VmSwap:"), None);
     }

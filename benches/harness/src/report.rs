@@ -30,6 +30,8 @@ pub struct Measured {
     /// `wrk -c 16` on nginx: requests per second.
     pub nginx: Option<f64>,
     pub rss_idle: Option<Sides>,
+    /// The anonymous part of `rss_idle`.
+    pub rss_idle_anon: Option<Sides>,
     pub rss_load: Option<Sides>,
     pub rss_streams: Option<Sides>,
     /// Connections held open for `rss_streams`.
@@ -50,6 +52,7 @@ impl Measured {
             redis_get: None,
             nginx: None,
             rss_idle: None,
+            rss_idle_anon: None,
             rss_load: None,
             rss_streams: None,
             streams: 0,
@@ -120,15 +123,16 @@ fn absolute_tables(results: &[Measured]) -> String {
         );
     }
     out.push_str(
-        "\n| subject | RSS idle, server / client | RSS peak under load | RSS with N idle connections (N) |\n\
-         |---|---|---|---|\n",
+        "\n| subject | RSS idle, server / client | of which anonymous | RSS peak under load | RSS with N idle connections (N) |\n\
+         |---|---|---|---|---|\n",
     );
     for m in results.iter().filter(|m| m.subject != Subject::Direct) {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             m.subject.label(),
             or_failed(m.rss_idle.map(sides)),
+            or_failed(m.rss_idle_anon.map(sides)),
             or_failed(m.rss_load.map(sides)),
             or_failed(m.rss_streams.map(|s| format!("{} ({})", sides(s), m.streams))),
         );
