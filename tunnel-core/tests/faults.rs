@@ -42,6 +42,29 @@ async fn client_reconnects_after_a_server_restart_and_its_forward_works_again() 
     server.stop().await;
 }
 
+/// Something else answers at the server's address for a while (a load balancer's error page,
+/// a captive portal): the client keeps trying and joins the server once it is back, instead
+/// of stopping for good as it does for a certificate it does not trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_address_that_answers_http_is_retried_until_the_server_is_back() {
+    let (config, fingerprint, dir) = server_config_with(|_| {});
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spare = listener.into_std().unwrap();
+    let imposter = TcpListener::from_std(spare.try_clone().unwrap()).unwrap();
+    let echo = echo_target().await;
+    let mut client =
+        start_client(client_config_for(addr, fingerprint, "patient", TOKEN, &[&format!("0:{echo}")]));
+    for _ in 0..3 {
+        let (mut tcp, _) = tokio::time::timeout(PATIENCE, imposter.accept()).await.unwrap().unwrap();
+        let _ = tcp.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+    }
+    drop(imposter);
+    let _server = serve_on(TcpListener::from_std(spare).unwrap(), config, fingerprint, dir);
+    let public = client.connected().await[0].public_addr;
+    assert_eq!(round_trip(public, b"joined").await.unwrap(), b"joined");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_client_closes_its_ports_and_its_open_visitors_see_eof_or_reset() {
     let server = start_server(|_| {}).await;

@@ -224,7 +224,10 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
     }
 }
 
-/// The permanent failure a TLS error is, if it is one (`None`: the handshake was cut).
+/// The permanent failure a TLS error is, if it is one: a certificate we do not trust, a
+/// plaintext server (its alert), no version or cipher in common. Anything else (`None`) is
+/// the link's: a handshake cut, or bytes that are not TLS at all, which is what a load
+/// balancer's error page or a captive portal sends while the server is away.
 fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
     let tls = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())?;
     Some(match tls {
@@ -245,7 +248,8 @@ fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
             ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }
         }
         rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::NotTls,
-        other => ClientError::Tls(other.clone()),
+        rustls::Error::PeerIncompatible(_) => ClientError::Tls(tls.clone()),
+        _ => return None,
     })
 }
 
@@ -278,5 +282,31 @@ pub(super) fn classify_end(end: SessionEnd) -> Failure {
             ClientError::Revoked { message }.into()
         }
         other => Failure::Transient(Interruption::Ended(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(tls: rustls::Error) -> Failure {
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        classify_connect(ConnectError::Tls { peer: "server.test:443".into(), source })
+    }
+
+    #[test]
+    fn tls_failures_of_trust_or_setup_are_permanent_and_bytes_that_are_not_tls_are_retried() {
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(matches!(classify(untrusted), Failure::Permanent(ClientError::ServerCertificate { .. })));
+        let plaintext = rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion);
+        assert!(matches!(classify(plaintext), Failure::Permanent(ClientError::NotTls)));
+        let nothing_in_common =
+            rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon);
+        assert!(matches!(classify(nothing_in_common), Failure::Permanent(ClientError::Tls(_))));
+        // An HTTP error page where the server was, a cut or garbled handshake: the link's.
+        let garbage = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert!(matches!(classify(garbage), Failure::Transient(Interruption::Connect(_))));
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::InternalError);
+        assert!(matches!(classify(alert), Failure::Transient(_)));
     }
 }
