@@ -270,6 +270,24 @@ impl ServerFile {
         if let Some(token) = &shared_token {
             credentials = credentials.with_shared(token.clone());
         }
+        // A client's own token names it: one that is also the shared token or another client's
+        // would let those holders connect under that name, with its grants.
+        for (i, (name, token)) in client_tokens.iter().enumerate() {
+            if shared_token.as_ref().is_some_and(|shared| shared.same_secret(token)) {
+                return Err(invalid(
+                    "clients.token",
+                    format!("client {name:?} has the shared token; give it one of its own"),
+                ));
+            }
+            if let Some((other, _)) =
+                client_tokens[..i].iter().find(|(_, earlier)| earlier.same_secret(token))
+            {
+                return Err(invalid(
+                    "clients.token",
+                    format!("clients {other:?} and {name:?} have the same token"),
+                ));
+            }
+        }
         let own = match self.tls_choice()? {
             TlsChoice::Plaintext => None,
             TlsChoice::Files(cert, key) => Some(ServerIdentity::from_pem_files(cert, key)?),

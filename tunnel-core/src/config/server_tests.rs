@@ -214,6 +214,16 @@ fn invalid_values_name_their_key() {
              [[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"",
             "invalid `admin_token`: is the token of client \"a\"",
         ),
+        // A client's own token must name it alone.
+        (
+            "[[clients]]\nname = \"prod-db\"\ntoken = \"config-test-token-0123\"",
+            "invalid `clients.token`: client \"prod-db\" has the shared token",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\n\
+             [[clients]]\nname = \"b\"\ntoken = \"client-a-token-0123\"",
+            "invalid `clients.token`: clients \"a\" and \"b\" have the same token",
+        ),
     ];
     for (extra, needle) in cases {
         let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().chain();

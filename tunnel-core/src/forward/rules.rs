@@ -49,6 +49,17 @@ impl fmt::Display for Glob {
 }
 
 impl Glob {
+    /// [`Self::matches`] for a host name, which has no case: `App.Example.COM` allows
+    /// `app.example.com`.
+    pub fn matches_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        if self.0.bytes().any(|b| b.is_ascii_uppercase()) {
+            Self(self.0.to_ascii_lowercase()).matches(&host)
+        } else {
+            self.matches(&host)
+        }
+    }
+
     /// True if `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
         let (p, t) = (self.0.as_bytes(), text.as_bytes());
@@ -343,6 +354,16 @@ mod tests {
             assert_eq!(pattern.parse::<Glob>().unwrap().matches(text), expected, "{pattern} vs {text}");
         }
         assert!("a b".parse::<Glob>().is_err());
+    }
+
+    #[test]
+    fn host_globs_have_no_case_where_other_names_do() {
+        let glob: Glob = "App.*.COM".parse().unwrap();
+        assert!(glob.matches_host("app.example.com"));
+        assert!(glob.matches_host("APP.example.com"));
+        assert!(!glob.matches_host("app.example.org"));
+        // Service and client names keep their case.
+        assert!(!glob.matches("app.example.com"));
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl<'a> ClientRules<'a> {
             (None, CredentialKind::Shared) => &self.policy.allow_hosts,
             (None, CredentialKind::PerClient) => return false,
         };
-        globs.iter().any(|g| g.matches(host.as_str()))
+        globs.iter().any(|g| g.matches_host(host.as_str()))
     }
 
     /// May it route `net` (offer egress into it)? Only inside a network its `allow_networks`
