@@ -140,12 +140,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Libraries whose logs are kept to errors unless `RUST_LOG` names them.
+const QUIET_LIBRARIES: [&str; 2] = ["rustls", "h2"];
+
 /// Logs go to stderr (stdout carries the addresses and commands users and scripts read),
 /// filtered by `RUST_LOG` (default `info`), as text or as one JSON object per line. Neither
 /// output going away stops the process.
 fn init_logging(format: args::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The TLS and HTTP/2 libraries warn once per connection about what a stranger sent (an
+    // illegal server name, a stream reset): lines anyone could write to our disk. Our own
+    // reports of failed handshakes are rate-limited; theirs are kept to errors unless asked for.
+    for library in QUIET_LIBRARIES {
+        if !asked.contains(library) {
+            if let Ok(directive) = format!("{library}=error").parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
     // A log line that cannot be written is dropped: the subscriber's own report of it would
     // panic on the same closed stderr.
     let logs = tracing_subscriber::fmt()

@@ -233,3 +233,55 @@ async fn terminate(child: &mut Child, name: &str) {
     let status = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0), "the {name} ended with {status:?}");
 }
+
+/// A TLS 1.3 ClientHello naming `host` (sent as is, however illegal).
+fn client_hello(host: &[u8]) -> Vec<u8> {
+    let mut sni = vec![0];
+    sni.extend((host.len() as u16).to_be_bytes());
+    sni.extend(host);
+    let mut sni_list = (sni.len() as u16).to_be_bytes().to_vec();
+    sni_list.extend(sni);
+    let mut extensions = vec![0, 0];
+    extensions.extend((sni_list.len() as u16).to_be_bytes());
+    extensions.extend(sni_list);
+    // supported_versions: TLS 1.3.
+    extensions.extend([0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+    let mut body = vec![0x03, 0x03];
+    body.extend([7u8; 32]); // random
+    body.push(0); // no session id
+    body.extend([0x00, 0x02, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    body.extend([0x01, 0x00]); // no compression
+    body.extend((extensions.len() as u16).to_be_bytes());
+    body.extend(extensions);
+    let mut handshake = vec![0x01, 0];
+    handshake.extend((body.len() as u16).to_be_bytes());
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// A stranger's TLS hellos cannot write a log line each: the TLS library's warning about an
+/// illegal server name (16 KB of it per line) used to reach the log once per connection, past
+/// the rate limit on our own reports of failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_with_an_illegal_server_name_do_not_write_a_log_line_each() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    // As an operator would run it, with the level spelled out.
+    let mut served = serve(dir.path(), &["--token", TOKEN], &[("RUST_LOG", "info")]).await;
+    let hello = client_hello(&[b'a'; 300]);
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(&served.addr).await.unwrap();
+        tcp.write_all(&hello).await.unwrap();
+        // The server answers with an alert, or closes: either way it read the hello.
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer)).await.unwrap();
+    }
+    assert_eq!(served.cli.terminate().await, 0);
+    let output = served.cli.output();
+    let lines = output.lines().filter(|line| line.contains("aaaaaaaaaaaaaaaa")).count();
+    assert_eq!(lines, 0, "{output}");
+}
