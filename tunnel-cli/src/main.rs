@@ -140,7 +140,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Libraries whose logs are kept to errors unless `RUST_LOG` names them.
+/// Libraries whose logs are kept to errors unless `RUST_LOG` names them or asks for `debug` or
+/// `trace`.
 const QUIET_LIBRARIES: [&str; 2] = ["rustls", "h2"];
 
 /// Logs go to stderr (stdout carries the addresses and commands users and scripts read),
@@ -152,9 +153,11 @@ fn init_logging(format: args::LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The TLS and HTTP/2 libraries warn once per connection about what a stranger sent (an
     // illegal server name, a stream reset): lines anyone could write to our disk. Our own
-    // reports of failed handshakes are rate-limited; theirs are kept to errors unless asked for.
+    // reports of failed handshakes are rate-limited; theirs are kept to errors unless asked
+    // for, by name or by debugging everything.
+    let debugging = asked.contains("debug") || asked.contains("trace");
     for library in QUIET_LIBRARIES {
-        if !asked.contains(library) {
+        if !debugging && !asked.contains(library) {
             if let Ok(directive) = format!("{library}=error").parse() {
                 filter = filter.add_directive(directive);
             }
