@@ -79,17 +79,17 @@ pub(super) async fn handle(
             Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
         };
     if let Some(requests) = HttpStream::of(&header, &routes.current()) {
-        return until(&owned, serve_http(stream, requests, routes, origins, draining)).await;
+        return until(&owned, Box::pin(serve_http(stream, requests, routes, origins, draining))).await;
     }
     let routes = routes.current();
     match header {
         StreamHeader::NetworkVisit { route_id, target, from, visitor } => {
             let net = routes.networks.get(&route_id).copied();
-            until(&owned, visit_network(stream, net, target, &from, visitor)).await;
+            until(&owned, Box::pin(visit_network(stream, net, target, &from, visitor))).await;
         }
         StreamHeader::NetworkDatagrams { route_id, target, from, visitor } => {
             let net = routes.networks.get(&route_id).copied();
-            until(&owned, datagrams::visit_network(stream, net, target, &from, visitor)).await;
+            until(&owned, Box::pin(datagrams::visit_network(stream, net, target, &from, visitor))).await;
         }
         StreamHeader::Route { route_id, visitor, local } => match routes.forwards.get(&route_id) {
             Some(forward) => visit_forward(stream, route_id, forward, visitor, local, &owned).await,
@@ -111,7 +111,10 @@ pub(super) async fn handle(
     }
 }
 
-/// Runs `work` until it ends or the session that owns the stream is cut.
+/// Runs `work` until it ends or the session that owns the stream is cut. The kinds of stream
+/// other than a TCP forward's come boxed: a task is as large as its largest branch, and every
+/// idle visitor of a forward would otherwise hold the room of an HTTP connection (8.5 KB per
+/// stream where 2.4 KB do).
 async fn until(owned: &CancellationToken, work: impl std::future::Future<Output = ()>) {
     tokio::select! {
         () = work => {}
@@ -147,7 +150,7 @@ async fn visit_forward(
         };
         // As the server's end has it.
         let idle = Duration::from_secs(crate::udp::flow_idle_secs(*idle_timeout).into());
-        return until(owned, datagrams::forward(stream, target, visitor, idle, first, &via)).await;
+        return until(owned, Box::pin(datagrams::forward(stream, target, visitor, idle, first, &via))).await;
     }
     let proxy_header = match proxy_protocol.map(|version| version.header(visitor, local)) {
         Some(Err(err)) => {
