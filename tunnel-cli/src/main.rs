@@ -140,8 +140,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Libraries whose logs are kept to errors unless `RUST_LOG` names them or asks for `debug` or
-/// `trace`.
+/// Libraries whose logs are kept to errors unless `RUST_LOG` names them (`rustls=warn`) or
+/// asks for `debug` or `trace` everywhere (`tunnel_core=debug` does not).
 const QUIET_LIBRARIES: [&str; 2] = ["rustls", "h2"];
 
 /// Logs go to stderr (stdout carries the addresses and commands users and scripts read),
@@ -155,9 +155,17 @@ fn init_logging(format: args::LogFormat) {
     // illegal server name, a stream reset): lines anyone could write to our disk. Our own
     // reports of failed handshakes are rate-limited; theirs are kept to errors unless asked
     // for, by name or by debugging everything.
-    let debugging = asked.contains("debug") || asked.contains("trace");
+    let directives: Vec<&str> = asked.split(',').map(str::trim).collect();
+    let debugging =
+        directives.iter().any(|d| d.eq_ignore_ascii_case("debug") || d.eq_ignore_ascii_case("trace"));
+    let names = |library: &str| {
+        directives.iter().any(|d| {
+            let target = d.split(['=', '[']).next().unwrap_or_default();
+            target == library || target.strip_prefix(library).is_some_and(|rest| rest.starts_with("::"))
+        })
+    };
     for library in QUIET_LIBRARIES {
-        if !debugging && !asked.contains(library) {
+        if !debugging && !names(library) {
             if let Ok(directive) = format!("{library}=error").parse() {
                 filter = filter.add_directive(directive);
             }

@@ -224,10 +224,12 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
     }
 }
 
-/// The permanent failure a TLS error is, if it is one: a certificate we do not trust, a
-/// plaintext server (its alert), no version or cipher in common. Anything else (`None`) is
-/// the link's: a handshake cut, or bytes that are not TLS at all, which is what a load
-/// balancer's error page or a captive portal sends while the server is away.
+/// The permanent failure a TLS error is, if it is one: a certificate we do not trust, or an
+/// alert from the server (a plaintext server's, no version, cipher or protocol in common, a
+/// name it has no certificate for), which a retry would only meet again; an internal error is
+/// the one alert that may pass. Anything else (`None`) is the link's: a handshake cut, or bytes
+/// that are not TLS at all, which is what a load balancer's error page or a captive portal
+/// sends while the server is away.
 fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
     let tls = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())?;
     Some(match tls {
@@ -248,7 +250,8 @@ fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
             ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }
         }
         rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::NotTls,
-        rustls::Error::PeerIncompatible(_) => ClientError::Tls(tls.clone()),
+        rustls::Error::AlertReceived(rustls::AlertDescription::InternalError) => return None,
+        rustls::Error::AlertReceived(_) | rustls::Error::PeerIncompatible(_) => ClientError::Tls(tls.clone()),
         _ => return None,
     })
 }
@@ -308,5 +311,14 @@ mod tests {
         assert!(matches!(classify(garbage), Failure::Transient(Interruption::Connect(_))));
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::InternalError);
         assert!(matches!(classify(alert), Failure::Transient(_)));
+        // What a server says of our settings: no cipher or group, no protocol, no such name.
+        for alert in [
+            rustls::AlertDescription::HandshakeFailure,
+            rustls::AlertDescription::NoApplicationProtocol,
+            rustls::AlertDescription::UnrecognisedName,
+        ] {
+            let alert = rustls::Error::AlertReceived(alert);
+            assert!(matches!(classify(alert), Failure::Permanent(ClientError::Tls(_))));
+        }
     }
 }

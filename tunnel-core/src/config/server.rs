@@ -272,16 +272,15 @@ impl ServerFile {
         }
         // A client's own token names it: one that is also the shared token or another client's
         // would let those holders connect under that name, with its grants.
-        for (i, (name, token)) in client_tokens.iter().enumerate() {
+        let mut holders = std::collections::HashMap::with_capacity(client_tokens.len());
+        for (name, token) in &client_tokens {
             if shared_token.as_ref().is_some_and(|shared| shared.same_secret(token)) {
                 return Err(invalid(
                     "clients.token",
                     format!("client {name:?} has the shared token; give it one of its own"),
                 ));
             }
-            if let Some((other, _)) =
-                client_tokens[..i].iter().find(|(_, earlier)| earlier.same_secret(token))
-            {
+            if let Some(other) = holders.insert(token.as_bytes(), *name) {
                 return Err(invalid(
                     "clients.token",
                     format!("clients {other:?} and {name:?} have the same token"),
