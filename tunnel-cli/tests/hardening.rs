@@ -148,22 +148,26 @@ async fn server_and_client_whose_output_readers_are_gone_serve_on_and_exit_0() {
     });
     let public = format!("127.0.0.1:{}", free_port());
     let (addr, fingerprint) = (addr.unwrap(), fingerprint.unwrap());
-    let mut client = command(&[
-        "connect",
-        "--server",
-        &addr,
-        "--fingerprint",
-        &fingerprint,
-        "--token",
-        TOKEN,
-        "--name",
-        "unread",
-        "-R",
-        &format!("{public}:{target_addr}"),
-    ])
-    .env("RUST_LOG", "debug")
-    .spawn()
-    .unwrap();
+    // A client named `name` forwarding `public` to the echo target.
+    let connect_as = |name: &str, public: &str| {
+        let forward = format!("{public}:{target_addr}");
+        let args = [
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fingerprint,
+            "--token",
+            TOKEN,
+            "--name",
+            name,
+            "-R",
+            &forward,
+        ];
+        let mut cmd = command(&["connect"]);
+        cmd.args(args);
+        cmd
+    };
+    let mut client = connect_as("unread", &public).env("RUST_LOG", "debug").spawn().unwrap();
     drop((client.stdout.take(), client.stderr.take()));
 
     // The forward works: both sides logged the session, and the client printed its route.
@@ -172,21 +176,7 @@ async fn server_and_client_whose_output_readers_are_gone_serve_on_and_exit_0() {
 
     // Stdout alone gone: the second client's route is printed into nothing, quietly.
     let public = format!("127.0.0.1:{}", free_port());
-    let mut half_read = command(&[
-        "connect",
-        "--server",
-        &addr,
-        "--fingerprint",
-        &fingerprint,
-        "--token",
-        TOKEN,
-        "--name",
-        "half-read",
-        "-R",
-        &format!("{public}:{target_addr}"),
-    ])
-    .spawn()
-    .unwrap();
+    let mut half_read = connect_as("half-read", &public).spawn().unwrap();
     drop(half_read.stdout.take());
     let mut stderr = half_read.stderr.take().unwrap();
     // Its forward works: its route was printed (or failed to be) on the way.
