@@ -138,6 +138,66 @@ async fn a_killed_server_loses_only_its_visitors_and_is_rejoined_within_five_sec
     drop(a);
 }
 
+/// Three servers: B refuses the client's token (it has not learnt it yet, as in the middle of a
+/// rotation rolled out server by server) and C shows a certificate the client does not trust
+/// (someone else answering at that address). Each of their links stops alone; A serves on and
+/// is rejoined after a restart, and B, tried again, serves once it has the token. Once A and B
+/// refuse, every link has stopped and the client ends with exit 1, naming a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_the_token_stops_alone_and_the_client_ends_when_every_server_has() {
+    let (dir_a, dir_b, dir_c) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let listen_a = format!("127.0.0.1:{}", free_port());
+    let echo = echo_target().await.to_string();
+    const ROTATED: &str = "servers-test-rotated-token-51f0";
+    let (old_args, new_args) =
+        (["--token", TOKEN, "--allow-targets", &echo], ["--token", ROTATED, "--allow-targets", &echo]);
+    let mut a = serve_at(dir_a.path(), &listen_a, &old_args, &[]).await;
+    let mut b = serve(dir_b.path(), &new_args, &[]).await;
+    let c = serve(dir_c.path(), &old_args, &[]).await;
+    let forward = format!("0:{echo}");
+    let servers = ["--server", &a.addr, "--server", &b.addr, "--server", &c.addr];
+    let trust = ["--fingerprint", &a.fingerprint, "--fingerprint", &b.fingerprint];
+    let rest = ["--token", TOKEN, "--name", "rotating", "-R", &forward];
+    let mut client = spawn(command(&[&["connect"][..], &servers, &trust, &rest].concat()));
+    let ready = client.line_after("remote forward ready: ").await;
+    client.output_contains("authentication failed").await;
+    client.output_contains("server certificate rejected").await;
+    let public: SocketAddr = ready.split(" -> ").next().unwrap().parse().unwrap();
+    request(public).await.unwrap();
+
+    // A restarts with the old token: the client, still running, is back on it.
+    a.cli.kill_hard().await;
+    let mut a = serve_at(dir_a.path(), &listen_a, &old_args, &[]).await;
+    let back = client.lines_after("remote forward ready: ", 2).await;
+    request(back[1].split(" -> ").next().unwrap().parse().unwrap()).await.unwrap();
+
+    // B learns the client's token: its stopped link is tried again, and serves.
+    b.cli.kill_hard().await;
+    let mut b = serve_at(dir_b.path(), &b.addr, &old_args, &[]).await;
+    let on_b = client.lines_after("remote forward ready: ", 3).await;
+    request(on_b[2].split(" -> ").next().unwrap().parse().unwrap()).await.unwrap();
+
+    // A and B restart with a token the client does not have: now no server takes it.
+    a.cli.kill_hard().await;
+    b.cli.kill_hard().await;
+    let _a = serve_at(dir_a.path(), &listen_a, &new_args, &[]).await;
+    let _b = serve_at(dir_b.path(), &b.addr, &new_args, &[]).await;
+    assert_eq!(client.exit_code().await, 1, "{}", client.output());
+    let output = client.output();
+    let last = output
+        .lines()
+        .filter_map(|line| line.strip_prefix("[stderr] "))
+        .rfind(|line| line.starts_with("error: "));
+    let last = last.unwrap_or_default();
+    assert!(
+        last.starts_with("error: authentication failed")
+            || last.starts_with("error: server certificate rejected"),
+        "{output}"
+    );
+    drop(c);
+}
+
 /// A network namespace whose `/etc/hosts` (bind-mounted by `ip netns exec` from
 /// `/etc/netns/NAME/hosts`) names `tunnel.test` at 127.0.0.1 and 127.0.0.2; deleted on drop.
 struct HostsNamespace(String);

@@ -57,6 +57,26 @@ async fn requests_reach_the_client_owning_their_host_and_path_on_one_keep_alive_
     edge.server.stop().await;
 }
 
+/// A visitor whose chunked body is malformed gets a 400, its fault, not a 502 charged to the
+/// client (a stranger could otherwise make any client look broken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_body_is_answered_400_not_502() {
+    let edge = edge(|_| {}).await;
+    let a = origin("A").await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
+    client.connected().await;
+    let mut visitor = TcpStream::connect(edge.http).await.unwrap();
+    let head = "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    visitor.write_all(format!("{head}5\r\nhello\r\nFFFFFFFFFFFFFFFFF1\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), visitor.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
     let edge = edge(|config| config.http.fallback = StatusCode::IM_A_TEAPOT).await;

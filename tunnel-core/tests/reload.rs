@@ -81,6 +81,39 @@ async fn a_rotated_token_ends_only_its_session_and_the_listing_shows_who_is_up()
     server.stop().await;
 }
 
+/// Lowering `max_replicas` takes effect on the sessions already up: the oldest of a name's
+/// replicas close, told why, until the name has as many as now allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_replicas_close_the_oldest_sessions_of_the_name() {
+    let server = start_server(|c| c.policy.max_replicas = 3).await;
+    let target = echo_target().await;
+    let spec = format!("0:{target}");
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let mut replica = start_client(server.client_config("web", &[&spec]));
+        replica.connected().await;
+        replicas.push(replica);
+    }
+    assert_eq!(server.server.sessions().len(), 3);
+
+    let mut config = server.server.config().as_ref().clone();
+    config.policy.max_replicas = 1;
+    let report = server.server.reload(config).await;
+    assert_eq!(report.trimmed, ["web"], "{report:?}");
+    assert!(report.ended.is_empty(), "{report:?}");
+    let newest = replicas.pop().unwrap();
+    for older in replicas {
+        match older.failure().await {
+            ClientError::Replaced(why) => assert!(why.contains("fewer sessions"), "{why}"),
+            other => panic!("expected Replaced, got {other:?}"),
+        }
+    }
+    eventually("one session of the name left", || async { server.server.sessions().len() == 1 }).await;
+    assert!(matches!(*newest.status.borrow(), ClientStatus::Connected { .. }), "the newest stays");
+    newest.stop().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() {
     // Outside the narrow range, which must leave it out (ranges a server picks from lie below

@@ -224,7 +224,8 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
     }
 }
 
-/// The permanent failure a TLS error is, if it is one: a certificate we do not trust, or an
+/// The permanent failure a TLS error is, if it is one: a certificate we do not trust (one
+/// merely out of its validity period is retried), or an
 /// alert from the server (a plaintext server's, no version, cipher or protocol in common, a
 /// name it has no certificate for), which a retry would only meet again; an internal error is
 /// the one alert that may pass. Anything else (`None`) is the link's: a handshake cut, or bytes
@@ -245,6 +246,14 @@ fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
             };
             ClientError::ServerCertificate { hint, source }
         }
+        // Out of its validity period: a renewal late on the server, or a clock off on either
+        // side. Both get fixed without the client, which then comes back by itself.
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired
+            | rustls::CertificateError::ExpiredContext { .. }
+            | rustls::CertificateError::NotValidYet
+            | rustls::CertificateError::NotValidYetContext { .. },
+        ) => return None,
         rustls::Error::InvalidCertificate(_) => {
             let hint = "check the CA, or pin the server's fingerprint";
             ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }
@@ -298,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_failures_of_trust_or_setup_are_permanent_and_bytes_that_are_not_tls_are_retried() {
+    fn tls_failures_of_trust_or_setup_are_permanent_and_dates_and_bytes_that_are_not_tls_are_retried() {
         let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         assert!(matches!(classify(untrusted), Failure::Permanent(ClientError::ServerCertificate { .. })));
         let plaintext = rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion);
@@ -311,6 +320,12 @@ mod tests {
         assert!(matches!(classify(garbage), Failure::Transient(Interruption::Connect(_))));
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::InternalError);
         assert!(matches!(classify(alert), Failure::Transient(_)));
+        // A certificate from a trusted CA, out of date: the server's renewal is late, or a
+        // clock is off; either is fixed without the client, which must still be trying then.
+        for dated in [rustls::CertificateError::Expired, rustls::CertificateError::NotValidYet] {
+            let dated = rustls::Error::InvalidCertificate(dated);
+            assert!(matches!(classify(dated), Failure::Transient(Interruption::Connect(_))));
+        }
         // What a server says of our settings: no cipher or group, no protocol, no such name.
         for alert in [
             rustls::AlertDescription::HandshakeFailure,

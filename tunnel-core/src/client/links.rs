@@ -2,7 +2,8 @@
 //! with its own backoff), and the client's status is derived from theirs.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,11 @@ use crate::log::Escaped;
 use crate::mux::StreamOpener;
 use crate::proto::RouteId;
 use crate::transport::ClientTransport;
+
+/// With several servers, a link stopped by a permanent failure is tried again after this, the
+/// wait doubling with each such failure in a row up to [`STOPPED_RETRY_MOST`].
+const STOPPED_RETRY: Duration = Duration::from_secs(5);
+const STOPPED_RETRY_MOST: Duration = Duration::from_secs(60);
 
 /// One server the client keeps a session with.
 #[derive(Debug)]
@@ -66,8 +72,11 @@ impl Client {
     pub(super) fn set_status(&self, link: &Link, status: ClientStatus) {
         link.status.send_replace(status);
         let statuses: Vec<_> = self.links.iter().map(|l| l.status.borrow().clone()).collect();
-        let whole =
-            statuses.iter().find(|s| matches!(s, ClientStatus::Connected { .. })).unwrap_or(&statuses[0]);
+        let whole = statuses
+            .iter()
+            .find(|s| matches!(s, ClientStatus::Connected { .. }))
+            .or_else(|| statuses.iter().find(|s| !matches!(s, ClientStatus::Stopped { .. })))
+            .unwrap_or(&statuses[0]);
         self.status.send_if_modified(|now| {
             let changed = now != whole;
             if changed {
@@ -77,45 +86,71 @@ impl Client {
         });
     }
 
-    /// Runs a link per server until `stop`. A permanent failure with one server (a refused
-    /// token, a certificate no pin matches) drains the others and ends the client with it; with
-    /// several servers, one given up on (`reconnect.max_attempts`) stops alone, and the client
-    /// ends when every server has been given up on.
+    /// Runs a link per server until `stop`. With one server, a permanent failure (a refused
+    /// token, a certificate no pin matches) or giving up (`reconnect.max_attempts`) ends the
+    /// client. With several, either stops that server's link alone ([`ClientStatus::Stopped`])
+    /// while the others serve on: a server of the deployment that has not yet learnt a rotated
+    /// token, or someone else answering at one of its addresses, does not take the rest down.
+    /// A link stopped by a permanent failure is tried again after [`STOPPED_RETRY`] (doubling
+    /// up to [`STOPPED_RETRY_MOST`]), so it comes back once its server is fixed; one given up on
+    /// stays stopped. The client ends when every link is stopped at once, with the first
+    /// permanent failure (else the last giving up).
     pub(super) async fn run_links(
         &self,
         stop: CancellationToken,
         sessions: &[watch::Sender<Option<StreamOpener>>],
     ) -> Result<(), ClientError> {
         use futures::StreamExt;
-        let several = self.links.len() > 1;
-        let mut running: futures::stream::FuturesUnordered<_> = self
-            .links
-            .iter()
-            .zip(sessions)
-            .map(|(link, tx)| self.run_until(link, stop.clone(), tx))
-            .collect();
-        let (mut failed, mut gave_up) = (None, None);
-        while let Some(ended) = running.next().await {
-            match ended {
-                Ok(()) => {}
-                Err(err @ ClientError::GaveUp { .. }) if several && failed.is_none() => {
-                    tracing::warn!(
-                        "giving up on one server: {}",
-                        Escaped(&crate::log::Chain(&err).to_string())
-                    );
-                    gave_up = Some(err);
-                }
-                Err(err) => {
-                    if failed.is_none() {
-                        stop.cancel();
-                        failed = Some(err);
+        if let ([link], [session]) = (&self.links[..], sessions) {
+            return self.run_until(link, stop, session).await;
+        }
+        // Links stopped now: waiting to be tried again, or given up on.
+        let stopped = AtomicUsize::new(0);
+        let attempt = |index: usize, wait: Duration| {
+            let (link, session, stop, stopped) =
+                (&self.links[index], &sessions[index], stop.clone(), &stopped);
+            async move {
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = stop.cancelled() => return (index, Ok(()), Duration::ZERO),
+                        () = tokio::time::sleep(wait) => {}
                     }
+                    stopped.fetch_sub(1, Ordering::Relaxed);
                 }
+                let began = tokio::time::Instant::now();
+                (index, self.run_until(link, stop, session).await, began.elapsed())
+            }
+        };
+        let mut running: futures::stream::FuturesUnordered<_> =
+            (0..self.links.len()).map(|index| attempt(index, Duration::ZERO)).collect();
+        let mut waits = vec![STOPPED_RETRY; self.links.len()];
+        let mut ended: Option<ClientError> = None;
+        while let Some((index, outcome, lasted)) = running.next().await {
+            let Err(err) = outcome else { continue };
+            let link = &self.links[index];
+            let error = crate::log::Chain(&err).to_string();
+            stopped.fetch_add(1, Ordering::Relaxed);
+            if matches!(err, ClientError::GaveUp { .. }) {
+                tracing::error!(server = %Escaped(&link.server), "stopped: {}", Escaped(&error));
+            } else {
+                if lasted > STOPPED_RETRY_MOST {
+                    waits[index] = STOPPED_RETRY;
+                }
+                let wait = waits[index];
+                waits[index] = (wait * 2).min(STOPPED_RETRY_MOST);
+                tracing::error!(server = %Escaped(&link.server), "stopped: {}; trying again in {wait:?}", Escaped(&error));
+                running.push(attempt(index, wait));
+            }
+            self.set_status(link, ClientStatus::Stopped { error });
+            if ended.as_ref().is_none_or(|e| matches!(e, ClientError::GaveUp { .. })) {
+                ended = Some(err);
+            }
+            if stopped.load(Ordering::Relaxed) == self.links.len() {
+                break;
             }
         }
-        match (failed, gave_up) {
-            (Some(err), _) => Err(err),
-            (None, Some(err)) if !stop.is_cancelled() => Err(err),
+        match ended {
+            Some(err) if !stop.is_cancelled() => Err(err),
             _ => Ok(()),
         }
     }

@@ -73,6 +73,12 @@ pub enum ClientStatus {
         /// Why the last attempt or session failed.
         error: String,
     },
+    /// With several servers, this one's link ended for good (a permanent failure, or given up
+    /// on after `reconnect.max_attempts`) while the others serve on.
+    Stopped {
+        /// Why.
+        error: String,
+    },
 }
 
 impl ClientStatus {
@@ -98,6 +104,10 @@ impl ClientStatus {
                     "{{\"ready\":false,\"state\":\"reconnecting\",\"attempt\":{attempt},\"error\":{}}}",
                     json_string(error)
                 ),
+            },
+            Self::Stopped { error } => crate::metrics::Readiness {
+                ready: false,
+                json: format!("{{\"ready\":false,\"state\":\"stopped\",\"error\":{}}}", json_string(error)),
             },
         }
     }

@@ -381,6 +381,11 @@ impl HttpEdge {
         connection: Connection<'_>,
     ) -> (Response<Body>, Option<String>) {
         let Connection { visitor, sni, .. } = connection;
+        // CONNECT asks a proxy for a tunnel to its target (RFC 9110 9.3.6): the edge is no such
+        // proxy, and the origin form a client's service gets could not carry it.
+        if request.method() == hyper::Method::CONNECT {
+            return (text_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served here"), None);
+        }
         let host = match routed_host(&request) {
             Ok(host) => host,
             Err(why) => return (text_response(StatusCode::BAD_REQUEST, why), None),
@@ -420,14 +425,15 @@ impl HttpEdge {
             }
         };
         let to = Owner { route_id, opener, key, per_route };
-        let response = match self.forward(request, to, place, connection, &host).await {
-            Ok(response) => response,
+        match self.forward(request, to, place, connection, &host).await {
+            Ok(response) => (response, Some(owner)),
             Err((status, why)) => {
                 tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
-                text_response(status, &why)
+                // A request the visitor broke is not counted against the client.
+                let owner = (status != StatusCode::BAD_REQUEST).then_some(owner);
+                (text_response(status, &why), owner)
             }
-        };
-        (response, Some(owner))
+        }
     }
 
     /// Sends `request`, which came on `connection`, to its owner; the answer (its body, or the
@@ -495,6 +501,10 @@ impl HttpEdge {
     {
         let mut response = match sent {
             Ok(Ok(response)) => response,
+            // The visitor's body broke off or was malformed (a bad chunk size, say).
+            Ok(Err(err)) if err.is_user() => {
+                return Err((StatusCode::BAD_REQUEST, format!("the request's body could not be read: {err}")))
+            }
             Ok(Err(err)) => {
                 return Err((
                     StatusCode::BAD_GATEWAY,

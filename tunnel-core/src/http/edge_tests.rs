@@ -225,6 +225,23 @@ async fn a_request_with_two_host_headers_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("userinfo"), "{answer}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_connect_request_is_answered_not_implemented_and_the_connection_serves_on() {
+    use tokio::io::AsyncWriteExt;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    visitor.write_all(b"CONNECT app.test:80 HTTP/1.1\r\nHost: app.test:80\r\n\r\n").await.unwrap();
+    visitor.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
+    let answer = responses(&mut visitor).await;
+    let (connect, next) = answer.split_once("HTTP/1.1 404").unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        connect.starts_with("HTTP/1.1 501") && connect.contains("CONNECT is not served here"),
+        "{answer}"
+    );
+    assert!(!next.contains("HTTP/1.1"), "{answer}");
+}
+
 /// A visitor that reads an answer slowly still opens its flow control window, so more of the
 /// answer goes out: its connection is not idle. One taking nothing, or under a kilobyte a
 /// period, is; so is one whose answer waited on the tunnel within the period only.

@@ -7,7 +7,8 @@
 //! client gets it back and nobody else can grab it meanwhile.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -104,6 +105,8 @@ struct Slot {
     accepting: bool,
     /// Cancelled to ask the session to close (a newer one replaces it).
     kick: CancellationToken,
+    /// Set before `kick` when it is a reload that lowered the name's replicas.
+    trimmed: Arc<AtomicBool>,
     /// Cancelled by the session once it has released everything.
     gone: CancellationToken,
 }
@@ -129,9 +132,18 @@ enum LeaseState {
 #[derive(Debug)]
 pub(crate) struct Registration {
     pub(crate) id: SessionId,
-    /// Cancelled when a newer session with the same name takes over.
+    /// Cancelled when a newer session with the same name takes over, or a reload lowered the
+    /// name's replicas below its sessions ([`Registration::trimmed`]).
     pub(crate) kicked: CancellationToken,
+    trimmed: Arc<AtomicBool>,
     gone: CancellationToken,
+}
+
+impl Registration {
+    /// Whether the kick came from a reload that lowered the name's replicas.
+    pub(crate) fn trimmed(&self) -> bool {
+        self.trimmed.load(Ordering::Relaxed)
+    }
 }
 
 /// Why a service cannot be visited.
@@ -226,6 +238,37 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// After a reload: each name with more sessions taking visitors than `replicas` (of its
+    /// name and credential) now allows is asked to close the excess, in the order a newcomer
+    /// would replace them (silent or closed ones first, then the oldest). Returns those names.
+    pub(crate) fn trim(&self, replicas: impl Fn(&str, CredentialKind) -> usize) -> Vec<String> {
+        let mut guard = self.lock();
+        let Inner { sessions, counts, .. } = &mut *guard;
+        let mut trimmed = Vec::new();
+        for (name, slots) in sessions.iter_mut() {
+            let mut accepting: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].accepting).collect();
+            let Some(&first) = accepting.first() else { continue };
+            let allowed = replicas(name, slots[first].credential).max(1);
+            if accepting.len() <= allowed {
+                continue;
+            }
+            accepting.sort_by_key(|&i| leaving_order(&slots[i]));
+            let mut leaving = accepting;
+            leaving.truncate(leaving.len() - allowed);
+            // Highest index first, so the others stay where they are.
+            leaving.sort_unstable_by(|a, b| b.cmp(a));
+            for i in leaving {
+                let slot = slots.remove(i);
+                counts.remove(slot.credential);
+                slot.trimmed.store(true, Ordering::Relaxed);
+                slot.kick.cancel();
+            }
+            trimmed.push(name.clone());
+        }
+        trimmed.sort();
+        trimmed
+    }
+
     /// Registers a session for `name`, one of at most `replicas` taking visitors at once
     /// (sessions draining do not count: they are on their way out). When the name has that
     /// many already, one is asked to close (a silent one first, then the oldest), and this
@@ -264,17 +307,21 @@ impl Registry {
                 services: HashSet::new(),
                 accepting: true,
                 kick: CancellationToken::new(),
+                trimmed: Arc::default(),
                 gone: CancellationToken::new(),
             };
-            let registration =
-                Registration { id: slot.id, kicked: slot.kick.clone(), gone: slot.gone.clone() };
+            let registration = Registration {
+                id: slot.id,
+                kicked: slot.kick.clone(),
+                trimmed: slot.trimmed.clone(),
+                gone: slot.gone.clone(),
+            };
             let slots = inner.sessions.entry(name.to_owned()).or_default();
             let previous = if full {
                 // Silent (or closed) first, then the oldest.
-                let replaced = (0..slots.len()).filter(|&i| slots[i].accepting).min_by_key(|&i| {
-                    let opener = &slots[i].opener;
-                    (!opener.is_silent() && !opener.is_closed(), slots[i].id)
-                });
+                let replaced = (0..slots.len())
+                    .filter(|&i| slots[i].accepting)
+                    .min_by_key(|&i| leaving_order(&slots[i]));
                 replaced.map(|i| slots.remove(i))
             } else if crowded {
                 // The oldest draining one is cut.
@@ -477,6 +524,12 @@ impl Inner {
     fn slot_mut(&mut self, name: &str, id: SessionId) -> Option<&mut Slot> {
         self.sessions.get_mut(name)?.iter_mut().find(|slot| slot.id == id)
     }
+}
+
+/// Which of a name's sessions leaves first when it has too many: a silent (or closed) one,
+/// then the oldest.
+fn leaving_order(slot: &Slot) -> (bool, SessionId) {
+    (!slot.opener.is_silent() && !slot.opener.is_closed(), slot.id)
 }
 
 #[cfg(test)]

@@ -129,6 +129,41 @@ async fn replicas_join_until_their_number_then_the_silent_then_the_oldest_go_and
 }
 
 #[tokio::test(start_paused = true)]
+async fn replicas_lowered_by_a_reload_close_the_excess_silent_first_then_oldest_sparing_the_draining() {
+    let registry = Registry::new(GRACE, CAPS);
+    let (openers, _keep): (Vec<_>, Vec<_>) = (0..5).map(|_| opener()).unzip();
+    let mut joined = Vec::new();
+    for opener in &openers[..4] {
+        joined
+            .push(registry.register("a", CredentialKind::Shared, opener.clone(), 4, HANDOVER).await.unwrap());
+    }
+    let other =
+        registry.register("b", CredentialKind::PerClient, openers[4].clone(), 1, HANDOVER).await.unwrap();
+    registry.draining("a", joined[3].id);
+    openers[2].set_silent(true);
+    // Nothing above its number: nobody goes.
+    assert!(registry.trim(|_, _| 3).is_empty());
+    assert!(!joined.iter().any(|j| j.kicked.is_cancelled()));
+
+    // "a" now allowed 1 of its 3 accepting sessions: the silent one and the oldest go, each
+    // told why; the draining one stays (on its way out already), and so does "b".
+    let trimmed = registry.trim(|name, kind| match (name, kind) {
+        ("a", CredentialKind::Shared) => 1,
+        _ => 5,
+    });
+    assert_eq!(trimmed, ["a"]);
+    let kicked: Vec<bool> = joined.iter().map(|j| j.kicked.is_cancelled()).collect();
+    assert_eq!(kicked, [true, false, true, false]);
+    assert!(joined[0].trimmed() && joined[2].trimmed() && !other.kicked.is_cancelled());
+    assert_eq!(registry.session_count(), 3, "a's newest, a's draining one, and b");
+    // A newcomer now replaces by the new number, as at a registration.
+    let newcomer = registry.register("a", CredentialKind::Shared, opener().0, 1, HANDOVER);
+    let newcomer = tokio::time::timeout(HANDOVER * 2, newcomer).await.unwrap().unwrap();
+    assert!(joined[1].kicked.is_cancelled() && !joined[1].trimmed(), "replaced, not trimmed");
+    drop(newcomer);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_service_visit_goes_to_a_replica_exposing_it_and_not_draining() {
     let registry = Registry::new(GRACE, CAPS);
     let (openers, _keep): (Vec<_>, Vec<_>) = (0..3).map(|_| opener()).unzip();

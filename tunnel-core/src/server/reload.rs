@@ -29,6 +29,9 @@ pub struct Reload {
     pub refused: Vec<String>,
     /// Clients whose sessions end because their token was removed or changed.
     pub ended: Vec<String>,
+    /// Clients with more sessions than their replicas (`replicas`, `max_replicas`) now
+    /// allow: the excess close (`Goodbye(Replaced)`), silent ones first, then the oldest.
+    pub trimmed: Vec<String>,
     /// Routes taken out of service because the new rules no longer allow them, as
     /// `client: route`.
     pub withdrawn: Vec<String>,
@@ -62,6 +65,7 @@ impl Server {
         report.ended = shared
             .sessions
             .revoke_unless(|name, kind| config.credentials.still_accepts(&before.credentials, name, kind));
+        report.trimmed = shared.registry.trim(|name, kind| config.rules(name, kind).replicas());
         let sessions = shared.sessions.rechecks();
         let withdrawn = futures::future::join_all(sessions.iter().map(|(name, session)| async move {
             let (done, answer) = oneshot::channel();
@@ -100,6 +104,7 @@ impl Server {
             changed = ?report.changed,
             refused = ?report.refused,
             ended = ?report.ended,
+            trimmed = ?report.trimmed,
             withdrawn = ?report.withdrawn,
             "configuration reloaded"
         );

@@ -139,7 +139,12 @@ pub(super) async fn run(
                 break Ending::Ended(finish(&mut driver, goodbye()).await);
             }
             () = registration.kicked.cancelled() => {
-                break Ending::Leave(GoodbyeCode::Replaced, "a newer session with the same client name connected");
+                let why = if registration.trimmed() {
+                    "the server's configuration now allows fewer sessions under this client name"
+                } else {
+                    "a newer session with the same client name connected"
+                };
+                break Ending::Leave(GoodbyeCode::Replaced, why);
             }
             () = stop.cancelled() => {
                 control.close(GoodbyeCode::Shutdown, "server shutting down").await;

@@ -47,7 +47,8 @@ impl FromStr for Fingerprint {
             _ => trimmed,
         };
         let digits: Vec<u8> = body.bytes().filter(|&b| b != b':').collect();
-        if digits.len() != 64 {
+        // Hex digits only: `from_str_radix` alone would also take a sign (`+f`).
+        if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
             return Err(err());
         }
         let mut out = [0u8; 32];
@@ -84,7 +85,8 @@ mod tests {
 
     #[test]
     fn malformed_fingerprints_are_rejected() {
-        for bad in ["", "sha256:", "abcd", &"g".repeat(64), &"a".repeat(66), "sha1:00"] {
+        let signed = format!("+f{}", "a".repeat(62));
+        for bad in ["", "sha256:", "abcd", &"g".repeat(64), &"a".repeat(66), "sha1:00", &signed] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?}");
         }
         // A non-ASCII character must not split a hex pair or panic.

@@ -56,13 +56,17 @@ impl std::str::FromStr for HttpProxy {
             let shown = url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned();
             return Err(ProxyUrlError { url: shown, why: "only http:// proxies are supported" });
         };
-        let (userinfo, authority) = match rest.rsplit_once('@') {
+        // The authority ends at the first `/`, `?` or `#` (RFC 3986): an `@` past it is not
+        // the end of user information, and what precedes it is not the proxy's host.
+        let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+        let (userinfo, authority) = match authority.rsplit_once('@') {
             Some((userinfo, authority)) => (Some(userinfo).filter(|u| !u.is_empty()), authority),
-            None => (None, rest),
+            None => (None, authority),
         };
-        let authority = authority.strip_suffix('/').unwrap_or(authority);
-        let bad = |why| ProxyUrlError { url: format!("http://{authority}"), why };
-        if authority.contains(['/', '?', '#']) {
+        // Shown from past the last `@` anywhere: no part of a password gets into a message.
+        let shown = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+        let bad = |why| ProxyUrlError { url: format!("http://{shown}"), why };
+        if !path.is_empty() && path != "/" {
             return Err(bad("expected http://[USER:PASSWORD@]HOST[:PORT]"));
         }
         // A port, unless the last colon is inside an IPv6 address in brackets.

@@ -38,6 +38,16 @@ fn urls_give_the_address_and_credentials_and_bad_ones_say_why() {
     }
     let err = "https://alice:secret@proxy".parse::<HttpProxy>().unwrap_err();
     assert!(!err.to_string().contains("secret"), "{err}");
+    // An `@` past the host is not where user information ends: taking it for that would send
+    // the credentials to whatever host follows it.
+    for url in [
+        "http://alice:secret@127.0.0.1:1/?next=@127.0.0.1:9",
+        "http://alice:secret@proxy:3128#@evil:1",
+        "http://alice:sec/ret@proxy:3128",
+    ] {
+        let err = url.parse::<HttpProxy>().unwrap_err();
+        assert!(!err.to_string().contains("secret") && !err.to_string().contains("sec/"), "{url}: {err}");
+    }
 }
 
 #[test]

@@ -101,6 +101,24 @@ pub fn check_request(head: &[u8]) -> Result<String, (u16, UpgradeError)> {
     if value(headers, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
         return Err((426, UpgradeError::Header("Sec-WebSocket-Version must be 13")));
     }
+    let count = |name: &str| headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+    // RFC 9112 section 3.2: exactly one Host. An upgrade carries no body: a length or a
+    // transfer coding would leave bytes that are not frames after the head.
+    if count("host") != 1 {
+        return Err((400, UpgradeError::Header("a request needs exactly one Host")));
+    }
+    let no_body = |h: &httparse::Header<'_>| {
+        h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() == b"0"
+    };
+    if count("transfer-encoding") > 0
+        || headers.iter().any(|h| h.name.eq_ignore_ascii_case("content-length") && !no_body(h))
+    {
+        return Err((400, UpgradeError::Header("an upgrade request carries no body")));
+    }
+    // RFC 6455 section 11.3.1: the key appears once.
+    if count("sec-websocket-key") > 1 {
+        return Err((400, UpgradeError::Header("Sec-WebSocket-Key must appear once")));
+    }
     let key = value(headers, "sec-websocket-key").map(<[u8]>::trim_ascii).unwrap_or_default();
     match base64::engine::general_purpose::STANDARD.decode(key) {
         Ok(nonce) if nonce.len() == 16 => Ok(accept_key(key)),
@@ -213,13 +231,38 @@ mod tests {
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 426, "a plain GET");
         let upgrade = "Upgrade: WebSocket\r\nConnection: keep-alive, upgrade\r\n";
         assert_eq!(status(&format!("GET / HTTP/1.1\r\n{upgrade}Sec-WebSocket-Version: 8\r\n\r\n")), 426);
-        let v13 = format!("{upgrade}Sec-WebSocket-Version: 13\r\n");
+        let v13 = format!("Host: x\r\n{upgrade}Sec-WebSocket-Version: 13\r\n");
         assert_eq!(status(&format!("GET / HTTP/1.1\r\n{v13}\r\n")), 400, "no key");
         assert_eq!(status(&format!("GET / HTTP/1.1\r\n{v13}Sec-WebSocket-Key: c2hvcnQ=\r\n\r\n")), 400);
         assert_eq!(status(&format!("GET / HTTP/1.0\r\n{v13}Sec-WebSocket-Key: {}\r\n\r\n", new_key())), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
         let fine = format!("GET /any HTTP/1.1\r\n{v13}Sec-WebSocket-Key: {}\r\n\r\n", new_key());
         assert!(check_request(fine.as_bytes()).is_ok(), "tokens in any case, among others");
+        // What a server must refuse (RFC 9112 section 3.2 and 6.1, RFC 6455 section 11.3.1),
+        // each for its own reason.
+        let key = new_key();
+        let upgrade_v13 = format!("{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n");
+        let reason = |head: String| match check_request(head.as_bytes()) {
+            Err((400, UpgradeError::Header(why))) => why,
+            other => panic!("{head:?}: {other:?}"),
+        };
+        assert_eq!(
+            reason(format!("GET / HTTP/1.1\r\n{upgrade_v13}\r\n")),
+            "a request needs exactly one Host"
+        );
+        let two_hosts = format!("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n{upgrade_v13}\r\n");
+        assert_eq!(reason(two_hosts), "a request needs exactly one Host");
+        for body in
+            ["Content-Length: 5", "Transfer-Encoding: chunked", "Content-Length: 0\r\nContent-Length: 5"]
+        {
+            let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{upgrade_v13}{body}\r\n\r\n");
+            assert_eq!(reason(head), "an upgrade request carries no body", "{body}");
+        }
+        let two_keys =
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{upgrade_v13}Sec-WebSocket-Key: {}\r\n\r\n", new_key());
+        assert_eq!(reason(two_keys), "Sec-WebSocket-Key must appear once");
+        let empty_body = format!("GET / HTTP/1.1\r\nHost: x\r\n{upgrade_v13}Content-Length: 0\r\n\r\n");
+        assert!(check_request(empty_body.as_bytes()).is_ok(), "a zero length is no body");
     }
 
     #[test]
