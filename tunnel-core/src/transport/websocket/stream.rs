@@ -11,10 +11,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::frame::{apply_mask, FrameError, Header, Opcode, MAX_CONTROL_PAYLOAD};
 
 /// Read buffer: frames are parsed from it, payloads copied out of it. It starts at
-/// `FIRST_READ_BUFFER` and doubles after each read that fills it, up to `READ_BUFFER`: a
-/// connection not yet authenticated, or idle, holds 4 KiB, a busy one reads 64 KiB at a time.
-const READ_BUFFER: usize = 64 * 1024;
-const FIRST_READ_BUFFER: usize = 4 * 1024;
+/// `FIRST_READ_BUFFER` and doubles after each read that fills it, up to `READ_BUFFER` and no
+/// further than the reader's own reads (a handshake reading a few bytes at a time never grows
+/// it), and it goes back to `FIRST_READ_BUFFER` once it is empty, the connection has nothing
+/// more to read and the last read was small: a connection not yet authenticated, or idle,
+/// holds 4 KiB, a busy one reads 64 KiB at a time.
+pub(super) const READ_BUFFER: usize = 64 * 1024;
+pub(super) const FIRST_READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes of frames carrying nothing (control frames, empty data frames) taken in a row, with
+/// no payload byte between them, past which the peer is cut: such frames are consumed inside
+/// a read, so without a bound a peer could keep the connection busy, its buffer grown, while
+/// sending nothing at all (a client before its hello, say). Pings every few seconds between
+/// data never come near it.
+const MOST_EMPTY_FRAMES: usize = 64 * 1024;
 
 /// Largest payload written as one frame.
 const MAX_WRITE_FRAME: usize = 64 * 1024;
@@ -56,6 +66,10 @@ pub struct WebSocketStream<S> {
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
+    /// Bytes the last read from `inner` brought.
+    last_read: usize,
+    /// Bytes of frames with nothing in them since the last payload byte.
+    empty_run: usize,
     reading: Reading,
     /// A data message was begun by a frame without FIN: only continuations may follow.
     in_message: bool,
@@ -81,6 +95,8 @@ impl<S> WebSocketStream<S> {
             rbuf,
             rstart: 0,
             rend: read.len(),
+            last_read: 0,
+            empty_run: 0,
             reading: Reading::Header,
             in_message: false,
             wbuf: Vec::new(),
@@ -116,6 +132,12 @@ impl<S> WebSocketStream<S> {
         }
     }
 
+    /// The read buffer's size now.
+    #[cfg(test)]
+    pub(super) fn read_buffer(&self) -> usize {
+        self.rbuf.len()
+    }
+
     fn queued(&self) -> usize {
         self.wbuf.len() - self.wpos
     }
@@ -130,25 +152,45 @@ fn broken(what: &'static str) -> io::Error {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
-    /// Reads more from `inner` into the read buffer: the count read, 0 at its end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads more from `inner` into the read buffer: the count read, 0 at its end. `wanted`:
+    /// how much the reader asked for, as far as the buffer may grow.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
         if self.rstart == self.rend {
             (self.rstart, self.rend) = (0, 0);
         } else if self.rend == self.rbuf.len() {
             self.rbuf.copy_within(self.rstart..self.rend, 0);
             (self.rstart, self.rend) = (0, self.rend - self.rstart);
         }
-        let mut spare = ReadBuf::new(&mut self.rbuf[self.rend..]);
-        let room = spare.remaining();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut spare))?;
-        let n = spare.filled().len();
+        let (polled, n, room) = {
+            let mut spare = ReadBuf::new(&mut self.rbuf[self.rend..]);
+            let room = spare.remaining();
+            let polled = Pin::new(&mut self.inner).poll_read(cx, &mut spare);
+            (polled, spare.filled().len(), room)
+        };
+        let Poll::Ready(read) = polled else {
+            if self.rend == 0 && self.last_read < FIRST_READ_BUFFER && self.rbuf.len() > FIRST_READ_BUFFER {
+                self.rbuf = vec![0u8; FIRST_READ_BUFFER].into_boxed_slice();
+            }
+            return Poll::Pending;
+        };
+        read?;
         self.rend += n;
-        if n == room && self.rbuf.len() < READ_BUFFER {
+        self.last_read = n;
+        if n == room && self.rbuf.len() < READ_BUFFER.min(wanted) {
             let mut grown = vec![0u8; (self.rbuf.len() * 2).min(READ_BUFFER)].into_boxed_slice();
             grown[..self.rend - self.rstart].copy_from_slice(&self.rbuf[self.rstart..self.rend]);
             (self.rbuf, self.rstart, self.rend) = (grown, 0, self.rend - self.rstart);
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// Counts `bytes` of a frame that carried nothing; an error past [`MOST_EMPTY_FRAMES`] in a row.
+    fn count_empty(&mut self, bytes: usize) -> io::Result<()> {
+        self.empty_run = self.empty_run.saturating_add(bytes);
+        if self.empty_run > MOST_EMPTY_FRAMES {
+            return Err(broken("more than 64 KiB of WebSocket frames with nothing in them in a row"));
+        }
+        Ok(())
     }
 
     /// Queues the pong owed, if any, when there is room (else it stays owed: one at most).
@@ -212,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                 Reading::Closed => return Poll::Ready(Ok(())),
                 Reading::Payload { left: 0, .. } => this.reading = Reading::Header,
                 Reading::Payload { left, mask, offset } => {
-                    if this.rstart == this.rend && ready!(this.poll_fill(cx))? == 0 {
+                    if this.rstart == this.rend && ready!(this.poll_fill(cx, out.remaining()))? == 0 {
                         return Poll::Ready(Err(broken("the connection ended inside a WebSocket frame")));
                     }
                     let available = this.rend - this.rstart;
@@ -223,6 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                     }
                     out.put_slice(chunk);
                     this.rstart += n;
+                    this.empty_run = 0;
                     this.reading =
                         Reading::Payload { left: left - n as u64, mask, offset: offset + n as u64 };
                     return Poll::Ready(Ok(()));
@@ -233,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                         Header::decode(buffered, this.role == Role::Server).map_err(invalid)?
                     else {
                         let partial = !buffered.is_empty();
-                        if ready!(this.poll_fill(cx))? == 0 {
+                        if ready!(this.poll_fill(cx, out.remaining()))? == 0 {
                             if partial {
                                 return Poll::Ready(Err(broken(
                                     "the connection ended inside a WebSocket frame",
@@ -260,6 +303,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                             }
                             this.in_message = !header.fin;
                             this.rstart += used;
+                            if header.len == 0 {
+                                this.count_empty(used)?;
+                            }
                             this.reading =
                                 Reading::Payload { left: header.len, mask: header.mask, offset: 0 };
                         }
@@ -270,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                             // At most 125 bytes: read whole before handling.
                             let len = header.len as usize;
                             if buffered.len() < used + len {
-                                if ready!(this.poll_fill(cx))? == 0 {
+                                if ready!(this.poll_fill(cx, out.remaining()))? == 0 {
                                     return Poll::Ready(Err(broken(
                                         "the connection ended inside a WebSocket frame",
                                     )));
@@ -284,6 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                                 apply_mask(key, 0, payload);
                             }
                             this.rstart += used + len;
+                            this.count_empty(used + len)?;
                             this.control(cx, control, payload);
                         }
                     }

@@ -197,3 +197,62 @@ async fn a_request_that_is_not_an_upgrade_is_answered_and_refused() {
     let inner = err.get_ref().and_then(|e| e.downcast_ref::<UpgradeError>());
     assert_eq!(inner, Some(&UpgradeError::Refused { status: 404, reason: "Not Found".into() }));
 }
+
+#[tokio::test]
+async fn frames_with_nothing_in_them_are_cut_past_a_bound_but_pings_between_data_are_not() {
+    let (mut server, mut raw) = server_with_raw_peer().await;
+    // Pings and empty frames around data, far past the bound in all: each run stays short.
+    let sender = tokio::spawn(async move {
+        for _ in 0..200 {
+            let mut burst = client_frame(true, Opcode::Ping, b"p");
+            burst.extend(client_frame(true, Opcode::Binary, b""));
+            burst.extend(client_frame(true, Opcode::Binary, &[7u8; 500]));
+            raw.write_all(&burst).await.unwrap();
+        }
+        raw
+    });
+    let mut got = vec![0u8; 200 * 500];
+    server.read_exact(&mut got).await.unwrap();
+    assert!(got.iter().all(|b| *b == 7));
+    let mut raw = sender.await.unwrap();
+    // Nothing but empty frames: the reading side ends with an error once past 64 KiB of them.
+    let empties: Vec<u8> = (0..20_000).flat_map(|_| client_frame(true, Opcode::Binary, b"")).collect();
+    let sender = tokio::spawn(async move { raw.write_all(&empties).await.map(|()| raw) });
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), server.read(&mut [0u8; 16]));
+    let err = read.await.expect("empty frames kept being taken").unwrap_err();
+    assert!(err.to_string().contains("nothing in them"), "{err}");
+    drop(sender);
+}
+
+#[tokio::test]
+async fn the_read_buffer_grows_no_further_than_the_reads_and_shrinks_when_idle() {
+    let (mut server, mut raw) = server_with_raw_peer().await;
+    // A reader taking 16 bytes at a time keeps the first buffer, however much is waiting.
+    let frames: Vec<u8> = (0..64).flat_map(|_| client_frame(true, Opcode::Binary, &[1u8; 1024])).collect();
+    let writer = tokio::spawn(async move {
+        raw.write_all(&frames).await.unwrap();
+        raw
+    });
+    let mut small = [0u8; 16];
+    for _ in 0..(64 * 1024 / 16) {
+        server.read_exact(&mut small).await.unwrap();
+    }
+    assert_eq!(server.read_buffer(), stream::FIRST_READ_BUFFER, "small reads grew the buffer");
+    // Bulk reads grow it; a small message after the bulk, then nothing: it goes back.
+    let mut raw = writer.await.unwrap();
+    let writer = tokio::spawn(async move {
+        let bulk: Vec<u8> = (0..256).flat_map(|_| client_frame(true, Opcode::Binary, &[2u8; 4096])).collect();
+        raw.write_all(&bulk).await.unwrap();
+        raw
+    });
+    let mut big = vec![0u8; 256 * 4096];
+    server.read_exact(&mut big).await.unwrap();
+    assert_eq!(server.read_buffer(), stream::READ_BUFFER, "bulk reads did not grow the buffer");
+    let mut raw = writer.await.unwrap();
+    raw.write_all(&client_frame(true, Opcode::Binary, b"last")).await.unwrap();
+    let mut last = [0u8; 4];
+    server.read_exact(&mut last).await.unwrap();
+    assert!(futures::poll!(std::pin::pin!(server.read(&mut big))).is_pending());
+    assert_eq!(server.read_buffer(), stream::FIRST_READ_BUFFER, "an idle connection kept its large buffer");
+    drop(raw);
+}
