@@ -57,6 +57,9 @@ pub trait RouteSource: Send + Sync + 'static {
     fn routes(&self) -> Arc<RouteIndex<RouteTarget>>;
 }
 
+/// The least time a request's head gets, however long its connection waited for it.
+const MIN_HEAD_TIME: Duration = Duration::from_secs(1);
+
 /// Limits of the edge's listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -276,6 +279,7 @@ impl HttpEdge {
         let mut parking = Parking::new(io, activity.clone());
         // Nothing of hyper's until the first request begins (browsers open spare connections).
         // A request whose first byte is in is served, drain or not.
+        let waiting = tokio::time::Instant::now();
         let first = tokio::select! {
             biased;
             first = tokio::time::timeout(self.limits.header_timeout, parking.resume()) => first,
@@ -284,10 +288,14 @@ impl HttpEdge {
         if !matches!(first, Ok(Ok(true))) {
             return;
         }
+        // From the wait for a request to its whole head, `header_timeout` in all (a second at
+        // least for the head): a visitor sending its first byte late gets no second period.
+        let head_time = |idle: Duration| self.limits.header_timeout.saturating_sub(idle).max(MIN_HEAD_TIME);
+        let mut head = head_time(waiting.elapsed());
         loop {
             // Boxed: a parked connection's task keeps only this loop's few words, not the
             // hyper connection's state.
-            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor, &activity)).await
+            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor, &activity, head)).await
             else {
                 // Upgraded: this task carries the upgraded connection, so that it still counts
                 // among the edge's connections and is cut by a drain like them.
@@ -301,6 +309,7 @@ impl HttpEdge {
             // Parked: the bare socket waits for the next request, within the idle time left.
             let left = self.limits.header_timeout.saturating_sub(PARK_AFTER);
             self.parked.fetch_add(1, Ordering::Relaxed);
+            let waiting = tokio::time::Instant::now();
             let resumed = tokio::select! {
                 biased;
                 resumed = tokio::time::timeout(left, parking.resume()) => Some(resumed),
@@ -310,19 +319,22 @@ impl HttpEdge {
             if !matches!(resumed, Some(Ok(Ok(true)))) {
                 return;
             }
+            head = head_time(PARK_AFTER + waiting.elapsed());
         }
     }
 
     /// One hyper HTTP/1.1 connection over `parking`, until the visitor closes (`None`), the
     /// connection is upgraded (`None`: the splice owns the socket) or it is parked (the socket).
     /// A visitor that takes nothing of an answer for the idle time (see `Activity::quiet_for`),
-    /// and so would hold its place toward the client forever, is cut (`None`).
+    /// and so would hold its place toward the client forever, is cut (`None`). `head`: the
+    /// time each request's head has, the header timeout less the wait for the first one.
     async fn http1<I, S>(
         &self,
         parking: Parking<I>,
         service: S,
         visitor: SocketAddr,
         activity: &Activity,
+        head: Duration,
     ) -> Option<Parking<I>>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -332,7 +344,7 @@ impl HttpEdge {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_timeout)
+            .header_read_timeout(head)
             .max_buf_size(self.limits.max_header_bytes.max(8192));
         let mut connection = builder.serve_connection(TokioIo::new(parking), service).with_upgrades();
         // The connection first, so that it has read what the visitor sent (the resumed

@@ -225,6 +225,35 @@ async fn a_request_with_two_host_headers_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("userinfo"), "{answer}");
 }
 
+/// The wait for a request and its head share one header timeout: a visitor that sends its
+/// first byte just before the end of it, then trickles the rest, is cut then, not a whole
+/// header timeout later.
+#[tokio::test(start_paused = true)]
+async fn a_request_head_begun_late_gets_only_what_is_left_of_the_header_time() {
+    use tokio::io::AsyncWriteExt;
+    let limits = EdgeLimits::default();
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, limits.clone()));
+    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
+    let started = tokio::time::Instant::now();
+    let serving =
+        tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let trickle = tokio::spawn(async move {
+        tokio::time::sleep(limits.header_timeout - Duration::from_secs(2)).await;
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: ".iter().chain([b'a'; 200].iter()) {
+            if visitor.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    tokio::time::timeout(limits.header_timeout + MIN_HEAD_TIME * 2, serving)
+        .await
+        .expect("a late head was given a whole header timeout more")
+        .unwrap();
+    assert!(started.elapsed() >= limits.header_timeout - Duration::from_secs(2));
+    trickle.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connect_request_is_answered_not_implemented_and_the_connection_serves_on() {
     use tokio::io::AsyncWriteExt;

@@ -218,7 +218,8 @@ async fn frames_with_nothing_in_them_are_cut_past_a_bound_but_pings_between_data
     // Nothing but empty frames: the reading side ends with an error once past 64 KiB of them.
     let empties: Vec<u8> = (0..20_000).flat_map(|_| client_frame(true, Opcode::Binary, b"")).collect();
     let sender = tokio::spawn(async move { raw.write_all(&empties).await.map(|()| raw) });
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), server.read(&mut [0u8; 16]));
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), server.read(&mut buf));
     let err = read.await.expect("empty frames kept being taken").unwrap_err();
     assert!(err.to_string().contains("nothing in them"), "{err}");
     drop(sender);
