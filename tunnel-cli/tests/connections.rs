@@ -17,30 +17,41 @@ use common::{echo_target, eventually};
 use process::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 const TOKEN: &str = "connections-test-token-5d1e";
 
 /// A TCP relay to `upstream`: every connection it accepted, in order, each cut by aborting
-/// its task (both sockets close).
+/// its task (both sockets close), or on the client's side only (the server's stays open and
+/// silent, as when a path loses one direction).
 struct Relay {
     addr: SocketAddr,
-    relayed: Arc<Mutex<Vec<AbortHandle>>>,
+    relayed: Arc<Mutex<Vec<(AbortHandle, Arc<Notify>)>>>,
 }
 
 impl Relay {
     async fn to(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let relayed: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let relayed: Arc<Mutex<Vec<(AbortHandle, Arc<Notify>)>>> = Arc::default();
         let list = relayed.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                let half_cut = Arc::new(Notify::new());
+                let cut = half_cut.clone();
                 let task = tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else { return };
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let half = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        () = cut.notified() => true,
+                    };
+                    if half {
+                        drop(client);
+                        std::future::pending::<()>().await;
+                    }
                 });
-                list.lock().unwrap().push(task.abort_handle());
+                list.lock().unwrap().push((task.abort_handle(), half_cut));
             }
         });
         Self { addr, relayed }
@@ -56,7 +67,12 @@ impl Relay {
     }
 
     fn cut(&self, index: usize) {
-        self.relayed.lock().unwrap()[index].abort();
+        self.relayed.lock().unwrap()[index].0.abort();
+    }
+
+    /// Closes connection `index` toward the client only: the server hears nothing.
+    fn cut_client_side(&self, index: usize) {
+        self.relayed.lock().unwrap()[index].1.notify_one();
     }
 }
 
@@ -123,6 +139,43 @@ async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_ses
     drop(visitors);
     assert_eq!(client.terminate().await, 0, "{}", client.output());
     assert_eq!(server.cli.terminate().await, 0, "{}", server.cli.output());
+}
+
+/// A connection cut toward the client only still counts on the server until its heartbeats
+/// stop, so the server refuses its replacement at first (the session has its most
+/// connections): the client keeps trying, and the replacement joins once the server let the
+/// silent one go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_on_one_side_is_replaced_once_the_server_lets_it_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = echo_target().await.to_string();
+    let config = dir.path().join("server.toml");
+    // Two connections a session at most: the silent one leaves no room for its replacement.
+    let text = "heartbeat_interval = \"1s\"\nheartbeat_timeout = \"3s\"\n[limits]\nmax_connections_per_session = 2\n";
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let server_args = ["--config", config, "--token", TOKEN, "--allow-targets", &target];
+    let server = serve(dir.path(), &server_args, &[]).await;
+    let relay = Relay::to(server.addr.parse().unwrap()).await;
+    let forward = format!("0:{target}");
+    let relay_addr = relay.addr.to_string();
+    let args = ["--server", &relay_addr, "--fingerprint", &server.fingerprint, "--token", TOKEN];
+    let mut cmd = command(&[&["connect"][..], &args, &["--connections", "2", "-R", &forward]].concat());
+    cmd.env("RUST_LOG", "info,tunnel_core::client::lanes=debug");
+    let mut client = spawn(cmd);
+    client.line_after("remote forward ready: ").await;
+    relay.until_count(2).await;
+    client.output_contains("connection 2 joined the session").await;
+
+    relay.cut_client_side(1);
+    client.output_contains("connection 2 of the session lost").await;
+    client.output_contains("trying again while the server notices the one lost").await;
+    eventually("the replacement to join", || async {
+        client.output().matches("connection 2 joined the session").count() == 2
+    })
+    .await;
+    assert!(!client.output().contains("not dialing it again"), "{}", client.output());
+    assert_eq!(client.terminate().await, 0, "{}", client.output());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,13 @@ const REPLACE: Backoff =
 /// over. One closed sooner counts as a failed attempt.
 const LIVED: Duration = Duration::from_secs(10);
 
+/// For this long after a connection is lost, the server refusing its replacement as
+/// `UnknownSession` is tried again (with the delays above): a connection cut on our side only
+/// still counts there until its heartbeats stop, which makes the session look full. Past it,
+/// or for a connection never joined (a server that does not take it: full, or another server
+/// behind the same address), the refusal stands.
+const REJOIN_FOR: Duration = Duration::from_secs(120);
+
 /// What dialing a session's other connections takes, owned, so the keeper runs as a task of
 /// its own (during a drain too) and never holds a handshake half done.
 pub(super) struct LaneDialer {
@@ -77,9 +84,22 @@ impl LaneDialer {
     /// wants no more.
     async fn keep_one(&self, ticket: &JoinTicket, n: usize) {
         let mut backoff = REPLACE.start();
+        // When this connection was last lost.
+        let mut lost: Option<Instant> = None;
         loop {
             let turn = match self.dial(ticket).await {
-                Ok(lane) => self.run(lane, ticket, n, &mut backoff).await,
+                Ok(lane) => {
+                    let turn = self.run(lane, ticket, n, &mut backoff).await;
+                    lost = Some(Instant::now());
+                    turn
+                }
+                Err(SessionError::Handshake(HandshakeError::Refused {
+                    code: RefuseCode::UnknownSession,
+                    message,
+                })) if lost.is_some_and(|at| at.elapsed() < REJOIN_FOR) => {
+                    tracing::debug!(server = %Escaped(&self.server), "connection {n}: {}; trying again while the server notices the one lost", Escaped(&message));
+                    Turn::Again
+                }
                 Err(SessionError::Handshake(HandshakeError::Refused {
                     code: RefuseCode::UnknownSession,
                     message,
