@@ -27,14 +27,20 @@ const TOKEN: &str = "connections-test-token-5d1e";
 /// silent, as when a path loses one direction).
 struct Relay {
     addr: SocketAddr,
-    relayed: Arc<Mutex<Vec<(AbortHandle, Arc<Notify>)>>>,
+    relayed: Arc<Mutex<Vec<Relayed>>>,
+}
+
+/// One relayed connection: its task, and what closes its client side alone.
+struct Relayed {
+    task: AbortHandle,
+    half_cut: Arc<Notify>,
 }
 
 impl Relay {
     async fn to(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let relayed: Arc<Mutex<Vec<(AbortHandle, Arc<Notify>)>>> = Arc::default();
+        let relayed: Arc<Mutex<Vec<Relayed>>> = Arc::default();
         let list = relayed.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
@@ -51,7 +57,7 @@ impl Relay {
                         std::future::pending::<()>().await;
                     }
                 });
-                list.lock().unwrap().push((task.abort_handle(), half_cut));
+                list.lock().unwrap().push(Relayed { task: task.abort_handle(), half_cut });
             }
         });
         Self { addr, relayed }
@@ -67,12 +73,12 @@ impl Relay {
     }
 
     fn cut(&self, index: usize) {
-        self.relayed.lock().unwrap()[index].0.abort();
+        self.relayed.lock().unwrap()[index].task.abort();
     }
 
     /// Closes connection `index` toward the client only: the server hears nothing.
     fn cut_client_side(&self, index: usize) {
-        self.relayed.lock().unwrap()[index].1.notify_one();
+        self.relayed.lock().unwrap()[index].half_cut.notify_one();
     }
 }
 
