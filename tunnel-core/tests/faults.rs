@@ -12,7 +12,7 @@ use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tunnel_core::auth::{ChannelBinding, Credentials, Token};
-use tunnel_core::client::ClientError;
+use tunnel_core::client::{ClientError, ClientStatus};
 use tunnel_core::session::{Session, SessionConfig, SessionEnd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +63,41 @@ async fn a_server_address_that_answers_http_is_retried_until_the_server_is_back(
     let _server = serve_on(TcpListener::from_std(spare).unwrap(), config, fingerprint, dir);
     let public = client.connected().await[0].public_addr;
     assert_eq!(round_trip(public, b"joined").await.unwrap(), b"joined");
+}
+
+/// After a session has worked, a certificate the client does not trust at the server's
+/// address (an intercepting middlebox, say) is retried, not the end of the client as at its
+/// first connection: it is back on the server once the server answers there again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_after_sessions_that_worked_is_retried_until_the_server_is_back() {
+    let (config, fingerprint, dir) = server_config_with(|_| {});
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    spare.set_nonblocking(true).unwrap();
+    let addr = spare.local_addr().unwrap();
+    let listener = || TcpListener::from_std(spare.try_clone().unwrap()).unwrap();
+    let server = serve_on(listener(), config.clone(), fingerprint, dir);
+    let echo = echo_target().await;
+    let mut client =
+        start_client(client_config_for(addr, fingerprint, "patient", TOKEN, &[&format!("0:{echo}")]));
+    client.connected().await;
+
+    // Another TLS server, with a certificate of its own, answers at the address for a while.
+    let dir = server.stop().await;
+    let (other, other_fingerprint, other_dir) = server_config_with(|_| {});
+    assert_ne!(other_fingerprint, fingerprint);
+    let imposter = serve_on(listener(), other, other_fingerprint, other_dir);
+    let retried = client.status.wait_for(|s| {
+        matches!(s, ClientStatus::Reconnecting { attempt: 3.., error, .. } if error.contains("certificate"))
+    });
+    let status =
+        tokio::time::timeout(PATIENCE, retried).await.expect("no retries").expect("client stopped").clone();
+    let ClientStatus::Reconnecting { error, .. } = status else { unreachable!() };
+    assert!(error.starts_with("refused after sessions that worked: server certificate rejected"), "{error}");
+    imposter.stop().await;
+
+    let _server = serve_on(listener(), config, fingerprint, dir);
+    let public = client.connected().await[0].public_addr;
+    assert_eq!(round_trip(public, b"back").await.unwrap(), b"back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,6 +178,12 @@ pub enum Interruption {
         /// Why it failed.
         second_failure: Box<Interruption>,
     },
+    /// What ends the client at its first connection (a certificate it does not trust, a TLS
+    /// alert, a proxy's refusal), met after a session with this server had worked: the
+    /// settings were right, so it is taken for something on the way (a middlebox or a proxy
+    /// answering in the server's place, a server being re-keyed) and retried.
+    #[error("refused after sessions that worked")]
+    AfterSessions(#[source] Box<ClientError>),
 }
 
 impl ClientError {
@@ -186,6 +192,13 @@ impl ClientError {
     /// the connection.
     pub fn is_authentication(&self) -> bool {
         matches!(self, Self::TokenRejected { .. } | Self::ServerProofInvalid | Self::Revoked { .. })
+    }
+
+    /// Whether this could be the answer of something between the client and its server rather
+    /// than the server's own: a certificate, a TLS alert, a proxy's refusal. The server's word
+    /// on the client (its token, its name, its routes) is not.
+    pub(super) fn may_be_the_way(&self) -> bool {
+        matches!(self, Self::ServerCertificate { .. } | Self::NotTls | Self::Tls(_) | Self::Proxy(_))
     }
 }
 

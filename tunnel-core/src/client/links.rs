@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::error::Failure;
+use super::error::{Failure, Interruption};
 use super::{Client, ClientError, ClientStatus, SessionState, MAX_REJOIN_DELAY};
 use crate::log::Escaped;
 use crate::mux::StreamOpener;
@@ -172,6 +172,9 @@ impl Client {
         // Ports the server assigned to `REMOTE_PORT 0` forwards, asked for again on reconnect.
         let mut assigned: HashMap<RouteId, u16> = HashMap::new();
         let mut version = 0;
+        // Whether a session with this server has worked: after one, a refusal that may come
+        // from something on the way is retried (see `Interruption::AfterSessions`).
+        let mut worked = false;
         loop {
             self.set_status(link, ClientStatus::Connecting);
             let outcome = tokio::select! {
@@ -180,6 +183,7 @@ impl Client {
             };
             let failure = match outcome {
                 Ok(established) => {
+                    worked = true;
                     let mut state = SessionState { assigned: &mut assigned, version: &mut version };
                     let served =
                         self.serve(link, established, &mut state, &mut backoff, &stop, session).await;
@@ -192,6 +196,9 @@ impl Client {
                 Err(failure) => failure,
             };
             let error = match failure {
+                Failure::Permanent(err) if worked && err.may_be_the_way() => {
+                    Interruption::AfterSessions(Box::new(err))
+                }
                 Failure::Permanent(err) => return Err(err),
                 Failure::Transient(error) => error,
             };
