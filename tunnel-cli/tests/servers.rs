@@ -198,7 +198,39 @@ async fn a_server_refusing_the_token_stops_alone_and_the_client_ends_when_every_
     drop(c);
 }
 
-/// A network namespace whose `/etc/hosts` (bind-mounted by `ip netns exec` from
+/// A newer client of the name taking over on one of two servers ends the older one on both,
+/// as with one server: kept on the other and trying again, the two would take turns kicking
+/// each other off the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_replaced_on_one_of_two_servers_ends() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let echo = echo_target().await.to_string();
+    let server_args = ["--token", TOKEN, "--allow-targets", &echo];
+    let (a, b) = (serve(dir_a.path(), &server_args, &[]).await, serve(dir_b.path(), &server_args, &[]).await);
+    let forward = format!("0:{echo}");
+    let rest = ["--token", TOKEN, "--name", "taken-over", "-R", &forward];
+    let both = [
+        "--server",
+        &a.addr,
+        "--server",
+        &b.addr,
+        "--fingerprint",
+        &a.fingerprint,
+        "--fingerprint",
+        &b.fingerprint,
+    ];
+    let mut older = spawn(command(&[&["connect"][..], &both, &rest].concat()));
+    older.lines_after("remote forward ready: ", 2).await;
+    let newer = spawn(command(
+        &[&["connect", "--server", &a.addr, "--fingerprint", &a.fingerprint][..], &rest].concat(),
+    ));
+    newer.line_after("remote forward ready: ").await;
+    assert_eq!(older.exit_code().await, 1, "{}", older.output());
+    assert!(older.output().contains("error: replaced"), "{}", older.output());
+    drop((a, b, newer));
+}
+
+/// A network namespace whose/// A network namespace whose `/etc/hosts` (bind-mounted by `ip netns exec` from
 /// `/etc/netns/NAME/hosts`) names `tunnel.test` at 127.0.0.1 and 127.0.0.2; deleted on drop.
 struct HostsNamespace(String);
 

@@ -171,7 +171,8 @@ impl Admin {
     }
 
     /// Gives client `name` what `grant` allows instead; its token stays. As with a reload, only
-    /// what the new grant no longer allows is closed. Returns the clients whose sessions ended.
+    /// what the new grant no longer allows is closed (with fewer `replicas`, the name's excess
+    /// sessions). Returns the clients whose sessions ended.
     pub async fn regrant(&self, name: &str, grant: Grant) -> Result<Vec<String>, AdminError> {
         let mut state = self.state.lock().await;
         if state.base.credentials.has_client(name) {
@@ -179,8 +180,12 @@ impl Admin {
         }
         state.store.regrant(name, grant)?;
         let report = self.put_in_force(&state).await;
-        tracing::info!(client = name, ended = ?report.ended, "client grant changed through the admin API");
-        Ok(report.ended)
+        tracing::info!(client = name, ended = ?report.ended, trimmed = ?report.trimmed, "client grant changed through the admin API");
+        let mut ended = report.ended;
+        ended.extend(report.trimmed);
+        ended.sort();
+        ended.dedup();
+        Ok(ended)
     }
 
     /// Removes client `name`: its sessions end, its token no longer works. Returns the

@@ -178,10 +178,10 @@ pub enum Interruption {
         /// Why it failed.
         second_failure: Box<Interruption>,
     },
-    /// What ends the client at its first connection (a certificate it does not trust, a TLS
-    /// alert, a proxy's refusal), met after a session with this server had worked: the
-    /// settings were right, so it is taken for something on the way (a middlebox or a proxy
-    /// answering in the server's place, a server being re-keyed) and retried.
+    /// What ends the client at its first connection (a certificate it does not trust, expired
+    /// ones included, a TLS alert), met after a session with this server had worked: the
+    /// settings were right, so it is taken for something on the way (a middlebox answering in
+    /// the server's place, a renewal late) and retried.
     #[error("refused after sessions that worked")]
     AfterSessions(#[source] Box<ClientError>),
 }
@@ -195,10 +195,11 @@ impl ClientError {
     }
 
     /// Whether this could be the answer of something between the client and its server rather
-    /// than the server's own: a certificate, a TLS alert, a proxy's refusal. The server's word
-    /// on the client (its token, its name, its routes) is not.
+    /// than the server's own: a certificate (an intercepting middlebox's, or the server's own
+    /// expired), a TLS alert. The server's word on the client (its token, its name, its routes)
+    /// is not, nor a proxy's refusal of the credentials, which retried could lock the account.
     pub(super) fn may_be_the_way(&self) -> bool {
-        matches!(self, Self::ServerCertificate { .. } | Self::NotTls | Self::Tls(_) | Self::Proxy(_))
+        matches!(self, Self::ServerCertificate { .. } | Self::NotTls | Self::Tls(_))
     }
 }
 
@@ -237,8 +238,7 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
     }
 }
 
-/// The permanent failure a TLS error is, if it is one: a certificate we do not trust (one
-/// merely out of its validity period is retried), or an
+/// The permanent failure a TLS error is, if it is one: a certificate we do not trust, or an
 /// alert from the server (a plaintext server's, no version, cipher or protocol in common, a
 /// name it has no certificate for), which a retry would only meet again; an internal error is
 /// the one alert that may pass. Anything else (`None`) is the link's: a handshake cut, or bytes
@@ -259,14 +259,6 @@ fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
             };
             ClientError::ServerCertificate { hint, source }
         }
-        // Out of its validity period: a renewal late on the server, or a clock off on either
-        // side. Both get fixed without the client, which then comes back by itself.
-        rustls::Error::InvalidCertificate(
-            rustls::CertificateError::Expired
-            | rustls::CertificateError::ExpiredContext { .. }
-            | rustls::CertificateError::NotValidYet
-            | rustls::CertificateError::NotValidYetContext { .. },
-        ) => return None,
         rustls::Error::InvalidCertificate(_) => {
             let hint = "check the CA, or pin the server's fingerprint";
             ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }
@@ -320,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_failures_of_trust_or_setup_are_permanent_and_dates_and_bytes_that_are_not_tls_are_retried() {
+    fn tls_failures_of_trust_or_setup_are_permanent_and_bytes_that_are_not_tls_are_retried() {
         let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         assert!(matches!(classify(untrusted), Failure::Permanent(ClientError::ServerCertificate { .. })));
         let plaintext = rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion);
@@ -333,11 +325,12 @@ mod tests {
         assert!(matches!(classify(garbage), Failure::Transient(Interruption::Connect(_))));
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::InternalError);
         assert!(matches!(classify(alert), Failure::Transient(_)));
-        // A certificate from a trusted CA, out of date: the server's renewal is late, or a
-        // clock is off; either is fixed without the client, which must still be trying then.
+        // Out of date: at the first connection as final as any certificate not trusted, as
+        // the dates are checked before the issuer (an impostor's expired certificate says
+        // `Expired`, not `UnknownIssuer`). After sessions that worked, retried (`links.rs`).
         for dated in [rustls::CertificateError::Expired, rustls::CertificateError::NotValidYet] {
             let dated = rustls::Error::InvalidCertificate(dated);
-            assert!(matches!(classify(dated), Failure::Transient(Interruption::Connect(_))));
+            assert!(matches!(classify(dated), Failure::Permanent(ClientError::ServerCertificate { .. })));
         }
         // What a server says of our settings: no cipher or group, no protocol, no such name.
         for alert in [

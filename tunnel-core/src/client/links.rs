@@ -93,8 +93,9 @@ impl Client {
     /// token, or someone else answering at one of its addresses, does not take the rest down.
     /// A link stopped by a permanent failure is tried again after [`STOPPED_RETRY`] (doubling
     /// up to [`STOPPED_RETRY_MOST`]), so it comes back once its server is fixed; one given up on
-    /// stays stopped. The client ends when every link is stopped at once, with the first
-    /// permanent failure (else the last giving up).
+    /// stays stopped. The client ends when every link is stopped at the same time, with the
+    /// failure that stopped the last; or, on any server, when replaced by a newer client of
+    /// its name.
     pub(super) async fn run_links(
         &self,
         stop: CancellationToken,
@@ -104,7 +105,8 @@ impl Client {
         if let ([link], [session]) = (&self.links[..], sessions) {
             return self.run_until(link, stop, session).await;
         }
-        // Links stopped now: waiting to be tried again, or given up on.
+        // Links stopped now: waiting to be tried again, or given up on. (An atomic only because
+        // the client's future must be `Send`: every link runs in this one task.)
         let stopped = AtomicUsize::new(0);
         let attempt = |index: usize, wait: Duration| {
             let (link, session, stop, stopped) =
@@ -124,9 +126,19 @@ impl Client {
         let mut running: futures::stream::FuturesUnordered<_> =
             (0..self.links.len()).map(|index| attempt(index, Duration::ZERO)).collect();
         let mut waits = vec![STOPPED_RETRY; self.links.len()];
-        let mut ended: Option<ClientError> = None;
+        let (mut ended, mut replaced) = (None, None);
         while let Some((index, outcome, lasted)) = running.next().await {
             let Err(err) = outcome else { continue };
+            // A newer client of this name took over here (or the server now allows fewer): it
+            // takes the others too, so this client ends on every server, as with one. Tried
+            // again, the two would take turns kicking each other off.
+            if matches!(err, ClientError::Replaced(_)) {
+                if replaced.is_none() {
+                    stop.cancel();
+                    replaced = Some(err);
+                }
+                continue;
+            }
             let link = &self.links[index];
             let error = crate::log::Chain(&err).to_string();
             stopped.fetch_add(1, Ordering::Relaxed);
@@ -142,15 +154,14 @@ impl Client {
                 running.push(attempt(index, wait));
             }
             self.set_status(link, ClientStatus::Stopped { error });
-            if ended.as_ref().is_none_or(|e| matches!(e, ClientError::GaveUp { .. })) {
-                ended = Some(err);
-            }
+            ended = Some(err);
             if stopped.load(Ordering::Relaxed) == self.links.len() {
                 break;
             }
         }
-        match ended {
-            Some(err) if !stop.is_cancelled() => Err(err),
+        match (replaced, ended) {
+            (Some(err), _) => Err(err),
+            (None, Some(err)) if !stop.is_cancelled() => Err(err),
             _ => Ok(()),
         }
     }

@@ -73,8 +73,9 @@ pub enum ClientStatus {
         /// Why the last attempt or session failed.
         error: String,
     },
-    /// With several servers, this one's link ended for good (a permanent failure, or given up
-    /// on after `reconnect.max_attempts`) while the others serve on.
+    /// With several servers, this one's link stopped while the others serve on: refused for
+    /// good (tried again after 5 s, doubling up to a minute), or given up on after
+    /// `reconnect.max_attempts` (not tried again).
     Stopped {
         /// Why.
         error: String,

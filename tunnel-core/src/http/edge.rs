@@ -289,8 +289,13 @@ impl HttpEdge {
             return;
         }
         // From the wait for a request to its whole head, `header_timeout` in all (a second at
-        // least for the head): a visitor sending its first byte late gets no second period.
-        let head_time = |idle: Duration| self.limits.header_timeout.saturating_sub(idle).max(MIN_HEAD_TIME);
+        // least for the head, if the timeout is that long): a visitor sending its first byte
+        // late gets no second period. hyper gives every head of one run of requests the same
+        // time, so those following the first without a pause get what it got.
+        let head_time = |idle: Duration| {
+            let timeout = self.limits.header_timeout;
+            timeout.saturating_sub(idle).max(MIN_HEAD_TIME.min(timeout))
+        };
         let mut head = head_time(waiting.elapsed());
         loop {
             // Boxed: a parked connection's task keeps only this loop's few words, not the
@@ -327,7 +332,8 @@ impl HttpEdge {
     /// connection is upgraded (`None`: the splice owns the socket) or it is parked (the socket).
     /// A visitor that takes nothing of an answer for the idle time (see `Activity::quiet_for`),
     /// and so would hold its place toward the client forever, is cut (`None`). `head`: the
-    /// time each request's head has, the header timeout less the wait for the first one.
+    /// time each request's head has, the header timeout less the connection's wait (fresh, or
+    /// parked) for the first of them.
     async fn http1<I, S>(
         &self,
         parking: Parking<I>,
@@ -513,8 +519,12 @@ impl HttpEdge {
     {
         let mut response = match sent {
             Ok(Ok(response)) => response,
-            // The visitor's body broke off or was malformed (a bad chunk size, say).
-            Ok(Err(err)) if err.is_user() => {
+            // The visitor's body broke off or was malformed (a bad chunk size, say): hyper's
+            // error over the visitor's own, hyper's too. Other errors of ours are the client's.
+            Ok(Err(err))
+                if err.is_user()
+                    && std::error::Error::source(&err).is_some_and(|e| e.is::<hyper::Error>()) =>
+            {
                 return Err((StatusCode::BAD_REQUEST, format!("the request's body could not be read: {err}")))
             }
             Ok(Err(err)) => {

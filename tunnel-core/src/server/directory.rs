@@ -212,12 +212,13 @@ impl Directory {
         ended
     }
 
-    /// Where to ask each session still accepted to re-check its routes, with its name.
-    pub(super) fn rechecks(&self) -> Vec<(String, RecheckSender)> {
+    /// Where to ask each session still accepted to re-check its routes, with its name; not
+    /// the `leaving` ones (already told to close: none would answer).
+    pub(super) fn rechecks(&self, leaving: &[SessionId]) -> Vec<(String, RecheckSender)> {
         self.lock()
-            .values()
-            .filter(|entry| !entry.revoke.is_cancelled())
-            .map(|entry| (entry.name.clone(), entry.recheck.clone()))
+            .iter()
+            .filter(|(id, entry)| !entry.revoke.is_cancelled() && !leaving.contains(id))
+            .map(|(_, entry)| (entry.name.clone(), entry.recheck.clone()))
             .collect()
     }
 }

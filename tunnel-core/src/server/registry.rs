@@ -240,8 +240,9 @@ impl Registry {
 
     /// After a reload: each name with more sessions taking visitors than `replicas` (of its
     /// name and credential) now allows is asked to close the excess, in the order a newcomer
-    /// would replace them (silent or closed ones first, then the oldest). Returns those names.
-    pub(crate) fn trim(&self, replicas: impl Fn(&str, CredentialKind) -> usize) -> Vec<String> {
+    /// would replace them (silent or closed ones first, then the oldest). Returns those
+    /// sessions, by name and id.
+    pub(crate) fn trim(&self, replicas: impl Fn(&str, CredentialKind) -> usize) -> Vec<(String, SessionId)> {
         let mut guard = self.lock();
         let Inner { sessions, counts, .. } = &mut *guard;
         let mut trimmed = Vec::new();
@@ -262,8 +263,8 @@ impl Registry {
                 counts.remove(slot.credential);
                 slot.trimmed.store(true, Ordering::Relaxed);
                 slot.kick.cancel();
+                trimmed.push((name.clone(), slot.id));
             }
-            trimmed.push(name.clone());
         }
         trimmed.sort();
         trimmed

@@ -151,7 +151,7 @@ async fn replicas_lowered_by_a_reload_close_the_excess_silent_first_then_oldest_
         ("a", CredentialKind::Shared) => 1,
         _ => 5,
     });
-    assert_eq!(trimmed, ["a"]);
+    assert_eq!(trimmed, [("a".to_owned(), joined[0].id), ("a".to_owned(), joined[2].id)]);
     let kicked: Vec<bool> = joined.iter().map(|j| j.kicked.is_cancelled()).collect();
     assert_eq!(kicked, [true, false, true, false]);
     assert!(joined[0].trimmed() && joined[2].trimmed() && !other.kicked.is_cancelled());

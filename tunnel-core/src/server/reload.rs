@@ -65,8 +65,11 @@ impl Server {
         report.ended = shared
             .sessions
             .revoke_unless(|name, kind| config.credentials.still_accepts(&before.credentials, name, kind));
-        report.trimmed = shared.registry.trim(|name, kind| config.rules(name, kind).replicas());
-        let sessions = shared.sessions.rechecks();
+        let trimmed = shared.registry.trim(|name, kind| config.rules(name, kind).replicas());
+        let leaving: Vec<_> = trimmed.iter().map(|(_, id)| *id).collect();
+        report.trimmed = trimmed.into_iter().map(|(name, _)| name).collect();
+        report.trimmed.dedup();
+        let sessions = shared.sessions.rechecks(&leaving);
         let withdrawn = futures::future::join_all(sessions.iter().map(|(name, session)| async move {
             let (done, answer) = oneshot::channel();
             let asked = async {
@@ -104,8 +107,8 @@ impl Server {
             changed = ?report.changed,
             refused = ?report.refused,
             ended = ?report.ended,
-            trimmed = ?report.trimmed,
             withdrawn = ?report.withdrawn,
+            trimmed = ?report.trimmed,
             "configuration reloaded"
         );
         report

@@ -60,6 +60,11 @@ pub(super) async fn run(
     if !shared.config().credentials.still_accepts(&accepted_under.credentials, &name, client.credential) {
         listed.revoked.cancel();
     }
+    // Likewise a reload that lowered the name's replicas while this one registered.
+    if shared.config().rules(&name, client.credential).replicas() < replicas {
+        let config = shared.config();
+        shared.registry.trim(|name, kind| config.rules(name, kind).replicas());
+    }
     drop(accepted_under);
     let (joining, mut offer) = open_lanes(&shared, &client, &opener);
     // Cancelled when the session ends: stops its listeners and cuts its visitors and visits.

@@ -201,17 +201,18 @@ async fn a_request_that_is_not_an_upgrade_is_answered_and_refused() {
 #[tokio::test]
 async fn frames_with_nothing_in_them_are_cut_past_a_bound_but_pings_between_data_are_not() {
     let (mut server, mut raw) = server_with_raw_peer().await;
-    // Pings and empty frames around data, far past the bound in all: each run stays short.
+    // Pings and empty frames around data, 600 x 137 bytes, past the bound in all: each run
+    // between data stays short.
     let sender = tokio::spawn(async move {
-        for _ in 0..200 {
-            let mut burst = client_frame(true, Opcode::Ping, b"p");
+        for _ in 0..600 {
+            let mut burst = client_frame(true, Opcode::Ping, &[b'p'; 125]);
             burst.extend(client_frame(true, Opcode::Binary, b""));
-            burst.extend(client_frame(true, Opcode::Binary, &[7u8; 500]));
+            burst.extend(client_frame(true, Opcode::Binary, &[7u8; 100]));
             raw.write_all(&burst).await.unwrap();
         }
         raw
     });
-    let mut got = vec![0u8; 200 * 500];
+    let mut got = vec![0u8; 600 * 100];
     server.read_exact(&mut got).await.unwrap();
     assert!(got.iter().all(|b| *b == 7));
     let mut raw = sender.await.unwrap();
