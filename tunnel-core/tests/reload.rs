@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_core::auth::{CredentialKind, Credentials, Token};
 use tunnel_core::client::{ClientError, ClientStatus};
+use tunnel_core::proto::RefusalCode;
 use tunnel_core::server::ServerConfig;
 
 const OWN_TOKEN: &str = "own-token-for-reload-1";
@@ -78,6 +79,39 @@ async fn a_rotated_token_ends_only_its_session_and_the_listing_shows_who_is_up()
 
     drop(held);
     shared.stop().await;
+    server.stop().await;
+}
+
+/// A departed client's port stays reserved across a reload that rotates its token (the same
+/// client, coming back with the new one), but not across one that removes its token: the name
+/// on the shared token is someone else, and the port is free for anyone at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_clients_reservation_is_dropped_and_a_rotated_ones_kept() {
+    let server = start_server(|c| with_own_client(c, OWN_TOKEN)).await;
+    let target = echo_target().await;
+    let own_config =
+        client_config_for(server.addr, server.fingerprint, "own", OWN_TOKEN, &[&format!("0:{target}")]);
+    let mut own = start_client(own_config);
+    let port = own.connected().await[0].public_addr.port();
+    own.stop().await;
+    eventually("the session to end", || async { server.server.sessions().is_empty() }).await;
+    let taker = || start_client(server.client_config("other", &[&format!("{port}:{target}")]));
+
+    let mut config = server.server.config().as_ref().clone();
+    with_own_client(&mut config, "own-token-rotated-2");
+    server.server.reload(config).await;
+    match taker().failure().await {
+        ClientError::ForwardRefused { code: RefusalCode::PortTaken, .. } => {}
+        other => panic!("the rotated client's port was not kept for it: {other:?}"),
+    }
+
+    let mut config = server.server.config().as_ref().clone();
+    config.credentials = Credentials::default().with_shared(Token::new(TOKEN).unwrap());
+    server.server.reload(config).await;
+    let mut other = taker();
+    let got = other.connected().await.first().map(|forward| forward.public_addr.port());
+    assert_eq!(got, Some(port), "the removed client's port was still held");
+    other.stop().await;
     server.stop().await;
 }
 

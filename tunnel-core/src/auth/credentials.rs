@@ -25,8 +25,10 @@ pub struct Credentials {
     decoy: Option<Token>,
 }
 
-/// Which kind of credential authenticated a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which kind of credential authenticated a client (stored in the lease file as `shared` or
+/// `per_client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     /// The server-wide shared token: any name, one trust domain.
     Shared,

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::registry::{OtherClient, SessionId};
+use super::registry::{OtherClient, Owner, SessionId};
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
 use crate::forward::{splice_metered, Protocol, SpliceLimits};
@@ -51,6 +51,11 @@ pub(super) struct Binder<'s> {
 }
 
 impl Binder<'_> {
+    /// The client the ports are leased to.
+    fn owner(&self) -> Owner {
+        Owner { name: self.name.to_owned(), credential: self.credential }
+    }
+
     /// A socket for route `id`: on `port`, or with port 0 on the port it held before
     /// (`preferred`, else our reservation for it) or a free allowed one.
     /// Returns the socket and the address it bound.
@@ -121,7 +126,7 @@ impl Binder<'_> {
 
     /// Gives back the port of a listener that is closed (its route was removed).
     pub(super) fn release(&self, port: u16) {
-        self.shared.registry.release(self.name, port);
+        self.shared.registry.release(&self.owner(), port);
     }
 
     /// Claims `port` and binds it; the claim is given back if the bind fails.
@@ -133,7 +138,8 @@ impl Binder<'_> {
     ) -> Result<(Bound, SocketAddr), Refusal> {
         let (protocol, ip) = at;
         let registry = &self.shared.registry;
-        if let Err(OtherClient) = registry.claim(self.name, id, port) {
+        let owner = self.owner();
+        if let Err(OtherClient) = registry.claim(&owner, id, port) {
             return Err((RefusalCode::PortTaken, format!("port {port} is held by another client")));
         }
         let bound = bind_socket(protocol, SocketAddr::new(ip, port)).await.and_then(|bound| {
@@ -141,7 +147,7 @@ impl Binder<'_> {
             Ok((bound, addr))
         });
         bound.map_err(|err| {
-            registry.release(self.name, port);
+            registry.release(&owner, port);
             bind_refusal(ip, port, &err)
         })
     }
@@ -176,7 +182,8 @@ impl Binder<'_> {
         let config = self.shared.config();
         let rules = config.rules(self.name, self.credential);
         let usable = |port: u16| rules.may_bind_port(port) == PortVerdict::Allowed;
-        let reserved = self.shared.registry.reserved_for(self.name, id);
+        let owner = self.owner();
+        let reserved = self.shared.registry.reserved_for(&owner, id);
         for previous in [Some(preferred).filter(|p| *p != 0), reserved].into_iter().flatten() {
             if usable(previous) {
                 if let Ok(listener) = self.bind_claimed(id, at, previous).await {
@@ -195,7 +202,7 @@ impl Binder<'_> {
             let Some(port) = allowed.nth(rand::random_range(0..allowed.len().max(1))) else {
                 break;
             };
-            if !usable(port) || self.shared.registry.is_taken_for(self.name, port) {
+            if !usable(port) || self.shared.registry.is_taken_for(&owner, port) {
                 continue;
             }
             match self.bind_claimed(id, at, port).await {

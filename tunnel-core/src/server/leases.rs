@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
 use super::{ServerConfig, Shared};
+use crate::auth::CredentialKind;
 use crate::proto::{validate_name, RouteId};
 
 /// One stored lease.
@@ -24,6 +25,11 @@ pub struct StoredLease {
     pub port: u16,
     /// The client name it is leased to.
     pub owner: String,
+    /// The kind of credential that client held (`shared` or `per_client`): the same name on
+    /// the other kind is another client. Files from before this field leave it out; such a
+    /// lease goes to the kind the configuration gives the name when the file is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialKind>,
     /// The owner's route that held it, so a reconnect asking "any port" for the same route
     /// gets it back: 16 hex digits (files from before route ids hold a `forward_id` number).
     #[serde(with = "route_field", alias = "forward_id")]
@@ -140,15 +146,25 @@ pub(super) fn restore(registry: &Registry, config: &ServerConfig, path: &std::pa
     };
     match decode(&text) {
         Ok(mut stored) => {
-            // A port the configuration now gives to another client is that client's alone.
-            stored.retain(|lease| {
-                config.policy.port_owner(lease.port).is_none_or(|owner| owner == lease.owner)
-            });
+            keep_for(&mut stored, config);
             registry.restore(&stored);
             tracing::info!("restored {} port leases from {}", stored.len(), path.display());
         }
         Err(err) => tracing::error!("ignoring the lease file {}: {err}", path.display()),
     }
+}
+
+/// Keeps the leases that are still their client's under `config`, with the kind of credential
+/// each client holds now. A port the configuration gives to another client is that client's
+/// alone, and a name whose kind of credential changed is another client (a name removed from
+/// `[[clients]]`, now on the shared token, say): neither keeps the lease.
+fn keep_for(stored: &mut Vec<StoredLease>, config: &ServerConfig) {
+    stored.retain_mut(|lease| {
+        let now = config.credentials.lookup(&lease.owner).map(|(_, kind)| kind);
+        let same_client = now.is_some() && lease.credential.is_none_or(|then| Some(then) == now);
+        lease.credential = now;
+        same_client && config.policy.port_owner(lease.port).is_none_or(|owner| owner == lease.owner)
+    });
 }
 
 /// Least time between two writes of the lease file. Each write is the whole table: 10,000
@@ -199,7 +215,8 @@ mod tests {
     use super::*;
 
     fn lease(port: u16, owner: &str, until: u64) -> StoredLease {
-        StoredLease { port, owner: owner.into(), route: RouteId(3), reserved_until_ms: until }
+        let credential = Some(CredentialKind::PerClient);
+        StoredLease { port, owner: owner.into(), credential, route: RouteId(3), reserved_until_ms: until }
     }
 
     #[test]
@@ -241,6 +258,27 @@ mod tests {
         assert_eq!(decode(old).unwrap()[0].route, RouteId(2));
         let bad = "[[lease]]\nport = 80\nowner = \"a\"\nroute = \"xyz\"\nreserved_until_ms = 0\n";
         assert!(crate::log::Chain(&decode(bad).unwrap_err()).to_string().contains("16 hex digits"));
+    }
+
+    #[test]
+    fn a_lease_is_kept_only_for_the_client_that_held_it() {
+        use crate::auth::{Credentials, Token};
+        let token = |t: &str| Token::new(t).unwrap();
+        let credentials = Credentials::default()
+            .with_shared(token("shared-token-0123456789"))
+            .with_client("kube", token("kube-token-0123456789"));
+        let mut config = ServerConfig::new(credentials, None);
+        config.policy.clients.insert("owner".into(), crate::server::ClientPolicy::default());
+        config.policy.clients.get_mut("owner").unwrap().ports = Some("7003".parse().unwrap());
+        let old_file = StoredLease { credential: None, ..lease(7000, "kube", 0) };
+        let gone_from_clients = lease(7001, "worker", 0);
+        let on_the_shared_token =
+            StoredLease { credential: Some(CredentialKind::Shared), ..lease(7002, "web", 0) };
+        let now_owned = StoredLease { credential: Some(CredentialKind::Shared), ..lease(7003, "web", 0) };
+        let mut stored = vec![old_file, gone_from_clients, on_the_shared_token, now_owned];
+        keep_for(&mut stored, &config);
+        let kept: Vec<_> = stored.iter().map(|l| (l.port, l.credential)).collect();
+        assert_eq!(kept, [(7000, Some(CredentialKind::PerClient)), (7002, Some(CredentialKind::Shared))]);
     }
 
     #[test]

@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::registry::SessionId;
-use crate::auth::CredentialKind;
+use super::registry::{Owner, SessionId};
 use crate::mux::StreamOpener;
 use crate::proto::{IpNet, RouteId};
 
@@ -38,14 +37,6 @@ struct Entry {
     /// The protocol version the session speaks.
     version: u16,
     reserved_until: Option<Instant>,
-}
-
-/// Who routes a network: a name with the kind of credential it holds (a name on the shared
-/// token and the same name with a token of its own are different clients).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Owner {
-    pub(crate) name: String,
-    pub(crate) credential: CredentialKind,
 }
 
 /// The network an address falls in, and how to reach the client routing it.
@@ -152,6 +143,7 @@ impl Networks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::CredentialKind;
 
     /// An opener whose driver is kept (not run): open as far as the table can tell.
     fn opener() -> StreamOpener {

@@ -1,10 +1,11 @@
 //! Who is connected and who holds which public port.
 //!
-//! Keyed by client identity (its name): the live sessions of each name (one, or up to its
-//! `replicas`), and the ports each name holds. A port is leased to a name, not to a session:
-//! it is held while some route listener of the name uses it, and when the last one closes
-//! (its sessions ended) it stays reserved for the name for a grace period, so a reconnecting
-//! client gets it back and nobody else can grab it meanwhile.
+//! Keyed by client identity: the live sessions of each name (one, or up to its `replicas`),
+//! and the ports each client ([`Owner`]: its name and the kind of its credential) holds. A
+//! port is leased to a client, not to a session: it is held while some route listener of the
+//! client uses it, and when the last one closes (its sessions ended) it stays reserved for
+//! the client for a grace period, so a reconnecting client gets it back and nobody else can
+//! grab it meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,15 @@ const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Identifies one session of a client name.
 pub(crate) type SessionId = u64;
+
+/// Who holds a port or routes a network: a name with the kind of credential it holds. A name
+/// on the shared token and the same name with a token of its own are different clients, so
+/// one cannot take over what the other left reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) name: String,
+    pub(crate) credential: CredentialKind,
+}
 
 /// Caps on what authenticated clients may hold, so one credential cannot exhaust the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +123,7 @@ struct Slot {
 
 #[derive(Debug)]
 struct Lease {
-    owner: String,
+    owner: Owner,
     /// The owner's route, so a reconnect asking "any port" for it gets this one back.
     route: RouteId,
     state: LeaseState,
@@ -182,17 +192,18 @@ impl Registry {
         inner.caps = caps;
     }
 
-    /// Reserves the leases a previous run stored, each for what is left of its grace period.
+    /// Reserves the leases a previous run stored, each for what is left of its grace period
+    /// (one whose owner's kind of credential is not known is left out).
     pub(crate) fn restore(&self, stored: &[StoredLease]) {
         let (now, now_ms) = (Instant::now(), leases::unix_ms(SystemTime::now()));
         let mut inner = self.lock();
         let grace = inner.grace;
         for lease in stored {
+            let Some(credential) = lease.credential else { continue };
             if let Some(left) = leases::remaining(lease, now_ms, grace) {
                 let state = LeaseState::Reserved { until: now + left };
-                inner
-                    .leases
-                    .insert(lease.port, Lease { owner: lease.owner.clone(), route: lease.route, state });
+                let owner = Owner { name: lease.owner.clone(), credential };
+                inner.leases.insert(lease.port, Lease { owner, route: lease.route, state });
             }
         }
     }
@@ -215,7 +226,8 @@ impl Registry {
                 };
                 Some(StoredLease {
                     port: *port,
-                    owner: lease.owner.clone(),
+                    owner: lease.owner.name.clone(),
+                    credential: Some(lease.owner.credential),
                     route: lease.route,
                     reserved_until_ms,
                 })
@@ -402,36 +414,38 @@ impl Registry {
         registration.gone.cancel();
     }
 
-    /// Claims `port` for a route listener of `name`: free ports, expired reservations and the
-    /// name's own reservations can be claimed, and a port the name holds already (for a route
-    /// of the other protocol); anything another client holds or reserved cannot. Each claim
-    /// is given back once, by [`Self::release`] or [`Self::vacate`].
-    pub(crate) fn claim(&self, name: &str, route: RouteId, port: u16) -> Result<(), OtherClient> {
+    /// Claims `port` for a route listener of `owner`: free ports, expired reservations and
+    /// the owner's own reservations can be claimed, and a port the owner holds already (for a
+    /// route of the other protocol); anything another client holds or reserved cannot. Each
+    /// claim is given back once, by [`Self::release`] or [`Self::vacate`].
+    pub(crate) fn claim(&self, owner: &Owner, route: RouteId, port: u16) -> Result<(), OtherClient> {
         let now = Instant::now();
         let mut inner = self.lock();
         let users = match inner.leases.get(&port) {
-            Some(Lease { owner, state: LeaseState::Held(users), .. }) if owner == name => users + 1,
+            Some(Lease { owner: held_by, state: LeaseState::Held(users), .. }) if held_by == owner => {
+                users + 1
+            }
             Some(Lease { state: LeaseState::Held(_), .. }) => return Err(OtherClient),
-            Some(Lease { owner, state: LeaseState::Reserved { until }, .. })
-                if *until > now && owner != name =>
+            Some(Lease { owner: reserved_for, state: LeaseState::Reserved { until }, .. })
+                if *until > now && reserved_for != owner =>
             {
                 return Err(OtherClient)
             }
             _ => 1,
         };
-        let lease = Lease { owner: name.to_owned(), route, state: LeaseState::Held(users) };
+        let lease = Lease { owner: owner.clone(), route, state: LeaseState::Held(users) };
         inner.leases.insert(port, lease);
         drop(inner);
         self.changed();
         Ok(())
     }
 
-    /// The port reserved (not held) for `name`'s route `route`, if any.
-    pub(crate) fn reserved_for(&self, name: &str, route: RouteId) -> Option<u16> {
+    /// The port reserved (not held) for `owner`'s route `route`, if any.
+    pub(crate) fn reserved_for(&self, owner: &Owner, route: RouteId) -> Option<u16> {
         let now = Instant::now();
         self.lock().leases.iter().find_map(|(port, lease)| {
             let reserved = matches!(lease.state, LeaseState::Reserved { until } if until > now);
-            (reserved && lease.owner == name && lease.route == route).then_some(*port)
+            (reserved && lease.owner == *owner && lease.route == route).then_some(*port)
         })
     }
 
@@ -442,23 +456,23 @@ impl Registry {
         }
     }
 
-    /// Gives back a claim of `name`'s: the bind failed, or the route holding it was removed.
-    /// The port is free once no listener of the name uses it.
-    pub(crate) fn release(&self, name: &str, port: u16) {
-        self.give_back(name, port, None);
+    /// Gives back a claim of `owner`'s: the bind failed, or the route holding it was removed.
+    /// The port is free once no listener of the owner uses it.
+    pub(crate) fn release(&self, owner: &Owner, port: u16) {
+        self.give_back(owner, port, None);
     }
 
-    /// Gives back a claim of `name`'s whose listener closed because its sessions ended: once
-    /// no listener of the name uses the port, it is reserved for the name's reconnect for the
-    /// grace period.
-    pub(crate) fn vacate(&self, name: &str, port: u16) {
+    /// Gives back a claim of `owner`'s whose listener closed because its sessions ended: once
+    /// no listener of the owner uses the port, it is reserved for the owner's reconnect for
+    /// the grace period.
+    pub(crate) fn vacate(&self, owner: &Owner, port: u16) {
         let until = Instant::now() + self.lock().grace;
-        self.give_back(name, port, Some(until));
+        self.give_back(owner, port, Some(until));
     }
 
-    fn give_back(&self, name: &str, port: u16, reserve_until: Option<Instant>) {
+    fn give_back(&self, owner: &Owner, port: u16, reserve_until: Option<Instant>) {
         let mut inner = self.lock();
-        let Some(lease) = inner.leases.get_mut(&port).filter(|lease| lease.owner == name) else { return };
+        let Some(lease) = inner.leases.get_mut(&port).filter(|lease| lease.owner == *owner) else { return };
         match lease.state {
             LeaseState::Held(users) if users > 1 => lease.state = LeaseState::Held(users - 1),
             LeaseState::Held(_) => match reserve_until {
@@ -474,8 +488,9 @@ impl Registry {
     }
 
     /// Drops the reservations (of departed sessions) that `keep` refuses, given the port and
-    /// the name it is reserved for: a reload gave the port to another client.
-    pub(crate) fn drop_reservations(&self, keep: impl Fn(u16, &str) -> bool) {
+    /// the client it is reserved for: a reload gave the port to another client, or took the
+    /// client's credential away.
+    pub(crate) fn drop_reservations(&self, keep: impl Fn(u16, &Owner) -> bool) {
         let mut inner = self.lock();
         let before = inner.leases.len();
         inner
@@ -487,11 +502,12 @@ impl Registry {
         }
     }
 
-    /// True if `port` is held or reserved by someone other than `name` (used to skip candidates).
-    pub(crate) fn is_taken_for(&self, name: &str, port: u16) -> bool {
+    /// True if `port` is held or reserved by someone other than `owner` (used to skip
+    /// candidates).
+    pub(crate) fn is_taken_for(&self, owner: &Owner, port: u16) -> bool {
         let now = Instant::now();
         self.lock().leases.get(&port).is_some_and(|lease| {
-            lease.owner != name
+            lease.owner != *owner
                 && match lease.state {
                     LeaseState::Held(_) => true,
                     LeaseState::Reserved { until } => until > now,

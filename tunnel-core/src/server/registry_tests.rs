@@ -5,6 +5,11 @@ const GRACE: Duration = Duration::from_secs(60);
 const HANDOVER: Duration = Duration::from_secs(1);
 const CAPS: Caps = Caps { sessions: 100, shared_sessions: 100, services: 100 };
 
+/// `name` on a token of its own.
+fn who(name: &str) -> Owner {
+    Owner { name: name.into(), credential: CredentialKind::PerClient }
+}
+
 async fn register(registry: &Registry, name: &str) -> Registration {
     registry.register(name, CredentialKind::Shared, opener().0, 1, HANDOVER).await.unwrap()
 }
@@ -12,46 +17,60 @@ async fn register(registry: &Registry, name: &str) -> Registration {
 #[tokio::test(start_paused = true)]
 async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
     let registry = Registry::new(GRACE, CAPS);
-    registry.claim("a", RouteId(1), 7000).unwrap();
-    assert_eq!(registry.claim("b", RouteId(1), 7000), Err(OtherClient));
+    registry.claim(&who("a"), RouteId(1), 7000).unwrap();
+    assert_eq!(registry.claim(&who("b"), RouteId(1), 7000), Err(OtherClient));
 
-    registry.vacate("a", 7000);
-    assert_eq!(registry.claim("b", RouteId(1), 7000), Err(OtherClient), "reserved for a");
-    assert_eq!(registry.reserved_for("a", RouteId(1)), Some(7000));
-    assert_eq!(registry.reserved_for("a", RouteId(2)), None);
-    registry.claim("a", RouteId(1), 7000).unwrap();
-    registry.vacate("a", 7000);
+    registry.vacate(&who("a"), 7000);
+    assert_eq!(registry.claim(&who("b"), RouteId(1), 7000), Err(OtherClient), "reserved for a");
+    assert_eq!(registry.reserved_for(&who("a"), RouteId(1)), Some(7000));
+    assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), None);
+    registry.claim(&who("a"), RouteId(1), 7000).unwrap();
+    registry.vacate(&who("a"), 7000);
 
     tokio::time::advance(GRACE + Duration::from_secs(1)).await;
     registry.sweep();
-    registry.claim("b", RouteId(1), 7000).unwrap();
+    registry.claim(&who("b"), RouteId(1), 7000).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_on_the_other_kind_of_credential_is_another_client() {
+    let registry = Registry::new(GRACE, CAPS);
+    let impostor = Owner { name: "a".into(), credential: CredentialKind::Shared };
+    registry.claim(&who("a"), RouteId(1), 7000).unwrap();
+    assert_eq!(registry.claim(&impostor, RouteId(1), 7000), Err(OtherClient), "held");
+    registry.vacate(&impostor, 7000);
+    assert!(registry.is_taken_for(&impostor, 7000), "it gave back what it does not hold");
+    registry.vacate(&who("a"), 7000);
+    assert_eq!(registry.claim(&impostor, RouteId(1), 7000), Err(OtherClient), "reserved");
+    assert_eq!(registry.reserved_for(&impostor, RouteId(1)), None);
+    assert_eq!(registry.reserved_for(&who("a"), RouteId(1)), Some(7000));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_port_is_the_names_until_its_last_listener_gives_it_back() {
     let registry = Registry::new(GRACE, CAPS);
     // A TCP and a UDP route of one name on one port: two claims.
-    registry.claim("a", RouteId(1), 7000).unwrap();
-    registry.claim("a", RouteId(2), 7000).unwrap();
-    registry.release("a", 7000);
-    assert!(registry.is_taken_for("b", 7000), "freed while a listener still uses it");
+    registry.claim(&who("a"), RouteId(1), 7000).unwrap();
+    registry.claim(&who("a"), RouteId(2), 7000).unwrap();
+    registry.release(&who("a"), 7000);
+    assert!(registry.is_taken_for(&who("b"), 7000), "freed while a listener still uses it");
     // Another name cannot give it back for its owner.
-    registry.release("b", 7000);
-    registry.vacate("b", 7000);
-    assert!(registry.is_taken_for("b", 7000));
-    registry.release("a", 7000);
-    assert!(!registry.is_taken_for("b", 7000), "a released port stays taken");
-    assert_eq!(registry.reserved_for("a", RouteId(2)), None, "a released port is not reserved");
+    registry.release(&who("b"), 7000);
+    registry.vacate(&who("b"), 7000);
+    assert!(registry.is_taken_for(&who("b"), 7000));
+    registry.release(&who("a"), 7000);
+    assert!(!registry.is_taken_for(&who("b"), 7000), "a released port stays taken");
+    assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), None, "a released port is not reserved");
 
-    registry.claim("a", RouteId(1), 7001).unwrap();
-    registry.claim("a", RouteId(2), 7001).unwrap();
-    registry.vacate("a", 7001);
-    assert_eq!(registry.reserved_for("a", RouteId(2)), None, "reserved while still held");
-    registry.vacate("a", 7001);
-    assert_eq!(registry.reserved_for("a", RouteId(2)), Some(7001));
+    registry.claim(&who("a"), RouteId(1), 7001).unwrap();
+    registry.claim(&who("a"), RouteId(2), 7001).unwrap();
+    registry.vacate(&who("a"), 7001);
+    assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), None, "reserved while still held");
+    registry.vacate(&who("a"), 7001);
+    assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), Some(7001));
     // Giving back more than was claimed leaves the reservation alone.
-    registry.release("a", 7001);
-    assert_eq!(registry.reserved_for("a", RouteId(2)), Some(7001));
+    registry.release(&who("a"), 7001);
+    assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), Some(7001));
 }
 
 #[tokio::test(start_paused = true)]
@@ -194,11 +213,11 @@ async fn a_service_visit_goes_to_a_replica_exposing_it_and_not_draining() {
 #[tokio::test(start_paused = true)]
 async fn stored_leases_are_reserved_again_after_a_restart() {
     let before = Registry::new(GRACE, CAPS);
-    before.claim("a", RouteId(0), 7000).unwrap();
-    before.claim("a", RouteId(1), 7001).unwrap();
-    before.vacate("a", 7000);
-    before.vacate("a", 7001);
-    before.claim("b", RouteId(0), 7002).unwrap();
+    before.claim(&who("a"), RouteId(0), 7000).unwrap();
+    before.claim(&who("a"), RouteId(1), 7001).unwrap();
+    before.vacate(&who("a"), 7000);
+    before.vacate(&who("a"), 7001);
+    before.claim(&who("b"), RouteId(0), 7002).unwrap();
     let stored = before.stored_leases();
     assert_eq!(stored.iter().map(|l| l.port).collect::<Vec<_>>(), [7000, 7001, 7002]);
     assert_eq!(stored[2].reserved_until_ms, 0, "held");
@@ -206,12 +225,16 @@ async fn stored_leases_are_reserved_again_after_a_restart() {
     let after = Registry::new(GRACE, CAPS);
     after.restore(&stored);
     for port in [7000, 7001, 7002] {
-        assert_eq!(after.claim("c", RouteId(0), port), Err(OtherClient), "{port}");
+        assert_eq!(after.claim(&who("c"), RouteId(0), port), Err(OtherClient), "{port}");
     }
-    assert_eq!(after.reserved_for("a", RouteId(1)), Some(7001));
-    assert_eq!(after.reserved_for("b", RouteId(0)), Some(7002), "a held lease is reserved after a restart");
+    assert_eq!(after.reserved_for(&who("a"), RouteId(1)), Some(7001));
+    assert_eq!(
+        after.reserved_for(&who("b"), RouteId(0)),
+        Some(7002),
+        "a held lease is reserved after a restart"
+    );
     tokio::time::advance(GRACE + Duration::from_secs(1)).await;
-    after.claim("c", RouteId(0), 7002).unwrap();
+    after.claim(&who("c"), RouteId(0), 7002).unwrap();
 }
 
 #[tokio::test(start_paused = true)]

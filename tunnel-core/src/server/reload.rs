@@ -87,9 +87,12 @@ impl Server {
         withdrawn.sort();
         report.withdrawn = withdrawn;
         // A port the new configuration gives to one client is no longer held for another's
-        // reconnect (as at a restart).
-        let policy = &config.policy;
-        shared.registry.drop_reservations(|port, owner| policy.port_owner(port).is_none_or(|o| o == owner));
+        // reconnect (as at a restart), nor for a client whose kind of credential changed: a
+        // name removed from `[[clients]]` is, on the shared token, someone else.
+        shared.registry.drop_reservations(|port, owner| {
+            let kind = config.credentials.lookup(&owner.name).map(|(_, kind)| kind);
+            kind == Some(owner.credential) && config.policy.port_owner(port).is_none_or(|o| o == owner.name)
+        });
         futures::future::join_all(sessions.iter().map(|(_, session)| async move {
             let (done, answer) = oneshot::channel();
             let asked = async {

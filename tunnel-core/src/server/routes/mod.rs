@@ -18,8 +18,8 @@ use self::ports::PortRoute;
 use super::directory::Listing;
 use super::forwards::{Binder, Refusal, StreamKind};
 use super::http_routes::SessionHttp;
-use super::networks::Owner;
 use super::port_listeners::Shape;
+use super::registry::Owner;
 use super::registry::SessionId;
 use super::{RouteInfo, Shared};
 use crate::auth::CredentialKind;
@@ -385,7 +385,7 @@ impl<'s> SessionRoutes<'s> {
             let message = format!("client {:?} may not route network {net}", self.name);
             return Err((RefusalCode::NetworkNotAllowed, message));
         }
-        let owner = Owner { name: self.name.clone(), credential: self.credential };
+        let owner = self.owner();
         let claimed =
             self.shared.networks.claim(net, &owner, self.session, id, self.opener.clone(), self.version);
         claimed.map_err(|held| {
@@ -489,6 +489,11 @@ impl<'s> SessionRoutes<'s> {
         self.shared.each_edge(|edge| edge.renew(&self.opener));
     }
 
+    /// This client, as it holds ports and networks.
+    fn owner(&self) -> Owner {
+        Owner { name: self.name.clone(), credential: self.credential }
+    }
+
     fn binder(&self) -> Binder<'_> {
         Binder { shared: self.shared, name: &self.name, credential: self.credential }
     }
@@ -566,7 +571,7 @@ impl<'s> SessionRoutes<'s> {
         }
         for (id, route) in std::mem::take(&mut self.ports) {
             if let Some(port) = self.leave_port(id, route).await {
-                self.shared.registry.vacate(&self.name, port);
+                self.shared.registry.vacate(&self.owner(), port);
             }
         }
     }
