@@ -31,7 +31,7 @@ use super::headers::{
 use super::index::{RouteIndex, RouteTarget};
 use super::inflight::{self, InFlight};
 use super::origin::splice_upgraded;
-use super::park::{Activity, ExchangeBody, Parking, PARK_AFTER};
+use super::park::{Activity, ExchangeBody, LargeHeads, Parking, PARK_AFTER};
 use super::pool::Pool;
 use super::{text_response, Body};
 use crate::mux::StreamOpener;
@@ -74,6 +74,11 @@ pub struct EdgeLimits {
     pub response_timeout: Duration,
     /// Visitor connections open at once (default 10000); more are closed at accept.
     pub max_connections: usize,
+    /// HTTP/1.1 connections that may hold a request head longer than 8 KiB at once (default
+    /// 512). Each holds a read buffer of up to about twice `max_header_bytes` until it is
+    /// parked or closed; others wait, reading no more, for a place or the end of their header
+    /// time. Heads up to 8 KiB never wait.
+    pub max_large_heads: usize,
 }
 
 impl Default for EdgeLimits {
@@ -83,6 +88,7 @@ impl Default for EdgeLimits {
             max_header_bytes: 64 * 1024,
             response_timeout: Duration::from_secs(120),
             max_connections: 10_000,
+            max_large_heads: 512,
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct HttpEdge {
     /// by the edges of one server.
     inflight: Arc<InFlight>,
     parked: AtomicUsize,
+    /// Places for connections reading long heads.
+    large_heads: LargeHeads,
     /// Cancelled by [`HttpEdge::drain`].
     draining: CancellationToken,
     metrics: Option<crate::metrics::Metrics>,
@@ -117,6 +125,7 @@ impl HttpEdge {
         Self {
             routes,
             fallback,
+            large_heads: LargeHeads::new(limits.max_large_heads),
             limits,
             streams: Arc::new(Pool::new(POOLED_STREAMS_PER_SESSION)),
             inflight: Arc::new(InFlight::new(STREAMS_PER_SESSION, STREAMS_PER_SOURCE)),
@@ -276,7 +285,7 @@ impl HttpEdge {
             }
             return;
         }
-        let mut parking = Parking::new(io, activity.clone());
+        let mut parking = Parking::new(io, activity.clone(), &self.large_heads);
         // Nothing of hyper's until the first request begins (browsers open spare connections).
         // A request whose first byte is in is served, drain or not.
         let waiting = tokio::time::Instant::now();

@@ -31,12 +31,51 @@ async fn responses(visitor: &mut tokio::io::DuplexStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// An HTTP/1.1 visitor's end of a connection `edge` serves.
+fn visitor_of(edge: &Arc<HttpEdge>) -> tokio::io::DuplexStream {
+    let (visitor, served) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    visitor
+}
+
+/// Connections holding long heads half sent take the large-head places; past them another
+/// long head waits, reading no more, while short heads are served at once, and it is served
+/// when a place frees.
+#[tokio::test(start_paused = true)]
+async fn a_long_head_past_the_places_waits_while_short_heads_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let limits = EdgeLimits { max_large_heads: 1, ..EdgeLimits::default() };
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, limits));
+    let long_head = format!("GET / HTTP/1.1\r\nHost: nobody.test\r\nX-Pad: {}", "a".repeat(20_000));
+    let mut holder = visitor_of(&edge);
+    holder.write_all(long_head.as_bytes()).await.unwrap();
+    let taken = async {
+        while edge.large_heads.free() > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), taken).await.expect("a long head took no place");
+
+    let mut waiting = visitor_of(&edge);
+    waiting.write_all(long_head.as_bytes()).await.unwrap();
+    waiting.write_all(b"\r\n\r\n").await.unwrap();
+    let mut short = visitor_of(&edge);
+    short.write_all(b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n").await.unwrap();
+    assert_eq!(responses(&mut short).await.matches("HTTP/1.1 404").count(), 1, "a short head waited");
+    assert_eq!(responses(&mut waiting).await, "", "a long head was read past the places");
+
+    drop(holder);
+    let answer = responses(&mut waiting).await;
+    assert_eq!(answer.matches("HTTP/1.1 404").count(), 1, "the place freed went to no one: {answer:?}");
+    // Answered and idle, it is parked (`responses` waited past that) and its place is free.
+    assert_eq!(edge.large_heads.free(), 1, "a parked connection kept its place");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_answered_before_it_arrived_is_never_read_as_requests_after_a_pause() {
     use tokio::io::AsyncWriteExt;
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let mut visitor = visitor_of(&edge);
     // The body is a whole request, sent in two halves with a pause between them. The
     // fallback answers before reading it; the body must stay a body (hyper closes such a
     // connection rather than read the rest), never become a request of its own.
@@ -56,8 +95,7 @@ async fn a_body_answered_before_it_arrived_is_never_read_as_requests_after_a_pau
 async fn a_pipelined_request_split_by_a_pause_is_answered() {
     use tokio::io::AsyncWriteExt;
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let mut visitor = visitor_of(&edge);
     visitor
         .write_all(b"GET /one HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET /two HTTP/1.1\r\nHo")
         .await
@@ -212,14 +250,12 @@ async fn an_exchange_waiting_on_the_tunnel_is_never_idle() {
 async fn a_request_with_two_host_headers_is_refused() {
     use tokio::io::AsyncWriteExt;
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let mut visitor = visitor_of(&edge);
     visitor.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n").await.unwrap();
     let answer = responses(&mut visitor).await;
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("more than one Host"), "{answer}");
     // Nor a target whose userinfo would be carried on as the Host.
-    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let mut visitor = visitor_of(&edge);
     visitor.write_all(b"GET http://b.test@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
     let answer = responses(&mut visitor).await;
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("userinfo"), "{answer}");
@@ -258,8 +294,7 @@ async fn a_request_head_begun_late_gets_only_what_is_left_of_the_header_time() {
 async fn a_connect_request_is_answered_not_implemented_and_the_connection_serves_on() {
     use tokio::io::AsyncWriteExt;
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
-    let (mut visitor, served) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(edge.clone().serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let mut visitor = visitor_of(&edge);
     visitor.write_all(b"CONNECT app.test:80 HTTP/1.1\r\nHost: app.test:80\r\n\r\n").await.unwrap();
     visitor.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
     let answer = responses(&mut visitor).await;

@@ -44,6 +44,9 @@ pub(super) struct Activity {
     waiting: AtomicUsize,
     /// Bytes were read since the last exchange ended: a request may be half received.
     arrived: AtomicBool,
+    /// Bytes read while no exchange was in flight, since the last one began: the head being
+    /// received (see [`LargeHeads`]).
+    head_bytes: AtomicUsize,
     /// The connection became a byte stream (WebSocket): never parked.
     upgraded: AtomicBool,
     /// The reader waiting while a request was in flight, woken to start its idle clock.
@@ -57,6 +60,7 @@ impl Activity {
     pub(super) fn begin(self: &Arc<Self>, body_follows: bool) -> Exchange {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.fetch_add(1, Ordering::AcqRel);
+        self.head_bytes.store(0, Ordering::Release);
         Exchange { activity: self.clone(), body_follows, waiting: false }
     }
 
@@ -192,6 +196,32 @@ impl Drop for Exchange {
 /// Fewer bytes of answers than this sent in a period count as none.
 const QUIET_BYTES: usize = 1024;
 
+/// A request head up to this long fits hyper's first read buffer; beyond it hyper grows the
+/// buffer, up to about twice `max_header_bytes`, and keeps it while its connection lives.
+const SMALL_HEAD: usize = 8 * 1024;
+
+/// The places for connections reading a head longer than [`SMALL_HEAD`], shared by an edge's
+/// connections. A connection takes one before it reads past that and keeps it until it is
+/// parked or closed (when hyper's buffer goes); without a free place it reads nothing more
+/// until one frees or its header time runs out. So visitors holding long heads half sent cost
+/// at most this many large buffers, however many connections they open, while heads of the
+/// usual few kilobytes never wait. What arrives while no exchange is in flight counts as a head:
+/// the rest of a body still arriving after its answer too (such a connection is never parked).
+#[derive(Debug, Clone)]
+pub(super) struct LargeHeads(Arc<tokio::sync::Semaphore>);
+
+impl LargeHeads {
+    pub(super) fn new(places: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(places.clamp(1, tokio::sync::Semaphore::MAX_PERMITS))))
+    }
+
+    /// Places free now.
+    #[cfg(test)]
+    pub(super) fn free(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
 /// A visitor's socket as hyper reads it, parked after [`PARK_AFTER`] idle; between hyper
 /// connections it waits for the next request's first byte ([`Parking::resume`]; TLS streams
 /// have no readiness of their own), which it hands to the next hyper connection first.
@@ -206,11 +236,23 @@ pub(super) struct Parking<I> {
     /// Bytes read but not yet handed to hyper: the next request's first byte, or what a hyper
     /// connection ended with unparsed (part of a pipelined request).
     prefix: bytes::Bytes,
+    /// Where this connection waits for a place among the large heads, and the place it holds.
+    large_heads: tokio_util::sync::PollSemaphore,
+    large_head: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<I: AsyncRead + Unpin> Parking<I> {
-    pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io, activity, clock: None, timing: false, parked: false, prefix: bytes::Bytes::new() }
+    pub(super) fn new(io: I, activity: Arc<Activity>, large_heads: &LargeHeads) -> Self {
+        Self {
+            io,
+            activity,
+            clock: None,
+            timing: false,
+            parked: false,
+            prefix: bytes::Bytes::new(),
+            large_heads: tokio_util::sync::PollSemaphore::new(large_heads.0.clone()),
+            large_head: None,
+        }
     }
 
     /// Whether the connection was parked (rather than closed by the visitor or by an error).
@@ -254,16 +296,46 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
             this.activity.arrived.store(true, Ordering::Release);
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
+            this.count_head(n);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
+        // A head read without a place stops at SMALL_HEAD, and reads on only with one.
+        let mut room = None;
+        if this.large_head.is_none() && this.activity.in_flight.load(Ordering::Acquire) == 0 {
+            let head = this.activity.head_bytes.load(Ordering::Acquire);
+            if head < SMALL_HEAD {
+                room = Some(SMALL_HEAD - head);
+            } else {
+                match this.large_heads.poll_acquire(cx) {
+                    Poll::Ready(place) => this.large_head = place,
+                    // Nothing more is read (nor buffered by hyper) until a place frees.
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+        let read = match room.filter(|room| buf.remaining() > *room) {
+            Some(room) => {
+                let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+                let read = Pin::new(&mut this.io).poll_read(cx, &mut limited);
+                let n = limited.filled().len();
+                buf.advance(n);
+                read.map(|result| result.map(|()| n))
+            }
+            None => {
+                let before = buf.filled().len();
+                let read = Pin::new(&mut this.io).poll_read(cx, buf);
+                read.map(|result| result.map(|()| buf.filled().len() - before))
+            }
+        };
+        match read {
             Poll::Ready(result) => {
                 this.timing = false;
-                if buf.filled().len() > before {
+                let n = *result.as_ref().unwrap_or(&0);
+                if n > 0 {
                     this.activity.arrived.store(true, Ordering::Release);
+                    this.count_head(n);
                 }
-                Poll::Ready(result)
+                Poll::Ready(result.map(drop))
             }
             Poll::Pending => {
                 if !this.activity.idle() {
@@ -281,6 +353,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
                 }
                 if clock.as_mut().poll(cx).is_ready() && this.activity.idle() {
                     this.parked = true;
+                    // hyper's buffer goes with its connection.
+                    this.large_head = None;
+                    this.activity.head_bytes.store(0, Ordering::Release);
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
@@ -290,6 +365,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
 }
 
 impl<I> Parking<I> {
+    /// Counts `n` bytes just read toward the head being received, if no exchange is in flight.
+    fn count_head(&self, n: usize) {
+        if self.activity.in_flight.load(Ordering::Acquire) == 0 {
+            self.activity.head_bytes.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
     fn count_sent(&self, written: &Poll<std::io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = written {
             self.activity.sent.fetch_add(*n, Ordering::Relaxed);
@@ -351,7 +433,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let activity = Arc::new(Activity::default());
         let (mut visitor, io) = tokio::io::duplex(4096);
-        let mut parking = Parking::new(io, activity.clone());
+        let mut parking = Parking::new(io, activity.clone(), &LargeHeads::new(1));
         let mut buf = [0u8; 2048];
         let reading_slowly = async {
             for _ in 0..5 {
@@ -385,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_parked_connection_keeps_no_part_of_hypers_read_buffer() {
-        let mut parking = Parking::new(tokio::io::empty(), Arc::default());
+        let mut parking = Parking::new(tokio::io::empty(), Arc::default(), &LargeHeads::new(1));
         let buffer = bytes::Bytes::from(vec![b'x'; 8192]);
         parking.keep_unparsed(buffer.slice(8190..));
         assert!(buffer.is_unique(), "parked, the connection would hold 8 KiB for 2 bytes");
