@@ -207,9 +207,10 @@ struct Drain {
     /// The client drains (protocol 6 and later): no new visitors; the session ends, by the
     /// server, when its streams have.
     handing_over: bool,
-    /// A client's drain (protocol 6) lasts the time it asked for, within the server's drain
-    /// time (30 s at least): a draining session counts for no replica, so one holding a stream
-    /// open forever must not stay forever.
+    /// A client's drain lasts the time it asked for, within the server's drain time (30 s at
+    /// least): a draining session counts for no replica, so one holding a stream open, or (in
+    /// protocols 3 to 5, where the client ends its session) never ending it, must not stay
+    /// forever.
     client_ends: Option<tokio::time::Instant>,
 }
 
@@ -241,15 +242,17 @@ async fn client_drains(
     tracing::info!(client = %crate::log::Escaped(&client.name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
     if client.version >= HANDOVER_VERSION {
         // Said once nothing new can reach it: the client may close its idle streams now; this
-        // side ends the session when its streams are done, within the time the client asked
-        // for (and the server allows).
+        // side ends the session when its streams are done.
         drain.handing_over = true;
         let _ = control.send(ControlMessage::NoNewVisitors).await;
-        let asked = Duration::from_millis(deadline_ms.into());
-        let most = shared.config().drain_timeout.max(crate::session::DEFAULT_DRAIN_TIMEOUT);
-        let limit = asked.min(most).saturating_add(CLIENT_DRAIN_SLACK);
-        drain.client_ends = tokio::time::Instant::now().checked_add(limit);
     }
+    // Within the time the client asked for (and the server allows), whatever its protocol: a
+    // client of protocols 3 to 5 ends its session itself, and one that never does would keep
+    // a session that counts for no replica.
+    let asked = Duration::from_millis(deadline_ms.into());
+    let most = shared.config().drain_timeout.max(crate::session::DEFAULT_DRAIN_TIMEOUT);
+    let limit = asked.min(most).saturating_add(CLIENT_DRAIN_SLACK);
+    drain.client_ends = tokio::time::Instant::now().checked_add(limit);
     Ok(())
 }
 

@@ -21,9 +21,12 @@ use tunnel_core::auth::{ChannelBinding, Credentials, Token};
 use tunnel_core::client::ClientError;
 use tunnel_core::mux::{self, Mode, MuxConfig};
 use tunnel_core::proto::handshake::{HandshakeMessage, RefuseCode};
-use tunnel_core::proto::{frame, ControlMessage, GoodbyeCode};
+use tunnel_core::proto::{
+    frame, ControlMessage, GoodbyeCode, StreamHeader, VisitTarget, DRAINING_VERSION, PROTOCOL_VERSION,
+    UDP_VERSION,
+};
 use tunnel_core::session::framed::read_frame;
-use tunnel_core::session::{client_handshake, Session, SessionConfig};
+use tunnel_core::session::{client_handshake, client_handshake_offering, Session, SessionConfig};
 use tunnel_core::tls::{client_config, server_config, ServerIdentity, ServerTrust};
 use tunnel_core::transport::{BoxedIo, ClientTransport};
 

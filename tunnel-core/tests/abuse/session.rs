@@ -168,3 +168,72 @@ async fn malformed_control_messages_end_only_the_offending_session() {
     assert_undisturbed("malformed control messages", before, during);
     scene.finish().await;
 }
+
+/// A client that says it drains and then never ends its session is cut once the time it
+/// asked for (and 2 s more) has passed, whether the server ends its session when its streams
+/// are done (protocol 6 and later) or the client is to end it itself (protocols 3 to 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_draining_forever_is_cut_after_the_time_it_asked_for() {
+    let _serial = SERIAL.lock().await;
+    let echo = echo_target().await;
+    let scene =
+        scene(|c| c.policy.allow_targets = format!("127.0.0.1:{}", echo.port()).parse().unwrap()).await;
+    for version in [DRAINING_VERSION, UDP_VERSION, PROTOCOL_VERSION] {
+        let target = TestTarget { addr: scene.server.addr, fingerprint: scene.server.fingerprint };
+        let (mut io, binding) = tls_connection(&target).await;
+        client_handshake_offering(&mut io, &binding, "lingering", Token::new(TOKEN).unwrap(), version)
+            .await
+            .unwrap();
+        let (opener, _incoming, driver) = mux::start(io, &MuxConfig::default(), Mode::Client);
+        let _driver = tokio::spawn(driver);
+        let mut control = opener.open().await.unwrap();
+        // The first stream to reach the server is the control stream (yamux opens a stream
+        // with its first bytes).
+        let ping = ControlMessage::Ping { nonce: 1 }.encode();
+        control.write_all(&frame::encode_to_vec(&ping)).await.unwrap();
+        // A stream held open through the drain: a visit to a target the server dials, which a
+        // session of any of these protocols may make, proven by an echo before the drain.
+        let mut held = opener.open().await.unwrap();
+        let target = VisitTarget::Address(echo.to_string().parse().unwrap());
+        let visit = StreamHeader::LocalForward { target, visitor: "127.0.0.1:1".parse().unwrap() };
+        held.write_all(&visit.encode()).await.unwrap();
+        held.write_all(b"x").await.unwrap();
+        let mut echoed = Vec::new();
+        while !echoed.ends_with(b"x") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(PATIENCE, held.read(&mut byte)).await.expect("no echo").unwrap();
+            assert!(n > 0, "protocol {version}: the visit was closed");
+            echoed.push(byte[0]);
+        }
+        let drain = ControlMessage::Draining { deadline_ms: 1000, message: "going".into() };
+        control.write_all(&frame::encode_to_vec(&drain.encode())).await.unwrap();
+        let asked = Instant::now();
+        // Answered as a live client would, until the server says goodbye.
+        let said = async {
+            loop {
+                let Ok(payload) = read_frame(&mut control, 65536).await else {
+                    panic!("protocol {version}: closed with no goodbye")
+                };
+                match ControlMessage::decode(&payload).unwrap() {
+                    ControlMessage::Ping { nonce } => {
+                        let pong = ControlMessage::Pong { nonce }.encode();
+                        control.write_all(&frame::encode_to_vec(&pong)).await.unwrap();
+                    }
+                    ControlMessage::Goodbye { code, message } => break (code, message),
+                    _ => {}
+                }
+            }
+        };
+        let goodbye = tokio::time::timeout(PATIENCE, said)
+            .await
+            .unwrap_or_else(|_| panic!("protocol {version}: a draining session was never ended"));
+        assert_eq!(goodbye.0, GoodbyeCode::Shutdown, "protocol {version}: {goodbye:?}");
+        assert!(goodbye.1.contains("drain time ran out"), "protocol {version}: {goodbye:?}");
+        assert!(
+            asked.elapsed() >= Duration::from_secs(1),
+            "protocol {version}: cut before the time it asked for"
+        );
+        drop(held);
+    }
+    scene.finish().await;
+}
