@@ -199,6 +199,41 @@ async fn a_slow_origin_gets_a_504_and_a_websocket_upgrade_is_spliced_end_to_end(
     edge.server.stop().await;
 }
 
+/// What a switched connection carries is no request head: WebSockets sending more than 8 KiB
+/// take none of the edge's places for long heads, and a long head is served beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_carrying_much_take_no_place_from_long_heads() {
+    let edge = edge(|config| config.http.limits.max_large_heads = 1).await;
+    let a = origin("A").await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
+    client.connected().await;
+    let mut sockets = Vec::new();
+    for i in 0..2 {
+        let mut tcp = TcpStream::connect(edge.http).await.unwrap();
+        tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.unwrap().unwrap(), 1);
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        let message = vec![b'w'; 20_000];
+        tcp.write_all(&message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        let echoed = tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await;
+        assert!(matches!(echoed, Ok(Ok(_))), "WebSocket {i}: 20 KB were not carried through");
+        sockets.push(tcp);
+    }
+    let long = format!("GET /long HTTP/1.1\r\nHost: a.test\r\nX-Pad: {}", "p".repeat(20_000));
+    let answer = raw_request(edge.http, &long).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("A GET /long"), "{answer:.200}");
+    drop(sockets);
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_visitors_hold_none_of_the_clients_streams() {
     // Eight streams per session: far fewer than the visitor connections below.

@@ -105,13 +105,22 @@ async fn a_removed_clients_reservation_is_dropped_and_a_rotated_ones_kept() {
         other => panic!("the rotated client's port was not kept for it: {other:?}"),
     }
 
+    // Back with its new token, it gets its port; then removed while online.
+    let rotated = "own-token-rotated-2";
+    let back_config =
+        client_config_for(server.addr, server.fingerprint, "own", rotated, &[&format!("0:{target}")]);
+    let mut back = start_client(back_config);
+    assert_eq!(back.connected().await[0].public_addr.port(), port);
     let mut config = server.server.config().as_ref().clone();
     config.credentials = Credentials::default().with_shared(Token::new(TOKEN).unwrap());
-    server.server.reload(config).await;
+    let report = server.server.reload(config).await;
+    assert_eq!(report.ended, ["own"], "{report:?}");
+    eventually("the removed client's session to end", || async { server.server.sessions().is_empty() }).await;
     let mut other = taker();
     let got = other.connected().await.first().map(|forward| forward.public_addr.port());
     assert_eq!(got, Some(port), "the removed client's port was still held");
     other.stop().await;
+    drop(back);
     server.stop().await;
 }
 

@@ -232,15 +232,21 @@ impl HttpEdge {
             let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin(body_follows));
             let upgraded = switched.clone();
             // A request that may switch protocols leaves hyper holding the connection for the
-            // switch, refused or not: such a connection is never parked.
-            if request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some() {
+            // switch, refused or not: such a connection is never parked, so one refused is
+            // closed after its answer (it would hold hyper's buffers, and a large head's place,
+            // for as long as its visitor kept asking).
+            let may_switch = request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
+            if may_switch {
                 exchange.upgrade();
             }
             async move {
                 let mut exchange = exchange;
                 exchange.seek();
                 let connection = Connection { visitor, scheme, sni: sni.as_deref(), upgraded: &upgraded };
-                let response = edge.handle(request, connection).await;
+                let mut response = edge.handle(request, connection).await;
+                if may_switch && !http2 && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 // The exchange lasts until hyper has sent the body and drops it.
                 let response = response.map(|body| exchange.hold(body));
                 Ok::<_, std::convert::Infallible>(response)

@@ -71,6 +71,58 @@ async fn a_long_head_past_the_places_waits_while_short_heads_are_served() {
     assert_eq!(edge.large_heads.free(), 1, "a parked connection kept its place");
 }
 
+/// A place is held for one request: a visitor that never lets its connection idle (its next
+/// request begun, byte by byte, as soon as the last is answered) gives it back all the same,
+/// and its next requests are served.
+#[tokio::test(start_paused = true)]
+async fn a_long_head_keeps_its_place_for_one_request_however_busy_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = EdgeLimits { max_large_heads: 1, ..EdgeLimits::default() };
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, limits));
+    let mut visitor = visitor_of(&edge);
+    let long_head = format!("GET / HTTP/1.1\r\nHost: nobody.test\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    visitor.write_all(long_head.as_bytes()).await.unwrap();
+    let mut answered = String::new();
+    while !answered.contains("404 Not Found\n") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(1), visitor.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        answered.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // The next request begins at once and goes on a byte at a time, well within the idle time.
+    for byte in b"GET / HTTP/1.1\r\nHost: nobody.test\r\n" {
+        visitor.write_all(&[*byte]).await.unwrap();
+        tokio::time::sleep(PARK_AFTER / 4).await;
+        assert_eq!(edge.large_heads.free(), 1, "a busy connection kept its place past its request");
+    }
+    visitor.write_all(b"\r\n").await.unwrap();
+    assert_eq!(responses(&mut visitor).await.matches("HTTP/1.1 404").count(), 1, "the next request was lost");
+}
+
+/// A request that may switch protocols, refused, closes its connection after the answer:
+/// hyper would hold such a connection (its buffers, and a long head's place) for the switch.
+#[tokio::test(start_paused = true)]
+async fn a_refused_upgrade_closes_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let mut visitor = visitor_of(&edge);
+    visitor
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: nobody.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), visitor.read_to_end(&mut answer))
+        .await
+        .expect("left open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404") && answer.contains("connection: close"), "{answer}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_answered_before_it_arrived_is_never_read_as_requests_after_a_pause() {
     use tokio::io::AsyncWriteExt;
@@ -290,20 +342,23 @@ async fn a_request_head_begun_late_gets_only_what_is_left_of_the_header_time() {
     trickle.abort();
 }
 
+/// CONNECT asks for a tunnel the edge does not offer: 501, and as for any request that may
+/// switch protocols and is refused, the connection closes after the answer.
 #[tokio::test(start_paused = true)]
-async fn a_connect_request_is_answered_not_implemented_and_the_connection_serves_on() {
-    use tokio::io::AsyncWriteExt;
+async fn a_connect_request_is_answered_not_implemented_and_its_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
     let mut visitor = visitor_of(&edge);
     visitor.write_all(b"CONNECT app.test:80 HTTP/1.1\r\nHost: app.test:80\r\n\r\n").await.unwrap();
     visitor.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
-    let answer = responses(&mut visitor).await;
-    let (connect, next) = answer.split_once("HTTP/1.1 404").unwrap_or_else(|| panic!("{answer}"));
-    assert!(
-        connect.starts_with("HTTP/1.1 501") && connect.contains("CONNECT is not served here"),
-        "{answer}"
-    );
-    assert!(!next.contains("HTTP/1.1"), "{answer}");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), visitor.read_to_end(&mut answer))
+        .await
+        .expect("left open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 501") && answer.contains("CONNECT is not served here"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
 }
 
 /// A visitor that reads an answer slowly still opens its flow control window, so more of the

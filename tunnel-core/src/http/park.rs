@@ -44,9 +44,12 @@ pub(super) struct Activity {
     waiting: AtomicUsize,
     /// Bytes were read since the last exchange ended: a request may be half received.
     arrived: AtomicBool,
-    /// Bytes read while no exchange was in flight, since the last one began: the head being
-    /// received (see [`LargeHeads`]).
+    /// Bytes read since the last exchange began while no body was coming: the next request's
+    /// head (see [`LargeHeads`]), read ahead or not.
     head_bytes: AtomicUsize,
+    /// Exchanges in flight whose request body may still be arriving: what is read meanwhile
+    /// is a body, not a head.
+    bodies: AtomicUsize,
     /// The connection became a byte stream (WebSocket): never parked.
     upgraded: AtomicBool,
     /// The reader waiting while a request was in flight, woken to start its idle clock.
@@ -61,6 +64,9 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.fetch_add(1, Ordering::AcqRel);
         self.head_bytes.store(0, Ordering::Release);
+        if body_follows {
+            self.bodies.fetch_add(1, Ordering::AcqRel);
+        }
         Exchange { activity: self.clone(), body_follows, waiting: false }
     }
 
@@ -88,6 +94,17 @@ impl Activity {
                 return;
             }
         }
+    }
+
+    /// The connection switched protocols: what it carries now is a byte stream.
+    fn switched(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire) && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether what is read now is a request head (or the start of one): no body is coming and
+    /// the connection has not switched protocols.
+    fn reading_heads(&self) -> bool {
+        self.bodies.load(Ordering::Acquire) == 0 && !self.switched()
     }
 
     fn idle(&self) -> bool {
@@ -179,6 +196,9 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.set_waiting(false);
         let activity = &self.activity;
+        if self.body_follows {
+            activity.bodies.fetch_sub(1, Ordering::AcqRel);
+        }
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             // With no body to come, what arrives from now on is a new request. A body still
             // coming keeps the connection from parking (its bytes are not a request's start);
@@ -239,6 +259,8 @@ pub(super) struct Parking<I> {
     /// Where this connection waits for a place among the large heads, and the place it holds.
     large_heads: tokio_util::sync::PollSemaphore,
     large_head: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// hyper flushed all it wrote: nothing of an answer is left in its buffer.
+    flushed: bool,
 }
 
 impl<I: AsyncRead + Unpin> Parking<I> {
@@ -252,6 +274,7 @@ impl<I: AsyncRead + Unpin> Parking<I> {
             prefix: bytes::Bytes::new(),
             large_heads: tokio_util::sync::PollSemaphore::new(large_heads.0.clone()),
             large_head: None,
+            flushed: true,
         }
     }
 
@@ -299,9 +322,24 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
             this.count_head(n);
             return Poll::Ready(Ok(()));
         }
+        if this.large_head.is_some() && this.activity.switched() {
+            // hyper's buffer went to the upgraded connection's first bytes, if any.
+            this.large_head = None;
+        }
+        // A place is held for one request: once its exchange is over, its answer flushed and
+        // nothing of the next request read, the connection parks at once (its next request
+        // gets a fresh hyper connection), so a connection that never idles keeps no place.
+        if this.large_head.is_some()
+            && this.flushed
+            && this.activity.idle()
+            && this.activity.head_bytes.load(Ordering::Acquire) == 0
+        {
+            this.park();
+            return Poll::Ready(Ok(()));
+        }
         // A head read without a place stops at SMALL_HEAD, and reads on only with one.
         let mut room = None;
-        if this.large_head.is_none() && this.activity.in_flight.load(Ordering::Acquire) == 0 {
+        if this.large_head.is_none() && this.activity.reading_heads() {
             let head = this.activity.head_bytes.load(Ordering::Acquire);
             if head < SMALL_HEAD {
                 room = Some(SMALL_HEAD - head);
@@ -352,10 +390,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
                     this.timing = true;
                 }
                 if clock.as_mut().poll(cx).is_ready() && this.activity.idle() {
-                    this.parked = true;
-                    // hyper's buffer goes with its connection.
-                    this.large_head = None;
-                    this.activity.head_bytes.store(0, Ordering::Release);
+                    this.park();
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
@@ -365,14 +400,23 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
 }
 
 impl<I> Parking<I> {
-    /// Counts `n` bytes just read toward the head being received, if no exchange is in flight.
+    /// Ends hyper's connection as a visitor's close would; the socket stays. hyper's buffer
+    /// goes with its connection, and so does the connection's place among the large heads.
+    fn park(&mut self) {
+        self.parked = true;
+        self.large_head = None;
+        self.activity.head_bytes.store(0, Ordering::Release);
+    }
+
+    /// Counts `n` bytes just read toward the head being received, if they are one.
     fn count_head(&self, n: usize) {
-        if self.activity.in_flight.load(Ordering::Acquire) == 0 {
+        if self.activity.reading_heads() {
             self.activity.head_bytes.fetch_add(n, Ordering::AcqRel);
         }
     }
 
-    fn count_sent(&self, written: &Poll<std::io::Result<usize>>) {
+    fn count_sent(&mut self, written: &Poll<std::io::Result<usize>>) {
+        self.flushed = false;
         if let Poll::Ready(Ok(n)) = written {
             self.activity.sent.fetch_add(*n, Ordering::Relaxed);
         }
@@ -408,7 +452,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        // hyper flushes the socket once its own buffer is written out.
+        self.flushed = matches!(flushed, Poll::Ready(Ok(())));
+        flushed
     }
 
     /// hyper shuts down what it believes a closed connection: a parked one stays open.

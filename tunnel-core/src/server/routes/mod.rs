@@ -565,13 +565,24 @@ impl<'s> SessionRoutes<'s> {
         self.owned.cancel();
         self.shared.http_routes.remove(self.session);
         self.shared.each_edge(|edge| edge.forget(&self.opener));
-        self.shared.networks.depart(self.session, self.shared.config().port_grace);
+        // What is held is reserved for this client's return, unless the configuration no
+        // longer has this client (a reload removed or changed its kind of credential): then
+        // it is free at once.
+        let config = self.shared.config();
+        let returns = config.credentials.lookup(&self.name).is_some_and(|(_, kind)| kind == self.credential);
+        let grace = if returns { config.port_grace } else { Duration::ZERO };
+        self.shared.networks.depart(self.session, grace);
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
         }
+        let owner = self.owner();
         for (id, route) in std::mem::take(&mut self.ports) {
             if let Some(port) = self.leave_port(id, route).await {
-                self.shared.registry.vacate(&self.owner(), port);
+                if returns {
+                    self.shared.registry.vacate(&owner, port);
+                } else {
+                    self.shared.registry.release(&owner, port);
+                }
             }
         }
     }
