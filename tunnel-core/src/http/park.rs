@@ -286,8 +286,16 @@ impl<I: AsyncRead + Unpin> Parking<I> {
     /// Keeps `unparsed` (what the last hyper connection read but did not parse) for the next.
     /// A copy: the slice itself would keep hyper's whole read buffer (8 KiB or more) alive
     /// for as long as the connection stays parked.
+    ///
+    /// The connection's place among the large heads, if it holds one, goes with what is kept
+    /// when that is more than a short head: bytes of a next head read along with the last
+    /// request's (never counted, as they came before it was dispatched) must not reach the
+    /// next hyper connection without a place. Otherwise it is given back here.
     pub(super) fn keep_unparsed(&mut self, unparsed: bytes::Bytes) {
         self.prefix = bytes::Bytes::copy_from_slice(&unparsed);
+        if self.prefix.len() < SMALL_HEAD {
+            self.large_head = None;
+        }
     }
 
     /// Waits, parked, for the visitor's next byte (unless part of a request is already kept):
@@ -401,10 +409,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Parking<I> {
 
 impl<I> Parking<I> {
     /// Ends hyper's connection as a visitor's close would; the socket stays. hyper's buffer
-    /// goes with its connection, and so does the connection's place among the large heads.
+    /// goes with its connection.
+    /// The place among the large heads is kept until [`Parking::keep_unparsed`] knows what is
+    /// left over.
     fn park(&mut self) {
         self.parked = true;
-        self.large_head = None;
         self.activity.head_bytes.store(0, Ordering::Release);
     }
 
@@ -510,6 +519,22 @@ mod tests {
             tokio::time::timeout(IDLE * 3, activity.quiet_for(IDLE)).await.is_err(),
             "a wait on the tunnel is idle"
         );
+    }
+
+    /// Bytes of a next head read along with a long one are not counted (they came before that
+    /// request was dispatched): the place goes with them to the next hyper connection, so a
+    /// place cannot be handed from connection to connection, each left with a long head.
+    #[test]
+    fn a_place_stays_with_a_long_head_left_over_at_parking() {
+        let heads = LargeHeads::new(1);
+        let mut parking = Parking::new(tokio::io::empty(), Arc::default(), &heads);
+        parking.large_head = Some(heads.0.clone().try_acquire_owned().unwrap());
+        parking.park();
+        parking.keep_unparsed(bytes::Bytes::from(vec![b'x'; SMALL_HEAD + 1]));
+        assert_eq!(heads.free(), 0, "a long head went on to the next connection without a place");
+        parking.park();
+        parking.keep_unparsed(bytes::Bytes::from_static(b"GET"));
+        assert_eq!(heads.free(), 1, "a short rest kept the place");
     }
 
     #[test]

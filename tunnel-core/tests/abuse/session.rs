@@ -230,8 +230,8 @@ async fn a_client_draining_forever_is_cut_after_the_time_it_asked_for() {
         assert_eq!(goodbye.0, GoodbyeCode::Shutdown, "protocol {version}: {goodbye:?}");
         assert!(goodbye.1.contains("drain time ran out"), "protocol {version}: {goodbye:?}");
         assert!(
-            asked.elapsed() >= Duration::from_secs(1),
-            "protocol {version}: cut before the time it asked for"
+            asked.elapsed() >= Duration::from_secs(3),
+            "protocol {version}: cut before the time it asked for and 2 s more"
         );
         drop(held);
     }
