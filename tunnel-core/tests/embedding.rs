@@ -246,17 +246,7 @@ async fn an_http_route_served_by_a_hyper_service_gets_the_route_headers_errors_a
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(body.contains("the handler failed") && !body.contains("own failure"), "{body}");
 
-    let mut tcp = TcpStream::connect(edge.http).await.unwrap();
-    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: svc.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.unwrap().unwrap(), 1);
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut tcp = websocket(edge.http, "svc.test").await;
     tcp.write_all(b"frame").await.unwrap();
     let mut back = [0u8; 5];
     tokio::time::timeout(PATIENCE, tcp.read_exact(&mut back)).await.unwrap().unwrap();

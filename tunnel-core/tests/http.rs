@@ -179,16 +179,7 @@ async fn a_slow_origin_gets_a_504_and_a_websocket_upgrade_is_spliced_end_to_end(
     let (status, body) = get(edge.http, "a.test", "/slow").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
 
-    let mut tcp = TcpStream::connect(edge.http).await.unwrap();
-    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.unwrap().unwrap(), 1);
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut tcp = websocket(edge.http, "a.test").await;
     for message in [&b"frame one"[..], &[0u8, 1, 2, 255][..]] {
         tcp.write_all(message).await.unwrap();
         let mut back = vec![0u8; message.len()];
@@ -210,15 +201,7 @@ async fn websockets_carrying_much_take_no_place_from_long_heads() {
     client.connected().await;
     let mut sockets = Vec::new();
     for i in 0..2 {
-        let mut tcp = TcpStream::connect(edge.http).await.unwrap();
-        tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            assert_eq!(tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.unwrap().unwrap(), 1);
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        let mut tcp = websocket(edge.http, "a.test").await;
         let message = vec![b'w'; 20_000];
         tcp.write_all(&message).await.unwrap();
         let mut back = vec![0u8; message.len()];

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tunnel_core::auth::{CredentialKind, Credentials, Token};
 use tunnel_core::client::{ClientError, ClientStatus};
 use tunnel_core::proto::RefusalCode;
-use tunnel_core::server::ServerConfig;
+use tunnel_core::server::{ClientPolicy, ServerConfig};
 
 const OWN_TOKEN: &str = "own-token-for-reload-1";
 
@@ -121,6 +121,57 @@ async fn a_removed_clients_reservation_is_dropped_and_a_rotated_ones_kept() {
     assert_eq!(got, Some(port), "the removed client's port was still held");
     other.stop().await;
     drop(back);
+    server.stop().await;
+}
+
+/// A client removed by a reload while offline leaves at once what was held for its return:
+/// its port and its network, refused to others before the reload, go to the next client
+/// asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_removed_while_offline_leaves_its_port_and_network_free_at_once() {
+    let network = "10.96.0.0/16";
+    let server = start_server(|c| {
+        with_own_client(c, OWN_TOKEN);
+        let mut own = ClientPolicy::default();
+        own.allow_networks = vec![network.parse().unwrap()];
+        c.policy.clients.insert("own".into(), own);
+        c.policy.allow_networks = vec![network.parse().unwrap()];
+    })
+    .await;
+    let target = echo_target().await;
+    let mut own_config =
+        client_config_for(server.addr, server.fingerprint, "own", OWN_TOKEN, &[&format!("0:{target}")]);
+    own_config.networks = vec![network.parse().unwrap()];
+    let mut own = start_client(own_config);
+    let port = own.connected().await[0].public_addr.port();
+    own.stop().await;
+    eventually("the session to end", || async { server.server.sessions().is_empty() }).await;
+    let port_taker = || start_client(server.client_config("port-taker", &[&format!("{port}:{target}")]));
+    let network_taker = || {
+        let mut config = server.client_config("network-taker", &[]);
+        config.networks = vec![network.parse().unwrap()];
+        start_client(config)
+    };
+    match port_taker().failure().await {
+        ClientError::ForwardRefused { code: RefusalCode::PortTaken, .. } => {}
+        other => panic!("the port was not held for the offline client's return: {other:?}"),
+    }
+    match network_taker().failure().await {
+        ClientError::RouteRefused { code: RefusalCode::NetworkTaken, .. } => {}
+        other => panic!("the network was not held for the offline client's return: {other:?}"),
+    }
+
+    let mut config = server.server.config().as_ref().clone();
+    config.credentials = Credentials::default().with_shared(Token::new(TOKEN).unwrap());
+    let report = server.server.reload(config).await;
+    assert!(report.ended.is_empty(), "{report:?}");
+    let mut port_taker = port_taker();
+    let got = port_taker.connected().await.first().map(|forward| forward.public_addr.port());
+    assert_eq!(got, Some(port), "the removed client's port was still held");
+    let mut network_taker = network_taker();
+    network_taker.connected().await;
+    port_taker.stop().await;
+    network_taker.stop().await;
     server.stop().await;
 }
 

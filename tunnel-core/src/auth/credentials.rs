@@ -81,6 +81,13 @@ impl Credentials {
         self.clients.contains_key(name)
     }
 
+    /// Whether a client of `name` on a `kind` credential still has a way in, whatever its
+    /// token: what was held for such a client is still its own. A name removed from the
+    /// clients, now on the shared token, is someone else.
+    pub(crate) fn admits(&self, name: &str, kind: CredentialKind) -> bool {
+        self.lookup(name).is_some_and(|(_, now)| now == kind)
+    }
+
     /// Whether `name`, authenticated as `kind` under `before`, is still accepted by these
     /// credentials with the same token: false once its token is removed or changed, or once a
     /// name that used the shared token has a token of its own.

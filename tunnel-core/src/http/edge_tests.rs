@@ -1,3 +1,6 @@
+use http::Request;
+use http_body_util::BodyExt;
+
 use super::*;
 
 /// No routes: every request gets the fallback.
@@ -28,6 +31,16 @@ async fn responses(visitor: &mut tokio::io::DuplexStream) -> String {
     while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(1), visitor.read(&mut buf)).await {
         got.extend_from_slice(&buf[..n]);
     }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// All the edge sends until it closes the connection, which it must do within 5 s (of the
+/// paused clock).
+async fn read_to_close(visitor: &mut tokio::io::DuplexStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), visitor.read_to_end(&mut got)).await;
+    read.expect("left open").unwrap();
     String::from_utf8_lossy(&got).into_owned()
 }
 
@@ -105,7 +118,7 @@ async fn a_long_head_keeps_its_place_for_one_request_however_busy_its_connection
 /// hyper would hold such a connection (its buffers, and a long head's place) for the switch.
 #[tokio::test(start_paused = true)]
 async fn a_refused_upgrade_closes_its_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
     let mut visitor = visitor_of(&edge);
     visitor
@@ -114,12 +127,7 @@ async fn a_refused_upgrade_closes_its_connection() {
         )
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), visitor.read_to_end(&mut answer))
-        .await
-        .expect("left open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_to_close(&mut visitor).await;
     assert!(answer.starts_with("HTTP/1.1 404") && answer.contains("connection: close"), "{answer}");
 }
 
@@ -346,17 +354,12 @@ async fn a_request_head_begun_late_gets_only_what_is_left_of_the_header_time() {
 /// switch protocols and is refused, the connection closes after the answer.
 #[tokio::test(start_paused = true)]
 async fn a_connect_request_is_answered_not_implemented_and_its_connection_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
     let mut visitor = visitor_of(&edge);
     visitor.write_all(b"CONNECT app.test:80 HTTP/1.1\r\nHost: app.test:80\r\n\r\n").await.unwrap();
     visitor.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), visitor.read_to_end(&mut answer))
-        .await
-        .expect("left open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_to_close(&mut visitor).await;
     assert!(answer.starts_with("HTTP/1.1 501") && answer.contains("CONNECT is not served here"), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
 }

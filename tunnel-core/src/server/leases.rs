@@ -161,9 +161,12 @@ pub(super) fn restore(registry: &Registry, config: &ServerConfig, path: &std::pa
 /// `[[clients]]`, now on the shared token, say): neither keeps the lease.
 fn keep_for(stored: &mut Vec<StoredLease>, config: &ServerConfig) {
     stored.retain_mut(|lease| {
-        let now = config.credentials.lookup(&lease.owner).map(|(_, kind)| kind);
-        let same_client = now.is_some() && lease.credential.is_none_or(|then| Some(then) == now);
-        lease.credential = now;
+        let same_client = match lease.credential {
+            Some(then) => config.credentials.admits(&lease.owner, then),
+            // Written before leases recorded it: whatever kind the name has now.
+            None => config.credentials.lookup(&lease.owner).is_some(),
+        };
+        lease.credential = config.credentials.lookup(&lease.owner).map(|(_, kind)| kind);
         same_client && config.policy.port_owner(lease.port).is_none_or(|owner| owner == lease.owner)
     });
 }

@@ -107,13 +107,21 @@ impl Networks {
         self.lock().retain(|e| !(e.session == session && e.route == route));
     }
 
-    /// Session `session` drains or ended: its networks stay reserved to its client for `grace`.
+    /// Session `session` drains or ended: its networks stay reserved to its client for `grace`,
+    /// or less if they already were for less (a drain's grace is not lengthened by its end, and
+    /// an end with no grace frees them at once).
     pub(crate) fn depart(&self, session: SessionId, grace: Duration) {
         let until = Instant::now() + grace;
-        for entry in self.lock().iter_mut().filter(|e| e.session == session && e.opener.is_some()) {
+        for entry in self.lock().iter_mut().filter(|e| e.session == session) {
             entry.opener = None;
-            entry.reserved_until = Some(until);
+            entry.reserved_until = Some(entry.reserved_until.map_or(until, |held| held.min(until)));
         }
+    }
+
+    /// Frees the networks reserved (for a session draining or gone) to owners `keep` turns down:
+    /// clients a reload removed, or moved to another kind of credential.
+    pub(crate) fn drop_reservations(&self, keep: impl Fn(&Owner) -> bool) {
+        self.lock().retain(|e| e.opener.is_some() || keep(&e.owner));
     }
 
     /// The most specific network holding `ip`, in service or reserved; among equals, the
@@ -209,5 +217,31 @@ mod tests {
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         assert!(table.lookup(ip("10.96.0.1")).is_none(), "the reservation ran out");
         table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener(), 5).unwrap();
+    }
+
+    /// A client the configuration no longer has gets no grace: a drain's reservation ends at
+    /// once when its session ends with none, and a reload drops the reservations of such
+    /// clients, draining or gone, leaving sessions in service alone.
+    #[tokio::test(start_paused = true)]
+    async fn reservations_of_a_client_no_longer_admitted_end_at_once() {
+        let table = Networks::default();
+        table.claim(net("10.96.0.0/16"), &owner("a"), 1, RouteId(1), opener(), 5).unwrap();
+        table.depart(1, GRACE);
+        table.depart(1, Duration::ZERO);
+        table
+            .claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(1), opener(), 5)
+            .expect("ended with no grace");
+
+        table.claim(net("10.97.0.0/16"), &owner("a"), 3, RouteId(1), opener(), 5).unwrap();
+        table.depart(3, GRACE);
+        table.depart(3, GRACE * 2);
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        assert!(table.lookup(ip("10.97.0.1")).is_none(), "an end lengthened the drain's grace");
+
+        table.claim(net("10.98.0.0/16"), &owner("a"), 4, RouteId(1), opener(), 5).unwrap();
+        table.depart(4, GRACE);
+        table.drop_reservations(|o| o != &owner("a") && o != &owner("b"));
+        assert!(table.lookup(ip("10.98.0.1")).is_none(), "the removed client's reservation stayed");
+        assert!(table.lookup(ip("10.96.0.1")).unwrap().opener.is_some(), "a session in service was dropped");
     }
 }

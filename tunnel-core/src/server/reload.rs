@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::directory::Recheck;
-use super::registry::Caps;
+use super::registry::{Caps, Owner};
 use super::{Server, ServerConfig};
 
 /// How long a reload waits for each session in each round (one busy applying a table
@@ -89,10 +89,11 @@ impl Server {
         // A port the new configuration gives to one client is no longer held for another's
         // reconnect (as at a restart), nor for a client whose kind of credential changed: a
         // name removed from `[[clients]]` is, on the shared token, someone else.
+        let admitted = |owner: &Owner| config.credentials.admits(&owner.name, owner.credential);
         shared.registry.drop_reservations(|port, owner| {
-            let kind = config.credentials.lookup(&owner.name).map(|(_, kind)| kind);
-            kind == Some(owner.credential) && config.policy.port_owner(port).is_none_or(|o| o == owner.name)
+            admitted(owner) && config.policy.port_owner(port).is_none_or(|o| o == owner.name)
         });
+        shared.networks.drop_reservations(admitted);
         futures::future::join_all(sessions.iter().map(|(_, session)| async move {
             let (done, answer) = oneshot::channel();
             let asked = async {

@@ -139,6 +139,26 @@ pub async fn answer(
     Ok(Response::new(Full::new(Bytes::from(out))))
 }
 
+/// A WebSocket upgrade of a new connection to `host`'s route at `/ws`: the socket, once the
+/// edge has answered `101 Switching Protocols` (asserted), every byte of that answer read.
+pub async fn websocket(edge: SocketAddr, host: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // Byte by byte: nothing past the answer's head is taken from the socket.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tokio::time::timeout(PATIENCE, tcp.read(&mut byte)).await.unwrap().unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
 /// One raw HTTP/1.1 request (`head` without its final blank line) on a new connection; the
 /// whole answer as text.
 pub async fn raw_request(edge: SocketAddr, head: &str) -> String {

@@ -569,7 +569,7 @@ impl<'s> SessionRoutes<'s> {
         // longer has this client (a reload removed or changed its kind of credential): then
         // it is free at once.
         let config = self.shared.config();
-        let returns = config.credentials.lookup(&self.name).is_some_and(|(_, kind)| kind == self.credential);
+        let returns = config.credentials.admits(&self.name, self.credential);
         let grace = if returns { config.port_grace } else { Duration::ZERO };
         self.shared.networks.depart(self.session, grace);
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
