@@ -53,6 +53,9 @@ pub struct ServerLimits {
     pub http_response_timeout: Option<HumanDuration>,
     /// Largest request head in bytes (default 65536, at least 8192).
     pub max_http_header_bytes: Option<usize>,
+    /// HTTP/1.1 connections of each listener that may read a request head longer than 8 KiB at
+    /// once (default 512); others wait, reading no more, for a place or their header time.
+    pub max_http_large_heads: Option<usize>,
     /// Time a client's stream has to say where it goes (default `10s`).
     pub stream_header_timeout: Option<HumanDuration>,
     /// Time to connect to a target of a client's local forward (default `10s`).
@@ -169,6 +172,13 @@ impl ServerLimits {
                 ));
             }
             edge.max_header_bytes = n;
+        }
+        if let Some(n) = positive("limits.max_http_large_heads", self.max_http_large_heads)? {
+            if n > edge.max_connections {
+                let why = format!("must be at most max_http_connections ({})", edge.max_connections);
+                return Err(invalid("limits.max_http_large_heads", why));
+            }
+            edge.max_large_heads = n;
         }
         Ok(())
     }

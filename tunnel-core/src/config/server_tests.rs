@@ -143,7 +143,8 @@ fn the_http_listener_limits_reach_the_edge() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "state_dir = {:?}\ntoken = \"config-test-token-0123\"\n[limits]\nmax_http_connections = 20000\n\
-         http_header_timeout = \"5s\"\nhttp_response_timeout = \"1m\"\nmax_http_header_bytes = 16384\n",
+         http_header_timeout = \"5s\"\nhttp_response_timeout = \"1m\"\nmax_http_header_bytes = 16384\n\
+         max_http_large_heads = 64\n",
         dir.path()
     );
     let limits = parse(&text).unwrap().build().unwrap().config.http.limits;
@@ -151,6 +152,7 @@ fn the_http_listener_limits_reach_the_edge() {
     assert_eq!(limits.header_timeout, std::time::Duration::from_secs(5));
     assert_eq!(limits.response_timeout, std::time::Duration::from_secs(60));
     assert_eq!(limits.max_header_bytes, 16384);
+    assert_eq!(limits.max_large_heads, 64);
 }
 
 #[test]
@@ -168,6 +170,8 @@ fn invalid_values_name_their_key() {
         ("[limits]\nmax_http_connections = 0", "limits.max_http_connections"),
         ("[limits]\nhttp_header_timeout = \"0s\"", "limits.http_header_timeout"),
         ("[limits]\nmax_http_header_bytes = 100", "limits.max_http_header_bytes"),
+        ("[limits]\nmax_http_large_heads = 0", "limits.max_http_large_heads"),
+        ("[limits]\nmax_http_connections = 100\nmax_http_large_heads = 101", "limits.max_http_large_heads"),
         ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
         ("tls_cert = \"c.pem\"", "tls_key"),
         ("[[clients]]\nname = \"a b\"\ntoken = \"client-a-token-0123\"", "clients.name"),

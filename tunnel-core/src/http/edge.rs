@@ -69,7 +69,7 @@ pub struct EdgeLimits {
     /// Visitor connections open at once (default 10000); more are closed at accept.
     pub max_connections: usize,
     /// HTTP/1.1 connections that may hold a request head longer than 8 KiB at once (default
-    /// 512). Each holds a read buffer of up to about twice `max_header_bytes` until it is
+    /// 512; `limits.max_http_large_heads` in the server's file). Each holds a read buffer of up to about twice `max_header_bytes` until it is
     /// parked or closed; others wait, reading no more, for a place or the end of their header
     /// time. Heads up to 8 KiB never wait.
     pub max_large_heads: usize,
