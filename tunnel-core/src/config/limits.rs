@@ -174,10 +174,6 @@ impl ServerLimits {
             edge.max_header_bytes = n;
         }
         if let Some(n) = positive("limits.max_http_large_heads", self.max_http_large_heads)? {
-            if n > edge.max_connections {
-                let why = format!("must be at most max_http_connections ({})", edge.max_connections);
-                return Err(invalid("limits.max_http_large_heads", why));
-            }
             edge.max_large_heads = n;
         }
         Ok(())

@@ -171,7 +171,6 @@ fn invalid_values_name_their_key() {
         ("[limits]\nhttp_header_timeout = \"0s\"", "limits.http_header_timeout"),
         ("[limits]\nmax_http_header_bytes = 100", "limits.max_http_header_bytes"),
         ("[limits]\nmax_http_large_heads = 0", "limits.max_http_large_heads"),
-        ("[limits]\nmax_http_connections = 100\nmax_http_large_heads = 101", "limits.max_http_large_heads"),
         ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
         ("tls_cert = \"c.pem\"", "tls_key"),
         ("[[clients]]\nname = \"a b\"\ntoken = \"client-a-token-0123\"", "clients.name"),

@@ -107,14 +107,18 @@ impl Networks {
         self.lock().retain(|e| !(e.session == session && e.route == route));
     }
 
-    /// Session `session` drains or ended: its networks stay reserved to its client for `grace`,
-    /// or less if they already were for less (a drain's grace is not lengthened by its end, and
-    /// an end with no grace frees them at once).
-    pub(crate) fn depart(&self, session: SessionId, grace: Duration) {
-        let until = Instant::now() + grace;
-        for entry in self.lock().iter_mut().filter(|e| e.session == session) {
+    /// Session `session` drains or ended: its networks stay reserved to its client for
+    /// `grace()` from now (its end starts the grace period again after a drain, as for its
+    /// ports; a client the configuration no longer has gets none). `grace` is asked under the
+    /// table's lock, which [`Self::drop_reservations`] takes too: a reload dropping the
+    /// reservations of clients it removed either finds these or has already put in force the
+    /// configuration `grace` reads.
+    pub(crate) fn depart(&self, session: SessionId, grace: impl FnOnce() -> Duration) {
+        let mut entries = self.lock();
+        let until = Instant::now() + grace();
+        for entry in entries.iter_mut().filter(|e| e.session == session) {
             entry.opener = None;
-            entry.reserved_until = Some(entry.reserved_until.map_or(until, |held| held.min(until)));
+            entry.reserved_until = Some(until);
         }
     }
 
@@ -205,7 +209,7 @@ mod tests {
     async fn a_departed_clients_networks_stay_its_own_for_the_grace_period() {
         let table = Networks::default();
         table.claim(net("10.96.0.0/12"), &owner("a"), 1, RouteId(1), opener(), 5).unwrap();
-        table.depart(1, GRACE);
+        table.depart(1, || GRACE);
         // Reserved: found, but with no way in; nobody else may claim it.
         let hit = table.lookup(ip("10.96.0.1")).unwrap();
         assert!(hit.opener.is_none() && hit.owner == owner("a"));
@@ -213,7 +217,7 @@ mod tests {
         // Its own next session takes it back.
         table.claim(net("10.96.0.0/12"), &owner("a"), 3, RouteId(1), opener(), 5).unwrap();
         assert!(table.lookup(ip("10.96.0.1")).unwrap().opener.is_some());
-        table.depart(3, GRACE);
+        table.depart(3, || GRACE);
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         assert!(table.lookup(ip("10.96.0.1")).is_none(), "the reservation ran out");
         table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener(), 5).unwrap();
@@ -221,25 +225,30 @@ mod tests {
 
     /// A client the configuration no longer has gets no grace: a drain's reservation ends at
     /// once when its session ends with none, and a reload drops the reservations of such
-    /// clients, draining or gone, leaving sessions in service alone.
+    /// clients, draining or gone, leaving sessions in service alone. Others get theirs from
+    /// their session's end.
     #[tokio::test(start_paused = true)]
-    async fn reservations_of_a_client_no_longer_admitted_end_at_once() {
+    async fn reservations_end_with_no_grace_for_a_client_no_longer_admitted_and_a_grace_from_the_end_else() {
         let table = Networks::default();
         table.claim(net("10.96.0.0/16"), &owner("a"), 1, RouteId(1), opener(), 5).unwrap();
-        table.depart(1, GRACE);
-        table.depart(1, Duration::ZERO);
+        table.depart(1, || GRACE);
+        table.depart(1, || Duration::ZERO);
         table
             .claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(1), opener(), 5)
             .expect("ended with no grace");
 
+        // A drain, then its end: the grace period counts from the end, as a port's does.
         table.claim(net("10.97.0.0/16"), &owner("a"), 3, RouteId(1), opener(), 5).unwrap();
-        table.depart(3, GRACE);
-        table.depart(3, GRACE * 2);
-        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
-        assert!(table.lookup(ip("10.97.0.1")).is_none(), "an end lengthened the drain's grace");
+        table.depart(3, || GRACE);
+        tokio::time::advance(GRACE / 2).await;
+        table.depart(3, || GRACE);
+        tokio::time::advance(GRACE / 2 + Duration::from_secs(1)).await;
+        assert!(table.lookup(ip("10.97.0.1")).is_some(), "the grace period ran from the drain");
+        tokio::time::advance(GRACE / 2).await;
+        assert!(table.lookup(ip("10.97.0.1")).is_none(), "the reservation outlived its grace period");
 
         table.claim(net("10.98.0.0/16"), &owner("a"), 4, RouteId(1), opener(), 5).unwrap();
-        table.depart(4, GRACE);
+        table.depart(4, || GRACE);
         table.drop_reservations(|o| o != &owner("a") && o != &owner("b"));
         assert!(table.lookup(ip("10.98.0.1")).is_none(), "the removed client's reservation stayed");
         assert!(table.lookup(ip("10.96.0.1")).unwrap().opener.is_some(), "a session in service was dropped");

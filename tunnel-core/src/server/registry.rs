@@ -459,28 +459,31 @@ impl Registry {
     /// Gives back a claim of `owner`'s: the bind failed, or the route holding it was removed.
     /// The port is free once no listener of the owner uses it.
     pub(crate) fn release(&self, owner: &Owner, port: u16) {
-        self.give_back(owner, port, None);
+        self.give_back(owner, port, || false);
     }
 
     /// Gives back a claim of `owner`'s whose listener closed because its sessions ended: once
     /// no listener of the owner uses the port, it is reserved for the owner's reconnect for
-    /// the grace period.
-    pub(crate) fn vacate(&self, owner: &Owner, port: u16) {
-        let until = Instant::now() + self.lock().grace;
-        self.give_back(owner, port, Some(until));
+    /// the grace period if `returns()` (the configuration still has that client), else free.
+    /// `returns` is asked under the table's lock, which [`Self::drop_reservations`] takes
+    /// too: a reload dropping the reservations of clients it removed either finds this one
+    /// or has already put in force the configuration `returns` reads.
+    pub(crate) fn vacate(&self, owner: &Owner, port: u16, returns: impl FnOnce() -> bool) {
+        self.give_back(owner, port, returns);
     }
 
-    fn give_back(&self, owner: &Owner, port: u16, reserve_until: Option<Instant>) {
+    fn give_back(&self, owner: &Owner, port: u16, reserve: impl FnOnce() -> bool) {
         let mut inner = self.lock();
+        let grace = inner.grace;
         let Some(lease) = inner.leases.get_mut(&port).filter(|lease| lease.owner == *owner) else { return };
         match lease.state {
             LeaseState::Held(users) if users > 1 => lease.state = LeaseState::Held(users - 1),
-            LeaseState::Held(_) => match reserve_until {
-                Some(until) => lease.state = LeaseState::Reserved { until },
-                None => {
-                    inner.leases.remove(&port);
-                }
-            },
+            LeaseState::Held(_) if reserve() => {
+                lease.state = LeaseState::Reserved { until: Instant::now() + grace }
+            }
+            LeaseState::Held(_) => {
+                inner.leases.remove(&port);
+            }
             LeaseState::Reserved { .. } => return,
         }
         drop(inner);

@@ -20,12 +20,12 @@ async fn ports_are_reserved_for_the_owner_during_the_grace_period() {
     registry.claim(&who("a"), RouteId(1), 7000).unwrap();
     assert_eq!(registry.claim(&who("b"), RouteId(1), 7000), Err(OtherClient));
 
-    registry.vacate(&who("a"), 7000);
+    registry.vacate(&who("a"), 7000, || true);
     assert_eq!(registry.claim(&who("b"), RouteId(1), 7000), Err(OtherClient), "reserved for a");
     assert_eq!(registry.reserved_for(&who("a"), RouteId(1)), Some(7000));
     assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), None);
     registry.claim(&who("a"), RouteId(1), 7000).unwrap();
-    registry.vacate(&who("a"), 7000);
+    registry.vacate(&who("a"), 7000, || true);
 
     tokio::time::advance(GRACE + Duration::from_secs(1)).await;
     registry.sweep();
@@ -38,9 +38,9 @@ async fn a_name_on_the_other_kind_of_credential_is_another_client() {
     let impostor = Owner { name: "a".into(), credential: CredentialKind::Shared };
     registry.claim(&who("a"), RouteId(1), 7000).unwrap();
     assert_eq!(registry.claim(&impostor, RouteId(1), 7000), Err(OtherClient), "held");
-    registry.vacate(&impostor, 7000);
+    registry.vacate(&impostor, 7000, || true);
     assert!(registry.is_taken_for(&impostor, 7000), "it gave back what it does not hold");
-    registry.vacate(&who("a"), 7000);
+    registry.vacate(&who("a"), 7000, || true);
     assert_eq!(registry.claim(&impostor, RouteId(1), 7000), Err(OtherClient), "reserved");
     assert_eq!(registry.reserved_for(&impostor, RouteId(1)), None);
     assert_eq!(registry.reserved_for(&who("a"), RouteId(1)), Some(7000));
@@ -56,7 +56,7 @@ async fn a_port_is_the_names_until_its_last_listener_gives_it_back() {
     assert!(registry.is_taken_for(&who("b"), 7000), "freed while a listener still uses it");
     // Another name cannot give it back for its owner.
     registry.release(&who("b"), 7000);
-    registry.vacate(&who("b"), 7000);
+    registry.vacate(&who("b"), 7000, || true);
     assert!(registry.is_taken_for(&who("b"), 7000));
     registry.release(&who("a"), 7000);
     assert!(!registry.is_taken_for(&who("b"), 7000), "a released port stays taken");
@@ -64,9 +64,9 @@ async fn a_port_is_the_names_until_its_last_listener_gives_it_back() {
 
     registry.claim(&who("a"), RouteId(1), 7001).unwrap();
     registry.claim(&who("a"), RouteId(2), 7001).unwrap();
-    registry.vacate(&who("a"), 7001);
+    registry.vacate(&who("a"), 7001, || true);
     assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), None, "reserved while still held");
-    registry.vacate(&who("a"), 7001);
+    registry.vacate(&who("a"), 7001, || true);
     assert_eq!(registry.reserved_for(&who("a"), RouteId(2)), Some(7001));
     // Giving back more than was claimed leaves the reservation alone.
     registry.release(&who("a"), 7001);
@@ -215,8 +215,8 @@ async fn stored_leases_are_reserved_again_after_a_restart() {
     let before = Registry::new(GRACE, CAPS);
     before.claim(&who("a"), RouteId(0), 7000).unwrap();
     before.claim(&who("a"), RouteId(1), 7001).unwrap();
-    before.vacate(&who("a"), 7000);
-    before.vacate(&who("a"), 7001);
+    before.vacate(&who("a"), 7000, || true);
+    before.vacate(&who("a"), 7001, || true);
     before.claim(&who("b"), RouteId(0), 7002).unwrap();
     let stored = before.stored_leases();
     assert_eq!(stored.iter().map(|l| l.port).collect::<Vec<_>>(), [7000, 7001, 7002]);

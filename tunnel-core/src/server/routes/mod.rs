@@ -547,7 +547,7 @@ impl<'s> SessionRoutes<'s> {
         self.accepting.cancel();
         self.visitors.close();
         self.shared.registry.draining(&self.name, self.session);
-        self.shared.networks.depart(self.session, self.shared.config().port_grace);
+        self.shared.networks.depart(self.session, || self.shared.config().port_grace);
         if withdraw_http {
             self.shared.http_routes.remove(self.session);
             // Its idle pooled streams would hold the session open: they go now.
@@ -567,22 +567,19 @@ impl<'s> SessionRoutes<'s> {
         self.shared.each_edge(|edge| edge.forget(&self.opener));
         // What is held is reserved for this client's return, unless the configuration no
         // longer has this client (a reload removed or changed its kind of credential): then
-        // it is free at once.
-        let config = self.shared.config();
-        let returns = config.credentials.admits(&self.name, self.credential);
-        let grace = if returns { config.port_grace } else { Duration::ZERO };
-        self.shared.networks.depart(self.session, grace);
+        // it is free at once. Asked as each table lets go, so that a reload at this moment
+        // cannot miss it.
+        let (shared, name, credential) = (self.shared, self.name.clone(), self.credential);
+        let returns = || shared.config().credentials.admits(&name, credential);
+        let grace = || if returns() { shared.config().port_grace } else { Duration::ZERO };
+        shared.networks.depart(self.session, grace);
         for host in self.http.values().map(|m| &m.spec().host).chain(self.tls.values()) {
             self.shared.http_routes.release_host(host);
         }
         let owner = self.owner();
         for (id, route) in std::mem::take(&mut self.ports) {
             if let Some(port) = self.leave_port(id, route).await {
-                if returns {
-                    self.shared.registry.vacate(&owner, port);
-                } else {
-                    self.shared.registry.release(&owner, port);
-                }
+                shared.registry.vacate(&owner, port, returns);
             }
         }
     }
