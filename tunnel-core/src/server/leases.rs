@@ -163,8 +163,10 @@ fn keep_for(stored: &mut Vec<StoredLease>, config: &ServerConfig) {
     stored.retain_mut(|lease| {
         let same_client = match lease.credential {
             Some(then) => config.credentials.admits(&lease.owner, then),
-            // Written before leases recorded it: whatever kind the name has now.
-            None => config.credentials.lookup(&lease.owner).is_some(),
+            // Written before leases recorded it, so who held it is unknown: a name with a token
+            // of its own now may have it, but on the shared token anyone could hold that name
+            // (a client since removed from `[[clients]]`, say), so such a lease is dropped.
+            None => matches!(config.credentials.lookup(&lease.owner), Some((_, CredentialKind::PerClient))),
         };
         lease.credential = config.credentials.lookup(&lease.owner).map(|(_, kind)| kind);
         same_client && config.policy.port_owner(lease.port).is_none_or(|owner| owner == lease.owner)
@@ -280,11 +282,12 @@ mod tests {
         config.policy.clients.insert("owner".into(), crate::server::ClientPolicy::default());
         config.policy.clients.get_mut("owner").unwrap().ports = Some("7003".parse().unwrap());
         let old_file = StoredLease { credential: None, ..lease(7000, "kube", 0) };
+        let old_file_shared = StoredLease { credential: None, ..lease(7004, "web", 0) };
         let gone_from_clients = lease(7001, "worker", 0);
         let on_the_shared_token =
             StoredLease { credential: Some(CredentialKind::Shared), ..lease(7002, "web", 0) };
         let now_owned = StoredLease { credential: Some(CredentialKind::Shared), ..lease(7003, "web", 0) };
-        let mut stored = vec![old_file, gone_from_clients, on_the_shared_token, now_owned];
+        let mut stored = vec![old_file, old_file_shared, gone_from_clients, on_the_shared_token, now_owned];
         keep_for(&mut stored, &config);
         let kept: Vec<_> = stored.iter().map(|l| (l.port, l.credential)).collect();
         assert_eq!(kept, [(7000, Some(CredentialKind::PerClient)), (7002, Some(CredentialKind::Shared))]);
