@@ -108,6 +108,19 @@ pub(crate) fn read_private_text(path: &Path) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// [`read_private_text`] of a file of at most `max_bytes`; a longer one is refused
+/// ([`std::io::ErrorKind::InvalidData`]) after reading no more than one byte past the bound.
+pub(crate) fn read_private_text_within(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    open_private(path)?.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        let why = format!("longer than {max_bytes} bytes");
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Writes a file readable by its owner only (mode 0600 on Unix), replacing any old one.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     write_replacing(path, contents, 0o600)
@@ -227,6 +240,17 @@ mod tests {
         assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_file());
         assert_eq!(std::fs::read(&path).unwrap(), b"secret");
         assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_file_past_its_bound_is_refused_and_one_at_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.toml");
+        write_private(&path, &[b'#'; 100]).unwrap();
+        assert_eq!(read_private_text_within(&path, 100).unwrap().len(), 100);
+        let err = read_private_text_within(&path, 99).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(err.to_string(), "longer than 99 bytes");
     }
 
     #[test]

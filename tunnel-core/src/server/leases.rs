@@ -136,11 +136,15 @@ pub(crate) fn remaining(lease: &StoredLease, now_ms: u64, grace: Duration) -> Op
 
 // Reading the file at start and rewriting it after changes.
 
+/// Largest lease file read: a lease of every port, each for a name of the longest kind, takes
+/// about 12 MiB as the server writes it.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reserves the ports a previous run leased. A file that cannot be used (or that someone else
 /// could have written, to hold ports for a name) is reported and ignored: owned ports (`ports`
 /// in the configuration) stay protected either way.
 pub(super) fn restore(registry: &Registry, config: &ServerConfig, path: &std::path::Path) {
-    let text = match crate::fs::read_private_text(path) {
+    let text = match crate::fs::read_private_text_within(path, MAX_FILE_BYTES) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
         Err(err) => return tracing::error!("cannot read the lease file {}: {err}", path.display()),
@@ -151,7 +155,9 @@ pub(super) fn restore(registry: &Registry, config: &ServerConfig, path: &std::pa
             registry.restore(&stored);
             tracing::info!("restored {} port leases from {}", stored.len(), path.display());
         }
-        Err(err) => tracing::error!("ignoring the lease file {}: {err}", path.display()),
+        Err(err) => {
+            tracing::error!("ignoring the lease file {}: {}", path.display(), crate::log::Chain(&err))
+        }
     }
 }
 
@@ -257,6 +263,23 @@ mod tests {
         let text = "note = 1\n[[lease]]\nport = 80\nowner = \"a\"\nroute = \"0000000000000003\"\nreserved_until_ms = 0\nextra = 1\n";
         let read = decode(text).unwrap();
         assert_eq!(read, [StoredLease { credential: None, ..lease(80, "a", 0) }]);
+    }
+
+    #[test]
+    fn a_lease_of_every_port_under_the_longest_names_fits_the_file_bound() {
+        let name = "n".repeat(crate::proto::MAX_NAME_LEN);
+        let all: Vec<_> = (1..=u16::MAX).map(|port| lease(port, &name, u64::MAX)).collect();
+        let text = encode(&all).unwrap();
+        assert!((text.len() as u64) < MAX_FILE_BYTES, "{} bytes", text.len());
+        assert_eq!(decode(&text).unwrap().len(), all.len());
+    }
+
+    #[test]
+    fn a_wrong_value_is_named_with_its_line() {
+        let text =
+            "[[lease]]\nport = 65536\nowner = \"a\"\nroute = \"0000000000000001\"\nreserved_until_ms = 0\n";
+        let why = crate::log::Chain(&decode(text).unwrap_err()).to_string();
+        assert!(why.starts_with("not a lease table: ") && why.contains("line 2"), "{why}");
     }
 
     #[test]
