@@ -403,6 +403,21 @@ async fn https_terminates_http2_and_http1_passes_tls_through_by_name_and_answers
     let response = h2.send_request(request("a.test")).await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(body.starts_with(b"A GET /h2 host=a.test xff=127.0.0.1 proto=https"), "{body:?}");
+    // A field per cookie, as browsers send them over HTTP/2, reaches the origin as one field;
+    // past 100 header fields, an HTTP/2 request is answered 431 as an HTTP/1.1 one is.
+    let mut cookies = request("a.test");
+    cookies.headers_mut().append("cookie", "a=1".parse().unwrap());
+    cookies.headers_mut().append("cookie", "b=2".parse().unwrap());
+    let response = h2.send_request(cookies).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains(" cookie=a=1; b=2 "), "{body:?}");
+    let mut many = request("a.test");
+    for i in 0..101 {
+        many.headers_mut()
+            .insert(format!("x-many-{i}").parse::<http::HeaderName>().unwrap(), "1".parse().unwrap());
+    }
+    let response = h2.send_request(many).await.unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     // The same HTTP/2 connection for a host of another client: 421.
     let response = h2.send_request(request("b.test")).await.unwrap();
     assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);

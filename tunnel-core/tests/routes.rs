@@ -242,24 +242,51 @@ async fn a_port_moves_between_routes_in_one_table_and_no_one_else_gets_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_with_an_id_twice_or_too_many_entries_ends_the_session() {
+async fn a_table_with_an_id_twice_ends_the_session() {
+    let server = start_server(|_| {}).await;
+    let session = bare_session(&server, "bad-table", TOKEN).await;
+    let driver = tokio::spawn(session.driver);
+    let entries = vec![tcp_entry(1, 0), tcp_entry(1, 0)];
+    session.control.send(ControlMessage::RouteTable { version: 1, entries }).await.unwrap();
+    let end = tokio::time::timeout(PATIENCE, driver).await.expect("session kept open").unwrap();
+    let text = end.to_string();
+    assert!(text.contains("listed twice"), "{text}");
+    server.stop().await;
+}
+
+/// A table larger than the server's limits allow (a client configured for a bigger server)
+/// gets each entry past them refused, and the session serves on with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_past_the_limits_is_refused_entry_by_entry_and_the_session_serves_on() {
     // At most 2 TCP, 2 HTTP, 2 TLS and 2 network routes, 1 service and a fallback: 10 entries.
     let server = start_server(|config| {
         config.max_forwards_per_client = 2;
         config.max_services_per_client = 1;
     })
     .await;
-    for (entries, why) in [
-        (vec![tcp_entry(1, 0), tcp_entry(1, 0)], "listed twice"),
-        ((0..11).map(|i| tcp_entry(i, 0)).collect(), "at most 10"),
-    ] {
-        let session = bare_session(&server, "bad-table", TOKEN).await;
-        let driver = tokio::spawn(session.driver);
-        session.control.send(ControlMessage::RouteTable { version: 1, entries }).await.unwrap();
-        let end = tokio::time::timeout(PATIENCE, driver).await.expect("session kept open").unwrap();
-        let text = end.to_string();
-        assert!(text.contains(why), "{text}");
+    let session = bare_session(&server, "big-table", TOKEN).await;
+    let tunnel_core::session::Session { control, messages, driver, .. } = session;
+    let driver = tokio::spawn(driver);
+    let mut session = (control, messages);
+    let results = table(&mut session, 1, (0..12).map(|i| tcp_entry(i, 0)).collect()).await;
+    let ids: Vec<u64> = results.iter().map(|r| r.id.0).collect();
+    assert_eq!(ids, (0..12).collect::<Vec<_>>(), "one result per entry, in order");
+    for (i, result) in results.iter().enumerate() {
+        match (&result.outcome, i) {
+            (RouteOutcome::Ready { public_addr: Some(_) }, 0 | 1) => {}
+            (RouteOutcome::Refused { code: RefusalCode::TooManyForwards, message }, 2..=9) => {
+                assert!(message.contains("already holds 2 forwards"), "{message}");
+            }
+            (RouteOutcome::Refused { code: RefusalCode::TooManyForwards, message }, 10 | 11) => {
+                assert!(message.contains("at most 10 routes of all kinds"), "{message}");
+            }
+            (other, i) => panic!("entry {i}: {other:?}"),
+        }
     }
+    // The session is up and answers the next table.
+    let results = table(&mut session, 2, vec![tcp_entry(0, 0)]).await;
+    assert!(matches!(results[0].outcome, RouteOutcome::Ready { .. }), "{results:?}");
+    assert!(!driver.is_finished(), "the session ended");
     server.stop().await;
 }
 

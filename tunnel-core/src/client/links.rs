@@ -42,9 +42,10 @@ impl Link {
 }
 
 /// One link per server, in order; a server named by a host that `resolve` finds at several
-/// addresses becomes a link per address (each presenting and verifying the host's name over
-/// TLS). A host found at one address, or not found, stays one link that looks the name up at
-/// every attempt.
+/// addresses of one family becomes a link per address of that family (each presenting and
+/// verifying the host's name over TLS). A host found at one address per family (a dual-stack
+/// server, `localhost`), or not found, stays one link that looks the name up at every attempt
+/// and tries its addresses in turn: two links to one server would replace each other's session.
 pub(super) fn links_for(
     servers: Vec<(String, ClientTransport)>,
     resolve: impl Fn(&str) -> Vec<std::net::SocketAddr>,
@@ -52,18 +53,39 @@ pub(super) fn links_for(
     let mut links = Vec::with_capacity(servers.len());
     for (server, transport) in servers {
         let is_address = server.parse::<std::net::SocketAddr>().is_ok();
-        let mut found = if is_address { Vec::new() } else { resolve(&server) };
-        let mut seen = std::collections::HashSet::new();
-        found.retain(|addr| seen.insert(*addr));
-        if found.len() > 1 {
-            let list = found.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            tracing::info!(server = %Escaped(&server), "{} addresses, each a server of its own: {list}", found.len());
-            links.extend(found.into_iter().map(|addr| Link::new(addr.to_string(), transport.clone())));
-        } else {
-            links.push(Link::new(server, transport));
+        let found = if is_address { Vec::new() } else { resolve(&server) };
+        match servers_among(&found) {
+            Some(each) => {
+                let list = each.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                let others = found.len() - each.len();
+                tracing::info!(
+                    server = %Escaped(&server),
+                    "{} addresses, each a server of its own: {list} (the other family's {others} taken to be the same servers)",
+                    each.len()
+                );
+                links.extend(each.into_iter().map(|addr| Link::new(addr.to_string(), transport.clone())));
+            }
+            None => links.push(Link::new(server, transport)),
         }
     }
     links
+}
+
+/// The addresses among `found` that are servers of their own, when there are several: those of
+/// the family with more of them (on a tie, the family of the first, the system's preference),
+/// duplicates dropped. `None` when each family has one address at most: one server.
+fn servers_among(found: &[std::net::SocketAddr]) -> Option<Vec<std::net::SocketAddr>> {
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<_> = found.iter().copied().filter(|addr| seen.insert(*addr)).collect();
+    let (v4, v6): (Vec<_>, Vec<_>) = unique.iter().partition(|addr| addr.is_ipv4());
+    let first_is_v4 = unique.first().is_some_and(std::net::SocketAddr::is_ipv4);
+    let each = match v4.len().cmp(&v6.len()) {
+        std::cmp::Ordering::Greater => v4,
+        std::cmp::Ordering::Less => v6,
+        std::cmp::Ordering::Equal if first_is_v4 => v4,
+        std::cmp::Ordering::Equal => v6,
+    };
+    (each.len() > 1).then_some(each)
 }
 
 impl Client {
@@ -233,15 +255,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_host_at_several_addresses_is_a_server_per_address_in_place() {
-        let servers = ["a.test:7700", "10.0.0.9:7700", "b.test:7700", "c.test:7700"]
-            .map(|s| (s.to_owned(), ClientTransport::Plaintext))
-            .to_vec();
+    fn a_host_at_several_addresses_of_one_family_is_a_server_per_address_in_place() {
+        let servers =
+            ["a.test:7700", "10.0.0.9:7700", "b.test:7700", "c.test:7700", "d.test:7700", "e.test:7700"]
+                .map(|s| (s.to_owned(), ClientTransport::Plaintext))
+                .to_vec();
         let resolve = |host: &str| -> Vec<std::net::SocketAddr> {
             let addrs: &[&str] = match host {
-                "a.test:7700" => &["127.0.0.1:7700", "[::1]:7700", "127.0.0.1:7700"],
+                "a.test:7700" => &["127.0.0.1:7700", "127.0.0.2:7700", "127.0.0.1:7700"],
                 "b.test:7700" => &["127.0.0.2:7700"],
                 "10.0.0.9:7700" => panic!("an address is never looked up"),
+                // Two dual-stack servers, the system preferring IPv6: the IPv6 addresses.
+                "d.test:7700" => &["[::2]:7700", "10.0.0.1:7700", "[::3]:7700", "10.0.0.2:7700"],
+                // Two servers on IPv6, one of them on IPv4 too.
+                "e.test:7700" => &["10.0.0.1:7700", "[::2]:7700", "[::3]:7700"],
                 _ => &[],
             };
             addrs.iter().map(|a| a.parse().unwrap()).collect()
@@ -249,6 +276,27 @@ mod tests {
         let links = links_for(servers, resolve);
         let names: Vec<&str> = links.iter().map(|l| l.server.as_str()).collect();
         // Duplicates once; one address or none: the name stays, looked up at each attempt.
-        assert_eq!(names, ["127.0.0.1:7700", "[::1]:7700", "10.0.0.9:7700", "b.test:7700", "c.test:7700"]);
+        let expected = [
+            "127.0.0.1:7700",
+            "127.0.0.2:7700",
+            "10.0.0.9:7700",
+            "b.test:7700",
+            "c.test:7700",
+            "[::2]:7700",
+            "[::3]:7700",
+            "[::2]:7700",
+            "[::3]:7700",
+        ];
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn a_host_at_one_address_per_family_is_one_server() {
+        // `localhost`, or a dual-stack server: two links would replace each other's session.
+        let servers = vec![("localhost:7700".to_owned(), ClientTransport::Plaintext)];
+        let links =
+            links_for(servers, |_| vec!["[::1]:7700".parse().unwrap(), "127.0.0.1:7700".parse().unwrap()]);
+        let names: Vec<&str> = links.iter().map(|l| l.server.as_str()).collect();
+        assert_eq!(names, ["localhost:7700"]);
     }
 }

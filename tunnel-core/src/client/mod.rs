@@ -168,7 +168,7 @@ impl Client {
     }
 
     /// Looks up each server named by a host name now (otherwise [`Client::run`] does): a host
-    /// found at several addresses means each of them, a server with a session of its own
+    /// found at several addresses of one family means each of them, a server with a session of its own
     /// (within [`ClientConfig::handshake_timeout`]; not through a proxy, which resolves names
     /// itself). [`Client::server_statuses`] lists them from then on.
     pub async fn resolve_servers(&mut self) {
@@ -296,6 +296,12 @@ impl Client {
             result = self.first_answer(&control, &mut messages, &table, &mut offer) => result,
             end = &mut driver => return Err(ended(end)),
         };
+        // The control channel closes with the session: its end says why (the server's goodbye).
+        if let Err(Failure::Transient(Interruption::TableNotSent)) = first {
+            if let Ok(end) = tokio::time::timeout(Duration::from_secs(2), &mut driver).await {
+                return Err(ended(end));
+            }
+        }
         let mut answered = match first.and_then(|results| table.answer(results, state.assigned)) {
             Ok(answered) => answered,
             Err(failure) => {

@@ -121,15 +121,22 @@ pub fn request_host<B>(request: &Request<B>) -> Option<String> {
     (port_ok && name_ok && !host.is_empty() && host.len() <= 253).then(|| host.to_ascii_lowercase())
 }
 
-/// Sets `X-Forwarded-For` (appending the visitor to any list a client sent), `-Proto` and
-/// `-Host`.
+/// Sets `X-Forwarded-For` (appending the visitor to the list a client sent, over as many fields
+/// as it sent), `-Proto` and `-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static str, host: &str) {
     use std::io::Write as _;
     // Values are built without a `String` where they can be (this runs for every request).
-    let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-    let for_value = match earlier {
-        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {visitor}")),
-        None => {
+    let mut earlier = String::new();
+    let sent = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+    for value in sent.map(str::trim).filter(|v| !v.is_empty()) {
+        if !earlier.is_empty() {
+            earlier.push_str(", ");
+        }
+        earlier.push_str(value);
+    }
+    let for_value = match earlier.is_empty() {
+        false => HeaderValue::from_str(&format!("{earlier}, {visitor}")),
+        true => {
             // An IP address's text is at most 39 characters (IPv6; `IpAddr` has no zone).
             let mut text = [0u8; 48];
             let mut cursor = std::io::Cursor::new(&mut text[..]);
@@ -147,6 +154,39 @@ pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static s
     if let Some(value) = same.or_else(|| HeaderValue::from_str(host).ok()) {
         headers.insert(X_FORWARDED_HOST, value);
     }
+}
+
+/// Most header fields a request may carry: hyper's HTTP/1.1 parser answers 431 past this (its
+/// default), and the edge holds HTTP/2 requests to it too.
+pub(super) const MAX_HEADER_FIELDS: usize = 100;
+
+/// Joins a request's `Cookie` fields into one, as a request going on from HTTP/2 (where
+/// browsers send a field per cookie) to HTTP/1.1 must have them (RFC 9113 8.2.3): an origin
+/// may read only the first.
+pub(super) fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let Some(first) = values.next() else { return };
+    let mut joined = first.as_bytes().to_vec();
+    let mut more = false;
+    for value in values {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+        more = true;
+    }
+    if let Some(value) = more.then(|| HeaderValue::from_bytes(&joined).ok()).flatten() {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// `path` without its segments' `;` parameters, for matching it against routes: servlet
+/// containers read `/admin;a=1` as `/admin`, so a route for `/admin` (one answering 403, say)
+/// must take it. The request goes on as sent.
+pub(super) fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let segments = path.split('/').map(|segment| segment.split(';').next().unwrap_or(""));
+    std::borrow::Cow::Owned(segments.collect::<Vec<_>>().join("/"))
 }
 
 /// A route id as the route header's value (its text form, written without a `String`).
@@ -314,6 +354,48 @@ mod tests {
         headers.insert(header::HOST, "a.test".parse().unwrap());
         set_forwarded(&mut headers, v6, "http", "a.test");
         assert_eq!(headers["x-forwarded-host"], "a.test");
+    }
+
+    #[test]
+    fn every_forwarded_for_field_is_kept_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        headers.append("x-forwarded-for", " ".parse().unwrap());
+        headers.append("x-forwarded-for", "7.7.7.7, 8.8.8.8".parse().unwrap());
+        set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "http", "a.test");
+        let all: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["6.6.6.6, 7.7.7.7, 8.8.8.8, 192.0.2.7"]);
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, "a=1".parse().unwrap());
+        headers.append(header::COOKIE, "b=2".parse().unwrap());
+        headers.append(header::COOKIE, "c=3; d=4".parse().unwrap());
+        join_cookies(&mut headers);
+        let all: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3; d=4"]);
+        // One field, or none, is left as it is.
+        let mut headers = HeaderMap::new();
+        join_cookies(&mut headers);
+        assert!(headers.is_empty());
+        headers.insert(header::COOKIE, "a=1".parse().unwrap());
+        join_cookies(&mut headers);
+        assert_eq!(headers[header::COOKIE], "a=1");
+    }
+
+    #[test]
+    fn segment_parameters_are_left_out_of_the_path_routes_match() {
+        for (path, expected) in [
+            ("/admin;a=1", "/admin"),
+            ("/admin;a=1/x;y", "/admin/x"),
+            ("/a;/b", "/a/b"),
+            ("/admin%3bx", "/admin%3bx"),
+            ("/plain/", "/plain/"),
+        ] {
+            assert_eq!(without_parameters(path), expected, "{path}");
+        }
     }
 
     #[test]

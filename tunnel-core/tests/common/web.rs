@@ -123,7 +123,7 @@ pub async fn answer(
     if request.uri().path() == "/slow" {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let line = format!(
+    let mut line = format!(
         "{tag} {} {} host={} xff={} proto={} mark={} route={} ",
         request.method(),
         request.uri().path(),
@@ -133,6 +133,12 @@ pub async fn answer(
         header("x-mark"),
         header(tunnel_core::proto::ROUTE_HEADER),
     );
+    // Each `Cookie` field as it came, when there is one.
+    let cookies: Vec<_> =
+        request.headers().get_all("cookie").iter().map(|v| v.to_str().unwrap_or("?")).collect();
+    if !cookies.is_empty() {
+        line.push_str(&format!("cookie={} ", cookies.join(" | ")));
+    }
     let body = request.into_body().collect().await?.to_bytes();
     let mut out = line.into_bytes();
     out.extend_from_slice(&body);

@@ -10,7 +10,8 @@ use hyper::body::Incoming;
 use super::{session_key, Connection, HttpEdge, Upgraded, ROUTE};
 use crate::http::client_streams::{exchange, open_upgrade_stream, Lane, SessionKey};
 use crate::http::headers::{
-    is_upgrade, origin_form, remove_dot_segments, route_value, routed_host, set_forwarded, strip_hop_by_hop,
+    is_upgrade, join_cookies, origin_form, remove_dot_segments, route_value, routed_host, set_forwarded,
+    strip_hop_by_hop, without_parameters, MAX_HEADER_FIELDS,
 };
 use crate::http::inflight;
 use crate::http::origin::splice_upgraded;
@@ -46,6 +47,12 @@ impl HttpEdge {
         if request.method() == hyper::Method::CONNECT {
             return (text_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served here"), None);
         }
+        // HTTP/1.1 heads are held to this count by hyper's parser; HTTP/2 ones here, so that both
+        // reach an origin alike (and a client parsing the request again takes it).
+        if request.headers().len() > MAX_HEADER_FIELDS {
+            let why = format!("more than {MAX_HEADER_FIELDS} header fields");
+            return (text_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &why), None);
+        }
         let host = match routed_host(&request) {
             Ok(host) => host,
             Err(why) => return (text_response(StatusCode::BAD_REQUEST, why), None),
@@ -65,7 +72,8 @@ impl HttpEdge {
                 return (text_response(StatusCode::MISDIRECTED_REQUEST, &why), None);
             }
         }
-        let hit = routes.lookup(&host, request.uri().path(), request.method().as_str(), request.headers());
+        let path = without_parameters(request.uri().path());
+        let hit = routes.lookup(&host, &path, request.method().as_str(), request.headers());
         let Some(hit) = hit else {
             return (text_response(self.fallback, ""), None);
         };
@@ -121,6 +129,9 @@ impl HttpEdge {
         }
         if request.uri().scheme().is_some() || request.uri().authority().is_some() {
             *request.uri_mut() = origin_form(request.uri());
+        }
+        if request.version() == Version::HTTP_2 {
+            join_cookies(request.headers_mut());
         }
         *request.version_mut() = Version::HTTP_11;
         strip_hop_by_hop(request.headers_mut(), upgrade);

@@ -256,19 +256,16 @@ impl<'s> SessionRoutes<'s> {
 
     /// Replaces the table: what is gone or changed is removed first (so its ports and names can
     /// go to the new entries), unchanged entries are left alone, the rest is added; one result
-    /// per entry. `Err` (too many entries, an id twice) ends the session.
-    async fn apply(&mut self, entries: Vec<RouteEntry>) -> Result<(Vec<RouteResult>, Changes), String> {
-        let max = self.max_entries();
-        if entries.len() > max {
-            return Err(format!(
-                "a route table of {} entries; this client may hold at most {max}",
-                entries.len()
-            ));
-        }
+    /// per entry. Entries past what the client's limits could ever accept are refused unread,
+    /// so a client whose table outgrew this server's limits keeps the rest in service. `Err`
+    /// (an id twice, which no client sends) ends the session.
+    async fn apply(&mut self, mut entries: Vec<RouteEntry>) -> Result<(Vec<RouteResult>, Changes), String> {
         let mut ids = HashSet::with_capacity(entries.len());
         if let Some(dup) = entries.iter().find(|e| !ids.insert(e.id)) {
             return Err(format!("route {} is listed twice in one table", dup.id));
         }
+        let max = self.max_entries();
+        let past_max = entries.split_off(max.min(entries.len()));
         let unchanged: HashSet<RouteId> = entries.iter().filter(|e| self.has(e)).map(|e| e.id).collect();
         let current: Vec<RouteId> = self.ids().collect();
         let mut changes = Changes::default();
@@ -296,6 +293,15 @@ impl<'s> SessionRoutes<'s> {
                 Err((code, message)) => RouteOutcome::Refused { code, message },
             };
             results.push(RouteResult { id, outcome });
+        }
+        for RouteEntry { id, .. } in past_max {
+            changes.refused += 1;
+            self.count_refusal(RefusalCode::TooManyForwards);
+            let message = format!("this client may hold at most {max} routes of all kinds together");
+            results.push(RouteResult {
+                id,
+                outcome: RouteOutcome::Refused { code: RefusalCode::TooManyForwards, message },
+            });
         }
         self.settle();
         if changes.added + changes.removed + changes.refused > 0 {
