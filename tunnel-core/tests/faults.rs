@@ -266,3 +266,40 @@ async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_ti
     assert!(!matches!(end.unwrap(), SessionEnd::HeartbeatTimeout(_)));
     client.stop().await;
 }
+
+/// A server that ends the session while the client's route table is out: the client says why
+/// (the server's goodbye), not only that the session closed on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_while_its_table_is_out_reports_the_servers_reason() {
+    use tunnel_core::client::ClientConfig;
+    use tunnel_core::proto::{ControlMessage, GoodbyeCode};
+    use tunnel_core::transport::{ClientTransport, TcpConnector};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let token = Token::new("faults-test-token-0123").unwrap();
+    let creds = Credentials::default().with_shared(token.clone());
+    let _server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = SessionConfig::default();
+        let accepted = Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE).await;
+        let (mut session, _) = accepted.unwrap();
+        let driver = tokio::spawn(session.driver);
+        while let Some(message) = session.messages.recv().await {
+            if matches!(message, ControlMessage::RouteTable { .. }) {
+                session.control.close(GoodbyeCode::ProtocolError, "no tables here (marker 7f3a)").await;
+                break;
+            }
+        }
+        driver.await.unwrap()
+    });
+    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
+    let config = ClientConfig::new(addr, "c", token, transport);
+    let mut client = start_client(config);
+    let reconnecting = client.status.wait_for(|s| matches!(s, ClientStatus::Reconnecting { .. }));
+    let status =
+        tokio::time::timeout(PATIENCE, reconnecting).await.expect("never reconnecting").unwrap().clone();
+    let ClientStatus::Reconnecting { error, .. } = status else { unreachable!() };
+    assert!(error.contains("marker 7f3a"), "{error}");
+    client.stop().await;
+}
