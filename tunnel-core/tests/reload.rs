@@ -249,6 +249,45 @@ async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() 
     server.stop().await;
 }
 
+/// Limits lowered by a reload leave the routes in service alone, visitors and all; only what
+/// the client asks for anew is held to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_limits_leave_the_routes_in_service_and_hold_only_what_is_new() {
+    let server = start_server(|_| {}).await;
+    let mut specs = Vec::new();
+    for _ in 0..4 {
+        specs.push(format!("0:{}", echo_target().await));
+    }
+    let first: Vec<&str> = specs[..3].iter().map(String::as_str).collect();
+    let mut client = start_client(server.client_config("many", &first));
+    let forwards = client.connected().await;
+    assert_eq!(forwards.len(), 3);
+    let mut held = TcpStream::connect(forwards[2].public_addr).await.unwrap();
+    echo_once(&mut held, b"before").await;
+
+    let mut config = server.server.config().as_ref().clone();
+    config.max_forwards_per_client = 1;
+    let report = server.server.reload(config).await;
+    assert_eq!(report.changed, ["max_forwards_per_client"]);
+    assert!(report.withdrawn.is_empty(), "{report:?}");
+    for forward in &forwards {
+        let mut visitor = TcpStream::connect(forward.public_addr).await.unwrap();
+        echo_once(&mut visitor, b"after lowering").await;
+    }
+    echo_once(&mut held, b"untouched").await;
+
+    // A fourth route is new: past the lowered limit, refused; the three stay.
+    let mut set = client.routes.get();
+    set.remotes.push(specs[3].parse().unwrap());
+    client.routes.set(set).unwrap();
+    let status = client.answered(2).await;
+    assert_eq!((status.forwards().unwrap().len(), refused_count(&status)), (3, 1), "{status:?}");
+
+    drop(held);
+    client.stop().await;
+    server.stop().await;
+}
+
 /// An HTTP origin answering every request with `ok`, on a keep-alive connection.
 async fn ok_origin() -> SocketAddr {
     serve_target(|mut tcp| async move {

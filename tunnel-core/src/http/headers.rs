@@ -160,6 +160,18 @@ pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static s
 /// default), and the edge holds HTTP/2 requests to it too.
 pub(super) const MAX_HEADER_FIELDS: usize = 100;
 
+/// Most header fields a client takes in a request from the edge: what a visitor may send plus
+/// what the edge adds (`Host` from HTTP/2's authority, `X-Forwarded-For`, `-Proto`, `-Host`,
+/// the route header), with room to spare.
+pub(super) const MAX_FORWARDED_FIELDS: usize = MAX_HEADER_FIELDS + 16;
+
+/// How many fields `headers` go on to the client as: every `Cookie` field but the first is
+/// joined into it ([`join_cookies`]).
+pub(super) fn field_count(headers: &HeaderMap) -> usize {
+    let cookies = headers.get_all(header::COOKIE).iter().count();
+    headers.len() - cookies.saturating_sub(1)
+}
+
 /// Joins a request's `Cookie` fields into one, as a request going on from HTTP/2 (where
 /// browsers send a field per cookie) to HTTP/1.1 must have them (RFC 9113 8.2.3): an origin
 /// may read only the first.
@@ -176,17 +188,6 @@ pub(super) fn join_cookies(headers: &mut HeaderMap) {
     if let Some(value) = more.then(|| HeaderValue::from_bytes(&joined).ok()).flatten() {
         headers.insert(header::COOKIE, value);
     }
-}
-
-/// `path` without its segments' `;` parameters, for matching it against routes: servlet
-/// containers read `/admin;a=1` as `/admin`, so a route for `/admin` (one answering 403, say)
-/// must take it. The request goes on as sent.
-pub(super) fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains(';') {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let segments = path.split('/').map(|segment| segment.split(';').next().unwrap_or(""));
-    std::borrow::Cow::Owned(segments.collect::<Vec<_>>().join("/"))
 }
 
 /// A route id as the route header's value (its text form, written without a `String`).
@@ -386,16 +387,17 @@ mod tests {
     }
 
     #[test]
-    fn segment_parameters_are_left_out_of_the_path_routes_match() {
-        for (path, expected) in [
-            ("/admin;a=1", "/admin"),
-            ("/admin;a=1/x;y", "/admin/x"),
-            ("/a;/b", "/a/b"),
-            ("/admin%3bx", "/admin%3bx"),
-            ("/plain/", "/plain/"),
-        ] {
-            assert_eq!(without_parameters(path), expected, "{path}");
+    fn cookie_fields_count_as_the_one_they_are_joined_into() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(field_count(&headers), 0);
+        headers.append(header::HOST, "a.test".parse().unwrap());
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        assert_eq!(field_count(&headers), 3);
+        for i in 0..50 {
+            headers.append(header::COOKIE, format!("c{i}={i}").parse().unwrap());
         }
+        assert_eq!(field_count(&headers), 4);
     }
 
     #[test]

@@ -153,6 +153,8 @@ impl Origins {
         });
         let mut connection = hyper::server::conn::http1::Builder::new()
             .keep_alive(!draining.is_cancelled())
+            // What the edge let through plus what it added: never a 431 from this side.
+            .max_headers(crate::http::headers::MAX_FORWARDED_FIELDS)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         // The connection first: a request it has begun to read is answered before the

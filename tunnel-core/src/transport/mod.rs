@@ -9,6 +9,7 @@
 //! or, already established, from the program ([`crate::server::Server::run_connected`]).
 
 mod connect;
+mod dial;
 mod proxy;
 mod read_buffer;
 pub mod websocket;
@@ -115,9 +116,17 @@ pub(crate) fn take_received(stream: &TcpStream, into: &mut Vec<u8>, most: usize)
     read
 }
 
-/// Connects to `addr` (`host:port`, resolved here) with [`configure_tcp`] applied.
+/// Connects to `addr` (`host:port`, resolved here) with [`configure_tcp`] applied. A name
+/// found at several addresses is tried at each, the families taking turns, a silent one
+/// holding the next back a quarter of a second (RFC 8305).
 pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await?;
+    let stream = match addr.parse::<std::net::SocketAddr>() {
+        Ok(addr) => TcpStream::connect(addr).await?,
+        Err(_) => {
+            let found = dial::interleaved(tokio::net::lookup_host(addr).await?.collect());
+            dial::first_to_connect(found, TcpStream::connect).await?
+        }
+    };
     configure_tcp(&stream)?;
     Ok(stream)
 }

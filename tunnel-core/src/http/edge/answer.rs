@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use super::{session_key, Connection, HttpEdge, Upgraded, ROUTE};
 use crate::http::client_streams::{exchange, open_upgrade_stream, Lane, SessionKey};
 use crate::http::headers::{
-    is_upgrade, join_cookies, origin_form, remove_dot_segments, route_value, routed_host, set_forwarded,
-    strip_hop_by_hop, without_parameters, MAX_HEADER_FIELDS,
+    field_count, is_upgrade, join_cookies, origin_form, remove_dot_segments, route_value, routed_host,
+    set_forwarded, strip_hop_by_hop, MAX_HEADER_FIELDS,
 };
 use crate::http::inflight;
 use crate::http::origin::splice_upgraded;
@@ -47,9 +47,9 @@ impl HttpEdge {
         if request.method() == hyper::Method::CONNECT {
             return (text_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served here"), None);
         }
-        // HTTP/1.1 heads are held to this count by hyper's parser; HTTP/2 ones here, so that both
-        // reach an origin alike (and a client parsing the request again takes it).
-        if request.headers().len() > MAX_HEADER_FIELDS {
+        // HTTP/1.1 heads are held to this count by hyper's parser; HTTP/2 ones here (their
+        // cookies counted as the one field they go on as), so that both reach an origin alike.
+        if field_count(request.headers()) > MAX_HEADER_FIELDS {
             let why = format!("more than {MAX_HEADER_FIELDS} header fields");
             return (text_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &why), None);
         }
@@ -72,8 +72,7 @@ impl HttpEdge {
                 return (text_response(StatusCode::MISDIRECTED_REQUEST, &why), None);
             }
         }
-        let path = without_parameters(request.uri().path());
-        let hit = routes.lookup(&host, &path, request.method().as_str(), request.headers());
+        let hit = routes.lookup(&host, request.uri().path(), request.method().as_str(), request.headers());
         let Some(hit) = hit else {
             return (text_response(self.fallback, ""), None);
         };

@@ -242,30 +242,16 @@ impl<'s> SessionRoutes<'s> {
         self.allowance = (0.0, Instant::now());
     }
 
-    /// Most entries a table may hold: what the client's limits could ever accept.
-    fn max_entries(&self) -> usize {
-        let config = self.shared.config();
-        // TCP, HTTP, TLS and network routes each up to the forward limit, the services, one
-        // fallback.
-        config
-            .max_forwards_per_client
-            .saturating_mul(4)
-            .saturating_add(config.max_services_per_client)
-            .saturating_add(1)
-    }
-
     /// Replaces the table: what is gone or changed is removed first (so its ports and names can
     /// go to the new entries), unchanged entries are left alone, the rest is added; one result
-    /// per entry. Entries past what the client's limits could ever accept are refused unread,
-    /// so a client whose table outgrew this server's limits keeps the rest in service. `Err`
-    /// (an id twice, which no client sends) ends the session.
-    async fn apply(&mut self, mut entries: Vec<RouteEntry>) -> Result<(Vec<RouteResult>, Changes), String> {
+    /// per entry. Each kind is held to its own limit, so a table that outgrew this server's
+    /// limits has the entries past them refused (the decoder bounds a table's length) and the
+    /// rest in service. `Err` (an id twice, which no client sends) ends the session.
+    async fn apply(&mut self, entries: Vec<RouteEntry>) -> Result<(Vec<RouteResult>, Changes), String> {
         let mut ids = HashSet::with_capacity(entries.len());
         if let Some(dup) = entries.iter().find(|e| !ids.insert(e.id)) {
             return Err(format!("route {} is listed twice in one table", dup.id));
         }
-        let max = self.max_entries();
-        let past_max = entries.split_off(max.min(entries.len()));
         let unchanged: HashSet<RouteId> = entries.iter().filter(|e| self.has(e)).map(|e| e.id).collect();
         let current: Vec<RouteId> = self.ids().collect();
         let mut changes = Changes::default();
@@ -293,15 +279,6 @@ impl<'s> SessionRoutes<'s> {
                 Err((code, message)) => RouteOutcome::Refused { code, message },
             };
             results.push(RouteResult { id, outcome });
-        }
-        for RouteEntry { id, .. } in past_max {
-            changes.refused += 1;
-            self.count_refusal(RefusalCode::TooManyForwards);
-            let message = format!("this client may hold at most {max} routes of all kinds together");
-            results.push(RouteResult {
-                id,
-                outcome: RouteOutcome::Refused { code: RefusalCode::TooManyForwards, message },
-            });
         }
         self.settle();
         if changes.added + changes.removed + changes.refused > 0 {
@@ -357,9 +334,11 @@ impl<'s> SessionRoutes<'s> {
             }
             RouteKind::Service { name } => self.add_service(id, &name).map(|()| None),
             RouteKind::Http { matcher } => {
+                // The limit first: no expression is compiled for a route refused anyway.
+                self.room_for_another(self.http.len())?;
                 let host = matcher.host.clone();
                 let matcher = Matcher::new(matcher).map_err(|e| (RefusalCode::Invalid, e))?;
-                self.claim_host(&host, self.http.len())?;
+                self.claim_host(&host)?;
                 self.http.insert(id, matcher);
                 Ok(None)
             }
@@ -368,7 +347,8 @@ impl<'s> SessionRoutes<'s> {
                 Ok(None)
             }
             RouteKind::Tls { host } => {
-                self.claim_host(&host, self.tls.len())?;
+                self.room_for_another(self.tls.len())?;
+                self.claim_host(&host)?;
                 self.tls.insert(id, host);
                 Ok(None)
             }
@@ -404,9 +384,9 @@ impl<'s> SessionRoutes<'s> {
         Ok(())
     }
 
-    /// Checks that this client may serve `host` and has room for another route of its kind
-    /// (`held` of them now), and records it as the host's client.
-    fn claim_host(&self, host: &HostPattern, held: usize) -> Result<(), Refusal> {
+    /// Checks that this client has room for another HTTP or TLS route, holding `held` of that
+    /// kind.
+    fn room_for_another(&self, held: usize) -> Result<(), Refusal> {
         let limit = self.shared.config().max_forwards_per_client;
         if held >= limit {
             return Err((
@@ -414,6 +394,11 @@ impl<'s> SessionRoutes<'s> {
                 format!("this client already holds {limit} routes of this kind"),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks that this client may serve `host`, and records it as the host's client.
+    fn claim_host(&self, host: &HostPattern) -> Result<(), Refusal> {
         if !self.shared.config().rules(&self.name, self.credential).may_serve_host(host) {
             let message = format!("client {:?} may not serve host {host}", self.name);
             return Err((RefusalCode::HostNotAllowed, message));

@@ -6,9 +6,7 @@
 
 use super::SessionRoutes;
 use crate::log::Escaped;
-use crate::proto::{
-    ControlMessage, HostPattern, RefusalCode, RouteEntry, RouteId, RouteOutcome, RouteResult,
-};
+use crate::proto::{ControlMessage, HostPattern, RefusalCode, RouteId};
 use crate::server::forwards::Refusal;
 use crate::session::ControlSender;
 
@@ -61,14 +59,15 @@ impl SessionRoutes<'_> {
     pub(in crate::server) async fn reapply(&mut self, control: &ControlSender) {
         let withdrawn = std::mem::take(&mut self.withdrawn);
         let Some((version, entries)) = self.table.clone().filter(|_| !self.draining) else { return };
-        let results = match self.apply(entries.clone()).await {
+        // Lowered limits leave what is in service alone (it is unchanged); an entry they refused
+        // before is refused again.
+        let results = match self.apply(entries).await {
             Ok((results, changes)) if changes.added + changes.removed > 0 || !withdrawn.is_empty() => results,
             Ok(_) => return self.show(),
-            // Lowered limits make the table too large to apply again: what is in service
-            // stays, minus what was withdrawn.
+            // A table applied before has no id twice, the one thing that fails.
             Err(reason) => {
-                tracing::info!(client = %Escaped(&self.name), "last route table not applied again: {}", Escaped(&reason));
-                self.as_in_service(&entries, &withdrawn)
+                tracing::warn!(client = %Escaped(&self.name), "last route table not applied again: {}", Escaped(&reason));
+                return self.show();
             }
         };
         self.answer(control, ControlMessage::RouteTableResult { version, results }).await;
@@ -110,26 +109,5 @@ impl SessionRoutes<'_> {
             disallowed.push(Disallowed { id, what: format!("network {net}"), refusal, service: None });
         }
         disallowed
-    }
-
-    /// One result per entry of the last table, as things stand: in service, or refused (as
-    /// withdrawn, or as not applied again).
-    fn as_in_service(&self, entries: &[RouteEntry], withdrawn: &[(RouteId, Refusal)]) -> Vec<RouteResult> {
-        let result = |entry: &RouteEntry| {
-            if self.has(entry) {
-                return RouteOutcome::Ready { public_addr: self.ports.get(&entry.id).map(|r| r.public_addr) };
-            }
-            let (code, message) = withdrawn.iter().find(|(id, _)| *id == entry.id).map_or_else(
-                || {
-                    (
-                        RefusalCode::TooManyForwards,
-                        "more routes than this client's limits now allow".to_owned(),
-                    )
-                },
-                |(_, refusal)| refusal.clone(),
-            );
-            RouteOutcome::Refused { code, message }
-        };
-        entries.iter().map(|entry| RouteResult { id: entry.id, outcome: result(entry) }).collect()
     }
 }
