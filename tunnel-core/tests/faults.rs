@@ -228,15 +228,17 @@ async fn a_silent_peer_is_declared_dead_at_the_heartbeat_timeout() {
     assert!(frozen_at.elapsed() >= Duration::from_secs(55), "client gave up after {:?}", frozen_at.elapsed());
 }
 
-/// A server that keeps sending other messages, never answering the route table, does not hold
-/// the client past its handshake timeout: one deadline covers the whole wait (it was renewed
-/// by every message).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_timeout() {
-    use tunnel_core::client::ClientConfig;
-    use tunnel_core::proto::ControlMessage;
+/// A server of one session on the shared token, run by `serve` once accepted; the config of a
+/// client ("c") that dials it, and the server's task.
+async fn one_session_server<F, Fut>(
+    serve: F,
+) -> (tunnel_core::client::ClientConfig, tokio::task::JoinHandle<Fut::Output>)
+where
+    F: FnOnce(Session) -> Fut + Send + 'static,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
     use tunnel_core::transport::{ClientTransport, TcpConnector};
-
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let token = Token::new("faults-test-token-0123").unwrap();
@@ -245,7 +247,20 @@ async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_ti
         let (tcp, _) = listener.accept().await.unwrap();
         let config = SessionConfig::default();
         let accepted = Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE).await;
-        let (session, _) = accepted.unwrap();
+        serve(accepted.unwrap().0).await
+    });
+    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
+    (tunnel_core::client::ClientConfig::new(addr, "c", token, transport), server)
+}
+
+/// A server that keeps sending other messages, never answering the route table, does not hold
+/// the client past its handshake timeout: one deadline covers the whole wait (it was renewed
+/// by every message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_timeout() {
+    use tunnel_core::proto::ControlMessage;
+
+    let (mut config, server) = one_session_server(|session| async move {
         let driver = tokio::spawn(session.driver);
         // Answers to a table the client never sent, ten a second, until the client leaves.
         while !driver.is_finished() {
@@ -256,9 +271,8 @@ async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_ti
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         driver.await.unwrap()
-    });
-    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
-    let mut config = ClientConfig::new(addr, "c", token, transport);
+    })
+    .await;
     config.handshake_timeout = Duration::from_secs(1);
     let client = start_client(config);
     let end =
@@ -271,19 +285,9 @@ async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_ti
 /// (the server's goodbye), not only that the session closed on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ended_while_its_table_is_out_reports_the_servers_reason() {
-    use tunnel_core::client::ClientConfig;
     use tunnel_core::proto::{ControlMessage, GoodbyeCode};
-    use tunnel_core::transport::{ClientTransport, TcpConnector};
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let token = Token::new("faults-test-token-0123").unwrap();
-    let creds = Credentials::default().with_shared(token.clone());
-    let _server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let config = SessionConfig::default();
-        let accepted = Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE).await;
-        let (mut session, _) = accepted.unwrap();
+    let (config, _server) = one_session_server(|mut session| async move {
         let driver = tokio::spawn(session.driver);
         while let Some(message) = session.messages.recv().await {
             if matches!(message, ControlMessage::RouteTable { .. }) {
@@ -292,9 +296,8 @@ async fn a_session_ended_while_its_table_is_out_reports_the_servers_reason() {
             }
         }
         driver.await.unwrap()
-    });
-    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
-    let config = ClientConfig::new(addr, "c", token, transport);
+    })
+    .await;
     let mut client = start_client(config);
     let reconnecting = client.status.wait_for(|s| matches!(s, ClientStatus::Reconnecting { .. }));
     let status =

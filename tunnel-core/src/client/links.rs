@@ -57,8 +57,7 @@ pub(super) fn links_for(
         match servers_among(&found) {
             Some(each) => {
                 let list = each.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                let unique: std::collections::HashSet<_> = found.iter().collect();
-                let others = unique.len() - each.len();
+                let others = found.iter().collect::<std::collections::HashSet<_>>().len() - each.len();
                 tracing::info!(
                     server = %Escaped(&server),
                     "{} addresses, each a server of its own: {list} (the other family's {others} taken to be the same servers)",
