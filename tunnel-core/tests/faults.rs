@@ -281,6 +281,33 @@ async fn a_server_that_never_answers_the_route_table_is_left_at_the_handshake_ti
     client.stop().await;
 }
 
+/// A client told to stop while its route table waits for an answer stops at once and says
+/// goodbye; it used to wait out its handshake timeout first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stopped_while_its_table_is_out_leaves_at_once_with_a_goodbye() {
+    use tunnel_core::proto::{ControlMessage, GoodbyeCode};
+
+    let (table_in, table_arrived) = tokio::sync::oneshot::channel();
+    let (mut config, server) = one_session_server(|mut session| async move {
+        let driver = tokio::spawn(session.driver);
+        let mut table_in = Some(table_in);
+        // Never answered.
+        while let Some(message) = session.messages.recv().await {
+            if matches!(message, ControlMessage::RouteTable { .. }) {
+                table_in.take().map(|tell| tell.send(()));
+            }
+        }
+        driver.await.unwrap()
+    })
+    .await;
+    config.handshake_timeout = Duration::from_secs(3600);
+    let client = start_client(config);
+    tokio::time::timeout(PATIENCE, table_arrived).await.expect("no table came").unwrap();
+    client.stop().await;
+    let end = tokio::time::timeout(PATIENCE, server).await.expect("the session outlived the client").unwrap();
+    assert!(matches!(end, SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. }), "{end:?}");
+}
+
 /// A server that ends the session while the client's route table is out: the client says why
 /// (the server's goodbye), not only that the session closed on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -295,10 +295,19 @@ impl Client {
         let first = tokio::select! {
             result = self.first_answer(&control, &mut messages, &table, &mut offer) => result,
             end = &mut driver => return Err(ended(end)),
+            // Nothing is served yet, so there is nothing to drain.
+            () = stop.cancelled() => {
+                close(&control, driver).await;
+                return Ok(());
+            }
         };
         // The control channel closes with the session: its end says why (the server's goodbye).
         if let Err(Failure::Transient(Interruption::TableNotSent)) = first {
-            if let Ok(end) = tokio::time::timeout(Duration::from_secs(2), &mut driver).await {
+            let end = tokio::select! {
+                end = tokio::time::timeout(Duration::from_secs(2), &mut driver) => end,
+                () = stop.cancelled() => return Ok(()),
+            };
+            if let Ok(end) = end {
                 return Err(ended(end));
             }
         }
