@@ -182,7 +182,7 @@ async fn a_server_restart_keeps_a_departed_clients_port_reserved_for_it() {
     let mut squatter =
         connect(&served, &["--token", TOKEN, "--name", "squatter", "-R", &format!("{port}:{target}")], &[]);
     assert_eq!(squatter.exit_code().await, 1, "{}", squatter.output());
-    assert!(squatter.output().contains("held by another client"), "{}", squatter.output());
+    assert!(squatter.output().contains("reserved for the return of another client"), "{}", squatter.output());
     // The owner, restarted too (it remembers nothing), gets its port back.
     let owner = connect(&served, &["--token", TOKEN, "--name", "owner", "-R", &format!("0:{target}")], &[]);
     assert_eq!(public_port(&owner.line_after("remote forward ready: ").await), port);

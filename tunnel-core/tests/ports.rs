@@ -111,6 +111,45 @@ async fn a_departed_clients_port_is_reserved_for_it_and_reassigned_on_reconnect(
     server.stop().await;
 }
 
+/// A route refused because its port is reserved for a departed client comes into service in
+/// the same session once the reservation runs out: the server tries it again, with no new
+/// table and no reconnect. Before, it stayed refused until the client was restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_reserved_for_another_client_is_given_once_the_reservation_ends() {
+    use tunnel_core::client::ClientStatus;
+
+    let server = start_server(|config| config.port_grace = std::time::Duration::from_secs(2)).await;
+    let echo = echo_target().await;
+    let mut owner = start_client(server.client_config("owner", &[&format!("0:{echo}")]));
+    let port = owner.connected().await[0].public_addr.port();
+    owner.stop().await;
+    eventually("the owner's session to end", || async { server.server.session_names().is_empty() }).await;
+
+    let remotes = [format!("0:{echo}"), format!("{port}:{echo}")];
+    let mut newcomer = start_client(server.client_config("newcomer", &[&remotes[0], &remotes[1]]));
+    // The reservation lasts two seconds, far longer than the first answer takes.
+    let ClientStatus::Connected { forwards, refused, .. } = newcomer.answered(1).await else {
+        unreachable!()
+    };
+    assert_eq!(forwards.len(), 1);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].code, RefusalCode::PortTaken);
+    assert!(
+        refused[0].message.contains(&format!("port {port} is reserved for the return of another client")),
+        "{}",
+        refused[0].message
+    );
+
+    let both = newcomer.status.wait_for(|s| s.forwards().is_some_and(|f| f.len() == 2));
+    let both = tokio::time::timeout(PATIENCE, both).await.expect("the port never came").unwrap().clone();
+    let ClientStatus::Connected { refused, new_session, .. } = both else { unreachable!() };
+    assert!(refused.is_empty() && !new_session, "{refused:?}, new session: {new_session}");
+    let public = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(round_trip(public, b"mine now").await.unwrap(), b"mine now");
+    newcomer.stop().await;
+    server.stop().await;
+}
+
 /// A TCP relay to `to` whose connections can all be frozen at once: from then on nothing
 /// passes either way and nothing closes, as when a peer's network goes away. It stops
 /// accepting then too.

@@ -518,6 +518,17 @@ impl Registry {
         })
     }
 
+    /// How long `port` stays reserved for the return of a client other than `owner`, if it is.
+    pub(crate) fn reserved_for_another(&self, owner: &Owner, port: u16) -> Option<Duration> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let lease = inner.leases.get(&port).filter(|lease| lease.owner != *owner)?;
+        match lease.state {
+            LeaseState::Reserved { until } if until > now => Some(until - now),
+            _ => None,
+        }
+    }
+
     /// Drops expired reservations so the table does not grow without bound.
     pub(crate) fn sweep(&self) {
         let now = Instant::now();

@@ -106,6 +106,9 @@ pub(super) async fn run(
                     let _ = done.send(());
                 }
             },
+            () = until(routes.retry_at()) => {
+                Box::pin(routes.retry_taken(&control)).await;
+            }
             () = listed.revoked.cancelled() => {
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
                 break Ending::Leave(GoodbyeCode::Revoked, "the server no longer accepts this client's token");

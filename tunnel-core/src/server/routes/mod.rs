@@ -39,12 +39,12 @@ use crate::session::ControlSender;
 const TABLE_BURST: f64 = 10.0;
 const TABLES_PER_SECOND: f64 = 2.0;
 
-/// How one table changed the session, for its log line.
+/// How one table changed the session, for its log line and the refusal counts.
 #[derive(Debug, Default)]
 struct Changes {
     added: usize,
     removed: usize,
-    refused: usize,
+    refused: Vec<RefusalCode>,
 }
 
 pub(super) struct SessionRoutes<'s> {
@@ -68,6 +68,9 @@ pub(super) struct SessionRoutes<'s> {
     table: Option<(u64, Vec<RouteEntry>)>,
     /// What the last reload withdrew, until the table is applied again (for its answer).
     withdrawn: Vec<(RouteId, Refusal)>,
+    /// When the table is next applied again for entries refused because another client held
+    /// their port, host or network, and the wait before that.
+    retry: Option<(Instant, Duration)>,
     /// TCP and UDP routes.
     ports: HashMap<RouteId, PortRoute>,
     services: HashMap<RouteId, String>,
@@ -107,6 +110,7 @@ impl<'s> SessionRoutes<'s> {
             draining: false,
             table: None,
             withdrawn: Vec::new(),
+            retry: None,
             ports: HashMap::new(),
             services: HashMap::new(),
             http: HashMap::new(),
@@ -132,7 +136,9 @@ impl<'s> SessionRoutes<'s> {
         let reply = match message {
             ControlMessage::RouteTable { version, entries } => {
                 self.pace().await;
-                let (results, _) = self.apply(entries.clone()).await?;
+                let (results, changes) = self.apply(entries.clone()).await?;
+                self.report(results.len(), &changes);
+                self.schedule_retry(&results, true);
                 self.table = Some((version, entries));
                 // Answered before the next table is read: a client that does not read its
                 // answers holds one of them in the server, not a queue of them.
@@ -267,10 +273,7 @@ impl<'s> SessionRoutes<'s> {
                 let added = self.add(id, kind).await;
                 match &added {
                     Ok(_) => changes.added += 1,
-                    Err((code, _)) => {
-                        changes.refused += 1;
-                        self.count_refusal(*code);
-                    }
+                    Err((code, _)) => changes.refused.push(*code),
                 }
                 added
             };
@@ -281,17 +284,24 @@ impl<'s> SessionRoutes<'s> {
             results.push(RouteResult { id, outcome });
         }
         self.settle();
-        if changes.added + changes.removed + changes.refused > 0 {
+        Ok((results, changes))
+    }
+
+    /// Logs what applying a table of `routes` entries changed and counts its refusals.
+    fn report(&self, routes: usize, changes: &Changes) {
+        for code in &changes.refused {
+            self.count_refusal(*code);
+        }
+        if changes.added + changes.removed + changes.refused.len() > 0 {
             tracing::info!(
                 client = %Escaped(&self.name),
-                routes = results.len(),
+                routes,
                 added = changes.added,
                 removed = changes.removed,
-                refused = changes.refused,
+                refused = changes.refused.len(),
                 "route table applied"
             );
         }
-        Ok((results, changes))
     }
 
     /// Whether this exact entry is in service.

@@ -1,14 +1,25 @@
-//! After a reload, in two rounds over every session: the routes the new rules no longer allow
-//! (ports narrowed or now owned by another client, a bind address taken away, a service name,
-//! host or network no longer allowed) are taken out of service; then each session applies its last table
-//! again and the client is told, with a fresh answer to that table (or, for a version 1
-//! client, a refusal per forward or service). Everything else is untouched.
+//! Applying a session's last table again. After a reload, in two rounds over every session:
+//! the routes the new rules no longer allow (ports narrowed or now owned by another client, a
+//! bind address taken away, a service name, host or network no longer allowed) are taken out
+//! of service; then each session applies its last table again and the client is told, with a
+//! fresh answer to that table (or, for a version 1 client, a refusal per forward or service).
+//! Everything else is untouched. And while entries of a table are refused because another
+//! client holds what they ask for, the table is applied again now and then, so they come into
+//! service once it is given up.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::SessionRoutes;
 use crate::log::Escaped;
-use crate::proto::{ControlMessage, HostPattern, RefusalCode, RouteId};
+use crate::proto::{ControlMessage, HostPattern, RefusalCode, RouteId, RouteOutcome, RouteResult};
 use crate::server::forwards::Refusal;
 use crate::session::ControlSender;
+
+/// The first wait before an entry refused as taken is tried again, and the longest.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LAST_RETRY: Duration = Duration::from_secs(16);
 
 /// A route in service that the rules in force no longer allow.
 struct Disallowed {
@@ -61,7 +72,12 @@ impl SessionRoutes<'_> {
         let Some((version, entries)) = self.table.clone().filter(|_| !self.draining) else { return };
         // Lowered limits leave what is in service alone (it is unchanged); an entry they refused
         // before is refused again.
-        let results = match self.apply(entries).await {
+        let applied = self.apply(entries).await;
+        if let Ok((results, changes)) = &applied {
+            self.report(results.len(), changes);
+            self.schedule_retry(results, true);
+        }
+        let results = match applied {
             Ok((results, changes)) if changes.added + changes.removed > 0 || !withdrawn.is_empty() => results,
             Ok(_) => return self.show(),
             // A table applied before has no id twice, the one thing that fails.
@@ -71,6 +87,56 @@ impl SessionRoutes<'_> {
             }
         };
         self.answer(control, ControlMessage::RouteTableResult { version, results }).await;
+    }
+
+    /// Applies the last table again for its entries refused because another client held their
+    /// port, host or network (or something else on the server host held the port): one it
+    /// gave up or whose reservation ran out is this client's now, without a new table. The
+    /// client is answered again only when an entry came into service; the waits between tries
+    /// double from [`FIRST_RETRY`] to [`LAST_RETRY`], and each new table or reload starts them
+    /// again.
+    pub(in crate::server) async fn retry_taken(&mut self, control: &ControlSender) {
+        let Some((version, entries)) = self.table.clone().filter(|_| !self.draining) else {
+            self.retry = None;
+            return;
+        };
+        match self.apply(entries).await {
+            Ok((results, changes)) => {
+                self.schedule_retry(&results, false);
+                if changes.added + changes.removed > 0 {
+                    self.report(results.len(), &changes);
+                    self.answer(control, ControlMessage::RouteTableResult { version, results }).await;
+                } else {
+                    self.show();
+                }
+            }
+            // A table applied before has no id twice, the one thing that fails.
+            Err(_) => self.retry = None,
+        }
+    }
+
+    /// When [`Self::retry_taken`] is due, if it is.
+    pub(in crate::server) fn retry_at(&self) -> Option<Instant> {
+        self.retry.filter(|_| !self.draining).map(|(at, _)| at)
+    }
+
+    /// Plans the next [`Self::retry_taken`] if `results` hold an entry refused as taken: after
+    /// [`FIRST_RETRY`] for a table just applied (`fresh`), else after twice the last wait.
+    pub(super) fn schedule_retry(&mut self, results: &[RouteResult], fresh: bool) {
+        let taken = results.iter().any(|result| {
+            matches!(
+                result.outcome,
+                RouteOutcome::Refused {
+                    code: RefusalCode::PortTaken | RefusalCode::HostTaken | RefusalCode::NetworkTaken,
+                    ..
+                }
+            )
+        });
+        let wait = match self.retry {
+            Some((_, last)) if !fresh => (last * 2).min(LAST_RETRY),
+            _ => FIRST_RETRY,
+        };
+        self.retry = taken.then(|| (Instant::now() + wait, wait));
     }
 
     fn disallowed(&self) -> Vec<Disallowed> {
