@@ -269,6 +269,34 @@ async fn a_socks_proxy_without_a_session_answers_network_unreachable_and_refuses
     );
 }
 
+/// Silent connections from a few sources do not lock logins out of the server's SOCKS
+/// listener: when it is full, a newcomer takes the place of the oldest connection of the source
+/// holding the most. Before, every newcomer was reset for as long as they stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_a_few_sources_do_not_lock_logins_out_of_the_socks_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_config(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[limits]\nmax_unauthenticated = 8\nmax_unauthenticated_per_source = 4\n");
+    std::fs::write(&config, text).unwrap();
+    let server = serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0"], &[]).await;
+    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
+    let at: SocketAddr = proxy.parse().unwrap();
+    let mut silent = Vec::new();
+    for n in [2, 3] {
+        for _ in 0..4 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, n], 0))).unwrap();
+            silent.push(socket.connect(at).await.unwrap());
+        }
+    }
+    // Accepted in the order they connected: the eight hold every place before the login comes.
+    assert_eq!(socks_login(&proxy, "laptop", LAPTOP_TOKEN).await, 0, "{}", server.cli.output());
+    let mut byte = [0u8; 1];
+    let oldest = tokio::time::timeout(PATIENCE, silent[0].read(&mut byte)).await;
+    assert!(matches!(oldest, Ok(Ok(0) | Err(_))), "the oldest silent connection is still open");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::listen::Door;
 use super::Server;
 use crate::acme::Acme;
 use crate::http::{HttpEdge, RouteSource};
@@ -101,7 +100,7 @@ impl Server {
         // No cap per source, as visitors behind one NAT or CDN share an address; but when the
         // listener is full, a newcomer takes the place of the oldest connection of the source
         // holding the most, so one host holding every place locks no one else out.
-        let door = Door::Evicting(Pending::new(max, max));
+        let door = Pending::new(max, max);
         // Draining: no new visitors; requests in flight are answered, each connection then
         // closes, within the drain time.
         self.shared.accept_until("edge", listener, shutdown, door, || edge.drain(), serve).await;

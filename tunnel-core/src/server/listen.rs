@@ -3,7 +3,7 @@
 //! server's drain stop accepting and give the connections open the drain time.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -11,49 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
-use crate::source::{Admission, Pending};
-use crate::source::{Place, Places};
-
-/// How a listener admits connections.
-pub(super) enum Door {
-    /// At most so many, and so many from one source; past either, a newcomer is reset.
-    Refusing(Places),
-    /// At most so many; when full, a newcomer takes the place of the oldest connection of the
-    /// source holding the most (`pending.rs`), so that no one source can lock the others out.
-    Evicting(Pending),
-}
-
-/// An admitted connection's place, given back when dropped.
-enum Ticket {
-    Place { _held: Place },
-    Admission(Admission),
-}
-
-impl Door {
-    fn admit(&self, ip: IpAddr) -> Result<Ticket, String> {
-        match self {
-            Self::Refusing(places) => {
-                places.admit(ip).map(|held| Ticket::Place { _held: held }).map_err(|full| full.to_string())
-            }
-            Self::Evicting(pending) => pending.admit(ip).map(Ticket::Admission).map_err(|r| r.to_string()),
-        }
-    }
-}
-
-impl Ticket {
-    /// Resolves when a newcomer took this connection's place (never, behind a refusing door).
-    async fn evicted(&self) {
-        match self {
-            Self::Place { .. } => std::future::pending().await,
-            Self::Admission(admission) => admission.evicted().await,
-        }
-    }
-}
+use crate::source::Pending;
 
 impl Shared {
     /// Accepts on `listener` until `shutdown` or the drain; a connection `door` has no room
     /// for is reset at accept, the others are each served by `serve`, until they end or a
-    /// newcomer takes their place. Then the listener
+    /// newcomer takes their place (when the door is full, that of the oldest connection of the
+    /// source holding the most, so that no one source can lock the others out). Then the listener
     /// closes (logged as `NAME listener ADDR closed`), `closed` runs, and the connections
     /// still open get up to the drain time (or until [`super::Server::cut`]) before they are
     /// cut.
@@ -62,7 +26,7 @@ impl Shared {
         name: &str,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
-        door: Door,
+        door: Pending,
         closed: impl FnOnce(),
         serve: F,
     ) where
@@ -87,8 +51,8 @@ impl Shared {
                     }
                 },
             };
-            let ticket = match door.admit(peer.ip()) {
-                Ok(ticket) => ticket,
+            let admission = match door.admit(peer.ip()) {
+                Ok(admission) => admission,
                 Err(full) => {
                     if crate::log::REFUSALS.allow() {
                         tracing::warn!(%peer, "{name} connection refused: {full}");
@@ -103,7 +67,7 @@ impl Shared {
                 tokio::select! {
                     () = served => {}
                     () = stop.cancelled() => {}
-                    () = ticket.evicted() => if crate::log::REFUSALS.allow() {
+                    () = admission.evicted() => if crate::log::REFUSALS.allow() {
                         tracing::warn!(%peer, "connection closed: the listener is full, and a newcomer from a source holding fewer took the place of this source's oldest");
                     },
                 }

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::listen::Door;
 use super::visits::{self, Upstream, Visitor};
 use super::{Server, Shared};
 use crate::auth::{CredentialKind, Credentials, Token};
@@ -19,7 +18,7 @@ use crate::forward::{splice, VisitTarget};
 use crate::log::Escaped;
 use crate::proto::ReplyStatus;
 use crate::socks::{self, Auth, Command, Reply};
-use crate::source::Places;
+use crate::source::Pending;
 
 impl Server {
     /// Serves SOCKS5 on `listener` until `shutdown` resolves or the server drains: each
@@ -27,21 +26,23 @@ impl Server {
     /// token) and CONNECTs where that client's rules allow, as its `-D` would. At most
     /// [`super::ServerConfig::max_unauthenticated`] connections at once, of which
     /// [`super::ServerConfig::max_unauthenticated_per_source`] from one source (more are
-    /// reset); each has [`super::ServerConfig::handshake_timeout`] to log in and ask. On the
-    /// drain, open connections go on for the drain time.
+    /// reset); when full, a newcomer takes the place of the oldest connection of the source
+    /// holding the most, so that silent connections from a few sources lock no one out. Each
+    /// has [`super::ServerConfig::handshake_timeout`] to log in and ask. On the drain, open
+    /// connections go on for the drain time.
     pub async fn run_socks(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let config = self.shared.config();
-        let places = Places::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
+        let places = Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let shared = self.shared.clone();
         let serving = move |tcp, peer| {
             let shared = shared.clone();
             async move { serve(&shared, tcp, peer).await }
         };
-        self.shared.accept_until("SOCKS", listener, shutdown, Door::Refusing(places), || {}, serving).await;
+        self.shared.accept_until("SOCKS", listener, shutdown, places, || {}, serving).await;
         Ok(())
     }
 }
