@@ -66,12 +66,19 @@ impl fmt::Display for Escaped<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
+/// A source whose message already ends the one before it (errors of other crates often print
+/// their source themselves) is not repeated.
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
         let mut source = self.0.source();
         while let Some(err) = source {
-            write!(f, ": {err}")?;
+            let text = err.to_string();
+            if !last.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
             source = err.source();
         }
         Ok(())
@@ -191,6 +198,49 @@ pub(crate) use info_limited;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with an optional source, which it prints itself (as yamux's and rustls's
+    /// errors do) or not (as `thiserror`'s `#[source]` fields do).
+    #[derive(Debug)]
+    struct Layer(&'static str, bool, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match &self.2 {
+                Some(inner) if self.1 => write!(f, "{}: {inner}", self.0),
+                _ => f.write_str(self.0),
+            }
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.2.as_deref().map(|inner| inner as _)
+        }
+    }
+
+    #[test]
+    fn a_chain_says_each_message_once() {
+        let layer = |text, prints, inner: Option<Layer>| Layer(text, prints, inner.map(Box::new));
+        let printing = layer(
+            "decode error",
+            true,
+            Some(layer("i/o error", true, Some(layer("connection reset", false, None)))),
+        );
+        assert_eq!(Chain(&printing).to_string(), "decode error: i/o error: connection reset");
+        let silent = layer(
+            "session",
+            false,
+            Some(layer("handshake", false, Some(layer("connection reset", false, None)))),
+        );
+        assert_eq!(Chain(&silent).to_string(), "session: handshake: connection reset");
+        let mixed = layer(
+            "session",
+            false,
+            Some(layer("decode error", true, Some(layer("connection reset", false, None)))),
+        );
+        assert_eq!(Chain(&mixed).to_string(), "session: decode error: connection reset");
+    }
 
     #[test]
     fn control_and_invisible_characters_are_escaped() {

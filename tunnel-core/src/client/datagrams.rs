@@ -68,7 +68,7 @@ pub(super) async fn visit_network(
     let socket = match socket {
         Ok(socket) => socket,
         Err(reply) => {
-            tracing::info!(%visitor, %target, %from, "network datagrams refused ({}): {}", reply.status, Escaped(&reply.message));
+            crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, %target, %from, "network datagrams refused ({}): {}", reply.status, Escaped(&reply.message));
             return answer_refusal(&mut stream, &reply).await;
         }
     };
