@@ -107,7 +107,8 @@ async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
     assert!(refused[0].message.contains("\"a\""), "{refused:?}");
     assert_eq!(get(edge.http, "a.test", "/steal").await.0, StatusCode::GONE, "a.test stays a's alone");
 
-    // The origin refusing connections: 502 with a reason; the owner gone: 502 too.
+    // The origin refusing connections: 502 with a reason, not the origin's address; the owner
+    // gone: its routes go with it, and the server's fallback answers.
     let (_held, closed) = refusing_address();
     let mut set = client_a.routes.get();
     set.http = vec![format!("a.test/only=http://{closed}").parse().unwrap()];
@@ -115,7 +116,7 @@ async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
     client_a.answered(2).await;
     let (status, body) = get(edge.http, "a.test", "/only").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(body.contains(&closed.to_string()), "{body}");
+    assert!(body.contains("cannot connect") && !body.contains(&closed.to_string()), "{body}");
     intruder.stop().await;
     client_a.stop().await;
     eventually("the edge answers 404-like fallback once a's routes are gone", || async {
@@ -512,7 +513,7 @@ async fn https_origins_are_verified_against_the_origin_trust_and_refused_without
     wary.connected().await;
     let (status, body) = get(edge.http, "bad.test", "/").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(body.contains(&format!("https://{secure}")) && body.contains("certificate"), "{body}");
+    assert!(body.contains("certificate") && !body.contains(&secure.to_string()), "{body}");
     trusting.stop().await;
     wary.stop().await;
     edge.server.stop().await;

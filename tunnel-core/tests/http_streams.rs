@@ -107,13 +107,16 @@ async fn an_origin_that_refuses_or_goes_silent_is_answered_502_or_504_and_the_ro
     client.connected().await;
     let (status, body) = get(edge.http, "b.test", "/").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(body.contains(&format!("origin http://{refusing}: cannot connect")), "{body}");
+    // Why, but not where: the origin's address is the client's business.
+    assert!(body.contains("the origin failed: cannot connect"), "{body}");
+    assert!(!body.contains(&refusing.to_string()), "{body}");
     // Twice on one keep-alive connection: each request gets its own stream's answer.
     let mut sender = connection(edge.http).await;
     for round in 0..2 {
         let (status, body) = send(&mut sender, "a.test", "/slow", "").await;
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{round}: {body}");
-        assert!(body.contains(&format!("origin {a} did not answer within 300ms")), "{round}: {body}");
+        assert!(body.contains("the origin did not answer within 300ms"), "{round}: {body}");
+        assert!(!body.contains(&a.to_string()), "{round}: {body}");
         // The stream that answered 504 is not used again: this request is answered by A.
         let (status, body) = send(&mut sender, "a.test", "/after", "").await;
         assert_eq!(status, StatusCode::OK, "{round}: {body}");

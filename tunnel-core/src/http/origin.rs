@@ -120,7 +120,7 @@ impl Origins {
         if let Some((origin, timeout)) = direct {
             return match connect(&origin).await {
                 Ok(tcp) => super::direct::carry(stream, tcp, &origin, timeout).await,
-                Err(why) => answer_once(stream, format!("origin http://{origin}: {why}")).await,
+                Err(why) => answer_once(stream, failed("http", &origin, &why)).await,
             };
         }
         self.serve_requests(stream, move |_| route(), draining).await;
@@ -211,9 +211,7 @@ impl Origins {
                     strip_hop_by_hop(response.headers_mut(), None);
                     response.map(|body| body.map_err(Into::into).boxed_unsync())
                 }
-                Ok(Err(why)) => {
-                    text_response(StatusCode::BAD_GATEWAY, &format!("origin http://{origin}: {why}"))
-                }
+                Ok(Err(why)) => text_response(StatusCode::BAD_GATEWAY, &failed("http", origin, &why)),
                 Err(_) => text_response(StatusCode::GATEWAY_TIMEOUT, &too_slow(origin, action.timeout)),
             };
         }
@@ -228,8 +226,8 @@ impl Origins {
             "https" => match self.https() {
                 Ok(client) => client.request(request),
                 Err(err) => {
-                    let why = format!("no TLS toward origin {origin}: {}", crate::log::Chain(&err));
-                    return text_response(StatusCode::BAD_GATEWAY, &why);
+                    let why = format!("no TLS toward the origin: {}", crate::log::Chain(&err));
+                    return text_response(StatusCode::BAD_GATEWAY, &failed(scheme, origin, &why));
                 }
             },
             _ => self.http.request(request),
@@ -238,7 +236,7 @@ impl Origins {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
                 let why = crate::log::Chain(&err).to_string();
-                return text_response(StatusCode::BAD_GATEWAY, &format!("origin {scheme}://{origin}: {why}"));
+                return text_response(StatusCode::BAD_GATEWAY, &failed(scheme, origin, &why));
             }
             Err(_) => {
                 return text_response(StatusCode::GATEWAY_TIMEOUT, &too_slow(origin, action.timeout));
@@ -293,9 +291,21 @@ async fn connect(origin: &TargetAddr) -> Result<TcpStream, String> {
     Ok(tcp)
 }
 
-/// Why a request got a 504: `origin` did not answer within `timeout`.
+/// Why a request got a 502, for the visitor: what went wrong, not where the origin is (an
+/// address on the client's network). The client's log has both.
+fn failed(scheme: &str, origin: &TargetAddr, why: &str) -> String {
+    let why = crate::log::Escaped(why);
+    crate::log::warn_limited!(crate::log::VISIT_FAILURES, "origin {scheme}://{origin}: {why}");
+    format!("the origin failed: {why}")
+}
+
+/// Why a request got a 504, for the visitor (logged with the origin, as [`failed`]).
 pub(super) fn too_slow(origin: &TargetAddr, timeout: Duration) -> String {
-    format!("origin {origin} did not answer within {timeout:?}")
+    crate::log::warn_limited!(
+        crate::log::VISIT_FAILURES,
+        "origin {origin} did not answer within {timeout:?}"
+    );
+    format!("the origin did not answer within {timeout:?}")
 }
 
 /// Answers the request on `stream` 502 with the reason `why`, and closes it.
