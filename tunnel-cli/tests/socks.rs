@@ -100,7 +100,7 @@ async fn socks_reply(proxy: &str, target: Destination) -> u8 {
     let mut method = [0u8; 2];
     tcp.read_exact(&mut method).await.unwrap();
     assert_eq!(method, [5, 0]);
-    request_reply(tcp, target).await
+    request_reply(&mut tcp, target).await
 }
 
 /// Logs in to the proxy at `proxy` as `user` with `password`: the status byte of the answer.
@@ -126,7 +126,7 @@ async fn logged_in(proxy: &str, user: &str, password: &str) -> (TcpStream, u8) {
 }
 
 /// A CONNECT to `target` on a connection past its greeting (and login): the reply code.
-async fn request_reply(mut tcp: TcpStream, target: Destination) -> u8 {
+async fn request_reply(tcp: &mut TcpStream, target: Destination) -> u8 {
     tcp.write_all(&codec::encode_request(&Request { command: Command::Connect, destination: target }))
         .await
         .unwrap();
@@ -297,6 +297,52 @@ async fn silent_connections_from_a_few_sources_do_not_lock_logins_out_of_the_soc
     assert!(matches!(oldest, Ok(Ok(0) | Err(_))), "the oldest silent connection is still open");
 }
 
+/// A login's visits through the server's SOCKS listener are held to `max_visits_per_client`,
+/// as its own session's would be: past it a CONNECT is refused (general failure), and a place
+/// given back is taken again. Before, one login's connections and UDP destinations took every
+/// stream of the client routing the network, and every descriptor of the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logins_visits_through_the_servers_socks_listener_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = http_server("127.0.0.3:0", "hello\n").await;
+    let config = server_config(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[limits]\nmax_visits_per_client = 2\n");
+    std::fs::write(&config, text).unwrap();
+    let server = serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0"], &[]).await;
+    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+
+    let visit = || async {
+        let (mut tcp, status) = logged_in(&proxy, "laptop", LAPTOP_TOKEN).await;
+        assert_eq!(status, 0);
+        let reply = request_reply(&mut tcp, Destination::Ip(web)).await;
+        (tcp, reply)
+    };
+    let (first, reply) = visit().await;
+    assert_eq!(reply, Reply::Succeeded as u8);
+    let (_second, reply) = visit().await;
+    assert_eq!(reply, Reply::Succeeded as u8);
+    assert_eq!(visit().await.1, Reply::GeneralFailure as u8, "a third visit at once");
+    server.cli.output_contains("this login holds its maximum of visits").await;
+    drop(first);
+    let mut again = Reply::GeneralFailure as u8;
+    for _ in 0..100 {
+        again = visit().await.1;
+        if again == Reply::Succeeded as u8 {
+            break;
+        }
+        // The place comes back once the server sees the first connection end.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, Reply::Succeeded as u8, "the place given back is taken again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() {
     let dir = tempfile::tempdir().unwrap();
@@ -320,8 +366,11 @@ async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() 
     // Logged in as the stranger, the rules say no: not allowed.
     let (code, _) = curl_as(&proxy, Some(&format!("stranger:{STRANGER_TOKEN}")), &url).await;
     assert_ne!(code, Some(0));
-    let (stranger, status) = logged_in(&proxy, "stranger", STRANGER_TOKEN).await;
-    assert_eq!((status, request_reply(stranger, Destination::Ip(web)).await), (0, Reply::NotAllowed as u8));
+    let (mut stranger, status) = logged_in(&proxy, "stranger", STRANGER_TOKEN).await;
+    assert_eq!(
+        (status, request_reply(&mut stranger, Destination::Ip(web)).await),
+        (0, Reply::NotAllowed as u8)
+    );
     server.cli.output_contains("may not visit").await;
     // A wrong token, an unknown name, the shared token, or no password at all: refused.
     assert_eq!(socks_login(&proxy, "laptop", STRANGER_TOKEN).await, 1);

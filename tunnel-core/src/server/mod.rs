@@ -238,6 +238,8 @@ struct Shared {
     http_routes: Arc<http_routes::HttpRoutes>,
     /// Which client routes which network.
     networks: networks::Networks,
+    /// Visits through the SOCKS listener, by login.
+    socks_visits: socks::LoginVisits,
     /// Certificates for the HTTPS edge, when ACME is on.
     acme: Option<Arc<crate::acme::Acme>>,
     /// Their upkeep, started by the first HTTPS listener.
@@ -325,6 +327,7 @@ impl Server {
             pending,
             http_routes,
             networks: networks::Networks::default(),
+            socks_visits: socks::LoginVisits::default(),
             acme,
             acme_upkeep: std::sync::Mutex::default(),
             draining,

@@ -4,8 +4,10 @@
 //! present it) and is then a visit of that client: the rules and routes its `-D` would get.
 //! UDP ASSOCIATE: `socks_udp.rs`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,6 +103,7 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
     }
     let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
     if accepted.request.command == Command::UdpAssociate {
+        // Its destinations are visits each (`socks_udp.rs`).
         let requested = &accepted.request.destination;
         return super::socks_udp::associate(shared, tcp, peer, from, &config.credentials, requested).await;
     }
@@ -111,6 +114,11 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
             let _ = socks::reply(&mut tcp, reply, None).await;
             return;
         }
+    };
+    let Some(_visit) = shared.socks_visits.take(&name, max_visits(&config)) else {
+        let reply = refuse(Reply::GeneralFailure, LoginVisits::FULL);
+        let _ = socks::reply(&mut tcp, reply, None).await;
+        return;
     };
     let upstream = match visits::connect(shared, &from, &target, peer, Protocol::Tcp).await {
         Ok(upstream) => upstream,
@@ -166,6 +174,56 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
     }
 }
 
+/// The visits one login may hold through the listener at once: as many as a client's session
+/// may open toward the server (`max_visits_per_client`), the control stream left out.
+pub(super) fn max_visits(config: &super::ServerConfig) -> usize {
+    config.session.mux.max_inbound_streams.map_or(usize::MAX, |streams| streams.saturating_sub(1))
+}
+
+/// The visits each login holds through the SOCKS listener, CONNECTs and UDP destinations
+/// together. Each is a stream to the client routing a network, or a socket of the server's:
+/// without a cap, one login's UDP associations (32 destinations each) took every stream of the
+/// client routing a network, and every descriptor of the server. A client's own `-D` and `-L`
+/// visits are held to the same number by its session.
+#[derive(Debug, Default)]
+pub(super) struct LoginVisits(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One visit of a login, given back when dropped.
+#[derive(Debug)]
+pub(super) struct LoginVisit {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    name: String,
+}
+
+impl LoginVisits {
+    /// Why a visit past the cap is refused.
+    pub(super) const FULL: &'static str =
+        "this login holds its maximum of visits (limits.max_visits_per_client)";
+
+    /// A visit for `name`, unless it holds `most` already.
+    pub(super) fn take(&self, name: &str, most: usize) -> Option<LoginVisit> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held = counts.entry(name.to_owned()).or_default();
+        if *held >= most {
+            return None;
+        }
+        *held += 1;
+        Some(LoginVisit { counts: self.0.clone(), name: name.to_owned() })
+    }
+}
+
+impl Drop for LoginVisit {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = counts.get_mut(&self.name) {
+            *held -= 1;
+            if *held == 0 {
+                counts.remove(&self.name);
+            }
+        }
+    }
+}
+
 /// Returns when a reload no longer accepts the token `name` logged in with (as a session of
 /// that client would be ended).
 pub(super) async fn revoked(shared: &Shared, at_login: &Credentials, name: &str) {
@@ -203,4 +261,21 @@ impl Stream for crate::mux::MuxStream {
 /// In-process: nothing to reset.
 impl Stream for tokio::io::DuplexStream {
     fn ended_in_order(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoginVisits;
+
+    #[test]
+    fn a_login_holds_at_most_its_visits_and_gets_back_what_it_gives_back() {
+        let visits = LoginVisits::default();
+        let first = visits.take("laptop", 2).unwrap();
+        let _second = visits.take("laptop", 2).unwrap();
+        assert!(visits.take("laptop", 2).is_none());
+        // Another login counts on its own.
+        assert!(visits.take("phone", 2).is_some());
+        drop(first);
+        assert!(visits.take("laptop", 2).is_some());
+    }
 }

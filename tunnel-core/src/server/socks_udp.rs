@@ -5,11 +5,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::socks::{revoked, Stream};
+use super::socks::{max_visits, revoked, LoginVisit, LoginVisits, Stream};
 use super::visits::{self, Upstream, Visitor};
 use super::Shared;
 use crate::auth::Credentials;
@@ -21,8 +24,8 @@ use crate::udp::associate::{open_relay, relay_association, Ended};
 use crate::udp::DEFAULT_FLOW_IDLE;
 
 /// Most destinations one association sends to at once; datagrams to more are dropped. Each
-/// is a socket of the server's, or a stream to a client: few, since a login may hold many
-/// associations (up to `max_unauthenticated` connections).
+/// is a socket of the server's, or a stream to a client, and one of its login's visits
+/// (`max_visits_per_client` for all its connections and associations together).
 const MAX_FLOWS: usize = 32;
 /// Bytes buffered between a flow and the socket the server sends it from.
 const PIPE: usize = 256 * 1024;
@@ -67,6 +70,21 @@ async fn open(
     target: &VisitTarget,
     peer: SocketAddr,
 ) -> io::Result<Box<dyn Stream>> {
+    let visit = shared
+        .socks_visits
+        .take(&from.name, max_visits(&shared.config()))
+        .ok_or_else(|| io::Error::other(LoginVisits::FULL))?;
+    let stream = carrier(shared, from, target, peer).await?;
+    Ok(Box::new(Counted { stream, _visit: visit }))
+}
+
+/// The stream itself, as [`open`] says.
+async fn carrier(
+    shared: &Shared,
+    from: &Visitor,
+    target: &VisitTarget,
+    peer: SocketAddr,
+) -> io::Result<Box<dyn Stream>> {
     let refused = |status: ReplyStatus, why: &str| io::Error::other(format!("refused ({status}): {why}"));
     match visits::connect(shared, from, target, peer, Protocol::Udp).await {
         Ok(Upstream::Udp(socket)) => {
@@ -94,5 +112,37 @@ async fn open(
             visits::log_refusal(shared, from, target, peer, &refusal);
             Err(refused(refusal.status, &refusal.message))
         }
+    }
+}
+
+/// A flow's stream holding its place among its login's visits until it is dropped.
+struct Counted {
+    stream: Box<dyn Stream>,
+    _visit: LoginVisit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl Stream for Counted {
+    fn ended_in_order(&self) {
+        self.stream.ended_in_order();
     }
 }
