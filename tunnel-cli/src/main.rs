@@ -126,6 +126,9 @@ fn main() -> ExitCode {
                 let mut command = <args::Cli as clap::CommandFactory>::command();
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut command, "tunnel-cli", &mut script);
+                if shell == clap_complete::Shell::Bash {
+                    script = bash_states_spelled_as_the_loop_spells_them(&script);
+                }
                 written(std::io::Write::write_all(&mut std::io::stdout().lock(), &script))
             }
             args::Command::Man { subcommand } => man(subcommand.as_deref()),
@@ -181,6 +184,15 @@ fn init_logging(format: args::LogFormat) {
         args::LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
         args::LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+}
+
+/// clap_complete's bash script (4.6.12) names the state after `tunnel-cli connect` as
+/// `tunnel__cli__subcmd__connect` where its dispatch loop builds it, but labels the case arm
+/// `tunnel__subcmd__cli__subcmd__connect` (the bin name's hyphen taken for a subcommand
+/// separator, clap issue 6421), so nothing completes past the first word. The arms are spelled
+/// as the loop spells them.
+fn bash_states_spelled_as_the_loop_spells_them(script: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(script).replace("tunnel__subcmd__cli", "tunnel__cli").into_bytes()
 }
 
 /// The manual page of `tunnel-cli`, or of one of its subcommands, from the same definitions

@@ -386,6 +386,36 @@ async fn completions_and_manual_pages_name_the_flags() {
     assert!(cli.output().contains("no subcommand `nonesuch`"), "{}", cli.output());
 }
 
+/// The bash script completes past the subcommand: `tunnel-cli connect --ser<TAB>` gives
+/// `--server`, `tunnel-cli admin clients cr<TAB>` gives `create`. The generated script once
+/// completed nothing there (its states were spelled two ways).
+#[test]
+fn bash_completes_the_flags_of_subcommands() {
+    let script = std::process::Command::new(env!("CARGO_BIN_EXE_tunnel-cli"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tunnel-cli.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let complete = |words: &[&str]| {
+        let line = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; _tunnel__cli tunnel-cli {:?} {:?}; echo \"${{COMPREPLY[*]}}\"",
+            path.display(),
+            words.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = std::process::Command::new("bash").args(["-c", &line]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(complete(&["tunnel-cli", "conn"]), "connect");
+    assert_eq!(complete(&["tunnel-cli", "connect", "--serv"]), "--server");
+    assert_eq!(complete(&["tunnel-cli", "admin", "clients", "cr"]), "create");
+}
+
 /// `--log-format json`: every line on stderr is one JSON object with a level and a message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line() {

@@ -271,30 +271,63 @@ async fn a_socks_proxy_without_a_session_answers_network_unreachable_and_refuses
 
 /// Silent connections from a few sources do not lock logins out of the server's SOCKS
 /// listener: when it is full, a newcomer takes the place of the oldest connection of the source
-/// holding the most. Before, every newcomer was reset for as long as they stayed open.
+/// holding the most. Before, every newcomer was reset for as long as they stayed open. A
+/// connection logged in and carrying a visit has given its place back: no newcomer cuts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_from_a_few_sources_do_not_lock_logins_out_of_the_socks_listener() {
     let dir = tempfile::tempdir().unwrap();
+    let web = http_server("127.0.0.3:0", "still carried\n").await;
     let config = server_config(dir.path());
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("[limits]\nmax_unauthenticated = 8\nmax_unauthenticated_per_source = 4\n");
+    // Silent connections are cut only by a newcomer, never by the time to log in.
+    let limits = "max_unauthenticated = 8\nmax_unauthenticated_per_source = 4\nhandshake_timeout = \"300s\"";
+    text.push_str(&format!("[limits]\n{limits}\n"));
     std::fs::write(&config, text).unwrap();
     let server = serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0"], &[]).await;
     let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
     let at: SocketAddr = proxy.parse().unwrap();
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+    // Four visits from 127.0.0.1, as many places as one source may hold.
+    let mut carrying = Vec::new();
+    for _ in 0..4 {
+        let (mut visit, status) = logged_in(&proxy, "laptop", LAPTOP_TOKEN).await;
+        assert_eq!(status, 0);
+        assert_eq!(request_reply(&mut visit, Destination::Ip(web)).await, Reply::Succeeded as u8);
+        carrying.push(visit);
+    }
+    let from = |n: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, n], 0))).unwrap();
+        socket.connect(at).await.unwrap()
+    };
     let mut silent = Vec::new();
     for n in [2, 3] {
         for _ in 0..4 {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::from(([127, 0, 0, n], 0))).unwrap();
-            silent.push(socket.connect(at).await.unwrap());
+            silent.push(from(n).await);
         }
     }
-    // Accepted in the order they connected: the eight hold every place before the login comes.
-    assert_eq!(socks_login(&proxy, "laptop", LAPTOP_TOKEN).await, 0, "{}", server.cli.output());
+    // Accepted in the order they connected: the eight hold every place before the newcomer.
+    let mut newcomer = from(4).await;
+    newcomer.write_all(&[5, 1, codec::METHOD_USERPASS]).await.unwrap();
+    let mut method = [0u8; 2];
+    newcomer.read_exact(&mut method).await.expect("the newcomer was not let in");
+    assert_eq!(method, [5, codec::METHOD_USERPASS]);
     let mut byte = [0u8; 1];
     let oldest = tokio::time::timeout(PATIENCE, silent[0].read(&mut byte)).await;
     assert!(matches!(oldest, Ok(Ok(0) | Err(_))), "the oldest silent connection is still open");
+    // Had the visits kept their places, 127.0.0.1 would have held four, the oldest of all, and
+    // the silent connections would have cut the first visit.
+    for mut visit in carrying {
+        visit.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(PATIENCE, visit.read_to_string(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.ends_with("still carried\n"), "{answer}");
+    }
 }
 
 /// A login's visits through the server's SOCKS listener are held to `max_visits_per_client`,

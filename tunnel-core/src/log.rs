@@ -75,7 +75,7 @@ impl fmt::Display for Chain<'_> {
         let mut source = self.0.source();
         while let Some(err) = source {
             let text = err.to_string();
-            if !last.ends_with(&text) {
+            if last != text && !last.ends_with(&format!(": {text}")) {
                 write!(f, ": {text}")?;
             }
             last = text;

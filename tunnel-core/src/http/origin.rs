@@ -294,9 +294,18 @@ async fn connect(origin: &TargetAddr) -> Result<TcpStream, String> {
 /// Why a request got a 502, for the visitor: what went wrong, not where the origin is (an
 /// address on the client's network). The client's log has both.
 fn failed(scheme: &str, origin: &TargetAddr, why: &str) -> String {
-    let why = crate::log::Escaped(why);
-    crate::log::warn_limited!(crate::log::VISIT_FAILURES, "origin {scheme}://{origin}: {why}");
-    format!("the origin failed: {why}")
+    crate::log::warn_limited!(
+        crate::log::VISIT_FAILURES,
+        "origin {scheme}://{origin}: {}",
+        crate::log::Escaped(why)
+    );
+    // TLS errors name the names a certificate holds and was checked for: only their kind.
+    let why = match scheme {
+        "https" if why.contains("certificate") => "its TLS certificate was not accepted",
+        "https" => "no TLS connection to it, or no answer",
+        _ => why,
+    };
+    format!("the origin failed: {}", crate::log::Escaped(why))
 }
 
 /// Why a request got a 504, for the visitor (logged with the origin, as [`failed`]).

@@ -41,7 +41,7 @@ impl Default for MuxConfig {
 
 impl MuxConfig {
     /// Streams the peer may have open at once.
-    pub(super) fn inbound_limit(&self) -> usize {
+    pub(crate) fn inbound_limit(&self) -> usize {
         self.max_inbound_streams.map_or(self.max_streams, |n| n.min(self.max_streams))
     }
 

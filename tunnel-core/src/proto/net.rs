@@ -104,7 +104,7 @@ impl IpNet {
 /// Ranges a wide network (`0.0.0.0/0`) should not carry by accident: the host's own loopback,
 /// unspecified, link-local (most cloud metadata services live there), multicast and
 /// broadcast, and the cloud metadata addresses outside link-local.
-const SPECIAL: [(&str, u8); 14] = [
+const SPECIAL: [(&str, u8); 15] = [
     ("127.0.0.0", 8),
     ("0.0.0.0", 8),
     ("169.254.0.0", 16),
@@ -114,6 +114,8 @@ const SPECIAL: [(&str, u8); 14] = [
     ("::", 128),
     // The deprecated IPv4-compatible form (`::7f00:1`), which no host should be reached by.
     ("::", 96),
+    // Local-use NAT64 (RFC 8215), whose translators may put the IPv4 address anywhere in it.
+    ("64:ff9b:1::", 48),
     ("fe80::", 10),
     ("ff00::", 8),
     // AWS's IPv6 instance metadata, Google Cloud's IPv6 metadata server, Alibaba Cloud's
@@ -130,11 +132,9 @@ impl IpNet {
     /// is that address.
     pub fn special_range(ip: IpAddr) -> Option<IpNet> {
         let ip = match ip.to_canonical() {
-            // NAT64 (RFC 6052's well-known prefix, RFC 8215's local-use one) reaches the IPv4
-            // address in its last 32 bits: `64:ff9b::7f00:1` is 127.0.0.1.
-            IpAddr::V6(v6)
-                if matches!(v6.segments(), [0x64, 0xff9b, 0, 0, 0, 0, ..] | [0x64, 0xff9b, 1, ..]) =>
-            {
+            // NAT64's well-known prefix (RFC 6052) reaches the IPv4 address in its last 32 bits:
+            // `64:ff9b::7f00:1` is 127.0.0.1.
+            IpAddr::V6(v6) if matches!(v6.segments(), [0x64, 0xff9b, 0, 0, 0, 0, ..]) => {
                 IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
             }
             ip => ip,
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(special("::ffff:100.100.100.200").as_deref(), Some("100.100.100.200/32"));
         assert_eq!(special("::7f00:1").as_deref(), Some("::/96"), "the IPv4-compatible form");
         assert_eq!(special("64:ff9b::7f00:1").as_deref(), Some("127.0.0.0/8"), "NAT64");
-        assert_eq!(special("64:ff9b:1::a9fe:a9fe").as_deref(), Some("169.254.0.0/16"), "local-use NAT64");
+        assert_eq!(special("64:ff9b:1:7f00:0:100::").as_deref(), Some("64:ff9b:1::/48"), "local-use NAT64");
         for ordinary in [
             "10.96.0.1",
             "::ffff:10.96.0.1",

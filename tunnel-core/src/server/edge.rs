@@ -103,6 +103,7 @@ impl Server {
         let door = Pending::new(max, max);
         // Draining: no new visitors; requests in flight are answered, each connection then
         // closes, within the drain time.
+        let serve = |tcp, peer, _keeps_its_place| serve(tcp, peer);
         self.shared.accept_until("edge", listener, shutdown, door, || edge.drain(), serve).await;
         Ok(())
     }

@@ -140,14 +140,10 @@ impl Binder<'_> {
         let registry = &self.shared.registry;
         let owner = self.owner();
         if let Err(OtherClient) = registry.claim(&owner, id, port) {
-            let message = match registry.reserved_for_another(&owner, port) {
-                Some(left) => {
-                    format!(
-                        "port {port} is reserved for the return of another client for {}s more",
-                        left.as_secs().max(1)
-                    )
-                }
-                None => format!("port {port} is held by another client"),
+            let message = if registry.reserved_for_another(&owner, port) {
+                format!("port {port} is reserved for the return of another client")
+            } else {
+                format!("port {port} is held by another client")
             };
             return Err((RefusalCode::PortTaken, message));
         }

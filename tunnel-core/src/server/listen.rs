@@ -17,7 +17,9 @@ impl Shared {
     /// Accepts on `listener` until `shutdown` or the drain; a connection `door` has no room
     /// for is reset at accept, the others are each served by `serve`, until they end or a
     /// newcomer takes their place (when the door is full, that of the oldest connection of the
-    /// source holding the most, so that no one source can lock the others out). Then the listener
+    /// source holding the most, so that no one source can lock the others out). `serve` may
+    /// cancel the token it is given to give the place back (a SOCKS connection once logged in:
+    /// from then on it is one of its login's visits, and no newcomer can cut it). Then the listener
     /// closes (logged as `NAME listener ADDR closed`), `closed` runs, and the connections
     /// still open get up to the drain time (or until [`super::Server::cut`]) before they are
     /// cut.
@@ -30,7 +32,7 @@ impl Shared {
         closed: impl FnOnce(),
         serve: F,
     ) where
-        F: Fn(TcpStream, SocketAddr) -> Fut,
+        F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
@@ -62,14 +64,23 @@ impl Shared {
                 }
             };
             let _ = crate::transport::configure_tcp(&tcp);
-            let (served, stop) = (serve(tcp, peer), stop.clone());
+            let settled = CancellationToken::new();
+            let (served, stop) = (serve(tcp, peer, settled.clone()), stop.clone());
             tasks.spawn(async move {
-                tokio::select! {
-                    () = served => {}
-                    () = stop.cancelled() => {}
-                    () = admission.evicted() => if crate::log::REFUSALS.allow() {
-                        tracing::warn!(%peer, "connection closed: the listener is full, and a newcomer from a source holding fewer took the place of this source's oldest");
-                    },
+                tokio::pin!(served);
+                let mut admission = Some(admission);
+                loop {
+                    tokio::select! {
+                        () = &mut served => return,
+                        () = stop.cancelled() => return,
+                        () = settled.cancelled(), if admission.is_some() => admission = None,
+                        () = evicted(admission.as_ref()) => {
+                            if crate::log::REFUSALS.allow() {
+                                tracing::warn!(%peer, "connection closed: the listener is full, and a newcomer from a source holding fewer took the place of this source's oldest");
+                            }
+                            return;
+                        }
+                    }
                 }
             });
         }
@@ -87,5 +98,13 @@ impl Shared {
             stop.cancel();
             tasks.wait().await;
         }
+    }
+}
+
+/// Resolves when a newcomer took `admission`'s place; never once the place was given back.
+async fn evicted(admission: Option<&crate::source::Admission>) {
+    match admission {
+        Some(admission) => admission.evicted().await,
+        None => std::future::pending().await,
     }
 }

@@ -518,15 +518,13 @@ impl Registry {
         })
     }
 
-    /// How long `port` stays reserved for the return of a client other than `owner`, if it is.
-    pub(crate) fn reserved_for_another(&self, owner: &Owner, port: u16) -> Option<Duration> {
+    /// Whether `port` is reserved for the return of a client other than `owner` (not how long:
+    /// that would tell when the other client left).
+    pub(crate) fn reserved_for_another(&self, owner: &Owner, port: u16) -> bool {
         let now = Instant::now();
-        let inner = self.lock();
-        let lease = inner.leases.get(&port).filter(|lease| lease.owner != *owner)?;
-        match lease.state {
-            LeaseState::Reserved { until } if until > now => Some(until - now),
-            _ => None,
-        }
+        self.lock().leases.get(&port).is_some_and(|lease| {
+            lease.owner != *owner && matches!(lease.state, LeaseState::Reserved { until } if until > now)
+        })
     }
 
     /// Drops expired reservations so the table does not grow without bound.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::visits::{self, Upstream, Visitor};
 use super::{Server, Shared};
@@ -40,9 +41,9 @@ impl Server {
         let config = self.shared.config();
         let places = Pending::new(config.max_unauthenticated, config.max_unauthenticated_per_source);
         let shared = self.shared.clone();
-        let serving = move |tcp, peer| {
+        let serving = move |tcp, peer, settled| {
             let shared = shared.clone();
-            async move { serve(&shared, tcp, peer).await }
+            async move { serve(&shared, tcp, peer, settled).await }
         };
         self.shared.accept_until("SOCKS", listener, shutdown, places, || {}, serving).await;
         Ok(())
@@ -60,7 +61,9 @@ fn logs_in(shared: &Shared, user: &[u8], password: &[u8]) -> bool {
     matches && kind == Some(CredentialKind::PerClient)
 }
 
-async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
+/// Serves one connection; cancels `settled` once it is logged in and counted among its login's
+/// visits, giving back its place among the listener's connections.
+async fn serve(shared: &Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, settled: CancellationToken) {
     let config = shared.config();
     let check = |user: &[u8], password: &[u8]| logs_in(shared, user, password);
     let login =
@@ -101,9 +104,15 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
         let _ = socks::reply(&mut tcp, reply, None).await;
         return;
     }
+    // A CONNECT, or a UDP association (whose destinations are visits each too, `socks_udp.rs`).
+    let Some(_visit) = shared.socks_visits.take(&name, max_visits(&config)) else {
+        let reply = refuse(Reply::GeneralFailure, LoginVisits::FULL);
+        let _ = socks::reply(&mut tcp, reply, None).await;
+        return;
+    };
+    settled.cancel();
     let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
     if accepted.request.command == Command::UdpAssociate {
-        // Its destinations are visits each (`socks_udp.rs`).
         let requested = &accepted.request.destination;
         return super::socks_udp::associate(shared, tcp, peer, from, &config.credentials, requested).await;
     }
@@ -114,11 +123,6 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
             let _ = socks::reply(&mut tcp, reply, None).await;
             return;
         }
-    };
-    let Some(_visit) = shared.socks_visits.take(&name, max_visits(&config)) else {
-        let reply = refuse(Reply::GeneralFailure, LoginVisits::FULL);
-        let _ = socks::reply(&mut tcp, reply, None).await;
-        return;
     };
     let upstream = match visits::connect(shared, &from, &target, peer, Protocol::Tcp).await {
         Ok(upstream) => upstream,
@@ -177,11 +181,11 @@ async fn serve(shared: &std::sync::Arc<Shared>, mut tcp: TcpStream, peer: Socket
 /// The visits one login may hold through the listener at once: as many as a client's session
 /// may open toward the server (`max_visits_per_client`), the control stream left out.
 pub(super) fn max_visits(config: &super::ServerConfig) -> usize {
-    config.session.mux.max_inbound_streams.map_or(usize::MAX, |streams| streams.saturating_sub(1))
+    config.session.mux.inbound_limit().saturating_sub(1)
 }
 
-/// The visits each login holds through the SOCKS listener, CONNECTs and UDP destinations
-/// together. Each is a stream to the client routing a network, or a socket of the server's:
+/// The visits each login holds through the SOCKS listener: CONNECTs, UDP associations and
+/// their destinations together. Each is a stream to the client routing a network, or a socket of the server's:
 /// without a cap, one login's UDP associations (32 destinations each) took every stream of the
 /// client routing a network, and every descriptor of the server. A client's own `-D` and `-L`
 /// visits are held to the same number by its session.

@@ -68,9 +68,9 @@ pub(super) struct SessionRoutes<'s> {
     table: Option<(u64, Vec<RouteEntry>)>,
     /// What the last reload withdrew, until the table is applied again (for its answer).
     withdrawn: Vec<(RouteId, Refusal)>,
-    /// When the table is next applied again for entries refused because another client held
-    /// their port, host or network, and the wait before that.
-    retry: Option<(Instant, Duration)>,
+    /// When the entries refused because another client held their port, host or network are
+    /// tried again.
+    retry: Option<recheck::Retry>,
     /// TCP and UDP routes.
     ports: HashMap<RouteId, PortRoute>,
     services: HashMap<RouteId, String>,
@@ -138,7 +138,7 @@ impl<'s> SessionRoutes<'s> {
                 self.pace().await;
                 let (results, changes) = self.apply(entries.clone()).await?;
                 self.report(results.len(), &changes);
-                self.schedule_retry(&results, true);
+                self.schedule_retry(results.clone(), None);
                 self.table = Some((version, entries));
                 // Answered before the next table is read: a client that does not read its
                 // answers holds one of them in the server, not a queue of them.

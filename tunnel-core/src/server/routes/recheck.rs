@@ -21,6 +21,24 @@ use crate::session::ControlSender;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(16);
 
+/// The next [`SessionRoutes::retry_taken`]: when, after what wait, and the last answer.
+pub(super) struct Retry {
+    at: Instant,
+    wait: Duration,
+    results: Vec<RouteResult>,
+}
+
+/// Refused because another client (or something else on the server host) holds it.
+fn taken(outcome: &RouteOutcome) -> bool {
+    matches!(
+        outcome,
+        RouteOutcome::Refused {
+            code: RefusalCode::PortTaken | RefusalCode::HostTaken | RefusalCode::NetworkTaken,
+            ..
+        }
+    )
+}
+
 /// A route in service that the rules in force no longer allow.
 struct Disallowed {
     id: RouteId,
@@ -75,7 +93,7 @@ impl SessionRoutes<'_> {
         let applied = self.apply(entries).await;
         if let Ok((results, changes)) = &applied {
             self.report(results.len(), changes);
-            self.schedule_retry(results, true);
+            self.schedule_retry(results.clone(), None);
         }
         let results = match applied {
             Ok((results, changes)) if changes.added + changes.removed > 0 || !withdrawn.is_empty() => results,
@@ -89,54 +107,47 @@ impl SessionRoutes<'_> {
         self.answer(control, ControlMessage::RouteTableResult { version, results }).await;
     }
 
-    /// Applies the last table again for its entries refused because another client held their
+    /// Tries again the entries of the last table refused because another client held their
     /// port, host or network (or something else on the server host held the port): one it
-    /// gave up or whose reservation ran out is this client's now, without a new table. The
-    /// client is answered again only when an entry came into service; the waits between tries
-    /// double from [`FIRST_RETRY`] to [`LAST_RETRY`], and each new table or reload starts them
-    /// again.
+    /// gave up or whose reservation ran out is this client's now, without a new table. Only
+    /// those entries are tried, and the session's routes are published again (and the client
+    /// answered again) only when one came into service. The waits between tries double from
+    /// [`FIRST_RETRY`] to [`LAST_RETRY`]; each new table or reload starts them again.
     pub(in crate::server) async fn retry_taken(&mut self, control: &ControlSender) {
-        let Some((version, entries)) = self.table.clone().filter(|_| !self.draining) else {
-            self.retry = None;
-            return;
-        };
-        match self.apply(entries).await {
-            Ok((results, changes)) => {
-                self.schedule_retry(&results, false);
-                if changes.added + changes.removed > 0 {
-                    self.report(results.len(), &changes);
-                    self.answer(control, ControlMessage::RouteTableResult { version, results }).await;
-                } else {
-                    self.show();
+        let Some(Retry { wait, mut results, .. }) = self.retry.take() else { return };
+        let Some((version, entries)) = self.table.clone().filter(|_| !self.draining) else { return };
+        let mut added = 0;
+        for result in results.iter_mut().filter(|result| taken(&result.outcome)) {
+            let Some(entry) = entries.iter().find(|entry| entry.id == result.id) else { continue };
+            result.outcome = match self.add(entry.id, entry.kind.clone()).await {
+                Ok(public_addr) => {
+                    added += 1;
+                    RouteOutcome::Ready { public_addr }
                 }
-            }
-            // A table applied before has no id twice, the one thing that fails.
-            Err(_) => self.retry = None,
+                Err((code, message)) => RouteOutcome::Refused { code, message },
+            };
         }
+        if added > 0 {
+            self.settle();
+            tracing::info!(client = %Escaped(&self.name), added, "routes refused as taken are in service now");
+            self.answer(control, ControlMessage::RouteTableResult { version, results: results.clone() })
+                .await;
+        }
+        self.schedule_retry(results, Some(wait));
     }
 
     /// When [`Self::retry_taken`] is due, if it is.
     pub(in crate::server) fn retry_at(&self) -> Option<Instant> {
-        self.retry.filter(|_| !self.draining).map(|(at, _)| at)
+        self.retry.as_ref().filter(|_| !self.draining).map(|retry| retry.at)
     }
 
-    /// Plans the next [`Self::retry_taken`] if `results` hold an entry refused as taken: after
-    /// [`FIRST_RETRY`] for a table just applied (`fresh`), else after twice the last wait.
-    pub(super) fn schedule_retry(&mut self, results: &[RouteResult], fresh: bool) {
-        let taken = results.iter().any(|result| {
-            matches!(
-                result.outcome,
-                RouteOutcome::Refused {
-                    code: RefusalCode::PortTaken | RefusalCode::HostTaken | RefusalCode::NetworkTaken,
-                    ..
-                }
-            )
-        });
-        let wait = match self.retry {
-            Some((_, last)) if !fresh => (last * 2).min(LAST_RETRY),
-            _ => FIRST_RETRY,
-        };
-        self.retry = taken.then(|| (Instant::now() + wait, wait));
+    /// Plans the next [`Self::retry_taken`] if `results` (the last answer) hold an entry
+    /// refused as taken: after [`FIRST_RETRY`] for a table just applied, else after twice the
+    /// `last` wait.
+    pub(super) fn schedule_retry(&mut self, results: Vec<RouteResult>, last: Option<Duration>) {
+        let wait = last.map_or(FIRST_RETRY, |last| (last * 2).min(LAST_RETRY));
+        let any = results.iter().any(|result| taken(&result.outcome));
+        self.retry = any.then(|| Retry { at: Instant::now() + wait, wait, results });
     }
 
     fn disallowed(&self) -> Vec<Disallowed> {
