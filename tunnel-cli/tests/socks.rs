@@ -142,6 +142,28 @@ async fn request_reply(tcp: &mut TcpStream, target: Destination) -> u8 {
     }
 }
 
+/// A server with the SOCKS listener (the `[limits]` lines added to its config, the flags to
+/// its command line), and the client "site" routing 127.0.0.0/8 through it: the server, the
+/// listener's address and the site, once its network is ready.
+async fn socks_server_with_site(dir: &Path, limits: &str, flags: &[&str]) -> (Served, String, Cli) {
+    let config = server_config(dir);
+    if !limits.is_empty() {
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, format!("{text}[limits]\n{limits}\n")).unwrap();
+    }
+    let mut args = vec!["--config", &config, "--socks-listen", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    let server = serve(dir, &args, &[]).await;
+    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
+    let site = connect(
+        &server,
+        &["--name", "site", "--expose-network", "127.0.0.0/8"],
+        &[("TUNNEL_TOKEN", SITE_TOKEN)],
+    );
+    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+    (server, proxy, site)
+}
+
 /// The proxy's address from a `SOCKS proxy listening: ADDR` line.
 async fn socks_addr(cli: &Cli) -> String {
     cli.line_after("SOCKS proxy listening: ").await.trim().to_owned()
@@ -277,21 +299,10 @@ async fn a_socks_proxy_without_a_session_answers_network_unreachable_and_refuses
 async fn silent_connections_from_a_few_sources_do_not_lock_logins_out_of_the_socks_listener() {
     let dir = tempfile::tempdir().unwrap();
     let web = http_server("127.0.0.3:0", "still carried\n").await;
-    let config = server_config(dir.path());
-    let mut text = std::fs::read_to_string(&config).unwrap();
     // Silent connections are cut only by a newcomer, never by the time to log in.
     let limits = "max_unauthenticated = 8\nmax_unauthenticated_per_source = 4\nhandshake_timeout = \"300s\"";
-    text.push_str(&format!("[limits]\n{limits}\n"));
-    std::fs::write(&config, text).unwrap();
-    let server = serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0"], &[]).await;
-    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
+    let (_server, proxy, _site) = socks_server_with_site(dir.path(), limits, &[]).await;
     let at: SocketAddr = proxy.parse().unwrap();
-    let site = connect(
-        &server,
-        &["--name", "site", "--expose-network", "127.0.0.0/8"],
-        &[("TUNNEL_TOKEN", SITE_TOKEN)],
-    );
-    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
     // Four visits from 127.0.0.1, as many places as one source may hold.
     let mut carrying = Vec::new();
     for _ in 0..4 {
@@ -338,18 +349,7 @@ async fn silent_connections_from_a_few_sources_do_not_lock_logins_out_of_the_soc
 async fn a_logins_visits_through_the_servers_socks_listener_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let web = http_server("127.0.0.3:0", "hello\n").await;
-    let config = server_config(dir.path());
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("[limits]\nmax_visits_per_client = 2\n");
-    std::fs::write(&config, text).unwrap();
-    let server = serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0"], &[]).await;
-    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
-    let site = connect(
-        &server,
-        &["--name", "site", "--expose-network", "127.0.0.0/8"],
-        &[("TUNNEL_TOKEN", SITE_TOKEN)],
-    );
-    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+    let (server, proxy, _site) = socks_server_with_site(dir.path(), "max_visits_per_client = 2", &[]).await;
 
     let visit = || async {
         let (mut tcp, status) = logged_in(&proxy, "laptop", LAPTOP_TOKEN).await;
@@ -380,18 +380,9 @@ async fn a_logins_visits_through_the_servers_socks_listener_are_capped() {
 async fn the_servers_own_socks_listener_logs_clients_in_with_their_own_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let web = http_server("127.0.0.3:0", "hello without a client\n").await;
-    let config = server_config(dir.path());
     let shared = "shared-token-socks-test-0b9d27";
-    let server =
-        serve(dir.path(), &["--config", &config, "--socks-listen", "127.0.0.1:0", "--token", shared], &[])
-            .await;
-    let proxy = server.cli.line_after("SOCKS5 served on ").await.trim().to_owned();
-    let site = connect(
-        &server,
-        &["--name", "site", "--expose-network", "127.0.0.0/8"],
-        &[("TUNNEL_TOKEN", SITE_TOKEN)],
-    );
-    site.output_contains("route ready: v1 network 127.0.0.0/8").await;
+    let (server, proxy, _site) = socks_server_with_site(dir.path(), "", &["--token", shared]).await;
+    let config = dir.path().join("server.toml");
 
     let url = format!("http://{web}/");
     let (code, text) = curl_as(&proxy, Some(&format!("laptop:{LAPTOP_TOKEN}")), &url).await;
