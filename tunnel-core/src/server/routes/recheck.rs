@@ -4,8 +4,8 @@
 //! of service; then each session applies its last table again and the client is told, with a
 //! fresh answer to that table (or, for a version 1 client, a refusal per forward or service).
 //! Everything else is untouched. And while entries of a table are refused because another
-//! client holds what they ask for, the table is applied again now and then, so they come into
-//! service once it is given up.
+//! client holds what they ask for, those entries are tried again now and then, so they come
+//! into service once it is given up.
 
 use std::time::Duration;
 
