@@ -27,12 +27,13 @@ impl Server {
     /// Serves SOCKS5 on `listener` until `shutdown` resolves or the server drains: each
     /// connection logs in as a client with its own token (username: the name, password: the
     /// token) and CONNECTs where that client's rules allow, as its `-D` would. At most
-    /// [`super::ServerConfig::max_unauthenticated`] connections at once, of which
-    /// [`super::ServerConfig::max_unauthenticated_per_source`] from one source (more are
+    /// [`super::ServerConfig::max_unauthenticated`] connections not yet logged in at once, of
+    /// which [`super::ServerConfig::max_unauthenticated_per_source`] from one source (more are
     /// reset); when full, a newcomer takes the place of the oldest connection of the source
     /// holding the most, so that silent connections from a few sources lock no one out. Each
-    /// has [`super::ServerConfig::handshake_timeout`] to log in and ask. On the drain, open
-    /// connections go on for the drain time.
+    /// has [`super::ServerConfig::handshake_timeout`] to log in and ask; once logged in, it is
+    /// one of its login's visits ([`LoginVisits`]). On the drain, open connections go on for
+    /// the drain time.
     pub async fn run_socks(
         &self,
         listener: TcpListener,
@@ -185,10 +186,10 @@ pub(super) fn max_visits(config: &super::ServerConfig) -> usize {
 }
 
 /// The visits each login holds through the SOCKS listener: CONNECTs, UDP associations and
-/// their destinations together. Each is a stream to the client routing a network, or a socket of the server's:
-/// without a cap, one login's UDP associations (32 destinations each) took every stream of the
-/// client routing a network, and every descriptor of the server. A client's own `-D` and `-L`
-/// visits are held to the same number by its session.
+/// their destinations together. Each is a stream to the client routing a network, or a socket
+/// of the server's: without a cap, one login's UDP associations (32 destinations each) took
+/// every stream of the client routing a network, and every descriptor of the server. A
+/// client's own `-D` and `-L` visits are held to the same number by its session.
 #[derive(Debug, Default)]
 pub(super) struct LoginVisits(Arc<Mutex<HashMap<String, usize>>>);
 
