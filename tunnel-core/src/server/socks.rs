@@ -32,7 +32,7 @@ impl Server {
     /// reset); when full, a newcomer takes the place of the oldest connection of the source
     /// holding the most, so that silent connections from a few sources lock no one out. Each
     /// has [`super::ServerConfig::handshake_timeout`] to log in and ask; once logged in, it is
-    /// one of its login's visits ([`LoginVisits`]). On the drain, open connections go on for
+    /// one of its login's visits (`LoginVisits`). On the drain, open connections go on for
     /// the drain time.
     pub async fn run_socks(
         &self,
