@@ -128,8 +128,9 @@ pub enum AcceptError {
         /// The method bytes offered.
         offered: Vec<u8>,
     },
-    /// The username and password were refused.
-    #[error("wrong SOCKS username or password (user {user:?})")]
+    /// The username and password were refused. The message leaves the username out: a
+    /// token typed there by mistake would reach the log.
+    #[error("wrong SOCKS username or password")]
     BadCredentials {
         /// The username given.
         user: String,

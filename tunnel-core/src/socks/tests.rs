@@ -79,6 +79,7 @@ async fn passwords_are_checked_and_a_wrong_one_is_answered_and_refused() {
         matches!(refused, Err(AcceptError::BadCredentials { ref user }) if user == "site-a"),
         "{refused:?}"
     );
+    assert!(!refused.unwrap_err().to_string().contains("site-a"), "the message leaves the username out");
     assert_eq!(received, [5, 2, 1, 1], "told the password failed, then closed");
 }
 
