@@ -9,78 +9,14 @@ mod common;
 #[path = "support/process.rs"]
 mod process;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{echo_target, eventually};
+use common::{echo_target, eventually, Relay};
 use process::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio::task::AbortHandle;
+use tokio::net::TcpStream;
 
 const TOKEN: &str = "connections-test-token-5d1e";
-
-/// A TCP relay to `upstream`: every connection it accepted, in order, each cut by aborting
-/// its task (both sockets close), or on the client's side only (the server's stays open and
-/// silent, as when a path loses one direction).
-struct Relay {
-    addr: SocketAddr,
-    relayed: Arc<Mutex<Vec<Relayed>>>,
-}
-
-/// One relayed connection: its task, and what closes its client side alone.
-struct Relayed {
-    task: AbortHandle,
-    half_cut: Arc<Notify>,
-}
-
-impl Relay {
-    async fn to(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let relayed: Arc<Mutex<Vec<Relayed>>> = Arc::default();
-        let list = relayed.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let half_cut = Arc::new(Notify::new());
-                let cut = half_cut.clone();
-                let task = tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
-                    let half = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
-                        () = cut.notified() => true,
-                    };
-                    if half {
-                        drop(client);
-                        std::future::pending::<()>().await;
-                    }
-                });
-                list.lock().unwrap().push(Relayed { task: task.abort_handle(), half_cut });
-            }
-        });
-        Self { addr, relayed }
-    }
-
-    fn count(&self) -> usize {
-        self.relayed.lock().unwrap().len()
-    }
-
-    /// Waits until `n` connections went through.
-    async fn until_count(&self, n: usize) {
-        eventually(&format!("{n} connections through the relay"), || async { self.count() >= n }).await;
-    }
-
-    fn cut(&self, index: usize) {
-        self.relayed.lock().unwrap()[index].task.abort();
-    }
-
-    /// Closes connection `index` toward the client only: the server hears nothing.
-    fn cut_client_side(&self, index: usize) {
-        self.relayed.lock().unwrap()[index].half_cut.notify_one();
-    }
-}
 
 /// Sends one byte and reads it back.
 async fn echo(visitor: &mut TcpStream, byte: u8) -> std::io::Result<u8> {
@@ -144,6 +80,64 @@ async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_ses
 
     drop(visitors);
     assert_eq!(client.terminate().await, 0, "{}", client.output());
+    assert_eq!(server.cli.terminate().await, 0, "{}", server.cli.output());
+}
+
+/// The session's first connection carries its control stream: cut, the control stream moves to
+/// another connection, the session goes on (no new session, no reconnect), the visitors on the
+/// other connections carry on, and the client dials a connection in place of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_first_connection_moves_the_control_stream_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = echo_target().await.to_string();
+    let mut server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target], &[]).await;
+    let relay = Relay::to(server.addr.parse().unwrap()).await;
+    let forward = format!("0:{target}");
+    let relay_addr = relay.addr.to_string();
+    let args = ["--server", &relay_addr, "--fingerprint", &server.fingerprint, "--token", TOKEN];
+    let mut client = spawn(command(
+        &[&["connect"][..], &args, &["--name", "moving", "--connections", "3", "-R", &forward]].concat(),
+    ));
+    let public = public_port(&client.line_after("remote forward ready: ").await);
+    relay.until_count(3).await;
+    let mut visitors = Vec::new();
+    for i in 0..12u8 {
+        let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
+        assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
+        visitors.push(visitor);
+    }
+
+    relay.cut(0);
+    client.output_contains("it moved to another of the session's connections").await;
+    server.cli.output_contains("the client opened it again on another of the session's connections").await;
+    let (mut reset, mut alive) = (0, 0);
+    for (i, visitor) in visitors.iter_mut().enumerate() {
+        match echo(visitor, i as u8).await {
+            Ok(byte) => {
+                assert_eq!(byte, i as u8);
+                alive += 1;
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "visitor {i}: {err}");
+                reset += 1;
+            }
+        }
+    }
+    assert!(reset > 0 && alive >= 6, "{reset} visitors reset, {alive} went on: {}", client.output());
+    relay.until_count(4).await;
+    for i in 0..12u8 {
+        let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
+        assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
+    }
+    let output = client.output();
+    assert!(!output.contains("reconnecting"), "the session was re-established:\n{output}");
+    assert_eq!(server.cli.output().matches("session established").count(), 1, "{}", server.cli.output());
+
+    // The moved control stream carries the client's drain, and the server's end of it.
+    drop(visitors);
+    assert_eq!(client.terminate().await, 0, "{}", client.output());
+    server.cli.output_contains("client draining (client shutting down)").await;
+    server.cli.output_contains("session ended: closed locally").await;
     assert_eq!(server.cli.terminate().await, 0, "{}", server.cli.output());
 }
 

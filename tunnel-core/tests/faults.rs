@@ -333,3 +333,71 @@ async fn a_session_ended_while_its_table_is_out_reports_the_servers_reason() {
     assert!(error.contains("marker 7f3a"), "{error}");
     client.stop().await;
 }
+
+/// The connection carrying the session's control stream (the session's first) is cut: the
+/// session goes on over the two that joined it (protocol 9). Visitors on the cut connection are
+/// reset, the others carry on, the client replaces the connection and sends its table again
+/// over the moved control stream, and a later change of its routes is answered: one session
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_first_connection_moves_the_control_stream_and_the_session_goes_on() {
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let relay = Relay::to(server.addr).await;
+    let spec = format!("0:{echo}");
+    let mut config = client_config_for(relay.addr, server.fingerprint, "mover", TOKEN, &[&spec]);
+    config.connections = 3;
+    let mut client = start_client(config);
+    let public = client.connected().await[0].public_addr;
+    relay.until_count(3).await;
+    let since = server.server.sessions()[0].since;
+    // Twelve visitors held open, spread over the three connections.
+    let mut visitors = Vec::new();
+    for i in 0..12u8 {
+        let mut visitor = TcpStream::connect(public).await.unwrap();
+        echo_once(&mut visitor, &[i]).await;
+        visitors.push(visitor);
+    }
+
+    relay.cut(0);
+    let (mut reset, mut alive) = (0, 0);
+    for (i, visitor) in visitors.iter_mut().enumerate() {
+        let byte = [i as u8];
+        let mut back = [0u8; 1];
+        let echoed = async {
+            visitor.write_all(&byte).await?;
+            visitor.read_exact(&mut back).await
+        };
+        match tokio::time::timeout(PATIENCE, echoed).await.expect("a visitor neither echoed nor reset") {
+            Ok(_) => {
+                assert_eq!(back, byte);
+                alive += 1;
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "visitor {i}: {err}");
+                reset += 1;
+            }
+        }
+    }
+    assert!(reset > 0 && alive >= 6, "{reset} visitors reset, {alive} went on");
+
+    // The table went again over the moved control stream and was answered; the client dials a
+    // connection in place of the first; a change of routes is answered too.
+    client.answered(2).await;
+    relay.until_count(4).await;
+    let other = echo_target().await;
+    let mut set = client.routes.get();
+    set.remotes.push(format!("0:{other}").parse().unwrap());
+    client.routes.set(set).unwrap();
+    let ClientStatus::Connected { forwards, .. } = client.answered(3).await else { unreachable!() };
+    assert_eq!(forwards.len(), 2, "{forwards:?}");
+    assert_eq!(forwards[0].public_addr, public, "the first forward kept its port");
+    assert_eq!(round_trip(forwards[1].public_addr, b"new route").await.unwrap(), b"new route");
+    assert_eq!(round_trip(public, b"old route").await.unwrap(), b"old route");
+    let sessions = server.server.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].since, since, "the session was established again");
+    assert_eq!(sessions[0].table_version, Some(3));
+    client.stop().await;
+    server.stop().await;
+}

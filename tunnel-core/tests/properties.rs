@@ -147,6 +147,7 @@ fn stream_header() -> impl Strategy<Value = StreamHeader> {
         socket_addr().prop_map(|visitor| StreamHeader::Http { visitor }),
         (any::<u64>(), socket_addr())
             .prop_map(|(id, visitor)| StreamHeader::HttpRoute { route_id: RouteId(id), visitor }),
+        Just(StreamHeader::Control),
     ]
 }
 

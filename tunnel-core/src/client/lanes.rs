@@ -13,7 +13,7 @@ use crate::client::Backoff;
 use crate::log::{Chain, Escaped};
 use crate::proto::handshake::{HandshakeError, RefuseCode};
 use crate::proto::GoodbyeCode;
-use crate::session::{JoinTicket, Session, SessionConfig, SessionEnd, SessionError};
+use crate::session::{ControlMoves, JoinTicket, Session, SessionConfig, SessionEnd, SessionError};
 use crate::task::OwnedTask;
 use crate::transport::{ClientTransport, HttpProxy, Wire};
 
@@ -71,11 +71,22 @@ impl Client {
 }
 
 impl LaneDialer {
-    /// Keeps `connections - 1` connections joined to the session of `ticket`, as a task that
-    /// closes them when dropped.
-    pub(super) fn keep(self, ticket: JoinTicket, connections: usize) -> OwnedTask<()> {
+    /// Keeps `connections - 1` connections joined to the session of `ticket`, and one more in
+    /// the place of the first once the control stream has moved off it (`moves`: the session
+    /// goes on over the others, from protocol 9), as a task that closes them when dropped.
+    pub(super) fn keep(
+        self,
+        ticket: JoinTicket,
+        connections: usize,
+        mut moves: ControlMoves,
+    ) -> OwnedTask<()> {
         OwnedTask::spawn(async move {
-            let keepers = (2..=connections).map(|n| self.keep_one(&ticket, n));
+            let keepers = (2..=connections).map(|n| futures::future::Either::Left(self.keep_one(&ticket, n)));
+            let first = async {
+                moves.next().await;
+                self.keep_one(&ticket, 1).await;
+            };
+            let keepers = keepers.chain([futures::future::Either::Right(first)]);
             futures::future::join_all(keepers).await;
         })
     }

@@ -42,7 +42,7 @@ use crate::http::Origins;
 use crate::log::Escaped;
 use crate::mux::{IncomingStreams, MuxStream, StreamOpener};
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION};
-use crate::session::{JoinTicket, Session, SessionEnd};
+use crate::session::{ControlMoves, JoinTicket, Session, SessionEnd};
 use crate::task::OwnedTask;
 use crate::transport::Wire;
 
@@ -332,7 +332,8 @@ impl Client {
         self.publish(link, answered, true);
 
         // The session's other connections, kept by a task of their own; dropped with it.
-        let first = (link, wire, &lane_key, &opener, protocol);
+        let moves = messages.moves();
+        let first = (link, wire, &lane_key, &opener, &moves, protocol);
         let mut lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
         let visits = Visits {
             routes: stream_routes,
@@ -343,6 +344,7 @@ impl Client {
         let _cut_streams_on_exit = visits.owned.clone().drop_guard();
         let streams = opener.clone();
         let mut running = Running { control, messages, incoming, driver, streams, visits, protocol };
+        let mut moved = moves.clone();
         loop {
             tokio::select! {
                 end = &mut running.driver => return Err(ended(end)),
@@ -355,6 +357,14 @@ impl Client {
                     if running.control.send(table.message()).await.is_err() {
                         continue; // The session is ending; the driver says why.
                     }
+                }
+                () = moved.next() => {
+                    tracing::info!(server = %Escaped(&link.server), "the connection carrying the session's control stream was lost: it moved to another of the session's connections");
+                    // The table, or the answer to it, may have been lost with that connection:
+                    // the same routes again, under a new version (the server leaves them be).
+                    let set = wanted.borrow().clone();
+                    table = routes::Table::new(&set, state.assigned, state.version, protocol);
+                    let _ = running.control.send(table.message()).await;
                 }
                 Some(message) = running.messages.recv() => match message {
                     ControlMessage::RouteTableResult { version, results } if version == table.version() => {
@@ -446,7 +456,7 @@ impl Client {
     /// when the server allows more (`allowed` in all, for `session`) and we want more.
     fn keeper(
         &self,
-        (link, wire, key, first, protocol): (&Link, Wire, &LaneKey, &StreamOpener, u16),
+        (link, wire, key, first, moves, protocol): (&Link, Wire, &LaneKey, &StreamOpener, &ControlMoves, u16),
         session: u64,
         allowed: u8,
     ) -> Option<OwnedTask<()>> {
@@ -455,7 +465,7 @@ impl Client {
             return None;
         }
         let ticket = JoinTicket { session, key: key.clone(), first: first.clone() };
-        Some(self.lane_dialer(link, wire).keep(ticket, connections))
+        Some(self.lane_dialer(link, wire).keep(ticket, connections, moves.clone()))
     }
 
     /// Tells the server this client drains (protocol 3 and later).

@@ -46,7 +46,7 @@ impl Bundle {
     pub(super) fn live(&self) -> MutexGuard<'_, Vec<StreamOpener>> {
         let mut lanes = self.lanes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         lanes.retain(|lane| {
-            let up = !lane.is_closed();
+            let up = !lane.own_connection_closed();
             if !up {
                 let (received, sent) = lane.link.bytes();
                 self.gone.0.fetch_add(received, Ordering::Relaxed);
@@ -57,24 +57,37 @@ impl Bundle {
         lanes
     }
 
-    /// The connection for the next stream, when it is not `first`: the one with the fewest
-    /// open streams on its own connection among those heard from, failing that among all;
-    /// ties at random.
+    /// The connection for the next stream, when it is not `first`: the least busy (see
+    /// [`least_busy_lane`]). `first` is left out once its own connection has ended (the session
+    /// goes on over the others).
     pub(super) fn pick(&self, first: &StreamOpener) -> Option<StreamOpener> {
         let lanes = self.live();
         if lanes.is_empty() {
             return None;
         }
-        let all: Vec<&StreamOpener> = std::iter::once(first).chain(lanes.iter()).collect();
-        let open = |o: &&StreamOpener| o.link.open_streams();
-        let chosen = fewest(&all, |o| !o.link.is_silent(), open).or_else(|| fewest(&all, |_| true, open))?;
-        (!std::ptr::eq(*chosen, first)).then(|| (*chosen).clone())
+        let first = (!first.own_connection_closed()).then_some(first);
+        let all: Vec<&StreamOpener> = first.into_iter().chain(lanes.iter()).collect();
+        let chosen = least_busy_lane(&all)?;
+        (!first.is_some_and(|first| std::ptr::eq(chosen, first))).then(|| chosen.clone())
+    }
+
+    /// The least busy joined connection, `first` aside.
+    pub(super) fn pick_joined(&self) -> Option<StreamOpener> {
+        let lanes = self.live();
+        least_busy_lane(&lanes.iter().collect::<Vec<_>>()).cloned()
     }
 
     /// Bytes received and sent by connections that have left.
     pub(super) fn gone_bytes(&self) -> (u64, u64) {
         (self.gone.0.load(Ordering::Relaxed), self.gone.1.load(Ordering::Relaxed))
     }
+}
+
+/// The one with the fewest open streams on its own connection among those heard from,
+/// failing that among all; ties at random.
+fn least_busy_lane<'a>(all: &[&'a StreamOpener]) -> Option<&'a StreamOpener> {
+    let open = |o: &&StreamOpener| o.link.open_streams();
+    fewest(all, |o| !o.link.is_silent(), open).or_else(|| fewest(all, |_| true, open)).copied()
 }
 
 #[cfg(test)]
@@ -196,6 +209,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_session_goes_on_over_its_joined_connections_once_its_first_is_lost() {
+        let config = MuxConfig::default();
+        let (session, mut dialer_in, mut accepted) = first(&config);
+        // Opened before others join: on the first connection.
+        let mut held = session.dialer.open().await.unwrap();
+        held.write_all(b"x").await.unwrap();
+        let _on_the_acceptor = accepted.next().await.unwrap();
+        let lanes = [join(&session, &config), join(&session, &config)];
+        assert_eq!(session.dialer.connections(), 3);
+
+        // The first connection dies: the session is not closed, and counts the two left.
+        drop(session.dialer_driver);
+        let err = held.read(&mut [0u8; 1]).await.expect_err("a stream of the lost connection");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+        assert!(!session.dialer.is_closed(), "closed while two connections are up");
+        assert_eq!(session.dialer.connections(), 2);
+
+        // New streams go over the joined connections, both ways, and still arrive in the first
+        // one's queues.
+        for i in 0..8u8 {
+            let mut stream = session.dialer.open().await.expect("a stream over a joined connection");
+            stream.write_all(&[i]).await.unwrap();
+            let mut arrived = accepted.next().await.unwrap();
+            let mut byte = [0u8; 1];
+            arrived.read_exact(&mut byte).await.unwrap();
+            assert_eq!(byte[0], i);
+        }
+        let mut back = lanes[1].acceptor.open().await.unwrap();
+        back.write_all(b"y").await.unwrap();
+        dialer_in.next().await.unwrap().read_exact(&mut [0u8; 1]).await.unwrap();
+        let mut moved = session.dialer.open_joined().await.unwrap();
+        moved.write_all(b"z").await.unwrap();
+        accepted.next().await.unwrap().read_exact(&mut [0u8; 1]).await.unwrap();
+
+        // Once the joined connections are gone too, the session is.
+        let [one, two] = lanes;
+        drop((one.dialer_driver, two.dialer_driver));
+        assert!(dialer_in.next().await.is_none());
+        assert!(session.dialer.is_closed());
+        assert_eq!(session.dialer.connections(), 0);
+        assert!(matches!(session.dialer.open().await, Err(MuxError::Closed)));
+        assert!(matches!(session.dialer.open_joined().await, Err(MuxError::Closed)));
+    }
+
+    #[tokio::test]
     async fn a_session_takes_at_most_its_number_of_connections() {
         let config = MuxConfig::default();
         let (session, _, _accepted) = first(&config);
@@ -262,8 +320,8 @@ mod tests {
         let mut buf = [0u8; 12];
         arrived.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"via the lane");
-        // When the first connection ends, the queue ends, whatever joined it.
-        drop(session.dialer_driver);
+        // When the first connection ends, and every one that joined it, the queue ends.
+        drop((session.dialer_driver, lane.dialer_driver));
         assert!(dialer_in.next().await.is_none());
     }
 }

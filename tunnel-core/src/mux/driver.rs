@@ -36,8 +36,13 @@ pub struct MuxDriver {
 
 impl Drop for MuxDriver {
     fn drop(&mut self) {
+        // The opener sees this connection closed before anyone woken below looks.
+        drop(self.commands.take());
         // Runs before the connection (a field) is dropped and closes the streams.
         self.link.cut();
+        // Woken again, even when the link was cut before: whoever waits for the connection to
+        // leave its session looks now that it has.
+        self.link.left();
         self.spare.clear();
     }
 }

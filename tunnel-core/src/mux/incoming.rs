@@ -22,6 +22,8 @@ pub struct IncomingStreams {
     pub(super) lanes: Vec<IncomingStreams>,
     /// The queue to look at first next time (0: this connection's, then the lanes').
     pub(super) turn: usize,
+    /// This connection's own queue has ended: the session goes on while lanes are up.
+    pub(super) own_ended: bool,
 }
 
 impl IncomingStreams {
@@ -29,11 +31,11 @@ impl IncomingStreams {
         rx: mpsc::Receiver<MuxStream>,
         joined: mpsc::UnboundedReceiver<IncomingStreams>,
     ) -> Self {
-        Self { rx, held: VecDeque::new(), joined, lanes: Vec::new(), turn: 0 }
+        Self { rx, held: VecDeque::new(), joined, lanes: Vec::new(), turn: 0, own_ended: false }
     }
 
-    /// The next inbound stream; `None` once the connection is closed (the session's first,
-    /// for a session over several). Its acknowledgement to the peer goes with the first frame
+    /// The next inbound stream; `None` once the connection is closed (for a session over
+    /// several: the session's first, and every connection that joined it). Its acknowledgement to the peer goes with the first frame
     /// sent on it, or at once when many streams of the connection already wait for theirs.
     pub async fn next(&mut self) -> Option<MuxStream> {
         let mut stream = std::future::poll_fn(|cx| self.poll_next(cx)).await?;
@@ -56,9 +58,14 @@ impl IncomingStreams {
         for k in 0..queues {
             let at = (self.turn + k) % queues;
             let polled = match at {
+                0 if self.own_ended => Poll::Pending,
                 0 => match self.rx.poll_next_unpin(cx) {
-                    // The session's first connection has ended: so has the session.
-                    Poll::Ready(None) => return Poll::Ready(None),
+                    // The session's first connection has ended: the session goes on over the
+                    // others, if any (below).
+                    Poll::Ready(None) => {
+                        self.own_ended = true;
+                        Poll::Pending
+                    }
                     polled => polled,
                 },
                 lane => {
@@ -86,6 +93,7 @@ impl IncomingStreams {
         }
         match found {
             Some(stream) => Poll::Ready(Some(stream)),
+            None if self.own_ended && self.lanes.is_empty() => Poll::Ready(None),
             None => Poll::Pending,
         }
     }

@@ -70,6 +70,12 @@ impl Link {
         }
     }
 
+    /// Wakes whoever waits on the session's streams or connections: this connection's driver
+    /// is gone.
+    pub(super) fn left(&self) {
+        self.0.closed_one.notify_waiters();
+    }
+
     pub(super) fn is_cut(&self) -> bool {
         self.0.cut.load(Ordering::Acquire)
     }

@@ -69,9 +69,28 @@ impl StreamOpener {
         self.bundle.add(lane, incoming, most)
     }
 
-    /// The session's connections up now: this one and those that joined it.
+    /// The session's connections up now: this one (unless it has ended) and those that
+    /// joined it.
     pub fn connections(&self) -> usize {
-        1 + self.bundle.live().len()
+        usize::from(!self.own_connection_closed()) + self.bundle.live().len()
+    }
+
+    /// Opens a stream on the least busy of the connections that joined this one, never on
+    /// this one: a session whose first connection is lost opens its control stream again
+    /// there. Fails with [`MuxError::Closed`] when none is up.
+    pub async fn open_joined(&self) -> Result<MuxStream, MuxError> {
+        let lane = self.bundle.pick_joined().ok_or(MuxError::Closed)?;
+        lane.open_here().await
+    }
+
+    /// Returns once this connection's own driver has stopped, whatever joined it.
+    pub async fn own_connection_ended(&self) {
+        self.commands.closed().await;
+    }
+
+    /// Whether this connection's own driver has stopped.
+    pub(super) fn own_connection_closed(&self) -> bool {
+        self.commands.is_closed()
     }
 
     /// Opens a stream on this connection.
@@ -100,9 +119,25 @@ impl StreamOpener {
         let _ = self.commands.send(Command::Close).await;
     }
 
-    /// True once the driver (of this connection, the session's first) has stopped.
+    /// True once the session is over: the driver of this connection (the session's first)
+    /// has stopped, and so have those of the connections that joined it (a session goes on
+    /// over them while it moves its control stream, from protocol 9).
     pub fn is_closed(&self) -> bool {
-        self.commands.is_closed()
+        self.own_connection_closed() && self.bundle.live().is_empty()
+    }
+
+    /// Returns once the session is over ([`StreamOpener::is_closed`]).
+    pub async fn closed(&self) {
+        loop {
+            let left = self.link.closed_one();
+            tokio::pin!(left);
+            // Registered before looking: a connection leaving in between still wakes us.
+            left.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            left.await;
+        }
     }
 
     /// True while the session over this connection has heard nothing from its peer for longer

@@ -9,7 +9,9 @@
 //! 5 local datagrams (a client's UDP local forward) and 8 network datagrams (a UDP flow into a
 //! network the receiving client routes); 9 route requests (version 8: HTTP/1.1 requests all
 //! for one HTTP route, with no route header, which the client may hand to the route's origin
-//! as they are). A UDP flow's payload is datagrams framed by
+//! as they are); 10 control (version 9: the session's control stream, opened again by the
+//! client on another connection of its session once the one that carried it is lost; no
+//! fields). A UDP flow's payload is datagrams framed by
 //! [`super::datagram`]; a `Route` stream of a UDP route carries them too.
 //! A local-forward stream is answered with a [`StreamReply`] before any payload flows back, and
 //! so are local datagrams and network visits and datagrams (by the client that dialed).
@@ -30,6 +32,7 @@ const NETWORK_VISIT: u8 = 7;
 const LOCAL_DATAGRAMS: u8 = 5;
 const NETWORK_DATAGRAMS: u8 = 8;
 const HTTP_ROUTE: u8 = 9;
+const CONTROL: u8 = 10;
 
 /// The request header naming a request's route on an [`StreamHeader::Http`] stream (set by the
 /// server, replacing any a visitor sent).
@@ -130,6 +133,10 @@ pub enum StreamHeader {
         /// The visitor's address as that client saw it.
         visitor: SocketAddr,
     },
+    /// The session's control stream, from here on (version 9; opened by the client on one of
+    /// its session's joined connections when the connection that carried the control stream
+    /// is lost). Control frames follow the header.
+    Control,
 }
 
 impl StreamHeader {
@@ -186,6 +193,9 @@ impl StreamHeader {
                     .string(from, MAX_NAME_LEN)
                     .socket_addr(*visitor);
             }
+            Self::Control => {
+                body.u8(CONTROL);
+            }
         }
         with_length(body.finish())
     }
@@ -236,6 +246,7 @@ impl StreamHeader {
                     _ => Self::NetworkDatagrams { route_id, target, from, visitor },
                 })
             }
+            CONTROL => Ok(Self::Control),
             other => Err(DecodeError::UnknownType { kind: "stream header", value: other }),
         }
     }

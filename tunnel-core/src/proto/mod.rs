@@ -31,9 +31,10 @@ pub use target::{SpecError, TargetAddr, VisitTarget};
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).
 /// Version 2 added route tables, version 3 the `Draining` notice, version 4 network routes,
 /// version 5 UDP, version 6 the server's answer to a client's drain, version 7 sessions over
-/// several connections, version 8 a stream of HTTP requests per route; a server still serves
-/// version 1 to 7 clients.
-pub const PROTOCOL_VERSION: u16 = 8;
+/// several connections, version 8 a stream of HTTP requests per route, version 9 a control
+/// stream that moves to another connection of its session; a server still serves version 1 to
+/// 8 clients.
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// First protocol version with [`ControlMessage::Draining`].
 pub const DRAINING_VERSION: u16 = 3;
@@ -54,6 +55,11 @@ pub const LANES_VERSION: u16 = 7;
 
 /// First protocol version with [`StreamHeader::HttpRoute`] streams.
 pub const ROUTE_STREAMS_VERSION: u16 = 8;
+
+/// First protocol version with [`StreamHeader::Control`]: a session whose control stream's
+/// connection is lost goes on over its other connections, the client opening its control
+/// stream again on one of them.
+pub const CONTROL_MOVES_VERSION: u16 = 9;
 
 /// Most connections one session may have (its first included).
 pub const MAX_CONNECTIONS: usize = 16;

@@ -14,7 +14,8 @@ use super::{ServerConfig, Shared};
 use crate::mux::StreamOpener;
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{
-    ControlMessage, GoodbyeCode, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION, MAX_CONNECTIONS,
+    ControlMessage, GoodbyeCode, CONTROL_MOVES_VERSION, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION,
+    MAX_CONNECTIONS,
 };
 use crate::session::{ControlSender, Session, SessionEnd};
 use crate::task::OwnedTask;
@@ -73,6 +74,7 @@ pub(super) async fn run(
     let mut routes =
         SessionRoutes::new(&shared, &client, registration.id, opener, owned.clone(), listed.listing.clone());
     let mut drain = Drain::default();
+    let mut moves = messages.moves();
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let ending = loop {
@@ -106,6 +108,9 @@ pub(super) async fn run(
                     let _ = done.send(());
                 }
             },
+            () = moves.next() => {
+                tracing::info!(client = %crate::log::Escaped(&name), %peer, "the connection carrying the session's control stream was lost: the client opened it again on another of the session's connections");
+            }
             () = until(routes.retry_at()) => {
                 Box::pin(routes.retry_taken(&control)).await;
             }
@@ -122,6 +127,7 @@ pub(super) async fn run(
                 let visitor = super::visits::Visitor {
                     name: name.clone(),
                     credential: client.credential,
+                    control: (client.version >= CONTROL_MOVES_VERSION).then(|| control.clone()),
                 };
                 routes.visitors().spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
             }

@@ -112,7 +112,7 @@ async fn serve(shared: &Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, settl
         return;
     };
     settled.cancel();
-    let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient };
+    let from = Visitor { name: name.clone(), credential: CredentialKind::PerClient, control: None };
     if accepted.request.command == Command::UdpAssociate {
         let requested = &accepted.request.destination;
         return super::socks_udp::associate(shared, tcp, peer, from, &config.credentials, requested).await;

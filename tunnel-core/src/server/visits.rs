@@ -19,6 +19,7 @@ use crate::auth::CredentialKind;
 use crate::forward::{splice, Protocol, TargetAddr, VisitTarget};
 use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, StreamHeader, StreamReply};
+use crate::session::ControlSender;
 use crate::transport;
 
 /// The client a visit comes from.
@@ -26,6 +27,9 @@ use crate::transport;
 pub(super) struct Visitor {
     pub(super) name: String,
     pub(super) credential: CredentialKind,
+    /// Its session's control, where the session's control stream moves to (protocol 9); `None`
+    /// for a login on the server's SOCKS listener, and before protocol 9.
+    pub(super) control: Option<ControlSender>,
 }
 
 pub(super) async fn handle(
@@ -41,6 +45,13 @@ pub(super) async fn handle(
         Ok(Ok(StreamHeader::LocalForward { target, visitor })) => Ok((target, visitor, Protocol::Tcp)),
         Ok(Ok(StreamHeader::LocalDatagrams { target, visitor })) => {
             Ok((VisitTarget::Address(target), visitor, Protocol::Udp))
+        }
+        Ok(Ok(StreamHeader::Control)) if from.control.is_some() => {
+            let moved = from.control.as_ref().map(|control| control.take_over(stream));
+            if let Some(Err(_)) = moved {
+                tracing::debug!(%client, "a control stream opened again after its session ended: dropped");
+            }
+            return;
         }
         Ok(Ok(_)) => Err("clients may only open local forwards".to_owned()),
         Ok(Err(err)) => Err(crate::log::Escaped(&crate::log::Chain(&err).to_string()).to_string()),

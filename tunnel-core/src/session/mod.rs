@@ -13,14 +13,15 @@ mod handshake;
 
 use std::time::Duration;
 
-pub use driver::{ControlMessages, ControlSender, SessionDriver, SessionEnd};
+use driver::Moves;
+pub use driver::{ControlMessages, ControlMoves, ControlSender, SessionDriver, SessionEnd};
 pub use framed::{FrameError, HeaderError};
 pub use handshake::{client_handshake, client_handshake_offering, read_and_refuse, server_handshake};
 
 use crate::auth::{ChannelBinding, Credentials, LaneKey, Token};
 use crate::mux::{self, IncomingStreams, Mode, MuxConfig, MuxError, StreamOpener};
 use crate::proto::handshake::{AuthenticatedClient, Established, HandshakeError};
-use crate::proto::ControlMessage;
+use crate::proto::{ControlMessage, CONTROL_MOVES_VERSION};
 use crate::transport::Io;
 
 /// yamux id of the client's first stream, the control stream.
@@ -205,7 +206,11 @@ impl Session {
         let mut config = config.clone();
         config.heartbeat_interval = established.heartbeat_interval;
         config.heartbeat_timeout = config.heartbeat_timeout.max(established.heartbeat_interval * 3);
-        Ok((Self::assemble(mux, opener, incoming, control, &config), established))
+        let moves = match ticket {
+            None if established.version >= CONTROL_MOVES_VERSION => Moves::Here,
+            _ => Moves::Never,
+        };
+        Ok((Self::assemble(mux, opener, incoming, control, &config, moves), established))
     }
 
     /// Server side: verify the client against `credentials`, then wait (within `control_timeout`)
@@ -257,7 +262,11 @@ impl Session {
         };
         // A joining connection's control stream is not one of the session's streams.
         let control = if first.is_some() { control.uncounted() } else { control };
-        Ok((Self::assemble(mux, opener, incoming, control, config), client, first))
+        let moves = match first {
+            None if client.version >= CONTROL_MOVES_VERSION => Moves::ByPeer,
+            _ => Moves::Never,
+        };
+        Ok((Self::assemble(mux, opener, incoming, control, config, moves), client, first))
     }
 
     fn assemble(
@@ -266,11 +275,15 @@ impl Session {
         incoming: IncomingStreams,
         control: crate::mux::MuxStream,
         config: &SessionConfig,
+        moves: Moves,
     ) -> Self {
-        let (control, messages, driver) = driver::start(mux, opener.clone(), control, config);
+        let (control, messages, driver) = driver::start(mux, opener.clone(), control, config, moves);
         Self { control, messages, opener, incoming, driver }
     }
 }
+
+#[cfg(test)]
+mod moves_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,18 +1,20 @@
 //! Shared harness: a server on 127.0.0.1:0 with a generated certificate, clients pinned to it,
 //! bare protocol sessions, and waiting for a condition. The rest is by job, re-exported here so
 //! a test needs only `use common::*;`: targets to reach (`targets`), checkable test data
-//! (`data`), wall-clock measurements (`measure`), and what the process holds (`process`).
+//! (`data`), wall-clock measurements (`measure`), what the process holds (`process`), and a
+//! relay whose connections can be cut one by one (`relay`).
 
 #![allow(dead_code)]
 
 mod data;
 mod measure;
 mod process;
+mod relay;
 mod targets;
 
 // A test binary uses some of each; the rest is unused there.
 #[allow(unused_imports)]
-pub use {data::*, measure::*, process::*, targets::*};
+pub use {data::*, measure::*, process::*, relay::*, targets::*};
 
 use std::future::Future;
 use std::net::SocketAddr;

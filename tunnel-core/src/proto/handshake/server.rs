@@ -415,8 +415,8 @@ mod tests {
         let creds = creds();
         let mut server = ServerHandshake::new(&creds, &ChannelBinding::Plaintext, [2; 32], HB);
         let hello = HandshakeMessage::ClientHello {
-            min_version: 9,
-            max_version: 12,
+            min_version: crate::proto::PROTOCOL_VERSION + 1,
+            max_version: crate::proto::PROTOCOL_VERSION + 4,
             nonce: [0; 32],
             name: "x".into(),
             join: None,
