@@ -26,32 +26,42 @@ async fn echo(visitor: &mut TcpStream, byte: u8) -> std::io::Result<u8> {
     Ok(back[0])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_session_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
+/// A server, a relay of ours in the client's path, and a client named `name` with
+/// `connections` connections (its lanes logged) and one forward to an echo target, all up;
+/// then twelve visitors of it held open, each echoed once (the server puts each on the least
+/// busy connection). Returns the forward's public port too.
+async fn through_relay(
+    dir: &std::path::Path,
+    name: &str,
+    connections: usize,
+) -> (Served, Relay, Cli, u16, Vec<TcpStream>) {
     let target = echo_target().await.to_string();
-    let mut server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target], &[]).await;
+    let server = serve(dir, &["--token", TOKEN, "--allow-targets", &target], &[]).await;
     let relay = Relay::to(server.addr.parse().unwrap()).await;
     let forward = format!("0:{target}");
     let relay_addr = relay.addr.to_string();
     let args = ["--server", &relay_addr, "--fingerprint", &server.fingerprint, "--token", TOKEN];
-    let mut client = spawn(command(
-        &[&["connect"][..], &args, &["--name", "wide", "--connections", "3", "-R", &forward]].concat(),
-    ));
+    let count = connections.to_string();
+    let mut cmd = command(
+        &[&["connect"][..], &args, &["--name", name, "--connections", &count, "-R", &forward]].concat(),
+    );
+    cmd.env("RUST_LOG", "info,tunnel_core::client::lanes=debug");
+    let client = spawn(cmd);
     let public = public_port(&client.line_after("remote forward ready: ").await);
-    // The session's first connection, then the two that join it.
-    relay.until_count(3).await;
-
-    // Twelve visitors held open: the server puts each on the least busy connection.
+    // The session's first connection, then those that join it.
+    relay.until_count(connections).await;
     let mut visitors = Vec::new();
     for i in 0..12u8 {
         let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
         assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
         visitors.push(visitor);
     }
+    (server, relay, client, public, visitors)
+}
 
-    // The second connection (one that joined) is cut: its visitors are reset, the others go on.
-    relay.cut(1);
+/// Echoes a byte through each of `visitors`: how many were reset (a connection that carried
+/// them was cut) and how many went on.
+async fn reset_and_alive(visitors: &mut [TcpStream]) -> (usize, usize) {
     let (mut reset, mut alive) = (0, 0);
     for (i, visitor) in visitors.iter_mut().enumerate() {
         match echo(visitor, i as u8).await {
@@ -65,11 +75,13 @@ async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_ses
             }
         }
     }
-    assert!(reset > 0 && alive >= 6, "{reset} visitors reset, {alive} went on: {}", client.output());
+    (reset, alive)
+}
 
-    // The client dials a replacement; the session never ended, and new visitors get through.
-    relay.until_count(4).await;
-    client.output_contains("connection 2 of the session lost").await;
+/// After a cut: the client dials a replacement (connection `dialed` through the relay), the
+/// session never ended (no reconnect, one session on the server), and new visitors get through.
+async fn the_session_went_on(relay: &Relay, client: &Cli, server: &Served, public: u16, dialed: usize) {
+    relay.until_count(dialed).await;
     for i in 0..12u8 {
         let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
         assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
@@ -77,6 +89,20 @@ async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_ses
     let output = client.output();
     assert!(!output.contains("reconnecting"), "the session was re-established:\n{output}");
     assert_eq!(server.cli.output().matches("session established").count(), 1, "{}", server.cli.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, relay, mut client, public, mut visitors) = through_relay(dir.path(), "wide", 3).await;
+
+    // The second connection (one that joined) is cut: its visitors are reset, the others go on.
+    relay.cut(1);
+    let (reset, alive) = reset_and_alive(&mut visitors).await;
+    assert!(reset > 0 && alive >= 6, "{reset} visitors reset, {alive} went on: {}", client.output());
+
+    client.output_contains("connection 2 of the session lost").await;
+    the_session_went_on(&relay, &client, &server, public, 4).await;
 
     drop(visitors);
     assert_eq!(client.terminate().await, 0, "{}", client.output());
@@ -85,53 +111,21 @@ async fn a_cut_connection_resets_only_its_visitors_and_is_replaced_while_the_ses
 
 /// The session's first connection carries its control stream: cut, the control stream moves to
 /// another connection, the session goes on (no new session, no reconnect), the visitors on the
-/// other connections carry on, and the client dials a connection in place of the first.
+/// other connections carry on, and the client dials a connection in place of the first, which
+/// the server takes though the session had its most connections (4) before the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_first_connection_moves_the_control_stream_and_the_session_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let target = echo_target().await.to_string();
-    let mut server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &target], &[]).await;
-    let relay = Relay::to(server.addr.parse().unwrap()).await;
-    let forward = format!("0:{target}");
-    let relay_addr = relay.addr.to_string();
-    let args = ["--server", &relay_addr, "--fingerprint", &server.fingerprint, "--token", TOKEN];
-    let mut client = spawn(command(
-        &[&["connect"][..], &args, &["--name", "moving", "--connections", "3", "-R", &forward]].concat(),
-    ));
-    let public = public_port(&client.line_after("remote forward ready: ").await);
-    relay.until_count(3).await;
-    let mut visitors = Vec::new();
-    for i in 0..12u8 {
-        let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
-        assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
-        visitors.push(visitor);
-    }
+    let (mut server, relay, mut client, public, mut visitors) = through_relay(dir.path(), "moving", 4).await;
 
     relay.cut(0);
     client.output_contains("it moved to another of the session's connections").await;
     server.cli.output_contains("the client opened it again on another of the session's connections").await;
-    let (mut reset, mut alive) = (0, 0);
-    for (i, visitor) in visitors.iter_mut().enumerate() {
-        match echo(visitor, i as u8).await {
-            Ok(byte) => {
-                assert_eq!(byte, i as u8);
-                alive += 1;
-            }
-            Err(err) => {
-                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "visitor {i}: {err}");
-                reset += 1;
-            }
-        }
-    }
+    let (reset, alive) = reset_and_alive(&mut visitors).await;
     assert!(reset > 0 && alive >= 6, "{reset} visitors reset, {alive} went on: {}", client.output());
-    relay.until_count(4).await;
-    for i in 0..12u8 {
-        let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
-        assert_eq!(echo(&mut visitor, i).await.unwrap(), i);
-    }
-    let output = client.output();
-    assert!(!output.contains("reconnecting"), "the session was re-established:\n{output}");
-    assert_eq!(server.cli.output().matches("session established").count(), 1, "{}", server.cli.output());
+    the_session_went_on(&relay, &client, &server, public, 5).await;
+    client.output_contains("connection 1 joined the session").await;
+    assert!(!client.output().contains("refused"), "{}", client.output());
 
     // The moved control stream carries the client's drain, and the server's end of it.
     drop(visitors);

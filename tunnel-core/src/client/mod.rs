@@ -343,8 +343,8 @@ impl Client {
         };
         let _cut_streams_on_exit = visits.owned.clone().drop_guard();
         let streams = opener.clone();
-        let mut running = Running { control, messages, incoming, driver, streams, visits, protocol };
-        let mut moved = moves.clone();
+        let moved = moves.clone();
+        let mut running = Running { control, messages, moved, incoming, driver, streams, visits, protocol };
         loop {
             tokio::select! {
                 end = &mut running.driver => return Err(ended(end)),
@@ -358,7 +358,7 @@ impl Client {
                         continue; // The session is ending; the driver says why.
                     }
                 }
-                () = moved.next() => {
+                () = running.moved.next() => {
                     tracing::info!(server = %Escaped(&link.server), "the connection carrying the session's control stream was lost: it moved to another of the session's connections");
                     // The table, or the answer to it, may have been lost with that connection:
                     // the same routes again, under a new version (the server leaves them be).
@@ -412,10 +412,13 @@ impl Client {
             running.visits.draining.cancel();
         }
         self.say_draining(&running.control, running.protocol).await;
-        let Running { control, mut messages, mut incoming, mut driver, streams, visits, .. } = running;
+        let Running { control, mut messages, mut moved, mut incoming, mut driver, streams, visits, protocol } =
+            running;
         let drain = async {
             loop {
                 tokio::select! {
+                    // The drain notice may have been lost with the connection that carried it.
+                    () = moved.next() => self.say_draining(&control, protocol).await,
                     // The control stream is the one left.
                     () = streams.until_open_at_most(1), if !handover => return None,
                     Some(stream) = incoming.next() => visits.take(stream),
@@ -517,6 +520,8 @@ struct SessionState<'a> {
 struct Running {
     control: crate::session::ControlSender,
     messages: crate::session::ControlMessages,
+    /// Told when the control stream moves to another connection (protocol 9).
+    moved: ControlMoves,
     incoming: IncomingStreams,
     driver: OwnedTask<SessionEnd>,
     streams: StreamOpener,

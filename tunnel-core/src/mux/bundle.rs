@@ -29,11 +29,17 @@ impl Bundle {
     }
 
     /// Adds `lane` unless the session would then have more than `most` connections (its
-    /// first included): counted and added under one lock, so joins at once cannot pass it.
-    /// Whether it was added.
-    pub(super) fn add(&self, lane: StreamOpener, incoming: IncomingStreams, most: usize) -> bool {
+    /// first included while `first_up`): counted and added under one lock, so joins at once
+    /// cannot pass it. Whether it was added.
+    pub(super) fn add(
+        &self,
+        lane: StreamOpener,
+        incoming: IncomingStreams,
+        most: usize,
+        first_up: bool,
+    ) -> bool {
         let mut lanes = self.live();
-        if 1 + lanes.len() >= most {
+        if usize::from(first_up) + lanes.len() >= most {
             return false;
         }
         lanes.push(lane);

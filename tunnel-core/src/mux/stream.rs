@@ -47,7 +47,7 @@ impl StreamOpener {
     /// when `max_streams` are open rather than queueing.
     pub async fn open(&self) -> Result<MuxStream, MuxError> {
         match self.bundle.pick(self) {
-            // A connection that ended since it was picked: this one still serves.
+            // A connection that ended since it was picked: this one, if it still serves.
             Some(lane) => match lane.open_here().await {
                 Err(MuxError::Closed) => self.open_here().await,
                 opened => opened,
@@ -60,13 +60,14 @@ impl StreamOpener {
     /// session's streams: streams opened here may go over it, and the streams its peer opens
     /// come out of this connection's [`IncomingStreams`]. It leaves when its driver ends.
     pub fn join(&self, lane: StreamOpener, incoming: IncomingStreams) {
-        self.bundle.add(lane, incoming, usize::MAX);
+        self.bundle.add(lane, incoming, usize::MAX, true);
     }
 
     /// [`StreamOpener::join`], unless the session would then have more than `most`
-    /// connections (then `lane` is dropped, and its streams with it). Whether it joined.
+    /// connections up (then `lane` is dropped, and its streams with it): this one counts while
+    /// its own connection is. Whether it joined.
     pub fn join_at_most(&self, lane: StreamOpener, incoming: IncomingStreams, most: usize) -> bool {
-        self.bundle.add(lane, incoming, most)
+        self.bundle.add(lane, incoming, most, !self.own_connection_closed())
     }
 
     /// The session's connections up now: this one (unless it has ended) and those that
@@ -81,11 +82,6 @@ impl StreamOpener {
     pub async fn open_joined(&self) -> Result<MuxStream, MuxError> {
         let lane = self.bundle.pick_joined().ok_or(MuxError::Closed)?;
         lane.open_here().await
-    }
-
-    /// Returns once this connection's own driver has stopped, whatever joined it.
-    pub async fn own_connection_ended(&self) {
-        self.commands.closed().await;
     }
 
     /// Whether this connection's own driver has stopped.

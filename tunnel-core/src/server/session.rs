@@ -74,7 +74,7 @@ pub(super) async fn run(
     let mut routes =
         SessionRoutes::new(&shared, &client, registration.id, opener, owned.clone(), listed.listing.clone());
     let mut drain = Drain::default();
-    let mut moves = messages.moves();
+    let (mut moves, mut moved) = (messages.moves(), false);
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let ending = loop {
@@ -109,7 +109,17 @@ pub(super) async fn run(
                 }
             },
             () = moves.next() => {
-                tracing::info!(client = %crate::log::Escaped(&name), %peer, "the connection carrying the session's control stream was lost: the client opened it again on another of the session's connections");
+                // Said once a session: a client can move its control stream as often as it likes.
+                if !std::mem::replace(&mut moved, true) {
+                    tracing::info!(client = %crate::log::Escaped(&name), %peer, "the connection carrying the session's control stream was lost: the client opened it again on another of the session's connections");
+                }
+                // What this side said of a drain may have been lost with that connection.
+                if drain.server && client.version >= DRAINING_VERSION {
+                    let _ = control.send(server_draining(&shared)).await;
+                }
+                if drain.handing_over {
+                    let _ = control.send(ControlMessage::NoNewVisitors).await;
+                }
             }
             () = until(routes.retry_at()) => {
                 Box::pin(routes.retry_taken(&control)).await;
@@ -120,8 +130,11 @@ pub(super) async fn run(
             }
             Some(stream) = incoming.next() => {
                 if drain.waits() {
-                    // A visit the client begins now would be cut by the end of the drain.
-                    drop(stream);
+                    // A visit the client begins now would be cut by the end of the drain; only
+                    // its control stream, moved, is still taken.
+                    if client.version >= CONTROL_MOVES_VERSION {
+                        tokio::spawn(super::visits::while_draining(shared.clone(), stream, control.clone()));
+                    }
                     continue;
                 }
                 let visitor = super::visits::Visitor {
@@ -136,9 +149,7 @@ pub(super) async fn run(
                 routes.stop_accepting(false).await;
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "session draining: no new visitors");
                 if client.version >= DRAINING_VERSION {
-                    let deadline_ms = u32::try_from(shared.config().drain_timeout.as_millis()).unwrap_or(u32::MAX);
-                    let message = "server shutting down".to_owned();
-                    let _ = control.send(ControlMessage::Draining { deadline_ms, message }).await;
+                    let _ = control.send(server_draining(&shared)).await;
                 }
             }
             // The control stream is the one left.
@@ -181,6 +192,12 @@ pub(super) async fn run(
         }
     };
     tracing::info!(client = %crate::log::Escaped(&name), %peer, "session ended: {}", crate::log::Escaped(&end.to_string()));
+}
+
+/// What the server says of its own drain.
+fn server_draining(shared: &Shared) -> ControlMessage {
+    let deadline_ms = u32::try_from(shared.config().drain_timeout.as_millis()).unwrap_or(u32::MAX);
+    ControlMessage::Draining { deadline_ms, message: "server shutting down".to_owned() }
 }
 
 /// Once the session's visitors have ended, and its streams (the edge's requests, passthrough

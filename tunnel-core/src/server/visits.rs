@@ -77,6 +77,17 @@ pub(super) async fn handle(
     }
 }
 
+/// A stream the client opened while its session drains (protocol 9): only the session's control
+/// stream, moved to another connection, is taken; any other is dropped, as a visit begun now
+/// would be cut by the end of the drain.
+pub(super) async fn while_draining(shared: Arc<Shared>, mut stream: MuxStream, control: ControlSender) {
+    let wait = shared.config().timeouts.stream_header;
+    let header = tokio::time::timeout(wait, crate::session::framed::read_header(&mut stream)).await;
+    if let Ok(Ok(StreamHeader::Control)) = header {
+        let _ = control.take_over(stream);
+    }
+}
+
 /// Carries a visit whose header was read: `stream` is answered with a stream reply (the
 /// server's refusal, its own `Ok`, or the routing client's answer), then spliced to the target
 /// (a UDP flow: relayed to a socket connected to it). Whether the carrying failed.

@@ -7,6 +7,7 @@
 //! the multiplexer and the heartbeat, and resolves with the reason the session ended.
 //! Callers bound the handshake with their own timeout.
 
+mod carry;
 mod driver;
 pub mod framed;
 mod handshake;

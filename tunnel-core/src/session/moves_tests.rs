@@ -247,3 +247,14 @@ async fn the_server_ends_the_session_once_every_connection_is_gone() {
     assert!(server.driver.is_finished(), "still waiting for a control stream with no connection left");
     assert_eq!(server.driver.await.unwrap(), SessionEnd::PeerGone);
 }
+
+/// A control stream handed over while another waits to be taken is refused: a client opening
+/// many at once makes the server move at most once for them.
+#[tokio::test]
+async fn a_second_control_stream_while_one_waits_is_refused() {
+    let (_client, server, _relay, _lanes) = two_connections(&SessionConfig::default(), 9).await;
+    let (first, second) = (server.opener.open().await.unwrap(), server.opener.open().await.unwrap());
+    // No await in between: the driver has not taken the first yet.
+    assert!(server.control.take_over(first).is_ok());
+    assert!(server.control.take_over(second).is_err());
+}
