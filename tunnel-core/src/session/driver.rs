@@ -337,7 +337,8 @@ async fn run(parts: Box<Parts>) -> SessionEnd {
     // move it to and fro.
     let mut moved_once = false;
     loop {
-        // Boxed, as the closing below: its state is large and held only while it runs.
+        // Boxed: the run over one connection is most of the session's life, and its state is
+        // large; boxed, it is allocated once per connection it runs over, not kept inline here.
         let next = match Box::pin(channel.carry(control, &mut mux, successors.as_deref())).await {
             Carried::Ended(end) => return end,
             Carried::Moved(stream) => stream,
