@@ -147,6 +147,53 @@ async fn ask_through(udp: &UdpSocket, relay: SocketAddr, dns: SocketAddr) {
     assert!(answer.ends_with(&ANSWER), "the A record: {answer:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_asking_from_a_new_port_each_time_is_answered_past_the_servers_stream_limit() {
+    // More visitors than the server takes streams of one session at once (64 by default),
+    // each done after one answer, as a resolver that picks a new port per query.
+    const VISITORS: u16 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start_dnsmasq(dir.path()).await;
+    let allow = dns.addr.to_string();
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allow], &[]).await;
+    let local = format!("udp:0:{}", dns.addr);
+    let client = connect(&server, &["--token", TOKEN, "--name", "laptop", "-L", &local], &[]);
+    let listening = udp_addr(&client.line_after("local forward listening: ").await);
+    client.line_after("connected to ").await;
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut visitors = Vec::new();
+    let mut buf = [0u8; 2048];
+    for id in 0..VISITORS {
+        // Kept bound, so every visitor has an address of its own.
+        let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        visitor.connect(listening).await.unwrap();
+        // A resolver asks again after a timeout; the flows of the visitors before, idle after
+        // their answers, make room for this one.
+        let answer = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "visitor {id} of {VISITORS} had no answer\n{}\n{}",
+                client.output(),
+                server.cli.output()
+            );
+            visitor.send(&dns_query(id)).await.unwrap();
+            if let Ok(Ok(len)) =
+                tokio::time::timeout(Duration::from_millis(300), visitor.recv(&mut buf)).await
+            {
+                break &buf[..len];
+            }
+        };
+        assert_eq!(answer[..2], id.to_be_bytes(), "the answer to this visitor's query");
+        assert!(answer.ends_with(&ANSWER), "the A record: {answer:?}");
+        visitors.push(visitor);
+    }
+    // The client made room itself: the server never had to reset a stream over its limit.
+    assert!(!server.cli.output().contains("stream limit"), "{}", server.cli.output());
+    // And a real resolver's question after all of them is answered too.
+    assert_eq!(dig(listening).await.trim(), "10.1.2.3", "{}", client.output());
+}
+
 /// A DNS query for `NAME`, type A, with `id`.
 fn dns_query(id: u16) -> Vec<u8> {
     let mut query = id.to_be_bytes().to_vec();

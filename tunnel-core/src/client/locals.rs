@@ -23,14 +23,22 @@ use crate::log::Escaped;
 use crate::mux::{MuxStream, StreamOpener};
 use crate::proto::datagram::MAX_DATAGRAM;
 use crate::proto::{ReplyStatus, StreamHeader};
+use crate::session::framed::HeaderError;
 use crate::transport;
 use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
 
 /// Time allowed for the server's answer to a local forward.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Most UDP flows one local forward carries at once; datagrams of more are dropped.
-const MAX_FLOWS: usize = 4096;
+/// Most UDP flows one local forward carries at once. Each is a stream, and a server takes 64
+/// streams of a session at once by default (`limits.max_streams_per_session`; past it, it resets
+/// them): at 32 the table makes room itself, by ending the flow idle longest, and leaves the
+/// session streams for its TCP visitors.
+const MAX_FLOWS: usize = 32;
+
+/// A full table ends a flow for a new one only once it has been idle this long: a flow in use
+/// is never cut for room, and new visitors still get 128 flows a second.
+const MAKE_ROOM_AFTER: Duration = Duration::from_millis(250);
 
 /// A local forward's listener (TCP) or socket (UDP), bound.
 #[derive(Debug)]
@@ -217,7 +225,7 @@ async fn serve_datagrams(
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
-    let mut flows = Flows::new(MAX_FLOWS);
+    let mut flows = Flows::evicting(MAX_FLOWS, MAKE_ROOM_AFTER);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
@@ -230,6 +238,7 @@ async fn serve_datagrams(
             Err(_) => continue, // The ICMP error of an earlier answer.
         };
         let opener = sessions.iter().find_map(|s| s.borrow().clone().filter(|o| !o.is_closed()));
+        let up = opener.is_some();
         let offer = flows.offer(visitor, Bytes::copy_from_slice(&buf[..len]), |inbox| {
             let Some(opener) = opener else { return false };
             let flow = local_flow(inbox, opener, target.clone(), visitor, socket.clone());
@@ -243,7 +252,16 @@ async fn serve_datagrams(
             true
         });
         if matches!(offer, Offer::Refused | Offer::QueueFull) && crate::log::REFUSALS.allow() {
-            tracing::info!(%visitor, forward = %spec, "UDP datagram dropped ({offer:?}; none go through while no session is up)");
+            let why = match offer {
+                Offer::Refused if !up => "no session is up".to_owned(),
+                Offer::Refused => {
+                    format!(
+                        "all {MAX_FLOWS} flows of this forward carried a datagram within {MAKE_ROOM_AFTER:?}"
+                    )
+                }
+                _ => "its flow's queue is full".to_owned(),
+            };
+            tracing::info!(%visitor, forward = %spec, "UDP datagram dropped: {why}");
         }
     }
 }
@@ -279,7 +297,15 @@ pub(super) async fn open_datagrams(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server did not answer in time"))?
         .map_err(|err| {
-            let why = format!("no answer from the server (one older than protocol 5 carries no UDP): {err}");
+            let why = match &err {
+                HeaderError::Io(io) if io.kind() == io::ErrorKind::ConnectionReset => {
+                    "the server reset the stream before answering (it may hold as many of this session's streams as it allows)".to_owned()
+                }
+                _ => format!(
+                    "no answer from the server (one older than protocol 5 carries no UDP): {}",
+                    crate::log::Chain(&err)
+                ),
+            };
             crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "UDP flow refused: {why}");
             io::Error::other(why)
         })?;

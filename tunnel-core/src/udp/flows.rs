@@ -49,6 +49,8 @@ struct Queue {
     sender: mpsc::Sender<Bytes>,
     /// Bytes queued now.
     bytes: Arc<AtomicUsize>,
+    /// When the flow last carried a datagram either way (the table and the flow touch it).
+    activity: Arc<Activity>,
 }
 
 impl Queue {
@@ -74,6 +76,10 @@ impl Queue {
 pub(crate) struct Flows<K> {
     flows: HashMap<K, Queue>,
     max: usize,
+    /// When full, a new flow ends the flow idle longest, if idle this long (`None`: refused).
+    evict_after: Option<Duration>,
+    /// No flow may be ended for room before this (the last search found none idle enough).
+    no_room_before: Option<Instant>,
     generation: u64,
     ended_tx: mpsc::UnboundedSender<(K, u64)>,
     ended_rx: mpsc::UnboundedReceiver<(K, u64)>,
@@ -84,6 +90,7 @@ pub(crate) struct Flows<K> {
 pub(crate) struct FlowInbox<K: Eq + Hash> {
     queue: mpsc::Receiver<Bytes>,
     bytes: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
     key: Option<K>,
     generation: u64,
     ended: mpsc::UnboundedSender<(K, u64)>,
@@ -112,10 +119,27 @@ impl<K: Eq + Hash> Drop for FlowInbox<K> {
 }
 
 impl<K: Eq + Hash + Clone> Flows<K> {
-    /// A table of at most `max` flows at once.
+    /// A table of at most `max` flows at once; when full, datagrams of new flows are refused.
     pub(crate) fn new(max: usize) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-        Self { flows: HashMap::new(), max, generation: 0, ended_tx, ended_rx }
+        Self {
+            flows: HashMap::new(),
+            max,
+            evict_after: None,
+            no_room_before: None,
+            generation: 0,
+            ended_tx,
+            ended_rx,
+        }
+    }
+
+    /// A table of at most `max` flows at once that, when full, makes room for a new flow by
+    /// ending the flow idle longest, if it has been idle for `after` at least: as a NAT table
+    /// does, so that visitors that send once and go (a resolver asking from a new port each
+    /// time) never lock the table. A flow that carried a datagram within `after` is never
+    /// ended for room, so new flows turn over at most `max` per `after`.
+    pub(crate) fn evicting(max: usize, after: Duration) -> Self {
+        Self { evict_after: Some(after), ..Self::new(max) }
     }
 
     /// Flows now.
@@ -135,7 +159,10 @@ impl<K: Eq + Hash + Clone> Flows<K> {
     ) -> Offer {
         let datagram = match self.flows.get(&key) {
             Some(queue) => match queue.push(datagram) {
-                Ok(()) => return Offer::Queued,
+                Ok(()) => {
+                    queue.activity.touch();
+                    return Offer::Queued;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => return Offer::QueueFull,
                 // Ended, and its end not yet seen: a new flow takes its place.
                 Err(mpsc::error::TrySendError::Closed(datagram)) => {
@@ -145,15 +172,18 @@ impl<K: Eq + Hash + Clone> Flows<K> {
             },
             None => datagram,
         };
-        if self.flows.len() >= self.max {
+        if self.flows.len() >= self.max && !self.make_room() {
             return Offer::Refused;
         }
         self.generation += 1;
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let queue = Queue { generation: self.generation, sender, bytes: Arc::new(AtomicUsize::new(0)) };
+        let activity = Arc::new(Activity::new());
+        let queue =
+            Queue { generation: self.generation, sender, bytes: Arc::new(AtomicUsize::new(0)), activity };
         let inbox = FlowInbox {
             queue: receiver,
             bytes: queue.bytes.clone(),
+            activity: queue.activity.clone(),
             key: Some(key.clone()),
             generation: self.generation,
             ended: self.ended_tx.clone(),
@@ -165,6 +195,28 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         }
         self.flows.insert(key, queue);
         Offer::Started
+    }
+
+    /// Ends the flow idle longest if the table may and that flow is idle enough; whether it did.
+    /// The flow's queue closes: the flow sends what it holds, closes its stream and ends.
+    fn make_room(&mut self) -> bool {
+        let Some(after) = self.evict_after else { return false };
+        let now = Instant::now();
+        if self.no_room_before.is_some_and(|at| now < at) {
+            return false; // No search per datagram while a flood of new visitors lasts.
+        }
+        // A flow that ended, its end not yet reaped, goes first.
+        let oldest =
+            self.flows.iter().min_by_key(|(_, queue)| (!queue.sender.is_closed(), queue.activity.last()));
+        let Some((key, queue)) = oldest else { return false };
+        let idle_since = queue.activity.last();
+        if !queue.sender.is_closed() && now < idle_since + after {
+            self.no_room_before = Some(idle_since + after);
+            return false;
+        }
+        let key = key.clone();
+        self.flows.remove(&key);
+        true
     }
 
     /// Waits for a flow to end and forgets it; cancel-safe (for a `select!` beside the
@@ -180,8 +232,8 @@ impl<K: Eq + Hash + Clone> Flows<K> {
 
 /// Carries one flow of a listening end: opens its stream (`open`, which writes the header and
 /// reads any answer), sends it the datagrams of `inbox` and hands what comes back to
-/// `deliver`, until the stream ends, the table is dropped, or `idle` passes without a
-/// datagram either way; the two directions run at once. Datagrams queued while the stream
+/// `deliver`, until the stream ends, the table is dropped or ends the flow for room, or `idle`
+/// passes without a datagram either way; the two directions run at once. Datagrams queued while the stream
 /// opens go first, in order. When `open` fails, or the stream ends before any answer came
 /// back (the far end could not reach the target), the flow drops its datagrams for a few
 /// seconds before it ends.
@@ -206,9 +258,9 @@ where
         }
     };
     let (reader, mut writer) = tokio::io::split(stream);
-    let activity = Activity::new();
+    let activity = inbox.activity.clone();
     let (mut up, mut down) = (FlowStats::default(), FlowStats::default());
-    // Until the table is dropped, or writing to the stream fails.
+    // Until the table is dropped or ends the flow, or writing to the stream fails.
     let to_stream = async {
         let mut scratch = Vec::new();
         while let Some(datagram) = inbox.next().await {

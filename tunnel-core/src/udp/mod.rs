@@ -160,10 +160,15 @@ impl Activity {
         self.last.store(now, Ordering::Relaxed);
     }
 
+    /// When it was last touched (or made).
+    pub(crate) fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
     /// Returns once `idle` has passed since the last touch.
     pub(crate) async fn idle(&self, idle: Duration) {
         loop {
-            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let last = self.last();
             // A far-off deadline for an idle time too large to add (never reached).
             let deadline = last.checked_add(idle).unwrap_or(last + MAX_FLOW_IDLE);
             if Instant::now() >= deadline {

@@ -128,7 +128,7 @@ async fn the_relay_ends_after_its_idle_time_without_a_datagram() {
     drop(near);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
     let mut flows: Flows<u8> = Flows::new(2);
     let mut inboxes = Vec::new();
@@ -167,6 +167,53 @@ async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
     );
     flows.reap().await;
     assert_eq!(flows.len(), 1, "the old flow's end must not remove the new one");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_table_that_may_make_room_ends_the_flow_idle_longest_and_never_one_in_use() {
+    let after = Duration::from_millis(250);
+    let mut flows: Flows<u8> = Flows::evicting(2, after);
+    let mut inboxes = std::collections::HashMap::new();
+    let mut start = |flows: &mut Flows<u8>, key: u8| {
+        flows.offer(key, Bytes::from(vec![key]), |inbox| inboxes.insert(key, inbox).is_none())
+    };
+    assert_eq!(start(&mut flows, 1), Offer::Started);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(start(&mut flows, 2), Offer::Started);
+    // Both carried a datagram within 250 ms: a new visitor is refused, and keeps being
+    // refused without ending either while that holds.
+    assert_eq!(start(&mut flows, 3), Offer::Refused);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Flow 1 speaks again (it stays in use); flow 2 goes quiet.
+    assert_eq!(flows.offer(1, Bytes::from_static(b"again"), |_| unreachable!()), Offer::Queued);
+    tokio::time::sleep(Duration::from_millis(149)).await;
+    assert_eq!(start(&mut flows, 3), Offer::Refused, "flow 2 is idle 249 ms, under the 250");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Flow 2, idle 250 ms, makes room; flow 1, idle 150 ms, stays.
+    assert_eq!(start(&mut flows, 3), Offer::Started);
+    assert_eq!(flows.len(), 2);
+    let mut ended = inboxes.remove(&2).unwrap();
+    assert_eq!(&ended.next().await.unwrap()[..], [2], "what the ended flow held still goes");
+    assert!(ended.next().await.is_none(), "the ended flow's queue closes");
+    assert_eq!(flows.offer(1, Bytes::from_static(b"on"), |_| unreachable!()), Offer::Queued);
+    assert_eq!(flows.offer(3, Bytes::from_static(b"on"), |_| unreachable!()), Offer::Queued);
+    // The ended flow's end, reaped, takes nothing else out.
+    drop(ended);
+    flows.reap().await;
+    assert_eq!(flows.len(), 2);
+
+    // A table that may not make room refuses for as long as its flows live, busy or not.
+    let mut refusing: Flows<u8> = Flows::new(1);
+    let mut held = Vec::new();
+    assert_eq!(
+        refusing.offer(1, Bytes::new(), |inbox| {
+            held.push(inbox);
+            true
+        }),
+        Offer::Started
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(refusing.offer(2, Bytes::new(), |_| unreachable!("over the cap")), Offer::Refused);
 }
 
 #[tokio::test]
