@@ -23,22 +23,33 @@ use crate::log::Escaped;
 use crate::mux::{MuxStream, StreamOpener};
 use crate::proto::datagram::MAX_DATAGRAM;
 use crate::proto::{ReplyStatus, StreamHeader};
-use crate::session::framed::HeaderError;
 use crate::transport;
 use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
+
+/// Why a stream the server reset before its answer failed, as logged.
+pub(super) const RESET_BEFORE_ANSWER: &str =
+    "the server reset the stream before answering (it may hold as many of this session's streams as it allows)";
 
 /// Time allowed for the server's answer to a local forward.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Most UDP flows one local forward carries at once. Each is a stream, and a server takes 64
-/// streams of a session at once by default (`limits.max_streams_per_session`; past it, it resets
-/// them): at 32 the table makes room itself, by ending the flow idle longest, and leaves the
-/// session streams for its TCP visitors.
+/// Most UDP flows the client's UDP local forwards carry at once, shared evenly among them (at
+/// least [`MIN_FLOWS`] each). Each flow is a stream, and a server takes 64 streams of a session
+/// at once by default (`limits.max_visits_per_client`; past it, it resets them): at 32 each
+/// forward makes room itself, by ending a flow done with for now (`Flows::evicting`), and the
+/// session keeps streams for its TCP visitors.
 const MAX_FLOWS: usize = 32;
+const MIN_FLOWS: usize = 4;
 
-/// A full table ends a flow for a new one only once it has been idle this long: a flow in use
-/// is never cut for room, and new visitors still get 128 flows a second.
+/// A full table ends an answered flow for a new one only once it has been idle this long: new
+/// visitors get up to 128 flows a second (with one forward).
 const MAKE_ROOM_AFTER: Duration = Duration::from_millis(250);
+
+/// The flows each UDP local forward of `locals` may carry at once.
+pub(super) fn flows_each(locals: &[BoundLocal]) -> usize {
+    let udp = locals.iter().filter(|local| matches!(local.socket, LocalSocket::Udp(_))).count();
+    (MAX_FLOWS / udp.max(1)).max(MIN_FLOWS)
+}
 
 /// A local forward's listener (TCP) or socket (UDP), bound.
 #[derive(Debug)]
@@ -106,6 +117,7 @@ where
 /// ends or `cut`.
 pub(super) async fn serve(
     local: BoundLocal,
+    max_flows: usize,
     sessions: Vec<watch::Receiver<Option<StreamOpener>>>,
     stop: CancellationToken,
     cut: CancellationToken,
@@ -118,7 +130,8 @@ pub(super) async fn serve(
                 // Refused when parsed: a UDP forward's target is an address.
                 return tracing::warn!(%spec, "a UDP forward's target must be HOST:PORT");
             };
-            return serve_datagrams(Arc::new(socket), &spec, target, &sessions, stop, cut).await;
+            let socket = Arc::new(socket);
+            return serve_datagrams(socket, &spec, target, max_flows, &sessions, stop, cut).await;
         }
     };
     let target = spec.target.clone();
@@ -202,7 +215,10 @@ async fn carry(
         let reply = tokio::time::timeout(REPLY_TIMEOUT, crate::session::framed::read_reply(&mut from_server))
             .await
             .map_err(|_| std::io::Error::other("the server did not answer in time"))?
-            .map_err(std::io::Error::other)?;
+            .map_err(|err| match err.is_reset() {
+                true => std::io::Error::new(std::io::ErrorKind::ConnectionReset, RESET_BEFORE_ANSWER),
+                false => std::io::Error::other(err),
+            })?;
         if reply.status != ReplyStatus::Ok {
             return Err(std::io::Error::other(format!(
                 "refused by the server ({}): {}",
@@ -221,11 +237,12 @@ async fn serve_datagrams(
     socket: Arc<UdpSocket>,
     spec: &LocalForwardSpec,
     target: TargetAddr,
+    max_flows: usize,
     sessions: &[watch::Receiver<Option<StreamOpener>>],
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
-    let mut flows = Flows::evicting(MAX_FLOWS, MAKE_ROOM_AFTER);
+    let mut flows = Flows::evicting(max_flows, MAKE_ROOM_AFTER);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
@@ -254,11 +271,7 @@ async fn serve_datagrams(
         if matches!(offer, Offer::Refused | Offer::QueueFull) && crate::log::REFUSALS.allow() {
             let why = match offer {
                 Offer::Refused if !up => "no session is up".to_owned(),
-                Offer::Refused => {
-                    format!(
-                        "all {MAX_FLOWS} flows of this forward carried a datagram within {MAKE_ROOM_AFTER:?}"
-                    )
-                }
+                Offer::Refused => format!("all {max_flows} flows of this forward are in use"),
                 _ => "its flow's queue is full".to_owned(),
             };
             tracing::info!(%visitor, forward = %spec, "UDP datagram dropped: {why}");
@@ -297,11 +310,9 @@ pub(super) async fn open_datagrams(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server did not answer in time"))?
         .map_err(|err| {
-            let why = match &err {
-                HeaderError::Io(io) if io.kind() == io::ErrorKind::ConnectionReset => {
-                    "the server reset the stream before answering (it may hold as many of this session's streams as it allows)".to_owned()
-                }
-                _ => format!(
+            let why = match err.is_reset() {
+                true => RESET_BEFORE_ANSWER.to_owned(),
+                false => format!(
                     "no answer from the server (one older than protocol 5 carries no UDP): {}",
                     crate::log::Chain(&err)
                 ),

@@ -238,13 +238,13 @@ impl Client {
         // Each server's current session; a local visitor takes the first one up.
         let (session_txs, session_rxs): (Vec<_>, Vec<_>) =
             self.links.iter().map(|_| watch::channel(None)).unzip();
-        let _locals: Vec<OwnedTask<()>> = self
-            .locals
-            .take()
-            .unwrap_or_default()
+        let bound_locals = self.locals.take().unwrap_or_default();
+        let flows_each = locals::flows_each(&bound_locals);
+        let _locals: Vec<OwnedTask<()>> = bound_locals
             .into_iter()
             .map(|local| {
-                OwnedTask::spawn(locals::serve(local, session_rxs.clone(), stop.clone(), cut_visits.clone()))
+                let (sessions, stop, cut) = (session_rxs.clone(), stop.clone(), cut_visits.clone());
+                OwnedTask::spawn(locals::serve(local, flows_each, sessions, stop, cut))
             })
             .collect();
         let _socks: Vec<OwnedTask<()>> = self

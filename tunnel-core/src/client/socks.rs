@@ -154,6 +154,7 @@ async fn through_server(
     let answer = tokio::time::timeout(REPLY_TIMEOUT, crate::session::framed::read_reply(&mut stream)).await;
     let answer = match answer {
         Ok(Ok(answer)) => answer,
+        Ok(Err(err)) if err.is_reset() => return Err(failure(super::locals::RESET_BEFORE_ANSWER.to_owned())),
         Ok(Err(err)) => {
             return Err(failure(format!("no answer from the server: {}", crate::log::Chain(&err))))
         }

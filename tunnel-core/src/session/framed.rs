@@ -56,6 +56,14 @@ pub enum HeaderError {
     Decode(#[from] DecodeError),
 }
 
+impl HeaderError {
+    /// Whether the peer reset the stream before the header or reply was whole: what a server
+    /// does to a stream past its limit of a session's streams.
+    pub fn is_reset(&self) -> bool {
+        matches!(self, Self::Io(err) if err.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
 /// Reads one stream header from the front of a stream, consuming nothing after it.
 pub async fn read_header<R: AsyncRead + Unpin>(io: &mut R) -> Result<StreamHeader, HeaderError> {
     Ok(StreamHeader::decode(&read_body(io, "stream header").await?)?)

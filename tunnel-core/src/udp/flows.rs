@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{write_frame, Activity, FlowStats, FrameReader, MAX_FLOW_IDLE};
+use super::{write_frame, Activity, FlowStats, FrameReader, Phase, MAX_FLOW_IDLE};
 
 /// Datagrams a flow holds while its stream opens or is slow; more are dropped.
 const QUEUE: usize = 256;
@@ -28,6 +28,11 @@ pub(super) const QUEUE_FOR_TESTS: (usize, usize) = (QUEUE, QUEUE_BYTES);
 /// table, dropping what comes, before a datagram may try again: a refused target is not asked
 /// once per datagram.
 const HOLD_REFUSED: Duration = Duration::from_secs(5);
+
+/// How long a flow of a table that makes room (`Flows::evicting`) waits for an answer before it
+/// may be ended for a new flow: an answer later than this comes too late for a request that
+/// the visitor will have asked again.
+const UNANSWERED_FOR: Duration = Duration::from_secs(5);
 
 /// What became of a datagram offered to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +81,7 @@ impl Queue {
 pub(crate) struct Flows<K> {
     flows: HashMap<K, Queue>,
     max: usize,
-    /// When full, a new flow ends the flow idle longest, if idle this long (`None`: refused).
+    /// When full, a new flow may end one answered and idle this long (`None`: refused).
     evict_after: Option<Duration>,
     /// No flow may be ended for room before this (the last search found none idle enough).
     no_room_before: Option<Instant>,
@@ -101,6 +106,12 @@ impl<K: Eq + Hash> FlowInbox<K> {
         let datagram = self.queue.recv().await?;
         self.bytes.fetch_sub(datagram.len(), Ordering::Relaxed);
         Some(datagram)
+    }
+
+    /// The flow's activity, as the table sees it.
+    #[cfg(test)]
+    pub(super) fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// Drops what comes for [`HOLD_REFUSED`], then ends.
@@ -134,10 +145,12 @@ impl<K: Eq + Hash + Clone> Flows<K> {
     }
 
     /// A table of at most `max` flows at once that, when full, makes room for a new flow by
-    /// ending the flow idle longest, if it has been idle for `after` at least: as a NAT table
-    /// does, so that visitors that send once and go (a resolver asking from a new port each
-    /// time) never lock the table. A flow that carried a datagram within `after` is never
-    /// ended for room, so new flows turn over at most `max` per `after`.
+    /// ending one that is done with for now: the one idle longest of those whose last datagram
+    /// was an answer and came `after` ago at least, else of those still unanswered after
+    /// [`UNANSWERED_FOR`], else one whose stream failed. Visitors that ask once and go (a
+    /// resolver asking from a new port each time) thus never lock the table, while a flow that
+    /// is opening, awaits an answer or carried one within `after` is never ended for room. New
+    /// flows turn over at most `max` per `after`.
     pub(crate) fn evicting(max: usize, after: Duration) -> Self {
         Self { evict_after: Some(after), ..Self::new(max) }
     }
@@ -172,8 +185,13 @@ impl<K: Eq + Hash + Clone> Flows<K> {
             },
             None => datagram,
         };
-        if self.flows.len() >= self.max && !self.make_room() {
-            return Offer::Refused;
+        // The flow that makes room goes only once the new one has started.
+        let mut room_from = None;
+        if self.flows.len() >= self.max {
+            match self.room() {
+                Some(key) => room_from = Some(key),
+                None => return Offer::Refused,
+            }
         }
         self.generation += 1;
         let (sender, receiver) = mpsc::channel(QUEUE);
@@ -193,30 +211,50 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         if !start(inbox) {
             return Offer::Refused;
         }
+        if let Some(ended) = room_from {
+            // Its queue closes: the flow sends what it holds, closes its stream and ends.
+            self.flows.remove(&ended);
+        }
         self.flows.insert(key, queue);
         Offer::Started
     }
 
-    /// Ends the flow idle longest if the table may and that flow is idle enough; whether it did.
-    /// The flow's queue closes: the flow sends what it holds, closes its stream and ends.
-    fn make_room(&mut self) -> bool {
-        let Some(after) = self.evict_after else { return false };
+    /// The flow to end for a new one, if the table makes room and one may go now (see
+    /// [`Self::evicting`]).
+    fn room(&mut self) -> Option<K> {
+        let after = self.evict_after?;
         let now = Instant::now();
         if self.no_room_before.is_some_and(|at| now < at) {
-            return false; // No search per datagram while a flood of new visitors lasts.
+            return None; // No search per datagram while a flood of new visitors lasts.
         }
-        // A flow that ended, its end not yet reaped, goes first.
-        let oldest =
-            self.flows.iter().min_by_key(|(_, queue)| (!queue.sender.is_closed(), queue.activity.last()));
-        let Some((key, queue)) = oldest else { return false };
-        let idle_since = queue.activity.last();
-        if !queue.sender.is_closed() && now < idle_since + after {
-            self.no_room_before = Some(idle_since + after);
-            return false;
+        // When each flow may go: an ended flow whose end is not yet reaped at once.
+        let free_at = |queue: &Queue| {
+            if queue.sender.is_closed() {
+                return Some(now);
+            }
+            let last = queue.activity.last();
+            match queue.activity.phase() {
+                Phase::Opening => None,
+                Phase::Asked => Some(last + UNANSWERED_FOR),
+                Phase::Answered => Some(last + after),
+                Phase::Over => Some(last),
+            }
+        };
+        let first = self
+            .flows
+            .iter()
+            .filter_map(|(key, queue)| Some((free_at(queue)?, key)))
+            .min_by_key(|(at, _)| *at);
+        match first {
+            Some((at, key)) if at <= now => Some(key.clone()),
+            // Looked for again then, or in `after` at the latest: an answer coming now makes
+            // its flow free no sooner than that (a flow whose stream fails meanwhile waits
+            // for it too).
+            first => {
+                self.no_room_before = Some(first.map_or(now + after, |(at, _)| at.min(now + after)));
+                None
+            }
         }
-        let key = key.clone();
-        self.flows.remove(&key);
-        true
     }
 
     /// Waits for a flow to end and forgets it; cancel-safe (for a `select!` beside the
@@ -250,15 +288,19 @@ where
     DF: Future<Output = bool>,
 {
     let idle = idle.min(MAX_FLOW_IDLE);
+    let activity = inbox.activity.clone();
     let stream = match open.await {
         Ok(stream) => stream,
         Err(err) => {
+            activity.set(Phase::Over);
             inbox.hold().await;
             return Err(err);
         }
     };
+    // The idle time runs from here: opening may take longer than it.
+    activity.touch();
+    activity.set(Phase::Asked);
     let (reader, mut writer) = tokio::io::split(stream);
-    let activity = inbox.activity.clone();
     let (mut up, mut down) = (FlowStats::default(), FlowStats::default());
     // Until the table is dropped or ends the flow, or writing to the stream fails.
     let to_stream = async {
@@ -271,6 +313,7 @@ where
             }
             // A write the stream held up is activity too.
             activity.touch();
+            activity.set(Phase::Asked);
         }
         Ok::<_, io::Error>(())
     };
@@ -279,6 +322,7 @@ where
         let mut frames = FrameReader::new(reader);
         while let Some(datagram) = frames.next().await? {
             activity.touch();
+            activity.set(Phase::Answered);
             let len = datagram.len();
             match deliver(datagram).await {
                 true => down.received(len),
@@ -294,6 +338,7 @@ where
         () = activity.idle(idle) => None,
     };
     if let Some(ended) = far_end {
+        activity.set(Phase::Over);
         // Before any answer: the far end could not reach the target.
         if down.received == 0 {
             inbox.hold().await;

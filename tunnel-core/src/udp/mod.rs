@@ -142,17 +142,45 @@ pub(crate) async fn connect(target: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// When a flow last carried a datagram, either way; both directions touch it.
+/// Where a flow of a listening end stands: what a full table asks before it ends one for room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Its stream is being opened (the server not yet asked, or not yet answered).
+    Opening,
+    /// Its last datagram went toward the target: an answer may be on its way.
+    Asked,
+    /// Its last datagram came back.
+    Answered,
+    /// Its stream could not be opened, or ended: the flow only drops what comes.
+    Over,
+}
+
+/// When a flow last carried a datagram, either way (both directions touch it), and which way.
 #[derive(Debug)]
 pub(crate) struct Activity {
     start: Instant,
     /// Milliseconds from `start`.
     last: AtomicU64,
+    /// A [`Phase`], as its index.
+    phase: std::sync::atomic::AtomicU8,
 }
 
 impl Activity {
     pub(crate) fn new() -> Self {
-        Self { start: Instant::now(), last: AtomicU64::new(0) }
+        Self { start: Instant::now(), last: AtomicU64::new(0), phase: Default::default() }
+    }
+
+    pub(crate) fn set(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Opening,
+            1 => Phase::Asked,
+            2 => Phase::Answered,
+            _ => Phase::Over,
+        }
     }
 
     pub(crate) fn touch(&self) {

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -170,50 +171,90 @@ async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_full_table_that_may_make_room_ends_the_flow_idle_longest_and_never_one_in_use() {
+async fn a_full_table_that_may_make_room_ends_a_flow_done_with_and_never_one_in_use() {
     let after = Duration::from_millis(250);
     let mut flows: Flows<u8> = Flows::evicting(2, after);
-    let mut inboxes = std::collections::HashMap::new();
-    let mut start = |flows: &mut Flows<u8>, key: u8| {
+    let mut inboxes = HashMap::new();
+    // Offers a datagram of a new flow; the flow's inbox goes into `inboxes`.
+    fn start(flows: &mut Flows<u8>, inboxes: &mut HashMap<u8, FlowInbox<u8>>, key: u8) -> Offer {
         flows.offer(key, Bytes::from(vec![key]), |inbox| inboxes.insert(key, inbox).is_none())
-    };
-    assert_eq!(start(&mut flows, 1), Offer::Started);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(start(&mut flows, 2), Offer::Started);
-    // Both carried a datagram within 250 ms: a new visitor is refused, and keeps being
-    // refused without ending either while that holds.
-    assert_eq!(start(&mut flows, 3), Offer::Refused);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // Flow 1 speaks again (it stays in use); flow 2 goes quiet.
-    assert_eq!(flows.offer(1, Bytes::from_static(b"again"), |_| unreachable!()), Offer::Queued);
-    tokio::time::sleep(Duration::from_millis(149)).await;
-    assert_eq!(start(&mut flows, 3), Offer::Refused, "flow 2 is idle 249 ms, under the 250");
+    }
+    assert_eq!(start(&mut flows, &mut inboxes, 1), Offer::Started);
+    assert_eq!(start(&mut flows, &mut inboxes, 2), Offer::Started);
+    // Flows still opening are never ended for room, however long that takes.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(start(&mut flows, &mut inboxes, 3), Offer::Refused);
+    // Flow 1 had its answer; flow 2 asked and waits for one.
+    inboxes[&1].activity().touch();
+    inboxes[&1].activity().set(Phase::Answered);
+    inboxes[&2].activity().touch();
+    inboxes[&2].activity().set(Phase::Asked);
+    tokio::time::sleep(Duration::from_millis(249)).await;
+    assert_eq!(start(&mut flows, &mut inboxes, 3), Offer::Refused, "flow 1 is idle 249 ms, under the 250");
     tokio::time::sleep(Duration::from_millis(1)).await;
-    // Flow 2, idle 250 ms, makes room; flow 1, idle 150 ms, stays.
-    assert_eq!(start(&mut flows, 3), Offer::Started);
-    assert_eq!(flows.len(), 2);
-    let mut ended = inboxes.remove(&2).unwrap();
-    assert_eq!(&ended.next().await.unwrap()[..], [2], "what the ended flow held still goes");
-    assert!(ended.next().await.is_none(), "the ended flow's queue closes");
+    // A new flow that does not start ends nothing.
+    assert_eq!(flows.offer(3, Bytes::new(), |_| false), Offer::Refused);
     assert_eq!(flows.offer(1, Bytes::from_static(b"on"), |_| unreachable!()), Offer::Queued);
-    assert_eq!(flows.offer(3, Bytes::from_static(b"on"), |_| unreachable!()), Offer::Queued);
-    // The ended flow's end, reaped, takes nothing else out.
+    // Answered and idle 250 ms: flow 1 makes room; flow 2, unanswered, stays.
+    tokio::time::sleep(after).await;
+    assert_eq!(start(&mut flows, &mut inboxes, 3), Offer::Started);
+    assert_eq!(flows.len(), 2);
+    let mut ended = inboxes.remove(&1).unwrap();
+    assert_eq!(&ended.next().await.unwrap()[..], [1], "what the ended flow held still goes");
+    assert_eq!(&ended.next().await.unwrap()[..], b"on");
+    assert!(ended.next().await.is_none(), "the ended flow's queue closes");
     drop(ended);
     flows.reap().await;
-    assert_eq!(flows.len(), 2);
+    assert_eq!(flows.len(), 2, "the ended flow's end takes nothing else out");
+    // Unanswered for 5 s, flow 2 may go too (flow 3 is still opening).
+    tokio::time::sleep(Duration::from_millis(4_499)).await;
+    assert_eq!(start(&mut flows, &mut inboxes, 4), Offer::Refused);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(start(&mut flows, &mut inboxes, 4), Offer::Started);
+    assert!(inboxes.get_mut(&2).unwrap().next().await.is_some());
+    assert!(inboxes.get_mut(&2).unwrap().next().await.is_none(), "flow 2 ended for room");
 
     // A table that may not make room refuses for as long as its flows live, busy or not.
     let mut refusing: Flows<u8> = Flows::new(1);
-    let mut held = Vec::new();
-    assert_eq!(
-        refusing.offer(1, Bytes::new(), |inbox| {
-            held.push(inbox);
-            true
-        }),
-        Offer::Started
-    );
+    assert_eq!(refusing.offer(1, Bytes::new(), |inbox| inboxes.insert(1, inbox).is_none()), Offer::Started);
+    inboxes[&1].activity().set(Phase::Over);
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(refusing.offer(2, Bytes::new(), |_| unreachable!("over the cap")), Offer::Refused);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_awaiting_its_answer_keeps_its_place_and_gets_it() {
+    let after = Duration::from_millis(250);
+    let mut flows: Flows<u8> = Flows::evicting(1, after);
+    let (near, mut far) = tokio::io::duplex(4096);
+    let (inbox_tx, mut inbox_rx) = mpsc::unbounded_channel();
+    assert_eq!(
+        flows.offer(1, Bytes::from_static(b"ask"), |inbox| inbox_tx.send(inbox).is_ok()),
+        Offer::Started
+    );
+    let inbox = inbox_rx.recv().await.unwrap();
+    let (back_tx, mut back) = mpsc::unbounded_channel();
+    let deliver = move |datagram: Bytes| {
+        let sent = back_tx.send(datagram).is_ok();
+        async move { sent }
+    };
+    let flow = tokio::spawn(carry_flow(inbox, async { Ok(near) }, deliver, Duration::from_secs(60)));
+    // The question crosses; its answer takes 3 s, and new visitors come meanwhile.
+    let mut question = [0u8; 5];
+    far.read_exact(&mut question).await.unwrap();
+    assert_eq!(&question, b"\0\x03ask");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(flows.offer(2, Bytes::new(), |_| unreachable!("flow 1 awaits its answer")), Offer::Refused);
+    far.write_all(b"\0\x06answer").await.unwrap();
+    assert_eq!(&back.recv().await.unwrap()[..], b"answer");
+    // Answered and quiet for 250 ms, it makes room, and ends in order with what it carried.
+    tokio::time::sleep(after).await;
+    assert_eq!(flows.offer(2, Bytes::new(), |_| true), Offer::Started);
+    let stats = flow.await.unwrap().unwrap();
+    assert_eq!((stats.sent, stats.received), (1, 1));
+    let mut rest = Vec::new();
+    far.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "the stream closes once the flow ends");
 }
 
 #[tokio::test]
