@@ -172,6 +172,35 @@ async fn a_connection_cut_on_one_side_is_replaced_once_the_server_lets_it_go() {
     assert_eq!(client.terminate().await, 0, "{}", client.output());
 }
 
+/// A client asking for more connections than the server takes says so, once per session, and
+/// opens those the server takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_asking_for_more_connections_than_the_server_takes_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = echo_target().await.to_string();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "[limits]\nmax_connections_per_session = 2\n").unwrap();
+    let config = config.to_str().unwrap();
+    let server =
+        serve(dir.path(), &["--config", config, "--token", TOKEN, "--allow-targets", &target], &[]).await;
+    let relay = Relay::to(server.addr.parse().unwrap()).await;
+    let forward = format!("0:{target}");
+    let relay_addr = relay.addr.to_string();
+    let args = ["--server", &relay_addr, "--fingerprint", &server.fingerprint, "--token", TOKEN];
+    let mut cmd = command(&[&["connect"][..], &args, &["--connections", "4", "-R", &forward]].concat());
+    cmd.env("RUST_LOG", "info,tunnel_core::client::lanes=debug");
+    let mut client = spawn(cmd);
+    let public = public_port(&client.line_after("remote forward ready: ").await);
+    client.output_contains("the server takes 2 connections per session: using 2 of the 4 asked for").await;
+    client.output_contains("connection 2 joined the session").await;
+    let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
+    assert_eq!(echo(&mut visitor, 1).await.unwrap(), 1);
+    assert_eq!(relay.count(), 2, "{}", client.output());
+    assert!(!client.output().contains("refused"), "{}", client.output());
+    drop(visitor);
+    assert_eq!(client.terminate().await, 0, "{}", client.output());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_is_one_and_a_count_out_of_range_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();

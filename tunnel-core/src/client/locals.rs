@@ -34,12 +34,11 @@ pub(super) const RESET_BEFORE_ANSWER: &str =
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Most UDP flows the client's UDP local forwards carry at once, shared evenly among them (at
-/// least [`MIN_FLOWS`] each). Each flow is a stream, and a server takes 64 streams of a session
+/// least one each). Each flow is a stream, and a server takes 64 streams of a session
 /// at once by default (`limits.max_visits_per_client`; past it, it resets them): at 32 each
 /// forward makes room itself, by ending a flow done with for now (`Flows::evicting`), and the
 /// session keeps streams for its TCP visitors.
 const MAX_FLOWS: usize = 32;
-const MIN_FLOWS: usize = 4;
 
 /// A full table ends an answered flow for a new one only once it has been idle this long: new
 /// visitors get up to 128 flows a second (with one forward).
@@ -48,7 +47,7 @@ const MAKE_ROOM_AFTER: Duration = Duration::from_millis(250);
 /// The flows each UDP local forward of `locals` may carry at once.
 pub(super) fn flows_each(locals: &[BoundLocal]) -> usize {
     let udp = locals.iter().filter(|local| matches!(local.socket, LocalSocket::Udp(_))).count();
-    (MAX_FLOWS / udp.max(1)).max(MIN_FLOWS)
+    (MAX_FLOWS / udp.max(1)).max(1)
 }
 
 /// A local forward's listener (TCP) or socket (UDP), bound.

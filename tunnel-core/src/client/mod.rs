@@ -464,7 +464,14 @@ impl Client {
         allowed: u8,
     ) -> Option<OwnedTask<()>> {
         let connections = self.config.connections.min(usize::from(allowed));
-        if protocol < LANES_VERSION || connections < 2 {
+        if protocol < LANES_VERSION {
+            return None;
+        }
+        if connections < self.config.connections {
+            let (asked, server) = (self.config.connections, Escaped(&link.server));
+            tracing::info!(%server, "the server takes {allowed} connections per session: using {connections} of the {asked} asked for");
+        }
+        if connections < 2 {
             return None;
         }
         let ticket = JoinTicket { session, key: key.clone(), first: first.clone() };

@@ -145,12 +145,13 @@ impl<K: Eq + Hash + Clone> Flows<K> {
     }
 
     /// A table of at most `max` flows at once that, when full, makes room for a new flow by
-    /// ending one that is done with for now: the one idle longest of those whose last datagram
-    /// was an answer and came `after` ago at least, else of those still unanswered after
-    /// [`UNANSWERED_FOR`], else one whose stream failed. Visitors that ask once and go (a
-    /// resolver asking from a new port each time) thus never lock the table, while a flow that
-    /// is opening, awaits an answer or carried one within `after` is never ended for room. New
-    /// flows turn over at most `max` per `after`.
+    /// ending one that is done with for now: one whose last datagram was an answer that came
+    /// `after` ago at least, one asked and unanswered for [`UNANSWERED_FOR`] (however often
+    /// it was asked since), or one whose stream failed (a refused target is then asked again
+    /// on its next datagram); of those, the one free the longest. Visitors that ask once and go
+    /// (a resolver asking from a new port each time) thus never lock the table, while a flow
+    /// that is opening, had an answer within `after` or awaits one for less than
+    /// [`UNANSWERED_FOR`] is never ended for room.
     pub(crate) fn evicting(max: usize, after: Duration) -> Self {
         Self { evict_after: Some(after), ..Self::new(max) }
     }
@@ -174,6 +175,7 @@ impl<K: Eq + Hash + Clone> Flows<K> {
             Some(queue) => match queue.push(datagram) {
                 Ok(()) => {
                     queue.activity.touch();
+                    queue.activity.asking();
                     return Offer::Queued;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => return Offer::QueueFull,
@@ -232,12 +234,11 @@ impl<K: Eq + Hash + Clone> Flows<K> {
             if queue.sender.is_closed() {
                 return Some(now);
             }
-            let last = queue.activity.last();
             match queue.activity.phase() {
-                Phase::Opening => None,
-                Phase::Asked => Some(last + UNANSWERED_FOR),
-                Phase::Answered => Some(last + after),
-                Phase::Over => Some(last),
+                (Phase::Opening, _) => None,
+                (Phase::Asked, since) => Some(since + UNANSWERED_FOR),
+                (Phase::Answered, since) => Some(since + after),
+                (Phase::Over, since) => Some(since),
             }
         };
         let first = self
@@ -307,13 +308,13 @@ where
         let mut scratch = Vec::new();
         while let Some(datagram) = inbox.next().await {
             activity.touch();
+            activity.asking();
             match write_frame(&mut writer, &datagram, &mut scratch).await? {
                 true => up.sent(datagram.len()),
                 false => up.dropped += 1,
             }
             // A write the stream held up is activity too.
             activity.touch();
-            activity.set(Phase::Asked);
         }
         Ok::<_, io::Error>(())
     };

@@ -146,46 +146,69 @@ pub(crate) async fn connect(target: SocketAddr) -> io::Result<UdpSocket> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Its stream is being opened (the server not yet asked, or not yet answered).
-    Opening,
-    /// Its last datagram went toward the target: an answer may be on its way.
-    Asked,
+    Opening = 0,
+    /// A datagram went toward the target since the last that came back: an answer may be on
+    /// its way.
+    Asked = 1,
     /// Its last datagram came back.
-    Answered,
+    Answered = 2,
     /// Its stream could not be opened, or ended: the flow only drops what comes.
-    Over,
+    Over = 3,
 }
 
-/// When a flow last carried a datagram, either way (both directions touch it), and which way.
+/// When a flow last carried a datagram, either way (both directions touch it), and its
+/// [`Phase`].
 #[derive(Debug)]
 pub(crate) struct Activity {
     start: Instant,
     /// Milliseconds from `start`.
     last: AtomicU64,
-    /// A [`Phase`], as its index.
-    phase: std::sync::atomic::AtomicU8,
+    /// The phase (top two bits) and when it began (milliseconds from `start`), in one word so
+    /// that the two are always read together.
+    phase: AtomicU64,
 }
+
+/// The bits of [`Activity::phase`] that hold the time.
+const PHASE_TIME: u64 = u64::MAX >> 2;
 
 impl Activity {
     pub(crate) fn new() -> Self {
-        Self { start: Instant::now(), last: AtomicU64::new(0), phase: Default::default() }
+        Self { start: Instant::now(), last: AtomicU64::new(0), phase: AtomicU64::new(0) }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(PHASE_TIME).min(PHASE_TIME)
+    }
+
+    pub(crate) fn touch(&self) {
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Enters `phase` now.
     pub(crate) fn set(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
+        self.phase.store((phase as u64) << 62 | self.now_ms(), Ordering::Release);
     }
 
-    pub(crate) fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Relaxed) {
+    /// A datagram goes toward the target: an answered flow is asked again, from now; one asked
+    /// already keeps the time it was first asked.
+    pub(crate) fn asking(&self) {
+        let asked = (Phase::Asked as u64) << 62 | self.now_ms();
+        let answered = |word: u64| word >> 62 == Phase::Answered as u64;
+        let _ = self
+            .phase
+            .fetch_update(Ordering::Release, Ordering::Acquire, |word| answered(word).then_some(asked));
+    }
+
+    /// The phase, and when it began.
+    pub(crate) fn phase(&self) -> (Phase, Instant) {
+        let word = self.phase.load(Ordering::Acquire);
+        let phase = match word >> 62 {
             0 => Phase::Opening,
             1 => Phase::Asked,
             2 => Phase::Answered,
             _ => Phase::Over,
-        }
-    }
-
-    pub(crate) fn touch(&self) {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
+        };
+        (phase, self.start + Duration::from_millis(word & PHASE_TIME))
     }
 
     /// When it was last touched (or made).

@@ -173,6 +173,7 @@ async fn a_full_queue_or_table_drops_datagrams_and_a_dead_flow_is_replaced() {
 #[tokio::test(start_paused = true)]
 async fn a_full_table_that_may_make_room_ends_a_flow_done_with_and_never_one_in_use() {
     let after = Duration::from_millis(250);
+    let ms = Duration::from_millis;
     let mut flows: Flows<u8> = Flows::evicting(2, after);
     let mut inboxes = HashMap::new();
     // Offers a datagram of a new flow; the flow's inbox goes into `inboxes`.
@@ -184,35 +185,53 @@ async fn a_full_table_that_may_make_room_ends_a_flow_done_with_and_never_one_in_
     // Flows still opening are never ended for room, however long that takes.
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(start(&mut flows, &mut inboxes, 3), Offer::Refused);
-    // Flow 1 had its answer; flow 2 asked and waits for one.
-    inboxes[&1].activity().touch();
+    tokio::time::sleep(ms(300)).await;
+    // Flow 1 has its answer; flow 2 asked and waits for one.
     inboxes[&1].activity().set(Phase::Answered);
-    inboxes[&2].activity().touch();
     inboxes[&2].activity().set(Phase::Asked);
-    tokio::time::sleep(Duration::from_millis(249)).await;
-    assert_eq!(start(&mut flows, &mut inboxes, 3), Offer::Refused, "flow 1 is idle 249 ms, under the 250");
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    // A new flow that does not start ends nothing.
-    assert_eq!(flows.offer(3, Bytes::new(), |_| false), Offer::Refused);
-    assert_eq!(flows.offer(1, Bytes::from_static(b"on"), |_| unreachable!()), Offer::Queued);
-    // Answered and idle 250 ms: flow 1 makes room; flow 2, unanswered, stays.
-    tokio::time::sleep(after).await;
+    tokio::time::sleep(ms(249)).await;
+    assert_eq!(
+        start(&mut flows, &mut inboxes, 3),
+        Offer::Refused,
+        "flow 1 was answered 249 ms ago, under 250"
+    );
+    tokio::time::sleep(ms(1)).await;
+    // A new flow that does not start ends nothing...
+    let mut asked = false;
+    let offer = flows.offer(3, Bytes::new(), |_| {
+        asked = true;
+        false
+    });
+    assert!(asked && offer == Offer::Refused, "room was found, and kept: {offer:?}");
+    // ...and one that starts ends flow 1, answered 250 ms ago; flow 2, unanswered, stays.
     assert_eq!(start(&mut flows, &mut inboxes, 3), Offer::Started);
     assert_eq!(flows.len(), 2);
     let mut ended = inboxes.remove(&1).unwrap();
     assert_eq!(&ended.next().await.unwrap()[..], [1], "what the ended flow held still goes");
-    assert_eq!(&ended.next().await.unwrap()[..], b"on");
     assert!(ended.next().await.is_none(), "the ended flow's queue closes");
     drop(ended);
     flows.reap().await;
     assert_eq!(flows.len(), 2, "the ended flow's end takes nothing else out");
-    // Unanswered for 5 s, flow 2 may go too (flow 3 is still opening).
-    tokio::time::sleep(Duration::from_millis(4_499)).await;
-    assert_eq!(start(&mut flows, &mut inboxes, 4), Offer::Refused);
-    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    // An answered flow that asks again awaits that answer: flow 3, answered, then asked
+    // 250 ms later, is not free in 250 ms but in 5 s.
+    inboxes[&3].activity().set(Phase::Answered);
+    tokio::time::sleep(after).await;
+    assert_eq!(flows.offer(3, Bytes::from_static(b"again"), |_| unreachable!()), Offer::Queued);
+    // Flow 2 is asked again and again and never answered: its 5 s run from the first time.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flows.offer(2, Bytes::from_static(b"more"), |_| unreachable!()), Offer::Queued);
+        assert_eq!(start(&mut flows, &mut inboxes, 4), Offer::Refused);
+    }
+    // Flow 2 was asked at 10.3 s, flow 3 at 10.8 s.
+    tokio::time::sleep(ms(499)).await;
+    assert_eq!(start(&mut flows, &mut inboxes, 4), Offer::Refused, "flow 2 is unanswered for 4,999 ms");
+    tokio::time::sleep(ms(1)).await;
     assert_eq!(start(&mut flows, &mut inboxes, 4), Offer::Started);
-    assert!(inboxes.get_mut(&2).unwrap().next().await.is_some());
-    assert!(inboxes.get_mut(&2).unwrap().next().await.is_none(), "flow 2 ended for room");
+    let flow_2 = inboxes.get_mut(&2).unwrap();
+    while flow_2.next().await.is_some() {}
+    assert_eq!(flows.offer(3, Bytes::from_static(b"on"), |_| unreachable!()), Offer::Queued, "flow 3 stays");
 
     // A table that may not make room refuses for as long as its flows live, busy or not.
     let mut refusing: Flows<u8> = Flows::new(1);
