@@ -8,6 +8,7 @@ mod process;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use process::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -289,6 +290,42 @@ async fn a_socks_proxy_without_a_session_answers_network_unreachable_and_refuses
         socks_reply(&proxy, Destination::Ip(([127, 0, 0, 1], 80).into())).await,
         Reply::NetworkUnreachable as u8
     );
+}
+
+/// The client's proxy serves 256 connections at once: past them a connection is closed at
+/// once and the client says why (before, every one was taken: some 10,000 associations, each a
+/// relay socket more, ran the client out of descriptors); one that ends makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socks_proxy_serves_a_bounded_number_of_connections_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_config(dir.path());
+    let server = serve(dir.path(), &["--config", &config], &[]).await;
+    let laptop = connect(&server, &["--name", "laptop", "-D", "0"], &[("TUNNEL_TOKEN", LAPTOP_TOKEN)]);
+    let proxy = socks_addr(&laptop).await;
+    laptop.line_after("connected to ").await;
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(TcpStream::connect(&proxy).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(&proxy).await.unwrap();
+    let mut byte = [0u8; 1];
+    // Closed at once, not after the 10 s a handshake may take.
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}\n{}", laptop.output());
+    laptop.output_contains("SOCKS connection closed: the proxy serves 256 at once").await;
+    // One ends: a newcomer is greeted.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut tcp = TcpStream::connect(&proxy).await.unwrap();
+        tcp.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
+        let mut method = [0u8; 2];
+        if tcp.read_exact(&mut method).await.is_ok() {
+            assert_eq!(method, [5, codec::METHOD_NONE]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no place came free\n{}", laptop.output());
+    }
 }
 
 /// Silent connections from a few sources do not lock logins out of the server's SOCKS

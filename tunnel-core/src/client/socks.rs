@@ -25,6 +25,10 @@ use crate::transport;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the server's answer (it may dial through another client first).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections one proxy serves at once (each a socket, and an association a relay socket
+/// more); more are closed at once. A server takes 64 streams of a session by default, so the
+/// rest of these wait in their handshake or hold associations.
+const MAX_CONNECTIONS: usize = 256;
 
 /// A SOCKS proxy's listener, bound.
 #[derive(Debug)]
@@ -64,9 +68,17 @@ pub(super) async fn serve(
 ) {
     let what = format!("SOCKS {}", bound.spec);
     let login = login.map(std::sync::Arc::new);
+    let places = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     accept_loop(&bound.listener, &what, &sessions, stop, |tcp, visitor, opener| {
         let (cut, login) = (cut.clone(), login.clone());
+        let place = places.clone().try_acquire_owned();
         async move {
+            let Ok(_place) = place else {
+                if crate::log::SOCKS_REFUSALS.allow() {
+                    tracing::warn!(%visitor, "SOCKS connection closed: the proxy serves {MAX_CONNECTIONS} at once");
+                }
+                return;
+            };
             tokio::select! {
                 () = cut.cancelled() => {}
                 () = visit(tcp, visitor, opener, login.as_deref()) => {}
