@@ -114,6 +114,63 @@ async fn a_socks_udp_association_carries_dns_and_names_the_answering_address() {
     client.output_contains("UDP flow refused: 192.0.2.1:53 (denied)").await;
 }
 
+/// One association sending to more destinations than the server takes streams of a session
+/// (64): each is a flow, and those done with make room for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socks_udp_association_reaches_more_destinations_than_the_servers_stream_limit() {
+    const DESTINATIONS: usize = 80;
+    let dir = tempfile::tempdir().unwrap();
+    let mut targets = Vec::new();
+    for _ in 0..DESTINATIONS {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        targets.push(echo.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((len, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..len], from).await;
+            }
+        });
+    }
+    let allow = targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allow], &[]).await;
+    let client = connect(&server, &["--token", TOKEN, "--name", "laptop", "-D", "0"], &[]);
+    let proxy = client.line_after("SOCKS proxy listening: ").await.trim().to_owned();
+    client.line_after("connected to ").await;
+    let mut control = TcpStream::connect(&proxy).await.unwrap();
+    control.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
+    let mut method = [0u8; 2];
+    control.read_exact(&mut method).await.unwrap();
+    let relay = udp_associate(&mut control).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut buf = [0u8; 2048];
+    for (n, target) in targets.iter().enumerate() {
+        let payload = format!("to destination {n}");
+        let datagram = codec::encode_udp(&Destination::Ip(*target), payload.as_bytes());
+        // Asked again after a timeout, as a resolver would.
+        let echoed = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "destination {n} of {DESTINATIONS} never answered\n{}\n{}",
+                client.output(),
+                server.cli.output()
+            );
+            udp.send_to(&datagram, relay).await.unwrap();
+            if let Ok(Ok((len, _))) =
+                tokio::time::timeout(Duration::from_millis(300), udp.recv_from(&mut buf)).await
+            {
+                let (from, echoed) = codec::parse_udp(&buf[..len]).unwrap();
+                if from == Destination::Ip(*target) {
+                    break echoed.to_vec();
+                }
+            }
+        };
+        assert_eq!(echoed, payload.as_bytes());
+    }
+    assert!(!server.cli.output().contains("stream limit"), "{}", server.cli.output());
+}
+
 /// Asks for UDP ASSOCIATE on a SOCKS connection past its greeting (and login): the relay's
 /// address.
 async fn udp_associate(control: &mut TcpStream) -> SocketAddr {

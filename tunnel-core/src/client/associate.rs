@@ -10,9 +10,11 @@ use super::locals::open_datagrams;
 use crate::mux::StreamOpener;
 use crate::socks::Destination;
 use crate::udp::associate::{open_relay, relay_association};
+use crate::udp::Flows;
 
-/// Most destinations one association sends to at once; datagrams to more are dropped.
-const MAX_FLOWS: usize = 256;
+/// Most destinations one association sends to at once, each a stream: when all are taken, a
+/// new one takes the place of one done with for now, as on a UDP local forward.
+const MAX_FLOWS: usize = 32;
 
 /// Serves one association until its TCP connection closes.
 pub(super) async fn associate(
@@ -32,5 +34,6 @@ pub(super) async fn associate(
         async move { open_datagrams(&opener, &target, visitor).await }
     };
     let peer = (visitor.ip(), requested);
-    relay_association(&mut tcp, socket, peer, MAX_FLOWS, std::future::pending(), stream_to).await;
+    let flows = Flows::evicting(MAX_FLOWS, super::locals::MAKE_ROOM_AFTER);
+    relay_association(&mut tcp, socket, peer, flows, std::future::pending(), stream_to).await;
 }

@@ -42,7 +42,7 @@ const MAX_FLOWS: usize = 32;
 
 /// A full table ends an answered flow for a new one only once it has been idle this long: new
 /// visitors get up to 128 flows a second (with one forward).
-const MAKE_ROOM_AFTER: Duration = Duration::from_millis(250);
+pub(super) const MAKE_ROOM_AFTER: Duration = Duration::from_millis(250);
 
 /// The flows each UDP local forward of `locals` may carry at once.
 pub(super) fn flows_each(locals: &[BoundLocal]) -> usize {

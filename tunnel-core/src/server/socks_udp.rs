@@ -55,7 +55,8 @@ pub(super) async fn associate(
         let (shared, from) = (shared.clone(), from.clone());
         async move { open(&shared, &from, &VisitTarget::Address(target), peer).await }
     };
-    let ended = relay_association(&mut tcp, socket, (peer.ip(), requested), MAX_FLOWS, stop, stream_to).await;
+    let flows = crate::udp::Flows::new(MAX_FLOWS);
+    let ended = relay_association(&mut tcp, socket, (peer.ip(), requested), flows, stop, stream_to).await;
     if ended == Ended::Stopped {
         tracing::debug!(client = %name, %peer, "SOCKS UDP association ended: its token was revoked, or the server drains");
         crate::transport::reset_on_close(&tcp);

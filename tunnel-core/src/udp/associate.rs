@@ -51,13 +51,13 @@ pub(crate) async fn open_relay(tcp: &mut TcpStream) -> io::Result<UdpSocket> {
 /// Relays an association on `socket` until `tcp` closes or `stop` resolves. Datagrams are
 /// taken only from the SOCKS client's address: the one its request named (`requested`), else
 /// the first port of its host (`peer`) that sends; malformed and fragmented ones are dropped.
-/// Each destination (at most `max_flows` at once) is a flow on the stream `open` gives for it;
-/// the flows end with the association.
+/// Each destination is a flow of `flows` (whose cap and way of making room are the caller's)
+/// on the stream `open` gives for it; the flows end with the association.
 pub(crate) async fn relay_association<O, OF, S>(
     tcp: &mut TcpStream,
     socket: UdpSocket,
     (peer, requested): (IpAddr, &Destination),
-    max_flows: usize,
+    mut flows: Flows<Destination>,
     stop: impl Future<Output = ()>,
     mut open: O,
 ) -> Ended
@@ -75,7 +75,6 @@ where
     // Cancelled when the association ends: its flows end with it.
     let ended = CancellationToken::new();
     let _ended = ended.clone().drop_guard();
-    let mut flows: Flows<Destination> = Flows::new(max_flows);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut control = [0u8; 256];
     tokio::pin!(stop);
