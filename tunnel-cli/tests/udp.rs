@@ -251,7 +251,7 @@ async fn resolvers_asking_from_a_new_port_each_time_are_answered_past_the_server
     // The client made room itself: the server never had to reset a stream over its limit.
     assert!(!server.cli.output().contains("stream limit"), "{}", server.cli.output());
     // And a real resolver's question right after them is answered too (asked again after a
-    // second, as dig does, should every flow have carried an answer within 250 ms).
+    // second, as dig does, should every flow have carried an answer within 100 ms).
     let out = tokio::process::Command::new("dig")
         .arg(format!("@{}", forwards[0].ip()))
         .args(["-p", &forwards[0].port().to_string(), "+short", "+tries=3", "+time=1", NAME, "A"])
