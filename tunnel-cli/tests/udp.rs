@@ -96,15 +96,7 @@ async fn a_socks_udp_association_carries_dns_and_names_the_answering_address() {
     let dns = start_dnsmasq(dir.path()).await;
     let allow = dns.addr.to_string();
     let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allow], &[]).await;
-    let client = connect(&server, &["--token", TOKEN, "--name", "laptop", "-D", "0"], &[]);
-    let proxy = client.line_after("SOCKS proxy listening: ").await.trim().to_owned();
-    client.line_after("connected to ").await;
-
-    let mut control = TcpStream::connect(&proxy).await.unwrap();
-    control.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
-    let mut method = [0u8; 2];
-    control.read_exact(&mut method).await.unwrap();
-    let relay = udp_associate(&mut control).await;
+    let (client, _control, relay) = laptop_association(&server).await;
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     ask_through(&udp, relay, dns.addr).await;
 
@@ -122,25 +114,11 @@ async fn a_socks_udp_association_reaches_more_destinations_than_the_servers_stre
     let dir = tempfile::tempdir().unwrap();
     let mut targets = Vec::new();
     for _ in 0..DESTINATIONS {
-        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        targets.push(echo.local_addr().unwrap());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok((len, from)) = echo.recv_from(&mut buf).await {
-                let _ = echo.send_to(&buf[..len], from).await;
-            }
-        });
+        targets.push(udp_echo().await);
     }
     let allow = targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let server = serve(dir.path(), &["--token", TOKEN, "--allow-targets", &allow], &[]).await;
-    let client = connect(&server, &["--token", TOKEN, "--name", "laptop", "-D", "0"], &[]);
-    let proxy = client.line_after("SOCKS proxy listening: ").await.trim().to_owned();
-    client.line_after("connected to ").await;
-    let mut control = TcpStream::connect(&proxy).await.unwrap();
-    control.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
-    let mut method = [0u8; 2];
-    control.read_exact(&mut method).await.unwrap();
-    let relay = udp_associate(&mut control).await;
+    let (client, _control, relay) = laptop_association(&server).await;
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -169,6 +147,33 @@ async fn a_socks_udp_association_reaches_more_destinations_than_the_servers_stre
         assert_eq!(echoed, payload.as_bytes());
     }
     assert!(!server.cli.output().contains("stream limit"), "{}", server.cli.output());
+}
+
+/// A UDP target echoing every datagram back to its sender.
+async fn udp_echo() -> SocketAddr {
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((len, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..len], from).await;
+        }
+    });
+    addr
+}
+
+/// A client "laptop" on the shared token with a SOCKS proxy (`-D`), and a UDP association
+/// through it: the client, the association's connection (which keeps it) and its relay.
+async fn laptop_association(server: &Served) -> (Cli, TcpStream, SocketAddr) {
+    let client = connect(server, &["--token", TOKEN, "--name", "laptop", "-D", "0"], &[]);
+    let proxy = client.line_after("SOCKS proxy listening: ").await.trim().to_owned();
+    client.line_after("connected to ").await;
+    let mut control = TcpStream::connect(&proxy).await.unwrap();
+    control.write_all(&[5, 1, codec::METHOD_NONE]).await.unwrap();
+    let mut method = [0u8; 2];
+    control.read_exact(&mut method).await.unwrap();
+    let relay = udp_associate(&mut control).await;
+    (client, control, relay)
 }
 
 /// Asks for UDP ASSOCIATE on a SOCKS connection past its greeting (and login): the relay's
@@ -358,14 +363,7 @@ async fn ten_thousand_numbered_datagrams_cross_with_none_lost_or_reordered() {
     const COUNT: u32 = 10_000;
     const WINDOW: u32 = 64;
     let dir = tempfile::tempdir().unwrap();
-    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let target = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 2048];
-        while let Ok((len, from)) = echo.recv_from(&mut buf).await {
-            let _ = echo.send_to(&buf[..len], from).await;
-        }
-    });
+    let target = udp_echo().await;
     let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
     let remote = format!("udp:0:{target}");
     let client = connect(&server, &["--token", TOKEN, "--name", "echo", "-R", &remote], &[]);
