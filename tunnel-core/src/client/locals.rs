@@ -34,10 +34,10 @@ pub(super) const RESET_BEFORE_ANSWER: &str =
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Most UDP flows the client's UDP local forwards carry at once, shared evenly among them (at
-/// least one each). Each flow is a stream, and a server takes 64 streams of a session
-/// at once by default (`limits.max_visits_per_client`; past it, it resets them): at 32 each
-/// forward makes room itself, by ending a flow done with for now (`Flows::evicting`), and the
-/// session keeps streams for its TCP visitors.
+/// least one each). Each flow is a stream, and a server takes 64 streams of a session at once
+/// by default (`limits.max_visits_per_client`; past it, it resets them). Held to 32 in all, the
+/// forwards make room themselves, each by ending a flow done with for now (`Flows::evicting`),
+/// and the session keeps streams for its TCP visitors.
 const MAX_FLOWS: usize = 32;
 
 /// A full table ends an answered flow for a new one only once it has been idle this long: new

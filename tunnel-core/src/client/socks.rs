@@ -26,8 +26,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the server's answer (it may dial through another client first).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections one proxy serves at once (each a socket, and an association a relay socket
-/// more); more are closed at once. A server takes 64 streams of a session by default, so the
-/// rest of these wait in their handshake or hold associations.
+/// more); more are closed at once. Only those carrying a CONNECT or an association's flows
+/// hold streams, of which a server takes 64 per session by default.
 const MAX_CONNECTIONS: usize = 256;
 
 /// A SOCKS proxy's listener, bound.
