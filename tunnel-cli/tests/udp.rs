@@ -226,33 +226,7 @@ async fn resolvers_asking_from_a_new_port_each_time_are_answered_past_the_server
         client.lines_after("local forward listening: ", 3).await.iter().map(|rest| udp_addr(rest)).collect();
     client.line_after("connected to ").await;
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut visitors = Vec::new();
-    let mut buf = [0u8; 2048];
-    for id in 0..VISITORS {
-        // Kept bound, so every visitor has an address of its own.
-        let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        visitor.connect(forwards[usize::from(id) % forwards.len()]).await.unwrap();
-        // A resolver asks again after a timeout; the flows of the visitors before, idle after
-        // their answers, make room for this one.
-        let answer = loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "visitor {id} of {VISITORS} had no answer\n{}\n{}",
-                client.output(),
-                server.cli.output()
-            );
-            visitor.send(&dns_query(id)).await.unwrap();
-            if let Ok(Ok(len)) =
-                tokio::time::timeout(Duration::from_millis(300), visitor.recv(&mut buf)).await
-            {
-                break &buf[..len];
-            }
-        };
-        assert_eq!(answer[..2], id.to_be_bytes(), "the answer to this visitor's query");
-        assert!(answer.ends_with(&ANSWER), "the A record: {answer:?}");
-        visitors.push(visitor);
-    }
+    ask_from_new_ports(&forwards, VISITORS, || format!("{}\n{}", client.output(), server.cli.output())).await;
     // The client made room itself: the server never had to reset a stream over its limit.
     assert!(!server.cli.output().contains("stream limit"), "{}", server.cli.output());
     // And a real resolver's question right after them is answered too (asked again after a
@@ -266,6 +240,53 @@ async fn resolvers_asking_from_a_new_port_each_time_are_answered_past_the_server
         .expect("dig is installed");
     let printed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(printed.lines().last(), Some("10.1.2.3"), "{printed}\n{}", client.output());
+}
+
+/// Asks `count` DNS queries at `targets` in turn, each from a new bound socket (kept bound, so
+/// every visitor has an address of its own), as a resolver that picks a new port per query:
+/// asked again every 300 ms until answered, and the answer checked; `logs` says what the
+/// tunnel logged when one is never answered.
+async fn ask_from_new_ports(targets: &[SocketAddr], count: u16, logs: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut visitors = Vec::new();
+    let mut buf = [0u8; 2048];
+    for id in 0..count {
+        let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        visitor.connect(targets[usize::from(id) % targets.len()]).await.unwrap();
+        let answer = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "visitor {id} of {count} had no answer\n{}",
+                logs()
+            );
+            visitor.send(&dns_query(id)).await.unwrap();
+            if let Ok(Ok(len)) =
+                tokio::time::timeout(Duration::from_millis(300), visitor.recv(&mut buf)).await
+            {
+                break &buf[..len];
+            }
+        };
+        assert_eq!(answer[..2], id.to_be_bytes(), "the answer to this visitor's query");
+        assert!(answer.ends_with(&ANSWER), "the A record: {answer:?}");
+        visitors.push(visitor);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_dns_port_answers_a_resolver_asking_from_a_new_port_each_time_past_its_caps() {
+    // More visitors from one address than a route takes flows from one source (256 by
+    // default), each done after one answer; those answered make room for the next.
+    const VISITORS: u16 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start_dnsmasq(dir.path()).await;
+    let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let remote = format!("udp:0:{}", dns.addr);
+    let client = connect(&server, &["--token", TOKEN, "--name", "dns", "-R", &remote], &[]);
+    let public = udp_addr(&client.line_after("remote forward ready: ").await);
+
+    ask_from_new_ports(&[public], VISITORS, || format!("{}\n{}", server.cli.output(), client.output())).await;
+    // The route is as good as new: a real resolver's question is answered at once.
+    assert_eq!(dig(public).await.trim(), "10.1.2.3", "{}", server.cli.output());
 }
 
 /// A DNS query for `NAME`, type A, with `id`.

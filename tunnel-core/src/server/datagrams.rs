@@ -14,14 +14,22 @@ use tokio_util::task::TaskTracker;
 use super::forwards::{Carrier, Member, StreamKind};
 use crate::proto::datagram::MAX_DATAGRAM;
 use crate::proto::StreamHeader;
-use crate::source::{Place, Places};
+use crate::source::Source;
 use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
+
+/// How long after its answer a flow may be ended for a new visitor's, when the route's flows
+/// or its visitor's source's are all taken. Visitors that ask once and go (a resolver asking
+/// from a new port each time) then never lock a route for its idle time, while a flow that
+/// awaits an answer, or was answered within this, keeps its place. At 256 flows per source,
+/// one source may start about 1,000 a second.
+const MAKE_ROOM_AFTER: Duration = Duration::from_millis(250);
 
 /// Receives datagrams until `stop` (the route is removed, or its sessions drain). A visitor's
 /// first datagram starts its flow, within the forward's caps on visitors (flows) per route
 /// and per source address, on the least busy member session; the flow ends with that session
-/// or its drain (UDP has no connection to finish). Returns once every flow has let go of the
-/// socket, so its port can be bound again.
+/// or its drain (UDP has no connection to finish). When a cap is reached, a new flow takes the
+/// place of one done with (`Flows::evicting`), one of its own source's when that is the cap
+/// reached. Returns once every flow has let go of the socket, so its port can be bound again.
 pub(super) async fn serve(socket: UdpSocket, carrier: Carrier, idle: Duration, stop: CancellationToken) {
     let flows = TaskTracker::new();
     let socket = Arc::new(socket);
@@ -37,8 +45,8 @@ pub(super) async fn serve(socket: UdpSocket, carrier: Carrier, idle: Duration, s
 
 async fn receive(socket: Arc<UdpSocket>, carrier: &Carrier, idle: Duration, tasks: &TaskTracker) {
     let local = socket.local_addr().ok();
-    let places = Places::new(carrier.max_visitors, carrier.max_per_source);
-    let mut flows = Flows::new(carrier.max_visitors);
+    let mut flows = Flows::evicting(carrier.max_visitors, MAKE_ROOM_AFTER)
+        .per_source(carrier.max_per_source, |visitor: &SocketAddr| Source::from(visitor.ip()));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
@@ -51,22 +59,31 @@ async fn receive(socket: Arc<UdpSocket>, carrier: &Carrier, idle: Duration, task
             Err(_) => continue,
         };
         let datagram = Bytes::copy_from_slice(&buf[..len]);
+        let mut unserved = false;
         let offer = flows.offer(visitor, datagram, |inbox| {
-            let Ok(place) = places.admit(visitor.ip()) else { return false };
             let started = carrier.members.pick(|member| {
                 let (socket, carrier, member_of_flow) = (socket.clone(), carrier.clone(), member.clone());
                 let flow = Flow { visitor, local, socket, carrier, member: member_of_flow };
-                member.visitors.spawn(tasks.track_future(flow.carry(inbox, idle, place)));
+                member.visitors.spawn(tasks.track_future(flow.carry(inbox, idle)));
             });
-            started.is_some()
+            unserved = started.is_none();
+            !unserved
         });
         match offer {
             Offer::Queued | Offer::Started => {}
             Offer::QueueFull => carrier.metrics.datagram_dropped("queue full"),
+            Offer::Refused if unserved => carrier.metrics.datagram_dropped("no session"),
             Offer::Refused => {
                 carrier.metrics.datagram_dropped("over a cap");
                 if crate::log::REFUSALS.allow() {
-                    tracing::info!(%visitor, route = %carrier.kind, "UDP flow refused: over a cap");
+                    let (route, per_route, per_source) =
+                        (carrier.kind, carrier.max_visitors, carrier.max_per_source);
+                    tracing::info!(
+                        %visitor,
+                        %route,
+                        "UDP flow refused: over a cap ({per_route} flows per route, {per_source} per source \
+                         address; none done with to make room)"
+                    );
                 }
             }
         }
@@ -83,7 +100,7 @@ struct Flow {
 }
 
 impl Flow {
-    async fn carry(self, inbox: FlowInbox<SocketAddr>, idle: Duration, _place: Place) {
+    async fn carry(self, inbox: FlowInbox<SocketAddr>, idle: Duration) {
         let Self { visitor, local, socket, carrier, member } = self;
         let route = carrier.kind;
         let header = match route {

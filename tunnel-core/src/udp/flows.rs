@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{write_frame, Activity, FlowStats, FrameReader, Phase, MAX_FLOW_IDLE};
+use crate::source::Source;
 
 /// Datagrams a flow holds while its stream opens or is slow; more are dropped.
 const QUEUE: usize = 256;
@@ -56,6 +57,8 @@ struct Queue {
     bytes: Arc<AtomicUsize>,
     /// When the flow last carried a datagram either way (the table and the flow touch it).
     activity: Arc<Activity>,
+    /// Counted against its source's cap (`Flows::per_source`).
+    source: Option<Source>,
 }
 
 impl Queue {
@@ -85,9 +88,22 @@ pub(crate) struct Flows<K> {
     evict_after: Option<Duration>,
     /// No flow may be ended for room before this (the last search found none idle enough).
     no_room_before: Option<Instant>,
+    /// A cap on the flows of one source, if any.
+    sources: Option<SourceCap<K>>,
     generation: u64,
     ended_tx: mpsc::UnboundedSender<(K, u64)>,
     ended_rx: mpsc::UnboundedReceiver<(K, u64)>,
+}
+
+/// How many flows one source may hold, and how many each holds.
+#[derive(Debug)]
+struct SourceCap<K> {
+    max: usize,
+    of: fn(&K) -> Source,
+    held: HashMap<Source, usize>,
+    /// Sources at their cap that may not end a flow of theirs for room before the time given
+    /// (their last search found none free): kept only while the time is ahead.
+    no_room_before: HashMap<Source, Instant>,
 }
 
 /// A new flow's queue; dropping it (when the flow ends) takes the flow out of the table.
@@ -138,6 +154,7 @@ impl<K: Eq + Hash + Clone> Flows<K> {
             max,
             evict_after: None,
             no_room_before: None,
+            sources: None,
             generation: 0,
             ended_tx,
             ended_rx,
@@ -154,6 +171,14 @@ impl<K: Eq + Hash + Clone> Flows<K> {
     /// [`UNANSWERED_FOR`] is never ended for room.
     pub(crate) fn evicting(max: usize, after: Duration) -> Self {
         Self { evict_after: Some(after), ..Self::new(max) }
+    }
+
+    /// Holds each source to `max` flows at once, the key's source being `of(key)`. A source at
+    /// its cap makes room (if the table does) only by ending a flow of its own, so that it
+    /// never ends another's.
+    pub(crate) fn per_source(mut self, max: usize, of: fn(&K) -> Source) -> Self {
+        self.sources = Some(SourceCap { max, of, held: HashMap::new(), no_room_before: HashMap::new() });
+        self
     }
 
     /// Flows now.
@@ -181,16 +206,22 @@ impl<K: Eq + Hash + Clone> Flows<K> {
                 Err(mpsc::error::TrySendError::Full(_)) => return Offer::QueueFull,
                 // Ended, and its end not yet seen: a new flow takes its place.
                 Err(mpsc::error::TrySendError::Closed(datagram)) => {
-                    self.flows.remove(&key);
+                    self.remove(&key);
                     datagram
                 }
             },
             None => datagram,
         };
+        let source = self.sources.as_ref().map(|cap| (cap.of)(&key));
+        let source_full = self
+            .sources
+            .as_ref()
+            .zip(source)
+            .is_some_and(|(cap, source)| cap.held.get(&source).is_some_and(|held| *held >= cap.max));
         // The flow that makes room goes only once the new one has started.
         let mut room_from = None;
-        if self.flows.len() >= self.max {
-            match self.room() {
+        if source_full || self.flows.len() >= self.max {
+            match self.room(source.filter(|_| source_full)) {
                 Some(key) => room_from = Some(key),
                 None => return Offer::Refused,
             }
@@ -198,8 +229,8 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         self.generation += 1;
         let (sender, receiver) = mpsc::channel(QUEUE);
         let activity = Arc::new(Activity::new());
-        let queue =
-            Queue { generation: self.generation, sender, bytes: Arc::new(AtomicUsize::new(0)), activity };
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let queue = Queue { generation: self.generation, sender, bytes, activity, source };
         let inbox = FlowInbox {
             queue: receiver,
             bytes: queue.bytes.clone(),
@@ -215,18 +246,38 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         }
         if let Some(ended) = room_from {
             // Its queue closes: the flow sends what it holds, closes its stream and ends.
-            self.flows.remove(&ended);
+            self.remove(&ended);
+        }
+        if let Some((cap, source)) = self.sources.as_mut().zip(source) {
+            *cap.held.entry(source).or_default() += 1;
         }
         self.flows.insert(key, queue);
         Offer::Started
     }
 
+    /// Takes the flow of `key` out of the table (and out of its source's count).
+    fn remove(&mut self, key: &K) {
+        let Some(queue) = self.flows.remove(key) else { return };
+        let Some((cap, source)) = self.sources.as_mut().zip(queue.source) else { return };
+        if let Some(held) = cap.held.get_mut(&source) {
+            *held -= 1;
+            if *held == 0 {
+                cap.held.remove(&source);
+            }
+        }
+    }
+
     /// The flow to end for a new one, if the table makes room and one may go now (see
-    /// [`Self::evicting`]).
-    fn room(&mut self) -> Option<K> {
+    /// [`Self::evicting`]): one of `source`'s own when given (the new flow's source is at its
+    /// cap), else any.
+    fn room(&mut self, source: Option<Source>) -> Option<K> {
         let after = self.evict_after?;
         let now = Instant::now();
-        if self.no_room_before.is_some_and(|at| now < at) {
+        let no_room_before = match (source, &self.sources) {
+            (Some(source), Some(cap)) => cap.no_room_before.get(&source).copied(),
+            _ => self.no_room_before,
+        };
+        if no_room_before.is_some_and(|at| now < at) {
             return None; // No search per datagram while a flood of new visitors lasts.
         }
         // When each flow may go: an ended flow whose end is not yet reaped at once.
@@ -244,18 +295,24 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         let first = self
             .flows
             .iter()
+            .filter(|(_, queue)| source.is_none() || queue.source == source)
             .filter_map(|(key, queue)| Some((free_at(queue)?, key)))
             .min_by_key(|(at, _)| *at);
-        match first {
-            Some((at, key)) if at <= now => Some(key.clone()),
-            // Looked for again then, or in `after` at the latest: an answer coming now makes
-            // its flow free no sooner than that (a flow whose stream fails meanwhile waits
-            // for it too).
-            first => {
-                self.no_room_before = Some(first.map_or(now + after, |(at, _)| at.min(now + after)));
-                None
-            }
+        if let Some((_, key)) = first.filter(|(at, _)| *at <= now) {
+            return Some(key.clone());
         }
+        // Looked for again then, or in `after` at the latest: an answer coming now makes its
+        // flow free no sooner than that (a flow whose stream fails meanwhile waits for it too).
+        let again = first.map_or(now + after, |(at, _)| at.min(now + after));
+        match (source, &mut self.sources) {
+            (Some(source), Some(cap)) => {
+                // Only sources that hit their cap within `after` stay listed.
+                cap.no_room_before.retain(|_, at| now < *at);
+                cap.no_room_before.insert(source, again);
+            }
+            _ => self.no_room_before = Some(again),
+        }
+        None
     }
 
     /// Waits for a flow to end and forgets it; cancel-safe (for a `select!` beside the
@@ -263,7 +320,7 @@ impl<K: Eq + Hash + Clone> Flows<K> {
     pub(crate) async fn reap(&mut self) {
         if let Some((key, generation)) = self.ended_rx.recv().await {
             if self.flows.get(&key).is_some_and(|queue| queue.generation == generation) {
-                self.flows.remove(&key);
+                self.remove(&key);
             }
         }
     }

@@ -242,6 +242,52 @@ async fn a_full_table_that_may_make_room_ends_a_flow_done_with_and_never_one_in_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_source_at_its_cap_makes_room_only_from_its_own_flows_and_each_end_gives_its_place_back() {
+    let after = Duration::from_millis(250);
+    // Keys 10 to 19 come from one source, 20 to 29 from another, and so on.
+    fn by_tens(key: &u8) -> crate::source::Source {
+        std::net::IpAddr::from([10, 0, 0, key / 10]).into()
+    }
+    let mut flows: Flows<u8> = Flows::evicting(5, after).per_source(2, by_tens);
+    let mut inboxes = HashMap::new();
+    fn start(flows: &mut Flows<u8>, inboxes: &mut HashMap<u8, FlowInbox<u8>>, key: u8) -> Offer {
+        flows.offer(key, Bytes::from(vec![key]), |inbox| inboxes.insert(key, inbox).is_none())
+    }
+    for key in [10, 11, 20, 21] {
+        assert_eq!(start(&mut flows, &mut inboxes, key), Offer::Started, "flow {key}");
+    }
+    assert_eq!(start(&mut flows, &mut inboxes, 12), Offer::Refused, "source 1 holds its 2, both opening");
+    inboxes[&10].activity().set(Phase::Answered);
+    tokio::time::sleep(after).await;
+    // The table has room and flow 10 is done with, yet source 2 at its cap may not end it.
+    assert_eq!(start(&mut flows, &mut inboxes, 22), Offer::Refused, "flow 10 is not source 2's");
+    assert_eq!(flows.len(), 4);
+    // Source 1 may, and its search is not held back by source 2's.
+    assert_eq!(start(&mut flows, &mut inboxes, 12), Offer::Started);
+    let mut ended = inboxes.remove(&10).unwrap();
+    assert_eq!(&ended.next().await.unwrap()[..], [10], "what the ended flow held still goes");
+    assert!(ended.next().await.is_none(), "flow 10's queue closes");
+    drop(ended);
+    flows.reap().await;
+    // A full table ends a flow done with of any source for a source under its cap.
+    assert_eq!(start(&mut flows, &mut inboxes, 30), Offer::Started);
+    inboxes[&21].activity().set(Phase::Answered);
+    tokio::time::sleep(after).await;
+    assert_eq!(start(&mut flows, &mut inboxes, 40), Offer::Started, "the table is full: flow 21 makes room");
+    assert!(inboxes.get_mut(&21).unwrap().next().await.is_some_and(|first| first[..] == [21]));
+    assert!(inboxes.get_mut(&21).unwrap().next().await.is_none(), "flow 21's queue closes");
+    // Each flow that ends, for room or on its own, gives its source's place back: source 2
+    // (flow 20 left) takes a new flow once the table has room, then another when flow 20 ends.
+    drop(inboxes.remove(&30));
+    flows.reap().await;
+    assert_eq!(start(&mut flows, &mut inboxes, 22), Offer::Started, "source 2 holds 1 of 2");
+    drop(inboxes.remove(&20));
+    flows.reap().await;
+    assert_eq!(start(&mut flows, &mut inboxes, 23), Offer::Started, "source 2 holds 1 of 2 again");
+    assert_eq!(flows.len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_flow_awaiting_its_answer_keeps_its_place_and_gets_it() {
     let after = Duration::from_millis(250);
     let mut flows: Flows<u8> = Flows::evicting(1, after);
