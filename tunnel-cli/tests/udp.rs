@@ -2,11 +2,14 @@
 //! UDP remote forward, a UDP local forward (to a target the server sends to itself, and into a
 //! network another client routes) and a SOCKS5 UDP association; 10,000 numbered datagrams
 //! cross with none lost or reordered; the target of a forward with `proxy_protocol = "v2"`
-//! reads the visitor's address from each flow's first datagram.
+//! reads the visitor's address from each flow's first datagram; full flow tables, the
+//! client's and a route's, make room for new visitors (a resolver asking from a new port each
+//! time), a route's holding each source address to its share.
 
 #[path = "support/process.rs"]
 mod process;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -275,8 +278,9 @@ async fn ask_from_new_ports(targets: &[SocketAddr], count: u16, logs: impl Fn() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_dns_port_answers_a_resolver_asking_from_a_new_port_each_time_past_its_caps() {
     // More visitors from one address than a route takes flows from one source (256 by
-    // default), each done after one answer; those answered make room for the next.
-    const VISITORS: u16 = 300;
+    // default) and in all (512), each done after one answer; those answered make room for the
+    // next.
+    const VISITORS: u16 = 600;
     let dir = tempfile::tempdir().unwrap();
     let dns = start_dnsmasq(dir.path()).await;
     let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
@@ -287,6 +291,70 @@ async fn a_published_dns_port_answers_a_resolver_asking_from_a_new_port_each_tim
     ask_from_new_ports(&[public], VISITORS, || format!("{}\n{}", server.cli.output(), client.output())).await;
     // The route is as good as new: a real resolver's question is answered at once.
     assert_eq!(dig(public).await.trim(), "10.1.2.3", "{}", server.cli.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_route_holds_a_source_to_its_share_and_lets_its_unanswered_flows_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "[limits]\nmax_visitors_per_forward = 8\nmax_visitors_per_source = 4\n").unwrap();
+    let server = serve(dir.path(), &["--config", config.to_str().unwrap(), "--token", TOKEN], &[]).await;
+    // A target that never answers: every flow awaits its answer, which keeps its place for 5 s.
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let remote = format!("udp:0:{}", target.local_addr().unwrap());
+    let client = connect(&server, &["--token", TOKEN, "--name", "sink", "-R", &remote], &[]);
+    let public = udp_addr(&client.line_after("remote forward ready: ").await);
+    let logs = || server.cli.output();
+    let mut arrived = BTreeSet::new();
+
+    // Six visitors from one address: four take its places, two are refused and say why.
+    let mut visitors = Vec::new();
+    for n in 0..6 {
+        visitors.push(visit([127, 0, 0, 1], n, public).await);
+    }
+    server.cli.output_contains("UDP flow refused: over a cap (8 flows per route, 4 per source address").await;
+    // Another address still has its four.
+    for n in 0..4 {
+        visitors.push(visit([127, 0, 0, 2], n, public).await);
+    }
+    arrive(&target, &mut arrived, 8, logs).await;
+    let expected: BTreeSet<Vec<u8>> =
+        [1, 2].into_iter().flat_map(|source| (0..4).map(move |n| vec![source, n])).collect();
+    assert_eq!(arrived, expected, "the first four of each address, and no more");
+    // Unanswered for 5 s, the first address's flows make room for its new visitors (before,
+    // they held their places for the route's idle time, 60 s).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let late = UdpSocket::bind(("127.0.0.1", 0)).await.unwrap();
+    while !arrived.contains(&vec![1, 9]) {
+        assert!(tokio::time::Instant::now() < deadline, "{arrived:?}\n{}", logs());
+        late.send_to(&[1, 9], public).await.unwrap();
+        let more = arrived.len() + 1;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(300), arrive(&target, &mut arrived, more, logs)).await;
+    }
+}
+
+/// A visitor from `source` (a socket of its own, to be kept open) that sends `to` one datagram
+/// naming it: the last byte of its address, then `n`.
+async fn visit(source: [u8; 4], n: u8, to: SocketAddr) -> UdpSocket {
+    let visitor = UdpSocket::bind(SocketAddr::from((source, 0))).await.unwrap();
+    visitor.send_to(&[source[3], n], to).await.unwrap();
+    visitor
+}
+
+/// Receives at `target` until `arrived` holds `count` different datagrams; cancel-safe.
+async fn arrive(
+    target: &UdpSocket,
+    arrived: &mut BTreeSet<Vec<u8>>,
+    count: usize,
+    logs: impl Fn() -> String,
+) {
+    let mut buf = [0u8; 64];
+    while arrived.len() < count {
+        let received = tokio::time::timeout(PATIENCE, target.recv(&mut buf)).await;
+        let len = received.unwrap_or_else(|_| panic!("only {arrived:?} arrived\n{}", logs())).unwrap();
+        arrived.insert(buf[..len].to_vec());
+    }
 }
 
 /// A DNS query for `NAME`, type A, with `id`.

@@ -21,7 +21,8 @@ use crate::udp::{carry_flow, FlowInbox, Flows, Offer};
 /// or its visitor's source's are all taken. Visitors that ask once and go (a resolver asking
 /// from a new port each time) then never lock a route for its idle time, while a flow that
 /// awaits an answer, or was answered within this, keeps its place. At 256 flows per source,
-/// one source may start about 1,000 a second.
+/// one source may start about 1,000 a second. (A client's own UDP tables, of 32 flows, wait
+/// 100 ms: `client::locals::MAKE_ROOM_AFTER`.)
 const MAKE_ROOM_AFTER: Duration = Duration::from_millis(250);
 
 /// Receives datagrams until `stop` (the route is removed, or its sessions drain). A visitor's

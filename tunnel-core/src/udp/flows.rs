@@ -44,7 +44,9 @@ pub(crate) enum Offer {
     Started,
     /// Dropped: its flow's queue is full.
     QueueFull,
-    /// Dropped: the table is full (or the caller refused to start the flow).
+    /// Dropped: the table is full, or the flow's source holds as many as one may
+    /// (`Flows::per_source`), with none done with to make room; or the caller refused to start
+    /// the flow.
     Refused,
 }
 
@@ -86,7 +88,8 @@ pub(crate) struct Flows<K> {
     max: usize,
     /// When full, a new flow may end one answered and idle this long (`None`: refused).
     evict_after: Option<Duration>,
-    /// No flow may be ended for room before this (the last search found none idle enough).
+    /// No flow may be ended for room before this (the last search over all flows, for a full
+    /// table, found none idle enough; a source at its cap has its own, in `sources`).
     no_room_before: Option<Instant>,
     /// A cap on the flows of one source, if any.
     sources: Option<SourceCap<K>>,
@@ -102,7 +105,8 @@ struct SourceCap<K> {
     of: fn(&K) -> Source,
     held: HashMap<Source, usize>,
     /// Sources at their cap that may not end a flow of theirs for room before the time given
-    /// (their last search found none free): kept only while the time is ahead.
+    /// (their last search found none free): kept while the time is ahead and the source at
+    /// its cap.
     no_room_before: HashMap<Source, Instant>,
 }
 
@@ -161,14 +165,16 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         }
     }
 
-    /// A table of at most `max` flows at once that, when full, makes room for a new flow by
-    /// ending one that is done with for now: one whose last datagram was an answer that came
-    /// `after` ago at least, one asked and unanswered for [`UNANSWERED_FOR`] (however often
-    /// it was asked since), or one whose stream failed (a refused target is then asked again
-    /// on its next datagram); of those, the one free the longest. Visitors that ask once and go
-    /// (a resolver asking from a new port each time) thus never lock the table, while a flow
-    /// that is opening, had an answer within `after` or awaits one for less than
-    /// [`UNANSWERED_FOR`] is never ended for room.
+    /// A table of at most `max` flows at once that, when full (or the new flow's source at its
+    /// cap, `Self::per_source`), makes room for a new flow by ending one that is done with for
+    /// now: one whose last datagram was an answer that came `after` ago at least, one asked and
+    /// unanswered for [`UNANSWERED_FOR`] (however often it was asked since: a flow that only
+    /// ever sends, such as syslog's, is thus free 5 s after it began, and starts again on its
+    /// next datagram), or one whose stream failed (a refused target is then asked again on its
+    /// next datagram); of those, the one free the longest. Visitors that ask once and go (a
+    /// resolver asking from a new port each time) thus never lock the table, while a flow that
+    /// is opening, had an answer within `after` or awaits one for less than [`UNANSWERED_FOR`]
+    /// is never ended for room.
     pub(crate) fn evicting(max: usize, after: Duration) -> Self {
         Self { evict_after: Some(after), ..Self::new(max) }
     }
@@ -265,6 +271,8 @@ impl<K: Eq + Hash + Clone> Flows<K> {
                 cap.held.remove(&source);
             }
         }
+        // Under its cap, the source's next flow does not search its own.
+        cap.no_room_before.remove(&source);
     }
 
     /// The flow to end for a new one, if the table makes room and one may go now (see

@@ -253,38 +253,47 @@ async fn a_source_at_its_cap_makes_room_only_from_its_own_flows_and_each_end_giv
     fn start(flows: &mut Flows<u8>, inboxes: &mut HashMap<u8, FlowInbox<u8>>, key: u8) -> Offer {
         flows.offer(key, Bytes::from(vec![key]), |inbox| inboxes.insert(key, inbox).is_none())
     }
+    async fn ended(inboxes: &mut HashMap<u8, FlowInbox<u8>>, key: u8) -> bool {
+        let inbox = inboxes.get_mut(&key).unwrap();
+        inbox.next().await.is_some_and(|held| held[..] == [key]) && inbox.next().await.is_none()
+    }
     for key in [10, 11, 20, 21] {
         assert_eq!(start(&mut flows, &mut inboxes, key), Offer::Started, "flow {key}");
     }
     assert_eq!(start(&mut flows, &mut inboxes, 12), Offer::Refused, "source 1 holds its 2, both opening");
     inboxes[&10].activity().set(Phase::Answered);
     tokio::time::sleep(after).await;
-    // The table has room and flow 10 is done with, yet source 2 at its cap may not end it.
+    // Flow 10 is done with, yet source 2, at its cap, may not end it.
     assert_eq!(start(&mut flows, &mut inboxes, 22), Offer::Refused, "flow 10 is not source 2's");
-    assert_eq!(flows.len(), 4);
-    // Source 1 may, and its search is not held back by source 2's.
-    assert_eq!(start(&mut flows, &mut inboxes, 12), Offer::Started);
-    let mut ended = inboxes.remove(&10).unwrap();
-    assert_eq!(&ended.next().await.unwrap()[..], [10], "what the ended flow held still goes");
-    assert!(ended.next().await.is_none(), "flow 10's queue closes");
-    drop(ended);
-    flows.reap().await;
-    // A full table ends a flow done with of any source for a source under its cap.
-    assert_eq!(start(&mut flows, &mut inboxes, 30), Offer::Started);
+    assert_eq!(start(&mut flows, &mut inboxes, 30), Offer::Started, "the table had room");
+    // The table is full, and that search of source 2's held back no search over all flows:
+    // source 4, under its cap, ends flow 10 at once.
+    assert_eq!(start(&mut flows, &mut inboxes, 40), Offer::Started);
+    assert!(ended(&mut inboxes, 10).await, "flow 10 sends what it held, then its queue closes");
+
+    // Source 2 at its cap ends its own flow done with (21), not flow 30, free for longer.
+    inboxes[&30].activity().set(Phase::Answered);
+    tokio::time::sleep(Duration::from_millis(10)).await;
     inboxes[&21].activity().set(Phase::Answered);
     tokio::time::sleep(after).await;
-    assert_eq!(start(&mut flows, &mut inboxes, 40), Offer::Started, "the table is full: flow 21 makes room");
-    assert!(inboxes.get_mut(&21).unwrap().next().await.is_some_and(|first| first[..] == [21]));
-    assert!(inboxes.get_mut(&21).unwrap().next().await.is_none(), "flow 21's queue closes");
-    // Each flow that ends, for room or on its own, gives its source's place back: source 2
-    // (flow 20 left) takes a new flow once the table has room, then another when flow 20 ends.
-    drop(inboxes.remove(&30));
+    assert_eq!(start(&mut flows, &mut inboxes, 22), Offer::Started);
+    assert!(ended(&mut inboxes, 21).await, "source 2's own flow made room");
+    assert_eq!(
+        flows.offer(30, Bytes::from_static(b"on"), |_| unreachable!()),
+        Offer::Queued,
+        "flow 30 stays"
+    );
+
+    // Each flow that ends gives its source's place back, whether ended for room (21), on its
+    // own and reaped (20), or on its own and found ended by its next datagram (23).
+    drop(inboxes.remove(&40));
     flows.reap().await;
-    assert_eq!(start(&mut flows, &mut inboxes, 22), Offer::Started, "source 2 holds 1 of 2");
     drop(inboxes.remove(&20));
     flows.reap().await;
-    assert_eq!(start(&mut flows, &mut inboxes, 23), Offer::Started, "source 2 holds 1 of 2 again");
-    assert_eq!(flows.len(), 5);
+    assert_eq!(start(&mut flows, &mut inboxes, 23), Offer::Started, "source 2 holds 22 alone");
+    drop(inboxes.remove(&23));
+    assert_eq!(start(&mut flows, &mut inboxes, 23), Offer::Started, "source 2 holds 22 alone again");
+    assert_eq!(flows.len(), 4, "flows 11, 22, 23 and 30");
 }
 
 #[tokio::test(start_paused = true)]
