@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("session", &["auth", "log", "metrics", "mux", "proto", "task", "transport"]),
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("socks", &["proto"]),
-    ("udp", &["log", "proto", "socks"]),
+    ("udp", &["log", "proto", "socks", "source"]),
     ("http", &["forward", "log", "metrics", "mux", "proto", "source", "tls"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (
