@@ -87,8 +87,9 @@ impl<'a> Keeper<'a> {
         waits.chain(authority).min().unwrap_or(LAST_RETRY).min(LAST_RETRY)
     }
 
-    /// Orders `name`, stores what comes, and records a failure's wait.
-    pub(super) async fn order(&mut self, name: &str) {
+    /// Orders `name`, stores what comes, and records a failure's wait. Returns what came when
+    /// it is good for a while, for the caller to say once it serves it.
+    pub(super) async fn order(&mut self, name: &str) -> Option<Obtained> {
         let now = Instant::now();
         match self.obtain(name).await {
             Ok(fresh) if fresh.renew_at <= SystemTime::now() => {
@@ -99,11 +100,11 @@ impl<'a> Keeper<'a> {
                 self.held.insert(name.to_owned(), fresh);
             }
             Ok(fresh) => {
-                let renewed = if self.held.contains_key(name) { "renewed" } else { "issued" };
-                tracing::info!(name = %name, "certificate {renewed}, valid until {}", store::utc(fresh.not_after));
+                let obtained = Obtained { renewed: self.held.contains_key(name), not_after: fresh.not_after };
                 self.held.insert(name.to_owned(), fresh);
                 self.retries.remove(name);
                 self.authority = Retry::default();
+                return Some(obtained);
             }
             Err(Failure::Authority(err)) => {
                 let wait = self.authority.failed(now);
@@ -114,6 +115,7 @@ impl<'a> Keeper<'a> {
                 tracing::warn!(name = %Escaped(name), "no certificate, next order in {wait:?}: {}", Chain(&err));
             }
         }
+        None
     }
 
     /// A certificate for `name`: the account (opened once), an order, then the files.
@@ -140,6 +142,20 @@ impl<'a> Keeper<'a> {
         let lost =
             |e: tokio::task::JoinError| AcmeError::Store { path: self.store.clone(), source: e.into() };
         saved.map_err(lost).and_then(|saved| saved).map_err(Failure::Name)
+    }
+}
+
+/// A certificate an order brought.
+pub(super) struct Obtained {
+    /// It replaces one held for the name.
+    renewed: bool,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Display for Obtained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let renewed = if self.renewed { "renewed" } else { "issued" };
+        write!(f, "certificate {renewed}, valid until {}", store::utc(self.not_after))
     }
 }
 

@@ -203,7 +203,11 @@ impl Acme {
             keeper.forget_unwanted(&wanted).await;
             self.publish(keeper.held(), &wanted);
             if let Some(name) = keeper.due(&wanted) {
-                keeper.order(&name).await;
+                if let Some(obtained) = keeper.order(&name).await {
+                    // Served before it is said to be: whoever reads the line may ask for it.
+                    self.publish(keeper.held(), &wanted);
+                    tracing::info!(name = %name, "{obtained}");
+                }
                 continue;
             }
             tokio::select! {
