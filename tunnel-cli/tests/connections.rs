@@ -48,8 +48,13 @@ async fn through_relay(
     cmd.env("RUST_LOG", "info,tunnel_core::client::lanes=debug");
     let client = spawn(cmd);
     let public = public_port(&client.line_after("remote forward ready: ").await);
-    // The session's first connection, then those that join it.
+    // The session's first connection, then those that join it: joined, not only dialed, so
+    // that the visitors are spread over all of them (before, a run that opened them before
+    // the joins put 7 of 12 on the first connection).
     relay.until_count(connections).await;
+    for n in 2..=connections {
+        client.output_contains(&format!("connection {n} joined the session")).await;
+    }
     let mut visitors = Vec::new();
     for i in 0..12u8 {
         let mut visitor = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
