@@ -105,8 +105,7 @@ struct SourceCap<K> {
     of: fn(&K) -> Source,
     held: HashMap<Source, usize>,
     /// Sources at their cap that may not end a flow of theirs for room before the time given
-    /// (their last search found none free): kept while the time is ahead and the source at
-    /// its cap.
+    /// (their last search found none free): kept while the source is at its cap.
     no_room_before: HashMap<Source, Instant>,
 }
 
@@ -313,11 +312,9 @@ impl<K: Eq + Hash + Clone> Flows<K> {
         // flow free no sooner than that (a flow whose stream fails meanwhile waits for it too).
         let again = first.map_or(now + after, |(at, _)| at.min(now + after));
         match (source, &mut self.sources) {
-            (Some(source), Some(cap)) => {
-                // Only sources that hit their cap within `after` stay listed.
-                cap.no_room_before.retain(|_, at| now < *at);
-                cap.no_room_before.insert(source, again);
-            }
+            // Listed until the source falls under its cap (`remove`): at most one entry per
+            // `max` of the source's flows in the table.
+            (Some(source), Some(cap)) => _ = cap.no_room_before.insert(source, again),
             _ => self.no_room_before = Some(again),
         }
         None
