@@ -83,7 +83,11 @@ pub struct CreateArgs {
 
 pub async fn run(args: AdminArgs) -> Result<(), Failure> {
     let client = AdminClient::new(target(&args)?).map_err(Failure::error)?;
-    let refused = |err: AdminClientError| Failure::error(err);
+    // A name no server could take is a bad argument (2), found before any request.
+    let refused = |err: AdminClientError| match err {
+        AdminClientError::InvalidName(_) => Failure::usage(tunnel_core::log::Chain(&err)),
+        err => Failure::error(err),
+    };
     match args.command {
         AdminCommand::Status => {
             let status = client.status().await.map_err(refused)?;
@@ -195,6 +199,17 @@ fn status_text(status: &Value, sessions: &[Value]) -> String {
     if sessions.is_empty() {
         return head;
     }
+    // The API gives Unix seconds; a reader compares the table with logs, in UTC.
+    let sessions: Vec<Value> = sessions
+        .iter()
+        .map(|session| {
+            let mut session = session.clone();
+            if let Some(seconds) = session["since"].as_u64() {
+                session["since"] = Value::String(utc(seconds));
+            }
+            session
+        })
+        .collect();
     let columns = [
         "name",
         "peer",
@@ -206,7 +221,25 @@ fn status_text(status: &Value, sessions: &[Value]) -> String {
         "bytes_sent",
         "table_version",
     ];
-    format!("{head}\n{}", table(&columns, sessions))
+    format!("{head}\n{}", table(&columns, &sessions))
+}
+
+/// `seconds` after the Unix epoch as an RFC 3339 UTC time, e.g. `2026-12-02T18:40:21Z`.
+fn utc(seconds: u64) -> String {
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // The civil date of a day count, in 400-year eras of 146,097 days starting on 1 March
+    // (so a leap day is the last day of its year); valid for every `u64` input.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = u128::from(year_of_era) + u128::from(era) * 400 + u128::from(month <= 2);
+    let (hour, minute, second) = (rest / 3_600, rest % 3_600 / 60, rest % 60);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
 }
 
 fn clients_text(clients: &[Value]) -> String {
@@ -229,4 +262,30 @@ fn table(columns: &[&str], items: &[Value]) -> String {
     };
     let header = line(columns.iter().map(|c| c.to_uppercase()).collect());
     std::iter::once(header).chain(rows.into_iter().map(line)).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_start_times_read_as_utc_dates_across_leap_days_and_centuries() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z"); // a leap day of a 400th year
+        assert_eq!(utc(4_107_542_399), "2100-02-28T23:59:59Z"); // 2100 has no 29 February
+        assert_eq!(utc(4_107_542_400), "2100-03-01T00:00:00Z");
+        assert_eq!(utc(1_796_236_821), "2026-12-02T18:40:21Z");
+        assert!(utc(u64::MAX).ends_with('Z'), "the largest value still formats");
+    }
+
+    #[test]
+    fn the_status_table_shows_when_each_session_started_in_utc() {
+        let status =
+            serde_json::json!({"version": "0.1.0", "sessions": 1, "clients": {"config": 1, "admin": 0}});
+        let sessions =
+            [serde_json::json!({"name": "worker-1", "peer": "10.0.0.7:51000", "since": 1_796_236_821})];
+        let text = status_text(&status, &sessions);
+        assert!(text.contains("2026-12-02T18:40:21Z"), "{text}");
+        assert!(!text.contains("1796150421"), "{text}");
+    }
 }

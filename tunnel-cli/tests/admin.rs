@@ -97,6 +97,12 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
         assert_eq!(code, 1, "{args:?}: {out}");
         assert!(out.contains("the admin API answered 4"), "{args:?}: {out}");
     }
+    // A name no server takes is a bad argument: exit 2, before any request.
+    for args in [&["clients", "rotate", "bad name"][..], &["clients", "revoke", "a/b"]] {
+        let (code, out) = admin(&server, args).await;
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(!out.contains("the admin API answered"), "{args:?}: {out}");
+    }
     let mut wrong =
         command(&["admin", "status", "--admin", &server.admin, "--fingerprint", &server.served.fingerprint]);
     wrong.env("TUNNEL_ADMIN_TOKEN", "not-the-admin-token-123");

@@ -11,6 +11,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tunnel_core::config::RouteFile;
+use tunnel_core::proto::{RouteEntry, RouteId};
 
 use crate::conditions::Conditions;
 use crate::connector::{self, Settings};
@@ -67,11 +68,18 @@ pub const ROUTE_BUDGET: usize = tunnel_core::client::MAX_ROUTES_PER_SET - 64;
 /// 1 MiB a ConfigMap may hold.
 pub const ROUTE_BYTES: usize = 768 * 1024;
 
+/// Bytes of those routes in the table the connector sends its server, at most: the most a
+/// server takes, less room for the tunnel's own fallback and up to 63 networks (27 bytes each
+/// at most). Past it, every session of the connector would end as it sent its table, and with
+/// it every tenant's routes.
+pub const ROUTE_WIRE_BYTES: usize = tunnel_core::client::MAX_TABLE_BYTES - 4 * 1024;
+
 /// What the routes of every source ask, per tunnel, with conflicts decided. A host belongs to
 /// the namespace of the oldest object claiming it on a tunnel: objects of other namespaces get
 /// none of its paths (a newer `/login` would otherwise take that path from the owner's `/`).
-/// Within the namespace, the older object keeps a host and path, the newer is told. Older
-/// objects' routes are taken first up to [`ROUTE_BUDGET`] and [`ROUTE_BYTES`] per tunnel; an
+/// Within the namespace, the older object keeps a host and path, the newer is told (as is one
+/// whose route's id, a hash of what it matches, is another route's). Older objects' routes are
+/// taken first up to [`ROUTE_BUDGET`], [`ROUTE_BYTES`] and [`ROUTE_WIRE_BYTES`] per tunnel; an
 /// object past them is told (`TooManyRoutes`), so one object with thousands of routes leaves
 /// the others served rather than the whole tunnel's configuration invalid.
 pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, Vec<RouteFile>> {
@@ -80,7 +88,8 @@ pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, 
     let mut hosts: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
     let mut taken: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
     let mut routes: BTreeMap<TunnelKey, Vec<RouteFile>> = BTreeMap::new();
-    let mut spent: BTreeMap<TunnelKey, (usize, usize)> = BTreeMap::new();
+    let mut ids: BTreeMap<(TunnelKey, RouteId), String> = BTreeMap::new();
+    let mut spent: BTreeMap<TunnelKey, Spent> = BTreeMap::new();
     let mut over_budget: Vec<(TunnelKey, Source)> = Vec::new();
     for claim in claims {
         let host = (claim.tunnel.clone(), claim.route.host.to_string());
@@ -106,28 +115,71 @@ pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, 
             )),
             Some(_) => {}
             None => {
-                let size = toml::to_string(&claim.route).map_or(usize::MAX, |text| text.len());
-                let (count, bytes) = spent.entry(claim.tunnel.clone()).or_default();
-                if *count >= ROUTE_BUDGET || bytes.saturating_add(size) > ROUTE_BYTES {
+                // Routes come checked (`routes::build`): an entry that cannot be built is
+                // never served, so it is counted as filling the budget.
+                let entry = claim.route.build().map(|route| route.entry());
+                let wire = entry.as_ref().map_or(usize::MAX, RouteEntry::encoded_len);
+                if let Some(id) = entry.as_ref().ok().map(|entry| entry.id) {
+                    if let Some(other) = ids.get(&(claim.tunnel.clone(), id)) {
+                        let message = format!("{identity} has the route id {id} of {other}; change either");
+                        notes.push(Note::new(&claim.source, "RouteConflict", message));
+                        continue;
+                    }
+                }
+                let size = Spent {
+                    routes: 1,
+                    toml: toml::to_string(&claim.route).map_or(usize::MAX, |text| text.len()),
+                    wire,
+                };
+                let spent = spent.entry(claim.tunnel.clone()).or_default();
+                if !spent.fits(&size) {
                     let first = !over_budget.iter().any(|(t, s)| *t == claim.tunnel && *s == claim.source);
                     if first {
+                        let Spent { routes, toml, wire } = spent;
                         let message = format!(
-                            "the tunnel carries {count} routes ({bytes} bytes; at most {ROUTE_BUDGET} routes, \
-                             {ROUTE_BYTES} bytes): {identity} is left out, and any further route of this object \
-                             that does not fit"
+                            "the tunnel carries {routes} routes ({toml} bytes of configuration, {wire} on the \
+                             wire; at most {ROUTE_BUDGET} routes, {ROUTE_BYTES} and {ROUTE_WIRE_BYTES} bytes): \
+                             {identity} is left out, and any further route of this object that does not fit"
                         );
                         notes.push(Note::new(&claim.source, "TooManyRoutes", message));
                         over_budget.push((claim.tunnel.clone(), claim.source.clone()));
                     }
                     continue;
                 }
-                (*count, *bytes) = (*count + 1, *bytes + size);
+                spent.add(&size);
+                if let Some(id) = entry.ok().map(|entry| entry.id) {
+                    ids.insert((claim.tunnel.clone(), id), identity.clone());
+                }
                 taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
                 routes.entry(claim.tunnel).or_default().push(claim.route);
             }
         }
     }
     routes
+}
+
+/// What a tunnel's routes take of its budgets.
+#[derive(Debug, Default)]
+struct Spent {
+    routes: usize,
+    /// Bytes of configuration (TOML).
+    toml: usize,
+    /// Bytes in the table sent to the server.
+    wire: usize,
+}
+
+impl Spent {
+    fn fits(&self, more: &Spent) -> bool {
+        self.routes.saturating_add(more.routes) <= ROUTE_BUDGET
+            && self.toml.saturating_add(more.toml) <= ROUTE_BYTES
+            && self.wire.saturating_add(more.wire) <= ROUTE_WIRE_BYTES
+    }
+
+    fn add(&mut self, more: &Spent) {
+        self.routes += more.routes;
+        self.toml += more.toml;
+        self.wire += more.wire;
+    }
 }
 
 /// What makes two routes the same route: all they match on.
@@ -241,7 +293,8 @@ fn tunnel_outcome(
     let hash = connector::config_hash(&toml);
     let version = match &learned.written {
         Some((written, version)) if *written == hash => *version,
-        Some((_, version)) => version + 1,
+        // The annotation it comes from is anyone's to edit: past the largest, start again.
+        Some((_, version)) => version.checked_add(1).unwrap_or(1),
         None => 1,
     };
     let config_map = connector::config_map(tunnel, settings, toml, version);
@@ -361,6 +414,76 @@ mod tests {
         let over: Vec<_> = decided.notes.iter().filter(|n| n.reason == "TooManyRoutes").collect();
         assert_eq!(over.len(), 1, "one note for the object, not one per route: {over:?}");
         assert_eq!(over[0].source.reference.name.as_deref(), Some("flood"));
+    }
+
+    #[test]
+    fn long_paths_past_what_a_server_takes_in_one_table_leave_the_older_routes_served() {
+        // 64 paths of 1,000 bytes: far below the count of routes, but together more than the
+        // 64 KiB a server takes in one message. Before, the connector sent them all, and the
+        // server ended every session it opened, the other tenants' routes with it.
+        let mut text = shared_tunnel();
+        text.push_str(&ingress("team-a", "site", "2026-01-01T00:00:00Z", "app.example.com", "/", "Prefix"));
+        let paths: Vec<String> = (0..64)
+            .map(|n| {
+                let path = format!("/{}{n}", "p".repeat(1000));
+                format!("{{path: {path}, pathType: Exact, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}")
+            })
+            .collect();
+        text.push_str(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: long, namespace: team-b, creationTimestamp: '2026-01-02T00:00:00Z', annotations: {{tunnel-rs.github.io/tunnel: shared}}}}\n\
+             spec: {{ingressClassName: tunnel, rules: [{{host: long.example.com, http: {{paths: [{}]}}}}]}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: team-b}}\nspec: {{ports: [{{port: 80}}]}}\n---\n",
+            paths.join(", ")
+        ));
+        let (decided, key) = decide(&text);
+        let (config_map, _) = decided.tunnels[&key].connector.clone().expect("the tunnel keeps a connector");
+        let toml = &config_map.data.unwrap()["client.toml"];
+        let file: tunnel_core::config::ClientFile = toml::from_str(toml).unwrap();
+        let set = file.route_set().expect("the connector's routes make a table a server takes");
+        assert!(set.table_bytes() <= tunnel_core::client::MAX_TABLE_BYTES, "{}", set.table_bytes());
+        assert!(toml.contains("host = \"app.example.com\""), "the older object is served");
+        let served = toml.matches("host = \"long.example.com\"").count();
+        assert!((50..64).contains(&served), "the budget is filled, no more: {served}");
+        let over: Vec<_> = decided.notes.iter().filter(|n| n.reason == "TooManyRoutes").collect();
+        assert_eq!(over.len(), 1, "{over:?}");
+        assert_eq!(over[0].source.reference.name.as_deref(), Some("long"));
+        assert!(over[0].message.contains("on the wire"), "{}", over[0].message);
+    }
+
+    #[test]
+    fn the_room_kept_for_a_tunnels_own_routes_holds_its_fallback_and_63_networks() {
+        use tunnel_core::proto::{IpNet, RouteKind};
+        let network = RouteEntry {
+            id: RouteId(u64::MAX),
+            kind: RouteKind::Network { net: "2001:db8::/32".parse::<IpNet>().unwrap() },
+        };
+        let fallback = RouteEntry { id: RouteId(u64::MAX), kind: RouteKind::HttpFallback };
+        let own = 63 * network.encoded_len() + fallback.encoded_len() + tunnel_core::proto::TABLE_OVERHEAD;
+        assert!(own <= tunnel_core::client::MAX_TABLE_BYTES - ROUTE_WIRE_BYTES, "{own}");
+    }
+
+    #[test]
+    fn a_route_whose_id_another_route_has_is_told_and_the_first_stays() {
+        // A route's id is a hash of what it matches, header names in lowercase: two HTTPRoutes
+        // matching `X-Env` and `x-env` are one route to the connector (and a tenant could
+        // search for two of its own routes with one 64-bit id). Before, the connector's whole
+        // table was refused as holding a route twice, and every tenant's routes froze.
+        let mut first = claim("team-a", "one", 1, "x.example.com", "/a");
+        let mut second = claim("team-a", "two", 2, "x.example.com", "/a");
+        first.route.headers.insert("X-Env".into(), "canary".into());
+        second.route.headers.insert("x-env".into(), "canary".into());
+        let mut notes = Vec::new();
+        let id = |route: &RouteFile| route.build().unwrap().entry().id;
+        assert_eq!(id(&first.route), id(&second.route));
+        assert_ne!(route_identity(&first.route), route_identity(&second.route));
+        let routes = assign(vec![first, second], &mut notes);
+        assert_eq!(routes.values().flatten().count(), 1);
+        let [note] = notes.as_slice() else { panic!("{notes:?}") };
+        assert_eq!(
+            (note.reason.as_str(), note.source.reference.name.as_deref()),
+            ("RouteConflict", Some("two"))
+        );
+        assert!(note.message.contains("route id"), "{}", note.message);
     }
 
     /// A claim of `namespace/name`, created on day `day`, for `host` and `path`.

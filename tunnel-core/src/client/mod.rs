@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub use backoff::{Backoff, BackoffState};
 pub use config::{default_connections, ClientConfig, ServerEndpoint};
 pub use error::{ClientError, Interruption};
-pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET};
+pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET, MAX_TABLE_BYTES};
 pub use status::{ActiveForward, ActiveLocal, ActiveSocks, ClientStatus};
 
 use self::dial::Dialed;

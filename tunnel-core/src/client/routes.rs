@@ -11,7 +11,7 @@ use super::streams::{Forward, Routes};
 use super::{ActiveForward, ClientError};
 use crate::forward::{Protocol, RemoteForwardSpec, ServiceSpec, Target};
 use crate::http::{HttpAction, HttpRoute, TlsRoute};
-use crate::proto::route::MAX_ROUTES;
+use crate::proto::route::{MAX_ROUTES, TABLE_OVERHEAD};
 use crate::proto::{
     ControlMessage, IpNet, RefusalCode, RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult,
     NETWORK_VERSION, ROUTE_STREAMS_VERSION, UDP_VERSION,
@@ -63,10 +63,21 @@ pub enum RouteSetError {
     /// More routes than one table carries.
     #[error("{0} routes; a table holds at most {MAX_ROUTES_PER_SET}")]
     TooMany(usize),
+    /// The table is larger than a server takes in one message.
+    #[error(
+        "the route table takes {0} bytes on the wire, over the {MAX_TABLE_BYTES} a server takes \
+         (long hosts, paths, methods and header matches count)"
+    )]
+    TooLarge(usize),
 }
 
-/// Most routes one set may hold: its table then fits in a server's default 64 KiB message.
+/// Most routes one set may hold.
 pub const MAX_ROUTES_PER_SET: usize = 512;
+
+/// The largest route table a client sends, in bytes on the wire: a server's default
+/// `max_message_size`. A larger one would end the session as soon as it was sent, and every
+/// session after it, so it is refused before it leaves.
+pub const MAX_TABLE_BYTES: usize = 64 * 1024;
 
 /// What one entry of the table is on this side.
 #[derive(Debug, Clone)]
@@ -86,6 +97,10 @@ impl RouteSet {
             self.remotes.len() + self.services.len() + self.http.len() + self.tls.len() + self.networks.len();
         if total + usize::from(self.http_fallback.is_some()) > MAX_ROUTES_PER_SET.min(MAX_ROUTES) {
             return Err(RouteSetError::TooMany(total));
+        }
+        let bytes = self.table_bytes();
+        if bytes > MAX_TABLE_BYTES {
+            return Err(RouteSetError::TooLarge(bytes));
         }
         let mut ports: HashMap<(Protocol, u16), &RemoteForwardSpec> = HashMap::new();
         for spec in &self.remotes {
@@ -128,6 +143,13 @@ impl RouteSet {
             return Err(RouteSetError::DuplicateRoute(format!("network {dup}")));
         }
         Ok(())
+    }
+
+    /// Bytes of the route table message this set makes (at most [`MAX_TABLE_BYTES`] once
+    /// checked).
+    pub fn table_bytes(&self) -> usize {
+        self.items(&HashMap::new()).iter().map(|(entry, _)| entry.encoded_len()).sum::<usize>()
+            + TABLE_OVERHEAD
     }
 
     /// The route id of each remote forward, in order. Forwards on port 0 to the same target
@@ -173,11 +195,7 @@ impl RouteSet {
             ));
         }
         for route in &self.http {
-            let kind = RouteKind::Http { matcher: route.matcher.clone() };
-            items.push((
-                RouteEntry { id: RouteId::of_http(&route.matcher), kind },
-                Local::Http(route.clone()),
-            ));
+            items.push((route.entry(), Local::Http(route.clone())));
         }
         if let Some(fallback) = &self.http_fallback {
             let entry = RouteEntry { id: RouteId::of_http_fallback(), kind: RouteKind::HttpFallback };
@@ -517,6 +535,33 @@ mod tests {
         // The server leases ports, not addresses: one port is one forward, whatever the address.
         assert!(set(&["127.0.0.1:8080:h:1", "127.0.0.2:8080:h:1"], &[]).check().is_err());
         assert_eq!(set(&[], &["k=h:1", "k=h:2"]).check(), Err(RouteSetError::DuplicateService("k".into())));
+    }
+
+    #[test]
+    fn a_table_larger_than_a_server_takes_is_refused_before_it_is_sent() {
+        // Long paths: 60 routes fit in a server's 64 KiB, 80 do not (each takes about 920
+        // bytes), though both are far below the count of routes a table may hold.
+        let routes = |n: usize| RouteSet {
+            http: (0..n)
+                .map(|i| {
+                    format!("app{i}.example.com/{}{i}=http_status:204", "a".repeat(900)).parse().unwrap()
+                })
+                .collect(),
+            networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..set(&["0:127.0.0.1:22"], &["k=h:1"])
+        };
+        let mut version = 0;
+        for n in [60, 80] {
+            let set = routes(n);
+            // What is counted is what is sent: the message, as the server's frame limit sees it.
+            let table = Table::new(&set, &HashMap::new(), &mut version, PROTOCOL_VERSION);
+            assert_eq!(set.table_bytes(), table.message().encode().len(), "{n} routes");
+        }
+        assert!(routes(60).table_bytes() <= MAX_TABLE_BYTES && routes(60).check().is_ok());
+        let bytes = routes(80).table_bytes();
+        assert!(bytes > MAX_TABLE_BYTES);
+        assert_eq!(routes(80).check(), Err(RouteSetError::TooLarge(bytes)));
+        assert!(RouteSetError::TooLarge(bytes).to_string().contains(&bytes.to_string()));
     }
 
     #[test]

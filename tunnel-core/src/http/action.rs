@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::HttpHandler;
-use crate::proto::{HostPattern, HttpMatch, PathMatch, TargetAddr};
+use crate::proto::{HostPattern, HttpMatch, PathMatch, RouteEntry, RouteId, RouteKind, TargetAddr};
 
 /// How long an origin may take to answer a request's headers by default (then: 504).
 pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -217,6 +217,17 @@ pub struct HttpRoute {
     pub matcher: HttpMatch,
     /// The action.
     pub action: HttpAction,
+}
+
+impl HttpRoute {
+    /// What the client sends the server for this route: its match, under its id (the action
+    /// stays with the client).
+    pub fn entry(&self) -> RouteEntry {
+        RouteEntry {
+            id: RouteId::of_http(&self.matcher),
+            kind: RouteKind::Http { matcher: self.matcher.clone() },
+        }
+    }
 }
 
 /// `--http HOST[/PATH]=SERVICE`: a path is a prefix.

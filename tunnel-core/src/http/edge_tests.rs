@@ -321,6 +321,29 @@ async fn a_request_with_two_host_headers_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("userinfo"), "{answer}");
 }
 
+/// A target whose path does not begin with `/` would be matched as written but reach the origin
+/// as `/` and the rest (its origin form): past every path route. Refused; `OPTIONS *` is not.
+#[tokio::test(start_paused = true)]
+async fn a_request_target_whose_path_does_not_begin_with_a_slash_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    // hyper reads both as an authority (the path empty), whatever the method.
+    for target in ["a.test", "admin", "a.test:80"] {
+        let mut visitor = visitor_of(&edge);
+        let head = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        visitor.write_all(head.as_bytes()).await.unwrap();
+        let answer = responses(&mut visitor).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("must begin with /"),
+            "{target}: {answer}"
+        );
+    }
+    let mut visitor = visitor_of(&edge);
+    visitor.write_all(b"OPTIONS * HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    let answer = responses(&mut visitor).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "the fallback answers: {answer}");
+}
+
 /// The wait for a request and its head share one header timeout: a visitor that sends its
 /// first byte just before the end of it, then trickles the rest, is cut then, not a whole
 /// header timeout later.

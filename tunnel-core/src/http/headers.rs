@@ -121,9 +121,19 @@ pub fn request_host<B>(request: &Request<B>) -> Option<String> {
     (port_ok && name_ok && !host.is_empty() && host.len() <= 253).then(|| host.to_ascii_lowercase())
 }
 
+/// Fields a visitor might send in the hope that an origin trusting its proxy reads them: the
+/// scheme by other names (Rack reads `X-Forwarded-Ssl` before `-Proto`), the port and the path
+/// prefix absolute URLs and redirects are built from (Spring, Django).
+const X_FORWARDED_OTHERS: [&str; 4] =
+    ["x-forwarded-ssl", "x-forwarded-scheme", "x-forwarded-port", "x-forwarded-prefix"];
+
 /// Sets `X-Forwarded-For` (appending the visitor to the list a client sent, over as many fields
-/// as it sent), `-Proto` and `-Host`.
+/// as it sent), `-Proto` and `-Host`, and removes the visitor's `-Ssl`, `-Scheme`, `-Port` and
+/// `-Prefix`.
 pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static str, host: &str) {
+    for name in X_FORWARDED_OTHERS {
+        headers.remove(name);
+    }
     use std::io::Write as _;
     // Values are built without a `String` where they can be (this runs for every request).
     let mut earlier = String::new();
@@ -355,6 +365,26 @@ mod tests {
         headers.insert(header::HOST, "a.test".parse().unwrap());
         set_forwarded(&mut headers, v6, "http", "a.test");
         assert_eq!(headers["x-forwarded-host"], "a.test");
+    }
+
+    #[test]
+    fn forwarded_fields_the_edge_does_not_set_are_not_taken_from_the_visitor() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-forwarded-proto", "https"),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+        headers.append("x-forwarded-port", "8443".parse().unwrap());
+        set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "http", "a.test");
+        for name in X_FORWARDED_OTHERS {
+            assert!(!headers.contains_key(name), "{name} was kept");
+        }
+        assert_eq!(headers["x-forwarded-proto"], "http", "the visitor's scheme is replaced");
     }
 
     #[test]

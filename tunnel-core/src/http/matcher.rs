@@ -49,7 +49,9 @@ impl Matcher {
             PathMatch::Regex(_) => self.regex.as_ref().is_some_and(|r| r.is_match(path)),
         };
         path_ok
-            && (self.spec.methods.is_empty() || self.spec.methods.iter().any(|m| m == method))
+            // Methods are case-sensitive (RFC 9110 9.1), but origins that uppercase them
+            // (Flask, Symfony) run `delete` as DELETE: a route for DELETE takes it too.
+            && (self.spec.methods.is_empty() || self.spec.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
             && self.spec.headers.iter().all(|(name, value)| {
                 headers.get_all(name.as_str()).iter().any(|v| v.as_bytes() == value.as_bytes())
             })
@@ -117,6 +119,8 @@ mod tests {
         let m = matcher(PathMatch::Regex("/v[0-9]+/.*".into()), &["GET"], &[("x-env", "canary")]);
         assert!(m.matches("/v2/users", "GET", &headers));
         assert!(!m.matches("/v2/users", "POST", &headers));
+        // An origin may run `get` as GET: a route for GET (a 403, say) takes it too.
+        assert!(m.matches("/v2/users", "get", &headers));
         assert!(!m.matches("/x/v2/users", "GET", &headers), "expressions match the whole path");
         assert!(!m.matches("/v2/users", "GET", &HeaderMap::new()));
         assert!(Matcher::new(HttpMatch {

@@ -25,7 +25,7 @@ pub use header::{ReplyStatus, StreamHeader, StreamReply, ROUTE_HEADER};
 pub use http::{HostPattern, HttpMatch, PathMatch};
 pub use net::{IpNet, NetError};
 pub use proxy_header::ProxyProtocol;
-pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult};
+pub use route::{RouteEntry, RouteId, RouteKind, RouteOutcome, RouteResult, TABLE_OVERHEAD};
 pub use target::{SpecError, TargetAddr, VisitTarget};
 
 /// Protocol version this build speaks (sent in the hello, negotiated down to the peer's).

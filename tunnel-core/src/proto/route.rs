@@ -19,6 +19,10 @@ use super::{validate_name, DecodeError, MAX_NAME_LEN, MAX_REASON_LEN};
 /// Most entries one table (or answer) may hold on the wire.
 pub const MAX_ROUTES: usize = 1024;
 
+/// Bytes of a route table message besides its entries: the message type, the version and the
+/// count of entries.
+pub const TABLE_OVERHEAD: usize = 1 + 8 + 2;
+
 const KIND_TCP: u8 = 1;
 const KIND_SERVICE: u8 = 2;
 const KIND_HTTP: u8 = 3;
@@ -115,6 +119,15 @@ pub struct RouteEntry {
     pub id: RouteId,
     /// What the server publishes.
     pub kind: RouteKind,
+}
+
+impl RouteEntry {
+    /// Bytes this entry takes in a route table message (see [`TABLE_OVERHEAD`] for the rest).
+    pub fn encoded_len(&self) -> usize {
+        let mut w = Writer::new();
+        encode_entries(&mut w, std::slice::from_ref(self));
+        w.finish().len() - 2 // The count of entries.
+    }
 }
 
 /// What a route publishes on the server.

@@ -115,7 +115,9 @@ impl Networks {
     /// configuration `grace` reads.
     pub(crate) fn depart(&self, session: SessionId, grace: impl FnOnce() -> Duration) {
         let mut entries = self.lock();
-        let until = Instant::now() + grace();
+        // Held to the registry's bound, as ports are: `Duration::MAX` ("forever") from an
+        // embedder would overflow the `Instant`.
+        let until = Instant::now() + grace().min(super::registry::MAX_GRACE);
         for entry in entries.iter_mut().filter(|e| e.session == session) {
             entry.opener = None;
             entry.reserved_until = Some(until);
@@ -221,6 +223,10 @@ mod tests {
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         assert!(table.lookup(ip("10.96.0.1")).is_none(), "the reservation ran out");
         table.claim(net("10.96.0.0/16"), &owner("b"), 2, RouteId(2), opener(), 5).unwrap();
+        // "Forever" from an embedder is the longest grace kept, not a panic.
+        table.claim(net("10.0.0.0/16"), &owner("c"), 4, RouteId(4), opener(), 5).unwrap();
+        table.depart(4, || Duration::MAX);
+        assert!(table.lookup(ip("10.0.0.1")).is_some_and(|hit| hit.owner == owner("c")));
     }
 
     /// A client the configuration no longer has gets no grace: a drain's reservation ends at

@@ -21,7 +21,7 @@ use crate::mux::StreamOpener;
 use crate::proto::RouteId;
 
 /// Longest grace period kept: a year.
-const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(super) const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Identifies one session of a client name.
 pub(crate) type SessionId = u64;

@@ -83,7 +83,7 @@ impl Channel {
         let heard = AtomicBool::new(false);
         let seen = (last_seen.clone(), &heard);
         let read = read_loop(reader, self.max_message_size, seen, msg_tx, out_tx.clone(), pings.clone(), rtt);
-        let write = write_loop(writer, out_rx, self.interval, pings.clone());
+        let write = write_loop(writer, out_rx, (self.interval, self.timeout), pings.clone());
         let watchdog = watchdog(last_seen.clone(), self.interval.saturating_mul(2), self.timeout);
         let taken_over = async {
             match successors {
@@ -282,10 +282,14 @@ async fn read_loop(
     }
 }
 
+/// Writes the queued messages and a ping every `interval`. A message the peer does not take
+/// within `timeout` ends the session: a peer that sends but never reads would otherwise hold
+/// every caller of [`super::ControlSender::send`] (and, on a server, whatever those callers
+/// should do next: end the session of a revoked client, say) for as long as it likes.
 async fn write_loop(
     mut writer: WriteHalf<MuxStream>,
     outgoing: &mut mpsc::Receiver<Box<Outgoing>>,
-    interval: Duration,
+    (interval, timeout): (Duration, Duration),
     pings: Arc<Mutex<Option<(u64, Instant)>>>,
 ) -> SessionEnd {
     let mut ticker = tokio::time::interval(interval);
@@ -300,42 +304,51 @@ async fn write_loop(
     // for the sign that the control stream is up, and a goodbye in its place would read as a
     // broken handshake instead of as the reason it gives.
     ticker.tick().await;
-    if !write_message(&mut writer, &mut buf, &ping()).await {
-        return SessionEnd::PeerGone;
+    if let Err(end) = write_message(&mut writer, &mut buf, &ping(), timeout).await {
+        return end;
     }
     loop {
         let message = tokio::select! {
             Some(out) = outgoing.recv() => match *out {
                 Outgoing::Message(message) => message,
                 Outgoing::Written(message, written) => {
-                    if !write_message(&mut writer, &mut buf, &message).await {
-                        return SessionEnd::PeerGone;
+                    if let Err(end) = write_message(&mut writer, &mut buf, &message, timeout).await {
+                        return end;
                     }
                     let _ = written.send(());
                     continue;
                 }
                 Outgoing::Close(code, message) => {
-                    write_message(&mut writer, &mut buf, &ControlMessage::Goodbye { code, message }).await;
+                    let goodbye = ControlMessage::Goodbye { code, message };
+                    // Bounded as any message is; the shutdown writes nothing the peer must take.
+                    let _ = write_message(&mut writer, &mut buf, &goodbye, timeout).await;
                     let _ = writer.shutdown().await;
                     return SessionEnd::Closed;
                 }
             },
             _ = ticker.tick() => ping(),
         };
-        if !write_message(&mut writer, &mut buf, &message).await {
-            return SessionEnd::PeerGone;
+        if let Err(end) = write_message(&mut writer, &mut buf, &message, timeout).await {
+            return end;
         }
     }
 }
 
+/// Writes one message; the end of the session when it fails or the peer takes none of it for
+/// `timeout`.
 async fn write_message(
     writer: &mut WriteHalf<MuxStream>,
     buf: &mut Vec<u8>,
     message: &ControlMessage,
-) -> bool {
+    timeout: Duration,
+) -> Result<(), SessionEnd> {
     buf.clear();
     frame::encode(&message.encode(), buf);
-    write_frame(writer, buf).await.is_ok()
+    match tokio::time::timeout(timeout, write_frame(writer, buf)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SessionEnd::PeerGone),
+        Err(_) => Err(SessionEnd::NotReading(timeout)),
+    }
 }
 
 /// Ends the session once the peer has been silent for `timeout`; after `quiet` (shorter), marks

@@ -37,6 +37,9 @@ pub enum SessionEnd {
     HeartbeatTimeout(Duration),
     /// The peer broke the protocol; the session was closed.
     ProtocolError(String),
+    /// The peer took none of our control messages for this long (it stopped reading its
+    /// control stream, while perhaps still sending).
+    NotReading(Duration),
 }
 
 impl std::fmt::Display for SessionEnd {
@@ -49,6 +52,7 @@ impl std::fmt::Display for SessionEnd {
             Self::PeerGone => f.write_str("connection lost"),
             Self::HeartbeatTimeout(t) => write!(f, "peer silent for {t:?}, declared dead"),
             Self::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            Self::NotReading(t) => write!(f, "peer read nothing of the control stream for {t:?}"),
         }
     }
 }

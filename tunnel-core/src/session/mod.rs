@@ -304,10 +304,22 @@ mod tests {
         T: Send + 'static,
         F: std::future::Future<Output = T> + Send + 'static,
     {
+        pair_of(pipe, (config, config.clone()), serve).await
+    }
+
+    /// [`pair`] with a configuration for each side: the client's, then the server's.
+    async fn pair_of<T, F>(
+        pipe: usize,
+        (config, server_config): (&SessionConfig, SessionConfig),
+        serve: impl FnOnce(Session) -> F + Send + 'static,
+    ) -> (Result<(Session, Established), SessionError>, tokio::task::JoinHandle<T>)
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
         let (a, b) = tokio::io::duplex(pipe);
         let token = Token::new("session-test-token").unwrap();
         let credentials = Credentials::default().with_shared(token.clone());
-        let server_config = config.clone();
         let server = tokio::spawn(async move {
             let binding = ChannelBinding::Plaintext;
             let accepted = Session::accept(b, &binding, &credentials, &server_config, Duration::from_secs(5));
@@ -384,6 +396,52 @@ mod tests {
             control.close(crate::proto::GoodbyeCode::Shutdown, "bye"),
         );
         assert!(closed.await.is_ok(), "close() hung behind a full queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_pings_but_never_reads_its_control_stream_is_ended_after_the_timeout() {
+        // The client's driver runs (its heartbeats keep the server's watchdog content), but
+        // nobody takes its messages: its reader stops once their queue is full, and the
+        // multiplexer's window for the control stream fills behind it. The server's callers of
+        // send would wait for good (on a server: with a revocation or a kick unheard). The
+        // client, hearing nothing more, would call the server dead only after an hour.
+        let server = SessionConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            ..SessionConfig::default()
+        };
+        let client = SessionConfig { heartbeat_timeout: Duration::from_secs(3600), ..server.clone() };
+        let (client, server) = pair_of(1 << 20, (&client, server), |server| async move {
+            let Session { control, driver, .. } = server;
+            (control, tokio::spawn(driver))
+        })
+        .await;
+        let (client, _) = client.unwrap();
+        let Session { messages: _unread, driver: client_driver, control: _client_control, .. } = client;
+        let _client_driver = AbortOnDropHandle::new(tokio::spawn(client_driver));
+        let (control, server_driver) = server.await.unwrap();
+        let started = tokio::time::Instant::now();
+        let filler = tokio::spawn(async move {
+            let message = "x".repeat(4096);
+            let mut sent = 0usize;
+            loop {
+                let draining =
+                    crate::proto::ControlMessage::Draining { deadline_ms: 1, message: message.clone() };
+                if control.send(draining).await.is_err() {
+                    return sent;
+                }
+                sent += 1;
+            }
+        });
+        let end = tokio::time::timeout(Duration::from_secs(600), server_driver).await;
+        let end = end.expect("the server's session outlived a peer that read nothing").unwrap();
+        assert_eq!(end, SessionEnd::NotReading(Duration::from_secs(5)));
+        // Held by the peer's full window, the writer gave up one timeout after its last
+        // progress: well before the peer would have been silent for that long by pings.
+        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+        // The sender held by the full queue is released, having filled the peer's window.
+        let sent = tokio::time::timeout(Duration::from_secs(10), filler).await.unwrap().unwrap();
+        assert!(sent * 4096 >= 256 * 1024, "only {sent} messages were sent");
     }
 
     #[tokio::test(start_paused = true)]

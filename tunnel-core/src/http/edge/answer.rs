@@ -57,6 +57,15 @@ impl HttpEdge {
             Ok(host) => host,
             Err(why) => return (text_response(StatusCode::BAD_REQUEST, why), None),
         };
+        // A path that does not begin with `/` (an HTTP/2 `:path` of `admin`, an authority form
+        // outside CONNECT) would be matched as written, and reach the origin with a `/` put
+        // before it (its origin form): past a route for `/admin`, or its dot segments left in.
+        let path = request.uri().path();
+        let asterisk = path == "*" && request.method() == hyper::Method::OPTIONS;
+        if !(path.starts_with('/') || asterisk) {
+            let why = "the request target's path must begin with /";
+            return (text_response(StatusCode::BAD_REQUEST, why), None);
+        }
         remove_dot_segments(request.uri_mut());
         let challenge = self
             .challenges
