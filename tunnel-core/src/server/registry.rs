@@ -44,6 +44,9 @@ pub(crate) struct Caps {
     pub(crate) shared_sessions: usize,
     /// Services one session may expose.
     pub(crate) services: usize,
+    /// Ports reserved for one client's return at once: as many as its forwards of both
+    /// protocols may hold.
+    pub(crate) reserved: usize,
 }
 
 impl Caps {
@@ -52,6 +55,7 @@ impl Caps {
             sessions: config.max_sessions,
             shared_sessions: config.max_sessions_per_shared_token,
             services: config.max_services_per_client,
+            reserved: config.max_forwards_per_client.saturating_mul(2),
         }
     }
 }
@@ -479,7 +483,8 @@ impl Registry {
         match lease.state {
             LeaseState::Held(users) if users > 1 => lease.state = LeaseState::Held(users - 1),
             LeaseState::Held(_) if reserve() => {
-                lease.state = LeaseState::Reserved { until: Instant::now() + grace }
+                lease.state = LeaseState::Reserved { until: Instant::now() + grace };
+                inner.keep_reserved_within_cap(owner);
             }
             LeaseState::Held(_) => {
                 inner.leases.remove(&port);
@@ -552,6 +557,29 @@ impl Registry {
 impl Inner {
     fn slot_mut(&mut self, name: &str, id: SessionId) -> Option<&mut Slot> {
         self.sessions.get_mut(name)?.iter_mut().find(|slot| slot.id == id)
+    }
+
+    /// Frees `owner`'s reservations that end first, past [`Caps::reserved`] of them: a client
+    /// that reconnects and claims other ports each time would otherwise keep every port it
+    /// ever held reserved (at the defaults: 128 new ones a cycle, every port in 8 minutes).
+    fn keep_reserved_within_cap(&mut self, owner: &Owner) {
+        let now = Instant::now();
+        let mut reserved: Vec<(Instant, u16)> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.owner == *owner)
+            .filter_map(|(port, lease)| match lease.state {
+                LeaseState::Reserved { until } if until > now => Some((until, *port)),
+                _ => None,
+            })
+            .collect();
+        let over = reserved.len().saturating_sub(self.caps.reserved);
+        if over > 0 {
+            reserved.sort_unstable();
+            for (_, port) in &reserved[..over] {
+                self.leases.remove(port);
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@ use crate::mux::idle_opener as opener;
 
 const GRACE: Duration = Duration::from_secs(60);
 const HANDOVER: Duration = Duration::from_secs(1);
-const CAPS: Caps = Caps { sessions: 100, shared_sessions: 100, services: 100 };
+const CAPS: Caps = Caps { sessions: 100, shared_sessions: 100, services: 100, reserved: 100 };
 
 /// `name` on a token of its own.
 fn who(name: &str) -> Owner {
@@ -210,6 +210,31 @@ async fn a_service_visit_goes_to_a_replica_exposing_it_and_not_draining() {
     );
 }
 
+/// A client that reconnects and claims other ports each time keeps at most its cap of them
+/// reserved: the ones reserved first go first, and another client may claim them.
+#[tokio::test(start_paused = true)]
+async fn a_client_keeps_at_most_its_cap_of_ports_reserved_the_first_reserved_going_first() {
+    let registry = Registry::new(GRACE, Caps { reserved: 4, ..CAPS });
+    let (a, b) = (who("a"), who("b"));
+    // Seven sessions of a, each claiming a port and leaving it reserved (a second apart, so
+    // the reservations end in that order).
+    for port in 1000..1007 {
+        registry.claim(&a, RouteId(u64::from(port)), port).unwrap();
+        registry.vacate(&a, port, || true);
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    let reserved: Vec<u16> = (1000..1007).filter(|p| registry.claim(&b, RouteId(1), *p).is_err()).collect();
+    assert_eq!(reserved, [1003, 1004, 1005, 1006], "the last four stay a's");
+    // Its own come back to it, whatever their number.
+    assert_eq!(registry.reserved_for(&a, RouteId(1006)), Some(1006));
+    // Another owner's reservations are its own count: b's do not push a's out.
+    for port in 2000..2004 {
+        registry.claim(&b, RouteId(u64::from(port)), port).unwrap();
+        registry.vacate(&b, port, || true);
+    }
+    assert_eq!(registry.reserved_for(&a, RouteId(1003)), Some(1003));
+}
+
 #[tokio::test(start_paused = true)]
 async fn stored_leases_are_reserved_again_after_a_restart() {
     let before = Registry::new(GRACE, CAPS);
@@ -239,7 +264,7 @@ async fn stored_leases_are_reserved_again_after_a_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn session_and_service_caps_hold_and_a_replacement_is_not_a_new_session() {
-    let caps = Caps { sessions: 3, shared_sessions: 2, services: 2 };
+    let caps = Caps { sessions: 3, shared_sessions: 2, services: 2, reserved: 100 };
     let registry = Registry::new(GRACE, caps);
     let join = |name: &'static str, kind| registry.register(name, kind, opener().0, 1, HANDOVER);
     let a = join("a", CredentialKind::Shared).await.unwrap();
