@@ -102,6 +102,9 @@ pub fn token_secret(tunnel: &TunnelObject<'_>) -> String {
     }
 }
 
+/// Networks one tunnel offers at most.
+pub const MAX_NETWORKS: usize = 63;
+
 fn field(field: &'static str, message: impl ToString) -> SpecError {
     SpecError::Field { field, message: message.to_string() }
 }
@@ -142,11 +145,25 @@ pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<
         if spec.networks.is_empty() {
             return Err(field("networks", "enableWarpRouting needs at least one network"));
         }
+        // The room the route budgets leave (`reconcile::ROUTE_BUDGET`, `ROUTE_WIRE_BYTES`).
+        if spec.networks.len() > MAX_NETWORKS {
+            return Err(field("networks", format!("at most {MAX_NETWORKS} networks")));
+        }
         for network in &spec.networks {
             file.networks.push(network.parse().map_err(|e| field("networks", format!("{network:?}: {e}")))?);
         }
     }
-    file.validate().map_err(|e| field("server", e))?;
+    file.validate().map_err(|e| {
+        use tunnel_core::config::ConfigError;
+        // The spec's field that gave the key at fault; the rest comes from `server`.
+        let at = match &e {
+            ConfigError::Invalid { key: "name", .. } if spec.new_tunnel.is_some() => "newTunnel.name",
+            ConfigError::Invalid { key: "name", .. } => "existingTunnel.name",
+            ConfigError::Invalid { key: "networks", .. } => "networks",
+            _ => "server",
+        };
+        field(at, tunnel_core::log::Chain(&e))
+    })?;
     Ok(file)
 }
 

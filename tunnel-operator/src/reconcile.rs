@@ -367,6 +367,26 @@ mod tests {
     }
 
     #[test]
+    fn a_client_name_no_server_takes_is_reported_on_its_own_field_with_the_reason() {
+        let many: Vec<String> = (0..64).map(|i| format!("'10.{i}.0.0/16'")).collect();
+        let text = shared_tunnel().replace(
+            "existingTunnel: {name: c,",
+            &format!("enableWarpRouting: true, networks: [{}], existingTunnel: {{name: c,", many.join(", ")),
+        );
+        let (decided, key) = decide(&text);
+        let ready = decided.tunnels[&key].status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.message, "spec.networks: at most 63 networks", "past the room the budgets leave");
+        let text = shared_tunnel().replace("existingTunnel: {name: c,", "existingTunnel: {name: 'bad name',");
+        let (decided, key) = decide(&text);
+        let outcome = &decided.tunnels[&key];
+        assert!(outcome.connector.is_none());
+        let ready = outcome.status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "InvalidSpec");
+        // Before: "spec.server: invalid `name`", the wrong field and no reason.
+        assert!(ready.message.starts_with("spec.existingTunnel.name: invalid `name`: "), "{}", ready.message);
+    }
+
+    #[test]
     fn a_host_belongs_to_the_namespace_that_claimed_it_first_whatever_the_path() {
         let mut text = shared_tunnel();
         text.push_str(&ingress("team-a", "site", "2026-01-01T00:00:00Z", "app.example.com", "/", "Prefix"));
@@ -458,7 +478,9 @@ mod tests {
             kind: RouteKind::Network { net: "2001:db8::/32".parse::<IpNet>().unwrap() },
         };
         let fallback = RouteEntry { id: RouteId(u64::MAX), kind: RouteKind::HttpFallback };
-        let own = 63 * network.encoded_len() + fallback.encoded_len() + tunnel_core::proto::TABLE_OVERHEAD;
+        let own = crate::connector::MAX_NETWORKS * network.encoded_len()
+            + fallback.encoded_len()
+            + tunnel_core::proto::TABLE_OVERHEAD;
         assert!(own <= tunnel_core::client::MAX_TABLE_BYTES - ROUTE_WIRE_BYTES, "{own}");
     }
 

@@ -134,6 +134,17 @@ pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static s
     for name in X_FORWARDED_OTHERS {
         headers.remove(name);
     }
+    // CGI-style servers (Rack, PHP) read `X_Forwarded_Ssl` as `X-Forwarded-Ssl`: any field of
+    // the family spelled with `_` goes, whatever it names.
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| name.as_str().replace('_', "-").starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in underscored {
+        headers.remove(name);
+    }
     use std::io::Write as _;
     // Values are built without a `String` where they can be (this runs for every request).
     let mut earlier = String::new();
@@ -380,11 +391,19 @@ mod tests {
             headers.append(name, value.parse().unwrap());
         }
         headers.append("x-forwarded-port", "8443".parse().unwrap());
+        for name in ["x_forwarded_ssl", "x-forwarded_prefix", "x_forwarded_for", "x_forwarded_proto"] {
+            headers.append(name, "on".parse::<HeaderValue>().unwrap());
+        }
+        headers.append("x_real_ip_not_ours", "kept".parse::<HeaderValue>().unwrap());
         set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "http", "a.test");
         for name in X_FORWARDED_OTHERS {
             assert!(!headers.contains_key(name), "{name} was kept");
         }
         assert_eq!(headers["x-forwarded-proto"], "http", "the visitor's scheme is replaced");
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert!(!names.iter().any(|n| n.contains('_') && n.starts_with("x_forwarded")), "{names:?}");
+        assert!(!headers.contains_key("x-forwarded_prefix"), "{names:?}");
+        assert_eq!(headers["x_real_ip_not_ours"], "kept", "only the family goes");
     }
 
     #[test]

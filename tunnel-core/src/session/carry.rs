@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::driver::{Moves, Outgoing, SessionEnd, Successor};
-use super::framed::{read_frame, write_frame, FrameError};
+use super::framed::{read_frame, FrameError};
 use crate::mux::{MuxDriver, MuxStream, StreamOpener};
 use crate::proto::{frame, ControlMessage, GoodbyeCode, StreamHeader};
 
@@ -334,8 +334,8 @@ async fn write_loop(
     }
 }
 
-/// Writes one message; the end of the session when it fails or the peer takes none of it for
-/// `timeout`.
+/// Writes one message; the end of the session when it fails or the peer takes nothing more of
+/// it for `timeout` (a large message to a slow peer goes on as long as bytes leave).
 async fn write_message(
     writer: &mut WriteHalf<MuxStream>,
     buf: &mut Vec<u8>,
@@ -344,7 +344,15 @@ async fn write_message(
 ) -> Result<(), SessionEnd> {
     buf.clear();
     frame::encode(&message.encode(), buf);
-    match tokio::time::timeout(timeout, write_frame(writer, buf)).await {
+    let mut left = &buf[..];
+    while !left.is_empty() {
+        match tokio::time::timeout(timeout, writer.write(left)).await {
+            Ok(Ok(0) | Err(_)) => return Err(SessionEnd::PeerGone),
+            Ok(Ok(n)) => left = &left[n..],
+            Err(_) => return Err(SessionEnd::NotReading(timeout)),
+        }
+    }
+    match tokio::time::timeout(timeout, writer.flush()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(SessionEnd::PeerGone),
         Err(_) => Err(SessionEnd::NotReading(timeout)),

@@ -268,7 +268,18 @@ async fn credential<S: Servers>(
         string_data: Some(BTreeMap::from([("token".into(), token.expose_secret().to_owned())])),
         ..Default::default()
     };
-    secrets.create(&PostParams::default(), &secret).await?;
+    if let Err(err) = secrets.create(&PostParams::default(), &secret).await {
+        // The token is nowhere else: kept by nobody, the client would be the server's for good,
+        // and the next try would find the name taken. Revoked, the next try creates it again.
+        if let Err(e) = ctx.servers.revoke(access, &new.name).await {
+            tracing::warn!(
+                client = %new.name,
+                "the token Secret could not be created and the new client not revoked: {}; revoke it on the server",
+                tunnel_core::log::Chain(&e)
+            );
+        }
+        return Err(err.into());
+    }
     Ok(Ok(true))
 }
 

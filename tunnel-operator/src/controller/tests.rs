@@ -340,6 +340,25 @@ async fn a_new_credential_is_created_granted_its_hosts_and_confirmed_once_the_co
 }
 
 #[tokio::test]
+async fn a_token_secret_that_cannot_be_created_revokes_the_new_client_so_the_next_try_creates_it_again() {
+    let cluster = cluster(&new_cluster_tunnel(""));
+    let tunnel = Arc::new(cluster.cluster_tunnels[0].clone());
+    let (ctx, mut api) = context(FakeServers::default(), cluster);
+    let running = tokio::spawn(reconcile(tunnel, ctx.clone()));
+    let ns = format!("/api/v1/namespaces/{OPERATOR_NS}");
+    api.answer("GET", &format!("{ns}/secrets/admin"), 200, admin_secret()).await;
+    api.not_found("GET", &format!("{ns}/secrets/clustertunnel-shared-token")).await;
+    // A quota on Secrets, a webhook, an API server restarting.
+    let refused = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                         "message": "exceeded quota: secrets", "reason": "Forbidden", "code": 403});
+    api.answer("POST", &format!("{ns}/secrets"), 403, refused).await;
+    assert!(finished(running).await.is_err(), "tried again later");
+    // Before, the token was dropped with the client left on the server: every later try was
+    // CredentialExists until a person revoked it.
+    assert_eq!(ctx.servers.calls(), ["create shared ports=none", "revoke shared"]);
+}
+
+#[tokio::test]
 async fn a_name_the_server_has_already_is_not_taken_over() {
     let cluster = cluster(&new_cluster_tunnel(""));
     let tunnel = Arc::new(cluster.cluster_tunnels[0].clone());
