@@ -13,7 +13,7 @@
 //! - Internal: `fs` (the state directory's private files, opened only if no one else could
 //!   have written them), `task` (spawning tracked tasks), and `source` (a visitor's source, an
 //!   IPv4 address or an IPv6 /64; places capped in all and per source, and admission that
-//!   evicts from the largest source when full, for handshakes, the edge's visitors and the
+//!   evicts from the largest site (an IPv4 address or IPv6 /48) when full, for handshakes, the edge's visitors and the
 //!   admin API).
 //! - [`auth`]: tokens, credentials and the HMAC challenge/response proofs (pure crypto).
 //! - [`proto`]: wire format (frames, handshake, control messages, stream headers, targets), pure

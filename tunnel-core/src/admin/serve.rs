@@ -30,7 +30,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once. When all are taken, a newcomer over TCP takes the place of the
-/// oldest connection of the source holding the most (if it holds more than the newcomer's
+/// oldest connection of the site holding the most (if it holds more than the newcomer's
 /// would), so a few sources holding silent connections cannot keep the operator out; only
 /// when every source holds about as much is a newcomer closed at accept.
 const MAX_CONNECTIONS: usize = 64;

@@ -99,7 +99,7 @@ impl Server {
         let max = edge.limits().max_connections;
         // No cap per source, as visitors behind one NAT or CDN share an address; but when the
         // listener is full, a newcomer takes the place of the oldest connection of the source
-        // holding the most, so one host holding every place locks no one else out.
+        // holding the most (an IPv4 address or IPv6 /48), so one host holding every place locks no one else out.
         let door = Pending::new(max, max);
         // Draining: no new visitors; requests in flight are answered, each connection then
         // closes, within the drain time.

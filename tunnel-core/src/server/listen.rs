@@ -17,7 +17,7 @@ impl Shared {
     /// Accepts on `listener` until `shutdown` or the drain; a connection `door` has no room
     /// for is reset at accept, the others are each served by `serve`, until they end or a
     /// newcomer takes their place (when the door is full, that of the oldest connection of the
-    /// source holding the most, so that no one source can lock the others out). `serve` may
+    /// site (IPv4 address or IPv6 /48) holding the most, so that no one source can lock the others out). `serve` may
     /// cancel the token it is given to give the place back (a SOCKS connection once logged in:
     /// from then on it is one of its login's visits, and no newcomer can cut it). Then the listener
     /// closes (logged as `NAME listener ADDR closed`), `closed` runs, and the connections

@@ -61,7 +61,7 @@ pub struct ServerConfig {
     /// Time allowed from TCP accept to an authenticated session (default 10 s).
     pub handshake_timeout: Duration,
     /// Connections allowed in the handshake at once (default 4096); when all are taken, a newcomer
-    /// takes the slot of the oldest handshake of the source holding the most.
+    /// takes the slot of the oldest handshake of the site (IPv4 address or IPv6 /48) holding the most.
     pub max_unauthenticated: usize,
     /// Of those, how many may come from one source address (IPv4 address or IPv6 /64; default 32).
     pub max_unauthenticated_per_source: usize,

@@ -29,7 +29,7 @@ impl Server {
     /// token) and CONNECTs where that client's rules allow, as its `-D` would. At most
     /// [`super::ServerConfig::max_unauthenticated`] connections not yet logged in at once, of
     /// which [`super::ServerConfig::max_unauthenticated_per_source`] from one source (more are
-    /// reset); when full, a newcomer takes the place of the oldest connection of the source
+    /// reset); when full, a newcomer takes the place of the oldest connection of the site
     /// holding the most, so that silent connections from a few sources lock no one out. Each
     /// has [`super::ServerConfig::handshake_timeout`] to log in and ask; once logged in, it is
     /// one of its login's visits (`LoginVisits`). On the drain, open connections go on for

@@ -1,5 +1,7 @@
 //! Where a connection comes from, as an attacker controls it: one IPv4 address, or one IPv6
-//! /64 (a single host commonly holds a whole /64). Caps per source count by this.
+//! /64 (a single host commonly holds a whole /64). Caps per source count by this. Eviction
+//! from a full table ranks the wider [`Site`] instead: one IPv6 end site commonly holds a /48,
+//! 65,536 /64s.
 
 use std::net::IpAddr;
 
@@ -23,6 +25,25 @@ impl From<IpAddr> for Source {
         }
     }
 }
+
+impl Source {
+    /// The site this source belongs to.
+    pub(crate) fn site(self) -> Site {
+        if self.0 & 1 << 32 != 0 {
+            // An IPv6 /64 (marked as in `From<IpAddr>`): its /48, marked the same way.
+            Site((self.0 >> 80) << 80 | 1 << 32)
+        } else {
+            Site(self.0)
+        }
+    }
+}
+
+/// What one holder of addresses commonly has whole: an IPv4 address (its own [`Source`]), or
+/// an IPv6 /48, the usual assignment to one end site. An attacker with a /48 holds 65,536
+/// sources, so eviction from a full table ranks sites: a crowd of sources holding one
+/// connection each, which eviction by source would never cut, is one site holding many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Site(u128);
 
 /// Places for connections, at most `total` at once and `per_source` from one [`Source`]; a
 /// place is given back when its [`Place`] drops.
