@@ -269,8 +269,8 @@ proptest! {
         forwards in prop_oneof![1 => Just(0usize), 3 => 0usize..1000],
         message in prop_oneof![
             1 => Just(0usize),
-            1 => Just(1023),
-            1 => Just(1024),
+            1 => Just(65_535),
+            1 => Just(65_536),
             1 => Just(16 << 20),
             1 => Just((16 << 20) + 1),
             3 => 0usize..20_000_000,
@@ -293,7 +293,7 @@ proptest! {
         if forwards == 0 {
             out_of_range.push("limits.max_forwards_per_client");
         }
-        if !(1024..=16 << 20).contains(&message) {
+        if !(65_536..=16 << 20).contains(&message) {
             out_of_range.push("limits.max_message_size");
         }
         match ServerFile::parse(&text, Path::new("p.toml")).unwrap().build() {

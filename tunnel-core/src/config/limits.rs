@@ -37,7 +37,7 @@ pub struct ServerLimits {
     /// Streams per second one client may open (local forwards), with bursts of as many
     /// (default 2000).
     pub max_stream_rate: Option<u32>,
-    /// Largest control message in bytes (default 65536).
+    /// Largest control message in bytes (default 65536, the least; at most 16 MiB).
     pub max_message_size: Option<usize>,
     /// MiB of receive window a session's streams may grow into together, beyond 256 KiB each,
     /// as yamux tunes them toward the link's bandwidth-delay product (default 16; 0 keeps every
@@ -146,8 +146,13 @@ impl ServerLimits {
             None => {}
         }
         if let Some(n) = positive("limits.max_message_size", self.max_message_size)? {
-            if !(1024..=16 * 1024 * 1024).contains(&n) {
-                return Err(invalid("limits.max_message_size", "must be between 1024 and 16777216 bytes"));
+            // Below a client's largest route table, that client's session would end each time
+            // it sent its table, and the client would reconnect to send it again, forever.
+            if !(crate::client::MAX_TABLE_BYTES..=16 * 1024 * 1024).contains(&n) {
+                return Err(invalid(
+                    "limits.max_message_size",
+                    "must be between 65536 (the largest route table a client sends) and 16777216 bytes",
+                ));
             }
             config.session.max_message_size = n;
         }

@@ -203,6 +203,11 @@ fn invalid_values_name_their_key() {
         ),
         ("heartbeat_interval = \"30s\"\nheartbeat_timeout = \"10s\"", "heartbeat_timeout"),
         ("heartbeat_interval = \"0s\"", "invalid `heartbeat_interval`: must be more than 0"),
+        (
+            "heartbeat_interval = \"11m\"\nheartbeat_timeout = \"1h\"",
+            "invalid `heartbeat_interval`: must be at most 10m",
+        ),
+        ("[limits]\nmax_message_size = 65535", "invalid `limits.max_message_size`: must be between 65536"),
         ("heartbeat_timeout = \"0ms\"", "invalid `heartbeat_timeout`: must be more than 0"),
         ("[limits]\nhandshake_timeout = \"0s\"", "invalid `limits.handshake_timeout`"),
         ("[limits]\nlet_go_timeout = \"0s\"", "invalid `limits.let_go_timeout`"),

@@ -49,7 +49,9 @@ pub struct SessionConfig {
     /// Silence after which the peer is declared dead (default 30 s; one no longer than the
     /// heartbeat interval is replaced by three intervals).
     pub heartbeat_timeout: Duration,
-    /// Largest control message accepted, in bytes (default 64 KiB).
+    /// Largest control message accepted, in bytes (default 64 KiB). A server taking less than
+    /// [`crate::client::MAX_TABLE_BYTES`] ends the session of a client whose route table is
+    /// larger each time the client sends it (a server's configuration file cannot set less).
     pub max_message_size: usize,
     /// Multiplexer settings.
     pub mux: MuxConfig,

@@ -4,6 +4,12 @@ use super::{HandshakeError, HandshakeMessage};
 use crate::auth::{ChannelBinding, LaneKey, Proof, Role, Token, Transcript};
 use crate::proto::{LANES_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
+/// The longest heartbeat interval a client takes from a server, and that a server may be
+/// configured with. The client's silence timeout becomes at least three of the server's
+/// intervals, so without a bound a server could turn the client's own timeout off (149 days
+/// at `u32::MAX` ms); and a NAT forgets an idle mapping well before 10 minutes.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Client side of the handshake.
 ///
 /// ```
@@ -153,7 +159,8 @@ impl ClientHandshake {
                 }
                 Ok(ClientStep::Done(Established {
                     version,
-                    heartbeat_interval: Duration::from_millis(u64::from(heartbeat_interval_ms.max(100))),
+                    heartbeat_interval: Duration::from_millis(u64::from(heartbeat_interval_ms))
+                        .clamp(Duration::from_millis(100), MAX_HEARTBEAT_INTERVAL),
                     lane_key: LaneKey::derive(&self.token, &self.transcript),
                 }))
             }

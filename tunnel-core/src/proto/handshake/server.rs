@@ -234,6 +234,31 @@ mod tests {
     }
 
     #[test]
+    fn a_client_takes_the_servers_heartbeat_interval_only_within_bounds() {
+        let creds = creds();
+        let binding = ChannelBinding::Tls([3; 32]);
+        let taken = |announced: Duration| {
+            let (mut client, hello) = ClientHandshake::new(
+                "laptop",
+                Token::new("shared-token-for-tests").unwrap(),
+                &binding,
+                [1; 32],
+            );
+            let mut server = ServerHandshake::new(&creds, &binding, [2; 32], announced);
+            let ServerStep::Reply(challenge) = server.handle(payload(&hello)).unwrap() else { panic!() };
+            let ClientStep::Send(proof) = client.handle(payload(&challenge)).unwrap() else { panic!() };
+            let ServerStep::Accept { reply, .. } = server.handle(payload(&proof)).unwrap() else { panic!() };
+            let ClientStep::Done(established) = client.handle(payload(&reply)).unwrap() else { panic!() };
+            established.heartbeat_interval
+        };
+        // u32::MAX ms (49 days) would have made the client's silence timeout 149 days.
+        assert_eq!(taken(Duration::from_secs(100 * 86_400)), super::super::MAX_HEARTBEAT_INTERVAL);
+        assert_eq!(taken(Duration::from_secs(601)), super::super::MAX_HEARTBEAT_INTERVAL);
+        assert_eq!(taken(Duration::from_secs(600)), Duration::from_secs(600));
+        assert_eq!(taken(Duration::ZERO), Duration::from_millis(100));
+    }
+
+    #[test]
     fn wrong_token_is_refused() {
         let err = run("a-wrong-guess-token", ChannelBinding::Tls([3; 32]), "laptop", &creds()).unwrap_err();
         assert!(matches!(err, HandshakeError::ClientProofInvalid));
