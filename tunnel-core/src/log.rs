@@ -172,6 +172,10 @@ pub(crate) static VISIT_FAILURES: LimitedLog = LimitedLog::new("failed visits");
 /// hidden ones never hold back the failed visits' warnings).
 pub(crate) static SOCKS_REFUSALS: LimitedLog = LimitedLog::new("refused SOCKS requests");
 
+/// Streams the server opened that the client drops unserved (no header, a header it cannot
+/// read, a service it does not expose): a faulty or hostile server can open them in a loop.
+pub(crate) static DROPPED_STREAMS: LimitedLog = LimitedLog::new("dropped streams");
+
 /// An in-program HTTP handler's failures, one per request at most.
 pub(crate) static HANDLER_FAILURES: LimitedLog = LimitedLog::new("failed handler calls");
 

@@ -382,14 +382,16 @@ impl Client {
                         lanes = self.keeper(first, session, connections);
                     }
                     ControlMessage::Draining { deadline_ms, message } => {
-                        tracing::info!(
-                            server = %Escaped(&link.server),
-                            "the server is draining ({}): its open streams have up to {:?}, then this client reconnects",
-                            Escaped(&message),
-                            Duration::from_millis(u64::from(deadline_ms))
-                        );
                         // It takes no new streams: local forwards go through another server.
-                        current.send_replace(None);
+                        // Told once per session, however often the server says it.
+                        if current.send_replace(None).is_some() {
+                            tracing::info!(
+                                server = %Escaped(&link.server),
+                                "the server is draining ({}): its open streams have up to {:?}, then this client reconnects",
+                                Escaped(&message),
+                                Duration::from_millis(u64::from(deadline_ms))
+                            );
+                        }
                     }
                     other => tracing::debug!("ignoring unexpected control message: {other:?}"),
                 },

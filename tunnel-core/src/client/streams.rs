@@ -15,7 +15,7 @@ use crate::forward::{
     splice_with, IpNet, Protocol, ProxyProtocol, SpliceLimits, Target, TargetAddr, Visitor,
 };
 use crate::http::{HttpAction, Origins};
-use crate::log::Escaped;
+use crate::log::{warn_limited, Escaped, DROPPED_STREAMS};
 use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, RouteId, StreamHeader, StreamReply};
 use crate::transport;
@@ -74,9 +74,12 @@ pub(super) async fn handle(
         match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
             Ok(Ok(header)) => header,
             Ok(Err(err)) => {
-                return tracing::warn!("dropping stream: {}", Escaped(&crate::log::Chain(&err).to_string()))
+                let why = Escaped(&crate::log::Chain(&err).to_string());
+                return warn_limited!(DROPPED_STREAMS, "dropping stream: {why}");
             }
-            Err(_) => return tracing::warn!("dropping stream: no header within {HEADER_TIMEOUT:?}"),
+            Err(_) => {
+                return warn_limited!(DROPPED_STREAMS, "dropping stream: no header within {HEADER_TIMEOUT:?}")
+            }
         };
     if let Some(requests) = HttpStream::of(&header, &routes.current()) {
         return until(&owned, Box::pin(serve_http(stream, requests, routes, origins, draining))).await;
@@ -101,13 +104,16 @@ pub(super) async fn handle(
                 let dial = Dial { target, idle_timeout: None, proxy_header: None, visitor, via };
                 splice_to(stream, dial, &owned).await;
             }
-            None => tracing::warn!(
+            None => warn_limited!(
+                DROPPED_STREAMS,
                 service = %Escaped(&service),
                 from = %Escaped(&from),
                 "dropping visit to a service this client does not expose"
             ),
         },
-        other => tracing::warn!("dropping stream with a header a server does not send: {other:?}"),
+        other => {
+            warn_limited!(DROPPED_STREAMS, "dropping stream with a header a server does not send: {other:?}")
+        }
     }
 }
 
