@@ -76,12 +76,28 @@ pub enum SpecError {
     Patched(String),
 }
 
-/// The name of a tunnel's ConfigMap and Deployment.
+/// The name of a tunnel's ConfigMap and Deployment: `tunnel-NAME` or `clustertunnel-NAME`, or,
+/// past the 253 characters an object name may have, a prefix of it and a hash of the whole.
 pub fn object_name(key: &TunnelKey) -> String {
-    match key {
+    let name = match key {
         TunnelKey::Namespaced { name, .. } => format!("tunnel-{name}"),
         TunnelKey::Cluster { name } => format!("clustertunnel-{name}"),
+    };
+    shortened(name, MAX_OBJECT_NAME)
+}
+
+/// The longest name a ConfigMap, Deployment or Secret may have.
+const MAX_OBJECT_NAME: usize = 253;
+
+/// `name` if it has at most `max` characters, else a prefix of it, a dash and 16 hex digits of
+/// its hash, `max` characters at most. A name's prefix ends in no dash or dot, so the result is
+/// a valid DNS label or subdomain wherever `name` would be one.
+fn shortened(name: String, max: usize) -> String {
+    if name.len() <= max {
+        return name;
     }
+    let prefix: String = name.chars().take(max - 17).collect();
+    format!("{}-{}", prefix.trim_end_matches(['-', '.']), &config_hash(&name)[..16])
 }
 
 /// The client name the connector authenticates as.
@@ -98,7 +114,7 @@ pub fn client_name<'a>(tunnel: &TunnelObject<'a>) -> Option<&'a str> {
 pub fn token_secret(tunnel: &TunnelObject<'_>) -> String {
     match &tunnel.spec.existing_tunnel {
         Some(existing) => existing.secret.clone(),
-        None => format!("{}-token", object_name(tunnel.key)),
+        None => shortened(format!("{}-token", object_name(tunnel.key)), MAX_OBJECT_NAME),
     }
 }
 
@@ -170,12 +186,7 @@ pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<
 /// The connector's instance label: its object name, or, past the 63 characters a label value
 /// may have, a prefix of it and a hash of the whole.
 pub fn instance_label(key: &TunnelKey) -> String {
-    let name = object_name(key);
-    if name.len() <= 63 {
-        return name;
-    }
-    let prefix: String = name.chars().take(46).collect();
-    format!("{}-{}", prefix.trim_end_matches(['-', '.']), &config_hash(&name)[..16])
+    shortened(object_name(key), 63)
 }
 
 fn labels(key: &TunnelKey) -> BTreeMap<String, String> {

@@ -407,15 +407,21 @@ fn granted(cluster: &Cluster, from: &str, to: &str, service: &str) -> bool {
     })
 }
 
-/// A Gateway API duration (`1h30m`, `500ms`); zero, meaning no limit, is not supported.
+/// A Gateway API duration (`1h30m`, `500ms`): one to four parts of one to five digits and a
+/// unit (GEP-2257), so at most 11.6 years, which a client's configuration takes; zero, meaning
+/// no limit, is not supported.
 fn gateway_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration such as 30s or 1m30s");
-    let (mut total, mut rest) = (Duration::ZERO, text);
+    let bad = || format!("{text:?} is not a duration such as 30s or 1m30s (up to 4 parts of up to 5 digits)");
+    let (mut total, mut rest, mut parts) = (Duration::ZERO, text, 0);
     if rest.is_empty() {
         return Err(bad());
     }
     while !rest.is_empty() {
+        parts += 1;
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if parts > 4 || !(1..=5).contains(&digits) {
+            return Err(bad());
+        }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
         let (unit, len) = match rest.as_bytes() {
@@ -443,7 +449,10 @@ mod tests {
         assert_eq!(gateway_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(gateway_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(gateway_duration("1m1s1ms").unwrap(), Duration::from_millis(61_001));
-        for bad in ["", "0s", "10", "s", "1d", "99999999999s", "-1s"] {
+        assert_eq!(gateway_duration("99999h99999m99999s99999ms").unwrap().as_secs(), 366_096_438);
+        // Past the format's 5 digits a part: 1000000h (114 years) was taken, and made a
+        // client.toml that no connector could read (durations stop at 100 years).
+        for bad in ["", "0s", "10", "s", "1d", "99999999999s", "-1s", "1000000h", "000001h", "1h1m1s1ms1h"] {
             assert!(gateway_duration(bad).is_err(), "{bad}");
         }
     }

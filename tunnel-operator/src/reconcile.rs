@@ -560,4 +560,33 @@ mod tests {
         let short = TunnelKey::Namespaced { namespace: "a".into(), name: "web".into() };
         assert_eq!(connector::instance_label(&short), "tunnel-web");
     }
+
+    #[test]
+    fn the_longest_tunnel_names_still_give_valid_object_names() {
+        // Object names have at most 253 characters; "clustertunnel-" + 253 had 267, and the
+        // token Secret's 6 more, which the API server refused: such a tunnel never got a
+        // connector.
+        let spec: crate::crd::TunnelSpec = serde_json::from_value(serde_json::json!({
+            "server": { "address": "h:1", "fingerprint": FINGERPRINT }, "newTunnel": { "name": "a" }
+        }))
+        .unwrap();
+        let meta = Default::default();
+        let tunnel = |key: &TunnelKey| {
+            connector::token_secret(&TunnelObject { key, meta: &meta, spec: &spec, status: None })
+        };
+        let longest = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(200), "b".repeat(52)) };
+        let name = connector::object_name(&longest);
+        assert!(name.len() <= 253 && name.starts_with("clustertunnel-aaa"), "{name}");
+        let secret = tunnel(&longest);
+        assert!(secret.len() <= 253 && secret.starts_with("clustertunnel-aaa"), "{secret}");
+        assert!(!name.contains(".-") && !secret.contains(".-"), "{name} / {secret}");
+        let near = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(200), "c".repeat(52)) };
+        assert_ne!(name, connector::object_name(&near), "names that share a prefix differ");
+        assert_ne!(secret, tunnel(&near), "names that share a prefix differ");
+        // Names that fit are kept as they are: objects written before keep theirs.
+        let fits = TunnelKey::Namespaced { namespace: "a".into(), name: "w".repeat(246) };
+        assert_eq!(connector::object_name(&fits), format!("tunnel-{}", "w".repeat(246)));
+        let secret_fits = TunnelKey::Namespaced { namespace: "a".into(), name: "w".repeat(240) };
+        assert_eq!(tunnel(&secret_fits), format!("tunnel-{}-token", "w".repeat(240)));
+    }
 }

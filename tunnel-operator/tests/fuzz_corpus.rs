@@ -10,6 +10,7 @@ mod replay;
 fn every_corpus_and_regression_input_passes_its_checks() {
     replay::replay(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz"),
+        "operator_checks",
         operator_checks::TARGETS,
     );
 }
