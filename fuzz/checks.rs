@@ -40,61 +40,71 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("socks", socks),
     ("udp_framing", udp_framing),
     ("mux_frames", mux_frames),
+    ("client_hello", client_hello),
+    ("socks_accept", socks_accept),
+    ("visitor_headers", visitor_headers),
 ];
 
-/// The multiplexer under a peer that sends anything: nothing panics, the streams the peer
-/// opened (read to their end, then reset or answered and closed) and one of ours all end, the
-/// driver ends once the bytes do, and what our side sent (read off by the peer as it goes, so
-/// that no write waits) is whole frames, our own resets of half-closed streams included.
+/// The multiplexer, as the server and as the client, under a peer that sends anything: nothing
+/// panics, the streams the peer opened (read to their end, then reset or answered and closed)
+/// and one of ours all end, the driver ends once the bytes do, and what our side sent (read off
+/// by the peer as it goes, so that no write waits) is whole frames, our own resets of
+/// half-closed streams included.
 pub fn mux_frames(data: &[u8]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tunnel_core::mux::{self, Mode, MuxConfig};
+    use tunnel_core::mux::Mode;
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    runtime.block_on(async {
-        let (ours, peer) = tokio::io::duplex(16 * 1024);
-        let (mut from_us, mut to_us) = tokio::io::split(peer);
-        let (opener, mut incoming, driver) = mux::start(ours, &MuxConfig::default(), Mode::Server);
-        let send = async move {
-            let _ = to_us.write_all(data).await;
-            let _ = to_us.shutdown().await;
-        };
-        let drain = async move {
-            let mut sent = Vec::new();
-            let _ = from_us.read_to_end(&mut sent).await;
-            sent
-        };
-        let serve = async move {
-            let mut n = 0;
-            while let Some(mut stream) = incoming.next().await {
-                let _ = stream.read_to_end(&mut Vec::new()).await;
-                n += 1;
-                if n % 2 == 0 {
-                    stream.reset();
-                } else {
-                    let _ = stream.write_all(b"answer").await;
-                    let _ = stream.shutdown().await;
-                }
-            }
-        };
-        let ours = async move {
-            let Ok(mut stream) = opener.open().await else { return };
-            let _ = stream.write_all(b"ours").await;
-            let _ = stream.shutdown().await;
+    // Our side as either end: the stream ids each may open differ.
+    for mode in [Mode::Server, Mode::Client] {
+        runtime.block_on(mux_frames_as(mode, data));
+    }
+}
+
+async fn mux_frames_as(mode: tunnel_core::mux::Mode, data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tunnel_core::mux::{self, MuxConfig};
+    let (ours, peer) = tokio::io::duplex(16 * 1024);
+    let (mut from_us, mut to_us) = tokio::io::split(peer);
+    let (opener, mut incoming, driver) = mux::start(ours, &MuxConfig::default(), mode);
+    let send = async move {
+        let _ = to_us.write_all(data).await;
+        let _ = to_us.shutdown().await;
+    };
+    let drain = async move {
+        let mut sent = Vec::new();
+        let _ = from_us.read_to_end(&mut sent).await;
+        sent
+    };
+    let serve = async move {
+        let mut n = 0;
+        while let Some(mut stream) = incoming.next().await {
             let _ = stream.read_to_end(&mut Vec::new()).await;
-            stream.reset();
-        };
-        let (ended, (), sent, (), ()) = futures::join!(driver, send, drain, serve, ours);
-        drop(ended);
-        // What we sent, our own reset frames among yamux's, is whole yamux frames.
-        let mut at = 0;
-        while let Some(header) = sent.get(at..at + 12) {
-            assert_eq!(header[0], 0, "a frame of version 0 at byte {at}");
-            assert!(header[1] <= 3, "a known frame type at byte {at}");
-            let body = if header[1] == 0 { u32::from_be_bytes(header[8..12].try_into().unwrap()) } else { 0 };
-            at += 12 + body as usize;
+            n += 1;
+            if n % 2 == 0 {
+                stream.reset();
+            } else {
+                let _ = stream.write_all(b"answer").await;
+                let _ = stream.shutdown().await;
+            }
         }
-        assert_eq!(at, sent.len(), "the last frame we sent is whole");
-    });
+    };
+    let ours = async move {
+        let Ok(mut stream) = opener.open().await else { return };
+        let _ = stream.write_all(b"ours").await;
+        let _ = stream.shutdown().await;
+        let _ = stream.read_to_end(&mut Vec::new()).await;
+        stream.reset();
+    };
+    let (ended, (), sent, (), ()) = futures::join!(driver, send, drain, serve, ours);
+    drop(ended);
+    // What we sent, our own reset frames among yamux's, is whole yamux frames.
+    let mut at = 0;
+    while let Some(header) = sent.get(at..at + 12) {
+        assert_eq!(header[0], 0, "a frame of version 0 at byte {at}");
+        assert!(header[1] <= 3, "a known frame type at byte {at}");
+        let body = if header[1] == 0 { u32::from_be_bytes(header[8..12].try_into().unwrap()) } else { 0 };
+        at += 12 + body as usize;
+    }
+    assert_eq!(at, sent.len(), "the last frame we sent is whole");
 }
 
 /// UDP on a stream: the frames split off a stream are whole (each exactly its length after the
@@ -158,6 +168,161 @@ pub fn socks(data: &[u8]) {
         Err(_) => {}
     }
     let _ = codec::parse_reply(data);
+}
+
+/// A visitor's header fields, one `name: value` a line (fields that are not valid are left
+/// out), as the edge passes them on: what `Connection` names and the hop-by-hop fields stay on
+/// their hop (`Connection: upgrade` and `Upgrade` put back for an upgrade), `Host` stays, the
+/// visitor is the last `X-Forwarded-For` entry, `X-Forwarded-Proto` is the edge's, and no
+/// forwarded field the edge does not set (`-Ssl`, `-Port`, any `X_Forwarded_*`) gets through.
+pub fn visitor_headers(data: &[u8]) {
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+    use tunnel_core::http::{is_upgrade, set_forwarded, strip_hop_by_hop};
+    let mut headers = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(line[colon + 1..].trim_ascii()))
+        else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let named: Vec<String> = headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let host = headers.get("host").cloned();
+    let upgrade = is_upgrade(&headers);
+    strip_hop_by_hop(&mut headers, upgrade.clone());
+    let hop =
+        ["connection", "upgrade", "te", "trailer", "transfer-encoding", "keep-alive", "proxy-connection"];
+    for name in hop
+        .iter()
+        .copied()
+        .chain(["proxy-authorization", "proxy-authenticate"])
+        .chain(named.iter().map(String::as_str))
+    {
+        let allowed = upgrade.is_some() && (name == "connection" || name == "upgrade") || name == "host";
+        assert!(allowed || !headers.contains_key(name), "{name} went past its hop");
+    }
+    if let Some(protocol) = &upgrade {
+        assert_eq!(
+            headers.get_all("connection").iter().collect::<Vec<_>>(),
+            [&HeaderValue::from_static("upgrade")]
+        );
+        assert_eq!(headers.get_all("upgrade").iter().collect::<Vec<_>>(), [protocol]);
+    }
+    assert_eq!(headers.get("host"), host.as_ref(), "Host was touched");
+    let visitor = std::net::IpAddr::from([192, 0, 2, 7]);
+    set_forwarded(&mut headers, visitor, "https", "a.test");
+    let forwarded_for =
+        headers.get("x-forwarded-for").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(forwarded_for.ends_with("192.0.2.7"), "{forwarded_for:?}");
+    assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+    assert_eq!(
+        headers.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(),
+        [&HeaderValue::from_static("https")]
+    );
+    assert_eq!(
+        headers.get_all("x-forwarded-host").iter().collect::<Vec<_>>(),
+        [&HeaderValue::from_static("a.test")]
+    );
+    for name in headers.keys() {
+        let name = name.as_str().replace('_', "-");
+        assert!(
+            !name.starts_with("x-forwarded-")
+                || ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&name.as_str()),
+            "{name} got through"
+        );
+    }
+}
+
+/// A peer's bytes, handed out at most `.1` at a time.
+struct Chunks<'a>(&'a [u8], usize);
+
+impl tokio::io::AsyncRead for Chunks<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = self.1.min(self.0.len()).min(buf.remaining());
+        buf.put_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A SOCKS5 client's whole exchange with the proxy (`socks::accept`): the first byte chooses
+/// no authentication (even) or a password, the only right one being `user:pass` (odd), and the
+/// size of each read (its upper bits, 1 to 128 bytes); the rest is what the client sends.
+/// Nothing panics; a request is taken only with the right password when one is asked for, the
+/// bytes read end with the request and then exactly the early bytes kept, and the proxy's
+/// first answer is the method it chose, or "none acceptable".
+pub fn socks_accept(data: &[u8]) {
+    use tunnel_core::socks::{accept, codec, AcceptError, Auth};
+    let Some((&selector, sent)) = data.split_first() else { return };
+    let granted = std::sync::atomic::AtomicBool::new(false);
+    let check = |user: &[u8], password: &[u8]| {
+        let right = user == b"user" && password == b"pass";
+        granted.fetch_or(right, std::sync::atomic::Ordering::Relaxed);
+        right
+    };
+    let auth = if selector & 1 == 0 { Auth::None } else { Auth::Password(&check) };
+    let mut reader = Chunks(sent, usize::from(selector >> 1) + 1);
+    let mut answers = Vec::new();
+    let accepted = futures::executor::block_on(accept(&mut tokio::io::join(&mut reader, &mut answers), auth));
+    let read = &sent[..sent.len() - reader.0.len()];
+    match accepted {
+        Ok(accepted) => {
+            let method = if selector & 1 == 0 { codec::METHOD_NONE } else { codec::METHOD_USERPASS };
+            assert_eq!(answers[..2], [5, method], "{answers:?}");
+            assert_eq!(accepted.user.is_some(), selector & 1 == 1);
+            assert_eq!(
+                granted.load(std::sync::atomic::Ordering::Relaxed),
+                selector & 1 == 1,
+                "taken unchecked"
+            );
+            if let Some(user) = &accepted.user {
+                assert_eq!(user, "user");
+            }
+            let mut tail = codec::encode_request(&accepted.request);
+            tail.extend_from_slice(&accepted.early);
+            assert!(read.ends_with(&tail), "the bytes read do not end with the request and its early bytes");
+        }
+        Err(AcceptError::NoAcceptableMethod { .. }) => assert_eq!(answers, [5, codec::METHOD_UNACCEPTABLE]),
+        Err(AcceptError::BadCredentials { .. }) => assert_eq!(answers[2..], [1, 1], "{answers:?}"),
+        Err(_) => assert!(answers.is_empty() || answers[0] == 5, "{answers:?}"),
+    }
+}
+
+/// The HTTPS edge reading a visitor's ClientHello to route it by name, before any TLS: the
+/// first byte sets how many bytes each read gets (1 to 256), the rest is what the visitor
+/// sends. Nothing panics or hangs; a name is found only within the bytes read, which are a
+/// prefix of the input of at most `MAX_CLIENT_HELLO` bytes, and it is in lowercase; "too
+/// large" only past `MAX_CLIENT_HELLO`.
+pub fn client_hello(data: &[u8]) {
+    use tunnel_core::tls::{read_client_hello, HelloError, MAX_CLIENT_HELLO};
+    let Some((&size, sent)) = data.split_first() else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let mut reader = Chunks(sent, usize::from(size) + 1);
+    match runtime.block_on(read_client_hello(&mut reader, Duration::from_secs(10))) {
+        Ok((name, seen)) => {
+            assert!(seen.len() <= MAX_CLIENT_HELLO && sent.starts_with(&seen), "not a prefix of the input");
+            if let Some(name) = name {
+                assert!(!name.is_empty() && !name.bytes().any(|b| b.is_ascii_uppercase()), "{name:?}");
+            }
+        }
+        Err(HelloError::TooLarge) => assert!(sent.len() > MAX_CLIENT_HELLO),
+        Err(HelloError::Timeout(_)) => {
+            panic!("an in-memory reader timed out: a read loop that takes no bytes")
+        }
+        Err(_) => {}
+    }
 }
 
 /// An HTTP proxy's side: the first line is a proxy URL (and a host to check against it as a

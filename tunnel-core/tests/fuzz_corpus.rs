@@ -8,5 +8,6 @@ mod replay;
 
 #[test]
 fn every_corpus_and_regression_input_passes_its_checks() {
-    replay::replay(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz"), checks::TARGETS);
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    replay::replay(&fuzz, "checks", checks::TARGETS);
 }

@@ -121,28 +121,21 @@ pub fn request_host<B>(request: &Request<B>) -> Option<String> {
     (port_ok && name_ok && !host.is_empty() && host.len() <= 253).then(|| host.to_ascii_lowercase())
 }
 
-/// Fields a visitor might send in the hope that an origin trusting its proxy reads them: the
-/// scheme by other names (Rack reads `X-Forwarded-Ssl` before `-Proto`), the port and the path
-/// prefix absolute URLs and redirects are built from (Spring, Django).
-const X_FORWARDED_OTHERS: [&str; 4] =
-    ["x-forwarded-ssl", "x-forwarded-scheme", "x-forwarded-port", "x-forwarded-prefix"];
-
 /// Sets `X-Forwarded-For` (appending the visitor to the list a client sent, over as many fields
-/// as it sent), `-Proto` and `-Host`, and removes the visitor's `-Ssl`, `-Scheme`, `-Port` and
-/// `-Prefix`.
+/// as it sent), `-Proto` and `-Host`, and removes every other field of the family the visitor
+/// sent: an origin that trusts its proxy reads the scheme by other names (Rack reads
+/// `X-Forwarded-Ssl` before `-Proto`), the port and the path prefix absolute URLs and redirects
+/// are built from (`-Port`, `-Prefix`: Spring, Django), and forward-auth services the path and
+/// method (`-Uri`, `-Method`). CGI-style servers (Rack, PHP) read `X_Forwarded_Ssl` as
+/// `X-Forwarded-Ssl`, so a name spelled with `_` counts as the same, `X_Forwarded_For`
+/// included.
 pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static str, host: &str) {
-    for name in X_FORWARDED_OTHERS {
-        headers.remove(name);
-    }
-    // CGI-style servers (Rack, PHP) read `X_Forwarded_Ssl` as `X-Forwarded-Ssl`: any field of
-    // the family spelled with `_` goes, whatever it names.
-    let underscored: Vec<HeaderName> = headers
+    let foreign: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().contains('_'))
-        .filter(|name| name.as_str().replace('_', "-").starts_with("x-forwarded-"))
+        .filter(|name| is_forwarded_family(name.as_str()) && **name != X_FORWARDED_FOR)
         .cloned()
         .collect();
-    for name in underscored {
+    for name in foreign {
         headers.remove(name);
     }
     use std::io::Write as _;
@@ -175,6 +168,13 @@ pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static s
     if let Some(value) = same.or_else(|| HeaderValue::from_str(host).ok()) {
         headers.insert(X_FORWARDED_HOST, value);
     }
+}
+
+/// Whether `name` (lowercase, as a `HeaderName` is) is `x-forwarded-` and more, with `_` in
+/// place of either `-` or both.
+fn is_forwarded_family(name: &str) -> bool {
+    let prefix = name.as_bytes().get(..12).unwrap_or_default();
+    prefix.iter().map(|&b| if b == b'_' { b'-' } else { b }).eq(*b"x-forwarded-") && name.len() > 12
 }
 
 /// Most header fields a request may carry: hyper's HTTP/1.1 parser answers 431 past this (its
@@ -395,14 +395,21 @@ mod tests {
             headers.append(name, "on".parse::<HeaderValue>().unwrap());
         }
         headers.append("x_real_ip_not_ours", "kept".parse::<HeaderValue>().unwrap());
+        // Any other member of the family: forward-auth services read `-Uri` and `-Method`.
+        for name in ["x-forwarded-uri", "x-forwarded-method", "x-forwarded-hoqt"] {
+            headers.append(name, "/admin".parse::<HeaderValue>().unwrap());
+        }
         set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "http", "a.test");
-        for name in X_FORWARDED_OTHERS {
+        for name in ["x-forwarded-ssl", "x-forwarded-scheme", "x-forwarded-port", "x-forwarded-prefix"] {
             assert!(!headers.contains_key(name), "{name} was kept");
         }
         assert_eq!(headers["x-forwarded-proto"], "http", "the visitor's scheme is replaced");
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert!(!names.iter().any(|n| n.contains('_') && n.starts_with("x_forwarded")), "{names:?}");
         assert!(!headers.contains_key("x-forwarded_prefix"), "{names:?}");
+        let family: Vec<&&str> = names.iter().filter(|n| n.starts_with("x-forwarded")).collect();
+        assert_eq!(family, [&"x-forwarded-for", &"x-forwarded-proto", &"x-forwarded-host"], "{names:?}");
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.7", "an X_Forwarded_For is not joined in");
         assert_eq!(headers["x_real_ip_not_ours"], "kept", "only the family goes");
     }
 
