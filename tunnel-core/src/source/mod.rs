@@ -9,7 +9,9 @@ mod pending;
 
 pub(crate) use pending::{Admission, Pending};
 
-/// A connection's source, aggregated as above; IPv4-mapped IPv6 is its IPv4 self.
+/// A connection's source, aggregated as above; an IPv4-mapped IPv6 address is its IPv4 self, and
+/// so is one of the well-known translation prefix `64:ff9b::/96` (RFC 6052), as a server behind
+/// a translator sees its IPv4 clients: otherwise every one of them would be one /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Source(u128);
 
@@ -17,13 +19,19 @@ impl From<IpAddr> for Source {
     fn from(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped().or_else(|| translated(v6)) {
                 Some(v4) => Self(u128::from(u32::from(v4))),
                 // The /64 prefix, marked so that it can never equal an IPv4 source.
                 None => Self((u128::from(v6) >> 64) << 64 | 1 << 32),
             },
         }
     }
+}
+
+/// The IPv4 address an address of `64:ff9b::/96` carries.
+fn translated(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let bits = u128::from(v6);
+    (bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000).then(|| std::net::Ipv4Addr::from(bits as u32))
 }
 
 impl Source {

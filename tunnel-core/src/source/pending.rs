@@ -4,14 +4,18 @@
 //!
 //! Refusing newcomers when full lets a few sources holding silent sockets lock every client out
 //! (8 addresses x 32 sockets filled the 256 slots that were the default then). Instead, a
-//! newcomer from a source below its own cap takes the slot of the oldest connection of the
-//! [`Site`] holding the most slots, if that site holds more than the newcomer's would: an
-//! attacker's sockets evict each other, while a client that holds one slot (for the few
-//! milliseconds a handshake takes, or a visitor's one connection) is never the one cut. Only when
-//! every site holds about as much is a newcomer refused. Sites, not sources, are ranked: one
-//! IPv6 /48 is 65,536 sources, so an attacker holding one slot from each of 4,096 /64s would
-//! otherwise fill the 4,096 handshake slots with sources no newcomer may cut. What eviction
-//! costs whom: at the edge, the largest site may be a NAT or a CDN, whose oldest connection then
+//! newcomer from a source below its own cap takes a slot from the [`Site`] holding the most, if
+//! that site holds more than the newcomer's would: within it, the oldest slot of its source
+//! holding the most. An attacker's sockets thus evict each other, while a client that holds one
+//! slot (for the few milliseconds a handshake takes, or a visitor's one connection) is never
+//! the one cut. Sites, not sources, are ranked first: one IPv6 /48 is 65,536 sources, and an
+//! attacker holding one slot from each of 4,096 /64s would otherwise fill the 4,096 handshake
+//! slots with sources no newcomer may cut. Sources are ranked within a site, so that the
+//! neighbours of an attacker in a shared /48 (a hosting provider's, a mobile carrier's) lose
+//! nothing to it: a newcomer whose own site holds the most takes the slot of that site's
+//! largest source, if it holds more than the newcomer's own source would. Only when no site,
+//! and no source of the newcomer's site, holds more is a newcomer refused. What eviction costs
+//! whom: at the edge, the largest site may be a NAT or a CDN, whose oldest connection then
 //! closes, even mid-answer; before, every newcomer was refused for as long as the listener
 //! stayed full.
 
@@ -40,20 +44,81 @@ pub(crate) struct Pending {
 struct State {
     total: usize,
     next_seq: u64,
-    /// Slots held per source, for the per-source cap.
-    sources: HashMap<Source, usize>,
-    /// Per site, its slots by admission order (oldest first), each with its source and its
-    /// eviction.
-    sites: HashMap<Site, BTreeMap<u64, Slot>>,
-    /// Every site holding slots, by how many, then by its oldest slot, oldest last: the last
-    /// entry is the site to evict from.
-    ranking: BTreeSet<(usize, Reverse<u64>, Site)>,
+    /// Every slot by its site.
+    sites: Ranked<Site, ()>,
+    /// Per site, its slots by their source, each with its eviction.
+    sources: HashMap<Site, Ranked<Source, CancellationToken>>,
 }
 
+/// Slots grouped by key (a site, or a source), each key's by admission order, and the keys
+/// ranked by how many slots they hold, then by their oldest slot.
 #[derive(Debug)]
-struct Slot {
-    source: Source,
-    evict: CancellationToken,
+struct Ranked<K, V> {
+    slots: HashMap<K, BTreeMap<u64, V>>,
+    /// Oldest last among equals: the last entry is the key to take a slot from.
+    ranking: BTreeSet<(usize, Reverse<u64>, K)>,
+}
+
+impl<K, V> Default for Ranked<K, V> {
+    fn default() -> Self {
+        Self { slots: HashMap::new(), ranking: BTreeSet::new() }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash + Ord, V> Ranked<K, V> {
+    fn holds(&self, key: K) -> usize {
+        self.slots.get(&key).map_or(0, BTreeMap::len)
+    }
+
+    /// The key holding the most slots (the oldest such on a tie), and how many.
+    fn top(&self) -> Option<(usize, K)> {
+        self.ranking.last().map(|(holds, _, key)| (*holds, *key))
+    }
+
+    fn oldest(&self, key: K) -> Option<u64> {
+        self.slots.get(&key)?.first_key_value().map(|(seq, _)| *seq)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn insert(&mut self, key: K, seq: u64, value: V) {
+        self.change(key, |slots| {
+            slots.insert(seq, value);
+        });
+    }
+
+    fn remove(&mut self, key: K, seq: u64) -> Option<V> {
+        if !self.slots.contains_key(&key) {
+            return None;
+        }
+        self.change(key, |slots| slots.remove(&seq))
+    }
+
+    /// Applies `change` to `key`'s slots, keeping the ranking in step (and forgetting a key
+    /// left with none).
+    fn change<R>(&mut self, key: K, change: impl FnOnce(&mut BTreeMap<u64, V>) -> R) -> R {
+        let slots = self.slots.entry(key).or_default();
+        let rank = |slots: &BTreeMap<u64, V>| {
+            slots.first_key_value().map(|(oldest, _)| (slots.len(), Reverse(*oldest), key))
+        };
+        let before = rank(slots);
+        let result = change(slots);
+        let after = rank(slots);
+        if slots.is_empty() {
+            self.slots.remove(&key);
+        }
+        if before != after {
+            if let Some(before) = before {
+                self.ranking.remove(&before);
+            }
+            if let Some(after) = after {
+                self.ranking.insert(after);
+            }
+        }
+        result
+    }
 }
 
 /// One admitted connection; dropping it frees the slot.
@@ -112,80 +177,60 @@ impl Pending {
         if state.holds(source) >= self.per_source_limit.load(Ordering::Relaxed) {
             return Err(Refused::SourceFull);
         }
-        if state.total >= self.global_limit.load(Ordering::Relaxed) && !state.evict_for(source.site()) {
+        if state.total >= self.global_limit.load(Ordering::Relaxed) && !state.evict_for(source) {
             return Err(Refused::Full);
         }
         state.next_seq += 1;
         let seq = state.next_seq;
         let evicted = CancellationToken::new();
-        state.change(source.site(), |slots| {
-            slots.insert(seq, Slot { source, evict: evicted.clone() });
-        });
-        *state.sources.entry(source).or_default() += 1;
+        state.sites.insert(source.site(), seq, ());
+        state.sources.entry(source.site()).or_default().insert(source, seq, evicted.clone());
         state.total += 1;
         Ok(Admission { source, seq, evicted, state: self.state.clone() })
     }
 }
 
 impl State {
-    /// Makes room for a newcomer from `newcomer` by cutting the oldest connection of the site
-    /// with the most (the oldest such on a tie), but only if that site would still hold more
-    /// than the newcomer's: a site never loses a slot to one that would then hold as many.
-    /// When every site holds about as much, nobody is cut and the newcomer is refused, so a
-    /// crowd of sites with one slot each cannot cut each other's connections.
-    fn evict_for(&mut self, newcomer: Site) -> bool {
-        let newcomer_holds = self.sites.get(&newcomer).map_or(0, BTreeMap::len);
-        let victim =
-            self.ranking.last().filter(|(holds, ..)| *holds > newcomer_holds + 1).map(|(.., site)| *site);
-        let Some(site) = victim else { return false };
-        let Some(slot) = self.change(site, |slots| slots.pop_first().map(|(_, slot)| slot)) else {
-            return false;
+    /// Makes room for a newcomer from `newcomer`: cuts the oldest slot of the largest source of
+    /// the site holding the most (the oldest such on a tie), if that site would still hold more
+    /// than the newcomer's; else that of the largest source of the newcomer's own site, if that
+    /// source would still hold more than the newcomer's. So nobody loses a slot to one that
+    /// would then hold as many, and a crowd of sites (or of sources within a site) with one
+    /// slot each cannot cut each other's connections.
+    fn evict_for(&mut self, newcomer: Source) -> bool {
+        let site = newcomer.site();
+        let victim_site = match self.sites.top() {
+            Some((holds, top)) if holds > self.sites.holds(site) + 1 => top,
+            _ => site,
         };
-        slot.evict.cancel();
-        self.release(slot.source);
+        let Some(within) = self.sources.get(&victim_site) else { return false };
+        let Some((holds, source)) = within.top() else { return false };
+        if victim_site == site && holds <= within.holds(newcomer) + 1 {
+            return false;
+        }
+        let Some(seq) = within.oldest(source) else { return false };
+        if let Some(evict) = self.release(source, seq) {
+            evict.cancel();
+        }
         true
     }
 
     fn holds(&self, source: Source) -> usize {
-        self.sources.get(&source).copied().unwrap_or(0)
+        self.sources.get(&source.site()).map_or(0, |within| within.holds(source))
     }
 
-    /// Counts one of `source`'s slots out.
-    fn release(&mut self, source: Source) {
+    /// Counts `source`'s slot `seq` out, if it is still counted; returns its eviction.
+    fn release(&mut self, source: Source, seq: u64) -> Option<CancellationToken> {
+        let site = source.site();
+        let within = self.sources.get_mut(&site)?;
+        let evict = within.remove(source, seq)?;
+        if within.is_empty() {
+            self.sources.remove(&site);
+        }
+        self.sites.remove(site, seq);
         self.total -= 1;
-        if let Some(count) = self.sources.get_mut(&source) {
-            *count -= 1;
-            if *count == 0 {
-                self.sources.remove(&source);
-            }
-        }
+        Some(evict)
     }
-
-    /// Applies `change` to `site`'s slots, keeping the ranking in step (and forgetting a site
-    /// left with none).
-    fn change<R>(&mut self, site: Site, change: impl FnOnce(&mut BTreeMap<u64, Slot>) -> R) -> R {
-        let slots = self.sites.entry(site).or_default();
-        let before = rank(site, slots);
-        let result = change(slots);
-        let after = rank(site, slots);
-        if slots.is_empty() {
-            self.sites.remove(&site);
-        }
-        if before != after {
-            if let Some(before) = before {
-                self.ranking.remove(&before);
-            }
-            if let Some(after) = after {
-                self.ranking.insert(after);
-            }
-        }
-        result
-    }
-}
-
-/// A site's place in the ranking: how many slots, then its oldest (`None`: it holds none).
-fn rank(site: Site, slots: &BTreeMap<u64, Slot>) -> Option<(usize, Reverse<u64>, Site)> {
-    slots.first_key_value().map(|(oldest, _)| (slots.len(), Reverse(*oldest), site))
 }
 
 impl Admission {
@@ -198,14 +243,8 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let site = self.source.site();
-        if !state.sites.contains_key(&site) {
-            return;
-        }
-        // An evicted slot was already removed and counted out.
-        if state.change(site, |slots| slots.remove(&self.seq)).is_some() {
-            state.release(self.source);
-        }
+        // An evicted slot was already counted out.
+        state.release(self.source, self.seq);
     }
 }
 
@@ -215,6 +254,16 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Nothing counted, nothing kept: no site, no source, no ranking entry left behind.
+    fn assert_empty(pending: &Pending) {
+        let state = pending.lock();
+        assert_eq!(state.total, 0);
+        assert!(
+            state.sites.is_empty() && state.sites.ranking.is_empty() && state.sources.is_empty(),
+            "{state:?}"
+        );
     }
 
     #[test]
@@ -269,9 +318,7 @@ mod tests {
             let c = pending.admit(ip("192.0.2.3")).unwrap();
             assert!(a.evicted.is_cancelled());
             drop((a, b, c));
-            let state = pending.lock();
-            assert_eq!(state.total, 0);
-            assert!(state.sources.is_empty() && state.sites.is_empty() && state.ranking.is_empty());
+            assert_empty(&pending);
         }
     }
 
@@ -298,6 +345,32 @@ mod tests {
         let _b = pending.admit(ip("2001:db8:9::2")).unwrap();
         assert_eq!(pending.admit(ip("2001:db8:9::3")).unwrap_err(), Refused::SourceFull);
         let _c = pending.admit(ip("2001:db8:9:1::1")).expect("another /64 of that /48");
+        drop((client, v4, _a, _b, _c));
+        assert_empty(&pending);
+    }
+
+    #[test]
+    fn neighbours_in_a_shared_48_lose_nothing_to_one_of_its_64s() {
+        // As at the edge: no cap per source, so one /64 may hold every slot.
+        let pending = Pending::new(8, 8);
+        let neighbour = pending.admit(ip("2001:db8:7:1::1")).unwrap();
+        let attacker: Vec<_> =
+            (1..=7).map(|i| pending.admit(ip(&format!("2001:db8:7:2::{i}"))).unwrap()).collect();
+        // A newcomer from another site takes the largest source's oldest slot, not the
+        // neighbour's, older still.
+        let v4 = pending.admit(ip("192.0.2.1")).unwrap();
+        assert!(attacker[0].evicted.is_cancelled() && !neighbour.evicted.is_cancelled());
+        // A second neighbour, whose own site holds the most, takes one of the attacker's too.
+        let second = pending.admit(ip("2001:db8:7:3::1")).expect("a neighbour of the attacker");
+        assert!(attacker[1].evicted.is_cancelled() && !neighbour.evicted.is_cancelled());
+        // The attacker's own newcomer is refused: its source holds the most of its site.
+        assert_eq!(pending.admit(ip("2001:db8:7:2::99")).unwrap_err(), Refused::Full);
+        let _other = pending.admit(ip("192.0.2.2")).unwrap();
+        assert!(attacker[2].evicted.is_cancelled());
+        assert!(![&neighbour, &second, &v4].iter().any(|a| a.evicted.is_cancelled()));
+        assert_eq!(pending.lock().total, 8);
+        drop((neighbour, attacker, v4, second, _other));
+        assert_empty(&pending);
     }
 
     #[test]
@@ -307,6 +380,14 @@ mod tests {
         assert_ne!(site("2001:db8:1::1"), site("2001:db8:2::1"));
         assert_ne!(site("192.0.2.1"), site("192.0.2.2"));
         assert_eq!(site("::ffff:192.0.2.1"), site("192.0.2.1"));
+        // A translator's IPv4 clients: each its own IPv4 address, not one /64 for all.
+        assert_eq!(Source::from(ip("64:ff9b::c000:201")), Source::from(ip("192.0.2.1")));
+        assert_ne!(Source::from(ip("64:ff9b::c000:201")), Source::from(ip("64:ff9b::c000:202")));
+        assert_ne!(
+            Source::from(ip("64:ff9b:1::c000:201")),
+            Source::from(ip("192.0.2.1")),
+            "not the well-known prefix"
+        );
         // No IPv6 site equals an IPv4 one, the /48 of all zeros included.
         assert_ne!(site("::1"), site("0.0.0.0"));
         assert_ne!(site("::1"), site("0.0.0.1"));
