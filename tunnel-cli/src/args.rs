@@ -330,8 +330,11 @@ impl ConnectArgs {
             Some(flag) if flag.expose_secret() == "none" => file.proxy = None,
             Some(flag) => file.proxy = Some(flag),
             None if file.proxy.is_none() => {
-                file.proxy =
-                    proxy_from_env(file.server.first().map(String::as_str), |name| std::env::var(name).ok());
+                if let Some((proxy, no_proxy)) = proxy_from_env(&file.server, |name| std::env::var(name).ok())
+                {
+                    file.proxy = Some(proxy);
+                    file.no_proxy = file.no_proxy.or(no_proxy);
+                }
             }
             None => {}
         }
@@ -339,21 +342,27 @@ impl ConnectArgs {
     }
 }
 
-/// The proxy the environment names for reaching `server`, as curl reads it: `https_proxy`
-/// (then `HTTPS_PROXY`, `all_proxy`, `ALL_PROXY`; a value without a scheme is `http://`),
-/// unless `no_proxy` (or `NO_PROXY`) lists the server's host. A proxy of another kind
-/// (`socks5://`, `https://`) is left alone, with a warning: the connection goes direct.
-fn proxy_from_env(server: Option<&str>, var: impl Fn(&str) -> Option<String>) -> Option<SecretString> {
+/// The proxy the environment names for reaching `servers`, as curl reads it: `https_proxy`
+/// (then `HTTPS_PROXY`, `all_proxy`, `ALL_PROXY`; a value without a scheme is `http://`), and
+/// the servers that go around it, `no_proxy` (or `NO_PROXY`), which the client checks for each
+/// server; none when `no_proxy` lists every one of them. A proxy of another kind (`socks5://`,
+/// `https://`) is left alone, with a warning: the connection goes direct.
+fn proxy_from_env(
+    servers: &[String],
+    var: impl Fn(&str) -> Option<String>,
+) -> Option<(SecretString, Option<String>)> {
     let first = |names: &[&'static str]| {
         names
             .iter()
             .find_map(|name| var(name).filter(|value| !value.trim().is_empty()).map(|value| (*name, value)))
     };
     let (name, proxy) = first(&["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"])?;
-    let host = server.map(tunnel_core::transport::host_of).unwrap_or_default();
-    let bypass = first(&["no_proxy", "NO_PROXY"])
-        .is_some_and(|(_, list)| tunnel_core::transport::no_proxy_matches(&list, host));
-    if bypass {
+    let no_proxy = first(&["no_proxy", "NO_PROXY"]).map(|(_, list)| list);
+    let bypassed = |server: &String| {
+        let host = tunnel_core::transport::host_of(server);
+        no_proxy.as_deref().is_some_and(|list| tunnel_core::transport::no_proxy_matches(list, host))
+    };
+    if servers.iter().all(bypassed) {
         return None;
     }
     let proxy = proxy.trim();
@@ -361,7 +370,7 @@ fn proxy_from_env(server: Option<&str>, var: impl Fn(&str) -> Option<String>) ->
     match url.parse::<tunnel_core::transport::HttpProxy>() {
         Ok(parsed) => {
             tracing::info!("reaching the server through the proxy {} (from {name})", parsed.addr());
-            Some(SecretString::from(url))
+            Some((SecretString::from(url), no_proxy))
         }
         Err(err) => {
             tracing::warn!("not using {name}: {err}; connecting directly");
@@ -386,8 +395,8 @@ mod tests {
 
     #[test]
     fn the_environment_names_the_proxy_unless_no_proxy_lists_the_server() {
-        let server = Some("tunnel.example.com:7700");
-        let got = |pairs| proxy_from_env(server, env(pairs)).map(|p| p.expose_secret().to_owned());
+        let servers = ["tunnel.example.com:7700".to_owned()];
+        let got = |pairs| proxy_from_env(&servers, env(pairs)).map(|(p, _)| p.expose_secret().to_owned());
         assert_eq!(got(&[("https_proxy", "http://p:3128")]).as_deref(), Some("http://p:3128"));
         let both = &[
             ("HTTPS_PROXY", "http://upper:1"),
@@ -414,5 +423,29 @@ mod tests {
             "HTTP_PROXY is for http:// URLs"
         );
         assert_eq!(got(&[("ALL_PROXY", "socks5h://127.0.0.1:1080")]), None, "another kind of proxy: direct");
+    }
+
+    #[test]
+    fn no_proxy_goes_with_the_proxy_for_the_client_to_check_each_server() {
+        // Before, only the first server was checked, and the second went through the proxy.
+        let servers = ["tunnel.example.com:7700".to_owned(), "tunnel.internal:7700".to_owned()];
+        let pairs = &[("https_proxy", "http://p:3128"), ("no_proxy", ".internal")];
+        let (proxy, no_proxy) =
+            proxy_from_env(&servers, env(pairs)).expect("the first server takes the proxy");
+        assert_eq!((proxy.expose_secret(), no_proxy.as_deref()), ("http://p:3128", Some(".internal")));
+        let file = tunnel_core::config::ClientFile {
+            server: servers.to_vec(),
+            proxy: Some(proxy),
+            no_proxy,
+            token: Some("client-token-0123456789".to_owned().into()),
+            insecure_plaintext: true,
+            ..Default::default()
+        };
+        let config = file.build().unwrap();
+        assert!(config.proxy_for("tunnel.example.com:7700").is_some());
+        assert!(config.proxy_for("tunnel.internal:7700").is_none(), "no_proxy lists it");
+        // Every server listed: no proxy at all, as before.
+        let internal = ["a.internal:7700".to_owned(), "b.internal:7700".to_owned()];
+        assert!(proxy_from_env(&internal, env(pairs)).is_none());
     }
 }

@@ -153,3 +153,32 @@ async fn a_proxy_refusing_the_credentials_stops_the_client_and_a_non_proxy_is_re
     confused.output_contains("not an HTTP reply: SSH-2.0-OpenSSH_9.2p1 Debian-2").await;
     confused.output_contains("reconnecting in").await;
 }
+
+/// `NO_PROXY` is checked for each server: of two servers, the one it lists is reached
+/// directly and the other through the proxy. Before, only the first server was checked, and
+/// its verdict held for both (here, both through the proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_proxy_is_checked_for_each_server() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = serve(dir_a.path(), &["--token", TOKEN], &[]).await;
+    let b = serve_at(dir_b.path(), "127.0.0.2:0", &["--token", TOKEN], &[]).await;
+    let (proxy, seen) = connect_proxy(None).await;
+    let target = echo_target().await;
+    let remote = format!("0:{target}");
+    let servers = ["--server", &a.addr, "--server", &b.addr];
+    let trust = ["--fingerprint", &a.fingerprint, "--fingerprint", &b.fingerprint];
+    let rest = ["--token", TOKEN, "--name", "two-ways", "--connections", "2", "-R", &remote];
+    let mut cmd = command(&[&["connect"][..], &servers, &trust, &rest].concat());
+    cmd.env("HTTPS_PROXY", format!("http://{proxy}")).env("NO_PROXY", "127.0.0.2");
+    let client = spawn(cmd);
+    let ready = client.lines_after("remote forward ready: ", 2).await;
+    for line in &ready {
+        echoes(public_port(line)).await;
+    }
+    until_seen(&seen, 2).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [a.addr.clone(), a.addr.clone()],
+        "a's connections alone, both of them"
+    );
+}

@@ -65,6 +65,9 @@ pub struct ClientConfig {
     /// `handshake_timeout`; `None`: direct. A [`ClientTransport::Custom`] connector decides for
     /// itself and does not use it.
     pub proxy: Option<crate::transport::HttpProxy>,
+    /// Servers reached directly though `proxy` is set: a `NO_PROXY` list as curl reads it
+    /// ([`crate::transport::no_proxy_matches`]), checked for each server (default: none).
+    pub no_proxy: Option<String>,
     /// Servers of the same deployment besides `server`: the client keeps its whole table on
     /// each of them at once, with a session of its own per server (default: none).
     pub other_servers: Vec<ServerEndpoint>,
@@ -98,6 +101,15 @@ impl ServerEndpoint {
 }
 
 impl ClientConfig {
+    /// The proxy the connections to `server` (`host:port`) go through, if any: `proxy`, unless
+    /// `no_proxy` lists the server's host.
+    pub fn proxy_for(&self, server: &str) -> Option<&crate::transport::HttpProxy> {
+        let host = crate::transport::host_of(server);
+        let bypass =
+            self.no_proxy.as_deref().is_some_and(|list| crate::transport::no_proxy_matches(list, host));
+        self.proxy.as_ref().filter(|_| !bypass)
+    }
+
     /// Defaults around the essentials.
     pub fn new(
         server: impl Into<String>,
@@ -122,6 +134,7 @@ impl ClientConfig {
             networks: Vec::new(),
             origin_tls: None,
             proxy: None,
+            no_proxy: None,
             other_servers: Vec::new(),
             connections: default_connections(),
             session: SessionConfig {

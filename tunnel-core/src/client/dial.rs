@@ -74,18 +74,21 @@ impl Client {
         let config = &self.config;
         let opened = AtomicBool::new(false);
         let attempt = async {
-            let connection =
-                match link.transport.connect_over(&link.server, config.proxy.as_ref(), wire).await {
-                    Ok(connection) => connection,
-                    Err(err) => {
-                        let path = match &err {
-                            ConnectError::Unreachable { .. } | ConnectError::Proxy { .. } => false,
-                            ConnectError::Tls { source, .. } => !is_servers_answer(source),
-                            _ => true,
-                        };
-                        return Err(Failed { failure: classify_connect(err), path });
-                    }
-                };
+            let connection = match link
+                .transport
+                .connect_over(&link.server, config.proxy.as_ref().filter(|_| link.proxied), wire)
+                .await
+            {
+                Ok(connection) => connection,
+                Err(err) => {
+                    let path = match &err {
+                        ConnectError::Unreachable { .. } | ConnectError::Proxy { .. } => false,
+                        ConnectError::Tls { source, .. } => !is_servers_answer(source),
+                        _ => true,
+                    };
+                    return Err(Failed { failure: classify_connect(err), path });
+                }
+            };
             opened.store(true, Ordering::Relaxed);
             let (session, established) = Session::connect(
                 connection.io,

@@ -28,6 +28,9 @@ pub(super) struct Link {
     pub(super) status: watch::Sender<ClientStatus>,
     /// With [`Wire::Auto`](crate::transport::Wire::Auto): WebSocket worked last, so it is tried first.
     pub(super) websocket_first: AtomicBool,
+    /// Reached through [`ClientConfig::proxy`](super::ClientConfig::proxy): decided by the name
+    /// the server was given as, before any lookup (`no_proxy` lists names).
+    pub(super) proxied: bool,
 }
 
 impl Link {
@@ -37,6 +40,7 @@ impl Link {
             transport,
             status: watch::Sender::new(ClientStatus::Connecting),
             websocket_first: AtomicBool::new(false),
+            proxied: false,
         }
     }
 }

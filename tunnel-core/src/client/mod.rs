@@ -122,7 +122,10 @@ impl Client {
         let cut = CancellationToken::new();
         let links = std::iter::once(ServerEndpoint::new(config.server.clone(), config.transport.clone()))
             .chain(config.other_servers.iter().cloned())
-            .map(|ServerEndpoint { server, transport }| Link::new(server, transport))
+            .map(|ServerEndpoint { server, transport }| Link {
+                proxied: config.proxy_for(&server).is_some(),
+                ..Link::new(server, transport)
+            })
             .collect();
         let config = Arc::new(config);
         Self {
@@ -169,17 +172,16 @@ impl Client {
 
     /// Looks up each server named by a host name now (otherwise [`Client::run`] does): a host
     /// found at several addresses of one family means each of them, a server with a session of its own
-    /// (within [`ClientConfig::handshake_timeout`]; not through a proxy, which resolves names
-    /// itself). [`Client::server_statuses`] lists them from then on.
+    /// (within [`ClientConfig::handshake_timeout`]; not one reached through a proxy, which
+    /// resolves names itself). [`Client::server_statuses`] lists them from then on.
     pub async fn resolve_servers(&mut self) {
-        if self.resolved || self.config.proxy.is_some() {
-            self.resolved = true;
+        if self.resolved {
             return;
         }
         self.resolved = true;
         let mut found = HashMap::new();
         for link in &self.links {
-            if link.server.parse::<std::net::SocketAddr>().is_ok() {
+            if link.server.parse::<std::net::SocketAddr>().is_ok() || link.proxied {
                 continue;
             }
             let lookup =
@@ -188,8 +190,17 @@ impl Client {
                 found.insert(link.server.clone(), addrs.collect::<Vec<_>>());
             }
         }
-        let servers = std::mem::take(&mut self.links).into_iter().map(|l| (l.server, l.transport)).collect();
-        self.links = links::links_for(servers, |server| found.get(server).cloned().unwrap_or_default());
+        // A server reached through the proxy stays one link, as named.
+        let mut links = Vec::new();
+        for link in std::mem::take(&mut self.links) {
+            match link.proxied {
+                true => links.push(link),
+                false => links.extend(links::links_for(vec![(link.server, link.transport)], |server| {
+                    found.get(server).cloned().unwrap_or_default()
+                })),
+            }
+        }
+        self.links = links;
     }
 
     /// Changes the route table while the client runs: the new set is sent to the server (now,

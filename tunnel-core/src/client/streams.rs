@@ -74,8 +74,11 @@ pub(super) async fn handle(
         match tokio::time::timeout(HEADER_TIMEOUT, crate::session::framed::read_header(&mut stream)).await {
             Ok(Ok(header)) => header,
             Ok(Err(err)) => {
-                let why = Escaped(&crate::log::Chain(&err).to_string());
-                return warn_limited!(DROPPED_STREAMS, "dropping stream: {why}");
+                return warn_limited!(
+                    DROPPED_STREAMS,
+                    "dropping stream: {}",
+                    Escaped(&crate::log::Chain(&err).to_string())
+                )
             }
             Err(_) => {
                 return warn_limited!(DROPPED_STREAMS, "dropping stream: no header within {HEADER_TIMEOUT:?}")

@@ -98,6 +98,11 @@ pub struct ClientFile {
     /// `https_proxy` and `all_proxy` from the environment when neither this nor `--proxy` is
     /// set). A secret when it holds a password.
     pub proxy: Option<SecretString>,
+    /// Servers reached directly though `proxy` is set: comma-separated host names (each with
+    /// its subdomains), IP addresses and networks, or `*`, as curl reads `NO_PROXY`
+    /// (`tunnel-cli connect` takes `no_proxy` from the environment with a proxy it takes from
+    /// there).
+    pub no_proxy: Option<String>,
     /// What carries the session to the server: `tcp`, `websocket` (an HTTP/1.1 upgrade, for
     /// networks that let only HTTPS out), or `auto` (TCP, then WebSocket when TCP fails after
     /// connecting; the default).
@@ -458,6 +463,7 @@ impl ClientFile {
         if let Some(proxy) = &self.proxy {
             config.proxy = Some(proxy.expose_secret().parse().map_err(|e| invalid("proxy", e))?);
         }
+        config.no_proxy = self.no_proxy.clone();
         config.wire = self.transport.unwrap_or_default();
         for server in &self.servers()?[1..] {
             let transport = config.transport.for_server(server).map_err(|e| invalid("server", e))?;
