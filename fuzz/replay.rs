@@ -30,6 +30,9 @@ pub fn replay(fuzz: &Path, module: &str, targets: &[Target<'_>]) {
     }
 }
 
+/// The modules of checks a fuzz target uses one of, each replayed by a test of its own.
+const MODULES: [&str; 2] = ["checks", "operator_checks"];
+
 /// Fails unless `targets` names exactly the fuzz targets that call into `module`, each built by
 /// `fuzz/Cargo.toml`, and every corpus and regression directory is some target's: a target
 /// left out of the list, or inputs filed under a misspelt name, would never be replayed.
@@ -40,11 +43,14 @@ fn check_listed(fuzz: &Path, module: &str, targets: &[Target<'_>]) {
         .filter(|p| p.extension().is_some_and(|e| e == "rs"))
         .collect();
     let all: Vec<String> = files.iter().map(stem).collect();
-    let calling: Vec<String> = files
-        .iter()
-        .filter(|p| std::fs::read_to_string(p).unwrap().contains(&format!("\nmod {module};")))
-        .map(stem)
-        .collect();
+    let declares =
+        |p: &PathBuf, module: &str| std::fs::read_to_string(p).unwrap().contains(&format!("\nmod {module};"));
+    for file in &files {
+        let modules = MODULES.iter().filter(|m| declares(file, m)).count();
+        assert_eq!(modules, 1, "{} must use exactly one of {MODULES:?}", file.display());
+    }
+    let mut calling: Vec<String> = files.iter().filter(|p| declares(p, module)).map(stem).collect();
+    calling.sort();
     let mut listed: Vec<String> = targets.iter().map(|(name, _)| (*name).to_owned()).collect();
     listed.sort();
     assert_eq!(listed, calling, "the targets listed for {module} differ from the fuzz targets calling it");

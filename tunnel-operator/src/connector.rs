@@ -77,26 +77,29 @@ pub enum SpecError {
 }
 
 /// The name of a tunnel's ConfigMap and Deployment: `tunnel-NAME` or `clustertunnel-NAME`, or,
-/// past the 253 characters an object name may have, a prefix of it and a hash of the whole.
+/// past the 253 characters an object name may have, a prefix of it and a hash of the whole, in
+/// 242 characters: the Deployment's ReplicaSets take its name and 11 more, and clusters before
+/// Kubernetes 1.34 refuse a ReplicaSet name past 253. (Names up to 253 are kept as they are,
+/// as earlier versions wrote them.)
 pub fn object_name(key: &TunnelKey) -> String {
     let name = match key {
         TunnelKey::Namespaced { name, .. } => format!("tunnel-{name}"),
         TunnelKey::Cluster { name } => format!("clustertunnel-{name}"),
     };
-    shortened(name, MAX_OBJECT_NAME)
+    shortened(name, MAX_OBJECT_NAME, MAX_OBJECT_NAME - 11)
 }
 
 /// The longest name a ConfigMap, Deployment or Secret may have.
 const MAX_OBJECT_NAME: usize = 253;
 
-/// `name` if it has at most `max` characters, else a prefix of it, a dash and 16 hex digits of
-/// its hash, `max` characters at most. A name's prefix ends in no dash or dot, so the result is
-/// a valid DNS label or subdomain wherever `name` would be one.
-fn shortened(name: String, max: usize) -> String {
-    if name.len() <= max {
+/// `name` if it has at most `keep` characters, else a prefix of it, a dash and 16 hex digits of
+/// its hash, `to` characters at most. The prefix ends in no dash or dot, so the result is a
+/// valid DNS label or subdomain wherever `name` would be one.
+fn shortened(name: String, keep: usize, to: usize) -> String {
+    if name.len() <= keep {
         return name;
     }
-    let prefix: String = name.chars().take(max - 17).collect();
+    let prefix: String = name.chars().take(to - 17).collect();
     format!("{}-{}", prefix.trim_end_matches(['-', '.']), &config_hash(&name)[..16])
 }
 
@@ -114,7 +117,7 @@ pub fn client_name<'a>(tunnel: &TunnelObject<'a>) -> Option<&'a str> {
 pub fn token_secret(tunnel: &TunnelObject<'_>) -> String {
     match &tunnel.spec.existing_tunnel {
         Some(existing) => existing.secret.clone(),
-        None => shortened(format!("{}-token", object_name(tunnel.key)), MAX_OBJECT_NAME),
+        None => shortened(format!("{}-token", object_name(tunnel.key)), MAX_OBJECT_NAME, MAX_OBJECT_NAME),
     }
 }
 
@@ -186,7 +189,7 @@ pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<
 /// The connector's instance label: its object name, or, past the 63 characters a label value
 /// may have, a prefix of it and a hash of the whole.
 pub fn instance_label(key: &TunnelKey) -> String {
-    shortened(object_name(key), 63)
+    shortened(object_name(key), 63, 63)
 }
 
 fn labels(key: &TunnelKey) -> BTreeMap<String, String> {

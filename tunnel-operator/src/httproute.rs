@@ -408,8 +408,8 @@ fn granted(cluster: &Cluster, from: &str, to: &str, service: &str) -> bool {
 }
 
 /// A Gateway API duration (`1h30m`, `500ms`): one to four parts of one to five digits and a
-/// unit (GEP-2257), so at most 11.6 years, which a client's configuration takes; zero, meaning
-/// no limit, is not supported.
+/// unit (GEP-2257), so under 46 years (`99999h` four times), which a client's configuration
+/// takes; zero, meaning no limit, is not supported.
 fn gateway_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration such as 30s or 1m30s (up to 4 parts of up to 5 digits)");
     let (mut total, mut rest, mut parts) = (Duration::ZERO, text, 0);

@@ -565,28 +565,38 @@ mod tests {
     fn the_longest_tunnel_names_still_give_valid_object_names() {
         // Object names have at most 253 characters; "clustertunnel-" + 253 had 267, and the
         // token Secret's 6 more, which the API server refused: such a tunnel never got a
-        // connector.
+        // connector. A Deployment's ReplicaSets add 11.
         let spec: crate::crd::TunnelSpec = serde_json::from_value(serde_json::json!({
             "server": { "address": "h:1", "fingerprint": FINGERPRINT }, "newTunnel": { "name": "a" }
         }))
         .unwrap();
         let meta = Default::default();
-        let tunnel = |key: &TunnelKey| {
+        let secret_of = |key: &TunnelKey| {
             connector::token_secret(&TunnelObject { key, meta: &meta, spec: &spec, status: None })
         };
-        let longest = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(200), "b".repeat(52)) };
+        // A DNS-1123 subdomain, as the API server checks object names.
+        let valid = |name: &str| {
+            let labels_ok = name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+            labels_ok && name.len() <= 253
+        };
+        // The cut (at 225 characters) falls right after a dot.
+        let longest = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(210), "b".repeat(42)) };
         let name = connector::object_name(&longest);
-        assert!(name.len() <= 253 && name.starts_with("clustertunnel-aaa"), "{name}");
-        let secret = tunnel(&longest);
-        assert!(secret.len() <= 253 && secret.starts_with("clustertunnel-aaa"), "{secret}");
-        assert!(!name.contains(".-") && !secret.contains(".-"), "{name} / {secret}");
-        let near = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(200), "c".repeat(52)) };
+        assert!(name.len() <= 242 && name.starts_with("clustertunnel-aaa") && valid(&name), "{name}");
+        let secret = secret_of(&longest);
+        assert!(secret.starts_with("clustertunnel-aaa") && valid(&secret), "{secret}");
+        let near = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(210), "c".repeat(42)) };
         assert_ne!(name, connector::object_name(&near), "names that share a prefix differ");
-        assert_ne!(secret, tunnel(&near), "names that share a prefix differ");
+        assert_ne!(secret, secret_of(&near), "names that share a prefix differ");
         // Names that fit are kept as they are: objects written before keep theirs.
         let fits = TunnelKey::Namespaced { namespace: "a".into(), name: "w".repeat(246) };
         assert_eq!(connector::object_name(&fits), format!("tunnel-{}", "w".repeat(246)));
         let secret_fits = TunnelKey::Namespaced { namespace: "a".into(), name: "w".repeat(240) };
-        assert_eq!(tunnel(&secret_fits), format!("tunnel-{}-token", "w".repeat(240)));
+        assert_eq!(secret_of(&secret_fits), format!("tunnel-{}-token", "w".repeat(240)));
     }
 }

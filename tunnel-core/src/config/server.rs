@@ -385,7 +385,7 @@ impl ServerFile {
         if let Some(d) = self.heartbeat_interval {
             config.session.heartbeat_interval = positive_duration("heartbeat_interval", d)?;
             if d.0 > crate::proto::handshake::MAX_HEARTBEAT_INTERVAL {
-                return Err(invalid("heartbeat_interval", "must be at most 10m: clients take no longer one"));
+                return Err(invalid("heartbeat_interval", "must be at most 10m, the longest a client takes"));
             }
         }
         if let Some(d) = self.heartbeat_timeout {

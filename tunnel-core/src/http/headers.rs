@@ -170,11 +170,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static s
     }
 }
 
-/// Whether `name` (lowercase, as a `HeaderName` is) is `x-forwarded-` and more, with `_` in
+/// Whether `name` (lowercase, as a `HeaderName` is) begins with `x-forwarded-`, with `_` in
 /// place of either `-` or both.
 fn is_forwarded_family(name: &str) -> bool {
     let prefix = name.as_bytes().get(..12).unwrap_or_default();
-    prefix.iter().map(|&b| if b == b'_' { b'-' } else { b }).eq(*b"x-forwarded-") && name.len() > 12
+    prefix.iter().map(|&b| if b == b'_' { b'-' } else { b }).eq(*b"x-forwarded-")
 }
 
 /// Most header fields a request may carry: hyper's HTTP/1.1 parser answers 431 past this (its
