@@ -21,9 +21,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// `keep-alive` and `proxy-connection` are not in `http`'s constants.
-const LEGACY_HOP: [HeaderName; 2] =
-    [HeaderName::from_static("keep-alive"), HeaderName::from_static("proxy-connection")];
+/// `keep-alive` and `proxy-connection` are not in `http`'s constants; nor is `close`, a field
+/// name reserved so that it is never confused with the connection option (RFC 9110 18.4), which
+/// a proxy must remove when `Connection: close` names it, as it nearly always does.
+const LEGACY_HOP: [HeaderName; 3] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("close"),
+];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -56,7 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         .map(str::trim)
         // `Host` says which site the request is for: naming it as a connection option is an
         // error (RFC 9110 7.6.1) that must not leave the origin without it.
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("host") && !is_hop_by_hop(t))
+        .filter(|t| !t.eq_ignore_ascii_case("host") && !is_hop_by_hop(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()).chain(LEGACY_HOP.iter()) {
@@ -295,8 +300,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_an_upgrade_is_kept_when_asked() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-private, Host".parse().unwrap());
+        headers.insert(header::CONNECTION, "close, x-private, Host".parse().unwrap());
         headers.insert(header::HOST, "a.test".parse().unwrap());
+        // A field named as the option `close` is, reserved for that reason: it goes too.
+        headers.insert("close", "1".parse().unwrap());
         headers.insert("x-private", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
