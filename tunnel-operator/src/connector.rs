@@ -382,3 +382,59 @@ fn patched(deployment: Deployment, text: &str) -> Result<Deployment, SpecError> 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FINGERPRINT: &str = "3f2a9c1e0b7d4a6f8e5c2b1a0d9f8e7c6b5a4d3c2b1a0f9e8d7c6b5a4f3e2d1c";
+
+    #[test]
+    fn a_long_tunnel_name_still_gives_a_valid_label() {
+        let long = TunnelKey::Cluster { name: "x".repeat(200) };
+        let label = instance_label(&long);
+        assert!(label.len() <= 63 && label.starts_with("clustertunnel-xxx"), "{label}");
+        let other = TunnelKey::Cluster { name: format!("{}y", "x".repeat(199)) };
+        assert_ne!(label, instance_label(&other), "names that share a prefix differ");
+        let short = TunnelKey::Namespaced { namespace: "a".into(), name: "web".into() };
+        assert_eq!(instance_label(&short), "tunnel-web");
+    }
+
+    #[test]
+    fn the_longest_tunnel_names_still_give_valid_object_names() {
+        // Object names have at most 253 characters; "clustertunnel-" + 253 had 267, and the
+        // token Secret's 6 more, which the API server refused: such a tunnel never got a
+        // connector. A Deployment's ReplicaSets add 11.
+        let spec: crate::crd::TunnelSpec = serde_json::from_value(serde_json::json!({
+            "server": { "address": "h:1", "fingerprint": FINGERPRINT }, "newTunnel": { "name": "a" }
+        }))
+        .unwrap();
+        let meta = Default::default();
+        let secret_of =
+            |key: &TunnelKey| token_secret(&TunnelObject { key, meta: &meta, spec: &spec, status: None });
+        // A DNS-1123 subdomain, as the API server checks object names.
+        let valid = |name: &str| {
+            let labels_ok = name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+            labels_ok && name.len() <= 253
+        };
+        // The cut (at 225 characters) falls right after a dot.
+        let longest = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(210), "b".repeat(42)) };
+        let name = object_name(&longest);
+        assert!(name.len() <= 242 && name.starts_with("clustertunnel-aaa") && valid(&name), "{name}");
+        let secret = secret_of(&longest);
+        assert!(secret.starts_with("clustertunnel-aaa") && valid(&secret), "{secret}");
+        let near = TunnelKey::Cluster { name: format!("{}.{}", "a".repeat(210), "c".repeat(42)) };
+        assert_ne!(name, object_name(&near), "names that share a prefix differ");
+        assert_ne!(secret, secret_of(&near), "names that share a prefix differ");
+        // Names that fit are kept as they are: objects written before keep theirs.
+        let fits = TunnelKey::Namespaced { namespace: "a".into(), name: "w".repeat(246) };
+        assert_eq!(object_name(&fits), format!("tunnel-{}", "w".repeat(246)));
+        let secret_fits = TunnelKey::Namespaced { namespace: "a".into(), name: "w".repeat(240) };
+        assert_eq!(secret_of(&secret_fits), format!("tunnel-{}-token", "w".repeat(240)));
+    }
+}
