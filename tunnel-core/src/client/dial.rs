@@ -74,11 +74,7 @@ impl Client {
         let config = &self.config;
         let opened = AtomicBool::new(false);
         let attempt = async {
-            let connection = match link
-                .transport
-                .connect_over(&link.server, config.proxy.as_ref().filter(|_| link.proxied), wire)
-                .await
-            {
+            let connection = match link.transport.connect_over(&link.server, link.proxy(config), wire).await {
                 Ok(connection) => connection,
                 Err(err) => {
                     let path = match &err {

@@ -60,7 +60,7 @@ impl Client {
         LaneDialer {
             server: link.server.clone(),
             transport: link.transport.clone(),
-            proxy: self.config.proxy.clone().filter(|_| link.proxied),
+            proxy: link.proxy(&self.config).cloned(),
             wire,
             name: self.config.name.clone(),
             token: self.config.token.clone(),

@@ -43,6 +43,14 @@ impl Link {
             proxied: false,
         }
     }
+
+    /// The proxy this link's connections go through, if any.
+    pub(super) fn proxy<'a>(
+        &self,
+        config: &'a super::ClientConfig,
+    ) -> Option<&'a crate::transport::HttpProxy> {
+        config.proxy.as_ref().filter(|_| self.proxied)
+    }
 }
 
 /// One link per server, in order; a server named by a host that `resolve` finds at several
