@@ -173,8 +173,10 @@ pub fn socks(data: &[u8]) {
 /// A visitor's header fields, one `name: value` a line (fields that are not valid are left
 /// out), as the edge passes them on: what `Connection` names and the hop-by-hop fields stay on
 /// their hop (`Connection: upgrade` and `Upgrade` put back for an upgrade), `Host` stays, the
-/// visitor is the last `X-Forwarded-For` entry, `X-Forwarded-Proto` is the edge's, and no
-/// forwarded field the edge does not set (`-Ssl`, `-Port`, any `X_Forwarded_*`) gets through.
+/// visitor is the last `X-Forwarded-For` entry, `Forwarded`, `X-Forwarded-Proto` and
+/// `X-Real-IP` are the edge's alone, and no forwarded
+/// field the edge does not set (`-Ssl`, `-Port`, any `X_Forwarded_*`, `True-Client-IP`) gets
+/// through.
 pub fn visitor_headers(data: &[u8]) {
     use http::header::{HeaderMap, HeaderName, HeaderValue};
     use tunnel_core::http::{is_upgrade, set_forwarded, strip_hop_by_hop};
@@ -198,8 +200,16 @@ pub fn visitor_headers(data: &[u8]) {
     let host = headers.get("host").cloned();
     let upgrade = is_upgrade(&headers);
     strip_hop_by_hop(&mut headers, upgrade.clone());
-    let hop =
-        ["connection", "upgrade", "te", "trailer", "transfer-encoding", "keep-alive", "proxy-connection"];
+    let hop = [
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "keep-alive",
+        "proxy-connection",
+        "http2-settings",
+    ];
     for name in hop
         .iter()
         .copied()
@@ -210,6 +220,9 @@ pub fn visitor_headers(data: &[u8]) {
         assert!(allowed || !headers.contains_key(name), "{name} went past its hop");
     }
     if let Some(protocol) = &upgrade {
+        // Never an HTTP/2 upgrade, which would take the spliced stream past the edge's rules.
+        let tokens = protocol.to_str().unwrap_or("h2c").split([',', '/']).map(str::trim);
+        assert!(!tokens.clone().any(|t| t.eq_ignore_ascii_case("h2c")), "{protocol:?} passed");
         assert_eq!(
             headers.get_all("connection").iter().collect::<Vec<_>>(),
             [&HeaderValue::from_static("upgrade")]
@@ -236,7 +249,20 @@ pub fn visitor_headers(data: &[u8]) {
         let family = name.len() >= 12 && name[..12].replace('_', "-") == "x-forwarded-";
         let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&name);
         assert!(!family || ours, "{name} got through");
+        let address =
+            ["x-real-ip", "true-client-ip", "x-client-ip", "x-cluster-client-ip", "cf-connecting-ip"]
+                .contains(&name.replace('_', "-").as_str());
+        assert!(!address || name == "x-real-ip", "{name} got through");
     }
+    assert_eq!(
+        headers.get_all("x-real-ip").iter().collect::<Vec<_>>(),
+        [&HeaderValue::from_static("192.0.2.7")]
+    );
+    // One `Forwarded` field, the edge's element alone.
+    assert_eq!(
+        headers.get_all("forwarded").iter().collect::<Vec<_>>(),
+        [&HeaderValue::from_static("for=192.0.2.7;host=a.test;proto=https")]
+    );
 }
 
 /// A peer's bytes, handed out at most `.1` at a time.

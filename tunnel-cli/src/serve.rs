@@ -189,6 +189,13 @@ async fn follow(
                 tracing::warn!("`{what}` changes only at a restart; still serving as before");
             }
         }
+        // The admin API's token and certificate follow the file while it listens where it did:
+        // a token taken out of it is refused from now on.
+        if let (true, Some(AdminSetup { token: Some(token), tls: Some(tls), .. })) =
+            (now.admin == running.admin, &setup.admin)
+        {
+            admin.renew_access(token.clone(), tls);
+        }
         let mut config = setup.config;
         if now.fingerprint == running.fingerprint {
             // The same certificate: the TLS configuration in force stays, session tickets included.

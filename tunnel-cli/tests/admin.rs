@@ -149,6 +149,40 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
     assert_eq!(server.served.cli.terminate().await, 0);
 }
 
+/// A reload with a new `admin_token` puts it in force: the old one is refused from then on.
+/// Before, the listener kept the token it started with until a restart, so a leaked token
+/// could not be taken back, and the new one was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_a_new_admin_token_in_force_and_refuses_the_old_one() {
+    const OLD: &str = "admin-token-leaked-8c1e77";
+    const NEW: &str = "admin-token-renewed-51f0a2";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    let file = |token: &str| format!("admin_listen = \"127.0.0.1:0\"\nadmin_token = {token:?}\n");
+    std::fs::write(&config, file(OLD)).unwrap();
+    let mut served = serve(dir.path(), &["--config", config.to_str().unwrap()], &[]).await;
+    let line = served.cli.line_after("admin API on ").await;
+    let address = line.split_whitespace().next().unwrap().to_owned();
+    let status = |token: &str| {
+        let mut cmd =
+            command(&["admin", "status", "--admin", &address, "--fingerprint", &served.fingerprint]);
+        cmd.env("TUNNEL_ADMIN_TOKEN", token);
+        spawn(cmd)
+    };
+    assert_eq!(status(OLD).exit_code().await, 0);
+
+    std::fs::write(&config, file(NEW)).unwrap();
+    let pid = served.cli.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    served.cli.output_contains("configuration reloaded").await;
+    let mut old = status(OLD);
+    assert_eq!(old.exit_code().await, 1, "{}", old.output());
+    assert!(old.output().contains("401"), "{}", old.output());
+    let mut new = status(NEW);
+    assert_eq!(new.exit_code().await, 0, "{}", new.output());
+    assert_eq!(served.cli.terminate().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_socket_is_its_owners_alone_and_needs_no_token() {
     let dir = tempfile::tempdir().unwrap();

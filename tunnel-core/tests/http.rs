@@ -77,6 +77,46 @@ async fn a_malformed_request_body_is_answered_400_not_502() {
     edge.server.stop().await;
 }
 
+/// An origin learns who asked from the edge alone: the visitor's own word for its address or
+/// scheme, under any name an origin may read it from, does not reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_reads_who_asked_from_the_edge_never_from_the_visitor() {
+    let edge = edge(|_| {}).await;
+    let a = origin("A").await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
+    client.connected().await;
+    let spoofed = [
+        "X-Real-IP: 10.6.6.6",
+        "True-Client-IP: 10.6.6.6",
+        "X_Client_IP: 10.6.6.6",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Ssl: on",
+        "Forwarded: for=10.6.6.6;by=\"",
+    ];
+    let head = format!("GET /headers HTTP/1.1\r\nHost: a.test\r\n{}", spoofed.join("\r\n"));
+    let answer = raw_request(edge.http, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let fields = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    for field in [
+        "x-forwarded-for: 127.0.0.1\n",
+        "forwarded: for=127.0.0.1;host=a.test;proto=http\n",
+        "x-real-ip: 127.0.0.1\n",
+        "x-forwarded-proto: http\n",
+    ] {
+        assert!(fields.contains(field), "{field:?} missing from:\n{fields}");
+    }
+    assert!(!fields.contains("10.6.6.6") && !fields.contains("ssl"), "{fields}");
+
+    // A well-formed list is replaced too: Spring reads its first element.
+    let head = "GET /headers HTTP/1.1\r\nHost: a.test\r\nForwarded: host=evil.example;proto=https";
+    let answer = raw_request(edge.http, head).await;
+    assert!(answer.contains("forwarded: for=127.0.0.1;host=a.test;proto=http\n"), "{answer}");
+    assert!(!answer.contains("evil"), "{answer}");
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallbacks_conflicts_and_refusals_are_answered_as_documented() {
     let edge = edge(|config| config.http.fallback = StatusCode::IM_A_TEAPOT).await;

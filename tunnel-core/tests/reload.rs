@@ -82,6 +82,87 @@ async fn a_rotated_token_ends_only_its_session_and_the_listing_shows_who_is_up()
     server.stop().await;
 }
 
+/// A relay to `server` that passes a client's hello on and the server's answers back, and
+/// holds the client's next frame (its proof) until `release` fires; `held` fires once it does.
+async fn proof_holding_relay(
+    server: SocketAddr,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
+    use tunnel_core::proto::frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = TcpStream::connect(server).await.unwrap().into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+        let (mut bytes, mut buf) = (Vec::new(), vec![0u8; 4096]);
+        let hello_len = loop {
+            let n = from_client.read(&mut buf).await.unwrap();
+            bytes.extend_from_slice(&buf[..n]);
+            if let Ok(Some((_, used))) = frame::decode(&bytes, 1 << 16) {
+                break used;
+            }
+        };
+        to_server.write_all(&bytes[..hello_len]).await.unwrap();
+        bytes.drain(..hello_len);
+        while !matches!(frame::decode(&bytes, 1 << 16), Ok(Some(_))) {
+            let n = from_client.read(&mut buf).await.unwrap();
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        let _ = held_tx.send(());
+        let _ = released.await;
+        to_server.write_all(&bytes).await.unwrap();
+        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+    });
+    (addr, held, release)
+}
+
+/// A holder of a token that a reload rotates away while it is still in its handshake (which
+/// it can draw out, holding back its proof) is refused once it is through, and replaces no
+/// one: before, it was registered under the configuration of its accept and cut the session of
+/// the name's new token, then held the name's routes until the loop saw its revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_during_its_handshake_replaces_no_one() {
+    let server = start_server(|c| {
+        with_own_client(c, OWN_TOKEN);
+        c.tls = None;
+    })
+    .await;
+    let target = echo_target().await;
+    let spec = format!("0:{target}");
+    let (relay, held, release) = proof_holding_relay(server.addr).await;
+    let mut thief_config = client_config_for(relay, server.fingerprint, "own", OWN_TOKEN, &[&spec]);
+    thief_config.transport = tunnel_core::transport::ClientTransport::Plaintext;
+    let thief = start_client(thief_config);
+    held.await.unwrap();
+
+    let mut config = server.server.config().as_ref().clone();
+    with_own_client(&mut config, "own-token-rotated-2");
+    assert_eq!(server.server.reload(config).await.changed, ["credentials"]);
+    let mut owner_config =
+        client_config_for(server.addr, server.fingerprint, "own", "own-token-rotated-2", &[&spec]);
+    owner_config.transport = tunnel_core::transport::ClientTransport::Plaintext;
+    let mut owner = start_client(owner_config);
+    let public = owner.connected().await[0].public_addr;
+
+    release.send(()).unwrap();
+    match thief.failure().await {
+        ClientError::Revoked { .. } => {}
+        other => panic!("expected Revoked, got {other:?}"),
+    }
+    // The owner's session and forward are untouched.
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    echo_once(&mut visitor, b"still the owner's").await;
+    assert!(matches!(*owner.status.borrow(), ClientStatus::Connected { .. }));
+    let sessions = server.server.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    drop(visitor);
+    owner.stop().await;
+    server.stop().await;
+}
+
 /// A departed client's port stays reserved across a reload that rotates its token (the same
 /// client, coming back with the new one), but not across one that removes its token: the name
 /// on the shared token is someone else, and the port is free for anyone at once.

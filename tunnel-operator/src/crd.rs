@@ -56,8 +56,10 @@ pub struct TunnelSpec {
         .message("fallbackTarget is http_status:NNN, http://HOST:PORT or https://HOST:PORT"))]
     pub fallback_target: Option<String>,
     /// A patch applied last to the connector Deployment: a strategic-merge patch (YAML or JSON
-    /// object), or a JSON array applied as an RFC 6902 JSON Patch.
+    /// object), or a JSON array applied as an RFC 6902 JSON Patch (at most 1024 operations, 16
+    /// of them copies, leaving a Deployment of at most 1 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub deploy_patch: Option<String>,
     /// Offer `networks` through the tunnel (private network access). Setting it back to false
     /// withdraws them.

@@ -19,6 +19,10 @@ pub enum PatchError {
     /// A JSON Patch that does not apply.
     #[error("deployPatch does not apply")]
     JsonPatch(#[source] json_patch::PatchError),
+    /// A patch longer than [`MAX_PATCH_BYTES`], or a JSON Patch of more than
+    /// [`MAX_OPERATIONS`] operations or making the Deployment larger than [`MAX_PATCHED_BYTES`].
+    #[error("deployPatch is too large: {0}")]
+    TooLarge(String),
     /// A strategic-merge directive that is not supported, or misused.
     #[error("deployPatch at {path}: {message}")]
     Directive {
@@ -50,14 +54,32 @@ fn merge_key(field: &str) -> Option<&'static str> {
     })
 }
 
+/// Longest patch text taken (the CRD says so too): a strategic merge's lists are merged item
+/// by item against the Deployment's, so the text bounds that work.
+pub const MAX_PATCH_BYTES: usize = 64 * 1024;
+
+/// Most operations of a JSON Patch.
+pub const MAX_OPERATIONS: usize = 1024;
+
+/// Most `copy` operations of a JSON Patch, the only ones that add more than their own text.
+pub const MAX_COPIES: usize = 16;
+
+/// Largest Deployment a JSON Patch may leave with its copies, as JSON (the API server's own
+/// limit on an object is 1.5 MiB). Each `copy` of the spec into itself doubles it: thirty of
+/// them would take gigabytes, in the operator that renders every tunnel's Deployment.
+pub const MAX_PATCHED_BYTES: usize = 1024 * 1024;
+
 /// Applies the patch text to `target` (a Deployment as JSON).
 pub fn apply(target: &mut Value, patch: &str) -> Result<(), PatchError> {
+    if patch.len() > MAX_PATCH_BYTES {
+        return Err(PatchError::TooLarge(format!("{} bytes, more than {MAX_PATCH_BYTES}", patch.len())));
+    }
     let patch: Value = serde_saphyr::from_str(patch).map_err(|e| PatchError::Syntax(Box::new(e)))?;
     match patch {
         Value::Array(_) => {
             let patch: json_patch::Patch =
                 serde_json::from_value(patch).map_err(PatchError::JsonPatchSyntax)?;
-            json_patch::patch(target, &patch).map_err(PatchError::JsonPatch)
+            json_patch_within_bounds(target, patch)
         }
         Value::Object(patch) => merge_object(target, patch, ""),
         Value::Null => Ok(()),
@@ -65,6 +87,54 @@ pub fn apply(target: &mut Value, patch: &str) -> Result<(), PatchError> {
         Value::Number(_) => Err(PatchError::Shape("number")),
         Value::String(_) => Err(PatchError::Shape("string")),
     }
+}
+
+/// Applies a JSON Patch as one change (all of it or nothing), one operation at a time so that
+/// the Deployment's size is checked after each copy, before the next can double it. (An `add`
+/// or `replace` adds its own value, which the patch's text bounds; `move` adds nothing.)
+fn json_patch_within_bounds(target: &mut Value, patch: json_patch::Patch) -> Result<(), PatchError> {
+    let operations = patch.0.len();
+    if operations > MAX_OPERATIONS {
+        return Err(PatchError::TooLarge(format!("{operations} operations, more than {MAX_OPERATIONS}")));
+    }
+    let copies = patch.0.iter().filter(|op| matches!(op, json_patch::PatchOperation::Copy(_))).count();
+    if copies > MAX_COPIES {
+        return Err(PatchError::TooLarge(format!("{copies} copy operations, more than {MAX_COPIES}")));
+    }
+    let mut patched = target.clone();
+    for (i, operation) in patch.0.into_iter().enumerate() {
+        let copy = matches!(operation, json_patch::PatchOperation::Copy(_));
+        json_patch::patch(&mut patched, &[operation]).map_err(|mut e| {
+            // Its place in the whole patch, not in the one-operation patch applied.
+            e.operation = i;
+            PatchError::JsonPatch(e)
+        })?;
+        let size = if copy { json_size(&patched) } else { 0 };
+        if size > MAX_PATCHED_BYTES {
+            let why =
+                format!("operation {i} makes the Deployment {size} bytes, more than {MAX_PATCHED_BYTES}");
+            return Err(PatchError::TooLarge(why));
+        }
+    }
+    *target = patched;
+    Ok(())
+}
+
+/// The length of `value` as JSON, without building the text.
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn directive(path: &str, message: impl Into<String>) -> PatchError {
@@ -297,5 +367,41 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(needle), "{patch}: {text}");
         }
+    }
+
+    /// A tenant's patch copying the spec into itself: each copy doubles the Deployment, and
+    /// 30 of them took gigabytes in the operator, which renders every tunnel's Deployment.
+    #[test]
+    fn a_json_patch_is_held_to_its_bounds_and_applies_whole_or_not_at_all() {
+        let doubling = |n: usize| {
+            let ops: Vec<String> =
+                (0..n).map(|i| format!(r#"{{"op":"copy","from":"/spec","path":"/spec/a{i}"}}"#)).collect();
+            format!("[{}]", ops.join(","))
+        };
+        let err = patched(&doubling(16)).unwrap_err();
+        assert!(
+            matches!(&err, PatchError::TooLarge(why) if why.starts_with("operation 1") && why.contains("more than 1048576")),
+            "{err}"
+        );
+        let err = patched(&doubling(30)).unwrap_err();
+        assert!(
+            matches!(&err, PatchError::TooLarge(why) if why == "30 copy operations, more than 16"),
+            "{err}"
+        );
+        let many =
+            format!("[{}]", vec![r#"{"op":"test","path":"/spec/replicas","value":1}"#; 1025].join(","));
+        assert!(matches!(patched(&many), Err(PatchError::TooLarge(_))));
+        assert!(matches!(patched(&" ".repeat(MAX_PATCH_BYTES + 1)), Err(PatchError::TooLarge(_))));
+
+        // A few copies within the bound apply; a failing operation leaves nothing applied and
+        // is named by its place in the whole patch.
+        let d = patched(&doubling(3)).unwrap();
+        assert_eq!(d["spec"]["a0"]["replicas"], 1);
+        let failing =
+            r#"[{"op":"replace","path":"/spec/replicas","value":5},{"op":"remove","path":"/nowhere"}]"#;
+        let mut d = deployment();
+        let Err(PatchError::JsonPatch(err)) = apply(&mut d, failing) else { panic!("applied") };
+        assert_eq!(err.operation, 1);
+        assert_eq!(d, deployment());
     }
 }

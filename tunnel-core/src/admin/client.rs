@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
@@ -18,6 +18,10 @@ use crate::transport::ClientTransport;
 
 /// Time allowed to connect and to get an answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest answer read: a listing of 10,000 sessions is about 3 MiB. Past it, the server is
+/// not the API (an operator following a tenant's `adminSecret` must not read gigabytes).
+pub(crate) const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 /// Where the admin API is.
 #[derive(Debug, Clone)]
@@ -195,10 +199,18 @@ impl AdminClient {
         tokio::spawn(connection);
         let response = sender.send_request(request).await.map_err(|e| AdminClientError::Http(e.into()))?;
         let status = response.status();
-        let bytes =
-            response.into_body().collect().await.map_err(|e| AdminClientError::Http(e.into()))?.to_bytes();
+        let bytes = match Limited::new(response.into_body(), MAX_ANSWER).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                let why = format!("{status}: an answer larger than {MAX_ANSWER} bytes");
+                return Err(AdminClientError::Unexpected(why));
+            }
+            Err(err) => return Err(AdminClientError::Http(err)),
+        };
         let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            AdminClientError::Unexpected(format!("{status}: {}", String::from_utf8_lossy(&bytes)))
+            // What a server that is not the API sent: its start only.
+            let start = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).into_owned();
+            AdminClientError::Unexpected(format!("{status}: {}", crate::log::Escaped(&start)))
         })?;
         if !status.is_success() {
             let message = answer.get("error").and_then(Value::as_str).unwrap_or_default().to_owned();

@@ -15,6 +15,7 @@ mod serve;
 mod store;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use api::{AdminRequest, Undecodable};
 pub use client::{AdminClient, AdminClientError, AdminTarget};
@@ -92,6 +93,8 @@ pub struct Admin {
     state: tokio::sync::Mutex<State>,
     /// The names created here, as of the last change (for listings).
     created: std::sync::RwLock<std::collections::BTreeSet<String>>,
+    /// The admin token and TLS configuration the API over TCP checks, once served.
+    access: std::sync::RwLock<Option<Arc<serve::TcpAccess>>>,
 }
 
 #[derive(Debug)]
@@ -111,7 +114,23 @@ impl Admin {
     pub fn new(server: Server, base: ServerConfig, mut store: ClientStore) -> Self {
         drop_listed(&mut store, &base);
         let created = std::sync::RwLock::new(store.grants().map(|(name, _)| name.to_owned()).collect());
-        Self { server, state: tokio::sync::Mutex::new(State { base, store }), created }
+        let access = std::sync::RwLock::new(None);
+        Self { server, state: tokio::sync::Mutex::new(State { base, store }), created, access }
+    }
+
+    /// Puts `token` and `tls` (the certificate) in force for the admin API over TCP
+    /// ([`serve`] with an [`AdminListener::Tls`]): from now on, every TLS handshake is made
+    /// with `tls` and every request must carry `token`, on connections already open too. A
+    /// reload with a new `admin_token` or certificate calls this; the old token is refused
+    /// from then on.
+    pub fn renew_access(&self, token: Token, tls: &rustls::ServerConfig) {
+        let access = Arc::new(serve::TcpAccess::new(token, tls));
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = Some(access);
+    }
+
+    /// What the admin API over TCP checks now (`None` before it is served).
+    fn tcp_access(&self) -> Option<Arc<serve::TcpAccess>> {
+        self.access.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records the names created here now, for listings.

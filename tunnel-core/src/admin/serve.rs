@@ -66,7 +66,32 @@ pub enum AdminListener {
     },
 }
 
-/// Serves the admin API on `listener` until `shutdown`.
+/// The admin token and TLS configuration of the admin API over TCP, as in force now: each TLS
+/// handshake, and each request's token, is checked against those in force when it comes, so a
+/// reload's new token or certificate ([`Admin::renew_access`]) holds for every connection from
+/// then on, those already open included.
+pub(super) struct TcpAccess {
+    token: Token,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TcpAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `Token`'s own Debug is masked.
+        f.debug_struct("TcpAccess").field("token", &self.token).finish_non_exhaustive()
+    }
+}
+
+impl TcpAccess {
+    pub(super) fn new(token: Token, tls: &rustls::ServerConfig) -> Self {
+        let mut config = tls.clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self { token, tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)) }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown`. A TLS listener's token and TLS
+/// configuration are put in force for `admin` ([`Admin::renew_access`] replaces them).
 pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Future<Output = ()>) {
     let places = match &listener {
         AdminListener::Tls { .. } => Pending::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE),
@@ -75,15 +100,9 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
         AdminListener::Unix { .. } => Pending::new(MAX_CONNECTIONS, MAX_CONNECTIONS),
     };
     let tasks = TaskTracker::new();
-    let tls = match &listener {
-        AdminListener::Tls { tls, .. } => {
-            let mut config = (**tls).clone();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-        }
-        #[cfg(unix)]
-        AdminListener::Unix { .. } => None,
-    };
+    if let AdminListener::Tls { tls, token, .. } = &listener {
+        admin.renew_access(token.clone(), tls);
+    }
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -102,13 +121,8 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
         };
         // Dropping a connection with no place closes it.
         let Some(place) = io.source().and_then(|source| places.admit(source).ok()) else { continue };
-        let (admin, tls) = (admin.clone(), tls.clone());
-        let token = match &listener {
-            AdminListener::Tls { token, .. } => Some(token.clone()),
-            #[cfg(unix)]
-            AdminListener::Unix { .. } => None,
-        };
-        tasks.spawn(async move { serve_one(io, tls, admin, token, &place).await });
+        let admin = admin.clone();
+        tasks.spawn(async move { serve_one(io, admin, &place).await });
     }
     tasks.close();
     tasks.wait().await;
@@ -117,32 +131,27 @@ pub async fn serve(admin: Arc<Admin>, listener: AdminListener, shutdown: impl Fu
 /// Serves one admitted connection. If a newcomer takes its place, it is closed at once while
 /// in its TLS handshake, or else once the request in flight (if any) is answered: an
 /// operator's request is never cut halfway through its change.
-async fn serve_one(
-    io: Accepted,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    admin: Arc<Admin>,
-    token: Option<Token>,
-    place: &Admission,
-) {
-    match (io, tls) {
-        (Accepted::Tcp(tcp), Some(tls)) => {
+async fn serve_one(io: Accepted, admin: Arc<Admin>, place: &Admission) {
+    match io {
+        Accepted::Tcp(tcp) => {
+            let Some(access) = admin.tcp_access() else { return };
             let handshake = tokio::select! {
-                handshake = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)) => handshake,
+                handshake = tokio::time::timeout(HEADER_TIMEOUT, access.tls.accept(tcp)) => handshake,
                 () = place.evicted() => return tracing::debug!("admin API: a handshake closed, a newcomer from a smaller source took its place"),
             };
             match handshake {
-                Ok(Ok(stream)) => connection(stream, admin, token, place.evicted()).await,
+                Ok(Ok(stream)) => connection(stream, admin, Caller::TokenHolder, place.evicted()).await,
                 Ok(Err(err)) => tracing::debug!("admin API: TLS handshake failed: {err}"),
                 Err(_) => tracing::debug!("admin API: TLS handshake timed out"),
             }
         }
         #[cfg(unix)]
-        (Accepted::Unix(stream, owner), _) => {
+        Accepted::Unix(stream, owner) => {
             // Checked at every connection: one queued while the socket's mode was being
             // set is refused too.
             match stream.peer_cred() {
                 Ok(peer) if peer.uid() == owner || peer.uid() == 0 => {
-                    connection(stream, admin, None, place.evicted()).await
+                    connection(stream, admin, Caller::SocketUser, place.evicted()).await
                 }
                 Ok(peer) => {
                     tracing::warn!(uid = peer.uid(), "admin API: connection from another user refused");
@@ -151,8 +160,16 @@ async fn serve_one(
                 Err(err) => tracing::warn!("admin API: cannot tell who connected: {err}"),
             }
         }
-        _ => {}
     }
+}
+
+/// Who is at the other end of a connection, as far as the admin API has checked.
+#[derive(Clone, Copy)]
+enum Caller {
+    /// Over TCP: each request must carry the admin token in force.
+    TokenHolder,
+    /// On the UNIX socket: the user checked at connection.
+    SocketUser,
 }
 
 enum Accepted {
@@ -188,18 +205,17 @@ async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
 async fn connection(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     admin: Arc<Admin>,
-    token: Option<Token>,
+    caller: Caller,
     evicted: impl Future<Output = ()>,
 ) {
-    let token = Arc::new(token);
     // Requests being handled: an evicted connection lets these finish, and only these.
     let handling = Arc::new(AtomicUsize::new(0));
     let counted = handling.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let (admin, token, counted) = (admin.clone(), token.clone(), counted.clone());
+        let (admin, counted) = (admin.clone(), counted.clone());
         counted.fetch_add(1, Ordering::AcqRel);
         async move {
-            let answer = handle(&admin, token.as_ref().as_ref(), request).await;
+            let answer = handle(&admin, caller, request).await;
             counted.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(answer)
         }
@@ -227,9 +243,10 @@ async fn connection(
     }
 }
 
-async fn handle(admin: &Admin, token: Option<&Token>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(token) = token {
-        if !authorized(token, request.headers().get(http::header::AUTHORIZATION)) {
+async fn handle(admin: &Admin, caller: Caller, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Caller::TokenHolder = caller {
+        let given = request.headers().get(http::header::AUTHORIZATION);
+        if !admin.tcp_access().is_some_and(|access| authorized(&access.token, given)) {
             if crate::log::REFUSALS.allow() {
                 tracing::warn!("admin API: request without the admin token refused");
             }

@@ -217,3 +217,36 @@ async fn silent_connections_from_a_few_sources_do_not_keep_the_operator_out() {
     let first = tokio::time::timeout(Duration::from_secs(10), silent[0].read(&mut byte)).await;
     assert!(matches!(first, Ok(Ok(0) | Err(_))), "the oldest silent connection is still open");
 }
+
+/// A server that is not the API and answers without end (a tenant's own, named in the Secret
+/// an operator follows) is read up to `MAX_ANSWER` and no further; before, the whole answer
+/// was collected into memory, gigabytes if the server sent them.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_its_bound_is_refused_not_read_to_its_end() {
+    use super::client::MAX_ANSWER;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fake.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 1024];
+        let _ = stream.read(&mut head).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000000\r\n\r\n").await;
+        let chunk = vec![b'x'; 64 * 1024];
+        while stream.write_all(&chunk).await.is_ok() {
+            counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let client = AdminClient::new(AdminTarget::Unix(path)).unwrap();
+    let err = client.status().await.unwrap_err();
+    assert!(
+        matches!(&err, AdminClientError::Unexpected(why) if why.contains("an answer larger than")),
+        "{err:?}"
+    );
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < MAX_ANSWER + 8 * 1024 * 1024, "{sent} bytes taken");
+}

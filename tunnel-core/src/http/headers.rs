@@ -1,8 +1,6 @@
-//! Header rules of a proxy: hop-by-hop headers stay on their hop, `X-Forwarded-*` tell the
-//! origin who asked, the host a request names is read the same way for HTTP/1 and HTTP/2, and
-//! what goes on to the client (the route header, an origin-form target).
-
-use std::net::IpAddr;
+//! Header rules of a proxy: hop-by-hop headers stay on their hop, the host a request names is
+//! read the same way for HTTP/1 and HTTP/2, and what goes on to the client (the route header,
+//! an origin-form target). Who asked is told in `forwarded.rs`.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
@@ -23,29 +21,32 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// `keep-alive` and `proxy-connection` are not in `http`'s constants; nor is `close`, a field
 /// name reserved so that it is never confused with the connection option (RFC 9110 18.4), which
-/// a proxy must remove when `Connection: close` names it, as it nearly always does.
-const LEGACY_HOP: [HeaderName; 3] = [
+/// a proxy must remove when `Connection: close` names it, as it nearly always does; nor
+/// `HTTP2-Settings`, which belongs to an `h2c` upgrade ([`is_upgrade`] never passes one on).
+const LEGACY_HOP: [HeaderName; 4] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("close"),
+    HeaderName::from_static("http2-settings"),
 ];
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Whether a request asks to switch protocols (a WebSocket handshake): its `Upgrade` header
 /// must then reach the origin, and the connection becomes a byte stream after a 101.
+///
+/// Never for `h2c` (RFC 7540 3.2, withdrawn by RFC 9113): an origin switching to HTTP/2 on
+/// the spliced stream would take any request the visitor sent on it, for any path and with any
+/// header, past the edge's routes and header rules. Such a request goes on as a plain one.
 pub fn is_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
         .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    let protocol = headers.get(header::UPGRADE).filter(|_| asks)?;
+    let h2c = |v: &str| {
+        v.split(',').any(|t| t.trim().split('/').next().is_some_and(|t| t.eq_ignore_ascii_case("h2c")))
+    };
+    let h2c = headers.get_all(header::UPGRADE).iter().any(|v| v.to_str().map_or(true, h2c));
+    (!h2c).then(|| protocol.clone())
 }
 
 /// Removes the hop-by-hop headers; with `upgrade`, puts back `Connection: upgrade` and the
@@ -126,69 +127,13 @@ pub fn request_host<B>(request: &Request<B>) -> Option<String> {
     (port_ok && name_ok && !host.is_empty() && host.len() <= 253).then(|| host.to_ascii_lowercase())
 }
 
-/// Sets `X-Forwarded-For` (appending the visitor to the list a client sent, over as many fields
-/// as it sent), `-Proto` and `-Host`, and removes every other field of the family the visitor
-/// sent: an origin that trusts its proxy reads the scheme by other names (Rack reads
-/// `X-Forwarded-Ssl` before `-Proto`), the port and the path prefix absolute URLs and redirects
-/// are built from (`-Port`, `-Prefix`: Spring, Django), and forward-auth services the path and
-/// method (`-Uri`, `-Method`). CGI-style servers (Rack, PHP) read `X_Forwarded_Ssl` as
-/// `X-Forwarded-Ssl`, so a name spelled with `_` counts as the same, `X_Forwarded_For`
-/// included.
-pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static str, host: &str) {
-    let foreign: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_forwarded_family(name.as_str()) && **name != X_FORWARDED_FOR)
-        .cloned()
-        .collect();
-    for name in foreign {
-        headers.remove(name);
-    }
-    use std::io::Write as _;
-    // Values are built without a `String` where they can be (this runs for every request).
-    let mut earlier = String::new();
-    let sent = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
-    for value in sent.map(str::trim).filter(|v| !v.is_empty()) {
-        if !earlier.is_empty() {
-            earlier.push_str(", ");
-        }
-        earlier.push_str(value);
-    }
-    let for_value = match earlier.is_empty() {
-        false => HeaderValue::from_str(&format!("{earlier}, {visitor}")),
-        true => {
-            // An IP address's text is at most 39 characters (IPv6; `IpAddr` has no zone).
-            let mut text = [0u8; 48];
-            let mut cursor = std::io::Cursor::new(&mut text[..]);
-            let _ = write!(cursor, "{visitor}");
-            let len = usize::try_from(cursor.position()).unwrap_or(0);
-            HeaderValue::from_bytes(&text[..len])
-        }
-    };
-    if let Ok(value) = for_value {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    // The Host header's own value when it is already `host` (shared, not copied).
-    let same = headers.get(header::HOST).filter(|v| v.as_bytes() == host.as_bytes()).cloned();
-    if let Some(value) = same.or_else(|| HeaderValue::from_str(host).ok()) {
-        headers.insert(X_FORWARDED_HOST, value);
-    }
-}
-
-/// Whether `name` (lowercase, as a `HeaderName` is) begins with `x-forwarded-`, with `_` in
-/// place of either `-` or both.
-fn is_forwarded_family(name: &str) -> bool {
-    let prefix = name.as_bytes().get(..12).unwrap_or_default();
-    prefix.iter().map(|&b| if b == b'_' { b'-' } else { b }).eq(*b"x-forwarded-")
-}
-
 /// Most header fields a request may carry: hyper's HTTP/1.1 parser answers 431 past this (its
 /// default), and the edge holds HTTP/2 requests to it too.
 pub(super) const MAX_HEADER_FIELDS: usize = 100;
 
 /// Most header fields a client takes in a request from the edge: what a visitor may send plus
 /// what the edge adds (`Host` from HTTP/2's authority, `X-Forwarded-For`, `-Proto`, `-Host`,
-/// the route header), with room to spare.
+/// `Forwarded`, `X-Real-IP`, the route header), with room to spare.
 pub(super) const MAX_FORWARDED_FIELDS: usize = MAX_HEADER_FIELDS + 16;
 
 /// How many fields `headers` go on to the client as: every `Cookie` field but the first is
@@ -324,6 +269,24 @@ mod tests {
     }
 
     #[test]
+    fn an_h2c_upgrade_goes_on_as_a_plain_request() {
+        for protocol in ["h2c", "H2C", "websocket, h2c", "h2c/1"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+            headers.insert(header::UPGRADE, protocol.parse().unwrap());
+            headers.insert("http2-settings", "AAMAAABkAAQAAP__".parse().unwrap());
+            let upgrade = is_upgrade(&headers);
+            assert_eq!(upgrade, None, "{protocol}");
+            strip_hop_by_hop(&mut headers, upgrade);
+            assert!(headers.is_empty(), "{protocol}: {headers:?}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert_eq!(is_upgrade(&headers), Some(HeaderValue::from_static("websocket")));
+    }
+
+    #[test]
     fn the_host_comes_from_the_authority_or_the_host_header() {
         let h1 = Request::get("/x").header(header::HOST, "A.Test:8080").body(()).unwrap();
         assert_eq!(request_host(&h1).as_deref(), Some("a.test"));
@@ -361,74 +324,6 @@ mod tests {
             let request = Request::get("/").header(header::HOST, good).body(()).unwrap();
             assert_eq!(request_host(&request).as_deref(), Some(host), "{good:?}");
         }
-    }
-
-    #[test]
-    fn forwarded_headers_append_the_visitor() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "https", "a.test");
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        assert_eq!(headers["x-forwarded-proto"], "https");
-        assert_eq!(headers["x-forwarded-host"], "a.test");
-
-        // The longest IPv6 text fits; a Host header other than `host` is not reused.
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "A.test:8080".parse().unwrap());
-        let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
-        set_forwarded(&mut headers, v6, "http", "a.test");
-        assert_eq!(headers["x-forwarded-for"], v6.to_string());
-        assert_eq!(headers["x-forwarded-host"], "a.test");
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "a.test".parse().unwrap());
-        set_forwarded(&mut headers, v6, "http", "a.test");
-        assert_eq!(headers["x-forwarded-host"], "a.test");
-    }
-
-    #[test]
-    fn forwarded_fields_the_edge_does_not_set_are_not_taken_from_the_visitor() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("x-forwarded-ssl", "on"),
-            ("x-forwarded-scheme", "https"),
-            ("x-forwarded-port", "443"),
-            ("x-forwarded-prefix", "/evil"),
-            ("x-forwarded-proto", "https"),
-        ] {
-            headers.append(name, value.parse().unwrap());
-        }
-        headers.append("x-forwarded-port", "8443".parse().unwrap());
-        for name in ["x_forwarded_ssl", "x-forwarded_prefix", "x_forwarded_for", "x_forwarded_proto"] {
-            headers.append(name, "on".parse::<HeaderValue>().unwrap());
-        }
-        headers.append("x_real_ip_not_ours", "kept".parse::<HeaderValue>().unwrap());
-        // Any other member of the family: forward-auth services read `-Uri` and `-Method`.
-        for name in ["x-forwarded-uri", "x-forwarded-method", "x-forwarded-hoqt"] {
-            headers.append(name, "/admin".parse::<HeaderValue>().unwrap());
-        }
-        set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "http", "a.test");
-        for name in ["x-forwarded-ssl", "x-forwarded-scheme", "x-forwarded-port", "x-forwarded-prefix"] {
-            assert!(!headers.contains_key(name), "{name} was kept");
-        }
-        assert_eq!(headers["x-forwarded-proto"], "http", "the visitor's scheme is replaced");
-        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        assert!(!names.iter().any(|n| n.contains('_') && n.starts_with("x_forwarded")), "{names:?}");
-        assert!(!headers.contains_key("x-forwarded_prefix"), "{names:?}");
-        let family: Vec<&&str> = names.iter().filter(|n| n.starts_with("x-forwarded")).collect();
-        assert_eq!(family, [&"x-forwarded-for", &"x-forwarded-proto", &"x-forwarded-host"], "{names:?}");
-        assert_eq!(headers["x-forwarded-for"], "192.0.2.7", "an X_Forwarded_For is not joined in");
-        assert_eq!(headers["x_real_ip_not_ours"], "kept", "only the family goes");
-    }
-
-    #[test]
-    fn every_forwarded_for_field_is_kept_in_order() {
-        let mut headers = HeaderMap::new();
-        headers.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
-        headers.append("x-forwarded-for", " ".parse().unwrap());
-        headers.append("x-forwarded-for", "7.7.7.7, 8.8.8.8".parse().unwrap());
-        set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "http", "a.test");
-        let all: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
-        assert_eq!(all, ["6.6.6.6, 7.7.7.7, 8.8.8.8, 192.0.2.7"]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod challenge;
 mod client_streams;
 mod direct;
 mod edge;
+mod forwarded;
 mod handler;
 mod headers;
 mod index;
@@ -38,8 +39,9 @@ pub use action::{
 };
 pub use challenge::{ChallengeAnswers, HTTP01_PATH};
 pub use edge::{EdgeLimits, HttpEdge, RouteSource};
+pub use forwarded::set_forwarded;
 pub use handler::HttpHandler;
-pub use headers::{is_upgrade, remove_dot_segments, request_host, set_forwarded, strip_hop_by_hop};
+pub use headers::{is_upgrade, remove_dot_segments, request_host, strip_hop_by_hop};
 pub use index::{Hit, IndexedRoute, RouteIndex, RouteTarget};
 pub use matcher::{prefix_matches, Matcher};
 pub use origin::Origins;

@@ -39,9 +39,17 @@ pub(super) async fn run(
         let config = shared.config();
         (config.timeouts.let_go, config.rules(&name, client.credential).replicas())
     };
-    let registration = shared.registry.register(&name, client.credential, opener.clone(), replicas, let_go);
     // Read when needed: a reload may change it.
     let goodbye = || shared.config().timeouts.goodbye;
+    // A token a reload took away during the handshake (which its holder may draw out) never
+    // registers: registering would replace the session of the name's new token.
+    if !shared.config().credentials.still_accepts(&accepted_under.credentials, &name, client.credential) {
+        shared.metrics.refused("session: credential revoked during the handshake");
+        control.close(GoodbyeCode::Revoked, "the server no longer accepts this client's token").await;
+        finish(&mut driver, goodbye()).await;
+        return;
+    }
+    let registration = shared.registry.register(&name, client.credential, opener.clone(), replicas, let_go);
     let registration = match registration.await {
         Ok(registration) => registration,
         Err(full) => {
@@ -78,9 +86,18 @@ pub(super) async fn run(
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
 
     let ending = loop {
+        // A revoked session handles nothing more: checked before each turn, as the turn that
+        // sees the revocation may have taken a message or a stream that came with it.
+        if listed.revoked.is_cancelled() {
+            tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
+            break Ending::Leave(GoodbyeCode::Revoked, "the server no longer accepts this client's token");
+        }
         tokio::select! {
             end = &mut driver => break Ending::Ended(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()))),
             Some(message) = messages.recv() => {
+                if listed.revoked.is_cancelled() {
+                    continue;
+                }
                 if let Some(offer) = offer.take() {
                     let _ = control.send(offer).await;
                 }
@@ -124,11 +141,12 @@ pub(super) async fn run(
             () = until(routes.retry_at()) => {
                 Box::pin(routes.retry_taken(&control)).await;
             }
-            () = listed.revoked.cancelled() => {
-                tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
-                break Ending::Leave(GoodbyeCode::Revoked, "the server no longer accepts this client's token");
-            }
+            // Ends the session at the top of the loop.
+            () = listed.revoked.cancelled() => {}
             Some(stream) = incoming.next() => {
+                if listed.revoked.is_cancelled() {
+                    continue;
+                }
                 if drain.waits() {
                     // A visit the client begins now would be cut by the end of the drain; only
                     // its control stream, moved, is still taken.

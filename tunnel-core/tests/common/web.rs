@@ -123,6 +123,14 @@ pub async fn answer(
             .body(Full::default())
             .unwrap());
     }
+    if request.uri().path() == "/headers" {
+        // Every field as it reached the origin, one `name: value` a line, in order.
+        let mut all = String::new();
+        for (name, value) in request.headers() {
+            all.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+        }
+        return Ok(Response::new(Full::new(Bytes::from(all))));
+    }
     if request.uri().path() == "/slow" {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -200,6 +200,20 @@ pub async fn run<S: Servers>(
             .watches(Api::<Deployment>::all(client.clone()), owned, cluster_owner)
             .reconcile_all_on(receive(for_cluster));
     let (tunnel_store, cluster_store) = (tunnels.store(), cluster_tunnels.store());
+    // No pass runs before every watched kind is listed once: from an empty store, a pass would
+    // write a config with no routes and grant no hosts, withdrawing every route on the server
+    // until the next pass (at each start, restart or change of leader).
+    let mut stores: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> = vec![
+        Box::pin(listed(ingresses.clone())),
+        Box::pin(listed(classes.clone())),
+        Box::pin(listed(services.clone())),
+    ];
+    if let Some((routes, gateways, gateway_classes, grants)) = &gateway_stores {
+        stores.push(Box::pin(listed(routes.clone())));
+        stores.push(Box::pin(listed(gateways.clone())));
+        stores.push(Box::pin(listed(gateway_classes.clone())));
+        stores.push(Box::pin(listed(grants.clone())));
+    }
     let cluster = move || Cluster {
         tunnels: snapshot(&tunnel_store),
         cluster_tunnels: snapshot(&cluster_store),
@@ -222,8 +236,23 @@ pub async fn run<S: Servers>(
     });
     let run_tunnels = tunnels.run(reconciler::reconcile, reconciler::retry, ctx.clone()).for_each(log);
     let run_cluster = cluster_tunnels.run(reconciler::reconcile, reconciler::retry, ctx).for_each(log);
+    let controllers = async move {
+        if !futures::future::join_all(stores).await.into_iter().all(|listed| listed) {
+            return;
+        }
+        tracing::info!("every watched kind is listed: reconciling");
+        tokio::join!(run_tunnels, run_cluster);
+    };
     tokio::select! {
-        () = async { tokio::join!(run_tunnels, run_cluster, fan_out); } => Ok(()),
+        () = async { tokio::join!(controllers, fan_out); } => Ok(()),
         lost = lease.held() => Err(lost),
     }
+}
+
+/// Whether `store` was listed once (its watch's first list done); `false` if its watch ended.
+async fn listed<K>(store: Store<K>) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + kube::runtime::reflector::Lookup<DynamicType = ()> + 'static,
+{
+    store.wait_until_ready().await.is_ok()
 }

@@ -9,9 +9,10 @@ use hyper::body::Incoming;
 
 use super::{session_key, Connection, HttpEdge, Upgraded, ROUTE};
 use crate::http::client_streams::{exchange, open_upgrade_stream, Lane, SessionKey};
+use crate::http::forwarded::set_forwarded;
 use crate::http::headers::{
     field_count, is_upgrade, join_cookies, origin_form, remove_dot_segments, route_value, routed_host,
-    set_forwarded, strip_hop_by_hop, MAX_HEADER_FIELDS,
+    strip_hop_by_hop, MAX_HEADER_FIELDS,
 };
 use crate::http::inflight;
 use crate::http::origin::splice_upgraded;
