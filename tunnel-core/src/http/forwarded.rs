@@ -37,8 +37,9 @@ const CLIENT_ADDRESS_FIELDS: [&str; 5] =
 /// - `X-Forwarded-Proto`, `-Host` and `X-Real-IP`, the edge's own;
 /// - removed, whatever their spelling: every other `X-Forwarded-*` field (Rack reads
 ///   `X-Forwarded-Ssl` before `-Proto`; Spring and Django build URLs from `-Port` and
-///   `-Prefix`; forward-auth services read `-Uri` and `-Method`) and the fields of
-///   [`CLIENT_ADDRESS_FIELDS`].
+///   `-Prefix`; forward-auth services read `-Uri` and `-Method`) and the fields naming the
+///   visitor's address under a CDN's or a framework's name (`True-Client-IP`, `X-Client-IP`,
+///   `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP`).
 pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static str, host: &str) {
     let foreign: Vec<HeaderName> = headers
         .keys()
