@@ -164,7 +164,7 @@ pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<
         if spec.networks.is_empty() {
             return Err(field("networks", "enableWarpRouting needs at least one network"));
         }
-        // The room the route budgets leave (`reconcile::ROUTE_BUDGET`, `ROUTE_WIRE_BYTES`).
+        // The room the route budgets leave (`assign::ROUTE_BUDGET`, `ROUTE_WIRE_BYTES`).
         if spec.networks.len() > MAX_NETWORKS {
             return Err(field("networks", format!("at most {MAX_NETWORKS} networks")));
         }

@@ -163,6 +163,25 @@ pub struct TunnelStatus {
     /// rendered configuration), each with a reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The hosts the tunnel serves, each with the namespace holding it and the routes served on
+    /// it. A host stays its holder's while one of the holder's objects claims it, and the routes
+    /// served keep their places before any new route: another namespace takes neither by
+    /// claiming through an older object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HeldHost>,
+}
+
+/// One entry of `status.hosts`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+pub struct HeldHost {
+    /// The host, as routes name it (`app.example.com`, `*.example.com`).
+    pub host: String,
+    /// The namespace holding it.
+    pub namespace: String,
+    /// The ids of the routes served on it (16 hex digits, as the server's admin API lists
+    /// them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }
 
 /// `status.state`.

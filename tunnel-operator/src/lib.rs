@@ -11,6 +11,8 @@
 //! - [`tunnels`]: tunnels by key, and which tunnel an Ingress or HTTPRoute names.
 //! - [`routes`], [`ingress`], [`httproute`]: Ingresses and HTTPRoutes into `tunnel-core` routes
 //!   (`RouteFile`), with notes on what cannot be served.
+//! - [`assign`]: the claims of every object decided into each tunnel's routes: which namespace
+//!   holds a host, what fits the budgets, recorded in the tunnel's `status.hosts`.
 //! - [`patch`]: `deployPatch` (strategic merge or JSON Patch).
 //! - [`connector`]: the connector's configuration (`tunnel-core`'s `ClientFile`), ConfigMap and
 //!   Deployment.
@@ -21,6 +23,7 @@
 //!
 //! Each module uses only those listed before it.
 
+pub mod assign;
 pub mod conditions;
 pub mod connector;
 pub mod controller;

@@ -4,22 +4,20 @@
 
 use std::collections::BTreeMap;
 
+use crate::assign::{assign, Assigned, Held};
+use crate::conditions::Conditions;
+use crate::connector::{self, Settings};
+use crate::crd::{State, TunnelStatus};
+use crate::gateway::RouteStatus;
+use crate::objects::Cluster;
+use crate::routes::{Note, Source};
+use crate::tunnels::{keyed, TunnelKey, TunnelObject};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::{
     IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use tunnel_core::config::RouteFile;
-use tunnel_core::proto::{RouteEntry, RouteId};
-
-use crate::conditions::Conditions;
-use crate::connector::{self, Settings};
-use crate::crd::{State, TunnelStatus};
-use crate::gateway::RouteStatus;
-use crate::objects::Cluster;
-use crate::routes::{Claim, Note, Source};
-use crate::tunnels::{keyed, TunnelKey, TunnelObject};
 
 /// What the controller learned about a tunnel beyond its objects.
 #[derive(Debug, Clone, Default)]
@@ -60,148 +58,6 @@ pub struct TunnelOutcome {
     pub status: TunnelStatus,
 }
 
-/// Routes from Ingresses and HTTPRoutes one tunnel's connector takes at most: its route table's
-/// limit, less room for the tunnel's own fallback and up to 63 networks.
-pub const ROUTE_BUDGET: usize = tunnel_core::client::MAX_ROUTES_PER_SET - 64;
-
-/// Bytes of those routes (as TOML) one tunnel's configuration takes at most, well under the
-/// 1 MiB a ConfigMap may hold.
-pub const ROUTE_BYTES: usize = 768 * 1024;
-
-/// Bytes of those routes in the table the connector sends its server, at most: the most a
-/// server takes, less room for the tunnel's own fallback and up to 63 networks (27 bytes each
-/// at most). Past it, every session of the connector would end as it sent its table, and with
-/// it every tenant's routes.
-pub const ROUTE_WIRE_BYTES: usize = tunnel_core::client::MAX_TABLE_BYTES - 4 * 1024;
-
-/// What the routes of every source ask, per tunnel, with conflicts decided. A host belongs to
-/// the namespace of the oldest object claiming it on a tunnel: objects of other namespaces get
-/// none of its paths (a newer `/login` would otherwise take that path from the owner's `/`).
-/// Within the namespace, the older object keeps a host and path, the newer is told (as is one
-/// whose route's id, a hash of what it matches, is another route's). Older objects' routes are
-/// taken first up to [`ROUTE_BUDGET`], [`ROUTE_BYTES`] and [`ROUTE_WIRE_BYTES`] per tunnel; an
-/// object past them is told (`TooManyRoutes`), so one object with thousands of routes leaves
-/// the others served rather than the whole tunnel's configuration invalid.
-pub fn assign(claims: Vec<Claim>, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, Vec<RouteFile>> {
-    let mut claims = claims;
-    claims.sort_by(|a, b| a.source.order_key().cmp(&b.source.order_key()));
-    let mut hosts: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
-    let mut taken: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
-    let mut routes: BTreeMap<TunnelKey, Vec<RouteFile>> = BTreeMap::new();
-    let mut ids: BTreeMap<(TunnelKey, RouteId), String> = BTreeMap::new();
-    let mut spent: BTreeMap<TunnelKey, Spent> = BTreeMap::new();
-    let mut over_budget: Vec<(TunnelKey, Source)> = Vec::new();
-    for claim in claims {
-        let host = (claim.tunnel.clone(), claim.route.host.to_string());
-        // The first claim owns the host, served or not (past the budget): a newer object of
-        // another namespace never takes a host an older one asked for.
-        let owner = hosts.entry(host.clone()).or_insert_with(|| claim.source.clone());
-        if owner.reference.namespace != claim.source.reference.namespace {
-            let message = format!(
-                "host {} belongs to namespace {} on this tunnel (first claimed by {})",
-                host.1,
-                owner.reference.namespace.as_deref().unwrap_or(""),
-                owner.describe()
-            );
-            notes.push(Note::new(&claim.source, "RouteConflict", message));
-            continue;
-        }
-        let identity = route_identity(&claim.route);
-        match taken.get(&(claim.tunnel.clone(), identity.clone())) {
-            Some(owner) if owner != &claim.source => notes.push(Note::new(
-                &claim.source,
-                "RouteConflict",
-                format!("{identity} is already served by {}", owner.describe()),
-            )),
-            Some(_) => {}
-            None => {
-                // Routes come checked (`routes::build`): an entry that cannot be built is
-                // never served, so it is counted as filling the budget.
-                let entry = claim.route.build().map(|route| route.entry());
-                let wire = entry.as_ref().map_or(usize::MAX, RouteEntry::encoded_len);
-                if let Some(id) = entry.as_ref().ok().map(|entry| entry.id) {
-                    if let Some(other) = ids.get(&(claim.tunnel.clone(), id)) {
-                        let message = format!("{identity} has the route id {id} of {other}; change either");
-                        notes.push(Note::new(&claim.source, "RouteConflict", message));
-                        continue;
-                    }
-                }
-                let size = Spent {
-                    routes: 1,
-                    toml: toml::to_string(&claim.route).map_or(usize::MAX, |text| text.len()),
-                    wire,
-                };
-                let spent = spent.entry(claim.tunnel.clone()).or_default();
-                if !spent.fits(&size) {
-                    let first = !over_budget.iter().any(|(t, s)| *t == claim.tunnel && *s == claim.source);
-                    if first {
-                        let Spent { routes, toml, wire } = spent;
-                        let message = format!(
-                            "the tunnel carries {routes} routes ({toml} bytes of configuration, {wire} on the \
-                             wire; at most {ROUTE_BUDGET} routes, {ROUTE_BYTES} and {ROUTE_WIRE_BYTES} bytes): \
-                             {identity} is left out, and any further route of this object that does not fit"
-                        );
-                        notes.push(Note::new(&claim.source, "TooManyRoutes", message));
-                        over_budget.push((claim.tunnel.clone(), claim.source.clone()));
-                    }
-                    continue;
-                }
-                spent.add(&size);
-                if let Some(id) = entry.ok().map(|entry| entry.id) {
-                    ids.insert((claim.tunnel.clone(), id), identity.clone());
-                }
-                taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
-                routes.entry(claim.tunnel).or_default().push(claim.route);
-            }
-        }
-    }
-    routes
-}
-
-/// What a tunnel's routes take of its budgets.
-#[derive(Debug, Default)]
-struct Spent {
-    routes: usize,
-    /// Bytes of configuration (TOML).
-    toml: usize,
-    /// Bytes in the table sent to the server.
-    wire: usize,
-}
-
-impl Spent {
-    fn fits(&self, more: &Spent) -> bool {
-        self.routes.saturating_add(more.routes) <= ROUTE_BUDGET
-            && self.toml.saturating_add(more.toml) <= ROUTE_BYTES
-            && self.wire.saturating_add(more.wire) <= ROUTE_WIRE_BYTES
-    }
-
-    fn add(&mut self, more: &Spent) {
-        self.routes += more.routes;
-        self.toml += more.toml;
-        self.wire += more.wire;
-    }
-}
-
-/// What makes two routes the same route: all they match on.
-fn route_identity(route: &RouteFile) -> String {
-    let mut text = route.host.to_string();
-    if let Some(path) = &route.path {
-        let kind = route.path_type.map_or("prefix", |t| match t {
-            tunnel_core::config::PathType::Prefix => "prefix",
-            tunnel_core::config::PathType::Exact => "exact",
-            tunnel_core::config::PathType::Regex => "regex",
-        });
-        text.push_str(&format!(" path {path} ({kind})"));
-    }
-    if !route.methods.is_empty() {
-        text.push_str(&format!(" methods {}", route.methods.join(",")));
-    }
-    for (name, value) in &route.headers {
-        text.push_str(&format!(" header {name}={value}"));
-    }
-    text
-}
-
 /// The whole decision. `learned` is per tunnel (missing: nothing learned yet); `now` stamps the
 /// conditions that change.
 pub fn desired(
@@ -221,15 +77,20 @@ pub fn desired(
     let (route_claims, route_statuses, route_notes) =
         crate::httproute::claims(cluster, &settings.naming, now);
     notes.extend(route_notes);
-    let mut routes = assign(ingress_claims.into_iter().chain(route_claims).collect(), &mut notes);
-
     let tunnels = keyed(cluster);
+    let held: Held = tunnels
+        .iter()
+        .map(|(key, (_, _, status))| (key.clone(), status.map(|s| s.hosts.clone()).unwrap_or_default()))
+        .collect();
+    let claims = ingress_claims.into_iter().chain(route_claims).collect();
+    let mut assigned = assign(claims, &held, &mut notes);
+
     let mut outcomes = BTreeMap::new();
     for (key, (meta, spec, status)) in &tunnels {
         let tunnel = TunnelObject { key, meta, spec, status: *status };
         let learned = learned.get(key).cloned().unwrap_or_default();
         let outcome =
-            tunnel_outcome(&tunnel, routes.remove(key).unwrap_or_default(), &learned, settings, now);
+            tunnel_outcome(&tunnel, assigned.remove(key).unwrap_or_default(), &learned, settings, now);
         outcomes.insert(key.clone(), outcome);
     }
     let ingresses = served_ingresses
@@ -253,7 +114,7 @@ pub fn desired(
 
 fn tunnel_outcome(
     tunnel: &TunnelObject<'_>,
-    routes: Vec<RouteFile>,
+    assigned: Assigned,
     learned: &Learned,
     settings: &Settings,
     now: &Time,
@@ -266,6 +127,8 @@ fn tunnel_outcome(
         tunnel_name: name,
         config_version: previous.config_version,
         observed_generation: generation,
+        // Kept while no connector is rendered: the connector written before still serves them.
+        hosts: previous.hosts.clone(),
         ..TunnelStatus::default()
     };
     let mut conditions = Conditions { previous: &previous.conditions, now, generation, out: Vec::new() };
@@ -276,7 +139,7 @@ fn tunnel_outcome(
         status.conditions = conditions.out;
         return TunnelOutcome { connector: None, status };
     }
-    let rendered = connector::client_file(tunnel, routes).and_then(|file| {
+    let rendered = connector::client_file(tunnel, assigned.routes).and_then(|file| {
         let toml = file.to_toml().map_err(|e| connector::SpecError::Patched(e.to_string()))?;
         Ok((toml, connector::deployment(tunnel, settings)?))
     });
@@ -298,6 +161,7 @@ fn tunnel_outcome(
         None => 1,
     };
     let config_map = connector::config_map(tunnel, settings, toml, version);
+    status.hosts = assigned.hosts;
     let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     if let Some((reason, message)) = &learned.problem {
         status.state = Some(State::Error);
@@ -336,6 +200,7 @@ fn tunnel_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assign::ROUTE_BUDGET;
 
     const FINGERPRINT: &str = "3f2a9c1e0b7d4a6f8e5c2b1a0d9f8e7c6b5a4d3c2b1a0f9e8d7c6b5a4f3e2d1c";
 
@@ -413,6 +278,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tunnels_status_records_who_holds_each_host_and_the_next_decision_keeps_it() {
+        let mut text = shared_tunnel();
+        text.push_str(&ingress("team-a", "site", "2026-01-05T00:00:00Z", "app.example.com", "/", "Prefix"));
+        let (first, key) = decide(&text);
+        let hosts = &first.tunnels[&key].status.hosts;
+        let holders: Vec<_> =
+            hosts.iter().map(|h| (h.host.as_str(), h.namespace.as_str(), h.routes.len())).collect();
+        assert_eq!(holders, [("app.example.com", "team-a", 1)]);
+
+        // team-b adds the host to an Ingress created before team-a's.
+        text.push_str(&ingress("team-b", "old", "2026-01-01T00:00:00Z", "app.example.com", "/x", "Prefix"));
+        let mut cluster = Cluster::default();
+        cluster.load_yaml(&text, "t").unwrap();
+        cluster.cluster_tunnels[0].status = Some(first.tunnels[&key].status.clone());
+        let settings =
+            Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
+        let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
+        let second = desired(&cluster, &BTreeMap::new(), &settings, &now);
+        let (config_map, _) = second.tunnels[&key].connector.clone().unwrap();
+        let toml = &config_map.data.unwrap()["client.toml"];
+        assert!(!toml.contains("/x"), "{toml}");
+        assert_eq!(second.tunnels[&key].status.hosts, *hosts);
+        let refused: Vec<_> = second.notes.iter().map(|n| n.source.reference.namespace.as_deref()).collect();
+        assert_eq!(refused, [Some("team-b")]);
+    }
+
+    #[test]
     fn an_object_past_the_route_budget_leaves_the_older_ones_served() {
         let mut text = shared_tunnel();
         text.push_str(&ingress("team-a", "site", "2026-01-01T00:00:00Z", "app.example.com", "/", "Prefix"));
@@ -468,85 +360,5 @@ mod tests {
         assert_eq!(over.len(), 1, "{over:?}");
         assert_eq!(over[0].source.reference.name.as_deref(), Some("long"));
         assert!(over[0].message.contains("on the wire"), "{}", over[0].message);
-    }
-
-    #[test]
-    fn the_room_kept_for_a_tunnels_own_routes_holds_its_fallback_and_63_networks() {
-        use tunnel_core::proto::{IpNet, RouteKind};
-        let network = RouteEntry {
-            id: RouteId(u64::MAX),
-            kind: RouteKind::Network { net: "2001:db8::/32".parse::<IpNet>().unwrap() },
-        };
-        let fallback = RouteEntry { id: RouteId(u64::MAX), kind: RouteKind::HttpFallback };
-        let own = crate::connector::MAX_NETWORKS * network.encoded_len()
-            + fallback.encoded_len()
-            + tunnel_core::proto::TABLE_OVERHEAD;
-        assert!(own <= tunnel_core::client::MAX_TABLE_BYTES - ROUTE_WIRE_BYTES, "{own}");
-    }
-
-    #[test]
-    fn a_route_whose_id_another_route_has_is_told_and_the_first_stays() {
-        // A route's id is a hash of what it matches, header names in lowercase: two HTTPRoutes
-        // matching `X-Env` and `x-env` are one route to the connector (and a tenant could
-        // search for two of its own routes with one 64-bit id). Before, the connector's whole
-        // table was refused as holding a route twice, and every tenant's routes froze.
-        let mut first = claim("team-a", "one", 1, "x.example.com", "/a");
-        let mut second = claim("team-a", "two", 2, "x.example.com", "/a");
-        first.route.headers.insert("X-Env".into(), "canary".into());
-        second.route.headers.insert("x-env".into(), "canary".into());
-        let mut notes = Vec::new();
-        let id = |route: &RouteFile| route.build().unwrap().entry().id;
-        assert_eq!(id(&first.route), id(&second.route));
-        assert_ne!(route_identity(&first.route), route_identity(&second.route));
-        let routes = assign(vec![first, second], &mut notes);
-        assert_eq!(routes.values().flatten().count(), 1);
-        let [note] = notes.as_slice() else { panic!("{notes:?}") };
-        assert_eq!(
-            (note.reason.as_str(), note.source.reference.name.as_deref()),
-            ("RouteConflict", Some("two"))
-        );
-        assert!(note.message.contains("route id"), "{}", note.message);
-    }
-
-    /// A claim of `namespace/name`, created on day `day`, for `host` and `path`.
-    fn claim(namespace: &str, name: &str, day: u32, host: &str, path: &str) -> Claim {
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
-            kind: Some("Ingress".into()),
-            namespace: Some(namespace.into()),
-            name: Some(name.into()),
-            ..Default::default()
-        };
-        let created = Time(format!("2026-01-{day:02}T00:00:00Z").parse().unwrap());
-        let route: RouteFile =
-            toml::from_str(&format!("host = {host:?}\npath = {path:?}\nservice = \"http://web.a.svc:80\"\n"))
-                .unwrap();
-        Claim {
-            tunnel: TunnelKey::Cluster { name: "shared".into() },
-            source: crate::routes::Source { reference, created: Some(created) },
-            route,
-        }
-    }
-
-    #[test]
-    fn past_the_byte_budget_a_host_stays_its_first_claimants_and_smaller_routes_still_fit() {
-        let mut notes = Vec::new();
-        let huge = format!("/{}", "a".repeat(ROUTE_BYTES));
-        let routes = assign(
-            vec![
-                claim("team-a", "big", 1, "x.example.com", &huge),
-                claim("team-b", "small", 2, "x.example.com", "/"),
-                claim("team-b", "other", 3, "y.example.com", "/"),
-            ],
-            &mut notes,
-        );
-        let served: Vec<String> = routes.values().flatten().map(|r| r.host.to_string()).collect();
-        assert_eq!(served, ["y.example.com"], "a route that fits is still taken");
-        let refused: Vec<_> =
-            notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.clone())).collect();
-        assert_eq!(
-            refused,
-            [("TooManyRoutes", Some("big".to_owned())), ("RouteConflict", Some("small".to_owned()))],
-            "x.example.com stays team-a's, served or not"
-        );
     }
 }

@@ -1,0 +1,387 @@
+//! Claims decided into each tunnel's routes: which namespace holds a host, which object keeps a
+//! route two ask for, and what fits a tunnel's budgets. A tunnel's `status.hosts` records the
+//! outcome, and the next decision starts from it: a holder keeps what it is served.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tunnel_core::config::RouteFile;
+use tunnel_core::proto::{RouteEntry, RouteId};
+
+use crate::crd::HeldHost;
+use crate::routes::{Claim, Note, Source};
+use crate::tunnels::TunnelKey;
+
+/// Routes from Ingresses and HTTPRoutes one tunnel's connector takes at most: its route table's
+/// limit, less room for the tunnel's own fallback and up to 63 networks.
+pub const ROUTE_BUDGET: usize = tunnel_core::client::MAX_ROUTES_PER_SET - 64;
+
+/// Bytes of those routes (as TOML) one tunnel's configuration takes at most, well under the
+/// 1 MiB a ConfigMap may hold.
+pub const ROUTE_BYTES: usize = 768 * 1024;
+
+/// Bytes of those routes in the table the connector sends its server, at most: the most a
+/// server takes, less room for the tunnel's own fallback and up to 63 networks (27 bytes each
+/// at most). Past it, every session of the connector would end as it sent its table, and with
+/// it every tenant's routes.
+pub const ROUTE_WIRE_BYTES: usize = tunnel_core::client::MAX_TABLE_BYTES - 4 * 1024;
+
+/// What each tunnel served after the last decision: its `status.hosts`.
+pub type Held = BTreeMap<TunnelKey, Vec<HeldHost>>;
+
+/// One tunnel's share of a decision.
+#[derive(Debug, Clone, Default)]
+pub struct Assigned {
+    /// The routes its connector serves.
+    pub routes: Vec<RouteFile>,
+    /// Who holds each host served, and the routes served on it: its next `status.hosts`.
+    pub hosts: Vec<HeldHost>,
+}
+
+/// What the routes of every source ask, per tunnel, with conflicts decided.
+///
+/// A host belongs to one namespace on a tunnel: objects of other namespaces get none of its
+/// paths (a newer `/login` would otherwise take that path from the owner's `/`). The namespace
+/// `held` names keeps it while one of its objects still claims it; a host no one holds goes to
+/// the namespace of the oldest object claiming it. Within the namespace, the older object keeps
+/// a host and path, the newer is told (as is one whose route's id, a hash of what it matches,
+/// is another route's).
+///
+/// Routes are taken up to [`ROUTE_BUDGET`], [`ROUTE_BYTES`] and [`ROUTE_WIRE_BYTES`] per
+/// tunnel: first those `held` lists as served, then the others, older objects first. An object
+/// past the budgets is told (`TooManyRoutes`), so one object with thousands of routes leaves
+/// the others served rather than the whole tunnel's configuration invalid, and an old object
+/// given new routes cannot push out routes already served.
+pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, Assigned> {
+    let record: BTreeMap<(&TunnelKey, &str), &HeldHost> = held
+        .iter()
+        .flat_map(|(tunnel, hosts)| hosts.iter().map(move |h| ((tunnel, h.host.as_str()), h)))
+        .collect();
+    // Each claim's host and entry, built once, and its place in the record.
+    let mut claims: Vec<Ranked> = claims
+        .into_iter()
+        .map(|claim| {
+            let host = claim.route.host.to_string();
+            // Routes come checked (`routes::build`): an entry that cannot be built is never
+            // served, so it is counted as filling the budget.
+            let entry = claim.route.build().map(|route| route.entry());
+            let held = record.get(&(&claim.tunnel, host.as_str()));
+            let holder =
+                held.filter(|h| claim.source.reference.namespace.as_deref() == Some(h.namespace.as_str()));
+            let served_before = holder
+                .is_some_and(|h| entry.as_ref().is_ok_and(|entry| h.routes.contains(&entry.id.to_string())));
+            Ranked { holds: holder.is_some(), served_before, host, entry, claim }
+        })
+        .collect();
+    // Who holds each host: its holder's oldest object claiming it, else the oldest object.
+    // The first claim owns the host, served or not (past the budget).
+    claims
+        .sort_by(|a, b| (!a.holds, a.claim.source.order_key()).cmp(&(!b.holds, b.claim.source.order_key())));
+    let mut hosts: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
+    for ranked in &claims {
+        let key = (ranked.claim.tunnel.clone(), ranked.host.clone());
+        hosts.entry(key).or_insert_with(|| ranked.claim.source.clone());
+    }
+    claims.sort_by(|a, b| {
+        (!a.served_before, a.claim.source.order_key()).cmp(&(!b.served_before, b.claim.source.order_key()))
+    });
+    let mut taken: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
+    let mut out: BTreeMap<TunnelKey, Assigned> = BTreeMap::new();
+    let mut served: BTreeMap<(TunnelKey, String), BTreeSet<String>> = BTreeMap::new();
+    let mut ids: BTreeMap<(TunnelKey, RouteId), String> = BTreeMap::new();
+    let mut spent: BTreeMap<TunnelKey, Spent> = BTreeMap::new();
+    let mut over_budget: Vec<(TunnelKey, Source)> = Vec::new();
+    for Ranked { claim, host, entry, .. } in claims {
+        let host = (claim.tunnel.clone(), host);
+        let owner = &hosts[&host];
+        if owner.reference.namespace != claim.source.reference.namespace {
+            let message = format!(
+                "host {} belongs to namespace {} on this tunnel (claimed by {})",
+                host.1,
+                owner.reference.namespace.as_deref().unwrap_or(""),
+                owner.describe()
+            );
+            notes.push(Note::new(&claim.source, "RouteConflict", message));
+            continue;
+        }
+        let identity = route_identity(&claim.route);
+        match taken.get(&(claim.tunnel.clone(), identity.clone())) {
+            Some(owner) if owner != &claim.source => notes.push(Note::new(
+                &claim.source,
+                "RouteConflict",
+                format!("{identity} is already served by {}", owner.describe()),
+            )),
+            Some(_) => {}
+            None => {
+                let wire = entry.as_ref().map_or(usize::MAX, RouteEntry::encoded_len);
+                let id = entry.as_ref().ok().map(|entry| entry.id);
+                if let Some((id, other)) = id.and_then(|id| Some((id, ids.get(&(claim.tunnel.clone(), id))?)))
+                {
+                    let message = format!("{identity} has the route id {id} of {other}; change either");
+                    notes.push(Note::new(&claim.source, "RouteConflict", message));
+                    continue;
+                }
+                let size = Spent {
+                    routes: 1,
+                    toml: toml::to_string(&claim.route).map_or(usize::MAX, |text| text.len()),
+                    wire,
+                };
+                let spent = spent.entry(claim.tunnel.clone()).or_default();
+                if !spent.fits(&size) {
+                    let first = !over_budget.iter().any(|(t, s)| *t == claim.tunnel && *s == claim.source);
+                    if first {
+                        let Spent { routes, toml, wire } = spent;
+                        let message = format!(
+                            "the tunnel carries {routes} routes ({toml} bytes of configuration, {wire} on the \
+                             wire; at most {ROUTE_BUDGET} routes, {ROUTE_BYTES} and {ROUTE_WIRE_BYTES} bytes): \
+                             {identity} is left out, and any further route of this object that does not fit"
+                        );
+                        notes.push(Note::new(&claim.source, "TooManyRoutes", message));
+                        over_budget.push((claim.tunnel.clone(), claim.source.clone()));
+                    }
+                    continue;
+                }
+                spent.add(&size);
+                if let Some(id) = id {
+                    ids.insert((claim.tunnel.clone(), id), identity.clone());
+                    served.entry(host).or_default().insert(id.to_string());
+                }
+                taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
+                out.entry(claim.tunnel).or_default().routes.push(claim.route);
+            }
+        }
+    }
+    for ((tunnel, host), routes) in served {
+        let namespace =
+            hosts[&(tunnel.clone(), host.clone())].reference.namespace.clone().unwrap_or_default();
+        let routes = routes.into_iter().collect();
+        out.entry(tunnel).or_default().hosts.push(HeldHost { host, namespace, routes });
+    }
+    out
+}
+
+/// A claim with what the decision looks up more than once.
+struct Ranked {
+    claim: Claim,
+    host: String,
+    entry: Result<RouteEntry, String>,
+    /// Its namespace holds the host (the tunnel's `status.hosts`).
+    holds: bool,
+    /// It was served: its namespace holds the host and the record lists its route.
+    served_before: bool,
+}
+
+/// What a tunnel's routes take of its budgets.
+#[derive(Debug, Default)]
+struct Spent {
+    routes: usize,
+    /// Bytes of configuration (TOML).
+    toml: usize,
+    /// Bytes in the table sent to the server.
+    wire: usize,
+}
+
+impl Spent {
+    fn fits(&self, more: &Spent) -> bool {
+        self.routes.saturating_add(more.routes) <= ROUTE_BUDGET
+            && self.toml.saturating_add(more.toml) <= ROUTE_BYTES
+            && self.wire.saturating_add(more.wire) <= ROUTE_WIRE_BYTES
+    }
+
+    fn add(&mut self, more: &Spent) {
+        self.routes += more.routes;
+        self.toml += more.toml;
+        self.wire += more.wire;
+    }
+}
+
+/// What makes two routes the same route: all they match on.
+fn route_identity(route: &RouteFile) -> String {
+    let mut text = route.host.to_string();
+    if let Some(path) = &route.path {
+        let kind = route.path_type.map_or("prefix", |t| match t {
+            tunnel_core::config::PathType::Prefix => "prefix",
+            tunnel_core::config::PathType::Exact => "exact",
+            tunnel_core::config::PathType::Regex => "regex",
+        });
+        text.push_str(&format!(" path {path} ({kind})"));
+    }
+    if !route.methods.is_empty() {
+        text.push_str(&format!(" methods {}", route.methods.join(",")));
+    }
+    for (name, value) in &route.headers {
+        text.push_str(&format!(" header {name}={value}"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_route_whose_id_another_route_has_is_told_and_the_first_stays() {
+        // A route's id is a hash of what it matches, header names in lowercase: two HTTPRoutes
+        // matching `X-Env` and `x-env` are one route to the connector (and a tenant could
+        // search for two of its own routes with one 64-bit id). Before, the connector's whole
+        // table was refused as holding a route twice, and every tenant's routes froze.
+        let mut first = claim("team-a", "one", 1, "x.example.com", "/a");
+        let mut second = claim("team-a", "two", 2, "x.example.com", "/a");
+        first.route.headers.insert("X-Env".into(), "canary".into());
+        second.route.headers.insert("x-env".into(), "canary".into());
+        let mut notes = Vec::new();
+        let id = |route: &RouteFile| route.build().unwrap().entry().id;
+        assert_eq!(id(&first.route), id(&second.route));
+        assert_ne!(route_identity(&first.route), route_identity(&second.route));
+        let assigned = assign(vec![first, second], &Held::new(), &mut notes);
+        assert_eq!(assigned.values().flat_map(|a| &a.routes).count(), 1);
+        let [note] = notes.as_slice() else { panic!("{notes:?}") };
+        assert_eq!(
+            (note.reason.as_str(), note.source.reference.name.as_deref()),
+            ("RouteConflict", Some("two"))
+        );
+        assert!(note.message.contains("route id"), "{}", note.message);
+    }
+
+    /// A claim of `namespace/name`, created on day `day`, for `host` and `path`.
+    fn claim(namespace: &str, name: &str, day: u32, host: &str, path: &str) -> Claim {
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some("Ingress".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let created = Time(format!("2026-01-{day:02}T00:00:00Z").parse().unwrap());
+        let route: RouteFile =
+            toml::from_str(&format!("host = {host:?}\npath = {path:?}\nservice = \"http://web.a.svc:80\"\n"))
+                .unwrap();
+        Claim {
+            tunnel: TunnelKey::Cluster { name: "shared".into() },
+            source: crate::routes::Source { reference, created: Some(created) },
+            route,
+        }
+    }
+
+    #[test]
+    fn past_the_byte_budget_a_host_stays_its_first_claimants_and_smaller_routes_still_fit() {
+        let mut notes = Vec::new();
+        let huge = format!("/{}", "a".repeat(ROUTE_BYTES));
+        let claims = vec![
+            claim("team-a", "big", 1, "x.example.com", &huge),
+            claim("team-b", "small", 2, "x.example.com", "/"),
+            claim("team-b", "other", 3, "y.example.com", "/"),
+        ];
+        let assigned = assign(claims, &Held::new(), &mut notes);
+        let served: Vec<String> =
+            assigned.values().flat_map(|a| &a.routes).map(|r| r.host.to_string()).collect();
+        assert_eq!(served, ["y.example.com"], "a route that fits is still taken");
+        let refused: Vec<_> =
+            notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.clone())).collect();
+        assert_eq!(
+            refused,
+            [("TooManyRoutes", Some("big".to_owned())), ("RouteConflict", Some("small".to_owned()))],
+            "x.example.com stays team-a's, served or not"
+        );
+    }
+    #[test]
+    fn the_room_kept_for_a_tunnels_own_routes_holds_its_fallback_and_63_networks() {
+        use tunnel_core::proto::{IpNet, RouteKind};
+        let network = RouteEntry {
+            id: RouteId(u64::MAX),
+            kind: RouteKind::Network { net: "2001:db8::/32".parse::<IpNet>().unwrap() },
+        };
+        let fallback = RouteEntry { id: RouteId(u64::MAX), kind: RouteKind::HttpFallback };
+        let own = crate::connector::MAX_NETWORKS * network.encoded_len()
+            + fallback.encoded_len()
+            + tunnel_core::proto::TABLE_OVERHEAD;
+        assert!(own <= tunnel_core::client::MAX_TABLE_BYTES - ROUTE_WIRE_BYTES, "{own}");
+    }
+
+    /// A decision's record, as the next decision reads it back from the tunnels' statuses.
+    fn record(assigned: &BTreeMap<TunnelKey, Assigned>) -> Held {
+        assigned.iter().map(|(tunnel, a)| (tunnel.clone(), a.hosts.clone())).collect()
+    }
+
+    fn served(assigned: &BTreeMap<TunnelKey, Assigned>) -> Vec<String> {
+        let routes = assigned.values().flat_map(|a| &a.routes);
+        routes.map(|r| format!("{}{}", r.host, r.path.as_deref().unwrap_or(""))).collect()
+    }
+
+    #[test]
+    fn a_host_stays_with_its_holder_whatever_the_age_of_another_namespaces_object() {
+        // team-a is served x.example.com; team-b then adds the host to an Ingress of its own
+        // created long before. Before the record, the oldest object's namespace took the host,
+        // and every path of team-a's with it.
+        let site = claim("team-a", "site", 5, "x.example.com", "/");
+        let old = claim("team-b", "old", 1, "x.example.com", "/login");
+        let alone = assign(vec![site.clone()], &Held::new(), &mut Vec::new());
+        let id = site.route.build().unwrap().entry().id.to_string();
+        let hosts = &alone[&site.tunnel].hosts;
+        assert_eq!(
+            hosts,
+            &[HeldHost { host: "x.example.com".into(), namespace: "team-a".into(), routes: vec![id] }]
+        );
+
+        let mut notes = Vec::new();
+        let kept = assign(vec![site.clone(), old.clone()], &record(&alone), &mut notes);
+        assert_eq!(served(&kept), ["x.example.com/"]);
+        assert_eq!(kept[&site.tunnel].hosts, *hosts, "the record stays as it was");
+        let [note] = notes.as_slice() else { panic!("{notes:?}") };
+        assert_eq!(
+            (note.reason.as_str(), note.source.reference.name.as_deref()),
+            ("RouteConflict", Some("old"))
+        );
+        assert!(note.message.contains("belongs to namespace team-a"), "{}", note.message);
+
+        // Without the record (a status lost), age decides, as it did for every decision before.
+        let mut notes = Vec::new();
+        let by_age = assign(vec![site, old], &Held::new(), &mut notes);
+        assert_eq!(served(&by_age), ["x.example.com/login"]);
+    }
+
+    #[test]
+    fn a_host_its_holder_no_longer_claims_goes_to_the_oldest_claimant() {
+        let site = claim("team-a", "site", 5, "x.example.com", "/");
+        let held = record(&assign(vec![site], &Held::new(), &mut Vec::new()));
+        let later = claim("team-b", "later", 2, "x.example.com", "/b");
+        let earlier = claim("team-c", "earlier", 1, "x.example.com", "/c");
+        let mut notes = Vec::new();
+        let assigned = assign(vec![later, earlier], &held, &mut notes);
+        assert_eq!(served(&assigned), ["x.example.com/c"]);
+        assert_eq!(
+            assigned.values().flat_map(|a| &a.hosts).map(|h| h.namespace.as_str()).collect::<Vec<_>>(),
+            ["team-c"]
+        );
+        let refused: Vec<_> = notes.iter().map(|n| n.source.reference.name.as_deref()).collect();
+        assert_eq!(refused, [Some("later")]);
+    }
+
+    #[test]
+    fn routes_served_keep_their_places_before_new_routes_of_older_objects() {
+        // team-a's routes fill the budget; team-b gives an Ingress created long before a route
+        // on a host of its own. Before the record it took a place, and one of team-a's routes
+        // served until then was left out.
+        let site: Vec<Claim> = (0..ROUTE_BUDGET)
+            .map(|n| claim("team-a", "site", 5, "a.example.com", &format!("/p{n}")))
+            .collect();
+        let held = record(&assign(site.clone(), &Held::new(), &mut Vec::new()));
+        assert_eq!(held.values().flatten().map(|h| h.routes.len()).sum::<usize>(), ROUTE_BUDGET);
+        let mut claims = site.clone();
+        claims.push(claim("team-b", "old", 1, "b.example.com", "/"));
+
+        let mut notes = Vec::new();
+        let assigned = assign(claims.clone(), &held, &mut notes);
+        let served = served(&assigned);
+        assert_eq!(served.len(), ROUTE_BUDGET);
+        assert!(served.iter().all(|r| r.starts_with("a.example.com/")), "every route served before stays");
+        let refused: Vec<_> =
+            notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
+        assert_eq!(refused, [("TooManyRoutes", Some("old"))]);
+
+        let by_age = assign(claims, &Held::new(), &mut Vec::new());
+        assert!(
+            super::tests::served(&by_age).contains(&"b.example.com/".to_owned()),
+            "without the record, age decides"
+        );
+    }
+}
