@@ -315,6 +315,91 @@ async fn an_upgraded_connection_keeps_its_place_among_the_edges_connections() {
     edge.server.stop().await;
 }
 
+/// Asks `edge` from `127.0.0.N` to upgrade a connection to `ws.test`: the connection once
+/// switched, or the answer's head and body when it was not.
+async fn upgrade_from(edge: SocketAddr, n: u8) -> Result<tokio::net::TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)).unwrap();
+    let mut tcp = socket.connect(edge).await.unwrap();
+    let request = "GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(PATIENCE, tcp.read_exact(&mut byte)).await.unwrap().unwrap();
+        head.push(byte[0]);
+    }
+    if head.starts_with(b"HTTP/1.1 101") {
+        return Ok(tcp);
+    }
+    let mut body = [0u8; 512];
+    let n = tokio::time::timeout(PATIENCE, tcp.read(&mut body)).await.unwrap().unwrap_or(0);
+    Err(format!("{}{}", String::from_utf8_lossy(&head), String::from_utf8_lossy(&body[..n])))
+}
+
+/// Upgraded connections can last for hours, so they are held to the per-source cap that TLS
+/// passthrough visitors are: before, one address holding WebSockets open took every place of
+/// the client's session, and every request to its routes got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_from_one_source_are_held_to_the_per_source_cap() {
+    let edge = edge(|config| {
+        config.max_visitors_per_forward = 3;
+        config.max_visitors_per_source = 2;
+    })
+    .await;
+    let origin = echo_upgrades_origin().await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
+    client.connected().await;
+
+    let held = [upgrade_from(edge.http, 1).await.unwrap(), upgrade_from(edge.http, 1).await.unwrap()];
+    let refused = upgrade_from(edge.http, 1).await.expect_err("a third upgrade from one source");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("too many requests in flight"), "{refused}");
+    // A plain request from that source still has the session's last place (a NAT, a CDN).
+    let mut sender = connection_from(edge.http, 1).await;
+    assert_eq!(send(&mut sender, "ws.test", "/", "").await.0, StatusCode::SWITCHING_PROTOCOLS);
+    let other = upgrade_from(edge.http, 2).await.expect("an upgrade from another source");
+    let full = upgrade_from(edge.http, 3).await.expect_err("past the session's places");
+    assert!(full.starts_with("HTTP/1.1 503"), "{full}");
+    drop((held, other));
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+/// An upgraded connection that carries nothing either way for `http_upgrade_idle_timeout` is
+/// closed, and its place given back. Before, a silent WebSocket held its place for as long as
+/// its visitor liked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upgraded_connection_is_closed_and_gives_its_place_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let edge = edge(|config| {
+        config.max_visitors_per_forward = 1;
+        config.http.limits.upgrade_idle_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let origin = echo_upgrades_origin().await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
+    client.connected().await;
+
+    let mut silent = upgrade_from(edge.http, 1).await.unwrap();
+    silent.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(PATIENCE, silent.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo, b"ping");
+    let refused = upgrade_from(edge.http, 2).await.expect_err("the session's one place is held");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    // Then silence: the edge ends the connection.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, silent.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "a silent upgraded connection was left open");
+    eventually("the place given back", || async { upgrade_from(edge.http, 2).await.is_ok() }).await;
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 /// A full listener does not lock newcomers out: one from a smaller source takes the place of
 /// the oldest connection of the source holding the most, while that source's own newcomers
 /// are refused. Before, one host holding `max_connections` idle connections kept everyone

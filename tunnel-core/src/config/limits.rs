@@ -51,6 +51,9 @@ pub struct ServerLimits {
     pub http_header_timeout: Option<HumanDuration>,
     /// Longest wait for a client's answer to a request (default `120s`).
     pub http_response_timeout: Option<HumanDuration>,
+    /// Time an upgraded connection (WebSocket) may carry no byte either way before the edge
+    /// closes it (default `10m`).
+    pub http_upgrade_idle_timeout: Option<HumanDuration>,
     /// Largest request head in bytes (default 65536, at least 8192).
     pub max_http_header_bytes: Option<usize>,
     /// HTTP/1.1 connections of each listener that may read a request head longer than 8 KiB at
@@ -168,6 +171,9 @@ impl ServerLimits {
         }
         if let Some(d) = self.http_response_timeout {
             edge.response_timeout = positive_duration("limits.http_response_timeout", d)?;
+        }
+        if let Some(d) = self.http_upgrade_idle_timeout {
+            edge.upgrade_idle_timeout = positive_duration("limits.http_upgrade_idle_timeout", d)?;
         }
         if let Some(n) = self.max_http_header_bytes {
             if !(8192..=1 << 20).contains(&n) {

@@ -66,6 +66,9 @@ pub struct EdgeLimits {
     /// Longest wait for the client's answer to a request (default 120 s; origins time out
     /// on the client side first).
     pub response_timeout: Duration,
+    /// Time an upgraded connection (WebSocket) may carry no byte either way before it is
+    /// closed (default 10 minutes): a visitor that goes silent gives its place back.
+    pub upgrade_idle_timeout: Duration,
     /// Visitor connections open at once (default 10000); more are closed at accept.
     pub max_connections: usize,
     /// HTTP/1.1 connections that may hold a request head longer than 8 KiB at once (default
@@ -81,6 +84,7 @@ impl Default for EdgeLimits {
             header_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             response_timeout: Duration::from_secs(120),
+            upgrade_idle_timeout: Duration::from_secs(600),
             max_connections: 10_000,
             max_large_heads: 512,
         }

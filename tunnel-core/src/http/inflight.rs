@@ -9,7 +9,9 @@
 //! (`max_visitors_per_forward`, `max_visitors_per_source`), so the edge leaves a session the
 //! same room a flooded forward does. HTTP requests are not held to the per-source cap: the
 //! visitors of a website share addresses by design (a NAT, a proxy, a CDN in front of the
-//! edge), and the edge takes their connections without one too.
+//! edge), and the edge takes their connections without one too. Upgraded connections
+//! (WebSockets) are: they hold their places for as long as they last, as passthrough visitors
+//! do, until they end or idle past `upgrade_idle_timeout`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

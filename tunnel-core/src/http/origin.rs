@@ -245,7 +245,7 @@ impl Origins {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor_side) = visitor_side {
                 let origin_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice_upgraded(visitor_side, origin_side));
+                tokio::spawn(splice_upgraded(visitor_side, origin_side, None));
             }
         }
         let kept = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
@@ -383,14 +383,20 @@ fn pool_key(origin: &TargetAddr) -> String {
     key
 }
 
-/// Once both sides switched protocols, carries bytes between them.
-pub(super) async fn splice_upgraded(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
+/// Once both sides switched protocols, carries bytes between them; with `idle_timeout`, ends
+/// after that long without a byte either way.
+pub(super) async fn splice_upgraded(
+    a: hyper::upgrade::OnUpgrade,
+    b: hyper::upgrade::OnUpgrade,
+    idle_timeout: Option<Duration>,
+) {
     let (a, b) = match tokio::try_join!(a, b) {
         Ok(both) => both,
         Err(err) => return tracing::debug!("upgrade failed: {}", crate::log::Chain(&err)),
     };
     let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-    if let Err(err) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+    let limits = crate::forward::SpliceLimits { idle_timeout };
+    if let Err(err) = crate::forward::splice_with(&mut a, &mut b, limits).await {
         tracing::debug!("upgraded connection ended: {err}");
     }
 }

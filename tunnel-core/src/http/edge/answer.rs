@@ -96,7 +96,10 @@ impl HttpEdge {
         drop(routes);
         // Pooled and counted per session, not per client name.
         let key = session_key(&opener);
-        let place = match self.inflight.admit(key, visitor.ip(), false) {
+        // An upgraded connection may hold its place for as long as it lasts, so it is held to
+        // the per-source cap as passthrough visitors are; plain requests give theirs back.
+        let per_source = is_upgrade(request.headers()).is_some();
+        let place = match self.inflight.admit(key, visitor.ip(), per_source) {
             Ok(place) => place,
             Err(full) => {
                 let why = format!("too many requests in flight to the client serving {host} ({full})");
@@ -211,9 +214,10 @@ impl HttpEdge {
         if switching {
             if let Some((visitor_side, upgraded)) = visitor_side {
                 let client_side = hyper::upgrade::on(&mut response);
+                let idle = self.limits.upgrade_idle_timeout;
                 let splice = async move {
                     let _place = place;
-                    splice_upgraded(visitor_side, client_side).await
+                    splice_upgraded(visitor_side, client_side, Some(idle)).await
                 };
                 *upgraded.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(splice));
                 return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
