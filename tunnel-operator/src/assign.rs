@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tunnel_core::config::RouteFile;
+use tunnel_core::forward::Glob;
 use tunnel_core::proto::{RouteEntry, RouteId};
 
 use crate::crd::HeldHost;
@@ -24,6 +25,41 @@ pub const ROUTE_BYTES: usize = 768 * 1024;
 /// at most). Past it, every session of the connector would end as it sent its table, and with
 /// it every tenant's routes.
 pub const ROUTE_WIRE_BYTES: usize = tunnel_core::client::MAX_TABLE_BYTES - 4 * 1024;
+
+/// The hosts each tunnel's routes may use: its `allowedHosts` (a tunnel missing, or with an
+/// empty list: any host; `None`: a list that does not parse, which allows none).
+pub type Allowed = BTreeMap<TunnelKey, Option<Vec<Glob>>>;
+
+/// The claims whose hosts their tunnels allow; each object refused gets one note per host
+/// (`HostNotAllowed`). A wildcard over a top-level domain (`*.com`) is refused on every tunnel:
+/// it would take every host of that domain no other client of the server serves.
+pub fn admit_hosts(claims: Vec<Claim>, allowed: &Allowed, notes: &mut Vec<Note>) -> Vec<Claim> {
+    let mut told: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut admitted = Vec::with_capacity(claims.len());
+    for claim in claims {
+        let host = claim.route.host.as_str();
+        let why = if claim.route.host.wildcard_suffix().is_some_and(|suffix| !suffix.contains('.')) {
+            Some(format!("host {host} is a wildcard over a whole top-level domain"))
+        } else {
+            let Some(globs) = allowed.get(&claim.tunnel).map_or(Some(&[][..]), |g| g.as_deref()) else {
+                // The tunnel's status says its spec is invalid; no connector is rendered.
+                continue;
+            };
+            let refused = !globs.is_empty() && !globs.iter().any(|glob| glob.matches_host(host));
+            let listed = || globs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            refused.then(|| format!("host {host} is not among the tunnel's allowedHosts ({})", listed()))
+        };
+        match why {
+            Some(message) => {
+                if told.insert((claim.source.describe(), host.to_owned())) {
+                    notes.push(Note::new(&claim.source, "HostNotAllowed", message));
+                }
+            }
+            None => admitted.push(claim),
+        }
+    }
+    admitted
+}
 
 /// What each tunnel served after the last decision: its `status.hosts`.
 pub type Held = BTreeMap<TunnelKey, Vec<HeldHost>>;
@@ -383,5 +419,51 @@ mod tests {
             super::tests::served(&by_age).contains(&"b.example.com/".to_owned()),
             "without the record, age decides"
         );
+    }
+
+    #[test]
+    fn only_the_hosts_a_tunnel_allows_are_admitted_and_never_a_top_level_wildcard() {
+        let shared = TunnelKey::Cluster { name: "shared".into() };
+        let claims = || {
+            vec![
+                claim("team-a", "site", 1, "a.apps.example.com", "/"),
+                claim("team-a", "wild", 1, "*.apps.example.com", "/"),
+                claim("team-a", "shop", 1, "shop.example.com", "/"),
+                claim("team-b", "steal", 2, "login.example.com", "/"),
+                claim("team-b", "steal", 2, "login.example.com", "/api"),
+                claim("team-b", "all", 3, "*.com", "/"),
+            ]
+        };
+        let names = |claims: &[Claim]| claims.iter().map(|c| c.route.host.to_string()).collect::<Vec<_>>();
+        let told = |notes: &[Note]| {
+            notes
+                .iter()
+                .map(|n| (n.reason.clone(), n.source.reference.name.clone().unwrap()))
+                .collect::<Vec<_>>()
+        };
+
+        // No list: any host, but not a wildcard over all of `.com`.
+        let mut notes = Vec::new();
+        let admitted = admit_hosts(claims(), &Allowed::new(), &mut notes);
+        assert_eq!(names(&admitted).len(), 5);
+        assert_eq!(told(&notes), [("HostNotAllowed".to_owned(), "all".to_owned())]);
+        assert!(notes[0].message.contains("top-level domain"), "{}", notes[0].message);
+
+        // A list: its globs, as the server's allow_hosts reads them.
+        let globs = ["*.apps.example.com", "shop.example.com"].map(|g| g.parse().unwrap()).to_vec();
+        let mut notes = Vec::new();
+        let admitted = admit_hosts(claims(), &Allowed::from([(shared.clone(), Some(globs))]), &mut notes);
+        assert_eq!(names(&admitted), ["a.apps.example.com", "*.apps.example.com", "shop.example.com"]);
+        let refused = told(&notes);
+        assert_eq!(
+            refused,
+            [("HostNotAllowed".into(), "steal".into()), ("HostNotAllowed".into(), "all".into())]
+        );
+        assert!(notes[0].message.contains("not among the tunnel's allowedHosts"), "{}", notes[0].message);
+
+        // A list that does not parse admits nothing (the tunnel is told, not each object).
+        let mut notes = Vec::new();
+        assert!(admit_hosts(claims(), &Allowed::from([(shared, None)]), &mut notes).is_empty());
+        assert_eq!(told(&notes), [("HostNotAllowed".to_owned(), "all".to_owned())]);
     }
 }

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use tunnel_core::config::{ClientFile, RouteFile};
+use tunnel_core::forward::Glob;
 
 use crate::crd::{Protocol, DEFAULT_FALLBACK};
 use crate::patch::{self, PatchError};
@@ -124,6 +125,9 @@ pub fn token_secret(tunnel: &TunnelObject<'_>) -> String {
 /// Networks one tunnel offers at most.
 pub const MAX_NETWORKS: usize = 63;
 
+/// Entries of `allowedHosts` at most.
+pub const MAX_ALLOWED_HOSTS: usize = 64;
+
 fn field(field: &'static str, message: impl ToString) -> SpecError {
     SpecError::Field { field, message: message.to_string() }
 }
@@ -159,6 +163,12 @@ pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<
         }
         (None, Some(_)) => file.ca = vec![CA_PATH.into()],
         _ => return Err(field("server", "give exactly one of fingerprint and caSecret")),
+    }
+    if spec.allowed_hosts.len() > MAX_ALLOWED_HOSTS {
+        return Err(field("allowedHosts", format!("at most {MAX_ALLOWED_HOSTS} entries")));
+    }
+    for host in &spec.allowed_hosts {
+        host.parse::<Glob>().map_err(|e| field("allowedHosts", e))?;
     }
     if spec.enable_warp_routing {
         if spec.networks.is_empty() {

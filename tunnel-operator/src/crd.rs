@@ -69,6 +69,13 @@ pub struct TunnelSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(n, isCIDR(n))").message("networks are CIDRs such as 10.0.0.0/8"))]
     pub networks: Vec<String>,
+    /// Hosts this tunnel's routes may use, as the server's `allow_hosts` spells them (globs
+    /// such as `*.apps.example.com` or `shop.example.com`, at most 64): a route for another
+    /// host is refused (`HostNotAllowed`). Empty: any host. A wildcard over a top-level domain
+    /// (`*.com`) is refused either way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_hosts: Vec<String>,
     /// Connector replicas (default 1); each holds a session under the same name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::assign::{assign, Assigned, Held};
+use crate::assign::{admit_hosts, assign, Allowed, Assigned, Held};
 use crate::conditions::Conditions;
 use crate::connector::{self, Settings};
 use crate::crd::{State, TunnelStatus};
@@ -82,7 +82,14 @@ pub fn desired(
         .iter()
         .map(|(key, (_, _, status))| (key.clone(), status.map(|s| s.hosts.clone()).unwrap_or_default()))
         .collect();
-    let claims = ingress_claims.into_iter().chain(route_claims).collect();
+    // A list with an entry that does not parse allows nothing; the tunnel's status says why.
+    let allowed: Allowed = tunnels
+        .iter()
+        .map(|(key, (_, spec, _))| {
+            (key.clone(), spec.allowed_hosts.iter().map(|h| h.parse().ok()).collect::<Option<Vec<_>>>())
+        })
+        .collect();
+    let claims = admit_hosts(ingress_claims.into_iter().chain(route_claims).collect(), &allowed, &mut notes);
     let mut assigned = assign(claims, &held, &mut notes);
 
     let mut outcomes = BTreeMap::new();
@@ -302,6 +309,39 @@ mod tests {
         assert_eq!(second.tunnels[&key].status.hosts, *hosts);
         let refused: Vec<_> = second.notes.iter().map(|n| n.source.reference.namespace.as_deref()).collect();
         assert_eq!(refused, [Some("team-b")]);
+    }
+
+    #[test]
+    fn a_tunnels_allowed_hosts_keep_other_hosts_off_it_and_a_bad_entry_is_named() {
+        let mut text = shared_tunnel()
+            .replace("existingTunnel:", "allowedHosts: ['*.team-a.example.com'], existingTunnel:");
+        text.push_str(&ingress(
+            "team-a",
+            "site",
+            "2026-01-01T00:00:00Z",
+            "www.team-a.example.com",
+            "/",
+            "Prefix",
+        ));
+        text.push_str(&ingress("team-b", "bank", "2026-01-02T00:00:00Z", "bank.example.com", "/", "Prefix"));
+        let (decided, key) = decide(&text);
+        let (config_map, _) = decided.tunnels[&key].connector.clone().unwrap();
+        let toml = &config_map.data.unwrap()["client.toml"];
+        assert!(toml.contains("www.team-a.example.com") && !toml.contains("bank.example.com"), "{toml}");
+        let refused: Vec<_> =
+            decided.notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
+        assert_eq!(refused, [("HostNotAllowed", Some("bank"))]);
+
+        let (decided, key) = decide(&text.replace("'*.team-a.example.com'", "'bad host'"));
+        let outcome = &decided.tunnels[&key];
+        assert!(outcome.connector.is_none());
+        let ready = outcome.status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert!(
+            ready.message.starts_with("spec.allowedHosts: invalid rule \"bad host\""),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
