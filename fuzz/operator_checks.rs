@@ -47,6 +47,34 @@ pub fn operator_objects(data: &[u8]) {
     }
     let documents = tunnel_operator::render::documents(&desired, &now);
     serde_saphyr::to_string_multiple(&documents).expect("the rendering serializes");
+
+    // The decision's record read back changes nothing served: each route served stays, and
+    // nothing refused before takes a place (the tunnels' `status.hosts`, as a controller
+    // writes them and reads them on its next pass).
+    let config = |desired: &tunnel_operator::reconcile::Desired| -> BTreeMap<String, String> {
+        let tunnels = desired.tunnels.iter();
+        let rendered =
+            tunnels.filter_map(|(key, outcome)| Some((key.to_string(), outcome.connector.as_ref()?)));
+        rendered
+            .map(|(key, (config_map, _))| (key, config_map.data.as_ref().unwrap()["client.toml"].clone()))
+            .collect()
+    };
+    let mut again = cluster.clone();
+    for tunnel in &mut again.tunnels {
+        let key = tunnel_operator::tunnels::TunnelKey::Namespaced {
+            namespace: tunnel.metadata.namespace.clone().unwrap_or_default(),
+            name: tunnel.metadata.name.clone().unwrap_or_default(),
+        };
+        tunnel.status = desired.tunnels.get(&key).map(|outcome| outcome.status.clone());
+    }
+    for tunnel in &mut again.cluster_tunnels {
+        let key = tunnel_operator::tunnels::TunnelKey::Cluster {
+            name: tunnel.metadata.name.clone().unwrap_or_default(),
+        };
+        tunnel.status = desired.tunnels.get(&key).map(|outcome| outcome.status.clone());
+    }
+    let next = tunnel_operator::reconcile::desired(&again, &BTreeMap::new(), &settings(), &now);
+    assert_eq!(config(&next), config(&desired), "the decision's own record changed what is served");
 }
 
 /// Any patch text applies or fails with an error; never a panic.
