@@ -50,18 +50,15 @@ struct GrantBody {
 
 impl GrantBody {
     fn into_grant(self) -> Result<Grant, String> {
-        let max = crate::config::MAX_REPLICAS;
-        if let Some(n) = self.replicas.filter(|n| !(1..=max).contains(n)) {
-            return Err(format!("replicas {n}: from 1 to {max}"));
-        }
-        Ok(Grant {
+        let grant = Grant {
             allow_ports: self.allow_ports,
             allow_hosts: self.allow_hosts,
             allow_visit: self.allow_visit,
             allow_expose: self.allow_expose,
             allow_networks: self.allow_networks,
             replicas: self.replicas,
-        })
+        };
+        grant.check().map(|()| grant)
     }
 }
 

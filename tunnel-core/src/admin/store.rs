@@ -42,6 +42,15 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Checks the bounds the API holds a grant to (the rest is checked as it is read).
+    pub(super) fn check(&self) -> Result<(), String> {
+        let max = crate::config::MAX_REPLICAS;
+        match self.replicas.filter(|n| !(1..=max).contains(n)) {
+            Some(n) => Err(format!("replicas {n}: from 1 to {max}")),
+            None => Ok(()),
+        }
+    }
+
     /// What a configured client's policy grants, in the same terms.
     pub(crate) fn of(policy: &ClientPolicy) -> Self {
         Self {
@@ -122,6 +131,8 @@ impl ClientStore {
             crate::proto::validate_name(&client.name)
                 .map_err(|e| e.to_string())
                 .and_then(|()| Token::new(client.token.expose_secret()).map(drop).map_err(|e| e.to_string()))
+                // A file edited by hand is held to what the API would have taken.
+                .and_then(|()| client.grant.check())
                 .map_err(|e| store_err(std::io::Error::other(format!("client {:?}: {e}", client.name))))?;
             clients.insert(client.name.clone(), client);
         }

@@ -140,6 +140,16 @@ async fn the_store_keeps_created_clients_across_restarts_readable_by_its_owner_o
     std::fs::write(&path, "[[clients]]\nname = 7\n").unwrap();
     let err = ClientStore::open(&path).unwrap_err();
     assert!(err.to_string().contains(CLIENTS_FILE), "{err}");
+    // A grant edited past the API's bounds is refused as the API refuses it, by its client and
+    // field (before, `replicas` was taken as written, 2^64 - 1 included).
+    for replicas in ["0", "65", "18446744073709551615"] {
+        let text = format!(
+            "[[clients]]\nname = \"big\"\ntoken = \"big-client-token-0123\"\nreplicas = {replicas}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = crate::log::Chain(&ClientStore::open(&path).unwrap_err()).to_string();
+        assert!(err.contains("client \"big\": replicas") && err.contains("from 1 to 64"), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -306,7 +306,8 @@ impl Registry {
             let replicas = replicas.max(1);
             let full = inner.sessions.get(name).is_some_and(|slots| live(slots) >= replicas);
             // Draining ones included, a name holds twice its replicas at most.
-            let crowded = inner.sessions.get(name).is_some_and(|slots| slots.len() >= 2 * replicas);
+            let crowded =
+                inner.sessions.get(name).is_some_and(|slots| slots.len() >= replicas.saturating_mul(2));
             if !full && !crowded {
                 let caps = inner.caps;
                 if inner.counts.all >= caps.sessions {
