@@ -8,7 +8,7 @@ use tunnel_core::config::RouteFile;
 use tunnel_core::forward::Glob;
 use tunnel_core::proto::{RouteEntry, RouteId};
 
-use crate::crd::HeldHost;
+use crate::crd::{HeldHost, HeldRoute};
 use crate::routes::{Claim, Note, Source};
 use crate::tunnels::TunnelKey;
 
@@ -100,12 +100,17 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
             // Routes come checked (`routes::build`): an entry that cannot be built is never
             // served, so it is counted as filling the budget.
             let entry = claim.route.build().map(|route| route.entry());
+            let bytes = toml::to_string(&claim.route).map_or(usize::MAX, |text| text.len());
             let held = record.get(&(&claim.tunnel, host.as_str()));
-            let holder =
-                held.filter(|h| claim.source.reference.namespace.as_deref() == Some(h.namespace.as_str()));
-            let served_before = holder
-                .is_some_and(|h| entry.as_ref().is_ok_and(|entry| h.routes.contains(&entry.id.to_string())));
-            Ranked { holds: holder.is_some(), served_before, host, entry, claim }
+            let namespace = claim.source.reference.namespace.as_deref().unwrap_or_default();
+            let holder = held.filter(|h| h.namespace == namespace);
+            // A route keeps its place only as large as it was: one grown (headers added to a
+            // route matching the same) would otherwise push out others' routes served.
+            let served_before = holder.zip(entry.as_ref().ok()).is_some_and(|(h, entry)| {
+                let id = entry.id.to_string();
+                h.routes.iter().any(|r| r.id == id && u64::try_from(bytes).is_ok_and(|b| b <= r.bytes))
+            });
+            Ranked { holds: holder.is_some(), served_before, host, entry, bytes, claim }
         })
         .collect();
     // Who holds each host: its holder's oldest object claiming it, else the oldest object.
@@ -122,11 +127,11 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
     });
     let mut taken: BTreeMap<(TunnelKey, String), Source> = BTreeMap::new();
     let mut out: BTreeMap<TunnelKey, Assigned> = BTreeMap::new();
-    let mut served: BTreeMap<(TunnelKey, String), BTreeSet<String>> = BTreeMap::new();
+    let mut served: BTreeMap<(TunnelKey, String), Vec<HeldRoute>> = BTreeMap::new();
     let mut ids: BTreeMap<(TunnelKey, RouteId), String> = BTreeMap::new();
     let mut spent: BTreeMap<TunnelKey, Spent> = BTreeMap::new();
     let mut over_budget: Vec<(TunnelKey, Source)> = Vec::new();
-    for Ranked { claim, host, entry, .. } in claims {
+    for Ranked { claim, host, entry, bytes, .. } in claims {
         let host = (claim.tunnel.clone(), host);
         let owner = &hosts[&host];
         if owner.reference.namespace != claim.source.reference.namespace {
@@ -156,11 +161,7 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
                     notes.push(Note::new(&claim.source, "RouteConflict", message));
                     continue;
                 }
-                let size = Spent {
-                    routes: 1,
-                    toml: toml::to_string(&claim.route).map_or(usize::MAX, |text| text.len()),
-                    wire,
-                };
+                let size = Spent { routes: 1, toml: bytes, wire };
                 let spent = spent.entry(claim.tunnel.clone()).or_default();
                 if !spent.fits(&size) {
                     let first = !over_budget.iter().any(|(t, s)| *t == claim.tunnel && *s == claim.source);
@@ -179,27 +180,51 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
                 spent.add(&size);
                 if let Some(id) = id {
                     ids.insert((claim.tunnel.clone(), id), identity.clone());
-                    served.entry(host).or_default().insert(id.to_string());
+                    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+                    served.entry(host).or_default().push(HeldRoute { id: id.to_string(), bytes });
                 }
                 taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
                 out.entry(claim.tunnel).or_default().routes.push(claim.route);
             }
         }
     }
-    for ((tunnel, host), routes) in served {
-        let namespace =
-            hosts[&(tunnel.clone(), host.clone())].reference.namespace.clone().unwrap_or_default();
-        let routes = routes.into_iter().collect();
+    let namespace_of = |key: &(TunnelKey, String)| hosts[key].reference.namespace.clone().unwrap_or_default();
+    for (key, mut routes) in served {
+        routes.sort_by(|a, b| a.id.cmp(&b.id));
+        let namespace = namespace_of(&key);
+        let (tunnel, host) = key;
         out.entry(tunnel).or_default().hosts.push(HeldHost { host, namespace, routes });
     }
+    // A host held before stays held while its holder claims it, even when none of its routes
+    // fit now: pushed out of the budget for a pass, it would otherwise go to a claimant of
+    // another namespace waiting with an older object. Up to `MAX_HELD_HOSTS` per tunnel.
+    for (tunnel, before) in held {
+        let assigned = out.entry(tunnel.clone()).or_default();
+        for entry in before {
+            let key = (tunnel.clone(), entry.host.clone());
+            let holds = hosts.contains_key(&key) && namespace_of(&key) == entry.namespace;
+            let listed = assigned.hosts.iter().any(|h| h.host == entry.host);
+            if holds && !listed && assigned.hosts.len() < MAX_HELD_HOSTS {
+                assigned.hosts.push(HeldHost { routes: Vec::new(), ..entry.clone() });
+            }
+        }
+        assigned.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    }
+    out.retain(|_, assigned| !assigned.routes.is_empty() || !assigned.hosts.is_empty());
     out
 }
+
+/// Hosts one tunnel's record keeps at most: those served (at most [`ROUTE_BUDGET`]) and as many
+/// again held with none of their routes served.
+pub const MAX_HELD_HOSTS: usize = 2 * ROUTE_BUDGET;
 
 /// A claim with what the decision looks up more than once.
 struct Ranked {
     claim: Claim,
     host: String,
     entry: Result<RouteEntry, String>,
+    /// Bytes of configuration it takes.
+    bytes: usize,
     /// Its namespace holds the host (the tunnel's `status.hosts`).
     holds: bool,
     /// It was served: its namespace holds the host and the record lists its route.
@@ -352,11 +377,10 @@ mod tests {
         let old = claim("team-b", "old", 1, "x.example.com", "/login");
         let alone = assign(vec![site.clone()], &Held::new(), &mut Vec::new());
         let id = site.route.build().unwrap().entry().id.to_string();
+        let bytes = toml::to_string(&site.route).unwrap().len() as u64;
         let hosts = &alone[&site.tunnel].hosts;
-        assert_eq!(
-            hosts,
-            &[HeldHost { host: "x.example.com".into(), namespace: "team-a".into(), routes: vec![id] }]
-        );
+        let routes = vec![HeldRoute { id, bytes }];
+        assert_eq!(hosts, &[HeldHost { host: "x.example.com".into(), namespace: "team-a".into(), routes }]);
 
         let mut notes = Vec::new();
         let kept = assign(vec![site.clone(), old.clone()], &record(&alone), &mut notes);
@@ -465,5 +489,60 @@ mod tests {
         let mut notes = Vec::new();
         assert!(admit_hosts(claims(), &Allowed::from([(shared, None)]), &mut notes).is_empty());
         assert_eq!(told(&notes), [("HostNotAllowed".to_owned(), "all".to_owned())]);
+    }
+
+    #[test]
+    fn a_route_grown_since_it_was_served_keeps_no_place_and_a_host_pushed_out_stays_held() {
+        // team-b's old object is served on its own host, team-a's newer one on x.example.com.
+        let small = claim("team-b", "old", 1, "b.example.com", "/");
+        let site = claim("team-a", "site", 5, "x.example.com", "/");
+        let waiting = claim("team-b", "old", 1, "x.example.com", "/login");
+        let held = record(&assign(
+            vec![small.clone(), site.clone(), waiting.clone()],
+            &Held::new(),
+            &mut Vec::new(),
+        ));
+        // Before this record, the oldest object took x.example.com.
+        assert_eq!(
+            held.values().flatten().map(|h| h.namespace.as_str()).collect::<Vec<_>>(),
+            ["team-b", "team-b"]
+        );
+        let held = record(&assign(vec![small.clone(), site.clone()], &Held::new(), &mut Vec::new()));
+
+        // team-b grows its route (same match, headers added up to the whole byte budget):
+        // it would keep its place ahead of team-a's and push it out, and then x.example.com
+        // would go to team-b's older object waiting for it.
+        let mut grown = small.clone();
+        let size = |claim: &Claim| toml::to_string(&claim.route).unwrap().len();
+        let room = ROUTE_BYTES - size(&site);
+        for (n, value) in (0..).map(|n| (n, if n < 190 { 4000 } else { 40 })) {
+            if size(&grown) > room {
+                break;
+            }
+            grown.route.request_headers.add.insert(format!("x-pad-{n}"), "p".repeat(value));
+        }
+        assert!(size(&grown) <= ROUTE_BYTES && grown.route.build().is_ok());
+        assert_eq!(grown.route.build().unwrap().entry().id, small.route.build().unwrap().entry().id);
+        let mut notes = Vec::new();
+        let assigned = assign(vec![grown.clone(), site.clone(), waiting.clone()], &held, &mut notes);
+        assert_eq!(served(&assigned), ["x.example.com/"], "the grown route is new and does not fit");
+        let refused: Vec<_> =
+            notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
+        assert_eq!(refused, [("TooManyRoutes", Some("old")), ("RouteConflict", Some("old"))]);
+
+        // Pushed out of the budget for a pass, a host stays its holder's.
+        let mut huge = site.clone();
+        huge.route.path = Some(format!("/{}", "a".repeat(ROUTE_BYTES)));
+        let pushed = assign(vec![huge, waiting.clone()], &held, &mut Vec::new());
+        assert!(served(&pushed).is_empty(), "{:?}", served(&pushed));
+        let kept = record(&pushed);
+        let x: Vec<_> = kept
+            .values()
+            .flatten()
+            .map(|h| (h.host.as_str(), h.namespace.as_str(), h.routes.len()))
+            .collect();
+        assert_eq!(x, [("x.example.com", "team-a", 0)]);
+        let back = assign(vec![site, waiting], &kept, &mut Vec::new());
+        assert_eq!(served(&back), ["x.example.com/"]);
     }
 }

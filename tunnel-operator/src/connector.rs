@@ -169,6 +169,10 @@ pub fn client_file(tunnel: &TunnelObject<'_>, routes: Vec<RouteFile>) -> Result<
     }
     for host in &spec.allowed_hosts {
         host.parse::<Glob>().map_err(|e| field("allowedHosts", e))?;
+        if host.ends_with('.') {
+            // Routes' hosts are kept without it: the entry would allow nothing.
+            return Err(field("allowedHosts", format!("{host:?}: write the host without its final dot")));
+        }
     }
     if spec.enable_warp_routing {
         if spec.networks.is_empty() {

@@ -173,8 +173,9 @@ pub struct TunnelStatus {
     /// The hosts the tunnel serves, each with the namespace holding it and the routes served on
     /// it. A host stays its holder's while one of the holder's objects claims it, and the routes
     /// served keep their places before any new route: another namespace takes neither by
-    /// claiming through an older object.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// claiming through an older object. Always written, empty too: a merge patch leaving it
+    /// out would keep the last list.
+    #[serde(default)]
     pub hosts: Vec<HeldHost>,
 }
 
@@ -185,10 +186,18 @@ pub struct HeldHost {
     pub host: String,
     /// The namespace holding it.
     pub namespace: String,
-    /// The ids of the routes served on it (16 hex digits, as the server's admin API lists
-    /// them).
+    /// The routes served on it (none: it is held, but its routes did not fit the budgets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<String>,
+    pub routes: Vec<HeldRoute>,
+}
+
+/// A route served, in `status.hosts[].routes`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+pub struct HeldRoute {
+    /// Its id (16 hex digits, as the server's admin API lists it): a hash of what it matches.
+    pub id: String,
+    /// Bytes of configuration it took: grown past this, it is a new route, with no place kept.
+    pub bytes: u64,
 }
 
 /// `status.state`.

@@ -332,16 +332,20 @@ mod tests {
             decided.notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
         assert_eq!(refused, [("HostNotAllowed", Some("bank"))]);
 
-        let (decided, key) = decide(&text.replace("'*.team-a.example.com'", "'bad host'"));
-        let outcome = &decided.tunnels[&key];
-        assert!(outcome.connector.is_none());
-        let ready = outcome.status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!(ready.reason, "InvalidSpec");
-        assert!(
-            ready.message.starts_with("spec.allowedHosts: invalid rule \"bad host\""),
-            "{}",
-            ready.message
-        );
+        for (entry, why) in [
+            ("'bad host'", "spec.allowedHosts: invalid rule \"bad host\""),
+            (
+                "'shop.example.com.'",
+                "spec.allowedHosts: \"shop.example.com.\": write the host without its final dot",
+            ),
+        ] {
+            let (decided, key) = decide(&text.replace("'*.team-a.example.com'", entry));
+            let outcome = &decided.tunnels[&key];
+            assert!(outcome.connector.is_none());
+            let ready = outcome.status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+            assert_eq!(ready.reason, "InvalidSpec");
+            assert!(ready.message.starts_with(why), "{}", ready.message);
+        }
     }
 
     #[test]
