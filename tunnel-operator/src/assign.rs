@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tunnel_core::config::RouteFile;
 use tunnel_core::forward::Glob;
 use tunnel_core::proto::{RouteEntry, RouteId};
@@ -87,7 +88,12 @@ pub struct Assigned {
 /// past the budgets is told (`TooManyRoutes`), so one object with thousands of routes leaves
 /// the others served rather than the whole tunnel's configuration invalid, and an old object
 /// given new routes cannot push out routes already served.
-pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMap<TunnelKey, Assigned> {
+pub fn assign(
+    claims: Vec<Claim>,
+    held: &Held,
+    now: &Time,
+    notes: &mut Vec<Note>,
+) -> BTreeMap<TunnelKey, Assigned> {
     let record: BTreeMap<(&TunnelKey, &str), &HeldHost> = held
         .iter()
         .flat_map(|(tunnel, hosts)| hosts.iter().map(move |h| ((tunnel, h.host.as_str()), h)))
@@ -122,6 +128,25 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
         let key = (ranked.claim.tunnel.clone(), ranked.host.clone());
         hosts.entry(key).or_insert_with(|| ranked.claim.source.clone());
     }
+    // A host its holder no longer claims stays reserved to it for `RELEASE_GRACE`, so a
+    // claimant of another namespace waiting with an older object does not take it in the
+    // moment between an uninstall and an install.
+    let mut reserved: BTreeMap<(TunnelKey, String), HeldHost> = BTreeMap::new();
+    for (tunnel, before) in held {
+        for entry in before {
+            let key = (tunnel.clone(), entry.host.clone());
+            let claimed = hosts.get(&key).is_some_and(|owner| namespace(owner) == entry.namespace);
+            // A time ahead of now (an edited status) counts as now.
+            let since = entry.released.as_ref().map_or(now.0, |t| t.0.min(now.0));
+            let until = since.checked_add(RELEASE_GRACE).unwrap_or(since);
+            if !claimed && until > now.0 {
+                reserved.insert(
+                    key,
+                    HeldHost { routes: Vec::new(), released: Some(Time(since)), ..entry.clone() },
+                );
+            }
+        }
+    }
     claims.sort_by(|a, b| {
         (!a.served_before, a.claim.source.order_key()).cmp(&(!b.served_before, b.claim.source.order_key()))
     });
@@ -133,6 +158,18 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
     let mut over_budget: Vec<(TunnelKey, Source)> = Vec::new();
     for Ranked { claim, host, entry, bytes, .. } in claims {
         let host = (claim.tunnel.clone(), host);
+        if let Some(holder) = reserved.get(&host) {
+            let since = holder.released.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+            let message = format!(
+                "host {} is reserved to namespace {} on this tunnel, which released it at {since}: \
+                 it is free {} minutes after",
+                host.1,
+                holder.namespace,
+                RELEASE_GRACE.as_secs() / 60
+            );
+            notes.push(Note::new(&claim.source, "RouteConflict", message));
+            continue;
+        }
         let owner = &hosts[&host];
         if owner.reference.namespace != claim.source.reference.namespace {
             let message = format!(
@@ -188,12 +225,12 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
             }
         }
     }
-    let namespace_of = |key: &(TunnelKey, String)| hosts[key].reference.namespace.clone().unwrap_or_default();
+    let namespace_of = |key: &(TunnelKey, String)| namespace(&hosts[key]).to_owned();
     for (key, mut routes) in served {
         routes.sort_by(|a, b| a.id.cmp(&b.id));
         let namespace = namespace_of(&key);
         let (tunnel, host) = key;
-        out.entry(tunnel).or_default().hosts.push(HeldHost { host, namespace, routes });
+        out.entry(tunnel).or_default().hosts.push(HeldHost { host, namespace, routes, released: None });
     }
     // A host held before stays held while its holder claims it, even when none of its routes
     // fit now: pushed out of the budget for a pass, it would otherwise go to a claimant of
@@ -205,13 +242,24 @@ pub fn assign(claims: Vec<Claim>, held: &Held, notes: &mut Vec<Note>) -> BTreeMa
             let holds = hosts.contains_key(&key) && namespace_of(&key) == entry.namespace;
             let listed = assigned.hosts.iter().any(|h| h.host == entry.host);
             if holds && !listed && assigned.hosts.len() < MAX_HELD_HOSTS {
-                assigned.hosts.push(HeldHost { routes: Vec::new(), ..entry.clone() });
+                assigned.hosts.push(HeldHost { routes: Vec::new(), released: None, ..entry.clone() });
+            }
+            if let Some(reserved) = reserved.remove(&key).filter(|_| assigned.hosts.len() < MAX_HELD_HOSTS) {
+                assigned.hosts.push(reserved);
             }
         }
         assigned.hosts.sort_by(|a, b| a.host.cmp(&b.host));
     }
     out.retain(|_, assigned| !assigned.routes.is_empty() || !assigned.hosts.is_empty());
     out
+}
+
+/// How long a host its holder released stays reserved to it.
+pub const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The namespace of `source` (none: the empty name, as the record writes it).
+fn namespace(source: &Source) -> &str {
+    source.reference.namespace.as_deref().unwrap_or_default()
 }
 
 /// Hosts one tunnel's record keeps at most: those served (at most [`ROUTE_BUDGET`]) and as many
@@ -294,7 +342,7 @@ mod tests {
         let id = |route: &RouteFile| route.build().unwrap().entry().id;
         assert_eq!(id(&first.route), id(&second.route));
         assert_ne!(route_identity(&first.route), route_identity(&second.route));
-        let assigned = assign(vec![first, second], &Held::new(), &mut notes);
+        let assigned = assign(vec![first, second], &Held::new(), &now(), &mut notes);
         assert_eq!(assigned.values().flat_map(|a| &a.routes).count(), 1);
         let [note] = notes.as_slice() else { panic!("{notes:?}") };
         assert_eq!(
@@ -332,7 +380,7 @@ mod tests {
             claim("team-b", "small", 2, "x.example.com", "/"),
             claim("team-b", "other", 3, "y.example.com", "/"),
         ];
-        let assigned = assign(claims, &Held::new(), &mut notes);
+        let assigned = assign(claims, &Held::new(), &now(), &mut notes);
         let served: Vec<String> =
             assigned.values().flat_map(|a| &a.routes).map(|r| r.host.to_string()).collect();
         assert_eq!(served, ["y.example.com"], "a route that fits is still taken");
@@ -358,6 +406,10 @@ mod tests {
         assert!(own <= tunnel_core::client::MAX_TABLE_BYTES - ROUTE_WIRE_BYTES, "{own}");
     }
 
+    fn now() -> Time {
+        Time("2026-06-01T00:00:00Z".parse().unwrap())
+    }
+
     /// A decision's record, as the next decision reads it back from the tunnels' statuses.
     fn record(assigned: &BTreeMap<TunnelKey, Assigned>) -> Held {
         assigned.iter().map(|(tunnel, a)| (tunnel.clone(), a.hosts.clone())).collect()
@@ -375,15 +427,17 @@ mod tests {
         // and every path of team-a's with it.
         let site = claim("team-a", "site", 5, "x.example.com", "/");
         let old = claim("team-b", "old", 1, "x.example.com", "/login");
-        let alone = assign(vec![site.clone()], &Held::new(), &mut Vec::new());
+        let alone = assign(vec![site.clone()], &Held::new(), &now(), &mut Vec::new());
         let id = site.route.build().unwrap().entry().id.to_string();
         let bytes = toml::to_string(&site.route).unwrap().len() as u64;
         let hosts = &alone[&site.tunnel].hosts;
         let routes = vec![HeldRoute { id, bytes }];
-        assert_eq!(hosts, &[HeldHost { host: "x.example.com".into(), namespace: "team-a".into(), routes }]);
+        let expected =
+            HeldHost { host: "x.example.com".into(), namespace: "team-a".into(), routes, released: None };
+        assert_eq!(hosts, &[expected]);
 
         let mut notes = Vec::new();
-        let kept = assign(vec![site.clone(), old.clone()], &record(&alone), &mut notes);
+        let kept = assign(vec![site.clone(), old.clone()], &record(&alone), &now(), &mut notes);
         assert_eq!(served(&kept), ["x.example.com/"]);
         assert_eq!(kept[&site.tunnel].hosts, *hosts, "the record stays as it was");
         let [note] = notes.as_slice() else { panic!("{notes:?}") };
@@ -395,23 +449,45 @@ mod tests {
 
         // Without the record (a status lost), age decides, as it did for every decision before.
         let mut notes = Vec::new();
-        let by_age = assign(vec![site, old], &Held::new(), &mut notes);
+        let by_age = assign(vec![site, old], &Held::new(), &now(), &mut notes);
         assert_eq!(served(&by_age), ["x.example.com/login"]);
     }
 
     #[test]
-    fn a_host_its_holder_no_longer_claims_goes_to_the_oldest_claimant() {
+    fn a_host_its_holder_released_stays_reserved_for_a_while_then_goes_to_the_oldest_claimant() {
         let site = claim("team-a", "site", 5, "x.example.com", "/");
-        let held = record(&assign(vec![site], &Held::new(), &mut Vec::new()));
+        let held = record(&assign(vec![site.clone()], &Held::new(), &now(), &mut Vec::new()));
         let later = claim("team-b", "later", 2, "x.example.com", "/b");
         let earlier = claim("team-c", "earlier", 1, "x.example.com", "/c");
+        let claims = || vec![later.clone(), earlier.clone()];
+        let at = |minutes: i64| Time(now().0 + k8s_openapi::jiff::SignedDuration::from_mins(minutes));
+
+        // Released (an uninstall): reserved to team-a; before, team-c's older object took it
+        // in the moment before the install that follows.
         let mut notes = Vec::new();
-        let assigned = assign(vec![later, earlier], &held, &mut notes);
-        assert_eq!(served(&assigned), ["x.example.com/c"]);
+        let released = assign(claims(), &held, &now(), &mut notes);
+        assert!(served(&released).is_empty());
+        let record_of = |assigned: &BTreeMap<TunnelKey, Assigned>| {
+            let hosts = assigned.values().flat_map(|a| &a.hosts);
+            hosts.map(|h| (h.namespace.clone(), h.released.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(record_of(&released), [("team-a".to_owned(), Some(now()))]);
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].message.contains("reserved to namespace team-a"), "{}", notes[0].message);
+        // Still reserved 9 minutes on, from the same release; claimed again, it is held again.
+        let still = assign(claims(), &record(&released), &at(9), &mut Vec::new());
+        assert_eq!(record_of(&still), [("team-a".to_owned(), Some(now()))]);
+        let back = assign(vec![site, later.clone()], &record(&still), &at(9), &mut Vec::new());
         assert_eq!(
-            assigned.values().flat_map(|a| &a.hosts).map(|h| h.namespace.as_str()).collect::<Vec<_>>(),
-            ["team-c"]
+            (served(&back), record_of(&back)),
+            (vec!["x.example.com/".to_owned()], vec![("team-a".to_owned(), None)])
         );
+
+        // 10 minutes after its release, the oldest claimant's.
+        let mut notes = Vec::new();
+        let free = assign(claims(), &record(&still), &at(10), &mut notes);
+        assert_eq!(served(&free), ["x.example.com/c"]);
+        assert_eq!(record_of(&free), [("team-c".to_owned(), None)]);
         let refused: Vec<_> = notes.iter().map(|n| n.source.reference.name.as_deref()).collect();
         assert_eq!(refused, [Some("later")]);
     }
@@ -424,13 +500,13 @@ mod tests {
         let site: Vec<Claim> = (0..ROUTE_BUDGET)
             .map(|n| claim("team-a", "site", 5, "a.example.com", &format!("/p{n}")))
             .collect();
-        let held = record(&assign(site.clone(), &Held::new(), &mut Vec::new()));
+        let held = record(&assign(site.clone(), &Held::new(), &now(), &mut Vec::new()));
         assert_eq!(held.values().flatten().map(|h| h.routes.len()).sum::<usize>(), ROUTE_BUDGET);
         let mut claims = site.clone();
         claims.push(claim("team-b", "old", 1, "b.example.com", "/"));
 
         let mut notes = Vec::new();
-        let assigned = assign(claims.clone(), &held, &mut notes);
+        let assigned = assign(claims.clone(), &held, &now(), &mut notes);
         let served = served(&assigned);
         assert_eq!(served.len(), ROUTE_BUDGET);
         assert!(served.iter().all(|r| r.starts_with("a.example.com/")), "every route served before stays");
@@ -438,7 +514,7 @@ mod tests {
             notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
         assert_eq!(refused, [("TooManyRoutes", Some("old"))]);
 
-        let by_age = assign(claims, &Held::new(), &mut Vec::new());
+        let by_age = assign(claims, &Held::new(), &now(), &mut Vec::new());
         assert!(
             super::tests::served(&by_age).contains(&"b.example.com/".to_owned()),
             "without the record, age decides"
@@ -500,6 +576,7 @@ mod tests {
         let held = record(&assign(
             vec![small.clone(), site.clone(), waiting.clone()],
             &Held::new(),
+            &now(),
             &mut Vec::new(),
         ));
         // Before this record, the oldest object took x.example.com.
@@ -507,7 +584,7 @@ mod tests {
             held.values().flatten().map(|h| h.namespace.as_str()).collect::<Vec<_>>(),
             ["team-b", "team-b"]
         );
-        let held = record(&assign(vec![small.clone(), site.clone()], &Held::new(), &mut Vec::new()));
+        let held = record(&assign(vec![small.clone(), site.clone()], &Held::new(), &now(), &mut Vec::new()));
 
         // team-b grows its route (same match, headers added up to the whole byte budget):
         // it would keep its place ahead of team-a's and push it out, and then x.example.com
@@ -524,7 +601,7 @@ mod tests {
         assert!(size(&grown) <= ROUTE_BYTES && grown.route.build().is_ok());
         assert_eq!(grown.route.build().unwrap().entry().id, small.route.build().unwrap().entry().id);
         let mut notes = Vec::new();
-        let assigned = assign(vec![grown.clone(), site.clone(), waiting.clone()], &held, &mut notes);
+        let assigned = assign(vec![grown.clone(), site.clone(), waiting.clone()], &held, &now(), &mut notes);
         assert_eq!(served(&assigned), ["x.example.com/"], "the grown route is new and does not fit");
         let refused: Vec<_> =
             notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
@@ -533,7 +610,7 @@ mod tests {
         // Pushed out of the budget for a pass, a host stays its holder's.
         let mut huge = site.clone();
         huge.route.path = Some(format!("/{}", "a".repeat(ROUTE_BYTES)));
-        let pushed = assign(vec![huge, waiting.clone()], &held, &mut Vec::new());
+        let pushed = assign(vec![huge, waiting.clone()], &held, &now(), &mut Vec::new());
         assert!(served(&pushed).is_empty(), "{:?}", served(&pushed));
         let kept = record(&pushed);
         let x: Vec<_> = kept
@@ -541,8 +618,9 @@ mod tests {
             .flatten()
             .map(|h| (h.host.as_str(), h.namespace.as_str(), h.routes.len()))
             .collect();
-        assert_eq!(x, [("x.example.com", "team-a", 0)]);
-        let back = assign(vec![site, waiting], &kept, &mut Vec::new());
+        // b.example.com, which team-b's object no longer claims, is reserved to team-b.
+        assert_eq!(x, [("b.example.com", "team-b", 0), ("x.example.com", "team-a", 0)]);
+        let back = assign(vec![site, waiting], &kept, &now(), &mut Vec::new());
         assert_eq!(served(&back), ["x.example.com/"]);
     }
 }

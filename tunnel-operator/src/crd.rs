@@ -2,7 +2,7 @@
 //! `tunnel-rs.github.io`, version `v1alpha1`. Both have the same spec and status; they differ in
 //! who may use them (a `Tunnel` only its own namespace) and where their secrets live.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -186,9 +186,14 @@ pub struct HeldHost {
     pub host: String,
     /// The namespace holding it.
     pub namespace: String,
-    /// The routes served on it (none: it is held, but its routes did not fit the budgets).
+    /// The routes served on it (none: it is held, but its routes did not fit the budgets, or
+    /// it was released).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<HeldRoute>,
+    /// When the namespace stopped claiming it: the host stays reserved to it for a while (an
+    /// uninstall and install again keep it), then goes to whoever claims it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<Time>,
 }
 
 /// A route served, in `status.hosts[].routes`.

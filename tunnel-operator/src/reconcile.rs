@@ -90,7 +90,7 @@ pub fn desired(
         })
         .collect();
     let claims = admit_hosts(ingress_claims.into_iter().chain(route_claims).collect(), &allowed, &mut notes);
-    let mut assigned = assign(claims, &held, &mut notes);
+    let mut assigned = assign(claims, &held, now, &mut notes);
 
     let mut outcomes = BTreeMap::new();
     for (key, (meta, spec, status)) in &tunnels {
