@@ -121,6 +121,29 @@ pub(crate) fn read_private_text_within(path: &Path, max_bytes: u64) -> std::io::
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// A regular file's text, at most `max_bytes`. Anything else is refused
+/// ([`std::io::ErrorKind::InvalidInput`]): a FIFO (`--config <(...)` too), which would block
+/// the reader until someone writes to it, or a device. Opened without blocking, and checked
+/// once open.
+pub(crate) fn read_regular_text(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(invalid("not a regular file".to_owned()));
+    }
+    let mut text = String::new();
+    file.take(max_bytes.saturating_add(1)).read_to_string(&mut text)?;
+    if u64::try_from(text.len()).unwrap_or(u64::MAX) > max_bytes {
+        return Err(invalid(format!("larger than {} MiB", max_bytes / 1024 / 1024)));
+    }
+    Ok(text)
+}
+
 /// Writes a file readable by its owner only (mode 0600 on Unix), replacing any old one.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     write_replacing(path, contents, 0o600)

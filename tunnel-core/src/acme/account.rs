@@ -77,7 +77,12 @@ fn stored(path: &Path, directory: &str) -> Result<Option<AccountCredentials>, Ac
     let text = match crate::fs::read_private(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(AcmeError::Store { path: path.to_owned(), source }),
+        // A file that cannot be used (another user's, readable by others, not a regular file):
+        // a new account is made and kept in its place, rather than no certificate ordered.
+        Err(err) => {
+            tracing::warn!("{} cannot be used ({err}); making a new ACME account", path.display());
+            return Ok(None);
+        }
     };
     let value: serde_json::Value = match serde_json::from_slice(&text) {
         Ok(value) => value,
@@ -175,5 +180,18 @@ mod tests {
         );
         std::fs::write(&path, "{not json").unwrap();
         assert!(stored(&path, "https://a.example/dir").unwrap().is_none(), "unreadable: a new account");
+        // A file anyone could have written (or a FIFO): a new account, not an error that
+        // stopped every order (before).
+        std::fs::write(&path, json.to_string()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(stored(&path, "https://a.example/dir").unwrap().is_none(), "planted: a new account");
+        std::fs::remove_file(&path).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        assert!(stored(&path, "https://a.example/dir").unwrap().is_none(), "a FIFO: a new account");
+        // The new account is kept in its place.
+        let credentials: AccountCredentials = serde_json::from_value(json).unwrap();
+        keep(dir.path(), path.clone(), &credentials).unwrap();
+        assert!(stored(&path, "https://a.example/dir").unwrap().is_some());
     }
 }

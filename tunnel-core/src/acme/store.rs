@@ -22,6 +22,9 @@ pub(super) struct Held {
 
 /// Every certificate in `dir` still usable for its name; the others are logged and left
 /// for an order to replace.
+/// The largest certificate chain or key file read.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 pub(super) fn load_all(dir: &Path) -> HashMap<String, Held> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -39,11 +42,12 @@ pub(super) fn load_all(dir: &Path) -> HashMap<String, Held> {
     for name in names {
         let read = |ext: &str| {
             let path = file(dir, &name, ext);
-            // The key is a secret: one someone else could have planted is not served.
+            // The key is a secret: one someone else could have planted is not served. Both
+            // are regular files of bounded size (a FIFO would block the keeper for good).
             let text = if ext == "key" {
-                crate::fs::read_private_text(&path)
+                crate::fs::read_private_text_within(&path, MAX_FILE_BYTES)
             } else {
-                std::fs::read_to_string(&path)
+                crate::fs::read_regular_text(&path, MAX_FILE_BYTES)
             };
             text.map_err(|source| AcmeError::Store { path, source })
         };
@@ -183,6 +187,18 @@ mod tests {
         std::fs::write(dir.path().join("bad.example.com.key"), "not pem").unwrap();
         std::fs::write(dir.path().join("nokey.example.com.crt"), &chain).unwrap();
         std::fs::write(dir.path().join("..crt"), &chain).unwrap();
-        assert_eq!(load_all(dir.path()).into_keys().collect::<Vec<_>>(), ["good.example.com"]);
+        // A FIFO for a chain: skipped, not waited on (the keeper's thread blocked for good).
+        let fifo = dir.path().join("fifo.example.com.crt");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        std::fs::write(dir.path().join("fifo.example.com.key"), &key).unwrap();
+        // A chain past the bound.
+        let padded = format!("{chain}{}", " ".repeat(MAX_FILE_BYTES as usize));
+        std::fs::write(dir.path().join("big.example.com.crt"), padded).unwrap();
+        crate::fs::write_private(&dir.path().join("big.example.com.key"), key.as_bytes()).unwrap();
+        let (sender, loaded) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        std::thread::spawn(move || sender.send(load_all(&path)));
+        let loaded = loaded.recv_timeout(Duration::from_secs(20)).expect("loading blocked on a FIFO");
+        assert_eq!(loaded.into_keys().collect::<Vec<_>>(), ["good.example.com"]);
     }
 }

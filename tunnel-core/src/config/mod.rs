@@ -142,26 +142,9 @@ fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse(&text, path)
 }
 
-/// A regular file's text, at most [`MAX_FILE_BYTES`]. Anything else is refused: a FIFO
-/// (`--config <(...)` too), which would block the reader until someone writes to it, or a
-/// device. Opened without blocking, and checked once open.
+/// A regular file's text, at most [`MAX_FILE_BYTES`] (see [`crate::fs::read_regular_text`]).
 fn read_text(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned());
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(invalid("not a regular file"));
-    }
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
-    if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
-        return Err(invalid(&format!("larger than {} MiB", MAX_FILE_BYTES / 1024 / 1024)));
-    }
-    Ok(text)
+    crate::fs::read_regular_text(path, MAX_FILE_BYTES)
 }
 
 /// Parses TOML text; `origin` names it in errors.
