@@ -330,6 +330,50 @@ async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() 
     server.stop().await;
 }
 
+/// A session draining (its client is stopping, a visitor holds it open) is held to a reload
+/// as any other: what the new rules refuse is withdrawn, its visitors cut, and the drain ends.
+/// Before, a draining session kept such a port, reserved to it, until its drain ended (up to
+/// the client's drain time, 60 s by default). Its HTTP routes, which left the edge with the
+/// drain, are not published again by the withdrawal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_session_gives_up_what_a_reload_withdraws() {
+    let fixed = free_port();
+    let edge = web::edge(|c| c.policy.allow_ports = format!("1024-9999,{fixed}").parse().unwrap()).await;
+    let server = &edge.server;
+    let (target, origin) = (echo_target().await, ok_origin().await);
+    let mut config = server.client_config("leaving", &[&format!("{fixed}:{target}"), &format!("0:{target}")]);
+    config.drain_timeout = Duration::from_secs(600);
+    let mut client = start_client(web::with_http(config, &[format!("leaving.test=http://{origin}")]));
+    let kept = client.connected().await.into_iter().find(|f| f.public_addr.port() != fixed).unwrap();
+    assert_eq!(web::get(edge.http, "leaving.test", "/").await.0, http::StatusCode::OK);
+    let mut held = TcpStream::connect(("127.0.0.1", fixed)).await.unwrap();
+    echo_once(&mut held, b"before").await;
+    // A visitor of a route the reload keeps: the drain goes on past the withdrawal.
+    let mut staying = TcpStream::connect(kept.public_addr).await.unwrap();
+    echo_once(&mut staying, b"before").await;
+
+    client.begin_stop();
+    eventually("the draining session's listener closes", || async {
+        TcpStream::connect(("127.0.0.1", fixed)).await.is_err()
+    })
+    .await;
+    assert_eq!(web::get(edge.http, "leaving.test", "/").await.0, http::StatusCode::NOT_FOUND);
+    let mut narrowed = server.server.config().as_ref().clone();
+    narrowed.policy.allow_ports = "1024-9999".parse().unwrap();
+    let report = server.server.reload(narrowed).await;
+    assert_eq!(report.withdrawn, [format!("leaving: TCP 127.0.0.1:{fixed}")]);
+    let routed = web::get(edge.http, "leaving.test", "/").await.0;
+    assert_eq!(routed, http::StatusCode::NOT_FOUND, "the leaving client's host is routed again");
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(PATIENCE, held.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "the withdrawn route's visitor was left open");
+    echo_once(&mut staying, b"still carried").await;
+    drop(staying);
+    let ended = tokio::time::timeout(PATIENCE, &mut client.task).await;
+    assert!(ended.is_ok(), "the drain went on with nothing left to carry");
+    edge.server.stop().await;
+}
+
 /// Limits lowered by a reload leave the routes in service alone, visitors and all; only what
 /// the client asks for anew is held to them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

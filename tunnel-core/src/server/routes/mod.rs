@@ -63,6 +63,9 @@ pub(super) struct SessionRoutes<'s> {
     visitors: TaskTracker,
     /// Set by [`Self::stop_accepting`]: no route changes from then on.
     draining: bool,
+    /// Its HTTP and TLS routes are in the edge's index: not once a leaving client's drain
+    /// took them out (a reload's withdrawal then publishes nothing again).
+    in_edge: bool,
     /// The last table the client sent (version 2 and later), kept to apply it again after a
     /// reload.
     table: Option<(u64, Vec<RouteEntry>)>,
@@ -108,6 +111,7 @@ impl<'s> SessionRoutes<'s> {
             accepting: CancellationToken::new(),
             visitors: TaskTracker::new(),
             draining: false,
+            in_edge: true,
             table: None,
             withdrawn: Vec::new(),
             retry: None,
@@ -477,6 +481,9 @@ impl<'s> SessionRoutes<'s> {
     }
 
     fn publish_http(&self) {
+        if !self.in_edge {
+            return;
+        }
         let routes = SessionHttp {
             owner: self.name.clone(),
             opener: self.opener.clone(),
@@ -550,6 +557,7 @@ impl<'s> SessionRoutes<'s> {
         self.shared.registry.draining(&self.name, self.session);
         self.shared.networks.depart(self.session, || self.shared.config().port_grace);
         if withdraw_http {
+            self.in_edge = false;
             self.shared.http_routes.remove(self.session);
             // Its idle pooled streams would hold the session open: they go now.
             self.shared.each_edge(|edge| edge.retire(&self.opener));

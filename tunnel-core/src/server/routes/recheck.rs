@@ -52,11 +52,11 @@ struct Disallowed {
 impl SessionRoutes<'_> {
     /// Takes out of service what the configuration now in force no longer allows; returns
     /// what it withdrew, as `client: route`. The edge stops routing to what was withdrawn at
-    /// once; the client hears of it at [`Self::reapply`] (or now, for a version 1 client).
+    /// once; the client hears of it at [`Self::reapply`] (or now, for a version 1 client). A
+    /// draining session gives up what is withdrawn too (so its drain does not keep a port or
+    /// host from the client a reload gave it to), and its client, which is leaving, is told
+    /// nothing.
     pub(in crate::server) async fn withdraw(&mut self, control: &ControlSender) -> Vec<String> {
-        if self.draining {
-            return Vec::new();
-        }
         let disallowed = self.disallowed();
         for Disallowed { id, what, refusal: (code, message), .. } in &disallowed {
             tracing::warn!(client = %Escaped(&self.name), route = %id, "{what} withdrawn after a reload: {} ({code})", Escaped(message));
@@ -64,6 +64,10 @@ impl SessionRoutes<'_> {
         }
         self.settle();
         let withdrawn = disallowed.iter().map(|d| format!("{}: {}", self.name, d.what)).collect();
+        if self.draining {
+            self.show();
+            return withdrawn;
+        }
         if self.table.is_none() {
             for Disallowed { id, refusal: (code, message), service, .. } in disallowed {
                 // Version 1 forward ids are the client's own 32-bit numbers.
