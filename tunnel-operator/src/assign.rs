@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use tunnel_core::config::RouteFile;
 use tunnel_core::forward::Glob;
 use tunnel_core::proto::{RouteEntry, RouteId};
@@ -94,10 +95,13 @@ pub fn assign(
     now: &Time,
     notes: &mut Vec<Note>,
 ) -> BTreeMap<TunnelKey, Assigned> {
-    let record: BTreeMap<(&TunnelKey, &str), &HeldHost> = held
-        .iter()
-        .flat_map(|(tunnel, hosts)| hosts.iter().map(move |h| ((tunnel, h.host.as_str()), h)))
-        .collect();
+    // A host listed twice (a hand-edited status) counts as its first entry only.
+    let mut record: BTreeMap<(&TunnelKey, &str), &HeldHost> = BTreeMap::new();
+    for (tunnel, entries) in held {
+        for entry in entries {
+            record.entry((tunnel, entry.host.as_str())).or_insert(entry);
+        }
+    }
     // Each claim's host and entry, built once, and its place in the record.
     let mut claims: Vec<Ranked> = claims
         .into_iter()
@@ -132,19 +136,19 @@ pub fn assign(
     // claimant of another namespace waiting with an older object does not take it in the
     // moment between an uninstall and an install.
     let mut reserved: BTreeMap<(TunnelKey, String), HeldHost> = BTreeMap::new();
-    for (tunnel, before) in held {
-        for entry in before {
-            let key = (tunnel.clone(), entry.host.clone());
-            let claimed = hosts.get(&key).is_some_and(|owner| namespace(owner) == entry.namespace);
-            // A time ahead of now (an edited status) counts as now.
-            let since = entry.released.as_ref().map_or(now.0, |t| t.0.min(now.0));
-            let until = since.checked_add(RELEASE_GRACE).unwrap_or(since);
-            if !claimed && until > now.0 {
-                reserved.insert(
-                    key,
-                    HeldHost { routes: Vec::new(), released: Some(Time(since)), ..entry.clone() },
-                );
-            }
+    for (&(tunnel, host), entry) in &record {
+        let key = (tunnel.clone(), host.to_owned());
+        let claimed = hosts.get(&key).is_some_and(|owner| namespace(owner) == entry.namespace);
+        // A time ahead of now (an edited status) counts as now; whole seconds, as a status
+        // keeps it.
+        let since = entry.released.as_ref().map_or(now.0, |t| t.0.min(now.0));
+        let since = Timestamp::from_second(since.as_second()).unwrap_or(since);
+        let until = since.checked_add(RELEASE_GRACE).unwrap_or(since);
+        if !claimed && until > now.0 {
+            reserved.insert(
+                key,
+                HeldHost { routes: Vec::new(), released: Some(Time(since)), ..(*entry).clone() },
+            );
         }
     }
     claims.sort_by(|a, b| {
@@ -159,10 +163,10 @@ pub fn assign(
     for Ranked { claim, host, entry, bytes, .. } in claims {
         let host = (claim.tunnel.clone(), host);
         if let Some(holder) = reserved.get(&host) {
-            let since = holder.released.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+            // No time in the message: an Event is recorded once per distinct message.
             let message = format!(
-                "host {} is reserved to namespace {} on this tunnel, which released it at {since}: \
-                 it is free {} minutes after",
+                "host {} is reserved to namespace {} on this tunnel for {} minutes after it \
+                 stopped claiming it (see the tunnel's status.hosts)",
                 host.1,
                 holder.namespace,
                 RELEASE_GRACE.as_secs() / 60
@@ -234,20 +238,25 @@ pub fn assign(
     }
     // A host held before stays held while its holder claims it, even when none of its routes
     // fit now: pushed out of the budget for a pass, it would otherwise go to a claimant of
-    // another namespace waiting with an older object. Up to `MAX_HELD_HOSTS` per tunnel.
-    for (tunnel, before) in held {
+    // another namespace waiting with an older object. Then the reservations. Up to
+    // `MAX_HELD_HOSTS` per tunnel, in that order: those served, those held and claimed, those
+    // reserved.
+    for (&(tunnel, host), entry) in &record {
         let assigned = out.entry(tunnel.clone()).or_default();
-        for entry in before {
-            let key = (tunnel.clone(), entry.host.clone());
-            let holds = hosts.contains_key(&key) && namespace_of(&key) == entry.namespace;
-            let listed = assigned.hosts.iter().any(|h| h.host == entry.host);
-            if holds && !listed && assigned.hosts.len() < MAX_HELD_HOSTS {
-                assigned.hosts.push(HeldHost { routes: Vec::new(), released: None, ..entry.clone() });
-            }
-            if let Some(reserved) = reserved.remove(&key).filter(|_| assigned.hosts.len() < MAX_HELD_HOSTS) {
-                assigned.hosts.push(reserved);
-            }
+        let key = (tunnel.clone(), host.to_owned());
+        let holds = hosts.contains_key(&key) && namespace_of(&key) == entry.namespace;
+        let listed = assigned.hosts.iter().any(|h| h.host == host);
+        if holds && !listed && assigned.hosts.len() < MAX_HELD_HOSTS {
+            assigned.hosts.push(HeldHost { routes: Vec::new(), released: None, ..(*entry).clone() });
         }
+    }
+    for ((tunnel, _), entry) in reserved {
+        let assigned = out.entry(tunnel).or_default();
+        if assigned.hosts.len() < MAX_HELD_HOSTS {
+            assigned.hosts.push(entry);
+        }
+    }
+    for assigned in out.values_mut() {
         assigned.hosts.sort_by(|a, b| a.host.cmp(&b.host));
     }
     out.retain(|_, assigned| !assigned.routes.is_empty() || !assigned.hosts.is_empty());
@@ -622,5 +631,28 @@ mod tests {
         assert_eq!(x, [("b.example.com", "team-b", 0), ("x.example.com", "team-a", 0)]);
         let back = assign(vec![site, waiting], &kept, &now(), &mut Vec::new());
         assert_eq!(served(&back), ["x.example.com/"]);
+    }
+
+    #[test]
+    fn a_host_listed_twice_in_the_record_counts_as_its_first_entry() {
+        let a = claim("team-a", "site", 5, "x.example.com", "/a");
+        let b = claim("team-b", "site", 1, "x.example.com", "/b");
+        let entry = |namespace: &str| HeldHost {
+            host: "x.example.com".into(),
+            namespace: namespace.into(),
+            ..HeldHost::default()
+        };
+        let held = Held::from([(a.tunnel.clone(), vec![entry("team-a"), entry("team-b")])]);
+        let mut notes = Vec::new();
+        let assigned = assign(vec![a, b], &held, &now(), &mut notes);
+        assert_eq!(served(&assigned), ["x.example.com/a"]);
+        let record: Vec<_> = assigned
+            .values()
+            .flat_map(|a| &a.hosts)
+            .map(|h| (h.namespace.as_str(), h.released.is_some()))
+            .collect();
+        assert_eq!(record, [("team-a", false)], "one entry, held, not reserved to the second");
+        let told: Vec<_> = notes.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(told, ["RouteConflict"]);
     }
 }

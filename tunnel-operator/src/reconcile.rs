@@ -86,7 +86,8 @@ pub fn desired(
     let allowed: Allowed = tunnels
         .iter()
         .map(|(key, (_, spec, _))| {
-            (key.clone(), spec.allowed_hosts.iter().map(|h| h.parse().ok()).collect::<Option<Vec<_>>>())
+            let parsed = spec.allowed_hosts.iter().map(|h| h.parse().ok().filter(|_| !h.ends_with('.')));
+            (key.clone(), parsed.collect::<Option<Vec<_>>>())
         })
         .collect();
     let claims = admit_hosts(ingress_claims.into_iter().chain(route_claims).collect(), &allowed, &mut notes);

@@ -72,17 +72,39 @@ fn keep(dir: &Path, path: PathBuf, credentials: &AccountCredentials) -> Result<(
     written.map_err(|source| AcmeError::Store { path, source })
 }
 
+/// Where an account file that cannot be used is moved: beside it, named by the time.
+fn unusable_path(path: &Path) -> PathBuf {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    path.with_file_name(format!("{ACCOUNT_FILE}.unusable-{nanos}"))
+}
+
 /// The stored credentials, if they are for `directory`.
 fn stored(path: &Path, directory: &str) -> Result<Option<AccountCredentials>, AcmeError> {
     let text = match crate::fs::read_private(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        // A file that cannot be used (another user's, readable by others, not a regular file):
-        // a new account is made and kept in its place, rather than no certificate ordered.
-        Err(err) => {
-            tracing::warn!("{} cannot be used ({err}); making a new ACME account", path.display());
+        // A file refused as it is (another user's, writable by others, a hard link, not a
+        // regular file): moved aside, never overwritten (it may be an account a CAA record
+        // names), and a new account made, rather than no certificate ordered at all. Other
+        // errors (EIO, out of descriptors) are passing: told, and tried again.
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            let aside = unusable_path(path);
+            std::fs::rename(path, &aside)
+                .map_err(|source| AcmeError::Store { path: path.to_owned(), source })?;
+            tracing::warn!(
+                "{} cannot be used ({err}); moved to {} and making a new ACME account",
+                path.display(),
+                aside.display()
+            );
             return Ok(None);
         }
+        Err(source) => return Err(AcmeError::Store { path: path.to_owned(), source }),
     };
     let value: serde_json::Value = match serde_json::from_slice(&text) {
         Ok(value) => value,
@@ -186,9 +208,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(stored(&path, "https://a.example/dir").unwrap().is_none(), "planted: a new account");
-        std::fs::remove_file(&path).unwrap();
+        // Moved aside, not lost: it may be the account a CAA record names.
+        let aside = |dir: &Path| {
+            let names =
+                std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap());
+            names.filter(|n| n.starts_with("account.json.unusable-")).count()
+        };
+        assert!(!path.exists() && aside(dir.path()) == 1);
         assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
         assert!(stored(&path, "https://a.example/dir").unwrap().is_none(), "a FIFO: a new account");
+        assert!(!path.exists() && aside(dir.path()) == 2);
         // The new account is kept in its place.
         let credentials: AccountCredentials = serde_json::from_value(json).unwrap();
         keep(dir.path(), path.clone(), &credentials).unwrap();

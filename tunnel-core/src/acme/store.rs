@@ -20,11 +20,11 @@ pub(super) struct Held {
     pub(super) not_after: SystemTime,
 }
 
-/// Every certificate in `dir` still usable for its name; the others are logged and left
-/// for an order to replace.
 /// The largest certificate chain or key file read.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Every certificate in `dir` still usable for its name; the others are logged and left
+/// for an order to replace.
 pub(super) fn load_all(dir: &Path) -> HashMap<String, Held> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,

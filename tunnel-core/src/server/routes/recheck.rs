@@ -54,8 +54,8 @@ impl SessionRoutes<'_> {
     /// what it withdrew, as `client: route`. The edge stops routing to what was withdrawn at
     /// once; the client hears of it at [`Self::reapply`] (or now, for a version 1 client). A
     /// draining session gives up what is withdrawn too (so its drain does not keep a port or
-    /// host from the client a reload gave it to), and its client, which is leaving, is told
-    /// nothing.
+    /// host from the client a reload gave it to); its client is told nothing, as it is leaving
+    /// or the server is (its next session, here or elsewhere, sends its table afresh).
     pub(in crate::server) async fn withdraw(&mut self, control: &ControlSender) -> Vec<String> {
         let disallowed = self.disallowed();
         for Disallowed { id, what, refusal: (code, message), .. } in &disallowed {
