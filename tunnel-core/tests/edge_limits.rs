@@ -271,16 +271,7 @@ async fn an_upgraded_connection_keeps_its_place_among_the_edges_connections() {
         start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
     client.connected().await;
 
-    let mut upgraded = tokio::net::TcpStream::connect(edge.http).await.unwrap();
-    let request = "GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
-    upgraded.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tokio::time::timeout(PATIENCE, upgraded.read_exact(&mut byte)).await.unwrap().unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut upgraded = upgrade_from(edge.http, 1).await.unwrap();
     upgraded.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];
     tokio::time::timeout(PATIENCE, upgraded.read_exact(&mut echo)).await.unwrap().unwrap();
