@@ -262,14 +262,23 @@ async fn echo_upgrades_origin() -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgraded_connection_keeps_its_place_among_the_edges_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let edge = edge(|config| config.http.limits.max_connections = 1).await;
+/// An edge configured by `configure`, and a client serving `ws.test` from an origin that
+/// switches every request to a byte echo.
+async fn websocket_edge(
+    configure: impl FnOnce(&mut tunnel_core::server::ServerConfig),
+) -> (Edge, TestClient) {
+    let edge = edge(configure).await;
     let origin = echo_upgrades_origin().await;
     let mut client =
         start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
     client.connected().await;
+    (edge, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_keeps_its_place_among_the_edges_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (edge, client) = websocket_edge(|config| config.http.limits.max_connections = 1).await;
 
     let mut upgraded = upgrade_from(edge.http, 1).await.unwrap();
     upgraded.write_all(b"ping").await.unwrap();
@@ -334,15 +343,11 @@ async fn upgrade_from(edge: SocketAddr, n: u8) -> Result<tokio::net::TcpStream, 
 /// the client's session, and every request to its routes got 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_connections_from_one_source_are_held_to_the_per_source_cap() {
-    let edge = edge(|config| {
+    let (edge, client) = websocket_edge(|config| {
         config.max_visitors_per_forward = 3;
         config.max_visitors_per_source = 2;
     })
     .await;
-    let origin = echo_upgrades_origin().await;
-    let mut client =
-        start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
-    client.connected().await;
 
     let held = [upgrade_from(edge.http, 1).await.unwrap(), upgrade_from(edge.http, 1).await.unwrap()];
     let refused = upgrade_from(edge.http, 1).await.expect_err("a third upgrade from one source");
@@ -365,15 +370,11 @@ async fn upgraded_connections_from_one_source_are_held_to_the_per_source_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upgraded_connection_is_closed_and_gives_its_place_back() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let edge = edge(|config| {
+    let (edge, client) = websocket_edge(|config| {
         config.max_visitors_per_forward = 1;
         config.http.limits.upgrade_idle_timeout = std::time::Duration::from_secs(1);
     })
     .await;
-    let origin = echo_upgrades_origin().await;
-    let mut client =
-        start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
-    client.connected().await;
 
     let mut silent = upgrade_from(edge.http, 1).await.unwrap();
     silent.write_all(b"ping").await.unwrap();

@@ -231,8 +231,14 @@ mod tests {
 
     /// The decision for the objects of `text`, and the key of its tunnel `shared`.
     fn decide(text: &str) -> (Desired, TunnelKey) {
+        decide_with(text, |_| {})
+    }
+
+    /// [`decide`] for the objects of `text` changed by `change` (a status put in place).
+    fn decide_with(text: &str, change: impl FnOnce(&mut Cluster)) -> (Desired, TunnelKey) {
         let mut cluster = Cluster::default();
         cluster.load_yaml(text, "t").unwrap();
+        change(&mut cluster);
         let settings =
             Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
         let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
@@ -297,13 +303,8 @@ mod tests {
 
         // team-b adds the host to an Ingress created before team-a's.
         text.push_str(&ingress("team-b", "old", "2026-01-01T00:00:00Z", "app.example.com", "/x", "Prefix"));
-        let mut cluster = Cluster::default();
-        cluster.load_yaml(&text, "t").unwrap();
-        cluster.cluster_tunnels[0].status = Some(first.tunnels[&key].status.clone());
-        let settings =
-            Settings { namespace: "ops".into(), image: "i".into(), naming: crate::routes::Naming::default() };
-        let now = Time("2026-06-01T00:00:00Z".parse().unwrap());
-        let second = desired(&cluster, &BTreeMap::new(), &settings, &now);
+        let status = first.tunnels[&key].status.clone();
+        let (second, _) = decide_with(&text, |cluster| cluster.cluster_tunnels[0].status = Some(status));
         let (config_map, _) = second.tunnels[&key].connector.clone().unwrap();
         let toml = &config_map.data.unwrap()["client.toml"];
         assert!(!toml.contains("/x"), "{toml}");

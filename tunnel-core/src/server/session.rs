@@ -20,6 +20,9 @@ use crate::proto::{
 use crate::session::{ControlSender, Session, SessionEnd};
 use crate::task::OwnedTask;
 
+/// The goodbye of a session whose token a reload took away.
+const REVOKED: &str = "the server no longer accepts this client's token";
+
 /// Runs the session of `client`, authenticated under `accepted_under`, until it ends.
 ///
 /// The session and client come boxed: an async function's arguments stay in its state beside
@@ -45,7 +48,7 @@ pub(super) async fn run(
     // registers: registering would replace the session of the name's new token.
     if !shared.config().credentials.still_accepts(&accepted_under.credentials, &name, client.credential) {
         shared.metrics.refused("session: credential revoked during the handshake");
-        control.close(GoodbyeCode::Revoked, "the server no longer accepts this client's token").await;
+        control.close(GoodbyeCode::Revoked, REVOKED).await;
         finish(&mut driver, goodbye()).await;
         return;
     }
@@ -90,7 +93,7 @@ pub(super) async fn run(
         // sees the revocation may have taken a message or a stream that came with it.
         if listed.revoked.is_cancelled() {
             tracing::info!(client = %crate::log::Escaped(&name), %peer, "credential revoked or changed by a reload: ending the session");
-            break Ending::Leave(GoodbyeCode::Revoked, "the server no longer accepts this client's token");
+            break Ending::Leave(GoodbyeCode::Revoked, REVOKED);
         }
         tokio::select! {
             end = &mut driver => break Ending::Ended(end.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()))),
