@@ -220,10 +220,21 @@ async fn tls_passthrough_visitors_share_the_caps() {
     assert!(is_reset(&refused), "a third passthrough visitor from one source: {refused:?}");
     held.push(tokio::spawn(hello_from(https, 2, "p.test")));
     reached_origin(3).await;
-    // The session's places are all taken: a new source is refused too.
-    let refused = tokio::time::timeout(PATIENCE, hello_from(https, 3, "p.test")).await.expect("not refused");
+    // The session's places are all taken: a new source takes the oldest place of the source
+    // holding the most, whose visitor is reset.
+    held.push(tokio::spawn(hello_from(https, 3, "p.test")));
+    reached_origin(4).await;
+    let others = held.split_off(2);
+    let (cut, _, left) =
+        tokio::time::timeout(PATIENCE, futures::future::select_all(held)).await.expect("no visitor cut");
+    let cut = cut.unwrap();
+    assert!(is_reset(&cut), "the oldest visitor of the largest source: {cut:?}");
+    let held: Vec<_> = left.into_iter().chain(others).collect();
+    // Sources holding one place each are never cut for a newcomer.
+    let refused = tokio::time::timeout(PATIENCE, hello_from(https, 4, "p.test")).await.expect("not refused");
     assert!(is_reset(&refused), "a passthrough visitor past the session's cap: {refused:?}");
-    assert_eq!(reached.load(Ordering::SeqCst), 3);
+    assert_eq!(reached.load(Ordering::SeqCst), 4);
+    assert!(held.iter().all(|visitor| !visitor.is_finished()), "a visitor of a source holding one was cut");
 
     for visitor in held {
         visitor.abort();
@@ -357,11 +368,72 @@ async fn upgraded_connections_from_one_source_are_held_to_the_per_source_cap() {
     let mut sender = connection_from(edge.http, 1).await;
     assert_eq!(send(&mut sender, "ws.test", "/", "").await.0, StatusCode::SWITCHING_PROTOCOLS);
     let other = upgrade_from(edge.http, 2).await.expect("an upgrade from another source");
-    let full = upgrade_from(edge.http, 3).await.expect_err("past the session's places");
+    // Past the session's places, a newcomer takes the oldest place of the source holding the
+    // most, which is closed; sources holding one each are never cut for a newcomer.
+    let newcomer = upgrade_from(edge.http, 3).await.expect("a newcomer from a third source");
+    let [oldest, mut kept] = held;
+    assert_closed(oldest).await;
+    assert_echoes(&mut kept).await;
+    let full = upgrade_from(edge.http, 4).await.expect_err("every source holds one place");
     assert!(full.starts_with("HTTP/1.1 503"), "{full}");
-    drop((held, other));
+    drop((kept, other, newcomer));
     client.stop().await;
     edge.server.stop().await;
+}
+
+/// Upgraded connections from two sources can hold every place of a session within the
+/// per-source cap. A newcomer, a plain request or another source's upgrade, then takes the
+/// oldest place of the source holding the most. Before, every request to the client's routes
+/// got 503 for as long as the two sources kept their WebSockets open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_from_two_sources_give_way_to_newcomers() {
+    let (edge, client) = websocket_edge(|config| {
+        config.max_visitors_per_forward = 4;
+        config.max_visitors_per_source = 2;
+    })
+    .await;
+    let mut held = Vec::new();
+    for n in [1, 1, 2, 2] {
+        held.push(upgrade_from(edge.http, n).await.unwrap());
+    }
+
+    let mut sender = connection_from(edge.http, 3).await;
+    let (status, body) = send(&mut sender, "ws.test", "/", "").await;
+    assert_eq!(
+        status,
+        StatusCode::SWITCHING_PROTOCOLS,
+        "a plain request while WebSockets hold every place: {body}"
+    );
+    let mut held = held.into_iter();
+    assert_closed(held.next().unwrap()).await;
+    // The third source's upgrade takes the place the request gave back; a fourth source's,
+    // the oldest place of the source still holding two.
+    let third_source = upgrade_from(edge.http, 3).await.expect("an upgrade from a third source");
+    let fourth_source = upgrade_from(edge.http, 4).await.expect("an upgrade from a fourth source");
+    let [mut first, second, mut third] = [held.next().unwrap(), held.next().unwrap(), held.next().unwrap()];
+    assert_closed(second).await;
+    assert_echoes(&mut first).await;
+    assert_echoes(&mut third).await;
+    drop((first, third, third_source, fourth_source));
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+/// `upgraded` ends (an end or an error) within the test's patience.
+async fn assert_closed(mut upgraded: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, upgraded.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "an upgraded connection was left open");
+}
+
+/// `upgraded` still carries bytes both ways.
+async fn assert_echoes(upgraded: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    upgraded.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(PATIENCE, upgraded.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo, b"ping");
 }
 
 /// An upgraded connection that carries nothing either way for `http_upgrade_idle_timeout` is

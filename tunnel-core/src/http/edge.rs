@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::client_streams::{SessionKey, Streams};
 use super::index::{RouteIndex, RouteTarget};
-use super::inflight::InFlight;
+use super::inflight::{InFlight, Ticket};
 use super::park::{Activity, ExchangeBody, LargeHeads, Parking, PARK_AFTER};
 use super::pool::Pool;
 use crate::mux::StreamOpener;
 use crate::proto::ROUTE_HEADER;
-use crate::source::{Full, Place};
+use crate::source::Full;
 
 mod answer;
 
@@ -142,16 +142,11 @@ impl HttpEdge {
         self
     }
 
-    /// A place for one more stream to the session over `opener`, for a visitor from `ip`;
-    /// `per_source`: whether the per-source cap applies (to passthrough visitors, not to HTTP
-    /// requests).
-    pub(crate) fn admit(
-        &self,
-        opener: &StreamOpener,
-        ip: std::net::IpAddr,
-        per_source: bool,
-    ) -> Result<Place, Full> {
-        self.inflight.admit(session_key(opener), ip, per_source)
+    /// A place for one more lasting stream (a TLS passthrough visitor's) to the session over
+    /// `opener`, for a visitor from `ip`: held to the per-source cap, and taken by a newcomer
+    /// when the session is full and `ip`'s site holds the most ([`InFlight::admit`]).
+    pub(crate) fn admit_lasting(&self, opener: &StreamOpener, ip: std::net::IpAddr) -> Result<Ticket, Full> {
+        self.inflight.admit(session_key(opener), ip, true)
     }
 
     /// Stops pooling streams over `opener`'s session (it drains): the idle ones close now,

@@ -12,8 +12,14 @@
 //! edge), and the edge takes their connections without one too. Upgraded connections
 //! (WebSockets) are: they hold their places for as long as they last, as passthrough visitors
 //! do, until they end or idle past `upgrade_idle_timeout`.
+//!
+//! Within the per-source cap, a few sources could still hold every place with such lasting
+//! visitors. So a newcomer to a full session takes the place of a lasting visitor, by the rule
+//! a full listener admits connections by ([`Pending`]): the oldest of the site holding the
+//! most, if that site would still hold more than the newcomer's.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -24,7 +30,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 
 use super::{Body, BoxError};
-use crate::source::{Full, Place, Places};
+use crate::source::{Admission, Full, Pending, Place, Places, Refused};
 
 /// Sessions kept track of before the ones holding nothing are forgotten.
 const FIRST_PRUNE: usize = 64;
@@ -39,35 +45,72 @@ pub(crate) struct InFlight {
 
 #[derive(Debug)]
 struct Sessions {
-    places: HashMap<usize, Places>,
+    places: HashMap<usize, Session>,
     /// Past this many sessions, the idle ones are forgotten.
     prune_at: usize,
 }
 
+/// One session's places, and among them those of its lasting visitors, ranked by source for
+/// eviction; each such slot holds its visitor's place, so an eviction frees it at once.
+#[derive(Debug)]
+struct Session {
+    places: Places,
+    lasting: Pending<Place>,
+}
+
+/// What a visitor holds toward a session while its stream is in use.
+#[derive(Debug)]
+pub(crate) enum Ticket {
+    /// A request's place, given back with its answer.
+    Request(#[expect(dead_code, reason = "held for its drop, which gives the place back")] Place),
+    /// A lasting visitor's (an upgraded connection, a TLS passthrough visitor): a newcomer may
+    /// take it when the session is full, and the visitor is then to be closed.
+    Lasting(Admission<Place>),
+}
+
+impl Ticket {
+    /// Resolves once a newcomer took this place (never for a request's).
+    pub(crate) async fn evicted(&self) {
+        match self {
+            Self::Request(_) => std::future::pending().await,
+            Self::Lasting(admission) => admission.evicted().await,
+        }
+    }
+}
+
 impl InFlight {
     /// At most `total` streams per session, and `per_source` of them for one source where that
-    /// cap applies (TLS passthrough visitors).
+    /// cap applies (lasting visitors).
     pub(crate) fn new(total: usize, per_source: usize) -> Self {
         let sessions = Sessions { places: HashMap::new(), prune_at: FIRST_PRUNE };
         Self { total, per_source, sessions: Mutex::new(sessions) }
     }
 
-    /// A place for a stream to session `key` for a visitor from `ip`, or which cap it hit;
-    /// `per_source`: whether the per-source cap applies too.
-    pub(crate) fn admit(&self, key: usize, ip: IpAddr, per_source: bool) -> Result<Place, Full> {
-        let admit = |places: &Places| if per_source { places.admit(ip) } else { places.admit_any_source() };
+    /// A place for a stream to session `key` for a visitor from `ip`, or which cap it hit.
+    /// `lasting`: the visitor may hold it for as long as it likes (an upgraded connection, a
+    /// TLS passthrough visitor), so the per-source cap applies too.
+    ///
+    /// When the session's places are all taken, a newcomer of either kind takes the place of
+    /// the oldest lasting visitor of the site (IPv4 address or IPv6 /48) holding the most
+    /// lasting places, if that site would still hold more than the newcomer's, as a full edge
+    /// listener admits connections ([`Pending`]). So lasting visitors from a few sources
+    /// cannot keep a session's requests, or other sources' lasting visitors, out; requests
+    /// in flight are never cut for a newcomer.
+    pub(crate) fn admit(&self, key: usize, ip: IpAddr, lasting: bool) -> Result<Ticket, Full> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(places) = sessions.places.get(&key) {
-            return admit(places);
-        }
-        if sessions.places.len() >= sessions.prune_at {
-            sessions.places.retain(|_, places| places.in_use() > 0);
+        if !sessions.places.contains_key(&key) && sessions.places.len() >= sessions.prune_at {
+            sessions.places.retain(|_, session| session.places.in_use() > 0);
             sessions.prune_at = (sessions.places.len() * 2).max(FIRST_PRUNE);
         }
-        let places = Places::new(self.total, self.per_source);
-        let place = admit(&places);
-        sessions.places.insert(key, places);
-        place
+        let session = sessions.places.entry(key).or_insert_with(|| Session {
+            places: Places::new(self.total, self.per_source),
+            lasting: Pending::new(self.total, self.per_source),
+        });
+        if lasting {
+            session.admit_lasting(ip).map(Ticket::Lasting)
+        } else {
+            session.admit_request(ip).map(Ticket::Request)
+        }
     }
 
     #[cfg(test)]
@@ -76,17 +119,46 @@ impl InFlight {
     }
 }
 
-/// A response body that holds its request's place until it is over (or dropped).
-pub(crate) fn hold<B>(body: B, place: Place) -> Body
+impl Session {
+    /// A request's place: counted in the total only (a website's visitors share addresses).
+    fn admit_request(&self, ip: IpAddr) -> Result<Place, Full> {
+        match self.places.admit_any_source() {
+            Err(Full::Total) if self.lasting.evict_for(ip) => self.places.admit_any_source(),
+            admitted => admitted,
+        }
+    }
+
+    fn admit_lasting(&self, ip: IpAddr) -> Result<Admission<Place>, Full> {
+        let place = match self.places.admit(ip) {
+            Err(Full::Total) if self.lasting.evict_for(ip) => self.places.admit(ip),
+            admitted => admitted,
+        }?;
+        // Both count the same lasting places, so this takes no other's.
+        self.lasting.admit_with(ip, place).map_err(|refused| match refused {
+            Refused::SourceFull => Full::Source,
+            Refused::Full => Full::Total,
+        })
+    }
+}
+
+/// A response body that holds its request's place until it is over (or dropped). A lasting
+/// visitor's place (an upgrade answered without a switch) may be taken by a newcomer: the body
+/// then ends with an error.
+pub(crate) fn hold<B>(body: B, place: Ticket) -> Body
 where
     B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
 {
-    Held { body, _place: place }.boxed_unsync()
+    let evicted = match &place {
+        Ticket::Request(_) => None,
+        Ticket::Lasting(admission) => Some(Box::pin(admission.eviction().cancelled_owned())),
+    };
+    Held { body, evicted, _place: place }.boxed_unsync()
 }
 
 struct Held<B> {
     body: B,
-    _place: Place,
+    evicted: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    _place: Ticket,
 }
 
 impl<B> hyper::body::Body for Held<B>
@@ -100,6 +172,11 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(evicted) = self.evicted.as_mut() {
+            if evicted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err("a newcomer took this answer's place".into())));
+            }
+        }
         Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
     }
 
@@ -141,6 +218,59 @@ mod tests {
         // Nor do they use up the room of a source under the per-source cap.
         let (_h1, _h2) = (inflight.admit(4, A, false).unwrap(), inflight.admit(4, A, false).unwrap());
         assert!(inflight.admit(4, A, true).is_ok());
+    }
+
+    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 3));
+    const D: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 4));
+
+    /// Resolved already (a place taken by a newcomer), without waiting.
+    fn was_evicted(ticket: &Ticket) -> bool {
+        futures::FutureExt::now_or_never(ticket.evicted()).is_some()
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_to_a_full_session_takes_a_lasting_place_of_the_largest_source_never_a_request() {
+        let inflight = InFlight::new(4, 2);
+        let a = [inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap()];
+        let b = inflight.admit(1, B, true).unwrap();
+        let request = inflight.admit(1, C, false).unwrap();
+
+        // A request from a source holding no lasting place: A's oldest gives way.
+        let from_c = inflight.admit(1, C, false).expect("a request into a full session");
+        assert!(was_evicted(&a[0]) && !was_evicted(&a[1]) && !was_evicted(&b));
+        // Now A and B hold one lasting place each, C none: nobody holds more than a newcomer
+        // would, and requests are never cut.
+        assert_eq!(inflight.admit(1, C, false).unwrap_err(), Full::Total);
+        assert_eq!(inflight.admit(1, C, true).unwrap_err(), Full::Total);
+        assert!(!was_evicted(&a[1]) && !was_evicted(&b) && !was_evicted(&request));
+        drop((request, from_c));
+
+        // A lasting newcomer from a source holding none takes the place of one holding two;
+        // one from a source holding one, or from that source itself, never does.
+        let b2 = inflight.admit(1, B, true).unwrap();
+        let c = inflight.admit(1, C, true).unwrap();
+        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Total, "B's own takes nothing of B's");
+        assert_eq!(inflight.admit(1, C, true).unwrap_err(), Full::Total, "C would then hold two");
+        let _d = inflight.admit(1, D, true).expect("D holds none, B two");
+        assert!(was_evicted(&b) && !was_evicted(&b2) && !was_evicted(&c) && !was_evicted(&a[1]));
+        // Each evicted place was given back at once, not when its holder noticed: the counts
+        // stay within the caps, and the evicted tickets drop without giving back twice.
+        assert_eq!(inflight.admit(1, A, false).unwrap_err(), Full::Total);
+        drop((a, b));
+        let _request = inflight.admit(1, A, false).expect("A's other place given back");
+    }
+
+    #[tokio::test]
+    async fn an_answer_holding_a_lasting_place_ends_when_a_newcomer_takes_it() {
+        let inflight = InFlight::new(2, 2);
+        let (held, _kept) = (inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap());
+        let body =
+            http_body_util::StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, BoxError>>());
+        let mut body = hold(body, held);
+        assert!(futures::FutureExt::now_or_never(body.frame()).is_none(), "the answer is still under way");
+        let _newcomer = inflight.admit(1, B, false).expect("a request takes the place");
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await.unwrap();
+        assert!(matches!(frame, Some(Err(_))), "the answer goes on without its place");
     }
 
     #[test]

@@ -169,7 +169,7 @@ async fn https(
         let unreachable = || tracing::debug!(%visitor, name = %Escaped(&name), "the client of this TLS route is not reachable");
         let Some(opener) = opener else { return unreachable() };
         // Counted with the edge's requests toward the same session.
-        let _place = match edge.admit(&opener, visitor.ip(), true) {
+        let place = match edge.admit_lasting(&opener, visitor.ip()) {
             Ok(place) => place,
             Err(full) => {
                 crate::transport::reset_on_close(&tcp);
@@ -184,9 +184,18 @@ async fn https(
         }
         let (_open, meter) = metrics.visitor(&owner, &route_id.to_string());
         let limits = crate::forward::SpliceLimits::default();
-        if let Err(err) = crate::forward::splice_metered(&mut tcp, &mut stream, limits, Some(&meter)).await {
-            tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough ended: {err}");
-            stream.reset();
+        tokio::select! {
+            spliced = crate::forward::splice_metered(&mut tcp, &mut stream, limits, Some(&meter)) => {
+                if let Err(err) = spliced {
+                    tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough ended: {err}");
+                    stream.reset();
+                }
+            }
+            () = place.evicted() => {
+                tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough cut: a newcomer took its place, its client's being full");
+                crate::transport::reset_on_close(&tcp);
+                stream.reset();
+            }
         }
         return;
     }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 mod pending;
 
-pub(crate) use pending::{Admission, Pending};
+pub(crate) use pending::{Admission, Pending, Refused};
 
 /// A connection's source, aggregated as above; an IPv4-mapped IPv6 address is its IPv4 self, and
 /// so is one of the well-known translation prefix `64:ff9b::/96` (RFC 6052), as a server behind

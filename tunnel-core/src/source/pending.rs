@@ -32,22 +32,31 @@ use super::{Site, Source};
 /// Counts connections admitted (handshakes in progress, visitors), overall and per source.
 /// Admitting, evicting and releasing cost a logarithm of the count, not a scan: an edge
 /// listener holds up to 10,000 connections, many of them from one NAT or CDN.
+/// Each slot may hold a value of its own (`V`), dropped when the slot is given back or
+/// evicted: the edge keeps a long-lived visitor's place among a session's streams there, so
+/// that an eviction frees it at once.
 #[derive(Debug)]
-pub(crate) struct Pending {
+pub(crate) struct Pending<V = ()> {
     /// Both limits may change at a reload; connections admitted before stay.
     global_limit: AtomicUsize,
     per_source_limit: AtomicUsize,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<State<V>>>,
 }
 
-#[derive(Debug, Default)]
-struct State {
+#[derive(Debug)]
+struct State<V> {
     total: usize,
     next_seq: u64,
     /// Every slot by its site.
     sites: Ranked<Site, ()>,
-    /// Per site, its slots by their source, each with its eviction.
-    sources: HashMap<Site, Ranked<Source, CancellationToken>>,
+    /// Per site, its slots by their source, each with its eviction and its value.
+    sources: HashMap<Site, Ranked<Source, (CancellationToken, V)>>,
+}
+
+impl<V> Default for State<V> {
+    fn default() -> Self {
+        Self { total: 0, next_seq: 0, sites: Ranked::default(), sources: HashMap::new() }
+    }
 }
 
 /// Slots grouped by key (a site, or a source), each key's by admission order, and the keys
@@ -123,11 +132,11 @@ impl<K: Copy + Eq + std::hash::Hash + Ord, V> Ranked<K, V> {
 
 /// One admitted connection; dropping it frees the slot.
 #[derive(Debug)]
-pub(crate) struct Admission {
+pub(crate) struct Admission<V = ()> {
     source: Source,
     seq: u64,
     evicted: CancellationToken,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<State<V>>>,
 }
 
 /// Why a connection was not admitted.
@@ -149,6 +158,14 @@ impl std::fmt::Display for Refused {
 }
 
 impl Pending {
+    /// Admits a connection from `ip`, evicting the oldest connection of the largest site if
+    /// every slot is taken; refuses when `ip`'s own source is at its cap.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
+        self.admit_with(ip, ())
+    }
+}
+
+impl<V> Pending<V> {
     pub(crate) fn new(global: usize, per_source: usize) -> Self {
         let pending = Self {
             global_limit: AtomicUsize::new(1),
@@ -165,62 +182,73 @@ impl Pending {
         self.per_source_limit.store(per_source.max(1), Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<V>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a connection from `ip`, evicting the oldest connection of the largest site if
-    /// every slot is taken; refuses when `ip`'s own source is at its cap.
-    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
+    /// Admits a connection from `ip` holding `value` in its slot, as [`Pending::admit`] does.
+    pub(crate) fn admit_with(&self, ip: IpAddr, value: V) -> Result<Admission<V>, Refused> {
         let source = Source::from(ip);
         let mut state = self.lock();
         if state.holds(source) >= self.per_source_limit.load(Ordering::Relaxed) {
             return Err(Refused::SourceFull);
         }
-        if state.total >= self.global_limit.load(Ordering::Relaxed) && !state.evict_for(source) {
-            return Err(Refused::Full);
+        // Dropped once the lock is given back: a value may take locks of its own.
+        let mut evicted = None;
+        if state.total >= self.global_limit.load(Ordering::Relaxed) {
+            evicted = Some(state.evict_for(source).ok_or(Refused::Full)?);
         }
         state.next_seq += 1;
         let seq = state.next_seq;
-        let evicted = CancellationToken::new();
+        let evicted_token = CancellationToken::new();
         state.sites.insert(source.site(), seq, ());
-        state.sources.entry(source.site()).or_default().insert(source, seq, evicted.clone());
+        state.sources.entry(source.site()).or_default().insert(source, seq, (evicted_token.clone(), value));
         state.total += 1;
-        Ok(Admission { source, seq, evicted, state: self.state.clone() })
+        drop(state);
+        drop(evicted);
+        Ok(Admission { source, seq, evicted: evicted_token, state: self.state.clone() })
+    }
+
+    /// Evicts a slot for a newcomer from `ip` that takes none here (it hit a cap elsewhere), by
+    /// the rule admission evicts by; whether one was. The slot's value is dropped before this
+    /// returns.
+    pub(crate) fn evict_for(&self, ip: IpAddr) -> bool {
+        let evicted = self.lock().evict_for(Source::from(ip));
+        evicted.is_some()
     }
 }
 
-impl State {
+impl<V> State<V> {
     /// Makes room for a newcomer from `newcomer`: cuts the oldest slot of the largest source of
     /// the site holding the most (the oldest such on a tie), if that site would still hold more
     /// than the newcomer's; else that of the largest source of the newcomer's own site, if that
     /// source would still hold more than the newcomer's. So nobody loses a slot to one that
     /// would then hold as many, and a crowd of sites (or of sources within a site) with one
-    /// slot each cannot cut each other's connections.
-    fn evict_for(&mut self, newcomer: Source) -> bool {
+    /// slot each cannot cut each other's connections. Returns the cut slot's value, for the
+    /// caller to drop once it has given the lock back.
+    fn evict_for(&mut self, newcomer: Source) -> Option<V> {
         let site = newcomer.site();
         let victim_site = match self.sites.top() {
             Some((holds, top)) if holds > self.sites.holds(site) + 1 => top,
             _ => site,
         };
-        let Some(within) = self.sources.get(&victim_site) else { return false };
-        let Some((holds, source)) = within.top() else { return false };
+        let within = self.sources.get(&victim_site)?;
+        let (holds, source) = within.top()?;
         if victim_site == site && holds <= within.holds(newcomer) + 1 {
-            return false;
+            return None;
         }
-        let Some(seq) = within.oldest(source) else { return false };
-        if let Some(evict) = self.release(source, seq) {
-            evict.cancel();
-        }
-        true
+        let seq = within.oldest(source)?;
+        let (evict, value) = self.release(source, seq)?;
+        evict.cancel();
+        Some(value)
     }
 
     fn holds(&self, source: Source) -> usize {
         self.sources.get(&source.site()).map_or(0, |within| within.holds(source))
     }
 
-    /// Counts `source`'s slot `seq` out, if it is still counted; returns its eviction.
-    fn release(&mut self, source: Source, seq: u64) -> Option<CancellationToken> {
+    /// Counts `source`'s slot `seq` out, if it is still counted; returns its eviction and value.
+    fn release(&mut self, source: Source, seq: u64) -> Option<(CancellationToken, V)> {
         let site = source.site();
         let within = self.sources.get_mut(&site)?;
         let evict = within.remove(source, seq)?;
@@ -233,18 +261,26 @@ impl State {
     }
 }
 
-impl Admission {
+impl<V> Admission<V> {
     /// Resolves when a newcomer took this connection's slot: it should be closed.
     pub(crate) async fn evicted(&self) {
         self.evicted.cancelled().await;
     }
+
+    /// Cancelled when a newcomer takes this connection's slot.
+    pub(crate) fn eviction(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
 }
 
-impl Drop for Admission {
+impl<V> Drop for Admission<V> {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // An evicted slot was already counted out.
-        state.release(self.source, self.seq);
+        let released = state.release(self.source, self.seq);
+        drop(state);
+        // Dropped outside the lock: a value may take locks of its own.
+        drop(released);
     }
 }
 

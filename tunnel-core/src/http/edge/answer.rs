@@ -14,12 +14,11 @@ use crate::http::headers::{
     field_count, is_upgrade, join_cookies, origin_form, remove_dot_segments, route_value, routed_host,
     strip_hop_by_hop, MAX_HEADER_FIELDS,
 };
-use crate::http::inflight;
+use crate::http::inflight::{self, Ticket};
 use crate::http::origin::splice_upgraded;
 use crate::http::{text_response, Body};
 use crate::mux::StreamOpener;
 use crate::proto::{RouteId, StreamHeader};
-use crate::source::Place;
 
 impl HttpEdge {
     /// Answers one request, and counts the answer.
@@ -97,9 +96,10 @@ impl HttpEdge {
         // Pooled and counted per session, not per client name.
         let key = session_key(&opener);
         // An upgraded connection may hold its place for as long as it lasts, so it is held to
-        // the per-source cap as passthrough visitors are; plain requests give theirs back.
-        let per_source = is_upgrade(request.headers()).is_some();
-        let place = match self.inflight.admit(key, visitor.ip(), per_source) {
+        // the per-source cap as passthrough visitors are, and a newcomer may take its place
+        // when the session is full; plain requests give theirs back.
+        let lasting = is_upgrade(request.headers()).is_some();
+        let place = match self.inflight.admit(key, visitor.ip(), lasting) {
             Ok(place) => place,
             Err(full) => {
                 let why = format!("too many requests in flight to the client serving {host} ({full})");
@@ -124,7 +124,7 @@ impl HttpEdge {
         &self,
         mut request: Request<Incoming>,
         to: Owner,
-        place: Place,
+        place: Ticket,
         connection: Connection<'_>,
         host: &str,
     ) -> Result<Response<Body>, (StatusCode, String)> {
@@ -179,7 +179,7 @@ impl HttpEdge {
         sent: Result<Result<Response<B>, hyper::Error>, tokio::time::error::Elapsed>,
         visitor_side: Option<(hyper::upgrade::OnUpgrade, &Upgraded)>,
         host: &str,
-        place: Place,
+        place: Ticket,
     ) -> Result<Response<Body>, (StatusCode, String)>
     where
         B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Unpin + 'static,
@@ -216,8 +216,12 @@ impl HttpEdge {
                 let client_side = hyper::upgrade::on(&mut response);
                 let idle = self.limits.upgrade_idle_timeout;
                 let splice = async move {
-                    let _place = place;
-                    splice_upgraded(visitor_side, client_side, Some(idle)).await
+                    tokio::select! {
+                        () = splice_upgraded(visitor_side, client_side, Some(idle)) => {}
+                        () = place.evicted() => tracing::debug!(
+                            "an upgraded connection closed: a newcomer took its place, the session's being full"
+                        ),
+                    }
                 };
                 *upgraded.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(splice));
                 return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
