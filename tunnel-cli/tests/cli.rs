@@ -255,6 +255,14 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
             "\"3000000000000000h\" is longer than the most a duration may be",
         ),
         (vec!["connect", "--server", "127.0.0.1:1", "--token", TOKEN], "missing `fingerprint`"),
+        // Before, exit 1 once the second failed to listen.
+        (
+            vec!["connect", "--server", "127.0.0.1:1", "--fingerprint", &zero_fp, "--token", TOKEN]
+                .into_iter()
+                .chain(["-L", "43200:127.0.0.1:1", "-L", "43200:127.0.0.1:2"])
+                .collect(),
+            "invalid `local`: local forwards 43200:127.0.0.1:1 and 43200:127.0.0.1:2 listen on the same port",
+        ),
         (vec!["serve", "--state-dir", state, "--metrics", "nowhere"], "invalid `metrics`"),
         (
             vec![

@@ -412,7 +412,7 @@ impl ClientFile {
         let routes = self.route_set()?;
         let mut config = ClientConfig::new(server, name, token, transport);
         config.remotes = routes.remotes;
-        config.locals = self.local.clone();
+        config.locals = checked_locals(&self.local)?;
         config.services = routes.services;
         config.http = routes.http;
         config.http_fallback = routes.http_fallback;
@@ -520,3 +520,22 @@ fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, C
 #[cfg(test)]
 #[path = "client_tests.rs"]
 mod tests;
+
+/// Local forwards, none listening where another does (the same protocol and port, on the same
+/// address or one of them on every address of its family): caught here, as a bad
+/// configuration, not when the second fails to listen.
+fn checked_locals(locals: &[LocalForwardSpec]) -> Result<Vec<LocalForwardSpec>, ConfigError> {
+    let address = |local: &LocalForwardSpec| local.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    for (i, first) in locals.iter().enumerate() {
+        for second in &locals[i + 1..] {
+            let (a, b) = (address(first), address(second));
+            let overlap =
+                a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()));
+            if first.port != 0 && first.port == second.port && first.protocol == second.protocol && overlap {
+                let why = format!("local forwards {first} and {second} listen on the same port");
+                return Err(invalid("local", why));
+            }
+        }
+    }
+    Ok(locals.to_vec())
+}

@@ -142,3 +142,31 @@ fn missing_and_conflicting_settings_are_explained() {
         assert!(!err.contains("--"), "{text}: {err}");
     }
 }
+
+/// Before, two local forwards on one port were taken, and the second failed only when it came
+/// to listen (exit 1, "Address already in use"), while two remote forwards on one port were a
+/// configuration error (exit 2).
+#[test]
+fn local_forwards_listening_where_another_does_are_refused_naming_local() {
+    let base = format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n");
+    for clash in [
+        r#"["4300:127.0.0.1:1", "4300:127.0.0.1:2"]"#,
+        r#"["0.0.0.0:4300:127.0.0.1:1", "127.0.0.1:4300:127.0.0.1:2"]"#,
+        r#"["udp:4300:127.0.0.1:53", "udp:127.0.0.1:4300:127.0.0.1:54"]"#,
+    ] {
+        let err = build(&format!("{base}local = {clash}\n")).unwrap_err();
+        let text = err.chain();
+        assert!(
+            text.contains("invalid `local`") && text.contains("listen on the same port"),
+            "{clash}: {text}"
+        );
+    }
+    for apart in [
+        r#"["4300:127.0.0.1:1", "4301:127.0.0.1:2"]"#,
+        r#"["4300:127.0.0.1:1", "udp:4300:127.0.0.1:53"]"#,
+        r#"["127.0.0.1:4300:127.0.0.1:1", "127.0.0.2:4300:127.0.0.1:2"]"#,
+        r#"["0:127.0.0.1:1", "0:127.0.0.1:2"]"#,
+    ] {
+        assert!(build(&format!("{base}local = {apart}\n")).is_ok(), "{apart}");
+    }
+}

@@ -63,14 +63,36 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// The error of a [`Body`]: hyper's, or an in-program handler's own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A short plain-text answer: the status line's reason, then `detail`.
+/// A short plain-text answer: the status line's reason, then `detail`. Statuses that carry no
+/// content (204, 205, 304) get none (hyper leaves a 205's body in, against RFC 9110 15.3.6).
 pub fn text_response(status: http::StatusCode, detail: &str) -> http::Response<Body> {
-    let body = text_body(status, detail);
+    let contentless = matches!(status.as_u16(), 204 | 205 | 304);
+    let body = if contentless { String::new() } else { text_body(status, detail) };
     let mut response =
         http::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
+    if !contentless {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    }
     response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::body::Body as _;
+
+    use super::*;
+
+    #[test]
+    fn a_status_that_carries_no_content_is_answered_without_any() {
+        for status in [204, 205, 304] {
+            let response = text_response(http::StatusCode::from_u16(status).unwrap(), "detail");
+            assert_eq!(response.body().size_hint().exact(), Some(0), "{status}");
+            assert!(response.headers().get(http::header::CONTENT_TYPE).is_none(), "{status}");
+        }
+        let response = text_response(http::StatusCode::NOT_FOUND, "");
+        assert_eq!(response.body().size_hint().exact(), Some(14), "404 Not Found\n");
+    }
 }

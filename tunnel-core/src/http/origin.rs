@@ -401,11 +401,27 @@ pub(super) async fn splice_upgraded(
     }
 }
 
-fn redirect_response(request: &Request<Incoming>, redirect: &Redirect) -> Response<Body> {
+/// The answer of a redirect route. What it leaves unset keeps the request's: the scheme the
+/// visitor used (the edge's `X-Forwarded-Proto`: a redirect of an HTTPS request to another
+/// host stays HTTPS), the host, and the port the visitor asked for while the scheme stays (a
+/// new scheme goes to its own well-known port, as Gateway API's `RequestRedirect` says); a
+/// port well known for the scheme is left out.
+fn redirect_response<B>(request: &Request<B>, redirect: &Redirect) -> Response<Body> {
     let host = super::request_host(request).unwrap_or_default();
-    let scheme = redirect.scheme.as_deref().unwrap_or("http");
+    let forwarded = request.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok());
+    let asked = match forwarded {
+        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let scheme = redirect.scheme.as_deref().unwrap_or(asked);
     let host = redirect.host.as_deref().unwrap_or(&host);
-    let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let port = match (redirect.port, &redirect.scheme) {
+        (Some(port), _) => Some(port),
+        (None, Some(_)) => None,
+        (None, None) => request_port(request),
+    };
+    let well_known = |port| matches!((scheme, port), ("http", 80) | ("https", 443));
+    let port = port.filter(|port| !well_known(*port)).map(|p| format!(":{p}")).unwrap_or_default();
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = format!("{scheme}://{host}{port}{path}");
     let status = redirect.status.unwrap_or(StatusCode::FOUND);
@@ -416,5 +432,64 @@ fn redirect_response(request: &Request<Incoming>, redirect: &Redirect) -> Respon
             response
         }
         Err(_) => text_response(StatusCode::BAD_REQUEST, "cannot redirect this request"),
+    }
+}
+
+/// The port a request's authority (or `Host` header) names, if any.
+fn request_port<B>(request: &Request<B>) -> Option<u16> {
+    match request.uri().authority() {
+        Some(authority) => authority.port_u16(),
+        None => {
+            let host = request.headers().get(header::HOST)?.to_str().ok()?;
+            host.parse::<http::uri::Authority>().ok()?.port_u16()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `Location` a redirect answers `host` + `path` with, asked over `proto`.
+    fn location(proto: &str, host: &str, path: &str, redirect: Redirect) -> String {
+        let request = Request::get(path)
+            .header(header::HOST, host)
+            .header("x-forwarded-proto", proto)
+            .body(())
+            .unwrap();
+        let response = redirect_response(&request, &redirect);
+        response.headers()[header::LOCATION].to_str().unwrap().to_owned()
+    }
+
+    fn to(scheme: Option<&str>, host: Option<&str>, port: Option<u16>) -> Redirect {
+        let (scheme, host) = (scheme.map(str::to_owned), host.map(str::to_owned));
+        Redirect { scheme, host, port, status: None }
+    }
+
+    /// Before, an unset scheme was `http` and the request's port was dropped: the common
+    /// "a.test to www.a.test" rule moved HTTPS visitors to plain HTTP, and a visitor on port
+    /// 8443 to port 80.
+    #[test]
+    fn a_redirect_keeps_the_scheme_and_port_the_visitor_used_unless_it_sets_them() {
+        let www = || to(None, Some("www.a.test"), None);
+        assert_eq!(location("https", "a.test", "/login?next=1", www()), "https://www.a.test/login?next=1");
+        assert_eq!(location("http", "a.test", "/", www()), "http://www.a.test/");
+        assert_eq!(location("https", "a.test:8443", "/x", www()), "https://www.a.test:8443/x");
+        assert_eq!(
+            location("HTTPS", "a.test:443", "/x", www()),
+            "https://www.a.test/x",
+            "a well-known port is left out"
+        );
+        assert_eq!(location("http", "a.test:8080", "/x", to(None, None, None)), "http://a.test:8080/x");
+        // A new scheme goes to its own well-known port, unless the redirect names one.
+        let upgrade = || to(Some("https"), None, None);
+        assert_eq!(location("http", "a.test:8080", "/x", upgrade()), "https://a.test/x");
+        assert_eq!(
+            location("http", "a.test:8080", "/x", to(Some("https"), None, Some(8443))),
+            "https://a.test:8443/x"
+        );
+        assert_eq!(location("https", "a.test:8443", "/x", to(None, None, Some(443))), "https://a.test/x");
+        // Anything but `https` from the edge is plain HTTP.
+        assert_eq!(location("gopher", "a.test", "/", www()), "http://www.a.test/");
     }
 }
