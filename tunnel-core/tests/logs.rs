@@ -139,3 +139,62 @@ async fn a_clients_failed_visits_are_logged_once_per_window() {
     client.stop().await;
     server.stop().await;
 }
+
+/// A server sending its answer to the route table, or its offer of more connections, over and
+/// over, gets the client's log lines about them once. Before, each repeat of the answer logged
+/// a line per route ("remote forward ready"), and each repeat of an offer the client could not
+/// use logged it again: a server (or, in plaintext mode, whoever sits on the path) could fill
+/// the client's disk with ten-byte messages.
+#[tokio::test]
+async fn a_server_repeating_its_answer_or_its_offer_is_logged_once() {
+    use tunnel_core::auth::{ChannelBinding, Credentials};
+    use tunnel_core::proto::{ControlMessage, RouteOutcome, RouteResult};
+    use tunnel_core::transport::TcpConnector;
+
+    let log = Captured::default();
+    let _guard = log.install();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let token = Token::new("logs-test-token-0123").unwrap();
+    let creds = Credentials::default().with_shared(token.clone());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = SessionConfig::default();
+        let (mut session, _) =
+            Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE).await.unwrap();
+        let driver = tokio::spawn(session.driver);
+        while let Some(message) = session.messages.recv().await {
+            let ControlMessage::RouteTable { version, entries } = message else { continue };
+            let public_addr = Some("127.0.0.1:40000".parse().unwrap());
+            let ready = |entry: &tunnel_core::proto::RouteEntry| RouteResult {
+                id: entry.id,
+                outcome: RouteOutcome::Ready { public_addr },
+            };
+            let results: Vec<_> = entries.iter().map(ready).collect();
+            for _ in 0..50 {
+                let answer = ControlMessage::RouteTableResult { version, results: results.clone() };
+                session.control.send(answer).await.unwrap();
+                session.control.send(ControlMessage::Lanes { session: 7, connections: 1 }).await.unwrap();
+            }
+            // Messages are taken in order: once this is logged, every repeat above was taken.
+            let fence = ControlMessage::Draining { deadline_ms: 60_000, message: "fence 5d1c".to_owned() };
+            session.control.send(fence).await.unwrap();
+            break;
+        }
+        (session.control, driver)
+    });
+    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
+    let mut config = tunnel_core::client::ClientConfig::new(addr, "c", token, transport);
+    config.remotes = vec!["40000:127.0.0.1:1".parse().unwrap()];
+    config.connections = 2;
+    // The fence leaves the client believing the server drains: it stops without waiting.
+    config.drain_timeout = std::time::Duration::from_millis(100);
+    let client = start_client(config);
+    eventually("the fence logged", || std::future::ready(log.text().contains("fence 5d1c"))).await;
+
+    let text = log.text();
+    assert_eq!(text.matches("remote forward ready").count(), 1, "{text}");
+    assert_eq!(text.matches("connections per session").count(), 1, "{text}");
+    client.stop().await;
+    drop(server);
+}

@@ -345,7 +345,10 @@ impl Client {
         // The session's other connections, kept by a task of their own; dropped with it.
         let moves = messages.moves();
         let first = (link, wire, &lane_key, &opener, &moves, protocol);
-        let mut lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
+        // A server offers once per session: later offers are ignored, not logged again.
+        let mut offered = offer.is_some();
+        // Held for its drop, which ends the keeper with the session.
+        let mut _lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
         let visits = Visits {
             routes: stream_routes,
             origins: self.origins.clone(),
@@ -389,8 +392,9 @@ impl Client {
                     }
                     // The answer to a table we have replaced since: the next one follows.
                     ControlMessage::RouteTableResult { .. } => {}
-                    ControlMessage::Lanes { session, connections } if lanes.is_none() => {
-                        lanes = self.keeper(first, session, connections);
+                    ControlMessage::Lanes { session, connections } if !offered => {
+                        offered = true;
+                        _lanes = self.keeper(first, session, connections);
                     }
                     ControlMessage::Draining { deadline_ms, message } => {
                         // It takes no new streams: local forwards go through another server.

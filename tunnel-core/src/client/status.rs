@@ -124,30 +124,14 @@ impl ClientStatus {
 }
 
 impl Client {
-    /// Logs what the server answered and makes it the link's status.
+    /// Logs what the server answered and makes it the link's status. An answer the same as
+    /// the link's status already (a server repeating itself) is neither logged nor published
+    /// again: before, a server sending one answer in a loop wrote a log line per route each time.
     pub(super) fn publish(&self, link: &Link, answered: routes::Answered, new_session: bool) {
         let routes::Answered {
             forwards, services, http, http_fallback, tls, networks, refused, version, ..
         } = answered;
-        for forward in &forwards {
-            tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
-        }
-        for service in &services {
-            tracing::info!(service = %service.name, target = %service.target, version, "service exposed");
-        }
-        for route in &refused {
-            tracing::warn!(route = %route.route, version, "route refused: {} ({})", Escaped(&route.message), route.code);
-        }
-        for route in &http {
-            tracing::info!(route = %route, version, "HTTP route ready");
-        }
-        for route in &tls {
-            tracing::info!(route = %route, version, "TLS route ready");
-        }
-        for net in &networks {
-            tracing::info!(network = %net, version, "network route ready");
-        }
-        let status = ClientStatus::Connected {
+        let mut status = ClientStatus::Connected {
             forwards,
             services,
             http,
@@ -158,6 +142,41 @@ impl Client {
             version,
             new_session,
         };
+        if !new_session {
+            // The same as the status now, whichever answer of the session that came from.
+            let now = link.status.borrow();
+            if let ClientStatus::Connected { new_session: first, .. } = &*now {
+                if let ClientStatus::Connected { new_session, .. } = &mut status {
+                    *new_session = *first;
+                }
+                if *now == status {
+                    return;
+                }
+            }
+            if let ClientStatus::Connected { new_session, .. } = &mut status {
+                *new_session = false;
+            }
+        }
+        if let ClientStatus::Connected { forwards, services, http, tls, networks, refused, .. } = &status {
+            for forward in forwards {
+                tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
+            }
+            for service in services {
+                tracing::info!(service = %service.name, target = %service.target, version, "service exposed");
+            }
+            for route in refused {
+                tracing::warn!(route = %route.route, version, "route refused: {} ({})", Escaped(&route.message), route.code);
+            }
+            for route in http {
+                tracing::info!(route = %route, version, "HTTP route ready");
+            }
+            for route in tls {
+                tracing::info!(route = %route, version, "TLS route ready");
+            }
+            for net in networks {
+                tracing::info!(network = %net, version, "network route ready");
+            }
+        }
         self.set_status(link, status);
     }
 }
