@@ -228,31 +228,6 @@ async fn a_silent_peer_is_declared_dead_at_the_heartbeat_timeout() {
     assert!(frozen_at.elapsed() >= Duration::from_secs(55), "client gave up after {:?}", frozen_at.elapsed());
 }
 
-/// A server of one session on the shared token, run by `serve` once accepted; the config of a
-/// client ("c") that dials it, and the server's task.
-async fn one_session_server<F, Fut>(
-    serve: F,
-) -> (tunnel_core::client::ClientConfig, tokio::task::JoinHandle<Fut::Output>)
-where
-    F: FnOnce(Session) -> Fut + Send + 'static,
-    Fut: std::future::Future + Send + 'static,
-    Fut::Output: Send + 'static,
-{
-    use tunnel_core::transport::{ClientTransport, TcpConnector};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let token = Token::new("faults-test-token-0123").unwrap();
-    let creds = Credentials::default().with_shared(token.clone());
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let config = SessionConfig::default();
-        let accepted = Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE).await;
-        serve(accepted.unwrap().0).await
-    });
-    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
-    (tunnel_core::client::ClientConfig::new(addr, "c", token, transport), server)
-}
-
 /// A server that keeps sending other messages, never answering the route table, does not hold
 /// the client past its handshake timeout: one deadline covers the whole wait (it was renewed
 /// by every message).

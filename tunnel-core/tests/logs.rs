@@ -147,21 +147,11 @@ async fn a_clients_failed_visits_are_logged_once_per_window() {
 /// the client's disk with ten-byte messages.
 #[tokio::test]
 async fn a_server_repeating_its_answer_or_its_offer_is_logged_once() {
-    use tunnel_core::auth::{ChannelBinding, Credentials};
     use tunnel_core::proto::{ControlMessage, RouteOutcome, RouteResult};
-    use tunnel_core::transport::TcpConnector;
 
     let log = Captured::default();
     let _guard = log.install();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let token = Token::new("logs-test-token-0123").unwrap();
-    let creds = Credentials::default().with_shared(token.clone());
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let config = SessionConfig::default();
-        let (mut session, _) =
-            Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE).await.unwrap();
+    let (mut config, server) = one_session_server(|mut session| async move {
         let driver = tokio::spawn(session.driver);
         while let Some(message) = session.messages.recv().await {
             let ControlMessage::RouteTable { version, entries } = message else { continue };
@@ -182,9 +172,8 @@ async fn a_server_repeating_its_answer_or_its_offer_is_logged_once() {
             break;
         }
         (session.control, driver)
-    });
-    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
-    let mut config = tunnel_core::client::ClientConfig::new(addr, "c", token, transport);
+    })
+    .await;
     config.remotes = vec!["40000:127.0.0.1:1".parse().unwrap()];
     config.connections = 2;
     // The fence leaves the client believing the server drains: it stops without waiting.

@@ -273,3 +273,32 @@ pub fn with_locals(mut config: ClientConfig, locals: &[String]) -> ClientConfig 
     config.locals = locals.iter().map(|s| s.parse().unwrap()).collect();
     config
 }
+
+/// A server of one session on the shared token, run by `serve` once accepted; the config of a
+/// client ("c") that dials it, and the server's task.
+pub async fn one_session_server<F, Fut>(
+    serve: F,
+) -> (tunnel_core::client::ClientConfig, tokio::task::JoinHandle<Fut::Output>)
+where
+    F: FnOnce(tunnel_core::session::Session) -> Fut + Send + 'static,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    use tunnel_core::auth::ChannelBinding;
+    use tunnel_core::session::SessionConfig;
+    use tunnel_core::transport::{ClientTransport, TcpConnector};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let token = Token::new("one-session-test-token-0123").unwrap();
+    let creds = Credentials::default().with_shared(token.clone());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = SessionConfig::default();
+        let accepted =
+            tunnel_core::session::Session::accept(tcp, &ChannelBinding::Plaintext, &creds, &config, PATIENCE)
+                .await;
+        serve(accepted.unwrap().0).await
+    });
+    let transport = ClientTransport::custom(TcpConnector::new(addr.clone()));
+    (tunnel_core::client::ClientConfig::new(addr, "c", token, transport), server)
+}
