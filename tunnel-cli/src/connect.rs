@@ -69,7 +69,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
 }
 
 /// Prints what one server's session does: the session and its forwards when it comes up, then
-/// a line per route table entry on each answer.
+/// a line per route table entry on each answer that changed something.
 async fn print_status(
     mut status: tokio::sync::watch::Receiver<ClientStatus>,
     server_host: String,

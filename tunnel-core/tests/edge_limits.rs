@@ -221,7 +221,7 @@ async fn tls_passthrough_visitors_share_the_caps() {
     held.push(tokio::spawn(hello_from(https, 2, "p.test")));
     reached_origin(3).await;
     // The session's places are all taken: a new source takes the oldest place of the source
-    // holding the most, whose visitor is reset.
+    // holding the most, whose visitor is reset (either of source 1's: the two race there).
     held.push(tokio::spawn(hello_from(https, 3, "p.test")));
     reached_origin(4).await;
     let others = held.split_off(2);
@@ -397,6 +397,7 @@ async fn upgraded_connections_from_two_sources_give_way_to_newcomers() {
         held.push(upgrade_from(edge.http, n).await.unwrap());
     }
 
+    // Not an upgrade request: the echo origin answers it a plain 101, with nothing switched.
     let mut sender = connection_from(edge.http, 3).await;
     let (status, body) = send(&mut sender, "ws.test", "/", "").await;
     assert_eq!(
@@ -415,6 +416,57 @@ async fn upgraded_connections_from_two_sources_give_way_to_newcomers() {
     assert_echoes(&mut first).await;
     assert_echoes(&mut third).await;
     drop((first, third, third_source, fourth_source));
+    client.stop().await;
+    edge.server.stop().await;
+}
+
+/// A newcomer may take the place of an upgrade still waiting for its answer: that visitor is
+/// answered 503 and its stream toward the client closes with it, so the session's streams stay
+/// within the cap. Before, the evicted request kept its stream, uncounted, until the answer
+/// came or the response timeout (120 s) ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_evicted_before_its_answer_closes_its_stream_to_the_client() {
+    use tokio::io::AsyncReadExt;
+    let edge = edge(|config| {
+        config.max_visitors_per_forward = 2;
+        config.max_visitors_per_source = 2;
+    })
+    .await;
+    // An origin that never answers, and tells when each of its connections ends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = accepted_tx.send(());
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = closed.send(());
+            });
+        }
+    });
+    let mut client =
+        start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
+    client.connected().await;
+
+    let waiting = vec![tokio::spawn(upgrade_from(edge.http, 1)), tokio::spawn(upgrade_from(edge.http, 1))];
+    for _ in 0..2 {
+        tokio::time::timeout(PATIENCE, accepted.recv()).await.expect("an upgrade did not reach the origin");
+    }
+    let newcomer = tokio::spawn(upgrade_from(edge.http, 3));
+    let (evicted, _, left) = tokio::time::timeout(PATIENCE, futures::future::select_all(waiting))
+        .await
+        .expect("no upgrade evicted");
+    let answer = evicted.unwrap().expect_err("an evicted upgrade is not switched");
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("a newcomer took"), "{answer}");
+    tokio::time::timeout(PATIENCE, closed.recv()).await.expect("the evicted upgrade's stream stayed open");
+    tokio::time::timeout(PATIENCE, accepted.recv()).await.expect("the newcomer did not reach the origin");
+    for task in left.into_iter().chain([newcomer]) {
+        task.abort();
+    }
     client.stop().await;
     edge.server.stop().await;
 }

@@ -517,20 +517,19 @@ fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, C
     ClientTransport::tls(client_config(trust)?, server).map_err(|e| invalid("server", e))
 }
 
-#[cfg(test)]
-#[path = "client_tests.rs"]
-mod tests;
-
 /// Local forwards, none listening where another does (the same protocol and port, on the same
-/// address or one of them on every address of its family): caught here, as a bad
-/// configuration, not when the second fails to listen.
+/// address, or one of them on every address: `0.0.0.0` covers IPv4, `::` both families, as
+/// Linux binds it dual-stack): caught here, as a bad configuration, not when the second fails
+/// to listen.
 fn checked_locals(locals: &[LocalForwardSpec]) -> Result<Vec<LocalForwardSpec>, ConfigError> {
     let address = |local: &LocalForwardSpec| local.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let covers = |any: std::net::IpAddr, other: std::net::IpAddr| {
+        any.is_unspecified() && (any.is_ipv6() || other.is_ipv4())
+    };
     for (i, first) in locals.iter().enumerate() {
         for second in &locals[i + 1..] {
             let (a, b) = (address(first), address(second));
-            let overlap =
-                a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()));
+            let overlap = a == b || covers(a, b) || covers(b, a);
             if first.port != 0 && first.port == second.port && first.protocol == second.protocol && overlap {
                 let why = format!("local forwards {first} and {second} listen on the same port");
                 return Err(invalid("local", why));
@@ -539,3 +538,7 @@ fn checked_locals(locals: &[LocalForwardSpec]) -> Result<Vec<LocalForwardSpec>, 
     }
     Ok(locals.to_vec())
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -153,6 +153,7 @@ fn local_forwards_listening_where_another_does_are_refused_naming_local() {
         r#"["4300:127.0.0.1:1", "4300:127.0.0.1:2"]"#,
         r#"["0.0.0.0:4300:127.0.0.1:1", "127.0.0.1:4300:127.0.0.1:2"]"#,
         r#"["udp:4300:127.0.0.1:53", "udp:127.0.0.1:4300:127.0.0.1:54"]"#,
+        r#"["[::]:4300:127.0.0.1:1", "4300:127.0.0.1:2"]"#,
     ] {
         let err = build(&format!("{base}local = {clash}\n")).unwrap_err();
         let text = err.chain();
@@ -166,6 +167,7 @@ fn local_forwards_listening_where_another_does_are_refused_naming_local() {
         r#"["4300:127.0.0.1:1", "udp:4300:127.0.0.1:53"]"#,
         r#"["127.0.0.1:4300:127.0.0.1:1", "127.0.0.2:4300:127.0.0.1:2"]"#,
         r#"["0:127.0.0.1:1", "0:127.0.0.1:2"]"#,
+        r#"["0.0.0.0:4300:127.0.0.1:1", "[::1]:4300:127.0.0.1:2"]"#,
     ] {
         assert!(build(&format!("{base}local = {apart}\n")).is_ok(), "{apart}");
     }

@@ -143,7 +143,8 @@ impl HttpAction {
         }
     }
 
-    /// Checks weights (some positive, the sum within `u32`) and the redirect status.
+    /// Checks weights (some positive, the sum within `u32`), and the redirect's status, scheme
+    /// and host.
     pub fn check(&self) -> Result<(), String> {
         match &self.answer {
             Answer::Proxy(backends) => {
@@ -163,6 +164,17 @@ impl HttpAction {
                 if let Some(scheme) = &redirect.scheme {
                     if scheme != "http" && scheme != "https" {
                         return Err(format!("redirect scheme {scheme:?} is not http or https"));
+                    }
+                }
+                // A host alone: the port is `port`'s (else the visitor's), never a second one.
+                if let Some(host) = &redirect.host {
+                    let authority = host.parse::<http::uri::Authority>().ok();
+                    if host.contains('@')
+                        || authority.is_none_or(|a| a.port().is_some() || a.host().is_empty())
+                    {
+                        return Err(format!(
+                            "redirect host {host:?} is not a host name (give a port as `port`)"
+                        ));
                     }
                 }
             }
@@ -372,6 +384,25 @@ mod tests {
         for (what, action) in refused {
             assert_eq!(action.direct_origin(), None, "{what}");
         }
+    }
+
+    #[test]
+    fn a_redirect_names_a_scheme_and_a_host_alone() {
+        let redirect = |scheme: Option<&str>, host: Option<&str>| {
+            let mut action = HttpAction::to("http://127.0.0.1:1".parse().unwrap());
+            let (scheme, host) = (scheme.map(str::to_owned), host.map(str::to_owned));
+            action.answer = Answer::Redirect(Redirect { scheme, host, ..Redirect::default() });
+            action.check()
+        };
+        for host in ["www.a.test", "[::1]", "10.0.0.1"] {
+            assert_eq!(redirect(Some("https"), Some(host)), Ok(()), "{host}");
+        }
+        // A port in the host would have been followed by the visitor's.
+        for host in ["www.a.test:8443", "user@www.a.test", "", "a b"] {
+            let err = redirect(None, Some(host)).unwrap_err();
+            assert!(err.contains("is not a host name"), "{host:?}: {err}");
+        }
+        assert!(redirect(Some("HTTPS"), None).unwrap_err().contains("is not http or https"));
     }
 
     #[test]

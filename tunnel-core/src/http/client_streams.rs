@@ -153,17 +153,23 @@ async fn open_stream(
 
 /// Opens a data stream for one request that may switch protocols; its connection has a task of
 /// its own, which the upgraded bytes outlive.
+/// The stream closes when `cut` is cancelled before the switch (a newcomer took the visitor's
+/// place); once switched, the splice of the two upgraded connections owns it.
 pub(super) async fn open_upgrade_stream(
     opener: &StreamOpener,
     header: StreamHeader,
     host: &str,
+    cut: tokio_util::sync::CancellationToken,
 ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, (StatusCode, String)> {
     let stream = open_raw(opener, header, host).await?;
     let (sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| no_talk(host, e))?;
     tokio::spawn(async move {
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!("stream to the client ended: {err}");
+        tokio::select! {
+            ended = connection.with_upgrades() => if let Err(err) = ended {
+                tracing::debug!("stream to the client ended: {err}");
+            },
+            () = cut.cancelled() => tracing::debug!("stream to the client closed: its visitor's place was taken"),
         }
     });
     Ok(sender)

@@ -76,6 +76,14 @@ impl Ticket {
             Self::Lasting(admission) => admission.evicted().await,
         }
     }
+
+    /// Cancelled once a newcomer takes this place (never for a request's).
+    pub(crate) fn eviction(&self) -> tokio_util::sync::CancellationToken {
+        match self {
+            Self::Request(_) => tokio_util::sync::CancellationToken::new(),
+            Self::Lasting(admission) => admission.eviction(),
+        }
+    }
 }
 
 impl InFlight {
@@ -117,18 +125,38 @@ impl InFlight {
     fn sessions(&self) -> usize {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).places.len()
     }
+
+    /// Session `key`'s places in use, and its lasting visitors'.
+    #[cfg(test)]
+    fn counts(&self, key: usize) -> (usize, usize) {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.places.get(&key).map_or((0, 0), |s| (s.places.in_use(), s.lasting.len()))
+    }
 }
 
+/// `places` counts every place and `lasting` the lasting visitors' among them, each of whose
+/// slots holds its visitor's place: a slot given back or evicted drops that place, so
+/// `lasting` never counts more than `places`, and both move under the sessions' lock.
 impl Session {
     /// A request's place: counted in the total only (a website's visitors share addresses).
+    /// A request takes a lasting visitor's place only while lasting visitors hold more than
+    /// half of the session's: requests (which have no per-source cap) filling a session cannot
+    /// then cut its WebSockets one by one.
     fn admit_request(&self, ip: IpAddr) -> Result<Place, Full> {
+        let lasting_hold_most = || self.lasting.len() * 2 > self.places.capacity();
         match self.places.admit_any_source() {
-            Err(Full::Total) if self.lasting.evict_for(ip) => self.places.admit_any_source(),
+            Err(Full::Total) if lasting_hold_most() && self.lasting.evict_for(ip) => {
+                self.places.admit_any_source()
+            }
             admitted => admitted,
         }
     }
 
     fn admit_lasting(&self, ip: IpAddr) -> Result<Admission<Place>, Full> {
+        // A source at its own cap is refused before anyone is evicted for it.
+        if self.places.source_full(ip) {
+            return Err(Full::Source);
+        }
         let place = match self.places.admit(ip) {
             Err(Full::Total) if self.lasting.evict_for(ip) => self.places.admit(ip),
             admitted => admitted,
@@ -150,7 +178,7 @@ where
 {
     let evicted = match &place {
         Ticket::Request(_) => None,
-        Ticket::Lasting(admission) => Some(Box::pin(admission.eviction().cancelled_owned())),
+        Ticket::Lasting(_) => Some(Box::pin(place.eviction().cancelled_owned())),
     };
     Held { body, evicted, _place: place }.boxed_unsync()
 }
@@ -207,7 +235,7 @@ mod tests {
         let _other = inflight.admit(2, A, true).unwrap();
 
         let body = hold(super::super::text_response(http::StatusCode::OK, "x").into_body(), a1);
-        assert_eq!(inflight.admit(1, A, true).unwrap_err(), Full::Total, "the body holds the place");
+        assert_eq!(inflight.admit(1, A, true).unwrap_err(), Full::Source, "the body holds the place");
         drop(body);
         let again = inflight.admit(1, A, true).expect("a dropped body gives its place back");
         // HTTP requests are held to the session's cap only.
@@ -249,15 +277,42 @@ mod tests {
         // one from a source holding one, or from that source itself, never does.
         let b2 = inflight.admit(1, B, true).unwrap();
         let c = inflight.admit(1, C, true).unwrap();
-        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Total, "B's own takes nothing of B's");
+        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Source, "B's own takes nothing of B's");
         assert_eq!(inflight.admit(1, C, true).unwrap_err(), Full::Total, "C would then hold two");
         let _d = inflight.admit(1, D, true).expect("D holds none, B two");
         assert!(was_evicted(&b) && !was_evicted(&b2) && !was_evicted(&c) && !was_evicted(&a[1]));
         // Each evicted place was given back at once, not when its holder noticed: the counts
         // stay within the caps, and the evicted tickets drop without giving back twice.
+        assert_eq!(inflight.counts(1), (4, 4));
         assert_eq!(inflight.admit(1, A, false).unwrap_err(), Full::Total);
         drop((a, b));
+        assert_eq!(inflight.counts(1), (3, 3), "A's other place given back, and nothing twice");
         let _request = inflight.admit(1, A, false).expect("A's other place given back");
+        assert_eq!(inflight.counts(1), (4, 3));
+    }
+
+    #[test]
+    fn requests_filling_a_session_cut_no_lasting_visitor_until_those_hold_most_of_it() {
+        let inflight = InFlight::new(4, 4);
+        let upgrades = [inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap()];
+        let _requests = [inflight.admit(1, B, false).unwrap(), inflight.admit(1, B, false).unwrap()];
+        assert_eq!(inflight.admit(1, C, false).unwrap_err(), Full::Total, "A holds half, no more");
+        assert!(upgrades.iter().all(|u| !was_evicted(u)));
+        // A lasting newcomer still takes the place of the site holding the most.
+        let _c = inflight.admit(1, C, true).expect("C holds none, A two");
+        assert!(was_evicted(&upgrades[0]) && !was_evicted(&upgrades[1]));
+    }
+
+    #[test]
+    fn a_newcomer_at_its_sources_cap_evicts_no_one() {
+        // Two /64s of one /48, each at its cap: one site holding four, more than B's two + 1.
+        let (a1, a2): (IpAddr, IpAddr) =
+            ("2001:db8:0:1::1".parse().unwrap(), "2001:db8:0:2::1".parse().unwrap());
+        let inflight = InFlight::new(6, 2);
+        let held: Vec<_> =
+            [a1, a1, a2, a2, B, B].into_iter().map(|ip| inflight.admit(1, ip, true).unwrap()).collect();
+        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Source);
+        assert!(held.iter().all(|h| !was_evicted(h)), "evicted for a newcomer then refused");
     }
 
     #[tokio::test]

@@ -403,9 +403,9 @@ pub(super) async fn splice_upgraded(
 
 /// The answer of a redirect route. What it leaves unset keeps the request's: the scheme the
 /// visitor used (the edge's `X-Forwarded-Proto`: a redirect of an HTTPS request to another
-/// host stays HTTPS), the host, and the port the visitor asked for while the scheme stays (a
-/// new scheme goes to its own well-known port, as Gateway API's `RequestRedirect` says); a
-/// port well known for the scheme is left out.
+/// host stays HTTPS), the host, and, when it sets neither scheme nor port, the port the
+/// visitor asked for; a redirect that sets a scheme goes to that scheme's well-known port
+/// (Gateway API's `RequestRedirect` rules). A port well known for the scheme is left out.
 fn redirect_response<B>(request: &Request<B>, redirect: &Redirect) -> Response<Body> {
     let host = super::request_host(request).unwrap_or_default();
     let forwarded = request.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok());

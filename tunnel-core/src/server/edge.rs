@@ -176,12 +176,23 @@ async fn https(
                 return tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough refused: too many visitors in flight to its client ({full})");
             }
         };
-        let Ok(mut stream) = opener.open().await else { return unreachable() };
-        let mut first = StreamHeader::Route { route_id, visitor, local: tcp.local_addr().ok() }.encode();
-        first.extend_from_slice(&hello);
-        if stream.write_all(&first).await.is_err() {
-            return;
-        }
+        let opened = async {
+            let mut stream = opener.open().await.ok()?;
+            let mut first = StreamHeader::Route { route_id, visitor, local: tcp.local_addr().ok() }.encode();
+            first.extend_from_slice(&hello);
+            stream.write_all(&first).await.ok().map(|()| stream)
+        };
+        // A newcomer may take the place while the stream opens: the visitor goes with it.
+        let mut stream = tokio::select! {
+            opened = opened => match opened {
+                Some(stream) => stream,
+                None => return unreachable(),
+            },
+            () = place.evicted() => {
+                crate::transport::reset_on_close(&tcp);
+                return tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough cut before it began: a newcomer took its place");
+            }
+        };
         let (_open, meter) = metrics.visitor(&owner, &route_id.to_string());
         let limits = crate::forward::SpliceLimits::default();
         tokio::select! {

@@ -104,6 +104,17 @@ impl Places {
         self.taken.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 
+    /// The most places there are.
+    pub(crate) fn capacity(&self) -> usize {
+        self.total
+    }
+
+    /// Whether `ip`'s source holds as many places as one source may.
+    pub(crate) fn source_full(&self, ip: IpAddr) -> bool {
+        let taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.by_source.get(&Source::from(ip)).is_some_and(|held| *held >= self.per_source)
+    }
+
     /// A place for a connection from `ip`, or which cap it hit.
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Place, Full> {
         let source = Source::from(ip);

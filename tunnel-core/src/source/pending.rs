@@ -176,6 +176,11 @@ impl<V> Pending<V> {
         pending
     }
 
+    /// Slots taken now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().total
+    }
+
     /// Applies new limits to the connections admitted from now on.
     pub(crate) fn set_limits(&self, global: usize, per_source: usize) {
         self.global_limit.store(global.max(1), Ordering::Relaxed);

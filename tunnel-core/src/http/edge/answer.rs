@@ -159,8 +159,19 @@ impl HttpEdge {
         if visitor_side.is_some() {
             // An upgrade turns its stream into a byte stream: it gets one of its own.
             let header = StreamHeader::Route { route_id: to.route_id, visitor, local: None };
-            let mut sender = open_upgrade_stream(&to.opener, header, host).await?;
-            let sent = tokio::time::timeout(self.limits.response_timeout, sender.send_request(request)).await;
+            let exchange = async {
+                let mut sender = open_upgrade_stream(&to.opener, header, host, place.eviction()).await?;
+                let sent = sender.send_request(request);
+                Ok::<_, (StatusCode, String)>(tokio::time::timeout(self.limits.response_timeout, sent).await)
+            };
+            // A newcomer may take the place before the answer comes: the stream goes with it.
+            let sent = tokio::select! {
+                sent = exchange => sent?,
+                () = place.evicted() => {
+                    let why = format!("a newcomer took this request's place toward the client serving {host}");
+                    return Err((StatusCode::SERVICE_UNAVAILABLE, why));
+                }
+            };
             return self.relay(sent, visitor_side.map(|side| (side, upgraded)), host, place);
         }
         // A session's streams of one route (`None`: of all its routes, an older client's).
