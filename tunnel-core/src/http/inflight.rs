@@ -98,12 +98,13 @@ impl InFlight {
     /// `lasting`: the visitor may hold it for as long as it likes (an upgraded connection, a
     /// TLS passthrough visitor), so the per-source cap applies too.
     ///
-    /// When the session's places are all taken, a newcomer of either kind takes the place of
-    /// the oldest lasting visitor of the site (IPv4 address or IPv6 /48) holding the most
-    /// lasting places, if that site would still hold more than the newcomer's, as a full edge
-    /// listener admits connections ([`Pending`]). So lasting visitors from a few sources
-    /// cannot keep a session's requests, or other sources' lasting visitors, out; requests
-    /// in flight are never cut for a newcomer.
+    /// When the session's places are all taken, a newcomer takes the place of the oldest
+    /// lasting visitor of the site (IPv4 address or IPv6 /48) holding the most lasting places,
+    /// if that site would still hold more than the newcomer's, as a full edge listener admits
+    /// connections ([`Pending`]): a lasting newcomer always may, a request only while lasting
+    /// visitors hold more than half of the places. So lasting visitors from a few sources
+    /// cannot keep a session's requests, or other sources' lasting visitors, out; requests in
+    /// flight are never cut for a newcomer.
     pub(crate) fn admit(&self, key: usize, ip: IpAddr, lasting: bool) -> Result<Ticket, Full> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if !sessions.places.contains_key(&key) && sessions.places.len() >= sessions.prune_at {
@@ -135,8 +136,9 @@ impl InFlight {
 }
 
 /// `places` counts every place and `lasting` the lasting visitors' among them, each of whose
-/// slots holds its visitor's place: a slot given back or evicted drops that place, so
-/// `lasting` never counts more than `places`, and both move under the sessions' lock.
+/// slots holds its visitor's place. Admissions take both under the sessions' lock; a slot given
+/// back or evicted is counted out of `lasting` first and then drops its place, so `lasting`
+/// never counts more than `places`.
 impl Session {
     /// A request's place: counted in the total only (a website's visitors share addresses).
     /// A request takes a lasting visitor's place only while lasting visitors hold more than
