@@ -176,6 +176,10 @@ pub(crate) static SOCKS_REFUSALS: LimitedLog = LimitedLog::new("refused SOCKS re
 /// read, a service it does not expose): a faulty or hostile server can open them in a loop.
 pub(crate) static DROPPED_STREAMS: LimitedLog = LimitedLog::new("dropped streams");
 
+/// Lasting visitors of the edge (WebSockets, TLS passthrough) closed for a newcomer to a full
+/// client session: a sign of a flood, or of a session too small for its visitors.
+pub(crate) static EDGE_EVICTIONS: LimitedLog = LimitedLog::new("edge visitors closed for newcomers");
+
 /// An in-program HTTP handler's failures, one per request at most.
 pub(crate) static HANDLER_FAILURES: LimitedLog = LimitedLog::new("failed handler calls");
 

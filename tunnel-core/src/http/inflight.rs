@@ -147,9 +147,7 @@ impl Session {
     fn admit_request(&self, ip: IpAddr) -> Result<Place, Full> {
         let lasting_hold_most = || self.lasting.len() * 2 > self.places.capacity();
         match self.places.admit_any_source() {
-            Err(Full::Total) if lasting_hold_most() && self.lasting.evict_for(ip) => {
-                self.places.admit_any_source()
-            }
+            Err(Full::Total) if lasting_hold_most() && self.evict_for(ip) => self.places.admit_any_source(),
             admitted => admitted,
         }
     }
@@ -160,7 +158,7 @@ impl Session {
             return Err(Full::Source);
         }
         let place = match self.places.admit(ip) {
-            Err(Full::Total) if self.lasting.evict_for(ip) => self.places.admit(ip),
+            Err(Full::Total) if self.evict_for(ip) => self.places.admit(ip),
             admitted => admitted,
         }?;
         // Both count the same lasting places, so this takes no other's.
@@ -168,6 +166,21 @@ impl Session {
             Refused::SourceFull => Full::Source,
             Refused::Full => Full::Total,
         })
+    }
+
+    /// Closes the oldest lasting visitor of the site holding the most, for a newcomer from
+    /// `ip`, if that site would still hold more (with a rate-limited warning); whether one was.
+    fn evict_for(&self, ip: IpAddr) -> bool {
+        let evicted = self.lasting.evict_for(ip);
+        if evicted {
+            crate::log::warn_limited!(
+                crate::log::EDGE_EVICTIONS,
+                newcomer = %ip,
+                "a client session's places at the edge were all taken: the oldest WebSocket or TLS \
+                 passthrough visitor of its busiest site was closed for a newcomer"
+            );
+        }
+        evicted
     }
 }
 
