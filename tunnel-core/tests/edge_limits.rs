@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use web::*;
 
@@ -420,23 +421,14 @@ async fn upgraded_connections_from_two_sources_give_way_to_newcomers() {
     edge.server.stop().await;
 }
 
-/// A newcomer may take the place of an upgrade still waiting for its answer: that visitor is
-/// answered 503 and its stream toward the client closes with it, so the session's streams stay
-/// within the cap. Before, the evicted request kept its stream, uncounted, until the answer
-/// came or the response timeout (120 s) ended it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_evicted_before_its_answer_closes_its_stream_to_the_client() {
+/// An origin that never answers: a message on the first receiver for each connection it
+/// takes, on the second for each that ends.
+async fn silent_origin() -> (SocketAddr, UnboundedReceiver<()>, UnboundedReceiver<()>) {
     use tokio::io::AsyncReadExt;
-    let edge = edge(|config| {
-        config.max_visitors_per_forward = 2;
-        config.max_visitors_per_source = 2;
-    })
-    .await;
-    // An origin that never answers, and tells when each of its connections ends.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = listener.local_addr().unwrap();
-    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let (accepted_tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let _ = accepted_tx.send(());
@@ -448,6 +440,21 @@ async fn an_upgrade_evicted_before_its_answer_closes_its_stream_to_the_client() 
             });
         }
     });
+    (origin, accepted, closed)
+}
+
+/// A newcomer may take the place of an upgrade still waiting for its answer: that visitor is
+/// answered 503 and its stream toward the client closes with it, so the session's streams stay
+/// within the cap. Before, the evicted request kept its stream, uncounted, until the answer
+/// came or the response timeout (120 s) ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_evicted_before_its_answer_closes_its_stream_to_the_client() {
+    let edge = edge(|config| {
+        config.max_visitors_per_forward = 2;
+        config.max_visitors_per_source = 2;
+    })
+    .await;
+    let (origin, mut accepted, mut closed) = silent_origin().await;
     let mut client =
         start_client(with_http(edge.server.client_config("ws", &[]), &[format!("ws.test=http://{origin}")]));
     client.connected().await;

@@ -123,6 +123,14 @@ impl ClientStatus {
     }
 }
 
+impl ClientStatus {
+    fn set_new_session(&mut self, to: bool) {
+        if let Self::Connected { new_session, .. } = self {
+            *new_session = to;
+        }
+    }
+}
+
 impl Client {
     /// Logs what the server answered and makes it the link's status. An answer the same as
     /// the link's status already (a server repeating itself) is neither logged nor published
@@ -146,15 +154,11 @@ impl Client {
             // The same as the status now, whichever answer of the session that came from.
             let now = link.status.borrow();
             if let ClientStatus::Connected { new_session: first, .. } = &*now {
-                if let ClientStatus::Connected { new_session, .. } = &mut status {
-                    *new_session = *first;
-                }
+                status.set_new_session(*first);
                 if *now == status {
                     return;
                 }
-            }
-            if let ClientStatus::Connected { new_session, .. } = &mut status {
-                *new_session = false;
+                status.set_new_session(false);
             }
         }
         if let ClientStatus::Connected { forwards, services, http, tls, networks, refused, .. } = &status {

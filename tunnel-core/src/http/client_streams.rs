@@ -153,6 +153,7 @@ async fn open_stream(
 
 /// Opens a data stream for one request that may switch protocols; its connection has a task of
 /// its own, which the upgraded bytes outlive.
+///
 /// The stream closes when `cut` is cancelled before the switch (a newcomer took the visitor's
 /// place); once switched, the splice of the two upgraded connections owns it.
 pub(super) async fn open_upgrade_stream(
