@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::compat::Compat;
 
 use super::admission::TokenBucket;
+use super::backlog::Tracked;
 use super::link::{Link, WatchedIo};
 use super::spare::Spare;
 use super::stream::Command;
@@ -23,7 +24,7 @@ pub struct MuxDriver {
     pub(super) conn: yamux::Connection<Compat<WatchedIo>>,
     /// `None` once every opener is gone (no more commands can arrive).
     pub(super) commands: Option<mpsc::Receiver<Command>>,
-    pub(super) pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>>,
+    pub(super) pending_opens: VecDeque<oneshot::Sender<Result<Tracked, MuxError>>>,
     pub(super) incoming: futures::channel::mpsc::Sender<MuxStream>,
     pub(super) inbound_permits: Arc<Semaphore>,
     pub(super) closing: bool,
@@ -74,7 +75,7 @@ impl MuxDriver {
             match self.conn.poll_new_outbound(cx) {
                 Poll::Ready(Ok(stream)) => {
                     if let Some(reply) = self.pending_opens.pop_front() {
-                        let _ = reply.send(Ok(stream));
+                        let _ = reply.send(Ok(Tracked::new(stream, &self.link)));
                     }
                 }
                 Poll::Ready(Err(err)) => return Err(err.into()),
@@ -83,7 +84,7 @@ impl MuxDriver {
         }
         if self.spare.wanted() {
             match self.conn.poll_new_outbound(cx) {
-                Poll::Ready(Ok(stream)) => self.spare.put(stream),
+                Poll::Ready(Ok(stream)) => self.spare.put(Tracked::new(stream, &self.link)),
                 Poll::Ready(Err(err)) => return Err(err.into()),
                 Poll::Pending => {}
             }
@@ -94,6 +95,7 @@ impl MuxDriver {
     /// Queues an inbound stream, or resets it when a limit says no. `Err` when the peer is
     /// flooding: the connection must close.
     fn accept_inbound(&mut self, stream: yamux::Stream) -> Result<(), MuxError> {
+        let stream = Tracked::new(stream, &self.link);
         let over_rate = self.inbound_rate.as_mut().is_some_and(|bucket| !bucket.admit());
         let refused = if over_rate {
             if let Some(bucket) = self.inbound_rate.as_mut() {

@@ -5,7 +5,7 @@
 //! then sends a FIN, or nothing). Both matter to a tunnel: a visitor that sent its request and
 //! its FIN must see the target's reset as a reset, never as a complete reply.
 //!
-//! So the byte stream under yamux is followed frame by frame, headers only ([`FrameCursor`]),
+//! So the byte stream under yamux is followed frame by frame, headers only ([`super::frames::FrameCursor`]),
 //! and [`StreamEnds`] keeps, for each stream while it lives, the FIN and RST flags seen either
 //! way. A reset of our own, for a half-closed stream, is a frame we write between two of
 //! yamux's: the peer's yamux closes the stream on it, and its [`StreamEnds`] says why.
@@ -14,109 +14,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-/// A yamux frame header: version, type, flags, stream id, length (big-endian).
-const HEADER_LEN: usize = 12;
-/// The one frame type with a body, of `length` bytes.
-const TYPE_DATA: u8 = 0;
-const FLAG_SYN: u16 = 0x1;
-const FLAG_FIN: u16 = 0x4;
-const FLAG_RST: u16 = 0x8;
+use super::frames::{reset_frame, Header, FLAG_FIN, FLAG_RST, FLAG_SYN};
 
 /// Most streams of one connection followed at once. yamux's own stream limit is far lower;
 /// past this one (a peer opening streams it never closes, through some gap in the limits), a
 /// new stream's reset reads as an end of stream, as it did before the frames were followed.
 const MOST_FOLLOWED: usize = 16 * 1024;
-
-/// The one other frame type about a stream (pings and go-aways are about the connection).
-const TYPE_WINDOW_UPDATE: u8 = 1;
-
-/// The parts of a frame header that say how a stream ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Header {
-    pub(super) kind: u8,
-    pub(super) flags: u16,
-    pub(super) stream: u32,
-    /// A data frame's body length (a window update's credit).
-    pub(super) length: u32,
-}
-
-impl Header {
-    /// Whether it opens, ends or resets a stream.
-    fn ends_or_opens(&self) -> bool {
-        matches!(self.kind, TYPE_DATA | TYPE_WINDOW_UPDATE)
-            && self.flags & (FLAG_SYN | FLAG_FIN | FLAG_RST) != 0
-    }
-
-    pub(super) fn carries_data(&self) -> bool {
-        self.kind == TYPE_DATA && self.length > 0
-    }
-}
-
-/// Follows the frames of a byte stream handed over in pieces of any size, reporting each
-/// header once it is whole. It only observes: yamux validates the frames itself.
-#[derive(Debug, Default)]
-pub(super) struct FrameCursor {
-    header: [u8; HEADER_LEN],
-    /// Bytes of `header` filled so far.
-    have: usize,
-    /// Body bytes of the current frame not yet passed.
-    body_left: u32,
-}
-
-impl FrameCursor {
-    /// Between two frames: a frame of our own may be written here.
-    pub(super) fn at_boundary(&self) -> bool {
-        self.have == 0 && self.body_left == 0
-    }
-
-    /// Passes `bytes`, calling `on_header` for each header completed in them.
-    pub(super) fn feed(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(Header)) {
-        while !bytes.is_empty() {
-            if self.body_left > 0 {
-                let skip = bytes.len().min(self.body_left as usize);
-                // `skip` is at most `body_left`, a u32.
-                self.body_left -= skip as u32;
-                bytes = &bytes[skip..];
-                continue;
-            }
-            let take = (HEADER_LEN - self.have).min(bytes.len());
-            self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
-            self.have += take;
-            bytes = &bytes[take..];
-            if self.have == HEADER_LEN {
-                self.have = 0;
-                let h = &self.header;
-                if h[1] == TYPE_DATA {
-                    self.body_left = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-                }
-                on_header(decode(h));
-            }
-        }
-    }
-}
-
-/// The header `bytes` begin with, if they hold a whole one.
-pub(super) fn peek_header(bytes: &[u8]) -> Option<Header> {
-    bytes.first_chunk::<HEADER_LEN>().map(decode)
-}
-
-fn decode(h: &[u8; HEADER_LEN]) -> Header {
-    Header {
-        kind: h[1],
-        flags: u16::from_be_bytes([h[2], h[3]]),
-        stream: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-        length: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
-    }
-}
-
-/// A data frame of no body that resets `stream`.
-fn reset_frame(stream: u32) -> [u8; HEADER_LEN] {
-    let mut frame = [0; HEADER_LEN];
-    frame[1] = TYPE_DATA;
-    frame[2..4].copy_from_slice(&FLAG_RST.to_be_bytes());
-    frame[4..8].copy_from_slice(&stream.to_be_bytes());
-    frame
-}
 
 /// Flags seen for one stream.
 const FIN_RECEIVED: u8 = 1;
@@ -292,6 +195,14 @@ impl StreamEnds {
         }
     }
 
+    /// Queues a reset of `stream` for the writer, now: yamux was told the peer reset it (its
+    /// unread frames were past their allowance, see [`super::backlog`]), so it writes nothing
+    /// more for it, and the peer must stop sending.
+    pub(super) fn cut_off(&self, stream: u32) {
+        lock(&self.queued).extend_from_slice(&reset_frame(stream));
+        self.has_queued.store(true, Ordering::Release);
+    }
+
     /// The queued reset frames, if any, appended to `out`.
     pub(super) fn take_queued(&self, out: &mut Vec<u8>) {
         if self.has_queued.load(Ordering::Acquire) && self.has_queued.swap(false, Ordering::AcqRel) {
@@ -315,15 +226,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::frames::{FrameCursor, TYPE_DATA};
     use super::*;
-
-    fn header(flags: u16, stream: u32, kind: u8, length: u32) -> Vec<u8> {
-        let mut h = vec![0, kind];
-        h.extend_from_slice(&flags.to_be_bytes());
-        h.extend_from_slice(&stream.to_be_bytes());
-        h.extend_from_slice(&length.to_be_bytes());
-        h
-    }
 
     fn data(flags: u16, stream: u32) -> Header {
         Header { kind: TYPE_DATA, flags, stream, length: 0 }
@@ -354,49 +258,6 @@ mod tests {
         cursor.feed(&out, |h| seen.push(h));
         assert!(cursor.at_boundary(), "whole frames");
         seen
-    }
-
-    #[test]
-    fn headers_are_found_however_the_bytes_are_cut() {
-        // A data frame with a body, a window update (its length is credit, not a body), a
-        // data frame of no body, another with a body.
-        let mut wire = header(FLAG_SYN, 1, TYPE_DATA, 5);
-        wire.extend_from_slice(b"hello");
-        wire.extend(header(0, 1, 1, 256 * 1024));
-        wire.extend(header(FLAG_FIN, 3, TYPE_DATA, 0));
-        wire.extend(header(FLAG_RST, 5, TYPE_DATA, 3));
-        wire.extend_from_slice(b"abc");
-        let expected = vec![
-            Header { length: 5, ..syn(1) },
-            Header { kind: 1, flags: 0, stream: 1, length: 256 * 1024 },
-            fin(3),
-            Header { length: 3, ..rst(5) },
-        ];
-        for piece in 1..=wire.len() {
-            let mut cursor = FrameCursor::default();
-            let mut seen = Vec::new();
-            for chunk in wire.chunks(piece) {
-                cursor.feed(chunk, |h| seen.push(h));
-            }
-            assert_eq!(seen, expected, "pieces of {piece} bytes");
-            assert!(cursor.at_boundary());
-        }
-        let mut cursor = FrameCursor::default();
-        cursor.feed(&wire[..15], |_| {});
-        assert!(!cursor.at_boundary(), "inside a body");
-        cursor.feed(&wire[15..20], |_| {});
-        assert!(!cursor.at_boundary(), "inside a header");
-        assert_eq!(peek_header(&wire[29..]), Some(fin(3)));
-        assert_eq!(peek_header(&wire[29..40]), None);
-    }
-
-    #[test]
-    fn a_body_as_long_as_u32_allows_does_not_wrap() {
-        let mut cursor = FrameCursor::default();
-        let mut seen = 0;
-        cursor.feed(&header(0, 1, TYPE_DATA, u32::MAX), |_| seen += 1);
-        cursor.feed(&[0; 4096], |_| seen += 1);
-        assert_eq!((seen, cursor.body_left), (1, u32::MAX - 4096));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use super::ends::{peek_header, FrameCursor, StreamEnds};
+use super::backlog::{Arrival, Backlogs};
+use super::ends::StreamEnds;
+use super::frames::{decode, peek_header, rewrite_as_reset, FrameCursor, HEADER_LEN};
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
@@ -41,6 +43,8 @@ struct LinkState {
     sent: AtomicU64,
     /// How the streams ended, as the frames said.
     ends: StreamEnds,
+    /// The small frames each stream's reader has yet to take.
+    backlogs: Backlogs,
     /// The batch being gathered under yamux holds a data frame (see [`super::join`]).
     data_held: AtomicBool,
     /// A flush was put off with that batch held.
@@ -124,6 +128,11 @@ impl Link {
     /// The FINs and resets seen for this connection's streams.
     pub(super) fn ends(&self) -> &StreamEnds {
         &self.0.ends
+    }
+
+    /// The small frames each stream's reader has yet to take.
+    pub(super) fn backlogs(&self) -> &Backlogs {
+        &self.0.backlogs
     }
 
     /// Whether a flush may wait for the driver's next poll: the batch holds a data frame, and
@@ -211,12 +220,17 @@ pub(super) fn hit_eof(buf: &ReadBuf<'_>, filled_before: usize) -> bool {
 }
 
 /// The byte stream under yamux, marking the link cut on EOF, error or close, following its
-/// frames both ways into the link's [`StreamEnds`], and writing the resets queued there
-/// between two of yamux's frames.
+/// frames both ways into the link's [`StreamEnds`] and, as they come, its [`Backlogs`] (which
+/// may have a header rewritten into a reset), and writing the resets queued there between two
+/// of yamux's frames.
 pub(super) struct WatchedIo {
     inner: BoxedIo,
     link: Link,
     read_frames: FrameCursor,
+    /// A header completed after being cut off at the end of a read, `staged[handed..]` yet to
+    /// go to yamux ([`HEADER_LEN`]: none).
+    staged: [u8; HEADER_LEN],
+    handed: usize,
     write_frames: FrameCursor,
     /// Frames of our own being written; `own[..own_written]` are out.
     own: Vec<u8>,
@@ -226,7 +240,67 @@ pub(super) struct WatchedIo {
 impl WatchedIo {
     pub(super) fn new(inner: BoxedIo, link: Link) -> Self {
         let (read_frames, write_frames) = (FrameCursor::default(), FrameCursor::default());
-        Self { inner, link, read_frames, write_frames, own: Vec::new(), own_written: 0 }
+        Self {
+            inner,
+            link,
+            read_frames,
+            write_frames,
+            staged: [0; HEADER_LEN],
+            handed: HEADER_LEN,
+            own: Vec::new(),
+            own_written: 0,
+        }
+    }
+
+    /// A frame header read off the connection, before yamux reads it: followed, and rewritten
+    /// into a reset for a stream whose unread small frames are past their allowance.
+    fn arriving(link: &Link, bytes: &mut [u8; HEADER_LEN]) {
+        let mut header = decode(bytes);
+        match link.backlogs().arriving(header) {
+            Arrival::Pass => {}
+            arrival => {
+                rewrite_as_reset(bytes);
+                header = decode(bytes);
+                if arrival == Arrival::CutOff {
+                    link.ends().cut_off(header.stream);
+                }
+            }
+        }
+        link.ends().received(header);
+    }
+
+    /// Reads the rest of a header cut off at the end of the last read; once whole, it is
+    /// staged for yamux.
+    fn poll_held_header(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut lacking = [0; HEADER_LEN];
+        let mut read = ReadBuf::new(&mut lacking[..self.read_frames.held_lacks()]);
+        ready!(self.poll_inner_read(cx, &mut read))?;
+        let link = &self.link;
+        if let Some(header) = self.read_frames.add_to_held(read.filled(), |h| Self::arriving(link, h)) {
+            (self.staged, self.handed) = (header, 0);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads from the connection, counting the bytes; an end of the connection (EOF or an
+    /// error) cuts the link and is an error here, even an EOF, once a header was begun.
+    fn poll_inner_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        match &result {
+            Ok(()) if hit_eof(buf, before) => {
+                self.link.cut();
+                if self.read_frames.held_lacks() > 0 {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            Ok(()) => {
+                let n = buf.filled().len() - before;
+                self.link.0.received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(_) => self.link.cut(),
+        }
+        Poll::Ready(result)
     }
 
     /// Writes the queued frames of our own, if yamux is between two frames.
@@ -260,26 +334,41 @@ impl WatchedIo {
 }
 
 impl AsyncRead for WatchedIo {
+    /// yamux is handed only whole headers, each looked at first (see [`Backlogs`]).
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match &result {
-            Poll::Ready(Ok(())) if hit_eof(buf, before) => this.link.cut(),
-            Poll::Ready(Ok(())) => {
-                let read = &buf.filled()[before..];
-                this.link.0.received.fetch_add(read.len() as u64, Ordering::Relaxed);
-                let ends = this.link.ends();
-                this.read_frames.feed(read, |header| ends.received(header));
-            }
-            Poll::Ready(Err(_)) => this.link.cut(),
-            _ => {}
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
         }
-        result
+        loop {
+            if this.handed < HEADER_LEN {
+                let n = (HEADER_LEN - this.handed).min(buf.remaining());
+                buf.put_slice(&this.staged[this.handed..this.handed + n]);
+                this.handed += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_frames.held_lacks() > 0 {
+                ready!(this.poll_held_header(cx))?;
+                continue;
+            }
+            let before = buf.filled().len();
+            ready!(this.poll_inner_read(cx, buf))?;
+            if hit_eof(buf, before) {
+                return Poll::Ready(Ok(()));
+            }
+            let link = &this.link;
+            let read = &mut buf.filled_mut()[before..];
+            let passed = this.read_frames.pass_whole(read, |h| Self::arriving(link, h));
+            buf.set_filled(before + passed);
+            if passed > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // All of it was the start of a header: read on for the rest.
+        }
     }
 }
 

@@ -13,9 +13,11 @@
 //! stream on the least busy), `bundle` (the connections of one session).
 
 mod admission;
+mod backlog;
 mod bundle;
 mod driver;
 mod ends;
+mod frames;
 mod incoming;
 mod join;
 mod link;

@@ -15,20 +15,22 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use super::backlog::Tracked;
+
 /// Opens before a connection wants spares: the control stream is not a sign of more to come.
 const OPENS_BEFORE_SPARES: u8 = 2;
 
 /// The spare stream of one connection, shared by its openers and its driver.
 #[derive(Default)]
 pub(super) struct Spare {
-    stream: Mutex<Option<yamux::Stream>>,
+    stream: Mutex<Option<Tracked>>,
     /// Opens so far, counted up to [`OPENS_BEFORE_SPARES`].
     opens: AtomicU8,
 }
 
 impl Spare {
     /// The spare stream, if there is one; counts the open either way.
-    pub(super) fn take(&self) -> Option<yamux::Stream> {
+    pub(super) fn take(&self) -> Option<Tracked> {
         let counted = self.opens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |opens| {
             (opens < OPENS_BEFORE_SPARES).then_some(opens + 1)
         });
@@ -44,7 +46,7 @@ impl Spare {
     }
 
     /// Keeps `stream` for the next open.
-    pub(super) fn put(&self, stream: yamux::Stream) {
+    pub(super) fn put(&self, stream: Tracked) {
         *self.lock() = Some(stream);
     }
 
@@ -54,7 +56,7 @@ impl Spare {
         drop(self.lock().take());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<yamux::Stream>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Tracked>> {
         self.stream.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -9,13 +9,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
+use super::backlog::{ReadTally, Tracked};
 use super::bundle::Bundle;
 use super::link::{hit_eof, Link, OpenStream, Unacknowledged};
 use super::spare::Spare;
 use super::{IncomingStreams, MuxError};
 
 pub(super) enum Command {
-    Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
+    Open(oneshot::Sender<Result<Tracked, MuxError>>),
     Close,
 }
 
@@ -96,7 +97,7 @@ impl StreamOpener {
         let _opening = self.link.opening_one();
         let permit =
             self.permits.clone().try_acquire_owned().map_err(|_| MuxError::StreamLimit(self.limit))?;
-        if let Some(stream) = self.spare.take().filter(|s| !s.is_closed() && !self.link.is_cut()) {
+        if let Some(stream) = self.spare.take().filter(|s| !s.stream.is_closed() && !self.link.is_cut()) {
             return Ok(MuxStream::new(stream, permit, self.link.clone()));
         }
         let (tx, rx) = oneshot::channel();
@@ -216,12 +217,17 @@ pub struct MuxStream {
     /// 16 KiB memset per read (nor per read that finds nothing yet); a bulk copy is back at
     /// full chunks within a few reads.
     read_hint: usize,
+    /// Counts what the reader takes, for the stream's unread small frames (see
+    /// [`super::backlog`]).
+    tally: ReadTally,
 }
 
 impl MuxStream {
-    pub(super) fn new(stream: yamux::Stream, permit: OwnedSemaphorePermit, link: Link) -> Self {
+    pub(super) fn new(tracked: Tracked, permit: OwnedSemaphorePermit, link: Link) -> Self {
+        let Tracked { stream, tally } = tracked;
         Self {
             inner: stream.compat(),
+            tally,
             _permit: Some(permit),
             _open: Some(link.open_one()),
             link,
@@ -351,6 +357,7 @@ impl AsyncRead for MuxStream {
         let read =
             std::task::ready!(futures::AsyncRead::poll_read(Pin::new(self.inner.get_mut()), cx, slice));
         if let Ok(n) = read {
+            self.tally.took(n);
             // Up at once after a full read; down by half at most after a short one, so the
             // tail of a frame does not send a bulk copy back to small reads.
             self.read_hint = if n == chunk {
