@@ -15,6 +15,12 @@
 //! unread), and the peer gets a reset of its own. The reader still takes what was queued
 //! before, then fails with `ConnectionReset`, never a clean end.
 //!
+//! Two things yamux does not do are done here too. Data the peer sends after its own reset of
+//! a stream, which yamux would still queue, is rewritten into resets, and a reset's body, which
+//! yamux drops, is not counted. And a stream whose reader is gone stays followed until yamux
+//! has surely let go of it ([`Backlogs::forget_orphans`]): until then yamux would queue what
+//! the peer sends for it, so that reaches yamux as a frame for no stream ([`Arrival::Swallow`]).
+//!
 //! So frames of 16 bytes or more are never cut off, however many wait, and a stream's unread
 //! frames cost at most four times their bytes, or 512 KiB: 1.25 MiB with its 256 KiB window,
 //! not 16 MiB. A sender of ours sends frames that small only while the data trickles (our copies
@@ -52,16 +58,31 @@ pub(super) enum Arrival {
     /// Its stream is cut off now: this frame and every later one for it are rewritten into
     /// resets, and the peer must be told.
     CutOff,
-    /// For a stream cut off before: rewritten into a reset.
+    /// For a stream cut off before, or reset by the peer: rewritten into a reset.
     Discard,
+    /// For a stream whose reader is gone: yamux, which may not have let go of it yet, must not
+    /// queue it, nor change the stream's state (its last frame for it is still to go): handed
+    /// over as a frame for no stream, which yamux drops.
+    Swallow,
 }
 
 /// The unread small frames of each stream of one connection.
 #[derive(Debug, Default)]
 pub(super) struct Backlogs {
-    streams: Mutex<HashMap<u32, Backlog>>,
+    followed: Mutex<Followed>,
     /// Streams cut off so far, for a log that a flood cannot flood.
     cut_off: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Followed {
+    streams: HashMap<u32, Backlog>,
+    /// Streams whose reader is gone, oldest first, by the count of such streams before them:
+    /// yamux lets go of a dropped stream only once it has nothing else to write, and until
+    /// then would queue what the peer sends for it.
+    orphans: VecDeque<(u64, u32)>,
+    /// Streams orphaned so far.
+    orphaned: u64,
 }
 
 #[derive(Debug, Default)]
@@ -72,38 +93,79 @@ struct Backlog {
     received: u64,
     /// Where each small frame not known to be taken ends, in `received`'s count.
     small: VecDeque<u64>,
-    cut_off: bool,
+    /// Later data is not handed to yamux as it comes: the stream was cut off, or reset by the
+    /// peer (yamux would still queue what follows a reset), or its reader is gone.
+    ended: Option<Arrival>,
 }
 
 impl Backlogs {
     /// Starts following `stream` (kept if its first frame came already), and returns the
     /// counter its reader adds what it takes to.
     pub(super) fn track(&self, stream: u32) -> Arc<AtomicU64> {
-        lock(&self.streams).entry(stream).or_default().taken.clone()
+        lock(&self.followed).streams.entry(stream).or_default().taken.clone()
     }
 
-    /// Stops following `stream`: its reader is gone, and yamux with it.
+    /// `stream`'s reader is gone: what the peer still sends for it is swallowed until yamux
+    /// has surely let go of it too ([`Backlogs::forget_orphans`]).
     pub(super) fn untrack(&self, stream: u32) {
-        lock(&self.streams).remove(&stream);
+        let mut followed = lock(&self.followed);
+        let followed = &mut *followed;
+        if let Some(backlog) = followed.streams.get_mut(&stream) {
+            *backlog = Backlog { ended: Some(Arrival::Swallow), ..Backlog::default() };
+            followed.orphaned += 1;
+            followed.orphans.push_back((followed.orphaned, stream));
+        }
+    }
+
+    /// Streams orphaned so far: the driver reads it before it polls yamux.
+    pub(super) fn orphaned(&self) -> u64 {
+        lock(&self.followed).orphaned
+    }
+
+    /// Stops following the streams among the first `orphaned` whose reader is gone. The driver
+    /// calls it once yamux, polled after they were, had nothing left to do with its writes not
+    /// blocked: it then took every stream drop queued before that poll, and ignores what comes
+    /// for those streams.
+    pub(super) fn forget_orphans(&self, orphaned: u64) {
+        let mut followed = lock(&self.followed);
+        while let Some(&(count, stream)) = followed.orphans.front() {
+            if count > orphaned {
+                break;
+            }
+            followed.orphans.pop_front();
+            followed.streams.remove(&stream);
+        }
     }
 
     /// A frame header arriving from the peer, before yamux reads it.
     pub(super) fn arriving(&self, header: Header) -> Arrival {
-        if !header.carries_data() {
+        let reset = header.flags & FLAG_RST != 0;
+        if !header.carries_data() && !reset {
             return Arrival::Pass;
         }
-        let mut streams = lock(&self.streams);
+        let mut followed = lock(&self.followed);
         // A stream the peer opens comes with its first frame, before yamux hands it over; a
-        // SYN that also resets opens nothing (yamux ignores it).
-        let backlog = match streams.entry(header.stream) {
+        // SYN that also resets opens nothing (yamux ignores it). A SYN yamux refuses ends the
+        // connection (see `link::WatchedIo`).
+        let backlog = match followed.streams.entry(header.stream) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) if header.flags & (FLAG_SYN | FLAG_RST) == FLAG_SYN => {
                 entry.insert(Backlog::default())
             }
             Entry::Vacant(_) => return Arrival::Pass,
         };
-        if backlog.cut_off {
-            return Arrival::Discard;
+        match backlog.ended {
+            // A frame with no body changes nothing yamux holds.
+            Some(_) if !header.carries_data() => return Arrival::Pass,
+            Some(ended) => return ended,
+            None if reset => {
+                // yamux drops the reset's body and closes the stream, but would still queue
+                // the data the peer sends after it.
+                backlog.ended = Some(Arrival::Discard);
+                backlog.small = VecDeque::new();
+                return Arrival::Pass;
+            }
+            None => {}
         }
         backlog.received += u64::from(header.length);
         if header.length >= SMALL_FRAME {
@@ -120,9 +182,9 @@ impl Backlogs {
             return Arrival::Pass;
         }
         let small = backlog.small.len();
-        backlog.cut_off = true;
+        backlog.ended = Some(Arrival::Discard);
         backlog.small = VecDeque::new();
-        drop(streams);
+        drop(followed);
         let cut_off = self.cut_off.fetch_add(1, Ordering::Relaxed) + 1;
         // The 1st, 10th, 100th... of a connection.
         if 10u64.pow(cut_off.ilog10()) == cut_off {
@@ -140,7 +202,7 @@ impl Backlogs {
     /// Streams followed now.
     #[cfg(test)]
     pub(super) fn followed(&self) -> usize {
-        lock(&self.streams).len()
+        lock(&self.followed).streams.len()
     }
 }
 
@@ -221,6 +283,18 @@ mod tests {
     }
 
     #[test]
+    fn data_after_the_peers_reset_is_discarded_and_its_body_not_counted() {
+        for reset in [data(FLAG_RST, 1, 1 << 20), Header { kind: 1, ..data(FLAG_RST, 1, 0) }] {
+            let backlogs = Backlogs::default();
+            backlogs.track(1);
+            assert_eq!(backlogs.arriving(reset), Arrival::Pass, "yamux acts on the reset itself");
+            assert_eq!(lock(&backlogs.followed).streams[&1].received, 0);
+            assert_eq!(backlogs.arriving(data(0, 1, 1)), Arrival::Discard);
+            assert_eq!(backlogs.arriving(data(0, 1, 64 * 1024)), Arrival::Discard);
+        }
+    }
+
+    #[test]
     fn small_frames_the_reader_takes_are_forgotten_whatever_their_number() {
         let backlogs = Backlogs::default();
         let taken = backlogs.track(1);
@@ -234,10 +308,10 @@ mod tests {
         backlogs.arriving(data(0, 1, 10));
         taken.store(9, Ordering::Relaxed);
         backlogs.arriving(data(0, 1, 10));
-        assert_eq!(lock(&backlogs.streams)[&1].small.len(), 2);
+        assert_eq!(lock(&backlogs.followed).streams[&1].small.len(), 2);
         taken.store(10, Ordering::Relaxed);
         backlogs.arriving(data(0, 1, 10));
-        assert_eq!(lock(&backlogs.streams)[&1].small.len(), 2);
+        assert_eq!(lock(&backlogs.followed).streams[&1].small.len(), 2);
     }
 
     #[test]
@@ -273,12 +347,21 @@ mod tests {
         // The peer's SYN with a body: followed before the stream is taken, and kept then.
         backlogs.arriving(data(FLAG_SYN, 2, 3));
         let taken = backlogs.track(2);
-        assert_eq!(lock(&backlogs.streams)[&2].received, 3);
+        assert_eq!(lock(&backlogs.followed).streams[&2].received, 3);
         taken.fetch_add(3, Ordering::Relaxed);
         // A SYN that also resets opens nothing.
         backlogs.arriving(data(FLAG_SYN | FLAG_RST, 4, 3));
         assert_eq!(backlogs.followed(), 1);
+        // Its reader gone, what comes for it is swallowed until yamux surely let go of it.
         backlogs.untrack(2);
+        backlogs.track(6);
+        backlogs.untrack(6);
+        assert_eq!(backlogs.arriving(data(0, 2, 1)), Arrival::Swallow);
+        assert_eq!(backlogs.arriving(data(FLAG_RST, 2, 0)), Arrival::Pass);
+        backlogs.forget_orphans(1);
+        assert_eq!(backlogs.followed(), 1);
+        assert_eq!(backlogs.arriving(data(0, 2, 1)), Arrival::Pass, "yamux ignores it now");
+        backlogs.forget_orphans(backlogs.orphaned());
         assert_eq!(backlogs.followed(), 0);
     }
 }

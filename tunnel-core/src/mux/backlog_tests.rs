@@ -99,6 +99,7 @@ async fn headers_reach_yamux_whole_and_rewritten_however_the_bytes_are_cut() {
             // Followed while their readers live.
             assert_eq!(link.backlogs().followed(), 2);
             drop(tallies);
+            link.backlogs().forget_orphans(link.backlogs().orphaned());
             assert_eq!(link.backlogs().followed(), 0);
         }
     }
@@ -205,4 +206,69 @@ async fn one_byte_frames_to_a_reader_that_keeps_up_all_arrive() {
     stream.read_to_end(&mut all).await.unwrap();
     assert_eq!(all.len(), count + 1);
     drop(writer.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_frame_yamux_refuses_ends_the_connection() {
+    // A second SYN for a stream, a frame past the stream's window, a SYN with our parity.
+    let past_window = frame(0, 1, &vec![0; 256 * 1024 + 1]);
+    for refused in [frame(FLAG_SYN, 1, b"b"), past_window, frame(FLAG_SYN, 2, b"c")] {
+        let (ours, peer) = tokio::io::duplex(1 << 20);
+        let (_opener, mut incoming, driver) = start(ours, &MuxConfig::default(), Mode::Server);
+        let driver = tokio::spawn(driver);
+        let (peer_read, mut peer_write) = tokio::io::split(peer);
+        let _headers = headers_sent_to(peer_read);
+        peer_write.write_all(&frame(FLAG_SYN, 1, b"a")).await.unwrap();
+        let _stream = incoming.next().await.unwrap();
+        peer_write.write_all(&refused).await.unwrap();
+        // More frames after it are not read: the connection is over.
+        let _ = peer_write.write_all(&one_byte_frames(1, 100)).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+        let err = ended.expect("the connection ends").unwrap().unwrap_err();
+        assert!(format!("{err:?}").contains("broke the multiplexing protocol"), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn frames_for_a_dropped_stream_are_swallowed_until_yamux_lets_go_of_it() {
+    // A small pipe the peer does not read: our writes block, and yamux takes no stream drop.
+    let (ours, peer) = tokio::io::duplex(4096);
+    let (opener, mut incoming, driver) = start(ours, &MuxConfig::default(), Mode::Server);
+    tokio::spawn(driver);
+    let (mut peer_read, mut peer_write) = tokio::io::split(peer);
+    peer_write.write_all(&frame(FLAG_SYN, 1, b"a")).await.unwrap();
+    let mut writing = incoming.next().await.unwrap();
+    let writer = tokio::spawn(async move {
+        let _ = writing.write_all(&[7; 64 * 1024]).await;
+        writing
+    });
+    peer_write.write_all(&frame(FLAG_SYN, 3, b"b")).await.unwrap();
+    drop(incoming.next().await.unwrap());
+    let backlogs = opener.link.backlogs();
+    // The dropped stream's frames, then a stream that ends: once it is read, they all were.
+    let mut frames = one_byte_frames(3, 4 * OVERHEAD_ALLOWED / FRAME_COST);
+    frames.extend(frame(FLAG_SYN | FLAG_FIN, 5, b"done"));
+    peer_write.write_all(&frames).await.unwrap();
+    let mut done = Vec::new();
+    incoming.next().await.unwrap().read_to_end(&mut done).await.unwrap();
+    assert_eq!(done, b"done");
+    assert!(opener.link.write_blocked());
+    assert_eq!(
+        lock(&backlogs.followed).streams.get(&3).map(|b| b.ended),
+        Some(Some(Arrival::Swallow)),
+        "still followed, and what came for it swallowed"
+    );
+    // The peer reads again: yamux writes, then takes the drop, and the stream is forgotten.
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(1..) = peer_read.read(&mut buf).await {}
+    });
+    let forgotten = async {
+        while lock(&backlogs.followed).streams.contains_key(&3) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), forgotten).await.expect("the stream forgotten");
+    drop(writer.await.unwrap());
+    drain.abort();
 }

@@ -226,27 +226,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::frames::{FrameCursor, TYPE_DATA};
+    use super::super::frames::test_headers::{data, fin, rst, syn};
+    use super::super::frames::FrameCursor;
     use super::*;
 
-    fn data(flags: u16, stream: u32) -> Header {
-        Header { kind: TYPE_DATA, flags, stream, length: 0 }
-    }
-
     fn with_body(flags: u16, stream: u32) -> Header {
-        Header { kind: TYPE_DATA, flags, stream, length: 10 }
-    }
-
-    fn syn(stream: u32) -> Header {
-        data(FLAG_SYN, stream)
-    }
-
-    fn fin(stream: u32) -> Header {
-        data(FLAG_FIN, stream)
-    }
-
-    fn rst(stream: u32) -> Header {
-        data(FLAG_RST, stream)
+        Header { length: 10, ..data(flags, stream) }
     }
 
     /// The frames queued for the writer, taken.

@@ -14,6 +14,8 @@ pub(super) const FLAG_RST: u16 = 0x8;
 
 /// The one other frame type about a stream (pings and go-aways are about the connection).
 const TYPE_WINDOW_UPDATE: u8 = 1;
+/// The end of the connection; its length is an error code (0: a normal end).
+pub(super) const TYPE_GO_AWAY: u8 = 3;
 
 /// The parts of a frame header that say how a stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,13 +175,42 @@ pub(super) fn reset_frame(stream: u32) -> [u8; HEADER_LEN] {
     frame
 }
 
+/// Makes the data frame header in `h` one for no stream (stream 0, no flags): yamux drops its
+/// body unread, and changes nothing else.
+pub(super) fn rewrite_as_nothing(h: &mut [u8; HEADER_LEN]) {
+    h[2..8].fill(0);
+}
+
 /// Makes the header in `h` reset its stream instead: yamux drops a reset's body unread.
 pub(super) fn rewrite_as_reset(h: &mut [u8; HEADER_LEN]) {
     h[2..4].copy_from_slice(&FLAG_RST.to_be_bytes());
 }
 
+/// Headers of data frames with no body, for tests.
+#[cfg(test)]
+pub(super) mod test_headers {
+    use super::*;
+
+    pub(in super::super) fn data(flags: u16, stream: u32) -> Header {
+        Header { kind: TYPE_DATA, flags, stream, length: 0 }
+    }
+
+    pub(in super::super) fn syn(stream: u32) -> Header {
+        data(FLAG_SYN, stream)
+    }
+
+    pub(in super::super) fn fin(stream: u32) -> Header {
+        data(FLAG_FIN, stream)
+    }
+
+    pub(in super::super) fn rst(stream: u32) -> Header {
+        data(FLAG_RST, stream)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_headers::{fin, rst, syn};
     use super::*;
 
     fn header(flags: u16, stream: u32, kind: u8, length: u32) -> Vec<u8> {
@@ -188,22 +219,6 @@ mod tests {
         h.extend_from_slice(&stream.to_be_bytes());
         h.extend_from_slice(&length.to_be_bytes());
         h
-    }
-
-    fn data(flags: u16, stream: u32) -> Header {
-        Header { kind: TYPE_DATA, flags, stream, length: 0 }
-    }
-
-    fn syn(stream: u32) -> Header {
-        data(FLAG_SYN, stream)
-    }
-
-    fn fin(stream: u32) -> Header {
-        data(FLAG_FIN, stream)
-    }
-
-    fn rst(stream: u32) -> Header {
-        data(FLAG_RST, stream)
     }
 
     #[test]

@@ -12,7 +12,9 @@ use tokio::sync::Notify;
 
 use super::backlog::{Arrival, Backlogs};
 use super::ends::StreamEnds;
-use super::frames::{decode, peek_header, rewrite_as_reset, FrameCursor, HEADER_LEN};
+use super::frames::{
+    decode, peek_header, rewrite_as_nothing, rewrite_as_reset, FrameCursor, HEADER_LEN, TYPE_GO_AWAY,
+};
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
@@ -45,6 +47,10 @@ struct LinkState {
     ends: StreamEnds,
     /// The small frames each stream's reader has yet to take.
     backlogs: Backlogs,
+    /// yamux's last write found the connection full.
+    write_blocked: AtomicBool,
+    /// yamux told the peer it broke the protocol: nothing more is read.
+    broken: AtomicBool,
     /// The batch being gathered under yamux holds a data frame (see [`super::join`]).
     data_held: AtomicBool,
     /// A flush was put off with that batch held.
@@ -133,6 +139,12 @@ impl Link {
     /// The small frames each stream's reader has yet to take.
     pub(super) fn backlogs(&self) -> &Backlogs {
         &self.0.backlogs
+    }
+
+    /// Whether yamux's last write found the connection full (then it takes no stream's drop
+    /// until that write is out).
+    pub(super) fn write_blocked(&self) -> bool {
+        self.0.write_blocked.load(Ordering::Acquire)
     }
 
     /// Whether a flush may wait for the driver's next poll: the batch holds a data frame, and
@@ -258,6 +270,8 @@ impl WatchedIo {
         let mut header = decode(bytes);
         match link.backlogs().arriving(header) {
             Arrival::Pass => {}
+            // The stream's reader is gone: its ends are followed as the peer sent them.
+            Arrival::Swallow => rewrite_as_nothing(bytes),
             arrival => {
                 rewrite_as_reset(bytes);
                 header = decode(bytes);
@@ -341,6 +355,13 @@ impl AsyncRead for WatchedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.link.0.broken.load(Ordering::Acquire) {
+            // yamux only says so and reads on, which would let a peer have frames it refuses
+            // (a SYN it ignores, data past a window) counted as held.
+            this.link.cut();
+            let broke = "the peer broke the multiplexing protocol";
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, broke)));
+        }
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -382,6 +403,7 @@ impl AsyncWrite for WatchedIo {
         }
         ready!(this.poll_own_frames(cx))?;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.link.0.write_blocked.store(result.is_pending(), Ordering::Release);
         match result {
             Poll::Ready(Ok(written)) => {
                 this.link.0.sent.fetch_add(written as u64, Ordering::Relaxed);
@@ -389,6 +411,9 @@ impl AsyncWrite for WatchedIo {
                 this.write_frames.feed(&buf[..written], |header| {
                     if header.carries_data() {
                         link.0.data_held.store(true, Ordering::Release);
+                    }
+                    if header.kind == TYPE_GO_AWAY && header.length != 0 {
+                        link.0.broken.store(true, Ordering::Release);
                     }
                     link.ends().sent(header);
                 });
