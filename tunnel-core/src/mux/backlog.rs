@@ -6,28 +6,34 @@
 //! nothing) would so pin about 64 bytes of heap and queue per byte of window: 16 MiB or more
 //! per stream instead of its 256 KiB.
 //!
-//! So [`Backlogs`] follows, for each stream of a connection while it lives, the small frames
-//! (under [`SMALL_FRAME`] bytes) handed to yamux and not yet taken by the stream's reader, which
-//! counts what it takes ([`ReadTally`]). Once their cost, at [`FRAME_COST`] each, would pass
-//! both [`OVERHEAD_ALLOWED`] and [`OVERHEAD_PER_BYTE`] times the stream's unread bytes, the
-//! stream is cut off: the header of the frame that would pass it, and of every later data frame
-//! for the stream, is rewritten into a reset before yamux reads it (yamux drops a reset's body
+//! So [`Backlogs`] follows each stream of a connection from its making (ours) or the peer's
+//! SYN until its reader is gone: the small frames (under [`SMALL_FRAME`] bytes) handed to
+//! yamux and not yet taken by the stream's reader, which counts what it takes ([`ReadTally`]).
+//! Once their cost, at [`FRAME_COST`] each, would pass both [`OVERHEAD_ALLOWED`] and
+//! [`OVERHEAD_PER_BYTE`] times the stream's unread bytes (give or take one frame), the stream
+//! is cut off: the header of the frame that would pass it, and of every later data frame for
+//! the stream, is rewritten into a reset before yamux reads it (yamux drops a reset's body
 //! unread), and the peer gets a reset of its own. The reader still takes what was queued
 //! before, then fails with `ConnectionReset`, never a clean end.
 //!
-//! Two things yamux does not do are done here too. Data the peer sends after its own reset of
-//! a stream, which yamux would still queue, is rewritten into resets, and a reset's body, which
-//! yamux drops, is not counted. And a stream whose reader is gone stays followed until yamux
-//! has surely let go of it ([`Backlogs::forget_orphans`]): until then yamux would queue what
-//! the peer sends for it, so that reaches yamux as a frame for no stream ([`Arrival::Swallow`]).
+//! What yamux would still queue is kept from it too:
+//! - data the peer sends after its own reset of a stream is rewritten into resets (and a
+//!   reset's body, which yamux drops, is not counted);
+//! - data for a stream nobody follows (its reader gone, though yamux may hold the stream until
+//!   its writes are out; or a stream never made) reaches yamux as a frame for no stream
+//!   ([`Arrival::Swallow`]), which it drops. Frames with no body (a FIN, a reset, a window
+//!   update) reach it as they came: they change only the state of a stream yamux holds;
+//! - no stream 0 is ever opened ([`Arrival::Refuse`]): the frames swallowed above are for
+//!   stream 0, and yamux on the client side would take a SYN for it (the server's ids are
+//!   even).
 //!
 //! So frames of 16 bytes or more are never cut off, however many wait, and a stream's unread
-//! frames cost at most four times their bytes, or 512 KiB: 1.25 MiB with its 256 KiB window,
-//! not 16 MiB. A sender of ours sends frames that small only while the data trickles (our copies
-//! write what they read at once), and such a stream is cut off only if its reader falls 8,192
-//! frames behind.
+//! small frames cost at most four times their bytes, or 512 KiB: 1.25 MiB with a 256 KiB
+//! window, not 16 MiB; 80 MiB with a window grown to 16 MiB, not 1 GiB. Following each small
+//! frame costs 8 bytes more here, given back as the reader takes them. A sender of ours sends
+//! frames that small only while the data trickles (our copies write what they read at once),
+//! and such a stream is cut off only if its reader falls more than 8,192 frames behind.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,39 +56,36 @@ const OVERHEAD_ALLOWED: usize = 512 * 1024;
 /// cost no more.
 const OVERHEAD_PER_BYTE: usize = 4;
 
-/// What became of a data frame arriving for yamux.
+/// Small frames of one byte that pass, unread, before the next cuts their stream off.
+#[cfg(test)]
+const FRAMES_ALLOWED: usize = OVERHEAD_ALLOWED / FRAME_COST + 1;
+
+/// What becomes of a frame arriving for yamux.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Arrival {
     /// Handed to yamux as it came.
     Pass,
-    /// Its stream is cut off now: this frame and every later one for it are rewritten into
-    /// resets, and the peer must be told.
+    /// Its stream is cut off now: this frame and every later data frame for it are rewritten
+    /// into resets, and the peer must be told.
     CutOff,
-    /// For a stream cut off before, or reset by the peer: rewritten into a reset.
+    /// Data for a stream cut off before, or reset by the peer: rewritten into a reset.
     Discard,
-    /// For a stream whose reader is gone: yamux, which may not have let go of it yet, must not
-    /// queue it, nor change the stream's state (its last frame for it is still to go): handed
-    /// over as a frame for no stream, which yamux drops.
+    /// Data for a stream nobody follows: handed over as a frame for no stream, which yamux
+    /// drops. Its reader may be gone while yamux holds the stream, and its last frame for it
+    /// (a reset or a FIN) is still to go: a reset here would change what that frame says.
     Swallow,
+    /// It opens stream 0, the one that names the connection: the connection must end.
+    Refuse,
 }
 
 /// The unread small frames of each stream of one connection.
 #[derive(Debug, Default)]
 pub(super) struct Backlogs {
-    followed: Mutex<Followed>,
+    /// The streams followed, by id: each from its making or the peer's SYN until its reader
+    /// is gone.
+    followed: Mutex<HashMap<u32, Backlog>>,
     /// Streams cut off so far, for a log that a flood cannot flood.
     cut_off: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct Followed {
-    streams: HashMap<u32, Backlog>,
-    /// Streams whose reader is gone, oldest first, by the count of such streams before them:
-    /// yamux lets go of a dropped stream only once it has nothing else to write, and until
-    /// then would queue what the peer sends for it.
-    orphans: VecDeque<(u64, u32)>,
-    /// Streams orphaned so far.
-    orphaned: u64,
 }
 
 #[derive(Debug, Default)]
@@ -94,70 +97,56 @@ struct Backlog {
     /// Where each small frame not known to be taken ends, in `received`'s count.
     small: VecDeque<u64>,
     /// Later data is not handed to yamux as it comes: the stream was cut off, or reset by the
-    /// peer (yamux would still queue what follows a reset), or its reader is gone.
+    /// peer (yamux would still queue what follows a reset).
     ended: Option<Arrival>,
 }
 
 impl Backlogs {
-    /// Starts following `stream` (kept if its first frame came already), and returns the
-    /// counter its reader adds what it takes to.
+    /// Starts following `stream` (kept if the peer's SYN came already), and returns the counter
+    /// its reader adds what it takes to.
     pub(super) fn track(&self, stream: u32) -> Arc<AtomicU64> {
-        lock(&self.followed).streams.entry(stream).or_default().taken.clone()
+        lock(&self.followed).entry(stream).or_default().taken.clone()
     }
 
-    /// `stream`'s reader is gone: what the peer still sends for it is swallowed until yamux
-    /// has surely let go of it too ([`Backlogs::forget_orphans`]).
-    pub(super) fn untrack(&self, stream: u32) {
+    /// `stream`'s reader, which counted into `taken`, is gone: what the peer still sends for
+    /// it is swallowed. An entry a later SYN made for the same id is not the reader's to end.
+    pub(super) fn untrack(&self, stream: u32, taken: &Arc<AtomicU64>) {
         let mut followed = lock(&self.followed);
-        let followed = &mut *followed;
-        if let Some(backlog) = followed.streams.get_mut(&stream) {
-            *backlog = Backlog { ended: Some(Arrival::Swallow), ..Backlog::default() };
-            followed.orphaned += 1;
-            followed.orphans.push_back((followed.orphaned, stream));
-        }
-    }
-
-    /// Streams orphaned so far: the driver reads it before it polls yamux.
-    pub(super) fn orphaned(&self) -> u64 {
-        lock(&self.followed).orphaned
-    }
-
-    /// Stops following the streams among the first `orphaned` whose reader is gone. The driver
-    /// calls it once yamux, polled after they were, had nothing left to do with its writes not
-    /// blocked: it then took every stream drop queued before that poll, and ignores what comes
-    /// for those streams.
-    pub(super) fn forget_orphans(&self, orphaned: u64) {
-        let mut followed = lock(&self.followed);
-        while let Some(&(count, stream)) = followed.orphans.front() {
-            if count > orphaned {
-                break;
-            }
-            followed.orphans.pop_front();
-            followed.streams.remove(&stream);
+        if followed.get(&stream).is_some_and(|backlog| Arc::ptr_eq(&backlog.taken, taken)) {
+            followed.remove(&stream);
         }
     }
 
     /// A frame header arriving from the peer, before yamux reads it.
     pub(super) fn arriving(&self, header: Header) -> Arrival {
+        if !header.is_about_a_stream() {
+            // Pings and go-aways: no flag of theirs opens, ends or resets a stream.
+            return Arrival::Pass;
+        }
         let reset = header.flags & FLAG_RST != 0;
-        if !header.carries_data() && !reset {
+        // A SYN that also resets opens nothing (yamux ignores it).
+        let opens = header.flags & (FLAG_SYN | FLAG_RST) == FLAG_SYN;
+        if opens && header.stream == 0 {
+            return Arrival::Refuse;
+        }
+        if !opens && !reset && !header.carries_data() {
             return Arrival::Pass;
         }
         let mut followed = lock(&self.followed);
-        // A stream the peer opens comes with its first frame, before yamux hands it over; a
-        // SYN that also resets opens nothing (yamux ignores it). A SYN yamux refuses ends the
-        // connection (see `link::WatchedIo`).
-        let backlog = match followed.streams.entry(header.stream) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) if header.flags & (FLAG_SYN | FLAG_RST) == FLAG_SYN => {
-                entry.insert(Backlog::default())
+        let backlog = if opens {
+            // A stream the peer opens is followed from its first frame, before yamux hands it
+            // over. A SYN for a stream yamux holds (or of our side's parity), which it refuses,
+            // ends the connection (see `link::WatchedIo`): the fresh entry lives no longer.
+            followed.entry(header.stream).insert_entry(Backlog::default()).into_mut()
+        } else {
+            match followed.get_mut(&header.stream) {
+                Some(backlog) => backlog,
+                // yamux drops a reset's body, and takes the reset itself.
+                None if reset => return Arrival::Pass,
+                None => return Arrival::Swallow,
             }
-            Entry::Vacant(_) => return Arrival::Pass,
         };
         match backlog.ended {
-            // A frame with no body changes nothing yamux holds.
-            Some(_) if !header.carries_data() => return Arrival::Pass,
-            Some(ended) => return ended,
             None if reset => {
                 // yamux drops the reset's body and closes the stream, but would still queue
                 // the data the peer sends after it.
@@ -165,6 +154,9 @@ impl Backlogs {
                 backlog.small = VecDeque::new();
                 return Arrival::Pass;
             }
+            // A frame with no body (a SYN, a FIN) changes nothing yamux holds.
+            _ if !header.carries_data() => return Arrival::Pass,
+            Some(ended) => return ended,
             None => {}
         }
         backlog.received += u64::from(header.length);
@@ -175,9 +167,15 @@ impl Backlogs {
         while backlog.small.front().is_some_and(|&end| end <= taken) {
             backlog.small.pop_front();
         }
+        if backlog.small.capacity() > 64 && backlog.small.len() < backlog.small.capacity() / 4 {
+            backlog.small.shrink_to(backlog.small.len() * 2);
+        }
         backlog.small.push_back(backlog.received);
         let unread = usize::try_from(backlog.received.saturating_sub(taken)).unwrap_or(usize::MAX);
-        let allowed = OVERHEAD_ALLOWED.max(unread.saturating_mul(OVERHEAD_PER_BYTE));
+        // One frame more: the reader may have taken part of the first one held, whose unread
+        // rest then counts fewer bytes than the frame costs.
+        let allowed =
+            OVERHEAD_ALLOWED.max(unread.saturating_mul(OVERHEAD_PER_BYTE)).saturating_add(FRAME_COST);
         if backlog.small.len().saturating_mul(FRAME_COST) <= allowed {
             return Arrival::Pass;
         }
@@ -202,12 +200,13 @@ impl Backlogs {
     /// Streams followed now.
     #[cfg(test)]
     pub(super) fn followed(&self) -> usize {
-        lock(&self.followed).streams.len()
+        lock(&self.followed).len()
     }
 }
 
 /// A stream's place in its connection's [`Backlogs`] while it lives: counts what its reader
-/// takes, and ends the following when dropped.
+/// takes, and ends the following when dropped. Whether before or after the yamux stream beside
+/// it does not matter: either way its frames are counted until then and swallowed after.
 pub(super) struct ReadTally {
     link: Link,
     stream: u32,
@@ -228,7 +227,7 @@ impl ReadTally {
 
 impl Drop for ReadTally {
     fn drop(&mut self) {
-        self.link.backlogs().untrack(self.stream);
+        self.link.backlogs().untrack(self.stream, &self.taken);
     }
 }
 
@@ -252,11 +251,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::frames::TYPE_DATA;
+    use super::super::frames::{FLAG_FIN, TYPE_DATA, TYPE_GO_AWAY, TYPE_PING, TYPE_WINDOW_UPDATE};
     use super::*;
 
     fn data(flags: u16, stream: u32, length: u32) -> Header {
         Header { kind: TYPE_DATA, flags, stream, length }
+    }
+
+    fn window_update(flags: u16, stream: u32) -> Header {
+        Header { kind: TYPE_WINDOW_UPDATE, flags, stream, length: 256 * 1024 }
     }
 
     /// How many `length`-byte frames pass before `stream` is cut off (`None`: all of `most`).
@@ -264,19 +267,22 @@ mod tests {
         (0..most).find(|_| backlogs.arriving(data(0, stream, length)) != Arrival::Pass)
     }
 
+    fn received(backlogs: &Backlogs, stream: u32) -> Option<u64> {
+        lock(&backlogs.followed).get(&stream).map(|backlog| backlog.received)
+    }
+
     #[test]
     fn one_byte_frames_nobody_reads_are_cut_off_at_the_allowance_and_everything_after() {
         let backlogs = Backlogs::default();
         backlogs.track(1);
-        let allowed = OVERHEAD_ALLOWED / FRAME_COST;
-        assert_eq!(frames_until_cut(&backlogs, 1, 1, 1 << 20), Some(allowed));
+        assert_eq!(frames_until_cut(&backlogs, 1, 1, 1 << 20), Some(FRAMES_ALLOWED));
         // Every data frame after, small or not, and one that would end it: all rewritten.
         for length in [1, 64 * 1024] {
             assert_eq!(backlogs.arriving(data(0, 1, length)), Arrival::Discard);
         }
-        assert_eq!(backlogs.arriving(data(0x4, 1, 5)), Arrival::Discard);
+        assert_eq!(backlogs.arriving(data(FLAG_FIN, 1, 5)), Arrival::Discard);
         // Frames with no body (a FIN, a reset) are yamux's to act on.
-        assert_eq!(backlogs.arriving(data(0x4, 1, 0)), Arrival::Pass);
+        assert_eq!(backlogs.arriving(data(FLAG_FIN, 1, 0)), Arrival::Pass);
         // Another stream of the connection is not touched.
         backlogs.track(3);
         assert_eq!(backlogs.arriving(data(0, 3, 1)), Arrival::Pass);
@@ -284,11 +290,11 @@ mod tests {
 
     #[test]
     fn data_after_the_peers_reset_is_discarded_and_its_body_not_counted() {
-        for reset in [data(FLAG_RST, 1, 1 << 20), Header { kind: 1, ..data(FLAG_RST, 1, 0) }] {
+        for reset in [data(FLAG_RST, 1, 1 << 20), window_update(FLAG_RST, 1)] {
             let backlogs = Backlogs::default();
             backlogs.track(1);
             assert_eq!(backlogs.arriving(reset), Arrival::Pass, "yamux acts on the reset itself");
-            assert_eq!(lock(&backlogs.followed).streams[&1].received, 0);
+            assert_eq!(received(&backlogs, 1), Some(0));
             assert_eq!(backlogs.arriving(data(0, 1, 1)), Arrival::Discard);
             assert_eq!(backlogs.arriving(data(0, 1, 64 * 1024)), Arrival::Discard);
         }
@@ -302,16 +308,23 @@ mod tests {
             assert_eq!(backlogs.arriving(data(0, 1, 1)), Arrival::Pass);
             taken.fetch_add(1, Ordering::Relaxed);
         }
+        // The count of them is given back once they are taken.
+        for _ in 0..5000 {
+            assert_eq!(backlogs.arriving(data(0, 1, 1)), Arrival::Pass);
+        }
+        taken.fetch_add(5000, Ordering::Relaxed);
+        backlogs.arriving(data(0, 1, 1));
+        assert!(lock(&backlogs.followed)[&1].small.capacity() < 100);
         // Taken up to the middle of a frame: that frame is still unread.
         let backlogs = Backlogs::default();
         let taken = backlogs.track(1);
         backlogs.arriving(data(0, 1, 10));
         taken.store(9, Ordering::Relaxed);
         backlogs.arriving(data(0, 1, 10));
-        assert_eq!(lock(&backlogs.followed).streams[&1].small.len(), 2);
+        assert_eq!(lock(&backlogs.followed)[&1].small.len(), 2);
         taken.store(10, Ordering::Relaxed);
         backlogs.arriving(data(0, 1, 10));
-        assert_eq!(lock(&backlogs.followed).streams[&1].small.len(), 2);
+        assert_eq!(lock(&backlogs.followed)[&1].small.len(), 2);
     }
 
     #[test]
@@ -323,45 +336,90 @@ mod tests {
             let frames = (16 << 20) / length as usize;
             assert_eq!(frames_until_cut(&backlogs, 1, length, frames), None, "{length}-byte frames");
         }
+        // Nor when the reader took part of the first: its rest counts fewer bytes than it costs.
+        for took in [1, 5, 15] {
+            let backlogs = Backlogs::default();
+            let taken = backlogs.track(1);
+            backlogs.arriving(data(0, 1, 16));
+            taken.store(took, Ordering::Relaxed);
+            assert_eq!(frames_until_cut(&backlogs, 1, 16, 1 << 20), None, "{took} bytes taken");
+        }
         // Frames of 15 bytes are, past the allowance.
         let backlogs = Backlogs::default();
         backlogs.track(1);
-        assert_eq!(frames_until_cut(&backlogs, 1, 15, 1 << 20), Some(OVERHEAD_ALLOWED / FRAME_COST));
+        assert_eq!(frames_until_cut(&backlogs, 1, 15, 1 << 20), Some(FRAMES_ALLOWED));
         // Large frames unread let small ones cost four times their bytes.
         let backlogs = Backlogs::default();
         backlogs.track(1);
         for _ in 0..16 {
             backlogs.arriving(data(0, 1, 64 * 1024));
         }
-        // 64 * f > 4 * (1 MiB + f), for one-byte frames: f > 4 MiB / 60.
+        // 64 * f > 4 * (1 MiB + f) + 64, for one-byte frames: f > (4 MiB + 64) / 60.
         let until = frames_until_cut(&backlogs, 1, 1, 1 << 20).unwrap();
-        assert_eq!(until, (4 << 20) / 60);
+        assert_eq!(until, ((4 << 20) + FRAME_COST) / 60);
     }
 
     #[test]
-    fn a_stream_is_followed_from_its_peers_first_frame_or_its_making_until_its_reader_is_gone() {
+    fn a_stream_is_followed_from_its_making_or_the_peers_syn_until_its_reader_is_gone() {
         let backlogs = Backlogs::default();
-        // Frames for streams nobody follows (gone, or never made) are yamux's to ignore.
-        assert_eq!(frames_until_cut(&backlogs, 7, 1, 10_000), None);
+        // Data for a stream nobody follows (gone, or never made) is swallowed; frames with
+        // no body, and a reset's body, are yamux's.
+        assert_eq!(backlogs.arriving(data(0, 7, 1)), Arrival::Swallow);
+        assert_eq!(backlogs.arriving(data(FLAG_FIN, 7, 64 * 1024)), Arrival::Swallow);
+        for frame in [data(FLAG_FIN, 7, 0), data(FLAG_RST, 7, 5), window_update(0, 7)] {
+            assert_eq!(backlogs.arriving(frame), Arrival::Pass, "{frame:?}");
+        }
         assert_eq!(backlogs.followed(), 0);
         // The peer's SYN with a body: followed before the stream is taken, and kept then.
-        backlogs.arriving(data(FLAG_SYN, 2, 3));
+        assert_eq!(backlogs.arriving(data(FLAG_SYN, 2, 3)), Arrival::Pass);
         let taken = backlogs.track(2);
-        assert_eq!(lock(&backlogs.followed).streams[&2].received, 3);
-        taken.fetch_add(3, Ordering::Relaxed);
+        assert_eq!(received(&backlogs, 2), Some(3));
         // A SYN that also resets opens nothing.
         backlogs.arriving(data(FLAG_SYN | FLAG_RST, 4, 3));
+        backlogs.arriving(window_update(FLAG_SYN | FLAG_RST, 6));
         assert_eq!(backlogs.followed(), 1);
-        // Its reader gone, what comes for it is swallowed until yamux surely let go of it.
-        backlogs.untrack(2);
-        backlogs.track(6);
-        backlogs.untrack(6);
+        // Its reader gone, what comes for it is swallowed at once, yamux's ends of it not.
+        backlogs.untrack(2, &taken);
         assert_eq!(backlogs.arriving(data(0, 2, 1)), Arrival::Swallow);
-        assert_eq!(backlogs.arriving(data(FLAG_RST, 2, 0)), Arrival::Pass);
-        backlogs.forget_orphans(1);
-        assert_eq!(backlogs.followed(), 1);
-        assert_eq!(backlogs.arriving(data(0, 2, 1)), Arrival::Pass, "yamux ignores it now");
-        backlogs.forget_orphans(backlogs.orphaned());
+        assert_eq!(backlogs.arriving(data(FLAG_FIN, 2, 0)), Arrival::Pass);
+        // A SYN with no body for the id again, once yamux let go of it: a new stream,
+        // followed afresh, which the old reader cannot end.
+        for syn in [data(FLAG_SYN, 2, 0), window_update(FLAG_SYN, 2)] {
+            assert_eq!(backlogs.arriving(syn), Arrival::Pass);
+            assert_eq!(backlogs.arriving(data(0, 2, 5)), Arrival::Pass);
+            assert_eq!(received(&backlogs, 2), Some(5));
+            backlogs.untrack(2, &taken);
+            assert_eq!(received(&backlogs, 2), Some(5));
+        }
+        let again = backlogs.track(2);
+        backlogs.untrack(2, &again);
+        assert_eq!(backlogs.followed(), 0);
+    }
+
+    #[test]
+    fn only_data_and_window_updates_open_or_reset_a_stream() {
+        let backlogs = Backlogs::default();
+        backlogs.track(1);
+        for other in [TYPE_PING, TYPE_GO_AWAY] {
+            let header = Header { kind: other, flags: FLAG_RST, stream: 1, length: 0 };
+            assert_eq!(backlogs.arriving(header), Arrival::Pass);
+            let header = Header { kind: other, flags: FLAG_SYN, stream: 3, length: 0 };
+            assert_eq!(backlogs.arriving(header), Arrival::Pass);
+        }
+        assert_eq!(backlogs.arriving(data(0, 1, 1)), Arrival::Pass, "stream 1 not reset");
+        assert_eq!(backlogs.followed(), 1, "stream 3 not opened");
+    }
+
+    #[test]
+    fn a_syn_for_stream_0_is_refused() {
+        let backlogs = Backlogs::default();
+        for opens in [data(FLAG_SYN, 0, 0), data(FLAG_SYN | FLAG_FIN, 0, 3), window_update(FLAG_SYN, 0)] {
+            assert_eq!(backlogs.arriving(opens), Arrival::Refuse, "{opens:?}");
+        }
+        // One that also resets opens nothing, and data for it is swallowed as for any stream
+        // nobody follows.
+        assert_eq!(backlogs.arriving(data(FLAG_SYN | FLAG_RST, 0, 0)), Arrival::Pass);
+        assert_eq!(backlogs.arriving(data(0, 0, 3)), Arrival::Swallow);
         assert_eq!(backlogs.followed(), 0);
     }
 }

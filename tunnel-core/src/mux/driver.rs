@@ -141,8 +141,6 @@ impl Future for MuxDriver {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        // Streams whose reader was gone before yamux is polled (see the end of this poll).
-        let orphaned = this.link.backlogs().orphaned();
         this.poll_commands(cx);
         if !this.closing {
             if let Err(err) = this.poll_opens(cx) {
@@ -173,11 +171,6 @@ impl Future for MuxDriver {
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Pending => {
-                    // yamux had nothing left to do, its writes not blocked: it took every
-                    // stream drop queued before, and ignores what comes for those streams.
-                    if !this.link.write_blocked() {
-                        this.link.backlogs().forget_orphans(orphaned);
-                    }
                     // A flush was put off to gather the frames of the tasks woken with this
                     // one: poll again once they ran, with the flush forced.
                     if this.link.take_put_off() {

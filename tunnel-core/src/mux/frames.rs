@@ -13,7 +13,9 @@ pub(super) const FLAG_FIN: u16 = 0x4;
 pub(super) const FLAG_RST: u16 = 0x8;
 
 /// The one other frame type about a stream (pings and go-aways are about the connection).
-const TYPE_WINDOW_UPDATE: u8 = 1;
+pub(super) const TYPE_WINDOW_UPDATE: u8 = 1;
+#[cfg(test)]
+pub(super) const TYPE_PING: u8 = 2;
 /// The end of the connection; its length is an error code (0: a normal end).
 pub(super) const TYPE_GO_AWAY: u8 = 3;
 
@@ -28,10 +30,14 @@ pub(super) struct Header {
 }
 
 impl Header {
+    /// Whether its flags may open, end or reset a stream: a ping's or a go-away's never do.
+    pub(super) fn is_about_a_stream(&self) -> bool {
+        matches!(self.kind, TYPE_DATA | TYPE_WINDOW_UPDATE)
+    }
+
     /// Whether it opens, ends or resets a stream.
     pub(super) fn ends_or_opens(&self) -> bool {
-        matches!(self.kind, TYPE_DATA | TYPE_WINDOW_UPDATE)
-            && self.flags & (FLAG_SYN | FLAG_FIN | FLAG_RST) != 0
+        self.is_about_a_stream() && self.flags & (FLAG_SYN | FLAG_FIN | FLAG_RST) != 0
     }
 
     pub(super) fn carries_data(&self) -> bool {
@@ -179,6 +185,11 @@ pub(super) fn reset_frame(stream: u32) -> [u8; HEADER_LEN] {
 /// body unread, and changes nothing else.
 pub(super) fn rewrite_as_nothing(h: &mut [u8; HEADER_LEN]) {
     h[2..8].fill(0);
+}
+
+/// Makes the header in `h` one yamux cannot read (an unknown version), ending the connection.
+pub(super) fn rewrite_as_unreadable(h: &mut [u8; HEADER_LEN]) {
+    h[0] = u8::MAX;
 }
 
 /// Makes the header in `h` reset its stream instead: yamux drops a reset's body unread.

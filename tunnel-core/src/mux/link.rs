@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 use super::backlog::{Arrival, Backlogs};
 use super::ends::StreamEnds;
 use super::frames::{
-    decode, peek_header, rewrite_as_nothing, rewrite_as_reset, FrameCursor, HEADER_LEN, TYPE_GO_AWAY,
+    decode, peek_header, rewrite_as_nothing, rewrite_as_reset, rewrite_as_unreadable, FrameCursor,
+    HEADER_LEN, TYPE_GO_AWAY,
 };
 use crate::transport::BoxedIo;
 
@@ -47,8 +48,6 @@ struct LinkState {
     ends: StreamEnds,
     /// The small frames each stream's reader has yet to take.
     backlogs: Backlogs,
-    /// yamux's last write found the connection full.
-    write_blocked: AtomicBool,
     /// yamux told the peer it broke the protocol: nothing more is read.
     broken: AtomicBool,
     /// The batch being gathered under yamux holds a data frame (see [`super::join`]).
@@ -139,12 +138,6 @@ impl Link {
     /// The small frames each stream's reader has yet to take.
     pub(super) fn backlogs(&self) -> &Backlogs {
         &self.0.backlogs
-    }
-
-    /// Whether yamux's last write found the connection full (then it takes no stream's drop
-    /// until that write is out).
-    pub(super) fn write_blocked(&self) -> bool {
-        self.0.write_blocked.load(Ordering::Acquire)
     }
 
     /// Whether a flush may wait for the driver's next poll: the batch holds a data frame, and
@@ -265,14 +258,22 @@ impl WatchedIo {
     }
 
     /// A frame header read off the connection, before yamux reads it: followed, and rewritten
-    /// into a reset for a stream whose unread small frames are past their allowance.
+    /// as [`Backlogs`] says (into a reset for a stream whose unread small frames are past their
+    /// allowance, for instance).
     fn arriving(link: &Link, bytes: &mut [u8; HEADER_LEN]) {
         let mut header = decode(bytes);
         match link.backlogs().arriving(header) {
             Arrival::Pass => {}
-            // The stream's reader is gone: its ends are followed as the peer sent them.
+            // Nobody reads the stream: its ends are followed as the peer sent them.
             Arrival::Swallow => rewrite_as_nothing(bytes),
-            arrival => {
+            Arrival::Refuse => {
+                tracing::warn!(
+                    "the peer opened stream 0, which names the connection; closing the connection"
+                );
+                rewrite_as_unreadable(bytes);
+                return;
+            }
+            arrival @ (Arrival::CutOff | Arrival::Discard) => {
                 rewrite_as_reset(bytes);
                 header = decode(bytes);
                 if arrival == Arrival::CutOff {
@@ -403,7 +404,6 @@ impl AsyncWrite for WatchedIo {
         }
         ready!(this.poll_own_frames(cx))?;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.link.0.write_blocked.store(result.is_pending(), Ordering::Release);
         match result {
             Poll::Ready(Ok(written)) => {
                 this.link.0.sent.fetch_add(written as u64, Ordering::Relaxed);
