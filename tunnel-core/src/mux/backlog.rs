@@ -22,18 +22,24 @@
 //! - data for a stream nobody follows (its reader gone, though yamux may hold the stream until
 //!   its writes are out; or a stream never made) reaches yamux as a frame for no stream
 //!   ([`Arrival::Swallow`]), which it drops. Frames with no body (a FIN, a reset, a window
-//!   update) reach it as they came: they change only the state of a stream yamux holds;
-//! - no stream 0 is ever opened ([`Arrival::Refuse`]): the frames swallowed above are for
-//!   stream 0, and yamux on the client side would take a SYN for it (the server's ids are
-//!   even).
+//!   update) and a reset's body reach it as they came: they change only the state of a stream
+//!   yamux holds;
+//! - a SYN for stream 0 or for a stream followed already ends the connection at once
+//!   ([`Arrival::Refuse`]). The frames swallowed above are for stream 0, which yamux on the
+//!   client side would open (the server's ids are even). An honest peer never opens a stream
+//!   twice, and yamux, which refuses it, ends the connection only once it has written its
+//!   go-away, reading on until then: the SYN would have taken a live stream's place here.
 //!
 //! So frames of 16 bytes or more are never cut off, however many wait, and a stream's unread
 //! small frames cost at most four times their bytes, or 512 KiB: 1.25 MiB with a 256 KiB
-//! window, not 16 MiB; 80 MiB with a window grown to 16 MiB, not 1 GiB. Following each small
-//! frame costs 8 bytes more here, given back as the reader takes them. A sender of ours sends
-//! frames that small only while the data trickles (our copies write what they read at once),
-//! and such a stream is cut off only if its reader falls more than 8,192 frames behind.
+//! window, not 16 MiB; 80 MiB with a window grown to 16 MiB, not 1 GiB. Following them costs 8
+//! to 16 bytes a frame more here (a queue grown by doubling), given back when the stream is cut
+//! off or reset, or once the reader has taken most of them and another small frame comes. A
+//! sender of ours sends frames that small only while the data trickles (our copies write what
+//! they read at once), and such a stream is cut off only if its reader falls more than 8,193
+//! frames behind.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,7 +80,8 @@ pub(super) enum Arrival {
     /// drops. Its reader may be gone while yamux holds the stream, and its last frame for it
     /// (a reset or a FIN) is still to go: a reset here would change what that frame says.
     Swallow,
-    /// It opens stream 0, the one that names the connection: the connection must end.
+    /// It opens stream 0, the one that names the connection, or a stream followed already:
+    /// the connection must end.
     Refuse,
 }
 
@@ -135,9 +142,12 @@ impl Backlogs {
         let mut followed = lock(&self.followed);
         let backlog = if opens {
             // A stream the peer opens is followed from its first frame, before yamux hands it
-            // over. A SYN for a stream yamux holds (or of our side's parity), which it refuses,
-            // ends the connection (see `link::WatchedIo`): the fresh entry lives no longer.
-            followed.entry(header.stream).insert_entry(Backlog::default()).into_mut()
+            // over. A SYN of our side's parity for a stream not followed, which yamux refuses,
+            // ends the connection once yamux's go-away is out (see `link::WatchedIo`).
+            match followed.entry(header.stream) {
+                Entry::Occupied(_) => return Arrival::Refuse,
+                Entry::Vacant(entry) => entry.insert(Backlog::default()),
+            }
         } else {
             match followed.get_mut(&header.stream) {
                 Some(backlog) => backlog,
@@ -388,12 +398,12 @@ mod tests {
             assert_eq!(backlogs.arriving(syn), Arrival::Pass);
             assert_eq!(backlogs.arriving(data(0, 2, 5)), Arrival::Pass);
             assert_eq!(received(&backlogs, 2), Some(5));
+            let again = backlogs.track(2);
             backlogs.untrack(2, &taken);
             assert_eq!(received(&backlogs, 2), Some(5));
+            backlogs.untrack(2, &again);
+            assert_eq!(backlogs.followed(), 0);
         }
-        let again = backlogs.track(2);
-        backlogs.untrack(2, &again);
-        assert_eq!(backlogs.followed(), 0);
     }
 
     #[test]
@@ -411,8 +421,13 @@ mod tests {
     }
 
     #[test]
-    fn a_syn_for_stream_0_is_refused() {
+    fn a_syn_for_stream_0_or_a_stream_followed_already_is_refused() {
         let backlogs = Backlogs::default();
+        backlogs.track(1);
+        assert_eq!(backlogs.arriving(data(FLAG_SYN, 2, 0)), Arrival::Pass);
+        for opens in [data(FLAG_SYN, 1, 0), window_update(FLAG_SYN, 2), data(FLAG_SYN, 2, 7)] {
+            assert_eq!(backlogs.arriving(opens), Arrival::Refuse, "{opens:?}");
+        }
         for opens in [data(FLAG_SYN, 0, 0), data(FLAG_SYN | FLAG_FIN, 0, 3), window_update(FLAG_SYN, 0)] {
             assert_eq!(backlogs.arriving(opens), Arrival::Refuse, "{opens:?}");
         }
@@ -420,7 +435,7 @@ mod tests {
         // nobody follows.
         assert_eq!(backlogs.arriving(data(FLAG_SYN | FLAG_RST, 0, 0)), Arrival::Pass);
         assert_eq!(backlogs.arriving(data(0, 0, 3)), Arrival::Swallow);
-        assert_eq!(backlogs.followed(), 0);
+        assert_eq!(backlogs.followed(), 2);
     }
 }
 

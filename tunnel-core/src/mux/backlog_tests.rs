@@ -209,9 +209,10 @@ async fn one_byte_frames_to_a_reader_that_keeps_up_all_arrive() {
 
 #[tokio::test]
 async fn a_frame_yamux_refuses_ends_the_connection() {
-    // A second SYN for a stream, a frame past the stream's window, a SYN with our parity.
+    // A frame past the stream's window, a SYN with our parity (a second SYN for a stream is
+    // refused before yamux reads it: see below).
     let past_window = frame(0, 1, &vec![0; 256 * 1024 + 1]);
-    for refused in [frame(FLAG_SYN, 1, b"b"), past_window, frame(FLAG_SYN, 2, b"c")] {
+    for refused in [past_window, frame(FLAG_SYN, 2, b"c")] {
         let (ours, peer) = tokio::io::duplex(1 << 20);
         let (_opener, mut incoming, driver) = start(ours, &MuxConfig::default(), Mode::Server);
         let driver = tokio::spawn(driver);
@@ -257,35 +258,59 @@ async fn data_for_a_stream_whose_reader_is_gone_reaches_yamux_as_frames_for_no_s
 
 /// Our writes to a peer that reads nothing, past the 4 KiB pipe: yamux holds the frames of
 /// one stream in its queue and another ready to go, and takes no stream's drop meanwhile.
-#[tokio::test]
+/// The clock is paused: a timeout ends only once every task waits on something else.
+#[tokio::test(start_paused = true)]
 async fn data_for_a_dropped_stream_yamux_still_holds_never_reaches_it() {
+    // Followed anyway, as a control: yamux does hold the stream, and queues what comes for it.
+    for followed_anyway in [false, true] {
+        let (ours, peer) = tokio::io::duplex(4096);
+        let (opener, mut incoming, driver) = start(ours, &MuxConfig::default(), Mode::Server);
+        let driver = tokio::spawn(driver);
+        let (_peer_read, mut peer_write) = tokio::io::split(peer);
+        peer_write.write_all(&frame(FLAG_SYN, 1, b"a")).await.unwrap();
+        let mut writing = incoming.next().await.unwrap();
+        peer_write.write_all(&frame(FLAG_SYN, 3, b"b")).await.unwrap();
+        let dropped = incoming.next().await.unwrap();
+        // Four frames of 64 KiB, the peer's whole window; the driver (woken by them) runs
+        // before this task again, and blocks on the first.
+        writing.write_all(&[7; 256 * 1024]).await.unwrap();
+        tokio::task::yield_now().await;
+        drop(dropped);
+        let _tally = followed_anyway.then(|| ReadTally::new(opener.link.clone(), 3));
+        // More than the dropped stream's window: had yamux queued it, it would end the
+        // connection, and read nothing more.
+        let mut frames: Vec<u8> = (0..20).flat_map(|_| frame(0, 3, &[1; 16 * 1024])).collect();
+        frames.extend(frame(FLAG_SYN | FLAG_FIN, 5, b"done"));
+        let send = tokio::spawn(async move {
+            let _ = peer_write.write_all(&frames).await;
+        });
+        let next = tokio::time::timeout(Duration::from_secs(10), incoming.next()).await;
+        if followed_anyway {
+            assert!(next.is_err(), "yamux reads nothing after a frame past the stream's window");
+            continue;
+        }
+        let mut done = Vec::new();
+        next.expect("yamux reads on").unwrap().read_to_end(&mut done).await.unwrap();
+        assert_eq!(done, b"done");
+        assert!(!driver.is_finished());
+        send.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_syn_for_a_stream_open_already_ends_the_connection_though_our_writes_are_blocked() {
+    // yamux refuses it too, but ends the connection only once its go-away is out.
     let (ours, peer) = tokio::io::duplex(4096);
-    let (_opener, mut incoming, driver) = start(ours, &MuxConfig::default(), Mode::Server);
+    let (opener, _incoming, driver) = start(ours, &MuxConfig::default(), Mode::Client);
     let driver = tokio::spawn(driver);
     let (_peer_read, mut peer_write) = tokio::io::split(peer);
-    peer_write.write_all(&frame(FLAG_SYN, 1, b"a")).await.unwrap();
-    let mut writing = incoming.next().await.unwrap();
-    peer_write.write_all(&frame(FLAG_SYN, 3, b"b")).await.unwrap();
-    let dropped = incoming.next().await.unwrap();
-    // Four frames of 64 KiB, the peer's whole window; the driver (woken by them) runs before
-    // this task again, and blocks on the first.
-    writing.write_all(&[7; 256 * 1024]).await.unwrap();
+    let mut ours = opener.open().await.unwrap();
+    // As above: the driver blocks on writes the peer never reads.
+    ours.write_all(&[7; 256 * 1024]).await.unwrap();
     tokio::task::yield_now().await;
-    drop(dropped);
-    // More than the dropped stream's window: had yamux queued it, it would end the
-    // connection, and read nothing more.
-    let mut frames: Vec<u8> = (0..20).flat_map(|_| frame(0, 3, &[1; 16 * 1024])).collect();
-    frames.extend(frame(FLAG_SYN | FLAG_FIN, 5, b"done"));
-    let send = tokio::spawn(async move {
-        peer_write.write_all(&frames).await.unwrap();
-        peer_write
-    });
-    let next = tokio::time::timeout(Duration::from_secs(10), incoming.next()).await;
-    let mut done = Vec::new();
-    next.expect("yamux reads on").unwrap().read_to_end(&mut done).await.unwrap();
-    assert_eq!(done, b"done");
-    assert!(!driver.is_finished());
-    drop(send.await.unwrap());
+    peer_write.write_all(&frame(FLAG_SYN, ours.id(), b"x")).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    ended.expect("the connection ends").unwrap().unwrap_err();
 }
 
 #[tokio::test]

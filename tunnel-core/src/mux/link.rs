@@ -267,9 +267,8 @@ impl WatchedIo {
             // Nobody reads the stream: its ends are followed as the peer sent them.
             Arrival::Swallow => rewrite_as_nothing(bytes),
             Arrival::Refuse => {
-                tracing::warn!(
-                    "the peer opened stream 0, which names the connection; closing the connection"
-                );
+                let why = "the peer opened a stream open already, or stream 0 (which names the connection)";
+                tracing::warn!(stream = header.stream, "{why}; closing the connection");
                 rewrite_as_unreadable(bytes);
                 return;
             }
