@@ -116,7 +116,7 @@ impl Backlogs {
     }
 
     /// `stream`'s reader, which counted into `taken`, is gone: what the peer still sends for
-    /// it is swallowed. An entry a later SYN made for the same id is not the reader's to end.
+    /// it is swallowed. Only the entry it counted into is ended: a reader never ends another's.
     pub(super) fn untrack(&self, stream: u32, taken: &Arc<AtomicU64>) {
         let mut followed = lock(&self.followed);
         if followed.get(&stream).is_some_and(|backlog| Arc::ptr_eq(&backlog.taken, taken)) {
