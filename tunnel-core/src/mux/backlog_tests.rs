@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::super::frames::{FrameCursor, Header, FLAG_FIN, FLAG_RST, FLAG_SYN, TYPE_DATA};
 use super::super::link::{Link, WatchedIo};
-use super::super::{start, Mode, MuxConfig};
+use super::super::{start, Mode, MuxConfig, MuxStream};
 use super::*;
 
 /// A data frame on `stream` with `flags` and `body`.
@@ -256,9 +256,17 @@ async fn data_for_a_stream_whose_reader_is_gone_reaches_yamux_as_frames_for_no_s
     assert!(as_yamux_reads(&wire, 1).await == expected);
 }
 
-/// Our writes to a peer that reads nothing, past the 4 KiB pipe: yamux holds the frames of
-/// one stream in its queue and another ready to go, and takes no stream's drop meanwhile.
-/// The clock is paused: a timeout ends only once every task waits on something else.
+/// Leaves the driver blocked on writes to a peer that reads nothing (past a 4 KiB pipe): four
+/// frames of 64 KiB on `stream`, the peer's whole window. The driver, woken by them, runs
+/// before this task again and blocks on the first with the second ready to go: yamux takes no
+/// stream's drop meanwhile.
+async fn block_our_writes(stream: &mut MuxStream) {
+    stream.write_all(&[7; 256 * 1024]).await.unwrap();
+    tokio::task::yield_now().await;
+}
+
+/// yamux still holds a dropped stream while our writes are blocked. The clock is paused: a
+/// timeout ends only once every task waits on something else.
 #[tokio::test(start_paused = true)]
 async fn data_for_a_dropped_stream_yamux_still_holds_never_reaches_it() {
     // Followed anyway, as a control: yamux does hold the stream, and queues what comes for it.
@@ -271,10 +279,7 @@ async fn data_for_a_dropped_stream_yamux_still_holds_never_reaches_it() {
         let mut writing = incoming.next().await.unwrap();
         peer_write.write_all(&frame(FLAG_SYN, 3, b"b")).await.unwrap();
         let dropped = incoming.next().await.unwrap();
-        // Four frames of 64 KiB, the peer's whole window; the driver (woken by them) runs
-        // before this task again, and blocks on the first.
-        writing.write_all(&[7; 256 * 1024]).await.unwrap();
-        tokio::task::yield_now().await;
+        block_our_writes(&mut writing).await;
         drop(dropped);
         let _tally = followed_anyway.then(|| ReadTally::new(opener.link.clone(), 3));
         // More than the dropped stream's window: had yamux queued it, it would end the
@@ -305,9 +310,7 @@ async fn a_syn_for_a_stream_open_already_ends_the_connection_though_our_writes_a
     let driver = tokio::spawn(driver);
     let (_peer_read, mut peer_write) = tokio::io::split(peer);
     let mut ours = opener.open().await.unwrap();
-    // As above: the driver blocks on writes the peer never reads.
-    ours.write_all(&[7; 256 * 1024]).await.unwrap();
-    tokio::task::yield_now().await;
+    block_our_writes(&mut ours).await;
     peer_write.write_all(&frame(FLAG_SYN, ours.id(), b"x")).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
     ended.expect("the connection ends").unwrap().unwrap_err();
