@@ -24,11 +24,12 @@
 //!   ([`Arrival::Swallow`]), which it drops. Frames with no body (a FIN, a reset, a window
 //!   update) and a reset's body reach it as they came: they change only the state of a stream
 //!   yamux holds;
-//! - a SYN for stream 0 or for a stream followed already ends the connection at once
-//!   ([`Arrival::Refuse`]). The frames swallowed above are for stream 0, which yamux on the
-//!   client side would open (the server's ids are even). An honest peer never opens a stream
-//!   twice, and yamux, which refuses it, ends the connection only once it has written its
-//!   go-away, reading on until then: the SYN would have taken a live stream's place here.
+//! - a SYN for stream 0, for an id of our side's, or for a stream followed already ends the
+//!   connection at once ([`Arrival::Refuse`]). The frames swallowed above are for stream 0,
+//!   which yamux on the client side would open (the server's ids are even). An honest peer
+//!   opens only streams of its own ids, and never one twice; yamux, which refuses the others,
+//!   ends the connection only once it has written its go-away, reading on until then: the SYN
+//!   would have made an entry here, or taken a live stream's place.
 //!
 //! So frames of 16 bytes or more are never cut off, however many wait, and a stream's unread
 //! small frames cost at most four times their bytes, or 512 KiB: 1.25 MiB with a 256 KiB
@@ -46,6 +47,7 @@ use std::sync::{Arc, Mutex};
 
 use super::frames::{Header, FLAG_RST, FLAG_SYN};
 use super::link::Link;
+use super::Mode;
 
 /// Data frames with a body shorter than this are counted; a longer one costs yamux at most a
 /// few percent more than its bytes.
@@ -80,14 +82,16 @@ pub(super) enum Arrival {
     /// drops. Its reader may be gone while yamux holds the stream, and its last frame for it
     /// (a reset or a FIN) is still to go: a reset here would change what that frame says.
     Swallow,
-    /// It opens stream 0, the one that names the connection, or a stream followed already:
-    /// the connection must end.
+    /// It opens stream 0 (the one that names the connection), a stream of an id only our side
+    /// gives, or a stream followed already: the connection must end.
     Refuse,
 }
 
 /// The unread small frames of each stream of one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Backlogs {
+    /// The peer opens streams of odd ids (it is yamux's client), or of even ones.
+    peer_opens_odd: bool,
     /// The streams followed, by id: each from its making or the peer's SYN until its reader
     /// is gone.
     followed: Mutex<HashMap<u32, Backlog>>,
@@ -109,6 +113,11 @@ struct Backlog {
 }
 
 impl Backlogs {
+    /// The backlogs of a connection whose side `ours` is.
+    pub(super) fn new(ours: Mode) -> Self {
+        Self { peer_opens_odd: ours == Mode::Server, followed: Mutex::default(), cut_off: AtomicU64::new(0) }
+    }
+
     /// Starts following `stream` (kept if the peer's SYN came already), and returns the counter
     /// its reader adds what it takes to.
     pub(super) fn track(&self, stream: u32) -> Arc<AtomicU64> {
@@ -133,7 +142,7 @@ impl Backlogs {
         let reset = header.flags & FLAG_RST != 0;
         // A SYN that also resets opens nothing (yamux ignores it).
         let opens = header.flags & (FLAG_SYN | FLAG_RST) == FLAG_SYN;
-        if opens && header.stream == 0 {
+        if opens && (header.stream == 0 || (header.stream % 2 == 1) != self.peer_opens_odd) {
             return Arrival::Refuse;
         }
         if !opens && !reset && !header.carries_data() {
@@ -142,8 +151,7 @@ impl Backlogs {
         let mut followed = lock(&self.followed);
         let backlog = if opens {
             // A stream the peer opens is followed from its first frame, before yamux hands it
-            // over. A SYN of our side's parity for a stream not followed, which yamux refuses,
-            // ends the connection once yamux's go-away is out (see `link::WatchedIo`).
+            // over.
             match followed.entry(header.stream) {
                 Entry::Occupied(_) => return Arrival::Refuse,
                 Entry::Vacant(entry) => entry.insert(Backlog::default()),
@@ -283,7 +291,7 @@ mod tests {
 
     #[test]
     fn one_byte_frames_nobody_reads_are_cut_off_at_the_allowance_and_everything_after() {
-        let backlogs = Backlogs::default();
+        let backlogs = Backlogs::new(Mode::Client);
         backlogs.track(1);
         assert_eq!(frames_until_cut(&backlogs, 1, 1, 1 << 20), Some(FRAMES_ALLOWED));
         // Every data frame after, small or not, and one that would end it: all rewritten.
@@ -301,7 +309,7 @@ mod tests {
     #[test]
     fn data_after_the_peers_reset_is_discarded_and_its_body_not_counted() {
         for reset in [data(FLAG_RST, 1, 1 << 20), window_update(FLAG_RST, 1)] {
-            let backlogs = Backlogs::default();
+            let backlogs = Backlogs::new(Mode::Client);
             backlogs.track(1);
             assert_eq!(backlogs.arriving(reset), Arrival::Pass, "yamux acts on the reset itself");
             assert_eq!(received(&backlogs, 1), Some(0));
@@ -312,7 +320,7 @@ mod tests {
 
     #[test]
     fn small_frames_the_reader_takes_are_forgotten_whatever_their_number() {
-        let backlogs = Backlogs::default();
+        let backlogs = Backlogs::new(Mode::Client);
         let taken = backlogs.track(1);
         for _ in 0..100_000 {
             assert_eq!(backlogs.arriving(data(0, 1, 1)), Arrival::Pass);
@@ -326,7 +334,7 @@ mod tests {
         backlogs.arriving(data(0, 1, 1));
         assert!(lock(&backlogs.followed)[&1].small.capacity() < 100);
         // Taken up to the middle of a frame: that frame is still unread.
-        let backlogs = Backlogs::default();
+        let backlogs = Backlogs::new(Mode::Client);
         let taken = backlogs.track(1);
         backlogs.arriving(data(0, 1, 10));
         taken.store(9, Ordering::Relaxed);
@@ -340,7 +348,7 @@ mod tests {
     #[test]
     fn frames_of_16_bytes_or_more_fill_any_window_unread_and_are_never_cut_off() {
         for length in [16, 64, 500, SMALL_FRAME - 1, SMALL_FRAME, 16 * 1024] {
-            let backlogs = Backlogs::default();
+            let backlogs = Backlogs::new(Mode::Client);
             backlogs.track(1);
             // 16 MiB unread, the most a stream's window grows to by default.
             let frames = (16 << 20) / length as usize;
@@ -348,18 +356,18 @@ mod tests {
         }
         // Nor when the reader took part of the first: its rest counts fewer bytes than it costs.
         for took in [1, 5, 15] {
-            let backlogs = Backlogs::default();
+            let backlogs = Backlogs::new(Mode::Client);
             let taken = backlogs.track(1);
             backlogs.arriving(data(0, 1, 16));
             taken.store(took, Ordering::Relaxed);
             assert_eq!(frames_until_cut(&backlogs, 1, 16, 1 << 20), None, "{took} bytes taken");
         }
         // Frames of 15 bytes are, past the allowance.
-        let backlogs = Backlogs::default();
+        let backlogs = Backlogs::new(Mode::Client);
         backlogs.track(1);
         assert_eq!(frames_until_cut(&backlogs, 1, 15, 1 << 20), Some(FRAMES_ALLOWED));
         // Large frames unread let small ones cost four times their bytes.
-        let backlogs = Backlogs::default();
+        let backlogs = Backlogs::new(Mode::Client);
         backlogs.track(1);
         for _ in 0..16 {
             backlogs.arriving(data(0, 1, 64 * 1024));
@@ -371,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_stream_is_followed_from_its_making_or_the_peers_syn_until_its_reader_is_gone() {
-        let backlogs = Backlogs::default();
+        let backlogs = Backlogs::new(Mode::Client);
         // Data for a stream nobody follows (gone, or never made) is swallowed; frames with
         // no body, and a reset's body, are yamux's.
         assert_eq!(backlogs.arriving(data(0, 7, 1)), Arrival::Swallow);
@@ -408,7 +416,7 @@ mod tests {
 
     #[test]
     fn only_data_and_window_updates_open_or_reset_a_stream() {
-        let backlogs = Backlogs::default();
+        let backlogs = Backlogs::new(Mode::Client);
         backlogs.track(1);
         for other in [TYPE_PING, TYPE_GO_AWAY] {
             let header = Header { kind: other, flags: FLAG_RST, stream: 1, length: 0 };
@@ -421,12 +429,27 @@ mod tests {
     }
 
     #[test]
-    fn a_syn_for_stream_0_or_a_stream_followed_already_is_refused() {
-        let backlogs = Backlogs::default();
+    fn a_syn_for_stream_0_an_id_of_ours_or_a_stream_followed_already_is_refused() {
+        let backlogs = Backlogs::new(Mode::Client);
         backlogs.track(1);
         assert_eq!(backlogs.arriving(data(FLAG_SYN, 2, 0)), Arrival::Pass);
         for opens in [data(FLAG_SYN, 1, 0), window_update(FLAG_SYN, 2), data(FLAG_SYN, 2, 7)] {
             assert_eq!(backlogs.arriving(opens), Arrival::Refuse, "{opens:?}");
+        }
+        // Ids only our side gives, followed or not: odd ones for yamux's client, even ones
+        // (stream 0 among them) for its server.
+        for (ours, peers, refused) in [(Mode::Client, 4, [3, 5]), (Mode::Server, 3, [2, 0])] {
+            let backlogs = Backlogs::new(ours);
+            for stream in refused {
+                assert_eq!(
+                    backlogs.arriving(data(FLAG_SYN, stream, 1)),
+                    Arrival::Refuse,
+                    "{ours:?} {stream}"
+                );
+                assert_eq!(backlogs.arriving(window_update(FLAG_SYN, stream)), Arrival::Refuse);
+            }
+            assert_eq!(backlogs.arriving(data(FLAG_SYN, peers, 1)), Arrival::Pass, "{ours:?} {peers}");
+            assert_eq!(backlogs.followed(), 1);
         }
         for opens in [data(FLAG_SYN, 0, 0), data(FLAG_SYN | FLAG_FIN, 0, 3), window_update(FLAG_SYN, 0)] {
             assert_eq!(backlogs.arriving(opens), Arrival::Refuse, "{opens:?}");

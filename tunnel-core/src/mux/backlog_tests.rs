@@ -78,7 +78,7 @@ async fn headers_reach_yamux_whole_and_rewritten_however_the_bytes_are_cut() {
     }
     for piece in [1, 5, 12, 13, 14, 100, 64 * 1024] {
         for read_size in [1, 12, 7, 16 * 1024] {
-            let link = Link::default();
+            let link = Link::new(Mode::Client);
             let tallies = [ReadTally::new(link.clone(), 1), ReadTally::new(link.clone(), 3)];
             let inner = Pieces { data: wire.clone(), at: 0, piece };
             let mut io = WatchedIo::new(Box::new(inner), link.clone());
@@ -108,7 +108,7 @@ async fn headers_reach_yamux_whole_and_rewritten_however_the_bytes_are_cut() {
 async fn a_connection_ending_inside_a_header_is_an_error_not_an_end() {
     let mut wire = frame(0, 1, b"ab");
     wire.extend([0, 0, 0]);
-    let link = Link::default();
+    let link = Link::new(Mode::Client);
     let mut io = WatchedIo::new(Box::new(Pieces { data: wire, at: 0, piece: 100 }), link.clone());
     let mut all = Vec::new();
     let err = io.read_to_end(&mut all).await.unwrap_err();
@@ -209,30 +209,27 @@ async fn one_byte_frames_to_a_reader_that_keeps_up_all_arrive() {
 
 #[tokio::test]
 async fn a_frame_yamux_refuses_ends_the_connection() {
-    // A frame past the stream's window, a SYN with our parity (a second SYN for a stream is
-    // refused before yamux reads it: see below).
-    let past_window = frame(0, 1, &vec![0; 256 * 1024 + 1]);
-    for refused in [past_window, frame(FLAG_SYN, 2, b"c")] {
-        let (ours, peer) = tokio::io::duplex(1 << 20);
-        let (_opener, mut incoming, driver) = start(ours, &MuxConfig::default(), Mode::Server);
-        let driver = tokio::spawn(driver);
-        let (peer_read, mut peer_write) = tokio::io::split(peer);
-        let _headers = headers_sent_to(peer_read);
-        peer_write.write_all(&frame(FLAG_SYN, 1, b"a")).await.unwrap();
-        let _stream = incoming.next().await.unwrap();
-        peer_write.write_all(&refused).await.unwrap();
-        // More frames after it are not read: the connection is over.
-        let _ = peer_write.write_all(&one_byte_frames(1, 100)).await;
-        let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
-        let err = ended.expect("the connection ends").unwrap().unwrap_err();
-        assert!(format!("{err:?}").contains("broke the multiplexing protocol"), "{err:?}");
-    }
+    // A frame past the stream's window. (The SYNs yamux refuses are refused before it reads
+    // them: see below.)
+    let (ours, peer) = tokio::io::duplex(1 << 20);
+    let (_opener, mut incoming, driver) = start(ours, &MuxConfig::default(), Mode::Server);
+    let driver = tokio::spawn(driver);
+    let (peer_read, mut peer_write) = tokio::io::split(peer);
+    let _headers = headers_sent_to(peer_read);
+    peer_write.write_all(&frame(FLAG_SYN, 1, b"a")).await.unwrap();
+    let _stream = incoming.next().await.unwrap();
+    peer_write.write_all(&frame(0, 1, &vec![0; 256 * 1024 + 1])).await.unwrap();
+    // More frames after it are not read: the connection is over.
+    let _ = peer_write.write_all(&one_byte_frames(1, 100)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    let err = ended.expect("the connection ends").unwrap().unwrap_err();
+    assert!(format!("{err:?}").contains("broke the multiplexing protocol"), "{err:?}");
 }
 
 /// What yamux reads of `wire`, handed over in one read, with `stream` followed by a reader
 /// that is gone by then.
 async fn as_yamux_reads(wire: &[u8], stream: u32) -> Vec<u8> {
-    let link = Link::default();
+    let link = Link::new(Mode::Client);
     drop(ReadTally::new(link.clone(), stream));
     let inner = Pieces { data: wire.to_vec(), at: 0, piece: wire.len() };
     let mut io = WatchedIo::new(Box::new(inner), link.clone());
@@ -303,17 +300,22 @@ async fn data_for_a_dropped_stream_yamux_still_holds_never_reaches_it() {
 }
 
 #[tokio::test]
-async fn a_syn_for_a_stream_open_already_ends_the_connection_though_our_writes_are_blocked() {
-    // yamux refuses it too, but ends the connection only once its go-away is out.
-    let (ours, peer) = tokio::io::duplex(4096);
-    let (opener, _incoming, driver) = start(ours, &MuxConfig::default(), Mode::Client);
-    let driver = tokio::spawn(driver);
-    let (_peer_read, mut peer_write) = tokio::io::split(peer);
-    let mut ours = opener.open().await.unwrap();
-    block_our_writes(&mut ours).await;
-    peer_write.write_all(&frame(FLAG_SYN, ours.id(), b"x")).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
-    ended.expect("the connection ends").unwrap().unwrap_err();
+async fn a_syn_for_a_stream_open_already_or_an_id_of_ours_ends_the_connection_though_our_writes_are_blocked()
+{
+    // yamux refuses both too, but ends the connection only once its go-away is out. The peer
+    // is yamux's server, so ours are the odd ids.
+    for next_of_ours in [0, 2] {
+        let (ours, peer) = tokio::io::duplex(4096);
+        let (opener, _incoming, driver) = start(ours, &MuxConfig::default(), Mode::Client);
+        let driver = tokio::spawn(driver);
+        let (_peer_read, mut peer_write) = tokio::io::split(peer);
+        let mut ours = opener.open().await.unwrap();
+        block_our_writes(&mut ours).await;
+        let refused = ours.id() + next_of_ours;
+        peer_write.write_all(&frame(FLAG_SYN, refused, b"x")).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+        ended.expect("the connection ends").unwrap().unwrap_err();
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 use super::super::link::WatchedIo;
+use super::super::Mode;
 use super::*;
 
 /// Records each write call it receives, accepting at most `limit` bytes per call.
@@ -64,7 +65,7 @@ async fn write_and_flush(io: &mut WatchedIo, frame: &[u8]) {
 /// A batching writer under a watched link, as `mux::start` stacks them.
 fn batching() -> (WatchedIo, Link, Recorder) {
     let recorder = Recorder { limit: usize::MAX, ..Recorder::default() };
-    let link = Link::default();
+    let link = Link::new(Mode::Client);
     let io = WatchedIo::new(Box::new(JoinWrites::batching(recorder.clone(), link.clone())), link.clone());
     (io, link, recorder)
 }
@@ -160,7 +161,7 @@ async fn a_wait_ends_after_sixteen_flushes_or_a_full_batch_without_the_driver() 
 #[tokio::test]
 async fn a_large_body_after_a_batch_survives_short_writes_in_order() {
     let slow = Recorder { limit: 5, ..Recorder::default() };
-    let link = Link::default();
+    let link = Link::new(Mode::Client);
     let mut io = WatchedIo::new(Box::new(JoinWrites::batching(slow.clone(), link.clone())), link);
     let (small, bulk) =
         (data_frame(b"hello"), data_frame(&(0..COPIED + 100).map(|i| i as u8).collect::<Vec<_>>()));

@@ -16,6 +16,7 @@ use super::frames::{
     decode, peek_header, rewrite_as_nothing, rewrite_as_reset, rewrite_as_unreadable, FrameCursor,
     HEADER_LEN, TYPE_GO_AWAY,
 };
+use super::Mode;
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
@@ -25,10 +26,10 @@ use crate::transport::BoxedIo;
 /// yamux reports a lost connection (and a reset stream) to readers as a plain EOF; the cut
 /// flag, set *before* yamux closes the streams, lets a reader tell a real FIN from a connection
 /// that died under it. The count is what a drain waits on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct Link(Arc<LinkState>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LinkState {
     serial: Serial,
     cut: AtomicBool,
@@ -59,10 +60,35 @@ struct LinkState {
 }
 
 impl Link {
+    /// The link of a session's first connection, whose side `ours` is.
+    pub(super) fn new(ours: Mode) -> Self {
+        Self::with(ours, Arc::default())
+    }
+
     /// A link for another connection of the session `other` belongs to: a stream closing on
     /// either wakes whoever waits on either.
-    pub(super) fn beside(other: &Link) -> Self {
-        Self(Arc::new(LinkState { closed_one: other.0.closed_one.clone(), ..LinkState::default() }))
+    pub(super) fn beside(other: &Link, ours: Mode) -> Self {
+        Self::with(ours, other.0.closed_one.clone())
+    }
+
+    fn with(ours: Mode, closed_one: Arc<Notify>) -> Self {
+        Self(Arc::new(LinkState {
+            serial: Serial::default(),
+            cut: AtomicBool::new(false),
+            opening: AtomicUsize::new(0),
+            silent: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            unacknowledged: AtomicUsize::new(0),
+            closed_one,
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            ends: StreamEnds::default(),
+            backlogs: Backlogs::new(ours),
+            broken: AtomicBool::new(false),
+            data_held: AtomicBool::new(false),
+            put_off: AtomicBool::new(false),
+            forced: AtomicBool::new(false),
+        }))
     }
 
     /// Wakes when a stream of this link (or of one beside it) closes; enable before reading
@@ -267,7 +293,7 @@ impl WatchedIo {
             // Nobody reads the stream: its ends are followed as the peer sent them.
             Arrival::Swallow => rewrite_as_nothing(bytes),
             Arrival::Refuse => {
-                let why = "the peer opened a stream open already, or stream 0 (which names the connection)";
+                let why = "the peer opened a stream open already, one of an id only we give, or stream 0 (which names the connection)";
                 tracing::warn!(stream = header.stream, "{why}; closing the connection");
                 rewrite_as_unreadable(bytes);
                 return;

@@ -102,7 +102,7 @@ pub enum MuxError {
 pub fn start(io: impl Io, config: &MuxConfig, mode: Mode) -> (StreamOpener, IncomingStreams, MuxDriver) {
     let limits =
         (Arc::new(Semaphore::new(config.max_streams)), Arc::new(Semaphore::new(config.inbound_limit())));
-    start_with(io, config, mode, Link::default(), limits)
+    start_with(io, config, mode, Link::new(mode), limits)
 }
 
 /// Starts multiplexing `io` as another connection of `first`'s session, to be joined to it
@@ -115,7 +115,7 @@ pub fn start_beside(
     first: &StreamOpener,
 ) -> (StreamOpener, IncomingStreams, MuxDriver) {
     let limits = (first.permits.clone(), first.inbound_permits.clone());
-    start_with(io, config, mode, Link::beside(&first.link), limits)
+    start_with(io, config, mode, Link::beside(&first.link, mode), limits)
 }
 
 fn start_with(
