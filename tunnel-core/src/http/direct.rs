@@ -5,15 +5,23 @@
 //! in full, so one origin connection per stream is all the reuse there is to have.
 //!
 //! What the client still owes is the route's timeout: when the origin sends nothing for that
-//! long after a request began, the visitor gets a 504 written into the stream in the origin's
-//! place, and the stream ends. A request is taken to begin with the first byte toward the
-//! origin after an answer began (or the first byte of all): the edge sends a request only once
-//! the answer before it was read in full. An origin that answers before the whole request body
-//! is sent (a 1xx, or an early final answer), then goes silent for the timeout while that body
-//! still flows, has its answer taken for done: after a `100 Continue` the 504 is the final
-//! answer, as it should be; after the head of a final answer, the 504's bytes take the place of
-//! the rest of that answer's body, which then ends short of its length or chunks: a cut the
-//! edge sees and the visitor gets (unless the 504 happens to fill exactly what was left).
+//! long after the last byte of a request, the visitor gets a 504 written into the stream in the
+//! origin's place, and the stream ends. A request is taken to begin with the first byte toward
+//! the origin after an answer began (or the first byte of all): the edge sends a request only
+//! once the answer before it was read in full. Every later byte toward the origin starts the
+//! timeout again, so a body that flows longer than the timeout is never cut while it flows.
+//!
+//! The client sees no message boundaries, so bytes toward the origin after its answer began may
+//! be the rest of that request's body, not a new request: an origin may answer before reading
+//! the whole body (a 1xx, or an early final answer such as a 401 or a redirect). Were the
+//! timeout counted from the first of them, a stream the edge then reused would give its next
+//! request, a stranger's perhaps, only what was left of it: an early 504 for a request the
+//! origin still runs. Counted from the last byte, the next request gets its whole timeout. An
+//! origin that answers early and then goes silent for the timeout after the body has its answer
+//! taken for done: after a `100 Continue` the 504 is the final answer, as it should be; after
+//! the head of a final answer, the 504's bytes take the place of the rest of that answer's
+//! body, which then ends short of its length or chunks: a cut the edge sees and the visitor gets
+//! (unless the 504 happens to fill exactly what was left).
 
 use std::future::Future;
 use std::io;
@@ -49,8 +57,9 @@ pub(super) async fn carry(mut stream: MuxStream, tcp: TcpStream, origin: &Target
 enum State {
     /// No request waits for an answer: the last one began to be answered (or none came yet).
     Answered,
-    /// A request went out and nothing came back since.
-    Waiting,
+    /// A request went out and nothing came back since; the timeout runs from the last byte of
+    /// it, written then.
+    Waiting { last_sent: Instant },
     /// The origin ran out of time: what is left of the 504 read in its place.
     Late(Bytes),
     /// The 504 was read: the origin's side has ended.
@@ -106,7 +115,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Clocked<T> {
                 }
                 // The end of the origin's side.
                 State::Over => return Poll::Ready(Ok(())),
-                State::Answered | State::Waiting => {}
+                State::Answered | State::Waiting { .. } => {}
             }
             let before = buf.filled().len();
             match Pin::new(&mut this.io).poll_read(cx, buf) {
@@ -118,9 +127,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Clocked<T> {
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
-                    let waiting = matches!(this.state, State::Waiting);
-                    if !(waiting && this.deadline.as_mut().poll(cx).is_ready()) {
+                    let State::Waiting { last_sent } = this.state else { return Poll::Pending };
+                    if this.deadline.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
+                    }
+                    // The deadline is moved only when it runs out, not on every write.
+                    let due = last_sent + this.timeout;
+                    if due > Instant::now() {
+                        this.deadline.as_mut().reset(due);
+                        if this.deadline.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
                     }
                     this.state = State::Late(gateway_timeout(&this.origin, this.timeout));
                 }
@@ -139,13 +156,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Clocked<T> {
         }
         let written = Pin::new(&mut this.io).poll_write(cx, data);
         if let Poll::Ready(Ok(1..)) = written {
+            let now = Instant::now();
             if matches!(this.state, State::Answered) {
-                this.state = State::Waiting;
-                this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                this.deadline.as_mut().reset(now + this.timeout);
                 // Registers the deadline with this task now, whether or not a read is polled
                 // after this write.
                 let _ = this.deadline.as_mut().poll(cx);
             }
+            this.state = State::Waiting { last_sent: now };
         }
         written
     }
@@ -154,7 +172,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Clocked<T> {
         let this = self.get_mut();
         match this.state {
             State::Late(_) | State::Over => Poll::Ready(Ok(())),
-            State::Answered | State::Waiting => Pin::new(&mut this.io).poll_flush(cx),
+            State::Answered | State::Waiting { .. } => Pin::new(&mut this.io).poll_flush(cx),
         }
     }
 
@@ -162,7 +180,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Clocked<T> {
         let this = self.get_mut();
         match this.state {
             State::Late(_) | State::Over => Poll::Ready(Ok(())),
-            State::Answered | State::Waiting => Pin::new(&mut this.io).poll_shutdown(cx),
+            State::Answered | State::Waiting { .. } => Pin::new(&mut this.io).poll_shutdown(cx),
         }
     }
 }
@@ -242,6 +260,43 @@ mod tests {
         tokio::time::sleep(TIMEOUT - Duration::from_secs(1)).await;
         // A second request well after the first began: its own minute, not what the first left.
         clocked.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+        let started = Instant::now();
+        let answer = read_to_end(&mut clocked).await.unwrap();
+        assert_eq!(started.elapsed(), TIMEOUT);
+        assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rest_of_a_body_after_its_answer_leaves_the_next_request_its_whole_timeout() {
+        // An origin that answers on seeing the head, before it reads the body.
+        let (mut clocked, mut origin) = clocked();
+        clocked.write_all(b"POST /early HTTP/1.1\r\ncontent-length: 4\r\n\r\n").await.unwrap();
+        let answer = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+        origin.write_all(answer).await.unwrap();
+        clocked.read_exact(&mut vec![0u8; answer.len()]).await.unwrap();
+        // The body after the answer: to the client, bytes toward the origin like a request's.
+        clocked.write_all(b"body").await.unwrap();
+        tokio::time::sleep(TIMEOUT / 2).await;
+        // The edge reuses the stream for the next request (another visitor's, perhaps).
+        clocked.write_all(b"GET /slow HTTP/1.1\r\n\r\n").await.unwrap();
+        let started = Instant::now();
+        let answer = read_to_end(&mut clocked).await.unwrap();
+        assert_eq!(started.elapsed(), TIMEOUT, "not what the body's bytes left of it");
+        assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_flowing_longer_than_the_timeout_is_not_cut_and_the_timeout_runs_from_its_end() {
+        let (mut clocked, _origin) = clocked();
+        clocked.write_all(b"POST /upload HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+        let mut byte = [0u8; 1];
+        for chunk in 0..4 {
+            // Waiting for the answer while the body flows, a chunk every half timeout.
+            let read = tokio::time::timeout(TIMEOUT / 2, clocked.read(&mut byte)).await;
+            assert!(read.is_err(), "read {read:?} before chunk {chunk}");
+            clocked.write_all(b"1\r\nx\r\n").await.unwrap();
+        }
+        clocked.write_all(b"0\r\n\r\n").await.unwrap();
         let started = Instant::now();
         let answer = read_to_end(&mut clocked).await.unwrap();
         assert_eq!(started.elapsed(), TIMEOUT);
