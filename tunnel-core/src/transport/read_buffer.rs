@@ -6,6 +6,12 @@
 //! of 64 KiB buffers). So the buffer is taken when a read needs it and given back when the
 //! socket has nothing more to read and the last read was small: an idle or interactive session
 //! holds none between messages, while a busy one keeps its buffer from one read to the next.
+//!
+//! A connection's first [`LEAN_BYTES`] never keep it, whatever their reads: they hold every
+//! handshake (a TLS ClientHello of at most 64 KiB, handshake frames of 1 KiB, what rustls and
+//! a read ahead take beyond them), so a stranger who sends one burst and goes silent before
+//! authenticating pins no buffer for the handshake timeout (before, 64 KiB per slot: 256 MiB
+//! with every unauthenticated place so held).
 
 use std::io;
 use std::pin::Pin;
@@ -21,18 +27,24 @@ const CAPACITY: usize = 64 * 1024;
 /// heartbeats, control messages and interactive traffic.
 const SMALL_READ: usize = 4 * 1024;
 
+/// Bytes a connection reads before a busy read may keep the buffer: more than a handshake
+/// before authentication can take.
+const LEAN_BYTES: u64 = 512 * 1024;
+
 /// Buffers reads of `T`; writes pass through. See the module docs for when it holds memory.
 #[derive(Debug)]
 pub struct ReadBuffer<T> {
     inner: T,
     buf: BytesMut,
     last_read: usize,
+    /// Bytes read so far, up to [`LEAN_BYTES`].
+    read: u64,
 }
 
 impl<T> ReadBuffer<T> {
     /// Buffers reads of `inner`; no memory is taken until the first read.
     pub fn new(inner: T) -> Self {
-        Self { inner, buf: BytesMut::new(), last_read: 0 }
+        Self { inner, buf: BytesMut::new(), last_read: 0, read: 0 }
     }
 
     /// The connection underneath.
@@ -58,7 +70,7 @@ impl<T> ReadBuffer<T> {
 
 impl<T: AsyncRead + Unpin> ReadBuffer<T> {
     /// Fills the empty buffer from the socket; on `Pending`, gives the buffer back if the last
-    /// read was small.
+    /// read was small or the connection is young.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         debug_assert!(self.buf.is_empty());
         // Reuses the allocation when nothing else refers to it.
@@ -66,11 +78,12 @@ impl<T: AsyncRead + Unpin> ReadBuffer<T> {
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buf) {
             Poll::Ready(Ok(n)) => {
                 self.last_read = n;
+                self.read = self.read.saturating_add(n as u64).min(LEAN_BYTES);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if self.last_read < SMALL_READ {
+                if self.last_read < SMALL_READ || self.read < LEAN_BYTES {
                     self.buf = BytesMut::new();
                 }
                 Poll::Pending
@@ -163,9 +176,9 @@ mod tests {
         assert!(futures::poll!(std::pin::pin!(reader.read(&mut one))).is_pending());
         assert_eq!(reader.capacity(), 0, "an idle connection kept its buffer");
 
-        // A large burst: reads are as large as the data waiting, and the buffer stays between
-        // them while the stream is busy.
-        let burst: Vec<u8> = (0..4 * CAPACITY as u32).map(|i| i as u8).collect();
+        // A large burst, past a handshake's worth: reads are as large as the data waiting, and
+        // the buffer stays between them while the stream is busy.
+        let burst: Vec<u8> = (0..LEAN_BYTES as u32 + 4 * CAPACITY as u32).map(|i| i as u8).collect();
         peer.write_all(&burst).await.unwrap();
         let mut got = vec![0u8; burst.len()];
         let mut at = 0;
@@ -180,6 +193,24 @@ mod tests {
         // The end of the stream, through the buffered-read interface.
         drop(peer);
         assert!(reader.fill_buf().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_burst_then_silence_within_a_handshakes_worth_keeps_no_buffer() {
+        // A stranger's partial TLS record, or any burst a handshake could hold.
+        for burst in [16_000, LEAN_BYTES as usize - CAPACITY] {
+            let (mut peer, io) = tokio::io::duplex(1 << 20);
+            let mut reader = ReadBuffer::new(io);
+            peer.write_all(&vec![1u8; burst]).await.unwrap();
+            let mut got = vec![0u8; burst];
+            let mut at = 0;
+            while at < burst {
+                at += reader.read(&mut got[at..(at + 4096).min(burst)]).await.unwrap();
+            }
+            let mut one = [0u8; 1];
+            assert!(futures::poll!(std::pin::pin!(reader.read(&mut one))).is_pending());
+            assert_eq!(reader.capacity(), 0, "a silent peer kept {burst} bytes' buffer");
+        }
     }
 
     #[tokio::test]
