@@ -77,9 +77,10 @@ pub(super) async fn handle(
     };
     // Taken once: a session established under it is re-checked if a reload replaced it meanwhile.
     let config = shared.config();
+    let authenticated = transport::Authenticated::default();
     let establish = async {
         let connection = match accepted {
-            Accepted::Tcp(tcp) => upgrade_if_asked(secure(&config, tcp).await?).await?,
+            Accepted::Tcp(tcp) => upgrade_if_asked(secure(&config, tcp, &authenticated).await?).await?,
             Accepted::Connection(connection) => (connection, false),
         };
         let (Connection { io, binding }, websocket) = connection;
@@ -111,7 +112,10 @@ pub(super) async fn handle(
     // Taken whole, not by parts: a value moved out in parts keeps its room in this task's
     // state for as long as the session runs.
     let (session, client, websocket, joined) = match established {
-        Ok(Ok(parts)) => parts,
+        Ok(Ok(parts)) => {
+            authenticated.set();
+            parts
+        }
         Ok(Err(err)) => {
             shared.metrics.handshake_failed(err.reason());
             if crate::log::HANDSHAKE_FAILURES.allow() {
@@ -137,8 +141,13 @@ pub(super) async fn handle(
     }
 }
 
-/// TLS or plaintext, as the first byte says and the configuration allows.
-async fn secure(config: &ServerConfig, mut tcp: TcpStream) -> Result<Connection, EstablishError> {
+/// TLS or plaintext, as the first byte says and the configuration allows; its reads keep no
+/// buffer until `authenticated` is set.
+async fn secure(
+    config: &ServerConfig,
+    mut tcp: TcpStream,
+    authenticated: &transport::Authenticated,
+) -> Result<Connection, EstablishError> {
     if let Err(err) = transport::configure_tcp(&tcp) {
         tracing::debug!("socket options: {err}");
     }
@@ -149,7 +158,8 @@ async fn secure(config: &ServerConfig, mut tcp: TcpStream) -> Result<Connection,
     let is_tls = first[0] == TLS_HANDSHAKE_RECORD;
     match (&config.tls, is_tls) {
         (Some(tls), true) => {
-            transport::accept_tls(tls.clone(), transport::buffered(tcp)).await.map_err(EstablishError::Tls)
+            let tcp = transport::buffered_until_authenticated(tcp, authenticated);
+            transport::accept_tls(tls.clone(), tcp).await.map_err(EstablishError::Tls)
         }
         (Some(_), false) => {
             read_and_refuse(
@@ -165,7 +175,8 @@ async fn secure(config: &ServerConfig, mut tcp: TcpStream) -> Result<Connection,
             Err(EstablishError::TlsClient)
         }
         (None, false) => {
-            Ok(Connection { io: Box::new(transport::buffered(tcp)), binding: ChannelBinding::Plaintext })
+            let tcp = transport::buffered_until_authenticated(tcp, authenticated);
+            Ok(Connection { io: Box::new(tcp), binding: ChannelBinding::Plaintext })
         }
     }
 }

@@ -20,7 +20,7 @@ pub use connect::{
 pub use proxy::{
     check_reply, no_proxy_matches, HttpProxy, ProxyConnector, ProxyReplyError, ProxyUrlError, MAX_REPLY_HEAD,
 };
-pub use read_buffer::ReadBuffer;
+pub use read_buffer::{Authenticated, ReadBuffer};
 
 use std::io;
 use std::time::Duration;
@@ -69,6 +69,12 @@ pub type SessionTcp = ReadBuffer<TcpStream>;
 /// Buffers reads of a session's TCP connection ([`ReadBuffer`]); writes pass through.
 pub fn buffered(tcp: TcpStream) -> SessionTcp {
     ReadBuffer::new(tcp)
+}
+
+/// As [`buffered`], for a peer that has yet to authenticate (a connection a server accepted):
+/// its reads keep no buffer until `authenticated` is set.
+pub fn buffered_until_authenticated(tcp: TcpStream, authenticated: &Authenticated) -> SessionTcp {
+    ReadBuffer::until_authenticated(tcp, authenticated)
 }
 
 /// Applies the socket options every connection wants: no Nagle delay, TCP keepalive.

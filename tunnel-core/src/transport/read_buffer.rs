@@ -7,14 +7,16 @@
 //! socket has nothing more to read and the last read was small: an idle or interactive session
 //! holds none between messages, while a busy one keeps its buffer from one read to the next.
 //!
-//! A connection's first [`LEAN_BYTES`] never keep it, whatever their reads: they hold every
-//! handshake (a TLS ClientHello of at most 64 KiB, handshake frames of 1 KiB, what rustls and
-//! a read ahead take beyond them), so a stranger who sends one burst and goes silent before
-//! authenticating pins no buffer for the handshake timeout (before, 64 KiB per slot: 256 MiB
-//! with every unauthenticated place so held).
+//! A peer not yet authenticated ([`ReadBuffer::until_authenticated`]: every connection a server
+//! accepts) never keeps it, however large its reads, until [`Authenticated::set`]: a stranger
+//! who sends one burst (part of a TLS record, WebSocket pings) and goes silent pins no buffer
+//! for the handshake timeout (before, 64 KiB per place: 256 MiB with every unauthenticated
+//! place so held).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
@@ -27,9 +29,21 @@ const CAPACITY: usize = 64 * 1024;
 /// heartbeats, control messages and interactive traffic.
 const SMALL_READ: usize = 4 * 1024;
 
-/// Bytes a connection reads before a busy read may keep the buffer: more than a handshake
-/// before authentication can take.
-const LEAN_BYTES: u64 = 512 * 1024;
+/// Whether a connection's peer has authenticated, set by whoever checks it: until then, its
+/// [`ReadBuffer`] keeps no buffer between reads.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticated(Arc<AtomicBool>);
+
+impl Authenticated {
+    /// The peer proved who it is: busy reads may keep the buffer from now on.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// Buffers reads of `T`; writes pass through. See the module docs for when it holds memory.
 #[derive(Debug)]
@@ -37,14 +51,20 @@ pub struct ReadBuffer<T> {
     inner: T,
     buf: BytesMut,
     last_read: usize,
-    /// Bytes read so far, up to [`LEAN_BYTES`].
-    read: u64,
+    /// `None` for a peer trusted from the start (the server a client dialed).
+    authenticated: Option<Authenticated>,
 }
 
 impl<T> ReadBuffer<T> {
     /// Buffers reads of `inner`; no memory is taken until the first read.
     pub fn new(inner: T) -> Self {
-        Self { inner, buf: BytesMut::new(), last_read: 0, read: 0 }
+        Self { inner, buf: BytesMut::new(), last_read: 0, authenticated: None }
+    }
+
+    /// As [`ReadBuffer::new`], for a peer that has yet to authenticate: no buffer is kept
+    /// between reads until `authenticated` is set.
+    pub fn until_authenticated(inner: T, authenticated: &Authenticated) -> Self {
+        Self { authenticated: Some(authenticated.clone()), ..Self::new(inner) }
     }
 
     /// The connection underneath.
@@ -70,7 +90,7 @@ impl<T> ReadBuffer<T> {
 
 impl<T: AsyncRead + Unpin> ReadBuffer<T> {
     /// Fills the empty buffer from the socket; on `Pending`, gives the buffer back if the last
-    /// read was small or the connection is young.
+    /// read was small or the peer has yet to authenticate.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         debug_assert!(self.buf.is_empty());
         // Reuses the allocation when nothing else refers to it.
@@ -78,12 +98,12 @@ impl<T: AsyncRead + Unpin> ReadBuffer<T> {
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buf) {
             Poll::Ready(Ok(n)) => {
                 self.last_read = n;
-                self.read = self.read.saturating_add(n as u64).min(LEAN_BYTES);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if self.last_read < SMALL_READ || self.read < LEAN_BYTES {
+                let trusted = self.authenticated.as_ref().is_none_or(Authenticated::is_set);
+                if self.last_read < SMALL_READ || !trusted {
                     self.buf = BytesMut::new();
                 }
                 Poll::Pending
@@ -153,7 +173,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadBuffer<T> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
 
@@ -176,9 +196,9 @@ mod tests {
         assert!(futures::poll!(std::pin::pin!(reader.read(&mut one))).is_pending());
         assert_eq!(reader.capacity(), 0, "an idle connection kept its buffer");
 
-        // A large burst, past a handshake's worth: reads are as large as the data waiting, and
-        // the buffer stays between them while the stream is busy.
-        let burst: Vec<u8> = (0..LEAN_BYTES as u32 + 4 * CAPACITY as u32).map(|i| i as u8).collect();
+        // A large burst: reads are as large as the data waiting, and the buffer stays between
+        // them while the stream is busy.
+        let burst: Vec<u8> = (0..4 * CAPACITY as u32).map(|i| i as u8).collect();
         peer.write_all(&burst).await.unwrap();
         let mut got = vec![0u8; burst.len()];
         let mut at = 0;
@@ -195,22 +215,42 @@ mod tests {
         assert!(reader.fill_buf().await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn a_burst_then_silence_within_a_handshakes_worth_keeps_no_buffer() {
-        // A stranger's partial TLS record, or any burst a handshake could hold.
-        for burst in [16_000, LEAN_BYTES as usize - CAPACITY] {
-            let (mut peer, io) = tokio::io::duplex(1 << 20);
-            let mut reader = ReadBuffer::new(io);
-            peer.write_all(&vec![1u8; burst]).await.unwrap();
+    /// Writes `burst` bytes to `peer` and reads them through `reader` 4 KiB at a time, then
+    /// finds the socket dry; returns the buffer's capacity then.
+    async fn capacity_after_a_burst(
+        peer: &mut DuplexStream,
+        reader: &mut ReadBuffer<DuplexStream>,
+        burst: usize,
+    ) -> usize {
+        let bytes = vec![1u8; burst];
+        let writing = peer.write_all(&bytes);
+        let reading = async {
             let mut got = vec![0u8; burst];
             let mut at = 0;
             while at < burst {
                 at += reader.read(&mut got[at..(at + 4096).min(burst)]).await.unwrap();
             }
-            let mut one = [0u8; 1];
-            assert!(futures::poll!(std::pin::pin!(reader.read(&mut one))).is_pending());
-            assert_eq!(reader.capacity(), 0, "a silent peer kept {burst} bytes' buffer");
+        };
+        let (written, ()) = tokio::join!(writing, reading);
+        written.unwrap();
+        let mut one = [0u8; 1];
+        assert!(futures::poll!(std::pin::pin!(reader.read(&mut one))).is_pending());
+        reader.capacity()
+    }
+
+    #[tokio::test]
+    async fn a_peer_yet_to_authenticate_keeps_no_buffer_after_a_burst_then_silence() {
+        let (mut peer, io) = tokio::io::duplex(64 * 1024);
+        let authenticated = Authenticated::default();
+        let mut reader = ReadBuffer::until_authenticated(io, &authenticated);
+        // A stranger's partial TLS record, and bursts as large as it likes.
+        for burst in [16_000, 8 * CAPACITY] {
+            let kept = capacity_after_a_burst(&mut peer, &mut reader, burst).await;
+            assert_eq!(kept, 0, "a peer yet to authenticate kept a buffer after {burst} bytes");
         }
+        // Once it has, a busy connection keeps its buffer as any other.
+        authenticated.set();
+        assert!(capacity_after_a_burst(&mut peer, &mut reader, 16_000).await >= CAPACITY);
     }
 
     #[tokio::test]
