@@ -9,7 +9,8 @@
 //! origin's place, and the stream ends. A request is taken to begin with the first byte toward
 //! the origin after an answer began (or the first byte of all): the edge sends a request only
 //! once the answer before it was read in full. Every later byte toward the origin starts the
-//! timeout again, so a body that flows longer than the timeout is never cut while it flows.
+//! timeout again, so a body that flows longer than the timeout is not cut here while it flows
+//! (the edge's `http_response_timeout` still bounds the whole exchange).
 //!
 //! The client sees no message boundaries, so bytes toward the origin after its answer began may
 //! be the rest of that request's body, not a new request: an origin may answer before reading
@@ -21,7 +22,10 @@
 //! taken for done: after a `100 Continue` the 504 is the final answer, as it should be; after
 //! the head of a final answer, the 504's bytes take the place of the rest of that answer's
 //! body, which then ends short of its length or chunks: a cut the edge sees and the visitor gets
-//! (unless the 504 happens to fill exactly what was left).
+//! (unless the 504 happens to fill exactly what was left). After a whole early answer, the rest
+//! of the body leaves the stream waiting on nothing: idle in the edge's pool, it gets a 504 and
+//! its end a timeout after that body, which a request sent on it just then (within about a
+//! tunnel round trip) takes for its answer.
 
 use std::future::Future;
 use std::io;
@@ -57,8 +61,8 @@ pub(super) async fn carry(mut stream: MuxStream, tcp: TcpStream, origin: &Target
 enum State {
     /// No request waits for an answer: the last one began to be answered (or none came yet).
     Answered,
-    /// A request went out and nothing came back since; the timeout runs from the last byte of
-    /// it, written then.
+    /// A request went out and nothing came back since; `last_sent` is when the last byte
+    /// toward the origin was written, which the timeout runs from.
     Waiting { last_sent: Instant },
     /// The origin ran out of time: what is left of the 504 read in its place.
     Late(Bytes),

@@ -142,7 +142,7 @@ impl Backlogs {
         let reset = header.flags & FLAG_RST != 0;
         // A SYN that also resets opens nothing (yamux ignores it).
         let opens = header.flags & (FLAG_SYN | FLAG_RST) == FLAG_SYN;
-        if opens && (header.stream == 0 || (header.stream % 2 == 1) != self.peer_opens_odd) {
+        if opens && (header.stream == 0 || self.is_ours(header.stream)) {
             return Arrival::Refuse;
         }
         if !opens && !reset && !header.carries_data() {
@@ -213,6 +213,11 @@ impl Backlogs {
             );
         }
         Arrival::CutOff
+    }
+
+    /// Whether `stream` is an id only our side gives.
+    fn is_ours(&self, stream: u32) -> bool {
+        (stream % 2 == 1) != self.peer_opens_odd
     }
 
     /// Streams followed now.
@@ -439,17 +444,14 @@ mod tests {
         // Ids only our side gives, followed or not: odd ones for yamux's client, even ones
         // (stream 0 among them) for its server.
         for (ours, peers, refused) in [(Mode::Client, 4, [3, 5]), (Mode::Server, 3, [2, 0])] {
-            let backlogs = Backlogs::new(ours);
+            let sided = Backlogs::new(ours);
             for stream in refused {
-                assert_eq!(
-                    backlogs.arriving(data(FLAG_SYN, stream, 1)),
-                    Arrival::Refuse,
-                    "{ours:?} {stream}"
-                );
-                assert_eq!(backlogs.arriving(window_update(FLAG_SYN, stream)), Arrival::Refuse);
+                for opens in [data(FLAG_SYN, stream, 1), window_update(FLAG_SYN, stream)] {
+                    assert_eq!(sided.arriving(opens), Arrival::Refuse, "{ours:?} {opens:?}");
+                }
             }
-            assert_eq!(backlogs.arriving(data(FLAG_SYN, peers, 1)), Arrival::Pass, "{ours:?} {peers}");
-            assert_eq!(backlogs.followed(), 1);
+            assert_eq!(sided.arriving(data(FLAG_SYN, peers, 1)), Arrival::Pass, "{ours:?} {peers}");
+            assert_eq!(sided.followed(), 1);
         }
         for opens in [data(FLAG_SYN, 0, 0), data(FLAG_SYN | FLAG_FIN, 0, 3), window_update(FLAG_SYN, 0)] {
             assert_eq!(backlogs.arriving(opens), Arrival::Refuse, "{opens:?}");

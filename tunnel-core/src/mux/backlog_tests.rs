@@ -300,8 +300,7 @@ async fn data_for_a_dropped_stream_yamux_still_holds_never_reaches_it() {
 }
 
 #[tokio::test]
-async fn a_syn_for_a_stream_open_already_or_an_id_of_ours_ends_the_connection_though_our_writes_are_blocked()
-{
+async fn a_syn_for_an_open_stream_or_an_id_of_ours_ends_the_connection_while_writes_block() {
     // yamux refuses both too, but ends the connection only once its go-away is out. The peer
     // is yamux's server, so ours are the odd ids.
     for next_of_ours in [0, 2] {

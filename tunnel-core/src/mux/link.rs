@@ -62,16 +62,16 @@ struct LinkState {
 impl Link {
     /// The link of a session's first connection, whose side `ours` is.
     pub(super) fn new(ours: Mode) -> Self {
-        Self::with(ours, Arc::default())
+        Self::sharing(ours, Arc::default())
     }
 
     /// A link for another connection of the session `other` belongs to: a stream closing on
     /// either wakes whoever waits on either.
     pub(super) fn beside(other: &Link, ours: Mode) -> Self {
-        Self::with(ours, other.0.closed_one.clone())
+        Self::sharing(ours, other.0.closed_one.clone())
     }
 
-    fn with(ours: Mode, closed_one: Arc<Notify>) -> Self {
+    fn sharing(ours: Mode, closed_one: Arc<Notify>) -> Self {
         Self(Arc::new(LinkState {
             serial: Serial::default(),
             cut: AtomicBool::new(false),
@@ -293,8 +293,11 @@ impl WatchedIo {
             // Nobody reads the stream: its ends are followed as the peer sent them.
             Arrival::Swallow => rewrite_as_nothing(bytes),
             Arrival::Refuse => {
-                let why = "the peer opened a stream open already, one of an id only we give, or stream 0 (which names the connection)";
-                tracing::warn!(stream = header.stream, "{why}; closing the connection");
+                tracing::warn!(
+                    stream = header.stream,
+                    "the peer opened a stream open already, one of an id only we give, or stream 0 \
+                     (which names the connection); closing the connection"
+                );
                 rewrite_as_unreadable(bytes);
                 return;
             }
