@@ -374,6 +374,90 @@ async fn an_unparseable_listen_address_is_a_bad_flag() {
     assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
 }
 
+/// A listen address another program holds fails the start with 1, naming the listener and the
+/// address; the session port's and the HTTP listener's alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_in_use_fails_the_start_with_one_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let state = dir.path().to_str().unwrap();
+    for (flags, names) in [
+        (vec!["--listen", taken.as_str()], format!("cannot listen on {taken}")),
+        (
+            vec!["--listen", "127.0.0.1:0", "--http-listen", &taken],
+            format!("cannot listen for HTTP on {taken}"),
+        ),
+    ] {
+        let mut args = vec!["serve", "--state-dir", state, "--token", TOKEN];
+        args.extend(&flags);
+        let mut cli = spawn(command(&args));
+        let code = cli.exit_code().await;
+        let output = cli.output();
+        assert_eq!(code, 1, "{args:?}: {output}");
+        assert!(output.contains(&names) && output.contains("in use"), "{args:?}: {output}");
+    }
+}
+
+/// Token and PEM files are read only when they are regular files of bounded size: before, a
+/// FIFO held the start (SIGTERM unheard) until someone wrote to it, and `/dev/zero` filled the
+/// memory. Refused as bad configuration, 2, naming the file and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_certificate_files_that_are_not_bounded_regular_files_are_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.to_str().unwrap();
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'a'; 4 * 1024 * 1024 + 1]).unwrap();
+    let big = big.to_str().unwrap();
+    let token_file = dir.path().join("token-file.toml");
+    std::fs::write(&token_file, format!("token_file = {fifo:?}\n")).unwrap();
+    let state = dir.path().to_str().unwrap();
+    let zero_fp = "0".repeat(64);
+    let client = |extra: &[&'static str]| -> Vec<String> {
+        let base = ["connect", "--server", "127.0.0.1:1", "--token", TOKEN];
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let owned = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.to_string()).collect() };
+    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            owned(&["serve", "--state-dir", state, "--config", token_file.to_str().unwrap()]),
+            fifo,
+            "not a regular file",
+        ),
+        (
+            owned(&["serve", "--state-dir", state, "--tls-cert", "/dev/zero", "--tls-key", fifo]),
+            fifo,
+            "not a regular file",
+        ),
+        (
+            owned(&["serve", "--state-dir", state, "--tls-cert", big, "--tls-key", "/dev/zero"]),
+            "/dev/zero",
+            "not a regular file",
+        ),
+        (
+            owned(&["serve", "--state-dir", state, "--tls-cert", big, "--tls-key", big]),
+            big,
+            "larger than 4 MiB",
+        ),
+        ([client(&["--ca"]), owned(&[fifo])].concat(), fifo, "not a regular file"),
+        (
+            [client(&["--fingerprint"]), owned(&[&zero_fp, "--origin-ca", "/dev/zero"])].concat(),
+            "/dev/zero",
+            "not a regular file",
+        ),
+        (owned(&["fingerprint", "--cert", fifo]), fifo, "not a regular file"),
+    ];
+    for (args, path, why) in cases {
+        let mut cli = spawn(command(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+        let code = cli.exit_code().await;
+        let output = cli.output();
+        assert_eq!(code, 2, "{args:?}: {output}");
+        assert!(output.contains(path) && output.contains(why), "{args:?}: {output}");
+    }
+}
+
 /// Completions and manual pages come from the flag definitions, so they name today's flags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_and_manual_pages_name_the_flags() {

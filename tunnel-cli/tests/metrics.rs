@@ -118,15 +118,20 @@ async fn metrics_count_exactly_the_visitors_and_bytes_sent_and_the_probes_answer
     assert_eq!(server.cli.terminate().await, 0);
 }
 
-/// Polls `/ready` until it answers `status`.
-async fn ready_becomes(addr: SocketAddr, status: u16) -> String {
+/// Polls `client`'s `/ready` at `addr` until it answers `status`; failing, shows what the
+/// client logged.
+async fn ready_becomes(addr: SocketAddr, client: &Cli, status: u16) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (now, body) = request(addr, "GET", "/ready").await;
         if now == status {
             return body;
         }
-        assert!(tokio::time::Instant::now() < deadline, "/ready stayed {now} ({body}), not {status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready stayed {now} ({body}), not {status}; the client logged:\n{}",
+            client.output()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -139,14 +144,14 @@ async fn a_clients_ready_flips_to_503_when_the_server_is_killed_and_back_when_it
     let mut client =
         connect(&server, &["--token", TOKEN, "--name", "probed", "--metrics", "127.0.0.1:0"], &[]);
     let probe = metrics_addr(client.line_after("metrics served on ").await);
-    ready_becomes(probe, 200).await;
+    ready_becomes(probe, &client, 200).await;
 
     server.cli.kill_hard().await;
-    let body = ready_becomes(probe, 503).await;
+    let body = ready_becomes(probe, &client, 503).await;
     assert!(body.contains("\"ready\":false"), "{body}");
 
     let mut server = serve_at(dir.path(), &listen, &["--token", TOKEN], &[]).await;
-    let body = ready_becomes(probe, 200).await;
+    let body = ready_becomes(probe, &client, 200).await;
     assert!(body.contains("\"state\":\"connected\""), "{body}");
     let (_, text) = request(probe, "GET", "/metrics").await;
     assert!(sample(&text, "tunnel_reconnects_total", "").is_some_and(|n| n >= 1.0), "{text}");

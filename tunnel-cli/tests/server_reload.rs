@@ -142,3 +142,45 @@ async fn a_broken_file_keeps_serving_and_narrowed_ports_close_only_the_forward_t
     assert_eq!(a.terminate().await, 0);
     assert_eq!(server.cli.terminate().await, 0);
 }
+
+/// A reload reads token files and certificates: one that is a FIFO is refused at once, as
+/// bad configuration, and the server goes on serving. Before, the reload waited on the FIFO
+/// until someone wrote to it, and the whole server with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_naming_a_fifo_is_refused_at_once_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("a.token");
+    std::fs::write(&token, format!("{TOKEN_A}\n")).unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let entry = |token_file: &Path| {
+        format!("allow_ports = \"1024-65535\"\n\n[[clients]]\nname = \"a\"\ntoken_file = {token_file:?}\n")
+    };
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, entry(&token)).unwrap();
+    let mut server = server_with(dir.path(), &config).await;
+    let target = echo_target().await;
+    let mut a = client(&server, "a", TOKEN_A, &[format!("127.0.0.1:0:{target}")]);
+    let port = public_port(&a.line_after("remote forward ready: ").await);
+    let mut held = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    echo_once(&mut held, b"before").await;
+
+    std::fs::write(&config, entry(&fifo)).unwrap();
+    hangup(&server.cli);
+    server.cli.output_contains(&format!("{}: not a regular file", fifo.display())).await;
+    echo_once(&mut held, b"after the token file").await;
+
+    // `[[certificates]]` are read to tell whether they changed, before anything else: a FIFO
+    // there is not waited on either (unused without `https_listen`, the file is applied).
+    let certificates = format!("\n[[certificates]]\ncert = {fifo:?}\nkey = {fifo:?}\n");
+    std::fs::write(&config, entry(&token) + &certificates).unwrap();
+    hangup(&server.cli);
+    server.cli.output_contains("configuration reloaded").await;
+    echo_once(&mut held, b"after the certificates").await;
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    echo_once(&mut fresh, b"new visitor").await;
+
+    drop((held, fresh));
+    assert_eq!(a.terminate().await, 0);
+    assert_eq!(server.cli.terminate().await, 0);
+}

@@ -121,11 +121,17 @@ pub(crate) fn read_private_text_within(path: &Path, max_bytes: u64) -> std::io::
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// A regular file's text, at most `max_bytes`. Anything else is refused
-/// ([`std::io::ErrorKind::InvalidInput`]): a FIFO (`--config <(...)` too), which would block
-/// the reader until someone writes to it, or a device. Opened without blocking, and checked
-/// once open.
+/// A regular file's text, at most `max_bytes` (see [`read_regular`]).
 pub(crate) fn read_regular_text(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+    String::from_utf8(read_regular(path, max_bytes)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A regular file's bytes, at most `max_bytes`. Anything else is refused
+/// ([`std::io::ErrorKind::InvalidInput`]): a FIFO (`--config <(...)` too), which would block
+/// the reader until someone writes to it, or a device (`/dev/zero` would fill the memory).
+/// Opened without blocking, and checked once open.
+pub(crate) fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
     let mut options = std::fs::OpenOptions::new();
@@ -136,12 +142,21 @@ pub(crate) fn read_regular_text(path: &Path, max_bytes: u64) -> std::io::Result<
     if !file.metadata()?.is_file() {
         return Err(invalid("not a regular file".to_owned()));
     }
-    let mut text = String::new();
-    file.take(max_bytes.saturating_add(1)).read_to_string(&mut text)?;
-    if u64::try_from(text.len()).unwrap_or(u64::MAX) > max_bytes {
-        return Err(invalid(format!("larger than {} MiB", max_bytes / 1024 / 1024)));
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max_bytes {
+        return Err(invalid(format!("larger than {}", shown_size(max_bytes))));
     }
-    Ok(text)
+    Ok(bytes)
+}
+
+/// `4 MiB`, `64 KiB`, or `100 bytes`.
+fn shown_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1024 * 1024 && b % (1024 * 1024) == 0 => format!("{} MiB", b / 1024 / 1024),
+        b if b >= 1024 && b % 1024 == 0 => format!("{} KiB", b / 1024),
+        b => format!("{b} bytes"),
+    }
 }
 
 /// Writes a file readable by its owner only (mode 0600 on Unix), replacing any old one.

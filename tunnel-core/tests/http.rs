@@ -231,6 +231,31 @@ async fn a_slow_origin_gets_a_504_and_a_websocket_upgrade_is_spliced_end_to_end(
     edge.server.stop().await;
 }
 
+/// The client dials its origin's own address, whatever target a request names: `OPTIONS *`
+/// asking to switch protocols is refused (pasted after the origin's address it read as port
+/// 80 of the origin's host, a port never published, and a 101 from whatever listened there
+/// gave the visitor a raw connection to it). And only HTTP/1.1 switches protocols: an HTTP/1.0
+/// request's `Upgrade` is ignored (RFC 9110 7.8), the request served as a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origins_own_port_is_dialed_whatever_the_target_and_only_http_1_1_switches() {
+    let edge = edge(|_| {}).await;
+    let a = origin("A").await;
+    let mut client =
+        start_client(with_http(edge.server.client_config("a", &[]), &[format!("a.test=http://{a}")]));
+    client.connected().await;
+    let asterisk = "OPTIONS * HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket";
+    let answer = raw_request(edge.http, asterisk).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("must begin with /"), "{answer}");
+
+    let old = "GET /ws HTTP/1.0\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket";
+    let answer = raw_request(edge.http, old).await;
+    assert!(answer.contains(" 200 OK\r\n") && answer.contains("A GET /ws host=a.test "), "{answer}");
+    // The same request over HTTP/1.1 switches.
+    websocket(edge.http, "a.test").await;
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 /// What a switched connection carries is no request head: WebSockets sending more than 8 KiB
 /// take none of the edge's places for long heads, and a long head is served beside them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,6 +570,9 @@ async fn https_origins_are_verified_against_the_origin_trust_and_refused_without
     let (status, body) = get(edge.http, "good.test", "/over-tls").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.starts_with("S GET /over-tls host=good.test xff=127.0.0.1 proto=http"), "{body}");
+    // Nor does `OPTIONS *` turn the dial to port 443 of the origin's host.
+    let answer = raw_request(edge.http, "OPTIONS * HTTP/1.1\r\nHost: good.test").await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("must begin with /"), "{answer}");
 
     // Without it (the system's roots only), the self-signed origin is refused: 502, saying why.
     let mut wary = edge.server.client_config("wary", &[]);

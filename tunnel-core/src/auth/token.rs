@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 /// Longest token accepted.
 const MAX_TOKEN_LEN: usize = 1024;
+/// Largest token file read: a token and room for comments or whitespace around it.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// Shortest token accepted, in characters: anything shorter falls to an offline guess from
 /// one recorded handshake.
 pub const MIN_TOKEN_CHARS: usize = 16;
@@ -89,8 +91,10 @@ impl Token {
     }
 
     /// Reads a token from a file, ignoring surrounding whitespace (such as a final newline).
+    /// Only a regular file of at most 64 KiB is read: a FIFO would hold the reader (a reload,
+    /// the whole server) until someone wrote to it, a device such as `/dev/zero` fill the memory.
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::fs::read_regular_text(path, MAX_TOKEN_FILE_BYTES)
             .map_err(|source| TokenError::File { path: path.display().to_string(), source })?;
         Self::new(text.trim())
     }

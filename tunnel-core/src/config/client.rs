@@ -373,8 +373,11 @@ impl ClientFile {
         }
         let mut servers: Vec<&str> = Vec::with_capacity(self.server.len());
         for server in &self.server {
-            if !server.contains(':') || server.ends_with(':') {
-                return Err(invalid("server", format!("{server:?} is not HOST:PORT")));
+            if super::host_port(server).is_none_or(|(_, port)| port == 0) {
+                return Err(invalid(
+                    "server",
+                    format!("{server:?} is not HOST:PORT (a port from 1 to 65535)"),
+                ));
             }
             // The same server twice would replace its own session there.
             if servers.iter().any(|s| s.eq_ignore_ascii_case(server)) {
@@ -412,7 +415,7 @@ impl ClientFile {
         let routes = self.route_set()?;
         let mut config = ClientConfig::new(server, name, token, transport);
         config.remotes = routes.remotes;
-        config.locals = checked_locals(&self.local)?;
+        config.locals = checked_locals(&self.local, &self.socks)?;
         config.services = routes.services;
         config.http = routes.http;
         config.http_fallback = routes.http_fallback;
@@ -517,22 +520,56 @@ fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, C
     ClientTransport::tls(client_config(trust)?, server).map_err(|e| invalid("server", e))
 }
 
-/// Local forwards, none listening where another does (the same protocol and port, on the same
-/// address, or one of them on every address: `0.0.0.0` covers IPv4, `::` both families, as
-/// Linux binds it dual-stack): caught here, as a bad configuration, not when the second fails
-/// to listen.
-fn checked_locals(locals: &[LocalForwardSpec]) -> Result<Vec<LocalForwardSpec>, ConfigError> {
-    let address = |local: &LocalForwardSpec| local.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    let covers = |any: std::net::IpAddr, other: std::net::IpAddr| {
-        any.is_unspecified() && (any.is_ipv6() || other.is_ipv4())
+/// Local forwards and SOCKS proxies, none listening where another does (the same protocol and
+/// port, on the same address, or one of them on every address: `0.0.0.0` covers IPv4, `::` both
+/// families, as Linux binds it dual-stack): caught here, as a bad configuration, not when the
+/// second fails to listen.
+fn checked_locals(
+    locals: &[LocalForwardSpec],
+    socks: &[SocksSpec],
+) -> Result<Vec<LocalForwardSpec>, ConfigError> {
+    use crate::forward::Protocol;
+    use std::net::{IpAddr, Ipv4Addr};
+    /// One local listener: its key, its spec as written, protocol, address and port.
+    struct Listener {
+        key: &'static str,
+        spec: String,
+        protocol: Protocol,
+        address: IpAddr,
+        port: u16,
+    }
+    let address = |bind: Option<IpAddr>| bind.unwrap_or(Ipv4Addr::LOCALHOST.into());
+    let listeners: Vec<Listener> = (locals.iter().map(|l| Listener {
+        key: "local",
+        spec: l.to_string(),
+        protocol: l.protocol,
+        address: address(l.bind),
+        port: l.port,
+    }))
+    .chain(socks.iter().map(|s| Listener {
+        key: "socks",
+        spec: s.to_string(),
+        protocol: Protocol::Tcp,
+        address: address(s.bind),
+        port: s.port,
+    }))
+    .collect();
+    let covers = |any: IpAddr, other: IpAddr| any.is_unspecified() && (any.is_ipv6() || other.is_ipv4());
+    let named = |l: &Listener| match l.key {
+        "socks" => format!("SOCKS proxy {}", l.spec),
+        _ => format!("local forward {}", l.spec),
     };
-    for (i, first) in locals.iter().enumerate() {
-        for second in &locals[i + 1..] {
-            let (a, b) = (address(first), address(second));
+    for (i, first) in listeners.iter().enumerate() {
+        for second in &listeners[i + 1..] {
+            let (a, b) = (first.address, second.address);
             let overlap = a == b || covers(a, b) || covers(b, a);
             if first.port != 0 && first.port == second.port && first.protocol == second.protocol && overlap {
-                let why = format!("local forwards {first} and {second} listen on the same port");
-                return Err(invalid("local", why));
+                let why = match (first.key, second.key) {
+                    ("local", "local") => format!("local forwards {} and {}", first.spec, second.spec),
+                    ("socks", "socks") => format!("SOCKS proxies {} and {}", first.spec, second.spec),
+                    _ => format!("{} and {}", named(first), named(second)),
+                };
+                return Err(invalid(second.key, format!("{why} listen on the same port")));
             }
         }
     }

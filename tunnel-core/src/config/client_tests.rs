@@ -45,6 +45,15 @@ fn several_servers_and_fingerprints_are_lists_and_one_is_written_as_one() {
     assert!(build(&named_twice).unwrap_err().chain().contains("listed twice"));
     let none = format!("{base}server = []\nfingerprint = \"{FP}\"\n");
     assert!(build(&none).unwrap_err().chain().contains("server"));
+    // A port that cannot be dialed is bad configuration, not a server to retry forever.
+    for server in ["a:99999", "a:abc", "a:0", "a:", "::1:7700", "[::1:7700", " a:1"] {
+        let text = format!("{base}server = {server:?}\nfingerprint = \"{FP}\"\n");
+        let err = build(&text).unwrap_err().chain();
+        assert!(err.contains(&format!("invalid `server`: {server:?} is not HOST:PORT")), "{err}");
+    }
+    for server in ["[::1]:7700", "a.example:7700", "10.0.0.1:1"] {
+        assert!(build(&format!("{base}server = {server:?}\nfingerprint = \"{FP}\"\n")).is_ok(), "{server}");
+    }
 }
 
 #[test]
@@ -170,5 +179,22 @@ fn local_forwards_listening_where_another_does_are_refused_naming_local() {
         r#"["0.0.0.0:4300:127.0.0.1:1", "[::1]:4300:127.0.0.1:2"]"#,
     ] {
         assert!(build(&format!("{base}local = {apart}\n")).is_ok(), "{apart}");
+    }
+    // A SOCKS proxy listens too: on a port another proxy or a TCP forward has, refused naming
+    // `socks` (before, exit 1 and a message about local forwards once it failed to listen).
+    for (clash, said) in [
+        ("socks = [\"4300\", \"4300\"]", "invalid `socks`: SOCKS proxies 4300 and 4300 listen on the same port"),
+        (
+            "local = [\"4300:127.0.0.1:1\"]\nsocks = [\"0.0.0.0:4300\"]",
+            "invalid `socks`: local forward 4300:127.0.0.1:1 and SOCKS proxy 0.0.0.0:4300 listen on the same port",
+        ),
+    ] {
+        let text = build(&format!("{base}{clash}\n")).unwrap_err().chain();
+        assert!(text.contains(said), "{clash}: {text}");
+    }
+    for apart in
+        ["local = [\"udp:4300:127.0.0.1:53\"]\nsocks = [\"4300\"]", "socks = [\"4300\", \"127.0.0.2:4300\"]"]
+    {
+        assert!(build(&format!("{base}{apart}\n")).is_ok(), "{apart}");
     }
 }

@@ -110,14 +110,25 @@ fn window_growth(key: &'static str, mib: usize) -> Result<usize, ConfigError> {
 /// A duration that must not be zero (`port_grace` may be: it means no reservation).
 /// An address to listen on must be `HOST:PORT` before anything binds it (`key` names it).
 fn check_listen(key: &'static str, listen: &str) -> Result<(), ConfigError> {
-    let valid = listen.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
-    });
-    if valid {
-        Ok(())
-    } else {
-        Err(invalid(key, format!("{listen:?} is not HOST:PORT (e.g. {})", server::DEFAULT_LISTEN)))
+    match host_port(listen) {
+        Some(_) => Ok(()),
+        None => Err(invalid(key, format!("{listen:?} is not HOST:PORT (e.g. {})", server::DEFAULT_LISTEN))),
     }
+}
+
+/// `HOST:PORT` split in two: the host a name, an IPv4 address or a bracketed IPv6 address
+/// (`[::1]:7700`), the port a number up to 65535. An IPv6 address without brackets (`::1:7700`)
+/// is refused: where the address ends would be a guess.
+fn host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = match address.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once("]:").filter(|(host, _)| !host.contains(['[', ']']))?,
+        None => address.rsplit_once(':').filter(|(host, _)| !host.contains(['[', ']', ':']))?,
+    };
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    if host.is_empty() || host.contains(char::is_whitespace) || !digits {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
 }
 
 fn positive_duration(key: &'static str, d: HumanDuration) -> Result<std::time::Duration, ConfigError> {

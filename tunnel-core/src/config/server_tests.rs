@@ -180,6 +180,11 @@ fn invalid_values_name_their_key() {
         ("bind_addr = \"example.com\"", "bind_addr"),
         ("listen = \"nonsense\"", "listen"),
         ("listen = \"0.0.0.0:99999\"", "listen"),
+        // An IPv6 address wants brackets: `::1` read as host `:` and port 1, exit 1 (a bind
+        // failure) where a bad address is 2.
+        ("listen = \"::1\"", "invalid `listen`: \"::1\" is not HOST:PORT"),
+        ("listen = \"[::1:7700\"", "invalid `listen`: \"[::1:7700\" is not HOST:PORT"),
+        ("http_listen = \"127.0.0.1:+80\"", "invalid `http_listen`"),
         ("allow_bind = [\"10.0.0.1\", \"nope\"]", "allow_bind"),
         ("allow_bind = []", "allow_bind"),
         ("bind_addr = \"127.0.0.1\"\nallow_bind = [\"127.0.0.2\"]", "bind_addr"),

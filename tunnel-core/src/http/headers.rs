@@ -49,6 +49,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     (!h2c).then(|| protocol.clone())
 }
 
+/// Whether `request` asks to switch protocols ([`is_upgrade`]): only an HTTP/1.1 one can. An
+/// HTTP/1.0 request's `Upgrade` is ignored (RFC 9110 7.8) and goes on as a plain request; an
+/// HTTP/2 one's is a malformed request's field, never a switch.
+pub fn upgrade_asked<B>(request: &Request<B>) -> Option<HeaderValue> {
+    (request.version() == http::Version::HTTP_11).then(|| is_upgrade(request.headers())).flatten()
+}
+
 /// Removes the hop-by-hop headers; with `upgrade`, puts back `Connection: upgrade` and the
 /// `Upgrade` value, which the next hop needs to switch protocols.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {

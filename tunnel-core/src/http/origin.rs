@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::action::{Answer, HttpAction, Redirect, Service};
-use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::headers::{is_upgrade, strip_hop_by_hop, upgrade_asked};
 use super::pool::Pool;
 use super::upstream::{Upstream, UpstreamBody};
 use super::{text_response, Body, HttpHandler};
@@ -195,15 +195,18 @@ impl Origins {
         scheme: &str,
         origin: &TargetAddr,
     ) -> Response<Body> {
-        let upgrade = is_upgrade(request.headers());
+        // Origin form, whatever target came; the Host header says which site. Anything else
+        // (`OPTIONS *`) is refused: written after the origin's address it would change the
+        // port dialed, `127.0.0.1:8080*` reading as the scheme's default port.
+        let Some(path) = request.uri().path_and_query().filter(|p| p.as_str().starts_with('/')).cloned()
+        else {
+            return text_response(StatusCode::BAD_REQUEST, "the request target must begin with /");
+        };
+        let upgrade = upgrade_asked(&request);
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         if scheme == "http" && upgrade.is_none() {
-            // Origin form, whatever target came; the Host header says which site.
-            let Some(path) = request.uri().path_and_query().filter(|p| p.as_str().starts_with('/')) else {
-                return text_response(StatusCode::BAD_REQUEST, "the request has no path");
-            };
             if request.uri().scheme().is_some() || request.uri().authority().is_some() {
-                *request.uri_mut() = Uri::from(path.clone());
+                *request.uri_mut() = Uri::from(path);
             }
             prepare(&mut request, action);
             return match tokio::time::timeout(action.timeout, self.send_http(request, origin)).await {
@@ -215,12 +218,14 @@ impl Origins {
                 Err(_) => text_response(StatusCode::GATEWAY_TIMEOUT, &too_slow(origin, action.timeout)),
             };
         }
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("{scheme}://{origin}{path}").parse() {
-            Ok(uri) => uri,
-            Err(err) => return text_response(StatusCode::BAD_REQUEST, &format!("bad request path: {err}")),
-        };
-        *request.uri_mut() = uri;
+        // From parts: the authority is the origin's address and nothing the visitor wrote.
+        let uri = Uri::builder().scheme(scheme).authority(origin.to_string()).path_and_query(path).build();
+        match uri {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(err) => {
+                return text_response(StatusCode::BAD_GATEWAY, &failed(scheme, origin, &err.to_string()))
+            }
+        }
         prepare(&mut request, action);
         let sent = match scheme {
             "https" => match self.https() {
@@ -357,7 +362,7 @@ async fn handle(
 /// Readies a request for its service: the hop-by-hop headers of the tunnel's hop dropped (an
 /// upgrade's kept), the route's header changes and Host rewrite applied.
 fn prepare(request: &mut Request<Incoming>, action: &HttpAction) {
-    let upgrade = is_upgrade(request.headers());
+    let upgrade = upgrade_asked(request);
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     let changes = &action.request_headers;

@@ -117,8 +117,15 @@ fn subject_names(names: &[String]) -> Vec<String> {
     sans
 }
 
+/// Largest PEM file read (a certificate chain, a key, a bundle of CA certificates): far above
+/// any real one (Debian's bundle of every trusted CA is about 200 KiB).
+const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A PEM file's bytes: a regular file of at most [`MAX_PEM_BYTES`] (a FIFO would hold the
+/// reader, a reload the whole server, until someone wrote to it; `/dev/zero` fill the memory).
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })
+    crate::fs::read_regular(path, MAX_PEM_BYTES)
+        .map_err(|source| TlsError::Io { path: path.to_owned(), source })
 }
 
 /// The certificates of a PEM file (at least one).

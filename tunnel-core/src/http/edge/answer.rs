@@ -12,7 +12,7 @@ use crate::http::client_streams::{exchange, open_upgrade_stream, Lane, SessionKe
 use crate::http::forwarded::set_forwarded;
 use crate::http::headers::{
     field_count, is_upgrade, join_cookies, origin_form, remove_dot_segments, route_value, routed_host,
-    strip_hop_by_hop, MAX_HEADER_FIELDS,
+    strip_hop_by_hop, upgrade_asked, MAX_HEADER_FIELDS,
 };
 use crate::http::inflight::{self, Ticket};
 use crate::http::origin::splice_upgraded;
@@ -98,7 +98,7 @@ impl HttpEdge {
         // An upgraded connection may hold its place for as long as it lasts, so it is held to
         // the per-source cap as passthrough visitors are, and a newcomer may take its place
         // when the session is full; plain requests give theirs back.
-        let lasting = is_upgrade(request.headers()).is_some();
+        let lasting = upgrade_asked(&request).is_some();
         let place = match self.inflight.admit(key, visitor.ip(), lasting) {
             Ok(place) => place,
             Err(full) => {
@@ -129,7 +129,7 @@ impl HttpEdge {
         host: &str,
     ) -> Result<Response<Body>, (StatusCode, String)> {
         let Connection { visitor, scheme, upgraded, .. } = connection;
-        let upgrade = is_upgrade(request.headers());
+        let upgrade = upgrade_asked(&request);
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         // HTTP/1.1 to the client, whatever the visitor spoke: an origin-form target, and a Host
         // that is the authority the request was routed by when it named one (an absolute-form
