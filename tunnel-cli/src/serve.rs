@@ -135,25 +135,11 @@ fn certificates_read(file: &ServerFile) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     for entry in &file.certificates {
         for path in [&entry.cert, &entry.key] {
-            regular_file(path).hash(&mut hasher);
+            // As the build reads them: a FIFO is not waited on (the build refuses it).
+            tunnel_core::tls::read_pem(path).ok().hash(&mut hasher);
         }
     }
     hasher.finish()
-}
-
-/// A regular file's first 4 MiB (no PEM file is larger; the build refuses a larger one), or
-/// `None`. A FIFO or a device is not read: opened without blocking, it is left to the build,
-/// which refuses it, and no reload waits on it.
-fn regular_file(path: &std::path::Path) -> Option<Vec<u8>> {
-    use std::io::Read as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()))?;
-    let mut bytes = Vec::new();
-    file.take(4 * 1024 * 1024).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
 }
 
 /// Puts the configuration, read again at every SIGHUP or change of the file, in force; an

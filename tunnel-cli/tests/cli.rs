@@ -264,6 +264,29 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
             "invalid `local`: local forwards 43200:127.0.0.1:1 and 43200:127.0.0.1:2 listen on the same port",
         ),
         (vec!["serve", "--state-dir", state, "--metrics", "nowhere"], "invalid `metrics`"),
+        // Before, retried for ever.
+        (
+            vec!["connect", "--server", "127.0.0.1:99999", "--fingerprint", &zero_fp, "--token", TOKEN],
+            "invalid `server`: \"127.0.0.1:99999\" is not HOST:PORT",
+        ),
+        // Before, exit 1 once the second failed to listen, saying "local forward".
+        (
+            vec![
+                "connect",
+                "--server",
+                "127.0.0.1:1",
+                "--fingerprint",
+                &zero_fp,
+                "--token",
+                TOKEN,
+                "-D",
+                "43201",
+            ]
+            .into_iter()
+            .chain(["-D", "43201"])
+            .collect(),
+            "invalid `socks`: SOCKS proxies 43201 and 43201 listen on the same port",
+        ),
         (
             vec![
                 "connect",
@@ -365,13 +388,19 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unparseable_listen_address_is_a_bad_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["serve", "--state-dir", dir.path().to_str().unwrap(), "--listen", "nonsense"];
-    let mut cli = spawn(command(&args));
-    let code = cli.exit_code().await;
-    let output = cli.output();
-    assert_eq!(code, 2, "{args:?}: {output}");
-    assert!(output.contains("nonsense"), "{args:?}: {output}");
-    assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
+    // An IPv6 address without brackets read as host `:` and port 1 before: exit 1, from the bind.
+    for listen in ["nonsense", "::1", "[::1:7700", "127.0.0.1:+80"] {
+        let args = ["serve", "--state-dir", dir.path().to_str().unwrap(), "--listen", listen];
+        let mut cli = spawn(command(&args));
+        let code = cli.exit_code().await;
+        let output = cli.output();
+        assert_eq!(code, 2, "{args:?}: {output}");
+        assert!(
+            output.contains(&format!("invalid `listen`: {listen:?} is not HOST:PORT")),
+            "{args:?}: {output}"
+        );
+        assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
+    }
 }
 
 /// A listen address another program holds fails the start with 1, naming the listener and the
@@ -401,60 +430,51 @@ async fn a_listen_address_in_use_fails_the_start_with_one_naming_it() {
 
 /// Token and PEM files are read only when they are regular files of bounded size: before, a
 /// FIFO held the start (SIGTERM unheard) until someone wrote to it, and `/dev/zero` filled the
-/// memory. Refused as bad configuration, 2, naming the file and why.
+/// memory (`/dev/null` here, a device as well, which cannot). Refused as bad configuration, 2,
+/// in one line naming the file and why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_and_certificate_files_that_are_not_bounded_regular_files_are_bad_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("fifo");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (fifo, big_pem, big_token, key) = (path("fifo"), path("big.pem"), path("big.token"), path("key.pem"));
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let fifo = fifo.to_str().unwrap();
-    let big = dir.path().join("big.pem");
-    std::fs::write(&big, vec![b'a'; 4 * 1024 * 1024 + 1]).unwrap();
-    let big = big.to_str().unwrap();
-    let token_file = dir.path().join("token-file.toml");
-    std::fs::write(&token_file, format!("token_file = {fifo:?}\n")).unwrap();
-    let state = dir.path().to_str().unwrap();
+    std::fs::write(&big_pem, vec![b'a'; 4 * 1024 * 1024 + 1]).unwrap();
+    std::fs::write(&big_token, vec![b'a'; 64 * 1024 + 1]).unwrap();
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let (fifo_token, long_token) = (path("fifo-token.toml"), path("long-token.toml"));
+    std::fs::write(&fifo_token, format!("token_file = {fifo:?}\n")).unwrap();
+    std::fs::write(&long_token, format!("token_file = {big_token:?}\n")).unwrap();
+    let state = path("state");
     let zero_fp = "0".repeat(64);
-    let client = |extra: &[&'static str]| -> Vec<String> {
-        let base = ["connect", "--server", "127.0.0.1:1", "--token", TOKEN];
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
-    let owned = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.to_string()).collect() };
-    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+    let serve = ["serve", "--state-dir", &state];
+    let connect = ["connect", "--server", "127.0.0.1:1", "--token", TOKEN];
+    // The command, the file the error must name, and why.
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        ([&serve[..], &["--config", &fifo_token]].concat(), &fifo, "not a regular file"),
+        ([&serve[..], &["--config", &long_token]].concat(), &big_token, "larger than 64 KiB"),
+        // The key is read first: each of the two with a good other.
+        ([&serve[..], &["--tls-cert", &big_pem, "--tls-key", &fifo]].concat(), &fifo, "not a regular file"),
         (
-            owned(&["serve", "--state-dir", state, "--config", token_file.to_str().unwrap()]),
-            fifo,
+            [&serve[..], &["--tls-cert", "/dev/null", "--tls-key", &key]].concat(),
+            "/dev/null",
             "not a regular file",
         ),
+        ([&serve[..], &["--tls-cert", &big_pem, "--tls-key", &key]].concat(), &big_pem, "larger than 4 MiB"),
+        ([&connect[..], &["--ca", &fifo]].concat(), &fifo, "not a regular file"),
         (
-            owned(&["serve", "--state-dir", state, "--tls-cert", "/dev/zero", "--tls-key", fifo]),
-            fifo,
+            [&connect[..], &["--fingerprint", &zero_fp, "--origin-ca", "/dev/null"]].concat(),
+            "/dev/null",
             "not a regular file",
         ),
-        (
-            owned(&["serve", "--state-dir", state, "--tls-cert", big, "--tls-key", "/dev/zero"]),
-            "/dev/zero",
-            "not a regular file",
-        ),
-        (
-            owned(&["serve", "--state-dir", state, "--tls-cert", big, "--tls-key", big]),
-            big,
-            "larger than 4 MiB",
-        ),
-        ([client(&["--ca"]), owned(&[fifo])].concat(), fifo, "not a regular file"),
-        (
-            [client(&["--fingerprint"]), owned(&[&zero_fp, "--origin-ca", "/dev/zero"])].concat(),
-            "/dev/zero",
-            "not a regular file",
-        ),
-        (owned(&["fingerprint", "--cert", fifo]), fifo, "not a regular file"),
+        (vec!["fingerprint", "--cert", &fifo], &fifo, "not a regular file"),
     ];
-    for (args, path, why) in cases {
-        let mut cli = spawn(command(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    for (args, file, why) in cases {
+        let mut cli = spawn(command(&args));
         let code = cli.exit_code().await;
         let output = cli.output();
         assert_eq!(code, 2, "{args:?}: {output}");
-        assert!(output.contains(path) && output.contains(why), "{args:?}: {output}");
+        assert!(output.contains(&format!("{file}: {why}")), "{args:?}: {output}");
+        assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
     }
 }
 

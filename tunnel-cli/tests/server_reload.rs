@@ -143,9 +143,10 @@ async fn a_broken_file_keeps_serving_and_narrowed_ports_close_only_the_forward_t
     assert_eq!(server.cli.terminate().await, 0);
 }
 
-/// A reload reads token files and certificates: one that is a FIFO is refused at once, as
-/// bad configuration, and the server goes on serving. Before, the reload waited on the FIFO
-/// until someone wrote to it, and the whole server with it.
+/// A reload reads token files and certificates: a token file that is a FIFO is refused at
+/// once, and a FIFO under `[[certificates]]` (unused without `https_listen`) not waited on;
+/// the server goes on serving. Before, the reload waited on the FIFO until someone wrote to
+/// it, and the whole server with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_naming_a_fifo_is_refused_at_once_and_serving_goes_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,9 +51,9 @@ pub(crate) fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
             if link.nlink() != 1 {
                 return Err(refuse(format!("a symlink with {} names (a hard link)", link.nlink())));
             }
-            options.custom_flags(libc::O_NONBLOCK);
+            options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
         } else {
-            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY);
         }
         let file = options.open(path)?;
         let meta = file.metadata()?;
@@ -137,7 +137,8 @@ pub(crate) fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    // Nor, were it a terminal, made this process's controlling terminal.
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
     let file = options.open(path)?;
     if !file.metadata()?.is_file() {
         return Err(invalid("not a regular file".to_owned()));

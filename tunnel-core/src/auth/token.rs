@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 /// Longest token accepted.
 const MAX_TOKEN_LEN: usize = 1024;
-/// Largest token file read: a token and room for comments or whitespace around it.
+/// Largest token file read: a token of at most [`MAX_TOKEN_LEN`] bytes, with ample room for
+/// whitespace around it.
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// Shortest token accepted, in characters: anything shorter falls to an offline guess from
 /// one recorded handshake.

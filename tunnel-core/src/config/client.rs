@@ -373,7 +373,7 @@ impl ClientFile {
         }
         let mut servers: Vec<&str> = Vec::with_capacity(self.server.len());
         for server in &self.server {
-            if super::host_port(server).is_none_or(|(_, port)| port == 0) {
+            if super::port_of(server).is_none_or(|port| port == 0) {
                 return Err(invalid(
                     "server",
                     format!("{server:?} is not HOST:PORT (a port from 1 to 65535)"),
@@ -415,7 +415,8 @@ impl ClientFile {
         let routes = self.route_set()?;
         let mut config = ClientConfig::new(server, name, token, transport);
         config.remotes = routes.remotes;
-        config.locals = checked_locals(&self.local, &self.socks)?;
+        check_local_listeners(&self.local, &self.socks)?;
+        config.locals = self.local.clone();
         config.services = routes.services;
         config.http = routes.http;
         config.http_fallback = routes.http_fallback;
@@ -522,58 +523,59 @@ fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, C
 
 /// Local forwards and SOCKS proxies, none listening where another does (the same protocol and
 /// port, on the same address, or one of them on every address: `0.0.0.0` covers IPv4, `::` both
-/// families, as Linux binds it dual-stack): caught here, as a bad configuration, not when the
-/// second fails to listen.
-fn checked_locals(
-    locals: &[LocalForwardSpec],
-    socks: &[SocksSpec],
-) -> Result<Vec<LocalForwardSpec>, ConfigError> {
+/// families, as Linux binds it dual-stack; an IPv4-mapped address is the IPv4 one): caught
+/// here, as a bad configuration, not when the second fails to listen.
+fn check_local_listeners(locals: &[LocalForwardSpec], socks: &[SocksSpec]) -> Result<(), ConfigError> {
     use crate::forward::Protocol;
     use std::net::{IpAddr, Ipv4Addr};
-    /// One local listener: its key, its spec as written, protocol, address and port.
+    /// One local listener: its key and what one and several of its kind are called, its spec
+    /// as written, protocol, address and port.
     struct Listener {
         key: &'static str,
+        one: &'static str,
+        many: &'static str,
         spec: String,
         protocol: Protocol,
         address: IpAddr,
         port: u16,
     }
-    let address = |bind: Option<IpAddr>| bind.unwrap_or(Ipv4Addr::LOCALHOST.into());
-    let listeners: Vec<Listener> = (locals.iter().map(|l| Listener {
+    let address = |bind: Option<IpAddr>| bind.unwrap_or(Ipv4Addr::LOCALHOST.into()).to_canonical();
+    let forwards = locals.iter().map(|l| Listener {
         key: "local",
+        one: "local forward",
+        many: "local forwards",
         spec: l.to_string(),
         protocol: l.protocol,
         address: address(l.bind),
         port: l.port,
-    }))
-    .chain(socks.iter().map(|s| Listener {
+    });
+    let proxies = socks.iter().map(|s| Listener {
         key: "socks",
+        one: "SOCKS proxy",
+        many: "SOCKS proxies",
         spec: s.to_string(),
         protocol: Protocol::Tcp,
         address: address(s.bind),
         port: s.port,
-    }))
-    .collect();
+    });
+    let listeners: Vec<Listener> = forwards.chain(proxies).collect();
     let covers = |any: IpAddr, other: IpAddr| any.is_unspecified() && (any.is_ipv6() || other.is_ipv4());
-    let named = |l: &Listener| match l.key {
-        "socks" => format!("SOCKS proxy {}", l.spec),
-        _ => format!("local forward {}", l.spec),
-    };
     for (i, first) in listeners.iter().enumerate() {
         for second in &listeners[i + 1..] {
             let (a, b) = (first.address, second.address);
             let overlap = a == b || covers(a, b) || covers(b, a);
             if first.port != 0 && first.port == second.port && first.protocol == second.protocol && overlap {
-                let why = match (first.key, second.key) {
-                    ("local", "local") => format!("local forwards {} and {}", first.spec, second.spec),
-                    ("socks", "socks") => format!("SOCKS proxies {} and {}", first.spec, second.spec),
-                    _ => format!("{} and {}", named(first), named(second)),
+                let (one, two) = (&first.spec, &second.spec);
+                let why = if first.key == second.key {
+                    format!("{} {one} and {two}", first.many)
+                } else {
+                    format!("{} {one} and {} {two}", first.one, second.one)
                 };
                 return Err(invalid(second.key, format!("{why} listen on the same port")));
             }
         }
     }
-    Ok(locals.to_vec())
+    Ok(())
 }
 
 #[cfg(test)]

@@ -46,7 +46,9 @@ fn several_servers_and_fingerprints_are_lists_and_one_is_written_as_one() {
     let none = format!("{base}server = []\nfingerprint = \"{FP}\"\n");
     assert!(build(&none).unwrap_err().chain().contains("server"));
     // A port that cannot be dialed is bad configuration, not a server to retry forever.
-    for server in ["a:99999", "a:abc", "a:0", "a:", "::1:7700", "[::1:7700", " a:1"] {
+    for server in
+        ["a:99999", "a:abc", "a:0", "a:", "::1:7700", "[::1:7700", " a:1", "[127.0.0.1]:7700", "*:7700"]
+    {
         let text = format!("{base}server = {server:?}\nfingerprint = \"{FP}\"\n");
         let err = build(&text).unwrap_err().chain();
         assert!(err.contains(&format!("invalid `server`: {server:?} is not HOST:PORT")), "{err}");
@@ -187,6 +189,11 @@ fn local_forwards_listening_where_another_does_are_refused_naming_local() {
         (
             "local = [\"4300:127.0.0.1:1\"]\nsocks = [\"0.0.0.0:4300\"]",
             "invalid `socks`: local forward 4300:127.0.0.1:1 and SOCKS proxy 0.0.0.0:4300 listen on the same port",
+        ),
+        // An IPv4-mapped address is the IPv4 one.
+        (
+            "local = [\"[::ffff:127.0.0.1]:4300:127.0.0.1:1\"]\nsocks = [\"4300\"]",
+            "invalid `socks`: local forward [::ffff:127.0.0.1]:4300:127.0.0.1:1 and SOCKS proxy 4300 listen",
         ),
     ] {
         let text = build(&format!("{base}{clash}\n")).unwrap_err().chain();

@@ -107,30 +107,29 @@ fn window_growth(key: &'static str, mib: usize) -> Result<usize, ConfigError> {
     Ok(mib << 20)
 }
 
-/// A duration that must not be zero (`port_grace` may be: it means no reservation).
 /// An address to listen on must be `HOST:PORT` before anything binds it (`key` names it).
 fn check_listen(key: &'static str, listen: &str) -> Result<(), ConfigError> {
-    match host_port(listen) {
+    match port_of(listen) {
         Some(_) => Ok(()),
-        None => Err(invalid(key, format!("{listen:?} is not HOST:PORT (e.g. {})", server::DEFAULT_LISTEN))),
+        None => {
+            let why = format!("{listen:?} is not HOST:PORT (e.g. {}, or [::]:7700)", server::DEFAULT_LISTEN);
+            Err(invalid(key, why))
+        }
     }
 }
 
-/// `HOST:PORT` split in two: the host a name, an IPv4 address or a bracketed IPv6 address
-/// (`[::1]:7700`), the port a number up to 65535. An IPv6 address without brackets (`::1:7700`)
-/// is refused: where the address ends would be a guess.
-fn host_port(address: &str) -> Option<(&str, u16)> {
-    let (host, port) = match address.strip_prefix('[') {
-        Some(bracketed) => bracketed.split_once("]:").filter(|(host, _)| !host.contains(['[', ']']))?,
-        None => address.rsplit_once(':').filter(|(host, _)| !host.contains(['[', ']', ':']))?,
-    };
+/// The port of `HOST:PORT`, a number up to 65535, where the host is what a forward's may be: a
+/// DNS name, an IPv4 address or an IPv6 address in brackets (`[::1]:7700`). An IPv6 address
+/// without them (`::1:7700`) is refused, where it ends being a guess, as are brackets around
+/// anything else (`[a.example]`, which no lookup would find).
+fn port_of(address: &str) -> Option<u16> {
+    let (host, port) = address.rsplit_once(':')?;
+    crate::proto::target::parse_host(host).ok()?;
     let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
-    if host.is_empty() || host.contains(char::is_whitespace) || !digits {
-        return None;
-    }
-    Some((host, port.parse().ok()?))
+    digits.then(|| port.parse().ok()).flatten()
 }
 
+/// A duration that must not be zero (`port_grace` may be: it means no reservation).
 fn positive_duration(key: &'static str, d: HumanDuration) -> Result<std::time::Duration, ConfigError> {
     if d.0.is_zero() {
         return Err(invalid(key, "must be more than 0"));

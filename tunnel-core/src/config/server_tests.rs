@@ -185,6 +185,7 @@ fn invalid_values_name_their_key() {
         ("listen = \"::1\"", "invalid `listen`: \"::1\" is not HOST:PORT"),
         ("listen = \"[::1:7700\"", "invalid `listen`: \"[::1:7700\" is not HOST:PORT"),
         ("http_listen = \"127.0.0.1:+80\"", "invalid `http_listen`"),
+        ("socks_listen = \"[a.example]:1080\"", "invalid `socks_listen`"),
         ("allow_bind = [\"10.0.0.1\", \"nope\"]", "allow_bind"),
         ("allow_bind = []", "allow_bind"),
         ("bind_addr = \"127.0.0.1\"\nallow_bind = [\"127.0.0.2\"]", "bind_addr"),

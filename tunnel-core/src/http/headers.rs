@@ -276,6 +276,21 @@ mod tests {
     }
 
     #[test]
+    fn only_an_http_1_1_request_asks_to_switch_protocols() {
+        use http::Version;
+        for (version, asks) in [(Version::HTTP_10, false), (Version::HTTP_11, true), (Version::HTTP_2, false)]
+        {
+            let request = Request::get("/ws")
+                .version(version)
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, "websocket")
+                .body(())
+                .unwrap();
+            assert_eq!(upgrade_asked(&request).is_some(), asks, "{version:?}");
+        }
+    }
+
+    #[test]
     fn an_h2c_upgrade_goes_on_as_a_plain_request() {
         for protocol in ["h2c", "H2C", "websocket, h2c", "h2c/1"] {
             let mut headers = HeaderMap::new();

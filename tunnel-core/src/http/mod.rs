@@ -41,7 +41,7 @@ pub use challenge::{ChallengeAnswers, HTTP01_PATH};
 pub use edge::{EdgeLimits, HttpEdge, RouteSource};
 pub use forwarded::set_forwarded;
 pub use handler::HttpHandler;
-pub use headers::{is_upgrade, remove_dot_segments, request_host, strip_hop_by_hop, upgrade_asked};
+pub use headers::{is_upgrade, remove_dot_segments, request_host, strip_hop_by_hop};
 pub use index::{Hit, IndexedRoute, RouteIndex, RouteTarget};
 pub use matcher::{prefix_matches, Matcher};
 pub use origin::Origins;

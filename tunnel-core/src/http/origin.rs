@@ -427,7 +427,9 @@ fn redirect_response<B>(request: &Request<B>, redirect: &Redirect) -> Response<B
     };
     let well_known = |port| matches!((scheme, port), ("http", 80) | ("https", 443));
     let port = port.filter(|port| !well_known(*port)).map(|p| format!(":{p}")).unwrap_or_default();
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    // `OPTIONS *` goes to the root: pasted after the port, its `*` would make another one.
+    let path =
+        request.uri().path_and_query().map(|p| p.as_str()).filter(|p| p.starts_with('/')).unwrap_or("/");
     let location = format!("{scheme}://{host}{port}{path}");
     let status = redirect.status.unwrap_or(StatusCode::FOUND);
     let mut response = text_response(status, &location);
@@ -496,5 +498,7 @@ mod tests {
         assert_eq!(location("https", "a.test:8443", "/x", to(None, None, Some(443))), "https://a.test/x");
         // Anything but `https` from the edge is plain HTTP.
         assert_eq!(location("gopher", "a.test", "/", www()), "http://www.a.test/");
+        // `OPTIONS *` goes to the root: after the port, the `*` made another (`:8443*`).
+        assert_eq!(location("https", "a.test:8443", "*", www()), "https://www.a.test:8443/");
     }
 }

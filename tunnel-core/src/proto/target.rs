@@ -92,7 +92,7 @@ pub(crate) fn parse_target(host: &str, port: &str) -> Result<TargetAddr, &'stati
 }
 
 /// A DNS name, an IPv4 address, or an IPv6 address in brackets (returned without them).
-fn parse_host(raw: &str) -> Result<String, &'static str> {
+pub(crate) fn parse_host(raw: &str) -> Result<String, &'static str> {
     if let Some(inner) = raw.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return match inner.parse::<std::net::Ipv6Addr>() {
             Ok(_) => Ok(inner.to_owned()),

@@ -10,7 +10,7 @@ mod server;
 pub use client::{client_config, origin_config, trusting, FingerprintMismatch, ServerTrust};
 pub use edge::{covers, edge_config, read_client_hello, HelloError, MAX_CLIENT_HELLO};
 pub use fingerprint::{Fingerprint, FingerprintError};
-pub use server::{fingerprint_of_pem_file, read_certs, server_config, ServerIdentity};
+pub use server::{fingerprint_of_pem_file, read_certs, read_pem, server_config, ServerIdentity};
 
 use std::path::PathBuf;
 

@@ -42,7 +42,7 @@ impl ServerIdentity {
 
     /// Loads a PEM certificate chain (leaf first) and a PEM private key.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        Self::from_chain_and_key(cert, key, read(key)?)
+        Self::from_chain_and_key(cert, key, read_pem(key)?)
     }
 
     /// The chain in `cert`, and the key in `key_pem` (read from `key`).
@@ -121,16 +121,16 @@ fn subject_names(names: &[String]) -> Vec<String> {
 /// any real one (Debian's bundle of every trusted CA is about 200 KiB).
 const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
 
-/// A PEM file's bytes: a regular file of at most [`MAX_PEM_BYTES`] (a FIFO would hold the
-/// reader, a reload the whole server, until someone wrote to it; `/dev/zero` fill the memory).
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+/// A PEM file's bytes: a regular file of at most 4 MiB (a FIFO would hold the reader, a
+/// reload the whole server, until someone wrote to it; `/dev/zero` fill the memory).
+pub fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     crate::fs::read_regular(path, MAX_PEM_BYTES)
         .map_err(|source| TlsError::Io { path: path.to_owned(), source })
 }
 
 /// The certificates of a PEM file (at least one).
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
+    let pem = read_pem(path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Io { path: path.to_owned(), source })?;
