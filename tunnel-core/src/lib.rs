@@ -11,11 +11,12 @@
 //! - [`metrics`]: Prometheus counters and gauges, and the `/metrics`, `/ready` and `/healthz`
 //!   endpoints.
 //! - Internal: `fs` (the state directory's private files, opened only if no one else could
-//!   have written them), `task` (spawning tracked tasks), and `source` (a visitor's source, an
+//!   have written them, and bounded reads of regular files), `task` (spawning tracked tasks), and `source` (a visitor's source, an
 //!   IPv4 address or an IPv6 /64; places capped in all and per source, and admission that
 //!   evicts from the largest site (an IPv4 address or IPv6 /48) when full, for handshakes, the edge's visitors and the
 //!   admin API).
-//! - [`auth`]: tokens, credentials and the HMAC challenge/response proofs (pure crypto).
+//! - [`auth`]: tokens, credentials and the HMAC challenge/response proofs (pure crypto; a token
+//!   file is read through `fs`).
 //! - [`proto`]: wire format (frames, handshake, control messages, stream headers, targets), pure
 //!   and sans-IO; it uses only `auth` and `log`.
 //! - [`tls`]: rustls configurations, certificate generation, fingerprint pinning.

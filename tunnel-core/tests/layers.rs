@@ -12,7 +12,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("fs", &[]),
     ("task", &[]),
-    ("auth", &[]),
+    ("auth", &["fs"]),
     ("source", &[]),
     ("proto", &["auth", "log"]),
     ("tls", &["auth", "fs"]),
