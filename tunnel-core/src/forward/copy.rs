@@ -1,11 +1,13 @@
 //! Copying between a visitor's socket and a mux stream, with buffers sized by the traffic.
 //!
 //! A forwarded connection often idles for minutes (watches, keep-alive pools) and, on a busy
-//! tunnel, there are thousands of them. Each direction therefore reads small while its traffic
-//! is small, into a buffer on the stack of the poll, writing straight from there, and holds no
-//! buffer of its own while it waits; only reads that keep filling it move a direction to a
-//! buffer it keeps, growing up to 64 KiB for bulk transfers. An idle stream thus costs no copy
-//! buffer at all, not the 128 KiB that two full-size buffers would pin.
+//! tunnel, there are thousands of them. Each direction therefore starts with reads of 1 KiB and
+//! asks four times as much after each read that filled what it asked for, up to 64 KiB for bulk
+//! transfers. Reads of up to 4 KiB are made into a buffer on the stack of the poll and written
+//! from there, so such a direction holds no buffer while it waits, only what a writer did not
+//! take yet; a direction whose reads grew past 4 KiB keeps its buffer (16 or 64 KiB) for the
+//! rest of the connection. An idle stream that never carried more than 4 KiB at a time thus
+//! costs no copy buffer at all, not the 128 KiB that two full-size buffers would pin.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -19,8 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Largest buffer per direction: large enough that one read fills several mux frames.
 pub const COPY_BUFFER: usize = 64 * 1024;
 
-/// First read size per direction, read on the stack of the poll.
+/// First read size per direction.
 const INITIAL_BUFFER: usize = 1024;
+
+/// Reads of up to this size are made on the stack of the poll.
+const STACK_READ: usize = 4 * 1024;
 
 /// Bytes carried by a finished [`splice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +120,11 @@ where
 /// One direction of a copy.
 #[derive(Debug)]
 struct Pipe {
-    /// Bytes asked of each read: `INITIAL_BUFFER`, growing fourfold up to `COPY_BUFFER` while
-    /// reads fill it.
+    /// Bytes asked of each read: `INITIAL_BUFFER`, growing fourfold up to `COPY_BUFFER` after
+    /// each read that filled it.
     size: usize,
-    /// At `INITIAL_BUFFER`, only what the writer did not take of a read on the stack; above
-    /// it, the buffer each read fills (`size` bytes).
+    /// Up to `STACK_READ`, reads are made on the stack and this holds only what the writer did
+    /// not take of the last one; above it, this is the buffer each read fills (`size` bytes).
     buf: Vec<u8>,
     /// Bytes `buf[pos..end]` were read and not yet written.
     pos: usize,
@@ -165,8 +170,9 @@ impl Pipe {
                 return Poll::Ready(Ok(self.copied));
             }
             if self.pos == self.end && !self.read_done {
-                if self.size == INITIAL_BUFFER {
-                    ready!(self.poll_read_small(cx, reader.as_mut(), writer.as_mut()))?;
+                if self.size <= STACK_READ {
+                    // Read and written: what the writer did not take is in `buf[pos..end]`.
+                    ready!(self.poll_small_read_and_write(cx, reader.as_mut(), writer.as_mut()))?;
                     continue;
                 }
                 if self.buf.len() != self.size {
@@ -187,7 +193,7 @@ impl Pipe {
             }
             while self.pos < self.end {
                 let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.end]))?;
-                self.wrote(n)?;
+                self.wrote(n, self.end - self.pos)?;
                 self.pos += n;
             }
             if self.read_done {
@@ -198,9 +204,9 @@ impl Pipe {
         }
     }
 
-    /// One read of at most `INITIAL_BUFFER` bytes into the stack, written from there; only
-    /// what the writer does not take now is kept, in `buf`.
-    fn poll_read_small<R, W>(
+    /// One read of `size` (at most `STACK_READ`) bytes into the stack, written from there;
+    /// only what the writer does not take now is kept, in `buf`.
+    fn poll_small_read_and_write<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut reader: Pin<&mut R>,
@@ -210,10 +216,11 @@ impl Pipe {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
+        // Whatever `buf` held was written: an idle direction holds nothing.
         self.buf = Vec::new();
         (self.pos, self.end) = (0, 0);
-        let mut stack = [MaybeUninit::<u8>::uninit(); INITIAL_BUFFER];
-        let mut read = ReadBuf::uninit(&mut stack);
+        let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+        let mut read = ReadBuf::uninit(&mut stack[..self.size]);
         ready!(poll_read_or_flush(&mut self.unflushed, cx, reader.as_mut(), writer.as_mut(), &mut read))?;
         let data = read.filled();
         self.read_done = data.is_empty();
@@ -223,7 +230,7 @@ impl Pipe {
             match writer.as_mut().poll_write(cx, &data[written..]) {
                 Poll::Ready(n) => {
                     let n = n?;
-                    self.wrote(n)?;
+                    self.wrote(n, data.len() - written)?;
                     written += n;
                 }
                 Poll::Pending => {
@@ -243,10 +250,14 @@ impl Pipe {
         }
     }
 
-    /// Accounts for `n` bytes the writer took.
-    fn wrote(&mut self, n: usize) -> io::Result<()> {
+    /// Accounts for `n` bytes the writer took of the `offered`.
+    fn wrote(&mut self, n: usize, offered: usize) -> io::Result<()> {
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n > offered {
+            let message = format!("the writer took {n} bytes of {offered}");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, message));
         }
         self.copied += n as u64;
         if let Some(tally) = &self.tally {
@@ -258,6 +269,7 @@ impl Pipe {
 }
 
 /// Reads into `read`; while the reader has nothing, pushes out what was written (`unflushed`).
+/// A free function, so that it can take `Pipe::unflushed` while `read` borrows `Pipe::buf`.
 fn poll_read_or_flush<R, W>(
     unflushed: &mut bool,
     cx: &mut Context<'_>,
@@ -287,36 +299,86 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn small_exchanges_hold_no_buffer_and_bulk_grows_it_to_the_cap() {
+    #[tokio::test(start_paused = true)]
+    async fn small_exchanges_read_on_the_stack_and_bulk_grows_a_buffer_to_the_cap() {
         let small = pipe_after(b"ping".repeat(64), 4, 1 << 20).await;
-        assert_eq!((small.size, small.buf.capacity()), (INITIAL_BUFFER, 0));
+        assert!(small.size <= STACK_READ, "4-byte pieces asked for {} bytes", small.size);
+        assert_eq!(small.buf.capacity(), 0);
         let bulk = pipe_after(vec![1; 4 << 20], 1 << 20, 1 << 20).await;
         assert_eq!((bulk.size, bulk.buf.len()), (COPY_BUFFER, COPY_BUFFER));
     }
 
-    #[tokio::test]
-    async fn what_a_slow_writer_leaves_of_a_small_read_is_kept_and_written_in_order() {
-        // The sink takes 7 bytes at a time, so the first read, on the stack, is written only
-        // in part and its rest kept; later reads may grow to a kept buffer.
+    #[tokio::test(start_paused = true)]
+    async fn what_a_slow_writer_leaves_of_a_stack_read_is_kept_and_written_in_order() {
+        // The sink takes 7 bytes at a time, so the reads on the stack (the first ones at
+        // least) are written only in part and their rest kept.
         let input: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         pipe_after(input, 600, 7).await;
     }
 
     #[tokio::test]
-    async fn an_idle_direction_holds_no_buffer_while_it_waits() {
+    async fn an_idle_direction_holds_no_buffer_while_it_waits_after_reads_of_up_to_4_kib() {
         let (mut source, mut source_far) = tokio::io::duplex(1 << 16);
         let (mut sink, mut sink_far) = tokio::io::duplex(1 << 16);
         let mut pipe = Pipe::default();
-        source_far.write_all(b"hello").await.unwrap();
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let poll = pipe.poll_copy(&mut cx, Pin::new(&mut source), Pin::new(&mut sink));
-        assert!(poll.is_pending(), "the source is still open");
-        assert_eq!(pipe.buf.capacity(), 0, "nothing held while waiting for the next read");
+        for (len, asks_next) in [(5, INITIAL_BUFFER), (INITIAL_BUFFER, STACK_READ), (3000, STACK_READ)] {
+            source_far.write_all(&vec![b'x'; len]).await.unwrap();
+            let poll = pipe.poll_copy(&mut cx, Pin::new(&mut source), Pin::new(&mut sink));
+            assert!(poll.is_pending(), "the source is still open");
+            assert_eq!(pipe.size, asks_next, "after a read of {len} bytes");
+            assert_eq!(pipe.buf.capacity(), 0, "a buffer held after a read of {len} bytes");
+            let mut got = vec![0u8; len];
+            sink_far.read_exact(&mut got).await.unwrap();
+            assert!(got.iter().all(|&b| b == b'x'));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_was_written_is_flushed_when_the_reader_has_nothing_more() {
+        let (mut source, mut source_far) = tokio::io::duplex(1 << 16);
+        let (sink, mut sink_far) = tokio::io::duplex(1 << 16);
+        // A writer that holds what it takes until flushed, as the mux's batching does.
+        let mut sink = tokio::io::BufWriter::new(sink);
+        let copy = tokio::spawn(async move { copy_until_eof(&mut source, &mut sink).await });
+        source_far.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 5];
-        sink_far.read_exact(&mut got).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(10), sink_far.read_exact(&mut got)).await;
+        assert!(read.is_ok(), "the bytes stayed in the writer while the source was open and silent");
         assert_eq!(&got, b"hello");
+        drop(source_far);
+        assert_eq!(copy.await.unwrap().unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_writer_taking_nothing_or_more_than_it_was_given_fails_the_copy() {
+        for (takes, kind) in
+            [(Takes::Nothing, io::ErrorKind::WriteZero), (Takes::More, io::ErrorKind::InvalidData)]
+        {
+            for len in [10, 20_000] {
+                let (mut source, mut source_far) = tokio::io::duplex(1 << 16);
+                source_far.write_all(&vec![1; len]).await.unwrap();
+                drop(source_far);
+                let mut pipe = Pipe { size: len.next_power_of_two(), ..Pipe::default() };
+                let mut sink = BadWriter(takes);
+                let result =
+                    poll_fn(|cx| pipe.poll_copy(cx, Pin::new(&mut source), Pin::new(&mut sink))).await;
+                let err = result.expect_err("a copy into a broken writer succeeded");
+                assert_eq!(err.kind(), kind, "{takes:?}, a read of {len} bytes: {err}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_error_after_data_ends_the_copy_with_that_error_after_the_data() {
+        let mut reader = FailsAfter(Some(b"partial".to_vec()));
+        let (mut sink, mut sink_far) = tokio::io::duplex(1 << 16);
+        let err = copy_until_eof(&mut reader, &mut sink).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        let mut got = [0u8; 7];
+        sink_far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"partial");
     }
 
     #[tokio::test(start_paused = true)]
@@ -339,7 +401,7 @@ mod tests {
 
     /// Copies `input` through a pipe in `chunk`-byte writes into a sink that takes at most
     /// `sink_capacity` bytes at a time, checks that every byte arrived in order and the sink
-    /// saw end of file; returns the pipe as it ended.
+    /// saw end of file; returns the pipe as it ended. A lost wake-up fails it (paused clock).
     async fn pipe_after(input: Vec<u8>, chunk: usize, sink_capacity: usize) -> Pipe {
         let (mut source, mut source_far) = tokio::io::duplex(1 << 20);
         let (mut sink, mut sink_far) = tokio::io::duplex(sink_capacity);
@@ -357,10 +419,54 @@ mod tests {
             out
         });
         let mut pipe = Pipe::default();
-        let copied = poll_fn(|cx| pipe.poll_copy(cx, Pin::new(&mut source), Pin::new(&mut sink))).await;
+        let copy = poll_fn(|cx| pipe.poll_copy(cx, Pin::new(&mut source), Pin::new(&mut sink)));
+        let copied = tokio::time::timeout(Duration::from_secs(60), copy).await.expect("the copy stalled");
         writer.await.unwrap();
         assert_eq!(copied.unwrap(), expected.len() as u64);
         assert!(reader.await.unwrap() == expected, "the bytes arrived changed or out of order");
         pipe
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Takes {
+        Nothing,
+        More,
+    }
+
+    /// A writer that breaks the `AsyncWrite` contract as `Takes` says.
+    struct BadWriter(Takes);
+
+    impl AsyncWrite for BadWriter {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(match self.0 {
+                Takes::Nothing => 0,
+                Takes::More => buf.len() + 1,
+            }))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A reader that gives its bytes, then fails with a reset.
+    struct FailsAfter(Option<Vec<u8>>);
+
+    impl AsyncRead for FailsAfter {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(match self.0.take() {
+                Some(data) => {
+                    buf.put_slice(&data);
+                    Ok(())
+                }
+                None => Err(io::ErrorKind::ConnectionReset.into()),
+            })
+        }
     }
 }
