@@ -40,6 +40,16 @@ pub struct Watch {
     #[cfg(unix)]
     hangup: tokio::signal::unix::Signal,
     poll: tokio::time::Interval,
+    /// What asked for a look at the file, and that look, under way off the runtime's threads:
+    /// kept here, so that a [`Watch::changed`] dropped meanwhile loses neither.
+    looking: Option<(Asked, Option<tokio::task::JoinHandle<Option<Stamp>>>)>,
+}
+
+/// What asked for a look at the file.
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    Hangup,
+    Poll,
 }
 
 impl Watch {
@@ -57,6 +67,7 @@ impl Watch {
             #[cfg(unix)]
             hangup: hangup.0,
             poll,
+            looking: None,
         }
     }
 
@@ -65,17 +76,31 @@ impl Watch {
     /// is one being written, or a mistake, and would take every default (no clients).
     pub async fn changed(&mut self) {
         loop {
-            #[cfg(unix)]
-            let signalled = self.hangup.recv();
-            #[cfg(not(unix))]
-            let signalled = std::future::pending::<Option<()>>();
-            let why = tokio::select! {
-                _ = signalled => {
-                    self.seen = self.path.as_deref().and_then(stamp);
+            if self.looking.is_none() {
+                #[cfg(unix)]
+                let signalled = self.hangup.recv();
+                #[cfg(not(unix))]
+                let signalled = std::future::pending::<Option<()>>();
+                let asked = tokio::select! {
+                    _ = signalled => Asked::Hangup,
+                    _ = self.poll.tick() => Asked::Poll,
+                };
+                // `stat` on a mount that hangs blocks: not on the runtime's threads.
+                let path = self.path.clone();
+                let look = path.map(|path| tokio::task::spawn_blocking(move || stamp(&path)));
+                self.looking = Some((asked, look));
+            }
+            let now = match self.looking.as_mut().and_then(|(_, look)| look.as_mut()) {
+                Some(look) => look.await.ok().flatten(),
+                None => None,
+            };
+            let Some((asked, _)) = self.looking.take() else { continue };
+            let why = match asked {
+                Asked::Hangup => {
+                    self.seen = now;
                     "SIGHUP: reading the configuration again"
                 }
-                _ = self.poll.tick() => {
-                    let now = self.path.as_deref().and_then(stamp);
+                Asked::Poll => {
                     if now.is_none() || now == self.seen {
                         self.settling = None;
                         continue;
@@ -113,7 +138,17 @@ pub async fn follow(
         // systemd hears of the change, and that the client serves again (with the new routes,
         // or the old ones if the file was refused).
         notifier.reloading();
-        apply(&args, &mut running, &routes);
+        // Read off the runtime's threads: a mount that hangs stalls this reload alone.
+        let reading = args.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            reading
+                .into_file()
+                .and_then(|file| file.validate().map(|()| file))
+                .map_err(|e| Chain(&e).to_string())
+        })
+        .await
+        .unwrap_or_else(|join| Err(join.to_string()));
+        apply(read, &mut running, &routes);
         notifier.ready("configuration read again");
     }
 }
@@ -135,12 +170,11 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some((dev, ino, meta.len(), meta.modified().ok()?))
 }
 
-fn apply(args: &ConnectArgs, running: &mut ClientFile, routes: &RouteHandle) {
-    let file = match args.clone().into_file().and_then(|file| file.validate().map(|()| file)) {
+/// Puts the routes of a configuration read (and validated) in force.
+fn apply(read: Result<ClientFile, String>, running: &mut ClientFile, routes: &RouteHandle) {
+    let file = match read {
         Ok(file) => file,
-        Err(err) => {
-            return tracing::error!("configuration not applied, the running routes stay: {}", Chain(&err))
-        }
+        Err(err) => return tracing::error!("configuration not applied, the running routes stay: {err}"),
     };
     let set = match file.route_set() {
         Ok(set) => set,

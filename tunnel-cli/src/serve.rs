@@ -18,9 +18,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("cannot handle signals: {e}")))?;
     let hangup = crate::reload::Hangup::install()
         .map_err(|e| Failure::runtime(format!("cannot handle SIGHUP: {e}")))?;
-    let file = args.clone().into_file().map_err(Failure::config)?;
-    let (state_dir, certificates) = (file.state_dir.clone(), certificates_read(&file));
-    let mut setup = file.build().map_err(Failure::config)?;
+    let (mut setup, state_dir, certificates) = read_setup(&args, None).map_err(|unread| match unread {
+        Unread::Config(err) => Failure::config(err),
+        other => Failure::runtime(other),
+    })?;
     let listeners = Listeners::bind(&setup).await?;
     listeners.announce(&setup)?;
     let Listeners { tunnel: listener, local, http, https, socks, metrics } = listeners;
@@ -128,6 +129,71 @@ impl Running {
     }
 }
 
+/// Why a reading of the configuration was not taken.
+#[derive(Debug)]
+enum Unread {
+    Config(tunnel_core::config::ConfigError),
+    /// A reload naming another state directory than the running one.
+    StateDir,
+    /// The `[[certificates]]` files differed before and after every build tried.
+    Churning,
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(err) => Chain(err).fmt(f),
+            Self::StateDir => f.write_str("`state_dir` changes only at a restart"),
+            Self::Churning => {
+                f.write_str("the `[[certificates]]` files changed while being read, at each of 3 readings")
+            }
+        }
+    }
+}
+
+/// Builds at most this many times while the `[[certificates]]` files change under the build.
+const READINGS: usize = 3;
+
+/// Reads the configuration (flags over the file) and builds it, with the state directory and
+/// the digest of the `[[certificates]]` files the build read. A reload (`running_state_dir`
+/// given) naming another state directory is refused before the build, which would create a
+/// token and certificate there. See [`stable_build`] for the digest.
+fn read_setup(
+    args: &ServeArgs,
+    running_state_dir: Option<&Option<std::path::PathBuf>>,
+) -> Result<(ServerSetup, Option<std::path::PathBuf>, u64), Unread> {
+    let read = || {
+        let file = args.clone().into_file().map_err(Unread::Config)?;
+        match running_state_dir {
+            Some(running) if *running != file.state_dir => Err(Unread::StateDir),
+            _ => Ok(file),
+        }
+    };
+    let build = |file: &ServerFile| file.clone().build().map_err(Unread::Config);
+    let (setup, file, digest) = stable_build(read, certificates_read, build)?;
+    Ok((setup, file.state_dir, digest))
+}
+
+/// Reads and builds until the digest taken before the build and the one taken after agree
+/// ([`READINGS`] times at most): the digest is then of the files the build read. Before, one
+/// digest came first, and certificates rotated between it and the build were taken for no
+/// change: the listener kept the old ones until a later reload.
+fn stable_build<F, S>(
+    mut read: impl FnMut() -> Result<F, Unread>,
+    digest: impl Fn(&F) -> u64,
+    build: impl Fn(&F) -> Result<S, Unread>,
+) -> Result<(S, F, u64), Unread> {
+    for _ in 0..READINGS {
+        let file = read()?;
+        let before = digest(&file);
+        let setup = build(&file)?;
+        if digest(&file) == before {
+            return Ok((setup, file, before));
+        }
+    }
+    Err(Unread::Churning)
+}
+
 /// A digest of the `[[certificates]]` files as they are now, to tell whether the HTTPS
 /// listener's certificates changed (a change detector, not a security check).
 fn certificates_read(file: &ServerFile) -> u64 {
@@ -158,22 +224,18 @@ async fn follow(
             tracing::error!("configuration not applied, the running one stays: {why}");
             notifier.ready("configuration refused; the running one stays");
         };
-        let file = match args.clone().into_file() {
-            Ok(file) if file.state_dir != running.state_dir => {
-                refused(&"`state_dir` changes only at a restart");
+        // Files are read off the runtime's threads: a mount that hangs stalls this reload
+        // alone, not the sessions.
+        let (reading, state_dir) = (args.clone(), running.state_dir.clone());
+        let read = tokio::task::spawn_blocking(move || read_setup(&reading, Some(&state_dir))).await;
+        let (setup, state_dir, certificates) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(unread)) => {
+                refused(&unread);
                 continue;
             }
-            Ok(file) => file,
-            Err(err) => {
-                refused(&Chain(&err));
-                continue;
-            }
-        };
-        let (state_dir, certificates) = (file.state_dir.clone(), certificates_read(&file));
-        let setup = match file.build() {
-            Ok(setup) => setup,
-            Err(err) => {
-                refused(&Chain(&err));
+            Err(join) => {
+                refused(&join);
                 continue;
             }
         };
@@ -367,5 +429,54 @@ fn print_banner(setup: &ServerSetup, local: SocketAddr) {
     }
     if local.ip().is_unspecified() {
         say!("(from another machine, replace 127.0.0.1 with this server's address)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A build during which the files' digest moves is made again, and the digest kept is the
+    /// one both sides of the build saw; files that never hold still are refused.
+    #[test]
+    fn a_build_is_kept_only_with_the_digest_it_read() {
+        // The digest moves during the first build only: the second is kept.
+        let (reads, builds, digest) = (Cell::new(0), Cell::new(0), Cell::new(1_u64));
+        let read = || {
+            reads.set(reads.get() + 1);
+            Ok(reads.get())
+        };
+        let build = |reading: &usize| {
+            builds.set(builds.get() + 1);
+            if *reading == 1 {
+                digest.set(2);
+            }
+            Ok(*reading * 10)
+        };
+        let (setup, file, kept) = stable_build(read, |_| digest.get(), build).unwrap();
+        assert_eq!(
+            (setup, file, kept),
+            (20, 2, 2),
+            "the rotated files' digest, with the build that read them"
+        );
+        assert_eq!((reads.get(), builds.get()), (2, 2));
+
+        // Moving during every build: refused after three.
+        let builds = Cell::new(0);
+        let churn = |_: &()| {
+            builds.set(builds.get() + 1);
+            digest.set(digest.get() + 1);
+            Ok(())
+        };
+        let err = stable_build(|| Ok(()), |_| digest.get(), churn).unwrap_err();
+        assert!(matches!(err, Unread::Churning), "{err}");
+        assert_eq!(builds.get(), READINGS);
+        assert!(err.to_string().contains("changed while being read"));
+
+        // A read or a build that fails ends it at once.
+        let err = stable_build(|| Err::<(), _>(Unread::StateDir), |_| 0, |_| Ok(())).unwrap_err();
+        assert_eq!(err.to_string(), "`state_dir` changes only at a restart");
     }
 }

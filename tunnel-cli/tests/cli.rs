@@ -264,6 +264,22 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
             "invalid `local`: local forwards 43200:127.0.0.1:1 and 43200:127.0.0.1:2 listen on the same port",
         ),
         (vec!["serve", "--state-dir", state, "--metrics", "nowhere"], "invalid `metrics`"),
+        // Before, exit 1 once the metrics listener failed to listen.
+        (
+            vec!["connect", "--server", "127.0.0.1:1", "--fingerprint", &zero_fp, "--token", TOKEN]
+                .into_iter()
+                .chain(["-L", "43202:127.0.0.1:1", "--metrics", "127.0.0.1:43202"])
+                .collect(),
+            "invalid `metrics`: local forward 43202:127.0.0.1:1 and metrics listener 127.0.0.1:43202 listen on the same port",
+        ),
+        // Before, taken: two sessions with one server, each replacing the other.
+        (
+            vec!["connect", "--server", "a.example.:7700", "--server", "A.example:7700"]
+                .into_iter()
+                .chain(["--fingerprint", &zero_fp, "--token", TOKEN])
+                .collect(),
+            "invalid `server`: \"A.example:7700\" is listed twice (also as \"a.example.:7700\")",
+        ),
         // Before, retried for ever.
         (
             vec!["connect", "--server", "127.0.0.1:99999", "--fingerprint", &zero_fp, "--token", TOKEN],
@@ -363,6 +379,12 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
         assert!(output.contains(needle), "{args:?}: {output}");
         assert_eq!(output.lines().count(), 1, "{args:?} printed more than one line: {output}");
     }
+    // A flag's value refused by its parser: exit 2 too, in clap's words. Before, a multicast
+    // bind address went to the server, whose bind failed.
+    let args = ["connect", "--server", "127.0.0.1:1", "--fingerprint", &zero_fp, "--token", TOKEN];
+    let mut cli = spawn(command(&[&args[..], &["-R", "224.0.0.1:8080:127.0.0.1:1"]].concat()));
+    assert_eq!(cli.exit_code().await, 2, "{}", cli.output());
+    assert!(cli.output().contains("BIND_ADDR must not be a multicast address"), "{}", cli.output());
     // Flag values are parsed by the argument parser, which names the flag and points to --help.
     let flag_cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["serve", "--state-dir", state, "--allow-ports", "10-x"], "--allow-ports"),

@@ -94,23 +94,31 @@ pub(crate) fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::File::open(path)
 }
 
-/// A secret file's bytes, read from the file [`open_private`] checked.
+/// Largest state-directory file [`read_private`] reads: far above any real one (a key, an
+/// ACME account, a credential store of thousands of clients), and a bound on what a file
+/// grown by mistake or by whoever owns the directory can make a start or a reload hold.
+pub(crate) const PRIVATE_FILE_MAX: u64 = 16 * 1024 * 1024;
+
+/// A secret file's bytes, at most [`PRIVATE_FILE_MAX`], read from the file [`open_private`]
+/// checked.
 pub(crate) fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    open_private(path)?.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    read_private_within(path, PRIVATE_FILE_MAX)
 }
 
 /// [`read_private`], as text.
 pub(crate) fn read_private_text(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read_private(path)?)
+    read_private_text_within(path, PRIVATE_FILE_MAX)
+}
+
+/// [`read_private_text`] of a file of at most `max_bytes`.
+pub(crate) fn read_private_text_within(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+    String::from_utf8(read_private_within(path, max_bytes)?)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// [`read_private_text`] of a file of at most `max_bytes`; a longer one is refused
+/// A secret file's bytes, at most `max_bytes`; a longer file is refused
 /// ([`std::io::ErrorKind::InvalidData`]) after reading no more than one byte past the bound.
-pub(crate) fn read_private_text_within(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+fn read_private_within(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
     open_private(path)?.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes)?;
@@ -118,7 +126,7 @@ pub(crate) fn read_private_text_within(path: &Path, max_bytes: u64) -> std::io::
         let why = format!("longer than {max_bytes} bytes");
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
     }
-    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    Ok(bytes)
 }
 
 /// A regular file's text, at most `max_bytes` (see [`read_regular`]).
@@ -290,6 +298,18 @@ mod tests {
         let err = read_private_text_within(&path, 99).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         assert_eq!(err.to_string(), "longer than 99 bytes");
+        // Every secret file has a bound (before, the key, the ACME account and the credential
+        // store were read whole): a sparse file, so no disk is used.
+        let large = dir.path().join("key.pem");
+        write_private(&large, b"x").unwrap();
+        let grow = |len| std::fs::OpenOptions::new().write(true).open(&large).unwrap().set_len(len).unwrap();
+        grow(PRIVATE_FILE_MAX);
+        assert_eq!(read_private(&large).unwrap().len() as u64, PRIVATE_FILE_MAX, "the bound itself is read");
+        grow(PRIVATE_FILE_MAX + 1);
+        for err in [read_private(&large).unwrap_err(), read_private_text(&large).unwrap_err()] {
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert_eq!(err.to_string(), format!("longer than {PRIVATE_FILE_MAX} bytes"));
+        }
     }
 
     #[test]

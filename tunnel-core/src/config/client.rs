@@ -372,17 +372,24 @@ impl ClientFile {
             return Err(ConfigError::Missing { key: "server", why: "the server's address, HOST:PORT" });
         }
         let mut servers: Vec<&str> = Vec::with_capacity(self.server.len());
+        let mut seen = Vec::with_capacity(self.server.len());
         for server in &self.server {
-            if super::port_of(server).is_none_or(|port| port == 0) {
+            let Some(key) = server_key(server) else {
                 return Err(invalid(
                     "server",
                     format!("{server:?} is not HOST:PORT (a port from 1 to 65535)"),
                 ));
-            }
+            };
             // The same server twice would replace its own session there.
-            if servers.iter().any(|s| s.eq_ignore_ascii_case(server)) {
-                return Err(invalid("server", format!("{server:?} is listed twice")));
+            if let Some(i) = seen.iter().position(|seen| *seen == key) {
+                let why = if servers[i] == server.as_str() {
+                    format!("{server:?} is listed twice")
+                } else {
+                    format!("{server:?} is listed twice (also as {:?})", servers[i])
+                };
+                return Err(invalid("server", why));
             }
+            seen.push(key);
             servers.push(server);
         }
         Ok(servers)
@@ -415,7 +422,7 @@ impl ClientFile {
         let routes = self.route_set()?;
         let mut config = ClientConfig::new(server, name, token, transport);
         config.remotes = routes.remotes;
-        check_local_listeners(&self.local, &self.socks)?;
+        check_local_listeners(&self.local, &self.socks, self.metrics.as_deref())?;
         config.locals = self.local.clone();
         config.services = routes.services;
         config.http = routes.http;
@@ -517,15 +524,37 @@ mod one_or_many {
     }
 }
 
+/// A server address as the place it names, `None` when it is not `HOST:PORT` with a port from
+/// 1 to 65535: names compared without case or a final dot (`A.example.:7700` is
+/// `a.example:7700`), addresses by value (`[::ffff:10.0.0.1]` is `10.0.0.1`), ports by number
+/// (`07700` is `7700`). A name and an address it resolves to stay two entries: telling them
+/// apart would take a lookup.
+fn server_key(server: &str) -> Option<(String, u16)> {
+    let port = super::port_of(server).filter(|&port| port != 0)?;
+    let (host, _) = server.rsplit_once(':')?;
+    let host = crate::proto::target::parse_host(host).ok()?;
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => host.strip_suffix('.').unwrap_or(&host).to_ascii_lowercase(),
+    };
+    Some((host, port))
+}
+
 fn tls_transport(trust: &ServerTrust, server: &str) -> Result<ClientTransport, ConfigError> {
     ClientTransport::tls(client_config(trust)?, server).map_err(|e| invalid("server", e))
 }
 
-/// Local forwards and SOCKS proxies, none listening where another does (the same protocol and
-/// port, on the same address, or one of them on every address: `0.0.0.0` covers IPv4, `::` both
-/// families, as Linux binds it dual-stack; an IPv4-mapped address is the IPv4 one): caught
-/// here, as a bad configuration, not when the second fails to listen.
-fn check_local_listeners(locals: &[LocalForwardSpec], socks: &[SocksSpec]) -> Result<(), ConfigError> {
+/// Local forwards, SOCKS proxies and the metrics listener, none listening where another does
+/// (the same protocol and port, on the same address, or one of them on every address:
+/// `0.0.0.0` covers IPv4, `::` both families, as Linux binds it dual-stack; an IPv4-mapped
+/// address is the IPv4 one): caught here, as a bad configuration, not when the second fails to
+/// listen. A metrics listener named by host name (`localhost:9091`) is left to its bind: which
+/// addresses it has is the resolver's to say.
+fn check_local_listeners(
+    locals: &[LocalForwardSpec],
+    socks: &[SocksSpec],
+    metrics: Option<&str>,
+) -> Result<(), ConfigError> {
     use crate::forward::Protocol;
     use std::net::{IpAddr, Ipv4Addr};
     /// One local listener: its key and what one and several of its kind are called, its spec
@@ -558,7 +587,20 @@ fn check_local_listeners(locals: &[LocalForwardSpec], socks: &[SocksSpec]) -> Re
         address: address(s.bind),
         port: s.port,
     });
-    let listeners: Vec<Listener> = forwards.chain(proxies).collect();
+    let metrics = metrics.and_then(|listen| {
+        let (host, port) = listen.rsplit_once(':')?;
+        let ip = crate::proto::target::parse_host(host).ok()?.parse::<IpAddr>().ok()?;
+        Some(Listener {
+            key: "metrics",
+            one: "metrics listener",
+            many: "metrics listeners",
+            spec: listen.to_owned(),
+            protocol: Protocol::Tcp,
+            address: ip.to_canonical(),
+            port: port.parse().ok()?,
+        })
+    });
+    let listeners: Vec<Listener> = forwards.chain(proxies).chain(metrics).collect();
     let covers = |any: IpAddr, other: IpAddr| any.is_unspecified() && (any.is_ipv6() || other.is_ipv4());
     for (i, first) in listeners.iter().enumerate() {
         for second in &listeners[i + 1..] {

@@ -37,12 +37,31 @@ fn several_servers_and_fingerprints_are_lists_and_one_is_written_as_one() {
 
     let base = "token = \"config-test-token-0123\"\n";
     let twice = format!("{base}server = [\"a:1\", \"a:1\"]\nfingerprint = \"{FP}\"\n");
-    assert!(build(&twice).unwrap_err().chain().contains("listed twice"));
+    assert!(build(&twice).unwrap_err().chain().contains("invalid `server`: \"a:1\" is listed twice"));
     let bad = format!("{base}server = \"a:1\"\nfingerprint = [\"{FP}\", \"nope\"]\n");
     let err = build(&bad).unwrap_err().chain();
     assert!(err.contains("fingerprint") && err.contains("64 hex"), "the cause is kept: {err}");
-    let named_twice = format!("{base}server = [\"A.example:1\", \"a.example:1\"]\nfingerprint = \"{FP}\"\n");
-    assert!(build(&named_twice).unwrap_err().chain().contains("listed twice"));
+    // One place however it is spelled: each of these pairs would replace its own session.
+    for (first, second) in [
+        ("A.example:1", "a.example:1"),
+        ("a.example.:1", "a.example:1"),
+        ("a.example:1", "a.example:01"),
+        ("[::ffff:10.0.0.1]:1", "10.0.0.1:1"),
+        ("[0:0::1]:7700", "[::1]:7700"),
+    ] {
+        let text = format!("{base}server = [{first:?}, {second:?}]\nfingerprint = \"{FP}\"\n");
+        let err = build(&text).unwrap_err().chain();
+        assert!(
+            err.contains(&format!("invalid `server`: {second:?} is listed twice (also as {first:?})")),
+            "{err}"
+        );
+    }
+    for (first, second) in
+        [("a.example:1", "a.example:2"), ("a.example:1", "b.example:1"), ("10.0.0.1:1", "[::1]:1")]
+    {
+        let text = format!("{base}server = [{first:?}, {second:?}]\nfingerprint = \"{FP}\"\n");
+        assert!(build(&text).is_ok(), "{first} {second}");
+    }
     let none = format!("{base}server = []\nfingerprint = \"{FP}\"\n");
     assert!(build(&none).unwrap_err().chain().contains("server"));
     // A port that cannot be dialed is bad configuration, not a server to retry forever.
@@ -190,6 +209,15 @@ fn local_forwards_listening_where_another_does_are_refused_naming_local() {
             "local = [\"4300:127.0.0.1:1\"]\nsocks = [\"0.0.0.0:4300\"]",
             "invalid `socks`: local forward 4300:127.0.0.1:1 and SOCKS proxy 0.0.0.0:4300 listen on the same port",
         ),
+        // The metrics listener listens too (before, exit 1 once it failed to listen).
+        (
+            "local = [\"4300:127.0.0.1:1\"]\nmetrics = \"0.0.0.0:4300\"",
+            "invalid `metrics`: local forward 4300:127.0.0.1:1 and metrics listener 0.0.0.0:4300 listen on the same port",
+        ),
+        (
+            "socks = [\"[::]:4300\"]\nmetrics = \"127.0.0.1:4300\"",
+            "invalid `metrics`: SOCKS proxy [::]:4300 and metrics listener 127.0.0.1:4300 listen on the same port",
+        ),
         // An IPv4-mapped address is the IPv4 one.
         (
             "local = [\"[::ffff:127.0.0.1]:4300:127.0.0.1:1\"]\nsocks = [\"4300\"]",
@@ -199,9 +227,13 @@ fn local_forwards_listening_where_another_does_are_refused_naming_local() {
         let text = build(&format!("{base}{clash}\n")).unwrap_err().chain();
         assert!(text.contains(said), "{clash}: {text}");
     }
-    for apart in
-        ["local = [\"udp:4300:127.0.0.1:53\"]\nsocks = [\"4300\"]", "socks = [\"4300\", \"127.0.0.2:4300\"]"]
-    {
+    for apart in [
+        "local = [\"udp:4300:127.0.0.1:53\"]\nsocks = [\"4300\"]",
+        "socks = [\"4300\", \"127.0.0.2:4300\"]",
+        "local = [\"udp:4300:127.0.0.1:53\"]\nmetrics = \"127.0.0.1:4300\"",
+        "local = [\"4300:127.0.0.1:1\"]\nmetrics = \"127.0.0.2:4300\"",
+        "local = [\"0:127.0.0.1:1\"]\nmetrics = \"127.0.0.1:0\"",
+    ] {
         assert!(build(&format!("{base}{apart}\n")).is_ok(), "{apart}");
     }
 }

@@ -420,7 +420,7 @@ impl ServerFile {
         policy.allow_networks = self.allow_networks.clone().unwrap_or_default();
         policy.max_replicas = check_replicas("max_replicas", self.max_replicas)?.unwrap_or(1);
         if let Some(bind) = self.bind_addr {
-            policy.default_bind = bind;
+            policy.default_bind = crate::forward::check_bind(bind).map_err(|e| invalid("bind_addr", e))?;
         }
         if let Some(list) = &self.allow_bind {
             check_binds("allow_bind", list)?;
@@ -520,6 +520,9 @@ fn check_replicas(key: &'static str, replicas: Option<usize>) -> Result<Option<u
 fn check_binds(key: &'static str, list: &[IpAddr]) -> Result<(), ConfigError> {
     if list.is_empty() {
         return Err(invalid(key, "must name at least one IP address"));
+    }
+    for &ip in list {
+        crate::forward::check_bind(ip).map_err(|e| invalid(key, format!("{ip} {e}")))?;
     }
     Ok(())
 }

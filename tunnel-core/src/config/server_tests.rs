@@ -189,6 +189,17 @@ fn invalid_values_name_their_key() {
         ("allow_bind = [\"10.0.0.1\", \"nope\"]", "allow_bind"),
         ("allow_bind = []", "allow_bind"),
         ("bind_addr = \"127.0.0.1\"\nallow_bind = [\"127.0.0.2\"]", "bind_addr"),
+        // Where nothing can listen (before, accepted; each forward then failed to bind).
+        ("bind_addr = \"224.0.0.1\"", "invalid `bind_addr`: must not be a multicast address"),
+        ("bind_addr = \"255.255.255.255\"", "invalid `bind_addr`: must not be the broadcast address"),
+        (
+            "allow_bind = [\"127.0.0.1\", \"ff02::1\"]",
+            "invalid `allow_bind`: ff02::1 must not be a multicast",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nallow_bind = [\"::ffff:239.0.0.1\"]",
+            "invalid `clients.allow_bind`: ::ffff:239.0.0.1 must not be a multicast",
+        ),
         ("[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nports = \"80-\"", "clients.ports"),
         (
             "[[clients]]\nname = \"a\"\ntoken = \"client-a-token-0123\"\nallow_bind = [\"x\"]",

@@ -16,6 +16,7 @@ pub use copy::{copy_until_eof, splice, splice_with, SpliceLimits, SpliceStats, C
 pub use handler::{StreamHandler, Target, Visitor};
 pub use ports::{PortSet, PortSetError};
 pub use rules::{Glob, RuleError, TargetRules, VisitRule};
+pub(crate) use spec::check_bind;
 pub use spec::{
     LocalForwardSpec, Protocol, RemoteForwardSpec, ServiceSpec, SocksSpec, SpecError, TargetAddr, VisitTarget,
 };

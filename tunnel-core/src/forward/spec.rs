@@ -83,7 +83,7 @@ impl FromStr for LocalForwardSpec {
             (false, [bind, port, host, tport]) => (Some(*bind), *port, format!("{host}:{tport}")),
             _ => return Err(err("expected [BIND_ADDR:]PORT:CLIENT/SERVICE or [BIND_ADDR:]PORT:HOST:PORT")),
         };
-        let bind = parse_bind(bind).map_err(err)?;
+        let bind = parse_bind(bind).map_err(|e| err(&e))?;
         let port = port.parse().map_err(|_| err("PORT must be a number from 0 to 65535"))?;
         let target = target.parse::<VisitTarget>().map_err(|e| err(&e.reason))?;
         if protocol == Protocol::Udp && matches!(target, VisitTarget::Service { .. }) {
@@ -129,7 +129,7 @@ impl FromStr for SocksSpec {
             [bind, port] => (Some(*bind), *port),
             _ => return Err(err("expected [BIND_ADDR:]PORT")),
         };
-        let bind = parse_bind(bind).map_err(err)?;
+        let bind = parse_bind(bind).map_err(|e| err(&e))?;
         let port = port.parse().map_err(|_| err("PORT must be a number from 0 to 65535"))?;
         Ok(Self { bind, port })
     }
@@ -266,7 +266,7 @@ impl FromStr for RemoteForwardSpec {
             [bind, remote, host, port] => (Some(*bind), *remote, *host, *port),
             _ => return Err(err("expected [BIND_ADDR:]REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")),
         };
-        let bind = parse_bind(bind).map_err(err)?;
+        let bind = parse_bind(bind).map_err(|e| err(&e))?;
         let remote_port = remote.parse().map_err(|_| err("REMOTE_PORT must be a number from 0 to 65535"))?;
         let local = Target::Addr(parse_target(host, port).map_err(err)?);
         Ok(Self { protocol, bind, remote_port, local, idle_timeout: None, proxy_protocol: None })
@@ -283,8 +283,26 @@ fn write_bind(f: &mut fmt::Formatter<'_>, bind: Option<IpAddr>) -> fmt::Result {
 }
 
 /// Parses an optional `BIND_ADDR` part (an IP address, IPv6 in brackets).
-fn parse_bind(bind: Option<&str>) -> Result<Option<IpAddr>, &'static str> {
-    bind.map(|b| unbracket(b).parse::<IpAddr>().map_err(|_| "BIND_ADDR must be an IP address")).transpose()
+fn parse_bind(bind: Option<&str>) -> Result<Option<IpAddr>, String> {
+    let Some(bind) = bind else { return Ok(None) };
+    let ip = unbracket(bind).parse::<IpAddr>().map_err(|_| "BIND_ADDR must be an IP address".to_owned())?;
+    check_bind(ip).map(Some).map_err(|why| format!("BIND_ADDR {why}"))
+}
+
+/// An address a forward may listen on: not a multicast or the IPv4 broadcast address, where no
+/// TCP listener binds and a UDP socket would only wait for a group nobody joined (refused as
+/// bad configuration, not when the listener fails to bind). The error says what is wrong with
+/// it, to follow the name of the setting.
+pub(crate) fn check_bind(ip: IpAddr) -> Result<IpAddr, &'static str> {
+    match ip.to_canonical() {
+        canonical if canonical.is_multicast() => {
+            Err("must not be a multicast address: nothing can listen there")
+        }
+        IpAddr::V4(v4) if v4.is_broadcast() => {
+            Err("must not be the broadcast address: nothing can listen there")
+        }
+        _ => Ok(ip),
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +385,26 @@ mod tests {
         for (input, needle) in cases {
             let err = input.parse::<RemoteForwardSpec>().unwrap_err().to_string();
             assert!(err.contains(needle), "{input}: {err}");
+        }
+        // Where nothing can listen: refused by every kind of spec that binds (before, accepted,
+        // and the bind failed on the server or at the client's start).
+        let multicast = "BIND_ADDR must not be a multicast address";
+        let broadcast = "BIND_ADDR must not be the broadcast address";
+        for (input, needle) in [
+            ("224.0.0.1:80:h:1", multicast),
+            ("udp:[ff02::1]:53:h:53", multicast),
+            ("[::ffff:239.1.1.1]:80:h:1", multicast),
+            ("255.255.255.255:80:h:1", broadcast),
+        ] {
+            let err = input.parse::<RemoteForwardSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{input}: {err}");
+            let err = input.parse::<LocalForwardSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{input}: {err}");
+        }
+        let err = "224.0.0.1:1080".parse::<SocksSpec>().unwrap_err().to_string();
+        assert!(err.contains(multicast), "{err}");
+        for fine in ["10.255.255.255:80:h:1", "[::]:80:h:1", "0.0.0.0:80:h:1"] {
+            assert!(fine.parse::<RemoteForwardSpec>().is_ok(), "{fine}");
         }
     }
 }
