@@ -145,7 +145,10 @@ impl std::fmt::Display for Unread {
             Self::Config(err) => Chain(err).fmt(f),
             Self::StateDir => f.write_str("`state_dir` changes only at a restart"),
             Self::Churning => {
-                f.write_str("the `[[certificates]]` files changed while being read, at each of 3 readings")
+                write!(
+                    f,
+                    "the `[[certificates]]` files changed while being read, at each of {READINGS} readings"
+                )
             }
         }
     }

@@ -252,6 +252,15 @@ proptest! {
             None => {}
         }
         text.push_str(&format!("{remote}:{host}:{port}"));
+        // Where no connection can reach a TCP listener: refused, saying why.
+        let deaf = bind.map(|ip| ip.to_canonical()).is_some_and(|ip| {
+            ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+        });
+        if deaf {
+            let err = text.parse::<RemoteForwardSpec>().unwrap_err().to_string();
+            prop_assert!(err.contains("BIND_ADDR must not be"), "{}: {}", text, err);
+            return Ok(());
+        }
         let spec: RemoteForwardSpec = text.parse().unwrap();
         let Target::Addr(local) = &spec.local else { panic!("{text} parsed to a handler") };
         prop_assert_eq!((spec.bind, spec.remote_port, local.port), (bind, remote, port));

@@ -233,6 +233,10 @@ fn refused(err: AdminError) -> Answer {
         AdminError::InvalidName { .. } => StatusCode::BAD_REQUEST,
         AdminError::Exists(_) | AdminError::FromConfig(_) => StatusCode::CONFLICT,
         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+        // The store would grow past what a start reads back: full, not failing, and said why.
+        AdminError::Store { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
+            return Answer::error(StatusCode::INSUFFICIENT_STORAGE, crate::log::Chain(&err));
+        }
         AdminError::Store { .. } => {
             tracing::error!("admin API: {}", crate::log::Chain(&err));
             StatusCode::INTERNAL_SERVER_ERROR

@@ -91,10 +91,17 @@ struct File {
 }
 
 /// The created clients, by name.
-#[derive(Default)]
 pub struct ClientStore {
     path: Option<PathBuf>,
     clients: BTreeMap<String, Stored>,
+    /// Largest file written: what a start reads back (`fs::PRIVATE_FILE_MAX`).
+    max_bytes: u64,
+}
+
+impl Default for ClientStore {
+    fn default() -> Self {
+        Self { path: None, clients: BTreeMap::new(), max_bytes: crate::fs::PRIVATE_FILE_MAX }
+    }
 }
 
 impl std::fmt::Debug for ClientStore {
@@ -107,6 +114,12 @@ impl std::fmt::Debug for ClientStore {
 }
 
 impl ClientStore {
+    /// The store, writing files of at most `max_bytes`.
+    #[cfg(test)]
+    pub(super) fn with_max_bytes(self, max_bytes: u64) -> Self {
+        Self { max_bytes, ..self }
+    }
+
     /// A store kept in memory only (lost at exit).
     pub fn in_memory() -> Self {
         Self::default()
@@ -136,7 +149,7 @@ impl ClientStore {
                 .map_err(|e| store_err(std::io::Error::other(format!("client {:?}: {e}", client.name))))?;
             clients.insert(client.name.clone(), client);
         }
-        Ok(Self { path: Some(path.to_owned()), clients })
+        Ok(Self { path: Some(path.to_owned()), clients, ..Self::default() })
     }
 
     /// Adds the created clients to `config`: each its token and what it may do. A name the
@@ -233,6 +246,13 @@ impl ClientStore {
         let file = File { clients: self.clients.values().cloned().collect() };
         let text = toml::to_string(&file).map_err(|e| store_err(std::io::Error::other(e)))?;
         let text = format!("# Clients created through the admin API; change them through it.\n{text}");
+        // A change that would make the file too long to read back at the next start is
+        // refused (and undone by the caller), not written.
+        if text.len() as u64 > self.max_bytes {
+            let why =
+                format!("the file would be longer than {} bytes, the most a start reads", self.max_bytes);
+            return Err(store_err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::fs::create_private_dir(dir).map_err(store_err)?;
         }

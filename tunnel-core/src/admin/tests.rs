@@ -152,6 +152,48 @@ async fn the_store_keeps_created_clients_across_restarts_readable_by_its_owner_o
     }
 }
 
+/// Before, the store grew without bound, and a file past what a start reads back kept the
+/// server from starting again.
+#[tokio::test]
+async fn a_client_that_would_make_the_store_too_long_to_read_back_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(CLIENTS_FILE);
+    let admin = admin_with_config_client(ClientStore::open(&path).unwrap().with_max_bytes(1024));
+    let mut created = 0;
+    let refused = loop {
+        match admin.create(&format!("client-{created}"), Grant::default()).await {
+            Ok(_) => created += 1,
+            Err(err) => break err,
+        }
+        assert!(created < 100, "never refused");
+    };
+    assert!(created > 0, "the first client was refused");
+    let why = crate::log::Chain(&refused).to_string();
+    assert!(why.contains("the file would be longer than 1024 bytes"), "{why}");
+    // What was refused is not kept, on disk or in force; what came before is.
+    assert!(std::fs::metadata(&path).unwrap().len() <= 1024);
+    let reopened = ClientStore::open(&path).unwrap();
+    assert_eq!(reopened.grants().count(), created);
+    let lookup =
+        admin.server().config().credentials.lookup(&format!("client-{created}")).map(|found| found.1);
+    assert_ne!(lookup, Some(CredentialKind::PerClient), "the refused client authenticates");
+    // A regrant that would pass the bound is refused too, as a full store (507), and the old
+    // grant stays.
+    let hosts = vec!["*.a-rather-long-name.example.test"; 40];
+    let body = serde_json::json!({ "allow_hosts": hosts }).to_string();
+    let regrant = answer(&admin, &Method::PUT, "/v1/clients/client-0", body.as_bytes()).await;
+    assert_eq!(regrant.status, StatusCode::INSUFFICIENT_STORAGE, "{}", regrant.body);
+    assert!(
+        regrant.body["error"].as_str().is_some_and(|e| e.contains("longer than 1024 bytes")),
+        "{}",
+        regrant.body
+    );
+    assert_eq!(
+        ClientStore::open(&path).unwrap().grants().find(|(n, _)| *n == "client-0").unwrap().1,
+        &Grant::default()
+    );
+}
+
 #[tokio::test]
 async fn a_regrant_changes_what_a_created_client_may_do_and_keeps_its_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -189,7 +189,7 @@ fn invalid_values_name_their_key() {
         ("allow_bind = [\"10.0.0.1\", \"nope\"]", "allow_bind"),
         ("allow_bind = []", "allow_bind"),
         ("bind_addr = \"127.0.0.1\"\nallow_bind = [\"127.0.0.2\"]", "bind_addr"),
-        // Where nothing can listen (before, accepted; each forward then failed to bind).
+        // Where no connection reaches a listener (before, accepted: Linux binds it, deaf).
         ("bind_addr = \"224.0.0.1\"", "invalid `bind_addr`: must not be a multicast address"),
         ("bind_addr = \"255.255.255.255\"", "invalid `bind_addr`: must not be the broadcast address"),
         (

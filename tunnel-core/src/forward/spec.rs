@@ -289,17 +289,16 @@ fn parse_bind(bind: Option<&str>) -> Result<Option<IpAddr>, String> {
     check_bind(ip).map(Some).map_err(|why| format!("BIND_ADDR {why}"))
 }
 
-/// An address a forward may listen on: not a multicast or the IPv4 broadcast address, where no
-/// TCP listener binds and a UDP socket would only wait for a group nobody joined (refused as
-/// bad configuration, not when the listener fails to bind). The error says what is wrong with
-/// it, to follow the name of the setting.
+/// An address a forward may listen on: not a multicast or the IPv4 broadcast address, where
+/// Linux binds a listener that no connection ever reaches (refused as bad configuration, not
+/// left deaf). The error says what is wrong with it, to follow the name of the setting.
 pub(crate) fn check_bind(ip: IpAddr) -> Result<IpAddr, &'static str> {
     match ip.to_canonical() {
         canonical if canonical.is_multicast() => {
-            Err("must not be a multicast address: nothing can listen there")
+            Err("must not be a multicast address: no connection reaches a listener there")
         }
         IpAddr::V4(v4) if v4.is_broadcast() => {
-            Err("must not be the broadcast address: nothing can listen there")
+            Err("must not be the broadcast address: no connection reaches a listener there")
         }
         _ => Ok(ip),
     }
@@ -386,8 +385,8 @@ mod tests {
             let err = input.parse::<RemoteForwardSpec>().unwrap_err().to_string();
             assert!(err.contains(needle), "{input}: {err}");
         }
-        // Where nothing can listen: refused by every kind of spec that binds (before, accepted,
-        // and the bind failed on the server or at the client's start).
+        // Where no connection reaches a listener: refused by every kind of spec that binds
+        // (before, accepted, and the listener was deaf).
         let multicast = "BIND_ADDR must not be a multicast address";
         let broadcast = "BIND_ADDR must not be the broadcast address";
         for (input, needle) in [
