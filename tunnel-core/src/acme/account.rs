@@ -85,13 +85,16 @@ fn stored(path: &Path, directory: &str) -> Result<Option<AccountCredentials>, Ac
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         // A file refused as it is (another user's, writable by others, a hard link, not a
-        // regular file): moved aside, never overwritten (it may be an account a CAA record
-        // names), and a new account made, rather than no certificate ordered at all. Other
-        // errors (EIO, out of descriptors) are passing: told, and tried again.
+        // regular file, longer than any account): moved aside, never overwritten (it may be
+        // an account a CAA record names), and a new account made, rather than no certificate
+        // ordered at all. Other errors (EIO, out of descriptors) are passing: told, and tried
+        // again.
         Err(err)
             if matches!(
                 err.kind(),
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::InvalidData
             ) =>
         {
             let aside = unusable_path(path);
@@ -218,6 +221,13 @@ mod tests {
         assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
         assert!(stored(&path, "https://a.example/dir").unwrap().is_none(), "a FIFO: a new account");
         assert!(!path.exists() && aside(dir.path()) == 2);
+        // Longer than any account (grown by mistake): moved aside too, not read again and
+        // refused on every attempt (before, no certificate was ever ordered).
+        let long = std::fs::File::create(&path).unwrap();
+        long.set_len(crate::fs::PRIVATE_FILE_MAX + 1).unwrap();
+        drop(long);
+        assert!(stored(&path, "https://a.example/dir").unwrap().is_none(), "too long: a new account");
+        assert!(!path.exists() && aside(dir.path()) == 3);
         // The new account is kept in its place.
         let credentials: AccountCredentials = serde_json::from_value(json).unwrap();
         keep(dir.path(), path.clone(), &credentials).unwrap();
