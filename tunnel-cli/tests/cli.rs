@@ -550,25 +550,77 @@ fn bash_completes_the_flags_of_subcommands() {
     assert_eq!(complete(&["tunnel-cli", "admin", "clients", "cr"]), "create");
 }
 
-/// `--log-format json`: every line on stderr is one JSON object with a level and a message.
+/// `--log-format json`: every line on stderr, the server's and a client's, is one JSON object
+/// with a level and a message, and no key twice (an event field named `target` once came
+/// beside the logger's own `target`, and collectors kept one of the two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = command(&["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]);
     cmd.args(["--state-dir", dir.path().to_str().unwrap(), "--insecure-plaintext", "--token", TOKEN]);
     let mut server = spawn(cmd);
-    server.line_after("tunnel server listening on ").await;
+    let addr = server.line_after("tunnel server listening on ").await;
+    let addr = addr.split_whitespace().next().unwrap().to_owned();
     server.output_contains("[stderr] {").await;
+    let mut client = spawn(command(&[
+        "--log-format",
+        "json",
+        "connect",
+        "--server",
+        &addr,
+        "--insecure-plaintext",
+        "--token",
+        TOKEN,
+        "-R",
+        "0:127.0.0.1:9",
+    ]));
+    client.line_after("remote forward ready: ").await;
+    client.output_contains("remote forward ready\"").await;
+    assert_eq!(client.terminate().await, 0);
     assert_eq!(server.terminate().await, 0);
-    let logs: Vec<String> =
-        server.output().lines().filter_map(|l| l.strip_prefix("[stderr] ")).map(str::to_owned).collect();
-    assert!(logs.len() >= 2, "{}", server.output());
-    for line in &logs {
+    let logs = |cli: &Cli| -> Vec<String> {
+        cli.output().lines().filter_map(|l| l.strip_prefix("[stderr] ")).map(str::to_owned).collect()
+    };
+    let (server_logs, client_logs) = (logs(&server), logs(&client));
+    assert!(server_logs.len() >= 2, "{}", server.output());
+    for line in server_logs.iter().chain(&client_logs) {
         let object: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(object["level"].is_string() && object["message"].is_string(), "{line}");
+        let Keys(keys) = serde_json::from_str(line).unwrap();
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "a key twice: {line}");
     }
-    assert!(logs.iter().any(|l| l.contains("TLS is off")), "{logs:?}");
+    assert!(server_logs.iter().any(|l| l.contains("TLS is off")), "{server_logs:?}");
+    let ready = client_logs.iter().find(|l| l.contains("remote forward ready")).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(ready).unwrap();
+    assert_eq!(ready["local"], "127.0.0.1:9", "{ready}");
+    assert_eq!(ready["target"], "tunnel_core::client::status", "{ready}");
+}
+
+/// The keys of one JSON object, in order, repeats kept (a map would keep one of each).
+struct Keys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(key);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// A CA of the test's own, named `name`: its certificate, and what signs with it.

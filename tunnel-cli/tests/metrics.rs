@@ -118,6 +118,56 @@ async fn metrics_count_exactly_the_visitors_and_bytes_sent_and_the_probes_answer
     assert_eq!(server.cli.terminate().await, 0);
 }
 
+/// A UDP visitor's bytes count as they cross, both ways, while its flow is still open (before,
+/// the bytes toward the target were counted only when the flow ended, a minute after its last
+/// datagram, or never when its session went first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flows_bytes_count_while_it_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &["--token", TOKEN, "--metrics", "127.0.0.1:0"], &[]).await;
+    let server_metrics = metrics_addr(server.cli.line_after("metrics served on ").await);
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let forward = format!("udp:127.0.0.1:0:{}", echo.local_addr().unwrap());
+    let echoing = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let (len, from) = echo.recv_from(&mut buf).await.unwrap();
+            echo.send_to(&buf[..len], from).await.unwrap();
+        }
+    });
+    let mut client = connect(&server, &["--token", TOKEN, "--name", "dns", "-R", &forward], &[]);
+    let port = public_port(&client.line_after("remote forward ready: udp:").await);
+
+    const SENT: usize = 321;
+    let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor.connect(("127.0.0.1", port)).await.unwrap();
+    let mut answer = [0u8; 2048];
+    let answered = async {
+        loop {
+            visitor.send(&[7u8; SENT]).await.unwrap();
+            if let Ok(Ok(len)) =
+                tokio::time::timeout(Duration::from_millis(200), visitor.recv(&mut answer)).await
+            {
+                return len;
+            }
+        }
+    };
+    let len = tokio::time::timeout(PATIENCE, answered).await.expect("no echo through the UDP forward");
+    assert_eq!(len, SENT);
+
+    let label = "tunnel_bytes_total{client=\"dns\",route=\"";
+    let text = scrape_until(server_metrics, "the datagram's bytes both ways", |t| {
+        sample(t, label, "direction=\"to_visitor\"}").is_some_and(|n| n >= SENT as f64)
+            && sample(t, label, "direction=\"from_visitor\"}").is_some_and(|n| n >= SENT as f64)
+    })
+    .await;
+    // Still open: the flow idles for a minute before it ends.
+    assert_eq!(sample(&text, "tunnel_visitors{client=\"dns\",route=\"", "\"}"), Some(1.0), "{text}");
+    echoing.abort();
+    assert_eq!(client.terminate().await, 0);
+    assert_eq!(server.cli.terminate().await, 0);
+}
+
 /// Polls `client`'s `/ready` at `addr` until it answers `status`; failing, shows what the
 /// client logged.
 async fn ready_becomes(addr: SocketAddr, client: &Cli, status: u16) -> String {

@@ -291,7 +291,7 @@ async fn local_flow(
         let socket = socket.clone();
         async move { socket.send_to(&datagram, visitor).await.is_ok() }
     };
-    match carry_flow(inbox, open, deliver, crate::udp::DEFAULT_FLOW_IDLE).await {
+    match carry_flow(inbox, open, |_| (), deliver, crate::udp::DEFAULT_FLOW_IDLE).await {
         Ok(stats) => tracing::trace!(%visitor, %target, ?stats, "UDP flow done"),
         Err(err) => tracing::debug!(%visitor, %target, "UDP flow ended: {err}"),
     }

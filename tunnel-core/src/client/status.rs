@@ -163,10 +163,10 @@ impl Client {
         }
         if let ClientStatus::Connected { forwards, services, http, tls, networks, refused, .. } = &status {
             for forward in forwards {
-                tracing::info!(public = %forward.public_addr, target = %forward.spec.local, version, "remote forward ready");
+                tracing::info!(public = %forward.public_addr, local = %forward.spec.local, version, "remote forward ready");
             }
             for service in services {
-                tracing::info!(service = %service.name, target = %service.target, version, "service exposed");
+                tracing::info!(service = %service.name, local = %service.target, version, "service exposed");
             }
             for route in refused {
                 tracing::warn!(route = %route.route, version, "route refused: {} ({})", Escaped(&route.message), route.code);

@@ -115,6 +115,9 @@ impl Flow {
             stream.write_all(&header.encode()).await?;
             Ok(stream)
         };
+        let counted = |len: usize| {
+            meter.from_visitor.inc_by(len as u64);
+        };
         let deliver = |datagram: Bytes| {
             let socket = socket.clone();
             meter.to_visitor.inc_by(datagram.len() as u64);
@@ -124,13 +127,10 @@ impl Flow {
             () = member.owned.cancelled() => return,
             // UDP has no connection to finish: a draining session's flows end at once.
             () = member.accepting.cancelled() => return,
-            carried = carry_flow(inbox, open, deliver, idle) => carried,
+            carried = carry_flow(inbox, open, counted, deliver, idle) => carried,
         };
         match carried {
-            Ok(stats) => {
-                meter.from_visitor.inc_by(stats.sent_bytes);
-                tracing::trace!(%visitor, %route, ?stats, "UDP flow done");
-            }
+            Ok(stats) => tracing::trace!(%visitor, %route, ?stats, "UDP flow done"),
             Err(err) => tracing::debug!(%visitor, %route, "UDP flow failed: {}", crate::log::Chain(&err)),
         }
     }

@@ -105,7 +105,7 @@ where
                 let (socket, wrapped) = (socket.clone(), encode_udp(&destination, &datagram));
                 async move { socket.send_to(&wrapped, sender).await.is_ok() }
             };
-            let carried = carry_flow(inbox, open(target.clone()), deliver, DEFAULT_FLOW_IDLE);
+            let carried = carry_flow(inbox, open(target.clone()), |_| (), deliver, DEFAULT_FLOW_IDLE);
             let ended = ended.clone();
             tokio::spawn(async move {
                 tokio::select! {

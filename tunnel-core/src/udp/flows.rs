@@ -332,8 +332,8 @@ impl<K: Eq + Hash + Clone> Flows<K> {
 }
 
 /// Carries one flow of a listening end: opens its stream (`open`, which writes the header and
-/// reads any answer), sends it the datagrams of `inbox` and hands what comes back to
-/// `deliver`, until the stream ends, the table is dropped or ends the flow for room, or `idle`
+/// reads any answer), sends it the datagrams of `inbox` (telling `sent` each one's length as
+/// it is written) and hands what comes back to `deliver`, until the stream ends, the table is dropped or ends the flow for room, or `idle`
 /// passes without a datagram either way; the two directions run at once. Datagrams queued while the stream
 /// opens go first, in order. When `open` fails, or the stream ends before any answer came
 /// back (the far end could not reach the target), the flow drops its datagrams for a few
@@ -341,6 +341,7 @@ impl<K: Eq + Hash + Clone> Flows<K> {
 pub(crate) async fn carry_flow<K, S, D, DF>(
     mut inbox: FlowInbox<K>,
     open: impl Future<Output = io::Result<S>>,
+    mut sent: impl FnMut(usize),
     mut deliver: D,
     idle: Duration,
 ) -> io::Result<FlowStats>
@@ -372,7 +373,10 @@ where
             activity.touch();
             activity.asking();
             match write_frame(&mut writer, &datagram, &mut scratch).await? {
-                true => up.sent(datagram.len()),
+                true => {
+                    up.sent(datagram.len());
+                    sent(datagram.len());
+                }
                 false => up.dropped += 1,
             }
             // A write the stream held up is activity too.

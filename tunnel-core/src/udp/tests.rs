@@ -37,7 +37,7 @@ where
             let sent = back_tx.send(datagram).is_ok();
             async move { sent }
         };
-        carry_flow(inbox, async { Ok(stream) }, deliver, idle).await
+        carry_flow(inbox, async { Ok(stream) }, |_| (), deliver, idle).await
     });
     (Flows::new(4), inbox_tx, back_rx)
 }
@@ -312,7 +312,7 @@ async fn a_flow_awaiting_its_answer_keeps_its_place_and_gets_it() {
         let sent = back_tx.send(datagram).is_ok();
         async move { sent }
     };
-    let flow = tokio::spawn(carry_flow(inbox, async { Ok(near) }, deliver, Duration::from_secs(60)));
+    let flow = tokio::spawn(carry_flow(inbox, async { Ok(near) }, |_| (), deliver, Duration::from_secs(60)));
     // The question crosses; its answer takes 3 s, and new visitors come meanwhile.
     let mut question = [0u8; 5];
     far.read_exact(&mut question).await.unwrap();
@@ -365,7 +365,7 @@ async fn a_flow_that_cannot_open_drops_its_datagrams_for_a_fixed_time_then_ends(
     let start = tokio::time::Instant::now();
     let flow = tokio::spawn(async move {
         let refused = async { Err::<tokio::io::DuplexStream, _>(io::Error::other("refused")) };
-        carry_flow(inbox, refused, |_| async { true }, Duration::from_secs(60)).await
+        carry_flow(inbox, refused, |_| (), |_| async { true }, Duration::from_secs(60)).await
     });
     // Retries every second keep coming; the flow holds them off for 5 s from the failure,
     // not 5 s from the last retry.
@@ -392,7 +392,7 @@ async fn a_stream_closed_before_any_answer_holds_the_flow_like_a_refusal() {
     let (near, far) = tokio::io::duplex(1024);
     drop(far);
     let start = tokio::time::Instant::now();
-    let _ = carry_flow(inbox, async { Ok(near) }, |_| async { true }, Duration::from_secs(60)).await;
+    let _ = carry_flow(inbox, async { Ok(near) }, |_| (), |_| async { true }, Duration::from_secs(60)).await;
     assert_eq!(start.elapsed(), Duration::from_secs(5));
 }
 
