@@ -289,6 +289,37 @@ async fn lowered_replicas_close_the_oldest_sessions_of_the_name() {
     server.stop().await;
 }
 
+/// Replicas of a name serve one route: narrowing withdraws it from each, and the reload's
+/// report names it once (it listed it once per replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_withdrawn_from_replicas_is_reported_once() {
+    let fixed = free_port();
+    let server = start_server(|c| {
+        c.policy.max_replicas = 2;
+        c.policy.allow_ports = format!("1024-9999,{fixed}").parse().unwrap();
+    })
+    .await;
+    let target = echo_target().await;
+    let pinned = format!("{fixed}:{target}");
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut replica = start_client(server.client_config("web", &[&pinned]));
+        replica.connected().await;
+        replicas.push(replica);
+    }
+    assert_eq!(server.server.sessions().len(), 2);
+
+    let mut config = server.server.config().as_ref().clone();
+    config.policy.allow_ports = "1024-9999".parse().unwrap();
+    let report = server.server.reload(config).await;
+    assert_eq!(report.withdrawn, [format!("web: TCP 127.0.0.1:{fixed}")], "{report:?}");
+    assert!(TcpStream::connect(("127.0.0.1", fixed)).await.is_err(), "the withdrawn listener accepts");
+    for replica in replicas {
+        replica.stop().await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_withdraws_one_route_and_widening_brings_a_refused_one_back() {
     // Outside the narrow range, which must leave it out (ranges a server picks from lie below

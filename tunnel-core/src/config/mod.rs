@@ -159,11 +159,27 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 
 /// Parses TOML text; `origin` names it in errors.
 fn parse<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: origin.to_owned(),
-        at: e.span().map(|s| location(text, s.start)),
-        message: e.message().to_owned(),
+    toml::from_str(text).map_err(|e| {
+        let mut message = e.message().trim_end().to_owned();
+        if let Some(key) = e.span().and_then(|s| unquoted_text(text, s.start)) {
+            message.push_str(&format!(" (text needs quotes: {key} = \"...\")"));
+        }
+        ConfigError::Parse { path: origin.to_owned(), at: e.span().map(|s| location(text, s.start)), message }
     })
+}
+
+/// The key of the line at `offset` when its value is text written without quotes
+/// (`listen = 127.0.0.1:7700`, which TOML reads as a malformed number): a value that is no
+/// TOML value on its own, and is one as a quoted string. Neither the value nor the message
+/// says what it was (it may be a token).
+fn unquoted_text(text: &str, offset: usize) -> Option<&str> {
+    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, value) = line.split_once('=')?;
+    let (key, value) = (key.trim(), value.trim());
+    let bare = |v: &str| !v.is_empty() && !v.contains(['"', '\'', '#', '[', '{', '\\']);
+    let parses = |v: &str| toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok();
+    (is_key(key) && bare(value) && !parses(value) && parses(&format!("\"{value}\""))).then_some(key)
 }
 
 /// ` (line N, `table.key`)` for a byte offset: the key is the one on that line, under the last
@@ -248,6 +264,26 @@ mod file_tests {
         let err = load::<ClientFile>(path).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
         err.chain()
+    }
+
+    /// Text written without quotes is a TOML error the parser words as a bad number; the
+    /// message says to quote it, naming the key, never the value.
+    #[test]
+    fn unquoted_text_is_told_to_be_quoted() {
+        let err = parse::<ClientFile>("server = 127.0.0.1:7700\n", "c.toml".as_ref()).unwrap_err().chain();
+        assert!(
+            err.contains("(line 1, `server`)") && err.ends_with("(text needs quotes: server = \"...\")"),
+            "{err}"
+        );
+        assert!(!err.contains("127.0.0.1"), "the value is not echoed: {err}");
+        // A token-like word: the same hint, the word not shown.
+        let err = parse::<ClientFile>("token = s3cret-word\n", "c.toml".as_ref()).unwrap_err().chain();
+        assert!(err.contains("text needs quotes: token") && !err.contains("s3cret"), "{err}");
+        // A value of the wrong type, or a real syntax error, gets no such hint.
+        for wrong in ["connections = \"4\"\n", "connections = [1\n", "server = \"a:1\" x\n"] {
+            let err = parse::<ClientFile>(wrong, "c.toml".as_ref()).unwrap_err().chain();
+            assert!(!err.contains("needs quotes"), "{wrong}: {err}");
+        }
     }
 
     #[test]

@@ -285,7 +285,11 @@ fn write_bind(f: &mut fmt::Formatter<'_>, bind: Option<IpAddr>) -> fmt::Result {
 /// Parses an optional `BIND_ADDR` part (an IP address, IPv6 in brackets).
 fn parse_bind(bind: Option<&str>) -> Result<Option<IpAddr>, String> {
     let Some(bind) = bind else { return Ok(None) };
-    let ip = unbracket(bind).parse::<IpAddr>().map_err(|_| "BIND_ADDR must be an IP address".to_owned())?;
+    let ip = unbracket(bind).parse::<IpAddr>().map_err(|_| match bind.parse::<u16>() {
+        // `8080:127.0.0.1:80:9`: a port where the address goes, one field too many.
+        Ok(_) => format!("BIND_ADDR must be an IP address, not {bind:?} (one field too many?)"),
+        Err(_) => "BIND_ADDR must be an IP address".to_owned(),
+    })?;
     check_bind(ip).map(Some).map_err(|why| format!("BIND_ADDR {why}"))
 }
 
@@ -376,6 +380,8 @@ mod tests {
             ("70000:localhost:80", "REMOTE_PORT"),
             ("80:localhost:0", "LOCAL_PORT"),
             ("host:80:localhost:81", "BIND_ADDR"),
+            // A port first: one field too many, said so (it read as a bad address only).
+            ("41181:127.0.0.1:41080:9", "one field too many"),
             ("80::81", "LOCAL_HOST"),
             ("[::1:80:h:1", "brackets"),
             ("80:[x]:1", "IPv6"),

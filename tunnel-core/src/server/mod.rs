@@ -463,7 +463,9 @@ impl Server {
             drained = tokio::time::timeout(limit, tasks.wait()) => drained.is_ok(),
             () = self.shared.cut.cancelled() => false,
         };
-        if !drained {
+        if drained {
+            tracing::info!("drained");
+        } else {
             tracing::warn!("cutting the streams still open");
             stop.cancel();
             let let_go = self.shared.config().timeouts.let_go;
@@ -471,7 +473,6 @@ impl Server {
                 tracing::warn!("sessions still open after {let_go:?}; leaving them");
             }
         }
-        tracing::info!("drained");
         // Let a write in progress finish, so no older snapshot lands after the last one.
         persisting.cancel();
         if let Some(task) = persist {

@@ -85,6 +85,8 @@ impl Server {
         }));
         let mut withdrawn: Vec<String> = withdrawn.await.into_iter().flatten().collect();
         withdrawn.sort();
+        // Replicas of a name serve one route: each withdraws its share, the report names it once.
+        withdrawn.dedup();
         report.withdrawn = withdrawn;
         // A port the new configuration gives to one client is no longer held for another's
         // reconnect (as at a restart), nor for a client whose kind of credential changed: a
