@@ -551,8 +551,9 @@ fn bash_completes_the_flags_of_subcommands() {
 }
 
 /// `--log-format json`: every line on stderr, the server's and a client's, is one JSON object
-/// with a level and a message, and no key twice (an event field named `target` once came
-/// beside the logger's own `target`, and collectors kept one of the two).
+/// with a level and a message, and no key twice (event fields named `target`, the forward's
+/// and a visit's, once came beside the logger's own `target`, and collectors kept one of the
+/// two): a forward ready, and a visitor whose target is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -562,6 +563,8 @@ async fn json_logs_are_one_object_per_line() {
     let addr = server.line_after("tunnel server listening on ").await;
     let addr = addr.split_whitespace().next().unwrap().to_owned();
     server.output_contains("[stderr] {").await;
+    let closed = format!("127.0.0.1:{}", free_port());
+    let forward = format!("0:{closed}");
     let mut client = spawn(command(&[
         "--log-format",
         "json",
@@ -572,10 +575,13 @@ async fn json_logs_are_one_object_per_line() {
         "--token",
         TOKEN,
         "-R",
-        "0:127.0.0.1:9",
+        &forward,
     ]));
-    client.line_after("remote forward ready: ").await;
+    let port = public_port(&client.line_after("remote forward ready: ").await);
     client.output_contains("remote forward ready\"").await;
+    let mut visitor = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut visitor, &mut Vec::new()).await;
+    client.output_contains("cannot reach the target").await;
     assert_eq!(client.terminate().await, 0);
     assert_eq!(server.terminate().await, 0);
     let logs = |cli: &Cli| -> Vec<String> {
@@ -596,7 +602,7 @@ async fn json_logs_are_one_object_per_line() {
     assert!(server_logs.iter().any(|l| l.contains("TLS is off")), "{server_logs:?}");
     let ready = client_logs.iter().find(|l| l.contains("remote forward ready")).unwrap();
     let ready: serde_json::Value = serde_json::from_str(ready).unwrap();
-    assert_eq!(ready["local"], "127.0.0.1:9", "{ready}");
+    assert_eq!(ready["local"], closed, "{ready}");
     assert_eq!(ready["target"], "tunnel_core::client::status", "{ready}");
 }
 

@@ -1,4 +1,5 @@
-//! What the server logs about its peers: their text escaped, their failures rate limited.
+//! What the server logs about its peers: their text escaped, their failures rate limited; and
+//! no event field that JSON logs would write twice.
 //! Each test captures the log lines of its own thread (the runtime is single-threaded, so the
 //! server's tasks log there too).
 
@@ -186,4 +187,36 @@ async fn a_server_repeating_its_answer_or_its_offer_is_logged_once() {
     assert_eq!(text.matches("connections per session").count(), 1, "{text}");
     client.stop().await;
     drop(server);
+}
+
+/// `--log-format json` writes the logger's module as `target` beside the event's fields: an
+/// event field of that name (a visit's target, a forward's) made a second `target` key, and a
+/// collector kept one of the two. Every event in the library's source names its address
+/// another way (`to = %target`, `local = ...`).
+#[test]
+fn no_event_has_a_field_named_target() {
+    fn sources(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    assert!(files.len() > 50, "the library's sources were not found: {files:?}");
+    let field = regex::Regex::new(r"[(,]\s*(?:[%?]target\b|target\s*=\s*[%?])").unwrap();
+    let mut offending = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if field.is_match(line) {
+                offending.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offending.is_empty(), "event fields named target:\n{}", offending.join("\n"));
 }

@@ -304,7 +304,9 @@ async fn a_route_withdrawn_from_replicas_is_reported_once() {
     let mut replicas = Vec::new();
     for _ in 0..2 {
         let mut replica = start_client(server.client_config("web", &[&pinned]));
-        replica.connected().await;
+        let forwards = replica.connected().await;
+        // Each replica serves the route (else one withdrawal alone would pass unfixed).
+        assert_eq!(forwards.iter().map(|f| f.public_addr.port()).collect::<Vec<_>>(), [fixed]);
         replicas.push(replica);
     }
     assert_eq!(server.server.sessions().len(), 2);

@@ -30,24 +30,24 @@ pub(super) async fn forward(
     let addr = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
         Ok(Ok(mut addrs)) => addrs.next(),
         Ok(Err(err)) => {
-            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot resolve the target: {err}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "{via}: cannot resolve the target: {err}")
         }
         Err(_) => {
-            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: no address for the target within {LOOKUP_TIMEOUT:?}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "{via}: no address for the target within {LOOKUP_TIMEOUT:?}")
         }
     };
     let Some(addr) = addr else {
-        return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: the target has no address");
+        return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "{via}: the target has no address");
     };
     let socket = match udp::connect(addr).await {
         Ok(socket) => socket,
         Err(err) => {
-            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot open a UDP socket to the target: {err}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "{via}: cannot open a UDP socket to the target: {err}")
         }
     };
     match udp::relay(stream, &socket, idle, first).await {
-        Ok(stats) => tracing::trace!(%visitor, %target, ?stats, "{via}: UDP flow done"),
-        Err(err) => tracing::debug!(%visitor, %target, "{via}: UDP flow failed: {err}"),
+        Ok(stats) => tracing::trace!(%visitor, to = %target, ?stats, "{via}: UDP flow done"),
+        Err(err) => tracing::debug!(%visitor, to = %target, "{via}: UDP flow failed: {err}"),
     }
 }
 
@@ -68,7 +68,7 @@ pub(super) async fn visit_network(
     let socket = match socket {
         Ok(socket) => socket,
         Err(reply) => {
-            crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, %target, %from, "network datagrams refused ({}): {}", reply.status, Escaped(&reply.message));
+            crate::log::info_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, %from, "network datagrams refused ({}): {}", reply.status, Escaped(&reply.message));
             return answer_refusal(&mut stream, &reply).await;
         }
     };
@@ -76,7 +76,7 @@ pub(super) async fn visit_network(
         return;
     }
     match udp::relay(stream, &socket, udp::DEFAULT_FLOW_IDLE, None).await {
-        Ok(stats) => tracing::trace!(%visitor, %target, %from, ?stats, "network datagrams done"),
-        Err(err) => tracing::debug!(%visitor, %target, %from, "network datagrams failed: {err}"),
+        Ok(stats) => tracing::trace!(%visitor, to = %target, %from, ?stats, "network datagrams done"),
+        Err(err) => tracing::debug!(%visitor, to = %target, %from, "network datagrams failed: {err}"),
     }
 }

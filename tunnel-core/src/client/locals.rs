@@ -191,7 +191,7 @@ async fn visit(
     match outcome {
         Ok(()) => transport::close_in_order(&tcp),
         Err(why) => {
-            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "local forward failed: {}", Escaped(&why))
+            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "local forward failed: {}", Escaped(&why))
         }
     }
 }
@@ -292,8 +292,8 @@ async fn local_flow(
         async move { socket.send_to(&datagram, visitor).await.is_ok() }
     };
     match carry_flow(inbox, open, |_| (), deliver, crate::udp::DEFAULT_FLOW_IDLE).await {
-        Ok(stats) => tracing::trace!(%visitor, %target, ?stats, "UDP flow done"),
-        Err(err) => tracing::debug!(%visitor, %target, "UDP flow ended: {err}"),
+        Ok(stats) => tracing::trace!(%visitor, to = %target, ?stats, "UDP flow done"),
+        Err(err) => tracing::debug!(%visitor, to = %target, "UDP flow ended: {err}"),
     }
 }
 
@@ -317,7 +317,7 @@ pub(super) async fn open_datagrams(
                     crate::log::Chain(&err)
                 ),
             };
-            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "UDP flow refused: {why}");
+            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "UDP flow refused: {why}");
             io::Error::other(why)
         })?;
     if reply.status != ReplyStatus::Ok {

@@ -188,7 +188,7 @@ async fn through_server(
     match splice(tcp, &mut stream).await {
         Ok(_) => transport::close_in_order(tcp),
         Err(err) => {
-            tracing::debug!(%visitor, %target, "SOCKS connection failed: {err}");
+            tracing::debug!(%visitor, to = %target, "SOCKS connection failed: {err}");
             stream.reset();
         }
     }

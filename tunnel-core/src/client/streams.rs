@@ -192,10 +192,10 @@ async fn splice_to(mut stream: MuxStream, dial: Dial<'_>, owned: &CancellationTo
     {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(err)) => {
-            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot reach the target: {err}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "{via}: cannot reach the target: {err}")
         }
         Err(_) => {
-            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "{via}: target not reached within {CONNECT_TIMEOUT:?}")
         }
     };
     // Until the stream has ended in order, a close resets, also when this process dies: a
@@ -203,7 +203,7 @@ async fn splice_to(mut stream: MuxStream, dial: Dial<'_>, owned: &CancellationTo
     transport::reset_on_close(&tcp);
     if let Some(header) = proxy_header {
         if let Err(err) = tcp.write_all(&header).await {
-            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, "{via}: cannot write the PROXY header: {err}");
+            return crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "{via}: cannot write the PROXY header: {err}");
         }
     }
     let limits = SpliceLimits { idle_timeout };
@@ -211,11 +211,11 @@ async fn splice_to(mut stream: MuxStream, dial: Dial<'_>, owned: &CancellationTo
         () = owned.cancelled() => true,
         result = splice_with(&mut stream, &mut tcp, limits) => match result {
             Ok(stats) => {
-                tracing::trace!(%visitor, %target, ?stats, "{via}: done");
+                tracing::trace!(%visitor, to = %target, ?stats, "{via}: done");
                 false
             }
             Err(err) => {
-                tracing::debug!(%visitor, %target, "{via}: connection failed: {err}");
+                tracing::debug!(%visitor, to = %target, "{via}: connection failed: {err}");
                 true
             }
         },
@@ -302,7 +302,7 @@ async fn visit_network(
     let mut tcp = match dialed {
         Ok(tcp) => tcp,
         Err(reply) => {
-            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
+            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, %from, "network visit refused ({}): {}", reply.status, Escaped(&reply.message));
             return answer_refusal(&mut stream, &reply).await;
         }
     };
@@ -314,11 +314,11 @@ async fn visit_network(
     }
     match splice_with(&mut stream, &mut tcp, SpliceLimits::default()).await {
         Ok(stats) => {
-            tracing::trace!(%visitor, %target, %from, ?stats, "network visit done");
+            tracing::trace!(%visitor, to = %target, %from, ?stats, "network visit done");
             transport::close_in_order(&tcp);
         }
         Err(err) => {
-            tracing::debug!(%visitor, %target, %from, "network visit failed: {err}");
+            tracing::debug!(%visitor, to = %target, %from, "network visit failed: {err}");
             stream.reset();
         }
     }

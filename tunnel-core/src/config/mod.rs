@@ -162,24 +162,38 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T,
     toml::from_str(text).map_err(|e| {
         let mut message = e.message().trim_end().to_owned();
         if let Some(key) = e.span().and_then(|s| unquoted_text(text, s.start)) {
-            message.push_str(&format!(" (text needs quotes: {key} = \"...\")"));
+            message.push_str(&format!(" (if this is text, quote it: {key} = \"...\")"));
         }
         ConfigError::Parse { path: origin.to_owned(), at: e.span().map(|s| location(text, s.start)), message }
     })
 }
 
-/// The key of the line at `offset` when its value is text written without quotes
-/// (`listen = 127.0.0.1:7700`, which TOML reads as a malformed number): a value that is no
-/// TOML value on its own, and is one as a quoted string. Neither the value nor the message
-/// says what it was (it may be a token).
-fn unquoted_text(text: &str, offset: usize) -> Option<&str> {
+/// The line of `text` that holds byte `offset`.
+fn line_at(text: &str, offset: usize) -> &str {
     let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[start..].lines().next()?;
+    text[start..].lines().next().unwrap_or_default()
+}
+
+/// A line's key and value, trimmed, when it reads as `key = value`: a key of the characters
+/// keys have (a byte order mark before it ignored), and a value that is neither empty nor
+/// starts with `=`. A line that is a secret (a file given as `--config` by mistake, a
+/// base64 token ending in `=` or `==`) thus names no key.
+fn key_value(line: &str) -> Option<(&str, &str)> {
     let (key, value) = line.split_once('=')?;
-    let (key, value) = (key.trim(), value.trim());
+    let (key, value) = (key.trim_start_matches('\u{feff}').trim(), value.trim());
+    (is_key(key) && !value.is_empty() && !value.starts_with('=')).then_some((key, value))
+}
+
+/// The key of the line at `offset` when its value may be text written without quotes
+/// (`listen = 127.0.0.1:7700`, which TOML reads as a malformed number): a value, its
+/// trailing comment aside, that is no TOML value on its own and is one as a quoted string.
+/// Neither the value nor the message says what it was (it may be a token).
+fn unquoted_text(text: &str, offset: usize) -> Option<&str> {
+    let (key, value) = key_value(line_at(text, offset))?;
+    let value = value.split_once(" #").map_or(value, |(value, _)| value).trim_end();
     let bare = |v: &str| !v.is_empty() && !v.contains(['"', '\'', '#', '[', '{', '\\']);
     let parses = |v: &str| toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok();
-    (is_key(key) && bare(value) && !parses(value) && parses(&format!("\"{value}\""))).then_some(key)
+    (bare(value) && !parses(value) && parses(&format!("\"{value}\""))).then_some(key)
 }
 
 /// ` (line N, `table.key`)` for a byte offset: the key is the one on that line, under the last
@@ -187,8 +201,7 @@ fn unquoted_text(text: &str, offset: usize) -> Option<&str> {
 fn location(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let line_text = text.lines().nth(line - 1).unwrap_or_default();
-    let key = line_text.split_once('=').map(|(k, _)| k.trim()).filter(|k| is_key(k));
+    let key = key_value(line_at(text, offset)).map(|(key, _)| key);
     let table = before
         .lines()
         .rev()
@@ -270,19 +283,27 @@ mod file_tests {
     /// message says to quote it, naming the key, never the value.
     #[test]
     fn unquoted_text_is_told_to_be_quoted() {
+        let hint = "(if this is text, quote it: server = \"...\")";
         let err = parse::<ClientFile>("server = 127.0.0.1:7700\n", "c.toml".as_ref()).unwrap_err().chain();
-        assert!(
-            err.contains("(line 1, `server`)") && err.ends_with("(text needs quotes: server = \"...\")"),
-            "{err}"
-        );
+        assert!(err.contains("(line 1, `server`)") && err.ends_with(hint), "{err}");
         assert!(!err.contains("127.0.0.1"), "the value is not echoed: {err}");
+        // CRLF, a byte order mark, a comment after the value, a line of UTF-8 before: the same.
+        for text in ["\u{feff}server = 127.0.0.1:7700\r\n", "name = \"é\"\nserver = 127.0.0.1:7700  # prod\n"]
+        {
+            let err = parse::<ClientFile>(text, "c.toml".as_ref()).unwrap_err().chain();
+            assert!(err.contains("`server`)") && err.ends_with(hint), "{text:?}: {err}");
+        }
         // A token-like word: the same hint, the word not shown.
         let err = parse::<ClientFile>("token = s3cret-word\n", "c.toml".as_ref()).unwrap_err().chain();
-        assert!(err.contains("text needs quotes: token") && !err.contains("s3cret"), "{err}");
+        assert!(err.contains("quote it: token") && !err.contains("s3cret"), "{err}");
+        // A file that is a secret, not TOML (a base64 token given as `--config`): its text
+        // is named neither as a key nor in a hint.
+        let err = parse::<ClientFile>("QUJDREVGR0hJSktMTU5PUA==\n", "c.toml".as_ref()).unwrap_err().chain();
+        assert!(!err.contains("QUJD") && !err.contains("quote it"), "{err}");
         // A value of the wrong type, or a real syntax error, gets no such hint.
         for wrong in ["connections = \"4\"\n", "connections = [1\n", "server = \"a:1\" x\n"] {
             let err = parse::<ClientFile>(wrong, "c.toml".as_ref()).unwrap_err().chain();
-            assert!(!err.contains("needs quotes"), "{wrong}: {err}");
+            assert!(!err.contains("quote it"), "{wrong}: {err}");
         }
     }
 

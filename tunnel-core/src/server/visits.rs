@@ -115,8 +115,8 @@ async fn visit(
                 return true;
             }
             match crate::udp::relay(stream, &socket, crate::udp::DEFAULT_FLOW_IDLE, None).await {
-                Ok(stats) => tracing::trace!(%client, %target, ?stats, "server-side UDP flow done"),
-                Err(err) => tracing::debug!(%client, %target, "server-side UDP flow failed: {err}"),
+                Ok(stats) => tracing::trace!(%client, to = %target, ?stats, "server-side UDP flow done"),
+                Err(err) => tracing::debug!(%client, to = %target, "server-side UDP flow failed: {err}"),
             }
             false
         }
@@ -128,7 +128,7 @@ async fn visit(
             let carried = splice(stream, &mut tcp).await;
             match &carried {
                 Ok(_) => transport::close_in_order(&tcp),
-                Err(err) => tracing::debug!(%client, %target, "server-side visit failed: {err}"),
+                Err(err) => tracing::debug!(%client, to = %target, "server-side visit failed: {err}"),
             }
             carried.is_err()
         }
@@ -139,7 +139,7 @@ async fn visit(
             }
             let carried = splice(stream, &mut upstream).await;
             if let Err(err) = &carried {
-                tracing::debug!(%client, %target, "visit failed: {err}");
+                tracing::debug!(%client, to = %target, "visit failed: {err}");
                 upstream.reset();
             }
             carried.is_err()
@@ -157,7 +157,7 @@ pub(super) fn log_refusal(
 ) {
     shared.metrics.refused(&format!("visit: {}", refusal.status));
     if crate::log::REFUSALS.allow() {
-        tracing::info!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visit refused ({}): {}", refusal.status, crate::log::Escaped(&refusal.message));
+        tracing::info!(client = %crate::log::Escaped(&from.name), to = %target, %visitor, "visit refused ({}): {}", refusal.status, crate::log::Escaped(&refusal.message));
     }
 }
 
@@ -213,7 +213,7 @@ pub(super) async fn connect(
             let stream = open_with(&opener, &header).await.map_err(|e| {
                 StreamReply::refuse(ReplyStatus::Unavailable, format!("cannot reach client {client:?}: {e}"))
             })?;
-            tracing::debug!(client = %crate::log::Escaped(&from.name), %target, %visitor, "visiting service");
+            tracing::debug!(client = %crate::log::Escaped(&from.name), to = %target, %visitor, "visiting service");
             Ok(Upstream::Client { stream, answers: false })
         }
         VisitTarget::Address(addr) => {
@@ -320,7 +320,7 @@ async fn connect_network(
     let stream = open_with(&opener, &header)
         .await
         .map_err(|e| unavailable(format!("cannot reach client {owner:?}, which routes {net}: {e}")))?;
-    tracing::debug!(client = %crate::log::Escaped(&from.name), %target, owner = %crate::log::Escaped(owner), "visiting a routed network");
+    tracing::debug!(client = %crate::log::Escaped(&from.name), to = %target, owner = %crate::log::Escaped(owner), "visiting a routed network");
     Ok(Upstream::Client { stream, answers: true })
 }
 

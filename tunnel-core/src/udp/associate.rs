@@ -111,8 +111,8 @@ where
                 tokio::select! {
                     () = ended.cancelled() => {}
                     carried = carried => match carried {
-                        Ok(stats) => tracing::trace!(%target, ?stats, "SOCKS UDP flow done"),
-                        Err(err) => tracing::debug!(%target, "SOCKS UDP flow ended: {err}"),
+                        Ok(stats) => tracing::trace!(to = %target, ?stats, "SOCKS UDP flow done"),
+                        Err(err) => tracing::debug!(to = %target, "SOCKS UDP flow ended: {err}"),
                     },
                 }
             });

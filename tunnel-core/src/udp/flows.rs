@@ -333,11 +333,11 @@ impl<K: Eq + Hash + Clone> Flows<K> {
 
 /// Carries one flow of a listening end: opens its stream (`open`, which writes the header and
 /// reads any answer), sends it the datagrams of `inbox` (telling `sent` each one's length as
-/// it is written) and hands what comes back to `deliver`, until the stream ends, the table is dropped or ends the flow for room, or `idle`
-/// passes without a datagram either way; the two directions run at once. Datagrams queued while the stream
-/// opens go first, in order. When `open` fails, or the stream ends before any answer came
-/// back (the far end could not reach the target), the flow drops its datagrams for a few
-/// seconds before it ends.
+/// it is written) and hands what comes back to `deliver`, until the stream ends, the table is
+/// dropped or ends the flow for room, or `idle` passes without a datagram either way; the two
+/// directions run at once. Datagrams queued while the stream opens go first, in order. When
+/// `open` fails, or the stream ends before any answer came back (the far end could not reach
+/// the target), the flow drops its datagrams for a few seconds before it ends.
 pub(crate) async fn carry_flow<K, S, D, DF>(
     mut inbox: FlowInbox<K>,
     open: impl Future<Output = io::Result<S>>,
