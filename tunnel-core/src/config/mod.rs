@@ -175,13 +175,16 @@ fn line_at(text: &str, offset: usize) -> &str {
 }
 
 /// A line's key and value, trimmed, when it reads as `key = value`: a key of the characters
-/// keys have (a byte order mark before it ignored), and a value that is neither empty nor
-/// starts with `=`. A line that is a secret (a file given as `--config` by mistake, a
-/// base64 token ending in `=` or `==`) thus names no key.
+/// keys have (a byte order mark before it ignored), then `=` with a space before it or a value
+/// after it that does not start with `=`. A line that is a secret (a file given as `--config`
+/// by mistake, a base64 token ending in `=` or `==`) thus names no key, and `listen =` with
+/// its value forgotten still does.
 fn key_value(line: &str) -> Option<(&str, &str)> {
     let (key, value) = line.split_once('=')?;
+    let spaced = key.ends_with([' ', '\t']);
     let (key, value) = (key.trim_start_matches('\u{feff}').trim(), value.trim());
-    (is_key(key) && !value.is_empty() && !value.starts_with('=')).then_some((key, value))
+    let padding = value.is_empty() || value.starts_with('=');
+    (is_key(key) && (spaced || !padding)).then_some((key, value))
 }
 
 /// The key of the line at `offset` when its value may be text written without quotes
@@ -298,8 +301,13 @@ mod file_tests {
         assert!(err.contains("quote it: token") && !err.contains("s3cret"), "{err}");
         // A file that is a secret, not TOML (a base64 token given as `--config`): its text
         // is named neither as a key nor in a hint.
-        let err = parse::<ClientFile>("QUJDREVGR0hJSktMTU5PUA==\n", "c.toml".as_ref()).unwrap_err().chain();
-        assert!(!err.contains("QUJD") && !err.contains("quote it"), "{err}");
+        for secret in ["QUJDREVGR0hJSktMTU5PUA==\n", "QUJDREVGR0hJSktMTU5PUUE=\n"] {
+            let err = parse::<ClientFile>(secret, "c.toml".as_ref()).unwrap_err().chain();
+            assert!(!err.contains("QUJD") && !err.contains("quote it"), "{err}");
+        }
+        // A value forgotten: the key is still named.
+        let err = parse::<ClientFile>("server =\n", "c.toml".as_ref()).unwrap_err().chain();
+        assert!(err.contains("(line 1, `server`)"), "{err}");
         // A value of the wrong type, or a real syntax error, gets no such hint.
         for wrong in ["connections = \"4\"\n", "connections = [1\n", "server = \"a:1\" x\n"] {
             let err = parse::<ClientFile>(wrong, "c.toml".as_ref()).unwrap_err().chain();
