@@ -6,6 +6,7 @@ mod acme;
 mod admin;
 mod client;
 mod duration;
+mod entries;
 mod limits;
 mod routes;
 mod secret;
@@ -17,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use acme::ACME_DIR;
 pub use admin::{AdminAddress, AdminSetup, ADMIN_SOCKET, ADMIN_TOKEN_FILE, CLIENTS_FILE};
-pub use client::{ClientFile, RemoteEntry, RemoteOptions, TlsEntry, TlsOptions};
+pub use client::ClientFile;
 pub use duration::HumanDuration;
+pub use entries::{RemoteEntry, RemoteOptions, TlsEntry, TlsOptions};
 pub use limits::ServerLimits;
 pub use routes::{BackendFile, HeaderChangesFile, PathType, RedirectFile, RouteFile};
 pub use secret::SecretString;
