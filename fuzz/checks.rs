@@ -480,11 +480,12 @@ pub fn admin_request(data: &[u8]) {
 /// HTTP routing input: the first line is a request's Host header and path, the rest a route
 /// (the `--http` form, or a `[[routes]]` table). Host patterns and routes print back to what
 /// parses to the same; a request's host is its Host header but for case, port and one final
-/// dot; its path loses every dot segment, and keeps none after; it is matched without
+/// dot; its path loses every dot segment, and keeps none after, and its routing key is made
+/// of plain segments, whether read from the path as sent or as asked; it is matched without
 /// panicking, only by routes of the host's owner, and an exact-host, any-path route matches
 /// every path of its host.
 pub fn http_route(data: &[u8]) {
-    use tunnel_core::http::{remove_dot_segments, request_host, HttpRoute, Matcher, RouteIndex};
+    use tunnel_core::http::{normalize_path, request_host, routing_key, HttpRoute, Matcher, RouteIndex};
     use tunnel_core::proto::{HostPattern, RouteId};
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
@@ -520,15 +521,24 @@ pub fn http_route(data: &[u8]) {
         port.is_empty() || port.starts_with(':') && port[1..].bytes().all(|b| b.is_ascii_digit()),
         "{host}"
     );
-    remove_dot_segments(request.uri_mut());
+    let valid = normalize_path(request.uri_mut()).is_ok();
     let normal = request.uri().clone();
-    if normal.path().starts_with('/') {
+    if valid && normal.path().starts_with('/') {
         for segment in normal.path().split('/') {
             let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
             assert!(decoded != "." && decoded != "..", "{path} -> {normal}");
         }
-        remove_dot_segments(request.uri_mut());
-        assert_eq!(request.uri(), &normal, "removing dot segments twice changes nothing");
+        assert!(normalize_path(request.uri_mut()).is_ok(), "{path}");
+        assert_eq!(request.uri(), &normal, "normalising twice changes nothing");
+    }
+    // The routing key of any path that starts with `/`: plain segments, and its own key.
+    let asked = request.uri().path();
+    let key = routing_key(asked);
+    if asked.starts_with('/') {
+        let plain = !key.contains("//") && !key.contains(';') && !key.contains('\\');
+        assert!(key.starts_with('/') && plain, "{path} -> {key}");
+        assert!(key.split('/').all(|s| s != "." && s != ".."), "{path} -> {key}");
+        assert_eq!(routing_key(&key), key, "{path}");
     }
     // One owner per pattern, as the server's claims make it; a TLS passthrough of another
     // client on the name's parent wildcard; a fallback for every owner.

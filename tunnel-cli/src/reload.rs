@@ -72,8 +72,9 @@ impl Watch {
     }
 
     /// Returns at the next SIGHUP, or change of the file that has held for a whole poll (a
-    /// file rewritten in place is not read half written). An empty file is never read: it
-    /// is one being written, or a mistake, and would take every default (no clients).
+    /// file rewritten in place is not read half written). An empty file is never read: it is
+    /// one being written, or a mistake, and would take every default (no clients); nor is a
+    /// FIFO or a device, which reading may never end.
     pub async fn changed(&mut self) {
         loop {
             if self.looking.is_none() {
@@ -114,8 +115,18 @@ impl Watch {
                 }
             };
             self.settling = None;
-            if self.seen.is_some_and(|(_, _, len, _)| len == 0) {
-                tracing::error!("the configuration file is empty: not read, the running configuration stays");
+            // A FIFO or a device reads as empty too, and reading it may never end.
+            let unread = self.seen.and_then(|seen| match (seen.regular, seen.len) {
+                (false, _) => Some("not a regular file"),
+                (true, 0) => Some("empty"),
+                (true, _) => None,
+            });
+            if let Some(what) = unread {
+                let cause = match asked {
+                    Asked::Hangup => "SIGHUP, but the configuration file is",
+                    Asked::Poll => "the configuration file changed, and is now",
+                };
+                tracing::error!("{cause} {what}: not read, the running configuration stays");
                 continue;
             }
             tracing::info!("{why}");
@@ -153,11 +164,19 @@ pub async fn follow(
     }
 }
 
-type Stamp = (u64, u64, u64, std::time::SystemTime);
-
 /// What tells one version of the file from the next without reading it: the file the path
-/// leads to (device and inode, through symlinks), its size and modification time. `None`
-/// while it cannot be read (mid-swap, or removed).
+/// leads to (device and inode, through symlinks), its size and modification time, and whether
+/// it is a regular file at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: std::time::SystemTime,
+    regular: bool,
+}
+
+/// The file's [`Stamp`]; `None` while it cannot be looked at (mid-swap, or removed).
 fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
@@ -167,7 +186,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
     };
     #[cfg(not(unix))]
     let (dev, ino) = (0, 0);
-    Some((dev, ino, meta.len(), meta.modified().ok()?))
+    Some(Stamp { dev, ino, len: meta.len(), modified: meta.modified().ok()?, regular: meta.is_file() })
 }
 
 /// Puts the routes of a configuration read (and validated) in force.

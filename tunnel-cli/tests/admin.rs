@@ -209,6 +209,14 @@ async fn the_admin_socket_is_its_owners_alone_and_needs_no_token() {
     assert!(second.output().contains("another process serves on this socket"), "{}", second.output());
     let mut again = spawn(command(&["admin", "status", "--admin", socket.to_str().unwrap()]));
     assert_eq!(again.exit_code().await, 0, "{}", again.output());
+    // A socket in a directory that is not there: refused, and no directory made (a mistyped
+    // path made a tree of them).
+    let astray = dir.path().join("no/such/admin.sock");
+    let serving = ["serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir, "--admin-listen"];
+    let mut third = spawn(command(&[&serving[..], &[astray.to_str().unwrap()]].concat()));
+    assert_eq!(third.exit_code().await, 1, "{}", third.output());
+    assert!(third.output().contains("No such file or directory"), "{}", third.output());
+    assert!(!dir.path().join("no").exists());
     assert_eq!(served.cli.terminate().await, 0);
 }
 

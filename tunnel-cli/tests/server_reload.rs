@@ -181,6 +181,13 @@ async fn a_reload_naming_a_fifo_is_refused_at_once_and_serving_goes_on() {
     let mut fresh = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     echo_once(&mut fresh, b"new visitor").await;
 
+    // The configuration file itself a FIFO: not opened, and said to be one (before: "empty").
+    std::fs::remove_file(&config).unwrap();
+    std::fs::rename(&fifo, &config).unwrap();
+    hangup(&server.cli);
+    server.cli.output_contains("SIGHUP, but the configuration file is not a regular file: not read").await;
+    echo_once(&mut fresh, b"after the file became a FIFO").await;
+
     drop((held, fresh));
     assert_eq!(a.terminate().await, 0);
     assert_eq!(server.cli.terminate().await, 0);

@@ -198,6 +198,23 @@ async fn another_clients_wildcard_never_answers_for_a_host_and_origins_read_the_
     let answer = raw_request(edge.http, "GET /only/%2e%2e/account HTTP/1.1\r\nHost: b.wild.test").await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(get(edge.http, "b.wild.test", "/only/./x/../y").await.1.starts_with("B GET /only/y "));
+    // So are the spellings origins resolve their own way (an escaped letter, merged slashes,
+    // a segment's parameters, an escaped slash or backslash): routed as they would read them.
+    for (target, sent) in [
+        ("/%6Fnly/x", Some("/only/x")),
+        ("//only/x", Some("//only/x")),
+        ("/only;v=1/x", Some("/only;v=1/x")),
+        ("/only/..%2faccount", None),
+        ("/only/..%5Caccount", None),
+    ] {
+        let answer = raw_request(edge.http, &format!("GET {target} HTTP/1.1\r\nHost: b.wild.test")).await;
+        match sent {
+            Some(path) => assert!(answer.contains(&format!("B GET {path} ")), "{target}: {answer}"),
+            None => assert!(answer.starts_with("HTTP/1.1 404"), "{target}: {answer}"),
+        }
+    }
+    let answer = raw_request(edge.http, "GET /only/100%/x HTTP/1.1\r\nHost: b.wild.test").await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("% that is not followed"), "{answer}");
     // A Connection header naming Host does not take the Host away from the origin.
     let answer =
         raw_request(edge.http, "GET /only/x HTTP/1.1\r\nHost: b.wild.test\r\nConnection: host").await;

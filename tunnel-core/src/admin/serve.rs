@@ -329,9 +329,7 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<AdminListener> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err),
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::fs::create_private_dir(dir)?;
-    }
+    // The directory is not made here: a mistyped path would make a tree of them anywhere.
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     // The user running this process, not the owner read back from the path: in a directory

@@ -35,9 +35,12 @@ pub struct Token(Arc<str>);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
-    /// The token is empty (or only whitespace, when read from a file).
+    /// The token is empty, or only whitespace.
     #[error("token is empty")]
     Empty,
+    /// The token holds a control character (a line break: two lines, or a file of two tokens).
+    #[error("token has a line break or another control character inside it")]
+    ControlCharacter,
     /// The token is shorter than 16 characters.
     #[error(
         "token is {chars} characters long; use at least {MIN_TOKEN_CHARS} \
@@ -61,11 +64,18 @@ pub enum TokenError {
 }
 
 impl Token {
-    /// Wraps a secret, checking it has at least 16 characters and at most 1024 bytes.
+    /// Wraps a secret, checking it has at least 16 characters and at most 1024 bytes and no
+    /// control character. Whitespace around it is not part of it, wherever it came from: an
+    /// environment variable set from a file keeps the file's final newline, which the file
+    /// read as a `token_file` loses, and the two must be one secret.
     pub fn new(secret: impl Into<String>) -> Result<Self, TokenError> {
-        let secret = secret.into();
+        let given = secret.into();
+        let secret = given.trim();
         if secret.is_empty() {
             return Err(TokenError::Empty);
+        }
+        if secret.chars().any(char::is_control) {
+            return Err(TokenError::ControlCharacter);
         }
         let chars = secret.chars().count();
         if chars < MIN_TOKEN_CHARS {
@@ -91,13 +101,14 @@ impl Token {
         Self(text.into())
     }
 
-    /// Reads a token from a file, ignoring surrounding whitespace (such as a final newline).
+    /// Reads a token from a file (surrounding whitespace, such as a final newline, is not part
+    /// of it, as for [`Token::new`]).
     /// Only a regular file of at most 64 KiB is read: a FIFO would hold the reader (a reload,
     /// the whole server) until someone wrote to it, a device such as `/dev/zero` fill the memory.
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
         let text = crate::fs::read_regular_text(path, MAX_TOKEN_FILE_BYTES)
             .map_err(|source| TokenError::File { path: path.display().to_string(), source })?;
-        Self::new(text.trim())
+        Self::new(text)
     }
 
     /// The secret itself. Call only to hand it to a user who asked for it, never to log it.
@@ -163,6 +174,19 @@ mod tests {
         assert_eq!(Token::from_file(&path).unwrap().expose_secret(), "s3cret-s3cret-s3cret");
         std::fs::write(&path, " \n").unwrap();
         assert!(matches!(Token::from_file(&path), Err(TokenError::Empty)));
+        std::fs::write(&path, "s3cret-s3cret-s3cret\nanother-token-0123\n").unwrap();
+        assert!(matches!(Token::from_file(&path), Err(TokenError::ControlCharacter)));
+    }
+
+    #[test]
+    fn a_secret_is_the_same_whatever_it_came_from() {
+        // An environment variable set from a file with a final newline, and that file.
+        let given = Token::new("s3cret-s3cret-s3cret\n").unwrap();
+        assert_eq!(given.expose_secret(), "s3cret-s3cret-s3cret");
+        assert!(matches!(Token::new(" ".repeat(17)), Err(TokenError::Empty)));
+        assert!(matches!(Token::new("s3cret-s3cret\r\ns3cret"), Err(TokenError::ControlCharacter)));
+        assert!(matches!(Token::new("s3cret-s3cret-s3cret\u{0}"), Err(TokenError::ControlCharacter)));
+        assert!(Token::new("correct horse battery staple").is_ok(), "spaces inside are the secret's");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use self::links::Link;
 use crate::auth::LaneKey;
 use crate::http::Origins;
 use crate::log::Escaped;
-use crate::mux::{IncomingStreams, MuxStream, StreamOpener};
+use crate::mux::{IncomingStreams, StreamOpener};
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION};
 use crate::session::{ControlMoves, JoinTicket, Session, SessionEnd};
 use crate::task::OwnedTask;
@@ -88,6 +88,8 @@ pub struct Client {
     socks: Option<Vec<socks::BoundSocks>>,
     routes: RouteHandle,
     origins: Origins,
+    /// Inbound streams served at once, across servers ([`streams::visit_budget`]).
+    visit_budget: Arc<tokio::sync::Semaphore>,
     /// Cancelled to end a drain at once ([`DrainCut`]).
     cut: CancellationToken,
     metrics: crate::metrics::Metrics,
@@ -137,6 +139,7 @@ impl Client {
             socks: None,
             routes,
             origins,
+            visit_budget: Arc::new(tokio::sync::Semaphore::new(streams::visit_budget())),
             cut,
             metrics,
         }
@@ -349,9 +352,10 @@ impl Client {
         let mut offered = offer.is_some();
         // Held for its drop, which ends the keeper with the session.
         let mut _lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
-        let visits = Visits {
+        let visits = streams::Visits {
             routes: stream_routes,
             origins: self.origins.clone(),
+            budget: self.visit_budget.clone(),
             owned: CancellationToken::new(),
             draining: CancellationToken::new(),
         };
@@ -549,26 +553,8 @@ struct Running {
     incoming: IncomingStreams,
     driver: OwnedTask<SessionEnd>,
     streams: StreamOpener,
-    visits: Visits,
+    visits: streams::Visits,
     protocol: u16,
-}
-
-/// Where a session's inbound streams go.
-struct Visits {
-    /// The table's targets, as the streams read them.
-    routes: streams::SharedRoutes,
-    origins: Origins,
-    /// Cut when the session is over: its streams end with it.
-    owned: CancellationToken,
-    /// Cancelled when this client drains: HTTP streams close after the request in flight.
-    draining: CancellationToken,
-}
-
-impl Visits {
-    fn take(&self, stream: MuxStream) {
-        let (routes, origins) = (self.routes.clone(), self.origins.clone());
-        tokio::spawn(streams::handle(stream, routes, origins, self.owned.clone(), self.draining.clone()));
-    }
 }
 
 /// How a session ended, as a failure to report or retry.

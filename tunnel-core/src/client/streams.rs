@@ -20,6 +20,25 @@ use crate::mux::MuxStream;
 use crate::proto::{ReplyStatus, RouteId, StreamHeader, StreamReply};
 use crate::transport;
 
+/// Descriptors the client keeps for its own work (its sessions' connections, local forwards,
+/// name lookups, reconnecting) out of the open-file limit, whatever the servers ask: at least
+/// this many, and at least an eighth of the limit.
+const KEPT_DESCRIPTORS: u64 = 256;
+
+/// How many inbound streams may be served at once: each may hold a descriptor (a target
+/// connection, a UDP flow's socket, an origin connection), and a server that opens more
+/// than the open-file limit allows would leave the client unable to reconnect or take its
+/// own visitors. The soft `RLIMIT_NOFILE` at the time of asking, less what is kept.
+pub(super) fn visit_budget() -> usize {
+    #[cfg(unix)]
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    #[cfg(not(unix))]
+    let limit: Option<u64> = None;
+    let Some(limit) = limit else { return tokio::sync::Semaphore::MAX_PERMITS };
+    let budget = limit.saturating_sub(KEPT_DESCRIPTORS.max(limit / 8)).max(32);
+    usize::try_from(budget).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 /// The server writes the header first thing; a stream silent this long is abandoned.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to resolve and connect to a local target.
@@ -63,7 +82,38 @@ impl SharedRoutes {
     }
 }
 
-pub(super) async fn handle(
+/// Where a session's inbound streams go.
+pub(super) struct Visits {
+    /// The table's targets, as the streams read them.
+    pub(super) routes: SharedRoutes,
+    pub(super) origins: Origins,
+    /// A place for each stream served; none left, a new stream is reset.
+    pub(super) budget: Arc<tokio::sync::Semaphore>,
+    /// Cut when the session is over: its streams end with it.
+    pub(super) owned: CancellationToken,
+    /// Cancelled when this client drains: HTTP streams close after the request in flight.
+    pub(super) draining: CancellationToken,
+}
+
+impl Visits {
+    pub(super) fn take(&self, stream: MuxStream) {
+        let Ok(place) = self.budget.clone().try_acquire_owned() else {
+            warn_limited!(
+                DROPPED_STREAMS,
+                "resetting a stream: as many are open as the open-file limit leaves room for"
+            );
+            return stream.reset();
+        };
+        let (routes, origins) = (self.routes.clone(), self.origins.clone());
+        let handled = handle(stream, routes, origins, self.owned.clone(), self.draining.clone());
+        tokio::spawn(async move {
+            handled.await;
+            drop(place);
+        });
+    }
+}
+
+async fn handle(
     mut stream: MuxStream,
     routes: SharedRoutes,
     origins: Origins,
@@ -355,5 +405,68 @@ pub(super) fn allowed_in(net: Option<IpNet>, target: SocketAddr) -> Result<Socke
             ),
         )),
         Some(_) => Ok(target),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::mux::{self, Mode, MuxConfig};
+
+    #[tokio::test]
+    async fn a_stream_past_the_budget_is_reset_and_a_place_comes_back_when_one_ends() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (server, _, server_driver) = mux::start(a, &MuxConfig::default(), Mode::Server);
+        let (_, mut incoming, client_driver) = mux::start(b, &MuxConfig::default(), Mode::Client);
+        tokio::spawn(server_driver);
+        tokio::spawn(client_driver);
+        let visits = Visits {
+            routes: SharedRoutes::default(),
+            origins: Origins::new(None),
+            budget: Arc::new(tokio::sync::Semaphore::new(1)),
+            owned: CancellationToken::new(),
+            draining: CancellationToken::new(),
+        };
+        // A stream reaches the client with its first bytes: half a header's length here.
+        let mut arrive = async || {
+            let mut stream = server.open().await.unwrap();
+            stream.write_all(&[0]).await.unwrap();
+            let arrived = incoming.next().await.unwrap();
+            (stream, arrived)
+        };
+
+        let (mut first, arrived) = arrive().await;
+        visits.take(arrived);
+        assert_eq!(visits.budget.available_permits(), 0, "the first stream holds the one place");
+        let (mut second, arrived) = arrive().await;
+        visits.take(arrived);
+        let err = second.read(&mut [0; 1]).await.expect_err("a reset, not an end");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+
+        // The first one's header cannot be read: its handler ends and gives its place back.
+        first.write_all(&[1, 0xff]).await.unwrap();
+        let place = tokio::time::timeout(Duration::from_secs(10), visits.budget.acquire()).await;
+        drop(place.expect("the place came back").unwrap());
+        let (_third, arrived) = arrive().await;
+        visits.take(arrived);
+        assert_eq!(visits.budget.available_permits(), 0, "the third stream is served");
+    }
+
+    #[test]
+    fn the_budget_keeps_descriptors_for_the_client_itself() {
+        let budget = visit_budget();
+        #[cfg(unix)]
+        if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+            let left = limit.saturating_sub(budget as u64);
+            if limit > 300 {
+                assert!(left >= 256 && left >= limit / 8 && left <= limit / 8 + 256, "{limit}: {budget}");
+            } else {
+                assert_eq!(budget, 32, "a few streams still, under a tiny limit");
+            }
+            return;
+        }
+        assert_eq!(budget, tokio::sync::Semaphore::MAX_PERMITS);
     }
 }

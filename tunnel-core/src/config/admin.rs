@@ -86,6 +86,12 @@ pub(super) fn setup(
     check(file, state_dir)?;
     let Some(listen) = &file.admin_listen else { return Ok(None) };
     let listen = AdminAddress::parse(listen, state_dir)?;
+    // `unix`: the state directory's socket, in a directory made for it if need be; a path
+    // given must name a directory that exists.
+    if matches!(&listen, AdminAddress::Unix(path) if path.parent() == Some(state_dir)) {
+        crate::fs::create_private_dir(state_dir)
+            .map_err(|source| ConfigError::StateDir { path: state_dir.to_owned(), source })?;
+    }
     let (token, token_source) = match &listen {
         AdminAddress::Unix(_) => (None, TokenSource::None),
         AdminAddress::Tcp(_) => {

@@ -206,6 +206,12 @@ fn unquoted_text(text: &str, offset: usize) -> Option<&str> {
 fn location(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
+    // A table header itself (a `[limits]` given twice).
+    let here = line_at(text, offset).trim().trim_start_matches('\u{feff}');
+    let header = here.strip_prefix('[').and_then(|h| h.strip_suffix(']')).map(str::trim);
+    if let Some(table) = header.filter(|t| is_key(t)) {
+        return format!(" (line {line}, `[{table}]`)");
+    }
     let key = key_value(line_at(text, offset)).map(|(key, _)| key);
     let table = before
         .lines()
@@ -307,6 +313,10 @@ mod file_tests {
             let err = parse::<ClientFile>(secret, "c.toml".as_ref()).unwrap_err().chain();
             assert!(!err.contains("QUJD") && !err.contains("quote it"), "{err}");
         }
+        // A table given twice: the table named.
+        let twice = "[limits]\nmax_streams_per_session = 10\n\n[limits]\n";
+        let err = parse::<ServerFile>(twice, "s.toml".as_ref()).unwrap_err().chain();
+        assert!(err.contains("(line 4, `[limits]`)"), "{err}");
         // A value forgotten: the key is still named.
         let err = parse::<ClientFile>("server =\n", "c.toml".as_ref()).unwrap_err().chain();
         assert!(err.contains("(line 1, `server`)"), "{err}");

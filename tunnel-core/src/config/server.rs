@@ -237,6 +237,13 @@ impl ServerFile {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_tokens()?;
         self.tls_choice()?;
+        for name in self.tls_names.iter().flatten() {
+            check_certificate_name(name)?;
+        }
+        // An empty path would put the generated key and token in the working directory.
+        if self.state_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
+            return Err(invalid("state_dir", "must not be empty"));
+        }
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         super::admin::check(self, &state_dir)?;
         super::acme::check(self)?;
@@ -469,6 +476,27 @@ impl ServerFile {
             (false, None, None) => Ok(TlsChoice::Generated),
             (false, _, _) => Err(ConfigError::Conflict("`tls_cert` and `tls_key` go together".into())),
         }
+    }
+}
+
+/// A `tls_names` entry: what a client may verify the generated certificate for, a DNS name
+/// (`*.` before it for a wildcard) or an IP address. A name ending in a number (`999.1.1.1`)
+/// would be neither, and never verify.
+fn check_certificate_name(name: &str) -> Result<(), ConfigError> {
+    let dns = name.strip_prefix("*.").unwrap_or(name);
+    let valid = name.parse::<IpAddr>().is_ok()
+        || matches!(
+            rustls::pki_types::ServerName::try_from(dns),
+            Ok(rustls::pki_types::ServerName::DnsName(_))
+        ) && !dns
+            .trim_end_matches('.')
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid("tls_names", format!("{name:?} is not a DNS name or an IP address")))
     }
 }
 

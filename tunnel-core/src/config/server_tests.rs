@@ -256,4 +256,15 @@ fn invalid_values_name_their_key() {
         let err = parse(&format!("{base}{extra}\n")).and_then(ServerFile::build).unwrap_err().chain();
         assert!(err.contains(needle), "{extra}: {err}");
     }
+    // Before, written into the certificate as given: names no client could verify.
+    for name in ["bad name!", "999.1.1.1", "", "a..b"] {
+        let err =
+            parse(&format!("tls_names = [{name:?}]\n")).and_then(ServerFile::build).unwrap_err().chain();
+        assert!(err.contains(&format!("invalid `tls_names`: {name:?} is not a DNS name")), "{err}");
+    }
+    let names = "tls_names = [\"tunnel.example.com\", \"*.example.com\", \"10.0.0.1\", \"::1\"]\n";
+    parse(names).unwrap().validate().unwrap();
+    // Before, the generated key and token went to the working directory.
+    let err = parse("state_dir = \"\"\n").and_then(ServerFile::build).unwrap_err().chain();
+    assert!(err.contains("invalid `state_dir`: must not be empty"), "{err}");
 }

@@ -1,7 +1,7 @@
 //! What the edge tells an origin about who asked, from the visitor's connection and never from
 //! what the visitor claims: the visitor appended to `X-Forwarded-For`; `Forwarded` (RFC 7239),
 //! `X-Forwarded-Proto`, `-Host` and `X-Real-IP` set; and every other field an origin may read
-//! a visitor's address, host or scheme from removed.
+//! a visitor's address, host, scheme or path from removed.
 //!
 //! The edge is the first hop an origin can trust. Frameworks read the visitor's address from
 //! many names (chi reads `True-Client-IP` before `X-Real-IP`, Express's request-ip
@@ -27,6 +27,11 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const CLIENT_ADDRESS_FIELDS: [&str; 5] =
     ["true-client-ip", "x-client-ip", "x-cluster-client-ip", "cf-connecting-ip", "fastly-client-ip"];
 
+/// Fields some origins read the request's path from in place of the request line (IIS's URL
+/// Rewrite sets them; Symfony before 3.4.14 and Zend took them from anyone): a visitor's own
+/// would take the origin past the route its path matched, to `/admin` under a route for `/`.
+const PATH_FIELDS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
 /// Sets the fields that say who asked, for a request from `visitor` for `host` over `proto`:
 /// - `X-Forwarded-For`: the visitor appended to the list a visitor sent (over as many fields
 ///   as it sent), to be read from its end as always;
@@ -39,7 +44,8 @@ const CLIENT_ADDRESS_FIELDS: [&str; 5] =
 ///   `X-Forwarded-Ssl` before `-Proto`; Spring and Django build URLs from `-Port` and
 ///   `-Prefix`; forward-auth services read `-Uri` and `-Method`) and the fields naming the
 ///   visitor's address under a CDN's or a framework's name (`True-Client-IP`, `X-Client-IP`,
-///   `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP`).
+///   `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP`), or a path in place of the
+///   request line's (`X-Original-URL`, `X-Rewrite-URL`).
 pub fn set_forwarded(headers: &mut HeaderMap, visitor: IpAddr, proto: &'static str, host: &str) {
     let foreign: Vec<HeaderName> = headers
         .keys()
@@ -134,6 +140,7 @@ fn is_foreign(name: &str) -> bool {
     prefix.iter().map(|&b| if b == b'_' { b'-' } else { b }).eq(*b"x-forwarded-")
         || same("x-real-ip")
         || CLIENT_ADDRESS_FIELDS.iter().any(|ours| same(ours))
+        || PATH_FIELDS.iter().any(|ours| same(ours))
 }
 
 /// RFC 9110 5.6.2: the characters of a token.
@@ -223,6 +230,8 @@ mod tests {
             "x-cluster-client-ip",
             "cf-connecting-ip",
             "fastly_client_ip",
+            "x-original-url",
+            "X_Rewrite_URL",
         ] {
             headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), "10.0.0.1".parse().unwrap());
         }

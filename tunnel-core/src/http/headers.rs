@@ -187,64 +187,6 @@ pub(super) fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// Removes the dot segments of `uri`'s path (RFC 3986 5.2.4), `%2e` read as the `.` it stands
-/// for and a segment's `;` parameters ignored, so that a route's path confines what its
-/// origin is asked for: `/api/../admin`, `/api/%2e%2e/admin` and `/api/..;/admin` are
-/// `/admin`, matched and sent as such (an origin resolving them itself would serve `/admin`
-/// under a route for `/api`). Encoded slashes (`%2f`), backslashes and empty segments are
-/// left as they are, as they are not separators or dots to HTTP. The query is kept.
-pub fn remove_dot_segments(uri: &mut Uri) {
-    let path = uri.path();
-    let encoded_dot =
-        |p: &str| p.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e');
-    if !path.starts_with('/') || !(path.contains("/.") || encoded_dot(path)) {
-        return;
-    }
-    // A segment's parameters (`..;x`) do not make it another segment: servlet containers
-    // drop them and then resolve the dots.
-    let dots = |segment: &str| match segment
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase()
-        .replace("%2e", ".")
-        .as_str()
-    {
-        "." => 1,
-        ".." => 2,
-        _ => 0,
-    };
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match dots(segment) {
-            0 => kept.push(segment),
-            n => {
-                if n == 2 {
-                    kept.pop();
-                }
-                // `/a/..` is `/`, `/a/.` is `/a/`: the final slash stays.
-                if last {
-                    kept.push("");
-                }
-            }
-        }
-    }
-    let mut target = format!("/{}", kept.join("/"));
-    if target == path {
-        return;
-    }
-    if let Some(query) = uri.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    let mut parts = std::mem::take(uri).into_parts();
-    parts.path_and_query = target.parse().ok();
-    // Only the path changed, from a valid one to a part of it: this cannot fail.
-    *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,30 +328,6 @@ mod tests {
             let value = route_value(id);
             assert_eq!(value.to_str().unwrap(), id.to_string());
             assert_eq!(value.to_str().unwrap().parse::<RouteId>().unwrap(), id);
-        }
-    }
-
-    #[test]
-    fn dot_segments_are_removed_before_a_path_is_matched_or_sent() {
-        for (target, expected) in [
-            ("/api/../admin", "/admin"),
-            ("/api/%2e%2e/admin", "/admin"),
-            ("/api/%2E./admin?x=/../y", "/admin?x=/../y"),
-            ("/api/./v1/.", "/api/v1/"),
-            ("/a/..", "/"),
-            ("/../../etc", "/etc"),
-            ("/api/..%2fadmin", "/api/..%2fadmin"),
-            ("/api/..;/admin", "/admin"),
-            ("/api/.;x/v1", "/api/v1"),
-            ("/api/v1;x=1/..", "/api/"),
-            ("/.well-known/acme-challenge/x", "/.well-known/acme-challenge/x"),
-            ("/a/...", "/a/..."),
-            ("http://a.test/x/../y", "http://a.test/y"),
-            ("/plain", "/plain"),
-        ] {
-            let mut uri: Uri = target.parse().unwrap();
-            remove_dot_segments(&mut uri);
-            assert_eq!(uri.to_string(), expected, "{target}");
         }
     }
 

@@ -98,6 +98,7 @@ impl<T> RouteIndex<T> {
     /// client never takes a request for a host someone else serves. `host` is lowercase,
     /// without port or final dot.
     pub fn lookup(&self, host: &str, path: &str, method: &str, headers: &HeaderMap) -> Option<Hit<'_, T>> {
+        let key = super::path::routing_key(path);
         let mut owner: Option<&str> = None;
         for pattern in candidates(host) {
             let routes = self.http.get(&*pattern);
@@ -115,7 +116,7 @@ impl<T> RouteIndex<T> {
                 }
             };
             let mut own = routes.into_iter().flatten().filter(|r| r.owner == owner);
-            if let Some(route) = own.find(|r| r.matcher.matches(path, method, headers)) {
+            if let Some(route) = own.find(|r| r.matcher.matches_key(&key, method, headers)) {
                 return Some(Hit { id: route.id, owner: &route.owner, target: &route.target });
             }
         }

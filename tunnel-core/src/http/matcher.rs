@@ -4,6 +4,7 @@ use std::cmp::Reverse;
 
 use http::HeaderMap;
 
+use super::path::routing_key;
 use crate::proto::{HttpMatch, PathMatch};
 
 /// Largest compiled regular expression (bytes of its program): a route's expression cannot make
@@ -14,6 +15,8 @@ const MAX_REGEX_SIZE: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct Matcher {
     spec: HttpMatch,
+    /// An exact path or prefix in the form requests are matched in ([`routing_key`]).
+    path: String,
     regex: Option<regex::Regex>,
 }
 
@@ -31,7 +34,11 @@ impl Matcher {
             ),
             _ => None,
         };
-        Ok(Self { spec, regex })
+        let path = match &spec.path {
+            PathMatch::Prefix(path) | PathMatch::Exact(path) => routing_key(path).into_owned(),
+            PathMatch::Any | PathMatch::Regex(_) => String::new(),
+        };
+        Ok(Self { spec, path, regex })
     }
 
     /// What it matches.
@@ -40,13 +47,20 @@ impl Matcher {
     }
 
     /// Whether a request with this path (no query), method and headers matches (the host was
-    /// matched already).
+    /// matched already). Paths are compared in their routing form ([`routing_key`]), the
+    /// route's and the request's alike; an expression is matched against the request's.
     pub fn matches(&self, path: &str, method: &str, headers: &HeaderMap) -> bool {
+        self.matches_key(&routing_key(path), method, headers)
+    }
+
+    /// [`Matcher::matches`] for a path already in routing form: a lookup reads the request's
+    /// path once for all the routes it tries.
+    pub(super) fn matches_key(&self, key: &str, method: &str, headers: &HeaderMap) -> bool {
         let path_ok = match &self.spec.path {
             PathMatch::Any => true,
-            PathMatch::Prefix(prefix) => prefix_matches(prefix, path),
-            PathMatch::Exact(exact) => exact == path,
-            PathMatch::Regex(_) => self.regex.as_ref().is_some_and(|r| r.is_match(path)),
+            PathMatch::Prefix(_) => prefix_matches(&self.path, key),
+            PathMatch::Exact(_) => self.path == key,
+            PathMatch::Regex(_) => self.regex.as_ref().is_some_and(|r| r.is_match(key)),
         };
         path_ok
             // Methods are case-sensitive (RFC 9110 9.1), but origins that uppercase them
@@ -62,8 +76,8 @@ impl Matcher {
     /// that name methods; then more header matches.
     pub fn precedence(&self) -> impl Ord + use<> {
         let (kind, length) = match &self.spec.path {
-            PathMatch::Exact(p) => (0u8, p.len()),
-            PathMatch::Prefix(p) => (1, p.trim_end_matches('/').len()),
+            PathMatch::Exact(_) => (0u8, self.path.len()),
+            PathMatch::Prefix(_) => (1, self.path.trim_end_matches('/').len()),
             PathMatch::Regex(_) => (2, 0),
             PathMatch::Any => (3, 0),
         };
@@ -110,6 +124,21 @@ mod tests {
         ] {
             assert_eq!(prefix_matches(prefix, path), expected, "{prefix} vs {path}");
         }
+    }
+
+    #[test]
+    fn a_routes_path_and_a_requests_are_read_alike() {
+        let none = HeaderMap::new();
+        let prefix = matcher(PathMatch::Prefix("/%61pi/".into()), &[], &[]);
+        for path in ["/api", "//api/x", "/api;v=1/x", "/x/..%2Fapi/y"] {
+            assert!(prefix.matches(path, "GET", &none), "{path}");
+        }
+        assert!(!prefix.matches("/apix", "GET", &none));
+        let exact = matcher(PathMatch::Exact("/a//b;x".into()), &[], &[]);
+        assert!(exact.matches("/a/b", "GET", &none) && exact.matches("/%61/b", "GET", &none));
+        assert!(!exact.matches("/a/b/", "GET", &none), "a final slash still counts");
+        let regex = matcher(PathMatch::Regex("/files/[a-z]+".into()), &[], &[]);
+        assert!(regex.matches("/files//%61bc;v=2", "GET", &none), "an expression sees the routed path");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(crate) mod inflight;
 mod matcher;
 mod origin;
 mod park;
+mod path;
 mod pool;
 mod upstream;
 
@@ -41,10 +42,11 @@ pub use challenge::{ChallengeAnswers, HTTP01_PATH};
 pub use edge::{EdgeLimits, HttpEdge, RouteSource};
 pub use forwarded::set_forwarded;
 pub use handler::HttpHandler;
-pub use headers::{is_upgrade, remove_dot_segments, request_host, strip_hop_by_hop};
+pub use headers::{is_upgrade, request_host, strip_hop_by_hop};
 pub use index::{Hit, IndexedRoute, RouteIndex, RouteTarget};
 pub use matcher::{prefix_matches, Matcher};
 pub use origin::Origins;
+pub use path::{normalize_path, routing_key, StrayPercent};
 
 /// The body of a [`text_response`]: the status and its reason, then `detail`, on one line.
 fn text_body(status: http::StatusCode, detail: &str) -> String {

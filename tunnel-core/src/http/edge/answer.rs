@@ -11,12 +11,12 @@ use super::{session_key, Connection, HttpEdge, Upgraded, ROUTE};
 use crate::http::client_streams::{exchange, open_upgrade_stream, Lane, SessionKey};
 use crate::http::forwarded::set_forwarded;
 use crate::http::headers::{
-    field_count, is_upgrade, join_cookies, origin_form, remove_dot_segments, route_value, routed_host,
-    strip_hop_by_hop, upgrade_asked, MAX_HEADER_FIELDS,
+    field_count, is_upgrade, join_cookies, origin_form, route_value, routed_host, strip_hop_by_hop,
+    upgrade_asked, MAX_HEADER_FIELDS,
 };
 use crate::http::inflight::{self, Ticket};
 use crate::http::origin::splice_upgraded;
-use crate::http::{text_response, Body};
+use crate::http::{normalize_path, text_response, Body};
 use crate::mux::StreamOpener;
 use crate::proto::{RouteId, StreamHeader};
 
@@ -66,7 +66,9 @@ impl HttpEdge {
             let why = "the request target's path must begin with /";
             return (text_response(StatusCode::BAD_REQUEST, why), None);
         }
-        remove_dot_segments(request.uri_mut());
+        if let Err(stray) = normalize_path(request.uri_mut()) {
+            return (text_response(StatusCode::BAD_REQUEST, &stray.to_string()), None);
+        }
         let challenge = self
             .challenges
             .as_deref()
