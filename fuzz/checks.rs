@@ -531,14 +531,25 @@ pub fn http_route(data: &[u8]) {
         assert!(normalize_path(request.uri_mut()).is_ok(), "{path}");
         assert_eq!(request.uri(), &normal, "normalising twice changes nothing");
     }
-    // The routing key of any path that starts with `/`: plain segments, and its own key.
+    // The routing key of any path that starts with `/`: plain segments of unreserved
+    // characters and escapes with uppercase digits, and its own key.
     let asked = request.uri().path();
     let key = routing_key(asked);
     if asked.starts_with('/') {
-        let plain = !key.contains("//") && !key.contains(';') && !key.contains('\\');
-        assert!(key.starts_with('/') && plain, "{path} -> {key}");
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~/%ABCDEF".contains(&b);
+        assert!(key.starts_with('/') && !key.contains("//") && key.bytes().all(allowed), "{path} -> {key}");
         assert!(key.split('/').all(|s| s != "." && s != ".."), "{path} -> {key}");
         assert_eq!(routing_key(&key), key, "{path}");
+    }
+    // No dot segment is left for an origin to resolve, whether it reads escaped slashes and
+    // backslashes as `/` or not, and drops parameters or not.
+    if valid && normal.path().starts_with('/') {
+        let mut slashes = normal.path().replace('\\', "/");
+        for escaped in ["%2f", "%2F", "%5c", "%5C"] {
+            slashes = slashes.replace(escaped, "/");
+        }
+        let bare = |s: &str| s.split(';').next().unwrap_or("").to_owned();
+        assert!(slashes.split('/').map(bare).all(|s| s != "." && s != ".."), "{path} -> {normal}");
     }
     // One owner per pattern, as the server's claims make it; a TLS passthrough of another
     // client on the name's parent wildcard; a fallback for every owner.

@@ -238,6 +238,12 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
     // Once taken, it panicked the first session that ended (a deadline past the clock's end).
     let forever = dir.path().join("forever.toml");
     std::fs::write(&forever, "port_grace = \"3000000000000000h\"\n").unwrap();
+    // Before, the generated key and token went to the working directory.
+    let here = dir.path().join("here.toml");
+    std::fs::write(&here, "listen = \"127.0.0.1:0\"\nstate_dir = \"\"\n").unwrap();
+    // Before, written into the generated certificate, where no client could verify it.
+    let unnamed = dir.path().join("unnamed.toml");
+    std::fs::write(&unnamed, "tls_names = [\"bad name!\"]\n").unwrap();
     let state = dir.path().to_str().unwrap();
     let zero_fp = "0".repeat(64);
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -253,6 +259,11 @@ async fn bad_flags_and_config_fail_at_once_with_one_clear_line() {
         (
             vec!["serve", "--state-dir", state, "--config", forever.to_str().unwrap()],
             "\"3000000000000000h\" is longer than the most a duration may be",
+        ),
+        (vec!["serve", "--config", here.to_str().unwrap()], "invalid `state_dir`: must not be empty"),
+        (
+            vec!["serve", "--state-dir", state, "--config", unnamed.to_str().unwrap()],
+            "invalid `tls_names`: \"bad name!\" is not a DNS name or an IP address",
         ),
         (vec!["connect", "--server", "127.0.0.1:1", "--token", TOKEN], "missing `fingerprint`"),
         // Before, exit 1 once the second failed to listen.

@@ -200,21 +200,24 @@ async fn another_clients_wildcard_never_answers_for_a_host_and_origins_read_the_
     assert!(get(edge.http, "b.wild.test", "/only/./x/../y").await.1.starts_with("B GET /only/y "));
     // So are the spellings origins resolve their own way (an escaped letter, merged slashes,
     // a segment's parameters, an escaped slash or backslash): routed as they would read them.
+    // A dot segment behind an escaped slash, which origins read two ways (`/account` to
+    // nginx, under `/only` to Go), and a `%` that starts no escape, are refused.
     for (target, sent) in [
-        ("/%6Fnly/x", Some("/only/x")),
-        ("//only/x", Some("//only/x")),
-        ("/only;v=1/x", Some("/only;v=1/x")),
-        ("/only/..%2faccount", None),
-        ("/only/..%5Caccount", None),
+        ("/%6Fnly/x", Ok("/only/x")),
+        ("//only/x", Ok("//only/x")),
+        ("/only;v=1/x", Ok("/only;v=1/x")),
+        ("/only%2fx", Ok("/only%2fx")),
+        ("/%6F%6Ely/caf%c3%a9", Ok("/only/caf%c3%a9")),
+        ("/account%2f..%2fonly/x", Err("HTTP/1.1 400 Bad Request\r\n")),
+        ("/only/..%5Caccount", Err("HTTP/1.1 400 Bad Request\r\n")),
+        ("/only/100%/x", Err("HTTP/1.1 400 Bad Request\r\n")),
     ] {
         let answer = raw_request(edge.http, &format!("GET {target} HTTP/1.1\r\nHost: b.wild.test")).await;
         match sent {
-            Some(path) => assert!(answer.contains(&format!("B GET {path} ")), "{target}: {answer}"),
-            None => assert!(answer.starts_with("HTTP/1.1 404"), "{target}: {answer}"),
+            Ok(path) => assert!(answer.contains(&format!("B GET {path} ")), "{target}: {answer}"),
+            Err(status) => assert!(answer.starts_with(status), "{target}: {answer}"),
         }
     }
-    let answer = raw_request(edge.http, "GET /only/100%/x HTTP/1.1\r\nHost: b.wild.test").await;
-    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("% that is not followed"), "{answer}");
     // A Connection header naming Host does not take the Host away from the origin.
     let answer =
         raw_request(edge.http, "GET /only/x HTTP/1.1\r\nHost: b.wild.test\r\nConnection: host").await;

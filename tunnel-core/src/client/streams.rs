@@ -28,12 +28,18 @@ const KEPT_DESCRIPTORS: u64 = 256;
 /// How many inbound streams may be served at once: each may hold a descriptor (a target
 /// connection, a UDP flow's socket, an origin connection), and a server that opens more
 /// than the open-file limit allows would leave the client unable to reconnect or take its
-/// own visitors. The soft `RLIMIT_NOFILE` at the time of asking, less what is kept.
+/// own visitors. The soft `RLIMIT_NOFILE` now ([`budget_under`]).
 pub(super) fn visit_budget() -> usize {
     #[cfg(unix)]
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     #[cfg(not(unix))]
     let limit: Option<u64> = None;
+    budget_under(limit)
+}
+
+/// The streams served at once under an open-file limit (`None`: none): the limit less what
+/// is kept, and at least 32.
+fn budget_under(limit: Option<u64>) -> usize {
     let Some(limit) = limit else { return tokio::sync::Semaphore::MAX_PERMITS };
     let budget = limit.saturating_sub(KEPT_DESCRIPTORS.max(limit / 8)).max(32);
     usize::try_from(budget).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS)
@@ -456,17 +462,20 @@ mod tests {
 
     #[test]
     fn the_budget_keeps_descriptors_for_the_client_itself() {
-        let budget = visit_budget();
-        #[cfg(unix)]
-        if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
-            let left = limit.saturating_sub(budget as u64);
-            if limit > 300 {
-                assert!(left >= 256 && left >= limit / 8 && left <= limit / 8 + 256, "{limit}: {budget}");
-            } else {
-                assert_eq!(budget, 32, "a few streams still, under a tiny limit");
-            }
-            return;
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        for (limit, budget) in [
+            (None, most),
+            (Some(64), 32),
+            (Some(288), 32),
+            (Some(300), 44),
+            (Some(1024), 768),
+            (Some(20_000), 17_500),
+            (Some(1_048_576), 917_504),
+            (Some(u64::MAX), most),
+        ] {
+            assert_eq!(budget_under(limit), budget, "{limit:?}");
         }
-        assert_eq!(budget, tokio::sync::Semaphore::MAX_PERMITS);
+        // What this process runs with, as the client reads it.
+        assert!(visit_budget() >= 32);
     }
 }

@@ -31,6 +31,7 @@ use crate::proto::ROUTE_HEADER;
 use crate::source::Full;
 
 mod answer;
+mod resets;
 
 /// Idle streams the edge keeps per client session. Requests beyond that many at once still get
 /// streams; those are closed after their exchange. Kept small: idle streams are outside the
@@ -220,10 +221,13 @@ impl HttpEdge {
         let exchanges = activity.clone();
         let upgraded = Arc::new(Upgraded::default());
         let switched = upgraded.clone();
+        let resets = Arc::new(resets::Resets::default());
+        let reset_requests = resets.clone();
         let service = hyper::service::service_fn(move |request| {
             let body_follows = !hyper::body::Body::is_end_stream(request.body());
             let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin(body_follows));
             let upgraded = switched.clone();
+            let answering = reset_requests.taken();
             // A request that may switch protocols leaves hyper holding the connection for the
             // switch, refused or not: such a connection is never parked, so one refused is
             // closed after its answer (it would hold hyper's buffers, and a large head's place,
@@ -237,6 +241,7 @@ impl HttpEdge {
                 exchange.seek();
                 let connection = Connection { visitor, scheme, sni: sni.as_deref(), upgraded: &upgraded };
                 let mut response = edge.handle(request, connection).await;
+                answering.answered();
                 if may_switch && !http2 && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
@@ -262,6 +267,7 @@ impl HttpEdge {
             let limit = self.limits.header_timeout;
             let served = tokio::select! {
                 biased;
+                () = resets.too_many() => return too_many_resets(visitor, &resets),
                 served = &mut connection => served,
                 () = self.draining.cancelled() => {
                     connection.as_mut().graceful_shutdown();
@@ -271,6 +277,7 @@ impl HttpEdge {
                     connection.as_mut().graceful_shutdown();
                     tokio::select! {
                         biased;
+                        () = resets.too_many() => return too_many_resets(visitor, &resets),
                         served = &mut connection => served,
                         () = activity.quiet_for(limit) => {
                             tracing::debug!(%visitor, "HTTP/2 connection cut: its peer takes nothing");
@@ -407,6 +414,15 @@ struct Upgraded(std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Futur
 
 fn session_key(opener: &StreamOpener) -> SessionKey {
     opener.connection_id()
+}
+
+/// Cuts an HTTP/2 connection whose visitor reset too many of the requests it sent
+/// (`resets.rs`): dropped, with no GOAWAY to wait on.
+fn too_many_resets(visitor: SocketAddr, resets: &resets::Resets) {
+    if crate::log::REFUSALS.allow() {
+        let reset = resets.reset();
+        tracing::warn!(%visitor, "HTTP/2 connection cut: its visitor reset {reset} requests once taken");
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub use headers::{is_upgrade, request_host, strip_hop_by_hop};
 pub use index::{Hit, IndexedRoute, RouteIndex, RouteTarget};
 pub use matcher::{prefix_matches, Matcher};
 pub use origin::Origins;
-pub use path::{normalize_path, routing_key, StrayPercent};
+pub use path::{normalize_path, routing_key, PathError};
 
 /// The body of a [`text_response`]: the status and its reason, then `detail`, on one line.
 fn text_body(status: http::StatusCode, detail: &str) -> String {

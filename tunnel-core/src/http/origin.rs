@@ -137,15 +137,17 @@ impl Origins {
         F: Fn(Option<RouteId>) -> Option<Arc<HttpAction>> + Clone + Send + Sync + 'static,
     {
         let origins = self.clone();
+        let splices = Splices::default();
+        let upgraded = splices.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            let (origins, routes) = (origins.clone(), routes.clone());
+            let (origins, routes, splices) = (origins.clone(), routes.clone(), upgraded.clone());
             async move {
                 let route = request
                     .headers_mut()
                     .remove(ROUTE_HEADER)
                     .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<RouteId>().ok()));
                 let response = match routes(route) {
-                    Some(action) => origins.answer(request, &action).await,
+                    Some(action) => origins.answer(request, &action, &splices).await,
                     None => text_response(StatusCode::BAD_GATEWAY, "this client no longer serves that route"),
                 };
                 Ok::<_, std::convert::Infallible>(response)
@@ -170,16 +172,27 @@ impl Origins {
         if let Err(err) = served {
             tracing::debug!("HTTP stream ended: {}", crate::log::Chain(&err));
         }
+        // An upgraded connection outlives the exchange that switched it: the stream is served
+        // until it ends too (and, dropped, aborts it).
+        let mut upgraded = std::mem::take(&mut *splices.lock().unwrap_or_else(|e| e.into_inner()));
+        while upgraded.join_next().await.is_some() {}
     }
 
-    async fn answer(&self, request: Request<Incoming>, action: &HttpAction) -> Response<Body> {
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        action: &HttpAction,
+        splices: &Splices,
+    ) -> Response<Body> {
         match &action.answer {
             Answer::Redirect(redirect) => redirect_response(&request, redirect),
             Answer::Proxy(_) => {
                 let draw = rand::random_range(0..action.total_weight().max(1));
                 match action.pick(draw) {
-                    Some(Service::Http(origin)) => self.proxy(request, action, "http", origin).await,
-                    Some(Service::Https(origin)) => self.proxy(request, action, "https", origin).await,
+                    Some(Service::Http(origin)) => self.proxy(request, action, "http", origin, splices).await,
+                    Some(Service::Https(origin)) => {
+                        self.proxy(request, action, "https", origin, splices).await
+                    }
                     Some(Service::Status(code)) => text_response(*code, ""),
                     Some(Service::Handler(handler)) => handle(request, action, handler).await,
                     None => text_response(StatusCode::BAD_GATEWAY, "the route has no backend"),
@@ -194,6 +207,7 @@ impl Origins {
         action: &HttpAction,
         scheme: &str,
         origin: &TargetAddr,
+        splices: &Splices,
     ) -> Response<Body> {
         // Origin form, whatever target came; the Host header says which site. Anything else
         // (`OPTIONS *`) is refused: written after the origin's address it would change the
@@ -250,7 +264,8 @@ impl Origins {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor_side) = visitor_side {
                 let origin_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice_upgraded(visitor_side, origin_side, None));
+                let mut running = splices.lock().unwrap_or_else(|e| e.into_inner());
+                running.spawn(splice_upgraded(visitor_side, origin_side, None));
             }
         }
         let kept = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
@@ -390,6 +405,10 @@ fn pool_key(origin: &TargetAddr) -> String {
 
 /// Once both sides switched protocols, carries bytes between them; with `idle_timeout`, ends
 /// after that long without a byte either way.
+/// The upgraded connections of one stream of requests, spliced by tasks of their own (the
+/// exchange that switched them ends first), aborted if the stream is dropped.
+type Splices = Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>;
+
 pub(super) async fn splice_upgraded(
     a: hyper::upgrade::OnUpgrade,
     b: hyper::upgrade::OnUpgrade,
@@ -500,5 +519,67 @@ mod tests {
         assert_eq!(location("gopher", "a.test", "/", www()), "http://www.a.test/");
         // `OPTIONS *` goes to the root: after the port, the `*` made another (`:8443*`).
         assert_eq!(location("https", "a.test:8443", "*", www()), "https://www.a.test:8443/");
+    }
+
+    /// Before, a stream of requests was done with as soon as the exchange that switched
+    /// protocols was, while the upgraded connection went on in a task of its own: the client's
+    /// place for the stream (what holds its descriptors) came back at once, and cutting the
+    /// stream's session did not stop it.
+    #[tokio::test]
+    async fn a_stream_is_served_until_the_connection_it_upgraded_ends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        // An origin that switches protocols, then echoes.
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|mut request: Request<Incoming>| async move {
+                let upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        let (mut from, mut to) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut from, &mut to).await;
+                    }
+                });
+                Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header(header::CONNECTION, "upgrade")
+                    .header(header::UPGRADE, "websocket")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+            });
+            let connection =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            let _ = connection.with_upgrades().await;
+        });
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let config = crate::mux::MuxConfig::default();
+        let (edge, _, edge_driver) = crate::mux::start(a, &config, crate::mux::Mode::Server);
+        let (_, mut incoming, client_driver) = crate::mux::start(b, &config, crate::mux::Mode::Client);
+        tokio::spawn(edge_driver);
+        tokio::spawn(client_driver);
+        let route: super::super::HttpRoute = format!("a.test=http://{origin}").parse().unwrap();
+        let action = Arc::new(route.action);
+
+        let mut visitor = edge.open().await.unwrap();
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        visitor.write_all(upgrade.as_bytes()).await.unwrap();
+        let stream = incoming.next().await.unwrap();
+        let draining = CancellationToken::new();
+        let served = tokio::spawn(async move {
+            Origins::new(None).serve_requests(stream, move |_| Some(action.clone()), draining).await
+        });
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(visitor.read_u8().await.unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        visitor.write_all(b"ping").await.unwrap();
+        let mut echoed = [0; 4];
+        visitor.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+        assert!(!served.is_finished(), "the stream was done with while its connection went on");
+        visitor.shutdown().await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+        ended.expect("the stream outlived its upgraded connection").unwrap();
     }
 }

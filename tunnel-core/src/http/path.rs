@@ -1,15 +1,18 @@
 //! Request paths in the two forms the edge uses: the one it sends on, and the one it routes by.
 //!
 //! The origin gets the path in the form RFC 3986 (6.2.2) makes canonical, which every origin
-//! reads alike ([`normalize_path`]). Origins go further in ways of their own: nginx merges
-//! slashes and decodes `%2f` before it resolves dots, a servlet container drops a segment's `;`
-//! parameters, IIS reads `\` as `/`. A route that is to confine what its origin is asked for
-//! (a 403 on `/admin`, `/api` to another origin) must take every such spelling of its path, so
-//! requests are matched by a key that reads the path the widest way ([`routing_key`]): route
-//! paths are read the same way, and `//admin`, `/%61dmin`, `/admin;x` and `/api/..%2fadmin`
-//! all meet a route for `/admin`.
+//! reads alike ([`normalize_path`]): no dot segment is left in it. Origins go further in ways
+//! of their own: nginx merges slashes, IIS reads `\` as `/`, a servlet container drops a
+//! segment's `;` parameters, Go and WSGI decode every escape before routing. A route that is to
+//! confine what its origin is asked for (a 403 on `/admin`, `/api` to another origin) must take
+//! every such spelling of its path, so requests are matched by a key that reads the path the
+//! widest way ([`routing_key`]), route paths read the same way: `//admin`, `/%61dmin`,
+//! `/admin;x` and `/admin%2fx` all meet a route for `/admin`. Where two readings would disagree
+//! on which segments there are (`/admin/..%2fpublic` is `/public` to nginx and under `/admin`
+//! to Go), the request is refused.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use http::Uri;
 
@@ -21,19 +24,26 @@ use http::Uri;
 /// they may mean something to the origin; [`routing_key`] reads them for matching. The query
 /// is kept. A path that does not start with `/` is left alone.
 ///
-/// A `%` that starts no escape (`%zz`, `100%`) makes the path invalid (RFC 3986 2.1): origins
-/// refuse it or read it each their own way, so it is refused here, the path left as it was.
-pub fn normalize_path(uri: &mut Uri) -> Result<(), StrayPercent> {
+/// Refused, the path left as it was: a `%` that starts no escape (`%zz`, `100%`; RFC 3986 2.1
+/// makes the path invalid, and origins refuse it or read it each their own way), and a dot
+/// segment that only an escaped slash or a backslash makes one (`/a/..%2fb`, `/a\..\b`):
+/// an origin that takes those for `/` resolves it, one that does not keeps it in a segment,
+/// and no route can stand for both.
+pub fn normalize_path(uri: &mut Uri) -> Result<(), PathError> {
     let path = uri.path();
     let stray = path.bytes().enumerate().any(|(at, b)| b == b'%' && escape(&path.as_bytes()[at..]).is_none());
     if stray {
-        return Err(StrayPercent);
+        return Err(PathError::StrayPercent);
     }
-    if !path.starts_with('/') || !(path.contains('%') || path.contains("/.")) {
+    if !path.starts_with('/') || !(path.contains(['%', '\\']) || path.contains("/.")) {
         return Ok(());
     }
     let decoded = decode_unreserved(path);
-    let mut target = remove_dot_segments(&decoded).into_owned();
+    let resolved = remove_dot_segments(&decoded);
+    if resolved.contains(['%', '\\']) && read(&resolved).split('/').any(|s| s == "." || s == "..") {
+        return Err(PathError::HiddenDotSegment);
+    }
+    let mut target = resolved.into_owned();
     if target == path {
         return Ok(());
     }
@@ -49,50 +59,36 @@ pub fn normalize_path(uri: &mut Uri) -> Result<(), StrayPercent> {
     Ok(())
 }
 
-/// A request path holds a `%` that starts no escape.
+/// Why a request path is refused ([`normalize_path`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the path has a % that is not followed by two hex digits")]
-pub struct StrayPercent;
+#[non_exhaustive]
+pub enum PathError {
+    /// A `%` not followed by two hex digits.
+    #[error("the path has a % that is not followed by two hex digits")]
+    StrayPercent,
+    /// A `.` or `..` segment once an escaped slash (`%2f`) or a backslash is read as `/`.
+    #[error(
+        "the path has a dot segment behind an escaped slash or a backslash, which origins read differently"
+    )]
+    HiddenDotSegment,
+}
 
-/// The key a path is matched by: as [`normalize_path`] reads it, and besides, `%2f`, `%5c` and
-/// `\` taken for `/`, runs of slashes for one, each segment's `;` parameters dropped, dot
-/// segments then removed again, the hex digits of the escapes left uppercase and a `%` that
-/// starts no escape written as one (`%25`). A final slash is kept. Borrowed when the path has nothing to change, or does not start with `/`.
+/// The key a path is matched by: `%2f`, `%5c` and `\` read as `/`, runs of slashes as one, each
+/// segment's `;` parameters dropped, dot segments removed, and every byte but `/` and the
+/// unreserved characters written as an escape with uppercase hex digits (escaped unreserved
+/// characters decoded): `/café` and `/caf%c3%a9`, `/v1:batch` and `/v1%3Abatch` are one key,
+/// and a `%` that starts no escape is `%25`. A final slash is kept. Borrowed when the path has
+/// nothing to change, or does not start with `/` (`*`).
 pub fn routing_key(path: &str) -> Cow<'_, str> {
-    let plain = !path.bytes().any(|b| matches!(b, b'%' | b';' | b'\\'))
-        && !path.contains("//")
-        && !path.contains("/.");
-    // `*` (an `OPTIONS *`) is no path to read.
+    let plain =
+        path.bytes().all(|b| b == b'/' || is_unreserved(b)) && !path.contains("//") && !path.contains("/.");
     if plain || !path.starts_with('/') {
         return Cow::Borrowed(path);
     }
-    let mut read = String::with_capacity(path.len());
-    let mut bytes = path.as_bytes();
-    while let Some((&first, rest)) = bytes.split_first() {
-        match (first, escape(bytes)) {
-            (b'%', Some(b'/' | b'\\')) | (b'\\', _) => read.push('/'),
-            (b'%', Some(byte)) if is_unreserved(byte) => read.push(char::from(byte)),
-            (b'%', Some(byte)) => read.push_str(&format!("%{byte:02X}")),
-            // As the escape it would have to be, so that a key is its own key.
-            (b'%', None) => {
-                read.push_str("%25");
-                bytes = rest;
-                continue;
-            }
-            _ => {
-                // The whole character: a route's path may hold more than ASCII.
-                let len = utf8_len(first).min(bytes.len());
-                read.push_str(std::str::from_utf8(&bytes[..len]).unwrap_or("\u{fffd}"));
-                bytes = &bytes[len..];
-                continue;
-            }
-        }
-        bytes = if first == b'%' { &rest[2..] } else { rest };
-    }
-    let segments = read.split('/').map(|segment| segment.split(';').next().unwrap_or(""));
+    let read = read(path);
     let mut kept: Vec<&str> = Vec::new();
     let mut final_slash = false;
-    for segment in segments {
+    for segment in read.split('/') {
         final_slash = matches!(segment, "" | "." | "..");
         match segment {
             "" | "." => {}
@@ -113,6 +109,32 @@ pub fn routing_key(path: &str) -> Cow<'_, str> {
     Cow::Owned(key)
 }
 
+/// `path` read for its key, before dot segments are resolved: `/` for every slash, escaped
+/// slash and backslash; parameters dropped; every other byte unreserved or escaped.
+fn read(path: &str) -> String {
+    let mut read = String::with_capacity(path.len() + 8);
+    let mut in_parameters = false;
+    let mut bytes = path.as_bytes();
+    while let Some(&first) = bytes.first() {
+        let escaped = escape(bytes);
+        let byte = escaped.unwrap_or(first);
+        bytes = &bytes[if escaped.is_some() { 3 } else { 1 }..];
+        match byte {
+            b'/' | b'\\' => {
+                read.push('/');
+                in_parameters = false;
+            }
+            _ if in_parameters => {}
+            b';' if escaped.is_none() => in_parameters = true,
+            _ if is_unreserved(byte) => read.push(char::from(byte)),
+            _ => {
+                let _ = write!(read, "%{byte:02X}");
+            }
+        }
+    }
+    read
+}
+
 /// RFC 3986 2.3: letters, digits, `-`, `.`, `_`, `~`.
 fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
@@ -126,16 +148,6 @@ fn escape(bytes: &[u8]) -> Option<u8> {
             Some(u8::try_from(digit(*high)? * 16 + digit(*low)?).ok()?)
         }
         _ => None,
-    }
-}
-
-/// How many bytes the UTF-8 character starting with `first` takes.
-fn utf8_len(first: u8) -> usize {
-    match first.leading_ones() {
-        2 => 2,
-        3 => 3,
-        4 => 4,
-        _ => 1,
     }
 }
 
@@ -216,14 +228,15 @@ mod tests {
             ("/plain", "/plain"),
             ("/%61dmin", "/admin"),
             ("/%7Euser/file%2Etxt", "/~user/file.txt"),
-            ("/%2e%2e%2fadmin", "/..%2fadmin"),
             // What may mean something to the origin stays: reserved and other escapes, empty
-            // segments, parameters, an escape that is not one.
-            ("/api/..%2fadmin", "/api/..%2fadmin"),
+            // segments, parameters.
             ("/a%2Fb/c%20d/%C3%A9", "/a%2Fb/c%20d/%C3%A9"),
+            ("/files/a%2F.hidden/..%2e", "/files/a%2F.hidden/..."),
             ("//admin", "//admin"),
             ("/admin;x", "/admin;x"),
             ("/%25%36%31", "/%2561"),
+            // A segment with parameters is the dots before them, as servlet containers read it.
+            ("/a/..;x%2fb", "/"),
         ] {
             let mut uri: Uri = target.parse().unwrap();
             normalize_path(&mut uri).unwrap();
@@ -232,10 +245,21 @@ mod tests {
             normalize_path(&mut uri).unwrap();
             assert_eq!(uri, again, "normalising twice changes nothing: {target}");
         }
-        for stray in ["/100%", "/%zz/../a", "/%4", "/a/..%%32e", "/%%36%31dmin"] {
-            let mut uri: Uri = stray.parse().unwrap();
-            assert_eq!(normalize_path(&mut uri), Err(StrayPercent), "{stray}");
-            assert_eq!(uri, stray, "left as it was");
+        for (refused, why) in [
+            ("/100%", PathError::StrayPercent),
+            ("/%zz/../a", PathError::StrayPercent),
+            ("/%4", PathError::StrayPercent),
+            ("/%%36%31dmin", PathError::StrayPercent),
+            // Under `/admin` to Go and WSGI, `/public` to nginx.
+            ("/admin/..%2fpublic", PathError::HiddenDotSegment),
+            ("/admin/x%2F..%2F..%2Fpublic", PathError::HiddenDotSegment),
+            ("/admin/x%5c..%5c..%5cpublic", PathError::HiddenDotSegment),
+            ("/%2e%2e%2fadmin", PathError::HiddenDotSegment),
+            ("/a/.%2Fb", PathError::HiddenDotSegment),
+        ] {
+            let mut uri: Uri = refused.parse().unwrap();
+            assert_eq!(normalize_path(&mut uri), Err(why), "{refused}");
+            assert_eq!(uri, refused, "left as it was");
         }
     }
 
@@ -248,13 +272,17 @@ mod tests {
             ("/adm;x/in", "/adm/in"),
             ("//admin", "/admin"),
             ("/x//admin/", "/x/admin/"),
+            ("/admin%2fx", "/admin/x"),
             ("/api/..%2fadmin", "/admin"),
-            ("/api/..%2Fadmin", "/admin"),
             ("/api/%2e%2e/admin", "/admin"),
             ("/api/..;/admin", "/admin"),
             ("/a%5cb", "/a/b"),
             ("/a\\..\\admin", "/admin"),
             ("/a%20b/%c3%a9", "/a%20b/%C3%A9"),
+            ("/café", "/caf%C3%A9"),
+            ("/v1:batch", "/v1%3Abatch"),
+            ("/v1%3abatch", "/v1%3Abatch"),
+            ("/a%3Bb", "/a%3Bb"),
             ("/100%/%zz/%4", "/100%25/%25zz/%254"),
             ("/%%36%31dmin", "/%2561dmin"),
             ("/%25%36%31", "/%2561"),
@@ -265,7 +293,6 @@ mod tests {
             ("/a/.", "/a/"),
             ("/a/b/..", "/a/"),
             ("/api/", "/api/"),
-            ("/café/%2e", "/café/"),
             ("*", "*"),
         ] {
             assert_eq!(routing_key(path), key, "{path}");

@@ -66,8 +66,8 @@ impl HttpEdge {
             let why = "the request target's path must begin with /";
             return (text_response(StatusCode::BAD_REQUEST, why), None);
         }
-        if let Err(stray) = normalize_path(request.uri_mut()) {
-            return (text_response(StatusCode::BAD_REQUEST, &stray.to_string()), None);
+        if let Err(refused) = normalize_path(request.uri_mut()) {
+            return (text_response(StatusCode::BAD_REQUEST, &refused.to_string()), None);
         }
         let challenge = self
             .challenges
