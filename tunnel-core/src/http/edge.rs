@@ -227,7 +227,8 @@ impl HttpEdge {
             let body_follows = !hyper::body::Body::is_end_stream(request.body());
             let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin(body_follows));
             let upgraded = switched.clone();
-            let answering = reset_requests.taken();
+            // HTTP/2 alone: an HTTP/1.1 visitor cannot reset a request and keep its connection.
+            let answering = http2.then(|| reset_requests.taken());
             // A request that may switch protocols leaves hyper holding the connection for the
             // switch, refused or not: such a connection is never parked, so one refused is
             // closed after its answer (it would hold hyper's buffers, and a large head's place,
@@ -241,7 +242,9 @@ impl HttpEdge {
                 exchange.seek();
                 let connection = Connection { visitor, scheme, sni: sni.as_deref(), upgraded: &upgraded };
                 let mut response = edge.handle(request, connection).await;
-                answering.answered();
+                if let Some(answering) = answering {
+                    answering.answered();
+                }
                 if may_switch && !http2 && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
