@@ -167,12 +167,15 @@ impl HttpEdge {
                 Ok::<_, (StatusCode, String)>(tokio::time::timeout(self.limits.response_timeout, sent).await)
             };
             // A newcomer may take the place before the answer comes: the stream goes with it.
+            // The eviction first: it also closes the stream, and the exchange failing for that
+            // is no 502 of the client's (the eviction test saw one under load).
             let sent = tokio::select! {
-                sent = exchange => sent?,
+                biased;
                 () = place.evicted() => {
                     let why = format!("a newcomer took this request's place toward the client serving {host}");
                     return Err((StatusCode::SERVICE_UNAVAILABLE, why));
                 }
+                sent = exchange => sent?,
             };
             return self.relay(sent, visitor_side.map(|side| (side, upgraded)), host, place);
         }
