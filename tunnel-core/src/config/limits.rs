@@ -54,6 +54,11 @@ pub struct ServerLimits {
     /// Time an upgraded connection (WebSocket) may carry no byte either way before the edge
     /// closes it (default `10m`).
     pub http_upgrade_idle_timeout: Option<HumanDuration>,
+    /// Time a visitor may keep a request waiting (taking less than 16 KiB of an answer waiting
+    /// for it, or sending less than that of a body asked for) before a newcomer to a client
+    /// session whose places are all taken may cut its connection and take its requests'
+    /// places (default `5s`).
+    pub http_stall_timeout: Option<HumanDuration>,
     /// Largest request head in bytes (default 65536, at least 8192).
     pub max_http_header_bytes: Option<usize>,
     /// HTTP/1.1 connections of each listener that may read a request head longer than 8 KiB at
@@ -174,6 +179,9 @@ impl ServerLimits {
         }
         if let Some(d) = self.http_upgrade_idle_timeout {
             edge.upgrade_idle_timeout = positive_duration("limits.http_upgrade_idle_timeout", d)?;
+        }
+        if let Some(d) = self.http_stall_timeout {
+            edge.stall_timeout = positive_duration("limits.http_stall_timeout", d)?;
         }
         if let Some(n) = self.max_http_header_bytes {
             if !(8192..=1 << 20).contains(&n) {

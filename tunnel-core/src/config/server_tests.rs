@@ -144,7 +144,7 @@ fn the_http_listener_limits_reach_the_edge() {
     let text = format!(
         "state_dir = {:?}\ntoken = \"config-test-token-0123\"\n[limits]\nmax_http_connections = 20000\n\
          http_header_timeout = \"5s\"\nhttp_response_timeout = \"1m\"\nmax_http_header_bytes = 16384\n\
-         max_http_large_heads = 64\nhttp_upgrade_idle_timeout = \"90s\"\n",
+         max_http_large_heads = 64\nhttp_upgrade_idle_timeout = \"90s\"\nhttp_stall_timeout = \"12s\"\n",
         dir.path()
     );
     let limits = parse(&text).unwrap().build().unwrap().config.http.limits;
@@ -154,6 +154,7 @@ fn the_http_listener_limits_reach_the_edge() {
     assert_eq!(limits.max_header_bytes, 16384);
     assert_eq!(limits.max_large_heads, 64);
     assert_eq!(limits.upgrade_idle_timeout, std::time::Duration::from_secs(90));
+    assert_eq!(limits.stall_timeout, std::time::Duration::from_secs(12));
 }
 
 #[test]
@@ -173,6 +174,7 @@ fn invalid_values_name_their_key() {
         ("[limits]\nmax_http_header_bytes = 100", "limits.max_http_header_bytes"),
         ("[limits]\nmax_http_large_heads = 0", "limits.max_http_large_heads"),
         ("[limits]\nhttp_upgrade_idle_timeout = \"0s\"", "limits.http_upgrade_idle_timeout"),
+        ("[limits]\nhttp_stall_timeout = \"0s\"", "limits.http_stall_timeout"),
         ("insecure_plaintext = true\ntls_cert = \"c.pem\"", "insecure_plaintext"),
         ("tls_cert = \"c.pem\"", "tls_key"),
         ("[[clients]]\nname = \"a b\"\ntoken = \"client-a-token-0123\"", "clients.name"),

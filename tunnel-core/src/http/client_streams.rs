@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::time::error::Elapsed;
 
+use super::inflight::VisitorBody;
 use super::pool::Pool;
 use super::upstream::{Upstream, UpstreamBody};
 use crate::mux::{MuxStream, StreamOpener};
@@ -32,7 +33,7 @@ const STALE_FOR_ONCE_ONLY: Duration = Duration::from_secs(1);
 
 /// A request's body toward a client: the visitor's, or one of the edge's own (a request sent
 /// again has none).
-pub(super) type ToClient = Either<Incoming, Full<Bytes>>;
+pub(super) type ToClient = Either<VisitorBody, Full<Bytes>>;
 
 /// A session's key in the edge's stream pool and in-flight count: the number of its first
 /// connection, which no later connection of this process takes. A stream of a replaced or

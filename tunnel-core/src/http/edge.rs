@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client_streams::{SessionKey, Streams};
 use super::index::{RouteIndex, RouteTarget};
-use super::inflight::{InFlight, Ticket};
+use super::inflight::{InFlight, Kind, Ticket, VisitorConnection};
 use super::park::{Activity, ExchangeBody, LargeHeads, Parking, PARK_AFTER};
 use super::pool::Pool;
 use crate::mux::StreamOpener;
@@ -70,6 +70,12 @@ pub struct EdgeLimits {
     /// Time an upgraded connection (WebSocket) may carry no byte either way before it is
     /// closed (default 10 minutes): a visitor that goes silent gives its place back.
     pub upgrade_idle_timeout: Duration,
+    /// Time a visitor may keep a request waiting (take less than 16 KiB of an answer waiting
+    /// for it, or send less than that of a body asked for) before, when all of a client session's
+    /// places are taken, a newcomer may take the places of its connection's requests and cut
+    /// that connection (default 5 s): visitors taking their answers at a trickle cannot hold
+    /// every place of a session.
+    pub stall_timeout: Duration,
     /// Visitor connections open at once (default 10000); more are closed at accept.
     pub max_connections: usize,
     /// HTTP/1.1 connections that may hold a request head longer than 8 KiB at once (default
@@ -86,6 +92,7 @@ impl Default for EdgeLimits {
             max_header_bytes: 64 * 1024,
             response_timeout: Duration::from_secs(120),
             upgrade_idle_timeout: Duration::from_secs(600),
+            stall_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             max_large_heads: 512,
         }
@@ -125,9 +132,9 @@ impl HttpEdge {
             routes,
             fallback,
             large_heads: LargeHeads::new(limits.max_large_heads),
-            limits,
             streams: Arc::new(Pool::new(POOLED_STREAMS_PER_SESSION)),
-            inflight: Arc::new(InFlight::new(STREAMS_PER_SESSION, STREAMS_PER_SOURCE)),
+            inflight: Arc::new(InFlight::new(STREAMS_PER_SESSION, STREAMS_PER_SOURCE, limits.stall_timeout)),
+            limits,
             parked: AtomicUsize::new(0),
             draining: CancellationToken::new(),
             metrics: None,
@@ -147,7 +154,7 @@ impl HttpEdge {
     /// `opener`, for a visitor from `ip`: held to the per-source cap, and taken by a newcomer
     /// when the session is full and `ip`'s site holds the most ([`InFlight::admit`]).
     pub(crate) fn admit_lasting(&self, opener: &StreamOpener, ip: std::net::IpAddr) -> Result<Ticket, Full> {
-        self.inflight.admit(session_key(opener), ip, true)
+        self.inflight.admit(session_key(opener), ip, Kind::Lasting)
     }
 
     /// Stops pooling streams over `opener`'s session (it drains): the idle ones close now,
@@ -223,10 +230,13 @@ impl HttpEdge {
         let switched = upgraded.clone();
         let resets = Arc::new(resets::Resets::default());
         let reset_requests = resets.clone();
+        // Cut when a newcomer takes the places of requests its visitor keeps waiting.
+        let stalled = Arc::new(VisitorConnection::default());
+        let this_connection = stalled.clone();
         let service = hyper::service::service_fn(move |request| {
             let body_follows = !hyper::body::Body::is_end_stream(request.body());
             let (edge, sni, exchange) = (edge.clone(), sni.clone(), exchanges.begin(body_follows));
-            let upgraded = switched.clone();
+            let (upgraded, this_connection) = (switched.clone(), this_connection.clone());
             // HTTP/2 alone: an HTTP/1.1 visitor cannot reset a request and keep its connection.
             let answering = http2.then(|| reset_requests.taken());
             // A request that may switch protocols leaves hyper holding the connection for the
@@ -240,7 +250,13 @@ impl HttpEdge {
             async move {
                 let mut exchange = exchange;
                 exchange.seek();
-                let connection = Connection { visitor, scheme, sni: sni.as_deref(), upgraded: &upgraded };
+                let connection = Connection {
+                    visitor,
+                    scheme,
+                    sni: sni.as_deref(),
+                    upgraded: &upgraded,
+                    places: &this_connection,
+                };
                 let mut response = edge.handle(request, connection).await;
                 if let Some(answering) = answering {
                     answering.answered();
@@ -254,45 +270,8 @@ impl HttpEdge {
             }
         });
         if http2 {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(256)
-                .keep_alive_interval(Some(Duration::from_secs(30)));
             // Boxed, as the HTTP/1.1 connections below, so that it does not size every task.
-            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
-            // The connection first: a request it has begun to read is answered before the
-            // shutdown (GOAWAY) says no more. Idle for the idle time (no request, no answer
-            // waiting on the tunnel, none taken by the peer), it is shut down the same way;
-            // then, idle as long again (a peer taking nothing of the answers it asked for),
-            // it is cut.
-            let limit = self.limits.header_timeout;
-            let served = tokio::select! {
-                biased;
-                () = resets.too_many() => return too_many_resets(visitor, &resets),
-                served = &mut connection => served,
-                () = self.draining.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-                () = activity.quiet_for(limit) => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        biased;
-                        () = resets.too_many() => return too_many_resets(visitor, &resets),
-                        served = &mut connection => served,
-                        () = activity.quiet_for(limit) => {
-                            tracing::debug!(%visitor, "HTTP/2 connection cut: its peer takes nothing");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(err) = served {
-                tracing::debug!(%visitor, "HTTP/2 connection ended: {err}");
-            }
-            return;
+            return Box::pin(self.http2(io, service, visitor, (&activity, &resets, &stalled))).await;
         }
         let mut parking = Parking::new(io, activity.clone(), &self.large_heads);
         // Nothing of hyper's until the first request begins (browsers open spare connections).
@@ -318,8 +297,8 @@ impl HttpEdge {
         loop {
             // Boxed: a parked connection's task keeps only this loop's few words, not the
             // hyper connection's state.
-            let Some(parked) = Box::pin(self.http1(parking, service.clone(), visitor, &activity, head)).await
-            else {
+            let http1 = self.http1(parking, service.clone(), visitor, (&activity, &stalled), head);
+            let Some(parked) = Box::pin(http1).await else {
                 // Upgraded: this task carries the upgraded connection, so that it still counts
                 // among the edge's connections and is cut by a drain like them.
                 let splice = upgraded.0.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -346,10 +325,70 @@ impl HttpEdge {
         }
     }
 
+    /// One HTTP/2 connection over `io`, until it ends or is cut: its visitor reset too many of
+    /// its requests (`resets`), a newcomer took its requests' places (`stalled`), or it stayed
+    /// idle (see `Activity::quiet_for`).
+    async fn http2<I, S>(
+        &self,
+        io: I,
+        service: S,
+        visitor: SocketAddr,
+        (activity, resets, stalled): (&Activity, &resets::Resets, &VisitorConnection),
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ExchangeBody> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+        // The connection first: a request it has begun to read is answered before the
+        // shutdown (GOAWAY) says no more. Idle for the idle time (no request, no answer
+        // waiting on the tunnel, none taken by the peer), it is shut down the same way;
+        // then, idle as long again (a peer taking nothing of the answers it asked for),
+        // it is cut. A connection whose requests' places were taken is cut, drain or not.
+        let limit = self.limits.header_timeout;
+        let served = tokio::select! {
+            biased;
+            () = resets.too_many() => return too_many_resets(visitor, resets),
+            () = stalled.cut() => return stalled_cut(visitor),
+            served = &mut connection => served,
+            () = self.draining.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    biased;
+                    () = stalled.cut() => return stalled_cut(visitor),
+                    served = &mut connection => served,
+                }
+            }
+            () = activity.quiet_for(limit) => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    biased;
+                    () = resets.too_many() => return too_many_resets(visitor, resets),
+                    () = stalled.cut() => return stalled_cut(visitor),
+                    served = &mut connection => served,
+                    () = activity.quiet_for(limit) => {
+                        tracing::debug!(%visitor, "HTTP/2 connection cut: its peer takes nothing");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(err) = served {
+            tracing::debug!(%visitor, "HTTP/2 connection ended: {err}");
+        }
+    }
+
     /// One hyper HTTP/1.1 connection over `parking`, until the visitor closes (`None`), the
     /// connection is upgraded (`None`: the splice owns the socket) or it is parked (the socket).
     /// A visitor that takes nothing of an answer for the idle time (see `Activity::quiet_for`),
-    /// and so would hold its place toward the client forever, is cut (`None`). `head`: the
+    /// and so would hold its place toward the client forever, is cut (`None`), as is one whose
+    /// request's place a newcomer took (`stalled`). `head`: the
     /// time each request's head has, the header timeout less the connection's wait (fresh, or
     /// parked) for the first of them.
     async fn http1<I, S>(
@@ -357,7 +396,7 @@ impl HttpEdge {
         parking: Parking<I>,
         service: S,
         visitor: SocketAddr,
-        activity: &Activity,
+        (activity, stalled): (&Activity, &VisitorConnection),
         head: Duration,
     ) -> Option<Parking<I>>
     where
@@ -379,12 +418,17 @@ impl HttpEdge {
             served = &mut connection => served,
             () = self.draining.cancelled() => {
                 std::pin::Pin::new(&mut connection).graceful_shutdown();
-                (&mut connection).await
+                tokio::select! {
+                    biased;
+                    () = stalled.cut() => return stalled_cut(visitor),
+                    served = &mut connection => served,
+                }
             }
             () = activity.quiet_for(self.limits.header_timeout) => {
                 tracing::debug!(%visitor, "HTTP connection cut: its visitor takes nothing of its answer");
                 return None;
             }
+            () = stalled.cut() => return stalled_cut(visitor),
         };
         let parts = connection.into_parts()?;
         let mut parking = parts.io.into_inner();
@@ -408,6 +452,9 @@ struct Connection<'a> {
     scheme: &'static str,
     sni: Option<&'a str>,
     upgraded: &'a Upgraded,
+    /// The connection as the places its requests hold know it: cut when a newcomer takes
+    /// them.
+    places: &'a Arc<VisitorConnection>,
 }
 
 /// The splice of a visitor connection switched to another protocol, for that connection's
@@ -417,6 +464,13 @@ struct Upgraded(std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Futur
 
 fn session_key(opener: &StreamOpener) -> SessionKey {
     opener.connection_id()
+}
+
+/// Cuts a visitor connection whose requests' places a newcomer took, its visitor having kept
+/// them waiting (`inflight.rs`): dropped, its requests and their streams to the client with it.
+fn stalled_cut<T: Default>(visitor: SocketAddr) -> T {
+    tracing::debug!(%visitor, "HTTP connection cut: a newcomer took the places of requests its visitor kept waiting");
+    T::default()
 }
 
 /// Cuts an HTTP/2 connection whose visitor reset too many of the requests it sent

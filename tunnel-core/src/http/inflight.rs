@@ -17,20 +17,34 @@
 //! visitors. So a newcomer to a full session takes the place of a lasting visitor, by the rule
 //! a full listener admits connections by ([`Pending`]): the oldest of the site holding the
 //! most, if that site would still hold more than the newcomer's.
+//!
+//! Requests hold their places only as long as their visitors keep up: a newcomer to a full
+//! session first cuts the visitor connection holding the most requests whose visitor has been
+//! behind for the stall time (taking less than 16 KiB of an answer waiting for it, or sending
+//! less than that of a body asked for; see `requests.rs`), and takes their places. Otherwise
+//! two HTTP/2 connections taking their answers at a trickle, enough not to be idle, held every
+//! place of a session, and every other visitor of that client got 503.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
+use tokio::time::Instant;
 
 use super::{Body, BoxError};
-use crate::source::{Admission, Full, Pending, Place, Places, Refused};
+use crate::source::{Admission, Full, Pending, Place, Places, Refused, Source};
+use requests::{OnNotice, Request};
+
+mod requests;
+
+pub(crate) use requests::{RequestTicket, VisitorBody, VisitorConnection};
 
 /// Sessions kept track of before the ones holding nothing are forgotten.
 const FIRST_PRUNE: usize = 64;
@@ -40,6 +54,8 @@ const FIRST_PRUNE: usize = 64;
 pub(crate) struct InFlight {
     total: usize,
     per_source: usize,
+    /// How long a visitor may keep a request waiting before a newcomer may take its place.
+    stall: Duration,
     sessions: Mutex<Sessions>,
 }
 
@@ -51,25 +67,41 @@ struct Sessions {
 }
 
 /// One session's places, and among them those of its lasting visitors, ranked by source for
-/// eviction; each such slot holds its visitor's place, so an eviction frees it at once.
+/// eviction, and its requests'; each lasting slot and each request holds its place, so an
+/// eviction frees it at once.
 #[derive(Debug)]
 struct Session {
     places: Places,
     lasting: Pending<Place>,
+    /// Requests in flight (and some gone, pruned as they pile up).
+    requests: Vec<Weak<Request>>,
+    /// Sites whose connections were cut for keeping requests waiting, a while.
+    notice: OnNotice,
 }
 
 /// What a visitor holds toward a session while its stream is in use.
 #[derive(Debug)]
 pub(crate) enum Ticket {
-    /// A request's place, given back with its answer.
-    Request(#[expect(dead_code, reason = "held for its drop, which gives the place back")] Place),
+    /// A request's place, given back with its answer; a newcomer may take it, and cut its
+    /// connection, when the visitor keeps it waiting.
+    Request(RequestTicket),
     /// A lasting visitor's (an upgraded connection, a TLS passthrough visitor): a newcomer may
     /// take it when the session is full, and the visitor is then to be closed.
     Lasting(Admission<Place>),
 }
 
 impl Ticket {
-    /// Resolves once a newcomer took this place (never for a request's).
+    /// The visitor's body of this ticket's request, telling the request when it waits on the
+    /// visitor.
+    pub(crate) fn watch<B>(&self, body: B) -> VisitorBody<B> {
+        let request = match self {
+            Self::Request(RequestTicket(request)) => Some(request.clone()),
+            Self::Lasting(_) => None,
+        };
+        VisitorBody::new(body, request)
+    }
+
+    /// Resolves once a newcomer took this place (never for a request's: its connection is cut).
     pub(crate) async fn evicted(&self) {
         match self {
             Self::Request(_) => std::future::pending().await,
@@ -86,40 +118,82 @@ impl Ticket {
     }
 }
 
+/// Who asks for a place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind<'a> {
+    /// A request, on this visitor connection.
+    Request(&'a Arc<VisitorConnection>),
+    /// A visitor that may hold its place for as long as it likes (an upgraded connection, a
+    /// TLS passthrough visitor), so the per-source cap applies too.
+    Lasting,
+}
+
 impl InFlight {
     /// At most `total` streams per session, and `per_source` of them for one source where that
-    /// cap applies (lasting visitors).
-    pub(crate) fn new(total: usize, per_source: usize) -> Self {
+    /// cap applies (lasting visitors); a request whose visitor keeps it waiting for `stall`
+    /// may give its place to a newcomer.
+    pub(crate) fn new(total: usize, per_source: usize, stall: Duration) -> Self {
         let sessions = Sessions { places: HashMap::new(), prune_at: FIRST_PRUNE };
-        Self { total, per_source, sessions: Mutex::new(sessions) }
+        Self { total, per_source, stall, sessions: Mutex::new(sessions) }
     }
 
     /// A place for a stream to session `key` for a visitor from `ip`, or which cap it hit.
-    /// `lasting`: the visitor may hold it for as long as it likes (an upgraded connection, a
-    /// TLS passthrough visitor), so the per-source cap applies too.
     ///
-    /// When the session's places are all taken, a newcomer takes the place of the oldest
-    /// lasting visitor of the site (IPv4 address or IPv6 /48) holding the most lasting places,
-    /// if that site would still hold more than the newcomer's, as a full edge listener admits
+    /// When the session's places are all taken, a newcomer first takes the places of the
+    /// requests of the visitor connection holding the most requests its visitor has kept
+    /// waiting for the stall time or longer (the one kept waiting longest among equals), and
+    /// that connection is cut: its visitor takes nothing of an answer handed on, or sends
+    /// nothing of a body asked for. Failing that, it takes the place of the oldest lasting
+    /// visitor of the site (IPv4 address or IPv6 /48) holding the most lasting places, if that
+    /// site would still hold more than the newcomer's, as a full edge listener admits
     /// connections ([`Pending`]): a lasting newcomer always may, a request only while lasting
     /// visitors hold more than half of the places. So lasting visitors from a few sources
-    /// cannot keep a session's requests, or other sources' lasting visitors, out; requests in
-    /// flight are never cut for a newcomer.
-    pub(crate) fn admit(&self, key: usize, ip: IpAddr, lasting: bool) -> Result<Ticket, Full> {
+    /// cannot keep a session's requests, or other sources' lasting visitors, out, and
+    /// visitors holding requests they take no part in cannot keep anyone out; a request whose
+    /// visitor keeps up is never cut for a newcomer.
+    pub(crate) fn admit(&self, key: usize, ip: IpAddr, kind: Kind<'_>) -> Result<Ticket, Full> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let session = self.session(&mut sessions, key);
+        match kind {
+            Kind::Request(connection) => {
+                session.admit_request(ip, self.stall, connection).map(Ticket::Request)
+            }
+            Kind::Lasting => session.admit_lasting(ip, self.stall).map(Ticket::Lasting),
+        }
+    }
+
+    /// The place of a request that asked to switch protocols (a lasting visitor's, held to the
+    /// per-source cap and cut by no stall) and was answered without a switch, made a request's:
+    /// that answer is a plain one, to be taken as it comes. Under the lock, so that no
+    /// newcomer takes the place between.
+    pub(crate) fn settle(
+        &self,
+        key: usize,
+        ip: IpAddr,
+        ticket: Ticket,
+        connection: &Arc<VisitorConnection>,
+    ) -> Result<Ticket, Full> {
+        if let Ticket::Request(_) = ticket {
+            return Ok(ticket);
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        drop(ticket);
+        let session = self.session(&mut sessions, key);
+        session.admit_request(ip, self.stall, connection).map(Ticket::Request)
+    }
+
+    /// Session `key`'s places, kept track of from now if they were not.
+    fn session<'a>(&self, sessions: &'a mut Sessions, key: usize) -> &'a mut Session {
         if !sessions.places.contains_key(&key) && sessions.places.len() >= sessions.prune_at {
             sessions.places.retain(|_, session| session.places.in_use() > 0);
             sessions.prune_at = (sessions.places.len() * 2).max(FIRST_PRUNE);
         }
-        let session = sessions.places.entry(key).or_insert_with(|| Session {
+        sessions.places.entry(key).or_insert_with(|| Session {
             places: Places::new(self.total, self.per_source),
             lasting: Pending::new(self.total, self.per_source),
-        });
-        if lasting {
-            session.admit_lasting(ip).map(Ticket::Lasting)
-        } else {
-            session.admit_request(ip).map(Ticket::Request)
-        }
+            requests: Vec::new(),
+            notice: OnNotice::default(),
+        })
     }
 
     #[cfg(test)]
@@ -133,6 +207,12 @@ impl InFlight {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.places.get(&key).map_or((0, 0), |s| (s.places.in_use(), s.lasting.len()))
     }
+
+    /// A request's place, the request on a visitor connection of its own.
+    #[cfg(test)]
+    fn request(&self, key: usize, ip: IpAddr) -> Result<Ticket, Full> {
+        self.admit(key, ip, Kind::Request(&Arc::default()))
+    }
 }
 
 /// `places` counts every place and `lasting` the lasting visitors' among them, each of whose
@@ -144,21 +224,37 @@ impl Session {
     /// A request takes a lasting visitor's place only while lasting visitors hold more than
     /// half of the session's: requests (which have no per-source cap) filling a session cannot
     /// then cut its WebSockets one by one.
-    fn admit_request(&self, ip: IpAddr) -> Result<Place, Full> {
-        let lasting_hold_most = || self.lasting.len() * 2 > self.places.capacity();
-        match self.places.admit_any_source() {
-            Err(Full::Total) if lasting_hold_most() && self.evict_for(ip) => self.places.admit_any_source(),
+    fn admit_request(
+        &mut self,
+        ip: IpAddr,
+        stall: Duration,
+        connection: &Arc<VisitorConnection>,
+    ) -> Result<RequestTicket, Full> {
+        let place = match self.places.admit_any_source() {
+            Err(Full::Total)
+                if self.cut_stalled(stall)
+                    || (self.lasting.len() * 2 > self.places.capacity() && self.evict_for(ip)) =>
+            {
+                self.places.admit_any_source()
+            }
             admitted => admitted,
+        }?;
+        // Those gone are forgotten once they are as many as the places.
+        if self.requests.len() >= self.places.capacity().saturating_mul(2) {
+            self.requests.retain(|request| request.strong_count() > 0);
         }
+        let request = Arc::new(Request::new(place, connection, Source::from(ip).site()));
+        self.requests.push(Arc::downgrade(&request));
+        Ok(RequestTicket(request))
     }
 
-    fn admit_lasting(&self, ip: IpAddr) -> Result<Admission<Place>, Full> {
+    fn admit_lasting(&mut self, ip: IpAddr, stall: Duration) -> Result<Admission<Place>, Full> {
         // A source at its own cap is refused before anyone is evicted for it.
         if self.places.source_full(ip) {
             return Err(Full::Source);
         }
         let place = match self.places.admit(ip) {
-            Err(Full::Total) if self.evict_for(ip) => self.places.admit(ip),
+            Err(Full::Total) if self.cut_stalled(stall) || self.evict_for(ip) => self.places.admit(ip),
             admitted => admitted,
         }?;
         // Both count the same lasting places, so this takes no other's.
@@ -166,6 +262,49 @@ impl Session {
             Refused::SourceFull => Full::Source,
             Refused::Full => Full::Total,
         })
+    }
+
+    /// Cuts the visitor connection holding the most requests its visitor has kept waiting for
+    /// `stall` or longer (among equals, the one kept waiting longest) and gives back the
+    /// places of all its requests, for a newcomer (with a rate-limited warning); whether there
+    /// was one. Its site is then on notice a while: its requests whose visitor never kept up
+    /// count once it is behind at all. Only when the session is full: a scan of its requests.
+    fn cut_stalled(&mut self, stall: Duration) -> bool {
+        let now = Instant::now();
+        self.requests.retain(|request| request.strong_count() > 0);
+        let requests: Vec<Arc<Request>> = self.requests.iter().filter_map(Weak::upgrade).collect();
+        let mut stalled: HashMap<usize, (usize, Duration)> = HashMap::new();
+        for request in &requests {
+            let counts = |waited: &Duration| {
+                *waited >= stall || (!request.ever_kept_up() && self.notice.on(request.site(), now))
+            };
+            if let Some(waited) = request.kept_waiting(now).filter(counts) {
+                let (count, longest) = stalled.entry(request.connection_id()).or_default();
+                *count += 1;
+                *longest = (*longest).max(waited);
+            }
+        }
+        let Some((&cut, &(count, longest))) = stalled.iter().max_by_key(|(_, held)| **held) else {
+            return false;
+        };
+        let mut freed = Vec::new();
+        for request in requests.iter().filter(|request| request.connection_id() == cut) {
+            freed.extend(request.cut());
+        }
+        // One connection, one visitor address.
+        if let Some(request) = requests.iter().find(|request| request.connection_id() == cut) {
+            self.notice.give(request.site(), now);
+        }
+        if freed.is_empty() {
+            return false;
+        }
+        crate::log::warn_limited!(
+            crate::log::EDGE_EVICTIONS,
+            requests = freed.len(),
+            "a client session's places at the edge were all taken: a visitor connection whose \
+             visitor kept {count} of its requests waiting ({longest:?} at most) was cut for a newcomer"
+        );
+        true
     }
 
     /// Closes the oldest lasting visitor of the site holding the most, for a newcomer from
@@ -186,22 +325,34 @@ impl Session {
 
 /// A response body that holds its request's place until it is over (or dropped). A lasting
 /// visitor's place (an upgrade answered without a switch) may be taken by a newcomer: the body
-/// then ends with an error.
+/// then ends with an error. A request's answer waits on its visitor from the moment its head
+/// is handed on, and again each time a piece of it is, until the visitor has taken enough of
+/// it ([`requests::PROGRESS`]) or asks for more before more has come.
 pub(crate) fn hold<B>(body: B, place: Ticket) -> Body
 where
     B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
 {
     let evicted = match &place {
-        Ticket::Request(_) => None,
+        Ticket::Request(RequestTicket(request)) => {
+            request.answer_handed(0);
+            None
+        }
         Ticket::Lasting(_) => Some(Box::pin(place.eviction().cancelled_owned())),
     };
-    Held { body, evicted, _place: place }.boxed_unsync()
+    Held { body, evicted, place, handed: 0, rest: Bytes::new() }.boxed_unsync()
 }
 
 struct Held<B> {
     body: B,
     evicted: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
-    _place: Ticket,
+    place: Ticket,
+    /// Bytes of the last piece handed on: taken once the visitor's connection asks for more.
+    handed: usize,
+    /// What is left of a request's piece larger than [`requests::PROGRESS`], handed on in
+    /// pieces of that size: hyper asks for the next piece once it has taken the one before,
+    /// so a visitor taking that much in the stall time keeps up, however large the pieces
+    /// that come through the tunnel.
+    rest: Bytes,
 }
 
 impl<B> hyper::body::Body for Held<B>
@@ -212,147 +363,62 @@ where
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(evicted) = self.evicted.as_mut() {
+        let this = self.get_mut();
+        if let Some(evicted) = this.evicted.as_mut() {
             if evicted.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Some(Err("a newcomer took this answer's place".into())));
             }
         }
-        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
+        let Ticket::Request(RequestTicket(request)) = &this.place else {
+            return Pin::new(&mut this.body).poll_frame(cx).map_err(Into::into);
+        };
+        // Asked for more: the visitor's connection took the piece handed before.
+        let taken = std::mem::take(&mut this.handed);
+        let piece = if this.rest.is_empty() {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.rest = data;
+                        None
+                    }
+                    Err(frame) => Some(frame),
+                },
+                polled => {
+                    // Nothing more through the tunnel yet, or the answer is over.
+                    request.answer_caught_up();
+                    return polled.map_err(Into::into);
+                }
+            }
+        } else {
+            None
+        };
+        let piece = piece.unwrap_or_else(|| {
+            let len = this.rest.len().min(requests::PROGRESS as usize);
+            this.handed = len;
+            Frame::data(this.rest.split_to(len))
+        });
+        request.answer_handed(taken);
+        Poll::Ready(Some(Ok(piece)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let inner = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
-    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
-
-    #[test]
-    fn a_session_has_its_caps_and_a_body_holds_its_place_until_dropped() {
-        let inflight = InFlight::new(3, 2);
-        let (a1, _a2) = (inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap());
-        assert_eq!(inflight.admit(1, A, true).unwrap_err(), Full::Source);
-        let _b1 = inflight.admit(1, B, true).unwrap();
-        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Total);
-        // Another session has places of its own.
-        let _other = inflight.admit(2, A, true).unwrap();
-
-        let body = hold(super::super::text_response(http::StatusCode::OK, "x").into_body(), a1);
-        assert_eq!(inflight.admit(1, A, true).unwrap_err(), Full::Source, "the body holds the place");
-        drop(body);
-        let again = inflight.admit(1, A, true).expect("a dropped body gives its place back");
-        // HTTP requests are held to the session's cap only.
-        drop(again);
-        let (_a3, _a4) = (inflight.admit(3, A, false).unwrap(), inflight.admit(3, A, false).unwrap());
-        let _a5 = inflight.admit(3, A, false).unwrap();
-        assert_eq!(inflight.admit(3, A, false).unwrap_err(), Full::Total);
-        // Nor do they use up the room of a source under the per-source cap.
-        let (_h1, _h2) = (inflight.admit(4, A, false).unwrap(), inflight.admit(4, A, false).unwrap());
-        assert!(inflight.admit(4, A, true).is_ok());
-    }
-
-    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 3));
-    const D: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 4));
-
-    /// Resolved already (a place taken by a newcomer), without waiting.
-    fn was_evicted(ticket: &Ticket) -> bool {
-        futures::FutureExt::now_or_never(ticket.evicted()).is_some()
-    }
-
-    #[tokio::test]
-    async fn a_newcomer_to_a_full_session_takes_a_lasting_place_of_the_largest_source_never_a_request() {
-        let inflight = InFlight::new(4, 2);
-        let a = [inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap()];
-        let b = inflight.admit(1, B, true).unwrap();
-        let request = inflight.admit(1, C, false).unwrap();
-
-        // A request from a source holding no lasting place: A's oldest gives way.
-        let from_c = inflight.admit(1, C, false).expect("a request into a full session");
-        assert!(was_evicted(&a[0]) && !was_evicted(&a[1]) && !was_evicted(&b));
-        // Now A and B hold one lasting place each, C none: nobody holds more than a newcomer
-        // would, and requests are never cut.
-        assert_eq!(inflight.admit(1, C, false).unwrap_err(), Full::Total);
-        assert_eq!(inflight.admit(1, C, true).unwrap_err(), Full::Total);
-        assert!(!was_evicted(&a[1]) && !was_evicted(&b) && !was_evicted(&request));
-        drop((request, from_c));
-
-        // A lasting newcomer from a source holding none takes the place of one holding two;
-        // one from a source holding one, or from that source itself, never does.
-        let b2 = inflight.admit(1, B, true).unwrap();
-        let c = inflight.admit(1, C, true).unwrap();
-        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Source, "B's own takes nothing of B's");
-        assert_eq!(inflight.admit(1, C, true).unwrap_err(), Full::Total, "C would then hold two");
-        let _d = inflight.admit(1, D, true).expect("D holds none, B two");
-        assert!(was_evicted(&b) && !was_evicted(&b2) && !was_evicted(&c) && !was_evicted(&a[1]));
-        // Each evicted place was given back at once, not when its holder noticed: the counts
-        // stay within the caps, and the evicted tickets drop without giving back twice.
-        assert_eq!(inflight.counts(1), (4, 4));
-        assert_eq!(inflight.admit(1, A, false).unwrap_err(), Full::Total);
-        drop((a, b));
-        assert_eq!(inflight.counts(1), (3, 3), "A's other place given back, and nothing twice");
-        let _request = inflight.admit(1, A, false).expect("A's other place given back");
-        assert_eq!(inflight.counts(1), (4, 3));
-    }
-
-    #[test]
-    fn requests_filling_a_session_cut_no_lasting_visitor_until_those_hold_most_of_it() {
-        let inflight = InFlight::new(4, 4);
-        let upgrades = [inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap()];
-        let _requests = [inflight.admit(1, B, false).unwrap(), inflight.admit(1, B, false).unwrap()];
-        assert_eq!(inflight.admit(1, C, false).unwrap_err(), Full::Total, "A holds half, no more");
-        assert!(upgrades.iter().all(|u| !was_evicted(u)));
-        // A lasting newcomer still takes the place of the site holding the most.
-        let _c = inflight.admit(1, C, true).expect("C holds none, A two");
-        assert!(was_evicted(&upgrades[0]) && !was_evicted(&upgrades[1]));
-    }
-
-    #[test]
-    fn a_newcomer_at_its_sources_cap_evicts_no_one() {
-        // Two /64s of one /48, each at its cap: one site holding four, more than B's two + 1.
-        let (a1, a2): (IpAddr, IpAddr) =
-            ("2001:db8:0:1::1".parse().unwrap(), "2001:db8:0:2::1".parse().unwrap());
-        let inflight = InFlight::new(6, 2);
-        let held: Vec<_> =
-            [a1, a1, a2, a2, B, B].into_iter().map(|ip| inflight.admit(1, ip, true).unwrap()).collect();
-        assert_eq!(inflight.admit(1, B, true).unwrap_err(), Full::Source);
-        assert!(held.iter().all(|h| !was_evicted(h)), "evicted for a newcomer then refused");
-    }
-
-    #[tokio::test]
-    async fn an_answer_holding_a_lasting_place_ends_when_a_newcomer_takes_it() {
-        let inflight = InFlight::new(2, 2);
-        let (held, _kept) = (inflight.admit(1, A, true).unwrap(), inflight.admit(1, A, true).unwrap());
-        let body =
-            http_body_util::StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, BoxError>>());
-        let mut body = hold(body, held);
-        assert!(futures::FutureExt::now_or_never(body.frame()).is_none(), "the answer is still under way");
-        let _newcomer = inflight.admit(1, B, false).expect("a request takes the place");
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await.unwrap();
-        assert!(matches!(frame, Some(Err(_))), "the answer goes on without its place");
-    }
-
-    #[test]
-    fn sessions_holding_nothing_are_forgotten_once_there_are_many() {
-        let inflight = InFlight::new(4, 4);
-        const KEPT: usize = usize::MAX;
-        let held = inflight.admit(KEPT, A, true).unwrap();
-        for gone in 0..1000 {
-            drop(inflight.admit(gone, A, true).unwrap());
-        }
-        assert!(inflight.sessions() <= FIRST_PRUNE + 1, "{} sessions kept", inflight.sessions());
-        drop(held);
-        assert!(inflight.admit(KEPT, A, true).is_ok());
-    }
-}
+mod tests;

@@ -308,6 +308,7 @@ impl Server {
         let edge_streams = Arc::new(crate::http::inflight::InFlight::new(
             config.max_visitors_per_forward,
             config.max_visitors_per_source,
+            config.http.limits.stall_timeout,
         ));
         let acme = config.http.acme.clone().map(crate::acme::Acme::new);
         let (draining, cut) = (CancellationToken::new(), CancellationToken::new());

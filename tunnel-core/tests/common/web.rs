@@ -214,3 +214,39 @@ pub async fn gated_origin(
     .await;
     (addr, arrivals, release)
 }
+
+/// A self-signed certificate for `names`, as PEM files in `dir`; returns the identity and the
+/// certificate's DER, to trust it.
+pub fn certificate(
+    dir: &std::path::Path,
+    tag: &str,
+    names: &[&str],
+) -> (tunnel_core::tls::ServerIdentity, Vec<u8>) {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let (cert, key) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    (tunnel_core::tls::ServerIdentity::from_pem_files(&cert, &key).unwrap(), generated.cert.der().to_vec())
+}
+
+/// A TLS connection to `addr` asking for `name`, trusting only `trusted`, offering `alpn`.
+pub async fn tls_to(
+    addr: SocketAddr,
+    name: &str,
+    trusted: &[u8],
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(trusted.to_vec())).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+}

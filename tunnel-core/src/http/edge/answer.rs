@@ -14,7 +14,7 @@ use crate::http::headers::{
     field_count, is_upgrade, join_cookies, origin_form, route_value, routed_host, strip_hop_by_hop,
     upgrade_asked, MAX_HEADER_FIELDS,
 };
-use crate::http::inflight::{self, Ticket};
+use crate::http::inflight::{self, Kind, Ticket};
 use crate::http::origin::splice_upgraded;
 use crate::http::{normalize_path, text_response, Body};
 use crate::mux::StreamOpener;
@@ -41,7 +41,7 @@ impl HttpEdge {
         mut request: Request<Incoming>,
         connection: Connection<'_>,
     ) -> (Response<Body>, Option<String>) {
-        let Connection { visitor, sni, .. } = connection;
+        let Connection { visitor, sni, places, .. } = connection;
         // CONNECT asks a proxy for a tunnel to its target (RFC 9110 9.3.6): the edge is no such
         // proxy, and the origin form a client's service gets could not carry it.
         if request.method() == hyper::Method::CONNECT {
@@ -100,8 +100,8 @@ impl HttpEdge {
         // An upgraded connection may hold its place for as long as it lasts, so it is held to
         // the per-source cap as passthrough visitors are, and a newcomer may take its place
         // when the session is full; plain requests give theirs back.
-        let lasting = upgrade_asked(&request).is_some();
-        let place = match self.inflight.admit(key, visitor.ip(), lasting) {
+        let kind = if upgrade_asked(&request).is_some() { Kind::Lasting } else { Kind::Request(places) };
+        let place = match self.inflight.admit(key, visitor.ip(), kind) {
             Ok(place) => place,
             Err(full) => {
                 let why = format!("too many requests in flight to the client serving {host} ({full})");
@@ -130,7 +130,7 @@ impl HttpEdge {
         connection: Connection<'_>,
         host: &str,
     ) -> Result<Response<Body>, (StatusCode, String)> {
-        let Connection { visitor, scheme, upgraded, .. } = connection;
+        let Connection { visitor, scheme, upgraded, places, .. } = connection;
         let upgrade = upgrade_asked(&request);
         let visitor_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         // HTTP/1.1 to the client, whatever the visitor spoke: an origin-form target, and a Host
@@ -177,12 +177,23 @@ impl HttpEdge {
                 }
                 sent = exchange => sent?,
             };
+            // Answered without a switch: a plain answer, whose place is a request's.
+            let place = match &sent {
+                Ok(Ok(response)) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
+                    self.inflight.settle(to.key, visitor.ip(), place, places).map_err(|full| {
+                        let why =
+                            format!("too many requests in flight to the client serving {host} ({full})");
+                        (StatusCode::SERVICE_UNAVAILABLE, why)
+                    })?
+                }
+                _ => place,
+            };
             return self.relay(sent, visitor_side.map(|side| (side, upgraded)), host, place);
         }
         // A session's streams of one route (`None`: of all its routes, an older client's).
         let lane = to.per_route.then_some(to.route_id);
         let lane = Lane { streams: &self.streams, key: to.key, lane, opener: &to.opener };
-        let request = request.map(Either::Left);
+        let request = request.map(|body| Either::Left(place.watch(body)));
         let sent = exchange(lane, visitor, request, self.limits.response_timeout, host).await?;
         self.relay(sent, None, host, place)
     }
