@@ -211,6 +211,15 @@ impl<B> VisitorBody<B> {
     }
 }
 
+/// A body dropped (sent whole, or given up) waits for nothing more from its visitor.
+impl<B> Drop for VisitorBody<B> {
+    fn drop(&mut self) {
+        if let Some(request) = &self.request {
+            request.body.caught_up();
+        }
+    }
+}
+
 impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for VisitorBody<B> {
     type Data = Bytes;
     type Error = B::Error;
@@ -223,6 +232,8 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for VisitorBo
         if let Some(request) = &self.request {
             match &polled {
                 Poll::Pending => request.body.behind(request.epoch),
+                // hyper asks no more of a body that says it is over.
+                Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => request.body.caught_up(),
                 Poll::Ready(Some(Ok(frame))) => request.body.moved(frame.data_ref().map_or(0, Bytes::len)),
                 Poll::Ready(_) => request.body.caught_up(),
             }

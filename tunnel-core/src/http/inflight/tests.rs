@@ -353,3 +353,56 @@ async fn an_upgrade_answered_without_a_switch_holds_a_requests_place() {
     let _newcomer = inflight.request(1, B).expect("the plain answer kept waiting is cut");
     assert!(was_cut(&connection));
 }
+
+/// hyper asks no more of a body that says it is over: a body whose last piece came after a
+/// wait leaves its request waiting on nothing, and so does one dropped.
+#[tokio::test(start_paused = true)]
+async fn a_body_sent_whole_or_dropped_leaves_its_request_waiting_on_nothing() {
+    let inflight = InFlight::new(1, 1, STALL);
+    let uploader = Arc::<VisitorConnection>::default();
+    let ticket = inflight.admit(1, A, Kind::Request(&uploader)).unwrap();
+    // A body of 10 bytes whose last (and only) piece comes after a wait.
+    let (mut more, pieces) = futures::channel::mpsc::channel::<Piece>(1);
+    let mut upload = ticket.watch(Sized { pieces, left: 10 });
+    assert!(futures::FutureExt::now_or_never(upload.frame()).is_none());
+    more.try_send(piece(10)).unwrap();
+    assert!(upload.frame().await.is_some());
+    assert!(hyper::body::Body::is_end_stream(&upload));
+    tokio::time::advance(STALL * 2).await;
+    assert_eq!(inflight.request(1, B).unwrap_err(), Full::Total, "an upload sent whole is no stall");
+
+    let ticket = {
+        drop((upload, ticket));
+        inflight.admit(1, A, Kind::Request(&uploader)).unwrap()
+    };
+    let (_more, body) = piecemeal();
+    let mut upload = ticket.watch(body);
+    assert!(futures::FutureExt::now_or_never(upload.frame()).is_none());
+    drop(upload);
+    tokio::time::advance(STALL * 2).await;
+    assert_eq!(inflight.request(1, B).unwrap_err(), Full::Total, "a body dropped is no stall");
+    assert!(!was_cut(&uploader));
+}
+
+/// A body of a known length, whose pieces come when the test sends them.
+struct Sized {
+    pieces: futures::channel::mpsc::Receiver<Piece>,
+    left: usize,
+}
+
+impl hyper::body::Body for Sized {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
+        let polled = futures::Stream::poll_next(Pin::new(&mut self.pieces), cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.left -= frame.data_ref().map_or(0, Bytes::len);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+}
