@@ -104,10 +104,7 @@ async fn answers_in_flight_are_capped_per_session_across_listeners() {
     })
     .await;
     // A second listener of the same server: the cap is the session's, not each listener's.
-    let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let second_addr = second.local_addr().unwrap();
-    let runner = edge.server.server.clone();
-    tokio::spawn(async move { runner.run_http(second, std::future::pending()).await });
+    let second_addr = serve_http(&edge.server).await;
     let (release, released) = watch::channel(false);
     let origin = holding_origin(released).await;
     let routes = [format!("hold.test=http://{origin}")];
@@ -182,10 +179,7 @@ async fn tls_passthrough_visitors_share_the_caps() {
         config.max_visitors_per_source = 2;
     })
     .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let https = listener.local_addr().unwrap();
-    let runner = server.server.clone();
-    tokio::spawn(async move { runner.run_https(listener, std::future::pending()).await });
+    let https = serve_https(&server).await;
 
     // An origin that takes connections and says nothing, so each visitor stays in flight.
     let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -160,15 +160,9 @@ async fn the_http2_connection_keeping_the_most_requests_waiting_is_cut_first() {
         config.http.limits.stall_timeout = STALL;
     })
     .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let https = listener.local_addr().unwrap();
-    let runner = server.server.clone();
-    tokio::spawn(async move { runner.run_https(listener, std::future::pending()).await });
+    let https = serve_https(&server).await;
     // Newcomers come by plain HTTP: the edges of a server share a session's places.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    let runner = server.server.clone();
-    tokio::spawn(async move { runner.run_http(listener, std::future::pending()).await });
+    let http = serve_http(&server).await;
     let routes = [format!("a.test=http://{}", big_origin().await)];
     let mut client = start_client(with_http(server.client_config("a", &[]), &routes));
     client.connected().await;

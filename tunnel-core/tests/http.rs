@@ -412,10 +412,7 @@ async fn https_terminates_http2_and_http1_passes_tls_through_by_name_and_answers
         config.http.tls = Some(tls);
     })
     .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let https = listener.local_addr().unwrap();
-    let runner = server.server.clone();
-    tokio::spawn(async move { runner.run_https(listener, std::future::pending()).await });
+    let https = serve_https(&server).await;
 
     // An origin that terminates TLS itself, for the passthrough route.
     let origin_tls = TcpListener::bind("127.0.0.1:0").await.unwrap();

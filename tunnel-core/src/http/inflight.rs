@@ -142,8 +142,8 @@ impl InFlight {
     /// When the session's places are all taken, a newcomer first takes the places of the
     /// requests of the visitor connection holding the most requests its visitor has kept
     /// waiting for the stall time or longer (the one kept waiting longest among equals), and
-    /// that connection is cut: its visitor takes nothing of an answer handed on, or sends
-    /// nothing of a body asked for. Failing that, it takes the place of the oldest lasting
+    /// that connection is cut: its visitor moved less than 16 KiB of an answer waiting for it,
+    /// or of a body asked for, in that time (`requests.rs`). Failing that, it takes the place of the oldest lasting
     /// visitor of the site (IPv4 address or IPv6 /48) holding the most lasting places, if that
     /// site would still hold more than the newcomer's, as a full edge listener admits
     /// connections ([`Pending`]): a lasting newcomer always may, a request only while lasting
@@ -290,10 +290,10 @@ impl Session {
         let mut freed = Vec::new();
         for request in requests.iter().filter(|request| request.connection_id() == cut) {
             freed.extend(request.cut());
-        }
-        // One connection, one visitor address.
-        if let Some(request) = requests.iter().find(|request| request.connection_id() == cut) {
-            self.notice.give(request.site(), now);
+            // One connection, one visitor address: its site.
+            if freed.len() == 1 {
+                self.notice.give(request.site(), now);
+            }
         }
         if freed.is_empty() {
             return false;
@@ -377,14 +377,14 @@ where
         };
         // Asked for more: the visitor's connection took the piece handed before.
         let taken = std::mem::take(&mut this.handed);
-        let piece = if this.rest.is_empty() {
+        if this.rest.is_empty() {
             match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        this.rest = data;
-                        None
+                    Ok(data) => this.rest = data,
+                    Err(trailers) => {
+                        request.answer_handed(taken);
+                        return Poll::Ready(Some(Ok(trailers)));
                     }
-                    Err(frame) => Some(frame),
                 },
                 polled => {
                     // Nothing more through the tunnel yet, or the answer is over.
@@ -392,16 +392,10 @@ where
                     return polled.map_err(Into::into);
                 }
             }
-        } else {
-            None
-        };
-        let piece = piece.unwrap_or_else(|| {
-            let len = this.rest.len().min(requests::PROGRESS as usize);
-            this.handed = len;
-            Frame::data(this.rest.split_to(len))
-        });
+        }
+        this.handed = this.rest.len().min(requests::PROGRESS as usize);
         request.answer_handed(taken);
-        Poll::Ready(Some(Ok(piece)))
+        Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(this.handed)))))
     }
 
     fn is_end_stream(&self) -> bool {

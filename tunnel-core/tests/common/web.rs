@@ -30,11 +30,26 @@ pub async fn edge(configure: impl FnOnce(&mut tunnel_core::server::ServerConfig)
         configure(config);
     })
     .await;
+    let http = serve_http(&server).await;
+    Edge { server, http }
+}
+
+/// Serves `server`'s HTTP edge on a new listener on loopback; its address.
+pub async fn serve_http(server: &TestServer) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let runner = server.server.clone();
     tokio::spawn(async move { runner.run_http(listener, std::future::pending()).await });
-    Edge { server, http }
+    http
+}
+
+/// Serves `server`'s HTTPS edge (its `http.tls` set) on a new listener on loopback; its address.
+pub async fn serve_https(server: &TestServer) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = listener.local_addr().unwrap();
+    let runner = server.server.clone();
+    tokio::spawn(async move { runner.run_https(listener, std::future::pending()).await });
+    https
 }
 
 pub fn with_http(
