@@ -50,6 +50,9 @@ const EXIT_USAGE: u8 = 2;
 /// Exit status for a runtime failure: refused by the server, cannot listen, and the like.
 const EXIT_FAILURE: u8 = 1;
 
+/// How long blocking work left running when a command ends may delay the exit.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A failure with the exit status it maps to.
 struct Failure {
     code: u8,
@@ -134,6 +137,10 @@ fn main() -> ExitCode {
             args::Command::Man { subcommand } => man(subcommand.as_deref()),
         }
     });
+    // What the command awaited is done. A name lookup or a file read still running on a
+    // blocking thread (a resolver that does not answer, a hung mount) would hold the exit
+    // until it returns; it gets a moment, not a say in when the process ends.
+    runtime.shutdown_timeout(EXIT_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

@@ -22,18 +22,17 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         Unread::Config(err) => Failure::config(err),
         other => Failure::runtime(other),
     })?;
-    let listeners = Listeners::bind(&setup).await?;
-    listeners.announce(&setup)?;
-    let Listeners { tunnel: listener, local, http, https, socks, metrics } = listeners;
     let running = Running::of(&setup, state_dir, certificates);
+    // Everything that can fail the start is done before the first line saying where the
+    // server is: a script waiting for that line never sees a server that then exits.
+    let listeners = Listeners::bind(&mut setup).await?;
     let store = ClientStore::open(&setup.clients_file).map_err(Failure::error)?;
+    listeners.announce(&setup)?;
+    let Listeners { tunnel: listener, local, http, https, socks, metrics, admin: admin_api } = listeners;
     let mut config = setup.config.clone();
     store.apply(&mut config);
     let server = Server::new(config);
-    let admin_api = match setup.admin.take() {
-        Some(admin) => Some(bind_admin(admin).await?),
-        None => None,
-    };
+    let admin_api = admin_api.map(|(listener, _)| listener);
     let admin = Arc::new(Admin::new(server.clone(), setup.config, store));
     let notifier = crate::notify::Notifier::from_env();
     let shutdown = signals.first_then(notifier.clone(), {
@@ -283,8 +282,8 @@ async fn follow(
     }
 }
 
-/// Binds the admin API's listener and says where it is.
-async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
+/// Binds the admin API's listener; with it, the line that says where it is.
+async fn bind_admin(admin: AdminSetup) -> Result<(AdminListener, String), Failure> {
     match admin.listen {
         AdminAddress::Tcp(addr) => {
             let (Some(tls), Some(token)) = (admin.tls, admin.token) else {
@@ -300,16 +299,15 @@ async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
                 }
                 _ => "with the admin token given".to_owned(),
             };
-            say!("admin API on {bound} (TLS; {token_hint})");
-            Ok(AdminListener::Tls { listener, tls, token })
+            let line = format!("admin API on {bound} (TLS; {token_hint})");
+            Ok((AdminListener::Tls { listener, tls, token }, line))
         }
         #[cfg(unix)]
         AdminAddress::Unix(path) => {
             let listener = tunnel_core::admin::bind_socket(&path).map_err(|e| {
                 Failure::runtime(format!("cannot listen for the admin API on {}: {e}", path.display()))
             })?;
-            say!("admin API on unix socket {}", path.display());
-            Ok(listener)
+            Ok((listener, format!("admin API on unix socket {}", path.display())))
         }
         #[cfg(not(unix))]
         AdminAddress::Unix(path) => {
@@ -318,7 +316,6 @@ async fn bind_admin(admin: AdminSetup) -> Result<AdminListener, Failure> {
     }
 }
 
-/// Binds an optional listener (`what` names it in the error).
 /// Every listener of the server, bound before anything is served, so that a port in use fails
 /// the start (exit 1) rather than one feature later.
 struct Listeners {
@@ -328,10 +325,12 @@ struct Listeners {
     https: Option<TcpListener>,
     socks: Option<TcpListener>,
     metrics: Option<TcpListener>,
+    /// With the line that says where it is.
+    admin: Option<(AdminListener, String)>,
 }
 
 impl Listeners {
-    async fn bind(setup: &ServerSetup) -> Result<Self, Failure> {
+    async fn bind(setup: &mut ServerSetup) -> Result<Self, Failure> {
         let tunnel = tunnel_core::transport::listen_tcp(&setup.listen)
             .await
             .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", setup.listen)))?;
@@ -343,6 +342,10 @@ impl Listeners {
             https: bind_optional(setup.https_listen.as_deref(), "HTTPS").await?,
             socks: bind_optional(setup.socks_listen.as_deref(), "SOCKS5").await?,
             metrics: bind_optional(setup.metrics.as_deref(), "metrics").await?,
+            admin: match setup.admin.take() {
+                Some(admin) => Some(bind_admin(admin).await?),
+                None => None,
+            },
         })
     }
 
@@ -356,6 +359,9 @@ impl Listeners {
             if let Some(listener) = listener {
                 say!("{what} served on {}", listener.local_addr().map_err(Failure::runtime)?);
             }
+        }
+        if let Some((_, line)) = &self.admin {
+            say!("{line}");
         }
         if let Some(socks) = &self.socks {
             let addr = socks.local_addr().map_err(Failure::runtime)?;
@@ -380,6 +386,7 @@ impl Listeners {
     }
 }
 
+/// Binds an optional listener (`what` names it in the error).
 async fn bind_optional(addr: Option<&str>, what: &str) -> Result<Option<TcpListener>, Failure> {
     let Some(addr) = addr else { return Ok(None) };
     let listener = TcpListener::bind(addr)
