@@ -127,6 +127,40 @@ async fn a_visitor_taking_nothing_of_its_answer_gives_its_place_to_a_newcomer() 
     edge.server.stop().await;
 }
 
+/// A download read at a steady 64 KB/s, twenty times the least a visitor must take (16 KiB
+/// in the stall time), keeps its place: newcomers are refused throughout. Before, the edge's
+/// socket queued megabytes and told hyper it could write again only once a third of that had
+/// gone, seconds apart at this rate, and the download was cut as if it had stopped. Real time:
+/// the pace is the kernel's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_reading_its_answer_at_a_steady_pace_keeps_its_place() {
+    let (edge, client) = full_edge(1).await;
+    let mut steady = raw(edge.http, b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    let head = head_of(&mut steady).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (tick, per_tick) = (Duration::from_millis(100), 6_400);
+    let reader = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(tick);
+        let (mut buf, mut total) = (vec![0u8; per_tick], 0);
+        for _ in 0..(5 * STALL.as_millis() / tick.as_millis()) {
+            ticks.tick().await;
+            match tokio::time::timeout(PATIENCE, steady.read_exact(&mut buf)).await {
+                Ok(Ok(_)) => total += per_tick,
+                other => panic!("the steady download ended after {total} bytes: {other:?}"),
+            }
+        }
+        total
+    });
+    while !reader.is_finished() {
+        let (status, body) = get(edge.http, "a.test", "/").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the steady download's place was taken: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(reader.await.unwrap() > 0);
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visitor_sending_nothing_more_of_its_body_gives_its_place_to_a_newcomer() {
     let (edge, client) = full_edge(1).await;

@@ -225,6 +225,7 @@ mod tests {
                 "path expression",
             ),
             ("host = \"a.test\"\nredirect = { status = 200 }\n", "redirect status"),
+            ("host = \"a.test\"\nredirect = { port = 0 }\n", "redirect port 0 is not a port"),
             ("host = \"a test\"\nservice = \"http_status:404\"\n", "host"),
             (
                 "host = \"a.test\"\nservice = \"http_status:404\"\npath_type = \"glob\"\npath = \"/\"\n",

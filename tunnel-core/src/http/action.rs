@@ -143,8 +143,8 @@ impl HttpAction {
         }
     }
 
-    /// Checks weights (some positive, the sum within `u32`), and the redirect's status, scheme
-    /// and host.
+    /// Checks weights (some positive, the sum within `u32`), and the redirect's status, scheme,
+    /// host and port.
     pub fn check(&self) -> Result<(), String> {
         match &self.answer {
             Answer::Proxy(backends) => {
@@ -165,6 +165,9 @@ impl HttpAction {
                     if scheme != "http" && scheme != "https" {
                         return Err(format!("redirect scheme {scheme:?} is not http or https"));
                     }
+                }
+                if redirect.port == Some(0) {
+                    return Err("redirect port 0 is not a port".into());
                 }
                 // A host alone: the port is `port`'s (else the visitor's), never a second one.
                 if let Some(host) = &redirect.host {
@@ -403,6 +406,13 @@ mod tests {
             assert!(err.contains("is not a host name"), "{host:?}: {err}");
         }
         assert!(redirect(Some("HTTPS"), None).unwrap_err().contains("is not http or https"));
+        let mut action = HttpAction::to("http://127.0.0.1:1".parse().unwrap());
+        action.answer = Answer::Redirect(Redirect { port: Some(0), ..Redirect::default() });
+        assert_eq!(
+            action.check(),
+            Err("redirect port 0 is not a port".to_owned()),
+            "visitors were sent to :0"
+        );
     }
 
     #[test]

@@ -79,12 +79,16 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
 
     /// Sends `request` and waits for the response's head, driving the connection meanwhile.
     /// The response's body drives it from then on, and brings it back to `home` once the
-    /// exchange is over. A request that was not sent comes back in the error.
+    /// exchange is over, unless the answer is one that has no body by its kind (to `HEAD`, or
+    /// `204`): an origin that sends one anyway, late, would have it read as the answer to the
+    /// next request on the connection, another visitor's. A request that was not sent comes
+    /// back in the error.
     pub(super) async fn send<K: PoolKey, L: Lane>(
         mut self,
         request: Request<B>,
         home: Home<T, B, K, L>,
     ) -> Result<Response<UpstreamBody<T, B, K, L>>, TrySendError<Request<B>>> {
+        let head_only = request.method() == http::Method::HEAD;
         let mut response = std::pin::pin!(self.sender.try_send_request(request));
         let head = poll_fn(|cx| {
             // The connection first: it writes the request and reads what answers it.
@@ -92,7 +96,8 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
             response.as_mut().poll(cx)
         })
         .await?;
-        Ok(head.map(|body| UpstreamBody { body, ended: false, upstream: Some(self), home: Some(home) }))
+        let home = (!head_only && head.status() != http::StatusCode::NO_CONTENT).then_some(home);
+        Ok(head.map(|body| UpstreamBody { body, ended: false, upstream: Some(self), home }))
     }
 }
 
@@ -174,7 +179,8 @@ mod tests {
     const HANG: Duration = Duration::from_secs(30);
 
     /// An HTTP/1.1 server on a fresh port answering `/len` with a sized body, `/chunked` with a
-    /// chunked one and `/big` with 4 MiB; counts the connections it accepted.
+    /// chunked one, `/big` with 4 MiB and `/no-content` with 204; counts the connections it
+    /// accepted.
     async fn origin() -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -193,6 +199,12 @@ mod tests {
                         }
                         "/big" => {
                             Full::new(Bytes::from(vec![7u8; 4 << 20])).map_err(|n| match n {}).boxed_unsync()
+                        }
+                        "/no-content" => {
+                            let mut answer =
+                                Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
+                            *answer.status_mut() = http::StatusCode::NO_CONTENT;
+                            return Ok::<_, hyper::Error>(answer);
                         }
                         _ => Full::new(Bytes::from("hello")).map_err(|n| match n {}).boxed_unsync(),
                     };
@@ -243,6 +255,29 @@ mod tests {
         };
         tokio::time::timeout(HANG, work).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "three requests, one connection");
+    }
+
+    /// An answer to `HEAD`, or a `204`, leaves its connection out of the pool: an origin
+    /// sending a body anyway (late, after the next request went) had that body taken for the
+    /// next visitor's answer.
+    #[tokio::test]
+    async fn a_connection_whose_answer_has_no_body_by_its_kind_is_not_pooled() {
+        let (addr, accepted) = origin().await;
+        let pool = Arc::new(TestPool::new(4));
+        let work = async {
+            let (_, home) = pool.take(addr.clone(), ());
+            let upstream = Upstream::handshake(TcpStream::connect(&addr).await.unwrap()).await.unwrap();
+            let head = Request::head("/len").header("host", "origin.test").body(Empty::new()).unwrap();
+            let response = upstream.send(head, home).await.map_err(|e| e.into_error()).unwrap();
+            assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "");
+            assert_eq!(pool.idle(), 0, "a HEAD's connection went back to the pool");
+            assert_eq!(fetch(&pool, &addr, "/len").await, "hello");
+            assert_eq!(pool.idle(), 1);
+            assert_eq!(fetch(&pool, &addr, "/no-content").await, "");
+            assert_eq!(pool.idle(), 0, "a 204's connection went back to the pool");
+        };
+        tokio::time::timeout(HANG, work).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

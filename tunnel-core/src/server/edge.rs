@@ -103,7 +103,11 @@ impl Server {
         let door = Pending::new(max, max);
         // Draining: no new visitors; requests in flight are answered, each connection then
         // closes, within the drain time.
-        let serve = |tcp, peer, _keeps_its_place| serve(tcp, peer);
+        // Answers leave in small steps, so what a visitor takes is seen as it takes it.
+        let serve = |tcp: TcpStream, peer, _keeps_its_place| {
+            crate::transport::pace_writes(&tcp);
+            serve(tcp, peer)
+        };
         self.shared.accept_until("edge", listener, shutdown, door, || edge.drain(), serve).await;
         Ok(())
     }
