@@ -6,6 +6,8 @@
 
 #[path = "../../tunnel-core/tests/common/mod.rs"]
 mod common;
+#[path = "support/netns.rs"]
+mod netns;
 #[path = "support/process.rs"]
 mod process;
 
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::echo_target;
+use netns::Namespace;
 use process::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -230,28 +233,12 @@ async fn a_client_replaced_on_one_of_two_servers_ends() {
     drop((a, b, newer));
 }
 
-/// A network namespace whose/// A network namespace whose `/etc/hosts` (bind-mounted by `ip netns exec` from
-/// `/etc/netns/NAME/hosts`) names `tunnel.test` at 127.0.0.1 and 127.0.0.2; deleted on drop.
-struct HostsNamespace(String);
-
-impl Drop for HostsNamespace {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.0));
-    }
-}
-
-fn hosts_namespace() -> HostsNamespace {
-    let name = format!("tmulti{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let status = std::process::Command::new("ip").args(args).status().expect("iproute2 is installed");
-        assert!(status.success(), "ip {}", args.join(" "));
-    };
-    ip(&["netns", "add", &name]);
-    let ns = HostsNamespace(name.clone());
-    ip(&["-n", &name, "link", "set", "lo", "up"]);
-    std::fs::create_dir_all(format!("/etc/netns/{name}")).unwrap();
-    std::fs::write(format!("/etc/netns/{name}/hosts"), "127.0.0.1 tunnel.test\n127.0.0.2 tunnel.test\n")
+/// A network namespace whose `/etc/hosts` (bind-mounted by `ip netns exec` from
+/// `/etc/netns/NAME/hosts`) names `tunnel.test` at 127.0.0.1 and 127.0.0.2.
+fn hosts_namespace() -> Namespace {
+    let ns = Namespace::new("tmulti");
+    std::fs::create_dir_all(format!("/etc/netns/{}", ns.0)).unwrap();
+    std::fs::write(format!("/etc/netns/{}/hosts", ns.0), "127.0.0.1 tunnel.test\n127.0.0.2 tunnel.test\n")
         .unwrap();
     ns
 }
