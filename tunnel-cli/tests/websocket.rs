@@ -22,9 +22,23 @@ const TOKEN: &str = "websocket-test-token-51b9e0";
 /// The ALPN protocols each connection through the proxy offered.
 type Seen = Arc<Mutex<Vec<Vec<String>>>>;
 
+/// What the proxy does with a connection whose ClientHello does not offer `http/1.1`.
+#[derive(Clone, Copy)]
+enum NotHttps {
+    /// Closes it.
+    Cut,
+    /// Holds it open and sends nothing, as a path that drops such packets does.
+    Hold,
+}
+
 /// A `CONNECT` proxy that reads the TLS ClientHello coming through and cuts the connection
 /// unless it offers `http/1.1`; what it let on, it splices to the target.
 async fn https_only_proxy() -> (SocketAddr, Seen) {
+    proxy_that(NotHttps::Cut).await
+}
+
+/// [`https_only_proxy`], treating what is not HTTPS as `not_https` says.
+async fn proxy_that(not_https: NotHttps) -> (SocketAddr, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, seen) = (listener.local_addr().unwrap(), Seen::default());
     let record = seen.clone();
@@ -44,6 +58,10 @@ async fn https_only_proxy() -> (SocketAddr, Seen) {
                 let (hello, alpn) = read_client_hello(&mut client).await;
                 record.lock().unwrap().push(alpn.clone());
                 if !alpn.iter().any(|p| p == "http/1.1") {
+                    if let NotHttps::Hold = not_https {
+                        let _held = client;
+                        std::future::pending::<()>().await;
+                    }
                     return; // Not HTTPS: cut.
                 }
                 let mut upstream = TcpStream::connect(&target).await.unwrap();
@@ -160,6 +178,25 @@ async fn auto_falls_back_to_websocket_where_tcp_is_cut_and_tcp_alone_keeps_faili
     let stubborn = connect(&server, &args, &[]);
     stubborn.output_contains("reconnecting in").await;
     assert!(!stubborn.output().contains("websocket"), "{}", stubborn.output());
+}
+
+/// A path that lets the TCP connection open and then drops what it does not like, so that TLS
+/// hangs: `auto` takes WebSocket after one handshake timeout. Before, only a connection that
+/// was cut counted as the path's doing, and a client behind such a path retried TCP forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_websocket_where_tcp_hangs_after_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
+    let (proxy, seen) = proxy_that(NotHttps::Hold).await;
+    let config = dir.path().join("client.toml");
+    std::fs::write(&config, "handshake_timeout = \"1s\"\n").unwrap();
+
+    let (client, port) = publish(&server, proxy, &["--config", config.to_str().unwrap()]).await;
+    echoes(port).await;
+    let output = client.output();
+    assert!(output.contains("over tcp: no authenticated session"), "{output}");
+    assert!(output.contains("trying websocket") && output.contains("connected over websocket"), "{output}");
+    assert_eq!(seen.lock().unwrap()[..2], [["tunnel/1"], ["http/1.1"]]);
 }
 
 /// The status curl got for `GET url` with `headers` (a TLS certificate of any kind accepted).

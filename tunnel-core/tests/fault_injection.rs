@@ -5,6 +5,8 @@
 //! memory baselines are checked in `teardown.rs`, where no other test runs alongside).
 
 mod common;
+#[path = "common/web.rs"]
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use web::{edge, with_http};
 
 /// Throughput is compared within a test: the tests of this file run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -93,6 +96,81 @@ async fn killing_the_client_mid_transfer_errors_the_visitor_instead_of_truncatin
 
     server.stop().await;
     assert_sockets_released(&[server_port, public.port()], &[source.port()]).await;
+}
+
+/// An origin answering HTTP/1.0 with no length (the close ends its body): `/whole` sends `len`
+/// pattern bytes and closes, any other path sends up to 1 GiB.
+async fn close_delimited_origin(seed: u64, len: usize) -> SocketAddr {
+    serve_target(move |mut tcp| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let whole = head.starts_with(b"GET /whole ");
+        let _ = tcp.write_all(b"HTTP/1.0 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n").await;
+        let body = if whole { len } else { 1024 * MIB };
+        if write_pattern(&mut tcp, seed, body).await.is_ok() {
+            let _ = tcp.shutdown().await;
+        }
+    })
+    .await
+}
+
+/// An HTTP/1.0 request for `path` at the edge; the answer's body read to the end of the
+/// connection, as an HTTP/1.0 visitor must (its length, digest and how it ended).
+async fn download_to_close(
+    edge: SocketAddr,
+    path: &str,
+    progress: &AtomicUsize,
+) -> (usize, [u8; 32], std::io::Result<()>) {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: cut.test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "the edge closed before the answer's head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("content-length"), "the close delimits it: {head}");
+    drain(&mut tcp, progress).await
+}
+
+/// An answer whose end is the connection's close (an HTTP/1.0 visitor; an origin's answer with
+/// no length): cut short, the visitor sees a reset; whole, a clean close after every byte.
+/// Before, the edge closed the cut one cleanly too, and curl took half a download for all of
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_client_mid_answer_resets_a_visitor_reading_to_the_close() {
+    let _serial = SERIAL.lock().await;
+    let len = 4 * MIB;
+    let origin = close_delimited_origin(5, len).await;
+    let edge = edge(|_| {}).await;
+    let config = with_http(edge.server.client_config("doomed", &[]), &[format!("cut.test=http://{origin}")]);
+    let mut client = start_client(config);
+    client.connected().await;
+
+    let whole = download_to_close(edge.http, "/whole", &AtomicUsize::new(0)).await;
+    assert!(whole.2.is_ok(), "a whole answer ends cleanly: {:?}", whole.2);
+    assert_eq!((whole.0, whole.1), (len, prefix_digest(5, len)), "every byte of a whole answer");
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let seen = progress.clone();
+    let visitor = tokio::spawn(async move { download_to_close(edge.http, "/endless", &seen).await });
+    eventually("8 MiB to arrive", || {
+        let n = progress.load(Ordering::Relaxed);
+        async move { n >= 8 * MIB }
+    })
+    .await;
+    client.task.abort();
+    let received = tokio::time::timeout(PATIENCE, visitor).await.expect("visitor left hanging").unwrap();
+    assert_intact_or_error("HTTP/1.0 visitor after the client was killed", received, 5, 1024 * MIB);
+    edge.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,13 @@
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+/// A connection or session that lived this long was a success: the next loss starts the delays
+/// over ([`BackoffState::reset_if_lived`]). One that ended sooner counts as a failed attempt, so
+/// a path that cuts every session soon after it starts meets growing delays, not a reconnect a
+/// second.
+pub(crate) const LIVED: Duration = Duration::from_secs(10);
+
 /// Reconnect policy: exponential backoff with jitter.
 ///
 /// ```
@@ -66,6 +74,26 @@ impl BackoffState {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// Starts over when the guard returned is dropped [`LIVED`] or more from now: held for as
+    /// long as a connection or session lasts.
+    pub(crate) fn reset_if_lived(&mut self) -> ResetIfLived<'_> {
+        ResetIfLived { state: self, since: Instant::now() }
+    }
+}
+
+/// See [`BackoffState::reset_if_lived`].
+pub(crate) struct ResetIfLived<'a> {
+    state: &'a mut BackoffState,
+    since: Instant,
+}
+
+impl Drop for ResetIfLived<'_> {
+    fn drop(&mut self) {
+        if self.since.elapsed() >= LIVED {
+            self.state.reset();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,5 +117,23 @@ mod tests {
         }
         state.reset();
         assert!(state.next_delay().unwrap() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_cut_before_it_lived_counts_as_a_failure() {
+        let policy =
+            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(60), max_attempts: None };
+        let mut state = policy.start();
+        for attempt in 1..=3 {
+            let lived = state.reset_if_lived();
+            tokio::time::advance(LIVED - Duration::from_millis(1)).await;
+            drop(lived);
+            assert!(state.next_delay().is_some());
+            assert_eq!(state.attempts(), attempt, "cut before it lived");
+        }
+        let lived = state.reset_if_lived();
+        tokio::time::advance(LIVED).await;
+        drop(lived);
+        assert_eq!(state.attempts(), 0, "it lived: the delays start over");
     }
 }

@@ -2,6 +2,7 @@
 //! [`Wire::Auto`], a second over the other wire when the first broke on the way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::error::{classify_connect, classify_session, Failure};
 use super::{Client, ClientError, Interruption, Link, MIN_SERVER_VERSION};
@@ -72,9 +73,12 @@ impl Client {
     /// tunnel), TLS, the WebSocket upgrade if asked, the handshake.
     async fn dial_over(&self, link: &Link, wire: Wire) -> Result<Dialed, Failed> {
         let config = &self.config;
-        let opened = AtomicBool::new(false);
+        // Set once the TCP connection (or the proxy's tunnel) is open: a TLS handshake or an
+        // upgrade that then hangs is the path's doing as much as one cut.
+        let opened = Arc::new(AtomicBool::new(false));
         let attempt = async {
-            let connection = match link.transport.connect_over(&link.server, link.proxy(config), wire).await {
+            let way = link.transport.connect_noting(&link.server, link.proxy(config), wire, &opened);
+            let connection = match way.await {
                 Ok(connection) => connection,
                 Err(err) => {
                     let path = match &err {
@@ -85,7 +89,6 @@ impl Client {
                     return Err(Failed { failure: classify_connect(err), path });
                 }
             };
-            opened.store(true, Ordering::Relaxed);
             let (session, established) = Session::connect(
                 connection.io,
                 &connection.binding,

@@ -22,10 +22,6 @@ use crate::transport::{ClientTransport, HttpProxy, Wire};
 const REPLACE: Backoff =
     Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), max_attempts: None };
 
-/// A joined connection that lived this long was a success: the next loss starts the delays
-/// over. One closed sooner counts as a failed attempt.
-const LIVED: Duration = Duration::from_secs(10);
-
 /// For this long after a connection is lost, the server refusing its replacement as
 /// `UnknownSession` is tried again (with the delays above): a connection cut on our side only
 /// still counts there until its heartbeats stop, which makes the session look full. Past it,
@@ -148,12 +144,11 @@ impl LaneDialer {
         let Session { control: _control, messages: _, opener, incoming, driver } = lane;
         let driver = OwnedTask::spawn(driver);
         ticket.first.join(opener, incoming);
-        let joined = Instant::now();
+        // One that lives `LIVED` was a success; one closed sooner counts as a failed attempt.
+        let lived = backoff.reset_if_lived();
         tracing::debug!(server = %server, "connection {n} joined the session");
         let end = driver.await.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()));
-        if joined.elapsed() >= LIVED {
-            backoff.reset();
-        }
+        drop(lived);
         match end {
             // The session is ending (the server closes its connections with it).
             SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. } => Turn::Stop,

@@ -338,7 +338,9 @@ impl Client {
             close(&control, driver).await;
             return Err(refused.into());
         }
-        backoff.reset();
+        // A session that lives `LIVED` was a success; one cut sooner (by a device in the path
+        // that lets a session start and then cuts it, say) counts as a failed attempt.
+        let _lived = backoff.reset_if_lived();
         tracing::info!(server = %Escaped(&link.server), protocol, "connected over {wire}");
         let _up = self.metrics.session_up();
         // Local forwards get the session before anyone is told it is up.

@@ -29,6 +29,7 @@ use super::pool::Pool;
 use crate::mux::StreamOpener;
 use crate::proto::ROUTE_HEADER;
 use crate::source::Full;
+use crate::transport::Resettable;
 
 mod answer;
 mod resets;
@@ -212,6 +213,10 @@ impl HttpEdge {
     /// `sni` is the name a TLS visitor asked for: an HTTP/2 request for a host of another
     /// client than that name's is answered 421 (the connection may have been coalesced by a
     /// browser onto a certificate covering both).
+    ///
+    /// An HTTP/1.1 connection closed while an answer is under way, or after one was cut short
+    /// (the client's stream reset, a newcomer taking its place), is reset ([`Resettable`]): a
+    /// clean close would pass for the end of an answer delimited by the close.
     pub async fn serve<I>(
         self: Arc<Self>,
         io: I,
@@ -220,7 +225,7 @@ impl HttpEdge {
         sni: Option<String>,
         http2: bool,
     ) where
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        I: AsyncRead + AsyncWrite + Resettable + Send + Unpin + 'static,
     {
         let activity = Arc::new(Activity::default());
         let edge = self.clone();
@@ -247,6 +252,7 @@ impl HttpEdge {
             if may_switch {
                 exchange.upgrade();
             }
+            let head_only = request.method() == http::Method::HEAD;
             async move {
                 let mut exchange = exchange;
                 exchange.seek();
@@ -265,7 +271,12 @@ impl HttpEdge {
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 // The exchange lasts until hyper has sent the body and drops it.
-                let response = response.map(|body| exchange.hold(body));
+                let status = response.status();
+                let bodiless = head_only
+                    || status.is_informational()
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED;
+                let response = response.map(|body| exchange.hold(body, bodiless));
                 Ok::<_, std::convert::Infallible>(response)
             }
         });

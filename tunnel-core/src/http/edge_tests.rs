@@ -290,7 +290,7 @@ async fn an_exchange_waiting_on_the_tunnel_is_never_idle() {
     let (mut more, body) = futures::channel::mpsc::channel::<
         Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>,
     >(1);
-    let mut body = exchange.hold(http_body_util::StreamBody::new(body).boxed_unsync());
+    let mut body = exchange.hold(http_body_util::StreamBody::new(body).boxed_unsync(), false);
     assert!(futures::poll!(std::pin::pin!(body.frame())).is_pending());
     assert!(
         tokio::time::timeout(idle * 10, activity.quiet_for(idle)).await.is_err(),
@@ -397,7 +397,7 @@ async fn a_slow_reader_keeps_its_http2_connection_and_a_stalled_one_does_not() {
     let (mut more, body) = futures::channel::mpsc::channel::<
         Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>,
     >(64);
-    let mut body = activity.begin(false).hold(http_body_util::StreamBody::new(body).boxed_unsync());
+    let mut body = activity.begin(false).hold(http_body_util::StreamBody::new(body).boxed_unsync(), false);
     for _ in 0..40 {
         more.try_send(Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![0; 1500])))).unwrap();
     }
@@ -421,6 +421,10 @@ async fn a_slow_reader_keeps_its_http2_connection_and_a_stalled_one_does_not() {
 /// A byte stream that says it takes vectored writes, as TCP and TLS streams do (hyper then
 /// queues its writes rather than flattening them, and takes pipelined requests differently).
 struct Vectored(tokio::io::DuplexStream);
+
+impl crate::transport::Resettable for Vectored {
+    fn reset_on_close(&self) {}
+}
 
 impl tokio::io::AsyncRead for Vectored {
     fn poll_read(

@@ -20,6 +20,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Body, BoxError};
+use crate::transport::Resettable;
 
 /// Idle time after which a keep-alive connection is parked. Short: a burst of visitors then
 /// costs hyper's buffers only for those whose requests are a moment apart, and resuming costs
@@ -54,6 +55,11 @@ pub(super) struct Activity {
     upgraded: AtomicBool,
     /// The reader waiting while a request was in flight, woken to start its idle clock.
     reader: Mutex<Option<Waker>>,
+    /// Answers handed to hyper whose bodies have not reached their end.
+    answering: AtomicUsize,
+    /// An answer's body failed (the tunnel stream was cut, a newcomer took its place) or was
+    /// dropped before its end.
+    cut: AtomicBool,
 }
 
 impl Activity {
@@ -107,6 +113,13 @@ impl Activity {
         self.bodies.load(Ordering::Acquire) == 0 && !self.switched()
     }
 
+    /// Whether an answer was cut short, or one is under way: the connection must then end with
+    /// a reset, as a clean close would pass for the end of an answer delimited by it (HTTP/1.0,
+    /// or an origin's answer with no length).
+    fn cut_short(&self) -> bool {
+        self.cut.load(Ordering::Acquire) || self.answering.load(Ordering::Acquire) > 0
+    }
+
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
             && !self.arrived.load(Ordering::Acquire)
@@ -138,10 +151,15 @@ impl Exchange {
     }
 
     /// The response body, holding the exchange until hyper has sent it and drops it. The
-    /// head is in: the exchange waits on the tunnel again only when its body does.
-    pub(super) fn hold(mut self, body: Body) -> ExchangeBody {
+    /// head is in: the exchange waits on the tunnel again only when its body does. `bodiless`:
+    /// hyper sends no body whatever this one holds (an answer to `HEAD`, a 1xx, 204 or 304).
+    pub(super) fn hold(mut self, body: Body, bodiless: bool) -> ExchangeBody {
         self.set_waiting(false);
-        ExchangeBody { body, exchange: self }
+        let ended = bodiless || hyper::body::Body::is_end_stream(&body);
+        if !ended {
+            self.activity.answering.fetch_add(1, Ordering::AcqRel);
+        }
+        ExchangeBody { body, exchange: self, ended }
     }
 
     fn set_waiting(&mut self, waiting: bool) {
@@ -157,11 +175,35 @@ impl Exchange {
     }
 }
 
-/// A response body that holds its [`Exchange`], tells it when it waits on the tunnel, and
-/// counts the bytes it hands on.
+/// A response body that holds its [`Exchange`], tells it when it waits on the tunnel, counts
+/// the bytes it hands on, and tells the connection whether it reached its end.
 pub(super) struct ExchangeBody {
     body: Body,
     exchange: Exchange,
+    /// hyper has taken the whole of it, or it was cut short (counted so).
+    ended: bool,
+}
+
+impl ExchangeBody {
+    /// The body is over: whole, or `cut` short.
+    fn end(&mut self, cut: bool) {
+        let activity = &self.exchange.activity;
+        if cut {
+            activity.cut.store(true, Ordering::Release);
+        }
+        if !self.ended {
+            self.ended = true;
+            activity.answering.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for ExchangeBody {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(true);
+        }
+    }
 }
 
 impl hyper::body::Body for ExchangeBody {
@@ -174,9 +216,17 @@ impl hyper::body::Body for ExchangeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            let len = frame.data_ref().map_or(0, Bytes::len);
-            this.exchange.activity.sent.fetch_add(len, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                this.exchange.activity.sent.fetch_add(len, Ordering::Relaxed);
+                if this.body.is_end_stream() {
+                    this.end(false);
+                }
+            }
+            Poll::Ready(None) => this.end(false),
+            Poll::Ready(Some(Err(_))) => this.end(true),
+            Poll::Pending => {}
         }
         // Pending: the next piece has not come through the tunnel yet.
         this.exchange.set_waiting(polled.is_pending());
@@ -261,10 +311,24 @@ pub(super) struct Parking<I> {
     large_head: Option<tokio::sync::OwnedSemaphorePermit>,
     /// hyper flushed all it wrote: nothing of an answer is left in its buffer.
     flushed: bool,
+    /// Makes the connection's close a reset ([`Resettable::reset_on_close`]).
+    reset: fn(&I),
+}
+
+/// An answer cut short, or under way, when the connection closes: the visitor sees a reset.
+impl<I> Drop for Parking<I> {
+    fn drop(&mut self) {
+        if self.activity.cut_short() {
+            (self.reset)(&self.io);
+        }
+    }
 }
 
 impl<I: AsyncRead + Unpin> Parking<I> {
-    pub(super) fn new(io: I, activity: Arc<Activity>, large_heads: &LargeHeads) -> Self {
+    pub(super) fn new(io: I, activity: Arc<Activity>, large_heads: &LargeHeads) -> Self
+    where
+        I: Resettable,
+    {
         Self {
             io,
             activity,
@@ -275,6 +339,7 @@ impl<I: AsyncRead + Unpin> Parking<I> {
             large_heads: tokio_util::sync::PollSemaphore::new(large_heads.0.clone()),
             large_head: None,
             flushed: true,
+            reset: I::reset_on_close,
         }
     }
 
@@ -527,7 +592,7 @@ mod tests {
     #[test]
     fn a_place_stays_with_a_long_head_left_over_at_parking() {
         let heads = LargeHeads::new(1);
-        let mut parking = Parking::new(tokio::io::empty(), Arc::default(), &heads);
+        let mut parking = Parking::new(tokio::io::duplex(64).0, Arc::default(), &heads);
         parking.large_head = Some(heads.0.clone().try_acquire_owned().unwrap());
         parking.park();
         parking.keep_unparsed(bytes::Bytes::from(vec![b'x'; SMALL_HEAD + 1]));
@@ -539,7 +604,7 @@ mod tests {
 
     #[test]
     fn a_parked_connection_keeps_no_part_of_hypers_read_buffer() {
-        let mut parking = Parking::new(tokio::io::empty(), Arc::default(), &LargeHeads::new(1));
+        let mut parking = Parking::new(tokio::io::duplex(64).0, Arc::default(), &LargeHeads::new(1));
         let buffer = bytes::Bytes::from(vec![b'x'; 8192]);
         parking.keep_unparsed(buffer.slice(8190..));
         assert!(buffer.is_unique(), "parked, the connection would hold 8 KiB for 2 bytes");

@@ -203,6 +203,8 @@ async fn https(
             spliced = crate::forward::splice_metered(&mut tcp, &mut stream, limits, Some(&meter)) => {
                 if let Err(err) = spliced {
                     tracing::debug!(%visitor, name = %Escaped(&name), "TLS passthrough ended: {err}");
+                    // Either side cut: the other sees a reset, never a clean end.
+                    crate::transport::reset_on_close(&tcp);
                     stream.reset();
                 }
             }

@@ -2,6 +2,7 @@
 //! connectors that ship with the crate, and the server side of TLS.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -304,27 +305,57 @@ impl ClientTransport {
         proxy: Option<&HttpProxy>,
         wire: Wire,
     ) -> Result<Connection, ConnectError> {
+        self.connect_noting(server, proxy, wire, &Arc::default()).await
+    }
+
+    /// [`Self::connect_over`], setting `opened` once the way to the server is open (the TCP
+    /// connection, or the proxy's tunnel; a custom connector's connection): whatever fails or
+    /// hangs after it (TLS, the upgrade) met the server or something in the path.
+    pub(crate) async fn connect_noting(
+        &self,
+        server: &str,
+        proxy: Option<&HttpProxy>,
+        wire: Wire,
+        opened: &Arc<AtomicBool>,
+    ) -> Result<Connection, ConnectError> {
         let tcp: Arc<dyn Connector> = match proxy {
             Some(proxy) => Arc::new(ProxyConnector::new(proxy.clone(), server)),
             None => Arc::new(TcpConnector::new(server)),
         };
+        let noting = |inner| -> Arc<dyn Connector> { Arc::new(Noting { inner, opened: opened.clone() }) };
         let connector: Arc<dyn Connector> = match self {
-            Self::Plaintext => tcp,
+            Self::Plaintext => noting(tcp),
             Self::Tls { config, server_name } if wire == Wire::WebSocket => {
                 // Offered as HTTPS is: a path that filters on ALPN lets it through.
                 let mut config = rustls::ClientConfig::clone(config);
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Arc::new(TlsConnector::new(tcp, Arc::new(config), server_name.clone()))
+                Arc::new(TlsConnector::new(noting(tcp), Arc::new(config), server_name.clone()))
             }
             Self::Tls { config, server_name } => {
-                Arc::new(TlsConnector::new(tcp, config.clone(), server_name.clone()))
+                Arc::new(TlsConnector::new(noting(tcp), config.clone(), server_name.clone()))
             }
-            Self::Custom(connector) => connector.clone(),
+            Self::Custom(connector) => noting(connector.clone()),
         };
         match wire {
             Wire::WebSocket => WebSocketConnector::new(connector, server, WEBSOCKET_PATH).connect().await,
             Wire::Auto | Wire::Tcp => connector.connect().await,
         }
+    }
+}
+
+/// A connector that sets a flag once the one it wraps has opened its connection.
+struct Noting {
+    inner: Arc<dyn Connector>,
+    opened: Arc<AtomicBool>,
+}
+
+impl Connector for Noting {
+    fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
+        Box::pin(async move {
+            let connection = self.inner.connect().await?;
+            self.opened.store(true, Ordering::Relaxed);
+            Ok(connection)
+        })
     }
 }
 

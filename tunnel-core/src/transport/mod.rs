@@ -107,6 +107,38 @@ pub fn reset_on_close(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
+/// A visitor's connection that can be made to end with a reset (RST) instead of a clean close:
+/// an answer cut short then reaches a visitor that reads to the connection's end as an error,
+/// never as the whole of it. [`crate::http::HttpEdge::serve`] asks it of what it serves.
+pub trait Resettable {
+    /// Makes closing the connection send a reset ([`reset_on_close`] for TCP); bytes not yet
+    /// sent are dropped then.
+    fn reset_on_close(&self);
+}
+
+impl Resettable for TcpStream {
+    fn reset_on_close(&self) {
+        reset_on_close(self);
+    }
+}
+
+impl<S: Resettable> Resettable for tokio_rustls::server::TlsStream<S> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+impl<S: Resettable> Resettable for Prefixed<S> {
+    fn reset_on_close(&self) {
+        self.inner.reset_on_close();
+    }
+}
+
+/// An in-memory pipe has no reset: its other end sees the end of the stream.
+impl Resettable for tokio::io::DuplexStream {
+    fn reset_on_close(&self) {}
+}
+
 /// Makes every connection `listener` accepts start as [`reset_on_close`]: Linux copies a
 /// listener's socket options into each connection it accepts, so a visitor is reset, not
 /// ended, if this process dies after the kernel accepted it and before its visit began.
