@@ -263,9 +263,11 @@ pub fn client_hello(data: &[u8]) {
 /// An HTTP proxy's side: the first line is a proxy URL (and a host to check against it as a
 /// `NO_PROXY` list), the rest what a proxy answers to `CONNECT`. Nothing panics; a URL that
 /// parses names `HOST:PORT` with a valid port and never shows its credentials in `Debug`; a
-/// reply is granted only for an `HTTP/1.x 2xx` status line.
+/// reply is granted only for an `HTTP/1.x 2xx` status line; a reply head read whole (interim
+/// replies passed over) is granted only when one of its lines is such a status line, and
+/// within [`tunnel_core::transport::MAX_REPLY_HEAD`], leaving what follows it unread.
 pub fn proxy_reply(data: &[u8]) {
-    use tunnel_core::transport::{check_reply, no_proxy_matches, HttpProxy};
+    use tunnel_core::transport::{check_reply, no_proxy_matches, read_reply, HttpProxy, MAX_REPLY_HEAD};
     let (first, reply) = match data.iter().position(|b| *b == b'\n') {
         Some(at) => (&data[..at], &data[at + 1..]),
         None => (data, &[][..]),
@@ -294,6 +296,12 @@ pub fn proxy_reply(data: &[u8]) {
             reply.get(9..12).and_then(|s| std::str::from_utf8(s).ok()).and_then(|s| s.parse::<u16>().ok());
         let version = reply.starts_with(b"HTTP/1.0 ") || reply.starts_with(b"HTTP/1.1 ");
         assert!(version && status.is_some_and(|s| (200..300).contains(&s)), "{reply:?}");
+    }
+    let mut rest = reply;
+    if futures::executor::block_on(read_reply(&mut rest)).is_ok() {
+        let head = &reply[..reply.len() - rest.len()];
+        assert!(head.len() <= MAX_REPLY_HEAD && (head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n")));
+        assert!(head.split(|b| *b == b'\n').any(|line| check_reply(line).is_ok()), "{head:?}");
     }
 }
 

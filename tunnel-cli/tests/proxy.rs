@@ -125,6 +125,14 @@ async fn the_session_goes_through_the_proxy_named_by_the_flag_or_the_environment
         publish(&server, &[], &[("HTTPS_PROXY", &url), ("NO_PROXY", "localhost,127.0.0.1")]).await;
     echoes(port).await;
     assert!(seen.lock().unwrap().is_empty(), "NO_PROXY bypasses the proxy");
+
+    // `proxy = "none"` in the file: direct, as `--proxy none` (it was refused, exit 2).
+    let file = dir.path().join("direct.toml");
+    std::fs::write(&file, "proxy = \"none\"\n").unwrap();
+    let (_client, port) =
+        publish(&server, &["--config", file.to_str().unwrap()], &[("HTTPS_PROXY", &url)]).await;
+    echoes(port).await;
+    assert!(seen.lock().unwrap().is_empty(), "none goes direct, whatever the environment says");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,12 @@ async fn plaintext_client_against_a_tls_server_gets_a_clear_refusal() {
     let server = start_server(|_| {}).await;
     let mut config = server.client_config("plain", &[]);
     config.transport = ClientTransport::Plaintext;
+    let err = start_client(config.clone()).failure().await;
+    assert!(err.to_string().contains("TLS required"), "{err}");
+    // The same over WebSocket: the upgrade request is answered in HTTP, and the client stops
+    // with the same refusal. Before, it read a hello's refusal as a broken HTTP answer, and
+    // retried forever.
+    config.wire = tunnel_core::transport::Wire::WebSocket;
     let err = start_client(config).failure().await;
     assert!(err.to_string().contains("TLS required"), "{err}");
     // The server is unharmed.

@@ -4,6 +4,7 @@ use crate::proto::handshake::{HandshakeError, RefuseCode};
 use crate::proto::{GoodbyeCode, RefusalCode};
 use crate::session::{FrameError, SessionEnd, SessionError};
 use crate::tls::FingerprintMismatch;
+use crate::transport::websocket::{UpgradeError, TLS_REQUIRED_REASON};
 use crate::transport::{ConnectError, ProxyReplyError};
 
 /// Why a client stopped for good. Transient failures are retried and never surface here
@@ -11,8 +12,13 @@ use crate::transport::{ConnectError, ProxyReplyError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The server rejected our token.
-    #[error("authentication failed: the server rejected the token ({})", Escaped(.message))]
+    /// The server rejected our token, or our proof of it: a proof is bound to the TLS
+    /// connection it is made over, so a proxy on the way that ends TLS and starts its own
+    /// makes a right token fail too.
+    #[error(
+        "authentication failed: the server rejected the token ({}); if the token is right, something on the way may end TLS and start its own (a proof holds only over the TLS connection it was made on)",
+        Escaped(.message)
+    )]
     TokenRejected {
         /// Server's explanation.
         message: String,
@@ -233,6 +239,16 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
                 .is_some_and(ProxyReplyError::is_final) =>
         {
             ClientError::Proxy(err).into()
+        }
+        // A plaintext upgrade request to a server that requires TLS: its answer says so, as a
+        // plaintext hello's refusal does.
+        ConnectError::Upgrade { ref source, .. }
+            if source.get_ref().and_then(|e| e.downcast_ref::<UpgradeError>()).is_some_and(|e| {
+                matches!(e, UpgradeError::Refused { status: 400, reason } if reason == TLS_REQUIRED_REASON)
+            }) =>
+        {
+            let message = "this server requires TLS; the client connected in plaintext".to_owned();
+            ClientError::Refused { code: RefuseCode::TlsRequired, message }.into()
         }
         other => Failure::Transient(Interruption::Connect(other)),
     }

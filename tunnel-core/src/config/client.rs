@@ -95,9 +95,9 @@ pub struct ClientFile {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
     /// Reach the server through this HTTP proxy (`CONNECT`),
-    /// `http://[USER:PASSWORD@]HOST[:PORT]` (default: direct; `tunnel-cli connect` reads
-    /// `https_proxy` and `all_proxy` from the environment when neither this nor `--proxy` is
-    /// set). A secret when it holds a password.
+    /// `http://[USER:PASSWORD@]HOST[:PORT]`, or `none` for a direct connection (default:
+    /// direct; `tunnel-cli connect` reads `https_proxy` and `all_proxy` from the environment
+    /// when neither this nor `--proxy` is set). A secret when it holds a password.
     pub proxy: Option<SecretString>,
     /// Servers reached directly though `proxy` is set: comma-separated host names (each with
     /// its subdomains), IP addresses and networks, or `*`, as curl reads `NO_PROXY`
@@ -348,7 +348,8 @@ impl ClientFile {
         if config.reconnect.initial.is_zero() || config.reconnect.initial > config.reconnect.max {
             return Err(invalid("reconnect.initial", "must be more than 0 and at most `reconnect.max`"));
         }
-        if let Some(proxy) = &self.proxy {
+        // `none`: direct, as `--proxy none` (and nothing taken from the environment).
+        if let Some(proxy) = self.proxy.as_ref().filter(|proxy| proxy.expose_secret() != "none") {
             config.proxy = Some(proxy.expose_secret().parse().map_err(|e| invalid("proxy", e))?);
         }
         config.no_proxy = self.no_proxy.clone();

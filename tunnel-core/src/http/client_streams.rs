@@ -149,7 +149,9 @@ async fn open_stream(
     host: &str,
 ) -> Result<Upstream<MuxStream, ToClient>, (StatusCode, String)> {
     let stream = open_raw(opener, header, host).await?;
-    Upstream::handshake(stream).await.map_err(|e| no_talk(host, e))
+    let marker = stream.idle_marker();
+    let upstream = Upstream::handshake(stream).await.map_err(|e| no_talk(host, e))?;
+    Ok(upstream.with_idle_marker(marker))
 }
 
 /// Opens a data stream for one request that may switch protocols; its connection has a task of
@@ -258,6 +260,7 @@ mod tests {
         // On the pooled stream, closed under it: then on a new one.
         assert_eq!(ask(&opener, &streams, request(Method::GET, "")).await, Ok(StatusCode::OK));
         assert_eq!(opener.open_streams(), 1, "the closed stream went, its successor is pooled");
+        assert_eq!(opener.busy_streams(), 0, "a pooled stream waits for nobody");
     }
 
     #[tokio::test(start_paused = true)]

@@ -114,6 +114,7 @@ impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> Pool<T, B, K, L> {
             while let Some(at) = idle.iter().rposition(|entry| entry.lane == lane) {
                 let mut entry = idle.remove(at);
                 if entry.usable() {
+                    entry.upstream.set_idle(false);
                     found = Some((entry.upstream, entry.since.elapsed()));
                     break;
                 }
@@ -156,7 +157,7 @@ impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> Pool<T, B, K, L> {
         state.idle.clear();
     }
 
-    fn put(&self, home: Home<T, B, K, L>, upstream: Upstream<T, B>) {
+    fn put(&self, home: Home<T, B, K, L>, mut upstream: Upstream<T, B>) {
         let Home { key, lane, round, .. } = home;
         let mut state = self.lock();
         let renewed = state.rounds.get(&key).is_some_and(|now| *now != round);
@@ -173,6 +174,7 @@ impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> Pool<T, B, K, L> {
             // a newly busy route from finding the key full of another's.
             idle.remove(0);
         }
+        upstream.set_idle(true);
         idle.push(Idle { upstream, lane, since: Instant::now() });
         if sweep {
             // Looked over without the lock: takes and puts meanwhile find an empty pool.

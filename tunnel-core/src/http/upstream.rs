@@ -45,13 +45,28 @@ pub(super) struct Upstream<T: Io, B: RequestBody = Incoming> {
     sender: SendRequest<B>,
     /// `None` once the connection has ended.
     connection: Option<Driven<T, B>>,
+    /// Sets a stream to a client aside idle while the connection waits in a pool.
+    idle: Option<crate::mux::IdleMarker>,
 }
 
 impl<T: Io, B: RequestBody> Upstream<T, B> {
     /// Starts HTTP/1.1 over `io`.
     pub(super) async fn handshake(io: T) -> hyper::Result<Self> {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        Ok(Self { sender, connection: Some(Box::pin(connection)) })
+        Ok(Self { sender, connection: Some(Box::pin(connection)), idle: None })
+    }
+
+    /// Counts its stream to a client as idle while it waits in a pool ([`Self::set_idle`]).
+    pub(super) fn with_idle_marker(mut self, marker: crate::mux::IdleMarker) -> Self {
+        self.idle = Some(marker);
+        self
+    }
+
+    /// Filed in a pool (`true`), or taken out of it for an exchange.
+    pub(super) fn set_idle(&mut self, idle: bool) {
+        if let Some(marker) = self.idle.as_mut() {
+            marker.set(idle);
+        }
     }
 
     /// Advances the connection as far as it can go now; `false` once it has ended.

@@ -39,6 +39,9 @@ struct LinkState {
     /// [`super::StreamOpener::is_silent`]).
     silent: AtomicBool,
     open: AtomicUsize,
+    /// Open streams set aside idle (a pooled HTTP connection waiting for its next request):
+    /// open, and not busy.
+    idle: AtomicUsize,
     /// Streams the peer opened that we took and have not acknowledged yet.
     unacknowledged: AtomicUsize,
     /// Shared by the connections of one session, so a drain waits on all of them at once.
@@ -78,6 +81,7 @@ impl Link {
             opening: AtomicUsize::new(0),
             silent: AtomicBool::new(false),
             open: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             unacknowledged: AtomicUsize::new(0),
             closed_one,
             received: AtomicU64::new(0),
@@ -150,6 +154,18 @@ impl Link {
         self.0.open.load(Ordering::Acquire) + self.0.opening.load(Ordering::Acquire)
     }
 
+    /// [`Self::open_streams`] less those set aside idle ([`Self::idle_one`]). A stream that
+    /// closes while set aside is uncounted as idle a moment later than as open, hence the floor.
+    pub(super) fn busy_streams(&self) -> usize {
+        self.open_streams().saturating_sub(self.0.idle.load(Ordering::Acquire))
+    }
+
+    /// Counts an open stream as idle until the returned guard is dropped.
+    pub(super) fn idle_one(&self) -> IdleStream {
+        self.0.idle.fetch_add(1, Ordering::AcqRel);
+        IdleStream(self.clone())
+    }
+
     /// Tells this connection from any other this process opened, now or before (a count, not an
     /// address: keys made of it never name a later connection).
     pub(super) fn id(&self) -> usize {
@@ -214,6 +230,16 @@ impl Default for Serial {
 /// One open stream in its connection's count.
 #[derive(Debug)]
 pub(super) struct OpenStream(Link);
+
+/// One open stream set aside idle, in its connection's count.
+#[derive(Debug)]
+pub(super) struct IdleStream(Link);
+
+impl Drop for IdleStream {
+    fn drop(&mut self) {
+        self.0 .0.idle.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {

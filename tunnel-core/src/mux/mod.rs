@@ -39,7 +39,7 @@ pub(crate) use openers::idle_opener;
 pub(crate) use openers::least_busy;
 pub use openers::Openers;
 pub use settings::MuxConfig;
-pub use stream::{MuxStream, StreamOpener};
+pub use stream::{IdleMarker, MuxStream, StreamOpener};
 
 use crate::transport::Io;
 use admission::TokenBucket;

@@ -47,10 +47,11 @@ impl From<StreamOpener> for Openers {
     }
 }
 
-/// The item whose connection (`opener_of`) has the fewest open streams, among those whose
-/// session is up and heard from; failing that, among those merely up. Ties at random.
+/// The item whose connection (`opener_of`) has the fewest busy streams (open, and not set aside
+/// idle in a pool), among those whose session is up and heard from; failing that, among those
+/// merely up. Ties at random.
 pub(crate) fn least_busy<T>(items: &[T], opener_of: impl Fn(&T) -> &StreamOpener) -> Option<&T> {
-    let open = |item: &T| opener_of(item).open_streams();
+    let open = |item: &T| opener_of(item).busy_streams();
     let up = |item: &T| !opener_of(item).is_closed();
     let heard = fewest(items, |item| up(item) && !opener_of(item).is_silent(), open);
     heard.or_else(|| fewest(items, up, open))
@@ -128,5 +129,25 @@ mod tests {
             assert_eq!(tie.pick().map(StreamOpener::connection_id), Some(a.connection_id()));
         }
         assert!(Openers::new([]).pick().is_none());
+    }
+
+    /// Streams set aside idle (a pooled HTTP connection) do not count: a replica whose pool
+    /// holds streams is not passed over for one serving a visitor (or hung with one).
+    #[tokio::test]
+    async fn streams_set_aside_idle_do_not_make_a_connection_look_busy() {
+        let ((a, _ka), (b, _kb)) = (opener(), opener());
+        let pooled = [a.link.open_one(), a.link.open_one()];
+        let serving = b.link.open_one();
+        let set = Openers::new([a.clone(), b.clone()]);
+        assert_eq!(set.pick().map(StreamOpener::connection_id), Some(b.connection_id()));
+        let idle = [a.link.idle_one(), a.link.idle_one()];
+        for _ in 0..20 {
+            assert_eq!(set.pick().map(StreamOpener::connection_id), Some(a.connection_id()));
+        }
+        assert_eq!((a.open_streams(), a.busy_streams()), (2, 0));
+        // Taken out of the pool for an exchange: busy again.
+        drop(idle);
+        assert_eq!(set.pick().map(StreamOpener::connection_id), Some(b.connection_id()));
+        drop((pooled, serving));
     }
 }

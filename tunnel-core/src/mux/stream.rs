@@ -157,6 +157,15 @@ impl StreamOpener {
         self.link.open_streams() + joined
     }
 
+    /// [`Self::open_streams`] less those set aside idle ([`MuxStream::idle_marker`]): what
+    /// tells a busy session from a quiet one (a session's pooled HTTP connections are open,
+    /// and wait for nobody).
+    pub fn busy_streams(&self) -> usize {
+        let lanes = self.bundle.live();
+        let joined: usize = lanes.iter().map(|lane| lane.link.busy_streams()).sum();
+        self.link.busy_streams() + joined
+    }
+
     /// Tells this session's first connection from any other this process opened, now or before
     /// (two openers of one connection give the same value; a later connection never does).
     pub fn connection_id(&self) -> usize {
@@ -223,6 +232,12 @@ pub struct MuxStream {
 }
 
 impl MuxStream {
+    /// What sets this stream aside idle in its session's count ([`StreamOpener::busy_streams`])
+    /// while a pool holds it between exchanges.
+    pub fn idle_marker(&self) -> IdleMarker {
+        IdleMarker { link: self.link.clone(), idle: None }
+    }
+
     pub(super) fn new(tracked: Tracked, permit: OwnedSemaphorePermit, link: Link) -> Self {
         let Tracked { stream, tally } = tracked;
         Self {
@@ -414,5 +429,24 @@ impl AsyncWrite for MuxStream {
         // The FIN carried the ACK, if it was owed.
         self.unacknowledged = None;
         Poll::Ready(closed)
+    }
+}
+
+/// Sets its stream aside idle, or busy again ([`MuxStream::idle_marker`]); dropped, the stream
+/// counts as busy for as long as it stays open.
+#[derive(Debug)]
+pub struct IdleMarker {
+    link: Link,
+    idle: Option<super::link::IdleStream>,
+}
+
+impl IdleMarker {
+    /// Counts the stream as idle (`true`) or busy.
+    pub fn set(&mut self, idle: bool) {
+        match (idle, self.idle.is_some()) {
+            (true, false) => self.idle = Some(self.link.idle_one()),
+            (false, true) => self.idle = None,
+            _ => {}
+        }
     }
 }

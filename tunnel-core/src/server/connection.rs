@@ -162,12 +162,16 @@ async fn secure(
             transport::accept_tls(tls.clone(), tcp).await.map_err(EstablishError::Tls)
         }
         (Some(_), false) => {
-            read_and_refuse(
-                &mut tcp,
-                RefuseCode::TlsRequired,
-                "this server requires TLS; the client connected in plaintext",
-            )
-            .await;
+            let why = "this server requires TLS; the client connected in plaintext";
+            // An upgrade request (a WebSocket client, or curl) is answered in HTTP, which it reads.
+            let mut start = [0u8; 4];
+            if tcp.peek(&mut start).await.ok() == Some(start.len())
+                && &start == transport::websocket::UPGRADE_PREFIX
+            {
+                transport::websocket::refuse_plaintext(&mut tcp, Vec::new(), why).await;
+            } else {
+                read_and_refuse(&mut tcp, RefuseCode::TlsRequired, why).await;
+            }
             Err(EstablishError::PlaintextClient)
         }
         (None, true) => {

@@ -18,7 +18,8 @@ pub use connect::{
     accept_tls, ClientTransport, ConnectError, Connection, Connector, TcpConnector, TlsConnector, Wire,
 };
 pub use proxy::{
-    check_reply, no_proxy_matches, HttpProxy, ProxyConnector, ProxyReplyError, ProxyUrlError, MAX_REPLY_HEAD,
+    check_reply, no_proxy_matches, read_reply, HttpProxy, ProxyConnector, ProxyReplyError, ProxyUrlError,
+    MAX_REPLY_HEAD,
 };
 pub use read_buffer::{Authenticated, ReadBuffer};
 

@@ -282,9 +282,17 @@ impl Connector for ProxyConnector {
 }
 
 /// Reads the reply head: its status line (a refusal or anything but HTTP ends it there),
-/// then its header lines up to the blank line, so that what follows is the server's.
-async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R) -> io::Result<()> {
-    let (mut head, mut status_read) = (0usize, false);
+/// then its header lines up to the blank line, so that what follows is the server's. Interim
+/// replies (`100 Continue`, `102`, `103`; RFC 9110 15.2) before it are read and passed over,
+/// within the same bound on all the heads read.
+pub async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R) -> io::Result<()> {
+    #[derive(PartialEq)]
+    enum Reading {
+        Status,
+        Interim,
+        Headers,
+    }
+    let (mut head, mut reading) = (0usize, Reading::Status);
     loop {
         let mut line = Vec::new();
         let left = MAX_REPLY_HEAD.saturating_sub(head) as u64 + 1;
@@ -294,19 +302,38 @@ async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R) -> io::Resul
             return Err(io::Error::other(too_long));
         }
         if !line.ends_with(b"\n") {
-            if !status_read && !line.is_empty() {
+            if reading == Reading::Status && !line.is_empty() {
                 // Not even a line: say what came, it may not be HTTP at all.
                 check_reply(&line).map_err(io::Error::other)?;
             }
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the proxy closed the connection"));
         }
-        if !status_read {
-            check_reply(&line).map_err(io::Error::other)?;
-            status_read = true;
-        } else if line == b"\r\n" || line == b"\n" {
-            return Ok(());
-        }
+        let blank = line == b"\r\n" || line == b"\n";
+        reading = match reading {
+            Reading::Status if is_interim(&line) => Reading::Interim,
+            Reading::Status => {
+                check_reply(&line).map_err(io::Error::other)?;
+                Reading::Headers
+            }
+            Reading::Interim if blank => Reading::Status,
+            Reading::Headers if blank => return Ok(()),
+            other => other,
+        };
     }
+}
+
+/// Whether a status line is an interim reply a client reads past (1xx but `101`, which
+/// answers no `CONNECT`).
+fn is_interim(status_line: &[u8]) -> bool {
+    let line = status_line.strip_suffix(b"\n").unwrap_or(status_line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let (version, status) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    matches!(version, b"HTTP/1.0" | b"HTTP/1.1")
+        && status.len() == 3
+        && status[0] == b'1'
+        && status[1..].iter().all(u8::is_ascii_digit)
+        && status != b"101"
 }
 
 #[cfg(test)]

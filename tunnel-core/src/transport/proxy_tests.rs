@@ -123,6 +123,24 @@ async fn a_reply_head_is_read_to_its_blank_line_leaving_what_follows() {
     assert!(err.to_string().contains("over 8192 bytes"), "a head of many short lines is bounded too: {err}");
 }
 
+/// A proxy may send interim replies before its answer (RFC 9110 15.2): they are read past.
+/// Before, `100 Continue` was taken for the answer, a refusal, and the client retried forever.
+#[tokio::test]
+async fn interim_replies_before_the_answer_are_read_past() {
+    let mut reply = &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\nSERVER"[..];
+    read_reply(&mut reply).await.unwrap();
+    assert_eq!(reply, b"SERVER");
+    let mut refused = &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 407 Proxy Authentication Required\r\n\r\n"[..];
+    assert!(read_reply(&mut refused).await.unwrap_err().to_string().contains("407"));
+    // 101 switches to another protocol: no answer to a CONNECT.
+    let mut switched = &b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..];
+    assert!(read_reply(&mut switched).await.unwrap_err().to_string().contains("101"));
+    // Endless interim replies are bounded with the rest.
+    let endless = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_REPLY_HEAD);
+    let err = read_reply(&mut &endless[..]).await.unwrap_err();
+    assert!(err.to_string().contains("over 8192 bytes"), "{err}");
+}
+
 #[tokio::test]
 async fn the_connector_asks_for_the_target_and_hands_over_what_follows_the_head() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

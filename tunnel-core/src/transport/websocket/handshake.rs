@@ -80,6 +80,20 @@ pub(super) fn refusal(status: u16, why: &str) -> String {
     )
 }
 
+/// The reason phrase of the answer to an upgrade request sent in plaintext to a server that
+/// requires TLS: a client reads it as the server's refusal (its `400` says no more).
+pub const TLS_REQUIRED_REASON: &str = "TLS Required";
+
+/// That answer, with `why` as its body.
+pub(super) fn tls_required(why: &str) -> String {
+    let body = format!("{why}\n");
+    format!(
+        "HTTP/1.1 400 {TLS_REQUIRED_REASON}\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Checks a client's request head: the `Sec-WebSocket-Accept` to answer with, or the status
 /// and reason to refuse it with.
 pub fn check_request(head: &[u8]) -> Result<String, (u16, UpgradeError)> {
@@ -180,11 +194,11 @@ pub(super) async fn read_head(
 ) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut searched = 0;
     loop {
-        if let Some(end) = head[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = head.split_off(searched + end + 4);
+        if let Some(end) = head_end(&head, searched) {
+            let rest = head.split_off(end);
             return Ok((head, rest));
         }
-        searched = head.len().saturating_sub(3);
+        searched = head.len().saturating_sub(2);
         if head.len() >= MAX_HEAD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -203,9 +217,33 @@ pub(super) async fn read_head(
     }
 }
 
+/// Where a head ends (just past its blank line), looking from `from` on: lines end with CRLF
+/// or, as HTTP parsers take them too (RFC 9112 2.2), a bare LF.
+fn head_end(head: &[u8], from: usize) -> Option<usize> {
+    let newlines = head.iter().enumerate().skip(from).filter(|(_, b)| **b == b'\n');
+    newlines.map(|(at, _)| at + 1).find_map(|next| match &head[next..] {
+        [b'\n', ..] => Some(next + 1),
+        [b'\r', b'\n', ..] => Some(next + 2),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_whatever_ends_its_lines() {
+        for (head, end) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest"[..], Some(27)),
+            (b"GET / HTTP/1.1\nHost: a\n\nrest", Some(24)),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\nrest", Some(26)),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n", None),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r", None),
+        ] {
+            assert_eq!(head_end(head, 0), end, "{}", String::from_utf8_lossy(head));
+        }
+    }
 
     #[test]
     fn the_rfc_key_gets_the_rfc_answer() {

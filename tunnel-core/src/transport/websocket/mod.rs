@@ -11,7 +11,7 @@ mod frame;
 mod handshake;
 mod stream;
 
-pub use handshake::{check_request, check_response, UpgradeError, MAX_HEAD};
+pub use handshake::{check_request, check_response, UpgradeError, MAX_HEAD, TLS_REQUIRED_REASON};
 pub use stream::{Role, WebSocketStream};
 
 use std::io;
@@ -62,6 +62,16 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             Err(io::Error::new(io::ErrorKind::InvalidData, err))
         }
     }
+}
+
+/// Answers an upgrade request sent in plaintext to a server that requires TLS, whose first
+/// bytes, `read`, were already read: reads its head (within [`MAX_HEAD`]), then answers `400
+/// TLS Required` with `why`, which the client takes as the server's refusal.
+pub async fn refuse_plaintext<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, read: Vec<u8>, why: &str) {
+    if handshake::read_head(&mut io, read).await.is_ok() {
+        let _ = io.write_all(handshake::tls_required(why).as_bytes()).await;
+    }
+    let _ = io.shutdown().await;
 }
 
 /// WebSocket over the connections of another connector (a [`super::TlsConnector`], usually);
