@@ -141,8 +141,16 @@ pub(super) async fn serve(
     .await;
 }
 
+/// The session a local visitor goes through: the first server's that is up and heard from;
+/// failing that, the first up (a silent one may yet answer). A server gone silent, hung or cut
+/// off without a reset, is passed over within two heartbeat intervals, not at its timeout.
+pub(super) fn first_up(sessions: &[watch::Receiver<Option<StreamOpener>>]) -> Option<StreamOpener> {
+    let up = || sessions.iter().filter_map(|s| s.borrow().clone().filter(|o| !o.is_closed()));
+    up().find(|o| !o.is_silent()).or_else(|| up().next())
+}
+
 /// Accepts connections on `listener` until `stop`, handing each to a task of its own with the
-/// opener of the first session up now (`None` while none is).
+/// opener of the first session up now (`None` while none is; see [`first_up`]).
 pub(super) async fn accept_loop<F, Fut>(
     listener: &TcpListener,
     what: &(dyn std::fmt::Display + Sync),
@@ -160,7 +168,7 @@ pub(super) async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((tcp, visitor)) => {
-                let opener = sessions.iter().find_map(|s| s.borrow().clone().filter(|o| !o.is_closed()));
+                let opener = first_up(sessions);
                 tokio::spawn(visit(tcp, visitor, opener));
             }
             Err(err) => {
@@ -254,7 +262,7 @@ async fn serve_datagrams(
             Ok(received) => received,
             Err(_) => continue, // The ICMP error of an earlier answer.
         };
-        let opener = sessions.iter().find_map(|s| s.borrow().clone().filter(|o| !o.is_closed()));
+        let opener = first_up(sessions);
         let up = opener.is_some();
         let offer = flows.offer(visitor, Bytes::copy_from_slice(&buf[..len]), |inbox| {
             let Some(opener) = opener else { return false };
@@ -326,4 +334,28 @@ pub(super) async fn open_datagrams(
         return Err(io::Error::new(io::ErrorKind::ConnectionRefused, why));
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mux::idle_opener;
+
+    #[tokio::test]
+    async fn a_local_visitor_takes_the_first_server_heard_from_then_the_first_up() {
+        let ((a, _ka), (b, _kb)) = (idle_opener(), idle_opener());
+        let (_none, no_session) = watch::channel(None);
+        let (_a, first) = watch::channel(Some(a.clone()));
+        let (_b, second) = watch::channel(Some(b.clone()));
+        let sessions = [no_session, first, second];
+        let chosen = |sessions: &[_]| first_up(sessions).map(|o: StreamOpener| o.connection_id());
+        assert_eq!(chosen(&sessions), Some(a.connection_id()));
+        // The first server goes silent: the second takes the visitors, before any timeout.
+        a.set_silent(true);
+        assert_eq!(chosen(&sessions), Some(b.connection_id()));
+        // Both silent: the first still gets them (it may yet answer).
+        b.set_silent(true);
+        assert_eq!(chosen(&sessions), Some(a.connection_id()));
+        assert_eq!(chosen(&sessions[..1]), None);
+    }
 }
