@@ -203,6 +203,20 @@ impl Client {
                 })),
             }
         }
+        // One server named twice (an address, and a name found at it): one session, not two
+        // that would replace each other.
+        let mut at = std::collections::HashSet::new();
+        links.retain(|link| {
+            let addr = link.server.parse::<std::net::SocketAddr>().ok().or_else(|| {
+                let found = found.get(&link.server)?;
+                found.iter().all(|addr| *addr == found[0]).then(|| found.first().copied()).flatten()
+            });
+            let first = link.proxied || addr.is_none_or(|addr| at.insert(addr));
+            if !first {
+                tracing::warn!(server = %Escaped(&link.server), "this server is listed already (under another name or address): one session with it");
+            }
+            first
+        });
         self.links = links;
     }
 
