@@ -192,11 +192,13 @@ fn key_value(line: &str) -> Option<(&str, &str)> {
 /// The key of the line at `offset` when its value may be text written without quotes
 /// (`listen = 127.0.0.1:7700`, which TOML reads as a malformed number): a value, its
 /// trailing comment aside, that is no TOML value on its own and is one as a quoted string.
-/// Neither the value nor the message says what it was (it may be a token).
+/// Digits alone are a number too large, not text. Neither the value nor the message says what
+/// it was (it may be a token).
 fn unquoted_text(text: &str, offset: usize) -> Option<&str> {
     let (key, value) = key_value(line_at(text, offset))?;
     let value = value.split_once(" #").map_or(value, |(value, _)| value).trim_end();
-    let bare = |v: &str| !v.is_empty() && !v.contains(['"', '\'', '#', '[', '{', '\\']);
+    let digits = value.trim_start_matches(['+', '-']).chars().all(|c| c.is_ascii_digit() || c == '_');
+    let bare = |v: &str| !v.is_empty() && !digits && !v.contains(['"', '\'', '#', '[', '{', '\\']);
     let parses = |v: &str| toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok();
     (bare(value) && !parses(value) && parses(&format!("\"{value}\""))).then_some(key)
 }
@@ -321,7 +323,14 @@ mod file_tests {
         let err = parse::<ClientFile>("server =\n", "c.toml".as_ref()).unwrap_err().chain();
         assert!(err.contains("(line 1, `server`)"), "{err}");
         // A value of the wrong type, or a real syntax error, gets no such hint.
-        for wrong in ["connections = \"4\"\n", "connections = [1\n", "server = \"a:1\" x\n"] {
+        // Nor does a number too large for any integer (it would be refused quoted).
+        for wrong in [
+            "connections = \"4\"\n",
+            "connections = [1\n",
+            "server = \"a:1\" x\n",
+            "connections = 99999999999999999999\n",
+            "connections = -99_999_999_999_999_999_999\n",
+        ] {
             let err = parse::<ClientFile>(wrong, "c.toml".as_ref()).unwrap_err().chain();
             assert!(!err.contains("quote it"), "{wrong}: {err}");
         }
