@@ -301,7 +301,7 @@ pub fn proxy_reply(data: &[u8]) {
     if futures::executor::block_on(read_reply(&mut rest)).is_ok() {
         let head = &reply[..reply.len() - rest.len()];
         assert!(head.len() <= MAX_REPLY_HEAD && (head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n")));
-        assert!(head.split(|b| *b == b'\n').any(|line| check_reply(line).is_ok()), "{head:?}");
+        assert!(head.split_inclusive(|b| *b == b'\n').any(|line| check_reply(line).is_ok()), "{head:?}");
     }
 }
 

@@ -304,8 +304,11 @@ async fn json_logs_are_one_object_per_line() {
     ]));
     let port = public_port(&client.line_after("remote forward ready: ").await);
     client.output_contains("remote forward ready\"").await;
-    let mut visitor = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let _ = tokio::io::AsyncReadExt::read_to_end(&mut visitor, &mut Vec::new()).await;
+    // Reset once the client finds the target closed: that may come before the connect returns.
+    match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(mut visitor) => drop(tokio::io::AsyncReadExt::read_to_end(&mut visitor, &mut Vec::new()).await),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
     client.output_contains("cannot reach the target").await;
     assert_eq!(client.terminate().await, 0);
     assert_eq!(server.terminate().await, 0);

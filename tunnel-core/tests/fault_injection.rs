@@ -173,6 +173,98 @@ async fn killing_the_client_mid_answer_resets_a_visitor_reading_to_the_close() {
     edge.server.stop().await;
 }
 
+/// An origin whose answers end by their own framing: `/length` has a length, `/trailers` is
+/// chunked and ends with a trailer, `/none` is a 204; a `HEAD` gets `/length`'s head.
+async fn framed_origin(len: usize) -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
+    serve_target(move |tcp| async move {
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| async move {
+                let mut pattern = Pattern::new(9);
+                let mut bytes = vec![0u8; len];
+                pattern.fill(&mut bytes);
+                let response = match request.uri().path() {
+                    "/trailers" => {
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("x-sum", http::HeaderValue::from_static("1"));
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(bytes))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        http::Response::new(StreamBody::new(futures::stream::iter(frames)).boxed_unsync())
+                    }
+                    "/none" => http::Response::builder()
+                        .status(204)
+                        .body(Full::new(Bytes::new()).boxed_unsync())
+                        .unwrap(),
+                    _ => http::Response::new(Full::new(Bytes::from(bytes)).boxed_unsync()),
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            });
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+    })
+    .await
+}
+
+/// What comes back for `requests` (written at once) until the edge closes: a clean close with
+/// every byte, never a reset.
+async fn cleanly_closed(edge: SocketAddr, requests: &str) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    tcp.write_all(requests.as_bytes()).await.unwrap();
+    let mut answers = Vec::new();
+    let read =
+        tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answers)).await.expect("the edge kept it open");
+    assert!(read.is_ok(), "{requests:?}: {read:?} after {} bytes", answers.len());
+    answers
+}
+
+/// The other half of the rule above: an answer that reached its end by its own framing (a
+/// length, a chunked end with trailers, none at all for `HEAD` and 204) closes cleanly with
+/// every byte sent, on its own connection or after others on a kept one. A reset there would
+/// drop what the kernel had yet to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_answers_end_with_a_clean_close_whatever_frames_them() {
+    let len = 256 * 1024;
+    let origin = framed_origin(len).await;
+    let edge = edge(|_| {}).await;
+    let config =
+        with_http(edge.server.client_config("framed", &[]), &[format!("whole.test=http://{origin}")]);
+    let mut client = start_client(config);
+    client.connected().await;
+    let ask = |method: &str, path: &str, close: bool| {
+        let close = if close { "Connection: close\r\n" } else { "" };
+        format!("{method} {path} HTTP/1.1\r\nHost: whole.test\r\n{close}\r\n")
+    };
+    // The last `len` bytes are the last answer's body.
+    let body = |answers: &[u8]| {
+        let at = answers.len().saturating_sub(len);
+        answers.len() > len && prefix_digest(9, len) == <[u8; 32]>::from(Sha256::digest(&answers[at..]))
+    };
+    for path in ["/length", "/trailers", "/none"] {
+        let answers = cleanly_closed(edge.http, &ask("GET", path, true)).await;
+        let text = String::from_utf8_lossy(&answers[..answers.len().min(200)]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 2"), "{path}: {text}");
+        if path == "/length" {
+            assert!(body(&answers), "{path}: the body came whole");
+        }
+        if path == "/trailers" {
+            // The chunked end; the trailer itself goes to visitors that ask for it (`TE: trailers`).
+            let end = &answers[answers.len().saturating_sub(32)..];
+            assert!(end.ends_with(b"\r\n0\r\n\r\n") || end.ends_with(b"\r\nx-sum: 1\r\n\r\n"), "{end:?}");
+        }
+    }
+    cleanly_closed(edge.http, &ask("HEAD", "/length", true)).await;
+    // One kept connection: a HEAD, a chunked answer with trailers, a 204, then the last.
+    let kept = [ask("HEAD", "/length", false), ask("GET", "/trailers", false), ask("GET", "/none", false)];
+    let answers = cleanly_closed(edge.http, &(kept.concat() + &ask("GET", "/length", true))).await;
+    assert!(body(&answers), "the last answer came whole");
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_server_mid_transfer_errors_the_target_instead_of_truncating() {
     let _serial = SERIAL.lock().await;

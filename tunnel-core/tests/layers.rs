@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("forward", &["log", "metrics", "mux", "proto"]),
     ("socks", &["proto"]),
     ("udp", &["log", "proto", "socks", "source"]),
-    ("http", &["forward", "log", "metrics", "mux", "proto", "source", "tls"]),
+    ("http", &["forward", "log", "metrics", "mux", "proto", "source", "tls", "transport"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (
         "server",

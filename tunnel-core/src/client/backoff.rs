@@ -78,7 +78,7 @@ impl BackoffState {
     /// Starts over when the guard returned is dropped [`LIVED`] or more from now: held for as
     /// long as a connection or session lasts.
     pub(crate) fn reset_if_lived(&mut self) -> ResetIfLived<'_> {
-        ResetIfLived { state: self, since: Instant::now() }
+        ResetIfLived { state: self, since: Instant::now(), success: false }
     }
 }
 
@@ -86,11 +86,20 @@ impl BackoffState {
 pub(crate) struct ResetIfLived<'a> {
     state: &'a mut BackoffState,
     since: Instant,
+    /// Ends as a success however soon: the server said it is going (a drain).
+    success: bool,
+}
+
+impl ResetIfLived<'_> {
+    /// Starts the delays over when dropped, however soon: the server ended it of its own will.
+    pub(crate) fn success(&mut self) {
+        self.success = true;
+    }
 }
 
 impl Drop for ResetIfLived<'_> {
     fn drop(&mut self) {
-        if self.since.elapsed() >= LIVED {
+        if self.success || self.since.elapsed() >= LIVED {
             self.state.reset();
         }
     }
@@ -135,5 +144,11 @@ mod tests {
         tokio::time::advance(LIVED).await;
         drop(lived);
         assert_eq!(state.attempts(), 0, "it lived: the delays start over");
+        // Ended by the server's drain, however soon: no failure either.
+        assert!(state.next_delay().is_some());
+        let mut drained = state.reset_if_lived();
+        drained.success();
+        drop(drained);
+        assert_eq!(state.attempts(), 0, "a drain is no failure");
     }
 }

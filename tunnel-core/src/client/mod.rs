@@ -203,20 +203,6 @@ impl Client {
                 })),
             }
         }
-        // One server named twice (an address, and a name found at it): one session, not two
-        // that would replace each other.
-        let mut at = std::collections::HashSet::new();
-        links.retain(|link| {
-            let addr = link.server.parse::<std::net::SocketAddr>().ok().or_else(|| {
-                let found = found.get(&link.server)?;
-                found.iter().all(|addr| *addr == found[0]).then(|| found.first().copied()).flatten()
-            });
-            let first = link.proxied || addr.is_none_or(|addr| at.insert(addr));
-            if !first {
-                tracing::warn!(server = %Escaped(&link.server), "this server is listed already (under another name or address): one session with it");
-            }
-            first
-        });
         self.links = links;
     }
 
@@ -354,7 +340,7 @@ impl Client {
         }
         // A session that lives `LIVED` was a success; one cut sooner (by a device in the path
         // that lets a session start and then cuts it, say) counts as a failed attempt.
-        let _lived = backoff.reset_if_lived();
+        let mut lived = backoff.reset_if_lived();
         tracing::info!(server = %Escaped(&link.server), protocol, "connected over {wire}");
         let _up = self.metrics.session_up();
         // Local forwards get the session before anyone is told it is up.
@@ -417,6 +403,8 @@ impl Client {
                         _lanes = self.keeper(first, session, connections);
                     }
                     ControlMessage::Draining { deadline_ms, message } => {
+                        // A server going away (a restart): no failure of the path, however soon.
+                        lived.success();
                         // It takes no new streams: local forwards go through another server.
                         // Told once per session, however often the server says it.
                         if current.send_replace(None).is_some() {

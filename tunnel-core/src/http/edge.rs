@@ -276,7 +276,12 @@ impl HttpEdge {
                     || status.is_informational()
                     || status == StatusCode::NO_CONTENT
                     || status == StatusCode::NOT_MODIFIED;
-                let response = response.map(|body| exchange.hold(body, bodiless));
+                let length = response
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .or_else(|| hyper::body::Body::size_hint(response.body()).exact());
+                let response = response.map(|body| exchange.hold(body, bodiless, length));
                 Ok::<_, std::convert::Infallible>(response)
             }
         });

@@ -290,7 +290,7 @@ async fn an_exchange_waiting_on_the_tunnel_is_never_idle() {
     let (mut more, body) = futures::channel::mpsc::channel::<
         Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>,
     >(1);
-    let mut body = exchange.hold(http_body_util::StreamBody::new(body).boxed_unsync(), false);
+    let mut body = exchange.hold(http_body_util::StreamBody::new(body).boxed_unsync(), false, None);
     assert!(futures::poll!(std::pin::pin!(body.frame())).is_pending());
     assert!(
         tokio::time::timeout(idle * 10, activity.quiet_for(idle)).await.is_err(),
@@ -397,7 +397,8 @@ async fn a_slow_reader_keeps_its_http2_connection_and_a_stalled_one_does_not() {
     let (mut more, body) = futures::channel::mpsc::channel::<
         Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>,
     >(64);
-    let mut body = activity.begin(false).hold(http_body_util::StreamBody::new(body).boxed_unsync(), false);
+    let mut body =
+        activity.begin(false).hold(http_body_util::StreamBody::new(body).boxed_unsync(), false, None);
     for _ in 0..40 {
         more.try_send(Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![0; 1500])))).unwrap();
     }

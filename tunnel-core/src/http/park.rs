@@ -70,6 +70,9 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.fetch_add(1, Ordering::AcqRel);
         self.head_bytes.store(0, Ordering::Release);
+        // hyper starts the next exchange only once the answer before has all its framing: a
+        // mark left by that answer's body (dropped early after all) no longer stands.
+        self.cut.store(false, Ordering::Release);
         if body_follows {
             self.bodies.fetch_add(1, Ordering::AcqRel);
         }
@@ -153,13 +156,15 @@ impl Exchange {
     /// The response body, holding the exchange until hyper has sent it and drops it. The
     /// head is in: the exchange waits on the tunnel again only when its body does. `bodiless`:
     /// hyper sends no body whatever this one holds (an answer to `HEAD`, a 1xx, 204 or 304).
-    pub(super) fn hold(mut self, body: Body, bodiless: bool) -> ExchangeBody {
+    /// `length`: the length hyper frames it by, if known; hyper takes no more than that, and
+    /// may drop a body that does not say it is over once it has (a handler's stream).
+    pub(super) fn hold(mut self, body: Body, bodiless: bool, length: Option<u64>) -> ExchangeBody {
         self.set_waiting(false);
-        let ended = bodiless || hyper::body::Body::is_end_stream(&body);
+        let ended = bodiless || length == Some(0) || hyper::body::Body::is_end_stream(&body);
         if !ended {
             self.activity.answering.fetch_add(1, Ordering::AcqRel);
         }
-        ExchangeBody { body, exchange: self, ended }
+        ExchangeBody { body, exchange: self, ended, left: length }
     }
 
     fn set_waiting(&mut self, waiting: bool) {
@@ -182,6 +187,8 @@ pub(super) struct ExchangeBody {
     exchange: Exchange,
     /// hyper has taken the whole of it, or it was cut short (counted so).
     ended: bool,
+    /// Bytes still to come of a body of known length.
+    left: Option<u64>,
 }
 
 impl ExchangeBody {
@@ -220,7 +227,13 @@ impl hyper::body::Body for ExchangeBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, Bytes::len);
                 this.exchange.activity.sent.fetch_add(len, Ordering::Relaxed);
-                if this.body.is_end_stream() {
+                let left = this.left.as_mut().map(|left| {
+                    *left = left.saturating_sub(len as u64);
+                    *left
+                });
+                // hyper takes nothing more after trailers, nor past a length, and may drop a body
+                // that has not said it is over.
+                if left == Some(0) || frame.is_trailers() || this.body.is_end_stream() {
                     this.end(false);
                 }
             }
@@ -318,7 +331,8 @@ pub(super) struct Parking<I> {
 /// An answer cut short, or under way, when the connection closes: the visitor sees a reset.
 impl<I> Drop for Parking<I> {
     fn drop(&mut self) {
-        if self.activity.cut_short() {
+        // Or hyper still holds bytes of an answer: closed now, it never reaches its end.
+        if self.activity.cut_short() || !self.flushed {
             (self.reset)(&self.io);
         }
     }
@@ -537,79 +551,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Parking<I> {
         if self.parked {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let shut = Pin::new(&mut self.io).poll_shutdown(cx);
+        if matches!(shut, Poll::Ready(Ok(()))) {
+            // All that was written is the kernel's (or TLS's, which flushed it) to send.
+            self.flushed = true;
+        }
+        shut
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const IDLE: Duration = Duration::from_secs(30);
-
-    /// Once hyper has the whole body, the exchange is over; what is left of the answer goes
-    /// out as the visitor reads it, and a visitor reading it slowly is not idle.
-    #[tokio::test(start_paused = true)]
-    async fn what_the_socket_takes_counts_as_sent() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let activity = Arc::new(Activity::default());
-        let (mut visitor, io) = tokio::io::duplex(4096);
-        let mut parking = Parking::new(io, activity.clone(), &LargeHeads::new(1));
-        let mut buf = [0u8; 2048];
-        let reading_slowly = async {
-            for _ in 0..5 {
-                parking.write_all(&buf).await.unwrap();
-                visitor.read_exact(&mut buf).await.unwrap();
-                tokio::time::sleep(IDLE * 2 / 3).await;
-            }
-        };
-        tokio::select! {
-            () = activity.quiet_for(IDLE) => panic!("a visitor reading an answer's tail was taken for idle"),
-            () = reading_slowly => {}
-        }
-    }
-
-    /// hyper may take a request it cannot answer yet (pipelined behind an answer the visitor
-    /// does not read) without running its future: that is no wait on the tunnel.
-    #[tokio::test(start_paused = true)]
-    async fn an_exchange_whose_future_never_ran_is_no_wait() {
-        let activity = Arc::new(Activity::default());
-        let taken = activity.begin(false);
-        tokio::time::timeout(IDLE * 3, activity.quiet_for(IDLE))
-            .await
-            .expect("an unrun exchange kept it busy");
-        let mut seeking = taken;
-        seeking.seek();
-        assert!(
-            tokio::time::timeout(IDLE * 3, activity.quiet_for(IDLE)).await.is_err(),
-            "a wait on the tunnel is idle"
-        );
-    }
-
-    /// Bytes of a next head read along with a long one are not counted (they came before that
-    /// request was dispatched): the place goes with them to the next hyper connection, so a
-    /// place cannot be handed from connection to connection, each left with a long head.
-    #[test]
-    fn a_place_stays_with_a_long_head_left_over_at_parking() {
-        let heads = LargeHeads::new(1);
-        let mut parking = Parking::new(tokio::io::duplex(64).0, Arc::default(), &heads);
-        parking.large_head = Some(heads.0.clone().try_acquire_owned().unwrap());
-        parking.park();
-        parking.keep_unparsed(bytes::Bytes::from(vec![b'x'; SMALL_HEAD + 1]));
-        assert_eq!(heads.free(), 0, "a long head went on to the next connection without a place");
-        parking.park();
-        parking.keep_unparsed(bytes::Bytes::from_static(b"GET"));
-        assert_eq!(heads.free(), 1, "a short rest kept the place");
-    }
-
-    #[test]
-    fn a_parked_connection_keeps_no_part_of_hypers_read_buffer() {
-        let mut parking = Parking::new(tokio::io::duplex(64).0, Arc::default(), &LargeHeads::new(1));
-        let buffer = bytes::Bytes::from(vec![b'x'; 8192]);
-        parking.keep_unparsed(buffer.slice(8190..));
-        assert!(buffer.is_unique(), "parked, the connection would hold 8 KiB for 2 bytes");
-        assert_eq!(parking.prefix, "xx");
-        parking.keep_unparsed(buffer.slice(0..0));
-        assert!(parking.prefix.is_empty());
-    }
-}
+#[path = "park_tests.rs"]
+mod tests;

@@ -89,10 +89,10 @@ impl Bundle {
     }
 }
 
-/// The one with the fewest open streams on its own connection among those heard from,
-/// failing that among all; ties at random.
+/// The one with the fewest busy streams (open, not set aside idle) on its own connection among
+/// those heard from, failing that among all; ties at random.
 fn least_busy_lane<'a>(all: &[&'a StreamOpener]) -> Option<&'a StreamOpener> {
-    let open = |o: &&StreamOpener| o.link.open_streams();
+    let open = |o: &&StreamOpener| o.link.busy_streams();
     fewest(all, |o| !o.link.is_silent(), open).or_else(|| fewest(all, |_| true, open)).copied()
 }
 

@@ -28,7 +28,7 @@ impl Openers {
         Self(openers.into_iter().collect())
     }
 
-    /// The connection for the next stream: the one with the fewest open streams among those
+    /// The connection for the next stream: the one with the fewest busy streams among those
     /// whose session is neither closed nor silent; failing that, among those not closed; ties
     /// at random. `None` when every connection is closed (or there is none).
     pub fn pick(&self) -> Option<&StreamOpener> {

@@ -163,14 +163,22 @@ async fn secure(
         }
         (Some(_), false) => {
             let why = "this server requires TLS; the client connected in plaintext";
-            // An upgrade request (a WebSocket client, or curl) is answered in HTTP, which it reads.
-            let mut start = [0u8; 4];
-            if tcp.peek(&mut start).await.ok() == Some(start.len())
-                && &start == transport::websocket::UPGRADE_PREFIX
-            {
-                transport::websocket::refuse_plaintext(&mut tcp, Vec::new(), why).await;
+            // An upgrade request (a WebSocket client, or curl) is answered in HTTP, which it
+            // reads; its first bytes may come in pieces.
+            let prefix = websocket::UPGRADE_PREFIX;
+            let mut start = Vec::with_capacity(prefix.len());
+            while start.len() < prefix.len() && prefix.starts_with(&start) {
+                let mut byte = [0u8; 1];
+                match tcp.read(&mut byte).await {
+                    Ok(1) => start.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if start == prefix {
+                websocket::refuse_plaintext(&mut tcp, start, why).await;
             } else {
-                read_and_refuse(&mut tcp, RefuseCode::TlsRequired, why).await;
+                let mut rest = transport::Prefixed::new(start, tcp);
+                read_and_refuse(&mut rest, RefuseCode::TlsRequired, why).await;
             }
             Err(EstablishError::PlaintextClient)
         }
