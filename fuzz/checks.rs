@@ -278,7 +278,8 @@ pub fn proxy_reply(data: &[u8]) {
             assert!(port.parse::<u16>().is_ok_and(|p| p > 0), "{}", proxy.addr());
             // `Debug` shows the address alone, the credentials redacted.
             let shown = format!("{proxy:?}");
-            let userinfo = url.strip_prefix("http://").and_then(|rest| rest.rsplit_once('@')).map(|(u, _)| u);
+            let rest = url.get(7..).filter(|_| url[..7].eq_ignore_ascii_case("http://"));
+            let userinfo = rest.and_then(|rest| rest.rsplit_once('@')).map(|(u, _)| u);
             let credentials = if userinfo.is_some_and(|userinfo| !userinfo.is_empty()) {
                 "Some(\"<redacted>\")"
             } else {

@@ -346,18 +346,15 @@ impl ConnectArgs {
 /// (then `HTTPS_PROXY`, `all_proxy`, `ALL_PROXY`; a value without a scheme is `http://`), and
 /// the servers that go around it, `no_proxy` (or `NO_PROXY`), which the client checks for each
 /// server; none when `no_proxy` lists every one of them. A proxy of another kind (`socks5://`,
-/// `https://`) is left alone, with a warning: the connection goes direct.
+/// `https://`) or a malformed one is passed over, with a warning, for the next variable; with
+/// none left, the connection goes direct.
 fn proxy_from_env(
     servers: &[String],
     var: impl Fn(&str) -> Option<String>,
 ) -> Option<(SecretString, Option<String>)> {
-    let first = |names: &[&'static str]| {
-        names
-            .iter()
-            .find_map(|name| var(name).filter(|value| !value.trim().is_empty()).map(|value| (*name, value)))
-    };
-    let (name, proxy) = first(&["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"])?;
-    let no_proxy = first(&["no_proxy", "NO_PROXY"]).map(|(_, list)| list);
+    let set =
+        |name: &&'static str| var(name).filter(|value| !value.trim().is_empty()).map(|value| (*name, value));
+    let no_proxy = ["no_proxy", "NO_PROXY"].iter().find_map(set).map(|(_, list)| list);
     let bypassed = |server: &String| {
         let host = tunnel_core::transport::host_of(server);
         no_proxy.as_deref().is_some_and(|list| tunnel_core::transport::no_proxy_matches(list, host))
@@ -365,18 +362,27 @@ fn proxy_from_env(
     if servers.iter().all(bypassed) {
         return None;
     }
-    let proxy = proxy.trim();
-    let url = if proxy.contains("://") { proxy.to_owned() } else { format!("http://{proxy}") };
-    match url.parse::<tunnel_core::transport::HttpProxy>() {
-        Ok(parsed) => {
-            tracing::info!("reaching the server through the proxy {} (from {name})", parsed.addr());
-            Some((SecretString::from(url), no_proxy))
-        }
-        Err(err) => {
-            tracing::warn!("not using {name}: {err}; connecting directly");
-            None
+    // The first that names an HTTP proxy; one of another kind (`socks5://`) or malformed is
+    // passed over, with a warning, for the next (`https_proxy`, then `all_proxy`).
+    let mut passed_over = false;
+    for (name, proxy) in ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"].iter().filter_map(set) {
+        let proxy = proxy.trim();
+        let url = if proxy.contains("://") { proxy.to_owned() } else { format!("http://{proxy}") };
+        match url.parse::<tunnel_core::transport::HttpProxy>() {
+            Ok(parsed) => {
+                tracing::info!("reaching the server through the proxy {} (from {name})", parsed.addr());
+                return Some((SecretString::from(url), no_proxy));
+            }
+            Err(err) => {
+                tracing::warn!("not using {name}: {err}");
+                passed_over = true;
+            }
         }
     }
+    if passed_over {
+        tracing::warn!("no HTTP proxy in the environment: connecting directly");
+    }
+    None
 }
 
 fn override_with<T>(slot: &mut Option<T>, flag: Option<T>) {
@@ -423,6 +429,11 @@ mod tests {
             "HTTP_PROXY is for http:// URLs"
         );
         assert_eq!(got(&[("ALL_PROXY", "socks5h://127.0.0.1:1080")]), None, "another kind of proxy: direct");
+        // One of another kind passed over for the next that is an HTTP proxy (before: direct).
+        let mixed = &[("https_proxy", "socks5://127.0.0.1:1080"), ("all_proxy", "http://all:2")];
+        assert_eq!(got(mixed).as_deref(), Some("http://all:2"));
+        // A scheme in capitals is the same scheme (RFC 3986 3.1).
+        assert_eq!(got(&[("https_proxy", "HTTP://p:3128")]).as_deref(), Some("HTTP://p:3128"));
     }
 
     #[test]

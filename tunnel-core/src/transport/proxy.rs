@@ -52,7 +52,9 @@ impl std::str::FromStr for HttpProxy {
     type Err = ProxyUrlError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let Some(rest) = url.strip_prefix("http://") else {
+        // Schemes are case-insensitive (RFC 3986 3.1).
+        let rest = url.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("http://")).map(|_| &url[7..]);
+        let Some(rest) = rest else {
             let shown = url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned();
             return Err(ProxyUrlError { url: shown, why: "only http:// proxies are supported" });
         };
