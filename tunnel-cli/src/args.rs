@@ -209,7 +209,7 @@ pub struct ConnectArgs {
     /// PEM file of CA certificates trusted for https:// origins, beside the system's.
     #[arg(long, value_name = "PEM")]
     pub origin_ca: Option<PathBuf>,
-    /// Reach the server through this HTTP proxy (CONNECT), http://[USER:PASSWORD@]HOST[:PORT],
+    /// Reach the server through this HTTP proxy (CONNECT), [http://][USER:PASSWORD@]HOST[:PORT],
     /// or `none` for a direct connection [default: https_proxy or all_proxy from the
     /// environment, unless no_proxy lists the server].
     #[arg(long, value_name = "URL")]
@@ -366,8 +366,7 @@ fn proxy_from_env(
     // passed over, with a warning, for the next (`https_proxy`, then `all_proxy`).
     let mut passed_over = false;
     for (name, proxy) in ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"].iter().filter_map(set) {
-        let proxy = proxy.trim();
-        let url = if proxy.contains("://") { proxy.to_owned() } else { format!("http://{proxy}") };
+        let url = proxy.trim().to_owned();
         match url.parse::<tunnel_core::transport::HttpProxy>() {
             Ok(parsed) => {
                 tracing::info!("reaching the server through the proxy {} (from {name})", parsed.addr());
@@ -414,10 +413,8 @@ mod tests {
             got(&[("ALL_PROXY", "http://all:2"), ("HTTPS_PROXY", " ")]).as_deref(),
             Some("http://all:2")
         );
-        assert_eq!(
-            got(&[("HTTPS_PROXY", "proxy.internal:3128")]).as_deref(),
-            Some("http://proxy.internal:3128")
-        );
+        // Without a scheme: an HTTP proxy (read so by the library, as `--proxy` and the file).
+        assert_eq!(got(&[("HTTPS_PROXY", "proxy.internal:3128")]).as_deref(), Some("proxy.internal:3128"));
         assert_eq!(got(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", "localhost,.example.com")]), None);
         assert_eq!(
             got(&[("HTTPS_PROXY", "http://p:3128"), ("no_proxy", "other.org")]).as_deref(),

@@ -98,9 +98,10 @@ async fn the_session_goes_through_the_proxy_named_by_the_flag_or_the_environment
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &["--token", TOKEN], &[]).await;
 
-    // Two connections per session: each goes through the proxy, to the server.
+    // Two connections per session: each goes through the proxy, to the server. Without a
+    // scheme, as in the environment: an HTTP proxy (it was refused, exit 2).
     let (proxy, seen) = connect_proxy(None).await;
-    let (_client, port) = publish(&server, &["--proxy", &format!("http://{proxy}")], &[]).await;
+    let (_client, port) = publish(&server, &["--proxy", &proxy.to_string()], &[]).await;
     echoes(port).await;
     until_seen(&seen, 2).await;
     assert_eq!(
@@ -160,6 +161,21 @@ async fn a_proxy_refusing_the_credentials_stops_the_client_and_a_non_proxy_is_re
     let confused = connect(&server, &["--token", TOKEN, "-R", "0:127.0.0.1:9", "--proxy", &not_a_proxy], &[]);
     confused.output_contains("not an HTTP reply: SSH-2.0-OpenSSH_9.2p1 Debian-2").await;
     confused.output_contains("reconnecting in").await;
+
+    // A proxy that grants the tunnel and then sends junk where the server's TLS should be: the
+    // failure says the proxy was on the way (it read as the server's alone).
+    let junk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let junk_proxy = junk.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = junk.accept().await {
+            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\n\r\n<html>blocked by policy</html>\r\n").await;
+            tokio::spawn(async move { tokio::io::copy(&mut tcp, &mut tokio::io::sink()).await });
+        }
+    });
+    let args = ["--token", TOKEN, "-R", "0:127.0.0.1:9", "--proxy", &junk_proxy, "--transport", "tcp"];
+    let misled = connect(&server, &args, &[]);
+    misled.output_contains(&format!("TLS with 127.0.0.1 through the proxy {junk_proxy} failed")).await;
+    misled.output_contains("reconnecting in").await;
 }
 
 /// `NO_PROXY` is checked for each server: of two servers, the one it lists is reached

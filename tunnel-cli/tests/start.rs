@@ -255,6 +255,21 @@ async fn a_listen_address_in_use_fails_the_start_with_one_naming_it() {
         assert!(output.contains(&names) && output.contains(why), "{args:?}: {output}");
         assert!(!output.contains("listening on"), "{args:?} said where it listens: {output}");
     }
+    // The client's local listeners likewise, each named for what it is (a SOCKS proxy's port
+    // was reported as a local forward's).
+    let port = held.local_addr().unwrap().port().to_string();
+    for (flag, spec, names) in [
+        ("-L", format!("{port}:127.0.0.1:9"), format!("cannot listen for local forward {port}:127.0.0.1:9")),
+        ("-D", port.clone(), format!("cannot listen for SOCKS proxy {port}")),
+    ] {
+        let args =
+            ["connect", "--server", "127.0.0.1:1", "--insecure-plaintext", "--token", TOKEN, flag, &spec];
+        let mut cli = spawn(command(&args));
+        let code = cli.exit_code().await;
+        let output = cli.output();
+        assert_eq!(code, 1, "{args:?}: {output}");
+        assert!(output.contains(&names) && output.contains("in use"), "{args:?}: {output}");
+    }
 }
 
 /// Token and PEM files are read only when they are regular files of bounded size: before, a

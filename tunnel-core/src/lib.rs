@@ -11,7 +11,8 @@
 //! - [`metrics`]: Prometheus counters and gauges, and the `/metrics`, `/ready` and `/healthz`
 //!   endpoints.
 //! - Internal: `fs` (the state directory's private files, opened only if no one else could
-//!   have written them, and bounded reads of regular files), `task` (spawning tracked tasks), and `source` (a visitor's source, an
+//!   have written them, and bounded reads of regular files), `task` (spawning tracked tasks), `time`
+//!   (deadlines from configured durations, which never overflow), and `source` (a visitor's source, an
 //!   IPv4 address or an IPv6 /64; places capped in all and per source, and admission that
 //!   evicts from the largest site (an IPv4 address or IPv6 /48) when full, for handshakes, the edge's visitors and the
 //!   admin API).
@@ -117,3 +118,4 @@ pub mod udp;
 mod fs;
 mod source;
 mod task;
+mod time;

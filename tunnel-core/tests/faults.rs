@@ -15,6 +15,40 @@ use tunnel_core::auth::{ChannelBinding, Credentials, Token};
 use tunnel_core::client::{ClientError, ClientStatus};
 use tunnel_core::session::{Session, SessionConfig, SessionEnd};
 
+/// A path that cuts each session soon after it started (a middlebox that lets the handshake
+/// through, then drops the connection) meets growing delays: the client's session loop starts
+/// them over only once a session lived (`client::backoff::LIVED`). Were each established
+/// session taken for a success, every wait here would be the first delay (50 to 100 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_cuts_every_session_soon_after_it_starts_meets_growing_delays() {
+    let server = start_server(|_| {}).await;
+    let relay = Relay::to(server.addr).await;
+    let mut config =
+        client_config_for(relay.addr, server.fingerprint, "cut-short", TOKEN, &["0:127.0.0.1:9"]);
+    config.connections = 1;
+    config.reconnect = tunnel_core::client::Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+        max_attempts: None,
+    };
+    let mut client = start_client(config);
+    let mut waits = Vec::new();
+    for cut in 0..5 {
+        client.connected().await;
+        relay.until_count(cut + 1).await;
+        relay.cut(cut);
+        let since = std::time::Instant::now();
+        client.disconnected().await;
+        relay.until_count(cut + 2).await;
+        waits.push(since.elapsed());
+    }
+    // Delays drawn from the upper half of 100, 200, 400, 800 and 1,600 ms: the fifth is at
+    // least 800 ms (a slow machine can only make a wait longer).
+    assert!(waits[4] >= Duration::from_millis(800), "the delays did not grow: {waits:?}");
+    assert!(waits[3] >= Duration::from_millis(400), "the delays did not grow: {waits:?}");
+    client.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_reconnects_after_a_server_restart_and_its_forward_works_again() {
     let (config, fingerprint, dir) = server_config_with(|_| {});

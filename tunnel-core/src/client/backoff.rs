@@ -8,6 +8,11 @@ use tokio::time::Instant;
 /// second.
 pub(crate) const LIVED: Duration = Duration::from_secs(10);
 
+/// A session its server ended with a drain is a success once it lived this long: a server
+/// going away for a restart is no fault of the path, but one that drains every session as
+/// soon as it starts (broken, or hostile) meets growing delays too.
+pub(crate) const DRAINED_LIVED: Duration = Duration::from_secs(1);
+
 /// Reconnect policy: exponential backoff with jitter.
 ///
 /// ```
@@ -78,7 +83,7 @@ impl BackoffState {
     /// Starts over when the guard returned is dropped [`LIVED`] or more from now: held for as
     /// long as a connection or session lasts.
     pub(crate) fn reset_if_lived(&mut self) -> ResetIfLived<'_> {
-        ResetIfLived { state: self, since: Instant::now(), success: false }
+        ResetIfLived { state: self, since: Instant::now(), drained: false }
     }
 }
 
@@ -86,20 +91,22 @@ impl BackoffState {
 pub(crate) struct ResetIfLived<'a> {
     state: &'a mut BackoffState,
     since: Instant,
-    /// Ends as a success however soon: the server said it is going (a drain).
-    success: bool,
+    /// The server said it is going (a drain).
+    drained: bool,
 }
 
 impl ResetIfLived<'_> {
-    /// Starts the delays over when dropped, however soon: the server ended it of its own will.
-    pub(crate) fn success(&mut self) {
-        self.success = true;
+    /// The server ended it of its own will: the delays start over when dropped once it lived
+    /// [`DRAINED_LIVED`], not [`LIVED`].
+    pub(crate) fn drained(&mut self) {
+        self.drained = true;
     }
 }
 
 impl Drop for ResetIfLived<'_> {
     fn drop(&mut self) {
-        if self.success || self.since.elapsed() >= LIVED {
+        let lived = self.since.elapsed();
+        if lived >= LIVED || (self.drained && lived >= DRAINED_LIVED) {
             self.state.reset();
         }
     }
@@ -144,11 +151,28 @@ mod tests {
         tokio::time::advance(LIVED).await;
         drop(lived);
         assert_eq!(state.attempts(), 0, "it lived: the delays start over");
-        // Ended by the server's drain, however soon: no failure either.
+        // Ended by the server's drain a second in: no failure either.
         assert!(state.next_delay().is_some());
         let mut drained = state.reset_if_lived();
-        drained.success();
+        drained.drained();
+        tokio::time::advance(DRAINED_LIVED).await;
         drop(drained);
         assert_eq!(state.attempts(), 0, "a drain is no failure");
+    }
+
+    /// A server that drains each session as soon as it starts is met with growing delays, not
+    /// a handshake twice a second.
+    #[tokio::test(start_paused = true)]
+    async fn sessions_drained_as_soon_as_they_start_count_as_failures() {
+        let mut state = Backoff::default().start();
+        for attempt in 1..=3 {
+            let mut drained = state.reset_if_lived();
+            drained.drained();
+            tokio::time::advance(DRAINED_LIVED - Duration::from_millis(1)).await;
+            drop(drained);
+            assert_eq!(state.attempts(), attempt - 1, "counted before the delay is drawn");
+            assert!(state.next_delay().is_some());
+        }
+        assert_eq!(state.attempts(), 3);
     }
 }

@@ -113,8 +113,11 @@ impl Client {
             Ok(Dialed { session, version: established.version, wire, lane_key: established.lane_key })
         };
         tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
-            let reason =
-                Interruption::TimedOut { server: link.server.clone(), timeout: config.handshake_timeout };
+            let reason = Interruption::TimedOut {
+                server: link.server.clone(),
+                proxy: link.proxy(config).map(|proxy| proxy.addr().to_owned()),
+                timeout: config.handshake_timeout,
+            };
             Err(Failed { failure: Failure::Transient(reason), path: opened.load(Ordering::Relaxed) })
         })
     }

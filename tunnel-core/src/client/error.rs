@@ -82,10 +82,12 @@ pub enum ClientError {
         /// Server's explanation.
         message: String,
     },
-    /// A local forward could not listen.
-    #[error("cannot listen for local forward {spec}")]
+    /// A local listener (a local forward, a SOCKS proxy) could not listen.
+    #[error("cannot listen for {what} {spec}")]
     Bind {
-        /// The forward as configured.
+        /// What the listener is for: `local forward` or `SOCKS proxy`.
+        what: &'static str,
+        /// The forward or proxy as configured.
         spec: String,
         /// Underlying error.
         source: std::io::Error,
@@ -153,10 +155,12 @@ pub enum Interruption {
     Handshake(#[source] SessionError),
     /// No authenticated session within the handshake timeout.
     #[non_exhaustive]
-    #[error("no authenticated session with {server} within {timeout:?}")]
+    #[error("no authenticated session with {server}{} within {timeout:?}", through(.proxy))]
     TimedOut {
         /// The server dialed.
         server: String,
+        /// The HTTP proxy on the way (`HOST:PORT`), if any: it may be what never answered.
+        proxy: Option<String>,
         /// The handshake timeout.
         timeout: std::time::Duration,
     },
@@ -226,6 +230,11 @@ impl From<ClientError> for Failure {
 
 /// Classifies a failed TLS handshake: certificate and protocol problems are permanent, a
 /// connection that dropped mid-handshake is not.
+/// ` through the proxy HOST:PORT`, or nothing.
+fn through(proxy: &Option<String>) -> String {
+    proxy.as_ref().map(|proxy| format!(" through the proxy {proxy}")).unwrap_or_default()
+}
+
 pub(super) fn classify_connect(err: ConnectError) -> Failure {
     match err {
         ConnectError::Tls { ref source, .. } => match classify_tls(source) {

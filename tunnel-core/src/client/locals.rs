@@ -97,6 +97,7 @@ pub(super) async fn bind(
 /// Where each listener listens, as `active(spec, address)`; an address that cannot be read is
 /// the spec's bind error.
 pub(super) fn addresses<'a, S, T>(
+    what: &'static str,
     listening: impl Iterator<Item = (&'a S, io::Result<SocketAddr>)>,
     active: impl Fn(S, SocketAddr) -> T,
 ) -> Result<Vec<T>, ClientError>
@@ -106,7 +107,7 @@ where
     listening
         .map(|(spec, bound_addr)| {
             let bound_addr =
-                bound_addr.map_err(|source| ClientError::Bind { spec: spec.to_string(), source })?;
+                bound_addr.map_err(|source| ClientError::Bind { what, spec: spec.to_string(), source })?;
             Ok(active(spec.clone(), bound_addr))
         })
         .collect()

@@ -52,6 +52,10 @@ const MIN_SERVER_VERSION: u16 = 2;
 /// With several servers, the longest wait before trying a lost one again.
 const MAX_REJOIN_DELAY: Duration = Duration::from_secs(2);
 
+/// What a local listener that cannot listen is for, in its error.
+const LOCAL_FORWARD: &str = "local forward";
+const SOCKS_PROXY: &str = "SOCKS proxy";
+
 /// A tunnel client.
 ///
 /// ```no_run
@@ -149,28 +153,28 @@ impl Client {
     /// their addresses: with port 0 the OS picks one.
     pub async fn listen_locals(&mut self) -> Result<Vec<ActiveLocal>, ClientError> {
         if self.locals.is_none() {
-            let bound = locals::bind(&self.config.locals)
-                .await
-                .map_err(|(spec, source)| ClientError::Bind { spec: spec.to_string(), source })?;
+            let bound = locals::bind(&self.config.locals).await.map_err(|(spec, source)| {
+                ClientError::Bind { what: LOCAL_FORWARD, spec: spec.to_string(), source }
+            })?;
             self.locals = Some(bound);
         }
         let bound = self.locals.as_deref().unwrap_or_default();
         let listening = bound.iter().map(|b| (&b.spec, b.local_addr()));
-        locals::addresses(listening, |spec, bound_addr| ActiveLocal { spec, bound_addr })
+        locals::addresses(LOCAL_FORWARD, listening, |spec, bound_addr| ActiveLocal { spec, bound_addr })
     }
 
     /// Binds the SOCKS proxies' listeners now (otherwise [`Client::run`] does), and returns
     /// their addresses: with port 0 the OS picks one.
     pub async fn listen_socks(&mut self) -> Result<Vec<ActiveSocks>, ClientError> {
         if self.socks.is_none() {
-            let bound = socks::bind(&self.config.socks, self.config.socks_login.is_none())
-                .await
-                .map_err(|(spec, source)| ClientError::Bind { spec: spec.to_string(), source })?;
+            let bound = socks::bind(&self.config.socks, self.config.socks_login.is_none()).await.map_err(
+                |(spec, source)| ClientError::Bind { what: SOCKS_PROXY, spec: spec.to_string(), source },
+            )?;
             self.socks = Some(bound);
         }
         let bound = self.socks.as_deref().unwrap_or_default();
         let listening = bound.iter().map(|b| (&b.spec, b.listener.local_addr()));
-        locals::addresses(listening, |spec, bound_addr| ActiveSocks { spec, bound_addr })
+        locals::addresses(SOCKS_PROXY, listening, |spec, bound_addr| ActiveSocks { spec, bound_addr })
     }
 
     /// Looks up each server named by a host name now (otherwise [`Client::run`] does): a host
@@ -403,8 +407,10 @@ impl Client {
                         _lanes = self.keeper(first, session, connections);
                     }
                     ControlMessage::Draining { deadline_ms, message } => {
-                        // A server going away (a restart): no failure of the path, however soon.
-                        lived.success();
+                        // A server going away (a restart): no failure of the path, once the
+                        // session lived a second (one drained sooner is a server that drains
+                        // everything: backed off from as a failure).
+                        lived.drained();
                         // It takes no new streams: local forwards go through another server.
                         // Told once per session, however often the server says it.
                         if current.send_replace(None).is_some() {
@@ -524,7 +530,7 @@ impl Client {
         control.send(table.message()).await.map_err(|_| closed())?;
         // One deadline for the whole wait: a server sending other messages meanwhile does not
         // move it.
-        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        let deadline = crate::time::after(tokio::time::Instant::now(), self.config.handshake_timeout);
         loop {
             let message = tokio::time::timeout_at(deadline, messages.recv())
                 .await

@@ -95,7 +95,7 @@ pub struct ClientFile {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
     /// Reach the server through this HTTP proxy (`CONNECT`),
-    /// `http://[USER:PASSWORD@]HOST[:PORT]`, or `none` for a direct connection (default:
+    /// `[http://][USER:PASSWORD@]HOST[:PORT]`, or `none` for a direct connection (default:
     /// direct; `tunnel-cli connect` reads `https_proxy` and `all_proxy` from the environment
     /// when neither this nor `--proxy` is set). A secret when it holds a password.
     pub proxy: Option<SecretString>,

@@ -13,10 +13,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
-/// The longest duration taken: a hundred years, far beyond any timeout or grace period, and
-/// short enough that a deadline `now + duration` (or two such durations added) never
-/// overflows, which would panic.
-pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest duration a configuration file may give: deadlines made from it never overflow.
+pub(crate) use crate::time::MAX_DURATION;
 
 impl FromStr for HumanDuration {
     type Err = String;

@@ -134,7 +134,7 @@ async fn serve(shared: &Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, settl
         }
     };
     // The client serving a routed network dials, then answers; within the time a dial may take.
-    let wait = config.timeouts.connect + config.timeouts.lookup;
+    let wait = config.timeouts.connect.saturating_add(config.timeouts.lookup);
     let mut upstream: Box<dyn Stream> = match upstream {
         Upstream::Tcp(tcp) => Box::new(tcp),
         // Asked for TCP above.

@@ -95,7 +95,7 @@ async fn carrier(
         }
         Ok(Upstream::Client { mut stream, answers: true }) => {
             let config = shared.config();
-            let wait = config.timeouts.connect + config.timeouts.lookup;
+            let wait = config.timeouts.connect.saturating_add(config.timeouts.lookup);
             let answer = tokio::time::timeout(wait, crate::session::framed::read_reply(&mut stream))
                 .await
                 .map_err(|_| refused(ReplyStatus::TimedOut, "no answer from the client routing it"))?

@@ -16,6 +16,7 @@ use super::driver::{Moves, Outgoing, SessionEnd, Successor};
 use super::framed::{read_frame, FrameError};
 use crate::mux::{MuxDriver, MuxStream, StreamOpener};
 use crate::proto::{frame, ControlMessage, GoodbyeCode, StreamHeader};
+use crate::time::after;
 
 /// Bound on draining the control stream when the connection is going away.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -365,16 +366,16 @@ async fn watchdog(last_seen: LastSeen, quiet: Duration, timeout: Duration) -> Se
     loop {
         let heard = last_seen.get();
         let now = Instant::now();
-        if now >= heard + timeout {
+        if now >= after(heard, timeout) {
             return SessionEnd::HeartbeatTimeout(timeout);
         }
-        let next = if quiet < timeout && now >= heard + quiet {
+        let next = if quiet < timeout && now >= after(heard, quiet) {
             last_seen.1.set_silent(true);
             // Looked at again each `quiet`: heard from meanwhile, then silent again, is marked
             // again on time.
-            (heard + timeout).min(now + quiet)
+            after(heard, timeout).min(after(now, quiet))
         } else {
-            heard + quiet.min(timeout)
+            after(heard, quiet.min(timeout))
         };
         tokio::time::sleep_until(next).await;
     }

@@ -336,10 +336,21 @@ impl ClientTransport {
             }
             Self::Custom(connector) => noting(connector.clone()),
         };
-        match wire {
+        let connected = match wire {
             Wire::WebSocket => WebSocketConnector::new(connector, server, WEBSOCKET_PATH).connect().await,
             Wire::Auto | Wire::Tcp => connector.connect().await,
-        }
+        };
+        // What fails past the proxy's tunnel (junk after its `200`, say) may be the proxy's
+        // doing: the message says it was on the way.
+        connected.map_err(|err| match (err, proxy) {
+            (ConnectError::Tls { peer, source }, Some(proxy)) => {
+                ConnectError::Tls { peer: format!("{peer} through the proxy {}", proxy.addr()), source }
+            }
+            (ConnectError::Upgrade { peer, source }, Some(proxy)) => {
+                ConnectError::Upgrade { peer: format!("{peer} through the proxy {}", proxy.addr()), source }
+            }
+            (err, _) => err,
+        })
     }
 }
 

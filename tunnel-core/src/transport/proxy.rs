@@ -17,11 +17,13 @@ use crate::proto::TargetAddr;
 /// Largest reply head read.
 pub const MAX_REPLY_HEAD: usize = 8 * 1024;
 
-/// An HTTP proxy, `http://[USER:PASSWORD@]HOST[:PORT]` (port 80 when none).
+/// An HTTP proxy, `http://[USER:PASSWORD@]HOST[:PORT]` (port 80 when none; without a scheme,
+/// `http://`).
 ///
 /// ```
 /// let proxy: tunnel_core::transport::HttpProxy = "http://alice:s3cret@proxy.internal:3128".parse().unwrap();
 /// assert_eq!(proxy.addr(), "proxy.internal:3128");
+/// assert_eq!("proxy.internal:3128".parse::<tunnel_core::transport::HttpProxy>().unwrap().addr(), "proxy.internal:3128");
 /// assert!(!format!("{proxy:?}").contains("s3cret"));
 /// ```
 #[derive(Clone)]
@@ -52,11 +54,15 @@ impl std::str::FromStr for HttpProxy {
     type Err = ProxyUrlError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        // Schemes are case-insensitive (RFC 3986 3.1).
-        let rest = url.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("http://")).map(|_| &url[7..]);
-        let Some(rest) = rest else {
-            let shown = url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned();
-            return Err(ProxyUrlError { url: shown, why: "only http:// proxies are supported" });
+        // Without a scheme, `http://`, as curl takes it; schemes are case-insensitive (RFC
+        // 3986 3.1).
+        let rest = match url.split_once("://") {
+            None => url,
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some(_) => {
+                let shown = url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned();
+                return Err(ProxyUrlError { url: shown, why: "only http:// proxies are supported" });
+            }
         };
         // The authority ends at the first `/`, `?` or `#` (RFC 3986): an `@` past it is not
         // the end of user information, and what precedes it is not the proxy's host.

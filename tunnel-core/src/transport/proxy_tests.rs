@@ -17,12 +17,17 @@ fn urls_give_the_address_and_credentials_and_bad_ones_say_why() {
     let user_only: HttpProxy = "http://alice@proxy".parse().unwrap();
     assert_eq!(base64::prelude::BASE64_STANDARD.decode(user_only.credentials.unwrap()).unwrap(), b"alice:");
     assert!("http://@proxy".parse::<HttpProxy>().unwrap().credentials.is_none());
+    // Without a scheme, as curl reads it (the environment's values are often written so).
+    let bare: HttpProxy = "alice:pw@proxy:3128".parse().unwrap();
+    assert_eq!(bare.addr(), "proxy:3128");
+    assert_eq!(base64::prelude::BASE64_STANDARD.decode(bare.credentials.unwrap()).unwrap(), b"alice:pw");
+    assert_eq!("proxy".parse::<HttpProxy>().unwrap().addr(), "proxy:80");
     assert_eq!(percent_decoded("%+4%4"), b"%+4%4", "only two hex digits make an escape");
     let host = "a DNS name or an IP address";
     for (url, why) in [
         ("https://proxy:443", "only http://"),
         ("socks5://proxy:1080", "only http://"),
-        ("proxy:3128", "only http://"),
+        ("ftp://alice:secret@proxy:21", "only http://"),
         ("http://", host),
         ("http://proxy:port", host),
         ("http://proxy:0", host),
