@@ -327,7 +327,7 @@ impl ConnectArgs {
         override_with(&mut file.connections, self.connections);
         match self.proxy {
             // `--proxy none`: direct, whatever the file and the environment say.
-            Some(flag) if flag.expose_secret() == "none" => file.proxy = None,
+            Some(flag) if flag.expose_secret().trim().eq_ignore_ascii_case("none") => file.proxy = None,
             Some(flag) => file.proxy = Some(flag),
             None if file.proxy.is_none() => {
                 if let Some((proxy, no_proxy)) = proxy_from_env(&file.server, |name| std::env::var(name).ok())

@@ -134,6 +134,11 @@ async fn the_session_goes_through_the_proxy_named_by_the_flag_or_the_environment
         publish(&server, &["--config", file.to_str().unwrap()], &[("HTTPS_PROXY", &url)]).await;
     echoes(port).await;
     assert!(seen.lock().unwrap().is_empty(), "none goes direct, whatever the environment says");
+
+    // In capitals too: since a proxy needs no scheme, `None` would otherwise be a proxy host.
+    let (_client, port) = publish(&server, &["--proxy", "None"], &[("HTTPS_PROXY", &url)]).await;
+    echoes(port).await;
+    assert!(seen.lock().unwrap().is_empty(), "None goes direct");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -408,28 +408,37 @@ fn a_route_handlers_identity_is_its_clones_not_its_name() {
     assert_eq!(spec.route_id(), dialed.route_id());
 }
 
-/// Every duration a program can set, set to `Duration::MAX` on both sides, means "never", not
-/// a deadline that overflows and panics: the session comes up, carries a visitor, and stops.
+/// The durations a program sets on a server and a client, set to `Duration::MAX`, mean
+/// "never", not a deadline that overflows and panics: the session comes up with its heartbeats,
+/// carries a visitor through a forward with an idle timeout, and stops. (The HTTP edge's
+/// limits: `http::edge::tests::edge_limits_of_the_largest_duration_still_serve`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durations_set_to_the_largest_value_mean_never_rather_than_a_panic() {
     let endless = std::time::Duration::MAX;
     let server = start_server(|config| {
         config.handshake_timeout = endless;
         config.port_grace = endless;
+        config.session.heartbeat_interval = endless;
         config.session.heartbeat_timeout = endless;
         config.timeouts.stream_header = endless;
         config.timeouts.connect = endless;
         config.timeouts.lookup = endless;
+        config.timeouts.goodbye = endless;
+        config.timeouts.let_go = endless;
     })
     .await;
     let target = echo_target().await;
     let mut config = server.client_config("forever", &[&format!("0:{target}")]);
     config.handshake_timeout = endless;
+    config.session.heartbeat_interval = endless;
     config.session.heartbeat_timeout = endless;
+    config.remotes[0].idle_timeout = Some(endless);
+    config.reconnect.max = endless;
     let mut client = start_client(config);
     let forwards = client.connected().await;
     let mut visitor = TcpStream::connect(forwards[0].public_addr).await.unwrap();
     echo_once(&mut visitor, b"still here").await;
+    echo_once(&mut visitor, b"and here").await;
     drop(visitor);
     client.stop().await;
     server.stop().await;

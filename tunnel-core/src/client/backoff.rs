@@ -8,9 +8,9 @@ use tokio::time::Instant;
 /// second.
 pub(crate) const LIVED: Duration = Duration::from_secs(10);
 
-/// A session its server ended with a drain is a success once it lived this long: a server
-/// going away for a restart is no fault of the path, but one that drains every session as
-/// soon as it starts (broken, or hostile) meets growing delays too.
+/// A session its server ended with a drain is a success once it lived this long, once per
+/// [`LIVED`]: a server going away for a restart is no fault of the path, but one that drains
+/// every session soon after it starts (broken, or hostile) meets growing delays too.
 pub(crate) const DRAINED_LIVED: Duration = Duration::from_secs(1);
 
 /// Reconnect policy: exponential backoff with jitter.
@@ -44,7 +44,7 @@ impl Default for Backoff {
 impl Backoff {
     /// A fresh sequence of delays.
     pub fn start(self) -> BackoffState {
-        BackoffState { policy: self, attempt: 0 }
+        BackoffState { policy: self, attempt: 0, drain_forgiven: None }
     }
 }
 
@@ -53,6 +53,8 @@ impl Backoff {
 pub struct BackoffState {
     policy: Backoff,
     attempt: u32,
+    /// When a drain last started the delays over.
+    drain_forgiven: Option<Instant>,
 }
 
 impl BackoffState {
@@ -106,8 +108,12 @@ impl ResetIfLived<'_> {
 impl Drop for ResetIfLived<'_> {
     fn drop(&mut self) {
         let lived = self.since.elapsed();
-        if lived >= LIVED || (self.drained && lived >= DRAINED_LIVED) {
+        let forgiven_lately = self.state.drain_forgiven.is_some_and(|at| at.elapsed() < LIVED);
+        if lived >= LIVED {
             self.state.reset();
+        } else if self.drained && lived >= DRAINED_LIVED && !forgiven_lately {
+            self.state.reset();
+            self.state.drain_forgiven = Some(Instant::now());
         }
     }
 }
@@ -161,7 +167,8 @@ mod tests {
     }
 
     /// A server that drains each session as soon as it starts is met with growing delays, not
-    /// a handshake twice a second.
+    /// a handshake twice a second; one that drains each a second in is forgiven once in ten
+    /// seconds, not each time.
     #[tokio::test(start_paused = true)]
     async fn sessions_drained_as_soon_as_they_start_count_as_failures() {
         let mut state = Backoff::default().start();
@@ -174,5 +181,20 @@ mod tests {
             assert!(state.next_delay().is_some());
         }
         assert_eq!(state.attempts(), 3);
+        for (round, expected) in [(0, 0), (1, 1), (2, 2)] {
+            let mut drained = state.reset_if_lived();
+            drained.drained();
+            tokio::time::advance(DRAINED_LIVED).await;
+            drop(drained);
+            assert_eq!(state.attempts(), expected, "drain {round} a second in");
+            assert!(state.next_delay().is_some());
+        }
+        // Ten seconds after the last drain forgiven, the next is forgiven again.
+        tokio::time::advance(LIVED).await;
+        let mut drained = state.reset_if_lived();
+        drained.drained();
+        tokio::time::advance(DRAINED_LIVED).await;
+        drop(drained);
+        assert_eq!(state.attempts(), 0);
     }
 }

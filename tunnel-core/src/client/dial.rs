@@ -86,7 +86,8 @@ impl Client {
                         ConnectError::Tls { source, .. } => !is_servers_answer(source),
                         _ => true,
                     };
-                    return Err(Failed { failure: classify_connect(err), path });
+                    let proxied = link.proxy(config).is_some();
+                    return Err(Failed { failure: classify_connect(err, proxied), path });
                 }
             };
             let (session, established) = Session::connect(

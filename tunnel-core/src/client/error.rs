@@ -83,10 +83,11 @@ pub enum ClientError {
         message: String,
     },
     /// A local listener (a local forward, a SOCKS proxy) could not listen.
+    #[non_exhaustive]
     #[error("cannot listen for {what} {spec}")]
     Bind {
-        /// What the listener is for: `local forward` or `SOCKS proxy`.
-        what: &'static str,
+        /// What the listener is for.
+        what: LocalListener,
         /// The forward or proxy as configured.
         spec: String,
         /// Underlying error.
@@ -222,22 +223,42 @@ pub(super) enum Failure {
     Transient(Interruption),
 }
 
+/// What a local listener of the client is for (see [`ClientError::Bind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LocalListener {
+    /// A local forward (`-L`).
+    Forward,
+    /// A SOCKS proxy (`-D`).
+    Socks,
+}
+
+impl std::fmt::Display for LocalListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Forward => "local forward",
+            Self::Socks => "SOCKS proxy",
+        })
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(err: ClientError) -> Self {
         Self::Permanent(err)
     }
 }
 
-/// Classifies a failed TLS handshake: certificate and protocol problems are permanent, a
-/// connection that dropped mid-handshake is not.
 /// ` through the proxy HOST:PORT`, or nothing.
 fn through(proxy: &Option<String>) -> String {
     proxy.as_ref().map(|proxy| format!(" through the proxy {proxy}")).unwrap_or_default()
 }
 
-pub(super) fn classify_connect(err: ConnectError) -> Failure {
+/// Classifies a failed connection: certificate and protocol problems are permanent, a
+/// connection that dropped mid-handshake is not. `proxied`: it went through an HTTP proxy,
+/// which may be what presented a certificate of its own.
+pub(super) fn classify_connect(err: ConnectError, proxied: bool) -> Failure {
     match err {
-        ConnectError::Tls { ref source, .. } => match classify_tls(source) {
+        ConnectError::Tls { ref source, .. } => match classify_tls(source, proxied) {
             Some(failure) => failure.into(),
             None => Failure::Transient(Interruption::Connect(err)),
         },
@@ -269,7 +290,7 @@ pub(super) fn classify_connect(err: ConnectError) -> Failure {
 /// the one alert that may pass. Anything else (`None`) is the link's: a handshake cut, or bytes
 /// that are not TLS at all, which is what a load balancer's error page or a captive portal
 /// sends while the server is away.
-fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
+fn classify_tls(err: &std::io::Error, proxied: bool) -> Option<ClientError> {
     let tls = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())?;
     Some(match tls {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
@@ -277,7 +298,10 @@ fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
         {
             // The mismatch itself: rustls shows what it wraps only in its debug form.
             let mismatch = other.0.downcast_ref::<FingerprintMismatch>().cloned();
-            let hint = "check the pinned fingerprint; the server prints its own at start";
+            let hint = match proxied {
+                false => "check the pinned fingerprint; the server prints its own at start",
+                true => "check the pinned fingerprint; the server prints its own at start. Or the HTTP proxy on the way intercepts TLS",
+            };
             let source: Box<dyn std::error::Error + Send + Sync> = match mismatch {
                 Some(mismatch) => Box::new(mismatch),
                 None => Box::new(tls.clone()),
@@ -285,7 +309,10 @@ fn classify_tls(err: &std::io::Error) -> Option<ClientError> {
             ClientError::ServerCertificate { hint, source }
         }
         rustls::Error::InvalidCertificate(_) => {
-            let hint = "check the CA, or pin the server's fingerprint";
+            let hint = match proxied {
+                false => "check the CA, or pin the server's fingerprint",
+                true => "check the CA, or pin the server's fingerprint. Or the HTTP proxy on the way intercepts TLS",
+            };
             ClientError::ServerCertificate { hint, source: Box::new(tls.clone()) }
         }
         rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => ClientError::NotTls,
@@ -333,7 +360,20 @@ mod tests {
 
     fn classify(tls: rustls::Error) -> Failure {
         let source = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
-        classify_connect(ConnectError::Tls { peer: "server.test:443".into(), source })
+        classify_connect(ConnectError::Tls { peer: "server.test:443".into(), source }, false)
+    }
+
+    /// A certificate refused behind an HTTP proxy: the hint says the proxy may be the one
+    /// presenting it (a proxy that intercepts TLS), not only the CA or the pin.
+    #[test]
+    fn a_certificate_refused_through_a_proxy_names_the_proxy_as_a_cause() {
+        for proxied in [false, true] {
+            let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+            let source = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+            let err = ConnectError::Tls { peer: "server.test".into(), source };
+            let Failure::Permanent(err) = classify_connect(err, proxied) else { panic!("retried") };
+            assert_eq!(err.to_string().contains("proxy on the way intercepts TLS"), proxied, "{err}");
+        }
     }
 
     #[test]

@@ -44,12 +44,14 @@ impl Link {
         }
     }
 
-    /// The proxy this link's connections go through, if any.
+    /// The proxy this link's connections go through, if any (never with a connector of the
+    /// program's own, which decides for itself where it connects).
     pub(super) fn proxy<'a>(
         &self,
         config: &'a super::ClientConfig,
     ) -> Option<&'a crate::transport::HttpProxy> {
-        config.proxy.as_ref().filter(|_| self.proxied)
+        let own = matches!(self.transport, ClientTransport::Custom(_));
+        config.proxy.as_ref().filter(|_| self.proxied && !own)
     }
 }
 

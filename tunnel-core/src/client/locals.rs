@@ -97,7 +97,7 @@ pub(super) async fn bind(
 /// Where each listener listens, as `active(spec, address)`; an address that cannot be read is
 /// the spec's bind error.
 pub(super) fn addresses<'a, S, T>(
-    what: &'static str,
+    what: super::LocalListener,
     listening: impl Iterator<Item = (&'a S, io::Result<SocketAddr>)>,
     active: impl Fn(S, SocketAddr) -> T,
 ) -> Result<Vec<T>, ClientError>

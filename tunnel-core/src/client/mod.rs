@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backoff::{Backoff, BackoffState};
 pub use config::{default_connections, ClientConfig, ServerEndpoint};
-pub use error::{ClientError, Interruption};
+pub use error::{ClientError, Interruption, LocalListener};
 pub use routes::{RefusedRoute, RouteHandle, RouteSet, RouteSetError, MAX_ROUTES_PER_SET, MAX_TABLE_BYTES};
 pub use status::{ActiveForward, ActiveLocal, ActiveSocks, ClientStatus};
 
@@ -51,10 +51,6 @@ const MIN_SERVER_VERSION: u16 = 2;
 
 /// With several servers, the longest wait before trying a lost one again.
 const MAX_REJOIN_DELAY: Duration = Duration::from_secs(2);
-
-/// What a local listener that cannot listen is for, in its error.
-const LOCAL_FORWARD: &str = "local forward";
-const SOCKS_PROXY: &str = "SOCKS proxy";
 
 /// A tunnel client.
 ///
@@ -154,13 +150,16 @@ impl Client {
     pub async fn listen_locals(&mut self) -> Result<Vec<ActiveLocal>, ClientError> {
         if self.locals.is_none() {
             let bound = locals::bind(&self.config.locals).await.map_err(|(spec, source)| {
-                ClientError::Bind { what: LOCAL_FORWARD, spec: spec.to_string(), source }
+                ClientError::Bind { what: LocalListener::Forward, spec: spec.to_string(), source }
             })?;
             self.locals = Some(bound);
         }
         let bound = self.locals.as_deref().unwrap_or_default();
         let listening = bound.iter().map(|b| (&b.spec, b.local_addr()));
-        locals::addresses(LOCAL_FORWARD, listening, |spec, bound_addr| ActiveLocal { spec, bound_addr })
+        locals::addresses(LocalListener::Forward, listening, |spec, bound_addr| ActiveLocal {
+            spec,
+            bound_addr,
+        })
     }
 
     /// Binds the SOCKS proxies' listeners now (otherwise [`Client::run`] does), and returns
@@ -168,13 +167,20 @@ impl Client {
     pub async fn listen_socks(&mut self) -> Result<Vec<ActiveSocks>, ClientError> {
         if self.socks.is_none() {
             let bound = socks::bind(&self.config.socks, self.config.socks_login.is_none()).await.map_err(
-                |(spec, source)| ClientError::Bind { what: SOCKS_PROXY, spec: spec.to_string(), source },
+                |(spec, source)| ClientError::Bind {
+                    what: LocalListener::Socks,
+                    spec: spec.to_string(),
+                    source,
+                },
             )?;
             self.socks = Some(bound);
         }
         let bound = self.socks.as_deref().unwrap_or_default();
         let listening = bound.iter().map(|b| (&b.spec, b.listener.local_addr()));
-        locals::addresses(SOCKS_PROXY, listening, |spec, bound_addr| ActiveSocks { spec, bound_addr })
+        locals::addresses(LocalListener::Socks, listening, |spec, bound_addr| ActiveSocks {
+            spec,
+            bound_addr,
+        })
     }
 
     /// Looks up each server named by a host name now (otherwise [`Client::run`] does): a host
@@ -530,7 +536,7 @@ impl Client {
         control.send(table.message()).await.map_err(|_| closed())?;
         // One deadline for the whole wait: a server sending other messages meanwhile does not
         // move it.
-        let deadline = crate::time::after(tokio::time::Instant::now(), self.config.handshake_timeout);
+        let deadline = crate::time::deadline(tokio::time::Instant::now(), self.config.handshake_timeout);
         loop {
             let message = tokio::time::timeout_at(deadline, messages.recv())
                 .await

@@ -349,7 +349,9 @@ impl ClientFile {
             return Err(invalid("reconnect.initial", "must be more than 0 and at most `reconnect.max`"));
         }
         // `none`: direct, as `--proxy none` (and nothing taken from the environment).
-        if let Some(proxy) = self.proxy.as_ref().filter(|proxy| proxy.expose_secret() != "none") {
+        if let Some(proxy) =
+            self.proxy.as_ref().filter(|proxy| !proxy.expose_secret().trim().eq_ignore_ascii_case("none"))
+        {
             config.proxy = Some(proxy.expose_secret().parse().map_err(|e| invalid("proxy", e))?);
         }
         config.no_proxy = self.no_proxy.clone();

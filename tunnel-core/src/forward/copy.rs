@@ -94,7 +94,7 @@ where
             let copied = a_to_b.copied + b_to_a.copied;
             if copied != seen {
                 seen = copied;
-                timer.as_mut().reset(tokio::time::Instant::now() + *after);
+                timer.as_mut().reset(crate::time::deadline(tokio::time::Instant::now(), *after));
             }
             if timer.as_mut().poll(cx).is_ready() {
                 let message = format!("no data either way for {after:?}");

@@ -71,7 +71,7 @@ pub(super) async fn exchange(
     limit: Duration,
     host: &str,
 ) -> Result<Sent, (StatusCode, String)> {
-    let deadline = crate::time::after(tokio::time::Instant::now(), limit);
+    let deadline = crate::time::deadline(tokio::time::Instant::now(), limit);
     let (idle, home) = to.streams.take(to.key, to.lane);
     if let Some((upstream, idle_for)) = idle {
         let again = if idle_for >= RETRY_AFTER_IDLE { repeatable(&request) } else { None };

@@ -136,7 +136,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Clocked<T> {
                         return Poll::Pending;
                     }
                     // The deadline is moved only when it runs out, not on every write.
-                    let due = crate::time::after(last_sent, this.timeout);
+                    let due = crate::time::deadline(last_sent, this.timeout);
                     if due > Instant::now() {
                         this.deadline.as_mut().reset(due);
                         if this.deadline.as_mut().poll(cx).is_pending() {
@@ -162,7 +162,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Clocked<T> {
         if let Poll::Ready(Ok(1..)) = written {
             let now = Instant::now();
             if matches!(this.state, State::Answered) {
-                this.deadline.as_mut().reset(crate::time::after(now, this.timeout));
+                this.deadline.as_mut().reset(crate::time::deadline(now, this.timeout));
                 // Registers the deadline with this task now, whether or not a read is polled
                 // after this write.
                 let _ = this.deadline.as_mut().poll(cx);

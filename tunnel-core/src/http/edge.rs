@@ -314,8 +314,9 @@ impl HttpEdge {
         // least for the head, if the timeout is that long): a visitor sending its first byte
         // late gets no second period. hyper gives every head of one run of requests the same
         // time, so those following the first without a pause get what it got.
+        // Capped, since hyper adds it to an `Instant` itself.
         let head_time = |idle: Duration| {
-            let timeout = self.limits.header_timeout;
+            let timeout = self.limits.header_timeout.min(crate::time::MAX_DURATION);
             timeout.saturating_sub(idle).max(MIN_HEAD_TIME.min(timeout))
         };
         let mut head = head_time(waiting.elapsed());

@@ -701,3 +701,24 @@ async fn an_http2_visitor_reading_nothing_holds_little_of_its_answers_at_the_edg
     assert!(taken >= PIPE, "the test's answers never flowed: {taken} bytes");
     drop(answers);
 }
+
+/// Limits a program sets to `Duration::MAX` mean "never": hyper adds the header time to an
+/// `Instant` itself, which panicked on every connection.
+#[tokio::test(start_paused = true)]
+async fn edge_limits_of_the_largest_duration_still_serve() {
+    let endless = Duration::MAX;
+    let limits = EdgeLimits {
+        header_timeout: endless,
+        response_timeout: endless,
+        upgrade_idle_timeout: endless,
+        stall_timeout: endless,
+        ..EdgeLimits::default()
+    };
+    let edge = Arc::new(HttpEdge::new(Arc::new(NoRoutes), StatusCode::NOT_FOUND, limits));
+    let visitor = visitor_of(&edge);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(visitor)).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(status(&mut sender).await, 404);
+    assert_eq!(status(&mut sender).await, 404, "the second request on the connection");
+}

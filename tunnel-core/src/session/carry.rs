@@ -16,7 +16,7 @@ use super::driver::{Moves, Outgoing, SessionEnd, Successor};
 use super::framed::{read_frame, FrameError};
 use crate::mux::{MuxDriver, MuxStream, StreamOpener};
 use crate::proto::{frame, ControlMessage, GoodbyeCode, StreamHeader};
-use crate::time::after;
+use crate::time::deadline;
 
 /// Bound on draining the control stream when the connection is going away.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -366,16 +366,16 @@ async fn watchdog(last_seen: LastSeen, quiet: Duration, timeout: Duration) -> Se
     loop {
         let heard = last_seen.get();
         let now = Instant::now();
-        if now >= after(heard, timeout) {
+        if now >= deadline(heard, timeout) {
             return SessionEnd::HeartbeatTimeout(timeout);
         }
-        let next = if quiet < timeout && now >= after(heard, quiet) {
+        let next = if quiet < timeout && now >= deadline(heard, quiet) {
             last_seen.1.set_silent(true);
             // Looked at again each `quiet`: heard from meanwhile, then silent again, is marked
             // again on time.
-            after(heard, timeout).min(after(now, quiet))
+            deadline(heard, timeout).min(deadline(now, quiet))
         } else {
-            after(heard, quiet.min(timeout))
+            deadline(heard, quiet.min(timeout))
         };
         tokio::time::sleep_until(next).await;
     }

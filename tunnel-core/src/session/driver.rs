@@ -313,9 +313,10 @@ async fn run(parts: Box<Parts>) -> SessionEnd {
         crate::task::unbox(parts);
     let (moves, successors, moved) = moves;
     let last_seen = LastSeen(Arc::new(Mutex::new(Instant::now())), opener.clone());
-    // A zero interval would panic in `tokio::time::interval`, and a timeout no longer than the
-    // interval would declare a healthy peer dead: such settings get the default proportions.
-    let interval = config.heartbeat_interval.max(super::MIN_HEARTBEAT_INTERVAL);
+    // A zero interval would panic in `tokio::time::interval`, and so would one whose first tick
+    // overflows an `Instant`; a timeout no longer than the interval would declare a healthy
+    // peer dead: such settings get the default proportions.
+    let interval = config.heartbeat_interval.clamp(super::MIN_HEARTBEAT_INTERVAL, crate::time::MAX_DURATION);
     let timeout = match config.heartbeat_timeout {
         timeout if timeout <= interval => interval.saturating_mul(3),
         timeout => timeout,

@@ -318,6 +318,8 @@ impl ClientTransport {
         wire: Wire,
         opened: &Arc<AtomicBool>,
     ) -> Result<Connection, ConnectError> {
+        // A custom connector decides for itself: no proxy is on its way.
+        let proxy = proxy.filter(|_| !matches!(self, Self::Custom(_)));
         let tcp: Arc<dyn Connector> = match proxy {
             Some(proxy) => Arc::new(ProxyConnector::new(proxy.clone(), server)),
             None => Arc::new(TcpConnector::new(server)),

@@ -49,9 +49,17 @@ fn urls_give_the_address_and_credentials_and_bad_ones_say_why() {
         "http://alice:secret@127.0.0.1:1/?next=@127.0.0.1:9",
         "http://alice:secret@proxy:3128#@evil:1",
         "http://alice:sec/ret@proxy:3128",
+        // Without a scheme, or with another one, likewise.
+        "alice:sec/ret@proxy:3128",
+        "alice:se://cret@proxy:3128",
+        "ftp://alice:secret@proxy:21",
     ] {
         let err = url.parse::<HttpProxy>().unwrap_err();
-        assert!(!err.to_string().contains("secret") && !err.to_string().contains("sec/"), "{url}: {err}");
+        let shown = err.to_string();
+        assert!(
+            !shown.contains("secret") && !shown.contains("sec/") && !shown.contains("cret"),
+            "{url}: {err}"
+        );
     }
 }
 
