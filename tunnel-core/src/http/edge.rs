@@ -518,3 +518,7 @@ fn too_many_resets(visitor: SocketAddr, resets: &resets::Resets) {
 #[cfg(test)]
 #[path = "edge_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "edge_h2_tests.rs"]
+mod h2_tests;
