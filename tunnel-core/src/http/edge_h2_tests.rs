@@ -5,7 +5,7 @@ use std::pin::Pin;
 use http::Request;
 use http_body_util::BodyExt;
 
-use super::tests::NoRoutes;
+use super::tests::{fed_body, NoRoutes};
 use super::*;
 
 type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
@@ -81,11 +81,8 @@ async fn an_http2_peer_that_takes_nothing_of_its_answers_is_cut() {
 async fn a_slow_reader_keeps_its_http2_connection_and_a_stalled_one_does_not() {
     let idle = EdgeLimits::default().header_timeout;
     let activity = Arc::new(Activity::default());
-    let (mut more, body) = futures::channel::mpsc::channel::<
-        Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>,
-    >(64);
-    let mut body =
-        activity.begin(false).hold(http_body_util::StreamBody::new(body).boxed_unsync(), false, None);
+    let (mut more, body) = fed_body(64);
+    let mut body = activity.begin(false).hold(body, false, None);
     for _ in 0..40 {
         more.try_send(Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![0; 1500])))).unwrap();
     }

@@ -209,6 +209,18 @@ async fn an_idle_keep_alive_connection_is_parked_then_served_again_and_closed_af
         .unwrap();
 }
 
+/// The sending end of an answer's body fed by hand.
+pub(super) type BodyFeed =
+    futures::channel::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>>;
+
+/// An answer's body fed by hand through its sender, which holds up to `capacity` frames.
+pub(super) fn fed_body(
+    capacity: usize,
+) -> (BodyFeed, http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, super::super::BoxError>) {
+    let (feed, body) = futures::channel::mpsc::channel(capacity);
+    (feed, http_body_util::StreamBody::new(body).boxed_unsync())
+}
+
 /// An exchange waiting on the tunnel (for its answer's head, or for more of its body) is not
 /// idle, however long it waits: long polls and event streams are not cut.
 #[tokio::test(start_paused = true)]
@@ -221,10 +233,8 @@ async fn an_exchange_waiting_on_the_tunnel_is_never_idle() {
         tokio::time::timeout(idle * 10, activity.quiet_for(idle)).await.is_err(),
         "idle while awaiting a head"
     );
-    let (mut more, body) = futures::channel::mpsc::channel::<
-        Result<hyper::body::Frame<bytes::Bytes>, super::super::BoxError>,
-    >(1);
-    let mut body = exchange.hold(http_body_util::StreamBody::new(body).boxed_unsync(), false, None);
+    let (mut more, body) = fed_body(1);
+    let mut body = exchange.hold(body, false, None);
     assert!(futures::poll!(std::pin::pin!(body.frame())).is_pending());
     assert!(
         tokio::time::timeout(idle * 10, activity.quiet_for(idle)).await.is_err(),
