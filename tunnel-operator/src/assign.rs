@@ -73,6 +73,8 @@ pub struct Assigned {
     pub routes: Vec<RouteFile>,
     /// Who holds each host served, and the routes served on it: its next `status.hosts`.
     pub hosts: Vec<HeldHost>,
+    /// The objects with at least one route served.
+    pub served: Vec<Source>,
 }
 
 /// What the routes of every source ask, per tunnel, with conflicts decided.
@@ -225,7 +227,11 @@ pub fn assign(
                     served.entry(host).or_default().push(HeldRoute { id: id.to_string(), bytes });
                 }
                 taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
-                out.entry(claim.tunnel).or_default().routes.push(claim.route);
+                let assigned = out.entry(claim.tunnel).or_default();
+                if !assigned.served.contains(&claim.source) {
+                    assigned.served.push(claim.source);
+                }
+                assigned.routes.push(claim.route);
             }
         }
     }

@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use serde_json::Value;
 use tunnel_core::config::{BackendFile, HeaderChangesFile, HumanDuration, PathType, RedirectFile, RouteFile};
 
+use crate::assign::{ROUTE_BUDGET, ROUTE_BYTES};
 use crate::conditions::Conditions;
 use crate::gateway::{
     BackendRef, Gateway, HttpRoute, ParentRef, RouteMatch, RouteParentStatus, RouteRule, RouteStatus,
@@ -50,6 +51,11 @@ pub fn claims(
             }
         }
         let translated = translate(route, cluster, naming);
+        if let Ok(Translated { cut: Some(why), .. }) = &translated {
+            notes.push(Note::new(&source, "TooManyRoutes", why.clone()));
+        }
+        // Parents of one tunnel (two listeners of a Gateway, say) claim its routes once.
+        let mut claimed: Vec<TunnelKey> = Vec::new();
         let mut status = RouteStatus::default();
         for (parent, decision) in parents {
             let mut conditions = Conditions {
@@ -71,11 +77,14 @@ pub fn claims(
                         }
                         Some((reason, message)) => conditions.set("ResolvedRefs", false, reason, message),
                     }
-                    claims.extend(translated.routes.iter().map(|r| Claim {
-                        tunnel: tunnel.clone(),
-                        source: source.clone(),
-                        route: r.clone(),
-                    }));
+                    if !claimed.contains(&tunnel) {
+                        claims.extend(translated.routes.iter().map(|r| Claim {
+                            tunnel: tunnel.clone(),
+                            source: source.clone(),
+                            route: r.clone(),
+                        }));
+                        claimed.push(tunnel);
+                    }
                 }
                 Err((reason, message)) => {
                     notes.push(Note::new(&source, reason, message.clone()));
@@ -201,17 +210,30 @@ struct Translated {
     routes: Vec<RouteFile>,
     /// The first backend that did not resolve: it answers 500.
     unresolved: Option<(&'static str, String)>,
+    /// Why the routes stop short of all the route asks for (see [`translate`]).
+    cut: Option<String>,
 }
 
 fn unsupported(message: impl Into<String>) -> Refusal {
     ("UnsupportedValue", message.into())
 }
 
+/// Routes made of one HTTPRoute stop at what one tunnel could serve of them (`assign`'s
+/// budgets): its hostnames times its matches, each with its rule's header changes, made 282 MB
+/// of 135 KB of YAML within the Gateway API's own limits. Every rule and match is still
+/// checked, on the first hostname.
 fn translate(route: &HttpRoute, cluster: &Cluster, naming: &Naming) -> Result<Translated, Refusal> {
     if route.spec.hostnames.is_empty() {
         return Err(unsupported("a route without hostnames is not served: the tunnel routes by host"));
     }
-    let mut out = Translated { routes: Vec::new(), unresolved: None };
+    let hosts = route
+        .spec
+        .hostnames
+        .iter()
+        .map(|host| host.parse().map_err(|e| unsupported(format!("hostname {host:?}: {e}"))))
+        .collect::<Result<Vec<tunnel_core::proto::HostPattern>, _>>()?;
+    let mut out = Translated { routes: Vec::new(), unresolved: None, cut: None };
+    let mut rules = Vec::with_capacity(route.spec.rules.len());
     for (index, rule) in route.spec.rules.iter().enumerate() {
         let at = format!("rules[{index}]");
         if let Some(field) = rule.other.keys().next() {
@@ -221,16 +243,45 @@ fn translate(route: &HttpRoute, cluster: &Cluster, naming: &Naming) -> Result<Tr
         let matches =
             if rule.matches.is_empty() { vec![RouteMatch::default()] } else { rule.matches.clone() };
         for (m, matched) in matches.iter().enumerate() {
-            for host in &route.spec.hostnames {
-                let host = host.parse().map_err(|e| unsupported(format!("hostname {host:?}: {e}")))?;
-                let mut file = action.route(host);
-                apply_match(&mut file, matched, &format!("{at}.matches[{m}]"))?;
-                file.build().map_err(|e| unsupported(format!("{at}: {e}")))?;
+            routed(&action, &hosts[0], matched, &format!("{at}.matches[{m}]"))?;
+        }
+        rules.push((at, action, matches));
+    }
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for (at, action, matches) in &rules {
+        for (m, matched) in matches.iter().enumerate() {
+            for host in &hosts {
+                let file = routed(action, host, matched, &format!("{at}.matches[{m}]"))?;
+                let size = toml::to_string(&file).map_or(usize::MAX, |text| text.len());
+                count += 1;
+                bytes = bytes.saturating_add(size);
+                if count > ROUTE_BUDGET || bytes > ROUTE_BYTES {
+                    let made = out.routes.len();
+                    out.cut = Some(format!(
+                        "its hostnames times its matches make more routes than a tunnel carries (at most \
+                         {ROUTE_BUDGET} routes and {ROUTE_BYTES} bytes of configuration): the first {made} \
+                         are offered, the rest left out from {at}.matches[{m}] for host {host}"
+                    ));
+                    return Ok(out);
+                }
                 out.routes.push(file);
             }
         }
     }
     Ok(out)
+}
+
+/// The route of `action` for `host` and `matched`, checked.
+fn routed(
+    action: &Action,
+    host: &tunnel_core::proto::HostPattern,
+    matched: &RouteMatch,
+    at: &str,
+) -> Result<RouteFile, Refusal> {
+    let mut file = action.route(host.clone());
+    apply_match(&mut file, matched, at)?;
+    file.build().map_err(|e| unsupported(format!("{at}: {e}")))?;
+    Ok(file)
 }
 
 fn apply_match(file: &mut RouteFile, matched: &RouteMatch, at: &str) -> Result<(), Refusal> {
@@ -441,19 +492,5 @@ fn gateway_duration(text: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateway_durations_add_their_parts_and_refuse_zero_and_garbage() {
-        assert_eq!(gateway_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(gateway_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(gateway_duration("1m1s1ms").unwrap(), Duration::from_millis(61_001));
-        assert_eq!(gateway_duration("99999h99999m99999s99999ms").unwrap().as_secs(), 366_096_438);
-        // Past the format's 5 digits a part: 1000000h (114 years) was taken, and made a
-        // client.toml that no connector could read (durations stop at 100 years).
-        for bad in ["", "0s", "10", "s", "1d", "99999999999s", "-1s", "1000000h", "000001h", "1h1m1s1ms1h"] {
-            assert!(gateway_duration(bad).is_err(), "{bad}");
-        }
-    }
-}
+#[path = "httproute_tests.rs"]
+mod tests;

@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`crd`]: the two custom resources, their spec and status (CEL rules in the schema).
+//! - [`schema`]: the schema's other rules (bounds, lengths, patterns), checked as the API server
+//!   checks them.
 //! - [`gateway`]: the Gateway API objects read (HTTPRoute, Gateway, GatewayClass, ReferenceGrant).
 //! - [`objects`]: the objects of a cluster as one value ([`objects::Cluster`]), from watches or
 //!   from YAML files.
@@ -36,4 +38,5 @@ pub mod patch;
 pub mod reconcile;
 pub mod render;
 pub mod routes;
+pub mod schema;
 pub mod tunnels;

@@ -2,7 +2,7 @@
 //! Kubernetes objects, with no cluster.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,6 +16,11 @@ use tunnel_operator::routes::Naming;
 
 /// Exit code for input that is wrong: a file that is not YAML, an object that is not valid.
 const BAD_INPUT: u8 = 2;
+
+/// The most read of one file (or standard input): past it, the input is refused rather than
+/// read into memory to its end (`/dev/zero`, `yes |`). The YAML reader's own budgets stop at
+/// 64 MiB of text too.
+const MOST_INPUT: u64 = 64 << 20;
 
 #[derive(Parser)]
 #[command(name = "tunnel-operator", version, about = "Kubernetes operator for the tunnel")]
@@ -87,7 +92,7 @@ fn main() -> ExitCode {
             match run(settings.settings(), identity) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    say_err(&format!("error: {e:#}"));
                     ExitCode::FAILURE
                 }
             }
@@ -95,27 +100,49 @@ fn main() -> ExitCode {
         Command::Crds => {
             let crds = [Tunnel::crd(), ClusterTunnel::crd()];
             match serde_saphyr::to_string_multiple(&crds) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => output(&text),
                 Err(e) => {
-                    eprintln!("error: the CRDs do not serialize: {e}");
+                    say_err(&format!("error: the CRDs do not serialize: {e}"));
                     ExitCode::FAILURE
                 }
             }
         }
         Command::Render { files, settings } => match render(&files, settings.settings()) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
+            Ok(text) => output(&text),
             Err(message) => {
-                eprintln!("error: {message}");
+                say_err(&format!("error: {message}"));
                 ExitCode::from(BAD_INPUT)
             }
         },
     }
+}
+
+/// Writes `text` to standard output. A reader that went away (`| head`) is no failure; a
+/// write that fails otherwise (a full disk) is, and says so.
+fn output(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            say_err(&format!("error: cannot write the output: {e}"));
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// A line on standard error, if it can be written at all (`eprintln!` panics when it cannot).
+fn say_err(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// All of `reader`, unless it holds more than [`MOST_INPUT`] bytes or is not UTF-8.
+fn read_input(reader: impl Read, origin: &str) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    reader.take(MOST_INPUT + 1).read_to_end(&mut bytes).map_err(|e| format!("{origin}: {e}"))?;
+    if bytes.len() as u64 > MOST_INPUT {
+        return Err(format!("{origin}: larger than {} MiB", MOST_INPUT >> 20));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("{origin}: not UTF-8 text: {e}"))
 }
 
 #[tokio::main]
@@ -131,17 +158,16 @@ fn render(files: &[PathBuf], settings: Settings) -> Result<String, String> {
     let mut cluster = Cluster::default();
     for file in files {
         let (text, origin) = if file.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("standard input: {e}"))?;
-            (text, "standard input".to_owned())
+            (read_input(std::io::stdin().lock(), "standard input")?, "standard input".to_owned())
         } else {
             let origin = file.display().to_string();
-            (std::fs::read_to_string(file).map_err(|e| format!("{origin}: {e}"))?, origin)
+            let opened = std::fs::File::open(file).map_err(|e| format!("{origin}: {e}"))?;
+            (read_input(opened, &origin)?, origin)
         };
         let skipped =
             cluster.load_yaml(&text, &origin).map_err(|e| tunnel_core::log::Chain(&e).to_string())?;
         for object in skipped {
-            eprintln!("note: {origin}: {object} is not read by the operator");
+            say_err(&format!("note: {origin}: {object} is not read by the operator"));
         }
     }
     cluster.check().map_err(|e| e.to_string())?;

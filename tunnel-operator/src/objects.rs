@@ -154,11 +154,23 @@ impl Cluster {
                 problems: errors.into_vec().iter().map(ToString::to_string).collect(),
             }
         };
+        let (schema, cluster_schema) = (crate::schema::of::<Tunnel>(), crate::schema::of::<ClusterTunnel>());
+        let within = |kind: &'static str, name: String, schema: &Value, object: Value| {
+            let problems = crate::schema::problems(schema, &object);
+            match problems.is_empty() {
+                true => Ok(()),
+                false => Err(Invalid { kind, name, problems }),
+            }
+        };
         for tunnel in &self.tunnels {
             let name = format!("{}/{}", tunnel.namespace().unwrap_or_default(), tunnel.name_any());
+            let object = serde_json::to_value(tunnel).unwrap_or(Value::Null);
+            within("Tunnel", name.clone(), &schema, object)?;
             kube::core::cel::validate_cel(tunnel).map_err(refused("Tunnel", name))?;
         }
         for tunnel in &self.cluster_tunnels {
+            let object = serde_json::to_value(tunnel).unwrap_or(Value::Null);
+            within("ClusterTunnel", tunnel.name_any(), &cluster_schema, object)?;
             kube::core::cel::validate_cel(tunnel).map_err(refused("ClusterTunnel", tunnel.name_any()))?;
         }
         Ok(())

@@ -92,6 +92,12 @@ pub fn desired(
         .collect();
     let claims = admit_hosts(ingress_claims.into_iter().chain(route_claims).collect(), &allowed, &mut notes);
     let mut assigned = assign(claims, &held, now, &mut notes);
+    // An Ingress gets the tunnel's public host name only once a route of it is served: one
+    // refused (a host not allowed, another namespace's) must not be published by external-dns.
+    let served: Vec<(TunnelKey, Source)> = assigned
+        .iter()
+        .flat_map(|(key, assigned)| assigned.served.iter().map(|source| (key.clone(), source.clone())))
+        .collect();
 
     let mut outcomes = BTreeMap::new();
     for (key, (meta, spec, status)) in &tunnels {
@@ -104,9 +110,10 @@ pub fn desired(
     let ingresses = served_ingresses
         .into_iter()
         .map(|(source, tunnel)| {
-            let hostname = tunnel.and_then(|key| {
-                tunnels.get(&key).and_then(|(_, spec, _)| spec.server.public_hostname.clone())
-            });
+            let hostname =
+                tunnel.filter(|key| served.iter().any(|(k, s)| k == key && *s == source)).and_then(|key| {
+                    tunnels.get(&key).and_then(|(_, spec, _)| spec.server.public_hostname.clone())
+                });
             // An empty list, not none: a merge patch then clears a host name published before.
             let ingress = hostname.map_or_else(Vec::new, |h| {
                 vec![IngressLoadBalancerIngress { hostname: Some(h), ..Default::default() }]
@@ -316,7 +323,8 @@ mod tests {
     #[test]
     fn a_tunnels_allowed_hosts_keep_other_hosts_off_it_and_a_bad_entry_is_named() {
         let mut text = shared_tunnel()
-            .replace("existingTunnel:", "allowedHosts: ['*.team-a.example.com'], existingTunnel:");
+            .replace("existingTunnel:", "allowedHosts: ['*.team-a.example.com'], existingTunnel:")
+            .replace("fingerprint:", "publicHostname: edge.example.com, fingerprint:");
         text.push_str(&ingress(
             "team-a",
             "site",
@@ -333,6 +341,15 @@ mod tests {
         let refused: Vec<_> =
             decided.notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
         assert_eq!(refused, [("HostNotAllowed", Some("bank"))]);
+        // Only the Ingress served gets the public host name, which external-dns publishes.
+        let published = |name: &str| -> Vec<String> {
+            let (_, status) =
+                decided.ingresses.iter().find(|(s, _)| s.reference.name.as_deref() == Some(name)).unwrap();
+            let ingress = status.load_balancer.as_ref().and_then(|lb| lb.ingress.clone()).unwrap_or_default();
+            ingress.into_iter().filter_map(|i| i.hostname).collect()
+        };
+        assert_eq!(published("site"), ["edge.example.com"]);
+        assert_eq!(published("bank"), Vec::<String>::new(), "a refused Ingress is not published");
 
         for (entry, why) in [
             ("'bad host'", "spec.allowedHosts: invalid rule \"bad host\""),

@@ -79,11 +79,25 @@ fn bad_input_exits_2_naming_the_file_the_object_and_the_rule() {
     );
     let typo =
         write("typo.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: 80}\n");
+    // Rules of the schema that are not CEL: the API server refuses these as well.
+    let bounds = write(
+        "bounds.yaml",
+        "apiVersion: tunnel-rs.github.io/v1alpha1\nkind: Tunnel\nmetadata: {name: t, namespace: a}\n\
+         spec:\n  existingTunnel: {name: t, secret: Bad_Name}\n  server: {address: 'h:1', caSecret: ca}\n  replicas: 65\n",
+    );
     let garbage = write("garbage.yaml", "kind: [\n");
     let missing = dir.path().join("missing.yaml").display().to_string();
     for (file, needles) in [
         (&both, vec!["Tunnel a/t is not valid", "exactly one of newTunnel and existingTunnel"]),
         (&typo, vec!["typo.yaml: document 1 (Service \"web\") is not a valid Service"]),
+        (
+            &bounds,
+            vec![
+                "Tunnel a/t is not valid",
+                "spec.existingTunnel.secret: \"Bad_Name\" does not match",
+                "spec.replicas: 65 is more than the maximum 64",
+            ],
+        ),
         (&garbage, vec!["garbage.yaml: not YAML"]),
         (&missing, vec!["missing.yaml"]),
     ] {
@@ -97,4 +111,23 @@ fn bad_input_exits_2_naming_the_file_the_object_and_the_rule() {
     }
     let out = operator(&["render"], None);
     assert_eq!(out.status.code(), Some(2), "no file is a usage error");
+}
+
+#[test]
+fn a_reader_gone_a_full_disk_and_endless_input_each_end_with_an_exit_code_not_a_panic() {
+    let binary = env!("CARGO_BIN_EXE_tunnel-operator");
+    // A reader that went away (`| head`): nothing more to say, exit 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(binary).arg("crds").stdout(writer).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A full disk: exit 1, said on standard error.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(binary).arg("crds").stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot write the output"), "{}", text(&out.stderr));
+    // Input without an end is refused at 64 MiB, not read into memory to its end.
+    let out = operator(&["render", "-f", "/dev/zero"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/dev/zero: larger than 64 MiB"), "{}", text(&out.stderr));
 }
