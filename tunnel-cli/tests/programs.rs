@@ -199,6 +199,22 @@ async fn an_ssh_session_through_the_tunnel_keeps_exit_statuses_and_carries_megab
     assert!(down.stdout == data, "the download differs: {} of {} bytes", down.stdout.len(), data.len());
 }
 
+/// Waits until `server` (started as `process`) accepts connections on `port` (true), or has
+/// exited (false: the port was taken since it was found free).
+async fn until_listening(process: &mut tokio::process::Child, port: u16, server: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        if process.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{server} never listened on {port}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A redis-server on a free port, with nothing saved; killed when dropped.
 struct Redis {
     port: u16,
@@ -216,16 +232,8 @@ async fn start_redis() -> Redis {
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server is installed");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Redis { port, _process: process };
-            }
-            if process.try_wait().unwrap().is_some() {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "redis-server never listened on {port}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if until_listening(&mut process, port, "redis-server").await {
+            return Redis { port, _process: process };
         }
     }
     panic!("redis-server did not start on three free ports");
@@ -323,16 +331,8 @@ async fn start_nginx(dir: &Path) -> Nginx {
             .kill_on_drop(true)
             .spawn()
             .expect("nginx is installed");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Nginx { port, _process: process };
-            }
-            if process.try_wait().unwrap().is_some() {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "nginx never listened on {port}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if until_listening(&mut process, port, "nginx").await {
+            return Nginx { port, _process: process };
         }
     }
     let errors = std::fs::read_to_string(root.join("error.log")).unwrap_or_default();
