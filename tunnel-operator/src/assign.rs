@@ -14,13 +14,7 @@ use crate::crd::{HeldHost, HeldRoute};
 use crate::routes::{Claim, Note, Source};
 use crate::tunnels::TunnelKey;
 
-/// Routes from Ingresses and HTTPRoutes one tunnel's connector takes at most: its route table's
-/// limit, less room for the tunnel's own fallback and up to 63 networks.
-pub const ROUTE_BUDGET: usize = tunnel_core::client::MAX_ROUTES_PER_SET - 64;
-
-/// Bytes of those routes (as TOML) one tunnel's configuration takes at most, well under the
-/// 1 MiB a ConfigMap may hold.
-pub const ROUTE_BYTES: usize = 768 * 1024;
+pub use crate::routes::{ROUTE_BUDGET, ROUTE_BYTES};
 
 /// Bytes of those routes in the table the connector sends its server, at most: the most a
 /// server takes, less room for the tunnel's own fallback and up to 63 networks (27 bytes each
@@ -73,8 +67,8 @@ pub struct Assigned {
     pub routes: Vec<RouteFile>,
     /// Who holds each host served, and the routes served on it: its next `status.hosts`.
     pub hosts: Vec<HeldHost>,
-    /// The objects with at least one route served.
-    pub served: Vec<Source>,
+    /// Each object with a route served, and the host of that route (once each).
+    pub served: Vec<(Source, String)>,
 }
 
 /// What the routes of every source ask, per tunnel, with conflicts decided.
@@ -221,6 +215,7 @@ pub fn assign(
                     continue;
                 }
                 spent.add(&size);
+                let served_host = (claim.source.clone(), host.1.clone());
                 if let Some(id) = id {
                     ids.insert((claim.tunnel.clone(), id), identity.clone());
                     let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
@@ -228,8 +223,8 @@ pub fn assign(
                 }
                 taken.insert((claim.tunnel.clone(), identity), claim.source.clone());
                 let assigned = out.entry(claim.tunnel).or_default();
-                if !assigned.served.contains(&claim.source) {
-                    assigned.served.push(claim.source);
+                if !assigned.served.contains(&served_host) {
+                    assigned.served.push(served_host);
                 }
                 assigned.routes.push(claim.route);
             }

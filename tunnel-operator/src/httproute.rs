@@ -12,13 +12,14 @@ use kube::ResourceExt;
 use serde_json::Value;
 use tunnel_core::config::{BackendFile, HeaderChangesFile, HumanDuration, PathType, RedirectFile, RouteFile};
 
-use crate::assign::{ROUTE_BUDGET, ROUTE_BYTES};
 use crate::conditions::Conditions;
 use crate::gateway::{
     BackendRef, Gateway, HttpRoute, ParentRef, RouteMatch, RouteParentStatus, RouteRule, RouteStatus,
 };
 use crate::objects::Cluster;
-use crate::routes::{service_origin, Claim, Naming, Note, PortRef, Source};
+use crate::routes::{
+    service_origin, Claim, Naming, Note, PortRef, Source, CLAIM_SLACK, ROUTE_BUDGET, ROUTE_BYTES,
+};
 use crate::tunnels::{by_annotation, by_parameters, Refused, TunnelKey};
 
 /// The controller name a GatewayClass gives to be served by this operator.
@@ -34,8 +35,13 @@ pub fn claims(
     now: &Time,
 ) -> (Vec<Claim>, Vec<(Source, RouteStatus)>, Vec<Note>) {
     let (mut claims, mut statuses, mut notes) = (Vec::new(), Vec::new(), Vec::new());
-    for route in &cluster.http_routes {
-        let source = Source::of(route);
+    // Older objects claim first, so newer ones cannot crowd them out of the slack.
+    let mut order: Vec<(usize, Source)> = cluster.http_routes.iter().map(Source::of).enumerate().collect();
+    order.sort_by(|(_, a), (_, b)| a.order_key().cmp(&b.order_key()));
+    // Routes (count, TOML bytes) claimed of each tunnel so far.
+    let mut spent: BTreeMap<TunnelKey, (usize, usize)> = BTreeMap::new();
+    for (index, source) in order {
+        let route = &cluster.http_routes[index];
         let namespace = route.namespace().unwrap_or_default();
         let annotated = by_annotation(&route.metadata, &namespace, cluster);
         let mut parents = Vec::new();
@@ -51,9 +57,7 @@ pub fn claims(
             }
         }
         let translated = translate(route, cluster, naming);
-        if let Ok(Translated { cut: Some(why), .. }) = &translated {
-            notes.push(Note::new(&source, "TooManyRoutes", why.clone()));
-        }
+        let mut cut = translated.as_ref().ok().and_then(|t| t.cut.clone());
         // Parents of one tunnel (two listeners of a Gateway, say) claim its routes once.
         let mut claimed: Vec<TunnelKey> = Vec::new();
         let mut status = RouteStatus::default();
@@ -78,11 +82,27 @@ pub fn claims(
                         Some((reason, message)) => conditions.set("ResolvedRefs", false, reason, message),
                     }
                     if !claimed.contains(&tunnel) {
-                        claims.extend(translated.routes.iter().map(|r| Claim {
-                            tunnel: tunnel.clone(),
-                            source: source.clone(),
-                            route: r.clone(),
-                        }));
+                        let (count, bytes) = spent.entry(tunnel.clone()).or_default();
+                        for (route, size) in &translated.routes {
+                            if *count >= CLAIM_SLACK * ROUTE_BUDGET
+                                || bytes.saturating_add(*size) > CLAIM_SLACK * ROUTE_BYTES
+                            {
+                                cut.get_or_insert_with(|| {
+                                    format!(
+                                        "{tunnel} is asked for more routes than {CLAIM_SLACK} times what it carries \
+                                         (at most {ROUTE_BUDGET} routes and {ROUTE_BYTES} bytes of configuration): \
+                                         routes of this and newer objects are left out"
+                                    )
+                                });
+                                break;
+                            }
+                            (*count, *bytes) = (*count + 1, *bytes + size);
+                            claims.push(Claim {
+                                tunnel: tunnel.clone(),
+                                source: source.clone(),
+                                route: route.clone(),
+                            });
+                        }
                         claimed.push(tunnel);
                     }
                 }
@@ -106,9 +126,14 @@ pub fn claims(
                 });
             }
         }
-        statuses.push((source, status));
+        if let Some(why) = cut.filter(|_| !claimed.is_empty()) {
+            notes.push(Note::new(&source, "TooManyRoutes", why));
+        }
+        statuses.push((index, source, status));
     }
-    (claims, statuses, notes)
+    // In the order of the objects, as read.
+    statuses.sort_by_key(|(index, _, _)| *index);
+    (claims, statuses.into_iter().map(|(_, source, status)| (source, status)).collect(), notes)
 }
 
 fn previous_conditions<'a>(
@@ -207,7 +232,8 @@ fn allowed(gateway: &Gateway, namespace: &str) -> Result<(), Refusal> {
 /// A route's rules in the connector's terms.
 #[derive(Debug, Clone)]
 struct Translated {
-    routes: Vec<RouteFile>,
+    /// Each route, and its size as TOML.
+    routes: Vec<(RouteFile, usize)>,
     /// The first backend that did not resolve: it answers 500.
     unresolved: Option<(&'static str, String)>,
     /// Why the routes stop short of all the route asks for (see [`translate`]).
@@ -218,10 +244,10 @@ fn unsupported(message: impl Into<String>) -> Refusal {
     ("UnsupportedValue", message.into())
 }
 
-/// Routes made of one HTTPRoute stop at what one tunnel could serve of them (`assign`'s
-/// budgets): its hostnames times its matches, each with its rule's header changes, made 282 MB
-/// of 135 KB of YAML within the Gateway API's own limits. Every rule and match is still
-/// checked, on the first hostname.
+/// Routes made of one HTTPRoute stop at [`CLAIM_SLACK`] times what one tunnel carries: its
+/// hostnames times its matches, each with its rule's header changes, made 282 MB of 135 KB of
+/// YAML within the Gateway API's own limits. Every rule and match is still checked, on the
+/// first hostname.
 fn translate(route: &HttpRoute, cluster: &Cluster, naming: &Naming) -> Result<Translated, Refusal> {
     if route.spec.hostnames.is_empty() {
         return Err(unsupported("a route without hostnames is not served: the tunnel routes by host"));
@@ -255,16 +281,17 @@ fn translate(route: &HttpRoute, cluster: &Cluster, naming: &Naming) -> Result<Tr
                 let size = toml::to_string(&file).map_or(usize::MAX, |text| text.len());
                 count += 1;
                 bytes = bytes.saturating_add(size);
-                if count > ROUTE_BUDGET || bytes > ROUTE_BYTES {
+                if count > CLAIM_SLACK * ROUTE_BUDGET || bytes > CLAIM_SLACK * ROUTE_BYTES {
                     let made = out.routes.len();
                     out.cut = Some(format!(
-                        "its hostnames times its matches make more routes than a tunnel carries (at most \
-                         {ROUTE_BUDGET} routes and {ROUTE_BYTES} bytes of configuration): the first {made} \
-                         are offered, the rest left out from {at}.matches[{m}] for host {host}"
+                        "its hostnames times its matches make more than {CLAIM_SLACK} times the routes a \
+                         tunnel carries (at most {ROUTE_BUDGET} routes and {ROUTE_BYTES} bytes of \
+                         configuration): the first {made} are offered, the rest left out from \
+                         {at}.matches[{m}] for host {host}"
                     ));
                     return Ok(out);
                 }
-                out.routes.push(file);
+                out.routes.push((file, size));
             }
         }
     }

@@ -57,6 +57,18 @@ pub fn tunnel_of(ingress: &Ingress, cluster: &Cluster) -> Option<Result<TunnelKe
     Some(by_parameters(&parameters, &namespace, cluster).map_err(refused))
 }
 
+/// Every host an Ingress names, in its rules and its TLS section: what external-dns publishes
+/// under the name in its status.
+pub fn hosts(ingress: &Ingress) -> Vec<String> {
+    let Some(spec) = &ingress.spec else { return Vec::new() };
+    let rules = spec.rules.iter().flatten().filter_map(|rule| rule.host.clone());
+    let tls = spec.tls.iter().flatten().flat_map(|tls| tls.hosts.iter().flatten().cloned());
+    let mut hosts: Vec<String> = rules.chain(tls).collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
 /// The routes every Ingress of ours asks for, and notes on what it asks that cannot be served.
 pub fn claims(cluster: &Cluster, naming: &Naming) -> (Vec<Claim>, Vec<Note>) {
     let (mut claims, mut notes) = (Vec::new(), Vec::new());

@@ -69,10 +69,12 @@ pub fn desired(
     let mut notes = Vec::new();
     let (ingress_claims, ingress_notes) = crate::ingress::claims(cluster, &settings.naming);
     notes.extend(ingress_notes);
-    let served_ingresses: Vec<(Source, Option<TunnelKey>)> = cluster
+    let served_ingresses: Vec<(Source, Option<TunnelKey>, Vec<String>)> = cluster
         .ingresses
         .iter()
-        .filter_map(|i| crate::ingress::tunnel_of(i, cluster).map(|t| (Source::of(i), t.ok())))
+        .filter_map(|i| {
+            crate::ingress::tunnel_of(i, cluster).map(|t| (Source::of(i), t.ok(), crate::ingress::hosts(i)))
+        })
         .collect();
     let (route_claims, route_statuses, route_notes) =
         crate::httproute::claims(cluster, &settings.naming, now);
@@ -92,12 +94,22 @@ pub fn desired(
         .collect();
     let claims = admit_hosts(ingress_claims.into_iter().chain(route_claims).collect(), &allowed, &mut notes);
     let mut assigned = assign(claims, &held, now, &mut notes);
-    // An Ingress gets the tunnel's public host name only once a route of it is served: one
-    // refused (a host not allowed, another namespace's) must not be published by external-dns.
-    let served: Vec<(TunnelKey, Source)> = assigned
+    // An Ingress gets the tunnel's public host name only once a route of each of its hosts is
+    // served: external-dns publishes every host an Ingress names under that name, and a host
+    // refused (one `allowedHosts` does not list, another namespace's) must not be published.
+    let served: Vec<(TunnelKey, Source, String)> = assigned
         .iter()
-        .flat_map(|(key, assigned)| assigned.served.iter().map(|source| (key.clone(), source.clone())))
+        .flat_map(|(key, assigned)| {
+            assigned.served.iter().map(move |(source, host)| (key.clone(), source.clone(), host.clone()))
+        })
         .collect();
+    let all_served = |key: &TunnelKey, source: &Source, hosts: &[String]| {
+        !hosts.is_empty()
+            && hosts.iter().all(|host| {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                served.iter().any(|(k, s, h)| k == key && s == source && *h == host)
+            })
+    };
 
     let mut outcomes = BTreeMap::new();
     for (key, (meta, spec, status)) in &tunnels {
@@ -109,11 +121,10 @@ pub fn desired(
     }
     let ingresses = served_ingresses
         .into_iter()
-        .map(|(source, tunnel)| {
-            let hostname =
-                tunnel.filter(|key| served.iter().any(|(k, s)| k == key && *s == source)).and_then(|key| {
-                    tunnels.get(&key).and_then(|(_, spec, _)| spec.server.public_hostname.clone())
-                });
+        .map(|(source, tunnel, hosts)| {
+            let hostname = tunnel.filter(|key| all_served(key, &source, &hosts)).and_then(|key| {
+                tunnels.get(&key).and_then(|(_, spec, _)| spec.server.public_hostname.clone())
+            });
             // An empty list, not none: a merge patch then clears a host name published before.
             let ingress = hostname.map_or_else(Vec::new, |h| {
                 vec![IngressLoadBalancerIngress { hostname: Some(h), ..Default::default() }]
@@ -334,14 +345,24 @@ mod tests {
             "Prefix",
         ));
         text.push_str(&ingress("team-b", "bank", "2026-01-02T00:00:00Z", "bank.example.com", "/", "Prefix"));
+        // One allowed host, and one refused in a rule of its own (team-a's Service is there).
+        let mixed =
+            ingress("team-a", "mixed", "2026-01-03T00:00:00Z", "shop.team-a.example.com", "/", "Prefix");
+        let mixed = mixed.split("---\n").next().unwrap().replace(
+            "rules: [{host: shop.team-a.example.com,",
+            "rules: [{host: pay.example.com, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}, {host: shop.team-a.example.com,",
+        );
+        text.push_str(&format!("{mixed}---\n"));
         let (decided, key) = decide(&text);
         let (config_map, _) = decided.tunnels[&key].connector.clone().unwrap();
         let toml = &config_map.data.unwrap()["client.toml"];
         assert!(toml.contains("www.team-a.example.com") && !toml.contains("bank.example.com"), "{toml}");
         let refused: Vec<_> =
             decided.notes.iter().map(|n| (n.reason.as_str(), n.source.reference.name.as_deref())).collect();
-        assert_eq!(refused, [("HostNotAllowed", Some("bank"))]);
-        // Only the Ingress served gets the public host name, which external-dns publishes.
+        assert_eq!(refused, [("HostNotAllowed", Some("bank")), ("HostNotAllowed", Some("mixed"))]);
+        assert!(toml.contains("shop.team-a.example.com") && !toml.contains("pay.example.com"), "{toml}");
+        // Only an Ingress all of whose hosts are served gets the public host name, which
+        // external-dns publishes for every host it names.
         let published = |name: &str| -> Vec<String> {
             let (_, status) =
                 decided.ingresses.iter().find(|(s, _)| s.reference.name.as_deref() == Some(name)).unwrap();
@@ -350,6 +371,7 @@ mod tests {
         };
         assert_eq!(published("site"), ["edge.example.com"]);
         assert_eq!(published("bank"), Vec::<String>::new(), "a refused Ingress is not published");
+        assert_eq!(published("mixed"), Vec::<String>::new(), "nor one with a host refused");
 
         for (entry, why) in [
             ("'bad host'", "spec.allowedHosts: invalid rule \"bad host\""),

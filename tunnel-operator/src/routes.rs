@@ -11,6 +11,22 @@ use tunnel_core::http::Service as Origin;
 use crate::objects::Cluster;
 use crate::tunnels::TunnelKey;
 
+/// Routes from Ingresses and HTTPRoutes one tunnel's connector takes at most: its route table's
+/// limit, less room for the tunnel's own fallback and up to 63 networks.
+pub const ROUTE_BUDGET: usize = tunnel_core::client::MAX_ROUTES_PER_SET - 64;
+
+/// Bytes of those routes (as TOML) one tunnel's configuration takes at most, well under the
+/// 1 MiB a ConfigMap may hold.
+pub const ROUTE_BYTES: usize = 768 * 1024;
+
+/// How many times a tunnel's budgets ([`ROUTE_BUDGET`], [`ROUTE_BYTES`]) of HTTPRoutes' routes
+/// are claimed for it, older objects first, before `assign` decides which to serve: room for
+/// routes it then refuses (hosts not allowed or another namespace's, conflicts) and for those
+/// `status.hosts` puts first, while no number of objects makes the operator hold more than
+/// this many configurations' worth of routes per tunnel. An HTTPRoute makes a route per
+/// hostname and match, each with its rule's header changes: 135 KB of YAML made 282 MB.
+pub const CLAIM_SLACK: usize = 4;
+
 /// How the operator reaches Services: their cluster DNS names.
 #[derive(Debug, Clone)]
 pub struct Naming {

@@ -11,8 +11,28 @@ use serde_json::Value;
 /// objects; CEL rules by `kube::core::cel`).
 pub fn problems(schema: &Value, value: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    walk(schema, value, "", &mut out);
+    walk(schema, value, "", &mut Patterns::default(), &mut out);
     out
+}
+
+/// Each pattern compiled once per check, however many values it is matched against.
+#[derive(Default)]
+struct Patterns(std::collections::HashMap<String, Result<regex::Regex, String>>);
+
+impl Patterns {
+    fn get(&mut self, pattern: &str) -> &Result<regex::Regex, String> {
+        self.0
+            .entry(pattern.to_owned())
+            .or_insert_with(|| regex::Regex::new(pattern).map_err(|e| e.to_string()))
+    }
+}
+
+/// At most the first 64 characters of `text`, for a message.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{:?}...", &text[..end]),
+        None => format!("{text:?}"),
+    }
 }
 
 /// The schema of `K`'s first version, as JSON.
@@ -22,7 +42,7 @@ pub fn of<K: kube::CustomResourceExt>() -> Value {
     schema.and_then(|s| serde_json::to_value(s).ok()).unwrap_or(Value::Null)
 }
 
-fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+fn walk(schema: &Value, value: &Value, path: &str, patterns: &mut Patterns, out: &mut Vec<String>) {
     let number = |key: &str| schema.get(key).and_then(Value::as_f64);
     let count = |key: &str| schema.get(key).and_then(Value::as_u64);
     match value {
@@ -31,7 +51,7 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
             for (name, field) in fields {
                 if let Some(rule) = properties.get(name) {
                     let at = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
-                    walk(rule, field, &at, out);
+                    walk(rule, field, &at, patterns, out);
                 }
             }
         }
@@ -45,7 +65,7 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
             }
             if let Some(rule) = schema.get("items") {
                 for (index, item) in items.iter().enumerate() {
-                    walk(rule, item, &format!("{path}[{index}]"), out);
+                    walk(rule, item, &format!("{path}[{index}]"), patterns, out);
                 }
             }
         }
@@ -67,9 +87,9 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
                 out.push(format!("{path}: {len} characters, at least {least}"));
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-                match regex::Regex::new(pattern) {
+                match patterns.get(pattern) {
                     Ok(re) if re.is_match(text) => {}
-                    Ok(_) => out.push(format!("{path}: {text:?} does not match {pattern}")),
+                    Ok(_) => out.push(format!("{path}: {} does not match {pattern}", shown(text))),
                     Err(e) => out.push(format!("{path}: the schema's pattern does not compile: {e}")),
                 }
             }
