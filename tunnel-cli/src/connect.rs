@@ -18,7 +18,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), Failure> {
     let config = file.clone().build().map_err(Failure::config)?;
     let name = config.name.clone();
     tracing::info!(server = %config.server, name = %config.name, "connecting");
-    let mut client = Client::new(config);
+    let mut client = Client::new(config).with_shards(crate::shards()?);
     for local in client.listen_locals().await.map_err(Failure::error)? {
         let udp = if local.spec.protocol == Protocol::Udp { "udp:" } else { "" };
         say!("local forward listening: {udp}{} -> {}", local.bound_addr, local.spec.target);

@@ -92,6 +92,14 @@ impl Failure {
 
 /// A one-shot command's output written, or its failure: a reader that left early (`| head`)
 /// is no failure, a full disk under `> file` is.
+/// The threads that carry the tunnel's connections, one per core (`tunnel_core::shards`: a
+/// connection and the streams it carries then stay on one thread).
+fn shards() -> Result<tunnel_core::shards::Shards, Failure> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    tunnel_core::shards::Shards::start(cores)
+        .map_err(|e| Failure::runtime(format!("cannot start threads: {e}")))
+}
+
 fn written(result: std::io::Result<()>) -> Result<(), Failure> {
     match result {
         Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {

@@ -32,6 +32,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut config = setup.config.clone();
     store.apply(&mut config);
     let server = Server::new(config);
+    server.spread_over(crate::shards()?);
     let admin_api = admin_api.map(|(listener, _)| listener);
     let admin = Arc::new(Admin::new(server.clone(), setup.config, store));
     let notifier = crate::notify::Notifier::from_env();

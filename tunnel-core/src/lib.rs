@@ -110,6 +110,7 @@ pub mod mux;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod shards;
 pub mod socks;
 pub mod tls;
 pub mod transport;

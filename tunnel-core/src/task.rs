@@ -15,6 +15,14 @@ impl<T: Send + 'static> OwnedTask<T> {
     pub(crate) fn spawn(future: impl Future<Output = T> + Send + 'static) -> Self {
         Self(tokio::spawn(future))
     }
+
+    /// [`OwnedTask::spawn`] at `home` when there is one (see [`crate::shards`]).
+    pub(crate) fn spawn_at(
+        home: Option<&crate::shards::Home>,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> Self {
+        Self(crate::shards::spawn_at(home, future))
+    }
 }
 
 impl<T> OwnedTask<T> {

@@ -76,8 +76,10 @@ impl Client {
         // Set once the TCP connection (or the proxy's tunnel) is open: a TLS handshake or an
         // upgrade that then hangs is the path's doing as much as one cut.
         let opened = Arc::new(AtomicBool::new(false));
+        let home = self.shards.as_ref().map(|shards| shards.next().clone());
         let attempt = async {
-            let way = link.transport.connect_noting(&link.server, link.proxy(config), wire, &opened);
+            let way =
+                link.transport.connect_noting(&link.server, link.proxy(config), wire, &opened, home.as_ref());
             let connection = match way.await {
                 Ok(connection) => connection,
                 Err(err) => {
@@ -111,7 +113,8 @@ impl Client {
             if wire == Wire::WebSocket {
                 self.metrics.websocket_upgrade();
             }
-            Ok(Dialed { session, version: established.version, wire, lane_key: established.lane_key })
+            let lane_key = established.lane_key;
+            Ok(Dialed { session, version: established.version, wire, lane_key, home: home.clone() })
         };
         tokio::time::timeout(config.handshake_timeout, attempt).await.unwrap_or_else(|_| {
             let reason = Interruption::TimedOut {
@@ -150,4 +153,6 @@ pub(super) struct Dialed {
     pub(super) wire: Wire,
     /// What more connections prove to join it.
     pub(super) lane_key: crate::auth::LaneKey,
+    /// The thread its socket is registered with (see [`crate::shards`]), where its driver runs.
+    pub(super) home: Option<crate::shards::Home>,
 }

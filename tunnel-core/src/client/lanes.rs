@@ -40,6 +40,8 @@ pub(super) struct LaneDialer {
     token: Token,
     session: SessionConfig,
     handshake_timeout: Duration,
+    /// Where each connection is carried, in turn (see [`crate::shards`]).
+    shards: Option<crate::shards::Shards>,
 }
 
 /// How one connection's turn ended.
@@ -62,6 +64,7 @@ impl Client {
             token: self.config.token.clone(),
             session: self.config.session.clone(),
             handshake_timeout: self.config.handshake_timeout,
+            shards: self.shards.clone(),
         }
     }
 }
@@ -94,9 +97,10 @@ impl LaneDialer {
         // When this connection was last lost.
         let mut lost: Option<Instant> = None;
         loop {
-            let turn = match self.dial(ticket).await {
+            let home = self.shards.as_ref().map(|shards| shards.next().clone());
+            let turn = match self.dial(ticket, home.as_ref()).await {
                 Ok(lane) => {
-                    let turn = self.run(lane, ticket, n, &mut backoff).await;
+                    let turn = self.run(lane, home.as_ref(), ticket, n, &mut backoff).await;
                     lost = Some(Instant::now());
                     turn
                 }
@@ -135,6 +139,7 @@ impl LaneDialer {
     async fn run(
         &self,
         lane: Session,
+        home: Option<&crate::shards::Home>,
         ticket: &JoinTicket,
         n: usize,
         backoff: &mut crate::client::BackoffState,
@@ -142,7 +147,8 @@ impl LaneDialer {
         let server = Escaped(&self.server);
         // Its control stream carries heartbeats only; a message there is dropped.
         let Session { control: _control, messages: _, opener, incoming, driver } = lane;
-        let driver = OwnedTask::spawn(driver);
+        opener.settle_at(home);
+        let driver = OwnedTask::spawn_at(home, driver);
         ticket.first.join(opener, incoming);
         // One that lives `LIVED` was a success; one closed sooner counts as a failed attempt.
         let lived = backoff.reset_if_lived();
@@ -166,12 +172,17 @@ impl LaneDialer {
     }
 
     /// One attempt at a connection joining the session of `ticket`, under the handshake
-    /// timeout.
-    async fn dial(&self, ticket: &JoinTicket) -> Result<Session, SessionError> {
+    /// timeout; its socket registered at `home`.
+    async fn dial(
+        &self,
+        ticket: &JoinTicket,
+        home: Option<&crate::shards::Home>,
+    ) -> Result<Session, SessionError> {
         let attempt = async {
+            let opened = std::sync::Arc::default();
             let connection = self
                 .transport
-                .connect_over(&self.server, self.proxy.as_ref(), self.wire)
+                .connect_noting(&self.server, self.proxy.as_ref(), self.wire, &opened, home)
                 .await
                 .map_err(|err| SessionError::from(std::io::Error::other(err)))?;
             let (io, binding) = (connection.io, connection.binding);

@@ -182,7 +182,7 @@ pub(super) async fn accept_loop<F, Fut>(
 }
 
 async fn visit(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     visitor: SocketAddr,
     target: VisitTarget,
     opener: Option<StreamOpener>,
@@ -193,16 +193,40 @@ async fn visit(
     // visitor sees a reset, not a FIN it would take for the end of the answer. The listener
     // set it already; this guards a listener made elsewhere.
     transport::reset_on_close(&tcp);
-    let outcome = tokio::select! {
+    let opened = tokio::select! {
         () = stop.cancelled() => Err("client stopping".to_owned()),
-        outcome = carry(&mut tcp, visitor, &target, opener) => outcome,
+        opened = open(opener) => opened,
     };
-    match outcome {
-        Ok(()) => transport::close_in_order(&tcp),
-        Err(why) => {
-            crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "local forward failed: {}", Escaped(&why))
+    let stream = match opened {
+        Ok(stream) => stream,
+        Err(why) => return failed(visitor, &target, &why),
+    };
+    // Carried on the thread that drives the stream's connection, if it has one.
+    let home = stream.home().cloned();
+    let named = target.clone();
+    let carried = crate::shards::carry_at(home, tcp, move |mut tcp| async move {
+        let outcome = tokio::select! {
+            () = stop.cancelled() => Err("client stopping".to_owned()),
+            outcome = carry(&mut tcp, visitor, &target, stream) => outcome,
+        };
+        match outcome {
+            Ok(()) => transport::close_in_order(&tcp),
+            Err(why) => failed(visitor, &target, &why),
         }
+    });
+    if let Err(err) = carried.await {
+        failed(visitor, &named, &format!("cannot move the visitor to its stream's thread: {err}"));
     }
+}
+
+fn failed(visitor: SocketAddr, target: &VisitTarget, why: &str) {
+    crate::log::warn_limited!(crate::log::VISIT_FAILURES, %visitor, to = %target, "local forward failed: {}", Escaped(why))
+}
+
+/// A stream to the server for a visitor, over the first session up when it came.
+async fn open(opener: Option<StreamOpener>) -> Result<MuxStream, String> {
+    let opener = opener.filter(|o| !o.is_closed()).ok_or("not connected to the server")?;
+    opener.open().await.map_err(|e| crate::log::Chain(&e).to_string())
 }
 
 /// Sends the visitor's bytes as soon as the header is written (no round trip before them);
@@ -211,10 +235,8 @@ async fn carry(
     tcp: &mut TcpStream,
     visitor: SocketAddr,
     target: &VisitTarget,
-    opener: Option<StreamOpener>,
+    stream: MuxStream,
 ) -> Result<(), String> {
-    let opener = opener.filter(|o| !o.is_closed()).ok_or("not connected to the server")?;
-    let stream = opener.open().await.map_err(|e| crate::log::Chain(&e).to_string())?;
     let (mut from_server, mut to_server) = tokio::io::split(stream);
     let header = StreamHeader::LocalForward { target: target.clone(), visitor }.encode();
     to_server.write_all(&header).await.map_err(|e| e.to_string())?;

@@ -78,6 +78,8 @@ const MAX_REJOIN_DELAY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Client {
     config: Arc<ClientConfig>,
+    /// Where each connection is carried, in turn ([`Client::with_shards`]).
+    shards: Option<crate::shards::Shards>,
     /// One per server: `server`, then `other_servers`.
     links: Vec<Link>,
     /// Whether host names were looked up for several addresses ([`Client::resolve_servers`]).
@@ -132,6 +134,7 @@ impl Client {
         let config = Arc::new(config);
         Self {
             config,
+            shards: None,
             links,
             resolved: false,
             status,
@@ -143,6 +146,13 @@ impl Client {
             cut,
             metrics,
         }
+    }
+
+    /// Carries each connection to a server on one of `shards`' threads, in turn, with the
+    /// streams it carries (see [`crate::shards`]); not those of a custom transport.
+    pub fn with_shards(mut self, shards: crate::shards::Shards) -> Self {
+        self.shards = Some(shards);
+        self
     }
 
     /// Binds the local forwards' listeners now (otherwise [`Client::run`] does), and returns
@@ -301,14 +311,15 @@ impl Client {
     async fn serve(
         &self,
         link: &Link,
-        Dialed { session, version: protocol, wire, lane_key }: Dialed,
+        Dialed { session, version: protocol, wire, lane_key, home }: Dialed,
         state: &mut SessionState<'_>,
         backoff: &mut BackoffState,
         stop: &CancellationToken,
         current: &watch::Sender<Option<StreamOpener>>,
     ) -> Result<(), Failure> {
         let Session { control, mut messages, opener, incoming, driver } = session;
-        let mut driver = OwnedTask::spawn(driver);
+        opener.settle_at(home.as_ref());
+        let mut driver = OwnedTask::spawn_at(home.as_ref(), driver);
         let mut wanted = self.routes.subscribe();
         let stream_routes = streams::SharedRoutes::default();
         let set = wanted.borrow_and_update().clone();

@@ -111,8 +111,10 @@ impl Visits {
             return stream.reset();
         };
         let (routes, origins) = (self.routes.clone(), self.origins.clone());
+        // Served on the thread that drives the stream's connection, if it has one.
+        let home = stream.home().cloned();
         let handled = handle(stream, routes, origins, self.owned.clone(), self.draining.clone());
-        tokio::spawn(async move {
+        crate::shards::spawn_at(home.as_ref(), async move {
             handled.await;
             drop(place);
         });

@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,6 +17,7 @@ use super::frames::{
     HEADER_LEN, TYPE_GO_AWAY,
 };
 use super::Mode;
+use crate::shards::Home;
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
@@ -60,6 +61,9 @@ struct LinkState {
     put_off: AtomicBool,
     /// The next flush may not be put off.
     forced: AtomicBool,
+    /// The single-threaded runtime the driver runs on, once it has run (none on a
+    /// multi-threaded one): where the tasks of this connection's streams belong.
+    home: OnceLock<Option<Home>>,
 }
 
 impl Link {
@@ -92,6 +96,7 @@ impl Link {
             data_held: AtomicBool::new(false),
             put_off: AtomicBool::new(false),
             forced: AtomicBool::new(false),
+            home: OnceLock::new(),
         }))
     }
 
@@ -99,6 +104,16 @@ impl Link {
     /// the counts.
     pub(super) fn closed_one(&self) -> tokio::sync::futures::Notified<'_> {
         self.0.closed_one.notified()
+    }
+
+    /// Notes where the driver runs (see [`crate::shards`]). The first call counts.
+    pub(super) fn settle_at(&self, home: Option<&Home>) {
+        let _ = self.0.home.set(home.cloned());
+    }
+
+    /// The single-threaded runtime the driver runs on, if it does.
+    pub(super) fn home(&self) -> Option<&Home> {
+        self.0.home.get().and_then(Option::as_ref)
     }
 
     pub(super) fn cut(&self) {

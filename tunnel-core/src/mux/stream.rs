@@ -106,6 +106,12 @@ impl StreamOpener {
         Ok(MuxStream::new(stream, permit, self.link.clone()))
     }
 
+    /// Notes that this connection's driver runs at `home` (see [`crate::shards`]): the tasks
+    /// of its streams belong there. Called where the driver is spawned; the first call counts.
+    pub(crate) fn settle_at(&self, home: Option<&crate::shards::Home>) {
+        self.link.settle_at(home);
+    }
+
     /// Asks the driver to close the connection gracefully (pending writes are flushed), and
     /// the drivers of the connections that joined it.
     pub async fn close(&self) {
@@ -232,6 +238,12 @@ pub struct MuxStream {
 }
 
 impl MuxStream {
+    /// The single-threaded runtime that drives this stream's connection, if it runs on one
+    /// (see [`crate::shards`]): where a task serving this stream wakes no other thread.
+    pub(crate) fn home(&self) -> Option<&crate::shards::Home> {
+        self.link.home()
+    }
+
     /// What sets this stream aside idle in its session's count ([`StreamOpener::busy_streams`])
     /// while a pool holds it between exchanges.
     pub fn idle_marker(&self) -> IdleMarker {

@@ -16,7 +16,7 @@ use super::registry::{OtherClient, Owner, SessionId};
 use super::{PortVerdict, Shared};
 use crate::auth::CredentialKind;
 use crate::forward::{splice_metered, Protocol, SpliceLimits};
-use crate::mux::StreamOpener;
+use crate::mux::{MuxStream, StreamOpener};
 use crate::proto::{RefusalCode, RouteId, StreamHeader};
 use crate::source::{Place, Places};
 use crate::transport;
@@ -385,7 +385,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier, stop: Cancell
 /// Most bytes a visitor sent before its stream opened that go out with the stream header.
 const EARLY_BYTES: usize = 4096;
 
-async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member: Member, _place: Place) {
+async fn visit(tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member: Member, _place: Place) {
     let route = carrier.kind;
     let _ = transport::configure_tcp(&tcp);
     // Until the visit has ended in order, a close resets: when this process dies mid-visit
@@ -394,7 +394,7 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member
     // complete answer. The listener already set it (`bind_socket`); this is the second guard,
     // for a listener made elsewhere.
     transport::reset_on_close(&tcp);
-    let mut stream = match member.opener.open().await {
+    let stream = match member.opener.open().await {
         Ok(stream) => stream,
         Err(err) => {
             tracing::debug!(%visitor, %route, "cannot open a stream for the visitor: {}", crate::log::Chain(&err));
@@ -402,6 +402,24 @@ async fn visit(mut tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member
             return;
         }
     };
+    // Carried on the thread that drives the stream's connection, if it has one.
+    let home = stream.home().cloned();
+    let carried = crate::shards::carry_at(home, tcp, |tcp| carry(tcp, visitor, carrier, member, stream));
+    if let Err(err) = carried.await {
+        // The stream went with the closure: dropped unfinished, it is reset.
+        tracing::debug!(%visitor, %route, "cannot move the visitor to its stream's thread: {err}");
+    }
+}
+
+/// Carries one visitor over its stream, until either side is done.
+async fn carry(
+    mut tcp: TcpStream,
+    visitor: SocketAddr,
+    carrier: Carrier,
+    member: Member,
+    mut stream: MuxStream,
+) {
+    let route = carrier.kind;
     let mut first = match route {
         StreamKind::Forward(forward_id) => StreamHeader::RemoteForward { forward_id, visitor },
         StreamKind::Route(route_id) => {

@@ -250,6 +250,9 @@ struct Shared {
     /// Cancelled to end a drain at once ([`Server::cut`]).
     cut: CancellationToken,
     metrics: crate::metrics::Metrics,
+    /// Where accepted TCP connections live, if the program gave threads for them
+    /// ([`Server::spread_over`]).
+    shards: std::sync::OnceLock<crate::shards::Shards>,
 }
 
 impl Shared {
@@ -334,8 +337,15 @@ impl Server {
             draining,
             cut,
             metrics,
+            shards: std::sync::OnceLock::new(),
         };
         Self { shared: Arc::new(shared) }
+    }
+
+    /// Carries each TCP connection accepted from now on, with everything it carries, on one of
+    /// `shards`' threads, in turn (see [`crate::shards`]). The first call counts.
+    pub fn spread_over(&self, shards: crate::shards::Shards) {
+        let _ = self.shared.shards.set(shards);
     }
 
     /// Names of the clients with a live session.
@@ -418,6 +428,26 @@ impl Server {
         self.serve(accepted, shutdown).await
     }
 
+    /// Where an accepted connection lives: a TCP one on the next of the shards, if there are
+    /// any (its socket moved there), anything else here. `None` when the OS would not move the
+    /// socket (the connection is dropped, as a failed accept would be).
+    fn home_for(&self, accepted: Accepted) -> Option<(Accepted, Option<crate::shards::Home>)> {
+        let (shards, tcp) = match (self.shared.shards.get(), accepted) {
+            (Some(shards), Accepted::Tcp(tcp)) => (shards, tcp),
+            (_, accepted) => return Some((accepted, None)),
+        };
+        let home = shards.next().clone();
+        match home.adopt(tcp) {
+            Ok(tcp) => Some((Accepted::Tcp(tcp), Some(home))),
+            Err(err) => {
+                if crate::log::ACCEPT_FAILURES.allow() {
+                    tracing::warn!("cannot move an accepted connection to its thread: {err}");
+                }
+                None
+            }
+        }
+    }
+
     async fn serve(
         &self,
         accepted: impl futures::Stream<Item = std::io::Result<(Accepted, SocketAddr)>>,
@@ -442,7 +472,9 @@ impl Server {
                 _ = sweep.tick() => self.shared.registry.sweep(),
                 next = accepted.next(), if accepting => match next {
                     Some(Ok((connection, peer))) => {
-                        tasks.spawn(connection::handle(self.shared.clone(), connection, peer, stop.child_token()));
+                        let Some((connection, home)) = self.home_for(connection) else { continue };
+                        let handled = connection::handle(self.shared.clone(), connection, peer, stop.child_token());
+                        crate::shards::spawn_at(home.as_ref(), tasks.track_future(handled));
                     }
                     None => accepting = false,
                     Some(Err(err)) => {

@@ -37,6 +37,8 @@ pub(super) async fn run(
 ) {
     let Session { control, mut messages, opener, mut incoming, driver } = crate::task::unbox(session);
     let name = client.name.clone();
+    // Where the connection was accepted (see `crate::shards`), its streams are served.
+    opener.settle_at(crate::shards::Home::current().as_ref());
     let mut driver = OwnedTask::spawn(driver);
     let (let_go, replicas) = {
         let config = shared.config();
@@ -163,7 +165,9 @@ pub(super) async fn run(
                     credential: client.credential,
                     control: (client.version >= CONTROL_MOVES_VERSION).then(|| control.clone()),
                 };
-                routes.visitors().spawn(super::visits::handle(shared.clone(), visitor, stream, owned.clone()));
+                let home = stream.home().cloned();
+                let visit = super::visits::handle(shared.clone(), visitor, stream, owned.clone());
+                crate::shards::spawn_at(home.as_ref(), routes.visitors().track_future(visit));
             }
             () = shared.draining.cancelled(), if !drain.server => {
                 drain.server = true;

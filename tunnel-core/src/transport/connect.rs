@@ -8,7 +8,9 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::websocket::WebSocketConnector;
-use super::{buffered, connect_tcp, server_name, BoxedIo, HttpProxy, InvalidServerName, Io, ProxyConnector};
+use super::{
+    buffered, connect_tcp_at, server_name, BoxedIo, HttpProxy, InvalidServerName, Io, ProxyConnector,
+};
 use crate::auth::ChannelBinding;
 
 /// A connected byte stream and the channel binding the handshake's proofs are tied to.
@@ -116,19 +118,26 @@ impl<C: Connector + ?Sized> Connector for Arc<C> {
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
     addr: String,
+    /// Where the connections are carried (see [`crate::shards`]).
+    home: Option<crate::shards::Home>,
 }
 
 impl TcpConnector {
     /// Dials `addr` (`host:port`, resolved at each attempt).
     pub fn new(addr: impl Into<String>) -> Self {
-        Self { addr: addr.into() }
+        Self { addr: addr.into(), home: None }
+    }
+
+    /// Its connections registered with `home`'s event loop.
+    pub(crate) fn at(self, home: Option<&crate::shards::Home>) -> Self {
+        Self { home: home.cloned(), ..self }
     }
 }
 
 impl Connector for TcpConnector {
     fn connect(&self) -> BoxFuture<'_, Result<Connection, ConnectError>> {
         Box::pin(async move {
-            let tcp = connect_tcp(&self.addr)
+            let tcp = connect_tcp_at(&self.addr, self.home.as_ref())
                 .await
                 .map_err(|source| ConnectError::Unreachable { peer: self.addr.clone(), source })?;
             Ok(Connection { io: Box::new(buffered(tcp)), binding: ChannelBinding::Plaintext })
@@ -305,24 +314,26 @@ impl ClientTransport {
         proxy: Option<&HttpProxy>,
         wire: Wire,
     ) -> Result<Connection, ConnectError> {
-        self.connect_noting(server, proxy, wire, &Arc::default()).await
+        self.connect_noting(server, proxy, wire, &Arc::default(), None).await
     }
 
     /// [`Self::connect_over`], setting `opened` once the way to the server is open (the TCP
     /// connection, or the proxy's tunnel; a custom connector's connection): whatever fails or
-    /// hangs after it (TLS, the upgrade) met the server or something in the path.
+    /// hangs after it (TLS, the upgrade) met the server or something in the path. Its socket
+    /// (not a custom connector's) is registered with `home`'s event loop, if given.
     pub(crate) async fn connect_noting(
         &self,
         server: &str,
         proxy: Option<&HttpProxy>,
         wire: Wire,
         opened: &Arc<AtomicBool>,
+        home: Option<&crate::shards::Home>,
     ) -> Result<Connection, ConnectError> {
         // A custom connector decides for itself: no proxy is on its way.
         let proxy = proxy.filter(|_| !matches!(self, Self::Custom(_)));
         let tcp: Arc<dyn Connector> = match proxy {
-            Some(proxy) => Arc::new(ProxyConnector::new(proxy.clone(), server)),
-            None => Arc::new(TcpConnector::new(server)),
+            Some(proxy) => Arc::new(ProxyConnector::new(proxy.clone(), server).at(home)),
+            None => Arc::new(TcpConnector::new(server).at(home)),
         };
         let noting = |inner| -> Arc<dyn Connector> { Arc::new(Noting { inner, opened: opened.clone() }) };
         let connector: Arc<dyn Connector> = match self {

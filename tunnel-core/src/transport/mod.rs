@@ -187,6 +187,16 @@ pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// [`connect_tcp`], the socket registered with `home`'s event loop when there is one (see
+/// [`crate::shards`]).
+pub(crate) async fn connect_tcp_at(addr: &str, home: Option<&crate::shards::Home>) -> io::Result<TcpStream> {
+    let stream = connect_tcp(addr).await?;
+    match home {
+        Some(home) => home.adopt(stream),
+        None => Ok(stream),
+    }
+}
+
 /// The name TLS presents and verifies for `server` (`host:port`): its host part.
 pub fn server_name(server: &str) -> Result<rustls::pki_types::ServerName<'static>, InvalidServerName> {
     let host = host_of(server);

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::{buffered, connect_tcp, ConnectError, Connection, Connector};
+use super::{buffered, connect_tcp_at, ConnectError, Connection, Connector};
 use crate::auth::ChannelBinding;
 use crate::proto::TargetAddr;
 
@@ -251,12 +251,19 @@ pub fn check_reply(status_line: &[u8]) -> Result<(), ProxyReplyError> {
 pub struct ProxyConnector {
     proxy: HttpProxy,
     target: String,
+    /// Where the connections are carried (see [`crate::shards`]).
+    home: Option<crate::shards::Home>,
 }
 
 impl ProxyConnector {
     /// Tunnels to `target` (`HOST:PORT`, resolved by the proxy) through `proxy`.
     pub fn new(proxy: HttpProxy, target: impl Into<String>) -> Self {
-        Self { proxy, target: target.into() }
+        Self { proxy, target: target.into(), home: None }
+    }
+
+    /// Its connections registered with `home`'s event loop.
+    pub(crate) fn at(self, home: Option<&crate::shards::Home>) -> Self {
+        Self { home: home.cloned(), ..self }
     }
 }
 
@@ -272,7 +279,7 @@ impl Connector for ProxyConnector {
                     source,
                 });
             }
-            let tcp = connect_tcp(addr)
+            let tcp = connect_tcp_at(addr, self.home.as_ref())
                 .await
                 .map_err(|source| ConnectError::Unreachable { peer: format!("proxy {addr}"), source })?;
             let mut io = buffered(tcp);

@@ -137,7 +137,8 @@ pub fn start_client(config: ClientConfig) -> TestClient {
     spawn_client(Client::new(config))
 }
 
-fn spawn_client(client: Client) -> TestClient {
+/// Runs `client` (made by the test, with options of its own) as [`start_client`] runs one.
+pub fn spawn_client(client: Client) -> TestClient {
     let status = client.status();
     let routes = client.routes();
     let (stop, stopped) = oneshot::channel::<()>();
