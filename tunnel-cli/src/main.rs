@@ -90,8 +90,6 @@ impl Failure {
     }
 }
 
-/// A one-shot command's output written, or its failure: a reader that left early (`| head`)
-/// is no failure, a full disk under `> file` is.
 /// The threads that carry the tunnel's connections, one per core (`tunnel_core::shards`: a
 /// connection and the streams it carries then stay on one thread).
 fn shards() -> Result<tunnel_core::shards::Shards, Failure> {
@@ -100,6 +98,8 @@ fn shards() -> Result<tunnel_core::shards::Shards, Failure> {
         .map_err(|e| Failure::runtime(format!("cannot start threads: {e}")))
 }
 
+/// A one-shot command's output written, or its failure: a reader that left early (`| head`)
+/// is no failure, a full disk under `> file` is.
 fn written(result: std::io::Result<()>) -> Result<(), Failure> {
     match result {
         Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {

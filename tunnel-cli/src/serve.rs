@@ -27,12 +27,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     // server is: a script waiting for that line never sees a server that then exits.
     let listeners = Listeners::bind(&mut setup).await?;
     let store = ClientStore::open(&setup.clients_file).map_err(Failure::error)?;
+    let shards = crate::shards()?;
     listeners.announce(&setup)?;
     let Listeners { tunnel: listener, local, http, https, socks, metrics, admin: admin_api } = listeners;
     let mut config = setup.config.clone();
     store.apply(&mut config);
     let server = Server::new(config);
-    server.spread_over(crate::shards()?);
+    server.spread_over(shards);
     let admin_api = admin_api.map(|(listener, _)| listener);
     let admin = Arc::new(Admin::new(server.clone(), setup.config, store));
     let notifier = crate::notify::Notifier::from_env();

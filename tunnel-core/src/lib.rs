@@ -16,6 +16,8 @@
 //!   IPv4 address or an IPv6 /64; places capped in all and per source, and admission that
 //!   evicts from the largest site (an IPv4 address or IPv6 /48) when full, for handshakes, the edge's visitors and the
 //!   admin API).
+//! - [`shards`]: threads of single-threaded runtimes, each carrying whole connections and
+//!   their streams (opt-in, for the server and the client).
 //! - [`auth`]: tokens, credentials and the HMAC challenge/response proofs (pure crypto; a token
 //!   file is read through `fs`).
 //! - [`proto`]: wire format (frames, handshake, control messages, stream headers, targets), pure

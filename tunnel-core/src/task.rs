@@ -16,12 +16,18 @@ impl<T: Send + 'static> OwnedTask<T> {
         Self(tokio::spawn(future))
     }
 
-    /// [`OwnedTask::spawn`] at `home` when there is one (see [`crate::shards`]).
-    pub(crate) fn spawn_at(
-        home: Option<&crate::shards::Home>,
-        future: impl Future<Output = T> + Send + 'static,
+    /// A connection's driver: [`OwnedTask::spawn`] at `shard` when there is one (see
+    /// [`crate::shards`]), counted there as a connection while it runs.
+    pub(crate) fn spawn_driver_at(
+        shard: Option<&crate::shards::Shard>,
+        driver: impl Future<Output = T> + Send + 'static,
     ) -> Self {
-        Self(crate::shards::spawn_at(home, future))
+        let carrying = shard.map(crate::shards::Shard::carrying);
+        Self(crate::shards::spawn_at(shard, async move {
+            let end = driver.await;
+            drop(carrying);
+            end
+        }))
     }
 }
 

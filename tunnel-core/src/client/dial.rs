@@ -76,7 +76,7 @@ impl Client {
         // Set once the TCP connection (or the proxy's tunnel) is open: a TLS handshake or an
         // upgrade that then hangs is the path's doing as much as one cut.
         let opened = Arc::new(AtomicBool::new(false));
-        let home = self.shards.as_ref().map(|shards| shards.next().clone());
+        let home = shard_for(self.shards.as_ref(), &link.transport);
         let attempt = async {
             let way =
                 link.transport.connect_noting(&link.server, link.proxy(config), wire, &opened, home.as_ref());
@@ -127,6 +127,16 @@ impl Client {
     }
 }
 
+/// The thread a new connection over `transport` goes to: the next of `shards`, unless the
+/// transport is the program's own (its sockets, if any, are registered where it made them).
+pub(super) fn shard_for(
+    shards: Option<&crate::shards::Shards>,
+    transport: &crate::transport::ClientTransport,
+) -> Option<crate::shards::Shard> {
+    let custom = matches!(transport, crate::transport::ClientTransport::Custom(_));
+    shards.filter(|_| !custom).map(|shards| shards.next().clone())
+}
+
 /// An attempt that failed, and whether the way it took may be what failed: it opened a
 /// connection that then broke before our server answered.
 struct Failed {
@@ -154,5 +164,5 @@ pub(super) struct Dialed {
     /// What more connections prove to join it.
     pub(super) lane_key: crate::auth::LaneKey,
     /// The thread its socket is registered with (see [`crate::shards`]), where its driver runs.
-    pub(super) home: Option<crate::shards::Home>,
+    pub(super) home: Option<crate::shards::Shard>,
 }

@@ -97,7 +97,7 @@ impl LaneDialer {
         // When this connection was last lost.
         let mut lost: Option<Instant> = None;
         loop {
-            let home = self.shards.as_ref().map(|shards| shards.next().clone());
+            let home = super::dial::shard_for(self.shards.as_ref(), &self.transport);
             let turn = match self.dial(ticket, home.as_ref()).await {
                 Ok(lane) => {
                     let turn = self.run(lane, home.as_ref(), ticket, n, &mut backoff).await;
@@ -139,7 +139,7 @@ impl LaneDialer {
     async fn run(
         &self,
         lane: Session,
-        home: Option<&crate::shards::Home>,
+        home: Option<&crate::shards::Shard>,
         ticket: &JoinTicket,
         n: usize,
         backoff: &mut crate::client::BackoffState,
@@ -148,7 +148,7 @@ impl LaneDialer {
         // Its control stream carries heartbeats only; a message there is dropped.
         let Session { control: _control, messages: _, opener, incoming, driver } = lane;
         opener.settle_at(home);
-        let driver = OwnedTask::spawn_at(home, driver);
+        let driver = OwnedTask::spawn_driver_at(home, driver);
         ticket.first.join(opener, incoming);
         // One that lives `LIVED` was a success; one closed sooner counts as a failed attempt.
         let lived = backoff.reset_if_lived();
@@ -176,7 +176,7 @@ impl LaneDialer {
     async fn dial(
         &self,
         ticket: &JoinTicket,
-        home: Option<&crate::shards::Home>,
+        home: Option<&crate::shards::Shard>,
     ) -> Result<Session, SessionError> {
         let attempt = async {
             let opened = std::sync::Arc::default();

@@ -319,7 +319,7 @@ impl Client {
     ) -> Result<(), Failure> {
         let Session { control, mut messages, opener, incoming, driver } = session;
         opener.settle_at(home.as_ref());
-        let mut driver = OwnedTask::spawn_at(home.as_ref(), driver);
+        let mut driver = OwnedTask::spawn_driver_at(home.as_ref(), driver);
         let mut wanted = self.routes.subscribe();
         let stream_routes = streams::SharedRoutes::default();
         let set = wanted.borrow_and_update().clone();

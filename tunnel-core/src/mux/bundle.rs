@@ -93,7 +93,7 @@ impl Bundle {
 /// those heard from, failing that among all; of those tied, one driven on this thread (see
 /// [`crate::shards`]: its stream is served without waking another), else any at random.
 fn least_busy_lane<'a>(all: &[&'a StreamOpener]) -> Option<&'a StreamOpener> {
-    let away = |o: &&StreamOpener| usize::from(!o.link.home().is_some_and(crate::shards::Home::is_here));
+    let away = |o: &&StreamOpener| usize::from(!o.link.home().is_some_and(crate::shards::Shard::is_here));
     let open = |o: &&StreamOpener| o.link.busy_streams().saturating_mul(2).saturating_add(away(o));
     fewest(all, |o| !o.link.is_silent(), open).or_else(|| fewest(all, |_| true, open)).copied()
 }

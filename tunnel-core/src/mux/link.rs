@@ -17,7 +17,7 @@ use super::frames::{
     HEADER_LEN, TYPE_GO_AWAY,
 };
 use super::Mode;
-use crate::shards::Home;
+use crate::shards::Shard;
 use crate::transport::BoxedIo;
 
 /// What the streams of one connection share: whether the connection under them is still up,
@@ -63,7 +63,7 @@ struct LinkState {
     forced: AtomicBool,
     /// The single-threaded runtime the driver runs on, once it has run (none on a
     /// multi-threaded one): where the tasks of this connection's streams belong.
-    home: OnceLock<Option<Home>>,
+    home: OnceLock<Option<Shard>>,
 }
 
 impl Link {
@@ -107,12 +107,12 @@ impl Link {
     }
 
     /// Notes where the driver runs (see [`crate::shards`]). The first call counts.
-    pub(super) fn settle_at(&self, home: Option<&Home>) {
+    pub(super) fn settle_at(&self, home: Option<&Shard>) {
         let _ = self.0.home.set(home.cloned());
     }
 
     /// The single-threaded runtime the driver runs on, if it does.
-    pub(super) fn home(&self) -> Option<&Home> {
+    pub(super) fn home(&self) -> Option<&Shard> {
         self.0.home.get().and_then(Option::as_ref)
     }
 

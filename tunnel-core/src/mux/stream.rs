@@ -108,7 +108,7 @@ impl StreamOpener {
 
     /// Notes that this connection's driver runs at `home` (see [`crate::shards`]): the tasks
     /// of its streams belong there. Called where the driver is spawned; the first call counts.
-    pub(crate) fn settle_at(&self, home: Option<&crate::shards::Home>) {
+    pub(crate) fn settle_at(&self, home: Option<&crate::shards::Shard>) {
         self.link.settle_at(home);
     }
 
@@ -240,7 +240,7 @@ pub struct MuxStream {
 impl MuxStream {
     /// The single-threaded runtime that drives this stream's connection, if it runs on one
     /// (see [`crate::shards`]): where a task serving this stream wakes no other thread.
-    pub(crate) fn home(&self) -> Option<&crate::shards::Home> {
+    pub(crate) fn home(&self) -> Option<&crate::shards::Shard> {
         self.link.home()
     }
 

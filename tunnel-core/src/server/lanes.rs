@@ -107,7 +107,7 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) {
     let Session { control, mut messages, opener, incoming, driver } = lane;
-    opener.settle_at(crate::shards::Home::current().as_ref());
+    opener.settle_at(crate::shards::Shard::current().as_ref());
     let mut driver = OwnedTask::spawn(driver);
     let goodbye = shared.config().timeouts.goodbye;
     // The count is checked at the handshake too, but several may pass that together.

@@ -431,14 +431,14 @@ impl Server {
     /// Where an accepted connection lives: a TCP one on the next of the shards, if there are
     /// any (its socket moved there), anything else here. `None` when the OS would not move the
     /// socket (the connection is dropped, as a failed accept would be).
-    fn home_for(&self, accepted: Accepted) -> Option<(Accepted, Option<crate::shards::Home>)> {
+    fn shard_for(&self, accepted: Accepted) -> Option<(Accepted, Option<crate::shards::Shard>)> {
         let (shards, tcp) = match (self.shared.shards.get(), accepted) {
             (Some(shards), Accepted::Tcp(tcp)) => (shards, tcp),
             (_, accepted) => return Some((accepted, None)),
         };
-        let home = shards.next().clone();
-        match home.adopt(tcp) {
-            Ok(tcp) => Some((Accepted::Tcp(tcp), Some(home))),
+        let shard = shards.next().clone();
+        match shard.adopt(tcp) {
+            Ok(tcp) => Some((Accepted::Tcp(tcp), Some(shard))),
             Err(err) => {
                 if crate::log::ACCEPT_FAILURES.allow() {
                     tracing::warn!("cannot move an accepted connection to its thread: {err}");
@@ -472,9 +472,15 @@ impl Server {
                 _ = sweep.tick() => self.shared.registry.sweep(),
                 next = accepted.next(), if accepting => match next {
                     Some(Ok((connection, peer))) => {
-                        let Some((connection, home)) = self.home_for(connection) else { continue };
+                        let Some((connection, shard)) = self.shard_for(connection) else { continue };
                         let handled = connection::handle(self.shared.clone(), connection, peer, stop.child_token());
-                        crate::shards::spawn_at(home.as_ref(), tasks.track_future(handled));
+                        // Counted on its shard while it lasts: the next goes where fewest are.
+                        let carrying = shard.as_ref().map(crate::shards::Shard::carrying);
+                        let handled = async move {
+                            handled.await;
+                            drop(carrying);
+                        };
+                        crate::shards::spawn_at(shard.as_ref(), tasks.track_future(handled));
                     }
                     None => accepting = false,
                     Some(Err(err)) => {

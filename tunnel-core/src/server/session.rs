@@ -38,7 +38,7 @@ pub(super) async fn run(
     let Session { control, mut messages, opener, mut incoming, driver } = crate::task::unbox(session);
     let name = client.name.clone();
     // Where the connection was accepted (see `crate::shards`), its streams are served.
-    opener.settle_at(crate::shards::Home::current().as_ref());
+    opener.settle_at(crate::shards::Shard::current().as_ref());
     let mut driver = OwnedTask::spawn(driver);
     let (let_go, replicas) = {
         let config = shared.config();
@@ -156,7 +156,9 @@ pub(super) async fn run(
                     // A visit the client begins now would be cut by the end of the drain; only
                     // its control stream, moved, is still taken.
                     if client.version >= CONTROL_MOVES_VERSION {
-                        tokio::spawn(super::visits::while_draining(shared.clone(), stream, control.clone()));
+                        let home = stream.home().cloned();
+                        let taken = super::visits::while_draining(shared.clone(), stream, control.clone());
+                        crate::shards::spawn_at(home.as_ref(), taken);
                     }
                     continue;
                 }

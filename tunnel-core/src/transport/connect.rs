@@ -119,7 +119,7 @@ impl<C: Connector + ?Sized> Connector for Arc<C> {
 pub struct TcpConnector {
     addr: String,
     /// Where the connections are carried (see [`crate::shards`]).
-    home: Option<crate::shards::Home>,
+    home: Option<crate::shards::Shard>,
 }
 
 impl TcpConnector {
@@ -129,7 +129,7 @@ impl TcpConnector {
     }
 
     /// Its connections registered with `home`'s event loop.
-    pub(crate) fn at(self, home: Option<&crate::shards::Home>) -> Self {
+    pub(crate) fn at(self, home: Option<&crate::shards::Shard>) -> Self {
         Self { home: home.cloned(), ..self }
     }
 }
@@ -327,7 +327,7 @@ impl ClientTransport {
         proxy: Option<&HttpProxy>,
         wire: Wire,
         opened: &Arc<AtomicBool>,
-        home: Option<&crate::shards::Home>,
+        home: Option<&crate::shards::Shard>,
     ) -> Result<Connection, ConnectError> {
         // A custom connector decides for itself: no proxy is on its way.
         let proxy = proxy.filter(|_| !matches!(self, Self::Custom(_)));

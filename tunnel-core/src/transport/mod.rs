@@ -189,7 +189,7 @@ pub async fn connect_tcp(addr: &str) -> io::Result<TcpStream> {
 
 /// [`connect_tcp`], the socket registered with `home`'s event loop when there is one (see
 /// [`crate::shards`]).
-pub(crate) async fn connect_tcp_at(addr: &str, home: Option<&crate::shards::Home>) -> io::Result<TcpStream> {
+pub(crate) async fn connect_tcp_at(addr: &str, home: Option<&crate::shards::Shard>) -> io::Result<TcpStream> {
     let stream = connect_tcp(addr).await?;
     match home {
         Some(home) => home.adopt(stream),

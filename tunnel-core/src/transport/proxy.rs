@@ -252,7 +252,7 @@ pub struct ProxyConnector {
     proxy: HttpProxy,
     target: String,
     /// Where the connections are carried (see [`crate::shards`]).
-    home: Option<crate::shards::Home>,
+    home: Option<crate::shards::Shard>,
 }
 
 impl ProxyConnector {
@@ -262,7 +262,7 @@ impl ProxyConnector {
     }
 
     /// Its connections registered with `home`'s event loop.
-    pub(crate) fn at(self, home: Option<&crate::shards::Home>) -> Self {
+    pub(crate) fn at(self, home: Option<&crate::shards::Shard>) -> Self {
         Self { home: home.cloned(), ..self }
     }
 }
