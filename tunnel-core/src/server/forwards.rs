@@ -385,7 +385,7 @@ pub(super) async fn serve(listener: TcpListener, carrier: Carrier, stop: Cancell
 /// Most bytes a visitor sent before its stream opened that go out with the stream header.
 const EARLY_BYTES: usize = 4096;
 
-async fn visit(tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member: Member, _place: Place) {
+async fn visit(tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member: Member, place: Place) {
     let route = carrier.kind;
     let _ = transport::configure_tcp(&tcp);
     // Until the visit has ended in order, a close resets: when this process dies mid-visit
@@ -402,23 +402,30 @@ async fn visit(tcp: TcpStream, visitor: SocketAddr, carrier: Carrier, member: Me
             return;
         }
     };
-    // Carried on the thread that drives the stream's connection, if it has one.
+    // Carried on the thread that drives the stream's connection, if it has one; there, still
+    // among the session's visitors (its drain waits for it) and holding the visitor's place.
     let home = stream.home().cloned();
-    let carried = crate::shards::carry_at(home, tcp, |tcp| carry(tcp, visitor, carrier, member, stream));
+    let visitors = member.visitors.clone();
+    let carried = crate::shards::carry_at(home, tcp, move |tcp| {
+        visitors.track_future(carry(tcp, visitor, carrier, member, stream, place))
+    });
     if let Err(err) = carried.await {
         // The stream went with the closure: dropped unfinished, it is reset.
         tracing::debug!(%visitor, %route, "cannot move the visitor to its stream's thread: {err}");
     }
 }
 
-/// Carries one visitor over its stream, until either side is done.
+/// Carries one visitor over its stream, until either side is done; the visitor's `place` under
+/// the caps is kept until then.
 async fn carry(
     mut tcp: TcpStream,
     visitor: SocketAddr,
     carrier: Carrier,
     member: Member,
     mut stream: MuxStream,
+    place: Place,
 ) {
+    let _place = place;
     let route = carrier.kind;
     let mut first = match route {
         StreamKind::Forward(forward_id) => StreamHeader::RemoteForward { forward_id, visitor },

@@ -473,12 +473,13 @@ impl Server {
                 next = accepted.next(), if accepting => match next {
                     Some(Ok((connection, peer))) => {
                         let Some((connection, shard)) = self.shard_for(connection) else { continue };
-                        let handled = connection::handle(self.shared.clone(), connection, peer, stop.child_token());
+                        let (shared, cut) = (self.shared.clone(), stop.child_token());
                         // Counted on its shard while it lasts: the next goes where fewest are.
                         let carrying = shard.as_ref().map(crate::shards::Shard::carrying);
+                        // Made inside the task, so that the task holds it once, not twice.
                         let handled = async move {
-                            handled.await;
-                            drop(carrying);
+                            let _carrying = carrying;
+                            connection::handle(shared, connection, peer, cut).await;
                         };
                         crate::shards::spawn_at(shard.as_ref(), tasks.track_future(handled));
                     }
