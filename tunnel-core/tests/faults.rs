@@ -359,6 +359,9 @@ async fn a_cut_first_connection_moves_the_control_stream_and_the_session_goes_on
     let mut client = start_client(config);
     let public = client.connected().await[0].public_addr;
     relay.until_count(3).await;
+    // All three in the session, not only dialed: visitors are spread over those that joined.
+    let joined = || async { server.server.sessions().first().is_some_and(|s| s.connections == 3) };
+    eventually("three connections in the session", joined).await;
     let since = server.server.sessions()[0].since;
     // Twelve visitors held open, spread over the three connections.
     let mut visitors = Vec::new();

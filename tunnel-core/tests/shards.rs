@@ -96,7 +96,10 @@ async fn a_lost_connection_resets_its_visitors_on_either_thread_and_the_others_g
     let config = client_config_for(relay.addr, server.fingerprint, "cut", TOKEN, &[&format!("0:{echo}")]);
     let (mut client, _) = sharded(config).await;
     let public = client.connected().await[0].public_addr;
-    relay.until_count(2).await;
+    // Both connections in the session (dialed is not yet joined: visitors would all go over
+    // the first).
+    let joined = || async { server.server.sessions().first().is_some_and(|s| s.connections == 2) };
+    eventually("the second connection joined the session", joined).await;
     // Eight visitors held open, spread over the two connections (the control stream counts
     // on the first, so the split is 4/4 or 3/5).
     let mut visitors = Vec::new();

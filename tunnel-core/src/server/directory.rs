@@ -36,6 +36,8 @@ pub struct SessionInfo {
     pub rtt: Option<Duration>,
     /// Streams open on it now (visitors, visits, HTTP requests), the control stream not counted.
     pub open_streams: usize,
+    /// The connections carrying it now: its first (unless lost) and those that joined it.
+    pub connections: usize,
     /// Bytes received from the client over the session (multiplexing framing included).
     pub bytes_received: u64,
     /// Bytes sent to the client over the session.
@@ -186,6 +188,7 @@ impl Directory {
                     since: entry.since,
                     rtt: entry.control.rtt(),
                     open_streams: entry.opener.open_streams().saturating_sub(1),
+                    connections: entry.opener.connections(),
                     bytes_received,
                     bytes_sent,
                     table_version: version.checked_sub(1),
