@@ -194,8 +194,10 @@ where
 /// [`crate::mux::MuxStream::home`]): here, awaited, when that is here or nowhere in particular;
 /// otherwise spawned on that thread with `tcp` moved there, returning at once. The caller's task
 /// then ends: waiting, it would keep the room of a whole carry for as long as the carry runs
-/// (10,000 idle visitors: about 15 MiB). Fails, `tcp` closed, only when the socket cannot be
-/// moved.
+/// (10,000 idle visitors: about 15 MiB). A carry spawned there no longer ends with the task or
+/// runtime that accepted the visitor: it ends by itself, with its shard, or by what it
+/// watches (callers pass their session's or client's cancellation). Fails, `tcp` closed, only
+/// when the socket cannot be moved.
 pub(crate) async fn carry_at<F, Fut>(home: Option<Shard>, tcp: TcpStream, carry: F) -> std::io::Result<()>
 where
     F: FnOnce(TcpStream) -> Fut,
@@ -257,8 +259,9 @@ mod tests {
             let _ = released.await;
             let _ = ended.send(tcp.peer_addr().is_ok());
         });
-        // Returned while the carry still waits: the visit's task holds nothing of it meanwhile.
-        let handed = tokio::time::timeout(std::time::Duration::from_secs(10), handed).await;
+        // Done at its first poll, while the carry still waits: the visit's task holds nothing
+        // of it meanwhile.
+        let handed = futures::FutureExt::now_or_never(handed);
         handed.expect("carry_at returned before its carry ended").unwrap();
         release.send(()).unwrap();
         assert!(carried_to_the_end.await.unwrap(), "the carry ran on, with its socket");

@@ -23,11 +23,15 @@ impl<T: Send + 'static> OwnedTask<T> {
         driver: impl Future<Output = T> + Send + 'static,
     ) -> Self {
         let carrying = shard.map(crate::shards::Shard::carrying);
-        Self(crate::shards::spawn_at(shard, async move {
-            let end = driver.await;
-            drop(carrying);
-            end
-        }))
+        // A combinator, not an `async` block awaiting `driver`: that would keep the driver's
+        // room twice in the task (moved in, then awaited).
+        Self(crate::shards::spawn_at(
+            shard,
+            futures::FutureExt::map(driver, move |end| {
+                drop(carrying);
+                end
+            }),
+        ))
     }
 }
 

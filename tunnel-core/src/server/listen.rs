@@ -65,9 +65,10 @@ impl Shared {
             };
             let _ = crate::transport::configure_tcp(&tcp);
             let settled = CancellationToken::new();
-            let (served, stop) = (serve(tcp, peer, settled.clone()), stop.clone());
+            // Boxed: moved into the task and pinned there, it would be kept twice for the life
+            // of the connection (an idle keep-alive visitor's, a SOCKS client's).
+            let (mut served, stop) = (Box::pin(serve(tcp, peer, settled.clone())), stop.clone());
             tasks.spawn(async move {
-                tokio::pin!(served);
                 let mut admission = Some(admission);
                 loop {
                     tokio::select! {
