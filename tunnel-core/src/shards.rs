@@ -43,6 +43,8 @@ struct Inner {
     shards: Vec<Shard>,
     /// Round robin among the least loaded.
     next: AtomicUsize,
+    /// Round robin among all ([`Shards::in_turn`]).
+    turn: AtomicUsize,
     /// Dropped with the set: each thread's runtime then returns and is dropped.
     _stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -93,7 +95,12 @@ impl Shards {
             shards.push(Shard { handle, thread: thread.thread().id(), load: Arc::default() });
             stops.push(stop);
         }
-        Ok(Self(Arc::new(Inner { shards, next: AtomicUsize::new(0), _stops: stops })))
+        Ok(Self(Arc::new(Inner {
+            shards,
+            next: AtomicUsize::new(0),
+            turn: AtomicUsize::new(0),
+            _stops: stops,
+        })))
     }
 
     /// How many threads.
@@ -113,6 +120,17 @@ impl Shards {
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
         let turn = (0..shards.len()).map(|i| &shards[start.wrapping_add(i) % shards.len()]);
         turn.min_by_key(|shard| shard.load.load(Ordering::Relaxed)).unwrap_or(&shards[0])
+    }
+
+    /// Each thread in turn: where a visitor of the server's HTTP or SOCKS listeners lives.
+    /// Which session serves it is known only from its requests, and each of its requests may
+    /// go to another; a session's connections are spread over the threads (`connections`), so
+    /// that wherever the visitor is, its streams are most often opened on a connection driven
+    /// there (see [`crate::mux::StreamOpener::open`]). Not counted: the threads are balanced by
+    /// tunnel connections, and visitors come and go in turn.
+    pub(crate) fn in_turn(&self) -> &Shard {
+        let shards = &self.0.shards;
+        &shards[self.0.turn.fetch_add(1, Ordering::Relaxed) % shards.len()]
     }
 }
 

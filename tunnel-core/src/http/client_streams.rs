@@ -149,9 +149,9 @@ async fn open_stream(
     host: &str,
 ) -> Result<Upstream<MuxStream, ToClient>, (StatusCode, String)> {
     let stream = open_raw(opener, header, host).await?;
-    let marker = stream.idle_marker();
+    let (marker, home) = (stream.idle_marker(), stream.home().cloned());
     let upstream = Upstream::handshake(stream).await.map_err(|e| no_talk(host, e))?;
-    Ok(upstream.with_idle_marker(marker))
+    Ok(upstream.with_idle_marker(marker).with_home(home))
 }
 
 /// Opens a data stream for one request that may switch protocols; its connection has a task of

@@ -97,7 +97,8 @@ impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> Pool<T, B, K, L> {
     }
 
     /// An idle connection for `key` and `lane` that can take a request now (the most recently
-    /// used; closed ones of that lane met on the way are dropped) with how long it was idle,
+    /// used of those carried on this thread, failing that of all; closed ones met on the way
+    /// are dropped) with how long it was idle,
     /// and where a connection for them goes back once its exchange is over: both as of one
     /// moment, so that a renewal cannot come between them and let a connection of the round
     /// before back in.
@@ -111,7 +112,12 @@ impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> Pool<T, B, K, L> {
         let round = state.rounds.get(&key).copied().unwrap_or(0);
         let mut found = None;
         if let Some(idle) = state.idle.get_mut(&key) {
-            while let Some(at) = idle.iter().rposition(|entry| entry.lane == lane) {
+            // One carried on this thread first (see `crate::shards`), else any of the lane.
+            let here = |entry: &Idle<T, B, L>| entry.lane == lane && entry.upstream.at_home();
+            let next = |idle: &[Idle<T, B, L>]| {
+                idle.iter().rposition(here).or_else(|| idle.iter().rposition(|entry| entry.lane == lane))
+            };
+            while let Some(at) = next(idle) {
                 let mut entry = idle.remove(at);
                 if entry.usable() {
                     entry.upstream.set_idle(false);

@@ -47,19 +47,34 @@ pub(super) struct Upstream<T: Io, B: RequestBody = Incoming> {
     connection: Option<Driven<T, B>>,
     /// Sets a stream to a client aside idle while the connection waits in a pool.
     idle: Option<crate::mux::IdleMarker>,
+    /// The thread driving the tunnel connection under it, if it has one (see
+    /// [`crate::shards`]): a pool hands it out there first.
+    home: Option<crate::shards::Shard>,
 }
 
 impl<T: Io, B: RequestBody> Upstream<T, B> {
     /// Starts HTTP/1.1 over `io`.
     pub(super) async fn handshake(io: T) -> hyper::Result<Self> {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        Ok(Self { sender, connection: Some(Box::pin(connection)), idle: None })
+        Ok(Self { sender, connection: Some(Box::pin(connection)), idle: None, home: None })
     }
 
     /// Counts its stream to a client as idle while it waits in a pool ([`Self::set_idle`]).
     pub(super) fn with_idle_marker(mut self, marker: crate::mux::IdleMarker) -> Self {
         self.idle = Some(marker);
         self
+    }
+
+    /// Driven at `home` (a stream's [`crate::mux::MuxStream::home`]).
+    pub(super) fn with_home(mut self, home: Option<crate::shards::Shard>) -> Self {
+        self.home = home;
+        self
+    }
+
+    /// Whether what carries it is driven on this thread, or on no thread in particular: used
+    /// here, it wakes no other.
+    pub(super) fn at_home(&self) -> bool {
+        self.home.as_ref().is_none_or(crate::shards::Shard::is_here)
     }
 
     /// Filed in a pool (`true`), or taken out of it for an exchange.
@@ -411,6 +426,34 @@ mod tests {
             assert_eq!((accepted.load(Ordering::SeqCst), pool.idle()), (3, 1), "a new round pools as before");
         };
         tokio::time::timeout(HANG, work).await.unwrap();
+    }
+
+    /// A pooled stream carried by a tunnel connection on another thread serves a request here
+    /// only when none of this thread's is idle: each of its reads and writes would wake that
+    /// thread (see `crate::shards`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_hands_out_a_connection_carried_on_this_thread_first() {
+        let (addr, _) = origin().await;
+        let shards = crate::shards::Shards::start(2).unwrap();
+        let (here, there) = (shards.in_turn().clone(), shards.in_turn().clone());
+        let pool = Arc::new(TestPool::new(4));
+        let (at, pooled) = (here.clone(), pool.clone());
+        let work = here.spawn(async move {
+            let (_, back) = pooled.take(addr.clone(), ());
+            for home in [at, there] {
+                let tcp = TcpStream::connect(&addr).await.unwrap();
+                let upstream = Upstream::handshake(tcp).await.unwrap().with_home(Some(home));
+                back.clone().put_back(upstream);
+            }
+            // The one carried there is the more recently used, yet the one carried here comes
+            // first, and the other then, there being no other.
+            let first = pooled.take(addr.clone(), ()).0.expect("nothing pooled").0;
+            let second = pooled.take(addr.clone(), ()).0.expect("the second was not pooled").0;
+            (first.at_home(), second.at_home())
+        });
+        let taken = tokio::time::timeout(HANG, work).await.unwrap().unwrap();
+        assert_eq!(taken, (true, false), "(first taken carried here, second taken carried here)");
+        assert_eq!(pool.idle(), 0);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The accept loop of the server's public listeners other than the tunnel's own (HTTP, HTTPS,
-//! SOCKS): admit each connection or reset it, serve it as a task, and on shutdown or the
-//! server's drain stop accepting and give the connections open the drain time.
+//! SOCKS): admit each connection or reset it, serve it as a task (on one of the server's
+//! threads in turn, when it has them: see `crate::shards`), and on shutdown or the server's
+//! drain stop accepting and give the connections open the drain time.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,11 +65,20 @@ impl Shared {
                 }
             };
             let _ = crate::transport::configure_tcp(&tcp);
+            let (tcp, shard) = match self.place_visitor(tcp) {
+                Ok(placed) => placed,
+                Err(err) => {
+                    if crate::log::ACCEPT_FAILURES.allow() {
+                        tracing::warn!(%peer, "{name} connection dropped: cannot move it to its thread: {err}");
+                    }
+                    continue;
+                }
+            };
             let settled = CancellationToken::new();
             // Boxed: moved into the task and pinned there, it would be kept twice for the life
             // of the connection (an idle keep-alive visitor's, a SOCKS client's).
             let (mut served, stop) = (Box::pin(serve(tcp, peer, settled.clone())), stop.clone());
-            tasks.spawn(async move {
+            let task = tasks.track_future(async move {
                 let mut admission = Some(admission);
                 loop {
                     tokio::select! {
@@ -84,6 +94,7 @@ impl Shared {
                     }
                 }
             });
+            crate::shards::spawn_at(shard.as_ref(), task);
         }
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         drop(listener);
@@ -102,10 +113,92 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// `tcp` moved to the next of the server's threads in turn, when it has any (see
+    /// [`crate::shards::Shards::in_turn`]), with that thread; else as it is. Fails, `tcp`
+    /// closed, only when the OS refuses the move.
+    fn place_visitor(&self, tcp: TcpStream) -> std::io::Result<(TcpStream, Option<crate::shards::Shard>)> {
+        let Some(shards) = self.shards.get() else { return Ok((tcp, None)) };
+        let shard = shards.in_turn().clone();
+        Ok((shard.adopt(tcp)?, Some(shard)))
+    }
+}
+
 /// Resolves when a newcomer took `admission`'s place; never once the place was given back.
 async fn evicted(admission: Option<&crate::source::Admission>) {
     match admission {
         Some(admission) => admission.evicted().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::auth::Credentials;
+    use crate::server::{Server, ServerConfig};
+    use crate::source::Pending;
+
+    /// The names of the threads that served `visitors` connections to a listener of `server`,
+    /// one after the other; each proves its socket works there by echoing a byte.
+    async fn threads_serving(server: &Server, visitors: usize) -> Vec<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, mut threads) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let (shared, until) = (server.shared.clone(), stop.clone().cancelled_owned());
+        let accepting = tokio::spawn(async move {
+            let door = Pending::new(visitors, visitors);
+            shared
+                .accept_until(
+                    "test",
+                    listener,
+                    until,
+                    door,
+                    || {},
+                    move |mut tcp, _, _| {
+                        let seen = seen.clone();
+                        async move {
+                            let _ = seen.send(std::thread::current().name().unwrap_or_default().to_owned());
+                            let mut byte = [0; 1];
+                            if tcp.read_exact(&mut byte).await.is_ok() {
+                                let _ = tcp.write_all(&byte).await;
+                            }
+                        }
+                    },
+                )
+                .await;
+        });
+        let mut served = Vec::new();
+        for i in 0..visitors {
+            let mut visitor = TcpStream::connect(addr).await.unwrap();
+            visitor.write_all(&[i as u8]).await.unwrap();
+            assert_eq!(visitor.read_u8().await.unwrap(), i as u8, "visitor {i} was not echoed");
+            served.push(threads.recv().await.unwrap());
+        }
+        stop.cancel();
+        accepting.await.unwrap();
+        served
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listeners_visitors_are_served_on_the_servers_threads_in_turn() {
+        let server = Server::new(ServerConfig::new(Credentials::default(), None));
+        server.spread_over(crate::shards::Shards::start(2).unwrap());
+        // Which session serves an HTTP or SOCKS visitor is known only from what it asks, so each
+        // goes to the next thread; there its requests find the session's connection driven on
+        // the same thread (a session has one on each, by `connections`).
+        assert_eq!(threads_serving(&server, 4).await, ["shard-0", "shard-1", "shard-0", "shard-1"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_threads_of_its_own_a_server_serves_visitors_on_the_callers_runtime() {
+        let server = Server::new(ServerConfig::new(Credentials::default(), None));
+        for thread in threads_serving(&server, 2).await {
+            assert!(!thread.starts_with("shard-"), "served on {thread:?}");
+        }
     }
 }
