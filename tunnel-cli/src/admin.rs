@@ -216,6 +216,7 @@ fn status_text(status: &Value, sessions: &[Value]) -> String {
         "credential",
         "since",
         "rtt_ms",
+        "connections",
         "open_streams",
         "bytes_received",
         "bytes_sent",
@@ -282,10 +283,14 @@ mod tests {
     fn the_status_table_shows_when_each_session_started_in_utc() {
         let status =
             serde_json::json!({"version": "0.1.0", "sessions": 1, "clients": {"config": 1, "admin": 0}});
-        let sessions =
-            [serde_json::json!({"name": "worker-1", "peer": "10.0.0.7:51000", "since": 1_796_236_821})];
+        let sessions = [serde_json::json!({
+            "name": "worker-1", "peer": "10.0.0.7:51000", "since": 1_796_236_821, "connections": 3
+        })];
         let text = status_text(&status, &sessions);
         assert!(text.contains("2026-12-02T18:40:21Z"), "{text}");
+        let (head, row) = (text.lines().nth(1).unwrap(), text.lines().nth(2).unwrap());
+        let column = head.find("CONNECTIONS").expect("a connections column");
+        assert_eq!(row[column..].split_whitespace().next(), Some("3"), "{text}");
         assert!(!text.contains("1796236821"), "{text}");
     }
 }

@@ -53,8 +53,11 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
     let token = out.trim().to_owned();
     assert_eq!(token.len(), 64, "the token alone on stdout: {out:?}");
     let remote = format!("127.0.0.1:0:{target}");
-    let mut worker =
-        connect(&server.served, &["--name", "worker-9", "-R", &remote], &[("TUNNEL_TOKEN", &token)]);
+    let mut worker = connect(
+        &server.served,
+        &["--name", "worker-9", "--connections", "2", "-R", &remote],
+        &[("TUNNEL_TOKEN", &token)],
+    );
     let public = public_port(&worker.line_after("remote forward ready: ").await);
     assert!((8000..9000).contains(&public), "{public} is outside the created client's ports");
     let mut held = TcpStream::connect(("127.0.0.1", public)).await.unwrap();
@@ -64,9 +67,16 @@ async fn a_created_client_connects_until_revoked_and_survives_a_restart() {
     assert_eq!(code, 0, "{out}");
     let row = out.lines().find(|l| l.starts_with("worker-9")).unwrap_or_else(|| panic!("{out}"));
     assert!(row.split_whitespace().eq(["worker-9", "admin", "true", "8000-8999", "-", "-", "-"]), "{row}");
-    let (code, out) = admin(&server, &["status", "--json"]).await;
-    assert_eq!(code, 0, "{out}");
-    let status: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    // Both of its connections, once the second has joined: one session, counted once.
+    let status = || async {
+        let (code, out) = admin(&server, &["status", "--json"]).await;
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
+    };
+    let joined = || async { status().await["sessions"][0]["connections"] == 2 };
+    common::eventually("the session's second connection counted in the admin API", joined).await;
+    let status = status().await;
+    assert_eq!(status["status"]["sessions"], 1, "{status}");
     assert_eq!(status["sessions"][0]["name"], "worker-9");
     assert_eq!(status["sessions"][0]["credential"], "client");
     assert_eq!(status["sessions"][0]["table_version"], 1);

@@ -272,6 +272,7 @@ fn session(s: &SessionInfo) -> Value {
         "protocol": s.protocol,
         "since": unix_seconds(s.since),
         "rtt_ms": s.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+        "connections": s.connections,
         "open_streams": s.open_streams,
         "bytes_received": s.bytes_received,
         "bytes_sent": s.bytes_sent,
