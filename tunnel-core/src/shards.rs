@@ -13,6 +13,10 @@
 //! [`crate::client::Client::with_shards`]. Without, everything runs on the caller's runtime.
 //! Connections over a custom transport stay there too (their sockets are the program's).
 //!
+//! The server's HTTP, HTTPS and SOCKS visitors are spread too, each to the next thread in turn
+//! (`Shards::in_turn`), uncounted: their requests then take, where they can, the session's
+//! connection on the same thread.
+//!
 //! The price is that a connection cannot move once placed: a thread kept busy by one session
 //! (a flood of visitors to its port, a bulk transfer over its only connection) slows the
 //! sessions placed beside it, as one process's busy worker would. The server places each new
@@ -124,10 +128,10 @@ impl Shards {
 
     /// Each thread in turn: where a visitor of the server's HTTP or SOCKS listeners lives.
     /// Which session serves it is known only from its requests, and each of its requests may
-    /// go to another; a session's connections are spread over the threads (`connections`), so
-    /// that wherever the visitor is, its streams are most often opened on a connection driven
-    /// there (see [`crate::mux::StreamOpener::open`]). Not counted: the threads are balanced by
-    /// tunnel connections, and visitors come and go in turn.
+    /// go to another. A session has by default as many connections as there are threads,
+    /// placed by load, so wherever the visitor is, its streams are most often opened on a
+    /// connection driven there (see [`crate::mux::StreamOpener::open`]). Not counted: the
+    /// threads are balanced by tunnel connections, and visitors come and go in turn.
     pub(crate) fn in_turn(&self) -> &Shard {
         let shards = &self.0.shards;
         &shards[self.0.turn.fetch_add(1, Ordering::Relaxed) % shards.len()]
@@ -158,7 +162,12 @@ impl Shard {
 
     /// Whether the current code runs on this shard's thread.
     pub(crate) fn is_here(&self) -> bool {
-        std::thread::current().id() == self.thread
+        self.runs_on(std::thread::current().id())
+    }
+
+    /// Whether `thread` is this shard's.
+    pub(crate) fn runs_on(&self, thread: ThreadId) -> bool {
+        thread == self.thread
     }
 
     /// Runs `future` here.

@@ -252,6 +252,29 @@ mod tests {
         request
     }
 
+    /// Without it, the edge's pool would take every stream for one driven on the visitor's
+    /// thread (see `crate::shards`), and prefer none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_to_a_client_knows_the_thread_that_drives_its_connection() {
+        let (opener, _) = session(usize::MAX);
+        let shards = crate::shards::Shards::start(1).unwrap();
+        let there = shards.in_turn().clone();
+        opener.settle_at(Some(&there));
+        let header = || StreamHeader::Http { visitor: "127.0.0.1:9".parse().unwrap() };
+        let here = open_stream(&opener, header(), "a.test").await.unwrap();
+        assert!(
+            !here.at_home(std::thread::current().id()),
+            "opened on this thread, it is still driven on the shard's"
+        );
+        let opened_there = there.spawn(async move {
+            let upstream = open_stream(&opener, header(), "a.test").await;
+            upstream
+                .map(|upstream| upstream.at_home(std::thread::current().id()))
+                .map_err(|(status, why)| format!("{status}: {why}"))
+        });
+        assert_eq!(opened_there.await.unwrap(), Ok(true), "used on the shard's thread, it is at home");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_request_that_changes_nothing_goes_again_when_a_long_idle_stream_closes_under_it() {
         let (opener, streams) = session(2);

@@ -113,7 +113,8 @@ impl<T: Io, B: RequestBody, K: PoolKey, L: Lane> Pool<T, B, K, L> {
         let mut found = None;
         if let Some(idle) = state.idle.get_mut(&key) {
             // One carried on this thread first (see `crate::shards`), else any of the lane.
-            let here = |entry: &Idle<T, B, L>| entry.lane == lane && entry.upstream.at_home();
+            let thread = std::thread::current().id();
+            let here = |entry: &Idle<T, B, L>| entry.lane == lane && entry.upstream.at_home(thread);
             let next = |idle: &[Idle<T, B, L>]| {
                 idle.iter().rposition(here).or_else(|| idle.iter().rposition(|entry| entry.lane == lane))
             };

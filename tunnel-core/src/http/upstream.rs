@@ -71,10 +71,10 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
         self
     }
 
-    /// Whether what carries it is driven on this thread, or on no thread in particular: used
-    /// here, it wakes no other.
-    pub(super) fn at_home(&self) -> bool {
-        self.home.as_ref().is_none_or(crate::shards::Shard::is_here)
+    /// Whether what carries it is driven on `thread`, or on no thread in particular: used
+    /// there, it wakes no other.
+    pub(super) fn at_home(&self, thread: std::thread::ThreadId) -> bool {
+        self.home.as_ref().is_none_or(|home| home.runs_on(thread))
     }
 
     /// Filed in a pool (`true`), or taken out of it for an exchange.
@@ -449,7 +449,8 @@ mod tests {
             // first, and the other then, there being no other.
             let first = pooled.take(addr.clone(), ()).0.expect("nothing pooled").0;
             let second = pooled.take(addr.clone(), ()).0.expect("the second was not pooled").0;
-            (first.at_home(), second.at_home())
+            let thread = std::thread::current().id();
+            (first.at_home(thread), second.at_home(thread))
         });
         let taken = tokio::time::timeout(HANG, work).await.unwrap().unwrap();
         assert_eq!(taken, (true, false), "(first taken carried here, second taken carried here)");

@@ -24,6 +24,12 @@ impl Shared {
     /// closes (logged as `NAME listener ADDR closed`), `closed` runs, and the connections
     /// still open get up to the drain time (or until [`super::Server::cut`]) before they are
     /// cut.
+    ///
+    /// Each connection's future is made here, with `serve`, and polled on the thread the
+    /// connection goes to: `serve` must only build it (an `async` block or function), leaving
+    /// timers and sockets to be made when it is first polled, there. Dropped before its end, it
+    /// cuts the connections it served at once: they may run on the server's threads, which
+    /// outlive the caller's runtime.
     pub(super) async fn accept_until<F, Fut>(
         &self,
         name: &str,
@@ -37,6 +43,7 @@ impl Shared {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let _stop_when_dropped = stop.clone().drop_guard();
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -142,35 +149,47 @@ mod tests {
     use crate::server::{Server, ServerConfig};
     use crate::source::Pending;
 
-    /// The names of the threads that served `visitors` connections to a listener of `server`,
-    /// one after the other; each proves its socket works there by echoing a byte.
-    async fn threads_serving(server: &Server, visitors: usize) -> Vec<String> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A listener of `server` accepting until the token is cancelled (or the task dropped),
+    /// each connection served by `serve`; its address.
+    fn listen<F, Fut>(
+        server: &Server,
+        serve: F,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>, CancellationToken)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let (seen, mut threads) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let (shared, until) = (server.shared.clone(), stop.clone().cancelled_owned());
         let accepting = tokio::spawn(async move {
-            let door = Pending::new(visitors, visitors);
-            shared
-                .accept_until(
-                    "test",
-                    listener,
-                    until,
-                    door,
-                    || {},
-                    move |mut tcp, _, _| {
-                        let seen = seen.clone();
-                        async move {
-                            let _ = seen.send(std::thread::current().name().unwrap_or_default().to_owned());
-                            let mut byte = [0; 1];
-                            if tcp.read_exact(&mut byte).await.is_ok() {
-                                let _ = tcp.write_all(&byte).await;
-                            }
-                        }
-                    },
-                )
-                .await;
+            let listener = TcpListener::from_std(listener).unwrap();
+            let serve = move |tcp, _, _| serve(tcp);
+            shared.accept_until("test", listener, until, Pending::new(8, 8), || {}, serve).await;
+        });
+        (addr, accepting, stop)
+    }
+
+    /// The name of the thread running the current task.
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or_default().to_owned()
+    }
+
+    /// The names of the threads that served `visitors` connections to a listener of `server`,
+    /// one after the other; each proves its socket works there by echoing a byte.
+    async fn threads_serving(server: &Server, visitors: usize) -> Vec<String> {
+        let (seen, mut threads) = tokio::sync::mpsc::unbounded_channel();
+        let (addr, accepting, stop) = listen(server, move |mut tcp| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(thread_name());
+                let mut byte = [0; 1];
+                if tcp.read_exact(&mut byte).await.is_ok() {
+                    let _ = tcp.write_all(&byte).await;
+                }
+            }
         });
         let mut served = Vec::new();
         for i in 0..visitors {
@@ -190,7 +209,8 @@ mod tests {
         server.spread_over(crate::shards::Shards::start(2).unwrap());
         // Which session serves an HTTP or SOCKS visitor is known only from what it asks, so each
         // goes to the next thread; there its requests find the session's connection driven on
-        // the same thread (a session has one on each, by `connections`).
+        // the same thread, when the session has one there (by default a session has as many
+        // connections as there are cores, placed by the threads' load).
         assert_eq!(threads_serving(&server, 4).await, ["shard-0", "shard-1", "shard-0", "shard-1"]);
     }
 
@@ -200,5 +220,32 @@ mod tests {
         for thread in threads_serving(&server, 2).await {
             assert!(!thread.starts_with("shard-"), "served on {thread:?}");
         }
+    }
+
+    /// Their tasks run on the server's threads, which outlive the caller's runtime and the
+    /// listener's task: before, a visitor of a listener whose task was aborted was served on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_listener_cuts_the_visitors_it_served_on_the_servers_threads() {
+        let server = Server::new(ServerConfig::new(Credentials::default(), None));
+        server.spread_over(crate::shards::Shards::start(2).unwrap());
+        let (seen, mut served) = tokio::sync::mpsc::unbounded_channel();
+        let (addr, accepting, _stop) = listen(&server, move |tcp| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(thread_name());
+                // Holds the connection until the task is dropped.
+                let _held = tcp;
+                std::future::pending::<()>().await;
+            }
+        });
+        let mut visitor = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(served.recv().await.unwrap(), "shard-0");
+        accepting.abort();
+        assert!(accepting.await.unwrap_err().is_cancelled());
+        // Closed (an end, or a reset): either way no longer held.
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), visitor.read_to_end(&mut rest));
+        let _ = ended.await.expect("the visitor is still served after its listener was dropped");
+        assert!(rest.is_empty(), "nothing was sent to it");
     }
 }

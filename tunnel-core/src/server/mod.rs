@@ -343,7 +343,9 @@ impl Server {
     }
 
     /// Carries each TCP connection accepted from now on, with everything it carries, on one of
-    /// `shards`' threads, in turn (see [`crate::shards`]). The first call counts.
+    /// `shards`' threads: a tunnel connection on the one carrying the fewest, a visitor of the
+    /// HTTP, HTTPS or SOCKS listeners on each in turn (see [`crate::shards`]). The first call
+    /// counts.
     pub fn spread_over(&self, shards: crate::shards::Shards) {
         let _ = self.shared.shards.set(shards);
     }
