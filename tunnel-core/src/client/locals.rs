@@ -289,14 +289,7 @@ async fn serve_datagrams(
         let up = opener.is_some();
         let offer = flows.offer(visitor, Bytes::copy_from_slice(&buf[..len]), |inbox| {
             let Some(opener) = opener else { return false };
-            let flow = local_flow(inbox, opener, target.clone(), visitor, socket.clone());
-            let cut = cut.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = cut.cancelled() => {}
-                    () = flow => {}
-                }
-            });
+            tokio::spawn(local_flow(inbox, opener, target.clone(), visitor, socket.clone(), cut.clone()));
             true
         });
         if matches!(offer, Offer::Refused | Offer::QueueFull) && crate::log::REFUSALS.allow() {
@@ -310,19 +303,26 @@ async fn serve_datagrams(
     }
 }
 
+/// One local UDP flow, until it ends or `cut`: the task itself. A wrapper awaiting it (to
+/// watch `cut`) kept it twice, 5.7 KB per flow against 2.9.
 async fn local_flow(
     inbox: FlowInbox<SocketAddr>,
     opener: StreamOpener,
     target: TargetAddr,
     visitor: SocketAddr,
     socket: Arc<UdpSocket>,
+    cut: CancellationToken,
 ) {
-    let open = open_datagrams(&opener, &target, visitor);
     let deliver = |datagram: Bytes| {
         let socket = socket.clone();
         async move { socket.send_to(&datagram, visitor).await.is_ok() }
     };
-    match carry_flow(inbox, open, |_| (), deliver, crate::udp::DEFAULT_FLOW_IDLE).await {
+    let idle = crate::udp::DEFAULT_FLOW_IDLE;
+    let carried = tokio::select! {
+        () = cut.cancelled() => return,
+        carried = carry_flow(inbox, open_datagrams(&opener, &target, visitor), |_| (), deliver, idle) => carried,
+    };
+    match carried {
         Ok(stats) => tracing::trace!(%visitor, to = %target, ?stats, "UDP flow done"),
         Err(err) => tracing::debug!(%visitor, to = %target, "UDP flow ended: {err}"),
     }
@@ -380,5 +380,23 @@ mod tests {
         b.set_silent(true);
         assert_eq!(chosen(&sessions), Some(a.connection_id()));
         assert_eq!(chosen(&sessions[..1]), None);
+    }
+
+    #[tokio::test]
+    async fn a_udp_flows_task_holds_its_carry_once() {
+        let (opener, _kept) = idle_opener();
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let target = TargetAddr::from_parts("127.0.0.1", 53).unwrap();
+        let visitor: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut flows = Flows::evicting(4, MAKE_ROOM_AFTER);
+        let mut size = 0;
+        flows.offer(visitor, Bytes::from_static(b"x"), |inbox| {
+            let task = local_flow(inbox, opener, target, visitor, socket, CancellationToken::new());
+            size = std::mem::size_of_val(&task);
+            false
+        });
+        // 2.9 KB in the test build today (the carry: 2.8). The task is this future as spawned;
+        // a wrapper awaiting it kept it twice: 5.7 KB per flow.
+        assert!(size > 0 && size <= 4096, "a task carrying one UDP flow is {size} bytes");
     }
 }
