@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("forward", &["log", "metrics", "mux", "proto", "time"]),
     ("socks", &["proto"]),
     ("udp", &["log", "proto", "socks", "source"]),
-    ("http", &["forward", "log", "metrics", "mux", "proto", "source", "time", "tls", "transport"]),
+    ("http", &["forward", "log", "metrics", "mux", "proto", "shards", "source", "time", "tls", "transport"]),
     ("acme", &["fs", "http", "log", "tls"]),
     (
         "server",
