@@ -413,3 +413,30 @@ async fn a_stream_ending_inside_a_datagram_is_an_error_and_between_two_is_the_en
     let mut cut = FrameReader::new(&b"\0\x05hi"[..]);
     assert_eq!(cut.next().await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
 }
+
+#[tokio::test]
+async fn a_socks_flows_task_holds_its_carry_once() {
+    let mut flows = Flows::new(4);
+    let destination = |port| crate::socks::Destination::Ip(SocketAddr::from(([127, 0, 0, 1], port)));
+    let stream = || Box::pin(async { Ok(tokio::io::duplex(64).0) });
+    let (mut carry, mut task) = (0, 0);
+    flows.offer(destination(1), Bytes::from_static(b"x"), |inbox| {
+        carry = std::mem::size_of_val(&carry_flow(
+            inbox,
+            stream(),
+            |_| (),
+            |_| async { true },
+            DEFAULT_FLOW_IDLE,
+        ));
+        false
+    });
+    let target = destination(2).to_target().unwrap();
+    flows.offer(destination(2), Bytes::from_static(b"x"), |inbox| {
+        let flow = associate::flow(inbox, stream(), |_| async { true }, target, Default::default());
+        task = std::mem::size_of_val(&flow);
+        false
+    });
+    // 1.2 KB against a carry of 0.96 KB in the test build today (over a duplex stream). The carry
+    // made beforehand and captured by the task was kept twice: 2.2 KB.
+    assert!(carry > 0 && task < carry + 512, "a flow's task is {task} bytes, its carry {carry}");
+}
