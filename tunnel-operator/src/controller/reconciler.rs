@@ -371,7 +371,7 @@ async fn cleanup<K: TunnelKind, S: Servers>(object: &K, ctx: &Context<S>) -> Res
     let recorded = Recorded {
         type_: outcome.0,
         reason: outcome.1.into(),
-        note: Some(outcome.2),
+        note: Some(crate::render::event_note(&outcome.2)),
         action: "Cleanup".into(),
         secondary: None,
     };

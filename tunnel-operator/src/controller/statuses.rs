@@ -107,7 +107,7 @@ async fn record<S: Servers>(ctx: &Context<S>, decided: &Desired) {
         let event = Recorded {
             type_: EventType::Warning,
             reason: note.reason.clone(),
-            note: Some(note.message.clone()),
+            note: Some(crate::render::event_note(&note.message)),
             action: "Reconcile".into(),
             secondary: None,
         };
