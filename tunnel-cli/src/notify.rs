@@ -65,12 +65,15 @@ impl Notifier {
     }
 
     /// Sends `WATCHDOG=1` at half the interval systemd asked for (`WATCHDOG_USEC`, for this
-    /// process: `WATCHDOG_PID`), for as long as the runtime runs: a hung runtime stops it.
+    /// process: `WATCHDOG_PID`; every 10 ms at the most), for as long as the runtime runs: a
+    /// hung runtime stops it.
     pub fn spawn_watchdog(&self) {
         let Some(interval) = watchdog_interval() else { return };
         let notifier = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval / 2);
+            // A nonsensical `WATCHDOG_USEC=1` would have this loop spin.
+            let mut tick = tokio::time::interval((interval / 2).max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 notifier.send("WATCHDOG=1");

@@ -31,10 +31,10 @@ pub struct SessionsArgs {
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Clients started per second at first (the restart brings them all back at once).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     rate: u32,
     /// Longest wait for every session to be up, at first and after the restart, in seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     deadline: u64,
     /// The server's `limits.max_unauthenticated` (handshakes at once); its default if not given.
     #[arg(long)]
@@ -178,7 +178,7 @@ async fn measure(args: &SessionsArgs) -> Result<Figures> {
     let (server_cpu, my_cpu) = (cpu(server.pid())?, Usage::of(me)?.cpu_seconds);
     let started = Instant::now();
     let mut clients = Vec::with_capacity(n);
-    let mut pace = tokio::time::interval(Duration::from_secs(1) / args.rate.max(1));
+    let mut pace = tokio::time::interval(Duration::from_secs(1) / args.rate);
     for i in 0..n {
         pace.tick().await;
         let running = Running::start(fleet::client(i, &[&server], args.connections)?).await;

@@ -48,8 +48,8 @@ pub struct SoakArgs {
     /// Streams each client carries at once, without pause.
     #[arg(long, default_value_t = 20)]
     streams: usize,
-    /// Length of the run, in seconds.
-    #[arg(long, default_value_t = 600)]
+    /// Length of the run, in seconds (at most a day).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     seconds: u64,
     /// Samples before this many seconds are warm-up, left out of the flatness figures.
     #[arg(long, default_value_t = 60)]
@@ -57,8 +57,8 @@ pub struct SoakArgs {
     /// Largest stream in bytes; each is of a random length up to it.
     #[arg(long, default_value_t = 1 << 20)]
     max_bytes: usize,
-    /// Seconds between restarts, at random up to this.
-    #[arg(long, default_value_t = 15)]
+    /// Seconds between restarts, at random up to this (at most a day).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     chaos_every: u64,
     /// Markdown file whose `soak` section is replaced with the results.
     #[arg(long)]

@@ -67,7 +67,7 @@ impl BackoffState {
         }
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
         let base = self.policy.initial.saturating_mul(factor).min(self.policy.max);
-        self.attempt += 1;
+        self.attempt = self.attempt.saturating_add(1);
         let half = base / 2;
         Some(half + half.mul_f64(rand::random::<f64>()))
     }

@@ -125,11 +125,16 @@ pub struct ClientFile {
     pub reconnect: ReconnectFile,
 }
 
+/// Shortest first delay `[reconnect]` takes: a shorter one had a client whose servers were
+/// down try each of them (a lookup, a TCP connect, a TLS handshake, a log line) a thousand
+/// times a second.
+pub const MIN_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// `[reconnect]`: exponential backoff with jitter between attempts.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectFile {
-    /// First delay (default `500ms`).
+    /// First delay (default `500ms`; at least [`MIN_RECONNECT_DELAY`]).
     pub initial: Option<HumanDuration>,
     /// Largest delay (default `30s`).
     pub max: Option<HumanDuration>,
@@ -345,8 +350,8 @@ impl ClientFile {
             max: self.reconnect.max.map_or(Ok(defaults.max), |d| positive_duration("reconnect.max", d))?,
             max_attempts: self.reconnect.max_attempts.filter(|n| *n > 0),
         };
-        if config.reconnect.initial.is_zero() || config.reconnect.initial > config.reconnect.max {
-            return Err(invalid("reconnect.initial", "must be more than 0 and at most `reconnect.max`"));
+        if config.reconnect.initial < MIN_RECONNECT_DELAY || config.reconnect.initial > config.reconnect.max {
+            return Err(invalid("reconnect.initial", "must be at least 10ms and at most `reconnect.max`"));
         }
         // `none`: direct, as `--proxy none` (and nothing taken from the environment).
         if let Some(proxy) =

@@ -147,6 +147,10 @@ fn missing_and_conflicting_settings_are_explained() {
             "invalid `reconnect.max`: must be more than 0",
         ),
         (
+            format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\n[reconnect]\ninitial = \"9ms\""),
+            "invalid `reconnect.initial`: must be at least 10ms",
+        ),
+        (
             format!("server = \"h:1\"\ntoken = \"config-test-token-0123\"\nfingerprint = \"{FP}\"\nconnections = 0"),
             "invalid `connections`: 0 is not between 1 and 16",
         ),

@@ -394,6 +394,13 @@ impl ServerFile {
             if d.0 > crate::proto::handshake::MAX_HEARTBEAT_INTERVAL {
                 return Err(invalid("heartbeat_interval", "must be at most 10m, the longest a client takes"));
             }
+            // A session raises a shorter one; the file says what runs, or is refused.
+            if d.0 < crate::proto::handshake::MIN_HEARTBEAT_INTERVAL {
+                return Err(invalid(
+                    "heartbeat_interval",
+                    "must be at least 100ms, the shortest a session uses",
+                ));
+            }
         }
         if let Some(d) = self.heartbeat_timeout {
             config.session.heartbeat_timeout = positive_duration("heartbeat_timeout", d)?;

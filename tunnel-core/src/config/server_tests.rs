@@ -225,6 +225,10 @@ fn invalid_values_name_their_key() {
         ("heartbeat_interval = \"30s\"\nheartbeat_timeout = \"10s\"", "heartbeat_timeout"),
         ("heartbeat_interval = \"0s\"", "invalid `heartbeat_interval`: must be more than 0"),
         (
+            "heartbeat_interval = \"99ms\"\nheartbeat_timeout = \"1s\"",
+            "invalid `heartbeat_interval`: must be at least 100ms",
+        ),
+        (
             "heartbeat_interval = \"11m\"\nheartbeat_timeout = \"1h\"",
             "invalid `heartbeat_interval`: must be at most 10m",
         ),

@@ -272,9 +272,9 @@ impl HttpEdge {
                     upgraded: &upgraded,
                     places: &this_connection,
                 };
-                let mut response = edge.handle(request, connection).await;
+                let (mut response, from_a_client) = edge.handle(request, connection).await;
                 if let Some(answering) = answering {
-                    answering.answered();
+                    answering.answered(from_a_client);
                 }
                 if may_switch && !http2 && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

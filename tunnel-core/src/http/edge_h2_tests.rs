@@ -153,6 +153,42 @@ async fn an_http2_visitor_resetting_the_requests_it_sent_is_cut() {
         .unwrap();
 }
 
+/// The guard above counted every answer as an excuse for a reset, the edge's own fallback
+/// 404s too: a visitor asking for a host nobody serves a few hundred times could then reset as
+/// many requests to a client's origin. Only answers from clients count.
+#[tokio::test(start_paused = true)]
+async fn an_http2_visitor_cannot_excuse_its_resets_with_answers_the_edge_made_itself() {
+    let (opener, _undriven) = crate::mux::idle_opener();
+    let route = super::super::IndexedRoute {
+        id: crate::proto::RouteId(1),
+        owner: "a".into(),
+        matcher: super::super::Matcher::new(crate::proto::HttpMatch::host("a.test".parse().unwrap()))
+            .unwrap(),
+        target: RouteTarget::new(crate::mux::Openers::new([opener]), true),
+    };
+    let index = Arc::new(RouteIndex::new([route], [], []));
+    let edge = Arc::new(HttpEdge::new(Arc::new(Silent(index)), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (visitor, served) = tokio::io::duplex(64 * 1024);
+    let mut serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
+    let client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    let (mut sender, connection) = client.handshake(TokioIo::new(visitor)).await.unwrap();
+    tokio::spawn(connection);
+    let to = |uri: &str| Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+
+    for _ in 0..300 {
+        let answer = sender.send_request(to("https://nobody.test/")).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    }
+    assert!(!serving.is_finished());
+    let many = (0..200).map(|_| sender.send_request(to("https://a.test/"))).collect::<Vec<_>>();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(many);
+    tokio::time::timeout(Duration::from_secs(1), &mut serving)
+        .await
+        .expect("300 fallback answers excused 200 reset requests to a client")
+        .unwrap();
+}
+
 /// A visitor's end that reads `budget` bytes, then nothing more (a peer whose socket stopped
 /// taking data while its flow-control windows stay wide open).
 struct StopsReading {

@@ -7,9 +7,16 @@ use http::HeaderMap;
 use super::path::routing_key;
 use crate::proto::{HttpMatch, PathMatch};
 
-/// Largest compiled regular expression (bytes of its program): a route's expression cannot make
-/// the server spend memory or time without bound.
+/// Largest automaton a route's expression may compile to (bytes): a route cannot make the
+/// server spend memory without bound, and an expression that would need more is refused.
 const MAX_REGEX_SIZE: usize = 256 * 1024;
+
+/// A route's expression, compiled to a deterministic automaton: a request's path is matched in
+/// one pass over its bytes, however the expression is written. (A backtracking-free engine
+/// that simulates many states at once, as the `regex` crate falls back to, spent seconds of a
+/// shared server thread per request on an expression such as `/[a-z]*a[a-z]{5000}Z` and a
+/// 60 KB path.)
+type PathAutomaton = std::sync::Arc<regex_automata::dfa::dense::DFA<Vec<u32>>>;
 
 /// A route's match, ready to test requests against (its expression compiled).
 #[derive(Debug, Clone)]
@@ -17,7 +24,7 @@ pub struct Matcher {
     spec: HttpMatch,
     /// An exact path or prefix in the form requests are matched in ([`routing_key`]).
     path: String,
-    regex: Option<regex::Regex>,
+    regex: Option<PathAutomaton>,
 }
 
 impl Matcher {
@@ -25,13 +32,9 @@ impl Matcher {
     pub fn new(spec: HttpMatch) -> Result<Self, String> {
         spec.check()?;
         let regex = match &spec.path {
-            PathMatch::Regex(expr) => Some(
-                regex::RegexBuilder::new(&format!("^(?:{expr})$"))
-                    .size_limit(MAX_REGEX_SIZE)
-                    .nest_limit(64)
-                    .build()
-                    .map_err(|e| format!("path expression {expr:?}: {e}"))?,
-            ),
+            PathMatch::Regex(expr) => {
+                Some(compile(expr).map_err(|e| format!("path expression {expr:?}: {e}"))?.into())
+            }
             _ => None,
         };
         let path = match &spec.path {
@@ -61,12 +64,10 @@ impl Matcher {
             PathMatch::Any => true,
             PathMatch::Prefix(_) => prefix_matches(&self.path, key),
             PathMatch::Exact(_) => self.path == key,
-            PathMatch::Regex(_) => self.regex.as_ref().is_some_and(|r| r.is_match(key)),
+            PathMatch::Regex(_) => self.regex.as_ref().is_some_and(|dfa| whole_match(dfa, key)),
         };
         path_ok
-            // Methods are case-sensitive (RFC 9110 9.1), but origins that uppercase them
-            // (Flask, Symfony) run `delete` as DELETE: a route for DELETE takes it too.
-            && (self.spec.methods.is_empty() || self.spec.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && (self.spec.methods.is_empty() || self.spec.methods.iter().any(|m| method_matches(m, method)))
             && self.spec.headers.iter().all(|(name, value)| {
                 headers.get_all(name.as_str()).iter().any(|v| v.as_bytes() == value.as_bytes())
             })
@@ -84,6 +85,54 @@ impl Matcher {
         };
         (kind, Reverse(length), self.spec.methods.is_empty(), Reverse(self.spec.headers.len()))
     }
+}
+
+/// `expr` as an automaton that matches a whole routing key. A key is ASCII (every other byte
+/// is escaped), so classes are ASCII's (`\w` is `[0-9A-Za-z_]`, as in RE2, the syntax Gateway
+/// API implementations share) and `.` is any byte but a newline.
+fn compile(expr: &str) -> Result<regex_automata::dfa::dense::DFA<Vec<u32>>, String> {
+    use regex_automata::dfa::{dense, StartKind};
+    use regex_automata::nfa::thompson;
+    use regex_automata::util::syntax;
+    dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .dfa_size_limit(Some(MAX_REGEX_SIZE))
+                .determinize_size_limit(Some(MAX_REGEX_SIZE)),
+        )
+        .syntax(syntax::Config::new().nest_limit(64).unicode(false).utf8(false))
+        .thompson(thompson::Config::new().nfa_size_limit(Some(MAX_REGEX_SIZE)).utf8(false))
+        .build(&format!(r"(?:{expr})\z"))
+        .map_err(|e| {
+            // The builder's own words name its stages ("error building NFA"); the cause is
+            // further down.
+            let text = crate::log::Chain(&e).to_string();
+            if text.contains("exceeded") || text.contains("too big") || text.contains("limit") {
+                format!("compiles to more than {} KiB; simplify it", MAX_REGEX_SIZE / 1024)
+            } else {
+                text
+            }
+        })
+}
+
+/// Whether `dfa` matches all of `key`.
+fn whole_match(dfa: &regex_automata::dfa::dense::DFA<Vec<u32>>, key: &str) -> bool {
+    use regex_automata::dfa::Automaton;
+    let input = regex_automata::Input::new(key).anchored(regex_automata::Anchored::Yes);
+    // Searching a dense automaton fails only on what it was not built for (a quit byte, a
+    // start kind): neither is configured, and a failure matches nothing.
+    matches!(dfa.try_search_fwd(&input), Ok(Some(_)))
+}
+
+/// Whether a route's method takes a request's. Methods are case-sensitive (RFC 9110 9.1), but
+/// origins that uppercase them (Flask, Symfony) run `delete` as DELETE: a route for DELETE takes
+/// it too. And most run their GET handler for HEAD (Go's ServeMux, Express, Flask), headers,
+/// cookies and side effects included: a route for GET takes HEAD too, so that a route that
+/// refuses GET on a path refuses HEAD there.
+fn method_matches(route: &str, request: &str) -> bool {
+    route.eq_ignore_ascii_case(request)
+        || (route.eq_ignore_ascii_case("GET") && request.eq_ignore_ascii_case("HEAD"))
 }
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`; `/` and `/api/` (a final slash
@@ -154,6 +203,10 @@ mod tests {
         assert!(!m.matches("/v2/users", "POST", &headers));
         // An origin may run `get` as GET: a route for GET (a 403, say) takes it too.
         assert!(m.matches("/v2/users", "get", &headers));
+        // And HEAD as GET, with the GET handler's headers and side effects.
+        assert!(m.matches("/v2/users", "HEAD", &headers) && m.matches("/v2/users", "head", &headers));
+        let head_only = matcher(PathMatch::Any, &["HEAD"], &[]);
+        assert!(!head_only.matches("/", "GET", &HeaderMap::new()), "a route for HEAD does not take GET");
         assert!(!m.matches("/x/v2/users", "GET", &headers), "expressions match the whole path");
         assert!(!m.matches("/v2/users", "GET", &HeaderMap::new()));
         assert!(Matcher::new(HttpMatch {
@@ -170,6 +223,32 @@ mod tests {
             .is_err(),
             "an expression past the size limit is refused"
         );
+    }
+
+    #[test]
+    fn an_expression_is_an_automaton_that_reads_a_path_once_or_it_is_refused() {
+        let route = |expr: &str| {
+            Matcher::new(HttpMatch {
+                path: PathMatch::Regex(expr.into()),
+                ..HttpMatch::host("a.test".parse().unwrap())
+            })
+        };
+        // Small to write, but a deterministic automaton for it needs 2^5000 states; as a
+        // simulation it cost seconds of a server thread per 60 KB path.
+        let err = route("/[a-z]*a[a-z]{5000}Z").unwrap_err();
+        assert!(err.contains("/[a-z]*a[a-z]{5000}Z") && err.contains("more than 256 KiB"), "{err}");
+        let long = format!("/{}", "a".repeat(60_000));
+        let m = route("/[a-z]*a[a-z]{8}Z").unwrap();
+        assert!(!m.matches(&long, "GET", &HeaderMap::new()));
+        assert!(m.matches(&format!("{long}aaaaaaaaZ"), "GET", &HeaderMap::new()));
+        // Classes and case folding as RE2 reads an ASCII path.
+        let m = route(r"(?i)/API/\w+/\d+/?").unwrap();
+        assert!(m.matches("/api/user_1/42", "GET", &HeaderMap::new()));
+        assert!(m.matches("/Api/x/7/", "GET", &HeaderMap::new()));
+        assert!(!m.matches("/api/user-1/42", "GET", &HeaderMap::new()));
+        assert!(!m.matches("/api/x/7/more", "GET", &HeaderMap::new()), "the whole path, not a prefix");
+        let m = route("/a.c").unwrap();
+        assert!(m.matches("/abc", "GET", &HeaderMap::new()) && !m.matches("/ac", "GET", &HeaderMap::new()));
     }
 
     #[test]

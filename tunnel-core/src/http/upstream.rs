@@ -109,8 +109,8 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
 
     /// Sends `request` and waits for the response's head, driving the connection meanwhile.
     /// The response's body drives it from then on, and brings it back to `home` once the
-    /// exchange is over, unless the answer is one that has no body by its kind (to `HEAD`, or
-    /// `204`): an origin that sends one anyway, late, would have it read as the answer to the
+    /// exchange is over, unless the answer is one that has no body by its kind (to `HEAD`, a
+    /// `204` or a `304`): an origin that sends one anyway, late, would have it read as the answer to the
     /// next request on the connection, another visitor's. A request that was not sent comes
     /// back in the error.
     pub(super) async fn send<K: PoolKey, L: Lane>(
@@ -126,7 +126,8 @@ impl<T: Io, B: RequestBody> Upstream<T, B> {
             response.as_mut().poll(cx)
         })
         .await?;
-        let home = (!head_only && head.status() != http::StatusCode::NO_CONTENT).then_some(home);
+        let bodiless = matches!(head.status(), http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED);
+        let home = (!head_only && !bodiless).then_some(home);
         Ok(head.map(|body| UpstreamBody { body, ended: false, upstream: Some(self), home }))
     }
 }
@@ -209,7 +210,8 @@ mod tests {
     const HANG: Duration = Duration::from_secs(30);
 
     /// An HTTP/1.1 server on a fresh port answering `/len` with a sized body, `/chunked` with a
-    /// chunked one, `/big` with 4 MiB and `/no-content` with 204; counts the connections it
+    /// chunked one, `/big` with 4 MiB, `/no-content` with 204 and `/not-modified` with 304;
+    /// counts the connections it
     /// accepted.
     async fn origin() -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -230,10 +232,13 @@ mod tests {
                         "/big" => {
                             Full::new(Bytes::from(vec![7u8; 4 << 20])).map_err(|n| match n {}).boxed_unsync()
                         }
-                        "/no-content" => {
+                        path @ ("/no-content" | "/not-modified") => {
                             let mut answer =
                                 Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
-                            *answer.status_mut() = http::StatusCode::NO_CONTENT;
+                            *answer.status_mut() = match path {
+                                "/no-content" => http::StatusCode::NO_CONTENT,
+                                _ => http::StatusCode::NOT_MODIFIED,
+                            };
                             return Ok::<_, hyper::Error>(answer);
                         }
                         _ => Full::new(Bytes::from("hello")).map_err(|n| match n {}).boxed_unsync(),
@@ -287,7 +292,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "three requests, one connection");
     }
 
-    /// An answer to `HEAD`, or a `204`, leaves its connection out of the pool: an origin
+    /// An answer to `HEAD`, a `204` or a `304` leaves its connection out of the pool: an origin
     /// sending a body anyway (late, after the next request went) had that body taken for the
     /// next visitor's answer.
     #[tokio::test]
@@ -305,9 +310,13 @@ mod tests {
             assert_eq!(pool.idle(), 1);
             assert_eq!(fetch(&pool, &addr, "/no-content").await, "");
             assert_eq!(pool.idle(), 0, "a 204's connection went back to the pool");
+            assert_eq!(fetch(&pool, &addr, "/len").await, "hello");
+            assert_eq!(pool.idle(), 1);
+            assert_eq!(fetch(&pool, &addr, "/not-modified").await, "");
+            assert_eq!(pool.idle(), 0, "a 304's connection went back to the pool");
         };
         tokio::time::timeout(HANG, work).await.unwrap();
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

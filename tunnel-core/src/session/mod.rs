@@ -33,7 +33,7 @@ const MAX_EARLY_STREAMS: usize = 16;
 
 /// Shortest heartbeat interval a session uses: a shorter [`SessionConfig::heartbeat_interval`]
 /// (zero included) is raised to it, as a client raises a shorter one announced by the server.
-pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+pub use crate::proto::handshake::MIN_HEARTBEAT_INTERVAL;
 
 /// How long, by default, a stopping client or server lets the streams open then go on before
 /// it cuts them (`drain_timeout` of both configurations).

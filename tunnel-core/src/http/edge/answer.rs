@@ -20,18 +20,36 @@ use crate::http::{normalize_path, text_response, Body};
 use crate::mux::StreamOpener;
 use crate::proto::{RouteId, StreamHeader};
 
+/// An answer, and whether a client gave it.
+struct Answer {
+    answer: Response<Body>,
+    from_a_client: bool,
+}
+
+impl Answer {
+    /// One the edge made itself.
+    fn edge(answer: Response<Body>) -> Self {
+        Self { answer, from_a_client: false }
+    }
+
+    fn status(&self) -> StatusCode {
+        self.answer.status()
+    }
+}
+
 impl HttpEdge {
-    /// Answers one request, and counts the answer.
+    /// Answers one request, and counts the answer; `true` with an answer that came from a
+    /// client (not one the edge made itself, which costs a visitor nothing to ask for).
     pub(super) async fn handle(
         &self,
         request: Request<Incoming>,
         connection: Connection<'_>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, bool) {
         let (response, owner) = self.answer(request, connection).await;
         if let Some(metrics) = &self.metrics {
             metrics.http_request(owner.as_deref().unwrap_or(""), response.status().as_u16());
         }
-        response
+        (response.answer, response.from_a_client)
     }
 
     /// The answer to one request, and the client whose route it went to (`None`: the edge
@@ -40,22 +58,25 @@ impl HttpEdge {
         &self,
         mut request: Request<Incoming>,
         connection: Connection<'_>,
-    ) -> (Response<Body>, Option<String>) {
+    ) -> (Answer, Option<String>) {
         let Connection { visitor, sni, places, .. } = connection;
         // CONNECT asks a proxy for a tunnel to its target (RFC 9110 9.3.6): the edge is no such
         // proxy, and the origin form a client's service gets could not carry it.
         if request.method() == hyper::Method::CONNECT {
-            return (text_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served here"), None);
+            return (
+                Answer::edge(text_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served here")),
+                None,
+            );
         }
         // HTTP/1.1 heads are held to this count by hyper's parser; HTTP/2 ones here (their
         // cookies counted as the one field they go on as), so that both reach an origin alike.
         if field_count(request.headers()) > MAX_HEADER_FIELDS {
             let why = format!("more than {MAX_HEADER_FIELDS} header fields");
-            return (text_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &why), None);
+            return (Answer::edge(text_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &why)), None);
         }
         let host = match routed_host(&request) {
             Ok(host) => host,
-            Err(why) => return (text_response(StatusCode::BAD_REQUEST, why), None),
+            Err(why) => return (Answer::edge(text_response(StatusCode::BAD_REQUEST, why)), None),
         };
         // A path that does not begin with `/` (an HTTP/2 `:path` of `admin`, an authority form
         // outside CONNECT) would be matched as written, and reach the origin with a `/` put
@@ -64,34 +85,34 @@ impl HttpEdge {
         let asterisk = path == "*" && request.method() == hyper::Method::OPTIONS;
         if !(path.starts_with('/') || asterisk) {
             let why = "the request target's path must begin with /";
-            return (text_response(StatusCode::BAD_REQUEST, why), None);
+            return (Answer::edge(text_response(StatusCode::BAD_REQUEST, why)), None);
         }
         if let Err(refused) = normalize_path(request.uri_mut()) {
-            return (text_response(StatusCode::BAD_REQUEST, &refused.to_string()), None);
+            return (Answer::edge(text_response(StatusCode::BAD_REQUEST, &refused.to_string())), None);
         }
         let challenge = self
             .challenges
             .as_deref()
             .and_then(|c| crate::http::challenge::answer(c, &host, request.uri().path()));
         if let Some(answer) = challenge {
-            return (answer, None);
+            return (Answer::edge(answer), None);
         }
         let routes = self.routes.routes();
         if let Some(sni) = sni.filter(|sni| request.version() == Version::HTTP_2 && *sni != host) {
             if routes.owner_of(sni) != routes.owner_of(&host) {
                 let why = format!("this connection was opened for {sni}; open one for {host}");
-                return (text_response(StatusCode::MISDIRECTED_REQUEST, &why), None);
+                return (Answer::edge(text_response(StatusCode::MISDIRECTED_REQUEST, &why)), None);
             }
         }
         let hit = routes.lookup(&host, request.uri().path(), request.method().as_str(), request.headers());
         let Some(hit) = hit else {
-            return (text_response(self.fallback, ""), None);
+            return (Answer::edge(text_response(self.fallback, "")), None);
         };
         let (route_id, owner, per_route) = (hit.id, hit.owner.to_owned(), hit.target.per_route);
         // The least busy of the owner's replicas serving the route.
         let Some(opener) = hit.target.openers.pick().cloned() else {
             let why = format!("the client serving {host} is not reachable");
-            return (text_response(StatusCode::BAD_GATEWAY, &why), Some(owner));
+            return (Answer::edge(text_response(StatusCode::BAD_GATEWAY, &why)), Some(owner));
         };
         // Not held while the request is under way: a snapshot holds every session's opener.
         drop(routes);
@@ -105,17 +126,17 @@ impl HttpEdge {
             Ok(place) => place,
             Err(full) => {
                 let why = format!("too many requests in flight to the client serving {host} ({full})");
-                return (text_response(StatusCode::SERVICE_UNAVAILABLE, &why), Some(owner));
+                return (Answer::edge(text_response(StatusCode::SERVICE_UNAVAILABLE, &why)), Some(owner));
             }
         };
         let to = Owner { route_id, opener, key, per_route };
         match self.forward(request, to, place, connection, &host).await {
-            Ok(response) => (response, Some(owner)),
+            Ok(response) => (Answer { answer: response, from_a_client: true }, Some(owner)),
             Err((status, why)) => {
                 tracing::debug!(%visitor, host = %crate::log::Escaped(&host), owner = %crate::log::Escaped(&owner), "{why}");
                 // A request the visitor broke is not counted against the client.
                 let owner = (status != StatusCode::BAD_REQUEST).then_some(owner);
-                (text_response(status, &why), owner)
+                (Answer::edge(text_response(status, &why)), owner)
             }
         }
     }

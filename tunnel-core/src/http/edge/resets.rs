@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Reset requests a connection may have before it is cut, as long as it has had as many
-/// answered: a browser that leaves a page resets a few dozen at most.
+/// answered by clients: a browser that leaves a page resets a few dozen at most.
 pub(super) const MAX_RESET_REQUESTS: usize = 128;
 
 /// One HTTP/2 connection's count of requests reset before their answers, and of those
@@ -49,10 +49,15 @@ pub(super) struct Answering {
 }
 
 impl Answering {
-    /// The answer's head is ready: the request was not reset.
-    pub(super) fn answered(mut self) {
+    /// The answer's head is ready: the request was not reset. Only an answer from a client
+    /// excuses a reset: one the edge made itself (a fallback 404, a 400) costs nothing to ask
+    /// for, and a visitor that banked thousands of them could reset as many requests to a
+    /// client's origin.
+    pub(super) fn answered(mut self, by_a_client: bool) {
         self.answered = true;
-        self.resets.answered.fetch_add(1, Ordering::Relaxed);
+        if by_a_client {
+            self.resets.answered.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -10,6 +10,10 @@ use crate::proto::{LANES_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 /// at `u32::MAX` ms); and a NAT forgets an idle mapping well before 10 minutes.
 pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(600);
 
+/// Shortest heartbeat interval a client takes from a server (a shorter one is raised to it), and
+/// a session uses (`session::MIN_HEARTBEAT_INTERVAL`).
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Client side of the handshake.
 ///
 /// ```
@@ -160,7 +164,7 @@ impl ClientHandshake {
                 Ok(ClientStep::Done(Established {
                     version,
                     heartbeat_interval: Duration::from_millis(u64::from(heartbeat_interval_ms))
-                        .clamp(Duration::from_millis(100), MAX_HEARTBEAT_INTERVAL),
+                        .clamp(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL),
                     lane_key: LaneKey::derive(&self.token, &self.transcript),
                 }))
             }

@@ -22,7 +22,7 @@ mod client;
 mod messages;
 mod server;
 
-pub use client::{ClientHandshake, ClientStep, Established, MAX_HEARTBEAT_INTERVAL};
+pub use client::{ClientHandshake, ClientStep, Established, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL};
 pub use messages::{HandshakeMessage, RefuseCode, MAGIC, MAX_HANDSHAKE_FRAME};
 pub use server::{AuthenticatedClient, LaneKeys, ServerHandshake, ServerStep};
 
