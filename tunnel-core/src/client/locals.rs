@@ -226,7 +226,20 @@ fn failed(visitor: SocketAddr, target: &VisitTarget, why: &str) {
 /// A stream to the server for a visitor, over the first session up when it came.
 async fn open(opener: Option<StreamOpener>) -> Result<MuxStream, String> {
     let opener = opener.filter(|o| !o.is_closed()).ok_or("not connected to the server")?;
-    opener.open().await.map_err(|e| crate::log::Chain(&e).to_string())
+    open_in_time(&opener, REPLY_TIMEOUT).await.map_err(|e| e.to_string())
+}
+
+/// A new stream over `opener`, or an error once `limit` has passed: past the streams a server
+/// has yet to acknowledge (yamux allows 256), a new one waits for an earlier one to end, and a
+/// server that answers nothing would have visitors queue for as long as it stays silent.
+pub(super) async fn open_in_time(opener: &StreamOpener, limit: Duration) -> io::Result<MuxStream> {
+    match tokio::time::timeout(limit, opener.open()).await {
+        Ok(opened) => opened.map_err(|e| io::Error::other(crate::log::Chain(&e).to_string())),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the server took no new stream within {limit:?}"),
+        )),
+    }
 }
 
 /// Sends the visitor's bytes as soon as the header is written (no round trip before them);
@@ -334,7 +347,7 @@ pub(super) async fn open_datagrams(
     target: &TargetAddr,
     visitor: SocketAddr,
 ) -> io::Result<MuxStream> {
-    let mut stream = opener.open().await.map_err(io::Error::other)?;
+    let mut stream = open_in_time(opener, REPLY_TIMEOUT).await?;
     let header = StreamHeader::LocalDatagrams { target: target.clone(), visitor }.encode();
     stream.write_all(&header).await?;
     let reply = tokio::time::timeout(REPLY_TIMEOUT, crate::session::framed::read_reply(&mut stream))
@@ -380,6 +393,17 @@ mod tests {
         b.set_silent(true);
         assert_eq!(chosen(&sessions), Some(a.connection_id()));
         assert_eq!(chosen(&sessions[..1]), None);
+    }
+
+    /// Before, a visitor waited for its stream for as long as the server took none.
+    #[tokio::test(start_paused = true)]
+    async fn a_visitor_waits_for_its_stream_at_most_the_reply_time() {
+        // A connection nobody drives: it opens no stream, ever.
+        let (opener, _kept) = idle_opener();
+        let started = tokio::time::Instant::now();
+        let err = open(Some(opener)).await.unwrap_err();
+        assert!(err.contains("took no new stream within 15s"), "{err}");
+        assert_eq!(started.elapsed(), REPLY_TIMEOUT);
     }
 
     #[tokio::test]

@@ -158,7 +158,8 @@ async fn through_server(
     opener: StreamOpener,
 ) -> Result<(), Refused> {
     let failure = |why: String| Refused { reply: Reply::GeneralFailure, why };
-    let mut stream = opener.open().await.map_err(|e| failure(crate::log::Chain(&e).to_string()))?;
+    let mut stream =
+        super::locals::open_in_time(&opener, REPLY_TIMEOUT).await.map_err(|e| failure(e.to_string()))?;
     let mut header =
         StreamHeader::LocalForward { target: VisitTarget::Address(target.clone()), visitor }.encode();
     header.extend_from_slice(&early);
