@@ -112,13 +112,11 @@ impl RouteSource for Silent {
     }
 }
 
-/// Before, an HTTP/2 visitor could send requests and reset each once the edge had taken it,
-/// which hyper does not count: 3,800 a second from one connection, each a stream to the
-/// client and a request to its origin. Past 128 of them, more than it had answered, the
-/// connection is cut; a visitor resetting a few is not.
-#[tokio::test(start_paused = true)]
-async fn an_http2_visitor_resetting_the_requests_it_sent_is_cut() {
-    let (opener, _undriven) = crate::mux::idle_opener();
+/// An HTTP/2 visitor of an edge where `a.test` is served by a session that never takes a
+/// stream (every request to it waits), and the edge answers 404 for other hosts: the edge's
+/// task for the connection, the visitor's sender, and what keeps the session's connection.
+async fn visitor_of_a_silent_route() -> (tokio::task::JoinHandle<()>, H2Sender, impl Sized) {
+    let (opener, undriven) = crate::mux::idle_opener();
     let route = super::super::IndexedRoute {
         id: crate::proto::RouteId(1),
         owner: "a".into(),
@@ -129,10 +127,20 @@ async fn an_http2_visitor_resetting_the_requests_it_sent_is_cut() {
     let index = Arc::new(RouteIndex::new([route], [], []));
     let edge = Arc::new(HttpEdge::new(Arc::new(Silent(index)), StatusCode::NOT_FOUND, EdgeLimits::default()));
     let (visitor, served) = tokio::io::duplex(64 * 1024);
-    let mut serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
+    let serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
     let client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    let (mut sender, connection) = client.handshake(TokioIo::new(visitor)).await.unwrap();
+    let (sender, connection) = client.handshake(TokioIo::new(visitor)).await.unwrap();
     tokio::spawn(connection);
+    (serving, sender, undriven)
+}
+
+/// Before, an HTTP/2 visitor could send requests and reset each once the edge had taken it,
+/// which hyper does not count: 3,800 a second from one connection, each a stream to the
+/// client and a request to its origin. Past 128 of them, more than it had answered, the
+/// connection is cut; a visitor resetting a few is not.
+#[tokio::test(start_paused = true)]
+async fn an_http2_visitor_resetting_the_requests_it_sent_is_cut() {
+    let (mut serving, mut sender, _undriven) = visitor_of_a_silent_route().await;
     let waiting =
         || Request::get("https://a.test/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
     let mut sent = |count: usize| (0..count).map(|_| sender.send_request(waiting())).collect::<Vec<_>>();
@@ -158,21 +166,7 @@ async fn an_http2_visitor_resetting_the_requests_it_sent_is_cut() {
 /// many requests to a client's origin. Only answers from clients count.
 #[tokio::test(start_paused = true)]
 async fn an_http2_visitor_cannot_excuse_its_resets_with_answers_the_edge_made_itself() {
-    let (opener, _undriven) = crate::mux::idle_opener();
-    let route = super::super::IndexedRoute {
-        id: crate::proto::RouteId(1),
-        owner: "a".into(),
-        matcher: super::super::Matcher::new(crate::proto::HttpMatch::host("a.test".parse().unwrap()))
-            .unwrap(),
-        target: RouteTarget::new(crate::mux::Openers::new([opener]), true),
-    };
-    let index = Arc::new(RouteIndex::new([route], [], []));
-    let edge = Arc::new(HttpEdge::new(Arc::new(Silent(index)), StatusCode::NOT_FOUND, EdgeLimits::default()));
-    let (visitor, served) = tokio::io::duplex(64 * 1024);
-    let mut serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
-    let client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    let (mut sender, connection) = client.handshake(TokioIo::new(visitor)).await.unwrap();
-    tokio::spawn(connection);
+    let (mut serving, mut sender, _undriven) = visitor_of_a_silent_route().await;
     let to = |uri: &str| Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
 
     for _ in 0..300 {
