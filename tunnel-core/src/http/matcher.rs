@@ -246,6 +246,10 @@ mod tests {
         assert!(m.matches("/Api/x/7/", "GET", &HeaderMap::new()));
         assert!(!m.matches("/api/user-1/42", "GET", &HeaderMap::new()));
         assert!(!m.matches("/api/x/7/more", "GET", &HeaderMap::new()), "the whole path, not a prefix");
+        // Anchors as Gateway API users write them.
+        let m = route(r"^/inference\.GRPCInferenceService/.+$").unwrap();
+        assert!(m.matches("/inference.GRPCInferenceService/ModelInfer", "POST", &HeaderMap::new()));
+        assert!(!m.matches("/inference.GRPCInferenceService/", "POST", &HeaderMap::new()));
         let m = route("/a.c").unwrap();
         assert!(m.matches("/abc", "GET", &HeaderMap::new()) && !m.matches("/ac", "GET", &HeaderMap::new()));
     }
