@@ -413,3 +413,39 @@ async fn a_cut_first_connection_moves_the_control_stream_and_the_session_goes_on
     client.stop().await;
     server.stop().await;
 }
+
+/// The session's first connection goes silent (frozen in the path, both ends open): the server
+/// declares the session dead at its heartbeat timeout (1 s here) and closes the connections
+/// that joined it. The client, whose own timeout is a minute, hears that on them and
+/// reconnects at once; before, it held the dead session, its forward refused and its status
+/// still connected, until its own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_server_ended_is_left_at_once_though_its_first_connection_is_silent() {
+    let server = start_server(|config| {
+        config.session.heartbeat_interval = Duration::from_millis(200);
+        config.session.heartbeat_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let echo = echo_target().await;
+    let relay = Relay::to(server.addr).await;
+    let spec = format!("0:{echo}");
+    let mut config = client_config_for(relay.addr, server.fingerprint, "frozen", TOKEN, &[&spec]);
+    config.connections = 3;
+    config.session.heartbeat_timeout = Duration::from_secs(60);
+    let mut client = start_client(config);
+    let public = client.connected().await[0].public_addr;
+    relay.until_count(3).await;
+    let joined = || async { server.server.sessions().first().is_some_and(|s| s.connections == 3) };
+    eventually("three connections in the session", joined).await;
+    let since = server.server.sessions()[0].since;
+
+    relay.freeze(0);
+    // Well within the client's own timeout (and `eventually`'s 20 s): a new session, and the
+    // forward (its port held for the client's return) works again.
+    let again = || async { server.server.sessions().first().is_some_and(|s| s.since != since) };
+    eventually("a new session after the server ended the first", again).await;
+    let works = || async { round_trip(public, b"again").await.is_ok_and(|echoed| echoed == b"again") };
+    eventually("the forward works again", works).await;
+    client.stop().await;
+    server.stop().await;
+}

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Client, Link};
 use crate::auth::Token;
@@ -48,8 +49,10 @@ pub(super) struct LaneDialer {
 enum Turn {
     /// Lost, or never joined: dial again after a delay.
     Again,
-    /// The session is over, or the server wants no more connections: stop.
+    /// The server wants no more connections, or the session ended here: stop.
     Stop,
+    /// The server closed it because the session ended there: stop, and end it here too.
+    Ended,
 }
 
 impl Client {
@@ -73,17 +76,21 @@ impl LaneDialer {
     /// Keeps `connections - 1` connections joined to the session of `ticket`, and one more in
     /// the place of the first once the control stream has moved off it (`moves`: the session
     /// goes on over the others, from protocol 9), as a task that closes them when dropped.
+    /// Cancels `server_ended` when the server closes one of them because the session ended
+    /// (it closes them all then, but the first may be silent and not hear it).
     pub(super) fn keep(
         self,
         ticket: JoinTicket,
         connections: usize,
         mut moves: ControlMoves,
+        server_ended: CancellationToken,
     ) -> OwnedTask<()> {
         OwnedTask::spawn(async move {
-            let keepers = (2..=connections).map(|n| futures::future::Either::Left(self.keep_one(&ticket, n)));
+            let keep_one = |n| self.keep_one(&ticket, n, &server_ended);
+            let keepers = (2..=connections).map(|n| futures::future::Either::Left(keep_one(n)));
             let first = async {
                 moves.next().await;
-                self.keep_one(&ticket, 1).await;
+                keep_one(1).await;
             };
             let keepers = keepers.chain([futures::future::Either::Right(first)]);
             futures::future::join_all(keepers).await;
@@ -92,7 +99,7 @@ impl LaneDialer {
 
     /// Keeps connection `n` of the session joined, until the session ends or the server
     /// wants no more.
-    async fn keep_one(&self, ticket: &JoinTicket, n: usize) {
+    async fn keep_one(&self, ticket: &JoinTicket, n: usize, server_ended: &CancellationToken) {
         let mut backoff = REPLACE.start();
         // When this connection was last lost.
         let mut lost: Option<Instant> = None;
@@ -101,6 +108,10 @@ impl LaneDialer {
             let turn = match self.dial(ticket, home.as_ref()).await {
                 Ok(lane) => {
                     let turn = self.run(lane, home.as_ref(), ticket, n, &mut backoff).await;
+                    if matches!(turn, Turn::Ended) {
+                        server_ended.cancel();
+                        return;
+                    }
                     lost = Some(Instant::now());
                     turn
                 }
@@ -156,9 +167,9 @@ impl LaneDialer {
         let end = driver.await.unwrap_or_else(|e| SessionEnd::ProtocolError(e.to_string()));
         drop(lived);
         match end {
-            // The session is ending (the server closes its connections with it).
-            SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. } => Turn::Stop,
             _ if ticket.first.is_closed() => Turn::Stop,
+            // The session is ending (the server closes its connections with it).
+            SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. } => Turn::Ended,
             // The server took it and then wanted no more (its most connections).
             SessionEnd::Goodbye { code: GoodbyeCode::ProtocolError, message } => {
                 tracing::warn!(server = %server, "connection {n} of the session refused: {}", Escaped(&message));

@@ -373,8 +373,12 @@ impl Client {
         let first = (link, wire, &lane_key, &opener, &moves, protocol);
         // A server offers once per session: later offers are ignored, not logged again.
         let mut offered = offer.is_some();
+        // Cancelled when the server says on another connection that the session ended: the
+        // first one may have gone silent, and would otherwise be held to the heartbeat timeout.
+        let server_ended = CancellationToken::new();
         // Held for its drop, which ends the keeper with the session.
-        let mut _lanes = offer.and_then(|(session, allowed)| self.keeper(first, session, allowed));
+        let mut _lanes =
+            offer.and_then(|(session, allowed)| self.keeper(first, session, allowed, &server_ended));
         let visits = streams::Visits {
             routes: stream_routes,
             origins: self.origins.clone(),
@@ -389,6 +393,11 @@ impl Client {
         loop {
             tokio::select! {
                 end = &mut running.driver => return Err(ended(end)),
+                () = server_ended.cancelled() => {
+                    let message = "the server ended the session (said on another of its connections)";
+                    tracing::info!(server = %Escaped(&link.server), "{message}: its first connection is silent; reconnecting");
+                    return Err(ended(Ok(SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, message: message.into() })));
+                }
                 Some(stream) = running.incoming.next() => running.visits.take(stream),
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
@@ -421,7 +430,7 @@ impl Client {
                     ControlMessage::RouteTableResult { .. } => {}
                     ControlMessage::Lanes { session, connections } if !offered => {
                         offered = true;
-                        _lanes = self.keeper(first, session, connections);
+                        _lanes = self.keeper(first, session, connections, &server_ended);
                     }
                     ControlMessage::Draining { deadline_ms, message } => {
                         // A server going away (a restart): no failure of the path, once the
@@ -504,12 +513,14 @@ impl Client {
     }
 
     /// What keeps the session (of its first connection, `first`) at its number of connections,
-    /// when the server allows more (`allowed` in all, for `session`) and we want more.
+    /// when the server allows more (`allowed` in all, for `session`) and we want more; it
+    /// cancels `server_ended` when the server says on one of them that the session ended.
     fn keeper(
         &self,
         (link, wire, key, first, moves, protocol): (&Link, Wire, &LaneKey, &StreamOpener, &ControlMoves, u16),
         session: u64,
         allowed: u8,
+        server_ended: &CancellationToken,
     ) -> Option<OwnedTask<()>> {
         let connections = self.config.connections.min(usize::from(allowed));
         if protocol < LANES_VERSION {
@@ -523,7 +534,7 @@ impl Client {
             return None;
         }
         let ticket = JoinTicket { session, key: key.clone(), first: first.clone() };
-        Some(self.lane_dialer(link, wire).keep(ticket, connections, moves.clone()))
+        Some(self.lane_dialer(link, wire).keep(ticket, connections, moves.clone(), server_ended.clone()))
     }
 
     /// Tells the server this client drains (protocol 3 and later).
