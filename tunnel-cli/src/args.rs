@@ -330,8 +330,10 @@ impl ConnectArgs {
             Some(flag) if flag.expose_secret().trim().eq_ignore_ascii_case("none") => file.proxy = None,
             Some(flag) => file.proxy = Some(flag),
             None if file.proxy.is_none() => {
-                if let Some((proxy, no_proxy)) = proxy_from_env(&file.server, |name| std::env::var(name).ok())
-                {
+                if let Some((proxy, no_proxy)) = proxy_from_env(&file.server, |name| {
+                    // One that is not Unicode is refused, with a warning, as any malformed one.
+                    std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+                }) {
                     file.proxy = Some(proxy);
                     file.no_proxy = file.no_proxy.or(no_proxy);
                 }
@@ -416,6 +418,8 @@ mod tests {
         // Without a scheme: an HTTP proxy (read so by the library, as `--proxy` and the file).
         assert_eq!(got(&[("HTTPS_PROXY", "proxy.internal:3128")]).as_deref(), Some("proxy.internal:3128"));
         assert_eq!(got(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", "localhost,.example.com")]), None);
+        // A value that was not Unicode, as read (lossily): refused with a warning, not used.
+        assert_eq!(got(&[("https_proxy", "http://\u{FFFD}:1")]), None);
         assert_eq!(
             got(&[("HTTPS_PROXY", "http://p:3128"), ("no_proxy", "other.org")]).as_deref(),
             Some("http://p:3128")

@@ -277,3 +277,19 @@ async fn hellos_with_an_illegal_server_name_do_not_write_a_log_line_each() {
         assert_eq!(lines, 0, "RUST_LOG={filter}: {output}");
     }
 }
+
+/// An `https_proxy` whose value is not Unicode was taken for no proxy at all: the client went
+/// direct without a word, past a proxy its user relied on. It is refused with a warning, as a
+/// malformed one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_variable_that_is_not_unicode_is_refused_with_a_warning() {
+    use std::os::unix::ffi::OsStrExt;
+    let fingerprint = "0".repeat(64);
+    let args = ["connect", "--server", "127.0.0.1:1", "--token", TOKEN, "--fingerprint", &fingerprint];
+    let mut cmd = command(&args);
+    cmd.env("https_proxy", std::ffi::OsStr::from_bytes(b"http://\xff:1"));
+    let mut cli = spawn(cmd);
+    cli.output_contains("not using https_proxy").await;
+    cli.output_contains("no HTTP proxy in the environment: connecting directly").await;
+    cli.terminate().await;
+}
