@@ -297,10 +297,11 @@ impl ServerFile {
         let own = match self.tls_choice()? {
             TlsChoice::Plaintext => None,
             TlsChoice::Files(cert, key) => Some(ServerIdentity::from_pem_files(cert, key)?),
-            TlsChoice::Generated => Some(ServerIdentity::load_or_generate(
-                &state_dir,
-                self.tls_names.as_deref().unwrap_or_default(),
-            )?),
+            // Kept in the state directory: a failure there names it (the path is in the cause).
+            TlsChoice::Generated => Some(
+                ServerIdentity::load_or_generate(&state_dir, self.tls_names.as_deref().unwrap_or_default())
+                    .map_err(|e| ConfigError::Invalid { key: "state_dir", source: Box::new(e) })?,
+            ),
         };
         let (edge_tls, certified) = match &self.https_listen {
             None => (None, Vec::new()),

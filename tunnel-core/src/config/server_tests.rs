@@ -32,6 +32,20 @@ fn validation_reads_and_writes_nothing_and_build_does_the_disk_work() {
     assert!(state.join(super::super::tokens::TOKEN_FILE).exists());
 }
 
+/// A state directory that cannot hold the generated certificate (a file is there) was
+/// reported as "TLS: PATH: File exists", naming no setting.
+#[test]
+fn a_state_directory_that_cannot_be_used_is_named_as_the_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("a-file");
+    std::fs::write(&state, "not a directory").unwrap();
+    let token = Some("config-test-token-0123".to_owned().into());
+    let err = ServerFile { state_dir: Some(state.clone()), token, ..Default::default() }.build().unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid { key: "state_dir", .. }), "{err:?}");
+    let told = crate::log::Chain(&err).to_string();
+    assert!(told.starts_with("invalid `state_dir`") && told.contains("a-file"), "{told}");
+}
+
 #[test]
 fn generated_token_and_certificate_are_kept_and_reused() {
     let dir = tempfile::tempdir().unwrap();
