@@ -331,8 +331,8 @@ impl ConnectArgs {
             Some(flag) => file.proxy = Some(flag),
             None if file.proxy.is_none() => {
                 if let Some((proxy, no_proxy)) = proxy_from_env(&file.server, |name| {
-                    // One that is not Unicode is refused, with a warning, as any malformed one.
-                    std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+                    std::env::var_os(name)
+                        .map(|value| value.into_string().map_err(|_| "its value is not Unicode"))
                 }) {
                     file.proxy = Some(proxy);
                     file.no_proxy = file.no_proxy.or(no_proxy);
@@ -348,15 +348,18 @@ impl ConnectArgs {
 /// (then `HTTPS_PROXY`, `all_proxy`, `ALL_PROXY`; a value without a scheme is `http://`), and
 /// the servers that go around it, `no_proxy` (or `NO_PROXY`), which the client checks for each
 /// server; none when `no_proxy` lists every one of them. A proxy of another kind (`socks5://`,
-/// `https://`) or a malformed one is passed over, with a warning, for the next variable; with
-/// none left, the connection goes direct.
+/// `https://`), a malformed one or one that is not Unicode (`var` gives why) is passed over,
+/// with a warning, for the next variable; with none left, the connection goes direct.
 fn proxy_from_env(
     servers: &[String],
-    var: impl Fn(&str) -> Option<String>,
+    var: impl Fn(&str) -> Option<Result<String, &'static str>>,
 ) -> Option<(SecretString, Option<String>)> {
-    let set =
-        |name: &&'static str| var(name).filter(|value| !value.trim().is_empty()).map(|value| (*name, value));
-    let no_proxy = ["no_proxy", "NO_PROXY"].iter().find_map(set).map(|(_, list)| list);
+    let set = |name: &&'static str| {
+        let value = var(name)?.map_err(|why| tracing::warn!("not using {name}: {why}"));
+        value.map_or(Some((*name, Err(()))), |value| (!value.trim().is_empty()).then_some((*name, Ok(value))))
+    };
+    let set_text = |name: &&'static str| set(name).and_then(|(name, value)| Some((name, value.ok()?)));
+    let no_proxy = ["no_proxy", "NO_PROXY"].iter().find_map(set_text).map(|(_, list)| list);
     let bypassed = |server: &String| {
         let host = tunnel_core::transport::host_of(server);
         no_proxy.as_deref().is_some_and(|list| tunnel_core::transport::no_proxy_matches(list, host))
@@ -368,6 +371,11 @@ fn proxy_from_env(
     // passed over, with a warning, for the next (`https_proxy`, then `all_proxy`).
     let mut passed_over = false;
     for (name, proxy) in ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"].iter().filter_map(set) {
+        // Not Unicode: told above.
+        let Ok(proxy) = proxy else {
+            passed_over = true;
+            continue;
+        };
         let url = proxy.trim().to_owned();
         match url.parse::<tunnel_core::transport::HttpProxy>() {
             Ok(parsed) => {
@@ -396,8 +404,18 @@ fn override_with<T>(slot: &mut Option<T>, flag: Option<T>) {
 mod tests {
     use super::*;
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+    fn env(
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<Result<String, &'static str>> {
+        // `\u{FFFD}` stands for a value that is not Unicode.
+        move |name| {
+            let value = pairs.iter().find(|(n, _)| *n == name)?.1;
+            Some(if value.contains('\u{FFFD}') {
+                Err("its value is not Unicode")
+            } else {
+                Ok(value.to_owned())
+            })
+        }
     }
 
     #[test]
@@ -418,8 +436,12 @@ mod tests {
         // Without a scheme: an HTTP proxy (read so by the library, as `--proxy` and the file).
         assert_eq!(got(&[("HTTPS_PROXY", "proxy.internal:3128")]).as_deref(), Some("proxy.internal:3128"));
         assert_eq!(got(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", "localhost,.example.com")]), None);
-        // A value that was not Unicode, as read (lossily): refused with a warning, not used.
-        assert_eq!(got(&[("https_proxy", "http://\u{FFFD}:1")]), None);
+        // One that is not Unicode is passed over for the next, not used in part.
+        assert_eq!(got(&[("https_proxy", "http://u\u{FFFD}:p@p:1")]), None);
+        assert_eq!(
+            got(&[("https_proxy", "http://u\u{FFFD}:p@p:1"), ("ALL_PROXY", "http://all:2")]).as_deref(),
+            Some("http://all:2")
+        );
         assert_eq!(
             got(&[("HTTPS_PROXY", "http://p:3128"), ("no_proxy", "other.org")]).as_deref(),
             Some("http://p:3128")

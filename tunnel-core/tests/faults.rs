@@ -158,17 +158,30 @@ async fn killed_client_closes_its_ports_and_its_open_visitors_see_eof_or_reset()
     server.stop().await;
 }
 
+/// With one connection per session, and with three: the server closes the joined ones first
+/// and says "replaced" on the first right after, and the first client must hear that (taking
+/// the joined ones' close for a plain end, it came back and replaced the second, in turn).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_client_with_the_same_name_replaces_the_first() {
     init_test_log();
     let server = start_server(|_| {}).await;
     let echo = echo_target().await;
-    let mut first = start_client(server.client_config("same", &[&format!("0:{echo}")]));
-    let port = first.connected().await[0].public_addr.port();
-    let mut second = start_client(server.client_config("same", &[&format!("{port}:{echo}")]));
-    assert_eq!(second.connected().await[0].public_addr.port(), port, "the port moves to the new session");
-    assert!(matches!(first.failure().await, ClientError::Replaced(_)));
-    second.stop().await;
+    for (round, connections) in [1, 3].into_iter().enumerate() {
+        let name = format!("same-{round}");
+        let mut config = server.client_config(&name, &[&format!("0:{echo}")]);
+        config.connections = connections;
+        let mut first = start_client(config);
+        let port = first.connected().await[0].public_addr.port();
+        let joined = || async { server.server.sessions().iter().any(|s| s.connections == connections) };
+        eventually("the first client's connections in its session", joined).await;
+        let mut config = server.client_config(&name, &[&format!("{port}:{echo}")]);
+        config.connections = connections;
+        let mut second = start_client(config);
+        assert_eq!(second.connected().await[0].public_addr.port(), port, "the port moves to the new session");
+        let failure = first.failure().await;
+        assert!(matches!(failure, ClientError::Replaced(_)), "{connections} connections: {failure:?}");
+        second.stop().await;
+    }
     server.stop().await;
 }
 

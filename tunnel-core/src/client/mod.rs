@@ -52,6 +52,11 @@ const MIN_SERVER_VERSION: u16 = 2;
 /// With several servers, the longest wait before trying a lost one again.
 const MAX_REJOIN_DELAY: Duration = Duration::from_secs(2);
 
+/// How long a session whose joined connections the server closed as it ended waits for the
+/// server's word on its first connection (sent right after them) before it is taken for a
+/// plain end on a connection gone silent.
+const GOODBYE_AFTER_LANES: Duration = Duration::from_secs(3);
+
 /// A tunnel client.
 ///
 /// ```no_run
@@ -394,6 +399,12 @@ impl Client {
             tokio::select! {
                 end = &mut running.driver => return Err(ended(end)),
                 () = server_ended.cancelled() => {
+                    // The server closes the joined connections first and says why on the
+                    // session's own connection right after (`Replaced` and `Revoked` end this
+                    // client): that word wins, unless that connection is silent.
+                    if let Ok(end) = tokio::time::timeout(GOODBYE_AFTER_LANES, &mut running.driver).await {
+                        return Err(ended(end));
+                    }
                     let message = "the server ended the session (said on another of its connections)";
                     tracing::info!(server = %Escaped(&link.server), "{message}: its first connection is silent; reconnecting");
                     return Err(ended(Ok(SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, message: message.into() })));

@@ -274,7 +274,10 @@ impl HttpEdge {
                 };
                 let (mut response, from_a_client) = edge.handle(request, connection).await;
                 if let Some(answering) = answering {
-                    answering.answered(from_a_client);
+                    // Without a server name the connection may ask any client's host: answers
+                    // from one (a visitor's own tunnel, quick to answer) would excuse resets
+                    // of requests to another. With one, it asks only its owner's (421 else).
+                    answering.answered(from_a_client && sni.is_some());
                 }
                 if may_switch && !http2 && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

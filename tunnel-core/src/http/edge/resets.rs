@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 pub(super) const MAX_RESET_REQUESTS: usize = 128;
 
 /// One HTTP/2 connection's count of requests reset before their answers, and of those
-/// answered.
+/// answered by clients.
 #[derive(Debug, Default)]
 pub(super) struct Resets {
     reset: AtomicUsize,
