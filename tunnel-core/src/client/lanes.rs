@@ -9,11 +9,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Client, Link};
-use crate::auth::Token;
+use crate::auth::{LaneKey, Token};
 use crate::client::Backoff;
 use crate::log::{Chain, Escaped};
+use crate::mux::StreamOpener;
 use crate::proto::handshake::{HandshakeError, RefuseCode};
-use crate::proto::GoodbyeCode;
+use crate::proto::{GoodbyeCode, LANES_VERSION};
 use crate::session::{ControlMoves, JoinTicket, Session, SessionConfig, SessionEnd, SessionError};
 use crate::task::OwnedTask;
 use crate::transport::{ClientTransport, HttpProxy, Wire};
@@ -69,6 +70,31 @@ impl Client {
             handshake_timeout: self.config.handshake_timeout,
             shards: self.shards.clone(),
         }
+    }
+
+    /// What keeps the session (of its first connection, `first`) at its number of connections,
+    /// when the server allows more (`allowed` in all, for `session`) and we want more; it
+    /// cancels `server_ended` when the server says on one of them that the session ended.
+    pub(super) fn keeper(
+        &self,
+        (link, wire, key, first, moves, protocol): (&Link, Wire, &LaneKey, &StreamOpener, &ControlMoves, u16),
+        session: u64,
+        allowed: u8,
+        server_ended: &CancellationToken,
+    ) -> Option<OwnedTask<()>> {
+        let connections = self.config.connections.min(usize::from(allowed));
+        if protocol < LANES_VERSION {
+            return None;
+        }
+        if connections < self.config.connections {
+            let (asked, server) = (self.config.connections, Escaped(&link.server));
+            tracing::info!(%server, "the server takes {allowed} connections per session: using {connections} of the {asked} asked for");
+        }
+        if connections < 2 {
+            return None;
+        }
+        let ticket = JoinTicket { session, key: key.clone(), first: first.clone() };
+        Some(self.lane_dialer(link, wire).keep(ticket, connections, moves.clone(), server_ended.clone()))
     }
 }
 

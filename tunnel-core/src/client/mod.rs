@@ -37,14 +37,12 @@ pub use status::{ActiveForward, ActiveLocal, ActiveSocks, ClientStatus};
 use self::dial::Dialed;
 use self::error::{classify_end, Failure};
 use self::links::Link;
-use crate::auth::LaneKey;
 use crate::http::Origins;
 use crate::log::Escaped;
 use crate::mux::{IncomingStreams, StreamOpener};
-use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION};
-use crate::session::{ControlMoves, JoinTicket, Session, SessionEnd};
+use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION, HANDOVER_VERSION};
+use crate::session::{ControlMoves, Session, SessionEnd};
 use crate::task::OwnedTask;
-use crate::transport::Wire;
 
 /// Oldest protocol version this client works with: route tables came in version 2.
 const MIN_SERVER_VERSION: u16 = 2;
@@ -521,31 +519,6 @@ impl Client {
         }
         close(&control, driver).await;
         Ok(())
-    }
-
-    /// What keeps the session (of its first connection, `first`) at its number of connections,
-    /// when the server allows more (`allowed` in all, for `session`) and we want more; it
-    /// cancels `server_ended` when the server says on one of them that the session ended.
-    fn keeper(
-        &self,
-        (link, wire, key, first, moves, protocol): (&Link, Wire, &LaneKey, &StreamOpener, &ControlMoves, u16),
-        session: u64,
-        allowed: u8,
-        server_ended: &CancellationToken,
-    ) -> Option<OwnedTask<()>> {
-        let connections = self.config.connections.min(usize::from(allowed));
-        if protocol < LANES_VERSION {
-            return None;
-        }
-        if connections < self.config.connections {
-            let (asked, server) = (self.config.connections, Escaped(&link.server));
-            tracing::info!(%server, "the server takes {allowed} connections per session: using {connections} of the {asked} asked for");
-        }
-        if connections < 2 {
-            return None;
-        }
-        let ticket = JoinTicket { session, key: key.clone(), first: first.clone() };
-        Some(self.lane_dialer(link, wire).keep(ticket, connections, moves.clone(), server_ended.clone()))
     }
 
     /// Tells the server this client drains (protocol 3 and later).
