@@ -39,7 +39,7 @@ use self::error::{classify_end, Failure};
 use self::links::Link;
 use crate::http::Origins;
 use crate::log::Escaped;
-use crate::mux::{IncomingStreams, StreamOpener};
+use crate::mux::{Intake, StreamOpener};
 use crate::proto::{ControlMessage, GoodbyeCode, RouteId, DRAINING_VERSION, HANDOVER_VERSION};
 use crate::session::{ControlMoves, Session, SessionEnd};
 use crate::task::OwnedTask;
@@ -392,7 +392,10 @@ impl Client {
         let _cut_streams_on_exit = visits.owned.clone().drop_guard();
         let streams = opener.clone();
         let moved = moves.clone();
-        let mut running = Running { control, messages, moved, incoming, driver, streams, visits, protocol };
+        // Taken where each connection is driven, not here: a visitor then wakes one thread.
+        let taking = visits.clone();
+        let intake = incoming.serve_where_driven(move |stream| taking.take(stream));
+        let mut running = Running { control, messages, moved, intake, driver, streams, visits, protocol };
         loop {
             tokio::select! {
                 end = &mut running.driver => return Err(ended(end)),
@@ -407,7 +410,6 @@ impl Client {
                     tracing::info!(server = %Escaped(&link.server), "{message}: its first connection is silent; reconnecting");
                     return Err(ended(Ok(SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, message: message.into() })));
                 }
-                Some(stream) = running.incoming.next() => running.visits.take(stream),
                 Ok(()) = wanted.changed() => {
                     let set = wanted.borrow_and_update().clone();
                     table = routes::Table::new(&set, state.assigned, state.version, protocol);
@@ -478,8 +480,17 @@ impl Client {
             running.visits.draining.cancel();
         }
         self.say_draining(&running.control, running.protocol).await;
-        let Running { control, mut messages, mut moved, mut incoming, mut driver, streams, visits, protocol } =
-            running;
+        // The intake goes on taking the visitors the server still sends, until the end.
+        let Running {
+            control,
+            mut messages,
+            mut moved,
+            intake: _intake,
+            mut driver,
+            streams,
+            visits,
+            protocol,
+        } = running;
         let drain = async {
             loop {
                 tokio::select! {
@@ -487,7 +498,6 @@ impl Client {
                     () = moved.next() => self.say_draining(&control, protocol).await,
                     // The control stream is the one left.
                     () = streams.until_open_at_most(1), if !handover => return None,
-                    Some(stream) = incoming.next() => visits.take(stream),
                     Some(message) = messages.recv() => {
                         if matches!(message, ControlMessage::NoNewVisitors) {
                             visits.draining.cancel();
@@ -572,7 +582,8 @@ struct Running {
     messages: crate::session::ControlMessages,
     /// Told when the control stream moves to another connection (protocol 9).
     moved: ControlMoves,
-    incoming: IncomingStreams,
+    /// Takes the streams the server opens (see [`crate::mux::IncomingStreams::serve_where_driven`]).
+    intake: Intake,
     driver: OwnedTask<SessionEnd>,
     streams: StreamOpener,
     visits: streams::Visits,

@@ -89,6 +89,7 @@ impl SharedRoutes {
 }
 
 /// Where a session's inbound streams go.
+#[derive(Clone)]
 pub(super) struct Visits {
     /// The table's targets, as the streams read them.
     pub(super) routes: SharedRoutes,

@@ -34,6 +34,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 pub use driver::MuxDriver;
 pub use incoming::IncomingStreams;
+pub(crate) use incoming::Intake;
 #[cfg(test)]
 pub(crate) use openers::idle_opener;
 pub(crate) use openers::least_busy;
@@ -153,11 +154,11 @@ fn start_with(
         inbound_permits,
         closing: false,
         resets: 0,
-        link,
+        link: link.clone(),
         inbound_rate: config.max_inbound_rate.map(TokenBucket::new),
         spare,
     };
-    (opener, IncomingStreams::new(incoming_rx, joined_rx), driver)
+    (opener, IncomingStreams::new(incoming_rx, joined_rx, link), driver)
 }
 
 #[cfg(test)]
