@@ -212,6 +212,53 @@ async fn a_visit_through_a_local_forward_goes_on_through_the_clients_drain() {
     server.stop().await;
 }
 
+/// Once a client has said it drains, a visit it begins is not served (it would be cut by the
+/// end of the drain): the server takes its streams where their connection is driven, apart
+/// from the session's loop, and must still read the drain there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_a_client_begins_after_saying_it_drains_is_not_served() {
+    use tokio::io::AsyncWriteExt;
+    use tunnel_core::proto::{ControlMessage, ReplyStatus, StreamHeader};
+    use tunnel_core::session::framed::read_reply;
+    let server = start_server(|_| {}).await;
+    let echo = echo_target().await;
+    let mut owner =
+        start_client(with_services(server.client_config("owner", &[]), &[format!("echo={echo}")]));
+    owner.connected().await;
+    let mut session = bare_session(&server, "visitor", TOKEN).await;
+    let _driver = tokio::spawn(session.driver);
+    let visit = || async {
+        let mut stream = session.opener.open().await.unwrap();
+        let header = StreamHeader::LocalForward {
+            target: "owner/echo".parse().unwrap(),
+            visitor: "127.0.0.1:1".parse().unwrap(),
+        };
+        stream.write_all(&header.encode()).await.unwrap();
+        let reply = tokio::time::timeout(PATIENCE, read_reply(&mut stream)).await.expect("no answer, no end");
+        (stream, reply)
+    };
+    // Kept open, so the drain does not end the session at once.
+    let (_before, reply) = visit().await;
+    let reply = reply.expect("a reply");
+    assert_eq!(reply.status, ReplyStatus::Ok, "{}", reply.message);
+
+    let draining = ControlMessage::Draining { deadline_ms: 60_000, message: "test".into() };
+    session.control.send(draining).await.unwrap();
+    let said = tokio::time::timeout(PATIENCE, async {
+        while let Some(message) = session.messages.recv().await {
+            if matches!(message, ControlMessage::NoNewVisitors) {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(said.await.unwrap(), "the server never said it takes no new visitors");
+    let (_, during) = visit().await;
+    assert!(during.is_err(), "a visit begun during the drain was served: {during:?}");
+    owner.stop().await;
+    server.stop().await;
+}
+
 /// A client's stream that never says where it goes is dropped when the configured
 /// `timeouts.stream_header` runs out, not before, and not at the old fixed 10 s.
 #[tokio::test(start_paused = true)]

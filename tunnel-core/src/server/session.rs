@@ -2,16 +2,19 @@
 //! and teardown of everything it owns when it ends.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::directory::Recheck;
 use super::lanes::Joining;
 use super::routes::SessionRoutes;
 use super::{ServerConfig, Shared};
-use crate::mux::StreamOpener;
+use crate::auth::CredentialKind;
+use crate::mux::{MuxStream, StreamOpener};
 use crate::proto::handshake::AuthenticatedClient;
 use crate::proto::{
     ControlMessage, GoodbyeCode, CONTROL_MOVES_VERSION, DRAINING_VERSION, HANDOVER_VERSION, LANES_VERSION,
@@ -35,7 +38,7 @@ pub(super) async fn run(
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    let Session { control, mut messages, opener, mut incoming, driver } = crate::task::unbox(session);
+    let Session { control, mut messages, opener, incoming, driver } = crate::task::unbox(session);
     let name = client.name.clone();
     // Where the connection was accepted (see `crate::shards`), its streams are served.
     opener.settle_at(crate::shards::Shard::current().as_ref());
@@ -89,6 +92,20 @@ pub(super) async fn run(
     let mut drain = Drain::default();
     let (mut moves, mut moved) = (messages.moves(), false);
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
+    // The streams the client opens, taken where each of its connections is driven.
+    let intake = {
+        let visits = Visits {
+            shared: shared.clone(),
+            name: name.clone(),
+            client: (client.credential, client.version),
+            control: control.clone(),
+            owned: owned.clone(),
+            revoked: listed.revoked.clone(),
+            waits: drain.waits.clone(),
+            tracker: routes.visitors().clone(),
+        };
+        incoming.serve_where_driven(move |stream| visits.take(stream))
+    };
 
     let ending = loop {
         // A revoked session handles nothing more: checked before each turn, as the turn that
@@ -148,31 +165,8 @@ pub(super) async fn run(
             }
             // Ends the session at the top of the loop.
             () = listed.revoked.cancelled() => {}
-            Some(stream) = incoming.next() => {
-                if listed.revoked.is_cancelled() {
-                    continue;
-                }
-                if drain.waits() {
-                    // A visit the client begins now would be cut by the end of the drain; only
-                    // its control stream, moved, is still taken.
-                    if client.version >= CONTROL_MOVES_VERSION {
-                        let home = stream.home().cloned();
-                        let taken = super::visits::while_draining(shared.clone(), stream, control.clone());
-                        crate::shards::spawn_at(home.as_ref(), taken);
-                    }
-                    continue;
-                }
-                let visitor = super::visits::Visitor {
-                    name: name.clone(),
-                    credential: client.credential,
-                    control: (client.version >= CONTROL_MOVES_VERSION).then(|| control.clone()),
-                };
-                let home = stream.home().cloned();
-                let visit = super::visits::handle(shared.clone(), visitor, stream, owned.clone());
-                crate::shards::spawn_at(home.as_ref(), routes.visitors().track_future(visit));
-            }
             () = shared.draining.cancelled(), if !drain.server => {
-                drain.server = true;
+                drain.set_server();
                 routes.stop_accepting(false).await;
                 tracing::info!(client = %crate::log::Escaped(&name), %peer, "session draining: no new visitors");
                 if client.version >= DRAINING_VERSION {
@@ -204,7 +198,9 @@ pub(super) async fn run(
             }
         }
     };
-    // No connection joins an ending session; those that did end with it.
+    // No stream is taken, and no connection joins, once the session ends; those that joined
+    // end with it.
+    drop(intake);
     drop(joining);
     // Close public listeners and cut visitors first, then hand the ports to the grace period.
     Box::pin(routes.close()).await;
@@ -265,12 +261,67 @@ struct Drain {
     /// protocols 3 to 5, where the client ends its session) never ending it, must not stay
     /// forever.
     client_ends: Option<tokio::time::Instant>,
+    /// `waits()`, shared with the intake of the client's streams.
+    waits: Arc<AtomicBool>,
 }
 
 impl Drain {
     /// Whether the session takes no new visits and ends once its streams have.
     fn waits(&self) -> bool {
         self.server || self.handing_over
+    }
+
+    fn set_server(&mut self) {
+        self.server = true;
+        self.waits.store(true, Ordering::Relaxed);
+    }
+
+    fn set_handing_over(&mut self) {
+        self.handing_over = true;
+        self.waits.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What takes the streams the client opens, on the thread of the connection each came on.
+#[derive(Clone)]
+struct Visits {
+    shared: Arc<Shared>,
+    name: String,
+    /// The client's credential and protocol version.
+    client: (CredentialKind, u16),
+    control: ControlSender,
+    /// Cut when the session ends: its visits end with it.
+    owned: CancellationToken,
+    /// A reload took the client's token away: nothing more is taken.
+    revoked: CancellationToken,
+    /// [`Drain::waits`], as the session loop last set it.
+    waits: Arc<AtomicBool>,
+    tracker: TaskTracker,
+}
+
+impl Visits {
+    fn take(&self, stream: MuxStream) {
+        let (credential, version) = self.client;
+        if self.revoked.is_cancelled() {
+            return;
+        }
+        let home = stream.home().cloned();
+        if self.waits.load(Ordering::Relaxed) {
+            // A visit the client begins now would be cut by the end of the drain; only its
+            // control stream, moved, is still taken.
+            if version >= CONTROL_MOVES_VERSION {
+                let taken = super::visits::while_draining(self.shared.clone(), stream, self.control.clone());
+                crate::shards::spawn_at(home.as_ref(), taken);
+            }
+            return;
+        }
+        let visitor = super::visits::Visitor {
+            name: self.name.clone(),
+            credential,
+            control: (version >= CONTROL_MOVES_VERSION).then(|| self.control.clone()),
+        };
+        let visit = super::visits::handle(self.shared.clone(), visitor, stream, self.owned.clone());
+        crate::shards::spawn_at(home.as_ref(), self.tracker.track_future(visit));
     }
 }
 
@@ -296,7 +347,7 @@ async fn client_drains(
     if client.version >= HANDOVER_VERSION {
         // Said once nothing new can reach it: the client may close its idle streams now; this
         // side ends the session when its streams are done.
-        drain.handing_over = true;
+        drain.set_handing_over();
         let _ = control.send(ControlMessage::NoNewVisitors).await;
     }
     // Within the time the client asked for (and the server allows), whatever its protocol: a
