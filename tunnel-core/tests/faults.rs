@@ -185,6 +185,34 @@ async fn a_second_client_with_the_same_name_replaces_the_first() {
     server.stop().await;
 }
 
+/// A client replaced while its first connection is silent hears it on another of its
+/// connections and stops. Told there only that its session ended, it came back 3 s later and
+/// replaced its successor, which then exited as replaced: the stale client kept the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_replaced_while_its_first_connection_is_silent_hears_it_on_another_and_stops() {
+    let server = start_server(|config| config.session.heartbeat_timeout = Duration::from_secs(60)).await;
+    let echo = echo_target().await;
+    let relay = Relay::to(server.addr).await;
+    let spec = format!("0:{echo}");
+    let mut config = client_config_for(relay.addr, server.fingerprint, "twin", TOKEN, &[&spec]);
+    config.connections = 3;
+    config.session.heartbeat_timeout = Duration::from_secs(60);
+    let mut stale = start_client(config);
+    stale.connected().await;
+    relay.until_count(3).await;
+    let joined = || async { server.server.sessions().first().is_some_and(|s| s.connections == 3) };
+    eventually("three connections in the session", joined).await;
+
+    relay.freeze(0);
+    let mut newer = start_client(server.client_config("twin", &[&spec]));
+    newer.connected().await;
+    let failure = stale.failure().await;
+    assert!(matches!(failure, ClientError::Replaced(_)), "{failure:?}");
+    assert!(!newer.task.is_finished(), "the newer client was replaced in turn");
+    newer.stop().await;
+    server.stop().await;
+}
+
 /// A pipe end that can be frozen: reads and writes then pend forever, like a link that
 /// silently drops everything.
 struct Freezable {

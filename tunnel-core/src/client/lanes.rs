@@ -3,6 +3,7 @@
 //! joins it to the session (streams are then spread over all of them), and dials again when
 //! it is lost, until the session ends. A lost connection ends only the streams it carried.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -52,8 +53,35 @@ enum Turn {
     Again,
     /// The server wants no more connections, or the session ended here: stop.
     Stop,
-    /// The server closed it because the session ended there: stop, and end it here too.
-    Ended,
+    /// The server closed it because the session ended there: stop, and end it here too (as
+    /// said, when it was replaced or revoked).
+    Ended(Option<SessionEnd>),
+}
+
+/// Cancelled when the server says on another of a session's connections that the session
+/// ended (it closes them all then, but the first may be silent and not hear it), with the end
+/// when the client must take it as said: replaced or revoked. Told only that its session
+/// ended, a client whose first connection is silent comes back, and a replaced one would then
+/// replace its successor.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EndedElsewhere {
+    token: CancellationToken,
+    end: Arc<OnceLock<SessionEnd>>,
+}
+
+impl EndedElsewhere {
+    /// Once the server has said so: the end it gave, if one to take as said.
+    pub(super) async fn said(&self) -> Option<SessionEnd> {
+        self.token.cancelled().await;
+        self.end.get().cloned()
+    }
+
+    fn say(&self, end: Option<SessionEnd>) {
+        if let Some(end) = end {
+            let _ = self.end.set(end);
+        }
+        self.token.cancel();
+    }
 }
 
 impl Client {
@@ -80,7 +108,7 @@ impl Client {
         (link, wire, key, first, moves, protocol): (&Link, Wire, &LaneKey, &StreamOpener, &ControlMoves, u16),
         session: u64,
         allowed: u8,
-        server_ended: &CancellationToken,
+        server_ended: &EndedElsewhere,
     ) -> Option<OwnedTask<()>> {
         let connections = self.config.connections.min(usize::from(allowed));
         if protocol < LANES_VERSION {
@@ -109,7 +137,7 @@ impl LaneDialer {
         ticket: JoinTicket,
         connections: usize,
         mut moves: ControlMoves,
-        server_ended: CancellationToken,
+        server_ended: EndedElsewhere,
     ) -> OwnedTask<()> {
         OwnedTask::spawn(async move {
             let keep_one = |n| self.keep_one(&ticket, n, &server_ended);
@@ -125,7 +153,7 @@ impl LaneDialer {
 
     /// Keeps connection `n` of the session joined, until the session ends or the server
     /// wants no more.
-    async fn keep_one(&self, ticket: &JoinTicket, n: usize, server_ended: &CancellationToken) {
+    async fn keep_one(&self, ticket: &JoinTicket, n: usize, server_ended: &EndedElsewhere) {
         let mut backoff = REPLACE.start();
         // When this connection was last lost.
         let mut lost: Option<Instant> = None;
@@ -134,8 +162,8 @@ impl LaneDialer {
             let turn = match self.dial(ticket, home.as_ref()).await {
                 Ok(lane) => {
                     let turn = self.run(lane, home.as_ref(), ticket, n, &mut backoff).await;
-                    if matches!(turn, Turn::Ended) {
-                        server_ended.cancel();
+                    if let Turn::Ended(end) = turn {
+                        server_ended.say(end);
                         return;
                     }
                     lost = Some(Instant::now());
@@ -195,7 +223,11 @@ impl LaneDialer {
         match end {
             _ if ticket.first.is_closed() => Turn::Stop,
             // The session is ending (the server closes its connections with it).
-            SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. } => Turn::Ended,
+            SessionEnd::Goodbye { code: GoodbyeCode::Shutdown, .. } => Turn::Ended(None),
+            // Said on every connection of the session, since its first may be silent.
+            end @ SessionEnd::Goodbye { code: GoodbyeCode::Replaced | GoodbyeCode::Revoked, .. } => {
+                Turn::Ended(Some(end))
+            }
             // The server took it and then wanted no more (its most connections).
             SessionEnd::Goodbye { code: GoodbyeCode::ProtocolError, message } => {
                 tracing::warn!(server = %server, "connection {n} of the session refused: {}", Escaped(&message));

@@ -376,9 +376,9 @@ impl Client {
         let first = (link, wire, &lane_key, &opener, &moves, protocol);
         // A server offers once per session: later offers are ignored, not logged again.
         let mut offered = offer.is_some();
-        // Cancelled when the server says on another connection that the session ended: the
-        // first one may have gone silent, and would otherwise be held to the heartbeat timeout.
-        let server_ended = CancellationToken::new();
+        // Said when the server says on another connection that the session ended: the first
+        // one may have gone silent, and would otherwise be held to the heartbeat timeout.
+        let server_ended = lanes::EndedElsewhere::default();
         // Held for its drop, which ends the keeper with the session.
         let mut _lanes =
             offer.and_then(|(session, allowed)| self.keeper(first, session, allowed, &server_ended));
@@ -399,10 +399,14 @@ impl Client {
         loop {
             tokio::select! {
                 end = &mut running.driver => return Err(ended(end)),
-                () = server_ended.cancelled() => {
-                    // The server closes the joined connections first and says why on the
+                said = server_ended.said() => {
+                    // Replaced or revoked: the server says so on every connection.
+                    if let Some(end) = said {
+                        return Err(ended(Ok(end)));
+                    }
+                    // From an older server only that the session ended: it says why on the
                     // session's own connection right after (`Replaced` and `Revoked` end this
-                    // client): that word wins, unless that connection is silent.
+                    // client), and that word wins, unless that connection is silent.
                     if let Ok(end) = tokio::time::timeout(GOODBYE_AFTER_LANES, &mut running.driver).await {
                         return Err(ended(end));
                     }

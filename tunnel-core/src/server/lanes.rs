@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,23 @@ struct Entry {
     /// The most connections the session may have.
     connections: usize,
     /// Cancelled when the session ends: its joined connections end with it.
-    ended: CancellationToken,
+    ended: Ended,
+}
+
+/// Cancelled when a session ends, with why when the client must hear it: a replaced or
+/// revoked session's joined connections say so, since its first may be silent (and a client
+/// told only that its session ended would come back and replace its successor).
+#[derive(Debug, Clone, Default)]
+struct Ended {
+    token: CancellationToken,
+    why: Arc<OnceLock<(GoodbyeCode, String)>>,
+}
+
+impl Ended {
+    /// The goodbye a joined connection gives: the session's own, or a plain end.
+    fn goodbye(&self) -> (GoodbyeCode, String) {
+        self.why.get().cloned().unwrap_or_else(|| (GoodbyeCode::Shutdown, "its session ended".to_owned()))
+    }
 }
 
 impl Joinable {
@@ -51,7 +67,7 @@ impl Joinable {
         first: StreamOpener,
         connections: usize,
     ) -> Joining<'_> {
-        let ended = CancellationToken::new();
+        let ended = Ended::default();
         let mut sessions = self.lock();
         // 64 random bits: never guessed, and a repeat is drawn again.
         let id = loop {
@@ -69,13 +85,13 @@ impl Joinable {
     /// more connection.
     pub(super) fn find(&self, name: &str, id: u64) -> Option<(LaneKey, StreamOpener)> {
         let sessions = self.lock();
-        let entry = sessions.get(&id).filter(|e| e.name == name && !e.ended.is_cancelled())?;
+        let entry = sessions.get(&id).filter(|e| e.name == name && !e.ended.token.is_cancelled())?;
         (entry.first.connections() < entry.connections).then(|| (entry.key.clone(), entry.first.clone()))
     }
 
     /// Session `id`'s most connections, and a token cancelled when it ends (`None` once it
     /// has).
-    fn joined(&self, id: u64) -> Option<(usize, CancellationToken)> {
+    fn joined(&self, id: u64) -> Option<(usize, Ended)> {
         self.lock().get(&id).map(|entry| (entry.connections, entry.ended.clone()))
     }
 }
@@ -86,13 +102,21 @@ impl Joinable {
 pub(super) struct Joining<'a> {
     joinable: &'a Joinable,
     pub(super) id: u64,
-    ended: CancellationToken,
+    ended: Ended,
+}
+
+impl Joining<'_> {
+    /// The goodbye the session's joined connections give when it ends (by default a plain
+    /// end): the first connection's own, for one the client must not take for a plain end.
+    pub(super) fn end_with(&self, code: GoodbyeCode, message: &str) {
+        let _ = self.ended.why.set((code, message.to_owned()));
+    }
 }
 
 impl Drop for Joining<'_> {
     fn drop(&mut self) {
         self.joinable.lock().remove(&self.id);
-        self.ended.cancel();
+        self.ended.token.cancel();
     }
 }
 
@@ -134,8 +158,9 @@ pub(super) async fn run(
             finish(&mut driver, goodbye).await;
             SessionEnd::ProtocolError(reason)
         }
-        () = ended.cancelled() => {
-            control.close(GoodbyeCode::Shutdown, "its session ended").await;
+        () = ended.token.cancelled() => {
+            let (code, message) = ended.goodbye();
+            control.close(code, message).await;
             finish(&mut driver, goodbye).await
         }
         () = stop.cancelled() => {

@@ -199,8 +199,11 @@ pub(super) async fn run(
         }
     };
     // No stream is taken, and no connection joins, once the session ends; those that joined
-    // end with it.
+    // end with it, saying why when the client must not take it for a plain end.
     drop(intake);
+    if let (Some(joining), Ending::Leave(code, message)) = (&joining, &ending) {
+        joining.end_with(*code, message);
+    }
     drop(joining);
     // Close public listeners and cut visitors first, then hand the ports to the grace period.
     Box::pin(routes.close()).await;
