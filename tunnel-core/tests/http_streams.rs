@@ -93,6 +93,49 @@ async fn a_route_given_another_origin_sends_its_next_requests_there_and_lets_tho
     edge.server.stop().await;
 }
 
+/// An origin that switches protocols for a request that asked no switch is answered 502: the
+/// 101 passed on, a proxy in front of the edge could take the visitor's connection for
+/// switched (RFC 9110 15.2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_switching_protocols_unasked_is_answered_502() {
+    let edge = edge(|_| {}).await;
+    let switching = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = switching.local_addr().unwrap();
+    let _origin = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = switching.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = [0u8; 1024];
+                let _ = tcp.read(&mut head).await;
+                let answer =
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+                let _ = tcp.write_all(answer).await;
+                let _ = tcp.read(&mut head).await;
+            });
+        }
+    });
+    // One route goes to the origin as it is (the edge reads the answer), one with a header
+    // changed (the client reads it).
+    let direct: HttpRoute = format!("s.test=http://{at}").parse().unwrap();
+    let mut changed: HttpRoute = format!("t.test=http://{at}").parse().unwrap();
+    let header = (http::HeaderName::from_static("x-from"), http::HeaderValue::from_static("tunnel"));
+    changed.action.request_headers.set.push(header);
+    let mut config = edge.server.client_config("a", &[]);
+    config.http = vec![direct, changed];
+    let mut client = start_client(config);
+    client.connected().await;
+    for (host, said) in [
+        ("s.test", "the client serving s.test switched protocols though the request asked for no switch"),
+        ("t.test", "the origin failed: it switched protocols though the request asked for no switch"),
+    ] {
+        let (status, body) = get(edge.http, host, "/").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{host}: {body}");
+        assert!(body.contains(said), "{host}: {body}");
+    }
+    client.stop().await;
+    edge.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_refuses_or_goes_silent_is_answered_502_or_504_and_the_route_serves_on() {
     let edge = edge(|_| {}).await;

@@ -134,7 +134,8 @@ pub const MIN_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_m
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectFile {
-    /// First delay (default `500ms`; at least [`MIN_RECONNECT_DELAY`]).
+    /// First step of the delays (default `500ms`; at least [`MIN_RECONNECT_DELAY`]); each
+    /// delay is drawn from the upper half of its step.
     pub initial: Option<HumanDuration>,
     /// Largest delay (default `30s`).
     pub max: Option<HumanDuration>,

@@ -97,6 +97,20 @@ fn invalid(key: &'static str, reason: impl Into<BoxError>) -> ConfigError {
     ConfigError::Invalid { key, source: reason.into() }
 }
 
+/// A certificate chain and key read from PEM files, a failure named as the key (`keys`: the
+/// certificate's, the key's) whose file is at fault; the file is in the cause.
+fn pem_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    keys: (&'static str, &'static str),
+) -> Result<crate::tls::ServerIdentity, ConfigError> {
+    crate::tls::ServerIdentity::from_pem_files(cert, key).map_err(|e| {
+        use crate::tls::TlsError;
+        let of_key = matches!(&e, TlsError::Io { path, .. } | TlsError::Pem { path, .. } if path == key);
+        ConfigError::Invalid { key: if of_key { keys.1 } else { keys.0 }, source: Box::new(e) }
+    })
+}
+
 /// Largest accepted `max_receive_window_mib`: a session could buffer this much for streams
 /// whose readers stall.
 const MAX_RECEIVE_WINDOW_MIB: usize = 4096;

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::tokens::{check_secret, secret, stored_token};
 use super::{
-    check_listen, default_state_dir, invalid, positive_duration, ConfigError, HumanDuration, SecretString,
-    ServerLimits,
+    check_listen, default_state_dir, invalid, pem_files, positive_duration, ConfigError, HumanDuration,
+    SecretString, ServerLimits,
 };
 use crate::auth::{Credentials, Token};
 use crate::forward::{Glob, IpNet, PortSet, TargetRules, VisitRule};
@@ -296,7 +296,7 @@ impl ServerFile {
         }
         let own = match self.tls_choice()? {
             TlsChoice::Plaintext => None,
-            TlsChoice::Files(cert, key) => Some(ServerIdentity::from_pem_files(cert, key)?),
+            TlsChoice::Files(cert, key) => Some(pem_files(cert, key, ("tls_cert", "tls_key"))?),
             // Kept in the state directory: a failure there names it (the path is in the cause).
             TlsChoice::Generated => Some(
                 ServerIdentity::load_or_generate(&state_dir, self.tls_names.as_deref().unwrap_or_default())
@@ -304,7 +304,14 @@ impl ServerFile {
             ),
         };
         let (edge_tls, certified) = match &self.https_listen {
-            None => (None, Vec::new()),
+            // Read all the same: a file that cannot serve fails now, not once a listener is
+            // added.
+            None => {
+                for c in &self.certificates {
+                    pem_files(&c.cert, &c.key, ("certificates", "certificates"))?;
+                }
+                (None, Vec::new())
+            }
             Some(_) => {
                 let (tls, certified) = self.edge_tls(own.clone())?;
                 (Some(tls), certified)
@@ -353,7 +360,7 @@ impl ServerFile {
         let certificates = self
             .certificates
             .iter()
-            .map(|c| ServerIdentity::from_pem_files(&c.cert, &c.key))
+            .map(|c| pem_files(&c.cert, &c.key, ("certificates", "certificates")))
             .collect::<Result<Vec<_>, _>>()?;
         let default = certificates.first().cloned().or(own).ok_or(ConfigError::Missing {
             key: "certificates",

@@ -46,6 +46,47 @@ fn a_state_directory_that_cannot_be_used_is_named_as_the_key_at_fault() {
     assert!(told.starts_with("invalid `state_dir`") && told.contains("a-file"), "{told}");
 }
 
+/// A certificate or key file that cannot serve is named as its key (`tls_cert`, `tls_key`,
+/// `certificates`), the file in the cause; `[[certificates]]` are read even with no HTTPS
+/// listener, so a bad one fails at start, not once a listener is added.
+#[test]
+fn certificate_files_that_cannot_serve_are_named_as_the_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let generated = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let not_pem = dir.path().join("notes.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let token = || Some("config-test-token-0123".to_owned().into());
+    let with_files = |cert: &std::path::Path, key: &std::path::Path| ServerFile {
+        tls_cert: Some(cert.to_owned()),
+        tls_key: Some(key.to_owned()),
+        token: token(),
+        ..Default::default()
+    };
+    for (file, key_at_fault, named) in [
+        (with_files(&not_pem, &key), "tls_cert", "notes.txt"),
+        (with_files(&cert, &missing), "tls_key", "missing.pem"),
+        (
+            ServerFile {
+                state_dir: Some(dir.path().join("state")),
+                certificates: vec![CertificateEntry { cert: cert.clone(), key: missing.clone() }],
+                token: token(),
+                ..Default::default()
+            },
+            "certificates",
+            "missing.pem",
+        ),
+    ] {
+        let err = file.build().unwrap_err();
+        let told = crate::log::Chain(&err).to_string();
+        assert!(matches!(err, ConfigError::Invalid { key, .. } if key == key_at_fault), "{told}");
+        assert!(told.contains(named), "{told}");
+    }
+}
+
 #[test]
 fn generated_token_and_certificate_are_kept_and_reused() {
     let dir = tempfile::tempdir().unwrap();

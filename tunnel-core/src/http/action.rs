@@ -109,6 +109,46 @@ pub struct HeaderChanges {
     pub remove: Vec<HeaderName>,
 }
 
+/// Headers a route may not change: they frame a request on the connection to its origin, or
+/// belong to one hop (hyper writes the framing from the body it sends, and the edge drops the
+/// visitor's hop-by-hop headers). Set by hand, a `content-length` of 40 on a request without a
+/// body made an origin take the first 40 bytes of the next request on that pooled connection
+/// as this one's body, and answer the rest as a request of its own, to another visitor.
+const NOT_CHANGED: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl HeaderChanges {
+    /// Refuses changes to the headers in [`NOT_CHANGED`], and a second or no `host`.
+    fn check(&self) -> Result<(), String> {
+        let named = [
+            ("set", self.set.iter().map(|(name, _)| name).collect::<Vec<_>>()),
+            ("add", self.add.iter().map(|(name, _)| name).collect()),
+            ("remove", self.remove.iter().collect()),
+        ];
+        for (how, names) in named {
+            if let Some(name) = names.iter().find(|name| NOT_CHANGED.contains(&name.as_str())) {
+                return Err(format!(
+                    "request_headers.{how}: {name} frames the request or belongs to one hop; a route may not change it"
+                ));
+            }
+            if how != "set" && names.iter().any(|name| *name == http::header::HOST) {
+                return Err(format!(
+                    "request_headers.{how}: a request has one host (set it, or give `host_header`)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a route does with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -185,7 +225,7 @@ impl HttpAction {
         if self.timeout.is_zero() {
             return Err("a route's timeout must be more than 0".into());
         }
-        Ok(())
+        self.request_headers.check()
     }
 
     /// The backend for a request, given a random number in `0..total weight`.
@@ -387,6 +427,32 @@ mod tests {
         for (what, action) in refused {
             assert_eq!(action.direct_origin(), None, "{what}");
         }
+    }
+
+    #[test]
+    fn a_route_changes_no_header_that_frames_the_request_or_belongs_to_one_hop() {
+        let changing = |how: &str, name: &'static str| {
+            let mut action = HttpAction::to("http://127.0.0.1:1".parse().unwrap());
+            let (name, value) = (HeaderName::from_static(name), HeaderValue::from_static("40"));
+            let changes = &mut action.request_headers;
+            match how {
+                "set" => changes.set.push((name, value)),
+                "add" => changes.add.push((name, value)),
+                _ => changes.remove.push(name),
+            }
+            action.check()
+        };
+        for how in ["set", "add", "remove"] {
+            for name in NOT_CHANGED {
+                let err = changing(how, name).expect_err(name);
+                assert!(err.starts_with(&format!("request_headers.{how}: {name} ")), "{err}");
+            }
+            assert_eq!(changing(how, "x-from"), Ok(()), "{how} x-from");
+        }
+        // One host: set, never added to nor taken away.
+        assert_eq!(changing("set", "host"), Ok(()));
+        assert!(changing("add", "host").unwrap_err().contains("one host"));
+        assert!(changing("remove", "host").unwrap_err().contains("one host"));
     }
 
     #[test]

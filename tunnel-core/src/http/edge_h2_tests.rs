@@ -5,7 +5,7 @@ use std::pin::Pin;
 use http::Request;
 use http_body_util::BodyExt;
 
-use super::tests::{fed_body, NoRoutes};
+use super::tests::{fed_body, NoRoutes, OneRoute};
 use super::*;
 
 type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
@@ -103,29 +103,17 @@ async fn a_slow_reader_keeps_its_http2_connection_and_a_stalled_one_does_not() {
         .expect("a peer taking nothing kept its connection");
 }
 
-/// A route whose session never takes a stream: every request to it waits.
-struct Silent(Arc<RouteIndex<RouteTarget>>);
-
-impl RouteSource for Silent {
-    fn routes(&self) -> Arc<RouteIndex<RouteTarget>> {
-        self.0.clone()
-    }
-}
-
 /// An HTTP/2 visitor of an edge where `a.test` is served by a session that never takes a
 /// stream (every request to it waits), and the edge answers 404 for other hosts: the edge's
 /// task for the connection, the visitor's sender, and what keeps the session's connection.
 async fn visitor_of_a_silent_route() -> (tokio::task::JoinHandle<()>, H2Sender, impl Sized) {
+    // A session that never takes a stream: every request to it waits.
     let (opener, undriven) = crate::mux::idle_opener();
-    let route = super::super::IndexedRoute {
-        id: crate::proto::RouteId(1),
-        owner: "a".into(),
-        matcher: super::super::Matcher::new(crate::proto::HttpMatch::host("a.test".parse().unwrap()))
-            .unwrap(),
-        target: RouteTarget::new(crate::mux::Openers::new([opener]), true),
-    };
-    let index = Arc::new(RouteIndex::new([route], [], []));
-    let edge = Arc::new(HttpEdge::new(Arc::new(Silent(index)), StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let edge = Arc::new(HttpEdge::new(
+        Arc::new(OneRoute::to("a.test", opener)),
+        StatusCode::NOT_FOUND,
+        EdgeLimits::default(),
+    ));
     let (visitor, served) = tokio::io::duplex(64 * 1024);
     let serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "https", None, true));
     let client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());

@@ -12,6 +12,28 @@ impl RouteSource for NoRoutes {
     }
 }
 
+/// One route, to `host`, served by the session of an opener.
+pub(super) struct OneRoute(Arc<RouteIndex<RouteTarget>>);
+
+impl OneRoute {
+    pub(super) fn to(host: &str, opener: crate::mux::StreamOpener) -> Self {
+        let route = super::super::IndexedRoute {
+            id: crate::proto::RouteId(1),
+            owner: "a".into(),
+            matcher: super::super::Matcher::new(crate::proto::HttpMatch::host(host.parse().unwrap()))
+                .unwrap(),
+            target: RouteTarget::new(crate::mux::Openers::new([opener]), true),
+        };
+        Self(Arc::new(RouteIndex::new([route], [], [])))
+    }
+}
+
+impl RouteSource for OneRoute {
+    fn routes(&self) -> Arc<RouteIndex<RouteTarget>> {
+        self.0.clone()
+    }
+}
+
 async fn status(
     sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
 ) -> u16 {
@@ -472,4 +494,42 @@ async fn edge_limits_of_the_largest_duration_still_serve() {
     tokio::spawn(connection);
     assert_eq!(status(&mut sender).await, 404);
     assert_eq!(status(&mut sender).await, 404, "the second request on the connection");
+}
+
+/// A client that switches protocols for a request that asked no switch gets its visitor a
+/// 502: the 101 passed on, a proxy in front of the edge could take the visitor's connection
+/// for switched (RFC 9110 15.2.2).
+#[tokio::test]
+async fn a_switch_the_request_did_not_ask_for_is_answered_502() {
+    use crate::mux::{start, Mode, MuxConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let (opener, _, driver) = start(a, &MuxConfig::default(), Mode::Server);
+    let (_, mut incoming, peer) = start(b, &MuxConfig::default(), Mode::Client);
+    let _drivers = (tokio::spawn(driver), tokio::spawn(peer));
+    // The "client": reads the stream's header and the request, and answers with a switch.
+    let _client = tokio::spawn(async move {
+        while let Some(mut stream) = incoming.next().await {
+            let _ = crate::session::framed::read_header(&mut stream).await;
+            let _ = stream.read(&mut [0u8; 4096]).await;
+            let switched =
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+            let _ = stream.write_all(switched).await;
+            let _ = stream.read(&mut [0u8; 1]).await;
+        }
+    });
+    let routes = Arc::new(OneRoute::to("s.test", opener));
+    let edge = Arc::new(HttpEdge::new(routes, StatusCode::NOT_FOUND, EdgeLimits::default()));
+    let (visitor, served) = tokio::io::duplex(64 * 1024);
+    let _serving = tokio::spawn(edge.serve(served, "127.0.0.1:1".parse().unwrap(), "http", None, false));
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(visitor)).await.unwrap();
+    let _connection = tokio::spawn(connection);
+    let request =
+        Request::get("/").header("host", "s.test").body(http_body_util::Empty::<bytes::Bytes>::new());
+    let response = sender.send_request(request.unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("switched protocols though the request asked for no switch"), "{body}");
 }

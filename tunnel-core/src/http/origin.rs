@@ -224,6 +224,9 @@ impl Origins {
             }
             prepare(&mut request, action);
             return match tokio::time::timeout(action.timeout, self.send_http(request, origin)).await {
+                Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    text_response(StatusCode::BAD_GATEWAY, &failed("http", origin, UNASKED_SWITCH))
+                }
                 Ok(Ok(mut response)) => {
                     strip_hop_by_hop(response.headers_mut(), None);
                     response.map(|body| body.map_err(Into::into).boxed_unsync())
@@ -262,11 +265,12 @@ impl Origins {
             }
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(visitor_side) = visitor_side {
-                let origin_side = hyper::upgrade::on(&mut response);
-                let mut running = splices.lock().unwrap_or_else(|e| e.into_inner());
-                running.spawn(splice_upgraded(visitor_side, origin_side, None));
-            }
+            let Some(visitor_side) = visitor_side else {
+                return text_response(StatusCode::BAD_GATEWAY, &failed(scheme, origin, UNASKED_SWITCH));
+            };
+            let origin_side = hyper::upgrade::on(&mut response);
+            let mut running = splices.lock().unwrap_or_else(|e| e.into_inner());
+            running.spawn(splice_upgraded(visitor_side, origin_side, None));
         }
         let kept = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| is_upgrade(response.headers()))
@@ -310,6 +314,11 @@ async fn connect(origin: &TargetAddr) -> Result<TcpStream, String> {
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
 }
+
+/// Why a `101` to a request that asked for no switch is answered 502: passed on, a proxy in
+/// front of the edge could take the visitor's connection for switched (RFC 9110 15.2.2: only a
+/// request asking for it is answered so).
+const UNASKED_SWITCH: &str = "it switched protocols though the request asked for no switch";
 
 /// Why a request got a 502, for the visitor: what went wrong, not where the origin is (an
 /// address on the client's network). The client's log has both.

@@ -274,6 +274,12 @@ impl HttpEdge {
                 *upgraded.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(splice));
                 return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
             }
+            // Only a request asking for a switch is answered with one (RFC 9110 15.2.2): a
+            // proxy in front of the edge could take the visitor's connection for switched.
+            let why = format!(
+                "the client serving {host} switched protocols though the request asked for no switch"
+            );
+            return Err((StatusCode::BAD_GATEWAY, why));
         }
         Ok(response.map(|body| inflight::hold(body, place)))
     }
