@@ -104,6 +104,10 @@ pub(super) struct Visits {
 
 impl Visits {
     pub(super) fn take(&self, stream: MuxStream) {
+        // The session is over (an intake's task on another thread may be mid-take).
+        if self.owned.is_cancelled() {
+            return stream.reset();
+        }
         let Ok(place) = self.budget.clone().try_acquire_owned() else {
             warn_limited!(
                 DROPPED_STREAMS,

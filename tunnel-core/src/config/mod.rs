@@ -106,7 +106,12 @@ fn pem_files(
 ) -> Result<crate::tls::ServerIdentity, ConfigError> {
     crate::tls::ServerIdentity::from_pem_files(cert, key).map_err(|e| {
         use crate::tls::TlsError;
-        let of_key = matches!(&e, TlsError::Io { path, .. } | TlsError::Pem { path, .. } if path == key);
+        // One file for both: the key is read first, then the chain, then the key is parsed.
+        let of_key = match &e {
+            TlsError::Pem { path, what } => path == key && (path != cert || what.contains("private key")),
+            TlsError::Io { path, .. } => path == key && path != cert,
+            _ => false,
+        };
         ConfigError::Invalid { key: if of_key { keys.1 } else { keys.0 }, source: Box::new(e) }
     })
 }

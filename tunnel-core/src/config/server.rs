@@ -294,32 +294,40 @@ impl ServerFile {
                 ));
             }
         }
+        // With the key a certificate that rustls refuses is told as (a key that does not match
+        // its certificate, or of a kind it cannot use).
         let own = match self.tls_choice()? {
             TlsChoice::Plaintext => None,
-            TlsChoice::Files(cert, key) => Some(pem_files(cert, key, ("tls_cert", "tls_key"))?),
+            TlsChoice::Files(cert, key) => Some((pem_files(cert, key, ("tls_cert", "tls_key"))?, "tls_key")),
             // Kept in the state directory: a failure there names it (the path is in the cause).
-            TlsChoice::Generated => Some(
+            TlsChoice::Generated => Some((
                 ServerIdentity::load_or_generate(&state_dir, self.tls_names.as_deref().unwrap_or_default())
                     .map_err(|e| ConfigError::Invalid { key: "state_dir", source: Box::new(e) })?,
-            ),
+                "state_dir",
+            )),
         };
         let (edge_tls, certified) = match &self.https_listen {
             // Read all the same: a file that cannot serve fails now, not once a listener is
             // added.
             None => {
                 for c in &self.certificates {
-                    pem_files(&c.cert, &c.key, ("certificates", "certificates"))?;
+                    let identity = pem_files(&c.cert, &c.key, ("certificates", "certificates"))?;
+                    crate::tls::edge_config(Vec::new(), identity)
+                        .map_err(|e| ConfigError::Invalid { key: "certificates", source: Box::new(e) })?;
                 }
                 (None, Vec::new())
             }
             Some(_) => {
-                let (tls, certified) = self.edge_tls(own.clone())?;
+                let (tls, certified) = self.edge_tls(own.as_ref().map(|(own, _)| own.clone()))?;
                 (Some(tls), certified)
             }
         };
         let (tls, fingerprint) = match own {
             None => (None, None),
-            Some(own) => identity(own)?,
+            Some((own, key)) => identity(own).map_err(|e| match e {
+                ConfigError::Tls(e) => ConfigError::Invalid { key, source: Box::new(e) },
+                other => other,
+            })?,
         };
         let admin = super::admin::setup(&self, &state_dir, tls.as_ref())?;
         // Whoever holds a client's token must not be an administrator by it.
@@ -367,7 +375,9 @@ impl ServerFile {
             why: "the HTTPS listener needs a certificate, and the server runs without TLS",
         })?;
         let certified = certificates.iter().filter_map(|c| c.leaf().cloned()).collect();
-        Ok((crate::tls::edge_config(certificates, default)?, certified))
+        let tls = crate::tls::edge_config(certificates, default)
+            .map_err(|e| ConfigError::Invalid { key: "certificates", source: Box::new(e) })?;
+        Ok((tls, certified))
     }
 
     /// The runtime configuration around already-provisioned credentials and TLS: pure.

@@ -59,6 +59,12 @@ fn certificate_files_that_cannot_serve_are_named_as_the_key_at_fault() {
     let not_pem = dir.path().join("notes.txt");
     std::fs::write(&not_pem, "not a certificate").unwrap();
     let missing = dir.path().join("missing.pem");
+    // Another certificate's key: read, but no match for this certificate.
+    let other_key = dir.path().join("other.key");
+    let other = rcgen::generate_simple_self_signed(vec!["b.test".into()]).unwrap();
+    std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
+    // Certificate and key in one file, with no certificate in it.
+    let key_alone = &key;
     let token = || Some("config-test-token-0123".to_owned().into());
     let with_files = |cert: &std::path::Path, key: &std::path::Path| ServerFile {
         tls_cert: Some(cert.to_owned()),
@@ -66,19 +72,20 @@ fn certificate_files_that_cannot_serve_are_named_as_the_key_at_fault() {
         token: token(),
         ..Default::default()
     };
+    // Without an HTTPS listener: read all the same.
+    let unserved = |key: &std::path::Path| ServerFile {
+        state_dir: Some(dir.path().join("state")),
+        certificates: vec![CertificateEntry { cert: cert.clone(), key: key.to_owned() }],
+        token: token(),
+        ..Default::default()
+    };
     for (file, key_at_fault, named) in [
         (with_files(&not_pem, &key), "tls_cert", "notes.txt"),
         (with_files(&cert, &missing), "tls_key", "missing.pem"),
-        (
-            ServerFile {
-                state_dir: Some(dir.path().join("state")),
-                certificates: vec![CertificateEntry { cert: cert.clone(), key: missing.clone() }],
-                token: token(),
-                ..Default::default()
-            },
-            "certificates",
-            "missing.pem",
-        ),
+        (with_files(&cert, &other_key), "tls_key", "KeyMismatch"),
+        (with_files(key_alone, key_alone), "tls_cert", "server.key"),
+        (unserved(&missing), "certificates", "missing.pem"),
+        (unserved(&other_key), "certificates", "KeyMismatch"),
     ] {
         let err = file.build().unwrap_err();
         let told = crate::log::Chain(&err).to_string();

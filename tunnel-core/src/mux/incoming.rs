@@ -233,9 +233,14 @@ mod tests {
         let (first_home, lane_home) = (shards.in_turn().clone(), shards.in_turn().clone());
         let lane_thread = lane_home.spawn(async { std::thread::current().id() }).await.unwrap();
         assert!(!first_home.runs_on(lane_thread), "two threads");
-        let (ours, incoming, peer, _first) = connection(None, &first_home);
-        // A stream waiting in the queue, and a connection joined, before the intake starts...
-        let mut opened = vec![open_saying(&peer, b'f').await];
+        let (ours, mut incoming, peer, _first) = connection(None, &first_home);
+        // A stream held while another was waited for, one waiting in the queue, and a
+        // connection joined, before the intake starts...
+        let mut opened = vec![open_saying(&peer, b'h').await];
+        let awaited = open_saying(&peer, b'x').await;
+        let taken = incoming.take_stream(awaited.id(), 4).await.expect("the stream waited for");
+        opened.extend([awaited, taken]);
+        opened.push(open_saying(&peer, b'f').await);
         let (lane, lane_in, lane_peer, _lane) = connection(Some(&ours), &lane_home);
         ours.join(lane, lane_in);
         opened.push(open_saying(&lane_peer, b'l').await);
@@ -248,11 +253,12 @@ mod tests {
         ours.join(late, late_in);
         opened.push(open_saying(&late_peer, b'l').await);
         opened.push(open_saying(&peer, b'f').await);
-        for _ in 0..4 {
+        for _ in 0..5 {
             let (mut stream, thread) = served.recv().await.expect("every stream served");
             let home = match stream.read_u8().await.unwrap() {
-                b'f' => &first_home,
-                _ => &lane_home,
+                b'f' | b'h' => &first_home,
+                b'l' => &lane_home,
+                other => panic!("the stream taken before the intake was served by it too ({other})"),
             };
             assert!(home.runs_on(thread), "a stream was served away from its connection's thread");
         }

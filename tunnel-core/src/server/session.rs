@@ -93,6 +93,7 @@ pub(super) async fn run(
     let (mut moves, mut moved) = (messages.moves(), false);
     tracing::info!(client = %crate::log::Escaped(&name), %peer, credential = ?client.credential, "session established");
     // The streams the client opens, taken where each of its connections is driven.
+    let intake_over = CancellationToken::new();
     let intake = {
         let visits = Visits {
             shared: shared.clone(),
@@ -103,6 +104,7 @@ pub(super) async fn run(
             revoked: listed.revoked.clone(),
             waits: drain.waits.clone(),
             tracker: routes.visitors().clone(),
+            over: intake_over.clone(),
         };
         incoming.serve_where_driven(move |stream| visits.take(stream))
     };
@@ -200,6 +202,7 @@ pub(super) async fn run(
     };
     // No stream is taken, and no connection joins, once the session ends; those that joined
     // end with it, saying why when the client must not take it for a plain end.
+    intake_over.cancel();
     drop(intake);
     if let (Some(joining), Ending::Leave(code, message)) = (&joining, &ending) {
         joining.end_with(*code, message);
@@ -300,16 +303,21 @@ struct Visits {
     /// [`Drain::waits`], as the session loop last set it.
     waits: Arc<AtomicBool>,
     tracker: TaskTracker,
+    /// Cancelled as the session's loop ends, before the intake's tasks are (those on other
+    /// threads may be in the middle of a take).
+    over: CancellationToken,
 }
 
 impl Visits {
     fn take(&self, stream: MuxStream) {
         let (credential, version) = self.client;
-        if self.revoked.is_cancelled() {
+        // Revoked, or the session's loop has ended: nothing more is taken.
+        if self.revoked.is_cancelled() || self.over.is_cancelled() {
             return;
         }
         let home = stream.home().cloned();
-        if self.waits.load(Ordering::Relaxed) {
+        // The server's drain, before the session's loop sees it.
+        if self.waits.load(Ordering::Relaxed) || self.shared.draining.is_cancelled() {
             // A visit the client begins now would be cut by the end of the drain; only its
             // control stream, moved, is still taken.
             if version >= CONTROL_MOVES_VERSION {
@@ -345,12 +353,17 @@ async fn client_drains(
     if client.version < DRAINING_VERSION {
         return Err(format!("Draining is not part of protocol version {}", client.version));
     }
+    let handing_over = client.version >= HANDOVER_VERSION;
+    if handing_over {
+        // First: the intake takes no visit the client begins from now on, while the routes are
+        // given up below (the session's loop, waiting here, took none either).
+        drain.set_handing_over();
+    }
     routes.stop_accepting(true).await;
     tracing::info!(client = %crate::log::Escaped(&client.name), %peer, "client draining ({}): no new visitors", crate::log::Escaped(&message));
-    if client.version >= HANDOVER_VERSION {
+    if handing_over {
         // Said once nothing new can reach it: the client may close its idle streams now; this
         // side ends the session when its streams are done.
-        drain.set_handing_over();
         let _ = control.send(ControlMessage::NoNewVisitors).await;
     }
     // Within the time the client asked for (and the server allows), whatever its protocol: a

@@ -55,7 +55,13 @@ pub fn edge_config(
         let (chain, key) = identity.into_parts();
         let leaf = chain.first().cloned().unwrap_or_else(|| CertificateDer::from(Vec::new()));
         let signing = provider.key_provider.load_private_key(key)?;
-        Ok((leaf, Arc::new(CertifiedKey::new(chain, signing))))
+        let certified = CertifiedKey::new(chain, signing);
+        // A key whose public half it cannot tell is taken on trust, as rustls takes it.
+        match certified.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(mismatch) => return Err(mismatch.into()),
+        }
+        Ok((leaf, Arc::new(certified)))
     };
     let resolver = ByName {
         certificates: certificates.into_iter().map(load).collect::<Result<_, _>>()?,
