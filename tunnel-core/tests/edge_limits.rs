@@ -312,9 +312,10 @@ async fn an_upgraded_connection_keeps_its_place_among_the_edges_connections() {
         };
         tokio::spawn(conn);
         let request = Request::get("/").header("host", "ws.test").body(Full::<Bytes>::default()).unwrap();
-        // Not an upgrade request: the origin answers it a plain 101, with nothing switched.
+        // Not an upgrade request: the origin switches it all the same, which the visitor gets
+        // as a 502 (RFC 9110 15.2.2), a plain answer with nothing switched.
         let answer = sender.send_request(request).await;
-        matches!(answer, Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS)
+        matches!(answer, Ok(response) if response.status() == StatusCode::BAD_GATEWAY)
     })
     .await;
     client.stop().await;
@@ -361,7 +362,8 @@ async fn upgraded_connections_from_one_source_are_held_to_the_per_source_cap() {
     assert!(refused.contains("too many requests in flight"), "{refused}");
     // A plain request from that source still has the session's last place (a NAT, a CDN).
     let mut sender = connection_from(edge.http, 1).await;
-    assert_eq!(send(&mut sender, "ws.test", "/", "").await.0, StatusCode::SWITCHING_PROTOCOLS);
+    // (Not an upgrade request: the origin's switch reaches the visitor as a 502, not a 503.)
+    assert_eq!(send(&mut sender, "ws.test", "/", "").await.0, StatusCode::BAD_GATEWAY);
     let other = upgrade_from(edge.http, 2).await.expect("an upgrade from another source");
     // Past the session's places, a newcomer takes the oldest place of the source holding the
     // most, which is closed; sources holding one each are never cut for a newcomer.
@@ -392,14 +394,11 @@ async fn upgraded_connections_from_two_sources_give_way_to_newcomers() {
         held.push(upgrade_from(edge.http, n).await.unwrap());
     }
 
-    // Not an upgrade request: the echo origin answers it a plain 101, with nothing switched.
+    // Not an upgrade request: the echo origin switches it all the same, which the visitor
+    // gets as a 502 (RFC 9110 15.2.2), a plain answer with nothing switched: not a 503.
     let mut sender = connection_from(edge.http, 3).await;
     let (status, body) = send(&mut sender, "ws.test", "/", "").await;
-    assert_eq!(
-        status,
-        StatusCode::SWITCHING_PROTOCOLS,
-        "a plain request while WebSockets hold every place: {body}"
-    );
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "a plain request while WebSockets hold every place: {body}");
     let mut held = held.into_iter();
     assert_closed(held.next().unwrap()).await;
     // The third source's upgrade takes the place the request gave back; a fourth source's,
