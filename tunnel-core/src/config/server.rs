@@ -294,8 +294,7 @@ impl ServerFile {
                 ));
             }
         }
-        // With the key a certificate that rustls refuses is told as (a key that does not match
-        // its certificate, or of a kind it cannot use).
+        // With the key that a certificate rustls refuses (a key not its own) is told as.
         let own = match self.tls_choice()? {
             TlsChoice::Plaintext => None,
             TlsChoice::Files(cert, key) => Some((pem_files(cert, key, ("tls_cert", "tls_key"))?, "tls_key")),
@@ -307,8 +306,7 @@ impl ServerFile {
             )),
         };
         let (edge_tls, certified) = match &self.https_listen {
-            // Read all the same: a file that cannot serve fails now, not once a listener is
-            // added.
+            // Read all the same: a file that cannot serve fails now, not once a listener is added.
             None => {
                 for c in &self.certificates {
                     let identity = pem_files(&c.cert, &c.key, ("certificates", "certificates"))?;
