@@ -191,17 +191,7 @@ async fn a_second_client_with_the_same_name_replaces_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_replaced_while_its_first_connection_is_silent_hears_it_on_another_and_stops() {
     let server = start_server(|config| config.session.heartbeat_timeout = Duration::from_secs(60)).await;
-    let echo = echo_target().await;
-    let relay = Relay::to(server.addr).await;
-    let spec = format!("0:{echo}");
-    let mut config = client_config_for(relay.addr, server.fingerprint, "twin", TOKEN, &[&spec]);
-    config.connections = 3;
-    config.session.heartbeat_timeout = Duration::from_secs(60);
-    let mut stale = start_client(config);
-    stale.connected().await;
-    relay.until_count(3).await;
-    let joined = || async { server.server.sessions().first().is_some_and(|s| s.connections == 3) };
-    eventually("three connections in the session", joined).await;
+    let (relay, stale, spec, _) = three_connections_through_a_relay(&server, "twin").await;
 
     relay.freeze(0);
     let mut newer = start_client(server.client_config("twin", &[&spec]));
@@ -467,17 +457,7 @@ async fn a_session_the_server_ended_is_left_at_once_though_its_first_connection_
         config.session.heartbeat_timeout = Duration::from_secs(1);
     })
     .await;
-    let echo = echo_target().await;
-    let relay = Relay::to(server.addr).await;
-    let spec = format!("0:{echo}");
-    let mut config = client_config_for(relay.addr, server.fingerprint, "frozen", TOKEN, &[&spec]);
-    config.connections = 3;
-    config.session.heartbeat_timeout = Duration::from_secs(60);
-    let mut client = start_client(config);
-    let public = client.connected().await[0].public_addr;
-    relay.until_count(3).await;
-    let joined = || async { server.server.sessions().first().is_some_and(|s| s.connections == 3) };
-    eventually("three connections in the session", joined).await;
+    let (relay, client, _, public) = three_connections_through_a_relay(&server, "frozen").await;
     let since = server.server.sessions()[0].since;
 
     relay.freeze(0);
@@ -489,4 +469,26 @@ async fn a_session_the_server_ended_is_left_at_once_though_its_first_connection_
     eventually("the forward works again", works).await;
     client.stop().await;
     server.stop().await;
+}
+
+/// A client named `name` with a forward (`spec`) to an echo target, whose session has three
+/// connections to `server`, each through the returned relay, and whose own heartbeat timeout
+/// is a minute: the relay can freeze one while the client still trusts it. With the forward's
+/// public address.
+async fn three_connections_through_a_relay(
+    server: &TestServer,
+    name: &str,
+) -> (Relay, TestClient, String, std::net::SocketAddr) {
+    let echo = echo_target().await;
+    let relay = Relay::to(server.addr).await;
+    let spec = format!("0:{echo}");
+    let mut config = client_config_for(relay.addr, server.fingerprint, name, TOKEN, &[&spec]);
+    config.connections = 3;
+    config.session.heartbeat_timeout = Duration::from_secs(60);
+    let mut client = start_client(config);
+    let public = client.connected().await[0].public_addr;
+    relay.until_count(3).await;
+    let joined = || async { server.server.sessions().first().is_some_and(|s| s.connections == 3) };
+    eventually("three connections in the session", joined).await;
+    (relay, client, spec, public)
 }
