@@ -71,7 +71,7 @@ struct NewClient {
 impl<'de> Deserialize<'de> for NewClient {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let mut fields = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+        let mut fields = Object::deserialize(deserializer)?.0;
         let name = match fields.remove("name") {
             Some(Value::String(name)) => name,
             Some(_) => return Err(D::Error::custom("name: a string")),
@@ -79,6 +79,34 @@ impl<'de> Deserialize<'de> for NewClient {
         };
         let grant = GrantBody::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
         Ok(Self { name, grant })
+    }
+}
+
+/// A JSON object whose keys are each given once. serde_json keeps the last of a key given
+/// twice, so `{"name":"a","name":"b"}` would create `b` where a proxy or an audit log in front
+/// read `a`.
+struct Object(serde_json::Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Object;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
+                let mut fields = serde_json::Map::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if fields.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("{key:?} is given twice")));
+                    }
+                    fields.insert(key, value);
+                }
+                Ok(Object(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
     }
 }
 
@@ -157,8 +185,8 @@ impl AdminRequest {
             }
             (["v1", "clients", name], &Method::PUT) => {
                 // An object only: serde would take a struct from an array too.
-                let body = serde_json::from_slice::<serde_json::Map<String, Value>>(body)
-                    .and_then(|fields| GrantBody::deserialize(Value::Object(fields)))
+                let body = serde_json::from_slice::<Object>(body)
+                    .and_then(|fields| GrantBody::deserialize(Value::Object(fields.0)))
                     .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not a valid grant: {e}")))?;
                 let grant = body
                     .into_grant()

@@ -42,6 +42,16 @@ fn requests_decode_to_what_the_document_lists_and_nothing_else() {
     for body in ["", "[]", "{}", r#"{"name":"w1","token":"x"}"#, r#"{"name":"w1","allow_ports":"0-99999"}"#] {
         assert_eq!(status(decode(Method::POST, "/v1/clients", body)), StatusCode::BAD_REQUEST, "{body}");
     }
+    // A key given twice is refused, naming it: serde_json alone would keep the last.
+    for (method, path, body) in [
+        (Method::POST, "/v1/clients", r#"{"name":"w1","name":"w2"}"#),
+        (Method::POST, "/v1/clients", r#"{"name":"w1","replicas":1,"replicas":2}"#),
+        (Method::PUT, "/v1/clients/w1", r#"{"allow_hosts":["a.test"],"allow_hosts":["b.test"]}"#),
+    ] {
+        let refused = decode(method, path, body).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(refused.message.contains("is given twice"), "{body}: {}", refused.message);
+    }
 }
 
 #[tokio::test]

@@ -119,8 +119,18 @@ fn compile(expr: &str) -> Result<regex_automata::dfa::dense::DFA<Vec<u32>>, Stri
         .syntax(syntax)
         .thompson(thompson::Config::new().nfa_size_limit(Some(MAX_REGEX_SIZE)).utf8(false))
         .build(&format!(r"(?:{expr})\z"))
-        // What is left to fail is its size (the stages' own words name their internals).
-        .map_err(|_| format!("compiles to more than {} KiB; simplify it", MAX_REGEX_SIZE / 1024))
+        .map_err(|e| match too_large(&e) {
+            true => format!("compiles to more than {} KiB; simplify it", MAX_REGEX_SIZE / 1024),
+            // What a deterministic automaton cannot do (a Unicode word boundary, `(?u)\b`).
+            false => format!("cannot be matched in one pass: {e}"),
+        })
+}
+
+/// Whether building failed on a size limit, the automaton's or the one before it.
+fn too_large(e: &regex_automata::dfa::dense::BuildError) -> bool {
+    use std::error::Error;
+    let nfa = e.source().and_then(|s| s.downcast_ref::<regex_automata::nfa::thompson::BuildError>());
+    e.is_size_limit_exceeded() || nfa.is_some_and(|nfa| nfa.size_limit().is_some())
 }
 
 /// Whether `dfa` matches all of `key`.
@@ -275,6 +285,11 @@ mod tests {
             let err = route(bad).unwrap_err();
             assert!(!err.contains("KiB"), "{bad}: {err}");
         }
+        // Unicode classes are large, and said so; a Unicode word boundary is no size's fault.
+        let err = route(r"/(?u)\w+").unwrap_err();
+        assert!(err.contains("more than 64 KiB"), "{err}");
+        let err = route(r"/(?u)\bx").unwrap_err();
+        assert!(err.contains("one pass") && err.contains("Unicode word boundar"), "{err}");
         // Anchors as Gateway API users write them.
         let m = route(r"^/inference\.GRPCInferenceService/.+$").unwrap();
         assert!(m.matches("/inference.GRPCInferenceService/ModelInfer", "POST", &HeaderMap::new()));

@@ -236,6 +236,8 @@ struct Shared {
     edge_streams: Arc<crate::http::inflight::InFlight>,
     pending: crate::source::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
+    /// What clients' route tables may cost: each name's allowance, the compiling of expressions.
+    tables: routes::TableCosts,
     /// Which client routes which network.
     networks: networks::Networks,
     /// Visits through the SOCKS listener, by login.
@@ -330,6 +332,7 @@ impl Server {
             edge_streams,
             pending,
             http_routes,
+            tables: routes::TableCosts::default(),
             networks: networks::Networks::default(),
             socks_visits: socks::LoginVisits::default(),
             acme,

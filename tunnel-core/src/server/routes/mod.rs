@@ -3,14 +3,16 @@
 //! what changed, and answers each entry. After a reload, [`SessionRoutes::withdraw`] takes out
 //! what the new rules no longer allow and [`SessionRoutes::reapply`] applies the table again.
 
+mod costs;
 mod ports;
 mod recheck;
+
+pub(super) use costs::TableCosts;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,11 +35,6 @@ use crate::proto::{
     RouteResult,
 };
 use crate::session::ControlSender;
-
-/// Tables a client may send in a burst, and how fast that allowance comes back: applying one
-/// may close and open dozens of listeners.
-const TABLE_BURST: f64 = 10.0;
-const TABLES_PER_SECOND: f64 = 2.0;
 
 /// How one table changed the session, for its log line and the refusal counts.
 #[derive(Debug, Default)]
@@ -85,8 +82,6 @@ pub(super) struct SessionRoutes<'s> {
     /// claims are given back at its end (a new route of the same table that took a port over
     /// holds a claim of its own, so the port stays this client's in between).
     vacated: Vec<u16>,
-    /// Token bucket of tables: (tokens, when last refilled).
-    allowance: (f64, Instant),
     /// The session's entry in the server's listing, brought up to date before each answer.
     listing: Listing,
 }
@@ -122,7 +117,6 @@ impl<'s> SessionRoutes<'s> {
             tls: HashMap::new(),
             networks: HashMap::new(),
             vacated: Vec::new(),
-            allowance: (TABLE_BURST, Instant::now()),
             listing,
         }
     }
@@ -139,7 +133,7 @@ impl<'s> SessionRoutes<'s> {
         }
         let reply = match message {
             ControlMessage::RouteTable { version, entries } => {
-                self.pace().await;
+                self.shared.tables.pace(&self.name).await;
                 let (results, changes) = self.apply(entries.clone()).await?;
                 self.report(results.len(), &changes);
                 self.schedule_retry(results.clone(), None);
@@ -235,21 +229,6 @@ impl<'s> SessionRoutes<'s> {
         };
         self.answer(control, reply).await;
         Ok(())
-    }
-
-    /// Waits for the table allowance (a client sending tables in a loop is slowed down, not
-    /// served at the expense of the others).
-    async fn pace(&mut self) {
-        let (tokens, since) = self.allowance;
-        let now = Instant::now();
-        let tokens = (tokens + now.duration_since(since).as_secs_f64() * TABLES_PER_SECOND).min(TABLE_BURST);
-        if tokens >= 1.0 {
-            self.allowance = (tokens - 1.0, now);
-            return;
-        }
-        let wait = Duration::from_secs_f64((1.0 - tokens) / TABLES_PER_SECOND);
-        tokio::time::sleep(wait).await;
-        self.allowance = (0.0, Instant::now());
     }
 
     /// Replaces the table: what is gone or changed is removed first (so its ports and names can
@@ -351,7 +330,8 @@ impl<'s> SessionRoutes<'s> {
                 // The limit first: no expression is compiled for a route refused anyway.
                 self.room_for_another(self.http.len())?;
                 let host = matcher.host.clone();
-                let matcher = Matcher::new(matcher).map_err(|e| (RefusalCode::Invalid, e))?;
+                let matcher =
+                    self.shared.tables.matcher(matcher).await.map_err(|e| (RefusalCode::Invalid, e))?;
                 self.claim_host(&host)?;
                 self.http.insert(id, matcher);
                 Ok(None)
