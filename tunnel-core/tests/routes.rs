@@ -333,3 +333,25 @@ async fn a_table_sent_while_the_server_drains_is_refused_and_changes_nothing() {
     client.stop().await;
     drop(dir);
 }
+
+/// A client's table allowance (a burst of 10, then 2 a second) is its own, not a session's: a
+/// client that reconnects to churn its table gets no new burst. 14 tables over two sessions
+/// cannot all be answered within 2 s of the first; with a burst per session they were at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_of_a_client_gets_no_new_allowance_of_tables() {
+    let server = start_server(|_| {}).await;
+    let started = std::time::Instant::now();
+    for (first, last) in [(1, 10), (11, 14)] {
+        // The second session replaces the first.
+        let tunnel_core::session::Session { control, messages, driver, .. } =
+            bare_session(&server, "churner", TOKEN).await;
+        let _driver = tokio::spawn(driver);
+        let mut session = (control, messages);
+        for version in first..=last {
+            table(&mut session, version, vec![tcp_entry(1, 0)]).await;
+        }
+    }
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_secs(2), "14 tables answered within {took:?}");
+    server.stop().await;
+}

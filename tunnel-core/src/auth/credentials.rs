@@ -27,7 +27,7 @@ pub struct Credentials {
 
 /// Which kind of credential authenticated a client (stored in the lease file as `shared` or
 /// `per_client`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     /// The server-wide shared token: any name, one trust domain.

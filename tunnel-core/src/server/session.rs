@@ -132,7 +132,16 @@ pub(super) async fn run(
                         let asked = (message, deadline_ms);
                         Box::pin(client_drains(&shared, &mut routes, &control, &client, peer, &mut drain, asked)).await
                     }
-                    message => Box::pin(routes.handle(message, &control)).await,
+                    message => {
+                        let gone = async {
+                            tokio::select! {
+                                () = registration.kicked.cancelled() => {}
+                                () = listed.revoked.cancelled() => {}
+                                () = stop.cancelled() => {}
+                            }
+                        };
+                        Box::pin(routes.handle(message, &control, gone)).await
+                    }
                 };
                 if let Err(reason) = handled {
                     control.close(GoodbyeCode::ProtocolError, reason.clone()).await;

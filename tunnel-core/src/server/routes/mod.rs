@@ -122,18 +122,28 @@ impl<'s> SessionRoutes<'s> {
     }
 
     /// Handles a table or a version 1 request and answers it; `Err` is a protocol violation
-    /// that ends the session.
+    /// that ends the session. A table waiting for its turn is given up, unanswered and costing
+    /// nothing, once `gone` resolves (the session was replaced or revoked, or the server stops).
     pub(super) async fn handle(
         &mut self,
         message: ControlMessage,
         control: &ControlSender,
+        gone: impl std::future::Future<Output = ()>,
     ) -> Result<(), String> {
         if self.draining {
             return self.refuse_while_draining(message, control).await;
         }
         let reply = match message {
             ControlMessage::RouteTable { version, entries } => {
-                self.shared.tables.pace(&self.name).await;
+                let cost = costs::table_cost(entries.iter().filter(|entry| !self.has(entry)));
+                let payer = (self.credential, self.name.as_str());
+                tokio::select! {
+                    () = self.shared.tables.pace(payer, cost) => {}
+                    () = gone => {
+                        self.shared.tables.refund(payer, cost);
+                        return Ok(());
+                    }
+                }
                 let (results, changes) = self.apply(entries.clone()).await?;
                 self.report(results.len(), &changes);
                 self.schedule_retry(results.clone(), None);
