@@ -236,7 +236,7 @@ struct Shared {
     edge_streams: Arc<crate::http::inflight::InFlight>,
     pending: crate::source::Pending,
     http_routes: Arc<http_routes::HttpRoutes>,
-    /// What clients' route tables may cost: each name's allowance, the compiling of expressions.
+    /// What clients' route tables may cost: each client's allowance, the compiling of expressions.
     tables: routes::TableCosts,
     /// Which client routes which network.
     networks: networks::Networks,

@@ -1,6 +1,6 @@
 //! What applying clients' route tables costs the server, held to limits across sessions.
 //!
-//! - A client's table allowance ([`TableCosts::pace`]): a burst, then a steady rate. It is the
+//! - A client's table allowance ([`TableCosts::take`]): a burst, then a steady rate. It is the
 //!   client's (its name and kind of credential), not a session's: reconnecting does not refill
 //!   it, and replicas share it. A table costs more the more path expressions it brings to
 //!   compile, and a client's debt is bounded, so no wait is longer than [`LONGEST_WAIT`].
@@ -34,8 +34,7 @@ const EXPRESSIONS_PER_TABLE: f64 = 8.0;
 const MOST_OWED: f64 = TABLE_BURST;
 
 /// The longest a table waits for its turn: the most owed, plus the dearest table's own cost.
-pub(in crate::server) const LONGEST_WAIT: Duration =
-    Duration::from_secs(((MOST_OWED + TABLE_BURST) / TABLES_PER_SECOND) as u64);
+const LONGEST_WAIT: Duration = Duration::from_secs(((MOST_OWED + TABLE_BURST) / TABLES_PER_SECOND) as u64);
 
 /// Clients whose allowances are kept before those full again are let go (a full allowance is
 /// the same as none).
@@ -90,29 +89,33 @@ pub(in crate::server) fn table_cost<'a>(new: impl Iterator<Item = &'a RouteEntry
     (1.0 + expressions as f64 / EXPRESSIONS_PER_TABLE).min(TABLE_BURST)
 }
 
+/// A table's place in its client's allowance: how long until its turn, and what it was charged
+/// (less than its cost when the client already owed the most it may).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(in crate::server) struct Turn {
+    pub(in crate::server) wait: Duration,
+    pub(in crate::server) charged: f64,
+}
+
 impl TableCosts {
-    /// Takes a table costing `cost` from `payer`'s allowance, first waiting for its turn if it
-    /// is spent (a client sending tables in a loop is slowed down, not served at the others'
-    /// expense). A table given up while it waits ([`TableCosts::refund`]) costs nothing.
-    pub(in crate::server) async fn pace(&self, payer: Payer<'_>, cost: f64) {
-        let wait = self.reserve(payer, cost, Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+    /// Takes a table costing `cost` from `payer`'s allowance: its turn comes after `wait` (a
+    /// client sending tables in a loop is slowed down, not served at the others' expense). A
+    /// table given up before its turn is [`TableCosts::refund`]ed.
+    pub(in crate::server) fn take(&self, payer: Payer<'_>, cost: f64) -> Turn {
+        self.take_at(payer, cost, Instant::now())
     }
 
-    /// Gives back what [`TableCosts::pace`] took for a table that was not applied.
-    pub(in crate::server) fn refund(&self, payer: Payer<'_>, cost: f64) {
+    /// Gives back what a table given up before its turn was charged.
+    pub(in crate::server) fn refund(&self, (kind, name): Payer<'_>, turn: Turn) {
         let now = Instant::now();
         let mut allowances = self.allowances.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(allowance) = allowances.by_client.get_mut(&(payer.0, payer.1.to_owned())) {
-            let tokens = (allowance.tokens_at(now) + cost).min(TABLE_BURST);
+        if let Some(allowance) = allowances.by_client.get_mut(&(kind, name.to_owned())) {
+            let tokens = (allowance.tokens_at(now) + turn.charged).min(TABLE_BURST);
             *allowance = Allowance { tokens, at: now };
         }
     }
 
-    /// Takes `cost` from `payer`'s allowance at `now`; how long until the table's turn.
-    fn reserve(&self, (kind, name): Payer<'_>, cost: f64, now: Instant) -> Duration {
+    fn take_at(&self, (kind, name): Payer<'_>, cost: f64, now: Instant) -> Turn {
         let mut allowances = self.allowances.lock().unwrap_or_else(|e| e.into_inner());
         let Allowances { by_client, prune_at } = &mut *allowances;
         let key = (kind, name.to_owned());
@@ -121,13 +124,15 @@ impl TableCosts {
             *prune_at = KEPT_CLIENTS.max(by_client.len().saturating_mul(2));
         }
         let allowance = by_client.entry(key).or_insert(Allowance { tokens: TABLE_BURST, at: now });
-        let left = allowance.tokens_at(now) - cost;
-        *allowance = Allowance { tokens: left.max(-MOST_OWED), at: now };
-        if left >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-left / TABLES_PER_SECOND).min(LONGEST_WAIT)
-        }
+        let before = allowance.tokens_at(now);
+        let left = before - cost;
+        let kept = left.max(-MOST_OWED);
+        *allowance = Allowance { tokens: kept, at: now };
+        let wait = match left >= 0.0 {
+            true => Duration::ZERO,
+            false => Duration::from_secs_f64(-left / TABLES_PER_SECOND).min(LONGEST_WAIT),
+        };
+        Turn { wait, charged: (before - kept).max(0.0) }
     }
 
     /// `spec` compiled ([`Matcher::new`]); a path expression on the blocking pool, after those
@@ -176,20 +181,33 @@ mod tests {
         let costs = TableCosts::default();
         let now = Instant::now();
         for table in 0..10 {
-            assert_eq!(costs.reserve(CHURN, 1.0, now), Duration::ZERO, "table {table} of the burst");
+            assert_eq!(costs.take_at(CHURN, 1.0, now).wait, Duration::ZERO, "table {table} of the burst");
         }
         // A new session of the client (a reconnect, or a replica) takes from the same allowance.
-        assert_eq!(costs.reserve(CHURN, 1.0, now), Duration::from_millis(500));
-        assert_eq!(costs.reserve(CHURN, 1.0, now), Duration::from_secs(1), "its turn comes after the last");
-        costs.refund(CHURN, 1.0);
-        assert_eq!(costs.reserve(CHURN, 1.0, now), Duration::from_secs(1), "a table given up costs nothing");
-        assert_eq!(costs.reserve((CredentialKind::Shared, "quiet"), 1.0, now), Duration::ZERO);
+        assert_eq!(costs.take_at(CHURN, 1.0, now).wait, Duration::from_millis(500));
+        let given_up = costs.take_at(CHURN, 1.0, now);
+        assert_eq!(given_up.wait, Duration::from_secs(1), "its turn comes after the last");
+        costs.refund(CHURN, given_up);
+        assert_eq!(
+            costs.take_at(CHURN, 1.0, now).wait,
+            Duration::from_secs(1),
+            "a table given up costs nothing"
+        );
+        assert_eq!(costs.take_at((CredentialKind::Shared, "quiet"), 1.0, now).wait, Duration::ZERO);
         let own_token = (CredentialKind::PerClient, "churn");
-        assert_eq!(costs.reserve(own_token, 1.0, now), Duration::ZERO, "the name under another credential");
+        assert_eq!(
+            costs.take_at(own_token, 1.0, now).wait,
+            Duration::ZERO,
+            "the name under another credential"
+        );
         // Back to a full burst once the client has waited out its debt and the refill.
         let later = now + Duration::from_secs(6);
         for table in 0..10 {
-            assert_eq!(costs.reserve(CHURN, 1.0, later), Duration::ZERO, "table {table} after the pause");
+            assert_eq!(
+                costs.take_at(CHURN, 1.0, later).wait,
+                Duration::ZERO,
+                "table {table} after the pause"
+            );
         }
     }
 
@@ -212,13 +230,18 @@ mod tests {
         assert_eq!(table_cost(table(0).iter()), 1.0);
         assert_eq!(table_cost(table(64).iter()), 9.0, "a client's most expressions");
         assert_eq!(table_cost(table(1024).iter()), TABLE_BURST, "never more than a burst");
-        assert_eq!(costs.reserve(CHURN, 9.0, now), Duration::ZERO);
-        assert_eq!(costs.reserve(CHURN, 9.0, now), Duration::from_secs(4), "8 owed, at 2 a second");
+        assert_eq!(costs.take_at(CHURN, 9.0, now).wait, Duration::ZERO);
+        assert_eq!(costs.take_at(CHURN, 9.0, now).wait, Duration::from_secs(4), "8 owed, at 2 a second");
         // Sessions that keep coming (each replacing the last) wait no longer than the bound.
         for _ in 0..100 {
-            assert!(costs.reserve(CHURN, 9.0, now) <= LONGEST_WAIT);
+            let turn = costs.take_at(CHURN, 9.0, now);
+            assert!(turn.wait <= LONGEST_WAIT, "{turn:?}");
         }
-        assert_eq!(costs.reserve(CHURN, 1.0, now), Duration::from_secs_f64(5.5), "10 owed and its own");
+        // At the bound a table is charged nothing, so giving it up gives nothing back.
+        let at_the_bound = costs.take_at(CHURN, 9.0, now);
+        assert_eq!(at_the_bound.charged, 0.0);
+        costs.refund(CHURN, at_the_bound);
+        assert_eq!(costs.take_at(CHURN, 1.0, now).wait, Duration::from_secs_f64(5.5), "10 owed and its own");
     }
 
     #[tokio::test(start_paused = true)]
@@ -227,15 +250,15 @@ mod tests {
         let many = || {
             let costs = TableCosts::default();
             for n in 0..KEPT_CLIENTS {
-                costs.reserve((CredentialKind::Shared, &format!("client-{n}")), 1.0, now);
+                costs.take_at((CredentialKind::Shared, &format!("client-{n}")), 1.0, now);
             }
             costs
         };
         let costs = many();
-        costs.reserve((CredentialKind::Shared, "next"), 1.0, now);
+        costs.take_at((CredentialKind::Shared, "next"), 1.0, now);
         assert_eq!(costs.clients_kept(), KEPT_CLIENTS + 1, "allowances not yet full are kept");
         let costs = many();
-        costs.reserve((CredentialKind::Shared, "later"), 1.0, now + Duration::from_secs(1));
+        costs.take_at((CredentialKind::Shared, "later"), 1.0, now + Duration::from_secs(1));
         assert_eq!(costs.clients_kept(), 1, "full allowances, the same as none, are let go");
     }
 

@@ -137,10 +137,11 @@ impl<'s> SessionRoutes<'s> {
             ControlMessage::RouteTable { version, entries } => {
                 let cost = costs::table_cost(entries.iter().filter(|entry| !self.has(entry)));
                 let payer = (self.credential, self.name.as_str());
+                let turn = self.shared.tables.take(payer, cost);
                 tokio::select! {
-                    () = self.shared.tables.pace(payer, cost) => {}
+                    () = tokio::time::sleep(turn.wait) => {}
                     () = gone => {
-                        self.shared.tables.refund(payer, cost);
+                        self.shared.tables.refund(payer, turn);
                         return Ok(());
                     }
                 }
