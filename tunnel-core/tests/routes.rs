@@ -355,3 +355,26 @@ async fn a_new_session_of_a_client_gets_no_new_allowance_of_tables() {
     assert!(took >= std::time::Duration::from_secs(2), "14 tables answered within {took:?}");
     server.stop().await;
 }
+
+/// A route is checked against the host rules before its path expression is compiled: a client
+/// allowed no host cannot make the server compile anything (here, an expression too large to
+/// build is refused as a host not allowed, not as an invalid expression).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_for_a_host_not_allowed_is_refused_before_its_expression_is_compiled() {
+    let server = start_server(|_| {}).await;
+    let tunnel_core::session::Session { control, messages, driver, .. } =
+        bare_session(&server, "no-hosts", TOKEN).await;
+    let _driver = tokio::spawn(driver);
+    let mut session = (control, messages);
+    let matcher = tunnel_core::proto::HttpMatch {
+        path: tunnel_core::proto::PathMatch::Regex("/[a-z]*a[a-z]{300}".into()),
+        ..tunnel_core::proto::HttpMatch::host("x.test".parse().unwrap())
+    };
+    let entry = RouteEntry { id: RouteId(1), kind: RouteKind::Http { matcher } };
+    let results = table(&mut session, 1, vec![entry]).await;
+    assert!(
+        matches!(&results[0].outcome, RouteOutcome::Refused { code: RefusalCode::HostNotAllowed, .. }),
+        "{results:?}"
+    );
+    server.stop().await;
+}

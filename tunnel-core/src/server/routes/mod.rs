@@ -338,14 +338,21 @@ impl<'s> SessionRoutes<'s> {
             }
             RouteKind::Service { name } => self.add_service(id, &name).map(|()| None),
             RouteKind::Http { matcher } => {
-                // The limit first: no expression is compiled for a route refused anyway.
+                // The limit and the host first: no expression is compiled for a route refused
+                // anyway (a client may serve no host, or retry one another client holds).
                 self.room_for_another(self.http.len())?;
                 let host = matcher.host.clone();
-                let matcher =
-                    self.shared.tables.matcher(matcher).await.map_err(|e| (RefusalCode::Invalid, e))?;
                 self.claim_host(&host)?;
-                self.http.insert(id, matcher);
-                Ok(None)
+                match self.shared.tables.matcher(matcher).await {
+                    Ok(matcher) => {
+                        self.http.insert(id, matcher);
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        self.shared.http_routes.release_host(&host);
+                        Err((RefusalCode::Invalid, e))
+                    }
+                }
             }
             RouteKind::HttpFallback => {
                 self.fallback = Some(id);
